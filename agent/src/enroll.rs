@@ -1,0 +1,258 @@
+//! Zero-touch enrollment: send a CSR signed by the device key, the fleet token and the hardware
+//! facts to central's Enrollment service until central approves and returns a certificate.
+
+use std::time::Duration;
+
+use cairn_proto::v1::{EnrollRequest, EnrollStatus};
+use tonic::Code;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::agent::Agent;
+use crate::backoff::Backoff;
+use crate::certificate::{CertificateError, CertificateInfo};
+use crate::channel::{enrollment_client, ChannelError, REQUEST_TIMEOUT};
+use crate::csr::CsrError;
+use crate::shutdown::Shutdown;
+use crate::state::{StateError, StoredIdentity};
+use crate::status::Phase;
+
+/// Longest wait central may ask for between two Enroll calls while pending.
+pub const MAX_PENDING_RETRY: Duration = Duration::from_secs(3600);
+
+/// What one Enroll call produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollOutcome {
+    /// Certificate issued (already checked against the device key, not yet stored).
+    Approved(StoredIdentity),
+    /// An operator has to approve; call again after `retry_after`.
+    Pending {
+        /// Device id central assigned (may be empty).
+        device_id: String,
+        /// How long central asks to wait (at least 1 s).
+        retry_after: Duration,
+    },
+}
+
+/// A failed Enroll call.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// Central refused the enrollment (bad/expired/used-up token, serial not claimed, bad CSR,
+    /// device revoked). An operator has to act; the agent retries slowly.
+    #[error("central refused the enrollment ({code:?}): {message}; fix the token or claim in central, the agent keeps retrying")]
+    Refused {
+        /// gRPC status code.
+        code: Code,
+        /// Central's reason.
+        message: String,
+    },
+    /// Central could not be reached or failed; retried with backoff.
+    #[error("enrollment call failed: {0}")]
+    Unavailable(String),
+    /// Central answered with something the agent cannot use.
+    #[error("central sent an unusable enrollment answer: {0}")]
+    BadResponse(String),
+    /// The CSR could not be built (device key problem).
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// The new identity could not be stored.
+    #[error("cannot store the device identity: {0}")]
+    State(#[from] StateError),
+}
+
+impl From<ChannelError> for EnrollError {
+    fn from(e: ChannelError) -> Self {
+        EnrollError::Unavailable(e.to_string())
+    }
+}
+
+/// Whether a gRPC status from central means "refused" (operator action needed) rather than an
+/// outage.
+pub fn is_refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
+    )
+}
+
+/// Checks a certificate from central: parses, carries the device key, names `device_id` (when
+/// the SAN is present). Returns its parsed form.
+pub fn check_issued_certificate(
+    cert_der: &[u8],
+    spki_der: &[u8],
+    device_id: &str,
+) -> Result<CertificateInfo, String> {
+    let info = CertificateInfo::parse(cert_der).map_err(|e| e.to_string())?;
+    info.check_key(spki_der)
+        .map_err(|e: CertificateError| e.to_string())?;
+    if let Some(id) = &info.device_id {
+        if !device_id.is_empty() && id != device_id {
+            return Err(format!(
+                "certificate is for device {id:?} but central said {device_id:?}"
+            ));
+        }
+    }
+    Ok(info)
+}
+
+impl Agent {
+    /// One Enroll call with a CSR made now. Nothing is stored; see [`Agent::enroll`].
+    pub async fn enroll_once(&self) -> Result<EnrollOutcome, EnrollError> {
+        let csr = self.build_csr().await?;
+        self.enroll_with_csr(csr).await
+    }
+
+    async fn enroll_with_csr(&self, csr_der: Vec<u8>) -> Result<EnrollOutcome, EnrollError> {
+        let span = info_span!("central.enroll", endpoint = self.dialer.endpoint(), serial = %self.facts.serial);
+        async {
+            let channel = self.dialer.enrollment_channel().await?;
+            let mut client = enrollment_client(channel);
+            let request = EnrollRequest {
+                token: self.token.clone(),
+                csr_der,
+                facts: Some(self.facts.to_proto()),
+            };
+            let response = tokio::time::timeout(REQUEST_TIMEOUT, client.enroll(request))
+                .await
+                .map_err(|_| EnrollError::Unavailable(format!("no answer from central within {REQUEST_TIMEOUT:?}")))?
+                .map_err(|status| {
+                    if is_refusal(status.code()) {
+                        EnrollError::Refused {
+                            code: status.code(),
+                            message: status.message().to_string(),
+                        }
+                    } else {
+                        EnrollError::Unavailable(format!(
+                            "{:?}: {}",
+                            status.code(),
+                            status.message()
+                        ))
+                    }
+                })?
+                .into_inner();
+            match EnrollStatus::try_from(response.status) {
+                Ok(EnrollStatus::Approved) => {
+                    if response.device_id.is_empty() {
+                        return Err(EnrollError::BadResponse("approved without a device id".into()));
+                    }
+                    check_issued_certificate(
+                        &response.certificate_der,
+                        self.key.public_key_spki_der(),
+                        &response.device_id,
+                    )
+                    .map_err(EnrollError::BadResponse)?;
+                    Ok(EnrollOutcome::Approved(StoredIdentity {
+                        device_id: response.device_id,
+                        cert_der: response.certificate_der,
+                        ca_der: response.ca_certificate_der,
+                    }))
+                }
+                Ok(EnrollStatus::Pending) => Ok(EnrollOutcome::Pending {
+                    device_id: response.device_id,
+                    retry_after: Duration::from_secs(u64::from(response.retry_after_seconds))
+                        .clamp(Duration::from_secs(1), MAX_PENDING_RETRY),
+                }),
+                _ => Err(EnrollError::BadResponse(format!(
+                    "unknown enrollment status {}",
+                    response.status
+                ))),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Enrolls until central approves, then stores the identity. Pending: waits as central asks.
+    /// Refused: phase `refused`, retries with backoff (an operator may fix the token or claim).
+    /// Unreachable: phase `offline`, retries with backoff. `Ok(None)` on shutdown; `Err` only for
+    /// local failures (device key, disk).
+    pub async fn enroll(
+        &self,
+        shutdown: &mut Shutdown,
+    ) -> Result<Option<StoredIdentity>, EnrollError> {
+        self.status.set_phase(Phase::Enrolling, self.status.current().last_error).await;
+        let mut backoff = Backoff::new(self.config.backoff_initial(), self.config.backoff_max());
+        // One CSR for all attempts: same key, so central sees the same request.
+        let csr = self.build_csr().await?;
+        loop {
+            if shutdown.is_triggered() {
+                return Ok(None);
+            }
+            let Some(result) = shutdown.run(self.enroll_with_csr(csr.clone())).await else {
+                return Ok(None);
+            };
+            let delay = match result {
+                Ok(EnrollOutcome::Approved(identity)) => {
+                    let state = self.state.clone();
+                    let to_store = identity.clone();
+                    crate::agent::blocking(move || state.save_identity(&to_store)).await?;
+                    info!(device_id = %identity.device_id, "enrollment approved; device certificate stored");
+                    return Ok(Some(identity));
+                }
+                Ok(EnrollOutcome::Pending {
+                    device_id,
+                    retry_after,
+                }) => {
+                    backoff.reset();
+                    info!(%device_id, ?retry_after, "enrollment pending operator approval");
+                    self.status
+                        .update(|s| {
+                            s.phase = Phase::Pending;
+                            s.last_error = None;
+                            if !device_id.is_empty() {
+                                s.device_id = Some(device_id.clone());
+                            }
+                        })
+                        .await;
+                    retry_after
+                }
+                Err(EnrollError::Refused { code, message }) => {
+                    error!(?code, reason = %message, "central REFUSED enrollment; an operator must fix the token or claim the device");
+                    self.status.set_phase(Phase::Refused, Some(message)).await;
+                    backoff.next_delay()
+                }
+                Err(e @ (EnrollError::Unavailable(_) | EnrollError::BadResponse(_))) => {
+                    warn!(error = %e, "enrollment attempt failed; retrying");
+                    self.status.set_phase(Phase::Offline, Some(e.to_string())).await;
+                    backoff.next_delay()
+                }
+                Err(e) => return Err(e),
+            };
+            if !shutdown.sleep(delay).await {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_codes() {
+        assert!(is_refusal(Code::PermissionDenied));
+        assert!(is_refusal(Code::Unauthenticated));
+        assert!(is_refusal(Code::InvalidArgument));
+        assert!(!is_refusal(Code::Unavailable));
+        assert!(!is_refusal(Code::Internal));
+        assert!(!is_refusal(Code::DeadlineExceeded));
+    }
+
+    #[test]
+    fn issued_certificate_must_carry_our_key_and_id() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            format!("{}d-1", cairn_proto::DEVICE_URI_PREFIX).try_into().unwrap(),
+        )];
+        let cert = params.self_signed(&key).unwrap();
+        let spki = key.public_key_der();
+        assert!(check_issued_certificate(cert.der(), &spki, "d-1").is_ok());
+        assert!(check_issued_certificate(cert.der(), &spki, "d-2")
+            .unwrap_err()
+            .contains("d-2"));
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(check_issued_certificate(cert.der(), &other.public_key_der(), "d-1").is_err());
+        assert!(check_issued_certificate(b"junk", &spki, "d-1").is_err());
+    }
+}

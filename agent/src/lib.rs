@@ -1,0 +1,83 @@
+//! `cairn-agent`: the on-device daemon. It creates the device key (TPM or software), enrolls the
+//! device with central (zero-touch, CSR + fleet token + hardware facts), then keeps a mutual-TLS
+//! Sync stream with central: heartbeats out, revisioned desired state in, stored on disk so the
+//! device keeps running from it while central is unreachable. The certificate is renewed before
+//! it expires; a revoked device stops being served but keeps its key.
+//!
+//! Everything is driven by an [`AgentConfig`] and stops on a [`tokio::sync::watch`] flag, with no
+//! process globals, so a benchmark can run many agents in one process ([`spawn_agents`]).
+
+pub mod agent;
+pub mod backoff;
+pub mod certificate;
+pub mod channel;
+pub mod config;
+pub mod csr;
+pub mod enroll;
+pub mod facts;
+pub mod key;
+pub mod shutdown;
+pub mod state;
+pub mod status;
+pub mod sync;
+pub mod tls_key;
+pub mod tpm_key;
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use agent::{Agent, AgentError};
+pub use config::AgentConfig;
+pub use enroll::{EnrollError, EnrollOutcome};
+pub use facts::HardwareFacts;
+pub use key::DeviceKey;
+pub use status::{Phase, Status};
+pub use sync::{DesiredStateSink, RecordOnlySink};
+
+/// Runs one agent until `shutdown` becomes `true` (or its sender is dropped).
+pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    Agent::new(config).await?.run(shutdown).await
+}
+
+/// A running agent in a fleet: its status feed and task.
+#[derive(Debug)]
+pub struct RunningAgent {
+    /// The agent (for facts, the key, `ping`, `desired_state`).
+    pub agent: Arc<Agent>,
+    /// Its status, as in `status.json`.
+    pub status: watch::Receiver<Status>,
+    /// The task running [`Agent::run`].
+    pub task: JoinHandle<Result<(), AgentError>>,
+}
+
+/// Prepares and starts one agent per config on the current runtime (for the fleet benchmark and
+/// integration tests). Fails on the first config that cannot be prepared; agents already started
+/// stop with `shutdown`.
+pub async fn spawn_agents(
+    configs: Vec<AgentConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<RunningAgent>, AgentError> {
+    let mut running = Vec::with_capacity(configs.len());
+    for config in configs {
+        let agent = Arc::new(Agent::new(config).await?);
+        let status = agent.status();
+        let task = {
+            let agent = agent.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { agent.run(shutdown).await })
+        };
+        running.push(RunningAgent {
+            agent,
+            status,
+            task,
+        });
+    }
+    Ok(running)
+}
+
+/// Waits until `status` reaches `phase` (for tests and benchmarks); `false` if the agent is gone.
+pub async fn wait_for_phase(status: &mut watch::Receiver<Status>, phase: Phase) -> bool {
+    status.wait_for(|s| s.phase == phase).await.is_ok()
+}

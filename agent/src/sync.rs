@@ -1,0 +1,332 @@
+//! The long-lived Sync session with central over mTLS (heartbeats out, desired state in) and
+//! certificate renewal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_proto::v1::{
+    agent_message, central_message, AgentMessage, DesiredState, Heartbeat, RenewRequest,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::agent::{blocking, Agent};
+use crate::certificate::CertificateInfo;
+use crate::channel::{agent_client, ChannelError, REQUEST_TIMEOUT};
+use crate::csr::CsrError;
+use crate::enroll::check_issued_certificate;
+use crate::shutdown::Shutdown;
+use crate::state::{StateError, StoredIdentity};
+use crate::status::Phase;
+
+/// Receives every new desired state after it was stored. The runtime implements it later; it
+/// must not block (hand the state to a reconcile loop, e.g. through a watch channel).
+pub trait DesiredStateSink: Send + Sync + 'static {
+    /// Called with each newer revision, and at start with the stored one.
+    fn apply(&self, desired: &DesiredState);
+}
+
+/// The default sink: the desired state is only recorded (on disk and in [`Agent::desired_state`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecordOnlySink;
+
+impl DesiredStateSink for RecordOnlySink {
+    fn apply(&self, desired: &DesiredState) {
+        debug!(revision = desired.revision, "desired state recorded (no runtime attached)");
+    }
+}
+
+/// A failed call on the Agent service (Sync, Renew, Ping).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The mTLS channel could not be opened.
+    #[error(transparent)]
+    Connect(#[from] ChannelError),
+    /// Central answered with a gRPC error.
+    #[error("central returned {code:?}: {message}")]
+    Status {
+        /// gRPC status code (`PermissionDenied` = device revoked).
+        code: Code,
+        /// Central's message.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("central did not answer {what} within {after:?}")]
+    Timeout {
+        /// The call.
+        what: &'static str,
+        /// The limit.
+        after: Duration,
+    },
+    /// The stream ended or went silent.
+    #[error("sync stream ended: {0}")]
+    StreamEnded(String),
+    /// Central issued an unusable certificate.
+    #[error("central issued an unusable certificate: {0}")]
+    BadCertificate(String),
+    /// The CSR could not be built.
+    #[error(transparent)]
+    Csr(#[from] CsrError),
+    /// The state could not be stored.
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+impl SyncError {
+    /// Central says this device is revoked.
+    pub fn is_revoked(&self) -> bool {
+        matches!(self, SyncError::Status { code: Code::PermissionDenied, .. })
+    }
+
+    fn from_status(status: tonic::Status) -> Self {
+        SyncError::Status {
+            code: status.code(),
+            message: status.message().to_string(),
+        }
+    }
+}
+
+/// Why a Sync session ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The certificate is due for renewal; renew and reconnect with the new one.
+    RenewDue,
+    /// The session failed; `stable` when it had been up long enough to reset the backoff.
+    Failed {
+        /// What went wrong.
+        error: SyncError,
+        /// The connection had been healthy for a while.
+        stable: bool,
+    },
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Agent {
+    /// Calls `Renew` with a fresh CSR (same key), checks and stores the new certificate.
+    pub async fn renew(&self, identity: &StoredIdentity) -> Result<StoredIdentity, SyncError> {
+        let span = info_span!("central.renew", device_id = %identity.device_id);
+        async {
+            let csr_der = self.build_csr().await?;
+            let channel = self
+                .dialer
+                .device_channel(identity.cert_der.clone(), self.key.clone())
+                .await?;
+            let response = tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                agent_client(channel).renew(RenewRequest { csr_der }),
+            )
+            .await
+            .map_err(|_| SyncError::Timeout {
+                what: "Renew",
+                after: REQUEST_TIMEOUT,
+            })?
+            .map_err(SyncError::from_status)?
+            .into_inner();
+            let info = check_issued_certificate(
+                &response.certificate_der,
+                self.key.public_key_spki_der(),
+                &identity.device_id,
+            )
+            .map_err(SyncError::BadCertificate)?;
+            let state = self.state.clone();
+            let cert = response.certificate_der.clone();
+            blocking(move || state.save_certificate(&cert)).await?;
+            info!(not_after = %info.not_after_rfc3339(), "device certificate renewed and stored");
+            self.status
+                .update(|s| s.cert_not_after = Some(info.not_after_rfc3339()))
+                .await;
+            Ok(StoredIdentity {
+                cert_der: response.certificate_der,
+                ..identity.clone()
+            })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Calls `Ping` over mTLS with the stored identity; returns the device id central saw.
+    pub async fn ping(&self, identity: &StoredIdentity, nonce: u64) -> Result<String, SyncError> {
+        let channel = self
+            .dialer
+            .device_channel(identity.cert_der.clone(), self.key.clone())
+            .await?;
+        let response = tokio::time::timeout(
+            REQUEST_TIMEOUT,
+            agent_client(channel).ping(cairn_proto::v1::PingRequest { nonce }),
+        )
+        .await
+        .map_err(|_| SyncError::Timeout {
+            what: "Ping",
+            after: REQUEST_TIMEOUT,
+        })?
+        .map_err(SyncError::from_status)?
+        .into_inner();
+        if response.nonce != nonce {
+            return Err(SyncError::StreamEnded(format!(
+                "Ping answered nonce {} for {nonce}",
+                response.nonce
+            )));
+        }
+        Ok(response.device_id)
+    }
+
+    fn heartbeat(&self, seq: u64) -> AgentMessage {
+        AgentMessage {
+            kind: Some(agent_message::Kind::Heartbeat(Heartbeat {
+                seq,
+                desired_revision: self.held_revision(),
+                sent_unix_ms: unix_ms_now(),
+                facts: Some(self.facts.to_proto()),
+            })),
+        }
+    }
+
+    /// Stores a newer desired state, publishes it and hands it to the sink; older or equal
+    /// revisions are ignored.
+    pub async fn accept_desired(&self, desired: DesiredState) -> Result<bool, StateError> {
+        let held = self.held_revision();
+        if desired.revision <= held {
+            debug!(revision = desired.revision, held, "desired state not newer; ignored");
+            return Ok(false);
+        }
+        let state = self.state.clone();
+        let to_store = desired.clone();
+        blocking(move || state.save_desired(&to_store)).await?;
+        info!(revision = desired.revision, previous = held, "new desired state stored");
+        self.status
+            .update(|s| s.desired_revision = desired.revision)
+            .await;
+        self.sink.apply(&desired);
+        self.desired.send_replace(Some(Arc::new(desired)));
+        Ok(true)
+    }
+
+    /// One Sync session: connect with `identity`, heartbeat immediately and then every
+    /// `heartbeat_interval`, take desired states, until shutdown, renewal time or failure.
+    pub async fn sync_session(
+        &self,
+        identity: &StoredIdentity,
+        cert: &CertificateInfo,
+        renew_allowed_after: Instant,
+        shutdown: &mut Shutdown,
+    ) -> SessionEnd {
+        let span = info_span!("central.sync", device_id = %identity.device_id);
+        self.sync_session_inner(identity, cert, renew_allowed_after, shutdown)
+            .instrument(span)
+            .await
+    }
+
+    async fn sync_session_inner(
+        &self,
+        identity: &StoredIdentity,
+        cert: &CertificateInfo,
+        renew_allowed_after: Instant,
+        shutdown: &mut Shutdown,
+    ) -> SessionEnd {
+        let failed = |error: SyncError, stable: bool| SessionEnd::Failed { error, stable };
+        let connect = self
+            .dialer
+            .device_channel(identity.cert_der.clone(), self.key.clone());
+        let channel = match shutdown.run(connect).await {
+            None => return SessionEnd::Shutdown,
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return failed(e.into(), false),
+        };
+        let (tx, rx) = mpsc::channel::<AgentMessage>(8);
+        let mut seq = 1;
+        let _ = tx.try_send(self.heartbeat(seq));
+        let mut client = agent_client(channel);
+        let open = tokio::time::timeout(REQUEST_TIMEOUT, client.sync(ReceiverStream::new(rx)));
+        let mut inbound = match shutdown.run(open).await {
+            None => return SessionEnd::Shutdown,
+            Some(Err(_)) => {
+                return failed(
+                    SyncError::Timeout {
+                        what: "Sync",
+                        after: REQUEST_TIMEOUT,
+                    },
+                    false,
+                )
+            }
+            Some(Ok(Err(status))) => return failed(SyncError::from_status(status), false),
+            Some(Ok(Ok(response))) => response.into_inner(),
+        };
+        self.status
+            .update(|s| {
+                s.phase = Phase::Connected;
+                s.last_error = None;
+            })
+            .await;
+        let heartbeat_every = self.config.heartbeat_interval();
+        let silence_limit = heartbeat_every * 3 + Duration::from_secs(10);
+        let started = Instant::now();
+        let mut heard_from_central = false;
+        let mut last_heard = Instant::now();
+        let stable = |heard: bool| heard && started.elapsed() >= heartbeat_every * 2;
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.triggered() => return SessionEnd::Shutdown,
+                _ = ticker.tick() => {
+                    let now = time::OffsetDateTime::now_utc();
+                    if Instant::now() >= renew_allowed_after
+                        && cert.renewal_due(now, self.config.renew_when_remaining_fraction)
+                    {
+                        info!("device certificate due for renewal; ending the session to renew");
+                        return SessionEnd::RenewDue;
+                    }
+                    if last_heard.elapsed() > silence_limit {
+                        return failed(SyncError::StreamEnded(format!(
+                            "no message from central for {:?}", last_heard.elapsed()
+                        )), stable(heard_from_central));
+                    }
+                    seq += 1;
+                    match tx.try_send(self.heartbeat(seq)) {
+                        Ok(()) => debug!(seq, "heartbeat queued"),
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            warn!(seq, "heartbeat skipped: stream to central is backed up");
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            return failed(SyncError::StreamEnded("request stream closed".into()),
+                                stable(heard_from_central));
+                        }
+                    }
+                }
+                message = inbound.message() => {
+                    let message = match message {
+                        Ok(Some(m)) => m,
+                        Ok(None) => return failed(
+                            SyncError::StreamEnded("central closed the stream".into()),
+                            stable(heard_from_central)),
+                        Err(status) => return failed(SyncError::from_status(status),
+                            stable(heard_from_central)),
+                    };
+                    heard_from_central = true;
+                    last_heard = Instant::now();
+                    match message.kind {
+                        Some(central_message::Kind::Desired(desired)) => {
+                            if let Err(e) = self.accept_desired(desired).await {
+                                error!(error = %e, "cannot store the desired state; reconnecting to get it again");
+                                return failed(e.into(), false);
+                            }
+                        }
+                        Some(central_message::Kind::Ack(ack)) => debug!(seq = ack.seq, "heartbeat acknowledged"),
+                        None => debug!("empty message from central ignored"),
+                    }
+                }
+            }
+        }
+    }
+}

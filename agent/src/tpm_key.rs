@@ -1,0 +1,119 @@
+//! The only place the agent touches the TPM (crate `cairn-tpm`, feature `tpm`): the device key
+//! and the endorsement key hash. Without the feature the same API exists and reports that TPM
+//! support was not built, so the rest of the agent never needs a `cfg`.
+//!
+//! Every call here blocks on the TPM: run it from `spawn_blocking` (or `block_in_place` inside a
+//! TLS handshake, see [`crate::tls_key`]).
+
+use std::path::Path;
+
+use crate::key::KeyError;
+
+#[cfg(feature = "tpm")]
+mod imp {
+    use super::*;
+    use tracing::info_span;
+
+    /// A TPM-resident P-256 key (its wrapped blob lives in `state_dir/device-key.tpm`).
+    pub struct TpmKey {
+        key: cairn_tpm::TpmDeviceKey,
+        spki: Vec<u8>,
+        tcti: String,
+    }
+
+    impl std::fmt::Debug for TpmKey {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("TpmKey").field("tcti", &self.tcti).finish_non_exhaustive()
+        }
+    }
+
+    impl TpmKey {
+        /// Loads the key blob at `blob_path` into the TPM, or creates the key and its blob.
+        pub fn open_or_create(tcti: &str, blob_path: &Path) -> Result<Self, KeyError> {
+            let _span = info_span!("tpm.device_key.open", tcti, blob = %blob_path.display()).entered();
+            let key = cairn_tpm::TpmDeviceKey::open_or_create(tcti, blob_path).map_err(|e| {
+                KeyError::Tpm {
+                    operation: "opening the device key",
+                    reason: e.to_string(),
+                }
+            })?;
+            let spki = key.public_key_spki_der();
+            crate::key::point_from_spki(&spki)?;
+            Ok(TpmKey {
+                key,
+                spki,
+                tcti: tcti.to_string(),
+            })
+        }
+
+        /// The public key, DER SubjectPublicKeyInfo.
+        pub fn public_key_spki_der(&self) -> &[u8] {
+            &self.spki
+        }
+
+        /// The TCTI the key was opened through.
+        pub fn tcti(&self) -> &str {
+            &self.tcti
+        }
+
+        /// ECDSA P-256 signature (DER) over SHA-256(`message`), made inside the TPM.
+        pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            let _span = info_span!("tpm.device_key.sign", len = message.len()).entered();
+            self.key.sign_sha256(message).map_err(|e| KeyError::Sign {
+                storage: "tpm",
+                reason: e.to_string(),
+            })
+        }
+    }
+
+    /// Lower-case hex SHA-256 of the endorsement key's public key.
+    pub fn ek_public_sha256(tcti: &str) -> Result<String, KeyError> {
+        let _span = info_span!("tpm.ek_public_sha256", tcti).entered();
+        cairn_tpm::ek_public_sha256(tcti).map_err(|e| KeyError::Tpm {
+            operation: "reading the endorsement key",
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(not(feature = "tpm"))]
+mod imp {
+    use super::*;
+
+    /// Stand-in for the TPM key in builds without the `tpm` feature; cannot be constructed.
+    #[derive(Debug)]
+    pub enum TpmKey {}
+
+    impl TpmKey {
+        /// Always fails: this build has no TPM support.
+        pub fn open_or_create(tcti: &str, _blob_path: &Path) -> Result<Self, KeyError> {
+            Err(KeyError::TpmNotBuilt {
+                tcti: tcti.to_string(),
+            })
+        }
+
+        /// Unreachable (no value exists).
+        pub fn public_key_spki_der(&self) -> &[u8] {
+            match *self {}
+        }
+
+        /// Unreachable (no value exists).
+        pub fn tcti(&self) -> &str {
+            match *self {}
+        }
+
+        /// Unreachable (no value exists).
+        pub fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, KeyError> {
+            match *self {}
+        }
+    }
+
+    /// Always fails: this build has no TPM support.
+    pub fn ek_public_sha256(tcti: &str) -> Result<String, KeyError> {
+        Err(KeyError::TpmNotBuilt {
+            tcti: tcti.to_string(),
+        })
+    }
+}
+
+pub use imp::{ek_public_sha256, TpmKey};

@@ -1,0 +1,65 @@
+//! Bearer API tokens and roles.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use super::ApiError;
+use crate::store::{tokens, Role};
+use crate::Shared;
+
+/// The authenticated operator behind a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// API token name, used as the audit actor.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+impl Caller {
+    /// Refuse unless the caller has at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role.rank() >= role.rank() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this needs the {} role; token {:?} has {}",
+                role.as_str(),
+                self.name,
+                self.role.as_str()
+            )))
+        }
+    }
+
+    /// The actor string written to the audit log.
+    pub fn actor(&self) -> String {
+        format!("api:{}", self.name)
+    }
+}
+
+impl FromRequestParts<Arc<Shared>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <api token>` header".into()))?;
+        let secret = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or_else(|| ApiError::Unauthorized("Authorization header must be `Bearer <api token>`".into()))?
+            .to_owned();
+        let token = shared
+            .store
+            .run(move |conn| tokens::api_token_by_secret(conn, &secret))
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("API token not recognised or revoked".into()))?;
+        Ok(Caller { name: token.name, role: token.role })
+    }
+}

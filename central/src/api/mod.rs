@@ -1,0 +1,95 @@
+//! The operator REST API (JSON over TLS, bearer API tokens with roles, audit log).
+
+mod auth;
+mod routes;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::store::StoreError;
+use crate::Shared;
+
+pub use auth::Caller;
+
+/// Largest request body accepted; every request here is a small JSON document.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The OpenAPI document describing this API.
+pub const OPENAPI: &str = include_str!("../../openapi.json");
+
+/// A REST failure, sent as `{"error":{"code","message"}}` with a matching HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No or unknown token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Role too low.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such object.
+    #[error("{0}")]
+    NotFound(String),
+    /// Invalid input.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Registry failure (details logged, not sent).
+    #[error("registry failure: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        let message = match &self {
+            ApiError::Store(e) => {
+                tracing::error!(error = %e, "REST request failed in the registry");
+                "central could not complete the request; it is logged, retry later".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
+    }
+}
+
+/// `Json<T>` whose rejection is our JSON error with the parser's precise message.
+pub struct ValidJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(ValidJson(value)),
+            Err(rejection) => Err(ApiError::BadRequest(match rejection {
+                JsonRejection::BytesRejection(_) => {
+                    format!("request body unreadable or larger than {MAX_BODY_BYTES} bytes")
+                }
+                other => other.body_text(),
+            })),
+        }
+    }
+}
+
+/// Build the REST router.
+pub fn router(shared: Arc<Shared>) -> axum::Router {
+    routes::router()
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared)
+}

@@ -1,0 +1,342 @@
+//! REST handlers, one per operation in `openapi.json`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, Caller, ValidJson, OPENAPI};
+use crate::grpc::desired_message;
+use crate::store::{audit, devices, tokens, ClaimKind, Device, DeviceStatus, Policy, Role, StoreError};
+use crate::Shared;
+
+type ApiResult = Result<axum::response::Response, ApiError>;
+type St = State<Arc<Shared>>;
+
+/// Every route; `openapi.json` documents each (a test checks the two agree).
+pub(super) fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/enrollment-tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/enrollment-tokens/{id}/revoke", post(revoke_token))
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{id}", get(show_device))
+        .route("/api/v1/devices/{id}/approve", post(approve_device))
+        .route("/api/v1/devices/{id}/revoke", post(revoke_device))
+        .route("/api/v1/devices/{id}/config", put(set_device_config))
+        .route("/api/v1/claims", get(list_claims).post(add_claim))
+        .route("/api/v1/api-tokens", get(list_api_tokens).post(create_api_token))
+        .route("/api/v1/audit", get(list_audit))
+        .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/openapi.json".into()) })
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+fn ok(value: Value) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+fn created(value: Value) -> ApiResult {
+    Ok((StatusCode::CREATED, Json(value)).into_response())
+}
+
+/// Names are shown in tables and the audit log: short, printable.
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("`name` must be 1 to 64 printable characters".into()));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateToken {
+    name: String,
+    policy: Policy,
+    expires_in_seconds: Option<u64>,
+    max_uses: Option<u32>,
+}
+
+async fn create_token(caller: Caller, State(shared): St, ValidJson(body): ValidJson<CreateToken>) -> ApiResult {
+    caller.require(Role::Operator)?;
+    check_name(&body.name)?;
+    let lifetime = body.expires_in_seconds.unwrap_or(shared.config.default_token_lifetime_seconds);
+    if lifetime == 0 || lifetime > 10 * 365 * 24 * 3600 {
+        return Err(ApiError::BadRequest("`expires_in_seconds` must be between 1 and 10 years".into()));
+    }
+    if body.max_uses == Some(0) {
+        return Err(ApiError::BadRequest("`max_uses` must be at least 1, or null for unlimited".into()));
+    }
+    let actor = caller.actor();
+    let (token, secret) = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let (token, secret) = tokens::create_enrollment_token(&tx, &body.name, body.policy, lifetime, body.max_uses)?;
+            let detail = format!("policy={} max_uses={:?}", token.policy.as_str(), token.max_uses);
+            audit::record(&tx, &actor, "token.create", &token.id, &detail)?;
+            tx.commit()?;
+            Ok((token, secret))
+        })
+        .await?;
+    created(json!({ "token": token, "secret": secret }))
+}
+
+async fn list_tokens(caller: Caller, State(shared): St) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let list = shared.store.run(|conn| tokens::list_enrollment_tokens(conn)).await?;
+    ok(json!({ "tokens": list }))
+}
+
+async fn revoke_token(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
+    caller.require(Role::Operator)?;
+    let actor = caller.actor();
+    let token = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            if !tokens::revoke_enrollment_token(&tx, &id)? {
+                return Ok(None);
+            }
+            audit::record(&tx, &actor, "token.revoke", &id, "")?;
+            let token = tokens::enrollment_token(&tx, &id)?;
+            tx.commit()?;
+            Ok(token)
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no enrollment token with this id".into()))?;
+    ok(json!({ "token": token }))
+}
+
+fn with_presence(shared: &Shared, mut device: Device) -> Device {
+    device.online = shared.sessions.is_online(&device.id);
+    device
+}
+
+async fn list_devices(caller: Caller, State(shared): St) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let list = shared.store.run(|conn| devices::list(conn)).await?;
+    let list: Vec<Device> = list.into_iter().map(|d| with_presence(&shared, d)).collect();
+    ok(json!({ "devices": list }))
+}
+
+async fn load_device(shared: &Shared, id: String) -> Result<Device, ApiError> {
+    let device = shared
+        .store
+        .run(move |conn| devices::get(conn, &id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no device with this id".into()))?;
+    Ok(with_presence(shared, device))
+}
+
+async fn show_device(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    ok(json!({ "device": load_device(&shared, id).await? }))
+}
+
+/// Move a device between statuses with an audit record; `from` lists the allowed starting points.
+async fn transition(
+    shared: &Shared,
+    caller: &Caller,
+    id: String,
+    from: &'static [DeviceStatus],
+    to: DeviceStatus,
+    action: &'static str,
+) -> Result<Device, ApiError> {
+    caller.require(Role::Operator)?;
+    let actor = caller.actor();
+    let device_id = id.clone();
+    let result = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let Some(device) = devices::get(&tx, &id)? else { return Ok(Err(ApiError::NotFound("no device with this id".into()))) };
+            if device.status == to {
+                return Ok(Ok(()));
+            }
+            if !from.contains(&device.status) {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "device {id} is {}; {action} applies only to a {} device",
+                    device.status.as_str(),
+                    from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" or ")
+                ))));
+            }
+            devices::set_status(&tx, &id, to)?;
+            audit::record(&tx, &actor, action, &id, &format!("from={}", device.status.as_str()))?;
+            tx.commit()?;
+            Ok::<_, StoreError>(Ok(()))
+        })
+        .await?;
+    result?;
+    if to == DeviceStatus::Revoked {
+        // Refused at once: end its open stream now, not at the next call.
+        shared
+            .sessions
+            .close(&device_id, tonic::Status::permission_denied(format!("device {device_id} is revoked")));
+    }
+    load_device(shared, device_id).await
+}
+
+async fn approve_device(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
+    let device = transition(&shared, &caller, id, &[DeviceStatus::Pending], DeviceStatus::Active, "device.approve").await?;
+    ok(json!({ "device": device }))
+}
+
+async fn revoke_device(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
+    let from = &[DeviceStatus::Pending, DeviceStatus::Active];
+    let device = transition(&shared, &caller, id, from, DeviceStatus::Revoked, "device.revoke").await?;
+    ok(json!({ "device": device }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetConfig {
+    config: BTreeMap<String, String>,
+}
+
+async fn set_device_config(
+    caller: Caller,
+    State(shared): St,
+    Path(id): Path<String>,
+    ValidJson(body): ValidJson<SetConfig>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    if body.config.len() > 256 || body.config.iter().any(|(k, v)| k.is_empty() || k.len() > 128 || v.len() > 4096) {
+        return Err(ApiError::BadRequest(
+            "`config` allows up to 256 keys of 1-128 bytes with values up to 4096 bytes".into(),
+        ));
+    }
+    let actor = caller.actor();
+    let config = body.config.clone();
+    let device_id = id.clone();
+    let revision = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let revision = devices::set_config(&tx, &id, &config)?;
+            if let Some(revision) = revision {
+                audit::record(&tx, &actor, "device.config", &id, &format!("revision={revision} keys={}", config.len()))?;
+            }
+            tx.commit()?;
+            Ok(revision)
+        })
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no device with this id".into()))?;
+    shared.sessions.push(&device_id, desired_message(revision, body.config)).await;
+    ok(json!({ "device": load_device(&shared, device_id).await? }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddClaim {
+    serial: Option<String>,
+    tpm_ek_sha256: Option<String>,
+}
+
+async fn add_claim(caller: Caller, State(shared): St, ValidJson(body): ValidJson<AddClaim>) -> ApiResult {
+    caller.require(Role::Operator)?;
+    let (kind, value) = match (body.serial, body.tpm_ek_sha256) {
+        (Some(serial), None) if !serial.is_empty() && serial.len() <= 128 && !serial.chars().any(char::is_control) => {
+            (ClaimKind::Serial, serial)
+        }
+        (None, Some(ek)) if ek.len() == 64 && ek.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            (ClaimKind::TpmEk, ek.to_ascii_lowercase())
+        }
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give exactly one of `serial` (1-128 printable characters) or `tpm_ek_sha256` (64 hex characters)".into(),
+            ))
+        }
+    };
+    let actor = caller.actor();
+    let claim = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let claim = tokens::add_claim(&tx, kind, &value)?;
+            if let Some(claim) = &claim {
+                audit::record(&tx, &actor, "claim.add", &claim.id, &format!("{}={}", kind.as_str(), value))?;
+            }
+            tx.commit()?;
+            Ok(claim)
+        })
+        .await?
+        .ok_or_else(|| ApiError::Conflict("this serial or EK is already claimed".into()))?;
+    created(json!({ "claim": claim }))
+}
+
+async fn list_claims(caller: Caller, State(shared): St) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let list = shared.store.run(|conn| tokens::list_claims(conn)).await?;
+    ok(json!({ "claims": list }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateApiToken {
+    name: String,
+    role: Role,
+}
+
+async fn create_api_token(caller: Caller, State(shared): St, ValidJson(body): ValidJson<CreateApiToken>) -> ApiResult {
+    caller.require(Role::Admin)?;
+    check_name(&body.name)?;
+    let actor = caller.actor();
+    let (token, secret) = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let (token, secret) = tokens::create_api_token(&tx, &body.name, body.role)?;
+            audit::record(&tx, &actor, "api_token.create", &token.id, &format!("role={}", token.role.as_str()))?;
+            tx.commit()?;
+            Ok((token, secret))
+        })
+        .await?;
+    created(json!({ "api_token": token, "secret": secret }))
+}
+
+async fn list_api_tokens(caller: Caller, State(shared): St) -> ApiResult {
+    caller.require(Role::Admin)?;
+    let list = shared.store.run(|conn| tokens::list_api_tokens(conn)).await?;
+    ok(json!({ "api_tokens": list }))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+async fn list_audit(caller: Caller, State(shared): St, Query(query): Query<AuditQuery>) -> ApiResult {
+    caller.require(Role::Admin)?;
+    let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
+    let events = shared.store.run(move |conn| audit::recent(conn, limit)).await?;
+    ok(json!({ "events": events }))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route in the router is documented in openapi.json and vice versa.
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI).expect("openapi.json parses");
+        let documented: std::collections::BTreeSet<String> =
+            doc["paths"].as_object().expect("paths").keys().cloned().collect();
+        let source = include_str!("routes.rs");
+        let routed: std::collections::BTreeSet<String> = source
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .filter_map(|l| l.split('"').next())
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(documented, routed);
+    }
+}

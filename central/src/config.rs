@@ -1,0 +1,171 @@
+//! Central's configuration: one typed struct, loaded once from TOML and validated at load.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("could not read central config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("central config {path} is invalid: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// What the parser said (field and line).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("central config: `{field}` {problem}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong and what is expected.
+        problem: String,
+    },
+}
+
+/// Settings of one `cairn-central` process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralConfig {
+    /// Where the database, the CA key and the bootstrap admin token live (created 0700).
+    pub data_dir: PathBuf,
+    /// gRPC (agents, TLS/mTLS) listen address.
+    #[serde(default = "default_grpc_listen")]
+    pub grpc_listen: SocketAddr,
+    /// REST (operators, TLS) listen address.
+    #[serde(default = "default_rest_listen")]
+    pub rest_listen: SocketAddr,
+    /// DNS names and IP addresses put in central's server certificate; agents and cairnctl
+    /// connect to one of these.
+    #[serde(default = "default_server_names")]
+    pub server_names: Vec<String>,
+    /// Lifetime of a device certificate; agents renew when a third of it is left.
+    #[serde(default = "default_device_cert_lifetime")]
+    pub device_cert_lifetime_seconds: u64,
+    /// How long a pending (manual policy) device waits between polls.
+    #[serde(default = "default_pending_retry")]
+    pub pending_retry_seconds: u32,
+    /// How often heartbeat times are written to the database (they are kept in memory between).
+    #[serde(default = "default_presence_flush")]
+    pub presence_flush_ms: u64,
+    /// Default lifetime of an enrollment token when the request gives none.
+    #[serde(default = "default_token_lifetime")]
+    pub default_token_lifetime_seconds: u64,
+}
+
+fn default_grpc_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+fn default_rest_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7444))
+}
+fn default_server_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
+}
+fn default_device_cert_lifetime() -> u64 {
+    30 * 24 * 3600
+}
+fn default_pending_retry() -> u32 {
+    10
+}
+fn default_presence_flush() -> u64 {
+    5000
+}
+fn default_token_lifetime() -> u64 {
+    7 * 24 * 3600
+}
+
+impl CentralConfig {
+    /// A config with defaults for everything but the data directory.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            grpc_listen: default_grpc_listen(),
+            rest_listen: default_rest_listen(),
+            server_names: default_server_names(),
+            device_cert_lifetime_seconds: default_device_cert_lifetime(),
+            pending_retry_seconds: default_pending_retry(),
+            presence_flush_ms: default_presence_flush(),
+            default_token_lifetime_seconds: default_token_lifetime(),
+        }
+    }
+
+    /// Read, parse and validate a TOML config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Check ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.server_names.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "server_names",
+                problem: "is empty; list the host names or IPs agents use to reach central".into(),
+            });
+        }
+        if self.device_cert_lifetime_seconds < 10 {
+            return Err(ConfigError::Invalid {
+                field: "device_cert_lifetime_seconds",
+                problem: format!("is {}; use at least 10", self.device_cert_lifetime_seconds),
+            });
+        }
+        if self.pending_retry_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                field: "pending_retry_seconds",
+                problem: "is 0; use at least 1".into(),
+            });
+        }
+        if self.presence_flush_ms < 10 {
+            return Err(ConfigError::Invalid {
+                field: "presence_flush_ms",
+                problem: "is below 10".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../central.example.toml");
+        let config: CentralConfig = toml::from_str(text).expect("example parses");
+        config.validate().expect("example is valid");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = toml::from_str::<CentralConfig>("data_dir = \"/x\"\ngrpc_port = 1\n").unwrap_err();
+        assert!(err.to_string().contains("grpc_port"), "{err}");
+    }
+
+    #[test]
+    fn zero_retry_is_refused() {
+        let mut c = CentralConfig::with_data_dir("/x");
+        c.pending_retry_seconds = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("pending_retry_seconds"));
+    }
+}

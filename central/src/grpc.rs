@@ -1,0 +1,218 @@
+//! The agent-facing gRPC services: Enrollment (TLS) and Agent (mutual TLS).
+
+use std::sync::Arc;
+
+use cairn_proto::v1::agent_server::Agent;
+use cairn_proto::v1::enrollment_server::Enrollment;
+use cairn_proto::v1::{
+    agent_message, central_message, AgentMessage, CentralMessage, DesiredState, EnrollRequest,
+    EnrollResponse, EnrollStatus, HeartbeatAck, PingRequest, PingResponse, RenewRequest,
+    RenewResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::ca::verify_csr;
+use crate::enroll::{self, EnrollError, EnrollOutcome};
+use crate::store::{devices, now_unix, DeviceStatus, StoreError};
+use crate::Shared;
+
+fn internal(e: StoreError) -> Status {
+    tracing::error!(error = %e, "registry failure while serving an agent");
+    Status::internal("central could not read its registry; it is logged, retry later")
+}
+
+/// Serves `Enrollment`.
+pub struct EnrollmentService(pub Arc<Shared>);
+
+#[tonic::async_trait]
+impl Enrollment for EnrollmentService {
+    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let peer = request.remote_addr();
+        let request = request.into_inner();
+        let span = tracing::info_span!("grpc.enroll", ?peer, device_id = tracing::field::Empty);
+        async {
+            let csr = verify_csr(&request.csr_der).map_err(|e| EnrollError::from(e).to_status())?;
+            let facts = enroll::validate_facts(request.facts.as_ref()).map_err(|e| e.to_status())?;
+            let shared = self.0.clone();
+            let lifetime = shared.config.device_cert_lifetime_seconds;
+            let token = request.token;
+            let store = shared.store.clone();
+            let outcome = store
+                .run(move |conn| {
+                    Ok(enroll::enroll(conn, &shared.ca, lifetime, &token, &csr, &facts))
+                })
+                .await
+                .map_err(internal)?
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "enrollment refused");
+                    e.to_status()
+                })?;
+            let ca_der = self.0.ca.cert_der().to_vec();
+            let response = match outcome {
+                EnrollOutcome::Approved { device_id, cert } => {
+                    tracing::Span::current().record("device_id", device_id.as_str());
+                    tracing::info!("device enrolled");
+                    EnrollResponse {
+                        status: EnrollStatus::Approved as i32,
+                        device_id,
+                        certificate_der: cert.der,
+                        ca_certificate_der: ca_der,
+                        retry_after_seconds: 0,
+                    }
+                }
+                EnrollOutcome::Pending { device_id } => {
+                    tracing::Span::current().record("device_id", device_id.as_str());
+                    tracing::info!("device pending approval");
+                    EnrollResponse {
+                        status: EnrollStatus::Pending as i32,
+                        device_id,
+                        certificate_der: Vec::new(),
+                        ca_certificate_der: ca_der,
+                        retry_after_seconds: self.0.config.pending_retry_seconds,
+                    }
+                }
+            };
+            Ok(Response::new(response))
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Serves `Agent`: every call is authenticated by the device certificate.
+pub struct AgentService(pub Arc<Shared>);
+
+impl AgentService {
+    /// The device id from the verified client certificate, checked active in the registry.
+    async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let device_id = device_id_from_peer(request)?;
+        let id = device_id.clone();
+        let status = self
+            .0
+            .store
+            .run(move |conn| devices::status(conn, &id))
+            .await
+            .map_err(internal)?;
+        match status {
+            Some(DeviceStatus::Active) => Ok(device_id),
+            Some(DeviceStatus::Revoked) => Err(EnrollError::DeviceRevoked(device_id).to_status()),
+            Some(DeviceStatus::Pending) => Err(EnrollError::DeviceNotActive(device_id).to_status()),
+            None => Err(Status::unauthenticated(format!("device {device_id} is not in the registry"))),
+        }
+    }
+}
+
+/// Read `urn:cairn:device:<id>` from the client certificate that TLS already verified.
+fn device_id_from_peer<T>(request: &Request<T>) -> Result<String, Status> {
+    let certs = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("this call needs the device certificate (mutual TLS); enroll first")
+    })?;
+    let der = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no client certificate presented; enroll first"))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| Status::unauthenticated("client certificate does not parse"))?;
+    let san = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .ok_or_else(|| Status::unauthenticated("client certificate has no device URI"))?;
+    san.value
+        .general_names
+        .iter()
+        .find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => {
+                uri.strip_prefix(cairn_proto::DEVICE_URI_PREFIX).map(str::to_owned)
+            }
+            _ => None,
+        })
+        .ok_or_else(|| Status::unauthenticated("client certificate has no device URI"))
+}
+
+/// The device's current desired state as a message.
+pub fn desired_message(revision: u64, config: std::collections::BTreeMap<String, String>) -> CentralMessage {
+    CentralMessage {
+        kind: Some(central_message::Kind::Desired(DesiredState {
+            revision,
+            config: config.into_iter().collect(),
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+        let device_id = self.authorize(&request).await?;
+        let span = tracing::info_span!("grpc.renew", device_id = %device_id);
+        let shared = self.0.clone();
+        let lifetime = shared.config.device_cert_lifetime_seconds;
+        let csr_der = request.into_inner().csr_der;
+        let id = device_id.clone();
+        let store = shared.store.clone();
+        let cert = store
+            .run(move |conn| Ok(enroll::renew(conn, &shared.ca, lifetime, &id, &csr_der)))
+            .instrument(span.clone())
+            .await
+            .map_err(internal)?
+            .map_err(|e| e.to_status())?;
+        span.in_scope(|| tracing::info!(serial = %cert.serial_hex, "device certificate renewed"));
+        Ok(Response::new(RenewResponse { certificate_der: cert.der }))
+    }
+
+    type SyncStream = ReceiverStream<Result<CentralMessage, Status>>;
+
+    async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+        let device_id = self.authorize(&request).await?;
+        let span = tracing::info_span!("grpc.sync", device_id = %device_id);
+        let mut inbound = request.into_inner();
+        let id = device_id.clone();
+        let device = self
+            .0
+            .store
+            .run(move |conn| devices::get(conn, &id))
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::unauthenticated("device vanished from the registry"))?;
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(Ok(desired_message(device.desired_revision, device.config)))
+            .await
+            .map_err(|_| Status::cancelled("stream closed"))?;
+        let shared = self.0.clone();
+        let session_id = shared.sessions.register(&device_id, tx.clone());
+        shared.sessions.saw(&device_id, now_unix());
+        span.in_scope(|| tracing::info!("agent connected"));
+        tokio::spawn(
+            async move {
+                loop {
+                    match inbound.message().await {
+                        Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(hb)) })) => {
+                            shared.sessions.saw(&device_id, now_unix());
+                            let ack = CentralMessage { kind: Some(central_message::Kind::Ack(HeartbeatAck { seq: hb.seq })) };
+                            if tx.send(Ok(ack)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(Some(_)) => tracing::debug!("ignoring an empty agent message"),
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::info!(error = %status.message(), "agent stream ended with an error");
+                            break;
+                        }
+                    }
+                }
+                shared.sessions.unregister(&device_id, session_id);
+                tracing::info!("agent disconnected");
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        let device_id = self.authorize(&request).await?;
+        Ok(Response::new(PingResponse { nonce: request.into_inner().nonce, device_id }))
+    }
+}

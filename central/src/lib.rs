@@ -1,0 +1,193 @@
+//! cairn-central: enrollment, the device registry, the operator REST API and the agent gRPC API.
+//!
+//! `start` binds both listeners and returns a handle; `main.rs` only parses arguments.
+
+pub mod api;
+pub mod ca;
+pub mod config;
+pub mod enroll;
+pub mod files;
+pub mod grpc;
+pub mod sessions;
+pub mod store;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::CentralConfig;
+
+/// State shared by every request handler.
+pub struct Shared {
+    /// Loaded configuration.
+    pub config: CentralConfig,
+    /// The registry.
+    pub store: store::Store,
+    /// The fleet CA.
+    pub ca: Arc<ca::FleetCa>,
+    /// Open agent streams and heartbeat times.
+    pub sessions: sessions::Sessions,
+}
+
+/// Why central could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("could not create data_dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// A listener could not bind.
+    #[error("could not listen on {addr}: {source}; is another central running or the port taken?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// Writing the bootstrap admin token failed.
+    #[error("could not write the bootstrap admin token to {path}: {source}")]
+    AdminToken {
+        /// The file.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// Registry.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// CA.
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
+    /// TLS set-up.
+    #[error("TLS set-up failed: {0}")]
+    Tls(String),
+}
+
+/// A running central.
+pub struct Central {
+    /// Where agents connect (gRPC).
+    pub grpc_addr: SocketAddr,
+    /// Where operators connect (REST).
+    pub rest_addr: SocketAddr,
+    /// Shared state (for tests and the simulator).
+    pub shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Path of the bootstrap admin token file inside `data_dir`.
+pub fn admin_token_path(config: &CentralConfig) -> PathBuf {
+    config.data_dir.join("admin.token")
+}
+
+/// Path of the CA certificate agents and cairnctl trust.
+pub fn ca_cert_path(config: &CentralConfig) -> PathBuf {
+    config.data_dir.join("ca.crt")
+}
+
+/// Open the registry and CA, bind both listeners and serve until `Central::stop`.
+#[tracing::instrument(name = "central.start", skip_all, fields(data_dir = %config.data_dir.display()))]
+pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
+    files::create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store = store::Store::open(&config.data_dir.join("registry.sqlite3"))?;
+    let ca = Arc::new(ca::FleetCa::load_or_create(&config.data_dir)?);
+    bootstrap_admin_token(&config, &store)?;
+    let (server_cert, server_key) = ca.issue_server_certificate(&config.server_names)?;
+
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.grpc_listen, source })?;
+    let rest_listener = tokio::net::TcpListener::bind(config.rest_listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.rest_listen, source })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind { addr: config.grpc_listen, source })?;
+    let rest_addr = rest_listener.local_addr().map_err(|source| StartError::Bind { addr: config.rest_listen, source })?;
+
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        ca: ca.clone(),
+        sessions: sessions::Sessions::default(),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(tls::serve_grpc(
+        grpc_listener,
+        shared.clone(),
+        &server_cert,
+        &server_key,
+        shutdown_rx.clone(),
+    )?));
+    tasks.push(tokio::spawn(tls::serve_rest(
+        rest_listener,
+        api::router(shared.clone()),
+        tls::rest_tls_config(&server_cert, &server_key)?,
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(flush_presence(shared.clone(), shutdown_rx)));
+    tracing::info!(%grpc_addr, %rest_addr, "central serving");
+    Ok(Central { grpc_addr, rest_addr, shared, shutdown, tasks })
+}
+
+impl Central {
+    /// Stop serving, write pending heartbeat times, and wait for every task.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+/// Create an admin API token on first start and write its secret to `admin.token` (0600); only
+/// the path is logged.
+fn bootstrap_admin_token(config: &CentralConfig, store: &store::Store) -> Result<(), StartError> {
+    let path = admin_token_path(config);
+    store.run_blocking(|conn| {
+        if store::tokens::has_admin_token(conn)? {
+            return Ok(());
+        }
+        let tx = conn.transaction()?;
+        let (token, secret) = store::tokens::create_api_token(&tx, "bootstrap-admin", store::Role::Admin)?;
+        files::write_private_file(&path, format!("{secret}\n").as_bytes())
+            .map_err(|source| store::StoreError::Worker(format!("{}: {source}", path.display())))?;
+        store::audit::record(&tx, "central", "api_token.create", &token.id, "bootstrap admin token")?;
+        tx.commit()?;
+        tracing::info!(path = %path.display(), "wrote the bootstrap admin API token (mode 0600)");
+        Ok(())
+    })?;
+    Ok(())
+}
+
+/// Write heartbeat times collected in memory to the registry in batches.
+async fn flush_presence(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let period = Duration::from_millis(shared.config.presence_flush_ms);
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(period) => false,
+            _ = shutdown.changed() => true,
+        };
+        let seen = shared.sessions.take_seen();
+        if !seen.is_empty() {
+            let count = seen.len();
+            if let Err(e) = shared.store.run(move |conn| store::devices::set_last_seen(conn, &seen)).await {
+                tracing::warn!(error = %e, count, "could not write heartbeat times; will retry with the next batch");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The device registry.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{now_unix, Device, DeviceStatus, StoreError};
+
+/// What an agent reports about itself at enrollment (already validated).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFacts {
+    /// DMI serial.
+    pub serial: String,
+    /// TPM EK hash or "".
+    pub tpm_ek_sha256: String,
+    /// Host name.
+    pub hostname: String,
+    /// "tpm" or "software".
+    pub key_storage: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// OS version.
+    pub os_version: String,
+}
+
+const COLUMNS: &str = "id, status, serial, tpm_ek_sha256, hostname, key_storage, agent_version, \
+    os_version, token_id, created_at, approved_at, last_seen_at, cert_serial, cert_expires_at, \
+    desired_revision, config";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
+    let config: String = row.get(15)?;
+    let config: BTreeMap<String, String> = serde_json::from_str(&config)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(15, rusqlite::types::Type::Text, Box::new(e)))?;
+    Ok(Device {
+        id: row.get(0)?,
+        status: row.get(1)?,
+        serial: row.get(2)?,
+        tpm_ek_sha256: row.get(3)?,
+        hostname: row.get(4)?,
+        key_storage: row.get(5)?,
+        agent_version: row.get(6)?,
+        os_version: row.get(7)?,
+        token_id: row.get(8)?,
+        created_at: row.get(9)?,
+        approved_at: row.get(10)?,
+        last_seen_at: row.get(11)?,
+        online: false,
+        cert_serial: row.get(12)?,
+        cert_expires_at: row.get(13)?,
+        desired_revision: row.get::<_, i64>(14)? as u64,
+        config,
+    })
+}
+
+/// Insert a new device.
+pub fn insert(
+    conn: &Connection,
+    id: &str,
+    status: DeviceStatus,
+    key_sha256: &str,
+    facts: &DeviceFacts,
+    token_id: &str,
+) -> Result<(), StoreError> {
+    let now = now_unix();
+    let approved_at = (status == DeviceStatus::Active).then_some(now);
+    conn.execute(
+        "INSERT INTO devices (id, status, key_sha256, serial, tpm_ek_sha256, hostname, key_storage,
+            agent_version, os_version, token_id, created_at, approved_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            id,
+            status,
+            key_sha256,
+            facts.serial,
+            facts.tpm_ek_sha256,
+            facts.hostname,
+            facts.key_storage,
+            facts.agent_version,
+            facts.os_version,
+            token_id,
+            now,
+            approved_at
+        ],
+    )?;
+    Ok(())
+}
+
+/// One device by id.
+pub fn get(conn: &Connection, id: &str) -> Result<Option<Device>, StoreError> {
+    Ok(conn
+        .query_row(&format!("SELECT {COLUMNS} FROM devices WHERE id = ?1"), [id], from_row)
+        .optional()?)
+}
+
+/// The device whose key has this SHA-256 (of its SubjectPublicKeyInfo).
+pub fn by_key(conn: &Connection, key_sha256: &str) -> Result<Option<Device>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM devices WHERE key_sha256 = ?1"),
+            [key_sha256],
+            from_row,
+        )
+        .optional()?)
+}
+
+/// Only the status of a device (the hot path of every agent call).
+pub fn status(conn: &Connection, id: &str) -> Result<Option<DeviceStatus>, StoreError> {
+    Ok(conn
+        .query_row("SELECT status FROM devices WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?)
+}
+
+/// All devices, oldest first.
+pub fn list(conn: &Connection) -> Result<Vec<Device>, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM devices ORDER BY created_at, id"))?;
+    let rows = stmt.query_map([], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Move a device to `status`, stamping approval or revocation time.
+pub fn set_status(conn: &Connection, id: &str, status: DeviceStatus) -> Result<(), StoreError> {
+    let now = now_unix();
+    match status {
+        DeviceStatus::Active => conn.execute(
+            "UPDATE devices SET status = 'active', approved_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?,
+        DeviceStatus::Revoked => conn.execute(
+            "UPDATE devices SET status = 'revoked', revoked_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?,
+        DeviceStatus::Pending => {
+            conn.execute("UPDATE devices SET status = 'pending' WHERE id = ?1", [id])?
+        }
+    };
+    Ok(())
+}
+
+/// Record the latest certificate issued to a device.
+pub fn set_certificate(conn: &Connection, id: &str, serial_hex: &str, expires_at: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE devices SET cert_serial = ?2, cert_expires_at = ?3 WHERE id = ?1",
+        params![id, serial_hex, expires_at],
+    )?;
+    Ok(())
+}
+
+/// Refresh the self-reported facts (not serial or EK: those are identity, fixed at enrollment).
+pub fn update_reported(conn: &Connection, id: &str, facts: &DeviceFacts) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE devices SET hostname = ?2, agent_version = ?3, os_version = ?4 WHERE id = ?1",
+        params![id, facts.hostname, facts.agent_version, facts.os_version],
+    )?;
+    Ok(())
+}
+
+/// Write many last-seen times in one transaction.
+pub fn set_last_seen(conn: &mut Connection, seen: &[(String, i64)]) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached("UPDATE devices SET last_seen_at = ?2 WHERE id = ?1")?;
+        for (id, at) in seen {
+            stmt.execute(params![id, at])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Replace a device's config and bump its desired revision; returns the new revision.
+pub fn set_config(
+    conn: &Connection,
+    id: &str,
+    config: &BTreeMap<String, String>,
+) -> Result<Option<u64>, StoreError> {
+    let text = serde_json::to_string(config).expect("a string map always serialises");
+    Ok(conn
+        .query_row(
+            "UPDATE devices SET config = ?2, desired_revision = desired_revision + 1 WHERE id = ?1
+             RETURNING desired_revision",
+            params![id, text],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|r| r as u64))
+}

@@ -1,0 +1,248 @@
+//! Registry records as the REST API shows them (timestamps as RFC 3339).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// Declares a string enum stored as TEXT and sent as a lower-case JSON string.
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident, $field:literal { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            /// The stored and wire form.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $text),+ }
+            }
+            /// Parse a stored value.
+            pub fn parse(value: &str) -> Result<Self, StoreError> {
+                match value {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(StoreError::Corrupt { field: $field, value: other.to_owned() }),
+                }
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                let text = value.as_str()?;
+                Self::parse(text).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(self.as_str().into())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// How an enrollment token admits devices.
+    Policy, "enrollment_tokens.policy" {
+        /// Any device holding the token is approved at once.
+        Auto => "auto",
+        /// Only devices pre-registered by serial or TPM EK hash.
+        Claim => "claim",
+        /// Devices wait, pending, until an operator approves them.
+        Manual => "manual",
+    }
+);
+
+text_enum!(
+    /// Where a device stands in the registry.
+    DeviceStatus, "devices.status" {
+        /// Waiting for an operator.
+        Pending => "pending",
+        /// Holds a certificate and may call central.
+        Active => "active",
+        /// Refused on every call.
+        Revoked => "revoked",
+    }
+);
+
+text_enum!(
+    /// An operator's API role; each includes the rights of the ones below it.
+    Role, "api_tokens.role" {
+        /// Everything, including API tokens and the audit log.
+        Admin => "admin",
+        /// Tokens, devices, claims.
+        Operator => "operator",
+        /// Read only.
+        Viewer => "viewer",
+    }
+);
+
+text_enum!(
+    /// What a claim matches on.
+    ClaimKind, "claims.kind" {
+        /// The device's DMI serial.
+        Serial => "serial",
+        /// SHA-256 of the device's TPM endorsement key.
+        TpmEk => "tpm_ek",
+    }
+);
+
+impl Role {
+    /// Rank for "at least this role" checks.
+    pub fn rank(self) -> u8 {
+        match self {
+            Role::Viewer => 0,
+            Role::Operator => 1,
+            Role::Admin => 2,
+        }
+    }
+}
+
+/// Serialises Unix seconds as RFC 3339.
+pub mod rfc3339 {
+    use serde::Serializer;
+
+    /// Format Unix seconds as RFC 3339 (UTC).
+    pub fn format(at: i64) -> String {
+        time::OffsetDateTime::from_unix_timestamp(at)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_else(|| at.to_string())
+    }
+
+    /// serde `serialize_with` for `i64`.
+    pub fn serialize<S: Serializer>(at: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*at))
+    }
+
+    /// serde `serialize_with` for `Option<i64>`.
+    pub mod option {
+        use serde::Serializer;
+
+        /// Serialise `None` as null.
+        pub fn serialize<S: Serializer>(at: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+            match at {
+                Some(at) => s.serialize_str(&super::format(*at)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+/// An enrollment token (the secret itself is never stored).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnrollmentToken {
+    /// `tok_…`
+    pub id: String,
+    /// Operator's label.
+    pub name: String,
+    /// Admission policy.
+    pub policy: Policy,
+    /// Creation time.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub created_at: i64,
+    /// After this the token is refused.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub expires_at: i64,
+    /// Admissions allowed; `None` = unlimited.
+    pub max_uses: Option<u32>,
+    /// Admissions so far.
+    pub uses: u32,
+    /// Revoked by an operator.
+    pub revoked: bool,
+}
+
+/// A device in the registry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    /// `dev_…`, also in the device certificate.
+    pub id: String,
+    /// Pending, active or revoked.
+    pub status: DeviceStatus,
+    /// DMI serial reported at enrollment.
+    pub serial: String,
+    /// TPM EK hash reported at enrollment ("" without TPM).
+    pub tpm_ek_sha256: String,
+    /// Host name reported by the agent.
+    pub hostname: String,
+    /// "tpm" or "software".
+    pub key_storage: String,
+    /// Agent version last reported.
+    pub agent_version: String,
+    /// OS version last reported.
+    pub os_version: String,
+    /// The enrollment token it used.
+    pub token_id: String,
+    /// First enrollment.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub created_at: i64,
+    /// When it became active.
+    #[serde(serialize_with = "rfc3339::option::serialize")]
+    pub approved_at: Option<i64>,
+    /// Last heartbeat written to the database (see `presence_flush_ms`).
+    #[serde(serialize_with = "rfc3339::option::serialize")]
+    pub last_seen_at: Option<i64>,
+    /// Whether a sync stream is open to this central now.
+    pub online: bool,
+    /// Serial (hex) of the latest certificate issued.
+    pub cert_serial: Option<String>,
+    /// Expiry of the latest certificate issued.
+    #[serde(serialize_with = "rfc3339::option::serialize")]
+    pub cert_expires_at: Option<i64>,
+    /// Revision of its desired state.
+    pub desired_revision: u64,
+    /// Operator-set configuration pushed to the device.
+    pub config: BTreeMap<String, String>,
+}
+
+/// A pre-registration that lets one device in under a `claim` token.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claim {
+    /// `clm_…`
+    pub id: String,
+    /// Serial or TPM EK hash.
+    pub kind: ClaimKind,
+    /// The serial or the hash.
+    pub value: String,
+    /// Creation time.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub created_at: i64,
+    /// The device that used it, once used.
+    pub device_id: Option<String>,
+}
+
+/// An operator API token (the secret itself is never stored).
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiToken {
+    /// `api_…`
+    pub id: String,
+    /// Operator's label, shown as the actor in the audit log.
+    pub name: String,
+    /// Rights.
+    pub role: Role,
+    /// Creation time.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub created_at: i64,
+    /// Revoked tokens are refused.
+    pub revoked: bool,
+}
+
+/// One audit record: who changed what.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// Sequence number.
+    pub id: i64,
+    /// When.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub at: i64,
+    /// `api:<token name>` or `device:<id>`.
+    pub actor: String,
+    /// Dotted verb, e.g. `device.revoke`.
+    pub action: String,
+    /// The object acted on.
+    pub target: String,
+    /// Free text (never secrets).
+    pub detail: String,
+}

@@ -1,0 +1,112 @@
+//! Versioned schema migrations, tracked in SQLite's `user_version`.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry moves the schema one version up. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: enrollment and the device registry.
+    r#"
+    CREATE TABLE enrollment_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL UNIQUE,
+        policy TEXT NOT NULL CHECK (policy IN ('auto', 'claim', 'manual')),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        max_uses INTEGER,
+        uses INTEGER NOT NULL DEFAULT 0,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'active', 'revoked')),
+        key_sha256 TEXT NOT NULL UNIQUE,
+        serial TEXT NOT NULL,
+        tpm_ek_sha256 TEXT NOT NULL,
+        hostname TEXT NOT NULL,
+        key_storage TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        os_version TEXT NOT NULL,
+        token_id TEXT NOT NULL REFERENCES enrollment_tokens(id),
+        created_at INTEGER NOT NULL,
+        approved_at INTEGER,
+        revoked_at INTEGER,
+        last_seen_at INTEGER,
+        cert_serial TEXT,
+        cert_expires_at INTEGER,
+        desired_revision INTEGER NOT NULL DEFAULT 1,
+        config TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX devices_serial ON devices(serial);
+    CREATE TABLE claims (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('serial', 'tpm_ek')),
+        value TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        device_id TEXT REFERENCES devices(id),
+        UNIQUE (kind, value)
+    );
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+        secret_sha256 TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    "#,
+];
+
+/// Bring the database to the latest schema, one transaction per version.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: usize = conn
+        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+        .map_err(StoreError::Query)? as usize;
+    if found > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            found,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found) {
+        let version = index + 1;
+        let err = |source| StoreError::Migrate { version, source };
+        let tx = conn.transaction().map_err(err)?;
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", version as i64).map_err(err)?;
+        tx.commit().map_err(err)?;
+        tracing::info!(version, "registry schema migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+    }
+
+    #[test]
+    fn refuses_newer_database() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { found: 999, .. })));
+    }
+}

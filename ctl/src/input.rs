@@ -1,0 +1,202 @@
+//! Checks of operator input made before anything is sent to central.
+//!
+//! Each check returns the reason a value is refused; the CLI puts the option name and the value in
+//! front of it ("could not read --expires-in '7x': ...").
+
+use thiserror::Error;
+
+use crate::model::CreateClaim;
+
+/// Why a piece of operator input was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InputError {
+    /// A duration without a known unit or number.
+    #[error("use a number followed by s, m, h or d (e.g. 30m, 24h, 7d)")]
+    DurationFormat,
+    /// A duration of zero.
+    #[error("the duration must be longer than zero")]
+    DurationZero,
+    /// A duration too large to count in seconds.
+    #[error("the duration is too long")]
+    DurationTooLong,
+    /// A TPM EK hash that is not 64 hexadecimal characters.
+    #[error("a TPM EK hash is the SHA-256 of the endorsement key: 64 hexadecimal characters, {found} given")]
+    EkHashLength {
+        /// Number of characters given.
+        found: usize,
+    },
+    /// A TPM EK hash with a non-hex character.
+    #[error("a TPM EK hash holds only hexadecimal characters (0-9, a-f), found '{found}'")]
+    EkHashCharacter {
+        /// The first offending character.
+        found: char,
+    },
+    /// A claim with neither or both of serial and EK hash.
+    #[error("give exactly one of --serial or --ek")]
+    ClaimTarget,
+    /// An empty (or all-whitespace) value.
+    #[error("the value must not be empty")]
+    Empty,
+    /// An id with characters an API id never has.
+    #[error("ids hold only letters, digits, '_' and '-' (e.g. dev_...)")]
+    IdCharacter,
+}
+
+/// Reads a duration such as `30s`, `30m`, `24h` or `7d` as a number of seconds.
+pub fn parse_duration_seconds(text: &str) -> Result<u64, InputError> {
+    let text = text.trim();
+    let unit_at = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or(InputError::DurationFormat)?;
+    let (number, unit) = text.split_at(unit_at);
+    if number.is_empty() {
+        return Err(InputError::DurationFormat);
+    }
+    let multiplier: u64 = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 60 * 60,
+        "d" => 24 * 60 * 60,
+        _ => return Err(InputError::DurationFormat),
+    };
+    let number: u64 = number.parse().map_err(|_| InputError::DurationTooLong)?;
+    let seconds = number
+        .checked_mul(multiplier)
+        .ok_or(InputError::DurationTooLong)?;
+    if seconds == 0 {
+        return Err(InputError::DurationZero);
+    }
+    Ok(seconds)
+}
+
+/// Checks a TPM EK hash (SHA-256, hex) and returns it in lowercase, as central stores it.
+pub fn parse_ek_sha256(text: &str) -> Result<String, InputError> {
+    let text = text.trim();
+    if let Some(found) = text.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(InputError::EkHashCharacter { found });
+    }
+    if text.len() != 64 {
+        return Err(InputError::EkHashLength { found: text.len() });
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+/// Builds a claim from the `--serial` and `--ek` options: exactly one must be given.
+pub fn claim_from_options(
+    serial: Option<&str>,
+    ek_sha256: Option<&str>,
+) -> Result<CreateClaim, InputError> {
+    match (serial, ek_sha256) {
+        (Some(serial), None) => Ok(CreateClaim::Serial(parse_non_empty(serial)?)),
+        (None, Some(ek)) => Ok(CreateClaim::TpmEkSha256(parse_ek_sha256(ek)?)),
+        _ => Err(InputError::ClaimTarget),
+    }
+}
+
+/// Trims a value and refuses it if nothing is left.
+pub fn parse_non_empty(text: &str) -> Result<String, InputError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(InputError::Empty);
+    }
+    Ok(text.to_owned())
+}
+
+/// Checks an object id (`dev_...`, `tok_...`) before it becomes part of a URL path.
+pub fn parse_id(text: &str) -> Result<String, InputError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(InputError::Empty);
+    }
+    if !text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(InputError::IdCharacter);
+    }
+    Ok(text.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_every_unit() {
+        assert_eq!(parse_duration_seconds("3600s"), Ok(3600));
+        assert_eq!(parse_duration_seconds("30m"), Ok(1800));
+        assert_eq!(parse_duration_seconds("24h"), Ok(86_400));
+        assert_eq!(parse_duration_seconds("7d"), Ok(604_800));
+        assert_eq!(parse_duration_seconds(" 1d "), Ok(86_400));
+    }
+
+    #[test]
+    fn durations_refused() {
+        for bad in ["7x", "7", "d", "", "-1d", "1.5h", "1 d", "7dd", "1H"] {
+            assert_eq!(
+                parse_duration_seconds(bad),
+                Err(InputError::DurationFormat),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(parse_duration_seconds("0h"), Err(InputError::DurationZero));
+        assert_eq!(
+            parse_duration_seconds("99999999999999999999s"),
+            Err(InputError::DurationTooLong)
+        );
+        assert_eq!(
+            parse_duration_seconds("999999999999999999d"),
+            Err(InputError::DurationTooLong)
+        );
+    }
+
+    #[test]
+    fn ek_hash_is_64_hex_and_lowercased() {
+        let upper = "AB".repeat(32);
+        assert_eq!(parse_ek_sha256(&upper), Ok("ab".repeat(32)));
+        assert_eq!(
+            parse_ek_sha256("abc"),
+            Err(InputError::EkHashLength { found: 3 })
+        );
+        assert_eq!(
+            parse_ek_sha256(&"a".repeat(65)),
+            Err(InputError::EkHashLength { found: 65 })
+        );
+        let with_g = format!("{}g", "a".repeat(63));
+        assert_eq!(
+            parse_ek_sha256(&with_g),
+            Err(InputError::EkHashCharacter { found: 'g' })
+        );
+    }
+
+    #[test]
+    fn claim_needs_exactly_one_target() {
+        let ek = "0".repeat(64);
+        assert_eq!(
+            claim_from_options(Some(" SN-1 "), None),
+            Ok(CreateClaim::Serial("SN-1".into()))
+        );
+        assert_eq!(
+            claim_from_options(None, Some(&ek)),
+            Ok(CreateClaim::TpmEkSha256(ek.clone()))
+        );
+        assert_eq!(
+            claim_from_options(Some("SN-1"), Some(&ek)),
+            Err(InputError::ClaimTarget)
+        );
+        assert_eq!(claim_from_options(None, None), Err(InputError::ClaimTarget));
+        assert_eq!(claim_from_options(Some("  "), None), Err(InputError::Empty));
+        assert_eq!(
+            claim_from_options(None, Some("xyz")),
+            Err(InputError::EkHashCharacter { found: 'x' })
+        );
+    }
+
+    #[test]
+    fn ids_cannot_escape_the_url_path() {
+        assert_eq!(parse_id("dev_01HX-a"), Ok("dev_01HX-a".into()));
+        assert_eq!(parse_id("../tokens"), Err(InputError::IdCharacter));
+        assert_eq!(parse_id("dev_1?x=1"), Err(InputError::IdCharacter));
+        assert_eq!(parse_id(""), Err(InputError::Empty));
+    }
+}

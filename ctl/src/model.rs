@@ -1,0 +1,429 @@
+//! Request and response bodies of cairn-central's operator REST API (`/api/v1`).
+//!
+//! One model serves both output modes: tables are rendered from these types, and `--json` prints
+//! the body they were read from. Response types ignore fields they do not know, so a newer central
+//! keeps working with an older cairnctl; enums read an unknown value as `Other` instead of failing.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Declares a string enum of the API: known values, plus `Other(String)` for values a newer
+/// central may send.
+macro_rules! api_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $( $(#[$vmeta:meta])* $variant:ident => $text:literal ),+ $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+            /// A value this version of cairnctl does not know, kept as sent.
+            Other(String),
+        }
+
+        impl $name {
+            /// The value as it appears on the wire.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $( Self::$variant => $text, )+
+                    Self::Other(text) => text,
+                }
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(text: &str) -> Self {
+                match text {
+                    $( $text => Self::$variant, )+
+                    other => Self::Other(other.to_owned()),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                Ok(Self::from(text.as_str()))
+            }
+        }
+    };
+}
+
+api_enum! {
+    /// How central treats a device that enrolls with an enrollment token.
+    EnrollmentPolicy {
+        /// Approve the device at once.
+        Auto => "auto",
+        /// Approve only devices pre-registered by serial or TPM EK hash (see claims).
+        Claim => "claim",
+        /// Keep the device pending until an operator approves it.
+        Manual => "manual",
+    }
+}
+
+api_enum! {
+    /// Lifecycle state of a device.
+    DeviceStatus {
+        /// Enrolled, waiting for an operator's approval.
+        Pending => "pending",
+        /// Approved; holds a device certificate.
+        Active => "active",
+        /// Revoked; central refuses it.
+        Revoked => "revoked",
+    }
+}
+
+api_enum! {
+    /// Where a device keeps its private key.
+    KeyStorage {
+        /// In the TPM.
+        Tpm => "tpm",
+        /// In software, on the encrypted data partition.
+        Software => "software",
+    }
+}
+
+api_enum! {
+    /// What a claim matches a device by.
+    ClaimKind {
+        /// The hardware serial number.
+        Serial => "serial",
+        /// The SHA-256 of the TPM endorsement key.
+        TpmEk => "tpm_ek",
+    }
+}
+
+api_enum! {
+    /// Role of an API token, from most to least powerful.
+    ApiRole {
+        /// Everything, including API tokens and recovery keys.
+        Admin => "admin",
+        /// Day-to-day fleet operations.
+        Operator => "operator",
+        /// Read-only access.
+        Viewer => "viewer",
+    }
+}
+
+/// An enrollment token: what a fleet image carries so its devices can enroll.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollmentToken {
+    /// Token id, `tok_...`.
+    pub id: String,
+    /// Operator-chosen name.
+    pub name: String,
+    /// How enrolling devices are approved.
+    pub policy: EnrollmentPolicy,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 expiry time; `None` if the token never expires.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Maximum number of enrollments; `None` for unlimited.
+    #[serde(default)]
+    pub max_uses: Option<u32>,
+    /// Enrollments made with the token so far.
+    #[serde(default)]
+    pub uses: u32,
+    /// Whether the token was revoked.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// Body of `POST /api/v1/enrollment-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreateEnrollmentToken {
+    /// Name of the new token.
+    pub name: String,
+    /// How enrolling devices are approved.
+    pub policy: EnrollmentPolicy,
+    /// Lifetime in seconds; central's default when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u64>,
+    /// Maximum number of enrollments; unlimited when `None` (sent as `null`).
+    pub max_uses: Option<u32>,
+}
+
+/// Answer to `POST /api/v1/enrollment-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CreatedEnrollmentToken {
+    /// The new token.
+    pub token: EnrollmentToken,
+    /// The token's secret, `cet_...`: returned only this once.
+    pub secret: String,
+}
+
+/// Answer to `GET /api/v1/enrollment-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EnrollmentTokenList {
+    /// All enrollment tokens.
+    pub tokens: Vec<EnrollmentToken>,
+}
+
+/// Answer to `POST /api/v1/enrollment-tokens/{id}/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EnrollmentTokenReply {
+    /// The token after the change.
+    pub token: EnrollmentToken,
+}
+
+/// A device as central knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Device id, `dev_...`.
+    pub id: String,
+    /// Lifecycle state.
+    pub status: DeviceStatus,
+    /// Hardware serial number.
+    #[serde(default)]
+    pub serial: String,
+    /// SHA-256 of the TPM endorsement key, hex.
+    #[serde(default)]
+    pub tpm_ek_sha256: String,
+    /// Host name the device reported.
+    #[serde(default)]
+    pub hostname: String,
+    /// Where the device key lives.
+    pub key_storage: KeyStorage,
+    /// Version of cairn-agent on the device.
+    #[serde(default)]
+    pub agent_version: String,
+    /// OS version running on the device.
+    #[serde(default)]
+    pub os_version: String,
+    /// Enrollment token the device enrolled with.
+    #[serde(default)]
+    pub token_id: String,
+    /// RFC 3339 enrollment time.
+    pub created_at: String,
+    /// RFC 3339 approval time, if approved.
+    #[serde(default)]
+    pub approved_at: Option<String>,
+    /// RFC 3339 time central last heard from the device.
+    #[serde(default)]
+    pub last_seen_at: Option<String>,
+    /// Whether the device holds a live connection to central.
+    #[serde(default)]
+    pub online: bool,
+    /// Serial number of the device certificate, if issued.
+    #[serde(default)]
+    pub cert_serial: Option<String>,
+    /// RFC 3339 expiry of the device certificate, if issued.
+    #[serde(default)]
+    pub cert_expires_at: Option<String>,
+    /// Revision of the desired state central holds for the device.
+    #[serde(default)]
+    pub desired_revision: u64,
+}
+
+/// Answer to `GET /api/v1/devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DeviceList {
+    /// All devices.
+    pub devices: Vec<Device>,
+}
+
+/// Answer to `GET /api/v1/devices/{id}` and the device approve and revoke calls.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DeviceReply {
+    /// The device (after the change, for approve and revoke).
+    pub device: Device,
+}
+
+/// Body of `POST /api/v1/claims`: pre-registers a device for `claim` enrollment tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum CreateClaim {
+    /// Match by hardware serial number.
+    #[serde(rename = "serial")]
+    Serial(String),
+    /// Match by SHA-256 of the TPM endorsement key (64 lowercase hex characters).
+    #[serde(rename = "tpm_ek_sha256")]
+    TpmEkSha256(String),
+}
+
+/// A claim: a device pre-registered by serial or TPM EK hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Claim id.
+    pub id: String,
+    /// What the claim matches by.
+    pub kind: ClaimKind,
+    /// The serial or EK hash.
+    pub value: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// The device that enrolled under this claim, once one has.
+    #[serde(default)]
+    pub device_id: Option<String>,
+}
+
+/// Answer to `POST /api/v1/claims`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ClaimReply {
+    /// The new claim.
+    pub claim: Claim,
+}
+
+/// Answer to `GET /api/v1/claims`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ClaimList {
+    /// All claims.
+    pub claims: Vec<Claim>,
+}
+
+/// An API token for people and tools using the REST API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// Token id.
+    pub id: String,
+    /// Operator-chosen name.
+    pub name: String,
+    /// What the token may do.
+    pub role: ApiRole,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Whether the token was revoked.
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+/// Body of `POST /api/v1/api-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CreateApiToken {
+    /// Name of the new token.
+    pub name: String,
+    /// What the token may do.
+    pub role: ApiRole,
+}
+
+/// Answer to `POST /api/v1/api-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CreatedApiToken {
+    /// The new token.
+    pub api_token: ApiToken,
+    /// The token's secret, `cat_...`: returned only this once.
+    pub secret: String,
+}
+
+/// Answer to `GET /api/v1/api-tokens`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ApiTokenList {
+    /// All API tokens.
+    pub api_tokens: Vec<ApiToken>,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Sequence number.
+    pub id: i64,
+    /// RFC 3339 time of the change.
+    pub at: String,
+    /// Who made the change (API token name or id, or a system component).
+    #[serde(default)]
+    pub actor: Option<String>,
+    /// What was done, e.g. `device.approve`.
+    pub action: String,
+    /// What it was done to, e.g. a device id.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Further detail: a string or any JSON value.
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+/// Answer to `GET /api/v1/audit`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct AuditLog {
+    /// Events, in the order central returned them.
+    pub events: Vec<AuditEvent>,
+}
+
+/// Error body central sends with every non-2xx answer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ErrorBody {
+    /// The error itself.
+    pub error: ErrorDetail,
+}
+
+/// The `error` object of an [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable code, e.g. `not_found`.
+    #[serde(default)]
+    pub code: String,
+    /// Message for people.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_tolerates_unknown_fields_and_values() {
+        let body = r#"{"device":{"id":"dev_1","status":"quarantined","serial":"S1",
+            "tpm_ek_sha256":"ab","hostname":"h","key_storage":"tpm","agent_version":"0.1",
+            "os_version":"1","token_id":"tok_1","created_at":"2025-01-01T00:00:00Z",
+            "approved_at":null,"last_seen_at":null,"online":false,"cert_serial":null,
+            "cert_expires_at":null,"desired_revision":3,"site":"berlin"}}"#;
+        let reply: DeviceReply = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            reply.device.status,
+            DeviceStatus::Other("quarantined".into())
+        );
+        assert_eq!(reply.device.key_storage, KeyStorage::Tpm);
+        assert_eq!(reply.device.desired_revision, 3);
+        assert_eq!(reply.device.approved_at, None);
+    }
+
+    #[test]
+    fn create_enrollment_token_sends_null_max_uses_and_omits_expiry() {
+        let body = CreateEnrollmentToken {
+            name: "lab".into(),
+            policy: EnrollmentPolicy::Claim,
+            expires_in_seconds: None,
+            max_uses: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"name":"lab","policy":"claim","max_uses":null})
+        );
+    }
+
+    #[test]
+    fn create_claim_uses_one_key() {
+        assert_eq!(
+            serde_json::to_value(CreateClaim::Serial("S1".into())).unwrap(),
+            serde_json::json!({"serial":"S1"})
+        );
+        assert_eq!(
+            serde_json::to_value(CreateClaim::TpmEkSha256("ab".into())).unwrap(),
+            serde_json::json!({"tpm_ek_sha256":"ab"})
+        );
+    }
+
+    #[test]
+    fn audit_detail_may_be_any_json() {
+        let body = r#"{"events":[{"id":1,"at":"t","actor":"admin","action":"device.approve",
+            "target":"dev_1","detail":{"by":"x"}},{"id":2,"at":"t","actor":"a","action":"b"}]}"#;
+        let log: AuditLog = serde_json::from_str(body).unwrap();
+        assert_eq!(log.events[0].detail["by"], "x");
+        assert!(log.events[1].detail.is_null());
+        assert_eq!(log.events[1].target, None);
+    }
+}

@@ -1,0 +1,565 @@
+//! What cairnctl prints: aligned tables, `key: value` details, one-line confirmations, and the
+//! server's JSON re-indented for `--json`.
+//!
+//! Every string that came from central goes through [`printable`] before it reaches the terminal,
+//! so a hostile host name cannot move the cursor or recolour the screen.
+
+use std::fmt::{self, Write as _};
+
+use crate::model::{
+    ApiToken, AuditEvent, Claim, ClaimKind, CreatedApiToken, CreatedEnrollmentToken, Device,
+    EnrollmentToken,
+};
+
+/// Shown for a null or empty value.
+pub const NONE: &str = "-";
+
+/// Spaces between table columns.
+const COLUMN_GAP: usize = 3;
+
+/// Escapes control characters (newlines, terminal escapes) so text stays on one line and inert.
+pub fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// `value`, or [`NONE`] when absent.
+pub fn or_none(value: Option<&str>) -> &str {
+    value.unwrap_or(NONE)
+}
+
+fn dash_if_empty(value: &str) -> &str {
+    if value.is_empty() {
+        NONE
+    } else {
+        value
+    }
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// A table with a header row and columns padded to line up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// An empty table with these column titles.
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|title| (*title).to_owned()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row. Cells are made [`printable`], empty cells show [`NONE`], and a row shorter
+    /// than the header is filled with [`NONE`] (extra cells are dropped).
+    pub fn push_row<I, S>(&mut self, cells: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut row: Vec<String> = cells
+            .into_iter()
+            .take(self.header.len())
+            .map(|cell| match cell.as_ref() {
+                "" => NONE.to_owned(),
+                text => printable(text),
+            })
+            .collect();
+        row.resize(self.header.len(), NONE.to_owned());
+        self.rows.push(row);
+    }
+
+    /// Whether the table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Number of rows (the header not counted).
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+impl fmt::Display for Table {
+    /// One line per row, header first, each line ending in `\n`, no trailing spaces.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let widths: Vec<usize> = (0..self.header.len())
+            .map(|column| {
+                std::iter::once(&self.header)
+                    .chain(&self.rows)
+                    .map(|row| row[column].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (column, cell) in row.iter().enumerate() {
+                if column + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    let pad = widths[column] - cell.chars().count() + COLUMN_GAP;
+                    let _ = write!(line, "{cell}{:pad$}", "");
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// `key: value` lines with the values lined up; values are made [`printable`], empty ones show
+/// [`NONE`].
+pub fn key_values(pairs: &[(&str, String)]) -> String {
+    let width = pairs.iter().map(|(key, _)| key.len()).max().unwrap_or(0) + 1;
+    let mut text = String::new();
+    for (key, value) in pairs {
+        let value = if value.is_empty() {
+            NONE.to_owned()
+        } else {
+            printable(value)
+        };
+        let key = format!("{key}:");
+        let _ = writeln!(text, "{key:width$} {value}");
+    }
+    text
+}
+
+/// Re-indents a JSON document (2 spaces, one member per line) without reordering keys or
+/// touching strings and numbers, so `--json` shows the body as central sent it.
+///
+/// `raw` must be valid JSON; cairnctl checks that before printing.
+pub fn pretty_json(raw: &str) -> String {
+    fn newline(out: &mut String, depth: usize) {
+        out.push('\n');
+        out.extend(std::iter::repeat_n("  ", depth));
+    }
+    let mut out = String::with_capacity(raw.len() * 2);
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                out.push(c);
+            }
+            '{' | '[' => {
+                while chars.next_if(|next| next.is_whitespace()).is_some() {}
+                let close = if c == '{' { '}' } else { ']' };
+                out.push(c);
+                if chars.next_if_eq(&close).is_some() {
+                    out.push(close);
+                } else {
+                    depth += 1;
+                    newline(&mut out, depth);
+                }
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                newline(&mut out, depth);
+                out.push(c);
+            }
+            ',' => {
+                out.push(c);
+                newline(&mut out, depth);
+            }
+            ':' => out.push_str(": "),
+            c if c.is_whitespace() => {}
+            c => out.push(c),
+        }
+    }
+    out.push('\n');
+    out
+}
+
+/// Table of enrollment tokens.
+pub fn enrollment_token_table(tokens: &[EnrollmentToken]) -> Table {
+    let mut table = Table::new(&[
+        "ID", "NAME", "POLICY", "USES", "MAX-USES", "EXPIRES", "REVOKED", "CREATED",
+    ]);
+    for token in tokens {
+        table.push_row([
+            token.id.as_str(),
+            &token.name,
+            token.policy.as_str(),
+            &token.uses.to_string(),
+            &token
+                .max_uses
+                .map_or_else(|| NONE.to_owned(), |n| n.to_string()),
+            or_none(token.expires_at.as_deref()),
+            yes_no(token.revoked),
+            &token.created_at,
+        ]);
+    }
+    table
+}
+
+/// Confirmation of a new enrollment token, with its secret and the warning that it is shown once.
+pub fn enrollment_token_created(created: &CreatedEnrollmentToken) -> String {
+    let token = &created.token;
+    format!(
+        "created enrollment token {} '{}' (policy {}, expires {}, max uses {})\n\
+         secret: {}\n\
+         This secret is shown only once: put it in the fleet recipe now; central cannot show it again.\n",
+        printable(&token.id),
+        printable(&token.name),
+        printable(token.policy.as_str()),
+        printable(or_none(token.expires_at.as_deref())),
+        token
+            .max_uses
+            .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+        printable(&created.secret),
+    )
+}
+
+/// Confirmation of a revoked enrollment token.
+pub fn enrollment_token_revoked(token: &EnrollmentToken) -> String {
+    format!(
+        "revoked enrollment token {} '{}': devices can no longer enroll with it\n",
+        printable(&token.id),
+        printable(&token.name)
+    )
+}
+
+/// Table of devices.
+pub fn device_table(devices: &[Device]) -> Table {
+    let mut table = Table::new(&[
+        "ID",
+        "STATUS",
+        "HOSTNAME",
+        "SERIAL",
+        "KEY",
+        "ONLINE",
+        "LAST-SEEN",
+        "AGENT",
+        "OS",
+    ]);
+    for device in devices {
+        table.push_row([
+            device.id.as_str(),
+            device.status.as_str(),
+            &device.hostname,
+            &device.serial,
+            device.key_storage.as_str(),
+            yes_no(device.online),
+            or_none(device.last_seen_at.as_deref()),
+            &device.agent_version,
+            &device.os_version,
+        ]);
+    }
+    table
+}
+
+/// Every field of a device as `key: value` lines.
+pub fn device_details(device: &Device) -> String {
+    let optional = |value: &Option<String>| or_none(value.as_deref()).to_owned();
+    key_values(&[
+        ("id", device.id.clone()),
+        ("status", device.status.to_string()),
+        ("hostname", device.hostname.clone()),
+        ("serial", device.serial.clone()),
+        ("tpm_ek_sha256", device.tpm_ek_sha256.clone()),
+        ("key_storage", device.key_storage.to_string()),
+        ("agent_version", device.agent_version.clone()),
+        ("os_version", device.os_version.clone()),
+        ("token_id", device.token_id.clone()),
+        ("created_at", device.created_at.clone()),
+        ("approved_at", optional(&device.approved_at)),
+        ("last_seen_at", optional(&device.last_seen_at)),
+        ("online", yes_no(device.online).to_owned()),
+        ("cert_serial", optional(&device.cert_serial)),
+        ("cert_expires_at", optional(&device.cert_expires_at)),
+        ("desired_revision", device.desired_revision.to_string()),
+    ])
+}
+
+/// Confirmation of a device status change (`verb` is e.g. "approved").
+pub fn device_changed(verb: &str, device: &Device) -> String {
+    format!(
+        "{verb} device {} (hostname {}, serial {}): status is now {}\n",
+        printable(&device.id),
+        printable(dash_if_empty(&device.hostname)),
+        printable(dash_if_empty(&device.serial)),
+        printable(device.status.as_str()),
+    )
+}
+
+fn claim_kind_label(kind: &ClaimKind) -> String {
+    match kind {
+        ClaimKind::Serial => "serial".to_owned(),
+        ClaimKind::TpmEk => "TPM EK hash".to_owned(),
+        ClaimKind::Other(other) => printable(other),
+    }
+}
+
+/// Table of claims.
+pub fn claim_table(claims: &[Claim]) -> Table {
+    let mut table = Table::new(&["ID", "KIND", "VALUE", "DEVICE", "CREATED"]);
+    for claim in claims {
+        table.push_row([
+            claim.id.as_str(),
+            claim.kind.as_str(),
+            &claim.value,
+            or_none(claim.device_id.as_deref()),
+            &claim.created_at,
+        ]);
+    }
+    table
+}
+
+/// Confirmation of a new claim.
+pub fn claim_added(claim: &Claim) -> String {
+    let device = match &claim.device_id {
+        Some(device) => format!("; device {} enrolled under it", printable(device)),
+        None => {
+            "; a device enrolling with a 'claim' token and this value will be approved".to_owned()
+        }
+    };
+    format!(
+        "added claim {} for {} {}{device}\n",
+        printable(&claim.id),
+        claim_kind_label(&claim.kind),
+        printable(&claim.value),
+    )
+}
+
+/// Table of API tokens.
+pub fn api_token_table(tokens: &[ApiToken]) -> Table {
+    let mut table = Table::new(&["ID", "NAME", "ROLE", "REVOKED", "CREATED"]);
+    for token in tokens {
+        table.push_row([
+            token.id.as_str(),
+            &token.name,
+            token.role.as_str(),
+            yes_no(token.revoked),
+            &token.created_at,
+        ]);
+    }
+    table
+}
+
+/// Confirmation of a new API token, with its secret and the warning that it is shown once.
+pub fn api_token_created(created: &CreatedApiToken) -> String {
+    let token = &created.api_token;
+    format!(
+        "created API token {} '{}' (role {})\n\
+         secret: {}\n\
+         This secret is shown only once: store it now (e.g. in a file for --token-file); central cannot show it again.\n",
+        printable(&token.id),
+        printable(&token.name),
+        printable(token.role.as_str()),
+        printable(&created.secret),
+    )
+}
+
+/// Table of audit events; `detail` shows a string as is and other JSON compactly.
+pub fn audit_table(events: &[AuditEvent]) -> Table {
+    let mut table = Table::new(&["ID", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL"]);
+    for event in events {
+        let detail = match &event.detail {
+            serde_json::Value::Null => NONE.to_owned(),
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        table.push_row([
+            event.id.to_string().as_str(),
+            &event.at,
+            or_none(event.actor.as_deref()),
+            &event.action,
+            or_none(event.target.as_deref()),
+            &detail,
+        ]);
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DeviceStatus, EnrollmentPolicy, KeyStorage};
+
+    #[test]
+    fn table_aligns_columns_without_trailing_spaces() {
+        let mut table = Table::new(&["ID", "NAME", "STATE"]);
+        table.push_row(["dev_1", "gateway-berlin-01", "active"]);
+        table.push_row(["dev_22", "", "pending"]);
+        assert_eq!(
+            table.to_string(),
+            "ID       NAME                STATE\n\
+             dev_1    gateway-berlin-01   active\n\
+             dev_22   -                   pending\n"
+        );
+    }
+
+    #[test]
+    fn table_last_column_is_not_padded_and_short_rows_are_filled() {
+        let mut table = Table::new(&["A", "B"]);
+        table.push_row(["x"]);
+        table.push_row(["long-value", "1", "dropped"]);
+        assert_eq!(
+            table.to_string(),
+            "A            B\nx            -\nlong-value   1\n"
+        );
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn table_counts_characters_not_bytes() {
+        let mut table = Table::new(&["CITY", "X"]);
+        table.push_row(["Zürich", "1"]);
+        table.push_row(["Bern", "2"]);
+        assert_eq!(table.to_string(), "CITY     X\nZürich   1\nBern     2\n");
+    }
+
+    #[test]
+    fn table_of_nothing_is_the_header() {
+        let table = Table::new(&["ID", "NAME"]);
+        assert!(table.is_empty());
+        assert_eq!(table.to_string(), "ID   NAME\n");
+    }
+
+    #[test]
+    fn table_cells_cannot_break_lines_or_emit_escapes() {
+        let mut table = Table::new(&["HOST", "X"]);
+        table.push_row(["evil\n\u{1b}[2J", "1"]);
+        let text = table.to_string();
+        assert_eq!(text.lines().count(), 2);
+        assert!(!text.contains('\u{1b}'));
+    }
+
+    #[test]
+    fn key_values_line_up() {
+        let text = key_values(&[("id", "dev_1".into()), ("last_seen_at", String::new())]);
+        assert_eq!(text, "id:           dev_1\nlast_seen_at: -\n");
+    }
+
+    #[test]
+    fn pretty_json_keeps_key_order_and_strings() {
+        let raw = r#"{"z":1,"a":{"s":"x, y: {\"q\"} [ ]","e":[],"o":{}},"l":[1,2.50,null]}"#;
+        assert_eq!(
+            pretty_json(raw),
+            "{\n  \"z\": 1,\n  \"a\": {\n    \"s\": \"x, y: {\\\"q\\\"} [ ]\",\n    \"e\": [],\n    \"o\": {}\n  },\n  \"l\": [\n    1,\n    2.50,\n    null\n  ]\n}\n"
+        );
+    }
+
+    #[test]
+    fn pretty_json_matches_serde_for_sorted_keys() {
+        let value = serde_json::json!({"a": [1, {"b": "c\\\"d"}], "e": { }, "f": [ ], "g": true});
+        let compact = serde_json::to_string(&value).unwrap();
+        let spaced = " { \"a\" : [ 1 , { \"b\" : \"c\\\\\\\"d\" } ] , \"e\" : { } , \"f\" : [ ] , \"g\" : true } ";
+        let expected = serde_json::to_string_pretty(&value).unwrap() + "\n";
+        assert_eq!(pretty_json(&compact), expected);
+        assert_eq!(pretty_json(spaced), expected);
+    }
+
+    fn device() -> Device {
+        Device {
+            id: "dev_1".into(),
+            status: DeviceStatus::Active,
+            serial: "SN1".into(),
+            tpm_ek_sha256: "ab".repeat(32),
+            hostname: "edge-1".into(),
+            key_storage: KeyStorage::Tpm,
+            agent_version: "0.1.0".into(),
+            os_version: "2025.1".into(),
+            token_id: "tok_1".into(),
+            created_at: "2025-01-01T00:00:00Z".into(),
+            approved_at: Some("2025-01-01T00:01:00Z".into()),
+            last_seen_at: None,
+            online: true,
+            cert_serial: None,
+            cert_expires_at: None,
+            desired_revision: 7,
+        }
+    }
+
+    #[test]
+    fn device_table_and_details_show_dash_for_null() {
+        let text = device_table(&[device()]).to_string();
+        assert_eq!(
+            text,
+            "ID      STATUS   HOSTNAME   SERIAL   KEY   ONLINE   LAST-SEEN   AGENT   OS\n\
+             dev_1   active   edge-1     SN1      tpm   yes      -           0.1.0   2025.1\n"
+        );
+        let details = device_details(&device());
+        assert!(details.contains("\nlast_seen_at:     -\n"), "{details}");
+        assert!(details.contains("\ndesired_revision: 7\n"), "{details}");
+        assert_eq!(details.lines().count(), 16);
+    }
+
+    #[test]
+    fn token_created_shows_secret_once_with_warning() {
+        let created = CreatedEnrollmentToken {
+            token: EnrollmentToken {
+                id: "tok_1".into(),
+                name: "lab".into(),
+                policy: EnrollmentPolicy::Auto,
+                created_at: "2025-01-01T00:00:00Z".into(),
+                expires_at: None,
+                max_uses: Some(5),
+                uses: 0,
+                revoked: false,
+            },
+            secret: "cet_s3cret".into(),
+        };
+        let text = enrollment_token_created(&created);
+        assert_eq!(text.matches("cet_s3cret").count(), 1);
+        assert!(text.contains("shown only once"));
+        assert!(text.contains("max uses 5"));
+    }
+
+    #[test]
+    fn audit_detail_rendering() {
+        let event = |detail| AuditEvent {
+            id: 1,
+            at: "t".into(),
+            actor: Some("admin".into()),
+            action: "device.approve".into(),
+            target: None,
+            detail,
+        };
+        let text = audit_table(&[
+            event(serde_json::json!("plain")),
+            event(serde_json::json!({"k": 1})),
+            event(serde_json::Value::Null),
+        ])
+        .to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].ends_with("   -        plain"), "{text}");
+        assert!(lines[2].ends_with(r#"{"k":1}"#), "{text}");
+        assert!(lines[3].ends_with("   -        -"), "{text}");
+    }
+}

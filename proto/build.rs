@@ -1,0 +1,5 @@
+fn main() {
+    tonic_prost_build::configure()
+        .compile_protos(&["proto/cairn.proto"], &["proto"])
+        .expect("compile proto/cairn.proto (is protoc installed? apt-get install protobuf-compiler)");
+}

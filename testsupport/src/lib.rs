@@ -1,0 +1,16 @@
+//! Test support: start real components for host integration tests, or skip loudly when one truly
+//! cannot run here (never silently; under `CI=true` a missing component is a failure).
+//!
+//! - [`Swtpm`]: a real software TPM 2.0 (`swtpm socket`) on free loopback ports, killed on drop.
+//! - [`require_tool`]: decide whether a test can run, given the external tools it needs.
+//! - [`free_port`]: a loopback TCP port that was free a moment ago.
+
+#![warn(missing_docs)]
+
+mod ports;
+mod swtpm;
+mod tools;
+
+pub use ports::free_port;
+pub use swtpm::Swtpm;
+pub use tools::require_tool;

@@ -1,0 +1,277 @@
+//! The on-disk key blob: the TPM-wrapped device key, useless without the TPM that made it.
+//!
+//! Format (all integers big-endian):
+//!
+//! ```text
+//! "CAIRNTPMKEY1"                 12 bytes magic, the trailing "1" is the format version
+//! u16 len, len bytes             TPM2B_PUBLIC  (marshalled TPMT_PUBLIC)
+//! u16 len, len bytes             TPM2B_PRIVATE (the TPM-encrypted private area)
+//! ```
+//!
+//! Nothing may follow. These are the TPM's own TPM2B encodings, the same bytes `tpm2_create -u -r`
+//! writes.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use tss_esapi::structures::{Private, Public};
+use tss_esapi::traits::{Marshall, UnMarshall};
+
+use crate::TpmError;
+
+/// Magic and version at the start of every blob.
+pub(crate) const MAGIC: &[u8; 12] = b"CAIRNTPMKEY1";
+/// Blobs larger than this are not ours (a P-256 key blob is under 300 bytes).
+const MAX_BLOB_LEN: u64 = 16 * 1024;
+
+/// The public and TPM-wrapped private parts of a key created under the owner primary.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyBlob {
+    /// Public area (algorithm, attributes, public point).
+    pub(crate) public: Public,
+    /// Private area, encrypted by the TPM under the parent key.
+    pub(crate) private: Private,
+}
+
+impl KeyBlob {
+    /// Serialize to the blob format.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
+        let public = self
+            .public
+            .marshall()
+            .map_err(|e| format!("cannot marshal the public area: {e}"))?;
+        let private = self.private.value();
+        let mut out = Vec::with_capacity(MAGIC.len() + 4 + public.len() + private.len());
+        out.extend_from_slice(MAGIC);
+        push_tpm2b(&mut out, &public)?;
+        push_tpm2b(&mut out, private)?;
+        Ok(out)
+    }
+
+    /// Parse the blob format; the error says what is wrong (for [`TpmError::BadBlob`]).
+    pub(crate) fn decode(bytes: &[u8]) -> Result<KeyBlob, String> {
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| "missing the CAIRNTPMKEY1 header".to_string())?;
+        let (public, rest) = take_tpm2b(rest, "public area")?;
+        let (private, rest) = take_tpm2b(rest, "private area")?;
+        if !rest.is_empty() {
+            return Err(format!(
+                "{} unexpected bytes after the private area",
+                rest.len()
+            ));
+        }
+        if public.is_empty() || private.is_empty() {
+            return Err("empty public or private area".to_string());
+        }
+        let public = Public::unmarshall(public)
+            .map_err(|e| format!("public area does not unmarshal: {e}"))?;
+        let private =
+            Private::try_from(private).map_err(|e| format!("private area is invalid: {e}"))?;
+        Ok(KeyBlob { public, private })
+    }
+
+    /// Read and parse the blob at `path`; `Ok(None)` when the file does not exist.
+    pub(crate) fn read(path: &Path) -> Result<Option<KeyBlob>, TpmError> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(TpmError::ReadBlob {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        if bytes.len() as u64 > MAX_BLOB_LEN {
+            return Err(bad_blob(
+                path,
+                format!("{} bytes is far too large", bytes.len()),
+            ));
+        }
+        KeyBlob::decode(&bytes)
+            .map(Some)
+            .map_err(|reason| bad_blob(path, reason))
+    }
+
+    /// Write the blob to `path` atomically: a 0600 temp file beside it, fsync, rename, fsync dir.
+    pub(crate) fn write_atomic(&self, path: &Path) -> Result<(), TpmError> {
+        let bytes = self
+            .encode()
+            .map_err(|reason| TpmError::UnexpectedTpmOutput {
+                what: "the new key's public area",
+                reason,
+            })?;
+        let tmp = temp_path(path);
+        let result = write_then_rename(&tmp, path, &bytes);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(|source| TpmError::WriteBlob {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+fn bad_blob(path: &Path, reason: String) -> TpmError {
+    TpmError::BadBlob {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+fn push_tpm2b(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
+    let len = u16::try_from(bytes.len())
+        .map_err(|_| format!("{} bytes do not fit a TPM2B", bytes.len()))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+fn take_tpm2b<'a>(bytes: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+    let (len, rest) = bytes
+        .split_first_chunk::<2>()
+        .ok_or_else(|| format!("truncated before the {what} length"))?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if rest.len() < len {
+        return Err(format!(
+            "truncated {what}: {len} bytes announced, {} present",
+            rest.len()
+        ));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// `.<name>.tmp` beside `path`, on the same file system so the rename is atomic.
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tpm-key".to_string());
+    path.with_file_name(format!(".{name}.tmp"))
+}
+
+fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // A stale temp file from a crash would make create_new fail: remove it first.
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(tmp, path)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+    use tss_esapi::interface_types::ecc::EccCurve;
+    use tss_esapi::structures::{
+        EccParameter, EccPoint, EccScheme, HashScheme, PublicBuilder, PublicEccParametersBuilder,
+    };
+
+    fn sample() -> KeyBlob {
+        let public = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(crate::key::signing_key_attributes().unwrap())
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new_unrestricted_signing_key(
+                    EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                    EccCurve::NistP256,
+                )
+                .build()
+                .unwrap(),
+            )
+            .with_ecc_unique_identifier(EccPoint::new(
+                EccParameter::try_from(vec![7u8; 32]).unwrap(),
+                EccParameter::try_from(vec![9u8; 32]).unwrap(),
+            ))
+            .build()
+            .unwrap();
+        KeyBlob {
+            public,
+            private: Private::try_from(vec![0xabu8; 126]).unwrap(),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let blob = sample();
+        let bytes = blob.encode().unwrap();
+        assert!(bytes.starts_with(MAGIC));
+        let back = KeyBlob::decode(&bytes).unwrap();
+        assert_eq!(back.public, blob.public);
+        assert_eq!(back.private, blob.private);
+    }
+
+    #[test]
+    fn rejects_every_truncation_and_trailing_bytes() {
+        let bytes = sample().encode().unwrap();
+        for len in 0..bytes.len() {
+            assert!(
+                KeyBlob::decode(&bytes[..len]).is_err(),
+                "truncated to {len} accepted"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(KeyBlob::decode(&longer)
+            .unwrap_err()
+            .contains("unexpected bytes"));
+    }
+
+    #[test]
+    fn rejects_garbage_and_wrong_magic() {
+        assert!(KeyBlob::decode(b"hello world, not a key")
+            .unwrap_err()
+            .contains("CAIRNTPMKEY1"));
+        let mut bytes = sample().encode().unwrap();
+        bytes[11] = b'2';
+        assert!(KeyBlob::decode(&bytes).is_err());
+        let mut garbage = MAGIC.to_vec();
+        garbage.extend_from_slice(&[0x00, 0x04, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x00]);
+        assert!(KeyBlob::decode(&garbage)
+            .unwrap_err()
+            .contains("public area"));
+    }
+
+    #[test]
+    fn writes_atomically_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.key");
+        // A stale temp file from an earlier crash does not block the write.
+        std::fs::write(temp_path(&path), b"stale").unwrap();
+        sample().write_atomic(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(!temp_path(&path).exists());
+        assert!(KeyBlob::read(&path).unwrap().is_some());
+        assert!(KeyBlob::read(&dir.path().join("absent")).unwrap().is_none());
+    }
+
+    #[test]
+    fn write_error_names_the_path() {
+        let path = Path::new("/nonexistent-cairn-dir/device.key");
+        let err = sample().write_atomic(path).unwrap_err();
+        assert!(matches!(err, TpmError::WriteBlob { .. }));
+        assert!(err
+            .to_string()
+            .contains("/nonexistent-cairn-dir/device.key"));
+    }
+}

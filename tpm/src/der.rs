@@ -1,0 +1,218 @@
+//! Minimal DER encoders for what the TPM gives us: SubjectPublicKeyInfo for EC P-256 and RSA
+//! public keys, and ECDSA signatures as `Ecdsa-Sig-Value`.
+
+/// `id-ecPublicKey` (1.2.840.10045.2.1), encoded OBJECT IDENTIFIER.
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+/// `prime256v1` / secp256r1 (1.2.840.10045.3.1.7), encoded OBJECT IDENTIFIER.
+const OID_PRIME256V1: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// `rsaEncryption` (1.2.840.113549.1.1.1), encoded OBJECT IDENTIFIER.
+const OID_RSA_ENCRYPTION: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+/// Encoded NULL (the RSA algorithm parameters).
+const NULL: &[u8] = &[0x05, 0x00];
+
+const TAG_INTEGER: u8 = 0x02;
+const TAG_BIT_STRING: u8 = 0x03;
+const TAG_SEQUENCE: u8 = 0x30;
+
+/// Size in bytes of a P-256 field element.
+pub(crate) const P256_COORDINATE_LEN: usize = 32;
+
+/// Append a DER length (short form below 128, long form otherwise).
+fn push_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+        return;
+    }
+    let bytes = len.to_be_bytes();
+    let first = bytes
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(bytes.len() - 1);
+    let significant = &bytes[first..];
+    out.push(0x80 | significant.len() as u8);
+    out.extend_from_slice(significant);
+}
+
+/// One TLV: `tag`, DER length, `content`.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(content.len() + 6);
+    out.push(tag);
+    push_len(&mut out, content.len());
+    out.extend_from_slice(content);
+    out
+}
+
+/// SEQUENCE of already-encoded elements.
+fn sequence(elements: &[&[u8]]) -> Vec<u8> {
+    tlv(TAG_SEQUENCE, &elements.concat())
+}
+
+/// INTEGER holding the unsigned big-endian `magnitude`: leading zero bytes removed, one 0x00 added
+/// when the top bit is set (so it stays positive), zero encoded as a single 0x00.
+fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
+    let first = magnitude.iter().position(|&b| b != 0);
+    let trimmed = match first {
+        Some(i) => &magnitude[i..],
+        None => &[][..],
+    };
+    let mut content = Vec::with_capacity(trimmed.len() + 1);
+    if trimmed.first().is_none_or(|&b| b & 0x80 != 0) {
+        content.push(0x00);
+    }
+    content.extend_from_slice(trimmed);
+    tlv(TAG_INTEGER, &content)
+}
+
+/// BIT STRING with no unused bits.
+fn bit_string(bytes: &[u8]) -> Vec<u8> {
+    let mut content = Vec::with_capacity(bytes.len() + 1);
+    content.push(0x00);
+    content.extend_from_slice(bytes);
+    tlv(TAG_BIT_STRING, &content)
+}
+
+/// Left-pad a big-endian value to `len` bytes (the TPM may drop leading zero bytes). `None` when
+/// the value (without leading zeros) is longer than `len`.
+pub(crate) fn left_pad(value: &[u8], len: usize) -> Option<Vec<u8>> {
+    let first = value.iter().position(|&b| b != 0).unwrap_or(value.len());
+    let significant = &value[first..];
+    if significant.len() > len {
+        return None;
+    }
+    let mut out = vec![0u8; len - significant.len()];
+    out.extend_from_slice(significant);
+    Some(out)
+}
+
+/// SubjectPublicKeyInfo for a P-256 public key: `id-ecPublicKey` with `prime256v1`, and the
+/// uncompressed point `04 || x || y`. `x` and `y` must be exactly 32 bytes.
+pub(crate) fn spki_ec_p256(x: &[u8], y: &[u8]) -> Vec<u8> {
+    debug_assert_eq!(x.len(), P256_COORDINATE_LEN);
+    debug_assert_eq!(y.len(), P256_COORDINATE_LEN);
+    let mut point = Vec::with_capacity(1 + x.len() + y.len());
+    point.push(0x04);
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    let algorithm = sequence(&[OID_EC_PUBLIC_KEY, OID_PRIME256V1]);
+    sequence(&[&algorithm, &bit_string(&point)])
+}
+
+/// SubjectPublicKeyInfo for an RSA public key: `rsaEncryption` with NULL parameters, and
+/// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
+pub(crate) fn spki_rsa(modulus: &[u8], exponent: u32) -> Vec<u8> {
+    let rsa_public_key = sequence(&[
+        &unsigned_integer(modulus),
+        &unsigned_integer(&exponent.to_be_bytes()),
+    ]);
+    let algorithm = sequence(&[OID_RSA_ENCRYPTION, NULL]);
+    sequence(&[&algorithm, &bit_string(&rsa_public_key)])
+}
+
+/// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from big-endian `r` and `s`.
+pub(crate) fn ecdsa_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
+    sequence(&[&unsigned_integer(r), &unsigned_integer(s)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(bytes: &[u8]) -> String {
+        hex::encode(bytes)
+    }
+
+    #[test]
+    fn lengths_short_and_long_form() {
+        let enc = |n| {
+            let mut v = Vec::new();
+            push_len(&mut v, n);
+            v
+        };
+        assert_eq!(enc(0), [0x00]);
+        assert_eq!(enc(127), [0x7f]);
+        assert_eq!(enc(128), [0x81, 0x80]);
+        assert_eq!(enc(255), [0x81, 0xff]);
+        assert_eq!(enc(256), [0x82, 0x01, 0x00]);
+        assert_eq!(enc(0x1_0000), [0x83, 0x01, 0x00, 0x00]);
+    }
+
+    #[test]
+    fn integers_follow_minimal_positive_encoding() {
+        assert_eq!(unsigned_integer(&[]), [0x02, 0x01, 0x00]);
+        assert_eq!(unsigned_integer(&[0x00, 0x00]), [0x02, 0x01, 0x00]);
+        assert_eq!(unsigned_integer(&[0x01]), [0x02, 0x01, 0x01]);
+        assert_eq!(unsigned_integer(&[0x7f]), [0x02, 0x01, 0x7f]);
+        // Top bit set: a leading zero keeps it positive.
+        assert_eq!(unsigned_integer(&[0x80]), [0x02, 0x02, 0x00, 0x80]);
+        assert_eq!(
+            unsigned_integer(&[0xff, 0x01]),
+            [0x02, 0x03, 0x00, 0xff, 0x01]
+        );
+        // Redundant leading zeros are stripped, but one stays before a high bit.
+        assert_eq!(
+            unsigned_integer(&[0x00, 0x00, 0x7f, 0x01]),
+            [0x02, 0x02, 0x7f, 0x01]
+        );
+        assert_eq!(
+            unsigned_integer(&[0x00, 0x00, 0x80]),
+            [0x02, 0x02, 0x00, 0x80]
+        );
+        assert_eq!(
+            unsigned_integer(&65537u32.to_be_bytes()),
+            [0x02, 0x03, 0x01, 0x00, 0x01]
+        );
+    }
+
+    #[test]
+    fn ec_p256_spki_matches_the_standard_prefix() {
+        let x = [0x11u8; 32];
+        let y = [0x22u8; 32];
+        let der = spki_ec_p256(&x, &y);
+        assert_eq!(der.len(), 91);
+        assert_eq!(
+            hex(&der[..27]),
+            "3059301306072a8648ce3d020106082a8648ce3d030107034200".to_string() + "04"
+        );
+        assert_eq!(&der[27..59], &x);
+        assert_eq!(&der[59..], &y);
+    }
+
+    #[test]
+    fn rsa_2048_spki_has_the_standard_layout() {
+        let mut modulus = vec![0xc5u8; 256];
+        modulus[255] = 0x01;
+        let der = spki_rsa(&modulus, 65537);
+        // SEQUENCE(290) { SEQUENCE { rsaEncryption, NULL }, BIT STRING(271) { 00 SEQUENCE(266) {
+        //   INTEGER(257) 00 || n, INTEGER 65537 } } }: the layout of `openssl rsa -pubout`.
+        let expected_prefix = "30820122300d06092a864886f70d01010105000382010f003082010a0282010100";
+        assert_eq!(hex(&der[..expected_prefix.len() / 2]), expected_prefix);
+        assert_eq!(&der[33..289], &modulus[..]);
+        assert_eq!(hex(&der[289..]), "0203010001");
+        assert_eq!(der.len(), 294);
+    }
+
+    #[test]
+    fn ecdsa_signature_handles_high_bits_and_leading_zeros() {
+        let r = [0x80u8; 32];
+        let mut s = [0x01u8; 32];
+        s[0] = 0x00;
+        s[1] = 0x00;
+        let der = ecdsa_signature(&r, &s);
+        // r: 33 content bytes (leading 00), s: 30 bytes (two zeros stripped).
+        assert_eq!(der[0], 0x30);
+        assert_eq!(der[1] as usize, der.len() - 2);
+        assert_eq!(&der[2..5], &[0x02, 33, 0x00]);
+        assert_eq!(&der[5..37], &r);
+        assert_eq!(&der[37..39], &[0x02, 30]);
+        assert_eq!(&der[39..], &s[2..]);
+    }
+
+    #[test]
+    fn left_pad_restores_fixed_width() {
+        assert_eq!(left_pad(&[1, 2], 4).unwrap(), [0, 0, 1, 2]);
+        assert_eq!(left_pad(&[0, 0, 0, 1, 2], 4).unwrap(), [0, 0, 1, 2]);
+        assert!(left_pad(&[1, 2, 3, 4, 5], 4).is_none());
+    }
+}

@@ -1,0 +1,377 @@
+//! The device signing key: a non-exportable ECC P-256 key under the owner hierarchy, kept on disk
+//! as a TPM-wrapped blob and loaded into the TPM while the device runs.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use sha2::{Digest as _, Sha256};
+use tss_esapi::attributes::ObjectAttributes;
+use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
+use tss_esapi::handles::KeyHandle;
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::Hierarchy;
+use tss_esapi::interface_types::session_handles::AuthSession;
+use tss_esapi::structures::{
+    Digest, EccParameter, EccPoint, EccScheme, HashScheme, HashcheckTicket, Public, PublicBuilder,
+    PublicEccParametersBuilder, Signature, SignatureScheme, SymmetricDefinitionObject,
+};
+use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
+use tss_esapi::Context;
+
+use crate::blob::KeyBlob;
+use crate::der::{self, P256_COORDINATE_LEN};
+use crate::tcti::open_context;
+use crate::TpmError;
+
+/// The device's signing key, held in the TPM.
+///
+/// The private key never leaves the TPM in clear: on disk there is only a blob the TPM encrypted
+/// under its owner primary key, so the blob is useless on another machine or after a TPM clear.
+/// The key is `fixedTPM` and `fixedParent` (not exportable or duplicable) and has an empty
+/// authorization value.
+///
+/// Holds one TPM context (behind a mutex, so the key is `Send + Sync`) and keeps the key loaded
+/// in it until dropped; the context flushes it on drop.
+pub struct TpmDeviceKey {
+    context: Mutex<Context>,
+    key: KeyHandle,
+    spki_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for TpmDeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmDeviceKey")
+            .field("public_key_spki_der_len", &self.spki_der.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TpmDeviceKey {
+    /// Load the key from `blob_path` (public+private blob written by an earlier call) or create a
+    /// new non-exportable ECC P-256 signing key under the owner hierarchy's primary and write the
+    /// blob (0600, atomic write+rename).
+    ///
+    /// The owner primary is recreated from a fixed template each time (same seed and template give
+    /// the same key), used as the parent, and flushed again. An existing blob that the TPM refuses
+    /// is an error, never silently replaced: replacing it would change the device's identity.
+    ///
+    /// # Errors
+    /// [`TpmError::BadTcti`] / [`TpmError::OpenTcti`] when the TPM cannot be reached,
+    /// [`TpmError::CreatePrimary`], [`TpmError::CreateKey`], [`TpmError::ReadBlob`],
+    /// [`TpmError::BadBlob`] (damaged file), [`TpmError::LoadBlob`] (blob from another TPM or a
+    /// cleared TPM), [`TpmError::WriteBlob`].
+    pub fn open_or_create(tcti: &str, blob_path: &Path) -> Result<Self, TpmError> {
+        let _span =
+            tracing::info_span!("tpm.device_key.open", path = %blob_path.display()).entered();
+        // Parse the file before touching the TPM: a damaged file fails fast and clearly.
+        let existing = KeyBlob::read(blob_path)?;
+        if let Some(blob) = &existing {
+            check_signing_public(&blob.public).map_err(|reason| TpmError::BadBlob {
+                path: blob_path.to_path_buf(),
+                reason,
+            })?;
+        }
+
+        let mut context = open_context(tcti)?;
+        let primary = create_owner_primary(&mut context)?;
+        let loaded = load_or_create(&mut context, primary, existing, blob_path);
+        // The primary is only needed as the parent: free its slot whatever happened.
+        flush(&mut context, primary);
+        let (key, public) = loaded?;
+
+        let spki_der = p256_spki(&public).map_err(|reason| TpmError::UnexpectedTpmOutput {
+            what: "the device key's public area",
+            reason,
+        })?;
+        Ok(TpmDeviceKey {
+            context: Mutex::new(context),
+            key,
+            spki_der,
+        })
+    }
+
+    /// DER SubjectPublicKeyInfo of the P-256 public key (id-ecPublicKey, prime256v1, uncompressed
+    /// point).
+    pub fn public_key_spki_der(&self) -> Vec<u8> {
+        self.spki_der.clone()
+    }
+
+    /// ECDSA P-256 over SHA-256 of `message` (hash computed on host, signed in TPM); DER-encoded
+    /// Ecdsa-Sig-Value (SEQUENCE of two INTEGERs), as X.509 and TLS expect.
+    ///
+    /// # Errors
+    /// [`TpmError::Sign`] when the TPM refuses (e.g. it was reset and the key is no longer
+    /// loaded), [`TpmError::UnexpectedTpmOutput`] when it answers with a non-ECDSA signature.
+    pub fn sign_sha256(&self, message: &[u8]) -> Result<Vec<u8>, TpmError> {
+        let _span = tracing::info_span!("tpm.sign", len = message.len()).entered();
+        let digest = Digest::try_from(Sha256::digest(message).to_vec())
+            .map_err(|source| TpmError::Sign { source })?;
+        let validation = null_hashcheck_ticket().map_err(|source| TpmError::Sign { source })?;
+        let scheme = SignatureScheme::EcDsa {
+            hash_scheme: HashScheme::new(HashingAlgorithm::Sha256),
+        };
+        let signature = self
+            .lock()
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.sign(self.key, digest, scheme, validation)
+            })
+            .map_err(|source| TpmError::Sign { source })?;
+        let unexpected = |reason: String| TpmError::UnexpectedTpmOutput {
+            what: "an ECDSA signature",
+            reason,
+        };
+        let Signature::EcDsa(ecc) = signature else {
+            return Err(unexpected(format!(
+                "got a {:?} signature",
+                signature.algorithm()
+            )));
+        };
+        let r = ecc.signature_r().value();
+        let s = ecc.signature_s().value();
+        if r.len() > P256_COORDINATE_LEN || s.len() > P256_COORDINATE_LEN {
+            return Err(unexpected(format!("r/s of {}/{} bytes", r.len(), s.len())));
+        }
+        Ok(der::ecdsa_signature(r, s))
+    }
+
+    /// The context, even if another thread panicked while holding it (the TPM context itself
+    /// stays consistent: every call is a complete TPM command).
+    fn lock(&self) -> MutexGuard<'_, Context> {
+        self.context.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Load `existing` under `primary`, or create a new key, write its blob to `blob_path` and load it.
+fn load_or_create(
+    context: &mut Context,
+    primary: KeyHandle,
+    existing: Option<KeyBlob>,
+    blob_path: &Path,
+) -> Result<(KeyHandle, Public), TpmError> {
+    let blob = match existing {
+        Some(blob) => {
+            tracing::info!("loading the existing device key blob");
+            blob
+        }
+        None => {
+            tracing::info!("no device key blob yet: creating a new device key in the TPM");
+            let blob = create_signing_key(context, primary)?;
+            blob.write_atomic(blob_path)?;
+            blob
+        }
+    };
+    let _span = tracing::info_span!("tpm.load").entered();
+    let key = context
+        .execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.load(primary, blob.private.clone(), blob.public.clone())
+        })
+        .map_err(|source| TpmError::LoadBlob {
+            path: blob_path.to_path_buf(),
+            source,
+        })?;
+    Ok((key, blob.public))
+}
+
+/// Create the owner hierarchy's storage primary (restricted ECC P-256 decrypt key, AES-128-CFB):
+/// the TCG "SRK" template, so the same owner seed always gives the same key.
+fn create_owner_primary(context: &mut Context) -> Result<KeyHandle, TpmError> {
+    let _span = tracing::info_span!("tpm.create_primary", hierarchy = "owner").entered();
+    let err = |source| TpmError::CreatePrimary {
+        hierarchy: "owner",
+        source,
+    };
+    let public = storage_primary_template().map_err(err)?;
+    context
+        .execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.create_primary(Hierarchy::Owner, public, None, None, None, None)
+        })
+        .map(|result| result.key_handle)
+        .map_err(err)
+}
+
+fn storage_primary_template() -> tss_esapi::Result<Public> {
+    let attributes = ObjectAttributes::builder()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_restricted_decryption_key(
+                SymmetricDefinitionObject::AES_128_CFB,
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::new(
+            EccParameter::try_from(vec![0u8; P256_COORDINATE_LEN])?,
+            EccParameter::try_from(vec![0u8; P256_COORDINATE_LEN])?,
+        ))
+        .build()
+}
+
+/// Attributes of the device key: not exportable (fixedTPM, fixedParent), generated in the TPM,
+/// usable with its (empty) auth value, unrestricted signing only.
+pub(crate) fn signing_key_attributes() -> tss_esapi::Result<ObjectAttributes> {
+    ObjectAttributes::builder()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .build()
+}
+
+fn signing_key_template() -> tss_esapi::Result<Public> {
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(signing_key_attributes()?)
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_unrestricted_signing_key(
+                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                EccCurve::NistP256,
+            )
+            .build()?,
+        )
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+}
+
+/// Create a new signing key under `primary`; returns its public and wrapped private parts.
+fn create_signing_key(context: &mut Context, primary: KeyHandle) -> Result<KeyBlob, TpmError> {
+    let _span = tracing::info_span!("tpm.create_key").entered();
+    let err = |source| TpmError::CreateKey { source };
+    let template = signing_key_template().map_err(err)?;
+    let created = context
+        .execute_with_session(Some(AuthSession::Password), |ctx| {
+            ctx.create(primary, template, None, None, None, None)
+        })
+        .map_err(err)?;
+    check_signing_public(&created.out_public).map_err(|reason| TpmError::UnexpectedTpmOutput {
+        what: "the new key's public area",
+        reason,
+    })?;
+    Ok(KeyBlob {
+        public: created.out_public,
+        private: created.out_private,
+    })
+}
+
+/// Check a public area is the kind of key Cairn makes: ECC P-256, unrestricted signing, ECDSA
+/// SHA-256 (or no fixed scheme), fixedTPM.
+fn check_signing_public(public: &Public) -> Result<(), String> {
+    let Public::Ecc {
+        object_attributes,
+        parameters,
+        ..
+    } = public
+    else {
+        return Err("the key is not an ECC key".to_string());
+    };
+    if parameters.ecc_curve() != EccCurve::NistP256 {
+        return Err(format!(
+            "the key is on curve {:?}, not NIST P-256",
+            parameters.ecc_curve()
+        ));
+    }
+    if !object_attributes.sign_encrypt() || object_attributes.restricted() {
+        return Err("the key is not an unrestricted signing key".to_string());
+    }
+    if !object_attributes.fixed_tpm() {
+        return Err("the key is exportable (fixedTPM not set)".to_string());
+    }
+    match parameters.ecc_scheme() {
+        EccScheme::EcDsa(hash) if hash.hashing_algorithm() == HashingAlgorithm::Sha256 => Ok(()),
+        EccScheme::Null => Ok(()),
+        other => Err(format!(
+            "the key's scheme is {other:?}, not ECDSA with SHA-256"
+        )),
+    }
+}
+
+/// SubjectPublicKeyInfo of an ECC P-256 public area.
+fn p256_spki(public: &Public) -> Result<Vec<u8>, String> {
+    let Public::Ecc { unique, .. } = public else {
+        return Err("not an ECC public area".to_string());
+    };
+    let pad = |coordinate: &EccParameter, name: &str| {
+        der::left_pad(coordinate.value(), P256_COORDINATE_LEN)
+            .ok_or_else(|| format!("{name} coordinate of {} bytes", coordinate.value().len()))
+    };
+    Ok(der::spki_ec_p256(
+        &pad(unique.x(), "x")?,
+        &pad(unique.y(), "y")?,
+    ))
+}
+
+/// The "no ticket" hashcheck: allowed for unrestricted signing keys.
+fn null_hashcheck_ticket() -> tss_esapi::Result<HashcheckTicket> {
+    HashcheckTicket::try_from(TPMT_TK_HASHCHECK {
+        tag: TPM2_ST_HASHCHECK,
+        hierarchy: TPM2_RH_NULL,
+        digest: Default::default(),
+    })
+}
+
+/// Flush a transient object, logging (not failing) when the TPM refuses.
+fn flush(context: &mut Context, handle: KeyHandle) {
+    if let Err(e) = context.flush_context(handle.into()) {
+        tracing::warn!(error = %e, "could not flush a transient TPM object; a TPM object slot stays in use until the TPM context closes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn device_key_is_send_and_sync() {
+        assert_send_sync::<TpmDeviceKey>();
+    }
+
+    #[test]
+    fn templates_build_and_describe_the_intended_keys() {
+        let signing = signing_key_template().unwrap();
+        check_signing_public(&signing).unwrap();
+        let primary = storage_primary_template().unwrap();
+        let err = check_signing_public(&primary).unwrap_err();
+        assert!(err.contains("not an unrestricted signing key"), "{err}");
+    }
+
+    #[test]
+    fn spki_pads_short_coordinates() {
+        let public = PublicBuilder::new()
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+            .with_object_attributes(signing_key_attributes().unwrap())
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new_unrestricted_signing_key(
+                    EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                    EccCurve::NistP256,
+                )
+                .build()
+                .unwrap(),
+            )
+            .with_ecc_unique_identifier(EccPoint::new(
+                EccParameter::try_from(vec![1u8; 31]).unwrap(),
+                EccParameter::try_from(vec![2u8; 32]).unwrap(),
+            ))
+            .build()
+            .unwrap();
+        let spki = p256_spki(&public).unwrap();
+        assert_eq!(spki.len(), 91);
+        assert_eq!(&spki[26..28], &[0x04, 0x00]);
+        assert_eq!(&spki[28..59], &[1u8; 31]);
+    }
+}
