@@ -105,6 +105,7 @@ pub fn renewal_due(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::PublicKeyData;
     use ::time::Duration;
 
     #[test]
@@ -138,7 +139,7 @@ mod tests {
         assert_eq!(info.device_id.as_deref(), Some("dev-42"));
         assert_eq!(info.not_before, nb);
         assert_eq!(info.renewal_time(0.5), nb + Duration::hours(5));
-        info.check_key(&key.public_key_der()).unwrap();
+        info.check_key(&key.subject_public_key_info()).unwrap();
         assert!(matches!(info.check_key(b"other"), Err(CertificateError::WrongKey)));
         assert_eq!(info.not_after_rfc3339(), "2023-11-15T08:13:20Z");
         assert!(CertificateInfo::parse(b"junk").is_err());

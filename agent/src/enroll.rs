@@ -227,6 +227,7 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::PublicKeyData;
 
     #[test]
     fn refusal_codes() {
@@ -246,13 +247,13 @@ mod tests {
             format!("{}d-1", cairn_proto::DEVICE_URI_PREFIX).try_into().unwrap(),
         )];
         let cert = params.self_signed(&key).unwrap();
-        let spki = key.public_key_der();
+        let spki = key.subject_public_key_info();
         assert!(check_issued_certificate(cert.der(), &spki, "d-1").is_ok());
         assert!(check_issued_certificate(cert.der(), &spki, "d-2")
             .unwrap_err()
             .contains("d-2"));
         let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        assert!(check_issued_certificate(cert.der(), &other.public_key_der(), "d-1").is_err());
+        assert!(check_issued_certificate(cert.der(), &other.subject_public_key_info(), "d-1").is_err());
         assert!(check_issued_certificate(b"junk", &spki, "d-1").is_err());
     }
 }

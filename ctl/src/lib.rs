@@ -15,6 +15,8 @@
 //! # Ok::<(), cairnctl::client::CtlError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod cli;
 pub mod client;
 pub mod input;

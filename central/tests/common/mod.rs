@@ -1,0 +1,170 @@
+//! A real central on loopback plus raw clients (tonic TLS for the agent API, ureq for REST).
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_central::{CentralConfig, Central};
+use cairn_proto::v1::agent_client::AgentClient;
+use cairn_proto::v1::enrollment_client::EnrollmentClient;
+use cairn_proto::v1::{EnrollRequest, EnrollResponse, HardwareFacts};
+use rcgen::{CertificateParams, KeyPair};
+use serde_json::{json, Value};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+pub struct TestCentral {
+    pub central: Option<Central>,
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+    pub admin: String,
+    pub config: CentralConfig,
+}
+
+pub fn config_in(dir: &std::path::Path) -> CentralConfig {
+    let mut config = CentralConfig::with_data_dir(dir.join("central"));
+    config.grpc_listen = "127.0.0.1:0".parse().unwrap();
+    config.rest_listen = "127.0.0.1:0".parse().unwrap();
+    config.pending_retry_seconds = 1;
+    config.presence_flush_ms = 50;
+    config
+}
+
+impl TestCentral {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_in(dir.path());
+        Self::start_with(dir, config).await
+    }
+
+    pub async fn start_with(dir: tempfile::TempDir, config: CentralConfig) -> Self {
+        let central = cairn_central::start(config.clone()).await.expect("central starts");
+        let ca_pem = std::fs::read_to_string(cairn_central::ca_cert_path(&config)).unwrap();
+        let admin = std::fs::read_to_string(cairn_central::admin_token_path(&config)).unwrap().trim().to_owned();
+        Self { central: Some(central), dir, ca_pem, admin, config }
+    }
+
+    /// Stop and start again on the same data directory and ports.
+    pub async fn restart(&mut self) {
+        let central = self.central.take().unwrap();
+        self.config.grpc_listen = central.grpc_addr;
+        self.config.rest_listen = central.rest_addr;
+        central.stop().await;
+        self.central = Some(cairn_central::start(self.config.clone()).await.expect("central restarts"));
+    }
+
+    pub fn c(&self) -> &Central {
+        self.central.as_ref().unwrap()
+    }
+
+    pub fn rest_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.c().rest_addr.port())
+    }
+
+    pub fn rest(&self) -> ureq::Agent {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        ureq::AgentBuilder::new().tls_config(Arc::new(tls)).timeout(Duration::from_secs(10)).build()
+    }
+
+    /// Call REST with a token; returns (status, body).
+    pub fn call(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        // ureq blocks; let the runtime move other tasks (central itself) off this worker.
+        tokio::task::block_in_place(|| self.call_blocking(token, method, path, body))
+    }
+
+    fn call_blocking(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let request = self.rest().request(method, &self.rest_url(path)).set("Authorization", &format!("Bearer {token}"));
+        let result = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("REST {method} {path} failed: {e}"),
+        };
+        let status = response.status();
+        (status, response.into_json().unwrap_or(Value::Null))
+    }
+
+    pub fn admin_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, body) = self.call(&self.admin, method, path, body);
+        assert!((200..300).contains(&status), "{method} {path} -> {status}: {body}");
+        body
+    }
+
+    /// Create an enrollment token; returns its secret.
+    pub fn token(&self, policy: &str, max_uses: Option<u32>, expires_in: Option<u64>) -> (String, String) {
+        let body = self.admin_call(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            Some(json!({ "name": format!("t-{policy}"), "policy": policy, "max_uses": max_uses, "expires_in_seconds": expires_in })),
+        );
+        (body["token"]["id"].as_str().unwrap().to_owned(), body["secret"].as_str().unwrap().to_owned())
+    }
+
+    async fn channel(&self, identity: Option<Identity>) -> Channel {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).domain_name("localhost");
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
+        Channel::from_shared(format!("https://127.0.0.1:{}", self.c().grpc_addr.port()))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to central gRPC")
+    }
+
+    pub async fn enrollment(&self) -> EnrollmentClient<Channel> {
+        EnrollmentClient::new(self.channel(None).await)
+    }
+
+    pub async fn agent(&self, device: &SimDevice, cert_der: &[u8]) -> AgentClient<Channel> {
+        let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert_der.to_vec()));
+        AgentClient::new(self.channel(Some(Identity::from_pem(cert_pem, device.key.serialize_pem()))).await)
+    }
+}
+
+/// A software-keyed device as a raw protocol client (not the agent: this tests central alone).
+pub struct SimDevice {
+    pub key: KeyPair,
+    pub serial: String,
+}
+
+impl SimDevice {
+    pub fn new(serial: &str) -> Self {
+        Self { key: KeyPair::generate().unwrap(), serial: serial.into() }
+    }
+
+    pub fn csr(&self) -> Vec<u8> {
+        CertificateParams::new(vec![self.serial.clone()]).unwrap().serialize_request(&self.key).unwrap().der().to_vec()
+    }
+
+    pub fn request(&self, token: &str) -> EnrollRequest {
+        EnrollRequest {
+            token: token.into(),
+            csr_der: self.csr(),
+            facts: Some(HardwareFacts {
+                serial: self.serial.clone(),
+                tpm_ek_sha256: String::new(),
+                hostname: format!("host-{}", self.serial),
+                agent_version: "test".into(),
+                os_version: "test".into(),
+                key_storage: "software".into(),
+            }),
+        }
+    }
+
+    pub async fn enroll(&self, central: &TestCentral, token: &str) -> Result<EnrollResponse, tonic::Status> {
+        central.enrollment().await.enroll(self.request(token)).await.map(|r| r.into_inner())
+    }
+}

@@ -1,0 +1,152 @@
+//! Malformed CSRs, oversized messages, garbage bytes and bad REST requests: each gets a clear
+//! error and central keeps serving everyone else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use cairn_proto::v1::EnrollStatus;
+use common::{SimDevice, TestCentral};
+use serde_json::json;
+use tonic::Code;
+
+/// Throw bytes at a port; returns what came back before the server closed or went quiet.
+fn throw_garbage(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    answer
+}
+
+async fn still_serves(central: &TestCentral, token: &str, serial: &str) {
+    let response = SimDevice::new(serial).enroll(central, token).await.expect("enrollment still works");
+    assert_eq!(response.status(), EnrollStatus::Approved);
+    let (status, body) = central.call(&central.admin, "GET", "/healthz", None);
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_csrs_and_facts_are_refused_with_invalid_argument() {
+    let central = TestCentral::start().await;
+    let (_, token) = central.token("auto", None, None);
+    let device = SimDevice::new("SER-CSR");
+    let mut client = central.enrollment().await;
+
+    let mut request = device.request(&token);
+    request.csr_der = b"definitely not DER".to_vec();
+    let status = client.enroll(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("PKCS#10"), "{status:?}");
+
+    let mut request = device.request(&token);
+    let last = request.csr_der.len() - 3;
+    request.csr_der[last] ^= 0xff; // break the signature: no proof of key possession
+    let status = client.enroll(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    let mut request = device.request(&token);
+    request.facts.as_mut().unwrap().serial = "bad\u{7}serial".into();
+    let status = client.enroll(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("serial"), "{status:?}");
+
+    let mut request = device.request(&token);
+    request.facts = None;
+    assert_eq!(client.enroll(request).await.unwrap_err().code(), Code::InvalidArgument);
+
+    assert_eq!(central.admin_call("GET", "/api/v1/devices", None)["devices"].as_array().unwrap().len(), 0);
+    still_serves(&central, &token, "SER-AFTER-CSR").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_are_refused_before_they_are_processed() {
+    let central = TestCentral::start().await;
+    let (_, token) = central.token("auto", None, None);
+    let mut request = SimDevice::new("SER-BIG").request(&token);
+    request.token = "x".repeat(cairn_proto::MAX_MESSAGE_BYTES + 1024);
+    let status = central.enrollment().await.enroll(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+    still_serves(&central, &token, "SER-AFTER-BIG").await;
+
+    let huge = json!({ "name": "x".repeat(100 * 1024), "policy": "auto" });
+    let (status, body) = central.call(&central.admin, "POST", "/api/v1/enrollment-tokens", Some(huge));
+    assert!(status == 400 || status == 413, "{status} {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_both_ports_does_not_stop_central() {
+    let central = TestCentral::start().await;
+    let (_, token) = central.token("auto", None, None);
+    let grpc = central.c().grpc_addr.port();
+    let rest = central.c().rest_addr.port();
+    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    tokio::task::spawn_blocking(move || {
+        for port in [grpc, rest] {
+            throw_garbage(port, &noise);
+            throw_garbage(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            throw_garbage(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00");
+            // A client that connects and never speaks is dropped by the handshake timeout,
+            // without blocking anyone else meanwhile.
+            let _idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    still_serves(&central, &token, "SER-AFTER-GARBAGE").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_refuses_bad_requests_with_clear_json_errors() {
+    let central = TestCentral::start().await;
+    let (status, body) = central.call("", "GET", "/api/v1/devices", None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _) = central.call("cat_wrong", "GET", "/api/v1/devices", None);
+    assert_eq!(status, 401);
+
+    // Roles: a viewer reads but cannot change; an operator cannot mint API tokens.
+    let viewer = central.admin_call("POST", "/api/v1/api-tokens", Some(json!({ "name": "v", "role": "viewer" })))["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let operator = central.admin_call("POST", "/api/v1/api-tokens", Some(json!({ "name": "o", "role": "operator" })))["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(central.call(&viewer, "GET", "/api/v1/devices", None).0, 200);
+    let (status, body) = central.call(&viewer, "POST", "/api/v1/enrollment-tokens", Some(json!({ "name": "n", "policy": "auto" })));
+    assert_eq!(status, 403);
+    assert!(body["error"]["message"].as_str().unwrap().contains("operator role"), "{body}");
+    assert_eq!(central.call(&operator, "POST", "/api/v1/enrollment-tokens", Some(json!({ "name": "n", "policy": "auto" }))).0, 201);
+    assert_eq!(central.call(&operator, "POST", "/api/v1/api-tokens", Some(json!({ "name": "x", "role": "admin" }))).0, 403);
+    assert_eq!(central.call(&operator, "GET", "/api/v1/audit", None).0, 403);
+
+    // Bad JSON and bad values say what is wrong.
+    let (status, body) = central.call(&central.admin, "POST", "/api/v1/enrollment-tokens", Some(json!({ "name": "n", "policy": "sometimes" })));
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("policy"), "{body}");
+    let (status, _) = central.call(&central.admin, "POST", "/api/v1/enrollment-tokens", Some(json!({ "name": "n", "policy": "auto", "max_uses": 0 })));
+    assert_eq!(status, 400);
+    let (status, _) = central.call(&central.admin, "GET", "/api/v1/devices/dev_nope", None);
+    assert_eq!(status, 404);
+    let (status, _) = central.call(&central.admin, "POST", "/api/v1/devices/dev_nope/approve", None);
+    assert_eq!(status, 404);
+    let (status, _) = central.call(&central.admin, "GET", "/api/v1/nothing-here", None);
+    assert_eq!(status, 404);
+
+    // The OpenAPI document is served without a token.
+    let (status, doc) = central.call("", "GET", "/api/v1/openapi.json", None);
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+
+    // Every change above is in the audit log under its actor; secrets are not.
+    let audit = central.admin_call("GET", "/api/v1/audit?limit=50", None);
+    let text = audit.to_string();
+    assert!(text.contains("api:o") && text.contains("token.create"), "{text}");
+    assert!(!text.contains(&operator) && !text.contains(&viewer), "audit log leaks a secret");
+}
