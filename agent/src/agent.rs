@@ -178,14 +178,17 @@ impl Agent {
 
     /// The stored identity if it is usable with the device key: certificate parses and carries
     /// the device key. A certificate for another key is moved aside so the device enrolls again.
-    pub async fn load_identity(&self) -> Result<Option<(StoredIdentity, CertificateInfo)>, AgentError> {
+    pub async fn load_identity(
+        &self,
+    ) -> Result<Option<(StoredIdentity, CertificateInfo)>, AgentError> {
         let state = self.state.clone();
         let Some(mut identity) = blocking(move || state.load_identity()).await? else {
             return Ok(None);
         };
-        let info = match CertificateInfo::parse(&identity.cert_der)
-            .and_then(|info| info.check_key(self.key.public_key_spki_der()).map(|()| info))
-        {
+        let info = match CertificateInfo::parse(&identity.cert_der).and_then(|info| {
+            info.check_key(self.key.public_key_spki_der())
+                .map(|()| info)
+        }) {
             Ok(info) => info,
             Err(e) => {
                 warn!(error = %e, "stored device certificate unusable; moving it aside and enrolling again");
@@ -206,15 +209,23 @@ impl Agent {
     /// certificate when due and keeps the Sync session up, with backoff on failures. Errors
     /// only for local failures (device key, disk).
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-        let span = info_span!("agent", device_id = tracing::field::Empty, serial = %self.facts.serial);
+        let span =
+            info_span!("agent", device_id = tracing::field::Empty, serial = %self.facts.serial);
         self.run_inner(Shutdown::new(shutdown), span.clone())
             .instrument(span)
             .await
     }
 
-    async fn run_inner(&self, mut shutdown: Shutdown, span: tracing::Span) -> Result<(), AgentError> {
+    async fn run_inner(
+        &self,
+        mut shutdown: Shutdown,
+        span: tracing::Span,
+    ) -> Result<(), AgentError> {
         if let Some(desired) = self.desired.borrow().clone() {
-            info!(revision = desired.revision, "running from the stored desired state");
+            info!(
+                revision = desired.revision,
+                "running from the stored desired state"
+            );
             self.sink.apply(&desired);
         }
         let revision = self.held_revision();
@@ -222,14 +233,14 @@ impl Agent {
         self.status
             .update(|s| {
                 s.desired_revision = revision;
-                s.phase = if current.is_some() { Phase::Offline } else { Phase::Enrolling };
+                s.phase = if current.is_some() {
+                    Phase::Offline
+                } else {
+                    Phase::Enrolling
+                };
             })
             .await;
-        let state = self.state.clone();
-        let first = self.status.current();
-        if let Err(e) = blocking(move || state.save_status(&first)).await {
-            warn!(error = %e, "status.json not written");
-        }
+        self.status.write_current().await;
         let mut backoff = Backoff::new(self.config.backoff_initial(), self.config.backoff_max());
         let mut renew_backoff = backoff.clone();
         let mut renew_allowed_after = Instant::now();
@@ -271,7 +282,16 @@ impl Agent {
                         cert = CertificateInfo::parse(&renewed.cert_der)
                             .expect("renew checked the certificate");
                         identity = renewed;
-                        renew_backoff.reset();
+                        if cert.renewal_due(
+                            time::OffsetDateTime::now_utc(),
+                            self.config.renew_when_remaining_fraction,
+                        ) {
+                            let wait = renew_backoff.next_delay();
+                            warn!(retry_in = ?wait, "central issued a certificate already due for renewal; check central's certificate lifetime");
+                            renew_allowed_after = Instant::now() + wait;
+                        } else {
+                            renew_backoff.reset();
+                        }
                     }
                     Some(Err(e)) if e.is_revoked() => {
                         self.revoked(&e.to_string()).await;
@@ -319,7 +339,10 @@ impl Agent {
     }
 
     async fn revoked(&self, reason: &str) {
-        error!(reason, "central says this device is REVOKED; keeping the key and retrying slowly");
+        error!(
+            reason,
+            "central says this device is REVOKED; keeping the key and retrying slowly"
+        );
         self.status
             .set_phase(Phase::Revoked, Some(reason.to_string()))
             .await;

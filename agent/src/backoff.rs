@@ -74,7 +74,11 @@ mod tests {
         for _ in 0..100 {
             b.next_delay();
         }
-        assert_eq!(b.ceiling(), Duration::from_millis(1000), "no overflow after many attempts");
+        assert_eq!(
+            b.ceiling(),
+            Duration::from_millis(1000),
+            "no overflow after many attempts"
+        );
         b.reset();
         assert_eq!(b.ceiling(), Duration::from_millis(100));
     }
@@ -86,7 +90,10 @@ mod tests {
         for _ in 0..200 {
             let ceiling = b.ceiling();
             let d = b.next_delay();
-            assert!(d >= MIN_DELAY && d <= ceiling, "{d:?} outside [{MIN_DELAY:?}, {ceiling:?}]");
+            assert!(
+                d >= MIN_DELAY && d <= ceiling,
+                "{d:?} outside [{MIN_DELAY:?}, {ceiling:?}]"
+            );
             seen.insert(d);
         }
         assert!(seen.len() > 20, "delays are not jittered: {seen:?}");
@@ -97,7 +104,10 @@ mod tests {
         let b = Backoff::new(Duration::from_millis(10), Duration::from_millis(1000));
         for _ in 0..100 {
             let d = b.slow_delay();
-            assert!(d >= Duration::from_millis(750) && d <= Duration::from_millis(1000), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(750) && d <= Duration::from_millis(1000),
+                "{d:?}"
+            );
         }
     }
 

@@ -14,7 +14,9 @@ pub enum CertificateError {
     #[error("device certificate does not parse as X.509: {0}")]
     Parse(String),
     /// The certificate carries another public key than the device key.
-    #[error("device certificate is for another key than this device's key; the device enrolls again")]
+    #[error(
+        "device certificate is for another key than this device's key; the device enrolls again"
+    )]
     WrongKey,
 }
 
@@ -105,8 +107,8 @@ pub fn renewal_due(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::PublicKeyData;
     use ::time::Duration;
+    use rcgen::PublicKeyData;
 
     #[test]
     fn renewal_timing() {
@@ -129,7 +131,9 @@ mod tests {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = vec![rcgen::SanType::URI(
-            format!("{}dev-42", cairn_proto::DEVICE_URI_PREFIX).try_into().unwrap(),
+            format!("{}dev-42", cairn_proto::DEVICE_URI_PREFIX)
+                .try_into()
+                .unwrap(),
         )];
         let nb = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         params.not_before = nb;
@@ -140,7 +144,10 @@ mod tests {
         assert_eq!(info.not_before, nb);
         assert_eq!(info.renewal_time(0.5), nb + Duration::hours(5));
         info.check_key(&key.subject_public_key_info()).unwrap();
-        assert!(matches!(info.check_key(b"other"), Err(CertificateError::WrongKey)));
+        assert!(matches!(
+            info.check_key(b"other"),
+            Err(CertificateError::WrongKey)
+        ));
         assert_eq!(info.not_after_rfc3339(), "2023-11-15T08:13:20Z");
         assert!(CertificateInfo::parse(b"junk").is_err());
     }

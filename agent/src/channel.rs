@@ -47,7 +47,9 @@ pub enum ChannelError {
         source: io::Error,
     },
     /// The CA file holds no usable certificate.
-    #[error("central's CA file {path} holds no usable PEM certificate ({reason}); check `ca_cert`")]
+    #[error(
+        "central's CA file {path} holds no usable PEM certificate ({reason}); check `ca_cert`"
+    )]
     BadCa {
         /// The CA file.
         path: PathBuf,
@@ -86,7 +88,9 @@ pub struct CentralDialer {
 
 impl std::fmt::Debug for CentralDialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CentralDialer").field("endpoint", &self.endpoint).finish_non_exhaustive()
+        f.debug_struct("CentralDialer")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,10 +98,12 @@ impl CentralDialer {
     /// Reads the CA (blocking file read) and parses the endpoint from `config`.
     pub fn from_config(config: &AgentConfig) -> Result<Self, ChannelError> {
         let endpoint = config.central_endpoint.clone();
-        let address = config.central_address().map_err(|reason| ChannelError::Endpoint {
-            endpoint: endpoint.clone(),
-            reason,
-        })?;
+        let address = config
+            .central_address()
+            .map_err(|reason| ChannelError::Endpoint {
+                endpoint: endpoint.clone(),
+                reason,
+            })?;
         let roots = load_ca_roots(&config.ca_cert)?;
         Self::new(endpoint, address, roots)
     }
@@ -108,12 +114,11 @@ impl CentralDialer {
         address: CentralAddress,
         roots: RootCertStore,
     ) -> Result<Self, ChannelError> {
-        let server_name = ServerName::try_from(address.host.clone()).map_err(|e| {
-            ChannelError::Endpoint {
+        let server_name =
+            ServerName::try_from(address.host.clone()).map_err(|e| ChannelError::Endpoint {
                 endpoint: endpoint.clone(),
                 reason: format!("has a host that is not a valid TLS server name: {e}"),
-            }
-        })?;
+            })?;
         Ok(CentralDialer {
             endpoint,
             address,
@@ -130,7 +135,9 @@ impl CentralDialer {
     /// A TLS-only channel (no client certificate) for the Enrollment service.
     pub async fn enrollment_channel(&self) -> Result<Channel, ChannelError> {
         let tls = self.tls_config(None)?;
-        self.connect(tls).instrument(info_span!("central.connect", mtls = false)).await
+        self.connect(tls)
+            .instrument(info_span!("central.connect", mtls = false))
+            .await
     }
 
     /// An mTLS channel presenting `cert_der` with `key` for the Agent service.
@@ -142,18 +149,19 @@ impl CentralDialer {
         let resolver = DeviceCertResolver::new(cert_der, key);
         resolver.check_keys_match()?;
         let tls = self.tls_config(Some(Arc::new(resolver)))?;
-        self.connect(tls).instrument(info_span!("central.connect", mtls = true)).await
+        self.connect(tls)
+            .instrument(info_span!("central.connect", mtls = true))
+            .await
     }
 
     fn tls_config(
         &self,
         client_cert: Option<Arc<dyn ResolvesClientCert>>,
     ) -> Result<ClientConfig, ChannelError> {
-        let builder = ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(self.roots.clone());
+        let builder =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(self.roots.clone());
         let mut config = match client_cert {
             Some(resolver) => builder.with_client_cert_resolver(resolver),
             None => builder.with_no_client_auth(),
@@ -190,13 +198,19 @@ impl CentralDialer {
             let server_name = server_name.clone();
             let host = host.clone();
             async move {
-                let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
+                let tcp = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    TcpStream::connect((host.as_str(), port)),
+                )
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
                 tcp.set_nodelay(true)?;
-                let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp))
-                    .await
-                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+                let tls =
+                    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(server_name, tcp))
+                        .await
+                        .map_err(|_| {
+                            io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                        })??;
                 let alpn = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
                 if alpn.as_deref() != Some(b"h2") {
                     return Err(io::Error::other(format!(
@@ -284,7 +298,10 @@ mod tests {
         assert!(err.contains("missing.pem"), "{err}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "nothing here\n").unwrap();
-        assert!(matches!(load_ca_roots(&empty), Err(ChannelError::BadCa { .. })));
+        assert!(matches!(
+            load_ca_roots(&empty),
+            Err(ChannelError::BadCa { .. })
+        ));
         let ca = rcgen::generate_simple_self_signed(vec!["central".into()]).unwrap();
         let good = dir.path().join("ca.pem");
         std::fs::write(&good, ca.cert.pem()).unwrap();

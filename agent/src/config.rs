@@ -97,7 +97,9 @@ fn default_renew_fraction() -> f64 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read.
-    #[error("cannot read agent config {path}: {source}; check the --config path and its permissions")]
+    #[error(
+        "cannot read agent config {path}: {source}; check the --config path and its permissions"
+    )]
     Read {
         /// The config file.
         path: PathBuf,
@@ -105,7 +107,9 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid TOML for [`AgentConfig`] (unknown or mistyped field).
-    #[error("agent config {path} is not valid: {message}; see agent/agent.example.toml for the fields")]
+    #[error(
+        "agent config {path} is not valid: {message}; see agent/agent.example.toml for the fields"
+    )]
     Parse {
         /// The config file.
         path: PathBuf,
@@ -123,7 +127,9 @@ pub enum ConfigError {
         problem: String,
     },
     /// The enrollment token file could not be read.
-    #[error("cannot read enrollment_token_file {path}: {source}; fix the path or set enrollment_token")]
+    #[error(
+        "cannot read enrollment_token_file {path}: {source}; fix the path or set enrollment_token"
+    )]
     TokenFile {
         /// The token file.
         path: PathBuf,
@@ -190,7 +196,10 @@ impl AgentConfig {
         self.central_address()
             .map_err(|problem| invalid("central_endpoint", problem))?;
         if self.ca_cert.as_os_str().is_empty() {
-            return Err(invalid("ca_cert", "is empty; give the path of central's CA certificate (PEM)".into()));
+            return Err(invalid(
+                "ca_cert",
+                "is empty; give the path of central's CA certificate (PEM)".into(),
+            ));
         }
         match (&self.enrollment_token, &self.enrollment_token_file) {
             (Some(_), Some(_)) => {
@@ -218,7 +227,10 @@ impl AgentConfig {
         }
         if let Some(tcti) = &self.tpm_tcti {
             if tcti.trim().is_empty() {
-                return Err(invalid("tpm_tcti", "is empty; remove it or give e.g. \"device:/dev/tpmrm0\"".into()));
+                return Err(invalid(
+                    "tpm_tcti",
+                    "is empty; remove it or give e.g. \"device:/dev/tpmrm0\"".into(),
+                ));
             }
             if self.key_storage == KeyStorageSetting::Software {
                 return Err(invalid(
@@ -238,7 +250,10 @@ impl AgentConfig {
             }
         }
         if self.heartbeat_interval_ms < 10 {
-            return Err(invalid("heartbeat_interval_ms", "must be at least 10".into()));
+            return Err(invalid(
+                "heartbeat_interval_ms",
+                "must be at least 10".into(),
+            ));
         }
         if self.backoff_initial_ms == 0 {
             return Err(invalid("backoff_initial_ms", "must be at least 1".into()));
@@ -246,7 +261,10 @@ impl AgentConfig {
         if self.backoff_max_ms < self.backoff_initial_ms {
             return Err(invalid(
                 "backoff_max_ms",
-                format!("({}) must not be below backoff_initial_ms ({})", self.backoff_max_ms, self.backoff_initial_ms),
+                format!(
+                    "({}) must not be below backoff_initial_ms ({})",
+                    self.backoff_max_ms, self.backoff_initial_ms
+                ),
             ));
         }
         let f = self.renew_when_remaining_fraction;
@@ -267,7 +285,9 @@ impl AgentConfig {
         })?;
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
-            return Err(format!("must be https://host[:port] without path or user (got {url:?})"));
+            return Err(format!(
+                "must be https://host[:port] without path or user (got {url:?})"
+            ));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6
@@ -275,7 +295,10 @@ impl AgentConfig {
                 .ok_or_else(|| format!("has an unclosed IPv6 bracket (got {url:?})"))?;
             let port = match after {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| format!("has junk after ] (got {url:?})"))?),
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("has junk after ] (got {url:?})"))?,
+                ),
             };
             (host, port)
         } else {
@@ -329,7 +352,10 @@ impl AgentConfig {
     /// Decides `key_storage = "auto"`: TPM when `tpm_tcti` is set or `/dev/tpmrm0` exists.
     pub fn resolve_key_storage(&self) -> KeyStorage {
         let tpm = || KeyStorage::Tpm {
-            tcti: self.tpm_tcti.clone().unwrap_or_else(|| DEFAULT_TPM_TCTI.to_string()),
+            tcti: self
+                .tpm_tcti
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TPM_TCTI.to_string()),
         };
         match self.key_storage {
             KeyStorageSetting::Software => KeyStorage::Software,
@@ -392,7 +418,10 @@ state_dir = "/var/lib/cairn"
         assert_eq!(c.key_storage, KeyStorageSetting::Auto);
         assert_eq!(
             c.central_address().unwrap(),
-            CentralAddress { host: "127.0.0.1".into(), port: 7443 }
+            CentralAddress {
+                host: "127.0.0.1".into(),
+                port: 7443
+            }
         );
     }
 
@@ -418,7 +447,10 @@ state_dir = "/var/lib/cairn"
         let text = MINIMAL.replace("https://", "http://");
         assert_eq!(invalid_field(&text), "central_endpoint");
         let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("https://") && err.contains("agent.toml"), "{err}");
+        assert!(
+            err.contains("https://") && err.contains("agent.toml"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -429,9 +461,18 @@ state_dir = "/var/lib/cairn"
         c.central_endpoint = "https://[::1]:7443/".into();
         assert_eq!(
             c.central_address().unwrap(),
-            CentralAddress { host: "::1".into(), port: 7443 }
+            CentralAddress {
+                host: "::1".into(),
+                port: 7443
+            }
         );
-        for bad in ["https://host:0", "https://host:x", "https://host/path", "https://", "https://u@h"] {
+        for bad in [
+            "https://host:0",
+            "https://host:x",
+            "https://host/path",
+            "https://",
+            "https://u@h",
+        ] {
             c.central_endpoint = bad.into();
             assert!(c.central_address().is_err(), "{bad}");
         }
@@ -447,20 +488,40 @@ state_dir = "/var/lib/cairn"
         let file = dir.path().join("token");
         std::fs::write(&file, "  secret\n").unwrap();
         let text = format!("{no_token}enrollment_token_file = {:?}\n", file);
-        assert_eq!(parse(&text).unwrap().resolve_enrollment_token().unwrap(), "secret");
+        assert_eq!(
+            parse(&text).unwrap().resolve_enrollment_token().unwrap(),
+            "secret"
+        );
     }
 
     #[test]
     fn numeric_bounds() {
-        assert_eq!(invalid_field(&format!("{MINIMAL}renew_when_remaining_fraction = 1.5\n")), "renew_when_remaining_fraction");
-        assert_eq!(invalid_field(&format!("{MINIMAL}renew_when_remaining_fraction = 0.0\n")), "renew_when_remaining_fraction");
-        assert_eq!(invalid_field(&format!("{MINIMAL}backoff_initial_ms = 0\n")), "backoff_initial_ms");
         assert_eq!(
-            invalid_field(&format!("{MINIMAL}backoff_initial_ms = 5000\nbackoff_max_ms = 100\n")),
+            invalid_field(&format!("{MINIMAL}renew_when_remaining_fraction = 1.5\n")),
+            "renew_when_remaining_fraction"
+        );
+        assert_eq!(
+            invalid_field(&format!("{MINIMAL}renew_when_remaining_fraction = 0.0\n")),
+            "renew_when_remaining_fraction"
+        );
+        assert_eq!(
+            invalid_field(&format!("{MINIMAL}backoff_initial_ms = 0\n")),
+            "backoff_initial_ms"
+        );
+        assert_eq!(
+            invalid_field(&format!(
+                "{MINIMAL}backoff_initial_ms = 5000\nbackoff_max_ms = 100\n"
+            )),
             "backoff_max_ms"
         );
-        assert_eq!(invalid_field(&format!("{MINIMAL}heartbeat_interval_ms = 0\n")), "heartbeat_interval_ms");
-        assert_eq!(invalid_field(&MINIMAL.replace("/var/lib/cairn", "var/lib")), "state_dir");
+        assert_eq!(
+            invalid_field(&format!("{MINIMAL}heartbeat_interval_ms = 0\n")),
+            "heartbeat_interval_ms"
+        );
+        assert_eq!(
+            invalid_field(&MINIMAL.replace("/var/lib/cairn", "var/lib")),
+            "state_dir"
+        );
     }
 
     #[test]
@@ -470,13 +531,20 @@ state_dir = "/var/lib/cairn"
         assert_eq!(c.resolve_key_storage(), KeyStorage::Software);
         c.key_storage = KeyStorageSetting::Auto;
         c.tpm_tcti = Some("swtpm:port=2321".into());
-        assert_eq!(c.resolve_key_storage(), KeyStorage::Tpm { tcti: "swtpm:port=2321".into() });
+        assert_eq!(
+            c.resolve_key_storage(),
+            KeyStorage::Tpm {
+                tcti: "swtpm:port=2321".into()
+            }
+        );
         c.key_storage = KeyStorageSetting::Software;
         assert!(c.validate(Path::new("x")).is_err());
         let text = format!("{MINIMAL}key_storage = \"tpm\"\n");
         assert_eq!(
             parse(&text).unwrap().resolve_key_storage(),
-            KeyStorage::Tpm { tcti: DEFAULT_TPM_TCTI.into() }
+            KeyStorage::Tpm {
+                tcti: DEFAULT_TPM_TCTI.into()
+            }
         );
         assert!(parse(&format!("{MINIMAL}key_storage = \"hsm\"\n")).is_err());
     }

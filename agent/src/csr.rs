@@ -78,7 +78,12 @@ pub fn build_csr(key: &DeviceKey, serial: &str) -> Result<Vec<u8>, CsrError> {
     let signer = CsrSigner::new(key);
     let csr = match params.serialize_request(&signer) {
         Ok(csr) => csr,
-        Err(e) => return Err(signer.take_sign_error().map(CsrError::Key).unwrap_or_else(|| build_err(e))),
+        Err(e) => {
+            return Err(signer
+                .take_sign_error()
+                .map(CsrError::Key)
+                .unwrap_or_else(|| build_err(e)))
+        }
     };
     Ok(csr.der().to_vec())
 }

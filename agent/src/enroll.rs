@@ -113,7 +113,11 @@ impl Agent {
             };
             let response = tokio::time::timeout(REQUEST_TIMEOUT, client.enroll(request))
                 .await
-                .map_err(|_| EnrollError::Unavailable(format!("no answer from central within {REQUEST_TIMEOUT:?}")))?
+                .map_err(|_| {
+                    EnrollError::Unavailable(format!(
+                        "no answer from central within {REQUEST_TIMEOUT:?}"
+                    ))
+                })?
                 .map_err(|status| {
                     if is_refusal(status.code()) {
                         EnrollError::Refused {
@@ -132,7 +136,9 @@ impl Agent {
             match EnrollStatus::try_from(response.status) {
                 Ok(EnrollStatus::Approved) => {
                     if response.device_id.is_empty() {
-                        return Err(EnrollError::BadResponse("approved without a device id".into()));
+                        return Err(EnrollError::BadResponse(
+                            "approved without a device id".into(),
+                        ));
                     }
                     check_issued_certificate(
                         &response.certificate_der,
@@ -169,7 +175,9 @@ impl Agent {
         &self,
         shutdown: &mut Shutdown,
     ) -> Result<Option<StoredIdentity>, EnrollError> {
-        self.status.set_phase(Phase::Enrolling, self.status.current().last_error).await;
+        self.status
+            .set_phase(Phase::Enrolling, self.status.current().last_error)
+            .await;
         let mut backoff = Backoff::new(self.config.backoff_initial(), self.config.backoff_max());
         // One CSR for all attempts: same key, so central sees the same request.
         let csr = self.build_csr().await?;
@@ -212,7 +220,9 @@ impl Agent {
                 }
                 Err(e @ (EnrollError::Unavailable(_) | EnrollError::BadResponse(_))) => {
                     warn!(error = %e, "enrollment attempt failed; retrying");
-                    self.status.set_phase(Phase::Offline, Some(e.to_string())).await;
+                    self.status
+                        .set_phase(Phase::Offline, Some(e.to_string()))
+                        .await;
                     backoff.next_delay()
                 }
                 Err(e) => return Err(e),
@@ -244,7 +254,9 @@ mod tests {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = vec![rcgen::SanType::URI(
-            format!("{}d-1", cairn_proto::DEVICE_URI_PREFIX).try_into().unwrap(),
+            format!("{}d-1", cairn_proto::DEVICE_URI_PREFIX)
+                .try_into()
+                .unwrap(),
         )];
         let cert = params.self_signed(&key).unwrap();
         let spki = key.subject_public_key_info();
@@ -253,7 +265,9 @@ mod tests {
             .unwrap_err()
             .contains("d-2"));
         let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        assert!(check_issued_certificate(cert.der(), &other.subject_public_key_info(), "d-1").is_err());
+        assert!(
+            check_issued_certificate(cert.der(), &other.subject_public_key_info(), "d-1").is_err()
+        );
         assert!(check_issued_certificate(b"junk", &spki, "d-1").is_err());
     }
 }

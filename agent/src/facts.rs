@@ -112,7 +112,10 @@ pub fn detect_serial(dmi: &Path, machine_id: &Path) -> Option<String> {
         if !PLACEHOLDER_SERIALS.contains(&serial.to_ascii_lowercase().as_str()) {
             return Some(serial);
         }
-        warn!(serial, "DMI product serial is a firmware placeholder; using the machine id");
+        warn!(
+            serial,
+            "DMI product serial is a firmware placeholder; using the machine id"
+        );
     }
     read(machine_id)
 }
@@ -154,10 +157,14 @@ mod tests {
     #[test]
     fn pretty_name_forms() {
         assert_eq!(
-            parse_pretty_name("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n").as_deref(),
+            parse_pretty_name("NAME=x\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n")
+                .as_deref(),
             Some("Debian GNU/Linux 12 (bookworm)")
         );
-        assert_eq!(parse_pretty_name("PRETTY_NAME=Cairn").as_deref(), Some("Cairn"));
+        assert_eq!(
+            parse_pretty_name("PRETTY_NAME=Cairn").as_deref(),
+            Some("Cairn")
+        );
         assert_eq!(parse_pretty_name("NAME=x"), None);
     }
 
@@ -172,7 +179,10 @@ mod tests {
         assert_eq!(detect_serial(&dmi, &mid).as_deref(), Some("abc123"));
         std::fs::write(&dmi, " SN-77 \n").unwrap();
         assert_eq!(detect_serial(&dmi, &mid).as_deref(), Some("SN-77"));
-        assert_eq!(detect_serial(&dir.path().join("x"), &dir.path().join("y")), None);
+        assert_eq!(
+            detect_serial(&dir.path().join("x"), &dir.path().join("y")),
+            None
+        );
     }
 
     #[test]

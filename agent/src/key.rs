@@ -114,12 +114,11 @@ impl SoftwareKey {
             }
             Err(other) => return Err(KeyError::Create(other)),
         };
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8, &rng).map_err(
-            |e| KeyError::Rejected {
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8, &rng)
+            .map_err(|e| KeyError::Rejected {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
-            },
-        )?;
+            })?;
         let spki = spki_from_point(pair.public_key().as_ref())?;
         Ok(SoftwareKey { pair, spki, rng })
     }
@@ -175,7 +174,9 @@ pub fn point_from_spki(spki: &[u8]) -> Result<Vec<u8>, KeyError> {
     }
     let point = info.subject_public_key.data.to_vec();
     if point.len() != 65 || point[0] != 0x04 {
-        return Err(KeyError::BadPublicKey("expected an uncompressed 65-byte point".into()));
+        return Err(KeyError::BadPublicKey(
+            "expected an uncompressed 65-byte point".into(),
+        ));
     }
     Ok(point)
 }
@@ -185,7 +186,12 @@ pub fn point_from_spki(spki: &[u8]) -> Result<Vec<u8>, KeyError> {
 pub fn choose_storage(config: &AgentConfig) -> KeyStorage {
     let software_path = config.state_dir.join(SOFTWARE_KEY_FILE);
     let tpm_path = config.state_dir.join(TPM_KEY_FILE);
-    let tcti = || config.tpm_tcti.clone().unwrap_or_else(|| DEFAULT_TPM_TCTI.to_string());
+    let tcti = || {
+        config
+            .tpm_tcti
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TPM_TCTI.to_string())
+    };
     match config.key_storage {
         KeyStorageSetting::Auto if tpm_path.exists() => KeyStorage::Tpm { tcti: tcti() },
         KeyStorageSetting::Auto if software_path.exists() => KeyStorage::Software,
@@ -227,7 +233,9 @@ impl DeviceKey {
 
     /// A software key at `path` (created when absent). For tests and the fleet benchmark.
     pub fn software(path: &Path) -> Result<DeviceKey, KeyError> {
-        Ok(DeviceKey::Software(Arc::new(SoftwareKey::open_or_create(path)?)))
+        Ok(DeviceKey::Software(Arc::new(SoftwareKey::open_or_create(
+            path,
+        )?)))
     }
 
     /// The public key as DER SubjectPublicKeyInfo.
@@ -285,7 +293,10 @@ mod tests {
         assert_eq!(key.storage(), "software");
         let again = DeviceKey::software(&path).unwrap();
         assert_eq!(key.public_key_spki_der(), again.public_key_spki_der());
-        assert_eq!(point_from_spki(key.public_key_spki_der()).unwrap(), key.public_key_point());
+        assert_eq!(
+            point_from_spki(key.public_key_spki_der()).unwrap(),
+            key.public_key_point()
+        );
     }
 
     #[test]

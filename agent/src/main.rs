@@ -21,13 +21,21 @@ enum Command {
     /// Enroll with central (if needed) and keep the device in sync until SIGTERM/SIGINT.
     Run {
         /// Agent config file (TOML).
-        #[arg(long, env = "CAIRN_AGENT_CONFIG", default_value = "/etc/cairn/agent.toml")]
+        #[arg(
+            long,
+            env = "CAIRN_AGENT_CONFIG",
+            default_value = "/etc/cairn/agent.toml"
+        )]
         config: PathBuf,
     },
     /// Print the hardware facts the agent would send, as JSON.
     Facts {
         /// Agent config file (TOML).
-        #[arg(long, env = "CAIRN_AGENT_CONFIG", default_value = "/etc/cairn/agent.toml")]
+        #[arg(
+            long,
+            env = "CAIRN_AGENT_CONFIG",
+            default_value = "/etc/cairn/agent.toml"
+        )]
         config: PathBuf,
     },
 }

@@ -36,7 +36,9 @@ pub const STATUS_FILE: &str = "status.json";
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The state directory could not be created or its mode set.
-    #[error("cannot prepare state directory {path}: {source}; check the disk is mounted and writable")]
+    #[error(
+        "cannot prepare state directory {path}: {source}; check the disk is mounted and writable"
+    )]
     Dir {
         /// The state directory.
         path: PathBuf,
@@ -44,7 +46,9 @@ pub enum StateError {
         source: std::io::Error,
     },
     /// A state file could not be written.
-    #[error("cannot write {path}: {source}; check free space and permissions of the state directory")]
+    #[error(
+        "cannot write {path}: {source}; check free space and permissions of the state directory"
+    )]
     Write {
         /// The target file.
         path: PathBuf,
@@ -76,7 +80,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| write_err(std::io::Error::other("path has no file name")))?;
@@ -316,6 +323,9 @@ mod tests {
         state.save_desired(&desired).unwrap();
         assert_eq!(state.load_desired().unwrap(), Some(desired));
         std::fs::write(state.file(DESIRED_FILE), [0xff, 0xff, 0xff]).unwrap();
-        assert!(matches!(state.load_desired(), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            state.load_desired(),
+            Err(StateError::Corrupt { .. })
+        ));
     }
 }

@@ -97,13 +97,18 @@ pub fn now_rfc3339() -> String {
 pub struct StatusReporter {
     state: StateDir,
     tx: watch::Sender<Status>,
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl StatusReporter {
     /// Starts in phase `enrolling`; nothing is written until the first change.
     pub fn new(state: StateDir) -> Self {
         let (tx, _rx) = watch::channel(Status::initial());
-        StatusReporter { state, tx }
+        StatusReporter {
+            state,
+            tx,
+            writing: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// A receiver that sees every status change.
@@ -116,12 +121,14 @@ impl StatusReporter {
         self.tx.borrow().clone()
     }
 
-    /// Applies `change`; when anything changed, stamps `updated_at`, writes `status.json` and
-    /// notifies subscribers. A failed write is logged, never fatal.
+    /// Applies `change`; when anything changed, stamps `updated_at`, writes `status.json`, then
+    /// notifies subscribers (so a subscriber woken by a change finds it on disk). A failed write
+    /// is logged, never fatal. Updates are serialized.
     pub async fn update(&self, change: impl FnOnce(&mut Status)) {
-        let mut next = self.current();
-        change(&mut next);
+        let _serialized = self.writing.lock().await;
         let old = self.current();
+        let mut next = old.clone();
+        change(&mut next);
         if next.same_content(&old) {
             return;
         }
@@ -135,10 +142,19 @@ impl StatusReporter {
                 "agent phase changed"
             );
         }
-        self.tx.send_replace(next.clone());
+        self.write(next.clone()).await;
+        self.tx.send_replace(next);
+    }
+
+    /// Writes the current status to `status.json` even if nothing changed.
+    pub async fn write_current(&self) {
+        let _serialized = self.writing.lock().await;
+        self.write(self.current()).await;
+    }
+
+    async fn write(&self, status: Status) {
         let state = self.state.clone();
-        let written = tokio::task::spawn_blocking(move || state.save_status(&next)).await;
-        match written {
+        match tokio::task::spawn_blocking(move || state.save_status(&status)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "status.json not updated"),
             Err(e) => warn!(error = %e, "status.json writer task failed"),

@@ -34,7 +34,10 @@ pub struct RecordOnlySink;
 
 impl DesiredStateSink for RecordOnlySink {
     fn apply(&self, desired: &DesiredState) {
-        debug!(revision = desired.revision, "desired state recorded (no runtime attached)");
+        debug!(
+            revision = desired.revision,
+            "desired state recorded (no runtime attached)"
+        );
     }
 }
 
@@ -77,7 +80,13 @@ pub enum SyncError {
 impl SyncError {
     /// Central says this device is revoked.
     pub fn is_revoked(&self) -> bool {
-        matches!(self, SyncError::Status { code: Code::PermissionDenied, .. })
+        matches!(
+            self,
+            SyncError::Status {
+                code: Code::PermissionDenied,
+                ..
+            }
+        )
     }
 
     fn from_status(status: tonic::Status) -> Self {
@@ -196,13 +205,20 @@ impl Agent {
     pub async fn accept_desired(&self, desired: DesiredState) -> Result<bool, StateError> {
         let held = self.held_revision();
         if desired.revision <= held {
-            debug!(revision = desired.revision, held, "desired state not newer; ignored");
+            debug!(
+                revision = desired.revision,
+                held, "desired state not newer; ignored"
+            );
             return Ok(false);
         }
         let state = self.state.clone();
         let to_store = desired.clone();
         blocking(move || state.save_desired(&to_store)).await?;
-        info!(revision = desired.revision, previous = held, "new desired state stored");
+        info!(
+            revision = desired.revision,
+            previous = held,
+            "new desired state stored"
+        );
         self.status
             .update(|s| s.desired_revision = desired.revision)
             .await;
@@ -273,8 +289,10 @@ impl Agent {
         let mut heard_from_central = false;
         let mut last_heard = Instant::now();
         let stable = |heard: bool| heard && started.elapsed() >= heartbeat_every * 2;
-        let mut ticker =
-            tokio::time::interval_at(tokio::time::Instant::now() + heartbeat_every, heartbeat_every);
+        let mut ticker = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat_every,
+            heartbeat_every,
+        );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -32,13 +32,18 @@ impl SigningKey for TlsDeviceKey {
                 key: self.key.clone(),
             }))
         } else {
-            warn!(?offered, "central offered no ECDSA P-256 SHA-256 signature scheme for client auth");
+            warn!(
+                ?offered,
+                "central offered no ECDSA P-256 SHA-256 signature scheme for client auth"
+            );
             None
         }
     }
 
     fn public_key(&self) -> Option<SubjectPublicKeyInfoDer<'_>> {
-        Some(SubjectPublicKeyInfoDer::from(self.key.public_key_spki_der()))
+        Some(SubjectPublicKeyInfoDer::from(
+            self.key.public_key_spki_der(),
+        ))
     }
 
     fn algorithm(&self) -> SignatureAlgorithm {
@@ -65,7 +70,9 @@ impl Signer for TlsDeviceSigner {
             },
             DeviceKey::Software(_) => sign(),
         };
-        result.map_err(|e| rustls::Error::General(format!("device key could not sign the TLS handshake: {e}")))
+        result.map_err(|e| {
+            rustls::Error::General(format!("device key could not sign the TLS handshake: {e}"))
+        })
     }
 
     fn scheme(&self) -> SignatureScheme {
@@ -104,7 +111,10 @@ impl ResolvesClientCert for DeviceCertResolver {
         sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
         if !sigschemes.contains(&SignatureScheme::ECDSA_NISTP256_SHA256) {
-            warn!(?sigschemes, "central does not accept ECDSA P-256 client certificates");
+            warn!(
+                ?sigschemes,
+                "central does not accept ECDSA P-256 client certificates"
+            );
             return None;
         }
         Some(self.certified.clone())

@@ -23,14 +23,17 @@ mod imp {
 
     impl std::fmt::Debug for TpmKey {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("TpmKey").field("tcti", &self.tcti).finish_non_exhaustive()
+            f.debug_struct("TpmKey")
+                .field("tcti", &self.tcti)
+                .finish_non_exhaustive()
         }
     }
 
     impl TpmKey {
         /// Loads the key blob at `blob_path` into the TPM, or creates the key and its blob.
         pub fn open_or_create(tcti: &str, blob_path: &Path) -> Result<Self, KeyError> {
-            let _span = info_span!("tpm.device_key.open", tcti, blob = %blob_path.display()).entered();
+            let _span =
+                info_span!("tpm.device_key.open", tcti, blob = %blob_path.display()).entered();
             let key = cairn_tpm::TpmDeviceKey::open_or_create(tcti, blob_path).map_err(|e| {
                 KeyError::Tpm {
                     operation: "opening the device key",

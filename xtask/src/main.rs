@@ -1,1 +1,53 @@
-fn main() {}
+//! Developer tasks: `cargo xtask test | demo | bench`. Plain Rust instead of shell scripts so
+//! every step reports what failed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+mod demo;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("test") => test(&root),
+        Some("demo") => demo::run(&root),
+        Some("bench") => bench(&root),
+        _ => {
+            eprintln!("usage: cargo xtask <test|demo|bench>\n  test   build, then run every test tier (unit, host integration, QEMU)\n  demo   start a local central and devices and watch them enroll\n  bench  run the benchmarks and print their figures");
+            bail!("unknown or missing task")
+        }
+    }
+}
+
+/// The workspace root (parent of xtask/).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+/// Run a command in the workspace, echoing it; fail with its name if it fails.
+pub(crate) fn run(root: &Path, program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("xtask: {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("could not start {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(root: &Path) -> Result<()> {
+    // System tests start the real binaries, so build them first.
+    run(root, "cargo", &["build", "--workspace", "--bins"])?;
+    run(root, "cargo", &["test", "--workspace", "--no-fail-fast"])?;
+    Ok(())
+}
+
+fn bench(root: &Path) -> Result<()> {
+    run(root, "cargo", &["bench", "--workspace"])
+}

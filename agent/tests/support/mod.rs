@@ -19,8 +19,8 @@ use cairn_proto::v1::agent_server::{Agent as AgentService, AgentServer};
 use cairn_proto::v1::enrollment_server::{Enrollment, EnrollmentServer};
 use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, CentralMessage, DesiredState, EnrollRequest,
-    EnrollResponse, EnrollStatus, Heartbeat, HeartbeatAck, PingRequest, PingResponse,
-    RenewRequest, RenewResponse,
+    EnrollResponse, EnrollStatus, Heartbeat, HeartbeatAck, PingRequest, PingResponse, RenewRequest,
+    RenewResponse,
 };
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, CertifiedIssuer, ExtendedKeyUsagePurpose,
@@ -127,11 +127,16 @@ impl Central {
                 .unwrap(),
         )];
         csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = csr.signed_by(&self.ca).map_err(|e| Status::internal(e.to_string()))?;
+        let cert = csr
+            .signed_by(&self.ca)
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(cert.der().to_vec())
     }
 
-    fn device_of(&self, peer: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>) -> Result<String, Status> {
+    fn device_of(
+        &self,
+        peer: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    ) -> Result<String, Status> {
         let certs = peer.ok_or_else(|| Status::unauthenticated("client certificate required"))?;
         let info = cairn_agent::certificate::CertificateInfo::parse(certs.first().unwrap())
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
@@ -150,7 +155,10 @@ struct AgentApi(Arc<Central>);
 
 #[tonic::async_trait]
 impl Enrollment for EnrollmentApi {
-    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
         let c = &self.0;
         c.enroll_calls.fetch_add(1, Ordering::SeqCst);
         let req = request.into_inner();
@@ -175,7 +183,9 @@ impl Enrollment for EnrollmentApi {
             entry.clone()
         };
         if c.revoked.lock().unwrap().contains(&device_id) {
-            return Err(Status::permission_denied(format!("device {device_id} is revoked")));
+            return Err(Status::permission_denied(format!(
+                "device {device_id} is revoked"
+            )));
         }
         if let Policy::PendingFirst(n) = policy {
             if times_seen <= n {
@@ -202,7 +212,10 @@ type SyncStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<CentralMessage,
 
 #[tonic::async_trait]
 impl AgentService for AgentApi {
-    async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
         let device_id = self.0.device_of(request.peer_certs())?;
         self.0.renew_calls.fetch_add(1, Ordering::SeqCst);
         let cert = self.0.issue(&request.into_inner().csr_der, &device_id)?;
@@ -213,7 +226,10 @@ impl AgentService for AgentApi {
 
     type SyncStream = SyncStream;
 
-    async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<SyncStream>, Status> {
+    async fn sync(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<SyncStream>, Status> {
         let device_id = self.0.device_of(request.peer_certs())?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
@@ -275,10 +291,14 @@ impl RunningCentral {
     /// Serves `central` on `addr` (port 0 = any).
     pub async fn start(central: Arc<Central>, addr: SocketAddr) -> RunningCentral {
         let server_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        let params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         let server_cert = params.signed_by(&server_key, &central.ca).unwrap();
         let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(server_cert.pem(), server_key.serialize_pem()))
+            .identity(Identity::from_pem(
+                server_cert.pem(),
+                server_key.serialize_pem(),
+            ))
             .client_ca_root(Certificate::from_pem(central.ca_pem()))
             .client_auth_optional(true);
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();

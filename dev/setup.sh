@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One-time set-up of a fresh Debian 12 machine for building and testing Cairn (run as root).
+# Installs the system packages the build, the host tests and the QEMU tests need.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+packages=(
+  # build
+  pkg-config libtss2-dev protobuf-compiler
+  # host integration tests: a real TPM
+  swtpm swtpm-tools tpm2-tools
+)
+if [ -f "$here/image-packages.txt" ]; then
+  mapfile -t extra < <(grep -v '^\s*#' "$here/image-packages.txt" | grep -v '^\s*$')
+  packages+=("${extra[@]}")
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all ${#packages[@]} packages present"
+fi
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
