@@ -96,9 +96,10 @@ impl Agent {
                     let state = StateDir::new(&config.state_dir);
                     state.ensure()?;
                     let token = config.resolve_enrollment_token()?;
+                    // Check central's CA before creating a key for a config that cannot work.
+                    let dialer = CentralDialer::from_config(&config)?;
                     let key = DeviceKey::open_or_create(&config)?;
                     let facts = HardwareFacts::gather(&config, &key.key_storage())?;
-                    let dialer = CentralDialer::from_config(&config)?;
                     let desired = match state.load_desired() {
                         Ok(d) => d,
                         Err(e) => {

@@ -38,8 +38,9 @@ pub const DEFAULT_TPM_TCTI: &str = "device:/dev/tpmrm0";
 /// Device node whose presence makes `key_storage = "auto"` choose the TPM.
 pub const TPM_DEVICE_NODE: &str = "/dev/tpmrm0";
 
-/// The agent configuration (`/etc/cairn/agent.toml` on a device).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The agent configuration (`/etc/cairn/agent.toml` on a device). Its `Debug` output hides the
+/// enrollment token.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Central's gRPC endpoint, `https://host:port` (an IP address or a DNS name).
@@ -78,6 +79,32 @@ pub struct AgentConfig {
     /// Renew the certificate once less than this fraction of its lifetime remains (0 < f < 1).
     #[serde(default = "default_renew_fraction")]
     pub renew_when_remaining_fraction: f64,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("central_endpoint", &self.central_endpoint)
+            .field("ca_cert", &self.ca_cert)
+            .field(
+                "enrollment_token",
+                &self.enrollment_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("enrollment_token_file", &self.enrollment_token_file)
+            .field("state_dir", &self.state_dir)
+            .field("key_storage", &self.key_storage)
+            .field("tpm_tcti", &self.tpm_tcti)
+            .field("serial", &self.serial)
+            .field("hostname", &self.hostname)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
+            .field("backoff_initial_ms", &self.backoff_initial_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field(
+                "renew_when_remaining_fraction",
+                &self.renew_when_remaining_fraction,
+            )
+            .finish()
+    }
 }
 
 fn default_heartbeat_interval_ms() -> u64 {
@@ -423,6 +450,13 @@ state_dir = "/var/lib/cairn"
                 port: 7443
             }
         );
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let text = format!("{:?}", parse(MINIMAL).unwrap());
+        assert!(!text.contains("\"tok\""), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
     }
 
     #[test]

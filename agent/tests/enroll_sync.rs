@@ -343,6 +343,7 @@ async fn many_agents_in_one_process() {
     assert_eq!(central.central.enroll_calls.load(Ordering::SeqCst), 8);
 }
 
+#[cfg(feature = "tpm")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpm_key_enrolls_and_does_mtls() {
     if !cairn_testsupport::require_tool("swtpm") {

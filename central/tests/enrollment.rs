@@ -1,12 +1,10 @@
 //! Enrollment policies, token limits, revocation, renewal and restart against a real central
 //! on loopback, with raw protocol clients holding software keys.
 
-mod common;
-
 use std::time::Duration;
 
 use cairn_proto::v1::{agent_message, central_message, AgentMessage, EnrollStatus, Heartbeat, PingRequest, RenewRequest};
-use common::{SimDevice, TestCentral};
+use cairn_testsupport::central::{SimDevice, TestCentral};
 use serde_json::json;
 use tonic::Code;
 

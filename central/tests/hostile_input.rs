@@ -1,14 +1,12 @@
 //! Malformed CSRs, oversized messages, garbage bytes and bad REST requests: each gets a clear
 //! error and central keeps serving everyone else.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use cairn_proto::v1::EnrollStatus;
-use common::{SimDevice, TestCentral};
+use cairn_testsupport::central::{SimDevice, TestCentral};
 use serde_json::json;
 use tonic::Code;
 

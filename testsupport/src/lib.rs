@@ -11,6 +11,9 @@ mod ports;
 mod swtpm;
 mod tools;
 
+#[cfg(feature = "central")]
+pub mod central;
+
 pub use ports::free_port;
 pub use swtpm::Swtpm;
 pub use tools::require_tool;

@@ -1,5 +1,6 @@
 //! A real central on loopback plus raw clients (tonic TLS for the agent API, ureq for REST).
-#![allow(dead_code)]
+//! Clients here use software keys made by rcgen: they test central, not the agent.
+
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +13,21 @@ use rcgen::{CertificateParams, KeyPair};
 use serde_json::{json, Value};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+/// A real central serving on loopback ports from a temporary data directory.
 pub struct TestCentral {
+    /// The running central (None only during a restart).
     pub central: Option<Central>,
+    /// Temporary directory holding its data_dir.
     pub dir: tempfile::TempDir,
+    /// The fleet CA certificate, PEM.
     pub ca_pem: String,
+    /// The bootstrap admin API token.
     pub admin: String,
+    /// Its configuration.
     pub config: CentralConfig,
 }
 
+/// A loopback config with port 0 listeners and fast timings, data under `dir/central`.
 pub fn config_in(dir: &std::path::Path) -> CentralConfig {
     let mut config = CentralConfig::with_data_dir(dir.join("central"));
     config.grpc_listen = "127.0.0.1:0".parse().unwrap();
@@ -30,12 +38,14 @@ pub fn config_in(dir: &std::path::Path) -> CentralConfig {
 }
 
 impl TestCentral {
+    /// Start a central in a fresh temporary directory.
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = config_in(dir.path());
         Self::start_with(dir, config).await
     }
 
+    /// Start a central with this directory and config.
     pub async fn start_with(dir: tempfile::TempDir, config: CentralConfig) -> Self {
         let central = cairn_central::start(config.clone()).await.expect("central starts");
         let ca_pem = std::fs::read_to_string(cairn_central::ca_cert_path(&config)).unwrap();
@@ -52,14 +62,17 @@ impl TestCentral {
         self.central = Some(cairn_central::start(self.config.clone()).await.expect("central restarts"));
     }
 
+    /// The running central.
     pub fn c(&self) -> &Central {
         self.central.as_ref().unwrap()
     }
 
+    /// Full REST URL of `path`.
     pub fn rest_url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.c().rest_addr.port())
     }
 
+    /// A ureq agent trusting only the fleet CA.
     pub fn rest(&self) -> ureq::Agent {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(self.ca_pem.as_bytes()) {
@@ -94,6 +107,7 @@ impl TestCentral {
         (status, response.into_json().unwrap_or(Value::Null))
     }
 
+    /// Call REST as admin and require success; returns the body.
     pub fn admin_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, body) = self.call(&self.admin, method, path, body);
         assert!((200..300).contains(&status), "{method} {path} -> {status}: {body}");
@@ -101,6 +115,7 @@ impl TestCentral {
     }
 
     /// Create an enrollment token; returns its secret.
+    /// Create an enrollment token; returns (id, secret).
     pub fn token(&self, policy: &str, max_uses: Option<u32>, expires_in: Option<u64>) -> (String, String) {
         let body = self.admin_call(
             "POST",
@@ -124,10 +139,12 @@ impl TestCentral {
             .expect("connect to central gRPC")
     }
 
+    /// An Enrollment client over TLS (no client certificate).
     pub async fn enrollment(&self) -> EnrollmentClient<Channel> {
         EnrollmentClient::new(self.channel(None).await)
     }
 
+    /// An Agent client over mutual TLS with this device's certificate.
     pub async fn agent(&self, device: &SimDevice, cert_der: &[u8]) -> AgentClient<Channel> {
         let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert_der.to_vec()));
         AgentClient::new(self.channel(Some(Identity::from_pem(cert_pem, device.key.serialize_pem()))).await)
@@ -136,19 +153,24 @@ impl TestCentral {
 
 /// A software-keyed device as a raw protocol client (not the agent: this tests central alone).
 pub struct SimDevice {
+    /// Its software key.
     pub key: KeyPair,
+    /// Its serial.
     pub serial: String,
 }
 
 impl SimDevice {
+    /// A device with a fresh P-256 key.
     pub fn new(serial: &str) -> Self {
         Self { key: KeyPair::generate().unwrap(), serial: serial.into() }
     }
 
+    /// A CSR signed by its key.
     pub fn csr(&self) -> Vec<u8> {
         CertificateParams::new(vec![self.serial.clone()]).unwrap().serialize_request(&self.key).unwrap().der().to_vec()
     }
 
+    /// An Enroll request with this token.
     pub fn request(&self, token: &str) -> EnrollRequest {
         EnrollRequest {
             token: token.into(),
@@ -164,6 +186,7 @@ impl SimDevice {
         }
     }
 
+    /// Call Enroll.
     pub async fn enroll(&self, central: &TestCentral, token: &str) -> Result<EnrollResponse, tonic::Status> {
         central.enrollment().await.enroll(self.request(token)).await.map(|r| r.into_inner())
     }
