@@ -25,6 +25,7 @@ pub struct Sessions {
     open: Mutex<HashMap<String, Session>>,
     seen: Mutex<HashMap<String, i64>>,
     next_id: AtomicU64,
+    heartbeats: AtomicU64,
 }
 
 impl Sessions {
@@ -72,9 +73,15 @@ impl Sessions {
         self.lock_open().len()
     }
 
-    /// Note a heartbeat.
+    /// Note a heartbeat (or a new stream, which counts as one).
     pub fn saw(&self, device_id: &str, at: i64) {
+        self.heartbeats.fetch_add(1, Ordering::Relaxed);
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), at);
+    }
+
+    /// Heartbeats received since start (for metrics and benchmarks).
+    pub fn heartbeats_received(&self) -> u64 {
+        self.heartbeats.load(Ordering::Relaxed)
     }
 
     /// Take the heartbeats noted since the last call (for the batched write).

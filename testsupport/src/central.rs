@@ -62,6 +62,23 @@ impl TestCentral {
         self.central = Some(cairn_central::start(self.config.clone()).await.expect("central restarts"));
     }
 
+    /// Stop central for a while (an outage seen by agents): its listeners close and open streams
+    /// end; data directory and ports are kept for [`TestCentral::start_again`]. REST calls and
+    /// [`TestCentral::c`] panic until then.
+    pub async fn stop(&mut self) {
+        let central = self.central.take().expect("central is running");
+        self.config.grpc_listen = central.grpc_addr;
+        self.config.rest_listen = central.rest_addr;
+        central.stop().await;
+    }
+
+    /// Start again after [`TestCentral::stop`], on the same data directory and ports (same CA,
+    /// registry and admin token).
+    pub async fn start_again(&mut self) {
+        assert!(self.central.is_none(), "start_again needs a stopped central; see TestCentral::stop");
+        self.central = Some(cairn_central::start(self.config.clone()).await.expect("central starts again"));
+    }
+
     /// The running central.
     pub fn c(&self) -> &Central {
         self.central.as_ref().unwrap()

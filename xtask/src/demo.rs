@@ -1,1 +1,189 @@
-pub fn run(_root: &std::path::Path) -> anyhow::Result<()> { anyhow::bail!("demo: not yet") }
+//! `cargo xtask demo`: a local central plus three devices on this machine (one keeps its key in
+//! a real swtpm), enrolling under `auto` and `manual` policies, shown through cairnctl.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::run as run_command;
+
+/// Child processes killed when the demo ends, however it ends.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
+struct Ctl {
+    bin: PathBuf,
+    url: String,
+    ca: PathBuf,
+    token: PathBuf,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .env("CAIRN_CENTRAL", &self.url)
+            .env("CAIRN_CA", &self.ca)
+            .env("CAIRN_TOKEN_FILE", &self.token)
+            .output()
+            .context("running cairnctl")?;
+        if !out.status.success() {
+            bail!("cairnctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn secret(&self, policy: &str) -> Result<String> {
+        let out = self.run(&["--json", "token", "create", "--name", &format!("demo-{policy}"), "--policy", policy])?;
+        let start = out.find("\"secret\"").context("no secret in cairnctl output")?;
+        let value = out[start..].split('"').nth(3).context("malformed secret")?;
+        Ok(value.to_owned())
+    }
+}
+
+fn status_phase(state_dir: &Path) -> String {
+    std::fs::read_to_string(state_dir.join("status.json"))
+        .ok()
+        .and_then(|s| s.split("\"phase\":").nth(1).map(|r| r.split('"').nth(1).unwrap_or("").to_owned()))
+        .unwrap_or_default()
+}
+
+/// Run the demo.
+pub fn run(root: &Path) -> Result<()> {
+    run_command(root, "cargo", &["build", "--workspace", "--bins"])?;
+    let bin = root.join("target/debug");
+    let work = root.join("target/demo");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let mut children = Children(Vec::new());
+
+    let (grpc, rest) = (free_port()?, free_port()?);
+    let data = work.join("central");
+    let config = work.join("central.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = {data:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nrest_listen = \"127.0.0.1:{rest}\"\npending_retry_seconds = 2\n"),
+    )?;
+    println!("==> starting cairn-central (gRPC :{grpc}, REST :{rest}), log in {}", work.join("central.log").display());
+    children.0.push(
+        Command::new(bin.join("cairn-central"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(std::fs::File::create(work.join("central.log"))?)
+            .spawn()
+            .context("starting cairn-central")?,
+    );
+    wait_for("central's admin token", Duration::from_secs(20), || data.join("admin.token").exists())?;
+    wait_for("central's REST port", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", rest)).is_ok())?;
+    let ctl = Ctl { bin: bin.join("cairnctl"), url: format!("https://127.0.0.1:{rest}"), ca: data.join("ca.crt"), token: data.join("admin.token") };
+
+    println!("==> cairnctl token create (auto and manual)");
+    let auto = ctl.secret("auto")?;
+    let manual = ctl.secret("manual")?;
+    print!("{}", ctl.run(&["token", "list"])?);
+
+    let tpm_port = free_port()?;
+    let tpm_state = work.join("swtpm");
+    std::fs::create_dir_all(&tpm_state)?;
+    let swtpm = Command::new("swtpm")
+        .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+        .arg("--server")
+        .arg(format!("type=tcp,port={tpm_port},bindaddr=127.0.0.1"))
+        .arg("--ctrl")
+        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", tpm_port + 1))
+        .arg("--tpmstate")
+        .arg(format!("dir={}", tpm_state.display()))
+        .stdout(Stdio::null())
+        .spawn();
+    let tpm_tcti = match swtpm {
+        Ok(child) => {
+            children.0.push(child);
+            wait_for("swtpm", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", tpm_port)).is_ok())?;
+            Some(format!("swtpm:host=127.0.0.1,port={tpm_port}"))
+        }
+        Err(e) => {
+            println!("    (swtpm not available: {e}; the TPM device uses a software key)");
+            None
+        }
+    };
+
+    let devices = [
+        ("shop-1", auto.as_str(), "key_storage = \"software\"".to_owned()),
+        (
+            "shop-2-tpm",
+            auto.as_str(),
+            tpm_tcti.map_or("key_storage = \"software\"".into(), |t| format!("key_storage = \"tpm\"\ntpm_tcti = {t:?}")),
+        ),
+        ("factory-1", manual.as_str(), "key_storage = \"software\"".to_owned()),
+    ];
+    let mut state_dirs = Vec::new();
+    for (name, token, extra) in &devices {
+        let state = work.join(name);
+        let config = work.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "central_endpoint = \"https://127.0.0.1:{grpc}\"\nca_cert = {:?}\nenrollment_token = {token:?}\nstate_dir = {state:?}\nserial = \"SN-{name}\"\nheartbeat_interval_ms = 2000\n{extra}\n",
+                data.join("ca.crt")
+            ),
+        )?;
+        println!("==> starting cairn-agent {name}");
+        children.0.push(
+            Command::new(bin.join("cairn-agent"))
+                .args(["run", "--config"])
+                .arg(&config)
+                .stderr(std::fs::File::create(work.join(format!("{name}.log")))?)
+                .spawn()
+                .context("starting cairn-agent")?,
+        );
+        state_dirs.push((name.to_string(), state));
+    }
+    wait_for("the auto devices to connect and the manual one to wait", Duration::from_secs(60), || {
+        status_phase(&state_dirs[0].1) == "connected"
+            && status_phase(&state_dirs[1].1) == "connected"
+            && status_phase(&state_dirs[2].1) == "pending"
+    })?;
+    println!("==> cairnctl device list");
+    print!("{}", ctl.run(&["device", "list"])?);
+    let pending_id = std::fs::read_to_string(state_dirs[2].1.join("status.json"))?
+        .split("\"device_id\":")
+        .nth(1)
+        .and_then(|r| r.split('"').nth(1).map(str::to_owned))
+        .context("pending device id")?;
+    println!("==> cairnctl device approve {pending_id}");
+    ctl.run(&["device", "approve", &pending_id])?;
+    wait_for("the approved device to connect", Duration::from_secs(30), || status_phase(&state_dirs[2].1) == "connected")?;
+    std::thread::sleep(Duration::from_secs(1));
+    println!("==> cairnctl device list");
+    print!("{}", ctl.run(&["device", "list"])?);
+    println!("==> cairnctl audit");
+    print!("{}", ctl.run(&["audit", "--limit", "10"])?);
+    println!("==> demo done: 3 devices enrolled and connected (logs in {})", work.display());
+    Ok(())
+}

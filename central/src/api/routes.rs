@@ -82,7 +82,8 @@ async fn create_token(caller: Caller, State(shared): St, ValidJson(body): ValidJ
         .run(move |conn| {
             let tx = conn.transaction()?;
             let (token, secret) = tokens::create_enrollment_token(&tx, &body.name, body.policy, lifetime, body.max_uses)?;
-            let detail = format!("policy={} max_uses={:?}", token.policy.as_str(), token.max_uses);
+            let max_uses = token.max_uses.map_or("unlimited".to_owned(), |n| n.to_string());
+            let detail = format!("policy={} max_uses={max_uses}", token.policy.as_str());
             audit::record(&tx, &actor, "token.create", &token.id, &detail)?;
             tx.commit()?;
             Ok((token, secret))

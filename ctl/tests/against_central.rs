@@ -1,0 +1,138 @@
+//! The cairnctl binary against a real central on loopback: every command, tables and --json,
+//! role refusals and TLS trust errors.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use cairn_proto::v1::EnrollStatus;
+use cairn_testsupport::central::{SimDevice, TestCentral};
+use serde_json::Value;
+
+struct Ctl {
+    url: String,
+    ca: PathBuf,
+    token_file: PathBuf,
+}
+
+struct Outcome {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Ctl {
+    fn new(central: &TestCentral) -> Self {
+        let ca = central.dir.path().join("ca.pem");
+        std::fs::write(&ca, &central.ca_pem).unwrap();
+        let token_file = central.dir.path().join("token");
+        std::fs::write(&token_file, format!("{}\n", central.admin)).unwrap();
+        Self { url: central.rest_url(""), ca, token_file }
+    }
+
+    fn run(&self, args: &[&str]) -> Outcome {
+        let output = tokio::task::block_in_place(|| {
+            Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+                .args(args)
+                .env("CAIRN_CENTRAL", &self.url)
+                .env("CAIRN_CA", &self.ca)
+                .env("CAIRN_TOKEN_FILE", &self.token_file)
+                .env_remove("CAIRN_TOKEN")
+                .output()
+                .expect("cairnctl runs")
+        });
+        Outcome {
+            ok: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.ok, "cairnctl {args:?} failed: {}", out.stderr);
+        out.stdout
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("--json prints JSON")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_workflow_through_cairnctl() {
+    let central = TestCentral::start().await;
+    let ctl = Ctl::new(&central);
+
+    let created = ctl.json(&["token", "create", "--name", "shop-fleet", "--policy", "manual", "--max-uses", "2", "--expires-in", "7d"]);
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let token_id = created["token"]["id"].as_str().unwrap().to_owned();
+    let table = ctl.ok(&["token", "list"]);
+    assert!(table.contains("shop-fleet") && table.contains("manual") && table.contains(&token_id), "{table}");
+    assert!(!table.contains(&secret), "token list must never show a secret");
+
+    let device = SimDevice::new("SN-CTL-1");
+    let pending = device.enroll(&central, &secret).await.unwrap();
+    assert_eq!(pending.status(), EnrollStatus::Pending);
+    let table = ctl.ok(&["device", "list"]);
+    assert!(table.contains(&pending.device_id) && table.contains("pending") && table.contains("SN-CTL-1"), "{table}");
+
+    ctl.ok(&["device", "approve", &pending.device_id]);
+    let shown = ctl.json(&["device", "show", &pending.device_id]);
+    assert_eq!(shown["device"]["status"], "active");
+    let approved = device.enroll(&central, &secret).await.unwrap();
+    assert_eq!(approved.status(), EnrollStatus::Approved);
+    let details = ctl.ok(&["device", "show", &pending.device_id]);
+    assert!(details.contains("active"), "{details}");
+
+    ctl.ok(&["claim", "add", "--serial", "SN-CLAIMED"]);
+    let claims = ctl.json(&["claim", "list"]);
+    assert_eq!(claims["claims"][0]["value"], "SN-CLAIMED");
+    let dup = ctl.run(&["claim", "add", "--serial", "SN-CLAIMED"]);
+    assert!(!dup.ok && dup.stderr.contains("already claimed"), "{}", dup.stderr);
+
+    ctl.ok(&["device", "revoke", &pending.device_id]);
+    assert_eq!(ctl.json(&["device", "show", &pending.device_id])["device"]["status"], "revoked");
+    ctl.ok(&["token", "revoke", &token_id]);
+    assert_eq!(ctl.json(&["token", "list"])["tokens"][0]["revoked"], true);
+
+    let audit = ctl.ok(&["audit", "--limit", "20"]);
+    for action in ["token.create", "device.approve", "claim.add", "device.revoke", "token.revoke"] {
+        assert!(audit.contains(action), "audit lacks {action}: {audit}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_and_trust_failures_are_reported_clearly() {
+    let central = TestCentral::start().await;
+    let admin = Ctl::new(&central);
+    let viewer_secret = admin.json(&["api-token", "create", "--name", "auditor", "--role", "viewer"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let listed = admin.ok(&["api-token", "list"]);
+    assert!(listed.contains("auditor") && listed.contains("viewer"), "{listed}");
+
+    let viewer = Ctl { token_file: central.dir.path().join("viewer"), ..Ctl::new(&central) };
+    std::fs::write(&viewer.token_file, &viewer_secret).unwrap();
+    viewer.ok(&["device", "list"]);
+    let refused = viewer.run(&["token", "create", "--name", "x", "--policy", "auto"]);
+    assert!(!refused.ok);
+    assert!(refused.stderr.contains("operator role") && refused.stderr.contains("403"), "{}", refused.stderr);
+
+    // A CA that did not sign central's certificate: refused, with a hint about --ca.
+    let other_ca = rcgen::CertificateParams::new(vec!["x".into()])
+        .unwrap()
+        .self_signed(&rcgen::KeyPair::generate().unwrap())
+        .unwrap()
+        .pem();
+    let wrong = Ctl { ca: central.dir.path().join("other-ca.pem"), ..Ctl::new(&central) };
+    std::fs::write(&wrong.ca, other_ca).unwrap();
+    let failed = wrong.run(&["device", "list"]);
+    assert!(!failed.ok);
+    assert!(failed.stderr.contains("--ca"), "{}", failed.stderr);
+
+    let bad_input = admin.run(&["token", "create", "--name", "x", "--policy", "auto", "--expires-in", "7x"]);
+    assert!(!bad_input.ok && bad_input.stderr.contains("--expires-in"), "{}", bad_input.stderr);
+}
