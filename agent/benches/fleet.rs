@@ -30,7 +30,7 @@ async fn bench_fleet(n: usize) {
     for i in 0..n {
         let mut config = AgentConfig::new(&endpoint, &ca, &token, &dir.path().join(format!("agent-{i}")));
         config.serial = Some(format!("BENCH-{i:06}"));
-        config.key_storage = "software".parse().unwrap();
+        config.key_storage = cairn_agent::config::KeyStorageSetting::Software;
         config.heartbeat_interval_ms = 100;
         agents.push(std::sync::Arc::new(Agent::new(config).await.expect("agent prepares")));
     }

@@ -186,8 +186,10 @@ impl FleetCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = OffsetDateTime::now_utc();
-        // Small back-dating absorbs clock skew between central and devices.
-        params.not_before = now - Duration::minutes(5);
+        // Back-dating absorbs clock skew between central and devices; at most a tenth of the
+        // lifetime, so agents' "renew with a third left" still holds for short lifetimes.
+        let backdate = (lifetime_seconds / 10).min(300) as i64;
+        params.not_before = now - Duration::seconds(backdate);
         let not_after = now + Duration::seconds(lifetime_seconds.min(i64::MAX as u64) as i64);
         params.not_after = not_after;
         let serial = random_serial();
@@ -234,10 +236,12 @@ pub fn verify_csr(der: &[u8]) -> Result<VerifiedCsr, CaError> {
     Ok(VerifiedCsr { params, spki_der })
 }
 
-/// A positive random 16-byte serial.
+/// A positive random 16-byte serial (126 random bits).
 fn random_serial() -> SerialNumber {
     let mut bytes: [u8; 16] = rand::random();
-    bytes[0] &= 0x7f;
+    // Positive and without a leading zero byte, so DER keeps all 16 bytes and the hex we store
+    // is exactly the serial in the certificate.
+    bytes[0] = (bytes[0] & 0x3f) | 0x40;
     SerialNumber::from_slice(&bytes)
 }
 

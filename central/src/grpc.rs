@@ -168,20 +168,26 @@ impl Agent for AgentService {
         let device_id = self.authorize(&request).await?;
         let span = tracing::info_span!("grpc.sync", device_id = %device_id);
         let mut inbound = request.into_inner();
-        let id = device_id.clone();
-        let device = self
-            .0
-            .store
-            .run(move |conn| devices::get(conn, &id))
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| Status::unauthenticated("device vanished from the registry"))?;
         let (tx, rx) = mpsc::channel(16);
+        let shared = self.0.clone();
+        // Register before reading the desired state: a change committed in between is then
+        // pushed on this stream too (the agent ignores a revision it already holds).
+        let session_id = shared.sessions.register(&device_id, tx.clone());
+        let id = device_id.clone();
+        let device = match shared.store.run(move |conn| devices::get(conn, &id)).await {
+            Ok(Some(device)) => device,
+            Ok(None) => {
+                shared.sessions.unregister(&device_id, session_id);
+                return Err(Status::unauthenticated("device vanished from the registry"));
+            }
+            Err(e) => {
+                shared.sessions.unregister(&device_id, session_id);
+                return Err(internal(e));
+            }
+        };
         tx.send(Ok(desired_message(device.desired_revision, device.config)))
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
-        let shared = self.0.clone();
-        let session_id = shared.sessions.register(&device_id, tx.clone());
         shared.sessions.saw(&device_id, now_unix());
         span.in_scope(|| tracing::info!("agent connected"));
         tokio::spawn(

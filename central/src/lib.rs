@@ -61,6 +61,9 @@ pub enum StartError {
         /// The I/O failure.
         source: std::io::Error,
     },
+    /// The configuration is out of range.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     /// Registry.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -97,6 +100,7 @@ pub fn ca_cert_path(config: &CentralConfig) -> PathBuf {
 /// Open the registry and CA, bind both listeners and serve until `Central::stop`.
 #[tracing::instrument(name = "central.start", skip_all, fields(data_dir = %config.data_dir.display()))]
 pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
+    config.validate()?;
     files::create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
         path: config.data_dir.clone(),
         source,
@@ -122,21 +126,16 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         sessions: sessions::Sessions::default(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(tls::serve_grpc(
-        grpc_listener,
-        shared.clone(),
-        &server_cert,
-        &server_key,
-        shutdown_rx.clone(),
-    )?));
-    tasks.push(tokio::spawn(tls::serve_rest(
-        rest_listener,
-        api::router(shared.clone()),
-        tls::rest_tls_config(&server_cert, &server_key)?,
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(flush_presence(shared.clone(), shutdown_rx)));
+    let tasks = vec![
+        tokio::spawn(tls::serve_grpc(grpc_listener, shared.clone(), &server_cert, &server_key, shutdown_rx.clone())?),
+        tokio::spawn(tls::serve_rest(
+            rest_listener,
+            api::router(shared.clone()),
+            tls::rest_tls_config(&server_cert, &server_key)?,
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(flush_presence(shared.clone(), shutdown_rx)),
+    ];
     tracing::info!(%grpc_addr, %rest_addr, "central serving");
     Ok(Central { grpc_addr, rest_addr, shared, shutdown, tasks })
 }
@@ -145,8 +144,13 @@ impl Central {
     /// Stop serving, write pending heartbeat times, and wait for every task.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        // tonic's graceful shutdown waits for open streams; agent streams never end by themselves.
+        self.shared.sessions.close_all(tonic::Status::unavailable("central is shutting down; reconnect later"));
+        for mut task in self.tasks {
+            if tokio::time::timeout(Duration::from_secs(10), &mut task).await.is_err() {
+                tracing::warn!("a central task did not stop within 10 s; aborting it");
+                task.abort();
+            }
         }
     }
 }

@@ -54,6 +54,13 @@ impl Sessions {
         }
     }
 
+    /// End every open stream with `status` (central stopping): agents reconnect elsewhere or later.
+    pub fn close_all(&self, status: Status) {
+        for (_, session) in self.lock_open().drain() {
+            let _ = session.tx.try_send(Err(status.clone()));
+        }
+    }
+
     /// Send a message on a device's stream if it is connected here; false if not.
     pub async fn push(&self, device_id: &str, message: CentralMessage) -> bool {
         let tx = self.lock_open().get(device_id).map(|s| s.tx.clone());

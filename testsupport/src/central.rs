@@ -55,21 +55,20 @@ impl TestCentral {
 
     /// Stop and start again on the same data directory and ports.
     pub async fn restart(&mut self) {
-        let central = self.central.take().unwrap();
-        self.config.grpc_listen = central.grpc_addr;
-        self.config.rest_listen = central.rest_addr;
-        central.stop().await;
-        self.central = Some(cairn_central::start(self.config.clone()).await.expect("central restarts"));
+        self.stop().await;
+        self.start_again().await;
     }
 
-    /// Stop central for a while (an outage seen by agents): its listeners close and open streams
-    /// end; data directory and ports are kept for [`TestCentral::start_again`]. REST calls and
-    /// [`TestCentral::c`] panic until then.
+    /// Stop central for a while (an outage seen by agents): its listeners close and open agent
+    /// Sync streams end with UNAVAILABLE; data directory and ports are kept for
+    /// [`TestCentral::start_again`]. REST calls and [`TestCentral::c`] panic until then.
     pub async fn stop(&mut self) {
         let central = self.central.take().expect("central is running");
         self.config.grpc_listen = central.grpc_addr;
         self.config.rest_listen = central.rest_addr;
+        let started = std::time::Instant::now();
         central.stop().await;
+        assert!(started.elapsed() < Duration::from_secs(5), "central took {:?} to stop", started.elapsed());
     }
 
     /// Start again after [`TestCentral::stop`], on the same data directory and ports (same CA,

@@ -149,13 +149,12 @@ pub fn central_cert_serial(central: &TestCentral, id: &str) -> String {
     )
 }
 
-/// The certificate the agent holds now, from its state directory.
-pub async fn agent_cert(agent: &Agent) -> Vec<u8> {
+/// The certificate the agent holds now, read from its state directory.
+pub fn agent_cert(agent: &Agent) -> Vec<u8> {
     agent
+        .state()
         .load_identity()
-        .await
         .unwrap()
         .expect("agent holds a certificate")
-        .0
         .cert_der
 }
