@@ -8,6 +8,10 @@ packages=(
   pkg-config libtss2-dev protobuf-compiler
   # host integration tests: a real TPM
   swtpm swtpm-tools tpm2-tools
+  # host integration tests: LUKS2 data partition on a plain file (no device-mapper needed)
+  cryptsetup-bin
+  # host integration tests: apps on real containerd + runc, images served by a local registry
+  containerd runc busybox-static docker-registry containernetworking-plugins
 )
 if [ -f "$here/image-packages.txt" ]; then
   mapfile -t extra < <(grep -v '^\s*#' "$here/image-packages.txt" | grep -v '^\s*$')
@@ -15,13 +19,16 @@ if [ -f "$here/image-packages.txt" ]; then
 fi
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  # "name/release" pins a release; it is checked by name and apt picks the pinned version.
+  if ! dpkg-query -W -f='${Status}' "${p%%/*}" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  apt-get install -y -qq --no-install-recommends --allow-downgrades "${missing[@]}"
 else
   echo "setup: all ${#packages[@]} packages present"
 fi

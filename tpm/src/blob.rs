@@ -122,7 +122,7 @@ fn bad_blob(path: &Path, reason: String) -> TpmError {
     }
 }
 
-fn push_tpm2b(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn push_tpm2b(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
     let len = u16::try_from(bytes.len())
         .map_err(|_| format!("{} bytes do not fit a TPM2B", bytes.len()))?;
     out.extend_from_slice(&len.to_be_bytes());
@@ -130,7 +130,7 @@ fn push_tpm2b(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn take_tpm2b<'a>(bytes: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+pub(crate) fn take_tpm2b<'a>(bytes: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
     let (len, rest) = bytes
         .split_first_chunk::<2>()
         .ok_or_else(|| format!("truncated before the {what} length"))?;
@@ -145,7 +145,7 @@ fn take_tpm2b<'a>(bytes: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), S
 }
 
 /// `.<name>.tmp` beside `path`, on the same file system so the rename is atomic.
-fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -153,7 +153,7 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp"))
 }
 
-fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // A stale temp file from a crash would make create_new fail: remove it first.
     match std::fs::remove_file(tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

@@ -126,4 +126,86 @@ pub enum TpmError {
         /// What was wrong.
         reason: String,
     },
+
+    /// A PCR selection is empty or names a PCR that does not exist.
+    #[error("invalid PCR selection: {reason}; give SHA-256 PCR numbers 0..=23, e.g. \"7,11\"")]
+    BadPcrSelection {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The PCR values could not be read.
+    #[error("cannot read the SHA-256 values of PCRs {pcrs}: {reason}; check the TPM has the SHA-256 PCR bank allocated (tpm2_getcap pcrs)")]
+    ReadPcrs {
+        /// The selection, e.g. `7,11`.
+        pcrs: String,
+        /// What failed.
+        reason: String,
+    },
+
+    /// A PCR could not be extended.
+    #[error("cannot extend PCR {index}: {source}; PCRs 0..=15 may only be extended from locality 0, check the index")]
+    ExtendPcr {
+        /// The PCR index.
+        index: u8,
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
+    /// The secret to seal is empty or longer than the TPM can seal.
+    #[error("cannot seal a secret of {len} bytes: the TPM seals 1..=128 bytes; seal a 32-byte key and derive longer material from it")]
+    BadSecret {
+        /// Length of the secret given.
+        len: usize,
+    },
+
+    /// The TPM refused to create the sealed object.
+    #[error("the TPM failed to seal the secret: {source}; check the TPM has free object and session slots and supports KeyedHash objects with SHA-256 policies")]
+    Seal {
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
+    /// Unsealing failed for a reason other than the policy or a foreign blob.
+    #[error("the TPM failed to unseal: {source}; check the TPM is reachable and has free object and session slots, then retry")]
+    Unseal {
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
+    /// Bytes or a file are not a valid Cairn sealed-secret blob.
+    #[error(
+        "{origin} is not a valid Cairn sealed-secret blob: {reason}; the file is damaged or was \
+         edited; the sealed secret cannot be recovered from it: use the recovery key, which seals \
+         the secret again"
+    )]
+    BadSealedBlob {
+        /// The file, or `<in-memory sealed blob>`.
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The sealed blob file exists but could not be read.
+    #[error("cannot read the sealed-secret blob {path}: {source}; check the partition holding it is mounted and readable")]
+    ReadSealedBlob {
+        /// The blob file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The sealed blob could not be written.
+    #[error("cannot write the sealed-secret blob {path}: {source}; check the directory exists, is writable and has free space")]
+    WriteSealedBlob {
+        /// The blob file (the temp file beside it is removed on failure).
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -175,7 +175,7 @@ fn load_or_create(
 
 /// Create the owner hierarchy's storage primary (restricted ECC P-256 decrypt key, AES-128-CFB):
 /// the TCG "SRK" template, so the same owner seed always gives the same key.
-fn create_owner_primary(context: &mut Context) -> Result<KeyHandle, TpmError> {
+pub(crate) fn create_owner_primary(context: &mut Context) -> Result<KeyHandle, TpmError> {
     let _span = tracing::info_span!("tpm.create_primary", hierarchy = "owner").entered();
     let err = |source| TpmError::CreatePrimary {
         hierarchy: "owner",
@@ -323,7 +323,7 @@ fn null_hashcheck_ticket() -> tss_esapi::Result<HashcheckTicket> {
 }
 
 /// Flush a transient object, logging (not failing) when the TPM refuses.
-fn flush(context: &mut Context, handle: KeyHandle) {
+pub(crate) fn flush(context: &mut Context, handle: KeyHandle) {
     if let Err(e) = context.flush_context(handle.into()) {
         tracing::warn!(error = %e, "could not flush a transient TPM object; a TPM object slot stays in use until the TPM context closes");
     }

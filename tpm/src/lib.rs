@@ -1,9 +1,15 @@
 //! TPM 2.0 operations for Cairn devices (tss-esapi): the device signing key and the endorsement
-//! key identity. Later: sealing the data-disk key to a PCR policy.
+//! key identity, and sealing the data-disk key to a PCR policy.
 //!
 //! - [`TpmDeviceKey`]: a non-exportable ECC P-256 signing key under the owner hierarchy, kept on
 //!   disk as a TPM-wrapped blob (useless without this TPM), used for the device's TLS identity.
 //! - [`ek_public_sha256`]: the hash enrollment uses to recognise the device's TPM.
+//! - [`seal_secret`] / [`unseal_secret`]: seal a small secret (the data-disk key) to SHA-256 PCR
+//!   values of the boot chain; an unseal refusal names the changed PCRs
+//!   ([`UnsealError::PcrMismatch`]) or the foreign TPM ([`UnsealError::WrongTpm`]).
+//! - [`read_pcrs`] / [`extend_pcr`] / [`PcrSelection`]: PCR access.
+//! - [`EventLog`]: the firmware's TPM event log, replayed to PCR values, listing the events that
+//!   made a PCR (to explain a [`UnsealError::PcrMismatch`]).
 //! - [`parse_tcti`]: the TCTI strings Cairn accepts (`device:/dev/tpmrm0`, `swtpm:...`, `mssim:...`).
 //!
 //! All calls block on the TPM: from async code run them in `spawn_blocking`. Every TPM call runs in
@@ -15,10 +21,22 @@ mod blob;
 mod der;
 mod ek;
 mod error;
+mod eventlog;
 mod key;
+mod pcr;
+mod seal;
+mod sealed_blob;
 mod tcti;
 
 pub use ek::ek_public_sha256;
 pub use error::TpmError;
+pub use eventlog::{EventLog, EventLogError, LogEvent, FIRMWARE_EVENT_LOG};
 pub use key::TpmDeviceKey;
+pub use pcr::{
+    extend_pcr, extended_value, read_pcrs, PcrSelection, PcrValues, PCR_COUNT, PCR_VALUE_LEN,
+};
+pub use seal::{
+    seal_secret, seal_secret_to, unseal_secret, PcrChange, UnsealError, MAX_SECRET_LEN,
+};
+pub use sealed_blob::SealedSecret;
 pub use tcti::parse_tcti;
