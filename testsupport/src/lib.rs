@@ -2,18 +2,24 @@
 //! cannot run here (never silently; under `CI=true` a missing component is a failure).
 //!
 //! - [`Swtpm`]: a real software TPM 2.0 (`swtpm socket`) on free loopback ports, killed on drop.
+//! - [`Containerd`]: a real containerd + runc with its own root, state and socket in a temp dir.
+//! - [`Registry`]: a real `docker-registry` on a free loopback port, optionally with basic auth.
 //! - [`require_tool`]: decide whether a test can run, given the external tools it needs.
 //! - [`free_port`]: a loopback TCP port that was free a moment ago.
 
 #![warn(missing_docs)]
 
+mod containerd;
 mod ports;
+mod registry;
 mod swtpm;
 mod tools;
 
 #[cfg(feature = "central")]
 pub mod central;
 
+pub use containerd::Containerd;
 pub use ports::free_port;
+pub use registry::Registry;
 pub use swtpm::Swtpm;
 pub use tools::require_tool;

@@ -1,0 +1,458 @@
+//! Service containers on containerd: create (container record + snapshot + OCI spec), start a
+//! task whose output goes to a log file under the data dir, stop (SIGTERM, then SIGKILL after a
+//! grace period), delete (task, container, snapshot), exec for health checks, list with labels.
+//!
+//! Networking in this version: `network_mode: host` shares the host's network namespace; other
+//! services get a network namespace of their own with only loopback (no CNI yet).
+
+mod logs;
+mod oci;
+mod task;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use containerd_client::services::v1::container::Runtime;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, DeleteContainerRequest, GetContainerRequest,
+    ListContainersRequest, UpdateContainerRequest,
+};
+use tracing::info;
+
+use crate::containerd::{call, Containerd, ContainerdError};
+use crate::image::ImageInfo;
+use crate::spec::ServiceSpec;
+
+pub use logs::rotate_log;
+pub use task::{exec, start_task, stop_task, task_state, TaskState, TaskStatus};
+
+/// Label: the app a container belongs to.
+pub const LABEL_APP: &str = "cairn.app";
+/// Label: the service of the app.
+pub const LABEL_SERVICE: &str = "cairn.service";
+/// Label: hash of everything the container was made from; a different hash means "replace".
+pub const LABEL_SPEC_HASH: &str = "cairn.spec-hash";
+/// Label: how many times the task was restarted.
+pub const LABEL_RESTARTS: &str = "cairn.restarts";
+/// Label: consecutive quick crashes (drives the restart back-off).
+pub const LABEL_CRASH_STREAK: &str = "cairn.crash-streak";
+/// Label: when the current task was started (Unix milliseconds).
+pub const LABEL_STARTED_AT: &str = "cairn.started-at";
+
+const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+
+/// Errors creating, running or removing containers.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The OCI spec cannot be built.
+    #[error("cannot build the container spec: {reason}")]
+    Spec {
+        /// Why.
+        reason: String,
+    },
+    /// A file or directory under the data dir could not be prepared.
+    #[error("cannot prepare {path}: {source}; check that the data dir is writable and has space")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A secret the service needs has no value.
+    #[error("secret {name} of app {app} has no value; central must provide it")]
+    MissingSecret {
+        /// App.
+        app: String,
+        /// Secret name.
+        name: String,
+    },
+    /// The stored spec of a container is unreadable.
+    #[error("container {id} has no readable OCI spec: {reason}; delete and re-create it")]
+    BadRecord {
+        /// Container id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// An exec did not finish in time.
+    #[error("exec in {id} did not finish within {timeout:?}")]
+    ExecTimeout {
+        /// Container id.
+        id: String,
+        /// Timeout.
+        timeout: Duration,
+    },
+    /// A containerd call failed.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
+    move |source| ContainerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where the runtime keeps app data and how it runs tasks.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Root of app data (volumes, secrets, logs): `<data_dir>/apps/<app>/...`. On a device this
+    /// is on the encrypted data partition.
+    pub data_dir: PathBuf,
+    /// runc state root (`None` = the shim's default `/run/containerd/runc`).
+    pub runc_root: Option<PathBuf>,
+    /// cgroup parent of all containers (cgroupfs path).
+    pub cgroup_parent: String,
+    /// Time between SIGTERM and SIGKILL when stopping.
+    pub stop_grace: Duration,
+    /// A log file larger than this is rotated.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept (`<service>.log.1` ... `.N`).
+    pub log_keep: usize,
+}
+
+impl RuntimeConfig {
+    /// Defaults for `data_dir`: cgroup parent `/cairn`, 10 s stop grace, logs rotated at 10 MiB
+    /// keeping 3.
+    pub fn new(data_dir: impl Into<PathBuf>) -> RuntimeConfig {
+        RuntimeConfig {
+            data_dir: data_dir.into(),
+            runc_root: None,
+            cgroup_parent: "/cairn".into(),
+            stop_grace: Duration::from_secs(10),
+            log_max_bytes: 10 << 20,
+            log_keep: 3,
+        }
+    }
+
+    /// Directory of app `app`.
+    pub fn app_dir(&self, app: &str) -> PathBuf {
+        self.data_dir.join("apps").join(app)
+    }
+
+    /// Directory of named volume `volume` of `app`.
+    pub fn volume_dir(&self, app: &str, volume: &str) -> PathBuf {
+        self.app_dir(app).join("volumes").join(volume)
+    }
+
+    /// Log file of a service (rotated copies get `.1`, `.2`, ...).
+    pub fn log_path(&self, app: &str, service: &str) -> PathBuf {
+        self.app_dir(app)
+            .join("logs")
+            .join(format!("{service}.log"))
+    }
+
+    fn secret_path(&self, app: &str, name: &str) -> PathBuf {
+        self.app_dir(app).join("secrets").join(name)
+    }
+
+    /// Where the output of a service's last health check goes.
+    pub fn health_output_path(&self, app: &str, service: &str) -> PathBuf {
+        self.app_dir(app)
+            .join("run")
+            .join(service)
+            .join("health.out")
+    }
+
+    fn hosts_path(&self, app: &str, service: &str) -> PathBuf {
+        self.app_dir(app).join("run").join(service).join("hosts")
+    }
+}
+
+/// The container id of a service: `<app>_<service>` (app names have no `_`).
+pub fn container_id(app: &str, service: &str) -> String {
+    format!("{app}_{service}")
+}
+
+/// What to create a service container from.
+pub struct NewContainer<'a> {
+    /// App name.
+    pub app: &'a str,
+    /// Service name.
+    pub service: &'a str,
+    /// The service spec.
+    pub spec: &'a ServiceSpec,
+    /// Its image (present and unpacked).
+    pub image: &'a ImageInfo,
+    /// Extra labels (spec hash, ...); app and service labels are added.
+    pub labels: HashMap<String, String>,
+    /// Secret values of the app by name.
+    pub secrets: &'a BTreeMap<String, Vec<u8>>,
+}
+
+/// A container as observed in containerd.
+#[derive(Debug, Clone)]
+pub struct ObservedContainer {
+    /// Container id.
+    pub id: String,
+    /// Its labels.
+    pub labels: HashMap<String, String>,
+    /// Image name.
+    pub image: String,
+    /// The task, if one exists.
+    pub task: Option<TaskState>,
+}
+
+impl ObservedContainer {
+    /// A label's value, or "".
+    pub fn label(&self, key: &str) -> &str {
+        self.labels.get(key).map_or("", String::as_str)
+    }
+}
+
+/// Write `data` to `path` with mode 0400 (replacing it atomically).
+fn write_private(path: &Path, data: &[u8]) -> Result<(), ContainerError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o400)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(data).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Prepare volume dirs, secret files, `/etc/hosts`; return the bind mounts.
+#[tracing::instrument(skip_all, fields(app = new.app, service = new.service))]
+fn prepare_mounts(
+    cfg: &RuntimeConfig,
+    new: &NewContainer<'_>,
+) -> Result<Vec<oci::BindMount>, ContainerError> {
+    let mut mounts = Vec::new();
+    for v in &new.spec.volumes {
+        let dir = cfg.volume_dir(new.app, &v.volume);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        mounts.push(oci::BindMount {
+            source: dir,
+            target: v.target.clone(),
+            read_only: v.read_only,
+        });
+    }
+    for name in &new.spec.secrets {
+        let value = new
+            .secrets
+            .get(name)
+            .ok_or_else(|| ContainerError::MissingSecret {
+                app: new.app.into(),
+                name: name.clone(),
+            })?;
+        let path = cfg.secret_path(new.app, name);
+        let dir = path.parent().unwrap_or(&cfg.data_dir);
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        write_private(&path, value)?;
+        mounts.push(oci::BindMount {
+            source: path,
+            target: format!("/run/secrets/{name}"),
+            read_only: true,
+        });
+    }
+    let hosts = cfg.hosts_path(new.app, new.service);
+    let dir = hosts.parent().unwrap_or(&cfg.data_dir);
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let text = format!(
+        "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        new.service
+    );
+    std::fs::write(&hosts, text).map_err(io_err(&hosts))?;
+    mounts.push(oci::BindMount {
+        source: hosts,
+        target: "/etc/hosts".into(),
+        read_only: true,
+    });
+    if Path::new("/etc/resolv.conf").exists() {
+        mounts.push(oci::BindMount {
+            source: "/etc/resolv.conf".into(),
+            target: "/etc/resolv.conf".into(),
+            read_only: true,
+        });
+    }
+    let log = cfg.log_path(new.app, new.service);
+    let dir = log.parent().unwrap_or(&cfg.data_dir);
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    Ok(mounts)
+}
+
+/// Create the container record and its writable snapshot (on the image's top layer). The task is
+/// not started; see [`start_task`].
+///
+/// # Errors
+/// Spec, data-dir and containerd errors (`AlreadyExists` when the id is taken).
+#[tracing::instrument(skip(ctr, cfg, new), fields(app = new.app, service = new.service))]
+pub async fn create_container(
+    ctr: &Containerd,
+    cfg: &RuntimeConfig,
+    new: &NewContainer<'_>,
+) -> Result<String, ContainerError> {
+    let id = container_id(new.app, new.service);
+    let mounts = prepare_mounts(cfg, new)?;
+    let spec = oci::build_spec(&oci::SpecInput {
+        id: &id,
+        service: new.service,
+        svc: new.spec,
+        image: &new.image.config,
+        mounts,
+        cgroup_parent: &cfg.cgroup_parent,
+    })?;
+    let spec_json = serde_json::to_vec(&spec).map_err(|e| ContainerError::Spec {
+        reason: e.to_string(),
+    })?;
+    let mut labels = new.labels.clone();
+    labels.insert(LABEL_APP.into(), new.app.into());
+    labels.insert(LABEL_SERVICE.into(), new.service.into());
+    let container = Container {
+        id: id.clone(),
+        labels,
+        image: new.image.name.clone(),
+        runtime: Some(Runtime {
+            name: RUNC_RUNTIME.into(),
+            options: task::runc_options(cfg),
+        }),
+        spec: Some(prost_types::Any {
+            type_url: SPEC_TYPE_URL.into(),
+            value: spec_json,
+        }),
+        snapshotter: crate::containerd::SNAPSHOTTER.into(),
+        snapshot_key: id.clone(),
+        ..Default::default()
+    };
+    let req = ctr.request(CreateContainerRequest {
+        container: Some(container),
+    });
+    ctr.containers()
+        .create(req)
+        .await
+        .map_err(call("containers.create"))?;
+    // A snapshot left by an interrupted delete is replaced.
+    if ctr.stat_snapshot(&id).await?.is_some() {
+        ctr.remove_snapshot(&id).await?;
+    }
+    if let Err(e) = ctr
+        .prepare_snapshot(&id, &new.image.chain_id, HashMap::new(), None)
+        .await
+    {
+        let _ = delete_container_record(ctr, &id).await;
+        return Err(e.into());
+    }
+    info!(%id, image = %new.image.name, "container created");
+    Ok(id)
+}
+
+async fn delete_container_record(ctr: &Containerd, id: &str) -> Result<(), ContainerdError> {
+    match ctr
+        .containers()
+        .delete(ctr.request(DeleteContainerRequest { id: id.into() }))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+        Err(s) => Err(call("containers.delete")(s)),
+    }
+}
+
+/// Stop and delete the task, delete the container record and its snapshot. Idempotent.
+///
+/// # Errors
+/// When a containerd call fails.
+#[tracing::instrument(skip(ctr))]
+pub async fn remove_container(
+    ctr: &Containerd,
+    id: &str,
+    grace: Duration,
+) -> Result<(), ContainerError> {
+    stop_task(ctr, id, grace).await?;
+    delete_container_record(ctr, id).await?;
+    ctr.remove_snapshot(id).await?;
+    info!(%id, "container removed");
+    Ok(())
+}
+
+/// Set labels on a container (others are kept).
+///
+/// # Errors
+/// When the call fails.
+#[tracing::instrument(skip(ctr))]
+pub async fn set_container_labels(
+    ctr: &Containerd,
+    id: &str,
+    labels: HashMap<String, String>,
+) -> Result<(), ContainerError> {
+    let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+    let req = ctr.request(UpdateContainerRequest {
+        container: Some(Container {
+            id: id.into(),
+            labels,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask { paths }),
+    });
+    ctr.containers()
+        .update(req)
+        .await
+        .map_err(call("containers.update"))?;
+    Ok(())
+}
+
+/// The OCI spec stored in container `id`.
+pub(crate) async fn container_spec(
+    ctr: &Containerd,
+    id: &str,
+) -> Result<oci_spec::runtime::Spec, ContainerError> {
+    let resp = ctr
+        .containers()
+        .get(ctr.request(GetContainerRequest { id: id.into() }))
+        .await
+        .map_err(call("containers.get"))?;
+    let spec = resp
+        .into_inner()
+        .container
+        .and_then(|c| c.spec)
+        .ok_or_else(|| ContainerError::BadRecord {
+            id: id.into(),
+            reason: "no spec".into(),
+        })?;
+    serde_json::from_slice(&spec.value).map_err(|e| ContainerError::BadRecord {
+        id: id.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Containers carrying label `cairn.app` (all apps), with their tasks.
+///
+/// # Errors
+/// When a containerd call fails.
+#[tracing::instrument(skip(ctr))]
+pub async fn list_containers(ctr: &Containerd) -> Result<Vec<ObservedContainer>, ContainerError> {
+    let filter = format!("labels.\"{LABEL_APP}\"");
+    let resp = ctr
+        .containers()
+        .list(ctr.request(ListContainersRequest {
+            filters: vec![filter],
+        }))
+        .await
+        .map_err(call("containers.list"))?;
+    let tasks = task::list_tasks(ctr).await?;
+    Ok(resp
+        .into_inner()
+        .containers
+        .into_iter()
+        .map(|c| ObservedContainer {
+            task: tasks.get(&c.id).cloned(),
+            id: c.id,
+            labels: c.labels,
+            image: c.image,
+        })
+        .collect())
+}
+
+/// Milliseconds since the Unix epoch of `t`.
+pub(crate) fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

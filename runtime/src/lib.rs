@@ -1,0 +1,15 @@
+//! Cairn's app runtime: Compose-format apps on containerd.
+//!
+//! - [`spec`]: the app spec (a subset of the Compose file format) with precise validation errors.
+//! - [`containerd`]: a namespaced containerd connection (content, leases, snapshots, images).
+//! - [`image`]: client-side pull from registries and import of OCI archives, unpacked to snapshots.
+//! - [`container`]: service containers and their tasks (OCI spec, logs, stop, exec).
+//! - [`reconcile`]: the level-triggered loop from desired apps to running containers.
+
+#![warn(missing_docs)]
+
+pub mod container;
+pub mod containerd;
+pub mod image;
+pub mod reconcile;
+pub mod spec;

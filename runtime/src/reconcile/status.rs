@@ -1,0 +1,158 @@
+//! Desired apps, observed service status and the spec hash that decides "replace or keep".
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::health::Health;
+use crate::spec::{AppSpec, ServiceSpec};
+
+/// An app as central wants it on this device: its spec and the values of its secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredApp {
+    /// The validated spec.
+    pub spec: AppSpec,
+    /// Secret values by name (every secret a service uses must be here).
+    pub secrets: BTreeMap<String, Vec<u8>>,
+}
+
+impl DesiredApp {
+    /// An app without secrets.
+    pub fn new(spec: AppSpec) -> DesiredApp {
+        DesiredApp {
+            spec,
+            secrets: BTreeMap::new(),
+        }
+    }
+}
+
+/// Observed state of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceState {
+    /// Not running yet: the image is being pulled or the container created.
+    Pending,
+    /// The task runs (and is healthy or has no health check).
+    Running,
+    /// The task runs but its health check fails.
+    Unhealthy,
+    /// The task exited and will be restarted after the back-off.
+    Restarting,
+    /// The task exited and the restart policy keeps it down.
+    Exited,
+    /// The service cannot be started; see the message.
+    Failed,
+}
+
+/// What the reconciler reports for one desired service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// App name.
+    pub app: String,
+    /// Service name.
+    pub service: String,
+    /// State.
+    pub state: ServiceState,
+    /// Health-check result.
+    pub health: Health,
+    /// How many times the task was restarted.
+    pub restarts: u32,
+    /// Container id, when a container exists.
+    pub container_id: Option<String>,
+    /// Init pid of the running task.
+    pub pid: Option<u32>,
+    /// Exit status of the last exit, when exited.
+    pub exit_code: Option<u32>,
+    /// Why it is pending or failed, or the last health-check error.
+    pub message: Option<String>,
+}
+
+impl ServiceStatus {
+    pub(crate) fn new(app: &str, service: &str, state: ServiceState) -> ServiceStatus {
+        ServiceStatus {
+            app: app.into(),
+            service: service.into(),
+            state,
+            health: Health::None,
+            restarts: 0,
+            container_id: None,
+            pid: None,
+            exit_code: None,
+            message: None,
+        }
+    }
+
+    pub(crate) fn with_message(mut self, message: impl Into<String>) -> ServiceStatus {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct HashInput<'a> {
+    app: &'a str,
+    service: &'a str,
+    spec: &'a ServiceSpec,
+    image_digest: &'a str,
+    secrets: BTreeMap<&'a str, String>,
+}
+
+/// Hash of everything a service container is made from: app, service, spec, resolved image
+/// digest and the hashes of the secret values it uses. Equal hash = keep the container.
+pub(crate) fn spec_hash(
+    app: &DesiredApp,
+    service: &str,
+    spec: &ServiceSpec,
+    image_digest: &str,
+) -> String {
+    let secrets = spec
+        .secrets
+        .iter()
+        .map(|name| {
+            let value = app
+                .secrets
+                .get(name)
+                .map(|v| hex::encode(Sha256::digest(v)))
+                .unwrap_or_default();
+            (name.as_str(), value)
+        })
+        .collect();
+    let input = HashInput {
+        app: &app.spec.name,
+        service,
+        spec,
+        image_digest,
+        secrets,
+    };
+    let json = serde_json::to_vec(&input).unwrap_or_default();
+    hex::encode(Sha256::digest(&json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_changes_with_spec_image_and_secrets_only() {
+        let yaml = "services:\n  a: {image: x, secrets: [t]}\n  b: {image: y}\nsecrets: {t: {}}\n";
+        let mut app = DesiredApp::new(AppSpec::parse("c.yml", "app", yaml).unwrap());
+        app.secrets.insert("t".into(), b"1".to_vec());
+        let a = app.spec.services["a"].clone();
+        let h = spec_hash(&app, "a", &a, "sha256:1");
+        assert_eq!(h, spec_hash(&app, "a", &a, "sha256:1"));
+        assert_ne!(h, spec_hash(&app, "a", &a, "sha256:2"));
+        let mut changed = a.clone();
+        changed.environment.insert("X".into(), "1".into());
+        assert_ne!(h, spec_hash(&app, "a", &changed, "sha256:1"));
+        let b = app.spec.services["b"].clone();
+        let hb = spec_hash(&app, "b", &b, "sha256:1");
+        app.secrets.insert("t".into(), b"2".to_vec());
+        assert_ne!(h, spec_hash(&app, "a", &a, "sha256:1"));
+        assert_eq!(
+            hb,
+            spec_hash(&app, "b", &b, "sha256:1"),
+            "b does not use the secret"
+        );
+    }
+}

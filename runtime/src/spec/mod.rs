@@ -1,0 +1,258 @@
+//! The app spec: a subset of the Compose file format, parsed from YAML and validated with errors
+//! that name the file, the line and the field path (`compose.yml:12: services.web.ports[0]: ...`).
+//!
+//! Supported: `services.<name>.{image, command, entrypoint, environment, volumes, ports, restart,
+//! healthcheck, deploy.resources.limits.{cpus, memory}, network_mode: host, secrets}`, top-level
+//! `volumes` (named volumes, stored on the data partition), top-level `secrets` (no `file`: values
+//! are provided by central and appear in the container as `/run/secrets/NAME`) and `version`
+//! (ignored). Anything else is refused with the list of supported keys.
+
+mod fields;
+mod parse;
+mod sections;
+mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use fields::split_command;
+
+/// A validated app: a named set of services plus the volumes and secrets they use.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppSpec {
+    /// App name (lowercase letters, digits and single `-` or `.` between them).
+    pub name: String,
+    /// Services by name.
+    pub services: BTreeMap<String, ServiceSpec>,
+    /// Named volumes (declared at top level or used by a service).
+    pub volumes: BTreeSet<String>,
+    /// Secret names declared at top level; values come from central.
+    pub secrets: BTreeSet<String>,
+}
+
+/// One service (one container) of an app.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceSpec {
+    /// Image reference, e.g. `registry.example.com:5000/team/web:1.2`.
+    pub image: String,
+    /// Replaces the image's `Cmd`.
+    pub command: Option<Vec<String>>,
+    /// Replaces the image's `Entrypoint` (and drops its `Cmd` unless `command` is set).
+    pub entrypoint: Option<Vec<String>>,
+    /// Environment added to (and overriding) the image's.
+    pub environment: BTreeMap<String, String>,
+    /// Named volumes mounted into the container.
+    pub volumes: Vec<VolumeMount>,
+    /// Published ports.
+    pub ports: Vec<PortMapping>,
+    /// What to do when the container exits.
+    pub restart: RestartPolicy,
+    /// Health check run inside the container, if any.
+    pub healthcheck: Option<HealthCheck>,
+    /// cgroup limits.
+    pub limits: ResourceLimits,
+    /// Network namespace of the container.
+    pub network_mode: NetworkMode,
+    /// Secrets (declared at top level) granted to this service, in `/run/secrets/NAME`.
+    pub secrets: Vec<String>,
+}
+
+/// A named volume mounted at `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VolumeMount {
+    /// Volume name; its directory lives under the runtime's data dir.
+    pub volume: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Mounted read-only (`:ro`).
+    pub read_only: bool,
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP (the default).
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A published port: `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortMapping {
+    /// Host address to bind, when given.
+    pub host_ip: Option<std::net::IpAddr>,
+    /// Port on the host.
+    pub host_port: u16,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+}
+
+/// Compose restart policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Never restart (the default).
+    #[default]
+    No,
+    /// Always restart, whatever the exit status.
+    Always,
+    /// Restart when the exit status is not 0, at most `max_retries` times when given.
+    OnFailure {
+        /// Give up after this many restarts.
+        max_retries: Option<u32>,
+    },
+    /// Like `always` (there is no manual stop on a device).
+    UnlessStopped,
+}
+
+/// The command a health check runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HealthTest {
+    /// `["CMD", arg...]`: exec the arguments directly.
+    Exec(Vec<String>),
+    /// `["CMD-SHELL", "cmd"]` or a string: run with `/bin/sh -c`.
+    Shell(String),
+}
+
+impl HealthTest {
+    /// The argv to exec in the container.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            HealthTest::Exec(args) => args.clone(),
+            HealthTest::Shell(cmd) => vec!["/bin/sh".into(), "-c".into(), cmd.clone()],
+        }
+    }
+}
+
+/// A health check (Compose defaults: interval 30s, timeout 30s, retries 3, start_period 0s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    /// What to run.
+    pub test: HealthTest,
+    /// Time between checks.
+    pub interval: Duration,
+    /// A check running longer than this fails.
+    pub timeout: Duration,
+    /// Consecutive failures before the service is unhealthy.
+    pub retries: u32,
+    /// Failures during this time after start do not count.
+    pub start_period: Duration,
+}
+
+/// cgroup limits from `deploy.resources.limits`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct ResourceLimits {
+    /// CPU limit in thousandths of a CPU (`cpus: 0.5` = 500).
+    pub cpu_millis: Option<u64>,
+    /// Memory limit in bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+/// Network namespace of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Its own network namespace (loopback only in this version; CNI comes later).
+    #[default]
+    Private,
+    /// The host's network namespace (`network_mode: host`).
+    Host,
+}
+
+/// One validation problem: the line and field path of the value and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the offending value.
+    pub line: usize,
+    /// Field path, e.g. `services.web.ports[0]`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Why an app spec was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The text is not valid YAML.
+    #[error("{file}:{line}:{col}: not valid YAML: {message}; fix the syntax at that position")]
+    Syntax {
+        /// File name as given by the caller.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        col: usize,
+        /// The YAML parser's message.
+        message: String,
+    },
+    /// The YAML is valid but does not describe a supported app.
+    #[error("{}", format_problems(file, problems))]
+    Invalid {
+        /// File name as given by the caller.
+        file: String,
+        /// Every problem found, in document order.
+        problems: Vec<Problem>,
+    },
+    /// The app name given by the caller is not usable.
+    #[error("app name {name:?} is invalid: {reason}")]
+    AppName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn format_problems(file: &str, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("{file}:{}: {}: {}", p.line, p.path, p.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl AppSpec {
+    /// Parse and validate the Compose-format `text` of app `app_name`. `file` is only used in
+    /// error messages.
+    ///
+    /// # Errors
+    /// [`SpecError::Syntax`] for invalid YAML, [`SpecError::Invalid`] with every problem found
+    /// (file, line, field path, what to change), [`SpecError::AppName`] for a bad `app_name`.
+    pub fn parse(file: &str, app_name: &str, text: &str) -> Result<AppSpec, SpecError> {
+        let checked = fields::check_name(app_name, 32).and_then(|()| {
+            if app_name.contains('_') {
+                Err(
+                    "must not contain '_' (it separates app and service in container ids)"
+                        .to_string(),
+                )
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(reason) = checked {
+            return Err(SpecError::AppName {
+                name: app_name.to_string(),
+                reason,
+            });
+        }
+        let root = yaml::parse_document(text).map_err(|e| SpecError::Syntax {
+            file: file.to_string(),
+            line: e.line,
+            col: e.col,
+            message: e.message,
+        })?;
+        parse::app(&root, app_name).map_err(|problems| SpecError::Invalid {
+            file: file.to_string(),
+            problems,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,191 @@
+//! Validation of the structured service sections: `environment`, `healthcheck` and `deploy`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::fields;
+use super::parse::{join, Checker};
+use super::yaml::{Node, Value};
+use super::{HealthCheck, HealthTest, ResourceLimits};
+
+const HEALTH_KEYS: &[&str] = &[
+    "test",
+    "interval",
+    "timeout",
+    "retries",
+    "start_period",
+    "disable",
+];
+
+pub(super) fn environment(ck: &mut Checker, node: &Node, path: &str) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    let mut add = |ck: &mut Checker, at: &Node, p: &str, key: &str, value: Option<&str>| {
+        if key.is_empty() || key.contains('=') || key.chars().any(char::is_whitespace) {
+            ck.problem(at, p, format!("{key:?} is not a variable name"));
+        } else if let Some(value) = value {
+            if env.insert(key.to_string(), value.to_string()).is_some() {
+                ck.problem(at, p, format!("{key} is set twice; keep one"));
+            }
+        } else {
+            ck.problem(at, p, format!("{key} has no value; write {key}=VALUE (values are not taken from the device's environment)"));
+        }
+    };
+    match &node.value {
+        Value::Map(_) => {
+            for (key, value) in ck.map(node, path, None).unwrap_or_default() {
+                let p = join(path, key);
+                match &value.value {
+                    Value::Scalar { text, .. } if !value.is_null() => {
+                        add(ck, value, &p, key, Some(text))
+                    }
+                    Value::Scalar { .. } => add(ck, value, &p, key, None),
+                    _ => ck.problem(
+                        value,
+                        &p,
+                        format!("must be a string, found {}", value.kind()),
+                    ),
+                }
+            }
+        }
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                if let Some(text) = ck.scalar(item, &p, "\"NAME=VALUE\"") {
+                    let (key, value) = match text.split_once('=') {
+                        Some((k, v)) => (k, Some(v)),
+                        None => (text, None),
+                    };
+                    add(ck, item, &p, key, value);
+                }
+            }
+        }
+        Value::Scalar { .. } => {
+            ck.problem(
+                node,
+                path,
+                format!(
+                    "must be a mapping or a list of \"NAME=VALUE\", found {}",
+                    node.kind()
+                ),
+            );
+        }
+    }
+    env
+}
+
+pub(super) fn healthcheck(ck: &mut Checker, node: &Node, path: &str) -> Option<HealthCheck> {
+    let entries = ck.map(node, path, Some(HEALTH_KEYS))?;
+    let mut check = HealthCheck {
+        test: HealthTest::Exec(Vec::new()),
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(30),
+        retries: 3,
+        start_period: Duration::ZERO,
+    };
+    let mut disabled = false;
+    let mut has_test = false;
+    for (key, value) in entries {
+        let p = join(path, key);
+        match key {
+            "test" => match health_test(ck, value, &p) {
+                Some(Some(test)) => {
+                    check.test = test;
+                    has_test = true;
+                }
+                Some(None) => disabled = true,
+                None => has_test = true,
+            },
+            "interval" | "timeout" | "start_period" => {
+                if let Some(d) = ck.field(value, &p, "a duration", fields::parse_duration) {
+                    if key != "start_period" && d.is_zero() {
+                        ck.problem(value, &p, "must be longer than 0s");
+                    }
+                    match key {
+                        "interval" => check.interval = d,
+                        "timeout" => check.timeout = d,
+                        _ => check.start_period = d,
+                    }
+                }
+            }
+            "retries" => {
+                let parse = |t: &str| {
+                    t.parse::<u32>()
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| format!("{t:?} is not a whole number of at least 1"))
+                };
+                if let Some(n) = ck.field(value, &p, "a number", parse) {
+                    check.retries = n;
+                }
+            }
+            "disable" => match value.as_scalar() {
+                Some("true") => disabled = true,
+                Some("false") => {}
+                _ => ck.problem(value, &p, "must be true or false"),
+            },
+            _ => unreachable!("keys are checked against HEALTH_KEYS"),
+        }
+    }
+    if disabled {
+        return None;
+    }
+    if !has_test {
+        ck.problem(
+            node,
+            &join(path, "test"),
+            "is missing; give the command, e.g. [\"CMD\", \"wget\", \"-q\", \"http://127.0.0.1/\"]",
+        );
+        return None;
+    }
+    Some(check)
+}
+
+/// `Some(None)` for `["NONE"]`, `None` after a problem.
+fn health_test(ck: &mut Checker, node: &Node, path: &str) -> Option<Option<HealthTest>> {
+    if let Value::Scalar { text, .. } = &node.value {
+        if node.is_null() || text.trim().is_empty() {
+            ck.problem(node, path, "is empty; give a command");
+            return None;
+        }
+        return Some(Some(HealthTest::Shell(text.clone())));
+    }
+    let words = ck.string_list(node, path, false)?;
+    let usage = "must start with \"CMD\" (then the program and its arguments), \"CMD-SHELL\" (then one shell command) or be [\"NONE\"]";
+    match words.split_first() {
+        Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => {
+            Some(Some(HealthTest::Exec(rest.to_vec())))
+        }
+        Some((kind, [cmd])) if kind == "CMD-SHELL" => Some(Some(HealthTest::Shell(cmd.clone()))),
+        Some((kind, [])) if kind == "NONE" => Some(None),
+        _ => {
+            ck.problem(node, path, usage);
+            None
+        }
+    }
+}
+
+pub(super) fn deploy(ck: &mut Checker, node: &Node, path: &str) -> ResourceLimits {
+    let mut limits = ResourceLimits::default();
+    let Some(deploy) = ck.map(node, path, Some(&["resources"])) else {
+        return limits;
+    };
+    for (_, resources) in deploy {
+        let p = join(path, "resources");
+        for (_, lims) in ck.map(resources, &p, Some(&["limits"])).unwrap_or_default() {
+            let p = join(&p, "limits");
+            for (key, value) in ck
+                .map(lims, &p, Some(&["cpus", "memory"]))
+                .unwrap_or_default()
+            {
+                let kp = join(&p, key);
+                if key == "cpus" {
+                    limits.cpu_millis = ck.field(value, &kp, "a CPU count", fields::parse_cpus);
+                } else {
+                    limits.memory_bytes =
+                        ck.field(value, &kp, "a memory size", fields::parse_memory);
+                }
+            }
+        }
+    }
+    limits
+}

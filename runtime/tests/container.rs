@@ -1,0 +1,129 @@
+//! Container lifecycle against a real containerd + runc: create, start with file logs, exec,
+//! cgroup limits, stop with grace then SIGKILL, remove leaving nothing behind.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use cairn_runtime::container::{self, ContainerError, NewContainer, RuntimeConfig, TaskStatus};
+use cairn_runtime::image::{no_progress, pull_image, PullOptions};
+use cairn_runtime::spec::AppSpec;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_start_exec_stop_remove() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    tokio::time::timeout(TIMEOUT, async {
+        let img = common::busybox_image(&[]);
+        common::push(&env.registry.url(), "cairn/box", "1", &img, None).await;
+        let reference = format!("{}/cairn/box:1", env.registry.host());
+        let image = pull_image(&env.ctr, &reference, &PullOptions::default(), &no_progress).await.unwrap();
+
+        let yaml = format!(
+            r#"
+services:
+  worker:
+    image: {reference}
+    command: ["sh", "-c", "trap '' TERM; echo hello $GREETING; echo oops >&2; cat /run/secrets/token; echo; echo data > /data/file; while true; do sleep 1; done"]
+    environment: {{GREETING: world}}
+    volumes: ["store:/data"]
+    secrets: [token]
+    deploy: {{resources: {{limits: {{memory: 32m, cpus: "0.5"}}}}}}
+secrets:
+  token: {{}}
+"#
+        );
+        let app = AppSpec::parse("compose.yml", "lifecycle", &yaml).unwrap();
+        let mut cfg = RuntimeConfig::new(env.containerd.scratch_dir("data"));
+        cfg.runc_root = Some(env.containerd.runc_root());
+        cfg.stop_grace = Duration::from_millis(500);
+        let secrets = BTreeMap::from([("token".to_string(), b"s3cret".to_vec())]);
+        let new = NewContainer {
+            app: "lifecycle",
+            service: "worker",
+            spec: &app.services["worker"],
+            image: &image,
+            labels: HashMap::from([("cairn.spec-hash".to_string(), "h1".to_string())]),
+            secrets: &secrets,
+        };
+        let id = container::create_container(&env.ctr, &cfg, &new).await.unwrap();
+        assert_eq!(id, "lifecycle_worker");
+        let log = cfg.log_path("lifecycle", "worker");
+        let pid = container::start_task(&env.ctr, &cfg, &id, &log).await.unwrap();
+        assert!(pid > 0);
+        assert!(cfg.runc_root.as_ref().unwrap().join("cairn").join(&id).exists(), "runc state under the configured root");
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let volume_file = cfg.volume_dir("lifecycle", "store").join("file");
+        while !(std::fs::read_to_string(&volume_file).unwrap_or_default() == "data\n" && std::fs::read_to_string(&log).unwrap_or_default().contains("s3cret")) {
+            assert!(Instant::now() < deadline, "log: {:?}", std::fs::read_to_string(&log));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("hello world") && text.contains("oops"), "{text}");
+        assert_eq!(std::fs::read_to_string(&volume_file).unwrap(), "data\n");
+
+        // cgroup v1 (or v2) limits.
+        let v1 = std::path::Path::new("/sys/fs/cgroup/memory/cairn").join(&id).join("memory.limit_in_bytes");
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cairn").join(&id).join("memory.max");
+        let limit = std::fs::read_to_string(&v1).or_else(|_| std::fs::read_to_string(&v2)).unwrap();
+        assert_eq!(limit.trim(), (32u64 << 20).to_string());
+
+        let sh = |cmd: &str| vec!["sh".to_string(), "-c".to_string(), cmd.to_string()];
+        assert_eq!(container::exec(&env.ctr, &id, sh("test \"$GREETING\" = world"), Duration::from_secs(5), None).await.unwrap(), 0);
+        assert_eq!(container::exec(&env.ctr, &id, sh("exit 3"), Duration::from_secs(5), None).await.unwrap(), 3);
+        let err = container::exec(&env.ctr, &id, sh("sleep 10"), Duration::from_millis(300), None).await.unwrap_err();
+        assert!(matches!(err, ContainerError::ExecTimeout { .. }), "{err}");
+        assert!(container::exec(&env.ctr, &id, vec!["/no/such/program".into()], Duration::from_secs(5), None).await.is_err());
+        let out = env.containerd.scratch_dir("exec").join("out");
+        assert_eq!(container::exec(&env.ctr, &id, sh("echo to-stdout; echo to-stderr >&2"), Duration::from_secs(5), Some(&out)).await.unwrap(), 0);
+        // The shim copies exec output asynchronously; it lands shortly after the exit.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.contains("to-stdout\n") && text.contains("to-stderr\n") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "exec output: {text:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let listed = container::list_containers(&env.ctr).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].label("cairn.app"), "lifecycle");
+        assert_eq!(listed[0].label("cairn.spec-hash"), "h1");
+        assert_eq!(listed[0].task.as_ref().unwrap().status, TaskStatus::Running);
+
+        // The shell ignores SIGTERM: stop escalates to SIGKILL after the grace period.
+        let started = Instant::now();
+        let before = container::stop_task(&env.ctr, &id, cfg.stop_grace).await.unwrap().unwrap();
+        assert_eq!(before.pid, pid);
+        assert!(started.elapsed() >= Duration::from_millis(500));
+        assert!(container::task_state(&env.ctr, &id).await.unwrap().is_none());
+
+        // Start again on the same container, then remove everything.
+        let pid2 = container::start_task(&env.ctr, &cfg, &id, &log).await.unwrap();
+        assert_ne!(pid2, pid);
+        container::remove_container(&env.ctr, &id, Duration::from_millis(200)).await.unwrap();
+        assert!(container::list_containers(&env.ctr).await.unwrap().is_empty());
+        let snapshots = env.ctr.list_snapshots().await.unwrap();
+        assert!(snapshots.iter().all(|s| s.name != id), "container snapshot left");
+        assert!(!std::path::Path::new("/sys/fs/cgroup/memory/cairn").join(&id).exists(), "cgroup left");
+        // Idempotent.
+        container::remove_container(&env.ctr, &id, Duration::from_millis(200)).await.unwrap();
+
+        // A record without its snapshot (an interrupted create) is reported as broken.
+        let id = container::create_container(&env.ctr, &cfg, &new).await.unwrap();
+        env.ctr.remove_snapshot(&id).await.unwrap();
+        let err = container::start_task(&env.ctr, &cfg, &id, &log).await.unwrap_err();
+        assert!(matches!(err, ContainerError::BadRecord { .. }), "{err}");
+        container::remove_container(&env.ctr, &id, Duration::from_millis(200)).await.unwrap();
+        assert!(container::list_containers(&env.ctr).await.unwrap().is_empty());
+    })
+    .await
+    .expect("test timed out");
+}

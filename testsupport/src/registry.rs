@@ -1,0 +1,204 @@
+//! A real OCI/Docker registry (Debian's `docker-registry`, distribution 2.8) on a free loopback
+//! port for host integration tests, with its own config and storage dir.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ports::free_port;
+
+/// How long to wait for a started registry to answer `GET /v2/`.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How many ports to try when another process takes the one we picked.
+const START_ATTEMPTS: usize = 5;
+
+/// A running `docker-registry serve` on `127.0.0.1:<free port>`, plain HTTP, storage in a temp
+/// dir, deletes enabled. Optionally requires HTTP basic auth (htpasswd). Killed on drop.
+pub struct Registry {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Start an open registry (no auth).
+    ///
+    /// # Panics
+    /// When docker-registry is not installed or does not come up; the message carries its log.
+    /// Call [`crate::require_tool`]`("docker-registry")` first to skip where it cannot run.
+    pub fn start() -> Registry {
+        Self::launch(None)
+    }
+
+    /// Start a registry that requires HTTP basic auth with `user` and `password`.
+    ///
+    /// # Panics
+    /// Like [`Registry::start`].
+    pub fn start_with_basic_auth(user: &str, password: &str) -> Registry {
+        Self::launch(Some((user, password)))
+    }
+
+    /// `host:port` to use in image references, e.g. `127.0.0.1:41234`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.host())
+    }
+
+    /// The registry's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    fn launch(auth: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-registry-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir for the registry: {e}"));
+        if let Some((user, password)) = auth {
+            let hash = bcrypt::hash(password, 4)
+                .unwrap_or_else(|e| panic!("cannot bcrypt the registry password: {e}"));
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, format!("{user}:{hash}\n"))
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            match spawn_and_wait(dir.path(), port, auth.is_some()) {
+                Ok(child) => {
+                    return Registry {
+                        child: Some(child),
+                        port,
+                        dir,
+                    }
+                }
+                Err(why) => failures.push(why),
+            }
+        }
+        panic!(
+            "docker-registry did not start after {START_ATTEMPTS} attempts:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn write_config(dir: &Path, port: u16, auth: bool) -> std::path::PathBuf {
+    let d = dir.display();
+    let auth = if auth {
+        format!("auth:\n  htpasswd:\n    realm: cairn-test\n    path: {d}/htpasswd\n")
+    } else {
+        String::new()
+    };
+    let config = format!(
+        "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}"
+    );
+    let path = dir.join("config.yml");
+    std::fs::write(&path, config)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    path
+}
+
+/// Spawn the registry on `port` and wait until `GET /v2/` answers (200, or 401 with auth).
+fn spawn_and_wait(dir: &Path, port: u16, auth: bool) -> Result<Child, String> {
+    let config = write_config(dir, port, auth);
+    let log_path = dir.join("registry.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cannot clone a file handle: {e}"))?;
+    let mut child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| {
+            format!("cannot run `docker-registry` (is the docker-registry package installed?): {e}")
+        })?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    let expected = if auth { "401" } else { "200" };
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "docker-registry on port {port} exited early with {status}\nlog:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            ));
+        }
+        if let Some(status) = get_v2_status(port) {
+            if status == expected {
+                return Ok(child);
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "docker-registry on port {port} did not answer GET /v2/ with {expected} within {START_TIMEOUT:?}\nlog:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The status code of `GET /v2/`, if the registry answers at all.
+fn get_v2_status(port: u16) -> Option<String> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    let text = String::from_utf8_lossy(&head);
+    text.split(' ').nth(1).map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_v2_and_stops() {
+        if !crate::require_tool("docker-registry") {
+            return;
+        }
+        let registry = Registry::start();
+        let port = registry.port;
+        assert_eq!(
+            get_v2_status(port).as_deref(),
+            Some("200"),
+            "{}",
+            registry.log()
+        );
+        drop(registry);
+        assert!(get_v2_status(port).is_none());
+    }
+
+    #[test]
+    fn basic_auth_is_enforced() {
+        if !crate::require_tool("docker-registry") {
+            return;
+        }
+        let registry = Registry::start_with_basic_auth("cairn", "s3cret");
+        assert_eq!(get_v2_status(registry.port).as_deref(), Some("401"));
+    }
+}
