@@ -12,11 +12,11 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
     match args.first().map(String::as_str) {
-        Some("test") => test(&root),
+        Some("test") => test(&root, args.iter().any(|a| a == "--host-only")),
         Some("demo") => demo::run(&root),
         Some("bench") => bench(&root),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench>\n  test   build, then run every test tier (unit, host integration, QEMU)\n  demo   start a local central and devices and watch them enroll\n  bench  run the benchmarks and print their figures");
+            eprintln!("usage: cargo xtask <test|demo|bench>\n  test   build, then run every test tier (unit, host integration, image, QEMU);\n         --host-only skips the image and QEMU tiers\n  demo   start a local central and devices and watch them enroll\n  bench  run the benchmarks and print their figures");
             bail!("unknown or missing task")
         }
     }
@@ -41,10 +41,18 @@ pub(crate) fn run(root: &Path, program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn test(root: &Path) -> Result<()> {
+fn test(root: &Path, host_only: bool) -> Result<()> {
     // System tests start the real binaries, so build them first.
     run(root, "cargo", &["build", "--workspace", "--bins"])?;
     run(root, "cargo", &["test", "--workspace", "--no-fail-fast"])?;
+    if host_only {
+        eprintln!("xtask: --host-only: image and QEMU tiers skipped");
+        return Ok(());
+    }
+    // Image tier: two clean builds must be bit-identical (minutes, so ignored by default).
+    run(root, "cargo", &["test", "-p", "cairn-image", "--test", "reproducible", "--", "--ignored"])?;
+    // QEMU tier: boots under TCG, one at a time.
+    run(root, "cargo", &["test", "-p", "cairn-e2e", "--", "--ignored", "--test-threads=1"])?;
     Ok(())
 }
 

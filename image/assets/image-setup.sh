@@ -1,0 +1,24 @@
+#!/bin/sh
+# Cairn: configure the root filesystem inside the build chroot (run once by `cairn-image build`
+# from an mmdebstrap customize hook, after the files under /etc and /usr/lib/cairn were copied in).
+set -eu
+chmod 0755 /etc/initramfs-tools/hooks/cairn-verity /etc/initramfs-tools/scripts/local-top/cairn-verity
+chmod 0755 /usr/lib/cairn/data-format /usr/lib/cairn/boot-report
+
+systemctl enable systemd-networkd.service systemd-resolved.service systemd-networkd-wait-online.service
+systemctl enable var.mount tmp.mount data.mount efi.mount cairn-agent.service cairn-boot-report.service
+# A getty on ttyS0 hangs up the console the tests and operators read; keep only tty1 (no autologin).
+systemctl mask serial-getty@ttyS0.service
+# No package updates from the mirror at runtime: updates are signed RAUC bundles.
+systemctl mask apt-daily.timer apt-daily-upgrade.timer
+systemctl set-default multi-user.target
+
+# An empty machine-id on a read-only root: systemd makes a transient one on every boot.
+: > /etc/machine-id
+rm -f /var/lib/dbus/machine-id
+mkdir -p /data /efi
+echo cairn > /etc/hostname
+printf '127.0.0.1\tlocalhost\n127.0.1.1\tcairn\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
+printf '# Cairn: no fstab entries; mounts are systemd units (var.mount, tmp.mount, data.mount).\n' > /etc/fstab
+
+update-initramfs -u -k all

@@ -1,0 +1,266 @@
+//! The EFI system partition: signed systemd-boot as the removable-media loader
+//! (`EFI/BOOT/BOOTX64.EFI`), one signed UKI per slot under `EFI/cairn/`, `loader/loader.conf` and
+//! one boot entry per slot with boot counting (`loader/entries/cairn-a+3-0.conf`: systemd-boot's
+//! Automatic Boot Assessment). Made with `mkfs.vfat --invariant` and mtools under a frozen clock,
+//! so every byte is reproducible.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::tool::{Tool, ToolError};
+
+/// The ESP could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum EspError {
+    /// mkfs.vfat or mtools failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// Staging the files failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The files do not fit.
+    #[error("the ESP content needs {needed} MiB but partitions.esp_mib is {size}: raise it in the recipe")]
+    TooSmall {
+        /// MiB needed (rounded up).
+        needed: u64,
+        /// The configured size.
+        size: u64,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EspError {
+    let path = path.to_path_buf();
+    move |source| EspError::Io { what, path, source }
+}
+
+/// What goes onto the ESP.
+#[derive(Debug, Clone)]
+pub struct EspContents {
+    /// Signed systemd-boot.
+    pub bootloader: PathBuf,
+    /// Signed UKIs: (slot letter, file).
+    pub ukis: Vec<(char, PathBuf)>,
+    /// OS version for the entry titles.
+    pub version: String,
+    /// Boot tries per slot before systemd-boot falls back.
+    pub tries: u32,
+    /// Menu timeout in seconds.
+    pub timeout_s: u32,
+    /// The slot booted by default.
+    pub default_slot: char,
+}
+
+/// The ESP path of a slot's UKI.
+pub fn uki_path(slot: char) -> String {
+    format!("/EFI/cairn/cairn-{slot}.efi")
+}
+
+/// loader.conf text.
+pub fn loader_conf(contents: &EspContents) -> String {
+    format!(
+        "# Cairn: systemd-boot configuration, written by cairn-image.\n\
+         default cairn-{default}*\n\
+         timeout {timeout}\n\
+         editor no\n\
+         auto-entries no\n\
+         auto-firmware no\n\
+         console-mode keep\n",
+        default = contents.default_slot,
+        timeout = contents.timeout_s,
+    )
+}
+
+/// File name and text of a slot's boot entry, with a fresh boot counter.
+pub fn boot_entry(contents: &EspContents, slot: char) -> (String, String) {
+    let name = format!("cairn-{slot}+{}-0.conf", contents.tries);
+    let text = format!(
+        "title Cairn {version} (slot {upper})\nversion {version}\nsort-key cairn-{slot}\nefi {uki}\n",
+        version = contents.version,
+        upper = slot.to_ascii_uppercase(),
+        uki = uki_path(slot),
+    );
+    (name, text)
+}
+
+/// Stage the ESP tree under `stage` and write the FAT image `out` of `size_mib` MiB.
+pub fn make_esp(
+    contents: &EspContents,
+    out: &Path,
+    stage: &Path,
+    size_mib: u64,
+    volume_id: &str,
+    epoch: i64,
+) -> Result<(), EspError> {
+    let _ = fs::remove_dir_all(stage);
+    let copy = |from: &Path, to: &str| -> Result<u64, EspError> {
+        let dest = stage.join(to.trim_start_matches('/'));
+        fs::create_dir_all(dest.parent().expect("has parent")).map_err(io("create", &dest))?;
+        fs::copy(from, &dest).map_err(io("copy", from))
+    };
+    let write = |to: &str, text: &str| -> Result<u64, EspError> {
+        let dest = stage.join(to);
+        fs::create_dir_all(dest.parent().expect("has parent")).map_err(io("create", &dest))?;
+        fs::write(&dest, text).map_err(io("write", &dest))?;
+        Ok(text.len() as u64)
+    };
+    let mut bytes = copy(&contents.bootloader, "EFI/BOOT/BOOTX64.EFI")?;
+    bytes += copy(&contents.bootloader, "EFI/systemd/systemd-bootx64.efi")?;
+    for (slot, uki) in &contents.ukis {
+        bytes += copy(uki, &uki_path(*slot))?;
+        let (name, text) = boot_entry(contents, *slot);
+        bytes += write(&format!("loader/entries/{name}"), &text)?;
+    }
+    bytes += write("loader/loader.conf", &loader_conf(contents))?;
+    // FAT32 overhead (FATs, reserved sectors) stays well under 2 MiB at these sizes.
+    let needed = bytes.div_ceil(1 << 20) + 2;
+    if needed > size_mib {
+        return Err(EspError::TooSmall {
+            needed,
+            size: size_mib,
+        });
+    }
+    set_times(stage, epoch)?;
+
+    let _ = fs::remove_file(out);
+    let file = fs::File::create(out).map_err(io("create", out))?;
+    file.set_len(size_mib << 20).map_err(io("size", out))?;
+    drop(file);
+    Tool::new("mkfs.vfat")
+        .args([
+            "--invariant",
+            "-F",
+            "32",
+            "-S",
+            "512",
+            "-n",
+            "CAIRN-ESP",
+            "-i",
+            volume_id,
+        ])
+        .arg(out)
+        .run()?;
+    let mut sources: Vec<PathBuf> = fs::read_dir(stage)
+        .map_err(io("list", stage))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io("list", stage))?;
+    sources.sort();
+    Tool::new("mcopy")
+        .frozen_clock(epoch)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .args(["-s", "-m", "-Q", "-i"])
+        .arg(out)
+        .args(&sources)
+        .arg("::/")
+        .run()?;
+    Ok(())
+}
+
+/// Set the modification time of everything under `dir` (and `dir`) to `epoch`.
+fn set_times(dir: &Path, epoch: i64) -> Result<(), EspError> {
+    let time = SystemTime::UNIX_EPOCH + Duration::from_secs(epoch.max(0) as u64);
+    for entry in fs::read_dir(dir).map_err(io("list", dir))? {
+        let path = entry.map_err(io("list", dir))?.path();
+        if path.is_dir() {
+            set_times(&path, epoch)?;
+        } else {
+            let f = fs::File::options()
+                .write(true)
+                .open(&path)
+                .map_err(io("open", &path))?;
+            f.set_modified(time).map_err(io("set mtime", &path))?;
+        }
+    }
+    let f = fs::File::open(dir).map_err(io("open", dir))?;
+    f.set_modified(time).map_err(io("set mtime", dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contents(dir: &Path) -> EspContents {
+        let boot = dir.join("boot.efi");
+        let uki = dir.join("uki.efi");
+        fs::write(&boot, vec![1u8; 4096]).unwrap();
+        fs::write(&uki, vec![2u8; 300_000]).unwrap();
+        EspContents {
+            bootloader: boot,
+            ukis: vec![('a', uki.clone()), ('b', uki)],
+            version: "0.1.0".into(),
+            tries: 3,
+            timeout_s: 0,
+            default_slot: 'a',
+        }
+    }
+
+    #[test]
+    fn entries_count_boots_and_default_to_slot_a() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = contents(dir.path());
+        let (name, text) = boot_entry(&c, 'a');
+        assert_eq!(name, "cairn-a+3-0.conf");
+        assert!(text.contains("efi /EFI/cairn/cairn-a.efi"), "{text}");
+        let conf = loader_conf(&c);
+        assert!(
+            conf.contains("default cairn-a*") && conf.contains("editor no"),
+            "{conf}"
+        );
+    }
+
+    #[test]
+    fn esp_image_is_reproducible_and_holds_the_files() {
+        if !["mkfs.vfat", "mcopy", "mdir"]
+            .iter()
+            .all(|t| crate::tool::is_installed(t))
+        {
+            eprintln!("SKIP: dosfstools/mtools not installed (dev/image-packages.txt)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let c = contents(dir.path());
+        let mut images = Vec::new();
+        for name in ["one", "two"] {
+            let out = dir.path().join(format!("{name}.img"));
+            make_esp(
+                &c,
+                &out,
+                &dir.path().join(name),
+                40,
+                "CA1B0001",
+                1_735_689_600,
+            )
+            .unwrap();
+            images.push(fs::read(&out).unwrap());
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        assert!(
+            images[0] == images[1],
+            "two ESP images from the same files differ"
+        );
+        let out = dir.path().join("one.img");
+        let listing = Tool::new("mdir")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(&out)
+            .args(["-/", "-b", "::/"])
+            .run()
+            .unwrap()
+            .stdout;
+        assert!(
+            listing.contains("BOOTX64.EFI") && listing.contains("cairn-a+3-0.conf"),
+            "{listing}"
+        );
+        let err = make_esp(&c, &out, &dir.path().join("x"), 1, "CA1B0001", 0).unwrap_err();
+        assert!(matches!(err, EspError::TooSmall { .. }));
+    }
+}

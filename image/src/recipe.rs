@@ -1,0 +1,337 @@
+//! Image recipes: the data-only TOML files under `recipes/` that say what goes into an image.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A recipe could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    /// The file could not be read.
+    #[error("cannot read recipe {path}: {source}")]
+    Read {
+        /// The recipe path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for a recipe (unknown or missing fields included).
+    #[error("recipe {path} is not valid: {source}")]
+    Parse {
+        /// The recipe path.
+        path: PathBuf,
+        /// The TOML error, naming the field.
+        source: toml::de::Error,
+    },
+    /// A value is out of range or malformed.
+    #[error("recipe {path}: {field} {problem}")]
+    Invalid {
+        /// The recipe path.
+        path: PathBuf,
+        /// The offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// A parsed, validated recipe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// What is built.
+    pub target: Target,
+    /// Where the packages come from.
+    pub debian: Debian,
+    /// The root filesystem image.
+    pub root: Root,
+    /// The initramfs.
+    pub initramfs: Initramfs,
+    /// The kernel command line.
+    pub kernel: Kernel,
+    /// The disk layout.
+    pub partitions: Partitions,
+    /// systemd-boot settings.
+    pub boot: Boot,
+    /// Fleet settings written into the agent config.
+    pub fleet: Fleet,
+    /// RAUC update bundle settings.
+    pub update: Update,
+    /// Where the recipe was read from (not in the file).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// `[target]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Target name, used in output file names (`cairn-<name>.img`).
+    pub name: String,
+    /// Debian architecture.
+    pub arch: String,
+    /// OS release version.
+    pub version: String,
+}
+
+/// `[debian]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Debian {
+    /// Suite (codename).
+    pub suite: String,
+    /// apt source lines.
+    pub mirrors: Vec<String>,
+    /// The one timestamp used everywhere (SOURCE_DATE_EPOCH).
+    pub source_date_epoch: i64,
+    /// Packages installed on top of minbase.
+    pub packages: Vec<String>,
+}
+
+/// `[root]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    /// zstd compression level of the squashfs root.
+    pub zstd_level: u32,
+    /// Paths (mksquashfs wildcards, relative to /) left out of the root image.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// `[initramfs]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Initramfs {
+    /// Kernel modules in the initramfs (MODULES=list).
+    pub modules: Vec<String>,
+}
+
+/// `[kernel]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Extra kernel command line arguments.
+    pub cmdline_extra: String,
+}
+
+/// `[partitions]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partitions {
+    /// ESP size in MiB.
+    pub esp_mib: u64,
+    /// Size of each root slot in MiB.
+    pub root_mib: u64,
+    /// Data partition size in MiB (grown on first boot later).
+    pub data_mib: u64,
+    /// GPT disk GUID.
+    pub disk_guid: String,
+    /// ESP partition GUID.
+    pub esp_uuid: String,
+    /// root-a partition GUID.
+    pub root_a_uuid: String,
+    /// root-b partition GUID.
+    pub root_b_uuid: String,
+    /// data partition GUID.
+    pub data_uuid: String,
+    /// FAT volume id of the ESP (8 hex digits).
+    pub esp_volume_id: String,
+    /// Whether root-b gets the same root as root-a.
+    pub fill_root_b: bool,
+    /// dm-verity salt of the root filesystem (hex).
+    pub verity_salt: String,
+}
+
+/// `[boot]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// Boot tries per slot (systemd-boot boot counting).
+    pub tries: u32,
+    /// Menu timeout in seconds.
+    pub timeout_s: u32,
+}
+
+/// `[fleet]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    /// Central's gRPC endpoint.
+    pub central_url: String,
+    /// Agent key storage mode.
+    pub key_storage: String,
+}
+
+/// `[update]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// RAUC compatible string.
+    pub compatible: String,
+}
+
+impl Recipe {
+    /// Read and validate a recipe file.
+    pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Recipe::parse(&text, path)
+    }
+
+    /// Parse and validate recipe text; `path` is only used in messages and to find the lock.
+    pub fn parse(text: &str, path: &Path) -> Result<Recipe, RecipeError> {
+        let mut recipe: Recipe = toml::from_str(text).map_err(|source| RecipeError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        recipe.path = path.to_path_buf();
+        recipe.validate()?;
+        Ok(recipe)
+    }
+
+    /// The lock file beside the recipe (`<name>.lock`).
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.with_extension("lock")
+    }
+
+    fn invalid(&self, field: &'static str, problem: impl Into<String>) -> RecipeError {
+        RecipeError::Invalid {
+            path: self.path.clone(),
+            field,
+            problem: problem.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), RecipeError> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        };
+        if !name_ok(&self.target.name) {
+            return Err(self.invalid("target.name", "must be non-empty [A-Za-z0-9._-]"));
+        }
+        if !name_ok(&self.target.version) {
+            return Err(self.invalid("target.version", "must be non-empty [A-Za-z0-9._-]"));
+        }
+        if self.debian.mirrors.is_empty() {
+            return Err(self.invalid("debian.mirrors", "needs at least one apt source line"));
+        }
+        if self.debian.source_date_epoch <= 0 {
+            return Err(self.invalid("debian.source_date_epoch", "must be a positive UNIX time"));
+        }
+        for pkg in &self.debian.packages {
+            if pkg.is_empty() || pkg.contains(|c: char| c.is_whitespace() || c == '=' || c == ',') {
+                return Err(self.invalid("debian.packages", format!("has a bad name {pkg:?}")));
+            }
+        }
+        if !(1..=22).contains(&self.root.zstd_level) {
+            return Err(self.invalid("root.zstd_level", "must be 1..=22"));
+        }
+        for pattern in &self.root.exclude {
+            if pattern.is_empty() || pattern.starts_with('/') || pattern.contains("..") {
+                return Err(self.invalid(
+                    "root.exclude",
+                    format!("{pattern:?} must be a relative path"),
+                ));
+            }
+        }
+        for module in &self.initramfs.modules {
+            if !name_ok(module) {
+                return Err(self.invalid("initramfs.modules", format!("has a bad name {module:?}")));
+            }
+        }
+        if self.kernel.cmdline_extra.contains("cairn.")
+            || self.kernel.cmdline_extra.contains("root=")
+        {
+            return Err(self.invalid(
+                "kernel.cmdline_extra",
+                "must not set root= or cairn.* (the build sets them per slot)",
+            ));
+        }
+        let p = &self.partitions;
+        if p.esp_mib < 33 {
+            return Err(self.invalid("partitions.esp_mib", "must be at least 33 (FAT32)"));
+        }
+        if p.root_mib == 0 || p.data_mib == 0 {
+            return Err(self.invalid("partitions", "root_mib and data_mib must be > 0"));
+        }
+        for (field, uuid) in [
+            ("partitions.disk_guid", &p.disk_guid),
+            ("partitions.esp_uuid", &p.esp_uuid),
+            ("partitions.root_a_uuid", &p.root_a_uuid),
+            ("partitions.root_b_uuid", &p.root_b_uuid),
+            ("partitions.data_uuid", &p.data_uuid),
+        ] {
+            if !is_uuid(uuid) {
+                return Err(self.invalid(field, format!("{uuid:?} is not a UUID")));
+            }
+        }
+        if p.esp_volume_id.len() != 8 || !p.esp_volume_id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(self.invalid("partitions.esp_volume_id", "must be 8 hex digits"));
+        }
+        if p.verity_salt.is_empty()
+            || p.verity_salt.len() > 512
+            || hex::decode(&p.verity_salt).is_err()
+        {
+            return Err(self.invalid("partitions.verity_salt", "must be hex (1..256 bytes)"));
+        }
+        if self.boot.tries == 0 {
+            return Err(self.invalid("boot.tries", "must be at least 1"));
+        }
+        if !self.fleet.central_url.starts_with("https://") {
+            return Err(self.invalid("fleet.central_url", "must start with https://"));
+        }
+        if !["auto", "tpm", "software"].contains(&self.fleet.key_storage.as_str()) {
+            return Err(self.invalid("fleet.key_storage", "must be auto, tpm or software"));
+        }
+        if !name_ok(&self.update.compatible) {
+            return Err(self.invalid("update.compatible", "must be non-empty [A-Za-z0-9._-]"));
+        }
+        Ok(())
+    }
+}
+
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_recipe() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../recipes/qemu-x86_64.toml")
+    }
+
+    #[test]
+    fn the_committed_recipe_is_valid() {
+        let recipe = Recipe::load(&repo_recipe()).unwrap();
+        assert_eq!(recipe.target.name, "qemu-x86_64");
+        assert_eq!(recipe.fleet.central_url, "https://10.0.2.2:7443");
+        assert!(recipe.lock_path().ends_with("recipes/qemu-x86_64.lock"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        let text = std::fs::read_to_string(repo_recipe()).unwrap();
+        let typo = text.replace("esp_mib", "esp_mb");
+        assert!(matches!(
+            Recipe::parse(&typo, Path::new("x.toml")),
+            Err(RecipeError::Parse { .. })
+        ));
+        let bad_uuid = text.replace("5a9c0d1e-2b3f", "5a9c0d1e-2b3");
+        let err = Recipe::parse(&bad_uuid, Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("disk_guid"), "{err}");
+        let root = text.replace("panic=10", "panic=10 root=/dev/sda2");
+        assert!(Recipe::parse(&root, Path::new("x.toml")).is_err());
+    }
+}

@@ -1,0 +1,344 @@
+//! One QEMU guest booting a Cairn disk image: q35 under TCG (this host's /dev/kvm is unusable),
+//! OVMF with Secure Boot enforced (snakeoil keys enrolled), swtpm as TPM 2.0, virtio disk on a
+//! qcow2 overlay of the image (the image itself is never written), user-mode networking (the
+//! host is 10.0.2.2), and the serial console logged to a file that tests wait on.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::swtpm::{QemuSwtpm, SwtpmError};
+
+/// OVMF code with Secure Boot support (needs SMM).
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/// OVMF variables with the snakeoil PK/KEK/db enrolled and Secure Boot on.
+pub const OVMF_VARS_SNAKEOIL: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
+/// The guest address forwarded to a central on the host when [`VmOptions::central_port`] is set
+/// (slirp refuses guestfwd on the host alias 10.0.2.2 itself). Build the image with this URL.
+pub const GUEST_CENTRAL_URL: &str = "https://10.0.2.100:7443";
+/// Lines of serial log shown when a wait fails.
+const LOG_TAIL_LINES: usize = 100;
+
+/// A guest could not be started, or did not do what was waited for.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// A file could not be prepared.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A helper program failed.
+    #[error("`{command}` failed: {stderr}")]
+    Command {
+        /// The command.
+        command: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// swtpm failed.
+    #[error(transparent)]
+    Swtpm(#[from] SwtpmError),
+    /// The wait timed out or QEMU exited first.
+    #[error("{what}; last {LOG_TAIL_LINES} lines of the serial console ({log}):\n{tail}")]
+    Wait {
+        /// What happened.
+        what: String,
+        /// The serial log path.
+        log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
+    let path = path.to_path_buf();
+    move |source| VmError::Io { what, path, source }
+}
+
+/// How to boot a guest.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// The raw disk image (read only: the guest writes to a qcow2 overlay).
+    pub image: PathBuf,
+    /// Directory for the overlay, firmware variables, TPM state and serial log.
+    pub dir: PathBuf,
+    /// Memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// SMBIOS system serial number (the agent's device serial).
+    pub serial_number: String,
+    /// Exit QEMU instead of rebooting the guest (a panic or failed boot ends the run).
+    pub no_reboot: bool,
+    /// Forward the guest's connections to 10.0.2.100:7443 ([`GUEST_CENTRAL_URL`]) to this port on
+    /// the host's 127.0.0.1, for a central on a random port. Without it the guest reaches the
+    /// host's 127.0.0.1:7443 as 10.0.2.2:7443 (the recipe's default URL).
+    pub central_port: Option<u16>,
+    /// Byte offsets in the disk to flip (XOR 0xff) in the overlay before booting.
+    pub flip_bytes: Vec<u64>,
+}
+
+impl VmOptions {
+    /// Defaults for booting `image` with state in `dir`: 1 GiB, 2 vCPUs, no reboot.
+    pub fn new(image: &Path, dir: &Path) -> VmOptions {
+        VmOptions {
+            image: image.to_path_buf(),
+            dir: dir.to_path_buf(),
+            memory_mib: 1024,
+            cpus: 2,
+            serial_number: "cairn-e2e-0001".into(),
+            no_reboot: true,
+            central_port: None,
+            flip_bytes: Vec::new(),
+        }
+    }
+}
+
+/// A running guest. QEMU and swtpm are killed on drop.
+pub struct Vm {
+    qemu: Child,
+    _tpm: QemuSwtpm,
+    serial_log: PathBuf,
+    started: Instant,
+}
+
+/// Whether QEMU, OVMF's Secure Boot firmware and swtpm are installed; the reason when not.
+pub fn missing_prerequisites() -> Option<String> {
+    for (path, package) in [
+        ("/usr/bin/qemu-system-x86_64", "qemu-system-x86"),
+        ("/usr/bin/qemu-img", "qemu-utils"),
+        ("/usr/bin/qemu-io", "qemu-utils"),
+        ("/usr/bin/swtpm", "swtpm"),
+        ("/usr/bin/socat", "socat"),
+        (OVMF_CODE_SECBOOT, "ovmf"),
+        (OVMF_VARS_SNAKEOIL, "ovmf"),
+    ] {
+        if !Path::new(path).exists() {
+            return Some(format!(
+                "{path} is missing: install {package} (dev/image-packages.txt)"
+            ));
+        }
+    }
+    None
+}
+
+fn run(command: &mut Command) -> Result<String, VmError> {
+    let line = format!("{command:?}");
+    let out = command.output().map_err(|e| VmError::Command {
+        command: line.clone(),
+        stderr: e.to_string(),
+    })?;
+    if !out.status.success() {
+        return Err(VmError::Command {
+            command: line,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Read one byte of a raw image.
+fn read_byte(image: &Path, offset: u64) -> Result<u8, VmError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = fs::File::open(image).map_err(io("open", image))?;
+    f.seek(SeekFrom::Start(offset)).map_err(io("seek", image))?;
+    let mut b = [0u8];
+    f.read_exact(&mut b).map_err(io("read", image))?;
+    Ok(b[0])
+}
+
+impl Vm {
+    /// Prepare the overlay, firmware variables and TPM, then start QEMU.
+    pub fn boot(options: &VmOptions) -> Result<Vm, VmError> {
+        let dir = &options.dir;
+        fs::create_dir_all(dir).map_err(io("create", dir))?;
+        let image = fs::canonicalize(&options.image).map_err(io("find image", &options.image))?;
+        let overlay = dir.join("disk.qcow2");
+        let _ = fs::remove_file(&overlay);
+        run(Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(&image)
+            .arg(&overlay))?;
+        for &offset in &options.flip_bytes {
+            let flipped = read_byte(&image, offset)? ^ 0xff;
+            run(Command::new("qemu-io")
+                .args([
+                    "-f",
+                    "qcow2",
+                    "-c",
+                    &format!("write -P {flipped:#04x} {offset} 1"),
+                ])
+                .arg(&overlay))?;
+        }
+        let vars = dir.join("OVMF_VARS.fd");
+        fs::copy(OVMF_VARS_SNAKEOIL, &vars).map_err(io("copy firmware variables to", &vars))?;
+        let tpm = QemuSwtpm::start(&dir.join("tpm"))?;
+        let serial_log = dir.join("serial.log");
+        let _ = fs::remove_file(&serial_log);
+
+        let mut netdev = "user,id=net0".to_string();
+        if let Some(port) = options.central_port {
+            // cmd: spawns one socat per guest connection (a tcp: chardev carries only one).
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:10.0.2.100:7443-cmd:socat STDIO TCP:127.0.0.1:{port}"
+            ));
+        }
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-accel", "tcg", "-machine", "q35,smm=on", "-cpu", "max"])
+            .args([
+                "-m",
+                &options.memory_mib.to_string(),
+                "-smp",
+                &options.cpus.to_string(),
+            ])
+            .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SECBOOT}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=none,id=disk0,format=qcow2,cache=unsafe,file={}",
+                overlay.display()
+            ))
+            .args(["-device", "virtio-blk-pci,drive=disk0"])
+            .args([
+                "-netdev",
+                &netdev,
+                "-device",
+                "virtio-net-pci,netdev=net0,romfile=",
+            ])
+            .arg("-chardev")
+            .arg(format!("socket,id=chrtpm,path={}", tpm.socket().display()))
+            .args([
+                "-tpmdev",
+                "emulator,id=tpm0,chardev=chrtpm",
+                "-device",
+                "tpm-tis,tpmdev=tpm0",
+            ])
+            .args([
+                "-smbios",
+                &format!("type=1,serial={}", options.serial_number),
+            ])
+            .args(["-display", "none", "-vga", "none", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial_log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(dir.join("qemu.stderr")).map_err(io("create", dir))?,
+            ));
+        if options.no_reboot {
+            qemu.arg("-no-reboot");
+        }
+        crate::kill_with_parent(&mut qemu);
+        let child = qemu.spawn().map_err(|e| VmError::Command {
+            command: "qemu-system-x86_64".into(),
+            stderr: format!("{e} (install qemu-system-x86)"),
+        })?;
+        Ok(Vm {
+            qemu: child,
+            _tpm: tpm,
+            serial_log,
+            started: Instant::now(),
+        })
+    }
+
+    /// The serial console log file.
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// Everything the guest printed on its serial console so far.
+    pub fn serial_text(&self) -> String {
+        fs::read(&self.serial_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Time since QEMU started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether QEMU has exited (a guest reboot with no_reboot, a power-off or a crash).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.qemu.try_wait(), Ok(Some(_)))
+    }
+
+    /// Wait until a serial console line contains `marker`; returns that line. Fails with the
+    /// serial log tail when `timeout` passes or QEMU exits first.
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<String, VmError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.serial_text();
+            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+                return Ok(line.trim_end_matches('\r').to_string());
+            }
+            if self.exited() {
+                let text = self.serial_text();
+                if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+                    return Ok(line.trim_end_matches('\r').to_string());
+                }
+                return Err(
+                    self.wait_error(format!("QEMU exited before the guest printed {marker:?}"))
+                );
+            }
+            if Instant::now() > deadline {
+                return Err(self.wait_error(format!(
+                    "no {marker:?} on the serial console within {timeout:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Wait until any of `markers` appears or QEMU exits; returns the first matching line, or
+    /// None when QEMU exited (or the timeout passed) with none of them printed.
+    pub fn wait_for_any(&mut self, markers: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.serial_text();
+            if let Some(line) = text.lines().find(|l| markers.iter().any(|m| l.contains(m))) {
+                return Some(line.trim_end_matches('\r').to_string());
+            }
+            if self.exited() || Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The last lines of the serial log.
+    pub fn serial_tail(&self) -> String {
+        let text = self.serial_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    fn wait_error(&self, what: String) -> VmError {
+        VmError::Wait {
+            what,
+            log: self.serial_log.clone(),
+            tail: self.serial_tail(),
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}

@@ -1,0 +1,192 @@
+//! QEMU tier: boot the real image under OVMF Secure Boot + swtpm and check the boot chain.
+//!
+//! These tests build the image (or use `CAIRN_E2E_IMAGE`) and boot it under TCG: a few minutes
+//! on 2 cores, so they are `#[ignore]`d in the default run. Run them with
+//! `cargo test -p cairn-e2e --test qemu_boot -- --ignored --test-threads=1`.
+
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cairn_e2e::{check_fields, image, vm, Vm, VmOptions, READY};
+
+/// Boot to CAIRN-READY takes ~40-90 s under TCG here; leave room for a loaded CI machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// One image per test process; boots run one at a time (TCG on 2 cores).
+fn image_under_test() -> &'static PathBuf {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        image::image_under_test().unwrap_or_else(|e| panic!("no image to boot: {e}"))
+    })
+}
+
+fn serialize() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fresh per-test VM directory under target/cairn-e2e/vms, kept after the test so the serial
+/// log (serial.log) and QEMU's stderr can be read after a failure.
+fn vm_dir(name: &str) -> PathBuf {
+    let dir = image::target_dir().join("cairn-e2e/vms").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn skip_reason() -> Option<String> {
+    vm::missing_prerequisites()
+}
+
+#[test]
+#[ignore = "QEMU tier (builds and boots an image under TCG, minutes): run with --ignored"]
+fn boots_with_secure_boot_onto_a_verified_read_only_root() {
+    if let Some(reason) = skip_reason() {
+        panic!("cannot run the QEMU tier: {reason}");
+    }
+    let image = image_under_test();
+    let _one_at_a_time = serialize();
+    let dir = vm_dir("secure-boot");
+    let started = Instant::now();
+    let mut guest = Vm::boot(&VmOptions::new(image, &dir)).unwrap();
+    let ready = guest.wait_for(READY, BOOT_TIMEOUT);
+    let boot_time = started.elapsed();
+    if let Err(e) = ready {
+        panic!("{e}");
+    }
+    eprintln!("BENCH qemu_start_to_ready_s={:.1}", boot_time.as_secs_f64());
+    let check = guest
+        .wait_for("CAIRN-CHECK", Duration::from_secs(5))
+        .unwrap();
+    let fields = check_fields(&check);
+    let tail = guest.serial_tail();
+    assert_eq!(
+        fields.get("secureboot").map(String::as_str),
+        Some("1"),
+        "Secure Boot is not on: {check}\n{tail}"
+    );
+    assert_eq!(fields.get("slot").map(String::as_str), Some("a"), "{check}");
+    assert_eq!(
+        fields.get("root").map(String::as_str),
+        Some("/dev/mapper/root"),
+        "{check}"
+    );
+    assert_eq!(
+        fields.get("root_ro").map(String::as_str),
+        Some("1"),
+        "root is writable: {check}"
+    );
+    assert_eq!(
+        fields.get("verity_target").map(String::as_str),
+        Some("verity"),
+        "{check}"
+    );
+    assert_eq!(
+        fields.get("verity_status").map(String::as_str),
+        Some("verified"),
+        "{check}"
+    );
+}
+
+#[test]
+#[ignore = "QEMU tier (builds and boots an image under TCG, minutes): run with --ignored"]
+fn a_flipped_byte_in_root_a_fails_closed() {
+    if let Some(reason) = skip_reason() {
+        panic!("cannot run the QEMU tier: {reason}");
+    }
+    let image = image_under_test();
+    let recipe = cairn_image::Recipe::load(&image::recipe_path()).unwrap();
+    let layout = cairn_image::disk::layout(&recipe.partitions);
+    let root_a = layout.get("root-a").unwrap().offset;
+    let _one_at_a_time = serialize();
+    let dir = vm_dir("tampered-root");
+    let mut options = VmOptions::new(image, &dir);
+    // A byte in the squashfs superblock's first block: read at mount, so verification must fail.
+    options.flip_bytes = vec![root_a + 200];
+    let mut guest = Vm::boot(&options).unwrap();
+    let failure = guest.wait_for_any(
+        &[READY, "Kernel panic", "verity", "refusing to boot"],
+        BOOT_TIMEOUT,
+    );
+    // Give the guest a moment to print the whole failure, then make sure it never became ready.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !guest.exited()
+        && Instant::now() < deadline
+        && !guest.serial_text().contains("Kernel panic")
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let text = guest.serial_text();
+    let tail = guest.serial_tail();
+    assert!(
+        !text.contains(READY),
+        "a tampered root booted to {READY}:\n{tail}"
+    );
+    let line =
+        failure.unwrap_or_else(|| panic!("no verity failure or panic on the console:\n{tail}"));
+    assert!(!line.contains(READY), "{line}");
+    assert!(
+        text.contains("verity")
+            && (text.contains("Kernel panic") || text.contains("refusing to boot")),
+        "boot did not fail closed with a verity error:\n{tail}"
+    );
+}
+
+#[test]
+#[ignore = "QEMU tier (builds and boots an image under TCG, minutes): run with --ignored"]
+fn the_agent_in_the_guest_reaches_a_central_port_on_the_host() {
+    use std::io::Read;
+    use std::net::TcpListener;
+    if let Some(reason) = skip_reason() {
+        panic!("cannot run the QEMU tier: {reason}");
+    }
+    // Stand-in for central on a random host port: only checks that the agent's TLS handshake
+    // arrives through QEMU's guestfwd (the enrollment test with a real central is the lead's).
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _one_at_a_time = serialize();
+    let work = vm_dir("central-forward");
+    let token = work.join("token");
+    std::fs::write(&token, "e2e-enrollment-token\n").unwrap();
+    let ca = image::target_dir().join("cairn-e2e/keys/update.cert.pem"); // any PEM certificate
+    let fleet = image::FleetFiles {
+        central_url: Some(vm::GUEST_CENTRAL_URL.to_string()),
+        central_ca: Some(ca),
+        token_file: Some(token),
+    };
+    let built = image::build_image(&work.join("image"), &fleet).unwrap_or_else(|e| panic!("{e}"));
+    let mut options = VmOptions::new(&built, &work.join("vm"));
+    options.central_port = Some(port);
+    let started = Instant::now();
+    let mut guest = Vm::boot(&options).unwrap();
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        if guest.exited() || started.elapsed() > BOOT_TIMEOUT {
+            panic!(
+                "the agent never connected to 10.0.2.100:7443 -> 127.0.0.1:{port}:\n{}",
+                guest.serial_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "BENCH qemu_start_to_agent_connect_s={:.1}",
+        started.elapsed().as_secs_f64()
+    );
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut first = [0u8; 1];
+    stream.read_exact(&mut first).unwrap();
+    assert_eq!(
+        first[0], 0x16,
+        "expected a TLS handshake record from the agent"
+    );
+}
