@@ -88,7 +88,11 @@ pub fn run(root: &Path) -> Result<()> {
     let config = work.join("central.toml");
     std::fs::write(
         &config,
-        format!("data_dir = {data:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nrest_listen = \"127.0.0.1:{rest}\"\npending_retry_seconds = 2\n"),
+        // 10.0.2.100 is how the QEMU device reaches this central (forwarded to 127.0.0.1:{grpc}).
+        format!(
+            "data_dir = {data:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nrest_listen = \"127.0.0.1:{rest}\"\n\
+             server_names = [\"localhost\", \"127.0.0.1\", \"10.0.2.100\"]\npending_retry_seconds = 2\n"
+        ),
     )?;
     println!("==> starting cairn-central (gRPC :{grpc}, REST :{rest}), log in {}", work.join("central.log").display());
     children.0.push(
@@ -182,8 +186,58 @@ pub fn run(root: &Path) -> Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     println!("==> cairnctl device list");
     print!("{}", ctl.run(&["device", "list"])?);
+    boot_device_image(&ctl, &work, &data, grpc)?;
     println!("==> cairnctl audit");
     print!("{}", ctl.run(&["audit", "--limit", "10"])?);
-    println!("==> demo done: 3 devices enrolled and connected (logs in {})", work.display());
+    println!("==> demo done: every device enrolled and connected (logs in {})", work.display());
     Ok(())
+}
+
+/// Build the fleet image for this central, boot it under QEMU (TCG, OVMF Secure Boot, swtpm)
+/// and wait until the device has enrolled by itself and is online.
+fn boot_device_image(ctl: &Ctl, work: &Path, data: &Path, grpc: u16) -> Result<()> {
+    if std::env::var_os("CAIRN_DEMO_NO_VM").is_some() {
+        println!("==> CAIRN_DEMO_NO_VM set: skipping the QEMU device");
+        return Ok(());
+    }
+    if let Some(reason) = cairn_e2e::vm::missing_prerequisites() {
+        bail!("cannot boot the device image: {reason} (run `bash dev/setup.sh`, or set CAIRN_DEMO_NO_VM=1)");
+    }
+    let token = work.join("fleet-token");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&token)?;
+        writeln!(file, "{}", ctl.secret("auto")?)?;
+    }
+    println!("==> cairn-image build recipes/qemu-x86_64.toml (fleet settings: this central's CA and token)");
+    let fleet = cairn_e2e::image::FleetFiles {
+        central_url: Some(cairn_e2e::vm::GUEST_CENTRAL_URL.to_owned()),
+        central_ca: Some(data.join("ca.crt")),
+        token_file: Some(token),
+    };
+    let image = cairn_e2e::image::build_image(&work.join("image"), &fleet)?;
+    let mut options = cairn_e2e::VmOptions::new(&image, &work.join("vm"));
+    options.central_port = Some(grpc);
+    println!("==> booting {} under QEMU (serial log {})", image.display(), work.join("vm/serial.log").display());
+    let started = Instant::now();
+    let mut vm = cairn_e2e::Vm::boot(&options)?;
+    let mut shown = 0;
+    loop {
+        let text = vm.serial_text();
+        for line in text.get(shown..).unwrap_or("").lines().filter(|l| l.contains("CAIRN-")) {
+            println!("    [{:>5.1}s] {}", started.elapsed().as_secs_f64(), line.trim());
+        }
+        shown = text.len();
+        let list = ctl.run(&["device", "list"])?;
+        if list.lines().any(|l| l.contains(&options.serial_number) && l.contains(" active ") && l.contains(" yes ")) {
+            println!("==> the QEMU device enrolled zero-touch after {:.0}s; cairnctl device list", started.elapsed().as_secs_f64());
+            print!("{list}");
+            return Ok(());
+        }
+        if vm.exited() || started.elapsed() > Duration::from_secs(900) {
+            bail!("the QEMU device did not enroll; last console lines:\n{}", vm.serial_tail());
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
 }
