@@ -57,5 +57,28 @@ fn test(root: &Path, host_only: bool) -> Result<()> {
 }
 
 fn bench(root: &Path) -> Result<()> {
-    run(root, "cargo", &["bench", "--workspace"])
+    run(root, "cargo", &["bench", "--workspace"])?;
+    // Image and boot figures come from the QEMU tests' `BENCH key=value` lines.
+    eprintln!("xtask: image build and QEMU boot figures (minutes)");
+    let out = Command::new("cargo")
+        .args(["test", "-p", "cairn-e2e", "--test", "qemu_boot", "--", "--ignored", "--test-threads=1", "--nocapture"])
+        .args(["boots_with_secure_boot", "the_agent_in_the_guest_enrolls"])
+        .current_dir(root)
+        .output()
+        .context("running the QEMU tests")?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        bail!("QEMU benchmark run failed:\n{text}");
+    }
+    let figure = |key: &str| -> Option<f64> {
+        text.lines().filter_map(|l| l.split_once(&format!("BENCH {key}="))).find_map(|(_, v)| v.trim().parse().ok())
+    };
+    for line in text.lines().filter(|l| l.starts_with("built ") || l.trim_start().starts_with("image ")) {
+        println!("{}", line.trim());
+    }
+    if let (Some(ready), Some(enrolled)) = (figure("qemu_start_to_ready_s"), figure("qemu_start_to_agent_enrolled_s")) {
+        println!("QEMU start -> boot complete (baseline): {ready:.1} s");
+        println!("QEMU start -> agent enrolled with central: {enrolled:.1} s  ratio to baseline={:.2}", enrolled / ready);
+    }
+    Ok(())
 }
