@@ -19,8 +19,10 @@ if [ -f "$here/image-packages.txt" ]; then
 fi
 missing=()
 for p in "${packages[@]}"; do
-  # "name/release" pins a release; it is checked by name and apt picks the pinned version.
-  if ! dpkg-query -W -f='${Status}' "${p%%/*}" 2>/dev/null | grep -q "install ok installed"; then
+  # "name/release" pins a release (e.g. qemu-utils from bookworm where the machine ships the
+  # backport, which conflicts with bookworm's qemu-system-x86): always handed to apt, which
+  # does nothing when that version is already installed.
+  if [[ "$p" == */* ]] || ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
     missing+=("$p")
   fi
 done
