@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::ports::{free_port, port_is_free};
+use crate::ports::{free_port, port_is_free, reserve};
 
 /// How long to wait for a started swtpm to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -151,7 +151,7 @@ impl Drop for Swtpm {
 fn free_port_pair() -> Option<u16> {
     (0..20)
         .map(|_| free_port())
-        .find(|&p| p < u16::MAX && port_is_free(p + 1))
+        .find(|&p| p < u16::MAX && port_is_free(p + 1) && reserve(&[p + 1]))
 }
 
 /// Spawn swtpm on `port`/`port + 1` and wait until its server port accepts. On failure the child
