@@ -24,9 +24,9 @@ use std::path::Path;
 
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::structures::{Private, Public};
-use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::traits::Marshall;
 
-use crate::blob::{push_tpm2b, take_tpm2b, temp_path, write_then_rename};
+use crate::blob::{push_tpm2b, take_object_tail, temp_path, write_then_rename};
 use crate::pcr::{
     policy_pcr_digest, PcrSelection, PcrValues, PCR_COUNT, PCR_VALUE_LEN, TPM_ALG_SHA256,
 };
@@ -184,21 +184,7 @@ fn decode(bytes: &[u8]) -> Result<SealedSecret, String> {
         expected.insert(index, value);
         rest = tail;
     }
-    let (public, rest) = take_tpm2b(rest, "public area")?;
-    let (private, rest) = take_tpm2b(rest, "private area")?;
-    if !rest.is_empty() {
-        return Err(format!(
-            "{} unexpected bytes after the private area",
-            rest.len()
-        ));
-    }
-    if public.is_empty() || private.is_empty() {
-        return Err("empty public or private area".to_string());
-    }
-    let public =
-        Public::unmarshall(public).map_err(|e| format!("public area does not unmarshal: {e}"))?;
-    let private =
-        Private::try_from(private).map_err(|e| format!("private area is invalid: {e}"))?;
+    let (public, private) = take_object_tail(rest)?;
     check_sealed_public(&public, &expected)?;
     Ok(SealedSecret {
         expected,
