@@ -228,14 +228,8 @@ async fn put_small(
     if keep_existing(ctr, lease, desc, &labels).await? {
         return Ok(());
     }
-    let reference = format!("cairn-ingest-{}", desc.digest);
-    let mut writer = match ctr
-        .open_writer(&reference, &desc.digest, desc.size, lease)
-        .await
-    {
-        Ok(w) => w,
-        Err(e) if e.is_already_exists() => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let Some((_, mut writer)) = open_ingest(ctr, lease, desc).await? else {
+        return Ok(());
     };
     if writer.offset() > 0 {
         writer.truncate().await?;
@@ -243,6 +237,21 @@ async fn put_small(
     writer.write(bytes).await?;
     writer.commit(labels).await?;
     Ok(())
+}
+
+/// Open (or resume) the content-store ingest of `desc` under `lease`; `None` when the blob was
+/// committed meanwhile (another pull finished it), which is success.
+async fn open_ingest(
+    ctr: &Containerd,
+    lease: &str,
+    desc: &Descriptor,
+) -> Result<Option<(String, crate::containerd::ContentWriter)>, ImageError> {
+    let reference = format!("cairn-ingest-{}", desc.digest);
+    match ctr.open_writer(&reference, &desc.digest, desc.size, lease).await {
+        Ok(writer) => Ok(Some((reference, writer))),
+        Err(e) if e.is_already_exists() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Make sure blob `desc` is in the content store with `labels`: skip it when present, resume a
@@ -263,14 +272,8 @@ async fn ensure_blob<S: BlobSource>(
         });
         return Ok(());
     }
-    let reference = format!("cairn-ingest-{}", desc.digest);
-    let mut writer = match ctr
-        .open_writer(&reference, &desc.digest, desc.size, lease)
-        .await
-    {
-        Ok(w) => w,
-        Err(e) if e.is_already_exists() => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let Some((reference, mut writer)) = open_ingest(ctr, lease, desc).await? else {
+        return Ok(());
     };
     let resumed_from = writer.offset().min(desc.size);
     if resumed_from == desc.size && desc.size > 0 {
