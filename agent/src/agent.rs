@@ -310,6 +310,12 @@ impl Agent {
                 }
             }
 
+            if let Some(Err(e)) = shutdown
+                .run(self.escrow_pending_recovery_key(&identity))
+                .await
+            {
+                warn!(error = %e, "could not escrow the data partition's recovery key; retrying on the next connection");
+            }
             let end = self
                 .sync_session(&identity, &cert, renew_allowed_after, &mut shutdown)
                 .await;

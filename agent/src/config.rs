@@ -79,6 +79,12 @@ pub struct AgentConfig {
     /// Renew the certificate once less than this fraction of its lifetime remains (0 < f < 1).
     #[serde(default = "default_renew_fraction")]
     pub renew_when_remaining_fraction: f64,
+    /// The encrypted data partition (`[disk]`; off unless `enabled`).
+    #[serde(default)]
+    pub disk: crate::data::DiskConfig,
+    /// Running the desired apps on containerd (`[apps]`; off unless `enabled`).
+    #[serde(default)]
+    pub apps: crate::apps::AppsConfig,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -103,6 +109,8 @@ impl std::fmt::Debug for AgentConfig {
                 "renew_when_remaining_fraction",
                 &self.renew_when_remaining_fraction,
             )
+            .field("disk", &self.disk)
+            .field("apps", &self.apps)
             .finish()
     }
 }
@@ -210,6 +218,8 @@ impl AgentConfig {
             backoff_initial_ms: default_backoff_initial_ms(),
             backoff_max_ms: default_backoff_max_ms(),
             renew_when_remaining_fraction: default_renew_fraction(),
+            disk: crate::data::DiskConfig::default(),
+            apps: crate::apps::AppsConfig::default(),
         }
     }
 
@@ -246,6 +256,12 @@ impl AgentConfig {
             }
             _ => {}
         }
+        self.disk
+            .validate()
+            .map_err(|problem| invalid("disk", problem))?;
+        self.apps
+            .validate()
+            .map_err(|problem| invalid("apps", problem))?;
         if self.state_dir.as_os_str().is_empty() || self.state_dir.is_relative() {
             return Err(invalid(
                 "state_dir",
@@ -465,6 +481,7 @@ state_dir = "/var/lib/cairn"
         let c = parse(text).unwrap();
         assert_eq!(c.key_storage, KeyStorageSetting::Auto);
         assert!(c.enrollment_token.is_some());
+        assert_eq!(c.apps, crate::apps::AppsConfig::default());
     }
 
     #[test]

@@ -10,11 +10,13 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod apps;
 pub mod backoff;
 pub mod certificate;
 pub mod channel;
 pub mod config;
 pub mod csr;
+pub mod data;
 pub mod enroll;
 pub mod facts;
 pub mod key;
@@ -38,9 +40,14 @@ pub use key::DeviceKey;
 pub use status::{Phase, Status};
 pub use sync::{DesiredStateSink, RecordOnlySink};
 
-/// Runs one agent until `shutdown` becomes `true` (or its sender is dropped).
+/// Runs one agent until `shutdown` becomes `true` (or its sender is dropped), running the desired
+/// apps on containerd when `[apps] enabled`.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    Agent::new(config).await?.run(shutdown).await
+    Agent::new(config)
+        .await?
+        .with_configured_apps()
+        .run(shutdown)
+        .await
 }
 
 /// A running agent in a fleet: its status feed and task.
@@ -63,7 +70,7 @@ pub async fn spawn_agents(
 ) -> Result<Vec<RunningAgent>, AgentError> {
     let mut running = Vec::with_capacity(configs.len());
     for config in configs {
-        let agent = Arc::new(Agent::new(config).await?);
+        let agent = Arc::new(Agent::new(config).await?.with_configured_apps());
         let status = agent.status();
         let task = {
             let agent = agent.clone();

@@ -28,6 +28,17 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Early in boot: open the encrypted data partition (first boot: create it), or report that
+    /// it needs the recovery key. Exits non-zero when the data stays locked.
+    Unlock {
+        /// Agent config file (TOML); its `[disk]` section says what to open.
+        #[arg(
+            long,
+            env = "CAIRN_AGENT_CONFIG",
+            default_value = "/etc/cairn/agent.toml"
+        )]
+        config: PathBuf,
+    },
     /// Print the hardware facts the agent would send, as JSON.
     Facts {
         /// Agent config file (TOML).
@@ -59,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             let config = AgentConfig::load(&config)?;
             runtime.block_on(run(config))
         }
+        Command::Unlock { config } => unlock(&AgentConfig::load(&config)?),
         Command::Facts { config } => {
             let config = AgentConfig::load(&config)?;
             let facts = HardwareFacts::gather(&config, &choose_storage(&config))?;
@@ -83,4 +95,51 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let result = cairn_agent::run(config, rx).await;
     signals.abort();
     result.context("cairn-agent stopped")
+}
+
+/// Prints one `CAIRN-DATA ...` line for the console (the unit sends stdout there): the outcome, and
+/// for a locked disk the reason and each changed PCR.
+#[cfg(feature = "tpm")]
+fn unlock(config: &AgentConfig) -> anyhow::Result<()> {
+    use cairn_agent::data::{unlock_data, DataError};
+    anyhow::ensure!(
+        config.disk.enabled,
+        "[disk] enabled = false in the agent config: this device has no managed data partition"
+    );
+    let tcti = config
+        .tpm_tcti
+        .clone()
+        .unwrap_or_else(|| cairn_agent::config::DEFAULT_TPM_TCTI.to_string());
+    // The TPM driver may still be probing this early in boot.
+    if let Some(node) = tcti.strip_prefix("device:") {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !std::path::Path::new(node).exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    match unlock_data(&config.disk, &tcti) {
+        Ok(status) => {
+            println!(
+                "CAIRN-DATA state={} reason={:?}",
+                status.state,
+                status.reason.unwrap_or_default()
+            );
+            Ok(())
+        }
+        Err(e @ DataError::Locked(_)) => {
+            let status = std::fs::read_to_string(&config.disk.lock_status).unwrap_or_default();
+            let status: Option<cairn_agent::data::LockStatus> = serde_json::from_str(&status).ok();
+            for pcr in status.map(|s| s.changed_pcrs).unwrap_or_default() {
+                println!("CAIRN-DATA changed-pcr {pcr}");
+            }
+            println!("CAIRN-DATA state=locked reason={:?}", e.to_string());
+            Err(e.into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("data partition unlock failed")),
+    }
+}
+
+#[cfg(not(feature = "tpm"))]
+fn unlock(_config: &AgentConfig) -> anyhow::Result<()> {
+    anyhow::bail!("this cairn-agent was built without the `tpm` feature: it cannot unlock the data partition")
 }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, DesiredState, Heartbeat, RenewRequest,
+    agent_message, central_message, AgentMessage, DesiredState, EscrowRecoveryKeyRequest, Heartbeat,
+    RenewRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -21,11 +22,17 @@ use crate::shutdown::Shutdown;
 use crate::state::{StateError, StoredIdentity};
 use crate::status::Phase;
 
-/// Receives every new desired state after it was stored. The runtime implements it later; it
-/// must not block (hand the state to a reconcile loop, e.g. through a watch channel).
+/// Receives every new desired state after it was stored, and reports what it observes. The app
+/// runtime implements it ([`crate::apps::AppsSink`]); it must not block (hand the state to a
+/// reconcile loop, e.g. through a watch channel).
 pub trait DesiredStateSink: Send + Sync + 'static {
     /// Called with each newer revision, and at start with the stored one.
     fn apply(&self, desired: &DesiredState);
+
+    /// The latest observed status of the desired apps, sent in every heartbeat (none by default).
+    fn observed_apps(&self) -> Vec<cairn_proto::v1::AppStatus> {
+        Vec::new()
+    }
 }
 
 /// The default sink: the desired state is only recorded (on disk and in [`Agent::desired_state`]).
@@ -189,6 +196,57 @@ impl Agent {
         Ok(response.device_id)
     }
 
+    /// Hands central the recovery key the unlock step parked on the data partition, then deletes
+    /// the file. Nothing to do when there is none. A failure keeps the file for the next
+    /// connection.
+    pub async fn escrow_pending_recovery_key(&self, identity: &StoredIdentity) -> Result<(), SyncError> {
+        if !self.config.disk.enabled {
+            return Ok(());
+        }
+        let path = self.config.disk.pending_recovery_key_path();
+        let span = info_span!("central.escrow_recovery_key", device_id = %identity.device_id);
+        async {
+            let read_path = path.clone();
+            let Some(bytes) = blocking(move || match std::fs::read(&read_path) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(StateError::Read { path: read_path.clone(), source }),
+            })
+            .await?
+            else {
+                return Ok(());
+            };
+            let pending: crate::data::PendingRecoveryKey =
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    SyncError::State(StateError::Corrupt { path: path.clone(), reason: e.to_string() })
+                })?;
+            let channel = self
+                .dialer
+                .device_channel(identity.cert_der.clone(), self.key.clone())
+                .await?;
+            tokio::time::timeout(
+                REQUEST_TIMEOUT,
+                agent_client(channel).escrow_recovery_key(EscrowRecoveryKeyRequest {
+                    recovery_key: pending.recovery_key,
+                    luks_uuid: pending.luks_uuid,
+                }),
+            )
+            .await
+            .map_err(|_| SyncError::Timeout { what: "EscrowRecoveryKey", after: REQUEST_TIMEOUT })?
+            .map_err(SyncError::from_status)?;
+            let remove_path = path.clone();
+            blocking(move || {
+                std::fs::remove_file(&remove_path)
+                    .map_err(|source| StateError::Write { path: remove_path.clone(), source })
+            })
+            .await?;
+            info!("recovery key escrowed to central and removed from the device");
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
     fn heartbeat(&self, seq: u64) -> AgentMessage {
         AgentMessage {
             kind: Some(agent_message::Kind::Heartbeat(Heartbeat {
@@ -196,6 +254,7 @@ impl Agent {
                 desired_revision: self.held_revision(),
                 sent_unix_ms: unix_ms_now(),
                 facts: Some(self.facts.to_proto()),
+                apps: self.sink.observed_apps(),
             })),
         }
     }

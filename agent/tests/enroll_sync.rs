@@ -27,6 +27,7 @@ fn desired(revision: u64, config: &[(&str, &str)]) -> DesiredState {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        apps: Vec::new(),
     }
 }
 
@@ -525,5 +526,35 @@ async fn tpm_key_enrolls_and_does_mtls() {
         .join(cairn_agent::state::TPM_KEY_FILE)
         .exists());
     assert!(!config.state_dir.join(SOFTWARE_KEY_FILE).exists());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_parked_recovery_key_is_escrowed_then_removed_from_the_device() {
+    let central = TestCentral::start().await;
+    let (_, token) = central.token("auto", None, None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&central, &token, dir.path(), "SER-ESCROW");
+    // The unlock step parks the key on the data file system; here a plain directory stands in
+    // for the mounted volume (opening LUKS needs device-mapper: QEMU tier).
+    config.disk.enabled = true;
+    config.disk.mount_point = dir.path().join("data");
+    let pending = config.disk.pending_recovery_key_path();
+    std::fs::create_dir_all(pending.parent().unwrap()).unwrap();
+    let key = "000000-000011-000099-720885-000044-000055-000066-000077";
+    let uuid = "5a9c0d1e-2b3f-4c5d-8e6f-7a8b9c0d1e2f";
+    std::fs::write(
+        &pending,
+        serde_json::to_vec(&json!({ "recovery_key": key, "luks_uuid": uuid })).unwrap(),
+    )
+    .unwrap();
+    let running = RunningAgent::start(config).await;
+    wait_phase(&running.agent, Phase::Connected).await;
+    let id = device_id(&running.agent);
+    eventually(WAIT, "the parked key is removed", || !pending.exists()).await;
+    let shown = central.admin_call("GET", &format!("/api/v1/devices/{id}/recovery-key"), None);
+    assert_eq!(shown["recovery_key"], key);
+    assert_eq!(shown["luks_uuid"], uuid);
+    assert!(audit_actions(&central, &id).contains(&"recovery_key.escrow".to_string()));
     running.stop().await;
 }

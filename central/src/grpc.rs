@@ -5,8 +5,8 @@ use std::sync::Arc;
 use cairn_proto::v1::agent_server::Agent;
 use cairn_proto::v1::enrollment_server::Enrollment;
 use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, CentralMessage, DesiredState, EnrollRequest,
-    EnrollResponse, EnrollStatus, HeartbeatAck, PingRequest, PingResponse, RenewRequest,
+    agent_message, central_message, AgentMessage, App, AppStatus, CentralMessage, DesiredState, EnrollRequest,
+    EnrollResponse, EnrollStatus, EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, HeartbeatAck, PingRequest, PingResponse, RenewRequest,
     RenewResponse,
 };
 use tokio::sync::mpsc;
@@ -16,7 +16,11 @@ use tracing::Instrument;
 
 use crate::ca::verify_csr;
 use crate::enroll::{self, EnrollError, EnrollOutcome};
-use crate::store::{devices, now_unix, DeviceStatus, StoreError};
+use crate::sessions::AppsReport;
+use crate::store::apps as store_apps;
+use crate::escrow::{valid_luks_uuid, valid_recovery_key_format};
+use crate::store::recovery_keys::{self, SealedRecoveryKey};
+use crate::store::{audit, devices, now_unix, DeviceStatus, StoreError};
 use crate::Shared;
 
 fn internal(e: StoreError) -> Status {
@@ -132,14 +136,47 @@ fn device_id_from_peer<T>(request: &Request<T>) -> Result<String, Status> {
         .ok_or_else(|| Status::unauthenticated("client certificate has no device URI"))
 }
 
-/// The device's current desired state as a message.
-pub fn desired_message(revision: u64, config: std::collections::BTreeMap<String, String>) -> CentralMessage {
-    CentralMessage {
-        kind: Some(central_message::Kind::Desired(DesiredState {
-            revision,
-            config: config.into_iter().collect(),
-        })),
+/// A device's desired state: its revision, config and apps.
+pub fn desired_state(
+    revision: u64,
+    config: std::collections::BTreeMap<String, String>,
+    apps: Vec<store_apps::DesiredApp>,
+) -> DesiredState {
+    DesiredState {
+        revision,
+        config: config.into_iter().collect(),
+        apps: apps
+            .into_iter()
+            .map(|a| App { name: a.name, compose_yaml: a.compose_yaml, generation: a.generation })
+            .collect(),
     }
+}
+
+/// A desired state as a message on the Sync stream.
+pub fn desired_message(desired: DesiredState) -> CentralMessage {
+    CentralMessage { kind: Some(central_message::Kind::Desired(desired)) }
+}
+
+/// Most apps and services per app central keeps from one heartbeat; names and messages are cut,
+/// so a misbehaving agent cannot make central hold more than a few KiB per device.
+const MAX_REPORTED_APPS: usize = 64;
+const MAX_REPORTED_SERVICES: usize = 32;
+const MAX_REPORTED_NAME_BYTES: usize = 64;
+
+/// The app status of a heartbeat, bounded (see [`MAX_REPORTED_APPS`]).
+fn bounded_app_status(mut apps: Vec<AppStatus>) -> Vec<AppStatus> {
+    use cairn_proto::{truncate_status_text as cut, MAX_STATUS_MESSAGE_BYTES as MSG};
+    apps.truncate(MAX_REPORTED_APPS);
+    for app in &mut apps {
+        app.name = cut(&app.name, MAX_REPORTED_NAME_BYTES);
+        app.error = cut(&app.error, MSG);
+        app.services.truncate(MAX_REPORTED_SERVICES);
+        for service in &mut app.services {
+            service.name = cut(&service.name, MAX_REPORTED_NAME_BYTES);
+            service.message = cut(&service.message, MSG);
+        }
+    }
+    apps
 }
 
 #[tonic::async_trait]
@@ -174,8 +211,17 @@ impl Agent for AgentService {
         // pushed on this stream too (the agent ignores a revision it already holds).
         let session_id = shared.sessions.register(&device_id, tx.clone());
         let id = device_id.clone();
-        let device = match shared.store.run(move |conn| devices::get(conn, &id)).await {
-            Ok(Some(device)) => device,
+        let loaded = shared
+            .store
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                let Some(device) = devices::get(&tx, &id)? else { return Ok(None) };
+                let apps = store_apps::list(&tx, &id)?;
+                Ok(Some(desired_state(device.desired_revision, device.config, apps)))
+            })
+            .await;
+        let desired = match loaded {
+            Ok(Some(desired)) => desired,
             Ok(None) => {
                 shared.sessions.unregister(&device_id, session_id);
                 return Err(Status::unauthenticated("device vanished from the registry"));
@@ -185,7 +231,7 @@ impl Agent for AgentService {
                 return Err(internal(e));
             }
         };
-        tx.send(Ok(desired_message(device.desired_revision, device.config)))
+        tx.send(Ok(desired_message(desired)))
             .await
             .map_err(|_| Status::cancelled("stream closed"))?;
         shared.sessions.saw(&device_id, now_unix());
@@ -196,6 +242,14 @@ impl Agent for AgentService {
                     match inbound.message().await {
                         Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(hb)) })) => {
                             shared.sessions.saw(&device_id, now_unix());
+                            shared.sessions.report_apps(
+                                &device_id,
+                                AppsReport {
+                                    at: now_unix(),
+                                    desired_revision: hb.desired_revision,
+                                    apps: bounded_app_status(hb.apps),
+                                },
+                            );
                             let ack = CentralMessage { kind: Some(central_message::Kind::Ack(HeartbeatAck { seq: hb.seq })) };
                             if tx.send(Ok(ack)).await.is_err() {
                                 break;
@@ -220,5 +274,53 @@ impl Agent for AgentService {
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         let device_id = self.authorize(&request).await?;
         Ok(Response::new(PingResponse { nonce: request.into_inner().nonce, device_id }))
+    }
+
+    async fn escrow_recovery_key(
+        &self,
+        request: Request<EscrowRecoveryKeyRequest>,
+    ) -> Result<Response<EscrowRecoveryKeyResponse>, Status> {
+        let device_id = self.authorize(&request).await?;
+        let span = tracing::info_span!("grpc.escrow_recovery_key", device_id = %device_id);
+        let request = request.into_inner();
+        if !valid_recovery_key_format(&request.recovery_key) {
+            return Err(Status::invalid_argument("recovery_key must be 8 groups of 6 digits joined by '-'"));
+        }
+        if !valid_luks_uuid(&request.luks_uuid) {
+            return Err(Status::invalid_argument("luks_uuid must be the 36-character LUKS2 UUID of the data partition"));
+        }
+        let shared = self.0.clone();
+        let sealed = shared.escrow.seal(&device_id, &request.recovery_key).map_err(|e| {
+            tracing::error!(error = %e, "sealing a recovery key failed");
+            Status::internal("central could not seal the recovery key; retry later")
+        })?;
+        let stored_at = now_unix();
+        let row = SealedRecoveryKey { device_id: device_id.clone(), luks_uuid: request.luks_uuid, sealed, stored_at };
+        let store = shared.store.clone();
+        let stored = store
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                let same = recovery_keys::get(&tx, &row.device_id)?
+                    .and_then(|old| shared.escrow.open(&old.device_id, &old.sealed).ok().map(|k| (k, old)))
+                    .is_some_and(|(k, old)| k == request.recovery_key && old.luks_uuid == row.luks_uuid);
+                if same {
+                    return Ok(true);
+                }
+                if !recovery_keys::put(&tx, &row)? {
+                    return Ok(false);
+                }
+                let actor = format!("device:{}", row.device_id);
+                audit::record(&tx, &actor, "recovery_key.escrow", &row.device_id, &format!("luks_uuid={}", row.luks_uuid))?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .instrument(span.clone())
+            .await
+            .map_err(internal)?;
+        if !stored {
+            return Err(Status::unauthenticated(format!("device {device_id} is not in the registry")));
+        }
+        span.in_scope(|| tracing::info!("recovery key escrowed"));
+        Ok(Response::new(EscrowRecoveryKeyResponse { stored_unix: stored_at }))
     }
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod ca;
 pub mod config;
 pub mod enroll;
+pub mod escrow;
 pub mod files;
 pub mod grpc;
 pub mod sessions;
@@ -32,6 +33,8 @@ pub struct Shared {
     pub ca: Arc<ca::FleetCa>,
     /// Open agent streams and heartbeat times.
     pub sessions: sessions::Sessions,
+    /// Seals escrowed recovery keys.
+    pub escrow: escrow::EscrowKey,
 }
 
 /// Why central could not start.
@@ -70,6 +73,9 @@ pub enum StartError {
     /// CA.
     #[error(transparent)]
     Ca(#[from] ca::CaError),
+    /// The recovery-key escrow key could not be loaded or created.
+    #[error(transparent)]
+    Escrow(#[from] escrow::EscrowError),
     /// TLS set-up.
     #[error("TLS set-up failed: {0}")]
     Tls(String),
@@ -107,6 +113,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     })?;
     let store = store::Store::open(&config.data_dir.join("registry.sqlite3"))?;
     let ca = Arc::new(ca::FleetCa::load_or_create(&config.data_dir)?);
+    let escrow = escrow::EscrowKey::load_or_create(&config.data_dir)?;
     bootstrap_admin_token(&config, &store)?;
     let (server_cert, server_key) = ca.issue_server_certificate(&config.server_names)?;
 
@@ -124,6 +131,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         store,
         ca: ca.clone(),
         sessions: sessions::Sessions::default(),
+        escrow,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![

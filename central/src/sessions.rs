@@ -2,12 +2,16 @@
 //!
 //! Heartbeat times are kept in memory and written to the database in batches, so a heartbeat
 //! costs a map insert, not a disk sync.
+//!
+//! The latest app status each agent reported is kept in memory only: every heartbeat carries it
+//! whole, so after a restart of central the next heartbeat (seconds later) refills it, and writing
+//! it would cost a disk sync per heartbeat for data that is stale within one heartbeat anyway.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use cairn_proto::v1::CentralMessage;
+use cairn_proto::v1::{AppStatus, CentralMessage};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -26,6 +30,18 @@ pub struct Sessions {
     seen: Mutex<HashMap<String, i64>>,
     next_id: AtomicU64,
     heartbeats: AtomicU64,
+    apps: Mutex<HashMap<String, Arc<AppsReport>>>,
+}
+
+/// The app status a device reported in its latest heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppsReport {
+    /// When central received it (Unix seconds).
+    pub at: i64,
+    /// Revision of the desired state the agent held.
+    pub desired_revision: u64,
+    /// Status of each app it runs.
+    pub apps: Vec<AppStatus>,
 }
 
 impl Sessions {
@@ -84,6 +100,16 @@ impl Sessions {
     pub fn saw(&self, device_id: &str, at: i64) {
         self.heartbeats.fetch_add(1, Ordering::Relaxed);
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), at);
+    }
+
+    /// Keep the app status of a device's latest heartbeat (replacing the previous one).
+    pub fn report_apps(&self, device_id: &str, report: AppsReport) {
+        self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), Arc::new(report));
+    }
+
+    /// The latest app status a device reported since central started.
+    pub fn apps_report(&self, device_id: &str) -> Option<Arc<AppsReport>> {
+        self.apps.lock().unwrap_or_else(|p| p.into_inner()).get(device_id).cloned()
     }
 
     /// Heartbeats received since start (for metrics and benchmarks).

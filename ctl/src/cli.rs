@@ -9,6 +9,10 @@ use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use thiserror::Error;
 
+pub mod app;
+
+pub use app::AppCommand;
+
 use crate::client::{BearerToken, CentralCa, Client, Connection, CtlError, Reply, DEFAULT_CENTRAL};
 use crate::input::{self, InputError};
 use crate::model::{ApiRole, CreateApiToken, CreateEnrollmentToken, EnrollmentPolicy};
@@ -26,6 +30,9 @@ pub enum CliError {
     /// Writing the output failed (e.g. the reading end of a pipe closed).
     #[error("could not write the output: {0}")]
     Output(#[from] io::Error),
+    /// An app command failed (Compose file, or a change to several devices stopped part-way).
+    #[error(transparent)]
+    App(#[from] app::AppError),
 }
 
 /// Operate a Cairn fleet through cairn-central's REST API.
@@ -87,6 +94,9 @@ pub enum Command {
     /// API tokens for people and tools using central's REST API.
     #[command(subcommand)]
     ApiToken(ApiTokenCommand),
+    /// Apps (Compose files) on devices: deploy, list with their status, remove.
+    #[command(subcommand)]
+    App(AppCommand),
     /// The latest entries of central's audit log.
     Audit {
         /// How many events to show (central's default if not given).
@@ -142,6 +152,14 @@ pub enum DeviceCommand {
     },
     /// Revoke a device: central refuses it from now on.
     Revoke {
+        /// Device id (dev_...).
+        #[arg(value_parser = checked(input::parse_id))]
+        id: String,
+    },
+    /// Print the escrowed recovery key of a device's encrypted data partition (admin; audited).
+    /// Put it in `cairn-recovery-key.txt` on a FAT stick labelled CAIRN-KEY and boot the
+    /// device with the stick in: it unlocks and re-seals to its current boot chain.
+    RecoveryKey {
         /// Device id (dev_...).
         #[arg(value_parser = checked(input::parse_id))]
         id: String,
@@ -255,6 +273,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Device(command) => run_device(&client, command, json, out),
         Command::Claim(command) => run_claim(&client, command, json, out),
         Command::ApiToken(command) => run_api_token(&client, command, json, out),
+        Command::App(command) => app::run_app(&client, command, json, out),
         Command::Audit { limit } => {
             let reply = client.audit(limit)?;
             emit_table(out, json, &reply, "no audit events", |log| {
@@ -330,6 +349,10 @@ fn run_device(
             emit(out, json, &reply, |changed| {
                 output::device_changed("revoked", &changed.device)
             })
+        }
+        DeviceCommand::RecoveryKey { id } => {
+            let reply = client.device_recovery_key(&id)?;
+            emit(out, json, &reply, |shown| format!("{}\n", shown.recovery_key))
         }
     }
 }

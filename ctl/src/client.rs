@@ -20,9 +20,10 @@ use thiserror::Error;
 
 use crate::input::{self, InputError};
 use crate::model::{
-    ApiTokenList, AuditLog, ClaimList, ClaimReply, CreateApiToken, CreateClaim,
-    CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken, DeviceList, DeviceReply,
-    EnrollmentTokenList, EnrollmentTokenReply, ErrorBody,
+    ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, ClaimList, ClaimReply,
+    CreateApiToken, CreateClaim, CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken,
+    DeviceList, DeviceReply, EnrollmentTokenList, EnrollmentTokenReply, ErrorBody, PutApp,
+    RecoveryKeyReply,
 };
 use crate::output::printable;
 
@@ -338,6 +339,12 @@ impl Client {
         self.post::<(), _>(&format!("/api/v1/devices/{id}/revoke"), None)
     }
 
+    /// `GET /api/v1/devices/{id}/recovery-key`: the escrowed recovery key (admin; audited).
+    pub fn device_recovery_key(&self, id: &str) -> Result<Reply<RecoveryKeyReply>, CtlError> {
+        let id = checked_id(id)?;
+        self.get(&format!("/api/v1/devices/{id}/recovery-key"), &[])
+    }
+
     /// `POST /api/v1/claims`: pre-registers a device by serial or TPM EK hash (201).
     pub fn create_claim(&self, request: &CreateClaim) -> Result<Reply<ClaimReply>, CtlError> {
         self.post("/api/v1/claims", Some(request))
@@ -369,6 +376,35 @@ impl Client {
         }
     }
 
+    /// `PUT /api/v1/devices/{id}/apps/{name}`: deploys or replaces an app on a device.
+    pub fn put_app(
+        &self,
+        device_id: &str,
+        name: &str,
+        request: &PutApp,
+    ) -> Result<Reply<AppDeployed>, CtlError> {
+        let id = checked_id(device_id)?;
+        let name = checked_app_name(name)?;
+        self.send(
+            "PUT",
+            &format!("/api/v1/devices/{id}/apps/{name}"),
+            Some(request),
+        )
+    }
+
+    /// `DELETE /api/v1/devices/{id}/apps/{name}`: removes an app from a device.
+    pub fn delete_app(&self, device_id: &str, name: &str) -> Result<Reply<AppRemoved>, CtlError> {
+        let id = checked_id(device_id)?;
+        let name = checked_app_name(name)?;
+        self.send::<(), _>("DELETE", &format!("/api/v1/devices/{id}/apps/{name}"), None)
+    }
+
+    /// `GET /api/v1/devices/{id}/apps`: a device's apps with the status it last reported.
+    pub fn list_apps(&self, device_id: &str) -> Result<Reply<AppList>, CtlError> {
+        let id = checked_id(device_id)?;
+        self.get(&format!("/api/v1/devices/{id}/apps"), &[])
+    }
+
     fn get<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -387,8 +423,17 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<Reply<T>, CtlError> {
+        self.send("POST", path, body)
+    }
+
+    fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Reply<T>, CtlError> {
         let url = format!("{}{path}", self.base);
-        let request = self.request("POST", &url);
+        let request = self.request(method, &url);
         let result = match body {
             Some(body) => request.send_json(body),
             None => request.send_bytes(&[]),
@@ -455,6 +500,14 @@ pub fn error_from_response(status: u16, body: &str) -> CtlError {
             }
         }
     }
+}
+
+/// App names go into URL paths: checked like ids, with the app name rules.
+fn checked_app_name(name: &str) -> Result<String, CtlError> {
+    input::parse_app_name(name).map_err(|reason| CtlError::InvalidId {
+        id: printable(name),
+        reason,
+    })
 }
 
 fn checked_id(id: &str) -> Result<String, CtlError> {

@@ -40,6 +40,9 @@ pub enum InputError {
     /// An id with characters an API id never has.
     #[error("ids hold only letters, digits, '_' and '-' (e.g. dev_...)")]
     IdCharacter,
+    /// An app name cairn-runtime would refuse.
+    #[error("app names are 1 to 32 lowercase letters, digits, and single '-' or '.' between them (e.g. web-shop)")]
+    AppName,
 }
 
 /// Reads a duration such as `30s`, `30m`, `24h` or `7d` as a number of seconds.
@@ -102,6 +105,27 @@ pub fn parse_non_empty(text: &str) -> Result<String, InputError> {
     Ok(text.to_owned())
 }
 
+/// Checks an app name (the rules of cairn-runtime's app spec) before it becomes part of a URL path.
+pub fn parse_app_name(text: &str) -> Result<String, InputError> {
+    let text = text.trim();
+    let separator = |c: char| c == '-' || c == '.';
+    let valid = !text.is_empty()
+        && text.len() <= 32
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || separator(c))
+        && !text.starts_with(separator)
+        && !text.ends_with(separator)
+        && !text.contains("--")
+        && !text.contains("..")
+        && !text.contains(".-")
+        && !text.contains("-.");
+    if !valid {
+        return Err(InputError::AppName);
+    }
+    Ok(text.to_owned())
+}
+
 /// Checks an object id (`dev_...`, `tok_...`) before it becomes part of a URL path.
 pub fn parse_id(text: &str) -> Result<String, InputError> {
     let text = text.trim();
@@ -120,6 +144,20 @@ pub fn parse_id(text: &str) -> Result<String, InputError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn app_names_follow_the_app_spec_rules() {
+        for ok in ["web", "web-shop", "db.main", "a1"] {
+            assert_eq!(parse_app_name(ok), Ok(ok.to_owned()), "{ok}");
+        }
+        let long = "a".repeat(33);
+        let bad = [
+            "", "Web", "web_1", "-web", "web.", "a..b", "a-.b", "../x", &long,
+        ];
+        for bad in bad {
+            assert_eq!(parse_app_name(bad), Err(InputError::AppName), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_in_every_unit() {

@@ -244,6 +244,19 @@ pub struct DeviceReply {
     pub device: Device,
 }
 
+/// Answer to `GET /api/v1/devices/{id}/recovery-key`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecoveryKeyReply {
+    /// The device.
+    pub device_id: String,
+    /// LUKS2 UUID of the data partition the key opens.
+    pub luks_uuid: String,
+    /// The recovery key, `dddddd-dddddd-...` (8 groups).
+    pub recovery_key: String,
+    /// When central stored it (Unix seconds).
+    pub stored_at: i64,
+}
+
 /// Body of `POST /api/v1/claims`: pre-registers a device for `claim` enrollment tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum CreateClaim {
@@ -368,6 +381,123 @@ pub struct ErrorDetail {
     pub code: String,
     /// Message for people.
     pub message: String,
+}
+
+api_enum! {
+    /// Observed state of an app's service, as the device reported it.
+    ServiceState {
+        /// Image being pulled or container being created.
+        Pending => "pending",
+        /// Running (and healthy, or without a health check).
+        Running => "running",
+        /// Running, but its health check fails.
+        Unhealthy => "unhealthy",
+        /// Exited; restarts after the back-off.
+        Restarting => "restarting",
+        /// Exited; the restart policy keeps it down.
+        Exited => "exited",
+        /// Cannot be started; see the message.
+        Failed => "failed",
+        /// The device sent a state central does not know.
+        Unknown => "unknown",
+    }
+}
+
+/// Body of `PUT /api/v1/devices/{id}/apps/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PutApp {
+    /// The Compose file.
+    pub compose_yaml: String,
+}
+
+/// An app as central wants it on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DesiredApp {
+    /// App name.
+    pub name: String,
+    /// Device revision that set this Compose file.
+    pub generation: u64,
+    /// RFC 3339 time it was set.
+    #[serde(default)]
+    pub updated_at: String,
+    /// The Compose file.
+    #[serde(default)]
+    pub compose_yaml: String,
+    /// What the device last reported about it (`None` before a report).
+    #[serde(default)]
+    pub status: Option<AppStatus>,
+}
+
+/// What a device reported about one app.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AppStatus {
+    /// Generation the report reflects.
+    pub generation: u64,
+    /// Whether it reflects the generation central wants.
+    #[serde(default)]
+    pub in_sync: bool,
+    /// Why the app cannot run at all; empty when it runs.
+    #[serde(default)]
+    pub error: String,
+    /// Each service.
+    #[serde(default)]
+    pub services: Vec<ServiceStatus>,
+}
+
+/// What a device reported about one service of an app.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ServiceStatus {
+    /// Service name.
+    pub name: String,
+    /// State.
+    pub state: ServiceState,
+    /// `none`, `starting`, `healthy` or `unhealthy`.
+    #[serde(default)]
+    pub health: String,
+    /// Restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Why it is pending or failed, or the last health-check error.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Answer to `GET /api/v1/devices/{id}/apps`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AppList {
+    /// The device.
+    pub device_id: String,
+    /// Revision of its desired state.
+    pub desired_revision: u64,
+    /// Whether it is connected to central now.
+    #[serde(default)]
+    pub online: bool,
+    /// RFC 3339 time of its latest report (`None`: none since central started).
+    #[serde(default)]
+    pub reported_at: Option<String>,
+    /// Its apps.
+    pub apps: Vec<DesiredApp>,
+}
+
+/// Answer to `PUT /api/v1/devices/{id}/apps/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AppDeployed {
+    /// The app as stored.
+    pub app: DesiredApp,
+    /// The device's desired revision now.
+    pub desired_revision: u64,
+    /// False when the same file was already deployed (nothing was sent to the device).
+    #[serde(default)]
+    pub changed: bool,
+}
+
+/// Answer to `DELETE /api/v1/devices/{id}/apps/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AppRemoved {
+    /// The app removed.
+    pub removed: String,
+    /// The device's desired revision now.
+    pub desired_revision: u64,
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 use std::fmt::{self, Write as _};
 
 use crate::model::{
-    ApiToken, AuditEvent, Claim, ClaimKind, CreatedApiToken, CreatedEnrollmentToken, Device,
-    EnrollmentToken,
+    ApiToken, AppDeployed, AppList, AppRemoved, AuditEvent, Claim, ClaimKind, CreatedApiToken,
+    CreatedEnrollmentToken, Device, EnrollmentToken,
 };
 
 /// Shown for a null or empty value.
@@ -404,6 +404,93 @@ pub fn audit_table(events: &[AuditEvent]) -> Table {
         ]);
     }
     table
+}
+
+/// Table of a device's apps: one row per service as the device last reported it; an app without
+/// a report, or one that cannot run, gets one row saying so. `GEN` is the desired generation,
+/// `SEEN` the one the report reflects.
+pub fn app_table(list: &AppList) -> Table {
+    let mut table = Table::new(&[
+        "APP", "GEN", "SEEN", "SERVICE", "STATE", "HEALTH", "RESTARTS", "MESSAGE",
+    ]);
+    for app in &list.apps {
+        let generation = app.generation.to_string();
+        let Some(status) = &app.status else {
+            table.push_row([
+                app.name.as_str(),
+                &generation,
+                NONE,
+                NONE,
+                "unreported",
+                NONE,
+                NONE,
+                "the device has not reported this app yet",
+            ]);
+            continue;
+        };
+        let seen = status.generation.to_string();
+        if !status.error.is_empty() || status.services.is_empty() {
+            let state = if status.error.is_empty() {
+                "pending"
+            } else {
+                "error"
+            };
+            table.push_row([
+                app.name.as_str(),
+                &generation,
+                &seen,
+                NONE,
+                state,
+                NONE,
+                NONE,
+                &status.error,
+            ]);
+        }
+        for service in &status.services {
+            let restarts = service.restarts.to_string();
+            table.push_row([
+                app.name.as_str(),
+                &generation,
+                &seen,
+                &service.name,
+                service.state.as_str(),
+                dash_if_empty(&service.health),
+                &restarts,
+                &service.message,
+            ]);
+        }
+    }
+    table
+}
+
+/// Confirmation of a deploy to one device.
+pub fn app_deployed(device_id: &str, deployed: &AppDeployed) -> String {
+    if deployed.changed {
+        format!(
+            "deployed app {} to device {} (generation {}, desired revision {})\n",
+            printable(&deployed.app.name),
+            printable(device_id),
+            deployed.app.generation,
+            deployed.desired_revision
+        )
+    } else {
+        format!(
+            "app {} on device {} is already this file (generation {}); nothing changed\n",
+            printable(&deployed.app.name),
+            printable(device_id),
+            deployed.app.generation
+        )
+    }
+}
+
+/// Confirmation of a removal from one device.
+pub fn app_removed(device_id: &str, removed: &AppRemoved) -> String {
+    format!(
+        "removed app {} from device {} (desired revision {})\n",
+        printable(&removed.removed),
+        printable(device_id),
+        removed.desired_revision
+    )
 }
 
 #[cfg(test)]

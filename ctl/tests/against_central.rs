@@ -1,64 +1,11 @@
 //! The cairnctl binary against a real central on loopback: every command, tables and --json,
 //! role refusals and TLS trust errors.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use cairn_proto::v1::EnrollStatus;
 use cairn_testsupport::central::{SimDevice, TestCentral};
-use serde_json::Value;
+use support::Ctl;
 
-struct Ctl {
-    url: String,
-    ca: PathBuf,
-    token_file: PathBuf,
-}
-
-struct Outcome {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ctl {
-    fn new(central: &TestCentral) -> Self {
-        let ca = central.dir.path().join("ca.pem");
-        std::fs::write(&ca, &central.ca_pem).unwrap();
-        let token_file = central.dir.path().join("token");
-        std::fs::write(&token_file, format!("{}\n", central.admin)).unwrap();
-        Self { url: central.rest_url(""), ca, token_file }
-    }
-
-    fn run(&self, args: &[&str]) -> Outcome {
-        let output = tokio::task::block_in_place(|| {
-            Command::new(env!("CARGO_BIN_EXE_cairnctl"))
-                .args(args)
-                .env("CAIRN_CENTRAL", &self.url)
-                .env("CAIRN_CA", &self.ca)
-                .env("CAIRN_TOKEN_FILE", &self.token_file)
-                .env_remove("CAIRN_TOKEN")
-                .output()
-                .expect("cairnctl runs")
-        });
-        Outcome {
-            ok: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(out.ok, "cairnctl {args:?} failed: {}", out.stderr);
-        out.stdout
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&all)).expect("--json prints JSON")
-    }
-}
+mod support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_workflow_through_cairnctl() {

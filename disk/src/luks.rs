@@ -126,6 +126,15 @@ pub enum LuksError {
         reason: String,
     },
 
+    /// The device could not be read.
+    #[error("cannot read {path}: {source}; check the device exists and the agent runs as root")]
+    Io {
+        /// The device.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+
     /// cryptsetup or blkid failed otherwise.
     #[error("{action} on {device} failed: {source}")]
     Tool {
@@ -181,7 +190,28 @@ pub fn is_luks(device: &Path) -> Result<bool, LuksError> {
     Ok(out.code == 0)
 }
 
+/// The LUKS2 header UUID of `device` (`cryptsetup luksUUID`), to name the partition a recovery key
+/// belongs to.
+///
+/// # Errors
+/// [`LuksError::DeviceMissing`], [`LuksError::Tool`] (e.g. not LUKS).
+pub fn luks_uuid(device: &Path) -> Result<String, LuksError> {
+    let _span = tracing::info_span!("disk.luks_uuid", device = %device.display()).entered();
+    require_device(device)?;
+    let out = ToolCommand::new("cryptsetup", "luksUUID")
+        .arg("luksUUID")
+        .arg(device)
+        .timeout(std::time::Duration::from_secs(30))
+        .run()
+        .map_err(tool_err(device, "luksUUID"))?;
+    Ok(out.stdout.trim().to_string())
+}
+
 /// The signature blkid finds on `device` (`ext4`, `crypto_LUKS`, ...), `None` when blank.
+///
+/// On a partition `blkid -p` also reports the GPT entry (`PART_ENTRY_*`) and exits 0 even when
+/// the partition holds nothing: only `TYPE`/`PTTYPE` count. Data blkid does not recognise is not
+/// blank either: the first 1 MiB must be zeros (as the image leaves it).
 fn probe_signature(device: &Path) -> Result<Option<String>, LuksError> {
     let out = ToolCommand::new("blkid", "probe signatures")
         .arg("-p")
@@ -192,18 +222,30 @@ fn probe_signature(device: &Path) -> Result<Option<String>, LuksError> {
         .timeout(std::time::Duration::from_secs(30))
         .run()
         .map_err(tool_err(device, "blkid"))?;
-    if out.code == 2 {
-        return Ok(None);
+    let known = out.stdout.lines().find_map(|l| {
+        l.strip_prefix("TYPE=")
+            .or_else(|| l.strip_prefix("PTTYPE="))
+    });
+    if let Some(kind) = known {
+        return Ok(Some(kind.to_string()));
     }
-    let kind = out
-        .stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("TYPE=")
-                .or_else(|| l.strip_prefix("PTTYPE="))
-        })
-        .unwrap_or("unknown");
-    Ok(Some(kind.to_string()))
+    if starts_with_data(device)? {
+        return Ok(Some("unrecognised data in its first MiB".to_string()));
+    }
+    Ok(None)
+}
+
+/// Whether the first 1 MiB of `device` holds any non-zero byte.
+fn starts_with_data(device: &Path) -> Result<bool, LuksError> {
+    use std::io::Read;
+    let io_err = |source| LuksError::Io {
+        path: device.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(device).map_err(io_err)?;
+    let mut head = Vec::with_capacity(1 << 20);
+    file.take(1 << 20).read_to_end(&mut head).map_err(io_err)?;
+    Ok(head.iter().any(|&b| b != 0))
 }
 
 /// Check `device` may be formatted: it exists, is not LUKS and blkid finds no signature on it.

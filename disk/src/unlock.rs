@@ -4,9 +4,13 @@
 //!   seal the disk key in the TPM to the configured PCRs, write the sealed blob (0600, atomic) to
 //!   the given path, format LUKS2 with both keys, open. The caller creates the file system and
 //!   escrows the recovery key ([`UnlockOutcome::Formatted`]).
-//! - Later boots: unseal, open ([`UnlockOutcome::Opened`]).
+//! - Later boots: unseal, open ([`UnlockOutcome::Opened`]). Besides the sealed key itself, an OS
+//!   update's copy sealed to its predicted boot chain (`<sealed_key>.next`,
+//!   [`DataUnlock::seal_for_next_boot`]) and the rollback copy (`<sealed_key>.prev`) are tried;
+//!   the one that worked becomes the current one ([`crate::SealedKeyFile`] has the rule).
 //! - Unseal refused (boot chain changed, other TPM, blob missing or damaged, key no longer
-//!   matching): [`UnlockOutcome::NeedsRecovery`] saying why, and the disk is not written to.
+//!   matching) for every copy: [`UnlockOutcome::NeedsRecovery`] saying why (the reason of the
+//!   first copy present, normally the current one), and the disk is not written to.
 //! - Recovery ([`DataUnlock::recover`]): with the escrowed recovery key, a new disk key replaces
 //!   keyslot 0 and is sealed to the current boot chain.
 //!
@@ -25,6 +29,7 @@ use cairn_tpm::{
 
 use crate::keys::{generate_disk_key, generate_recovery_key, DiskKey, KeyError, RecoveryKey};
 use crate::luks::{self, LuksError, RECOVERY_KEY_SLOT};
+use crate::sealed_keys::{self, SealedKeyFile};
 
 /// How the LUKS device is opened: device-mapper on a device, something else where it cannot run
 /// (host tests check the key with `--test-passphrase` instead).
@@ -193,11 +198,74 @@ pub enum UnlockError {
         /// The data partition.
         device: PathBuf,
     },
+
+    /// Sealing for the next boot was asked before the data partition was ever formatted.
+    #[error("{device} is not a LUKS device yet, so there is no disk key to seal for the next boot; the first boot formats it: let the device boot and unlock once before staging an OS update")]
+    NotFormatted {
+        /// The data partition.
+        device: PathBuf,
+    },
+
+    /// The current sealed key does not unlock the data partition now, so its disk key cannot be
+    /// sealed to the next boot chain. Nothing was written.
+    #[error(
+        "cannot seal the disk key for the next boot: the current sealed key {path} does not \
+         unlock the data partition now ({reason}); nothing was written; {}",
+        current_key_advice(boot_phases.as_deref())
+    )]
+    CurrentKeyUnusable {
+        /// The current sealed key.
+        path: PathBuf,
+        /// Why it does not unlock.
+        reason: RecoveryReason,
+        /// When PCR 11 is exactly the sealed value extended by these `systemd-pcrphase` boot
+        /// phases: the key was closed for the rest of this boot after the unlock.
+        boot_phases: Option<Vec<String>>,
+    },
+
+    /// The predicted PCR values do not fit the sealing policy.
+    #[error("invalid predicted PCR values for the next boot: {reason}; give at most one value per PCR of the sealing policy ({pcrs}), e.g. PCR 11 from cairn_pe::predict_uki_pcr11 of the new slot's UKI; PCRs not given keep the value the current key is sealed to")]
+    BadPrediction {
+        /// What is wrong.
+        reason: String,
+        /// The configured policy PCRs.
+        pcrs: String,
+    },
+
+    /// A sealed-key file could not be removed or renamed.
+    #[error("cannot {action} {path}: {source}; check the partition holding the sealed key (the ESP) is mounted read-write and not full")]
+    SealedKeyFileIo {
+        /// What was being done, e.g. `remove`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn current_key_advice(boot_phases: Option<&[String]>) -> String {
+    match boot_phases {
+        Some(phases) => format!(
+            "PCR 11 is the sealed value extended by the boot phase(s) {} that systemd-pcrphase \
+             measured after the unlock, which closes the sealed key for the rest of this boot by \
+             design, so the running system cannot seal it again; mask systemd-pcrphase.service \
+             and systemd-pcrphase-sysinit.service in the image, or seal for the next boot before \
+             sysinit.target",
+            phases.join(", ")
+        ),
+        None => "fix the named cause, or unlock with the recovery key (which seals a new disk key \
+                 to this boot chain), then stage the update again"
+            .to_string(),
+    }
 }
 
 impl DataUnlock {
     /// Run the boot-time flow: first-boot format, or unseal and open, or report that recovery is
-    /// needed (see the module docs).
+    /// needed (see the module docs). Tries `<sealed_key>`, `.next`, `.prev` in turn and logs which
+    /// one worked; a copy other than the current one is then promoted (never writes to the LUKS
+    /// device for that, only renames sealed-key files).
     ///
     /// # Errors
     /// [`UnlockError::Tpm`] when the TPM is unreachable or fails (retry; not a recovery case),
@@ -217,60 +285,88 @@ impl DataUnlock {
                 new_recovery_key: None,
             });
         }
-        let sealed = match SealedSecret::read(&self.sealed_key) {
-            Ok(Some(sealed)) => sealed,
-            Ok(None) => {
-                return Ok(self.needs_recovery(RecoveryReason::SealedKeyMissing {
-                    path: self.sealed_key.clone(),
-                }))
-            }
-            Err(e @ TpmError::BadSealedBlob { .. }) => {
-                return Ok(self.needs_recovery(RecoveryReason::SealedKeyDamaged {
-                    detail: e.to_string(),
-                }))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let key = match unseal_secret(&self.tcti, &sealed) {
-            Ok(secret) => match DiskKey::from_bytes(&secret) {
-                Some(key) => key,
-                None => {
-                    return Ok(self.needs_recovery(RecoveryReason::SealedKeyDamaged {
-                        detail: format!("the sealed secret is {} bytes, not 32", secret.len()),
-                    }))
-                }
-            },
-            Err(UnsealError::PcrMismatch { changed }) => {
-                return Ok(self.needs_recovery(RecoveryReason::PcrMismatch {
-                    changed_pcrs: changed,
-                }))
-            }
-            Err(e @ UnsealError::WrongTpm { .. }) => {
-                return Ok(self.needs_recovery(RecoveryReason::WrongTpm {
-                    detail: e.to_string(),
-                }))
-            }
-            Err(UnsealError::Tpm(e)) => return Err(e.into()),
-            Err(e) => {
-                return Err(UnlockError::Tpm(TpmError::UnexpectedTpmOutput {
-                    what: "the unseal of the disk key",
-                    reason: e.to_string(),
-                }))
-            }
-        };
-        let opened = match opener.open(&self.device, &key, &self.mapper_name) {
-            Ok(opened) => opened,
-            Err(LuksError::KeyRejected { .. }) => {
-                return Ok(self.needs_recovery(RecoveryReason::KeyRejected))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let new_recovery_key = self.ensure_recovery_slot(&key)?;
-        tracing::info!(opened = %opened.display(), "data partition unlocked");
+        // Every present sealed copy is tried (see `sealed_keys` for the rule across updates).
+        let mut first_refusal = None;
+        for which in SealedKeyFile::UNLOCK_ORDER {
+            let path = which.path(&self.sealed_key);
+            let refusal = match self.unseal_disk_key(&path)? {
+                Ok(key) => match opener.open(&self.device, &key, &self.mapper_name) {
+                    Ok(opened) => return self.opened_with(which, &key, opened),
+                    Err(LuksError::KeyRejected { .. }) => RecoveryReason::KeyRejected,
+                    Err(e) => return Err(e.into()),
+                },
+                Err(RecoveryReason::SealedKeyMissing { .. }) => continue,
+                Err(reason) => reason,
+            };
+            tracing::warn!(sealed_key = %which, path = %path.display(), %refusal, "this sealed copy of the disk key does not unlock");
+            first_refusal.get_or_insert(refusal);
+        }
+        let reason = first_refusal.unwrap_or_else(|| RecoveryReason::SealedKeyMissing {
+            path: self.sealed_key.clone(),
+        });
+        Ok(self.needs_recovery(reason))
+    }
+
+    /// The disk was opened with the `which` sealed copy: make it the current one, complete the
+    /// recovery keyslot if needed.
+    fn opened_with(
+        &self,
+        which: SealedKeyFile,
+        key: &DiskKey,
+        opened: PathBuf,
+    ) -> Result<UnlockOutcome, UnlockError> {
+        tracing::info!(sealed_key = %which, opened = %opened.display(), "data partition unlocked with the {which} sealed copy of the disk key");
+        if let Err(e) = sealed_keys::promote(&self.sealed_key, which) {
+            tracing::warn!(error = %e, sealed_key = %which, "could not make the {which} sealed key the current one; the data partition is open and the next boot tries again; check the ESP is writable");
+        }
+        let new_recovery_key = self.ensure_recovery_slot(key)?;
         Ok(UnlockOutcome::Opened {
             opened,
             new_recovery_key,
         })
+    }
+
+    /// Read the sealed blob at `path` and unseal the disk key with the current PCRs. `Ok(Err)`
+    /// says why this copy cannot unlock (missing, damaged, PCRs changed, other TPM); `Err` is a
+    /// failure that is not a recovery case (TPM unreachable).
+    pub(crate) fn unseal_disk_key(
+        &self,
+        path: &Path,
+    ) -> Result<Result<DiskKey, RecoveryReason>, UnlockError> {
+        let sealed = match SealedSecret::read(path) {
+            Ok(Some(sealed)) => sealed,
+            Ok(None) => {
+                return Ok(Err(RecoveryReason::SealedKeyMissing {
+                    path: path.to_path_buf(),
+                }))
+            }
+            Err(e @ TpmError::BadSealedBlob { .. }) => {
+                return Ok(Err(RecoveryReason::SealedKeyDamaged {
+                    detail: e.to_string(),
+                }))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match unseal_secret(&self.tcti, &sealed) {
+            Ok(secret) => {
+                Ok(
+                    DiskKey::from_bytes(&secret).ok_or_else(|| RecoveryReason::SealedKeyDamaged {
+                        detail: format!("the sealed secret is {} bytes, not 32", secret.len()),
+                    }),
+                )
+            }
+            Err(UnsealError::PcrMismatch { changed }) => Ok(Err(RecoveryReason::PcrMismatch {
+                changed_pcrs: changed,
+            })),
+            Err(e @ UnsealError::WrongTpm { .. }) => Ok(Err(RecoveryReason::WrongTpm {
+                detail: e.to_string(),
+            })),
+            Err(UnsealError::Tpm(e)) => Err(e.into()),
+            Err(e) => Err(UnlockError::Tpm(TpmError::UnexpectedTpmOutput {
+                what: "the unseal of the disk key",
+                reason: e.to_string(),
+            })),
+        }
     }
 
     fn needs_recovery(&self, reason: RecoveryReason) -> UnlockOutcome {
@@ -289,6 +385,7 @@ impl DataUnlock {
         }
         let sealed = seal_secret(&self.tcti, disk_key.as_bytes(), &self.pcrs)?;
         sealed.write_atomic(&self.sealed_key)?;
+        self.remove_stale_copies();
         luks::format_data(&self.device, &disk_key, &recovery_key)?;
         let opened = opener.open(&self.device, &disk_key, &self.mapper_name)?;
         tracing::info!(opened = %opened.display(), "data partition formatted, key sealed, opened");
@@ -296,6 +393,22 @@ impl DataUnlock {
             opened,
             recovery_key,
         })
+    }
+
+    /// Remove `.next` and `.prev`: after a new disk key was made they hold one that no longer
+    /// opens the disk. Best effort: a leftover copy only fails to unlock.
+    fn remove_stale_copies(&self) {
+        let stale = [SealedKeyFile::Next, SealedKeyFile::Previous];
+        match sealed_keys::remove(&self.sealed_key, &stale) {
+            Ok(removed) => {
+                for path in removed {
+                    tracing::info!(path = %path.display(), "removed a sealed copy of the replaced disk key");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not remove sealed copies of the replaced disk key; they no longer unlock anything")
+            }
+        }
     }
 
     /// Add a recovery key when keyslot 1 is empty (first boot cut off between luksFormat and
@@ -340,6 +453,7 @@ impl DataUnlock {
         let sealed = seal_secret(&self.tcti, new_key.as_bytes(), &self.pcrs)?;
         luks::replace_disk_key_with(&self.device, recovery_key, &new_key)?;
         sealed.write_atomic(&self.sealed_key)?;
+        self.remove_stale_copies();
         let opened = opener.open(&self.device, &new_key, &self.mapper_name)?;
         tracing::info!(opened = %opened.display(), "recovered: new disk key sealed to the current boot chain");
         Ok(opened)

@@ -145,6 +145,33 @@ fn never_formats_over_another_file_system() {
 }
 
 #[test]
+fn never_formats_over_data_blkid_does_not_know() {
+    if !require_tool("cryptsetup") || !require_tool("blkid") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let device = sparse_device(dir.path());
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&device).unwrap();
+        f.seek(SeekFrom::Start(300 * 1024)).unwrap();
+        f.write_all(b"someone's unlabelled data").unwrap();
+    }
+    let before = std::fs::read(&device).unwrap();
+    let err = format_data(
+        &device,
+        &generate_disk_key().unwrap(),
+        &generate_recovery_key().unwrap(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, LuksError::NotBlank { found, .. } if found.contains("unrecognised")),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(&device).unwrap(), before, "device changed");
+}
+
+#[test]
 fn missing_device_is_named() {
     if !require_tool("cryptsetup") {
         return;

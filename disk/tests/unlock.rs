@@ -9,75 +9,12 @@ use cairn_disk::{
     disk_key_opens, generate_recovery_key, is_luks, recovery_key_opens, DataUnlock, DiskKey,
     LuksError, OpenLuks, RecoveryReason, UnlockError, UnlockOutcome,
 };
-use cairn_testsupport::{require_tool, Swtpm};
+use cairn_testsupport::require_tool;
 use cairn_tpm::{extend_pcr, read_pcrs, unseal_secret, SealedSecret};
 
-const DEVICE_SIZE: u64 = 20 * 1024 * 1024;
+mod common;
 
-/// Checks the key opens keyslot 0 (no device-mapper on the host) and "opens" to the device path.
-struct TestPassphraseOpen;
-
-impl OpenLuks for TestPassphraseOpen {
-    fn open(&self, device: &Path, key: &DiskKey, _name: &str) -> Result<PathBuf, LuksError> {
-        if disk_key_opens(device, key)? {
-            Ok(device.to_path_buf())
-        } else {
-            Err(LuksError::KeyRejected {
-                device: device.to_path_buf(),
-                key: "disk key",
-                slot: Some(0),
-            })
-        }
-    }
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    config: DataUnlock,
-}
-
-fn fixture(tpm: &Swtpm) -> Option<Fixture> {
-    if !require_tool("cryptsetup") || !require_tool("swtpm") || !require_tool("blkid") {
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let device = dir.path().join("data.img");
-    std::fs::File::create(&device)
-        .unwrap()
-        .set_len(DEVICE_SIZE)
-        .unwrap();
-    let config = DataUnlock {
-        tcti: tpm.tcti(),
-        device,
-        sealed_key: dir.path().join("esp-data.sealed"),
-        pcrs: "7,11".parse().unwrap(),
-        mapper_name: "cairn-data".to_string(),
-    };
-    Some(Fixture { dir, config })
-}
-
-/// swtpm (re)starts one at a time: parallel tests picking port pairs at the same moment can take
-/// each other's control port.
-static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn start_tpm() -> Swtpm {
-    let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
-    Swtpm::start()
-}
-
-fn restart_tpm(tpm: Swtpm) -> Swtpm {
-    let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
-    tpm.restart()
-}
-
-fn tpm() -> Option<Swtpm> {
-    require_tool("swtpm").then(start_tpm)
-}
-
-fn mode(path: &Path) -> u32 {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
+use common::{fixture, hex, mode, restart_tpm, start_tpm, tpm, TestPassphraseOpen};
 
 #[test]
 fn first_boot_formats_seals_and_later_boots_open() {
@@ -334,10 +271,6 @@ fn interrupted_first_boots_are_completed() {
         panic!("should open and add a recovery key");
     };
     assert!(recovery_key_opens(&c.device, &recovery_key).unwrap());
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// An opener that reports the data partition as already open (agent restarted after unlocking).

@@ -3,7 +3,7 @@
 # from an mmdebstrap customize hook, after the files under /etc and /usr/lib/cairn were copied in).
 set -eu
 chmod 0755 /etc/initramfs-tools/hooks/cairn-verity /etc/initramfs-tools/scripts/local-top/cairn-verity
-chmod 0755 /usr/lib/cairn/data-format /usr/lib/cairn/boot-report
+chmod 0755 /usr/lib/cairn/boot-report
 
 systemctl enable systemd-networkd.service systemd-resolved.service systemd-networkd-wait-online.service
 systemctl enable var.mount tmp.mount data.mount efi.mount cairn-agent.service cairn-boot-report.service
@@ -11,6 +11,9 @@ systemctl enable var.mount tmp.mount data.mount efi.mount cairn-agent.service ca
 systemctl mask serial-getty@ttyS0.service
 # No package updates from the mirror at runtime: updates are signed RAUC bundles.
 systemctl mask apt-daily.timer apt-daily-upgrade.timer
+# systemd-pcrphase extends PCR 11 after boot (sysinit, ready): the disk key (sealed to PCR 11) could
+# then no longer be unsealed by the running system to re-seal it for a signed update's new UKI.
+systemctl mask systemd-pcrphase.service systemd-pcrphase-sysinit.service systemd-pcrphase-initrd.service
 systemctl set-default multi-user.target
 
 # An empty machine-id on a read-only root: systemd makes a transient one on every boot.

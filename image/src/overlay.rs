@@ -119,9 +119,9 @@ pub fn static_os_files(recipe: &Recipe) -> Vec<OsFile> {
             include_str!("../assets/cairn-agent.service"),
         ),
         OsFile::text(
-            "etc/systemd/system/cairn-data-format.service",
+            "etc/systemd/system/cairn-unlock.service",
             0o644,
-            include_str!("../assets/cairn-data-format.service"),
+            include_str!("../assets/cairn-unlock.service"),
         ),
         OsFile::text(
             "etc/systemd/system/data.mount",
@@ -157,11 +157,6 @@ pub fn static_os_files(recipe: &Recipe) -> Vec<OsFile> {
             "etc/tmpfiles.d/cairn.conf",
             0o644,
             include_str!("../assets/tmpfiles.conf"),
-        ),
-        OsFile::text(
-            "usr/lib/cairn/data-format",
-            0o755,
-            include_str!("../assets/data-format"),
         ),
         OsFile::text(
             "usr/lib/cairn/boot-report",
@@ -263,6 +258,21 @@ pub fn fleet_files(recipe: &Recipe, inputs: &FleetInputs) -> Result<Vec<OsFile>,
         });
         config.push_str("enrollment_token_file = \"/etc/cairn/enrollment-token\"\n");
     }
+    // Last: a TOML table ends the top-level keys.
+    config.push_str(&format!(
+        "\n# The data partition: LUKS2, its key sealed in the TPM to these PCRs.\n\
+         [disk]\nenabled = true\npcrs = \"{pcrs}\"\n\n\
+         # Apps from central run on containerd; volumes live on the data partition.\n\
+         [apps]\nenabled = true\nplain_http_registries = [{registries}]\n",
+        pcrs = recipe.fleet.data_pcrs,
+        registries = recipe
+            .fleet
+            .plain_http_registries
+            .iter()
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    ));
     files.push(OsFile {
         path: AGENT_CONFIG_PATH[1..].into(),
         mode: 0o644,

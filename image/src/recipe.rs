@@ -161,6 +161,11 @@ pub struct Fleet {
     pub central_url: String,
     /// Agent key storage mode.
     pub key_storage: String,
+    /// PCRs (SHA-256 bank) the data partition's key is sealed to, e.g. `7,11`.
+    pub data_pcrs: String,
+    /// Registries (`host:port`) the agent may pull app images from over plain HTTP.
+    #[serde(default)]
+    pub plain_http_registries: Vec<String>,
 }
 
 /// `[update]`.
@@ -287,6 +292,26 @@ impl Recipe {
         }
         if !["auto", "tpm", "software"].contains(&self.fleet.key_storage.as_str()) {
             return Err(self.invalid("fleet.key_storage", "must be auto, tpm or software"));
+        }
+        if self.fleet.data_pcrs.is_empty()
+            || !self
+                .fleet
+                .data_pcrs
+                .split(',')
+                .all(|p| p.trim().parse::<u8>().is_ok_and(|n| n < 24))
+        {
+            return Err(self.invalid(
+                "fleet.data_pcrs",
+                "must list PCR numbers 0-23 separated by ',' (e.g. \"7,11\")",
+            ));
+        }
+        if self
+            .fleet
+            .plain_http_registries
+            .iter()
+            .any(|r| r.is_empty() || r.contains(['/', '"', '\\']) || r.contains(char::is_whitespace))
+        {
+            return Err(self.invalid("fleet.plain_http_registries", "each entry must be a registry host[:port]"));
         }
         if !name_ok(&self.update.compatible) {
             return Err(self.invalid("update.compatible", "must be non-empty [A-Za-z0-9._-]"));

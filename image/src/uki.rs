@@ -144,16 +144,17 @@ pub fn build_unsigned(parts: &UkiParts<'_>, out: &Path, work: &Path) -> Result<(
         (".initrd", parts.initrd),
         (".linux", parts.kernel),
     ];
+    let sizes = sections
+        .iter()
+        .map(|(_, file)| Ok(fs::metadata(file).map_err(io("read", file))?.len()))
+        .collect::<Result<Vec<u64>, UkiError>>()?;
     let mut tool = Tool::new("objcopy");
-    let mut offset = layout.end_of_sections;
-    for (name, file) in sections {
-        let size = fs::metadata(file).map_err(io("read", file))?.len();
+    for ((name, file), address) in sections.iter().zip(pe::append_addresses(&layout, sizes)) {
         tool = tool
             .arg("--add-section")
             .arg(format!("{name}={}", file.display()))
             .arg("--change-section-vma")
-            .arg(format!("{name}={:#x}", layout.image_base + offset));
-        offset = pe::align_up(offset + size, layout.section_alignment);
+            .arg(format!("{name}={address:#x}"));
     }
     let _ = fs::remove_file(out);
     tool.arg(parts.stub).arg(out).run()?;

@@ -13,3 +13,42 @@ pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// URI prefix of the SAN that carries the device id in a device certificate.
 pub const DEVICE_URI_PREFIX: &str = "urn:cairn:device:";
+
+/// Largest `App.compose_yaml` central accepts and agents run (64 KiB): a Compose file is a few
+/// KiB, and every app of a device travels in one `DesiredState` under [`MAX_MESSAGE_BYTES`].
+pub const MAX_COMPOSE_BYTES: usize = 64 * 1024;
+
+/// Largest encoded `DesiredState` central sends (headroom below [`MAX_MESSAGE_BYTES`] for the
+/// envelope): a change that would make a device's desired state bigger is refused.
+pub const MAX_DESIRED_STATE_BYTES: usize = 240 * 1024;
+
+/// Longest `ServiceStatus.message` / `AppStatus.error` an agent sends (longer ones are cut), so
+/// heartbeats stay a few KiB whatever the apps print.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 512;
+
+/// Cut `text` to at most `max` bytes on a character boundary, marking the cut with `…`.
+pub fn truncate_status_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_is_cut_on_a_char_boundary() {
+        assert_eq!(truncate_status_text("short", 10), "short");
+        let cut = truncate_status_text(&"é".repeat(100), 11);
+        assert!(cut.len() <= 11, "{cut}");
+        assert!(cut.ends_with('…'));
+        assert_eq!(truncate_status_text("abcdefghij", 10), "abcdefghij");
+        assert_eq!(truncate_status_text("abcdefghijk", 10), "abcdefg…");
+    }
+}

@@ -4,6 +4,7 @@
 //! - [`containerd`]: a namespaced containerd connection (content, leases, snapshots, images).
 //! - [`image`]: client-side pull from registries and import of OCI archives, unpacked to snapshots.
 //! - [`container`]: service containers and their tasks (OCI spec, logs, stop, exec).
+//! - [`network`]: one CNI bridge network per app (subnets, namespaces, published ports, hosts).
 //! - [`reconcile`]: the level-triggered loop from desired apps to running containers.
 
 #![warn(missing_docs)]
@@ -11,5 +12,6 @@
 pub mod container;
 pub mod containerd;
 pub mod image;
+pub mod network;
 pub mod reconcile;
 pub mod spec;

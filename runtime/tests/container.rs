@@ -49,6 +49,8 @@ secrets:
             image: &image,
             labels: HashMap::from([("cairn.spec-hash".to_string(), "h1".to_string())]),
             secrets: &secrets,
+            netns: None,
+            hosts_file: None,
         };
         let id = container::create_container(&env.ctr, &cfg, &new).await.unwrap();
         assert_eq!(id, "lifecycle_worker");

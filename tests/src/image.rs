@@ -48,21 +48,16 @@ pub fn recipe_path() -> PathBuf {
     workspace_root().join("recipes/qemu-x86_64.toml")
 }
 
-/// A cairn-agent binary: `CAIRN_AGENT_BIN`, else target/release or target/debug, else built
-/// with `cargo build -p cairn-agent`.
+/// A cairn-agent binary: `CAIRN_AGENT_BIN`, else the debug build, brought up to date with
+/// `cargo build -p cairn-agent` (a no-op when fresh). Never a leftover release build: a stale
+/// binary in the image tests old code.
 pub fn agent_binary() -> Result<PathBuf, ImageError> {
     if let Some(path) = std::env::var_os("CAIRN_AGENT_BIN") {
         return Ok(PathBuf::from(path));
     }
-    for profile in ["release", "debug"] {
-        let path = target_dir().join(profile).join("cairn-agent");
-        if path.is_file() {
-            return Ok(path);
-        }
-    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(cargo)
-        .args(["build", "-p", "cairn-agent"])
+        .args(["build", "-p", "cairn-agent", "--bin", "cairn-agent"])
         .current_dir(workspace_root())
         .status()
         .map_err(|e| ImageError::Agent(e.to_string()))?;

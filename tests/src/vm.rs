@@ -14,9 +14,16 @@ use crate::swtpm::{QemuSwtpm, SwtpmError};
 pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
 /// OVMF variables with the snakeoil PK/KEK/db enrolled and Secure Boot on.
 pub const OVMF_VARS_SNAKEOIL: &str = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
+/// OVMF code without Secure Boot enforcement (a changed boot chain: PCR 7 differs).
+pub const OVMF_CODE_PLAIN: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF variables with no keys enrolled (Secure Boot off).
+pub const OVMF_VARS_PLAIN: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// The guest address forwarded to a central on the host when [`VmOptions::central_port`] is set
 /// (slirp refuses guestfwd on the host alias 10.0.2.2 itself). Build the image with this URL.
 pub const GUEST_CENTRAL_URL: &str = "https://10.0.2.100:7443";
+/// The guest address forwarded to a registry on the host when [`VmOptions::registry_port`] is
+/// set; the recipe lists it in `fleet.plain_http_registries`.
+pub const GUEST_REGISTRY: &str = "10.0.2.100:5000";
 /// Lines of serial log shown when a wait fails.
 const LOG_TAIL_LINES: usize = 100;
 
@@ -80,8 +87,22 @@ pub struct VmOptions {
     /// the host's 127.0.0.1, for a central on a random port. Without it the guest reaches the
     /// host's 127.0.0.1:7443 as 10.0.2.2:7443 (the recipe's default URL).
     pub central_port: Option<u16>,
+    /// Forward the guest's connections to 10.0.2.100:5000 ([`GUEST_REGISTRY`]) to this port on
+    /// the host's 127.0.0.1 (a test registry serving app images).
+    pub registry_port: Option<u16>,
     /// Byte offsets in the disk to flip (XOR 0xff) in the overlay before booting.
     pub flip_bytes: Vec<u64>,
+    /// Boot the disk the previous boot in `dir` left (`disk.qcow2`) instead of a fresh overlay.
+    pub keep_disk: bool,
+    /// Virtual disk size in MiB when larger than the image (first boot grows the data partition).
+    pub disk_size_mib: Option<u64>,
+    /// Secure Boot on (snakeoil keys enrolled); off boots the same disk under firmware that
+    /// verifies nothing, which changes PCR 7.
+    pub secure_boot: bool,
+    /// TPM state directory (default `dir/tpm`); a new directory is a different, blank TPM.
+    pub tpm_dir: Option<PathBuf>,
+    /// A raw image attached read-only as a second disk (e.g. a recovery stick).
+    pub extra_disk: Option<PathBuf>,
 }
 
 impl VmOptions {
@@ -95,9 +116,51 @@ impl VmOptions {
             serial_number: "cairn-e2e-0001".into(),
             no_reboot: true,
             central_port: None,
+            registry_port: None,
             flip_bytes: Vec::new(),
+            keep_disk: false,
+            disk_size_mib: None,
+            secure_boot: true,
+            tpm_dir: None,
+            extra_disk: None,
         }
     }
+}
+
+/// The guest's disk (qcow2 overlay on the image) inside the VM directory.
+pub const DISK_FILE: &str = "disk.qcow2";
+
+/// Flatten the guest disk left in `dir` to a raw file at `out` (what a thief would image).
+pub fn disk_to_raw(dir: &Path, out: &Path) -> Result<(), VmError> {
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "qcow2", "-O", "raw"])
+        .arg(dir.join(DISK_FILE))
+        .arg(out))?;
+    Ok(())
+}
+
+/// Every offset at which `needle` occurs in the file at `path` (read in 8 MiB chunks).
+pub fn find_bytes(path: &Path, needle: &[u8]) -> Result<Vec<u64>, VmError> {
+    use std::io::Read;
+    assert!(!needle.is_empty() && needle.len() < 4096);
+    let mut file = fs::File::open(path).map_err(io("open", path))?;
+    let mut found = Vec::new();
+    let mut carry: Vec<u8> = Vec::new();
+    let mut base = 0u64; // file offset of carry[0]
+    let mut chunk = vec![0u8; 8 << 20];
+    loop {
+        let n = file.read(&mut chunk).map_err(io("read", path))?;
+        if n == 0 {
+            break;
+        }
+        carry.extend_from_slice(&chunk[..n]);
+        found.extend(memchr::memmem::find_iter(&carry, needle).map(|i| base + i as u64));
+        let keep = needle.len() - 1;
+        let drop = carry.len().saturating_sub(keep);
+        carry.drain(..drop);
+        base += drop as u64;
+    }
+    Ok(found)
 }
 
 /// A running guest. QEMU and swtpm are killed on drop.
@@ -159,12 +222,19 @@ impl Vm {
         let dir = &options.dir;
         fs::create_dir_all(dir).map_err(io("create", dir))?;
         let image = fs::canonicalize(&options.image).map_err(io("find image", &options.image))?;
-        let overlay = dir.join("disk.qcow2");
-        let _ = fs::remove_file(&overlay);
-        run(Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
-            .arg(&image)
-            .arg(&overlay))?;
+        let overlay = dir.join(DISK_FILE);
+        if !(options.keep_disk && overlay.exists()) {
+            let _ = fs::remove_file(&overlay);
+            let mut create = Command::new("qemu-img");
+            create
+                .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+                .arg(&image)
+                .arg(&overlay);
+            if let Some(mib) = options.disk_size_mib {
+                create.arg(format!("{mib}M"));
+            }
+            run(&mut create)?;
+        }
         for &offset in &options.flip_bytes {
             let flipped = read_byte(&image, offset)? ^ 0xff;
             run(Command::new("qemu-io")
@@ -177,8 +247,14 @@ impl Vm {
                 .arg(&overlay))?;
         }
         let vars = dir.join("OVMF_VARS.fd");
-        fs::copy(OVMF_VARS_SNAKEOIL, &vars).map_err(io("copy firmware variables to", &vars))?;
-        let tpm = QemuSwtpm::start(&dir.join("tpm"))?;
+        let (code, vars_template) = if options.secure_boot {
+            (OVMF_CODE_SECBOOT, OVMF_VARS_SNAKEOIL)
+        } else {
+            (OVMF_CODE_PLAIN, OVMF_VARS_PLAIN)
+        };
+        fs::copy(vars_template, &vars).map_err(io("copy firmware variables to", &vars))?;
+        let tpm_dir = options.tpm_dir.clone().unwrap_or_else(|| dir.join("tpm"));
+        let tpm = QemuSwtpm::start(&tpm_dir)?;
         let serial_log = dir.join("serial.log");
         let _ = fs::remove_file(&serial_log);
 
@@ -187,6 +263,11 @@ impl Vm {
             // cmd: spawns one socat per guest connection (a tcp: chardev carries only one).
             netdev.push_str(&format!(
                 ",guestfwd=tcp:10.0.2.100:7443-cmd:socat STDIO TCP:127.0.0.1:{port}"
+            ));
+        }
+        if let Some(port) = options.registry_port {
+            netdev.push_str(&format!(
+                ",guestfwd=tcp:{GUEST_REGISTRY}-cmd:socat STDIO TCP:127.0.0.1:{port}"
             ));
         }
         let mut qemu = Command::new("qemu-system-x86_64");
@@ -200,7 +281,7 @@ impl Vm {
             .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
             .arg("-drive")
             .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE_SECBOOT}"
+                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
             ))
             .arg("-drive")
             .arg(format!(
@@ -208,11 +289,22 @@ impl Vm {
                 vars.display()
             ))
             .arg("-drive")
+            // writeback, not unsafe: a guest flush must reach the qcow2 file (its cluster
+            // tables included), or killing QEMU (a power cut) loses writes the guest synced.
             .arg(format!(
-                "if=none,id=disk0,format=qcow2,cache=unsafe,file={}",
+                "if=none,id=disk0,format=qcow2,cache=writeback,file={}",
                 overlay.display()
             ))
-            .args(["-device", "virtio-blk-pci,drive=disk0"])
+            .args(["-device", "virtio-blk-pci,drive=disk0"]);
+        if let Some(extra) = &options.extra_disk {
+            qemu.arg("-drive")
+                .arg(format!(
+                    "if=none,id=disk1,format=raw,readonly=on,file={}",
+                    extra.display()
+                ))
+                .args(["-device", "virtio-blk-pci,drive=disk1"]);
+        }
+        qemu
             .args([
                 "-netdev",
                 &netdev,

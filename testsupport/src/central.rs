@@ -109,6 +109,16 @@ impl TestCentral {
     }
 
     fn call_blocking(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.try_call_blocking(token, method, path, body).unwrap_or_else(|e| panic!("REST {method} {path} failed: {e}"))
+    }
+
+    /// Like [`TestCentral::call`], but a transport failure is returned instead of panicking (a
+    /// server that refuses an oversized body early may reset the connection mid-upload).
+    pub fn try_call(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        tokio::task::block_in_place(|| self.try_call_blocking(token, method, path, body))
+    }
+
+    fn try_call_blocking(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
         let request = self.rest().request(method, &self.rest_url(path)).set("Authorization", &format!("Bearer {token}"));
         let result = match body {
             Some(body) => request.send_json(body),
@@ -117,10 +127,10 @@ impl TestCentral {
         let response = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("REST {method} {path} failed: {e}"),
+            Err(e) => return Err(e.to_string()),
         };
         let status = response.status();
-        (status, response.into_json().unwrap_or(Value::Null))
+        Ok((status, response.into_json().unwrap_or(Value::Null)))
     }
 
     /// Call REST as admin and require success; returns the body.

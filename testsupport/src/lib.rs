@@ -6,6 +6,7 @@
 //! - [`Registry`]: a real `docker-registry` on a free loopback port, optionally with basic auth.
 //! - [`require_tool`]: decide whether a test can run, given the external tools it needs.
 //! - [`free_port`]: a loopback TCP port that was free a moment ago.
+//! - `images` (feature `images`): busybox OCI images to push to a [`Registry`] or archive.
 
 #![warn(missing_docs)]
 
@@ -17,6 +18,9 @@ mod tools;
 
 #[cfg(feature = "central")]
 pub mod central;
+
+#[cfg(feature = "images")]
+pub mod images;
 
 pub use containerd::Containerd;
 pub use ports::free_port;

@@ -17,15 +17,18 @@
 //!   (sessions salted with the storage primary, parameter encryption), so a sniffer on the TPM bus
 //!   of a discrete TPM sees no key.
 //!
-//! # Signed OS updates (next step, not implemented yet)
+//! # Signed OS updates
 //!
 //! A plain PCR policy breaks on every OS update: the new slot's UKI measures to a new PCR 11.
 //! Two ways keep the disk unlocking without manual steps:
 //!
-//! 1. Re-seal before reboot: the agent computes the new slot's predicted PCR values and seals the
-//!    disk key a second time to them ([`seal_secret_to`] takes explicit expected values for that),
-//!    keeping both blobs until the new slot is marked good. Simple, but the prediction happens on
-//!    the device and a failed prediction means recovery.
+//! 1. Re-seal before reboot (implemented: `cairn_disk::DataUnlock::seal_for_next_boot`, with PCR
+//!    11 predicted from the new UKI by `cairn_pe::predict_uki_pcr11`): the disk key is sealed a
+//!    second time to the new slot's predicted PCR values ([`seal_secret_to`] takes explicit
+//!    expected values for that), keeping both blobs until the new slot is marked good. Simple,
+//!    but the running system must still be able to unseal the current blob (systemd-pcrphase
+//!    closes it after `sysinit.target`) and a failed prediction means recovery in the new slot
+//!    (the old slot keeps unlocking).
 //! 2. `PolicyAuthorize` (the intended design, like systemd's signed PCR policies): the sealed
 //!    object's policy becomes `PolicyAuthorize(fleet PCR-policy public key)` (plus PolicyPCR 7 for
 //!    Secure Boot state), sealed once. Each signed update carries, next to the RAUC bundle, a

@@ -1,5 +1,6 @@
 //! The operator REST API (JSON over TLS, bearer API tokens with roles, audit log).
 
+mod apps;
 mod auth;
 mod routes;
 

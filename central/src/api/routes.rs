@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
@@ -11,9 +11,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ApiError, Caller, ValidJson, OPENAPI};
-use crate::grpc::desired_message;
-use crate::store::{audit, devices, tokens, ClaimKind, Device, DeviceStatus, Policy, Role, StoreError};
+use super::{apps, ApiError, Caller, ValidJson, OPENAPI};
+use crate::grpc::{desired_message, desired_state};
+use crate::store::apps as store_apps;
+use crate::store::{audit, devices, recovery_keys, tokens, ClaimKind, Device, DeviceStatus, Policy, Role, StoreError};
 use crate::Shared;
 
 type ApiResult = Result<axum::response::Response, ApiError>;
@@ -31,6 +32,9 @@ pub(super) fn router() -> Router<Arc<Shared>> {
         .route("/api/v1/devices/{id}/approve", post(approve_device))
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
         .route("/api/v1/devices/{id}/config", put(set_device_config))
+        .route("/api/v1/devices/{id}/apps", get(apps::list_apps))
+        .route("/api/v1/devices/{id}/apps/{name}", put(apps::put_app).delete(apps::delete_app).layer(DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES)))
+        .route("/api/v1/devices/{id}/recovery-key", get(show_recovery_key))
         .route("/api/v1/claims", get(list_claims).post(add_claim))
         .route("/api/v1/api-tokens", get(list_api_tokens).post(create_api_token))
         .route("/api/v1/audit", get(list_audit))
@@ -144,6 +148,42 @@ async fn show_device(caller: Caller, State(shared): St, Path(id): Path<String>) 
     ok(json!({ "device": load_device(&shared, id).await? }))
 }
 
+/// The device's escrowed recovery key, in clear: admin only, every read audited (before the key
+/// is returned, so a read that fails later is still on record), never cached by a proxy.
+async fn show_recovery_key(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
+    caller.require(Role::Admin)?;
+    let actor = caller.actor();
+    let device_id = id.clone();
+    let row = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            if devices::get(&tx, &id)?.is_none() {
+                return Ok(Err(ApiError::NotFound("no device with this id".into())));
+            }
+            let Some(row) = recovery_keys::get(&tx, &id)? else {
+                return Ok(Err(ApiError::NotFound(
+                    "this device has not escrowed a recovery key yet (it does so right after its first boot once it reaches central)".into(),
+                )));
+            };
+            audit::record(&tx, &actor, "recovery_key.read", &id, &format!("luks_uuid={}", row.luks_uuid))?;
+            tx.commit()?;
+            Ok(Ok(row))
+        })
+        .await??;
+    let key = shared.escrow.open(&device_id, &row.sealed).map_err(|e| {
+        tracing::error!(error = %e, "escrowed recovery key does not decrypt");
+        ApiError::Conflict(e.to_string())
+    })?;
+    let body = json!({
+        "device_id": device_id,
+        "luks_uuid": row.luks_uuid,
+        "recovery_key": key,
+        "stored_at": row.stored_at,
+    });
+    Ok(([(axum::http::header::CACHE_CONTROL, "no-store")], Json(body)).into_response())
+}
+
 /// Move a device between statuses with an audit record; `from` lists the allowed starting points.
 async fn transition(
     shared: &Shared,
@@ -219,20 +259,20 @@ async fn set_device_config(
     let actor = caller.actor();
     let config = body.config.clone();
     let device_id = id.clone();
-    let revision = shared
+    let desired = shared
         .store
         .run(move |conn| {
             let tx = conn.transaction()?;
-            let revision = devices::set_config(&tx, &id, &config)?;
-            if let Some(revision) = revision {
-                audit::record(&tx, &actor, "device.config", &id, &format!("revision={revision} keys={}", config.len()))?;
-            }
+            let Some(revision) = devices::set_config(&tx, &id, &config)? else { return Ok(None) };
+            audit::record(&tx, &actor, "device.config", &id, &format!("revision={revision} keys={}", config.len()))?;
+            // The pushed state carries the device's apps too: a state without them removes them.
+            let apps = store_apps::list(&tx, &id)?;
             tx.commit()?;
-            Ok(revision)
+            Ok(Some(desired_state(revision, config, apps)))
         })
         .await?
         .ok_or_else(|| ApiError::NotFound("no device with this id".into()))?;
-    shared.sessions.push(&device_id, desired_message(revision, body.config)).await;
+    shared.sessions.push(&device_id, desired_message(desired)).await;
     ok(json!({ "device": load_device(&shared, device_id).await? }))
 }
 

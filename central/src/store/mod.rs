@@ -5,9 +5,11 @@
 
 mod schema;
 
+pub mod apps;
 pub mod audit;
 pub mod devices;
 pub mod model;
+pub mod recovery_keys;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};

@@ -65,6 +65,27 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     );
     "#,
+    // Recovery keys of the devices' encrypted data partitions, sealed with data_dir/escrow.key.
+    r#"
+    CREATE TABLE recovery_keys (
+        device_id TEXT PRIMARY KEY REFERENCES devices(id),
+        luks_uuid TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        stored_at INTEGER NOT NULL
+    );
+    "#,
+    // Apps each device should run (Compose YAML, validated by cairn-runtime before it is stored).
+    // `generation` is the device revision that set this compose_yaml.
+    r#"
+    CREATE TABLE device_apps (
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        name TEXT NOT NULL,
+        compose_yaml TEXT NOT NULL,
+        generation INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (device_id, name)
+    );
+    "#,
 ];
 
 /// Bring the database to the latest schema, one transaction per version.

@@ -2,8 +2,9 @@
 //! task whose output goes to a log file under the data dir, stop (SIGTERM, then SIGKILL after a
 //! grace period), delete (task, container, snapshot), exec for health checks, list with labels.
 //!
-//! Networking in this version: `network_mode: host` shares the host's network namespace; other
-//! services get a network namespace of their own with only loopback (no CNI yet).
+//! Networking: `network_mode: host` shares the host's network namespace; other services join
+//! the named namespace given in [`NewContainer::netns`] (prepared and attached by
+//! [`crate::network`]), or get a fresh one with only loopback when none is given.
 
 mod logs;
 mod oci;
@@ -23,6 +24,7 @@ use tracing::info;
 
 use crate::containerd::{call, Containerd, ContainerdError};
 use crate::image::ImageInfo;
+use crate::network::NetworkConfig;
 use crate::spec::ServiceSpec;
 
 pub use logs::rotate_log;
@@ -113,14 +115,19 @@ pub struct RuntimeConfig {
     pub log_max_bytes: u64,
     /// Rotated log files kept (`<service>.log.1` ... `.N`).
     pub log_keep: usize,
+    /// App networks (subnet pool, CNI plugins, namespace and lease dirs).
+    pub network: NetworkConfig,
 }
 
 impl RuntimeConfig {
     /// Defaults for `data_dir`: cgroup parent `/cairn`, 10 s stop grace, logs rotated at 10 MiB
-    /// keeping 3.
+    /// keeping 3, network defaults of [`NetworkConfig::new`] with subnet allocations in
+    /// `<data_dir>/network`.
     pub fn new(data_dir: impl Into<PathBuf>) -> RuntimeConfig {
+        let data_dir = data_dir.into();
         RuntimeConfig {
-            data_dir: data_dir.into(),
+            network: NetworkConfig::new(data_dir.join("network")),
+            data_dir,
             runc_root: None,
             cgroup_parent: "/cairn".into(),
             stop_grace: Duration::from_secs(10),
@@ -161,6 +168,11 @@ impl RuntimeConfig {
     fn hosts_path(&self, app: &str, service: &str) -> PathBuf {
         self.app_dir(app).join("run").join(service).join("hosts")
     }
+
+    /// The hosts file shared by the services of an app that has a network.
+    pub fn app_hosts_path(&self, app: &str) -> PathBuf {
+        self.app_dir(app).join("run").join("hosts")
+    }
 }
 
 /// The container id of a service: `<app>_<service>` (app names have no `_`).
@@ -182,6 +194,12 @@ pub struct NewContainer<'a> {
     pub labels: HashMap<String, String>,
     /// Secret values of the app by name.
     pub secrets: &'a BTreeMap<String, Vec<u8>>,
+    /// The named network namespace to join (services not in `network_mode: host`); `None`
+    /// gives the container a fresh namespace with only loopback.
+    pub netns: Option<PathBuf>,
+    /// A hosts file (kept up to date by the caller) to mount as `/etc/hosts`; `None` writes one
+    /// naming only localhost and the service.
+    pub hosts_file: Option<PathBuf>,
 }
 
 /// A container as observed in containerd.
@@ -253,14 +271,20 @@ fn prepare_mounts(
             read_only: true,
         });
     }
-    let hosts = cfg.hosts_path(new.app, new.service);
-    let dir = hosts.parent().unwrap_or(&cfg.data_dir);
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let text = format!(
-        "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        new.service
-    );
-    std::fs::write(&hosts, text).map_err(io_err(&hosts))?;
+    let hosts = match &new.hosts_file {
+        Some(path) => path.clone(),
+        None => {
+            let hosts = cfg.hosts_path(new.app, new.service);
+            let dir = hosts.parent().unwrap_or(&cfg.data_dir);
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            let text = format!(
+                "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+                new.service
+            );
+            std::fs::write(&hosts, text).map_err(io_err(&hosts))?;
+            hosts
+        }
+    };
     mounts.push(oci::BindMount {
         source: hosts,
         target: "/etc/hosts".into(),
@@ -299,6 +323,7 @@ pub async fn create_container(
         image: &new.image.config,
         mounts,
         cgroup_parent: &cfg.cgroup_parent,
+        netns: new.netns.as_deref(),
     })?;
     let spec_json = serde_json::to_vec(&spec).map_err(|e| ContainerError::Spec {
         reason: e.to_string(),

@@ -1,7 +1,7 @@
 //! OCI runtime specs for service containers and their health-check execs (oci-spec).
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
@@ -28,6 +28,8 @@ pub(crate) struct SpecInput<'a> {
     pub image: &'a ContainerConfig,
     pub mounts: Vec<BindMount>,
     pub cgroup_parent: &'a str,
+    /// Named network namespace to join (ignored in `network_mode: host`).
+    pub netns: Option<&'a Path>,
 }
 
 /// Docker's default capability set, which Compose files are written against.
@@ -131,6 +133,10 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         .map_err(|reason| ContainerError::Spec { reason })?;
     let mut spec = Spec::default();
     spec.set_hostname(Some(input.service.to_string()));
+    // oci-spec's default root is read-only; Compose's is writable (the snapshot is per container).
+    if let Some(root) = spec.root_mut() {
+        root.set_readonly(Some(false));
+    }
 
     let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
@@ -183,15 +189,23 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         input.cgroup_parent.trim_end_matches('/'),
         input.id
     ))));
-    if input.svc.network_mode == NetworkMode::Host {
-        let namespaces = linux.namespaces().clone().unwrap_or_default();
-        linux.set_namespaces(Some(
-            namespaces
-                .into_iter()
-                .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
-                .collect(),
-        ));
-    }
+    let namespaces = linux.namespaces().clone().unwrap_or_default();
+    linux.set_namespaces(Some(match (input.svc.network_mode, input.netns) {
+        (NetworkMode::Host, _) => namespaces
+            .into_iter()
+            .filter(|ns| ns.typ() != LinuxNamespaceType::Network)
+            .collect(),
+        (NetworkMode::Private, Some(path)) => namespaces
+            .into_iter()
+            .map(|mut ns| {
+                if ns.typ() == LinuxNamespaceType::Network {
+                    ns.set_path(Some(path.to_path_buf()));
+                }
+                ns
+            })
+            .collect(),
+        (NetworkMode::Private, None) => namespaces,
+    }));
     let resources = linux.resources_mut().get_or_insert_with(Default::default);
     let deny_all = LinuxDeviceCgroupBuilder::default()
         .allow(false)
@@ -298,10 +312,12 @@ mod tests {
                 read_only: true,
             }],
             cgroup_parent: "/cairn",
+            netns: None,
         };
         let spec = build_spec(&input).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["hostname"], "s");
+        assert_eq!(json["root"]["readonly"], false, "Compose roots are writable");
         assert_eq!(json["process"]["user"]["uid"], 1000);
         assert_eq!(json["process"]["cwd"], "/srv");
         assert_eq!(json["linux"]["cgroupsPath"], "/cairn/app_s");
@@ -335,13 +351,24 @@ mod tests {
             image: &img,
             mounts: vec![],
             cgroup_parent: "/cairn",
+            netns: None,
         };
         let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
         assert!(json["linux"]["namespaces"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|n| n["type"] == "network"));
+            .any(|n| n["type"] == "network" && n.get("path").is_none()));
+        let input = SpecInput {
+            netns: Some(std::path::Path::new("/run/cairn/netns/a_s")),
+            ..input
+        };
+        let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
+        assert!(json["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["type"] == "network" && n["path"] == "/run/cairn/netns/a_s"));
         img.user = Some("www-data".into());
         let input = SpecInput {
             id: "a_s",
@@ -350,6 +377,7 @@ mod tests {
             image: &img,
             mounts: vec![],
             cgroup_parent: "/cairn",
+            netns: None,
         };
         assert!(build_spec(&input)
             .unwrap_err()
@@ -365,6 +393,7 @@ mod tests {
             image: &img,
             mounts: vec![],
             cgroup_parent: "/cairn",
+            netns: None,
         };
         assert!(build_spec(&input)
             .unwrap_err()

@@ -5,8 +5,14 @@
 //! (re)starts its task under the restart policy with exponential back-off, and runs its health
 //! check; containers of services no longer desired are removed, then images nobody uses.
 //!
-//! All persistent state lives in containerd labels (restart count, crash streak, start time), so
-//! a restarted agent, or a restarted containerd, converges without duplicating containers.
+//! Services outside `network_mode: host` are attached to their app's CNI network (see
+//! [`crate::network`]) right before each task start; the app's hosts file is rewritten whenever an
+//! address changes, and attachments and networks nobody wants any more are removed at the end of
+//! each pass.
+//!
+//! All persistent state lives in containerd labels (restart count, crash streak, start time) and
+//! in the network module's records, so a restarted agent, or a restarted containerd, converges
+//! without duplicating containers or attachments.
 
 mod backoff;
 mod health;
@@ -28,7 +34,8 @@ use crate::container::{
 };
 use crate::containerd::Containerd;
 use crate::image::{Credentials, ImageError, ImageRef};
-use crate::spec::ServiceSpec;
+use crate::network::{AppNetwork, Networks};
+use crate::spec::{AppSpec, NetworkMode, ServiceSpec};
 
 pub use backoff::Backoff;
 pub use health::Health;
@@ -81,6 +88,7 @@ impl ReconcilerConfig {
 pub struct Reconciler {
     ctr: Containerd,
     cfg: ReconcilerConfig,
+    networks: Networks,
     probes: HashMap<String, health::Probe>,
     images: images::Images,
     start_failures: HashMap<String, (u32, Instant)>,
@@ -91,6 +99,7 @@ impl Reconciler {
     /// A reconciler working through `ctr`.
     pub fn new(ctr: Containerd, cfg: ReconcilerConfig) -> Reconciler {
         Reconciler {
+            networks: Networks::new(cfg.runtime.network.clone()),
             probes: HashMap::new(),
             images: images::Images::new(ctr.clone(), &cfg),
             start_failures: HashMap::new(),
@@ -150,7 +159,18 @@ impl Reconciler {
         }
         let mut statuses = Vec::new();
         let mut wanted_images = HashSet::new();
+        let mut attached_containers = HashSet::new();
+        let mut networked_apps = HashSet::new();
         for app in desired {
+            let net = self.app_network(&app.spec);
+            if net.is_some() {
+                networked_apps.insert(app.spec.name.clone());
+                for (name, svc) in &app.spec.services {
+                    if svc.network_mode == NetworkMode::Private {
+                        attached_containers.insert(container::container_id(&app.spec.name, name));
+                    }
+                }
+            }
             for (name, svc) in &app.spec.services {
                 let span = tracing::info_span!("service", app = %app.spec.name, service = %name);
                 let existing = by_service
@@ -161,7 +181,7 @@ impl Reconciler {
                     .unwrap_or_else(|_| svc.image.clone());
                 wanted_images.insert(image_name.clone());
                 let status = self
-                    .reconcile_service(app, name, svc, &image_name, existing)
+                    .reconcile_service(app, name, svc, &image_name, existing, &net)
                     .instrument(span)
                     .await;
                 statuses.push(status);
@@ -173,18 +193,64 @@ impl Reconciler {
                 info!(%app, %service, id = %c.id, "removing container of a service that is no longer desired");
                 self.probes.remove(&c.id);
                 self.start_failures.remove(&c.id);
-                if let Err(e) =
-                    container::remove_container(&self.ctr, &c.id, self.cfg.runtime.stop_grace).await
-                {
+                if let Err(e) = self.remove_container(&c.id).await {
                     warn!(id = %c.id, error = %e, "cannot remove container; retrying next pass");
                 }
             }
+        }
+        for e in self
+            .networks
+            .collect(&attached_containers, &networked_apps)
+            .await
+        {
+            warn!(error = %e, "cannot remove an unused network attachment; retrying next pass");
         }
         self.clean_app_dirs(&desired_apps);
         if let Err(e) = self.images.collect(&wanted_images).await {
             warn!(error = %e, "cannot remove unused images; retrying next pass");
         }
         Ok(statuses)
+    }
+
+    /// The network of an app with services outside `network_mode: host` (`None` for apps with
+    /// only host-network services), with its hosts file brought up to date; `Some(Err)` when it
+    /// cannot be had.
+    fn app_network(&mut self, app: &AppSpec) -> Option<Result<AppNetwork, String>> {
+        if !app
+            .services
+            .values()
+            .any(|s| s.network_mode == NetworkMode::Private)
+        {
+            return None;
+        }
+        let net = match self.networks.app_network(&app.name) {
+            Ok(net) => net,
+            Err(e) => {
+                warn!(app = %app.name, error = %e, "app network unavailable");
+                return Some(Err(e.to_string()));
+            }
+        };
+        self.write_hosts(app, &net);
+        Some(Ok(net))
+    }
+
+    /// Rewrite the app's hosts file if an address changed (a failure is logged and retried on
+    /// the next pass).
+    fn write_hosts(&self, app: &AppSpec, net: &AppNetwork) {
+        let path = self.cfg.runtime.app_hosts_path(&app.name);
+        match self.networks.write_app_hosts(app, net, &path) {
+            Ok(true) => info!(app = %app.name, "hosts file updated"),
+            Ok(false) => {}
+            Err(e) => warn!(app = %app.name, error = %e, "cannot update the hosts file"),
+        }
+    }
+
+    /// Remove a container (task, record, snapshot) and detach it from its network.
+    async fn remove_container(&mut self, id: &str) -> Result<(), String> {
+        container::remove_container(&self.ctr, id, self.cfg.runtime.stop_grace)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.networks.detach(id).await.map_err(|e| e.to_string())
     }
 
     async fn reconcile_service(
@@ -194,6 +260,7 @@ impl Reconciler {
         svc: &ServiceSpec,
         image_name: &str,
         existing: Vec<ObservedContainer>,
+        net: &Option<Result<AppNetwork, String>>,
     ) -> ServiceStatus {
         let app_name = app.spec.name.as_str();
         let id = container::container_id(app_name, name);
@@ -204,13 +271,26 @@ impl Reconciler {
             } else {
                 warn!(id = %c.id, "removing a duplicate container of this service");
                 self.probes.remove(&c.id);
-                if let Err(e) =
-                    container::remove_container(&self.ctr, &c.id, self.cfg.runtime.stop_grace).await
-                {
+                if let Err(e) = self.remove_container(&c.id).await {
                     warn!(id = %c.id, error = %e, "cannot remove duplicate container");
                 }
             }
         }
+        let net = match net {
+            None => None,
+            Some(Ok(net)) => Some(net),
+            Some(Err(e)) => {
+                // Keep whatever runs now; nothing new starts without the network.
+                let mut status = match current {
+                    Some(c) => self.observe(app_name, name, svc, &c),
+                    None => ServiceStatus::new(app_name, name, ServiceState::Failed),
+                };
+                if status.state != ServiceState::Running {
+                    status.state = ServiceState::Failed;
+                }
+                return status.with_message(format!("app network unavailable: {e}"));
+            }
+        };
         let log = self.cfg.runtime.log_path(app_name, name);
         if let Err(e) = container::rotate_log(
             &log,
@@ -248,9 +328,7 @@ impl Reconciler {
                 info!(id = %c.id, "spec or image changed; replacing the container");
                 self.probes.remove(&c.id);
                 self.start_failures.remove(&c.id);
-                if let Err(e) =
-                    container::remove_container(&self.ctr, &c.id, self.cfg.runtime.stop_grace).await
-                {
+                if let Err(e) = self.remove_container(&c.id).await {
                     return ServiceStatus::new(app_name, name, ServiceState::Failed)
                         .with_message(format!("cannot remove the old container: {e}"));
                 }
@@ -273,6 +351,9 @@ impl Reconciler {
                     image: &image,
                     labels,
                     secrets: &app.secrets,
+                    netns: (net.is_some() && svc.network_mode == NetworkMode::Private)
+                        .then(|| self.cfg.runtime.network.netns_path(&id)),
+                    hosts_file: net.map(|_| self.cfg.runtime.app_hosts_path(app_name)),
                 };
                 if let Err(e) =
                     container::create_container(&self.ctr, &self.cfg.runtime, &new).await
@@ -288,17 +369,19 @@ impl Reconciler {
                 }
             }
         };
-        self.drive_task(app_name, name, svc, c).await
+        self.drive_task(&app.spec, name, svc, c, net).await
     }
 
     /// Start, restart or leave the task of an up-to-date container; report it.
     async fn drive_task(
         &mut self,
-        app: &str,
+        spec: &AppSpec,
         name: &str,
         svc: &ServiceSpec,
         mut c: ObservedContainer,
+        net: Option<&AppNetwork>,
     ) -> ServiceStatus {
+        let app = spec.name.as_str();
         let restarts: u32 = c.label(LABEL_RESTARTS).parse().unwrap_or(0);
         let streak: u32 = c.label(LABEL_CRASH_STREAK).parse().unwrap_or(0);
         let task = c.task.clone();
@@ -337,6 +420,15 @@ impl Reconciler {
                 }
             }
             self.probes.remove(&c.id);
+            if let (Some(net), NetworkMode::Private) = (net, svc.network_mode) {
+                match self.networks.attach(net, name, &c.id, &svc.ports).await {
+                    Ok(_) => self.write_hosts(spec, net),
+                    Err(e) => {
+                        let message = format!("cannot attach to the app network: {e}");
+                        return self.start_failed(app, name, svc, &c, message);
+                    }
+                }
+            }
             let log = self.cfg.runtime.log_path(app, name);
             match container::start_task(&self.ctr, &self.cfg.runtime, &c.id, &log).await {
                 Ok(pid) => {
@@ -364,31 +456,40 @@ impl Reconciler {
                 }
                 Err(e @ ContainerError::BadRecord { .. }) => {
                     warn!(id = %c.id, error = %e, "removing a broken container; the next pass re-creates it");
-                    if let Err(e) =
-                        container::remove_container(&self.ctr, &c.id, self.cfg.runtime.stop_grace)
-                            .await
-                    {
+                    if let Err(e) = self.remove_container(&c.id).await {
                         warn!(id = %c.id, error = %e, "cannot remove the broken container");
                     }
                     return ServiceStatus::new(app, name, ServiceState::Pending)
                         .with_message(e.to_string());
                 }
                 Err(e) => {
-                    let failures = self.start_failures.get(&c.id).map_or(0, |f| f.0) + 1;
-                    let delay = self
-                        .cfg
-                        .backoff
-                        .delay(failures.saturating_sub(1))
-                        .max(Duration::from_millis(100));
-                    self.start_failures
-                        .insert(c.id.clone(), (failures, Instant::now() + delay));
-                    let mut status = self.observe(app, name, svc, &c);
-                    status.state = ServiceState::Failed;
-                    return status.with_message(format!("cannot start: {e}"));
+                    return self.start_failed(app, name, svc, &c, format!("cannot start: {e}"));
                 }
             }
         }
         self.observe(app, name, svc, &c)
+    }
+
+    /// Record a failed start (the next attempt waits for the back-off) and report it.
+    fn start_failed(
+        &mut self,
+        app: &str,
+        name: &str,
+        svc: &ServiceSpec,
+        c: &ObservedContainer,
+        message: String,
+    ) -> ServiceStatus {
+        let failures = self.start_failures.get(&c.id).map_or(0, |f| f.0) + 1;
+        let delay = self
+            .cfg
+            .backoff
+            .delay(failures.saturating_sub(1))
+            .max(Duration::from_millis(100));
+        self.start_failures
+            .insert(c.id.clone(), (failures, Instant::now() + delay));
+        let mut status = self.observe(app, name, svc, c);
+        status.state = ServiceState::Failed;
+        status.with_message(message)
     }
 
     /// Status of a service from its container (and manage its health probe).

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::health::Health;
-use crate::spec::{AppSpec, ServiceSpec};
+use crate::spec::{AppSpec, NetworkMode, ServiceSpec};
 
 /// An app as central wants it on this device: its spec and the values of its secrets.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +96,10 @@ struct HashInput<'a> {
     spec: &'a ServiceSpec,
     image_digest: &'a str,
     secrets: BTreeMap<&'a str, String>,
+    /// How a service outside `network_mode: host` is networked, so containers made before app
+    /// networks existed (a namespace without CNI) are replaced once; absent for host networking.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<&'static str>,
 }
 
 /// Hash of everything a service container is made from: app, service, spec, resolved image
@@ -124,6 +128,7 @@ pub(crate) fn spec_hash(
         spec,
         image_digest,
         secrets,
+        network: (spec.network_mode == NetworkMode::Private).then_some("cni-bridge"),
     };
     let json = serde_json::to_vec(&input).unwrap_or_default();
     hex::encode(Sha256::digest(&json))

@@ -158,7 +158,8 @@ pub struct ResourceLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
-    /// Its own network namespace (loopback only in this version; CNI comes later).
+    /// Its own network namespace on the app's bridge network (CNI), reachable from the app's
+    /// other services by its name; `ports` are published through the host.
     #[default]
     Private,
     /// The host's network namespace (`network_mode: host`).

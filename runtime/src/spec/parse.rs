@@ -259,6 +259,7 @@ pub(crate) fn app(root: &Node, name: &str) -> Result<AppSpec, Vec<Problem>> {
     if let Some(declared) = declared_volumes {
         app.volumes.extend(declared);
     }
+    duplicate_host_ports(&mut ck, &top, &app, root);
     if ck.problems.is_empty() {
         Ok(app)
     } else {
@@ -269,6 +270,16 @@ pub(crate) fn app(root: &Node, name: &str) -> Result<AppSpec, Vec<Problem>> {
 
 /// Find the node of `services.<svc>.volumes[i]` again, for the line of a late problem.
 fn volume_node<'n>(top: &[(&str, &'n Node)], svc: &str, i: usize) -> Option<&'n Node> {
+    service_list_node(top, svc, "volumes", i)
+}
+
+/// Find the node of `services.<svc>.<key>[i]` again, for the line of a late problem.
+fn service_list_node<'n>(
+    top: &[(&str, &'n Node)],
+    svc: &str,
+    key: &str,
+    i: usize,
+) -> Option<&'n Node> {
     let (_, services) = top.iter().find(|(k, _)| *k == "services")?;
     let Value::Map(entries) = &services.value else {
         return None;
@@ -277,12 +288,52 @@ fn volume_node<'n>(top: &[(&str, &'n Node)], svc: &str, i: usize) -> Option<&'n 
     let Value::Map(fields) = &svc_node.value else {
         return None;
     };
-    let (_, vols) = fields
-        .iter()
-        .find(|(k, _)| k.as_scalar() == Some("volumes"))?;
-    match &vols.value {
+    let (_, list) = fields.iter().find(|(k, _)| k.as_scalar() == Some(key))?;
+    match &list.value {
         Value::Seq(items) => items.get(i),
         _ => None,
+    }
+}
+
+/// Item `i` of list `key` among a service's checked entries.
+fn list_item<'n>(entries: &[(&str, &'n Node)], key: &str, i: usize) -> Option<&'n Node> {
+    let (_, list) = entries.iter().find(|(k, _)| *k == key)?;
+    match &list.value {
+        Value::Seq(items) => items.get(i),
+        _ => None,
+    }
+}
+
+/// Two published ports of the app (in any services) on the same host port and protocol and
+/// overlapping host addresses cannot both be bound: report the later one.
+fn duplicate_host_ports(ck: &mut Checker, top: &[(&str, &Node)], app: &AppSpec, root: &Node) {
+    let mut seen: Vec<(String, &super::PortMapping)> = Vec::new();
+    for (svc_name, svc) in &app.services {
+        for (i, port) in svc.ports.iter().enumerate() {
+            let path = format!("services.{svc_name}.ports[{i}]");
+            let clash = seen.iter().find(|(_, p)| {
+                p.host_port == port.host_port
+                    && p.protocol == port.protocol
+                    && (p.host_ip.is_none() || port.host_ip.is_none() || p.host_ip == port.host_ip)
+            });
+            if let Some((other, _)) = clash {
+                let node = service_list_node(top, svc_name, "ports", i).unwrap_or(root);
+                ck.problem(
+                    node,
+                    &path,
+                    format!(
+                        "host port {}/{} is already published by {other}; pick another host port",
+                        port.host_port,
+                        match port.protocol {
+                            super::Protocol::Tcp => "tcp",
+                            super::Protocol::Udp => "udp",
+                        }
+                    ),
+                );
+            } else {
+                seen.push((path, port));
+            }
+        }
     }
 }
 
@@ -428,6 +479,17 @@ fn service(
             &join(path, "image"),
             "is missing; every service needs an image",
         );
+    }
+    if svc.network_mode == NetworkMode::Private {
+        for (i, port) in svc.ports.iter().enumerate() {
+            if port.host_ip.is_some_and(|ip| ip.is_ipv6()) {
+                let node = list_item(&entries, "ports", i).unwrap_or(node);
+                ck.problem(node, &format!("{path}.ports[{i}]"), format!(
+                    "app networks are IPv4-only, so host address {} cannot reach the service; publish on an IPv4 address or leave the address out (\"{}:{}\")",
+                    port.host_ip.map(|ip| ip.to_string()).unwrap_or_default(), port.host_port, port.container_port
+                ));
+            }
+        }
     }
     if svc.network_mode == NetworkMode::Host {
         for (i, port) in svc.ports.iter().enumerate() {

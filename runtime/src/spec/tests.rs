@@ -115,6 +115,27 @@ fn bad_port_names_file_line_and_path() {
 }
 
 #[test]
+fn clashing_and_ipv6_published_ports_name_file_line_and_path() {
+    let text = "services:\n  api:\n    image: busybox\n    ports: [\"8080:80\"]\n  web:\n    image: busybox\n    ports:\n      - \"8081:80\"\n      - \"127.0.0.1:8080:81\"\n      - \"8080:80/udp\"\n";
+    assert_error(
+        text,
+        "compose.yml:9: services.web.ports[1]: host port 8080/tcp is already published by services.api.ports[0]; pick another host port",
+    );
+    let got = errors(text);
+    assert!(
+        !got.contains("ports[2]"),
+        "udp does not clash with tcp: {got}"
+    );
+    assert_error(
+        "services:\n  web:\n    image: busybox\n    ports:\n      - \"[::1]:9000:80\"\n",
+        "compose.yml:5: services.web.ports[0]: app networks are IPv4-only",
+    );
+    // Different explicit host addresses do not clash; host-network services may use IPv6.
+    let ok = "services:\n  a: {image: x, ports: [\"127.0.0.1:80:80\"]}\n  b: {image: x, ports: [\"127.0.0.2:80:80\"]}\n  c: {image: x, network_mode: host, ports: [\"[::1]:90:90\"]}\n";
+    AppSpec::parse("compose.yml", "app", ok).unwrap();
+}
+
+#[test]
 fn syntax_error_has_line_and_column() {
     let got = errors("services:\n  web: [1, 2\n  db: 3\n");
     assert!(got.starts_with("compose.yml:3:"), "{got}");

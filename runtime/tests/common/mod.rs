@@ -6,16 +6,12 @@
 
 pub mod proxy;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use cairn_runtime::containerd::Containerd as Ctr;
+use cairn_runtime::network::{Ipv4Subnet, NetworkConfig};
 use cairn_testsupport::{require_tool, Containerd, Registry};
-use sha2::{Digest, Sha256};
-
-/// The static busybox from Debian's busybox-static.
-pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Everything a test needs: containerd, a client in namespace `cairn`, a registry.
 pub struct Env {
@@ -51,6 +47,53 @@ pub fn components_present() -> bool {
     all
 }
 
+/// Where the Debian package containernetworking-plugins puts the CNI plugins.
+pub const CNI_BIN_DIR: &str = "/usr/lib/cni";
+
+/// True when app networks can be made here: `ip` and `iptables` on PATH and the CNI plugins
+/// (bridge, host-local, portmap, loopback) in [`CNI_BIN_DIR`]; else a loud skip (a failure in CI).
+pub fn cni_present() -> bool {
+    if !(require_tool("ip") && require_tool("iptables")) {
+        return false;
+    }
+    for plugin in ["bridge", "host-local", "portmap", "loopback"] {
+        let path = Path::new(CNI_BIN_DIR).join(plugin);
+        if !path.exists() {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!(
+                    "{} is required in CI (package containernetworking-plugins)",
+                    path.display()
+                );
+            }
+            eprintln!(
+                "\n======== SKIP: {} missing (apt-get install containernetworking-plugins); this test did NOT run ========\n",
+                path.display()
+            );
+            return false;
+        }
+    }
+    true
+}
+
+/// A network config private to this test: namespaces, records and leases under the containerd
+/// instance's scratch dir, subnets from a random /16 of 10.100.0.0-10.250.0.0 (a subnet already
+/// routed on the host, e.g. by a test running in parallel, is skipped by the allocator).
+pub fn network_config(containerd: &Containerd) -> NetworkConfig {
+    let mut cfg = network_config_in(&containerd.scratch_dir("network"));
+    cfg.state_dir = containerd.scratch_dir("network-state");
+    cfg
+}
+
+/// Like [`network_config`], with everything under `dir`.
+pub fn network_config_in(dir: &Path) -> NetworkConfig {
+    let mut cfg = NetworkConfig::new(dir.join("state"));
+    cfg.run_dir = dir.join("run");
+    cfg.cni_bin_dirs = vec![CNI_BIN_DIR.into()];
+    let second: u8 = 100 + rand::random::<u8>() % 151;
+    cfg.pool = Ipv4Subnet::new(std::net::Ipv4Addr::new(10, second, 0, 0), 16).unwrap();
+    cfg
+}
+
 /// Start containerd and a registry and connect; `None` (after a loud skip) when they cannot run.
 pub async fn env() -> Option<Env> {
     init_tracing();
@@ -69,255 +112,27 @@ pub async fn env() -> Option<Env> {
     })
 }
 
-/// A built image: layer blobs with media types and diff ids, config and manifest bytes.
-#[derive(Clone)]
-pub struct TestImage {
-    pub layers: Vec<(Vec<u8>, &'static str, String)>,
-    pub config: Vec<u8>,
-    pub manifest: Vec<u8>,
-}
+// Busybox test images live in cairn-testsupport so every crate builds the same ones.
+pub use cairn_testsupport::images::*;
 
-impl TestImage {
-    pub fn manifest_digest(&self) -> String {
-        digest(&self.manifest)
-    }
-}
-
-pub fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-fn tar_header(path: &str, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_path(path).unwrap();
-    h.set_entry_type(kind);
-    h.set_size(size);
-    h.set_mode(mode);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    h
-}
-
-/// The base layer (uncompressed tar): busybox, a symlink per applet, a few directories.
-fn busybox_layer() -> &'static Vec<u8> {
-    static LAYER: OnceLock<Vec<u8>> = OnceLock::new();
-    LAYER.get_or_init(|| {
-        let mut b = tar::Builder::new(Vec::new());
-        for dir in [
-            "bin", "etc", "proc", "sys", "dev", "root", "run", "var", "www", "data", "tmp",
-        ] {
-            let mode = if dir == "tmp" { 0o1777 } else { 0o755 };
-            let mut h = tar_header(dir, tar::EntryType::Directory, 0, mode);
-            h.set_cksum();
-            b.append(&h, std::io::empty()).unwrap();
-        }
-        let bin = std::fs::read(BUSYBOX).unwrap();
-        let mut h = tar_header(
-            "bin/busybox",
-            tar::EntryType::Regular,
-            bin.len() as u64,
-            0o755,
-        );
-        h.set_cksum();
-        b.append(&h, bin.as_slice()).unwrap();
-        let list = std::process::Command::new(BUSYBOX)
-            .arg("--list")
-            .output()
-            .unwrap();
-        for applet in String::from_utf8_lossy(&list.stdout)
-            .lines()
-            .filter(|a| *a != "busybox" && !a.contains('/'))
-        {
-            let mut h = tar_header(&format!("bin/{applet}"), tar::EntryType::Symlink, 0, 0o777);
-            h.set_link_name("busybox").unwrap();
-            h.set_cksum();
-            b.append(&h, std::io::empty()).unwrap();
-        }
-        for (path, text) in [
-            ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"),
-            ("etc/group", "root:x:0:\n"),
-            ("www/index.html", "hello from cairn\n"),
-        ] {
-            let mut h = tar_header(path, tar::EntryType::Regular, text.len() as u64, 0o644);
-            h.set_cksum();
-            b.append(&h, text.as_bytes()).unwrap();
-        }
-        b.into_inner().unwrap()
-    })
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
-}
-
-/// A busybox image: a gzip base layer plus, when `files` is not empty, an uncompressed layer with
-/// those files (use different files to get a different image).
-pub fn busybox_image(files: &[(&str, &str)]) -> TestImage {
-    static BASE: OnceLock<(Vec<u8>, String)> = OnceLock::new();
-    let (base_gz, base_diff) = BASE.get_or_init(|| {
-        let raw = busybox_layer();
-        (gzip(raw), digest(raw))
-    });
-    let mut layers = vec![(
-        base_gz.clone(),
-        "application/vnd.oci.image.layer.v1.tar+gzip",
-        base_diff.clone(),
-    )];
-    if !files.is_empty() {
-        let mut b = tar::Builder::new(Vec::new());
-        for (path, text) in files {
-            let mut h = tar_header(path, tar::EntryType::Regular, text.len() as u64, 0o644);
-            h.set_cksum();
-            b.append(&h, text.as_bytes()).unwrap();
-        }
-        let raw = b.into_inner().unwrap();
-        let diff = digest(&raw);
-        layers.push((raw, "application/vnd.oci.image.layer.v1.tar", diff));
-    }
-    let diff_ids: Vec<&String> = layers.iter().map(|l| &l.2).collect();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "FROM_IMAGE=yes"],
-            "Cmd": ["sh"],
-            "WorkingDir": "/"
-        },
-        "rootfs": {"type": "layers", "diff_ids": diff_ids}
-    }))
-    .unwrap();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest(&config), "size": config.len()},
-        "layers": layers.iter().map(|(blob, media, _)| serde_json::json!({
-            "mediaType": media, "digest": digest(blob), "size": blob.len()
-        })).collect::<Vec<_>>()
-    }))
-    .unwrap();
-    TestImage {
-        layers,
-        config,
-        manifest,
-    }
-}
-
-/// Push `image` as `repo:tag` to the registry at `base_url` over the v2 HTTP API.
-pub async fn push(
-    base_url: &str,
-    repo: &str,
-    tag: &str,
-    image: &TestImage,
-    auth: Option<(&str, &str)>,
-) {
-    let http = reqwest::Client::new();
-    let with_auth = |rb: reqwest::RequestBuilder| match auth {
-        Some((u, p)) => rb.basic_auth(u, Some(p)),
-        None => rb,
-    };
-    let mut blobs: Vec<&Vec<u8>> = image.layers.iter().map(|l| &l.0).collect();
-    blobs.push(&image.config);
-    for blob in blobs {
-        let d = digest(blob);
-        let head = with_auth(http.head(format!("{base_url}/v2/{repo}/blobs/{d}")))
-            .send()
-            .await
-            .unwrap();
-        if head.status().is_success() {
-            continue;
-        }
-        let start = with_auth(http.post(format!("{base_url}/v2/{repo}/blobs/uploads/")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            start.status().as_u16(),
-            202,
-            "start upload: {:?}",
-            start.text().await
-        );
-        let location = start.headers()["location"].to_str().unwrap().to_string();
-        let location = if location.starts_with('/') {
-            format!("{base_url}{location}")
-        } else {
-            location
+/// Reconcile until `pred` holds (30 s at most).
+pub async fn converge(
+    rec: &mut cairn_runtime::reconcile::Reconciler,
+    desired: &[cairn_runtime::reconcile::DesiredApp],
+    what: &str,
+    pred: impl Fn(&[cairn_runtime::reconcile::ServiceStatus]) -> bool,
+) -> Vec<cairn_runtime::reconcile::ServiceStatus> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let last = match rec.reconcile(desired).await {
+            Ok(st) if pred(&st) => return st,
+            Ok(st) => format!("{st:#?}"),
+            Err(e) => e.to_string(),
         };
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let put = with_auth(http.put(format!("{location}{sep}digest={d}")))
-            .header("content-type", "application/octet-stream")
-            .body(blob.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            put.status().as_u16(),
-            201,
-            "upload {d}: {:?}",
-            put.text().await
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not happen; last pass: {last}"
         );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let put = with_auth(http.put(format!("{base_url}/v2/{repo}/manifests/{tag}")))
-        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
-        .body(image.manifest.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        put.status().as_u16(),
-        201,
-        "put manifest: {:?}",
-        put.text().await
-    );
-}
-
-/// Write `image` as an OCI archive (tar of an OCI layout) whose index names it `ref_name`.
-pub fn write_oci_archive(path: &Path, image: &TestImage, ref_name: &str) -> PathBuf {
-    write_oci_archive_with(path, image, ref_name, &[])
-}
-
-/// Like [`write_oci_archive`], but store `bytes` under the blob path of `digest` instead of the
-/// real content (to test digest verification).
-pub fn write_oci_archive_with(
-    path: &Path,
-    image: &TestImage,
-    ref_name: &str,
-    overrides: &[(String, Vec<u8>)],
-) -> PathBuf {
-    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
-    let mut add = |name: &str, data: &[u8]| {
-        let mut h = tar_header(name, tar::EntryType::Regular, data.len() as u64, 0o644);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    };
-    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": image.manifest_digest(),
-            "size": image.manifest.len(),
-            "annotations": {"org.opencontainers.image.ref.name": ref_name}
-        }]
-    }))
-    .unwrap();
-    add("index.json", &index);
-    let mut blobs: Vec<&Vec<u8>> = image.layers.iter().map(|l| &l.0).collect();
-    blobs.push(&image.config);
-    blobs.push(&image.manifest);
-    for blob in blobs {
-        let d = digest(blob);
-        let data = overrides
-            .iter()
-            .find(|(o, _)| *o == d)
-            .map_or(blob.as_slice(), |(_, bytes)| bytes.as_slice());
-        add(
-            &format!("blobs/sha256/{}", d.trim_start_matches("sha256:")),
-            data,
-        );
-    }
-    b.finish().unwrap();
-    path.to_path_buf()
 }

@@ -1,0 +1,240 @@
+//! Apps: runs the apps of the desired state on containerd (namespace `cairn`) through
+//! cairn-runtime's [`Reconciler`], and reports what it observes in every heartbeat.
+//!
+//! [`AppsSink`] is the agent's [`DesiredStateSink`]: each desired state (the stored one at start,
+//! then every newer revision) is parsed app by app with [`AppSpec::parse`] and handed to a
+//! reconcile task. An app whose Compose file this agent refuses is not run and is reported with
+//! the parser's error; it never stops the agent or the other apps. Each pass's result is kept
+//! with the revision and generations it was computed for, so a status never claims to reflect a
+//! desired state it has not seen.
+
+mod config;
+mod report;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_proto::v1::{AppStatus, DesiredState};
+use cairn_runtime::container::RuntimeConfig;
+use cairn_runtime::containerd::Containerd;
+use cairn_runtime::reconcile::{DesiredApp, Reconciler, ReconcilerConfig};
+use cairn_runtime::spec::AppSpec;
+use tokio::sync::watch;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::sync::DesiredStateSink;
+
+pub use config::{AppsConfig, DEFAULT_CONTAINERD_SOCKET};
+
+/// The containerd namespace of Cairn's apps.
+pub const NAMESPACE: &str = "cairn";
+
+/// Label of the compose text in parse errors (`compose_yaml:LINE: FIELD: problem`), as central
+/// labels it.
+const COMPOSE_LABEL: &str = "compose_yaml";
+
+/// One app of a desired state, parsed (or refused).
+#[derive(Debug, Clone)]
+struct AppEntry {
+    name: String,
+    generation: u64,
+    /// The app to run, or why it is not run.
+    spec: Result<DesiredApp, String>,
+}
+
+/// The apps of one desired-state revision, as handed to the reconcile task.
+#[derive(Debug, Clone)]
+struct AppliedState {
+    revision: u64,
+    entries: Vec<AppEntry>,
+    /// The entries that parsed, in order.
+    runnable: Vec<DesiredApp>,
+}
+
+impl AppliedState {
+    fn from_desired(desired: &DesiredState) -> AppliedState {
+        let mut seen = HashSet::new();
+        let entries: Vec<AppEntry> = desired
+            .apps
+            .iter()
+            .map(|app| {
+                let spec = if !seen.insert(app.name.as_str()) {
+                    Err(format!(
+                        "app {:?} appears twice in desired revision {}; only the first runs",
+                        app.name, desired.revision
+                    ))
+                } else if app.compose_yaml.len() > cairn_proto::MAX_COMPOSE_BYTES {
+                    Err(format!(
+                        "compose_yaml is {} bytes, over the {}-byte limit",
+                        app.compose_yaml.len(),
+                        cairn_proto::MAX_COMPOSE_BYTES
+                    ))
+                } else {
+                    AppSpec::parse(COMPOSE_LABEL, &app.name, &app.compose_yaml)
+                        .map(DesiredApp::new)
+                        .map_err(|e| format!("refused by this agent: {e}"))
+                };
+                if let Err(e) = &spec {
+                    warn!(app = %app.name, generation = app.generation, error = %e, "app not run");
+                }
+                AppEntry {
+                    name: app.name.clone(),
+                    generation: app.generation,
+                    spec,
+                }
+            })
+            .collect();
+        let runnable = entries
+            .iter()
+            .filter_map(|e| e.spec.as_ref().ok().cloned())
+            .collect();
+        AppliedState {
+            revision: desired.revision,
+            entries,
+            runnable,
+        }
+    }
+}
+
+/// The agent's desired-state sink when apps are enabled; see the module docs.
+pub struct AppsSink {
+    desired: watch::Sender<Option<Arc<AppliedState>>>,
+    observed: watch::Receiver<Vec<AppStatus>>,
+}
+
+impl std::fmt::Debug for AppsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppsSink").finish_non_exhaustive()
+    }
+}
+
+impl AppsSink {
+    /// Starts the reconcile task on the current tokio runtime (it connects to containerd, and
+    /// reconnects, by itself) and returns the sink feeding it. The task ends when the sink is
+    /// dropped; containers keep running (the next agent takes them over).
+    pub fn start(config: &AppsConfig, state_dir: &Path) -> Arc<AppsSink> {
+        let mut runtime = RuntimeConfig::new(config.data_dir(state_dir));
+        runtime.runc_root = config.runc_root.clone();
+        let mut reconciler = ReconcilerConfig::new(runtime);
+        reconciler.tick = config.reconcile_interval();
+        reconciler.plain_http = config.plain_http_registries.iter().cloned().collect();
+        let (desired, desired_rx) = watch::channel(None);
+        let (observed_tx, observed) = watch::channel(Vec::new());
+        let socket = config.containerd_socket.clone();
+        tokio::spawn(
+            reconcile_loop(socket, reconciler, desired_rx, observed_tx)
+                .instrument(info_span!("apps")),
+        );
+        Arc::new(AppsSink { desired, observed })
+    }
+
+    /// Follows the observed status (the same content as [`DesiredStateSink::observed_apps`]).
+    pub fn observed(&self) -> watch::Receiver<Vec<AppStatus>> {
+        self.observed.clone()
+    }
+}
+
+impl DesiredStateSink for AppsSink {
+    fn apply(&self, desired: &DesiredState) {
+        let applied = AppliedState::from_desired(desired);
+        info!(
+            revision = applied.revision,
+            apps = applied.entries.len(),
+            runnable = applied.runnable.len(),
+            "desired apps handed to the reconciler"
+        );
+        self.desired.send_replace(Some(Arc::new(applied)));
+    }
+
+    fn observed_apps(&self) -> Vec<AppStatus> {
+        self.observed.borrow().clone()
+    }
+}
+
+impl crate::Agent {
+    /// Attaches an [`AppsSink`] (starting its reconcile task) when the config says
+    /// `[apps] enabled`; otherwise the agent only records the desired state.
+    pub fn with_configured_apps(self) -> Self {
+        if !self.config.apps.enabled {
+            return self;
+        }
+        let sink = AppsSink::start(&self.config.apps, &self.config.state_dir);
+        self.with_sink(sink)
+    }
+}
+
+/// Longest wait between two attempts to reach containerd.
+const CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Reconcile on every desired change and at least every `cfg.tick`, publishing each pass's
+/// status, until the sink is dropped. While containerd cannot be reached, attempts back off up to
+/// [`CONNECT_RETRY_MAX`]. A repeated failure is logged once, not every pass. Cancellation safe
+/// (each pass is idempotent).
+async fn reconcile_loop(
+    socket: std::path::PathBuf,
+    cfg: ReconcilerConfig,
+    mut desired: watch::Receiver<Option<Arc<AppliedState>>>,
+    observed: watch::Sender<Vec<AppStatus>>,
+) {
+    let tick = cfg.tick;
+    let mut reconciler: Option<Reconciler> = None;
+    let mut connect_failures: u32 = 0;
+    let mut last_error: Option<String> = None;
+    loop {
+        let mut wait = tick;
+        // Nothing is reconciled before the first desired state: an empty list would remove
+        // every app container of a restarting agent.
+        let applied = desired.borrow_and_update().clone();
+        if let Some(applied) = applied {
+            if reconciler.is_none() {
+                match Containerd::connect(&socket, NAMESPACE).await {
+                    Ok(ctr) => {
+                        info!(socket = %socket.display(), "connected to containerd");
+                        reconciler = Some(Reconciler::new(ctr, cfg.clone()));
+                        connect_failures = 0;
+                    }
+                    Err(e) => {
+                        connect_failures = connect_failures.saturating_add(1);
+                        wait = tick
+                            .saturating_mul(1 << connect_failures.min(16))
+                            .min(CONNECT_RETRY_MAX)
+                            .max(tick);
+                        let error = e.to_string();
+                        log_once(&mut last_error, &error, "cannot reach containerd; retrying");
+                        observed.send_replace(report::statuses(&applied, Err(error), &cfg.runtime));
+                    }
+                }
+            }
+            if let Some(rec) = reconciler.as_mut() {
+                let result = rec
+                    .reconcile(&applied.runnable)
+                    .await
+                    .map_err(|e| e.to_string());
+                match &result {
+                    Err(e) => log_once(&mut last_error, e, "reconcile pass failed"),
+                    Ok(_) => last_error = None,
+                }
+                observed.send_replace(report::statuses(&applied, result, &cfg.runtime));
+            }
+        }
+        tokio::select! {
+            changed = desired.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Warn about `error` unless it is the one warned about last.
+fn log_once(last: &mut Option<String>, error: &str, what: &str) {
+    if last.as_deref() == Some(error) {
+        debug!(error, "{what} (again)");
+    } else {
+        warn!(error, "{what}");
+        *last = Some(error.to_owned());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+use std::time::Duration;
+
+use cairn_proto::v1::{App, DesiredState, ServiceHealth, ServiceState};
+use cairn_runtime::container::RuntimeConfig;
+use cairn_runtime::reconcile::{Health, ServiceState as State, ServiceStatus};
+
+use super::*;
+
+fn desired(revision: u64, apps: &[(&str, &str, u64)]) -> DesiredState {
+    DesiredState {
+        revision,
+        config: Default::default(),
+        apps: apps
+            .iter()
+            .map(|(name, yaml, generation)| App {
+                name: name.to_string(),
+                compose_yaml: yaml.to_string(),
+                generation: *generation,
+            })
+            .collect(),
+    }
+}
+
+const GOOD: &str = "services:\n  web:\n    image: busybox\n";
+const BAD: &str = "services:\n  web:\n    image: busybox\n    ports: [\"x:80\"]\n";
+
+#[test]
+fn a_refused_app_is_reported_and_the_others_run() {
+    let applied = AppliedState::from_desired(&desired(
+        7,
+        &[("good", GOOD, 5), ("bad", BAD, 7), ("good", GOOD, 6)],
+    ));
+    assert_eq!(applied.runnable.len(), 1);
+    assert_eq!(applied.runnable[0].spec.name, "good");
+    let running = ServiceStatus {
+        app: "good".into(),
+        service: "web".into(),
+        state: State::Running,
+        health: Health::Healthy,
+        restarts: 2,
+        container_id: Some("good_web".into()),
+        pid: Some(42),
+        exit_code: None,
+        message: None,
+    };
+    let st = report::statuses(&applied, Ok(vec![running]), &RuntimeConfig::new(std::path::PathBuf::from("/nonexistent")));
+    assert_eq!(st.len(), 3);
+    assert_eq!((st[0].generation, st[0].desired_revision), (5, 7));
+    assert_eq!(st[0].error, "");
+    assert_eq!(st[0].services.len(), 1);
+    let web = &st[0].services[0];
+    assert_eq!(web.state(), ServiceState::Running);
+    assert_eq!(web.health(), ServiceHealth::Healthy);
+    assert_eq!(web.restarts, 2);
+    assert!(st[1].error.contains("compose_yaml:4"), "{}", st[1].error);
+    assert!(
+        st[1].error.contains("services.web.ports[0]"),
+        "{}",
+        st[1].error
+    );
+    assert!(st[1].services.is_empty());
+    assert!(st[2].error.contains("appears twice"), "{}", st[2].error);
+}
+
+#[test]
+fn a_failed_pass_is_reported_per_app_and_messages_are_cut() {
+    let applied = AppliedState::from_desired(&desired(3, &[("good", GOOD, 3)]));
+    let st = report::statuses(&applied, Err("x".repeat(5000)), &RuntimeConfig::new(std::path::PathBuf::from("/nonexistent")));
+    assert!(st[0].error.starts_with("cannot run apps: xxx"));
+    assert!(st[0].error.len() <= cairn_proto::MAX_STATUS_MESSAGE_BYTES);
+    let exited = ServiceStatus {
+        app: "good".into(),
+        service: "web".into(),
+        state: State::Exited,
+        health: Health::None,
+        restarts: 0,
+        container_id: None,
+        pid: None,
+        exit_code: Some(3),
+        message: None,
+    };
+    let st = report::statuses(&applied, Ok(vec![exited.clone()]), &RuntimeConfig::new(std::path::PathBuf::from("/nonexistent")));
+    assert_eq!(st[0].services[0].state(), ServiceState::Exited);
+    assert_eq!(st[0].services[0].message, "exited with status 3");
+    // With a log, its last line says why.
+    let dir = tempfile::tempdir().unwrap();
+    let logs = RuntimeConfig::new(dir.path().to_path_buf());
+    let log = logs.log_path(&exited.app, &exited.service);
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::write(&log, "starting\nhttpd: bind: Address in use\n\n").unwrap();
+    let st = report::statuses(&applied, Ok(vec![exited]), &logs);
+    assert_eq!(st[0].services[0].message, "exited with status 3; last log line: httpd: bind: Address in use");
+}
+
+#[tokio::test]
+async fn without_containerd_every_app_reports_why_and_nothing_runs_before_a_desired_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AppsConfig {
+        enabled: true,
+        containerd_socket: dir.path().join("no-containerd.sock"),
+        reconcile_interval_ms: 20,
+        ..AppsConfig::default()
+    };
+    let sink = AppsSink::start(&config, dir.path());
+    let mut observed = sink.observed();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        sink.observed_apps().is_empty(),
+        "no status before a desired state"
+    );
+    sink.apply(&desired(2, &[("good", GOOD, 2), ("bad", BAD, 2)]));
+    let st = tokio::time::timeout(
+        Duration::from_secs(20),
+        observed.wait_for(|st| st.len() == 2),
+    )
+    .await
+    .expect("a status within 20 s")
+    .unwrap()
+    .clone();
+    assert!(
+        st[0].error.contains("cannot connect to containerd"),
+        "{}",
+        st[0].error
+    );
+    assert!(
+        st[0].error.contains("no-containerd.sock"),
+        "{}",
+        st[0].error
+    );
+    assert!(
+        st[1].error.contains("refused by this agent"),
+        "{}",
+        st[1].error
+    );
+    assert_eq!(sink.observed_apps(), st);
+}
+
+#[test]
+fn config_defaults_and_checks() {
+    let config = AppsConfig::default();
+    assert!(!config.enabled);
+    assert_eq!(
+        config.containerd_socket,
+        std::path::PathBuf::from("/run/containerd/containerd.sock")
+    );
+    assert_eq!(
+        config.data_dir(Path::new("/var/lib/cairn/agent")),
+        Path::new("/var/lib/cairn/agent/apps")
+    );
+    assert!(config.validate().is_ok());
+    let relative = AppsConfig {
+        data_dir: Some("apps".into()),
+        ..AppsConfig::default()
+    };
+    assert!(relative.validate().unwrap_err().contains("apps.data_dir"));
+}

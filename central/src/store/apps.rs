@@ -1,0 +1,96 @@
+//! Apps each device should run: one Compose file per (device, app name). Changing them bumps the
+//! device's desired revision in the same transaction (see [`bump_revision`]).
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{now_unix, rfc3339, StoreError};
+
+/// One desired app of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DesiredApp {
+    /// App name (validated by cairn-runtime: lowercase letters, digits, `-`, `.`).
+    pub name: String,
+    /// The Compose file.
+    pub compose_yaml: String,
+    /// Device revision that set this `compose_yaml`.
+    pub generation: u64,
+    /// When it was set.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub updated_at: i64,
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<DesiredApp> {
+    Ok(DesiredApp {
+        name: row.get(0)?,
+        compose_yaml: row.get(1)?,
+        generation: row.get::<_, i64>(2)? as u64,
+        updated_at: row.get(3)?,
+    })
+}
+
+/// The apps of a device, by name.
+pub fn list(conn: &Connection, device_id: &str) -> Result<Vec<DesiredApp>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, compose_yaml, generation, updated_at FROM device_apps WHERE device_id = ?1 ORDER BY name",
+    )?;
+    let rows = stmt.query_map([device_id], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One app of a device.
+pub fn get(
+    conn: &Connection,
+    device_id: &str,
+    name: &str,
+) -> Result<Option<DesiredApp>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT name, compose_yaml, generation, updated_at FROM device_apps WHERE device_id = ?1 AND name = ?2",
+            params![device_id, name],
+            from_row,
+        )
+        .optional()?)
+}
+
+/// Insert or replace an app of a device at `generation`; returns it.
+pub fn upsert(
+    conn: &Connection,
+    device_id: &str,
+    name: &str,
+    compose_yaml: &str,
+    generation: u64,
+) -> Result<DesiredApp, StoreError> {
+    let now = now_unix();
+    conn.execute(
+        "INSERT INTO device_apps (device_id, name, compose_yaml, generation, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (device_id, name) DO UPDATE SET compose_yaml = ?3, generation = ?4, updated_at = ?5",
+        params![device_id, name, compose_yaml, generation as i64, now],
+    )?;
+    Ok(DesiredApp {
+        name: name.to_owned(),
+        compose_yaml: compose_yaml.to_owned(),
+        generation,
+        updated_at: now,
+    })
+}
+
+/// Remove an app of a device; false when it had no such app.
+pub fn delete(conn: &Connection, device_id: &str, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "DELETE FROM device_apps WHERE device_id = ?1 AND name = ?2",
+        params![device_id, name],
+    )? > 0)
+}
+
+/// Bump a device's desired revision; returns the new one (`None`: no such device).
+pub fn bump_revision(conn: &Connection, device_id: &str) -> Result<Option<u64>, StoreError> {
+    Ok(conn
+        .query_row(
+            "UPDATE devices SET desired_revision = desired_revision + 1 WHERE id = ?1 RETURNING desired_revision",
+            [device_id],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|r| r as u64))
+}

@@ -1,0 +1,485 @@
+//! Apps on devices over REST against a real central: Compose validation with line numbers, roles,
+//! audit, size limits, and every change reaching the device's open Sync stream as a new revision
+//! (with the apps, also when only the config changes); the status a device reports in heartbeats
+//! shows up in `GET .../apps`.
+
+use std::time::Duration;
+
+use cairn_proto::v1::{
+    agent_message, central_message, AgentMessage, AppStatus, CentralMessage, DesiredState,
+    Heartbeat, ServiceHealth, ServiceState, ServiceStatus,
+};
+use cairn_testsupport::central::{SimDevice, TestCentral};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tonic::Streaming;
+
+const WEB: &str =
+    "services:\n  web:\n    image: registry.example:5000/web:1\n    restart: always\n";
+
+fn api_token(central: &TestCentral, name: &str, role: &str) -> String {
+    let body = central.admin_call(
+        "POST",
+        "/api/v1/api-tokens",
+        Some(json!({ "name": name, "role": role })),
+    );
+    body["secret"].as_str().unwrap().to_owned()
+}
+
+fn put(central: &TestCentral, token: &str, device: &str, app: &str, yaml: &str) -> (u16, Value) {
+    central.call(
+        token,
+        "PUT",
+        &format!("/api/v1/devices/{device}/apps/{app}"),
+        Some(json!({ "compose_yaml": yaml })),
+    )
+}
+
+/// An enrolled device with an open Sync stream, past its first desired state (revision 1).
+struct Device {
+    id: String,
+    tx: mpsc::Sender<AgentMessage>,
+    stream: Streaming<CentralMessage>,
+    sim: SimDevice,
+    cert: Vec<u8>,
+}
+
+impl Device {
+    async fn connect(central: &TestCentral, serial: &str) -> Device {
+        let (_, token) = central.token("auto", None, None);
+        let sim = SimDevice::new(serial);
+        let enrolled = sim.enroll(central, &token).await.unwrap();
+        let (tx, stream) = Self::open(central, &sim, &enrolled.certificate_der).await;
+        let mut device = Device {
+            id: enrolled.device_id,
+            tx,
+            stream,
+            sim,
+            cert: enrolled.certificate_der,
+        };
+        let first = device.desired().await;
+        assert_eq!((first.revision, first.apps.len()), (1, 0));
+        device
+    }
+
+    async fn open(
+        central: &TestCentral,
+        sim: &SimDevice,
+        cert: &[u8],
+    ) -> (mpsc::Sender<AgentMessage>, Streaming<CentralMessage>) {
+        let mut agent = central.agent(sim, cert).await;
+        let (tx, rx) = mpsc::channel(4);
+        let stream = agent
+            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        (tx, stream)
+    }
+
+    /// A new Sync stream (the old one is replaced); returns the first desired state on it.
+    async fn reconnect(&mut self, central: &TestCentral) -> DesiredState {
+        (self.tx, self.stream) = Self::open(central, &self.sim, &self.cert).await;
+        self.desired().await
+    }
+
+    /// The next desired state pushed on the stream (acks skipped), within 5 s.
+    async fn desired(&mut self) -> DesiredState {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match self.stream.message().await.unwrap().unwrap().kind {
+                    Some(central_message::Kind::Desired(d)) => break d,
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .expect("a desired state is pushed within 5 s")
+    }
+
+    async fn heartbeat(&mut self, seq: u64, revision: u64, apps: Vec<AppStatus>) {
+        let hb = Heartbeat {
+            seq,
+            desired_revision: revision,
+            apps,
+            ..Default::default()
+        };
+        self.tx
+            .send(AgentMessage {
+                kind: Some(agent_message::Kind::Heartbeat(hb)),
+            })
+            .await
+            .unwrap();
+        // Wait for the ack: central has taken the heartbeat in.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Some(central_message::Kind::Ack(ack)) =
+                    self.stream.message().await.unwrap().unwrap().kind
+                {
+                    if ack.seq == seq {
+                        break;
+                    }
+                }
+            }
+        })
+        .await
+        .expect("heartbeat acknowledged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_update_list_and_remove_reach_the_device_stream() {
+    let central = TestCentral::start().await;
+    let mut device = Device::connect(&central, "SER-APPS-1").await;
+    let id = device.id.clone();
+    let operator = api_token(&central, "ops", "operator");
+
+    // Deploy: 201, revision 2 pushed with the app at generation 2.
+    let (status, body) = put(&central, &operator, &id, "web", WEB);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["desired_revision"].as_u64(), body["changed"].as_bool()),
+        (Some(2), Some(true))
+    );
+    assert_eq!(body["app"]["generation"], 2);
+    let pushed = device.desired().await;
+    assert_eq!(pushed.revision, 2);
+    assert_eq!(pushed.apps.len(), 1);
+    assert_eq!(
+        (
+            pushed.apps[0].name.as_str(),
+            pushed.apps[0].compose_yaml.as_str(),
+            pushed.apps[0].generation
+        ),
+        ("web", WEB, 2)
+    );
+
+    // The same file again changes nothing (no revision, no push, no audit).
+    let (status, body) = put(&central, &operator, &id, "web", WEB);
+    assert_eq!(
+        (
+            status,
+            body["changed"].as_bool(),
+            body["desired_revision"].as_u64()
+        ),
+        (200, Some(false), Some(2))
+    );
+
+    // Listed before any report: status null.
+    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
+    assert_eq!(listed["desired_revision"], 2);
+    assert_eq!(listed["online"], true);
+    assert_eq!(listed["apps"][0]["name"], "web");
+    assert!(listed["apps"][0]["status"].is_null(), "{listed}");
+
+    // A heartbeat reports the app running; GET shows it per service.
+    let report = AppStatus {
+        name: "web".into(),
+        generation: 2,
+        desired_revision: 2,
+        error: String::new(),
+        services: vec![ServiceStatus {
+            name: "web".into(),
+            state: ServiceState::Running as i32,
+            health: ServiceHealth::Healthy as i32,
+            restarts: 1,
+            message: "x".repeat(10_000),
+        }],
+    };
+    device.heartbeat(1, 2, vec![report]).await;
+    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
+    let status = &listed["apps"][0]["status"];
+    assert_eq!(
+        (status["generation"].as_u64(), status["in_sync"].as_bool()),
+        (Some(2), Some(true)),
+        "{listed}"
+    );
+    let web = &status["services"][0];
+    assert_eq!(
+        (
+            web["name"].as_str(),
+            web["state"].as_str(),
+            web["health"].as_str()
+        ),
+        (Some("web"), Some("running"), Some("healthy"))
+    );
+    assert_eq!(web["restarts"], 1);
+    assert!(
+        web["message"].as_str().unwrap().len() <= cairn_proto::MAX_STATUS_MESSAGE_BYTES,
+        "central cuts long messages"
+    );
+    assert_eq!(listed["reported_revision"], 2);
+    assert!(listed["reported_at"].is_string());
+
+    // An update: revision 3, generation 3; the old report is no longer in sync.
+    let updated = WEB.replace("web:1", "web:2");
+    let (status, body) = put(&central, &operator, &id, "web", &updated);
+    assert_eq!(
+        (status, body["desired_revision"].as_u64()),
+        (200, Some(3)),
+        "{body}"
+    );
+    let pushed = device.desired().await;
+    assert_eq!(
+        (
+            pushed.revision,
+            pushed.apps[0].generation,
+            pushed.apps[0].compose_yaml.as_str()
+        ),
+        (3, 3, updated.as_str())
+    );
+    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
+    assert_eq!(listed["apps"][0]["status"]["in_sync"], false);
+
+    // A config change carries the apps too (a state without them would remove them).
+    central.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{id}/config"),
+        Some(json!({ "config": { "site": "north" } })),
+    );
+    let pushed = device.desired().await;
+    assert_eq!((pushed.revision, pushed.apps.len()), (4, 1));
+
+    // A second app, then removal of the first.
+    let (status, _) = put(
+        &central,
+        &operator,
+        &id,
+        "db.main",
+        "services:\n  db:\n    image: postgres:16\n",
+    );
+    assert_eq!(status, 201);
+    assert_eq!(device.desired().await.apps.len(), 2);
+    let (status, body) = central.call(
+        &operator,
+        "DELETE",
+        &format!("/api/v1/devices/{id}/apps/web"),
+        None,
+    );
+    assert_eq!(
+        (
+            status,
+            body["removed"].as_str(),
+            body["desired_revision"].as_u64()
+        ),
+        (200, Some("web"), Some(6)),
+        "{body}"
+    );
+    let pushed = device.desired().await;
+    assert_eq!(pushed.revision, 6);
+    assert_eq!(
+        pushed
+            .apps
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>(),
+        ["db.main"]
+    );
+    let (status, _) = central.call(
+        &operator,
+        "DELETE",
+        &format!("/api/v1/devices/{id}/apps/web"),
+        None,
+    );
+    assert_eq!(status, 404, "removing twice is a 404");
+
+    // A reconnecting device gets its apps in the first desired state of the new stream.
+    let first = device.reconnect(&central).await;
+    assert_eq!(
+        (
+            first.revision,
+            first.apps.len(),
+            first.apps[0].name.as_str()
+        ),
+        (6, 1, "db.main")
+    );
+    assert_eq!(first.config.get("site").map(String::as_str), Some("north"));
+
+    // Every change is audited with the operator as actor.
+    let events = central.admin_call("GET", "/api/v1/audit?limit=100", None);
+    let mine: Vec<(String, String)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["target"] == id.as_str() && e["action"].as_str().unwrap().starts_with("app."))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["detail"].as_str().unwrap().to_owned(),
+            )
+        })
+        .rev()
+        .collect();
+    let actions: Vec<&str> = mine.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["app.deploy", "app.deploy", "app.deploy", "app.remove"],
+        "{mine:?}"
+    );
+    assert!(
+        mine[0].1.contains("app=web")
+            && mine[0].1.contains("generation=2")
+            && mine[0].1.contains("created"),
+        "{mine:?}"
+    );
+    assert!(mine[1].1.contains("updated"), "{mine:?}");
+    assert!(events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "app.deploy" && e["actor"] == "api:ops"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_compose_is_refused_with_line_and_field() {
+    let central = TestCentral::start().await;
+    let device = Device::connect(&central, "SER-APPS-2").await;
+    let id = device.id.clone();
+    let bad = "services:\n  web:\n    image: busybox\n    ports: [\"eighty:80\"]\n    restart: sometimes\n";
+    let (status, body) = put(&central, &central.admin, &id, "web", bad);
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("compose_yaml:4: services.web.ports[0]"),
+        "{message}"
+    );
+    assert!(
+        message.contains("compose_yaml:5: services.web.restart"),
+        "{message}"
+    );
+
+    let (status, body) = put(&central, &central.admin, &id, "web", "services: [\n");
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid YAML"),
+        "{body}"
+    );
+
+    let (status, body) = put(&central, &central.admin, &id, "Bad_Name", WEB);
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("app name"),
+        "{body}"
+    );
+
+    let secrets = "services:\n  web:\n    image: busybox\n    secrets: [db]\nsecrets:\n  db: {}\n";
+    let (status, body) = put(&central, &central.admin, &id, "web", secrets);
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("secrets"),
+        "{body}"
+    );
+
+    let (status, body) = central.call(
+        &central.admin,
+        "PUT",
+        &format!("/api/v1/devices/{id}/apps/web"),
+        Some(json!({ "yaml": WEB })),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    // Nothing was stored and the revision did not move.
+    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
+    assert_eq!(
+        (
+            listed["desired_revision"].as_u64(),
+            listed["apps"].as_array().unwrap().len()
+        ),
+        (Some(1), 0)
+    );
+    let (status, _) = put(&central, &central.admin, "dev_nope", "web", WEB);
+    assert_eq!(status, 404);
+    let (status, _) = central.call(&central.admin, "GET", "/api/v1/devices/dev_nope/apps", None);
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_read_operators_change() {
+    let central = TestCentral::start().await;
+    let device = Device::connect(&central, "SER-APPS-3").await;
+    let id = device.id.clone();
+    let viewer = api_token(&central, "watcher", "viewer");
+    let (status, body) = put(&central, &viewer, &id, "web", WEB);
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("operator"),
+        "{body}"
+    );
+    let (status, _) = central.call(
+        &viewer,
+        "DELETE",
+        &format!("/api/v1/devices/{id}/apps/web"),
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, body) = central.call(&viewer, "GET", &format!("/api/v1/devices/{id}/apps"), None);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = central.call(
+        "not-a-token",
+        "GET",
+        &format!("/api/v1/devices/{id}/apps"),
+        None,
+    );
+    assert_eq!(status, 401);
+    let events = central.admin_call("GET", "/api/v1/audit?limit=100", None);
+    assert!(!events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"].as_str().unwrap().starts_with("app.")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_and_desired_state_sizes_are_capped() {
+    let central = TestCentral::start().await;
+    let device = Device::connect(&central, "SER-APPS-4").await;
+    let id = device.id.clone();
+    // A valid file just under 64 KiB (a long comment) is accepted: the body limit of this route
+    // is above the API's default 64 KiB.
+    let padded = |n: usize| format!("{WEB}# {}\n", "x".repeat(n - WEB.len() - 3));
+    let near_limit = padded(cairn_proto::MAX_COMPOSE_BYTES);
+    assert_eq!(near_limit.len(), cairn_proto::MAX_COMPOSE_BYTES);
+    let (status, body) = put(&central, &central.admin, &id, "a", &near_limit);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = put(
+        &central,
+        &central.admin,
+        &id,
+        "b",
+        &padded(cairn_proto::MAX_COMPOSE_BYTES + 1),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("65536"),
+        "{body}"
+    );
+    // Three near-limit apps fit in the desired state; a fourth would not, and is rolled back.
+    for name in ["b", "c"] {
+        let (status, body) = put(&central, &central.admin, &id, name, &near_limit);
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = put(&central, &central.admin, &id, "d", &near_limit);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("limit"),
+        "{body}"
+    );
+    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
+    assert_eq!(listed["apps"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        listed["desired_revision"], 4,
+        "the refused change did not bump the revision"
+    );
+}

@@ -1,0 +1,314 @@
+//! QEMU tier, issue 4: the data partition is LUKS2 with its key sealed in the TPM to the boot
+//! chain; a stolen disk or a changed boot chain gives nothing; the escrowed recovery key recovers
+//! and re-seals.
+//!
+//! One guest disk goes through five boots in order (each needs the state the previous one left):
+//! 1. first boot with a real central on the host: grow + LUKS2-format + enroll + escrow the
+//!    recovery key; central deploys a two-service app (issue 5 on a device: images from a host
+//!    registry, `client` reaches `web` by name) whose `client` writes a marker into its volume;
+//!    power cut; the marker, the device id and the recovery key are nowhere in the raw disk;
+//! 2. the same disk with a blank TPM (stolen disk): stays locked, says why, no agent;
+//! 3. the same disk and TPM with Secure Boot off (changed boot chain): locked, PCR 7 named;
+//! 4. Secure Boot still off, a CAIRN-KEY stick holding the key from central's admin API:
+//!    recovered, the same device reconnects (its identity lives on /data: data intact);
+//! 5. Secure Boot still off, no stick: unlocks by TPM again (re-sealed to this chain), and the
+//!    app is healthy again from its volume (the marker survived).
+//!
+//! Run with `cargo test -p cairn-e2e --test data_protection -- --ignored`.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use cairn_e2e::{check_fields, image, vm, Vm, VmOptions, READY};
+use cairn_testsupport::central::{config_in, TestCentral};
+use cairn_testsupport::{images, Registry};
+use serde_json::{json, Value};
+
+/// Boot to a marker takes ~40-160 s under TCG here; leave room for a loaded CI machine.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
+/// The image's disk is ~1.1 GiB; the guest's is larger so first boot grows `data`.
+const DISK_MIB: u64 = 1800;
+/// The recipe's data partition (MiB) before growing.
+const IMAGE_DATA_MIB: u64 = 256;
+
+struct Fleet {
+    runtime: tokio::runtime::Runtime,
+    central: TestCentral,
+}
+
+impl Fleet {
+    fn get(&self, path: &str) -> Value {
+        self.runtime.block_on(async { self.central.admin_call("GET", path, None) })
+    }
+
+    fn devices(&self) -> Vec<Value> {
+        self.get("/api/v1/devices")["devices"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Wait until exactly one device is active and online; return it.
+    fn wait_online(&self, guest: &mut Vm, what: &str) -> Value {
+        let started = Instant::now();
+        loop {
+            let devices = self.devices();
+            if let Some(device) = devices.iter().find(|d| d["status"] == "active" && d["online"] == true) {
+                assert_eq!(devices.len(), 1, "{what}: a second device enrolled: {devices:?}");
+                return device.clone();
+            }
+            if guest.exited() || started.elapsed() > BOOT_TIMEOUT {
+                panic!("{what}: the guest never connected; devices {devices:?}\n{}", guest.serial_tail());
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+/// The app of the QEMU tests: `web` serves a page, `client` fetches it by name and keeps the
+/// marker in its volume.
+fn compose(marker: &str) -> String {
+    let image = format!("{}/cairn/box:1", vm::GUEST_REGISTRY);
+    format!(
+        r#"services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    restart: always
+  client:
+    image: {image}
+    command: ["sh", "-c", "[ -f /state/marker ] || echo {marker} > /state/marker; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    volumes: ["state:/state"]
+    restart: always
+    healthcheck:
+      test: ["CMD", "sh", "-c", "grep -q {marker} /state/marker && wget -O - http://web:8080/ | grep -q hello-from-web && sync"]
+      interval: 2s
+      retries: 1
+volumes:
+  state: {{}}
+"#
+    )
+}
+
+impl Fleet {
+    fn deploy(&self, id: &str, marker: &str) {
+        let (status, body) = self.runtime.block_on(async {
+            self.central.call(
+                &self.central.admin,
+                "PUT",
+                &format!("/api/v1/devices/{id}/apps/demo"),
+                Some(json!({ "compose_yaml": compose(marker) })),
+            )
+        });
+        assert!(status == 200 || status == 201, "deploy refused: {status} {body}");
+    }
+
+    /// Wait until central reports `web` running and `client` healthy on the device.
+    fn wait_app_healthy(&self, id: &str, guest: &mut Vm, what: &str) -> Value {
+        let started = Instant::now();
+        let mut last = Value::Null;
+        loop {
+            let apps = self.get(&format!("/api/v1/devices/{id}/apps"));
+            let services = apps["apps"][0]["status"]["services"].as_array().cloned().unwrap_or_default();
+            if Value::Array(services.clone()) != last {
+                eprintln!("{what}: +{:.0}s services {}", started.elapsed().as_secs_f64(), Value::Array(services.clone()));
+                last = Value::Array(services.clone());
+            }
+            let state = |name: &str, key: &str| {
+                services.iter().find(|s| s["name"] == name).map(|s| s[key].as_str().unwrap_or("").to_string())
+            };
+            if state("web", "state").as_deref() == Some("running") && state("client", "health").as_deref() == Some("healthy") {
+                return apps;
+            }
+            if guest.exited() || started.elapsed() > BOOT_TIMEOUT {
+                panic!("{what}: the app never became healthy: {apps}\n{}", guest.serial_tail());
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+fn boot(options: &VmOptions) -> Vm {
+    Vm::boot(options).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Boot until the boot report; return the CAIRN-DATA lines and the CAIRN-DISK fields.
+fn boot_report(guest: &mut Vm) -> (Vec<String>, std::collections::BTreeMap<String, String>) {
+    if let Err(e) = guest.wait_for(READY, BOOT_TIMEOUT) {
+        panic!("{e}");
+    }
+    let text = guest.serial_text();
+    let data: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("CAIRN-DATA "))
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
+    let disk = guest.wait_for("CAIRN-DISK", Duration::from_secs(5)).unwrap();
+    (data, check_fields(&disk))
+}
+
+fn make_recovery_stick(path: &Path, key: &str) {
+    let _ = std::fs::remove_file(path);
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(Command::new("mkfs.vfat").args(["-n", "CAIRN-KEY", "-C"]).arg(path).arg("8192"));
+    let key_file = path.with_extension("txt");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    run(Command::new("mcopy")
+        .arg("-i")
+        .arg(path)
+        .arg(&key_file)
+        .arg("::cairn-recovery-key.txt"));
+}
+
+#[test]
+#[ignore = "QEMU tier (builds and boots an image under TCG, minutes): run with --ignored"]
+fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers() {
+    if let Some(reason) = vm::missing_prerequisites() {
+        panic!("cannot run the QEMU tier: {reason}");
+    }
+    let work = image::target_dir().join("cairn-e2e/vms/data-protection");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+
+    // A real central on a random loopback port; the guest reaches it as 10.0.2.100:7443.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let central_dir = tempfile::tempdir_in(&work).unwrap();
+    let mut config = config_in(central_dir.path());
+    config.server_names.push("10.0.2.100".into());
+    let central = runtime.block_on(TestCentral::start_with(central_dir, config));
+    let (_, secret) = runtime.block_on(async { central.token("auto", Some(1), None) });
+    let fleet = Fleet { runtime, central };
+    let ca = work.join("central-ca.pem");
+    std::fs::write(&ca, &fleet.central.ca_pem).unwrap();
+    let token = work.join("token");
+    std::fs::write(&token, format!("{secret}\n")).unwrap();
+    let files = image::FleetFiles {
+        central_url: Some(vm::GUEST_CENTRAL_URL.to_string()),
+        central_ca: Some(ca),
+        token_file: Some(token),
+    };
+    let built = image::build_image(&work.join("image"), &files).unwrap_or_else(|e| panic!("{e}"));
+
+    // App images come from a registry on the host, forwarded into the guest.
+    let registry = Registry::start();
+    fleet.runtime.block_on(images::push(&registry.url(), "cairn/box", "1", &images::busybox_image(&[]), None));
+
+    let vm_dir = work.join("vm");
+    let mut options = VmOptions::new(&built, &vm_dir);
+    options.central_port = Some(fleet.central.c().grpc_addr.port());
+    options.registry_port = Some(registry.port());
+    options.disk_size_mib = Some(DISK_MIB);
+
+    // 1. First boot: grow, format, seal, enroll, escrow.
+    let started = Instant::now();
+    let mut guest = boot(&options);
+    let device = fleet.wait_online(&mut guest, "first boot");
+    eprintln!("BENCH qemu_start_to_agent_enrolled_s={:.1}", started.elapsed().as_secs_f64());
+    let id = device["id"].as_str().unwrap().to_string();
+    // Zero-touch: the serial came from SMBIOS, the key from the guest's TPM (swtpm).
+    assert_eq!(device["serial"], options.serial_number.as_str(), "{device}");
+    assert_eq!(device["key_storage"], "tpm", "{device}");
+    assert_eq!(device["tpm_ek_sha256"].as_str().unwrap().len(), 64, "{device}");
+    let (data, disk) = boot_report(&mut guest);
+    assert!(data.iter().any(|l| l.contains("state=formatted")), "first boot did not format: {data:?}");
+    assert_eq!(disk.get("data_source").map(String::as_str), Some("/dev/mapper/cairn-data"), "{disk:?}");
+    assert_eq!(disk.get("data_type").map(String::as_str), Some("crypto_LUKS"), "{disk:?}");
+    let grown: u64 = disk["data_partition_bytes"].parse().unwrap();
+    assert!(grown > (IMAGE_DATA_MIB + 400) << 20, "data partition was not grown to the disk: {disk:?}");
+
+    // The agent escrows the recovery key as soon as it is connected.
+    let escrow_started = Instant::now();
+    let escrowed = loop {
+        let reply = fleet.runtime.block_on(async {
+            fleet.central.call(&fleet.central.admin, "GET", &format!("/api/v1/devices/{id}/recovery-key"), None)
+        });
+        if reply.0 == 200 {
+            break reply.1;
+        }
+        assert!(escrow_started.elapsed() < Duration::from_secs(120), "no recovery key escrowed: {reply:?}\n{}", guest.serial_tail());
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let recovery_key = escrowed["recovery_key"].as_str().unwrap().to_string();
+    let audit = fleet.get("/api/v1/audit");
+    assert!(
+        audit.to_string().contains("recovery_key.escrow") && audit.to_string().contains("recovery_key.read"),
+        "escrow and read are not audited: {audit}"
+    );
+
+    // Issue 5 on a real device: central deploys a two-service app; `client` reaches `web` by
+    // name over the app's CNI network and writes a marker into its volume on /data. Healthy =
+    // marker written, page fetched from web, and synced. Then the power is cut.
+    let marker = format!("cairn-marker-{}", u64::from(std::process::id()) * 7_919 + 104_729);
+    let deploy_started = Instant::now();
+    fleet.deploy(&id, &marker);
+    let apps = fleet.wait_app_healthy(&id, &mut guest, "first boot");
+    eprintln!("BENCH qemu_app_deploy_to_healthy_s={:.1}", deploy_started.elapsed().as_secs_f64());
+    assert_eq!(apps["apps"][0]["status"]["in_sync"], true, "{apps}");
+    drop(guest); // power cut
+
+    let raw = work.join("stolen.raw");
+    vm::disk_to_raw(&vm_dir, &raw).unwrap();
+    let find = |needle: &[u8]| vm::find_bytes(&raw, needle).unwrap();
+    // Controls: the scan sees plaintext where there is plaintext, and the LUKS2 header.
+    assert!(!find(b"cairn.roothash=").is_empty(), "the scan cannot see the ESP's plaintext");
+    assert!(!find(b"LUKS\xba\xbe").is_empty(), "no LUKS header on the disk");
+    assert_eq!(find(marker.as_bytes()), Vec::<u64>::new(), "the marker is readable on the raw disk");
+    assert_eq!(find(id.as_bytes()), Vec::<u64>::new(), "the device id is readable on the raw disk");
+    assert_eq!(find(recovery_key.as_bytes()), Vec::<u64>::new(), "the recovery key is on the raw disk");
+    let _ = std::fs::remove_file(&raw);
+
+    // 2. Stolen disk: same disk, another (blank) TPM.
+    let mut thief = options.clone();
+    thief.keep_disk = true;
+    thief.tpm_dir = Some(work.join("thief-tpm"));
+    let mut guest = boot(&thief);
+    let (data, disk) = boot_report(&mut guest);
+    let locked = data.iter().find(|l| l.contains("state=locked")).unwrap_or_else(|| panic!("stolen disk was not locked: {data:?}\n{}", guest.serial_tail()));
+    assert!(locked.contains("another TPM"), "{locked}");
+    assert_eq!(disk.get("data_source").map(String::as_str), Some("none"), "data mounted on a stolen disk: {disk:?}");
+    assert_eq!(disk.get("data_type").map(String::as_str), Some("crypto_LUKS"), "formatted over: {disk:?}");
+    assert!(!guest.serial_text().contains(&marker));
+    drop(guest);
+
+    // 3. Changed boot chain: same disk and TPM, Secure Boot off.
+    let mut unsigned = options.clone();
+    unsigned.keep_disk = true;
+    unsigned.secure_boot = false;
+    let mut guest = boot(&unsigned);
+    let (data, disk) = boot_report(&mut guest);
+    assert!(data.iter().any(|l| l.contains("state=locked")), "changed boot chain unlocked: {data:?}");
+    assert!(
+        data.iter().any(|l| l.contains("changed-pcr") && l.contains("PCR 7")),
+        "the changed PCR is not named: {data:?}"
+    );
+    assert_eq!(disk.get("data_source").map(String::as_str), Some("none"), "{disk:?}");
+    drop(guest);
+    let before_recovery = fleet.devices();
+
+    // 4. Recovery with the escrowed key from a stick; re-sealed to the current (SB off) chain.
+    let stick = work.join("recovery-stick.img");
+    make_recovery_stick(&stick, &recovery_key);
+    let mut recovering = unsigned.clone();
+    recovering.extra_disk = Some(stick);
+    let mut guest = boot(&recovering);
+    let device = fleet.wait_online(&mut guest, "recovery boot");
+    assert_eq!(device["id"].as_str(), Some(id.as_str()), "recovery gave a new identity: the data was lost");
+    let (data, _) = boot_report(&mut guest);
+    assert!(data.iter().any(|l| l.contains("state=recovered")), "{data:?}");
+    drop(guest);
+    assert_eq!(fleet.devices().len(), before_recovery.len(), "recovery enrolled a new device");
+
+    // 5. Next boot without the stick: the TPM unlocks again.
+    let mut guest = boot(&unsigned);
+    let (data, disk) = boot_report(&mut guest);
+    assert!(data.iter().any(|l| l.contains("state=unlocked")), "not re-sealed: {data:?}");
+    assert_eq!(disk.get("data_source").map(String::as_str), Some("/dev/mapper/cairn-data"), "{disk:?}");
+    let device = fleet.wait_online(&mut guest, "boot after recovery");
+    assert_eq!(device["id"].as_str(), Some(id.as_str()));
+    // The app comes back with its volume: the marker written before the power cut is intact.
+    fleet.wait_app_healthy(&id, &mut guest, "boot after recovery");
+    drop(guest);
+    let Fleet { runtime, mut central } = fleet;
+    runtime.block_on(central.stop());
+}
