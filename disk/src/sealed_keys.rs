@@ -36,6 +36,7 @@
 //! the update (promotion is repeated). Promotion is best effort: when a rename fails (ESP
 //! read-only, full) the unlock still succeeds and the next boot promotes again.
 
+use cairn_tpm::sync_parent;
 use std::path::{Path, PathBuf};
 
 /// Which sealed copy of the disk key a file holds (see the module docs for the rule).
@@ -126,19 +127,11 @@ pub(crate) fn remove(sealed_key: &Path, which: &[SealedKeyFile]) -> std::io::Res
     Ok(removed)
 }
 
-/// `rename(from, to)` (replacing `to`), then fsync the directory so the new name survives a
-/// power cut.
+/// `rename(from, to)` (replacing `to`), then make the new name durable
+/// ([`cairn_tpm::sync_parent`]).
 fn rename_durably(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::rename(from, to)?;
     sync_parent(to)
-}
-
-fn sync_parent(path: &Path) -> std::io::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ mod seal;
 mod sealed_blob;
 mod tcti;
 
+pub use blob::sync_parent;
 pub use ek::ek_public_sha256;
 pub use error::TpmError;
 pub use eventlog::{EventLog, EventLogError, LogEvent, FIRMWARE_EVENT_LOG};
