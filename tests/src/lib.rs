@@ -11,6 +11,34 @@ pub mod vm;
 
 pub use vm::{Vm, VmError, VmOptions};
 
+/// The two-service app the QEMU tests and the demo deploy from central: `web` serves a page;
+/// `client` keeps `marker` in its volume on /data and is healthy when the marker is there and it
+/// fetched the page from `web` by name over the app's network (then it syncs). Images come from
+/// [`vm::GUEST_REGISTRY`] as `cairn/box:1` (a busybox image).
+pub fn demo_app(marker: &str) -> String {
+    let image = format!("{}/cairn/box:1", vm::GUEST_REGISTRY);
+    format!(
+        r#"services:
+  web:
+    image: {image}
+    command: ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    restart: always
+  client:
+    image: {image}
+    command: ["sh", "-c", "[ -f /state/marker ] || echo {marker} > /state/marker; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    volumes: ["state:/state"]
+    restart: always
+    healthcheck:
+      test: ["CMD", "sh", "-c", "grep -q {marker} /state/marker && wget -O - http://web:8080/ | grep -q hello-from-web && sync"]
+      interval: 2s
+      retries: 1
+volumes:
+  state: {{}}
+"#
+    )
+}
+
+
 /// Make a child process get SIGKILL when the process (thread) that started it dies, so a
 /// killed test or `cairn-vm` never leaves QEMU or swtpm running.
 pub(crate) fn kill_with_parent(command: &mut std::process::Command) {

@@ -63,31 +63,6 @@ impl Fleet {
     }
 }
 
-/// The app of the QEMU tests: `web` serves a page, `client` fetches it by name and keeps the
-/// marker in its volume.
-fn compose(marker: &str) -> String {
-    let image = format!("{}/cairn/box:1", vm::GUEST_REGISTRY);
-    format!(
-        r#"services:
-  web:
-    image: {image}
-    command: ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
-    restart: always
-  client:
-    image: {image}
-    command: ["sh", "-c", "[ -f /state/marker ] || echo {marker} > /state/marker; trap 'exit 0' TERM; while true; do sleep 1; done"]
-    volumes: ["state:/state"]
-    restart: always
-    healthcheck:
-      test: ["CMD", "sh", "-c", "grep -q {marker} /state/marker && wget -O - http://web:8080/ | grep -q hello-from-web && sync"]
-      interval: 2s
-      retries: 1
-volumes:
-  state: {{}}
-"#
-    )
-}
-
 impl Fleet {
     fn deploy(&self, id: &str, marker: &str) {
         let (status, body) = self.runtime.block_on(async {
@@ -95,7 +70,7 @@ impl Fleet {
                 &self.central.admin,
                 "PUT",
                 &format!("/api/v1/devices/{id}/apps/demo"),
-                Some(json!({ "compose_yaml": compose(marker) })),
+                Some(json!({ "compose_yaml": cairn_e2e::demo_app(marker) })),
             )
         });
         assert!(status == 200 || status == 201, "deploy refused: {status} {body}");

@@ -217,8 +217,15 @@ fn boot_device_image(ctl: &Ctl, work: &Path, data: &Path, grpc: u16) -> Result<(
         token_file: Some(token),
     };
     let image = cairn_e2e::image::build_image(&work.join("image"), &fleet)?;
+    // The app's images: a busybox image built here, served by a local registry that the guest
+    // reaches as 10.0.2.100:5000 (the recipe lists it as a plain-HTTP registry).
+    let registry = cairn_testsupport::Registry::start();
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(
+        cairn_testsupport::images::push(&registry.url(), "cairn/box", "1", &cairn_testsupport::images::busybox_image(&[]), None),
+    );
     let mut options = cairn_e2e::VmOptions::new(&image, &work.join("vm"));
     options.central_port = Some(grpc);
+    options.registry_port = Some(registry.port());
     println!("==> booting {} under QEMU (serial log {})", image.display(), work.join("vm/serial.log").display());
     let started = Instant::now();
     let mut vm = cairn_e2e::Vm::boot(&options)?;
@@ -230,13 +237,46 @@ fn boot_device_image(ctl: &Ctl, work: &Path, data: &Path, grpc: u16) -> Result<(
         }
         shown = text.len();
         let list = ctl.run(&["device", "list"])?;
-        if list.lines().any(|l| l.contains(&options.serial_number) && l.contains(" active ") && l.contains(" yes ")) {
+        if let Some(line) = list.lines().find(|l| l.contains(&options.serial_number) && l.contains(" active ") && l.contains(" yes ")) {
             println!("==> the QEMU device enrolled zero-touch after {:.0}s; cairnctl device list", started.elapsed().as_secs_f64());
             print!("{list}");
-            return Ok(());
+            let device = line.split_whitespace().next().context("device id in cairnctl device list")?.to_owned();
+            return run_demo_app(ctl, work, &device, &mut vm);
         }
         if vm.exited() || started.elapsed() > Duration::from_secs(900) {
             bail!("the QEMU device did not enroll; last console lines:\n{}", vm.serial_tail());
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// Deploy the two-service demo app onto the QEMU device with cairnctl and wait until central
+/// reports it running and healthy.
+fn run_demo_app(ctl: &Ctl, work: &Path, device: &str, vm: &mut cairn_e2e::Vm) -> Result<()> {
+    let compose = work.join("demo.yml");
+    std::fs::write(&compose, cairn_e2e::demo_app("hello-from-the-demo"))?;
+    println!("==> cairnctl app deploy -f {} --device {device}", compose.display());
+    print!("{}", ctl.run(&["app", "deploy", "-f", &compose.to_string_lossy(), "--device", device])?);
+    let started = Instant::now();
+    loop {
+        let table = ctl.run(&["app", "list", "--device", device])?;
+        // Columns: APP GEN SEEN SERVICE STATE HEALTH ...
+        let row = |service: &str| -> Vec<String> {
+            table
+                .lines()
+                .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                .find(|cols| cols.get(3).map(String::as_str) == Some(service))
+                .unwrap_or_default()
+        };
+        let healthy = row("client").get(5).map(String::as_str) == Some("healthy");
+        let web_up = row("web").get(4).map(String::as_str) == Some("running");
+        if healthy && web_up {
+            println!("==> the app runs on the device ({:.0}s after deploy); cairnctl app list", started.elapsed().as_secs_f64());
+            print!("{table}");
+            return Ok(());
+        }
+        if vm.exited() || started.elapsed() > Duration::from_secs(300) {
+            bail!("the demo app did not become healthy; cairnctl app list:\n{table}");
         }
         std::thread::sleep(Duration::from_secs(3));
     }
