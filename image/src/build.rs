@@ -47,6 +47,9 @@ pub struct BuildOptions {
     pub cache_dir: Option<PathBuf>,
     /// Keep `.partial` after a failure.
     pub keep_partial: bool,
+    /// Accept installed versions that differ from the lock because the live mirror moved on
+    /// (printed as a warning; the SBOM records what was installed). Test builds only.
+    pub allow_lock_drift: bool,
 }
 
 /// The build steps, in order.
@@ -364,7 +367,12 @@ impl Run<'_> {
             if !cached {
                 let _ = fs::remove_file(work.join("rootfs.tar"));
             }
-            rootfs::check_lock(&root, run.lock, &recipe.lock_path())?;
+            match rootfs::check_lock(&root, run.lock, &recipe.lock_path()) {
+                Err(RootfsError::Lock(e)) if run.options.allow_lock_drift => {
+                    eprintln!("\nwarning: building anyway (allow_lock_drift): {e}");
+                }
+                other => other?,
+            }
             Ok(cached)
         })?;
 

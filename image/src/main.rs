@@ -63,6 +63,11 @@ enum Command {
         /// Keep OUT/.partial after a failed build (for debugging).
         #[arg(long)]
         keep_partial: bool,
+        /// Build even when the mirror no longer has the locked versions (the drift is printed
+        /// and the SBOM lists what was installed). For test builds only: a release build must
+        /// match its lock.
+        #[arg(long, env = "CAIRN_IMAGE_ALLOW_LOCK_DRIFT")]
+        allow_lock_drift: bool,
     },
     /// Resolve the recipe's packages on the mirror and rewrite its lock file.
     Lock {
@@ -107,6 +112,7 @@ fn main() -> anyhow::Result<()> {
             cache_dir,
             no_cache,
             keep_partial,
+            allow_lock_drift,
         } => {
             let recipe = Recipe::load(&recipe)?;
             let cache_dir = if no_cache {
@@ -131,6 +137,7 @@ fn main() -> anyhow::Result<()> {
                 update_cert,
                 cache_dir,
                 keep_partial,
+                allow_lock_drift,
             };
             let report = build(&recipe, &options, &mut |event| match event {
                 Progress::Started(_) => {
