@@ -62,6 +62,17 @@ pub struct CentralConfig {
     /// Default lifetime of an enrollment token when the request gives none.
     #[serde(default = "default_token_lifetime")]
     pub default_token_lifetime_seconds: u64,
+    /// Largest OS update bundle (`POST /api/v1/bundles`) accepted, in bytes.
+    #[serde(default = "default_max_bundle_bytes")]
+    pub max_bundle_bytes: u64,
+    /// PEM certificate(s) uploaded update bundles must be signed with (the devices' RAUC
+    /// keyring). Unset: bundle uploads are refused.
+    #[serde(default)]
+    pub update_keyring: Option<PathBuf>,
+    /// RAUC `compatible` string every uploaded bundle must carry (e.g. `cairn-qemu-x86_64`).
+    /// Unset: bundle uploads are refused.
+    #[serde(default)]
+    pub update_compatible: Option<String>,
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -85,6 +96,12 @@ fn default_presence_flush() -> u64 {
 fn default_token_lifetime() -> u64 {
     7 * 24 * 3600
 }
+fn default_max_bundle_bytes() -> u64 {
+    2 * 1024 * 1024 * 1024
+}
+
+/// Smallest `max_bundle_bytes` allowed: a signed bundle is never smaller.
+pub const MIN_BUNDLE_BYTES: u64 = 4096;
 
 impl CentralConfig {
     /// A config with defaults for everything but the data directory.
@@ -98,6 +115,9 @@ impl CentralConfig {
             pending_retry_seconds: default_pending_retry(),
             presence_flush_ms: default_presence_flush(),
             default_token_lifetime_seconds: default_token_lifetime(),
+            max_bundle_bytes: default_max_bundle_bytes(),
+            update_keyring: None,
+            update_compatible: None,
         }
     }
 
@@ -141,6 +161,31 @@ impl CentralConfig {
                 problem: "is below 10".into(),
             });
         }
+        if self.max_bundle_bytes < MIN_BUNDLE_BYTES {
+            return Err(ConfigError::Invalid {
+                field: "max_bundle_bytes",
+                problem: format!("is {}; use at least {MIN_BUNDLE_BYTES} (the default is 2 GiB)", self.max_bundle_bytes),
+            });
+        }
+        if let Some(keyring) = &self.update_keyring {
+            if !keyring.is_file() {
+                return Err(ConfigError::Invalid {
+                    field: "update_keyring",
+                    problem: format!(
+                        "{} is not a readable file; give the PEM certificate update bundles are signed with",
+                        keyring.display()
+                    ),
+                });
+            }
+        }
+        if let Some(compatible) = &self.update_compatible {
+            if compatible.is_empty() || compatible.len() > 128 || !compatible.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid {
+                    field: "update_compatible",
+                    problem: format!("{compatible:?} must be 1-128 printable ASCII characters without spaces, like `cairn-qemu-x86_64`"),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -167,5 +212,19 @@ mod tests {
         let mut c = CentralConfig::with_data_dir("/x");
         c.pending_retry_seconds = 0;
         assert!(c.validate().unwrap_err().to_string().contains("pending_retry_seconds"));
+    }
+
+    #[test]
+    fn bundle_settings_are_checked() {
+        let mut c = CentralConfig::with_data_dir("/x");
+        assert_eq!(c.max_bundle_bytes, 2 << 30);
+        c.max_bundle_bytes = 10;
+        assert!(c.validate().unwrap_err().to_string().contains("max_bundle_bytes"));
+        let mut c = CentralConfig::with_data_dir("/x");
+        c.update_keyring = Some("/nonexistent/update.cert.pem".into());
+        assert!(c.validate().unwrap_err().to_string().contains("update_keyring"));
+        let mut c = CentralConfig::with_data_dir("/x");
+        c.update_compatible = Some("has space".into());
+        assert!(c.validate().unwrap_err().to_string().contains("update_compatible"));
     }
 }

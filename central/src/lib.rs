@@ -3,6 +3,7 @@
 //! `start` binds both listeners and returns a handle; `main.rs` only parses arguments.
 
 pub mod api;
+pub mod bundles;
 pub mod ca;
 pub mod config;
 pub mod enroll;
@@ -35,6 +36,8 @@ pub struct Shared {
     pub sessions: sessions::Sessions,
     /// Seals escrowed recovery keys.
     pub escrow: escrow::EscrowKey,
+    /// OS update bundles on disk.
+    pub bundles: bundles::BundleFiles,
 }
 
 /// Why central could not start.
@@ -76,6 +79,9 @@ pub enum StartError {
     /// The recovery-key escrow key could not be loaded or created.
     #[error(transparent)]
     Escrow(#[from] escrow::EscrowError),
+    /// The bundles directory could not be prepared.
+    #[error(transparent)]
+    Bundles(#[from] bundles::BundleError),
     /// TLS set-up.
     #[error("TLS set-up failed: {0}")]
     Tls(String),
@@ -114,6 +120,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     let store = store::Store::open(&config.data_dir.join("registry.sqlite3"))?;
     let ca = Arc::new(ca::FleetCa::load_or_create(&config.data_dir)?);
     let escrow = escrow::EscrowKey::load_or_create(&config.data_dir)?;
+    let bundles = bundles::BundleFiles::open(&config)?;
     bootstrap_admin_token(&config, &store)?;
     let (server_cert, server_key) = ca.issue_server_certificate(&config.server_names)?;
 
@@ -132,6 +139,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         ca: ca.clone(),
         sessions: sessions::Sessions::default(),
         escrow,
+        bundles,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![

@@ -10,8 +10,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use thiserror::Error;
 
 pub mod app;
+pub mod bundle;
 
 pub use app::AppCommand;
+pub use bundle::BundleCommand;
 
 use crate::client::{BearerToken, CentralCa, Client, Connection, CtlError, Reply, DEFAULT_CENTRAL};
 use crate::input::{self, InputError};
@@ -33,6 +35,9 @@ pub enum CliError {
     /// An app command failed (Compose file, or a change to several devices stopped part-way).
     #[error(transparent)]
     App(#[from] app::AppError),
+    /// A bundle command failed before talking to central.
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
 }
 
 /// Operate a Cairn fleet through cairn-central's REST API.
@@ -97,6 +102,9 @@ pub enum Command {
     /// Apps (Compose files) on devices: deploy, list with their status, remove.
     #[command(subcommand)]
     App(AppCommand),
+    /// OS update bundles (signed RAUC bundles) stored on central: upload, list, remove.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
     /// The latest entries of central's audit log.
     Audit {
         /// How many events to show (central's default if not given).
@@ -274,6 +282,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Claim(command) => run_claim(&client, command, json, out),
         Command::ApiToken(command) => run_api_token(&client, command, json, out),
         Command::App(command) => app::run_app(&client, command, json, out),
+        Command::Bundle(command) => bundle::run_bundle(&client, command, json, out),
         Command::Audit { limit } => {
             let reply = client.audit(limit)?;
             emit_table(out, json, &reply, "no audit events", |log| {

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 use crate::input::{self, InputError};
 use crate::model::{
-    ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, ClaimList, ClaimReply,
+    ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, BundleList, BundleRemoved, BundleUploaded, ClaimList, ClaimReply,
     CreateApiToken, CreateClaim, CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken,
     DeviceList, DeviceReply, EnrollmentTokenList, EnrollmentTokenReply, ErrorBody, PutApp,
     RecoveryKeyReply,
@@ -32,6 +32,9 @@ pub const DEFAULT_CENTRAL: &str = "https://127.0.0.1:7444";
 
 /// Deadline of one request, from connecting to reading the last byte of the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline of a bundle upload (bundles are up to a few GiB).
+pub const BUNDLE_UPLOAD_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
 
 /// Longest part of an unreadable body quoted in an error message.
 const BODY_EXCERPT_CHARS: usize = 200;
@@ -403,6 +406,33 @@ impl Client {
     pub fn list_apps(&self, device_id: &str) -> Result<Reply<AppList>, CtlError> {
         let id = checked_id(device_id)?;
         self.get(&format!("/api/v1/devices/{id}/apps"), &[])
+    }
+
+    /// `POST /api/v1/bundles`: uploads a signed RAUC bundle of `len` bytes read from `body`
+    /// (201 new, 200 already stored); the deadline is [`BUNDLE_UPLOAD_TIMEOUT`].
+    pub fn upload_bundle(
+        &self,
+        body: impl io::Read,
+        len: u64,
+    ) -> Result<Reply<BundleUploaded>, CtlError> {
+        let url = format!("{}/api/v1/bundles", self.base);
+        let request = self
+            .request("POST", &url)
+            .timeout(BUNDLE_UPLOAD_TIMEOUT)
+            .set("Content-Type", "application/octet-stream")
+            .set("Content-Length", &len.to_string());
+        self.finish(&url, request.send(body))
+    }
+
+    /// `GET /api/v1/bundles`: lists stored update bundles.
+    pub fn list_bundles(&self) -> Result<Reply<BundleList>, CtlError> {
+        self.get("/api/v1/bundles", &[])
+    }
+
+    /// `DELETE /api/v1/bundles/{sha256}`: removes a bundle (admin).
+    pub fn delete_bundle(&self, sha256: &str) -> Result<Reply<BundleRemoved>, CtlError> {
+        let sha256 = checked_id(sha256)?;
+        self.send::<(), _>("DELETE", &format!("/api/v1/bundles/{sha256}"), None)
     }
 
     fn get<T: DeserializeOwned>(

@@ -557,3 +557,43 @@ mod tests {
         assert_eq!(log.events[1].target, None);
     }
 }
+
+/// An OS update bundle (RAUC) stored on central.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Bundle {
+    /// SHA-256 of the file: the bundle's id.
+    pub sha256: String,
+    /// RAUC manifest version.
+    pub version: String,
+    /// RAUC manifest compatible.
+    pub compatible: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// RFC 3339 time of the first upload.
+    pub uploaded_at: String,
+    /// Who uploaded it first.
+    pub uploaded_by: String,
+}
+
+/// Answer to `POST /api/v1/bundles`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BundleUploaded {
+    /// The bundle as stored.
+    pub bundle: Bundle,
+    /// False when the same bytes were already stored.
+    pub created: bool,
+}
+
+/// Answer to `GET /api/v1/bundles`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BundleList {
+    /// Bundles, newest first.
+    pub bundles: Vec<Bundle>,
+}
+
+/// Answer to `DELETE /api/v1/bundles/{sha256}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BundleRemoved {
+    /// SHA-256 of the removed bundle.
+    pub removed: String,
+}

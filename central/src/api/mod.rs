@@ -2,6 +2,7 @@
 
 mod apps;
 mod auth;
+mod bundles;
 mod routes;
 
 use std::sync::Arc;
@@ -40,9 +41,15 @@ pub enum ApiError {
     /// Invalid input.
     #[error("{0}")]
     BadRequest(String),
-    /// Conflicts with the current state.
+    /// Conflicts with the current state (or central's configuration).
     #[error("{0}")]
     Conflict(String),
+    /// The request body is over a limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Central failed on its side; the message says what to check (details are logged).
+    #[error("{0}")]
+    Internal(String),
     /// Registry failure (details logged, not sent).
     #[error("registry failure: {0}")]
     Store(#[from] StoreError),
@@ -56,6 +63,8 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = match &self {

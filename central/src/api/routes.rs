@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{apps, ApiError, Caller, ValidJson, OPENAPI};
+use super::{apps, bundles, ApiError, Caller, ValidJson, OPENAPI};
 use crate::grpc::{desired_message, desired_state};
 use crate::store::apps as store_apps;
 use crate::store::{audit, devices, recovery_keys, tokens, ClaimKind, Device, DeviceStatus, Policy, Role, StoreError};
@@ -38,6 +38,9 @@ pub(super) fn router() -> Router<Arc<Shared>> {
         .route("/api/v1/claims", get(list_claims).post(add_claim))
         .route("/api/v1/api-tokens", get(list_api_tokens).post(create_api_token))
         .route("/api/v1/audit", get(list_audit))
+        .route("/api/v1/bundles", get(bundles::list_bundles).post(bundles::upload_bundle).layer(DefaultBodyLimit::disable()))
+        .route("/api/v1/bundles/{sha256}", get(bundles::show_bundle).delete(bundles::delete_bundle))
+        .route("/api/v1/bundles/{sha256}/content", get(bundles::bundle_content))
         .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/openapi.json".into()) })
 }
 

@@ -7,6 +7,7 @@ mod schema;
 
 pub mod apps;
 pub mod audit;
+pub mod bundles;
 pub mod devices;
 pub mod model;
 pub mod recovery_keys;

@@ -86,6 +86,17 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (device_id, name)
     );
     "#,
+    // OS update bundles (RAUC), verified and stored as data_dir/bundles/sha256-<sha256>.raucb.
+    r#"
+    CREATE TABLE bundles (
+        sha256 TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        compatible TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        uploaded_at INTEGER NOT NULL,
+        uploaded_by TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Bring the database to the latest schema, one transaction per version.

@@ -1,0 +1,137 @@
+//! The one way central runs `rauc`: `rauc --conf=<verify conf> info --output-format=json BUNDLE`,
+//! which checks the bundle's CMS signature against the update keyring and prints its manifest.
+//! The command line is logged, stderr captured, a timeout applied (the child is killed when it
+//! runs out or the caller goes away), and failures map to [`RaucError`].
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Longest part of rauc's stderr quoted in an error.
+const REASON_CHARS: usize = 1000;
+
+/// `rauc info` could not run, or it refused the bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum RaucError {
+    /// The program is not on PATH.
+    #[error("`rauc` is not installed on the central host (or not on PATH); install rauc 1.8 or newer so uploaded bundles can be verified")]
+    NotInstalled,
+    /// It could not be started.
+    #[error("could not start `rauc`: {0}")]
+    Spawn(std::io::Error),
+    /// It ran and refused the bundle (bad signature, not a bundle, unreadable manifest...).
+    #[error("{reason}")]
+    Refused {
+        /// What rauc said, without its informational lines.
+        reason: String,
+    },
+    /// It did not finish in time and was killed.
+    #[error("`rauc info` did not finish within {} s and was killed; check the central host's load and disk", .0.as_secs())]
+    TimedOut(Duration),
+    /// It succeeded but printed something other than its JSON manifest summary.
+    #[error("`rauc info` printed output central cannot read ({0}); check that rauc is version 1.8 or newer")]
+    Output(String),
+}
+
+/// What `rauc info` reports about a bundle whose signature verified.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RaucInfo {
+    /// Manifest `compatible`.
+    pub compatible: String,
+    /// Manifest `version` (absent or null when the manifest has none).
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// The text of a rauc verification config: the keyring and the codeSigning purpose check our
+/// update certificates need; no slots, since central only inspects bundles.
+pub fn verify_config(keyring: &Path, compatible: &str) -> String {
+    format!(
+        "[system]\ncompatible={compatible}\nbootloader=noop\n\n[keyring]\npath={}\ncheck-purpose=codesign\n",
+        keyring.display()
+    )
+}
+
+/// Run `rauc info` on `bundle` with the verification config `conf`.
+#[tracing::instrument(name = "rauc.info", skip_all, fields(bundle = %bundle.display()))]
+pub async fn info(conf: &Path, bundle: &Path, timeout: Duration) -> Result<RaucInfo, RaucError> {
+    let mut command = tokio::process::Command::new("rauc");
+    command
+        .arg(format!("--conf={}", conf.display()))
+        .args(["info", "--output-format=json"])
+        .arg(bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    tracing::info!(command = ?command.as_std(), "run");
+    let child = command.spawn().map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => RaucError::NotInstalled,
+        _ => RaucError::Spawn(e),
+    })?;
+    // Dropping the wait future on timeout drops the child, which kills it (kill_on_drop).
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| RaucError::TimedOut(timeout))?
+        .map_err(RaucError::Spawn)?;
+    if !output.status.success() {
+        let reason = refusal_reason(&String::from_utf8_lossy(&output.stderr));
+        tracing::info!(status = %output.status, %reason, "rauc refused the bundle");
+        return Err(RaucError::Refused { reason });
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| RaucError::Output(e.to_string()))
+}
+
+/// rauc's error lines without its `rauc-Message:` progress lines, shortened.
+fn refusal_reason(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("rauc-Message:"))
+        .collect();
+    let text = if lines.is_empty() {
+        stderr.trim().to_owned()
+    } else {
+        lines.join("; ")
+    };
+    let mut reason: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(REASON_CHARS)
+        .collect();
+    if reason.is_empty() {
+        reason = "rauc failed without a message".into();
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_drops_progress_lines() {
+        let stderr = "rauc-Message: 16:33:43.653: Reading bundle: /x\nrauc-Message: 16:33:43.654: Verifying bundle signature... \nsignature verification failed: Verify error: self-signed certificate\n";
+        assert_eq!(
+            refusal_reason(stderr),
+            "signature verification failed: Verify error: self-signed certificate"
+        );
+        assert_eq!(refusal_reason(""), "rauc failed without a message");
+    }
+
+    #[test]
+    fn info_json_parses() {
+        let info: RaucInfo = serde_json::from_str(
+            r#"{"compatible":"cairn-test","version":"1.2.3","description":null,"build":null,"hooks":[],"images":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (info.compatible.as_str(), info.version.as_deref()),
+            ("cairn-test", Some("1.2.3"))
+        );
+        let info: RaucInfo = serde_json::from_str(r#"{"compatible":"c","version":null}"#).unwrap();
+        assert!(info.version.is_none());
+    }
+}

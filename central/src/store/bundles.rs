@@ -1,0 +1,116 @@
+//! OS update bundles central holds: one row per verified file in `data_dir/bundles`, keyed by
+//! the SHA-256 of its bytes.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{rfc3339, StoreError};
+
+/// One stored update bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Bundle {
+    /// Lower-case hex SHA-256 of the bundle file: its id and its download ETag.
+    pub sha256: String,
+    /// RAUC manifest `version`.
+    pub version: String,
+    /// RAUC manifest `compatible`.
+    pub compatible: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// When it was first uploaded.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub uploaded_at: i64,
+    /// Audit actor of the first upload.
+    pub uploaded_by: String,
+}
+
+const COLUMNS: &str = "sha256, version, compatible, size, uploaded_at, uploaded_by";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Bundle> {
+    Ok(Bundle {
+        sha256: row.get(0)?,
+        version: row.get(1)?,
+        compatible: row.get(2)?,
+        size: row.get::<_, i64>(3)? as u64,
+        uploaded_at: row.get(4)?,
+        uploaded_by: row.get(5)?,
+    })
+}
+
+/// Every bundle, newest upload first.
+pub fn list(conn: &Connection) -> Result<Vec<Bundle>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM bundles ORDER BY uploaded_at DESC, sha256"
+    ))?;
+    let rows = stmt.query_map([], from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One bundle by its SHA-256.
+pub fn get(conn: &Connection, sha256: &str) -> Result<Option<Bundle>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM bundles WHERE sha256 = ?1"),
+            [sha256],
+            from_row,
+        )
+        .optional()?)
+}
+
+/// Record a bundle unless one with the same SHA-256 is there; returns the stored row and
+/// whether it is new.
+pub fn insert(conn: &Connection, bundle: &Bundle) -> Result<(Bundle, bool), StoreError> {
+    let inserted = conn.execute(
+        &format!("INSERT OR IGNORE INTO bundles ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        params![
+            bundle.sha256,
+            bundle.version,
+            bundle.compatible,
+            bundle.size as i64,
+            bundle.uploaded_at,
+            bundle.uploaded_by
+        ],
+    )? > 0;
+    let stored = get(conn, &bundle.sha256)?.ok_or(StoreError::Corrupt {
+        field: "bundles.sha256",
+        value: bundle.sha256.clone(),
+    })?;
+    Ok((stored, inserted))
+}
+
+/// Remove a bundle's row; false when there was none.
+pub fn delete(conn: &Connection, sha256: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute("DELETE FROM bundles WHERE sha256 = ?1", [sha256])? > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_is_idempotent_and_keeps_the_first_upload() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut conn).unwrap();
+        let first = Bundle {
+            sha256: "ab".repeat(32),
+            version: "1.0".into(),
+            compatible: "cairn-test".into(),
+            size: 4096,
+            uploaded_at: 100,
+            uploaded_by: "api:ops".into(),
+        };
+        assert!(insert(&conn, &first).unwrap().1);
+        let again = Bundle {
+            uploaded_at: 200,
+            uploaded_by: "api:other".into(),
+            ..first.clone()
+        };
+        let (stored, new) = insert(&conn, &again).unwrap();
+        assert!(!new);
+        assert_eq!(stored, first);
+        assert_eq!(list(&conn).unwrap(), vec![first.clone()]);
+        assert!(delete(&conn, &first.sha256).unwrap());
+        assert!(!delete(&conn, &first.sha256).unwrap());
+        assert!(get(&conn, &first.sha256).unwrap().is_none());
+    }
+}
