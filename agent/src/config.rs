@@ -82,6 +82,9 @@ pub struct AgentConfig {
     /// The encrypted data partition (`[disk]`; off unless `enabled`).
     #[serde(default)]
     pub disk: crate::data::DiskConfig,
+    /// Marking the boot good once connected (`[boot]`; off unless `bless`).
+    #[serde(default)]
+    pub boot: crate::boot::BootConfig,
     /// Running the desired apps on containerd (`[apps]`; off unless `enabled`).
     #[serde(default)]
     pub apps: crate::apps::AppsConfig,
@@ -110,6 +113,7 @@ impl std::fmt::Debug for AgentConfig {
                 &self.renew_when_remaining_fraction,
             )
             .field("disk", &self.disk)
+            .field("boot", &self.boot)
             .field("apps", &self.apps)
             .finish()
     }
@@ -219,6 +223,7 @@ impl AgentConfig {
             backoff_max_ms: default_backoff_max_ms(),
             renew_when_remaining_fraction: default_renew_fraction(),
             disk: crate::data::DiskConfig::default(),
+            boot: crate::boot::BootConfig::default(),
             apps: crate::apps::AppsConfig::default(),
         }
     }

@@ -12,6 +12,7 @@
 pub mod agent;
 pub mod apps;
 pub mod backoff;
+pub mod boot;
 pub mod certificate;
 pub mod channel;
 pub mod config;

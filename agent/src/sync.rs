@@ -342,6 +342,13 @@ impl Agent {
                 s.last_error = None;
             })
             .await;
+        if self.config.boot.bless {
+            // Connected: this boot is good enough to keep (see crate::boot).
+            let cfg = self.config.boot.clone();
+            if let Err(e) = blocking(move || crate::boot::bless_current_boot(&cfg)).await {
+                warn!(error = %e, "could not mark the boot good; systemd-boot may fall back to the other slot");
+            }
+        }
         let heartbeat_every = self.config.heartbeat_interval();
         let silence_limit = heartbeat_every * 3 + Duration::from_secs(10);
         let started = Instant::now();

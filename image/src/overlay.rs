@@ -263,7 +263,9 @@ pub fn fleet_files(recipe: &Recipe, inputs: &FleetInputs) -> Result<Vec<OsFile>,
         "\n# The data partition: LUKS2, its key sealed in the TPM to these PCRs.\n\
          [disk]\nenabled = true\npcrs = \"{pcrs}\"\n\n\
          # Apps from central run on containerd; volumes live on the data partition.\n\
-         [apps]\nenabled = true\nplain_http_registries = [{registries}]\n",
+         [apps]\nenabled = true\nplain_http_registries = [{registries}]\n\n\
+         # The boot is good once the agent reaches central: drop systemd-boot's try counter.\n\
+         [boot]\nbless = true\n",
         pcrs = recipe.fleet.data_pcrs,
         registries = recipe
             .fleet
