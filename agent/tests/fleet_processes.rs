@@ -25,7 +25,9 @@ impl Drop for AgentProcess {
 impl AgentProcess {
     fn start(central: &TestCentral, dir: &Path, name: &str, token: &str, extra: &str) -> Self {
         let state_dir = dir.join(name);
-        let ca = dir.join("central-ca.pem");
+        // One CA file per agent: rewriting a shared one would truncate it under an agent that
+        // is reading it at start (seen as "no CERTIFICATE block" in CI).
+        let ca = dir.join(format!("{name}-central-ca.pem"));
         std::fs::write(&ca, &central.ca_pem).unwrap();
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(

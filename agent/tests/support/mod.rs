@@ -19,8 +19,11 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 /// An agent config for `central` with fast timings, a software key and state in `dir/agent`.
 pub fn agent_config(central: &TestCentral, token: &str, dir: &Path, serial: &str) -> AgentConfig {
+    // Written aside and renamed: agents sharing `dir` may be reading it right now.
     let ca = dir.join("central-ca.pem");
-    std::fs::write(&ca, &central.ca_pem).unwrap();
+    let tmp = dir.join(format!(".central-ca.pem.{serial}"));
+    std::fs::write(&tmp, &central.ca_pem).unwrap();
+    std::fs::rename(&tmp, &ca).unwrap();
     let endpoint = format!("https://127.0.0.1:{}", central.c().grpc_addr.port());
     let mut config = AgentConfig::new(&endpoint, &ca, token, &dir.join("agent"));
     config.key_storage = cairn_agent::config::KeyStorageSetting::Software;
