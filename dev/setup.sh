@@ -12,6 +12,10 @@ packages=(
   cryptsetup-bin
   # host integration tests: apps on real containerd + runc, images served by a local registry
   containerd runc busybox-static docker-registry containernetworking-plugins
+  # per-app networks: the CNI bridge/portmap plugins and the tests need iptables and ip
+  iptables iproute2
+  # cairn-pe checks its PCR 11 prediction against systemd-measure (in the systemd package)
+  systemd
 )
 if [ -f "$here/image-packages.txt" ]; then
   mapfile -t extra < <(grep -v '^\s*#' "$here/image-packages.txt" | grep -v '^\s*$')

@@ -17,15 +17,6 @@ use tonic::Streaming;
 const WEB: &str =
     "services:\n  web:\n    image: registry.example:5000/web:1\n    restart: always\n";
 
-fn api_token(central: &TestCentral, name: &str, role: &str) -> String {
-    let body = central.admin_call(
-        "POST",
-        "/api/v1/api-tokens",
-        Some(json!({ "name": name, "role": role })),
-    );
-    body["secret"].as_str().unwrap().to_owned()
-}
-
 fn put(central: &TestCentral, token: &str, device: &str, app: &str, yaml: &str) -> (u16, Value) {
     central.call(
         token,
@@ -132,7 +123,7 @@ async fn deploy_update_list_and_remove_reach_the_device_stream() {
     let central = TestCentral::start().await;
     let mut device = Device::connect(&central, "SER-APPS-1").await;
     let id = device.id.clone();
-    let operator = api_token(&central, "ops", "operator");
+    let operator = central.api_token("ops", "operator");
 
     // Deploy: 201, revision 2 pushed with the app at generation 2.
     let (status, body) = put(&central, &operator, &id, "web", WEB);
@@ -407,7 +398,7 @@ async fn viewers_read_operators_change() {
     let central = TestCentral::start().await;
     let device = Device::connect(&central, "SER-APPS-3").await;
     let id = device.id.clone();
-    let viewer = api_token(&central, "watcher", "viewer");
+    let viewer = central.api_token("watcher", "viewer");
     let (status, body) = put(&central, &viewer, &id, "web", WEB);
     assert_eq!(status, 403, "{body}");
     assert!(

@@ -72,15 +72,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-fn api_token(central: &TestCentral, name: &str, role: &str) -> String {
-    let body = central.admin_call(
-        "POST",
-        "/api/v1/api-tokens",
-        Some(json!({ "name": name, "role": role })),
-    );
-    body["secret"].as_str().unwrap().to_owned()
-}
-
 fn upload(central: &TestCentral, token: &str, bytes: &[u8]) -> (u16, Value) {
     tokio::task::block_in_place(|| {
         let result = central
@@ -174,8 +165,8 @@ async fn upload_verify_list_download_ranges_and_delete() {
         return;
     };
     let central = central_for(&fixture).await;
-    let operator = api_token(&central, "ops", "operator");
-    let viewer = api_token(&central, "eyes", "viewer");
+    let operator = central.api_token("ops", "operator");
+    let viewer = central.api_token("eyes", "viewer");
     let sha = sha256_hex(&fixture.good);
 
     // Upload: verified, stored under its SHA-256, byte for byte.

@@ -3,7 +3,6 @@
 
 use cairn_proto::v1::EscrowRecoveryKeyRequest;
 use cairn_testsupport::central::{SimDevice, TestCentral};
-use serde_json::json;
 use tonic::Code;
 
 const KEY_1: &str = "000000-000011-000099-720885-000044-000055-000066-000077";
@@ -62,14 +61,8 @@ async fn a_device_escrows_and_only_an_admin_reads_it_back_audited() {
     assert_eq!(bad.code(), Code::InvalidArgument);
 
     // Only admins read it.
-    let viewer = central.admin_call("POST", "/api/v1/api-tokens", Some(json!({ "name": "v", "role": "viewer" })))["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let operator = central.admin_call("POST", "/api/v1/api-tokens", Some(json!({ "name": "o", "role": "operator" })))["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let viewer = central.api_token("v", "viewer");
+    let operator = central.api_token("o", "operator");
     assert_eq!(central.call(&viewer, "GET", &path, None).0, 403);
     assert_eq!(central.call(&operator, "GET", &path, None).0, 403);
     assert_eq!(audit_count(&central, "recovery_key.read"), 0);

@@ -117,14 +117,8 @@ async fn rest_refuses_bad_requests_with_clear_json_errors() {
     assert_eq!(status, 401);
 
     // Roles: a viewer reads but cannot change; an operator cannot mint API tokens.
-    let viewer = central.admin_call("POST", "/api/v1/api-tokens", Some(json!({ "name": "v", "role": "viewer" })))["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let operator = central.admin_call("POST", "/api/v1/api-tokens", Some(json!({ "name": "o", "role": "operator" })))["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let viewer = central.api_token("v", "viewer");
+    let operator = central.api_token("o", "operator");
     assert_eq!(central.call(&viewer, "GET", "/api/v1/devices", None).0, 200);
     let (status, body) = central.call(&viewer, "POST", "/api/v1/enrollment-tokens", Some(json!({ "name": "n", "policy": "auto" })));
     assert_eq!(status, 403);

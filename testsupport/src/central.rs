@@ -140,7 +140,12 @@ impl TestCentral {
         body
     }
 
-    /// Create an enrollment token; returns its secret.
+    /// Create an API token with `role` (admin, operator, viewer); returns its secret.
+    pub fn api_token(&self, name: &str, role: &str) -> String {
+        let body = self.admin_call("POST", "/api/v1/api-tokens", Some(json!({ "name": name, "role": role })));
+        body["secret"].as_str().expect("central returns the new token's secret").to_owned()
+    }
+
     /// Create an enrollment token; returns (id, secret).
     pub fn token(&self, policy: &str, max_uses: Option<u32>, expires_in: Option<u64>) -> (String, String) {
         let body = self.admin_call(
