@@ -8,8 +8,10 @@ use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, DesiredState, EscrowRecoveryKeyRequest, Heartbeat,
     RenewRequest,
 };
+use cairn_proto::v1::agent_client::AgentClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use tonic::Code;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
@@ -128,26 +130,42 @@ fn unix_ms_now() -> i64 {
 }
 
 impl Agent {
+    /// One unary call on the Agent service over a fresh mTLS channel with `identity`, bounded by
+    /// [`REQUEST_TIMEOUT`]; `what` names the call in errors.
+    async fn unary<T, F, Fut>(
+        &self,
+        identity: &StoredIdentity,
+        what: &'static str,
+        call: F,
+    ) -> Result<T, SyncError>
+    where
+        F: FnOnce(AgentClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let channel = self
+            .dialer
+            .device_channel(identity.cert_der.clone(), self.key.clone())
+            .await?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, call(agent_client(channel)))
+            .await
+            .map_err(|_| SyncError::Timeout {
+                what,
+                after: REQUEST_TIMEOUT,
+            })?
+            .map_err(SyncError::from_status)?;
+        Ok(response.into_inner())
+    }
+
     /// Calls `Renew` with a fresh CSR (same key), checks and stores the new certificate.
     pub async fn renew(&self, identity: &StoredIdentity) -> Result<StoredIdentity, SyncError> {
         let span = info_span!("central.renew", device_id = %identity.device_id);
         async {
             let csr_der = self.build_csr().await?;
-            let channel = self
-                .dialer
-                .device_channel(identity.cert_der.clone(), self.key.clone())
+            let response = self
+                .unary(identity, "Renew", |mut client| async move {
+                    client.renew(RenewRequest { csr_der }).await
+                })
                 .await?;
-            let response = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                agent_client(channel).renew(RenewRequest { csr_der }),
-            )
-            .await
-            .map_err(|_| SyncError::Timeout {
-                what: "Renew",
-                after: REQUEST_TIMEOUT,
-            })?
-            .map_err(SyncError::from_status)?
-            .into_inner();
             let info = check_issued_certificate(
                 &response.certificate_der,
                 self.key.public_key_spki_der(),
@@ -172,21 +190,11 @@ impl Agent {
 
     /// Calls `Ping` over mTLS with the stored identity; returns the device id central saw.
     pub async fn ping(&self, identity: &StoredIdentity, nonce: u64) -> Result<String, SyncError> {
-        let channel = self
-            .dialer
-            .device_channel(identity.cert_der.clone(), self.key.clone())
+        let response = self
+            .unary(identity, "Ping", |mut client| async move {
+                client.ping(cairn_proto::v1::PingRequest { nonce }).await
+            })
             .await?;
-        let response = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            agent_client(channel).ping(cairn_proto::v1::PingRequest { nonce }),
-        )
-        .await
-        .map_err(|_| SyncError::Timeout {
-            what: "Ping",
-            after: REQUEST_TIMEOUT,
-        })?
-        .map_err(SyncError::from_status)?
-        .into_inner();
         if response.nonce != nonce {
             return Err(SyncError::StreamEnded(format!(
                 "Ping answered nonce {} for {nonce}",
@@ -220,20 +228,14 @@ impl Agent {
                 serde_json::from_slice(&bytes).map_err(|e| {
                     SyncError::State(StateError::Corrupt { path: path.clone(), reason: e.to_string() })
                 })?;
-            let channel = self
-                .dialer
-                .device_channel(identity.cert_der.clone(), self.key.clone())
-                .await?;
-            tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                agent_client(channel).escrow_recovery_key(EscrowRecoveryKeyRequest {
-                    recovery_key: pending.recovery_key,
-                    luks_uuid: pending.luks_uuid,
-                }),
-            )
-            .await
-            .map_err(|_| SyncError::Timeout { what: "EscrowRecoveryKey", after: REQUEST_TIMEOUT })?
-            .map_err(SyncError::from_status)?;
+            let request = EscrowRecoveryKeyRequest {
+                recovery_key: pending.recovery_key,
+                luks_uuid: pending.luks_uuid,
+            };
+            self.unary(identity, "EscrowRecoveryKey", |mut client| async move {
+                client.escrow_recovery_key(request).await
+            })
+            .await?;
             let remove_path = path.clone();
             blocking(move || {
                 std::fs::remove_file(&remove_path)
