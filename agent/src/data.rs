@@ -154,8 +154,9 @@ mod unlock {
     #[derive(Debug, thiserror::Error)]
     pub enum DataError {
         /// The TPM refused the key and no usable recovery stick was present: the data stays locked.
-        #[error("data partition LOCKED: {0}; get the key with `cairnctl device recovery-key <id>` (admin), put it in {RECOVERY_KEY_FILE} on a FAT stick labelled CAIRN-KEY and reboot with the stick in")]
-        Locked(String),
+        /// It carries what was written to `lock_status` (the reason and the changed PCRs).
+        #[error("data partition LOCKED: {}; get the key with `cairnctl device recovery-key <id>` (admin), put it in {RECOVERY_KEY_FILE} on a FAT stick labelled CAIRN-KEY and reboot with the stick in", .0.reason.as_deref().unwrap_or("unknown reason"))]
+        Locked(LockStatus),
         /// The unlock or recovery flow failed (TPM unreachable, cryptsetup error).
         #[error(transparent)]
         Unlock(#[from] UnlockError),
@@ -237,7 +238,7 @@ mod unlock {
                     None => {
                         let locked = status("locked", Some(reason.to_string()), changed);
                         write_status(cfg, &locked)?;
-                        return Err(DataError::Locked(reason.to_string()));
+                        return Err(DataError::Locked(locked));
                     }
                 }
             }
@@ -371,7 +372,8 @@ mod unlock {
             let path = root.join(RECOVERY_KEY_FILE);
             let bytes = std::fs::read(&path).map_err(|source| DataError::Io { what: "read", path: path.clone(), source })?;
             if bytes.len() > 4096 {
-                return Err(DataError::Locked(format!("{} on the recovery stick is larger than 4 KiB; it should hold only the key", RECOVERY_KEY_FILE)));
+                let problem = format!("larger than 4 KiB; {RECOVERY_KEY_FILE} should hold only the key");
+                return Err(DataError::Io { what: "read", path, source: std::io::Error::new(std::io::ErrorKind::InvalidData, problem) });
             }
             Ok(bytes)
         });

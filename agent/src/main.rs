@@ -127,10 +127,10 @@ fn unlock(config: &AgentConfig) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e @ DataError::Locked(_)) => {
-            let status = std::fs::read_to_string(&config.disk.lock_status).unwrap_or_default();
-            let status: Option<cairn_agent::data::LockStatus> = serde_json::from_str(&status).ok();
-            for pcr in status.map(|s| s.changed_pcrs).unwrap_or_default() {
-                println!("CAIRN-DATA changed-pcr {pcr}");
+            if let DataError::Locked(status) = &e {
+                for pcr in &status.changed_pcrs {
+                    println!("CAIRN-DATA changed-pcr {pcr}");
+                }
             }
             println!("CAIRN-DATA state=locked reason={:?}", e.to_string());
             Err(e.into())
