@@ -35,6 +35,11 @@ pub trait DesiredStateSink: Send + Sync + 'static {
     fn observed_apps(&self) -> Vec<cairn_proto::v1::AppStatus> {
         Vec::new()
     }
+
+    /// The OS and update status, sent in every heartbeat (none by default).
+    fn observed_os(&self) -> Option<cairn_proto::v1::OsStatus> {
+        None
+    }
 }
 
 /// The default sink: the desired state is only recorded (on disk and in [`Agent::desired_state`]).
@@ -257,6 +262,7 @@ impl Agent {
                 sent_unix_ms: unix_ms_now(),
                 facts: Some(self.facts.to_proto()),
                 apps: self.sink.observed_apps(),
+                os: self.sink.observed_os(),
             })),
         }
     }

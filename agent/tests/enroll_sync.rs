@@ -28,6 +28,7 @@ fn desired(revision: u64, config: &[(&str, &str)]) -> DesiredState {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         apps: Vec::new(),
+        os: None,
     }
 }
 

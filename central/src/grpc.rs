@@ -149,6 +149,7 @@ pub fn desired_state(
             .into_iter()
             .map(|a| App { name: a.name, compose_yaml: a.compose_yaml, generation: a.generation })
             .collect(),
+        os: None,
     }
 }
 
@@ -322,5 +323,23 @@ impl Agent for AgentService {
         }
         span.in_scope(|| tracing::info!("recovery key escrowed"));
         Ok(Response::new(EscrowRecoveryKeyResponse { stored_unix: stored_at }))
+    }
+
+    type ReadBundleStream = ReceiverStream<Result<cairn_proto::v1::BundleData, Status>>;
+
+    async fn bundle_index(
+        &self,
+        request: Request<cairn_proto::v1::BundleIndexRequest>,
+    ) -> Result<Response<cairn_proto::v1::BundleIndexResponse>, Status> {
+        self.authorize(&request).await?;
+        Err(Status::unimplemented("BundleIndex: not yet"))
+    }
+
+    async fn read_bundle(
+        &self,
+        request: Request<cairn_proto::v1::ReadBundleRequest>,
+    ) -> Result<Response<Self::ReadBundleStream>, Status> {
+        self.authorize(&request).await?;
+        Err(Status::unimplemented("ReadBundle: not yet"))
     }
 }

@@ -18,6 +18,7 @@ fn desired(revision: u64, apps: &[(&str, &str, u64)]) -> DesiredState {
                 generation: *generation,
             })
             .collect(),
+        os: None,
     }
 }
 
