@@ -7,6 +7,11 @@
 //! device would give up its slot after three reboots — and boot the other slot's UKI, which the
 //! data partition's key is not sealed to. Blessing = renaming the entry to drop the counter
 //! (what systemd-bless-boot does), made durable on the ESP.
+//!
+//! [`slots`] holds the rest of the A/B boot logic: which slot systemd-boot boots, RAUC's custom
+//! bootloader backend, and installing a slot's UKI from an update bundle.
+
+pub mod slots;
 
 use std::path::{Path, PathBuf};
 
@@ -26,19 +31,49 @@ pub struct BootConfig {
     pub bless: bool,
     /// Where the ESP is mounted.
     pub esp: PathBuf,
+    /// Boot tries a newly activated slot gets before systemd-boot falls back to the other one.
+    pub tries: u32,
 }
 
 impl Default for BootConfig {
     fn default() -> Self {
-        BootConfig { bless: false, esp: "/efi".into() }
+        BootConfig {
+            bless: false,
+            esp: "/efi".into(),
+            tries: 3,
+        }
+    }
+}
+
+impl BootConfig {
+    /// Only the `[boot]` table of the agent config file (defaults when absent): the RAUC
+    /// backend and the UKI hook must work even when the rest of the config would not load.
+    pub fn load(path: &Path) -> Result<BootConfig, BootError> {
+        #[derive(Deserialize)]
+        struct Only {
+            #[serde(default)]
+            boot: Option<toml::Value>,
+        }
+        let io = |source| BootError::Io {
+            what: "read the agent config",
+            path: path.to_path_buf(),
+            source,
+        };
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        let only: Only = toml::from_str(&text).map_err(|e| io(std::io::Error::other(e)))?;
+        let boot = match only.boot {
+            Some(table) => table.try_into().map_err(|e| io(std::io::Error::other(e)))?,
+            None => BootConfig::default(),
+        };
+        Ok(boot)
     }
 }
 
 /// Why the boot could not be marked good.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    /// The EFI variable or the entry could not be read or renamed.
-    #[error("cannot mark the boot good ({what} {path}): {source}; check the ESP is mounted read-write")]
+    /// The EFI variable, the entry or the config could not be read, or the entry not renamed.
+    #[error("boot: cannot {what} {path}: {source}; check the file and that the ESP is mounted read-write")]
     Io {
         /// What was being done.
         what: &'static str,
@@ -152,6 +187,19 @@ mod tests {
             split_esp_path("\\loader\\entries\\cairn-a+2-1.conf"),
             Some((PathBuf::from("loader/entries"), "cairn-a+2-1.conf".to_string()))
         );
+    }
+
+    #[test]
+    fn boot_config_is_read_from_the_agent_config_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "central_endpoint = 1\n[boot]\nesp = \"/x\"\ntries = 2\n").unwrap();
+        let cfg = BootConfig::load(&path).unwrap();
+        assert_eq!((cfg.esp, cfg.tries, cfg.bless), (PathBuf::from("/x"), 2, false));
+        std::fs::write(&path, "central_endpoint = 1\n").unwrap();
+        assert_eq!(BootConfig::load(&path).unwrap(), BootConfig::default());
+        std::fs::write(&path, "[boot]\nesq = 1\n").unwrap();
+        assert!(BootConfig::load(&path).is_err());
     }
 
     #[test]

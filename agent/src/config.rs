@@ -88,6 +88,9 @@ pub struct AgentConfig {
     /// Running the desired apps on containerd (`[apps]`; off unless `enabled`).
     #[serde(default)]
     pub apps: crate::apps::AppsConfig,
+    /// OS updates from central's rollouts (`[update]`; off unless `enabled`).
+    #[serde(default)]
+    pub update: crate::update::UpdateConfig,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -115,6 +118,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("disk", &self.disk)
             .field("boot", &self.boot)
             .field("apps", &self.apps)
+            .field("update", &self.update)
             .finish()
     }
 }
@@ -225,6 +229,7 @@ impl AgentConfig {
             disk: crate::data::DiskConfig::default(),
             boot: crate::boot::BootConfig::default(),
             apps: crate::apps::AppsConfig::default(),
+            update: crate::update::UpdateConfig::default(),
         }
     }
 

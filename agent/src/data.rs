@@ -131,7 +131,7 @@ pub struct LockStatus {
 }
 
 #[cfg(feature = "tpm")]
-pub use unlock::{unlock_data, DataError};
+pub use unlock::{forget_previous_boot_chain, seal_for_next_uki, unlock_data, DataError};
 
 #[cfg(feature = "tpm")]
 mod unlock {
@@ -178,19 +178,42 @@ mod unlock {
         Config(String),
     }
 
-    /// Run the early-boot flow (see the module docs). `Ok` means the volume is open as
-    /// `/dev/mapper/<mapper_name>` with a file system on it.
-    pub fn unlock_data(cfg: &DiskConfig, tcti: &str) -> Result<LockStatus, DataError> {
-        let _span = tracing::info_span!("data.unlock", device = %cfg.device.display()).entered();
+    fn flow(cfg: &DiskConfig, tcti: &str) -> Result<DataUnlock, DataError> {
         cfg.validate().map_err(DataError::Config)?;
         let pcrs: PcrSelection = cfg.pcrs.parse().map_err(|e| DataError::Config(format!("disk.pcrs: {e}")))?;
-        let flow = DataUnlock {
+        Ok(DataUnlock {
             tcti: tcti.to_string(),
             device: cfg.device.clone(),
             sealed_key: cfg.sealed_key.clone(),
             pcrs,
             mapper_name: cfg.mapper_name.clone(),
-        };
+        })
+    }
+
+    /// Before activating an OS update: seal the disk key to the boot chain of `uki` (the new
+    /// slot's UKI, already on the ESP) as `<sealed_key>.next`, PCR 7 unchanged. Without this the
+    /// new slot would boot with its data locked.
+    pub fn seal_for_next_uki(cfg: &DiskConfig, tcti: &str, uki: &Path) -> Result<(), DataError> {
+        let _span = tracing::info_span!("data.seal_for_next_boot", uki = %uki.display()).entered();
+        let bytes = std::fs::read(uki).map_err(|source| DataError::Io { what: "read", path: uki.into(), source })?;
+        let pcr11 = cairn_pe::predict_uki_pcr11(&bytes)
+            .map_err(|e| DataError::Config(format!("cannot predict PCR 11 of {}: {e}", uki.display())))?;
+        flow(cfg, tcti)?.seal_for_next_boot(&[(cairn_pe::UKI_PCR, pcr11)])?;
+        Ok(())
+    }
+
+    /// After the new slot is committed: the old boot chain's copy of the disk key is deleted, so
+    /// the old OS can no longer open the data partition. Returns whether a copy was deleted.
+    pub fn forget_previous_boot_chain(cfg: &DiskConfig, tcti: &str) -> Result<bool, DataError> {
+        let _span = tracing::info_span!("data.forget_previous_boot_chain").entered();
+        Ok(flow(cfg, tcti)?.forget_previous_boot_chain()?)
+    }
+
+    /// Run the early-boot flow (see the module docs). `Ok` means the volume is open as
+    /// `/dev/mapper/<mapper_name>` with a file system on it.
+    pub fn unlock_data(cfg: &DiskConfig, tcti: &str) -> Result<LockStatus, DataError> {
+        let _span = tracing::info_span!("data.unlock", device = %cfg.device.display()).entered();
+        let flow = flow(cfg, tcti)?;
         if let Some(dir) = cfg.sealed_key.parent() {
             std::fs::create_dir_all(dir).map_err(|source| DataError::Io { what: "create", path: dir.into(), source })?;
         }

@@ -27,6 +27,7 @@ pub mod status;
 pub mod sync;
 pub mod tls_key;
 pub mod tpm_key;
+pub mod update;
 
 use std::sync::Arc;
 
@@ -44,11 +45,17 @@ pub use sync::{DesiredStateSink, RecordOnlySink};
 /// Runs one agent until `shutdown` becomes `true` (or its sender is dropped), running the desired
 /// apps on containerd when `[apps] enabled`.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
-    Agent::new(config)
+    let (agent, updater) = Agent::new(config)
         .await?
         .with_configured_apps()
-        .run(shutdown)
-        .await
+        .with_configured_update();
+    let agent = Arc::new(agent);
+    let updater = updater.map(|u| u.spawn(agent.clone(), shutdown.clone()));
+    let result = agent.run(shutdown).await;
+    if let Some(task) = updater {
+        task.abort();
+    }
+    result
 }
 
 /// A running agent in a fleet: its status feed and task.

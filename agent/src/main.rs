@@ -39,6 +39,19 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// A/B boot slots on the ESP: the UKI step of an OS update, and RAUC's bootloader backend.
+    Boot {
+        /// Agent config file (TOML); only its `[boot]` section is read (`esp`, `tries`).
+        #[arg(
+            long,
+            global = true,
+            env = "CAIRN_AGENT_CONFIG",
+            default_value = "/etc/cairn/agent.toml"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: BootCommand,
+    },
     /// Print the hardware facts the agent would send, as JSON.
     Facts {
         /// Agent config file (TOML).
@@ -49,6 +62,78 @@ enum Command {
         )]
         config: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BootCommand {
+    /// Copy a slot's UKI to `<esp>/EFI/cairn/cairn-<slot>.efi` durably, after marking the slot
+    /// bad (RAUC's slot hook runs this after writing the root slot).
+    InstallUki {
+        /// The signed UKI (from the bundle).
+        uki: PathBuf,
+        /// Slot: a or b.
+        slot: String,
+    },
+    /// RAUC's custom bootloader backend (system.conf `bootloader=custom`).
+    RaucBackend {
+        #[command(subcommand)]
+        request: RaucBackendCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RaucBackendCommand {
+    /// Print the slot systemd-boot boots next (a or b).
+    GetPrimary,
+    /// Make a slot boot next, with a fresh try counter.
+    SetPrimary {
+        /// a or b.
+        slot: String,
+    },
+    /// Print good or bad.
+    GetState {
+        /// a or b.
+        slot: String,
+    },
+    /// Mark a slot good (drop its counter) or bad (no tries left).
+    SetState {
+        /// a or b.
+        slot: String,
+        /// good or bad.
+        state: String,
+    },
+}
+
+fn boot(config: &std::path::Path, command: BootCommand) -> anyhow::Result<()> {
+    use cairn_agent::boot::slots::{self, RaucRequest, Slot, SlotState};
+    let cfg = cairn_agent::boot::BootConfig::load(config)?;
+    match command {
+        BootCommand::InstallUki { uki, slot } => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            slots::install_uki(
+                &cfg.esp,
+                &uki,
+                Slot::parse(&slot)?,
+                slots::booted_slot(&cmdline),
+            )?;
+        }
+        BootCommand::RaucBackend { request } => {
+            let request = match request {
+                RaucBackendCommand::GetPrimary => RaucRequest::GetPrimary,
+                RaucBackendCommand::SetPrimary { slot } => {
+                    RaucRequest::SetPrimary(Slot::parse(&slot)?)
+                }
+                RaucBackendCommand::GetState { slot } => RaucRequest::GetState(Slot::parse(&slot)?),
+                RaucBackendCommand::SetState { slot, state } => {
+                    RaucRequest::SetState(Slot::parse(&slot)?, SlotState::parse(&state)?)
+                }
+            };
+            if let Some(out) = slots::rauc_backend(&cfg.esp, cfg.tries, &request)? {
+                println!("{out}");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +156,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(run(config))
         }
         Command::Unlock { config } => unlock(&AgentConfig::load(&config)?),
+        Command::Boot { config, command } => boot(&config, command),
         Command::Facts { config } => {
             let config = AgentConfig::load(&config)?;
             let facts = HardwareFacts::gather(&config, &choose_storage(&config))?;

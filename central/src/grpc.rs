@@ -5,8 +5,9 @@ use std::sync::Arc;
 use cairn_proto::v1::agent_server::Agent;
 use cairn_proto::v1::enrollment_server::Enrollment;
 use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, App, AppStatus, CentralMessage, DesiredState, EnrollRequest,
-    EnrollResponse, EnrollStatus, EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, HeartbeatAck, PingRequest, PingResponse, RenewRequest,
+    agent_message, central_message, AgentMessage, App, AppStatus, BundleData, BundleIndexRequest, BundleIndexResponse,
+    CentralMessage, ReadBundleRequest, DesiredState, EnrollRequest,
+    EnrollResponse, EnrollStatus, EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, HeartbeatAck, OsUpdate, PingRequest, PingResponse, RenewRequest,
     RenewResponse,
 };
 use tokio::sync::mpsc;
@@ -14,13 +15,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::bundles::is_sha256_hex;
 use crate::ca::verify_csr;
+use crate::store::bundles::{self as store_bundles, Bundle};
 use crate::enroll::{self, EnrollError, EnrollOutcome};
 use crate::sessions::AppsReport;
 use crate::store::apps as store_apps;
 use crate::escrow::{valid_luks_uuid, valid_recovery_key_format};
 use crate::store::recovery_keys::{self, SealedRecoveryKey};
-use crate::store::{audit, devices, now_unix, DeviceStatus, StoreError};
+use crate::store::{audit, devices, now_unix, DesiredOs, DeviceStatus, StoreError};
 use crate::Shared;
 
 fn internal(e: StoreError) -> Status {
@@ -136,11 +139,12 @@ fn device_id_from_peer<T>(request: &Request<T>) -> Result<String, Status> {
         .ok_or_else(|| Status::unauthenticated("client certificate has no device URI"))
 }
 
-/// A device's desired state: its revision, config and apps.
+/// A device's desired state: its revision, config, apps and the OS a rollout wants it to run.
 pub fn desired_state(
     revision: u64,
     config: std::collections::BTreeMap<String, String>,
     apps: Vec<store_apps::DesiredApp>,
+    os: Option<DesiredOs>,
 ) -> DesiredState {
     DesiredState {
         revision,
@@ -149,7 +153,14 @@ pub fn desired_state(
             .into_iter()
             .map(|a| App { name: a.name, compose_yaml: a.compose_yaml, generation: a.generation })
             .collect(),
-        os: None,
+        os: os.map(|os| OsUpdate {
+            version: os.version,
+            bundle_sha256: os.bundle_sha256,
+            bundle_size: os.bundle_size,
+            allow_downgrade: os.allow_downgrade,
+            rollout_id: os.rollout_id,
+            health_deadline_seconds: os.health_deadline_seconds,
+        }),
     }
 }
 
@@ -218,7 +229,7 @@ impl Agent for AgentService {
                 let tx = conn.transaction()?;
                 let Some(device) = devices::get(&tx, &id)? else { return Ok(None) };
                 let apps = store_apps::list(&tx, &id)?;
-                Ok(Some(desired_state(device.desired_revision, device.config, apps)))
+                Ok(Some(desired_state(device.desired_revision, device.config, apps, device.desired_os)))
             })
             .await;
         let desired = match loaded {
@@ -251,6 +262,9 @@ impl Agent for AgentService {
                                     apps: bounded_app_status(hb.apps),
                                 },
                             );
+                            if let Some(os) = hb.os {
+                                crate::rollout::engine::on_heartbeat(&shared, &device_id, os).await;
+                            }
                             let ack = CentralMessage { kind: Some(central_message::Kind::Ack(HeartbeatAck { seq: hb.seq })) };
                             if tx.send(Ok(ack)).await.is_err() {
                                 break;
@@ -325,21 +339,105 @@ impl Agent for AgentService {
         Ok(Response::new(EscrowRecoveryKeyResponse { stored_unix: stored_at }))
     }
 
-    type ReadBundleStream = ReceiverStream<Result<cairn_proto::v1::BundleData, Status>>;
+    type ReadBundleStream = ReceiverStream<Result<BundleData, Status>>;
 
-    async fn bundle_index(
-        &self,
-        request: Request<cairn_proto::v1::BundleIndexRequest>,
-    ) -> Result<Response<cairn_proto::v1::BundleIndexResponse>, Status> {
-        self.authorize(&request).await?;
-        Err(Status::unimplemented("BundleIndex: not yet"))
+    async fn bundle_index(&self, request: Request<BundleIndexRequest>) -> Result<Response<BundleIndexResponse>, Status> {
+        let device_id = self.authorize(&request).await?;
+        let sha256 = request.into_inner().bundle_sha256;
+        let span = tracing::info_span!("grpc.bundle_index", device_id = %device_id, sha256 = %sha256);
+        async {
+            let bundle = self.stored_bundle(&sha256).await?;
+            let index = self.0.bundles.delta_index(&bundle.sha256).await.map_err(|e| {
+                tracing::error!(error = %e, "indexing a bundle failed");
+                Status::internal("central could not index the bundle; it is logged; download it whole with ReadBundle")
+            })?;
+            Ok(Response::new(BundleIndexResponse { bundle_size: bundle.size, index }))
+        }
+        .instrument(span)
+        .await
     }
 
-    async fn read_bundle(
-        &self,
-        request: Request<cairn_proto::v1::ReadBundleRequest>,
-    ) -> Result<Response<Self::ReadBundleStream>, Status> {
-        self.authorize(&request).await?;
-        Err(Status::unimplemented("ReadBundle: not yet"))
+    async fn read_bundle(&self, request: Request<ReadBundleRequest>) -> Result<Response<Self::ReadBundleStream>, Status> {
+        let device_id = self.authorize(&request).await?;
+        let request = request.into_inner();
+        let span = tracing::info_span!("grpc.read_bundle", device_id = %device_id, sha256 = %request.bundle_sha256, offset = request.offset, length = request.length);
+        let bundle = self.stored_bundle(&request.bundle_sha256).instrument(span.clone()).await?;
+        let path = self.0.bundles.path(&bundle.sha256);
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
+            span.in_scope(|| tracing::error!(path = %path.display(), error = %e, "a stored bundle's file cannot be opened"));
+            Status::not_found(format!("bundle {} is registered but its file cannot be read; upload it again", bundle.sha256))
+        })?;
+        let size = bundle.size;
+        if request.offset > size {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of the {size}-byte bundle; ask from an offset below {size}",
+                request.offset
+            )));
+        }
+        let end = match request.length {
+            0 => size,
+            length => request.offset.saturating_add(length).min(size),
+        };
+        let (tx, rx) = mpsc::channel(READ_QUEUE_PIECES);
+        let start = request.offset;
+        tokio::spawn(
+            async move {
+                use tokio::io::{AsyncReadExt, AsyncSeekExt};
+                let mut position = start;
+                if let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
+                    tracing::error!(error = %e, "seeking in a bundle failed");
+                    let _ = tx.send(Err(Status::internal("central could not read the bundle; retry later"))).await;
+                    return;
+                }
+                while position < end {
+                    let want = (end - position).min(READ_PIECE_BYTES as u64) as usize;
+                    let mut data = vec![0u8; want];
+                    let read = tokio::time::timeout(DISK_READ_TIMEOUT, file.read_exact(&mut data)).await;
+                    let status = match read {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(format!("reading failed: {e}")),
+                        Err(_) => Some(format!("reading took over {} s", DISK_READ_TIMEOUT.as_secs())),
+                    };
+                    if let Some(reason) = status {
+                        tracing::error!(%reason, position, "serving a bundle range failed");
+                        let _ = tx.send(Err(Status::internal("central could not read the bundle; retry from the last offset received"))).await;
+                        return;
+                    }
+                    if tx.send(Ok(BundleData { offset: position, data })).await.is_err() {
+                        tracing::debug!(position, "the device stopped reading");
+                        return;
+                    }
+                    position += want as u64;
+                }
+                tracing::debug!(bytes = end - start, "bundle range served");
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Largest `BundleData` piece (the protocol's limit).
+const READ_PIECE_BYTES: usize = 1024 * 1024;
+/// Pieces queued per ReadBundle stream (bounds memory per download).
+const READ_QUEUE_PIECES: usize = 4;
+/// Deadline of one disk read while serving a bundle.
+const DISK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl AgentService {
+    /// A stored bundle by its SHA-256: InvalidArgument when malformed, NotFound when unknown.
+    async fn stored_bundle(&self, sha256: &str) -> Result<Bundle, Status> {
+        if !is_sha256_hex(sha256) {
+            return Err(Status::invalid_argument(
+                "bundle_sha256 must be the 64 lower-case hex characters of the bundle's SHA-256 (DesiredState.os.bundle_sha256)",
+            ));
+        }
+        let wanted = sha256.to_owned();
+        self.0
+            .store
+            .run(move |conn| store_bundles::get(conn, &wanted))
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("central holds no bundle {sha256}; it may have been removed")))
     }
 }

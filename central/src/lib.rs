@@ -10,6 +10,7 @@ pub mod enroll;
 pub mod escrow;
 pub mod files;
 pub mod grpc;
+pub mod rollout;
 pub mod sessions;
 pub mod store;
 mod tls;
@@ -150,6 +151,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
             tls::rest_tls_config(&server_cert, &server_key)?,
             shutdown_rx.clone(),
         )),
+        tokio::spawn(rollout::engine::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_presence(shared.clone(), shutdown_rx)),
     ];
     tracing::info!(%grpc_addr, %rest_addr, "central serving");

@@ -6,12 +6,14 @@
 //! The latest app status each agent reported is kept in memory only: every heartbeat carries it
 //! whole, so after a restart of central the next heartbeat (seconds later) refills it, and writing
 //! it would cost a disk sync per heartbeat for data that is stale within one heartbeat anyway.
+//! The same holds for the OS update status (phase and download progress): only the phase
+//! changes it implies are written, by the rollout engine.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cairn_proto::v1::{AppStatus, CentralMessage};
+use cairn_proto::v1::{AppStatus, CentralMessage, OsStatus};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -31,6 +33,16 @@ pub struct Sessions {
     next_id: AtomicU64,
     heartbeats: AtomicU64,
     apps: Mutex<HashMap<String, Arc<AppsReport>>>,
+    os: Mutex<HashMap<String, Arc<OsReport>>>,
+}
+
+/// The OS status a device reported in its latest heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OsReport {
+    /// When central received it (Unix seconds).
+    pub at: i64,
+    /// What the agent sent (strings cut).
+    pub status: OsStatus,
 }
 
 /// The app status a device reported in its latest heartbeat.
@@ -110,6 +122,21 @@ impl Sessions {
     /// The latest app status a device reported since central started.
     pub fn apps_report(&self, device_id: &str) -> Option<Arc<AppsReport>> {
         self.apps.lock().unwrap_or_else(|p| p.into_inner()).get(device_id).cloned()
+    }
+
+    /// Keep the OS status of a device's latest heartbeat; returns the one it replaces.
+    pub fn report_os(&self, device_id: &str, report: OsReport) -> Option<Arc<OsReport>> {
+        self.os.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), Arc::new(report))
+    }
+
+    /// Drop a device's OS status (its processing failed: the next heartbeat is taken as new).
+    pub fn forget_os(&self, device_id: &str) {
+        self.os.lock().unwrap_or_else(|p| p.into_inner()).remove(device_id);
+    }
+
+    /// The latest OS status a device reported since central started.
+    pub fn os_report(&self, device_id: &str) -> Option<Arc<OsReport>> {
+        self.os.lock().unwrap_or_else(|p| p.into_inner()).get(device_id).cloned()
     }
 
     /// Heartbeats received since start (for metrics and benchmarks).

@@ -17,6 +17,7 @@ use crate::{Shared, StartError};
 /// A TLS handshake that has not finished by then is dropped (slow or garbage clients).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+
 /// Serve the agent gRPC API until shutdown. Enrollment needs no client certificate; the Agent
 /// service checks for one itself, so client auth is optional at the TLS layer.
 pub(crate) fn serve_grpc(
@@ -44,7 +45,7 @@ pub(crate) fn serve_grpc(
         .add_service(
             AgentServer::new(AgentService(shared))
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_encoding_message_size(cairn_proto::MAX_BUNDLE_MESSAGE_BYTES),
         );
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(async move {

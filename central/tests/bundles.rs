@@ -49,6 +49,7 @@ impl Fixture {
                 version: "1.0",
                 build: "1",
                 root_image: &root,
+                ukis: &[],
                 epoch: 1_735_689_600,
             };
             let out = dir.path().join(format!("{name}.raucb"));

@@ -11,9 +11,11 @@ use thiserror::Error;
 
 pub mod app;
 pub mod bundle;
+pub mod rollout;
 
 pub use app::AppCommand;
 pub use bundle::BundleCommand;
+pub use rollout::RolloutCommand;
 
 use crate::client::{BearerToken, CentralCa, Client, Connection, CtlError, Reply, DEFAULT_CENTRAL};
 use crate::input::{self, InputError};
@@ -105,6 +107,9 @@ pub enum Command {
     /// OS update bundles (signed RAUC bundles) stored on central: upload, list, remove.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// OS update rollouts: canary and waves, pause, resume, abort, roll back.
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
     /// The latest entries of central's audit log.
     Audit {
         /// How many events to show (central's default if not given).
@@ -283,6 +288,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::ApiToken(command) => run_api_token(&client, command, json, out),
         Command::App(command) => app::run_app(&client, command, json, out),
         Command::Bundle(command) => bundle::run_bundle(&client, command, json, out),
+        Command::Rollout(command) => rollout::run_rollout(&client, command, json, out),
         Command::Audit { limit } => {
             let reply = client.audit(limit)?;
             emit_table(out, json, &reply, "no audit events", |log| {

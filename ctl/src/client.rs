@@ -23,7 +23,7 @@ use crate::model::{
     ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, BundleList, BundleRemoved, BundleUploaded, ClaimList, ClaimReply,
     CreateApiToken, CreateClaim, CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken,
     DeviceList, DeviceReply, EnrollmentTokenList, EnrollmentTokenReply, ErrorBody, PutApp,
-    RecoveryKeyReply,
+    RecoveryKeyReply, CreateRollout, RolloutCreated, RolloutList, RolloutReply,
 };
 use crate::output::printable;
 
@@ -433,6 +433,28 @@ impl Client {
     pub fn delete_bundle(&self, sha256: &str) -> Result<Reply<BundleRemoved>, CtlError> {
         let sha256 = checked_id(sha256)?;
         self.send::<(), _>("DELETE", &format!("/api/v1/bundles/{sha256}"), None)
+    }
+
+    /// `POST /api/v1/rollouts`: creates an OS update rollout, or plans one (`dry_run`).
+    pub fn create_rollout(&self, request: &CreateRollout) -> Result<Reply<RolloutCreated>, CtlError> {
+        self.post("/api/v1/rollouts", Some(request))
+    }
+
+    /// `GET /api/v1/rollouts`: lists rollouts, newest first.
+    pub fn list_rollouts(&self) -> Result<Reply<RolloutList>, CtlError> {
+        self.get("/api/v1/rollouts", &[])
+    }
+
+    /// `GET /api/v1/rollouts/{id}`: one rollout with its devices.
+    pub fn get_rollout(&self, id: &str) -> Result<Reply<RolloutReply>, CtlError> {
+        let id = checked_id(id)?;
+        self.get(&format!("/api/v1/rollouts/{id}"), &[])
+    }
+
+    /// `POST /api/v1/rollouts/{id}/{action}` (pause, resume, abort, rollback).
+    pub fn rollout_action(&self, id: &str, action: &str) -> Result<Reply<RolloutReply>, CtlError> {
+        let id = checked_id(id)?;
+        self.post::<(), _>(&format!("/api/v1/rollouts/{id}/{action}"), None)
     }
 
     fn get<T: DeserializeOwned>(

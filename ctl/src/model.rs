@@ -597,3 +597,159 @@ pub struct BundleRemoved {
     /// SHA-256 of the removed bundle.
     pub removed: String,
 }
+
+/// Body of `POST /api/v1/rollouts`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CreateRollout {
+    /// The bundle to install.
+    pub bundle_sha256: String,
+    /// `{"all":true}`, `{"devices":[…]}` or `{"match":{…}}`.
+    pub selector: serde_json::Value,
+    /// `{"canary":N,"percent":[…],"per_site":bool}` (central's defaults for missing keys).
+    pub waves: serde_json::Value,
+    /// Halt threshold; central's default when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_threshold_percent: Option<u32>,
+    /// Health gate deadline; central's default when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_deadline_seconds: Option<u32>,
+    /// Admin only: allow older versions.
+    pub allow_downgrade: bool,
+    /// Only plan.
+    pub dry_run: bool,
+}
+
+/// Live download progress of a device in a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RolloutProgress {
+    /// Phase the agent reported.
+    pub phase: String,
+    /// Bytes of the bundle in place.
+    pub bytes_done: u64,
+    /// Bundle size.
+    pub bytes_total: u64,
+}
+
+/// One device of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RolloutDevice {
+    /// Device id.
+    pub device_id: String,
+    /// Its wave.
+    pub wave: u32,
+    /// Version it ran at the start.
+    pub from_version: String,
+    /// Its state in the rollout.
+    pub state: String,
+    /// Why it failed or refused.
+    #[serde(default)]
+    pub error: String,
+    /// Latest reported progress, if any.
+    #[serde(default)]
+    pub progress: Option<RolloutProgress>,
+}
+
+/// An OS update rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Rollout {
+    /// `rol_…`
+    pub id: String,
+    /// Bundle SHA-256.
+    pub bundle_sha256: String,
+    /// Target version.
+    pub version: String,
+    /// running, paused, halted, aborted, completed or rolled_back.
+    pub state: String,
+    /// Why it halted.
+    #[serde(default)]
+    pub halt_reason: Option<String>,
+    /// Waves released.
+    pub released_waves: u32,
+    /// Waves planned.
+    pub wave_count: u32,
+    /// Creation time.
+    pub created_at: String,
+    /// Devices per state.
+    #[serde(default)]
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// Devices (only when showing one rollout).
+    #[serde(default)]
+    pub devices: Vec<RolloutDevice>,
+}
+
+/// Answer holding one rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RolloutReply {
+    /// The rollout.
+    pub rollout: Rollout,
+}
+
+/// Answer to `GET /api/v1/rollouts`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RolloutList {
+    /// Newest first.
+    pub rollouts: Vec<Rollout>,
+}
+
+/// One device of a planned wave.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PlannedDevice {
+    /// Device id.
+    pub device_id: String,
+    /// Its site.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Version it runs.
+    pub from_version: String,
+    /// Version it would get.
+    pub to_version: String,
+}
+
+/// One planned wave.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PlannedWave {
+    /// Index.
+    pub index: u32,
+    /// e.g. "canary", "25%", "site north".
+    pub label: String,
+    /// Its devices.
+    pub devices: Vec<PlannedDevice>,
+}
+
+/// A device a plan leaves out.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SkippedDevice {
+    /// Device id.
+    pub device_id: String,
+    /// Version it runs.
+    pub version: String,
+}
+
+/// A dry run's plan.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RolloutPlan {
+    /// Target version.
+    pub version: String,
+    /// Devices to update.
+    pub device_count: u64,
+    /// Waves.
+    pub waves: Vec<PlannedWave>,
+    /// Skipped devices.
+    pub skipped: Vec<SkippedDevice>,
+}
+
+/// Answer to `POST /api/v1/rollouts`: a plan (dry run) or the created rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum RolloutCreated {
+    /// `dry_run: true`.
+    Plan {
+        /// The plan.
+        plan: RolloutPlan,
+    },
+    /// Created.
+    Created {
+        /// The rollout.
+        rollout: Rollout,
+    },
+}

@@ -3,10 +3,12 @@
 # from an mmdebstrap customize hook, after the files under /etc and /usr/lib/cairn were copied in).
 set -eu
 chmod 0755 /etc/initramfs-tools/hooks/cairn-verity /etc/initramfs-tools/scripts/local-top/cairn-verity
-chmod 0755 /usr/lib/cairn/boot-report
+chmod 0755 /usr/lib/cairn/boot-report /usr/lib/cairn/rauc-bootloader /usr/lib/cairn/trial-boot-check
 
 systemctl enable systemd-networkd.service systemd-resolved.service systemd-networkd-wait-online.service
 systemctl enable var.mount tmp.mount data.mount efi.mount cairn-agent.service cairn-boot-report.service
+# Trial boots (after an update) that nobody marks good are rebooted; see trial-boot-check.
+systemctl enable cairn-trial-boot.timer
 # A getty on ttyS0 hangs up the console the tests and operators read; keep only tty1 (no autologin).
 systemctl mask serial-getty@ttyS0.service
 # No package updates from the mirror at runtime: updates are signed RAUC bundles.

@@ -487,11 +487,11 @@ impl Run<'_> {
             Ok((bootloader, ukis))
         })?;
 
+        let bundle_ukis = ukis.clone();
         let esp_img = self.step(Step::Esp, |_| {
             let contents = EspContents {
                 bootloader,
                 ukis,
-                version: recipe.target.version.clone(),
                 tries: recipe.boot.tries,
                 timeout_s: recipe.boot.timeout_s,
                 default_slot: 'a',
@@ -539,6 +539,7 @@ impl Run<'_> {
                 version: &recipe.target.version,
                 build: &build_id,
                 root_image: &root_image.path,
+                ukis: &bundle_ukis,
                 epoch,
             };
             bundle::make_bundle(&spec, &keys, &bundle_path, &work.join("bundle"))?;

@@ -6,6 +6,12 @@
 //! `verity-size`. The salt is derived from the content, the signing clock is frozen, and the
 //! update key is RSA (deterministic signatures), so the same inputs give the same bytes.
 //! `rauc info` checks the result against the update certificate before the build goes on.
+//!
+//! Besides the root image the bundle carries both slots' signed UKIs (`uki-a.efi`, `uki-b.efi`:
+//! same root hash, different `cairn.slot=`/`rauc.slot=`) and a slot hook (`hook`, manifest
+//! `[hooks] filename=hook`, `[image.rootfs] hooks=post-install`): after RAUC writes the root slot
+//! it runs `hook slot-post-install` with `RAUC_SLOT_BOOTNAME` and `RAUC_BUNDLE_MOUNT_POINT` set,
+//! and the hook installs `uki-<slot>.efi` as that slot's UKI on the ESP.
 
 use std::fs;
 use std::io::Write;
@@ -54,15 +60,22 @@ pub struct BundleSpec<'a> {
     pub build: &'a str,
     /// The slot image for the `rootfs` slot class (squashfs + verity, written raw).
     pub root_image: &'a Path,
+    /// The signed UKI of each slot (slot letter, file), shipped as `uki-<slot>.efi`.
+    pub ukis: &'a [(char, PathBuf)],
     /// SOURCE_DATE_EPOCH: every timestamp in the bundle.
     pub epoch: i64,
 }
+
+/// The slot hook RAUC runs after writing a root slot: installs that slot's UKI on the ESP.
+pub const SLOT_HOOK: &str = include_str!("../assets/rauc-slot-hook");
 
 /// The manifest RAUC reads (without the verity fields).
 pub fn manifest(spec: &BundleSpec<'_>, root_sha256: &str, root_size: u64) -> String {
     format!(
         "[update]\ncompatible={}\nversion={}\nbuild={}\n\n[bundle]\nformat=verity\n\n\
-         [image.rootfs]\nsha256={root_sha256}\nsize={root_size}\nfilename=root.img\n",
+         [hooks]\nfilename=hook\n\n\
+         [image.rootfs]\nsha256={root_sha256}\nsize={root_size}\nfilename=root.img\n\
+         hooks=post-install\n",
         spec.compatible, spec.version, spec.build
     )
 }
@@ -102,6 +115,15 @@ pub fn make_bundle(
         source: std::io::Error::other(e.to_string()),
     })?;
     let root_size = fs::metadata(&root).map_err(io("stat", &root))?.len();
+    for (slot, uki) in spec.ukis {
+        let dest = content.join(format!("uki-{slot}.efi"));
+        fs::copy(uki, &dest).map_err(io("copy", uki))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o644))
+            .map_err(io("chmod", &dest))?;
+    }
+    let hook = content.join("hook");
+    fs::write(&hook, SLOT_HOOK).map_err(io("write", &hook))?;
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &hook))?;
     let plain = manifest(spec, &root_sha, root_size);
     let manifest_path = content.join("manifest.raucm");
     fs::write(&manifest_path, &plain).map_err(io("write", &manifest_path))?;
@@ -240,6 +262,7 @@ mod tests {
             version: "1",
             build: "2",
             root_image: Path::new("/x"),
+            ukis: &[],
             epoch: 0,
         };
         let plain = manifest(&spec, "aa", 10);
@@ -247,7 +270,10 @@ mod tests {
         assert!(signed.contains(
             "[bundle]\nformat=verity\nverity-hash=hh\nverity-salt=ss\nverity-size=4096\n"
         ));
-        assert!(signed.contains("[image.rootfs]\nsha256=aa\nsize=10\nfilename=root.img\n"));
+        assert!(signed.contains(
+            "[image.rootfs]\nsha256=aa\nsize=10\nfilename=root.img\nhooks=post-install\n"
+        ));
+        assert!(signed.contains("\n[hooks]\nfilename=hook\n"));
     }
 
     #[test]
@@ -269,11 +295,18 @@ mod tests {
                 .collect::<Vec<u8>>(),
         )
         .unwrap();
+        let mut ukis = Vec::new();
+        for slot in ['a', 'b'] {
+            let uki = dir.path().join(format!("cairn-{slot}.efi"));
+            fs::write(&uki, format!("MZ uki of slot {slot}")).unwrap();
+            ukis.push((slot, uki));
+        }
         let spec = BundleSpec {
             compatible: "cairn-test",
             version: "1.0",
             build: "1",
             root_image: &root,
+            ukis: &ukis,
             epoch: 1_735_689_600,
         };
         let mut bundles = Vec::new();
@@ -297,6 +330,25 @@ mod tests {
             info.contains("Bundle Format: \tverity") || info.contains("verity"),
             "{info}"
         );
+        // rauc accepts the [hooks] section and shows the rootfs image's slot hook (RAUC 1.8
+        // prints no hook file name; its bundle-level `Hooks:` are install hooks, none here).
+        assert!(info.contains("Hooks:     post-install"), "{info}");
+        // The payload holds the UKIs and an executable hook.
+        if crate::tool::is_installed("unsquashfs") {
+            let out = Tool::new("unsquashfs")
+                .arg("-lls")
+                .arg(dir.path().join("one.raucb"))
+                .run()
+                .unwrap();
+            for name in ["uki-a.efi", "uki-b.efi", "root.img"] {
+                assert!(out.stdout.contains(name), "{name} missing: {}", out.stdout);
+            }
+            assert!(
+                out.stdout.contains("-rwxr-xr-x root/root"),
+                "{}",
+                out.stdout
+            );
+        }
         // Another key's certificate must not verify it.
         let other = crate::keys::generate(&dir.path().join("other"), "other").unwrap();
         assert!(check_with_rauc(

@@ -3,6 +3,13 @@
 //! one boot entry per slot with boot counting (`loader/entries/cairn-a+3-0.conf`: systemd-boot's
 //! Automatic Boot Assessment). Made with `mkfs.vfat --invariant` and mtools under a frozen clock,
 //! so every byte is reproducible.
+//!
+//! The entries are in the form the agent's RAUC bootloader backend keeps them in
+//! (agent/src/boot/slots.rs): `default cairn-*` in loader.conf, and per entry `sort-key cairn`
+//! and `version <generation>`. systemd-boot 252 sorts entries with no tries left last, then by
+//! sort-key, then by version descending, and boots the first entry matching the default glob: the
+//! slot with the higher generation boots, and once its counter runs out the other one does, with
+//! no help from the running system.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -48,8 +55,6 @@ pub struct EspContents {
     pub bootloader: PathBuf,
     /// Signed UKIs: (slot letter, file).
     pub ukis: Vec<(char, PathBuf)>,
-    /// OS version for the entry titles.
-    pub version: String,
     /// Boot tries per slot before systemd-boot falls back.
     pub tries: u32,
     /// Menu timeout in seconds.
@@ -63,27 +68,29 @@ pub fn uki_path(slot: char) -> String {
     format!("/EFI/cairn/cairn-{slot}.efi")
 }
 
-/// loader.conf text.
+/// loader.conf text. `default` is a glob over both slots, never one slot: systemd-boot boots
+/// the first match in its sort order, where entries with no tries left come last.
 pub fn loader_conf(contents: &EspContents) -> String {
     format!(
         "# Cairn: systemd-boot configuration, written by cairn-image.\n\
-         default cairn-{default}*\n\
+         # Both slots match; the entries' versions (activation generations) pick one.\n\
+         default cairn-*\n\
          timeout {timeout}\n\
          editor no\n\
          auto-entries no\n\
          auto-firmware no\n\
          console-mode keep\n",
-        default = contents.default_slot,
         timeout = contents.timeout_s,
     )
 }
 
-/// File name and text of a slot's boot entry, with a fresh boot counter.
+/// File name and text of a slot's boot entry, with a fresh boot counter. The default slot gets
+/// generation 2, the other 1 (the agent's set-primary writes the other's + 1).
 pub fn boot_entry(contents: &EspContents, slot: char) -> (String, String) {
     let name = format!("cairn-{slot}+{}-0.conf", contents.tries);
+    let generation = if slot == contents.default_slot { 2 } else { 1 };
     let text = format!(
-        "title Cairn {version} (slot {upper})\nversion {version}\nsort-key cairn-{slot}\nefi {uki}\n",
-        version = contents.version,
+        "title Cairn (slot {upper})\nsort-key cairn\nversion {generation}\nefi {uki}\n",
         upper = slot.to_ascii_uppercase(),
         uki = uki_path(slot),
     );
@@ -196,7 +203,6 @@ mod tests {
         EspContents {
             bootloader: boot,
             ukis: vec![('a', uki.clone()), ('b', uki)],
-            version: "0.1.0".into(),
             tries: 3,
             timeout_s: 0,
             default_slot: 'a',
@@ -209,10 +215,17 @@ mod tests {
         let c = contents(dir.path());
         let (name, text) = boot_entry(&c, 'a');
         assert_eq!(name, "cairn-a+3-0.conf");
-        assert!(text.contains("efi /EFI/cairn/cairn-a.efi"), "{text}");
+        // The exact form the agent's backend writes (agent/src/boot/slots.rs entry_text).
+        assert_eq!(
+            text,
+            "title Cairn (slot A)\nsort-key cairn\nversion 2\nefi /EFI/cairn/cairn-a.efi\n"
+        );
+        let (name, text) = boot_entry(&c, 'b');
+        assert_eq!(name, "cairn-b+3-0.conf");
+        assert!(text.contains("version 1\n"), "{text}");
         let conf = loader_conf(&c);
         assert!(
-            conf.contains("default cairn-a*") && conf.contains("editor no"),
+            conf.contains("\ndefault cairn-*\n") && conf.contains("editor no"),
             "{conf}"
         );
     }

@@ -168,12 +168,48 @@ pub fn static_os_files(recipe: &Recipe) -> Vec<OsFile> {
             0o755,
             include_str!("../assets/image-setup.sh"),
         ),
+        OsFile::text(
+            "usr/lib/cairn/rauc-bootloader",
+            0o755,
+            include_str!("../assets/rauc-bootloader"),
+        ),
+        OsFile::text(
+            "usr/lib/cairn/trial-boot-check",
+            0o755,
+            include_str!("../assets/trial-boot-check"),
+        ),
+        OsFile::text(
+            "etc/systemd/system/cairn-trial-boot.service",
+            0o644,
+            include_str!("../assets/cairn-trial-boot.service"),
+        ),
+        OsFile {
+            path: "etc/systemd/system/cairn-trial-boot.timer".into(),
+            mode: 0o644,
+            contents: trial_boot_timer(recipe.boot.trial_deadline_s).into_bytes(),
+        },
         OsFile {
             path: "usr/lib/os-release".into(),
             mode: 0o644,
             contents: os_release.into_bytes(),
         },
     ]
+}
+
+/// The trial-boot deadline: only on a counted boot (systemd-boot set LoaderBootCountPath),
+/// `trial_deadline_s` after boot, cairn-trial-boot.service reboots unless the entry was blessed.
+fn trial_boot_timer(deadline_s: u32) -> String {
+    format!(
+        "[Unit]\n\
+         Description=Cairn: deadline of a trial boot (recipe [boot] trial_deadline_s)\n\
+         Documentation=https://systemd.io/AUTOMATIC_BOOT_ASSESSMENT/\n\
+         ConditionPathExists=/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f\n\n\
+         [Timer]\n\
+         OnBootSec={deadline_s}s\n\
+         AccuracySec=1s\n\n\
+         [Install]\n\
+         WantedBy=timers.target\n"
+    )
 }
 
 /// The os-release text of the image (also the UKI's `.osrel`).
@@ -265,7 +301,11 @@ pub fn fleet_files(recipe: &Recipe, inputs: &FleetInputs) -> Result<Vec<OsFile>,
          # Apps from central run on containerd; volumes live on the data partition.\n\
          [apps]\nenabled = true\nplain_http_registries = [{registries}]\n\n\
          # The boot is good once the agent reaches central: drop systemd-boot's try counter.\n\
-         [boot]\nbless = true\n",
+         # tries: what a slot activated by an update gets (RAUC backend set-primary).\n\
+         [boot]\nbless = true\nesp = \"/efi\"\ntries = {tries}\n\n\
+         # OS updates from central's rollouts: A/B with RAUC, committed by the health gate.\n\
+         [update]\nenabled = true\n",
+        tries = recipe.boot.tries,
         pcrs = recipe.fleet.data_pcrs,
         registries = recipe
             .fleet
@@ -299,10 +339,17 @@ fn rauc_system_conf(recipe: &Recipe) -> String {
         "# RAUC system configuration, written by cairn-image.\n\
          [system]\n\
          compatible={compatible}\n\
-         # The systemd-boot backend (boot counting on the ESP) comes with the A/B update work.\n\
-         bootloader=noop\n\
+         # systemd-boot entries with boot counting on the ESP, kept by cairn-agent.\n\
+         bootloader=custom\n\
+         # Installing does not switch slots: the agent first seals the data key to the new UKI's\n\
+         # PCR 11, then activates it with `rauc status mark-active other`.\n\
+         activate-installed=false\n\
          data-directory=/data/rauc\n\
+         # The root is read-only: bundles are mounted under /run.\n\
+         mountprefix=/run/rauc\n\
          bundle-formats=-plain\n\n\
+         [handlers]\n\
+         bootloader-custom-backend=/usr/lib/cairn/rauc-bootloader\n\n\
          [keyring]\n\
          path=/etc/rauc/keyring.pem\n\
          check-purpose=codesign\n\n\
@@ -422,6 +469,29 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn rauc_uses_the_agent_backend_and_does_not_activate_on_install() {
+        let conf = rauc_system_conf(&recipe());
+        for line in [
+            "bootloader=custom\n",
+            "activate-installed=false\n",
+            "[handlers]\nbootloader-custom-backend=/usr/lib/cairn/rauc-bootloader\n",
+            "bootname=a\n",
+        ] {
+            assert!(conf.contains(line), "{line:?} missing:\n{conf}");
+        }
+        let files = static_os_files(&recipe());
+        let timer = files
+            .iter()
+            .find(|f| f.path == "etc/systemd/system/cairn-trial-boot.timer")
+            .unwrap();
+        let timer = String::from_utf8_lossy(&timer.contents);
+        assert!(timer.contains("OnBootSec=600s\n"), "{timer}");
+        assert!(files
+            .iter()
+            .any(|f| f.path == "usr/lib/cairn/rauc-bootloader" && f.mode == 0o755));
     }
 
     #[test]

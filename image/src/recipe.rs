@@ -23,6 +23,14 @@ pub enum RecipeError {
         /// The TOML error, naming the field.
         source: toml::de::Error,
     },
+    /// A recipe variant could not be written.
+    #[error("cannot write recipe variant {path}: {source}")]
+    Write {
+        /// The file written.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A value is out of range or malformed.
     #[error("recipe {path}: {field} {problem}")]
     Invalid {
@@ -151,6 +159,14 @@ pub struct Boot {
     pub tries: u32,
     /// Menu timeout in seconds.
     pub timeout_s: u32,
+    /// Seconds a counted (trial) boot may take to be marked good before the watchdog reboots it
+    /// (each reboot spends one of `tries`).
+    #[serde(default = "default_trial_deadline_s")]
+    pub trial_deadline_s: u32,
+}
+
+fn default_trial_deadline_s() -> u32 {
+    600
 }
 
 /// `[fleet]`.
@@ -287,6 +303,12 @@ impl Recipe {
         if self.boot.tries == 0 {
             return Err(self.invalid("boot.tries", "must be at least 1"));
         }
+        if self.boot.trial_deadline_s < 60 {
+            return Err(self.invalid(
+                "boot.trial_deadline_s",
+                "must be at least 60 (a slow first boot must not be rebooted)",
+            ));
+        }
         if !self.fleet.central_url.starts_with("https://") {
             return Err(self.invalid("fleet.central_url", "must start with https://"));
         }
@@ -320,6 +342,96 @@ impl Recipe {
     }
 }
 
+/// Changes that make a second version of a recipe (the QEMU update tests' "version B" and "bad"
+/// builds): everything else, the lock included, stays the same.
+#[derive(Debug, Clone, Default)]
+pub struct RecipeVariant<'a> {
+    /// The new `target.version`.
+    pub version: &'a str,
+    /// Packages added to `debian.packages` (not in the lock: build with `allow_lock_drift`).
+    pub add_packages: &'a [&'a str],
+    /// Appended to `kernel.cmdline_extra` (e.g. `init=/bin/false` for a version that never
+    /// boots).
+    pub cmdline_append: Option<&'a str>,
+}
+
+impl Recipe {
+    /// `variant` of this recipe in memory, validated; the lock stays this recipe's (for
+    /// `tests/src/image.rs build_image_with`).
+    pub fn variant(&self, variant: &RecipeVariant<'_>) -> Result<Recipe, RecipeError> {
+        let mut recipe = self.clone();
+        recipe.target.version = variant.version.to_string();
+        recipe
+            .debian
+            .packages
+            .extend(variant.add_packages.iter().map(|p| p.to_string()));
+        if let Some(extra) = variant.cmdline_append {
+            recipe.kernel.cmdline_extra = format!("{} {extra}", recipe.kernel.cmdline_extra)
+                .trim()
+                .to_string();
+        }
+        recipe.validate()?;
+        Ok(recipe)
+    }
+}
+
+/// Write `variant` of the recipe at `base` into `dir` under the same file name, with a copy of
+/// its lock beside it (so [`Recipe::lock_path`] finds it), and load it. Comments are not kept.
+pub fn write_variant(
+    base: &Path,
+    dir: &Path,
+    variant: &RecipeVariant<'_>,
+) -> Result<Recipe, RecipeError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let base_recipe = Recipe::load(base)?;
+    let mut table: toml::Table =
+        toml::from_str(&read(base)?).map_err(|source| RecipeError::Parse {
+            path: base.to_path_buf(),
+            source,
+        })?;
+    fn section<'t>(table: &'t mut toml::Table, name: &str) -> Option<&'t mut toml::Table> {
+        table.get_mut(name)?.as_table_mut()
+    }
+    if let Some(target) = section(&mut table, "target") {
+        target.insert("version".into(), variant.version.into());
+    }
+    if let Some(packages) =
+        section(&mut table, "debian").and_then(|d| d.get_mut("packages")?.as_array_mut())
+    {
+        packages.extend(variant.add_packages.iter().map(|p| toml::Value::from(*p)));
+    }
+    if let Some(extra) = variant.cmdline_append {
+        if let Some(kernel) = section(&mut table, "kernel") {
+            let joined = format!("{} {extra}", base_recipe.kernel.cmdline_extra);
+            kernel.insert("cmdline_extra".into(), joined.trim().into());
+        }
+    }
+    let file_name = base
+        .file_name()
+        .unwrap_or(std::ffi::OsStr::new("recipe.toml"));
+    let path = dir.join(file_name);
+    let write_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RecipeError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    let text = format!(
+        "# Variant of {} (version {}, written by cairn_image::recipe::write_variant).\n{}",
+        base.display(),
+        variant.version,
+        toml::to_string(&table).expect("a TOML table serializes")
+    );
+    std::fs::write(&path, text).map_err(write_err(&path))?;
+    let lock = path.with_extension("lock");
+    std::fs::copy(base_recipe.lock_path(), &lock).map_err(write_err(&lock))?;
+    Recipe::load(&path)
+}
+
 fn is_uuid(s: &str) -> bool {
     let groups: Vec<&str> = s.split('-').collect();
     groups.len() == 5
@@ -343,6 +455,43 @@ mod tests {
         assert_eq!(recipe.target.name, "qemu-x86_64");
         assert_eq!(recipe.fleet.central_url, "https://10.0.2.2:7443");
         assert!(recipe.lock_path().ends_with("recipes/qemu-x86_64.lock"));
+    }
+
+    #[test]
+    fn a_variant_changes_version_packages_and_cmdline_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = Recipe::load(&repo_recipe()).unwrap();
+        let variant = RecipeVariant {
+            version: "0.2.0",
+            add_packages: &["less"],
+            cmdline_append: Some("cairn.test=1x"),
+        };
+        // cmdline_extra must not set cairn.*: the variant is validated like any recipe.
+        assert!(write_variant(&repo_recipe(), dir.path(), &variant).is_err());
+        let variant = RecipeVariant {
+            cmdline_append: Some("init=/bin/false"),
+            ..variant
+        };
+        let b = write_variant(&repo_recipe(), dir.path(), &variant).unwrap();
+        assert_eq!(b.target.version, "0.2.0");
+        assert_eq!(b.debian.packages.last().map(String::as_str), Some("less"));
+        assert_eq!(b.debian.packages.len(), base.debian.packages.len() + 1);
+        assert!(b.kernel.cmdline_extra.ends_with(
+            " panic=10 loglevel=4 systemd.show_status=1 systemd.gpt_auto=0 init=/bin/false"
+        ));
+        assert_eq!(b.lock_path(), dir.path().join("qemu-x86_64.lock"));
+        assert_eq!(
+            std::fs::read(b.lock_path()).unwrap(),
+            std::fs::read(base.lock_path()).unwrap()
+        );
+        assert_eq!(b.partitions.verity_salt, base.partitions.verity_salt);
+        assert_eq!(b.update.compatible, base.update.compatible);
+        // The same change in memory (lock beside the original recipe).
+        let m = base.variant(&variant).unwrap();
+        assert_eq!(m.target.version, b.target.version);
+        assert_eq!(m.debian.packages, b.debian.packages);
+        assert_eq!(m.kernel.cmdline_extra, b.kernel.cmdline_extra);
+        assert_eq!(m.lock_path(), base.lock_path());
     }
 
     #[test]

@@ -161,6 +161,10 @@ pub fn bootstrap(
         let cached = cache.join(format!("rootfs-{key}.tar"));
         if cached.is_file() {
             tracing::info!(path = %cached.display(), "using cached root filesystem");
+            // Most recently used first when the cache is pruned.
+            if let Ok(file) = fs::File::options().write(true).open(&cached) {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
             return Ok((cached, true));
         }
     }
@@ -206,19 +210,31 @@ pub fn bootstrap(
     Ok((tar, false))
 }
 
-/// Remove cached root tarballs other than `keep` (each is ~700 MiB; an old key is never used
-/// again once the lock or the static layer changed).
+/// Cached root tarballs kept (each is ~700 MiB): the update tests build the recipe and two
+/// variants of it (version B, a bad version), which must not evict each other.
+const CACHE_KEEP: usize = 3;
+
+/// Remove cached root tarballs but `keep` and the most recently used others, [`CACHE_KEEP`] in
+/// all (a key is stale once the lock or the static layer changed).
 fn prune_cache(cache: &Path, keep: &Path) {
     let Ok(entries) = fs::read_dir(cache) else {
         return;
     };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().to_string();
-        if path != keep && name.starts_with("rootfs-") && name.ends_with(".tar") {
-            tracing::info!(path = %path.display(), "removing stale cached root filesystem");
-            let _ = fs::remove_file(&path);
-        }
+    let mut others: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            e.path() != keep && name.starts_with("rootfs-") && name.ends_with(".tar")
+        })
+        .map(|e| {
+            let used = e.metadata().and_then(|m| m.modified());
+            (used.unwrap_or(std::time::UNIX_EPOCH), e.path())
+        })
+        .collect();
+    others.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+    for (_, path) in others.into_iter().skip(CACHE_KEEP - 1) {
+        tracing::info!(path = %path.display(), "removing least recently used cached root filesystem");
+        let _ = fs::remove_file(&path);
     }
 }
 
@@ -372,6 +388,36 @@ pub fn take_boot_files(root: &Path, dest: &Path) -> Result<BootFiles, RootfsErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cache_keeps_the_most_recently_used_tarballs() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = std::time::SystemTime::now();
+        for (i, name) in [
+            "rootfs-1.tar",
+            "rootfs-2.tar",
+            "rootfs-3.tar",
+            "rootfs-4.tar",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let f = fs::File::create(dir.path().join(name)).unwrap();
+            f.set_modified(now - std::time::Duration::from_secs(100 * (4 - i as u64)))
+                .unwrap();
+        }
+        fs::write(dir.path().join("other"), b"").unwrap();
+        prune_cache(dir.path(), &dir.path().join("rootfs-1.tar"));
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["other", "rootfs-1.tar", "rootfs-3.tar", "rootfs-4.tar"]
+        );
+    }
 
     #[test]
     fn parses_dpkg_status_keeping_installed_only() {

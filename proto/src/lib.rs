@@ -2,6 +2,9 @@
 
 #![allow(missing_docs)]
 
+/// Comparing OS versions (downgrade checks on both sides).
+pub mod version;
+
 /// Version 1 of the protocol (`package cairn.v1`).
 pub mod v1 {
     tonic::include_proto!("cairn.v1");
@@ -10,6 +13,11 @@ pub mod v1 {
 /// Largest gRPC message either side accepts. Enrollment and heartbeats are a few KiB; anything
 /// far bigger is an attack or a bug, and is refused before it is buffered.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// Largest message of the OS-update RPCs (`BundleIndex`, a `ReadBundle` piece): bundle pieces
+/// are 1 MiB and an index is ~36 bytes per 64 KiB chunk, so 8 MiB covers bundles of many GiB.
+/// Only these two calls' answers may be that large; everything else keeps [`MAX_MESSAGE_BYTES`].
+pub const MAX_BUNDLE_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// URI prefix of the SAN that carries the device id in a device certificate.
 pub const DEVICE_URI_PREFIX: &str = "urn:cairn:device:";

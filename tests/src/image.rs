@@ -84,13 +84,30 @@ pub struct FleetFiles {
 
 /// Build an image of the e2e recipe into `out` (test update keys in `target/cairn-e2e/keys`).
 pub fn build_image(out: &Path, fleet: &FleetFiles) -> Result<PathBuf, ImageError> {
-    let recipe = Recipe::load(&recipe_path())?;
+    Ok(build_image_with(out, fleet, |_| {})?.image)
+}
+
+/// The test update key pair (shared by every test build, so one image takes another's bundles).
+pub fn update_keys() -> Result<cairn_image::keys::UpdateKeys, ImageError> {
     let keys_dir = target_dir().join("cairn-e2e/keys");
     let keys = cairn_image::keys::UpdateKeys::in_dir(&keys_dir);
     if !keys.key.exists() || !keys.cert.exists() {
         let _ = std::fs::remove_dir_all(&keys_dir);
         cairn_image::keys::generate(&keys_dir, "Cairn e2e test update key")?;
     }
+    Ok(keys)
+}
+
+/// Build the e2e recipe changed by `edit` (another version, one more package, another central)
+/// into `out`; the lock stays the recipe's, so an added package shows as drift.
+pub fn build_image_with(
+    out: &Path,
+    fleet: &FleetFiles,
+    edit: impl FnOnce(&mut Recipe),
+) -> Result<cairn_image::BuildReport, ImageError> {
+    let mut recipe = Recipe::load(&recipe_path())?;
+    edit(&mut recipe);
+    let keys = update_keys()?;
     let options = BuildOptions {
         out_dir: out.to_path_buf(),
         agent_bin: agent_binary()?,
@@ -109,7 +126,7 @@ pub fn build_image(out: &Path, fleet: &FleetFiles) -> Result<PathBuf, ImageError
     };
     let report = cairn_image::build(&recipe, &options, &mut |event| eprintln!("{event}"))?;
     eprintln!("{}", report.summary());
-    Ok(report.image)
+    Ok(report)
 }
 
 /// The image to boot: `CAIRN_E2E_IMAGE` if set, else a fresh build into target/cairn-e2e/image.

@@ -372,16 +372,30 @@ impl Vm {
     /// Wait until a serial console line contains `marker`; returns that line. Fails with the
     /// serial log tail when `timeout` passes or QEMU exits first.
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<String, VmError> {
+        self.wait_for_since(0, marker, 1, timeout)
+    }
+
+    /// How much the guest has printed so far: a position for [`Vm::wait_for_since`] (the log
+    /// goes on across guest reboots inside one QEMU).
+    pub fn serial_mark(&self) -> usize {
+        fs::metadata(&self.serial_log).map(|m| m.len() as usize).unwrap_or(0)
+    }
+
+    /// Wait until `count` lines printed after byte `since` contain `marker`; returns the last of
+    /// them. Fails with the serial log tail when `timeout` passes or QEMU exits first.
+    pub fn wait_for_since(&mut self, since: usize, marker: &str, count: usize, timeout: Duration) -> Result<String, VmError> {
         let deadline = Instant::now() + timeout;
+        let find = |text: &str| {
+            let lines: Vec<&str> = text.get(since..).unwrap_or("").lines().filter(|l| l.contains(marker)).collect();
+            (lines.len() >= count).then(|| lines[count - 1].trim_end_matches('\r').to_string())
+        };
         loop {
-            let text = self.serial_text();
-            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
-                return Ok(line.trim_end_matches('\r').to_string());
+            if let Some(line) = find(&self.serial_text()) {
+                return Ok(line);
             }
             if self.exited() {
-                let text = self.serial_text();
-                if let Some(line) = text.lines().find(|l| l.contains(marker)) {
-                    return Ok(line.trim_end_matches('\r').to_string());
+                if let Some(line) = find(&self.serial_text()) {
+                    return Ok(line);
                 }
                 return Err(
                     self.wait_error(format!("QEMU exited before the guest printed {marker:?}"))

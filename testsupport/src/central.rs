@@ -133,6 +133,25 @@ impl TestCentral {
         Ok((status, response.into_json().unwrap_or(Value::Null)))
     }
 
+    /// Upload an OS update bundle file to `POST /api/v1/bundles` as admin; returns (status, body).
+    pub fn upload_bundle(&self, path: &std::path::Path) -> (u16, Value) {
+        tokio::task::block_in_place(|| {
+            let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let result = self
+                .rest()
+                .post(&self.rest_url("/api/v1/bundles"))
+                .timeout(Duration::from_secs(600))
+                .set("Authorization", &format!("Bearer {}", self.admin))
+                .set("Content-Type", "application/octet-stream")
+                .send(file);
+            let response = match result {
+                Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                Err(e) => panic!("bundle upload of {} failed: {e}", path.display()),
+            };
+            (response.status(), response.into_json().unwrap_or(Value::Null))
+        })
+    }
+
     /// Call REST as admin and require success; returns the body.
     pub fn admin_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, body) = self.call(&self.admin, method, path, body);

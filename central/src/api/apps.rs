@@ -100,7 +100,7 @@ pub(super) async fn put_app(
                 return Ok(Err(ApiError::NotFound("no device with this id".into())));
             };
             let app = apps::upsert(&tx, &id, &name, &compose, revision)?;
-            let desired = desired_state(revision, device.config, apps::list(&tx, &id)?);
+            let desired = desired_state(revision, device.config, apps::list(&tx, &id)?, device.desired_os);
             let size = desired.encoded_len();
             if size > MAX_DESIRED_STATE_BYTES {
                 // Dropping the transaction rolls the change back.
@@ -173,7 +173,7 @@ pub(super) async fn delete_app(
                 &id,
                 &format!("app={name} revision={revision}"),
             )?;
-            let desired = desired_state(revision, device.config, apps::list(&tx, &id)?);
+            let desired = desired_state(revision, device.config, apps::list(&tx, &id)?, device.desired_os);
             tx.commit()?;
             Ok(Ok(desired))
         })

@@ -39,7 +39,7 @@ impl From<BundleError> for ApiError {
             | BundleError::Refused { .. }
             | BundleError::WrongCompatible { .. }
             | BundleError::NoVersion => ApiError::BadRequest(e.to_string()),
-            BundleError::Rauc(_) | BundleError::Io { .. } => {
+            BundleError::Rauc(_) | BundleError::Io { .. } | BundleError::Index { .. } => {
                 tracing::error!(error = %e, "bundle operation failed on central");
                 ApiError::Internal(e.to_string())
             }
@@ -225,6 +225,16 @@ pub(super) async fn delete_bundle(
 ) -> ApiResult {
     caller.require(Role::Admin)?;
     let sha256 = checked_sha256(&sha256)?;
+    let wanted = sha256.clone();
+    let in_use = shared
+        .store
+        .run(move |conn| crate::store::rollouts::active_using_bundle(conn, &wanted))
+        .await?;
+    if let Some(rollout) = in_use {
+        return Err(ApiError::Conflict(format!(
+            "bundle {sha256} is being rolled out by {rollout}; abort or roll back that rollout (or wait until it completes) first"
+        )));
+    }
     let actor = caller.actor();
     let target = sha256.clone();
     let remove_row = shared.store.run(move |conn| {

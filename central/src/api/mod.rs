@@ -3,6 +3,7 @@
 mod apps;
 mod auth;
 mod bundles;
+mod rollouts;
 mod routes;
 
 use std::sync::Arc;

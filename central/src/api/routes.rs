@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{apps, bundles, ApiError, Caller, ValidJson, OPENAPI};
+use super::{apps, bundles, rollouts, ApiError, Caller, ValidJson, OPENAPI};
 use crate::grpc::{desired_message, desired_state};
 use crate::store::apps as store_apps;
 use crate::store::{audit, devices, recovery_keys, tokens, ClaimKind, Device, DeviceStatus, Policy, Role, StoreError};
@@ -41,6 +41,12 @@ pub(super) fn router() -> Router<Arc<Shared>> {
         .route("/api/v1/bundles", get(bundles::list_bundles).post(bundles::upload_bundle).layer(DefaultBodyLimit::disable()))
         .route("/api/v1/bundles/{sha256}", get(bundles::show_bundle).delete(bundles::delete_bundle))
         .route("/api/v1/bundles/{sha256}/content", get(bundles::bundle_content))
+        .route("/api/v1/rollouts", get(rollouts::list_rollouts).post(rollouts::create_rollout))
+        .route("/api/v1/rollouts/{id}", get(rollouts::show_rollout))
+        .route("/api/v1/rollouts/{id}/pause", post(rollouts::pause_rollout))
+        .route("/api/v1/rollouts/{id}/resume", post(rollouts::resume_rollout))
+        .route("/api/v1/rollouts/{id}/abort", post(rollouts::abort_rollout))
+        .route("/api/v1/rollouts/{id}/rollback", post(rollouts::rollback_rollout))
         .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/openapi.json".into()) })
 }
 
@@ -270,8 +276,9 @@ async fn set_device_config(
             audit::record(&tx, &actor, "device.config", &id, &format!("revision={revision} keys={}", config.len()))?;
             // The pushed state carries the device's apps too: a state without them removes them.
             let apps = store_apps::list(&tx, &id)?;
+            let os = devices::get(&tx, &id)?.and_then(|d| d.desired_os);
             tx.commit()?;
-            Ok(Some(desired_state(revision, config, apps)))
+            Ok(Some(desired_state(revision, config, apps, os)))
         })
         .await?
         .ok_or_else(|| ApiError::NotFound("no device with this id".into()))?;

@@ -71,6 +71,14 @@ pub enum BundleError {
     /// rauc could not run.
     #[error("could not verify the bundle: {0}")]
     Rauc(rauc::RaucError),
+    /// The chunk index of a stored bundle could not be built.
+    #[error("could not index the bundle {}: {source}", .path.display())]
+    Index {
+        /// The bundle file.
+        path: PathBuf,
+        /// cairn-delta's failure.
+        source: cairn_delta::DeltaError,
+    },
     /// A disk operation failed.
     #[error("could not {what} {}: {source}; check free space and permissions of central's data_dir", .path.display())]
     Io {
@@ -240,6 +248,16 @@ impl BundleFiles {
         self.dir.join(format!("sha256-{sha256}.raucb"))
     }
 
+    /// Where the cached cairn-delta index of the bundle with this SHA-256 is kept.
+    pub fn index_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("sha256-{sha256}.cdcidx"))
+    }
+
+    /// A new temp file name in the bundles directory (swept at start if left behind).
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        self.dir.join(format!("{UPLOAD_PREFIX}{what}-{}.tmp", hex::encode(rand::random::<[u8; 8]>())))
+    }
+
     /// Largest upload accepted.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
@@ -251,6 +269,49 @@ impl BundleFiles {
             .as_ref()
             .map(|_| ())
             .map_err(|&(field, hint)| BundleError::NotConfigured { field, hint })
+    }
+
+    /// The encoded cairn-delta index of a stored bundle: read from its cache file next to the
+    /// bundle, or built off the async runtime and cached (written atomically: temp file, fsync,
+    /// rename) under the publish lock, so a bundle removed meanwhile leaves no index behind.
+    #[tracing::instrument(name = "bundles.delta_index", skip(self))]
+    pub async fn delta_index(&self, sha256: &str) -> Result<Vec<u8>, BundleError> {
+        let cached = self.index_path(sha256);
+        match tokio::fs::read(&cached).await {
+            Ok(bytes) => return Ok(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("read", &cached)(e)),
+        }
+        let path = self.path(sha256);
+        let source = path.clone();
+        let encoded = tokio::task::spawn_blocking(move || cairn_delta::Index::build_file(&source).map(|i| i.encode()))
+            .await
+            .map_err(|e| io("index", &path)(std::io::Error::other(e)))?
+            .map_err(|source| BundleError::Index { path: path.clone(), source })?;
+        let _guard = self.publish.lock().await;
+        if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            return Err(io("index", &path)(std::io::Error::from(std::io::ErrorKind::NotFound)));
+        }
+        let temp = self.temp_path("index");
+        let (bytes, dir, target) = (encoded.clone(), self.dir.clone(), cached.clone());
+        tokio::task::spawn_blocking(move || {
+            let written = (|| {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&temp)?;
+                file.write_all(&bytes)?;
+                file.sync_all()?;
+                std::fs::rename(&temp, &target)?;
+                std::fs::File::open(&dir)?.sync_all()
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&temp);
+            }
+            written.map_err(io("write the index", &target))
+        })
+        .await
+        .map_err(|e| io("write the index", &cached)(std::io::Error::other(e)))??;
+        tracing::info!(bytes = encoded.len(), "bundle indexed");
+        Ok(encoded)
     }
 
     /// Start receiving an upload into a new temp file.
@@ -354,6 +415,12 @@ impl BundleFiles {
         let _guard = self.publish.lock().await;
         if !remove_row.await.map_err(PublishError::Record)? {
             return Ok(false);
+        }
+        let index = self.index_path(sha256);
+        match tokio::fs::remove_file(&index).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(PublishError::Bundle(io("remove", &index)(e))),
         }
         let path = self.path(sha256);
         match tokio::fs::remove_file(&path).await {

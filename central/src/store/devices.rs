@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{now_unix, Device, DeviceStatus, StoreError};
+use super::{now_unix, DesiredOs, Device, DeviceStatus, StoreError};
 
 /// What an agent reports about itself at enrollment (already validated).
 #[derive(Debug, Clone, Default)]
@@ -25,7 +25,7 @@ pub struct DeviceFacts {
 
 const COLUMNS: &str = "id, status, serial, tpm_ek_sha256, hostname, key_storage, agent_version, \
     os_version, token_id, created_at, approved_at, last_seen_at, cert_serial, cert_expires_at, \
-    desired_revision, config";
+    desired_revision, config, desired_os";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
     let config: String = row.get(15)?;
@@ -49,7 +49,17 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
         cert_expires_at: row.get(13)?,
         desired_revision: row.get::<_, i64>(14)? as u64,
         config,
+        desired_os: desired_os_from_column(row, 16)?,
     })
+}
+
+fn desired_os_from_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<DesiredOs>> {
+    let text: Option<String> = row.get(index)?;
+    text.map(|t| {
+        serde_json::from_str(&t)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
+    })
+    .transpose()
 }
 
 /// Insert a new device.
@@ -183,4 +193,27 @@ pub fn set_config(
         )
         .optional()?
         .map(|r| r as u64))
+}
+
+/// Set (or clear) the OS update a device should install and bump its desired revision; returns
+/// the new revision (`None`: no such device).
+pub fn set_desired_os(conn: &Connection, id: &str, os: Option<&DesiredOs>) -> Result<Option<u64>, StoreError> {
+    let text = os.map(|os| serde_json::to_string(os).expect("an OS update always serialises"));
+    Ok(conn
+        .query_row(
+            "UPDATE devices SET desired_os = ?2, desired_revision = desired_revision + 1 WHERE id = ?1
+             RETURNING desired_revision",
+            params![id, text],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .map(|r| r as u64))
+}
+
+/// Record the OS version a device reported, when it changed; true when a row changed.
+pub fn set_os_version(conn: &Connection, id: &str, version: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE devices SET os_version = ?2 WHERE id = ?1 AND os_version <> ?2",
+        params![id, version],
+    )? > 0)
 }

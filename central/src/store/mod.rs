@@ -11,6 +11,7 @@ pub mod bundles;
 pub mod devices;
 pub mod model;
 pub mod recovery_keys;
+pub mod rollouts;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};

@@ -89,6 +89,80 @@ text_enum!(
     }
 );
 
+text_enum!(
+    /// Where an OS update rollout stands.
+    RolloutState, "rollouts.state" {
+        /// Waves are released as the previous ones finish.
+        Running => "running",
+        /// An operator paused it: released devices go on, no new wave starts.
+        Paused => "paused",
+        /// Central stopped it: too many released devices failed.
+        Halted => "halted",
+        /// An operator aborted it.
+        Aborted => "aborted",
+        /// Every wave finished within the failure threshold.
+        Completed => "completed",
+        /// An operator sent the updated devices back to their previous version.
+        RolledBack => "rolled_back",
+    }
+);
+
+text_enum!(
+    /// Where one device of a rollout stands (from the agent's OsStatus reports).
+    RolloutDeviceState, "rollout_devices.state" {
+        /// Its wave has not been released yet.
+        Pending => "pending",
+        /// The update is in its desired state; no report yet.
+        Released => "released",
+        /// The agent is fetching the bundle.
+        Downloading => "downloading",
+        /// `rauc install` into the other slot.
+        Installing => "installing",
+        /// Rebooting into the new slot.
+        Rebooting => "rebooting",
+        /// Booted the new slot on trial, waiting for the health gate.
+        Verifying => "verifying",
+        /// Runs the target version, committed.
+        Succeeded => "succeeded",
+        /// The update failed (the device runs its previous slot).
+        Failed => "failed",
+        /// The device refused the update.
+        Refused => "refused",
+    }
+);
+
+impl RolloutState {
+    /// Whether the rollout holds its devices (a device is in at most one such rollout).
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Running | Self::Paused | Self::Halted)
+    }
+}
+
+impl RolloutDeviceState {
+    /// Every state, in order.
+    pub const ALL: [Self; 9] = [
+        Self::Pending,
+        Self::Released,
+        Self::Downloading,
+        Self::Installing,
+        Self::Rebooting,
+        Self::Verifying,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Refused,
+    ];
+
+    /// Succeeded, failed or refused: nothing more will happen to the device in this rollout.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Refused)
+    }
+
+    /// Failed or refused.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Failed | Self::Refused)
+    }
+}
+
 impl Role {
     /// Rank for "at least this role" checks.
     pub fn rank(self) -> u8 {
@@ -195,6 +269,25 @@ pub struct Device {
     pub desired_revision: u64,
     /// Operator-set configuration pushed to the device.
     pub config: BTreeMap<String, String>,
+    /// The OS update a rollout set for it (sent as `DesiredState.os`); `None`: keep what runs.
+    pub desired_os: Option<DesiredOs>,
+}
+
+/// The OS a rollout wants a device to run: `DesiredState.os` as stored in `devices.desired_os`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredOs {
+    /// Manifest version of the bundle.
+    pub version: String,
+    /// SHA-256 of the bundle file.
+    pub bundle_sha256: String,
+    /// Its size in bytes.
+    pub bundle_size: u64,
+    /// Install even when older than what runs (admin-forced or a rollback).
+    pub allow_downgrade: bool,
+    /// The rollout that set it.
+    pub rollout_id: String,
+    /// Seconds the new slot has to pass the health gate after boot.
+    pub health_deadline_seconds: u32,
 }
 
 /// A pre-registration that lets one device in under a `claim` token.

@@ -97,6 +97,43 @@ const MIGRATIONS: &[&str] = &[
         uploaded_by TEXT NOT NULL
     );
     "#,
+    // OS update rollouts. `devices.desired_os` is the OsUpdate (JSON) a rollout set for the
+    // device, sent as DesiredState.os. Rows change only on state transitions, never per
+    // heartbeat; download progress stays in memory.
+    r#"
+    ALTER TABLE devices ADD COLUMN desired_os TEXT;
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        bundle_sha256 TEXT NOT NULL,
+        version TEXT NOT NULL,
+        selector TEXT NOT NULL,
+        waves TEXT NOT NULL,
+        wave_count INTEGER NOT NULL,
+        released_waves INTEGER NOT NULL DEFAULT 0,
+        skipped TEXT NOT NULL DEFAULT '[]',
+        failure_threshold_percent INTEGER NOT NULL,
+        health_deadline_seconds INTEGER NOT NULL,
+        allow_downgrade INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('running', 'paused', 'halted', 'aborted', 'completed', 'rolled_back')),
+        halt_reason TEXT,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX rollouts_state ON rollouts(state);
+    CREATE TABLE rollout_devices (
+        rollout_id TEXT NOT NULL REFERENCES rollouts(id),
+        device_id TEXT NOT NULL REFERENCES devices(id),
+        wave INTEGER NOT NULL,
+        from_version TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'released', 'downloading', 'installing', 'rebooting', 'verifying', 'succeeded', 'failed', 'refused')),
+        error TEXT NOT NULL DEFAULT '',
+        rollback_sha256 TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (rollout_id, device_id)
+    );
+    CREATE INDEX rollout_devices_device ON rollout_devices(device_id);
+    "#,
 ];
 
 /// Bring the database to the latest schema, one transaction per version.

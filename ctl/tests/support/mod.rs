@@ -29,7 +29,11 @@ impl Ctl {
         std::fs::write(&ca, &central.ca_pem).unwrap();
         let token_file = central.dir.path().join("token");
         std::fs::write(&token_file, format!("{}\n", central.admin)).unwrap();
-        Self { url: central.rest_url(""), ca, token_file }
+        Self {
+            url: central.rest_url(""),
+            ca,
+            token_file,
+        }
     }
 
     pub fn run(&self, args: &[&str]) -> Outcome {

@@ -1,0 +1,834 @@
+//! OS updates (A/B slots with RAUC), driven by `DesiredState.os` from a rollout.
+//!
+//! One task per agent walks an update through stages stored on the data partition
+//! ([`record`]), so a power cut anywhere resumes or falls back safely:
+//!
+//! 1. refuse a downgrade unless an admin forced it;
+//! 2. download the bundle ([`download`]: only the chunks the running slot lacks, resumable,
+//!    digest-checked);
+//! 3. `rauc install` it into the other slot (`activate-installed=false`: not made primary yet);
+//! 4. seal the data partition's key to the new slot's UKI (predicted PCR 11), so the new slot
+//!    unlocks; only then `rauc status mark-active other` (our boot backend gives its entry a fresh
+//!    try counter) — a cut before this point boots the old slot, which resumes;
+//! 5. reboot through systemd. On the new slot the boot is on trial: the agent does not bless it
+//!    on connect but waits for the health gate (connected to central, containerd up, every
+//!    desired app healthy) within the deadline, then `rauc status mark-good booted` and forgets
+//!    the old chain's disk key. If the gate fails it records why, marks the slot bad and reboots:
+//!    systemd-boot goes back to the old slot, whose agent reports the failure. If the new agent
+//!    cannot even run, the image's trial watchdog reboots and the try counter runs out.
+
+pub mod download;
+pub mod record;
+pub mod system;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_proto::v1::{
+    AppStatus, DesiredState, OsStatus, OsUpdatePhase, ServiceHealth, ServiceState,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::status::Phase;
+use crate::sync::DesiredStateSink;
+use crate::Agent;
+use record::{Record, RecordFile, Stage, Target};
+use system::Rauc;
+
+/// `[update]` in the agent config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// Take OS updates from central. Off outside the device image.
+    pub enabled: bool,
+    /// The `rauc` command.
+    pub rauc: PathBuf,
+    /// os-release of the running OS (its `VERSION_ID` is the running version).
+    pub os_release: PathBuf,
+    /// The kernel command line (its `rauc.slot=` names the booted slot).
+    pub cmdline: PathBuf,
+    /// Seconds the new slot has to pass the health gate when the rollout gives no deadline.
+    pub health_deadline_s: u32,
+    /// Deadline of one `rauc install`, in seconds.
+    pub install_timeout_s: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            enabled: false,
+            rauc: "rauc".into(),
+            os_release: "/etc/os-release".into(),
+            cmdline: "/proc/cmdline".into(),
+            health_deadline_s: 600,
+            install_timeout_s: 1800,
+        }
+    }
+}
+
+/// Why an update step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// A file of the update could not be written or read.
+    #[error("{what} {path}: {source}; check that the data partition is mounted and has space")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// RAUC refused or failed.
+    #[error("`{what}` failed: {detail}")]
+    Rauc {
+        /// The command.
+        what: String,
+        /// Its exit status and last line.
+        detail: String,
+    },
+    /// systemd did not take the reboot request.
+    #[error("cannot ask systemd to reboot over D-Bus: {0}; reboot the device by hand to finish the update")]
+    Reboot(String),
+    /// The download failed.
+    #[error(transparent)]
+    Download(#[from] download::DownloadError),
+    /// The data partition's key could not be sealed to the new slot.
+    #[error("cannot seal the data partition's key to the new slot's boot chain: {0}; the new slot is not activated (it would boot with its data locked)")]
+    Seal(String),
+    /// The device is not enrolled yet.
+    #[error("no device certificate yet: the update waits for enrollment")]
+    NotEnrolled,
+    /// Central could not be reached for the download.
+    #[error("cannot connect to central to download the bundle: {0}")]
+    Connect(String),
+}
+
+impl UpdateError {
+    /// Retrying cannot help (central does not have the bundle, or says something else than
+    /// asked for): the update is reported failed instead of retried.
+    fn is_permanent(&self) -> bool {
+        use cairn_delta::DeltaError;
+        use download::DownloadError as D;
+        match self {
+            UpdateError::Download(
+                D::BadTargetDigest(_) | D::IndexMismatch { .. } | D::BadIndex { .. },
+            ) => true,
+            UpdateError::Download(D::Status { code, .. }) => matches!(
+                code,
+                tonic::Code::NotFound
+                    | tonic::Code::PermissionDenied
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::OutOfRange
+            ),
+            UpdateError::Download(D::Assemble {
+                source: DeltaError::FinalDigestMismatch { .. },
+                ..
+            }) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Delete an unfinished download of `sha256` in `dir` (the update was withdrawn or replaced).
+fn remove_partial(dir: &std::path::Path, sha256: &str) {
+    let dest = download::bundle_path(dir, sha256);
+    for ext in ["raucb.partial", "raucb.journal", "raucb"] {
+        let _ = std::fs::remove_file(dest.with_extension(ext));
+    }
+}
+
+/// The sink that adds OS updates to another sink (the apps): desired states go to both, and
+/// heartbeats carry both statuses.
+pub struct UpdateSink {
+    inner: Arc<dyn DesiredStateSink>,
+    /// `None` until the first desired state (stored or from central) is applied.
+    desired: watch::Sender<Option<Option<cairn_proto::v1::OsUpdate>>>,
+    status: Arc<Mutex<OsStatus>>,
+}
+
+impl std::fmt::Debug for UpdateSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateSink").finish_non_exhaustive()
+    }
+}
+
+impl DesiredStateSink for UpdateSink {
+    fn apply(&self, desired: &DesiredState) {
+        self.inner.apply(desired);
+        self.desired.send_if_modified(|current| {
+            let next = Some(desired.os.clone());
+            let changed = *current != next;
+            *current = next;
+            changed
+        });
+    }
+
+    fn observed_apps(&self) -> Vec<AppStatus> {
+        self.inner.observed_apps()
+    }
+
+    fn observed_os(&self) -> Option<OsStatus> {
+        Some(self.status.lock().expect("status lock").clone())
+    }
+}
+
+/// What the updater works with, apart from the agent.
+struct Updater {
+    agent: Arc<Agent>,
+    cfg: UpdateConfig,
+    dir: PathBuf,
+    records: RecordFile,
+    rauc: Rauc,
+    desired: watch::Receiver<Option<Option<cairn_proto::v1::OsUpdate>>>,
+    status: Arc<Mutex<OsStatus>>,
+    apps: Arc<dyn DesiredStateSink>,
+    running_version: String,
+    booted_slot: String,
+    started: Instant,
+}
+
+/// What the running system is: (version, booted slot).
+fn running_system(cfg: &UpdateConfig) -> (String, String) {
+    let version = std::fs::read_to_string(&cfg.os_release)
+        .ok()
+        .and_then(|t| system::os_release_value(&t, "VERSION_ID"))
+        .unwrap_or_default();
+    let slot = std::fs::read_to_string(&cfg.cmdline)
+        .ok()
+        .and_then(|t| system::cmdline_value(&t, "rauc.slot"))
+        .unwrap_or_default();
+    (version, slot)
+}
+
+/// The other slot of an A/B pair.
+fn other_slot(slot: &str) -> Option<&'static str> {
+    match slot {
+        "a" => Some("b"),
+        "b" => Some("a"),
+        _ => None,
+    }
+}
+
+impl Agent {
+    /// With `[update] enabled`: wraps the current sink so desired OS updates reach the updater,
+    /// and returns the agent and the updater's start function (call it with the shared agent).
+    /// When this boot is a new slot on trial, blessing on connect is turned off: the health gate
+    /// decides.
+    pub fn with_configured_update(mut self) -> (Self, Option<UpdateStarter>) {
+        if !self.config.update.enabled {
+            return (self, None);
+        }
+        let cfg = self.config.update.clone();
+        let dir = self.config.state_dir.join("update");
+        let (version, slot) = running_system(&cfg);
+        if let Some(Record {
+            stage: Stage::Rebooting { to_slot, .. },
+            ..
+        }) = RecordFile::new(&dir).load()
+        {
+            if to_slot == slot {
+                info!(
+                    slot,
+                    "this boot is an update on trial: the health gate decides whether it is kept"
+                );
+                self.config.boot.bless = false;
+            }
+        }
+        let status = Arc::new(Mutex::new(OsStatus {
+            version: version.clone(),
+            booted_slot: slot.clone(),
+            phase: OsUpdatePhase::Idle as i32,
+            ..Default::default()
+        }));
+        let (desired_tx, desired_rx) = watch::channel(None);
+        let apps = self.sink.clone();
+        let sink = Arc::new(UpdateSink {
+            inner: apps.clone(),
+            desired: desired_tx,
+            status: status.clone(),
+        });
+        self.sink = sink;
+        let starter = UpdateStarter {
+            cfg: cfg.clone(),
+            dir,
+            desired: desired_rx,
+            status,
+            apps,
+            running_version: version,
+            booted_slot: slot,
+        };
+        (self, Some(starter))
+    }
+}
+
+/// Starts the updater once the agent is shared (see [`Agent::with_configured_update`]).
+pub struct UpdateStarter {
+    cfg: UpdateConfig,
+    dir: PathBuf,
+    desired: watch::Receiver<Option<Option<cairn_proto::v1::OsUpdate>>>,
+    status: Arc<Mutex<OsStatus>>,
+    apps: Arc<dyn DesiredStateSink>,
+    running_version: String,
+    booted_slot: String,
+}
+
+impl std::fmt::Debug for UpdateStarter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateStarter")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpdateStarter {
+    /// Spawns the updater task; it ends with `shutdown`.
+    pub fn spawn(
+        self,
+        agent: Arc<Agent>,
+        shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        let updater = Updater {
+            rauc: Rauc {
+                program: self.cfg.rauc.clone(),
+                install_timeout: Duration::from_secs(self.cfg.install_timeout_s),
+            },
+            records: RecordFile::new(&self.dir),
+            agent,
+            cfg: self.cfg,
+            dir: self.dir,
+            desired: self.desired,
+            status: self.status,
+            apps: self.apps,
+            running_version: self.running_version,
+            booted_slot: self.booted_slot,
+            started: Instant::now(),
+        };
+        let span =
+            info_span!("update", slot = %updater.booted_slot, version = %updater.running_version);
+        tokio::spawn(
+            async move {
+                let mut shutdown = shutdown;
+                tokio::select! {
+                    _ = updater.run() => {}
+                    _ = shutdown.wait_for(|s| *s) => {}
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Seconds between two looks at the health of a new slot.
+const HEALTH_POLL: Duration = Duration::from_secs(2);
+/// Pause after reporting "rebooting" before the reboot, so the report reaches central.
+const REPORT_GRACE: Duration = Duration::from_secs(3);
+
+impl Updater {
+    async fn run(mut self) {
+        let mut record = self.records.load();
+        if let Some(r) = record.as_mut() {
+            self.resume(r).await;
+        }
+        loop {
+            let desired = self.desired.borrow_and_update().clone();
+            match desired {
+                // Nothing is decided before the first desired state: the stored one is applied
+                // at start, so an update in progress is not mistaken for a withdrawn one.
+                None => {}
+                Some(None) => self.idle(&mut record),
+                Some(Some(os)) => {
+                    let target = Target::from_proto(&os, self.cfg.health_deadline_s);
+                    self.work(target, &mut record).await;
+                }
+            }
+            if self.desired.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// After a start: finish what a reboot interrupted.
+    async fn resume(&mut self, record: &mut Record) {
+        if let Stage::Rebooting { from_slot, to_slot } = record.stage.clone() {
+            if self.booted_slot == to_slot && self.running_version == record.target.version {
+                self.verify_new_slot(record).await;
+            } else if self.booted_slot == from_slot {
+                let error = format!(
+                    "slot {to_slot} did not pass its trial boots; systemd-boot went back to slot {from_slot} (version {})",
+                    self.running_version
+                );
+                warn!(error, "update rolled back");
+                self.set_stage(record, Stage::Failed { error });
+            } else {
+                let error = format!(
+                    "booted slot {} runs version {:?}, not the update's {}",
+                    self.booted_slot, self.running_version, record.target.version
+                );
+                error!(error, "update did not take");
+                self.set_stage(record, Stage::Failed { error });
+            }
+        }
+        self.publish(Some(record));
+    }
+
+    /// Nothing desired: forget an update that has not reached the other slot yet.
+    fn idle(&mut self, record: &mut Option<Record>) {
+        if let Some(r) = record.as_ref() {
+            if matches!(r.stage, Stage::Downloading) {
+                info!(version = %r.target.version, "the update was withdrawn; removing its download");
+                remove_partial(&self.dir, &r.target.sha256);
+            }
+        }
+        *record = None;
+        let _ = std::fs::remove_file(self.dir.join("state.json"));
+        self.publish(None);
+    }
+
+    /// Bring the device to `target`, from wherever `record` says it is.
+    async fn work(&mut self, target: Target, record: &mut Option<Record>) {
+        let same = record
+            .as_ref()
+            .is_some_and(|r| r.target.sha256 == target.sha256);
+        if same && record.as_ref().is_some_and(|r| r.stage.is_final()) {
+            self.publish(record.as_ref());
+            return;
+        }
+        if !same {
+            if let Some(old) = record.as_ref() {
+                if matches!(old.stage, Stage::Downloading) {
+                    remove_partial(&self.dir, &old.target.sha256);
+                }
+            }
+            let stage = self.first_stage(&target);
+            *record = Some(Record {
+                target,
+                stage,
+                fetched_bytes: 0,
+            });
+        }
+        let r = record.as_mut().expect("set above");
+        let stage = r.stage.clone();
+        self.set_stage(r, stage);
+        loop {
+            let next = match r.stage.clone() {
+                Stage::Downloading => self.download(r).await,
+                Stage::Installing => self.install(r).await,
+                _ => return,
+            };
+            match next {
+                Some(stage @ Stage::Rebooting { .. }) => {
+                    self.set_stage(r, stage);
+                    self.reboot_into_new_slot(&r.target).await;
+                }
+                Some(stage) => self.set_stage(r, stage),
+                // The desired update changed meanwhile.
+                None => return,
+            }
+        }
+    }
+
+    /// The new slot is active: drop the bundle, let the heartbeat report, reboot. Never returns
+    /// (systemd stops the agent).
+    async fn reboot_into_new_slot(&self, target: &Target) {
+        if let Err(e) = std::fs::remove_file(self.bundle_path(target)) {
+            warn!(error = %e, "could not remove the installed bundle");
+        }
+        tokio::time::sleep(REPORT_GRACE).await;
+        if let Err(e) = system::reboot().await {
+            error!(error = %e, "reboot failed");
+        }
+        std::future::pending::<()>().await;
+    }
+
+    /// Refused, already there, or a download to start.
+    fn first_stage(&self, target: &Target) -> Stage {
+        use std::cmp::Ordering;
+        match cairn_proto::version::compare(&target.version, &self.running_version) {
+            Err(e) => Stage::Refused { error: e.to_string() },
+            Ok(Ordering::Equal) => Stage::Succeeded,
+            Ok(Ordering::Less) if !target.allow_downgrade => Stage::Refused {
+                error: format!(
+                    "version {} is older than the running {}; a downgrade needs an admin's allow_downgrade",
+                    target.version, self.running_version
+                ),
+            },
+            Ok(_) => Stage::Downloading,
+        }
+    }
+
+    /// Download until done (→ Installing), failed for good (→ Failed) or withdrawn (`None`).
+    /// Transient failures retry with backoff, resuming where the download stopped.
+    async fn download(&self, r: &mut Record) -> Option<Stage> {
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+        let mut desired = self.desired.clone();
+        self.status.lock().expect("status lock").bytes_fetched = r.fetched_bytes;
+        loop {
+            let attempt = self.download_once(r);
+            let result = tokio::select! {
+                result = attempt => result,
+                _ = desired.changed() => return None,
+            };
+            r.fetched_bytes = self.status.lock().expect("status lock").bytes_fetched;
+            match result {
+                Ok(_) => return Some(Stage::Installing),
+                Err(e) if e.is_permanent() => {
+                    error!(error = %e, "download failed");
+                    return Some(Stage::Failed {
+                        error: e.to_string(),
+                    });
+                }
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    warn!(error = %e, retry_in = ?wait, "download interrupted; resuming later");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = desired.changed() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn download_once(&self, record: &Record) -> Result<PathBuf, UpdateError> {
+        let target = &record.target;
+        let (identity, _cert) = self
+            .agent
+            .load_identity()
+            .await
+            .ok()
+            .flatten()
+            .ok_or(UpdateError::NotEnrolled)?;
+        let channel = self
+            .agent
+            .dialer
+            .device_channel(identity.cert_der.clone(), self.agent.key.clone())
+            .await
+            .map_err(|e| UpdateError::Connect(e.to_string()))?;
+        let seeds =
+            download::seeds_for_running_slot(&self.booted_slot, &self.agent.config.boot.esp);
+        let status = self.status.clone();
+        let bundle_target = download::BundleTarget {
+            sha256: target.sha256.clone(),
+            size: target.size,
+        };
+        let mut logged_step = u64::MAX;
+        let (records, mut stored) = (self.records.clone(), record.clone());
+        let base = record.fetched_bytes;
+        let progress = std::sync::Mutex::new(move |p: download::Progress| {
+            let mut s = status.lock().expect("status lock");
+            s.bytes_done = p.done;
+            s.bytes_total = p.total;
+            s.bytes_fetched = p.fetched;
+            // One console line per 5 % (the unit logs to the console too).
+            let step = p.done.saturating_mul(20) / p.total.max(1);
+            s.bytes_fetched = base + p.fetched;
+            if step != logged_step {
+                logged_step = step;
+                info!(
+                    "CAIRN-UPDATE progress done={} total={} fetched={}",
+                    p.done,
+                    p.total,
+                    base + p.fetched
+                );
+                // The fetched count survives a cut (for the report after the reboot).
+                stored.fetched_bytes = base + p.fetched;
+                if let Err(e) = records.save(&stored) {
+                    warn!(error = %e, "cannot store download progress");
+                }
+            }
+        });
+        let path = download::fetch_bundle(channel, &bundle_target, &seeds, &self.dir, move |p| {
+            (progress.lock().expect("progress lock"))(p)
+        })
+        .await?;
+        Ok(path)
+    }
+
+    fn bundle_path(&self, target: &Target) -> PathBuf {
+        download::bundle_path(&self.dir, &target.sha256)
+    }
+
+    /// Install into the other slot, seal the disk key to it, activate it.
+    async fn install(&self, r: &Record) -> Option<Stage> {
+        let Some(to_slot) = other_slot(&self.booted_slot) else {
+            return Some(Stage::Failed {
+                error: format!(
+                    "the booted slot {:?} is not a or b (no rauc.slot= on the kernel command line)",
+                    self.booted_slot
+                ),
+            });
+        };
+        let bundle = self.bundle_path(&r.target);
+        if !bundle.exists() {
+            // Power cut after the bundle was removed but before the stage moved on: fetch again.
+            return Some(Stage::Downloading);
+        }
+        info!(version = %r.target.version, to_slot, "installing");
+        if let Err(e) = self.rauc.install(&bundle).await {
+            error!(error = %e, "install failed");
+            let _ = std::fs::remove_file(&bundle);
+            return Some(Stage::Failed {
+                error: e.to_string(),
+            });
+        }
+        if let Err(e) = self.seal_for(to_slot).await {
+            error!(error = %e, "not activating the new slot");
+            return Some(Stage::Failed {
+                error: e.to_string(),
+            });
+        }
+        if let Err(e) = self.rauc.mark("active", "other").await {
+            return Some(Stage::Failed {
+                error: e.to_string(),
+            });
+        }
+        Some(Stage::Rebooting {
+            from_slot: self.booted_slot.clone(),
+            to_slot: to_slot.to_string(),
+        })
+    }
+
+    /// Seal the data partition's key to `slot`'s UKI on the ESP (written by the bundle's hook).
+    async fn seal_for(&self, slot: &str) -> Result<(), UpdateError> {
+        let disk = self.agent.config.disk.clone();
+        if !disk.enabled {
+            return Ok(());
+        }
+        let uki = self
+            .agent
+            .config
+            .boot
+            .esp
+            .join(format!("EFI/cairn/cairn-{slot}.efi"));
+        let tcti = self
+            .agent
+            .config
+            .tpm_tcti
+            .clone()
+            .unwrap_or_else(|| crate::config::DEFAULT_TPM_TCTI.to_string());
+        seal(disk, tcti, uki).await
+    }
+
+    /// On the new slot: wait for the health gate, then commit or give the slot up.
+    async fn verify_new_slot(&mut self, record: &mut Record) {
+        let deadline =
+            self.started + Duration::from_secs(u64::from(record.target.health_deadline_s));
+        self.publish_phase(record, OsUpdatePhase::Verifying);
+        info!(
+            deadline_s = record.target.health_deadline_s,
+            "new slot on trial: checking health"
+        );
+        let mut last = String::new();
+        loop {
+            match self.health().await {
+                Ok(()) => break,
+                Err(why) => {
+                    if why != last {
+                        info!(why, "new slot not healthy yet");
+                        last = why;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                let error = format!(
+                    "slot {} (version {}) failed its health gate within {} s: {last}; rolled back",
+                    self.booted_slot, record.target.version, record.target.health_deadline_s
+                );
+                error!(error, "giving up the new slot");
+                self.set_stage(record, Stage::Failed { error });
+                if let Err(e) = self.rauc.mark("bad", "booted").await {
+                    error!(error = %e, "could not mark the slot bad; the trial watchdog and boot counter still fall back");
+                }
+                if let Err(e) = system::reboot().await {
+                    error!(error = %e, "reboot failed");
+                }
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(HEALTH_POLL).await;
+        }
+        if let Err(e) = self.rauc.mark("good", "booted").await {
+            // Not committed: the try counter keeps running; report and let the gate run again
+            // on the next boot.
+            error!(error = %e, "could not mark the new slot good");
+            return;
+        }
+        if self.agent.config.disk.enabled {
+            let disk = self.agent.config.disk.clone();
+            let tcti = self
+                .agent
+                .config
+                .tpm_tcti
+                .clone()
+                .unwrap_or_else(|| crate::config::DEFAULT_TPM_TCTI.to_string());
+            if let Err(e) = forget_old_chain(disk, tcti).await {
+                warn!(error = %e, "could not delete the old boot chain's disk key copy");
+            }
+        }
+        info!(version = %record.target.version, "update committed");
+        self.set_stage(record, Stage::Succeeded);
+    }
+
+    /// One look at the health gate: `Err` says what is not healthy yet.
+    async fn health(&self) -> Result<(), String> {
+        let phase = self.agent.status().borrow().phase;
+        if phase != Phase::Connected {
+            return Err(format!("agent not connected to central ({phase:?})"));
+        }
+        let apps_cfg = &self.agent.config.apps;
+        if apps_cfg.enabled {
+            cairn_runtime::containerd::Containerd::connect(
+                &apps_cfg.containerd_socket,
+                crate::apps::NAMESPACE,
+            )
+            .await
+            .map_err(|e| format!("containerd not reachable: {e}"))?;
+        }
+        let desired = self.agent.desired_state().borrow().clone();
+        let Some(desired) = desired else {
+            return Err("no desired state from central yet".into());
+        };
+        apps_healthy(&desired, &self.apps.observed_apps())
+    }
+
+    fn save(&self, record: &Record) {
+        if let Err(e) = self.records.save(record) {
+            error!(error = %e, "cannot store the update's progress");
+        }
+    }
+
+    fn set_stage(&self, record: &mut Record, stage: Stage) {
+        // A console marker per stage (the agent's unit logs to the console as well).
+        info!(
+            "CAIRN-UPDATE stage={} version={}",
+            stage.name(),
+            record.target.version
+        );
+        record.stage = stage;
+        self.save(record);
+        self.publish(Some(record));
+    }
+
+    fn publish_phase(&self, record: &Record, phase: OsUpdatePhase) {
+        self.publish(Some(record));
+        self.status.lock().expect("status lock").phase = phase as i32;
+    }
+
+    /// The heartbeat's view of `record`.
+    fn publish(&self, record: Option<&Record>) {
+        let mut s = self.status.lock().expect("status lock");
+        s.version = self.running_version.clone();
+        s.booted_slot = self.booted_slot.clone();
+        let Some(r) = record else {
+            *s = OsStatus {
+                version: s.version.clone(),
+                booted_slot: s.booted_slot.clone(),
+                phase: OsUpdatePhase::Idle as i32,
+                ..Default::default()
+            };
+            return;
+        };
+        let (phase, error) = match &r.stage {
+            Stage::Downloading => (OsUpdatePhase::Downloading, String::new()),
+            Stage::Installing => (OsUpdatePhase::Installing, String::new()),
+            Stage::Rebooting { to_slot, .. } if *to_slot == self.booted_slot => {
+                (OsUpdatePhase::Verifying, String::new())
+            }
+            Stage::Rebooting { .. } => (OsUpdatePhase::Rebooting, String::new()),
+            Stage::Succeeded => (OsUpdatePhase::Succeeded, String::new()),
+            Stage::Failed { error } => (OsUpdatePhase::Failed, error.clone()),
+            Stage::Refused { error } => (OsUpdatePhase::Refused, error.clone()),
+        };
+        s.phase = phase as i32;
+        s.error = cairn_proto::truncate_status_text(&error, cairn_proto::MAX_STATUS_MESSAGE_BYTES);
+        s.target_version = r.target.version.clone();
+        s.bundle_sha256 = r.target.sha256.clone();
+        s.rollout_id = r.target.rollout_id.clone();
+        s.bytes_total = r.target.size;
+        if !matches!(r.stage, Stage::Downloading) {
+            s.bytes_fetched = r.fetched_bytes;
+        }
+    }
+}
+
+/// Every app of `desired` reported for this revision and generation, every service running and
+/// not unhealthy (a service without a health check counts when running).
+pub fn apps_healthy(desired: &DesiredState, observed: &[AppStatus]) -> Result<(), String> {
+    for app in &desired.apps {
+        let Some(seen) = observed.iter().find(|a| a.name == app.name) else {
+            return Err(format!("app {} not reported yet", app.name));
+        };
+        if seen.generation != app.generation || seen.desired_revision != desired.revision {
+            return Err(format!(
+                "app {} not reconciled to the desired revision yet",
+                app.name
+            ));
+        }
+        if !seen.error.is_empty() {
+            return Err(format!("app {}: {}", app.name, seen.error));
+        }
+        if seen.services.is_empty() {
+            return Err(format!("app {} has no service running", app.name));
+        }
+        for svc in &seen.services {
+            let running = svc.state == ServiceState::Running as i32;
+            let health_ok = svc.health == ServiceHealth::None as i32
+                || svc.health == ServiceHealth::Healthy as i32;
+            if !running || !health_ok {
+                return Err(format!(
+                    "app {} service {} is {:?}/{:?} {}",
+                    app.name,
+                    svc.name,
+                    ServiceState::try_from(svc.state).unwrap_or_default(),
+                    ServiceHealth::try_from(svc.health).unwrap_or_default(),
+                    svc.message
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(feature = "tpm")]
+async fn seal(
+    disk: crate::data::DiskConfig,
+    tcti: String,
+    uki: PathBuf,
+) -> Result<(), UpdateError> {
+    tokio::task::spawn_blocking(move || crate::data::seal_for_next_uki(&disk, &tcti, &uki))
+        .await
+        .map_err(|e| UpdateError::Seal(e.to_string()))?
+        .map_err(|e| UpdateError::Seal(e.to_string()))
+}
+
+#[cfg(not(feature = "tpm"))]
+async fn seal(
+    _disk: crate::data::DiskConfig,
+    _tcti: String,
+    _uki: PathBuf,
+) -> Result<(), UpdateError> {
+    Err(UpdateError::Seal(
+        "this agent was built without the `tpm` feature".into(),
+    ))
+}
+
+#[cfg(feature = "tpm")]
+async fn forget_old_chain(disk: crate::data::DiskConfig, tcti: String) -> Result<bool, String> {
+    tokio::task::spawn_blocking(move || crate::data::forget_previous_boot_chain(&disk, &tcti))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "tpm"))]
+async fn forget_old_chain(_disk: crate::data::DiskConfig, _tcti: String) -> Result<bool, String> {
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests;

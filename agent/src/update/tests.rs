@@ -1,0 +1,92 @@
+use cairn_proto::v1::{App, AppStatus, DesiredState, ServiceHealth, ServiceState, ServiceStatus};
+
+use super::apps_healthy;
+
+fn desired(apps: &[(&str, u64)]) -> DesiredState {
+    DesiredState {
+        revision: 7,
+        config: Default::default(),
+        apps: apps
+            .iter()
+            .map(|(name, generation)| App {
+                name: name.to_string(),
+                compose_yaml: String::new(),
+                generation: *generation,
+            })
+            .collect(),
+        os: None,
+    }
+}
+
+fn seen(
+    name: &str,
+    generation: u64,
+    revision: u64,
+    services: &[(ServiceState, ServiceHealth)],
+) -> AppStatus {
+    AppStatus {
+        name: name.into(),
+        generation,
+        desired_revision: revision,
+        error: String::new(),
+        services: services
+            .iter()
+            .enumerate()
+            .map(|(i, (state, health))| ServiceStatus {
+                name: format!("s{i}"),
+                state: *state as i32,
+                health: *health as i32,
+                restarts: 0,
+                message: String::new(),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn health_gate_needs_every_app_running_and_healthy_for_this_revision() {
+    use ServiceHealth as H;
+    use ServiceState as S;
+    assert_eq!(
+        apps_healthy(&desired(&[]), &[]),
+        Ok(()),
+        "no apps: nothing to wait for"
+    );
+    let want = desired(&[("web", 2)]);
+    assert!(apps_healthy(&want, &[])
+        .unwrap_err()
+        .contains("not reported"));
+    let old_generation = seen("web", 1, 7, &[(S::Running, H::Healthy)]);
+    assert!(apps_healthy(&want, &[old_generation])
+        .unwrap_err()
+        .contains("not reconciled"));
+    let old_revision = seen("web", 2, 6, &[(S::Running, H::Healthy)]);
+    assert!(apps_healthy(&want, &[old_revision])
+        .unwrap_err()
+        .contains("not reconciled"));
+    let unhealthy = seen(
+        "web",
+        2,
+        7,
+        &[(S::Running, H::Healthy), (S::Running, H::Unhealthy)],
+    );
+    assert!(apps_healthy(&want, &[unhealthy])
+        .unwrap_err()
+        .contains("s1"));
+    let starting = seen("web", 2, 7, &[(S::Running, H::Starting)]);
+    assert!(apps_healthy(&want, &[starting]).is_err());
+    let exited = seen("web", 2, 7, &[(S::Exited, H::None)]);
+    assert!(apps_healthy(&want, &[exited]).is_err());
+    let mut refused = seen("web", 2, 7, &[]);
+    refused.error = "refused by this agent".into();
+    assert!(apps_healthy(&want, &[refused])
+        .unwrap_err()
+        .contains("refused"));
+    let good = seen(
+        "web",
+        2,
+        7,
+        &[(S::Running, H::Healthy), (S::Running, H::None)],
+    );
+    assert_eq!(apps_healthy(&want, &[good]), Ok(()));
+}
