@@ -40,7 +40,7 @@ impl Device {
         let (_, token) = central.token("auto", None, None);
         let sim = SimDevice::new(serial);
         let enrolled = sim.enroll(central, &token).await.unwrap();
-        let (tx, stream) = Self::open(central, &sim, &enrolled.certificate_der).await;
+        let (tx, stream) = central.open_sync(&sim, &enrolled.certificate_der).await;
         let mut device = Device {
             id: enrolled.device_id,
             tx,
@@ -53,24 +53,10 @@ impl Device {
         device
     }
 
-    async fn open(
-        central: &TestCentral,
-        sim: &SimDevice,
-        cert: &[u8],
-    ) -> (mpsc::Sender<AgentMessage>, Streaming<CentralMessage>) {
-        let mut agent = central.agent(sim, cert).await;
-        let (tx, rx) = mpsc::channel(4);
-        let stream = agent
-            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        (tx, stream)
-    }
 
     /// A new Sync stream (the old one is replaced); returns the first desired state on it.
     async fn reconnect(&mut self, central: &TestCentral) -> DesiredState {
-        (self.tx, self.stream) = Self::open(central, &self.sim, &self.cert).await;
+        (self.tx, self.stream) = central.open_sync(&self.sim, &self.cert).await;
         self.desired().await
     }
 

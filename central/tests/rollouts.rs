@@ -132,7 +132,7 @@ impl Device {
         let (_, token) = central.token("auto", None, None);
         let sim = SimDevice::new(serial);
         let enrolled = sim.enroll(central, &token).await.unwrap();
-        let (tx, stream) = Self::open(central, &sim, &enrolled.certificate_der).await;
+        let (tx, stream) = central.open_sync(&sim, &enrolled.certificate_der).await;
         let mut device = Device {
             id: enrolled.device_id,
             tx: Some(tx),
@@ -161,23 +161,9 @@ impl Device {
         device
     }
 
-    async fn open(
-        central: &TestCentral,
-        sim: &SimDevice,
-        cert: &[u8],
-    ) -> (mpsc::Sender<AgentMessage>, Streaming<CentralMessage>) {
-        let mut agent = central.agent(sim, cert).await;
-        let (tx, rx) = mpsc::channel(4);
-        let stream = agent
-            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        (tx, stream)
-    }
 
     async fn reconnect(&mut self, central: &TestCentral) -> DesiredState {
-        let (tx, stream) = Self::open(central, &self.sim, &self.cert).await;
+        let (tx, stream) = central.open_sync(&self.sim, &self.cert).await;
         (self.tx, self.stream) = (Some(tx), Some(stream));
         self.desired().await
     }
@@ -602,15 +588,7 @@ async fn canary_failure_halts_and_abort_calls_off() {
         Some(json!({ "bundle_sha256": v2, "selector": { "all": true } })),
     );
     let id = body["rollout"]["id"].as_str().unwrap().to_owned();
-    let canary_id = body["rollout"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["wave"] == 0)
-        .unwrap()["device_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let canary_id = first_wave_device(&body);
     let canary = devices.iter_mut().find(|d| d.id == canary_id).unwrap();
     let desired = canary.desired().await;
     canary
@@ -680,15 +658,7 @@ async fn pause_resume_and_abort_during_a_wave() {
         Some(json!({ "bundle_sha256": v2, "selector": { "all": true } })),
     );
     let id = body["rollout"]["id"].as_str().unwrap().to_owned();
-    let wave0 = body["rollout"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["wave"] == 0)
-        .unwrap()["device_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let wave0 = first_wave_device(&body);
     let (status, body) = central.call(
         &operator,
         "POST",
@@ -949,4 +919,11 @@ async fn read_bundle_ranges_and_bundle_index() {
     central.admin_call("DELETE", &format!("/api/v1/bundles/{v2}"), None);
     assert!(!cached.exists() && !stored.exists());
     assert_eq!(sha256_hex(&whole), v2);
+}
+
+/// The device id of wave 0 in a rollout answer.
+fn first_wave_device(body: &Value) -> String {
+    let devices = body["rollout"]["devices"].as_array().unwrap();
+    let canary = devices.iter().find(|d| d["wave"] == 0).unwrap();
+    canary["device_id"].as_str().unwrap().to_owned()
 }

@@ -199,6 +199,18 @@ impl TestCentral {
         let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert_der.to_vec()));
         AgentClient::new(self.channel(Some(Identity::from_pem(cert_pem, device.key.serialize_pem()))).await)
     }
+
+    /// Open a Sync stream as `device`: the sender of its messages and central's answers.
+    pub async fn open_sync(
+        &self,
+        device: &SimDevice,
+        cert_der: &[u8],
+    ) -> (tokio::sync::mpsc::Sender<cairn_proto::v1::AgentMessage>, tonic::Streaming<cairn_proto::v1::CentralMessage>) {
+        let mut agent = self.agent(device, cert_der).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stream = agent.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        (tx, stream)
+    }
 }
 
 /// A software-keyed device as a raw protocol client (not the agent: this tests central alone).
