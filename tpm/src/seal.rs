@@ -303,8 +303,13 @@ fn unseal_loaded(
     selection: &PcrSelection,
 ) -> Result<Zeroizing<Vec<u8>>, UnsealError> {
     let tpm_err = |source| UnsealError::Tpm(TpmError::Unseal { source });
-    // A PCR may change between PolicyPCR and Unseal (TPM_RC_PCR_CHANGED): try once more.
-    for attempt in 0..2 {
+    // Any PCR extend between PolicyPCR and Unseal (TPM_RC_PCR_CHANGED) voids the session. Early in
+    // boot that is common, not rare: with Secure Boot on, the kernel's IMA arch policy measures
+    // every module udev loads into PCR 10. Retry with a short pause until the burst is over.
+    for attempt in 0..PCR_CHANGED_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt.min(10))));
+        }
         let session = salted_session(context, primary, SessionType::Policy).map_err(tpm_err)?;
         let result = (|| {
             let policy = PolicySession::try_from(session)?;
@@ -318,7 +323,10 @@ fn unseal_loaded(
             Err(source) => source,
         };
         match tpm_response_kind(&source) {
-            Some(Tss2ResponseCodeKind::PcrChanged) if attempt == 0 => continue,
+            Some(Tss2ResponseCodeKind::PcrChanged) if attempt + 1 < PCR_CHANGED_ATTEMPTS => {
+                tracing::debug!(attempt, "a PCR was extended during the unseal; retrying");
+                continue;
+            }
             Some(Tss2ResponseCodeKind::PolicyFail) => {
                 let current = read_pcrs_with(context, selection)?;
                 let changed = pcr_changes(&sealed.expected, &current);
@@ -330,8 +338,11 @@ fn unseal_loaded(
             _ => return Err(tpm_err(source)),
         }
     }
-    unreachable!("the second attempt always returns")
+    unreachable!("the last attempt always returns")
 }
+
+/// Unseal attempts when PCRs keep being extended meanwhile (about 20 s of pauses in all).
+const PCR_CHANGED_ATTEMPTS: u32 = 48;
 
 /// The PCRs of `expected` whose value in `current` differs (or is missing), by index.
 pub(crate) fn pcr_changes(expected: &PcrValues, current: &PcrValues) -> Vec<PcrChange> {
