@@ -82,6 +82,22 @@ pub struct FleetFiles {
     pub token_file: Option<PathBuf>,
 }
 
+impl FleetFiles {
+    /// Inputs for a guest of a test central on the host (reached as [`crate::vm::GUEST_CENTRAL_URL`]):
+    /// its CA and an enrollment token are written into `dir`.
+    pub fn for_test_central(dir: &Path, ca_pem: &str, token: &str) -> FleetFiles {
+        let ca = dir.join("central-ca.pem");
+        std::fs::write(&ca, ca_pem).expect("write the central CA");
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, format!("{token}\n")).expect("write the enrollment token");
+        FleetFiles {
+            central_url: Some(crate::vm::GUEST_CENTRAL_URL.to_string()),
+            central_ca: Some(ca),
+            token_file: Some(token_file),
+        }
+    }
+}
+
 /// Build an image of the e2e recipe into `out` (test update keys in `target/cairn-e2e/keys`).
 pub fn build_image(out: &Path, fleet: &FleetFiles) -> Result<PathBuf, ImageError> {
     Ok(build_image_with(out, fleet, |_| {})?.image)

@@ -154,15 +154,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let central = runtime.block_on(TestCentral::start_with(central_dir, config));
     let (_, secret) = runtime.block_on(async { central.token("auto", Some(1), None) });
     let fleet = Fleet { runtime, central };
-    let ca = work.join("central-ca.pem");
-    std::fs::write(&ca, &fleet.central.ca_pem).unwrap();
-    let token = work.join("token");
-    std::fs::write(&token, format!("{secret}\n")).unwrap();
-    let files = image::FleetFiles {
-        central_url: Some(vm::GUEST_CENTRAL_URL.to_string()),
-        central_ca: Some(ca),
-        token_file: Some(token),
-    };
+    let files = image::FleetFiles::for_test_central(&work, &fleet.central.ca_pem, &secret);
     let built = image::build_image(&work.join("image"), &files).unwrap_or_else(|e| panic!("{e}"));
 
     // App images come from a registry on the host, forwarded into the guest.

@@ -63,7 +63,7 @@ fn bench(root: &Path) -> Result<()> {
     let out = Command::new("cargo")
         .args(["test", "-p", "cairn-e2e", "--", "--ignored", "--test-threads=1", "--nocapture"])
         // The enroll figure comes from the first boot of the data-protection test.
-        .args(["boots_with_secure_boot", "stolen_disk_and_changed_boot_chain"])
+        .args(["boots_with_secure_boot", "stolen_disk_and_changed_boot_chain", "update_a_to_b"])
         .current_dir(root)
         .output()
         .context("running the QEMU tests")?;
@@ -80,6 +80,10 @@ fn bench(root: &Path) -> Result<()> {
     if let (Some(ready), Some(enrolled)) = (figure("qemu_start_to_ready_s"), figure("qemu_start_to_agent_enrolled_s")) {
         println!("QEMU start -> boot complete (baseline): {ready:.1} s");
         println!("QEMU start -> agent enrolled with central: {enrolled:.1} s  ratio to baseline={:.2}", enrolled / ready);
+    }
+    if let (Some(fraction), Some(ratio)) = (figure("update_fetched_fraction"), figure("update_time_over_plain_boot")) {
+        println!("OS update A->B (one package added): bytes fetched / full bundle = {fraction:.3}");
+        println!("OS update (no cuts): rollout created -> downloaded + installed, rebooting, over a plain boot to enrolled = {ratio:.2}");
     }
     Ok(())
 }

@@ -445,20 +445,8 @@ impl Updater {
         std::future::pending::<()>().await;
     }
 
-    /// Refused, already there, or a download to start.
     fn first_stage(&self, target: &Target) -> Stage {
-        use std::cmp::Ordering;
-        match cairn_proto::version::compare(&target.version, &self.running_version) {
-            Err(e) => Stage::Refused { error: e.to_string() },
-            Ok(Ordering::Equal) => Stage::Succeeded,
-            Ok(Ordering::Less) if !target.allow_downgrade => Stage::Refused {
-                error: format!(
-                    "version {} is older than the running {}; a downgrade needs an admin's allow_downgrade",
-                    target.version, self.running_version
-                ),
-            },
-            Ok(_) => Stage::Downloading,
-        }
+        first_stage(target, &self.running_version)
     }
 
     /// Download until done (→ Installing), failed for good (→ Failed) or withdrawn (`None`).
@@ -753,6 +741,23 @@ impl Updater {
         if !matches!(r.stage, Stage::Downloading) {
             s.bytes_fetched = r.fetched_bytes;
         }
+    }
+}
+
+/// Where a new target starts on a device running `running`: refused (a downgrade without an
+/// admin's force, or a version that does not parse), already there, or a download.
+pub fn first_stage(target: &Target, running: &str) -> Stage {
+    use std::cmp::Ordering;
+    match cairn_proto::version::compare(&target.version, running) {
+        Err(e) => Stage::Refused { error: e.to_string() },
+        Ok(Ordering::Equal) => Stage::Succeeded,
+        Ok(Ordering::Less) if !target.allow_downgrade => Stage::Refused {
+            error: format!(
+                "version {} is older than the running {running}; a downgrade needs an admin's allow_downgrade",
+                target.version
+            ),
+        },
+        Ok(_) => Stage::Downloading,
     }
 }
 

@@ -1,6 +1,7 @@
 use cairn_proto::v1::{App, AppStatus, DesiredState, ServiceHealth, ServiceState, ServiceStatus};
 
-use super::apps_healthy;
+use super::record::{Stage, Target};
+use super::{apps_healthy, first_stage};
 
 fn desired(apps: &[(&str, u64)]) -> DesiredState {
     DesiredState {
@@ -89,4 +90,37 @@ fn health_gate_needs_every_app_running_and_healthy_for_this_revision() {
         &[(S::Running, H::Healthy), (S::Running, H::None)],
     );
     assert_eq!(apps_healthy(&want, &[good]), Ok(()));
+}
+
+#[test]
+fn downgrades_need_force_and_the_running_version_is_already_there() {
+    let target = |version: &str, allow_downgrade: bool| Target {
+        version: version.into(),
+        sha256: "ab".repeat(32),
+        size: 1,
+        rollout_id: "ro_1".into(),
+        allow_downgrade,
+        health_deadline_s: 600,
+    };
+    assert_eq!(
+        first_stage(&target("0.2.0", false), "0.1.0"),
+        Stage::Downloading
+    );
+    assert_eq!(
+        first_stage(&target("0.1", false), "0.1.0"),
+        Stage::Succeeded
+    );
+    let refused = first_stage(&target("0.1.0", false), "0.2.0");
+    assert!(
+        matches!(&refused, Stage::Refused { error } if error.contains("allow_downgrade")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        first_stage(&target("0.1.0", true), "0.2.0"),
+        Stage::Downloading
+    );
+    assert!(matches!(
+        first_stage(&target("latest", true), "0.2.0"),
+        Stage::Refused { .. }
+    ));
 }
