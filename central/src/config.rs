@@ -73,6 +73,10 @@ pub struct CentralConfig {
     /// Unset: bundle uploads are refused.
     #[serde(default)]
     pub update_compatible: Option<String>,
+    /// How long a device running a deployment may stay offline before the scheduler moves the
+    /// deployment to another device of its site.
+    #[serde(default = "default_placement_grace")]
+    pub placement_offline_grace_seconds: u64,
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -100,6 +104,10 @@ fn default_max_bundle_bytes() -> u64 {
     2 * 1024 * 1024 * 1024
 }
 
+fn default_placement_grace() -> u64 {
+    60
+}
+
 /// Smallest `max_bundle_bytes` allowed: a signed bundle is never smaller.
 pub const MIN_BUNDLE_BYTES: u64 = 4096;
 
@@ -118,6 +126,7 @@ impl CentralConfig {
             max_bundle_bytes: default_max_bundle_bytes(),
             update_keyring: None,
             update_compatible: None,
+            placement_offline_grace_seconds: default_placement_grace(),
         }
     }
 
@@ -165,6 +174,12 @@ impl CentralConfig {
             return Err(ConfigError::Invalid {
                 field: "max_bundle_bytes",
                 problem: format!("is {}; use at least {MIN_BUNDLE_BYTES} (the default is 2 GiB)", self.max_bundle_bytes),
+            });
+        }
+        if !(1..=7 * 24 * 3600).contains(&self.placement_offline_grace_seconds) {
+            return Err(ConfigError::Invalid {
+                field: "placement_offline_grace_seconds",
+                problem: format!("is {}; use 1 to 604800 (a week); the default is 60", self.placement_offline_grace_seconds),
             });
         }
         if let Some(keyring) = &self.update_keyring {

@@ -248,6 +248,7 @@ impl Agent for AgentService {
             .map_err(|_| Status::cancelled("stream closed"))?;
         shared.sessions.saw(&device_id, now_unix());
         span.in_scope(|| tracing::info!("agent connected"));
+        shared.placement.wake();
         tokio::spawn(
             async move {
                 loop {
@@ -280,6 +281,7 @@ impl Agent for AgentService {
                 }
                 shared.sessions.unregister(&device_id, session_id);
                 tracing::info!("agent disconnected");
+                shared.placement.wake();
             }
             .instrument(span),
         );

@@ -10,6 +10,7 @@ pub mod enroll;
 pub mod escrow;
 pub mod files;
 pub mod grpc;
+pub mod placement;
 pub mod rollout;
 pub mod sessions;
 pub mod store;
@@ -39,6 +40,8 @@ pub struct Shared {
     pub escrow: escrow::EscrowKey,
     /// OS update bundles on disk.
     pub bundles: bundles::BundleFiles,
+    /// The deployment scheduler's clock and wake-up signal.
+    pub placement: placement::Scheduler,
 }
 
 /// Why central could not start.
@@ -134,7 +137,9 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind { addr: config.grpc_listen, source })?;
     let rest_addr = rest_listener.local_addr().map_err(|source| StartError::Bind { addr: config.rest_listen, source })?;
 
+    let placement = placement::Scheduler::new(Duration::from_secs(config.placement_offline_grace_seconds));
     let shared = Arc::new(Shared {
+        placement,
         config,
         store,
         ca: ca.clone(),
@@ -152,6 +157,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
             shutdown_rx.clone(),
         )),
         tokio::spawn(rollout::engine::run(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(placement::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_presence(shared.clone(), shutdown_rx)),
     ];
     tracing::info!(%grpc_addr, %rest_addr, "central serving");

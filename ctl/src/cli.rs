@@ -11,11 +11,17 @@ use thiserror::Error;
 
 pub mod app;
 pub mod bundle;
+pub mod deployment;
+pub mod region;
 pub mod rollout;
+pub mod site;
 
 pub use app::AppCommand;
 pub use bundle::BundleCommand;
+pub use deployment::DeploymentCommand;
+pub use region::RegionCommand;
 pub use rollout::RolloutCommand;
+pub use site::SiteCommand;
 
 use crate::client::{BearerToken, CentralCa, Client, Connection, CtlError, Reply, DEFAULT_CENTRAL};
 use crate::input::{self, InputError};
@@ -110,6 +116,15 @@ pub enum Command {
     /// OS update rollouts: canary and waves, pause, resume, abort, roll back.
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Sites (name, labels, coordinates) devices belong to.
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Named regions (polygons) deployments place by.
+    #[command(subcommand)]
+    Region(RegionCommand),
+    /// Deployments: an app central places on devices of selected sites, and re-places.
+    #[command(subcommand)]
+    Deployment(DeploymentCommand),
     /// The latest entries of central's audit log.
     Audit {
         /// How many events to show (central's default if not given).
@@ -176,6 +191,27 @@ pub enum DeviceCommand {
         /// Device id (dev_...).
         #[arg(value_parser = checked(input::parse_id))]
         id: String,
+    },
+    /// Set a device's labels, replacing all it had (give none to clear them).
+    Label {
+        /// Device id (dev_...).
+        #[arg(value_parser = checked(input::parse_id))]
+        id: String,
+        /// Labels as KEY=VALUE, e.g. gpu=yes camera=front.
+        #[arg(value_name = "KEY=VALUE", value_parser = site::parse_label)]
+        labels: Vec<(String, String)>,
+    },
+    /// Put a device at a site (or at none with --none); deployments follow.
+    Site {
+        /// Device id (dev_...).
+        #[arg(value_parser = checked(input::parse_id))]
+        id: String,
+        /// Site name (see `cairnctl site list`).
+        #[arg(value_parser = checked(input::parse_id), required_unless_present = "none")]
+        site: Option<String>,
+        /// Take the device out of its site.
+        #[arg(long, conflicts_with = "site")]
+        none: bool,
     },
 }
 
@@ -289,6 +325,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::App(command) => app::run_app(&client, command, json, out),
         Command::Bundle(command) => bundle::run_bundle(&client, command, json, out),
         Command::Rollout(command) => rollout::run_rollout(&client, command, json, out),
+        Command::Site(command) => site::run_site(&client, command, json, out),
+        Command::Region(command) => region::run_region(&client, command, json, out),
+        Command::Deployment(command) => deployment::run_deployment(&client, command, json, out),
         Command::Audit { limit } => {
             let reply = client.audit(limit)?;
             emit_table(out, json, &reply, "no audit events", |log| {
@@ -369,6 +408,8 @@ fn run_device(
             let reply = client.device_recovery_key(&id)?;
             emit(out, json, &reply, |shown| format!("{}\n", shown.recovery_key))
         }
+        DeviceCommand::Label { id, labels } => site::run_device_label(client, &id, labels, json, out),
+        DeviceCommand::Site { id, site, none: _ } => site::run_device_site(client, &id, site, json, out),
     }
 }
 

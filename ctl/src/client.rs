@@ -457,6 +457,17 @@ impl Client {
         self.post::<(), _>(&format!("/api/v1/rollouts/{id}/{action}"), None)
     }
 
+    /// A call to the sites, regions and deployments API, read as plain JSON. Names in `path`
+    /// must already be checked (cairnctl's argument parsers do).
+    pub fn call_value(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Reply<serde_json::Value>, CtlError> {
+        self.send(method, path, body)
+    }
+
     fn get<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -228,6 +228,12 @@ pub struct Device {
     /// Revision of the desired state central holds for the device.
     #[serde(default)]
     pub desired_revision: u64,
+    /// The site it belongs to, if assigned.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Operator-set labels deployments select devices by.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Answer to `GET /api/v1/devices`.

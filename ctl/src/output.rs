@@ -303,6 +303,11 @@ pub fn device_details(device: &Device) -> String {
         ("cert_serial", optional(&device.cert_serial)),
         ("cert_expires_at", optional(&device.cert_expires_at)),
         ("desired_revision", device.desired_revision.to_string()),
+        ("site", optional(&device.site)),
+        (
+            "labels",
+            device.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+        ),
     ])
 }
 
@@ -590,6 +595,8 @@ mod tests {
             cert_serial: None,
             cert_expires_at: None,
             desired_revision: 7,
+            site: None,
+            labels: Default::default(),
         }
     }
 
@@ -604,7 +611,7 @@ mod tests {
         let details = device_details(&device());
         assert!(details.contains("\nlast_seen_at:     -\n"), "{details}");
         assert!(details.contains("\ndesired_revision: 7\n"), "{details}");
-        assert_eq!(details.lines().count(), 16);
+        assert_eq!(details.lines().count(), 18);
     }
 
     #[test]

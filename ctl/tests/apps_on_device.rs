@@ -159,7 +159,7 @@ async fn deploy_runs_in_containerd_reports_running_and_rm_leaves_nothing() {
         "north",
     ]);
     assert!(
-        !ok && stderr.contains("issue 7") && stderr.contains("--device"),
+        !ok && stderr.contains("cairnctl deployment create") && stderr.contains("--device"),
         "{stderr}"
     );
     let listed = ctl.json(&["app", "list", "--device", &device]);

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use super::{ApiError, Caller, ValidJson};
 use crate::grpc::{desired_message, desired_state};
 use crate::store::apps::{self, DesiredApp};
-use crate::store::{audit, devices, rfc3339, DeviceStatus, Role};
+use crate::store::{audit, deployments, devices, rfc3339, DeviceStatus, Role};
 use crate::Shared;
 
 type ApiResult = Result<axum::response::Response, ApiError>;
@@ -40,7 +40,7 @@ pub(super) struct PutApp {
 }
 
 /// Validate an app as the agent will: cairn-runtime's parser, size, no secrets yet.
-fn validate(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
+pub(super) fn validate(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
     if compose_yaml.len() > MAX_COMPOSE_BYTES {
         return Err(ApiError::BadRequest(format!(
             "`compose_yaml` is {} bytes; the limit is {MAX_COMPOSE_BYTES} bytes (64 KiB)",
@@ -93,6 +93,16 @@ pub(super) async fn put_app(
                 return Ok(Err(ApiError::Conflict(format!("device {id} is revoked; it runs nothing central sends"))));
             }
             let old = apps::get(&tx, &id, &name)?;
+            if let Some(owner) = old.as_ref().and_then(|old| old.deployment.as_deref()) {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "app {name:?} on device {id} is placed by deployment {owner:?}; change it with PUT /api/v1/deployments/{owner} (cairnctl deployment)"
+                ))));
+            }
+            if deployments::get(&tx, &name)?.is_some() {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "a deployment named {name:?} exists and its app has that name on every device it places; pick another app name or remove the deployment"
+                ))));
+            }
             if let Some(old) = old.as_ref().filter(|old| old.compose_yaml == compose) {
                 return Ok(Ok(Deployed::Unchanged(old.clone(), device.desired_revision)));
             }
@@ -158,6 +168,11 @@ pub(super) async fn delete_app(
             let Some(device) = devices::get(&tx, &id)? else {
                 return Ok(Err(ApiError::NotFound("no device with this id".into())));
             };
+            if let Some(owner) = apps::get(&tx, &id, &name)?.and_then(|app| app.deployment) {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "app {name:?} on device {id} is placed by deployment {owner:?}; the scheduler owns it: change the deployment's placement or remove it (DELETE /api/v1/deployments/{owner})"
+                ))));
+            }
             if !apps::delete(&tx, &id, &name)? {
                 return Ok(Err(ApiError::NotFound(format!(
                     "device {id} has no app named {name:?}; see GET /api/v1/devices/{id}/apps"
@@ -208,7 +223,7 @@ fn health_name(health: i32) -> &'static str {
 }
 
 /// The reported status of one app as JSON (`in_sync`: it reflects the desired generation).
-fn status_json(status: &AppStatus, desired_generation: u64) -> Value {
+pub(super) fn status_json(status: &AppStatus, desired_generation: u64) -> Value {
     let services: Vec<Value> = status
         .services
         .iter()

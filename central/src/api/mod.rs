@@ -3,8 +3,10 @@
 mod apps;
 mod auth;
 mod bundles;
+mod deployments;
 mod rollouts;
 mod routes;
+mod sites;
 
 use std::sync::Arc;
 

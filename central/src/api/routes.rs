@@ -11,7 +11,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{apps, bundles, rollouts, ApiError, Caller, ValidJson, OPENAPI};
+use super::{apps, bundles, deployments, rollouts, sites, ApiError, Caller, ValidJson, OPENAPI};
 use crate::grpc::{desired_message, desired_state};
 use crate::store::apps as store_apps;
 use crate::store::{audit, devices, recovery_keys, tokens, ClaimKind, Device, DeviceStatus, Policy, Role, StoreError};
@@ -34,6 +34,8 @@ pub(super) fn router() -> Router<Arc<Shared>> {
         .route("/api/v1/devices/{id}/config", put(set_device_config))
         .route("/api/v1/devices/{id}/apps", get(apps::list_apps))
         .route("/api/v1/devices/{id}/apps/{name}", put(apps::put_app).delete(apps::delete_app).layer(DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES)))
+        .route("/api/v1/devices/{id}/site", put(sites::set_device_site))
+        .route("/api/v1/devices/{id}/labels", put(sites::set_device_labels))
         .route("/api/v1/devices/{id}/recovery-key", get(show_recovery_key))
         .route("/api/v1/claims", get(list_claims).post(add_claim))
         .route("/api/v1/api-tokens", get(list_api_tokens).post(create_api_token))
@@ -47,6 +49,12 @@ pub(super) fn router() -> Router<Arc<Shared>> {
         .route("/api/v1/rollouts/{id}/resume", post(rollouts::resume_rollout))
         .route("/api/v1/rollouts/{id}/abort", post(rollouts::abort_rollout))
         .route("/api/v1/rollouts/{id}/rollback", post(rollouts::rollback_rollout))
+        .route("/api/v1/sites", get(sites::list_sites).post(sites::create_site))
+        .route("/api/v1/sites/{name}", get(sites::show_site).put(sites::update_site).delete(sites::delete_site))
+        .route("/api/v1/regions", get(sites::list_regions).post(sites::create_region))
+        .route("/api/v1/regions/{name}", get(sites::show_region).delete(sites::delete_region))
+        .route("/api/v1/deployments", get(deployments::list_deployments).post(deployments::create_deployment).layer(DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES)))
+        .route("/api/v1/deployments/{name}", get(deployments::show_deployment).put(deployments::update_deployment).delete(deployments::delete_deployment).layer(DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES)))
         .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/openapi.json".into()) })
 }
 
@@ -143,7 +151,7 @@ async fn list_devices(caller: Caller, State(shared): St) -> ApiResult {
     ok(json!({ "devices": list }))
 }
 
-async fn load_device(shared: &Shared, id: String) -> Result<Device, ApiError> {
+pub(super) async fn load_device(shared: &Shared, id: String) -> Result<Device, ApiError> {
     let device = shared
         .store
         .run(move |conn| devices::get(conn, &id))
@@ -233,6 +241,8 @@ async fn transition(
             .sessions
             .close(&device_id, tonic::Status::permission_denied(format!("device {device_id} is revoked")));
     }
+    // Its deployments move elsewhere; a newly approved device may take some.
+    shared.placement.wake();
     load_device(shared, device_id).await
 }
 

@@ -418,10 +418,11 @@ pub fn create(
     }
     let candidates: Vec<Candidate> = active
         .iter()
-        .filter(|d| request.selector.selects(&d.id, &d.config))
-        .map(|d| Candidate {
+        .map(|d| (d, plan::device_view(&d.config, &d.labels, d.site.as_deref())))
+        .filter(|(d, view)| request.selector.selects(&d.id, view))
+        .map(|(d, view)| Candidate {
             id: d.id.clone(),
-            site: d.config.get(SITE_KEY).cloned(),
+            site: view.get(SITE_KEY).cloned(),
             version: d.os_version.clone(),
         })
         .collect();

@@ -1,7 +1,8 @@
 //! From a selector and a wave request to waves of devices.
 //!
-//! A device's site is its operator config key `site` (the map sent as `DesiredState.config`).
-//! Real sites arrive with issue 7 (sites and placement); until then this key stands in for them.
+//! Selectors and per-site waves look at [`device_view`]: a device's config map, its labels over
+//! it, and its site (`PUT /api/v1/devices/{id}/site`) as key `site` over both. A device without
+//! a site still counts the config key `site`, the stand-in used before sites existed.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,8 +12,23 @@ use serde::{Deserialize, Serialize};
 use super::version::OsVersion;
 use super::RolloutError;
 
-/// Config key naming a device's site (until sites proper, issue 7).
+/// Key naming a device's site in [`device_view`].
 pub const SITE_KEY: &str = "site";
+
+/// What a rollout's `match` selector and per-site waves see of a device: its config, its labels
+/// over it, and its site as [`SITE_KEY`] over both.
+pub fn device_view(
+    config: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    site: Option<&str>,
+) -> BTreeMap<String, String> {
+    let mut view = config.clone();
+    view.extend(labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(site) = site {
+        view.insert(SITE_KEY.to_owned(), site.to_owned());
+    }
+    view
+}
 /// Canary devices when the request does not say.
 pub const DEFAULT_CANARY: u32 = 1;
 
@@ -26,7 +42,7 @@ pub struct Selector {
     /// `{"devices": [ids]}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<String>>,
-    /// `{"match": {"key": "value"}}`: devices whose config has every pair.
+    /// `{"match": {"key": "value"}}`: devices whose [`device_view`] has every pair.
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
     pub matches: Option<BTreeMap<String, String>>,
 }
@@ -140,7 +156,7 @@ impl WaveSpec {
 pub struct Candidate {
     /// Device id.
     pub id: String,
-    /// Its site (config key `site`), if any.
+    /// Its site ([`device_view`] key `site`), if any.
     pub site: Option<String>,
     /// The OS version it runs.
     pub version: String,
@@ -450,5 +466,16 @@ mod tests {
         };
         assert!(matcher.selects("d", &[("site".to_owned(), "x".to_owned())].into()));
         assert!(!matcher.selects("d", &BTreeMap::new()));
+    }
+
+    #[test]
+    fn device_view_puts_site_over_labels_over_config() {
+        let config: BTreeMap<String, String> = [("site".into(), "old".into()), ("k".into(), "config".into())].into();
+        let labels: BTreeMap<String, String> = [("k".into(), "label".into()), ("gpu".into(), "yes".into())].into();
+        let view = device_view(&config, &labels, Some("zurich-1"));
+        assert_eq!(view["site"], "zurich-1");
+        assert_eq!(view["k"], "label");
+        assert_eq!(view["gpu"], "yes");
+        assert_eq!(device_view(&config, &labels, None)["site"], "old");
     }
 }

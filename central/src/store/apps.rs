@@ -18,6 +18,8 @@ pub struct DesiredApp {
     /// When it was set.
     #[serde(serialize_with = "rfc3339::serialize")]
     pub updated_at: i64,
+    /// The deployment that placed it here (`None`: deployed on this device by an operator).
+    pub deployment: Option<String>,
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<DesiredApp> {
@@ -26,13 +28,14 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<DesiredApp> {
         compose_yaml: row.get(1)?,
         generation: row.get::<_, i64>(2)? as u64,
         updated_at: row.get(3)?,
+        deployment: row.get(4)?,
     })
 }
 
 /// The apps of a device, by name.
 pub fn list(conn: &Connection, device_id: &str) -> Result<Vec<DesiredApp>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name, compose_yaml, generation, updated_at FROM device_apps WHERE device_id = ?1 ORDER BY name",
+        "SELECT name, compose_yaml, generation, updated_at, deployment FROM device_apps WHERE device_id = ?1 ORDER BY name",
     )?;
     let rows = stmt.query_map([device_id], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -46,7 +49,7 @@ pub fn get(
 ) -> Result<Option<DesiredApp>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT name, compose_yaml, generation, updated_at FROM device_apps WHERE device_id = ?1 AND name = ?2",
+            "SELECT name, compose_yaml, generation, updated_at, deployment FROM device_apps WHERE device_id = ?1 AND name = ?2",
             params![device_id, name],
             from_row,
         )
@@ -72,6 +75,7 @@ pub fn upsert(
         compose_yaml: compose_yaml.to_owned(),
         generation,
         updated_at: now,
+        deployment: None,
     })
 }
 

@@ -25,7 +25,7 @@ pub struct DeviceFacts {
 
 const COLUMNS: &str = "id, status, serial, tpm_ek_sha256, hostname, key_storage, agent_version, \
     os_version, token_id, created_at, approved_at, last_seen_at, cert_serial, cert_expires_at, \
-    desired_revision, config, desired_os";
+    desired_revision, config, desired_os, site, labels";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
     let config: String = row.get(15)?;
@@ -50,7 +50,15 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
         desired_revision: row.get::<_, i64>(14)? as u64,
         config,
         desired_os: desired_os_from_column(row, 16)?,
+        site: row.get(17)?,
+        labels: string_map_from_column(row, 18)?,
     })
+}
+
+fn string_map_from_column(row: &Row<'_>, index: usize) -> rusqlite::Result<BTreeMap<String, String>> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn desired_os_from_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<DesiredOs>> {

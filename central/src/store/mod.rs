@@ -8,10 +8,12 @@ mod schema;
 pub mod apps;
 pub mod audit;
 pub mod bundles;
+pub mod deployments;
 pub mod devices;
 pub mod model;
 pub mod recovery_keys;
 pub mod rollouts;
+pub mod sites;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};

@@ -271,6 +271,10 @@ pub struct Device {
     pub config: BTreeMap<String, String>,
     /// The OS update a rollout set for it (sent as `DesiredState.os`); `None`: keep what runs.
     pub desired_os: Option<DesiredOs>,
+    /// The site it belongs to (see `/api/v1/sites`), if assigned.
+    pub site: Option<String>,
+    /// Operator-set labels (e.g. `gpu=yes`) deployments select devices by.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The OS a rollout wants a device to run: `DesiredState.os` as stored in `devices.desired_os`.

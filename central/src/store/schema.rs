@@ -134,6 +134,36 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX rollout_devices_device ON rollout_devices(device_id);
     "#,
+    // Sites, regions, device labels and deployments (issue 7). `device_apps.deployment` names
+    // the deployment that placed an app on the device (NULL: an operator's per-device app).
+    r#"
+    CREATE TABLE sites (
+        name TEXT PRIMARY KEY,
+        labels TEXT NOT NULL DEFAULT '{}',
+        latitude REAL NOT NULL,
+        longitude REAL NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE regions (
+        name TEXT PRIMARY KEY,
+        points TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    ALTER TABLE devices ADD COLUMN site TEXT REFERENCES sites(name);
+    ALTER TABLE devices ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX devices_site ON devices(site);
+    CREATE TABLE deployments (
+        name TEXT PRIMARY KEY,
+        compose_yaml TEXT NOT NULL,
+        placement TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    ALTER TABLE device_apps ADD COLUMN deployment TEXT;
+    CREATE INDEX device_apps_deployment ON device_apps(deployment);
+    "#,
 ];
 
 /// Bring the database to the latest schema, one transaction per version.

@@ -33,7 +33,7 @@ pub enum AppCommand {
         /// Device id (dev_...); repeat to deploy to several devices.
         #[arg(long = "device", value_name = "ID", value_parser = checked(input::parse_id), required_unless_present = "site")]
         devices: Vec<String>,
-        /// Every device of a site: not available yet (sites arrive with issue 7).
+        /// Every device of a site: not here; use `cairnctl deployment create --site NAME`.
         #[arg(long, value_name = "SITE", conflicts_with = "devices")]
         site: Option<String>,
     },
@@ -51,7 +51,7 @@ pub enum AppCommand {
         /// Device id (dev_...); repeat to remove from several devices.
         #[arg(long = "device", value_name = "ID", value_parser = checked(input::parse_id), required_unless_present = "site")]
         devices: Vec<String>,
-        /// Every device of a site: not available yet (sites arrive with issue 7).
+        /// Every device of a site: not here; use `cairnctl deployment create --site NAME`.
         #[arg(long, value_name = "SITE", conflicts_with = "devices")]
         site: Option<String>,
     },
@@ -88,7 +88,7 @@ pub enum AppError {
     #[error("{0}\nfix the file and deploy again (nothing was sent to central)")]
     Spec(String),
     /// `--site` was given.
-    #[error("sites do not exist yet (they arrive with issue 7), so --site {0:?} cannot be used; give each device with --device ID (repeatable)")]
+    #[error("apps for a whole site are deployments: use 'cairnctl deployment create -f FILE --site {0}' (central picks the hosts and re-places them); or give each device with --device ID (repeatable)")]
     SiteNotAvailable(String),
     /// A multi-device change failed part-way.
     #[error("{source} (device {device}); the change was already made on: {}; run the command again for the rest", .done.join(", "))]

@@ -1,0 +1,390 @@
+//! Deployments: an app (Compose file, validated as per-device apps are) plus a placement.
+//!
+//! Creating, changing or removing one is audited, then a scheduler pass places it (writing
+//! deployment-owned per-device apps and pushing the devices' new desired states) before the
+//! answer, which shows the placement per site and the state each host reported.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::apps::{status_json, validate as validate_app};
+use super::{ApiError, Caller, ValidJson};
+use crate::placement::scheduler::{self, DeploymentPlan};
+use crate::placement::spec::Placement;
+use crate::placement::{self};
+use crate::store::deployments::{self, Deployment};
+use crate::store::{apps, audit, devices, rfc3339, sites, Role, StoreError};
+use crate::Shared;
+
+type ApiResult = Result<axum::response::Response, ApiError>;
+type St = State<Arc<Shared>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CreateDeployment {
+    name: String,
+    compose_yaml: String,
+    #[serde(default = "default_placement")]
+    placement: Placement,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpdateDeployment {
+    compose_yaml: String,
+    #[serde(default = "default_placement")]
+    placement: Placement,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+fn default_placement() -> Placement {
+    serde_json::from_value(json!({})).expect("an empty placement parses")
+}
+
+/// Checks that need the registry: named sites and the region exist, no operator app has the
+/// deployment's name.
+fn check_references(
+    tx: &rusqlite::Connection,
+    name: &str,
+    placement: &Placement,
+) -> Result<Result<(), ApiError>, StoreError> {
+    if let Some(names) = &placement.sites.names {
+        let mut unknown = Vec::new();
+        for name in names {
+            if sites::get(tx, name)?.is_none() {
+                unknown.push(name.as_str());
+            }
+        }
+        if !unknown.is_empty() {
+            return Ok(Err(ApiError::BadRequest(format!(
+                "`placement.sites.names`: unknown site {}; see GET /api/v1/sites",
+                unknown.join(", ")
+            ))));
+        }
+    }
+    if let Some(region) = &placement.sites.region {
+        if sites::get_region(tx, region)?.is_none() {
+            return Ok(Err(ApiError::BadRequest(format!(
+                "`placement.sites.region`: unknown region {region:?}; create it first (POST /api/v1/regions, cairnctl region create)"
+            ))));
+        }
+    }
+    let clashing = deployments::devices_with_unowned_app(tx, name)?;
+    if !clashing.is_empty() {
+        return Ok(Err(ApiError::Conflict(format!(
+            "devices {} run an app named {name:?} deployed on them directly; remove it there (cairnctl app rm) or give the deployment another name",
+            clashing.join(", ")
+        ))));
+    }
+    Ok(Ok(()))
+}
+
+fn validate(name: &str, compose_yaml: &str, placement: &Placement) -> Result<(), ApiError> {
+    validate_app(name, compose_yaml)?;
+    placement.validate()?;
+    if let Some(bad) = placement
+        .avoid
+        .iter()
+        .find(|a| a.is_empty() || a.len() > 64 || *a == name)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "`placement.avoid` entry {bad:?} must name another deployment (1-64 characters, not itself)"
+        )));
+    }
+    Ok(())
+}
+
+/// What a create or update did.
+enum Outcome {
+    Planned(DeploymentPlan),
+    Saved,
+}
+
+/// `POST /api/v1/deployments` (operator): create, or plan only with `dry_run`.
+pub(super) async fn create_deployment(
+    caller: Caller,
+    State(shared): St,
+    ValidJson(body): ValidJson<CreateDeployment>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    validate(&body.name, &body.compose_yaml, &body.placement)?;
+    let actor = caller.actor();
+    let name = body.name.clone();
+    let inner = shared.clone();
+    let outcome = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            if deployments::get(&tx, &body.name)?.is_some() {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "a deployment named {:?} exists; change it with PUT /api/v1/deployments/{}",
+                    body.name, body.name
+                ))));
+            }
+            if let Err(e) = check_references(&tx, &body.name, &body.placement)? {
+                return Ok(Err(e));
+            }
+            if body.dry_run {
+                let candidate = Deployment {
+                    name: body.name,
+                    compose_yaml: body.compose_yaml,
+                    placement: body.placement,
+                    created_by: actor,
+                    created_at: 0,
+                    updated_at: 0,
+                };
+                return Ok(Ok(Outcome::Planned(scheduler::dry_run(
+                    &tx, &inner, &candidate,
+                )?)));
+            }
+            let placement_json =
+                serde_json::to_string(&body.placement).expect("a placement serialises");
+            deployments::insert(&tx, &body.name, &body.compose_yaml, &body.placement, &actor)?;
+            let detail = format!(
+                "bytes={} placement={placement_json}",
+                body.compose_yaml.len()
+            );
+            audit::record(&tx, &actor, "deployment.create", &body.name, &detail)?;
+            tx.commit()?;
+            Ok(Ok(Outcome::Saved))
+        })
+        .await??;
+    match outcome {
+        Outcome::Planned(plan) => {
+            Ok(Json(json!({ "dry_run": true, "placement": plan })).into_response())
+        }
+        Outcome::Saved => {
+            placement::reconcile_now(&shared).await;
+            let view = deployment_view(&shared, name).await?;
+            Ok((StatusCode::CREATED, Json(json!({ "deployment": view }))).into_response())
+        }
+    }
+}
+
+/// `PUT /api/v1/deployments/{name}` (operator): replace the app and placement (or plan only).
+pub(super) async fn update_deployment(
+    caller: Caller,
+    State(shared): St,
+    Path(name): Path<String>,
+    ValidJson(body): ValidJson<UpdateDeployment>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    validate(&name, &body.compose_yaml, &body.placement)?;
+    let actor = caller.actor();
+    let inner = shared.clone();
+    let key = name.clone();
+    let outcome = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let Some(old) = deployments::get(&tx, &key)? else {
+                return Ok(Err(ApiError::NotFound(
+                    "no deployment with this name; see GET /api/v1/deployments".into(),
+                )));
+            };
+            if let Err(e) = check_references(&tx, &key, &body.placement)? {
+                return Ok(Err(e));
+            }
+            if body.dry_run {
+                let candidate = Deployment {
+                    compose_yaml: body.compose_yaml,
+                    placement: body.placement,
+                    ..old
+                };
+                return Ok(Ok(Outcome::Planned(scheduler::dry_run(
+                    &tx, &inner, &candidate,
+                )?)));
+            }
+            deployments::update(&tx, &key, &body.compose_yaml, &body.placement)?;
+            let placement_json =
+                serde_json::to_string(&body.placement).expect("a placement serialises");
+            let detail = format!(
+                "bytes={} placement={placement_json}",
+                body.compose_yaml.len()
+            );
+            audit::record(&tx, &actor, "deployment.update", &key, &detail)?;
+            tx.commit()?;
+            Ok(Ok(Outcome::Saved))
+        })
+        .await??;
+    match outcome {
+        Outcome::Planned(plan) => {
+            Ok(Json(json!({ "dry_run": true, "placement": plan })).into_response())
+        }
+        Outcome::Saved => {
+            placement::reconcile_now(&shared).await;
+            Ok(
+                Json(json!({ "deployment": deployment_view(&shared, name).await? }))
+                    .into_response(),
+            )
+        }
+    }
+}
+
+/// `DELETE /api/v1/deployments/{name}` (operator): its app leaves every device.
+pub(super) async fn delete_deployment(
+    caller: Caller,
+    State(shared): St,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    let actor = caller.actor();
+    let key = name.clone();
+    let hosts = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            if !deployments::delete(&tx, &key)? {
+                return Ok(None);
+            }
+            let hosts = deployments::placed_devices(&tx, &key)?;
+            audit::record(
+                &tx,
+                &actor,
+                "deployment.delete",
+                &key,
+                &format!("hosts={}", hosts.len()),
+            )?;
+            tx.commit()?;
+            Ok(Some(hosts))
+        })
+        .await?
+        .ok_or_else(|| {
+            ApiError::NotFound("no deployment with this name; see GET /api/v1/deployments".into())
+        })?;
+    placement::reconcile_now(&shared).await;
+    Ok(Json(json!({ "removed": name, "removed_from": hosts })).into_response())
+}
+
+/// `GET /api/v1/deployments` (viewer): every deployment with its host count.
+pub(super) async fn list_deployments(caller: Caller, State(shared): St) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let list = shared
+        .store
+        .run(|conn| {
+            let mut out = Vec::new();
+            for d in deployments::list(conn)? {
+                let hosts = deployments::placed_devices(conn, &d.name)?.len();
+                out.push((d, hosts));
+            }
+            Ok(out)
+        })
+        .await?;
+    let list: Vec<Value> = list
+        .into_iter()
+        .map(|(d, hosts)| {
+            json!({
+                "name": d.name,
+                "placement": d.placement,
+                "hosts": hosts,
+                "created_by": d.created_by,
+                "created_at": rfc3339::format(d.created_at),
+                "updated_at": rfc3339::format(d.updated_at),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "deployments": list })).into_response())
+}
+
+/// `GET /api/v1/deployments/{name}` (viewer): per selected site, its hosts with the state they
+/// reported.
+pub(super) async fn show_deployment(
+    caller: Caller,
+    State(shared): St,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    Ok(Json(json!({ "deployment": deployment_view(&shared, name).await? })).into_response())
+}
+
+/// One placed device: id, site, generation of the app there.
+struct Placed {
+    device_id: String,
+    site: Option<String>,
+    generation: u64,
+}
+
+/// The deployment, its planned sites (what the scheduler wants now, with shortfalls) and the
+/// hosts the registry holds, each with its online state and reported app status.
+async fn deployment_view(shared: &Arc<Shared>, name: String) -> Result<Value, ApiError> {
+    let inner = shared.clone();
+    let found = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let Some(d) = deployments::get(&tx, &name)? else {
+                return Ok(None);
+            };
+            let plan = scheduler::dry_run(&tx, &inner, &d)?;
+            let mut placed = Vec::new();
+            for device_id in deployments::placed_devices(&tx, &name)? {
+                let site = devices::get(&tx, &device_id)?.and_then(|dev| dev.site);
+                let generation = apps::get(&tx, &device_id, &name)?.map_or(0, |a| a.generation);
+                placed.push(Placed {
+                    device_id,
+                    site,
+                    generation,
+                });
+            }
+            Ok(Some((d, plan, placed)))
+        })
+        .await?;
+    let (d, plan, placed) = found.ok_or_else(|| {
+        ApiError::NotFound("no deployment with this name; see GET /api/v1/deployments".into())
+    })?;
+    let host_json = |p: &Placed| {
+        let status = shared.sessions.apps_report(&p.device_id).and_then(|r| {
+            r.apps
+                .iter()
+                .find(|a| a.name == d.name)
+                .map(|a| status_json(a, p.generation))
+        });
+        json!({
+            "device_id": p.device_id,
+            "online": shared.sessions.is_online(&p.device_id),
+            "generation": p.generation,
+            "status": status,
+        })
+    };
+    let mut shown = std::collections::BTreeSet::new();
+    let sites: Vec<Value> = plan
+        .sites
+        .iter()
+        .map(|s| {
+            let hosts: Vec<Value> = placed
+                .iter()
+                .filter(|p| p.site.as_deref() == Some(s.site.as_str()))
+                .inspect(|p| {
+                    shown.insert(p.device_id.clone());
+                })
+                .map(host_json)
+                .collect();
+            json!({ "site": s.site, "wanted": s.wanted, "hosts": hosts, "shortfall": s.shortfall })
+        })
+        .collect();
+    // Hosts outside the selected sites (the next scheduler pass removes them).
+    let elsewhere: Vec<Value> = placed
+        .iter()
+        .filter(|p| !shown.contains(&p.device_id))
+        .map(host_json)
+        .collect();
+    Ok(json!({
+        "name": d.name,
+        "compose_yaml": d.compose_yaml,
+        "placement": d.placement,
+        "created_by": d.created_by,
+        "created_at": rfc3339::format(d.created_at),
+        "updated_at": rfc3339::format(d.updated_at),
+        "sites": sites,
+        "hosts_elsewhere": elsewhere,
+    }))
+}

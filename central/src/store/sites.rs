@@ -1,0 +1,225 @@
+//! Sites (name, labels, coordinates), named regions (polygons), and the site and labels of
+//! each device.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{now_unix, rfc3339, StoreError};
+use crate::placement::geo::Point;
+
+/// A site: a place devices are installed at.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Site {
+    /// Unique name (lower-case letters, digits, `-`).
+    pub name: String,
+    /// Labels deployments select sites by (`country=ch`, `tier=edge`).
+    pub labels: BTreeMap<String, String>,
+    /// Degrees north.
+    pub latitude: f64,
+    /// Degrees east.
+    pub longitude: f64,
+    /// Creation time.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub created_at: i64,
+    /// Last change.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub updated_at: i64,
+}
+
+impl Site {
+    /// Its location.
+    pub fn location(&self) -> Point {
+        Point {
+            latitude: self.latitude,
+            longitude: self.longitude,
+        }
+    }
+}
+
+/// A named area: a polygon of points in order around it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Region {
+    /// Unique name.
+    pub name: String,
+    /// Corners in order.
+    pub points: Vec<Point>,
+    /// Creation time.
+    #[serde(serialize_with = "rfc3339::serialize")]
+    pub created_at: i64,
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, index: usize) -> rusqlite::Result<T> {
+    let text: String = row.get(index)?;
+    serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn site_from_row(row: &Row<'_>) -> rusqlite::Result<Site> {
+    Ok(Site {
+        name: row.get(0)?,
+        labels: json_column(row, 1)?,
+        latitude: row.get(2)?,
+        longitude: row.get(3)?,
+        created_at: row.get(4)?,
+        updated_at: row.get(5)?,
+    })
+}
+
+const SITE_COLUMNS: &str = "name, labels, latitude, longitude, created_at, updated_at";
+
+/// Every site, by name.
+pub fn list(conn: &Connection) -> Result<Vec<Site>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY name"))?;
+    let rows = stmt.query_map([], site_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One site.
+pub fn get(conn: &Connection, name: &str) -> Result<Option<Site>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {SITE_COLUMNS} FROM sites WHERE name = ?1"),
+            [name],
+            site_from_row,
+        )
+        .optional()?)
+}
+
+/// Add a site; `None` when the name is taken.
+pub fn insert(
+    conn: &Connection,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    at: Point,
+) -> Result<Option<Site>, StoreError> {
+    let now = now_unix();
+    let labels_text = serde_json::to_string(labels).expect("a string map always serialises");
+    let inserted = conn.execute(
+        "INSERT INTO sites (name, labels, latitude, longitude, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)
+         ON CONFLICT (name) DO NOTHING",
+        params![name, labels_text, at.latitude, at.longitude, now],
+    )?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    get(conn, name)
+}
+
+/// Replace a site's labels and location; `None`: no such site.
+pub fn update(
+    conn: &Connection,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+    at: Point,
+) -> Result<Option<Site>, StoreError> {
+    let labels_text = serde_json::to_string(labels).expect("a string map always serialises");
+    let changed = conn.execute(
+        "UPDATE sites SET labels = ?2, latitude = ?3, longitude = ?4, updated_at = ?5 WHERE name = ?1",
+        params![name, labels_text, at.latitude, at.longitude, now_unix()],
+    )?;
+    if changed == 0 {
+        return Ok(None);
+    }
+    get(conn, name)
+}
+
+/// Remove a site; false when there is none.
+pub fn delete(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute("DELETE FROM sites WHERE name = ?1", [name])? > 0)
+}
+
+/// Ids of the devices at a site.
+pub fn device_ids(conn: &Connection, site: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM devices WHERE site = ?1 ORDER BY id")?;
+    let rows = stmt.query_map([site], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Number of devices per site.
+pub fn device_counts(conn: &Connection) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT site, COUNT(*) FROM devices WHERE site IS NOT NULL GROUP BY site",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Put a device at a site (or at none); false when there is no such device.
+pub fn set_device_site(
+    conn: &Connection,
+    device_id: &str,
+    site: Option<&str>,
+) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE devices SET site = ?2 WHERE id = ?1",
+        params![device_id, site],
+    )? > 0)
+}
+
+/// Replace a device's labels; false when there is no such device.
+pub fn set_device_labels(
+    conn: &Connection,
+    device_id: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, StoreError> {
+    let text = serde_json::to_string(labels).expect("a string map always serialises");
+    Ok(conn.execute(
+        "UPDATE devices SET labels = ?2 WHERE id = ?1",
+        params![device_id, text],
+    )? > 0)
+}
+
+fn region_from_row(row: &Row<'_>) -> rusqlite::Result<Region> {
+    Ok(Region {
+        name: row.get(0)?,
+        points: json_column(row, 1)?,
+        created_at: row.get(2)?,
+    })
+}
+
+/// Every region, by name.
+pub fn list_regions(conn: &Connection) -> Result<Vec<Region>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, points, created_at FROM regions ORDER BY name")?;
+    let rows = stmt.query_map([], region_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One region.
+pub fn get_region(conn: &Connection, name: &str) -> Result<Option<Region>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT name, points, created_at FROM regions WHERE name = ?1",
+            [name],
+            region_from_row,
+        )
+        .optional()?)
+}
+
+/// Add a region (points already validated); `None` when the name is taken.
+pub fn insert_region(
+    conn: &Connection,
+    name: &str,
+    points: &[Point],
+) -> Result<Option<Region>, StoreError> {
+    let text = serde_json::to_string(points).expect("points always serialise");
+    let inserted = conn.execute(
+        "INSERT INTO regions (name, points, created_at) VALUES (?1, ?2, ?3) ON CONFLICT (name) DO NOTHING",
+        params![name, text, now_unix()],
+    )?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    get_region(conn, name)
+}
+
+/// Remove a region; false when there is none.
+pub fn delete_region(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute("DELETE FROM regions WHERE name = ?1", [name])? > 0)
+}

@@ -1,0 +1,656 @@
+//! Sites, regions, device labels and deployments against a real central (real SQLite, fake
+//! devices over real mutual-TLS gRPC): geography (region polygon, radius), labels,
+//! hosts_per_site, anti-affinity, re-placement when a host is lost, no clobbering between
+//! deployments and operators' per-device apps, and validation errors.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cairn_proto::v1::{central_message, AgentMessage, CentralMessage, DesiredState};
+use cairn_testsupport::central::{config_in, SimDevice, TestCentral};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tonic::Streaming;
+
+const WEB: &str = "services:\n  web:\n    image: registry.example:5000/web:1\n";
+
+/// A central whose scheduler replaces hosts offline for more than 1 s.
+async fn start() -> TestCentral {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.placement_offline_grace_seconds = 1;
+    TestCentral::start_with(dir, config).await
+}
+
+/// An enrolled device with an open Sync stream.
+struct Device {
+    id: String,
+    tx: Option<mpsc::Sender<AgentMessage>>,
+    stream: Option<Streaming<CentralMessage>>,
+    sim: SimDevice,
+    cert: Vec<u8>,
+    /// The latest desired state received.
+    last: DesiredState,
+}
+
+impl Device {
+    async fn connect(central: &TestCentral, serial: &str) -> Device {
+        let (_, token) = central.token("auto", None, None);
+        let sim = SimDevice::new(serial);
+        let enrolled = sim.enroll(central, &token).await.unwrap();
+        let (tx, stream) = central.open_sync(&sim, &enrolled.certificate_der).await;
+        let mut device = Device {
+            id: enrolled.device_id,
+            tx: Some(tx),
+            stream: Some(stream),
+            sim,
+            cert: enrolled.certificate_der,
+            last: DesiredState::default(),
+        };
+        device.next_desired().await;
+        device
+    }
+
+    /// Enroll, connect, and put the device at `site` with `labels`.
+    async fn at(central: &TestCentral, serial: &str, site: &str, labels: Value) -> Device {
+        let device = Device::connect(central, serial).await;
+        central.admin_call(
+            "PUT",
+            &format!("/api/v1/devices/{}/site", device.id),
+            Some(json!({ "site": site })),
+        );
+        central.admin_call(
+            "PUT",
+            &format!("/api/v1/devices/{}/labels", device.id),
+            Some(json!({ "labels": labels })),
+        );
+        device
+    }
+
+    async fn next_desired(&mut self) -> DesiredState {
+        let stream = self.stream.as_mut().expect("connected");
+        let desired = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.message().await.unwrap().unwrap().kind {
+                    Some(central_message::Kind::Desired(d)) => break d,
+                    _ => continue,
+                }
+            }
+        })
+        .await
+        .expect("a desired state is pushed within 10 s");
+        self.last = desired.clone();
+        desired
+    }
+
+    /// Read desired states until the app names are `names` (the latest one may already match).
+    async fn until_apps(&mut self, names: &[&str]) -> DesiredState {
+        let want: BTreeSet<&str> = names.iter().copied().collect();
+        let matches = |d: &DesiredState| {
+            d.apps
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<BTreeSet<_>>()
+                == want
+        };
+        if matches(&self.last) {
+            return self.last.clone();
+        }
+        loop {
+            let d = self.next_desired().await;
+            if matches(&d) {
+                return d;
+            }
+        }
+    }
+
+    fn hang_up(&mut self) {
+        (self.tx, self.stream) = (None, None);
+    }
+
+    async fn reconnect(&mut self, central: &TestCentral) -> DesiredState {
+        let (tx, stream) = central.open_sync(&self.sim, &self.cert).await;
+        (self.tx, self.stream) = (Some(tx), Some(stream));
+        self.next_desired().await
+    }
+}
+
+fn site(central: &TestCentral, name: &str, latitude: f64, longitude: f64, labels: Value) {
+    let body =
+        json!({ "name": name, "latitude": latitude, "longitude": longitude, "labels": labels });
+    central.admin_call("POST", "/api/v1/sites", Some(body));
+}
+
+fn deploy(central: &TestCentral, name: &str, placement: Value) -> Value {
+    let body = json!({ "name": name, "compose_yaml": WEB, "placement": placement });
+    let (status, body) = central.call(&central.admin, "POST", "/api/v1/deployments", Some(body));
+    assert_eq!(status, 201, "{body}");
+    body["deployment"].clone()
+}
+
+/// Host ids per site of a deployment view.
+fn hosts(view: &Value) -> Vec<(String, Vec<String>)> {
+    view["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let ids = s["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["device_id"].as_str().unwrap().to_owned())
+                .collect();
+            (s["site"].as_str().unwrap().to_owned(), ids)
+        })
+        .collect()
+}
+
+fn first<'a>(a: &'a Device, b: &'a Device) -> (&'a str, &'a str) {
+    if a.id < b.id {
+        (&a.id, &b.id)
+    } else {
+        (&b.id, &a.id)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn geography_labels_and_hosts_per_site_pick_the_right_devices() {
+    let central = start().await;
+    site(
+        &central,
+        "zurich",
+        47.3769,
+        8.5417,
+        json!({ "country": "ch" }),
+    );
+    site(
+        &central,
+        "geneva",
+        46.2044,
+        6.1432,
+        json!({ "country": "ch" }),
+    );
+    site(
+        &central,
+        "paris",
+        48.8566,
+        2.3522,
+        json!({ "country": "fr" }),
+    );
+    // A box around Switzerland: Zurich and Geneva inside, Paris outside.
+    let points = json!([
+        { "latitude": 45.8, "longitude": 5.9 }, { "latitude": 45.8, "longitude": 10.5 },
+        { "latitude": 47.8, "longitude": 10.5 }, { "latitude": 47.8, "longitude": 5.9 }
+    ]);
+    central.admin_call(
+        "POST",
+        "/api/v1/regions",
+        Some(json!({ "name": "swiss-box", "points": points })),
+    );
+    let mut z1 = Device::at(&central, "SER-Z1", "zurich", json!({})).await;
+    let mut z2 = Device::at(&central, "SER-Z2", "zurich", json!({ "gpu": "yes" })).await;
+    let mut g1 = Device::at(&central, "SER-G1", "geneva", json!({})).await;
+    let mut p1 = Device::at(&central, "SER-P1", "paris", json!({})).await;
+    let shown = central.admin_call("GET", &format!("/api/v1/devices/{}", z2.id), None);
+    assert_eq!(
+        (
+            shown["device"]["site"].as_str(),
+            shown["device"]["labels"]["gpu"].as_str()
+        ),
+        (Some("zurich"), Some("yes"))
+    );
+    let (z_first, _) = first(&z1, &z2);
+    let z_first = z_first.to_owned();
+
+    // Inside the region: one host in Zurich (lowest id among equals) and Geneva, none in Paris.
+    let view = deploy(
+        &central,
+        "web",
+        json!({ "sites": { "region": "swiss-box" } }),
+    );
+    assert_eq!(
+        hosts(&view),
+        [
+            ("geneva".to_owned(), vec![g1.id.clone()]),
+            ("zurich".to_owned(), vec![z_first.clone()])
+        ]
+    );
+    g1.until_apps(&["web"]).await;
+    p1.until_apps(&[]).await;
+
+    // Within 50 km of Paris: only Paris (dry run: nothing changes).
+    let plan = central.admin_call(
+        "POST",
+        "/api/v1/deployments",
+        Some(json!({ "name": "near-paris", "compose_yaml": WEB, "dry_run": true,
+                     "placement": { "sites": { "within": { "latitude": 48.85, "longitude": 2.35, "km": 50 } } } })),
+    );
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(
+        plan["placement"]["sites"],
+        json!([{ "site": "paris", "wanted": 1, "hosts": [p1.id] }])
+    );
+    let (status, _) = central.call(
+        &central.admin,
+        "GET",
+        "/api/v1/deployments/near-paris",
+        None,
+    );
+    assert_eq!(status, 404, "a dry run stores nothing");
+
+    // Site labels and device labels: the GPU device of the Swiss sites; Geneva has none.
+    let view = deploy(
+        &central,
+        "ml",
+        json!({ "sites": { "labels": { "country": "ch" } }, "devices": { "labels": { "gpu": "yes" } } }),
+    );
+    let placed = hosts(&view);
+    assert_eq!(
+        placed,
+        [
+            ("geneva".to_owned(), vec![]),
+            ("zurich".to_owned(), vec![z2.id.clone()])
+        ]
+    );
+    let geneva = &view["sites"][0];
+    assert!(
+        geneva["shortfall"]
+            .as_str()
+            .unwrap()
+            .starts_with("0 of 1 hosts"),
+        "{view}"
+    );
+
+    // Two hosts per site within 300 km of Zurich: both Zurich devices, Geneva's only one.
+    let view = deploy(
+        &central,
+        "web2",
+        json!({ "hosts_per_site": 2, "sites": { "within": { "latitude": 47.3769, "longitude": 8.5417, "km": 300 } } }),
+    );
+    let mut both = vec![z1.id.clone(), z2.id.clone()];
+    both.sort();
+    assert_eq!(
+        hosts(&view),
+        [
+            ("geneva".to_owned(), vec![g1.id.clone()]),
+            ("zurich".to_owned(), both)
+        ]
+    );
+    let z1_apps: Vec<&str> = if z1.id == z_first {
+        vec!["web", "web2"]
+    } else {
+        vec!["web2"]
+    };
+    let z2_apps: Vec<&str> = if z2.id == z_first {
+        vec!["ml", "web", "web2"]
+    } else {
+        vec!["ml", "web2"]
+    };
+    let d = z1.until_apps(&z1_apps).await;
+    assert!(d.apps.iter().all(|a| a.compose_yaml == WEB));
+    z2.until_apps(&z2_apps).await;
+    g1.until_apps(&["web", "web2"]).await;
+
+    // Listing and the per-device app view say who placed each app.
+    let list = central.admin_call("GET", "/api/v1/deployments", None);
+    let names: Vec<&str> = list["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ml", "web", "web2"]);
+    let apps = central.admin_call("GET", &format!("/api/v1/devices/{}/apps", g1.id), None);
+    assert_eq!(apps["apps"][0]["deployment"], "web");
+
+    // Moving a device to another site moves its deployments with the placement rules.
+    central.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{}/site", p1.id),
+        Some(json!({ "site": "geneva" })),
+    );
+    let view = central.admin_call("GET", "/api/v1/deployments/web2", None)["deployment"].clone();
+    let mut geneva_hosts = vec![g1.id.clone(), p1.id.clone()];
+    geneva_hosts.sort();
+    assert_eq!(hosts(&view)[0], ("geneva".to_owned(), geneva_hosts));
+    p1.until_apps(&["web2"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_host_is_replaced_within_its_site_and_comes_back_without_the_app() {
+    let central = start().await;
+    site(&central, "depot", 52.52, 13.40, json!({}));
+    let mut a = Device::at(&central, "SER-LOSS-A", "depot", json!({})).await;
+    let mut b = Device::at(&central, "SER-LOSS-B", "depot", json!({})).await;
+    if b.id < a.id {
+        std::mem::swap(&mut a, &mut b);
+    }
+    deploy(&central, "web", json!({}));
+    let placed = a.until_apps(&["web"]).await;
+    let revision_before = placed.revision;
+
+    // `a` drops its stream; within the grace period nothing moves.
+    a.hang_up();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let view = central.admin_call("GET", "/api/v1/deployments/web", None)["deployment"].clone();
+    assert_eq!(hosts(&view), [("depot".to_owned(), vec![a.id.clone()])]);
+    assert_eq!(view["sites"][0]["hosts"][0]["online"], false);
+
+    // After the grace period the app moves to `b`, which receives it on its stream.
+    let started = std::time::Instant::now();
+    let moved = tokio::time::timeout(Duration::from_secs(10), b.until_apps(&["web"]))
+        .await
+        .expect("re-placed within 10 s");
+    assert_eq!(moved.apps[0].compose_yaml, WEB);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "moved only after the grace period"
+    );
+    let view = central.admin_call("GET", "/api/v1/deployments/web", None)["deployment"].clone();
+    assert_eq!(hosts(&view), [("depot".to_owned(), vec![b.id.clone()])]);
+
+    // `a` comes back: its desired state no longer has the app, at a newer revision; the app
+    // stays on `b` (existing placements are kept).
+    let back = a.reconnect(&central).await;
+    assert!(back.apps.is_empty(), "{back:?}");
+    assert!(back.revision > revision_before);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let view = central.admin_call("GET", "/api/v1/deployments/web", None)["deployment"].clone();
+    assert_eq!(hosts(&view), [("depot".to_owned(), vec![b.id.clone()])]);
+
+    // Audited, with the reason.
+    let audit = central.admin_call("GET", "/api/v1/audit?limit=50", None);
+    let unplaced = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "deployment.unplace" && e["target"] == a.id.as_str())
+        .expect("the move is audited");
+    assert!(
+        unplaced["detail"]
+            .as_str()
+            .unwrap()
+            .contains("offline for longer than"),
+        "{unplaced}"
+    );
+
+    // A revoked host loses its placement at once.
+    central.admin_call("POST", &format!("/api/v1/devices/{}/revoke", b.id), None);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let view =
+                central.admin_call("GET", "/api/v1/deployments/web", None)["deployment"].clone();
+            if hosts(&view) == [("depot".to_owned(), vec![a.id.clone()])] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the revoked host is replaced");
+    a.until_apps(&["web"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_affinity_and_no_clobbering_between_deployments_and_per_device_apps() {
+    let central = start().await;
+    site(&central, "shop", 40.4168, -3.7038, json!({}));
+    let mut a = Device::at(&central, "SER-AA-A", "shop", json!({})).await;
+    let mut b = Device::at(&central, "SER-AA-B", "shop", json!({})).await;
+    if b.id < a.id {
+        std::mem::swap(&mut a, &mut b);
+    }
+    // An operator's own app on `a`.
+    let (status, body) = central.call(
+        &central.admin,
+        "PUT",
+        &format!("/api/v1/devices/{}/apps/cache", a.id),
+        Some(json!({ "compose_yaml": WEB })),
+    );
+    assert_eq!(status, 201, "{body}");
+    a.until_apps(&["cache"]).await;
+
+    // A deployment may not take the name of an operator's app.
+    let (status, body) = central.call(
+        &central.admin,
+        "POST",
+        "/api/v1/deployments",
+        Some(json!({ "name": "cache", "compose_yaml": WEB })),
+    );
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&a.id) && message.contains("cache"),
+        "{message}"
+    );
+
+    // db lands on `a` (lowest id); web avoids db, so it lands on `b`.
+    deploy(&central, "db", json!({}));
+    let view = deploy(&central, "web", json!({ "avoid": ["db"] }));
+    assert_eq!(hosts(&view), [("shop".to_owned(), vec![b.id.clone()])]);
+    a.until_apps(&["cache", "db"]).await;
+    b.until_apps(&["web"]).await;
+
+    // With two hosts per site web still cannot join db.
+    let (status, body) = central.call(
+        &central.admin,
+        "PUT",
+        "/api/v1/deployments/web",
+        Some(json!({ "compose_yaml": WEB, "placement": { "avoid": ["db"], "hosts_per_site": 2 }, "dry_run": true })),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["placement"]["sites"][0]["hosts"], json!([b.id]));
+    assert!(body["placement"]["sites"][0]["shortfall"]
+        .as_str()
+        .unwrap()
+        .starts_with("1 of 2"));
+
+    // Operators cannot change or remove a deployment's app, nor use its name on another device.
+    let path = format!("/api/v1/devices/{}/apps/web", b.id);
+    let (status, body) = central.call(
+        &central.admin,
+        "PUT",
+        &path,
+        Some(json!({ "compose_yaml": WEB })),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("placed by deployment"),
+        "{body}"
+    );
+    let (status, _) = central.call(&central.admin, "DELETE", &path, None);
+    assert_eq!(status, 409);
+    let path = format!("/api/v1/devices/{}/apps/web", a.id);
+    let (status, _) = central.call(
+        &central.admin,
+        "PUT",
+        &path,
+        Some(json!({ "compose_yaml": WEB })),
+    );
+    assert_eq!(status, 409, "the deployment's name is reserved");
+
+    // Changing the deployment's Compose file reaches its host; removing db leaves `cache`.
+    let web2 = WEB.replace("web:1", "web:2");
+    let (status, body) = central.call(
+        &central.admin,
+        "PUT",
+        "/api/v1/deployments/web",
+        Some(json!({ "compose_yaml": web2, "placement": { "avoid": ["db"] } })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let d = b.next_desired().await;
+    assert_eq!(d.apps[0].compose_yaml, web2);
+    let removed = central.admin_call("DELETE", "/api/v1/deployments/db", None);
+    assert_eq!(removed["removed_from"], json!([a.id]));
+    let d = a.until_apps(&["cache"]).await;
+    assert_eq!(
+        d.apps[0].compose_yaml, WEB,
+        "the operator's app is untouched"
+    );
+    let apps = central.admin_call("GET", &format!("/api/v1/devices/{}/apps", a.id), None);
+    assert!(apps["apps"][0]["deployment"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_what_to_fix() {
+    let central = start().await;
+    let device = Device::connect(&central, "SER-VAL").await;
+    let call = |method: &str, path: &str, body: Value| {
+        let (status, body) = central.call(&central.admin, method, path, Some(body));
+        (
+            status,
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let (status, message) = call(
+        "POST",
+        "/api/v1/sites",
+        json!({ "name": "north", "latitude": 91.0, "longitude": 0.0 }),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("latitude 91"), "{message}");
+    let (status, message) = call(
+        "POST",
+        "/api/v1/sites",
+        json!({ "name": "North Site", "latitude": 1.0, "longitude": 0.0 }),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("lower-case"), "{message}");
+    site(&central, "north", 60.0, 10.0, json!({}));
+    let (status, _) = call(
+        "POST",
+        "/api/v1/sites",
+        json!({ "name": "north", "latitude": 1.0, "longitude": 0.0 }),
+    );
+    assert_eq!(status, 409);
+    let (status, message) = call(
+        "PUT",
+        "/api/v1/sites/north",
+        json!({ "latitude": 1.0, "longitude": 200.0 }),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("longitude 200"), "{message}");
+
+    // Polygons: crossing edges, too few points.
+    let bow_tie = json!([
+        { "latitude": 0, "longitude": 0 }, { "latitude": 1, "longitude": 1 },
+        { "latitude": 0, "longitude": 1 }, { "latitude": 1, "longitude": 0 }
+    ]);
+    let (status, message) = call(
+        "POST",
+        "/api/v1/regions",
+        json!({ "name": "knot", "points": bow_tie }),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("crosses"), "{message}");
+    let (status, message) = call(
+        "POST",
+        "/api/v1/regions",
+        json!({ "name": "line", "points": [{ "latitude": 0, "longitude": 0 }, { "latitude": 1, "longitude": 1 }] }),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("at least 3"), "{message}");
+
+    // Device site: unknown site, unknown device; labels checked.
+    let (status, message) = call(
+        "PUT",
+        &format!("/api/v1/devices/{}/site", device.id),
+        json!({ "site": "mars" }),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("unknown site \"mars\""), "{message}");
+    let (status, _) = call(
+        "PUT",
+        "/api/v1/devices/dev_missing/site",
+        json!({ "site": "north" }),
+    );
+    assert_eq!(status, 404);
+    let (status, _) = call(
+        "PUT",
+        &format!("/api/v1/devices/{}/labels", device.id),
+        json!({ "labels": { "bad key": "x" } }),
+    );
+    assert_eq!(status, 400);
+
+    // Deployments: unknown site or region, bad Compose, bad counts, bad circle.
+    let deployment =
+        |placement: Value| json!({ "name": "web", "compose_yaml": WEB, "placement": placement });
+    let (status, message) = call(
+        "POST",
+        "/api/v1/deployments",
+        deployment(json!({ "sites": { "names": ["mars"] } })),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("unknown site mars"), "{message}");
+    let (status, message) = call(
+        "POST",
+        "/api/v1/deployments",
+        deployment(json!({ "sites": { "region": "nowhere" } })),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("unknown region"), "{message}");
+    let (status, _) = call(
+        "POST",
+        "/api/v1/deployments",
+        deployment(json!({ "hosts_per_site": 0 })),
+    );
+    assert_eq!(status, 400);
+    let (status, message) = call(
+        "POST",
+        "/api/v1/deployments",
+        deployment(json!({ "sites": { "within": { "latitude": 0, "longitude": 0, "km": 0 } } })),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("km"), "{message}");
+    let (status, message) = call(
+        "POST",
+        "/api/v1/deployments",
+        json!({ "name": "web", "compose_yaml": "services: [" }),
+    );
+    assert_eq!(status, 400);
+    assert!(message.contains("compose_yaml"), "{message}");
+    let viewer = central.api_token("watcher", "viewer");
+    let (status, _) = central.call(
+        &viewer,
+        "POST",
+        "/api/v1/deployments",
+        Some(deployment(json!({}))),
+    );
+    assert_eq!(status, 403);
+    let (status, _) = central.call(&viewer, "GET", "/api/v1/sites", None);
+    assert_eq!(status, 200);
+
+    // A site with devices cannot be removed; an empty one can.
+    central.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{}/site", device.id),
+        Some(json!({ "site": "north" })),
+    );
+    let (status, message) = call("DELETE", "/api/v1/sites/north", json!(null));
+    assert_eq!(status, 409);
+    assert!(message.contains(&device.id), "{message}");
+    central.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{}/site", device.id),
+        Some(json!({ "site": null })),
+    );
+    central.admin_call("DELETE", "/api/v1/sites/north", None);
+    let audit = central.admin_call("GET", "/api/v1/audit?limit=20", None);
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"site.delete") && actions.contains(&"device.site"),
+        "{actions:?}"
+    );
+}
