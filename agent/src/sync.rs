@@ -40,6 +40,12 @@ pub trait DesiredStateSink: Send + Sync + 'static {
     fn observed_os(&self) -> Option<cairn_proto::v1::OsStatus> {
         None
     }
+
+    /// Notified when a status changed that central should hear about before the next regular
+    /// heartbeat (an update moving to its next stage, e.g. just before a reboot).
+    fn report_now(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// The default sink: the desired state is only recorded (on disk and in [`Agent::desired_state`]).
@@ -368,9 +374,11 @@ impl Agent {
             heartbeat_every,
         );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let report_now = self.sink.report_now().unwrap_or_default();
         loop {
             tokio::select! {
                 _ = shutdown.triggered() => return SessionEnd::Shutdown,
+                _ = report_now.notified() => ticker.reset_immediately(),
                 _ = ticker.tick() => {
                     let now = time::OffsetDateTime::now_utc();
                     if Instant::now() >= renew_allowed_after

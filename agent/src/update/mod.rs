@@ -149,6 +149,7 @@ pub struct UpdateSink {
     /// `None` until the first desired state (stored or from central) is applied.
     desired: watch::Sender<Option<Option<cairn_proto::v1::OsUpdate>>>,
     status: Arc<Mutex<OsStatus>>,
+    report: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for UpdateSink {
@@ -175,6 +176,10 @@ impl DesiredStateSink for UpdateSink {
     fn observed_os(&self) -> Option<OsStatus> {
         Some(self.status.lock().expect("status lock").clone())
     }
+
+    fn report_now(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.report.clone())
+    }
 }
 
 /// What the updater works with, apart from the agent.
@@ -186,6 +191,8 @@ struct Updater {
     rauc: Rauc,
     desired: watch::Receiver<Option<Option<cairn_proto::v1::OsUpdate>>>,
     status: Arc<Mutex<OsStatus>>,
+    /// Wakes the sync session to send a heartbeat now (stage changes).
+    report: Arc<tokio::sync::Notify>,
     apps: Arc<dyn DesiredStateSink>,
     running_version: String,
     booted_slot: String,
@@ -247,41 +254,43 @@ impl Agent {
         }));
         let (desired_tx, desired_rx) = watch::channel(None);
         let apps = self.sink.clone();
+        let report = Arc::new(tokio::sync::Notify::new());
         let sink = Arc::new(UpdateSink {
             inner: apps.clone(),
             desired: desired_tx,
             status: status.clone(),
+            report: report.clone(),
         });
         self.sink = sink;
-        let starter = UpdateStarter {
-            cfg: cfg.clone(),
+        let build = move |agent: Arc<Agent>| Updater {
+            rauc: Rauc {
+                program: cfg.rauc.clone(),
+                install_timeout: Duration::from_secs(cfg.install_timeout_s),
+            },
+            records: RecordFile::new(&dir),
+            agent,
+            cfg,
             dir,
             desired: desired_rx,
             status,
+            report,
             apps,
             running_version: version,
             booted_slot: slot,
+            started: Instant::now(),
         };
-        (self, Some(starter))
+        (self, Some(UpdateStarter { build: Box::new(build) }))
     }
 }
 
 /// Starts the updater once the agent is shared (see [`Agent::with_configured_update`]).
 pub struct UpdateStarter {
-    cfg: UpdateConfig,
-    dir: PathBuf,
-    desired: watch::Receiver<Option<Option<cairn_proto::v1::OsUpdate>>>,
-    status: Arc<Mutex<OsStatus>>,
-    apps: Arc<dyn DesiredStateSink>,
-    running_version: String,
-    booted_slot: String,
+    build: Box<dyn FnOnce(Arc<Agent>) -> Updater + Send>,
 }
 
 impl std::fmt::Debug for UpdateStarter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpdateStarter")
-            .field("dir", &self.dir)
-            .finish_non_exhaustive()
+        f.debug_struct("UpdateStarter").finish_non_exhaustive()
     }
 }
 
@@ -292,22 +301,7 @@ impl UpdateStarter {
         agent: Arc<Agent>,
         shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        let updater = Updater {
-            rauc: Rauc {
-                program: self.cfg.rauc.clone(),
-                install_timeout: Duration::from_secs(self.cfg.install_timeout_s),
-            },
-            records: RecordFile::new(&self.dir),
-            agent,
-            cfg: self.cfg,
-            dir: self.dir,
-            desired: self.desired,
-            status: self.status,
-            apps: self.apps,
-            running_version: self.running_version,
-            booted_slot: self.booted_slot,
-            started: Instant::now(),
-        };
+        let updater = (self.build)(agent);
         let span =
             info_span!("update", slot = %updater.booted_slot, version = %updater.running_version);
         tokio::spawn(
@@ -607,7 +601,8 @@ impl Updater {
     async fn verify_new_slot(&mut self, record: &mut Record) {
         let deadline =
             self.started + Duration::from_secs(u64::from(record.target.health_deadline_s));
-        self.publish_phase(record, OsUpdatePhase::Verifying);
+        // Rebooting into the booted slot reads as Verifying.
+        self.publish(Some(record));
         info!(
             deadline_s = record.target.health_deadline_s,
             "new slot on trial: checking health"
@@ -702,13 +697,13 @@ impl Updater {
         self.publish(Some(record));
     }
 
-    fn publish_phase(&self, record: &Record, phase: OsUpdatePhase) {
-        self.publish(Some(record));
-        self.status.lock().expect("status lock").phase = phase as i32;
-    }
-
     /// The heartbeat's view of `record`.
     fn publish(&self, record: Option<&Record>) {
+        self.write_status(record);
+        self.report.notify_one();
+    }
+
+    fn write_status(&self, record: Option<&Record>) {
         let mut s = self.status.lock().expect("status lock");
         s.version = self.running_version.clone();
         s.booted_slot = self.booted_slot.clone();
