@@ -16,7 +16,13 @@ packages=(
   iptables iproute2
   # cairn-pe checks its PCR 11 prediction against systemd-measure (in the systemd package)
   systemd
+  # central's web console test: headless Debian Chromium driven by playwright-core from npm
+  # (central/tests/console.rs installs the pinned playwright-core under target/console-test)
+  chromium nodejs
 )
+# Debian's nodejs comes without npm; NodeSource's nodejs bundles it and conflicts with the
+# Debian npm package, so ask for npm only when the command is missing.
+command -v npm >/dev/null || packages+=(npm)
 if [ -f "$here/image-packages.txt" ]; then
   mapfile -t extra < <(grep -v '^\s*#' "$here/image-packages.txt" | grep -v '^\s*$')
   packages+=("${extra[@]}")

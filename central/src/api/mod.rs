@@ -3,6 +3,7 @@
 mod apps;
 mod auth;
 mod bundles;
+mod console;
 mod deployments;
 mod rollouts;
 mod routes;

@@ -55,6 +55,7 @@ pub(super) fn router() -> Router<Arc<Shared>> {
         .route("/api/v1/regions/{name}", get(sites::show_region).delete(sites::delete_region))
         .route("/api/v1/deployments", get(deployments::list_deployments).post(deployments::create_deployment).layer(DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES)))
         .route("/api/v1/deployments/{name}", get(deployments::show_deployment).put(deployments::update_deployment).delete(deployments::delete_deployment).layer(DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES)))
+        .merge(super::console::router())
         .fallback(|| async { ApiError::NotFound("no such API route; see /api/v1/openapi.json".into()) })
 }
 
