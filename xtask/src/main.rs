@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask test | demo | bench`. Plain Rust instead of shell scripts so
+//! Developer tasks: `cargo xtask test | demo | bench | bench-fleet`. Plain Rust instead of shell scripts so
 //! every step reports what failed.
 
 use std::path::{Path, PathBuf};
@@ -15,8 +15,9 @@ fn main() -> Result<()> {
         Some("test") => test(&root, args.iter().any(|a| a == "--host-only")),
         Some("demo") => demo::run(&root),
         Some("bench") => bench(&root),
+        Some("bench-fleet") => bench_fleet(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench>\n  test   build, then run every test tier (unit, host integration, image, QEMU);\n         --host-only skips the image and QEMU tiers\n  demo   start a local central and devices and watch them enroll\n  bench  run the benchmarks and print their figures");
+            eprintln!("usage: cargo xtask <test|demo|bench|bench-fleet>\n  test   build, then run every test tier (unit, host integration, image, QEMU);\n         --host-only skips the image and QEMU tiers\n  demo   start a local central and devices and watch them enroll\n  bench  run the benchmarks and print their figures\n  bench-fleet [--sizes 10000,50000,100000] [cairn-sim bench options]\n         one central process, N simulated devices per size: memory, heartbeat p99, fan-out time");
             bail!("unknown or missing task")
         }
     }
@@ -54,6 +55,28 @@ fn test(root: &Path, host_only: bool) -> Result<()> {
     // QEMU tier: boots under TCG, one at a time.
     run(root, "cargo", &["test", "-p", "cairn-e2e", "--", "--ignored", "--test-threads=1"])?;
     Ok(())
+}
+
+/// The fleet scale benchmark: release builds of central and the simulator, then
+/// `cairn-sim bench` (table on stdout, JSON in target/cairn-sim/results.json).
+fn bench_fleet(root: &Path, extra: &[String]) -> Result<()> {
+    run(root, "cargo", &["build", "--release", "-p", "cairn-central", "-p", "cairn-sim"])?;
+    let release = root.join("target/release");
+    let central = release.join("cairn-central");
+    let json = root.join("target/cairn-sim/results.json");
+    let work = root.join("target/cairn-sim");
+    let mut args = vec![
+        "bench".to_owned(),
+        "--central-bin".to_owned(),
+        central.display().to_string(),
+        "--work-dir".to_owned(),
+        work.display().to_string(),
+        "--json".to_owned(),
+        json.display().to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run(root, &release.join("cairn-sim").display().to_string(), &args)
 }
 
 fn bench(root: &Path) -> Result<()> {

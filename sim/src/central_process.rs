@@ -1,0 +1,164 @@
+//! cairn-central as its own process (`cairn-central serve`), so its memory and CPU are its own.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Why central could not be run or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CentralError {
+    /// A file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// The binary did not start.
+    #[error("could not start {bin}: {source}; build it with `cargo build --release -p cairn-central`")]
+    Spawn {
+        /// The binary.
+        bin: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
+    /// It started but never became ready.
+    #[error("cairn-central did not become ready in {0:?}; see {1}")]
+    NotReady(Duration, PathBuf),
+}
+
+/// A running `cairn-central serve`.
+pub struct CentralProcess {
+    child: Child,
+    /// Agent gRPC address.
+    pub grpc: SocketAddr,
+    /// Operator REST address.
+    pub rest: SocketAddr,
+    /// Fleet CA, PEM.
+    pub ca_pem: String,
+    /// Bootstrap admin API token.
+    pub admin_token: String,
+}
+
+fn free_port() -> Result<SocketAddr, std::io::Error> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+impl CentralProcess {
+    /// Start `bin serve` on loopback with its data under `dir/central` and its log in
+    /// `dir/central.log`; returns once REST answers.
+    pub async fn start(bin: &Path, dir: &Path) -> Result<Self, CentralError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CentralError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let grpc = free_port().map_err(io(dir))?;
+        let rest = free_port().map_err(io(dir))?;
+        let data_dir = dir.join("central");
+        let config_path = dir.join("central.toml");
+        let config = format!(
+            "data_dir = {:?}\ngrpc_listen = \"{grpc}\"\nrest_listen = \"{rest}\"\n",
+            data_dir.display().to_string()
+        );
+        std::fs::write(&config_path, config).map_err(io(&config_path))?;
+        let log_path = dir.join("central.log");
+        let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+        let child = Command::new(bin)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|source| CentralError::Spawn {
+                bin: bin.to_owned(),
+                source,
+            })?;
+        let mut process = Self {
+            child,
+            grpc,
+            rest,
+            ca_pem: String::new(),
+            admin_token: String::new(),
+        };
+        let started = Instant::now();
+        let limit = Duration::from_secs(60);
+        loop {
+            if started.elapsed() > limit || process.child.try_wait().ok().flatten().is_some() {
+                return Err(CentralError::NotReady(limit, log_path));
+            }
+            let ca = std::fs::read_to_string(data_dir.join("ca.crt"));
+            let admin = std::fs::read_to_string(data_dir.join("admin.token"));
+            if let (Ok(ca), Ok(admin)) = (ca, admin) {
+                process.ca_pem = ca;
+                process.admin_token = admin.trim().to_owned();
+                if let Ok(operator) = crate::rest::Operator::new(rest, &process.ca_pem, &process.admin_token) {
+                    if operator.healthy().await {
+                        return Ok(process);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident and peak resident memory, bytes (`VmRSS`, `VmHWM` of /proc/<pid>/status).
+    pub fn memory(&self) -> (u64, u64) {
+        memory_of(&format!("/proc/{}/status", self.pid()))
+    }
+
+    /// CPU time used so far (user + system), seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        cpu_seconds_of(&format!("/proc/{}/stat", self.pid()))
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `VmRSS` and `VmHWM` of a /proc/<pid>/status file, bytes (0 when unreadable).
+pub fn memory_of(status_path: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(status_path).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// User + system CPU seconds of a /proc/<pid>/stat file (0 when unreadable).
+pub fn cpu_seconds_of(stat_path: &str) -> f64 {
+    let text = std::fs::read_to_string(stat_path).unwrap_or_default();
+    let Some((_, rest)) = text.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(14) + ticks(15)) as f64 / hz
+}

@@ -1,0 +1,180 @@
+//! One simulated device: a task holding one mutual-TLS Sync stream, sending heartbeats at a
+//! jittered interval and noting what central sends. Its state is a few atomics in a shared slot,
+//! so a fleet costs one task, one channel and one connection per device.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_proto::v1::agent_client::AgentClient;
+use cairn_proto::v1::{
+    agent_message, central_message, AgentMessage, HardwareFacts, Heartbeat, OsStatus, OsUpdatePhase,
+};
+use rand::Rng;
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::connect;
+use crate::identity::DeviceIdentity;
+
+/// Config key the fan-out measurement sets; devices note when its value arrives.
+pub const MARKER_KEY: &str = "cairn-sim-marker";
+
+/// What one device has seen, readable from outside its task.
+#[derive(Default)]
+pub struct DeviceSlot {
+    /// Sync stream open and first DesiredState received.
+    pub connected: AtomicBool,
+    /// Latest DesiredState revision received.
+    pub revision: AtomicU64,
+    /// Latest [`MARKER_KEY`] value received (0: none).
+    pub marker: AtomicU64,
+    /// When it arrived, µs since the fleet's epoch.
+    pub marker_at_us: AtomicU64,
+    /// Heartbeats acknowledged.
+    pub acks: AtomicU64,
+    /// Streams that ended and were reopened.
+    pub reconnects: AtomicU64,
+}
+
+/// State shared by every device of a fleet.
+pub struct FleetShared {
+    /// central's gRPC address.
+    pub grpc: SocketAddr,
+    /// Fleet CA, PEM.
+    pub ca_pem: String,
+    /// Mean time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Bounds TLS handshakes in flight (central drops those not done in 10 s).
+    pub connecting: Semaphore,
+    /// Time zero for `marker_at_us`.
+    pub epoch: Instant,
+    /// While set, round-trip times (µs) are appended to `latencies_us`.
+    pub recording: AtomicBool,
+    /// Heartbeat round trips recorded.
+    pub latencies_us: Mutex<Vec<u32>>,
+    /// Last connection error seen (for the report).
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl FleetShared {
+    fn note_error(&self, error: String) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+}
+
+/// The OS status of a simulated device: running "sim" from slot a, nothing to update.
+fn os_status() -> OsStatus {
+    OsStatus {
+        version: "sim".into(),
+        booted_slot: "a".into(),
+        phase: OsUpdatePhase::Idle as i32,
+        ..OsStatus::default()
+    }
+}
+
+/// Run one device until its task is aborted: connect, sync, reconnect with back-off.
+pub async fn run(identity: DeviceIdentity, source_ip: IpAddr, shared: Arc<FleetShared>, slot: Arc<DeviceSlot>) {
+    let mut backoff = Duration::from_millis(500);
+    let mut seq = 0u64;
+    loop {
+        match session(&identity, source_ip, &shared, &slot, &mut seq).await {
+            Ok(()) => backoff = Duration::from_millis(500),
+            Err(e) => {
+                tracing::debug!(device_id = %identity.device_id, error = %e, "sync session ended");
+                shared.note_error(format!("{}: {e}", identity.device_id));
+            }
+        }
+        slot.connected.store(false, Ordering::Relaxed);
+        slot.reconnects.fetch_add(1, Ordering::Relaxed);
+        let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64);
+        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn session(
+    identity: &DeviceIdentity,
+    source_ip: IpAddr,
+    shared: &FleetShared,
+    slot: &DeviceSlot,
+    seq: &mut u64,
+) -> Result<(), String> {
+    let (tx, rx) = mpsc::channel(2);
+    let mut inbound = {
+        let _permit = shared.connecting.acquire().await.map_err(|e| e.to_string())?;
+        let channel = connect::channel(shared.grpc, source_ip, &shared.ca_pem, Some(identity.tls_identity()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut client = AgentClient::new(channel);
+        let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
+        tokio::time::timeout(Duration::from_secs(30), client.sync(outbound))
+            .await
+            .map_err(|_| "Sync call took over 30 s".to_owned())?
+            .map_err(|s| format!("Sync refused: {s}"))?
+            .into_inner()
+    };
+    // First heartbeat at a random point of the interval, so a fleet does not beat in step.
+    let interval = shared.heartbeat_interval;
+    let mut next = tokio::time::Instant::now() + interval.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+    let mut pending: Option<(u64, Instant)> = None;
+    // What a real agent sends in every heartbeat (its facts and an idle OS status), so central
+    // runs the same per-heartbeat path.
+    let facts = HardwareFacts {
+        serial: identity.device_id.clone(),
+        tpm_ek_sha256: String::new(),
+        hostname: format!("sim-{}", identity.device_id),
+        agent_version: "cairn-sim".into(),
+        os_version: "sim".into(),
+        key_storage: "software".into(),
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {
+                *seq += 1;
+                let heartbeat = Heartbeat {
+                    seq: *seq,
+                    desired_revision: slot.revision.load(Ordering::Relaxed),
+                    sent_unix_ms: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as i64),
+                    facts: Some(facts.clone()),
+                    apps: Vec::new(),
+                    os: Some(os_status()),
+                };
+                pending = Some((*seq, Instant::now()));
+                if tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(heartbeat)) }).await.is_err() {
+                    return Err("outbound stream closed".into());
+                }
+                next += interval.mul_f64(rand::thread_rng().gen_range(0.9..1.1));
+            }
+            message = inbound.message() => {
+                let message = message.map_err(|s| format!("stream ended: {s}"))?.ok_or("central closed the stream")?;
+                match message.kind {
+                    Some(central_message::Kind::Ack(ack)) => {
+                        slot.acks.fetch_add(1, Ordering::Relaxed);
+                        if let Some((sent_seq, at)) = pending {
+                            if sent_seq == ack.seq {
+                                pending = None;
+                                if shared.recording.load(Ordering::Relaxed) {
+                                    let us = at.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                                    shared.latencies_us.lock().unwrap_or_else(|p| p.into_inner()).push(us);
+                                }
+                            }
+                        }
+                    }
+                    Some(central_message::Kind::Desired(desired)) => {
+                        slot.revision.store(desired.revision, Ordering::Relaxed);
+                        if let Some(marker) = desired.config.get(MARKER_KEY).and_then(|v| v.parse::<u64>().ok()) {
+                            if slot.marker.swap(marker, Ordering::Relaxed) != marker {
+                                slot.marker_at_us.store(shared.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+                            }
+                        }
+                        slot.connected.store(true, Ordering::Relaxed);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}

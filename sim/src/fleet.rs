@@ -1,0 +1,262 @@
+//! A fleet of simulated devices sharing one runtime, and what it measures: connection, heartbeat
+//! round trips, and how long a desired-state change takes to reach every device.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::stream::StreamExt;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+use crate::connect;
+use crate::device::{self, DeviceSlot, FleetShared, MARKER_KEY};
+use crate::identity::DeviceIdentity;
+use crate::rest::{Operator, RestError};
+
+/// How a fleet behaves.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Mean time between heartbeats of one device (each tick is jittered ±10%).
+    pub heartbeat_interval: Duration,
+    /// TLS handshakes in flight at once while connecting.
+    pub connect_concurrency: usize,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(15),
+            connect_concurrency: 256,
+        }
+    }
+}
+
+/// Why a fleet step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Not every device reached a state in time.
+    #[error("{what}: {done} of {total} devices after {waited:?}; last device error: {last_error}")]
+    Timeout {
+        /// What was awaited.
+        what: &'static str,
+        /// Devices that got there.
+        done: usize,
+        /// Fleet size.
+        total: usize,
+        /// How long it waited.
+        waited: Duration,
+        /// The latest error a device saw.
+        last_error: String,
+    },
+    /// A REST call of the fan-out failed.
+    #[error("pushing the config change failed: {0}")]
+    Rest(#[from] RestError),
+}
+
+/// Heartbeat round-trip statistics, µs.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Latency {
+    /// Round trips measured.
+    pub count: usize,
+    /// Median, µs.
+    pub p50_us: u32,
+    /// 99th percentile, µs.
+    pub p99_us: u32,
+    /// Largest, µs.
+    pub max_us: u32,
+}
+
+/// What one fan-out took.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct FanOut {
+    /// First REST call to the last REST answer.
+    pub calls_s: f64,
+    /// First REST call to the last device receiving the change.
+    pub all_received_s: f64,
+}
+
+/// Running simulated devices.
+pub struct Fleet {
+    ids: Vec<String>,
+    slots: Vec<Arc<DeviceSlot>>,
+    shared: Arc<FleetShared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Fleet {
+    /// Start one task per identity; each connects (bounded concurrency) and syncs until stopped.
+    pub fn start(grpc: SocketAddr, ca_pem: &str, identities: Vec<DeviceIdentity>, options: &FleetOptions) -> Self {
+        let shared = Arc::new(FleetShared {
+            grpc,
+            ca_pem: ca_pem.to_owned(),
+            heartbeat_interval: options.heartbeat_interval,
+            connecting: Semaphore::new(options.connect_concurrency.max(1)),
+            epoch: Instant::now(),
+            recording: AtomicBool::new(false),
+            latencies_us: Mutex::new(Vec::new()),
+            last_error: Mutex::new(None),
+        });
+        let mut ids = Vec::with_capacity(identities.len());
+        let mut slots = Vec::with_capacity(identities.len());
+        let mut tasks = Vec::with_capacity(identities.len());
+        for (index, identity) in identities.into_iter().enumerate() {
+            let slot = Arc::new(DeviceSlot::default());
+            ids.push(identity.device_id.clone());
+            slots.push(slot.clone());
+            tasks.push(tokio::spawn(device::run(
+                identity,
+                connect::source_ip(index),
+                shared.clone(),
+                slot,
+            )));
+        }
+        Self {
+            ids,
+            slots,
+            shared,
+            tasks,
+        }
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the fleet has no devices.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    fn last_error(&self) -> String {
+        self.shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "none".into())
+    }
+
+    async fn wait_until(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        done: impl Fn(&DeviceSlot) -> bool,
+    ) -> Result<Duration, FleetError> {
+        let started = Instant::now();
+        loop {
+            let count = self.slots.iter().filter(|s| done(s)).count();
+            if count == self.slots.len() {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(FleetError::Timeout {
+                    what,
+                    done: count,
+                    total: self.slots.len(),
+                    waited: started.elapsed(),
+                    last_error: self.last_error(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until every device holds an open Sync stream with its first DesiredState.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<Duration, FleetError> {
+        self.wait_until("devices connected", timeout, |s| s.connected.load(Ordering::Relaxed))
+            .await
+    }
+
+    /// Wait until every device has at least `acks` heartbeats acknowledged.
+    pub async fn wait_acked(&self, acks: u64, timeout: Duration) -> Result<Duration, FleetError> {
+        self.wait_until("devices with acknowledged heartbeats", timeout, |s| {
+            s.acks.load(Ordering::Relaxed) >= acks
+        })
+        .await
+    }
+
+    /// Record heartbeat round trips for `window`, then summarise them.
+    pub async fn measure_heartbeats(&self, window: Duration) -> Latency {
+        self.shared
+            .latencies_us
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.shared.recording.store(true, Ordering::Relaxed);
+        tokio::time::sleep(window).await;
+        self.shared.recording.store(false, Ordering::Relaxed);
+        let mut all = std::mem::take(&mut *self.shared.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
+        all.sort_unstable();
+        let at = |q: f64| {
+            all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        Latency {
+            count: all.len(),
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            max_us: all.last().copied().unwrap_or(0),
+        }
+    }
+
+    /// Set config `{MARKER_KEY: marker}` on every device through REST (`concurrency` calls in
+    /// flight) and wait until every device has received it. Central has no fleet-wide config
+    /// call, so this is N per-device calls; the time runs from the first call.
+    pub async fn fan_out_config(
+        &self,
+        operator: &Operator,
+        marker: u64,
+        concurrency: usize,
+        timeout: Duration,
+    ) -> Result<FanOut, FleetError> {
+        let started = Instant::now();
+        let started_us = self.shared.epoch.elapsed().as_micros() as u64;
+        let value = json!({ MARKER_KEY: marker.to_string() });
+        let results: Vec<Result<(), RestError>> = futures::stream::iter(self.ids.iter())
+            .map(|id| {
+                let value = value.clone();
+                async move { operator.set_config(id, value).await }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
+        let calls = started.elapsed();
+        if let Some(error) = results.into_iter().find_map(Result::err) {
+            return Err(error.into());
+        }
+        self.wait_until("devices with the config change", timeout.saturating_sub(calls), |s| {
+            s.marker.load(Ordering::Relaxed) == marker
+        })
+        .await?;
+        let last_us = self
+            .slots
+            .iter()
+            .map(|s| s.marker_at_us.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(started_us);
+        Ok(FanOut {
+            calls_s: calls.as_secs_f64(),
+            all_received_s: last_us.saturating_sub(started_us) as f64 / 1e6,
+        })
+    }
+
+    /// Sync streams reopened since start, summed over the fleet.
+    pub fn reconnects(&self) -> u64 {
+        self.slots.iter().map(|s| s.reconnects.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Stop every device (their connections close).
+    pub async fn stop(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}

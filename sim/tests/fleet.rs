@@ -1,0 +1,56 @@
+//! ~200 simulated devices against a real in-process central: all enroll through the Enrollment
+//! RPC, hold mutual-TLS Sync streams, get their heartbeats acknowledged, and receive a config
+//! change pushed to each of them.
+
+use std::time::Duration;
+
+use cairn_sim::rest::Operator;
+use cairn_sim::{identity, Fleet, FleetOptions};
+use cairn_testsupport::central::TestCentral;
+
+const DEVICES: usize = 200;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_devices_enroll_beat_and_get_a_config_change() {
+    let central = TestCentral::start().await;
+    let grpc = central.c().grpc_addr;
+    let operator = Operator::new(central.c().rest_addr, &central.ca_pem, &central.admin).unwrap();
+    let token = operator.auto_token("sim-test").await.unwrap();
+
+    let identities = identity::enroll_many(grpc, &central.ca_pem, &token, "t", 0..DEVICES, 32)
+        .await
+        .unwrap();
+    assert_eq!(identities.len(), DEVICES);
+    let mut ids: Vec<&str> = identities.iter().map(|i| i.device_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), DEVICES, "every device got its own id");
+
+    // The cache gives back what was written.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("identities");
+    identity::append_cache(&cache, &identities).unwrap();
+    assert_eq!(identity::load_cache(&cache).unwrap().len(), DEVICES);
+
+    let options = FleetOptions {
+        heartbeat_interval: Duration::from_millis(300),
+        connect_concurrency: 32,
+    };
+    let fleet = Fleet::start(grpc, &central.ca_pem, identities, &options);
+    fleet.wait_connected(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(central.c().shared.sessions.online_count(), DEVICES);
+    fleet.wait_acked(2, Duration::from_secs(60)).await.unwrap();
+    let latency = fleet.measure_heartbeats(Duration::from_secs(1)).await;
+    assert!(latency.count > DEVICES / 2, "round trips were recorded: {latency:?}");
+
+    let fanout = fleet
+        .fan_out_config(&operator, 7, 16, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        fanout.all_received_s > 0.0 && fanout.all_received_s < 60.0,
+        "{fanout:?}"
+    );
+    assert_eq!(fleet.reconnects(), 0, "no stream broke");
+    fleet.stop().await;
+}
