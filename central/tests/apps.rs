@@ -9,7 +9,7 @@ use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, AppStatus, CentralMessage, DesiredState,
     Heartbeat, ServiceHealth, ServiceState, ServiceStatus,
 };
-use cairn_testsupport::central::{SimDevice, TestCentral};
+use cairn_testsupport::central::{ConnectedDevice, SimDevice, TestCentral};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -37,17 +37,8 @@ struct Device {
 
 impl Device {
     async fn connect(central: &TestCentral, serial: &str) -> Device {
-        let (_, token) = central.token("auto", None, None);
-        let sim = SimDevice::new(serial);
-        let enrolled = sim.enroll(central, &token).await.unwrap();
-        let (tx, stream) = central.open_sync(&sim, &enrolled.certificate_der).await;
-        let mut device = Device {
-            id: enrolled.device_id,
-            tx,
-            stream,
-            sim,
-            cert: enrolled.certificate_der,
-        };
+        let ConnectedDevice { sim, id, cert, tx, stream } = central.connect_device(serial).await;
+        let mut device = Device { id, tx, stream, sim, cert };
         let first = device.desired().await;
         assert_eq!((first.revision, first.apps.len()), (1, 0));
         device

@@ -17,7 +17,7 @@ use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, CentralMessage, DesiredState, Heartbeat,
     OsStatus, OsUpdatePhase,
 };
-use cairn_testsupport::central::{config_in, SimDevice, TestCentral};
+use cairn_testsupport::central::{config_in, TestCentral};
 use cairn_testsupport::require_tool;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -82,14 +82,11 @@ struct Device {
 impl Device {
     /// Enroll, connect, put it at `site` with `labels`, report OS `version`.
     async fn at(central: &TestCentral, serial: &str, site: &str, version: &str) -> Device {
-        let (_, token) = central.token("auto", None, None);
-        let sim = SimDevice::new(serial);
-        let enrolled = sim.enroll(central, &token).await.unwrap();
-        let (tx, stream) = central.open_sync(&sim, &enrolled.certificate_der).await;
+        let connected = central.connect_device(serial).await;
         let mut device = Device {
-            id: enrolled.device_id,
-            tx: Some(tx),
-            stream: Some(stream),
+            id: connected.id,
+            tx: Some(connected.tx),
+            stream: Some(connected.stream),
             seq: 0,
         };
         device.desired().await;

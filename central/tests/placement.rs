@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cairn_proto::v1::{central_message, AgentMessage, CentralMessage, DesiredState};
-use cairn_testsupport::central::{config_in, SimDevice, TestCentral};
+use cairn_testsupport::central::{config_in, ConnectedDevice, SimDevice, TestCentral};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -35,16 +35,13 @@ struct Device {
 
 impl Device {
     async fn connect(central: &TestCentral, serial: &str) -> Device {
-        let (_, token) = central.token("auto", None, None);
-        let sim = SimDevice::new(serial);
-        let enrolled = sim.enroll(central, &token).await.unwrap();
-        let (tx, stream) = central.open_sync(&sim, &enrolled.certificate_der).await;
+        let ConnectedDevice { sim, id, cert, tx, stream } = central.connect_device(serial).await;
         let mut device = Device {
-            id: enrolled.device_id,
+            id,
             tx: Some(tx),
             stream: Some(stream),
             sim,
-            cert: enrolled.certificate_der,
+            cert,
             last: DesiredState::default(),
         };
         device.next_desired().await;

@@ -15,7 +15,7 @@ use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, BundleIndexRequest, CentralMessage, DesiredState,
     Heartbeat, OsStatus, OsUpdatePhase, ReadBundleRequest,
 };
-use cairn_testsupport::central::{config_in, SimDevice, TestCentral};
+use cairn_testsupport::central::{config_in, ConnectedDevice, SimDevice, TestCentral};
 use cairn_testsupport::require_tool;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -129,16 +129,13 @@ impl Device {
         site: Option<&str>,
         version: &str,
     ) -> Device {
-        let (_, token) = central.token("auto", None, None);
-        let sim = SimDevice::new(serial);
-        let enrolled = sim.enroll(central, &token).await.unwrap();
-        let (tx, stream) = central.open_sync(&sim, &enrolled.certificate_der).await;
+        let ConnectedDevice { sim, id, cert, tx, stream } = central.connect_device(serial).await;
         let mut device = Device {
-            id: enrolled.device_id,
+            id,
             tx: Some(tx),
             stream: Some(stream),
             sim,
-            cert: enrolled.certificate_der,
+            cert,
             seq: 0,
             version: version.into(),
         };

@@ -211,6 +211,30 @@ impl TestCentral {
         let stream = agent.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
         (tx, stream)
     }
+
+    /// Enroll a new [`SimDevice`] with its own auto-approve token over the real Enrollment RPC,
+    /// then open its Sync stream (nothing read from it yet).
+    pub async fn connect_device(&self, serial: &str) -> ConnectedDevice {
+        let (_, token) = self.token("auto", None, None);
+        let sim = SimDevice::new(serial);
+        let enrolled = sim.enroll(self, &token).await.unwrap();
+        let (tx, stream) = self.open_sync(&sim, &enrolled.certificate_der).await;
+        ConnectedDevice { sim, id: enrolled.device_id, cert: enrolled.certificate_der, tx, stream }
+    }
+}
+
+/// An enrolled device with an open Sync stream, from [`TestCentral::connect_device`].
+pub struct ConnectedDevice {
+    /// The device's key and serial.
+    pub sim: SimDevice,
+    /// Its id at central.
+    pub id: String,
+    /// Its certificate, DER.
+    pub cert: Vec<u8>,
+    /// The sender of its Sync messages.
+    pub tx: tokio::sync::mpsc::Sender<cairn_proto::v1::AgentMessage>,
+    /// Central's answers on the Sync stream.
+    pub stream: tonic::Streaming<cairn_proto::v1::CentralMessage>,
 }
 
 /// A software-keyed device as a raw protocol client (not the agent: this tests central alone).

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::apps::{status_json, validate as validate_app};
-use super::{ApiError, Caller, ValidJson};
+use super::{change_and_place, ApiError, Caller, ValidJson};
 use crate::placement::scheduler::{self, DeploymentPlan};
 use crate::placement::spec::Placement;
 use crate::placement::{self};
@@ -239,29 +239,17 @@ pub(super) async fn delete_deployment(
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let key = name.clone();
-    let hosts = shared
-        .store
-        .run(move |conn| {
-            let tx = conn.transaction()?;
-            if !deployments::delete(&tx, &key)? {
-                return Ok(None);
-            }
-            let hosts = deployments::placed_devices(&tx, &key)?;
-            audit::record(
-                &tx,
-                &actor,
-                "deployment.delete",
-                &key,
-                &format!("hosts={}", hosts.len()),
-            )?;
-            tx.commit()?;
-            Ok(Some(hosts))
-        })
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound("no deployment with this name; see GET /api/v1/deployments".into())
-        })?;
-    placement::reconcile_now(&shared).await;
+    let hosts = change_and_place(&shared, move |tx| {
+        if !deployments::delete(tx, &key)? {
+            return Ok(Err(ApiError::NotFound(
+                "no deployment with this name; see GET /api/v1/deployments".into(),
+            )));
+        }
+        let hosts = deployments::placed_devices(tx, &key)?;
+        audit::record(tx, &actor, "deployment.delete", &key, &format!("hosts={}", hosts.len()))?;
+        Ok(Ok(hosts))
+    })
+    .await?;
     Ok(Json(json!({ "removed": name, "removed_from": hosts })).into_response())
 }
 

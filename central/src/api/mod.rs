@@ -27,6 +27,29 @@ pub use auth::Caller;
 /// Largest request body accepted; every request here is a small JSON document.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Run `change` in one registry transaction, committed only when it returns `Ok(Ok(_))` (an
+/// `Ok(Err(_))` refuses the request and changes nothing), then a scheduler pass so the answer
+/// already reflects the change.
+async fn change_and_place<T, F>(shared: &Arc<Shared>, change: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&rusqlite::Transaction<'_>) -> Result<Result<T, ApiError>, StoreError> + Send + 'static,
+{
+    let value = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let outcome = change(&tx)?;
+            if outcome.is_ok() {
+                tx.commit()?;
+            }
+            Ok(outcome)
+        })
+        .await??;
+    crate::placement::reconcile_now(shared).await;
+    Ok(value)
+}
+
 /// The OpenAPI document describing this API.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 

@@ -14,10 +14,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::routes::load_device;
-use super::{ApiError, Caller, ValidJson};
+use super::{change_and_place, ApiError, Caller, ValidJson};
 use crate::placement::geo::{self, Point};
 use crate::placement::spec::{validate_labels, validate_name, Labels};
-use crate::placement::{self, PlacementError};
+use crate::placement::PlacementError;
 use crate::store::{audit, deployments, sites, Role};
 use crate::Shared;
 
@@ -45,6 +45,22 @@ fn ok(value: Value) -> ApiResult {
 
 fn created(value: Value) -> ApiResult {
     Ok((StatusCode::CREATED, Json(value)).into_response())
+}
+
+/// A site's location from a request body, validated.
+fn location(latitude: f64, longitude: f64) -> Result<Point, ApiError> {
+    let at = Point { latitude, longitude };
+    at.validate("site")?;
+    Ok(at)
+}
+
+/// The audit detail of a site's creation or change.
+fn site_detail(at: Point, labels: &Labels) -> String {
+    format!("latitude={} longitude={} labels={}", at.latitude, at.longitude, labels.len())
+}
+
+fn no_site() -> ApiError {
+    ApiError::NotFound("no site with this name; see GET /api/v1/sites".into())
 }
 
 #[derive(Deserialize)]
@@ -94,34 +110,19 @@ pub(super) async fn create_site(
     caller.require(Role::Operator)?;
     validate_name("name", &body.name)?;
     validate_labels("labels", &body.labels)?;
-    let at = Point {
-        latitude: body.latitude,
-        longitude: body.longitude,
-    };
-    at.validate("site")?;
+    let at = location(body.latitude, body.longitude)?;
     let actor = caller.actor();
-    let site = shared
-        .store
-        .run(move |conn| {
-            let tx = conn.transaction()?;
-            let Some(site) = sites::insert(&tx, &body.name, &body.labels, at)? else {
-                return Ok(Err(ApiError::Conflict(format!(
-                    "a site named {:?} exists; change it with PUT /api/v1/sites/{}",
-                    body.name, body.name
-                ))));
-            };
-            let detail = format!(
-                "latitude={} longitude={} labels={}",
-                at.latitude,
-                at.longitude,
-                body.labels.len()
-            );
-            audit::record(&tx, &actor, "site.create", &site.name, &detail)?;
-            tx.commit()?;
-            Ok(Ok(site))
-        })
-        .await??;
-    placement::reconcile_now(&shared).await;
+    let site = change_and_place(&shared, move |tx| {
+        let Some(site) = sites::insert(tx, &body.name, &body.labels, at)? else {
+            return Ok(Err(ApiError::Conflict(format!(
+                "a site named {:?} exists; change it with PUT /api/v1/sites/{}",
+                body.name, body.name
+            ))));
+        };
+        audit::record(tx, &actor, "site.create", &site.name, &site_detail(at, &body.labels))?;
+        Ok(Ok(site))
+    })
+    .await?;
     created(json!({ "site": site }))
 }
 
@@ -141,9 +142,7 @@ pub(super) async fn show_site(
             Ok(Some((site, sites::device_ids(conn, &name)?)))
         })
         .await?;
-    let (site, devices) = found.ok_or_else(|| {
-        ApiError::NotFound("no site with this name; see GET /api/v1/sites".into())
-    })?;
+    let (site, devices) = found.ok_or_else(no_site)?;
     ok(json!({ "site": site, "devices": devices }))
 }
 
@@ -156,34 +155,18 @@ pub(super) async fn update_site(
 ) -> ApiResult {
     caller.require(Role::Operator)?;
     validate_labels("labels", &body.labels)?;
-    let at = Point {
-        latitude: body.latitude,
-        longitude: body.longitude,
-    };
-    at.validate("site")?;
+    let at = location(body.latitude, body.longitude)?;
     let actor = caller.actor();
-    let site = shared
-        .store
-        .run(move |conn| {
-            let tx = conn.transaction()?;
-            let Some(site) = sites::update(&tx, &name, &body.labels, at)? else {
-                return Ok(None);
-            };
-            let detail = format!(
-                "latitude={} longitude={} labels={}",
-                at.latitude,
-                at.longitude,
-                body.labels.len()
-            );
-            audit::record(&tx, &actor, "site.update", &name, &detail)?;
-            tx.commit()?;
-            Ok(Some(site))
-        })
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound("no site with this name; create it with POST /api/v1/sites".into())
-        })?;
-    placement::reconcile_now(&shared).await;
+    let site = change_and_place(&shared, move |tx| {
+        let Some(site) = sites::update(tx, &name, &body.labels, at)? else {
+            return Ok(Err(ApiError::NotFound(
+                "no site with this name; create it with POST /api/v1/sites".into(),
+            )));
+        };
+        audit::record(tx, &actor, "site.update", &name, &site_detail(at, &body.labels))?;
+        Ok(Ok(site))
+    })
+    .await?;
     ok(json!({ "site": site }))
 }
 
@@ -196,27 +179,22 @@ pub(super) async fn delete_site(
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let removed = name.clone();
-    shared
-        .store
-        .run(move |conn| {
-            let tx = conn.transaction()?;
-            if sites::get(&tx, &name)?.is_none() {
-                return Ok(Err(ApiError::NotFound("no site with this name; see GET /api/v1/sites".into())));
-            }
-            let devices = sites::device_ids(&tx, &name)?;
-            if !devices.is_empty() {
-                return Ok(Err(ApiError::Conflict(format!(
-                    "site {name} still has devices ({}); move them first with PUT /api/v1/devices/{{id}}/site",
-                    devices.join(", ")
-                ))));
-            }
-            sites::delete(&tx, &name)?;
-            audit::record(&tx, &actor, "site.delete", &name, "")?;
-            tx.commit()?;
-            Ok(Ok(()))
-        })
-        .await??;
-    placement::reconcile_now(&shared).await;
+    change_and_place(&shared, move |tx| {
+        if sites::get(tx, &name)?.is_none() {
+            return Ok(Err(no_site()));
+        }
+        let devices = sites::device_ids(tx, &name)?;
+        if !devices.is_empty() {
+            return Ok(Err(ApiError::Conflict(format!(
+                "site {name} still has devices ({}); move them first with PUT /api/v1/devices/{{id}}/site",
+                devices.join(", ")
+            ))));
+        }
+        sites::delete(tx, &name)?;
+        audit::record(tx, &actor, "site.delete", &name, "")?;
+        Ok(Ok(()))
+    })
+    .await?;
     ok(json!({ "removed": removed }))
 }
 
@@ -332,27 +310,22 @@ pub(super) async fn set_device_site(
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let device_id = id.clone();
-    shared
-        .store
-        .run(move |conn| {
-            let tx = conn.transaction()?;
-            if let Some(site) = &body.site {
-                if sites::get(&tx, site)?.is_none() {
-                    return Ok(Err(ApiError::BadRequest(format!(
-                        "unknown site {site:?}; create it first (POST /api/v1/sites, cairnctl site create)"
-                    ))));
-                }
+    change_and_place(&shared, move |tx| {
+        if let Some(site) = &body.site {
+            if sites::get(tx, site)?.is_none() {
+                return Ok(Err(ApiError::BadRequest(format!(
+                    "unknown site {site:?}; create it first (POST /api/v1/sites, cairnctl site create)"
+                ))));
             }
-            if !sites::set_device_site(&tx, &id, body.site.as_deref())? {
-                return Ok(Err(ApiError::NotFound("no device with this id".into())));
-            }
-            let detail = format!("site={}", body.site.as_deref().unwrap_or("(none)"));
-            audit::record(&tx, &actor, "device.site", &id, &detail)?;
-            tx.commit()?;
-            Ok(Ok(()))
-        })
-        .await??;
-    placement::reconcile_now(&shared).await;
+        }
+        if !sites::set_device_site(tx, &id, body.site.as_deref())? {
+            return Ok(Err(ApiError::NotFound("no device with this id".into())));
+        }
+        let detail = format!("site={}", body.site.as_deref().unwrap_or("(none)"));
+        audit::record(tx, &actor, "device.site", &id, &detail)?;
+        Ok(Ok(()))
+    })
+    .await?;
     ok(json!({ "device": load_device(&shared, device_id).await? }))
 }
 
@@ -373,25 +346,14 @@ pub(super) async fn set_device_labels(
     validate_labels("labels", &body.labels)?;
     let actor = caller.actor();
     let device_id = id.clone();
-    shared
-        .store
-        .run(move |conn| {
-            let tx = conn.transaction()?;
-            if !sites::set_device_labels(&tx, &id, &body.labels)? {
-                return Ok(Err(ApiError::NotFound("no device with this id".into())));
-            }
-            let keys: Vec<&str> = body.labels.keys().map(String::as_str).collect();
-            audit::record(
-                &tx,
-                &actor,
-                "device.labels",
-                &id,
-                &format!("keys={}", keys.join(",")),
-            )?;
-            tx.commit()?;
-            Ok(Ok(()))
-        })
-        .await??;
-    placement::reconcile_now(&shared).await;
+    change_and_place(&shared, move |tx| {
+        if !sites::set_device_labels(tx, &id, &body.labels)? {
+            return Ok(Err(ApiError::NotFound("no device with this id".into())));
+        }
+        let keys: Vec<&str> = body.labels.keys().map(String::as_str).collect();
+        audit::record(tx, &actor, "device.labels", &id, &format!("keys={}", keys.join(",")))?;
+        Ok(Ok(()))
+    })
+    .await?;
     ok(json!({ "device": load_device(&shared, device_id).await? }))
 }

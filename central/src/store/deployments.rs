@@ -7,7 +7,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::{now_unix, rfc3339, StoreError};
+use super::{json_column, now_unix, rfc3339, StoreError};
 use crate::placement::spec::Placement;
 
 /// A deployment as stored.
@@ -30,14 +30,10 @@ pub struct Deployment {
 }
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
-    let placement: String = row.get(2)?;
-    let placement = serde_json::from_str(&placement).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
-    })?;
     Ok(Deployment {
         name: row.get(0)?,
         compose_yaml: row.get(1)?,
-        placement,
+        placement: json_column(row, 2)?,
         created_by: row.get(3)?,
         created_at: row.get(4)?,
         updated_at: row.get(5)?,

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{now_unix, rfc3339, RolloutDeviceState, RolloutState, StoreError};
+use super::{json_column, now_unix, rfc3339, RolloutDeviceState, RolloutState, StoreError};
 
 /// One rollout.
 #[derive(Debug, Clone, Serialize)]
@@ -99,13 +99,6 @@ pub struct NewRollout {
 const COLUMNS: &str = "id, bundle_sha256, version, selector, waves, wave_count, released_waves, skipped, \
     failure_threshold_percent, health_deadline_seconds, allow_downgrade, state, halt_reason, created_by, \
     created_at, updated_at";
-
-fn json_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Value> {
-    let text: String = row.get(index)?;
-    serde_json::from_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Rollout> {
     Ok(Rollout {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::{now_unix, rfc3339, StoreError};
+use super::{json_column, now_unix, rfc3339, StoreError};
 use crate::placement::geo::Point;
 
 /// A site: a place devices are installed at.
@@ -48,13 +48,6 @@ pub struct Region {
     /// Creation time.
     #[serde(serialize_with = "rfc3339::serialize")]
     pub created_at: i64,
-}
-
-fn json_column<T: serde::de::DeserializeOwned>(row: &Row<'_>, index: usize) -> rusqlite::Result<T> {
-    let text: String = row.get(index)?;
-    serde_json::from_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
 }
 
 fn site_from_row(row: &Row<'_>) -> rusqlite::Result<Site> {
