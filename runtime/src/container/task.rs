@@ -2,7 +2,7 @@
 //! status, and exec for health checks.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::{
@@ -320,15 +320,20 @@ pub async fn exec(
     })?;
     let exec_id = format!("exec-{:08x}", rand::random::<u32>());
     // Closed stdio would make programs that print fail: always give them somewhere to write.
-    let io = format!(
-        "file://{}",
-        output.map_or_else(|| "/dev/null".into(), |p| p.display().to_string())
-    );
+    let stdout = output.map_or_else(|| PathBuf::from("/dev/null"), Path::to_path_buf);
+    // The same file under another spelling for stderr: given one identical URI twice, the shim
+    // (containerd 1.6) shares one writer that the stdout copier closes when it is done, so
+    // stderr still in the pipe was sometimes lost (seen in CI). Two spellings = two O_APPEND
+    // descriptors, each closed by its own copier.
+    let stderr = match (stdout.parent(), stdout.file_name()) {
+        (Some(dir), Some(name)) => dir.join(".").join(name),
+        _ => stdout.clone(),
+    };
     let req = ctr.request(ExecProcessRequest {
         container_id: id.into(),
         exec_id: exec_id.clone(),
-        stdout: io.clone(),
-        stderr: io,
+        stdout: format!("file://{}", stdout.display()),
+        stderr: format!("file://{}", stderr.display()),
         spec: Some(prost_types::Any {
             type_url: PROCESS_TYPE_URL.into(),
             value,
