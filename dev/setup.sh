@@ -19,6 +19,9 @@ packages=(
   # central's web console test: headless Debian Chromium driven by playwright-core from npm
   # (central/tests/console.rs installs the pinned playwright-core under target/console-test)
   chromium nodejs
+  # central's second store: the whole central suite also runs on PostgreSQL
+  # (dev/test-postgres.sh starts a throwaway cluster for it)
+  postgresql
 )
 # Debian's nodejs comes without npm; NodeSource's nodejs bundles it and conflicts with the
 # Debian npm package, so ask for npm only when the command is missing.
@@ -45,3 +48,5 @@ else
   echo "setup: all ${#packages[@]} packages present"
 fi
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+# The throwaway PostgreSQL cluster central's tests use (idempotent; prints its URL).
+bash "$here/test-postgres.sh" >/dev/null

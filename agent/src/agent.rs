@@ -71,6 +71,10 @@ pub struct Agent {
     pub(crate) status: StatusReporter,
     pub(crate) desired: watch::Sender<Option<Arc<DesiredState>>>,
     pub(crate) sink: Arc<dyn DesiredStateSink>,
+    /// Events waiting for the Sync stream.
+    pub(crate) events: Arc<crate::events::EventQueue>,
+    /// Host metrics for heartbeats (keeps the previous CPU counters).
+    pub(crate) host: std::sync::Mutex<crate::host_metrics::HostSampler>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -117,6 +121,8 @@ impl Agent {
                 status: StatusReporter::new(state.clone()),
                 desired: watch::Sender::new(desired.map(Arc::new)),
                 sink: Arc::new(RecordOnlySink),
+                events: Arc::new(crate::events::EventQueue::default()),
+                host: std::sync::Mutex::new(crate::host_metrics::HostSampler::new(config.metrics_mounts.clone())),
                 config,
                 state,
                 key,
@@ -153,6 +159,11 @@ impl Agent {
     /// The state directory.
     pub fn state(&self) -> &StateDir {
         &self.state
+    }
+
+    /// The queue of events waiting to be sent to central.
+    pub fn events(&self) -> &Arc<crate::events::EventQueue> {
+        &self.events
     }
 
     /// Follows the status (the same content as `status.json`).
@@ -229,6 +240,7 @@ impl Agent {
             );
             self.sink.apply(&desired);
         }
+        self.queue_start_events().await;
         let revision = self.held_revision();
         let mut current = self.load_identity().await?;
         self.status
@@ -343,6 +355,43 @@ impl Agent {
                 return Ok(());
             }
         }
+    }
+
+    /// Queue `agent.started`, and `data.unlock` with the outcome `cairn-agent unlock` wrote at
+    /// this boot (when the data partition is managed and the file is there).
+    async fn queue_start_events(&self) {
+        use cairn_proto::v1::EventSeverity;
+        self.events.push(
+            "agent.started",
+            EventSeverity::Info,
+            &format!("cairn-agent {} started", env!("CARGO_PKG_VERSION")),
+        );
+        if !self.config.disk.enabled {
+            return;
+        }
+        let path = self.config.disk.lock_status.clone();
+        let read = blocking(move || std::fs::read(&path)).await;
+        let status: crate::data::LockStatus = match read.map(|b| serde_json::from_slice(&b)) {
+            Ok(Ok(status)) => status,
+            Ok(Err(e)) => {
+                warn!(path = %self.config.disk.lock_status.display(), error = %e, "the data unlock status does not parse; not reported");
+                return;
+            }
+            Err(_) => return,
+        };
+        let severity = match status.state.as_str() {
+            "locked" => EventSeverity::Error,
+            "recovered" => EventSeverity::Warning,
+            _ => EventSeverity::Info,
+        };
+        let mut message = format!("data partition {}", status.state);
+        if let Some(reason) = &status.reason {
+            message.push_str(&format!(": {reason}"));
+        }
+        if !status.changed_pcrs.is_empty() {
+            message.push_str(&format!(" (changed PCRs: {})", status.changed_pcrs.join(", ")));
+        }
+        self.events.push("data.unlock", severity, &message);
     }
 
     async fn revoked(&self, reason: &str) {

@@ -91,6 +91,10 @@ pub struct AgentConfig {
     /// OS updates from central's rollouts (`[update]`; off unless `enabled`).
     #[serde(default)]
     pub update: crate::update::UpdateConfig,
+    /// Mount points whose file-system usage heartbeats report (those that do not exist are
+    /// skipped).
+    #[serde(default = "default_metrics_mounts")]
+    pub metrics_mounts: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -119,6 +123,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("boot", &self.boot)
             .field("apps", &self.apps)
             .field("update", &self.update)
+            .field("metrics_mounts", &self.metrics_mounts)
             .finish()
     }
 }
@@ -134,6 +139,9 @@ fn default_backoff_max_ms() -> u64 {
 }
 fn default_renew_fraction() -> f64 {
     0.33
+}
+fn default_metrics_mounts() -> Vec<PathBuf> {
+    vec!["/".into(), "/data".into()]
 }
 
 /// Why the configuration could not be used.
@@ -230,6 +238,7 @@ impl AgentConfig {
             boot: crate::boot::BootConfig::default(),
             apps: crate::apps::AppsConfig::default(),
             update: crate::update::UpdateConfig::default(),
+            metrics_mounts: default_metrics_mounts(),
         }
     }
 
@@ -319,6 +328,12 @@ impl AgentConfig {
                     self.backoff_max_ms, self.backoff_initial_ms
                 ),
             ));
+        }
+        if self.metrics_mounts.len() > 16 {
+            return Err(invalid("metrics_mounts", format!("lists {} mount points; keep it to 16", self.metrics_mounts.len())));
+        }
+        if let Some(bad) = self.metrics_mounts.iter().find(|m| m.is_relative()) {
+            return Err(invalid("metrics_mounts", format!("{bad:?} is not an absolute path")));
         }
         let f = self.renew_when_remaining_fraction;
         if !(f > 0.0 && f < 1.0) {

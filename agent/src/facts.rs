@@ -138,15 +138,7 @@ pub fn os_pretty_name(path: &Path) -> String {
 }
 
 fn parse_pretty_name(text: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let value = line.trim().strip_prefix("PRETTY_NAME=")?;
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-            .unwrap_or(value);
-        Some(value.replace("\\\"", "\""))
-    })
+    crate::update::system::os_release_value(text, "PRETTY_NAME")
 }
 
 #[cfg(test)]

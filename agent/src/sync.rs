@@ -269,8 +269,32 @@ impl Agent {
                 facts: Some(self.facts.to_proto()),
                 apps: self.sink.observed_apps(),
                 os: self.sink.observed_os(),
+                host: Some(self.host.lock().unwrap_or_else(|p| p.into_inner()).sample()),
             })),
         }
+    }
+
+    /// Move queued events onto the stream while it has room; the rest wait for the next call.
+    fn send_queued_events(&self, tx: &mpsc::Sender<AgentMessage>) {
+        while let Ok(permit) = tx.try_reserve() {
+            let Some(event) = self.events.pop() else { return };
+            debug!(kind = %event.kind, "event sent");
+            permit.send(AgentMessage { kind: Some(agent_message::Kind::Event(event)) });
+        }
+    }
+
+    /// Read the requested log lines off the session's loop and send the reply on the stream.
+    fn spawn_log_reply(&self, request: cairn_proto::v1::LogRequest, tx: mpsc::Sender<AgentMessage>) {
+        let mut runtime = cairn_runtime::container::RuntimeConfig::new(self.config.apps.data_dir(&self.config.state_dir));
+        runtime.runc_root = self.config.apps.runc_root.clone();
+        let journalctl = std::path::PathBuf::from("journalctl");
+        tokio::spawn(async move {
+            let reply = crate::log_requests::answer(runtime, journalctl, request).await;
+            let message = AgentMessage { kind: Some(agent_message::Kind::Reply(reply)) };
+            if tokio::time::timeout(REQUEST_TIMEOUT, tx.send(message)).await.is_err() {
+                warn!("a log reply could not be sent: the stream to central is backed up");
+            }
+        }.in_current_span());
     }
 
     /// Stores a newer desired state, publishes it and hands it to the sink; older or equal
@@ -375,10 +399,12 @@ impl Agent {
         );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let report_now = self.sink.report_now().unwrap_or_default();
+        self.send_queued_events(&tx);
         loop {
             tokio::select! {
                 _ = shutdown.triggered() => return SessionEnd::Shutdown,
                 _ = report_now.notified() => ticker.reset_immediately(),
+                _ = self.events.added() => self.send_queued_events(&tx),
                 _ = ticker.tick() => {
                     let now = time::OffsetDateTime::now_utc();
                     if Instant::now() >= renew_allowed_after
@@ -393,6 +419,8 @@ impl Agent {
                         )), stable(heard_from_central));
                     }
                     seq += 1;
+                    // Events left over because the stream was backed up go out with the tick.
+                    self.send_queued_events(&tx);
                     match tx.try_send(self.heartbeat(seq)) {
                         Ok(()) => debug!(seq, "heartbeat queued"),
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -423,6 +451,7 @@ impl Agent {
                             }
                         }
                         Some(central_message::Kind::Ack(ack)) => debug!(seq = ack.seq, "heartbeat acknowledged"),
+                        Some(central_message::Kind::Logs(request)) => self.spawn_log_reply(request, tx.clone()),
                         None => debug!("empty message from central ignored"),
                     }
                 }

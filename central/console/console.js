@@ -258,8 +258,38 @@
 
   // ---- device ----
 
+  const pct = (value) => (value === null || value === undefined ? '—' : `${value.toFixed(1)} %`);
+
+  function bytesText(n) {
+    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+    let value = n;
+    let unit = 0;
+    while (value >= 1024 && unit < units.length - 1) {
+      value /= 1024;
+      unit += 1;
+    }
+    return unit ? `${value.toFixed(1)} ${units[unit]}` : `${n} B`;
+  }
+
+  // The latest host metrics (device.host, null before the device's first report to central).
+  function hostFacts(h) {
+    if (!h) return el('p', { class: 'muted', id: 'device-host' }, 'no host metrics reported yet');
+    return facts('device-host', [
+      ['reported_at', 'Reported', h.reported_at],
+      ['cpu_percent', 'CPU', pct(h.cpu_percent)],
+      ['load1', 'Load (1 min)', h.load1.toFixed(2)],
+      ['memory', 'Memory', `${pct(h.memory_used_percent)} of ${bytesText(h.memory_total_bytes)}`],
+      ...h.filesystems.map((fs) => [`disk:${fs.mount_point}`, `Disk ${fs.mount_point}`, `${pct(fs.used_percent)} of ${bytesText(fs.total_bytes)}`]),
+      ['max_temperature_celsius', 'Hottest sensor',
+        h.max_temperature_celsius === null ? '—' : `${h.max_temperature_celsius.toFixed(1)} °C`],
+      ['uptime_seconds', 'Up', `${Math.floor(h.uptime_seconds / 3600)} h ${Math.floor((h.uptime_seconds % 3600) / 60)} min`],
+    ]);
+  }
+
+  const severityKind = (s) => ({ info: '', warning: 'warn', error: 'bad' })[s] ?? '';
+
   async function devicePage(id) {
-    const [{ device: d }, apps] = await Promise.all([api(`/devices/${enc(id)}`), api(`/devices/${enc(id)}/apps`)]);
+    const [{ device: d, events }, apps] = await Promise.all([api(`/devices/${enc(id)}`), api(`/devices/${enc(id)}/apps`)]);
     let audit;
     try {
       const { events } = await api('/audit?limit=500');
@@ -307,6 +337,12 @@
       el('h2', {}, 'Apps'),
       el('p', { class: 'muted' }, apps.reported_at ? `reported ${apps.reported_at} (revision ${apps.reported_revision})` : 'no app report yet'),
       table(['App', 'Generation', 'Service', 'State', 'Detail'], serviceRows, { id: 'device-apps' }),
+      el('h2', {}, 'Host'),
+      hostFacts(d.host),
+      el('h2', {}, 'Recent events'),
+      table(['When', 'Severity', 'Kind', 'Message'], [...(events || [])].reverse().map((e) => el('tr', { 'data-kind': e.kind },
+        el('td', {}, e.at), el('td', {}, pill(e.severity, severityKind(e.severity))), el('td', {}, e.kind), el('td', {}, e.message))),
+      { id: 'device-events' }),
       el('h2', {}, 'Recent audit entries'),
       audit,
     ];

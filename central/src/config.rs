@@ -77,6 +77,22 @@ pub struct CentralConfig {
     /// deployment to another device of its site.
     #[serde(default = "default_placement_grace")]
     pub placement_offline_grace_seconds: u64,
+    /// PostgreSQL registry shared by several central replicas
+    /// (`postgres://user:password@host:port/database`; keep this file 0600, it holds the
+    /// password). Unset: the embedded SQLite database in `data_dir`. Replicas also share one
+    /// `data_dir` (the CA key, escrow key and bundles live there), e.g. on a shared volume.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// How many events the registry keeps (the oldest are pruned beyond this).
+    #[serde(default = "default_events_keep")]
+    pub events_keep: u64,
+    /// How long a logs-on-demand request waits for the device's answer.
+    #[serde(default = "default_log_request_timeout")]
+    pub log_request_timeout_seconds: u64,
+    /// With `database_url`: a device whose stream is on another replica counts as online while
+    /// its last heartbeat (written by that replica every `presence_flush_ms`) is this recent.
+    #[serde(default = "default_remote_presence")]
+    pub remote_presence_seconds: u64,
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -108,6 +124,17 @@ fn default_placement_grace() -> u64 {
     60
 }
 
+fn default_events_keep() -> u64 {
+    100_000
+}
+
+fn default_log_request_timeout() -> u64 {
+    15
+}
+fn default_remote_presence() -> u64 {
+    45
+}
+
 /// Smallest `max_bundle_bytes` allowed: a signed bundle is never smaller.
 pub const MIN_BUNDLE_BYTES: u64 = 4096;
 
@@ -127,6 +154,10 @@ impl CentralConfig {
             update_keyring: None,
             update_compatible: None,
             placement_offline_grace_seconds: default_placement_grace(),
+            database_url: None,
+            events_keep: default_events_keep(),
+            log_request_timeout_seconds: default_log_request_timeout(),
+            remote_presence_seconds: default_remote_presence(),
         }
     }
 
@@ -182,6 +213,33 @@ impl CentralConfig {
                 problem: format!("is {}; use 1 to 604800 (a week); the default is 60", self.placement_offline_grace_seconds),
             });
         }
+        if let Some(url) = &self.database_url {
+            let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
+            if !scheme_ok || url.parse::<postgres::Config>().is_err() {
+                return Err(ConfigError::Invalid {
+                    field: "database_url",
+                    problem: "is not a PostgreSQL URL; use postgres://user:password@host:port/database".into(),
+                });
+            }
+        }
+        if !(5..=3600).contains(&self.remote_presence_seconds) {
+            return Err(ConfigError::Invalid {
+                field: "remote_presence_seconds",
+                problem: format!("is {}; use 5 to 3600 (the default is 45)", self.remote_presence_seconds),
+            });
+        }
+        if !(100..=100_000_000).contains(&self.events_keep) {
+            return Err(ConfigError::Invalid {
+                field: "events_keep",
+                problem: format!("is {}; use 100 to 100000000 (the default is 100000)", self.events_keep),
+            });
+        }
+        if !(1..=300).contains(&self.log_request_timeout_seconds) {
+            return Err(ConfigError::Invalid {
+                field: "log_request_timeout_seconds",
+                problem: format!("is {}; use 1 to 300 (the default is 15)", self.log_request_timeout_seconds),
+            });
+        }
         if let Some(keyring) = &self.update_keyring {
             if !keyring.is_file() {
                 return Err(ConfigError::Invalid {
@@ -220,6 +278,17 @@ mod tests {
     fn unknown_field_is_named() {
         let err = toml::from_str::<CentralConfig>("data_dir = \"/x\"\ngrpc_port = 1\n").unwrap_err();
         assert!(err.to_string().contains("grpc_port"), "{err}");
+    }
+
+    #[test]
+    fn database_url_is_checked_and_never_echoed() {
+        let mut c = CentralConfig::with_data_dir("/x");
+        c.database_url = Some("mysql://root:hunter2@db/cairn".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("database_url") && !err.contains("hunter2"), "{err}");
+        c.database_url = Some("postgres://cairn:hunter2@127.0.0.1:5432/cairn".into());
+        c.validate().unwrap();
+        assert_eq!(crate::store::redact_url(c.database_url.as_deref().unwrap()), "postgres://cairn@127.0.0.1/cairn");
     }
 
     #[test]

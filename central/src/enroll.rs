@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cairn_proto::v1::HardwareFacts;
-use rusqlite::Connection;
+use crate::store::db::{Connection, OptionalExtension};
 
 use crate::ca::{verify_csr, CaError, FleetCa, IssuedCertificate, VerifiedCsr};
 use crate::store::devices::{self, DeviceFacts};
@@ -215,6 +215,18 @@ pub fn enroll(
             facts.key_storage
         ),
     )?;
+    let message = format!(
+        "enrolled with token {} ({} policy) as {}; serial {:?}, key in {}",
+        token.id,
+        token.policy.as_str(),
+        status.as_str(),
+        facts.serial,
+        facts.key_storage
+    );
+    crate::store::events::insert(
+        &tx,
+        &crate::store::events::NewEvent::now(Some(&device_id), "device.enrolled", crate::store::events::Severity::Info, message),
+    )?;
     let outcome = match status {
         DeviceStatus::Active => {
             let cert = issue(&tx, ca, &device_id, csr, cert_lifetime_seconds)?;
@@ -242,8 +254,7 @@ pub fn renew(
             [device_id],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .map(Some)
-        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
+        .optional()
         .map_err(StoreError::from)?;
     let (enrolled_key, status) =
         key_sha256.ok_or_else(|| EnrollError::Unauthenticated(format!("unknown device {device_id}")))?;

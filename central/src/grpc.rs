@@ -19,7 +19,9 @@ use crate::bundles::is_sha256_hex;
 use crate::ca::verify_csr;
 use crate::store::bundles::{self as store_bundles, Bundle};
 use crate::enroll::{self, EnrollError, EnrollOutcome};
-use crate::sessions::AppsReport;
+use crate::store::events::Severity;
+use crate::events::{TokenBucket, AGENT_EVENTS_PER_SECOND, AGENT_EVENT_BURST};
+use crate::sessions::{AppsReport, HostReport};
 use crate::store::apps as store_apps;
 use crate::escrow::{valid_luks_uuid, valid_recovery_key_format};
 use crate::store::recovery_keys::{self, SealedRecoveryKey};
@@ -164,7 +166,21 @@ pub fn desired_state(
     }
 }
 
-/// A desired state as a message on the Sync stream.
+/// A device's whole desired state as stored (None: no such device).
+pub async fn load_desired(shared: &Shared, device_id: &str) -> Result<Option<DesiredState>, StoreError> {
+    let id = device_id.to_owned();
+    shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let Some(device) = devices::get(&tx, &id)? else { return Ok(None) };
+            let apps = store_apps::list(&tx, &id)?;
+            Ok(Some(desired_state(device.desired_revision, device.config, apps, device.desired_os)))
+        })
+        .await
+}
+
+/// The message carrying a desired state on a device's stream.
 pub fn desired_message(desired: DesiredState) -> CentralMessage {
     CentralMessage { kind: Some(central_message::Kind::Desired(desired)) }
 }
@@ -189,6 +205,31 @@ fn bounded_app_status(mut apps: Vec<AppStatus>) -> Vec<AppStatus> {
         }
     }
     apps
+}
+
+/// Most file systems and temperature sensors central keeps from one heartbeat.
+const MAX_REPORTED_FILESYSTEMS: usize = 16;
+const MAX_REPORTED_SENSORS: usize = 32;
+
+/// The host metrics of a heartbeat, bounded like the app status; non-finite numbers dropped.
+fn bounded_host_metrics(mut host: cairn_proto::v1::HostMetrics) -> cairn_proto::v1::HostMetrics {
+    use cairn_proto::truncate_status_text as cut;
+    host.cpu_percent = host.cpu_percent.filter(|p| p.is_finite()).map(|p| p.clamp(0.0, 100.0));
+    if !host.load1.is_finite() || host.load1 < 0.0 {
+        host.load1 = 0.0;
+    }
+    host.memory_available_bytes = host.memory_available_bytes.min(host.memory_total_bytes);
+    host.filesystems.truncate(MAX_REPORTED_FILESYSTEMS);
+    for fs in &mut host.filesystems {
+        fs.mount_point = cut(&fs.mount_point, MAX_REPORTED_NAME_BYTES);
+        fs.used_bytes = fs.used_bytes.min(fs.total_bytes);
+    }
+    host.temperatures.retain(|t| t.celsius.is_finite());
+    host.temperatures.truncate(MAX_REPORTED_SENSORS);
+    for t in &mut host.temperatures {
+        t.sensor = cut(&t.sensor, MAX_REPORTED_NAME_BYTES);
+    }
+    host
 }
 
 #[tonic::async_trait]
@@ -222,16 +263,7 @@ impl Agent for AgentService {
         // Register before reading the desired state: a change committed in between is then
         // pushed on this stream too (the agent ignores a revision it already holds).
         let session_id = shared.sessions.register(&device_id, tx.clone());
-        let id = device_id.clone();
-        let loaded = shared
-            .store
-            .run(move |conn| {
-                let tx = conn.transaction()?;
-                let Some(device) = devices::get(&tx, &id)? else { return Ok(None) };
-                let apps = store_apps::list(&tx, &id)?;
-                Ok(Some(desired_state(device.desired_revision, device.config, apps, device.desired_os)))
-            })
-            .await;
+        let loaded = load_desired(&shared, &device_id).await;
         let desired = match loaded {
             Ok(Some(desired)) => desired,
             Ok(None) => {
@@ -248,21 +280,35 @@ impl Agent for AgentService {
             .map_err(|_| Status::cancelled("stream closed"))?;
         shared.sessions.saw(&device_id, now_unix());
         span.in_scope(|| tracing::info!("agent connected"));
+        crate::events::record(&shared, Some(&device_id), "device.connected", Severity::Info, "sync stream opened");
         shared.placement.wake();
         tokio::spawn(
             async move {
+                // Requests made while the device was away (or on another replica) go out now.
+                crate::logs::deliver_pending(&shared, &device_id).await;
+                let mut event_bucket = TokenBucket::new(AGENT_EVENT_BURST, AGENT_EVENTS_PER_SECOND);
+                let mut warned_invalid = false;
+                let mut warned_rate = false;
+                let mut end_reason = "the agent closed the stream".to_owned();
                 loop {
                     match inbound.message().await {
                         Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(hb)) })) => {
                             shared.sessions.saw(&device_id, now_unix());
-                            shared.sessions.report_apps(
+                            let apps = bounded_app_status(hb.apps);
+                            let previous = shared.sessions.report_apps(
                                 &device_id,
                                 AppsReport {
                                     at: now_unix(),
                                     desired_revision: hb.desired_revision,
-                                    apps: bounded_app_status(hb.apps),
+                                    apps: apps.clone(),
                                 },
                             );
+                            for event in crate::events::app_transitions(&device_id, previous.as_deref().map(|p| p.apps.as_slice()), &apps) {
+                                shared.events.push(event);
+                            }
+                            if let Some(host) = hb.host {
+                                shared.sessions.report_host(&device_id, HostReport { at: now_unix(), metrics: bounded_host_metrics(host) });
+                            }
                             if let Some(os) = hb.os {
                                 crate::rollout::engine::on_heartbeat(&shared, &device_id, os).await;
                             }
@@ -271,16 +317,39 @@ impl Agent for AgentService {
                                 break;
                             }
                         }
+                        Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Event(event)) })) => {
+                            if !event_bucket.try_take() {
+                                shared.events.rejected_rate.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                if !std::mem::replace(&mut warned_rate, true) {
+                                    tracing::warn!("agent sends events faster than the per-stream limit; dropping the excess (counted in cairn_events_dropped_total)");
+                                }
+                                continue;
+                            }
+                            match crate::events::from_agent(&device_id, event, crate::store::events::now_unix_ms()) {
+                                Ok(event) => shared.events.push(event),
+                                Err(problem) => {
+                                    shared.events.rejected_invalid.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    if !std::mem::replace(&mut warned_invalid, true) {
+                                        tracing::warn!(%problem, "refused an agent event (further ones on this stream are only counted)");
+                                    }
+                                }
+                            }
+                        }
+                        Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Reply(reply)) })) => {
+                            crate::logs::on_reply(&shared, &device_id, reply).await;
+                        }
                         Ok(Some(_)) => tracing::debug!("ignoring an empty agent message"),
                         Ok(None) => break,
                         Err(status) => {
                             tracing::info!(error = %status.message(), "agent stream ended with an error");
+                            end_reason = format!("stream ended: {}", cairn_proto::truncate_status_text(status.message(), 256));
                             break;
                         }
                     }
                 }
                 shared.sessions.unregister(&device_id, session_id);
                 tracing::info!("agent disconnected");
+                crate::events::record(&shared, Some(&device_id), "device.disconnected", Severity::Info, end_reason);
                 shared.placement.wake();
             }
             .instrument(span),

@@ -8,9 +8,13 @@ pub mod ca;
 pub mod config;
 pub mod enroll;
 pub mod escrow;
+pub mod events;
 pub mod files;
 pub mod grpc;
+pub mod logs;
+pub mod metrics;
 pub mod placement;
+pub mod replicas;
 pub mod rollout;
 pub mod sessions;
 pub mod store;
@@ -42,6 +46,29 @@ pub struct Shared {
     pub bundles: bundles::BundleFiles,
     /// The deployment scheduler's clock and wake-up signal.
     pub placement: placement::Scheduler,
+    /// Events waiting for the batch writer, and drop counters.
+    pub events: events::EventBuffer,
+    /// REST request counters for `/metrics`.
+    pub rest_metrics: metrics::RestMetrics,
+    /// Nudges to other central replicas on the same PostgreSQL database (inert on SQLite).
+    pub bus: replicas::Bus,
+}
+
+impl Shared {
+    /// Send a device its new desired state: on its stream if it is connected here, else
+    /// through the other replicas (one of them may hold its stream); an offline device gets
+    /// it when it reconnects.
+    pub async fn deliver(&self, device_id: &str, desired: cairn_proto::v1::DesiredState) {
+        if !self.sessions.push(device_id, grpc::desired_message(desired)).await {
+            self.bus.announce(replicas::Nudge::Desired, device_id);
+        }
+    }
+
+    /// End a revoked device's stream, wherever it is connected.
+    pub fn cut_off(&self, device_id: &str) {
+        self.sessions.close(device_id, tonic::Status::permission_denied(format!("device {device_id} is revoked")));
+        self.bus.announce(replicas::Nudge::Revoked, device_id);
+    }
 }
 
 /// Why central could not start.
@@ -121,11 +148,21 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = store::Store::open(&config.data_dir.join("registry.sqlite3"))?;
+    // On the blocking pool: PostgreSQL's sync client runs its own runtime, which must not be
+    // entered from this async task (SQLite's open and migrations block on the disk as well).
+    let store = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || match &config.database_url {
+            Some(url) => store::Store::open_postgres(url),
+            None => store::Store::open(&config.data_dir.join("registry.sqlite3")),
+        })
+        .await
+        .map_err(|e| store::StoreError::Worker(e.to_string()))??
+    };
     let ca = Arc::new(ca::FleetCa::load_or_create(&config.data_dir)?);
     let escrow = escrow::EscrowKey::load_or_create(&config.data_dir)?;
     let bundles = bundles::BundleFiles::open(&config)?;
-    bootstrap_admin_token(&config, &store)?;
+    bootstrap_admin_token(&config, &store).await?;
     let (server_cert, server_key) = ca.issue_server_certificate(&config.server_names)?;
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
@@ -138,7 +175,15 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     let rest_addr = rest_listener.local_addr().map_err(|source| StartError::Bind { addr: config.rest_listen, source })?;
 
     let placement = placement::Scheduler::new(Duration::from_secs(config.placement_offline_grace_seconds));
+    let bus = replicas::Bus::new(&store);
+    let listening = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || replicas::listen(&store))
+            .await
+            .map_err(|e| store::StoreError::Worker(e.to_string()))??
+    };
     let shared = Arc::new(Shared {
+        bus,
         placement,
         config,
         store,
@@ -146,6 +191,8 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         sessions: sessions::Sessions::default(),
         escrow,
         bundles,
+        events: events::EventBuffer::default(),
+        rest_metrics: metrics::RestMetrics::default(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![
@@ -158,6 +205,8 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         )),
         tokio::spawn(rollout::engine::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(placement::run(shared.clone(), shutdown_rx.clone())),
+        tokio::spawn(replicas::run(shared.clone(), listening, shutdown_rx.clone())),
+        tokio::spawn(events::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_presence(shared.clone(), shutdown_rx)),
     ];
     tracing::info!(%grpc_addr, %rest_addr, "central serving");
@@ -181,9 +230,9 @@ impl Central {
 
 /// Create an admin API token on first start and write its secret to `admin.token` (0600); only
 /// the path is logged.
-fn bootstrap_admin_token(config: &CentralConfig, store: &store::Store) -> Result<(), StartError> {
+async fn bootstrap_admin_token(config: &CentralConfig, store: &store::Store) -> Result<(), StartError> {
     let path = admin_token_path(config);
-    store.run_blocking(|conn| {
+    store.run(move |conn| {
         if store::tokens::has_admin_token(conn)? {
             return Ok(());
         }
@@ -195,7 +244,8 @@ fn bootstrap_admin_token(config: &CentralConfig, store: &store::Store) -> Result
         tx.commit()?;
         tracing::info!(path = %path.display(), "wrote the bootstrap admin API token (mode 0600)");
         Ok(())
-    })?;
+    })
+    .await?;
     Ok(())
 }
 

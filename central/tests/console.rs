@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use cairn_image::bundle::{make_bundle, BundleSpec};
 use cairn_image::keys;
 use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, CentralMessage, DesiredState, Heartbeat,
-    OsStatus, OsUpdatePhase,
+    agent_message, central_message, AgentMessage, CentralMessage, DesiredState, FilesystemUsage, Heartbeat,
+    HostMetrics, OsStatus, OsUpdatePhase, TemperatureReading,
 };
 use cairn_testsupport::central::{config_in, TestCentral};
 use cairn_testsupport::require_tool;
@@ -124,6 +124,15 @@ impl Device {
         let heartbeat = Heartbeat {
             seq,
             os: Some(os),
+            host: Some(HostMetrics {
+                cpu_percent: Some(12.34),
+                load1: 0.5,
+                memory_total_bytes: 2 << 30,
+                memory_available_bytes: 1 << 29,
+                filesystems: vec![FilesystemUsage { mount_point: "/data".into(), used_bytes: 90, total_bytes: 100 }],
+                temperatures: vec![TemperatureReading { sensor: "thermal_zone0".into(), celsius: 48.0 }],
+                uptime_seconds: 7260,
+            }),
             ..Default::default()
         };
         let message = AgentMessage {

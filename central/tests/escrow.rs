@@ -30,8 +30,43 @@ fn stored_bytes(central: &TestCentral) -> Vec<u8> {
             all.extend(std::fs::read(&path).unwrap());
         }
     }
-    assert!(names.iter().any(|n| n == "registry.sqlite3"), "no database among {names:?}");
+    match &central.config.database_url {
+        None => assert!(names.iter().any(|n| n == "registry.sqlite3"), "no database among {names:?}"),
+        Some(url) => all.extend(postgres_bytes(url)),
+    }
     all
+}
+
+/// Every value of every table of the PostgreSQL registry, raw (text as UTF-8, bytes as is).
+fn postgres_bytes(url: &str) -> Vec<u8> {
+    use cairn_central::store::db::{params, Value};
+    let url = url.to_owned();
+    // On a plain thread: the sync client must not run inside the test's runtime.
+    std::thread::spawn(move || {
+        let conn = cairn_central::store::connect_postgres(&url).unwrap();
+        let tables: Vec<String> = conn
+            .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'", params![])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0).unwrap())
+            .collect();
+        assert!(tables.iter().any(|t| t == "recovery_keys"), "no registry tables among {tables:?}");
+        let mut all = Vec::new();
+        for table in tables {
+            for row in conn.query(&format!("SELECT * FROM {table}"), params![]).unwrap() {
+                for i in 0..row.len() {
+                    match row.get::<_, Value>(i).unwrap() {
+                        Value::Text(t) => all.extend(t.into_bytes()),
+                        Value::Blob(b) => all.extend(b),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        all
+    })
+    .join()
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -604,6 +604,23 @@ async fn canary_failure_halts_and_abort_calls_off() {
     );
     assert_eq!(r["released_waves"], 1, "no further wave");
     assert_eq!(device_state(&r, &canary_id), "failed");
+    // The event log has the halt (fleet-wide) and the canary's phase change.
+    let halted = central.admin_call("GET", "/api/v1/events?kind=rollout.halted", None);
+    assert_eq!(halted["events"].as_array().unwrap().len(), 1, "{halted}");
+    assert_eq!(halted["events"][0]["severity"], "error");
+    assert!(halted["events"][0]["device_id"].is_null());
+    assert!(halted["events"][0]["message"].as_str().unwrap().contains(&format!("rollout {id} halted")), "{halted}");
+    let mut phases = Value::Null;
+    for _ in 0..100 {
+        phases = central.admin_call("GET", &format!("/api/v1/events?kind=os.update&device={canary_id}"), None);
+        if !phases["events"].as_array().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let message = phases["events"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("idle -> failed") && message.contains("containerd did not start"), "{phases}");
+    assert_eq!(phases["events"][0]["severity"], "error");
 
     let (status, body) = central.call(
         &central.admin,

@@ -12,6 +12,7 @@ use thiserror::Error;
 pub mod app;
 pub mod bundle;
 pub mod deployment;
+pub mod observe;
 pub mod region;
 pub mod rollout;
 pub mod site;
@@ -101,6 +102,11 @@ pub enum Command {
     /// Enrolled devices.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// The event log: devices enrolled, connected, apps changing state, OS updates, agent
+    /// reports.
+    Events(observe::EventsArgs),
+    /// The last lines of a device's app service log, or of its agent's journal (operator).
+    Logs(observe::LogsArgs),
     /// Devices pre-registered by serial or TPM EK hash, for 'claim' enrollment tokens.
     #[command(subcommand)]
     Claim(ClaimCommand),
@@ -166,6 +172,8 @@ pub enum TokenCommand {
 pub enum DeviceCommand {
     /// List devices.
     List,
+    /// Devices with their latest host metrics (CPU, memory, disk, temperature), busiest first.
+    Top,
     /// Show every field of one device.
     Show {
         /// Device id (dev_...).
@@ -320,6 +328,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
     match cli.command {
         Command::Token(command) => run_token(&client, command, json, out),
         Command::Device(command) => run_device(&client, command, json, out),
+        Command::Events(args) => observe::run_events(&client, args, json, out),
+        Command::Logs(args) => observe::run_logs(&client, args, json, out),
         Command::Claim(command) => run_claim(&client, command, json, out),
         Command::ApiToken(command) => run_api_token(&client, command, json, out),
         Command::App(command) => app::run_app(&client, command, json, out),
@@ -386,10 +396,12 @@ fn run_device(
                 output::device_table(&list.devices)
             })
         }
+        DeviceCommand::Top => observe::run_top(client, json, out),
         DeviceCommand::Show { id } => {
             let reply = client.get_device(&id)?;
+            let extra = observe::device_show_extra(&reply.body);
             emit(out, json, &reply, |shown| {
-                output::device_details(&shown.device)
+                output::device_details(&shown.device) + &extra
             })
         }
         DeviceCommand::Approve { id } => {

@@ -22,7 +22,7 @@ use crate::input::{self, InputError};
 use crate::model::{
     ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, BundleList, BundleRemoved, BundleUploaded, ClaimList, ClaimReply,
     CreateApiToken, CreateClaim, CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken,
-    DeviceList, DeviceReply, EnrollmentTokenList, EnrollmentTokenReply, ErrorBody, PutApp,
+    DeviceHostList, DeviceList, DeviceLogs, DeviceObserved, DeviceReply, EnrollmentTokenList, EventList, EnrollmentTokenReply, ErrorBody, PutApp,
     RecoveryKeyReply, CreateRollout, RolloutCreated, RolloutList, RolloutReply,
 };
 use crate::output::printable;
@@ -32,6 +32,10 @@ pub const DEFAULT_CENTRAL: &str = "https://127.0.0.1:7444";
 
 /// Deadline of one request, from connecting to reading the last byte of the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline of a logs request: central waits for the device up to its
+/// `log_request_timeout_seconds` (at most 300 s).
+pub const LOGS_TIMEOUT: Duration = Duration::from_secs(320);
 
 /// Deadline of a bundle upload (bundles are up to a few GiB).
 pub const BUNDLE_UPLOAD_TIMEOUT: Duration = Duration::from_secs(2 * 3600);
@@ -455,6 +459,34 @@ impl Client {
     pub fn rollout_action(&self, id: &str, action: &str) -> Result<Reply<RolloutReply>, CtlError> {
         let id = checked_id(id)?;
         self.post::<(), _>(&format!("/api/v1/rollouts/{id}/{action}"), None)
+    }
+
+    /// `GET /api/v1/devices` read for host metrics (`cairnctl device top`).
+    pub fn list_device_hosts(&self) -> Result<Reply<DeviceHostList>, CtlError> {
+        self.get("/api/v1/devices", &[])
+    }
+
+    /// `GET /api/v1/devices/{id}` read for host metrics and events.
+    pub fn get_device_observed(&self, id: &str) -> Result<Reply<DeviceObserved>, CtlError> {
+        let id = checked_id(id)?;
+        self.get(&format!("/api/v1/devices/{id}"), &[])
+    }
+
+    /// `GET /api/v1/events` with these query parameters (device, kind, since, limit).
+    pub fn list_events(&self, query: &[(&str, &str)]) -> Result<Reply<EventList>, CtlError> {
+        self.get("/api/v1/events", query)
+    }
+
+    /// `GET /api/v1/devices/{id}/logs`: waits up to [`LOGS_TIMEOUT`] for the device's answer
+    /// (central gives up earlier, after its `log_request_timeout_seconds`).
+    pub fn device_logs(&self, id: &str, query: &[(&str, &str)]) -> Result<Reply<DeviceLogs>, CtlError> {
+        let id = checked_id(id)?;
+        let url = format!("{}/api/v1/devices/{id}/logs", self.base);
+        let mut request = self.request("GET", &url).timeout(LOGS_TIMEOUT);
+        for (name, value) in query {
+            request = request.query(name, value);
+        }
+        self.finish(&url, request.call())
     }
 
     /// A call to the sites, regions and deployments API, read as plain JSON. Names in `path`

@@ -759,3 +759,144 @@ pub enum RolloutCreated {
         rollout: Rollout,
     },
 }
+
+/// One file system of a device's host metrics.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FilesystemUsage {
+    /// Mount point.
+    pub mount_point: String,
+    /// Bytes in use.
+    #[serde(default)]
+    pub used_bytes: u64,
+    /// Size.
+    #[serde(default)]
+    pub total_bytes: u64,
+    /// Share in use, when the size is known.
+    #[serde(default)]
+    pub used_percent: Option<f64>,
+}
+
+/// One temperature sensor reading.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TemperatureReading {
+    /// Sensor name (thermal zone or hwmon input, with its type or label).
+    pub sensor: String,
+    /// Degrees Celsius.
+    pub celsius: f64,
+}
+
+/// The latest host metrics a device sent (the `host` object of a device).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct HostMetrics {
+    /// RFC 3339 time central received them.
+    pub reported_at: String,
+    /// Busy share of the CPUs over the last heartbeat interval.
+    #[serde(default)]
+    pub cpu_percent: Option<f64>,
+    /// 1-minute load average.
+    #[serde(default)]
+    pub load1: f64,
+    /// Memory size.
+    #[serde(default)]
+    pub memory_total_bytes: u64,
+    /// Memory available to new work.
+    #[serde(default)]
+    pub memory_available_bytes: u64,
+    /// Share of memory in use.
+    #[serde(default)]
+    pub memory_used_percent: Option<f64>,
+    /// Watched file systems.
+    #[serde(default)]
+    pub filesystems: Vec<FilesystemUsage>,
+    /// The fullest file system's share in use.
+    #[serde(default)]
+    pub disk_used_percent: Option<f64>,
+    /// Temperature sensors.
+    #[serde(default)]
+    pub temperatures: Vec<TemperatureReading>,
+    /// The hottest sensor.
+    #[serde(default)]
+    pub max_temperature_celsius: Option<f64>,
+    /// Seconds since the device booted.
+    #[serde(default)]
+    pub uptime_seconds: u64,
+}
+
+/// A device with its host metrics (the fields `cairnctl device top` and `device show` read).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeviceHost {
+    /// Device id.
+    pub id: String,
+    /// Host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// Lifecycle state.
+    pub status: DeviceStatus,
+    /// Connected to central now.
+    #[serde(default)]
+    pub online: bool,
+    /// RFC 3339 time central last heard from it.
+    #[serde(default)]
+    pub last_seen_at: Option<String>,
+    /// Latest host metrics (none before its first report to this central).
+    #[serde(default)]
+    pub host: Option<HostMetrics>,
+}
+
+/// `GET /api/v1/devices` read for host metrics.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeviceHostList {
+    /// Every device.
+    pub devices: Vec<DeviceHost>,
+}
+
+/// One entry of the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Event {
+    /// `evt_...`.
+    pub id: String,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// RFC 3339 (seconds).
+    pub at: String,
+    /// The device it is about (none: fleet-wide).
+    #[serde(default)]
+    pub device_id: Option<String>,
+    /// What happened.
+    pub kind: String,
+    /// `info`, `warning` or `error`.
+    pub severity: String,
+    /// For people.
+    pub message: String,
+}
+
+/// `GET /api/v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct EventList {
+    /// Events, oldest first.
+    pub events: Vec<Event>,
+}
+
+/// `GET /api/v1/devices/{id}` read for host metrics and events.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DeviceObserved {
+    /// The device and its host metrics.
+    pub device: DeviceHost,
+    /// Its newest events.
+    #[serde(default)]
+    pub events: Vec<Event>,
+}
+
+/// `GET /api/v1/devices/{id}/logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DeviceLogs {
+    /// The log request's id.
+    pub request_id: String,
+    /// Lines asked for.
+    pub lines: u32,
+    /// Older lines were cut to fit.
+    #[serde(default)]
+    pub truncated: bool,
+    /// The lines, oldest first.
+    pub text: String,
+}

@@ -34,6 +34,30 @@ pub const MAX_DESIRED_STATE_BYTES: usize = 240 * 1024;
 /// heartbeats stay a few KiB whatever the apps print.
 pub const MAX_STATUS_MESSAGE_BYTES: usize = 512;
 
+/// Longest `Event.message` central keeps (longer ones are cut).
+pub const MAX_EVENT_MESSAGE_BYTES: usize = 1024;
+
+/// The event kinds an agent may send (central refuses any other).
+pub const AGENT_EVENT_KINDS: &[&str] = &[
+    // The agent process started (once per start: a restart loop shows up as a series).
+    "agent.started",
+    // Events were dropped on the device because its queue overflowed while offline.
+    "agent.events_dropped",
+    // The outcome of unlocking the encrypted data partition at this boot.
+    "data.unlock",
+    // An app of the desired state is not run: this agent refuses its Compose file.
+    "app.refused",
+    // Apps could not be reconciled (containerd unreachable, a container failed to start).
+    "app.reconcile_failed",
+];
+
+/// Most lines a `LogRequest` may ask for.
+pub const MAX_LOG_LINES: u32 = 10_000;
+
+/// Largest `LogReply.text` (headroom below [`MAX_MESSAGE_BYTES`] for the envelope); the oldest
+/// lines are cut first.
+pub const MAX_LOG_REPLY_BYTES: usize = 240 * 1024;
+
 /// Cut `text` to at most `max` bytes on a character boundary, marking the cut with `…`.
 pub fn truncate_status_text(text: &str, max: usize) -> String {
     if text.len() <= max {

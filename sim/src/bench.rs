@@ -1,6 +1,11 @@
 //! The fleet scale benchmark (issue 7): for each fleet size, a fresh `cairn-central serve`
 //! process, N enrolled devices (cached on disk), then central's memory, heartbeat round trips in
 //! steady state, and the time for a config change to reach every device.
+//!
+//! The registry is central's embedded SQLite database (data and identity cache under
+//! `fleet-<N>/`, reused by later runs) or, with [`BenchOptions::database`], a fresh PostgreSQL
+//! database per size (under `fleet-<N>-postgres/`; every device enrolls anew, as a fresh
+//! database knows none of them).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -10,6 +15,7 @@ use serde::Serialize;
 use crate::central_process::{self, CentralError, CentralProcess};
 use crate::fleet::{FanOut, Fleet, FleetError, FleetOptions, Latency};
 use crate::identity::{self, IdentityError};
+use crate::registry::{self, AdminUrl, StoreKind};
 use crate::rest::{Operator, RestError};
 
 /// Devices enrolled per batch (the cache is appended after each, so an interrupted run resumes).
@@ -32,6 +38,9 @@ pub struct BenchOptions {
     pub enroll_concurrency: usize,
     /// REST calls in flight during the fan-out.
     pub fanout_concurrency: usize,
+    /// PostgreSQL server on which each size's central gets a fresh database (dropped after a
+    /// successful size, kept for inspection after a failure); `None`: SQLite.
+    pub database: Option<AdminUrl>,
 }
 
 /// Why the benchmark stopped.
@@ -54,6 +63,24 @@ pub enum BenchError {
     /// An operator call failed.
     #[error(transparent)]
     Rest(#[from] RestError),
+    /// The fresh PostgreSQL database could not be made.
+    #[error("with {devices} devices: could not create a fresh PostgreSQL database on {server}: {source}")]
+    Database {
+        /// Fleet size.
+        devices: usize,
+        /// The admin URL, without its password.
+        server: String,
+        /// What failed (boxed: the store's error is large).
+        source: Box<cairn_central::store::StoreError>,
+    },
+    /// Files an earlier run left in the size's directory could not be removed.
+    #[error("could not remove {path} (left by an earlier run for another database): {source}")]
+    Stale {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O failure.
+        source: std::io::Error,
+    },
     /// The process may not hold one descriptor per device.
     #[error(
         "{devices} devices need about {needed} open files in central and in the simulator, but RLIMIT_NOFILE is {limit} \
@@ -80,6 +107,8 @@ const DESCRIPTOR_MARGIN: u64 = 500;
 pub struct SizeResult {
     /// Fleet size.
     pub devices: usize,
+    /// Central's registry store.
+    pub store: StoreKind,
     /// Devices enrolled in this run (0 when all came from the cache).
     pub enrolled_now: usize,
     /// Seconds to enroll them.
@@ -158,20 +187,94 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<SizeResult>, BenchError> 
 }
 
 async fn run_size(options: &BenchOptions, devices: usize) -> Result<SizeResult, BenchError> {
-    let dir = options.work_dir.join(format!("fleet-{devices}"));
+    let store = match options.database {
+        Some(_) => StoreKind::Postgres,
+        None => StoreKind::Sqlite,
+    };
+    let dir = match store {
+        StoreKind::Sqlite => options.work_dir.join(format!("fleet-{devices}")),
+        StoreKind::Postgres => options.work_dir.join(format!("fleet-{devices}-postgres")),
+    };
     let cache = dir.join("identities");
-    let mut identities = identity::load_cache(&cache)?;
-    if !dir.join("central").is_dir() && !identities.is_empty() {
-        // A cache without its registry is useless: central would not know these devices.
-        let _ = std::fs::remove_file(&cache);
-        identities.clear();
+    let mut database = None;
+    let mut identities = Vec::new();
+    match &options.database {
+        None => {
+            identities = identity::load_cache(&cache)?;
+            if !dir.join("central").is_dir() && !identities.is_empty() {
+                // A cache without its registry is useless: central would not know these devices.
+                let _ = std::fs::remove_file(&cache);
+                identities.clear();
+            }
+            identities.truncate(devices);
+        }
+        Some(admin) => {
+            // A fresh database knows no device and no admin token: central's data directory
+            // (its admin.token) and any identities from an earlier run belong to another one.
+            remove_stale(&dir.join("central"))?;
+            remove_stale(&cache)?;
+            let fresh = registry::create_fresh(admin, devices).await.map_err(|source| BenchError::Database {
+                devices,
+                server: admin.to_string(),
+                source: Box::new(source),
+            })?;
+            eprintln!("cairn-sim: {devices} devices: fresh PostgreSQL database {} on {admin}", fresh.name);
+            database = Some(fresh);
+        }
     }
-    identities.truncate(devices);
     eprintln!(
-        "cairn-sim: {devices} devices: starting central ({} identities cached)",
+        "cairn-sim: {devices} devices: starting central on {} ({} identities cached)",
+        store.name(),
         identities.len()
     );
-    let central = CentralProcess::start(&options.central_bin, &dir).await?;
+    let url = database.as_ref().map(|d| d.url.as_str());
+    let result = match CentralProcess::start(&options.central_bin, &dir, url).await {
+        Ok(central) => {
+            let result = with_central(options, devices, store, &central, &cache, identities).await;
+            central.stop();
+            result
+        }
+        Err(e) => Err(e.into()),
+    };
+    if let (Some(admin), Some(database)) = (&options.database, &database) {
+        match &result {
+            Ok(_) => {
+                if let Err(e) = registry::drop_database(admin, database).await {
+                    eprintln!("cairn-sim: warning: could not drop the benchmark database {}: {e}", database.name);
+                }
+            }
+            Err(_) => eprintln!("cairn-sim: kept the PostgreSQL database {} for inspection", database.name),
+        }
+    }
+    result
+}
+
+/// Remove a file or directory an earlier run left (nothing when it does not exist).
+fn remove_stale(path: &std::path::Path) -> Result<(), BenchError> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(BenchError::Stale {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Enroll what the cache lacks, run the fleet and measure, with `central` running (the caller
+/// stops it whatever the outcome).
+async fn with_central(
+    options: &BenchOptions,
+    devices: usize,
+    store: StoreKind,
+    central: &CentralProcess,
+    cache: &std::path::Path,
+    mut identities: Vec<identity::DeviceIdentity>,
+) -> Result<SizeResult, BenchError> {
     let operator = Operator::new(central.rest, &central.ca_pem, &central.admin_token)?;
     let enrolled_now = devices - identities.len();
     let enroll_started = Instant::now();
@@ -188,7 +291,10 @@ async fn run_size(options: &BenchOptions, devices: usize) -> Result<SizeResult, 
                 options.enroll_concurrency,
             )
             .await?;
-            identity::append_cache(&cache, &batch)?;
+            if store == StoreKind::Sqlite {
+                // Only SQLite's registry outlives the run; a PostgreSQL one is fresh each time.
+                identity::append_cache(cache, &batch)?;
+            }
             identities.extend(batch);
             eprintln!(
                 "cairn-sim: enrolled {}/{devices} ({:.0} s)",
@@ -200,14 +306,14 @@ async fn run_size(options: &BenchOptions, devices: usize) -> Result<SizeResult, 
     let enroll_s = enroll_started.elapsed().as_secs_f64();
     let fleet_err = |source| BenchError::Fleet { devices, source };
     let fleet = Fleet::start(central.grpc, &central.ca_pem, identities, &options.fleet);
-    let measured = measure(options, &central, &operator, &fleet).await;
+    let measured = measure(options, central, &operator, &fleet).await;
     let reconnects = fleet.reconnects();
     let (sim_rss, _) = central_process::memory_of("/proc/self/status");
     fleet.stop().await;
-    central.stop();
     let (connect_s, central_rss, central_cpu_pct, heartbeat, fanout, central_peak) = measured.map_err(fleet_err)?;
     Ok(SizeResult {
         devices,
+        store,
         enrolled_now,
         enroll_s: if enrolled_now > 0 { enroll_s } else { 0.0 },
         connect_s,
@@ -261,12 +367,13 @@ pub fn table(results: &[SizeResult]) -> String {
     };
     let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
     let mut out = String::from(
-        "devices | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | connect s | sim RSS MiB | reconnects\n",
+        "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects\n",
     );
     for r in results {
         out += &format!(
-            "{} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {:.1} | {:.1} ({}) | {:.1} | {:.0} | {}\n",
+            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {:.1} | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {}\n",
             r.devices,
+            r.store.name(),
             r.central_rss_mib,
             ratio(r.central_rss_mib, base.central_rss_mib),
             r.central_rss_mib * 1024.0 / r.devices as f64,
@@ -278,6 +385,8 @@ pub fn table(results: &[SizeResult]) -> String {
             r.fanout.calls_s,
             r.fanout.all_received_s,
             ratio(r.fanout.all_received_s, base.fanout.all_received_s),
+            r.enrolled_now,
+            r.enroll_s,
             r.connect_s,
             r.sim_rss_mib,
             r.reconnects,

@@ -42,14 +42,36 @@ pub struct CentralProcess {
     pub admin_token: String,
 }
 
+/// Write `text` to `path` with mode 0600 from the first byte on (through a fresh temporary
+/// file renamed over it, so an older file's wider mode is not inherited).
+fn write_private(path: &Path, text: &str) -> Result<(), std::io::Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("toml.tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 fn free_port() -> Result<SocketAddr, std::io::Error> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 impl CentralProcess {
     /// Start `bin serve` on loopback with its data under `dir/central` and its log in
-    /// `dir/central.log`; returns once REST answers.
-    pub async fn start(bin: &Path, dir: &Path) -> Result<Self, CentralError> {
+    /// `dir/central.log`; returns once REST answers. With `database_url` (a PostgreSQL URL)
+    /// the registry lives there instead of in `dir/central/registry.sqlite3`; the config file
+    /// `dir/central.toml` is then written with mode 0600, as it holds the password.
+    pub async fn start(bin: &Path, dir: &Path, database_url: Option<&str>) -> Result<Self, CentralError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| CentralError::Io { path, source }
@@ -59,11 +81,16 @@ impl CentralProcess {
         let rest = free_port().map_err(io(dir))?;
         let data_dir = dir.join("central");
         let config_path = dir.join("central.toml");
-        let config = format!(
+        let mut config = format!(
             "data_dir = {:?}\ngrpc_listen = \"{grpc}\"\nrest_listen = \"{rest}\"\n",
             data_dir.display().to_string()
         );
-        std::fs::write(&config_path, config).map_err(io(&config_path))?;
+        if let Some(url) = database_url {
+            // A TOML basic string: Rust's escaping of `"` and `\` is TOML's (the URL was checked
+            // for control characters).
+            config += &format!("database_url = {url:?}\n");
+        }
+        write_private(&config_path, &config).map_err(io(&config_path))?;
         let log_path = dir.join("central.log");
         let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
         let child = Command::new(bin)

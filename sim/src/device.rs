@@ -141,6 +141,20 @@ async fn session(
                     facts: Some(facts.clone()),
                     apps: Vec::new(),
                     os: Some(os_status()),
+                    // What a real agent sends (root and /data, one sensor), so central's memory
+                    // per device is measured with host metrics kept.
+                    host: Some(cairn_proto::v1::HostMetrics {
+                        cpu_percent: Some(5.0),
+                        load1: 0.1,
+                        memory_total_bytes: 2 << 30,
+                        memory_available_bytes: 1 << 30,
+                        filesystems: vec![
+                            cairn_proto::v1::FilesystemUsage { mount_point: "/".into(), used_bytes: 1 << 30, total_bytes: 4 << 30 },
+                            cairn_proto::v1::FilesystemUsage { mount_point: "/data".into(), used_bytes: 1 << 30, total_bytes: 16 << 30 },
+                        ],
+                        temperatures: vec![cairn_proto::v1::TemperatureReading { sensor: "thermal_zone0 x86_pkg_temp".into(), celsius: 45.0 }],
+                        uptime_seconds: 3600,
+                    }),
                 };
                 pending = Some((*seq, Instant::now()));
                 if tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(heartbeat)) }).await.is_err() {
@@ -171,6 +185,18 @@ async fn session(
                             }
                         }
                         slot.connected.store(true, Ordering::Relaxed);
+                    }
+                    Some(central_message::Kind::Logs(request)) => {
+                        // A simulated device keeps no logs; say so, as an agent without the
+                        // service's log would.
+                        let reply = cairn_proto::v1::LogReply {
+                            request_id: request.id,
+                            error: "a simulated device keeps no logs".into(),
+                            ..Default::default()
+                        };
+                        if tx.send(AgentMessage { kind: Some(agent_message::Kind::Reply(reply)) }).await.is_err() {
+                            return Err("outbound stream closed".into());
+                        }
                     }
                     None => {}
                 }

@@ -8,6 +8,7 @@ pub mod connect;
 pub mod device;
 pub mod fleet;
 pub mod identity;
+pub mod registry;
 pub mod rest;
 
 pub use fleet::{FanOut, Fleet, FleetOptions, Latency};

@@ -44,6 +44,11 @@ enum Command {
         /// Also write the results here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Run central on PostgreSQL: admin URL (postgres://user:password@host:port/database,
+        /// a role allowed to create databases) of the server on which each size gets a fresh
+        /// database. Default: central's embedded SQLite.
+        #[arg(long, env = cairn_sim::registry::DATABASE_URL_ENV, hide_env_values = true)]
+        database_url: Option<String>,
     },
 }
 
@@ -67,7 +72,13 @@ fn main() -> anyhow::Result<()> {
             enroll_concurrency,
             fanout_concurrency,
             json,
+            database_url,
         } => {
+            // Checked here rather than by clap, whose error would echo the value (password).
+            let database = database_url
+                .as_deref()
+                .map(cairn_sim::registry::AdminUrl::new)
+                .transpose()?;
             let central_bin = match central_bin {
                 Some(bin) => bin,
                 None => std::env::current_exe()?.with_file_name("cairn-central"),
@@ -83,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                 window: Duration::from_secs(window_s),
                 enroll_concurrency,
                 fanout_concurrency,
+                database,
             };
             let results = runtime
                 .block_on(cairn_sim::bench::run(&options))

@@ -279,6 +279,24 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     assert_eq!(device["id"].as_str(), Some(id.as_str()));
     // The app comes back with its volume: the marker written before the power cut is intact.
     fleet.wait_app_healthy(&id, &mut guest, "boot after recovery");
+
+    // Issue 7 on a real device: host metrics of the real /data, the agent's own events, and its
+    // journal fetched on demand through its stream.
+    let device = fleet.get(&format!("/api/v1/devices/{id}"))["device"].clone();
+    let host = &device["host"];
+    let data_fs = host["filesystems"].as_array().and_then(|fs| fs.iter().find(|f| f["mount_point"] == "/data")).cloned();
+    let data_fs = data_fs.unwrap_or_else(|| panic!("no /data among the host metrics: {host}"));
+    assert!(data_fs["total_bytes"].as_u64().unwrap_or(0) > (IMAGE_DATA_MIB << 20), "/data not grown: {host}");
+    assert!(host["memory_total_bytes"].as_u64().unwrap_or(0) > 0 && host["uptime_seconds"].as_u64().is_some(), "{host}");
+    let events = fleet.get(&format!("/api/v1/events?device={id}&limit=200"))["events"].clone();
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    for kind in ["device.enrolled", "device.connected", "agent.started", "data.unlock"] {
+        assert!(kinds.contains(&kind), "no {kind} event among {kinds:?}");
+    }
+    let (status, journal) =
+        fleet.runtime.block_on(async { fleet.central.call(&fleet.central.admin, "GET", &format!("/api/v1/devices/{id}/logs?lines=50"), None) });
+    assert_eq!(status, 200, "{journal}");
+    assert!(journal["text"].as_str().unwrap_or("").contains("cairn-agent"), "not the agent's journal: {journal}");
     drop(guest);
     let Fleet { runtime, mut central } = fleet;
     runtime.block_on(central.stop());

@@ -27,14 +27,33 @@ pub struct TestCentral {
     pub config: CentralConfig,
 }
 
-/// A loopback config with port 0 listeners and fast timings, data under `dir/central`.
+/// Environment variable naming a PostgreSQL admin URL (a role allowed to create databases);
+/// when set, every test central gets a fresh database there instead of SQLite, so the whole
+/// central suite runs on either store (`cargo xtask test` runs it on both).
+pub const DATABASE_URL_ENV: &str = "CAIRN_TEST_DATABASE_URL";
+
+/// A loopback config with port 0 listeners and fast timings, data under `dir/central`, and a
+/// fresh PostgreSQL database when [`DATABASE_URL_ENV`] is set.
 pub fn config_in(dir: &std::path::Path) -> CentralConfig {
     let mut config = CentralConfig::with_data_dir(dir.join("central"));
     config.grpc_listen = "127.0.0.1:0".parse().unwrap();
     config.rest_listen = "127.0.0.1:0".parse().unwrap();
     config.pending_retry_seconds = 1;
     config.presence_flush_ms = 50;
+    config.database_url = std::env::var(DATABASE_URL_ENV).ok().filter(|u| !u.is_empty()).map(|u| fresh_database(&u));
     config
+}
+
+/// A fresh, empty database on the server of `admin_url`; returns its URL.
+pub fn fresh_database(admin_url: &str) -> String {
+    cairn_central::store::create_database(admin_url, &format!("cairn_test_{}", hex_id())).expect("create a test database")
+}
+
+fn hex_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{}_{}_{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl TestCentral {

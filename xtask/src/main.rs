@@ -17,7 +17,7 @@ fn main() -> Result<()> {
         Some("bench") => bench(&root),
         Some("bench-fleet") => bench_fleet(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|bench-fleet>\n  test   build, then run every test tier (unit, host integration, image, QEMU);\n         --host-only skips the image and QEMU tiers\n  demo   start a local central and devices and watch them enroll\n  bench  run the benchmarks and print their figures\n  bench-fleet [--sizes 10000,50000,100000] [cairn-sim bench options]\n         one central process, N simulated devices per size: memory, heartbeat p99, fan-out time");
+            eprintln!("usage: cargo xtask <test|demo|bench|bench-fleet>\n  test   build, then run every test tier (unit, host integration, image, QEMU);\n         --host-only skips the image and QEMU tiers\n  demo   start a local central and devices and watch them enroll\n  bench  run the benchmarks and print their figures\n  bench-fleet [--sizes 10000,50000,100000] [--database-url postgres://...] [cairn-sim bench options]\n         one central process, N simulated devices per size: memory, heartbeat p99, fan-out time;\n         --database-url: central on PostgreSQL, a fresh database per size");
             bail!("unknown or missing task")
         }
     }
@@ -30,22 +30,56 @@ fn workspace_root() -> PathBuf {
 
 /// Run a command in the workspace, echoing it; fail with its name if it fails.
 pub(crate) fn run(root: &Path, program: &str, args: &[&str]) -> Result<()> {
+    run_with(root, program, args, |_| {})
+}
+
+/// [`run`] with the command adjusted first (environment).
+fn run_with(root: &Path, program: &str, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Result<()> {
     eprintln!("xtask: {program} {}", args.join(" "));
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(root)
-        .status()
-        .with_context(|| format!("could not start {program}"))?;
+    let mut command = Command::new(program);
+    command.args(args).current_dir(root);
+    adjust(&mut command);
+    let status = command.status().with_context(|| format!("could not start {program}"))?;
     if !status.success() {
         bail!("`{program} {}` failed ({status})", args.join(" "));
     }
     Ok(())
 }
 
+/// Where central's tests find PostgreSQL (see testsupport's `DATABASE_URL_ENV`).
+const POSTGRES_ENV: &str = "CAIRN_TEST_DATABASE_URL";
+
+/// Start the test PostgreSQL cluster (`dev/test-postgres.sh`) and return its admin URL.
+fn test_postgres(root: &Path) -> Result<String> {
+    eprintln!("xtask: bash dev/test-postgres.sh");
+    let out = Command::new("bash")
+        .arg("dev/test-postgres.sh")
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("could not run dev/test-postgres.sh")?;
+    if !out.status.success() {
+        bail!("dev/test-postgres.sh failed ({}); run `bash dev/setup.sh` as root to install PostgreSQL", out.status);
+    }
+    let url = String::from_utf8(out.stdout).context("dev/test-postgres.sh printed non-UTF-8")?.trim().to_owned();
+    if !url.starts_with("postgres://") {
+        bail!("dev/test-postgres.sh printed {url:?}, not a postgres:// URL");
+    }
+    Ok(url)
+}
+
 fn test(root: &Path, host_only: bool) -> Result<()> {
     // System tests start the real binaries, so build them first.
     run(root, "cargo", &["build", "--workspace", "--bins"])?;
-    run(root, "cargo", &["test", "--workspace", "--no-fail-fast"])?;
+    // First run: central on its default store, SQLite (whatever the caller's environment says).
+    run_with(root, "cargo", &["test", "--workspace", "--no-fail-fast"], |c| {
+        c.env_remove(POSTGRES_ENV);
+    })?;
+    // Second run of the whole central suite on PostgreSQL (a throwaway local cluster).
+    let url = test_postgres(root)?;
+    run_with(root, "cargo", &["test", "-p", "cairn-central", "--no-fail-fast"], |c| {
+        c.env(POSTGRES_ENV, &url);
+    })?;
     if host_only {
         eprintln!("xtask: --host-only: image and QEMU tiers skipped");
         return Ok(());
@@ -57,26 +91,63 @@ fn test(root: &Path, host_only: bool) -> Result<()> {
     Ok(())
 }
 
+/// Environment variable cairn-sim reads its `--database-url` from (see cairn-sim's
+/// `registry::DATABASE_URL_ENV`).
+const SIM_DATABASE_ENV: &str = "CAIRN_SIM_DATABASE_URL";
+
 /// The fleet scale benchmark: release builds of central and the simulator, then
-/// `cairn-sim bench` (table on stdout, JSON in target/cairn-sim/results.json).
+/// `cairn-sim bench` (table on stdout, JSON in target/cairn-sim/results.json, or
+/// results-postgres.json with `--database-url`). `--central-bin`, `--work-dir` and `--json` given in `extra`
+/// replace those defaults. `--database-url URL` (central on PostgreSQL, a fresh database per
+/// size) is handed over in the environment so the password is not echoed with the command.
 fn bench_fleet(root: &Path, extra: &[String]) -> Result<()> {
+    let mut database_url = None;
+    let mut passed = Vec::new();
+    let mut rest = extra.iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--database-url" {
+            let url = rest.next().context("--database-url needs a value: a postgres:// admin URL")?;
+            database_url = Some(url.clone());
+        } else if let Some(url) = arg.strip_prefix("--database-url=") {
+            database_url = Some(url.to_owned());
+        } else {
+            passed.push(arg.clone());
+        }
+    }
+    if let Some(url) = &database_url {
+        if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            bail!("--database-url must be a PostgreSQL admin URL starting with postgres:// (e.g. postgres://user:password@127.0.0.1:5432/postgres)");
+        }
+    }
+    let given = |name: &str| passed.iter().any(|a| a == name || a.starts_with(&format!("{name}=")));
     run(root, "cargo", &["build", "--release", "-p", "cairn-central", "-p", "cairn-sim"])?;
     let release = root.join("target/release");
     let central = release.join("cairn-central");
-    let json = root.join("target/cairn-sim/results.json");
-    let work = root.join("target/cairn-sim");
-    let mut args = vec![
-        "bench".to_owned(),
-        "--central-bin".to_owned(),
-        central.display().to_string(),
-        "--work-dir".to_owned(),
-        work.display().to_string(),
-        "--json".to_owned(),
-        json.display().to_string(),
-    ];
-    args.extend(extra.iter().cloned());
+    let json_name = if database_url.is_some() { "results-postgres.json" } else { "results.json" };
+    let mut args = vec!["bench".to_owned()];
+    if !given("--central-bin") {
+        args.extend(["--central-bin".to_owned(), central.display().to_string()]);
+    }
+    if !given("--work-dir") {
+        args.extend(["--work-dir".to_owned(), root.join("target/cairn-sim").display().to_string()]);
+    }
+    if !given("--json") {
+        args.extend(["--json".to_owned(), root.join("target/cairn-sim").join(json_name).display().to_string()]);
+    }
+    args.extend(passed);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run(root, &release.join("cairn-sim").display().to_string(), &args)
+    if database_url.is_some() {
+        eprintln!("xtask: central on PostgreSQL (--database-url, passed to cairn-sim as {SIM_DATABASE_ENV})");
+    }
+    run_with(root, &release.join("cairn-sim").display().to_string(), &args, |c| match &database_url {
+        Some(url) => {
+            c.env(SIM_DATABASE_ENV, url);
+        }
+        // Without the option, SQLite, whatever the caller's environment says.
+        None => {
+            c.env_remove(SIM_DATABASE_ENV);
+        }
+    })
 }
 
 fn bench(root: &Path) -> Result<()> {

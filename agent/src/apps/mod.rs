@@ -24,7 +24,9 @@ use cairn_runtime::spec::AppSpec;
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::events::EventQueue;
 use crate::sync::DesiredStateSink;
+use cairn_proto::v1::EventSeverity;
 
 pub use config::{AppsConfig, DEFAULT_CONTAINERD_SOCKET};
 
@@ -102,6 +104,10 @@ impl AppliedState {
 pub struct AppsSink {
     desired: watch::Sender<Option<Arc<AppliedState>>>,
     observed: watch::Receiver<Vec<AppStatus>>,
+    events: Arc<EventQueue>,
+    /// (app, generation) already reported as refused, so a refusal is one event, not one per
+    /// revision.
+    refused_reported: std::sync::Mutex<HashSet<(String, u64)>>,
 }
 
 impl std::fmt::Debug for AppsSink {
@@ -115,6 +121,12 @@ impl AppsSink {
     /// reconnects, by itself) and returns the sink feeding it. The task ends when the sink is
     /// dropped; containers keep running (the next agent takes them over).
     pub fn start(config: &AppsConfig, state_dir: &Path) -> Arc<AppsSink> {
+        Self::start_reporting(config, state_dir, Arc::new(EventQueue::default()))
+    }
+
+    /// Like [`AppsSink::start`], queuing `app.refused` and `app.reconcile_failed` events on
+    /// `events` for central.
+    pub fn start_reporting(config: &AppsConfig, state_dir: &Path, events: Arc<EventQueue>) -> Arc<AppsSink> {
         let mut runtime = RuntimeConfig::new(config.data_dir(state_dir));
         runtime.runc_root = config.runc_root.clone();
         let mut reconciler = ReconcilerConfig::new(runtime);
@@ -124,10 +136,10 @@ impl AppsSink {
         let (observed_tx, observed) = watch::channel(Vec::new());
         let socket = config.containerd_socket.clone();
         tokio::spawn(
-            reconcile_loop(socket, reconciler, desired_rx, observed_tx)
+            reconcile_loop(socket, reconciler, desired_rx, observed_tx, events.clone())
                 .instrument(info_span!("apps")),
         );
-        Arc::new(AppsSink { desired, observed })
+        Arc::new(AppsSink { desired, observed, events, refused_reported: Default::default() })
     }
 
     /// Follows the observed status (the same content as [`DesiredStateSink::observed_apps`]).
@@ -145,6 +157,20 @@ impl DesiredStateSink for AppsSink {
             runnable = applied.runnable.len(),
             "desired apps handed to the reconciler"
         );
+        {
+            let mut reported = self.refused_reported.lock().unwrap_or_else(|p| p.into_inner());
+            for entry in &applied.entries {
+                if let Err(why) = &entry.spec {
+                    if reported.insert((entry.name.clone(), entry.generation)) {
+                        self.events.push(
+                            "app.refused",
+                            EventSeverity::Error,
+                            &format!("app {} (generation {}) is not run: {why}", entry.name, entry.generation),
+                        );
+                    }
+                }
+            }
+        }
         self.desired.send_replace(Some(Arc::new(applied)));
     }
 
@@ -160,7 +186,7 @@ impl crate::Agent {
         if !self.config.apps.enabled {
             return self;
         }
-        let sink = AppsSink::start(&self.config.apps, &self.config.state_dir);
+        let sink = AppsSink::start_reporting(&self.config.apps, &self.config.state_dir, self.events.clone());
         self.with_sink(sink)
     }
 }
@@ -177,6 +203,7 @@ async fn reconcile_loop(
     cfg: ReconcilerConfig,
     mut desired: watch::Receiver<Option<Arc<AppliedState>>>,
     observed: watch::Sender<Vec<AppStatus>>,
+    events: Arc<EventQueue>,
 ) {
     let tick = cfg.tick;
     let mut reconciler: Option<Reconciler> = None;
@@ -202,7 +229,9 @@ async fn reconcile_loop(
                             .min(CONNECT_RETRY_MAX)
                             .max(tick);
                         let error = e.to_string();
-                        log_once(&mut last_error, &error, "cannot reach containerd; retrying");
+                        if log_once(&mut last_error, &error, "cannot reach containerd; retrying") {
+                            events.push("app.reconcile_failed", EventSeverity::Error, &format!("cannot reach containerd: {error}"));
+                        }
                         observed.send_replace(report::statuses(&applied, Err(error), &cfg.runtime));
                     }
                 }
@@ -213,7 +242,11 @@ async fn reconcile_loop(
                     .await
                     .map_err(|e| e.to_string());
                 match &result {
-                    Err(e) => log_once(&mut last_error, e, "reconcile pass failed"),
+                    Err(e) => {
+                        if log_once(&mut last_error, e, "reconcile pass failed") {
+                            events.push("app.reconcile_failed", EventSeverity::Warning, &format!("reconcile pass failed: {e}"));
+                        }
+                    }
                     Ok(_) => last_error = None,
                 }
                 observed.send_replace(report::statuses(&applied, result, &cfg.runtime));
@@ -226,13 +259,15 @@ async fn reconcile_loop(
     }
 }
 
-/// Warn about `error` unless it is the one warned about last.
-fn log_once(last: &mut Option<String>, error: &str, what: &str) {
+/// Warn about `error` unless it is the one warned about last; true when it warned.
+fn log_once(last: &mut Option<String>, error: &str, what: &str) -> bool {
     if last.as_deref() == Some(error) {
         debug!(error, "{what} (again)");
+        false
     } else {
         warn!(error, "{what}");
         *last = Some(error.to_owned());
+        true
     }
 }
 

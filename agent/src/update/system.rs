@@ -149,7 +149,7 @@ pub fn os_release_value(text: &str, key: &str) -> Option<String> {
             .and_then(|v| v.strip_suffix('"'))
             .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
             .unwrap_or(value);
-        Some(unquoted.to_string())
+        Some(unquoted.replace("\\\"", "\""))
     })
 }
 

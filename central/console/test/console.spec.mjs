@@ -124,6 +124,14 @@ try {
   await loaded(page, `#/devices/${expect.device.id}`);
   assert.equal(await page.textContent('#device-facts dd[data-fact="os_version"]'), expect.device.os_version);
   assert.equal(await page.textContent('#device-facts dd[data-fact="id"]'), expect.device.id);
+  step('the device page shows its host metrics and recent events');
+  assert.equal(await page.textContent('#device-host dd[data-fact="cpu_percent"]'), '12.3 %');
+  assert.equal(await page.textContent('#device-host dd[data-fact="memory"]'), '75.0 % of 2.0 GiB');
+  assert.equal(await page.textContent('#device-host dd[data-fact="disk:/data"]'), '90.0 % of 100 B');
+  assert.equal(await page.textContent('#device-host dd[data-fact="max_temperature_celsius"]'), '48.0 °C');
+  assert.equal(await page.textContent('#device-host dd[data-fact="uptime_seconds"]'), '2 h 1 min');
+  const kinds = await attrs(page, '#device-events tbody tr[data-kind]', 'data-kind');
+  assert.ok(kinds.includes('device.enrolled') && kinds.includes('device.connected'), `device events: ${kinds}`);
   // The operator token cannot read the audit log: the page says so instead of failing.
   assert.match(await page.textContent('#device-audit'), /admin/);
   await shot(page, '04-device');

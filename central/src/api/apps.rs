@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, Caller, ValidJson};
-use crate::grpc::{desired_message, desired_state};
+use crate::grpc::desired_state;
 use crate::store::apps::{self, DesiredApp};
 use crate::store::{audit, deployments, devices, rfc3339, DeviceStatus, Role};
 use crate::Shared;
@@ -136,10 +136,7 @@ pub(super) async fn put_app(
             created,
         } => {
             let revision = desired.revision;
-            shared
-                .sessions
-                .push(&device_id, desired_message(desired))
-                .await;
+            shared.deliver(&device_id, desired).await;
             let status = if created {
                 StatusCode::CREATED
             } else {
@@ -194,14 +191,12 @@ pub(super) async fn delete_app(
         })
         .await??;
     let revision = desired.revision;
-    shared
-        .sessions
-        .push(&device_id, desired_message(desired))
-        .await;
+    shared.deliver(&device_id, desired).await;
     Ok(Json(json!({ "removed": removed, "desired_revision": revision })).into_response())
 }
 
-fn state_name(state: i32) -> &'static str {
+/// The name of a reported service state, as the API and metrics spell it.
+pub(crate) fn state_name(state: i32) -> &'static str {
     match ServiceState::try_from(state).unwrap_or(ServiceState::Unspecified) {
         ServiceState::Unspecified => "unknown",
         ServiceState::Pending => "pending",

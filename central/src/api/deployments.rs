@@ -53,7 +53,7 @@ fn default_placement() -> Placement {
 /// Checks that need the registry: named sites and the region exist, no operator app has the
 /// deployment's name.
 fn check_references(
-    tx: &rusqlite::Connection,
+    tx: &crate::store::db::Connection,
     name: &str,
     placement: &Placement,
 ) -> Result<Result<(), ApiError>, StoreError> {

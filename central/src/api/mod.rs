@@ -1,10 +1,12 @@
 //! The operator REST API (JSON over TLS, bearer API tokens with roles, audit log).
 
 mod apps;
+pub(crate) use apps::state_name as service_state_name;
 mod auth;
 mod bundles;
 mod console;
 mod deployments;
+mod observability;
 mod rollouts;
 mod routes;
 mod sites;
@@ -33,7 +35,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 async fn change_and_place<T, F>(shared: &Arc<Shared>, change: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&rusqlite::Transaction<'_>) -> Result<Result<T, ApiError>, StoreError> + Send + 'static,
+    F: FnOnce(&crate::store::db::Transaction<'_>) -> Result<Result<T, ApiError>, StoreError> + Send + 'static,
 {
     let value = shared
         .store
@@ -74,6 +76,12 @@ pub enum ApiError {
     /// The request body is over a limit.
     #[error("{0}")]
     TooLarge(String),
+    /// A device did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// A device answered with an error.
+    #[error("{0}")]
+    DeviceFailed(String),
     /// Central failed on its side; the message says what to check (details are logged).
     #[error("{0}")]
     Internal(String),
@@ -91,6 +99,8 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
+            ApiError::DeviceFailed(_) => (StatusCode::BAD_GATEWAY, "device_error"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -128,5 +138,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     routes::router()
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), count_request))
         .with_state(shared)
+}
+
+/// Count every answered request by status class and duration for `/metrics`.
+async fn count_request(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    shared.rest_metrics.observe(response.status().as_u16(), started.elapsed());
+    response
 }

@@ -11,8 +11,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{apps, bundles, deployments, rollouts, sites, ApiError, Caller, ValidJson, OPENAPI};
-use crate::grpc::{desired_message, desired_state};
+use super::{apps, bundles, deployments, observability, rollouts, sites, ApiError, Caller, ValidJson, OPENAPI};
+use crate::grpc::desired_state;
 use crate::store::apps as store_apps;
 use crate::store::{audit, devices, recovery_keys, tokens, ClaimKind, Device, DeviceStatus, Policy, Role, StoreError};
 use crate::Shared;
@@ -37,6 +37,9 @@ pub(super) fn router() -> Router<Arc<Shared>> {
         .route("/api/v1/devices/{id}/site", put(sites::set_device_site))
         .route("/api/v1/devices/{id}/labels", put(sites::set_device_labels))
         .route("/api/v1/devices/{id}/recovery-key", get(show_recovery_key))
+        .route("/api/v1/devices/{id}/logs", get(observability::device_logs))
+        .route("/api/v1/events", get(observability::list_events))
+        .route("/metrics", get(observability::metrics))
         .route("/api/v1/claims", get(list_claims).post(add_claim))
         .route("/api/v1/api-tokens", get(list_api_tokens).post(create_api_token))
         .route("/api/v1/audit", get(list_audit))
@@ -145,10 +148,19 @@ fn with_presence(shared: &Shared, mut device: Device) -> Device {
     device
 }
 
+/// A device as JSON with its latest host metrics (`host`, null when none reported here).
+fn with_host(shared: &Shared, device: &Device) -> Value {
+    let mut value = serde_json::to_value(device).unwrap_or(Value::Null);
+    if let Some(object) = value.as_object_mut() {
+        object.insert("host".into(), observability::host_json(shared.sessions.host_report(&device.id).as_deref()));
+    }
+    value
+}
+
 async fn list_devices(caller: Caller, State(shared): St) -> ApiResult {
     caller.require(Role::Viewer)?;
     let list = shared.store.run(|conn| devices::list(conn)).await?;
-    let list: Vec<Device> = list.into_iter().map(|d| with_presence(&shared, d)).collect();
+    let list: Vec<Value> = list.into_iter().map(|d| with_host(&shared, &with_presence(&shared, d))).collect();
     ok(json!({ "devices": list }))
 }
 
@@ -163,7 +175,9 @@ pub(super) async fn load_device(shared: &Shared, id: String) -> Result<Device, A
 
 async fn show_device(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
     caller.require(Role::Viewer)?;
-    ok(json!({ "device": load_device(&shared, id).await? }))
+    let device = load_device(&shared, id).await?;
+    let events = observability::device_events(&shared, device.id.clone()).await?;
+    ok(json!({ "device": with_host(&shared, &device), "events": events }))
 }
 
 /// The device's escrowed recovery key, in clear: admin only, every read audited (before the key
@@ -231,6 +245,12 @@ async fn transition(
             }
             devices::set_status(&tx, &id, to)?;
             audit::record(&tx, &actor, action, &id, &format!("from={}", device.status.as_str()))?;
+            let (kind, severity) = match to {
+                DeviceStatus::Revoked => ("device.revoked", crate::store::events::Severity::Warning),
+                _ => ("device.approved", crate::store::events::Severity::Info),
+            };
+            let message = format!("{} by {actor} (was {})", to.as_str(), device.status.as_str());
+            crate::store::events::insert(&tx, &crate::store::events::NewEvent::now(Some(&id), kind, severity, message))?;
             tx.commit()?;
             Ok::<_, StoreError>(Ok(()))
         })
@@ -238,9 +258,7 @@ async fn transition(
     result?;
     if to == DeviceStatus::Revoked {
         // Refused at once: end its open stream now, not at the next call.
-        shared
-            .sessions
-            .close(&device_id, tonic::Status::permission_denied(format!("device {device_id} is revoked")));
+        shared.cut_off(&device_id);
     }
     // Its deployments move elsewhere; a newly approved device may take some.
     shared.placement.wake();
@@ -293,7 +311,7 @@ async fn set_device_config(
         })
         .await?
         .ok_or_else(|| ApiError::NotFound("no device with this id".into()))?;
-    shared.sessions.push(&device_id, desired_message(desired)).await;
+    shared.deliver(&device_id, desired).await;
     ok(json!({ "device": load_device(&shared, device_id).await? }))
 }
 

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use cairn_proto::MAX_DESIRED_STATE_BYTES;
-use rusqlite::Connection;
+use crate::store::db::Connection;
 use serde::Serialize;
 
 use super::geo::Point;

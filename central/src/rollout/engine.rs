@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::v1::{DesiredState, OsStatus, OsUpdatePhase};
-use rusqlite::Connection;
+use crate::store::db::Connection;
 use tokio::sync::watch;
 
 use super::plan::{self, Candidate, Plan, Selector, WaveSpec, SITE_KEY};
 use super::version::{compare, OsVersion};
 use super::RolloutError;
-use crate::grpc::{desired_message, desired_state};
+use crate::grpc::desired_state;
 use crate::sessions::OsReport;
 use crate::store::bundles as store_bundles;
 use crate::store::rollouts::{self, NewRollout, Rollout};
@@ -48,10 +48,7 @@ pub struct Push {
 /// Push desired states on the devices' open streams (offline devices get them on reconnect).
 pub async fn push_all(shared: &Shared, pushes: Vec<Push>) {
     for push in pushes {
-        shared
-            .sessions
-            .push(&push.device_id, desired_message(push.desired))
-            .await;
+        shared.deliver(&push.device_id, push.desired).await;
     }
 }
 
@@ -122,6 +119,7 @@ pub fn evaluate(tx: &Connection, id: &str, pushes: &mut Vec<Push>) -> Result<(),
         );
         rollouts::set_state(tx, id, RolloutState::Halted, Some(&reason))?;
         audit::record(tx, ENGINE_ACTOR, "rollout.halt", id, &reason)?;
+        crate::store::events::insert(tx, &crate::store::events::NewEvent::now(None, "rollout.halted", crate::store::events::Severity::Error, format!("rollout {id} halted: {reason}")))?;
         tracing::warn!(%reason, "rollout halted");
         return Ok(());
     }
@@ -157,6 +155,7 @@ fn release_wave(
             "its bundle was removed from central; upload it again and create a new rollout";
         rollouts::set_state(tx, &rollout.id, RolloutState::Halted, Some(reason))?;
         audit::record(tx, ENGINE_ACTOR, "rollout.halt", &rollout.id, reason)?;
+        crate::store::events::insert(tx, &crate::store::events::NewEvent::now(None, "rollout.halted", crate::store::events::Severity::Error, format!("rollout {} halted: {reason}", rollout.id)))?;
         return Ok(());
     };
     let os = DesiredOs {
@@ -260,6 +259,37 @@ fn bounded(mut status: OsStatus) -> OsStatus {
 
 /// Take in the OS status of a heartbeat: kept in memory; the registry is written only when the
 /// running version changed or the report moves the device in its rollout.
+/// How bad an OS update phase is for the event log.
+fn os_phase_severity(phase: i32) -> crate::store::events::Severity {
+    use crate::store::events::Severity;
+    match OsUpdatePhase::try_from(phase).unwrap_or(OsUpdatePhase::Unspecified) {
+        OsUpdatePhase::Failed => Severity::Error,
+        OsUpdatePhase::Refused => Severity::Warning,
+        _ => Severity::Info,
+    }
+}
+
+/// "OS update to 1.2: downloading -> installing" (with the error of a failure).
+fn os_phase_message(previous: &OsStatus, status: &OsStatus) -> String {
+    let name = |phase: i32| {
+        OsUpdatePhase::try_from(phase)
+            .map(|p| p.as_str_name().trim_start_matches("OS_UPDATE_PHASE_").to_ascii_lowercase())
+            .unwrap_or_else(|_| format!("phase {phase}"))
+    };
+    let mut message = String::from("OS update");
+    if !status.target_version.is_empty() {
+        message.push_str(&format!(" to {}", status.target_version));
+    }
+    message.push_str(&format!(": {} -> {}", name(previous.phase), name(status.phase)));
+    if !status.rollout_id.is_empty() {
+        message.push_str(&format!(" (rollout {})", status.rollout_id));
+    }
+    if !status.error.is_empty() {
+        message.push_str(&format!(": {}", status.error));
+    }
+    message
+}
+
 pub async fn on_heartbeat(shared: &Shared, device_id: &str, status: OsStatus) {
     let status = bounded(status);
     let previous = shared.sessions.report_os(
@@ -269,6 +299,9 @@ pub async fn on_heartbeat(shared: &Shared, device_id: &str, status: OsStatus) {
             status: status.clone(),
         },
     );
+    if let Some(previous) = previous.as_ref().filter(|p| p.status.phase != status.phase) {
+        crate::events::record(shared, Some(device_id), "os.update", os_phase_severity(status.phase), os_phase_message(&previous.status, &status));
+    }
     let version_changed = !status.version.is_empty()
         && previous
             .as_ref()

@@ -1,7 +1,7 @@
 //! Apps each device should run: one Compose file per (device, app name). Changing them bumps the
 //! device's desired revision in the same transaction (see [`bump_revision`]).
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use crate::store::db::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{now_unix, rfc3339, StoreError};
@@ -22,7 +22,7 @@ pub struct DesiredApp {
     pub deployment: Option<String>,
 }
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<DesiredApp> {
+fn from_row(row: &Row) -> crate::store::db::Result<DesiredApp> {
     Ok(DesiredApp {
         name: row.get(0)?,
         compose_yaml: row.get(1)?,

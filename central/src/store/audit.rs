@@ -1,6 +1,6 @@
 //! The audit log: an append-only record of every change and every sensitive read.
 
-use rusqlite::{params, Connection};
+use crate::store::db::{params, Connection};
 
 use super::{now_unix, AuditEvent, StoreError};
 

@@ -1,7 +1,7 @@
 //! OS update bundles central holds: one row per verified file in `data_dir/bundles`, keyed by
 //! the SHA-256 of its bytes.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use crate::store::db::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{rfc3339, StoreError};
@@ -26,7 +26,7 @@ pub struct Bundle {
 
 const COLUMNS: &str = "sha256, version, compatible, size, uploaded_at, uploaded_by";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Bundle> {
+fn from_row(row: &Row) -> crate::store::db::Result<Bundle> {
     Ok(Bundle {
         sha256: row.get(0)?,
         version: row.get(1)?,
@@ -42,7 +42,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Bundle>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM bundles ORDER BY uploaded_at DESC, sha256"
     ))?;
-    let rows = stmt.query_map([], from_row)?;
+    let rows = stmt.query_map(crate::params![], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -61,7 +61,7 @@ pub fn get(conn: &Connection, sha256: &str) -> Result<Option<Bundle>, StoreError
 /// whether it is new.
 pub fn insert(conn: &Connection, bundle: &Bundle) -> Result<(Bundle, bool), StoreError> {
     let inserted = conn.execute(
-        &format!("INSERT OR IGNORE INTO bundles ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+        &format!("INSERT INTO bundles ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING"),
         params![
             bundle.sha256,
             bundle.version,
@@ -89,8 +89,8 @@ mod tests {
 
     #[test]
     fn insert_is_idempotent_and_keeps_the_first_upload() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut conn).unwrap();
+        let (store, _dir) = super::super::test_store();
+        store.run_blocking(|conn| {
         let first = Bundle {
             sha256: "ab".repeat(32),
             version: "1.0".into(),
@@ -99,18 +99,21 @@ mod tests {
             uploaded_at: 100,
             uploaded_by: "api:ops".into(),
         };
-        assert!(insert(&conn, &first).unwrap().1);
+        assert!(insert(conn, &first).unwrap().1);
         let again = Bundle {
             uploaded_at: 200,
             uploaded_by: "api:other".into(),
             ..first.clone()
         };
-        let (stored, new) = insert(&conn, &again).unwrap();
+        let (stored, new) = insert(conn, &again).unwrap();
         assert!(!new);
         assert_eq!(stored, first);
-        assert_eq!(list(&conn).unwrap(), vec![first.clone()]);
-        assert!(delete(&conn, &first.sha256).unwrap());
-        assert!(!delete(&conn, &first.sha256).unwrap());
-        assert!(get(&conn, &first.sha256).unwrap().is_none());
+        assert_eq!(list(conn).unwrap(), vec![first.clone()]);
+        assert!(delete(conn, &first.sha256).unwrap());
+        assert!(!delete(conn, &first.sha256).unwrap());
+        assert!(get(conn, &first.sha256).unwrap().is_none());
+        Ok(())
+        })
+        .unwrap();
     }
 }

@@ -4,7 +4,7 @@
 //! marked with its name; operators' own per-device apps have no owner, and neither side may
 //! change the other's rows.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use crate::store::db::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{json_column, now_unix, rfc3339, StoreError};
@@ -29,7 +29,7 @@ pub struct Deployment {
     pub updated_at: i64,
 }
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Deployment> {
+fn from_row(row: &Row) -> crate::store::db::Result<Deployment> {
     Ok(Deployment {
         name: row.get(0)?,
         compose_yaml: row.get(1)?,
@@ -46,7 +46,7 @@ const COLUMNS: &str = "name, compose_yaml, placement, created_by, created_at, up
 pub fn list(conn: &Connection) -> Result<Vec<Deployment>, StoreError> {
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {COLUMNS} FROM deployments ORDER BY name"))?;
-    let rows = stmt.query_map([], from_row)?;
+    let rows = stmt.query_map(crate::params![], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -120,7 +120,7 @@ pub struct AppRow {
 /// Every app of every device (the scheduler's view).
 pub fn all_app_rows(conn: &Connection) -> Result<Vec<AppRow>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT device_id, name, deployment, compose_yaml FROM device_apps ORDER BY device_id, name")?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(crate::params![], |r| {
         Ok(AppRow {
             device_id: r.get(0)?,
             name: r.get(1)?,
@@ -143,7 +143,7 @@ pub fn devices_with_unowned_app(conn: &Connection, name: &str) -> Result<Vec<Str
 pub fn any_placed(conn: &Connection) -> Result<bool, StoreError> {
     Ok(conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM device_apps WHERE deployment IS NOT NULL)",
-        [],
+        crate::params![],
         |r| r.get(0),
     )?)
 }

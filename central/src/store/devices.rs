@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use crate::store::db::{params, Connection, OptionalExtension, Row};
 
 use super::{now_unix, DesiredOs, Device, DeviceStatus, StoreError};
 
@@ -27,10 +27,10 @@ const COLUMNS: &str = "id, status, serial, tpm_ek_sha256, hostname, key_storage,
     os_version, token_id, created_at, approved_at, last_seen_at, cert_serial, cert_expires_at, \
     desired_revision, config, desired_os, site, labels";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
+fn from_row(row: &Row) -> crate::store::db::Result<Device> {
     let config: String = row.get(15)?;
     let config: BTreeMap<String, String> = serde_json::from_str(&config)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(15, rusqlite::types::Type::Text, Box::new(e)))?;
+        .map_err(|e| crate::store::db::Error::conversion(15, e))?;
     Ok(Device {
         id: row.get(0)?,
         status: row.get(1)?,
@@ -55,17 +55,17 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
     })
 }
 
-fn string_map_from_column(row: &Row<'_>, index: usize) -> rusqlite::Result<BTreeMap<String, String>> {
+fn string_map_from_column(row: &Row, index: usize) -> crate::store::db::Result<BTreeMap<String, String>> {
     let text: String = row.get(index)?;
     serde_json::from_str(&text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
+        .map_err(|e| crate::store::db::Error::conversion(index, e))
 }
 
-fn desired_os_from_column(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<DesiredOs>> {
+fn desired_os_from_column(row: &Row, index: usize) -> crate::store::db::Result<Option<DesiredOs>> {
     let text: Option<String> = row.get(index)?;
     text.map(|t| {
         serde_json::from_str(&t)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
+            .map_err(|e| crate::store::db::Error::conversion(index, e))
     })
     .transpose()
 }
@@ -131,7 +131,7 @@ pub fn status(conn: &Connection, id: &str) -> Result<Option<DeviceStatus>, Store
 /// All devices, oldest first.
 pub fn list(conn: &Connection) -> Result<Vec<Device>, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM devices ORDER BY created_at, id"))?;
-    let rows = stmt.query_map([], from_row)?;
+    let rows = stmt.query_map(crate::params![], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -174,15 +174,33 @@ pub fn update_reported(conn: &Connection, id: &str, facts: &DeviceFacts) -> Resu
 
 /// Write many last-seen times in one transaction.
 pub fn set_last_seen(conn: &mut Connection, seen: &[(String, i64)]) -> Result<(), StoreError> {
+    // Many rows per statement: on PostgreSQL each statement is a round trip (and the batch
+    // holds the replicas' registry lock), so 10k heartbeats must not cost 10k of them.
+    const ROWS_PER_STATEMENT: usize = 500;
     let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached("UPDATE devices SET last_seen_at = ?2 WHERE id = ?1")?;
-        for (id, at) in seen {
-            stmt.execute(params![id, at])?;
-        }
+    for chunk in seen.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("SELECT ?{} AS id, CAST(?{} AS BIGINT) AS at", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let sql = format!(
+            "UPDATE devices SET last_seen_at = seen.at FROM ({}) AS seen WHERE devices.id = seen.id",
+            rows.join(" UNION ALL ")
+        );
+        let values: Vec<crate::store::db::Value> = chunk
+            .iter()
+            .flat_map(|(id, at)| [crate::store::db::Value::Text(id.clone()), crate::store::db::Value::Int(*at)])
+            .collect();
+        let params: Vec<&dyn crate::store::db::ToValue> = values.iter().map(|v| v as &dyn crate::store::db::ToValue).collect();
+        tx.execute(&sql, params.as_slice())?;
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Devices last heard from at or after `since` (by any replica), with that time.
+pub fn seen_since(conn: &Connection, since: i64) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    let rows = conn.query("SELECT id, last_seen_at FROM devices WHERE last_seen_at >= ?1", [since])?;
+    Ok(rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect::<crate::store::db::Result<_>>()?)
 }
 
 /// Replace a device's config and bump its desired revision; returns the new revision.
@@ -224,4 +242,37 @@ pub fn set_os_version(conn: &Connection, id: &str, version: &str) -> Result<bool
         "UPDATE devices SET os_version = ?2 WHERE id = ?1 AND os_version <> ?2",
         params![id, version],
     )? > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::db::params;
+
+    #[test]
+    fn heartbeat_times_are_written_in_batches_and_read_back_by_time() {
+        let (store, _dir) = crate::store::test_store();
+        store
+            .run_blocking(|conn| {
+                conn.execute(
+                    "INSERT INTO enrollment_tokens (id, name, secret_sha256, policy, created_at, expires_at)
+                     VALUES ('tok_1', 't', 's', 'auto', 0, 99)",
+                    params![],
+                )?;
+                // More devices than one statement carries, so the batching is exercised.
+                let ids: Vec<String> = (0..1203).map(|i| format!("dev_{i:05}")).collect();
+                for id in &ids {
+                    insert(conn, id, DeviceStatus::Active, &format!("key-{id}"), &DeviceFacts::default(), "tok_1")?;
+                }
+                let seen: Vec<(String, i64)> = ids.iter().enumerate().map(|(i, id)| (id.clone(), 1000 + i as i64)).collect();
+                set_last_seen(conn, &seen)?;
+                let recent = seen_since(conn, 2000)?;
+                assert_eq!(recent.len(), 203);
+                assert_eq!(recent.get("dev_01202"), Some(&2202));
+                assert!(!recent.contains_key("dev_00999"));
+                assert_eq!(get(conn, "dev_00007")?.unwrap().last_seen_at, Some(1007));
+                Ok(())
+            })
+            .unwrap();
+    }
 }

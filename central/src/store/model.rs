@@ -28,16 +28,16 @@ macro_rules! text_enum {
             }
         }
 
-        impl rusqlite::types::FromSql for $name {
-            fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
-                let text = value.as_str()?;
-                Self::parse(text).map_err(|e| rusqlite::types::FromSqlError::Other(Box::new(e)))
+        impl crate::store::db::FromValue for $name {
+            fn from_value(value: &crate::store::db::Value, index: usize) -> crate::store::db::Result<Self> {
+                let text = String::from_value(value, index)?;
+                Self::parse(&text).map_err(|e| crate::store::db::Error::conversion(index, e))
             }
         }
 
-        impl rusqlite::types::ToSql for $name {
-            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
-                Ok(self.as_str().into())
+        impl crate::store::db::ToValue for $name {
+            fn to_value(&self) -> crate::store::db::Value {
+                crate::store::db::Value::Text(self.as_str().to_owned())
             }
         }
     };

@@ -1,6 +1,6 @@
 //! Escrowed recovery keys, one per device, stored sealed by [`crate::escrow::EscrowKey`].
 
-use rusqlite::{params, Connection, OptionalExtension};
+use crate::store::db::{params, Connection, OptionalExtension};
 
 use super::StoreError;
 

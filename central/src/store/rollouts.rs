@@ -1,7 +1,7 @@
 //! OS update rollouts and the devices each one moves. Rows change only on state transitions
 //! (release, a new phase reported by the agent, pause/resume/abort/rollback), never per heartbeat.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use crate::store::db::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -100,7 +100,7 @@ const COLUMNS: &str = "id, bundle_sha256, version, selector, waves, wave_count, 
     failure_threshold_percent, health_deadline_seconds, allow_downgrade, state, halt_reason, created_by, \
     created_at, updated_at";
 
-fn from_row(row: &Row<'_>) -> rusqlite::Result<Rollout> {
+fn from_row(row: &Row) -> crate::store::db::Result<Rollout> {
     Ok(Rollout {
         id: row.get(0)?,
         bundle_sha256: row.get(1)?,
@@ -124,7 +124,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Rollout> {
 const DEVICE_COLUMNS: &str =
     "rollout_id, device_id, wave, from_version, state, error, rollback_sha256, updated_at";
 
-fn device_from_row(row: &Row<'_>) -> rusqlite::Result<RolloutDevice> {
+fn device_from_row(row: &Row) -> crate::store::db::Result<RolloutDevice> {
     Ok(RolloutDevice {
         rollout_id: row.get(0)?,
         device_id: row.get(1)?,
@@ -187,7 +187,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Rollout>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM rollouts ORDER BY created_at DESC, id"
     ))?;
-    let rows = stmt.query_map([], from_row)?;
+    let rows = stmt.query_map(crate::params![], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -197,7 +197,7 @@ pub fn ids_in_states(
     states: &[RolloutState],
 ) -> Result<Vec<String>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT id, state FROM rollouts ORDER BY created_at, id")?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(crate::params![], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, RolloutState>(1)?))
     })?;
     let mut ids = Vec::new();

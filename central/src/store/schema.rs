@@ -1,7 +1,8 @@
-//! Versioned schema migrations, tracked in SQLite's `user_version`.
+//! Versioned schema migrations: tracked in SQLite's `user_version`, or in PostgreSQL's
+//! `schema_version` table. One list serves both: the PostgreSQL twin of each entry is derived
+//! by [`db::pg_ddl`] (types only; the registry's SQL is otherwise portable).
 
-use rusqlite::Connection;
-
+use super::db::{self, params, Connection, OptionalExtension};
 use super::StoreError;
 
 /// Each entry moves the schema one version up. Never edit a released entry: append a new one.
@@ -164,29 +165,76 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE device_apps ADD COLUMN deployment TEXT;
     CREATE INDEX device_apps_deployment ON device_apps(deployment);
     "#,
+    r#"
+    CREATE TABLE events (
+        id TEXT PRIMARY KEY,
+        at INTEGER NOT NULL,
+        device_id TEXT,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_at ON events(at, id);
+    CREATE INDEX events_device_at ON events(device_id, at);
+    CREATE TABLE log_requests (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        app TEXT NOT NULL,
+        service TEXT NOT NULL,
+        lines INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reply TEXT,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+    );
+    CREATE INDEX log_requests_device_state ON log_requests(device_id, state, created_at);
+    "#,
 ];
 
-/// Bring the database to the latest schema, one transaction per version.
-pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let found: usize = conn
+/// Bring an SQLite database to the latest schema, one transaction per version.
+pub(super) fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
+    let sqlite = conn.as_sqlite().expect("migrate_sqlite on an SQLite connection");
+    let found: i64 = sqlite
         .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
-        .map_err(StoreError::Query)? as usize;
-    if found > MIGRATIONS.len() {
-        return Err(StoreError::TooNew {
-            found,
-            known: MIGRATIONS.len(),
-        });
-    }
+        .map_err(|e| StoreError::Query(e.into()))?;
+    let found = check_version(found)?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found) {
         let version = index + 1;
-        let err = |source| StoreError::Migrate { version, source };
+        let err = |source: db::Error| StoreError::Migrate { version, source };
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
-        tx.pragma_update(None, "user_version", version as i64).map_err(err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {version}")).map_err(err)?;
         tx.commit().map_err(err)?;
         tracing::info!(version, "registry schema migrated");
     }
     Ok(())
+}
+
+/// Bring a PostgreSQL database to the latest schema inside the caller's transaction (which
+/// holds the cluster lock, so two replicas starting together migrate once).
+pub(super) fn migrate_postgres(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+    let found: Option<i64> =
+        conn.query_row("SELECT MAX(version) FROM schema_version", params![], |r| r.get(0)).optional()?.flatten();
+    let found = check_version(found.unwrap_or(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found) {
+        let version = index + 1;
+        let err = |source: db::Error| StoreError::Migrate { version, source };
+        conn.execute_batch(&db::pg_ddl(sql)).map_err(err)?;
+        conn.execute("DELETE FROM schema_version", params![]).map_err(err)?;
+        conn.execute("INSERT INTO schema_version (version) VALUES (?1)", [version]).map_err(err)?;
+        tracing::info!(version, "registry schema migrated (PostgreSQL)");
+    }
+    Ok(())
+}
+
+fn check_version(found: i64) -> Result<usize, StoreError> {
+    let found = usize::try_from(found).unwrap_or(usize::MAX);
+    if found > MIGRATIONS.len() {
+        return Err(StoreError::TooNew { found, known: MIGRATIONS.len() });
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
@@ -195,17 +243,17 @@ mod tests {
 
     #[test]
     fn migrates_once_and_is_idempotent() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        migrate(&mut conn).unwrap();
-        migrate(&mut conn).unwrap();
-        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let mut conn = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
+        migrate_sqlite(&mut conn).unwrap();
+        migrate_sqlite(&mut conn).unwrap();
+        let v: i64 = conn.as_sqlite().unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
     }
 
     #[test]
     fn refuses_newer_database() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.pragma_update(None, "user_version", 999).unwrap();
-        assert!(matches!(migrate(&mut conn), Err(StoreError::TooNew { found: 999, .. })));
+        let mut conn = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
+        conn.execute_batch("PRAGMA user_version = 999").unwrap();
+        assert!(matches!(migrate_sqlite(&mut conn), Err(StoreError::TooNew { found: 999, .. })));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use crate::store::db::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{json_column, now_unix, rfc3339, StoreError};
@@ -50,7 +50,7 @@ pub struct Region {
     pub created_at: i64,
 }
 
-fn site_from_row(row: &Row<'_>) -> rusqlite::Result<Site> {
+fn site_from_row(row: &Row) -> crate::store::db::Result<Site> {
     Ok(Site {
         name: row.get(0)?,
         labels: json_column(row, 1)?,
@@ -67,7 +67,7 @@ const SITE_COLUMNS: &str = "name, labels, latitude, longitude, created_at, updat
 pub fn list(conn: &Connection) -> Result<Vec<Site>, StoreError> {
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {SITE_COLUMNS} FROM sites ORDER BY name"))?;
-    let rows = stmt.query_map([], site_from_row)?;
+    let rows = stmt.query_map(crate::params![], site_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -137,7 +137,7 @@ pub fn device_counts(conn: &Connection) -> Result<BTreeMap<String, u64>, StoreEr
     let mut stmt = conn.prepare_cached(
         "SELECT site, COUNT(*) FROM devices WHERE site IS NOT NULL GROUP BY site",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map(crate::params![], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -168,7 +168,7 @@ pub fn set_device_labels(
     )? > 0)
 }
 
-fn region_from_row(row: &Row<'_>) -> rusqlite::Result<Region> {
+fn region_from_row(row: &Row) -> crate::store::db::Result<Region> {
     Ok(Region {
         name: row.get(0)?,
         points: json_column(row, 1)?,
@@ -180,7 +180,7 @@ fn region_from_row(row: &Row<'_>) -> rusqlite::Result<Region> {
 pub fn list_regions(conn: &Connection) -> Result<Vec<Region>, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT name, points, created_at FROM regions ORDER BY name")?;
-    let rows = stmt.query_map([], region_from_row)?;
+    let rows = stmt.query_map(crate::params![], region_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -1,6 +1,6 @@
 //! Enrollment tokens, operator API tokens and claims.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use crate::store::db::{params, Connection, OptionalExtension, Row};
 
 use super::{
     new_id, new_secret, now_unix, sha256_hex, ApiToken, Claim, ClaimKind, EnrollmentToken, Policy,
@@ -9,7 +9,7 @@ use super::{
 
 const TOKEN_COLUMNS: &str = "id, name, policy, created_at, expires_at, max_uses, uses, revoked";
 
-fn token_from_row(row: &Row<'_>) -> rusqlite::Result<EnrollmentToken> {
+fn token_from_row(row: &Row) -> crate::store::db::Result<EnrollmentToken> {
     Ok(EnrollmentToken {
         id: row.get(0)?,
         name: row.get(1)?,
@@ -63,7 +63,7 @@ pub fn list_enrollment_tokens(conn: &Connection) -> Result<Vec<EnrollmentToken>,
     let mut stmt = conn.prepare(&format!(
         "SELECT {TOKEN_COLUMNS} FROM enrollment_tokens ORDER BY created_at DESC, id"
     ))?;
-    let rows = stmt.query_map([], token_from_row)?;
+    let rows = stmt.query_map(crate::params![], token_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -103,7 +103,7 @@ pub fn revoke_enrollment_token(conn: &Connection, id: &str) -> Result<bool, Stor
     Ok(conn.execute("UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?1", [id])? == 1)
 }
 
-fn api_token_from_row(row: &Row<'_>) -> rusqlite::Result<ApiToken> {
+fn api_token_from_row(row: &Row) -> crate::store::db::Result<ApiToken> {
     Ok(ApiToken {
         id: row.get(0)?,
         name: row.get(1)?,
@@ -146,7 +146,7 @@ pub fn list_api_tokens(conn: &Connection) -> Result<Vec<ApiToken>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT id, name, role, created_at, revoked FROM api_tokens ORDER BY created_at DESC, id",
     )?;
-    let rows = stmt.query_map([], api_token_from_row)?;
+    let rows = stmt.query_map(crate::params![], api_token_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -154,14 +154,14 @@ pub fn list_api_tokens(conn: &Connection) -> Result<Vec<ApiToken>, StoreError> {
 pub fn has_admin_token(conn: &Connection) -> Result<bool, StoreError> {
     Ok(conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked = 0)",
-        [],
+        crate::params![],
         |r| r.get(0),
     )?)
 }
 
 const CLAIM_COLUMNS: &str = "id, kind, value, created_at, device_id";
 
-fn claim_from_row(row: &Row<'_>) -> rusqlite::Result<Claim> {
+fn claim_from_row(row: &Row) -> crate::store::db::Result<Claim> {
     Ok(Claim {
         id: row.get(0)?,
         kind: row.get(1)?,
@@ -181,7 +181,7 @@ pub fn add_claim(conn: &Connection, kind: ClaimKind, value: &str) -> Result<Opti
         device_id: None,
     };
     let inserted = conn.execute(
-        "INSERT OR IGNORE INTO claims (id, kind, value, created_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO claims (id, kind, value, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
         params![claim.id, kind, claim.value, claim.created_at],
     )?;
     Ok((inserted == 1).then_some(claim))
@@ -192,7 +192,7 @@ pub fn list_claims(conn: &Connection) -> Result<Vec<Claim>, StoreError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {CLAIM_COLUMNS} FROM claims ORDER BY created_at DESC, id"
     ))?;
-    let rows = stmt.query_map([], claim_from_row)?;
+    let rows = stmt.query_map(crate::params![], claim_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 

@@ -19,6 +19,16 @@ use serde::Serialize;
 
 pub use fields::split_command;
 
+/// Longest app or service name (they become parts of containerd ids).
+pub const MAX_NAME_LEN: usize = 32;
+
+/// Check an app or service name as Compose files are checked: lowercase ASCII letters and digits
+/// in runs separated by single `-`, `_` or `.`, at most [`MAX_NAME_LEN`] characters. The error
+/// says what is wrong.
+pub fn check_app_or_service_name(name: &str) -> Result<(), String> {
+    fields::check_name(name, MAX_NAME_LEN)
+}
+
 /// A validated app: a named set of services plus the volumes and secrets they use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AppSpec {

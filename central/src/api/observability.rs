@@ -1,0 +1,272 @@
+//! Observability over REST: the event log, host metrics on device pages, logs on demand, and
+//! Prometheus metrics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::{ApiError, Caller};
+use crate::store::events::{self as event_store, EventFilter};
+use crate::logs::{self, LogSource, LogsError};
+use crate::sessions::HostReport;
+use crate::store::{rfc3339, Role};
+use crate::Shared;
+
+type ApiResult = Result<axum::response::Response, ApiError>;
+type St = State<Arc<Shared>>;
+
+/// Most events one `GET /api/v1/events` returns.
+pub const MAX_EVENTS_LIMIT: u32 = 1000;
+/// Events shown on a device's page.
+pub const DEVICE_PAGE_EVENTS: u32 = 20;
+
+/// Refuse query parameters the operation does not know (a typo must not silently widen a query).
+fn only_known(query: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    let mut unknown: Vec<&str> = query
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort_unstable();
+    Err(ApiError::BadRequest(format!(
+        "unknown query parameter(s) {}; this operation takes {}",
+        unknown.join(", "),
+        known.join(", ")
+    )))
+}
+
+/// `since`: an RFC 3339 time (`2026-01-31T12:00:00Z`) or Unix milliseconds.
+pub fn parse_since(text: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = text.parse::<i64>() {
+        if ms >= 0 {
+            return Ok(ms);
+        }
+    }
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "`since` {:?} is neither an RFC 3339 time (2026-01-31T12:00:00Z) nor Unix milliseconds",
+                cairn_proto::truncate_status_text(text, 64)
+            ))
+        })
+}
+
+fn parse_limit(text: Option<&String>, default: u32, max: u32) -> Result<u32, ApiError> {
+    let Some(text) = text else { return Ok(default) };
+    match text.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(ApiError::BadRequest(format!(
+            "`limit` must be a whole number from 1 to {max}, got {:?}",
+            cairn_proto::truncate_status_text(text, 32)
+        ))),
+    }
+}
+
+fn check_device_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(ApiError::BadRequest(
+            "`device` must be a device id like dev_3f9a… (letters, digits, '_' and '-')".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /api/v1/events?device=&kind=&since=&limit=` (viewer): the newest matching events, oldest
+/// first.
+pub async fn list_events(
+    caller: Caller,
+    State(shared): St,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    only_known(&query, &["device", "kind", "since", "limit"])?;
+    let mut filter = EventFilter {
+        limit: parse_limit(query.get("limit"), 100, MAX_EVENTS_LIMIT)?,
+        ..Default::default()
+    };
+    if let Some(device) = query.get("device") {
+        check_device_id(device)?;
+        filter.device_id = device.clone();
+    }
+    if let Some(kind) = query.get("kind") {
+        if !crate::events::is_known_kind(kind) {
+            let mut kinds: Vec<&str> = crate::events::CENTRAL_EVENT_KINDS
+                .iter()
+                .chain(cairn_proto::AGENT_EVENT_KINDS)
+                .copied()
+                .collect();
+            kinds.sort_unstable();
+            return Err(ApiError::BadRequest(format!(
+                "`kind` {:?} is not an event kind; use one of {}",
+                cairn_proto::truncate_status_text(kind, 64),
+                kinds.join(", ")
+            )));
+        }
+        filter.kind = kind.clone();
+    }
+    if let Some(since) = query.get("since") {
+        filter.since_ms = parse_since(since)?;
+    }
+    let events = shared
+        .store
+        .run(move |conn| event_store::list(conn, &filter))
+        .await?;
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
+/// The newest events of one device, for its page.
+pub async fn device_events(
+    shared: &Shared,
+    device_id: String,
+) -> Result<Vec<event_store::Event>, ApiError> {
+    let filter = EventFilter {
+        device_id,
+        limit: DEVICE_PAGE_EVENTS,
+        ..Default::default()
+    };
+    Ok(shared
+        .store
+        .run(move |conn| event_store::list(conn, &filter))
+        .await?)
+}
+
+fn percent(used: u64, total: u64) -> Option<f64> {
+    (total > 0).then(|| (used as f64 * 1000.0 / total as f64).round() / 10.0)
+}
+
+/// A device's latest host metrics as JSON (`null` when it has not reported any since this
+/// central started).
+pub fn host_json(report: Option<&HostReport>) -> Value {
+    let Some(report) = report else {
+        return Value::Null;
+    };
+    let m = &report.metrics;
+    let used_memory = m.memory_total_bytes - m.memory_available_bytes.min(m.memory_total_bytes);
+    let max_temperature = m
+        .temperatures
+        .iter()
+        .map(|t| t.celsius)
+        .fold(None, |max: Option<f64>, c| {
+            Some(max.map_or(c, |m| m.max(c)))
+        });
+    json!({
+        "reported_at": rfc3339::format(report.at),
+        "cpu_percent": m.cpu_percent.map(|p| (p * 10.0).round() / 10.0),
+        "load1": m.load1,
+        "memory_total_bytes": m.memory_total_bytes,
+        "memory_available_bytes": m.memory_available_bytes,
+        "memory_used_percent": percent(used_memory, m.memory_total_bytes),
+        "filesystems": m.filesystems.iter().map(|fs| json!({
+            "mount_point": fs.mount_point,
+            "used_bytes": fs.used_bytes,
+            "total_bytes": fs.total_bytes,
+            "used_percent": percent(fs.used_bytes, fs.total_bytes),
+        })).collect::<Vec<_>>(),
+        "disk_used_percent": m.filesystems.iter().filter_map(|fs| percent(fs.used_bytes, fs.total_bytes)).fold(None, |max: Option<f64>, p| Some(max.map_or(p, |m| m.max(p)))),
+        "temperatures": m.temperatures.iter().map(|t| json!({ "sensor": t.sensor, "celsius": t.celsius })).collect::<Vec<_>>(),
+        "max_temperature_celsius": max_temperature,
+        "uptime_seconds": m.uptime_seconds,
+    })
+}
+
+/// `GET /api/v1/devices/{id}/logs?app=&service=&lines=` (operator: logs can hold secrets; every
+/// request is audited): the last lines of a service's log, or of the agent's journal without
+/// `app` and `service`.
+pub async fn device_logs(
+    caller: Caller,
+    State(shared): St,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    caller.require(Role::Operator)?;
+    only_known(&query, &["app", "service", "lines"])?;
+    let source = LogSource::parse(
+        query.get("app").map(String::as_str),
+        query.get("service").map(String::as_str),
+    )
+    .map_err(ApiError::BadRequest)?;
+    let lines = match query.get("lines") {
+        None => 100,
+        Some(text) => text
+            .parse::<u32>()
+            .map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "`lines` must be a whole number from 1 to {}",
+                    cairn_proto::MAX_LOG_LINES
+                ))
+            })
+            .and_then(|n| logs::check_lines(n).map_err(ApiError::BadRequest))?,
+    };
+    let outcome = logs::request(&shared, caller.actor(), &id, source.clone(), lines).await;
+    let (app, service) = match &source {
+        LogSource::Service { app, service } => (Some(app.clone()), Some(service.clone())),
+        LogSource::Agent => (None, None),
+    };
+    match outcome {
+        Ok(lines_read) => {
+            let body = json!({
+                "device_id": id,
+                "request_id": lines_read.request_id,
+                "app": app,
+                "service": service,
+                "lines": lines,
+                "truncated": lines_read.truncated,
+                "text": lines_read.text,
+            });
+            Ok((
+                [(axum::http::header::CACHE_CONTROL, "no-store")],
+                Json(body),
+            )
+                .into_response())
+        }
+        Err(LogsError::NoDevice) => Err(ApiError::NotFound("no device with this id".into())),
+        Err(e @ LogsError::Offline(_)) => Err(ApiError::Conflict(e.to_string())),
+        Err(e @ LogsError::Timeout { .. }) => Err(ApiError::GatewayTimeout(e.to_string())),
+        Err(e @ LogsError::Device { .. }) => Err(ApiError::DeviceFailed(e.to_string())),
+        Err(LogsError::Store(e)) => Err(ApiError::Store(e)),
+    }
+}
+
+/// `GET /metrics` (any API token as a bearer): Prometheus text format 0.0.4.
+pub async fn metrics(caller: Caller, State(shared): St) -> ApiResult {
+    caller.require(Role::Viewer)?;
+    let text = crate::metrics::render(&shared).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_rfc3339_or_unix_ms() {
+        assert_eq!(parse_since("1700000000123").unwrap(), 1_700_000_000_123);
+        assert_eq!(
+            parse_since("2023-11-14T22:13:20.5Z").unwrap(),
+            1_700_000_000_500
+        );
+        let err = parse_since("yesterday").unwrap_err().to_string();
+        assert!(err.contains("RFC 3339"), "{err}");
+        assert!(parse_since("-5").is_err());
+    }
+}

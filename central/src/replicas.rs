@@ -1,0 +1,251 @@
+//! Several central replicas on one PostgreSQL database.
+//!
+//! An agent's stream lands on any replica, and an operator's change on any other. Everything
+//! durable is in the shared database already; what does not cross replicas by itself is the
+//! nudge "this device's state changed, push it now". A replica that changes a device whose
+//! stream it does not hold announces the device on PostgreSQL's `LISTEN/NOTIFY` channel; every
+//! replica listens, and the one holding the stream reloads the device's desired state from the
+//! database and pushes it. Notifications carry only a kind and a device id, never state, so a
+//! lost or repeated one costs a reload at most (and the agent gets everything on reconnect).
+//!
+//! Presence crosses replicas through the database: each replica writes its devices' heartbeat
+//! times every `presence_flush_ms`, and reads back the devices heard from recently
+//! (`remote_presence_seconds`) so placement and the API see a device on another replica as
+//! online.
+//!
+//! On SQLite (one central) the bus is inert.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postgres::fallible_iterator::FallibleIterator;
+use tokio::sync::{mpsc, watch};
+
+use crate::store::{self, devices, now_unix, Connection, StoreError};
+use crate::Shared;
+
+/// The PostgreSQL channel replicas talk on.
+const CHANNEL: &str = "cairn_devices";
+/// Longest wait before a broken listen/notify connection is tried again.
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+/// What a notification asks of the replica holding the device's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nudge {
+    /// Reload and push the device's desired state.
+    Desired,
+    /// The device was revoked: end its stream.
+    Revoked,
+    /// Deliver the device's pending requests (logs on demand).
+    Requests,
+}
+
+impl Nudge {
+    fn as_str(self) -> &'static str {
+        match self {
+            Nudge::Desired => "desired",
+            Nudge::Revoked => "revoked",
+            Nudge::Requests => "requests",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "desired" => Some(Nudge::Desired),
+            "revoked" => Some(Nudge::Revoked),
+            "requests" => Some(Nudge::Requests),
+            _ => None,
+        }
+    }
+}
+
+/// Sends nudges to the other replicas (no-op on SQLite).
+pub struct Bus {
+    outbox: Option<std::sync::mpsc::Sender<String>>,
+}
+
+impl Bus {
+    /// A bus for `store`: a notifier thread with its own connection on PostgreSQL, inert on
+    /// SQLite.
+    pub fn new(store: &store::Store) -> Self {
+        let Some(url) = store.postgres_url().map(str::to_owned) else { return Self { outbox: None } };
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::Builder::new()
+            .name("cairn-notify".into())
+            .spawn(move || notifier(&url, rx))
+            .expect("spawn the replica notifier thread");
+        Self { outbox: Some(tx) }
+    }
+
+    /// Tell the other replicas about `device_id` (returns at once; sent in order, in the
+    /// background).
+    pub fn announce(&self, nudge: Nudge, device_id: &str) {
+        if let Some(outbox) = &self.outbox {
+            let _ = outbox.send(format!("{}:{device_id}", nudge.as_str()));
+        }
+    }
+
+    /// Whether replicas share this central's database.
+    pub fn is_shared(&self) -> bool {
+        self.outbox.is_some()
+    }
+}
+
+/// Send queued notifications on a dedicated connection, reconnecting after failures.
+fn notifier(url: &str, rx: std::sync::mpsc::Receiver<String>) {
+    let mut conn: Option<Connection> = None;
+    let mut backoff = Duration::from_millis(200);
+    while let Ok(payload) = rx.recv() {
+        loop {
+            if conn.as_ref().is_none_or(Connection::is_broken) {
+                match store::connect_postgres(url) {
+                    Ok(c) => conn = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "replica notifier cannot connect; retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(RECONNECT_MAX);
+                        continue;
+                    }
+                }
+            }
+            let sent = conn.as_ref().expect("connected above").execute("SELECT pg_notify(?1, ?2)", [CHANNEL, &payload]);
+            match sent {
+                Ok(_) => {
+                    backoff = Duration::from_millis(200);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "replica notification failed; reconnecting");
+                    conn = None;
+                }
+            }
+        }
+    }
+}
+
+/// The listening connection, opened before central serves: a nudge sent while a replica
+/// starts must not fall between its first stream and its first LISTEN. `None` on SQLite.
+pub fn listen(store: &store::Store) -> Result<Option<postgres::Client>, StoreError> {
+    let Some(url) = store.postgres_url() else { return Ok(None) };
+    let mut client = store::postgres_client(url)?;
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(|e| StoreError::Query(e.into()))?;
+    Ok(Some(client))
+}
+
+/// Act on nudges from other replicas for devices connected here, and on PostgreSQL keep the
+/// presence of devices on other replicas fresh. Returns at once on SQLite.
+pub async fn run(shared: Arc<Shared>, listening: Option<postgres::Client>, mut shutdown: watch::Receiver<bool>) {
+    let (Some(url), Some(client)) = (shared.store.postgres_url().map(str::to_owned), listening) else { return };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Heard>();
+    std::thread::Builder::new()
+        .name("cairn-listen".into())
+        .spawn(move || listener(&url, client, tx))
+        .expect("spawn the replica listener thread");
+    let mut presence = tokio::time::interval(Duration::from_millis(shared.config.presence_flush_ms.max(500)));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = presence.tick() => refresh_presence(&shared).await,
+            heard = rx.recv() => match heard {
+                None => return,
+                Some(Heard::Nudge(nudge, device_id)) => {
+                    if shared.sessions.is_connected_here(&device_id) {
+                        act(&shared, nudge, &device_id).await;
+                    }
+                }
+                Some(Heard::Reconnected) => {
+                    // Nudges sent while we were not listening are lost: push every device
+                    // connected here its stored state again (the agent ignores what it holds).
+                    for device_id in shared.sessions.connected_here() {
+                        act(&shared, Nudge::Desired, &device_id).await;
+                        act(&shared, Nudge::Requests, &device_id).await;
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// What the listener thread heard.
+enum Heard {
+    Nudge(Nudge, String),
+    /// The listening connection broke and was re-established.
+    Reconnected,
+}
+
+async fn act(shared: &Arc<Shared>, nudge: Nudge, device_id: &str) {
+    match nudge {
+        Nudge::Desired => match crate::grpc::load_desired(shared, device_id).await {
+            Ok(Some(desired)) => {
+                shared.sessions.push(device_id, crate::grpc::desired_message(desired)).await;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, device_id, "could not reload a device's desired state for a nudge"),
+        },
+        Nudge::Revoked => {
+            shared.sessions.close(device_id, tonic::Status::permission_denied("this device was revoked"));
+        }
+        Nudge::Requests => crate::logs::deliver_pending(shared, device_id).await,
+    }
+}
+
+/// Read which devices other replicas heard from recently.
+async fn refresh_presence(shared: &Arc<Shared>) {
+    let since = now_unix() - shared.config.remote_presence_seconds as i64;
+    match shared.store.run(move |conn| devices::seen_since(conn, since)).await {
+        Ok(seen) => shared.sessions.set_remote_seen(seen, since),
+        Err(e) => tracing::warn!(error = %e, "could not read device presence from the registry"),
+    }
+}
+
+/// Receive notifications (reconnecting after failures), forwarding them.
+fn listener(url: &str, mut client: postgres::Client, tx: mpsc::UnboundedSender<Heard>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match forward(&mut client, &tx) {
+            Ok(()) => return, // the receiver is gone: central stopped
+            Err(e) => tracing::warn!(error = %e, "replica listener connection failed; reconnecting"),
+        }
+        loop {
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+            if tx.is_closed() {
+                return;
+            }
+            let reconnected = store::postgres_client(url).and_then(|mut c| {
+                c.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(|e| StoreError::Query(e.into()))?;
+                Ok(c)
+            });
+            match reconnected {
+                Ok(c) => {
+                    client = c;
+                    backoff = Duration::from_millis(200);
+                    let _ = tx.send(Heard::Reconnected);
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "replica listener cannot reconnect; retrying"),
+            }
+        }
+    }
+}
+
+fn forward(client: &mut postgres::Client, tx: &mpsc::UnboundedSender<Heard>) -> Result<(), StoreError> {
+    loop {
+        // Wake up now and then to notice that central stopped.
+        let mut notifications = client.notifications();
+        let mut batch = notifications.timeout_iter(Duration::from_secs(1));
+        while let Some(n) = batch.next().map_err(|e| StoreError::Query(e.into()))? {
+            let parsed = n.payload().split_once(':').and_then(|(kind, device)| Some((Nudge::parse(kind)?, device.to_owned())));
+            let Some((nudge, device_id)) = parsed else {
+                tracing::warn!(payload = n.payload(), "ignoring an unknown replica notification");
+                continue;
+            };
+            if tx.send(Heard::Nudge(nudge, device_id)).is_err() {
+                return Ok(());
+            }
+        }
+        if tx.is_closed() {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,399 @@
+//! Watching the fleet: `cairnctl device top` (host metrics of every device), the host metrics
+//! and events in `cairnctl device show`, `cairnctl events` (the event log, optionally followed)
+//! and `cairnctl logs` (the last lines of a device's service log or agent journal).
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{checked, emit, emit_table, CliError};
+use crate::client::Client;
+use crate::input;
+use crate::model::{DeviceHost, Event, HostMetrics};
+use crate::output::{key_values, or_none, printable, Table, NONE};
+
+/// How often `cairnctl events --follow` asks for new events.
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most lines `cairnctl logs -n` may ask for (central's limit).
+pub const MAX_LOG_LINES: u32 = 10_000;
+
+/// `cairnctl events ...`
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this device's events.
+    #[arg(long, value_name = "DEVICE", value_parser = checked(input::parse_id))]
+    pub device: Option<String>,
+    /// Only this kind, e.g. app.state, device.connected, data.unlock.
+    #[arg(long, value_name = "KIND")]
+    pub kind: Option<String>,
+    /// Only events since then: a duration back from now (30m, 2h, 7d) or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    pub since: Option<String>,
+    /// How many of the newest matching events to show (1 to 1000; central's default is 100).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+    /// Keep printing new events as they are recorded (until interrupted).
+    #[arg(long, conflicts_with = "json")]
+    pub follow: bool,
+}
+
+/// `cairnctl logs ...`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["app", "agent"])))]
+pub struct LogsArgs {
+    /// Device id (dev_...).
+    #[arg(value_parser = checked(input::parse_id))]
+    pub device: String,
+    /// App whose service log to read (with --service).
+    #[arg(long, value_name = "APP", requires = "service", value_parser = checked(input::parse_app_name))]
+    pub app: Option<String>,
+    /// Service of the app.
+    #[arg(long, value_name = "SERVICE", requires = "app", value_parser = checked(input::parse_app_name))]
+    pub service: Option<String>,
+    /// Read the agent's own journal (journalctl -u cairn-agent) instead of an app's log.
+    #[arg(long, conflicts_with_all = ["app", "service"])]
+    pub agent: bool,
+    /// How many of the last lines to show.
+    #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=MAX_LOG_LINES as i64))]
+    pub lines: u32,
+}
+
+/// `--since`: a duration back from now becomes Unix milliseconds; anything else goes to central
+/// as an RFC 3339 time (central checks it).
+fn parse_since(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(
+            "give a duration like 30m or an RFC 3339 time like 2026-01-31T12:00:00Z".into(),
+        );
+    }
+    if text.starts_with(|c: char| c.is_ascii_digit()) && text.len() <= 12 && !text.contains('-') {
+        let seconds = input::parse_duration_seconds(text).map_err(|e| e.to_string())?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        return Ok((now_ms - (seconds as i64).saturating_mul(1000))
+            .max(0)
+            .to_string());
+    }
+    Ok(text.to_owned())
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map_or_else(|| NONE.to_owned(), |v| format!("{v:.1}"))
+}
+
+fn bytes(value: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = value as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Host metrics as `key: value` lines (after a device's own fields in `device show`).
+pub fn host_details(host: Option<&HostMetrics>) -> String {
+    let Some(h) = host else {
+        return "host: no metrics reported to this central yet\n".to_owned();
+    };
+    let mut pairs = vec![
+        ("host.reported_at", printable(&h.reported_at)),
+        ("host.cpu_percent", percent(h.cpu_percent)),
+        ("host.load1", format!("{:.2}", h.load1)),
+        (
+            "host.memory",
+            format!(
+                "{} of {} used ({}%)",
+                bytes(
+                    h.memory_total_bytes
+                        .saturating_sub(h.memory_available_bytes)
+                ),
+                bytes(h.memory_total_bytes),
+                percent(h.memory_used_percent)
+            ),
+        ),
+    ];
+    let filesystems: Vec<(String, String)> = h
+        .filesystems
+        .iter()
+        .map(|fs| {
+            (
+                format!("host.disk {}", printable(&fs.mount_point)),
+                format!(
+                    "{} of {} used ({}%)",
+                    bytes(fs.used_bytes),
+                    bytes(fs.total_bytes),
+                    percent(fs.used_percent)
+                ),
+            )
+        })
+        .collect();
+    let temperatures: Vec<(String, String)> = h
+        .temperatures
+        .iter()
+        .map(|t| {
+            (
+                format!("host.temp {}", printable(&t.sensor)),
+                format!("{:.1} °C", t.celsius),
+            )
+        })
+        .collect();
+    let uptime = format!("{}", h.uptime_seconds);
+    let mut text = String::new();
+    pairs.push(("host.uptime_seconds", uptime));
+    text.push_str(&key_values(&pairs));
+    let extra: Vec<(&str, String)> = filesystems
+        .iter()
+        .chain(temperatures.iter())
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    if !extra.is_empty() {
+        text.push_str(&key_values(&extra));
+    }
+    text
+}
+
+/// Table of events.
+pub fn event_table(events: &[Event]) -> Table {
+    let mut table = Table::new(&["TIME", "SEVERITY", "DEVICE", "KIND", "MESSAGE"]);
+    for event in events {
+        table.push_row([
+            printable(&event.at),
+            printable(&event.severity),
+            printable(or_none(event.device_id.as_deref())),
+            printable(&event.kind),
+            printable(&event.message),
+        ]);
+    }
+    table
+}
+
+/// Table of devices with their host metrics.
+pub fn top_table(devices: &[DeviceHost]) -> Table {
+    let mut table = Table::new(&[
+        "DEVICE",
+        "HOSTNAME",
+        "ONLINE",
+        "CPU%",
+        "MEM%",
+        "DISK%",
+        "TEMP°C",
+        "LOAD1",
+        "LAST-SEEN",
+    ]);
+    for device in devices {
+        let host = device.host.as_ref();
+        table.push_row([
+            printable(&device.id),
+            printable(if device.hostname.is_empty() {
+                NONE
+            } else {
+                &device.hostname
+            }),
+            (if device.online { "yes" } else { "no" }).to_owned(),
+            percent(host.and_then(|h| h.cpu_percent)),
+            percent(host.and_then(|h| h.memory_used_percent)),
+            percent(host.and_then(|h| h.disk_used_percent)),
+            host.and_then(|h| h.max_temperature_celsius)
+                .map_or_else(|| NONE.to_owned(), |t| format!("{t:.1}")),
+            host.map_or_else(|| NONE.to_owned(), |h| format!("{:.2}", h.load1)),
+            printable(or_none(device.last_seen_at.as_deref())),
+        ]);
+    }
+    table
+}
+
+/// `cairnctl device top`: every device with its latest host metrics, busiest CPU first.
+pub fn run_top(client: &Client, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
+    let mut reply = client.list_device_hosts()?;
+    reply.value.devices.sort_by(|a, b| {
+        let cpu = |d: &DeviceHost| d.host.as_ref().and_then(|h| h.cpu_percent).unwrap_or(-1.0);
+        cpu(b).total_cmp(&cpu(a)).then_with(|| a.id.cmp(&b.id))
+    });
+    emit_table(out, json, &reply, "no devices", |list| {
+        top_table(&list.devices)
+    })
+}
+
+/// The host and events part of `cairnctl device show`, from the same answer's body.
+pub fn device_show_extra(body: &str) -> String {
+    let Ok(observed) = serde_json::from_str::<crate::model::DeviceObserved>(body) else {
+        return String::new();
+    };
+    let mut text = host_details(observed.device.host.as_ref());
+    if observed.events.is_empty() {
+        text.push_str("events: none recorded\n");
+    } else {
+        text.push_str("\nrecent events:\n");
+        text.push_str(&event_table(&observed.events).to_string());
+    }
+    text
+}
+
+fn event_query(args: &EventsArgs, since: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut query = Vec::new();
+    if let Some(device) = &args.device {
+        query.push(("device", device.clone()));
+    }
+    if let Some(kind) = &args.kind {
+        query.push(("kind", kind.clone()));
+    }
+    if let Some(since) = since.or(args.since.as_deref()) {
+        query.push(("since", since.to_owned()));
+    }
+    if let Some(limit) = args.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    query
+}
+
+/// `cairnctl events`: the newest matching events, oldest first; with `--follow`, then every new
+/// one as it is recorded.
+pub fn run_events(
+    client: &Client,
+    args: EventsArgs,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let query = event_query(&args, None);
+    let borrowed: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let reply = client.list_events(&borrowed)?;
+    if !args.follow {
+        return emit_table(out, json, &reply, "no events", |list| {
+            event_table(&list.events)
+        });
+    }
+    let mut table = event_table(&reply.value.events).to_string();
+    if reply.value.events.is_empty() {
+        table = event_table(&[]).to_string();
+    }
+    out.write_all(table.as_bytes())?;
+    out.flush()?;
+    // Ask again from the newest event seen (inclusive), skipping the ids already printed at
+    // that millisecond.
+    let mut last_ms = reply.value.events.last().map_or_else(now_ms, |e| e.at_ms);
+    let mut seen_at_last: HashSet<String> = reply
+        .value
+        .events
+        .iter()
+        .filter(|e| e.at_ms == last_ms)
+        .map(|e| e.id.clone())
+        .collect();
+    loop {
+        std::thread::sleep(FOLLOW_INTERVAL);
+        let since = last_ms.to_string();
+        let query = event_query(&args, Some(&since));
+        let borrowed: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let reply = client.list_events(&borrowed)?;
+        let fresh: Vec<Event> = reply
+            .value
+            .events
+            .into_iter()
+            .filter(|e| !seen_at_last.contains(&e.id))
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        for event in &fresh {
+            if event.at_ms > last_ms {
+                last_ms = event.at_ms;
+                seen_at_last.clear();
+            }
+            if event.at_ms == last_ms {
+                seen_at_last.insert(event.id.clone());
+            }
+        }
+        // Rows only: the header was printed once.
+        let rows = event_table(&fresh).to_string();
+        let body = rows.split_once('\n').map_or("", |(_, rest)| rest);
+        out.write_all(body.as_bytes())?;
+        out.flush()?;
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `cairnctl logs`: the last lines of a service's log or of the agent's journal, printed as they
+/// are (control characters other than tabs escaped, so a log cannot drive the terminal).
+pub fn run_logs(
+    client: &Client,
+    args: LogsArgs,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let lines = args.lines.to_string();
+    let mut query: Vec<(&str, &str)> = vec![("lines", lines.as_str())];
+    if let (Some(app), Some(service)) = (&args.app, &args.service) {
+        query.push(("app", app));
+        query.push(("service", service));
+    }
+    let reply = client.device_logs(&args.device, &query)?;
+    if reply.value.truncated && !json {
+        eprintln!("cairnctl: older lines were cut to fit the reply size limit (240 KiB); ask for fewer with -n");
+    }
+    emit(out, json, &reply, |logs| {
+        logs.text
+            .lines()
+            .map(|line| {
+                let cleaned: String = line
+                    .split('\t')
+                    .map(printable)
+                    .collect::<Vec<_>>()
+                    .join("\t");
+                cleaned + "\n"
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_reads_durations_and_passes_times_through() {
+        let ms: i64 = parse_since("10m").unwrap().parse().unwrap();
+        let expected = now_ms() - 600_000;
+        assert!((ms - expected).abs() < 5_000, "{ms} vs {expected}");
+        assert_eq!(
+            parse_since("2026-01-31T12:00:00Z").unwrap(),
+            "2026-01-31T12:00:00Z"
+        );
+        assert!(parse_since("10 parsecs").is_err());
+        assert!(parse_since("").is_err());
+    }
+
+    #[test]
+    fn top_table_shows_dashes_without_metrics() {
+        let device = DeviceHost {
+            id: "dev_1".into(),
+            hostname: String::new(),
+            status: crate::model::DeviceStatus::Active,
+            online: false,
+            last_seen_at: None,
+            host: None,
+        };
+        let text = top_table(&[device]).to_string();
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.starts_with("dev_1") && row.split_whitespace().filter(|c| *c == "-").count() == 7,
+            "{text}"
+        );
+    }
+}
