@@ -6,10 +6,10 @@
 use std::time::Duration;
 
 use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, AppStatus, CentralMessage, DesiredState,
+    central_message, AgentMessage, AppStatus, CentralMessage, DesiredState,
     Heartbeat, ServiceHealth, ServiceState, ServiceStatus,
 };
-use cairn_testsupport::central::{ConnectedDevice, SimDevice, TestCentral};
+use cairn_testsupport::central::{heartbeat_acked, ConnectedDevice, SimDevice, TestCentral};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -72,26 +72,7 @@ impl Device {
             apps,
             ..Default::default()
         };
-        self.tx
-            .send(AgentMessage {
-                kind: Some(agent_message::Kind::Heartbeat(hb)),
-            })
-            .await
-            .unwrap();
-        // Wait for the ack: central has taken the heartbeat in.
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let Some(central_message::Kind::Ack(ack)) =
-                    self.stream.message().await.unwrap().unwrap().kind
-                {
-                    if ack.seq == seq {
-                        break;
-                    }
-                }
-            }
-        })
-        .await
-        .expect("heartbeat acknowledged");
+        heartbeat_acked(&self.tx, &mut self.stream, hb).await;
     }
 }
 

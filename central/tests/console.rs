@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use cairn_image::bundle::{make_bundle, BundleSpec};
 use cairn_image::keys;
 use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, CentralMessage, DesiredState, FilesystemUsage, Heartbeat,
+    central_message, AgentMessage, CentralMessage, DesiredState, FilesystemUsage, Heartbeat,
     HostMetrics, OsStatus, OsUpdatePhase, TemperatureReading,
 };
-use cairn_testsupport::central::{config_in, TestCentral};
+use cairn_testsupport::central::{config_in, heartbeat_acked, TestCentral};
 use cairn_testsupport::require_tool;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -135,24 +135,7 @@ impl Device {
             }),
             ..Default::default()
         };
-        let message = AgentMessage {
-            kind: Some(agent_message::Kind::Heartbeat(heartbeat)),
-        };
-        self.tx.as_ref().unwrap().send(message).await.unwrap();
-        let stream = self.stream.as_mut().unwrap();
-        let mut pushed = None;
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match stream.message().await.unwrap().unwrap().kind {
-                    Some(central_message::Kind::Ack(ack)) if ack.seq == seq => break,
-                    Some(central_message::Kind::Desired(d)) => pushed = Some(d),
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .expect("heartbeat acknowledged within 10 s");
-        pushed
+        heartbeat_acked(self.tx.as_ref().unwrap(), self.stream.as_mut().unwrap(), heartbeat).await
     }
 
     /// Close the stream: the device goes offline.

@@ -12,7 +12,7 @@ use cairn_proto::v1::{
     FilesystemUsage, Heartbeat, HostMetrics, LogReply, LogRequest, ServiceState, ServiceStatus,
     TemperatureReading,
 };
-use cairn_testsupport::central::{config_in, ConnectedDevice, TestCentral};
+use cairn_testsupport::central::{config_in, heartbeat_acked, ConnectedDevice, TestCentral};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -172,26 +172,8 @@ impl Device {
     async fn heartbeat(&mut self, apps: Vec<AppStatus>, host: Option<HostMetrics>) {
         self.seq += 1;
         let seq = self.seq;
-        self.send(agent_message::Kind::Heartbeat(Heartbeat {
-            seq,
-            apps,
-            host,
-            ..Default::default()
-        }))
-        .await;
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let Some(central_message::Kind::Ack(ack)) =
-                    self.stream.message().await.unwrap().unwrap().kind
-                {
-                    if ack.seq == seq {
-                        break;
-                    }
-                }
-            }
-        })
-        .await
-        .expect("heartbeat acknowledged");
+        let heartbeat = Heartbeat { seq, apps, host, ..Default::default() };
+        heartbeat_acked(&self.tx, &mut self.stream, heartbeat).await;
     }
 }
 

@@ -12,10 +12,10 @@ use std::time::Duration;
 use cairn_image::bundle::{make_bundle, BundleSpec};
 use cairn_image::keys;
 use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, BundleIndexRequest, CentralMessage, DesiredState,
+    central_message, AgentMessage, BundleIndexRequest, CentralMessage, DesiredState,
     Heartbeat, OsStatus, OsUpdatePhase, ReadBundleRequest,
 };
-use cairn_testsupport::central::{config_in, ConnectedDevice, SimDevice, TestCentral};
+use cairn_testsupport::central::{config_in, heartbeat_acked, ConnectedDevice, SimDevice, TestCentral};
 use cairn_testsupport::require_tool;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -203,36 +203,7 @@ impl Device {
             os: Some(os),
             ..Default::default()
         };
-        self.tx
-            .as_ref()
-            .unwrap()
-            .send(AgentMessage {
-                kind: Some(agent_message::Kind::Heartbeat(hb)),
-            })
-            .await
-            .unwrap();
-        let mut pushed = None;
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match self
-                    .stream
-                    .as_mut()
-                    .unwrap()
-                    .message()
-                    .await
-                    .unwrap()
-                    .unwrap()
-                    .kind
-                {
-                    Some(central_message::Kind::Ack(ack)) if ack.seq == seq => break,
-                    Some(central_message::Kind::Desired(d)) => pushed = Some(d),
-                    _ => {}
-                }
-            }
-        })
-        .await
-        .expect("heartbeat acknowledged");
-        pushed
+        heartbeat_acked(self.tx.as_ref().unwrap(), self.stream.as_mut().unwrap(), hb).await
     }
 
     /// Report a phase of the update `desired` asked for.

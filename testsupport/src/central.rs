@@ -242,6 +242,31 @@ impl TestCentral {
     }
 }
 
+/// Send `heartbeat` on a Sync stream and wait (up to 10 s) for its ack, i.e. until central has
+/// taken it in; returns the last desired state pushed meanwhile.
+pub async fn heartbeat_acked(
+    tx: &tokio::sync::mpsc::Sender<cairn_proto::v1::AgentMessage>,
+    stream: &mut tonic::Streaming<cairn_proto::v1::CentralMessage>,
+    heartbeat: cairn_proto::v1::Heartbeat,
+) -> Option<cairn_proto::v1::DesiredState> {
+    use cairn_proto::v1::{agent_message, central_message, AgentMessage};
+    let seq = heartbeat.seq;
+    tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(heartbeat)) }).await.expect("stream open");
+    let mut pushed = None;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await.expect("stream healthy").expect("stream open").kind {
+                Some(central_message::Kind::Ack(ack)) if ack.seq == seq => break,
+                Some(central_message::Kind::Desired(d)) => pushed = Some(d),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("heartbeat acknowledged within 10 s");
+    pushed
+}
+
 /// An enrolled device with an open Sync stream, from [`TestCentral::connect_device`].
 pub struct ConnectedDevice {
     /// The device's key and serial.
