@@ -8,6 +8,7 @@
 
 mod logs;
 mod oci;
+mod exec_output;
 mod task;
 
 use std::collections::{BTreeMap, HashMap};

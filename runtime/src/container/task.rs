@@ -2,7 +2,7 @@
 //! status, and exec for health checks.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use containerd_client::services::v1::{
@@ -12,6 +12,7 @@ use containerd_client::services::v1::{
 use containerd_client::types::v1::{Process, Status};
 use tracing::{debug, info, warn};
 
+use super::exec_output::ExecOutput;
 use super::{container_spec, oci, ContainerError, RuntimeConfig};
 use crate::containerd::{call, Containerd, ContainerdError, CALL_TIMEOUT};
 
@@ -19,6 +20,9 @@ const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
 /// How long to wait for a task to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long an exec's output may still flow after it exited (a background child holding its
+/// stdout is cut off after this).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
 /// State of a task as containerd reports it.
@@ -319,28 +323,30 @@ pub async fn exec(
         reason: e.to_string(),
     })?;
     let exec_id = format!("exec-{:08x}", rand::random::<u32>());
-    // Closed stdio would make programs that print fail: always give them somewhere to write.
-    let stdout = output.map_or_else(|| PathBuf::from("/dev/null"), Path::to_path_buf);
-    // The same file under another spelling for stderr: given one identical URI twice, the shim
-    // (containerd 1.6) shares one writer that the stdout copier closes when it is done, so
-    // stderr still in the pipe was sometimes lost (seen in CI). Two spellings = two O_APPEND
-    // descriptors, each closed by its own copier.
-    let stderr = match (stdout.parent(), stdout.file_name()) {
-        (Some(dir), Some(name)) => dir.join(".").join(name),
-        _ => stdout.clone(),
+    // Output through FIFOs read to their end (see exec_output); without `output`, /dev/null:
+    // closed stdio would make programs that print fail.
+    let capture = output.map(|path| ExecOutput::create(path, &exec_id)).transpose()?;
+    let (stdout, stderr) = match &capture {
+        Some(c) => (c.stdout(), c.stderr()),
+        None => ("file:///dev/null".to_owned(), "file:///dev/null".to_owned()),
     };
     let req = ctr.request(ExecProcessRequest {
         container_id: id.into(),
         exec_id: exec_id.clone(),
-        stdout: format!("file://{}", stdout.display()),
-        stderr: format!("file://{}", stderr.display()),
+        stdout,
+        stderr,
         spec: Some(prost_types::Any {
             type_url: PROCESS_TYPE_URL.into(),
             value,
         }),
         ..Default::default()
     });
-    ctr.tasks().exec(req).await.map_err(call("tasks.exec"))?;
+    if let Err(e) = ctr.tasks().exec(req).await.map_err(call("tasks.exec")) {
+        if let Some(capture) = capture {
+            capture.finish(Duration::ZERO).await;
+        }
+        return Err(e.into());
+    }
     let result = async {
         ctr.tasks()
             .start(ctr.request(StartRequest {
@@ -362,6 +368,10 @@ pub async fn exec(
         }
     }
     .await;
+    // All output is in once the shim has closed both FIFOs; only then delete the process.
+    if let Some(capture) = capture {
+        capture.finish(OUTPUT_DRAIN).await;
+    }
     let del = ctr.request(DeleteProcessRequest {
         container_id: id.into(),
         exec_id: exec_id.clone(),
