@@ -6,6 +6,15 @@
 //! `fleet-<N>/`, reused by later runs) or, with [`BenchOptions::database`], a fresh PostgreSQL
 //! database per size (under `fleet-<N>-postgres/`; every device enrolls anew, as a fresh
 //! database knows none of them).
+//!
+//! Beyond one process's descriptor limit (one connection per device in central and in the
+//! simulator), [`BenchOptions::replicas`] runs several central replicas on the one PostgreSQL
+//! database (device `i` enrolls with and streams to replica `i % replicas`, as behind DNS
+//! round robin or a TCP load balancer; the change of the fan-out is made through replica 0's
+//! REST API and reaches the others' devices through PostgreSQL), and
+//! [`BenchOptions::shards`] runs the devices in several simulator processes
+//! ([`crate::shards`]) whose measurements are merged. With one replica and one shard (the
+//! default up to [`shards::DEVICES_PER_SHARD`] devices) the run is exactly the single-process one.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,10 +22,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::central_process::{self, CentralError, CentralProcess};
-use crate::fleet::{FanOut, Fleet, FleetError, FleetOptions, Latency};
+use crate::fleet::{self, monotonic_us, FanOut, Fleet, FleetError, FleetOptions, Latency};
 use crate::identity::{self, IdentityError};
 use crate::registry::{self, AdminUrl, StoreKind};
 use crate::rest::{Operator, RestError};
+use crate::shards::{self, ShardError, Shards, ShardsOptions};
 
 /// Devices enrolled per batch (the cache is appended after each, so an interrupted run resumes).
 const ENROLL_BATCH: usize = 5000;
@@ -41,6 +51,21 @@ pub struct BenchOptions {
     /// PostgreSQL server on which each size's central gets a fresh database (dropped after a
     /// successful size, kept for inspection after a failure); `None`: SQLite.
     pub database: Option<AdminUrl>,
+    /// Central processes (replicas) on the one PostgreSQL database; more than 1 needs
+    /// `database`.
+    pub replicas: usize,
+    /// Simulator processes the devices run in; `None`: `ceil(devices / DEVICES_PER_SHARD)`
+    /// per size. With 1 the devices run in this process.
+    pub shards: Option<usize>,
+    /// The cairn-sim binary started as `cairn-sim worker` for shards (normally this one).
+    pub sim_bin: PathBuf,
+}
+
+impl BenchOptions {
+    /// Simulator processes for a fleet of `devices`.
+    pub fn shards_for(&self, devices: usize) -> usize {
+        self.shards.unwrap_or_else(|| shards::auto_shards(devices)).clamp(1, devices.max(1))
+    }
 }
 
 /// Why the benchmark stopped.
@@ -63,6 +88,17 @@ pub enum BenchError {
     /// An operator call failed.
     #[error(transparent)]
     Rest(#[from] RestError),
+    /// The simulator worker processes failed.
+    #[error("with {devices} devices: {source}")]
+    Shards {
+        /// Fleet size.
+        devices: usize,
+        /// What failed.
+        source: ShardError,
+    },
+    /// Several replicas were asked for without PostgreSQL.
+    #[error("--replicas {0} needs --database-url: central replicas share one PostgreSQL database (SQLite is one process's)")]
+    ReplicasNeedPostgres(usize),
     /// The fresh PostgreSQL database could not be made.
     #[error("with {devices} devices: could not create a fresh PostgreSQL database on {server}: {source}")]
     Database {
@@ -83,13 +119,19 @@ pub enum BenchError {
     },
     /// The process may not hold one descriptor per device.
     #[error(
-        "{devices} devices need about {needed} open files in central and in the simulator, but RLIMIT_NOFILE is {limit} \
-         and could not be raised (raising the hard limit needs CAP_SYS_RESOURCE); run as a user allowed to raise it \
-         (e.g. `prlimit --nofile=1048576`) or use sizes up to {largest_possible}"
+        "{devices} devices over {replicas} central replica(s) and {shards} simulator process(es) need about {needed} \
+         open files in one process, but RLIMIT_NOFILE is {limit} and could not be raised (raising the hard limit needs \
+         CAP_SYS_RESOURCE); run as a user allowed to raise it (e.g. `prlimit --nofile=1048576`), spread the fleet \
+         with --replicas N (needs --database-url) and --shards M so that devices/N and devices/M stay below \
+         {largest_possible}, or use sizes up to {largest_possible}"
     )]
     DescriptorLimit {
         /// The size asked for.
         devices: usize,
+        /// Central replicas.
+        replicas: usize,
+        /// Simulator processes.
+        shards: usize,
         /// Descriptors it needs per process.
         needed: u64,
         /// The limit in force.
@@ -131,6 +173,54 @@ pub struct SizeResult {
     pub fanout: FanOut,
     /// Sync streams that ended and were reopened during the run.
     pub reconnects: u64,
+    /// Central replicas (processes) on the one database; the `central_*` figures above are
+    /// sums over them (for CPU and memory: what the deployment uses).
+    pub replicas: usize,
+    /// Simulator processes holding the devices; `sim_rss_mib` is their sum.
+    pub shards: usize,
+    /// Largest resident memory of one replica in steady state, MiB.
+    pub central_rss_max_mib: f64,
+    /// Largest peak resident memory of one replica, MiB.
+    pub central_peak_max_mib: f64,
+    /// Largest CPU use of one replica in steady state (100 = one core).
+    pub central_cpu_max_pct: f64,
+    /// Largest resident memory of one simulator process, MiB.
+    pub sim_rss_max_mib: f64,
+    /// The coordinating process's own resident memory, MiB, when the devices ran in worker
+    /// processes (`null` when they ran in it).
+    pub coordinator_rss_mib: Option<f64>,
+    /// Each replica's figures.
+    pub per_replica: Vec<ReplicaFigures>,
+    /// Each simulator worker's figures (empty when the devices ran in this process).
+    pub per_shard: Vec<ShardFigures>,
+    /// The latest error a device saw (a failed connection, a broken stream), if any.
+    pub last_device_error: Option<String>,
+}
+
+/// One central replica's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaFigures {
+    /// Devices assigned to it.
+    pub devices: usize,
+    /// Resident memory in steady state, MiB.
+    pub rss_mib: f64,
+    /// Peak resident memory over the run, MiB.
+    pub peak_mib: f64,
+    /// CPU use in steady state (100 = one core).
+    pub cpu_pct: f64,
+}
+
+/// One simulator worker's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShardFigures {
+    /// Devices it ran.
+    pub devices: usize,
+    /// Resident memory with every device connected, MiB.
+    pub rss_mib: f64,
+    /// Peak resident memory, MiB.
+    pub peak_mib: f64,
+    /// Sync streams that ended and were reopened.
+    pub reconnects: u64,
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -165,14 +255,29 @@ pub fn raise_nofile(wanted: u64) -> u64 {
 
 /// Run every size in turn.
 pub async fn run(options: &BenchOptions) -> Result<Vec<SizeResult>, BenchError> {
-    let largest = options.sizes.iter().copied().max().unwrap_or(0) as u64;
-    // Central is our child and inherits the limit: one descriptor per device on each side.
+    if options.replicas > 1 && options.database.is_none() {
+        return Err(BenchError::ReplicasNeedPostgres(options.replicas));
+    }
+    // The most connections one process holds: central (or a replica) and the simulator (or a
+    // worker) hold one descriptor per device each.
+    let per_process = |n: usize| {
+        let replicas = options.replicas.max(1);
+        n.div_ceil(replicas).max(n.div_ceil(options.shards_for(n))) as u64
+    };
+    let largest = options.sizes.iter().map(|&n| per_process(n)).max().unwrap_or(0);
+    // Central and the workers are our children and inherit the limit.
     let nofile = raise_nofile((largest + 20_000).min(1_048_576));
     eprintln!("cairn-sim: RLIMIT_NOFILE = {nofile}");
-    if let Some(&devices) = options.sizes.iter().find(|&&n| n as u64 + DESCRIPTOR_MARGIN > nofile) {
+    if let Some(&devices) = options
+        .sizes
+        .iter()
+        .find(|&&n| per_process(n) + DESCRIPTOR_MARGIN > nofile)
+    {
         return Err(BenchError::DescriptorLimit {
             devices,
-            needed: devices as u64 + DESCRIPTOR_MARGIN,
+            replicas: options.replicas.max(1),
+            shards: options.shards_for(devices),
+            needed: per_process(devices) + DESCRIPTOR_MARGIN,
             limit: nofile,
             largest_possible: nofile.saturating_sub(DESCRIPTOR_MARGIN),
         });
@@ -228,10 +333,12 @@ async fn run_size(options: &BenchOptions, devices: usize) -> Result<SizeResult, 
         identities.len()
     );
     let url = database.as_ref().map(|d| d.url.as_str());
-    let result = match CentralProcess::start(&options.central_bin, &dir, url).await {
-        Ok(central) => {
-            let result = with_central(options, devices, store, &central, &cache, identities).await;
-            central.stop();
+    let result = match start_centrals(options, &dir, url).await {
+        Ok(centrals) => {
+            let result = with_central(options, devices, store, &centrals, &dir, &cache, identities).await;
+            for central in centrals {
+                central.stop();
+            }
             result
         }
         Err(e) => Err(e.into()),
@@ -247,6 +354,30 @@ async fn run_size(options: &BenchOptions, devices: usize) -> Result<SizeResult, 
         }
     }
     result
+}
+
+/// Start central: one process, or `options.replicas` on the one PostgreSQL database `url`
+/// sharing the data directory (the first creates CA and admin token; the others start once it
+/// is ready).
+async fn start_centrals(
+    options: &BenchOptions,
+    dir: &std::path::Path,
+    url: Option<&str>,
+) -> Result<Vec<CentralProcess>, CentralError> {
+    match (options.replicas, url) {
+        (0 | 1, _) | (_, None) => Ok(vec![CentralProcess::start(&options.central_bin, dir, url).await?]),
+        (replicas, Some(url)) => {
+            let mut centrals = vec![CentralProcess::start_replica(&options.central_bin, dir, 0, url).await?];
+            let others = (1..replicas).map(|r| CentralProcess::start_replica(&options.central_bin, dir, r, url));
+            // On failure the started ones are dropped, which stops them.
+            centrals.extend(futures::future::try_join_all(others).await?);
+            eprintln!(
+                "cairn-sim: {replicas} central replicas: gRPC {}",
+                centrals.iter().map(|c| c.grpc.to_string()).collect::<Vec<_>>().join(", ")
+            );
+            Ok(centrals)
+        }
+    }
 }
 
 /// Remove a file or directory an earlier run left (nothing when it does not exist).
@@ -265,16 +396,18 @@ fn remove_stale(path: &std::path::Path) -> Result<(), BenchError> {
     }
 }
 
-/// Enroll what the cache lacks, run the fleet and measure, with `central` running (the caller
-/// stops it whatever the outcome).
+/// Enroll what the cache lacks, run the fleet and measure, with `centrals` running (the caller
+/// stops them whatever the outcome).
 async fn with_central(
     options: &BenchOptions,
     devices: usize,
     store: StoreKind,
-    central: &CentralProcess,
+    centrals: &[CentralProcess],
+    dir: &std::path::Path,
     cache: &std::path::Path,
     mut identities: Vec<identity::DeviceIdentity>,
 ) -> Result<SizeResult, BenchError> {
+    let central = &centrals[0];
     let operator = Operator::new(central.rest, &central.ca_pem, &central.admin_token)?;
     let enrolled_now = devices - identities.len();
     let enroll_started = Instant::now();
@@ -282,15 +415,19 @@ async fn with_central(
         let token = operator.auto_token("cairn-sim").await?;
         while identities.len() < devices {
             let range = identities.len()..(identities.len() + ENROLL_BATCH).min(devices);
-            let batch = identity::enroll_many(
-                central.grpc,
-                &central.ca_pem,
-                &token,
-                "sim",
-                range,
-                options.enroll_concurrency,
-            )
-            .await?;
+            let batch = if centrals.len() == 1 {
+                identity::enroll_many(
+                    central.grpc,
+                    &central.ca_pem,
+                    &token,
+                    "sim",
+                    range,
+                    options.enroll_concurrency,
+                )
+                .await?
+            } else {
+                enroll_on_replicas(options, centrals, &token, range).await?
+            };
             if store == StoreKind::Sqlite {
                 // Only SQLite's registry outlives the run; a PostgreSQL one is fresh each time.
                 identity::append_cache(cache, &batch)?;
@@ -304,60 +441,256 @@ async fn with_central(
         }
     }
     let enroll_s = enroll_started.elapsed().as_secs_f64();
-    let fleet_err = |source| BenchError::Fleet { devices, source };
-    let fleet = Fleet::start(central.grpc, &central.ca_pem, identities, &options.fleet);
-    let measured = measure(options, central, &operator, &fleet).await;
-    let reconnects = fleet.reconnects();
-    let (sim_rss, _) = central_process::memory_of("/proc/self/status");
-    fleet.stop().await;
-    let (connect_s, central_rss, central_cpu_pct, heartbeat, fanout, central_peak) = measured.map_err(fleet_err)?;
+    let shards = options.shards_for(devices);
+    let measured = if shards == 1 {
+        let fleet_err = |source| BenchError::Fleet { devices, source };
+        let grpcs: Vec<_> = centrals.iter().map(|c| c.grpc).collect();
+        let fleet = Fleet::start_assigned(&grpcs, 0, &central.ca_pem, identities, &options.fleet);
+        let measured = measure(options, centrals, &operator, &fleet).await;
+        let reconnects = fleet.reconnects();
+        let last_error = Some(fleet.last_error()).filter(|e| e != "none");
+        let (sim_rss, _) = central_process::memory_of("/proc/self/status");
+        fleet.stop().await;
+        let mut measured = measured.map_err(fleet_err)?;
+        measured.reconnects = reconnects;
+        measured.sim_rss = vec![sim_rss];
+        measured.last_error = last_error;
+        measured
+    } else {
+        let shards_err = |source| BenchError::Shards { devices, source };
+        let ids: Vec<String> = identities.iter().map(|i| i.device_id.clone()).collect();
+        let shard_options = ShardsOptions {
+            sim_bin: options.sim_bin.clone(),
+            dir: dir.join("workers"),
+            shards,
+            replicas: centrals.iter().map(|c| c.grpc).collect(),
+            fleet: options.fleet.clone(),
+            connect_timeout: connect_budget(devices),
+            ack_timeout: ack_budget(options),
+        };
+        eprintln!("cairn-sim: {devices} devices: starting {shards} simulator worker processes");
+        let workers = Shards::start(&shard_options, &central.ca_pem, identities)
+            .await
+            .map_err(shards_err)?;
+        // On failure `workers` is dropped, which kills them.
+        measure_shards(options, centrals, &operator, workers, &ids)
+            .await
+            .map_err(shards_err)?
+    };
+    let mib_all = |v: &[u64]| (mib(v.iter().sum()), mib(v.iter().copied().max().unwrap_or(0)));
+    let (central_rss_mib, central_rss_max_mib) = mib_all(&measured.rss);
+    let (central_peak_mib, central_peak_max_mib) = mib_all(&measured.peak);
+    let (sim_rss_mib, sim_rss_max_mib) = mib_all(&measured.sim_rss);
+    let replicas = centrals.len();
+    let per_replica = (0..replicas)
+        .map(|r| ReplicaFigures {
+            devices: (r..devices).step_by(replicas).len(),
+            rss_mib: mib(measured.rss[r]),
+            peak_mib: mib(measured.peak[r]),
+            cpu_pct: measured.cpu_pct[r],
+        })
+        .collect();
     Ok(SizeResult {
         devices,
         store,
         enrolled_now,
         enroll_s: if enrolled_now > 0 { enroll_s } else { 0.0 },
-        connect_s,
-        central_rss_mib: mib(central_rss),
-        central_peak_mib: mib(central_peak),
-        central_cpu_pct,
-        sim_rss_mib: mib(sim_rss),
+        connect_s: measured.connect_s,
+        central_rss_mib,
+        central_peak_mib,
+        central_cpu_pct: measured.cpu_pct.iter().sum(),
+        sim_rss_mib,
         heartbeats_per_s: devices as f64 / options.fleet.heartbeat_interval.as_secs_f64(),
-        heartbeat,
-        fanout,
-        reconnects,
+        heartbeat: measured.heartbeat,
+        fanout: measured.fanout,
+        reconnects: measured.reconnects,
+        replicas,
+        shards,
+        central_rss_max_mib,
+        central_peak_max_mib,
+        central_cpu_max_pct: measured.cpu_pct.iter().copied().fold(0.0, f64::max),
+        sim_rss_max_mib,
+        coordinator_rss_mib: measured.coordinator_rss.map(mib),
+        per_replica,
+        per_shard: measured.per_shard,
+        last_device_error: measured.last_error,
     })
 }
 
-type Measured = (f64, u64, f64, Latency, FanOut, u64);
+/// Enroll fleet indices `range`, device `i` through replica `i % replicas` (all replicas at
+/// once, each with `enroll_concurrency` calls in flight); identities in index order.
+async fn enroll_on_replicas(
+    options: &BenchOptions,
+    centrals: &[CentralProcess],
+    token: &str,
+    range: std::ops::Range<usize>,
+) -> Result<Vec<identity::DeviceIdentity>, IdentityError> {
+    let n = centrals.len();
+    let per_replica = centrals.iter().enumerate().map(|(r, central)| {
+        let indices: Vec<usize> = range.clone().filter(|i| i % n == r).collect();
+        async move {
+            let enrolled = identity::enroll_many(
+                central.grpc,
+                &central.ca_pem,
+                token,
+                "sim",
+                indices.iter().copied(),
+                options.enroll_concurrency,
+            )
+            .await?;
+            Ok::<_, IdentityError>(indices.into_iter().zip(enrolled).collect::<Vec<_>>())
+        }
+    });
+    let mut all: Vec<(usize, identity::DeviceIdentity)> =
+        futures::future::try_join_all(per_replica).await?.into_iter().flatten().collect();
+    all.sort_unstable_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, identity)| identity).collect())
+}
+
+/// What one size measured (per replica and per simulator process where they differ).
+struct Measured {
+    connect_s: f64,
+    /// Each replica's RSS in steady state, bytes.
+    rss: Vec<u64>,
+    /// Each replica's peak RSS, bytes.
+    peak: Vec<u64>,
+    /// Each replica's CPU use over the window, %.
+    cpu_pct: Vec<f64>,
+    heartbeat: Latency,
+    fanout: FanOut,
+    /// Each simulator process's RSS, bytes.
+    sim_rss: Vec<u64>,
+    coordinator_rss: Option<u64>,
+    reconnects: u64,
+    per_shard: Vec<ShardFigures>,
+    last_error: Option<String>,
+}
+
+fn connect_budget(devices: usize) -> Duration {
+    Duration::from_secs(60 + devices as u64 / 100)
+}
+
+fn ack_budget(options: &BenchOptions) -> Duration {
+    options.fleet.heartbeat_interval * 3 + Duration::from_secs(30)
+}
+
+fn fanout_budget(devices: usize) -> Duration {
+    Duration::from_secs(120 + devices as u64 / 50)
+}
+
+/// The change marker: Unix ms (unique per run).
+fn new_marker() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
 
 async fn measure(
     options: &BenchOptions,
-    central: &CentralProcess,
+    centrals: &[CentralProcess],
     operator: &Operator,
     fleet: &Fleet,
 ) -> Result<Measured, FleetError> {
     let devices = fleet.len();
-    let connect_budget = Duration::from_secs(60 + devices as u64 / 100);
-    let connect_s = fleet.wait_connected(connect_budget).await?.as_secs_f64();
+    let connect_s = fleet.wait_connected(connect_budget(devices)).await?.as_secs_f64();
     eprintln!("cairn-sim: {devices} devices connected in {connect_s:.1} s; warming up one heartbeat interval");
-    fleet
-        .wait_acked(1, options.fleet.heartbeat_interval * 3 + Duration::from_secs(30))
-        .await?;
-    let cpu_before = central.cpu_seconds();
+    fleet.wait_acked(1, ack_budget(options)).await?;
+    let cpu_before: Vec<f64> = centrals.iter().map(CentralProcess::cpu_seconds).collect();
     let window_started = Instant::now();
     let heartbeat = fleet.measure_heartbeats(options.window).await;
-    let cpu_pct = 100.0 * (central.cpu_seconds() - cpu_before) / window_started.elapsed().as_secs_f64();
-    let (rss, _) = central.memory();
-    eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB; pushing a config change to all", heartbeat.p50_us, heartbeat.p99_us, mib(rss));
-    let marker = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_millis() as u64);
-    let fanout_budget = Duration::from_secs(120 + devices as u64 / 50);
+    let cpu_pct = cpu_since(centrals, &cpu_before, window_started);
+    let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
+    eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB; pushing a config change to all", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()));
+    let marker = new_marker();
     let fanout = fleet
-        .fan_out_config(operator, marker, options.fanout_concurrency, fanout_budget)
+        .fan_out_config(operator, marker, options.fanout_concurrency, fanout_budget(devices))
         .await?;
-    let (_, peak) = central.memory();
-    Ok((connect_s, rss, cpu_pct, heartbeat, fanout, peak))
+    let peak = centrals.iter().map(|c| c.memory().1).collect();
+    Ok(Measured {
+        connect_s,
+        rss,
+        peak,
+        cpu_pct,
+        heartbeat,
+        fanout,
+        sim_rss: Vec::new(),
+        coordinator_rss: None,
+        reconnects: 0,
+        per_shard: Vec::new(),
+        last_error: None,
+    })
+}
+
+/// Each replica's CPU use since `before` (its CPU seconds then), % of one core.
+fn cpu_since(centrals: &[CentralProcess], before: &[f64], started: Instant) -> Vec<f64> {
+    let elapsed = started.elapsed().as_secs_f64();
+    centrals
+        .iter()
+        .zip(before)
+        .map(|(c, b)| 100.0 * (c.cpu_seconds() - b) / elapsed)
+        .collect()
+}
+
+/// [`measure`] with the devices in worker processes: the same steps and definitions, with the
+/// workers' samples and reception times merged.
+async fn measure_shards(
+    options: &BenchOptions,
+    centrals: &[CentralProcess],
+    operator: &Operator,
+    mut workers: Shards,
+    ids: &[String],
+) -> Result<Measured, ShardError> {
+    let devices = ids.len();
+    let connect_s = workers.wait_connected(connect_budget(devices)).await?;
+    eprintln!(
+        "cairn-sim: {devices} devices in {} workers connected in {connect_s:.1} s; warming up one heartbeat interval",
+        workers.len()
+    );
+    workers.wait_ready(ack_budget(options)).await?;
+    let cpu_before: Vec<f64> = centrals.iter().map(CentralProcess::cpu_seconds).collect();
+    let window_started = Instant::now();
+    let samples = workers.record_heartbeats(options.window).await?;
+    let cpu_pct = cpu_since(centrals, &cpu_before, window_started);
+    let heartbeat = shards::merge_latency(samples);
+    let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
+    eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB (sum over {} replicas); pushing a config change to all", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()), centrals.len());
+    let marker = new_marker();
+    let budget = fanout_budget(devices);
+    // Workers watch first; every device notes when the marker arrives, so none is missed.
+    workers.watch_marker(marker, budget).await?;
+    let started = Instant::now();
+    let started_us = monotonic_us();
+    fleet::set_marker_all(operator, ids.iter().map(String::as_str), marker, options.fanout_concurrency)
+        .await
+        .map_err(FleetError::from)?;
+    let calls_s = started.elapsed().as_secs_f64();
+    let received = workers.fan_out_received(budget).await?;
+    let fanout = shards::merge_fanout(started_us, calls_s, &received);
+    let peak = centrals.iter().map(|c| c.memory().1).collect();
+    let (coordinator_rss, _) = central_process::memory_of("/proc/self/status");
+    let figures = workers.stop().await?;
+    let last_error = figures.iter().find_map(|f| f.last_error.clone());
+    Ok(Measured {
+        connect_s,
+        rss,
+        peak,
+        cpu_pct,
+        heartbeat,
+        fanout,
+        sim_rss: figures.iter().map(|f| f.rss_bytes).collect(),
+        coordinator_rss: Some(coordinator_rss),
+        reconnects: figures.iter().map(|f| f.reconnects).sum(),
+        per_shard: figures
+            .iter()
+            .map(|f| ShardFigures {
+                devices: f.devices,
+                rss_mib: mib(f.rss_bytes),
+                peak_mib: mib(f.peak_bytes),
+                reconnects: f.reconnects,
+            })
+            .collect(),
+        last_error,
+    })
 }
 
 /// The results as a table; growth columns are ratios against the first (smallest) size.
@@ -367,11 +700,11 @@ pub fn table(results: &[SizeResult]) -> String {
     };
     let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
     let mut out = String::from(
-        "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects\n",
+        "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects | replicas x sim processes | max central RSS MiB | max central CPU % | max sim RSS MiB\n",
     );
     for r in results {
         out += &format!(
-            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {:.1} | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {}\n",
+            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {:.1} | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {} | {}x{} | {:.0} | {:.0} | {:.0}\n",
             r.devices,
             r.store.name(),
             r.central_rss_mib,
@@ -390,6 +723,11 @@ pub fn table(results: &[SizeResult]) -> String {
             r.connect_s,
             r.sim_rss_mib,
             r.reconnects,
+            r.replicas,
+            r.shards,
+            r.central_rss_max_mib,
+            r.central_cpu_max_pct,
+            r.sim_rss_max_mib,
         );
     }
     out

@@ -72,6 +72,24 @@ impl CentralProcess {
     /// the registry lives there instead of in `dir/central/registry.sqlite3`; the config file
     /// `dir/central.toml` is then written with mode 0600, as it holds the password.
     pub async fn start(bin: &Path, dir: &Path, database_url: Option<&str>) -> Result<Self, CentralError> {
+        Self::start_named(bin, dir, "central", &dir.join("central"), database_url).await
+    }
+
+    /// Start replica `index` of several on one PostgreSQL database (`database_url`) sharing
+    /// one data directory `dir/central` (CA key, escrow key, admin token, bundles): config
+    /// `dir/central-<index>.toml`, log `dir/central-<index>.log`, its own ports. Start replica
+    /// 0 first and the others once it is ready (it writes the CA and admin token they read).
+    pub async fn start_replica(bin: &Path, dir: &Path, index: usize, database_url: &str) -> Result<Self, CentralError> {
+        Self::start_named(bin, dir, &format!("central-{index}"), &dir.join("central"), Some(database_url)).await
+    }
+
+    async fn start_named(
+        bin: &Path,
+        dir: &Path,
+        name: &str,
+        data_dir: &Path,
+        database_url: Option<&str>,
+    ) -> Result<Self, CentralError> {
         let io = |path: &Path| {
             let path = path.to_owned();
             move |source| CentralError::Io { path, source }
@@ -79,8 +97,8 @@ impl CentralProcess {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let grpc = free_port().map_err(io(dir))?;
         let rest = free_port().map_err(io(dir))?;
-        let data_dir = dir.join("central");
-        let config_path = dir.join("central.toml");
+        let data_dir = data_dir.to_owned();
+        let config_path = dir.join(format!("{name}.toml"));
         let mut config = format!(
             "data_dir = {:?}\ngrpc_listen = \"{grpc}\"\nrest_listen = \"{rest}\"\n",
             data_dir.display().to_string()
@@ -91,15 +109,18 @@ impl CentralProcess {
             config += &format!("database_url = {url:?}\n");
         }
         write_private(&config_path, &config).map_err(io(&config_path))?;
-        let log_path = dir.join("central.log");
+        let log_path = dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        die_with_parent(&mut command);
+        let child = command
             .spawn()
             .map_err(|source| CentralError::Spawn {
                 bin: bin.to_owned(),
@@ -150,6 +171,13 @@ impl CentralProcess {
 
     /// SIGTERM, then SIGKILL after 10 s.
     pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
         // SAFETY: kill(2) on our own child's pid; no memory is touched.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let started = Instant::now();
@@ -161,6 +189,30 @@ impl CentralProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for CentralProcess {
+    /// A central not stopped (an error or an interrupted run) is stopped here, so none is left
+    /// running.
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// Have the child started by `command` killed (SIGKILL) when the thread that started it ends,
+/// i.e. when the benchmark dies without stopping it (the runtime's threads live as long as the
+/// benchmark).
+pub fn die_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

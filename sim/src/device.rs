@@ -39,8 +39,6 @@ pub struct DeviceSlot {
 
 /// State shared by every device of a fleet.
 pub struct FleetShared {
-    /// central's gRPC address.
-    pub grpc: SocketAddr,
     /// Fleet CA, PEM.
     pub ca_pem: String,
     /// Mean time between heartbeats.
@@ -49,6 +47,9 @@ pub struct FleetShared {
     pub connecting: Semaphore,
     /// Time zero for `marker_at_us`.
     pub epoch: Instant,
+    /// The same instant on the machine-wide monotonic clock, µs (see
+    /// [`crate::fleet::monotonic_us`]), so other processes can compare reception times.
+    pub epoch_mono_us: u64,
     /// While set, round-trip times (µs) are appended to `latencies_us`.
     pub recording: AtomicBool,
     /// Heartbeat round trips recorded.
@@ -73,12 +74,19 @@ fn os_status() -> OsStatus {
     }
 }
 
-/// Run one device until its task is aborted: connect, sync, reconnect with back-off.
-pub async fn run(identity: DeviceIdentity, source_ip: IpAddr, shared: Arc<FleetShared>, slot: Arc<DeviceSlot>) {
+/// Run one device until its task is aborted: connect to central (or the replica) at `grpc`,
+/// sync, reconnect with back-off.
+pub async fn run(
+    identity: DeviceIdentity,
+    grpc: SocketAddr,
+    source_ip: IpAddr,
+    shared: Arc<FleetShared>,
+    slot: Arc<DeviceSlot>,
+) {
     let mut backoff = Duration::from_millis(500);
     let mut seq = 0u64;
     loop {
-        match session(&identity, source_ip, &shared, &slot, &mut seq).await {
+        match session(&identity, grpc, source_ip, &shared, &slot, &mut seq).await {
             Ok(()) => backoff = Duration::from_millis(500),
             Err(e) => {
                 tracing::debug!(device_id = %identity.device_id, error = %e, "sync session ended");
@@ -95,6 +103,7 @@ pub async fn run(identity: DeviceIdentity, source_ip: IpAddr, shared: Arc<FleetS
 
 async fn session(
     identity: &DeviceIdentity,
+    grpc: SocketAddr,
     source_ip: IpAddr,
     shared: &FleetShared,
     slot: &DeviceSlot,
@@ -103,7 +112,7 @@ async fn session(
     let (tx, rx) = mpsc::channel(2);
     let mut inbound = {
         let _permit = shared.connecting.acquire().await.map_err(|e| e.to_string())?;
-        let channel = connect::channel(shared.grpc, source_ip, &shared.ca_pem, Some(identity.tls_identity()))
+        let channel = connect::channel(grpc, source_ip, &shared.ca_pem, Some(identity.tls_identity()))
             .await
             .map_err(|e| e.to_string())?;
         let mut client = AgentClient::new(channel);

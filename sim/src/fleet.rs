@@ -69,6 +69,35 @@ pub struct Latency {
     pub max_us: u32,
 }
 
+impl Latency {
+    /// Summarise round trips (µs, any order): the sample at rank `len * q` of the sorted
+    /// samples for quantile `q`.
+    pub fn from_samples(mut all: Vec<u32>) -> Self {
+        all.sort_unstable();
+        let at = |q: f64| {
+            all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+        Latency {
+            count: all.len(),
+            p50_us: at(0.50),
+            p99_us: at(0.99),
+            max_us: all.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Microseconds on the machine-wide monotonic clock (`CLOCK_MONOTONIC`): comparable between
+/// processes of one machine (unlike `Instant`, which cannot be sent to another process), and
+/// unaffected by wall-clock steps.
+pub fn monotonic_us() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct we pass; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000
+}
+
 /// What one fan-out took.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct FanOut {
@@ -76,6 +105,27 @@ pub struct FanOut {
     pub calls_s: f64,
     /// First REST call to the last device receiving the change.
     pub all_received_s: f64,
+}
+
+/// Set config `{MARKER_KEY: marker}` on each device of `ids` through REST, `concurrency` calls
+/// in flight (central has no fleet-wide config call); all calls are made, then the first
+/// failure, if any, is returned.
+pub async fn set_marker_all<'a>(
+    operator: &Operator,
+    ids: impl Iterator<Item = &'a str>,
+    marker: u64,
+    concurrency: usize,
+) -> Result<(), RestError> {
+    let value = json!({ MARKER_KEY: marker.to_string() });
+    let results: Vec<Result<(), RestError>> = futures::stream::iter(ids)
+        .map(|id| {
+            let value = value.clone();
+            async move { operator.set_config(id, value).await }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 /// Running simulated devices.
@@ -89,12 +139,32 @@ pub struct Fleet {
 impl Fleet {
     /// Start one task per identity; each connects (bounded concurrency) and syncs until stopped.
     pub fn start(grpc: SocketAddr, ca_pem: &str, identities: Vec<DeviceIdentity>, options: &FleetOptions) -> Self {
+        Self::start_assigned(&[grpc], 0, ca_pem, identities, options)
+    }
+
+    /// Start devices `first_index..` of a larger fleet spread over several central replicas:
+    /// the `k`-th identity is device `first_index + k`, connects to
+    /// `replicas[(first_index + k) % replicas.len()]` (round robin, as DNS or a TCP load
+    /// balancer would spread them) and from that index's loopback source address
+    /// ([`connect::source_ip`]), so fleets in several processes never share one.
+    ///
+    /// # Panics
+    /// When `replicas` is empty.
+    pub fn start_assigned(
+        replicas: &[SocketAddr],
+        first_index: usize,
+        ca_pem: &str,
+        identities: Vec<DeviceIdentity>,
+        options: &FleetOptions,
+    ) -> Self {
+        assert!(!replicas.is_empty(), "a fleet needs at least one central address");
+        let epoch = Instant::now();
         let shared = Arc::new(FleetShared {
-            grpc,
             ca_pem: ca_pem.to_owned(),
             heartbeat_interval: options.heartbeat_interval,
             connecting: Semaphore::new(options.connect_concurrency.max(1)),
-            epoch: Instant::now(),
+            epoch,
+            epoch_mono_us: monotonic_us().saturating_sub(epoch.elapsed().as_micros() as u64),
             recording: AtomicBool::new(false),
             latencies_us: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
@@ -102,12 +172,14 @@ impl Fleet {
         let mut ids = Vec::with_capacity(identities.len());
         let mut slots = Vec::with_capacity(identities.len());
         let mut tasks = Vec::with_capacity(identities.len());
-        for (index, identity) in identities.into_iter().enumerate() {
+        for (k, identity) in identities.into_iter().enumerate() {
+            let index = first_index + k;
             let slot = Arc::new(DeviceSlot::default());
             ids.push(identity.device_id.clone());
             slots.push(slot.clone());
             tasks.push(tokio::spawn(device::run(
                 identity,
+                replicas[index % replicas.len()],
                 connect::source_ip(index),
                 shared.clone(),
                 slot,
@@ -131,7 +203,8 @@ impl Fleet {
         self.ids.is_empty()
     }
 
-    fn last_error(&self) -> String {
+    /// The latest error a device saw ("none" when none did).
+    pub fn last_error(&self) -> String {
         self.shared
             .last_error
             .lock()
@@ -181,6 +254,11 @@ impl Fleet {
 
     /// Record heartbeat round trips for `window`, then summarise them.
     pub async fn measure_heartbeats(&self, window: Duration) -> Latency {
+        Latency::from_samples(self.record_heartbeats(window).await)
+    }
+
+    /// Record heartbeat round trips for `window`; returns them, µs, in no particular order.
+    pub async fn record_heartbeats(&self, window: Duration) -> Vec<u32> {
         self.shared
             .latencies_us
             .lock()
@@ -189,19 +267,23 @@ impl Fleet {
         self.shared.recording.store(true, Ordering::Relaxed);
         tokio::time::sleep(window).await;
         self.shared.recording.store(false, Ordering::Relaxed);
-        let mut all = std::mem::take(&mut *self.shared.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
-        all.sort_unstable();
-        let at = |q: f64| {
-            all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
-        Latency {
-            count: all.len(),
-            p50_us: at(0.50),
-            p99_us: at(0.99),
-            max_us: all.last().copied().unwrap_or(0),
-        }
+        std::mem::take(&mut *self.shared.latencies_us.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Wait until every device has received config marker `marker` (set by someone else, e.g.
+    /// another process); returns when the last one received it, on the [`monotonic_us`] clock.
+    pub async fn wait_marker(&self, marker: u64, timeout: Duration) -> Result<u64, FleetError> {
+        self.wait_until("devices with the config change", timeout, |s| {
+            s.marker.load(Ordering::Relaxed) == marker
+        })
+        .await?;
+        let last_us = self
+            .slots
+            .iter()
+            .map(|s| s.marker_at_us.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        Ok(self.shared.epoch_mono_us + last_us)
     }
 
     /// Set config `{MARKER_KEY: marker}` on every device through REST (`concurrency` calls in
@@ -216,19 +298,8 @@ impl Fleet {
     ) -> Result<FanOut, FleetError> {
         let started = Instant::now();
         let started_us = self.shared.epoch.elapsed().as_micros() as u64;
-        let value = json!({ MARKER_KEY: marker.to_string() });
-        let results: Vec<Result<(), RestError>> = futures::stream::iter(self.ids.iter())
-            .map(|id| {
-                let value = value.clone();
-                async move { operator.set_config(id, value).await }
-            })
-            .buffer_unordered(concurrency.max(1))
-            .collect()
-            .await;
+        set_marker_all(operator, self.ids.iter().map(String::as_str), marker, concurrency).await?;
         let calls = started.elapsed();
-        if let Some(error) = results.into_iter().find_map(Result::err) {
-            return Err(error.into());
-        }
         self.wait_until("devices with the config change", timeout.saturating_sub(calls), |s| {
             s.marker.load(Ordering::Relaxed) == marker
         })

@@ -86,14 +86,14 @@ impl DeviceIdentity {
     }
 }
 
-/// Enroll `count` new devices (serials `{prefix}-{i}`) with an `auto` token, at most
-/// `concurrency` calls in flight.
+/// Enroll new devices with fleet indices `indices` (serials `{prefix}-{i}`, results in that
+/// order) with an `auto` token, at most `concurrency` calls in flight.
 pub async fn enroll_many(
     grpc: SocketAddr,
     ca_pem: &str,
     token: &str,
     prefix: &str,
-    range: std::ops::Range<usize>,
+    indices: impl IntoIterator<Item = usize>,
     concurrency: usize,
 ) -> Result<Vec<DeviceIdentity>, IdentityError> {
     let mut clients = Vec::new();
@@ -105,7 +105,7 @@ pub async fn enroll_many(
     let token: Arc<str> = token.into();
     let prefix: Arc<str> = prefix.into();
     use futures::stream::{StreamExt, TryStreamExt};
-    futures::stream::iter(range)
+    futures::stream::iter(indices)
         .map(|i| {
             let mut client = clients[i % ENROLL_CHANNELS].clone();
             let token = token.clone();

@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod identity;
 pub mod registry;
 pub mod rest;
+pub mod shards;
 
 pub use fleet::{FanOut, Fleet, FleetOptions, Latency};
 pub use identity::DeviceIdentity;

@@ -100,6 +100,9 @@ const SIM_DATABASE_ENV: &str = "CAIRN_SIM_DATABASE_URL";
 /// results-postgres.json with `--database-url`). `--central-bin`, `--work-dir` and `--json` given in `extra`
 /// replace those defaults. `--database-url URL` (central on PostgreSQL, a fresh database per
 /// size) is handed over in the environment so the password is not echoed with the command.
+/// Beyond one process's descriptor limit, `--replicas N` (several central processes on the one
+/// PostgreSQL database) and `--shards M` (simulator worker processes; by default one per
+/// 18000 devices) are passed on to `cairn-sim bench` like its other options.
 fn bench_fleet(root: &Path, extra: &[String]) -> Result<()> {
     let mut database_url = None;
     let mut passed = Vec::new();
