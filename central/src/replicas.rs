@@ -84,11 +84,6 @@ impl Bus {
             let _ = outbox.send(format!("{}:{device_id}", nudge.as_str()));
         }
     }
-
-    /// Whether replicas share this central's database.
-    pub fn is_shared(&self) -> bool {
-        self.outbox.is_some()
-    }
 }
 
 /// Send queued notifications on a dedicated connection, reconnecting after failures.

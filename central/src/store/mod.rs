@@ -120,14 +120,6 @@ impl Store {
         Ok(Self { conn: Arc::new(Mutex::new(conn)), location: Arc::new(Location::Postgres(url.to_owned())) })
     }
 
-    /// Which database this is.
-    pub fn dialect(&self) -> db::Dialect {
-        match *self.location {
-            Location::Sqlite => db::Dialect::Sqlite,
-            Location::Postgres(_) => db::Dialect::Postgres,
-        }
-    }
-
     /// The PostgreSQL URL (for the replica notification connections); `None` on SQLite.
     pub fn postgres_url(&self) -> Option<&str> {
         match &*self.location {
