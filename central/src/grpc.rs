@@ -102,7 +102,7 @@ impl AgentService {
         let status = self
             .0
             .store
-            .run(move |conn| devices::status(conn, &id))
+            .read(move |conn| devices::status(conn, &id))
             .await
             .map_err(internal)?;
         match status {
@@ -171,7 +171,7 @@ pub async fn load_desired(shared: &Shared, device_id: &str) -> Result<Option<Des
     let id = device_id.to_owned();
     shared
         .store
-        .run(move |conn| {
+        .read(move |conn| {
             let tx = conn.transaction()?;
             let Some(device) = devices::get(&tx, &id)? else { return Ok(None) };
             let apps = store_apps::list(&tx, &id)?;
@@ -506,7 +506,7 @@ impl AgentService {
         let wanted = sha256.to_owned();
         self.0
             .store
-            .run(move |conn| store_bundles::get(conn, &wanted))
+            .read(move |conn| store_bundles::get(conn, &wanted))
             .await
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("central holds no bundle {sha256}; it may have been removed")))

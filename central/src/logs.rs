@@ -173,7 +173,7 @@ pub async fn request(
             let wanted = id.clone();
             let row = shared
                 .store
-                .run(move |conn| store::get(conn, &wanted))
+                .read(move |conn| store::get(conn, &wanted))
                 .await?;
             match row {
                 Some(LogRequestRow {

@@ -103,7 +103,7 @@ const LOG_REQUEST_STATES: [&str; 4] = ["pending", "sent", "done", "failed"];
 
 /// Render every metric.
 pub async fn render(shared: &Shared) -> Result<String, StoreError> {
-    let counts = shared.store.run(crate::store::fleet_counts::read).await?;
+    let counts = shared.store.read(crate::store::fleet_counts::read).await?;
     let mut out = String::with_capacity(8 * 1024);
     family(
         &mut out,

@@ -187,7 +187,7 @@ async fn act(shared: &Arc<Shared>, nudge: Nudge, device_id: &str) {
 /// Read which devices other replicas heard from recently.
 async fn refresh_presence(shared: &Arc<Shared>) {
     let since = now_unix() - shared.config.remote_presence_seconds as i64;
-    match shared.store.run(move |conn| devices::seen_since(conn, since)).await {
+    match shared.store.read(move |conn| devices::seen_since(conn, since)).await {
         Ok(seen) => shared.sessions.set_remote_seen(seen, since),
         Err(e) => tracing::warn!(error = %e, "could not read device presence from the registry"),
     }

@@ -251,7 +251,7 @@ pub(super) async fn list_apps(
     let device_id = id.clone();
     let (device, desired) = shared
         .store
-        .run(move |conn| {
+        .read(move |conn| {
             let tx = conn.transaction()?;
             let Some(device) = devices::get(&tx, &id)? else {
                 return Ok(None);

@@ -57,7 +57,7 @@ impl FromRequestParts<Arc<Shared>> for Caller {
             .to_owned();
         let token = shared
             .store
-            .run(move |conn| tokens::api_token_by_secret(conn, &secret))
+            .read(move |conn| tokens::api_token_by_secret(conn, &secret))
             .await?
             .ok_or_else(|| ApiError::Unauthorized("API token not recognised or revoked".into()))?;
         Ok(Caller { name: token.name, role: token.role })

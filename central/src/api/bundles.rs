@@ -72,7 +72,7 @@ async fn load(shared: &Shared, sha256: String) -> Result<Bundle, ApiError> {
     let wanted = sha256.clone();
     shared
         .store
-        .run(move |conn| store_bundles::get(conn, &wanted))
+        .read(move |conn| store_bundles::get(conn, &wanted))
         .await?
         .ok_or_else(|| {
             ApiError::NotFound(format!(
@@ -201,7 +201,7 @@ async fn receive(
 /// `GET /api/v1/bundles` (viewer).
 pub(super) async fn list_bundles(caller: Caller, State(shared): St) -> ApiResult {
     caller.require(Role::Viewer)?;
-    let list = shared.store.run(|conn| store_bundles::list(conn)).await?;
+    let list = shared.store.read(|conn| store_bundles::list(conn)).await?;
     Ok(Json(json!({ "bundles": list })).into_response())
 }
 

@@ -258,7 +258,7 @@ pub(super) async fn list_deployments(caller: Caller, State(shared): St) -> ApiRe
     caller.require(Role::Viewer)?;
     let list = shared
         .store
-        .run(|conn| {
+        .read(|conn| {
             let mut out = Vec::new();
             for d in deployments::list(conn)? {
                 let hosts = deployments::placed_devices(conn, &d.name)?.len();

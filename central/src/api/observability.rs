@@ -122,7 +122,7 @@ pub async fn list_events(
     }
     let events = shared
         .store
-        .run(move |conn| event_store::list(conn, &filter))
+        .read(move |conn| event_store::list(conn, &filter))
         .await?;
     Ok(Json(json!({ "events": events })).into_response())
 }
@@ -139,7 +139,7 @@ pub async fn device_events(
     };
     Ok(shared
         .store
-        .run(move |conn| event_store::list(conn, &filter))
+        .read(move |conn| event_store::list(conn, &filter))
         .await?)
 }
 

@@ -254,7 +254,7 @@ pub(super) async fn list_rollouts(caller: Caller, State(shared): St) -> ApiResul
     caller.require(Role::Viewer)?;
     let all = shared
         .store
-        .run(|conn| {
+        .read(|conn| {
             let mut all = Vec::new();
             for rollout in rollouts::list(conn)? {
                 let devices = rollouts::devices(conn, &rollout.id)?;

@@ -119,7 +119,7 @@ async fn create_token(caller: Caller, State(shared): St, ValidJson(body): ValidJ
 
 async fn list_tokens(caller: Caller, State(shared): St) -> ApiResult {
     caller.require(Role::Viewer)?;
-    let list = shared.store.run(|conn| tokens::list_enrollment_tokens(conn)).await?;
+    let list = shared.store.read(|conn| tokens::list_enrollment_tokens(conn)).await?;
     ok(json!({ "tokens": list }))
 }
 
@@ -159,7 +159,7 @@ fn with_host(shared: &Shared, device: &Device) -> Value {
 
 async fn list_devices(caller: Caller, State(shared): St) -> ApiResult {
     caller.require(Role::Viewer)?;
-    let list = shared.store.run(|conn| devices::list(conn)).await?;
+    let list = shared.store.read(|conn| devices::list(conn)).await?;
     let list: Vec<Value> = list.into_iter().map(|d| with_host(&shared, &with_presence(&shared, d))).collect();
     ok(json!({ "devices": list }))
 }
@@ -167,7 +167,7 @@ async fn list_devices(caller: Caller, State(shared): St) -> ApiResult {
 pub(super) async fn load_device(shared: &Shared, id: String) -> Result<Device, ApiError> {
     let device = shared
         .store
-        .run(move |conn| devices::get(conn, &id))
+        .read(move |conn| devices::get(conn, &id))
         .await?
         .ok_or_else(|| ApiError::NotFound("no device with this id".into()))?;
     Ok(with_presence(shared, device))
@@ -356,7 +356,7 @@ async fn add_claim(caller: Caller, State(shared): St, ValidJson(body): ValidJson
 
 async fn list_claims(caller: Caller, State(shared): St) -> ApiResult {
     caller.require(Role::Viewer)?;
-    let list = shared.store.run(|conn| tokens::list_claims(conn)).await?;
+    let list = shared.store.read(|conn| tokens::list_claims(conn)).await?;
     ok(json!({ "claims": list }))
 }
 
@@ -386,7 +386,7 @@ async fn create_api_token(caller: Caller, State(shared): St, ValidJson(body): Va
 
 async fn list_api_tokens(caller: Caller, State(shared): St) -> ApiResult {
     caller.require(Role::Admin)?;
-    let list = shared.store.run(|conn| tokens::list_api_tokens(conn)).await?;
+    let list = shared.store.read(|conn| tokens::list_api_tokens(conn)).await?;
     ok(json!({ "api_tokens": list }))
 }
 
@@ -398,7 +398,7 @@ struct AuditQuery {
 async fn list_audit(caller: Caller, State(shared): St, Query(query): Query<AuditQuery>) -> ApiResult {
     caller.require(Role::Admin)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
-    let events = shared.store.run(move |conn| audit::recent(conn, limit)).await?;
+    let events = shared.store.read(move |conn| audit::recent(conn, limit)).await?;
     ok(json!({ "events": events }))
 }
 

@@ -87,7 +87,7 @@ pub(super) async fn list_sites(caller: Caller, State(shared): St) -> ApiResult {
     caller.require(Role::Viewer)?;
     let (list, counts) = shared
         .store
-        .run(|conn| Ok((sites::list(conn)?, sites::device_counts(conn)?)))
+        .read(|conn| Ok((sites::list(conn)?, sites::device_counts(conn)?)))
         .await?;
     let list: Vec<Value> = list
         .into_iter()
@@ -135,7 +135,7 @@ pub(super) async fn show_site(
     caller.require(Role::Viewer)?;
     let found = shared
         .store
-        .run(move |conn| {
+        .read(move |conn| {
             let Some(site) = sites::get(conn, &name)? else {
                 return Ok(None);
             };
@@ -208,7 +208,7 @@ pub(super) struct CreateRegion {
 /// `GET /api/v1/regions` (viewer).
 pub(super) async fn list_regions(caller: Caller, State(shared): St) -> ApiResult {
     caller.require(Role::Viewer)?;
-    let list = shared.store.run(|conn| sites::list_regions(conn)).await?;
+    let list = shared.store.read(|conn| sites::list_regions(conn)).await?;
     ok(json!({ "regions": list }))
 }
 
@@ -249,7 +249,7 @@ pub(super) async fn show_region(
     caller.require(Role::Viewer)?;
     let region = shared
         .store
-        .run(move |conn| sites::get_region(conn, &name))
+        .read(move |conn| sites::get_region(conn, &name))
         .await?
         .ok_or_else(|| {
             ApiError::NotFound("no region with this name; see GET /api/v1/regions".into())

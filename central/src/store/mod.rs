@@ -3,10 +3,13 @@
 //!
 //! One connection behind a mutex: SQLite serialises writers anyway, and every call runs on the
 //! blocking pool (`Store::run`) so the async runtime never waits on the disk. On PostgreSQL
-//! each call is one transaction holding a cluster-wide advisory lock, so replicas see exactly
+//! each `run` is one transaction holding a cluster-wide advisory lock, so replicas see exactly
 //! the one-writer-at-a-time semantics the registry code was written for (read, decide, write
-//! in one call) — correctness first; the price is that registry calls of all replicas run one
-//! after the other, as they do on SQLite.
+//! in one call). Calls that only read (`Store::read`: stream opens, device authorisation, API
+//! GETs, presence) take no lock: each is a READ ONLY snapshot transaction on one of a few
+//! separate connections, so reads of every replica run beside each other and beside the one
+//! writer instead of queueing behind it. A read that tried to write fails (the server refuses
+//! it), so a misplaced write cannot slip past the lock.
 
 pub mod db;
 mod schema;
@@ -26,6 +29,7 @@ pub mod sites;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use db::Connection;
@@ -33,6 +37,10 @@ pub use model::*;
 
 /// Advisory lock key every replica's registry call takes on PostgreSQL ("cairn" in ASCII).
 const CLUSTER_LOCK_KEY: i64 = 0x63_6169_726e;
+
+/// Read connections per replica on PostgreSQL (opened on first use). A few are enough: a read
+/// is one or two round trips, and the blocking pool would otherwise open one per waiting call.
+const READ_CONNECTIONS: usize = 4;
 
 /// Why a database operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +105,14 @@ enum Location {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     location: Arc<Location>,
+    readers: Arc<Readers>,
+}
+
+/// The lock-free read connections (PostgreSQL only; empty slots until first used).
+#[derive(Default)]
+struct Readers {
+    slots: Vec<Mutex<Option<Connection>>>,
+    next: AtomicUsize,
 }
 
 impl Store {
@@ -104,7 +120,11 @@ impl Store {
     #[tracing::instrument(name = "store.open", skip_all, fields(path = %path.display()))]
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = open_sqlite(path)?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), location: Arc::new(Location::Sqlite) })
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            location: Arc::new(Location::Sqlite),
+            readers: Arc::default(),
+        })
     }
 
     /// Connect to and migrate the PostgreSQL database at `url`
@@ -117,7 +137,12 @@ impl Store {
         tx.execute("SELECT pg_advisory_xact_lock(?1)", [CLUSTER_LOCK_KEY])?;
         schema::migrate_postgres(&tx)?;
         tx.commit()?;
-        Ok(Self { conn: Arc::new(Mutex::new(conn)), location: Arc::new(Location::Postgres(url.to_owned())) })
+        let readers = Readers { slots: (0..READ_CONNECTIONS).map(|_| Mutex::new(None)).collect(), next: AtomicUsize::new(0) };
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            location: Arc::new(Location::Postgres(url.to_owned())),
+            readers: Arc::new(readers),
+        })
     }
 
     /// The PostgreSQL URL (for the replica notification connections); `None` on SQLite.
@@ -159,6 +184,56 @@ impl Store {
         tx.commit()?;
         Ok(value)
     }
+
+    /// Run `f`, which only reads, on the blocking thread pool: on PostgreSQL as a READ ONLY
+    /// snapshot transaction without the cluster lock (see the module doc); on SQLite as [`Store::run`].
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+
+    /// [`Store::read`] on the current thread. `f` is `Fn`: a read that failed because its
+    /// connection broke (PostgreSQL restarted, failover) is run once more on a new one, which
+    /// is safe as it changed nothing. Idle read connections only learn of a break when used.
+    pub fn read_blocking<T>(&self, f: impl Fn(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let Location::Postgres(url) = &*self.location else { return self.run_blocking(f) };
+        let slots = &self.readers.slots;
+        // A free slot if there is one, else wait for the next in turn.
+        let start = self.readers.next.fetch_add(1, Ordering::Relaxed);
+        let mut slot = (0..slots.len())
+            .find_map(|i| slots[(start + i) % slots.len()].try_lock().ok())
+            .unwrap_or_else(|| slots[start % slots.len()].lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let mut retried = false;
+        loop {
+            if slot.as_ref().is_none_or(Connection::is_broken) {
+                *slot = Some(connect_postgres(url)?);
+            }
+            let conn = slot.as_mut().expect("just connected");
+            match read_snapshot(conn, &f) {
+                Err(e) if !retried && conn.is_broken() => {
+                    tracing::warn!(database = %redact_url(url), error = %e, "registry read connection lost; reconnecting");
+                    retried = true;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+}
+
+/// `f` in one READ ONLY snapshot transaction: one view of the registry for the whole call, as
+/// the lock gives a writer; the server refuses writes.
+fn read_snapshot<T>(conn: &mut Connection, f: impl Fn(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let mut tx = conn.transaction()?;
+    tx.execute_batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+    let value = f(&mut tx)?;
+    tx.commit()?;
+    Ok(value)
 }
 
 fn open_sqlite(path: &Path) -> Result<Connection, StoreError> {
@@ -276,4 +351,55 @@ pub fn new_secret(prefix: &str) -> String {
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A read runs while a writer holds the registry (on PostgreSQL: the cluster lock, which
+    /// every other replica's writes queue on), sees only committed rows, and cannot write.
+    #[test]
+    fn reads_run_beside_a_writer_and_cannot_write() {
+        let (store, _dir) = test_store();
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                store
+                    .run_blocking(|conn| {
+                        conn.execute("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (1, 'test', 'held', 't', '')", crate::params![])?;
+                        held_tx.send(()).unwrap();
+                        release_rx.recv_timeout(Duration::from_secs(30)).ok();
+                        Ok(())
+                    })
+                    .unwrap()
+            })
+        };
+        held_rx.recv_timeout(Duration::from_secs(30)).expect("the writer started");
+        let count = |conn: &mut Connection| -> Result<i64, StoreError> {
+            Ok(conn.query_row("SELECT COUNT(*) FROM audit_log WHERE action = 'held'", crate::params![], |r| r.get(0))?)
+        };
+        if store.postgres_url().is_some() {
+            // The writer still holds the lock (it waits for `release`): the read must not.
+            let (done_tx, done_rx) = mpsc::channel();
+            let reader = {
+                let store = store.clone();
+                std::thread::spawn(move || done_tx.send(store.read_blocking(count)).unwrap())
+            };
+            let seen = done_rx.recv_timeout(Duration::from_secs(10)).expect("a read waited for the writer's lock");
+            assert_eq!(seen.unwrap(), 0, "a read saw an uncommitted write");
+            reader.join().unwrap();
+            let write = store.read_blocking(|conn| {
+                Ok(conn.execute("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (2, 'test', 'read', 't', '')", crate::params![])?)
+            });
+            assert!(write.is_err(), "a write inside a read call was accepted");
+        }
+        release_tx.send(()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(store.read_blocking(count).unwrap(), 1, "the committed write is visible to reads");
+    }
 }
