@@ -242,6 +242,13 @@ pub async fn deliver_pending(shared: &Shared, device_id: &str) {
     }
     let since = now_unix_ms() - shared.config.log_request_timeout_seconds as i64 * 1000;
     let id = device_id.to_owned();
+    // Almost always there is none: look without the registry lock, which every stream open
+    // would otherwise take (a fleet reconnecting at once queues on it).
+    let any = shared.store.read(move |conn| Ok(!store::pending_for_device(conn, &id, since)?.is_empty())).await;
+    if matches!(any, Ok(false)) {
+        return;
+    }
+    let id = device_id.to_owned();
     let claimed = shared
         .store
         .run(move |conn| {

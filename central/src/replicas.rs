@@ -86,11 +86,27 @@ impl Bus {
     }
 }
 
-/// Send queued notifications on a dedicated connection, reconnecting after failures.
+/// Most notifications sent in one statement (two parameters each, well under PostgreSQL's limit).
+const NOTIFY_BATCH: usize = 256;
+
+/// Send queued notifications on a dedicated connection, reconnecting after failures. Whatever
+/// is queued goes out together, up to [`NOTIFY_BATCH`] per statement: a placement pass or a
+/// rollout wave nudges thousands of devices at once, and one round trip each would make the
+/// last device wait for all the others.
 fn notifier(url: &str, rx: std::sync::mpsc::Receiver<String>) {
     let mut conn: Option<Connection> = None;
     let mut backoff = Duration::from_millis(200);
-    while let Ok(payload) = rx.recv() {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < NOTIFY_BATCH {
+            match rx.try_recv() {
+                Ok(payload) => batch.push(payload),
+                Err(_) => break,
+            }
+        }
+        let sql = notify_sql(batch.len());
+        let mut params: Vec<&dyn store::db::ToValue> = vec![&CHANNEL];
+        params.extend(batch.iter().map(|p| p as &dyn store::db::ToValue));
         loop {
             if conn.as_ref().is_none_or(Connection::is_broken) {
                 match store::connect_postgres(url) {
@@ -103,7 +119,7 @@ fn notifier(url: &str, rx: std::sync::mpsc::Receiver<String>) {
                     }
                 }
             }
-            let sent = conn.as_ref().expect("connected above").execute("SELECT pg_notify(?1, ?2)", [CHANNEL, &payload]);
+            let sent = conn.as_ref().expect("connected above").execute(&sql, params.as_slice());
             match sent {
                 Ok(_) => {
                     backoff = Duration::from_millis(200);
@@ -116,6 +132,12 @@ fn notifier(url: &str, rx: std::sync::mpsc::Receiver<String>) {
             }
         }
     }
+}
+
+/// `SELECT pg_notify(?1, ?2), pg_notify(?1, ?3), …` for `count` payloads.
+fn notify_sql(count: usize) -> String {
+    let calls: Vec<String> = (0..count).map(|i| format!("pg_notify(?1, ?{})", i + 2)).collect();
+    format!("SELECT {}", calls.join(", "))
 }
 
 /// The listening connection, opened before central serves: a nudge sent while a replica

@@ -1,6 +1,9 @@
 //! The fleet scale benchmark (issue 7): for each fleet size, a fresh `cairn-central serve`
 //! process, N enrolled devices (cached on disk), then central's memory, heartbeat round trips in
-//! steady state, and the time for a config change to reach every device.
+//! steady state, the time for a config change to reach every device (one REST call per
+//! device), and the time for a deployment change to reach every device (one REST call: the
+//! fleet is put into sites of [`HOSTS_PER_SITE`] devices, a deployment runs on all of them, and
+//! its app is changed).
 //!
 //! The registry is central's embedded SQLite database (data and identity cache under
 //! `fleet-<N>/`, reused by later runs) or, with [`BenchOptions::database`], a fresh PostgreSQL
@@ -27,6 +30,13 @@ use crate::identity::{self, IdentityError};
 use crate::registry::{self, AdminUrl, StoreKind};
 use crate::rest::{Operator, RestError};
 use crate::shards::{self, ShardError, Shards, ShardsOptions};
+
+/// Devices per site in the deployment measurement ("a few hosts per site"); the deployment
+/// runs on all of them, so its change reaches the whole fleet.
+pub const HOSTS_PER_SITE: usize = 4;
+
+/// The benchmark's deployment.
+const DEPLOYMENT: &str = "cairn-sim-bench";
 
 /// Devices enrolled per batch (the cache is appended after each, so an interrupted run resumes).
 const ENROLL_BATCH: usize = 5000;
@@ -171,6 +181,8 @@ pub struct SizeResult {
     pub heartbeat: Latency,
     /// The config fan-out.
     pub fanout: FanOut,
+    /// The deployment fan-out.
+    pub deployment: DeploymentFanOut,
     /// Sync streams that ended and were reopened during the run.
     pub reconnects: u64,
     /// Central replicas (processes) on the one database; the `central_*` figures above are
@@ -503,6 +515,7 @@ async fn with_central(
         heartbeats_per_s: devices as f64 / options.fleet.heartbeat_interval.as_secs_f64(),
         heartbeat: measured.heartbeat,
         fanout: measured.fanout,
+        deployment: measured.deployment,
         reconnects: measured.reconnects,
         replicas,
         shards,
@@ -558,6 +571,7 @@ struct Measured {
     cpu_pct: Vec<f64>,
     heartbeat: Latency,
     fanout: FanOut,
+    deployment: DeploymentFanOut,
     /// Each simulator process's RSS, bytes.
     sim_rss: Vec<u64>,
     coordinator_rss: Option<u64>,
@@ -605,6 +619,7 @@ async fn measure(
     let fanout = fleet
         .fan_out_config(operator, marker, options.fanout_concurrency, fanout_budget(devices))
         .await?;
+    let deployment = deployment_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
     Ok(Measured {
         connect_s,
@@ -613,12 +628,112 @@ async fn measure(
         cpu_pct,
         heartbeat,
         fanout,
+        deployment,
         sim_rss: Vec::new(),
         coordinator_rss: None,
         reconnects: 0,
         per_shard: Vec::new(),
         last_error: None,
     })
+}
+
+/// What the deployment measurement took.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DeploymentFanOut {
+    /// Untimed set-up: creating the sites and putting every device at one (REST calls).
+    pub sites_s: f64,
+    /// Creating the deployment until every device runs it (the placement pass included).
+    pub place: FanOut,
+    /// Changing the deployment's app until every device has the new one: the issue's
+    /// "deployment change reaching all devices".
+    pub change: FanOut,
+}
+
+/// Devices that can be watched for a marker: in this process or in worker processes.
+trait MarkerWatch {
+    type Error: From<FleetError>;
+    /// Start watching for `marker` (before the change is made, so no arrival is missed).
+    async fn arm(&mut self, marker: u64, within: Duration) -> Result<(), Self::Error>;
+    /// When the last device received `marker` ([`monotonic_us`]); fails unless all did.
+    async fn last_received(&mut self, marker: u64, within: Duration) -> Result<u64, Self::Error>;
+}
+
+impl MarkerWatch for &Fleet {
+    type Error = FleetError;
+    async fn arm(&mut self, _marker: u64, _within: Duration) -> Result<(), FleetError> {
+        Ok(())
+    }
+    async fn last_received(&mut self, marker: u64, within: Duration) -> Result<u64, FleetError> {
+        self.wait_marker(marker, within).await
+    }
+}
+
+impl MarkerWatch for Shards {
+    type Error = ShardError;
+    async fn arm(&mut self, marker: u64, within: Duration) -> Result<(), ShardError> {
+        self.watch_marker(marker, within).await
+    }
+    async fn last_received(&mut self, _marker: u64, within: Duration) -> Result<u64, ShardError> {
+        Ok(self.fan_out_received(within).await?.into_iter().max().unwrap_or(0))
+    }
+}
+
+/// Site `index` of the deployment measurement, spread over the globe (valid coordinates).
+fn site_name(index: usize) -> String {
+    format!("sim-site-{index}")
+}
+
+/// Put the fleet into sites of [`HOSTS_PER_SITE`] (untimed), create a deployment running on
+/// every device, then change its app; both timed from the one REST call to the last device.
+async fn deployment_fan_out<W: MarkerWatch>(
+    options: &BenchOptions,
+    operator: &Operator,
+    ids: &[String],
+    watch: &mut W,
+) -> Result<DeploymentFanOut, W::Error> {
+    let devices = ids.len();
+    let rest = |e: RestError| W::Error::from(FleetError::from(e));
+    let started = Instant::now();
+    let sites = devices.div_ceil(HOSTS_PER_SITE);
+    eprintln!("cairn-sim: {devices} devices: creating {sites} sites of {HOSTS_PER_SITE} and putting every device at one");
+    let create = (0..sites).map(|s| {
+        let (latitude, longitude) = ((s * 7 % 170) as f64 - 85.0, (s * 13 % 350) as f64 - 175.0);
+        async move { operator.create_site(&site_name(s), latitude, longitude).await }
+    });
+    fleet::run_all(options.fanout_concurrency, create).await.map_err(rest)?;
+    let assign = ids.iter().enumerate().map(|(i, id)| async move { operator.set_site(id, &site_name(i / HOSTS_PER_SITE)).await });
+    fleet::run_all(options.fanout_concurrency, assign).await.map_err(rest)?;
+    let sites_s = started.elapsed().as_secs_f64();
+    let budget = fanout_budget(devices);
+    let hosts = HOSTS_PER_SITE as u32;
+    eprintln!("cairn-sim: {devices} devices: sites set up in {sites_s:.1} s; creating a deployment on all of them");
+    let place = timed_change(watch, budget, |marker| async move {
+        operator.put_deployment(DEPLOYMENT, &crate::device::deployment_compose(marker), hosts, true).await
+    })
+    .await?;
+    eprintln!("cairn-sim: {devices} devices: deployment placed on all in {:.1} s; changing its app", place.all_received_s);
+    let change = timed_change(watch, budget, |marker| async move {
+        operator.put_deployment(DEPLOYMENT, &crate::device::deployment_compose(marker), hosts, false).await
+    })
+    .await?;
+    eprintln!("cairn-sim: {devices} devices: deployment change reached all in {:.1} s", change.all_received_s);
+    Ok(DeploymentFanOut { sites_s, place, change })
+}
+
+/// Arm `watch` for a new marker, make `change` with it, and wait for the last device.
+async fn timed_change<W: MarkerWatch, F: std::future::Future<Output = Result<(), RestError>>>(
+    watch: &mut W,
+    budget: Duration,
+    change: impl FnOnce(u64) -> F,
+) -> Result<FanOut, W::Error> {
+    let marker = new_marker();
+    watch.arm(marker, budget).await?;
+    let started = Instant::now();
+    let started_us = monotonic_us();
+    change(marker).await.map_err(|e| W::Error::from(FleetError::from(e)))?;
+    let calls_s = started.elapsed().as_secs_f64();
+    let last = watch.last_received(marker, budget).await?;
+    Ok(shards::merge_fanout(started_us, calls_s, &[last]))
 }
 
 /// Each replica's CPU use since `before` (its CPU seconds then), % of one core.
@@ -666,6 +781,7 @@ async fn measure_shards(
     let calls_s = started.elapsed().as_secs_f64();
     let received = workers.fan_out_received(budget).await?;
     let fanout = shards::merge_fanout(started_us, calls_s, &received);
+    let deployment = deployment_fan_out(options, operator, ids, &mut workers).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
     let (coordinator_rss, _) = central_process::memory_of("/proc/self/status");
     let figures = workers.stop().await?;
@@ -677,6 +793,7 @@ async fn measure_shards(
         cpu_pct,
         heartbeat,
         fanout,
+        deployment,
         sim_rss: figures.iter().map(|f| f.rss_bytes).collect(),
         coordinator_rss: Some(coordinator_rss),
         reconnects: figures.iter().map(|f| f.reconnects).sum(),
@@ -700,11 +817,11 @@ pub fn table(results: &[SizeResult]) -> String {
     };
     let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
     let mut out = String::from(
-        "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects | replicas x sim processes | max central RSS MiB | max central CPU % | max sim RSS MiB\n",
+        "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | deployment placed s | deployment change all received s (xN0) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects | replicas x sim processes | max central RSS MiB | max central CPU % | max sim RSS MiB\n",
     );
     for r in results {
         out += &format!(
-            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {:.1} | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {} | {}x{} | {:.0} | {:.0} | {:.0}\n",
+            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {:.1} | {:.1} ({}) | {:.1} | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {} | {}x{} | {:.0} | {:.0} | {:.0}\n",
             r.devices,
             r.store.name(),
             r.central_rss_mib,
@@ -718,6 +835,9 @@ pub fn table(results: &[SizeResult]) -> String {
             r.fanout.calls_s,
             r.fanout.all_received_s,
             ratio(r.fanout.all_received_s, base.fanout.all_received_s),
+            r.deployment.place.all_received_s,
+            r.deployment.change.all_received_s,
+            ratio(r.deployment.change.all_received_s, base.deployment.change.all_received_s),
             r.enrolled_now,
             r.enroll_s,
             r.connect_s,

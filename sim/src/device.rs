@@ -17,8 +17,27 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::connect;
 use crate::identity::DeviceIdentity;
 
-/// Config key the fan-out measurement sets; devices note when its value arrives.
+/// Config key the fan-out measurement sets; devices note when its value arrives. The
+/// deployment measurement carries it in a comment line of the app's compose file instead
+/// (`# cairn-sim-marker: N`, see [`deployment_compose`]).
 pub const MARKER_KEY: &str = "cairn-sim-marker";
+
+/// The compose file of the benchmark's deployment, carrying `marker`.
+pub fn deployment_compose(marker: u64) -> String {
+    format!("# {MARKER_KEY}: {marker}\nservices:\n  app:\n    image: registry.local/cairn/box:1\n    command: [\"sleep\", \"3600\"]\n")
+}
+
+/// The newest marker a desired state carries, in its config or in any app's compose file
+/// (markers are Unix milliseconds, so the latest change has the largest).
+fn newest_marker(desired: &cairn_proto::v1::DesiredState) -> Option<u64> {
+    let in_config = desired.config.get(MARKER_KEY).and_then(|v| v.parse::<u64>().ok());
+    let prefix = format!("# {MARKER_KEY}: ");
+    let in_apps = desired
+        .apps
+        .iter()
+        .filter_map(|app| app.compose_yaml.lines().next()?.strip_prefix(prefix.as_str())?.trim().parse::<u64>().ok());
+    in_config.into_iter().chain(in_apps).max()
+}
 
 /// What one device has seen, readable from outside its task.
 #[derive(Default)]
@@ -27,7 +46,7 @@ pub struct DeviceSlot {
     pub connected: AtomicBool,
     /// Latest DesiredState revision received.
     pub revision: AtomicU64,
-    /// Latest [`MARKER_KEY`] value received (0: none).
+    /// Newest [`MARKER_KEY`] value received, in config or an app (0: none).
     pub marker: AtomicU64,
     /// When it arrived, µs since the fleet's epoch.
     pub marker_at_us: AtomicU64,
@@ -188,7 +207,7 @@ async fn session(
                     }
                     Some(central_message::Kind::Desired(desired)) => {
                         slot.revision.store(desired.revision, Ordering::Relaxed);
-                        if let Some(marker) = desired.config.get(MARKER_KEY).and_then(|v| v.parse::<u64>().ok()) {
+                        if let Some(marker) = newest_marker(&desired) {
                             if slot.marker.swap(marker, Ordering::Relaxed) != marker {
                                 slot.marker_at_us.store(shared.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
                             }
@@ -211,5 +230,24 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::v1::{App, DesiredState};
+
+    #[test]
+    fn the_newest_marker_of_config_and_apps_counts() {
+        let mut desired = DesiredState::default();
+        assert_eq!(newest_marker(&desired), None);
+        desired.config.insert(MARKER_KEY.into(), "5".into());
+        assert_eq!(newest_marker(&desired), Some(5));
+        desired.apps.push(App { name: "bench".into(), compose_yaml: deployment_compose(9), generation: 1 });
+        desired.apps.push(App { name: "other".into(), compose_yaml: "services: {}\n# cairn-sim-marker: 99".into(), generation: 1 });
+        assert_eq!(newest_marker(&desired), Some(9), "only a first-line marker counts");
+        desired.config.insert(MARKER_KEY.into(), "12".into());
+        assert_eq!(newest_marker(&desired), Some(12));
     }
 }

@@ -51,8 +51,8 @@ pub enum FleetError {
         /// The latest error a device saw.
         last_error: String,
     },
-    /// A REST call of the fan-out failed.
-    #[error("pushing the config change failed: {0}")]
+    /// An operator call of a fan-out (config, sites, deployment) failed.
+    #[error("an operator call of the fan-out failed: {0}")]
     Rest(#[from] RestError),
 }
 
@@ -117,14 +117,17 @@ pub async fn set_marker_all<'a>(
     concurrency: usize,
 ) -> Result<(), RestError> {
     let value = json!({ MARKER_KEY: marker.to_string() });
-    let results: Vec<Result<(), RestError>> = futures::stream::iter(ids)
-        .map(|id| {
-            let value = value.clone();
-            async move { operator.set_config(id, value).await }
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+    run_all(concurrency, ids.map(|id| operator.set_config(id, value.clone()))).await
+}
+
+/// Run REST `calls`, `concurrency` in flight; all are made, then the first failure, if any, is
+/// returned.
+pub async fn run_all<F: std::future::Future<Output = Result<(), RestError>>>(
+    concurrency: usize,
+    calls: impl Iterator<Item = F>,
+) -> Result<(), RestError> {
+    let results: Vec<Result<(), RestError>> =
+        futures::stream::iter(calls).buffer_unordered(concurrency.max(1)).collect().await;
     results.into_iter().collect()
 }
 
@@ -191,6 +194,11 @@ impl Fleet {
             shared,
             tasks,
         }
+    }
+
+    /// The devices' ids, in fleet order.
+    pub fn ids(&self) -> &[String] {
+        &self.ids
     }
 
     /// Number of devices.

@@ -1,4 +1,5 @@
-//! The few REST calls the simulator makes as an operator: enrollment tokens and device config.
+//! The few REST calls the simulator makes as an operator: enrollment tokens, device config,
+//! sites and a deployment.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -35,6 +36,13 @@ pub enum RestError {
     },
 }
 
+/// Longest wait for one REST answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Longest wait for a deployment call: central answers after the placement pass that writes
+/// the app for every selected device (the whole fleet here).
+const DEPLOYMENT_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// An operator client of central's REST API (TLS trusting only the fleet CA, bearer token).
 #[derive(Clone)]
 pub struct Operator {
@@ -50,7 +58,6 @@ impl Operator {
         let client = reqwest::Client::builder()
             .tls_built_in_root_certs(false)
             .add_root_certificate(ca)
-            .timeout(Duration::from_secs(120))
             .build()
             .map_err(RestError::Client)?;
         Ok(Self {
@@ -61,10 +68,15 @@ impl Operator {
     }
 
     async fn call(&self, method: &'static str, path: &str, body: Option<Value>) -> Result<Value, RestError> {
+        self.call_within(method, path, body, CALL_TIMEOUT).await
+    }
+
+    async fn call_within(&self, method: &'static str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value, RestError> {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("static method names are valid");
         let mut request = self
             .client
             .request(m, format!("{}{path}", self.base))
+            .timeout(timeout)
             .bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.json(&body);
@@ -109,6 +121,33 @@ impl Operator {
             Some(json!({ "config": config })),
         )
         .await?;
+        Ok(())
+    }
+
+    /// Create site `name` at a point (`POST /api/v1/sites`).
+    pub async fn create_site(&self, name: &str, latitude: f64, longitude: f64) -> Result<(), RestError> {
+        let body = json!({ "name": name, "latitude": latitude, "longitude": longitude });
+        self.call("POST", "/api/v1/sites", Some(body)).await?;
+        Ok(())
+    }
+
+    /// Put a device at a site (`PUT /api/v1/devices/{id}/site`).
+    pub async fn set_site(&self, device_id: &str, site: &str) -> Result<(), RestError> {
+        self.call("PUT", &format!("/api/v1/devices/{device_id}/site"), Some(json!({ "site": site }))).await?;
+        Ok(())
+    }
+
+    /// Create (`POST`) or replace (`PUT`) deployment `name`: `compose_yaml` on `hosts_per_site`
+    /// devices of every site. Central answers after its placement pass has written the result.
+    pub async fn put_deployment(&self, name: &str, compose_yaml: &str, hosts_per_site: u32, create: bool) -> Result<(), RestError> {
+        let placement = json!({ "hosts_per_site": hosts_per_site });
+        if create {
+            let body = json!({ "name": name, "compose_yaml": compose_yaml, "placement": placement });
+            self.call_within("POST", "/api/v1/deployments", Some(body), DEPLOYMENT_TIMEOUT).await?;
+        } else {
+            let body = json!({ "compose_yaml": compose_yaml, "placement": placement });
+            self.call_within("PUT", &format!("/api/v1/deployments/{name}"), Some(body), DEPLOYMENT_TIMEOUT).await?;
+        }
         Ok(())
     }
 }

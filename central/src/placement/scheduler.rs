@@ -14,7 +14,7 @@
 //! [`reconcile`] applies the plan: per changed device one revision bump, its deployment-owned
 //! app rows written, an audit record per change, and the new desired state queued for a push.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use cairn_proto::MAX_DESIRED_STATE_BYTES;
@@ -170,17 +170,21 @@ fn plan_one(d: &Deployment, avoided_by: Option<&BTreeSet<&str>>, world: &World) 
             && (hosting(host) || host.desired_bytes + cost <= MAX_DESIRED_STATE_BYTES)
     };
     let by_preference = |a: &&Host, b: &&Host| (!a.online, &a.id).cmp(&(!b.online, &b.id));
+    // Hosts grouped by site once: a fleet has tens of thousands of small sites, and filtering
+    // every host for every site made a pass quadratic in the fleet.
+    let mut by_site: HashMap<&str, Vec<&Host>> = HashMap::new();
+    for host in &world.hosts {
+        if let Some(site) = host.site.as_deref() {
+            by_site.entry(site).or_default().push(host);
+        }
+    }
     let mut sites = Vec::new();
     for site in &world.sites {
         if !placement.selects_site(&site.name, &site.labels, &site.location(), region) {
             continue;
         }
         let wanted = placement.hosts_per_site as usize;
-        let at_site: Vec<&Host> = world
-            .hosts
-            .iter()
-            .filter(|h| h.site.as_deref() == Some(site.name.as_str()))
-            .collect();
+        let at_site: &[&Host] = by_site.get(site.name.as_str()).map_or(&[], Vec::as_slice);
         let mut usable: Vec<&Host> = at_site.iter().copied().filter(|h| eligible(h)).collect();
         usable.sort_by(by_preference);
         let live = || usable.iter().copied().filter(|h| !h.lost);
@@ -314,7 +318,8 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
             .collect();
         for (device, compose) in &current {
             if !wanted.contains(device) {
-                let host = before.iter().find(|h| h.id == *device);
+                // `before` is sorted by id (load_world).
+                let host = before.binary_search_by(|h| h.id.as_str().cmp(device)).ok().map(|i| &before[i]);
                 let reason = match host {
                     Some(h) if !h.active => "the device is not active".to_owned(),
                     Some(h) if h.lost => {

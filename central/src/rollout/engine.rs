@@ -314,6 +314,17 @@ pub async fn on_heartbeat(shared: &Shared, device_id: &str, status: OsStatus) {
         return;
     }
     let id = device_id.to_owned();
+    if !phase_changed {
+        // The first heartbeat of every stream: after a restart the whole fleet reconnects, and
+        // a write under the registry lock per device would queue behind each other; most
+        // versions are already stored.
+        let (check, version) = (id.clone(), status.version.clone());
+        match shared.store.read(move |conn| devices::has_os_version(conn, &check, &version)).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(device_id, error = %e, "could not read the stored OS version; writing it"),
+        }
+    }
     let result = shared
         .store
         .run(move |conn| {

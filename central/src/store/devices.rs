@@ -236,6 +236,15 @@ pub fn set_desired_os(conn: &Connection, id: &str, os: Option<&DesiredOs>) -> Re
         .map(|r| r as u64))
 }
 
+/// Whether the registry already holds `version` as the device's OS version (a reconnecting
+/// device's first heartbeat then needs no write).
+pub fn has_os_version(conn: &Connection, id: &str, version: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row("SELECT 1 FROM devices WHERE id = ?1 AND os_version = ?2", params![id, version], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Record the OS version a device reported, when it changed; true when a row changed.
 pub fn set_os_version(conn: &Connection, id: &str, version: &str) -> Result<bool, StoreError> {
     Ok(conn.execute(

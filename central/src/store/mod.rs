@@ -160,9 +160,7 @@ impl Store {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.run_blocking(f))
-            .await
-            .map_err(|e| StoreError::Worker(e.to_string()))?
+        on_blocking_pool(move || store.run_blocking(f)).await
     }
 
     /// Run `f` with the connection on the current thread (start-up, tests, blocking workers).
@@ -172,17 +170,25 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut guard = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Location::Postgres(url) = &*self.location else { return f(&mut guard) };
-        if guard.is_broken() {
-            // PostgreSQL restarted or the link dropped: reconnect once per call instead of
-            // failing every call until central restarts.
-            tracing::warn!(database = %redact_url(url), "registry connection lost; reconnecting");
-            *guard = connect_postgres(url)?;
+        let mut f = Some(f);
+        let mut retried = false;
+        loop {
+            if guard.is_broken() {
+                // PostgreSQL restarted or the link dropped: reconnect instead of failing every
+                // call until central restarts.
+                tracing::warn!(database = %redact_url(url), "registry connection lost; reconnecting");
+                *guard = connect_postgres(url)?;
+            }
+            match locked_call(&mut guard, &mut f) {
+                // An idle connection learns that it broke only when used: if that was before
+                // `f` ran (BEGIN or the lock failed), nothing happened and it is run again.
+                Err(e) if f.is_some() && !retried && guard.is_broken() => {
+                    tracing::warn!(database = %redact_url(url), error = %e, "registry connection found broken; reconnecting");
+                    retried = true;
+                }
+                outcome => return outcome,
+            }
         }
-        let mut tx = guard.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock(?1)", [CLUSTER_LOCK_KEY])?;
-        let value = f(&mut tx)?;
-        tx.commit()?;
-        Ok(value)
     }
 
     /// Run `f`, which only reads, on the blocking thread pool: on PostgreSQL as a READ ONLY
@@ -193,9 +199,7 @@ impl Store {
         F: Fn(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read_blocking(f))
-            .await
-            .map_err(|e| StoreError::Worker(e.to_string()))?
+        on_blocking_pool(move || store.read_blocking(f)).await
     }
 
     /// [`Store::read`] on the current thread. `f` is `Fn`: a read that failed because its
@@ -224,6 +228,26 @@ impl Store {
             }
         }
     }
+}
+
+/// `f` (taken out of its option once the transaction holds the cluster lock) in one transaction.
+fn locked_call<T>(
+    conn: &mut Connection,
+    f: &mut Option<impl FnOnce(&mut Connection) -> Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let mut tx = conn.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(?1)", [CLUSTER_LOCK_KEY])?;
+    let f = f.take().expect("a registry call runs its closure once");
+    let value = f(&mut tx)?;
+    tx.commit()?;
+    Ok(value)
+}
+
+/// Run `call` on tokio's blocking pool: the database clients block.
+async fn on_blocking_pool<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(call).await.map_err(|e| StoreError::Worker(e.to_string()))?
 }
 
 /// `f` in one READ ONLY snapshot transaction: one view of the registry for the whole call, as
