@@ -266,3 +266,12 @@ fn forward(client: &mut postgres::Client, tx: &mpsc::UnboundedSender<Heard>) -> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_batch_of_notifications_is_one_statement_on_one_channel() {
+        assert_eq!(super::notify_sql(1), "SELECT pg_notify(?1, ?2)");
+        assert_eq!(super::notify_sql(3), "SELECT pg_notify(?1, ?2), pg_notify(?1, ?3), pg_notify(?1, ?4)");
+    }
+}

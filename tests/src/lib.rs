@@ -38,6 +38,44 @@ volumes:
     )
 }
 
+/// A test's working directory `target/cairn-e2e/vms/NAME`: created empty, removed when the test
+/// passes and kept when it fails (serial log, QEMU's stderr and the disks to inspect). Images and
+/// disks take gigabytes, and CI runs every QEMU test on one disk, so a passed test leaves nothing.
+/// Declare it first in a test, so it is dropped last, after the VM and central it holds.
+pub struct WorkDir(std::path::PathBuf);
+
+impl WorkDir {
+    /// Empty `target/cairn-e2e/vms/NAME` (anything a previous run kept there is removed).
+    pub fn fresh(name: &str) -> WorkDir {
+        let dir = image::target_dir().join("cairn-e2e/vms").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        WorkDir(dir)
+    }
+}
+
+impl std::ops::Deref for WorkDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for WorkDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept {} for inspection (serial.log, qemu.stderr, disks)", self.0.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
+}
 
 /// Make a child process get SIGKILL when the process (thread) that started it dies, so a
 /// killed test or `cairn-vm` never leaves QEMU or swtpm running.

@@ -142,9 +142,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     if let Some(reason) = vm::missing_prerequisites() {
         panic!("cannot run the QEMU tier: {reason}");
     }
-    let work = image::target_dir().join("cairn-e2e/vms/data-protection");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
+    let work = cairn_e2e::WorkDir::fresh("data-protection");
 
     // A real central on a random loopback port; the guest reaches it as 10.0.2.100:7443.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -176,9 +176,7 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     if let Some(reason) = vm::missing_prerequisites() {
         panic!("cannot run the QEMU tier: {reason}");
     }
-    let work = image::target_dir().join("cairn-e2e/vms/os-update");
-    let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work).unwrap();
+    let work = cairn_e2e::WorkDir::fresh("os-update");
 
     let recipe = cairn_image::Recipe::load(&image::recipe_path()).unwrap();
     let keys = image::update_keys().unwrap();

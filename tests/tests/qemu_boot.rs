@@ -26,15 +26,6 @@ fn serialize() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A fresh per-test VM directory under target/cairn-e2e/vms, kept after the test so the serial
-/// log (serial.log) and QEMU's stderr can be read after a failure.
-fn vm_dir(name: &str) -> PathBuf {
-    let dir = image::target_dir().join("cairn-e2e/vms").join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn skip_reason() -> Option<String> {
     vm::missing_prerequisites()
 }
@@ -47,7 +38,7 @@ fn boots_with_secure_boot_onto_a_verified_read_only_root() {
     }
     let image = image_under_test();
     let _one_at_a_time = serialize();
-    let dir = vm_dir("secure-boot");
+    let dir = cairn_e2e::WorkDir::fresh("secure-boot");
     let started = Instant::now();
     let mut guest = Vm::boot(&VmOptions::new(image, &dir)).unwrap();
     let ready = guest.wait_for(READY, BOOT_TIMEOUT);
@@ -100,7 +91,7 @@ fn a_flipped_byte_in_root_a_fails_closed() {
     let layout = cairn_image::disk::layout(&recipe.partitions);
     let root_a = layout.get("root-a").unwrap().offset;
     let _one_at_a_time = serialize();
-    let dir = vm_dir("tampered-root");
+    let dir = cairn_e2e::WorkDir::fresh("tampered-root");
     let mut options = VmOptions::new(image, &dir);
     // A byte in the squashfs superblock's first block: read at mount, so verification must fail.
     options.flip_bytes = vec![root_a + 200];

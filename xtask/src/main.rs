@@ -85,9 +85,40 @@ fn test(root: &Path, host_only: bool) -> Result<()> {
         return Ok(());
     }
     // Image tier: two clean builds must be bit-identical (minutes, so ignored by default).
+    enough_disk(&root.join("target"))?;
     run(root, "cargo", &["test", "-p", "cairn-image", "--test", "reproducible", "--", "--ignored"])?;
     // QEMU tier: boots under TCG, one at a time.
     run(root, "cargo", &["test", "-p", "cairn-e2e", "--", "--ignored", "--test-threads=1"])?;
+    Ok(())
+}
+
+/// Free space the image and QEMU tiers need under target/ at their peak: os_update holds three
+/// image builds, their bundles and a grown VM disk at once (see the README's Tests section).
+const IMAGE_TIERS_FREE_GIB: u64 = 10;
+
+/// Fail before minutes of image builds when the disk cannot hold them, instead of a tar or
+/// mksquashfs "No space left on device" deep inside a build.
+fn enough_disk(target: &Path) -> Result<()> {
+    std::fs::create_dir_all(target).with_context(|| format!("cannot create {}", target.display()))?;
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(target)
+        .output()
+        .context("could not run df to check free disk space")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let free: u64 = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("df printed {text:?}, not a byte count"))?;
+    let free_gib = free / (1 << 30);
+    if free_gib < IMAGE_TIERS_FREE_GIB {
+        bail!(
+            "only {free_gib} GiB free on the file system of {}; the image and QEMU tiers need {IMAGE_TIERS_FREE_GIB} GiB: free some space (old target/cairn-e2e/vms or cairn-sim runs) and run again",
+            target.display()
+        );
+    }
+    eprintln!("xtask: {free_gib} GiB free under {} (the image and QEMU tiers need {IMAGE_TIERS_FREE_GIB})", target.display());
     Ok(())
 }
 
