@@ -615,10 +615,7 @@ async fn measure(
     let cpu_pct = cpu_since(centrals, &cpu_before, window_started);
     let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
     eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB; pushing a config change to all", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()));
-    let marker = new_marker();
-    let fanout = fleet
-        .fan_out_config(operator, marker, options.fanout_concurrency, fanout_budget(devices))
-        .await?;
+    let fanout = config_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let deployment = deployment_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
     Ok(Measured {
@@ -678,6 +675,21 @@ impl MarkerWatch for Shards {
     }
 }
 
+/// Set a config marker on every device (one REST call each, as central has no fleet-wide
+/// config call) until the last device has it.
+async fn config_fan_out<W: MarkerWatch>(
+    options: &BenchOptions,
+    operator: &Operator,
+    ids: &[String],
+    watch: &mut W,
+) -> Result<FanOut, W::Error> {
+    let ids = ids.iter().map(String::as_str);
+    timed_change(watch, fanout_budget(ids.len()), |marker| {
+        fleet::set_marker_all(operator, ids, marker, options.fanout_concurrency)
+    })
+    .await
+}
+
 /// Site `index` of the deployment measurement, spread over the globe (valid coordinates).
 fn site_name(index: usize) -> String {
     format!("sim-site-{index}")
@@ -720,7 +732,8 @@ async fn deployment_fan_out<W: MarkerWatch>(
     Ok(DeploymentFanOut { sites_s, place, change })
 }
 
-/// Arm `watch` for a new marker, make `change` with it, and wait for the last device.
+/// Arm `watch` for a new marker, make `change` with it, and wait for the last device; `budget`
+/// runs from the start of the change.
 async fn timed_change<W: MarkerWatch, F: std::future::Future<Output = Result<(), RestError>>>(
     watch: &mut W,
     budget: Duration,
@@ -731,8 +744,9 @@ async fn timed_change<W: MarkerWatch, F: std::future::Future<Output = Result<(),
     let started = Instant::now();
     let started_us = monotonic_us();
     change(marker).await.map_err(|e| W::Error::from(FleetError::from(e)))?;
-    let calls_s = started.elapsed().as_secs_f64();
-    let last = watch.last_received(marker, budget).await?;
+    let calls = started.elapsed();
+    let last = watch.last_received(marker, budget.saturating_sub(calls)).await?;
+    let calls_s = calls.as_secs_f64();
     Ok(shards::merge_fanout(started_us, calls_s, &[last]))
 }
 
@@ -769,18 +783,7 @@ async fn measure_shards(
     let heartbeat = shards::merge_latency(samples);
     let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
     eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB (sum over {} replicas); pushing a config change to all", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()), centrals.len());
-    let marker = new_marker();
-    let budget = fanout_budget(devices);
-    // Workers watch first; every device notes when the marker arrives, so none is missed.
-    workers.watch_marker(marker, budget).await?;
-    let started = Instant::now();
-    let started_us = monotonic_us();
-    fleet::set_marker_all(operator, ids.iter().map(String::as_str), marker, options.fanout_concurrency)
-        .await
-        .map_err(FleetError::from)?;
-    let calls_s = started.elapsed().as_secs_f64();
-    let received = workers.fan_out_received(budget).await?;
-    let fanout = shards::merge_fanout(started_us, calls_s, &received);
+    let fanout = config_fan_out(options, operator, ids, &mut workers).await?;
     let deployment = deployment_fan_out(options, operator, ids, &mut workers).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
     let (coordinator_rss, _) = central_process::memory_of("/proc/self/status");

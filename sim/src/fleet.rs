@@ -294,36 +294,6 @@ impl Fleet {
         Ok(self.shared.epoch_mono_us + last_us)
     }
 
-    /// Set config `{MARKER_KEY: marker}` on every device through REST (`concurrency` calls in
-    /// flight) and wait until every device has received it. Central has no fleet-wide config
-    /// call, so this is N per-device calls; the time runs from the first call.
-    pub async fn fan_out_config(
-        &self,
-        operator: &Operator,
-        marker: u64,
-        concurrency: usize,
-        timeout: Duration,
-    ) -> Result<FanOut, FleetError> {
-        let started = Instant::now();
-        let started_us = self.shared.epoch.elapsed().as_micros() as u64;
-        set_marker_all(operator, self.ids.iter().map(String::as_str), marker, concurrency).await?;
-        let calls = started.elapsed();
-        self.wait_until("devices with the config change", timeout.saturating_sub(calls), |s| {
-            s.marker.load(Ordering::Relaxed) == marker
-        })
-        .await?;
-        let last_us = self
-            .slots
-            .iter()
-            .map(|s| s.marker_at_us.load(Ordering::Relaxed))
-            .max()
-            .unwrap_or(started_us);
-        Ok(FanOut {
-            calls_s: calls.as_secs_f64(),
-            all_received_s: last_us.saturating_sub(started_us) as f64 / 1e6,
-        })
-    }
-
     /// Sync streams reopened since start, summed over the fleet.
     pub fn reconnects(&self) -> u64 {
         self.slots.iter().map(|s| s.reconnects.load(Ordering::Relaxed)).sum()
