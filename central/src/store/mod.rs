@@ -171,24 +171,7 @@ impl Store {
         let mut guard = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let Location::Postgres(url) = &*self.location else { return f(&mut guard) };
         let mut f = Some(f);
-        let mut retried = false;
-        loop {
-            if guard.is_broken() {
-                // PostgreSQL restarted or the link dropped: reconnect instead of failing every
-                // call until central restarts.
-                tracing::warn!(database = %redact_url(url), "registry connection lost; reconnecting");
-                *guard = connect_postgres(url)?;
-            }
-            match locked_call(&mut guard, &mut f) {
-                // An idle connection learns that it broke only when used: if that was before
-                // `f` ran (BEGIN or the lock failed), nothing happened and it is run again.
-                Err(e) if f.is_some() && !retried && guard.is_broken() => {
-                    tracing::warn!(database = %redact_url(url), error = %e, "registry connection found broken; reconnecting");
-                    retried = true;
-                }
-                outcome => return outcome,
-            }
-        }
+        with_reconnect(url, &mut guard, |conn| locked_call(conn, &mut f))
     }
 
     /// Run `f`, which only reads, on the blocking thread pool: on PostgreSQL as a READ ONLY
@@ -213,33 +196,54 @@ impl Store {
         let mut slot = (0..slots.len())
             .find_map(|i| slots[(start + i) % slots.len()].try_lock().ok())
             .unwrap_or_else(|| slots[start % slots.len()].lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
-        let mut retried = false;
-        loop {
-            if slot.as_ref().is_none_or(Connection::is_broken) {
-                *slot = Some(connect_postgres(url)?);
+        if slot.is_none() {
+            *slot = Some(connect_postgres(url)?);
+        }
+        let conn = slot.as_mut().expect("just connected");
+        // A read changed nothing, so it may always run again.
+        with_reconnect(url, conn, |conn| read_snapshot(conn, &f).map_err(|e| (e, true)))
+    }
+}
+
+/// Run `attempt` on `conn`, reconnecting to `url` first when the connection is known broken.
+/// An idle connection learns that it broke only when used: when `attempt` fails on a connection
+/// found broken and says it may run again (it changed nothing), it runs once more on a new one.
+fn with_reconnect<T>(
+    url: &str,
+    conn: &mut Connection,
+    mut attempt: impl FnMut(&mut Connection) -> Result<T, (StoreError, bool)>,
+) -> Result<T, StoreError> {
+    let mut retried = false;
+    loop {
+        if conn.is_broken() {
+            // PostgreSQL restarted or the link dropped: reconnect instead of failing every
+            // call until central restarts.
+            tracing::warn!(database = %redact_url(url), "registry connection lost; reconnecting");
+            *conn = connect_postgres(url)?;
+        }
+        match attempt(conn) {
+            Ok(value) => return Ok(value),
+            Err((e, may_retry)) if may_retry && !retried && conn.is_broken() => {
+                tracing::warn!(database = %redact_url(url), error = %e, "registry connection found broken; reconnecting");
+                retried = true;
             }
-            let conn = slot.as_mut().expect("just connected");
-            match read_snapshot(conn, &f) {
-                Err(e) if !retried && conn.is_broken() => {
-                    tracing::warn!(database = %redact_url(url), error = %e, "registry read connection lost; reconnecting");
-                    retried = true;
-                }
-                outcome => return outcome,
-            }
+            Err((e, _)) => return Err(e),
         }
     }
 }
 
-/// `f` (taken out of its option once the transaction holds the cluster lock) in one transaction.
+/// `f` (taken out of its option once the transaction holds the cluster lock) in one
+/// transaction. A failure before that (BEGIN or the lock) says it may run again.
 fn locked_call<T>(
     conn: &mut Connection,
     f: &mut Option<impl FnOnce(&mut Connection) -> Result<T, StoreError>>,
-) -> Result<T, StoreError> {
-    let mut tx = conn.transaction()?;
-    tx.execute("SELECT pg_advisory_xact_lock(?1)", [CLUSTER_LOCK_KEY])?;
+) -> Result<T, (StoreError, bool)> {
+    let untouched = |e: db::Error| (StoreError::from(e), true);
+    let mut tx = conn.transaction().map_err(untouched)?;
+    tx.execute("SELECT pg_advisory_xact_lock(?1)", [CLUSTER_LOCK_KEY]).map_err(untouched)?;
     let f = f.take().expect("a registry call runs its closure once");
-    let value = f(&mut tx)?;
-    tx.commit()?;
+    let value = f(&mut tx).map_err(|e| (e, false))?;
+    tx.commit().map_err(|e| (e.into(), false))?;
     Ok(value)
 }
 
