@@ -56,7 +56,8 @@ pub struct CentralConfig {
     /// How long a pending (manual policy) device waits between polls.
     #[serde(default = "default_pending_retry")]
     pub pending_retry_seconds: u32,
-    /// How often heartbeat times are written to the database (they are kept in memory between).
+    /// How often presence is written to the database in one batch: new and ended streams,
+    /// stale heartbeat times, and with replicas each replica's liveness.
     #[serde(default = "default_presence_flush")]
     pub presence_flush_ms: u64,
     /// Default lifetime of an enrollment token when the request gives none.
@@ -90,7 +91,7 @@ pub struct CentralConfig {
     #[serde(default = "default_log_request_timeout")]
     pub log_request_timeout_seconds: u64,
     /// With `database_url`: a device whose stream is on another replica counts as online while
-    /// its last heartbeat (written by that replica every `presence_flush_ms`) is this recent.
+    /// that replica's liveness (written every `presence_flush_ms`) is this recent.
     #[serde(default = "default_remote_presence")]
     pub remote_presence_seconds: u64,
 }

@@ -64,6 +64,27 @@ impl Shared {
         }
     }
 
+    /// [`Shared::deliver`] for a change already committed whose desired state was not built
+    /// (its stream was elsewhere): read it back only if the stream is here now.
+    pub async fn deliver_stored(&self, device_id: &str) {
+        if !self.sessions.is_connected_here(device_id) || !self.push_stored(device_id).await {
+            self.bus.announce(replicas::Nudge::Desired, device_id);
+        }
+    }
+
+    /// Read a device's desired state from the registry and push it on its stream here; false
+    /// when the device is not connected here.
+    pub async fn push_stored(&self, device_id: &str) -> bool {
+        match grpc::load_desired(self, device_id).await {
+            Ok(Some(desired)) => self.sessions.push(device_id, grpc::desired_message(desired)).await,
+            Ok(None) => true, // gone from the registry: nothing to push anywhere
+            Err(e) => {
+                tracing::warn!(error = %e, device_id, "could not read a device's desired state to push it; it gets it on reconnect");
+                true
+            }
+        }
+    }
+
     /// End a revoked device's stream, wherever it is connected.
     pub fn cut_off(&self, device_id: &str) {
         self.sessions.close(device_id, tonic::Status::permission_denied(format!("device {device_id} is revoked")));
@@ -249,7 +270,8 @@ async fn bootstrap_admin_token(config: &CentralConfig, store: &store::Store) -> 
     Ok(())
 }
 
-/// Write heartbeat times collected in memory to the registry in batches.
+/// Write heartbeat times collected in memory, and with replicas this replica's stream changes
+/// and liveness, to the registry in batches.
 async fn flush_presence(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let period = Duration::from_millis(shared.config.presence_flush_ms);
     loop {
@@ -258,10 +280,29 @@ async fn flush_presence(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             _ = shutdown.changed() => true,
         };
         let seen = shared.sessions.take_seen();
-        if !seen.is_empty() {
-            let count = seen.len();
-            if let Err(e) = shared.store.run(move |conn| store::devices::set_last_seen(conn, &seen)).await {
-                tracing::warn!(error = %e, count, "could not write heartbeat times; will retry with the next batch");
+        // With replicas: which streams are here, and that this replica is alive (even when
+        // nothing changed, or the others would count its devices offline).
+        let streams = shared.store.postgres_url().is_some().then(|| shared.sessions.take_stream_changes());
+        if !seen.is_empty() || streams.is_some() {
+            let (count, replica) = (seen.len(), shared.bus.replica().to_owned());
+            let kept = streams.clone();
+            let written = shared
+                .store
+                .run(move |conn| {
+                    if !seen.is_empty() {
+                        store::devices::set_last_seen(conn, &seen)?;
+                    }
+                    if let Some(changes) = &streams {
+                        store::streams::record(conn, &replica, store::now_unix(), changes)?;
+                    }
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = written {
+                tracing::warn!(error = %e, count, "could not write heartbeat times and stream presence; will retry with the next batch");
+                if let Some(changes) = kept {
+                    shared.sessions.restore_stream_changes(changes);
+                }
             }
         }
         if stopping {

@@ -8,20 +8,23 @@
 //! database and pushes it. Notifications carry only a kind and a device id, never state, so a
 //! lost or repeated one costs a reload at most (and the agent gets everything on reconnect).
 //!
-//! Presence crosses replicas through the database: each replica writes its devices' heartbeat
-//! times every `presence_flush_ms`, and reads back the devices heard from recently
-//! (`remote_presence_seconds`) so placement and the API see a device on another replica as
-//! online.
+//! Presence crosses replicas through the database (`store::streams`): every
+//! `presence_flush_ms` each replica writes which streams opened and ended on it and that it is
+//! alive, and reads back what changed since its last read. A device whose stream is on a
+//! replica that wrote its liveness within `remote_presence_seconds` is online, so placement
+//! and the API see it. The read is incremental: at rest it returns nothing, where reading every
+//! device's heartbeat time cost each replica a scan of the fleet every few seconds.
 //!
 //! On SQLite (one central) the bus is inert.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use postgres::fallible_iterator::FallibleIterator;
 use tokio::sync::{mpsc, watch};
 
-use crate::store::{self, devices, now_unix, Connection, StoreError};
+use crate::store::{self, now_unix, streams, Connection, StoreError};
 use crate::Shared;
 
 /// The PostgreSQL channel replicas talk on.
@@ -59,22 +62,33 @@ impl Nudge {
     }
 }
 
+/// Replicas silent this long are forgotten at start (their streams count as offline anyway).
+const FORGET_REPLICAS_AFTER_S: i64 = 24 * 3600;
+
 /// Sends nudges to the other replicas (no-op on SQLite).
 pub struct Bus {
     outbox: Option<std::sync::mpsc::Sender<String>>,
+    replica: String,
 }
 
 impl Bus {
     /// A bus for `store`: a notifier thread with its own connection on PostgreSQL, inert on
     /// SQLite.
     pub fn new(store: &store::Store) -> Self {
-        let Some(url) = store.postgres_url().map(str::to_owned) else { return Self { outbox: None } };
+        // New at every start: a restarted replica's old rows then simply stop counting.
+        let replica = store::new_id("rep");
+        let Some(url) = store.postgres_url().map(str::to_owned) else { return Self { outbox: None, replica } };
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::Builder::new()
             .name("cairn-notify".into())
             .spawn(move || notifier(&url, rx))
             .expect("spawn the replica notifier thread");
-        Self { outbox: Some(tx) }
+        Self { outbox: Some(tx), replica }
+    }
+
+    /// This replica's id in the registry's stream table (new at every start).
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     /// Tell the other replicas about `device_id` (returns at once; sent in order, in the
@@ -158,6 +172,12 @@ pub async fn run(shared: Arc<Shared>, listening: Option<postgres::Client>, mut s
         .name("cairn-listen".into())
         .spawn(move || listener(&url, client, tx))
         .expect("spawn the replica listener thread");
+    let before = now_unix() - FORGET_REPLICAS_AFTER_S;
+    match shared.store.run(move |conn| streams::forget_dead(conn, before)).await {
+        Ok(0) => {}
+        Ok(gone) => tracing::info!(gone, "forgot replicas silent for a day"),
+        Err(e) => tracing::warn!(error = %e, "could not forget long-silent replicas; trying at the next start"),
+    }
     let mut presence = tokio::time::interval(Duration::from_millis(shared.config.presence_flush_ms.max(500)));
     loop {
         tokio::select! {
@@ -192,13 +212,9 @@ enum Heard {
 
 async fn act(shared: &Arc<Shared>, nudge: Nudge, device_id: &str) {
     match nudge {
-        Nudge::Desired => match crate::grpc::load_desired(shared, device_id).await {
-            Ok(Some(desired)) => {
-                shared.sessions.push(device_id, crate::grpc::desired_message(desired)).await;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, device_id, "could not reload a device's desired state for a nudge"),
-        },
+        Nudge::Desired => {
+            shared.push_stored(device_id).await;
+        }
         Nudge::Revoked => {
             shared.sessions.close(device_id, tonic::Status::permission_denied("this device was revoked"));
         }
@@ -206,11 +222,20 @@ async fn act(shared: &Arc<Shared>, nudge: Nudge, device_id: &str) {
     }
 }
 
-/// Read which devices other replicas heard from recently.
+/// Read which streams moved between replicas since the last read, and which replicas live.
 async fn refresh_presence(shared: &Arc<Shared>) {
     let since = now_unix() - shared.config.remote_presence_seconds as i64;
-    match shared.store.read(move |conn| devices::seen_since(conn, since)).await {
-        Ok(seen) => shared.sessions.set_remote_seen(seen, since),
+    let after = shared.sessions.remote_seq();
+    let read = shared
+        .store
+        .read(move |conn| {
+            let (seq, changed) = streams::changed_since(conn, after)?;
+            let alive: HashSet<String> = streams::alive_since(conn, since)?.into_keys().collect();
+            Ok((seq, changed, alive))
+        })
+        .await;
+    match read {
+        Ok((seq, changed, alive)) => shared.sessions.apply_remote(seq, changed, alive, shared.bus.replica()),
         Err(e) => tracing::warn!(error = %e, "could not read device presence from the registry"),
     }
 }

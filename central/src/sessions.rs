@@ -1,7 +1,13 @@
 //! Agents connected to this central: their open sync streams and when they were last heard from.
 //!
-//! Heartbeat times are kept in memory and written to the database in batches, so a heartbeat
-//! costs a map insert, not a disk sync.
+//! Heartbeat times are kept in memory. The registry's `last_seen_at` is written in batches
+//! when a stream opens, every [`LAST_SEEN_REFRESH_SECONDS`] while it is open, and when it ends:
+//! whether a device is online is known from its stream, so writing every heartbeat would cost
+//! a row update per device per heartbeat (thousands per second in a large fleet) for nothing.
+//!
+//! With replicas, what crosses to the others is which replica holds each stream
+//! ([`StreamChanges`], written by `flush_presence`) and, read back, which streams the other
+//! replicas hold ([`Sessions::apply_remote`]).
 //!
 //! The latest app status each agent reported is kept in memory only: every heartbeat carries it
 //! whole, so after a restart of central the next heartbeat (seconds later) refills it, and writing
@@ -9,13 +15,18 @@
 //! The same holds for the OS update status (phase and download progress): only the phase
 //! changes it implies are written, by the rollout engine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cairn_proto::v1::{AppStatus, CentralMessage, HostMetrics, OsStatus};
 use tokio::sync::mpsc;
 use tonic::Status;
+
+use crate::store::streams::StreamChanges;
+
+/// Longest time a connected device's `last_seen_at` in the registry lags its last heartbeat.
+pub const LAST_SEEN_REFRESH_SECONDS: i64 = 300;
 
 /// Outbound half of one agent's sync stream.
 pub type SessionSender = mpsc::Sender<Result<CentralMessage, Status>>;
@@ -29,18 +40,41 @@ struct Session {
 #[derive(Default)]
 pub struct Sessions {
     open: Mutex<HashMap<String, Session>>,
-    seen: Mutex<HashMap<String, i64>>,
+    heard: Mutex<HashMap<String, Heard>>,
     next_id: AtomicU64,
     heartbeats: AtomicU64,
     apps: Mutex<HashMap<String, Arc<AppsReport>>>,
     os: Mutex<HashMap<String, Arc<OsReport>>>,
-    /// Devices other replicas heard from recently (PostgreSQL only; see `replicas`).
-    remote_seen: Mutex<HashMap<String, i64>>,
-    /// When each device's stream last ended here (Unix seconds): heartbeat times in the
-    /// registry up to then are this replica's own, not a sign the device is on another one.
-    left_here: Mutex<HashMap<String, i64>>,
+    /// Streams held by other replicas (PostgreSQL only; see `replicas`).
+    remote: Mutex<RemoteStreams>,
+    /// Streams opened (true) or ended (false) here since the last flush.
+    changed: Mutex<HashMap<String, bool>>,
     host: Mutex<HashMap<String, Arc<HostReport>>>,
     streams_opened: AtomicU64,
+}
+
+/// When a device was last heard from here, and what of it the registry holds.
+#[derive(Debug, Clone, Copy)]
+struct Heard {
+    at: i64,
+    written: i64,
+}
+
+/// Which other replica holds each device's stream, as read from the registry.
+#[derive(Debug, Default)]
+struct RemoteStreams {
+    /// Device id to the replica holding its stream.
+    holder: HashMap<String, String>,
+    /// Replicas that wrote their liveness recently.
+    alive: HashSet<String>,
+    /// Newest stream-change number applied.
+    seq: i64,
+}
+
+impl RemoteStreams {
+    fn online(&self, device_id: &str) -> bool {
+        self.holder.get(device_id).is_some_and(|r| self.alive.contains(r))
+    }
 }
 
 /// The host metrics a device reported in its latest heartbeat.
@@ -78,6 +112,7 @@ impl Sessions {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.streams_opened.fetch_add(1, Ordering::Relaxed);
         let old = self.lock_open().insert(device_id.to_owned(), Session { id, tx });
+        self.note_change(device_id, true);
         if let Some(old) = old {
             let _ = old.tx.try_send(Err(Status::aborted("a newer sync stream of this device replaced this one")));
         }
@@ -90,22 +125,22 @@ impl Sessions {
         if open.get(device_id).is_some_and(|s| s.id == session_id) {
             open.remove(device_id);
             drop(open);
-            let now = crate::store::now_unix();
-            self.left_here.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), now);
-            self.remote_seen.lock().unwrap_or_else(|p| p.into_inner()).remove(device_id);
+            self.note_change(device_id, false);
         }
     }
 
     /// End a device's stream with `status` (revocation).
     pub fn close(&self, device_id: &str, status: Status) {
         if let Some(session) = self.lock_open().remove(device_id) {
+            self.note_change(device_id, false);
             let _ = session.tx.try_send(Err(status));
         }
     }
 
     /// End every open stream with `status` (central stopping): agents reconnect elsewhere or later.
     pub fn close_all(&self, status: Status) {
-        for (_, session) in self.lock_open().drain() {
+        for (device_id, session) in self.lock_open().drain() {
+            self.note_change(&device_id, false);
             let _ = session.tx.try_send(Err(status.clone()));
         }
     }
@@ -119,11 +154,10 @@ impl Sessions {
         }
     }
 
-    /// Whether the device has an open stream here or, with replicas, another replica heard
-    /// from it recently.
+    /// Whether the device has an open stream here or, with replicas, on another replica that
+    /// is alive.
     pub fn is_online(&self, device_id: &str) -> bool {
-        self.is_connected_here(device_id)
-            || self.remote_seen.lock().unwrap_or_else(|p| p.into_inner()).contains_key(device_id)
+        self.is_connected_here(device_id) || self.lock_remote().online(device_id)
     }
 
     /// Whether the device's stream is open on this central.
@@ -136,22 +170,52 @@ impl Sessions {
         self.lock_open().keys().cloned().collect()
     }
 
-    /// Replace the set of devices heard from recently by any replica (`since` is the oldest
-    /// time that counts). A device whose stream ended here counts only if it was heard from
-    /// after that, i.e. by another replica.
-    pub fn set_remote_seen(&self, mut seen: HashMap<String, i64>, since: i64) {
-        let mut left = self.left_here.lock().unwrap_or_else(|p| p.into_inner());
-        left.retain(|_, at| *at >= since);
-        seen.retain(|id, at| left.get(id).is_none_or(|gone| *at > *gone));
-        drop(left);
-        *self.remote_seen.lock().unwrap_or_else(|p| p.into_inner()) = seen;
+    /// The newest stream-change number applied by [`Sessions::apply_remote`] (0 at start).
+    pub fn remote_seq(&self) -> i64 {
+        self.lock_remote().seq
     }
 
-    /// Devices online anywhere: with streams here or heard from by another replica.
+    /// Apply stream changes read from the registry (up to number `seq`) and the replicas
+    /// alive now. Rows naming `me` are dropped: this replica's own streams are in memory.
+    pub fn apply_remote(&self, seq: i64, changed: Vec<(String, Option<String>)>, alive: HashSet<String>, me: &str) {
+        let mut remote = self.lock_remote();
+        for (device_id, holder) in changed {
+            match holder {
+                Some(replica) if replica != me => remote.holder.insert(device_id, replica),
+                _ => remote.holder.remove(&device_id),
+            };
+        }
+        remote.alive = alive;
+        remote.seq = seq;
+    }
+
+    /// Streams opened and ended here since the last call (for the registry).
+    pub fn take_stream_changes(&self) -> StreamChanges {
+        let changed = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut out = StreamChanges::default();
+        for (device_id, connected) in changed {
+            if connected { out.connected.push(device_id) } else { out.left.push(device_id) }
+        }
+        out
+    }
+
+    /// Put back stream changes whose write failed, unless a newer change replaced them.
+    pub fn restore_stream_changes(&self, changes: StreamChanges) {
+        let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        for (device_id, connected) in changes.connected.into_iter().map(|d| (d, true)).chain(changes.left.into_iter().map(|d| (d, false))) {
+            changed.entry(device_id).or_insert(connected);
+        }
+    }
+
+    fn note_change(&self, device_id: &str, connected: bool) {
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), connected);
+    }
+
+    /// Devices online anywhere: with streams here or on another live replica.
     pub fn online_anywhere_count(&self) -> usize {
         let here = self.lock_open();
-        let remote = self.remote_seen.lock().unwrap_or_else(|p| p.into_inner());
-        here.len() + remote.keys().filter(|id| !here.contains_key(*id)).count()
+        let remote = self.lock_remote();
+        here.len() + remote.holder.iter().filter(|(id, r)| remote.alive.contains(*r) && !here.contains_key(*id)).count()
     }
 
     /// Number of open streams.
@@ -162,7 +226,16 @@ impl Sessions {
     /// Note a heartbeat (or a new stream, which counts as one).
     pub fn saw(&self, device_id: &str, at: i64) {
         self.heartbeats.fetch_add(1, Ordering::Relaxed);
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), at);
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        heard.entry(device_id.to_owned()).or_insert(Heard { at, written: 0 }).at = at;
+    }
+
+    /// When the device was last heard from here, if its stream is open here.
+    pub fn last_heard(&self, device_id: &str) -> Option<i64> {
+        if !self.is_connected_here(device_id) {
+            return None;
+        }
+        self.heard.lock().unwrap_or_else(|p| p.into_inner()).get(device_id).map(|h| h.at)
     }
 
     /// Keep the app status of a device's latest heartbeat; returns the one it replaces.
@@ -221,14 +294,87 @@ impl Sessions {
         self.heartbeats.load(Ordering::Relaxed)
     }
 
-    /// Take the heartbeats noted since the last call (for the batched write).
+    /// The heartbeat times the registry should get now (for the batched write): a new
+    /// stream's first, a connected device's when the written one is
+    /// [`LAST_SEEN_REFRESH_SECONDS`] old, and the last one of a stream that ended.
     pub fn take_seen(&self) -> Vec<(String, i64)> {
-        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
-            .into_iter()
-            .collect()
+        let open = self.lock_open();
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        heard.retain(|device_id, h| {
+            let connected = open.contains_key(device_id);
+            if h.at > h.written && (h.written == 0 || !connected || h.at - h.written >= LAST_SEEN_REFRESH_SECONDS) {
+                due.push((device_id.clone(), h.at));
+                h.written = h.at;
+            }
+            connected
+        });
+        due
     }
 
     fn lock_open(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_remote(&self) -> std::sync::MutexGuard<'_, RemoteStreams> {
+        self.remote.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream() -> SessionSender {
+        mpsc::channel(1).0
+    }
+
+    #[test]
+    fn heartbeat_times_are_written_on_connect_when_stale_and_on_leaving() {
+        let sessions = Sessions::default();
+        let id = sessions.register("dev_1", stream());
+        sessions.saw("dev_1", 1000);
+        assert_eq!(sessions.take_seen(), vec![("dev_1".to_owned(), 1000)], "a new stream's first heartbeat");
+        sessions.saw("dev_1", 1015);
+        assert_eq!(sessions.take_seen(), vec![], "a fresh written time is not rewritten");
+        assert_eq!(sessions.last_heard("dev_1"), Some(1015), "the API reads the latest from memory");
+        sessions.saw("dev_1", 1000 + LAST_SEEN_REFRESH_SECONDS);
+        assert_eq!(sessions.take_seen(), vec![("dev_1".to_owned(), 1000 + LAST_SEEN_REFRESH_SECONDS)]);
+        sessions.saw("dev_1", 1400);
+        sessions.unregister("dev_1", id);
+        assert_eq!(sessions.take_seen(), vec![("dev_1".to_owned(), 1400)], "the last heartbeat of an ended stream");
+        assert_eq!(sessions.take_seen(), vec![], "and then the device is forgotten");
+        assert_eq!(sessions.last_heard("dev_1"), None);
+    }
+
+    #[test]
+    fn stream_changes_are_netted_and_remote_streams_count_while_their_replica_lives() {
+        let sessions = Sessions::default();
+        let a = sessions.register("dev_a", stream());
+        sessions.register("dev_b", stream());
+        sessions.unregister("dev_a", a);
+        let mut changes = sessions.take_stream_changes();
+        changes.connected.sort();
+        assert_eq!(changes, StreamChanges { connected: vec!["dev_b".into()], left: vec!["dev_a".into()] });
+        assert_eq!(sessions.take_stream_changes(), StreamChanges::default());
+        // A failed write is put back, but never over a newer change.
+        sessions.register("dev_a", stream());
+        sessions.restore_stream_changes(changes);
+        let back = sessions.take_stream_changes();
+        assert_eq!((back.connected.len(), back.left.len()), (2, 0), "{back:?}");
+
+        let alive: HashSet<String> = ["rep_other".to_owned()].into();
+        let changed = vec![
+            ("dev_x".to_owned(), Some("rep_other".to_owned())),
+            ("dev_y".to_owned(), Some("rep_dead".to_owned())),
+            ("dev_a".to_owned(), Some("rep_me".to_owned())),
+        ];
+        sessions.apply_remote(7, changed, alive.clone(), "rep_me");
+        assert_eq!(sessions.remote_seq(), 7);
+        assert!(sessions.is_online("dev_x"));
+        assert!(!sessions.is_online("dev_y"), "a silent replica's streams count as offline");
+        assert_eq!(sessions.online_anywhere_count(), 3, "dev_a, dev_b here and dev_x there");
+        sessions.apply_remote(8, vec![("dev_x".to_owned(), None)], alive, "rep_me");
+        assert!(!sessions.is_online("dev_x"));
     }
 }

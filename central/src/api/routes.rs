@@ -145,6 +145,9 @@ async fn revoke_token(caller: Caller, State(shared): St, Path(id): Path<String>)
 
 fn with_presence(shared: &Shared, mut device: Device) -> Device {
     device.online = shared.sessions.is_online(&device.id);
+    if let Some(at) = shared.sessions.last_heard(&device.id) {
+        device.last_seen_at = Some(device.last_seen_at.map_or(at, |written| written.max(at)));
+    }
     device
 }
 

@@ -197,12 +197,6 @@ pub fn set_last_seen(conn: &mut Connection, seen: &[(String, i64)]) -> Result<()
     Ok(())
 }
 
-/// Devices last heard from at or after `since` (by any replica), with that time.
-pub fn seen_since(conn: &Connection, since: i64) -> Result<std::collections::HashMap<String, i64>, StoreError> {
-    let rows = conn.query("SELECT id, last_seen_at FROM devices WHERE last_seen_at >= ?1", [since])?;
-    Ok(rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect::<crate::store::db::Result<_>>()?)
-}
-
 /// Replace a device's config and bump its desired revision; returns the new revision.
 pub fn set_config(
     conn: &Connection,
@@ -259,7 +253,7 @@ mod tests {
     use crate::store::db::params;
 
     #[test]
-    fn heartbeat_times_are_written_in_batches_and_read_back_by_time() {
+    fn heartbeat_times_are_written_in_batches() {
         let (store, _dir) = crate::store::test_store();
         store
             .run_blocking(|conn| {
@@ -275,10 +269,7 @@ mod tests {
                 }
                 let seen: Vec<(String, i64)> = ids.iter().enumerate().map(|(i, id)| (id.clone(), 1000 + i as i64)).collect();
                 set_last_seen(conn, &seen)?;
-                let recent = seen_since(conn, 2000)?;
-                assert_eq!(recent.len(), 203);
-                assert_eq!(recent.get("dev_01202"), Some(&2202));
-                assert!(!recent.contains_key("dev_00999"));
+                assert_eq!(get(conn, "dev_01202")?.unwrap().last_seen_at, Some(2202));
                 assert_eq!(get(conn, "dev_00007")?.unwrap().last_seen_at, Some(1007));
                 Ok(())
             })

@@ -26,6 +26,7 @@ pub mod model;
 pub mod recovery_keys;
 pub mod rollouts;
 pub mod sites;
+pub mod streams;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};

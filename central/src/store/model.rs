@@ -255,7 +255,8 @@ pub struct Device {
     /// When it became active.
     #[serde(serialize_with = "rfc3339::option::serialize")]
     pub approved_at: Option<i64>,
-    /// Last heartbeat written to the database (see `presence_flush_ms`).
+    /// Last heartbeat: live when the stream is on the answering central, else as written
+    /// (when the stream opened, every 5 minutes while open, and when it ended).
     #[serde(serialize_with = "rfc3339::option::serialize")]
     pub last_seen_at: Option<i64>,
     /// Whether a sync stream is open to this central now.

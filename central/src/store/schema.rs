@@ -190,6 +190,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX log_requests_device_state ON log_requests(device_id, state, created_at);
     "#,
+    // 8: which replica holds each device's stream (incremental presence across replicas).
+    r#"
+    CREATE TABLE replica_streams (
+        device_id TEXT PRIMARY KEY,
+        replica TEXT,
+        seq INTEGER NOT NULL
+    );
+    CREATE INDEX replica_streams_seq ON replica_streams(seq);
+    CREATE TABLE replicas (
+        id TEXT PRIMARY KEY,
+        alive_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.
