@@ -58,6 +58,9 @@ pub struct BenchOptions {
     pub enroll_concurrency: usize,
     /// REST calls in flight during the fan-out.
     pub fanout_concurrency: usize,
+    /// Also measure a config change made with one REST call per device (slow at scale: the
+    /// calls queue on the registry's one writer).
+    pub config_fan_out: bool,
     /// PostgreSQL server on which each size's central gets a fresh database (dropped after a
     /// successful size, kept for inspection after a failure); `None`: SQLite.
     pub database: Option<AdminUrl>,
@@ -179,8 +182,8 @@ pub struct SizeResult {
     pub heartbeats_per_s: f64,
     /// Heartbeat round trips in steady state.
     pub heartbeat: Latency,
-    /// The config fan-out.
-    pub fanout: FanOut,
+    /// The config fan-out, when asked for.
+    pub fanout: Option<FanOut>,
     /// The deployment fan-out.
     pub deployment: DeploymentFanOut,
     /// Sync streams that ended and were reopened during the run.
@@ -570,7 +573,7 @@ struct Measured {
     /// Each replica's CPU use over the window, %.
     cpu_pct: Vec<f64>,
     heartbeat: Latency,
-    fanout: FanOut,
+    fanout: Option<FanOut>,
     deployment: DeploymentFanOut,
     /// Each simulator process's RSS, bytes.
     sim_rss: Vec<u64>,
@@ -615,7 +618,10 @@ async fn measure(
     let cpu_pct = cpu_since(centrals, &cpu_before, window_started);
     let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
     eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB; pushing a config change to all", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()));
-    let fanout = config_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
+    let fanout = match options.config_fan_out {
+        true => Some(config_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?),
+        false => None,
+    };
     let deployment = deployment_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
     Ok(Measured {
@@ -708,13 +714,11 @@ async fn deployment_fan_out<W: MarkerWatch>(
     let started = Instant::now();
     let sites = devices.div_ceil(HOSTS_PER_SITE);
     eprintln!("cairn-sim: {devices} devices: creating {sites} sites of {HOSTS_PER_SITE} and putting every device at one");
-    let create = (0..sites).map(|s| {
+    let create = ids.chunks(HOSTS_PER_SITE).enumerate().map(|(s, hosts)| {
         let (latitude, longitude) = ((s * 7 % 170) as f64 - 85.0, (s * 13 % 350) as f64 - 175.0);
-        async move { operator.create_site(&site_name(s), latitude, longitude).await }
+        async move { operator.create_site(&site_name(s), latitude, longitude, hosts).await }
     });
     fleet::run_all(options.fanout_concurrency, create).await.map_err(rest)?;
-    let assign = ids.iter().enumerate().map(|(i, id)| async move { operator.set_site(id, &site_name(i / HOSTS_PER_SITE)).await });
-    fleet::run_all(options.fanout_concurrency, assign).await.map_err(rest)?;
     let sites_s = started.elapsed().as_secs_f64();
     let budget = fanout_budget(devices);
     let hosts = HOSTS_PER_SITE as u32;
@@ -783,7 +787,10 @@ async fn measure_shards(
     let heartbeat = shards::merge_latency(samples);
     let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
     eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB (sum over {} replicas); pushing a config change to all", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()), centrals.len());
-    let fanout = config_fan_out(options, operator, ids, &mut workers).await?;
+    let fanout = match options.config_fan_out {
+        true => Some(config_fan_out(options, operator, ids, &mut workers).await?),
+        false => None,
+    };
     let deployment = deployment_fan_out(options, operator, ids, &mut workers).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
     let (coordinator_rss, _) = central_process::memory_of("/proc/self/status");
@@ -814,6 +821,11 @@ async fn measure_shards(
 }
 
 /// The results as a table; growth columns are ratios against the first (smallest) size.
+/// Seconds with one decimal, `-` for a figure not measured.
+fn seconds(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
 pub fn table(results: &[SizeResult]) -> String {
     let Some(base) = results.first() else {
         return String::new();
@@ -824,7 +836,7 @@ pub fn table(results: &[SizeResult]) -> String {
     );
     for r in results {
         out += &format!(
-            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {:.1} | {:.1} ({}) | {:.1} | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {} | {}x{} | {:.0} | {:.0} | {:.0}\n",
+            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {} | {} ({}) | {:.1} | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {} | {}x{} | {:.0} | {:.0} | {:.0}\n",
             r.devices,
             r.store.name(),
             r.central_rss_mib,
@@ -835,9 +847,12 @@ pub fn table(results: &[SizeResult]) -> String {
             r.heartbeat.p50_us as f64 / 1000.0,
             r.heartbeat.p99_us as f64 / 1000.0,
             ratio(r.heartbeat.p99_us as f64, base.heartbeat.p99_us as f64),
-            r.fanout.calls_s,
-            r.fanout.all_received_s,
-            ratio(r.fanout.all_received_s, base.fanout.all_received_s),
+            seconds(r.fanout.as_ref().map(|f| f.calls_s)),
+            seconds(r.fanout.as_ref().map(|f| f.all_received_s)),
+            match (&r.fanout, &base.fanout) {
+                (Some(f), Some(b)) => ratio(f.all_received_s, b.all_received_s),
+                _ => "-".into(),
+            },
             r.deployment.place.all_received_s,
             r.deployment.change.all_received_s,
             ratio(r.deployment.change.all_received_s, base.deployment.change.all_received_s),

@@ -43,6 +43,10 @@ enum Command {
         /// REST calls in flight during the fan-out.
         #[arg(long, default_value_t = 64)]
         fanout_concurrency: usize,
+        /// Also time a config change made with one REST call per device (at 100k devices that
+        /// is 100k calls on the registry's one writer, so it is off unless asked for).
+        #[arg(long)]
+        config_fan_out: bool,
         /// Also write the results here as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             connect_concurrency,
             enroll_concurrency,
             fanout_concurrency,
+            config_fan_out,
             json,
             database_url,
             replicas,
@@ -135,6 +140,7 @@ fn main() -> anyhow::Result<()> {
                 window: Duration::from_secs(window_s),
                 enroll_concurrency,
                 fanout_concurrency,
+                config_fan_out,
                 database,
                 replicas: replicas as usize,
                 shards: shards.map(|s| s as usize),

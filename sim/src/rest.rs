@@ -124,16 +124,10 @@ impl Operator {
         Ok(())
     }
 
-    /// Create site `name` at a point (`POST /api/v1/sites`).
-    pub async fn create_site(&self, name: &str, latitude: f64, longitude: f64) -> Result<(), RestError> {
-        let body = json!({ "name": name, "latitude": latitude, "longitude": longitude });
+    /// Create site `name` at a point with `devices` at it (`POST /api/v1/sites`, one call).
+    pub async fn create_site(&self, name: &str, latitude: f64, longitude: f64, devices: &[String]) -> Result<(), RestError> {
+        let body = json!({ "name": name, "latitude": latitude, "longitude": longitude, "devices": devices });
         self.call("POST", "/api/v1/sites", Some(body)).await?;
-        Ok(())
-    }
-
-    /// Put a device at a site (`PUT /api/v1/devices/{id}/site`).
-    pub async fn set_site(&self, device_id: &str, site: &str) -> Result<(), RestError> {
-        self.call("PUT", &format!("/api/v1/devices/{device_id}/site"), Some(json!({ "site": site }))).await?;
         Ok(())
     }
 

@@ -71,7 +71,14 @@ pub(super) struct CreateSite {
     labels: Labels,
     latitude: f64,
     longitude: f64,
+    /// Devices put at the new site in the same call (a site's hosts arrive with it; one call
+    /// and one placement pass instead of one per device).
+    #[serde(default)]
+    devices: Vec<String>,
 }
+
+/// Most devices put at a site by its creation call.
+const MAX_SITE_DEVICES: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,7 +118,14 @@ pub(super) async fn create_site(
     validate_name("name", &body.name)?;
     validate_labels("labels", &body.labels)?;
     let at = location(body.latitude, body.longitude)?;
+    if body.devices.len() > MAX_SITE_DEVICES {
+        return Err(ApiError::BadRequest(format!(
+            "devices lists {} devices; at most {MAX_SITE_DEVICES} per call (add more with PUT /api/v1/devices/{{id}}/site)",
+            body.devices.len()
+        )));
+    }
     let actor = caller.actor();
+    let devices = body.devices.clone();
     let site = change_and_place(&shared, move |tx| {
         let Some(site) = sites::insert(tx, &body.name, &body.labels, at)? else {
             return Ok(Err(ApiError::Conflict(format!(
@@ -120,10 +134,19 @@ pub(super) async fn create_site(
             ))));
         };
         audit::record(tx, &actor, "site.create", &site.name, &site_detail(at, &body.labels))?;
+        for id in &body.devices {
+            // Unknown ids roll the whole call back: no site half set up.
+            if !sites::set_device_site(tx, id, Some(&site.name))? {
+                return Ok(Err(ApiError::BadRequest(format!(
+                    "devices: no device {id:?}; nothing was created (see GET /api/v1/devices)"
+                ))));
+            }
+            audit::record(tx, &actor, "device.site", id, &format!("site={}", site.name))?;
+        }
         Ok(Ok(site))
     })
     .await?;
-    created(json!({ "site": site }))
+    created(json!({ "site": site, "devices": devices }))
 }
 
 /// `GET /api/v1/sites/{name}` (viewer): the site and its devices' ids.

@@ -409,11 +409,13 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
             tracing::info!(device_id, %detail, "{action}");
             audit::record(&tx, SCHEDULER_ACTOR, action, device_id, &detail)?;
         }
-        if let Some(device) = devices::get(&tx, device_id)? {
+        if !shared.sessions.is_connected_here(device_id) {
+            pushes.push(Push { device_id: device_id.to_owned(), desired: None });
+        } else if let Some(device) = devices::get(&tx, device_id)? {
             let apps = apps::list(&tx, device_id)?;
             pushes.push(Push {
                 device_id: device_id.to_owned(),
-                desired: desired_state(revision, device.config, apps, device.desired_os),
+                desired: Some(desired_state(revision, device.config, apps, device.desired_os)),
             });
         }
     }

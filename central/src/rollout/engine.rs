@@ -41,14 +41,19 @@ const MAX_ERROR_BYTES: usize = 512;
 pub struct Push {
     /// The device.
     pub device_id: String,
-    /// Its new desired state.
-    pub desired: DesiredState,
+    /// Its new desired state; `None` when it was not built because the device's stream was
+    /// not on this replica (reading it would cost two queries per device in a fleet-wide
+    /// change, for the one replica in N that holds the stream; it reads it itself).
+    pub desired: Option<DesiredState>,
 }
 
 /// Push desired states on the devices' open streams (offline devices get them on reconnect).
 pub async fn push_all(shared: &Shared, pushes: Vec<Push>) {
     for push in pushes {
-        shared.deliver(&push.device_id, push.desired).await;
+        match push.desired {
+            Some(desired) => shared.deliver(&push.device_id, desired).await,
+            None => shared.deliver_stored(&push.device_id).await,
+        }
     }
 }
 
@@ -204,12 +209,12 @@ fn set_device_os(
     pushes.retain(|p| p.device_id != device_id);
     pushes.push(Push {
         device_id: device_id.to_owned(),
-        desired: desired_state(
+        desired: Some(desired_state(
             device.desired_revision,
             device.config,
             apps,
             device.desired_os,
-        ),
+        )),
     });
     Ok(())
 }
