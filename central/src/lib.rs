@@ -235,11 +235,12 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
 }
 
 impl Central {
-    /// Stop serving, write pending heartbeat times, and wait for every task.
+    /// Stop serving, write pending heartbeat times and ended streams, and wait for every task.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
         // tonic's graceful shutdown waits for open streams; agent streams never end by themselves.
+        // Closed before the signal, so the last presence flush already has them as ended.
         self.shared.sessions.close_all(tonic::Status::unavailable("central is shutting down; reconnect later"));
+        let _ = self.shutdown.send(true);
         for mut task in self.tasks {
             if tokio::time::timeout(Duration::from_secs(10), &mut task).await.is_err() {
                 tracing::warn!("a central task did not stop within 10 s; aborting it");

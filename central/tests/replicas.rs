@@ -27,6 +27,19 @@ async fn next_desired(stream: &mut tonic::Streaming<CentralMessage>, within: Dur
     }
 }
 
+/// Wait up to 10 s until `central` reports device `id` online (or offline).
+async fn until_online_on(central: &TestCentral, id: &str, online: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let device = central.admin_call("GET", &format!("/api/v1/devices/{id}"), None);
+        if device["device"]["online"] == json!(online) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the device never showed online={online}: {device}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_one_database_stay_consistent() {
     if std::env::var(DATABASE_URL_ENV).map_or(true, |u| u.is_empty()) {
@@ -69,15 +82,7 @@ async fn replicas_on_one_database_stay_consistent() {
     assert_eq!(pushed.config.get("greeting").map(String::as_str), Some("from-a"), "config kept with the app");
 
     // A sees the device online although its stream is on B (B writes presence, A reads it).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let device = a.admin_call("GET", &format!("/api/v1/devices/{id}"), None);
-        if device["device"]["online"] == json!(true) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "A never saw the device online: {device}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_online_on(&a, &id, true).await;
 
     // PostgreSQL drops every connection of this database (a restart, a failover): both
     // replicas reconnect by themselves, and a change made on A still reaches the device on B
@@ -156,6 +161,9 @@ async fn replicas_on_one_database_stay_consistent() {
     // and gets its whole state there.
     drop((tx, stream));
     b.stop().await;
+    // B let go of the stream on the way down: A sees the device offline (without waiting for
+    // B's liveness to lapse).
+    until_online_on(&a, &id, false).await;
     let (_tx_a, mut stream_a) = a.open_sync(&sim, &enrolled.certificate_der).await;
     let on_a = next_desired(&mut stream_a, Duration::from_secs(10)).await;
     assert_eq!(on_a.revision, pushed.revision);
