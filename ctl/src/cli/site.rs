@@ -28,6 +28,10 @@ pub enum SiteCommand {
         /// A label deployments select sites by, e.g. --label country=ch (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// A device put at the new site in the same call (repeatable; an unknown one creates
+        /// nothing).
+        #[arg(long = "device", value_name = "DEVICE_ID", value_parser = checked(input::parse_id))]
+        devices: Vec<String>,
     },
     /// List sites with their device counts.
     List,
@@ -105,11 +109,18 @@ pub(super) fn run_site(
             lat,
             lon,
             labels,
+            devices,
         } => {
-            let body = json!({ "name": name, "latitude": lat, "longitude": lon, "labels": labels_json(labels) });
+            let body = json!({
+                "name": name, "latitude": lat, "longitude": lon, "labels": labels_json(labels), "devices": devices,
+            });
             let reply = client.call_value("POST", "/api/v1/sites", Some(&body))?;
             emit(out, json, &reply, |v| {
-                format!("site {} created\n", printable(&text(&v["site"]["name"])))
+                let name = printable(&text(&v["site"]["name"]));
+                match v["devices"].as_array().map_or(0, Vec::len) {
+                    0 => format!("site {name} created\n"),
+                    n => format!("site {name} created with {n} devices\n"),
+                }
             })
         }
         SiteCommand::List => {
