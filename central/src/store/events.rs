@@ -9,36 +9,7 @@ use serde::Serialize;
 
 use crate::store::{new_id, StoreError};
 
-/// How bad an event is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Normal operation.
-    Info,
-    /// Worth a look (an app unhealthy, a device recovered its data partition).
-    Warning,
-    /// Something failed.
-    Error,
-}
-
-impl Severity {
-    /// Every severity, in order.
-    pub const ALL: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::Error];
-
-    /// The stored and wire form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Error => "error",
-        }
-    }
-
-    /// Parse the stored form.
-    pub fn parse(value: &str) -> Option<Severity> {
-        Severity::ALL.into_iter().find(|s| s.as_str() == value)
-    }
-}
+pub use crate::store::model::Severity;
 
 /// One stored event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -115,23 +86,13 @@ pub struct EventFilter {
 
 fn from_row(row: &Row) -> crate::store::db::Result<Event> {
     let at_ms: i64 = row.get(1)?;
-    let severity: String = row.get(4)?;
-    let severity = Severity::parse(&severity).ok_or_else(|| {
-        crate::store::db::Error::conversion(
-            4,
-            StoreError::Corrupt {
-                field: "events.severity",
-                value: severity.clone(),
-            },
-        )
-    })?;
     Ok(Event {
         id: row.get(0)?,
         at_ms,
         at: crate::store::rfc3339::format(at_ms.div_euclid(1000)),
         device_id: row.get(2)?,
         kind: row.get(3)?,
-        severity,
+        severity: row.get(4)?,
         message: row.get(5)?,
     })
 }

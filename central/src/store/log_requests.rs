@@ -6,41 +6,10 @@
 //! `created_at` is Unix milliseconds.
 
 use crate::store::db::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
 
 use crate::store::StoreError;
 
-/// Where a log request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogRequestState {
-    /// Waiting for the replica that holds the device's stream.
-    Pending,
-    /// Pushed to the device; waiting for its reply.
-    Sent,
-    /// The reply is in `reply`.
-    Done,
-    /// The device could not read the log, or no answer came in time (`error` says which).
-    Failed,
-}
-
-impl LogRequestState {
-    /// The stored form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Sent => "sent",
-            Self::Done => "done",
-            Self::Failed => "failed",
-        }
-    }
-
-    fn parse(value: &str) -> Option<Self> {
-        [Self::Pending, Self::Sent, Self::Done, Self::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == value)
-    }
-}
+pub use crate::store::model::LogRequestState;
 
 /// One log request.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,16 +40,6 @@ const COLUMNS: &str =
     "id, device_id, app, service, lines, created_at, state, reply, truncated, error";
 
 fn from_row(row: &Row) -> crate::store::db::Result<LogRequestRow> {
-    let state: String = row.get(6)?;
-    let state = LogRequestState::parse(&state).ok_or_else(|| {
-        crate::store::db::Error::conversion(
-            6,
-            StoreError::Corrupt {
-                field: "log_requests.state",
-                value: state.clone(),
-            },
-        )
-    })?;
     Ok(LogRequestRow {
         id: row.get(0)?,
         device_id: row.get(1)?,
@@ -88,7 +47,7 @@ fn from_row(row: &Row) -> crate::store::db::Result<LogRequestRow> {
         service: row.get(3)?,
         lines: row.get::<_, i64>(4)? as u32,
         created_at_ms: row.get(5)?,
-        state,
+        state: row.get(6)?,
         reply: row.get(7)?,
         truncated: row.get::<_, i64>(8)? != 0,
         error: row.get(9)?,

@@ -44,6 +44,33 @@ macro_rules! text_enum {
 }
 
 text_enum!(
+    /// How bad an event is (ordered: info < warning < error).
+    #[derive(PartialOrd, Ord, Hash)]
+    Severity, "events.severity" {
+        /// Normal operation.
+        Info => "info",
+        /// Worth a look (an app unhealthy, a device recovered its data partition).
+        Warning => "warning",
+        /// Something failed.
+        Error => "error",
+    }
+);
+
+text_enum!(
+    /// Where a log request stands.
+    LogRequestState, "log_requests.state" {
+        /// Waiting for the replica that holds the device's stream.
+        Pending => "pending",
+        /// Pushed to the device; waiting for its reply.
+        Sent => "sent",
+        /// The reply is in `reply`.
+        Done => "done",
+        /// The device could not read the log, or no answer came in time (`error` says which).
+        Failed => "failed",
+    }
+);
+
+text_enum!(
     /// How an enrollment token admits devices.
     Policy, "enrollment_tokens.policy" {
         /// Any device holding the token is approved at once.
