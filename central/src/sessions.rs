@@ -51,6 +51,8 @@ pub struct Sessions {
     changed: Mutex<HashMap<String, bool>>,
     host: Mutex<HashMap<String, Arc<HostReport>>>,
     streams_opened: AtomicU64,
+    /// Bumped whenever a device may have come online or gone offline (here or elsewhere).
+    presence_epoch: AtomicU64,
 }
 
 /// When a device was last heard from here, and what of it the registry holds.
@@ -179,6 +181,9 @@ impl Sessions {
     /// alive now. Rows naming `me` are dropped: this replica's own streams are in memory.
     pub fn apply_remote(&self, seq: i64, changed: Vec<(String, Option<String>)>, alive: HashSet<String>, me: &str) {
         let mut remote = self.lock_remote();
+        if !changed.is_empty() || remote.alive != alive {
+            self.presence_epoch.fetch_add(1, Ordering::AcqRel);
+        }
         for (device_id, holder) in changed {
             match holder {
                 Some(replica) if replica != me => remote.holder.insert(device_id, replica),
@@ -207,7 +212,14 @@ impl Sessions {
         }
     }
 
+    /// A number that changes whenever a device may have come online or gone offline, here or
+    /// on another replica (the scheduler skips idle passes by it).
+    pub fn presence_epoch(&self) -> u64 {
+        self.presence_epoch.load(Ordering::Acquire)
+    }
+
     fn note_change(&self, device_id: &str, connected: bool) {
+        self.presence_epoch.fetch_add(1, Ordering::AcqRel);
         self.changed.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), connected);
     }
 

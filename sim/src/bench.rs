@@ -617,7 +617,7 @@ async fn measure(
     let heartbeat = fleet.measure_heartbeats(options.window).await;
     let cpu_pct = cpu_since(centrals, &cpu_before, window_started);
     let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
-    eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB; pushing a config change to all", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()));
+    eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()));
     let fanout = match options.config_fan_out {
         true => Some(config_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?),
         false => None,
@@ -689,6 +689,7 @@ async fn config_fan_out<W: MarkerWatch>(
     ids: &[String],
     watch: &mut W,
 ) -> Result<FanOut, W::Error> {
+    eprintln!("cairn-sim: {} devices: pushing a config change to all, one REST call each", ids.len());
     let ids = ids.iter().map(String::as_str);
     timed_change(watch, fanout_budget(ids.len()), |marker| {
         fleet::set_marker_all(operator, ids, marker, options.fanout_concurrency)
@@ -786,7 +787,7 @@ async fn measure_shards(
     let cpu_pct = cpu_since(centrals, &cpu_before, window_started);
     let heartbeat = shards::merge_latency(samples);
     let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
-    eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB (sum over {} replicas); pushing a config change to all", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()), centrals.len());
+    eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB (sum over {} replicas)", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()), centrals.len());
     let fanout = match options.config_fan_out {
         true => Some(config_fan_out(options, operator, ids, &mut workers).await?),
         false => None,

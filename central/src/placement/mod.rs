@@ -7,8 +7,12 @@
 //! - [`scheduler`]: the planner (pure) and the pass that applies it to the registry.
 //!
 //! The scheduler runs after every change that can move a placement (deployments, sites,
-//! regions, device site or labels, revocation, a device connecting or disconnecting) and every
-//! [`Scheduler::tick`], so a host offline for longer than the grace period is replaced.
+//! regions, device site or labels, revocation, a device connecting or disconnecting), and at a
+//! [`Scheduler::tick`] when presence changed since the last pass (a stream moved on another
+//! replica) or a host's grace period ran out since then, so a host offline for longer than the
+//! grace period is replaced. A tick with nothing new does nothing: a pass reads the whole fleet
+//! under the registry's write lock, and with N replicas idle passes would hold it N times per
+//! tick.
 
 pub mod geo;
 pub mod scheduler;
@@ -43,6 +47,8 @@ pub struct Scheduler {
     grace: Duration,
     wake: Notify,
     offline_since: Mutex<HashMap<String, Instant>>,
+    /// The last pass that was written: the presence epoch it read, and when it started.
+    last_pass: Mutex<Option<(u64, Instant)>>,
 }
 
 /// Whether a device can hold placements now.
@@ -61,7 +67,32 @@ impl Scheduler {
             grace,
             wake: Notify::new(),
             offline_since: Mutex::new(HashMap::new()),
+            last_pass: Mutex::new(None),
         }
+    }
+
+    /// Note a written pass that read presence at `epoch` (see [`Sessions::presence_epoch`])
+    /// and started at `started`.
+    ///
+    /// [`Sessions::presence_epoch`]: crate::sessions::Sessions::presence_epoch
+    pub fn passed(&self, epoch: u64, started: Instant) {
+        *self.last_pass.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, started));
+    }
+
+    /// Whether a tick at `now` has anything to do: no pass yet, presence changed since
+    /// (`epoch` differs), or a device's grace period ended since the last pass started.
+    pub fn due(&self, epoch: u64, now: Instant) -> bool {
+        let Some((seen, started)) = *self.last_pass.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return true;
+        };
+        if seen != epoch {
+            return true;
+        }
+        let offline = self.offline_since.lock().unwrap_or_else(|p| p.into_inner());
+        offline.values().any(|since| {
+            let lost_at = *since + self.grace;
+            lost_at >= started && lost_at < now
+        })
     }
 
     /// The grace period.
@@ -111,12 +142,16 @@ impl Scheduler {
 /// Run one scheduler pass now and push the changed desired states.
 pub async fn reconcile_now(shared: &Arc<Shared>) {
     let inner = shared.clone();
+    let (epoch, started) = (shared.sessions.presence_epoch(), Instant::now());
     match shared
         .store
         .run(move |conn| scheduler::reconcile(conn, &inner))
         .await
     {
-        Ok(pushes) => crate::rollout::engine::push_all(shared, pushes).await,
+        Ok(pushes) => {
+            shared.placement.passed(epoch, started);
+            crate::rollout::engine::push_all(shared, pushes).await
+        }
         Err(e) => tracing::warn!(error = %e, "placement pass failed; retrying at the next tick"),
     }
 }
@@ -125,12 +160,14 @@ pub async fn reconcile_now(shared: &Arc<Shared>) {
 pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let tick = shared.placement.tick();
     loop {
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = shared.placement.wake.notified() => {}
+        let woken = tokio::select! {
+            _ = tokio::time::sleep(tick) => false,
+            _ = shared.placement.wake.notified() => true,
             _ = shutdown.changed() => return,
+        };
+        if woken || shared.placement.due(shared.sessions.presence_epoch(), Instant::now()) {
+            reconcile_now(&shared).await;
         }
-        reconcile_now(&shared).await;
     }
 }
 
@@ -159,5 +196,19 @@ mod tests {
             Scheduler::new(Duration::from_secs(1)).tick(),
             Duration::from_millis(250)
         );
+    }
+
+    #[test]
+    fn a_tick_runs_a_pass_only_when_presence_changed_or_a_grace_period_ran_out() {
+        let s = Scheduler::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(s.due(7, t0), "no pass yet");
+        s.presence("d", false, t0);
+        s.passed(7, t0);
+        assert!(!s.due(7, t0 + Duration::from_secs(30)), "nothing new");
+        assert!(s.due(8, t0 + Duration::from_secs(30)), "presence changed");
+        assert!(s.due(7, t0 + Duration::from_secs(61)), "d's grace period ran out since the pass");
+        s.passed(7, t0 + Duration::from_secs(61));
+        assert!(!s.due(7, t0 + Duration::from_secs(120)), "d was already lost at that pass");
     }
 }
