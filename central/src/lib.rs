@@ -281,9 +281,11 @@ async fn flush_presence(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             _ = shutdown.changed() => true,
         };
         let seen = shared.sessions.take_seen();
-        // With replicas: which streams are here, and that this replica is alive (even when
-        // nothing changed, or the others would count its devices offline).
-        let streams = shared.store.postgres_url().is_some().then(|| shared.sessions.take_stream_changes());
+        // With replicas: which streams opened and ended here, and that this replica is alive,
+        // written even when nothing changed (or the others would count its devices offline).
+        // On SQLite the changes are taken and dropped, so they do not pile up unread.
+        let changes = shared.sessions.take_stream_changes();
+        let streams = shared.store.postgres_url().is_some().then_some(changes);
         if !seen.is_empty() || streams.is_some() {
             let (count, replica) = (seen.len(), shared.bus.replica().to_owned());
             let kept = streams.clone();

@@ -108,6 +108,23 @@ pub trait ToValue {
     fn to_value(&self) -> Value;
 }
 
+/// `(?first, ?first+1, …), (…)`: placeholders for `rows` rows of `columns` values each, for a
+/// multi-row INSERT (one statement is one round trip on PostgreSQL).
+pub fn row_placeholders(rows: usize, columns: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (0..columns).map(|c| format!("?{}", first + r * columns + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `values` as statement parameters.
+pub fn as_params(values: &[Value]) -> Vec<&dyn ToValue> {
+    values.iter().map(|v| v as &dyn ToValue).collect()
+}
+
 /// A Rust value that reads from a column.
 pub trait FromValue: Sized {
     /// Convert column `index`'s value.

@@ -190,8 +190,7 @@ pub fn set_last_seen(conn: &mut Connection, seen: &[(String, i64)]) -> Result<()
             .iter()
             .flat_map(|(id, at)| [crate::store::db::Value::Text(id.clone()), crate::store::db::Value::Int(*at)])
             .collect();
-        let params: Vec<&dyn crate::store::db::ToValue> = values.iter().map(|v| v as &dyn crate::store::db::ToValue).collect();
-        tx.execute(&sql, params.as_slice())?;
+        tx.execute(&sql, crate::store::db::as_params(&values).as_slice())?;
     }
     tx.commit()?;
     Ok(())

@@ -129,11 +129,34 @@ pub fn insert(conn: &Connection, event: &NewEvent) -> Result<String, StoreError>
     Ok(id)
 }
 
-/// Store many events in one transaction.
+/// Events per INSERT statement (6 parameters each).
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// Store many events in one transaction, many per statement: a connect storm or a fleet-wide
+/// app change brings one event per device, and one round trip each would hold the registry's
+/// write lock for all of them.
 pub fn insert_all(conn: &mut Connection, events: &[NewEvent]) -> Result<(), StoreError> {
+    use crate::store::db::{as_params, row_placeholders, ToValue, Value};
     let tx = conn.transaction()?;
-    for event in events {
-        insert(&tx, event)?;
+    for chunk in events.chunks(ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO events (id, at, device_id, kind, severity, message) VALUES {}",
+            row_placeholders(chunk.len(), 6, 1)
+        );
+        let values: Vec<Value> = chunk
+            .iter()
+            .flat_map(|e| {
+                [
+                    Value::Text(new_event_id()),
+                    Value::Int(e.at_ms),
+                    e.device_id.to_value(),
+                    Value::Text(e.kind.clone()),
+                    e.severity.to_value(),
+                    Value::Text(e.message.clone()),
+                ]
+            })
+            .collect();
+        tx.execute(&sql, as_params(&values).as_slice())?;
     }
     tx.commit()?;
     Ok(())
@@ -206,6 +229,18 @@ mod tests {
             severity: Severity::Info,
             message: format!("{kind} at {at_ms}"),
         }
+    }
+
+    #[test]
+    fn a_batch_larger_than_one_statement_is_stored_whole_and_in_order() {
+        with_db(|conn| {
+            let events: Vec<NewEvent> = (0..450).map(|i| event(5_000 + i, Some("dev_a"), "app.state")).collect();
+            insert_all(conn, &events).unwrap();
+            let all = list(conn, &EventFilter { limit: 1000, ..Default::default() }).unwrap();
+            assert_eq!(all.iter().map(|e| e.at_ms).collect::<Vec<_>>(), (5_000..5_450).collect::<Vec<_>>());
+            assert_eq!(all[449].device_id.as_deref(), Some("dev_a"));
+            Ok(())
+        });
     }
 
     #[test]

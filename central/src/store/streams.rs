@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::db::{params, Connection, ToValue, Value};
+use super::db::{as_params, params, row_placeholders, Connection, Value};
 use super::StoreError;
 
 /// Rows per statement: each statement is a round trip on PostgreSQL, and a connect storm
@@ -30,14 +30,15 @@ pub fn record(conn: &mut Connection, replica: &str, now: i64, changes: &StreamCh
     let tx = conn.transaction()?;
     let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM replica_streams", params![], |r| r.get(0))?;
     for chunk in changes.connected.chunks(ROWS_PER_STATEMENT) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("(?{}, ?1, ?2)", i + 3)).collect();
         let sql = format!(
             "INSERT INTO replica_streams (device_id, replica, seq) VALUES {}
              ON CONFLICT (device_id) DO UPDATE SET replica = excluded.replica, seq = excluded.seq",
-            rows.join(", ")
+            row_placeholders(chunk.len(), 3, 1)
         );
-        let mut values = vec![Value::Text(replica.to_owned()), Value::Int(seq)];
-        values.extend(chunk.iter().map(|id| Value::Text(id.clone())));
+        let values: Vec<Value> = chunk
+            .iter()
+            .flat_map(|id| [Value::Text(id.clone()), Value::Text(replica.to_owned()), Value::Int(seq)])
+            .collect();
         tx.execute(&sql, as_params(&values).as_slice())?;
     }
     for chunk in changes.left.chunks(ROWS_PER_STATEMENT) {
@@ -57,10 +58,6 @@ pub fn record(conn: &mut Connection, replica: &str, now: i64, changes: &StreamCh
     )?;
     tx.commit()?;
     Ok(())
-}
-
-fn as_params(values: &[Value]) -> Vec<&dyn ToValue> {
-    values.iter().map(|v| v as &dyn ToValue).collect()
 }
 
 /// Stream changes after sequence number `after`: the newest number read (or `after` when
