@@ -23,7 +23,7 @@ use cairn_proto::v1::{AppStatus, CentralMessage, HostMetrics, OsStatus};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::store::streams::StreamChanges;
+use crate::store::streams::{StreamChanges, StreamHolder};
 
 /// Longest time a connected device's `last_seen_at` in the registry lags its last heartbeat.
 pub const LAST_SEEN_REFRESH_SECONDS: i64 = 300;
@@ -179,7 +179,7 @@ impl Sessions {
 
     /// Apply stream changes read from the registry (up to number `seq`) and the replicas
     /// alive now. Rows naming `me` are dropped: this replica's own streams are in memory.
-    pub fn apply_remote(&self, seq: i64, changed: Vec<(String, Option<String>)>, alive: HashSet<String>, me: &str) {
+    pub fn apply_remote(&self, seq: i64, changed: Vec<StreamHolder>, alive: HashSet<String>, me: &str) {
         let mut remote = self.lock_remote();
         if !changed.is_empty() || remote.alive != alive {
             self.presence_epoch.fetch_add(1, Ordering::AcqRel);

@@ -79,6 +79,11 @@ impl Scheduler {
         *self.last_pass.lock().unwrap_or_else(|p| p.into_inner()) = Some((epoch, started));
     }
 
+    /// Note a failed pass: the next tick runs one whatever changed.
+    pub fn failed(&self) {
+        *self.last_pass.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     /// Whether a tick at `now` has anything to do: no pass yet, presence changed since
     /// (`epoch` differs), or a device's grace period ended since the last pass started.
     pub fn due(&self, epoch: u64, now: Instant) -> bool {
@@ -152,7 +157,10 @@ pub async fn reconcile_now(shared: &Arc<Shared>) {
             shared.placement.passed(epoch, started);
             crate::rollout::engine::push_all(shared, pushes).await
         }
-        Err(e) => tracing::warn!(error = %e, "placement pass failed; retrying at the next tick"),
+        Err(e) => {
+            shared.placement.failed();
+            tracing::warn!(error = %e, "placement pass failed; retrying at the next tick")
+        }
     }
 }
 
@@ -210,5 +218,7 @@ mod tests {
         assert!(s.due(7, t0 + Duration::from_secs(61)), "d's grace period ran out since the pass");
         s.passed(7, t0 + Duration::from_secs(61));
         assert!(!s.due(7, t0 + Duration::from_secs(120)), "d was already lost at that pass");
+        s.failed();
+        assert!(s.due(7, t0 + Duration::from_secs(121)), "a failed pass is retried at the next tick");
     }
 }

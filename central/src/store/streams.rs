@@ -60,9 +60,12 @@ pub fn record(conn: &mut Connection, replica: &str, now: i64, changes: &StreamCh
     Ok(())
 }
 
+/// A device and the replica now holding its stream (`None`: no replica).
+pub type StreamHolder = (String, Option<String>);
+
 /// Stream changes after sequence number `after`: the newest number read (or `after` when
-/// nothing changed) and each changed device with the replica now holding it (`None`: none).
-pub fn changed_since(conn: &Connection, after: i64) -> Result<(i64, Vec<(String, Option<String>)>), StoreError> {
+/// nothing changed) and each changed device with its holder.
+pub fn changed_since(conn: &Connection, after: i64) -> Result<(i64, Vec<StreamHolder>), StoreError> {
     let rows = conn.query("SELECT device_id, replica, seq FROM replica_streams WHERE seq > ?1", [after])?;
     let mut newest = after;
     let mut changed = Vec::with_capacity(rows.len());
