@@ -618,10 +618,7 @@ async fn measure(
     let cpu_pct = cpu_since(centrals, &cpu_before, window_started);
     let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
     eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()));
-    let fanout = match options.config_fan_out {
-        true => Some(config_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?),
-        false => None,
-    };
+    let fanout = config_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let deployment = deployment_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
     Ok(Measured {
@@ -681,20 +678,24 @@ impl MarkerWatch for Shards {
     }
 }
 
-/// Set a config marker on every device (one REST call each, as central has no fleet-wide
-/// config call) until the last device has it.
+/// When `options` ask for it, set a config marker on every device (one REST call each, as
+/// central has no fleet-wide config call) until the last device has it.
 async fn config_fan_out<W: MarkerWatch>(
     options: &BenchOptions,
     operator: &Operator,
     ids: &[String],
     watch: &mut W,
-) -> Result<FanOut, W::Error> {
+) -> Result<Option<FanOut>, W::Error> {
+    if !options.config_fan_out {
+        return Ok(None);
+    }
     eprintln!("cairn-sim: {} devices: pushing a config change to all, one REST call each", ids.len());
     let ids = ids.iter().map(String::as_str);
     timed_change(watch, fanout_budget(ids.len()), |marker| {
         fleet::set_marker_all(operator, ids, marker, options.fanout_concurrency)
     })
     .await
+    .map(Some)
 }
 
 /// Site `index` of the deployment measurement, spread over the globe (valid coordinates).
@@ -788,10 +789,7 @@ async fn measure_shards(
     let heartbeat = shards::merge_latency(samples);
     let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
     eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB (sum over {} replicas)", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()), centrals.len());
-    let fanout = match options.config_fan_out {
-        true => Some(config_fan_out(options, operator, ids, &mut workers).await?),
-        false => None,
-    };
+    let fanout = config_fan_out(options, operator, ids, &mut workers).await?;
     let deployment = deployment_fan_out(options, operator, ids, &mut workers).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
     let (coordinator_rss, _) = central_process::memory_of("/proc/self/status");
@@ -821,12 +819,12 @@ async fn measure_shards(
     })
 }
 
-/// The results as a table; growth columns are ratios against the first (smallest) size.
 /// Seconds with one decimal, `-` for a figure not measured.
 fn seconds(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
 
+/// The results as a table; growth columns are ratios against the first (smallest) size.
 pub fn table(results: &[SizeResult]) -> String {
     let Some(base) = results.first() else {
         return String::new();

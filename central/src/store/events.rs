@@ -122,11 +122,30 @@ pub fn new_event_id() -> String {
 /// Store one event; returns its id.
 pub fn insert(conn: &Connection, event: &NewEvent) -> Result<String, StoreError> {
     let id = new_event_id();
-    conn.execute(
-        "INSERT INTO events (id, at, device_id, kind, severity, message) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![id, event.at_ms, event.device_id, event.kind, event.severity.as_str(), event.message],
-    )?;
+    let values = row_values(id.clone(), event);
+    conn.execute(&insert_sql(1), crate::store::db::as_params(&values).as_slice())?;
     Ok(id)
+}
+
+/// `INSERT` of `rows` events (columns as [`row_values`] gives them).
+fn insert_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO events (id, at, device_id, kind, severity, message) VALUES {}",
+        crate::store::db::row_placeholders(rows, 6, 1)
+    )
+}
+
+/// One event's column values, under `id`.
+fn row_values(id: String, e: &NewEvent) -> [crate::store::db::Value; 6] {
+    use crate::store::db::{ToValue, Value};
+    [
+        Value::Text(id),
+        Value::Int(e.at_ms),
+        e.device_id.to_value(),
+        Value::Text(e.kind.clone()),
+        e.severity.to_value(),
+        Value::Text(e.message.clone()),
+    ]
 }
 
 /// Events per INSERT statement (6 parameters each).
@@ -136,27 +155,10 @@ const ROWS_PER_STATEMENT: usize = 200;
 /// app change brings one event per device, and one round trip each would hold the registry's
 /// write lock for all of them.
 pub fn insert_all(conn: &mut Connection, events: &[NewEvent]) -> Result<(), StoreError> {
-    use crate::store::db::{as_params, row_placeholders, ToValue, Value};
     let tx = conn.transaction()?;
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let sql = format!(
-            "INSERT INTO events (id, at, device_id, kind, severity, message) VALUES {}",
-            row_placeholders(chunk.len(), 6, 1)
-        );
-        let values: Vec<Value> = chunk
-            .iter()
-            .flat_map(|e| {
-                [
-                    Value::Text(new_event_id()),
-                    Value::Int(e.at_ms),
-                    e.device_id.to_value(),
-                    Value::Text(e.kind.clone()),
-                    e.severity.to_value(),
-                    Value::Text(e.message.clone()),
-                ]
-            })
-            .collect();
-        tx.execute(&sql, as_params(&values).as_slice())?;
+        let values: Vec<_> = chunk.iter().flat_map(|e| row_values(new_event_id(), e)).collect();
+        tx.execute(&insert_sql(chunk.len()), crate::store::db::as_params(&values).as_slice())?;
     }
     tx.commit()?;
     Ok(())

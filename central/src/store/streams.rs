@@ -28,7 +28,7 @@ pub struct StreamChanges {
 /// Record `replica`'s stream changes and that it is alive at `now`, in one transaction.
 pub fn record(conn: &mut Connection, replica: &str, now: i64, changes: &StreamChanges) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM replica_streams", params![], |r| r.get(0))?;
+    let seq = next_seq(&tx)?;
     for chunk in changes.connected.chunks(ROWS_PER_STATEMENT) {
         let sql = format!(
             "INSERT INTO replica_streams (device_id, replica, seq) VALUES {}
@@ -60,6 +60,12 @@ pub fn record(conn: &mut Connection, replica: &str, now: i64, changes: &StreamCh
     Ok(())
 }
 
+/// The number the next change gets; in order only because every writer holds the registry's
+/// write lock (see the module doc).
+fn next_seq(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM replica_streams", params![], |r| r.get(0))?)
+}
+
 /// A device and the replica now holding its stream (`None`: no replica).
 pub type StreamHolder = (String, Option<String>);
 
@@ -86,7 +92,7 @@ pub fn alive_since(conn: &Connection, since: i64) -> Result<HashMap<String, i64>
 /// start: their rows already count as offline, this only keeps the tables small).
 pub fn forget_dead(conn: &mut Connection, before: i64) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
-    let seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM replica_streams", params![], |r| r.get(0))?;
+    let seq = next_seq(&tx)?;
     tx.execute(
         "UPDATE replica_streams SET replica = NULL, seq = ?2
          WHERE replica IN (SELECT id FROM replicas WHERE alive_at < ?1)",
