@@ -84,6 +84,12 @@ impl QemuSwtpm {
         Ok(tpm)
     }
 
+    /// Kill swtpm and wait for it, so another can start on the same state.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The control socket for QEMU's `-chardev socket,path=...`.
     pub fn socket(&self) -> &Path {
         &self.socket
@@ -92,7 +98,6 @@ impl QemuSwtpm {
 
 impl Drop for QemuSwtpm {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -24,6 +24,8 @@ pub const GUEST_CENTRAL_URL: &str = "https://10.0.2.100:7443";
 /// The guest address forwarded to a registry on the host when [`VmOptions::registry_port`] is
 /// set; the recipe lists it in `fleet.plain_http_registries`.
 pub const GUEST_REGISTRY: &str = "10.0.2.100:5000";
+/// What Linux prints as the last thing before a reboot resets the machine.
+const GUEST_REBOOTS: &str = "reboot: Restarting system";
 /// Lines of serial log shown when a wait fails.
 const LOG_TAIL_LINES: usize = 100;
 
@@ -81,7 +83,11 @@ pub struct VmOptions {
     pub cpus: u32,
     /// SMBIOS system serial number (the agent's device serial).
     pub serial_number: String,
-    /// Exit QEMU instead of rebooting the guest (a panic or failed boot ends the run).
+    /// A guest reboot ends the run (a panic or failed boot too). Off, a reboot the guest asks
+    /// for starts QEMU again on the same disk, TPM and firmware variables: a cold start, because
+    /// QEMU's warm reset under TCG now and then leaves the second vCPU asleep, and OVMF then
+    /// waits for it forever (seen in CI and here: one vCPU spinning in the firmware, the other
+    /// halted, nothing on the console).
     pub no_reboot: bool,
     /// Forward the guest's connections to 10.0.2.100:7443 ([`GUEST_CENTRAL_URL`]) to this port on
     /// the host's 127.0.0.1, for a central on a random port. Without it the guest reaches the
@@ -166,9 +172,13 @@ pub fn find_bytes(path: &Path, needle: &[u8]) -> Result<Vec<u64>, VmError> {
 /// A running guest. QEMU and swtpm are killed on drop.
 pub struct Vm {
     qemu: Child,
-    _tpm: QemuSwtpm,
+    tpm: QemuSwtpm,
     serial_log: PathBuf,
     started: Instant,
+    /// How the guest was booted, to start QEMU again after a guest reboot.
+    options: VmOptions,
+    /// Length of the serial log when the running QEMU started.
+    boot_mark: usize,
 }
 
 /// Whether QEMU, OVMF's Secure Boot firmware and swtpm are installed; the reason when not.
@@ -247,16 +257,38 @@ impl Vm {
                 .arg(&overlay))?;
         }
         let vars = dir.join("OVMF_VARS.fd");
-        let (code, vars_template) = if options.secure_boot {
-            (OVMF_CODE_SECBOOT, OVMF_VARS_SNAKEOIL)
+        let vars_template = if options.secure_boot {
+            OVMF_VARS_SNAKEOIL
         } else {
-            (OVMF_CODE_PLAIN, OVMF_VARS_PLAIN)
+            OVMF_VARS_PLAIN
         };
         fs::copy(vars_template, &vars).map_err(io("copy firmware variables to", &vars))?;
+        let serial_log = dir.join("serial.log");
+        let _ = fs::remove_file(&serial_log);
+        let (qemu, tpm) = Vm::start(options)?;
+        Ok(Vm {
+            qemu,
+            tpm,
+            serial_log,
+            started: Instant::now(),
+            options: options.clone(),
+            boot_mark: 0,
+        })
+    }
+
+    /// Start swtpm and QEMU on the prepared disk and variables, appending to `dir/serial.log`.
+    fn start(options: &VmOptions) -> Result<(Child, QemuSwtpm), VmError> {
+        let dir = &options.dir;
+        let vars = dir.join("OVMF_VARS.fd");
+        let code = if options.secure_boot {
+            OVMF_CODE_SECBOOT
+        } else {
+            OVMF_CODE_PLAIN
+        };
+        let overlay = dir.join(DISK_FILE);
         let tpm_dir = options.tpm_dir.clone().unwrap_or_else(|| dir.join("tpm"));
         let tpm = QemuSwtpm::start(&tpm_dir)?;
         let serial_log = dir.join("serial.log");
-        let _ = fs::remove_file(&serial_log);
 
         let mut netdev = "user,id=net0".to_string();
         if let Some(port) = options.central_port {
@@ -324,27 +356,37 @@ impl Vm {
                 &format!("type=1,serial={}", options.serial_number),
             ])
             .args(["-display", "none", "-vga", "none", "-monitor", "none"])
-            .arg("-serial")
-            .arg(format!("file:{}", serial_log.display()))
+            .arg("-chardev")
+            // append: after a guest reboot the next QEMU goes on in the same log.
+            .arg(format!("file,id=serial0,path={},append=on", serial_log.display()))
+            .args(["-serial", "chardev:serial0", "-no-reboot"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 fs::File::create(dir.join("qemu.stderr")).map_err(io("create", dir))?,
             ));
-        if options.no_reboot {
-            qemu.arg("-no-reboot");
-        }
         crate::kill_with_parent(&mut qemu);
         let child = qemu.spawn().map_err(|e| VmError::Command {
             command: "qemu-system-x86_64".into(),
             stderr: format!("{e} (install qemu-system-x86)"),
         })?;
-        Ok(Vm {
-            qemu: child,
-            _tpm: tpm,
-            serial_log,
-            started: Instant::now(),
-        })
+        Ok((child, tpm))
+    }
+
+    /// After QEMU exited: when the guest asked for a reboot (and [`VmOptions::no_reboot`] is
+    /// off), start QEMU again; returns whether it did.
+    fn reboot(&mut self) -> Result<bool, VmError> {
+        let asked = self
+            .serial_text()
+            .get(self.boot_mark..)
+            .is_some_and(|boot| boot.contains(GUEST_REBOOTS));
+        if self.options.no_reboot || !asked {
+            return Ok(false);
+        }
+        self.tpm.stop();
+        self.boot_mark = self.serial_mark();
+        (self.qemu, self.tpm) = Vm::start(&self.options)?;
+        Ok(true)
     }
 
     /// The serial console log file.
@@ -364,9 +406,19 @@ impl Vm {
         self.started.elapsed()
     }
 
-    /// Whether QEMU has exited (a guest reboot with no_reboot, a power-off or a crash).
+    /// Whether QEMU has exited (a guest reboot with no_reboot, a power-off or a crash). Every
+    /// wait asks this, so this is also where a reboot without no_reboot starts QEMU again.
     pub fn exited(&mut self) -> bool {
-        matches!(self.qemu.try_wait(), Ok(Some(_)))
+        if !matches!(self.qemu.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        match self.reboot() {
+            Ok(rebooted) => !rebooted,
+            Err(e) => {
+                eprintln!("cannot start QEMU again after the guest's reboot: {e}");
+                true
+            }
+        }
     }
 
     /// Wait until a serial console line contains `marker`; returns that line. Fails with the
@@ -376,7 +428,7 @@ impl Vm {
     }
 
     /// How much the guest has printed so far: a position for [`Vm::wait_for_since`] (the log
-    /// goes on across guest reboots inside one QEMU).
+    /// goes on across guest reboots).
     pub fn serial_mark(&self) -> usize {
         fs::metadata(&self.serial_log).map(|m| m.len() as usize).unwrap_or(0)
     }
