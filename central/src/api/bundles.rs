@@ -350,7 +350,7 @@ pub(super) async fn bundle_content(
     let etag = format!("\"{}\"", bundle.sha256);
     let if_range_matches = headers
         .get(header::IF_RANGE)
-        .map_or(true, |v| v.to_str().is_ok_and(|v| v.trim() == etag));
+        .is_none_or(|v| v.to_str().is_ok_and(|v| v.trim() == etag));
     let range = headers
         .get(header::RANGE)
         .map(|v| v.to_str().unwrap_or("(not text)"));

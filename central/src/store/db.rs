@@ -433,7 +433,7 @@ impl Connection {
             Backend::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;
                 let names: std::sync::Arc<[String]> =
-                    stmt.column_names().into_iter().map(str::to_owned).collect::<Vec<_>>().into();
+                    stmt.column_names().map(str::to_owned).collect::<Vec<_>>().into();
                 let count = names.len();
                 let mut rows = stmt.query(rusqlite::params_from_iter(values.iter().map(SqliteValue)))?;
                 let mut out = Vec::new();
