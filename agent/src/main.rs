@@ -52,6 +52,18 @@ enum Command {
         #[command(subcommand)]
         command: BootCommand,
     },
+    /// At shutdown (cairn-apps-stop.service): stop every app's containers, SIGKILL after the
+    /// grace period, while containerd and /data are still up. Restarting the agent alone leaves
+    /// the apps running.
+    StopApps {
+        /// Agent config file (TOML); its `[apps]` section says where containerd is.
+        #[arg(
+            long,
+            env = "CAIRN_AGENT_CONFIG",
+            default_value = "/etc/cairn/agent.toml"
+        )]
+        config: PathBuf,
+    },
     /// Print the hardware facts the agent would send, as JSON.
     Facts {
         /// Agent config file (TOML).
@@ -157,6 +169,14 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Unlock { config } => unlock(&AgentConfig::load(&config)?),
         Command::Boot { config, command } => boot(&config, command),
+        Command::StopApps { config } => {
+            let config = AgentConfig::load(&config)?;
+            let stopped = runtime
+                .block_on(cairn_agent::apps::stop_apps(&config.apps, &config.state_dir))
+                .context("cannot stop the apps; systemd kills what is left at the end of the shutdown")?;
+            println!("cairn-apps: stopped {stopped} app task(s)");
+            Ok(())
+        }
         Command::Facts { config } => {
             let config = AgentConfig::load(&config)?;
             let facts = HardwareFacts::gather(&config, &choose_storage(&config))?;

@@ -119,6 +119,11 @@ pub fn static_os_files(recipe: &Recipe) -> Vec<OsFile> {
             include_str!("../assets/cairn-agent.service"),
         ),
         OsFile::text(
+            "etc/systemd/system/cairn-apps-stop.service",
+            0o644,
+            include_str!("../assets/cairn-apps-stop.service"),
+        ),
+        OsFile::text(
             "etc/systemd/system/cairn-unlock.service",
             0o644,
             include_str!("../assets/cairn-unlock.service"),

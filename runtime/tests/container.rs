@@ -110,6 +110,15 @@ secrets:
         // Start again on the same container, then remove everything.
         let pid2 = container::start_task(&env.ctr, &cfg, &id, &log).await.unwrap();
         assert_ne!(pid2, pid);
+        // A shutdown stops every app task (the grace first: this one ignores SIGTERM) and keeps
+        // the container for the next boot.
+        let started = Instant::now();
+        assert_eq!(container::stop_all_tasks(&env.ctr, cfg.stop_grace).await.unwrap(), 1);
+        assert!(started.elapsed() >= cfg.stop_grace, "killed before the grace ran out");
+        let listed = container::list_containers(&env.ctr).await.unwrap();
+        assert_eq!(listed.len(), 1, "the container must stay");
+        assert!(listed[0].task.is_none(), "task left: {:?}", listed[0].task);
+        assert_eq!(container::stop_all_tasks(&env.ctr, cfg.stop_grace).await.unwrap(), 0);
         container::remove_container(&env.ctr, &id, Duration::from_millis(200)).await.unwrap();
         assert!(container::list_containers(&env.ctr).await.unwrap().is_empty());
         let snapshots = env.ctr.list_snapshots().await.unwrap();

@@ -126,9 +126,11 @@ impl Fleet {
             if states.iter().any(|s| rollout["state"] == *s) {
                 return rollout;
             }
-            if started.elapsed() > UPDATE_TIMEOUT {
+            // exited() starts QEMU again after a guest reboot: true here is a crash or power-off.
+            if guest.exited() || started.elapsed() > UPDATE_TIMEOUT {
                 panic!(
-                    "{what}: rollout never reached {states:?}: {rollout}\n{}",
+                    "{what}: rollout never reached {states:?} (QEMU exited: {}): {rollout}\n{}",
+                    guest.exited(),
                     guest.serial_tail()
                 );
             }
@@ -236,7 +238,8 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     options.central_port = Some(fleet.central.c().grpc_addr.port());
     options.registry_port = Some(registry.port());
     options.disk_size_mib = Some(1800);
-    // A guest-initiated reboot (the update's) continues in the same QEMU; a power cut is killing it.
+    // A reboot the guest asks for (the update's) starts QEMU again on the same disk, TPM and
+    // firmware variables (see VmOptions::no_reboot); a power cut is killing QEMU.
     options.no_reboot = false;
     let mut again = options.clone();
     again.keep_disk = true;
@@ -418,6 +421,14 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     );
     fleet.wait_app_healthy(&id, &mut guest, "back on B");
     assert_eq!(fleet.rollout_device(&rollout_b)["state"], "succeeded");
+    // B's reboot into C stopped the healthy app first (cairn-apps-stop.service), and no reboot
+    // since had systemd-shutdown wait 90 s for a container's PID 1 (httpd ignores SIGTERM).
+    let since_c = guest.serial_text().get(before_c..).unwrap_or("").to_string();
+    assert!(
+        since_c.contains("cairn-apps: stopped 2 app task(s)")
+            && !since_c.contains("systemd-shutdown[1]: Waiting for process"),
+        "a reboot did not stop the app's two services first:\n{since_c}"
+    );
     drop(guest);
     let Fleet {
         runtime,

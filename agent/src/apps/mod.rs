@@ -191,6 +191,25 @@ impl crate::Agent {
     }
 }
 
+/// Stop the task of every app (SIGTERM, SIGKILL after the runtime's stop grace), keeping the
+/// containers: what cairn-apps-stop.service runs at shutdown, so the system neither waits 90 s for
+/// a container's PID 1 that ignores SIGTERM nor kills apps without a grace. Returns how many tasks
+/// were stopped; 0 when `[apps]` is off.
+///
+/// # Errors
+/// When containerd cannot be reached or a stop fails.
+pub async fn stop_apps(
+    config: &AppsConfig,
+    state_dir: &Path,
+) -> Result<usize, cairn_runtime::container::ContainerError> {
+    if !config.enabled {
+        return Ok(0);
+    }
+    let grace = RuntimeConfig::new(config.data_dir(state_dir)).stop_grace;
+    let ctr = Containerd::connect(&config.containerd_socket, NAMESPACE).await?;
+    cairn_runtime::container::stop_all_tasks(&ctr, grace).await
+}
+
 /// Longest wait between two attempts to reach containerd.
 const CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
 

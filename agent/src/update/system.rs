@@ -111,7 +111,8 @@ async fn log_lines(reader: impl tokio::io::AsyncRead + Unpin) -> String {
 }
 
 /// Reboot through systemd (`StartUnit("reboot.target", "replace-irreversibly")` on the system
-/// bus): a clean shutdown, so containerd stops its tasks and file systems are unmounted.
+/// bus): a clean shutdown, so cairn-apps-stop.service stops the apps and file systems are
+/// unmounted.
 pub async fn reboot() -> Result<(), UpdateError> {
     let span = tracing::info_span!("systemd.reboot");
     async {

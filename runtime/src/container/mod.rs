@@ -477,6 +477,30 @@ pub async fn list_containers(ctr: &Containerd) -> Result<Vec<ObservedContainer>,
         .collect())
 }
 
+/// Stop the task of every app container at once (SIGTERM, SIGKILL after `grace`), keeping the
+/// containers. For a shutdown: the system would otherwise wait for processes that ignore
+/// SIGTERM (a container's PID 1 without a handler does), and then kill them without a grace.
+/// Returns how many tasks were stopped.
+///
+/// # Errors
+/// When listing fails, or the first stop that failed (after every stop was tried).
+#[tracing::instrument(skip(ctr))]
+pub async fn stop_all_tasks(ctr: &Containerd, grace: Duration) -> Result<usize, ContainerError> {
+    let running: Vec<String> = list_containers(ctr)
+        .await?
+        .into_iter()
+        .filter(|c| c.task.as_ref().is_some_and(|t| t.status != TaskStatus::Stopped))
+        .map(|c| c.id)
+        .collect();
+    let stops = running.iter().map(|id| stop_task(ctr, id, grace));
+    let results = futures::future::join_all(stops).await;
+    let stopped = results.iter().filter(|r| r.is_ok()).count();
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => Err(e),
+        None => Ok(stopped),
+    }
+}
+
 /// Milliseconds since the Unix epoch of `t`.
 pub(crate) fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
