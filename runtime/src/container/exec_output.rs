@@ -63,11 +63,11 @@ impl ExecOutput {
     /// Wait up to `within` for both streams to end, append what they carried (stdout, then
     /// stderr) to the output file and remove the FIFOs. A stream still open after that (a
     /// background child keeps it) is cut off: its reader finishes when the writer goes away.
-    pub(crate) async fn finish(self, within: Duration) {
+    pub(crate) async fn finish(mut self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         let mut text = Vec::new();
-        for (reader, fifo) in self.readers.into_iter().zip(&self.fifos) {
-            let mut reader = reader;
+        let readers = std::mem::take(&mut self.readers);
+        for (mut reader, fifo) in readers.into_iter().zip(&self.fifos) {
             let read = match tokio::time::timeout_at(deadline, &mut reader).await {
                 Ok(read) => read,
                 Err(_) => {
@@ -89,9 +89,6 @@ impl ExecOutput {
                 Err(e) => tracing::debug!(error = %e, "exec output reader failed"),
             }
         }
-        for fifo in &self.fifos {
-            let _ = std::fs::remove_file(fifo);
-        }
         let appended = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -99,6 +96,22 @@ impl ExecOutput {
             .and_then(|mut f| f.write_all(&text));
         if let Err(e) = appended {
             tracing::debug!(path = %self.output.display(), error = %e, "could not write exec output");
+        }
+    }
+}
+
+impl Drop for ExecOutput {
+    /// Also when dropped unfinished (the exec's future was cancelled, e.g. a health check of an
+    /// app being stopped): release readers still blocked in open, or each would hold a blocking
+    /// thread forever (and a runtime shutting down waits for them), then remove the FIFOs.
+    fn drop(&mut self) {
+        for (reader, fifo) in self.readers.iter().zip(&self.fifos) {
+            if !reader.is_finished() {
+                release(fifo);
+            }
+        }
+        for fifo in &self.fifos {
+            let _ = std::fs::remove_file(fifo);
         }
     }
 }
@@ -154,6 +167,28 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&output).unwrap(), "to-stdout\nto-stderr\n");
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("out")]);
+    }
+
+    #[tokio::test]
+    async fn dropped_unfinished_it_releases_its_readers_and_removes_the_fifos() {
+        let dir = tempfile::tempdir().unwrap();
+        let capture = ExecOutput::create(&dir.path().join("out"), "exec-3").unwrap();
+        // Let both readers block in open, as they do until the shim opens the write ends.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let readers: Vec<_> = capture.readers.iter().map(|r| r.abort_handle()).collect();
+        let fifos = capture.fifos.clone();
+        drop(capture);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !readers.iter().all(|r| r.is_finished()) {
+            if std::time::Instant::now() > deadline {
+                // Unblock them here, or the test runtime would wait for them instead of failing.
+                fifos.iter().for_each(|f| release(f));
+                panic!("a reader was still blocked on its FIFO after the drop");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[tokio::test]
