@@ -135,6 +135,19 @@ impl VmOptions {
 
 /// The guest's disk (qcow2 overlay on the image) inside the VM directory.
 pub const DISK_FILE: &str = "disk.qcow2";
+/// The guest's firmware variables inside the VM directory.
+const VARS_FILE: &str = "OVMF_VARS.fd";
+/// The guest's serial console log inside the VM directory.
+const SERIAL_FILE: &str = "serial.log";
+
+/// OVMF's code and its variables template, with Secure Boot or without.
+fn firmware(secure_boot: bool) -> (&'static str, &'static str) {
+    if secure_boot {
+        (OVMF_CODE_SECBOOT, OVMF_VARS_SNAKEOIL)
+    } else {
+        (OVMF_CODE_PLAIN, OVMF_VARS_PLAIN)
+    }
+}
 
 /// Flatten the guest disk left in `dir` to a raw file at `out` (what a thief would image).
 pub fn disk_to_raw(dir: &Path, out: &Path) -> Result<(), VmError> {
@@ -256,14 +269,10 @@ impl Vm {
                 ])
                 .arg(&overlay))?;
         }
-        let vars = dir.join("OVMF_VARS.fd");
-        let vars_template = if options.secure_boot {
-            OVMF_VARS_SNAKEOIL
-        } else {
-            OVMF_VARS_PLAIN
-        };
+        let vars = dir.join(VARS_FILE);
+        let (_, vars_template) = firmware(options.secure_boot);
         fs::copy(vars_template, &vars).map_err(io("copy firmware variables to", &vars))?;
-        let serial_log = dir.join("serial.log");
+        let serial_log = dir.join(SERIAL_FILE);
         let _ = fs::remove_file(&serial_log);
         let (qemu, tpm) = Vm::start(options)?;
         Ok(Vm {
@@ -279,16 +288,12 @@ impl Vm {
     /// Start swtpm and QEMU on the prepared disk and variables, appending to `dir/serial.log`.
     fn start(options: &VmOptions) -> Result<(Child, QemuSwtpm), VmError> {
         let dir = &options.dir;
-        let vars = dir.join("OVMF_VARS.fd");
-        let code = if options.secure_boot {
-            OVMF_CODE_SECBOOT
-        } else {
-            OVMF_CODE_PLAIN
-        };
+        let vars = dir.join(VARS_FILE);
+        let (code, _) = firmware(options.secure_boot);
         let overlay = dir.join(DISK_FILE);
         let tpm_dir = options.tpm_dir.clone().unwrap_or_else(|| dir.join("tpm"));
         let tpm = QemuSwtpm::start(&tpm_dir)?;
-        let serial_log = dir.join("serial.log");
+        let serial_log = dir.join(SERIAL_FILE);
 
         let mut netdev = "user,id=net0".to_string();
         if let Some(port) = options.central_port {

@@ -127,10 +127,10 @@ impl Fleet {
                 return rollout;
             }
             // exited() starts QEMU again after a guest reboot: true here is a crash or power-off.
-            if guest.exited() || started.elapsed() > UPDATE_TIMEOUT {
+            let exited = guest.exited();
+            if exited || started.elapsed() > UPDATE_TIMEOUT {
                 panic!(
-                    "{what}: rollout never reached {states:?} (QEMU exited: {}): {rollout}\n{}",
-                    guest.exited(),
+                    "{what}: rollout never reached {states:?} (QEMU exited: {exited}): {rollout}\n{}",
                     guest.serial_tail()
                 );
             }
