@@ -1,5 +1,7 @@
 fn main() {
     tonic_prost_build::configure()
         .compile_protos(&["proto/cairn.proto"], &["proto"])
-        .expect("compile proto/cairn.proto (is protoc installed? apt-get install protobuf-compiler)");
+        .expect(
+            "compile proto/cairn.proto (is protoc installed? apt-get install protobuf-compiler)",
+        );
 }

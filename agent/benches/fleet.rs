@@ -17,7 +17,11 @@ fn sizes() -> Vec<usize> {
     std::env::var("CAIRN_BENCH_AGENTS")
         .unwrap_or_else(|_| "50,200".into())
         .split(',')
-        .map(|n| n.trim().parse().expect("CAIRN_BENCH_AGENTS is a comma-separated list of counts"))
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("CAIRN_BENCH_AGENTS is a comma-separated list of counts")
+        })
         .collect()
 }
 
@@ -30,13 +34,20 @@ async fn bench_fleet(n: usize) {
     let endpoint = format!("https://127.0.0.1:{}", central.c().grpc_addr.port());
     let mut agents = Vec::with_capacity(n);
     for i in 0..n {
-        let mut config = AgentConfig::new(&endpoint, &ca, &token, &dir.path().join(format!("agent-{i}")));
+        let mut config = AgentConfig::new(
+            &endpoint,
+            &ca,
+            &token,
+            &dir.path().join(format!("agent-{i}")),
+        );
         config.serial = Some(format!("BENCH-{i:06}"));
         config.key_storage = cairn_agent::config::KeyStorageSetting::Software;
         // 10 ms (the agent's minimum) offers more heartbeats than one central serves on 2 cores,
         // so the figure is central's capacity, not the offered load.
         config.heartbeat_interval_ms = HEARTBEAT_MS;
-        agents.push(std::sync::Arc::new(Agent::new(config).await.expect("agent prepares")));
+        agents.push(std::sync::Arc::new(
+            Agent::new(config).await.expect("agent prepares"),
+        ));
     }
 
     let started = Instant::now();
@@ -96,7 +107,10 @@ async fn bench_fleet(n: usize) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for n in sizes() {
         runtime.block_on(bench_fleet(n));
     }

@@ -389,7 +389,10 @@ impl Agent {
             message.push_str(&format!(": {reason}"));
         }
         if !status.changed_pcrs.is_empty() {
-            message.push_str(&format!(" (changed PCRs: {})", status.changed_pcrs.join(", ")));
+            message.push_str(&format!(
+                " (changed PCRs: {})",
+                status.changed_pcrs.join(", ")
+            ));
         }
         self.events.push("data.unlock", severity, &message);
     }

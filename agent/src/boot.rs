@@ -146,7 +146,11 @@ fn bless_entry(dir: &Path, entry: &str, blessed: &str) -> Result<Option<String>,
     };
     std::fs::rename(&from, &to).map_err(io("rename", &from))?;
     sync_dir(&to).map_err(io("sync", &to))?;
-    tracing::info!(entry, blessed, "boot marked good: systemd-boot will keep booting this slot");
+    tracing::info!(
+        entry,
+        blessed,
+        "boot marked good: systemd-boot will keep booting this slot"
+    );
     Ok(Some(blessed.to_string()))
 }
 
@@ -166,9 +170,18 @@ mod tests {
 
     #[test]
     fn counters_are_dropped_and_other_names_left_alone() {
-        assert_eq!(blessed_name("cairn-a+2-1.conf").as_deref(), Some("cairn-a.conf"));
-        assert_eq!(blessed_name("cairn-b+3.conf").as_deref(), Some("cairn-b.conf"));
-        assert_eq!(blessed_name("cairn-a+0-5.conf").as_deref(), Some("cairn-a.conf"));
+        assert_eq!(
+            blessed_name("cairn-a+2-1.conf").as_deref(),
+            Some("cairn-a.conf")
+        );
+        assert_eq!(
+            blessed_name("cairn-b+3.conf").as_deref(),
+            Some("cairn-b.conf")
+        );
+        assert_eq!(
+            blessed_name("cairn-a+0-5.conf").as_deref(),
+            Some("cairn-a.conf")
+        );
         assert_eq!(blessed_name("cairn-a.conf"), None);
         assert_eq!(blessed_name("cairn-a+x-1.conf"), None);
         assert_eq!(blessed_name("+1-1.conf"), None);
@@ -178,14 +191,23 @@ mod tests {
     #[test]
     fn decodes_the_efi_variable() {
         let mut raw = vec![6, 0, 0, 0];
-        for u in "\\loader\\entries\\cairn-a+2-1.conf".encode_utf16().chain([0]) {
+        for u in "\\loader\\entries\\cairn-a+2-1.conf"
+            .encode_utf16()
+            .chain([0])
+        {
             raw.extend_from_slice(&u.to_le_bytes());
         }
-        assert_eq!(efi_string(&raw).as_deref(), Some("\\loader\\entries\\cairn-a+2-1.conf"));
+        assert_eq!(
+            efi_string(&raw).as_deref(),
+            Some("\\loader\\entries\\cairn-a+2-1.conf")
+        );
         assert_eq!(efi_string(&[1, 2]), None);
         assert_eq!(
             split_esp_path("\\loader\\entries\\cairn-a+2-1.conf"),
-            Some((PathBuf::from("loader/entries"), "cairn-a+2-1.conf".to_string()))
+            Some((
+                PathBuf::from("loader/entries"),
+                "cairn-a+2-1.conf".to_string()
+            ))
         );
     }
 
@@ -193,9 +215,16 @@ mod tests {
     fn boot_config_is_read_from_the_agent_config_alone() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
-        std::fs::write(&path, "central_endpoint = 1\n[boot]\nesp = \"/x\"\ntries = 2\n").unwrap();
+        std::fs::write(
+            &path,
+            "central_endpoint = 1\n[boot]\nesp = \"/x\"\ntries = 2\n",
+        )
+        .unwrap();
         let cfg = BootConfig::load(&path).unwrap();
-        assert_eq!((cfg.esp, cfg.tries, cfg.bless), (PathBuf::from("/x"), 2, false));
+        assert_eq!(
+            (cfg.esp, cfg.tries, cfg.bless),
+            (PathBuf::from("/x"), 2, false)
+        );
         std::fs::write(&path, "central_endpoint = 1\n").unwrap();
         assert_eq!(BootConfig::load(&path).unwrap(), BootConfig::default());
         std::fs::write(&path, "[boot]\nesq = 1\n").unwrap();
@@ -209,8 +238,17 @@ mod tests {
         std::fs::write(dir.path().join("cairn-b+3-0.conf"), "title b\n").unwrap();
         let renamed = bless_entry(dir.path(), "cairn-a+2-1.conf", "cairn-a.conf").unwrap();
         assert_eq!(renamed.as_deref(), Some("cairn-a.conf"));
-        assert_eq!(std::fs::read_to_string(dir.path().join("cairn-a.conf")).unwrap(), "title a\n");
-        assert!(dir.path().join("cairn-b+3-0.conf").exists(), "the other slot is untouched");
-        assert_eq!(bless_entry(dir.path(), "cairn-a+2-1.conf", "cairn-a.conf").unwrap(), None);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("cairn-a.conf")).unwrap(),
+            "title a\n"
+        );
+        assert!(
+            dir.path().join("cairn-b+3-0.conf").exists(),
+            "the other slot is untouched"
+        );
+        assert_eq!(
+            bless_entry(dir.path(), "cairn-a+2-1.conf", "cairn-a.conf").unwrap(),
+            None
+        );
     }
 }

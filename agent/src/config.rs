@@ -330,10 +330,19 @@ impl AgentConfig {
             ));
         }
         if self.metrics_mounts.len() > 16 {
-            return Err(invalid("metrics_mounts", format!("lists {} mount points; keep it to 16", self.metrics_mounts.len())));
+            return Err(invalid(
+                "metrics_mounts",
+                format!(
+                    "lists {} mount points; keep it to 16",
+                    self.metrics_mounts.len()
+                ),
+            ));
         }
         if let Some(bad) = self.metrics_mounts.iter().find(|m| m.is_relative()) {
-            return Err(invalid("metrics_mounts", format!("{bad:?} is not an absolute path")));
+            return Err(invalid(
+                "metrics_mounts",
+                format!("{bad:?} is not an absolute path"),
+            ));
         }
         let f = self.renew_when_remaining_fraction;
         if !(f > 0.0 && f < 1.0) {

@@ -85,20 +85,37 @@ impl DiskConfig {
             }
         }
         if self.pending_recovery_key.is_absolute()
-            || self.pending_recovery_key.components().any(|c| matches!(c, std::path::Component::ParentDir))
+            || self
+                .pending_recovery_key
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
         {
-            return Err("`disk.pending_recovery_key` must be relative to `disk.mount_point`, without `..`".into());
+            return Err(
+                "`disk.pending_recovery_key` must be relative to `disk.mount_point`, without `..`"
+                    .into(),
+            );
         }
         if self.mapper_name.is_empty()
-            || !self.mapper_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !self
+                .mapper_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return Err("`disk.mapper_name` must be letters, digits, '-' or '_'".into());
         }
         if self.recovery_label.is_empty() || self.recovery_label.len() > 11 {
             return Err("`disk.recovery_label` must be 1-11 characters (a FAT label)".into());
         }
-        if self.pcrs.trim().is_empty() || !self.pcrs.split(',').all(|p| p.trim().parse::<u8>().is_ok_and(|n| n < 24)) {
-            return Err(format!("`disk.pcrs` must list PCR numbers 0-23 separated by ',', got {:?}", self.pcrs));
+        if self.pcrs.trim().is_empty()
+            || !self
+                .pcrs
+                .split(',')
+                .all(|p| p.trim().parse::<u8>().is_ok_and(|n| n < 24))
+        {
+            return Err(format!(
+                "`disk.pcrs` must list PCR numbers 0-23 separated by ',', got {:?}",
+                self.pcrs
+            ));
         }
         Ok(())
     }
@@ -115,7 +132,9 @@ pub struct PendingRecoveryKey {
 
 impl std::fmt::Debug for PendingRecoveryKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingRecoveryKey").field("luks_uuid", &self.luks_uuid).finish_non_exhaustive()
+        f.debug_struct("PendingRecoveryKey")
+            .field("luks_uuid", &self.luks_uuid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -140,8 +159,8 @@ mod unlock {
     use std::time::Duration;
 
     use cairn_disk::{
-        CryptsetupOpen, DataUnlock, RecoveryKey, RecoveryReason, ToolCommand, ToolError, UnlockError,
-        UnlockOutcome,
+        CryptsetupOpen, DataUnlock, RecoveryKey, RecoveryReason, ToolCommand, ToolError,
+        UnlockError, UnlockOutcome,
     };
     use cairn_tpm::PcrSelection;
 
@@ -180,7 +199,10 @@ mod unlock {
 
     fn flow(cfg: &DiskConfig, tcti: &str) -> Result<DataUnlock, DataError> {
         cfg.validate().map_err(DataError::Config)?;
-        let pcrs: PcrSelection = cfg.pcrs.parse().map_err(|e| DataError::Config(format!("disk.pcrs: {e}")))?;
+        let pcrs: PcrSelection = cfg
+            .pcrs
+            .parse()
+            .map_err(|e| DataError::Config(format!("disk.pcrs: {e}")))?;
         Ok(DataUnlock {
             tcti: tcti.to_string(),
             device: cfg.device.clone(),
@@ -195,9 +217,14 @@ mod unlock {
     /// new slot would boot with its data locked.
     pub fn seal_for_next_uki(cfg: &DiskConfig, tcti: &str, uki: &Path) -> Result<(), DataError> {
         let _span = tracing::info_span!("data.seal_for_next_boot", uki = %uki.display()).entered();
-        let bytes = std::fs::read(uki).map_err(|source| DataError::Io { what: "read", path: uki.into(), source })?;
-        let pcr11 = cairn_pe::predict_uki_pcr11(&bytes)
-            .map_err(|e| DataError::Config(format!("cannot predict PCR 11 of {}: {e}", uki.display())))?;
+        let bytes = std::fs::read(uki).map_err(|source| DataError::Io {
+            what: "read",
+            path: uki.into(),
+            source,
+        })?;
+        let pcr11 = cairn_pe::predict_uki_pcr11(&bytes).map_err(|e| {
+            DataError::Config(format!("cannot predict PCR 11 of {}: {e}", uki.display()))
+        })?;
         flow(cfg, tcti)?.seal_for_next_boot(&[(cairn_pe::UKI_PCR, pcr11)])?;
         Ok(())
     }
@@ -215,7 +242,11 @@ mod unlock {
         let _span = tracing::info_span!("data.unlock", device = %cfg.device.display()).entered();
         let flow = flow(cfg, tcti)?;
         if let Some(dir) = cfg.sealed_key.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| DataError::Io { what: "create", path: dir.into(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
+                what: "create",
+                path: dir.into(),
+                source,
+            })?;
         }
         if cfg.grow && !cairn_disk::is_luks(&cfg.device).map_err(UnlockError::from)? {
             match cairn_disk::grow_data_partition(&cfg.device) {
@@ -228,16 +259,24 @@ mod unlock {
                     }
                 }
                 // A smaller data partition still works: never block the first boot on it.
-                Err(e) => tracing::warn!(error = %e, "could not grow the data partition; using it as it is"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not grow the data partition; using it as it is")
+                }
             }
         }
         let status = match flow.unlock(&CryptsetupOpen)? {
-            UnlockOutcome::Formatted { opened, recovery_key } => {
+            UnlockOutcome::Formatted {
+                opened,
+                recovery_key,
+            } => {
                 make_filesystem(&opened)?;
                 park_recovery_key(cfg, &opened, &recovery_key)?;
                 status("formatted", None, vec![])
             }
-            UnlockOutcome::Opened { opened, new_recovery_key } => {
+            UnlockOutcome::Opened {
+                opened,
+                new_recovery_key,
+            } => {
                 // A power cut between luksFormat and mkfs leaves an empty volume: finish the job.
                 if blank(&opened)? {
                     tracing::warn!("the opened data volume has no file system (first boot was cut short): creating it");
@@ -250,13 +289,22 @@ mod unlock {
             }
             UnlockOutcome::NeedsRecovery(reason) => {
                 let changed = match &reason {
-                    RecoveryReason::PcrMismatch { changed_pcrs } => changed_pcrs.iter().map(ToString::to_string).collect(),
+                    RecoveryReason::PcrMismatch { changed_pcrs } => {
+                        changed_pcrs.iter().map(ToString::to_string).collect()
+                    }
                     _ => vec![],
                 };
                 match read_recovery_stick(cfg)? {
                     Some(key) => {
                         flow.recover(&key, &CryptsetupOpen)?;
-                        status("recovered", Some(format!("recovered with the key on the {} stick after: {reason}", cfg.recovery_label)), changed)
+                        status(
+                            "recovered",
+                            Some(format!(
+                                "recovered with the key on the {} stick after: {reason}",
+                                cfg.recovery_label
+                            )),
+                            changed,
+                        )
                     }
                     None => {
                         let locked = status("locked", Some(reason.to_string()), changed);
@@ -287,12 +335,20 @@ mod unlock {
     }
 
     fn status(state: &str, reason: Option<String>, changed_pcrs: Vec<String>) -> LockStatus {
-        LockStatus { state: state.into(), reason, changed_pcrs }
+        LockStatus {
+            state: state.into(),
+            reason,
+            changed_pcrs,
+        }
     }
 
     fn write_status(cfg: &DiskConfig, status: &LockStatus) -> Result<(), DataError> {
         let path = &cfg.lock_status;
-        let io = |source| DataError::Io { what: "write", path: path.clone(), source };
+        let io = |source| DataError::Io {
+            what: "write",
+            path: path.clone(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
@@ -331,7 +387,11 @@ mod unlock {
         options: &str,
         f: impl FnOnce(&Path) -> Result<T, DataError>,
     ) -> Result<T, DataError> {
-        std::fs::create_dir_all(dir).map_err(|source| DataError::Io { what: "create", path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
+            what: "create",
+            path: dir.into(),
+            source,
+        })?;
         ToolCommand::new("mount", "mount")
             .arg("-o")
             .arg(options)
@@ -340,42 +400,57 @@ mod unlock {
             .timeout(Duration::from_secs(60))
             .run()?;
         let result = f(dir);
-        let unmounted = ToolCommand::new("umount", "unmount").arg(dir).timeout(Duration::from_secs(60)).run();
+        let unmounted = ToolCommand::new("umount", "unmount")
+            .arg(dir)
+            .timeout(Duration::from_secs(60))
+            .run();
         let value = result?;
         unmounted?;
         Ok(value)
     }
 
     /// Write the recovery key (0600, fsynced) onto the new file system for the agent to escrow.
-    fn park_recovery_key(cfg: &DiskConfig, opened: &Path, key: &RecoveryKey) -> Result<(), DataError> {
+    fn park_recovery_key(
+        cfg: &DiskConfig,
+        opened: &Path,
+        key: &RecoveryKey,
+    ) -> Result<(), DataError> {
         let pending = PendingRecoveryKey {
             recovery_key: key.expose().to_string(),
             luks_uuid: cairn_disk::luks_uuid(&cfg.device).map_err(UnlockError::from)?,
         };
         let json = serde_json::to_vec(&pending).expect("pending key serializes");
-        with_mounted(opened, Path::new("/run/cairn/data-setup"), "nodev,nosuid,noexec", |root| {
-            let path = root.join(&cfg.pending_recovery_key);
-            let io = |what: &'static str| {
-                let path = path.clone();
-                move |source| DataError::Io { what, path, source }
-            };
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(io("create the directory of"))?;
-                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        with_mounted(
+            opened,
+            Path::new("/run/cairn/data-setup"),
+            "nodev,nosuid,noexec",
+            |root| {
+                let path = root.join(&cfg.pending_recovery_key);
+                let io = |what: &'static str| {
+                    let path = path.clone();
+                    move |source| DataError::Io { what, path, source }
+                };
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io("create the directory of"))?;
+                    std::fs::set_permissions(
+                        dir,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                    )
                     .map_err(io("restrict the directory of"))?;
-            }
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io("create"))?;
-            file.write_all(&json).map_err(io("write"))?;
-            file.sync_all().map_err(io("sync"))?;
-            tracing::info!("recovery key parked on the data partition until central has it");
-            Ok(())
-        })
+                }
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io("create"))?;
+                file.write_all(&json).map_err(io("write"))?;
+                file.sync_all().map_err(io("sync"))?;
+                tracing::info!("recovery key parked on the data partition until central has it");
+                Ok(())
+            },
+        )
     }
 
     /// The recovery key on a stick labelled `recovery_label`, if one is plugged in. udev may still
@@ -391,15 +466,29 @@ mod unlock {
             std::thread::sleep(Duration::from_millis(250));
         }
         let _span = tracing::info_span!("data.recovery_stick", stick = %link.display()).entered();
-        let text = with_mounted(&link, Path::new("/run/cairn/recovery-stick"), "ro,nodev,nosuid,noexec", |root| {
-            let path = root.join(RECOVERY_KEY_FILE);
-            let bytes = std::fs::read(&path).map_err(|source| DataError::Io { what: "read", path: path.clone(), source })?;
-            if bytes.len() > 4096 {
-                let problem = format!("larger than 4 KiB; {RECOVERY_KEY_FILE} should hold only the key");
-                return Err(DataError::Io { what: "read", path, source: std::io::Error::new(std::io::ErrorKind::InvalidData, problem) });
-            }
-            Ok(bytes)
-        });
+        let text = with_mounted(
+            &link,
+            Path::new("/run/cairn/recovery-stick"),
+            "ro,nodev,nosuid,noexec",
+            |root| {
+                let path = root.join(RECOVERY_KEY_FILE);
+                let bytes = std::fs::read(&path).map_err(|source| DataError::Io {
+                    what: "read",
+                    path: path.clone(),
+                    source,
+                })?;
+                if bytes.len() > 4096 {
+                    let problem =
+                        format!("larger than 4 KiB; {RECOVERY_KEY_FILE} should hold only the key");
+                    return Err(DataError::Io {
+                        what: "read",
+                        path,
+                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, problem),
+                    });
+                }
+                Ok(bytes)
+            },
+        );
         let text = match text {
             Ok(text) => text,
             Err(e) => {
@@ -423,15 +512,37 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_bad_fields_are_named() {
-        let cfg = DiskConfig { enabled: true, ..DiskConfig::default() };
+        let cfg = DiskConfig {
+            enabled: true,
+            ..DiskConfig::default()
+        };
         cfg.validate().unwrap();
-        assert_eq!(cfg.pending_recovery_key_path(), Path::new("/data/cairn/recovery-key.pending"));
+        assert_eq!(
+            cfg.pending_recovery_key_path(),
+            Path::new("/data/cairn/recovery-key.pending")
+        );
         for (edit, field) in [
-            (Box::new(|c: &mut DiskConfig| c.recovery_label = "CAIRN-RECOVERY".into()) as Box<dyn Fn(&mut DiskConfig)>, "recovery_label"),
-            (Box::new(|c: &mut DiskConfig| c.pcrs = "7,99".into()), "pcrs"),
-            (Box::new(|c: &mut DiskConfig| c.pending_recovery_key = "../escape".into()), "pending_recovery_key"),
-            (Box::new(|c: &mut DiskConfig| c.device = "relative".into()), "disk.device"),
-            (Box::new(|c: &mut DiskConfig| c.mapper_name = "a b".into()), "mapper_name"),
+            (
+                Box::new(|c: &mut DiskConfig| c.recovery_label = "CAIRN-RECOVERY".into())
+                    as Box<dyn Fn(&mut DiskConfig)>,
+                "recovery_label",
+            ),
+            (
+                Box::new(|c: &mut DiskConfig| c.pcrs = "7,99".into()),
+                "pcrs",
+            ),
+            (
+                Box::new(|c: &mut DiskConfig| c.pending_recovery_key = "../escape".into()),
+                "pending_recovery_key",
+            ),
+            (
+                Box::new(|c: &mut DiskConfig| c.device = "relative".into()),
+                "disk.device",
+            ),
+            (
+                Box::new(|c: &mut DiskConfig| c.mapper_name = "a b".into()),
+                "mapper_name",
+            ),
         ] {
             let mut bad = cfg.clone();
             edit(&mut bad);
@@ -439,7 +550,10 @@ mod tests {
             assert!(problem.contains(field), "{problem} should name {field}");
         }
         // Disabled: nothing is checked (the fields are unused).
-        let off = DiskConfig { recovery_label: String::new(), ..DiskConfig::default() };
+        let off = DiskConfig {
+            recovery_label: String::new(),
+            ..DiskConfig::default()
+        };
         off.validate().unwrap();
     }
 }

@@ -172,8 +172,13 @@ fn main() -> anyhow::Result<()> {
         Command::StopApps { config } => {
             let config = AgentConfig::load(&config)?;
             let stopped = runtime
-                .block_on(cairn_agent::apps::stop_apps(&config.apps, &config.state_dir))
-                .context("cannot stop the apps; systemd kills what is left at the end of the shutdown")?;
+                .block_on(cairn_agent::apps::stop_apps(
+                    &config.apps,
+                    &config.state_dir,
+                ))
+                .context(
+                    "cannot stop the apps; systemd kills what is left at the end of the shutdown",
+                )?;
             println!("cairn-apps: stopped {stopped} app task(s)");
             Ok(())
         }
@@ -247,5 +252,7 @@ fn unlock(config: &AgentConfig) -> anyhow::Result<()> {
 
 #[cfg(not(feature = "tpm"))]
 fn unlock(_config: &AgentConfig) -> anyhow::Result<()> {
-    anyhow::bail!("this cairn-agent was built without the `tpm` feature: it cannot unlock the data partition")
+    anyhow::bail!(
+        "this cairn-agent was built without the `tpm` feature: it cannot unlock the data partition"
+    )
 }

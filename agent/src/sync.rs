@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, DesiredState, EscrowRecoveryKeyRequest, Heartbeat,
-    RenewRequest,
-};
 use cairn_proto::v1::agent_client::AgentClient;
+use cairn_proto::v1::{
+    agent_message, central_message, AgentMessage, DesiredState, EscrowRecoveryKeyRequest,
+    Heartbeat, RenewRequest,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -218,7 +218,10 @@ impl Agent {
     /// Hands central the recovery key the unlock step parked on the data partition, then deletes
     /// the file. Nothing to do when there is none. A failure keeps the file for the next
     /// connection.
-    pub async fn escrow_pending_recovery_key(&self, identity: &StoredIdentity) -> Result<(), SyncError> {
+    pub async fn escrow_pending_recovery_key(
+        &self,
+        identity: &StoredIdentity,
+    ) -> Result<(), SyncError> {
         if !self.config.disk.enabled {
             return Ok(());
         }
@@ -229,7 +232,10 @@ impl Agent {
             let Some(bytes) = blocking(move || match std::fs::read(&read_path) {
                 Ok(bytes) => Ok(Some(bytes)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(StateError::Read { path: read_path.clone(), source }),
+                Err(source) => Err(StateError::Read {
+                    path: read_path.clone(),
+                    source,
+                }),
             })
             .await?
             else {
@@ -237,7 +243,10 @@ impl Agent {
             };
             let pending: crate::data::PendingRecoveryKey =
                 serde_json::from_slice(&bytes).map_err(|e| {
-                    SyncError::State(StateError::Corrupt { path: path.clone(), reason: e.to_string() })
+                    SyncError::State(StateError::Corrupt {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })
                 })?;
             let request = EscrowRecoveryKeyRequest {
                 recovery_key: pending.recovery_key,
@@ -249,8 +258,10 @@ impl Agent {
             .await?;
             let remove_path = path.clone();
             blocking(move || {
-                std::fs::remove_file(&remove_path)
-                    .map_err(|source| StateError::Write { path: remove_path.clone(), source })
+                std::fs::remove_file(&remove_path).map_err(|source| StateError::Write {
+                    path: remove_path.clone(),
+                    source,
+                })
             })
             .await?;
             info!("recovery key escrowed to central and removed from the device");
@@ -277,24 +288,42 @@ impl Agent {
     /// Move queued events onto the stream while it has room; the rest wait for the next call.
     fn send_queued_events(&self, tx: &mpsc::Sender<AgentMessage>) {
         while let Ok(permit) = tx.try_reserve() {
-            let Some(event) = self.events.pop() else { return };
+            let Some(event) = self.events.pop() else {
+                return;
+            };
             debug!(kind = %event.kind, "event sent");
-            permit.send(AgentMessage { kind: Some(agent_message::Kind::Event(event)) });
+            permit.send(AgentMessage {
+                kind: Some(agent_message::Kind::Event(event)),
+            });
         }
     }
 
     /// Read the requested log lines off the session's loop and send the reply on the stream.
-    fn spawn_log_reply(&self, request: cairn_proto::v1::LogRequest, tx: mpsc::Sender<AgentMessage>) {
-        let mut runtime = cairn_runtime::container::RuntimeConfig::new(self.config.apps.data_dir(&self.config.state_dir));
+    fn spawn_log_reply(
+        &self,
+        request: cairn_proto::v1::LogRequest,
+        tx: mpsc::Sender<AgentMessage>,
+    ) {
+        let mut runtime = cairn_runtime::container::RuntimeConfig::new(
+            self.config.apps.data_dir(&self.config.state_dir),
+        );
         runtime.runc_root = self.config.apps.runc_root.clone();
         let journalctl = std::path::PathBuf::from("journalctl");
-        tokio::spawn(async move {
-            let reply = crate::log_requests::answer(runtime, journalctl, request).await;
-            let message = AgentMessage { kind: Some(agent_message::Kind::Reply(reply)) };
-            if tokio::time::timeout(REQUEST_TIMEOUT, tx.send(message)).await.is_err() {
-                warn!("a log reply could not be sent: the stream to central is backed up");
+        tokio::spawn(
+            async move {
+                let reply = crate::log_requests::answer(runtime, journalctl, request).await;
+                let message = AgentMessage {
+                    kind: Some(agent_message::Kind::Reply(reply)),
+                };
+                if tokio::time::timeout(REQUEST_TIMEOUT, tx.send(message))
+                    .await
+                    .is_err()
+                {
+                    warn!("a log reply could not be sent: the stream to central is backed up");
+                }
             }
-        }.in_current_span());
+            .in_current_span(),
+        );
     }
 
     /// Stores a newer desired state, publishes it and hands it to the sink; older or equal

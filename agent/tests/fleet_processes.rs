@@ -48,7 +48,11 @@ impl AgentProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("cairn-agent starts");
-        Self { child, state_dir, log }
+        Self {
+            child,
+            state_dir,
+            log,
+        }
     }
 
     fn status(&self) -> Value {
@@ -68,7 +72,10 @@ impl AgentProcess {
             }
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                panic!("agent {} never reached {phase}; status {status}\nlog:\n{log}", self.state_dir.display());
+                panic!(
+                    "agent {} never reached {phase}; status {status}\nlog:\n{log}",
+                    self.state_dir.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -88,7 +95,13 @@ async fn central_and_agent_processes_enroll_under_every_policy() {
     let (_, manual) = central.token("manual", None, None);
     let (_, claim) = central.token("claim", None, None);
 
-    let software = AgentProcess::start(&central, dir.path(), "software", &auto, "key_storage = \"software\"\nserial = \"SN-SOFT\"");
+    let software = AgentProcess::start(
+        &central,
+        dir.path(),
+        "software",
+        &auto,
+        "key_storage = \"software\"\nserial = \"SN-SOFT\"",
+    );
     let swtpm = tpm_available.then(cairn_testsupport::Swtpm::start);
     let tpm = swtpm.as_ref().map(|tpm| {
         AgentProcess::start(
@@ -96,17 +109,38 @@ async fn central_and_agent_processes_enroll_under_every_policy() {
             dir.path(),
             "tpm",
             &auto,
-            &format!("key_storage = \"tpm\"\ntpm_tcti = {:?}\nserial = \"SN-TPM\"", tpm.tcti()),
+            &format!(
+                "key_storage = \"tpm\"\ntpm_tcti = {:?}\nserial = \"SN-TPM\"",
+                tpm.tcti()
+            ),
         )
     });
-    let waiting = AgentProcess::start(&central, dir.path(), "manual", &manual, "key_storage = \"software\"\nserial = \"SN-WAIT\"");
-    let stranger = AgentProcess::start(&central, dir.path(), "stranger", &claim, "key_storage = \"software\"\nserial = \"SN-UNCLAIMED\"");
+    let waiting = AgentProcess::start(
+        &central,
+        dir.path(),
+        "manual",
+        &manual,
+        "key_storage = \"software\"\nserial = \"SN-WAIT\"",
+    );
+    let stranger = AgentProcess::start(
+        &central,
+        dir.path(),
+        "stranger",
+        &claim,
+        "key_storage = \"software\"\nserial = \"SN-UNCLAIMED\"",
+    );
 
-    let soft_id = software.wait_phase("connected").await["device_id"].as_str().unwrap().to_owned();
+    let soft_id = software.wait_phase("connected").await["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(device(&central, &soft_id)["key_storage"], "software");
     let mut tpm_id = None;
     if let Some(tpm) = &tpm {
-        let id = tpm.wait_phase("connected").await["device_id"].as_str().unwrap().to_owned();
+        let id = tpm.wait_phase("connected").await["device_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let shown = device(&central, &id);
         assert_eq!(shown["key_storage"], "tpm");
         assert_eq!(shown["tpm_ek_sha256"].as_str().unwrap().len(), 64);
@@ -115,41 +149,81 @@ async fn central_and_agent_processes_enroll_under_every_policy() {
     }
 
     // Manual: pending until approved, then connected with no one touching the device.
-    let pending_id = waiting.wait_phase("pending").await["device_id"].as_str().unwrap().to_owned();
+    let pending_id = waiting.wait_phase("pending").await["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(device(&central, &pending_id)["status"], "pending");
-    central.admin_call("POST", &format!("/api/v1/devices/{pending_id}/approve"), None);
+    central.admin_call(
+        "POST",
+        &format!("/api/v1/devices/{pending_id}/approve"),
+        None,
+    );
     waiting.wait_phase("connected").await;
 
     // Claim: an unknown serial is refused, and the agent says why.
     let refused = stranger.wait_phase("refused").await;
-    assert!(refused["last_error"].as_str().unwrap().contains("not claimed"), "{refused}");
-    central.admin_call("POST", "/api/v1/claims", Some(json!({ "serial": "SN-UNCLAIMED" })));
+    assert!(
+        refused["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not claimed"),
+        "{refused}"
+    );
+    central.admin_call(
+        "POST",
+        "/api/v1/claims",
+        Some(json!({ "serial": "SN-UNCLAIMED" })),
+    );
     stranger.wait_phase("connected").await;
 
     // Revocation: the open stream is cut and the agent knows it.
     central.admin_call("POST", &format!("/api/v1/devices/{soft_id}/revoke"), None);
     software.wait_phase("revoked").await;
-    assert!(software.state_dir.join("device-key.p8").exists(), "a revoked agent keeps its key");
+    assert!(
+        software.state_dir.join("device-key.p8").exists(),
+        "a revoked agent keeps its key"
+    );
 
     // Central restart: nothing lost, every live agent comes back by itself, no re-enrollment.
     let before = central.admin_call("GET", "/api/v1/devices", None);
     central.restart().await;
     let after = central.admin_call("GET", "/api/v1/devices", None);
-    assert_eq!(before["devices"].as_array().unwrap().len(), after["devices"].as_array().unwrap().len());
+    assert_eq!(
+        before["devices"].as_array().unwrap().len(),
+        after["devices"].as_array().unwrap().len()
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let expected_online = 2 + usize::from(tpm_id.is_some());
     loop {
         let listed = central.admin_call("GET", "/api/v1/devices", None);
-        let online = listed["devices"].as_array().unwrap().iter().filter(|d| d["online"] == true).count();
+        let online = listed["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["online"] == true)
+            .count();
         if online == expected_online {
             break;
         }
-        assert!(Instant::now() < deadline, "agents did not reconnect after restart: {listed}");
+        assert!(
+            Instant::now() < deadline,
+            "agents did not reconnect after restart: {listed}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(device(&central, &soft_id)["status"], "revoked");
     assert_eq!(device(&central, &soft_id)["online"], false);
     let tokens = central.admin_call("GET", "/api/v1/enrollment-tokens", None);
-    let uses: u64 = tokens["tokens"].as_array().unwrap().iter().map(|t| t["uses"].as_u64().unwrap()).sum();
-    assert_eq!(uses, 3 + u64::from(tpm_id.is_some()), "reconnects must not enroll again: {tokens}");
+    let uses: u64 = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["uses"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        uses,
+        3 + u64::from(tpm_id.is_some()),
+        "reconnects must not enroll again: {tokens}"
+    );
 }

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::CertificateSigningRequestDer;
 use time::{Duration, OffsetDateTime};
@@ -38,7 +38,9 @@ pub enum CaError {
     #[error("certificate signing request refused: {0}")]
     BadCsr(String),
     /// A configured server name is not a valid DNS name or IP.
-    #[error("server name {0:?} is not a valid DNS name or IP address; fix server_names in the config")]
+    #[error(
+        "server name {0:?} is not a valid DNS name or IP address; fix server_names in the config"
+    )]
     BadServerName(String),
     /// rcgen failed to build or sign.
     #[error("could not sign certificate: {0}")]
@@ -113,9 +115,11 @@ impl FleetCa {
         params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
-        write_private_file(&key_path, key.serialize_pem().as_bytes()).map_err(|source| CaError::Io {
-            path: key_path.clone(),
-            source,
+        write_private_file(&key_path, key.serialize_pem().as_bytes()).map_err(|source| {
+            CaError::Io {
+                path: key_path.clone(),
+                source,
+            }
         })?;
         write_public_file(&cert_path, cert.pem().as_bytes()).map_err(|source| CaError::Io {
             path: cert_path.clone(),
@@ -180,9 +184,10 @@ impl FleetCa {
         dn.push(DnType::CommonName, device_id);
         params.distinguished_name = dn;
         let uri = format!("{}{device_id}", cairn_proto::DEVICE_URI_PREFIX);
-        params.subject_alt_names = vec![SanType::URI(
-            uri.try_into().map_err(|_| CaError::BadCsr("device id is not URI-safe".into()))?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(uri.try_into().map_err(|_| {
+                CaError::BadCsr("device id is not URI-safe".into())
+            })?)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = OffsetDateTime::now_utc();
@@ -210,15 +215,23 @@ impl FleetCa {
 pub fn verify_csr(der: &[u8]) -> Result<VerifiedCsr, CaError> {
     use x509_parser::prelude::FromDer;
     if der.is_empty() {
-        return Err(CaError::BadCsr("the CSR is empty; send a DER PKCS#10 request".into()));
+        return Err(CaError::BadCsr(
+            "the CSR is empty; send a DER PKCS#10 request".into(),
+        ));
     }
     let (rest, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
         .map_err(|e| CaError::BadCsr(format!("not a DER PKCS#10 request ({e})")))?;
     if !rest.is_empty() {
-        return Err(CaError::BadCsr(format!("{} trailing bytes after the request", rest.len())));
+        return Err(CaError::BadCsr(format!(
+            "{} trailing bytes after the request",
+            rest.len()
+        )));
     }
-    csr.verify_signature()
-        .map_err(|e| CaError::BadCsr(format!("signature does not verify ({e:?}); the CSR must be signed by the device key")))?;
+    csr.verify_signature().map_err(|e| {
+        CaError::BadCsr(format!(
+            "signature does not verify ({e:?}); the CSR must be signed by the device key"
+        ))
+    })?;
     let spki = &csr.certification_request_info.subject_pki;
     let is_p256 = spki.algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
         && spki
@@ -228,11 +241,14 @@ pub fn verify_csr(der: &[u8]) -> Result<VerifiedCsr, CaError> {
             .and_then(|p| p.as_oid().ok())
             .is_some_and(|oid| oid == x509_parser::oid_registry::OID_EC_P256);
     if !is_p256 {
-        return Err(CaError::BadCsr("the key is not ECDSA P-256; agents must use P-256 device keys".into()));
+        return Err(CaError::BadCsr(
+            "the key is not ECDSA P-256; agents must use P-256 device keys".into(),
+        ));
     }
     let spki_der = spki.raw.to_vec();
-    let params = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
-        .map_err(|e| CaError::BadCsr(e.to_string()))?;
+    let params =
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
     Ok(VerifiedCsr { params, spki_der })
 }
 
@@ -279,7 +295,9 @@ mod tests {
         let second = FleetCa::load_or_create(dir.path()).unwrap();
         assert_eq!(first.cert_der(), second.cert_der());
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join("ca.key")).unwrap().permissions(),
+            &std::fs::metadata(dir.path().join("ca.key"))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
     }
@@ -287,7 +305,10 @@ mod tests {
     #[test]
     fn refuses_garbage_and_tampered_csrs() {
         assert!(matches!(verify_csr(b""), Err(CaError::BadCsr(_))));
-        assert!(matches!(verify_csr(b"\x30\x03garbage"), Err(CaError::BadCsr(_))));
+        assert!(matches!(
+            verify_csr(b"\x30\x03garbage"),
+            Err(CaError::BadCsr(_))
+        ));
         let key = KeyPair::generate().unwrap();
         let mut der = csr_der(&key);
         let mid = der.len() / 2;

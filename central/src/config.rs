@@ -205,13 +205,19 @@ impl CentralConfig {
         if self.max_bundle_bytes < MIN_BUNDLE_BYTES {
             return Err(ConfigError::Invalid {
                 field: "max_bundle_bytes",
-                problem: format!("is {}; use at least {MIN_BUNDLE_BYTES} (the default is 2 GiB)", self.max_bundle_bytes),
+                problem: format!(
+                    "is {}; use at least {MIN_BUNDLE_BYTES} (the default is 2 GiB)",
+                    self.max_bundle_bytes
+                ),
             });
         }
         if !(1..=7 * 24 * 3600).contains(&self.placement_offline_grace_seconds) {
             return Err(ConfigError::Invalid {
                 field: "placement_offline_grace_seconds",
-                problem: format!("is {}; use 1 to 604800 (a week); the default is 60", self.placement_offline_grace_seconds),
+                problem: format!(
+                    "is {}; use 1 to 604800 (a week); the default is 60",
+                    self.placement_offline_grace_seconds
+                ),
             });
         }
         if let Some(url) = &self.database_url {
@@ -219,26 +225,37 @@ impl CentralConfig {
             if !scheme_ok || url.parse::<postgres::Config>().is_err() {
                 return Err(ConfigError::Invalid {
                     field: "database_url",
-                    problem: "is not a PostgreSQL URL; use postgres://user:password@host:port/database".into(),
+                    problem:
+                        "is not a PostgreSQL URL; use postgres://user:password@host:port/database"
+                            .into(),
                 });
             }
         }
         if !(5..=3600).contains(&self.remote_presence_seconds) {
             return Err(ConfigError::Invalid {
                 field: "remote_presence_seconds",
-                problem: format!("is {}; use 5 to 3600 (the default is 45)", self.remote_presence_seconds),
+                problem: format!(
+                    "is {}; use 5 to 3600 (the default is 45)",
+                    self.remote_presence_seconds
+                ),
             });
         }
         if !(100..=100_000_000).contains(&self.events_keep) {
             return Err(ConfigError::Invalid {
                 field: "events_keep",
-                problem: format!("is {}; use 100 to 100000000 (the default is 100000)", self.events_keep),
+                problem: format!(
+                    "is {}; use 100 to 100000000 (the default is 100000)",
+                    self.events_keep
+                ),
             });
         }
         if !(1..=300).contains(&self.log_request_timeout_seconds) {
             return Err(ConfigError::Invalid {
                 field: "log_request_timeout_seconds",
-                problem: format!("is {}; use 1 to 300 (the default is 15)", self.log_request_timeout_seconds),
+                problem: format!(
+                    "is {}; use 1 to 300 (the default is 15)",
+                    self.log_request_timeout_seconds
+                ),
             });
         }
         if let Some(keyring) = &self.update_keyring {
@@ -253,7 +270,10 @@ impl CentralConfig {
             }
         }
         if let Some(compatible) = &self.update_compatible {
-            if compatible.is_empty() || compatible.len() > 128 || !compatible.chars().all(|c| c.is_ascii_graphic()) {
+            if compatible.is_empty()
+                || compatible.len() > 128
+                || !compatible.chars().all(|c| c.is_ascii_graphic())
+            {
                 return Err(ConfigError::Invalid {
                     field: "update_compatible",
                     problem: format!("{compatible:?} must be 1-128 printable ASCII characters without spaces, like `cairn-qemu-x86_64`"),
@@ -277,7 +297,8 @@ mod tests {
 
     #[test]
     fn unknown_field_is_named() {
-        let err = toml::from_str::<CentralConfig>("data_dir = \"/x\"\ngrpc_port = 1\n").unwrap_err();
+        let err =
+            toml::from_str::<CentralConfig>("data_dir = \"/x\"\ngrpc_port = 1\n").unwrap_err();
         assert!(err.to_string().contains("grpc_port"), "{err}");
     }
 
@@ -286,17 +307,27 @@ mod tests {
         let mut c = CentralConfig::with_data_dir("/x");
         c.database_url = Some("mysql://root:hunter2@db/cairn".into());
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("database_url") && !err.contains("hunter2"), "{err}");
+        assert!(
+            err.contains("database_url") && !err.contains("hunter2"),
+            "{err}"
+        );
         c.database_url = Some("postgres://cairn:hunter2@127.0.0.1:5432/cairn".into());
         c.validate().unwrap();
-        assert_eq!(crate::store::redact_url(c.database_url.as_deref().unwrap()), "postgres://cairn@127.0.0.1/cairn");
+        assert_eq!(
+            crate::store::redact_url(c.database_url.as_deref().unwrap()),
+            "postgres://cairn@127.0.0.1/cairn"
+        );
     }
 
     #[test]
     fn zero_retry_is_refused() {
         let mut c = CentralConfig::with_data_dir("/x");
         c.pending_retry_seconds = 0;
-        assert!(c.validate().unwrap_err().to_string().contains("pending_retry_seconds"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("pending_retry_seconds"));
     }
 
     #[test]
@@ -304,12 +335,24 @@ mod tests {
         let mut c = CentralConfig::with_data_dir("/x");
         assert_eq!(c.max_bundle_bytes, 2 << 30);
         c.max_bundle_bytes = 10;
-        assert!(c.validate().unwrap_err().to_string().contains("max_bundle_bytes"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_bundle_bytes"));
         let mut c = CentralConfig::with_data_dir("/x");
         c.update_keyring = Some("/nonexistent/update.cert.pem".into());
-        assert!(c.validate().unwrap_err().to_string().contains("update_keyring"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("update_keyring"));
         let mut c = CentralConfig::with_data_dir("/x");
         c.update_compatible = Some("has space".into());
-        assert!(c.validate().unwrap_err().to_string().contains("update_compatible"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("update_compatible"));
     }
 }

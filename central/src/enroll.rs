@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use cairn_proto::v1::HardwareFacts;
 use crate::store::db::{Connection, OptionalExtension};
+use cairn_proto::v1::HardwareFacts;
 
 use crate::ca::{verify_csr, CaError, FleetCa, IssuedCertificate, VerifiedCsr};
 use crate::store::devices::{self, DeviceFacts};
@@ -20,7 +20,9 @@ pub enum EnrollError {
     #[error("enrollment token {0} was revoked; build the image with a current token")]
     TokenRevoked(String),
     /// Past its expiry.
-    #[error("enrollment token {id} expired at {at}; create a new one with `cairnctl token create`")]
+    #[error(
+        "enrollment token {id} expired at {at}; create a new one with `cairnctl token create`"
+    )]
     TokenExpired {
         /// Token id.
         id: String,
@@ -79,7 +81,9 @@ impl EnrollError {
     pub fn to_status(&self) -> tonic::Status {
         use tonic::Status;
         match self {
-            EnrollError::UnknownToken | EnrollError::Unauthenticated(_) => Status::unauthenticated(self.to_string()),
+            EnrollError::UnknownToken | EnrollError::Unauthenticated(_) => {
+                Status::unauthenticated(self.to_string())
+            }
             EnrollError::Ca(CaError::BadCsr(_)) | EnrollError::BadFacts(_) => {
                 Status::invalid_argument(self.to_string())
             }
@@ -112,24 +116,33 @@ pub enum EnrollOutcome {
 /// Check and normalise what the agent reports.
 pub fn validate_facts(facts: Option<&HardwareFacts>) -> Result<DeviceFacts, EnrollError> {
     let facts = facts.ok_or_else(|| EnrollError::BadFacts("missing".into()))?;
-    let text = |name: &str, value: &str, max: usize, required: bool| -> Result<String, EnrollError> {
-        if required && value.is_empty() {
-            return Err(EnrollError::BadFacts(format!("{name} is empty")));
-        }
-        if value.len() > max {
-            return Err(EnrollError::BadFacts(format!("{name} is longer than {max} bytes")));
-        }
-        if value.chars().any(char::is_control) {
-            return Err(EnrollError::BadFacts(format!("{name} contains control characters")));
-        }
-        Ok(value.to_owned())
-    };
+    let text =
+        |name: &str, value: &str, max: usize, required: bool| -> Result<String, EnrollError> {
+            if required && value.is_empty() {
+                return Err(EnrollError::BadFacts(format!("{name} is empty")));
+            }
+            if value.len() > max {
+                return Err(EnrollError::BadFacts(format!(
+                    "{name} is longer than {max} bytes"
+                )));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(EnrollError::BadFacts(format!(
+                    "{name} contains control characters"
+                )));
+            }
+            Ok(value.to_owned())
+        };
     let ek = facts.tpm_ek_sha256.to_ascii_lowercase();
     if !ek.is_empty() && (ek.len() != 64 || !ek.bytes().all(|b| b.is_ascii_hexdigit())) {
-        return Err(EnrollError::BadFacts("tpm_ek_sha256 must be 64 hex characters or empty".into()));
+        return Err(EnrollError::BadFacts(
+            "tpm_ek_sha256 must be 64 hex characters or empty".into(),
+        ));
     }
     if !matches!(facts.key_storage.as_str(), "tpm" | "software") {
-        return Err(EnrollError::BadFacts("key_storage must be \"tpm\" or \"software\"".into()));
+        return Err(EnrollError::BadFacts(
+            "key_storage must be \"tpm\" or \"software\"".into(),
+        ));
     }
     Ok(DeviceFacts {
         serial: text("serial", &facts.serial, 128, true)?,
@@ -156,17 +169,23 @@ pub fn enroll(
         // A known key: the same device asking again (pending poll, or it lost its certificate).
         let outcome = match device.status {
             DeviceStatus::Revoked => return Err(EnrollError::DeviceRevoked(device.id)),
-            DeviceStatus::Pending => EnrollOutcome::Pending { device_id: device.id },
+            DeviceStatus::Pending => EnrollOutcome::Pending {
+                device_id: device.id,
+            },
             DeviceStatus::Active => {
                 let cert = issue(&tx, ca, &device.id, csr, cert_lifetime_seconds)?;
                 devices::update_reported(&tx, &device.id, facts)?;
-                EnrollOutcome::Approved { device_id: device.id, cert }
+                EnrollOutcome::Approved {
+                    device_id: device.id,
+                    cert,
+                }
             }
         };
         tx.commit().map_err(StoreError::from)?;
         return Ok(outcome);
     }
-    let token = tokens::enrollment_token_by_secret(&tx, token_secret)?.ok_or(EnrollError::UnknownToken)?;
+    let token =
+        tokens::enrollment_token_by_secret(&tx, token_secret)?.ok_or(EnrollError::UnknownToken)?;
     if token.revoked {
         return Err(EnrollError::TokenRevoked(token.id));
     }
@@ -182,20 +201,30 @@ pub fn enroll(
     let device_id = new_id("dev");
     let claim = match token.policy {
         Policy::Claim => {
-            let claim = tokens::matching_claim(&tx, &facts.serial, &facts.tpm_ek_sha256)?.ok_or_else(|| {
-                EnrollError::NotClaimed {
+            let claim = tokens::matching_claim(&tx, &facts.serial, &facts.tpm_ek_sha256)?
+                .ok_or_else(|| EnrollError::NotClaimed {
                     serial: facts.serial.clone(),
-                    ek: if facts.tpm_ek_sha256.is_empty() { "none".into() } else { facts.tpm_ek_sha256.clone() },
-                }
-            })?;
+                    ek: if facts.tpm_ek_sha256.is_empty() {
+                        "none".into()
+                    } else {
+                        facts.tpm_ek_sha256.clone()
+                    },
+                })?;
             if let Some(used_by) = claim.device_id {
-                return Err(EnrollError::ClaimUsed { value: claim.value, device_id: used_by });
+                return Err(EnrollError::ClaimUsed {
+                    value: claim.value,
+                    device_id: used_by,
+                });
             }
             Some(claim.id)
         }
         Policy::Auto | Policy::Manual => None,
     };
-    let status = if token.policy == Policy::Manual { DeviceStatus::Pending } else { DeviceStatus::Active };
+    let status = if token.policy == Policy::Manual {
+        DeviceStatus::Pending
+    } else {
+        DeviceStatus::Active
+    };
     devices::insert(&tx, &device_id, status, &key_sha256, facts, &token.id)?;
     tokens::use_enrollment_token(&tx, &token.id)?;
     if let Some(claim_id) = &claim {
@@ -225,7 +254,12 @@ pub fn enroll(
     );
     crate::store::events::insert(
         &tx,
-        &crate::store::events::NewEvent::now(Some(&device_id), "device.enrolled", crate::store::events::Severity::Info, message),
+        &crate::store::events::NewEvent::now(
+            Some(&device_id),
+            "device.enrolled",
+            crate::store::events::Severity::Info,
+            message,
+        ),
     )?;
     let outcome = match status {
         DeviceStatus::Active => {
@@ -256,8 +290,8 @@ pub fn renew(
         )
         .optional()
         .map_err(StoreError::from)?;
-    let (enrolled_key, status) =
-        key_sha256.ok_or_else(|| EnrollError::Unauthenticated(format!("unknown device {device_id}")))?;
+    let (enrolled_key, status) = key_sha256
+        .ok_or_else(|| EnrollError::Unauthenticated(format!("unknown device {device_id}")))?;
     match status {
         DeviceStatus::Active => {}
         DeviceStatus::Revoked => return Err(EnrollError::DeviceRevoked(device_id.into())),

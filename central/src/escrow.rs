@@ -64,12 +64,17 @@ impl EscrowKey {
     #[tracing::instrument(name = "escrow.load_or_create", skip_all, fields(dir = %dir.display()))]
     pub fn load_or_create(dir: &Path) -> Result<Self, EscrowError> {
         let path = dir.join(ESCROW_KEY_FILE);
-        let io = |source| EscrowError::Io { path: path.clone(), source };
+        let io = |source| EscrowError::Io {
+            path: path.clone(),
+            source,
+        };
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut fresh = vec![0u8; KEY_LEN];
-                SystemRandom::new().fill(&mut fresh).map_err(|_| EscrowError::Random)?;
+                SystemRandom::new()
+                    .fill(&mut fresh)
+                    .map_err(|_| EscrowError::Random)?;
                 write_private_file(&path, &fresh).map_err(io)?;
                 tracing::info!(path = %path.display(), "created the recovery-key escrow key");
                 fresh
@@ -77,19 +82,33 @@ impl EscrowKey {
             Err(e) => return Err(io(e)),
         };
         if bytes.len() != KEY_LEN {
-            return Err(EscrowError::BadKeyFile { path, len: bytes.len() });
+            return Err(EscrowError::BadKeyFile {
+                path,
+                len: bytes.len(),
+            });
         }
-        let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| EscrowError::BadKeyFile { path, len: bytes.len() })?;
-        Ok(Self { key: LessSafeKey::new(key) })
+        let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| EscrowError::BadKeyFile {
+            path,
+            len: bytes.len(),
+        })?;
+        Ok(Self {
+            key: LessSafeKey::new(key),
+        })
     }
 
     /// Encrypt `recovery_key` for `device_id`: random nonce followed by ciphertext and tag.
     pub fn seal(&self, device_id: &str, recovery_key: &str) -> Result<Vec<u8>, EscrowError> {
         let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new().fill(&mut nonce).map_err(|_| EscrowError::Random)?;
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| EscrowError::Random)?;
         let mut data = recovery_key.as_bytes().to_vec();
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(device_id.as_bytes()), &mut data)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(device_id.as_bytes()),
+                &mut data,
+            )
             .map_err(|_| EscrowError::Random)?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&data);
@@ -98,7 +117,9 @@ impl EscrowKey {
 
     /// Decrypt what [`EscrowKey::seal`] made for the same `device_id`.
     pub fn open(&self, device_id: &str, sealed: &[u8]) -> Result<String, EscrowError> {
-        let undecryptable = || EscrowError::Undecryptable { device_id: device_id.to_string() };
+        let undecryptable = || EscrowError::Undecryptable {
+            device_id: device_id.to_string(),
+        };
         if sealed.len() < NONCE_LEN {
             return Err(undecryptable());
         }
@@ -117,7 +138,10 @@ impl EscrowKey {
 /// know the per-group checksum scheme; the device made the key and checks it on use.
 pub fn valid_recovery_key_format(key: &str) -> bool {
     let groups: Vec<&str> = key.split('-').collect();
-    groups.len() == 8 && groups.iter().all(|g| g.len() == 6 && g.bytes().all(|b| b.is_ascii_digit()))
+    groups.len() == 8
+        && groups
+            .iter()
+            .all(|g| g.len() == 6 && g.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Check a LUKS2 UUID as `cryptsetup luksUUID` prints it (36 characters, hex and dashes).
@@ -136,9 +160,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = EscrowKey::load_or_create(dir.path()).unwrap();
         let sealed = key.seal("dev_a", KEY).unwrap();
-        assert!(!sealed.windows(6).any(|w| w == b"123456"), "plaintext visible in sealed form");
+        assert!(
+            !sealed.windows(6).any(|w| w == b"123456"),
+            "plaintext visible in sealed form"
+        );
         assert_eq!(key.open("dev_a", &sealed).unwrap(), KEY);
-        assert!(matches!(key.open("dev_b", &sealed), Err(EscrowError::Undecryptable { .. })));
+        assert!(matches!(
+            key.open("dev_b", &sealed),
+            Err(EscrowError::Undecryptable { .. })
+        ));
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(key.open("dev_a", &tampered).is_err());
@@ -146,7 +176,9 @@ mod tests {
         let again = EscrowKey::load_or_create(dir.path()).unwrap();
         assert_eq!(again.open("dev_a", &sealed).unwrap(), KEY);
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join(ESCROW_KEY_FILE)).unwrap().permissions(),
+            &std::fs::metadata(dir.path().join(ESCROW_KEY_FILE))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
     }
@@ -155,7 +187,10 @@ mod tests {
     fn refuses_a_short_key_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(ESCROW_KEY_FILE), b"short").unwrap();
-        assert!(matches!(EscrowKey::load_or_create(dir.path()), Err(EscrowError::BadKeyFile { len: 5, .. })));
+        assert!(matches!(
+            EscrowKey::load_or_create(dir.path()),
+            Err(EscrowError::BadKeyFile { len: 5, .. })
+        ));
     }
 
     #[test]

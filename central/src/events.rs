@@ -275,7 +275,6 @@ pub fn from_agent(device_id: &str, event: Event, now_ms: i64) -> Result<NewEvent
     })
 }
 
-
 /// Most app events taken from one heartbeat.
 const MAX_APP_EVENTS_PER_HEARTBEAT: usize = 16;
 

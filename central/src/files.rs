@@ -34,7 +34,10 @@ fn write_atomically(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
 
 /// Create a directory (and parents) with mode 0700.
 pub fn create_private_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(path)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
 }
 
 use std::os::unix::fs::DirBuilderExt;

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use cairn_proto::v1::agent_server::Agent;
 use cairn_proto::v1::enrollment_server::Enrollment;
 use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, App, AppStatus, BundleData, BundleIndexRequest, BundleIndexResponse,
-    CentralMessage, ReadBundleRequest, DesiredState, EnrollRequest,
-    EnrollResponse, EnrollStatus, EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, HeartbeatAck, OsUpdate, PingRequest, PingResponse, RenewRequest,
-    RenewResponse,
+    agent_message, central_message, AgentMessage, App, AppStatus, BundleData, BundleIndexRequest,
+    BundleIndexResponse, CentralMessage, DesiredState, EnrollRequest, EnrollResponse, EnrollStatus,
+    EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, HeartbeatAck, OsUpdate, PingRequest,
+    PingResponse, ReadBundleRequest, RenewRequest, RenewResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,13 +17,13 @@ use tracing::Instrument;
 
 use crate::bundles::is_sha256_hex;
 use crate::ca::verify_csr;
-use crate::store::bundles::{self as store_bundles, Bundle};
 use crate::enroll::{self, EnrollError, EnrollOutcome};
-use crate::store::events::Severity;
+use crate::escrow::{valid_luks_uuid, valid_recovery_key_format};
 use crate::events::{TokenBucket, AGENT_EVENTS_PER_SECOND, AGENT_EVENT_BURST};
 use crate::sessions::{AppsReport, HostReport};
 use crate::store::apps as store_apps;
-use crate::escrow::{valid_luks_uuid, valid_recovery_key_format};
+use crate::store::bundles::{self as store_bundles, Bundle};
+use crate::store::events::Severity;
 use crate::store::recovery_keys::{self, SealedRecoveryKey};
 use crate::store::{audit, devices, now_unix, DesiredOs, DeviceStatus, StoreError};
 use crate::Shared;
@@ -38,20 +38,26 @@ pub struct EnrollmentService(pub Arc<Shared>);
 
 #[tonic::async_trait]
 impl Enrollment for EnrollmentService {
-    async fn enroll(&self, request: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
         let peer = request.remote_addr();
         let request = request.into_inner();
         let span = tracing::info_span!("grpc.enroll", ?peer, device_id = tracing::field::Empty);
         async {
             let csr = verify_csr(&request.csr_der).map_err(|e| EnrollError::from(e).to_status())?;
-            let facts = enroll::validate_facts(request.facts.as_ref()).map_err(|e| e.to_status())?;
+            let facts =
+                enroll::validate_facts(request.facts.as_ref()).map_err(|e| e.to_status())?;
             let shared = self.0.clone();
             let lifetime = shared.config.device_cert_lifetime_seconds;
             let token = request.token;
             let store = shared.store.clone();
             let outcome = store
                 .run(move |conn| {
-                    Ok(enroll::enroll(conn, &shared.ca, lifetime, &token, &csr, &facts))
+                    Ok(enroll::enroll(
+                        conn, &shared.ca, lifetime, &token, &csr, &facts,
+                    ))
                 })
                 .await
                 .map_err(internal)?
@@ -109,7 +115,9 @@ impl AgentService {
             Some(DeviceStatus::Active) => Ok(device_id),
             Some(DeviceStatus::Revoked) => Err(EnrollError::DeviceRevoked(device_id).to_status()),
             Some(DeviceStatus::Pending) => Err(EnrollError::DeviceNotActive(device_id).to_status()),
-            None => Err(Status::unauthenticated(format!("device {device_id} is not in the registry"))),
+            None => Err(Status::unauthenticated(format!(
+                "device {device_id} is not in the registry"
+            ))),
         }
     }
 }
@@ -133,9 +141,9 @@ fn device_id_from_peer<T>(request: &Request<T>) -> Result<String, Status> {
         .general_names
         .iter()
         .find_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => {
-                uri.strip_prefix(cairn_proto::DEVICE_URI_PREFIX).map(str::to_owned)
-            }
+            x509_parser::extensions::GeneralName::URI(uri) => uri
+                .strip_prefix(cairn_proto::DEVICE_URI_PREFIX)
+                .map(str::to_owned),
             _ => None,
         })
         .ok_or_else(|| Status::unauthenticated("client certificate has no device URI"))
@@ -153,7 +161,11 @@ pub fn desired_state(
         config: config.into_iter().collect(),
         apps: apps
             .into_iter()
-            .map(|a| App { name: a.name, compose_yaml: a.compose_yaml, generation: a.generation })
+            .map(|a| App {
+                name: a.name,
+                compose_yaml: a.compose_yaml,
+                generation: a.generation,
+            })
             .collect(),
         os: os.map(|os| OsUpdate {
             version: os.version,
@@ -167,22 +179,34 @@ pub fn desired_state(
 }
 
 /// A device's whole desired state as stored (None: no such device).
-pub async fn load_desired(shared: &Shared, device_id: &str) -> Result<Option<DesiredState>, StoreError> {
+pub async fn load_desired(
+    shared: &Shared,
+    device_id: &str,
+) -> Result<Option<DesiredState>, StoreError> {
     let id = device_id.to_owned();
     shared
         .store
         .read(move |conn| {
             let tx = conn.transaction()?;
-            let Some(device) = devices::get(&tx, &id)? else { return Ok(None) };
+            let Some(device) = devices::get(&tx, &id)? else {
+                return Ok(None);
+            };
             let apps = store_apps::list(&tx, &id)?;
-            Ok(Some(desired_state(device.desired_revision, device.config, apps, device.desired_os)))
+            Ok(Some(desired_state(
+                device.desired_revision,
+                device.config,
+                apps,
+                device.desired_os,
+            )))
         })
         .await
 }
 
 /// The message carrying a desired state on a device's stream.
 pub fn desired_message(desired: DesiredState) -> CentralMessage {
-    CentralMessage { kind: Some(central_message::Kind::Desired(desired)) }
+    CentralMessage {
+        kind: Some(central_message::Kind::Desired(desired)),
+    }
 }
 
 /// Most apps and services per app central keeps from one heartbeat; names and messages are cut,
@@ -214,7 +238,10 @@ const MAX_REPORTED_SENSORS: usize = 32;
 /// The host metrics of a heartbeat, bounded like the app status; non-finite numbers dropped.
 fn bounded_host_metrics(mut host: cairn_proto::v1::HostMetrics) -> cairn_proto::v1::HostMetrics {
     use cairn_proto::truncate_status_text as cut;
-    host.cpu_percent = host.cpu_percent.filter(|p| p.is_finite()).map(|p| p.clamp(0.0, 100.0));
+    host.cpu_percent = host
+        .cpu_percent
+        .filter(|p| p.is_finite())
+        .map(|p| p.clamp(0.0, 100.0));
     if !host.load1.is_finite() || host.load1 < 0.0 {
         host.load1 = 0.0;
     }
@@ -234,7 +261,10 @@ fn bounded_host_metrics(mut host: cairn_proto::v1::HostMetrics) -> cairn_proto::
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
+    async fn renew(
+        &self,
+        request: Request<RenewRequest>,
+    ) -> Result<Response<RenewResponse>, Status> {
         let device_id = self.authorize(&request).await?;
         let span = tracing::info_span!("grpc.renew", device_id = %device_id);
         let shared = self.0.clone();
@@ -249,12 +279,17 @@ impl Agent for AgentService {
             .map_err(internal)?
             .map_err(|e| e.to_status())?;
         span.in_scope(|| tracing::info!(serial = %cert.serial_hex, "device certificate renewed"));
-        Ok(Response::new(RenewResponse { certificate_der: cert.der }))
+        Ok(Response::new(RenewResponse {
+            certificate_der: cert.der,
+        }))
     }
 
     type SyncStream = ReceiverStream<Result<CentralMessage, Status>>;
 
-    async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Self::SyncStream>, Status> {
+    async fn sync(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
         let device_id = self.authorize(&request).await?;
         let span = tracing::info_span!("grpc.sync", device_id = %device_id);
         let mut inbound = request.into_inner();
@@ -280,7 +315,13 @@ impl Agent for AgentService {
             .map_err(|_| Status::cancelled("stream closed"))?;
         shared.sessions.saw(&device_id, now_unix());
         span.in_scope(|| tracing::info!("agent connected"));
-        crate::events::record(&shared, Some(&device_id), "device.connected", Severity::Info, "sync stream opened");
+        crate::events::record(
+            &shared,
+            Some(&device_id),
+            "device.connected",
+            Severity::Info,
+            "sync stream opened",
+        );
         shared.placement.wake();
         tokio::spawn(
             async move {
@@ -359,7 +400,10 @@ impl Agent for AgentService {
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
         let device_id = self.authorize(&request).await?;
-        Ok(Response::new(PingResponse { nonce: request.into_inner().nonce, device_id }))
+        Ok(Response::new(PingResponse {
+            nonce: request.into_inner().nonce,
+            device_id,
+        }))
     }
 
     async fn escrow_recovery_key(
@@ -370,25 +414,45 @@ impl Agent for AgentService {
         let span = tracing::info_span!("grpc.escrow_recovery_key", device_id = %device_id);
         let request = request.into_inner();
         if !valid_recovery_key_format(&request.recovery_key) {
-            return Err(Status::invalid_argument("recovery_key must be 8 groups of 6 digits joined by '-'"));
+            return Err(Status::invalid_argument(
+                "recovery_key must be 8 groups of 6 digits joined by '-'",
+            ));
         }
         if !valid_luks_uuid(&request.luks_uuid) {
-            return Err(Status::invalid_argument("luks_uuid must be the 36-character LUKS2 UUID of the data partition"));
+            return Err(Status::invalid_argument(
+                "luks_uuid must be the 36-character LUKS2 UUID of the data partition",
+            ));
         }
         let shared = self.0.clone();
-        let sealed = shared.escrow.seal(&device_id, &request.recovery_key).map_err(|e| {
-            tracing::error!(error = %e, "sealing a recovery key failed");
-            Status::internal("central could not seal the recovery key; retry later")
-        })?;
+        let sealed = shared
+            .escrow
+            .seal(&device_id, &request.recovery_key)
+            .map_err(|e| {
+                tracing::error!(error = %e, "sealing a recovery key failed");
+                Status::internal("central could not seal the recovery key; retry later")
+            })?;
         let stored_at = now_unix();
-        let row = SealedRecoveryKey { device_id: device_id.clone(), luks_uuid: request.luks_uuid, sealed, stored_at };
+        let row = SealedRecoveryKey {
+            device_id: device_id.clone(),
+            luks_uuid: request.luks_uuid,
+            sealed,
+            stored_at,
+        };
         let store = shared.store.clone();
         let stored = store
             .run(move |conn| {
                 let tx = conn.transaction()?;
                 let same = recovery_keys::get(&tx, &row.device_id)?
-                    .and_then(|old| shared.escrow.open(&old.device_id, &old.sealed).ok().map(|k| (k, old)))
-                    .is_some_and(|(k, old)| k == request.recovery_key && old.luks_uuid == row.luks_uuid);
+                    .and_then(|old| {
+                        shared
+                            .escrow
+                            .open(&old.device_id, &old.sealed)
+                            .ok()
+                            .map(|k| (k, old))
+                    })
+                    .is_some_and(|(k, old)| {
+                        k == request.recovery_key && old.luks_uuid == row.luks_uuid
+                    });
                 if same {
                     return Ok(true);
                 }
@@ -396,7 +460,13 @@ impl Agent for AgentService {
                     return Ok(false);
                 }
                 let actor = format!("device:{}", row.device_id);
-                audit::record(&tx, &actor, "recovery_key.escrow", &row.device_id, &format!("luks_uuid={}", row.luks_uuid))?;
+                audit::record(
+                    &tx,
+                    &actor,
+                    "recovery_key.escrow",
+                    &row.device_id,
+                    &format!("luks_uuid={}", row.luks_uuid),
+                )?;
                 tx.commit()?;
                 Ok(true)
             })
@@ -404,18 +474,26 @@ impl Agent for AgentService {
             .await
             .map_err(internal)?;
         if !stored {
-            return Err(Status::unauthenticated(format!("device {device_id} is not in the registry")));
+            return Err(Status::unauthenticated(format!(
+                "device {device_id} is not in the registry"
+            )));
         }
         span.in_scope(|| tracing::info!("recovery key escrowed"));
-        Ok(Response::new(EscrowRecoveryKeyResponse { stored_unix: stored_at }))
+        Ok(Response::new(EscrowRecoveryKeyResponse {
+            stored_unix: stored_at,
+        }))
     }
 
     type ReadBundleStream = ReceiverStream<Result<BundleData, Status>>;
 
-    async fn bundle_index(&self, request: Request<BundleIndexRequest>) -> Result<Response<BundleIndexResponse>, Status> {
+    async fn bundle_index(
+        &self,
+        request: Request<BundleIndexRequest>,
+    ) -> Result<Response<BundleIndexResponse>, Status> {
         let device_id = self.authorize(&request).await?;
         let sha256 = request.into_inner().bundle_sha256;
-        let span = tracing::info_span!("grpc.bundle_index", device_id = %device_id, sha256 = %sha256);
+        let span =
+            tracing::info_span!("grpc.bundle_index", device_id = %device_id, sha256 = %sha256);
         async {
             let bundle = self.stored_bundle(&sha256).await?;
             let index = self.0.bundles.delta_index(&bundle.sha256).await.map_err(|e| {
@@ -428,11 +506,17 @@ impl Agent for AgentService {
         .await
     }
 
-    async fn read_bundle(&self, request: Request<ReadBundleRequest>) -> Result<Response<Self::ReadBundleStream>, Status> {
+    async fn read_bundle(
+        &self,
+        request: Request<ReadBundleRequest>,
+    ) -> Result<Response<Self::ReadBundleStream>, Status> {
         let device_id = self.authorize(&request).await?;
         let request = request.into_inner();
         let span = tracing::info_span!("grpc.read_bundle", device_id = %device_id, sha256 = %request.bundle_sha256, offset = request.offset, length = request.length);
-        let bundle = self.stored_bundle(&request.bundle_sha256).instrument(span.clone()).await?;
+        let bundle = self
+            .stored_bundle(&request.bundle_sha256)
+            .instrument(span.clone())
+            .await?;
         let path = self.0.bundles.path(&bundle.sha256);
         let mut file = tokio::fs::File::open(&path).await.map_err(|e| {
             span.in_scope(|| tracing::error!(path = %path.display(), error = %e, "a stored bundle's file cannot be opened"));
@@ -509,6 +593,10 @@ impl AgentService {
             .read(move |conn| store_bundles::get(conn, &wanted))
             .await
             .map_err(internal)?
-            .ok_or_else(|| Status::not_found(format!("central holds no bundle {sha256}; it may have been removed")))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "central holds no bundle {sha256}; it may have been removed"
+                ))
+            })
     }
 }

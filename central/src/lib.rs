@@ -59,7 +59,11 @@ impl Shared {
     /// through the other replicas (one of them may hold its stream); an offline device gets
     /// it when it reconnects.
     pub async fn deliver(&self, device_id: &str, desired: cairn_proto::v1::DesiredState) {
-        if !self.sessions.push(device_id, grpc::desired_message(desired)).await {
+        if !self
+            .sessions
+            .push(device_id, grpc::desired_message(desired))
+            .await
+        {
             self.bus.announce(replicas::Nudge::Desired, device_id);
         }
     }
@@ -76,7 +80,11 @@ impl Shared {
     /// when the device is not connected here.
     pub async fn push_stored(&self, device_id: &str) -> bool {
         match grpc::load_desired(self, device_id).await {
-            Ok(Some(desired)) => self.sessions.push(device_id, grpc::desired_message(desired)).await,
+            Ok(Some(desired)) => {
+                self.sessions
+                    .push(device_id, grpc::desired_message(desired))
+                    .await
+            }
             Ok(None) => true, // gone from the registry: nothing to push anywhere
             Err(e) => {
                 tracing::warn!(error = %e, device_id, "could not read a device's desired state to push it; it gets it on reconnect");
@@ -87,7 +95,10 @@ impl Shared {
 
     /// End a revoked device's stream, wherever it is connected.
     pub fn cut_off(&self, device_id: &str) {
-        self.sessions.close(device_id, tonic::Status::permission_denied(format!("device {device_id} is revoked")));
+        self.sessions.close(
+            device_id,
+            tonic::Status::permission_denied(format!("device {device_id} is revoked")),
+        );
         self.bus.announce(replicas::Nudge::Revoked, device_id);
     }
 }
@@ -188,14 +199,31 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
-        .map_err(|source| StartError::Bind { addr: config.grpc_listen, source })?;
+        .map_err(|source| StartError::Bind {
+            addr: config.grpc_listen,
+            source,
+        })?;
     let rest_listener = tokio::net::TcpListener::bind(config.rest_listen)
         .await
-        .map_err(|source| StartError::Bind { addr: config.rest_listen, source })?;
-    let grpc_addr = grpc_listener.local_addr().map_err(|source| StartError::Bind { addr: config.grpc_listen, source })?;
-    let rest_addr = rest_listener.local_addr().map_err(|source| StartError::Bind { addr: config.rest_listen, source })?;
+        .map_err(|source| StartError::Bind {
+            addr: config.rest_listen,
+            source,
+        })?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.grpc_listen,
+            source,
+        })?;
+    let rest_addr = rest_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.rest_listen,
+            source,
+        })?;
 
-    let placement = placement::Scheduler::new(Duration::from_secs(config.placement_offline_grace_seconds));
+    let placement =
+        placement::Scheduler::new(Duration::from_secs(config.placement_offline_grace_seconds));
     let bus = replicas::Bus::new(&store);
     let listening = {
         let store = store.clone();
@@ -217,7 +245,13 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![
-        tokio::spawn(tls::serve_grpc(grpc_listener, shared.clone(), &server_cert, &server_key, shutdown_rx.clone())?),
+        tokio::spawn(tls::serve_grpc(
+            grpc_listener,
+            shared.clone(),
+            &server_cert,
+            &server_key,
+            shutdown_rx.clone(),
+        )?),
         tokio::spawn(tls::serve_rest(
             rest_listener,
             api::router(shared.clone()),
@@ -226,12 +260,22 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         )),
         tokio::spawn(rollout::engine::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(placement::run(shared.clone(), shutdown_rx.clone())),
-        tokio::spawn(replicas::run(shared.clone(), listening, shutdown_rx.clone())),
+        tokio::spawn(replicas::run(
+            shared.clone(),
+            listening,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(events::run(shared.clone(), shutdown_rx.clone())),
         tokio::spawn(flush_presence(shared.clone(), shutdown_rx)),
     ];
     tracing::info!(%grpc_addr, %rest_addr, "central serving");
-    Ok(Central { grpc_addr, rest_addr, shared, shutdown, tasks })
+    Ok(Central {
+        grpc_addr,
+        rest_addr,
+        shared,
+        shutdown,
+        tasks,
+    })
 }
 
 impl Central {
@@ -239,10 +283,15 @@ impl Central {
     pub async fn stop(self) {
         // tonic's graceful shutdown waits for open streams; agent streams never end by themselves.
         // Closed before the signal, so the last presence flush already has them as ended.
-        self.shared.sessions.close_all(tonic::Status::unavailable("central is shutting down; reconnect later"));
+        self.shared.sessions.close_all(tonic::Status::unavailable(
+            "central is shutting down; reconnect later",
+        ));
         let _ = self.shutdown.send(true);
         for mut task in self.tasks {
-            if tokio::time::timeout(Duration::from_secs(10), &mut task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(10), &mut task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("a central task did not stop within 10 s; aborting it");
                 task.abort();
             }
@@ -252,7 +301,10 @@ impl Central {
 
 /// Create an admin API token on first start and write its secret to `admin.token` (0600); only
 /// the path is logged.
-async fn bootstrap_admin_token(config: &CentralConfig, store: &store::Store) -> Result<(), StartError> {
+async fn bootstrap_admin_token(
+    config: &CentralConfig,
+    store: &store::Store,
+) -> Result<(), StartError> {
     let path = admin_token_path(config);
     store.run(move |conn| {
         if store::tokens::has_admin_token(conn)? {

@@ -165,7 +165,9 @@ pub async fn request(
             deliver_pending(shared, device_id).await;
         } else {
             // Its stream is on another replica: that one delivers it.
-            shared.bus.announce(crate::replicas::Nudge::Requests, device_id);
+            shared
+                .bus
+                .announce(crate::replicas::Nudge::Requests, device_id);
         }
         let timeout = Duration::from_secs(shared.config.log_request_timeout_seconds);
         let deadline = tokio::time::Instant::now() + timeout;
@@ -244,7 +246,10 @@ pub async fn deliver_pending(shared: &Shared, device_id: &str) {
     let id = device_id.to_owned();
     // Almost always there is none: look without the registry lock, which every stream open
     // would otherwise take (a fleet reconnecting at once queues on it).
-    let any = shared.store.read(move |conn| Ok(!store::pending_for_device(conn, &id, since)?.is_empty())).await;
+    let any = shared
+        .store
+        .read(move |conn| Ok(!store::pending_for_device(conn, &id, since)?.is_empty()))
+        .await;
     if matches!(any, Ok(false)) {
         return;
     }

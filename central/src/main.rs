@@ -34,9 +34,15 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve { config } => {
             let config = cairn_central::CentralConfig::load(&config)?;
-            let central = cairn_central::start(config).await.context("starting cairn-central")?;
-            eprintln!("cairn-central: grpc={} rest={}", central.grpc_addr, central.rest_addr);
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let central = cairn_central::start(config)
+                .await
+                .context("starting cairn-central")?;
+            eprintln!(
+                "cairn-central: grpc={} rest={}",
+                central.grpc_addr, central.rest_addr
+            );
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
                 _ = term.recv() => {},

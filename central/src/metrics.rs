@@ -9,7 +9,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-
 use crate::store::{now_unix, RolloutDeviceState, StoreError};
 use crate::Shared;
 
@@ -80,7 +79,6 @@ fn by_label<'a>(
         })
         .collect()
 }
-
 
 const SERVICE_STATES: [&str; 7] = [
     "pending",

@@ -77,13 +77,21 @@ impl Bus {
     pub fn new(store: &store::Store) -> Self {
         // New at every start: a restarted replica's old rows then simply stop counting.
         let replica = store::new_id("rep");
-        let Some(url) = store.postgres_url().map(str::to_owned) else { return Self { outbox: None, replica } };
+        let Some(url) = store.postgres_url().map(str::to_owned) else {
+            return Self {
+                outbox: None,
+                replica,
+            };
+        };
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         std::thread::Builder::new()
             .name("cairn-notify".into())
             .spawn(move || notifier(&url, rx))
             .expect("spawn the replica notifier thread");
-        Self { outbox: Some(tx), replica }
+        Self {
+            outbox: Some(tx),
+            replica,
+        }
     }
 
     /// This replica's id in the registry's stream table (new at every start).
@@ -133,7 +141,10 @@ fn notifier(url: &str, rx: std::sync::mpsc::Receiver<String>) {
                     }
                 }
             }
-            let sent = conn.as_ref().expect("connected above").execute(&sql, params.as_slice());
+            let sent = conn
+                .as_ref()
+                .expect("connected above")
+                .execute(&sql, params.as_slice());
             match sent {
                 Ok(_) => {
                     backoff = Duration::from_millis(200);
@@ -150,35 +161,56 @@ fn notifier(url: &str, rx: std::sync::mpsc::Receiver<String>) {
 
 /// `SELECT pg_notify(?1, ?2), pg_notify(?1, ?3), …` for `count` payloads.
 fn notify_sql(count: usize) -> String {
-    let calls: Vec<String> = (0..count).map(|i| format!("pg_notify(?1, ?{})", i + 2)).collect();
+    let calls: Vec<String> = (0..count)
+        .map(|i| format!("pg_notify(?1, ?{})", i + 2))
+        .collect();
     format!("SELECT {}", calls.join(", "))
 }
 
 /// The listening connection, opened before central serves: a nudge sent while a replica
 /// starts must not fall between its first stream and its first LISTEN. `None` on SQLite.
 pub fn listen(store: &store::Store) -> Result<Option<postgres::Client>, StoreError> {
-    let Some(url) = store.postgres_url() else { return Ok(None) };
+    let Some(url) = store.postgres_url() else {
+        return Ok(None);
+    };
     let mut client = store::postgres_client(url)?;
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(|e| StoreError::Query(e.into()))?;
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .map_err(|e| StoreError::Query(e.into()))?;
     Ok(Some(client))
 }
 
 /// Act on nudges from other replicas for devices connected here, and on PostgreSQL keep the
 /// presence of devices on other replicas fresh. Returns at once on SQLite.
-pub async fn run(shared: Arc<Shared>, listening: Option<postgres::Client>, mut shutdown: watch::Receiver<bool>) {
-    let (Some(url), Some(client)) = (shared.store.postgres_url().map(str::to_owned), listening) else { return };
+pub async fn run(
+    shared: Arc<Shared>,
+    listening: Option<postgres::Client>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (Some(url), Some(client)) = (shared.store.postgres_url().map(str::to_owned), listening)
+    else {
+        return;
+    };
     let (tx, mut rx) = mpsc::unbounded_channel::<Heard>();
     std::thread::Builder::new()
         .name("cairn-listen".into())
         .spawn(move || listener(&url, client, tx))
         .expect("spawn the replica listener thread");
     let before = now_unix() - FORGET_REPLICAS_AFTER_S;
-    match shared.store.run(move |conn| streams::forget_dead(conn, before)).await {
+    match shared
+        .store
+        .run(move |conn| streams::forget_dead(conn, before))
+        .await
+    {
         Ok(0) => {}
         Ok(gone) => tracing::info!(gone, "forgot replicas silent for a day"),
-        Err(e) => tracing::warn!(error = %e, "could not forget long-silent replicas; trying at the next start"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not forget long-silent replicas; trying at the next start")
+        }
     }
-    let mut presence = tokio::time::interval(Duration::from_millis(shared.config.presence_flush_ms.max(500)));
+    let mut presence = tokio::time::interval(Duration::from_millis(
+        shared.config.presence_flush_ms.max(500),
+    ));
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -216,7 +248,10 @@ async fn act(shared: &Arc<Shared>, nudge: Nudge, device_id: &str) {
             shared.push_stored(device_id).await;
         }
         Nudge::Revoked => {
-            shared.sessions.close(device_id, tonic::Status::permission_denied("this device was revoked"));
+            shared.sessions.close(
+                device_id,
+                tonic::Status::permission_denied("this device was revoked"),
+            );
         }
         Nudge::Requests => crate::logs::deliver_pending(shared, device_id).await,
     }
@@ -235,7 +270,11 @@ async fn refresh_presence(shared: &Arc<Shared>) {
         })
         .await;
     match read {
-        Ok((seq, changed, alive)) => shared.sessions.apply_remote(seq, changed, alive, shared.bus.replica()),
+        Ok((seq, changed, alive)) => {
+            shared
+                .sessions
+                .apply_remote(seq, changed, alive, shared.bus.replica())
+        }
         Err(e) => tracing::warn!(error = %e, "could not read device presence from the registry"),
     }
 }
@@ -246,7 +285,9 @@ fn listener(url: &str, mut client: postgres::Client, tx: mpsc::UnboundedSender<H
     loop {
         match forward(&mut client, &tx) {
             Ok(()) => return, // the receiver is gone: central stopped
-            Err(e) => tracing::warn!(error = %e, "replica listener connection failed; reconnecting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "replica listener connection failed; reconnecting")
+            }
         }
         loop {
             std::thread::sleep(backoff);
@@ -255,7 +296,8 @@ fn listener(url: &str, mut client: postgres::Client, tx: mpsc::UnboundedSender<H
                 return;
             }
             let reconnected = store::postgres_client(url).and_then(|mut c| {
-                c.batch_execute(&format!("LISTEN {CHANNEL}")).map_err(|e| StoreError::Query(e.into()))?;
+                c.batch_execute(&format!("LISTEN {CHANNEL}"))
+                    .map_err(|e| StoreError::Query(e.into()))?;
                 Ok(c)
             });
             match reconnected {
@@ -271,15 +313,24 @@ fn listener(url: &str, mut client: postgres::Client, tx: mpsc::UnboundedSender<H
     }
 }
 
-fn forward(client: &mut postgres::Client, tx: &mpsc::UnboundedSender<Heard>) -> Result<(), StoreError> {
+fn forward(
+    client: &mut postgres::Client,
+    tx: &mpsc::UnboundedSender<Heard>,
+) -> Result<(), StoreError> {
     loop {
         // Wake up now and then to notice that central stopped.
         let mut notifications = client.notifications();
         let mut batch = notifications.timeout_iter(Duration::from_secs(1));
         while let Some(n) = batch.next().map_err(|e| StoreError::Query(e.into()))? {
-            let parsed = n.payload().split_once(':').and_then(|(kind, device)| Some((Nudge::parse(kind)?, device.to_owned())));
+            let parsed = n
+                .payload()
+                .split_once(':')
+                .and_then(|(kind, device)| Some((Nudge::parse(kind)?, device.to_owned())));
             let Some((nudge, device_id)) = parsed else {
-                tracing::warn!(payload = n.payload(), "ignoring an unknown replica notification");
+                tracing::warn!(
+                    payload = n.payload(),
+                    "ignoring an unknown replica notification"
+                );
                 continue;
             };
             if tx.send(Heard::Nudge(nudge, device_id)).is_err() {
@@ -297,6 +348,9 @@ mod tests {
     #[test]
     fn a_batch_of_notifications_is_one_statement_on_one_channel() {
         assert_eq!(super::notify_sql(1), "SELECT pg_notify(?1, ?2)");
-        assert_eq!(super::notify_sql(3), "SELECT pg_notify(?1, ?2), pg_notify(?1, ?3), pg_notify(?1, ?4)");
+        assert_eq!(
+            super::notify_sql(3),
+            "SELECT pg_notify(?1, ?2), pg_notify(?1, ?3), pg_notify(?1, ?4)"
+        );
     }
 }

@@ -75,7 +75,9 @@ struct RemoteStreams {
 
 impl RemoteStreams {
     fn online(&self, device_id: &str) -> bool {
-        self.holder.get(device_id).is_some_and(|r| self.alive.contains(r))
+        self.holder
+            .get(device_id)
+            .is_some_and(|r| self.alive.contains(r))
     }
 }
 
@@ -113,10 +115,14 @@ impl Sessions {
     pub fn register(&self, device_id: &str, tx: SessionSender) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.streams_opened.fetch_add(1, Ordering::Relaxed);
-        let old = self.lock_open().insert(device_id.to_owned(), Session { id, tx });
+        let old = self
+            .lock_open()
+            .insert(device_id.to_owned(), Session { id, tx });
         self.note_change(device_id, true);
         if let Some(old) = old {
-            let _ = old.tx.try_send(Err(Status::aborted("a newer sync stream of this device replaced this one")));
+            let _ = old.tx.try_send(Err(Status::aborted(
+                "a newer sync stream of this device replaced this one",
+            )));
         }
         id
     }
@@ -179,7 +185,13 @@ impl Sessions {
 
     /// Apply stream changes read from the registry (up to number `seq`) and the replicas
     /// alive now. Rows naming `me` are dropped: this replica's own streams are in memory.
-    pub fn apply_remote(&self, seq: i64, changed: Vec<StreamHolder>, alive: HashSet<String>, me: &str) {
+    pub fn apply_remote(
+        &self,
+        seq: i64,
+        changed: Vec<StreamHolder>,
+        alive: HashSet<String>,
+        me: &str,
+    ) {
         let mut remote = self.lock_remote();
         if !changed.is_empty() || remote.alive != alive {
             self.presence_epoch.fetch_add(1, Ordering::AcqRel);
@@ -199,7 +211,11 @@ impl Sessions {
         let changed = std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()));
         let mut out = StreamChanges::default();
         for (device_id, connected) in changed {
-            if connected { out.connected.push(device_id) } else { out.left.push(device_id) }
+            if connected {
+                out.connected.push(device_id)
+            } else {
+                out.left.push(device_id)
+            }
         }
         out
     }
@@ -207,7 +223,12 @@ impl Sessions {
     /// Put back stream changes whose write failed, unless a newer change replaced them.
     pub fn restore_stream_changes(&self, changes: StreamChanges) {
         let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
-        for (device_id, connected) in changes.connected.into_iter().map(|d| (d, true)).chain(changes.left.into_iter().map(|d| (d, false))) {
+        for (device_id, connected) in changes
+            .connected
+            .into_iter()
+            .map(|d| (d, true))
+            .chain(changes.left.into_iter().map(|d| (d, false)))
+        {
             changed.entry(device_id).or_insert(connected);
         }
     }
@@ -220,14 +241,22 @@ impl Sessions {
 
     fn note_change(&self, device_id: &str, connected: bool) {
         self.presence_epoch.fetch_add(1, Ordering::AcqRel);
-        self.changed.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), connected);
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device_id.to_owned(), connected);
     }
 
     /// Devices online anywhere: with streams here or on another live replica.
     pub fn online_anywhere_count(&self) -> usize {
         let here = self.lock_open();
         let remote = self.lock_remote();
-        here.len() + remote.holder.iter().filter(|(id, r)| remote.alive.contains(*r) && !here.contains_key(*id)).count()
+        here.len()
+            + remote
+                .holder
+                .iter()
+                .filter(|(id, r)| remote.alive.contains(*r) && !here.contains_key(*id))
+                .count()
     }
 
     /// Number of open streams.
@@ -239,7 +268,10 @@ impl Sessions {
     pub fn saw(&self, device_id: &str, at: i64) {
         self.heartbeats.fetch_add(1, Ordering::Relaxed);
         let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
-        heard.entry(device_id.to_owned()).or_insert(Heard { at, written: 0 }).at = at;
+        heard
+            .entry(device_id.to_owned())
+            .or_insert(Heard { at, written: 0 })
+            .at = at;
     }
 
     /// When the device was last heard from here, if its stream is open here.
@@ -247,53 +279,91 @@ impl Sessions {
         if !self.is_connected_here(device_id) {
             return None;
         }
-        self.heard.lock().unwrap_or_else(|p| p.into_inner()).get(device_id).map(|h| h.at)
+        self.heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(device_id)
+            .map(|h| h.at)
     }
 
     /// Keep the app status of a device's latest heartbeat; returns the one it replaces.
     pub fn report_apps(&self, device_id: &str, report: AppsReport) -> Option<Arc<AppsReport>> {
-        self.apps.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), Arc::new(report))
+        self.apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device_id.to_owned(), Arc::new(report))
     }
 
     /// The latest app status a device reported since central started.
     pub fn apps_report(&self, device_id: &str) -> Option<Arc<AppsReport>> {
-        self.apps.lock().unwrap_or_else(|p| p.into_inner()).get(device_id).cloned()
+        self.apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(device_id)
+            .cloned()
     }
 
     /// Keep the OS status of a device's latest heartbeat; returns the one it replaces.
     pub fn report_os(&self, device_id: &str, report: OsReport) -> Option<Arc<OsReport>> {
-        self.os.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), Arc::new(report))
+        self.os
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device_id.to_owned(), Arc::new(report))
     }
 
     /// Drop a device's OS status (its processing failed: the next heartbeat is taken as new).
     pub fn forget_os(&self, device_id: &str) {
-        self.os.lock().unwrap_or_else(|p| p.into_inner()).remove(device_id);
+        self.os
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(device_id);
     }
 
     /// The latest OS status a device reported since central started.
     pub fn os_report(&self, device_id: &str) -> Option<Arc<OsReport>> {
-        self.os.lock().unwrap_or_else(|p| p.into_inner()).get(device_id).cloned()
+        self.os
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(device_id)
+            .cloned()
     }
 
     /// Keep the host metrics of a device's latest heartbeat (replacing the previous ones).
     pub fn report_host(&self, device_id: &str, report: HostReport) {
-        self.host.lock().unwrap_or_else(|p| p.into_inner()).insert(device_id.to_owned(), Arc::new(report));
+        self.host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device_id.to_owned(), Arc::new(report));
     }
 
     /// The latest host metrics a device reported since central started.
     pub fn host_report(&self, device_id: &str) -> Option<Arc<HostReport>> {
-        self.host.lock().unwrap_or_else(|p| p.into_inner()).get(device_id).cloned()
+        self.host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(device_id)
+            .cloned()
     }
 
     /// Every device's latest host metrics (for fleet aggregates; the map lock is held only
     /// while the `Arc`s are cloned).
     pub fn host_reports(&self) -> Vec<Arc<HostReport>> {
-        self.host.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Every device's latest app status (for fleet aggregates).
     pub fn apps_reports(&self) -> Vec<Arc<AppsReport>> {
-        self.apps.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.apps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Sync streams opened since start.
@@ -315,7 +385,9 @@ impl Sessions {
         let mut due = Vec::new();
         heard.retain(|device_id, h| {
             let connected = open.contains_key(device_id);
-            if h.at > h.written && (h.written == 0 || !connected || h.at - h.written >= LAST_SEEN_REFRESH_SECONDS) {
+            if h.at > h.written
+                && (h.written == 0 || !connected || h.at - h.written >= LAST_SEEN_REFRESH_SECONDS)
+            {
                 due.push((device_id.clone(), h.at));
                 h.written = h.at;
             }
@@ -346,16 +418,39 @@ mod tests {
         let sessions = Sessions::default();
         let id = sessions.register("dev_1", stream());
         sessions.saw("dev_1", 1000);
-        assert_eq!(sessions.take_seen(), vec![("dev_1".to_owned(), 1000)], "a new stream's first heartbeat");
+        assert_eq!(
+            sessions.take_seen(),
+            vec![("dev_1".to_owned(), 1000)],
+            "a new stream's first heartbeat"
+        );
         sessions.saw("dev_1", 1015);
-        assert_eq!(sessions.take_seen(), vec![], "a fresh written time is not rewritten");
-        assert_eq!(sessions.last_heard("dev_1"), Some(1015), "the API reads the latest from memory");
+        assert_eq!(
+            sessions.take_seen(),
+            vec![],
+            "a fresh written time is not rewritten"
+        );
+        assert_eq!(
+            sessions.last_heard("dev_1"),
+            Some(1015),
+            "the API reads the latest from memory"
+        );
         sessions.saw("dev_1", 1000 + LAST_SEEN_REFRESH_SECONDS);
-        assert_eq!(sessions.take_seen(), vec![("dev_1".to_owned(), 1000 + LAST_SEEN_REFRESH_SECONDS)]);
+        assert_eq!(
+            sessions.take_seen(),
+            vec![("dev_1".to_owned(), 1000 + LAST_SEEN_REFRESH_SECONDS)]
+        );
         sessions.saw("dev_1", 1400);
         sessions.unregister("dev_1", id);
-        assert_eq!(sessions.take_seen(), vec![("dev_1".to_owned(), 1400)], "the last heartbeat of an ended stream");
-        assert_eq!(sessions.take_seen(), vec![], "and then the device is forgotten");
+        assert_eq!(
+            sessions.take_seen(),
+            vec![("dev_1".to_owned(), 1400)],
+            "the last heartbeat of an ended stream"
+        );
+        assert_eq!(
+            sessions.take_seen(),
+            vec![],
+            "and then the device is forgotten"
+        );
         assert_eq!(sessions.last_heard("dev_1"), None);
     }
 
@@ -367,7 +462,13 @@ mod tests {
         sessions.unregister("dev_a", a);
         let mut changes = sessions.take_stream_changes();
         changes.connected.sort();
-        assert_eq!(changes, StreamChanges { connected: vec!["dev_b".into()], left: vec!["dev_a".into()] });
+        assert_eq!(
+            changes,
+            StreamChanges {
+                connected: vec!["dev_b".into()],
+                left: vec!["dev_a".into()]
+            }
+        );
         assert_eq!(sessions.take_stream_changes(), StreamChanges::default());
         // A failed write is put back, but never over a newer change.
         sessions.register("dev_a", stream());
@@ -384,8 +485,15 @@ mod tests {
         sessions.apply_remote(7, changed, alive.clone(), "rep_me");
         assert_eq!(sessions.remote_seq(), 7);
         assert!(sessions.is_online("dev_x"));
-        assert!(!sessions.is_online("dev_y"), "a silent replica's streams count as offline");
-        assert_eq!(sessions.online_anywhere_count(), 3, "dev_a, dev_b here and dev_x there");
+        assert!(
+            !sessions.is_online("dev_y"),
+            "a silent replica's streams count as offline"
+        );
+        assert_eq!(
+            sessions.online_anywhere_count(),
+            3,
+            "dev_a, dev_b here and dev_x there"
+        );
         sessions.apply_remote(8, vec![("dev_x".to_owned(), None)], alive, "rep_me");
         assert!(!sessions.is_online("dev_x"));
     }

@@ -17,7 +17,6 @@ use crate::{Shared, StartError};
 /// A TLS handshake that has not finished by then is dropped (slow or garbage clients).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-
 /// Serve the agent gRPC API until shutdown. Enrollment needs no client certificate; the Agent
 /// service checks for one itself, so client auth is optional at the TLS layer.
 pub(crate) fn serve_grpc(
@@ -59,7 +58,10 @@ pub(crate) fn serve_grpc(
 }
 
 /// rustls config for the REST listener.
-pub(crate) fn rest_tls_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, StartError> {
+pub(crate) fn rest_tls_config(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
     let certs = rustls_pki_types::pem::PemObject::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()
         .map_err(|e| StartError::Tls(format!("server certificate: {e}")))?;
@@ -67,12 +69,14 @@ pub(crate) fn rest_tls_config(cert_pem: &str, key_pem: &str) -> Result<Arc<rustl
         key_pem.as_bytes(),
     )
     .map_err(|e| StartError::Tls(format!("server key: {e}")))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StartError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| StartError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

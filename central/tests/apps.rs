@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use cairn_proto::v1::{
-    central_message, AgentMessage, AppStatus, CentralMessage, DesiredState,
-    Heartbeat, ServiceHealth, ServiceState, ServiceStatus,
+    central_message, AgentMessage, AppStatus, CentralMessage, DesiredState, Heartbeat,
+    ServiceHealth, ServiceState, ServiceStatus,
 };
 use cairn_testsupport::central::{heartbeat_acked, ConnectedDevice, SimDevice, TestCentral};
 use serde_json::{json, Value};
@@ -37,13 +37,24 @@ struct Device {
 
 impl Device {
     async fn connect(central: &TestCentral, serial: &str) -> Device {
-        let ConnectedDevice { sim, id, cert, tx, stream } = central.connect_device(serial).await;
-        let mut device = Device { id, tx, stream, sim, cert };
+        let ConnectedDevice {
+            sim,
+            id,
+            cert,
+            tx,
+            stream,
+        } = central.connect_device(serial).await;
+        let mut device = Device {
+            id,
+            tx,
+            stream,
+            sim,
+            cert,
+        };
         let first = device.desired().await;
         assert_eq!((first.revision, first.apps.len()), (1, 0));
         device
     }
-
 
     /// A new Sync stream (the old one is replaced); returns the first desired state on it.
     async fn reconnect(&mut self, central: &TestCentral) -> DesiredState {

@@ -129,13 +129,25 @@ impl Device {
                 load1: 0.5,
                 memory_total_bytes: 2 << 30,
                 memory_available_bytes: 1 << 29,
-                filesystems: vec![FilesystemUsage { mount_point: "/data".into(), used_bytes: 90, total_bytes: 100 }],
-                temperatures: vec![TemperatureReading { sensor: "thermal_zone0".into(), celsius: 48.0 }],
+                filesystems: vec![FilesystemUsage {
+                    mount_point: "/data".into(),
+                    used_bytes: 90,
+                    total_bytes: 100,
+                }],
+                temperatures: vec![TemperatureReading {
+                    sensor: "thermal_zone0".into(),
+                    celsius: 48.0,
+                }],
                 uptime_seconds: 7260,
             }),
             ..Default::default()
         };
-        heartbeat_acked(self.tx.as_ref().unwrap(), self.stream.as_mut().unwrap(), heartbeat).await
+        heartbeat_acked(
+            self.tx.as_ref().unwrap(),
+            self.stream.as_mut().unwrap(),
+            heartbeat,
+        )
+        .await
     }
 
     /// Close the stream: the device goes offline.

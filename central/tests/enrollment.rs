@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use cairn_proto::v1::{agent_message, central_message, AgentMessage, EnrollStatus, Heartbeat, PingRequest, RenewRequest};
+use cairn_proto::v1::{
+    agent_message, central_message, AgentMessage, EnrollStatus, Heartbeat, PingRequest,
+    RenewRequest,
+};
 use cairn_testsupport::central::{SimDevice, TestCentral};
 use serde_json::json;
 use tonic::Code;
@@ -11,7 +14,11 @@ use tonic::Code;
 fn assert_refused(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, words: &str) {
     let status = result.expect_err("expected a refusal");
     assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(words), "message {:?} should mention {words:?}", status.message());
+    assert!(
+        status.message().contains(words),
+        "message {:?} should mention {words:?}",
+        status.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,9 +30,20 @@ async fn auto_policy_approves_and_issues_a_device_certificate() {
     assert_eq!(response.status(), EnrollStatus::Approved);
     assert!(response.device_id.starts_with("dev_"));
     let mut agent = central.agent(&device, &response.certificate_der).await;
-    let pong = agent.ping(PingRequest { nonce: 7 }).await.unwrap().into_inner();
-    assert_eq!((pong.nonce, pong.device_id.as_str()), (7, response.device_id.as_str()));
-    let shown = central.admin_call("GET", &format!("/api/v1/devices/{}", response.device_id), None);
+    let pong = agent
+        .ping(PingRequest { nonce: 7 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (pong.nonce, pong.device_id.as_str()),
+        (7, response.device_id.as_str())
+    );
+    let shown = central.admin_call(
+        "GET",
+        &format!("/api/v1/devices/{}", response.device_id),
+        None,
+    );
     assert_eq!(shown["device"]["status"], "active");
     assert_eq!(shown["device"]["serial"], "SER-AUTO-1");
     // Asking again with the same key is idempotent: same device, fresh certificate.
@@ -45,9 +63,16 @@ async fn manual_policy_waits_until_an_operator_approves() {
     assert!(first.certificate_der.is_empty());
     assert_eq!(first.retry_after_seconds, 1);
     let polled = device.enroll(&central, &token).await.unwrap();
-    assert_eq!((polled.status(), &polled.device_id), (EnrollStatus::Pending, &first.device_id));
+    assert_eq!(
+        (polled.status(), &polled.device_id),
+        (EnrollStatus::Pending, &first.device_id)
+    );
     // A pending device cannot use the agent API: it has no certificate at all.
-    let approved = central.admin_call("POST", &format!("/api/v1/devices/{}/approve", first.device_id), None);
+    let approved = central.admin_call(
+        "POST",
+        &format!("/api/v1/devices/{}/approve", first.device_id),
+        None,
+    );
     assert_eq!(approved["device"]["status"], "active");
     let done = device.enroll(&central, &token).await.unwrap();
     assert_eq!(done.status(), EnrollStatus::Approved);
@@ -63,46 +88,102 @@ async fn claim_policy_admits_only_claimed_devices_once() {
     let central = TestCentral::start().await;
     let (_, token) = central.token("claim", None, None);
     let stranger = SimDevice::new("SER-UNKNOWN");
-    assert_refused(stranger.enroll(&central, &token).await, Code::PermissionDenied, "not claimed");
-    central.admin_call("POST", "/api/v1/claims", Some(json!({ "serial": "SER-KNOWN" })));
+    assert_refused(
+        stranger.enroll(&central, &token).await,
+        Code::PermissionDenied,
+        "not claimed",
+    );
+    central.admin_call(
+        "POST",
+        "/api/v1/claims",
+        Some(json!({ "serial": "SER-KNOWN" })),
+    );
     let known = SimDevice::new("SER-KNOWN");
     let response = known.enroll(&central, &token).await.unwrap();
     assert_eq!(response.status(), EnrollStatus::Approved);
     let claims = central.admin_call("GET", "/api/v1/claims", None);
-    assert_eq!(claims["claims"][0]["device_id"], response.device_id.as_str());
+    assert_eq!(
+        claims["claims"][0]["device_id"],
+        response.device_id.as_str()
+    );
     // A second box presenting the same serial with another key is refused.
     let clone = SimDevice::new("SER-KNOWN");
-    assert_refused(clone.enroll(&central, &token).await, Code::PermissionDenied, "already used");
+    assert_refused(
+        clone.enroll(&central, &token).await,
+        Code::PermissionDenied,
+        "already used",
+    );
     // Duplicate claims are refused with 409, malformed ones with 400.
-    let (status, _) = central.call(&central.admin, "POST", "/api/v1/claims", Some(json!({ "serial": "SER-KNOWN" })));
+    let (status, _) = central.call(
+        &central.admin,
+        "POST",
+        "/api/v1/claims",
+        Some(json!({ "serial": "SER-KNOWN" })),
+    );
     assert_eq!(status, 409);
-    let (status, body) = central.call(&central.admin, "POST", "/api/v1/claims", Some(json!({ "tpm_ek_sha256": "xyz" })));
+    let (status, body) = central.call(
+        &central.admin,
+        "POST",
+        "/api/v1/claims",
+        Some(json!({ "tpm_ek_sha256": "xyz" })),
+    );
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().unwrap().contains("64 hex"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("64 hex"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_revoked_used_up_and_unknown_tokens_are_refused_clearly() {
     let central = TestCentral::start().await;
     let (_, once) = central.token("auto", Some(1), None);
-    SimDevice::new("SER-A").enroll(&central, &once).await.unwrap();
-    assert_refused(SimDevice::new("SER-B").enroll(&central, &once).await, Code::PermissionDenied, "used up");
+    SimDevice::new("SER-A")
+        .enroll(&central, &once)
+        .await
+        .unwrap();
+    assert_refused(
+        SimDevice::new("SER-B").enroll(&central, &once).await,
+        Code::PermissionDenied,
+        "used up",
+    );
 
     let (revoked_id, revoked) = central.token("auto", None, None);
-    central.admin_call("POST", &format!("/api/v1/enrollment-tokens/{revoked_id}/revoke"), None);
-    assert_refused(SimDevice::new("SER-C").enroll(&central, &revoked).await, Code::PermissionDenied, "revoked");
+    central.admin_call(
+        "POST",
+        &format!("/api/v1/enrollment-tokens/{revoked_id}/revoke"),
+        None,
+    );
+    assert_refused(
+        SimDevice::new("SER-C").enroll(&central, &revoked).await,
+        Code::PermissionDenied,
+        "revoked",
+    );
 
     let (_, short) = central.token("auto", None, Some(1));
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_refused(SimDevice::new("SER-D").enroll(&central, &short).await, Code::PermissionDenied, "expired");
+    assert_refused(
+        SimDevice::new("SER-D").enroll(&central, &short).await,
+        Code::PermissionDenied,
+        "expired",
+    );
 
     assert_refused(
-        SimDevice::new("SER-E").enroll(&central, "cet_not-a-real-token").await,
+        SimDevice::new("SER-E")
+            .enroll(&central, "cet_not-a-real-token")
+            .await,
         Code::Unauthenticated,
         "not recognised",
     );
     let devices = central.admin_call("GET", "/api/v1/devices", None);
-    assert_eq!(devices["devices"].as_array().unwrap().len(), 1, "only SER-A got in");
+    assert_eq!(
+        devices["devices"].as_array().unwrap().len(),
+        1,
+        "only SER-A got in"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,26 +194,56 @@ async fn a_revoked_device_is_cut_off_at_once() {
     let enrolled = device.enroll(&central, &token).await.unwrap();
     let mut agent = central.agent(&device, &enrolled.certificate_der).await;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(Heartbeat { seq: 1, ..Default::default() })) })
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Heartbeat(Heartbeat {
+            seq: 1,
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let mut stream = agent
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
-        .unwrap();
-    let mut stream = agent.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        .unwrap()
+        .into_inner();
     let first = stream.message().await.unwrap().unwrap();
-    assert!(matches!(first.kind, Some(central_message::Kind::Desired(ref d)) if d.revision == 1), "{first:?}");
+    assert!(
+        matches!(first.kind, Some(central_message::Kind::Desired(ref d)) if d.revision == 1),
+        "{first:?}"
+    );
 
     // An operator config change reaches the open stream as a new revision.
-    central.admin_call("PUT", &format!("/api/v1/devices/{}/config", enrolled.device_id), Some(json!({ "config": { "site": "north" } })));
+    central.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{}/config", enrolled.device_id),
+        Some(json!({ "config": { "site": "north" } })),
+    );
     let desired = loop {
         match stream.message().await.unwrap().unwrap().kind {
             Some(central_message::Kind::Desired(d)) => break d,
             _ => continue,
         }
     };
-    assert_eq!((desired.revision, desired.config.get("site").map(String::as_str)), (2, Some("north")));
-    let shown = central.admin_call("GET", &format!("/api/v1/devices/{}", enrolled.device_id), None);
+    assert_eq!(
+        (
+            desired.revision,
+            desired.config.get("site").map(String::as_str)
+        ),
+        (2, Some("north"))
+    );
+    let shown = central.admin_call(
+        "GET",
+        &format!("/api/v1/devices/{}", enrolled.device_id),
+        None,
+    );
     assert_eq!(shown["device"]["online"], true);
 
-    central.admin_call("POST", &format!("/api/v1/devices/{}/revoke", enrolled.device_id), None);
+    central.admin_call(
+        "POST",
+        &format!("/api/v1/devices/{}/revoke", enrolled.device_id),
+        None,
+    );
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             match stream.message().await {
@@ -145,12 +256,28 @@ async fn a_revoked_device_is_cut_off_at_once() {
     .expect("stream ends promptly after revocation");
     let status = ended.expect_err("stream ends with an error");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    assert_refused(agent.ping(PingRequest { nonce: 1 }).await, Code::PermissionDenied, "revoked");
+    assert_refused(
+        agent.ping(PingRequest { nonce: 1 }).await,
+        Code::PermissionDenied,
+        "revoked",
+    );
     // Re-enrolling the revoked key is refused too.
-    assert_refused(device.enroll(&central, &token).await, Code::PermissionDenied, "revoked");
+    assert_refused(
+        device.enroll(&central, &token).await,
+        Code::PermissionDenied,
+        "revoked",
+    );
     let audit = central.admin_call("GET", "/api/v1/audit?limit=10", None);
-    let actions: Vec<&str> = audit["events"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert!(actions.contains(&"device.revoke") && actions.contains(&"device.enroll"), "{actions:?}");
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"device.revoke") && actions.contains(&"device.enroll"),
+        "{actions:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,12 +287,26 @@ async fn renewal_issues_a_new_certificate_only_for_the_enrolled_key() {
     let device = SimDevice::new("SER-RENEW");
     let enrolled = device.enroll(&central, &token).await.unwrap();
     let mut agent = central.agent(&device, &enrolled.certificate_der).await;
-    let renewed = agent.renew(RenewRequest { csr_der: device.csr() }).await.unwrap().into_inner();
+    let renewed = agent
+        .renew(RenewRequest {
+            csr_der: device.csr(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_ne!(renewed.certificate_der, enrolled.certificate_der);
     let mut agent = central.agent(&device, &renewed.certificate_der).await;
     agent.ping(PingRequest { nonce: 2 }).await.unwrap();
     let other_key = SimDevice::new("SER-RENEW");
-    assert_refused(agent.renew(RenewRequest { csr_der: other_key.csr() }).await, Code::PermissionDenied, "enrolled device key");
+    assert_refused(
+        agent
+            .renew(RenewRequest {
+                csr_der: other_key.csr(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "enrolled device key",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,16 +324,36 @@ async fn a_restart_loses_nothing() {
     central.restart().await;
 
     let after = central.admin_call("GET", "/api/v1/devices", None);
-    assert_eq!(before["devices"].as_array().unwrap().len(), after["devices"].as_array().unwrap().len());
-    for (b, a) in before["devices"].as_array().unwrap().iter().zip(after["devices"].as_array().unwrap()) {
-        assert_eq!((&b["id"], &b["status"], &b["cert_serial"]), (&a["id"], &a["status"], &a["cert_serial"]));
+    assert_eq!(
+        before["devices"].as_array().unwrap().len(),
+        after["devices"].as_array().unwrap().len()
+    );
+    for (b, a) in before["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after["devices"].as_array().unwrap())
+    {
+        assert_eq!(
+            (&b["id"], &b["status"], &b["cert_serial"]),
+            (&a["id"], &a["status"], &a["cert_serial"])
+        );
     }
-    assert_eq!(central.admin_call("GET", "/api/v1/claims", None)["claims"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        central.admin_call("GET", "/api/v1/claims", None)["claims"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     // Same CA after restart: the old certificate still works; the pending device is still pending.
     let mut agent = central.agent(&active, &enrolled.certificate_der).await;
     agent.ping(PingRequest { nonce: 3 }).await.unwrap();
     let polled = pending.enroll(&central, &token).await.unwrap();
-    assert_eq!((polled.status(), polled.device_id), (EnrollStatus::Pending, pending_id));
+    assert_eq!(
+        (polled.status(), polled.device_id),
+        (EnrollStatus::Pending, pending_id)
+    );
     // The bootstrap admin token was not replaced.
     let tokens = central.admin_call("GET", "/api/v1/api-tokens", None);
     assert_eq!(tokens["api_tokens"].as_array().unwrap().len(), 1);

@@ -10,12 +10,20 @@ const KEY_2: &str = "111111-222222-333333-444444-555555-666666-777777-888888";
 const UUID: &str = "5a9c0d1e-2b3f-4c5d-8e6f-7a8b9c0d1e2f";
 
 fn escrow(key: &str, uuid: &str) -> EscrowRecoveryKeyRequest {
-    EscrowRecoveryKeyRequest { recovery_key: key.into(), luks_uuid: uuid.into() }
+    EscrowRecoveryKeyRequest {
+        recovery_key: key.into(),
+        luks_uuid: uuid.into(),
+    }
 }
 
 fn audit_count(central: &TestCentral, action: &str) -> usize {
     let audit = central.admin_call("GET", "/api/v1/audit", None);
-    audit["events"].as_array().unwrap().iter().filter(|e| e["action"] == action).count()
+    audit["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .count()
 }
 
 /// Every byte central keeps on disk: the database, its WAL and the other files in data_dir
@@ -31,7 +39,10 @@ fn stored_bytes(central: &TestCentral) -> Vec<u8> {
         }
     }
     match &central.config.database_url {
-        None => assert!(names.iter().any(|n| n == "registry.sqlite3"), "no database among {names:?}"),
+        None => assert!(
+            names.iter().any(|n| n == "registry.sqlite3"),
+            "no database among {names:?}"
+        ),
         Some(url) => all.extend(postgres_bytes(url)),
     }
     all
@@ -81,18 +92,36 @@ async fn a_device_escrows_and_only_an_admin_reads_it_back_audited() {
     // Nothing escrowed yet: a 404 that says so.
     let (status, body) = central.call(&central.admin, "GET", &path, None);
     assert_eq!(status, 404, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("not escrowed"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not escrowed"),
+        "{body}"
+    );
 
     let mut agent = central.agent(&device, &enrolled.certificate_der).await;
-    agent.escrow_recovery_key(escrow(KEY_1, UUID)).await.unwrap();
+    agent
+        .escrow_recovery_key(escrow(KEY_1, UUID))
+        .await
+        .unwrap();
     assert_eq!(audit_count(&central, "recovery_key.escrow"), 1);
     // The same key again is a no-op; malformed input is refused with what is expected.
-    agent.escrow_recovery_key(escrow(KEY_1, UUID)).await.unwrap();
+    agent
+        .escrow_recovery_key(escrow(KEY_1, UUID))
+        .await
+        .unwrap();
     assert_eq!(audit_count(&central, "recovery_key.escrow"), 1);
-    let bad = agent.escrow_recovery_key(escrow("12345", UUID)).await.unwrap_err();
+    let bad = agent
+        .escrow_recovery_key(escrow("12345", UUID))
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("8 groups of 6 digits"), "{bad:?}");
-    let bad = agent.escrow_recovery_key(escrow(KEY_1, "not-a-uuid")).await.unwrap_err();
+    let bad = agent
+        .escrow_recovery_key(escrow(KEY_1, "not-a-uuid"))
+        .await
+        .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
 
     // Only admins read it.
@@ -107,26 +136,56 @@ async fn a_device_escrows_and_only_an_admin_reads_it_back_audited() {
     assert_eq!(audit_count(&central, "recovery_key.read"), 1);
     // Never cacheable.
     let response = tokio::task::block_in_place(|| {
-        central.rest().get(&central.rest_url(&path)).set("Authorization", &format!("Bearer {}", central.admin)).call().unwrap()
+        central
+            .rest()
+            .get(&central.rest_url(&path))
+            .set("Authorization", &format!("Bearer {}", central.admin))
+            .call()
+            .unwrap()
     });
     assert_eq!(response.header("cache-control"), Some("no-store"));
 
     // A new key (after a recovery) replaces the old one.
-    agent.escrow_recovery_key(escrow(KEY_2, UUID)).await.unwrap();
-    assert_eq!(central.admin_call("GET", &path, None)["recovery_key"], KEY_2);
+    agent
+        .escrow_recovery_key(escrow(KEY_2, UUID))
+        .await
+        .unwrap();
+    assert_eq!(
+        central.admin_call("GET", &path, None)["recovery_key"],
+        KEY_2
+    );
 
     // At rest: neither key is anywhere in central's files but the escrow key's ciphertext.
     let stored = stored_bytes(&central);
     // Control: the scan sees what is stored in clear (the LUKS UUID next to the sealed key).
-    assert!(stored.windows(UUID.len()).any(|w| w == UUID.as_bytes()), "the scan does not see the database");
+    assert!(
+        stored.windows(UUID.len()).any(|w| w == UUID.as_bytes()),
+        "the scan does not see the database"
+    );
     for key in [KEY_1, KEY_2] {
-        assert!(!stored.windows(key.len()).any(|w| w == key.as_bytes()), "{key} stored in clear");
+        assert!(
+            !stored.windows(key.len()).any(|w| w == key.as_bytes()),
+            "{key} stored in clear"
+        );
         let digits = &key.as_bytes()[..13];
-        assert!(!stored.windows(digits.len()).any(|w| w == digits), "part of {key} stored in clear");
+        assert!(
+            !stored.windows(digits.len()).any(|w| w == digits),
+            "part of {key} stored in clear"
+        );
     }
 
     // Unknown devices: 404.
-    assert_eq!(central.call(&central.admin, "GET", "/api/v1/devices/dev_nope/recovery-key", None).0, 404);
+    assert_eq!(
+        central
+            .call(
+                &central.admin,
+                "GET",
+                "/api/v1/devices/dev_nope/recovery-key",
+                None
+            )
+            .0,
+        404
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,10 +195,18 @@ async fn escrowed_keys_survive_a_restart_and_a_replaced_escrow_key_fails_closed(
     let device = SimDevice::new("SER-ESCROW-2");
     let enrolled = device.enroll(&central, &token).await.unwrap();
     let path = format!("/api/v1/devices/{}/recovery-key", enrolled.device_id);
-    central.agent(&device, &enrolled.certificate_der).await.escrow_recovery_key(escrow(KEY_1, UUID)).await.unwrap();
+    central
+        .agent(&device, &enrolled.certificate_der)
+        .await
+        .escrow_recovery_key(escrow(KEY_1, UUID))
+        .await
+        .unwrap();
 
     central.restart().await;
-    assert_eq!(central.admin_call("GET", &path, None)["recovery_key"], KEY_1);
+    assert_eq!(
+        central.admin_call("GET", &path, None)["recovery_key"],
+        KEY_1
+    );
 
     // Someone replaces escrow.key: the stored key must not decrypt to garbage or leak.
     central.stop().await;
@@ -147,6 +214,12 @@ async fn escrowed_keys_survive_a_restart_and_a_replaced_escrow_key_fails_closed(
     central.start_again().await;
     let (status, body) = central.call(&central.admin, "GET", &path, None);
     assert_eq!(status, 409, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("restore escrow.key"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("restore escrow.key"),
+        "{body}"
+    );
     assert!(!body.to_string().contains(KEY_1));
 }

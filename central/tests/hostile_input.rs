@@ -13,7 +13,9 @@ use tonic::Code;
 /// Throw bytes at a port; returns what came back before the server closed or went quiet.
 fn throw_garbage(port: u16, bytes: &[u8]) -> Vec<u8> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let _ = stream.write_all(bytes);
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);
@@ -21,7 +23,10 @@ fn throw_garbage(port: u16, bytes: &[u8]) -> Vec<u8> {
 }
 
 async fn still_serves(central: &TestCentral, token: &str, serial: &str) {
-    let response = SimDevice::new(serial).enroll(central, token).await.expect("enrollment still works");
+    let response = SimDevice::new(serial)
+        .enroll(central, token)
+        .await
+        .expect("enrollment still works");
     assert_eq!(response.status(), EnrollStatus::Approved);
     let (status, body) = central.call(&central.admin, "GET", "/healthz", None);
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
@@ -54,9 +59,18 @@ async fn malformed_csrs_and_facts_are_refused_with_invalid_argument() {
 
     let mut request = device.request(&token);
     request.facts = None;
-    assert_eq!(client.enroll(request).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        client.enroll(request).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
 
-    assert_eq!(central.admin_call("GET", "/api/v1/devices", None)["devices"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        central.admin_call("GET", "/api/v1/devices", None)["devices"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     still_serves(&central, &token, "SER-AFTER-CSR").await;
 }
 
@@ -66,7 +80,12 @@ async fn oversized_messages_are_refused_before_they_are_processed() {
     let (_, token) = central.token("auto", None, None);
     let mut request = SimDevice::new("SER-BIG").request(&token);
     request.token = "x".repeat(cairn_proto::MAX_MESSAGE_BYTES + 1024);
-    let status = central.enrollment().await.enroll(request).await.unwrap_err();
+    let status = central
+        .enrollment()
+        .await
+        .enroll(request)
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("too large"), "{status:?}");
     still_serves(&central, &token, "SER-AFTER-BIG").await;
@@ -74,15 +93,26 @@ async fn oversized_messages_are_refused_before_they_are_processed() {
     // Central answers 413 after 64 KiB without reading the rest, so the upload may also end with
     // the connection reset under the client: both are a refusal. Central must then still serve.
     let huge = json!({ "name": "x".repeat(100 * 1024), "policy": "auto" });
-    match central.try_call(&central.admin, "POST", "/api/v1/enrollment-tokens", Some(huge)) {
+    match central.try_call(
+        &central.admin,
+        "POST",
+        "/api/v1/enrollment-tokens",
+        Some(huge),
+    ) {
         Ok((status, body)) => assert!(status == 400 || status == 413, "{status} {body}"),
         Err(e) => assert!(
-            ["Broken pipe", "reset", "Connection"].iter().any(|w| e.contains(w)),
+            ["Broken pipe", "reset", "Connection"]
+                .iter()
+                .any(|w| e.contains(w)),
             "unexpected transport error: {e}"
         ),
     }
     let tokens = central.admin_call("GET", "/api/v1/enrollment-tokens", None);
-    assert!(tokens["tokens"].as_array().unwrap().iter().all(|t| t["name"].as_str().unwrap().len() < 1024));
+    assert!(tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["name"].as_str().unwrap().len() < 1024));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +121,9 @@ async fn garbage_on_both_ports_does_not_stop_central() {
     let (_, token) = central.token("auto", None, None);
     let grpc = central.c().grpc_addr.port();
     let rest = central.c().rest_addr.port();
-    let noise: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let noise: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     tokio::task::spawn_blocking(move || {
         for port in [grpc, rest] {
             throw_garbage(port, &noise);
@@ -120,22 +152,74 @@ async fn rest_refuses_bad_requests_with_clear_json_errors() {
     let viewer = central.api_token("v", "viewer");
     let operator = central.api_token("o", "operator");
     assert_eq!(central.call(&viewer, "GET", "/api/v1/devices", None).0, 200);
-    let (status, body) = central.call(&viewer, "POST", "/api/v1/enrollment-tokens", Some(json!({ "name": "n", "policy": "auto" })));
+    let (status, body) = central.call(
+        &viewer,
+        "POST",
+        "/api/v1/enrollment-tokens",
+        Some(json!({ "name": "n", "policy": "auto" })),
+    );
     assert_eq!(status, 403);
-    assert!(body["error"]["message"].as_str().unwrap().contains("operator role"), "{body}");
-    assert_eq!(central.call(&operator, "POST", "/api/v1/enrollment-tokens", Some(json!({ "name": "n", "policy": "auto" }))).0, 201);
-    assert_eq!(central.call(&operator, "POST", "/api/v1/api-tokens", Some(json!({ "name": "x", "role": "admin" }))).0, 403);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("operator role"),
+        "{body}"
+    );
+    assert_eq!(
+        central
+            .call(
+                &operator,
+                "POST",
+                "/api/v1/enrollment-tokens",
+                Some(json!({ "name": "n", "policy": "auto" }))
+            )
+            .0,
+        201
+    );
+    assert_eq!(
+        central
+            .call(
+                &operator,
+                "POST",
+                "/api/v1/api-tokens",
+                Some(json!({ "name": "x", "role": "admin" }))
+            )
+            .0,
+        403
+    );
     assert_eq!(central.call(&operator, "GET", "/api/v1/audit", None).0, 403);
 
     // Bad JSON and bad values say what is wrong.
-    let (status, body) = central.call(&central.admin, "POST", "/api/v1/enrollment-tokens", Some(json!({ "name": "n", "policy": "sometimes" })));
+    let (status, body) = central.call(
+        &central.admin,
+        "POST",
+        "/api/v1/enrollment-tokens",
+        Some(json!({ "name": "n", "policy": "sometimes" })),
+    );
     assert_eq!(status, 400);
-    assert!(body["error"]["message"].as_str().unwrap().contains("policy"), "{body}");
-    let (status, _) = central.call(&central.admin, "POST", "/api/v1/enrollment-tokens", Some(json!({ "name": "n", "policy": "auto", "max_uses": 0 })));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("policy"),
+        "{body}"
+    );
+    let (status, _) = central.call(
+        &central.admin,
+        "POST",
+        "/api/v1/enrollment-tokens",
+        Some(json!({ "name": "n", "policy": "auto", "max_uses": 0 })),
+    );
     assert_eq!(status, 400);
     let (status, _) = central.call(&central.admin, "GET", "/api/v1/devices/dev_nope", None);
     assert_eq!(status, 404);
-    let (status, _) = central.call(&central.admin, "POST", "/api/v1/devices/dev_nope/approve", None);
+    let (status, _) = central.call(
+        &central.admin,
+        "POST",
+        "/api/v1/devices/dev_nope/approve",
+        None,
+    );
     assert_eq!(status, 404);
     let (status, _) = central.call(&central.admin, "GET", "/api/v1/nothing-here", None);
     assert_eq!(status, 404);
@@ -148,6 +232,12 @@ async fn rest_refuses_bad_requests_with_clear_json_errors() {
     // Every change above is in the audit log under its actor; secrets are not.
     let audit = central.admin_call("GET", "/api/v1/audit?limit=50", None);
     let text = audit.to_string();
-    assert!(text.contains("api:o") && text.contains("token.create"), "{text}");
-    assert!(!text.contains(&operator) && !text.contains(&viewer), "audit log leaks a secret");
+    assert!(
+        text.contains("api:o") && text.contains("token.create"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&operator) && !text.contains(&viewer),
+        "audit log leaks a secret"
+    );
 }

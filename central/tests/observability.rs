@@ -172,7 +172,12 @@ impl Device {
     async fn heartbeat(&mut self, apps: Vec<AppStatus>, host: Option<HostMetrics>) {
         self.seq += 1;
         let seq = self.seq;
-        let heartbeat = Heartbeat { seq, apps, host, ..Default::default() };
+        let heartbeat = Heartbeat {
+            seq,
+            apps,
+            host,
+            ..Default::default()
+        };
         heartbeat_acked(&self.tx, &mut self.stream, heartbeat).await;
     }
 }
@@ -758,19 +763,44 @@ async fn logs_on_demand_go_through_the_device_stream() {
     // replicas, another one would count it online only while it heartbeats there): 409, not a
     // wait for the timeout. Delivery across replicas is tested in tests/replicas.rs.
     responder.abort();
-    let ConnectedDevice { id: away_id, tx, stream, .. } = central.connect_device("SER-LOG-2").await;
-    let mut away = Device { id: away_id.clone(), tx, stream, seq: 0 };
+    let ConnectedDevice {
+        id: away_id,
+        tx,
+        stream,
+        ..
+    } = central.connect_device("SER-LOG-2").await;
+    let mut away = Device {
+        id: away_id.clone(),
+        tx,
+        stream,
+        seq: 0,
+    };
     away.heartbeat(vec![], None).await;
     drop(away);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while central.admin_call("GET", &format!("/api/v1/devices/{away_id}"), None)["device"]["online"] != Value::Bool(false) {
-        assert!(tokio::time::Instant::now() < deadline, "central never saw the stream end");
+    while central.admin_call("GET", &format!("/api/v1/devices/{away_id}"), None)["device"]["online"]
+        != Value::Bool(false)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "central never saw the stream end"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Its heartbeat times reach the registry (presence flush, 50 ms here) and are read back.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let (status, body) =
-        central.call(&operator, "GET", &format!("/api/v1/devices/{away_id}/logs?app=web&service=nginx&lines=3"), None);
+    let (status, body) = central.call(
+        &operator,
+        "GET",
+        &format!("/api/v1/devices/{away_id}/logs?app=web&service=nginx&lines=3"),
+        None,
+    );
     assert_eq!(status, 409, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("is offline"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is offline"),
+        "{body}"
+    );
 }

@@ -35,7 +35,13 @@ struct Device {
 
 impl Device {
     async fn connect(central: &TestCentral, serial: &str) -> Device {
-        let ConnectedDevice { sim, id, cert, tx, stream } = central.connect_device(serial).await;
+        let ConnectedDevice {
+            sim,
+            id,
+            cert,
+            tx,
+            stream,
+        } = central.connect_device(serial).await;
         let mut device = Device {
             id,
             tx: Some(tx),
@@ -534,15 +540,25 @@ async fn bad_input_is_refused_with_what_to_fix() {
         json!({ "name": "south", "latitude": -40.0, "longitude": 0.0, "devices": [device.id, "dev_nope"] }),
     );
     assert_eq!(status, 400);
-    assert!(message.contains("dev_nope") && message.contains("nothing was created"), "{message}");
-    assert_eq!(central.call(&central.admin, "GET", "/api/v1/sites/south", None).0, 404);
+    assert!(
+        message.contains("dev_nope") && message.contains("nothing was created"),
+        "{message}"
+    );
+    assert_eq!(
+        central
+            .call(&central.admin, "GET", "/api/v1/sites/south", None)
+            .0,
+        404
+    );
     let shown = central.admin_call("GET", &format!("/api/v1/devices/{}", device.id), None);
     assert_eq!(shown["device"]["site"], Value::Null, "{shown}");
     let (status, created) = central.call(
         &central.admin,
         "POST",
         "/api/v1/sites",
-        Some(json!({ "name": "south", "latitude": -40.0, "longitude": 0.0, "devices": [device.id] })),
+        Some(
+            json!({ "name": "south", "latitude": -40.0, "longitude": 0.0, "devices": [device.id] }),
+        ),
     );
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["devices"], json!([device.id]));

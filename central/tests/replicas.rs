@@ -8,12 +8,17 @@
 
 use std::time::Duration;
 
-use cairn_proto::v1::{agent_message, central_message, AgentMessage, CentralMessage, DesiredState, LogReply};
+use cairn_proto::v1::{
+    agent_message, central_message, AgentMessage, CentralMessage, DesiredState, LogReply,
+};
 use cairn_testsupport::central::{config_in, TestCentral, DATABASE_URL_ENV};
 use serde_json::json;
 
 /// The next DesiredState on `stream` within `within`, skipping heartbeat acks.
-async fn next_desired(stream: &mut tonic::Streaming<CentralMessage>, within: Duration) -> DesiredState {
+async fn next_desired(
+    stream: &mut tonic::Streaming<CentralMessage>,
+    within: Duration,
+) -> DesiredState {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let message = tokio::time::timeout_at(deadline, stream.message())
@@ -35,7 +40,10 @@ async fn until_online_on(central: &TestCentral, id: &str, online: bool) {
         if device["device"]["online"] == json!(online) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the device never showed online={online}: {device}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the device never showed online={online}: {device}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -54,7 +62,10 @@ async fn replicas_on_one_database_stay_consistent() {
     config_b.database_url = a.config.database_url.clone();
     config_b.remote_presence_seconds = 5;
     let mut b = TestCentral::start_with(tempfile::tempdir().unwrap(), config_b).await;
-    assert_eq!(a.admin, b.admin, "both replicas use the one bootstrap admin token");
+    assert_eq!(
+        a.admin, b.admin,
+        "both replicas use the one bootstrap admin token"
+    );
 
     // Enrolled through A, streaming to B.
     let (_, token) = a.token("auto", None, None);
@@ -66,20 +77,47 @@ async fn replicas_on_one_database_stay_consistent() {
 
     // A change made on A reaches the stream held by B.
     let body = json!({ "config": { "greeting": "from-a" } });
-    let (status, answer) = a.call(&a.admin, "PUT", &format!("/api/v1/devices/{id}/config"), Some(body));
+    let (status, answer) = a.call(
+        &a.admin,
+        "PUT",
+        &format!("/api/v1/devices/{id}/config"),
+        Some(body),
+    );
     assert_eq!(status, 200, "{answer}");
     let pushed = next_desired(&mut stream, Duration::from_secs(10)).await;
-    assert!(pushed.revision > first.revision, "{pushed:?} after {first:?}");
-    assert_eq!(pushed.config.get("greeting").map(String::as_str), Some("from-a"));
+    assert!(
+        pushed.revision > first.revision,
+        "{pushed:?} after {first:?}"
+    );
+    assert_eq!(
+        pushed.config.get("greeting").map(String::as_str),
+        Some("from-a")
+    );
 
     // An app deployed on A arrives too (the whole desired state, read from the database).
     let compose = "services:\n  web:\n    image: registry.local/busybox:1\n    command: [\"sleep\", \"3600\"]\n";
-    let (status, answer) =
-        a.call(&a.admin, "PUT", &format!("/api/v1/devices/{id}/apps/web"), Some(json!({ "compose_yaml": compose })));
+    let (status, answer) = a.call(
+        &a.admin,
+        "PUT",
+        &format!("/api/v1/devices/{id}/apps/web"),
+        Some(json!({ "compose_yaml": compose })),
+    );
     assert!(status == 200 || status == 201, "{status} {answer}");
     let pushed = next_desired(&mut stream, Duration::from_secs(10)).await;
-    assert_eq!(pushed.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), ["web"], "{pushed:?}");
-    assert_eq!(pushed.config.get("greeting").map(String::as_str), Some("from-a"), "config kept with the app");
+    assert_eq!(
+        pushed
+            .apps
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>(),
+        ["web"],
+        "{pushed:?}"
+    );
+    assert_eq!(
+        pushed.config.get("greeting").map(String::as_str),
+        Some("from-a"),
+        "config kept with the app"
+    );
 
     // A sees the device online although its stream is on B (B writes presence, A reads it).
     until_online_on(&a, &id, true).await;
@@ -102,16 +140,27 @@ async fn replicas_on_one_database_stay_consistent() {
     })
     .join()
     .unwrap();
-    assert!(killed >= 4, "expected the registry, notify and listen connections of both replicas, killed {killed}");
+    assert!(
+        killed >= 4,
+        "expected the registry, notify and listen connections of both replicas, killed {killed}"
+    );
     let body = json!({ "config": { "greeting": "after-outage" } });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         // The first call on a dropped connection may fail; the next one reconnects.
-        let (status, answer) = a.call(&a.admin, "PUT", &format!("/api/v1/devices/{id}/config"), Some(body.clone()));
+        let (status, answer) = a.call(
+            &a.admin,
+            "PUT",
+            &format!("/api/v1/devices/{id}/config"),
+            Some(body.clone()),
+        );
         if status == 200 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "A did not recover from the dropped connections: {status} {answer}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "A did not recover from the dropped connections: {status} {answer}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -124,10 +173,22 @@ async fn replicas_on_one_database_stay_consistent() {
 
     // A's Prometheus metrics: no stream here, one device online in the fleet.
     let metrics = tokio::task::block_in_place(|| {
-        a.rest().get(&a.rest_url("/metrics")).set("Authorization", &format!("Bearer {}", a.admin)).call().unwrap().into_string().unwrap()
+        a.rest()
+            .get(&a.rest_url("/metrics"))
+            .set("Authorization", &format!("Bearer {}", a.admin))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
     });
     let sample = |name: &str| {
-        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        metrics.lines().find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
     };
     assert_eq!(sample("cairn_devices_online"), Some(0.0), "{metrics}");
     assert_eq!(sample("cairn_fleet_devices_online"), Some(1.0), "{metrics}");
@@ -138,7 +199,13 @@ async fn replicas_on_one_database_stay_consistent() {
         let agent = a.rest();
         let token = a.admin.clone();
         tokio::task::spawn_blocking(move || {
-            agent.get(&url).set("Authorization", &format!("Bearer {token}")).call().unwrap().into_json::<serde_json::Value>().unwrap()
+            agent
+                .get(&url)
+                .set("Authorization", &format!("Bearer {token}"))
+                .call()
+                .unwrap()
+                .into_json::<serde_json::Value>()
+                .unwrap()
         })
     };
     let request = tokio::time::timeout(Duration::from_secs(10), async {
@@ -152,8 +219,17 @@ async fn replicas_on_one_database_stay_consistent() {
     .await
     .expect("the log request reaches the stream on B");
     assert_eq!(request.lines, 3);
-    let reply = LogReply { request_id: request.id, text: "line from B's stream\n".into(), truncated: false, error: String::new() };
-    tx.send(AgentMessage { kind: Some(agent_message::Kind::Reply(reply)) }).await.unwrap();
+    let reply = LogReply {
+        request_id: request.id,
+        text: "line from B's stream\n".into(),
+        truncated: false,
+        error: String::new(),
+    };
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Reply(reply)),
+    })
+    .await
+    .unwrap();
     let answer = ask.await.unwrap();
     assert_eq!(answer["text"], "line from B's stream\n", "{answer}");
 
@@ -174,7 +250,12 @@ async fn replicas_on_one_database_stay_consistent() {
     drop(stream_a);
     let (_tx_b, mut stream_b) = b.open_sync(&sim, &enrolled.certificate_der).await;
     next_desired(&mut stream_b, Duration::from_secs(10)).await;
-    let (status, answer) = a.call(&a.admin, "POST", &format!("/api/v1/devices/{id}/revoke"), None);
+    let (status, answer) = a.call(
+        &a.admin,
+        "POST",
+        &format!("/api/v1/devices/{id}/revoke"),
+        None,
+    );
     assert_eq!(status, 200, "{answer}");
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {

@@ -12,10 +12,12 @@ use std::time::Duration;
 use cairn_image::bundle::{make_bundle, BundleSpec};
 use cairn_image::keys;
 use cairn_proto::v1::{
-    central_message, AgentMessage, BundleIndexRequest, CentralMessage, DesiredState,
-    Heartbeat, OsStatus, OsUpdatePhase, ReadBundleRequest,
+    central_message, AgentMessage, BundleIndexRequest, CentralMessage, DesiredState, Heartbeat,
+    OsStatus, OsUpdatePhase, ReadBundleRequest,
 };
-use cairn_testsupport::central::{config_in, heartbeat_acked, ConnectedDevice, SimDevice, TestCentral};
+use cairn_testsupport::central::{
+    config_in, heartbeat_acked, ConnectedDevice, SimDevice, TestCentral,
+};
 use cairn_testsupport::require_tool;
 use serde_json::{json, Value};
 use sha2::Digest;
@@ -129,7 +131,13 @@ impl Device {
         site: Option<&str>,
         version: &str,
     ) -> Device {
-        let ConnectedDevice { sim, id, cert, tx, stream } = central.connect_device(serial).await;
+        let ConnectedDevice {
+            sim,
+            id,
+            cert,
+            tx,
+            stream,
+        } = central.connect_device(serial).await;
         let mut device = Device {
             id,
             tx: Some(tx),
@@ -157,7 +165,6 @@ impl Device {
             .await;
         device
     }
-
 
     async fn reconnect(&mut self, central: &TestCentral) -> DesiredState {
         let (tx, stream) = central.open_sync(&self.sim, &self.cert).await;
@@ -580,17 +587,30 @@ async fn canary_failure_halts_and_abort_calls_off() {
     assert_eq!(halted["events"].as_array().unwrap().len(), 1, "{halted}");
     assert_eq!(halted["events"][0]["severity"], "error");
     assert!(halted["events"][0]["device_id"].is_null());
-    assert!(halted["events"][0]["message"].as_str().unwrap().contains(&format!("rollout {id} halted")), "{halted}");
+    assert!(
+        halted["events"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("rollout {id} halted")),
+        "{halted}"
+    );
     let mut phases = Value::Null;
     for _ in 0..100 {
-        phases = central.admin_call("GET", &format!("/api/v1/events?kind=os.update&device={canary_id}"), None);
+        phases = central.admin_call(
+            "GET",
+            &format!("/api/v1/events?kind=os.update&device={canary_id}"),
+            None,
+        );
         if !phases["events"].as_array().unwrap().is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let message = phases["events"][0]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("idle -> failed") && message.contains("containerd did not start"), "{phases}");
+    assert!(
+        message.contains("idle -> failed") && message.contains("containerd did not start"),
+        "{phases}"
+    );
     assert_eq!(phases["events"][0]["severity"], "error");
 
     let (status, body) = central.call(

@@ -418,10 +418,16 @@ fn run_device(
         }
         DeviceCommand::RecoveryKey { id } => {
             let reply = client.device_recovery_key(&id)?;
-            emit(out, json, &reply, |shown| format!("{}\n", shown.recovery_key))
+            emit(out, json, &reply, |shown| {
+                format!("{}\n", shown.recovery_key)
+            })
         }
-        DeviceCommand::Label { id, labels } => site::run_device_label(client, &id, labels, json, out),
-        DeviceCommand::Site { id, site, none: _ } => site::run_device_site(client, &id, site, json, out),
+        DeviceCommand::Label { id, labels } => {
+            site::run_device_label(client, &id, labels, json, out)
+        }
+        DeviceCommand::Site { id, site, none: _ } => {
+            site::run_device_site(client, &id, site, json, out)
+        }
     }
 }
 

@@ -20,10 +20,11 @@ use thiserror::Error;
 
 use crate::input::{self, InputError};
 use crate::model::{
-    ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, BundleList, BundleRemoved, BundleUploaded, ClaimList, ClaimReply,
-    CreateApiToken, CreateClaim, CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken,
-    DeviceHostList, DeviceList, DeviceLogs, DeviceObserved, DeviceReply, EnrollmentTokenList, EventList, EnrollmentTokenReply, ErrorBody, PutApp,
-    RecoveryKeyReply, CreateRollout, RolloutCreated, RolloutList, RolloutReply,
+    ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, BundleList, BundleRemoved,
+    BundleUploaded, ClaimList, ClaimReply, CreateApiToken, CreateClaim, CreateEnrollmentToken,
+    CreateRollout, CreatedApiToken, CreatedEnrollmentToken, DeviceHostList, DeviceList, DeviceLogs,
+    DeviceObserved, DeviceReply, EnrollmentTokenList, EnrollmentTokenReply, ErrorBody, EventList,
+    PutApp, RecoveryKeyReply, RolloutCreated, RolloutList, RolloutReply,
 };
 use crate::output::printable;
 
@@ -440,7 +441,10 @@ impl Client {
     }
 
     /// `POST /api/v1/rollouts`: creates an OS update rollout, or plans one (`dry_run`).
-    pub fn create_rollout(&self, request: &CreateRollout) -> Result<Reply<RolloutCreated>, CtlError> {
+    pub fn create_rollout(
+        &self,
+        request: &CreateRollout,
+    ) -> Result<Reply<RolloutCreated>, CtlError> {
         self.post("/api/v1/rollouts", Some(request))
     }
 
@@ -479,7 +483,11 @@ impl Client {
 
     /// `GET /api/v1/devices/{id}/logs`: waits up to [`LOGS_TIMEOUT`] for the device's answer
     /// (central gives up earlier, after its `log_request_timeout_seconds`).
-    pub fn device_logs(&self, id: &str, query: &[(&str, &str)]) -> Result<Reply<DeviceLogs>, CtlError> {
+    pub fn device_logs(
+        &self,
+        id: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Reply<DeviceLogs>, CtlError> {
         let id = checked_id(id)?;
         let url = format!("{}/api/v1/devices/{id}/logs", self.base);
         let mut request = self.request("GET", &url).timeout(LOGS_TIMEOUT);

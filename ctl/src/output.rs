@@ -306,7 +306,12 @@ pub fn device_details(device: &Device) -> String {
         ("site", optional(&device.site)),
         (
             "labels",
-            device.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            device
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
         ),
     ])
 }

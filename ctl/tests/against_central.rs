@@ -12,18 +12,40 @@ async fn operator_workflow_through_cairnctl() {
     let central = TestCentral::start().await;
     let ctl = Ctl::new(&central);
 
-    let created = ctl.json(&["token", "create", "--name", "shop-fleet", "--policy", "manual", "--max-uses", "2", "--expires-in", "7d"]);
+    let created = ctl.json(&[
+        "token",
+        "create",
+        "--name",
+        "shop-fleet",
+        "--policy",
+        "manual",
+        "--max-uses",
+        "2",
+        "--expires-in",
+        "7d",
+    ]);
     let secret = created["secret"].as_str().unwrap().to_owned();
     let token_id = created["token"]["id"].as_str().unwrap().to_owned();
     let table = ctl.ok(&["token", "list"]);
-    assert!(table.contains("shop-fleet") && table.contains("manual") && table.contains(&token_id), "{table}");
-    assert!(!table.contains(&secret), "token list must never show a secret");
+    assert!(
+        table.contains("shop-fleet") && table.contains("manual") && table.contains(&token_id),
+        "{table}"
+    );
+    assert!(
+        !table.contains(&secret),
+        "token list must never show a secret"
+    );
 
     let device = SimDevice::new("SN-CTL-1");
     let pending = device.enroll(&central, &secret).await.unwrap();
     assert_eq!(pending.status(), EnrollStatus::Pending);
     let table = ctl.ok(&["device", "list"]);
-    assert!(table.contains(&pending.device_id) && table.contains("pending") && table.contains("SN-CTL-1"), "{table}");
+    assert!(
+        table.contains(&pending.device_id)
+            && table.contains("pending")
+            && table.contains("SN-CTL-1"),
+        "{table}"
+    );
 
     ctl.ok(&["device", "approve", &pending.device_id]);
     let shown = ctl.json(&["device", "show", &pending.device_id]);
@@ -37,15 +59,28 @@ async fn operator_workflow_through_cairnctl() {
     let claims = ctl.json(&["claim", "list"]);
     assert_eq!(claims["claims"][0]["value"], "SN-CLAIMED");
     let dup = ctl.run(&["claim", "add", "--serial", "SN-CLAIMED"]);
-    assert!(!dup.ok && dup.stderr.contains("already claimed"), "{}", dup.stderr);
+    assert!(
+        !dup.ok && dup.stderr.contains("already claimed"),
+        "{}",
+        dup.stderr
+    );
 
     ctl.ok(&["device", "revoke", &pending.device_id]);
-    assert_eq!(ctl.json(&["device", "show", &pending.device_id])["device"]["status"], "revoked");
+    assert_eq!(
+        ctl.json(&["device", "show", &pending.device_id])["device"]["status"],
+        "revoked"
+    );
     ctl.ok(&["token", "revoke", &token_id]);
     assert_eq!(ctl.json(&["token", "list"])["tokens"][0]["revoked"], true);
 
     let audit = ctl.ok(&["audit", "--limit", "20"]);
-    for action in ["token.create", "device.approve", "claim.add", "device.revoke", "token.revoke"] {
+    for action in [
+        "token.create",
+        "device.approve",
+        "claim.add",
+        "device.revoke",
+        "token.revoke",
+    ] {
         assert!(audit.contains(action), "audit lacks {action}: {audit}");
     }
 }
@@ -54,19 +89,36 @@ async fn operator_workflow_through_cairnctl() {
 async fn roles_and_trust_failures_are_reported_clearly() {
     let central = TestCentral::start().await;
     let admin = Ctl::new(&central);
-    let viewer_secret = admin.json(&["api-token", "create", "--name", "auditor", "--role", "viewer"])["secret"]
+    let viewer_secret = admin.json(&[
+        "api-token",
+        "create",
+        "--name",
+        "auditor",
+        "--role",
+        "viewer",
+    ])["secret"]
         .as_str()
         .unwrap()
         .to_owned();
     let listed = admin.ok(&["api-token", "list"]);
-    assert!(listed.contains("auditor") && listed.contains("viewer"), "{listed}");
+    assert!(
+        listed.contains("auditor") && listed.contains("viewer"),
+        "{listed}"
+    );
 
-    let viewer = Ctl { token_file: central.dir.path().join("viewer"), ..Ctl::new(&central) };
+    let viewer = Ctl {
+        token_file: central.dir.path().join("viewer"),
+        ..Ctl::new(&central)
+    };
     std::fs::write(&viewer.token_file, &viewer_secret).unwrap();
     viewer.ok(&["device", "list"]);
     let refused = viewer.run(&["token", "create", "--name", "x", "--policy", "auto"]);
     assert!(!refused.ok);
-    assert!(refused.stderr.contains("operator role") && refused.stderr.contains("403"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("operator role") && refused.stderr.contains("403"),
+        "{}",
+        refused.stderr
+    );
 
     // A CA that did not sign central's certificate: refused, with a hint about --ca.
     let other_ca = rcgen::CertificateParams::new(vec!["x".into()])
@@ -74,12 +126,28 @@ async fn roles_and_trust_failures_are_reported_clearly() {
         .self_signed(&rcgen::KeyPair::generate().unwrap())
         .unwrap()
         .pem();
-    let wrong = Ctl { ca: central.dir.path().join("other-ca.pem"), ..Ctl::new(&central) };
+    let wrong = Ctl {
+        ca: central.dir.path().join("other-ca.pem"),
+        ..Ctl::new(&central)
+    };
     std::fs::write(&wrong.ca, other_ca).unwrap();
     let failed = wrong.run(&["device", "list"]);
     assert!(!failed.ok);
     assert!(failed.stderr.contains("--ca"), "{}", failed.stderr);
 
-    let bad_input = admin.run(&["token", "create", "--name", "x", "--policy", "auto", "--expires-in", "7x"]);
-    assert!(!bad_input.ok && bad_input.stderr.contains("--expires-in"), "{}", bad_input.stderr);
+    let bad_input = admin.run(&[
+        "token",
+        "create",
+        "--name",
+        "x",
+        "--policy",
+        "auto",
+        "--expires-in",
+        "7x",
+    ]);
+    assert!(
+        !bad_input.ok && bad_input.stderr.contains("--expires-in"),
+        "{}",
+        bad_input.stderr
+    );
 }

@@ -55,10 +55,15 @@ async fn sites_regions_labels_and_deployments_from_the_command_line() {
         out.stderr
     );
     // A site created with its devices; an unknown device creates nothing.
-    let out = ctl.run(&["site", "create", "durban", "--lat", "-29.86", "--lon", "31.02", "--device", &id, "--device", "dev_nope"]);
+    let out = ctl.run(&[
+        "site", "create", "durban", "--lat", "-29.86", "--lon", "31.02", "--device", &id,
+        "--device", "dev_nope",
+    ]);
     assert!(!out.ok && out.stderr.contains("dev_nope"), "{}", out.stderr);
     assert!(!ctl.ok(&["site", "list"]).contains("durban"));
-    let out = ctl.ok(&["site", "create", "durban", "--lat", "-29.86", "--lon", "31.02", "--device", &id]);
+    let out = ctl.ok(&[
+        "site", "create", "durban", "--lat", "-29.86", "--lon", "31.02", "--device", &id,
+    ]);
     assert_eq!(out, "site durban created with 1 devices\n");
     assert!(ctl.ok(&["site", "show", "durban"]).contains(&id));
     ctl.ok(&["device", "site", &id, "cape-town"]);

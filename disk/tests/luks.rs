@@ -153,7 +153,10 @@ fn never_formats_over_data_blkid_does_not_know() {
     let device = sparse_device(dir.path());
     {
         use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().write(true).open(&device).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&device)
+            .unwrap();
         f.seek(SeekFrom::Start(300 * 1024)).unwrap();
         f.write_all(b"someone's unlabelled data").unwrap();
     }

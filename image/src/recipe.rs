@@ -327,13 +327,13 @@ impl Recipe {
                 "must list PCR numbers 0-23 separated by ',' (e.g. \"7,11\")",
             ));
         }
-        if self
-            .fleet
-            .plain_http_registries
-            .iter()
-            .any(|r| r.is_empty() || r.contains(['/', '"', '\\']) || r.contains(char::is_whitespace))
-        {
-            return Err(self.invalid("fleet.plain_http_registries", "each entry must be a registry host[:port]"));
+        if self.fleet.plain_http_registries.iter().any(|r| {
+            r.is_empty() || r.contains(['/', '"', '\\']) || r.contains(char::is_whitespace)
+        }) {
+            return Err(self.invalid(
+                "fleet.plain_http_registries",
+                "each entry must be a registry host[:port]",
+            ));
         }
         if !name_ok(&self.update.compatible) {
             return Err(self.invalid("update.compatible", "must be non-empty [A-Za-z0-9._-]"));

@@ -57,7 +57,6 @@ fn running(st: &[ServiceStatus], service: &str) -> Option<u32> {
         .and_then(|s| s.pid)
 }
 
-
 /// Run `sh -c cmd` in `id` until it exits 0 and prints `want` (10 s at most); its output.
 async fn exec_until(env: &common::Env, id: &str, cmd: &str, want: &str) -> String {
     let out = env.containerd.scratch_dir("exec").join(format!("{id}.out"));

@@ -44,7 +44,6 @@ fn running(statuses: &[ServiceStatus], service: &str) -> bool {
         .any(|s| s.service == service && s.state == ServiceState::Running)
 }
 
-
 fn shop(host: &str, port: u16, worker_tag: &str, web_env: &str) -> DesiredApp {
     let yaml = format!(
         r#"

@@ -77,7 +77,9 @@ pub struct BenchOptions {
 impl BenchOptions {
     /// Simulator processes for a fleet of `devices`.
     pub fn shards_for(&self, devices: usize) -> usize {
-        self.shards.unwrap_or_else(|| shards::auto_shards(devices)).clamp(1, devices.max(1))
+        self.shards
+            .unwrap_or_else(|| shards::auto_shards(devices))
+            .clamp(1, devices.max(1))
     }
 }
 
@@ -279,7 +281,12 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<SizeResult>, BenchError> 
         let replicas = options.replicas.max(1);
         n.div_ceil(replicas).max(n.div_ceil(options.shards_for(n))) as u64
     };
-    let largest = options.sizes.iter().map(|&n| per_process(n)).max().unwrap_or(0);
+    let largest = options
+        .sizes
+        .iter()
+        .map(|&n| per_process(n))
+        .max()
+        .unwrap_or(0);
     // Central and the workers are our children and inherit the limit.
     let nofile = raise_nofile((largest + 20_000).min(1_048_576));
     eprintln!("cairn-sim: RLIMIT_NOFILE = {nofile}");
@@ -300,7 +307,10 @@ pub async fn run(options: &BenchOptions) -> Result<Vec<SizeResult>, BenchError> 
     let mut results = Vec::new();
     for &devices in &options.sizes {
         let result = run_size(options, devices).await?;
-        eprintln!("cairn-sim: {}", serde_json::to_string(&result).unwrap_or_default());
+        eprintln!(
+            "cairn-sim: {}",
+            serde_json::to_string(&result).unwrap_or_default()
+        );
         results.push(result);
     }
     Ok(results)
@@ -333,12 +343,17 @@ async fn run_size(options: &BenchOptions, devices: usize) -> Result<SizeResult, 
             // (its admin.token) and any identities from an earlier run belong to another one.
             remove_stale(&dir.join("central"))?;
             remove_stale(&cache)?;
-            let fresh = registry::create_fresh(admin, devices).await.map_err(|source| BenchError::Database {
-                devices,
-                server: admin.to_string(),
-                source: Box::new(source),
-            })?;
-            eprintln!("cairn-sim: {devices} devices: fresh PostgreSQL database {} on {admin}", fresh.name);
+            let fresh = registry::create_fresh(admin, devices)
+                .await
+                .map_err(|source| BenchError::Database {
+                    devices,
+                    server: admin.to_string(),
+                    source: Box::new(source),
+                })?;
+            eprintln!(
+                "cairn-sim: {devices} devices: fresh PostgreSQL database {} on {admin}",
+                fresh.name
+            );
             database = Some(fresh);
         }
     }
@@ -350,7 +365,8 @@ async fn run_size(options: &BenchOptions, devices: usize) -> Result<SizeResult, 
     let url = database.as_ref().map(|d| d.url.as_str());
     let result = match start_centrals(options, &dir, url).await {
         Ok(centrals) => {
-            let result = with_central(options, devices, store, &centrals, &dir, &cache, identities).await;
+            let result =
+                with_central(options, devices, store, &centrals, &dir, &cache, identities).await;
             for central in centrals {
                 central.stop();
             }
@@ -362,10 +378,16 @@ async fn run_size(options: &BenchOptions, devices: usize) -> Result<SizeResult, 
         match &result {
             Ok(_) => {
                 if let Err(e) = registry::drop_database(admin, database).await {
-                    eprintln!("cairn-sim: warning: could not drop the benchmark database {}: {e}", database.name);
+                    eprintln!(
+                        "cairn-sim: warning: could not drop the benchmark database {}: {e}",
+                        database.name
+                    );
                 }
             }
-            Err(_) => eprintln!("cairn-sim: kept the PostgreSQL database {} for inspection", database.name),
+            Err(_) => eprintln!(
+                "cairn-sim: kept the PostgreSQL database {} for inspection",
+                database.name
+            ),
         }
     }
     result
@@ -380,15 +402,23 @@ async fn start_centrals(
     url: Option<&str>,
 ) -> Result<Vec<CentralProcess>, CentralError> {
     match (options.replicas, url) {
-        (0 | 1, _) | (_, None) => Ok(vec![CentralProcess::start(&options.central_bin, dir, url).await?]),
+        (0 | 1, _) | (_, None) => Ok(vec![
+            CentralProcess::start(&options.central_bin, dir, url).await?,
+        ]),
         (replicas, Some(url)) => {
-            let mut centrals = vec![CentralProcess::start_replica(&options.central_bin, dir, 0, url).await?];
-            let others = (1..replicas).map(|r| CentralProcess::start_replica(&options.central_bin, dir, r, url));
+            let mut centrals =
+                vec![CentralProcess::start_replica(&options.central_bin, dir, 0, url).await?];
+            let others = (1..replicas)
+                .map(|r| CentralProcess::start_replica(&options.central_bin, dir, r, url));
             // On failure the started ones are dropped, which stops them.
             centrals.extend(futures::future::try_join_all(others).await?);
             eprintln!(
                 "cairn-sim: {replicas} central replicas: gRPC {}",
-                centrals.iter().map(|c| c.grpc.to_string()).collect::<Vec<_>>().join(", ")
+                centrals
+                    .iter()
+                    .map(|c| c.grpc.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(centrals)
         }
@@ -492,7 +522,12 @@ async fn with_central(
             .await
             .map_err(shards_err)?
     };
-    let mib_all = |v: &[u64]| (mib(v.iter().sum()), mib(v.iter().copied().max().unwrap_or(0)));
+    let mib_all = |v: &[u64]| {
+        (
+            mib(v.iter().sum()),
+            mib(v.iter().copied().max().unwrap_or(0)),
+        )
+    };
     let (central_rss_mib, central_rss_max_mib) = mib_all(&measured.rss);
     let (central_peak_mib, central_peak_max_mib) = mib_all(&measured.peak);
     let (sim_rss_mib, sim_rss_max_mib) = mib_all(&measured.sim_rss);
@@ -558,7 +593,11 @@ async fn enroll_on_replicas(
         }
     });
     let mut all: Vec<(usize, identity::DeviceIdentity)> =
-        futures::future::try_join_all(per_replica).await?.into_iter().flatten().collect();
+        futures::future::try_join_all(per_replica)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
     all.sort_unstable_by_key(|(i, _)| *i);
     Ok(all.into_iter().map(|(_, identity)| identity).collect())
 }
@@ -609,7 +648,10 @@ async fn measure(
     fleet: &Fleet,
 ) -> Result<Measured, FleetError> {
     let devices = fleet.len();
-    let connect_s = fleet.wait_connected(connect_budget(devices)).await?.as_secs_f64();
+    let connect_s = fleet
+        .wait_connected(connect_budget(devices))
+        .await?
+        .as_secs_f64();
     eprintln!("cairn-sim: {devices} devices connected in {connect_s:.1} s; warming up one heartbeat interval");
     fleet.wait_acked(1, ack_budget(options)).await?;
     let cpu_before: Vec<f64> = centrals.iter().map(CentralProcess::cpu_seconds).collect();
@@ -617,7 +659,12 @@ async fn measure(
     let heartbeat = fleet.measure_heartbeats(options.window).await;
     let cpu_pct = cpu_since(centrals, &cpu_before, window_started);
     let rss: Vec<u64> = centrals.iter().map(|c| c.memory().0).collect();
-    eprintln!("cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB", heartbeat.p50_us, heartbeat.p99_us, mib(rss.iter().sum()));
+    eprintln!(
+        "cairn-sim: {devices} devices: heartbeat p50 {} µs p99 {} µs; central RSS {:.0} MiB",
+        heartbeat.p50_us,
+        heartbeat.p99_us,
+        mib(rss.iter().sum())
+    );
     let fanout = config_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let deployment = deployment_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
@@ -674,7 +721,12 @@ impl MarkerWatch for Shards {
         self.watch_marker(marker, within).await
     }
     async fn last_received(&mut self, _marker: u64, within: Duration) -> Result<u64, ShardError> {
-        Ok(self.fan_out_received(within).await?.into_iter().max().unwrap_or(0))
+        Ok(self
+            .fan_out_received(within)
+            .await?
+            .into_iter()
+            .max()
+            .unwrap_or(0))
     }
 }
 
@@ -689,7 +741,10 @@ async fn config_fan_out<W: MarkerWatch>(
     if !options.config_fan_out {
         return Ok(None);
     }
-    eprintln!("cairn-sim: {} devices: pushing a config change to all, one REST call each", ids.len());
+    eprintln!(
+        "cairn-sim: {} devices: pushing a config change to all, one REST call each",
+        ids.len()
+    );
     let ids = ids.iter().map(String::as_str);
     timed_change(watch, fanout_budget(ids.len()), |marker| {
         fleet::set_marker_all(operator, ids, marker, options.fanout_concurrency)
@@ -718,24 +773,54 @@ async fn deployment_fan_out<W: MarkerWatch>(
     eprintln!("cairn-sim: {devices} devices: creating {sites} sites of {HOSTS_PER_SITE} and putting every device at one");
     let create = ids.chunks(HOSTS_PER_SITE).enumerate().map(|(s, hosts)| {
         let (latitude, longitude) = ((s * 7 % 170) as f64 - 85.0, (s * 13 % 350) as f64 - 175.0);
-        async move { operator.create_site(&site_name(s), latitude, longitude, hosts).await }
+        async move {
+            operator
+                .create_site(&site_name(s), latitude, longitude, hosts)
+                .await
+        }
     });
-    fleet::run_all(options.fanout_concurrency, create).await.map_err(rest)?;
+    fleet::run_all(options.fanout_concurrency, create)
+        .await
+        .map_err(rest)?;
     let sites_s = started.elapsed().as_secs_f64();
     let budget = fanout_budget(devices);
     let hosts = HOSTS_PER_SITE as u32;
     eprintln!("cairn-sim: {devices} devices: sites set up in {sites_s:.1} s; creating a deployment on all of them");
     let place = timed_change(watch, budget, |marker| async move {
-        operator.put_deployment(DEPLOYMENT, &crate::device::deployment_compose(marker), hosts, true).await
+        operator
+            .put_deployment(
+                DEPLOYMENT,
+                &crate::device::deployment_compose(marker),
+                hosts,
+                true,
+            )
+            .await
     })
     .await?;
-    eprintln!("cairn-sim: {devices} devices: deployment placed on all in {:.1} s; changing its app", place.all_received_s);
+    eprintln!(
+        "cairn-sim: {devices} devices: deployment placed on all in {:.1} s; changing its app",
+        place.all_received_s
+    );
     let change = timed_change(watch, budget, |marker| async move {
-        operator.put_deployment(DEPLOYMENT, &crate::device::deployment_compose(marker), hosts, false).await
+        operator
+            .put_deployment(
+                DEPLOYMENT,
+                &crate::device::deployment_compose(marker),
+                hosts,
+                false,
+            )
+            .await
     })
     .await?;
-    eprintln!("cairn-sim: {devices} devices: deployment change reached all in {:.1} s", change.all_received_s);
-    Ok(DeploymentFanOut { sites_s, place, change })
+    eprintln!(
+        "cairn-sim: {devices} devices: deployment change reached all in {:.1} s",
+        change.all_received_s
+    );
+    Ok(DeploymentFanOut {
+        sites_s,
+        place,
+        change,
+    })
 }
 
 /// Arm `watch` for a new marker, make `change` with it, and wait for the last device; `budget`
@@ -749,9 +834,13 @@ async fn timed_change<W: MarkerWatch, F: std::future::Future<Output = Result<(),
     watch.arm(marker, budget).await?;
     let started = Instant::now();
     let started_us = monotonic_us();
-    change(marker).await.map_err(|e| W::Error::from(FleetError::from(e)))?;
+    change(marker)
+        .await
+        .map_err(|e| W::Error::from(FleetError::from(e)))?;
     let calls = started.elapsed();
-    let last = watch.last_received(marker, budget.saturating_sub(calls)).await?;
+    let last = watch
+        .last_received(marker, budget.saturating_sub(calls))
+        .await?;
     let calls_s = calls.as_secs_f64();
     Ok(shards::merge_fanout(started_us, calls_s, &[last]))
 }
@@ -829,7 +918,13 @@ pub fn table(results: &[SizeResult]) -> String {
     let Some(base) = results.first() else {
         return String::new();
     };
-    let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}x", a / b) } else { "-".into() };
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}x", a / b)
+        } else {
+            "-".into()
+        }
+    };
     let mut out = String::from(
         "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | deployment placed s | deployment change all received s (xN0) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects | replicas x sim processes | max central RSS MiB | max central CPU % | max sim RSS MiB\n",
     );

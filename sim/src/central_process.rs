@@ -17,7 +17,9 @@ pub enum CentralError {
         source: std::io::Error,
     },
     /// The binary did not start.
-    #[error("could not start {bin}: {source}; build it with `cargo build --release -p cairn-central`")]
+    #[error(
+        "could not start {bin}: {source}; build it with `cargo build --release -p cairn-central`"
+    )]
     Spawn {
         /// The binary.
         bin: PathBuf,
@@ -71,7 +73,11 @@ impl CentralProcess {
     /// `dir/central.log`; returns once REST answers. With `database_url` (a PostgreSQL URL)
     /// the registry lives there instead of in `dir/central/registry.sqlite3`; the config file
     /// `dir/central.toml` is then written with mode 0600, as it holds the password.
-    pub async fn start(bin: &Path, dir: &Path, database_url: Option<&str>) -> Result<Self, CentralError> {
+    pub async fn start(
+        bin: &Path,
+        dir: &Path,
+        database_url: Option<&str>,
+    ) -> Result<Self, CentralError> {
         Self::start_named(bin, dir, "central", &dir.join("central"), database_url).await
     }
 
@@ -79,8 +85,20 @@ impl CentralProcess {
     /// one data directory `dir/central` (CA key, escrow key, admin token, bundles): config
     /// `dir/central-<index>.toml`, log `dir/central-<index>.log`, its own ports. Start replica
     /// 0 first and the others once it is ready (it writes the CA and admin token they read).
-    pub async fn start_replica(bin: &Path, dir: &Path, index: usize, database_url: &str) -> Result<Self, CentralError> {
-        Self::start_named(bin, dir, &format!("central-{index}"), &dir.join("central"), Some(database_url)).await
+    pub async fn start_replica(
+        bin: &Path,
+        dir: &Path,
+        index: usize,
+        database_url: &str,
+    ) -> Result<Self, CentralError> {
+        Self::start_named(
+            bin,
+            dir,
+            &format!("central-{index}"),
+            &dir.join("central"),
+            Some(database_url),
+        )
+        .await
     }
 
     async fn start_named(
@@ -120,12 +138,10 @@ impl CentralProcess {
             .stdout(Stdio::null())
             .stderr(log);
         die_with_parent(&mut command);
-        let child = command
-            .spawn()
-            .map_err(|source| CentralError::Spawn {
-                bin: bin.to_owned(),
-                source,
-            })?;
+        let child = command.spawn().map_err(|source| CentralError::Spawn {
+            bin: bin.to_owned(),
+            source,
+        })?;
         let mut process = Self {
             child,
             grpc,
@@ -144,7 +160,9 @@ impl CentralProcess {
             if let (Ok(ca), Ok(admin)) = (ca, admin) {
                 process.ca_pem = ca;
                 process.admin_token = admin.trim().to_owned();
-                if let Ok(operator) = crate::rest::Operator::new(rest, &process.ca_pem, &process.admin_token) {
+                if let Ok(operator) =
+                    crate::rest::Operator::new(rest, &process.ca_pem, &process.admin_token)
+                {
                     if operator.healthy().await {
                         return Ok(process);
                     }
@@ -208,7 +226,14 @@ pub fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -236,7 +261,12 @@ pub fn cpu_seconds_of(stat_path: &str) -> f64 {
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
-    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // SAFETY: sysconf reads a constant.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (ticks(14) + ticks(15)) as f64 / hz

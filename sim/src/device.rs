@@ -30,12 +30,20 @@ pub fn deployment_compose(marker: u64) -> String {
 /// The newest marker a desired state carries, in its config or in any app's compose file
 /// (markers are Unix milliseconds, so the latest change has the largest).
 fn newest_marker(desired: &cairn_proto::v1::DesiredState) -> Option<u64> {
-    let in_config = desired.config.get(MARKER_KEY).and_then(|v| v.parse::<u64>().ok());
+    let in_config = desired
+        .config
+        .get(MARKER_KEY)
+        .and_then(|v| v.parse::<u64>().ok());
     let prefix = format!("# {MARKER_KEY}: ");
-    let in_apps = desired
-        .apps
-        .iter()
-        .filter_map(|app| app.compose_yaml.lines().next()?.strip_prefix(prefix.as_str())?.trim().parse::<u64>().ok());
+    let in_apps = desired.apps.iter().filter_map(|app| {
+        app.compose_yaml
+            .lines()
+            .next()?
+            .strip_prefix(prefix.as_str())?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
     in_config.into_iter().chain(in_apps).max()
 }
 
@@ -130,10 +138,19 @@ async fn session(
 ) -> Result<(), String> {
     let (tx, rx) = mpsc::channel(2);
     let mut inbound = {
-        let _permit = shared.connecting.acquire().await.map_err(|e| e.to_string())?;
-        let channel = connect::channel(grpc, source_ip, &shared.ca_pem, Some(identity.tls_identity()))
+        let _permit = shared
+            .connecting
+            .acquire()
             .await
             .map_err(|e| e.to_string())?;
+        let channel = connect::channel(
+            grpc,
+            source_ip,
+            &shared.ca_pem,
+            Some(identity.tls_identity()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         let mut client = AgentClient::new(channel);
         let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
         tokio::time::timeout(Duration::from_secs(30), client.sync(outbound))
@@ -144,7 +161,8 @@ async fn session(
     };
     // First heartbeat at a random point of the interval, so a fleet does not beat in step.
     let interval = shared.heartbeat_interval;
-    let mut next = tokio::time::Instant::now() + interval.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+    let mut next =
+        tokio::time::Instant::now() + interval.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
     let mut pending: Option<(u64, Instant)> = None;
     // What a real agent sends in every heartbeat (its facts and an idle OS status), so central
     // runs the same per-heartbeat path.
@@ -244,9 +262,21 @@ mod tests {
         assert_eq!(newest_marker(&desired), None);
         desired.config.insert(MARKER_KEY.into(), "5".into());
         assert_eq!(newest_marker(&desired), Some(5));
-        desired.apps.push(App { name: "bench".into(), compose_yaml: deployment_compose(9), generation: 1 });
-        desired.apps.push(App { name: "other".into(), compose_yaml: "services: {}\n# cairn-sim-marker: 99".into(), generation: 1 });
-        assert_eq!(newest_marker(&desired), Some(9), "only a first-line marker counts");
+        desired.apps.push(App {
+            name: "bench".into(),
+            compose_yaml: deployment_compose(9),
+            generation: 1,
+        });
+        desired.apps.push(App {
+            name: "other".into(),
+            compose_yaml: "services: {}\n# cairn-sim-marker: 99".into(),
+            generation: 1,
+        });
+        assert_eq!(
+            newest_marker(&desired),
+            Some(9),
+            "only a first-line marker counts"
+        );
         desired.config.insert(MARKER_KEY.into(), "12".into());
         assert_eq!(newest_marker(&desired), Some(12));
     }

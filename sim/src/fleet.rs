@@ -92,7 +92,10 @@ impl Latency {
 /// processes of one machine (unlike `Instant`, which cannot be sent to another process), and
 /// unaffected by wall-clock steps.
 pub fn monotonic_us() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes the struct we pass; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000
@@ -117,7 +120,11 @@ pub async fn set_marker_all<'a>(
     concurrency: usize,
 ) -> Result<(), RestError> {
     let value = json!({ MARKER_KEY: marker.to_string() });
-    run_all(concurrency, ids.map(|id| operator.set_config(id, value.clone()))).await
+    run_all(
+        concurrency,
+        ids.map(|id| operator.set_config(id, value.clone())),
+    )
+    .await
 }
 
 /// Run REST `calls`, `concurrency` in flight; all are made, then the first failure, if any, is
@@ -126,8 +133,10 @@ pub async fn run_all<F: std::future::Future<Output = Result<(), RestError>>>(
     concurrency: usize,
     calls: impl Iterator<Item = F>,
 ) -> Result<(), RestError> {
-    let results: Vec<Result<(), RestError>> =
-        futures::stream::iter(calls).buffer_unordered(concurrency.max(1)).collect().await;
+    let results: Vec<Result<(), RestError>> = futures::stream::iter(calls)
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
     results.into_iter().collect()
 }
 
@@ -141,7 +150,12 @@ pub struct Fleet {
 
 impl Fleet {
     /// Start one task per identity; each connects (bounded concurrency) and syncs until stopped.
-    pub fn start(grpc: SocketAddr, ca_pem: &str, identities: Vec<DeviceIdentity>, options: &FleetOptions) -> Self {
+    pub fn start(
+        grpc: SocketAddr,
+        ca_pem: &str,
+        identities: Vec<DeviceIdentity>,
+        options: &FleetOptions,
+    ) -> Self {
         Self::start_assigned(&[grpc], 0, ca_pem, identities, options)
     }
 
@@ -160,7 +174,10 @@ impl Fleet {
         identities: Vec<DeviceIdentity>,
         options: &FleetOptions,
     ) -> Self {
-        assert!(!replicas.is_empty(), "a fleet needs at least one central address");
+        assert!(
+            !replicas.is_empty(),
+            "a fleet needs at least one central address"
+        );
         let epoch = Instant::now();
         let shared = Arc::new(FleetShared {
             ca_pem: ca_pem.to_owned(),
@@ -248,8 +265,10 @@ impl Fleet {
 
     /// Wait until every device holds an open Sync stream with its first DesiredState.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<Duration, FleetError> {
-        self.wait_until("devices connected", timeout, |s| s.connected.load(Ordering::Relaxed))
-            .await
+        self.wait_until("devices connected", timeout, |s| {
+            s.connected.load(Ordering::Relaxed)
+        })
+        .await
     }
 
     /// Wait until every device has at least `acks` heartbeats acknowledged.
@@ -275,7 +294,13 @@ impl Fleet {
         self.shared.recording.store(true, Ordering::Relaxed);
         tokio::time::sleep(window).await;
         self.shared.recording.store(false, Ordering::Relaxed);
-        std::mem::take(&mut *self.shared.latencies_us.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(
+            &mut *self
+                .shared
+                .latencies_us
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Wait until every device has received config marker `marker` (set by someone else, e.g.
@@ -296,7 +321,10 @@ impl Fleet {
 
     /// Sync streams reopened since start, summed over the fleet.
     pub fn reconnects(&self) -> u64 {
-        self.slots.iter().map(|s| s.reconnects.load(Ordering::Relaxed)).sum()
+        self.slots
+            .iter()
+            .map(|s| s.reconnects.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Stop every device (their connections close).

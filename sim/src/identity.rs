@@ -77,7 +77,9 @@ impl DeviceIdentity {
     /// The tonic client identity (certificate and key as PEM).
     pub fn tls_identity(&self) -> tonic::transport::Identity {
         let b64 = base64::engine::general_purpose::STANDARD;
-        let cert = b64.decode(&self.cert_der).expect("cached certificate is base64");
+        let cert = b64
+            .decode(&self.cert_der)
+            .expect("cached certificate is base64");
         let key = b64.decode(&self.key_pkcs8).expect("cached key is base64");
         tonic::transport::Identity::from_pem(
             pem::encode(&pem::Pem::new("CERTIFICATE", cert)),

@@ -103,7 +103,9 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match Cli::parse().command {
         Command::Bench {
             sizes,
@@ -147,7 +149,9 @@ fn main() -> anyhow::Result<()> {
                 sim_bin: std::env::current_exe().context("locating the cairn-sim binary")?,
             };
             if options.replicas > 1 && options.database.is_none() {
-                anyhow::bail!(cairn_sim::bench::BenchError::ReplicasNeedPostgres(options.replicas));
+                anyhow::bail!(cairn_sim::bench::BenchError::ReplicasNeedPostgres(
+                    options.replicas
+                ));
             }
             let results = runtime
                 .block_on(until_interrupted(cairn_sim::bench::run(&options)))?
@@ -195,7 +199,8 @@ fn main() -> anyhow::Result<()> {
 async fn until_interrupted<T>(work: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
         result = work => Ok(result),
         _ = interrupt.recv() => anyhow::bail!("interrupted (SIGINT); central and simulator workers stopped"),

@@ -38,7 +38,9 @@ pub enum AdminUrlError {
     #[error("--database-url {0} has query parameters (?...); they are not supported, give postgres://user:password@host:port/database")]
     Query(String),
     /// No `/database` at the end (the database the admin connection logs in to).
-    #[error("--database-url {0} names no database; end it with the admin database, e.g. /postgres")]
+    #[error(
+        "--database-url {0} names no database; end it with the admin database, e.g. /postgres"
+    )]
     NoDatabase(String),
     /// The PostgreSQL client cannot parse it.
     #[error("--database-url {0} is not a valid PostgreSQL URL: {1}")]
@@ -48,15 +50,22 @@ pub enum AdminUrlError {
 impl AdminUrl {
     /// Validate `url`.
     pub fn new(url: &str) -> Result<Self, AdminUrlError> {
-        let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) else {
+        let Some(rest) = url
+            .strip_prefix("postgres://")
+            .or_else(|| url.strip_prefix("postgresql://"))
+        else {
             // Only a real scheme is echoed: anything else might hold the password.
             return Err(match url.split_once("://") {
                 Some((scheme, _))
                     if !scheme.is_empty()
                         && scheme.len() <= 16
-                        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+                        && scheme
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
                 {
-                    AdminUrlError::Scheme { scheme: format!("{scheme}://") }
+                    AdminUrlError::Scheme {
+                        scheme: format!("{scheme}://"),
+                    }
                 }
                 _ => AdminUrlError::NoScheme,
             });
@@ -72,7 +81,10 @@ impl AdminUrl {
             _ => return Err(AdminUrlError::NoDatabase(store::redact_url(url))),
         }
         if let Err(e) = url.parse::<postgres::Config>() {
-            return Err(AdminUrlError::Invalid(store::redact_url(url), e.to_string()));
+            return Err(AdminUrlError::Invalid(
+                store::redact_url(url),
+                e.to_string(),
+            ));
         }
         Ok(Self(url.to_owned()))
     }
@@ -138,9 +150,10 @@ pub async fn create_fresh(admin: &AdminUrl, devices: usize) -> Result<FreshDatab
     let name = format!("cairn_sim_{devices}_{unix}_{}", std::process::id());
     let admin = admin.clone();
     let for_task = name.clone();
-    let url = tokio::task::spawn_blocking(move || store::create_database(admin.expose(), &for_task))
-        .await
-        .map_err(|e| StoreError::Worker(e.to_string()))??;
+    let url =
+        tokio::task::spawn_blocking(move || store::create_database(admin.expose(), &for_task))
+            .await
+            .map_err(|e| StoreError::Worker(e.to_string()))??;
     Ok(FreshDatabase { name, url })
 }
 
@@ -150,9 +163,13 @@ pub async fn drop_database(admin: &AdminUrl, database: &FreshDatabase) -> Result
     let admin = admin.clone();
     let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database.name);
     // On a plain thread: the sync client runs its own runtime.
-    std::thread::spawn(move || store::connect_postgres(admin.expose())?.execute_batch(&sql).map_err(StoreError::from))
-        .join()
-        .map_err(|_| StoreError::Worker("dropping the benchmark database panicked".into()))?
+    std::thread::spawn(move || {
+        store::connect_postgres(admin.expose())?
+            .execute_batch(&sql)
+            .map_err(StoreError::from)
+    })
+    .join()
+    .map_err(|_| StoreError::Worker("dropping the benchmark database panicked".into()))?
 }
 
 #[cfg(test)]
@@ -174,7 +191,10 @@ mod tests {
         ];
         for url in refused {
             let err = AdminUrl::new(url).unwrap_err().to_string();
-            assert!(err.contains("--database-url") && !err.contains("hunter2"), "{url}: {err}");
+            assert!(
+                err.contains("--database-url") && !err.contains("hunter2"),
+                "{url}: {err}"
+            );
         }
         let url = AdminUrl::new("postgres://cairn:hunter2@127.0.0.1:5439/postgres").unwrap();
         assert!(!format!("{url} {url:?}").contains("hunter2"));

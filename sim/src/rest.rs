@@ -67,12 +67,24 @@ impl Operator {
         })
     }
 
-    async fn call(&self, method: &'static str, path: &str, body: Option<Value>) -> Result<Value, RestError> {
+    async fn call(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, RestError> {
         self.call_within(method, path, body, CALL_TIMEOUT).await
     }
 
-    async fn call_within(&self, method: &'static str, path: &str, body: Option<Value>, timeout: Duration) -> Result<Value, RestError> {
-        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("static method names are valid");
+    async fn call_within(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, RestError> {
+        let m =
+            reqwest::Method::from_bytes(method.as_bytes()).expect("static method names are valid");
         let mut request = self
             .client
             .request(m, format!("{}{path}", self.base))
@@ -108,7 +120,9 @@ impl Operator {
     /// A new `auto` enrollment token with unlimited uses; returns its secret.
     pub async fn auto_token(&self, name: &str) -> Result<String, RestError> {
         let body = json!({ "name": name, "policy": "auto", "max_uses": null, "expires_in_seconds": 30 * 24 * 3600 });
-        let answer = self.call("POST", "/api/v1/enrollment-tokens", Some(body)).await?;
+        let answer = self
+            .call("POST", "/api/v1/enrollment-tokens", Some(body))
+            .await?;
         Ok(answer["secret"].as_str().unwrap_or_default().to_owned())
     }
 
@@ -125,7 +139,13 @@ impl Operator {
     }
 
     /// Create site `name` at a point with `devices` at it (`POST /api/v1/sites`, one call).
-    pub async fn create_site(&self, name: &str, latitude: f64, longitude: f64, devices: &[String]) -> Result<(), RestError> {
+    pub async fn create_site(
+        &self,
+        name: &str,
+        latitude: f64,
+        longitude: f64,
+        devices: &[String],
+    ) -> Result<(), RestError> {
         let body = json!({ "name": name, "latitude": latitude, "longitude": longitude, "devices": devices });
         self.call("POST", "/api/v1/sites", Some(body)).await?;
         Ok(())
@@ -133,14 +153,33 @@ impl Operator {
 
     /// Create (`POST`) or replace (`PUT`) deployment `name`: `compose_yaml` on `hosts_per_site`
     /// devices of every site. Central answers after its placement pass has written the result.
-    pub async fn put_deployment(&self, name: &str, compose_yaml: &str, hosts_per_site: u32, create: bool) -> Result<(), RestError> {
+    pub async fn put_deployment(
+        &self,
+        name: &str,
+        compose_yaml: &str,
+        hosts_per_site: u32,
+        create: bool,
+    ) -> Result<(), RestError> {
         let placement = json!({ "hosts_per_site": hosts_per_site });
         if create {
-            let body = json!({ "name": name, "compose_yaml": compose_yaml, "placement": placement });
-            self.call_within("POST", "/api/v1/deployments", Some(body), DEPLOYMENT_TIMEOUT).await?;
+            let body =
+                json!({ "name": name, "compose_yaml": compose_yaml, "placement": placement });
+            self.call_within(
+                "POST",
+                "/api/v1/deployments",
+                Some(body),
+                DEPLOYMENT_TIMEOUT,
+            )
+            .await?;
         } else {
             let body = json!({ "compose_yaml": compose_yaml, "placement": placement });
-            self.call_within("PUT", &format!("/api/v1/deployments/{name}"), Some(body), DEPLOYMENT_TIMEOUT).await?;
+            self.call_within(
+                "PUT",
+                &format!("/api/v1/deployments/{name}"),
+                Some(body),
+                DEPLOYMENT_TIMEOUT,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -41,7 +41,10 @@ async fn two_hundred_devices_enroll_beat_and_get_a_config_change() {
     assert_eq!(central.c().shared.sessions.online_count(), DEVICES);
     fleet.wait_acked(2, Duration::from_secs(60)).await.unwrap();
     let latency = fleet.measure_heartbeats(Duration::from_secs(1)).await;
-    assert!(latency.count > DEVICES / 2, "round trips were recorded: {latency:?}");
+    assert!(
+        latency.count > DEVICES / 2,
+        "round trips were recorded: {latency:?}"
+    );
 
     // The benchmark's config fan-out: a marker set on every device, then the last arrival.
     let started_us = cairn_sim::fleet::monotonic_us();

@@ -49,7 +49,8 @@ impl WorkDir {
     pub fn fresh(name: &str) -> WorkDir {
         let dir = image::target_dir().join("cairn-e2e/vms").join(name);
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         WorkDir(dir)
     }
 }
@@ -70,7 +71,10 @@ impl AsRef<std::path::Path> for WorkDir {
 impl Drop for WorkDir {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("kept {} for inspection (serial.log, qemu.stderr, disks)", self.0.display());
+            eprintln!(
+                "kept {} for inspection (serial.log, qemu.stderr, disks)",
+                self.0.display()
+            );
         } else if let Err(e) = std::fs::remove_dir_all(&self.0) {
             eprintln!("could not remove {}: {e}", self.0.display());
         }

@@ -341,35 +341,37 @@ impl Vm {
                 ))
                 .args(["-device", "virtio-blk-pci,drive=disk1"]);
         }
-        qemu
-            .args([
-                "-netdev",
-                &netdev,
-                "-device",
-                "virtio-net-pci,netdev=net0,romfile=",
-            ])
-            .arg("-chardev")
-            .arg(format!("socket,id=chrtpm,path={}", tpm.socket().display()))
-            .args([
-                "-tpmdev",
-                "emulator,id=tpm0,chardev=chrtpm",
-                "-device",
-                "tpm-tis,tpmdev=tpm0",
-            ])
-            .args([
-                "-smbios",
-                &format!("type=1,serial={}", options.serial_number),
-            ])
-            .args(["-display", "none", "-vga", "none", "-monitor", "none"])
-            .arg("-chardev")
-            // append: after a guest reboot the next QEMU goes on in the same log.
-            .arg(format!("file,id=serial0,path={},append=on", serial_log.display()))
-            .args(["-serial", "chardev:serial0", "-no-reboot"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                fs::File::create(dir.join("qemu.stderr")).map_err(io("create", dir))?,
-            ));
+        qemu.args([
+            "-netdev",
+            &netdev,
+            "-device",
+            "virtio-net-pci,netdev=net0,romfile=",
+        ])
+        .arg("-chardev")
+        .arg(format!("socket,id=chrtpm,path={}", tpm.socket().display()))
+        .args([
+            "-tpmdev",
+            "emulator,id=tpm0,chardev=chrtpm",
+            "-device",
+            "tpm-tis,tpmdev=tpm0",
+        ])
+        .args([
+            "-smbios",
+            &format!("type=1,serial={}", options.serial_number),
+        ])
+        .args(["-display", "none", "-vga", "none", "-monitor", "none"])
+        .arg("-chardev")
+        // append: after a guest reboot the next QEMU goes on in the same log.
+        .arg(format!(
+            "file,id=serial0,path={},append=on",
+            serial_log.display()
+        ))
+        .args(["-serial", "chardev:serial0", "-no-reboot"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            fs::File::create(dir.join("qemu.stderr")).map_err(io("create", dir))?,
+        ));
         crate::kill_with_parent(&mut qemu);
         let child = qemu.spawn().map_err(|e| VmError::Command {
             command: "qemu-system-x86_64".into(),
@@ -435,15 +437,28 @@ impl Vm {
     /// How much the guest has printed so far: a position for [`Vm::wait_for_since`] (the log
     /// goes on across guest reboots).
     pub fn serial_mark(&self) -> usize {
-        fs::metadata(&self.serial_log).map(|m| m.len() as usize).unwrap_or(0)
+        fs::metadata(&self.serial_log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0)
     }
 
     /// Wait until `count` lines printed after byte `since` contain `marker`; returns the last of
     /// them. Fails with the serial log tail when `timeout` passes or QEMU exits first.
-    pub fn wait_for_since(&mut self, since: usize, marker: &str, count: usize, timeout: Duration) -> Result<String, VmError> {
+    pub fn wait_for_since(
+        &mut self,
+        since: usize,
+        marker: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<String, VmError> {
         let deadline = Instant::now() + timeout;
         let find = |text: &str| {
-            let lines: Vec<&str> = text.get(since..).unwrap_or("").lines().filter(|l| l.contains(marker)).collect();
+            let lines: Vec<&str> = text
+                .get(since..)
+                .unwrap_or("")
+                .lines()
+                .filter(|l| l.contains(marker))
+                .collect();
             (lines.len() >= count).then(|| lines[count - 1].trim_end_matches('\r').to_string())
         };
         loop {

@@ -39,11 +39,15 @@ struct Fleet {
 
 impl Fleet {
     fn get(&self, path: &str) -> Value {
-        self.runtime.block_on(async { self.central.admin_call("GET", path, None) })
+        self.runtime
+            .block_on(async { self.central.admin_call("GET", path, None) })
     }
 
     fn devices(&self) -> Vec<Value> {
-        self.get("/api/v1/devices")["devices"].as_array().cloned().unwrap_or_default()
+        self.get("/api/v1/devices")["devices"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Wait until exactly one device is active and online; return it.
@@ -51,12 +55,22 @@ impl Fleet {
         let started = Instant::now();
         loop {
             let devices = self.devices();
-            if let Some(device) = devices.iter().find(|d| d["status"] == "active" && d["online"] == true) {
-                assert_eq!(devices.len(), 1, "{what}: a second device enrolled: {devices:?}");
+            if let Some(device) = devices
+                .iter()
+                .find(|d| d["status"] == "active" && d["online"] == true)
+            {
+                assert_eq!(
+                    devices.len(),
+                    1,
+                    "{what}: a second device enrolled: {devices:?}"
+                );
                 return device.clone();
             }
             if guest.exited() || started.elapsed() > BOOT_TIMEOUT {
-                panic!("{what}: the guest never connected; devices {devices:?}\n{}", guest.serial_tail());
+                panic!(
+                    "{what}: the guest never connected; devices {devices:?}\n{}",
+                    guest.serial_tail()
+                );
             }
             std::thread::sleep(Duration::from_secs(2));
         }
@@ -73,7 +87,10 @@ impl Fleet {
                 Some(json!({ "compose_yaml": cairn_e2e::demo_app(marker) })),
             )
         });
-        assert!(status == 200 || status == 201, "deploy refused: {status} {body}");
+        assert!(
+            status == 200 || status == 201,
+            "deploy refused: {status} {body}"
+        );
     }
 
     /// Wait until central reports `web` running and `client` healthy on the device.
@@ -82,19 +99,34 @@ impl Fleet {
         let mut last = Value::Null;
         loop {
             let apps = self.get(&format!("/api/v1/devices/{id}/apps"));
-            let services = apps["apps"][0]["status"]["services"].as_array().cloned().unwrap_or_default();
+            let services = apps["apps"][0]["status"]["services"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if Value::Array(services.clone()) != last {
-                eprintln!("{what}: +{:.0}s services {}", started.elapsed().as_secs_f64(), Value::Array(services.clone()));
+                eprintln!(
+                    "{what}: +{:.0}s services {}",
+                    started.elapsed().as_secs_f64(),
+                    Value::Array(services.clone())
+                );
                 last = Value::Array(services.clone());
             }
             let state = |name: &str, key: &str| {
-                services.iter().find(|s| s["name"] == name).map(|s| s[key].as_str().unwrap_or("").to_string())
+                services
+                    .iter()
+                    .find(|s| s["name"] == name)
+                    .map(|s| s[key].as_str().unwrap_or("").to_string())
             };
-            if state("web", "state").as_deref() == Some("running") && state("client", "health").as_deref() == Some("healthy") {
+            if state("web", "state").as_deref() == Some("running")
+                && state("client", "health").as_deref() == Some("healthy")
+            {
                 return apps;
             }
             if guest.exited() || started.elapsed() > BOOT_TIMEOUT {
-                panic!("{what}: the app never became healthy: {apps}\n{}", guest.serial_tail());
+                panic!(
+                    "{what}: the app never became healthy: {apps}\n{}",
+                    guest.serial_tail()
+                );
             }
             std::thread::sleep(Duration::from_secs(2));
         }
@@ -116,7 +148,9 @@ fn boot_report(guest: &mut Vm) -> (Vec<String>, std::collections::BTreeMap<Strin
         .filter(|l| l.contains("CAIRN-DATA "))
         .map(|l| l.trim_end_matches('\r').to_string())
         .collect();
-    let disk = guest.wait_for("CAIRN-DISK", Duration::from_secs(5)).unwrap();
+    let disk = guest
+        .wait_for("CAIRN-DISK", Duration::from_secs(5))
+        .unwrap();
     (data, check_fields(&disk))
 }
 
@@ -124,9 +158,16 @@ fn make_recovery_stick(path: &Path, key: &str) {
     let _ = std::fs::remove_file(path);
     let run = |cmd: &mut Command| {
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(Command::new("mkfs.vfat").args(["-n", "CAIRN-KEY", "-C"]).arg(path).arg("8192"));
+    run(Command::new("mkfs.vfat")
+        .args(["-n", "CAIRN-KEY", "-C"])
+        .arg(path)
+        .arg("8192"));
     let key_file = path.with_extension("txt");
     std::fs::write(&key_file, format!("{key}\n")).unwrap();
     run(Command::new("mcopy")
@@ -145,7 +186,11 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let work = cairn_e2e::WorkDir::fresh("data-protection");
 
     // A real central on a random loopback port; the guest reaches it as 10.0.2.100:7443.
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let central_dir = tempfile::tempdir_in(&work).unwrap();
     let mut config = config_in(central_dir.path());
     config.server_names.push("10.0.2.100".into());
@@ -157,7 +202,13 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
 
     // App images come from a registry on the host, forwarded into the guest.
     let registry = Registry::start();
-    fleet.runtime.block_on(images::push(&registry.url(), "cairn/box", "1", &images::busybox_image(&[]), None));
+    fleet.runtime.block_on(images::push(
+        &registry.url(),
+        "cairn/box",
+        "1",
+        &images::busybox_image(&[]),
+        None,
+    ));
 
     let vm_dir = work.join("vm");
     let mut options = VmOptions::new(&built, &vm_dir);
@@ -169,46 +220,83 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let started = Instant::now();
     let mut guest = boot(&options);
     let device = fleet.wait_online(&mut guest, "first boot");
-    eprintln!("BENCH qemu_start_to_agent_enrolled_s={:.1}", started.elapsed().as_secs_f64());
+    eprintln!(
+        "BENCH qemu_start_to_agent_enrolled_s={:.1}",
+        started.elapsed().as_secs_f64()
+    );
     let id = device["id"].as_str().unwrap().to_string();
     // Zero-touch: the serial came from SMBIOS, the key from the guest's TPM (swtpm).
     assert_eq!(device["serial"], options.serial_number.as_str(), "{device}");
     assert_eq!(device["key_storage"], "tpm", "{device}");
-    assert_eq!(device["tpm_ek_sha256"].as_str().unwrap().len(), 64, "{device}");
+    assert_eq!(
+        device["tpm_ek_sha256"].as_str().unwrap().len(),
+        64,
+        "{device}"
+    );
     let (data, disk) = boot_report(&mut guest);
-    assert!(data.iter().any(|l| l.contains("state=formatted")), "first boot did not format: {data:?}");
-    assert_eq!(disk.get("data_source").map(String::as_str), Some("/dev/mapper/cairn-data"), "{disk:?}");
-    assert_eq!(disk.get("data_type").map(String::as_str), Some("crypto_LUKS"), "{disk:?}");
+    assert!(
+        data.iter().any(|l| l.contains("state=formatted")),
+        "first boot did not format: {data:?}"
+    );
+    assert_eq!(
+        disk.get("data_source").map(String::as_str),
+        Some("/dev/mapper/cairn-data"),
+        "{disk:?}"
+    );
+    assert_eq!(
+        disk.get("data_type").map(String::as_str),
+        Some("crypto_LUKS"),
+        "{disk:?}"
+    );
     let grown: u64 = disk["data_partition_bytes"].parse().unwrap();
-    assert!(grown > (IMAGE_DATA_MIB + 400) << 20, "data partition was not grown to the disk: {disk:?}");
+    assert!(
+        grown > (IMAGE_DATA_MIB + 400) << 20,
+        "data partition was not grown to the disk: {disk:?}"
+    );
 
     // The agent escrows the recovery key as soon as it is connected.
     let escrow_started = Instant::now();
     let escrowed = loop {
         let reply = fleet.runtime.block_on(async {
-            fleet.central.call(&fleet.central.admin, "GET", &format!("/api/v1/devices/{id}/recovery-key"), None)
+            fleet.central.call(
+                &fleet.central.admin,
+                "GET",
+                &format!("/api/v1/devices/{id}/recovery-key"),
+                None,
+            )
         });
         if reply.0 == 200 {
             break reply.1;
         }
-        assert!(escrow_started.elapsed() < Duration::from_secs(120), "no recovery key escrowed: {reply:?}\n{}", guest.serial_tail());
+        assert!(
+            escrow_started.elapsed() < Duration::from_secs(120),
+            "no recovery key escrowed: {reply:?}\n{}",
+            guest.serial_tail()
+        );
         std::thread::sleep(Duration::from_secs(2));
     };
     let recovery_key = escrowed["recovery_key"].as_str().unwrap().to_string();
     let audit = fleet.get("/api/v1/audit");
     assert!(
-        audit.to_string().contains("recovery_key.escrow") && audit.to_string().contains("recovery_key.read"),
+        audit.to_string().contains("recovery_key.escrow")
+            && audit.to_string().contains("recovery_key.read"),
         "escrow and read are not audited: {audit}"
     );
 
     // Issue 5 on a real device: central deploys a two-service app; `client` reaches `web` by
     // name over the app's CNI network and writes a marker into its volume on /data. Healthy =
     // marker written, page fetched from web, and synced. Then the power is cut.
-    let marker = format!("cairn-marker-{}", u64::from(std::process::id()) * 7_919 + 104_729);
+    let marker = format!(
+        "cairn-marker-{}",
+        u64::from(std::process::id()) * 7_919 + 104_729
+    );
     let deploy_started = Instant::now();
     fleet.deploy(&id, &marker);
     let apps = fleet.wait_app_healthy(&id, &mut guest, "first boot");
-    eprintln!("BENCH qemu_app_deploy_to_healthy_s={:.1}", deploy_started.elapsed().as_secs_f64());
+    eprintln!(
+        "BENCH qemu_app_deploy_to_healthy_s={:.1}",
+        deploy_started.elapsed().as_secs_f64()
+    );
     assert_eq!(apps["apps"][0]["status"]["in_sync"], true, "{apps}");
     drop(guest); // power cut
 
@@ -216,11 +304,29 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     vm::disk_to_raw(&vm_dir, &raw).unwrap();
     let find = |needle: &[u8]| vm::find_bytes(&raw, needle).unwrap();
     // Controls: the scan sees plaintext where there is plaintext, and the LUKS2 header.
-    assert!(!find(b"cairn.roothash=").is_empty(), "the scan cannot see the ESP's plaintext");
-    assert!(!find(b"LUKS\xba\xbe").is_empty(), "no LUKS header on the disk");
-    assert_eq!(find(marker.as_bytes()), Vec::<u64>::new(), "the marker is readable on the raw disk");
-    assert_eq!(find(id.as_bytes()), Vec::<u64>::new(), "the device id is readable on the raw disk");
-    assert_eq!(find(recovery_key.as_bytes()), Vec::<u64>::new(), "the recovery key is on the raw disk");
+    assert!(
+        !find(b"cairn.roothash=").is_empty(),
+        "the scan cannot see the ESP's plaintext"
+    );
+    assert!(
+        !find(b"LUKS\xba\xbe").is_empty(),
+        "no LUKS header on the disk"
+    );
+    assert_eq!(
+        find(marker.as_bytes()),
+        Vec::<u64>::new(),
+        "the marker is readable on the raw disk"
+    );
+    assert_eq!(
+        find(id.as_bytes()),
+        Vec::<u64>::new(),
+        "the device id is readable on the raw disk"
+    );
+    assert_eq!(
+        find(recovery_key.as_bytes()),
+        Vec::<u64>::new(),
+        "the recovery key is on the raw disk"
+    );
     let _ = std::fs::remove_file(&raw);
 
     // 2. Stolen disk: same disk, another (blank) TPM.
@@ -231,12 +337,33 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let (data, disk) = boot_report(&mut guest);
     // The first boot reached central, so the agent marked it good: no try counter is left to run
     // down (three locked boots would otherwise make systemd-boot fall back to slot b).
-    let entries = guest.wait_for("CAIRN-BOOT", Duration::from_secs(5)).unwrap();
-    assert!(entries.contains("cairn-a.conf"), "first boot not blessed: {entries}");
-    let locked = data.iter().find(|l| l.contains("state=locked")).unwrap_or_else(|| panic!("stolen disk was not locked: {data:?}\n{}", guest.serial_tail()));
+    let entries = guest
+        .wait_for("CAIRN-BOOT", Duration::from_secs(5))
+        .unwrap();
+    assert!(
+        entries.contains("cairn-a.conf"),
+        "first boot not blessed: {entries}"
+    );
+    let locked = data
+        .iter()
+        .find(|l| l.contains("state=locked"))
+        .unwrap_or_else(|| {
+            panic!(
+                "stolen disk was not locked: {data:?}\n{}",
+                guest.serial_tail()
+            )
+        });
     assert!(locked.contains("another TPM"), "{locked}");
-    assert_eq!(disk.get("data_source").map(String::as_str), Some("none"), "data mounted on a stolen disk: {disk:?}");
-    assert_eq!(disk.get("data_type").map(String::as_str), Some("crypto_LUKS"), "formatted over: {disk:?}");
+    assert_eq!(
+        disk.get("data_source").map(String::as_str),
+        Some("none"),
+        "data mounted on a stolen disk: {disk:?}"
+    );
+    assert_eq!(
+        disk.get("data_type").map(String::as_str),
+        Some("crypto_LUKS"),
+        "formatted over: {disk:?}"
+    );
     assert!(!guest.serial_text().contains(&marker));
     drop(guest);
 
@@ -246,12 +373,20 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     unsigned.secure_boot = false;
     let mut guest = boot(&unsigned);
     let (data, disk) = boot_report(&mut guest);
-    assert!(data.iter().any(|l| l.contains("state=locked")), "changed boot chain unlocked: {data:?}");
     assert!(
-        data.iter().any(|l| l.contains("changed-pcr") && l.contains("PCR 7")),
+        data.iter().any(|l| l.contains("state=locked")),
+        "changed boot chain unlocked: {data:?}"
+    );
+    assert!(
+        data.iter()
+            .any(|l| l.contains("changed-pcr") && l.contains("PCR 7")),
         "the changed PCR is not named: {data:?}"
     );
-    assert_eq!(disk.get("data_source").map(String::as_str), Some("none"), "{disk:?}");
+    assert_eq!(
+        disk.get("data_source").map(String::as_str),
+        Some("none"),
+        "{disk:?}"
+    );
     drop(guest);
     let before_recovery = fleet.devices();
 
@@ -262,17 +397,35 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     recovering.extra_disk = Some(stick);
     let mut guest = boot(&recovering);
     let device = fleet.wait_online(&mut guest, "recovery boot");
-    assert_eq!(device["id"].as_str(), Some(id.as_str()), "recovery gave a new identity: the data was lost");
+    assert_eq!(
+        device["id"].as_str(),
+        Some(id.as_str()),
+        "recovery gave a new identity: the data was lost"
+    );
     let (data, _) = boot_report(&mut guest);
-    assert!(data.iter().any(|l| l.contains("state=recovered")), "{data:?}");
+    assert!(
+        data.iter().any(|l| l.contains("state=recovered")),
+        "{data:?}"
+    );
     drop(guest);
-    assert_eq!(fleet.devices().len(), before_recovery.len(), "recovery enrolled a new device");
+    assert_eq!(
+        fleet.devices().len(),
+        before_recovery.len(),
+        "recovery enrolled a new device"
+    );
 
     // 5. Next boot without the stick: the TPM unlocks again.
     let mut guest = boot(&unsigned);
     let (data, disk) = boot_report(&mut guest);
-    assert!(data.iter().any(|l| l.contains("state=unlocked")), "not re-sealed: {data:?}");
-    assert_eq!(disk.get("data_source").map(String::as_str), Some("/dev/mapper/cairn-data"), "{disk:?}");
+    assert!(
+        data.iter().any(|l| l.contains("state=unlocked")),
+        "not re-sealed: {data:?}"
+    );
+    assert_eq!(
+        disk.get("data_source").map(String::as_str),
+        Some("/dev/mapper/cairn-data"),
+        "{disk:?}"
+    );
     let device = fleet.wait_online(&mut guest, "boot after recovery");
     assert_eq!(device["id"].as_str(), Some(id.as_str()));
     // The app comes back with its volume: the marker written before the power cut is intact.
@@ -282,20 +435,55 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     // journal fetched on demand through its stream.
     let device = fleet.get(&format!("/api/v1/devices/{id}"))["device"].clone();
     let host = &device["host"];
-    let data_fs = host["filesystems"].as_array().and_then(|fs| fs.iter().find(|f| f["mount_point"] == "/data")).cloned();
+    let data_fs = host["filesystems"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["mount_point"] == "/data"))
+        .cloned();
     let data_fs = data_fs.unwrap_or_else(|| panic!("no /data among the host metrics: {host}"));
-    assert!(data_fs["total_bytes"].as_u64().unwrap_or(0) > (IMAGE_DATA_MIB << 20), "/data not grown: {host}");
-    assert!(host["memory_total_bytes"].as_u64().unwrap_or(0) > 0 && host["uptime_seconds"].as_u64().is_some(), "{host}");
+    assert!(
+        data_fs["total_bytes"].as_u64().unwrap_or(0) > (IMAGE_DATA_MIB << 20),
+        "/data not grown: {host}"
+    );
+    assert!(
+        host["memory_total_bytes"].as_u64().unwrap_or(0) > 0
+            && host["uptime_seconds"].as_u64().is_some(),
+        "{host}"
+    );
     let events = fleet.get(&format!("/api/v1/events?device={id}&limit=200"))["events"].clone();
-    let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
-    for kind in ["device.enrolled", "device.connected", "agent.started", "data.unlock"] {
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for kind in [
+        "device.enrolled",
+        "device.connected",
+        "agent.started",
+        "data.unlock",
+    ] {
         assert!(kinds.contains(&kind), "no {kind} event among {kinds:?}");
     }
-    let (status, journal) =
-        fleet.runtime.block_on(async { fleet.central.call(&fleet.central.admin, "GET", &format!("/api/v1/devices/{id}/logs?lines=50"), None) });
+    let (status, journal) = fleet.runtime.block_on(async {
+        fleet.central.call(
+            &fleet.central.admin,
+            "GET",
+            &format!("/api/v1/devices/{id}/logs?lines=50"),
+            None,
+        )
+    });
     assert_eq!(status, 200, "{journal}");
-    assert!(journal["text"].as_str().unwrap_or("").contains("cairn-agent"), "not the agent's journal: {journal}");
+    assert!(
+        journal["text"]
+            .as_str()
+            .unwrap_or("")
+            .contains("cairn-agent"),
+        "not the agent's journal: {journal}"
+    );
     drop(guest);
-    let Fleet { runtime, mut central } = fleet;
+    let Fleet {
+        runtime,
+        mut central,
+    } = fleet;
     runtime.block_on(central.stop());
 }

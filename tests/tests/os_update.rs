@@ -148,8 +148,14 @@ fn boot(options: &VmOptions) -> Vm {
 fn wait_console(guest: &mut Vm, marker: &str, timeout: Duration, what: &str) -> String {
     match guest.wait_for_any(&[marker, "CAIRN-FAILED-UNIT"], timeout) {
         Some(line) if line.contains(marker) => line,
-        Some(line) => panic!("{what}: a unit failed before {marker:?}: {line}\n{}", guest.serial_tail()),
-        None => panic!("{what}: no {marker:?} within {timeout:?}\n{}", guest.serial_tail()),
+        Some(line) => panic!(
+            "{what}: a unit failed before {marker:?}: {line}\n{}",
+            guest.serial_tail()
+        ),
+        None => panic!(
+            "{what}: no {marker:?} within {timeout:?}\n{}",
+            guest.serial_tail()
+        ),
     }
 }
 
@@ -345,7 +351,9 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     fleet.wait_app_healthy(&id, &mut guest, "B");
     let os = &fleet.get(&format!("/api/v1/rollouts/{rollout_b}"))["rollout"]["devices"][0];
     let fetched = os["progress"]["bytes_fetched"].as_u64().unwrap_or(0);
-    let total = os["progress"]["bytes_total"].as_u64().unwrap_or(b.bundle_bytes);
+    let total = os["progress"]["bytes_total"]
+        .as_u64()
+        .unwrap_or(b.bundle_bytes);
     eprintln!(
         "BENCH update_fetched_bytes={fetched} of bundle_bytes={}",
         b.bundle_bytes
@@ -379,7 +387,9 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     // slot for chunks it already has) + install, until it reboots into the new slot.
     let stage = |guest: &mut Vm, name: &str| {
         let marker = format!("CAIRN-UPDATE stage={name} version=0.3.0");
-        guest.wait_for_since(before_c, &marker, 1, UPDATE_TIMEOUT).unwrap_or_else(|e| panic!("C: {e}"));
+        guest
+            .wait_for_since(before_c, &marker, 1, UPDATE_TIMEOUT)
+            .unwrap_or_else(|e| panic!("C: {e}"));
         Instant::now()
     };
     let c_started = stage(&mut guest, "downloading");
@@ -423,7 +433,11 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     assert_eq!(fleet.rollout_device(&rollout_b)["state"], "succeeded");
     // B's reboot into C stopped the healthy app first (cairn-apps-stop.service), and no reboot
     // since had systemd-shutdown wait 90 s for a container's PID 1 (httpd ignores SIGTERM).
-    let since_c = guest.serial_text().get(before_c..).unwrap_or("").to_string();
+    let since_c = guest
+        .serial_text()
+        .get(before_c..)
+        .unwrap_or("")
+        .to_string();
     assert!(
         since_c.contains("cairn-apps: stopped 2 app task(s)")
             && !since_c.contains("systemd-shutdown[1]: Waiting for process"),

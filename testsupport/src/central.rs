@@ -1,11 +1,10 @@
 //! A real central on loopback plus raw clients (tonic TLS for the agent API, ureq for REST).
 //! Clients here use software keys made by rcgen: they test central, not the agent.
 
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_central::{CentralConfig, Central};
+use cairn_central::{Central, CentralConfig};
 use cairn_proto::v1::agent_client::AgentClient;
 use cairn_proto::v1::enrollment_client::EnrollmentClient;
 use cairn_proto::v1::{EnrollRequest, EnrollResponse, HardwareFacts};
@@ -40,20 +39,31 @@ pub fn config_in(dir: &std::path::Path) -> CentralConfig {
     config.rest_listen = "127.0.0.1:0".parse().unwrap();
     config.pending_retry_seconds = 1;
     config.presence_flush_ms = 50;
-    config.database_url = std::env::var(DATABASE_URL_ENV).ok().filter(|u| !u.is_empty()).map(|u| fresh_database(&u));
+    config.database_url = std::env::var(DATABASE_URL_ENV)
+        .ok()
+        .filter(|u| !u.is_empty())
+        .map(|u| fresh_database(&u));
     config
 }
 
 /// A fresh, empty database on the server of `admin_url`; returns its URL.
 pub fn fresh_database(admin_url: &str) -> String {
-    cairn_central::store::create_database(admin_url, &format!("cairn_test_{}", hex_id())).expect("create a test database")
+    cairn_central::store::create_database(admin_url, &format!("cairn_test_{}", hex_id()))
+        .expect("create a test database")
 }
 
 fn hex_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{}_{}_{nanos}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{}_{}_{nanos}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 impl TestCentral {
@@ -66,10 +76,21 @@ impl TestCentral {
 
     /// Start a central with this directory and config.
     pub async fn start_with(dir: tempfile::TempDir, config: CentralConfig) -> Self {
-        let central = cairn_central::start(config.clone()).await.expect("central starts");
+        let central = cairn_central::start(config.clone())
+            .await
+            .expect("central starts");
         let ca_pem = std::fs::read_to_string(cairn_central::ca_cert_path(&config)).unwrap();
-        let admin = std::fs::read_to_string(cairn_central::admin_token_path(&config)).unwrap().trim().to_owned();
-        Self { central: Some(central), dir, ca_pem, admin, config }
+        let admin = std::fs::read_to_string(cairn_central::admin_token_path(&config))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            central: Some(central),
+            dir,
+            ca_pem,
+            admin,
+            config,
+        }
     }
 
     /// Stop and start again on the same data directory and ports.
@@ -87,14 +108,25 @@ impl TestCentral {
         self.config.rest_listen = central.rest_addr;
         let started = std::time::Instant::now();
         central.stop().await;
-        assert!(started.elapsed() < Duration::from_secs(5), "central took {:?} to stop", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "central took {:?} to stop",
+            started.elapsed()
+        );
     }
 
     /// Start again after [`TestCentral::stop`], on the same data directory and ports (same CA,
     /// registry and admin token).
     pub async fn start_again(&mut self) {
-        assert!(self.central.is_none(), "start_again needs a stopped central; see TestCentral::stop");
-        self.central = Some(cairn_central::start(self.config.clone()).await.expect("central starts again"));
+        assert!(
+            self.central.is_none(),
+            "start_again needs a stopped central; see TestCentral::stop"
+        );
+        self.central = Some(
+            cairn_central::start(self.config.clone())
+                .await
+                .expect("central starts again"),
+        );
     }
 
     /// The running central.
@@ -113,12 +145,17 @@ impl TestCentral {
         for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(self.ca_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        ureq::AgentBuilder::new().tls_config(Arc::new(tls)).timeout(Duration::from_secs(10)).build()
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        ureq::AgentBuilder::new()
+            .tls_config(Arc::new(tls))
+            .timeout(Duration::from_secs(10))
+            .build()
     }
 
     /// Call REST with a token; returns (status, body).
@@ -127,18 +164,40 @@ impl TestCentral {
         tokio::task::block_in_place(|| self.call_blocking(token, method, path, body))
     }
 
-    fn call_blocking(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.try_call_blocking(token, method, path, body).unwrap_or_else(|e| panic!("REST {method} {path} failed: {e}"))
+    fn call_blocking(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.try_call_blocking(token, method, path, body)
+            .unwrap_or_else(|e| panic!("REST {method} {path} failed: {e}"))
     }
 
     /// Like [`TestCentral::call`], but a transport failure is returned instead of panicking (a
     /// server that refuses an oversized body early may reset the connection mid-upload).
-    pub fn try_call(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    pub fn try_call(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
         tokio::task::block_in_place(|| self.try_call_blocking(token, method, path, body))
     }
 
-    fn try_call_blocking(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
-        let request = self.rest().request(method, &self.rest_url(path)).set("Authorization", &format!("Bearer {token}"));
+    fn try_call_blocking(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let request = self
+            .rest()
+            .request(method, &self.rest_url(path))
+            .set("Authorization", &format!("Bearer {token}"));
         let result = match body {
             Some(body) => request.send_json(body),
             None => request.call(),
@@ -155,7 +214,8 @@ impl TestCentral {
     /// Upload an OS update bundle file to `POST /api/v1/bundles` as admin; returns (status, body).
     pub fn upload_bundle(&self, path: &std::path::Path) -> (u16, Value) {
         tokio::task::block_in_place(|| {
-            let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+            let file = std::fs::File::open(path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
             let result = self
                 .rest()
                 .post(&self.rest_url("/api/v1/bundles"))
@@ -167,35 +227,58 @@ impl TestCentral {
                 Ok(r) | Err(ureq::Error::Status(_, r)) => r,
                 Err(e) => panic!("bundle upload of {} failed: {e}", path.display()),
             };
-            (response.status(), response.into_json().unwrap_or(Value::Null))
+            (
+                response.status(),
+                response.into_json().unwrap_or(Value::Null),
+            )
         })
     }
 
     /// Call REST as admin and require success; returns the body.
     pub fn admin_call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, body) = self.call(&self.admin, method, path, body);
-        assert!((200..300).contains(&status), "{method} {path} -> {status}: {body}");
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} -> {status}: {body}"
+        );
         body
     }
 
     /// Create an API token with `role` (admin, operator, viewer); returns its secret.
     pub fn api_token(&self, name: &str, role: &str) -> String {
-        let body = self.admin_call("POST", "/api/v1/api-tokens", Some(json!({ "name": name, "role": role })));
-        body["secret"].as_str().expect("central returns the new token's secret").to_owned()
+        let body = self.admin_call(
+            "POST",
+            "/api/v1/api-tokens",
+            Some(json!({ "name": name, "role": role })),
+        );
+        body["secret"]
+            .as_str()
+            .expect("central returns the new token's secret")
+            .to_owned()
     }
 
     /// Create an enrollment token; returns (id, secret).
-    pub fn token(&self, policy: &str, max_uses: Option<u32>, expires_in: Option<u64>) -> (String, String) {
+    pub fn token(
+        &self,
+        policy: &str,
+        max_uses: Option<u32>,
+        expires_in: Option<u64>,
+    ) -> (String, String) {
         let body = self.admin_call(
             "POST",
             "/api/v1/enrollment-tokens",
             Some(json!({ "name": format!("t-{policy}"), "policy": policy, "max_uses": max_uses, "expires_in_seconds": expires_in })),
         );
-        (body["token"]["id"].as_str().unwrap().to_owned(), body["secret"].as_str().unwrap().to_owned())
+        (
+            body["token"]["id"].as_str().unwrap().to_owned(),
+            body["secret"].as_str().unwrap().to_owned(),
+        )
     }
 
     async fn channel(&self, identity: Option<Identity>) -> Channel {
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).domain_name("localhost");
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name("localhost");
         if let Some(identity) = identity {
             tls = tls.identity(identity);
         }
@@ -216,7 +299,13 @@ impl TestCentral {
     /// An Agent client over mutual TLS with this device's certificate.
     pub async fn agent(&self, device: &SimDevice, cert_der: &[u8]) -> AgentClient<Channel> {
         let cert_pem = pem::encode(&pem::Pem::new("CERTIFICATE", cert_der.to_vec()));
-        AgentClient::new(self.channel(Some(Identity::from_pem(cert_pem, device.key.serialize_pem()))).await)
+        AgentClient::new(
+            self.channel(Some(Identity::from_pem(
+                cert_pem,
+                device.key.serialize_pem(),
+            )))
+            .await,
+        )
     }
 
     /// Open a Sync stream as `device`: the sender of its messages and central's answers.
@@ -224,10 +313,17 @@ impl TestCentral {
         &self,
         device: &SimDevice,
         cert_der: &[u8],
-    ) -> (tokio::sync::mpsc::Sender<cairn_proto::v1::AgentMessage>, tonic::Streaming<cairn_proto::v1::CentralMessage>) {
+    ) -> (
+        tokio::sync::mpsc::Sender<cairn_proto::v1::AgentMessage>,
+        tonic::Streaming<cairn_proto::v1::CentralMessage>,
+    ) {
         let mut agent = self.agent(device, cert_der).await;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let stream = agent.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let stream = agent
+            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         (tx, stream)
     }
 
@@ -238,7 +334,13 @@ impl TestCentral {
         let sim = SimDevice::new(serial);
         let enrolled = sim.enroll(self, &token).await.unwrap();
         let (tx, stream) = self.open_sync(&sim, &enrolled.certificate_der).await;
-        ConnectedDevice { sim, id: enrolled.device_id, cert: enrolled.certificate_der, tx, stream }
+        ConnectedDevice {
+            sim,
+            id: enrolled.device_id,
+            cert: enrolled.certificate_der,
+            tx,
+            stream,
+        }
     }
 }
 
@@ -251,11 +353,21 @@ pub async fn heartbeat_acked(
 ) -> Option<cairn_proto::v1::DesiredState> {
     use cairn_proto::v1::{agent_message, central_message, AgentMessage};
     let seq = heartbeat.seq;
-    tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(heartbeat)) }).await.expect("stream open");
+    tx.send(AgentMessage {
+        kind: Some(agent_message::Kind::Heartbeat(heartbeat)),
+    })
+    .await
+    .expect("stream open");
     let mut pushed = None;
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            match stream.message().await.expect("stream healthy").expect("stream open").kind {
+            match stream
+                .message()
+                .await
+                .expect("stream healthy")
+                .expect("stream open")
+                .kind
+            {
                 Some(central_message::Kind::Ack(ack)) if ack.seq == seq => break,
                 Some(central_message::Kind::Desired(d)) => pushed = Some(d),
                 _ => {}
@@ -292,12 +404,20 @@ pub struct SimDevice {
 impl SimDevice {
     /// A device with a fresh P-256 key.
     pub fn new(serial: &str) -> Self {
-        Self { key: KeyPair::generate().unwrap(), serial: serial.into() }
+        Self {
+            key: KeyPair::generate().unwrap(),
+            serial: serial.into(),
+        }
     }
 
     /// A CSR signed by its key.
     pub fn csr(&self) -> Vec<u8> {
-        CertificateParams::new(vec![self.serial.clone()]).unwrap().serialize_request(&self.key).unwrap().der().to_vec()
+        CertificateParams::new(vec![self.serial.clone()])
+            .unwrap()
+            .serialize_request(&self.key)
+            .unwrap()
+            .der()
+            .to_vec()
     }
 
     /// An Enroll request with this token.
@@ -317,7 +437,16 @@ impl SimDevice {
     }
 
     /// Call Enroll.
-    pub async fn enroll(&self, central: &TestCentral, token: &str) -> Result<EnrollResponse, tonic::Status> {
-        central.enrollment().await.enroll(self.request(token)).await.map(|r| r.into_inner())
+    pub async fn enroll(
+        &self,
+        central: &TestCentral,
+        token: &str,
+    ) -> Result<EnrollResponse, tonic::Status> {
+        central
+            .enrollment()
+            .await
+            .enroll(self.request(token))
+            .await
+            .map(|r| r.into_inner())
     }
 }

@@ -308,7 +308,9 @@ fn unseal_loaded(
     // every module udev loads into PCR 10. Retry with a short pause until the burst is over.
     for attempt in 0..PCR_CHANGED_ATTEMPTS {
         if attempt > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(50 * u64::from(attempt.min(10))));
+            std::thread::sleep(std::time::Duration::from_millis(
+                50 * u64::from(attempt.min(10)),
+            ));
         }
         let session = salted_session(context, primary, SessionType::Policy).map_err(tpm_err)?;
         let result = (|| {

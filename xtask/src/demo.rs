@@ -54,14 +54,28 @@ impl Ctl {
             .output()
             .context("running cairnctl")?;
         if !out.status.success() {
-            bail!("cairnctl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "cairnctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn secret(&self, policy: &str) -> Result<String> {
-        let out = self.run(&["--json", "token", "create", "--name", &format!("demo-{policy}"), "--policy", policy])?;
-        let start = out.find("\"secret\"").context("no secret in cairnctl output")?;
+        let out = self.run(&[
+            "--json",
+            "token",
+            "create",
+            "--name",
+            &format!("demo-{policy}"),
+            "--policy",
+            policy,
+        ])?;
+        let start = out
+            .find("\"secret\"")
+            .context("no secret in cairnctl output")?;
         let value = out[start..].split('"').nth(3).context("malformed secret")?;
         Ok(value.to_owned())
     }
@@ -70,7 +84,11 @@ impl Ctl {
 fn status_phase(state_dir: &Path) -> String {
     std::fs::read_to_string(state_dir.join("status.json"))
         .ok()
-        .and_then(|s| s.split("\"phase\":").nth(1).map(|r| r.split('"').nth(1).unwrap_or("").to_owned()))
+        .and_then(|s| {
+            s.split("\"phase\":")
+                .nth(1)
+                .map(|r| r.split('"').nth(1).unwrap_or("").to_owned())
+        })
         .unwrap_or_default()
 }
 
@@ -94,7 +112,10 @@ pub fn run(root: &Path) -> Result<()> {
              server_names = [\"localhost\", \"127.0.0.1\", \"10.0.2.100\"]\npending_retry_seconds = 2\n"
         ),
     )?;
-    println!("==> starting cairn-central (gRPC :{grpc}, REST :{rest}), log in {}", work.join("central.log").display());
+    println!(
+        "==> starting cairn-central (gRPC :{grpc}, REST :{rest}), log in {}",
+        work.join("central.log").display()
+    );
     children.0.push(
         Command::new(bin.join("cairn-central"))
             .args(["serve", "--config"])
@@ -103,9 +124,18 @@ pub fn run(root: &Path) -> Result<()> {
             .spawn()
             .context("starting cairn-central")?,
     );
-    wait_for("central's admin token", Duration::from_secs(20), || data.join("admin.token").exists())?;
-    wait_for("central's REST port", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", rest)).is_ok())?;
-    let ctl = Ctl { bin: bin.join("cairnctl"), url: format!("https://127.0.0.1:{rest}"), ca: data.join("ca.crt"), token: data.join("admin.token") };
+    wait_for("central's admin token", Duration::from_secs(20), || {
+        data.join("admin.token").exists()
+    })?;
+    wait_for("central's REST port", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", rest)).is_ok()
+    })?;
+    let ctl = Ctl {
+        bin: bin.join("cairnctl"),
+        url: format!("https://127.0.0.1:{rest}"),
+        ca: data.join("ca.crt"),
+        token: data.join("admin.token"),
+    };
 
     println!("==> cairnctl token create (auto and manual)");
     let auto = ctl.secret("auto")?;
@@ -128,7 +158,9 @@ pub fn run(root: &Path) -> Result<()> {
     let tpm_tcti = match swtpm {
         Ok(child) => {
             children.0.push(child);
-            wait_for("swtpm", Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", tpm_port)).is_ok())?;
+            wait_for("swtpm", Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", tpm_port)).is_ok()
+            })?;
             Some(format!("swtpm:host=127.0.0.1,port={tpm_port}"))
         }
         Err(e) => {
@@ -138,13 +170,23 @@ pub fn run(root: &Path) -> Result<()> {
     };
 
     let devices = [
-        ("shop-1", auto.as_str(), "key_storage = \"software\"".to_owned()),
+        (
+            "shop-1",
+            auto.as_str(),
+            "key_storage = \"software\"".to_owned(),
+        ),
         (
             "shop-2-tpm",
             auto.as_str(),
-            tpm_tcti.map_or("key_storage = \"software\"".into(), |t| format!("key_storage = \"tpm\"\ntpm_tcti = {t:?}")),
+            tpm_tcti.map_or("key_storage = \"software\"".into(), |t| {
+                format!("key_storage = \"tpm\"\ntpm_tcti = {t:?}")
+            }),
         ),
-        ("factory-1", manual.as_str(), "key_storage = \"software\"".to_owned()),
+        (
+            "factory-1",
+            manual.as_str(),
+            "key_storage = \"software\"".to_owned(),
+        ),
     ];
     let mut state_dirs = Vec::new();
     for (name, token, extra) in &devices {
@@ -168,11 +210,15 @@ pub fn run(root: &Path) -> Result<()> {
         );
         state_dirs.push((name.to_string(), state));
     }
-    wait_for("the auto devices to connect and the manual one to wait", Duration::from_secs(60), || {
-        status_phase(&state_dirs[0].1) == "connected"
-            && status_phase(&state_dirs[1].1) == "connected"
-            && status_phase(&state_dirs[2].1) == "pending"
-    })?;
+    wait_for(
+        "the auto devices to connect and the manual one to wait",
+        Duration::from_secs(60),
+        || {
+            status_phase(&state_dirs[0].1) == "connected"
+                && status_phase(&state_dirs[1].1) == "connected"
+                && status_phase(&state_dirs[2].1) == "pending"
+        },
+    )?;
     println!("==> cairnctl device list");
     print!("{}", ctl.run(&["device", "list"])?);
     let pending_id = std::fs::read_to_string(state_dirs[2].1.join("status.json"))?
@@ -182,14 +228,21 @@ pub fn run(root: &Path) -> Result<()> {
         .context("pending device id")?;
     println!("==> cairnctl device approve {pending_id}");
     ctl.run(&["device", "approve", &pending_id])?;
-    wait_for("the approved device to connect", Duration::from_secs(30), || status_phase(&state_dirs[2].1) == "connected")?;
+    wait_for(
+        "the approved device to connect",
+        Duration::from_secs(30),
+        || status_phase(&state_dirs[2].1) == "connected",
+    )?;
     std::thread::sleep(Duration::from_secs(1));
     println!("==> cairnctl device list");
     print!("{}", ctl.run(&["device", "list"])?);
     boot_device_image(&ctl, &work, &data, grpc)?;
     println!("==> cairnctl audit");
     print!("{}", ctl.run(&["audit", "--limit", "10"])?);
-    println!("==> demo done: every device enrolled and connected (logs in {})", work.display());
+    println!(
+        "==> demo done: every device enrolled and connected (logs in {})",
+        work.display()
+    );
     Ok(())
 }
 
@@ -207,7 +260,12 @@ fn boot_device_image(ctl: &Ctl, work: &Path, data: &Path, grpc: u16) -> Result<(
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&token)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&token)?;
         writeln!(file, "{}", ctl.secret("auto")?)?;
     }
     println!("==> cairn-image build recipes/qemu-x86_64.toml (fleet settings: this central's CA and token)");
@@ -220,31 +278,63 @@ fn boot_device_image(ctl: &Ctl, work: &Path, data: &Path, grpc: u16) -> Result<(
     // The app's images: a busybox image built here, served by a local registry that the guest
     // reaches as 10.0.2.100:5000 (the recipe lists it as a plain-HTTP registry).
     let registry = cairn_testsupport::Registry::start();
-    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(
-        cairn_testsupport::images::push(&registry.url(), "cairn/box", "1", &cairn_testsupport::images::busybox_image(&[]), None),
-    );
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(cairn_testsupport::images::push(
+            &registry.url(),
+            "cairn/box",
+            "1",
+            &cairn_testsupport::images::busybox_image(&[]),
+            None,
+        ));
     let mut options = cairn_e2e::VmOptions::new(&image, &work.join("vm"));
     options.central_port = Some(grpc);
     options.registry_port = Some(registry.port());
-    println!("==> booting {} under QEMU (serial log {})", image.display(), work.join("vm/serial.log").display());
+    println!(
+        "==> booting {} under QEMU (serial log {})",
+        image.display(),
+        work.join("vm/serial.log").display()
+    );
     let started = Instant::now();
     let mut vm = cairn_e2e::Vm::boot(&options)?;
     let mut shown = 0;
     loop {
         let text = vm.serial_text();
-        for line in text.get(shown..).unwrap_or("").lines().filter(|l| l.contains("CAIRN-")) {
-            println!("    [{:>5.1}s] {}", started.elapsed().as_secs_f64(), line.trim());
+        for line in text
+            .get(shown..)
+            .unwrap_or("")
+            .lines()
+            .filter(|l| l.contains("CAIRN-"))
+        {
+            println!(
+                "    [{:>5.1}s] {}",
+                started.elapsed().as_secs_f64(),
+                line.trim()
+            );
         }
         shown = text.len();
         let list = ctl.run(&["device", "list"])?;
-        if let Some(line) = list.lines().find(|l| l.contains(&options.serial_number) && l.contains(" active ") && l.contains(" yes ")) {
-            println!("==> the QEMU device enrolled zero-touch after {:.0}s; cairnctl device list", started.elapsed().as_secs_f64());
+        if let Some(line) = list.lines().find(|l| {
+            l.contains(&options.serial_number) && l.contains(" active ") && l.contains(" yes ")
+        }) {
+            println!(
+                "==> the QEMU device enrolled zero-touch after {:.0}s; cairnctl device list",
+                started.elapsed().as_secs_f64()
+            );
             print!("{list}");
-            let device = line.split_whitespace().next().context("device id in cairnctl device list")?.to_owned();
+            let device = line
+                .split_whitespace()
+                .next()
+                .context("device id in cairnctl device list")?
+                .to_owned();
             return run_demo_app(ctl, work, &device, &mut vm);
         }
         if vm.exited() || started.elapsed() > Duration::from_secs(900) {
-            bail!("the QEMU device did not enroll; last console lines:\n{}", vm.serial_tail());
+            bail!(
+                "the QEMU device did not enroll; last console lines:\n{}",
+                vm.serial_tail()
+            );
         }
         std::thread::sleep(Duration::from_secs(3));
     }
@@ -255,8 +345,21 @@ fn boot_device_image(ctl: &Ctl, work: &Path, data: &Path, grpc: u16) -> Result<(
 fn run_demo_app(ctl: &Ctl, work: &Path, device: &str, vm: &mut cairn_e2e::Vm) -> Result<()> {
     let compose = work.join("demo.yml");
     std::fs::write(&compose, cairn_e2e::demo_app("hello-from-the-demo"))?;
-    println!("==> cairnctl app deploy -f {} --device {device}", compose.display());
-    print!("{}", ctl.run(&["app", "deploy", "-f", &compose.to_string_lossy(), "--device", device])?);
+    println!(
+        "==> cairnctl app deploy -f {} --device {device}",
+        compose.display()
+    );
+    print!(
+        "{}",
+        ctl.run(&[
+            "app",
+            "deploy",
+            "-f",
+            &compose.to_string_lossy(),
+            "--device",
+            device
+        ])?
+    );
     let started = Instant::now();
     loop {
         let table = ctl.run(&["app", "list", "--device", device])?;
@@ -271,7 +374,10 @@ fn run_demo_app(ctl: &Ctl, work: &Path, device: &str, vm: &mut cairn_e2e::Vm) ->
         let healthy = row("client").get(5).map(String::as_str) == Some("healthy");
         let web_up = row("web").get(4).map(String::as_str) == Some("running");
         if healthy && web_up {
-            println!("==> the app runs on the device ({:.0}s after deploy); cairnctl app list", started.elapsed().as_secs_f64());
+            println!(
+                "==> the app runs on the device ({:.0}s after deploy); cairnctl app list",
+                started.elapsed().as_secs_f64()
+            );
             print!("{table}");
             return Ok(());
         }

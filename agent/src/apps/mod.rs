@@ -126,7 +126,11 @@ impl AppsSink {
 
     /// Like [`AppsSink::start`], queuing `app.refused` and `app.reconcile_failed` events on
     /// `events` for central.
-    pub fn start_reporting(config: &AppsConfig, state_dir: &Path, events: Arc<EventQueue>) -> Arc<AppsSink> {
+    pub fn start_reporting(
+        config: &AppsConfig,
+        state_dir: &Path,
+        events: Arc<EventQueue>,
+    ) -> Arc<AppsSink> {
         let mut runtime = RuntimeConfig::new(config.data_dir(state_dir));
         runtime.runc_root = config.runc_root.clone();
         let mut reconciler = ReconcilerConfig::new(runtime);
@@ -139,7 +143,12 @@ impl AppsSink {
             reconcile_loop(socket, reconciler, desired_rx, observed_tx, events.clone())
                 .instrument(info_span!("apps")),
         );
-        Arc::new(AppsSink { desired, observed, events, refused_reported: Default::default() })
+        Arc::new(AppsSink {
+            desired,
+            observed,
+            events,
+            refused_reported: Default::default(),
+        })
     }
 
     /// Follows the observed status (the same content as [`DesiredStateSink::observed_apps`]).
@@ -158,14 +167,20 @@ impl DesiredStateSink for AppsSink {
             "desired apps handed to the reconciler"
         );
         {
-            let mut reported = self.refused_reported.lock().unwrap_or_else(|p| p.into_inner());
+            let mut reported = self
+                .refused_reported
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             for entry in &applied.entries {
                 if let Err(why) = &entry.spec {
                     if reported.insert((entry.name.clone(), entry.generation)) {
                         self.events.push(
                             "app.refused",
                             EventSeverity::Error,
-                            &format!("app {} (generation {}) is not run: {why}", entry.name, entry.generation),
+                            &format!(
+                                "app {} (generation {}) is not run: {why}",
+                                entry.name, entry.generation
+                            ),
                         );
                     }
                 }
@@ -186,7 +201,11 @@ impl crate::Agent {
         if !self.config.apps.enabled {
             return self;
         }
-        let sink = AppsSink::start_reporting(&self.config.apps, &self.config.state_dir, self.events.clone());
+        let sink = AppsSink::start_reporting(
+            &self.config.apps,
+            &self.config.state_dir,
+            self.events.clone(),
+        );
         self.with_sink(sink)
     }
 }
@@ -249,7 +268,11 @@ async fn reconcile_loop(
                             .max(tick);
                         let error = e.to_string();
                         if log_once(&mut last_error, &error, "cannot reach containerd; retrying") {
-                            events.push("app.reconcile_failed", EventSeverity::Error, &format!("cannot reach containerd: {error}"));
+                            events.push(
+                                "app.reconcile_failed",
+                                EventSeverity::Error,
+                                &format!("cannot reach containerd: {error}"),
+                            );
                         }
                         observed.send_replace(report::statuses(&applied, Err(error), &cfg.runtime));
                     }
@@ -263,7 +286,11 @@ async fn reconcile_loop(
                 match &result {
                     Err(e) => {
                         if log_once(&mut last_error, e, "reconcile pass failed") {
-                            events.push("app.reconcile_failed", EventSeverity::Warning, &format!("reconcile pass failed: {e}"));
+                            events.push(
+                                "app.reconcile_failed",
+                                EventSeverity::Warning,
+                                &format!("reconcile pass failed: {e}"),
+                            );
                         }
                     }
                     Ok(_) => last_error = None,

@@ -17,7 +17,11 @@ fn last_log_line(path: &std::path::Path) -> Option<String> {
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).ok()?;
     let text = String::from_utf8_lossy(&tail);
-    text.lines().rev().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
 }
 
 /// Status of every app of `applied` after a pass that gave `result` (the per-service statuses,

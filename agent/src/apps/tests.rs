@@ -44,7 +44,11 @@ fn a_refused_app_is_reported_and_the_others_run() {
         exit_code: None,
         message: None,
     };
-    let st = report::statuses(&applied, Ok(vec![running]), &RuntimeConfig::new(std::path::PathBuf::from("/nonexistent")));
+    let st = report::statuses(
+        &applied,
+        Ok(vec![running]),
+        &RuntimeConfig::new(std::path::PathBuf::from("/nonexistent")),
+    );
     assert_eq!(st.len(), 3);
     assert_eq!((st[0].generation, st[0].desired_revision), (5, 7));
     assert_eq!(st[0].error, "");
@@ -66,7 +70,11 @@ fn a_refused_app_is_reported_and_the_others_run() {
 #[test]
 fn a_failed_pass_is_reported_per_app_and_messages_are_cut() {
     let applied = AppliedState::from_desired(&desired(3, &[("good", GOOD, 3)]));
-    let st = report::statuses(&applied, Err("x".repeat(5000)), &RuntimeConfig::new(std::path::PathBuf::from("/nonexistent")));
+    let st = report::statuses(
+        &applied,
+        Err("x".repeat(5000)),
+        &RuntimeConfig::new(std::path::PathBuf::from("/nonexistent")),
+    );
     assert!(st[0].error.starts_with("cannot run apps: xxx"));
     assert!(st[0].error.len() <= cairn_proto::MAX_STATUS_MESSAGE_BYTES);
     let exited = ServiceStatus {
@@ -80,7 +88,11 @@ fn a_failed_pass_is_reported_per_app_and_messages_are_cut() {
         exit_code: Some(3),
         message: None,
     };
-    let st = report::statuses(&applied, Ok(vec![exited.clone()]), &RuntimeConfig::new(std::path::PathBuf::from("/nonexistent")));
+    let st = report::statuses(
+        &applied,
+        Ok(vec![exited.clone()]),
+        &RuntimeConfig::new(std::path::PathBuf::from("/nonexistent")),
+    );
     assert_eq!(st[0].services[0].state(), ServiceState::Exited);
     assert_eq!(st[0].services[0].message, "exited with status 3");
     // With a log, its last line says why.
@@ -90,7 +102,10 @@ fn a_failed_pass_is_reported_per_app_and_messages_are_cut() {
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     std::fs::write(&log, "starting\nhttpd: bind: Address in use\n\n").unwrap();
     let st = report::statuses(&applied, Ok(vec![exited]), &logs);
-    assert_eq!(st[0].services[0].message, "exited with status 3; last log line: httpd: bind: Address in use");
+    assert_eq!(
+        st[0].services[0].message,
+        "exited with status 3; last log line: httpd: bind: Address in use"
+    );
 }
 
 #[tokio::test]

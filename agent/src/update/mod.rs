@@ -279,7 +279,12 @@ impl Agent {
             booted_slot: slot,
             started: Instant::now(),
         };
-        (self, Some(UpdateStarter { build: Box::new(build) }))
+        (
+            self,
+            Some(UpdateStarter {
+                build: Box::new(build),
+            }),
+        )
     }
 }
 

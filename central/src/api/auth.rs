@@ -42,24 +42,34 @@ impl Caller {
 impl FromRequestParts<Arc<Shared>> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("missing `Authorization: Bearer <api token>` header".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized("missing `Authorization: Bearer <api token>` header".into())
+            })?;
         let secret = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|s| !s.is_empty() && s.len() <= 256)
-            .ok_or_else(|| ApiError::Unauthorized("Authorization header must be `Bearer <api token>`".into()))?
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization header must be `Bearer <api token>`".into())
+            })?
             .to_owned();
         let token = shared
             .store
             .read(move |conn| tokens::api_token_by_secret(conn, &secret))
             .await?
             .ok_or_else(|| ApiError::Unauthorized("API token not recognised or revoked".into()))?;
-        Ok(Caller { name: token.name, role: token.role })
+        Ok(Caller {
+            name: token.name,
+            role: token.role,
+        })
     }
 }

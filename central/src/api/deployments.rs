@@ -246,7 +246,13 @@ pub(super) async fn delete_deployment(
             )));
         }
         let hosts = deployments::placed_devices(tx, &key)?;
-        audit::record(tx, &actor, "deployment.delete", &key, &format!("hosts={}", hosts.len()))?;
+        audit::record(
+            tx,
+            &actor,
+            "deployment.delete",
+            &key,
+            &format!("hosts={}", hosts.len()),
+        )?;
         Ok(Ok(hosts))
     })
     .await?;

@@ -35,7 +35,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 async fn change_and_place<T, F>(shared: &Arc<Shared>, change: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&crate::store::db::Transaction<'_>) -> Result<Result<T, ApiError>, StoreError> + Send + 'static,
+    F: FnOnce(&crate::store::db::Transaction<'_>) -> Result<Result<T, ApiError>, StoreError>
+        + Send
+        + 'static,
 {
     let value = shared
         .store
@@ -111,7 +113,11 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
+        (
+            status,
+            Json(json!({ "error": { "code": code, "message": message } })),
+        )
+            .into_response()
     }
 }
 
@@ -138,7 +144,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     routes::router()
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), count_request))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            count_request,
+        ))
         .with_state(shared)
 }
 
@@ -150,6 +159,8 @@ async fn count_request(
 ) -> Response {
     let started = std::time::Instant::now();
     let response = next.run(request).await;
-    shared.rest_metrics.observe(response.status().as_u16(), started.elapsed());
+    shared
+        .rest_metrics
+        .observe(response.status().as_u16(), started.elapsed());
     response
 }

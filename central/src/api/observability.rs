@@ -10,9 +10,9 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{ApiError, Caller};
-use crate::store::events::{self as event_store, EventFilter};
 use crate::logs::{self, LogSource, LogsError};
 use crate::sessions::HostReport;
+use crate::store::events::{self as event_store, EventFilter};
 use crate::store::{rfc3339, Role};
 use crate::Shared;
 

@@ -67,7 +67,9 @@ pub(super) struct CreateRollout {
 async fn in_transaction<T, F>(shared: &Shared, step: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    F: FnOnce(&crate::store::db::Connection, &mut Vec<Push>) -> Result<T, RolloutError> + Send + 'static,
+    F: FnOnce(&crate::store::db::Connection, &mut Vec<Push>) -> Result<T, RolloutError>
+        + Send
+        + 'static,
 {
     let (value, pushes) = shared
         .store

@@ -49,14 +49,22 @@ fn created(value: Value) -> ApiResult {
 
 /// A site's location from a request body, validated.
 fn location(latitude: f64, longitude: f64) -> Result<Point, ApiError> {
-    let at = Point { latitude, longitude };
+    let at = Point {
+        latitude,
+        longitude,
+    };
     at.validate("site")?;
     Ok(at)
 }
 
 /// The audit detail of a site's creation or change.
 fn site_detail(at: Point, labels: &Labels) -> String {
-    format!("latitude={} longitude={} labels={}", at.latitude, at.longitude, labels.len())
+    format!(
+        "latitude={} longitude={} labels={}",
+        at.latitude,
+        at.longitude,
+        labels.len()
+    )
 }
 
 fn no_site() -> ApiError {
@@ -133,7 +141,13 @@ pub(super) async fn create_site(
                 body.name, body.name
             ))));
         };
-        audit::record(tx, &actor, "site.create", &site.name, &site_detail(at, &body.labels))?;
+        audit::record(
+            tx,
+            &actor,
+            "site.create",
+            &site.name,
+            &site_detail(at, &body.labels),
+        )?;
         for id in &body.devices {
             // Unknown ids roll the whole call back: no site half set up.
             if !sites::set_device_site(tx, id, Some(&site.name))? {
@@ -141,7 +155,13 @@ pub(super) async fn create_site(
                     "devices: no device {id:?}; nothing was created (see GET /api/v1/devices)"
                 ))));
             }
-            audit::record(tx, &actor, "device.site", id, &format!("site={}", site.name))?;
+            audit::record(
+                tx,
+                &actor,
+                "device.site",
+                id,
+                &format!("site={}", site.name),
+            )?;
         }
         Ok(Ok(site))
     })
@@ -186,7 +206,13 @@ pub(super) async fn update_site(
                 "no site with this name; create it with POST /api/v1/sites".into(),
             )));
         };
-        audit::record(tx, &actor, "site.update", &name, &site_detail(at, &body.labels))?;
+        audit::record(
+            tx,
+            &actor,
+            "site.update",
+            &name,
+            &site_detail(at, &body.labels),
+        )?;
         Ok(Ok(site))
     })
     .await?;
@@ -374,7 +400,13 @@ pub(super) async fn set_device_labels(
             return Ok(Err(ApiError::NotFound("no device with this id".into())));
         }
         let keys: Vec<&str> = body.labels.keys().map(String::as_str).collect();
-        audit::record(tx, &actor, "device.labels", &id, &format!("keys={}", keys.join(",")))?;
+        audit::record(
+            tx,
+            &actor,
+            "device.labels",
+            &id,
+            &format!("keys={}", keys.join(",")),
+        )?;
         Ok(Ok(()))
     })
     .await?;

@@ -255,7 +255,10 @@ impl BundleFiles {
 
     /// A new temp file name in the bundles directory (swept at start if left behind).
     pub fn temp_path(&self, what: &str) -> PathBuf {
-        self.dir.join(format!("{UPLOAD_PREFIX}{what}-{}.tmp", hex::encode(rand::random::<[u8; 8]>())))
+        self.dir.join(format!(
+            "{UPLOAD_PREFIX}{what}-{}.tmp",
+            hex::encode(rand::random::<[u8; 8]>())
+        ))
     }
 
     /// Largest upload accepted.
@@ -284,13 +287,20 @@ impl BundleFiles {
         }
         let path = self.path(sha256);
         let source = path.clone();
-        let encoded = tokio::task::spawn_blocking(move || cairn_delta::Index::build_file(&source).map(|i| i.encode()))
-            .await
-            .map_err(|e| io("index", &path)(std::io::Error::other(e)))?
-            .map_err(|source| BundleError::Index { path: path.clone(), source })?;
+        let encoded = tokio::task::spawn_blocking(move || {
+            cairn_delta::Index::build_file(&source).map(|i| i.encode())
+        })
+        .await
+        .map_err(|e| io("index", &path)(std::io::Error::other(e)))?
+        .map_err(|source| BundleError::Index {
+            path: path.clone(),
+            source,
+        })?;
         let _guard = self.publish.lock().await;
         if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return Err(io("index", &path)(std::io::Error::from(std::io::ErrorKind::NotFound)));
+            return Err(io("index", &path)(std::io::Error::from(
+                std::io::ErrorKind::NotFound,
+            )));
         }
         let temp = self.temp_path("index");
         let (bytes, dir, target) = (encoded.clone(), self.dir.clone(), cached.clone());

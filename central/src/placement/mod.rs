@@ -87,7 +87,8 @@ impl Scheduler {
     /// Whether a tick at `now` has anything to do: no pass yet, presence changed since
     /// (`epoch` differs), or a device's grace period ended since the last pass started.
     pub fn due(&self, epoch: u64, now: Instant) -> bool {
-        let Some((seen, started)) = *self.last_pass.lock().unwrap_or_else(|p| p.into_inner()) else {
+        let Some((seen, started)) = *self.last_pass.lock().unwrap_or_else(|p| p.into_inner())
+        else {
             return true;
         };
         if seen != epoch {
@@ -173,7 +174,11 @@ pub async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             _ = shared.placement.wake.notified() => true,
             _ = shutdown.changed() => return,
         };
-        if woken || shared.placement.due(shared.sessions.presence_epoch(), Instant::now()) {
+        if woken
+            || shared
+                .placement
+                .due(shared.sessions.presence_epoch(), Instant::now())
+        {
             reconcile_now(&shared).await;
         }
     }
@@ -215,10 +220,19 @@ mod tests {
         s.passed(7, t0);
         assert!(!s.due(7, t0 + Duration::from_secs(30)), "nothing new");
         assert!(s.due(8, t0 + Duration::from_secs(30)), "presence changed");
-        assert!(s.due(7, t0 + Duration::from_secs(61)), "d's grace period ran out since the pass");
+        assert!(
+            s.due(7, t0 + Duration::from_secs(61)),
+            "d's grace period ran out since the pass"
+        );
         s.passed(7, t0 + Duration::from_secs(61));
-        assert!(!s.due(7, t0 + Duration::from_secs(120)), "d was already lost at that pass");
+        assert!(
+            !s.due(7, t0 + Duration::from_secs(120)),
+            "d was already lost at that pass"
+        );
         s.failed();
-        assert!(s.due(7, t0 + Duration::from_secs(121)), "a failed pass is retried at the next tick");
+        assert!(
+            s.due(7, t0 + Duration::from_secs(121)),
+            "a failed pass is retried at the next tick"
+        );
     }
 }

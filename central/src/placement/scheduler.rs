@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
-use cairn_proto::MAX_DESIRED_STATE_BYTES;
 use crate::store::db::Connection;
+use cairn_proto::MAX_DESIRED_STATE_BYTES;
 use serde::Serialize;
 
 use super::geo::Point;
@@ -319,7 +319,10 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
         for (device, compose) in &current {
             if !wanted.contains(device) {
                 // `before` is sorted by id (load_world).
-                let host = before.binary_search_by(|h| h.id.as_str().cmp(device)).ok().map(|i| &before[i]);
+                let host = before
+                    .binary_search_by(|h| h.id.as_str().cmp(device))
+                    .ok()
+                    .map(|i| &before[i]);
                 let reason = match host {
                     Some(h) if !h.active => "the device is not active".to_owned(),
                     Some(h) if h.lost => {
@@ -410,12 +413,20 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
             audit::record(&tx, SCHEDULER_ACTOR, action, device_id, &detail)?;
         }
         if !shared.sessions.is_connected_here(device_id) {
-            pushes.push(Push { device_id: device_id.to_owned(), desired: None });
+            pushes.push(Push {
+                device_id: device_id.to_owned(),
+                desired: None,
+            });
         } else if let Some(device) = devices::get(&tx, device_id)? {
             let apps = apps::list(&tx, device_id)?;
             pushes.push(Push {
                 device_id: device_id.to_owned(),
-                desired: Some(desired_state(revision, device.config, apps, device.desired_os)),
+                desired: Some(desired_state(
+                    revision,
+                    device.config,
+                    apps,
+                    device.desired_os,
+                )),
             });
         }
     }

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_proto::v1::{DesiredState, OsStatus, OsUpdatePhase};
 use crate::store::db::Connection;
+use cairn_proto::v1::{DesiredState, OsStatus, OsUpdatePhase};
 use tokio::sync::watch;
 
 use super::plan::{self, Candidate, Plan, Selector, WaveSpec, SITE_KEY};
@@ -124,7 +124,15 @@ pub fn evaluate(tx: &Connection, id: &str, pushes: &mut Vec<Push>) -> Result<(),
         );
         rollouts::set_state(tx, id, RolloutState::Halted, Some(&reason))?;
         audit::record(tx, ENGINE_ACTOR, "rollout.halt", id, &reason)?;
-        crate::store::events::insert(tx, &crate::store::events::NewEvent::now(None, "rollout.halted", crate::store::events::Severity::Error, format!("rollout {id} halted: {reason}")))?;
+        crate::store::events::insert(
+            tx,
+            &crate::store::events::NewEvent::now(
+                None,
+                "rollout.halted",
+                crate::store::events::Severity::Error,
+                format!("rollout {id} halted: {reason}"),
+            ),
+        )?;
         tracing::warn!(%reason, "rollout halted");
         return Ok(());
     }
@@ -160,7 +168,15 @@ fn release_wave(
             "its bundle was removed from central; upload it again and create a new rollout";
         rollouts::set_state(tx, &rollout.id, RolloutState::Halted, Some(reason))?;
         audit::record(tx, ENGINE_ACTOR, "rollout.halt", &rollout.id, reason)?;
-        crate::store::events::insert(tx, &crate::store::events::NewEvent::now(None, "rollout.halted", crate::store::events::Severity::Error, format!("rollout {} halted: {reason}", rollout.id)))?;
+        crate::store::events::insert(
+            tx,
+            &crate::store::events::NewEvent::now(
+                None,
+                "rollout.halted",
+                crate::store::events::Severity::Error,
+                format!("rollout {} halted: {reason}", rollout.id),
+            ),
+        )?;
         return Ok(());
     };
     let os = DesiredOs {
@@ -278,14 +294,22 @@ fn os_phase_severity(phase: i32) -> crate::store::events::Severity {
 fn os_phase_message(previous: &OsStatus, status: &OsStatus) -> String {
     let name = |phase: i32| {
         OsUpdatePhase::try_from(phase)
-            .map(|p| p.as_str_name().trim_start_matches("OS_UPDATE_PHASE_").to_ascii_lowercase())
+            .map(|p| {
+                p.as_str_name()
+                    .trim_start_matches("OS_UPDATE_PHASE_")
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_else(|_| format!("phase {phase}"))
     };
     let mut message = String::from("OS update");
     if !status.target_version.is_empty() {
         message.push_str(&format!(" to {}", status.target_version));
     }
-    message.push_str(&format!(": {} -> {}", name(previous.phase), name(status.phase)));
+    message.push_str(&format!(
+        ": {} -> {}",
+        name(previous.phase),
+        name(status.phase)
+    ));
     if !status.rollout_id.is_empty() {
         message.push_str(&format!(" (rollout {})", status.rollout_id));
     }
@@ -305,7 +329,13 @@ pub async fn on_heartbeat(shared: &Shared, device_id: &str, status: OsStatus) {
         },
     );
     if let Some(previous) = previous.as_ref().filter(|p| p.status.phase != status.phase) {
-        crate::events::record(shared, Some(device_id), "os.update", os_phase_severity(status.phase), os_phase_message(&previous.status, &status));
+        crate::events::record(
+            shared,
+            Some(device_id),
+            "os.update",
+            os_phase_severity(status.phase),
+            os_phase_message(&previous.status, &status),
+        );
     }
     let version_changed = !status.version.is_empty()
         && previous
@@ -324,10 +354,16 @@ pub async fn on_heartbeat(shared: &Shared, device_id: &str, status: OsStatus) {
         // a write under the registry lock per device would queue behind each other; most
         // versions are already stored.
         let (check, version) = (id.clone(), status.version.clone());
-        match shared.store.read(move |conn| devices::has_os_version(conn, &check, &version)).await {
+        match shared
+            .store
+            .read(move |conn| devices::has_os_version(conn, &check, &version))
+            .await
+        {
             Ok(true) => return,
             Ok(false) => {}
-            Err(e) => tracing::warn!(device_id, error = %e, "could not read the stored OS version; writing it"),
+            Err(e) => {
+                tracing::warn!(device_id, error = %e, "could not read the stored OS version; writing it")
+            }
         }
     }
     let result = shared
@@ -467,7 +503,12 @@ pub fn create(
     }
     let candidates: Vec<Candidate> = active
         .iter()
-        .map(|d| (d, plan::device_view(&d.config, &d.labels, d.site.as_deref())))
+        .map(|d| {
+            (
+                d,
+                plan::device_view(&d.config, &d.labels, d.site.as_deref()),
+            )
+        })
         .filter(|(d, view)| request.selector.selects(&d.id, view))
         .map(|(d, view)| Candidate {
             id: d.id.clone(),

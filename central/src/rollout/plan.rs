@@ -470,8 +470,10 @@ mod tests {
 
     #[test]
     fn device_view_puts_site_over_labels_over_config() {
-        let config: BTreeMap<String, String> = [("site".into(), "old".into()), ("k".into(), "config".into())].into();
-        let labels: BTreeMap<String, String> = [("k".into(), "label".into()), ("gpu".into(), "yes".into())].into();
+        let config: BTreeMap<String, String> =
+            [("site".into(), "old".into()), ("k".into(), "config".into())].into();
+        let labels: BTreeMap<String, String> =
+            [("k".into(), "label".into()), ("gpu".into(), "yes".into())].into();
         let view = device_view(&config, &labels, Some("zurich-1"));
         assert_eq!(view["site"], "zurich-1");
         assert_eq!(view["k"], "label");

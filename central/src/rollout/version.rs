@@ -49,7 +49,10 @@ mod tests {
         assert_eq!(compare("1.2", "1.2.0"), Ok(Ordering::Equal));
         assert_eq!(compare("2.0+build7", "2.0"), Ok(Ordering::Equal));
         assert_eq!(compare("0.9", "1.0"), Ok(Ordering::Less));
-        let (a, b) = (OsVersion::parse("1.10").unwrap(), OsVersion::parse("1.9.9").unwrap());
+        let (a, b) = (
+            OsVersion::parse("1.10").unwrap(),
+            OsVersion::parse("1.9.9").unwrap(),
+        );
         assert!(a > b);
     }
 

@@ -5,7 +5,13 @@ use crate::store::db::{params, Connection};
 use super::{now_unix, AuditEvent, StoreError};
 
 /// Append one audit record (call inside the transaction of the change it records).
-pub fn record(conn: &Connection, actor: &str, action: &str, target: &str, detail: &str) -> Result<(), StoreError> {
+pub fn record(
+    conn: &Connection,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![now_unix(), actor, action, target, detail],

@@ -90,30 +90,31 @@ mod tests {
     #[test]
     fn insert_is_idempotent_and_keeps_the_first_upload() {
         let (store, _dir) = super::super::test_store();
-        store.run_blocking(|conn| {
-        let first = Bundle {
-            sha256: "ab".repeat(32),
-            version: "1.0".into(),
-            compatible: "cairn-test".into(),
-            size: 4096,
-            uploaded_at: 100,
-            uploaded_by: "api:ops".into(),
-        };
-        assert!(insert(conn, &first).unwrap().1);
-        let again = Bundle {
-            uploaded_at: 200,
-            uploaded_by: "api:other".into(),
-            ..first.clone()
-        };
-        let (stored, new) = insert(conn, &again).unwrap();
-        assert!(!new);
-        assert_eq!(stored, first);
-        assert_eq!(list(conn).unwrap(), vec![first.clone()]);
-        assert!(delete(conn, &first.sha256).unwrap());
-        assert!(!delete(conn, &first.sha256).unwrap());
-        assert!(get(conn, &first.sha256).unwrap().is_none());
-        Ok(())
-        })
-        .unwrap();
+        store
+            .run_blocking(|conn| {
+                let first = Bundle {
+                    sha256: "ab".repeat(32),
+                    version: "1.0".into(),
+                    compatible: "cairn-test".into(),
+                    size: 4096,
+                    uploaded_at: 100,
+                    uploaded_by: "api:ops".into(),
+                };
+                assert!(insert(conn, &first).unwrap().1);
+                let again = Bundle {
+                    uploaded_at: 200,
+                    uploaded_by: "api:other".into(),
+                    ..first.clone()
+                };
+                let (stored, new) = insert(conn, &again).unwrap();
+                assert!(!new);
+                assert_eq!(stored, first);
+                assert_eq!(list(conn).unwrap(), vec![first.clone()]);
+                assert!(delete(conn, &first.sha256).unwrap());
+                assert!(!delete(conn, &first.sha256).unwrap());
+                assert!(get(conn, &first.sha256).unwrap().is_none());
+                Ok(())
+            })
+            .unwrap();
     }
 }

@@ -69,8 +69,14 @@ fn pg_message(e: &postgres::Error) -> String {
 
 impl Error {
     /// A conversion failure of column `index` (for hand-written column decoders).
-    pub fn conversion(index: usize, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::Conversion { index, source: Box::new(source) }
+    pub fn conversion(
+        index: usize,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Conversion {
+            index,
+            source: Box::new(source),
+        }
     }
 }
 
@@ -113,7 +119,9 @@ pub trait ToValue {
 pub fn row_placeholders(rows: usize, columns: usize, first: usize) -> String {
     (0..rows)
         .map(|r| {
-            let row: Vec<String> = (0..columns).map(|c| format!("?{}", first + r * columns + c)).collect();
+            let row: Vec<String> = (0..columns)
+                .map(|c| format!("?{}", first + r * columns + c))
+                .collect();
             format!("({})", row.join(", "))
         })
         .collect::<Vec<_>>()
@@ -182,7 +190,11 @@ impl FromValue for f64 {
         match value {
             Value::Real(f) => Ok(*f),
             Value::Int(i) => Ok(*i as f64),
-            other => Err(Error::InvalidType { index, wanted: "a float", found: other.kind() }),
+            other => Err(Error::InvalidType {
+                index,
+                wanted: "a float",
+                found: other.kind(),
+            }),
         }
     }
 }
@@ -200,7 +212,11 @@ impl FromValue for String {
     fn from_value(value: &Value, index: usize) -> Result<Self> {
         match value {
             Value::Text(s) => Ok(s.clone()),
-            other => Err(Error::InvalidType { index, wanted: "text", found: other.kind() }),
+            other => Err(Error::InvalidType {
+                index,
+                wanted: "text",
+                found: other.kind(),
+            }),
         }
     }
 }
@@ -218,7 +234,11 @@ impl FromValue for Vec<u8> {
     fn from_value(value: &Value, index: usize) -> Result<Self> {
         match value {
             Value::Blob(b) => Ok(b.clone()),
-            other => Err(Error::InvalidType { index, wanted: "bytes", found: other.kind() }),
+            other => Err(Error::InvalidType {
+                index,
+                wanted: "bytes",
+                found: other.kind(),
+            }),
         }
     }
 }
@@ -292,7 +312,10 @@ impl ColumnIndex for usize {
 }
 impl ColumnIndex for &str {
     fn index(&self, row: &Row) -> Result<usize> {
-        row.names.iter().position(|n| n == self).ok_or_else(|| Error::NoSuchColumn((*self).to_owned()))
+        row.names
+            .iter()
+            .position(|n| n == self)
+            .ok_or_else(|| Error::NoSuchColumn((*self).to_owned()))
     }
 }
 
@@ -317,7 +340,10 @@ impl Row {
     /// Column `index` converted to `T`.
     pub fn get<I: ColumnIndex, T: FromValue>(&self, index: I) -> Result<T> {
         let i = index.index(self)?;
-        let value = self.values.get(i).ok_or_else(|| Error::NoSuchColumn(i.to_string()))?;
+        let value = self
+            .values
+            .get(i)
+            .ok_or_else(|| Error::NoSuchColumn(i.to_string()))?;
         T::from_value(value, i)
     }
 }
@@ -375,19 +401,27 @@ pub struct Connection {
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection").field("dialect", &self.dialect()).finish()
+        f.debug_struct("Connection")
+            .field("dialect", &self.dialect())
+            .finish()
     }
 }
 
 impl Connection {
     /// Wrap an open SQLite connection.
     pub fn sqlite(conn: rusqlite::Connection) -> Self {
-        Self { backend: Backend::Sqlite(conn), depth: 0.into() }
+        Self {
+            backend: Backend::Sqlite(conn),
+            depth: 0.into(),
+        }
     }
 
     /// Wrap an open PostgreSQL client.
     pub fn postgres(client: postgres::Client) -> Self {
-        Self { backend: Backend::Postgres(RefCell::new(Some(client))), depth: 0.into() }
+        Self {
+            backend: Backend::Postgres(RefCell::new(Some(client))),
+            depth: 0.into(),
+        }
     }
 
     /// Which database this is.
@@ -410,7 +444,10 @@ impl Connection {
     pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
         let values = params.into_values();
         match &self.backend {
-            Backend::Sqlite(c) => Ok(c.execute(sql, rusqlite::params_from_iter(values.iter().map(SqliteValue)))?),
+            Backend::Sqlite(c) => Ok(c.execute(
+                sql,
+                rusqlite::params_from_iter(values.iter().map(SqliteValue)),
+            )?),
             Backend::Postgres(c) => {
                 let refs = pg_params(&values);
                 Ok(pg(c)?.execute(pg_sql(sql).as_str(), &refs)? as usize)
@@ -432,30 +469,47 @@ impl Connection {
         match &self.backend {
             Backend::Sqlite(c) => {
                 let mut stmt = c.prepare_cached(sql)?;
-                let names: std::sync::Arc<[String]> =
-                    stmt.column_names().map(str::to_owned).collect::<Vec<_>>().into();
+                let names: std::sync::Arc<[String]> = stmt
+                    .column_names()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+                    .into();
                 let count = names.len();
-                let mut rows = stmt.query(rusqlite::params_from_iter(values.iter().map(SqliteValue)))?;
+                let mut rows =
+                    stmt.query(rusqlite::params_from_iter(values.iter().map(SqliteValue)))?;
                 let mut out = Vec::new();
                 while let Some(row) = rows.next()? {
                     let values = (0..count)
                         .map(|i| row.get_ref(i).map(from_sqlite))
                         .collect::<rusqlite::Result<Vec<_>>>()?;
-                    out.push(Row { values, names: names.clone() });
+                    out.push(Row {
+                        values,
+                        names: names.clone(),
+                    });
                 }
                 Ok(out)
             }
             Backend::Postgres(c) => {
                 let refs = pg_params(&values);
                 let rows = pg(c)?.query(pg_sql(sql).as_str(), &refs)?;
-                let Some(first) = rows.first() else { return Ok(Vec::new()) };
-                let names: std::sync::Arc<[String]> =
-                    first.columns().iter().map(|c| c.name().to_owned()).collect::<Vec<_>>().into();
+                let Some(first) = rows.first() else {
+                    return Ok(Vec::new());
+                };
+                let names: std::sync::Arc<[String]> = first
+                    .columns()
+                    .iter()
+                    .map(|c| c.name().to_owned())
+                    .collect::<Vec<_>>()
+                    .into();
                 rows.iter()
                     .map(|row| {
-                        let values =
-                            (0..row.len()).map(|i| from_postgres(row, i)).collect::<Result<Vec<_>>>()?;
-                        Ok(Row { values, names: names.clone() })
+                        let values = (0..row.len())
+                            .map(|i| from_postgres(row, i))
+                            .collect::<Result<Vec<_>>>()?;
+                        Ok(Row {
+                            values,
+                            names: names.clone(),
+                        })
                     })
                     .collect()
             }
@@ -463,7 +517,12 @@ impl Connection {
     }
 
     /// Run a query expecting at least one row and map the first.
-    pub fn query_row<T, P: Params, F: FnOnce(&Row) -> Result<T>>(&self, sql: &str, params: P, f: F) -> Result<T> {
+    pub fn query_row<T, P: Params, F: FnOnce(&Row) -> Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> Result<T> {
         let rows = self.query(sql, params)?;
         let row = rows.first().ok_or(Error::QueryReturnedNoRows)?;
         f(row)
@@ -471,7 +530,10 @@ impl Connection {
 
     /// A statement to run later (the text only; kept for the rusqlite-shaped call sites).
     pub fn prepare<'c>(&'c self, sql: &str) -> Result<Statement<'c>> {
-        Ok(Statement { conn: self, sql: sql.to_owned() })
+        Ok(Statement {
+            conn: self,
+            sql: sql.to_owned(),
+        })
     }
 
     /// Same as [`Connection::prepare`] (SQLite caches the compiled statement underneath).
@@ -488,7 +550,11 @@ impl Connection {
             self.execute_batch(&format!("SAVEPOINT sp{depth}"))?;
         }
         self.depth.set(depth + 1);
-        Ok(Transaction { conn: self, level: depth, done: false })
+        Ok(Transaction {
+            conn: self,
+            level: depth,
+            done: false,
+        })
     }
 
     /// Whether a transaction is open.
@@ -523,7 +589,11 @@ impl Statement<'_> {
     }
 
     /// Run the query and map the first row.
-    pub fn query_row<T, P: Params, F: FnOnce(&Row) -> Result<T>>(&mut self, params: P, f: F) -> Result<T> {
+    pub fn query_row<T, P: Params, F: FnOnce(&Row) -> Result<T>>(
+        &mut self,
+        params: P,
+        f: F,
+    ) -> Result<T> {
         self.conn.query_row(&self.sql, params, f)
     }
 
@@ -554,7 +624,8 @@ impl Transaction<'_> {
         if self.level == 0 {
             self.conn.execute_batch("COMMIT")
         } else {
-            self.conn.execute_batch(&format!("RELEASE SAVEPOINT sp{}", self.level))
+            self.conn
+                .execute_batch(&format!("RELEASE SAVEPOINT sp{}", self.level))
         }
     }
 }
@@ -568,7 +639,10 @@ impl Drop for Transaction<'_> {
         let sql = if self.level == 0 {
             "ROLLBACK".to_owned()
         } else {
-            format!("ROLLBACK TO SAVEPOINT sp{0}; RELEASE SAVEPOINT sp{0}", self.level)
+            format!(
+                "ROLLBACK TO SAVEPOINT sp{0}; RELEASE SAVEPOINT sp{0}",
+                self.level
+            )
         };
         if let Err(e) = self.conn.execute_batch(&sql) {
             tracing::warn!(error = %e, "could not roll back a registry transaction");
@@ -620,7 +694,10 @@ fn from_sqlite(value: rusqlite::types::ValueRef<'_>) -> Value {
 }
 
 fn pg_params(values: &[Value]) -> Vec<&(dyn postgres::types::ToSql + Sync)> {
-    values.iter().map(|v| v as &(dyn postgres::types::ToSql + Sync)).collect()
+    values
+        .iter()
+        .map(|v| v as &(dyn postgres::types::ToSql + Sync))
+        .collect()
 }
 
 /// Binds a [`Value`] as whatever type PostgreSQL inferred for the placeholder, so `?1` compared
@@ -630,7 +707,8 @@ impl postgres::types::ToSql for Value {
         &self,
         ty: &postgres::types::Type,
         out: &mut bytes::BytesMut,
-    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+    ) -> std::result::Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
+    {
         use postgres::types::{IsNull, Type};
         let mismatch = || -> Box<dyn std::error::Error + Sync + Send> {
             format!("cannot bind {} as PostgreSQL {}", self.kind(), ty.name()).into()
@@ -652,7 +730,9 @@ impl postgres::types::ToSql for Value {
                 _ => Err(mismatch()),
             },
             Value::Text(s) => match *ty {
-                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => s.to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                    s.to_sql(ty, out)
+                }
                 _ => Err(mismatch()),
             },
             Value::Blob(b) => match *ty {
@@ -674,16 +754,29 @@ fn from_postgres(row: &postgres::Row, index: usize) -> Result<Value> {
     let ty = row.columns()[index].type_().clone();
     let value = match ty {
         Type::INT8 => row.try_get::<_, Option<i64>>(index)?.map(Value::Int),
-        Type::INT4 => row.try_get::<_, Option<i32>>(index)?.map(|i| Value::Int(i.into())),
-        Type::INT2 => row.try_get::<_, Option<i16>>(index)?.map(|i| Value::Int(i.into())),
-        Type::BOOL => row.try_get::<_, Option<bool>>(index)?.map(|b| Value::Int(b.into())),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(index)?
+            .map(|i| Value::Int(i.into())),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(index)?
+            .map(|i| Value::Int(i.into())),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(index)?
+            .map(|b| Value::Int(b.into())),
         Type::FLOAT8 => row.try_get::<_, Option<f64>>(index)?.map(Value::Real),
-        Type::FLOAT4 => row.try_get::<_, Option<f32>>(index)?.map(|f| Value::Real(f.into())),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(index)?
+            .map(|f| Value::Real(f.into())),
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
             row.try_get::<_, Option<String>>(index)?.map(Value::Text)
         }
         Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(index)?.map(Value::Blob),
-        other => return Err(Error::UnsupportedType { index, name: other.name().to_owned() }),
+        other => {
+            return Err(Error::UnsupportedType {
+                index,
+                name: other.name().to_owned(),
+            })
+        }
     };
     Ok(value.unwrap_or(Value::Null))
 }
@@ -734,7 +827,11 @@ pub fn pg_ddl(sql: &str) -> String {
         "INTEGER PRIMARY KEY AUTOINCREMENT",
         "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
     );
-    for (from, to) in [(" INTEGER", " BIGINT"), (" REAL", " DOUBLE PRECISION"), (" BLOB", " BYTEA")] {
+    for (from, to) in [
+        (" INTEGER", " BIGINT"),
+        (" REAL", " DOUBLE PRECISION"),
+        (" BLOB", " BYTEA"),
+    ] {
         out = out.replace(from, to);
     }
     out
@@ -746,9 +843,18 @@ mod tests {
 
     #[test]
     fn placeholders_become_numbered_dollars_outside_quotes() {
-        assert_eq!(pg_sql("SELECT a FROM t WHERE b = ?1 AND c = ?12"), "SELECT a FROM t WHERE b = $1 AND c = $12");
-        assert_eq!(pg_sql("UPDATE t SET a = ? WHERE b = ?"), "UPDATE t SET a = $1 WHERE b = $2");
-        assert_eq!(pg_sql("SELECT '?1', \"?\" FROM t WHERE x = ?2"), "SELECT '?1', \"?\" FROM t WHERE x = $2");
+        assert_eq!(
+            pg_sql("SELECT a FROM t WHERE b = ?1 AND c = ?12"),
+            "SELECT a FROM t WHERE b = $1 AND c = $12"
+        );
+        assert_eq!(
+            pg_sql("UPDATE t SET a = ? WHERE b = ?"),
+            "UPDATE t SET a = $1 WHERE b = $2"
+        );
+        assert_eq!(
+            pg_sql("SELECT '?1', \"?\" FROM t WHERE x = ?2"),
+            "SELECT '?1', \"?\" FROM t WHERE x = $2"
+        );
     }
 
     #[test]
@@ -764,19 +870,28 @@ mod tests {
     #[test]
     fn sqlite_round_trip_and_nested_transactions() {
         let mut conn = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
-        conn.execute_batch("CREATE TABLE t (id INTEGER, name TEXT, data BLOB, f REAL)").unwrap();
-        conn.execute("INSERT INTO t VALUES (?1, ?2, ?3, ?4)", params![7u64, "a", vec![1u8, 2], 1.5]).unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER, name TEXT, data BLOB, f REAL)")
+            .unwrap();
+        conn.execute(
+            "INSERT INTO t VALUES (?1, ?2, ?3, ?4)",
+            params![7u64, "a", vec![1u8, 2], 1.5],
+        )
+        .unwrap();
         {
             let tx = conn.transaction().unwrap();
-            tx.execute("INSERT INTO t VALUES (?1, ?2, NULL, NULL)", params![8, "b"]).unwrap();
+            tx.execute("INSERT INTO t VALUES (?1, ?2, NULL, NULL)", params![8, "b"])
+                .unwrap();
             // dropped: rolled back
         }
         let mut tx = conn.transaction().unwrap();
         {
             let inner = tx.transaction().unwrap();
-            inner.execute("INSERT INTO t VALUES (9, 'c', NULL, NULL)", params![]).unwrap();
+            inner
+                .execute("INSERT INTO t VALUES (9, 'c', NULL, NULL)", params![])
+                .unwrap();
         }
-        tx.execute("INSERT INTO t VALUES (10, 'd', NULL, NULL)", params![]).unwrap();
+        tx.execute("INSERT INTO t VALUES (10, 'd', NULL, NULL)", params![])
+            .unwrap();
         tx.commit().unwrap();
         assert!(!conn.in_transaction());
         let ids: Vec<i64> = conn
@@ -788,12 +903,23 @@ mod tests {
             .unwrap();
         assert_eq!(ids, vec![7, 10]);
         let (name, data, f): (String, Vec<u8>, Option<f64>) = conn
-            .query_row("SELECT name, data, f FROM t WHERE id = ?1", [7], |r| Ok((r.get(0)?, r.get(1)?, r.get("f")?)))
+            .query_row("SELECT name, data, f FROM t WHERE id = ?1", [7], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get("f")?))
+            })
             .unwrap();
         assert_eq!((name.as_str(), data, f), ("a", vec![1, 2], Some(1.5)));
-        let none = conn.query_row("SELECT id FROM t WHERE id = 99", params![], |r| r.get::<_, i64>(0)).optional();
+        let none = conn
+            .query_row("SELECT id FROM t WHERE id = 99", params![], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional();
         assert!(matches!(none, Ok(None)));
-        let wrong = conn.query_row("SELECT name FROM t WHERE id = 7", params![], |r| r.get::<_, i64>(0));
-        assert!(matches!(wrong, Err(Error::InvalidType { index: 0, .. })), "{wrong:?}");
+        let wrong = conn.query_row("SELECT name FROM t WHERE id = 7", params![], |r| {
+            r.get::<_, i64>(0)
+        });
+        assert!(
+            matches!(wrong, Err(Error::InvalidType { index: 0, .. })),
+            "{wrong:?}"
+        );
     }
 }

@@ -29,8 +29,8 @@ const COLUMNS: &str = "id, status, serial, tpm_ek_sha256, hostname, key_storage,
 
 fn from_row(row: &Row) -> crate::store::db::Result<Device> {
     let config: String = row.get(15)?;
-    let config: BTreeMap<String, String> = serde_json::from_str(&config)
-        .map_err(|e| crate::store::db::Error::conversion(15, e))?;
+    let config: BTreeMap<String, String> =
+        serde_json::from_str(&config).map_err(|e| crate::store::db::Error::conversion(15, e))?;
     Ok(Device {
         id: row.get(0)?,
         status: row.get(1)?,
@@ -55,17 +55,18 @@ fn from_row(row: &Row) -> crate::store::db::Result<Device> {
     })
 }
 
-fn string_map_from_column(row: &Row, index: usize) -> crate::store::db::Result<BTreeMap<String, String>> {
+fn string_map_from_column(
+    row: &Row,
+    index: usize,
+) -> crate::store::db::Result<BTreeMap<String, String>> {
     let text: String = row.get(index)?;
-    serde_json::from_str(&text)
-        .map_err(|e| crate::store::db::Error::conversion(index, e))
+    serde_json::from_str(&text).map_err(|e| crate::store::db::Error::conversion(index, e))
 }
 
 fn desired_os_from_column(row: &Row, index: usize) -> crate::store::db::Result<Option<DesiredOs>> {
     let text: Option<String> = row.get(index)?;
     text.map(|t| {
-        serde_json::from_str(&t)
-            .map_err(|e| crate::store::db::Error::conversion(index, e))
+        serde_json::from_str(&t).map_err(|e| crate::store::db::Error::conversion(index, e))
     })
     .transpose()
 }
@@ -106,7 +107,11 @@ pub fn insert(
 /// One device by id.
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Device>, StoreError> {
     Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM devices WHERE id = ?1"), [id], from_row)
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM devices WHERE id = ?1"),
+            [id],
+            from_row,
+        )
         .optional()?)
 }
 
@@ -124,13 +129,17 @@ pub fn by_key(conn: &Connection, key_sha256: &str) -> Result<Option<Device>, Sto
 /// Only the status of a device (the hot path of every agent call).
 pub fn status(conn: &Connection, id: &str) -> Result<Option<DeviceStatus>, StoreError> {
     Ok(conn
-        .query_row("SELECT status FROM devices WHERE id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT status FROM devices WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
         .optional()?)
 }
 
 /// All devices, oldest first.
 pub fn list(conn: &Connection) -> Result<Vec<Device>, StoreError> {
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM devices ORDER BY created_at, id"))?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM devices ORDER BY created_at, id"
+    ))?;
     let rows = stmt.query_map(crate::params![], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -155,7 +164,12 @@ pub fn set_status(conn: &Connection, id: &str, status: DeviceStatus) -> Result<(
 }
 
 /// Record the latest certificate issued to a device.
-pub fn set_certificate(conn: &Connection, id: &str, serial_hex: &str, expires_at: i64) -> Result<(), StoreError> {
+pub fn set_certificate(
+    conn: &Connection,
+    id: &str,
+    serial_hex: &str,
+    expires_at: i64,
+) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE devices SET cert_serial = ?2, cert_expires_at = ?3 WHERE id = ?1",
         params![id, serial_hex, expires_at],
@@ -180,7 +194,13 @@ pub fn set_last_seen(conn: &mut Connection, seen: &[(String, i64)]) -> Result<()
     let tx = conn.transaction()?;
     for chunk in seen.chunks(ROWS_PER_STATEMENT) {
         let rows: Vec<String> = (0..chunk.len())
-            .map(|i| format!("SELECT ?{} AS id, CAST(?{} AS BIGINT) AS at", 2 * i + 1, 2 * i + 2))
+            .map(|i| {
+                format!(
+                    "SELECT ?{} AS id, CAST(?{} AS BIGINT) AS at",
+                    2 * i + 1,
+                    2 * i + 2
+                )
+            })
             .collect();
         let sql = format!(
             "UPDATE devices SET last_seen_at = seen.at FROM ({}) AS seen WHERE devices.id = seen.id",
@@ -188,7 +208,12 @@ pub fn set_last_seen(conn: &mut Connection, seen: &[(String, i64)]) -> Result<()
         );
         let values: Vec<crate::store::db::Value> = chunk
             .iter()
-            .flat_map(|(id, at)| [crate::store::db::Value::Text(id.clone()), crate::store::db::Value::Int(*at)])
+            .flat_map(|(id, at)| {
+                [
+                    crate::store::db::Value::Text(id.clone()),
+                    crate::store::db::Value::Int(*at),
+                ]
+            })
             .collect();
         tx.execute(&sql, crate::store::db::as_params(&values).as_slice())?;
     }
@@ -216,7 +241,11 @@ pub fn set_config(
 
 /// Set (or clear) the OS update a device should install and bump its desired revision; returns
 /// the new revision (`None`: no such device).
-pub fn set_desired_os(conn: &Connection, id: &str, os: Option<&DesiredOs>) -> Result<Option<u64>, StoreError> {
+pub fn set_desired_os(
+    conn: &Connection,
+    id: &str,
+    os: Option<&DesiredOs>,
+) -> Result<Option<u64>, StoreError> {
     let text = os.map(|os| serde_json::to_string(os).expect("an OS update always serialises"));
     Ok(conn
         .query_row(
@@ -233,7 +262,11 @@ pub fn set_desired_os(conn: &Connection, id: &str, os: Option<&DesiredOs>) -> Re
 /// device's first heartbeat then needs no write).
 pub fn has_os_version(conn: &Connection, id: &str, version: &str) -> Result<bool, StoreError> {
     Ok(conn
-        .query_row("SELECT 1 FROM devices WHERE id = ?1 AND os_version = ?2", params![id, version], |_| Ok(()))
+        .query_row(
+            "SELECT 1 FROM devices WHERE id = ?1 AND os_version = ?2",
+            params![id, version],
+            |_| Ok(()),
+        )
         .optional()?
         .is_some())
 }

@@ -123,7 +123,10 @@ pub fn new_event_id() -> String {
 pub fn insert(conn: &Connection, event: &NewEvent) -> Result<String, StoreError> {
     let id = new_event_id();
     let values = row_values(id.clone(), event);
-    conn.execute(&insert_sql(1), crate::store::db::as_params(&values).as_slice())?;
+    conn.execute(
+        &insert_sql(1),
+        crate::store::db::as_params(&values).as_slice(),
+    )?;
     Ok(id)
 }
 
@@ -157,8 +160,14 @@ const ROWS_PER_STATEMENT: usize = 200;
 pub fn insert_all(conn: &mut Connection, events: &[NewEvent]) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     for chunk in events.chunks(ROWS_PER_STATEMENT) {
-        let values: Vec<_> = chunk.iter().flat_map(|e| row_values(new_event_id(), e)).collect();
-        tx.execute(&insert_sql(chunk.len()), crate::store::db::as_params(&values).as_slice())?;
+        let values: Vec<_> = chunk
+            .iter()
+            .flat_map(|e| row_values(new_event_id(), e))
+            .collect();
+        tx.execute(
+            &insert_sql(chunk.len()),
+            crate::store::db::as_params(&values).as_slice(),
+        )?;
     }
     tx.commit()?;
     Ok(())
@@ -236,10 +245,22 @@ mod tests {
     #[test]
     fn a_batch_larger_than_one_statement_is_stored_whole_and_in_order() {
         with_db(|conn| {
-            let events: Vec<NewEvent> = (0..450).map(|i| event(5_000 + i, Some("dev_a"), "app.state")).collect();
+            let events: Vec<NewEvent> = (0..450)
+                .map(|i| event(5_000 + i, Some("dev_a"), "app.state"))
+                .collect();
             insert_all(conn, &events).unwrap();
-            let all = list(conn, &EventFilter { limit: 1000, ..Default::default() }).unwrap();
-            assert_eq!(all.iter().map(|e| e.at_ms).collect::<Vec<_>>(), (5_000..5_450).collect::<Vec<_>>());
+            let all = list(
+                conn,
+                &EventFilter {
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                all.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
+                (5_000..5_450).collect::<Vec<_>>()
+            );
             assert_eq!(all[449].device_id.as_deref(), Some("dev_a"));
             Ok(())
         });

@@ -138,7 +138,10 @@ impl Store {
         tx.execute("SELECT pg_advisory_xact_lock(?1)", [CLUSTER_LOCK_KEY])?;
         schema::migrate_postgres(&tx)?;
         tx.commit()?;
-        let readers = Readers { slots: (0..READ_CONNECTIONS).map(|_| Mutex::new(None)).collect(), next: AtomicUsize::new(0) };
+        let readers = Readers {
+            slots: (0..READ_CONNECTIONS).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        };
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             location: Arc::new(Location::Postgres(url.to_owned())),
@@ -169,8 +172,13 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut guard = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let Location::Postgres(url) = &*self.location else { return f(&mut guard) };
+        let mut guard = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Location::Postgres(url) = &*self.location else {
+            return f(&mut guard);
+        };
         let mut f = Some(f);
         with_reconnect(url, &mut guard, |conn| locked_call(conn, &mut f))
     }
@@ -189,20 +197,31 @@ impl Store {
     /// [`Store::read`] on the current thread. `f` is `Fn`: a read that failed because its
     /// connection broke (PostgreSQL restarted, failover) is run once more on a new one, which
     /// is safe as it changed nothing. Idle read connections only learn of a break when used.
-    pub fn read_blocking<T>(&self, f: impl Fn(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let Location::Postgres(url) = &*self.location else { return self.run_blocking(f) };
+    pub fn read_blocking<T>(
+        &self,
+        f: impl Fn(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let Location::Postgres(url) = &*self.location else {
+            return self.run_blocking(f);
+        };
         let slots = &self.readers.slots;
         // A free slot if there is one, else wait for the next in turn.
         let start = self.readers.next.fetch_add(1, Ordering::Relaxed);
         let mut slot = (0..slots.len())
             .find_map(|i| slots[(start + i) % slots.len()].try_lock().ok())
-            .unwrap_or_else(|| slots[start % slots.len()].lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+            .unwrap_or_else(|| {
+                slots[start % slots.len()]
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            });
         if slot.is_none() {
             *slot = Some(connect_postgres(url)?);
         }
         let conn = slot.as_mut().expect("just connected");
         // A read changed nothing, so it may always run again.
-        with_reconnect(url, conn, |conn| read_snapshot(conn, &f).map_err(|e| (e, true)))
+        with_reconnect(url, conn, |conn| {
+            read_snapshot(conn, &f).map_err(|e| (e, true))
+        })
     }
 }
 
@@ -241,7 +260,8 @@ fn locked_call<T>(
 ) -> Result<T, (StoreError, bool)> {
     let untouched = |e: db::Error| (StoreError::from(e), true);
     let mut tx = conn.transaction().map_err(untouched)?;
-    tx.execute("SELECT pg_advisory_xact_lock(?1)", [CLUSTER_LOCK_KEY]).map_err(untouched)?;
+    tx.execute("SELECT pg_advisory_xact_lock(?1)", [CLUSTER_LOCK_KEY])
+        .map_err(untouched)?;
     let f = f.take().expect("a registry call runs its closure once");
     let value = f(&mut tx).map_err(|e| (e, false))?;
     tx.commit().map_err(|e| (e.into(), false))?;
@@ -252,12 +272,17 @@ fn locked_call<T>(
 async fn on_blocking_pool<T: Send + 'static>(
     call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(call).await.map_err(|e| StoreError::Worker(e.to_string()))?
+    tokio::task::spawn_blocking(call)
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
 }
 
 /// `f` in one READ ONLY snapshot transaction: one view of the registry for the whole call, as
 /// the lock gives a writer; the server refuses writes.
-fn read_snapshot<T>(conn: &mut Connection, f: impl Fn(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+fn read_snapshot<T>(
+    conn: &mut Connection,
+    f: impl Fn(&mut Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let mut tx = conn.transaction()?;
     tx.execute_batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
     let value = f(&mut tx)?;
@@ -266,14 +291,21 @@ fn read_snapshot<T>(conn: &mut Connection, f: impl Fn(&mut Connection) -> Result
 }
 
 fn open_sqlite(path: &Path) -> Result<Connection, StoreError> {
-    let open_err = |source| StoreError::Open { path: path.to_owned(), source };
+    let open_err = |source| StoreError::Open {
+        path: path.to_owned(),
+        source,
+    };
     let conn = rusqlite::Connection::open(path).map_err(open_err)?;
     // WAL lets readers run beside the writer; synchronous=FULL because an enrollment or an
     // approval acknowledged to a caller must survive a power cut.
-    conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-    conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
     let mut conn = Connection::sqlite(conn);
     schema::migrate_sqlite(&mut conn)?;
     Ok(conn)
@@ -286,7 +318,10 @@ pub fn connect_postgres(url: &str) -> Result<Connection, StoreError> {
 
 /// A raw PostgreSQL client for `url` (LISTEN/NOTIFY needs the client itself).
 pub fn postgres_client(url: &str) -> Result<postgres::Client, StoreError> {
-    let connect_err = |source: postgres::Error| StoreError::Connect { target: redact_url(url), source: source.into() };
+    let connect_err = |source: postgres::Error| StoreError::Connect {
+        target: redact_url(url),
+        source: source.into(),
+    };
     let mut config: postgres::Config = url.parse().map_err(connect_err)?;
     config.application_name("cairn-central");
     config.connect_timeout(std::time::Duration::from_secs(10));
@@ -298,19 +333,31 @@ pub fn postgres_client(url: &str) -> Result<postgres::Client, StoreError> {
 /// For the test suites that run central on PostgreSQL.
 #[doc(hidden)]
 pub fn create_database(admin_url: &str, name: &str) -> Result<String, StoreError> {
-    let valid = !name.is_empty() && name.len() <= 63 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
     if !valid {
-        return Err(StoreError::Worker(format!("{name:?} is not a valid database name (a-z, 0-9, _; up to 63)")));
+        return Err(StoreError::Worker(format!(
+            "{name:?} is not a valid database name (a-z, 0-9, _; up to 63)"
+        )));
     }
     let (base, _) = admin_url
         .rsplit_once('/')
         .ok_or_else(|| StoreError::Worker("the admin database URL must end in /database".into()))?;
     let admin = admin_url.to_owned();
-    let sql = format!("CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'");
+    let sql = format!(
+        "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+    );
     // On a plain thread: the sync client must not run inside a caller's async runtime.
-    std::thread::spawn(move || connect_postgres(&admin)?.execute_batch(&sql).map_err(StoreError::from))
-        .join()
-        .map_err(|_| StoreError::Worker("database creation panicked".into()))??;
+    std::thread::spawn(move || {
+        connect_postgres(&admin)?
+            .execute_batch(&sql)
+            .map_err(StoreError::from)
+    })
+    .join()
+    .map_err(|_| StoreError::Worker("database creation panicked".into()))??;
     Ok(format!("{base}/{name}"))
 }
 
@@ -319,9 +366,16 @@ pub fn create_database(admin_url: &str, name: &str) -> Result<String, StoreError
 #[cfg(test)]
 pub(crate) fn test_store() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let store = match std::env::var("CAIRN_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) {
+    let store = match std::env::var("CAIRN_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
         Some(admin) => {
-            let name = format!("cairn_unit_{}_{}", std::process::id(), new_id("db").trim_start_matches("db_"));
+            let name = format!(
+                "cairn_unit_{}_{}",
+                std::process::id(),
+                new_id("db").trim_start_matches("db_")
+            );
             Store::open_postgres(&create_database(&admin, &name).unwrap()).unwrap()
         }
         None => Store::open(&dir.path().join("registry.sqlite3")).unwrap(),
@@ -408,9 +462,15 @@ mod tests {
                     .unwrap()
             })
         };
-        held_rx.recv_timeout(Duration::from_secs(30)).expect("the writer started");
+        held_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the writer started");
         let count = |conn: &mut Connection| -> Result<i64, StoreError> {
-            Ok(conn.query_row("SELECT COUNT(*) FROM audit_log WHERE action = 'held'", crate::params![], |r| r.get(0))?)
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM audit_log WHERE action = 'held'",
+                crate::params![],
+                |r| r.get(0),
+            )?)
         };
         if store.postgres_url().is_some() {
             // The writer still holds the lock (it waits for `release`): the read must not.
@@ -419,7 +479,9 @@ mod tests {
                 let store = store.clone();
                 std::thread::spawn(move || done_tx.send(store.read_blocking(count)).unwrap())
             };
-            let seen = done_rx.recv_timeout(Duration::from_secs(10)).expect("a read waited for the writer's lock");
+            let seen = done_rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a read waited for the writer's lock");
             assert_eq!(seen.unwrap(), 0, "a read saw an uncommitted write");
             reader.join().unwrap();
             let write = store.read_blocking(|conn| {
@@ -429,6 +491,10 @@ mod tests {
         }
         release_tx.send(()).unwrap();
         writer.join().unwrap();
-        assert_eq!(store.read_blocking(count).unwrap(), 1, "the committed write is visible to reads");
+        assert_eq!(
+            store.read_blocking(count).unwrap(),
+            1,
+            "the committed write is visible to reads"
+        );
     }
 }

@@ -209,7 +209,10 @@ pub mod rfc3339 {
     pub fn format(at: i64) -> String {
         time::OffsetDateTime::from_unix_timestamp(at)
             .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
             .unwrap_or_else(|| at.to_string())
     }
 

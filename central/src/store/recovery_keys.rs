@@ -20,7 +20,11 @@ pub struct SealedRecoveryKey {
 /// Store (or replace) a device's recovery key. Returns `false` when the device is unknown.
 pub fn put(conn: &Connection, key: &SealedRecoveryKey) -> Result<bool, StoreError> {
     let known: Option<String> = conn
-        .query_row("SELECT id FROM devices WHERE id = ?1", [&key.device_id], |row| row.get(0))
+        .query_row(
+            "SELECT id FROM devices WHERE id = ?1",
+            [&key.device_id],
+            |row| row.get(0),
+        )
         .optional()?;
     if known.is_none() {
         return Ok(false);

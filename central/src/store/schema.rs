@@ -207,7 +207,9 @@ const MIGRATIONS: &[&str] = &[
 
 /// Bring an SQLite database to the latest schema, one transaction per version.
 pub(super) fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
-    let sqlite = conn.as_sqlite().expect("migrate_sqlite on an SQLite connection");
+    let sqlite = conn
+        .as_sqlite()
+        .expect("migrate_sqlite on an SQLite connection");
     let found: i64 = sqlite
         .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
         .map_err(|e| StoreError::Query(e.into()))?;
@@ -217,7 +219,8 @@ pub(super) fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
         let err = |source: db::Error| StoreError::Migrate { version, source };
         let tx = conn.transaction().map_err(err)?;
         tx.execute_batch(sql).map_err(err)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {version}")).map_err(err)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {version}"))
+            .map_err(err)?;
         tx.commit().map_err(err)?;
         tracing::info!(version, "registry schema migrated");
     }
@@ -228,15 +231,24 @@ pub(super) fn migrate_sqlite(conn: &mut Connection) -> Result<(), StoreError> {
 /// holds the cluster lock, so two replicas starting together migrate once).
 pub(super) fn migrate_postgres(conn: &Connection) -> Result<(), StoreError> {
     conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
-    let found: Option<i64> =
-        conn.query_row("SELECT MAX(version) FROM schema_version", params![], |r| r.get(0)).optional()?.flatten();
+    let found: Option<i64> = conn
+        .query_row("SELECT MAX(version) FROM schema_version", params![], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .flatten();
     let found = check_version(found.unwrap_or(0))?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found) {
         let version = index + 1;
         let err = |source: db::Error| StoreError::Migrate { version, source };
         conn.execute_batch(&db::pg_ddl(sql)).map_err(err)?;
-        conn.execute("DELETE FROM schema_version", params![]).map_err(err)?;
-        conn.execute("INSERT INTO schema_version (version) VALUES (?1)", [version]).map_err(err)?;
+        conn.execute("DELETE FROM schema_version", params![])
+            .map_err(err)?;
+        conn.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [version],
+        )
+        .map_err(err)?;
         tracing::info!(version, "registry schema migrated (PostgreSQL)");
     }
     Ok(())
@@ -245,7 +257,10 @@ pub(super) fn migrate_postgres(conn: &Connection) -> Result<(), StoreError> {
 fn check_version(found: i64) -> Result<usize, StoreError> {
     let found = usize::try_from(found).unwrap_or(usize::MAX);
     if found > MIGRATIONS.len() {
-        return Err(StoreError::TooNew { found, known: MIGRATIONS.len() });
+        return Err(StoreError::TooNew {
+            found,
+            known: MIGRATIONS.len(),
+        });
     }
     Ok(found)
 }
@@ -259,7 +274,11 @@ mod tests {
         let mut conn = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
         migrate_sqlite(&mut conn).unwrap();
         migrate_sqlite(&mut conn).unwrap();
-        let v: i64 = conn.as_sqlite().unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let v: i64 = conn
+            .as_sqlite()
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
     }
 
@@ -267,6 +286,9 @@ mod tests {
     fn refuses_newer_database() {
         let mut conn = Connection::sqlite(rusqlite::Connection::open_in_memory().unwrap());
         conn.execute_batch("PRAGMA user_version = 999").unwrap();
-        assert!(matches!(migrate_sqlite(&mut conn), Err(StoreError::TooNew { found: 999, .. })));
+        assert!(matches!(
+            migrate_sqlite(&mut conn),
+            Err(StoreError::TooNew { found: 999, .. })
+        ));
     }
 }

@@ -26,7 +26,12 @@ pub struct StreamChanges {
 }
 
 /// Record `replica`'s stream changes and that it is alive at `now`, in one transaction.
-pub fn record(conn: &mut Connection, replica: &str, now: i64, changes: &StreamChanges) -> Result<(), StoreError> {
+pub fn record(
+    conn: &mut Connection,
+    replica: &str,
+    now: i64,
+    changes: &StreamChanges,
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     let seq = next_seq(&tx)?;
     for chunk in changes.connected.chunks(ROWS_PER_STATEMENT) {
@@ -37,7 +42,13 @@ pub fn record(conn: &mut Connection, replica: &str, now: i64, changes: &StreamCh
         );
         let values: Vec<Value> = chunk
             .iter()
-            .flat_map(|id| [Value::Text(id.clone()), Value::Text(replica.to_owned()), Value::Int(seq)])
+            .flat_map(|id| {
+                [
+                    Value::Text(id.clone()),
+                    Value::Text(replica.to_owned()),
+                    Value::Int(seq),
+                ]
+            })
             .collect();
         tx.execute(&sql, as_params(&values).as_slice())?;
     }
@@ -63,7 +74,11 @@ pub fn record(conn: &mut Connection, replica: &str, now: i64, changes: &StreamCh
 /// The number the next change gets; in order only because every writer holds the registry's
 /// write lock (see the module doc).
 fn next_seq(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM replica_streams", params![], |r| r.get(0))?)
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM replica_streams",
+        params![],
+        |r| r.get(0),
+    )?)
 }
 
 /// A device and the replica now holding its stream (`None`: no replica).
@@ -71,8 +86,14 @@ pub type StreamHolder = (String, Option<String>);
 
 /// Stream changes after sequence number `after`: the newest number read (or `after` when
 /// nothing changed) and each changed device with its holder.
-pub fn changed_since(conn: &Connection, after: i64) -> Result<(i64, Vec<StreamHolder>), StoreError> {
-    let rows = conn.query("SELECT device_id, replica, seq FROM replica_streams WHERE seq > ?1", [after])?;
+pub fn changed_since(
+    conn: &Connection,
+    after: i64,
+) -> Result<(i64, Vec<StreamHolder>), StoreError> {
+    let rows = conn.query(
+        "SELECT device_id, replica, seq FROM replica_streams WHERE seq > ?1",
+        [after],
+    )?;
     let mut newest = after;
     let mut changed = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -84,8 +105,14 @@ pub fn changed_since(conn: &Connection, after: i64) -> Result<(i64, Vec<StreamHo
 
 /// Replicas that wrote their liveness at or after `since`, with that time.
 pub fn alive_since(conn: &Connection, since: i64) -> Result<HashMap<String, i64>, StoreError> {
-    let rows = conn.query("SELECT id, alive_at FROM replicas WHERE alive_at >= ?1", [since])?;
-    Ok(rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect::<super::db::Result<_>>()?)
+    let rows = conn.query(
+        "SELECT id, alive_at FROM replicas WHERE alive_at >= ?1",
+        [since],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<super::db::Result<_>>()?)
 }
 
 /// Forget replicas silent since before `before` and release their streams (housekeeping at
@@ -121,15 +148,32 @@ mod tests {
             .run_blocking(|conn| {
                 // More than one statement's worth, so the chunking is exercised.
                 let many: Vec<String> = (0..1203).map(|i| format!("dev_{i:05}")).collect();
-                record(conn, "rep_a", 100, &StreamChanges { connected: many, left: vec![] })?;
+                record(
+                    conn,
+                    "rep_a",
+                    100,
+                    &StreamChanges {
+                        connected: many,
+                        left: vec![],
+                    },
+                )?;
                 let (first, all) = changed_since(conn, 0)?;
                 assert_eq!(all.len(), 1203);
                 assert!(all.iter().all(|(_, r)| r.as_deref() == Some("rep_a")));
-                assert_eq!(changed_since(conn, first)?, (first, vec![]), "nothing new after the newest number");
+                assert_eq!(
+                    changed_since(conn, first)?,
+                    (first, vec![]),
+                    "nothing new after the newest number"
+                );
 
                 // dev_00001 moves to B; A's leave, flushed later, must not clear B's row.
                 record(conn, "rep_b", 101, &changes(&["dev_00001"], &[]))?;
-                record(conn, "rep_a", 102, &changes(&[], &["dev_00001", "dev_00002"]))?;
+                record(
+                    conn,
+                    "rep_a",
+                    102,
+                    &changes(&[], &["dev_00001", "dev_00002"]),
+                )?;
                 let (second, moved) = changed_since(conn, first)?;
                 let moved: HashMap<_, _> = moved.into_iter().collect();
                 assert_eq!(moved.len(), 2, "{moved:?}");

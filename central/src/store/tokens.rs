@@ -68,7 +68,10 @@ pub fn list_enrollment_tokens(conn: &Connection) -> Result<Vec<EnrollmentToken>,
 }
 
 /// One enrollment token by id.
-pub fn enrollment_token(conn: &Connection, id: &str) -> Result<Option<EnrollmentToken>, StoreError> {
+pub fn enrollment_token(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<EnrollmentToken>, StoreError> {
     Ok(conn
         .query_row(
             &format!("SELECT {TOKEN_COLUMNS} FROM enrollment_tokens WHERE id = ?1"),
@@ -94,13 +97,19 @@ pub fn enrollment_token_by_secret(
 
 /// Count one admission against a token.
 pub fn use_enrollment_token(conn: &Connection, id: &str) -> Result<(), StoreError> {
-    conn.execute("UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?1", [id])?;
+    conn.execute(
+        "UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?1",
+        [id],
+    )?;
     Ok(())
 }
 
 /// Revoke an enrollment token; returns false when no such token exists.
 pub fn revoke_enrollment_token(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn.execute("UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?1", [id])? == 1)
+    Ok(conn.execute(
+        "UPDATE enrollment_tokens SET revoked = 1 WHERE id = ?1",
+        [id],
+    )? == 1)
 }
 
 fn api_token_from_row(row: &Row) -> crate::store::db::Result<ApiToken> {
@@ -114,7 +123,11 @@ fn api_token_from_row(row: &Row) -> crate::store::db::Result<ApiToken> {
 }
 
 /// Create an operator API token; returns it and its secret (shown once).
-pub fn create_api_token(conn: &Connection, name: &str, role: Role) -> Result<(ApiToken, String), StoreError> {
+pub fn create_api_token(
+    conn: &Connection,
+    name: &str,
+    role: Role,
+) -> Result<(ApiToken, String), StoreError> {
     let secret = new_secret("cat");
     let token = ApiToken {
         id: new_id("api"),
@@ -131,7 +144,10 @@ pub fn create_api_token(conn: &Connection, name: &str, role: Role) -> Result<(Ap
 }
 
 /// The live (not revoked) API token whose secret is `secret`.
-pub fn api_token_by_secret(conn: &Connection, secret: &str) -> Result<Option<ApiToken>, StoreError> {
+pub fn api_token_by_secret(
+    conn: &Connection,
+    secret: &str,
+) -> Result<Option<ApiToken>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT id, name, role, created_at, revoked FROM api_tokens WHERE secret_sha256 = ?1 AND revoked = 0",
@@ -172,7 +188,11 @@ fn claim_from_row(row: &Row) -> crate::store::db::Result<Claim> {
 }
 
 /// Add a claim; `Ok(None)` when the same claim already exists.
-pub fn add_claim(conn: &Connection, kind: ClaimKind, value: &str) -> Result<Option<Claim>, StoreError> {
+pub fn add_claim(
+    conn: &Connection,
+    kind: ClaimKind,
+    value: &str,
+) -> Result<Option<Claim>, StoreError> {
     let claim = Claim {
         id: new_id("clm"),
         kind,
@@ -197,7 +217,11 @@ pub fn list_claims(conn: &Connection) -> Result<Vec<Claim>, StoreError> {
 }
 
 /// The claim matching a serial or an EK hash (serial first).
-pub fn matching_claim(conn: &Connection, serial: &str, ek_sha256: &str) -> Result<Option<Claim>, StoreError> {
+pub fn matching_claim(
+    conn: &Connection,
+    serial: &str,
+    ek_sha256: &str,
+) -> Result<Option<Claim>, StoreError> {
     Ok(conn
         .query_row(
             &format!(
@@ -213,6 +237,9 @@ pub fn matching_claim(conn: &Connection, serial: &str, ek_sha256: &str) -> Resul
 
 /// Record that `device_id` used the claim.
 pub fn use_claim(conn: &Connection, claim_id: &str, device_id: &str) -> Result<(), StoreError> {
-    conn.execute("UPDATE claims SET device_id = ?2 WHERE id = ?1", [claim_id, device_id])?;
+    conn.execute(
+        "UPDATE claims SET device_id = ?2 WHERE id = ?1",
+        [claim_id, device_id],
+    )?;
     Ok(())
 }

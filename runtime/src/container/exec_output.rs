@@ -33,11 +33,21 @@ impl ExecOutput {
     /// Make the two FIFOs beside `output` and start reading them.
     pub(crate) fn create(output: &Path, exec_id: &str) -> Result<Self, ContainerError> {
         let dir = output.parent().unwrap_or(Path::new("."));
-        let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let fifos = ["stdout", "stderr"].map(|stream| dir.join(format!(".{name}.{exec_id}.{stream}")));
-        std::fs::create_dir_all(dir).map_err(|source| ContainerError::Io { path: dir.to_owned(), source })?;
+        let name = output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let fifos =
+            ["stdout", "stderr"].map(|stream| dir.join(format!(".{name}.{exec_id}.{stream}")));
+        std::fs::create_dir_all(dir).map_err(|source| ContainerError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
         for fifo in &fifos {
-            mkfifo(fifo).map_err(|source| ContainerError::Io { path: fifo.clone(), source })?;
+            mkfifo(fifo).map_err(|source| ContainerError::Io {
+                path: fifo.clone(),
+                source,
+            })?;
         }
         let readers = fifos
             .iter()
@@ -47,7 +57,11 @@ impl ExecOutput {
                 tokio::task::spawn_blocking(move || drain(&fifo))
             })
             .collect();
-        Ok(Self { output: output.to_owned(), fifos, readers })
+        Ok(Self {
+            output: output.to_owned(),
+            fifos,
+            readers,
+        })
     }
 
     /// What to give containerd as the exec's stdout.
@@ -85,7 +99,9 @@ impl ExecOutput {
             };
             match read {
                 Ok(Ok(bytes)) => text.extend(bytes),
-                Ok(Err(e)) => tracing::debug!(fifo = %fifo.display(), error = %e, "exec output unreadable"),
+                Ok(Err(e)) => {
+                    tracing::debug!(fifo = %fifo.display(), error = %e, "exec output unreadable")
+                }
                 Err(e) => tracing::debug!(error = %e, "exec output reader failed"),
             }
         }
@@ -118,8 +134,9 @@ impl Drop for ExecOutput {
 
 fn mkfifo(path: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
+    })?;
     // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
     if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -144,7 +161,10 @@ fn drain(fifo: &Path) -> std::io::Result<Vec<u8>> {
 
 /// Open and close the write end without blocking, so a reader blocked in open returns.
 fn release(fifo: &Path) {
-    let _ = std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(fifo);
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo);
 }
 
 #[cfg(test)]
@@ -159,13 +179,29 @@ mod tests {
         let (out, err) = (capture.stdout(), capture.stderr());
         // A writer like the shim: opens each FIFO, writes, closes.
         let writer = std::thread::spawn(move || {
-            File::options().write(true).open(&out).unwrap().write_all(b"to-stdout\n").unwrap();
-            File::options().write(true).open(&err).unwrap().write_all(b"to-stderr\n").unwrap();
+            File::options()
+                .write(true)
+                .open(&out)
+                .unwrap()
+                .write_all(b"to-stdout\n")
+                .unwrap();
+            File::options()
+                .write(true)
+                .open(&err)
+                .unwrap()
+                .write_all(b"to-stderr\n")
+                .unwrap();
         });
         capture.finish(Duration::from_secs(5)).await;
         writer.join().unwrap();
-        assert_eq!(std::fs::read_to_string(&output).unwrap(), "to-stdout\nto-stderr\n");
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(
+            std::fs::read_to_string(&output).unwrap(),
+            "to-stdout\nto-stderr\n"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("out")]);
     }
 
@@ -187,7 +223,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
     }
 
@@ -199,7 +238,11 @@ mod tests {
         let capture = ExecOutput::create(&output, "exec-2").unwrap();
         let started = std::time::Instant::now();
         capture.finish(Duration::from_millis(100)).await;
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(std::fs::read_to_string(&output).unwrap(), "");
     }
 }

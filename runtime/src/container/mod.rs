@@ -6,9 +6,9 @@
 //! the named namespace given in [`NewContainer::netns`] (prepared and attached by
 //! [`crate::network`]), or get a fresh one with only loopback when none is given.
 
+mod exec_output;
 mod logs;
 mod oci;
-mod exec_output;
 mod task;
 
 use std::collections::{BTreeMap, HashMap};
@@ -489,7 +489,11 @@ pub async fn stop_all_tasks(ctr: &Containerd, grace: Duration) -> Result<usize, 
     let running: Vec<String> = list_containers(ctr)
         .await?
         .into_iter()
-        .filter(|c| c.task.as_ref().is_some_and(|t| t.status != TaskStatus::Stopped))
+        .filter(|c| {
+            c.task
+                .as_ref()
+                .is_some_and(|t| t.status != TaskStatus::Stopped)
+        })
         .map(|c| c.id)
         .collect();
     let stops = running.iter().map(|id| stop_task(ctr, id, grace));

@@ -317,7 +317,10 @@ mod tests {
         let spec = build_spec(&input).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["hostname"], "s");
-        assert_eq!(json["root"]["readonly"], false, "Compose roots are writable");
+        assert_eq!(
+            json["root"]["readonly"], false,
+            "Compose roots are writable"
+        );
         assert_eq!(json["process"]["user"]["uid"], 1000);
         assert_eq!(json["process"]["cwd"], "/srv");
         assert_eq!(json["linux"]["cgroupsPath"], "/cairn/app_s");

@@ -325,7 +325,9 @@ pub async fn exec(
     let exec_id = format!("exec-{:08x}", rand::random::<u32>());
     // Output through FIFOs read to their end (see exec_output); without `output`, /dev/null:
     // closed stdio would make programs that print fail.
-    let capture = output.map(|path| ExecOutput::create(path, &exec_id)).transpose()?;
+    let capture = output
+        .map(|path| ExecOutput::create(path, &exec_id))
+        .transpose()?;
     let (stdout, stderr) = match &capture {
         Some(c) => (c.stdout(), c.stderr()),
         None => ("file:///dev/null".to_owned(), "file:///dev/null".to_owned()),

@@ -247,7 +247,10 @@ async fn open_ingest(
     desc: &Descriptor,
 ) -> Result<Option<(String, crate::containerd::ContentWriter)>, ImageError> {
     let reference = format!("cairn-ingest-{}", desc.digest);
-    match ctr.open_writer(&reference, &desc.digest, desc.size, lease).await {
+    match ctr
+        .open_writer(&reference, &desc.digest, desc.size, lease)
+        .await
+    {
         Ok(writer) => Ok(Some((reference, writer))),
         Err(e) if e.is_already_exists() => Ok(None),
         Err(e) => Err(e.into()),
