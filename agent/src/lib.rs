@@ -7,8 +7,6 @@
 //! Everything is driven by an [`AgentConfig`] and stops on a [`tokio::sync::watch`] flag, with no
 //! process globals, so a benchmark can run many agents in one process ([`spawn_agents`]).
 
-#![warn(missing_docs)]
-
 pub mod agent;
 pub mod apps;
 pub mod backoff;

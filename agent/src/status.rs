@@ -223,6 +223,6 @@ mod tests {
             .set_phase(Phase::Refused, Some("token expired".into()))
             .await;
         assert!(!rx.has_changed().unwrap());
-        time::OffsetDateTime::parse(&on_disk.updated_at, &Rfc3339).unwrap();
+        OffsetDateTime::parse(&on_disk.updated_at, &Rfc3339).unwrap();
     }
 }

@@ -15,8 +15,6 @@
 //! # Ok::<(), cairnctl::client::CtlError>(())
 //! ```
 
-#![warn(missing_docs)]
-
 pub mod cli;
 pub mod client;
 pub mod input;

@@ -9,8 +9,6 @@
 //!   `<dest>.partial`, journalled so it resumes after a cut link or power loss, verifies every
 //!   chunk and the whole file, and only then renames it to `<dest>`.
 
-#![warn(missing_docs)]
-
 mod chunking;
 mod error;
 mod index;

@@ -20,8 +20,6 @@
 //! file on tmpfs, never argv or logs. Everything blocks: from async code use `spawn_blocking`.
 //! Opening needs device-mapper (devices and QEMU tests); the rest works on a plain file.
 
-#![warn(missing_docs)]
-
 mod grow;
 mod keyfile;
 mod keys;

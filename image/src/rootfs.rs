@@ -403,7 +403,7 @@ mod tests {
         .enumerate()
         {
             let f = fs::File::create(dir.path().join(name)).unwrap();
-            f.set_modified(now - std::time::Duration::from_secs(100 * (4 - i as u64)))
+            f.set_modified(now - Duration::from_secs(100 * (4 - i as u64)))
                 .unwrap();
         }
         fs::write(dir.path().join("other"), b"").unwrap();

@@ -7,8 +7,6 @@
 //! - [`network`]: one CNI bridge network per app (subnets, namespaces, published ports, hosts).
 //! - [`reconcile`]: the level-triggered loop from desired apps to running containers.
 
-#![warn(missing_docs)]
-
 pub mod container;
 pub mod containerd;
 pub mod image;

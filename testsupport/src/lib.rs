@@ -8,8 +8,6 @@
 //! - [`free_port`]: a loopback TCP port that was free a moment ago.
 //! - `images` (feature `images`): busybox OCI images to push to a [`Registry`] or archive.
 
-#![warn(missing_docs)]
-
 mod containerd;
 mod ports;
 mod registry;

@@ -177,6 +177,27 @@ pub fn sync_parent(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Parse the end shared by every blob format: length-prefixed TPM2B_PUBLIC and TPM2B_PRIVATE,
+/// both non-empty, with nothing after them.
+pub(crate) fn take_object_tail(rest: &[u8]) -> Result<(Public, Private), String> {
+    let (public, rest) = take_tpm2b(rest, "public area")?;
+    let (private, rest) = take_tpm2b(rest, "private area")?;
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} unexpected bytes after the private area",
+            rest.len()
+        ));
+    }
+    if public.is_empty() || private.is_empty() {
+        return Err("empty public or private area".to_string());
+    }
+    let public =
+        Public::unmarshall(public).map_err(|e| format!("public area does not unmarshal: {e}"))?;
+    let private =
+        Private::try_from(private).map_err(|e| format!("private area is invalid: {e}"))?;
+    Ok((public, private))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,25 +297,4 @@ mod tests {
             .to_string()
             .contains("/nonexistent-cairn-dir/device.key"));
     }
-}
-
-/// Parse the end shared by every blob format: length-prefixed TPM2B_PUBLIC and TPM2B_PRIVATE,
-/// both non-empty, with nothing after them.
-pub(crate) fn take_object_tail(rest: &[u8]) -> Result<(Public, Private), String> {
-    let (public, rest) = take_tpm2b(rest, "public area")?;
-    let (private, rest) = take_tpm2b(rest, "private area")?;
-    if !rest.is_empty() {
-        return Err(format!(
-            "{} unexpected bytes after the private area",
-            rest.len()
-        ));
-    }
-    if public.is_empty() || private.is_empty() {
-        return Err("empty public or private area".to_string());
-    }
-    let public =
-        Public::unmarshall(public).map_err(|e| format!("public area does not unmarshal: {e}"))?;
-    let private =
-        Private::try_from(private).map_err(|e| format!("private area is invalid: {e}"))?;
-    Ok((public, private))
 }

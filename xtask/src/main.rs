@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask test | demo | bench | bench-fleet`. Plain Rust instead of shell scripts so
+//! Developer tasks: `cargo xtask lint | test | demo | bench | bench-fleet`. Plain Rust instead of shell scripts so
 //! every step reports what failed.
 
 use std::path::{Path, PathBuf};
@@ -7,17 +7,19 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod demo;
+mod lint;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
     match args.first().map(String::as_str) {
+        Some("lint") => lint::lint(&root),
         Some("test") => test(&root, args.iter().any(|a| a == "--host-only")),
         Some("demo") => demo::run(&root),
         Some("bench") => bench(&root),
         Some("bench-fleet") => bench_fleet(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|bench-fleet>\n  test   build, then run every test tier (unit, host integration, image, QEMU);\n         --host-only skips the image and QEMU tiers\n  demo   start a local central and devices and watch them enroll\n  bench  run the benchmarks and print their figures\n  bench-fleet [--sizes 10000,50000,100000] [--database-url postgres://...] [cairn-sim bench options]\n         one central process, N simulated devices per size: memory, heartbeat p99, fan-out time;\n         --database-url: central on PostgreSQL, a fresh database per size");
+            eprintln!("usage: cargo xtask <lint|test|demo|bench|bench-fleet>\n  lint   rustfmt check, clippy -D warnings, module docs, commit titles\n  test   lint, build, then run every test tier (unit, host integration, image, QEMU);\n         --host-only skips the image and QEMU tiers\n  demo   start a local central and devices and watch them enroll\n  bench  run the benchmarks and print their figures\n  bench-fleet [--sizes 10000,50000,100000] [--database-url postgres://...] [cairn-sim bench options]\n         one central process, N simulated devices per size: memory, heartbeat p99, fan-out time;\n         --database-url: central on PostgreSQL, a fresh database per size");
             bail!("unknown or missing task")
         }
     }
@@ -82,6 +84,7 @@ fn test_postgres(root: &Path) -> Result<String> {
 }
 
 fn test(root: &Path, host_only: bool) -> Result<()> {
+    lint::lint(root)?;
     // System tests start the real binaries, so build them first.
     run(root, "cargo", &["build", "--workspace", "--bins"])?;
     // First run: central on its default store, SQLite (whatever the caller's environment says).

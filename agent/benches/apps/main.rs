@@ -1,5 +1,5 @@
 //! Apps benchmark: how long the agent takes to run N busybox services, against a real containerd
-//! + runc and a local docker-registry serving busybox images built here, compared in the same run
+//! and runc and a local docker-registry serving busybox images built here, compared in the same run
 //! with the bare runtime starting the same containers; and the RSS of the real `cairn-agent`
 //! process idle and with 20 containers.
 //!

@@ -1,3 +1,5 @@
+//! Unit tests of the apps sink: desired apps to reconciler specs and service states to reports.
+
 use std::time::Duration;
 
 use cairn_proto::v1::{App, DesiredState, ServiceHealth, ServiceState};

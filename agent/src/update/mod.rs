@@ -507,7 +507,7 @@ impl Updater {
         let mut logged_step = u64::MAX;
         let (records, mut stored) = (self.records.clone(), record.clone());
         let base = record.fetched_bytes;
-        let progress = std::sync::Mutex::new(move |p: download::Progress| {
+        let progress = Mutex::new(move |p: download::Progress| {
             let mut s = status.lock().expect("status lock");
             s.bytes_done = p.done;
             s.bytes_total = p.total;

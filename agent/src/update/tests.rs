@@ -1,3 +1,5 @@
+//! Unit tests of the update health gate and of where an interrupted update resumes.
+
 use cairn_proto::v1::{App, AppStatus, DesiredState, ServiceHealth, ServiceState, ServiceStatus};
 
 use super::record::{Stage, Target};

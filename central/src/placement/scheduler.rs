@@ -523,7 +523,7 @@ mod tests {
     fn picks_online_devices_by_id_and_keeps_current_hosts() {
         let mut w = world();
         let d = deployment("web", serde_json::json!({ "hosts_per_site": 2 }));
-        let plans = plan(&[d.clone()], &mut w);
+        let plans = plan(std::slice::from_ref(&d), &mut w);
         assert_eq!(hosts_at(&plans[0], "a"), ["a1", "a2"]);
         assert_eq!(hosts_at(&plans[0], "b"), ["b1"]);
         assert!(plans[0].sites[1]
@@ -536,7 +536,7 @@ mod tests {
         w.hosts[0].online = false;
         w.hosts[1].online = false;
         w.hosts[1].lost = true;
-        let plans = plan(&[d.clone()], &mut w);
+        let plans = plan(std::slice::from_ref(&d), &mut w);
         assert_eq!(hosts_at(&plans[0], "a"), ["a1", "a3"]);
         // A new online device does not displace valid hosts.
         w.hosts.push(host("a0", "a", true));
@@ -552,7 +552,7 @@ mod tests {
             ..Default::default()
         };
         let d = deployment("web", serde_json::json!({}));
-        plan(&[d.clone()], &mut w);
+        plan(std::slice::from_ref(&d), &mut w);
         w.hosts[0].online = false;
         w.hosts[0].lost = true;
         assert_eq!(hosts_at(&plan(&[d], &mut w)[0], "b"), ["b1"]);

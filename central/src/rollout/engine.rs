@@ -319,6 +319,8 @@ fn os_phase_message(previous: &OsStatus, status: &OsStatus) -> String {
     message
 }
 
+/// Takes a device's OS status from a heartbeat: records phase changes as events and, for a
+/// device in a rollout, moves its rollout state on.
 pub async fn on_heartbeat(shared: &Shared, device_id: &str, status: OsStatus) {
     let status = bounded(status);
     let previous = shared.sessions.report_os(

@@ -363,7 +363,7 @@ mod tests {
             .iter()
             .any(|n| n["type"] == "network" && n.get("path").is_none()));
         let input = SpecInput {
-            netns: Some(std::path::Path::new("/run/cairn/netns/a_s")),
+            netns: Some(Path::new("/run/cairn/netns/a_s")),
             ..input
         };
         let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
