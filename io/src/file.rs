@@ -1,0 +1,167 @@
+//! File system calls whose errors say which path and what for, and writes that survive a power
+//! cut: a reader sees the old content or the new, never a torn file.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// An I/O error with the path it happened on and what was being done, e.g.
+/// "cannot read /var/lib/cairn/state.json: No such file or directory (os error 2)".
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}: {source}", path.display())]
+pub struct FileError {
+    /// What was being done, as a verb phrase: "read", "create the directory", "rename into".
+    pub action: &'static str,
+    /// The path it was done to.
+    pub path: PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl FileError {
+    /// An error of `action` on `path`.
+    pub fn new(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        FileError {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// The OS error's kind (e.g. to treat `NotFound` as "absent").
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.source.kind()
+    }
+}
+
+/// Adds the path and the action to an [`std::io::Result`].
+pub trait PathContext<T> {
+    /// `fs::read(&p).at("read", &p)?`: on error, a [`FileError`] naming `action` and `path`.
+    fn at(self, action: &'static str, path: &Path) -> Result<T, FileError>;
+}
+
+impl<T> PathContext<T> for std::io::Result<T> {
+    fn at(self, action: &'static str, path: &Path) -> Result<T, FileError> {
+        self.map_err(|source| FileError::new(action, path, source))
+    }
+}
+
+/// Distinguishes temp files of concurrent writers in one process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `bytes` to `path` so that a crash or power cut at any point leaves either the old file
+/// or the new one: a temp file beside it created with `mode` (so a secret is never readable by
+/// others, even briefly), fsync, rename over `path`, fsync the directory. The temp file is removed
+/// when any step fails.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Some(name) = path.file_name() else {
+        return Err(FileError::new(
+            "write",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file"),
+        ));
+    };
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        name.to_string_lossy(),
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .at("create", &tmp)?;
+        file.write_all(bytes).at("write", &tmp)?;
+        file.sync_all().at("fsync", &tmp)?;
+        drop(file);
+        std::fs::rename(&tmp, path).at("rename a temp file onto", path)?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .at("fsync the directory", dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates `path` and its missing parents with mode 0700 (directories that hold keys or state).
+pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .at("create the directory", path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_with_the_mode_asked_for_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, b"old").unwrap();
+        write_atomic(&path, b"new", 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["key"]);
+    }
+
+    #[test]
+    fn a_write_into_a_missing_directory_names_the_temp_file_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing/state.json");
+        let err = write_atomic(&path, b"x", 0o644).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot create ") && text.contains("missing/.state.json.tmp-"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_path_without_a_file_name_is_refused() {
+        let err = write_atomic(Path::new("/"), b"x", 0o600).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn path_context_says_what_failed_where() {
+        let err = std::fs::read("/nonexistent/cairn-io")
+            .at("read", Path::new("/nonexistent/cairn-io"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read /nonexistent/cairn-io: No such file or directory (os error 2)"
+        );
+    }
+
+    #[test]
+    fn private_dirs_are_0700() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b");
+        create_private_dir(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+    }
+}

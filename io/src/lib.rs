@@ -1,0 +1,16 @@
+//! `cairn-io`: the plumbing several crates need and none should copy.
+//!
+//! - [`file`]: I/O errors that carry the path and what was being done ([`FileError`],
+//!   [`PathContext::at`]), crash-safe writes ([`write_atomic`]: temp file, fsync, rename, fsync
+//!   the directory) and private directories.
+//! - [`tool`]: external programs ([`Tool`]) run with a timeout, their process group killed when
+//!   it passes, secrets only on stdin, and the end of their stderr in the error.
+//!
+//! Architecture invariant: this crate knows nothing of Cairn's domain (devices, apps, TPMs); it
+//! depends on no other Cairn crate and on nothing async.
+
+pub mod file;
+pub mod tool;
+
+pub use file::{create_private_dir, write_atomic, FileError, PathContext};
+pub use tool::{Tool, ToolError, ToolOutput};
