@@ -278,8 +278,6 @@ fn bounded(mut status: OsStatus) -> OsStatus {
     status
 }
 
-/// Take in the OS status of a heartbeat: kept in memory; the registry is written only when the
-/// running version changed or the report moves the device in its rollout.
 /// How bad an OS update phase is for the event log.
 fn os_phase_severity(phase: i32) -> crate::store::events::Severity {
     use crate::store::events::Severity;
@@ -319,8 +317,9 @@ fn os_phase_message(previous: &OsStatus, status: &OsStatus) -> String {
     message
 }
 
-/// Takes a device's OS status from a heartbeat: records phase changes as events and, for a
-/// device in a rollout, moves its rollout state on.
+/// Takes in the OS status of a heartbeat: kept in memory, phase changes recorded as events; the
+/// registry is written only when the running version changed or the report moves the device in
+/// its rollout.
 pub async fn on_heartbeat(shared: &Shared, device_id: &str, status: OsStatus) {
     let status = bounded(status);
     let previous = shared.sessions.report_os(
