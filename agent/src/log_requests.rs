@@ -142,7 +142,7 @@ pub fn service_log(
     lines: usize,
 ) -> Result<(String, bool), LogReadError> {
     for name in [app, service] {
-        cairn_runtime::spec::check_app_or_service_name(name)
+        cairn_compose::check_app_or_service_name(name)
             .map_err(|e| LogReadError::Invalid(format!("{name:?} {e}")))?;
     }
     let current = runtime.log_path(app, service);

@@ -41,7 +41,7 @@ impl LogSource {
             (None, None) => Ok(LogSource::Agent),
             (Some(app), Some(service)) => {
                 for (what, name) in [("app", app), ("service", service)] {
-                    cairn_runtime::spec::check_app_or_service_name(name)
+                    cairn_compose::check_app_or_service_name(name)
                         .map_err(|e| format!("`{what}` {:?} {e}", cairn_proto::truncate_status_text(name, 64)))?;
                 }
                 Ok(LogSource::Service { app: app.to_owned(), service: service.to_owned() })

@@ -1,6 +1,6 @@
-//! Cairn's app runtime: Compose-format apps on containerd.
+//! Cairn's app runtime: Compose-format apps on containerd. The app spec itself (model, parser,
+//! validation) is `cairn_compose`.
 //!
-//! - [`spec`]: the app spec (a subset of the Compose file format) with precise validation errors.
 //! - [`containerd`]: a namespaced containerd connection (content, leases, snapshots, images).
 //! - [`image`]: client-side pull from registries and import of OCI archives, unpacked to snapshots.
 //! - [`container`]: service containers and their tasks (OCI spec, logs, stop, exec).
@@ -12,4 +12,3 @@ pub mod containerd;
 pub mod image;
 pub mod network;
 pub mod reconcile;
-pub mod spec;

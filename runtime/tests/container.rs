@@ -6,9 +6,9 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use cairn_compose::AppSpec;
 use cairn_runtime::container::{self, ContainerError, NewContainer, RuntimeConfig, TaskStatus};
 use cairn_runtime::image::{no_progress, pull_image, PullOptions};
-use cairn_runtime::spec::AppSpec;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 

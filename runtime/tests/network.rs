@@ -11,12 +11,12 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cairn_compose::AppSpec;
 use cairn_runtime::container::{self, RuntimeConfig};
 use cairn_runtime::network::{Networks, CONTAINER_IFNAME};
 use cairn_runtime::reconcile::{
     DesiredApp, Reconciler, ReconcilerConfig, ServiceState, ServiceStatus,
 };
-use cairn_runtime::spec::AppSpec;
 use cairn_testsupport::free_port;
 
 const APP: &str = "chat";

@@ -8,11 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cairn_compose::AppSpec;
 use cairn_runtime::container::{self, RuntimeConfig};
 use cairn_runtime::reconcile::{
     Backoff, DesiredApp, Health, Reconciler, ReconcilerConfig, ServiceState, ServiceStatus,
 };
-use cairn_runtime::spec::AppSpec;
 use cairn_testsupport::free_port;
 
 fn config(env: &common::Env) -> ReconcilerConfig {

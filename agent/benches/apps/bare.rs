@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use cairn_compose::{AppSpec, NetworkMode};
 use cairn_runtime::container::{self, NewContainer, RuntimeConfig, TaskStatus};
 use cairn_runtime::containerd::Containerd as Ctr;
 use cairn_runtime::image;
 use cairn_runtime::network::Networks;
-use cairn_runtime::spec::{AppSpec, NetworkMode};
 use cairn_testsupport::images::{self as test_images, TestImage};
 use serde_json::{json, Value};
 

@@ -16,11 +16,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_compose::AppSpec;
 use cairn_proto::v1::{AppStatus, DesiredState};
 use cairn_runtime::container::RuntimeConfig;
 use cairn_runtime::containerd::Containerd;
 use cairn_runtime::reconcile::{DesiredApp, Reconciler, ReconcilerConfig};
-use cairn_runtime::spec::AppSpec;
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 

@@ -7,8 +7,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use cairn_compose::AppSpec;
 use cairn_proto::MAX_COMPOSE_BYTES;
-use cairn_runtime::spec::AppSpec;
 use clap::Subcommand;
 use thiserror::Error;
 

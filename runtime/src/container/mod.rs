@@ -16,6 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use cairn_compose::ServiceSpec;
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, DeleteContainerRequest, GetContainerRequest,
@@ -26,7 +27,6 @@ use tracing::info;
 use crate::containerd::{call, Containerd, ContainerdError};
 use crate::image::ImageInfo;
 use crate::network::NetworkConfig;
-use crate::spec::ServiceSpec;
 
 pub use logs::rotate_log;
 pub use task::{exec, start_task, stop_task, task_state, TaskState, TaskStatus};

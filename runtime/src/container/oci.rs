@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
+use cairn_compose::{NetworkMode, ServiceSpec};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceType, MountBuilder, Process, Spec, UserBuilder,
@@ -10,7 +11,6 @@ use oci_spec::runtime::{
 
 use super::ContainerError;
 use crate::image::ContainerConfig;
-use crate::spec::{NetworkMode, ServiceSpec};
 
 /// A host file or directory bind-mounted into the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,7 +246,7 @@ pub(crate) fn exec_process(container: &Spec, argv: Vec<String>) -> Process {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::AppSpec;
+    use cairn_compose::AppSpec;
 
     fn service(yaml: &str) -> ServiceSpec {
         AppSpec::parse("c.yml", "app", yaml)

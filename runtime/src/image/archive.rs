@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 
+use cairn_compose::ImageRef;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::oci::{Descriptor, Index};
-use super::reference::ImageRef;
 use super::store::{store_image, ImageInfo};
 use super::{fetch_small, BlobSource, BlobStream, ImageError, ProgressFn};
 use crate::containerd::Containerd;

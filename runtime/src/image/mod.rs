@@ -10,7 +10,6 @@
 
 mod archive;
 pub mod oci;
-mod reference;
 mod registry;
 mod store;
 
@@ -22,7 +21,6 @@ use crate::containerd::ContainerdError;
 
 pub use archive::import_oci_archive;
 pub use oci::ContainerConfig;
-pub use reference::ImageRef;
 pub use registry::{pull_image, Credentials, PullOptions};
 pub use store::{discard_partial_pulls, image_info, remove_image, ImageInfo, MANAGED_LABEL};
 

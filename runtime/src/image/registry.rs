@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use cairn_compose::{check_digest, ImageRef};
 use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE};
 use reqwest::{Response, StatusCode};
@@ -10,7 +11,6 @@ use tokio::sync::Mutex;
 use tracing::{debug, Instrument};
 
 use super::oci::{self, Descriptor};
-use super::reference::{check_digest, ImageRef};
 use super::store::{store_image, ImageInfo};
 use super::{BlobSource, BlobStream, ImageError, ProgressFn};
 use crate::containerd::Containerd;

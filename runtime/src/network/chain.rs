@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
+use cairn_compose::{PortMapping, Protocol};
 use serde_json::{json, Value};
 
 use super::{AppNetwork, CNI_VERSION};
-use crate::spec::{PortMapping, Protocol};
 
 /// The plugin chain of a service: bridge with host-local IPAM, then portmap when it
 /// publishes ports.
@@ -68,7 +68,7 @@ mod tests {
         assert_eq!(chain[0]["name"], "cairn-shop");
         assert_eq!(chain[0]["ipam"]["ranges"][0][0]["gateway"], "10.88.7.1");
         assert_eq!(chain[0]["ipam"]["dataDir"], "/run/x/ipam");
-        let ports = crate::spec::AppSpec::parse(
+        let ports = cairn_compose::AppSpec::parse(
             "c.yml",
             "shop",
             "services: {web: {image: x, ports: [\"8080:80\", \"127.0.0.1:5353:53/udp\"]}}",

@@ -33,10 +33,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_compose::{AppSpec, NetworkMode, PortMapping};
 use serde_json::{json, Value};
 use tracing::{info, warn};
-
-use crate::spec::{AppSpec, NetworkMode, PortMapping};
 
 pub use cni::{CniCommand, CniError, CniInterface, CniIp, CniResult, CNI_VERSION};
 pub use command::CommandError;

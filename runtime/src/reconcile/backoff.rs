@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::spec::RestartPolicy;
+use cairn_compose::RestartPolicy;
 
 /// Back-off settings.
 #[derive(Debug, Clone, Copy)]

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use cairn_compose::HealthCheck;
 use tracing::{debug, info, Instrument};
 
 use crate::container;
 use crate::containerd::Containerd;
-use crate::spec::HealthCheck;
 
 /// Health of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

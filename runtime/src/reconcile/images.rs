@@ -4,14 +4,13 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use cairn_compose::ImageRef;
 use tracing::info;
 
 use super::{ReconcileError, ReconcilerConfig};
 use crate::container;
 use crate::containerd::Containerd;
-use crate::image::{
-    self, Credentials, ImageError, ImageInfo, ImageRef, PullOptions, MANAGED_LABEL,
-};
+use crate::image::{self, Credentials, ImageError, ImageInfo, PullOptions, MANAGED_LABEL};
 
 /// A background pull; aborted on drop.
 struct PullJob {

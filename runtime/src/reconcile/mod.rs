@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use cairn_compose::{AppSpec, ImageRef, NetworkMode, ServiceSpec};
 use tokio::sync::watch;
 use tracing::{info, warn, Instrument};
 
@@ -33,9 +34,8 @@ use crate::container::{
     LABEL_APP, LABEL_CRASH_STREAK, LABEL_RESTARTS, LABEL_SERVICE, LABEL_SPEC_HASH, LABEL_STARTED_AT,
 };
 use crate::containerd::Containerd;
-use crate::image::{Credentials, ImageError, ImageRef};
+use crate::image::{Credentials, ImageError};
 use crate::network::{AppNetwork, Networks};
-use crate::spec::{AppSpec, NetworkMode, ServiceSpec};
 
 pub use backoff::Backoff;
 pub use health::Health;
@@ -577,7 +577,7 @@ impl Reconciler {
 
 /// Whether the policy will restart a task that exited with `exit_status`.
 fn restart_pending(svc: &ServiceSpec, exit_status: u32, restarts: u32) -> bool {
-    use crate::spec::RestartPolicy;
+    use cairn_compose::RestartPolicy;
     match svc.restart {
         RestartPolicy::No => false,
         RestartPolicy::Always | RestartPolicy::UnlessStopped => true,

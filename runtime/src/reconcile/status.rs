@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use cairn_compose::{AppSpec, NetworkMode, ServiceSpec};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::health::Health;
-use crate::spec::{AppSpec, NetworkMode, ServiceSpec};
 
 /// An app as central wants it on this device: its spec and the values of its secrets.
 #[derive(Debug, Clone, PartialEq)]

@@ -124,7 +124,10 @@ impl fmt::Display for ImageRef {
 }
 
 /// Check a `sha256:<64 hex>` digest.
-pub(crate) fn check_digest(digest: &str) -> Result<(), String> {
+///
+/// # Errors
+/// When `digest` is not `sha256:` followed by 64 lowercase hex digits.
+pub fn check_digest(digest: &str) -> Result<(), String> {
     match digest.strip_prefix("sha256:") {
         Some(hex)
             if hex.len() == 64

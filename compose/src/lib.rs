@@ -6,9 +6,21 @@
 //! `volumes` (named volumes, stored on the data partition), top-level `secrets` (no `file`: values
 //! are provided by central and appear in the container as `/run/secrets/NAME`) and `version`
 //! (ignored). Anything else is refused with the list of supported keys.
+//!
+//! Architecture invariant: this crate parses a string it is given and nothing more. It must not
+//! depend on containerd, the network, tokio or the file system, so central and cairnctl check a
+//! Compose file exactly as the agent does without pulling in the runtime. Size limits of the text
+//! (`cairn_proto::MAX_COMPOSE_BYTES`) are the caller's.
+//!
+//! - [`AppSpec::parse`]: the entry point, from YAML text to a validated [`AppSpec`].
+//! - `yaml`: YAML events to a tree whose nodes know their line.
+//! - `parse`, `sections`: that tree to an [`AppSpec`], collecting every problem.
+//! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands).
+//! - [`ImageRef`]: image references, normalized as containerd and Docker name images.
 
 mod fields;
 mod parse;
+mod reference;
 mod sections;
 mod yaml;
 
@@ -18,6 +30,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use fields::split_command;
+pub use reference::{check_digest, ImageRef};
 
 /// Longest app or service name (they become parts of containerd ids).
 pub const MAX_NAME_LEN: usize = 32;

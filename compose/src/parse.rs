@@ -400,7 +400,7 @@ fn service(
                     &p,
                     "an image reference such as \"registry:5000/web:1.0\"",
                 ) {
-                    if let Err(why) = crate::image::ImageRef::parse(image) {
+                    if let Err(why) = crate::ImageRef::parse(image) {
                         ck.problem(
                             value,
                             &p,
