@@ -1,46 +1,243 @@
 //! Parsers for the scalar formats of a Compose file: ports, volumes, durations, sizes, CPUs,
-//! restart policies, names and shell-style commands. Each returns a message saying what is wrong
-//! and what to write instead.
+//! restart policies, names and shell-style commands. Each error says what is wrong and what to
+//! write instead.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use super::{PortMapping, Protocol, RestartPolicy, VolumeMount};
 
+/// Why an app or service name is refused; the text follows the name (`service name "Web" contains
+/// 'W'; ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is empty.
+    #[error("a name must not be empty")]
+    Empty,
+    /// The name is longer than containerd ids allow.
+    #[error("is longer than {max} characters; use a shorter name")]
+    TooLong {
+        /// The longest name allowed.
+        max: usize,
+    },
+    /// A character other than lowercase ASCII letters, digits, `-`, `_` and `.`.
+    #[error("contains {found:?}; use lowercase letters, digits and single '-', '_' or '.'")]
+    Character {
+        /// The first such character.
+        found: char,
+    },
+    /// The name starts with a separator or has two in a row.
+    #[error("must start with a letter or digit and not have two separators in a row")]
+    Separators,
+    /// The name ends with a separator.
+    #[error("must end with a letter or digit")]
+    TrailingSeparator,
+    /// An app name contains `_`.
+    #[error("must not contain '_' (it separates app and service in container ids)")]
+    Underscore,
+}
+
+/// Why a scalar value of a Compose file is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// A secret name that cannot be a file name in `/run/secrets`.
+    #[error("{name:?} is not a usable secret name; use up to 64 letters, digits, '-', '_' or '.'")]
+    SecretName {
+        /// The name.
+        name: String,
+    },
+    /// A volume name Compose would refuse.
+    #[error("volume name {name:?} is invalid: use up to 64 letters, digits, '_', '.' or '-', starting with a letter or digit")]
+    VolumeName {
+        /// The name.
+        name: String,
+    },
+    /// A `ports` entry that is not `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]`.
+    #[error("{text:?} is not a port mapping: {reason}; write \"HOST:CONTAINER[/tcp|udp]\", e.g. \"8080:80\"")]
+    Port {
+        /// The entry as written.
+        text: String,
+        /// Which part is wrong.
+        reason: PortError,
+    },
+    /// A `volumes` entry that is not `NAME:PATH[:MODE]`.
+    #[error("{text:?} is not a volume: write \"NAME:/path/in/container[:ro]\"")]
+    VolumeSyntax {
+        /// The entry as written.
+        text: String,
+    },
+    /// A `volumes` entry that mounts a host path instead of a named volume.
+    #[error("{text:?} mounts a host path; only named volumes (kept on the data partition) are allowed: write \"NAME:{target}\"")]
+    HostPath {
+        /// The entry as written.
+        text: String,
+        /// Its container path.
+        target: String,
+    },
+    /// A `volumes` entry whose container path is not usable.
+    #[error("{text:?}: {reason}")]
+    VolumeTarget {
+        /// The entry as written.
+        text: String,
+        /// What is wrong with the path.
+        reason: ContainerPathError,
+    },
+    /// A `volumes` entry with a mode other than `ro` or `rw`.
+    #[error("{text:?}: mode {mode:?} is not supported; use \"ro\" or \"rw\"")]
+    VolumeMode {
+        /// The entry as written.
+        text: String,
+        /// The mode.
+        mode: String,
+    },
+    /// Not a Compose duration.
+    #[error("{text:?} is not a duration; write e.g. \"30s\", \"1m30s\" or \"500ms\"")]
+    Duration {
+        /// The value as written.
+        text: String,
+    },
+    /// Not a memory size.
+    #[error("{text:?} is not a memory size; write e.g. \"512m\", \"1g\" or a number of bytes")]
+    MemorySize {
+        /// The value as written.
+        text: String,
+    },
+    /// A memory limit too small for any container.
+    #[error("{text:?} is below the 6 MiB minimum a container needs; give at least \"6m\"")]
+    MemoryTooSmall {
+        /// The value as written.
+        text: String,
+    },
+    /// Not a CPU count in range.
+    #[error("{text:?} is not a CPU count; write a number from 0.01 to 1024, e.g. \"0.5\"")]
+    Cpus {
+        /// The value as written.
+        text: String,
+    },
+    /// Not a restart policy.
+    #[error("{text:?} is not a restart policy; use \"no\", \"always\", \"on-failure[:MAX]\" or \"unless-stopped\"")]
+    Restart {
+        /// The value as written.
+        text: String,
+    },
+    /// A health check's `retries` that is not a whole number of at least 1.
+    #[error("{text:?} is not a whole number of at least 1")]
+    Retries {
+        /// The value as written.
+        text: String,
+    },
+    /// A command string with a `'` that is not closed.
+    #[error("{text:?} has an unclosed single quote")]
+    UnclosedSingleQuote {
+        /// The command as written.
+        text: String,
+    },
+    /// A command string with a `"` that is not closed.
+    #[error("{text:?} has an unclosed double quote")]
+    UnclosedDoubleQuote {
+        /// The command as written.
+        text: String,
+    },
+    /// A command string ending in a `\` that escapes nothing.
+    #[error("{text:?} ends with a lone backslash")]
+    LoneBackslash {
+        /// The command as written.
+        text: String,
+    },
+}
+
+/// Which part of a port mapping is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    /// A protocol other than `tcp` or `udp`.
+    #[error("protocol {protocol:?} is not tcp or udp")]
+    Protocol {
+        /// The protocol as written.
+        protocol: String,
+    },
+    /// A port range (`8000-8010:...`).
+    #[error("port ranges are not supported")]
+    Range,
+    /// An IPv6 host address without `[addr]:` around it.
+    #[error("an IPv6 address must be written as [addr]:HOST:CONTAINER")]
+    Ipv6Syntax,
+    /// `[addr]:HOST` with no container port.
+    #[error("missing the container port")]
+    MissingContainerPort,
+    /// A single port, which would leave the host port to chance.
+    #[error("the host port is missing (ports are never picked at random here)")]
+    MissingHostPort,
+    /// More parts than `HOST_IP:HOST:CONTAINER`.
+    #[error("too many ':'")]
+    TooManyParts,
+    /// A host address that is not an IP address.
+    #[error("host address {address:?} is not an IP address")]
+    HostAddress {
+        /// The address as written.
+        address: String,
+    },
+    /// A host port that is not from 1 to 65535.
+    #[error("host port {text:?} is not a number from 1 to 65535")]
+    HostPort {
+        /// The port as written.
+        text: String,
+    },
+    /// A container port that is not from 1 to 65535.
+    #[error("container port {text:?} is not a number from 1 to 65535")]
+    ContainerPort {
+        /// The port as written.
+        text: String,
+    },
+}
+
+/// Why a container path cannot be a mount target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContainerPathError {
+    /// A relative path.
+    #[error("container path {path:?} must be absolute")]
+    NotAbsolute {
+        /// The path.
+        path: String,
+    },
+    /// The container's root itself.
+    #[error("cannot mount over the container's root \"/\"")]
+    Root,
+    /// A path with a `..` component.
+    #[error("container path {path:?} must not contain \"..\"")]
+    ParentDir {
+        /// The path.
+        path: String,
+    },
+}
+
 /// Check an app, service or volume name: lowercase ASCII letters and digits in runs separated by
 /// single `-`, `_` or `.`, at most `max` characters (these names become containerd ids).
-pub(crate) fn check_name(name: &str, max: usize) -> Result<(), String> {
+pub(crate) fn check_name(name: &str, max: usize) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err("a name must not be empty".into());
+        return Err(NameError::Empty);
     }
     if name.len() > max {
-        return Err(format!(
-            "is longer than {max} characters; use a shorter name"
-        ));
+        return Err(NameError::TooLong { max });
     }
     let mut prev_sep = true;
     for c in name.chars() {
         let sep = matches!(c, '-' | '_' | '.');
         if !(sep || c.is_ascii_lowercase() || c.is_ascii_digit()) {
-            return Err(format!(
-                "contains {c:?}; use lowercase letters, digits and single '-', '_' or '.'"
-            ));
+            return Err(NameError::Character { found: c });
         }
         if sep && prev_sep {
-            return Err(
-                "must start with a letter or digit and not have two separators in a row".into(),
-            );
+            return Err(NameError::Separators);
         }
         prev_sep = sep;
     }
     if prev_sep {
-        return Err("must end with a letter or digit".into());
+        return Err(NameError::TrailingSeparator);
     }
     Ok(())
 }
 
 /// Check a secret name: it becomes the file name `/run/secrets/NAME`.
-pub(crate) fn check_secret_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_secret_name(name: &str) -> Result<(), FieldError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name != "."
@@ -51,67 +248,71 @@ pub(crate) fn check_secret_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a usable secret name; use up to 64 letters, digits, '-', '_' or '.'"
-        ))
+        Err(FieldError::SecretName {
+            name: name.to_string(),
+        })
     }
 }
 
-fn port_number(text: &str, what: &str) -> Result<u16, String> {
+fn port_number(text: &str, error: fn(String) -> PortError) -> Result<u16, PortError> {
     match text.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("{what} {text:?} is not a number from 1 to 65535")),
+        _ => Err(error(text.to_string())),
     }
 }
 
 /// Parse `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`.
-pub(crate) fn parse_port(text: &str) -> Result<PortMapping, String> {
-    let message = |why: String| {
-        format!(
-            "{text:?} is not a port mapping: {why}; write \"HOST:CONTAINER[/tcp|udp]\", e.g. \"8080:80\""
-        )
+pub(crate) fn parse_port(text: &str) -> Result<PortMapping, FieldError> {
+    let error = |reason| FieldError::Port {
+        text: text.to_string(),
+        reason,
     };
-    let fail = |why: String| Err(message(why));
+    let fail = |reason| Err(error(reason));
     let (addr, protocol) = match text.rsplit_once('/') {
         Some((a, "tcp")) => (a, Protocol::Tcp),
         Some((a, "udp")) => (a, Protocol::Udp),
-        Some((_, p)) => return fail(format!("protocol {p:?} is not tcp or udp")),
+        Some((_, p)) => {
+            return fail(PortError::Protocol {
+                protocol: p.to_string(),
+            })
+        }
         None => (text, Protocol::Tcp),
     };
     if addr.contains('-') {
-        return fail("port ranges are not supported".into());
+        return fail(PortError::Range);
     }
     let (host_ip, host, container) = if let Some(rest) = addr.strip_prefix('[') {
         // [v6addr]:host:container
         let Some((ip, rest)) = rest.split_once("]:") else {
-            return fail("an IPv6 address must be written as [addr]:HOST:CONTAINER".into());
+            return fail(PortError::Ipv6Syntax);
         };
         match rest.split_once(':') {
             Some((h, c)) => (Some(ip), h, c),
-            None => return fail("missing the container port".into()),
+            None => return fail(PortError::MissingContainerPort),
         }
     } else {
         let parts: Vec<&str> = addr.split(':').collect();
         match parts.as_slice() {
-            [_] => {
-                return fail(
-                    "the host port is missing (ports are never picked at random here)".into(),
-                )
-            }
+            [_] => return fail(PortError::MissingHostPort),
             [h, c] => (None, *h, *c),
             [ip, h, c] => (Some(*ip), *h, *c),
-            _ => return fail("too many ':'".into()),
+            _ => return fail(PortError::TooManyParts),
         }
     };
     let host_ip = match host_ip {
         Some(ip) => match ip.parse::<IpAddr>() {
             Ok(ip) => Some(ip),
-            Err(_) => return fail(format!("host address {ip:?} is not an IP address")),
+            Err(_) => {
+                return fail(PortError::HostAddress {
+                    address: ip.to_string(),
+                })
+            }
         },
         None => None,
     };
-    let host_port = port_number(host, "host port").map_err(message)?;
-    let container_port = port_number(container, "container port").map_err(message)?;
+    let host_port = port_number(host, |text| PortError::HostPort { text }).map_err(error)?;
+    let container_port =
+        port_number(container, |text| PortError::ContainerPort { text }).map_err(error)?;
     Ok(PortMapping {
         host_ip,
         host_port,
@@ -121,32 +322,36 @@ pub(crate) fn parse_port(text: &str) -> Result<PortMapping, String> {
 }
 
 /// Parse `VOLUME:/container/path[:ro|:rw]` (named volumes only).
-pub(crate) fn parse_volume(text: &str) -> Result<VolumeMount, String> {
+pub(crate) fn parse_volume(text: &str) -> Result<VolumeMount, FieldError> {
     let parts: Vec<&str> = text.split(':').collect();
     let (name, target, mode) = match parts.as_slice() {
         [n, t] => (*n, *t, "rw"),
         [n, t, m] => (*n, *t, *m),
         _ => {
-            return Err(format!(
-                "{text:?} is not a volume: write \"NAME:/path/in/container[:ro]\""
-            ))
+            return Err(FieldError::VolumeSyntax {
+                text: text.to_string(),
+            })
         }
     };
     if name.starts_with('/') || name.starts_with('.') || name.starts_with('~') {
-        return Err(format!(
-            "{text:?} mounts a host path; only named volumes (kept on the data partition) are \
-             allowed: write \"NAME:{target}\""
-        ));
+        return Err(FieldError::HostPath {
+            text: text.to_string(),
+            target: target.to_string(),
+        });
     }
-    check_volume_name(name).map_err(|why| format!("volume name {name:?} {why}"))?;
-    check_container_path(target).map_err(|why| format!("{text:?}: {why}"))?;
+    check_volume_name(name)?;
+    check_container_path(target).map_err(|reason| FieldError::VolumeTarget {
+        text: text.to_string(),
+        reason,
+    })?;
     let read_only = match mode {
         "ro" => true,
         "rw" => false,
         other => {
-            return Err(format!(
-                "{text:?}: mode {other:?} is not supported; use \"ro\" or \"rw\""
-            ))
+            return Err(FieldError::VolumeMode {
+                text: text.to_string(),
+                mode: other.to_string(),
+            })
         }
     };
     Ok(VolumeMount {
@@ -157,7 +362,7 @@ pub(crate) fn parse_volume(text: &str) -> Result<VolumeMount, String> {
 }
 
 /// Volume names follow Compose (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`), at most 64 characters.
-pub(crate) fn check_volume_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_volume_name(name: &str) -> Result<(), FieldError> {
     let mut chars = name.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     if first_ok
@@ -166,31 +371,37 @@ pub(crate) fn check_volume_name(name: &str) -> Result<(), String> {
     {
         Ok(())
     } else {
-        Err("is invalid: use up to 64 letters, digits, '_', '.' or '-', starting with a letter or digit".into())
+        Err(FieldError::VolumeName {
+            name: name.to_string(),
+        })
     }
 }
 
 /// An absolute path inside a container, without `..` and not `/` itself.
-pub(crate) fn check_container_path(path: &str) -> Result<(), String> {
+pub(crate) fn check_container_path(path: &str) -> Result<(), ContainerPathError> {
     if !path.starts_with('/') {
-        return Err(format!("container path {path:?} must be absolute"));
+        return Err(ContainerPathError::NotAbsolute {
+            path: path.to_string(),
+        });
     }
     if path.trim_end_matches('/').is_empty() {
-        return Err("cannot mount over the container's root \"/\"".into());
+        return Err(ContainerPathError::Root);
     }
     if path.split('/').any(|c| c == "..") {
-        return Err(format!("container path {path:?} must not contain \"..\""));
+        return Err(ContainerPathError::ParentDir {
+            path: path.to_string(),
+        });
     }
     Ok(())
 }
 
 /// Parse a Compose duration: a sequence of NUMBER UNIT with units `h`, `m`, `s`, `ms`, `us`
 /// (e.g. `1m30s`, `500ms`, `1.5s`).
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, FieldError> {
     let fail = || {
-        Err(format!(
-            "{text:?} is not a duration; write e.g. \"30s\", \"1m30s\" or \"500ms\""
-        ))
+        Err(FieldError::Duration {
+            text: text.to_string(),
+        })
     };
     let mut rest = text.trim();
     if rest.is_empty() {
@@ -227,11 +438,11 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Parse a memory size: bytes, or a number with `b`, `k`, `m`, `g` (optionally followed by `b`),
 /// in binary multiples as Compose does (`512m` = 512 MiB).
-pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_memory(text: &str) -> Result<u64, FieldError> {
     let fail = || {
-        Err(format!(
-            "{text:?} is not a memory size; write e.g. \"512m\", \"1g\" or a number of bytes"
-        ))
+        Err(FieldError::MemorySize {
+            text: text.to_string(),
+        })
     };
     let lower = text.trim().to_ascii_lowercase();
     let digits = lower
@@ -253,29 +464,29 @@ pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
     }
     let bytes = bytes as u64;
     if bytes < 6 << 20 {
-        return Err(format!(
-            "{text:?} is below the 6 MiB minimum a container needs; give at least \"6m\""
-        ));
+        return Err(FieldError::MemoryTooSmall {
+            text: text.to_string(),
+        });
     }
     Ok(bytes)
 }
 
 /// Parse a CPU count such as `0.5` or `2` into thousandths of a CPU.
-pub(crate) fn parse_cpus(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_cpus(text: &str) -> Result<u64, FieldError> {
     match text.trim().parse::<f64>() {
         Ok(c) if c.is_finite() && (0.01..=1024.0).contains(&c) => Ok((c * 1000.0).round() as u64),
-        _ => Err(format!(
-            "{text:?} is not a CPU count; write a number from 0.01 to 1024, e.g. \"0.5\""
-        )),
+        _ => Err(FieldError::Cpus {
+            text: text.to_string(),
+        }),
     }
 }
 
 /// Parse a restart policy: `no`, `always`, `on-failure[:MAX]`, `unless-stopped`.
-pub(crate) fn parse_restart(text: &str) -> Result<RestartPolicy, String> {
+pub(crate) fn parse_restart(text: &str) -> Result<RestartPolicy, FieldError> {
     let fail = || {
-        Err(format!(
-            "{text:?} is not a restart policy; use \"no\", \"always\", \"on-failure[:MAX]\" or \"unless-stopped\""
-        ))
+        Err(FieldError::Restart {
+            text: text.to_string(),
+        })
     };
     match text {
         "no" | "false" => Ok(RestartPolicy::No),
@@ -295,8 +506,8 @@ pub(crate) fn parse_restart(text: &str) -> Result<RestartPolicy, String> {
 /// expansion), as Compose does for `command: "..."`.
 ///
 /// # Errors
-/// A message when a quote is not closed or the string ends in a lone backslash.
-pub fn split_command(text: &str) -> Result<Vec<String>, String> {
+/// When a quote is not closed or the string ends in a lone backslash.
+pub fn split_command(text: &str) -> Result<Vec<String>, FieldError> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -315,7 +526,11 @@ pub fn split_command(text: &str) -> Result<Vec<String>, String> {
                     match chars.next() {
                         Some('\'') => break,
                         Some(c) => word.push(c),
-                        None => return Err(format!("{text:?} has an unclosed single quote")),
+                        None => {
+                            return Err(FieldError::UnclosedSingleQuote {
+                                text: text.to_string(),
+                            })
+                        }
                     }
                 }
             }
@@ -330,10 +545,18 @@ pub fn split_command(text: &str) -> Result<Vec<String>, String> {
                                 word.push('\\');
                                 word.push(c);
                             }
-                            None => return Err(format!("{text:?} has an unclosed double quote")),
+                            None => {
+                                return Err(FieldError::UnclosedDoubleQuote {
+                                    text: text.to_string(),
+                                })
+                            }
                         },
                         Some(c) => word.push(c),
-                        None => return Err(format!("{text:?} has an unclosed double quote")),
+                        None => {
+                            return Err(FieldError::UnclosedDoubleQuote {
+                                text: text.to_string(),
+                            })
+                        }
                     }
                 }
             }
@@ -341,7 +564,11 @@ pub fn split_command(text: &str) -> Result<Vec<String>, String> {
                 in_word = true;
                 match chars.next() {
                     Some(c) => word.push(c),
-                    None => return Err(format!("{text:?} ends with a lone backslash")),
+                    None => {
+                        return Err(FieldError::LoneBackslash {
+                            text: text.to_string(),
+                        })
+                    }
                 }
             }
             c => {
@@ -385,7 +612,7 @@ mod tests {
             "x:1:2",
         ] {
             let err = parse_port(bad).unwrap_err();
-            assert!(err.contains("is not a port mapping"), "{bad}: {err}");
+            assert!(matches!(err, FieldError::Port { .. }), "{bad}: {err}");
         }
     }
 
@@ -396,16 +623,39 @@ mod tests {
             (v.volume.as_str(), v.target.as_str(), v.read_only),
             ("data", "/var/lib/data", true)
         );
-        assert!(parse_volume("/etc:/etc").unwrap_err().contains("host path"));
-        assert!(parse_volume("./x:/x").unwrap_err().contains("host path"));
-        assert!(parse_volume("data:rel").unwrap_err().contains("absolute"));
-        assert!(parse_volume("data:/").unwrap_err().contains("root"));
-        assert!(parse_volume("data:/a/../b").unwrap_err().contains(".."));
-        assert!(parse_volume("data:/x:rx").unwrap_err().contains("mode"));
-        assert!(parse_volume("da ta:/x")
-            .unwrap_err()
-            .contains("volume name"));
-        assert!(parse_volume("data").is_err());
+        let target = |text: &str| match parse_volume(text) {
+            Err(FieldError::VolumeTarget { reason, .. }) => reason,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(matches!(
+            parse_volume("/etc:/etc"),
+            Err(FieldError::HostPath { .. })
+        ));
+        assert!(matches!(
+            parse_volume("./x:/x"),
+            Err(FieldError::HostPath { .. })
+        ));
+        assert!(matches!(
+            target("data:rel"),
+            ContainerPathError::NotAbsolute { .. }
+        ));
+        assert_eq!(target("data:/"), ContainerPathError::Root);
+        assert!(matches!(
+            target("data:/a/../b"),
+            ContainerPathError::ParentDir { .. }
+        ));
+        assert!(matches!(
+            parse_volume("data:/x:rx"),
+            Err(FieldError::VolumeMode { .. })
+        ));
+        assert!(matches!(
+            parse_volume("da ta:/x"),
+            Err(FieldError::VolumeName { .. })
+        ));
+        assert!(matches!(
+            parse_volume("data"),
+            Err(FieldError::VolumeSyntax { .. })
+        ));
     }
 
     #[test]
@@ -425,7 +675,10 @@ mod tests {
         assert_eq!(parse_memory("1G").unwrap(), 1 << 30);
         assert_eq!(parse_memory("1.5gb").unwrap(), 3 << 29);
         assert_eq!(parse_memory("104857600").unwrap(), 100 << 20);
-        assert!(parse_memory("1k").unwrap_err().contains("minimum"));
+        assert!(matches!(
+            parse_memory("1k"),
+            Err(FieldError::MemoryTooSmall { .. })
+        ));
         assert!(parse_memory("lots").is_err());
         assert_eq!(parse_cpus("0.5").unwrap(), 500);
         assert_eq!(parse_cpus("2").unwrap(), 2000);
@@ -450,8 +703,16 @@ mod tests {
     fn names() {
         assert!(check_name("web-1", 32).is_ok());
         assert!(check_name("a.b_c", 32).is_ok());
-        for bad in ["", "Web", "-a", "a-", "a--b", "a b", &"x".repeat(33)] {
-            assert!(check_name(bad, 32).is_err(), "{bad}");
+        for (bad, error) in [
+            ("", NameError::Empty),
+            ("Web", NameError::Character { found: 'W' }),
+            ("-a", NameError::Separators),
+            ("a-", NameError::TrailingSeparator),
+            ("a--b", NameError::Separators),
+            ("a b", NameError::Character { found: ' ' }),
+            (&"x".repeat(33), NameError::TooLong { max: 32 }),
+        ] {
+            assert_eq!(check_name(bad, 32), Err(error), "{bad}");
         }
         assert!(check_secret_name("db_password").is_ok());
         assert!(check_secret_name("..").is_err());
@@ -466,8 +727,17 @@ mod tests {
         );
         assert_eq!(split_command("  ").unwrap(), Vec::<String>::new());
         assert_eq!(split_command("''").unwrap(), vec![""]);
-        assert!(split_command("'open").is_err());
-        assert!(split_command("\"open").is_err());
-        assert!(split_command("end\\").is_err());
+        assert!(matches!(
+            split_command("'open"),
+            Err(FieldError::UnclosedSingleQuote { .. })
+        ));
+        assert!(matches!(
+            split_command("\"open"),
+            Err(FieldError::UnclosedDoubleQuote { .. })
+        ));
+        assert!(matches!(
+            split_command("end\\"),
+            Err(FieldError::LoneBackslash { .. })
+        ));
     }
 }

@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use fields::split_command;
-pub use reference::{check_digest, ImageRef};
+pub use fields::{split_command, ContainerPathError, FieldError, NameError, PortError};
+pub use reference::{check_digest, ImageRef, ImageRefError};
 
 /// Longest app or service name (they become parts of containerd ids).
 pub const MAX_NAME_LEN: usize = 32;
@@ -38,7 +38,10 @@ pub const MAX_NAME_LEN: usize = 32;
 /// Check an app or service name as Compose files are checked: lowercase ASCII letters and digits
 /// in runs separated by single `-`, `_` or `.`, at most [`MAX_NAME_LEN`] characters. The error
 /// says what is wrong.
-pub fn check_app_or_service_name(name: &str) -> Result<(), String> {
+///
+/// # Errors
+/// [`NameError`] saying which rule the name breaks.
+pub fn check_app_or_service_name(name: &str) -> Result<(), NameError> {
     fields::check_name(name, MAX_NAME_LEN)
 }
 
@@ -229,7 +232,7 @@ pub enum SpecError {
         /// The name.
         name: String,
         /// Why.
-        reason: String,
+        reason: NameError,
     },
 }
 
@@ -251,10 +254,7 @@ impl AppSpec {
     pub fn parse(file: &str, app_name: &str, text: &str) -> Result<AppSpec, SpecError> {
         let checked = fields::check_name(app_name, 32).and_then(|()| {
             if app_name.contains('_') {
-                Err(
-                    "must not contain '_' (it separates app and service in container ids)"
-                        .to_string(),
-                )
+                Err(NameError::Underscore)
             } else {
                 Ok(())
             }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::fields;
+use super::fields::{self, FieldError};
 use super::sections::{deploy, environment, healthcheck};
 use super::yaml::{Node, Value};
 use super::{AppSpec, NetworkMode, Problem, ResourceLimits, RestartPolicy, ServiceSpec};
@@ -104,13 +104,13 @@ impl Checker {
         node: &Node,
         path: &str,
         what: &str,
-        parse: impl FnOnce(&str) -> Result<T, String>,
+        parse: impl FnOnce(&str) -> Result<T, FieldError>,
     ) -> Option<T> {
         let text = self.scalar(node, path, what)?;
         match parse(text) {
             Ok(v) => Some(v),
-            Err(msg) => {
-                self.problem(node, path, msg);
+            Err(error) => {
+                self.problem(node, path, error.to_string());
                 None
             }
         }
@@ -144,8 +144,8 @@ impl Checker {
             Value::Scalar { text, .. } if split && !node.is_null() => {
                 match fields::split_command(text) {
                     Ok(words) => Some(words),
-                    Err(msg) => {
-                        self.problem(node, path, msg);
+                    Err(error) => {
+                        self.problem(node, path, error.to_string());
                         None
                     }
                 }
@@ -346,12 +346,12 @@ fn named_set(ck: &mut Checker, node: &Node, path: &str, volume: bool) -> BTreeSe
     for (name, value) in ck.map(node, path, None).unwrap_or_default() {
         let p = join(path, name);
         let check = if volume {
-            fields::check_volume_name(name).map_err(|w| format!("volume name {name:?} {w}"))
+            fields::check_volume_name(name)
         } else {
             fields::check_secret_name(name)
         };
-        if let Err(msg) = check {
-            ck.problem(value, &p, msg);
+        if let Err(error) = check {
+            ck.problem(value, &p, error.to_string());
             continue;
         }
         let empty_map = matches!(&value.value, Value::Map(m) if m.is_empty());

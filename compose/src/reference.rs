@@ -3,6 +3,34 @@
 
 use std::fmt;
 
+/// Why an image reference is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageRefError {
+    /// The part after `@` is not a sha256 digest.
+    #[error("digest {digest:?} is not a sha256 digest (sha256:<64 lowercase hex>)")]
+    Digest {
+        /// The digest as written.
+        digest: String,
+    },
+    /// A tag with characters a registry refuses, or empty.
+    #[error("tag {tag:?} is invalid (letters, digits, '_', '.', '-')")]
+    Tag {
+        /// The tag as written.
+        tag: String,
+    },
+    /// No repository name after the registry.
+    #[error("the repository name is empty")]
+    EmptyRepository,
+    /// A repository path component with characters a registry refuses, or empty.
+    #[error(
+        "repository component {component:?} is invalid (lowercase letters, digits, '_', '.', '-')"
+    )]
+    RepositoryComponent {
+        /// The component as written.
+        component: String,
+    },
+}
+
 /// A parsed, normalized image reference.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {
@@ -17,11 +45,11 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
-    /// Parse `text`; `Err` carries what is wrong.
+    /// Parse `text`.
     ///
     /// # Errors
     /// When a part is empty or has characters a registry would refuse.
-    pub fn parse(text: &str) -> Result<ImageRef, String> {
+    pub fn parse(text: &str) -> Result<ImageRef, ImageRefError> {
         let (rest, digest) = match text.split_once('@') {
             Some((r, d)) => {
                 check_digest(d)?;
@@ -41,9 +69,7 @@ impl ImageRef {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
             if !ok {
-                return Err(format!(
-                    "tag {tag:?} is invalid (letters, digits, '_', '.', '-')"
-                ));
+                return Err(ImageRefError::Tag { tag: tag.clone() });
             }
         }
         let (registry, repository) = match name.split_once('/') {
@@ -56,7 +82,7 @@ impl ImageRef {
             None => ("docker.io".to_string(), format!("library/{name}")),
         };
         if registry.is_empty() || repository.is_empty() {
-            return Err("the repository name is empty".into());
+            return Err(ImageRefError::EmptyRepository);
         }
         for component in repository.split('/') {
             let ok = !component.is_empty()
@@ -65,9 +91,9 @@ impl ImageRef {
                 })
                 && component.starts_with(|c: char| c.is_ascii_alphanumeric());
             if !ok {
-                return Err(format!(
-                    "repository component {component:?} is invalid (lowercase letters, digits, '_', '.', '-')"
-                ));
+                return Err(ImageRefError::RepositoryComponent {
+                    component: component.to_string(),
+                });
             }
         }
         let tag = if tag.is_none() && digest.is_none() {
@@ -127,7 +153,7 @@ impl fmt::Display for ImageRef {
 ///
 /// # Errors
 /// When `digest` is not `sha256:` followed by 64 lowercase hex digits.
-pub fn check_digest(digest: &str) -> Result<(), String> {
+pub fn check_digest(digest: &str) -> Result<(), ImageRefError> {
     match digest.strip_prefix("sha256:") {
         Some(hex)
             if hex.len() == 64
@@ -137,9 +163,9 @@ pub fn check_digest(digest: &str) -> Result<(), String> {
         {
             Ok(())
         }
-        _ => Err(format!(
-            "digest {digest:?} is not a sha256 digest (sha256:<64 lowercase hex>)"
-        )),
+        _ => Err(ImageRefError::Digest {
+            digest: digest.to_string(),
+        }),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::fields;
+use super::fields::{self, FieldError};
 use super::parse::{join, Checker};
 use super::yaml::{Node, Value};
 use super::{HealthCheck, HealthTest, ResourceLimits};
@@ -112,7 +112,9 @@ pub(super) fn healthcheck(ck: &mut Checker, node: &Node, path: &str) -> Option<H
                     t.parse::<u32>()
                         .ok()
                         .filter(|&n| n > 0)
-                        .ok_or_else(|| format!("{t:?} is not a whole number of at least 1"))
+                        .ok_or_else(|| FieldError::Retries {
+                            text: t.to_string(),
+                        })
                 };
                 if let Some(n) = ck.field(value, &p, "a number", parse) {
                     check.retries = n;

@@ -218,7 +218,10 @@ fn bad_names() {
     ));
     assert!(matches!(
         AppSpec::parse("c.yml", "my_app", "services: {}"),
-        Err(SpecError::AppName { .. })
+        Err(SpecError::AppName {
+            reason: NameError::Underscore,
+            ..
+        })
     ));
 }
 

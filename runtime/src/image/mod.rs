@@ -33,7 +33,7 @@ pub enum ImageError {
         /// The reference.
         reference: String,
         /// Why.
-        reason: String,
+        reason: cairn_compose::ImageRefError,
     },
     /// The registry could not be reached or the connection broke.
     #[error("request to {url} failed: {source}; check the registry address and the network (an interrupted pull resumes on retry)")]
