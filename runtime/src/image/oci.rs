@@ -133,34 +133,54 @@ pub enum Document {
     Manifest(Manifest),
 }
 
+/// Why bytes are not a usable manifest or index.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// Without a media type, the bytes had to be JSON to tell index from manifest.
+    #[error("not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// A media type other than OCI or Docker v2 schema 2.
+    #[error("media type {media_type:?} is not supported (only OCI and Docker v2 schema 2 images)")]
+    MediaType {
+        /// The media type as given.
+        media_type: String,
+    },
+    /// An index that does not parse.
+    #[error("bad index: {0}")]
+    Index(serde_json::Error),
+    /// A manifest that does not parse.
+    #[error("bad manifest: {0}")]
+    Manifest(serde_json::Error),
+}
+
 /// Parse a manifest or index, using the media type when known and the shape otherwise.
 ///
 /// # Errors
-/// A message for unsupported media types or malformed JSON.
-pub fn parse_document(media_type: &str, bytes: &[u8]) -> Result<Document, String> {
+/// [`DocumentError`] for unsupported media types or malformed JSON.
+pub fn parse_document(media_type: &str, bytes: &[u8]) -> Result<Document, DocumentError> {
     let media_type = media_type.split(';').next().unwrap_or("").trim();
     let is_index = match media_type {
         MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST => true,
         MEDIA_OCI_MANIFEST | MEDIA_DOCKER_MANIFEST => false,
         "" | "application/json" | "text/plain" => {
             let value: serde_json::Value =
-                serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+                serde_json::from_slice(bytes).map_err(DocumentError::NotJson)?;
             value.get("manifests").is_some()
         }
         other => {
-            return Err(format!(
-                "media type {other:?} is not supported (only OCI and Docker v2 schema 2 images)"
-            ))
+            return Err(DocumentError::MediaType {
+                media_type: other.to_string(),
+            })
         }
     };
     if is_index {
         serde_json::from_slice(bytes)
             .map(Document::Index)
-            .map_err(|e| format!("bad index: {e}"))
+            .map_err(DocumentError::Index)
     } else {
         serde_json::from_slice(bytes)
             .map(Document::Manifest)
-            .map_err(|e| format!("bad manifest: {e}"))
+            .map_err(DocumentError::Manifest)
     }
 }
 
@@ -238,8 +258,13 @@ mod tests {
             parse_document(MEDIA_DOCKER_MANIFEST, man),
             Ok(Document::Manifest(_))
         ));
-        assert!(
-            parse_document("application/vnd.docker.distribution.manifest.v1+json", man).is_err()
+        let Err(e) = parse_document("application/vnd.docker.distribution.manifest.v1+json", man)
+        else {
+            panic!("a schema 1 manifest must be refused");
+        };
+        assert_eq!(
+            e.to_string(),
+            "media type \"application/vnd.docker.distribution.manifest.v1+json\" is not supported (only OCI and Docker v2 schema 2 images)"
         );
     }
 

@@ -79,12 +79,11 @@ async fn store_under_lease<S: BlobSource>(
     top_bytes: Vec<u8>,
     progress: ProgressFn<'_>,
 ) -> Result<ImageInfo, ImageError> {
-    let document = oci::parse_document(&top.media_type, &top_bytes).map_err(|reason| {
-        ImageError::Document {
+    let document =
+        oci::parse_document(&top.media_type, &top_bytes).map_err(|e| ImageError::Document {
             digest: top.digest.clone(),
-            reason,
-        }
-    })?;
+            reason: e.to_string(),
+        })?;
     // An index: fetch the manifest for this platform.
     let (index, manifest_desc, manifest_bytes, manifest) = match document {
         Document::Manifest(m) => (None, top.clone(), top_bytes.clone(), m),
@@ -108,10 +107,10 @@ async fn store_under_lease<S: BlobSource>(
                         reason: "nested indexes are not supported".into(),
                     })
                 }
-                Err(reason) => {
+                Err(e) => {
                     return Err(ImageError::Document {
                         digest: chosen.digest,
-                        reason,
+                        reason: e.to_string(),
                     })
                 }
             };
@@ -452,9 +451,9 @@ pub async fn image_info(ctr: &Containerd, name: &str) -> Result<ImageInfo, Image
     })?;
     let bytes = ctr.read_content(&target.digest).await?;
     let doc = |media: &str, digest: &str, bytes: &[u8]| {
-        oci::parse_document(media, bytes).map_err(|reason| ImageError::Document {
+        oci::parse_document(media, bytes).map_err(|e| ImageError::Document {
             digest: digest.to_string(),
-            reason,
+            reason: e.to_string(),
         })
     };
     let (manifest_digest, manifest) = match doc(&target.media_type, &target.digest, &bytes)? {
