@@ -40,7 +40,7 @@ use tracing::{info, warn};
 pub use cni::{CniCommand, CniError, CniInterface, CniIp, CniResult, CNI_VERSION};
 pub use command::CommandError;
 pub use netns::NetnsError;
-pub use subnet::{Ipv4Subnet, SubnetError};
+pub use subnet::{Ipv4Subnet, ParseSubnetError, SubnetError};
 
 use cni::{with_prev_result, PluginCall, Plugins};
 use records::{AttachmentRecord, Records};

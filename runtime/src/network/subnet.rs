@@ -87,17 +87,41 @@ impl fmt::Display for Ipv4Subnet {
     }
 }
 
-impl FromStr for Ipv4Subnet {
-    type Err = String;
+/// Why a text is not an IPv4 prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseSubnetError {
+    /// Not `address/length` with an IPv4 address and a length of at most 32.
+    #[error("{text:?} is not an IPv4 prefix; write e.g. \"10.88.0.0/16\"")]
+    Syntax {
+        /// The text as given.
+        text: String,
+    },
+    /// The address has bits set beyond the prefix length.
+    #[error("{text:?} has host bits set; write \"{network}\" instead")]
+    HostBits {
+        /// The text as given.
+        text: String,
+        /// The prefix meant, with the host bits cleared.
+        network: Ipv4Subnet,
+    },
+}
 
-    fn from_str(s: &str) -> Result<Ipv4Subnet, String> {
-        let bad = || format!("{s:?} is not an IPv4 prefix; write e.g. \"10.88.0.0/16\"");
+impl FromStr for Ipv4Subnet {
+    type Err = ParseSubnetError;
+
+    fn from_str(s: &str) -> Result<Ipv4Subnet, ParseSubnetError> {
+        let bad = || ParseSubnetError::Syntax {
+            text: s.to_string(),
+        };
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;
         let net = Ipv4Subnet::new(addr, prefix).ok_or_else(bad)?;
         if net.network != addr {
-            return Err(format!("{s:?} has host bits set; write \"{net}\" instead"));
+            return Err(ParseSubnetError::HostBits {
+                text: s.to_string(),
+                network: net,
+            });
         }
         Ok(net)
     }
@@ -325,10 +349,13 @@ mod tests {
         assert_eq!(net("10.88.7.0/24").gateway().to_string(), "10.88.7.1");
         assert_eq!(pool.nth(24, 255), Some(net("10.88.255.0/24")));
         assert_eq!(pool.nth(24, 256), None);
-        assert!("10.88.0.1/16"
-            .parse::<Ipv4Subnet>()
-            .unwrap_err()
-            .contains("host bits"));
+        assert_eq!(
+            "10.88.0.1/16"
+                .parse::<Ipv4Subnet>()
+                .unwrap_err()
+                .to_string(),
+            "\"10.88.0.1/16\" has host bits set; write \"10.88.0.0/16\" instead"
+        );
         assert!("10.88.0.0".parse::<Ipv4Subnet>().is_err());
         assert_eq!(bridge_name(&net("10.88.7.0/24")), "cairn0a580700");
     }
