@@ -94,20 +94,23 @@ pub(crate) fn process_env(
 }
 
 /// `uid[:gid]` from the image config (`root` and empty mean 0).
-fn image_user(user: Option<&str>) -> Result<(u32, u32), String> {
+fn image_user(user: Option<&str>) -> Result<(u32, u32), ContainerError> {
     let user = user.unwrap_or("").trim();
     if user.is_empty() || user == "root" || user == "0" {
         return Ok((0, 0));
     }
     let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    let uid = u.parse::<u32>().map_err(|_| {
-        format!("image user {user:?} is a name; only numeric users (uid[:gid]) are supported")
+    let uid = u.parse::<u32>().map_err(|_| ContainerError::Spec {
+        reason: format!(
+            "image user {user:?} is a name; only numeric users (uid[:gid]) are supported"
+        ),
     })?;
     let gid = if g.is_empty() {
         uid
     } else {
-        g.parse::<u32>()
-            .map_err(|_| format!("image group in {user:?} is a name; use a numeric gid"))?
+        g.parse::<u32>().map_err(|_| ContainerError::Spec {
+            reason: format!("image group in {user:?} is a name; use a numeric gid"),
+        })?
     };
     Ok((uid, gid))
 }
@@ -129,8 +132,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
             ),
         });
     }
-    let (uid, gid) = image_user(input.image.user.as_deref())
-        .map_err(|reason| ContainerError::Spec { reason })?;
+    let (uid, gid) = image_user(input.image.user.as_deref())?;
     let mut spec = Spec::default();
     spec.set_hostname(Some(input.service.to_string()));
     // oci-spec's default root is read-only; Compose's is writable (the snapshot is per container).
