@@ -58,20 +58,27 @@ pub(crate) struct Exit {
     pub exited_at: Option<SystemTime>,
 }
 
+/// Whether `policy` restarts a task that exited with `status` after `restarts` restarts.
+pub(crate) fn policy_restarts(policy: RestartPolicy, status: u32, restarts: u32) -> bool {
+    match policy {
+        RestartPolicy::No => false,
+        RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
+        RestartPolicy::OnFailure { max_retries } => {
+            status != 0 && max_retries.is_none_or(|max| restarts < max)
+        }
+    }
+}
+
+/// When to restart an exited task: never (the policy keeps it down), now, or once the back-off
+/// after its crash streak has passed since it exited; a run of at least `reset_after` resets the
+/// streak.
 pub(crate) fn decide(
     policy: RestartPolicy,
     exit: Exit,
     backoff: &Backoff,
     now: SystemTime,
 ) -> Decision {
-    let restart = match policy {
-        RestartPolicy::No => false,
-        RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
-        RestartPolicy::OnFailure { max_retries } => {
-            exit.status != 0 && max_retries.is_none_or(|max| exit.restarts < max)
-        }
-    };
-    if !restart {
+    if !policy_restarts(policy, exit.status, exit.restarts) {
         return Decision::StayExited;
     }
     let exited_at = exit.exited_at.unwrap_or(now);

@@ -151,7 +151,7 @@ impl Probe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::HealthTest;
+    use cairn_compose::HealthTest;
 
     fn check(retries: u32, start_period: Duration) -> HealthCheck {
         HealthCheck {

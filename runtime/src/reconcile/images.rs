@@ -1,40 +1,50 @@
-//! Images for the reconciler: resolve a service's image (cached by record digest), pull missing
-//! ones in the background with retry, and collect images and partial pulls nobody wants.
+//! Images for the reconciler's executor: look up a service's image (cached by record digest),
+//! run the pulls the planner asks for in the background and remember how they ended, and
+//! collect images and partial pulls nobody wants. When to pull and what a pull's state means for
+//! a service is the planner's.
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use cairn_compose::ImageRef;
 use tracing::info;
 
+use super::plan::{ImageLookup, PullState};
 use super::{ReconcileError, ReconcilerConfig};
 use crate::container;
 use crate::containerd::Containerd;
 use crate::image::{self, Credentials, ImageError, ImageInfo, PullOptions, MANAGED_LABEL};
 
-/// A background pull; aborted on drop.
-struct PullJob {
-    handle: Option<tokio::task::JoinHandle<Result<ImageInfo, ImageError>>>,
-    error: Option<String>,
-    retry_at: Instant,
+/// Why a background pull failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PullError {
+    /// The pull itself failed.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// The pull's task panicked or was cancelled.
+    #[error("pull task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-impl Drop for PullJob {
+/// A background pull; aborted on drop.
+struct Running(tokio::task::JoinHandle<Result<ImageInfo, ImageError>>);
+
+impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(h) = &self.handle {
-            h.abort();
-        }
+        self.0.abort();
     }
 }
 
-/// Where a service's image stands.
-pub(super) enum ImageState {
-    /// Present and unpacked.
-    Ready(ImageInfo),
-    /// Being pulled (after this error, when it is a retry).
-    Pulling(Option<String>),
-    /// Unavailable until the next retry.
-    Failed(String),
+/// A pull the reconciler started, and how it stands.
+enum PullJob {
+    /// Still running, after `last_error` when it is a retry.
+    Running {
+        task: Running,
+        last_error: Option<Arc<PullError>>,
+    },
+    /// Ended with `error` at `at`.
+    Failed { error: Arc<PullError>, at: Instant },
 }
 
 /// Pulls in flight and resolved images.
@@ -42,7 +52,6 @@ pub(super) struct Images {
     ctr: Containerd,
     credentials: HashMap<String, Credentials>,
     plain_http: HashSet<String>,
-    retry: Duration,
     pulls: HashMap<String, PullJob>,
     cache: HashMap<String, ImageInfo>,
 }
@@ -53,7 +62,6 @@ impl Images {
             ctr,
             credentials: cfg.credentials.clone(),
             plain_http: cfg.plain_http.clone(),
-            retry: cfg.retry,
             pulls: HashMap::new(),
             cache: HashMap::new(),
         }
@@ -67,9 +75,39 @@ impl Images {
         }
     }
 
-    /// Image record `name` if present (one containerd call when cached), else the state of its
-    /// background pull from `reference`, started when needed.
-    pub(super) async fn resolve(&mut self, name: &str, reference: &str) -> ImageState {
+    /// Take in the pulls that ended: a pulled image is cached (and so present), a failure is
+    /// remembered with the time it was noticed, `now`.
+    pub(super) async fn take_finished_pulls(&mut self, now: Instant) {
+        let finished: Vec<String> = self
+            .pulls
+            .iter()
+            .filter(|(_, job)| matches!(job, PullJob::Running { task, .. } if task.0.is_finished()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in finished {
+            let Some(PullJob::Running { mut task, .. }) = self.pulls.remove(&name) else {
+                continue;
+            };
+            let result = match (&mut task.0).await {
+                Ok(Ok(info)) => Ok(info),
+                Ok(Err(e)) => Err(PullError::Image(e)),
+                Err(e) => Err(PullError::Task(e)),
+            };
+            match result {
+                Ok(info) => {
+                    self.cache.insert(name, info);
+                }
+                Err(error) => {
+                    let error = Arc::new(error);
+                    self.pulls.insert(name, PullJob::Failed { error, at: now });
+                }
+            }
+        }
+    }
+
+    /// Image record `name` (one containerd call when cached); `None` when it is absent. A
+    /// present image ends the memory of its pulls.
+    pub(super) async fn look_up(&mut self, name: &str) -> Option<ImageLookup> {
         if let Some(cached) = self.cache.get(name) {
             match self.ctr.get_image(name).await {
                 Ok(Some(img))
@@ -78,60 +116,68 @@ impl Images {
                         .as_ref()
                         .is_some_and(|t| t.digest == cached.digest) =>
                 {
-                    return ImageState::Ready(cached.clone());
+                    return Some(ImageLookup::Present(cached.clone()));
                 }
                 Ok(_) => {
                     self.cache.remove(name);
                 }
-                Err(e) => return ImageState::Failed(e.to_string()),
+                Err(e) => return Some(ImageLookup::Failed(e.into())),
             }
         }
         match image::image_info(&self.ctr, name).await {
             Ok(info) => {
                 self.pulls.remove(name);
                 self.cache.insert(name.to_string(), info.clone());
-                return ImageState::Ready(info);
+                Some(ImageLookup::Present(info))
             }
-            Err(ImageError::NotFound { .. }) => {}
-            Err(e) => return ImageState::Failed(e.to_string()),
+            Err(ImageError::NotFound { .. }) => None,
+            Err(e) => Some(ImageLookup::Failed(e)),
         }
-        let now = Instant::now();
-        let job = self.pulls.entry(name.to_string()).or_insert(PullJob {
-            handle: None,
-            error: None,
-            retry_at: now,
-        });
-        if let Some(handle) = job.handle.take() {
-            if !handle.is_finished() {
-                job.handle = Some(handle);
-                return ImageState::Pulling(job.error.clone());
-            }
-            match handle.await {
-                Ok(Ok(info)) => {
-                    self.pulls.remove(name);
-                    self.cache.insert(name.to_string(), info.clone());
-                    return ImageState::Ready(info);
-                }
-                Ok(Err(e)) => job.error = Some(e.to_string()),
-                Err(e) => job.error = Some(format!("pull task failed: {e}")),
-            }
-            job.retry_at = now + self.retry;
-        }
-        if now < job.retry_at {
-            return ImageState::Failed(job.error.clone().unwrap_or_default());
-        }
-        let Ok(image_ref) = ImageRef::parse(reference) else {
-            return ImageState::Failed(format!("image reference {reference:?} is invalid"));
-        };
+    }
+
+    /// How the pulls stand, for the planner.
+    pub(super) fn pulls(&self) -> HashMap<String, PullState> {
+        self.pulls
+            .iter()
+            .map(|(name, job)| {
+                let state = match job {
+                    PullJob::Running { last_error, .. } => PullState::Running {
+                        last_error: last_error.clone(),
+                    },
+                    PullJob::Failed { error, at } => PullState::Failed {
+                        error: error.clone(),
+                        at: *at,
+                    },
+                };
+                (name.clone(), state)
+            })
+            .collect()
+    }
+
+    /// Start pulling `reference` (image record `name`) in the background.
+    ///
+    /// # Errors
+    /// When `reference` does not parse (nothing is started).
+    pub(super) fn start_pull(&mut self, name: &str, reference: &str) -> Result<(), ImageError> {
+        let image_ref = ImageRef::parse(reference).map_err(|reason| ImageError::Reference {
+            reference: reference.to_string(),
+            reason,
+        })?;
         let opts = self.pull_options(&image_ref);
         let ctr = self.ctr.clone();
-        let reference = reference.to_string();
+        let owned = reference.to_string();
         info!(image = %reference, "pulling image");
-        let job = self.pulls.get_mut(name).expect("inserted above");
-        job.handle = Some(tokio::spawn(async move {
-            image::pull_image(&ctr, &reference, &opts, &image::no_progress).await
+        let task = Running(tokio::spawn(async move {
+            image::pull_image(&ctr, &owned, &opts, &image::no_progress).await
         }));
-        ImageState::Pulling(job.error.clone())
+        let last_error = match self.pulls.remove(name) {
+            Some(PullJob::Failed { error, .. }) => Some(error),
+            Some(PullJob::Running { last_error, .. }) => last_error,
+            None => None,
+        };
+        self.pulls
+            .insert(name.to_string(), PullJob::Running { task, last_error });
+        Ok(())
     }
 
     /// Forget pulls of unwanted images, drop their partial data, and delete Cairn-managed image

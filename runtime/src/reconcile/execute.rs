@@ -1,0 +1,290 @@
+//! The executor: carries out the planner's steps against containerd, CNI and the data dir, keeps
+//! the reconciler's memory (probes, pulls, failed starts) and adds to the statuses what only
+//! acting tells (the pid of a task it started). What a failed step means is the planner's
+//! ([`ServicePlan::after_failure`]); failures of steps that do not end a service are logged.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Instant, SystemTime};
+
+use tracing::{info, warn, Instrument};
+
+use super::health::Probe;
+use super::plan::{Action, AfterFailure, Plan, Removal, ServicePlan, StartFailures};
+use super::{ActionError, Reconciler, ServiceStatus};
+use crate::container::{
+    self, NewContainer, LABEL_CRASH_STREAK, LABEL_RESTARTS, LABEL_SPEC_HASH, LABEL_STARTED_AT,
+};
+use crate::network::AppNetwork;
+use cairn_compose::AppSpec;
+
+impl Reconciler {
+    /// Carry out `plan`: its preparation, each service's steps, then its cleanup. Returns the
+    /// status of every desired service.
+    pub(super) async fn execute(&mut self, plan: Plan<'_>) -> Vec<ServiceStatus> {
+        for action in &plan.prepare {
+            if let Err(e) = self.carry_out(action, None).await {
+                log_failure(action, &e);
+            }
+        }
+        let mut statuses = Vec::with_capacity(plan.services.len());
+        for service in &plan.services {
+            let span = tracing::info_span!(
+                "service",
+                app = %service.status.app,
+                service = %service.status.service
+            );
+            statuses.push(self.run_service(service).instrument(span).await);
+        }
+        for action in &plan.cleanup {
+            if let Err(e) = self.carry_out(action, None).await {
+                log_failure(action, &e);
+            }
+        }
+        statuses
+    }
+
+    /// Carry out the steps of one service until one fails in a way that ends them; its status.
+    async fn run_service(&mut self, plan: &ServicePlan<'_>) -> ServiceStatus {
+        let mut started = None;
+        for step in &plan.steps {
+            let e = match self.carry_out(step, started).await {
+                Ok(pid) => {
+                    started = pid.or(started);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            match plan.after_failure(step, &e) {
+                AfterFailure::Continue => log_failure(step, &e),
+                AfterFailure::Report(status) => return status,
+                AfterFailure::StartFailed {
+                    container_id,
+                    status,
+                } => {
+                    let now = Instant::now();
+                    let failures =
+                        self.start_failures
+                            .entry(container_id)
+                            .or_insert(StartFailures {
+                                count: 0,
+                                last_at: now,
+                            });
+                    failures.count += 1;
+                    failures.last_at = now;
+                    return status;
+                }
+                AfterFailure::RemoveBroken {
+                    container_id,
+                    status,
+                } => {
+                    warn!(id = %container_id, error = %e, "removing a broken container; the next pass re-creates it");
+                    if let Err(e) = self.remove_container(&container_id).await {
+                        warn!(id = %container_id, error = %e, "cannot remove the broken container");
+                    }
+                    return status;
+                }
+            }
+        }
+        let mut status = plan.status.clone();
+        if started.is_some() {
+            status.pid = started;
+        }
+        status
+    }
+
+    /// Carry out one step; `started` is the pid of a task an earlier step of the same service
+    /// started. Returns the pid of the task this step started.
+    async fn carry_out(
+        &mut self,
+        action: &Action<'_>,
+        started: Option<u32>,
+    ) -> Result<Option<u32>, ActionError> {
+        let runtime = &self.cfg.runtime;
+        match action {
+            Action::WriteHosts { app, network } => self.write_hosts(app, network)?,
+            Action::RotateLog { app, service } => {
+                let path = runtime.log_path(app, service);
+                container::rotate_log(&path, runtime.log_max_bytes, runtime.log_keep)
+                    .map_err(|source| ActionError::RotateLog { path, source })?;
+            }
+            Action::PullImage { name, reference } => self.images.start_pull(name, reference)?,
+            Action::RemoveContainer { id, why } => {
+                match why {
+                    Removal::Undesired => {
+                        info!(%id, "removing container of a service that is no longer desired")
+                    }
+                    Removal::Duplicate => {
+                        warn!(%id, "removing a duplicate container of this service")
+                    }
+                    Removal::Replaced => {
+                        info!(%id, "spec or image changed; replacing the container")
+                    }
+                }
+                self.probes.remove(id);
+                self.start_failures.remove(id);
+                self.remove_container(id).await?;
+            }
+            Action::CreateContainer {
+                app,
+                service,
+                spec,
+                image,
+                spec_hash,
+                join_netns,
+                app_hosts,
+            } => {
+                let name = app.spec.name.as_str();
+                let id = container::container_id(name, service);
+                let labels = HashMap::from([
+                    (LABEL_SPEC_HASH.to_string(), spec_hash.clone()),
+                    (LABEL_RESTARTS.to_string(), "0".to_string()),
+                    (LABEL_CRASH_STREAK.to_string(), "0".to_string()),
+                ]);
+                let new = NewContainer {
+                    app: name,
+                    service,
+                    spec,
+                    image,
+                    labels,
+                    secrets: &app.secrets,
+                    netns: join_netns.then(|| runtime.network.netns_path(&id)),
+                    hosts_file: app_hosts.then(|| runtime.app_hosts_path(name)),
+                };
+                container::create_container(&self.ctr, runtime, &new).await?;
+            }
+            Action::AttachNetwork {
+                network,
+                service,
+                container_id,
+                ports,
+            } => {
+                self.networks
+                    .attach(network, service, container_id, ports)
+                    .await?;
+            }
+            Action::StartTask {
+                app,
+                service,
+                container_id,
+                restarts,
+                crash_streak,
+            } => {
+                let log = runtime.log_path(app, service);
+                let pid = container::start_task(&self.ctr, runtime, container_id, &log).await?;
+                self.start_failures.remove(container_id);
+                let labels = HashMap::from([
+                    (LABEL_RESTARTS.to_string(), restarts.to_string()),
+                    (LABEL_CRASH_STREAK.to_string(), crash_streak.to_string()),
+                    (
+                        LABEL_STARTED_AT.to_string(),
+                        container::unix_millis(SystemTime::now()).to_string(),
+                    ),
+                ]);
+                if let Err(e) =
+                    container::set_container_labels(&self.ctr, container_id, labels).await
+                {
+                    warn!(id = %container_id, error = %e, "cannot record the restart in labels");
+                }
+                return Ok(Some(pid));
+            }
+            Action::StartProbe {
+                app,
+                service,
+                container_id,
+                pid,
+                check,
+            } => {
+                if let Some(pid) = pid.or(started) {
+                    let output = runtime.health_output_path(app, service);
+                    let probe = Probe::start(
+                        self.ctr.clone(),
+                        container_id.clone(),
+                        pid,
+                        (*check).clone(),
+                        output,
+                    );
+                    self.probes.insert(container_id.clone(), probe);
+                }
+            }
+            Action::StopProbe { container_id } => {
+                self.probes.remove(container_id);
+            }
+            Action::CollectNetworks {
+                keep_containers,
+                keep_apps,
+            } => {
+                for e in self.networks.collect(keep_containers, keep_apps).await {
+                    warn!(error = %e, "cannot remove an unused network attachment; retrying next pass");
+                }
+            }
+            Action::CleanAppDirs { keep_apps } => self.clean_app_dirs(keep_apps),
+            Action::CollectImages { wanted } => {
+                if let Err(e) = self.images.collect(wanted).await {
+                    warn!(error = %e, "cannot remove unused images; retrying next pass");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Rewrite the app's hosts file if an address changed.
+    fn write_hosts(&self, app: &AppSpec, network: &AppNetwork) -> Result<(), ActionError> {
+        let path = self.cfg.runtime.app_hosts_path(&app.name);
+        if self.networks.write_app_hosts(app, network, &path)? {
+            info!(app = %app.name, "hosts file updated");
+        }
+        Ok(())
+    }
+
+    /// Remove a container (task, record, snapshot) and detach it from its network.
+    async fn remove_container(&self, id: &str) -> Result<(), ActionError> {
+        container::remove_container(&self.ctr, id, self.cfg.runtime.stop_grace).await?;
+        self.networks.detach(id).await?;
+        Ok(())
+    }
+
+    /// Remove secrets and runtime files of apps that are not kept (volumes and logs are kept,
+    /// like `docker compose down` without `-v`).
+    #[tracing::instrument(skip_all)]
+    fn clean_app_dirs(&self, keep: &HashSet<String>) {
+        let apps_dir = self.cfg.runtime.data_dir.join("apps");
+        let Ok(entries) = std::fs::read_dir(&apps_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if keep.contains(&name) {
+                continue;
+            }
+            for sub in ["secrets", "run"] {
+                let dir = entry.path().join(sub);
+                if dir.exists() {
+                    if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        warn!(path = %dir.display(), error = %e, "cannot remove");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Log a failed step that does not end its service; the next pass tries again.
+fn log_failure(action: &Action<'_>, e: &ActionError) {
+    match action {
+        Action::WriteHosts { app, .. } => {
+            warn!(app = %app.name, error = %e, "cannot update the hosts file")
+        }
+        Action::RotateLog { .. } => warn!(error = %e, "cannot rotate log"),
+        Action::PullImage { reference, .. } => {
+            warn!(image = %reference, error = %e, "cannot start the pull")
+        }
+        Action::RemoveContainer {
+            id,
+            why: Removal::Duplicate,
+        } => warn!(%id, error = %e, "cannot remove duplicate container"),
+        Action::RemoveContainer { id, .. } => {
+            warn!(%id, error = %e, "cannot remove container; retrying next pass")
+        }
+        _ => warn!(error = %e, "step failed; retrying next pass"),
+    }
+}
