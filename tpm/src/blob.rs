@@ -11,10 +11,9 @@
 //! Nothing may follow. These are the TPM's own TPM2B encodings, the same bytes `tpm2_create -u -r`
 //! writes.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use cairn_io::{FileError, PathContext};
 use tss_esapi::structures::{Private, Public};
 use tss_esapi::traits::{Marshall, UnMarshall};
 
@@ -24,6 +23,46 @@ use crate::TpmError;
 pub(crate) const MAGIC: &[u8; 12] = b"CAIRNTPMKEY1";
 /// Blobs larger than this are not ours (a P-256 key blob is under 300 bytes).
 const MAX_BLOB_LEN: u64 = 16 * 1024;
+
+/// Why bytes are not a valid blob: the framing shared by the key blob and the sealed blob.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum BlobError {
+    /// The magic at the start is not the format's.
+    #[error("missing the {0} header")]
+    MissingHeader(&'static str),
+    /// A length prefix is cut off.
+    #[error("truncated before the {0} length")]
+    TruncatedLength(&'static str),
+    /// An area is shorter than its length prefix announces.
+    #[error("truncated {what}: {announced} bytes announced, {present} present")]
+    Truncated {
+        /// The area.
+        what: &'static str,
+        /// Its announced length.
+        announced: usize,
+        /// The bytes left.
+        present: usize,
+    },
+    /// Bytes follow the last area.
+    #[error("{0} unexpected bytes after the private area")]
+    TrailingBytes(usize),
+    /// The public or the private area is empty.
+    #[error("empty public or private area")]
+    EmptyArea,
+    /// The public area is not a TPMT_PUBLIC.
+    #[error("public area does not unmarshal: {0}")]
+    PublicArea(tss_esapi::Error),
+    /// The private area is not a TPM2B_PRIVATE.
+    #[error("private area is invalid: {0}")]
+    PrivateArea(tss_esapi::Error),
+    /// The public area cannot be marshalled (never for one the TPM made or that was parsed).
+    #[error("cannot marshal the public area: {0}")]
+    Marshal(tss_esapi::Error),
+    /// An area is longer than a TPM2B's 16-bit length.
+    #[error("{0} bytes do not fit a TPM2B")]
+    TooLong(usize),
+}
 
 /// The public and TPM-wrapped private parts of a key created under the owner primary.
 #[derive(Debug, Clone)]
@@ -36,11 +75,8 @@ pub(crate) struct KeyBlob {
 
 impl KeyBlob {
     /// Serialize to the blob format.
-    pub(crate) fn encode(&self) -> Result<Vec<u8>, String> {
-        let public = self
-            .public
-            .marshall()
-            .map_err(|e| format!("cannot marshal the public area: {e}"))?;
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, BlobError> {
+        let public = self.public.marshall().map_err(BlobError::Marshal)?;
         let private = self.private.value();
         let mut out = Vec::with_capacity(MAGIC.len() + 4 + public.len() + private.len());
         out.extend_from_slice(MAGIC);
@@ -50,10 +86,10 @@ impl KeyBlob {
     }
 
     /// Parse the blob format; the error says what is wrong (for [`TpmError::BadBlob`]).
-    pub(crate) fn decode(bytes: &[u8]) -> Result<KeyBlob, String> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<KeyBlob, BlobError> {
         let rest = bytes
             .strip_prefix(MAGIC.as_slice())
-            .ok_or_else(|| "missing the CAIRNTPMKEY1 header".to_string())?;
+            .ok_or(BlobError::MissingHeader("CAIRNTPMKEY1"))?;
         let (public, private) = take_object_tail(rest)?;
         Ok(KeyBlob { public, private })
     }
@@ -78,23 +114,19 @@ impl KeyBlob {
         }
         KeyBlob::decode(&bytes)
             .map(Some)
-            .map_err(|reason| bad_blob(path, reason))
+            .map_err(|reason| bad_blob(path, reason.to_string()))
     }
 
-    /// Write the blob to `path` atomically: a 0600 temp file beside it, fsync, rename, fsync dir.
+    /// Write the blob to `path` atomically: a 0600 temp file beside it, fsync, rename, fsync dir
+    /// and its file system ([`write_durably`]).
     pub(crate) fn write_atomic(&self, path: &Path) -> Result<(), TpmError> {
         let bytes = self
             .encode()
             .map_err(|reason| TpmError::UnexpectedTpmOutput {
                 what: "the new key's public area",
-                reason,
+                reason: reason.to_string(),
             })?;
-        let tmp = temp_path(path);
-        let result = write_then_rename(&tmp, path, &bytes);
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(|source| TpmError::WriteBlob {
+        write_durably(path, &bytes).map_err(|source| TpmError::WriteBlob {
             path: path.to_path_buf(),
             source,
         })
@@ -108,53 +140,36 @@ fn bad_blob(path: &Path, reason: String) -> TpmError {
     }
 }
 
-pub(crate) fn push_tpm2b(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
-    let len = u16::try_from(bytes.len())
-        .map_err(|_| format!("{} bytes do not fit a TPM2B", bytes.len()))?;
+pub(crate) fn push_tpm2b(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), BlobError> {
+    let len = u16::try_from(bytes.len()).map_err(|_| BlobError::TooLong(bytes.len()))?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes);
     Ok(())
 }
 
-pub(crate) fn take_tpm2b<'a>(bytes: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), String> {
+pub(crate) fn take_tpm2b<'a>(
+    bytes: &'a [u8],
+    what: &'static str,
+) -> Result<(&'a [u8], &'a [u8]), BlobError> {
     let (len, rest) = bytes
         .split_first_chunk::<2>()
-        .ok_or_else(|| format!("truncated before the {what} length"))?;
+        .ok_or(BlobError::TruncatedLength(what))?;
     let len = usize::from(u16::from_be_bytes(*len));
     if rest.len() < len {
-        return Err(format!(
-            "truncated {what}: {len} bytes announced, {} present",
-            rest.len()
-        ));
+        return Err(BlobError::Truncated {
+            what,
+            announced: len,
+            present: rest.len(),
+        });
     }
     Ok(rest.split_at(len))
 }
 
-/// `.<name>.tmp` beside `path`, on the same file system so the rename is atomic.
-pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "tpm-key".to_string());
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
-pub(crate) fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // A stale temp file from a crash would make create_new fail: remove it first.
-    match std::fs::remove_file(tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(tmp, path)?;
-    sync_parent(path)
+/// Writes `bytes` to `path` with mode 0600 so that a power cut leaves the old or the new file
+/// ([`cairn_io::write_atomic`]), then syncs the file system too ([`sync_parent`]).
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
+    cairn_io::write_atomic(path, bytes, 0o600)?;
+    sync_parent(path).at("sync the file system holding", path)
 }
 
 /// Make a rename or delete in `path`'s directory survive a power cut: fsync the directory, then
@@ -163,38 +178,29 @@ pub(crate) fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> std::i
 /// renamed blob lost and the FAT left inconsistent. `syncfs` writes every dirty block of that file
 /// system and flushes the disk cache.
 pub fn sync_parent(path: &Path) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     let dir = std::fs::File::open(dir)?;
     dir.sync_all()?;
-    // SAFETY: `dir` is an open file descriptor for the duration of the call.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    rustix::fs::syncfs(&dir)?;
     Ok(())
 }
 
 /// Parse the end shared by every blob format: length-prefixed TPM2B_PUBLIC and TPM2B_PRIVATE,
 /// both non-empty, with nothing after them.
-pub(crate) fn take_object_tail(rest: &[u8]) -> Result<(Public, Private), String> {
+pub(crate) fn take_object_tail(rest: &[u8]) -> Result<(Public, Private), BlobError> {
     let (public, rest) = take_tpm2b(rest, "public area")?;
     let (private, rest) = take_tpm2b(rest, "private area")?;
     if !rest.is_empty() {
-        return Err(format!(
-            "{} unexpected bytes after the private area",
-            rest.len()
-        ));
+        return Err(BlobError::TrailingBytes(rest.len()));
     }
     if public.is_empty() || private.is_empty() {
-        return Err("empty public or private area".to_string());
+        return Err(BlobError::EmptyArea);
     }
-    let public =
-        Public::unmarshall(public).map_err(|e| format!("public area does not unmarshal: {e}"))?;
-    let private =
-        Private::try_from(private).map_err(|e| format!("private area is invalid: {e}"))?;
+    let public = Public::unmarshall(public).map_err(BlobError::PublicArea)?;
+    let private = Private::try_from(private).map_err(BlobError::PrivateArea)?;
     Ok((public, private))
 }
 
@@ -253,15 +259,16 @@ mod tests {
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(KeyBlob::decode(&longer)
-            .unwrap_err()
-            .contains("unexpected bytes"));
+        let err = KeyBlob::decode(&longer).unwrap_err();
+        assert!(matches!(err, BlobError::TrailingBytes(1)), "{err}");
+        assert_eq!(err.to_string(), "1 unexpected bytes after the private area");
     }
 
     #[test]
     fn rejects_garbage_and_wrong_magic() {
         assert!(KeyBlob::decode(b"hello world, not a key")
             .unwrap_err()
+            .to_string()
             .contains("CAIRNTPMKEY1"));
         let mut bytes = sample().encode().unwrap();
         bytes[11] = b'2';
@@ -270,6 +277,7 @@ mod tests {
         garbage.extend_from_slice(&[0x00, 0x04, 0xde, 0xad, 0xbe, 0xef, 0x00, 0x01, 0x00]);
         assert!(KeyBlob::decode(&garbage)
             .unwrap_err()
+            .to_string()
             .contains("public area"));
     }
 
@@ -278,12 +286,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("device.key");
-        // A stale temp file from an earlier crash does not block the write.
-        std::fs::write(temp_path(&path), b"stale").unwrap();
         sample().write_atomic(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(!temp_path(&path).exists());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["device.key"], "no temp file is left");
         assert!(KeyBlob::read(&path).unwrap().is_some());
         assert!(KeyBlob::read(&dir.path().join("absent")).unwrap().is_none());
     }

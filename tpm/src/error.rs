@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use cairn_io::FileError;
+
 /// A failed TPM operation. Messages name the step that failed and what to check; they never carry
 /// key material.
 #[derive(Debug, thiserror::Error)]
@@ -97,9 +99,9 @@ pub enum TpmError {
     WriteBlob {
         /// The blob file (the temp file beside it is removed on failure).
         path: PathBuf,
-        /// The I/O error.
+        /// The file operation that failed.
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
 
     /// The TPM refused to sign.
@@ -204,8 +206,8 @@ pub enum TpmError {
     WriteSealedBlob {
         /// The blob file (the temp file beside it is removed on failure).
         path: PathBuf,
-        /// The I/O error.
+        /// The file operation that failed.
         #[source]
-        source: std::io::Error,
+        source: FileError,
     },
 }

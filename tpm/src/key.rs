@@ -69,7 +69,7 @@ impl TpmDeviceKey {
         if let Some(blob) = &existing {
             check_signing_public(&blob.public).map_err(|reason| TpmError::BadBlob {
                 path: blob_path.to_path_buf(),
-                reason,
+                reason: reason.to_string(),
             })?;
         }
 
@@ -82,7 +82,7 @@ impl TpmDeviceKey {
 
         let spki_der = p256_spki(&public).map_err(|reason| TpmError::UnexpectedTpmOutput {
             what: "the device key's public area",
-            reason,
+            reason: reason.to_string(),
         })?;
         Ok(TpmDeviceKey {
             context: Mutex::new(context),
@@ -258,7 +258,7 @@ fn create_signing_key(context: &mut Context, primary: KeyHandle) -> Result<KeyBl
         .map_err(err)?;
     check_signing_public(&created.out_public).map_err(|reason| TpmError::UnexpectedTpmOutput {
         what: "the new key's public area",
-        reason,
+        reason: reason.to_string(),
     })?;
     Ok(KeyBlob {
         public: created.out_public,
@@ -266,46 +266,74 @@ fn create_signing_key(context: &mut Context, primary: KeyHandle) -> Result<KeyBl
     })
 }
 
+/// Why a public area is not the signing key Cairn makes.
+#[derive(Debug, thiserror::Error)]
+enum KeyShapeError {
+    /// Not an ECC key.
+    #[error("the key is not an ECC key")]
+    NotEcc,
+    /// Another curve.
+    #[error("the key is on curve {0:?}, not NIST P-256")]
+    Curve(EccCurve),
+    /// A decryption or restricted key.
+    #[error("the key is not an unrestricted signing key")]
+    NotSigning,
+    /// The key may leave the TPM.
+    #[error("the key is exportable (fixedTPM not set)")]
+    Exportable,
+    /// Another signature scheme.
+    #[error("the key's scheme is {0:?}, not ECDSA with SHA-256")]
+    Scheme(EccScheme),
+    /// Not an ECC public area (for its SubjectPublicKeyInfo).
+    #[error("not an ECC public area")]
+    NotEccArea,
+    /// A coordinate longer than P-256's.
+    #[error("{name} coordinate of {len} bytes")]
+    Coordinate {
+        /// `x` or `y`.
+        name: &'static str,
+        /// Its length.
+        len: usize,
+    },
+}
+
 /// Check a public area is the kind of key Cairn makes: ECC P-256, unrestricted signing, ECDSA
 /// SHA-256 (or no fixed scheme), fixedTPM.
-fn check_signing_public(public: &Public) -> Result<(), String> {
+fn check_signing_public(public: &Public) -> Result<(), KeyShapeError> {
     let Public::Ecc {
         object_attributes,
         parameters,
         ..
     } = public
     else {
-        return Err("the key is not an ECC key".to_string());
+        return Err(KeyShapeError::NotEcc);
     };
     if parameters.ecc_curve() != EccCurve::NistP256 {
-        return Err(format!(
-            "the key is on curve {:?}, not NIST P-256",
-            parameters.ecc_curve()
-        ));
+        return Err(KeyShapeError::Curve(parameters.ecc_curve()));
     }
     if !object_attributes.sign_encrypt() || object_attributes.restricted() {
-        return Err("the key is not an unrestricted signing key".to_string());
+        return Err(KeyShapeError::NotSigning);
     }
     if !object_attributes.fixed_tpm() {
-        return Err("the key is exportable (fixedTPM not set)".to_string());
+        return Err(KeyShapeError::Exportable);
     }
     match parameters.ecc_scheme() {
         EccScheme::EcDsa(hash) if hash.hashing_algorithm() == HashingAlgorithm::Sha256 => Ok(()),
         EccScheme::Null => Ok(()),
-        other => Err(format!(
-            "the key's scheme is {other:?}, not ECDSA with SHA-256"
-        )),
+        other => Err(KeyShapeError::Scheme(other)),
     }
 }
 
 /// SubjectPublicKeyInfo of an ECC P-256 public area.
-fn p256_spki(public: &Public) -> Result<Vec<u8>, String> {
+fn p256_spki(public: &Public) -> Result<Vec<u8>, KeyShapeError> {
     let Public::Ecc { unique, .. } = public else {
-        return Err("not an ECC public area".to_string());
+        return Err(KeyShapeError::NotEccArea);
     };
-    let pad = |coordinate: &EccParameter, name: &str| {
-        der::left_pad(coordinate.value(), P256_COORDINATE_LEN)
-            .ok_or_else(|| format!("{name} coordinate of {} bytes", coordinate.value().len()))
+    let pad = |coordinate: &EccParameter, name: &'static str| {
+        der::left_pad(coordinate.value(), P256_COORDINATE_LEN).ok_or(KeyShapeError::Coordinate {
+            name,
+            len: coordinate.value().len(),
+        })
     };
     Ok(der::spki_ec_p256(
         &pad(unique.x(), "x")?,
@@ -346,7 +374,11 @@ mod tests {
         check_signing_public(&signing).unwrap();
         let primary = storage_primary_template().unwrap();
         let err = check_signing_public(&primary).unwrap_err();
-        assert!(err.contains("not an unrestricted signing key"), "{err}");
+        assert!(matches!(err, KeyShapeError::NotSigning), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the key is not an unrestricted signing key"
+        );
     }
 
     #[test]

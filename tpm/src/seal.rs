@@ -206,7 +206,7 @@ fn seal_with(
     check_sealed_public(&created.out_public, &expected).map_err(|reason| {
         TpmError::UnexpectedTpmOutput {
             what: "the new sealed object",
-            reason,
+            reason: reason.to_string(),
         }
     })?;
     tracing::info!("secret sealed to PCRs {selection}");

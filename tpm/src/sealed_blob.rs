@@ -26,7 +26,7 @@ use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::structures::{Private, Public};
 use tss_esapi::traits::Marshall;
 
-use crate::blob::{push_tpm2b, take_object_tail, temp_path, write_then_rename};
+use crate::blob::{push_tpm2b, take_object_tail, write_durably, BlobError};
 use crate::pcr::{
     policy_pcr_digest, PcrSelection, PcrValues, PCR_COUNT, PCR_VALUE_LEN, TPM_ALG_SHA256,
 };
@@ -38,6 +38,65 @@ const MAGIC: &[u8; 12] = b"CAIRNSEALED1";
 const MAX_BLOB_LEN: u64 = 16 * 1024;
 /// Where [`SealedSecret::from_bytes`] errors say the bytes came from.
 const IN_MEMORY: &str = "<in-memory sealed blob>";
+
+/// Why bytes are not a valid sealed blob, or an object not the sealed data Cairn makes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum SealedBlobError {
+    /// The framing (header, areas) is wrong.
+    #[error(transparent)]
+    Framing(#[from] BlobError),
+    /// The PCR bank is cut off.
+    #[error("truncated before the PCR bank")]
+    TruncatedBank,
+    /// The PCR bank is not SHA-256.
+    #[error("PCR bank 0x{0:04x} is not SHA-256 (0x000b)")]
+    NotSha256(u16),
+    /// The PCR count is cut off.
+    #[error("truncated before the PCR count")]
+    TruncatedCount,
+    /// The PCR count is 0 or above 24.
+    #[error("PCR count {0} is not in 1..=24")]
+    BadCount(u8),
+    /// A PCR value is cut off.
+    #[error("truncated in PCR value {n} of {count}")]
+    TruncatedValue {
+        /// The 1-based value number.
+        n: u8,
+        /// The announced count.
+        count: u8,
+    },
+    /// A PCR index above 23.
+    #[error("PCR index {0} does not exist (0..=23)")]
+    NoSuchPcr(u8),
+    /// PCR indices not strictly ascending.
+    #[error("PCR index {0} is out of order or repeated")]
+    OutOfOrder(u8),
+    /// More PCRs than a count byte holds (never for a sealed or parsed blob).
+    #[error("{0} PCRs")]
+    TooManyPcrs(usize),
+    /// The object is not a KeyedHash object.
+    #[error("the sealed object is not a KeyedHash sealed data object")]
+    NotKeyedHash,
+    /// The object's name algorithm is not SHA-256.
+    #[error("the sealed object's name algorithm is {0:?}, not SHA-256")]
+    NameAlgorithm(HashingAlgorithm),
+    /// The object may leave its TPM or parent.
+    #[error("the sealed object is not fixedTPM + fixedParent")]
+    NotFixed,
+    /// The object can be used with its auth value instead of the policy.
+    #[error("the sealed object can be used without its PCR policy (userWithAuth)")]
+    UserWithAuth,
+    /// The object is a key.
+    #[error("the sealed object is a key, not sealed data")]
+    NotSealedData,
+    /// The recorded PCR values give no policy digest.
+    #[error("{0}")]
+    Policy(Box<TpmError>),
+    /// The object's policy is not PolicyPCR over the recorded values.
+    #[error("the sealed object's policy is not PolicyPCR over the recorded PCR values")]
+    PolicyMismatch,
+}
 
 /// A secret sealed by the TPM to PCR values, as stored on disk.
 ///
@@ -69,16 +128,16 @@ impl SealedSecret {
     /// [`TpmError::UnexpectedTpmOutput`] when the public area does not marshal (never for a
     /// sealed or parsed blob).
     pub fn to_bytes(&self) -> Result<Vec<u8>, TpmError> {
-        let unexpected = |reason: String| TpmError::UnexpectedTpmOutput {
+        let unexpected = |reason: SealedBlobError| TpmError::UnexpectedTpmOutput {
             what: "the sealed object",
-            reason,
+            reason: reason.to_string(),
         };
         let public = self
             .public
             .marshall()
-            .map_err(|e| unexpected(format!("cannot marshal the public area: {e}")))?;
+            .map_err(|e| unexpected(BlobError::Marshal(e).into()))?;
         let count = u8::try_from(self.expected.len())
-            .map_err(|_| unexpected(format!("{} PCRs", self.expected.len())))?;
+            .map_err(|_| unexpected(SealedBlobError::TooManyPcrs(self.expected.len())))?;
         let mut out = Vec::with_capacity(256 + public.len() + self.private.value().len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
@@ -87,8 +146,8 @@ impl SealedSecret {
             out.push(*index);
             out.extend_from_slice(value);
         }
-        push_tpm2b(&mut out, &public).map_err(unexpected)?;
-        push_tpm2b(&mut out, self.private.value()).map_err(unexpected)?;
+        push_tpm2b(&mut out, &public).map_err(|e| unexpected(e.into()))?;
+        push_tpm2b(&mut out, self.private.value()).map_err(|e| unexpected(e.into()))?;
         Ok(out)
     }
 
@@ -99,7 +158,7 @@ impl SealedSecret {
     pub fn from_bytes(bytes: &[u8]) -> Result<SealedSecret, TpmError> {
         decode(bytes).map_err(|reason| TpmError::BadSealedBlob {
             origin: IN_MEMORY.to_string(),
-            reason,
+            reason: reason.to_string(),
         })
     }
 
@@ -126,58 +185,53 @@ impl SealedSecret {
         if bytes.len() as u64 > MAX_BLOB_LEN {
             return Err(bad(format!("{} bytes is far too large", bytes.len())));
         }
-        decode(&bytes).map(Some).map_err(bad)
+        decode(&bytes)
+            .map(Some)
+            .map_err(|reason| bad(reason.to_string()))
     }
 
-    /// Write the blob to `path` atomically: a 0600 temp file beside it, fsync, rename, fsync dir.
+    /// Write the blob to `path` atomically: a 0600 temp file beside it, fsync, rename, fsync dir
+    /// and its file system (the ESP is vfat, see [`crate::sync_parent`]).
     ///
     /// # Errors
     /// [`TpmError::WriteSealedBlob`] (the temp file is removed again).
     pub fn write_atomic(&self, path: &Path) -> Result<(), TpmError> {
         let bytes = self.to_bytes()?;
-        let tmp = temp_path(path);
-        let result = write_then_rename(&tmp, path, &bytes);
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result.map_err(|source| TpmError::WriteSealedBlob {
+        write_durably(path, &bytes).map_err(|source| TpmError::WriteSealedBlob {
             path: path.to_path_buf(),
             source,
         })
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<SealedSecret, String> {
+fn decode(bytes: &[u8]) -> Result<SealedSecret, SealedBlobError> {
     let rest = bytes
         .strip_prefix(MAGIC.as_slice())
-        .ok_or_else(|| "missing the CAIRNSEALED1 header".to_string())?;
+        .ok_or(BlobError::MissingHeader("CAIRNSEALED1"))?;
     let (alg, rest) = rest
         .split_first_chunk::<2>()
-        .ok_or("truncated before the PCR bank")?;
+        .ok_or(SealedBlobError::TruncatedBank)?;
     if u16::from_be_bytes(*alg) != TPM_ALG_SHA256 {
-        return Err(format!(
-            "PCR bank 0x{:04x} is not SHA-256 (0x000b)",
-            u16::from_be_bytes(*alg)
-        ));
+        return Err(SealedBlobError::NotSha256(u16::from_be_bytes(*alg)));
     }
-    let (&count, mut rest) = rest.split_first().ok_or("truncated before the PCR count")?;
+    let (&count, mut rest) = rest.split_first().ok_or(SealedBlobError::TruncatedCount)?;
     if count == 0 || count > PCR_COUNT {
-        return Err(format!("PCR count {count} is not in 1..=24"));
+        return Err(SealedBlobError::BadCount(count));
     }
     let mut expected = PcrValues::new();
     for n in 0..count {
         let (entry, tail) = rest
             .split_first_chunk::<{ 1 + PCR_VALUE_LEN }>()
-            .ok_or_else(|| format!("truncated in PCR value {} of {count}", n + 1))?;
+            .ok_or(SealedBlobError::TruncatedValue { n: n + 1, count })?;
         let index = entry[0];
         if index >= PCR_COUNT {
-            return Err(format!("PCR index {index} does not exist (0..=23)"));
+            return Err(SealedBlobError::NoSuchPcr(index));
         }
         if expected
             .last_key_value()
             .is_some_and(|(&last, _)| index <= last)
         {
-            return Err(format!("PCR index {index} is out of order or repeated"));
+            return Err(SealedBlobError::OutOfOrder(index));
         }
         let mut value = [0u8; PCR_VALUE_LEN];
         value.copy_from_slice(&entry[1..]);
@@ -196,7 +250,10 @@ fn decode(bytes: &[u8]) -> Result<SealedSecret, String> {
 /// Check `public` is what [`crate::seal_secret`] creates for `expected`: a sealed data object
 /// (KeyedHash, SHA-256 names) that is fixedTPM, fixedParent, usable only through its policy, and
 /// whose policy is PolicyPCR over exactly these values.
-pub(crate) fn check_sealed_public(public: &Public, expected: &PcrValues) -> Result<(), String> {
+pub(crate) fn check_sealed_public(
+    public: &Public,
+    expected: &PcrValues,
+) -> Result<(), SealedBlobError> {
     let Public::KeyedHash {
         object_attributes,
         name_hashing_algorithm,
@@ -204,30 +261,24 @@ pub(crate) fn check_sealed_public(public: &Public, expected: &PcrValues) -> Resu
         ..
     } = public
     else {
-        return Err("the sealed object is not a KeyedHash sealed data object".to_string());
+        return Err(SealedBlobError::NotKeyedHash);
     };
     if *name_hashing_algorithm != HashingAlgorithm::Sha256 {
-        return Err(format!(
-            "the sealed object's name algorithm is {name_hashing_algorithm:?}, not SHA-256"
-        ));
+        return Err(SealedBlobError::NameAlgorithm(*name_hashing_algorithm));
     }
     let a = object_attributes;
     if !a.fixed_tpm() || !a.fixed_parent() {
-        return Err("the sealed object is not fixedTPM + fixedParent".to_string());
+        return Err(SealedBlobError::NotFixed);
     }
     if a.user_with_auth() {
-        return Err(
-            "the sealed object can be used without its PCR policy (userWithAuth)".to_string(),
-        );
+        return Err(SealedBlobError::UserWithAuth);
     }
     if a.sign_encrypt() || a.decrypt() || a.restricted() {
-        return Err("the sealed object is a key, not sealed data".to_string());
+        return Err(SealedBlobError::NotSealedData);
     }
-    let policy = policy_pcr_digest(expected).map_err(|e| e.to_string())?;
+    let policy = policy_pcr_digest(expected).map_err(|e| SealedBlobError::Policy(Box::new(e)))?;
     if auth_policy.value() != policy {
-        return Err(
-            "the sealed object's policy is not PolicyPCR over the recorded PCR values".to_string(),
-        );
+        return Err(SealedBlobError::PolicyMismatch);
     }
     Ok(())
 }
