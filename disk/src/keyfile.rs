@@ -6,6 +6,8 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use cairn_io::PathContext;
+
 use crate::tool::ToolError;
 
 /// Directories tried, in order, for key files; each must be on tmpfs or ramfs.
@@ -44,23 +46,23 @@ impl KeyFile {
 
     /// Write `key` to a new 0600 file in a private directory under `base` (no tmpfs check).
     pub(crate) fn write_in(base: &Path, key: &[u8]) -> Result<KeyFile, ToolError> {
-        let err = |source| ToolError::KeyFile {
-            dir: base.display().to_string(),
-            source,
-        };
         let dir = tempfile::Builder::new()
             .prefix("cairn-key-")
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(base)
-            .map_err(err)?;
+            .at("create a private directory in", base)
+            .map_err(ToolError::KeyFile)?;
         let path = dir.path().join("key");
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(err)?;
-        file.write_all(key).map_err(err)?;
+            .at("create", &path)
+            .map_err(ToolError::KeyFile)?;
+        file.write_all(key)
+            .at("write", &path)
+            .map_err(ToolError::KeyFile)?;
         Ok(KeyFile {
             dir,
             path,

@@ -14,6 +14,8 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use cairn_io::{FileError, PathContext};
+
 use crate::keyfile::KeyFile;
 use crate::keys::{DiskKey, RecoveryKey};
 use crate::tool::{ExitKind, ToolCommand, ToolError};
@@ -127,13 +129,8 @@ pub enum LuksError {
     },
 
     /// The device could not be read.
-    #[error("cannot read {path}: {source}; check the device exists and the agent runs as root")]
-    Io {
-        /// The device.
-        path: PathBuf,
-        /// The I/O failure.
-        source: std::io::Error,
-    },
+    #[error("{0}; check the device exists and the agent runs as root")]
+    File(#[from] FileError),
 
     /// cryptsetup or blkid failed otherwise.
     #[error("{action} on {device} failed: {source}")]
@@ -238,13 +235,11 @@ fn probe_signature(device: &Path) -> Result<Option<String>, LuksError> {
 /// Whether the first 1 MiB of `device` holds any non-zero byte.
 fn starts_with_data(device: &Path) -> Result<bool, LuksError> {
     use std::io::Read;
-    let io_err = |source| LuksError::Io {
-        path: device.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(device).map_err(io_err)?;
+    let file = std::fs::File::open(device).at("open", device)?;
     let mut head = Vec::with_capacity(1 << 20);
-    file.take(1 << 20).read_to_end(&mut head).map_err(io_err)?;
+    file.take(1 << 20)
+        .read_to_end(&mut head)
+        .at("read", device)?;
     Ok(head.iter().any(|&b| b != 0))
 }
 
@@ -441,20 +436,36 @@ pub fn keyslots(device: &Path) -> Result<BTreeSet<u8>, LuksError> {
         .map_err(tool_err(device, "luksDump"))?;
     parse_keyslots(&out.stdout).map_err(|reason| LuksError::BadMetadata {
         device: device.to_path_buf(),
-        reason,
+        reason: reason.to_string(),
     })
 }
 
-fn parse_keyslots(json: &str) -> Result<BTreeSet<u8>, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
+/// Why `luksDump --dump-json-metadata` output could not be read.
+#[derive(Debug, thiserror::Error)]
+enum MetadataError {
+    /// The output is not JSON.
+    #[error("not JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// The JSON has no keyslots.
+    #[error("no \"keyslots\" object")]
+    NoKeyslots,
+    /// A keyslot id is not a number.
+    #[error("keyslot id {0:?}")]
+    BadSlotId(String),
+}
+
+fn parse_keyslots(json: &str) -> Result<BTreeSet<u8>, MetadataError> {
+    let value: serde_json::Value = serde_json::from_str(json).map_err(MetadataError::NotJson)?;
     let slots = value
         .get("keyslots")
         .and_then(|k| k.as_object())
-        .ok_or("no \"keyslots\" object")?;
+        .ok_or(MetadataError::NoKeyslots)?;
     slots
         .keys()
-        .map(|k| k.parse::<u8>().map_err(|_| format!("keyslot id {k:?}")))
+        .map(|k| {
+            k.parse::<u8>()
+                .map_err(|_| MetadataError::BadSlotId(k.clone()))
+        })
         .collect()
 }
 
@@ -593,7 +604,11 @@ mod tests {
             parse_keyslots(r#"{"keyslots":{}}"#).unwrap(),
             BTreeSet::new()
         );
-        assert!(parse_keyslots("{}").is_err());
-        assert!(parse_keyslots(r#"{"keyslots":{"x":{}}}"#).is_err());
+        assert!(matches!(
+            parse_keyslots("{}"),
+            Err(MetadataError::NoKeyslots)
+        ));
+        let err = parse_keyslots(r#"{"keyslots":{"x":{}}}"#).unwrap_err();
+        assert_eq!(err.to_string(), "keyslot id \"x\"");
     }
 }

@@ -1,23 +1,23 @@
-//! The one wrapper through which external tools (cryptsetup, blkid) run: it logs the command,
-//! feeds key material on stdin only, captures stdout and stderr, applies a timeout and maps exit
-//! codes to typed errors.
+//! cryptsetup, blkid and partx run through [`cairn_io::Tool`] (logged command line, timeout,
+//! stderr in the error, key material refused in the arguments); this layer adds what the data
+//! partition needs on top: `LC_ALL=C`, a 120 s default timeout, and cryptsetup's exit codes
+//! mapped to an [`ExitKind`].
 //!
 //! Key material never appears in argv (visible to every user in `/proc/*/cmdline`) or in logs:
 //! it goes through stdin (`--key-file=-`) or, when a command needs two keys, a 0600 file in a
-//! private directory on tmpfs ([`crate::keyfile::KeyFile`]). [`ToolCommand::run`] refuses to run a
-//! command whose arguments contain its stdin secret.
+//! private directory on tmpfs ([`crate::keyfile::KeyFile`]). A command whose arguments contain
+//! its stdin secret is refused without running
+//! ([`cairn_io::ToolError::SecretInArguments`]).
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use cairn_io::{FileError, Tool};
 use zeroize::Zeroizing;
 
-/// How often a running tool is polled for exit.
-const POLL: Duration = Duration::from_millis(10);
-/// Stderr kept in errors and logs (cryptsetup's messages are short).
-const STDERR_KEEP: usize = 2000;
+/// Where the tools come from, for the not-installed error.
+const INSTALL_HINT: &str =
+    "install it (cryptsetup: Debian package cryptsetup-bin; blkid, partx: util-linux)";
 
 /// What a failing exit code of a tool means, as far as Cairn cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub enum ExitKind {
     BadParameters,
     /// cryptsetup 3: out of memory (PBKDF memory cost).
     OutOfMemory,
-    /// Any other code.
+    /// Any other code, or killed by a signal.
     Other,
 }
 
@@ -40,64 +40,22 @@ pub enum ExitKind {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ToolError {
-    /// The program could not be started.
-    #[error("cannot run `{program}` for {action}: {source}; is it installed (cryptsetup: package cryptsetup-bin, blkid: util-linux) and on PATH?")]
-    Spawn {
-        /// The program.
-        program: String,
-        /// What it was run for.
-        action: &'static str,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-
-    /// The program did not finish in time and was killed.
-    #[error("`{program}` for {action} did not finish within {after:?} and was killed; check the device is responsive (dmesg) and retry")]
-    Timeout {
-        /// The program.
-        program: String,
-        /// What it was run for.
-        action: &'static str,
-        /// The timeout.
-        after: Duration,
-    },
-
-    /// The program exited with a failure code.
-    #[error("`{program}` for {action} failed with exit code {code} ({kind:?}): {stderr}")]
+    /// The program exited with a failure code (or was killed by a signal); `kind` says what the
+    /// code means.
+    #[error("{source}")]
     Exit {
-        /// The program.
-        program: String,
-        /// What it was run for.
-        action: &'static str,
-        /// The exit code (-1 when killed by a signal).
-        code: i32,
         /// What the code means.
         kind: ExitKind,
-        /// The end of its stderr.
-        stderr: String,
-    },
-
-    /// Talking to the running program failed.
-    #[error("I/O with `{program}` for {action} failed: {source}")]
-    Io {
-        /// The program.
-        program: String,
-        /// What it was run for.
-        action: &'static str,
-        /// The I/O error.
+        /// The failure: command line, exit status and the end of stderr (boxed: it is large
+        /// and every LUKS error carries it).
         #[source]
-        source: std::io::Error,
+        source: Box<cairn_io::ToolError>,
     },
 
-    /// The command would have put key material on its command line; it was not run.
-    #[error("refusing to run `{program}` for {action}: its arguments contain key material (a Cairn bug; nothing was run)")]
-    SecretInArguments {
-        /// The program.
-        program: String,
-        /// What it was run for.
-        action: &'static str,
-    },
+    /// The program could not be run (not installed), did not finish in time and was killed, or
+    /// was refused because its arguments contain key material.
+    #[error(transparent)]
+    Run(Box<cairn_io::ToolError>),
 
     /// No private tmpfs directory for a key file.
     #[error("no tmpfs directory to hold a temporary key file (tried {tried}); key files are never written to persistent storage: mount a tmpfs on /run or /dev/shm")]
@@ -107,14 +65,8 @@ pub enum ToolError {
     },
 
     /// The temporary key file could not be written.
-    #[error("cannot write a temporary key file in {dir}: {source}; check the tmpfs is writable and not full")]
-    KeyFile {
-        /// The directory.
-        dir: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot write a temporary key file: {0}; check the tmpfs is writable and not full")]
+    KeyFile(#[source] FileError),
 }
 
 impl ToolError {
@@ -166,7 +118,7 @@ impl ToolCommand {
             action,
             args: Vec::new(),
             stdin: None,
-            accepted: vec![0],
+            accepted: Vec::new(),
             timeout: Duration::from_secs(120),
         }
     }
@@ -204,182 +156,76 @@ impl ToolCommand {
 
     /// The command line for logs (no key material can be in it).
     pub fn display(&self) -> String {
-        self.argv()
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
+        self.tool().command_line()
     }
 
-    /// True when an argument contains the stdin secret (refused by [`ToolCommand::run`]).
-    fn leaks_secret(&self) -> bool {
-        use std::os::unix::ffi::OsStrExt;
-        let Some(secret) = self.stdin.as_deref().filter(|s| !s.is_empty()) else {
-            return false;
-        };
-        self.args.iter().any(|arg| {
-            arg.as_bytes()
-                .windows(secret.len())
-                .any(|w| w == secret.as_slice())
-        })
+    /// The command without its stdin secret.
+    fn tool(&self) -> Tool {
+        Tool::new(self.program)
+            .purpose(self.action)
+            .install_hint(INSTALL_HINT)
+            .args(&self.args)
+            .env("LC_ALL", "C")
+            .accept_codes(&self.accepted)
+            .timeout(self.timeout)
     }
 
-    /// Run the tool to completion (or until the timeout kills it).
+    /// Run the tool to completion (or until the timeout kills it and its process group).
     ///
     /// # Errors
-    /// [`ToolError::SecretInArguments`] (nothing run), [`ToolError::Spawn`],
-    /// [`ToolError::Timeout`], [`ToolError::Io`], [`ToolError::Exit`] for an exit code not
-    /// accepted, classified by [`ExitKind`].
+    /// [`ToolError::Exit`] for an exit code not accepted, classified by [`ExitKind`];
+    /// [`ToolError::Run`] when it is not installed, timed out, or its arguments contain its stdin
+    /// secret (then nothing was run).
     pub fn run(self) -> Result<ToolOutput, ToolError> {
         let _span =
             tracing::info_span!("tool", program = self.program, action = self.action).entered();
-        if self.leaks_secret() {
-            return Err(ToolError::SecretInArguments {
-                program: self.program.to_string(),
-                action: self.action,
-            });
-        }
-        tracing::info!(command = %self.display(), "running");
-        let started = Instant::now();
-        let mut child = Command::new(self.program)
-            .args(&self.args)
-            .env("LC_ALL", "C")
-            .stdin(if self.stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| ToolError::Spawn {
-                program: self.program.to_string(),
-                action: self.action,
-                source,
-            })?;
-        let io_err = |source| ToolError::Io {
-            program: self.program.to_string(),
-            action: self.action,
-            source,
+        let tool = match &self.stdin {
+            Some(secret) => self.tool().secret_stdin(secret),
+            None => self.tool(),
         };
-
-        // Feed stdin and drain stdout/stderr on threads so no pipe can fill up and block.
-        let feeder = match (child.stdin.take(), self.stdin) {
-            (Some(mut pipe), Some(secret)) => Some(std::thread::spawn(move || {
-                let result = pipe.write_all(&secret);
-                drop(pipe);
-                // A tool that exits before reading all of stdin is not an error here.
-                match result {
-                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                    other => other,
-                }
-            })),
-            _ => None,
-        };
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
-
-        let status = wait_with_timeout(&mut child, self.timeout).map_err(io_err)?;
-        let stdout = stdout.join().unwrap_or_default();
-        let stderr = stderr.join().unwrap_or_default();
-        if let Some(feeder) = feeder {
-            if let Ok(Err(e)) = feeder.join() {
-                if status.is_some_and(|s| s.success()) {
-                    return Err(io_err(e));
-                }
-            }
+        match tool.run() {
+            Ok(out) => Ok(ToolOutput {
+                code: out.code,
+                stdout: out.stdout_text(),
+                stderr: out.stderr,
+            }),
+            Err(source @ cairn_io::ToolError::Failed { .. }) => Err(ToolError::Exit {
+                kind: classify(self.program, source.code()),
+                source: Box::new(source),
+            }),
+            Err(source) => Err(ToolError::Run(Box::new(source))),
         }
-        let Some(status) = status else {
-            tracing::warn!(after = ?self.timeout, "timed out, killed");
-            return Err(ToolError::Timeout {
-                program: self.program.to_string(),
-                action: self.action,
-                after: self.timeout,
-            });
-        };
-        let code = status.code().unwrap_or(-1);
-        let stderr_tail = tail(&stderr);
-        tracing::info!(code, elapsed = ?started.elapsed(), stderr = %stderr_tail, "finished");
-        if !self.accepted.contains(&code) {
-            return Err(ToolError::Exit {
-                program: self.program.to_string(),
-                action: self.action,
-                code,
-                kind: classify(self.program, code),
-                stderr: stderr_tail,
-            });
-        }
-        Ok(ToolOutput {
-            code,
-            stdout,
-            stderr,
-        })
     }
 }
 
 /// cryptsetup(8) "RETURN CODES"; other tools' codes are [`ExitKind::Other`].
-fn classify(program: &str, code: i32) -> ExitKind {
+fn classify(program: &str, code: Option<i32>) -> ExitKind {
     match (program, code) {
-        ("cryptsetup", 1) => ExitKind::BadParameters,
-        ("cryptsetup", 2) => ExitKind::KeyRejected,
-        ("cryptsetup", 3) => ExitKind::OutOfMemory,
-        ("cryptsetup", 4) => ExitKind::DeviceUnavailable,
-        ("cryptsetup", 5) => ExitKind::Busy,
+        ("cryptsetup", Some(1)) => ExitKind::BadParameters,
+        ("cryptsetup", Some(2)) => ExitKind::KeyRejected,
+        ("cryptsetup", Some(3)) => ExitKind::OutOfMemory,
+        ("cryptsetup", Some(4)) => ExitKind::DeviceUnavailable,
+        ("cryptsetup", Some(5)) => ExitKind::Busy,
         _ => ExitKind::Other,
     }
 }
 
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut bytes);
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
-}
-
-/// `Some(status)` when the child exited in time, `None` when it was killed after `timeout`.
-fn wait_with_timeout(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Ok(None);
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
-/// The last [`STDERR_KEEP`] bytes of `text`, trimmed, on one line.
-fn tail(text: &str) -> String {
-    let text = text.trim();
-    let start = text
-        .char_indices()
-        .map(|(i, _)| i)
-        .find(|&i| text.len() - i <= STDERR_KEEP)
-        .unwrap_or(text.len());
-    text[start..].replace('\n', " | ")
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]
     fn runs_and_captures_output_and_stdin() {
         let out = ToolCommand::new("sh", "test")
             .arg("-c")
-            .arg("cat; echo oops >&2")
+            .arg("cat; echo \" $LC_ALL\"; echo oops >&2")
             .secret_stdin(b"from stdin")
             .run()
             .unwrap();
         assert_eq!(out.code, 0);
-        assert_eq!(out.stdout, "from stdin");
+        assert_eq!(out.stdout, "from stdin C\n");
         assert_eq!(out.stderr.trim(), "oops");
     }
 
@@ -390,11 +236,16 @@ mod tests {
             .arg("echo 'No key available' >&2; exit 2")
             .run()
             .unwrap_err();
-        assert!(matches!(err, ToolError::Exit { code: 2, .. }), "{err:?}");
-        assert!(err.to_string().contains("No key available"), "{err}");
-        assert_eq!(classify("cryptsetup", 2), ExitKind::KeyRejected);
-        assert_eq!(classify("cryptsetup", 4), ExitKind::DeviceUnavailable);
-        assert_eq!(classify("blkid", 2), ExitKind::Other);
+        assert_eq!(err.exit_kind(), Some(ExitKind::Other), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("exit code 2") && text.contains("No key available"),
+            "{text}"
+        );
+        assert_eq!(classify("cryptsetup", Some(2)), ExitKind::KeyRejected);
+        assert_eq!(classify("cryptsetup", Some(4)), ExitKind::DeviceUnavailable);
+        assert_eq!(classify("cryptsetup", None), ExitKind::Other);
+        assert_eq!(classify("blkid", Some(2)), ExitKind::Other);
         let ok = ToolCommand::new("sh", "test")
             .arg("-c")
             .arg("exit 1")
@@ -412,17 +263,23 @@ mod tests {
             .timeout(Duration::from_millis(200))
             .run()
             .unwrap_err();
-        assert!(matches!(err, ToolError::Timeout { .. }), "{err:?}");
+        assert!(
+            matches!(&err, ToolError::Run(e) if matches!(**e, cairn_io::ToolError::TimedOut { .. })),
+            "{err:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
-    fn missing_program_is_a_spawn_error() {
+    fn a_missing_program_says_how_to_install_it() {
         let err = ToolCommand::new("cairn-no-such-tool", "test")
             .run()
             .unwrap_err();
-        assert!(matches!(err, ToolError::Spawn { .. }), "{err:?}");
-        assert!(err.to_string().contains("installed"), "{err}");
+        assert!(
+            matches!(&err, ToolError::Run(e) if matches!(**e, cairn_io::ToolError::NotFound { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("cryptsetup-bin"), "{err}");
     }
 
     #[test]
@@ -433,7 +290,7 @@ mod tests {
             .run()
             .unwrap_err();
         assert!(
-            matches!(err, ToolError::SecretInArguments { .. }),
+            matches!(&err, ToolError::Run(e) if matches!(**e, cairn_io::ToolError::SecretInArguments { .. })),
             "{err:?}"
         );
         let debug = format!(
@@ -441,13 +298,5 @@ mod tests {
             ToolCommand::new("x", "y").secret_stdin(b"topsecret")
         );
         assert!(!debug.contains("topsecret"), "{debug}");
-    }
-
-    #[test]
-    fn tail_keeps_the_end_on_one_line() {
-        assert_eq!(tail("  a\nb \n"), "a | b");
-        let long = "x".repeat(5000) + "END";
-        assert!(tail(&long).ends_with("END"));
-        assert_eq!(tail(&long).len(), STDERR_KEEP);
     }
 }
