@@ -2,22 +2,16 @@
 
 use std::path::PathBuf;
 
+use cairn_io::FileError;
+
 /// What failed while indexing, decoding an index, scanning seeds or reconstructing a file.
 ///
 /// Every variant names the file or offset involved; the message says what to do next.
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
     /// A file to index or write could not be opened, read or written.
-    #[error("{action} {path}: {source}; check that the path exists, is readable and the disk is healthy")]
-    Io {
-        /// What was being done ("reading", "creating", "renaming to", ...).
-        action: &'static str,
-        /// The file involved.
-        path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{0}; check that the path exists, is readable and the disk is healthy")]
+    File(#[from] FileError),
 
     /// Bytes claiming to be an encoded [`Index`](crate::Index) are not a valid index.
     #[error("invalid chunk index: {reason}; the index came from an untrusted source or a different cairn-delta version — rebuild it on central")]
@@ -84,18 +78,6 @@ pub enum DeltaError {
 }
 
 impl DeltaError {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-    ) -> Self {
-        DeltaError::Io {
-            action,
-            path: path.into(),
-            source,
-        }
-    }
-
     pub(crate) fn invalid(reason: impl Into<String>) -> Self {
         DeltaError::InvalidIndex {
             reason: reason.into(),

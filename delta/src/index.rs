@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
+use cairn_io::PathContext;
 use sha2::{Digest, Sha256};
 
 use crate::chunking::{for_each_chunk, ChunkParams};
@@ -93,8 +94,8 @@ impl Index {
         let span = tracing::info_span!("index_file", path = %path.display());
         let _enter = span.enter();
         let started = std::time::Instant::now();
-        let file = File::open(path).map_err(|e| DeltaError::io("opening", path, e))?;
-        let index = Self::build(file).map_err(|e| DeltaError::io("reading", path, e))?;
+        let file = File::open(path).at("open", path)?;
+        let index = Self::build(file).at("read", path)?;
         tracing::debug!(
             size = index.size,
             chunks = index.chunks.len(),
@@ -299,7 +300,7 @@ mod tests {
         std::fs::write(&path, &data).unwrap();
         assert_eq!(Index::build_file(&path).unwrap(), index);
         let err = Index::build_file(&dir.path().join("missing")).unwrap_err();
-        assert!(matches!(err, DeltaError::Io { .. }), "{err}");
+        assert!(matches!(err, DeltaError::File(_)), "{err}");
         assert!(err.to_string().contains("missing"), "{err}");
     }
 

@@ -15,6 +15,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use cairn_io::{FileError, PathContext};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
@@ -304,12 +305,9 @@ impl Assembler {
             .create(true)
             .truncate(false)
             .open(&partial_path)
-            .map_err(|e| DeltaError::io("opening", &partial_path, e))?;
+            .at("open", &partial_path)?;
         let journalled = read_journal(&journal_path, &index.sha256);
-        let on_disk = partial
-            .metadata()
-            .map_err(|e| DeltaError::io("inspecting", &partial_path, e))?
-            .len();
+        let on_disk = partial.metadata().at("inspect", &partial_path)?.len();
         let claimed = journalled.min(on_disk).min(index.size);
 
         // Re-verify the claimed prefix chunk by chunk; keep up to the first bad or partial chunk.
@@ -337,9 +335,7 @@ impl Assembler {
                 "journal claimed more than the partial file holds"
             );
         }
-        partial
-            .set_len(done)
-            .map_err(|e| DeltaError::io("truncating", &partial_path, e))?;
+        partial.set_len(done).at("truncate", &partial_path)?;
         Ok(Assembler {
             partial,
             partial_path,
@@ -359,7 +355,7 @@ impl Assembler {
     fn append(&mut self, data: &[u8]) -> Result<(), DeltaError> {
         self.partial
             .write_all_at(data, self.done)
-            .map_err(|e| DeltaError::io("writing", &self.partial_path, e))?;
+            .at("write", &self.partial_path)?;
         self.hasher.update(data);
         self.done += data.len() as u64;
         self.unsynced += data.len() as u64;
@@ -371,9 +367,7 @@ impl Assembler {
 
     /// Makes everything written so far durable, then records it in the journal.
     fn checkpoint(&mut self) -> Result<(), DeltaError> {
-        self.partial
-            .sync_data()
-            .map_err(|e| DeltaError::io("syncing", &self.partial_path, e))?;
+        self.partial.sync_data().at("sync", &self.partial_path)?;
         write_journal(&self.journal_path, &self.target, self.done)?;
         self.unsynced = 0;
         Ok(())
@@ -448,16 +442,13 @@ impl Assembler {
                 expected: hex::encode(expected),
             });
         }
-        self.partial
-            .sync_all()
-            .map_err(|e| DeltaError::io("syncing", &self.partial_path, e))?;
-        std::fs::rename(&self.partial_path, &self.dest)
-            .map_err(|e| DeltaError::io("renaming into place", &self.dest, e))?;
+        self.partial.sync_all().at("sync", &self.partial_path)?;
+        std::fs::rename(&self.partial_path, &self.dest).at("rename into place", &self.dest)?;
         sync_dir(&self.dest)?;
         match std::fs::remove_file(&self.journal_path) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(DeltaError::io("removing", &self.journal_path, e)),
+            Err(e) => return Err(FileError::new("remove", &self.journal_path, e).into()),
         }
         Ok(())
     }
@@ -471,7 +462,8 @@ fn sync_dir(path: &Path) -> Result<(), DeltaError> {
     };
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| DeltaError::io("syncing directory", dir, e))
+        .at("sync the directory", dir)?;
+    Ok(())
 }
 
 /// The durable offset recorded for `target`, or 0 when there is no valid journal for it.
@@ -509,9 +501,10 @@ fn write_journal(path: &Path, target: &[u8; 32], done: u64) -> Result<(), DeltaE
     let check = Sha256::digest(&record);
     record.extend_from_slice(&check);
     let tmp = sibling(path, ".tmp");
-    let mut file = File::create(&tmp).map_err(|e| DeltaError::io("creating", &tmp, e))?;
+    let mut file = File::create(&tmp).at("create", &tmp)?;
     file.write_all(&record)
         .and_then(|()| file.sync_data())
-        .map_err(|e| DeltaError::io("writing", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| DeltaError::io("renaming into place", path, e))
+        .at("write", &tmp)?;
+    std::fs::rename(&tmp, path).at("rename into place", path)?;
+    Ok(())
 }
