@@ -6,6 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cairn_io::{FileError, PathContext};
+
 use crate::bundle::{self, BundleError, BundleSpec};
 use crate::disk::{self, DiskError};
 use crate::esp::{self, EspContents, EspError};
@@ -142,15 +144,8 @@ pub enum StepError {
     #[error(transparent)]
     Sbom(#[from] SbomError),
     /// Local file handling.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// A build failed.
@@ -166,8 +161,9 @@ pub enum BuildError {
         index: usize,
         /// Step name.
         name: &'static str,
-        /// The failure (in the message, not a separate source, so it is printed once).
-        error: StepError,
+        /// The failure (in the message, not a separate source, so it is printed once; boxed
+        /// because a tool failure carries its command line and stderr).
+        error: Box<StepError>,
     },
     /// The output directory could not be prepared.
     #[error("cannot prepare the output directory {path}: {source}")]
@@ -322,11 +318,6 @@ struct Run<'a> {
     steps: Vec<(Step, Duration)>,
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StepError {
-    let path = path.to_path_buf();
-    move |source| StepError::Io { what, path, source }
-}
-
 impl Run<'_> {
     fn step<T>(
         &mut self,
@@ -338,7 +329,7 @@ impl Run<'_> {
         let value = f(self).map_err(|error| BuildError::Step {
             index: step.index(),
             name: step.name(),
-            error,
+            error: Box::new(error),
         })?;
         let elapsed = started.elapsed();
         self.steps.push((step, elapsed));
@@ -391,7 +382,7 @@ impl Run<'_> {
             overlay::write_files(&root, &fleet)?;
             // An empty machine-id: systemd makes a transient one per boot on the read-only root.
             fs::write(root.join("etc/machine-id"), b"")
-                .map_err(io("write", &root.join("etc/machine-id")))?;
+                .at("write", &root.join("etc/machine-id"))?;
             rootfs::check_libraries(&root, "/usr/bin/cairn-agent")?;
             let boot = rootfs::take_boot_files(&root, &work.join("boot"))?;
             for (from, to) in [
@@ -401,10 +392,10 @@ impl Run<'_> {
                     work.join("boot/systemd-bootx64.efi"),
                 ),
             ] {
-                fs::copy(root.join(from), &to).map_err(io(
+                fs::copy(root.join(from), &to).at(
                     "copy (is systemd-boot-efi in the recipe?)",
                     &root.join(from),
-                ))?;
+                )?;
             }
             let installed = rootfs::installed_packages(&root)?;
             let added: Vec<_> = static_files.iter().chain(fleet.iter()).cloned().collect();
@@ -555,7 +546,7 @@ impl Run<'_> {
         let out = self.options.out_dir.clone();
         self.step(Step::Publish, |_| {
             let mut names: Vec<String> = fs::read_dir(&final_dir)
-                .map_err(io("list", &final_dir))?
+                .at("list", &final_dir)?
                 .filter_map(|e| e.ok()?.file_name().into_string().ok())
                 .collect();
             names.sort();
@@ -563,7 +554,7 @@ impl Run<'_> {
             names.push("SHA256SUMS".into());
             for file in &names {
                 let to = out.join(file);
-                fs::rename(final_dir.join(file), &to).map_err(io("move into place", &to))?;
+                fs::rename(final_dir.join(file), &to).at("move into place", &to)?;
             }
             Ok(())
         })?;

@@ -19,8 +19,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_io::{FileError, PathContext};
+
 use crate::keys::UpdateKeys;
-use crate::tool::{Tool, ToolError};
+use crate::tool::{tool, FrozenClock, NoFaketime, ToolError};
 use crate::verity::{self, VerityError, BLOCK};
 
 /// The bundle could not be made or does not verify.
@@ -32,21 +34,15 @@ pub enum BundleError {
     /// The hash tree could not be made.
     #[error(transparent)]
     Verity(#[from] VerityError),
+    /// The root image or payload could not be hashed.
+    #[error(transparent)]
+    Hash(#[from] crate::publish::PublishError),
     /// File handling failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BundleError {
-    let path = path.to_path_buf();
-    move |source| BundleError::Io { what, path, source }
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A tool that must run with a frozen clock cannot.
+    #[error(transparent)]
+    NoFaketime(#[from] NoFaketime),
 }
 
 /// What goes into a bundle.
@@ -105,33 +101,28 @@ pub fn make_bundle(
 ) -> Result<(), BundleError> {
     let content = work.join("content");
     let _ = fs::remove_dir_all(&content);
-    fs::create_dir_all(&content).map_err(io("create", &content))?;
+    fs::create_dir_all(&content).at("create", &content)?;
     let root = content.join("root.img");
-    fs::copy(spec.root_image, &root).map_err(io("copy", spec.root_image))?;
-    fs::set_permissions(&root, fs::Permissions::from_mode(0o644)).map_err(io("chmod", &root))?;
-    let root_sha = crate::publish::sha256_file(&root).map_err(|e| BundleError::Io {
-        what: "hash",
-        path: root.clone(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let root_size = fs::metadata(&root).map_err(io("stat", &root))?.len();
+    fs::copy(spec.root_image, &root).at("copy", spec.root_image)?;
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o644)).at("chmod", &root)?;
+    let root_sha = crate::publish::sha256_file(&root)?;
+    let root_size = fs::metadata(&root).at("stat", &root)?.len();
     for (slot, uki) in spec.ukis {
         let dest = content.join(format!("uki-{slot}.efi"));
-        fs::copy(uki, &dest).map_err(io("copy", uki))?;
-        fs::set_permissions(&dest, fs::Permissions::from_mode(0o644))
-            .map_err(io("chmod", &dest))?;
+        fs::copy(uki, &dest).at("copy", uki)?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o644)).at("chmod", &dest)?;
     }
     let hook = content.join("hook");
-    fs::write(&hook, SLOT_HOOK).map_err(io("write", &hook))?;
-    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).map_err(io("chmod", &hook))?;
+    fs::write(&hook, SLOT_HOOK).at("write", &hook)?;
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755)).at("chmod", &hook)?;
     let plain = manifest(spec, &root_sha, root_size);
     let manifest_path = content.join("manifest.raucm");
-    fs::write(&manifest_path, &plain).map_err(io("write", &manifest_path))?;
+    fs::write(&manifest_path, &plain).at("write", &manifest_path)?;
 
     let payload = work.join("bundle.payload");
     let _ = fs::remove_file(&payload);
     let epoch = spec.epoch.to_string();
-    Tool::new("mksquashfs")
+    tool("mksquashfs")
         .timeout(Duration::from_secs(900))
         .arg(&content)
         .arg(&payload)
@@ -147,9 +138,9 @@ pub fn make_bundle(
         .args(["-all-time", &epoch, "-mkfs-time", &epoch])
         .env_remove("SOURCE_DATE_EPOCH")
         .run()?;
-    let payload_size = fs::metadata(&payload).map_err(io("stat", &payload))?.len();
+    let payload_size = fs::metadata(&payload).at("stat", &payload)?.len();
     let salt = derive_salt(&payload)?;
-    let out_verity = Tool::new("veritysetup")
+    let out_verity = tool("veritysetup")
         .args([
             "format",
             "--no-superblock",
@@ -163,21 +154,22 @@ pub fn make_bundle(
         .arg(&payload)
         .arg(&payload)
         .run()?;
+    let verity_out = out_verity.stdout_text();
     let verity_hash =
-        verity::parse_root_hash(&out_verity.stdout).ok_or(VerityError::NoRootHash {
-            output: out_verity.stdout.clone(),
+        verity::parse_root_hash(&verity_out).ok_or_else(|| VerityError::NoRootHash {
+            output: verity_out.clone(),
         })?;
-    let verity_size = fs::metadata(&payload).map_err(io("stat", &payload))?.len() - payload_size;
+    let verity_size = fs::metadata(&payload).at("stat", &payload)?.len() - payload_size;
 
     let signed = work.join("manifest.signed");
     fs::write(
         &signed,
         signed_manifest(&plain, &verity_hash, &salt, verity_size),
     )
-    .map_err(io("write", &signed))?;
+    .at("write", &signed)?;
     let signature = work.join("manifest.cms");
-    Tool::new("openssl")
-        .frozen_clock(spec.epoch)
+    tool("openssl")
+        .frozen_clock(spec.epoch)?
         .args([
             "cms",
             "-sign",
@@ -198,30 +190,25 @@ pub fn make_bundle(
         .arg("-out")
         .arg(&signature)
         .run()?;
-    let sig = fs::read(&signature).map_err(io("read", &signature))?;
+    let sig = fs::read(&signature).at("read", &signature)?;
     {
         let mut file = fs::OpenOptions::new()
             .append(true)
             .open(&payload)
-            .map_err(io("open", &payload))?;
-        file.write_all(&sig)
-            .map_err(io("append signature to", &payload))?;
+            .at("open", &payload)?;
+        file.write_all(&sig).at("append signature to", &payload)?;
         file.write_all(&(sig.len() as u64).to_be_bytes())
-            .map_err(io("append signature to", &payload))?;
-        file.sync_all().map_err(io("sync", &payload))?;
+            .at("append signature to", &payload)?;
+        file.sync_all().at("sync", &payload)?;
     }
     check_with_rauc(&payload, spec.compatible, &keys.cert, work)?;
-    fs::rename(&payload, out).map_err(io("move", out))?;
+    fs::rename(&payload, out).at("move", out)?;
     Ok(())
 }
 
 /// The verity salt: SHA256 of the payload, so it is fixed for fixed content.
 fn derive_salt(payload: &Path) -> Result<String, BundleError> {
-    crate::publish::sha256_file(payload).map_err(|e| BundleError::Io {
-        what: "hash",
-        path: payload.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    Ok(crate::publish::sha256_file(payload)?)
 }
 
 /// `rauc info` with a keyring of `cert` (check-purpose=codesign): the signature must verify.
@@ -232,7 +219,7 @@ pub fn check_with_rauc(
     work: &Path,
 ) -> Result<String, BundleError> {
     // rauc resolves a relative keyring path against the config file's directory.
-    let cert = &fs::canonicalize(cert).map_err(io("find", cert))?;
+    let cert = &fs::canonicalize(cert).at("find", cert)?;
     let conf = work.join("rauc-check.conf");
     fs::write(
         &conf,
@@ -242,13 +229,13 @@ pub fn check_with_rauc(
             cert.display()
         ),
     )
-    .map_err(io("write", &conf))?;
-    let out = Tool::new("rauc")
+    .at("write", &conf)?;
+    let out = tool("rauc")
         .arg(format!("--conf={}", conf.display()))
         .arg("info")
         .arg(bundle)
         .run()?;
-    Ok(out.stdout)
+    Ok(out.stdout_text())
 }
 
 #[cfg(test)]
@@ -335,19 +322,16 @@ mod tests {
         assert!(info.contains("Hooks:     post-install"), "{info}");
         // The payload holds the UKIs and an executable hook.
         if crate::tool::is_installed("unsquashfs") {
-            let out = Tool::new("unsquashfs")
+            let out = tool("unsquashfs")
                 .arg("-lls")
                 .arg(dir.path().join("one.raucb"))
                 .run()
                 .unwrap();
+            let listing = out.stdout_text();
             for name in ["uki-a.efi", "uki-b.efi", "root.img"] {
-                assert!(out.stdout.contains(name), "{name} missing: {}", out.stdout);
+                assert!(listing.contains(name), "{name} missing: {listing}");
             }
-            assert!(
-                out.stdout.contains("-rwxr-xr-x root/root"),
-                "{}",
-                out.stdout
-            );
+            assert!(listing.contains("-rwxr-xr-x root/root"), "{listing}");
         }
         // Another key's certificate must not verify it.
         let other = crate::keys::generate(&dir.path().join("other"), "other").unwrap();

@@ -3,10 +3,12 @@
 //! copied in at their offsets. Unwritten space stays a hole in the sparse file (bmaptool skips it).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use cairn_io::{FileError, PathContext};
 
 use crate::recipe::Partitions;
-use crate::tool::{Tool, ToolError};
+use crate::tool::{tool, ToolError};
 
 const MIB: u64 = 1 << 20;
 const SECTOR: u64 = 512;
@@ -22,15 +24,8 @@ pub enum DiskError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     /// File handling failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Content larger than its partition.
     #[error("{name} content is {size} bytes but the partition holds {capacity}: raise its size in the recipe [partitions]")]
     TooLarge {
@@ -41,11 +36,6 @@ pub enum DiskError {
         /// Partition size.
         capacity: u64,
     },
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DiskError {
-    let path = path.to_path_buf();
-    move |source| DiskError::Io { what, path, source }
 }
 
 /// One partition's place on the disk.
@@ -132,7 +122,7 @@ pub fn make_disk(
     work: &Path,
 ) -> Result<(), DiskError> {
     for (name, file) in contents {
-        let size = fs::metadata(file).map_err(io("read", file))?.len();
+        let size = fs::metadata(file).at("read", file)?.len();
         let capacity = layout.get(name).map(|p| p.size).unwrap_or(0);
         if size > capacity {
             return Err(DiskError::TooLarge {
@@ -143,13 +133,13 @@ pub fn make_disk(
         }
     }
     let _ = fs::remove_file(out);
-    let disk = fs::File::create(out).map_err(io("create", out))?;
-    disk.set_len(layout.size).map_err(io("size", out))?;
+    let disk = fs::File::create(out).at("create", out)?;
+    disk.set_len(layout.size).at("set the size of", out)?;
     drop(disk);
-    fs::create_dir_all(work).map_err(io("create", work))?;
+    fs::create_dir_all(work).at("create", work)?;
     let script = work.join("sfdisk.script");
-    fs::write(&script, sfdisk_script(layout, disk_guid)).map_err(io("write", &script))?;
-    Tool::new("sfdisk")
+    fs::write(&script, sfdisk_script(layout, disk_guid)).at("write", &script)?;
+    tool("sfdisk")
         .args([
             "--no-reread",
             "--no-tell-kernel",
@@ -163,7 +153,7 @@ pub fn make_disk(
     for (name, file) in contents {
         let part = layout.get(name).expect("checked above");
         // dd conv=sparse seeks over all-zero blocks, so they stay holes in the image.
-        Tool::new("dd")
+        tool("dd")
             .arg(format!("if={}", file.display()))
             .arg(format!("of={}", out.display()))
             .args(["bs=1M", "conv=notrunc,sparse,fsync", "status=none"])
@@ -219,12 +209,12 @@ mod tests {
         fs::write(&root, b"ROOTDATA").unwrap();
         let out = dir.path().join("disk.img");
         make_disk(&out, &l, &p.disk_guid, &[("root-a", &root)], dir.path()).unwrap();
-        let dump = Tool::new("sfdisk")
+        let dump = tool("sfdisk")
             .arg("--dump")
             .arg(&out)
             .run()
             .unwrap()
-            .stdout;
+            .stdout_text();
         assert!(dump.contains(&p.disk_guid.to_ascii_uppercase()), "{dump}");
         assert!(dump.contains("name=\"data\""), "{dump}");
         let bytes = fs::read(&out).unwrap();

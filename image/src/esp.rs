@@ -15,7 +15,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::tool::{Tool, ToolError};
+use cairn_io::{FileError, PathContext};
+
+use crate::tool::{tool, FrozenClock, NoFaketime, ToolError};
 
 /// The ESP could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -24,15 +26,11 @@ pub enum EspError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     /// Staging the files failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A tool that must run with a frozen clock cannot.
+    #[error(transparent)]
+    NoFaketime(#[from] NoFaketime),
     /// The files do not fit.
     #[error("the ESP content needs {needed} MiB but partitions.esp_mib is {size}: raise it in the recipe")]
     TooSmall {
@@ -41,11 +39,6 @@ pub enum EspError {
         /// The configured size.
         size: u64,
     },
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EspError {
-    let path = path.to_path_buf();
-    move |source| EspError::Io { what, path, source }
 }
 
 /// What goes onto the ESP.
@@ -109,13 +102,13 @@ pub fn make_esp(
     let _ = fs::remove_dir_all(stage);
     let copy = |from: &Path, to: &str| -> Result<u64, EspError> {
         let dest = stage.join(to.trim_start_matches('/'));
-        fs::create_dir_all(dest.parent().expect("has parent")).map_err(io("create", &dest))?;
-        fs::copy(from, &dest).map_err(io("copy", from))
+        fs::create_dir_all(dest.parent().expect("has parent")).at("create", &dest)?;
+        Ok(fs::copy(from, &dest).at("copy", from)?)
     };
     let write = |to: &str, text: &str| -> Result<u64, EspError> {
         let dest = stage.join(to);
-        fs::create_dir_all(dest.parent().expect("has parent")).map_err(io("create", &dest))?;
-        fs::write(&dest, text).map_err(io("write", &dest))?;
+        fs::create_dir_all(dest.parent().expect("has parent")).at("create", &dest)?;
+        fs::write(&dest, text).at("write", &dest)?;
         Ok(text.len() as u64)
     };
     let mut bytes = copy(&contents.bootloader, "EFI/BOOT/BOOTX64.EFI")?;
@@ -137,10 +130,10 @@ pub fn make_esp(
     set_times(stage, epoch)?;
 
     let _ = fs::remove_file(out);
-    let file = fs::File::create(out).map_err(io("create", out))?;
-    file.set_len(size_mib << 20).map_err(io("size", out))?;
+    let file = fs::File::create(out).at("create", out)?;
+    file.set_len(size_mib << 20).at("set the size of", out)?;
     drop(file);
-    Tool::new("mkfs.vfat")
+    tool("mkfs.vfat")
         .args([
             "--invariant",
             "-F",
@@ -155,13 +148,13 @@ pub fn make_esp(
         .arg(out)
         .run()?;
     let mut sources: Vec<PathBuf> = fs::read_dir(stage)
-        .map_err(io("list", stage))?
+        .at("list", stage)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()
-        .map_err(io("list", stage))?;
+        .at("list", stage)?;
     sources.sort();
-    Tool::new("mcopy")
-        .frozen_clock(epoch)
+    tool("mcopy")
+        .frozen_clock(epoch)?
         .env("MTOOLS_SKIP_CHECK", "1")
         .args(["-s", "-m", "-Q", "-i"])
         .arg(out)
@@ -174,20 +167,20 @@ pub fn make_esp(
 /// Set the modification time of everything under `dir` (and `dir`) to `epoch`.
 fn set_times(dir: &Path, epoch: i64) -> Result<(), EspError> {
     let time = SystemTime::UNIX_EPOCH + Duration::from_secs(epoch.max(0) as u64);
-    for entry in fs::read_dir(dir).map_err(io("list", dir))? {
-        let path = entry.map_err(io("list", dir))?.path();
+    for entry in fs::read_dir(dir).at("list", dir)? {
+        let path = entry.at("list", dir)?.path();
         if path.is_dir() {
             set_times(&path, epoch)?;
         } else {
             let f = fs::File::options()
                 .write(true)
                 .open(&path)
-                .map_err(io("open", &path))?;
-            f.set_modified(time).map_err(io("set mtime", &path))?;
+                .at("open", &path)?;
+            f.set_modified(time).at("set mtime", &path)?;
         }
     }
-    let f = fs::File::open(dir).map_err(io("open", dir))?;
-    f.set_modified(time).map_err(io("set mtime", dir))?;
+    let f = fs::File::open(dir).at("open", dir)?;
+    f.set_modified(time).at("set mtime", dir)?;
     Ok(())
 }
 
@@ -261,14 +254,14 @@ mod tests {
             "two ESP images from the same files differ"
         );
         let out = dir.path().join("one.img");
-        let listing = Tool::new("mdir")
+        let listing = tool("mdir")
             .env("MTOOLS_SKIP_CHECK", "1")
             .arg("-i")
             .arg(&out)
             .args(["-/", "-b", "::/"])
             .run()
             .unwrap()
-            .stdout;
+            .stdout_text();
         assert!(
             listing.contains("BOOTX64.EFI") && listing.contains("cairn-a+3-0.conf"),
             "{listing}"

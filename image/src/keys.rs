@@ -6,7 +6,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::tool::{Tool, ToolError};
+use cairn_io::{FileError, PathContext};
+
+use crate::tool::{tool, ToolError};
 
 /// File name of the update signing key in a keys directory.
 pub const UPDATE_KEY: &str = "update.key.pem";
@@ -20,13 +22,8 @@ pub enum KeysError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     /// The directory could not be prepared.
-    #[error("cannot prepare {path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// Keys are already there.
     #[error("{path} already exists: refusing to overwrite a key (remove it first)")]
     Exists {
@@ -59,18 +56,14 @@ impl UpdateKeys {
 /// RSA (PKCS#1 v1.5) because its signatures are deterministic: the same bundle signed twice is
 /// bit-identical. ECDSA in OpenSSL 3.0 uses a random nonce, which would break reproducible bundles.
 pub fn generate(dir: &Path, common_name: &str) -> Result<UpdateKeys, KeysError> {
-    let ioerr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| KeysError::Io { path, source }
-    };
-    fs::create_dir_all(dir).map_err(ioerr(dir))?;
+    fs::create_dir_all(dir).at("create", dir)?;
     let keys = UpdateKeys::in_dir(dir);
     for path in [&keys.key, &keys.cert] {
         if path.exists() {
             return Err(KeysError::Exists { path: path.clone() });
         }
     }
-    Tool::new("openssl")
+    tool("openssl")
         .args([
             "genpkey",
             "-algorithm",
@@ -81,8 +74,8 @@ pub fn generate(dir: &Path, common_name: &str) -> Result<UpdateKeys, KeysError> 
         ])
         .arg(&keys.key)
         .run()?;
-    fs::set_permissions(&keys.key, fs::Permissions::from_mode(0o600)).map_err(ioerr(&keys.key))?;
-    Tool::new("openssl")
+    fs::set_permissions(&keys.key, fs::Permissions::from_mode(0o600)).at("chmod", &keys.key)?;
+    tool("openssl")
         .args(["req", "-new", "-x509", "-sha256", "-days", "3650", "-key"])
         .arg(&keys.key)
         .arg("-out")
@@ -113,12 +106,13 @@ mod tests {
             fs::metadata(&keys.key).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let text = Tool::new("openssl")
+        let text = tool("openssl")
             .args(["x509", "-noout", "-text", "-in"])
             .arg(&keys.cert)
             .run()
             .unwrap();
-        assert!(text.stdout.contains("Code Signing"), "{}", text.stdout);
+        let text = text.stdout_text();
+        assert!(text.contains("Code Signing"), "{text}");
         assert!(matches!(
             generate(dir.path(), "again"),
             Err(KeysError::Exists { .. })

@@ -11,7 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::tool::{Tool, ToolError};
+use cairn_io::{FileError, PathContext};
+
+use crate::tool::{tool, ToolError};
 
 /// A release file could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -20,20 +22,13 @@ pub enum PublishError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     /// Reading or writing failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
 }
 
 /// Compress `image` to `out` (zstd -3, 1 GiB window, single thread: deterministic).
 pub fn compress(image: &Path, out: &Path) -> Result<(), PublishError> {
-    Tool::new("zstd")
+    tool("zstd")
         .timeout(Duration::from_secs(1200))
         .args(["-3", "--long=30", "-T1", "-q", "-f", "--no-progress", "-o"])
         .arg(out)
@@ -44,7 +39,7 @@ pub fn compress(image: &Path, out: &Path) -> Result<(), PublishError> {
 
 /// Write the block map of the sparse `image` to `out`.
 pub fn bmap(image: &Path, out: &Path) -> Result<(), PublishError> {
-    Tool::new("bmaptool")
+    tool("bmaptool")
         .timeout(Duration::from_secs(600))
         .args(["create", "-o"])
         .arg(out)
@@ -55,19 +50,20 @@ pub fn bmap(image: &Path, out: &Path) -> Result<(), PublishError> {
 
 /// SHA256 of a file, hex (sha256sum: fast even in unoptimized builds of this crate).
 pub fn sha256_file(path: &Path) -> Result<String, PublishError> {
-    let out = Tool::new("sha256sum").arg("--binary").arg(path).run()?;
-    let hex = out
-        .stdout
+    let out = tool("sha256sum").arg("--binary").arg(path).run()?;
+    let stdout = out.stdout_text();
+    let hex = stdout
         .split_whitespace()
         .next()
         .unwrap_or_default()
         .to_string();
     if hex.len() != 64 {
-        return Err(PublishError::Io {
-            what: "hash",
-            path: path.to_path_buf(),
-            source: std::io::Error::other(format!("unexpected sha256sum output {:?}", out.stdout)),
-        });
+        return Err(FileError::new(
+            "hash",
+            path,
+            std::io::Error::other(format!("unexpected sha256sum output {stdout:?}")),
+        )
+        .into());
     }
     Ok(hex)
 }
@@ -81,11 +77,7 @@ pub fn sha256sums(dir: &Path, names: &[String]) -> Result<PathBuf, PublishError>
         text.push_str(&format!("{}  {name}\n", sha256_file(&dir.join(name))?));
     }
     let out = dir.join("SHA256SUMS");
-    fs::write(&out, text).map_err(|source| PublishError::Io {
-        what: "write",
-        path: out.clone(),
-        source,
-    })?;
+    fs::write(&out, text).at("write", &out)?;
     Ok(out)
 }
 

@@ -8,10 +8,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_io::{FileError, PathContext};
+
 use crate::lock::{self, Lock, LockError};
 use crate::overlay::{self, OsFile, OverlayError};
 use crate::recipe::Recipe;
-use crate::tool::{Tool, ToolError};
+use crate::tool::{tool, Tool, ToolError};
 
 /// Bump when the way the cached tarball is made changes.
 const CACHE_FORMAT: &str = "cairn-rootfs-v1";
@@ -37,15 +39,8 @@ pub enum RootfsError {
     #[error(transparent)]
     Overlay(#[from] OverlayError),
     /// Local file handling failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The root has no kernel or initramfs.
     #[error("no {what} in {dir}: is linux-image-amd64 in the recipe's packages and did update-initramfs run?")]
     MissingBootFile {
@@ -64,14 +59,9 @@ pub enum RootfsError {
     },
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError {
-    let path = path.to_path_buf();
-    move |source| RootfsError::Io { what, path, source }
-}
-
 /// The common mmdebstrap command for a recipe (without hooks, target and mirrors).
 fn mmdebstrap_base(recipe: &Recipe) -> Tool {
-    Tool::new("mmdebstrap")
+    tool("mmdebstrap")
         .timeout(MMDEBSTRAP_TIMEOUT)
         .env(
             "SOURCE_DATE_EPOCH",
@@ -104,11 +94,11 @@ fn sh_quote(path: &Path) -> String {
 /// Resolve the recipe's packages against the live mirror and return the full installed set with
 /// versions and .deb digests (what `cairn-image lock` writes). Runs a throwaway mmdebstrap.
 pub fn resolve_lock(recipe: &Recipe, work: &Path) -> Result<Lock, RootfsError> {
-    fs::create_dir_all(work).map_err(io("create", work))?;
+    fs::create_dir_all(work).at("create", work)?;
     let listing = work.join("packages.txt");
     let tar = work.join("lock-root.tar");
     let script = work.join("list-packages.sh");
-    fs::write(&script, LIST_PACKAGES_SH).map_err(io("write", &script))?;
+    fs::write(&script, LIST_PACKAGES_SH).at("write", &script)?;
     mmdebstrap_base(recipe)
         .arg(format!(
             "--customize-hook=copy-in {} /tmp/",
@@ -124,7 +114,7 @@ pub fn resolve_lock(recipe: &Recipe, work: &Path) -> Result<Lock, RootfsError> {
         .args(&recipe.debian.mirrors)
         .run()?;
     let _ = fs::remove_file(&tar);
-    let text = fs::read_to_string(&listing).map_err(io("read", &listing))?;
+    let text = fs::read_to_string(&listing).at("read", &listing)?;
     Ok(lock::from_listing(&text, &listing)?)
 }
 
@@ -172,11 +162,10 @@ pub fn bootstrap(
     let overlay_dir = work.join("overlay");
     for dir in [&setup, &overlay_dir] {
         let _ = fs::remove_dir_all(dir);
-        fs::create_dir_all(dir).map_err(io("create", dir))?;
+        fs::create_dir_all(dir).at("create", dir)?;
     }
-    fs::write(setup.join("cairn.conf"), overlay::INITRAMFS_CONF).map_err(io("write", &setup))?;
-    fs::write(setup.join("cairn-lock.pref"), lock.apt_preferences())
-        .map_err(io("write", &setup))?;
+    fs::write(setup.join("cairn.conf"), overlay::INITRAMFS_CONF).at("write", &setup)?;
+    fs::write(setup.join("cairn-lock.pref"), lock.apt_preferences()).at("write", &setup)?;
     overlay::write_files(&overlay_dir, static_files)?;
     let tar = work.join("rootfs.tar");
     let _ = fs::remove_file(&tar);
@@ -200,11 +189,11 @@ pub fn bootstrap(
         .args(&recipe.debian.mirrors)
         .run()?;
     if let Some(cache) = cache_dir {
-        fs::create_dir_all(cache).map_err(io("create cache dir", cache))?;
+        fs::create_dir_all(cache).at("create cache dir", cache)?;
         let cached = cache.join(format!("rootfs-{key}.tar"));
         let tmp = cache.join(format!(".rootfs-{key}.tar.{}", std::process::id()));
-        fs::copy(&tar, &tmp).map_err(io("copy into cache", &tmp))?;
-        fs::rename(&tmp, &cached).map_err(io("rename into cache", &cached))?;
+        fs::copy(&tar, &tmp).at("copy into cache", &tmp)?;
+        fs::rename(&tmp, &cached).at("rename into cache", &cached)?;
         prune_cache(cache, &cached);
     }
     Ok((tar, false))
@@ -241,8 +230,8 @@ fn prune_cache(cache: &Path, keep: &Path) {
 /// Unpack a root tarball (owners, modes and xattrs kept) into `dest`.
 pub fn extract(tar: &Path, dest: &Path) -> Result<(), RootfsError> {
     let _ = fs::remove_dir_all(dest);
-    fs::create_dir_all(dest).map_err(io("create", dest))?;
-    Tool::new("tar")
+    fs::create_dir_all(dest).at("create", dest)?;
+    tool("tar")
         .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
         .arg(tar)
         .arg("-C")
@@ -254,7 +243,7 @@ pub fn extract(tar: &Path, dest: &Path) -> Result<(), RootfsError> {
 /// Installed packages (name to version) from the root's dpkg status file.
 pub fn installed_packages(root: &Path) -> Result<BTreeMap<String, InstalledPackage>, RootfsError> {
     let status = root.join("var/lib/dpkg/status");
-    let text = fs::read_to_string(&status).map_err(io("read", &status))?;
+    let text = fs::read_to_string(&status).at("read", &status)?;
     Ok(parse_dpkg_status(&text))
 }
 
@@ -308,15 +297,12 @@ pub fn check_lock(root: &Path, lock: &Lock, lock_path: &Path) -> Result<(), Root
 
 /// Check `binary` (a path inside the root) finds all its shared libraries there.
 pub fn check_libraries(root: &Path, binary: &str) -> Result<(), RootfsError> {
-    let out = Tool::new("chroot")
+    let out = tool("chroot")
         .arg(root)
         .args(["/usr/bin/ldd", binary])
         .run()?;
-    let missing: Vec<&str> = out
-        .stdout
-        .lines()
-        .filter(|l| l.contains("not found"))
-        .collect();
+    let stdout = out.stdout_text();
+    let missing: Vec<&str> = stdout.lines().filter(|l| l.contains("not found")).collect();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -343,7 +329,7 @@ pub struct BootFiles {
 pub fn take_boot_files(root: &Path, dest: &Path) -> Result<BootFiles, RootfsError> {
     let boot = root.join("boot");
     let mut kernels: Vec<String> = fs::read_dir(&boot)
-        .map_err(io("list", &boot))?
+        .at("list", &boot)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter_map(|name| name.strip_prefix("vmlinuz-").map(str::to_string))
         .collect();
@@ -360,22 +346,22 @@ pub fn take_boot_files(root: &Path, dest: &Path) -> Result<BootFiles, RootfsErro
             dir: boot,
         });
     }
-    fs::create_dir_all(dest).map_err(io("create", dest))?;
+    fs::create_dir_all(dest).at("create", dest)?;
     let kernel = dest.join("vmlinuz");
     let initrd = dest.join("initrd.img");
-    fs::copy(&kernel_src, &kernel).map_err(io("copy", &kernel_src))?;
-    fs::copy(&initrd_src, &initrd).map_err(io("copy", &initrd_src))?;
-    for entry in fs::read_dir(&boot).map_err(io("list", &boot))?.flatten() {
+    fs::copy(&kernel_src, &kernel).at("copy", &kernel_src)?;
+    fs::copy(&initrd_src, &initrd).at("copy", &initrd_src)?;
+    for entry in fs::read_dir(&boot).at("list", &boot)?.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with("vmlinuz-") || name.starts_with("initrd.img-") {
-            fs::remove_file(&path).map_err(io("remove", &path))?;
+            fs::remove_file(&path).at("remove", &path)?;
         }
     }
     for link in ["vmlinuz", "vmlinuz.old", "initrd.img", "initrd.img.old"] {
         let path = root.join(link);
         if fs::symlink_metadata(&path).is_ok() {
-            fs::remove_file(&path).map_err(io("remove", &path))?;
+            fs::remove_file(&path).at("remove", &path)?;
         }
     }
     Ok(BootFiles {

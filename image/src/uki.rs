@@ -7,8 +7,10 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use cairn_io::{FileError, PathContext};
+
 use crate::pe::{self, PeError};
-use crate::tool::{Tool, ToolError};
+use crate::tool::{tool, FrozenClock, NoFaketime, ToolError};
 
 /// OVMF's snakeoil Secure Boot key (Debian package `ovmf`; enrolled in PK, KEK and db of
 /// OVMF_VARS_4M.snakeoil.fd). For tests only: its private key is public.
@@ -37,26 +39,17 @@ pub enum UkiError {
         source: PeError,
     },
     /// File handling failed.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A tool that must run with a frozen clock cannot.
+    #[error(transparent)]
+    NoFaketime(#[from] NoFaketime),
     /// The signing key is encrypted and no passphrase was given.
     #[error("Secure Boot key {path} is encrypted: give its passphrase with --sb-key-pass / CAIRN_SB_KEY_PASS")]
     NeedsPassphrase {
         /// The key.
         path: PathBuf,
     },
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> UkiError {
-    let path = path.to_path_buf();
-    move |source| UkiError::Io { what, path, source }
 }
 
 /// A Secure Boot signing key ready for sbsign (decrypted into the private work dir if needed).
@@ -76,13 +69,13 @@ pub fn prepare_signing_key(
     pass: Option<&str>,
     work: &Path,
 ) -> Result<SigningKey, UkiError> {
-    let text = fs::read_to_string(key).map_err(io("read Secure Boot key", key))?;
-    fs::metadata(cert).map_err(io("read Secure Boot certificate", cert))?;
+    let text = fs::read_to_string(key).at("read Secure Boot key", key)?;
+    fs::metadata(cert).at("read Secure Boot certificate", cert)?;
     let out = work.join("sb.key");
-    fs::create_dir_all(work).map_err(io("create", work))?;
+    fs::create_dir_all(work).at("create", work)?;
     let _ = fs::remove_file(&out);
-    fs::write(&out, b"").map_err(io("create", &out))?;
-    fs::set_permissions(&out, fs::Permissions::from_mode(0o600)).map_err(io("chmod", &out))?;
+    fs::write(&out, b"").at("create", &out)?;
+    fs::set_permissions(&out, fs::Permissions::from_mode(0o600)).at("chmod", &out)?;
     let pass = if text.contains("ENCRYPTED") {
         match pass {
             Some(p) => p.to_string(),
@@ -96,7 +89,7 @@ pub fn prepare_signing_key(
     } else {
         String::new()
     };
-    Tool::new("openssl")
+    tool("openssl")
         .arg("pkey")
         .arg("-in")
         .arg(key)
@@ -128,16 +121,16 @@ pub struct UkiParts<'a> {
 
 /// Build an unsigned, reproducible UKI at `out` (scratch files go to `work`).
 pub fn build_unsigned(parts: &UkiParts<'_>, out: &Path, work: &Path) -> Result<(), UkiError> {
-    fs::create_dir_all(work).map_err(io("create", work))?;
-    let stub = fs::read(parts.stub).map_err(io("read EFI stub", parts.stub))?;
+    fs::create_dir_all(work).at("create", work)?;
+    let stub = fs::read(parts.stub).at("read EFI stub", parts.stub)?;
     let layout = pe::layout(&stub).map_err(|source| UkiError::Pe {
         path: parts.stub.to_path_buf(),
         source,
     })?;
     let osrel = work.join("osrel");
     let cmdline = work.join("cmdline");
-    fs::write(&osrel, parts.os_release).map_err(io("write", &osrel))?;
-    fs::write(&cmdline, parts.cmdline.as_bytes()).map_err(io("write", &cmdline))?;
+    fs::write(&osrel, parts.os_release).at("write", &osrel)?;
+    fs::write(&cmdline, parts.cmdline.as_bytes()).at("write", &cmdline)?;
     let sections: [(&str, &Path); 4] = [
         (".osrel", &osrel),
         (".cmdline", &cmdline),
@@ -146,9 +139,9 @@ pub fn build_unsigned(parts: &UkiParts<'_>, out: &Path, work: &Path) -> Result<(
     ];
     let sizes = sections
         .iter()
-        .map(|(_, file)| Ok(fs::metadata(file).map_err(io("read", file))?.len()))
+        .map(|(_, file)| Ok(fs::metadata(file).at("read", file)?.len()))
         .collect::<Result<Vec<u64>, UkiError>>()?;
-    let mut tool = Tool::new("objcopy");
+    let mut tool = tool("objcopy");
     for ((name, file), address) in sections.iter().zip(pe::append_addresses(&layout, sizes)) {
         tool = tool
             .arg("--add-section")
@@ -158,20 +151,20 @@ pub fn build_unsigned(parts: &UkiParts<'_>, out: &Path, work: &Path) -> Result<(
     }
     let _ = fs::remove_file(out);
     tool.arg(parts.stub).arg(out).run()?;
-    let mut bytes = fs::read(out).map_err(io("read", out))?;
+    let mut bytes = fs::read(out).at("read", out)?;
     pe::normalize(&mut bytes, 0).map_err(|source| UkiError::Pe {
         path: out.to_path_buf(),
         source,
     })?;
-    fs::write(out, bytes).map_err(io("write", out))?;
+    fs::write(out, bytes).at("write", out)?;
     Ok(())
 }
 
 /// Sign an EFI binary for Secure Boot with the clock frozen at `epoch`.
 pub fn sign(input: &Path, output: &Path, key: &SigningKey, epoch: i64) -> Result<(), UkiError> {
     let _ = fs::remove_file(output);
-    Tool::new("sbsign")
-        .frozen_clock(epoch)
+    tool("sbsign")
+        .frozen_clock(epoch)?
         .arg("--key")
         .arg(&key.key)
         .arg("--cert")
@@ -180,7 +173,7 @@ pub fn sign(input: &Path, output: &Path, key: &SigningKey, epoch: i64) -> Result
         .arg(output)
         .arg(input)
         .run()?;
-    Tool::new("sbverify")
+    tool("sbverify")
         .arg("--cert")
         .arg(&key.cert)
         .arg(output)
@@ -255,12 +248,12 @@ mod tests {
             signed[0] == signed[1],
             "two signed UKIs from the same inputs differ"
         );
-        let sections = Tool::new("objdump")
+        let sections = tool("objdump")
             .arg("-h")
             .arg(dir.path().join("one.efi"))
             .run()
             .unwrap()
-            .stdout;
+            .stdout_text();
         for name in [".osrel", ".cmdline", ".initrd", ".linux"] {
             assert!(sections.contains(name), "{name} missing:\n{sections}");
         }

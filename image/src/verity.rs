@@ -6,7 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::tool::{Tool, ToolError};
+use cairn_io::{FileError, PathContext};
+
+use crate::tool::{tool, ToolError};
 
 /// dm-verity data and hash block size.
 pub const BLOCK: u64 = 4096;
@@ -18,13 +20,8 @@ pub enum VerityError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     /// A file could not be inspected.
-    #[error("cannot inspect {path}: {source}")]
-    Io {
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The squashfs is not a whole number of blocks.
     #[error(
         "squashfs {path} is {size} bytes, not a multiple of {BLOCK}: mksquashfs padding is off"
@@ -66,7 +63,7 @@ pub fn make_squashfs(
 ) -> Result<(), VerityError> {
     let _ = fs::remove_file(out);
     let epoch = epoch.to_string();
-    let mut tool = Tool::new("mksquashfs")
+    let mut tool = tool("mksquashfs")
         .timeout(Duration::from_secs(900))
         .arg(root)
         .arg(out)
@@ -96,7 +93,7 @@ pub fn append_hash_tree(
             size,
         });
     }
-    let out = Tool::new("veritysetup")
+    let out = tool("veritysetup")
         .arg("format")
         .arg(format!("--data-blocks={}", size / BLOCK))
         .arg(format!("--hash-offset={size}"))
@@ -110,8 +107,9 @@ pub fn append_hash_tree(
         .arg(image)
         .arg(image)
         .run()?;
-    let root_hash = parse_root_hash(&out.stdout).ok_or(VerityError::NoRootHash {
-        output: out.stdout.clone(),
+    let stdout = out.stdout_text();
+    let root_hash = parse_root_hash(&stdout).ok_or_else(|| VerityError::NoRootHash {
+        output: stdout.clone(),
     })?;
     Ok(RootImage {
         path: image.to_path_buf(),
@@ -132,7 +130,7 @@ pub fn parse_root_hash(output: &str) -> Option<String> {
 
 /// Check an image against a root hash in user space (`veritysetup verify`, no device-mapper).
 pub fn verify(image: &RootImage) -> Result<(), VerityError> {
-    Tool::new("veritysetup")
+    tool("veritysetup")
         .arg("verify")
         .arg(format!("--hash-offset={}", image.hash_offset))
         .arg(&image.path)
@@ -143,12 +141,7 @@ pub fn verify(image: &RootImage) -> Result<(), VerityError> {
 }
 
 fn file_size(path: &Path) -> Result<u64, VerityError> {
-    fs::metadata(path)
-        .map(|m| m.len())
-        .map_err(|source| VerityError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+    Ok(fs::metadata(path).at("read the size of", path)?.len())
 }
 
 #[cfg(test)]
