@@ -13,8 +13,6 @@ use rcgen::{
 use rustls_pki_types::CertificateSigningRequestDer;
 use time::{Duration, OffsetDateTime};
 
-use crate::files::{write_private_file, write_public_file};
-
 /// Why a certificate operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
@@ -115,15 +113,17 @@ impl FleetCa {
         params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
         params.serial_number = Some(random_serial());
         let cert = params.self_signed(&key)?;
-        write_private_file(&key_path, key.serialize_pem().as_bytes()).map_err(|source| {
+        cairn_io::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(|e| {
             CaError::Io {
                 path: key_path.clone(),
-                source,
+                source: e.source,
             }
         })?;
-        write_public_file(&cert_path, cert.pem().as_bytes()).map_err(|source| CaError::Io {
-            path: cert_path.clone(),
-            source,
+        cairn_io::write_atomic(&cert_path, cert.pem().as_bytes(), 0o644).map_err(|e| {
+            CaError::Io {
+                path: cert_path.clone(),
+                source: e.source,
+            }
         })?;
         tracing::info!(cert = %cert_path.display(), "created fleet CA");
         Ok(Self {

@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::files::write_private_file;
-
 /// File name of the escrow key in `data_dir`.
 pub const ESCROW_KEY_FILE: &str = "escrow.key";
 const KEY_LEN: usize = 32;
@@ -75,7 +73,7 @@ impl EscrowKey {
                 SystemRandom::new()
                     .fill(&mut fresh)
                     .map_err(|_| EscrowError::Random)?;
-                write_private_file(&path, &fresh).map_err(io)?;
+                cairn_io::write_atomic(&path, &fresh, 0o600).map_err(|e| io(e.source))?;
                 tracing::info!(path = %path.display(), "created the recovery-key escrow key");
                 fresh
             }

@@ -9,7 +9,6 @@ pub mod config;
 pub mod enroll;
 pub mod escrow;
 pub mod events;
-pub mod files;
 pub mod grpc;
 pub mod logs;
 pub mod metrics;
@@ -176,9 +175,9 @@ pub fn ca_cert_path(config: &CentralConfig) -> PathBuf {
 #[tracing::instrument(name = "central.start", skip_all, fields(data_dir = %config.data_dir.display()))]
 pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     config.validate()?;
-    files::create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+    cairn_io::create_private_dir(&config.data_dir).map_err(|e| StartError::DataDir {
         path: config.data_dir.clone(),
-        source,
+        source: e.source,
     })?;
     // On the blocking pool: PostgreSQL's sync client runs its own runtime, which must not be
     // entered from this async task (SQLite's open and migrations block on the disk as well).
@@ -312,8 +311,8 @@ async fn bootstrap_admin_token(
         }
         let tx = conn.transaction()?;
         let (token, secret) = store::tokens::create_api_token(&tx, "bootstrap-admin", store::Role::Admin)?;
-        files::write_private_file(&path, format!("{secret}\n").as_bytes())
-            .map_err(|source| store::StoreError::Worker(format!("{}: {source}", path.display())))?;
+        cairn_io::write_atomic(&path, format!("{secret}\n").as_bytes(), 0o600)
+            .map_err(|e| store::StoreError::Worker(e.to_string()))?;
         store::audit::record(&tx, "central", "api_token.create", &token.id, "bootstrap admin token")?;
         tx.commit()?;
         tracing::info!(path = %path.display(), "wrote the bootstrap admin API token (mode 0600)");

@@ -3,13 +3,15 @@
 //! An upload streams into a temp file in the same directory while it is hashed, is checked with
 //! `rauc info` against the configured update keyring and compatible, and is then renamed to its
 //! content address (the same bytes twice end in the same file). A temp file is removed when its
-//! upload fails or is dropped (client gone), and stale ones are swept at start.
+//! upload fails or is dropped (client gone), and stale ones (of uploads, and the dot files of
+//! atomic writes) are swept at start.
 
 pub mod rauc;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_io::{FileError, PathContext};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -100,9 +102,14 @@ impl From<rauc::RaucError> for BundleError {
     }
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BundleError {
-    let path = path.to_owned();
-    move |source| BundleError::Io { what, path, source }
+impl From<FileError> for BundleError {
+    fn from(e: FileError) -> Self {
+        BundleError::Io {
+            what: e.action,
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 /// True for a lower-case 64-character hex SHA-256.
@@ -188,7 +195,7 @@ impl Upload {
         }
         self.hasher.update(chunk);
         let path = self.temp.0.as_deref().unwrap_or(Path::new("?"));
-        self.file.write_all(chunk).await.map_err(io("write", path))
+        Ok(self.file.write_all(chunk).await.at("write", path)?)
     }
 }
 
@@ -198,16 +205,15 @@ impl BundleFiles {
     #[tracing::instrument(name = "bundles.open", skip_all, fields(data_dir = %config.data_dir.display()))]
     pub fn open(config: &CentralConfig) -> Result<Self, BundleError> {
         let dir = config.data_dir.join(DIR_NAME);
-        crate::files::create_private_dir(&dir).map_err(io("create", &dir))?;
-        for entry in std::fs::read_dir(&dir).map_err(io("list", &dir))? {
-            let entry = entry.map_err(io("list", &dir))?;
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(UPLOAD_PREFIX)
-            {
-                tracing::info!(path = %entry.path().display(), "removing the temp file of an interrupted upload");
-                std::fs::remove_file(entry.path()).map_err(io("remove", &entry.path()))?;
+        cairn_io::create_private_dir(&dir)?;
+        for entry in std::fs::read_dir(&dir).at("list", &dir)? {
+            let entry = entry.at("list", &dir)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            // Only temp files start with a dot here: cairn_io::write_atomic names them so.
+            if name.starts_with(UPLOAD_PREFIX) || name.starts_with('.') {
+                tracing::info!(path = %entry.path().display(), "removing the temp file of an interrupted upload or write");
+                std::fs::remove_file(entry.path()).at("remove", &entry.path())?;
             }
         }
         let verification = match (&config.update_keyring, &config.update_compatible) {
@@ -221,14 +227,13 @@ impl BundleFiles {
             )),
             (Some(keyring), Some(compatible)) => {
                 // rauc resolves a relative keyring path against the config file's directory.
-                let keyring =
-                    std::fs::canonicalize(keyring).map_err(io("find update_keyring", keyring))?;
+                let keyring = std::fs::canonicalize(keyring).at("find update_keyring", keyring)?;
                 let conf = dir.join(VERIFY_CONF);
-                crate::files::write_public_file(
+                cairn_io::write_atomic(
                     &conf,
                     rauc::verify_config(&keyring, compatible).as_bytes(),
-                )
-                .map_err(io("write", &conf))?;
+                    0o644,
+                )?;
                 Ok(Verification {
                     conf,
                     compatible: compatible.clone(),
@@ -253,14 +258,6 @@ impl BundleFiles {
         self.dir.join(format!("sha256-{sha256}.cdcidx"))
     }
 
-    /// A new temp file name in the bundles directory (swept at start if left behind).
-    pub fn temp_path(&self, what: &str) -> PathBuf {
-        self.dir.join(format!(
-            "{UPLOAD_PREFIX}{what}-{}.tmp",
-            hex::encode(rand::random::<[u8; 8]>())
-        ))
-    }
-
     /// Largest upload accepted.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
@@ -283,7 +280,7 @@ impl BundleFiles {
         match tokio::fs::read(&cached).await {
             Ok(bytes) => return Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io("read", &cached)(e)),
+            Err(e) => return Err(FileError::new("read", &cached, e).into()),
         }
         let path = self.path(sha256);
         let source = path.clone();
@@ -291,35 +288,25 @@ impl BundleFiles {
             cairn_delta::Index::build_file(&source).map(|i| i.encode())
         })
         .await
-        .map_err(|e| io("index", &path)(std::io::Error::other(e)))?
+        .map_err(|e| FileError::new("index", &path, std::io::Error::other(e)))?
         .map_err(|source| BundleError::Index {
             path: path.clone(),
             source,
         })?;
         let _guard = self.publish.lock().await;
         if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
-            return Err(io("index", &path)(std::io::Error::from(
-                std::io::ErrorKind::NotFound,
-            )));
+            return Err(FileError::new(
+                "index",
+                &path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+            .into());
         }
-        let temp = self.temp_path("index");
-        let (bytes, dir, target) = (encoded.clone(), self.dir.clone(), cached.clone());
-        tokio::task::spawn_blocking(move || {
-            let written = (|| {
-                use std::io::Write;
-                let mut file = std::fs::File::create(&temp)?;
-                file.write_all(&bytes)?;
-                file.sync_all()?;
-                std::fs::rename(&temp, &target)?;
-                std::fs::File::open(&dir)?.sync_all()
-            })();
-            if written.is_err() {
-                let _ = std::fs::remove_file(&temp);
-            }
-            written.map_err(io("write the index", &target))
-        })
-        .await
-        .map_err(|e| io("write the index", &cached)(std::io::Error::other(e)))??;
+        let (bytes, target) = (encoded.clone(), cached.clone());
+        // 0o666 before the umask, as File::create made it.
+        tokio::task::spawn_blocking(move || cairn_io::write_atomic(&target, &bytes, 0o666))
+            .await
+            .map_err(|e| FileError::new("write the index", &cached, std::io::Error::other(e)))??;
         tracing::info!(bytes = encoded.len(), "bundle indexed");
         Ok(encoded)
     }
@@ -336,7 +323,7 @@ impl BundleFiles {
             .create_new(true)
             .open(&path)
             .await
-            .map_err(io("create", &path))?;
+            .at("create", &path)?;
         Ok(Upload {
             file,
             hasher: Sha256::new(),
@@ -355,7 +342,7 @@ impl BundleFiles {
             .as_ref()
             .map_err(|&(field, hint)| BundleError::NotConfigured { field, hint })?;
         let path = upload.temp.0.clone().unwrap_or_default();
-        upload.file.sync_all().await.map_err(io("sync", &path))?;
+        upload.file.sync_all().await.at("sync", &path)?;
         drop(upload.file);
         let info = rauc::info(&verification.conf, &path, RAUC_TIMEOUT).await?;
         if info.compatible != verification.compatible {
@@ -395,10 +382,10 @@ impl BundleFiles {
         let dir = self.dir.clone();
         let moved = to.clone();
         tokio::task::spawn_blocking(move || {
-            std::fs::rename(&from, &moved).map_err(io("move the upload to", &moved))?;
+            std::fs::rename(&from, &moved).at("move the upload to", &moved)?;
             std::fs::File::open(&dir)
                 .and_then(|d| d.sync_all())
-                .map_err(io("sync", &dir))
+                .at("sync", &dir)
         })
         .await
         .map_err(|e| {
@@ -408,7 +395,7 @@ impl BundleFiles {
                 source: std::io::Error::other(e),
             })
         })?
-        .map_err(PublishError::Bundle)?;
+        .map_err(|e| PublishError::Bundle(e.into()))?;
         bundle.temp.keep();
         // On failure the file stays: it is complete and verified, and an earlier upload's row
         // may point at it; a retry of the upload records it.
@@ -430,7 +417,11 @@ impl BundleFiles {
         match tokio::fs::remove_file(&index).await {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(PublishError::Bundle(io("remove", &index)(e))),
+            Err(e) => {
+                return Err(PublishError::Bundle(
+                    FileError::new("remove", &index, e).into(),
+                ))
+            }
         }
         let path = self.path(sha256);
         match tokio::fs::remove_file(&path).await {
@@ -439,7 +430,9 @@ impl BundleFiles {
                 tracing::warn!(path = %path.display(), "bundle file was already gone");
                 Ok(true)
             }
-            Err(e) => Err(PublishError::Bundle(io("remove", &path)(e))),
+            Err(e) => Err(PublishError::Bundle(
+                FileError::new("remove", &path, e).into(),
+            )),
         }
     }
 }

@@ -1,12 +1,12 @@
-//! The one way central runs `rauc`: `rauc --conf=<verify conf> info --output-format=json BUNDLE`,
-//! which checks the bundle's CMS signature against the update keyring and prints its manifest.
-//! The command line is logged, stderr captured, a timeout applied (the child is killed when it
-//! runs out or the caller goes away), and failures map to [`RaucError`].
+//! How central runs `rauc`: `rauc --conf=<verify conf> info --output-format=json BUNDLE`, which
+//! checks the bundle's CMS signature against the update keyring and prints its manifest. It runs
+//! through [`cairn_io::Tool`] on the blocking pool (command line logged, stderr captured, killed
+//! with its process group at the timeout), and failures map to [`RaucError`].
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
+use cairn_io::{Tool, ToolError};
 use serde::Deserialize;
 
 /// Longest part of rauc's stderr quoted in an error.
@@ -15,21 +15,18 @@ const REASON_CHARS: usize = 1000;
 /// `rauc info` could not run, or it refused the bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum RaucError {
-    /// The program is not on PATH.
-    #[error("`rauc` is not installed on the central host (or not on PATH); install rauc 1.8 or newer so uploaded bundles can be verified")]
-    NotInstalled,
-    /// It could not be started.
-    #[error("could not start `rauc`: {0}")]
-    Spawn(std::io::Error),
+    /// It is not installed, could not be started, or did not finish in time and was killed.
+    #[error(transparent)]
+    Run(ToolError),
     /// It ran and refused the bundle (bad signature, not a bundle, unreadable manifest...).
     #[error("{reason}")]
     Refused {
         /// What rauc said, without its informational lines.
         reason: String,
     },
-    /// It did not finish in time and was killed.
-    #[error("`rauc info` did not finish within {} s and was killed; check the central host's load and disk", .0.as_secs())]
-    TimedOut(Duration),
+    /// The blocking task running it ended without an answer (central is shutting down).
+    #[error("`rauc info` stopped before it answered ({0}); upload the bundle again")]
+    Stopped(String),
     /// It succeeded but printed something other than its JSON manifest summary.
     #[error("`rauc info` printed output central cannot read ({0}); check that rauc is version 1.8 or newer")]
     Output(String),
@@ -57,30 +54,26 @@ pub fn verify_config(keyring: &Path, compatible: &str) -> String {
 /// Run `rauc info` on `bundle` with the verification config `conf`.
 #[tracing::instrument(name = "rauc.info", skip_all, fields(bundle = %bundle.display()))]
 pub async fn info(conf: &Path, bundle: &Path, timeout: Duration) -> Result<RaucInfo, RaucError> {
-    let mut command = tokio::process::Command::new("rauc");
-    command
+    let rauc = Tool::new("rauc")
+        .purpose("verify an uploaded bundle")
+        .install_hint(
+            "install rauc 1.8 or newer on the central host so uploaded bundles can be verified",
+        )
         .arg(format!("--conf={}", conf.display()))
         .args(["info", "--output-format=json"])
         .arg(bundle)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    tracing::info!(command = ?command.as_std(), "run");
-    let child = command.spawn().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => RaucError::NotInstalled,
-        _ => RaucError::Spawn(e),
-    })?;
-    // Dropping the wait future on timeout drops the child, which kills it (kill_on_drop).
-    let output = tokio::time::timeout(timeout, child.wait_with_output())
+        .timeout(timeout);
+    let output = tokio::task::spawn_blocking(move || rauc.run())
         .await
-        .map_err(|_| RaucError::TimedOut(timeout))?
-        .map_err(RaucError::Spawn)?;
-    if !output.status.success() {
-        let reason = refusal_reason(&String::from_utf8_lossy(&output.stderr));
-        tracing::info!(status = %output.status, %reason, "rauc refused the bundle");
-        return Err(RaucError::Refused { reason });
-    }
+        .map_err(|e| RaucError::Stopped(e.to_string()))?
+        .map_err(|e| match e {
+            ToolError::Failed { stderr, status, .. } => {
+                let reason = refusal_reason(&stderr);
+                tracing::info!(%status, %reason, "rauc refused the bundle");
+                RaucError::Refused { reason }
+            }
+            other => RaucError::Run(other),
+        })?;
     serde_json::from_slice(&output.stdout).map_err(|e| RaucError::Output(e.to_string()))
 }
 
