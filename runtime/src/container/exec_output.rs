@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -134,13 +133,7 @@ impl Drop for ExecOutput {
 
 fn mkfifo(path: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidInput, "path holds a NUL byte")
-    })?;
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    rustix::fs::mkfifoat(rustix::fs::CWD, path, rustix::fs::Mode::from(0o600))?;
     Ok(())
 }
 
@@ -163,7 +156,7 @@ fn drain(fifo: &Path) -> std::io::Result<Vec<u8>> {
 fn release(fifo: &Path) {
     let _ = std::fs::OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(fifo);
 }
 

@@ -1,34 +1,29 @@
-//! The one wrapper through which the network code runs external programs (CNI plugins, `ip`):
-//! logs the command, feeds stdin, captures stdout and stderr, and applies a timeout (the child is
-//! killed when it passes).
+//! How the network code runs external programs (CNI plugins, `ip`, `iptables`):
+//! [`cairn_io::Tool`] on the blocking pool, with only `PATH` and the caller's variables in the
+//! environment, stdin fed, stdout and stderr captured, and a timeout after which the program's
+//! process group is killed.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tracing::debug;
+use cairn_io::Tool;
 
 /// Errors running an external program (a non-zero exit is not an error here: callers read the
 /// output, since CNI plugins report failures as JSON on stdout).
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    /// The program could not be started.
-    #[error("cannot run {program}: {source}; check that it is installed and executable")]
-    Spawn {
+    /// The program could not be started, did not finish in time and was killed, or was ended by
+    /// a signal (boxed: it carries the command line and stderr).
+    #[error(transparent)]
+    Run(Box<cairn_io::ToolError>),
+    /// The blocking task running it ended without an answer (the runtime is shutting down).
+    #[error("{program} stopped before it finished ({reason}); retry")]
+    Stopped {
         /// The program.
         program: PathBuf,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// The program did not finish in time and was killed.
-    #[error("{program} did not finish within {timeout:?} and was killed; check the system's load and the program's own logs")]
-    Timeout {
-        /// The program.
-        program: PathBuf,
-        /// The timeout.
-        timeout: Duration,
+        /// Why the task ended.
+        reason: String,
     },
 }
 
@@ -37,7 +32,7 @@ pub enum CommandError {
 pub(crate) struct Finished {
     /// Whether it exited with status 0.
     pub success: bool,
-    /// Its exit code (`None` when killed by a signal).
+    /// Its exit code.
     pub code: Option<i32>,
     /// Everything it wrote to stdout.
     pub stdout: Vec<u8>,
@@ -54,64 +49,30 @@ pub(crate) async fn run(
     stdin: &[u8],
     timeout: Duration,
 ) -> Result<Finished, CommandError> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", path)
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    debug!(program = %program.display(), ?args, "running");
-    let started = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| CommandError::Spawn {
-        program: program.to_path_buf(),
-        source,
-    })?;
-    let input = stdin.to_vec();
-    let mut pipe = child.stdin.take();
-    let feed = async move {
-        if let Some(pipe) = pipe.as_mut() {
-            // A program that exits without reading its input is not an error here.
-            let _ = pipe.write_all(&input).await;
-            let _ = pipe.shutdown().await;
-        }
-        drop(pipe);
-    };
-    let run = async {
-        let (_, out) = tokio::join!(feed, child.wait_with_output());
-        out
-    };
-    let output = match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(source)) => {
-            return Err(CommandError::Spawn {
-                program: program.to_path_buf(),
-                source,
-            })
-        }
-        Err(_) => {
-            return Err(CommandError::Timeout {
-                program: program.to_path_buf(),
-                timeout,
-            })
-        }
-    };
-    let finished = Finished {
-        success: output.status.success(),
-        code: output.status.code(),
+    // Every exit code is an answer here: the caller reads what the program printed.
+    let every_exit_code: Vec<i32> = (1..=255).collect();
+    let tool = env
+        .iter()
+        .fold(Tool::new(program).env_clear(), |tool, (key, value)| {
+            tool.env(key, value)
+        })
+        .args(args)
+        .stdin_bytes(stdin)
+        .accept_codes(&every_exit_code)
+        .timeout(timeout);
+    let output = tokio::task::spawn_blocking(move || tool.run())
+        .await
+        .map_err(|e| CommandError::Stopped {
+            program: program.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .map_err(|e| CommandError::Run(Box::new(e)))?;
+    Ok(Finished {
+        success: output.code == 0,
+        code: Some(output.code),
         stdout: output.stdout,
-        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-    };
-    debug!(
-        program = %program.display(),
-        code = ?finished.code,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "finished"
-    );
-    Ok(finished)
+        stderr: output.stderr.trim().to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -142,7 +103,10 @@ mod tests {
         let err = run(sh, &["-c", "sleep 5"], &[], b"", Duration::from_millis(100))
             .await
             .unwrap_err();
-        assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
+        assert!(
+            matches!(&err, CommandError::Run(e) if matches!(**e, cairn_io::ToolError::TimedOut { .. })),
+            "{err}"
+        );
         let err = run(
             Path::new("/nonexistent/x"),
             &[],

@@ -3,13 +3,13 @@
 //! the namespace alive without any process in it, so a container's task can exit and restart in
 //! the same namespace with the same address.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rustix::mount::UnmountFlags;
+
 /// `NSFS_MAGIC` from linux/magic.h: the file system type of a mounted namespace file.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
+const NSFS_MAGIC: rustix::fs::FsWord = 0x6e73_6673;
 
 /// Errors creating or removing a named network namespace.
 #[derive(Debug, thiserror::Error)]
@@ -32,21 +32,9 @@ pub enum NetnsError {
     },
 }
 
-fn c_path(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
-}
-
 /// Whether `path` is a mounted namespace file.
 pub(crate) fn is_netns(path: &Path) -> bool {
-    let Ok(c) = c_path(path) else {
-        return false;
-    };
-    // SAFETY: `c` is a valid NUL-terminated string and `buf` a properly sized out-parameter.
-    unsafe {
-        let mut buf: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut buf) == 0 && buf.f_type as i64 == NSFS_MAGIC
-    }
+    rustix::fs::statfs(path).is_ok_and(|fs| fs.f_type == NSFS_MAGIC)
 }
 
 /// Create a new network namespace and bind-mount it on `path` (creating the file and its
@@ -71,27 +59,15 @@ pub(crate) async fn create(path: &Path) -> Result<(), NetnsError> {
         .truncate(false)
         .open(path)
         .map_err(err)?;
-    let target = c_path(path).map_err(err)?;
+    let target = path.to_path_buf();
     let joined = tokio::task::spawn_blocking(move || {
         std::thread::spawn(move || -> io::Result<()> {
-            // SAFETY: plain syscalls on this thread with valid NUL-terminated strings; the thread
-            // ends right after, so its changed network namespace is never used again.
-            unsafe {
-                if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                let source = c"/proc/thread-self/ns/net";
-                if libc::mount(
-                    source.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            }
+            // SAFETY: kept unsafe because rustix's unshare is (unsharing the file descriptor
+            // table would let this thread see descriptors other threads do not); only the network
+            // namespace is unshared, and this thread ends right after, so its changed namespace
+            // is never used again.
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
+            rustix::mount::mount_bind("/proc/thread-self/ns/net", &target)?;
             Ok(())
         })
         .join()
@@ -120,16 +96,12 @@ pub(crate) fn remove(path: &Path) -> Result<(), NetnsError> {
         Err(e) => return Err(err(e)),
         Ok(_) => {}
     }
-    let c = c_path(path).map_err(err)?;
     // A file may carry the namespace mount more than once (e.g. two interrupted creates).
     while is_netns(path) {
-        // SAFETY: valid NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINVAL) {
-                break;
-            }
-            return Err(err(e));
+        match rustix::mount::unmount(path, UnmountFlags::DETACH) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::INVAL) => break,
+            Err(e) => return Err(err(e.into())),
         }
     }
     match std::fs::remove_file(path) {
@@ -143,8 +115,7 @@ mod tests {
     use super::*;
 
     fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions.
-        unsafe { libc::geteuid() == 0 }
+        rustix::process::geteuid().is_root()
     }
 
     #[tokio::test]
