@@ -12,6 +12,11 @@ use rcgen::{CertificateParams, KeyPair};
 use serde_json::{json, Value};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+/// A REST call that got no HTTP response (connection refused, reset mid-upload, timed out).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TransportError(Box<ureq::Transport>);
+
 /// A real central serving on loopback ports from a temporary data directory.
 pub struct TestCentral {
     /// The running central (None only during a restart).
@@ -183,7 +188,7 @@ impl TestCentral {
         method: &str,
         path: &str,
         body: Option<Value>,
-    ) -> Result<(u16, Value), String> {
+    ) -> Result<(u16, Value), TransportError> {
         tokio::task::block_in_place(|| self.try_call_blocking(token, method, path, body))
     }
 
@@ -193,7 +198,7 @@ impl TestCentral {
         method: &str,
         path: &str,
         body: Option<Value>,
-    ) -> Result<(u16, Value), String> {
+    ) -> Result<(u16, Value), TransportError> {
         let request = self
             .rest()
             .request(method, &self.rest_url(path))
@@ -205,7 +210,7 @@ impl TestCentral {
         let response = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(e.to_string()),
+            Err(ureq::Error::Transport(e)) => return Err(TransportError(Box::new(e))),
         };
         let status = response.status();
         Ok((status, response.into_json().unwrap_or(Value::Null)))

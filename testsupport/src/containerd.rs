@@ -1,11 +1,13 @@
 //! A real containerd (with runc) for host integration tests: its own config, root, state, socket
 //! and runc root under a temp dir, so it never touches a system containerd.
 
-use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use cairn_io::Tool;
+use rustix::process::{kill_process, Pid, Signal};
 
 /// How long to wait for a started containerd to serve its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -197,7 +199,13 @@ disabled_plugins = [
     fn remove_all_tasks(&self) {
         let socket = self.socket();
         let ctr = |args: &[&str]| {
-            run_with_timeout(Command::new("ctr").arg("--address").arg(&socket).args(args))
+            let out = Tool::new("ctr")
+                .arg("--address")
+                .arg(&socket)
+                .args(args)
+                .timeout(CTR_TIMEOUT)
+                .run();
+            out.ok().map(|out| out.stdout_text())
         };
         let Some(namespaces) = ctr(&["namespaces", "ls", "-q"]) else {
             return;
@@ -217,10 +225,7 @@ disabled_plugins = [
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
+        signal(child.id(), Signal::TERM);
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -251,10 +256,7 @@ disabled_plugins = [
             };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if cmdline.contains("containerd-shim") && cmdline.contains(&needle) {
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(pid.to_string())
-                    .status();
+                signal(pid, Signal::KILL);
             }
         }
     }
@@ -270,7 +272,7 @@ disabled_plugins = [
             .collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         for point in points {
-            let _ = Command::new("umount").arg("-l").arg(point).status();
+            let _ = rustix::mount::unmount(point, rustix::mount::UnmountFlags::DETACH);
         }
     }
 }
@@ -286,29 +288,10 @@ impl Drop for Containerd {
     }
 }
 
-/// Run a command with [`CTR_TIMEOUT`]; its stdout on success.
-fn run_with_timeout(cmd: &mut Command) -> Option<String> {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = Instant::now() + CTR_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let mut out = String::new();
-                child.stdout.take()?.read_to_string(&mut out).ok()?;
-                return status.success().then_some(out);
-            }
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
+/// Send `signal` to process `pid`, if it still exists.
+fn signal(pid: u32, signal: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, signal);
     }
 }
 

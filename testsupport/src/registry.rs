@@ -4,8 +4,10 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use cairn_io::{FileError, PathContext};
 
 use crate::ports::free_port;
 
@@ -13,6 +15,40 @@ use crate::ports::free_port;
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How many ports to try when another process takes the one we picked.
 const START_ATTEMPTS: usize = 5;
+
+/// Why one attempt to start the registry failed ([`Registry`] retries on another port).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// Its log file could not be created.
+    #[error(transparent)]
+    Log(#[from] FileError),
+    /// The log file handle could not be cloned for stderr.
+    #[error("cannot clone a file handle: {0}")]
+    CloneLog(#[source] std::io::Error),
+    /// docker-registry could not be run.
+    #[error("cannot run `docker-registry` (is the docker-registry package installed?): {0}")]
+    Spawn(#[source] std::io::Error),
+    /// It exited before it answered.
+    #[error("docker-registry on port {port} exited early with {status}\nlog:\n{log}")]
+    ExitedEarly {
+        /// Its port.
+        port: u16,
+        /// How it ended.
+        status: ExitStatus,
+        /// Its log.
+        log: String,
+    },
+    /// It did not answer in time (it was killed).
+    #[error("docker-registry on port {port} did not answer GET /v2/ with {expected} within {START_TIMEOUT:?}\nlog:\n{log}")]
+    NotAnswering {
+        /// Its port.
+        port: u16,
+        /// The status it should answer with.
+        expected: &'static str,
+        /// Its log.
+        log: String,
+    },
+}
 
 /// A running `docker-registry serve` on `127.0.0.1:<free port>`, plain HTTP, storage in a temp
 /// dir, deletes enabled. Optionally requires HTTP basic auth (htpasswd). Killed on drop.
@@ -83,7 +119,7 @@ impl Registry {
                         dir,
                     }
                 }
-                Err(why) => failures.push(why),
+                Err(why) => failures.push(why.to_string()),
             }
         }
         panic!(
@@ -119,14 +155,11 @@ fn write_config(dir: &Path, port: u16, auth: bool) -> std::path::PathBuf {
 }
 
 /// Spawn the registry on `port` and wait until `GET /v2/` answers (200, or 401 with auth).
-fn spawn_and_wait(dir: &Path, port: u16, auth: bool) -> Result<Child, String> {
+fn spawn_and_wait(dir: &Path, port: u16, auth: bool) -> Result<Child, StartError> {
     let config = write_config(dir, port, auth);
     let log_path = dir.join("registry.log");
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-    let log_err = log
-        .try_clone()
-        .map_err(|e| format!("cannot clone a file handle: {e}"))?;
+    let log = std::fs::File::create(&log_path).at("create", &log_path)?;
+    let log_err = log.try_clone().map_err(StartError::CloneLog)?;
     let mut child = Command::new("docker-registry")
         .arg("serve")
         .arg(&config)
@@ -134,17 +167,16 @@ fn spawn_and_wait(dir: &Path, port: u16, auth: bool) -> Result<Child, String> {
         .stdout(log)
         .stderr(log_err)
         .spawn()
-        .map_err(|e| {
-            format!("cannot run `docker-registry` (is the docker-registry package installed?): {e}")
-        })?;
+        .map_err(StartError::Spawn)?;
     let deadline = Instant::now() + START_TIMEOUT;
     let expected = if auth { "401" } else { "200" };
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "docker-registry on port {port} exited early with {status}\nlog:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            ));
+            return Err(StartError::ExitedEarly {
+                port,
+                status,
+                log: std::fs::read_to_string(&log_path).unwrap_or_default(),
+            });
         }
         if let Some(status) = get_v2_status(port) {
             if status == expected {
@@ -154,10 +186,11 @@ fn spawn_and_wait(dir: &Path, port: u16, auth: bool) -> Result<Child, String> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!(
-                "docker-registry on port {port} did not answer GET /v2/ with {expected} within {START_TIMEOUT:?}\nlog:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            ));
+            return Err(StartError::NotAnswering {
+                port,
+                expected,
+                log: std::fs::read_to_string(&log_path).unwrap_or_default(),
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::ports::{free_port, port_is_free, reserve};
@@ -16,6 +16,34 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 const START_ATTEMPTS: usize = 5;
 /// swtpm control channel command `CMD_SHUTDOWN` (swtpm's `tpm_ioctl.h`).
 const CTRL_CMD_SHUTDOWN: u32 = 3;
+
+/// Why one attempt to start swtpm failed ([`Swtpm`] retries on other ports).
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// swtpm could not be run.
+    #[error("cannot run `swtpm` (is the swtpm package installed?): {0}")]
+    Spawn(#[source] std::io::Error),
+    /// swtpm exited before it listened.
+    #[error("swtpm on port {port} exited early with {status}\n{diagnostics}")]
+    ExitedEarly {
+        /// Its server port.
+        port: u16,
+        /// How it ended.
+        status: ExitStatus,
+        /// Its stderr and log.
+        diagnostics: String,
+    },
+    /// swtpm did not listen in time (it was killed).
+    #[error(
+        "swtpm on port {port} did not accept connections within {START_TIMEOUT:?}\n{diagnostics}"
+    )]
+    NotListening {
+        /// Its server port.
+        port: u16,
+        /// Its stderr and log.
+        diagnostics: String,
+    },
+}
 
 /// Where a [`Swtpm`] keeps its TPM state: a temp dir it owns, or a dir the test owns.
 enum StateDir {
@@ -112,7 +140,7 @@ impl Swtpm {
                         state,
                     }
                 }
-                Err(why) => failures.push(why),
+                Err(why) => failures.push(why.to_string()),
             }
         }
         panic!(
@@ -156,7 +184,7 @@ fn free_port_pair() -> Option<u16> {
 
 /// Spawn swtpm on `port`/`port + 1` and wait until its server port accepts. On failure the child
 /// is reaped and the error carries its log.
-fn spawn_and_wait(dir: &Path, port: u16) -> Result<Child, String> {
+fn spawn_and_wait(dir: &Path, port: u16) -> Result<Child, StartError> {
     let log = dir.join("swtpm.log");
     let mut child = Command::new("swtpm")
         .arg("socket")
@@ -175,16 +203,17 @@ fn spawn_and_wait(dir: &Path, port: u16) -> Result<Child, String> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run `swtpm` (is the swtpm package installed?): {e}"))?;
+        .map_err(StartError::Spawn)?;
 
     let deadline = Instant::now() + START_TIMEOUT;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "swtpm on port {port} exited early with {status}\n{}",
-                diagnostics(&mut child, &log)
-            ));
+            return Err(StartError::ExitedEarly {
+                port,
+                status,
+                diagnostics: diagnostics(&mut child, &log),
+            });
         }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(child);
@@ -192,10 +221,10 @@ fn spawn_and_wait(dir: &Path, port: u16) -> Result<Child, String> {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(format!(
-                "swtpm on port {port} did not accept connections within {START_TIMEOUT:?}\n{}",
-                diagnostics(&mut child, &log)
-            ));
+            return Err(StartError::NotListening {
+                port,
+                diagnostics: diagnostics(&mut child, &log),
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }
