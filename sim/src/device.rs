@@ -14,7 +14,7 @@ use cairn_proto::v1::{
 use rand::Rng;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::connect;
+use crate::connect::{self, ConnectError};
 use crate::identity::DeviceIdentity;
 
 /// Config key the fan-out measurement sets; devices note when its value arrives. The
@@ -91,6 +91,32 @@ impl FleetShared {
     }
 }
 
+/// Why a device's Sync session ended (it reconnects with back-off).
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// The fleet's connect limiter was closed.
+    #[error(transparent)]
+    Limiter(#[from] tokio::sync::AcquireError),
+    /// The TLS channel could not be opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The Sync call got no answer in time.
+    #[error("Sync call took over 30 s")]
+    SyncTimeout,
+    /// Central refused the Sync call.
+    #[error("Sync refused: {0}")]
+    Refused(Box<tonic::Status>),
+    /// The task feeding the outbound stream is gone.
+    #[error("outbound stream closed")]
+    OutboundClosed,
+    /// The inbound stream failed.
+    #[error("stream ended: {0}")]
+    StreamEnded(Box<tonic::Status>),
+    /// Central ended the inbound stream.
+    #[error("central closed the stream")]
+    CentralClosed,
+}
+
 /// The OS status of a simulated device: running "sim" from slot a, nothing to update.
 fn os_status() -> OsStatus {
     OsStatus {
@@ -135,28 +161,23 @@ async fn session(
     shared: &FleetShared,
     slot: &DeviceSlot,
     seq: &mut u64,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let (tx, rx) = mpsc::channel(2);
     let mut inbound = {
-        let _permit = shared
-            .connecting
-            .acquire()
-            .await
-            .map_err(|e| e.to_string())?;
+        let _permit = shared.connecting.acquire().await?;
         let channel = connect::channel(
             grpc,
             source_ip,
             &shared.ca_pem,
             Some(identity.tls_identity()),
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let mut client = AgentClient::new(channel);
         let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
         tokio::time::timeout(Duration::from_secs(30), client.sync(outbound))
             .await
-            .map_err(|_| "Sync call took over 30 s".to_owned())?
-            .map_err(|s| format!("Sync refused: {s}"))?
+            .map_err(|_| SessionError::SyncTimeout)?
+            .map_err(|s| SessionError::Refused(Box::new(s)))?
             .into_inner()
     };
     // First heartbeat at a random point of the interval, so a fleet does not beat in step.
@@ -204,12 +225,14 @@ async fn session(
                 };
                 pending = Some((*seq, Instant::now()));
                 if tx.send(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(heartbeat)) }).await.is_err() {
-                    return Err("outbound stream closed".into());
+                    return Err(SessionError::OutboundClosed);
                 }
                 next += interval.mul_f64(rand::thread_rng().gen_range(0.9..1.1));
             }
             message = inbound.message() => {
-                let message = message.map_err(|s| format!("stream ended: {s}"))?.ok_or("central closed the stream")?;
+                let message = message
+                    .map_err(|s| SessionError::StreamEnded(Box::new(s)))?
+                    .ok_or(SessionError::CentralClosed)?;
                 match message.kind {
                     Some(central_message::Kind::Ack(ack)) => {
                         slot.acks.fetch_add(1, Ordering::Relaxed);
@@ -241,7 +264,7 @@ async fn session(
                             ..Default::default()
                         };
                         if tx.send(AgentMessage { kind: Some(agent_message::Kind::Reply(reply)) }).await.is_err() {
-                            return Err("outbound stream closed".into());
+                            return Err(SessionError::OutboundClosed);
                         }
                     }
                     None => {}
