@@ -5,12 +5,16 @@
 //!   the directory) and private directories.
 //! - [`tool`]: external programs ([`Tool`]) run with a timeout, their process group killed when
 //!   it passes, secrets only on stdin, and the end of their stderr in the error.
+//! - [`child`]: long-running children killed when the thread that started them ends
+//!   ([`die_with_parent`]).
 //!
 //! Architecture invariant: this crate knows nothing of Cairn's domain (devices, apps, TPMs); it
 //! depends on no other Cairn crate and on nothing async.
 
+pub mod child;
 pub mod file;
 pub mod tool;
 
+pub use child::die_with_parent;
 pub use file::{create_private_dir, write_atomic, FileError, PathContext};
 pub use tool::{Tool, ToolError, ToolOutput};

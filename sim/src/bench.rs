@@ -246,28 +246,21 @@ fn mib(bytes: u64) -> f64 {
 
 /// Raise RLIMIT_NOFILE (soft and, as root, hard) to at least `wanted`; returns the soft limit.
 pub fn raise_nofile(wanted: u64) -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    // `None` is RLIM_INFINITY.
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: Some(wanted),
+        maximum: limit.maximum.map(|hard| hard.max(wanted)),
     };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        let hard = limit.rlim_max.max(wanted as libc::rlim_t);
-        let raised = libc::rlimit {
-            rlim_cur: wanted as libc::rlim_t,
-            rlim_max: hard,
+    if setrlimit(Resource::Nofile, raised).is_err() {
+        let fallback = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
         };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            let fallback = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            libc::setrlimit(libc::RLIMIT_NOFILE, &fallback);
-        }
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let _ = setrlimit(Resource::Nofile, fallback);
     }
-    limit.rlim_cur
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// Run every size in turn.

@@ -137,7 +137,7 @@ impl CentralProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        die_with_parent(&mut command);
+        cairn_io::die_with_parent(&mut command);
         let child = command.spawn().map_err(|source| CentralError::Spawn {
             bin: bin.to_owned(),
             source,
@@ -196,8 +196,12 @@ impl CentralProcess {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }
-        // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(10) {
             if self.child.try_wait().ok().flatten().is_some() {
@@ -215,29 +219,6 @@ impl Drop for CentralProcess {
     /// running.
     fn drop(&mut self) {
         self.terminate();
-    }
-}
-
-/// Have the child started by `command` killed (SIGKILL) when the thread that started it ends,
-/// i.e. when the benchmark dies without stopping it (the runtime's threads live as long as the
-/// benchmark).
-pub fn die_with_parent(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 
@@ -267,7 +248,6 @@ pub fn cpu_seconds_of(stat_path: &str) -> f64 {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    // SAFETY: sysconf reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
     (ticks(14) + ticks(15)) as f64 / hz
 }

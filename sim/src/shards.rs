@@ -229,16 +229,8 @@ fn emit(event: &Event) {
 /// [`Command::Stop`]. Exits the process when stdin closes before that (the coordinator is
 /// gone). A failure is also reported as [`Event::Failed`].
 pub async fn run_worker(options: WorkerOptions) -> Result<(), ShardError> {
-    // SAFETY: prctl on this process; no memory is touched.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
+    // Ended with the coordinator even when it is killed without closing stdin.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let result = worker_steps(options).await;
     if let Err(e) = &result {
         emit(&Event::Failed {
@@ -502,19 +494,7 @@ impl Shards {
                 .stdout(std::process::Stdio::piped())
                 .stderr(log_file)
                 .kill_on_drop(true);
-            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(
-                        libc::PR_SET_PDEATHSIG,
-                        libc::SIGKILL as libc::c_ulong,
-                        0,
-                        0,
-                        0,
-                    );
-                    Ok(())
-                });
-            }
+            cairn_io::die_with_parent(command.as_std_mut());
             let mut child = command.spawn().map_err(|source| ShardError::Spawn {
                 bin: options.sim_bin.clone(),
                 source,
