@@ -81,21 +81,6 @@ impl Drop for WorkDir {
     }
 }
 
-/// Make a child process get SIGKILL when the process (thread) that started it dies, so a
-/// killed test or `cairn-vm` never leaves QEMU or swtpm running.
-pub(crate) fn kill_with_parent(command: &mut std::process::Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Marker printed on the console by the image once booted (see cairn-image's boot-report).
 pub const READY: &str = cairn_image::overlay::READY_MARKER;
 

@@ -62,7 +62,7 @@ impl QemuSwtpm {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        crate::kill_with_parent(&mut command);
+        cairn_io::die_with_parent(&mut command);
         let child = command.spawn().map_err(SwtpmError::Spawn)?;
         let mut tpm = QemuSwtpm {
             child,

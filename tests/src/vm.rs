@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_io::{FileError, PathContext, Tool, ToolError};
+
 use crate::swtpm::{QemuSwtpm, SwtpmError};
 
 /// OVMF code with Secure Boot support (needs SMM).
@@ -26,6 +28,8 @@ pub const GUEST_CENTRAL_URL: &str = "https://10.0.2.100:7443";
 pub const GUEST_REGISTRY: &str = "10.0.2.100:5000";
 /// What Linux prints as the last thing before a reboot resets the machine.
 const GUEST_REBOOTS: &str = "reboot: Restarting system";
+/// How long `qemu-img convert` may take to flatten a guest disk.
+const CONVERT_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Lines of serial log shown when a wait fails.
 const LOG_TAIL_LINES: usize = 100;
 
@@ -33,16 +37,12 @@ const LOG_TAIL_LINES: usize = 100;
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     /// A file could not be prepared.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A helper program failed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// A helper program (qemu-img, qemu-io) failed.
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    /// QEMU could not be started.
     #[error("`{command}` failed: {stderr}")]
     Command {
         /// The command.
@@ -63,11 +63,6 @@ pub enum VmError {
         /// Its last lines.
         tail: String,
     },
-}
-
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
-    let path = path.to_path_buf();
-    move |source| VmError::Io { what, path, source }
 }
 
 /// How to boot a guest.
@@ -151,10 +146,12 @@ fn firmware(secure_boot: bool) -> (&'static str, &'static str) {
 
 /// Flatten the guest disk left in `dir` to a raw file at `out` (what a thief would image).
 pub fn disk_to_raw(dir: &Path, out: &Path) -> Result<(), VmError> {
-    run(Command::new("qemu-img")
+    Tool::new("qemu-img")
         .args(["convert", "-f", "qcow2", "-O", "raw"])
         .arg(dir.join(DISK_FILE))
-        .arg(out))?;
+        .arg(out)
+        .timeout(CONVERT_TIMEOUT)
+        .run()?;
     Ok(())
 }
 
@@ -162,13 +159,13 @@ pub fn disk_to_raw(dir: &Path, out: &Path) -> Result<(), VmError> {
 pub fn find_bytes(path: &Path, needle: &[u8]) -> Result<Vec<u64>, VmError> {
     use std::io::Read;
     assert!(!needle.is_empty() && needle.len() < 4096);
-    let mut file = fs::File::open(path).map_err(io("open", path))?;
+    let mut file = fs::File::open(path).at("open", path)?;
     let mut found = Vec::new();
     let mut carry: Vec<u8> = Vec::new();
     let mut base = 0u64; // file offset of carry[0]
     let mut chunk = vec![0u8; 8 << 20];
     loop {
-        let n = file.read(&mut chunk).map_err(io("read", path))?;
+        let n = file.read(&mut chunk).at("read", path)?;
         if n == 0 {
             break;
         }
@@ -214,28 +211,13 @@ pub fn missing_prerequisites() -> Option<String> {
     None
 }
 
-fn run(command: &mut Command) -> Result<String, VmError> {
-    let line = format!("{command:?}");
-    let out = command.output().map_err(|e| VmError::Command {
-        command: line.clone(),
-        stderr: e.to_string(),
-    })?;
-    if !out.status.success() {
-        return Err(VmError::Command {
-            command: line,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Read one byte of a raw image.
 fn read_byte(image: &Path, offset: u64) -> Result<u8, VmError> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = fs::File::open(image).map_err(io("open", image))?;
-    f.seek(SeekFrom::Start(offset)).map_err(io("seek", image))?;
+    let mut f = fs::File::open(image).at("open", image)?;
+    f.seek(SeekFrom::Start(offset)).at("seek", image)?;
     let mut b = [0u8];
-    f.read_exact(&mut b).map_err(io("read", image))?;
+    f.read_exact(&mut b).at("read", image)?;
     Ok(b[0])
 }
 
@@ -243,35 +225,35 @@ impl Vm {
     /// Prepare the overlay, firmware variables and TPM, then start QEMU.
     pub fn boot(options: &VmOptions) -> Result<Vm, VmError> {
         let dir = &options.dir;
-        fs::create_dir_all(dir).map_err(io("create", dir))?;
-        let image = fs::canonicalize(&options.image).map_err(io("find image", &options.image))?;
+        fs::create_dir_all(dir).at("create", dir)?;
+        let image = fs::canonicalize(&options.image).at("find image", &options.image)?;
         let overlay = dir.join(DISK_FILE);
         if !(options.keep_disk && overlay.exists()) {
             let _ = fs::remove_file(&overlay);
-            let mut create = Command::new("qemu-img");
-            create
+            let mut create = Tool::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
                 .arg(&image)
                 .arg(&overlay);
             if let Some(mib) = options.disk_size_mib {
-                create.arg(format!("{mib}M"));
+                create = create.arg(format!("{mib}M"));
             }
-            run(&mut create)?;
+            create.run()?;
         }
         for &offset in &options.flip_bytes {
             let flipped = read_byte(&image, offset)? ^ 0xff;
-            run(Command::new("qemu-io")
+            Tool::new("qemu-io")
                 .args([
                     "-f",
                     "qcow2",
                     "-c",
                     &format!("write -P {flipped:#04x} {offset} 1"),
                 ])
-                .arg(&overlay))?;
+                .arg(&overlay)
+                .run()?;
         }
         let vars = dir.join(VARS_FILE);
         let (_, vars_template) = firmware(options.secure_boot);
-        fs::copy(vars_template, &vars).map_err(io("copy firmware variables to", &vars))?;
+        fs::copy(vars_template, &vars).at("copy firmware variables to", &vars)?;
         let serial_log = dir.join(SERIAL_FILE);
         let _ = fs::remove_file(&serial_log);
         let (qemu, tpm) = Vm::start(options)?;
@@ -307,6 +289,7 @@ impl Vm {
                 ",guestfwd=tcp:{GUEST_REGISTRY}-cmd:socat STDIO TCP:127.0.0.1:{port}"
             ));
         }
+        let qemu_stderr = dir.join("qemu.stderr");
         let mut qemu = Command::new("qemu-system-x86_64");
         qemu.args(["-accel", "tcg", "-machine", "q35,smm=on", "-cpu", "max"])
             .args([
@@ -370,9 +353,9 @@ impl Vm {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
-            fs::File::create(dir.join("qemu.stderr")).map_err(io("create", dir))?,
+            fs::File::create(&qemu_stderr).at("create", &qemu_stderr)?,
         ));
-        crate::kill_with_parent(&mut qemu);
+        cairn_io::die_with_parent(&mut qemu);
         let child = qemu.spawn().map_err(|e| VmError::Command {
             command: "qemu-system-x86_64".into(),
             stderr: format!("{e} (install qemu-system-x86)"),
