@@ -9,6 +9,8 @@ use std::io::{Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,9 @@ use zeroize::Zeroizing;
 const STDERR_TAIL_BYTES: usize = 4000;
 /// How often a running program is polled for exit.
 const POLL: Duration = Duration::from_millis(10);
+/// How long output is still read after the program ended: a process it left behind (in another
+/// session, out of reach of the group kill) may hold its pipes open for ever.
+const OUTPUT_GRACE: Duration = Duration::from_secs(2);
 /// Timeout when the caller sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -310,8 +315,9 @@ impl Tool {
         let stdout = drain(child.stdout.take());
         let stderr = drain(child.stderr.take());
         let status = self.wait(&mut child);
-        let stdout = stdout.join().unwrap_or_default();
-        let stderr = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+        let grace_ends = Instant::now() + OUTPUT_GRACE;
+        let stdout = stdout.collect(grace_ends);
+        let stderr = String::from_utf8_lossy(&stderr.collect(grace_ends)).into_owned();
         let fed = feeder.map(|f| f.join().unwrap_or(Ok(())));
         let status = status.map_err(|source| self.spawn_error(source))?;
         let Some(status) = status else {
@@ -442,14 +448,45 @@ fn feed(
     })
 }
 
-fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
+/// Output of one pipe, read on a thread as it comes.
+struct Drain {
+    read: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Drain {
+    /// What was read, once the pipe closed or at `grace_ends` (call after the exit).
+    fn collect(self, grace_ends: Instant) -> Vec<u8> {
+        let wait = grace_ends.saturating_duration_since(Instant::now());
+        if self.done.recv_timeout(wait).is_err() {
+            tracing::warn!("a process left behind keeps the output pipe open; using what was read");
         }
-        buf
-    })
+        std::mem::take(&mut *self.read.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> Drain {
+    let read = Arc::new(Mutex::new(Vec::new()));
+    let (sender, done) = mpsc::channel();
+    let buffer = read.clone();
+    thread::spawn(move || {
+        if let Some(mut pipe) = pipe {
+            let mut chunk = [0u8; 8192];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => buffer
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let _ = sender.send(());
+    });
+    Drain { read, done }
 }
 
 fn kill_group(pid: u32) {
@@ -589,6 +626,21 @@ mod tests {
         assert!(
             err.to_string().contains(&missing.display().to_string()),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_process_left_behind_holding_the_output_does_not_hold_the_run() {
+        let started = Instant::now();
+        let out = Tool::new("sh")
+            .args(["-c", "echo started; setsid sleep 30 & exit 0"])
+            .run()
+            .unwrap();
+        assert_eq!(out.stdout_text(), "started\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
         );
     }
 
