@@ -7,7 +7,9 @@ use cairn_proto::v1::HardwareFacts;
 
 use crate::ca::{verify_csr, CaError, FleetCa, IssuedCertificate, VerifiedCsr};
 use crate::store::devices::{self, DeviceFacts};
-use crate::store::{audit, new_id, now_unix, sha256_hex, tokens, DeviceStatus, Policy, StoreError};
+use crate::store::{
+    audit, new_id, now_unix, sha256_hex, tokens, DeviceStatus, EnrollmentPolicy, StoreError,
+};
 
 /// Why an enrollment or renewal was refused. Each message is sent to the device as is, so it
 /// says what to do and never echoes a secret.
@@ -169,7 +171,7 @@ pub fn enroll(
         // A known key: the same device asking again (pending poll, or it lost its certificate).
         let outcome = match device.status {
             DeviceStatus::Revoked => return Err(EnrollError::DeviceRevoked(device.id)),
-            DeviceStatus::Pending => EnrollOutcome::Pending {
+            DeviceStatus::Pending | DeviceStatus::Other(_) => EnrollOutcome::Pending {
                 device_id: device.id,
             },
             DeviceStatus::Active => {
@@ -189,9 +191,9 @@ pub fn enroll(
     if token.revoked {
         return Err(EnrollError::TokenRevoked(token.id));
     }
-    if token.expires_at <= now_unix() {
+    if token.expires_at.unix_seconds() <= now_unix() {
         return Err(EnrollError::TokenExpired {
-            at: crate::store::rfc3339::format(token.expires_at),
+            at: token.expires_at.to_string(),
             id: token.id,
         });
     }
@@ -200,7 +202,7 @@ pub fn enroll(
     }
     let device_id = new_id("dev");
     let claim = match token.policy {
-        Policy::Claim => {
+        EnrollmentPolicy::Claim => {
             let claim = tokens::matching_claim(&tx, &facts.serial, &facts.tpm_ek_sha256)?
                 .ok_or_else(|| EnrollError::NotClaimed {
                     serial: facts.serial.clone(),
@@ -218,14 +220,21 @@ pub fn enroll(
             }
             Some(claim.id)
         }
-        Policy::Auto | Policy::Manual => None,
+        _ => None,
     };
-    let status = if token.policy == Policy::Manual {
-        DeviceStatus::Pending
-    } else {
-        DeviceStatus::Active
+    // A policy this central does not know (never stored by it) admits nobody unattended.
+    let status = match token.policy {
+        EnrollmentPolicy::Auto | EnrollmentPolicy::Claim => DeviceStatus::Active,
+        _ => DeviceStatus::Pending,
     };
-    devices::insert(&tx, &device_id, status, &key_sha256, facts, &token.id)?;
+    devices::insert(
+        &tx,
+        &device_id,
+        status.clone(),
+        &key_sha256,
+        facts,
+        &token.id,
+    )?;
     tokens::use_enrollment_token(&tx, &token.id)?;
     if let Some(claim_id) = &claim {
         tokens::use_claim(&tx, claim_id, &device_id)?;
@@ -295,7 +304,9 @@ pub fn renew(
     match status {
         DeviceStatus::Active => {}
         DeviceStatus::Revoked => return Err(EnrollError::DeviceRevoked(device_id.into())),
-        DeviceStatus::Pending => return Err(EnrollError::DeviceNotActive(device_id.into())),
+        DeviceStatus::Pending | DeviceStatus::Other(_) => {
+            return Err(EnrollError::DeviceNotActive(device_id.into()))
+        }
     }
     if enrolled_key != sha256_hex(&csr.spki_der) {
         return Err(EnrollError::KeyMismatch);

@@ -369,7 +369,7 @@ mod tests {
         let down = app_transitions("dev_a", Some(&running), &exited);
         assert_eq!(down.len(), 1);
         assert_eq!(
-            (down[0].severity, down[0].message.as_str()),
+            (down[0].severity.clone(), down[0].message.as_str()),
             (
                 Severity::Error,
                 "service web/nginx running -> exited: exited with status 3"
@@ -378,7 +378,7 @@ mod tests {
         let up = app_transitions("dev_a", Some(&exited), &running);
         assert_eq!(
             (
-                up[0].severity,
+                up[0].severity.clone(),
                 up[0].kind.as_str(),
                 up[0].device_id.as_deref()
             ),

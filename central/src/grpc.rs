@@ -114,7 +114,9 @@ impl AgentService {
         match status {
             Some(DeviceStatus::Active) => Ok(device_id),
             Some(DeviceStatus::Revoked) => Err(EnrollError::DeviceRevoked(device_id).to_status()),
-            Some(DeviceStatus::Pending) => Err(EnrollError::DeviceNotActive(device_id).to_status()),
+            Some(DeviceStatus::Pending | DeviceStatus::Other(_)) => {
+                Err(EnrollError::DeviceNotActive(device_id).to_status())
+            }
             None => Err(Status::unauthenticated(format!(
                 "device {device_id} is not in the registry"
             ))),

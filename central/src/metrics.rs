@@ -176,7 +176,7 @@ pub async fn render(shared: &Shared) -> Result<String, StoreError> {
         "Devices of rollouts (all of them, finished included) by state.",
         &by_label(
             "state",
-            RolloutDeviceState::ALL.iter().map(|s| s.as_str()),
+            RolloutDeviceState::KNOWN.iter().map(|s| s.as_str()),
             &counts.rollout_devices_by_state,
         ),
     );

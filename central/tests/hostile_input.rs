@@ -227,7 +227,7 @@ async fn rest_refuses_bad_requests_with_clear_json_errors() {
     // The OpenAPI document is served without a token.
     let (status, doc) = central.call("", "GET", "/api/v1/openapi.json", None);
     assert_eq!(status, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
 
     // Every change above is in the audit log under its actor; secrets are not.
     let audit = central.admin_call("GET", "/api/v1/audit?limit=50", None);

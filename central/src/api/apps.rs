@@ -8,22 +8,22 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::Json;
+use cairn_api::{
+    AppDeployed, AppList, AppRemoved, AppStatus, AppWithStatus, PutApp, ServiceHealth,
+    ServiceState, ServiceStatus,
+};
 use cairn_compose::{AppSpec, SpecError};
-use cairn_proto::v1::{AppStatus, ServiceHealth, ServiceState};
+use cairn_proto::v1::{ServiceHealth as ReportedHealth, ServiceState as ReportedState};
 use cairn_proto::{MAX_COMPOSE_BYTES, MAX_DESIRED_STATE_BYTES};
 use prost::Message;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::{ApiError, Caller, ValidJson};
 use crate::grpc::desired_state;
 use crate::store::apps::{self, DesiredApp};
-use crate::store::{audit, deployments, devices, rfc3339, DeviceStatus, Role};
+use crate::store::{audit, deployments, devices, DeviceStatus, Role, Timestamp};
 use crate::Shared;
 
-type ApiResult = Result<axum::response::Response, ApiError>;
 type St = State<Arc<Shared>>;
 
 /// Largest `PUT .../apps/{name}` body: a [`MAX_COMPOSE_BYTES`] file even if JSON escaping
@@ -32,12 +32,6 @@ pub(super) const PUT_APP_BODY_BYTES: usize = 2 * MAX_COMPOSE_BYTES + 4096;
 
 /// Label of the compose text in validation errors (`compose_yaml:LINE: FIELD: problem`).
 const COMPOSE_LABEL: &str = "compose_yaml";
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PutApp {
-    compose_yaml: String,
-}
 
 /// Validate an app as the agent will: cairn-runtime's parser, size, no secrets yet.
 pub(super) fn validate(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
@@ -70,13 +64,31 @@ enum Deployed {
     },
 }
 
-/// `PUT /api/v1/devices/{id}/apps/{name}`: create or replace an app (operator).
+/// Create or replace an app on a device (operator); pushed to it at once when connected.
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{id}/apps/{name}",
+    tag = "apps",
+    params(
+        ("id" = String, Path, description = "Device id (`dev_…`)"),
+        ("name" = String, Path, description = "App name"),
+    ),
+    request_body = PutApp,
+    responses(
+        (status = 200, description = "Replaced, or unchanged (`changed` false)", body = AppDeployed),
+        (status = 201, description = "Created", body = AppDeployed),
+        (status = 400, description = "The Compose file or the app name is not valid, or too large"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such device"),
+        (status = 409, description = "The device is revoked, or a deployment owns this app name"),
+    )
+)]
 pub(super) async fn put_app(
     caller: Caller,
     State(shared): St,
     Path((id, name)): Path<(String, String)>,
     ValidJson(body): ValidJson<PutApp>,
-) -> ApiResult {
+) -> Result<(StatusCode, Json<AppDeployed>), ApiError> {
     caller.require(Role::Operator)?;
     validate(&name, &body.compose_yaml)?;
     let actor = caller.actor();
@@ -126,34 +138,57 @@ pub(super) async fn put_app(
         })
         .await??;
     match outcome {
-        Deployed::Unchanged(app, revision) => Ok(Json(
-            json!({ "app": app, "desired_revision": revision, "changed": false }),
-        )
-        .into_response()),
+        Deployed::Unchanged(app, desired_revision) => Ok((
+            StatusCode::OK,
+            Json(AppDeployed {
+                app,
+                desired_revision,
+                changed: false,
+            }),
+        )),
         Deployed::Changed {
             app,
             desired,
             created,
         } => {
-            let revision = desired.revision;
+            let desired_revision = desired.revision;
             shared.deliver(&device_id, desired).await;
             let status = if created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            let body = json!({ "app": app, "desired_revision": revision, "changed": true });
-            Ok((status, Json(body)).into_response())
+            let body = AppDeployed {
+                app,
+                desired_revision,
+                changed: true,
+            };
+            Ok((status, Json(body)))
         }
     }
 }
 
-/// `DELETE /api/v1/devices/{id}/apps/{name}`: remove an app (operator).
+/// Remove an app from a device (operator).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/devices/{id}/apps/{name}",
+    tag = "apps",
+    params(
+        ("id" = String, Path, description = "Device id (`dev_…`)"),
+        ("name" = String, Path, description = "App name"),
+    ),
+    responses(
+        (status = 200, description = "Removed", body = AppRemoved),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such device, or it has no such app"),
+        (status = 409, description = "A deployment owns this app: change the deployment"),
+    )
+)]
 pub(super) async fn delete_app(
     caller: Caller,
     State(shared): St,
     Path((id, name)): Path<(String, String)>,
-) -> ApiResult {
+) -> Result<Json<AppRemoved>, ApiError> {
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let device_id = id.clone();
@@ -190,63 +225,77 @@ pub(super) async fn delete_app(
             Ok(Ok(desired))
         })
         .await??;
-    let revision = desired.revision;
+    let desired_revision = desired.revision;
     shared.deliver(&device_id, desired).await;
-    Ok(Json(json!({ "removed": removed, "desired_revision": revision })).into_response())
+    Ok(Json(AppRemoved {
+        removed,
+        desired_revision,
+    }))
 }
 
 /// The name of a reported service state, as the API and metrics spell it.
 pub(crate) fn state_name(state: i32) -> &'static str {
-    match ServiceState::try_from(state).unwrap_or(ServiceState::Unspecified) {
-        ServiceState::Unspecified => "unknown",
-        ServiceState::Pending => "pending",
-        ServiceState::Running => "running",
-        ServiceState::Unhealthy => "unhealthy",
-        ServiceState::Restarting => "restarting",
-        ServiceState::Exited => "exited",
-        ServiceState::Failed => "failed",
+    match ReportedState::try_from(state).unwrap_or(ReportedState::Unspecified) {
+        ReportedState::Unspecified => "unknown",
+        ReportedState::Pending => "pending",
+        ReportedState::Running => "running",
+        ReportedState::Unhealthy => "unhealthy",
+        ReportedState::Restarting => "restarting",
+        ReportedState::Exited => "exited",
+        ReportedState::Failed => "failed",
     }
 }
 
-fn health_name(health: i32) -> &'static str {
-    match ServiceHealth::try_from(health).unwrap_or(ServiceHealth::None) {
-        ServiceHealth::None => "none",
-        ServiceHealth::Starting => "starting",
-        ServiceHealth::Healthy => "healthy",
-        ServiceHealth::Unhealthy => "unhealthy",
+fn health(health: i32) -> ServiceHealth {
+    match ReportedHealth::try_from(health).unwrap_or(ReportedHealth::None) {
+        ReportedHealth::None => ServiceHealth::None,
+        ReportedHealth::Starting => ServiceHealth::Starting,
+        ReportedHealth::Healthy => ServiceHealth::Healthy,
+        ReportedHealth::Unhealthy => ServiceHealth::Unhealthy,
     }
 }
 
-/// The reported status of one app as JSON (`in_sync`: it reflects the desired generation).
-pub(super) fn status_json(status: &AppStatus, desired_generation: u64) -> Value {
-    let services: Vec<Value> = status
+/// The reported status of one app (`in_sync`: it reflects the desired generation).
+pub(super) fn app_status(
+    status: &cairn_proto::v1::AppStatus,
+    desired_generation: u64,
+) -> AppStatus {
+    let services = status
         .services
         .iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "state": state_name(s.state),
-                "health": health_name(s.health),
-                "restarts": s.restarts,
-                "message": s.message,
-            })
+        .map(|s| ServiceStatus {
+            name: s.name.clone(),
+            state: ServiceState::from(state_name(s.state)),
+            health: health(s.health),
+            restarts: s.restarts,
+            message: s.message.clone(),
         })
         .collect();
-    json!({
-        "generation": status.generation,
-        "in_sync": status.generation == desired_generation,
-        "desired_revision": status.desired_revision,
-        "error": status.error,
-        "services": services,
-    })
+    AppStatus {
+        generation: status.generation,
+        in_sync: status.generation == desired_generation,
+        desired_revision: status.desired_revision,
+        error: status.error.clone(),
+        services,
+    }
 }
 
-/// `GET /api/v1/devices/{id}/apps`: desired apps with the status the device last reported (viewer).
+/// A device's desired apps with the status it last reported (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}/apps",
+    tag = "apps",
+    params(("id" = String, Path, description = "Device id (`dev_…`)")),
+    responses(
+        (status = 200, description = "Its apps", body = AppList),
+        (status = 404, description = "No such device"),
+    )
+)]
 pub(super) async fn list_apps(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> Result<Json<AppList>, ApiError> {
     caller.require(Role::Viewer)?;
     let device_id = id.clone();
     let (device, desired) = shared
@@ -262,28 +311,22 @@ pub(super) async fn list_apps(
         .await?
         .ok_or_else(|| ApiError::NotFound("no device with this id".into()))?;
     let report = shared.sessions.apps_report(&device_id);
-    let apps: Vec<Value> = desired
+    let apps = desired
         .into_iter()
         .map(|app| {
             let status = report
                 .as_ref()
                 .and_then(|r| r.apps.iter().find(|s| s.name == app.name))
-                .map(|s| status_json(s, app.generation));
-            let mut value = serde_json::to_value(&app).expect("an app always serialises");
-            value["status"] = status.unwrap_or(Value::Null);
-            value
+                .map(|s| app_status(s, app.generation));
+            AppWithStatus { app, status }
         })
         .collect();
-    ok_json(json!({
-        "device_id": device_id,
-        "desired_revision": device.desired_revision,
-        "online": shared.sessions.is_online(&device_id),
-        "reported_at": report.as_ref().map(|r| rfc3339::format(r.at)),
-        "reported_revision": report.as_ref().map(|r| r.desired_revision),
-        "apps": apps,
+    Ok(Json(AppList {
+        online: shared.sessions.is_online(&device_id),
+        device_id,
+        desired_revision: device.desired_revision,
+        reported_at: report.as_ref().map(|r| Timestamp::from_unix_seconds(r.at)),
+        reported_revision: report.as_ref().map(|r| r.desired_revision),
+        apps,
     }))
-}
-
-fn ok_json(value: Value) -> ApiResult {
-    Ok(Json(value).into_response())
 }

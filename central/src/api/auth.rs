@@ -21,7 +21,7 @@ pub struct Caller {
 impl Caller {
     /// Refuse unless the caller has at least `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
-        if self.role.rank() >= role.rank() {
+        if self.role.includes(&role) {
             Ok(())
         } else {
             Err(ApiError::Forbidden(format!(

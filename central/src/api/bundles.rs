@@ -8,19 +8,18 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use cairn_api::{BundleList, BundleReply, BundleUploaded, ErrorBody, ErrorCode, Removed};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_stream::StreamExt;
 
 use super::{ApiError, Caller};
 use crate::bundles::{is_sha256_hex, BundleError, PublishError};
 use crate::store::bundles::{self as store_bundles, Bundle};
-use crate::store::{audit, now_unix, Role, StoreError};
+use crate::store::{audit, now_unix, Role, StoreError, Timestamp};
 use crate::Shared;
 
-type ApiResult = Result<axum::response::Response, ApiError>;
 type St = State<Arc<Shared>>;
 
 /// An upload that sends nothing for this long is abandoned.
@@ -81,15 +80,29 @@ async fn load(shared: &Shared, sha256: String) -> Result<Bundle, ApiError> {
         })
 }
 
-/// `POST /api/v1/bundles`: store a signed RAUC bundle sent as the raw body (operator).
-/// 201 when new, 200 when the same bytes were already stored. Every attempt is audited.
+/// Store a signed RAUC bundle sent as the raw body (operator), after `rauc info` verified its
+/// signature and `compatible`. Every attempt is audited.
+#[utoipa::path(
+    post,
+    path = "/api/v1/bundles",
+    tag = "bundles",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The `.raucb` file"),
+    responses(
+        (status = 200, description = "The same bytes were stored already", body = BundleUploaded),
+        (status = 201, description = "Stored", body = BundleUploaded),
+        (status = 400, description = "Not a bundle, not signed by the fleet's update key, or for other hardware"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 409, description = "Central has no update keyring configured"),
+        (status = 413, description = "Larger than central's `max_bundle_bytes`"),
+    )
+)]
 #[tracing::instrument(name = "api.bundle_upload", skip_all, fields(actor = %caller.actor()))]
 pub(super) async fn upload_bundle(
     caller: Caller,
     State(shared): St,
     headers: HeaderMap,
     body: Body,
-) -> ApiResult {
+) -> Result<(StatusCode, Json<BundleUploaded>), ApiError> {
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     match receive(&shared, &actor, &headers, body).await {
@@ -99,7 +112,13 @@ pub(super) async fn upload_bundle(
             } else {
                 StatusCode::OK
             };
-            Ok((status, Json(json!({ "bundle": bundle, "created": new }))).into_response())
+            Ok((
+                status,
+                Json(BundleUploaded {
+                    bundle,
+                    created: new,
+                }),
+            ))
         }
         Err((sha256, error)) => {
             let reason: String = error.to_string().chars().take(AUDIT_REASON_CHARS).collect();
@@ -174,7 +193,7 @@ async fn receive(
         version: verified.version.clone(),
         compatible: verified.compatible.clone(),
         size: verified.size,
-        uploaded_at: now_unix(),
+        uploaded_at: Timestamp::from_unix_seconds(now_unix()),
         uploaded_by: actor.to_owned(),
     };
     let actor = actor.to_owned();
@@ -198,31 +217,64 @@ async fn receive(
         .map_err(|e| (Some(sha256), e.into()))
 }
 
-/// `GET /api/v1/bundles` (viewer).
-pub(super) async fn list_bundles(caller: Caller, State(shared): St) -> ApiResult {
+/// Every stored bundle, newest upload first (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/bundles",
+    tag = "bundles",
+    responses((status = 200, description = "Every bundle", body = BundleList))
+)]
+pub(super) async fn list_bundles(
+    caller: Caller,
+    State(shared): St,
+) -> Result<Json<BundleList>, ApiError> {
     caller.require(Role::Viewer)?;
-    let list = shared.store.read(|conn| store_bundles::list(conn)).await?;
-    Ok(Json(json!({ "bundles": list })).into_response())
+    let bundles = shared.store.read(|conn| store_bundles::list(conn)).await?;
+    Ok(Json(BundleList { bundles }))
 }
 
-/// `GET /api/v1/bundles/{sha256}` (viewer).
+/// One stored bundle (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/bundles/{sha256}",
+    tag = "bundles",
+    params(("sha256" = String, Path, description = "The bundle's SHA-256 (64 hex characters)")),
+    responses(
+        (status = 200, description = "The bundle", body = BundleReply),
+        (status = 400, description = "Not a SHA-256"),
+        (status = 404, description = "No such bundle"),
+    )
+)]
 pub(super) async fn show_bundle(
     caller: Caller,
     State(shared): St,
     Path(sha256): Path<String>,
-) -> ApiResult {
+) -> Result<Json<BundleReply>, ApiError> {
     caller.require(Role::Viewer)?;
     let bundle = load(&shared, checked_sha256(&sha256)?).await?;
-    Ok(Json(json!({ "bundle": bundle })).into_response())
+    Ok(Json(BundleReply { bundle }))
 }
 
-/// `DELETE /api/v1/bundles/{sha256}` (admin): the row (audited) and the file.
+/// Remove a bundle, its row (audited) and its file (admin).
+#[utoipa::path(
+    delete,
+    path = "/api/v1/bundles/{sha256}",
+    tag = "bundles",
+    params(("sha256" = String, Path, description = "The bundle's SHA-256 (64 hex characters)")),
+    responses(
+        (status = 200, description = "Removed", body = Removed),
+        (status = 400, description = "Not a SHA-256"),
+        (status = 403, description = "Needs the admin role"),
+        (status = 404, description = "No such bundle"),
+        (status = 409, description = "An active rollout installs it"),
+    )
+)]
 #[tracing::instrument(name = "api.bundle_delete", skip_all, fields(actor = %caller.actor(), sha256 = %sha256))]
 pub(super) async fn delete_bundle(
     caller: Caller,
     State(shared): St,
     Path(sha256): Path<String>,
-) -> ApiResult {
+) -> Result<Json<Removed>, ApiError> {
     caller.require(Role::Admin)?;
     let sha256 = checked_sha256(&sha256)?;
     let wanted = sha256.clone();
@@ -258,7 +310,7 @@ pub(super) async fn delete_bundle(
             "no bundle with SHA-256 {sha256}; see GET /api/v1/bundles"
         )));
     }
-    Ok(Json(json!({ "removed": sha256 })).into_response())
+    Ok(Json(Removed { removed: sha256 }))
 }
 
 /// What a `Range` header asks of a file of a given size.
@@ -327,15 +379,32 @@ pub(super) fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
     }
 }
 
-/// `GET /api/v1/bundles/{sha256}/content` (viewer): the bundle file, whole or one byte range.
-/// `ETag` is the quoted SHA-256; `If-Range` with another tag gets the whole file.
+/// The bundle file, whole or one byte range (viewer). `ETag` is the quoted SHA-256; `If-Range`
+/// with another tag gets the whole file.
+#[utoipa::path(
+    get,
+    path = "/api/v1/bundles/{sha256}/content",
+    tag = "bundles",
+    params(
+        ("sha256" = String, Path, description = "The bundle's SHA-256 (64 hex characters)"),
+        ("Range" = Option<String>, Header, description = "One range: `bytes=FIRST-LAST`, `bytes=FIRST-` or `bytes=-SUFFIX`"),
+        ("If-Range" = Option<String>, Header, description = "Serve the range only while the ETag is this"),
+    ),
+    responses(
+        (status = 200, description = "The whole file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The range asked for (`Content-Range`)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Not a SHA-256"),
+        (status = 404, description = "No such bundle"),
+        (status = 416, description = "A range the file does not have, or more than one range"),
+    )
+)]
 #[tracing::instrument(name = "api.bundle_content", skip_all, fields(sha256 = %sha256))]
 pub(super) async fn bundle_content(
     caller: Caller,
     State(shared): St,
     Path(sha256): Path<String>,
     headers: HeaderMap,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let bundle = load(&shared, checked_sha256(&sha256)?).await?;
     let path = shared.bundles.path(&bundle.sha256);
@@ -381,7 +450,7 @@ pub(super) async fn bundle_content(
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&content_range).expect("digits"),
             );
-            let body = json!({ "error": { "code": "range_not_satisfiable", "message": reason } });
+            let body = ErrorBody::new(ErrorCode::RangeNotSatisfiable, reason);
             return Ok((
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 response_headers,

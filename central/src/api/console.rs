@@ -3,15 +3,9 @@
 //! routes need no authentication. Every response carries a strict Content-Security-Policy
 //! (scripts, styles and fetches from this origin only; no inline code, no framing).
 
-use std::sync::Arc;
-
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-
-use crate::Shared;
 
 /// Allows only this origin's files and API, nothing inline, no plugins, no framing.
 pub const CONTENT_SECURITY_POLICY: &str =
@@ -51,17 +45,59 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
-/// `/` and `/console/{file}`; merged into the REST router (these are not API routes, so
-/// `openapi.json` does not list them).
-pub(super) fn router() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/", get(|| async { serve(&INDEX) }))
-        .route("/console", get(|| async { serve(&INDEX) }))
-        .route("/console/", get(|| async { serve(&INDEX) }))
-        .route("/console/{file}", get(asset))
+/// The console page (no token needed: the page holds no data).
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "console",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "The console page", content_type = "text/html; charset=utf-8", body = String))
+)]
+pub(super) async fn index() -> Response {
+    serve(&INDEX)
 }
 
-async fn asset(Path(file): Path<String>) -> Response {
+/// The console page, at `/console` too.
+#[utoipa::path(
+    get,
+    path = "/console",
+    operation_id = "console_page",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "The console page", content_type = "text/html; charset=utf-8", body = String))
+)]
+pub(super) async fn index_console() -> Response {
+    serve(&INDEX)
+}
+
+/// The console page, at `/console/` too.
+#[utoipa::path(
+    get,
+    path = "/console/",
+    operation_id = "console_directory",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "The console page", content_type = "text/html; charset=utf-8", body = String))
+)]
+pub(super) async fn index_console_slash() -> Response {
+    serve(&INDEX)
+}
+
+/// A file of the console: `index.html`, `console.js`, `console.css` or `favicon.svg`.
+#[utoipa::path(
+    get,
+    path = "/console/{file}",
+    operation_id = "console_asset",
+    tag = "service",
+    security(()),
+    params(("file" = String, Path, description = "The file name")),
+    responses(
+        (status = 200, description = "The file, with its own content type (HTML, JavaScript, CSS or SVG)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such console file", content_type = "text/plain; charset=utf-8", body = String),
+    )
+)]
+pub(super) async fn asset(Path(file): Path<String>) -> Response {
     match ASSETS.iter().find(|a| a.name == file) {
         Some(asset) => serve(asset),
         None => {

@@ -8,47 +8,23 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use cairn_api::{
+    CreateDeployment, DeploymentChanged, DeploymentDryRun, DeploymentList, DeploymentRemoved,
+    DeploymentReply, DeploymentSummary, DeploymentView, PlacedHost, SiteHosts, UpdateDeployment,
+};
 
-use super::apps::{status_json, validate as validate_app};
+use super::apps::{app_status, validate as validate_app};
 use super::{change_and_place, ApiError, Caller, ValidJson};
 use crate::placement::scheduler::{self, DeploymentPlan};
-use crate::placement::spec::Placement;
+use crate::placement::spec::{Placement, PlacementRules};
 use crate::placement::{self};
 use crate::store::deployments::{self, Deployment};
-use crate::store::{apps, audit, devices, rfc3339, sites, Role, StoreError};
+use crate::store::{apps, audit, devices, sites, Role, StoreError, Timestamp};
 use crate::Shared;
 
-type ApiResult = Result<axum::response::Response, ApiError>;
 type St = State<Arc<Shared>>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateDeployment {
-    name: String,
-    compose_yaml: String,
-    #[serde(default = "default_placement")]
-    placement: Placement,
-    #[serde(default)]
-    dry_run: bool,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UpdateDeployment {
-    compose_yaml: String,
-    #[serde(default = "default_placement")]
-    placement: Placement,
-    #[serde(default)]
-    dry_run: bool,
-}
-
-fn default_placement() -> Placement {
-    serde_json::from_value(json!({})).expect("an empty placement parses")
-}
 
 /// Checks that need the registry: named sites and the region exist, no operator app has the
 /// deployment's name.
@@ -109,12 +85,34 @@ enum Outcome {
     Saved,
 }
 
-/// `POST /api/v1/deployments` (operator): create, or plan only with `dry_run`.
+/// The answer of a dry run.
+fn dry_run_answer(plan: DeploymentPlan) -> Response {
+    Json(DeploymentDryRun {
+        dry_run: true,
+        placement: plan,
+    })
+    .into_response()
+}
+
+/// Create a deployment (operator), or with `dry_run` only show where it would run.
+#[utoipa::path(
+    post,
+    path = "/api/v1/deployments",
+    tag = "deployments",
+    request_body = CreateDeployment,
+    responses(
+        (status = 200, description = "Dry run: where it would run; nothing stored", body = DeploymentDryRun),
+        (status = 201, description = "Created and placed", body = DeploymentReply),
+        (status = 400, description = "The Compose file, the placement, or a named site or region is not valid"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 409, description = "The name is taken, by a deployment or by an app deployed on devices directly"),
+    )
+)]
 pub(super) async fn create_deployment(
     caller: Caller,
     State(shared): St,
     ValidJson(body): ValidJson<CreateDeployment>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
     validate(&body.name, &body.compose_yaml, &body.placement)?;
     let actor = caller.actor();
@@ -139,8 +137,8 @@ pub(super) async fn create_deployment(
                     compose_yaml: body.compose_yaml,
                     placement: body.placement,
                     created_by: actor,
-                    created_at: 0,
-                    updated_at: 0,
+                    created_at: Timestamp::from_unix_seconds(0),
+                    updated_at: Timestamp::from_unix_seconds(0),
                 };
                 return Ok(Ok(Outcome::Planned(scheduler::dry_run(
                     &tx, &inner, &candidate,
@@ -159,24 +157,37 @@ pub(super) async fn create_deployment(
         })
         .await??;
     match outcome {
-        Outcome::Planned(plan) => {
-            Ok(Json(json!({ "dry_run": true, "placement": plan })).into_response())
-        }
+        Outcome::Planned(plan) => Ok(dry_run_answer(plan)),
         Outcome::Saved => {
             placement::reconcile_now(&shared).await;
-            let view = deployment_view(&shared, name).await?;
-            Ok((StatusCode::CREATED, Json(json!({ "deployment": view }))).into_response())
+            let deployment = deployment_view(&shared, name).await?;
+            Ok((StatusCode::CREATED, Json(DeploymentReply { deployment })).into_response())
         }
     }
 }
 
-/// `PUT /api/v1/deployments/{name}` (operator): replace the app and placement (or plan only).
+/// Replace a deployment's app and placement (operator), or with `dry_run` only show where it
+/// would run.
+#[utoipa::path(
+    put,
+    path = "/api/v1/deployments/{name}",
+    tag = "deployments",
+    params(("name" = String, Path, description = "Deployment name")),
+    request_body = UpdateDeployment,
+    responses(
+        (status = 200, description = "Saved and placed (`deployment`), or a dry run's placement (`dry_run`, `placement`)", body = DeploymentChanged),
+        (status = 400, description = "The Compose file, the placement, or a named site or region is not valid"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such deployment"),
+        (status = 409, description = "An app deployed on devices directly has this name"),
+    )
+)]
 pub(super) async fn update_deployment(
     caller: Caller,
     State(shared): St,
     Path(name): Path<String>,
     ValidJson(body): ValidJson<UpdateDeployment>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
     validate(&name, &body.compose_yaml, &body.placement)?;
     let actor = caller.actor();
@@ -217,25 +228,32 @@ pub(super) async fn update_deployment(
         })
         .await??;
     match outcome {
-        Outcome::Planned(plan) => {
-            Ok(Json(json!({ "dry_run": true, "placement": plan })).into_response())
-        }
+        Outcome::Planned(plan) => Ok(dry_run_answer(plan)),
         Outcome::Saved => {
             placement::reconcile_now(&shared).await;
-            Ok(
-                Json(json!({ "deployment": deployment_view(&shared, name).await? }))
-                    .into_response(),
-            )
+            let deployment = deployment_view(&shared, name).await?;
+            Ok(Json(DeploymentReply { deployment }).into_response())
         }
     }
 }
 
-/// `DELETE /api/v1/deployments/{name}` (operator): its app leaves every device.
+/// Remove a deployment (operator): its app leaves every device.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/deployments/{name}",
+    tag = "deployments",
+    params(("name" = String, Path, description = "Deployment name")),
+    responses(
+        (status = 200, description = "Removed", body = DeploymentRemoved),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such deployment"),
+    )
+)]
 pub(super) async fn delete_deployment(
     caller: Caller,
     State(shared): St,
     Path(name): Path<String>,
-) -> ApiResult {
+) -> Result<Json<DeploymentRemoved>, ApiError> {
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let key = name.clone();
@@ -256,11 +274,23 @@ pub(super) async fn delete_deployment(
         Ok(Ok(hosts))
     })
     .await?;
-    Ok(Json(json!({ "removed": name, "removed_from": hosts })).into_response())
+    Ok(Json(DeploymentRemoved {
+        removed: name,
+        removed_from: hosts,
+    }))
 }
 
-/// `GET /api/v1/deployments` (viewer): every deployment with its host count.
-pub(super) async fn list_deployments(caller: Caller, State(shared): St) -> ApiResult {
+/// Every deployment with its host count (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/deployments",
+    tag = "deployments",
+    responses((status = 200, description = "Every deployment", body = DeploymentList))
+)]
+pub(super) async fn list_deployments(
+    caller: Caller,
+    State(shared): St,
+) -> Result<Json<DeploymentList>, ApiError> {
     caller.require(Role::Viewer)?;
     let list = shared
         .store
@@ -273,31 +303,39 @@ pub(super) async fn list_deployments(caller: Caller, State(shared): St) -> ApiRe
             Ok(out)
         })
         .await?;
-    let list: Vec<Value> = list
+    let deployments = list
         .into_iter()
-        .map(|(d, hosts)| {
-            json!({
-                "name": d.name,
-                "placement": d.placement,
-                "hosts": hosts,
-                "created_by": d.created_by,
-                "created_at": rfc3339::format(d.created_at),
-                "updated_at": rfc3339::format(d.updated_at),
-            })
+        .map(|(d, hosts)| DeploymentSummary {
+            name: d.name,
+            placement: d.placement,
+            hosts: hosts as u64,
+            created_by: d.created_by,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
         })
         .collect();
-    Ok(Json(json!({ "deployments": list })).into_response())
+    Ok(Json(DeploymentList { deployments }))
 }
 
-/// `GET /api/v1/deployments/{name}` (viewer): per selected site, its hosts with the state they
-/// reported.
+/// A deployment: per selected site, its hosts with the state they reported (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/deployments/{name}",
+    tag = "deployments",
+    params(("name" = String, Path, description = "Deployment name")),
+    responses(
+        (status = 200, description = "The deployment", body = DeploymentReply),
+        (status = 404, description = "No such deployment"),
+    )
+)]
 pub(super) async fn show_deployment(
     caller: Caller,
     State(shared): St,
     Path(name): Path<String>,
-) -> ApiResult {
+) -> Result<Json<DeploymentReply>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!({ "deployment": deployment_view(&shared, name).await? })).into_response())
+    let deployment = deployment_view(&shared, name).await?;
+    Ok(Json(DeploymentReply { deployment }))
 }
 
 /// One placed device: id, site, generation of the app there.
@@ -309,7 +347,7 @@ struct Placed {
 
 /// The deployment, its planned sites (what the scheduler wants now, with shortfalls) and the
 /// hosts the registry holds, each with its online state and reported app status.
-async fn deployment_view(shared: &Arc<Shared>, name: String) -> Result<Value, ApiError> {
+async fn deployment_view(shared: &Arc<Shared>, name: String) -> Result<DeploymentView, ApiError> {
     let inner = shared.clone();
     let found = shared
         .store
@@ -335,50 +373,50 @@ async fn deployment_view(shared: &Arc<Shared>, name: String) -> Result<Value, Ap
     let (d, plan, placed) = found.ok_or_else(|| {
         ApiError::NotFound("no deployment with this name; see GET /api/v1/deployments".into())
     })?;
-    let host_json = |p: &Placed| {
+    let placed_host = |p: &Placed| {
         let status = shared.sessions.apps_report(&p.device_id).and_then(|r| {
             r.apps
                 .iter()
                 .find(|a| a.name == d.name)
-                .map(|a| status_json(a, p.generation))
+                .map(|a| app_status(a, p.generation))
         });
-        json!({
-            "device_id": p.device_id,
-            "online": shared.sessions.is_online(&p.device_id),
-            "generation": p.generation,
-            "status": status,
-        })
+        PlacedHost {
+            device_id: p.device_id.clone(),
+            online: shared.sessions.is_online(&p.device_id),
+            generation: p.generation,
+            status,
+        }
     };
     let mut shown = std::collections::BTreeSet::new();
-    let sites: Vec<Value> = plan
+    let sites = plan
         .sites
-        .iter()
+        .into_iter()
         .map(|s| {
-            let hosts: Vec<Value> = placed
+            let hosts = placed
                 .iter()
                 .filter(|p| p.site.as_deref() == Some(s.site.as_str()))
                 .inspect(|p| {
                     shown.insert(p.device_id.clone());
                 })
-                .map(host_json)
+                .map(placed_host)
                 .collect();
-            json!({ "site": s.site, "wanted": s.wanted, "hosts": hosts, "shortfall": s.shortfall })
+            SiteHosts {
+                site: s.site,
+                wanted: s.wanted,
+                hosts,
+                shortfall: s.shortfall,
+            }
         })
         .collect();
     // Hosts outside the selected sites (the next scheduler pass removes them).
-    let elsewhere: Vec<Value> = placed
+    let hosts_elsewhere = placed
         .iter()
         .filter(|p| !shown.contains(&p.device_id))
-        .map(host_json)
+        .map(placed_host)
         .collect();
-    Ok(json!({
-        "name": d.name,
-        "compose_yaml": d.compose_yaml,
-        "placement": d.placement,
-        "created_by": d.created_by,
-        "created_at": rfc3339::format(d.created_at),
-        "updated_at": rfc3339::format(d.updated_at),
-        "sites": sites,
-        "hosts_elsewhere": elsewhere,
-    }))
+    Ok(DeploymentView {
+        deployment: d,
+        sites,
+        hosts_elsewhere,
+    })
 }

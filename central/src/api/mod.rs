@@ -1,4 +1,18 @@
 //! The operator REST API (JSON over TLS, bearer API tokens with roles, audit log).
+//!
+//! Every request body, query and answer is a type of the `cairn-api` crate, which cairnctl and
+//! the tests read too; handlers return `Json<cairn_api::...>`. Request bodies are read strictly
+//! ([`ValidJson`]: unknown fields refused), every failure is an [`ApiError`] sent as the API's
+//! error body.
+//!
+//! - `routes.rs`: the route list, each route added with its OpenAPI operation, and the handlers
+//!   of health, enrollment tokens, devices, claims, API tokens and the audit log;
+//! - `openapi.rs`: the generated OpenAPI document (served at `/api/v1/openapi.json`, committed
+//!   as `central/openapi.json`);
+//! - `auth.rs`: bearer tokens and roles;
+//! - `apps.rs`, `deployments.rs`, `sites.rs`, `bundles.rs`, `rollouts.rs`, `observability.rs`:
+//!   one part of the API each;
+//! - `console.rs`: the web console's static files.
 
 mod apps;
 pub(crate) use apps::state_name as service_state_name;
@@ -7,24 +21,27 @@ mod bundles;
 mod console;
 mod deployments;
 mod observability;
+mod openapi;
 mod rollouts;
 mod routes;
 mod sites;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cairn_api::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use crate::store::StoreError;
 use crate::Shared;
 
 pub use auth::Caller;
+pub use openapi::{document, document_json};
 
 /// Largest request body accepted; every request here is a small JSON document.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -54,10 +71,8 @@ where
     Ok(value)
 }
 
-/// The OpenAPI document describing this API.
-pub const OPENAPI: &str = include_str!("../../openapi.json");
-
-/// A REST failure, sent as `{"error":{"code","message"}}` with a matching HTTP status.
+/// A REST failure, sent as `{"error":{"code","message"}}` ([`cairn_api::ErrorBody`]) with a
+/// matching HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// No or unknown token.
@@ -92,20 +107,28 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
+impl ApiError {
+    /// The HTTP status and the error code of the body.
+    fn status_and_code(&self) -> (StatusCode, ErrorCode) {
+        match self {
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge),
+            ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::DeviceTimeout),
+            ApiError::DeviceFailed(_) => (StatusCode::BAD_GATEWAY, ErrorCode::DeviceError),
+            ApiError::Internal(_) | ApiError::Store(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
+            }
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            ApiError::GatewayTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
-            ApiError::DeviceFailed(_) => (StatusCode::BAD_GATEWAY, "device_error"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            ApiError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        };
+        let (status, code) = self.status_and_code();
         let message = match &self {
             ApiError::Store(e) => {
                 tracing::error!(error = %e, "REST request failed in the registry");
@@ -113,36 +136,106 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        (
-            status,
-            Json(json!({ "error": { "code": code, "message": message } })),
-        )
-            .into_response()
+        (status, Json(ErrorBody::new(code, message))).into_response()
     }
 }
 
-/// `Json<T>` whose rejection is our JSON error with the parser's precise message.
+/// A JSON request body of type `T`, read strictly: a rejection is our JSON error with the
+/// parser's precise message, and a field `T` does not have is refused (the API types accept
+/// unknown fields, which suits clients reading answers but not a server reading requests: a
+/// misspelt option must not be silently ignored).
 pub struct ValidJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ValidJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(ValidJson(value)),
-            Err(rejection) => Err(ApiError::BadRequest(match rejection {
-                JsonRejection::BytesRejection(_) => {
-                    format!("request body unreadable or larger than {MAX_BODY_BYTES} bytes")
-                }
-                other => other.body_text(),
-            })),
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest(
+                "Expected request with `Content-Type: application/json`".into(),
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|_| {
+            ApiError::BadRequest(format!(
+                "request body unreadable or larger than {MAX_BODY_BYTES} bytes"
+            ))
+        })?;
+        let Json(value) =
+            Json::<T>::from_bytes(&bytes).map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let unknown = unknown_fields::<T>(&bytes);
+        if !unknown.is_empty() {
+            return Err(ApiError::BadRequest(format!(
+                "Failed to deserialize the JSON body into the target type: unknown field {}; see /api/v1/openapi.json for the fields this operation takes",
+                unknown.join(", ")
+            )));
+        }
+        Ok(ValidJson(value))
     }
+}
+
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`).
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"))
+}
+
+/// The fields of a JSON document that `T` does not read, as `` `path.to.field` ``.
+fn unknown_fields<T: DeserializeOwned>(bytes: &[u8]) -> Vec<String> {
+    let mut unknown = Vec::new();
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    // The document already parsed as `T`; this second pass only collects what it ignored.
+    let _ = serde_ignored::deserialize::<_, _, T>(&mut deserializer, |path| {
+        unknown.push(format!("`{path}`"))
+    });
+    unknown
+}
+
+/// Query parameters of type `T`; a rejection is our JSON error (axum's own is plain text).
+pub struct ValidQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ValidQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ValidQuery(value))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// Refuse a value of an API enum this central does not know (the API types accept any string
+/// so that clients survive new values; a request must name a known one).
+fn require_known(field: &str, value: &str, is_known: bool, allowed: &str) -> Result<(), ApiError> {
+    if is_known {
+        return Ok(());
+    }
+    Err(ApiError::BadRequest(format!(
+        "`{field}` must be {allowed}; got {value:?}"
+    )))
 }
 
 /// Build the REST router.
 pub fn router(shared: Arc<Shared>) -> axum::Router {
-    routes::router()
+    let (routes, _) = routes::router().split_for_parts();
+    routes
+        .fallback(|| async {
+            ApiError::NotFound("no such API route; see /api/v1/openapi.json".into())
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),

@@ -5,18 +5,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use serde_json::{json, Value};
+use cairn_api::{
+    DeviceLogs, EventList, EventsQuery, FilesystemUsage, HostMetrics, LogsQuery, TemperatureReading,
+};
 
 use super::{ApiError, Caller};
 use crate::logs::{self, LogSource, LogsError};
 use crate::sessions::HostReport;
 use crate::store::events::{self as event_store, EventFilter};
-use crate::store::{rfc3339, Role};
+use crate::store::{Role, Timestamp};
 use crate::Shared;
 
-type ApiResult = Result<axum::response::Response, ApiError>;
 type St = State<Arc<Shared>>;
 
 /// Most events one `GET /api/v1/events` returns.
@@ -59,15 +61,46 @@ pub fn parse_since(text: &str) -> Result<i64, ApiError> {
         })
 }
 
-fn parse_limit(text: Option<&String>, default: u32, max: u32) -> Result<u32, ApiError> {
-    let Some(text) = text else { return Ok(default) };
+fn parse_limit(text: Option<&String>, max: u32) -> Result<Option<u32>, ApiError> {
+    let Some(text) = text else { return Ok(None) };
     match text.parse::<u32>() {
-        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
         _ => Err(ApiError::BadRequest(format!(
             "`limit` must be a whole number from 1 to {max}, got {:?}",
             cairn_proto::truncate_status_text(text, 32)
         ))),
     }
+}
+
+/// The query of `GET /api/v1/events`, read with messages that name the parameter at fault.
+fn events_query(query: &HashMap<String, String>) -> Result<EventsQuery, ApiError> {
+    only_known(query, &["device", "kind", "since", "limit"])?;
+    Ok(EventsQuery {
+        device: query.get("device").cloned(),
+        kind: query.get("kind").cloned(),
+        since: query.get("since").cloned(),
+        limit: parse_limit(query.get("limit"), MAX_EVENTS_LIMIT)?,
+    })
+}
+
+/// The query of `GET /api/v1/devices/{id}/logs`, read with messages that name the parameter at
+/// fault.
+fn logs_query(query: &HashMap<String, String>) -> Result<LogsQuery, ApiError> {
+    only_known(query, &["app", "service", "lines"])?;
+    let lines = match query.get("lines") {
+        None => None,
+        Some(text) => Some(text.parse::<u32>().map_err(|_| {
+            ApiError::BadRequest(format!(
+                "`lines` must be a whole number from 1 to {}",
+                cairn_proto::MAX_LOG_LINES
+            ))
+        })?),
+    };
+    Ok(LogsQuery {
+        app: query.get("app").cloned(),
+        service: query.get("service").cloned(),
+        lines,
+    })
 }
 
 fn check_device_id(id: &str) -> Result<(), ApiError> {
@@ -84,25 +117,34 @@ fn check_device_id(id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `GET /api/v1/events?device=&kind=&since=&limit=` (viewer): the newest matching events, oldest
-/// first.
+/// The newest matching events, oldest first (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "observability",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "The events", body = EventList),
+        (status = 400, description = "A bad or unknown query parameter"),
+    )
+)]
 pub async fn list_events(
     caller: Caller,
     State(shared): St,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult {
+) -> Result<Json<EventList>, ApiError> {
     caller.require(Role::Viewer)?;
-    only_known(&query, &["device", "kind", "since", "limit"])?;
+    let query = events_query(&query)?;
     let mut filter = EventFilter {
-        limit: parse_limit(query.get("limit"), 100, MAX_EVENTS_LIMIT)?,
+        limit: query.limit.unwrap_or(100),
         ..Default::default()
     };
-    if let Some(device) = query.get("device") {
-        check_device_id(device)?;
-        filter.device_id = device.clone();
+    if let Some(device) = query.device {
+        check_device_id(&device)?;
+        filter.device_id = device;
     }
-    if let Some(kind) = query.get("kind") {
-        if !crate::events::is_known_kind(kind) {
+    if let Some(kind) = query.kind {
+        if !crate::events::is_known_kind(&kind) {
             let mut kinds: Vec<&str> = crate::events::CENTRAL_EVENT_KINDS
                 .iter()
                 .chain(cairn_proto::AGENT_EVENT_KINDS)
@@ -111,20 +153,20 @@ pub async fn list_events(
             kinds.sort_unstable();
             return Err(ApiError::BadRequest(format!(
                 "`kind` {:?} is not an event kind; use one of {}",
-                cairn_proto::truncate_status_text(kind, 64),
+                cairn_proto::truncate_status_text(&kind, 64),
                 kinds.join(", ")
             )));
         }
-        filter.kind = kind.clone();
+        filter.kind = kind;
     }
-    if let Some(since) = query.get("since") {
-        filter.since_ms = parse_since(since)?;
+    if let Some(since) = query.since {
+        filter.since_ms = parse_since(&since)?;
     }
     let events = shared
         .store
         .read(move |conn| event_store::list(conn, &filter))
         .await?;
-    Ok(Json(json!({ "events": events })).into_response())
+    Ok(Json(EventList { events }))
 }
 
 /// The newest events of one device, for its page.
@@ -147,12 +189,10 @@ fn percent(used: u64, total: u64) -> Option<f64> {
     (total > 0).then(|| (used as f64 * 1000.0 / total as f64).round() / 10.0)
 }
 
-/// A device's latest host metrics as JSON (`null` when it has not reported any since this
-/// central started).
-pub fn host_json(report: Option<&HostReport>) -> Value {
-    let Some(report) = report else {
-        return Value::Null;
-    };
+/// A device's latest host metrics (`None` when it has not reported any since this central
+/// started).
+pub fn host_metrics(report: Option<&HostReport>) -> Option<HostMetrics> {
+    let report = report?;
     let m = &report.metrics;
     let used_memory = m.memory_total_bytes - m.memory_available_bytes.min(m.memory_total_bytes);
     let max_temperature = m
@@ -162,53 +202,74 @@ pub fn host_json(report: Option<&HostReport>) -> Value {
         .fold(None, |max: Option<f64>, c| {
             Some(max.map_or(c, |m| m.max(c)))
         });
-    json!({
-        "reported_at": rfc3339::format(report.at),
-        "cpu_percent": m.cpu_percent.map(|p| (p * 10.0).round() / 10.0),
-        "load1": m.load1,
-        "memory_total_bytes": m.memory_total_bytes,
-        "memory_available_bytes": m.memory_available_bytes,
-        "memory_used_percent": percent(used_memory, m.memory_total_bytes),
-        "filesystems": m.filesystems.iter().map(|fs| json!({
-            "mount_point": fs.mount_point,
-            "used_bytes": fs.used_bytes,
-            "total_bytes": fs.total_bytes,
-            "used_percent": percent(fs.used_bytes, fs.total_bytes),
-        })).collect::<Vec<_>>(),
-        "disk_used_percent": m.filesystems.iter().filter_map(|fs| percent(fs.used_bytes, fs.total_bytes)).fold(None, |max: Option<f64>, p| Some(max.map_or(p, |m| m.max(p)))),
-        "temperatures": m.temperatures.iter().map(|t| json!({ "sensor": t.sensor, "celsius": t.celsius })).collect::<Vec<_>>(),
-        "max_temperature_celsius": max_temperature,
-        "uptime_seconds": m.uptime_seconds,
+    Some(HostMetrics {
+        reported_at: Timestamp::from_unix_seconds(report.at),
+        cpu_percent: m.cpu_percent.map(|p| (p * 10.0).round() / 10.0),
+        load1: m.load1,
+        memory_total_bytes: m.memory_total_bytes,
+        memory_available_bytes: m.memory_available_bytes,
+        memory_used_percent: percent(used_memory, m.memory_total_bytes),
+        filesystems: m
+            .filesystems
+            .iter()
+            .map(|fs| FilesystemUsage {
+                mount_point: fs.mount_point.clone(),
+                used_bytes: fs.used_bytes,
+                total_bytes: fs.total_bytes,
+                used_percent: percent(fs.used_bytes, fs.total_bytes),
+            })
+            .collect(),
+        disk_used_percent: m
+            .filesystems
+            .iter()
+            .filter_map(|fs| percent(fs.used_bytes, fs.total_bytes))
+            .fold(None, |max: Option<f64>, p| {
+                Some(max.map_or(p, |m| m.max(p)))
+            }),
+        temperatures: m
+            .temperatures
+            .iter()
+            .map(|t| TemperatureReading {
+                sensor: t.sensor.clone(),
+                celsius: t.celsius,
+            })
+            .collect(),
+        max_temperature_celsius: max_temperature,
+        uptime_seconds: m.uptime_seconds,
     })
 }
 
-/// `GET /api/v1/devices/{id}/logs?app=&service=&lines=` (operator: logs can hold secrets; every
-/// request is audited): the last lines of a service's log, or of the agent's journal without
-/// `app` and `service`.
+/// The last lines of a service's log, or of the agent's journal without `app` and `service`,
+/// read from the device now (operator: logs can hold secrets; every request is audited).
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}/logs",
+    operation_id = "device_logs",
+    tag = "observability",
+    params(("id" = String, Path, description = "Device id (`dev_…`)"), LogsQuery),
+    responses(
+        (status = 200, description = "The lines (`Cache-Control: no-store`)", body = DeviceLogs),
+        (status = 400, description = "A bad or unknown query parameter"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such device"),
+        (status = 409, description = "The device is not connected"),
+        (status = 502, description = "The device could not read the log"),
+        (status = 504, description = "The device did not answer in time"),
+    )
+)]
 pub async fn device_logs(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult {
+) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
-    only_known(&query, &["app", "service", "lines"])?;
-    let source = LogSource::parse(
-        query.get("app").map(String::as_str),
-        query.get("service").map(String::as_str),
-    )
-    .map_err(ApiError::BadRequest)?;
-    let lines = match query.get("lines") {
+    let query = logs_query(&query)?;
+    let source = LogSource::parse(query.app.as_deref(), query.service.as_deref())
+        .map_err(ApiError::BadRequest)?;
+    let lines = match query.lines {
         None => 100,
-        Some(text) => text
-            .parse::<u32>()
-            .map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "`lines` must be a whole number from 1 to {}",
-                    cairn_proto::MAX_LOG_LINES
-                ))
-            })
-            .and_then(|n| logs::check_lines(n).map_err(ApiError::BadRequest))?,
+        Some(n) => logs::check_lines(n).map_err(ApiError::BadRequest)?,
     };
     let outcome = logs::request(&shared, caller.actor(), &id, source.clone(), lines).await;
     let (app, service) = match &source {
@@ -217,20 +278,16 @@ pub async fn device_logs(
     };
     match outcome {
         Ok(lines_read) => {
-            let body = json!({
-                "device_id": id,
-                "request_id": lines_read.request_id,
-                "app": app,
-                "service": service,
-                "lines": lines,
-                "truncated": lines_read.truncated,
-                "text": lines_read.text,
-            });
-            Ok((
-                [(axum::http::header::CACHE_CONTROL, "no-store")],
-                Json(body),
-            )
-                .into_response())
+            let body = DeviceLogs {
+                device_id: id,
+                request_id: lines_read.request_id,
+                app,
+                service,
+                lines,
+                truncated: lines_read.truncated,
+                text: lines_read.text,
+            };
+            Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)))
         }
         Err(LogsError::NoDevice) => Err(ApiError::NotFound("no device with this id".into())),
         Err(e @ LogsError::Offline(_)) => Err(ApiError::Conflict(e.to_string())),
@@ -240,18 +297,28 @@ pub async fn device_logs(
     }
 }
 
-/// `GET /metrics` (any API token as a bearer): Prometheus text format 0.0.4.
-pub async fn metrics(caller: Caller, State(shared): St) -> ApiResult {
+/// Central's metrics in Prometheus text format 0.0.4 (any API token as a bearer).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    responses((
+        status = 200,
+        description = "Prometheus text format 0.0.4",
+        content_type = "text/plain; version=0.0.4; charset=utf-8",
+        body = String
+    ))
+)]
+pub async fn metrics(caller: Caller, State(shared): St) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let text = crate::metrics::render(&shared).await?;
     Ok((
         [(
-            axum::http::header::CONTENT_TYPE,
+            header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         text,
-    )
-        .into_response())
+    ))
 }
 
 #[cfg(test)]

@@ -7,22 +7,23 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use cairn_api::{
+    CreateRollout, DownloadProgress, RolloutDeviceView, RolloutDryRun, RolloutList, RolloutPlan,
+    RolloutReply, RolloutView, UpdatePhase, WaveSummary,
+};
 use cairn_proto::v1::OsUpdatePhase;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::{ApiError, Caller, ValidJson};
 use crate::bundles::is_sha256_hex;
 use crate::rollout::engine::{self, Action, CreateRequest, Created, Push};
-use crate::rollout::plan::{Plan, Selector, WaveSpec};
+use crate::rollout::plan::Plan;
 use crate::rollout::RolloutError;
 use crate::store::rollouts::{self, Rollout, RolloutDevice};
-use crate::store::{Role, RolloutDeviceState, StoreError};
+use crate::store::{Role, RolloutDeviceState, StoreError, Timestamp};
 use crate::Shared;
 
-type ApiResult = Result<axum::response::Response, ApiError>;
 type St = State<Arc<Shared>>;
 
 impl From<RolloutError> for ApiError {
@@ -46,21 +47,6 @@ impl From<RolloutError> for ApiError {
             | RolloutError::Downgrade { .. } => ApiError::BadRequest(e.to_string()),
         }
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateRollout {
-    bundle_sha256: String,
-    selector: Selector,
-    #[serde(default)]
-    waves: WaveSpec,
-    failure_threshold_percent: Option<u32>,
-    health_deadline_seconds: Option<u32>,
-    #[serde(default)]
-    allow_downgrade: bool,
-    #[serde(default)]
-    dry_run: bool,
 }
 
 /// Run an engine step in one transaction (committed only when it succeeds), then push.
@@ -90,13 +76,28 @@ where
     Ok(value)
 }
 
-/// `POST /api/v1/rollouts` (operator; `allow_downgrade` needs admin).
+/// Start rolling a bundle out (operator; `allow_downgrade` needs admin), or with `dry_run` only
+/// show the waves.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rollouts",
+    tag = "rollouts",
+    request_body = CreateRollout,
+    responses(
+        (status = 200, description = "Dry run: the waves; nothing stored or sent", body = RolloutDryRun),
+        (status = 201, description = "Created, first wave released", body = RolloutReply),
+        (status = 400, description = "A bad selector, wave request, threshold or deadline; no device selected; a downgrade without `allow_downgrade`"),
+        (status = 403, description = "Needs the operator role (admin for `allow_downgrade`)"),
+        (status = 404, description = "No such bundle"),
+        (status = 409, description = "A selected device is in another active rollout"),
+    )
+)]
 #[tracing::instrument(name = "api.rollout_create", skip_all, fields(actor = %caller.actor()))]
 pub(super) async fn create_rollout(
     caller: Caller,
     State(shared): St,
     ValidJson(body): ValidJson<CreateRollout>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
     if body.allow_downgrade && caller.role != Role::Admin {
         return Err(ApiError::Forbidden(format!(
@@ -130,9 +131,10 @@ pub(super) async fn create_rollout(
     })
     .await?;
     match created {
-        Created::Plan(plan, version) => Ok(Json(
-            json!({ "dry_run": true, "plan": plan_json(&plan, &version) }),
-        )
+        Created::Plan(plan, version) => Ok(Json(RolloutDryRun {
+            dry_run: true,
+            plan: rollout_plan(plan, version),
+        })
         .into_response()),
         Created::Stored(id) => {
             let body = load(&shared, id).await?;
@@ -141,101 +143,96 @@ pub(super) async fn create_rollout(
     }
 }
 
-fn plan_json(plan: &Plan, version: &str) -> Value {
-    let waves: Vec<Value> = plan
-        .waves
-        .iter()
-        .map(|w| {
-            let devices: Vec<Value> = w
-                .devices
-                .iter()
-                .map(|d| json!({ "device_id": d.device_id, "site": d.site, "from_version": d.from_version, "to_version": version }))
-                .collect();
-            json!({ "index": w.index, "kind": w.kind, "label": w.label, "devices": devices })
-        })
-        .collect();
-    json!({ "version": version, "device_count": plan.device_count(), "waves": waves, "skipped": plan.skipped })
+fn rollout_plan(plan: Plan, version: String) -> RolloutPlan {
+    RolloutPlan {
+        version,
+        device_count: plan.device_count() as u64,
+        waves: plan.waves,
+        skipped: plan.skipped,
+    }
 }
 
-fn counts(devices: &[RolloutDevice]) -> BTreeMap<&'static str, usize> {
-    let mut counts: BTreeMap<&'static str, usize> = RolloutDeviceState::ALL
+/// Devices per state, every state present.
+fn counts<'a>(devices: impl Iterator<Item = &'a RolloutDevice>) -> BTreeMap<String, u64> {
+    let mut counts: BTreeMap<String, u64> = RolloutDeviceState::KNOWN
         .iter()
-        .map(|s| (s.as_str(), 0))
+        .map(|s| (s.as_str().to_owned(), 0))
         .collect();
     for device in devices {
-        *counts.entry(device.state.as_str()).or_default() += 1;
+        *counts.entry(device.state.as_str().to_owned()).or_default() += 1;
     }
     counts
 }
 
-fn phase_name(phase: i32) -> &'static str {
+fn phase(phase: i32) -> UpdatePhase {
     match OsUpdatePhase::try_from(phase).unwrap_or(OsUpdatePhase::Unspecified) {
-        OsUpdatePhase::Unspecified => "unknown",
-        OsUpdatePhase::Idle => "idle",
-        OsUpdatePhase::Downloading => "downloading",
-        OsUpdatePhase::Installing => "installing",
-        OsUpdatePhase::Rebooting => "rebooting",
-        OsUpdatePhase::Verifying => "verifying",
-        OsUpdatePhase::Succeeded => "succeeded",
-        OsUpdatePhase::Failed => "failed",
-        OsUpdatePhase::Refused => "refused",
+        OsUpdatePhase::Unspecified => UpdatePhase::Unknown,
+        OsUpdatePhase::Idle => UpdatePhase::Idle,
+        OsUpdatePhase::Downloading => UpdatePhase::Downloading,
+        OsUpdatePhase::Installing => UpdatePhase::Installing,
+        OsUpdatePhase::Rebooting => UpdatePhase::Rebooting,
+        OsUpdatePhase::Verifying => UpdatePhase::Verifying,
+        OsUpdatePhase::Succeeded => UpdatePhase::Succeeded,
+        OsUpdatePhase::Failed => UpdatePhase::Failed,
+        OsUpdatePhase::Refused => UpdatePhase::Refused,
     }
 }
 
-/// A rollout with per-wave counts; with `devices`, each device's state and live progress.
-fn rollout_json(
+/// A rollout with per-wave counts; with `with_devices`, each device's state and live progress.
+fn rollout_view(
     shared: &Shared,
-    rollout: &Rollout,
-    devices: &[RolloutDevice],
+    rollout: Rollout,
+    devices: Vec<RolloutDevice>,
     with_devices: bool,
-) -> Value {
-    let mut value = serde_json::to_value(rollout).expect("a rollout serialises");
-    value["counts"] = json!(counts(devices));
-    let waves: Vec<Value> = (0..rollout.wave_count)
+) -> RolloutView {
+    let wave_summary = (0..rollout.wave_count)
         .map(|wave| {
-            let in_wave: Vec<RolloutDevice> =
-                devices.iter().filter(|d| d.wave == wave).cloned().collect();
-            json!({
-                "index": wave,
-                "released": wave < rollout.released_waves,
-                "devices": in_wave.len(),
-                "counts": counts(&in_wave),
-            })
+            let in_wave = || devices.iter().filter(move |d| d.wave == wave);
+            WaveSummary {
+                index: wave,
+                released: wave < rollout.released_waves,
+                devices: in_wave().count() as u64,
+                counts: counts(in_wave()),
+            }
         })
         .collect();
-    value["wave_summary"] = json!(waves);
-    if with_devices {
-        let list: Vec<Value> = devices
-            .iter()
-            .map(|d| {
-                let mut item = serde_json::to_value(d).expect("a rollout device serialises");
-                item["online"] = json!(shared.sessions.is_online(&d.device_id));
+    let counts = counts(devices.iter());
+    let devices = with_devices.then(|| {
+        devices
+            .into_iter()
+            .map(|device| {
+                let online = shared.sessions.is_online(&device.device_id);
                 // Live progress of this rollout's bundle, from the latest heartbeat (memory only).
-                let report = shared.sessions.os_report(&d.device_id);
+                let report = shared.sessions.os_report(&device.device_id);
                 let progress = report
                     .as_ref()
                     .filter(|r| r.status.rollout_id == rollout.id)
-                    .map(|r| {
-                        json!({
-                            "phase": phase_name(r.status.phase),
-                            "bundle_sha256": r.status.bundle_sha256,
-                            "bytes_done": r.status.bytes_done,
-                            "bytes_total": r.status.bytes_total,
-                            "bytes_fetched": r.status.bytes_fetched,
-                            "reported_at": crate::store::rfc3339::format(r.at),
-                        })
+                    .map(|r| DownloadProgress {
+                        phase: phase(r.status.phase),
+                        bundle_sha256: r.status.bundle_sha256.clone(),
+                        bytes_done: r.status.bytes_done,
+                        bytes_total: r.status.bytes_total,
+                        bytes_fetched: r.status.bytes_fetched,
+                        reported_at: Timestamp::from_unix_seconds(r.at),
                     });
-                item["progress"] = progress.unwrap_or(Value::Null);
-                item["running_version"] = json!(report.map(|r| r.status.version.clone()));
-                item
+                RolloutDeviceView {
+                    device,
+                    online,
+                    progress,
+                    running_version: report.map(|r| r.status.version.clone()),
+                }
             })
-            .collect();
-        value["devices"] = json!(list);
+            .collect()
+    });
+    RolloutView {
+        rollout,
+        counts,
+        wave_summary,
+        devices,
     }
-    value
 }
 
-async fn load(shared: &Arc<Shared>, id: String) -> Result<Value, ApiError> {
+async fn load(shared: &Arc<Shared>, id: String) -> Result<RolloutReply, ApiError> {
     let wanted = id.clone();
     let (rollout, devices) = shared
         .store
@@ -248,11 +245,22 @@ async fn load(shared: &Arc<Shared>, id: String) -> Result<Value, ApiError> {
         })
         .await?
         .ok_or(RolloutError::NotFound(id))?;
-    Ok(json!({ "rollout": rollout_json(shared, &rollout, &devices, true) }))
+    Ok(RolloutReply {
+        rollout: rollout_view(shared, rollout, devices, true),
+    })
 }
 
-/// `GET /api/v1/rollouts` (viewer): newest first, with counts.
-pub(super) async fn list_rollouts(caller: Caller, State(shared): St) -> ApiResult {
+/// Every rollout with its counts, newest first (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/rollouts",
+    tag = "rollouts",
+    responses((status = 200, description = "Every rollout, without its devices", body = RolloutList))
+)]
+pub(super) async fn list_rollouts(
+    caller: Caller,
+    State(shared): St,
+) -> Result<Json<RolloutList>, ApiError> {
     caller.require(Role::Viewer)?;
     let all = shared
         .store
@@ -265,24 +273,39 @@ pub(super) async fn list_rollouts(caller: Caller, State(shared): St) -> ApiResul
             Ok(all)
         })
         .await?;
-    let list: Vec<Value> = all
-        .iter()
-        .map(|(r, d)| rollout_json(&shared, r, d, false))
+    let rollouts = all
+        .into_iter()
+        .map(|(r, d)| rollout_view(&shared, r, d, false))
         .collect();
-    Ok(Json(json!({ "rollouts": list })).into_response())
+    Ok(Json(RolloutList { rollouts }))
 }
 
-/// `GET /api/v1/rollouts/{id}` (viewer).
+/// A rollout with each device's state and download progress (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/rollouts/{id}",
+    tag = "rollouts",
+    params(("id" = String, Path, description = "Rollout id (`rol_…`)")),
+    responses(
+        (status = 200, description = "The rollout", body = RolloutReply),
+        (status = 404, description = "No such rollout"),
+    )
+)]
 pub(super) async fn show_rollout(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> Result<Json<RolloutReply>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(load(&shared, id).await?).into_response())
+    Ok(Json(load(&shared, id).await?))
 }
 
-async fn act(caller: Caller, shared: Arc<Shared>, id: String, action: Action) -> ApiResult {
+async fn act(
+    caller: Caller,
+    shared: Arc<Shared>,
+    id: String,
+    action: Action,
+) -> Result<Json<RolloutReply>, ApiError> {
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let target = id.clone();
@@ -290,41 +313,89 @@ async fn act(caller: Caller, shared: Arc<Shared>, id: String, action: Action) ->
         engine::act(tx, &target, action, &actor, pushes)
     })
     .await?;
-    Ok(Json(load(&shared, id).await?).into_response())
+    Ok(Json(load(&shared, id).await?))
 }
 
-/// `POST /api/v1/rollouts/{id}/pause` (operator).
+/// Release no new wave (operator); devices already updating go on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rollouts/{id}/pause",
+    tag = "rollouts",
+    params(("id" = String, Path, description = "Rollout id (`rol_…`)")),
+    responses(
+        (status = 200, description = "Done: the rollout now", body = RolloutReply),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such rollout"),
+        (status = 409, description = "Not possible in the rollout's state (or, for a rollback, a previous version's bundle is not stored)"),
+    )
+)]
 pub(super) async fn pause_rollout(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> Result<Json<RolloutReply>, ApiError> {
     act(caller, shared, id, Action::Pause).await
 }
 
-/// `POST /api/v1/rollouts/{id}/resume` (operator).
+/// Release waves again after a pause (operator).
+#[utoipa::path(
+    post,
+    path = "/api/v1/rollouts/{id}/resume",
+    tag = "rollouts",
+    params(("id" = String, Path, description = "Rollout id (`rol_…`)")),
+    responses(
+        (status = 200, description = "Done: the rollout now", body = RolloutReply),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such rollout"),
+        (status = 409, description = "Not possible in the rollout's state (or, for a rollback, a previous version's bundle is not stored)"),
+    )
+)]
 pub(super) async fn resume_rollout(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> Result<Json<RolloutReply>, ApiError> {
     act(caller, shared, id, Action::Resume).await
 }
 
-/// `POST /api/v1/rollouts/{id}/abort` (operator).
+/// Stop (operator): devices not yet installing are called off; devices installing finish.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rollouts/{id}/abort",
+    tag = "rollouts",
+    params(("id" = String, Path, description = "Rollout id (`rol_…`)")),
+    responses(
+        (status = 200, description = "Done: the rollout now", body = RolloutReply),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such rollout"),
+        (status = 409, description = "Not possible in the rollout's state (or, for a rollback, a previous version's bundle is not stored)"),
+    )
+)]
 pub(super) async fn abort_rollout(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> Result<Json<RolloutReply>, ApiError> {
     act(caller, shared, id, Action::Abort).await
 }
 
-/// `POST /api/v1/rollouts/{id}/rollback` (operator).
+/// Send the updated devices back to the version they ran (operator); its bundle must be stored.
+#[utoipa::path(
+    post,
+    path = "/api/v1/rollouts/{id}/rollback",
+    tag = "rollouts",
+    params(("id" = String, Path, description = "Rollout id (`rol_…`)")),
+    responses(
+        (status = 200, description = "Done: the rollout now", body = RolloutReply),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such rollout"),
+        (status = 409, description = "Not possible in the rollout's state (or, for a rollback, a previous version's bundle is not stored)"),
+    )
+)]
 pub(super) async fn rollback_rollout(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> Result<Json<RolloutReply>, ApiError> {
     act(caller, shared, id, Action::Rollback).await
 }

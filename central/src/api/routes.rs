@@ -1,147 +1,139 @@
-//! REST handlers, one per operation in `openapi.json`.
+//! The route list (every route with its OpenAPI operation, see [`super::openapi`]) and the
+//! handlers of health, enrollment tokens, devices, claims, API tokens and the audit log.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use axum::Json;
+use cairn_api::{
+    ApiTokenList, AuditLog, AuditQuery, ClaimList, ClaimReply, CreateApiToken, CreateClaim,
+    CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken, DeviceDetail, DeviceList,
+    DeviceReply, DeviceWithHost, EnrollmentTokenList, EnrollmentTokenReply, Health, RecoveryKey,
+    SetDeviceConfig,
+};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
+use utoipa_axum::routes;
 
 use super::{
-    apps, bundles, deployments, observability, rollouts, sites, ApiError, Caller, ValidJson,
-    OPENAPI,
+    apps, bundles, console, deployments, observability, require_known, rollouts, sites, ApiError,
+    Caller, ValidJson, ValidQuery,
 };
 use crate::grpc::desired_state;
 use crate::store::apps as store_apps;
 use crate::store::{
-    audit, devices, recovery_keys, tokens, ClaimKind, Device, DeviceStatus, Policy, Role,
-    StoreError,
+    audit, devices, recovery_keys, tokens, ClaimKind, Device, DeviceStatus, EnrollmentPolicy, Role,
+    StoreError, Timestamp,
 };
 use crate::Shared;
 
-type ApiResult = Result<axum::response::Response, ApiError>;
 type St = State<Arc<Shared>>;
 
-/// Every route; `openapi.json` documents each (a test checks the two agree).
-pub(super) fn router() -> Router<Arc<Shared>> {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
-        .route("/api/v1/openapi.json", get(openapi))
-        .route(
-            "/api/v1/enrollment-tokens",
-            get(list_tokens).post(create_token),
-        )
-        .route("/api/v1/enrollment-tokens/{id}/revoke", post(revoke_token))
-        .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{id}", get(show_device))
-        .route("/api/v1/devices/{id}/approve", post(approve_device))
-        .route("/api/v1/devices/{id}/revoke", post(revoke_device))
-        .route("/api/v1/devices/{id}/config", put(set_device_config))
-        .route("/api/v1/devices/{id}/apps", get(apps::list_apps))
-        .route(
-            "/api/v1/devices/{id}/apps/{name}",
-            put(apps::put_app)
-                .delete(apps::delete_app)
-                .layer(DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES)),
-        )
-        .route("/api/v1/devices/{id}/site", put(sites::set_device_site))
-        .route("/api/v1/devices/{id}/labels", put(sites::set_device_labels))
-        .route("/api/v1/devices/{id}/recovery-key", get(show_recovery_key))
-        .route("/api/v1/devices/{id}/logs", get(observability::device_logs))
-        .route("/api/v1/events", get(observability::list_events))
-        .route("/metrics", get(observability::metrics))
-        .route("/api/v1/claims", get(list_claims).post(add_claim))
-        .route(
-            "/api/v1/api-tokens",
-            get(list_api_tokens).post(create_api_token),
-        )
-        .route("/api/v1/audit", get(list_audit))
-        .route(
-            "/api/v1/bundles",
-            get(bundles::list_bundles)
-                .post(bundles::upload_bundle)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/api/v1/bundles/{sha256}",
-            get(bundles::show_bundle).delete(bundles::delete_bundle),
-        )
-        .route(
-            "/api/v1/bundles/{sha256}/content",
-            get(bundles::bundle_content),
-        )
-        .route(
-            "/api/v1/rollouts",
-            get(rollouts::list_rollouts).post(rollouts::create_rollout),
-        )
-        .route("/api/v1/rollouts/{id}", get(rollouts::show_rollout))
-        .route("/api/v1/rollouts/{id}/pause", post(rollouts::pause_rollout))
-        .route(
-            "/api/v1/rollouts/{id}/resume",
-            post(rollouts::resume_rollout),
-        )
-        .route("/api/v1/rollouts/{id}/abort", post(rollouts::abort_rollout))
-        .route(
-            "/api/v1/rollouts/{id}/rollback",
-            post(rollouts::rollback_rollout),
-        )
-        .route(
-            "/api/v1/sites",
-            get(sites::list_sites).post(sites::create_site),
-        )
-        .route(
-            "/api/v1/sites/{name}",
-            get(sites::show_site)
-                .put(sites::update_site)
-                .delete(sites::delete_site),
-        )
-        .route(
-            "/api/v1/regions",
-            get(sites::list_regions).post(sites::create_region),
-        )
-        .route(
-            "/api/v1/regions/{name}",
-            get(sites::show_region).delete(sites::delete_region),
-        )
-        .route(
-            "/api/v1/deployments",
-            get(deployments::list_deployments)
-                .post(deployments::create_deployment)
-                .layer(DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES)),
-        )
-        .route(
-            "/api/v1/deployments/{name}",
-            get(deployments::show_deployment)
-                .put(deployments::update_deployment)
-                .delete(deployments::delete_deployment)
-                .layer(DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES)),
-        )
-        .merge(super::console::router())
-        .fallback(|| async {
-            ApiError::NotFound("no such API route; see /api/v1/openapi.json".into())
-        })
+/// Every route, each added with its documented operation (`routes!` reads the path and method
+/// from the handler's `#[utoipa::path]`), so the document lists exactly what is routed.
+pub(super) fn router() -> OpenApiRouter<Arc<Shared>> {
+    OpenApiRouter::with_openapi(super::openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(openapi_document))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_devices))
+        .routes(routes!(show_device))
+        .routes(routes!(approve_device))
+        .routes(routes!(revoke_device))
+        .routes(routes!(set_device_config))
+        .routes(routes!(apps::list_apps))
+        .routes(body_limit(
+            routes!(apps::put_app, apps::delete_app),
+            DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES),
+        ))
+        .routes(routes!(sites::set_device_site))
+        .routes(routes!(sites::set_device_labels))
+        .routes(routes!(show_recovery_key))
+        .routes(routes!(observability::device_logs))
+        .routes(routes!(observability::list_events))
+        .routes(routes!(observability::metrics))
+        .routes(routes!(list_claims, add_claim))
+        .routes(routes!(list_api_tokens, create_api_token))
+        .routes(routes!(list_audit))
+        .routes(body_limit(
+            routes!(bundles::list_bundles, bundles::upload_bundle),
+            DefaultBodyLimit::disable(),
+        ))
+        .routes(routes!(bundles::show_bundle, bundles::delete_bundle))
+        .routes(routes!(bundles::bundle_content))
+        .routes(routes!(rollouts::list_rollouts, rollouts::create_rollout))
+        .routes(routes!(rollouts::show_rollout))
+        .routes(routes!(rollouts::pause_rollout))
+        .routes(routes!(rollouts::resume_rollout))
+        .routes(routes!(rollouts::abort_rollout))
+        .routes(routes!(rollouts::rollback_rollout))
+        .routes(routes!(sites::list_sites, sites::create_site))
+        .routes(routes!(
+            sites::show_site,
+            sites::update_site,
+            sites::delete_site
+        ))
+        .routes(routes!(sites::list_regions, sites::create_region))
+        .routes(routes!(sites::show_region, sites::delete_region))
+        .routes(body_limit(
+            routes!(
+                deployments::list_deployments,
+                deployments::create_deployment
+            ),
+            DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES),
+        ))
+        .routes(body_limit(
+            routes!(
+                deployments::show_deployment,
+                deployments::update_deployment,
+                deployments::delete_deployment
+            ),
+            DefaultBodyLimit::max(apps::PUT_APP_BODY_BYTES),
+        ))
+        .routes(routes!(console::index))
+        .routes(routes!(console::index_console))
+        .routes(routes!(console::index_console_slash))
+        .routes(routes!(console::asset))
 }
 
-async fn openapi() -> impl IntoResponse {
+/// The routes of one path with another body limit than [`super::MAX_BODY_BYTES`].
+fn body_limit(
+    (schemas, paths, methods): UtoipaMethodRouter<Arc<Shared>>,
+    limit: DefaultBodyLimit,
+) -> UtoipaMethodRouter<Arc<Shared>> {
+    (schemas, paths, methods.layer(limit))
+}
+
+/// Central serves (no token needed).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "Central serves", body = Health))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// This document (no token needed).
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    operation_id = "openapi",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object))
+)]
+async fn openapi_document() -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
+        [(header::CONTENT_TYPE, "application/json")],
+        super::document_json(),
     )
-}
-
-fn ok(value: Value) -> ApiResult {
-    Ok(Json(value).into_response())
-}
-
-fn created(value: Value) -> ApiResult {
-    Ok((StatusCode::CREATED, Json(value)).into_response())
 }
 
 /// Names are shown in tables and the audit log: short, printable.
@@ -154,22 +146,32 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateToken {
-    name: String,
-    policy: Policy,
-    expires_in_seconds: Option<u64>,
-    max_uses: Option<u32>,
-}
-
+/// Create an enrollment token (operator); its secret is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/api/v1/enrollment-tokens",
+    operation_id = "create_enrollment_token",
+    tag = "enrollment",
+    request_body = CreateEnrollmentToken,
+    responses(
+        (status = 201, description = "Created", body = CreatedEnrollmentToken),
+        (status = 400, description = "A field is out of range"),
+        (status = 403, description = "Needs the operator role"),
+    )
+)]
 async fn create_token(
     caller: Caller,
     State(shared): St,
-    ValidJson(body): ValidJson<CreateToken>,
-) -> ApiResult {
+    ValidJson(body): ValidJson<CreateEnrollmentToken>,
+) -> Result<(StatusCode, Json<CreatedEnrollmentToken>), ApiError> {
     caller.require(Role::Operator)?;
     check_name(&body.name)?;
+    require_known(
+        "policy",
+        body.policy.as_str(),
+        body.policy.is_known(),
+        &EnrollmentPolicy::known_list(),
+    )?;
     let lifetime = body
         .expires_in_seconds
         .unwrap_or(shared.config.default_token_lifetime_seconds);
@@ -204,19 +206,50 @@ async fn create_token(
             Ok((token, secret))
         })
         .await?;
-    created(json!({ "token": token, "secret": secret }))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedEnrollmentToken { token, secret }),
+    ))
 }
 
-async fn list_tokens(caller: Caller, State(shared): St) -> ApiResult {
+/// Every enrollment token, newest first (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/enrollment-tokens",
+    operation_id = "list_enrollment_tokens",
+    tag = "enrollment",
+    responses((status = 200, description = "Every enrollment token", body = EnrollmentTokenList))
+)]
+async fn list_tokens(
+    caller: Caller,
+    State(shared): St,
+) -> Result<Json<EnrollmentTokenList>, ApiError> {
     caller.require(Role::Viewer)?;
-    let list = shared
+    let tokens = shared
         .store
         .read(|conn| tokens::list_enrollment_tokens(conn))
         .await?;
-    ok(json!({ "tokens": list }))
+    Ok(Json(EnrollmentTokenList { tokens }))
 }
 
-async fn revoke_token(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
+/// Revoke an enrollment token (operator): no more devices enroll with it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/enrollment-tokens/{id}/revoke",
+    operation_id = "revoke_enrollment_token",
+    tag = "enrollment",
+    params(("id" = String, Path, description = "Token id (`tok_…`)")),
+    responses(
+        (status = 200, description = "Revoked (or it was already)", body = EnrollmentTokenReply),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such token"),
+    )
+)]
+async fn revoke_token(
+    caller: Caller,
+    State(shared): St,
+    Path(id): Path<String>,
+) -> Result<Json<EnrollmentTokenReply>, ApiError> {
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let token = shared
@@ -233,37 +266,39 @@ async fn revoke_token(caller: Caller, State(shared): St, Path(id): Path<String>)
         })
         .await?
         .ok_or_else(|| ApiError::NotFound("no enrollment token with this id".into()))?;
-    ok(json!({ "token": token }))
+    Ok(Json(EnrollmentTokenReply { token }))
 }
 
 fn with_presence(shared: &Shared, mut device: Device) -> Device {
     device.online = shared.sessions.is_online(&device.id);
     if let Some(at) = shared.sessions.last_heard(&device.id) {
+        let at = Timestamp::from_unix_seconds(at);
         device.last_seen_at = Some(device.last_seen_at.map_or(at, |written| written.max(at)));
     }
     device
 }
 
-/// A device as JSON with its latest host metrics (`host`, null when none reported here).
-fn with_host(shared: &Shared, device: &Device) -> Value {
-    let mut value = serde_json::to_value(device).unwrap_or(Value::Null);
-    if let Some(object) = value.as_object_mut() {
-        object.insert(
-            "host".into(),
-            observability::host_json(shared.sessions.host_report(&device.id).as_deref()),
-        );
-    }
-    value
+/// A device with its latest host metrics (`host`, null when none reported here).
+fn with_host(shared: &Shared, device: Device) -> DeviceWithHost {
+    let host = observability::host_metrics(shared.sessions.host_report(&device.id).as_deref());
+    DeviceWithHost { device, host }
 }
 
-async fn list_devices(caller: Caller, State(shared): St) -> ApiResult {
+/// Every device with its host metrics, oldest first (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    responses((status = 200, description = "Every device", body = DeviceList))
+)]
+async fn list_devices(caller: Caller, State(shared): St) -> Result<Json<DeviceList>, ApiError> {
     caller.require(Role::Viewer)?;
     let list = shared.store.read(|conn| devices::list(conn)).await?;
-    let list: Vec<Value> = list
+    let devices = list
         .into_iter()
-        .map(|d| with_host(&shared, &with_presence(&shared, d)))
+        .map(|d| with_host(&shared, with_presence(&shared, d)))
         .collect();
-    ok(json!({ "devices": list }))
+    Ok(Json(DeviceList { devices }))
 }
 
 pub(super) async fn load_device(shared: &Shared, id: String) -> Result<Device, ApiError> {
@@ -275,16 +310,51 @@ pub(super) async fn load_device(shared: &Shared, id: String) -> Result<Device, A
     Ok(with_presence(shared, device))
 }
 
-async fn show_device(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
+/// One device with its host metrics and newest events (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (`dev_…`)")),
+    responses(
+        (status = 200, description = "The device", body = DeviceDetail),
+        (status = 404, description = "No such device"),
+    )
+)]
+async fn show_device(
+    caller: Caller,
+    State(shared): St,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceDetail>, ApiError> {
     caller.require(Role::Viewer)?;
     let device = load_device(&shared, id).await?;
     let events = observability::device_events(&shared, device.id.clone()).await?;
-    ok(json!({ "device": with_host(&shared, &device), "events": events }))
+    Ok(Json(DeviceDetail {
+        device: with_host(&shared, device),
+        events,
+    }))
 }
 
 /// The device's escrowed recovery key, in clear: admin only, every read audited (before the key
 /// is returned, so a read that fails later is still on record), never cached by a proxy.
-async fn show_recovery_key(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}/recovery-key",
+    operation_id = "show_recovery_key",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (`dev_…`)")),
+    responses(
+        (status = 200, description = "The recovery key (`Cache-Control: no-store`)", body = RecoveryKey),
+        (status = 403, description = "Needs the admin role"),
+        (status = 404, description = "No such device, or it has not escrowed a key yet"),
+        (status = 409, description = "The escrowed key does not decrypt with central's escrow key"),
+    )
+)]
+async fn show_recovery_key(
+    caller: Caller,
+    State(shared): St,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     let actor = caller.actor();
     let device_id = id.clone();
@@ -309,17 +379,13 @@ async fn show_recovery_key(caller: Caller, State(shared): St, Path(id): Path<Str
         tracing::error!(error = %e, "escrowed recovery key does not decrypt");
         ApiError::Conflict(e.to_string())
     })?;
-    let body = json!({
-        "device_id": device_id,
-        "luks_uuid": row.luks_uuid,
-        "recovery_key": key,
-        "stored_at": row.stored_at,
-    });
-    Ok((
-        [(axum::http::header::CACHE_CONTROL, "no-store")],
-        Json(body),
-    )
-        .into_response())
+    let body = RecoveryKey {
+        device_id,
+        luks_uuid: row.luks_uuid,
+        recovery_key: key,
+        stored_at: row.stored_at,
+    };
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(body)))
 }
 
 /// Move a device between statuses with an audit record; `from` lists the allowed starting points.
@@ -330,10 +396,11 @@ async fn transition(
     from: &'static [DeviceStatus],
     to: DeviceStatus,
     action: &'static str,
-) -> Result<Device, ApiError> {
+) -> Result<Json<DeviceReply>, ApiError> {
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let device_id = id.clone();
+    let revoked = to == DeviceStatus::Revoked;
     let result = shared
         .store
         .run(move |conn| {
@@ -354,7 +421,7 @@ async fn transition(
                         .join(" or ")
                 ))));
             }
-            devices::set_status(&tx, &id, to)?;
+            devices::set_status(&tx, &id, to.clone())?;
             audit::record(
                 &tx,
                 &actor,
@@ -382,54 +449,97 @@ async fn transition(
         })
         .await?;
     result?;
-    if to == DeviceStatus::Revoked {
+    if revoked {
         // Refused at once: end its open stream now, not at the next call.
         shared.cut_off(&device_id);
     }
     // Its deployments move elsewhere; a newly approved device may take some.
     shared.placement.wake();
-    load_device(shared, device_id).await
+    Ok(Json(DeviceReply {
+        device: load_device(shared, device_id).await?,
+    }))
 }
 
-async fn approve_device(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
-    let device = transition(
+/// Approve a pending device (operator).
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/approve",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (`dev_…`)")),
+    responses(
+        (status = 200, description = "Active now (or it already was)", body = DeviceReply),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such device"),
+        (status = 409, description = "The device is revoked"),
+    )
+)]
+async fn approve_device(
+    caller: Caller,
+    State(shared): St,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceReply>, ApiError> {
+    const FROM: &[DeviceStatus] = &[DeviceStatus::Pending];
+    transition(
         &shared,
         &caller,
         id,
-        &[DeviceStatus::Pending],
+        FROM,
         DeviceStatus::Active,
         "device.approve",
     )
-    .await?;
-    ok(json!({ "device": device }))
+    .await
 }
 
-async fn revoke_device(caller: Caller, State(shared): St, Path(id): Path<String>) -> ApiResult {
-    let from = &[DeviceStatus::Pending, DeviceStatus::Active];
-    let device = transition(
+/// Revoke a device (operator): refused from now on, its open stream closed.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/revoke",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (`dev_…`)")),
+    responses(
+        (status = 200, description = "Revoked (or it already was)", body = DeviceReply),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such device"),
+    )
+)]
+async fn revoke_device(
+    caller: Caller,
+    State(shared): St,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceReply>, ApiError> {
+    const FROM: &[DeviceStatus] = &[DeviceStatus::Pending, DeviceStatus::Active];
+    transition(
         &shared,
         &caller,
         id,
-        from,
+        FROM,
         DeviceStatus::Revoked,
         "device.revoke",
     )
-    .await?;
-    ok(json!({ "device": device }))
+    .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetConfig {
-    config: BTreeMap<String, String>,
-}
-
+/// Replace a device's configuration (operator); pushed to it at once when it is connected.
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{id}/config",
+    operation_id = "set_device_config",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (`dev_…`)")),
+    request_body = SetDeviceConfig,
+    responses(
+        (status = 200, description = "Stored and pushed", body = DeviceReply),
+        (status = 400, description = "Too many or too long keys or values"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such device"),
+    )
+)]
 async fn set_device_config(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
-    ValidJson(body): ValidJson<SetConfig>,
-) -> ApiResult {
+    ValidJson(body): ValidJson<SetDeviceConfig>,
+) -> Result<Json<DeviceReply>, ApiError> {
     caller.require(Role::Operator)?;
     if body.config.len() > 256
         || body
@@ -442,7 +552,7 @@ async fn set_device_config(
         ));
     }
     let actor = caller.actor();
-    let config = body.config.clone();
+    let config = body.config;
     let device_id = id.clone();
     let desired = shared
         .store
@@ -467,21 +577,30 @@ async fn set_device_config(
         .await?
         .ok_or_else(|| ApiError::NotFound("no device with this id".into()))?;
     shared.deliver(&device_id, desired).await;
-    ok(json!({ "device": load_device(&shared, device_id).await? }))
+    Ok(Json(DeviceReply {
+        device: load_device(&shared, device_id).await?,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddClaim {
-    serial: Option<String>,
-    tpm_ek_sha256: Option<String>,
-}
-
+/// Pre-register a device by serial or TPM EK hash for `claim` tokens (operator).
+#[utoipa::path(
+    post,
+    path = "/api/v1/claims",
+    operation_id = "add_claim",
+    tag = "enrollment",
+    request_body = CreateClaim,
+    responses(
+        (status = 201, description = "Claimed", body = ClaimReply),
+        (status = 400, description = "Not exactly one of `serial` and `tpm_ek_sha256`, or a bad value"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 409, description = "This serial or EK is already claimed"),
+    )
+)]
 async fn add_claim(
     caller: Caller,
     State(shared): St,
-    ValidJson(body): ValidJson<AddClaim>,
-) -> ApiResult {
+    ValidJson(body): ValidJson<CreateClaim>,
+) -> Result<(StatusCode, Json<ClaimReply>), ApiError> {
     caller.require(Role::Operator)?;
     let (kind, value) = match (body.serial, body.tpm_ek_sha256) {
         (Some(serial), None) if !serial.is_empty() && serial.len() <= 128 && !serial.chars().any(char::is_control) => {
@@ -501,46 +620,59 @@ async fn add_claim(
         .store
         .run(move |conn| {
             let tx = conn.transaction()?;
+            let detail = format!("{}={}", kind.as_str(), value);
             let claim = tokens::add_claim(&tx, kind, &value)?;
             if let Some(claim) = &claim {
-                audit::record(
-                    &tx,
-                    &actor,
-                    "claim.add",
-                    &claim.id,
-                    &format!("{}={}", kind.as_str(), value),
-                )?;
+                audit::record(&tx, &actor, "claim.add", &claim.id, &detail)?;
             }
             tx.commit()?;
             Ok(claim)
         })
         .await?
         .ok_or_else(|| ApiError::Conflict("this serial or EK is already claimed".into()))?;
-    created(json!({ "claim": claim }))
+    Ok((StatusCode::CREATED, Json(ClaimReply { claim })))
 }
 
-async fn list_claims(caller: Caller, State(shared): St) -> ApiResult {
+/// Every claim, newest first (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/claims",
+    tag = "enrollment",
+    responses((status = 200, description = "Every claim", body = ClaimList))
+)]
+async fn list_claims(caller: Caller, State(shared): St) -> Result<Json<ClaimList>, ApiError> {
     caller.require(Role::Viewer)?;
-    let list = shared.store.read(|conn| tokens::list_claims(conn)).await?;
-    ok(json!({ "claims": list }))
+    let claims = shared.store.read(|conn| tokens::list_claims(conn)).await?;
+    Ok(Json(ClaimList { claims }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateApiToken {
-    name: String,
-    role: Role,
-}
-
+/// Create an API token (admin); its secret is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/api/v1/api-tokens",
+    tag = "access",
+    request_body = CreateApiToken,
+    responses(
+        (status = 201, description = "Created", body = CreatedApiToken),
+        (status = 400, description = "A bad name or role"),
+        (status = 403, description = "Needs the admin role"),
+    )
+)]
 async fn create_api_token(
     caller: Caller,
     State(shared): St,
     ValidJson(body): ValidJson<CreateApiToken>,
-) -> ApiResult {
+) -> Result<(StatusCode, Json<CreatedApiToken>), ApiError> {
     caller.require(Role::Admin)?;
     check_name(&body.name)?;
+    require_known(
+        "role",
+        body.role.as_str(),
+        body.role.is_known(),
+        &Role::known_list(),
+    )?;
     let actor = caller.actor();
-    let (token, secret) = shared
+    let (api_token, secret) = shared
         .store
         .run(move |conn| {
             let tx = conn.transaction()?;
@@ -556,62 +688,57 @@ async fn create_api_token(
             Ok((token, secret))
         })
         .await?;
-    created(json!({ "api_token": token, "secret": secret }))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedApiToken { api_token, secret }),
+    ))
 }
 
-async fn list_api_tokens(caller: Caller, State(shared): St) -> ApiResult {
+/// Every API token, newest first (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/api-tokens",
+    tag = "access",
+    responses(
+        (status = 200, description = "Every API token", body = ApiTokenList),
+        (status = 403, description = "Needs the admin role"),
+    )
+)]
+async fn list_api_tokens(
+    caller: Caller,
+    State(shared): St,
+) -> Result<Json<ApiTokenList>, ApiError> {
     caller.require(Role::Admin)?;
-    let list = shared
+    let api_tokens = shared
         .store
         .read(|conn| tokens::list_api_tokens(conn))
         .await?;
-    ok(json!({ "api_tokens": list }))
+    Ok(Json(ApiTokenList { api_tokens }))
 }
 
-#[derive(Deserialize)]
-struct AuditQuery {
-    limit: Option<u32>,
-}
-
+/// The newest audit records, newest first (admin).
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    operation_id = "list_audit",
+    tag = "access",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "The newest records", body = AuditLog),
+        (status = 400, description = "`limit` is not a number"),
+        (status = 403, description = "Needs the admin role"),
+    )
+)]
 async fn list_audit(
     caller: Caller,
     State(shared): St,
-    Query(query): Query<AuditQuery>,
-) -> ApiResult {
+    ValidQuery(query): ValidQuery<AuditQuery>,
+) -> Result<Json<AuditLog>, ApiError> {
     caller.require(Role::Admin)?;
     let limit = query.limit.unwrap_or(100).clamp(1, 10_000);
     let events = shared
         .store
         .read(move |conn| audit::recent(conn, limit))
         .await?;
-    ok(json!({ "events": events }))
-}
-
-#[cfg(test)]
-mod tests {
-    /// Every route in the router is documented in openapi.json and vice versa.
-    #[test]
-    fn openapi_lists_every_route() {
-        let doc: serde_json::Value =
-            serde_json::from_str(super::OPENAPI).expect("openapi.json parses");
-        let documented: std::collections::BTreeSet<String> = doc["paths"]
-            .as_object()
-            .expect("paths")
-            .keys()
-            .cloned()
-            .collect();
-        let source = include_str!("routes.rs")
-            .split("#[cfg(test)]")
-            .next()
-            .unwrap();
-        // rustfmt may break `.route(` and its path onto two lines.
-        let routed: std::collections::BTreeSet<String> = source
-            .split(".route(")
-            .skip(1)
-            .filter_map(|rest| rest.trim_start().strip_prefix('"'))
-            .filter_map(|l| l.split('"').next())
-            .map(str::to_owned)
-            .collect();
-        assert_eq!(documented, routed);
-    }
+    Ok(Json(AuditLog { events }))
 }

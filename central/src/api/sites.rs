@@ -3,25 +3,24 @@
 //! Every change is audited and followed by a scheduler pass (placement may move), so the
 //! answer already reflects it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use cairn_api::{
+    CreateRegion, CreateSite, DeviceReply, RegionList, RegionReply, Removed, SetDeviceLabels,
+    SetDeviceSite, SiteList, SiteReply, SiteWithCount, SiteWithDevices, UpdateSite,
+};
 
 use super::routes::load_device;
 use super::{change_and_place, ApiError, Caller, ValidJson};
-use crate::placement::geo::{self, Point};
+use crate::placement::geo::{self, Point, PointGeo};
 use crate::placement::spec::{validate_labels, validate_name, Labels};
 use crate::placement::PlacementError;
 use crate::store::{audit, deployments, sites, Role};
 use crate::Shared;
 
-type ApiResult = Result<axum::response::Response, ApiError>;
 type St = State<Arc<Shared>>;
 
 impl From<PlacementError> for ApiError {
@@ -37,14 +36,6 @@ impl From<geo::GeoError> for ApiError {
     fn from(e: geo::GeoError) -> Self {
         ApiError::BadRequest(e.to_string())
     }
-}
-
-fn ok(value: Value) -> ApiResult {
-    Ok(Json(value).into_response())
-}
-
-fn created(value: Value) -> ApiResult {
-    Ok((StatusCode::CREATED, Json(value)).into_response())
 }
 
 /// A site's location from a request body, validated.
@@ -71,57 +62,54 @@ fn no_site() -> ApiError {
     ApiError::NotFound("no site with this name; see GET /api/v1/sites".into())
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateSite {
-    name: String,
-    #[serde(default)]
-    labels: Labels,
-    latitude: f64,
-    longitude: f64,
-    /// Devices put at the new site in the same call (a site's hosts arrive with it; one call
-    /// and one placement pass instead of one per device).
-    #[serde(default)]
-    devices: Vec<String>,
-}
-
-/// Most devices put at a site by its creation call.
+/// Most devices put at a site by its creation call (a site's hosts arrive with it: one call and
+/// one placement pass instead of one per device).
 const MAX_SITE_DEVICES: usize = 1000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UpdateSite {
-    #[serde(default)]
-    labels: Labels,
-    latitude: f64,
-    longitude: f64,
-}
-
-/// `GET /api/v1/sites` (viewer): every site with its device count.
-pub(super) async fn list_sites(caller: Caller, State(shared): St) -> ApiResult {
+/// Every site with its device count (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/sites",
+    tag = "sites",
+    responses((status = 200, description = "Every site, by name", body = SiteList))
+)]
+pub(super) async fn list_sites(
+    caller: Caller,
+    State(shared): St,
+) -> Result<Json<SiteList>, ApiError> {
     caller.require(Role::Viewer)?;
     let (list, counts) = shared
         .store
         .read(|conn| Ok((sites::list(conn)?, sites::device_counts(conn)?)))
         .await?;
-    let list: Vec<Value> = list
+    let sites = list
         .into_iter()
         .map(|site| {
-            let count = counts.get(&site.name).copied().unwrap_or(0);
-            let mut value = serde_json::to_value(site).expect("a site always serialises");
-            value["device_count"] = json!(count);
-            value
+            let device_count = counts.get(&site.name).copied().unwrap_or(0);
+            SiteWithCount { site, device_count }
         })
         .collect();
-    ok(json!({ "sites": list }))
+    Ok(Json(SiteList { sites }))
 }
 
-/// `POST /api/v1/sites` (operator).
+/// Create a site (operator), optionally with the devices at it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sites",
+    tag = "sites",
+    request_body = CreateSite,
+    responses(
+        (status = 201, description = "Created", body = SiteWithDevices),
+        (status = 400, description = "A bad name, label or location, or an unknown device (nothing is created)"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 409, description = "A site with this name exists"),
+    )
+)]
 pub(super) async fn create_site(
     caller: Caller,
     State(shared): St,
     ValidJson(body): ValidJson<CreateSite>,
-) -> ApiResult {
+) -> Result<(StatusCode, Json<SiteWithDevices>), ApiError> {
     caller.require(Role::Operator)?;
     validate_name("name", &body.name)?;
     validate_labels("labels", &body.labels)?;
@@ -166,15 +154,25 @@ pub(super) async fn create_site(
         Ok(Ok(site))
     })
     .await?;
-    created(json!({ "site": site, "devices": devices }))
+    Ok((StatusCode::CREATED, Json(SiteWithDevices { site, devices })))
 }
 
-/// `GET /api/v1/sites/{name}` (viewer): the site and its devices' ids.
+/// A site and its devices' ids (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/sites/{name}",
+    tag = "sites",
+    params(("name" = String, Path, description = "Site name")),
+    responses(
+        (status = 200, description = "The site", body = SiteWithDevices),
+        (status = 404, description = "No such site"),
+    )
+)]
 pub(super) async fn show_site(
     caller: Caller,
     State(shared): St,
     Path(name): Path<String>,
-) -> ApiResult {
+) -> Result<Json<SiteWithDevices>, ApiError> {
     caller.require(Role::Viewer)?;
     let found = shared
         .store
@@ -186,16 +184,29 @@ pub(super) async fn show_site(
         })
         .await?;
     let (site, devices) = found.ok_or_else(no_site)?;
-    ok(json!({ "site": site, "devices": devices }))
+    Ok(Json(SiteWithDevices { site, devices }))
 }
 
-/// `PUT /api/v1/sites/{name}` (operator): replace labels and location.
+/// Replace a site's labels and location (operator).
+#[utoipa::path(
+    put,
+    path = "/api/v1/sites/{name}",
+    tag = "sites",
+    params(("name" = String, Path, description = "Site name")),
+    request_body = UpdateSite,
+    responses(
+        (status = 200, description = "Changed", body = SiteReply),
+        (status = 400, description = "A bad label or location"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such site"),
+    )
+)]
 pub(super) async fn update_site(
     caller: Caller,
     State(shared): St,
     Path(name): Path<String>,
     ValidJson(body): ValidJson<UpdateSite>,
-) -> ApiResult {
+) -> Result<Json<SiteReply>, ApiError> {
     caller.require(Role::Operator)?;
     validate_labels("labels", &body.labels)?;
     let at = location(body.latitude, body.longitude)?;
@@ -216,15 +227,27 @@ pub(super) async fn update_site(
         Ok(Ok(site))
     })
     .await?;
-    ok(json!({ "site": site }))
+    Ok(Json(SiteReply { site }))
 }
 
-/// `DELETE /api/v1/sites/{name}` (operator): only an empty site.
+/// Remove a site (operator): only one no device is at.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sites/{name}",
+    tag = "sites",
+    params(("name" = String, Path, description = "Site name")),
+    responses(
+        (status = 200, description = "Removed", body = Removed),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such site"),
+        (status = 409, description = "Devices are still at the site"),
+    )
+)]
 pub(super) async fn delete_site(
     caller: Caller,
     State(shared): St,
     Path(name): Path<String>,
-) -> ApiResult {
+) -> Result<Json<Removed>, ApiError> {
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let removed = name.clone();
@@ -244,29 +267,43 @@ pub(super) async fn delete_site(
         Ok(Ok(()))
     })
     .await?;
-    ok(json!({ "removed": removed }))
+    Ok(Json(Removed { removed }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct CreateRegion {
-    name: String,
-    points: Vec<Point>,
-}
-
-/// `GET /api/v1/regions` (viewer).
-pub(super) async fn list_regions(caller: Caller, State(shared): St) -> ApiResult {
+/// Every region (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/regions",
+    tag = "sites",
+    responses((status = 200, description = "Every region, by name", body = RegionList))
+)]
+pub(super) async fn list_regions(
+    caller: Caller,
+    State(shared): St,
+) -> Result<Json<RegionList>, ApiError> {
     caller.require(Role::Viewer)?;
-    let list = shared.store.read(|conn| sites::list_regions(conn)).await?;
-    ok(json!({ "regions": list }))
+    let regions = shared.store.read(|conn| sites::list_regions(conn)).await?;
+    Ok(Json(RegionList { regions }))
 }
 
-/// `POST /api/v1/regions` (operator): a named polygon.
+/// Create a region, a named polygon deployments place by (operator).
+#[utoipa::path(
+    post,
+    path = "/api/v1/regions",
+    tag = "sites",
+    request_body = CreateRegion,
+    responses(
+        (status = 201, description = "Created", body = RegionReply),
+        (status = 400, description = "A bad name or polygon"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 409, description = "A region with this name exists"),
+    )
+)]
 pub(super) async fn create_region(
     caller: Caller,
     State(shared): St,
     ValidJson(body): ValidJson<CreateRegion>,
-) -> ApiResult {
+) -> Result<(StatusCode, Json<RegionReply>), ApiError> {
     caller.require(Role::Operator)?;
     validate_name("name", &body.name)?;
     geo::validate_polygon(&body.points)?;
@@ -286,15 +323,25 @@ pub(super) async fn create_region(
             Ok(Ok(region))
         })
         .await??;
-    created(json!({ "region": region }))
+    Ok((StatusCode::CREATED, Json(RegionReply { region })))
 }
 
-/// `GET /api/v1/regions/{name}` (viewer).
+/// One region (viewer).
+#[utoipa::path(
+    get,
+    path = "/api/v1/regions/{name}",
+    tag = "sites",
+    params(("name" = String, Path, description = "Region name")),
+    responses(
+        (status = 200, description = "The region", body = RegionReply),
+        (status = 404, description = "No such region"),
+    )
+)]
 pub(super) async fn show_region(
     caller: Caller,
     State(shared): St,
     Path(name): Path<String>,
-) -> ApiResult {
+) -> Result<Json<RegionReply>, ApiError> {
     caller.require(Role::Viewer)?;
     let region = shared
         .store
@@ -303,15 +350,27 @@ pub(super) async fn show_region(
         .ok_or_else(|| {
             ApiError::NotFound("no region with this name; see GET /api/v1/regions".into())
         })?;
-    ok(json!({ "region": region }))
+    Ok(Json(RegionReply { region }))
 }
 
-/// `DELETE /api/v1/regions/{name}` (operator): only when no deployment uses it.
+/// Remove a region (operator): only one no deployment places by.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/regions/{name}",
+    tag = "sites",
+    params(("name" = String, Path, description = "Region name")),
+    responses(
+        (status = 200, description = "Removed", body = Removed),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such region"),
+        (status = 409, description = "Deployments place by this region"),
+    )
+)]
 pub(super) async fn delete_region(
     caller: Caller,
     State(shared): St,
     Path(name): Path<String>,
-) -> ApiResult {
+) -> Result<Json<Removed>, ApiError> {
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let removed = name.clone();
@@ -340,22 +399,30 @@ pub(super) async fn delete_region(
             Ok(Ok(()))
         })
         .await??;
-    ok(json!({ "removed": removed }))
+    Ok(Json(Removed { removed }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SetSite {
-    site: Option<String>,
-}
-
-/// `PUT /api/v1/devices/{id}/site` (operator): `{"site": "name"}` or `{"site": null}`.
+/// Put a device at a site, `{"site": "name"}`, or at none, `{"site": null}` (operator).
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{id}/site",
+    operation_id = "set_device_site",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (`dev_…`)")),
+    request_body = SetDeviceSite,
+    responses(
+        (status = 200, description = "Changed; deployments follow", body = DeviceReply),
+        (status = 400, description = "No such site"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such device"),
+    )
+)]
 pub(super) async fn set_device_site(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
-    ValidJson(body): ValidJson<SetSite>,
-) -> ApiResult {
+    ValidJson(body): ValidJson<SetDeviceSite>,
+) -> Result<Json<DeviceReply>, ApiError> {
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let device_id = id.clone();
@@ -375,22 +442,32 @@ pub(super) async fn set_device_site(
         Ok(Ok(()))
     })
     .await?;
-    ok(json!({ "device": load_device(&shared, device_id).await? }))
+    Ok(Json(DeviceReply {
+        device: load_device(&shared, device_id).await?,
+    }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct SetLabels {
-    labels: BTreeMap<String, String>,
-}
-
-/// `PUT /api/v1/devices/{id}/labels` (operator): replace the device's labels.
+/// Replace a device's labels (operator).
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{id}/labels",
+    operation_id = "set_device_labels",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (`dev_…`)")),
+    request_body = SetDeviceLabels,
+    responses(
+        (status = 200, description = "Changed; deployments follow", body = DeviceReply),
+        (status = 400, description = "A bad label"),
+        (status = 403, description = "Needs the operator role"),
+        (status = 404, description = "No such device"),
+    )
+)]
 pub(super) async fn set_device_labels(
     caller: Caller,
     State(shared): St,
     Path(id): Path<String>,
-    ValidJson(body): ValidJson<SetLabels>,
-) -> ApiResult {
+    ValidJson(body): ValidJson<SetDeviceLabels>,
+) -> Result<Json<DeviceReply>, ApiError> {
     caller.require(Role::Operator)?;
     validate_labels("labels", &body.labels)?;
     let actor = caller.actor();
@@ -410,5 +487,7 @@ pub(super) async fn set_device_labels(
         Ok(Ok(()))
     })
     .await?;
-    ok(json!({ "device": load_device(&shared, device_id).await? }))
+    Ok(Json(DeviceReply {
+        device: load_device(&shared, device_id).await?,
+    }))
 }

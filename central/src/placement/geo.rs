@@ -4,22 +4,12 @@
 //! angles (good for the country- or province-sized areas regions are drawn for). A polygon may
 //! not cross the antimeridian (longitude ±180): draw two regions instead.
 
-use serde::{Deserialize, Serialize};
-
 /// Mean earth radius (IUGG), km.
 pub const EARTH_RADIUS_KM: f64 = 6371.0088;
 /// Most points a region may have.
 pub const MAX_REGION_POINTS: usize = 1000;
 
-/// A place: degrees north (-90..=90) and east (-180..=180).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Point {
-    /// Degrees north.
-    pub latitude: f64,
-    /// Degrees east.
-    pub longitude: f64,
-}
+pub use cairn_api::Point;
 
 /// Why a point or a polygon is refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -63,9 +53,17 @@ pub enum GeoError {
     Distance(f64),
 }
 
-impl Point {
+/// Checks and distances of a [`Point`] (degrees north -90..=90 and east -180..=180).
+pub trait PointGeo {
     /// Refuse values off the globe; `what` names the point in the message.
-    pub fn validate(&self, what: &str) -> Result<(), GeoError> {
+    fn validate(&self, what: &str) -> Result<(), GeoError>;
+
+    /// Great-circle distance to `other` in km (haversine).
+    fn distance_km(&self, other: &Point) -> f64;
+}
+
+impl PointGeo for Point {
+    fn validate(&self, what: &str) -> Result<(), GeoError> {
         if !(-90.0..=90.0).contains(&self.latitude) {
             return Err(GeoError::Latitude {
                 what: what.to_owned(),
@@ -81,8 +79,7 @@ impl Point {
         Ok(())
     }
 
-    /// Great-circle distance to `other` in km (haversine).
-    pub fn distance_km(&self, other: &Point) -> f64 {
+    fn distance_km(&self, other: &Point) -> f64 {
         let (lat1, lat2) = (self.latitude.to_radians(), other.latitude.to_radians());
         let dlat = lat2 - lat1;
         let dlon = (other.longitude - self.longitude).to_radians();

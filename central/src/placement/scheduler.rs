@@ -19,10 +19,9 @@ use std::time::Instant;
 
 use crate::store::db::Connection;
 use cairn_proto::MAX_DESIRED_STATE_BYTES;
-use serde::Serialize;
 
 use super::geo::Point;
-use super::spec::Labels;
+use super::spec::{Labels, PlacementRules};
 use crate::grpc::desired_state;
 use crate::rollout::engine::Push;
 use crate::store::deployments::{self, AppRow, Deployment};
@@ -67,38 +66,7 @@ pub struct World {
     pub apps: BTreeMap<String, BTreeMap<String, Option<String>>>,
 }
 
-/// The placement of one deployment at one site.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SitePlan {
-    /// The site.
-    pub site: String,
-    /// `hosts_per_site`.
-    pub wanted: u32,
-    /// Devices that run it, by id.
-    pub hosts: Vec<String>,
-    /// Why fewer than `wanted` devices run it, if so.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shortfall: Option<String>,
-}
-
-/// The placement of one deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeploymentPlan {
-    /// The deployment.
-    pub deployment: String,
-    /// Per selected site, by site name.
-    pub sites: Vec<SitePlan>,
-}
-
-impl DeploymentPlan {
-    /// Every device that runs it.
-    pub fn hosts(&self) -> BTreeSet<&str> {
-        self.sites
-            .iter()
-            .flat_map(|s| s.hosts.iter().map(String::as_str))
-            .collect()
-    }
-}
+pub use cairn_api::{DeploymentPlan, SitePlan};
 
 /// Approximate bytes an app adds to a desired state.
 fn app_cost(name: &str, compose_yaml: &str) -> usize {
@@ -467,8 +435,8 @@ mod tests {
                 .collect(),
             latitude,
             longitude,
-            created_at: 0,
-            updated_at: 0,
+            created_at: crate::store::Timestamp::from_unix_seconds(0),
+            updated_at: crate::store::Timestamp::from_unix_seconds(0),
         }
     }
 
@@ -490,8 +458,8 @@ mod tests {
             compose_yaml: "services: {}".into(),
             placement: serde_json::from_value::<Placement>(placement).unwrap(),
             created_by: "t".into(),
-            created_at: 0,
-            updated_at: 0,
+            created_at: crate::store::Timestamp::from_unix_seconds(0),
+            updated_at: crate::store::Timestamp::from_unix_seconds(0),
         }
     }
 

@@ -2,9 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::geo::{self, Point};
+use super::geo::{self, Point, PointGeo};
 use super::PlacementError;
 
 /// Most labels on a site or a device.
@@ -17,80 +15,37 @@ pub const MAX_HOSTS_PER_SITE: u32 = 1000;
 /// Labels: short keys and values (`region=eu`, `gpu=yes`).
 pub type Labels = BTreeMap<String, String>;
 
-/// Where a deployment runs.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Placement {
-    /// Which sites (all conditions must hold; empty: every site).
-    #[serde(default)]
-    pub sites: SiteSelector,
-    /// Devices of each selected site that run it.
-    #[serde(default = "one")]
-    pub hosts_per_site: u32,
-    /// Which devices of a site may run it.
-    #[serde(default)]
-    pub devices: DeviceSelector,
-    /// Deployments (app names) it never shares a device with, either way round.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub avoid: Vec<String>,
-}
+pub use cairn_api::{DeviceSelector, Placement, SiteSelector, Within};
 
-fn one() -> u32 {
-    1
-}
-
-/// Selects sites; every given condition must hold.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteSelector {
-    /// Site labels that must all be present with these values.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: Labels,
-    /// Only these sites, by name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub names: Option<Vec<String>>,
-    /// Only sites inside this region (by name, see `/api/v1/regions`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    /// Only sites within `km` of a point.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub within: Option<Within>,
-}
-
-/// A circle on the earth.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Within {
-    /// Centre, degrees north.
-    pub latitude: f64,
-    /// Centre, degrees east.
-    pub longitude: f64,
-    /// Great-circle distance from the centre, km.
-    pub km: f64,
-}
-
-impl Within {
-    /// The centre.
-    pub fn centre(&self) -> Point {
-        Point {
-            latitude: self.latitude,
-            longitude: self.longitude,
-        }
+/// The centre of a [`Within`] circle.
+pub fn centre(within: &Within) -> Point {
+    Point {
+        latitude: within.latitude,
+        longitude: within.longitude,
     }
 }
 
-/// Selects devices within a site.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeviceSelector {
-    /// Device labels that must all be present with these values.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: Labels,
+/// Checks of a [`Placement`] and which sites and devices it selects.
+pub trait PlacementRules {
+    /// Check ranges and names (whether named sites and regions exist is checked by the caller).
+    fn validate(&self) -> Result<(), PlacementError>;
+
+    /// Whether a site with these labels, name and location is selected (`region` is the
+    /// selector's region polygon, looked up by the caller).
+    fn selects_site(
+        &self,
+        name: &str,
+        labels: &Labels,
+        location: &Point,
+        region: Option<&[Point]>,
+    ) -> bool;
+
+    /// Whether a device with these labels may run it (site aside).
+    fn selects_device(&self, labels: &Labels) -> bool;
 }
 
-impl Placement {
-    /// Check ranges and names (whether named sites and regions exist is checked by the caller).
-    pub fn validate(&self) -> Result<(), PlacementError> {
+impl PlacementRules for Placement {
+    fn validate(&self) -> Result<(), PlacementError> {
         if self.hosts_per_site == 0 || self.hosts_per_site > MAX_HOSTS_PER_SITE {
             return Err(PlacementError::Invalid(format!(
                 "`placement.hosts_per_site` must be 1 to {MAX_HOSTS_PER_SITE}; got {}",
@@ -113,8 +68,7 @@ impl Placement {
             validate_name("placement.sites.region", region)?;
         }
         if let Some(within) = &self.sites.within {
-            within
-                .centre()
+            centre(within)
                 .validate("placement.sites.within")
                 .map_err(PlacementError::Geo)?;
             geo::validate_km(within.km).map_err(PlacementError::Geo)?;
@@ -127,9 +81,7 @@ impl Placement {
         Ok(())
     }
 
-    /// Whether a site with these labels, name and location is selected (`region` is the
-    /// selector's region polygon, looked up by the caller).
-    pub fn selects_site(
+    fn selects_site(
         &self,
         name: &str,
         labels: &Labels,
@@ -144,11 +96,10 @@ impl Placement {
             && (s.region.is_none()
                 || region.is_some_and(|polygon| geo::polygon_contains(polygon, location)))
             && s.within
-                .is_none_or(|w| w.centre().distance_km(location) <= w.km)
+                .is_none_or(|w| centre(&w).distance_km(location) <= w.km)
     }
 
-    /// Whether a device with these labels may run it (site aside).
-    pub fn selects_device(&self, labels: &Labels) -> bool {
+    fn selects_device(&self, labels: &Labels) -> bool {
         self.devices
             .labels
             .iter()
@@ -239,7 +190,7 @@ mod tests {
         };
         assert!(
             p.selects_site("x", &ch, &far, None)
-                == (far.distance_km(&p.sites.within.unwrap().centre()) <= 250.0)
+                == (far.distance_km(&centre(&p.sites.within.unwrap())) <= 250.0)
         );
         let p = placement(serde_json::json!({ "sites": { "region": "alps" } }));
         assert!(
@@ -260,7 +211,6 @@ mod tests {
         ] {
             assert!(placement(bad.clone()).validate().is_err(), "{bad}");
         }
-        assert!(serde_json::from_value::<Placement>(serde_json::json!({ "hosts": 1 })).is_err());
         assert!(validate_name("site", "zurich-1").is_ok());
         assert!(validate_name("site", "-x").is_err());
     }

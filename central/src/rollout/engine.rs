@@ -430,7 +430,7 @@ fn apply_report(
     if next == row.state && error == row.error {
         return Ok(());
     }
-    rollouts::set_device_state(tx, &rollout.id, device_id, next, &error)?;
+    rollouts::set_device_state(tx, &rollout.id, device_id, next.clone(), &error)?;
     if next == DevState::Succeeded {
         devices::set_os_version(tx, device_id, &status.version)?;
     }
@@ -473,8 +473,8 @@ pub fn create(
     actor: &str,
     pushes: &mut Vec<Push>,
 ) -> Result<Created, RolloutError> {
-    request.selector.validate()?;
-    request.waves.validate()?;
+    plan::validate_selector(&request.selector)?;
+    plan::validate_waves(&request.waves)?;
     if request.failure_threshold_percent > 100 {
         return Err(RolloutError::Field(
             "`failure_threshold_percent` must be between 0 and 100".into(),
@@ -510,7 +510,7 @@ pub fn create(
                 plan::device_view(&d.config, &d.labels, d.site.as_deref()),
             )
         })
-        .filter(|(d, view)| request.selector.selects(&d.id, view))
+        .filter(|(d, view)| plan::selects(&request.selector, &d.id, view))
         .map(|(d, view)| Candidate {
             id: d.id.clone(),
             site: view.get(SITE_KEY).cloned(),
@@ -555,10 +555,10 @@ pub fn create(
         id: id.clone(),
         bundle_sha256: bundle.sha256.clone(),
         version: bundle.version.clone(),
-        selector: serde_json::to_value(&request.selector).expect("a selector serialises"),
-        waves: serde_json::to_value(&request.waves).expect("a wave request serialises"),
+        selector: request.selector.clone(),
+        waves: request.waves.clone(),
         wave_count: plan.waves.len() as u32,
-        skipped: serde_json::to_value(&plan.skipped).expect("skipped devices serialise"),
+        skipped: plan.skipped.clone(),
         failure_threshold_percent: request.failure_threshold_percent,
         health_deadline_seconds: request.health_deadline_seconds,
         allow_downgrade: request.allow_downgrade,
@@ -616,7 +616,7 @@ pub fn act(
     let rollout = rollouts::get(tx, id)?.ok_or_else(|| RolloutError::NotFound(id.to_owned()))?;
     let illegal = |why: &'static str| RolloutError::Illegal {
         id: id.to_owned(),
-        state: rollout.state,
+        state: rollout.state.clone(),
         action: action.as_str(),
         why,
     };
@@ -689,7 +689,7 @@ fn rollback(
     if rollout.state == RolloutState::RolledBack {
         return Err(RolloutError::Illegal {
             id: rollout.id.clone(),
-            state: rollout.state,
+            state: rollout.state.clone(),
             action: "rollback",
             why: "does nothing: it is already rolled back",
         });

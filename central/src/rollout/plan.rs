@@ -7,7 +7,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
+pub use cairn_api::{PlannedDevice, PlannedWave, Selector, SkippedDevice, WaveKind, WaveSpec};
 
 use super::version::OsVersion;
 use super::RolloutError;
@@ -29,126 +29,77 @@ pub fn device_view(
     }
     view
 }
-/// Canary devices when the request does not say.
-pub const DEFAULT_CANARY: u32 = 1;
 
-/// Which devices a rollout is for: exactly one of the three forms.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Selector {
-    /// `{"all": true}`: every active device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub all: Option<bool>,
-    /// `{"devices": [ids]}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<String>>,
-    /// `{"match": {"key": "value"}}`: devices whose [`device_view`] has every pair.
-    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
-    pub matches: Option<BTreeMap<String, String>>,
+/// Refuse a selector unless it has exactly one non-empty form.
+pub fn validate_selector(selector: &Selector) -> Result<(), RolloutError> {
+    let forms = [
+        selector.all.is_some(),
+        selector.devices.is_some(),
+        selector.matches.is_some(),
+    ];
+    if forms.iter().filter(|f| **f).count() != 1 {
+        return Err(RolloutError::Selector(
+            "give exactly one of {\"all\":true}, {\"devices\":[ids]} or {\"match\":{\"key\":\"value\"}}".into(),
+        ));
+    }
+    if selector.all == Some(false) {
+        return Err(RolloutError::Selector(
+            "`all` must be true when given".into(),
+        ));
+    }
+    if selector
+        .devices
+        .as_ref()
+        .is_some_and(|d| d.is_empty() || d.len() > 100_000)
+    {
+        return Err(RolloutError::Selector(
+            "`devices` must list at least one device id".into(),
+        ));
+    }
+    if selector.matches.as_ref().is_some_and(BTreeMap::is_empty) {
+        return Err(RolloutError::Selector(
+            "`match` must have at least one key".into(),
+        ));
+    }
+    Ok(())
 }
 
-impl Selector {
-    /// Refuse anything but exactly one non-empty form.
-    pub fn validate(&self) -> Result<(), RolloutError> {
-        let forms = [
-            self.all.is_some(),
-            self.devices.is_some(),
-            self.matches.is_some(),
-        ];
-        if forms.iter().filter(|f| **f).count() != 1 {
-            return Err(RolloutError::Selector(
-                "give exactly one of {\"all\":true}, {\"devices\":[ids]} or {\"match\":{\"key\":\"value\"}}".into(),
+/// Whether a device with this id and config is selected (device lists are checked apart).
+pub fn selects(selector: &Selector, id: &str, config: &BTreeMap<String, String>) -> bool {
+    if selector.all == Some(true) {
+        return true;
+    }
+    if let Some(ids) = &selector.devices {
+        return ids.iter().any(|d| d == id);
+    }
+    selector
+        .matches
+        .as_ref()
+        .is_some_and(|m| m.iter().all(|(k, v)| config.get(k) == Some(v)))
+}
+
+/// Refuse percentages that do not rise to 100, and percentages with per-site waves.
+pub fn validate_waves(spec: &WaveSpec) -> Result<(), RolloutError> {
+    if let Some(percent) = &spec.percent {
+        if spec.per_site {
+            return Err(RolloutError::Waves(
+                "`percent` and `per_site` exclude each other: per-site waves are one site each"
+                    .into(),
             ));
         }
-        if self.all == Some(false) {
-            return Err(RolloutError::Selector(
-                "`all` must be true when given".into(),
-            ));
-        }
-        if self
-            .devices
-            .as_ref()
-            .is_some_and(|d| d.is_empty() || d.len() > 100_000)
+        let rising = percent.windows(2).all(|w| w[0] < w[1]);
+        if percent.is_empty()
+            || !rising
+            || percent[0] == 0
+            || percent.last() != Some(&100)
+            || percent.len() > 100
         {
-            return Err(RolloutError::Selector(
-                "`devices` must list at least one device id".into(),
-            ));
-        }
-        if self.matches.as_ref().is_some_and(BTreeMap::is_empty) {
-            return Err(RolloutError::Selector(
-                "`match` must have at least one key".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Whether a device with this id and config is selected (device lists are checked apart).
-    pub fn selects(&self, id: &str, config: &BTreeMap<String, String>) -> bool {
-        if self.all == Some(true) {
-            return true;
-        }
-        if let Some(ids) = &self.devices {
-            return ids.iter().any(|d| d == id);
-        }
-        self.matches
-            .as_ref()
-            .is_some_and(|m| m.iter().all(|(k, v)| config.get(k) == Some(v)))
-    }
-}
-
-/// How devices are split into waves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WaveSpec {
-    /// Devices in wave 0 (spread over sites); 0 = no canary wave.
-    #[serde(default = "default_canary")]
-    pub canary: u32,
-    /// Cumulative percentages of the devices to update after the canary, rising, ending at 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percent: Option<Vec<u32>>,
-    /// After the canary, one wave per site (sites by name; devices without a site last).
-    #[serde(default)]
-    pub per_site: bool,
-}
-
-fn default_canary() -> u32 {
-    DEFAULT_CANARY
-}
-
-impl Default for WaveSpec {
-    fn default() -> Self {
-        Self {
-            canary: DEFAULT_CANARY,
-            percent: None,
-            per_site: false,
+            return Err(RolloutError::Waves(format!(
+                "`percent` must rise strictly from above 0 and end at 100, e.g. [25, 100]; got {percent:?}"
+            )));
         }
     }
-}
-
-impl WaveSpec {
-    /// Refuse percentages that do not rise to 100, and percentages with per-site waves.
-    pub fn validate(&self) -> Result<(), RolloutError> {
-        if let Some(percent) = &self.percent {
-            if self.per_site {
-                return Err(RolloutError::Waves(
-                    "`percent` and `per_site` exclude each other: per-site waves are one site each"
-                        .into(),
-                ));
-            }
-            let rising = percent.windows(2).all(|w| w[0] < w[1]);
-            if percent.is_empty()
-                || !rising
-                || percent[0] == 0
-                || percent.last() != Some(&100)
-                || percent.len() > 100
-            {
-                return Err(RolloutError::Waves(format!(
-                    "`percent` must rise strictly from above 0 and end at 100, e.g. [25, 100]; got {percent:?}"
-                )));
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// A device considered for a rollout.
@@ -162,43 +113,8 @@ pub struct Candidate {
     pub version: String,
 }
 
-/// One device of a planned wave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PlannedDevice {
-    /// Device id.
-    pub device_id: String,
-    /// Its site.
-    pub site: Option<String>,
-    /// Version it runs.
-    pub from_version: String,
-}
-
-/// One planned wave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PlannedWave {
-    /// Index (0 first).
-    pub index: u32,
-    /// "canary", "percent" or "site".
-    pub kind: &'static str,
-    /// e.g. "25%", "site north", "no site", "canary".
-    pub label: String,
-    /// Its devices.
-    pub devices: Vec<PlannedDevice>,
-}
-
-/// A device left out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SkippedDevice {
-    /// Device id.
-    pub device_id: String,
-    /// The version it runs (the target).
-    pub version: String,
-    /// Why.
-    pub reason: String,
-}
-
 /// Waves and skipped devices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// Non-empty waves in release order.
     pub waves: Vec<PlannedWave>,
@@ -220,7 +136,7 @@ pub fn plan(
     candidates: Vec<Candidate>,
     spec: &WaveSpec,
 ) -> Result<Plan, RolloutError> {
-    spec.validate()?;
+    validate_waves(spec)?;
     let target_version = OsVersion::parse(target).map_err(RolloutError::BundleVersion)?;
     let mut unparsable = Vec::new();
     let mut downgrades = Vec::new();
@@ -259,10 +175,11 @@ pub fn plan(
         device_id: c.id,
         site: c.site,
         from_version: c.version,
+        to_version: target.to_owned(),
     };
-    let mut waves: Vec<(&'static str, String, Vec<Candidate>)> = Vec::new();
+    let mut waves: Vec<(WaveKind, String, Vec<Candidate>)> = Vec::new();
     if !canary.is_empty() {
-        waves.push(("canary", "canary".into(), canary));
+        waves.push((WaveKind::Canary, "canary".into(), canary));
     }
     if spec.per_site {
         let mut by_site: BTreeMap<(bool, Option<String>), Vec<Candidate>> = BTreeMap::new();
@@ -274,7 +191,7 @@ pub fn plan(
         }
         for ((_, site), devices) in by_site {
             let label = site.map_or_else(|| "no site".to_owned(), |s| format!("site {s}"));
-            waves.push(("site", label, devices));
+            waves.push((WaveKind::Site, label, devices));
         }
     } else {
         let percent = spec.percent.clone().unwrap_or_else(|| vec![100]);
@@ -284,7 +201,7 @@ pub fn plan(
             let upto = (total * p as usize).div_ceil(100).max(done);
             let devices: Vec<Candidate> = rest.by_ref().take(upto - done).collect();
             done += devices.len();
-            waves.push(("percent", format!("{p}%"), devices));
+            waves.push((WaveKind::Percent, format!("{p}%"), devices));
         }
     }
     let waves = waves
@@ -445,27 +362,31 @@ mod tests {
                 percent: Some(percent),
                 per_site: false,
             };
-            assert!(spec.validate().is_err());
+            assert!(validate_waves(&spec).is_err());
         }
         let both = WaveSpec {
             canary: 0,
             percent: Some(vec![100]),
             per_site: true,
         };
-        assert!(both.validate().is_err());
-        assert!(Selector::default().validate().is_err());
+        assert!(validate_waves(&both).is_err());
+        assert!(validate_selector(&Selector::default()).is_err());
         let two = Selector {
             all: Some(true),
             devices: Some(vec!["a".into()]),
             matches: None,
         };
-        assert!(two.validate().is_err());
+        assert!(validate_selector(&two).is_err());
         let matcher = Selector {
             matches: Some([("site".to_owned(), "x".to_owned())].into()),
             ..Default::default()
         };
-        assert!(matcher.selects("d", &[("site".to_owned(), "x".to_owned())].into()));
-        assert!(!matcher.selects("d", &BTreeMap::new()));
+        assert!(selects(
+            &matcher,
+            "d",
+            &[("site".to_owned(), "x".to_owned())].into()
+        ));
+        assert!(!selects(&matcher, "d", &BTreeMap::new()));
     }
 
     #[test]

@@ -2,25 +2,10 @@
 //! device's desired revision in the same transaction (see [`bump_revision`]).
 
 use crate::store::db::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
 
-use super::{now_unix, rfc3339, StoreError};
+use super::{now_unix, StoreError, Timestamp};
 
-/// One desired app of a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DesiredApp {
-    /// App name (validated by cairn-runtime: lowercase letters, digits, `-`, `.`).
-    pub name: String,
-    /// The Compose file.
-    pub compose_yaml: String,
-    /// Device revision that set this `compose_yaml`.
-    pub generation: u64,
-    /// When it was set.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub updated_at: i64,
-    /// The deployment that placed it here (`None`: deployed on this device by an operator).
-    pub deployment: Option<String>,
-}
+pub use cairn_api::DesiredApp;
 
 fn from_row(row: &Row) -> crate::store::db::Result<DesiredApp> {
     Ok(DesiredApp {
@@ -64,7 +49,7 @@ pub fn upsert(
     compose_yaml: &str,
     generation: u64,
 ) -> Result<DesiredApp, StoreError> {
-    let now = now_unix();
+    let now = Timestamp::from_unix_seconds(now_unix());
     conn.execute(
         "INSERT INTO device_apps (device_id, name, compose_yaml, generation, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT (device_id, name) DO UPDATE SET compose_yaml = ?3, generation = ?4, updated_at = ?5",

@@ -2,27 +2,10 @@
 //! the SHA-256 of its bytes.
 
 use crate::store::db::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
 
-use super::{rfc3339, StoreError};
+use super::StoreError;
 
-/// One stored update bundle.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Bundle {
-    /// Lower-case hex SHA-256 of the bundle file: its id and its download ETag.
-    pub sha256: String,
-    /// RAUC manifest `version`.
-    pub version: String,
-    /// RAUC manifest `compatible`.
-    pub compatible: String,
-    /// File size in bytes.
-    pub size: u64,
-    /// When it was first uploaded.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub uploaded_at: i64,
-    /// Audit actor of the first upload.
-    pub uploaded_by: String,
-}
+pub use cairn_api::Bundle;
 
 const COLUMNS: &str = "sha256, version, compatible, size, uploaded_at, uploaded_by";
 
@@ -97,12 +80,12 @@ mod tests {
                     version: "1.0".into(),
                     compatible: "cairn-test".into(),
                     size: 4096,
-                    uploaded_at: 100,
+                    uploaded_at: crate::store::Timestamp::from_unix_seconds(100),
                     uploaded_by: "api:ops".into(),
                 };
                 assert!(insert(conn, &first).unwrap().1);
                 let again = Bundle {
-                    uploaded_at: 200,
+                    uploaded_at: crate::store::Timestamp::from_unix_seconds(200),
                     uploaded_by: "api:other".into(),
                     ..first.clone()
                 };

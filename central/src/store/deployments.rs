@@ -5,29 +5,11 @@
 //! change the other's rows.
 
 use crate::store::db::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
 
-use super::{json_column, now_unix, rfc3339, StoreError};
+use super::{json_column, now_unix, StoreError};
 use crate::placement::spec::Placement;
 
-/// A deployment as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Deployment {
-    /// Its name, also the app name on the devices.
-    pub name: String,
-    /// The Compose file (validated as per-device apps are).
-    pub compose_yaml: String,
-    /// Where it runs.
-    pub placement: Placement,
-    /// Who created it (audit actor).
-    pub created_by: String,
-    /// Creation time.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub created_at: i64,
-    /// Last change.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub updated_at: i64,
-}
+pub use cairn_api::Deployment;
 
 fn from_row(row: &Row) -> crate::store::db::Result<Deployment> {
     Ok(Deployment {

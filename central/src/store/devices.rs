@@ -159,6 +159,13 @@ pub fn set_status(conn: &Connection, id: &str, status: DeviceStatus) -> Result<(
         DeviceStatus::Pending => {
             conn.execute("UPDATE devices SET status = 'pending' WHERE id = ?1", [id])?
         }
+        DeviceStatus::Other(value) => {
+            // Only the statuses above can be stored.
+            return Err(StoreError::Corrupt {
+                field: "devices.status",
+                value,
+            });
+        }
     };
     Ok(())
 }
@@ -283,6 +290,7 @@ pub fn set_os_version(conn: &Connection, id: &str, version: &str) -> Result<bool
 mod tests {
     use super::*;
     use crate::store::db::params;
+    use crate::store::Timestamp;
 
     #[test]
     fn heartbeat_times_are_written_in_batches() {
@@ -301,8 +309,8 @@ mod tests {
                 }
                 let seen: Vec<(String, i64)> = ids.iter().enumerate().map(|(i, id)| (id.clone(), 1000 + i as i64)).collect();
                 set_last_seen(conn, &seen)?;
-                assert_eq!(get(conn, "dev_01202")?.unwrap().last_seen_at, Some(2202));
-                assert_eq!(get(conn, "dev_00007")?.unwrap().last_seen_at, Some(1007));
+                assert_eq!(get(conn, "dev_01202")?.unwrap().last_seen_at, Some(Timestamp::from_unix_seconds(2202)));
+                assert_eq!(get(conn, "dev_00007")?.unwrap().last_seen_at, Some(Timestamp::from_unix_seconds(1007)));
                 Ok(())
             })
             .unwrap();

@@ -5,30 +5,11 @@
 //! `at` is Unix milliseconds; events are ordered by `(at, id)`.
 
 use crate::store::db::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
 
-use crate::store::{new_id, StoreError};
+use crate::store::{new_id, StoreError, Timestamp};
 
 pub use crate::store::model::Severity;
-
-/// One stored event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Event {
-    /// `evt_...`.
-    pub id: String,
-    /// When it happened (Unix ms).
-    pub at_ms: i64,
-    /// RFC 3339 form of `at_ms` (seconds precision).
-    pub at: String,
-    /// The device it is about (`None`: fleet-wide, e.g. a rollout halt).
-    pub device_id: Option<String>,
-    /// What happened (`device.enrolled`, `app.state`, ...).
-    pub kind: String,
-    /// How bad.
-    pub severity: Severity,
-    /// For people.
-    pub message: String,
-}
+pub use cairn_api::Event;
 
 /// An event to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,7 +70,7 @@ fn from_row(row: &Row) -> crate::store::db::Result<Event> {
     Ok(Event {
         id: row.get(0)?,
         at_ms,
-        at: crate::store::rfc3339::format(at_ms.div_euclid(1000)),
+        at: Timestamp::from_unix_seconds(at_ms.div_euclid(1000)),
         device_id: row.get(2)?,
         kind: row.get(3)?,
         severity: row.get(4)?,
@@ -323,7 +304,7 @@ mod tests {
                 newest.iter().map(|e| e.at_ms).collect::<Vec<_>>(),
                 vec![1008, 1009]
             );
-            assert_eq!(newest[0].at, "1970-01-01T00:00:01Z");
+            assert_eq!(newest[0].at.to_string(), "1970-01-01T00:00:01Z");
             assert_eq!(count(conn).unwrap(), 11);
 
             assert_eq!(prune(conn, 4).unwrap(), 7);

@@ -2,72 +2,10 @@
 //! (release, a new phase reported by the agent, pause/resume/abort/rollback), never per heartbeat.
 
 use crate::store::db::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
-use serde_json::Value;
 
-use super::{json_column, now_unix, rfc3339, RolloutDeviceState, RolloutState, StoreError};
+use super::{json_column, now_unix, RolloutDeviceState, RolloutState, StoreError};
 
-/// One rollout.
-#[derive(Debug, Clone, Serialize)]
-pub struct Rollout {
-    /// `rol_…`
-    pub id: String,
-    /// The bundle it installs.
-    pub bundle_sha256: String,
-    /// That bundle's version.
-    pub version: String,
-    /// Which devices it was created for (`{"all":true}`, `{"devices":[…]}`, `{"match":{…}}`).
-    pub selector: Value,
-    /// The wave request (`{"canary":N,"percent":[…],"per_site":bool}`).
-    pub waves: Value,
-    /// Number of (non-empty) waves planned.
-    pub wave_count: u32,
-    /// Waves released so far (waves `0..released_waves`).
-    pub released_waves: u32,
-    /// Selected devices left out because they already run the target version.
-    pub skipped: Value,
-    /// Halt when more than this share of the released devices failed or refused.
-    pub failure_threshold_percent: u32,
-    /// Health gate deadline sent to the devices.
-    pub health_deadline_seconds: u32,
-    /// Admin-forced: devices may go to an older version.
-    pub allow_downgrade: bool,
-    /// Where it stands.
-    pub state: RolloutState,
-    /// Why it halted (or who aborted it).
-    pub halt_reason: Option<String>,
-    /// Audit actor that created it.
-    pub created_by: String,
-    /// Creation time.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub created_at: i64,
-    /// Last state change.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub updated_at: i64,
-}
-
-/// One device of a rollout.
-#[derive(Debug, Clone, Serialize)]
-pub struct RolloutDevice {
-    /// The rollout.
-    #[serde(skip)]
-    pub rollout_id: String,
-    /// The device.
-    pub device_id: String,
-    /// Its wave (0 = canary when there is one).
-    pub wave: u32,
-    /// The OS version it ran when the rollout was created.
-    pub from_version: String,
-    /// Where it stands.
-    pub state: RolloutDeviceState,
-    /// Why it failed or refused ("" otherwise).
-    pub error: String,
-    /// The bundle a rollback sent it back to.
-    pub rollback_sha256: Option<String>,
-    /// Last state change.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub updated_at: i64,
-}
+pub use cairn_api::{Rollout, RolloutDevice, Selector, SkippedDevice, WaveSpec};
 
 /// A rollout to insert.
 #[derive(Debug, Clone)]
@@ -78,14 +16,14 @@ pub struct NewRollout {
     pub bundle_sha256: String,
     /// Bundle version.
     pub version: String,
-    /// Selector JSON.
-    pub selector: Value,
-    /// Wave request JSON.
-    pub waves: Value,
+    /// Which devices.
+    pub selector: Selector,
+    /// How they are split into waves.
+    pub waves: WaveSpec,
     /// Planned waves.
     pub wave_count: u32,
-    /// Skipped devices JSON.
-    pub skipped: Value,
+    /// Selected devices left out.
+    pub skipped: Vec<SkippedDevice>,
     /// Threshold in percent.
     pub failure_threshold_percent: u32,
     /// Health gate deadline.
@@ -122,18 +60,17 @@ fn from_row(row: &Row) -> crate::store::db::Result<Rollout> {
 }
 
 const DEVICE_COLUMNS: &str =
-    "rollout_id, device_id, wave, from_version, state, error, rollback_sha256, updated_at";
+    "device_id, wave, from_version, state, error, rollback_sha256, updated_at";
 
 fn device_from_row(row: &Row) -> crate::store::db::Result<RolloutDevice> {
     Ok(RolloutDevice {
-        rollout_id: row.get(0)?,
-        device_id: row.get(1)?,
-        wave: row.get(2)?,
-        from_version: row.get(3)?,
-        state: row.get(4)?,
-        error: row.get(5)?,
-        rollback_sha256: row.get(6)?,
-        updated_at: row.get(7)?,
+        device_id: row.get(0)?,
+        wave: row.get(1)?,
+        from_version: row.get(2)?,
+        state: row.get(3)?,
+        error: row.get(4)?,
+        rollback_sha256: row.get(5)?,
+        updated_at: row.get(6)?,
     })
 }
 
@@ -150,10 +87,10 @@ pub fn insert(
             rollout.id,
             rollout.bundle_sha256,
             rollout.version,
-            rollout.selector.to_string(),
-            rollout.waves.to_string(),
+            serde_json::to_string(&rollout.selector).expect("a selector serialises"),
+            serde_json::to_string(&rollout.waves).expect("a wave request serialises"),
             rollout.wave_count,
-            rollout.skipped.to_string(),
+            serde_json::to_string(&rollout.skipped).expect("skipped devices serialise"),
             rollout.failure_threshold_percent,
             rollout.health_deadline_seconds,
             rollout.allow_downgrade,

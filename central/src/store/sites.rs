@@ -4,51 +4,11 @@
 use std::collections::BTreeMap;
 
 use crate::store::db::{params, Connection, OptionalExtension, Row};
-use serde::Serialize;
 
-use super::{json_column, now_unix, rfc3339, StoreError};
+use super::{json_column, now_unix, StoreError};
 use crate::placement::geo::Point;
 
-/// A site: a place devices are installed at.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Site {
-    /// Unique name (lower-case letters, digits, `-`).
-    pub name: String,
-    /// Labels deployments select sites by (`country=ch`, `tier=edge`).
-    pub labels: BTreeMap<String, String>,
-    /// Degrees north.
-    pub latitude: f64,
-    /// Degrees east.
-    pub longitude: f64,
-    /// Creation time.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub created_at: i64,
-    /// Last change.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub updated_at: i64,
-}
-
-impl Site {
-    /// Its location.
-    pub fn location(&self) -> Point {
-        Point {
-            latitude: self.latitude,
-            longitude: self.longitude,
-        }
-    }
-}
-
-/// A named area: a polygon of points in order around it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Region {
-    /// Unique name.
-    pub name: String,
-    /// Corners in order.
-    pub points: Vec<Point>,
-    /// Creation time.
-    #[serde(serialize_with = "rfc3339::serialize")]
-    pub created_at: i64,
-}
+pub use cairn_api::{Region, Site};
 
 fn site_from_row(row: &Row) -> crate::store::db::Result<Site> {
     Ok(Site {

@@ -3,8 +3,8 @@
 use crate::store::db::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    new_id, new_secret, now_unix, sha256_hex, ApiToken, Claim, ClaimKind, EnrollmentToken, Policy,
-    Role, StoreError,
+    new_id, new_secret, now_unix, sha256_hex, ApiToken, Claim, ClaimKind, EnrollmentPolicy,
+    EnrollmentToken, Role, StoreError, Timestamp,
 };
 
 const TOKEN_COLUMNS: &str = "id, name, policy, created_at, expires_at, max_uses, uses, revoked";
@@ -26,7 +26,7 @@ fn token_from_row(row: &Row) -> crate::store::db::Result<EnrollmentToken> {
 pub fn create_enrollment_token(
     conn: &Connection,
     name: &str,
-    policy: Policy,
+    policy: EnrollmentPolicy,
     lifetime_seconds: u64,
     max_uses: Option<u32>,
 ) -> Result<(EnrollmentToken, String), StoreError> {
@@ -36,8 +36,10 @@ pub fn create_enrollment_token(
         id: new_id("tok"),
         name: name.to_owned(),
         policy,
-        created_at: now,
-        expires_at: now.saturating_add(lifetime_seconds.min(i64::MAX as u64) as i64),
+        created_at: Timestamp::from_unix_seconds(now),
+        expires_at: Timestamp::from_unix_seconds(
+            now.saturating_add(lifetime_seconds.min(i64::MAX as u64) as i64),
+        ),
         max_uses,
         uses: 0,
         revoked: false,
@@ -49,7 +51,7 @@ pub fn create_enrollment_token(
             token.id,
             token.name,
             sha256_hex(secret.as_bytes()),
-            policy,
+            token.policy,
             token.created_at,
             token.expires_at,
             token.max_uses
@@ -133,12 +135,12 @@ pub fn create_api_token(
         id: new_id("api"),
         name: name.to_owned(),
         role,
-        created_at: now_unix(),
+        created_at: Timestamp::from_unix_seconds(now_unix()),
         revoked: false,
     };
     conn.execute(
         "INSERT INTO api_tokens (id, name, role, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![token.id, token.name, role, sha256_hex(secret.as_bytes()), token.created_at],
+        params![token.id, token.name, token.role, sha256_hex(secret.as_bytes()), token.created_at],
     )?;
     Ok((token, secret))
 }
@@ -197,12 +199,12 @@ pub fn add_claim(
         id: new_id("clm"),
         kind,
         value: value.to_owned(),
-        created_at: now_unix(),
+        created_at: Timestamp::from_unix_seconds(now_unix()),
         device_id: None,
     };
     let inserted = conn.execute(
         "INSERT INTO claims (id, kind, value, created_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
-        params![claim.id, kind, claim.value, claim.created_at],
+        params![claim.id, claim.kind, claim.value, claim.created_at],
     )?;
     Ok((inserted == 1).then_some(claim))
 }
