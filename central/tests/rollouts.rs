@@ -6,94 +6,23 @@
 //! ReadBundle / BundleIndex RPCs.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use cairn_image::bundle::{make_bundle, BundleSpec};
-use cairn_image::keys;
 use cairn_proto::v1::{
     central_message, AgentMessage, BundleIndexRequest, CentralMessage, DesiredState, Heartbeat,
     OsStatus, OsUpdatePhase, ReadBundleRequest,
 };
-use cairn_testsupport::central::{
-    config_in, heartbeat_acked, ConnectedDevice, SimDevice, TestCentral,
-};
-use cairn_testsupport::require_tool;
+use cairn_testsupport::central::{heartbeat_acked, ConnectedDevice, SimDevice, TestCentral};
 use serde_json::{json, Value};
 use sha2::Digest;
 use tokio::sync::mpsc;
 use tonic::{Code, Streaming};
 
-const COMPATIBLE: &str = "cairn-test-x86_64";
-
-/// The fleet certificate and bundles of versions 1.0 and 2.0, built once per test binary.
-struct Bundles {
-    cert_pem: Vec<u8>,
-    v1: Vec<u8>,
-    v2: Vec<u8>,
-}
-
-fn bundles() -> Option<&'static Bundles> {
-    static BUILT: OnceLock<Option<Bundles>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            if !["rauc", "mksquashfs", "veritysetup", "openssl", "faketime"]
-                .iter()
-                .all(|t| require_tool(t))
-            {
-                return None;
-            }
-            let dir = tempfile::tempdir().unwrap();
-            let fleet = keys::generate(&dir.path().join("fleet"), "test fleet update key").unwrap();
-            let root = dir.path().join("root.img");
-            // Incompressible, so the bundle is over 1 MiB and ReadBundle sends several pieces.
-            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-            let bytes: Vec<u8> = (0..1_300_000)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect();
-            std::fs::write(&root, bytes).unwrap();
-            let bundle = |version: &str| {
-                let spec = BundleSpec {
-                    compatible: COMPATIBLE,
-                    version,
-                    build: "1",
-                    root_image: &root,
-                    ukis: &[],
-                    epoch: 1_735_689_600,
-                };
-                let out = dir.path().join(format!("{version}.raucb"));
-                make_bundle(
-                    &spec,
-                    &fleet,
-                    &out,
-                    &dir.path().join(format!("work-{version}")),
-                )
-                .unwrap();
-                std::fs::read(&out).unwrap()
-            };
-            Some(Bundles {
-                cert_pem: std::fs::read(&fleet.cert).unwrap(),
-                v1: bundle("1.0"),
-                v2: bundle("2.0"),
-            })
-        })
-        .as_ref()
-}
-
-async fn central_for(fixture: &Bundles) -> TestCentral {
-    let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("update-cert.pem");
-    std::fs::write(&cert, &fixture.cert_pem).unwrap();
-    let mut config = config_in(dir.path());
-    config.update_keyring = Some(cert);
-    config.update_compatible = Some(COMPATIBLE.into());
-    TestCentral::start_with(dir, config).await
-}
+// Each test binary uses part of the shared fixture.
+#[allow(dead_code)]
+#[path = "fixtures/signed_bundles.rs"]
+mod signed_bundles;
+use signed_bundles::{bundles, central_for};
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))

@@ -93,7 +93,12 @@ pub(super) async fn index_console_slash() -> Response {
     security(()),
     params(("file" = String, Path, description = "The file name")),
     responses(
-        (status = 200, description = "The file, with its own content type (HTML, JavaScript, CSS or SVG)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The file, with its content type", content(
+            (String = "text/html; charset=utf-8"),
+            (String = "text/javascript; charset=utf-8"),
+            (String = "text/css; charset=utf-8"),
+            (String = "image/svg+xml"),
+        )),
         (status = 404, description = "No such console file", content_type = "text/plain; charset=utf-8", body = String),
     )
 )]
