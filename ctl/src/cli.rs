@@ -26,8 +26,8 @@ pub use site::SiteCommand;
 
 use crate::client::{BearerToken, CentralCa, Client, Connection, CtlError, Reply, DEFAULT_CENTRAL};
 use crate::input::{self, InputError};
-use crate::model::{ApiRole, CreateApiToken, CreateEnrollmentToken, EnrollmentPolicy};
 use crate::output::{self, pretty_json, Table};
+use cairn_api::{AuditQuery, CreateApiToken, CreateEnrollmentToken, EnrollmentPolicy, Role};
 
 /// Failures of one cairnctl run.
 #[derive(Debug, Error)]
@@ -288,7 +288,7 @@ pub enum RoleArg {
     Viewer,
 }
 
-impl From<RoleArg> for ApiRole {
+impl From<RoleArg> for Role {
     fn from(role: RoleArg) -> Self {
         match role {
             RoleArg::Admin => Self::Admin,
@@ -339,7 +339,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Region(command) => region::run_region(&client, command, json, out),
         Command::Deployment(command) => deployment::run_deployment(&client, command, json, out),
         Command::Audit { limit } => {
-            let reply = client.audit(limit)?;
+            let reply = client.audit(&AuditQuery { limit })?;
             emit_table(out, json, &reply, "no audit events", |log| {
                 output::audit_table(&log.events)
             })
@@ -393,15 +393,14 @@ fn run_device(
         DeviceCommand::List => {
             let reply = client.list_devices()?;
             emit_table(out, json, &reply, "no devices", |list| {
-                output::device_table(&list.devices)
+                output::device_table(list.devices.iter().map(|d| &d.device))
             })
         }
         DeviceCommand::Top => observe::run_top(client, json, out),
         DeviceCommand::Show { id } => {
             let reply = client.get_device(&id)?;
-            let extra = observe::device_show_extra(&reply.body);
             emit(out, json, &reply, |shown| {
-                output::device_details(&shown.device) + &extra
+                output::device_details(&shown.device.device) + &observe::device_show_extra(shown)
             })
         }
         DeviceCommand::Approve { id } => {

@@ -18,14 +18,18 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::input::{self, InputError};
-use crate::model::{
-    ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, BundleList, BundleRemoved,
-    BundleUploaded, ClaimList, ClaimReply, CreateApiToken, CreateClaim, CreateEnrollmentToken,
-    CreateRollout, CreatedApiToken, CreatedEnrollmentToken, DeviceHostList, DeviceList, DeviceLogs,
-    DeviceObserved, DeviceReply, EnrollmentTokenList, EnrollmentTokenReply, ErrorBody, EventList,
-    PutApp, RecoveryKeyReply, RolloutCreated, RolloutList, RolloutReply,
+use cairn_api::{
+    ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, AuditQuery, BundleList,
+    BundleUploaded, ClaimList, ClaimReply, CreateApiToken, CreateClaim, CreateDeployment,
+    CreateEnrollmentToken, CreateRegion, CreateRollout, CreateSite, CreatedApiToken,
+    CreatedEnrollmentToken, DeploymentChanged, DeploymentList, DeploymentRemoved, DeploymentReply,
+    DeviceDetail, DeviceList, DeviceLogs, DeviceReply, EnrollmentTokenList, EnrollmentTokenReply,
+    ErrorBody, EventList, EventsQuery, LogsQuery, PutApp, RecoveryKey, RegionList, RegionReply,
+    Removed, RolloutCreated, RolloutList, RolloutReply, SetDeviceLabels, SetDeviceSite, SiteList,
+    SiteWithDevices,
 };
+
+use crate::input::{self, InputError};
 use crate::output::printable;
 
 /// Central's address when none is given.
@@ -324,13 +328,13 @@ impl Client {
         self.post::<(), _>(&format!("/api/v1/enrollment-tokens/{id}/revoke"), None)
     }
 
-    /// `GET /api/v1/devices`: lists devices.
+    /// `GET /api/v1/devices`: lists devices with their latest host metrics.
     pub fn list_devices(&self) -> Result<Reply<DeviceList>, CtlError> {
         self.get("/api/v1/devices", &[])
     }
 
-    /// `GET /api/v1/devices/{id}`: one device.
-    pub fn get_device(&self, id: &str) -> Result<Reply<DeviceReply>, CtlError> {
+    /// `GET /api/v1/devices/{id}`: one device with its host metrics and newest events.
+    pub fn get_device(&self, id: &str) -> Result<Reply<DeviceDetail>, CtlError> {
         let id = checked_id(id)?;
         self.get(&format!("/api/v1/devices/{id}"), &[])
     }
@@ -348,9 +352,33 @@ impl Client {
     }
 
     /// `GET /api/v1/devices/{id}/recovery-key`: the escrowed recovery key (admin; audited).
-    pub fn device_recovery_key(&self, id: &str) -> Result<Reply<RecoveryKeyReply>, CtlError> {
+    pub fn device_recovery_key(&self, id: &str) -> Result<Reply<RecoveryKey>, CtlError> {
         let id = checked_id(id)?;
         self.get(&format!("/api/v1/devices/{id}/recovery-key"), &[])
+    }
+
+    /// `PUT /api/v1/devices/{id}/labels`: replaces a device's labels.
+    pub fn set_device_labels(
+        &self,
+        id: &str,
+        request: &SetDeviceLabels,
+    ) -> Result<Reply<DeviceReply>, CtlError> {
+        let id = checked_id(id)?;
+        self.send(
+            "PUT",
+            &format!("/api/v1/devices/{id}/labels"),
+            Some(request),
+        )
+    }
+
+    /// `PUT /api/v1/devices/{id}/site`: puts a device at a site, or at none.
+    pub fn set_device_site(
+        &self,
+        id: &str,
+        request: &SetDeviceSite,
+    ) -> Result<Reply<DeviceReply>, CtlError> {
+        let id = checked_id(id)?;
+        self.send("PUT", &format!("/api/v1/devices/{id}/site"), Some(request))
     }
 
     /// `POST /api/v1/claims`: pre-registers a device by serial or TPM EK hash (201).
@@ -376,12 +404,10 @@ impl Client {
         self.get("/api/v1/api-tokens", &[])
     }
 
-    /// `GET /api/v1/audit[?limit=N]`: the latest audit events; central's default count if `None`.
-    pub fn audit(&self, limit: Option<u32>) -> Result<Reply<AuditLog>, CtlError> {
-        match limit {
-            Some(limit) => self.get("/api/v1/audit", &[("limit", &limit.to_string())]),
-            None => self.get("/api/v1/audit", &[]),
-        }
+    /// `GET /api/v1/audit[?limit=N]`: the latest audit events; central's default count without
+    /// a limit.
+    pub fn audit(&self, query: &AuditQuery) -> Result<Reply<AuditLog>, CtlError> {
+        self.get("/api/v1/audit", &query_pairs(query))
     }
 
     /// `PUT /api/v1/devices/{id}/apps/{name}`: deploys or replaces an app on a device.
@@ -435,7 +461,7 @@ impl Client {
     }
 
     /// `DELETE /api/v1/bundles/{sha256}`: removes a bundle (admin).
-    pub fn delete_bundle(&self, sha256: &str) -> Result<Reply<BundleRemoved>, CtlError> {
+    pub fn delete_bundle(&self, sha256: &str) -> Result<Reply<Removed>, CtlError> {
         let sha256 = checked_id(sha256)?;
         self.send::<(), _>("DELETE", &format!("/api/v1/bundles/{sha256}"), None)
     }
@@ -465,53 +491,90 @@ impl Client {
         self.post::<(), _>(&format!("/api/v1/rollouts/{id}/{action}"), None)
     }
 
-    /// `GET /api/v1/devices` read for host metrics (`cairnctl device top`).
-    pub fn list_device_hosts(&self) -> Result<Reply<DeviceHostList>, CtlError> {
-        self.get("/api/v1/devices", &[])
-    }
-
-    /// `GET /api/v1/devices/{id}` read for host metrics and events.
-    pub fn get_device_observed(&self, id: &str) -> Result<Reply<DeviceObserved>, CtlError> {
-        let id = checked_id(id)?;
-        self.get(&format!("/api/v1/devices/{id}"), &[])
-    }
-
-    /// `GET /api/v1/events` with these query parameters (device, kind, since, limit).
-    pub fn list_events(&self, query: &[(&str, &str)]) -> Result<Reply<EventList>, CtlError> {
-        self.get("/api/v1/events", query)
+    /// `GET /api/v1/events`: the newest matching events, oldest first.
+    pub fn list_events(&self, query: &EventsQuery) -> Result<Reply<EventList>, CtlError> {
+        self.get("/api/v1/events", &query_pairs(query))
     }
 
     /// `GET /api/v1/devices/{id}/logs`: waits up to [`LOGS_TIMEOUT`] for the device's answer
     /// (central gives up earlier, after its `log_request_timeout_seconds`).
-    pub fn device_logs(
-        &self,
-        id: &str,
-        query: &[(&str, &str)],
-    ) -> Result<Reply<DeviceLogs>, CtlError> {
+    pub fn device_logs(&self, id: &str, query: &LogsQuery) -> Result<Reply<DeviceLogs>, CtlError> {
         let id = checked_id(id)?;
         let url = format!("{}/api/v1/devices/{id}/logs", self.base);
         let mut request = self.request("GET", &url).timeout(LOGS_TIMEOUT);
-        for (name, value) in query {
-            request = request.query(name, value);
+        for (name, value) in query_pairs(query) {
+            request = request.query(&name, &value);
         }
         self.finish(&url, request.call())
     }
 
-    /// A call to the sites, regions and deployments API, read as plain JSON. Names in `path`
-    /// must already be checked (cairnctl's argument parsers do).
-    pub fn call_value(
+    /// `GET /api/v1/sites`: every site with its device count.
+    pub fn list_sites(&self) -> Result<Reply<SiteList>, CtlError> {
+        self.get("/api/v1/sites", &[])
+    }
+
+    /// `POST /api/v1/sites`: creates a site (201), optionally with the devices at it.
+    pub fn create_site(&self, request: &CreateSite) -> Result<Reply<SiteWithDevices>, CtlError> {
+        self.post("/api/v1/sites", Some(request))
+    }
+
+    /// `GET /api/v1/sites/{name}`: a site and its devices.
+    pub fn get_site(&self, name: &str) -> Result<Reply<SiteWithDevices>, CtlError> {
+        let name = checked_id(name)?;
+        self.get(&format!("/api/v1/sites/{name}"), &[])
+    }
+
+    /// `DELETE /api/v1/sites/{name}`: removes a site no device is at.
+    pub fn delete_site(&self, name: &str) -> Result<Reply<Removed>, CtlError> {
+        let name = checked_id(name)?;
+        self.send::<(), _>("DELETE", &format!("/api/v1/sites/{name}"), None)
+    }
+
+    /// `GET /api/v1/regions`: every region.
+    pub fn list_regions(&self) -> Result<Reply<RegionList>, CtlError> {
+        self.get("/api/v1/regions", &[])
+    }
+
+    /// `POST /api/v1/regions`: creates a region (201).
+    pub fn create_region(&self, request: &CreateRegion) -> Result<Reply<RegionReply>, CtlError> {
+        self.post("/api/v1/regions", Some(request))
+    }
+
+    /// `DELETE /api/v1/regions/{name}`: removes a region no deployment places by.
+    pub fn delete_region(&self, name: &str) -> Result<Reply<Removed>, CtlError> {
+        let name = checked_id(name)?;
+        self.send::<(), _>("DELETE", &format!("/api/v1/regions/{name}"), None)
+    }
+
+    /// `GET /api/v1/deployments`: every deployment with its host count.
+    pub fn list_deployments(&self) -> Result<Reply<DeploymentList>, CtlError> {
+        self.get("/api/v1/deployments", &[])
+    }
+
+    /// `POST /api/v1/deployments`: creates a deployment (201), or only plans it (`dry_run`).
+    pub fn create_deployment(
         &self,
-        method: &str,
-        path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<Reply<serde_json::Value>, CtlError> {
-        self.send(method, path, body)
+        request: &CreateDeployment,
+    ) -> Result<Reply<DeploymentChanged>, CtlError> {
+        self.post("/api/v1/deployments", Some(request))
+    }
+
+    /// `GET /api/v1/deployments/{name}`: a deployment, per site its hosts and their state.
+    pub fn get_deployment(&self, name: &str) -> Result<Reply<DeploymentReply>, CtlError> {
+        let name = checked_app_name(name)?;
+        self.get(&format!("/api/v1/deployments/{name}"), &[])
+    }
+
+    /// `DELETE /api/v1/deployments/{name}`: removes a deployment from every device.
+    pub fn delete_deployment(&self, name: &str) -> Result<Reply<DeploymentRemoved>, CtlError> {
+        let name = checked_app_name(name)?;
+        self.send::<(), _>("DELETE", &format!("/api/v1/deployments/{name}"), None)
     }
 
     fn get<T: DeserializeOwned>(
         &self,
         path: &str,
-        query: &[(&str, &str)],
+        query: &[(String, String)],
     ) -> Result<Reply<T>, CtlError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.request("GET", &url);
@@ -582,13 +645,28 @@ impl Client {
     }
 }
 
+/// The fields of an API query type as URL query pairs (absent fields left out).
+fn query_pairs<Q: Serialize>(query: &Q) -> Vec<(String, String)> {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(query) else {
+        return Vec::new();
+    };
+    fields
+        .into_iter()
+        .filter_map(|(name, value)| match value {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(text) => Some((name, text)),
+            other => Some((name, other.to_string())),
+        })
+        .collect()
+}
+
 /// Turns a non-2xx answer into an error: central's message when the body is its error JSON,
 /// otherwise the status and the start of the body.
 pub fn error_from_response(status: u16, body: &str) -> CtlError {
     match serde_json::from_str::<ErrorBody>(body) {
         Ok(parsed) => CtlError::Api {
             status,
-            code: printable(&parsed.error.code),
+            code: printable(parsed.error.code.as_str()),
             message: printable(&parsed.error.message),
         },
         Err(_) => {

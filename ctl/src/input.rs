@@ -5,7 +5,7 @@
 
 use thiserror::Error;
 
-use crate::model::CreateClaim;
+use cairn_api::CreateClaim;
 
 /// Why a piece of operator input was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -90,8 +90,8 @@ pub fn claim_from_options(
     ek_sha256: Option<&str>,
 ) -> Result<CreateClaim, InputError> {
     match (serial, ek_sha256) {
-        (Some(serial), None) => Ok(CreateClaim::Serial(parse_non_empty(serial)?)),
-        (None, Some(ek)) => Ok(CreateClaim::TpmEkSha256(parse_ek_sha256(ek)?)),
+        (Some(serial), None) => Ok(CreateClaim::serial(parse_non_empty(serial)?)),
+        (None, Some(ek)) => Ok(CreateClaim::tpm_ek(parse_ek_sha256(ek)?)),
         _ => Err(InputError::ClaimTarget),
     }
 }
@@ -212,11 +212,11 @@ mod tests {
         let ek = "0".repeat(64);
         assert_eq!(
             claim_from_options(Some(" SN-1 "), None),
-            Ok(CreateClaim::Serial("SN-1".into()))
+            Ok(CreateClaim::serial("SN-1"))
         );
         assert_eq!(
             claim_from_options(None, Some(&ek)),
-            Ok(CreateClaim::TpmEkSha256(ek.clone()))
+            Ok(CreateClaim::tpm_ek(ek.clone()))
         );
         assert_eq!(
             claim_from_options(Some("SN-1"), Some(&ek)),

@@ -9,8 +9,8 @@
 //! let token = BearerToken::from_file("/etc/cairn/admin.token".as_ref())?;
 //! let ca = Some(CentralCa::File("/etc/cairn/central-ca.pem".into()));
 //! let client = Client::new(Connection::new("https://127.0.0.1:7444", ca, token))?;
-//! for device in client.list_devices()?.value.devices {
-//!     println!("{} {}", device.id, device.status);
+//! for listed in client.list_devices()?.value.devices {
+//!     println!("{} {}", listed.device.id, listed.device.status);
 //! }
 //! # Ok::<(), cairnctl::client::CtlError>(())
 //! ```
@@ -18,5 +18,4 @@
 pub mod cli;
 pub mod client;
 pub mod input;
-pub mod model;
 pub mod output;

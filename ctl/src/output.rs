@@ -6,9 +6,9 @@
 
 use std::fmt::{self, Write as _};
 
-use crate::model::{
+use cairn_api::{
     ApiToken, AppDeployed, AppList, AppRemoved, AuditEvent, Claim, ClaimKind, CreatedApiToken,
-    CreatedEnrollmentToken, Device, EnrollmentToken,
+    CreatedEnrollmentToken, Device, EnrollmentToken, Timestamp,
 };
 
 /// Shown for a null or empty value.
@@ -36,6 +36,11 @@ pub fn printable(text: &str) -> String {
 /// `value`, or [`NONE`] when absent.
 pub fn or_none(value: Option<&str>) -> &str {
     value.unwrap_or(NONE)
+}
+
+/// A time as central sent it (RFC 3339), or [`NONE`] when absent.
+pub fn time_or_none(at: Option<&Timestamp>) -> String {
+    at.map_or_else(|| NONE.to_owned(), Timestamp::to_string)
 }
 
 fn dash_if_empty(value: &str) -> &str {
@@ -219,9 +224,9 @@ pub fn enrollment_token_table(tokens: &[EnrollmentToken]) -> Table {
             &token
                 .max_uses
                 .map_or_else(|| NONE.to_owned(), |n| n.to_string()),
-            or_none(token.expires_at.as_deref()),
+            &token.expires_at.to_string(),
             yes_no(token.revoked),
-            &token.created_at,
+            &token.created_at.to_string(),
         ]);
     }
     table
@@ -237,7 +242,7 @@ pub fn enrollment_token_created(created: &CreatedEnrollmentToken) -> String {
         printable(&token.id),
         printable(&token.name),
         printable(token.policy.as_str()),
-        printable(or_none(token.expires_at.as_deref())),
+        token.expires_at,
         token
             .max_uses
             .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
@@ -255,7 +260,7 @@ pub fn enrollment_token_revoked(token: &EnrollmentToken) -> String {
 }
 
 /// Table of devices.
-pub fn device_table(devices: &[Device]) -> Table {
+pub fn device_table<'a>(devices: impl IntoIterator<Item = &'a Device>) -> Table {
     let mut table = Table::new(&[
         "ID",
         "STATUS",
@@ -275,7 +280,7 @@ pub fn device_table(devices: &[Device]) -> Table {
             &device.serial,
             device.key_storage.as_str(),
             yes_no(device.online),
-            or_none(device.last_seen_at.as_deref()),
+            &time_or_none(device.last_seen_at.as_ref()),
             &device.agent_version,
             &device.os_version,
         ]);
@@ -286,6 +291,28 @@ pub fn device_table(devices: &[Device]) -> Table {
 /// Every field of a device as `key: value` lines.
 pub fn device_details(device: &Device) -> String {
     let optional = |value: &Option<String>| or_none(value.as_deref()).to_owned();
+    let pairs = |map: &std::collections::BTreeMap<String, String>| {
+        map.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let desired_os = device.desired_os.as_ref().map_or_else(
+        || NONE.to_owned(),
+        |os| {
+            format!(
+                "{} (bundle {}, rollout {}{})",
+                os.version,
+                os.bundle_sha256,
+                os.rollout_id,
+                if os.allow_downgrade {
+                    ", downgrade allowed"
+                } else {
+                    ""
+                }
+            )
+        },
+    );
     key_values(&[
         ("id", device.id.clone()),
         ("status", device.status.to_string()),
@@ -296,23 +323,20 @@ pub fn device_details(device: &Device) -> String {
         ("agent_version", device.agent_version.clone()),
         ("os_version", device.os_version.clone()),
         ("token_id", device.token_id.clone()),
-        ("created_at", device.created_at.clone()),
-        ("approved_at", optional(&device.approved_at)),
-        ("last_seen_at", optional(&device.last_seen_at)),
+        ("created_at", device.created_at.to_string()),
+        ("approved_at", time_or_none(device.approved_at.as_ref())),
+        ("last_seen_at", time_or_none(device.last_seen_at.as_ref())),
         ("online", yes_no(device.online).to_owned()),
         ("cert_serial", optional(&device.cert_serial)),
-        ("cert_expires_at", optional(&device.cert_expires_at)),
-        ("desired_revision", device.desired_revision.to_string()),
-        ("site", optional(&device.site)),
         (
-            "labels",
-            device
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(","),
+            "cert_expires_at",
+            time_or_none(device.cert_expires_at.as_ref()),
         ),
+        ("desired_revision", device.desired_revision.to_string()),
+        ("desired_os", desired_os),
+        ("config", pairs(&device.config)),
+        ("site", optional(&device.site)),
+        ("labels", pairs(&device.labels)),
     ])
 }
 
@@ -344,7 +368,7 @@ pub fn claim_table(claims: &[Claim]) -> Table {
             claim.kind.as_str(),
             &claim.value,
             or_none(claim.device_id.as_deref()),
-            &claim.created_at,
+            &claim.created_at.to_string(),
         ]);
     }
     table
@@ -375,7 +399,7 @@ pub fn api_token_table(tokens: &[ApiToken]) -> Table {
             &token.name,
             token.role.as_str(),
             yes_no(token.revoked),
-            &token.created_at,
+            &token.created_at.to_string(),
         ]);
     }
     table
@@ -395,22 +419,17 @@ pub fn api_token_created(created: &CreatedApiToken) -> String {
     )
 }
 
-/// Table of audit events; `detail` shows a string as is and other JSON compactly.
+/// Table of audit events.
 pub fn audit_table(events: &[AuditEvent]) -> Table {
     let mut table = Table::new(&["ID", "AT", "ACTOR", "ACTION", "TARGET", "DETAIL"]);
     for event in events {
-        let detail = match &event.detail {
-            serde_json::Value::Null => NONE.to_owned(),
-            serde_json::Value::String(text) => text.clone(),
-            other => other.to_string(),
-        };
         table.push_row([
             event.id.to_string().as_str(),
-            &event.at,
-            or_none(event.actor.as_deref()),
+            &event.at.to_string(),
+            &event.actor,
             &event.action,
-            or_none(event.target.as_deref()),
-            &detail,
+            &event.target,
+            &event.detail,
         ]);
     }
     table
@@ -423,9 +442,10 @@ pub fn app_table(list: &AppList) -> Table {
     let mut table = Table::new(&[
         "APP", "GEN", "SEEN", "SERVICE", "STATE", "HEALTH", "RESTARTS", "MESSAGE",
     ]);
-    for app in &list.apps {
+    for listed in &list.apps {
+        let app = &listed.app;
         let generation = app.generation.to_string();
-        let Some(status) = &app.status else {
+        let Some(status) = &listed.status else {
             table.push_row([
                 app.name.as_str(),
                 &generation,
@@ -464,7 +484,7 @@ pub fn app_table(list: &AppList) -> Table {
                 &seen,
                 &service.name,
                 service.state.as_str(),
-                dash_if_empty(&service.health),
+                service.health.as_str(),
                 &restarts,
                 &service.message,
             ]);
@@ -506,7 +526,7 @@ pub fn app_removed(device_id: &str, removed: &AppRemoved) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DeviceStatus, EnrollmentPolicy, KeyStorage};
+    use cairn_api::{DesiredOs, DeviceStatus, EnrollmentPolicy, KeyStorage};
 
     #[test]
     fn table_aligns_columns_without_trailing_spaces() {
@@ -593,13 +613,22 @@ mod tests {
             agent_version: "0.1.0".into(),
             os_version: "2025.1".into(),
             token_id: "tok_1".into(),
-            created_at: "2025-01-01T00:00:00Z".into(),
-            approved_at: Some("2025-01-01T00:01:00Z".into()),
+            created_at: Timestamp::from_unix_seconds(1_735_689_600),
+            approved_at: Some(Timestamp::from_unix_seconds(1_735_689_660)),
             last_seen_at: None,
             online: true,
             cert_serial: None,
             cert_expires_at: None,
             desired_revision: 7,
+            config: [("tier".to_owned(), "edge".to_owned())].into(),
+            desired_os: Some(DesiredOs {
+                version: "2.0".into(),
+                bundle_sha256: "cd".repeat(32),
+                bundle_size: 4096,
+                allow_downgrade: false,
+                rollout_id: "rol_1".into(),
+                health_deadline_seconds: 600,
+            }),
             site: None,
             labels: Default::default(),
         }
@@ -616,7 +645,19 @@ mod tests {
         let details = device_details(&device());
         assert!(details.contains("\nlast_seen_at:     -\n"), "{details}");
         assert!(details.contains("\ndesired_revision: 7\n"), "{details}");
-        assert_eq!(details.lines().count(), 18);
+        assert!(
+            details.contains("\nconfig:           tier=edge\n"),
+            "{details}"
+        );
+        assert!(
+            details.contains("\ndesired_os:       2.0 (bundle cdcd"),
+            "{details}"
+        );
+        assert!(
+            details.contains("\ncreated_at:       2025-01-01T00:00:00Z\n"),
+            "{details}"
+        );
+        assert_eq!(details.lines().count(), 20);
     }
 
     #[test]
@@ -626,8 +667,8 @@ mod tests {
                 id: "tok_1".into(),
                 name: "lab".into(),
                 policy: EnrollmentPolicy::Auto,
-                created_at: "2025-01-01T00:00:00Z".into(),
-                expires_at: None,
+                created_at: Timestamp::from_unix_seconds(1_735_689_600),
+                expires_at: Timestamp::from_unix_seconds(1_738_368_000),
                 max_uses: Some(5),
                 uses: 0,
                 revoked: false,
@@ -638,27 +679,23 @@ mod tests {
         assert_eq!(text.matches("cet_s3cret").count(), 1);
         assert!(text.contains("shown only once"));
         assert!(text.contains("max uses 5"));
+        assert!(text.contains("expires 2025-02-01T00:00:00Z"), "{text}");
     }
 
     #[test]
-    fn audit_detail_rendering() {
-        let event = |detail| AuditEvent {
+    fn audit_table_shows_dashes_for_empty_target_and_detail() {
+        let event = |detail: &str| AuditEvent {
             id: 1,
-            at: "t".into(),
-            actor: Some("admin".into()),
+            at: Timestamp::from_unix_seconds(0),
+            actor: "api:admin".into(),
             action: "device.approve".into(),
-            target: None,
-            detail,
+            target: String::new(),
+            detail: detail.into(),
         };
-        let text = audit_table(&[
-            event(serde_json::json!("plain")),
-            event(serde_json::json!({"k": 1})),
-            event(serde_json::Value::Null),
-        ])
-        .to_string();
+        let text = audit_table(&[event("from=pending"), event("")]).to_string();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[1].ends_with("   -        plain"), "{text}");
-        assert!(lines[2].ends_with(r#"{"k":1}"#), "{text}");
-        assert!(lines[3].ends_with("   -        -"), "{text}");
+        assert!(lines[1].ends_with("   -        from=pending"), "{text}");
+        assert!(lines[2].ends_with("   -        -"), "{text}");
+        assert!(lines[1].contains("1970-01-01T00:00:00Z"), "{text}");
     }
 }

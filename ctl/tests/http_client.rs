@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use cairn_api::{ClaimKind, CreateClaim, DeviceStatus};
 use cairnctl::client::{BearerToken, CentralCa, Client, Connection, CtlError};
-use cairnctl::model::{ClaimKind, CreateClaim, DeviceStatus};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
@@ -18,7 +18,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const TOKEN: &str = "cat_test_token";
 
-const DEVICES: &str = r#"{"devices":[{"id":"dev_1","status":"active","serial":"SN1","tpm_ek_sha256":"","hostname":"edge-1","key_storage":"software","agent_version":"0.1.0","os_version":"1","token_id":"tok_1","created_at":"2025-01-01T00:00:00Z","approved_at":null,"last_seen_at":null,"online":false,"cert_serial":null,"cert_expires_at":null,"desired_revision":0}]}"#;
+const DEVICES: &str = r#"{"devices":[{"id":"dev_1","status":"active","serial":"SN1","tpm_ek_sha256":"","hostname":"edge-1","key_storage":"software","agent_version":"0.1.0","os_version":"1","token_id":"tok_1","created_at":"2025-01-01T00:00:00Z","approved_at":null,"last_seen_at":null,"online":false,"cert_serial":null,"cert_expires_at":null,"desired_revision":0,"config":{},"desired_os":null,"site":null,"labels":{},"host":null}]}"#;
 
 /// A test CA and a server certificate it signed.
 struct Pki {
@@ -149,7 +149,7 @@ fn trusted_ca_and_bearer_token() {
         .list_devices()
         .unwrap();
     assert_eq!(reply.body, DEVICES);
-    assert_eq!(reply.value.devices[0].status, DeviceStatus::Active);
+    assert_eq!(reply.value.devices[0].device.status, DeviceStatus::Active);
     let request = requests.recv().unwrap();
     assert!(
         request.starts_with("GET /api/v1/devices HTTP/1.1\r\n"),
@@ -211,7 +211,7 @@ fn post_sends_json_and_reads_201() {
     let body = r#"{"claim":{"id":"clm_1","kind":"serial","value":"SN1","created_at":"2025-01-01T00:00:00Z","device_id":null}}"#;
     let (port, requests) = serve(None, Answer::With("201 Created", body.to_owned()));
     let reply = client(format!("http://127.0.0.1:{port}"), None)
-        .create_claim(&CreateClaim::Serial("SN1".into()))
+        .create_claim(&CreateClaim::serial("SN1"))
         .unwrap();
     assert_eq!(reply.status, 201);
     assert_eq!(reply.value.claim.kind, ClaimKind::Serial);

@@ -15,8 +15,8 @@ use thiserror::Error;
 use super::{checked, emit, emit_table, CliError};
 use crate::client::{Client, CtlError, Reply};
 use crate::input;
-use crate::model::PutApp;
 use crate::output::{self, pretty_json};
+use cairn_api::PutApp;
 
 /// `cairnctl app ...`
 #[derive(Debug, Subcommand)]

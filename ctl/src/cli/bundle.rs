@@ -10,8 +10,8 @@ use thiserror::Error;
 use super::{checked, emit, emit_table, CliError};
 use crate::client::Client;
 use crate::input;
-use crate::model::{Bundle, BundleUploaded};
 use crate::output::{printable, Table};
+use cairn_api::{Bundle, BundleUploaded};
 
 /// `cairnctl bundle ...`
 #[derive(Debug, Subcommand)]
@@ -106,7 +106,7 @@ fn bundle_table(bundles: &[Bundle]) -> Table {
             &bundle.version,
             &bundle.compatible,
             &size,
-            &bundle.uploaded_at,
+            &bundle.uploaded_at.to_string(),
             &bundle.uploaded_by,
         ]);
     }
@@ -146,7 +146,7 @@ mod tests {
                 version: "1.2.0".into(),
                 compatible: "cairn-qemu-x86_64".into(),
                 size: 4096,
-                uploaded_at: "2025-01-01T00:00:00Z".into(),
+                uploaded_at: cairn_api::Timestamp::from_unix_seconds(1_735_689_600),
                 uploaded_by: "api:ops".into(),
             },
             created: true,

@@ -5,11 +5,14 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use cairn_api::{
+    CreateDeployment, DeploymentChanged, DeploymentPlan, DeploymentView, DeviceSelector, Placement,
+    SiteSelector, Within,
+};
 use clap::Subcommand;
-use serde_json::{json, Map, Value};
 
 use super::app::read_app;
-use super::site::{labels_json, parse_label};
+use super::site::parse_label;
 use super::{checked, emit, CliError};
 use crate::client::Client;
 use crate::input;
@@ -77,12 +80,9 @@ fn parse_within(text: &str) -> Result<(f64, f64, f64), String> {
     }
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
+/// A placement as one line of JSON, as central stores it.
+fn placement_text(placement: &Placement) -> String {
+    serde_json::to_string(placement).unwrap_or_default()
 }
 
 /// Runs one `deployment` command.
@@ -106,65 +106,54 @@ pub(super) fn run_deployment(
             dry_run,
         } => {
             let (name, compose_yaml) = read_app(&file, name)?;
-            let mut site_selector = Map::new();
-            if !sites_labels.is_empty() {
-                site_selector.insert("labels".into(), labels_json(sites_labels));
-            }
-            if !sites.is_empty() {
-                site_selector.insert("names".into(), json!(sites));
-            }
-            if let Some(region) = region {
-                site_selector.insert("region".into(), json!(region));
-            }
-            if let Some((latitude, longitude, km)) = within {
-                site_selector.insert(
-                    "within".into(),
-                    json!({ "latitude": latitude, "longitude": longitude, "km": km }),
-                );
-            }
-            let mut placement = Map::new();
-            placement.insert("sites".into(), Value::Object(site_selector));
-            if let Some(n) = hosts_per_site {
-                placement.insert("hosts_per_site".into(), json!(n));
-            }
-            if !device_labels.is_empty() {
-                placement.insert(
-                    "devices".into(),
-                    json!({ "labels": labels_json(device_labels) }),
-                );
-            }
-            if !avoid.is_empty() {
-                placement.insert("avoid".into(), json!(avoid));
-            }
-            let body = json!({ "name": name, "compose_yaml": compose_yaml, "placement": placement, "dry_run": dry_run });
-            let reply = client.call_value("POST", "/api/v1/deployments", Some(&body))?;
-            emit(out, json, &reply, |v| {
-                if v["dry_run"] == json!(true) {
-                    format!(
-                        "dry run: deployment {} would run on\n{}",
-                        printable(&name),
-                        plan_table(&v["placement"])
-                    )
-                } else {
-                    format!(
-                        "deployment {} created; see it with 'cairnctl deployment show {}'\n{}",
-                        printable(&name),
-                        printable(&name),
-                        sites_table(&v["deployment"])
-                    )
-                }
+            let placement = Placement {
+                sites: SiteSelector {
+                    labels: sites_labels.into_iter().collect(),
+                    names: (!sites.is_empty()).then_some(sites),
+                    region,
+                    within: within.map(|(latitude, longitude, km)| Within {
+                        latitude,
+                        longitude,
+                        km,
+                    }),
+                },
+                hosts_per_site: hosts_per_site.unwrap_or(Placement::default().hosts_per_site),
+                devices: DeviceSelector {
+                    labels: device_labels.into_iter().collect(),
+                },
+                avoid,
+            };
+            let request = CreateDeployment {
+                name: name.clone(),
+                compose_yaml,
+                placement,
+                dry_run,
+            };
+            let reply = client.create_deployment(&request)?;
+            emit(out, json, &reply, |changed| match changed {
+                DeploymentChanged::DryRun(dry_run) => format!(
+                    "dry run: deployment {} would run on\n{}",
+                    printable(&name),
+                    plan_table(&dry_run.placement)
+                ),
+                DeploymentChanged::Saved(saved) => format!(
+                    "deployment {} created; see it with 'cairnctl deployment show {}'\n{}",
+                    printable(&name),
+                    printable(&name),
+                    sites_table(&saved.deployment)
+                ),
             })
         }
         DeploymentCommand::List => {
-            let reply = client.call_value("GET", "/api/v1/deployments", None)?;
-            emit(out, json, &reply, |v| {
+            let reply = client.list_deployments()?;
+            emit(out, json, &reply, |list| {
                 let mut table = Table::new(&["NAME", "HOSTS", "PLACEMENT", "UPDATED"]);
-                for d in v["deployments"].as_array().into_iter().flatten() {
+                for d in &list.deployments {
                     table.push_row([
-                        text(&d["name"]),
-                        text(&d["hosts"]),
-                        d["placement"].to_string(),
-                        text(&d["updated_at"]),
+                        d.name.clone(),
+                        d.hosts.to_string(),
+                        placement_text(&d.placement),
+                        d.updated_at.to_string(),
                     ]);
                 }
                 if table.is_empty() {
@@ -175,35 +164,26 @@ pub(super) fn run_deployment(
             })
         }
         DeploymentCommand::Show { name } => {
-            let reply = client.call_value("GET", &format!("/api/v1/deployments/{name}"), None)?;
-            emit(out, json, &reply, |v| {
-                let d = &v["deployment"];
+            let reply = client.get_deployment(&name)?;
+            emit(out, json, &reply, |shown| {
+                let view = &shown.deployment;
+                let d = &view.deployment;
                 let head = key_values(&[
-                    ("name", text(&d["name"])),
-                    ("placement", d["placement"].to_string()),
-                    (
-                        "created",
-                        format!("{} by {}", text(&d["created_at"]), text(&d["created_by"])),
-                    ),
-                    ("updated", text(&d["updated_at"])),
+                    ("name", d.name.clone()),
+                    ("placement", placement_text(&d.placement)),
+                    ("created", format!("{} by {}", d.created_at, d.created_by)),
+                    ("updated", d.updated_at.to_string()),
                 ]);
-                format!("{head}\n{}", sites_table(d))
+                format!("{head}\n{}", sites_table(view))
             })
         }
         DeploymentCommand::Rm { name } => {
-            let reply =
-                client.call_value("DELETE", &format!("/api/v1/deployments/{name}"), None)?;
-            emit(out, json, &reply, |v| {
-                let from: Vec<String> = v["removed_from"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(text)
-                    .collect();
+            let reply = client.delete_deployment(&name)?;
+            emit(out, json, &reply, |removed| {
                 format!(
                     "deployment {} removed from {} devices\n",
                     printable(&name),
-                    from.len()
+                    removed.removed_from.len()
                 )
             })
         }
@@ -211,25 +191,24 @@ pub(super) fn run_deployment(
 }
 
 /// Per site and host: online, app state; then the shortfalls.
-fn sites_table(d: &Value) -> String {
+fn sites_table(view: &DeploymentView) -> String {
     let mut table = Table::new(&["SITE", "WANTED", "DEVICE", "ONLINE", "STATE"]);
     let mut notes = String::new();
-    for site in d["sites"].as_array().into_iter().flatten() {
-        let hosts = site["hosts"].as_array().cloned().unwrap_or_default();
-        if hosts.is_empty() {
-            table.push_row([text(&site["site"]), text(&site["wanted"])]);
+    for site in &view.sites {
+        let wanted = site.wanted.to_string();
+        if site.hosts.is_empty() {
+            table.push_row([site.site.as_str(), &wanted]);
         }
-        for host in hosts {
-            let state = match &host["status"] {
-                Value::Null => "no report".to_owned(),
-                status => {
-                    let services: Vec<String> = status["services"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|s| format!("{}:{}", text(&s["name"]), text(&s["state"])))
+        for host in &site.hosts {
+            let state = match &host.status {
+                None => "no report".to_owned(),
+                Some(status) => {
+                    let services: Vec<String> = status
+                        .services
+                        .iter()
+                        .map(|s| format!("{}:{}", s.name, s.state))
                         .collect();
-                    let sync = if status["in_sync"] == json!(true) {
+                    let sync = if status.in_sync {
                         ""
                     } else {
                         " (older generation)"
@@ -237,23 +216,13 @@ fn sites_table(d: &Value) -> String {
                     format!("{}{sync}", services.join(" "))
                 }
             };
-            let online = if host["online"] == json!(true) {
-                "yes"
-            } else {
-                "no"
-            };
-            table.push_row([
-                text(&site["site"]),
-                text(&site["wanted"]),
-                text(&host["device_id"]),
-                online.to_owned(),
-                state,
-            ]);
+            let online = if host.online { "yes" } else { "no" };
+            table.push_row([site.site.as_str(), &wanted, &host.device_id, online, &state]);
         }
-        if let Some(shortfall) = site["shortfall"].as_str() {
+        if let Some(shortfall) = &site.shortfall {
             notes.push_str(&format!(
                 "site {}: {}\n",
-                printable(&text(&site["site"])),
+                printable(&site.site),
                 printable(shortfall)
             ));
         }
@@ -265,21 +234,19 @@ fn sites_table(d: &Value) -> String {
 }
 
 /// A dry run's sites and hosts.
-fn plan_table(plan: &Value) -> String {
+fn plan_table(plan: &DeploymentPlan) -> String {
     let mut table = Table::new(&["SITE", "WANTED", "HOSTS"]);
     let mut notes = String::new();
-    for site in plan["sites"].as_array().into_iter().flatten() {
-        let hosts: Vec<String> = site["hosts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(text)
-            .collect();
-        table.push_row([text(&site["site"]), text(&site["wanted"]), hosts.join(" ")]);
-        if let Some(shortfall) = site["shortfall"].as_str() {
+    for site in &plan.sites {
+        table.push_row([
+            site.site.clone(),
+            site.wanted.to_string(),
+            site.hosts.join(" "),
+        ]);
+        if let Some(shortfall) = &site.shortfall {
             notes.push_str(&format!(
                 "site {}: {}\n",
-                printable(&text(&site["site"])),
+                printable(&site.site),
                 printable(shortfall)
             ));
         }

@@ -11,8 +11,9 @@ use clap::Args;
 use super::{checked, emit, emit_table, CliError};
 use crate::client::Client;
 use crate::input;
-use crate::model::{DeviceHost, Event, HostMetrics};
-use crate::output::{key_values, or_none, printable, Table, NONE};
+use cairn_api::{DeviceDetail, DeviceWithHost, Event, EventsQuery, HostMetrics, LogsQuery};
+
+use crate::output::{key_values, or_none, printable, time_or_none, Table, NONE};
 
 /// How often `cairnctl events --follow` asks for new events.
 pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
@@ -108,7 +109,7 @@ pub fn host_details(host: Option<&HostMetrics>) -> String {
         return "host: no metrics reported to this central yet\n".to_owned();
     };
     let mut pairs = vec![
-        ("host.reported_at", printable(&h.reported_at)),
+        ("host.reported_at", h.reported_at.to_string()),
         ("host.cpu_percent", percent(h.cpu_percent)),
         ("host.load1", format!("{:.2}", h.load1)),
         (
@@ -169,8 +170,8 @@ pub fn event_table(events: &[Event]) -> Table {
     let mut table = Table::new(&["TIME", "SEVERITY", "DEVICE", "KIND", "MESSAGE"]);
     for event in events {
         table.push_row([
-            printable(&event.at),
-            printable(&event.severity),
+            event.at.to_string(),
+            printable(event.severity.as_str()),
             printable(or_none(event.device_id.as_deref())),
             printable(&event.kind),
             printable(&event.message),
@@ -180,7 +181,7 @@ pub fn event_table(events: &[Event]) -> Table {
 }
 
 /// Table of devices with their host metrics.
-pub fn top_table(devices: &[DeviceHost]) -> Table {
+pub fn top_table(devices: &[DeviceWithHost]) -> Table {
     let mut table = Table::new(&[
         "DEVICE",
         "HOSTNAME",
@@ -192,8 +193,9 @@ pub fn top_table(devices: &[DeviceHost]) -> Table {
         "LOAD1",
         "LAST-SEEN",
     ]);
-    for device in devices {
-        let host = device.host.as_ref();
+    for listed in devices {
+        let host = listed.host.as_ref();
+        let device = &listed.device;
         table.push_row([
             printable(&device.id),
             printable(if device.hostname.is_empty() {
@@ -208,7 +210,7 @@ pub fn top_table(devices: &[DeviceHost]) -> Table {
             host.and_then(|h| h.max_temperature_celsius)
                 .map_or_else(|| NONE.to_owned(), |t| format!("{t:.1}")),
             host.map_or_else(|| NONE.to_owned(), |h| format!("{:.2}", h.load1)),
-            printable(or_none(device.last_seen_at.as_deref())),
+            time_or_none(device.last_seen_at.as_ref()),
         ]);
     }
     table
@@ -216,21 +218,20 @@ pub fn top_table(devices: &[DeviceHost]) -> Table {
 
 /// `cairnctl device top`: every device with its latest host metrics, busiest CPU first.
 pub fn run_top(client: &Client, json: bool, out: &mut dyn Write) -> Result<(), CliError> {
-    let mut reply = client.list_device_hosts()?;
+    let mut reply = client.list_devices()?;
     reply.value.devices.sort_by(|a, b| {
-        let cpu = |d: &DeviceHost| d.host.as_ref().and_then(|h| h.cpu_percent).unwrap_or(-1.0);
-        cpu(b).total_cmp(&cpu(a)).then_with(|| a.id.cmp(&b.id))
+        let cpu = |d: &DeviceWithHost| d.host.as_ref().and_then(|h| h.cpu_percent).unwrap_or(-1.0);
+        cpu(b)
+            .total_cmp(&cpu(a))
+            .then_with(|| a.device.id.cmp(&b.device.id))
     });
     emit_table(out, json, &reply, "no devices", |list| {
         top_table(&list.devices)
     })
 }
 
-/// The host and events part of `cairnctl device show`, from the same answer's body.
-pub fn device_show_extra(body: &str) -> String {
-    let Ok(observed) = serde_json::from_str::<crate::model::DeviceObserved>(body) else {
-        return String::new();
-    };
+/// The host and events part of `cairnctl device show`.
+pub fn device_show_extra(observed: &DeviceDetail) -> String {
     let mut text = host_details(observed.device.host.as_ref());
     if observed.events.is_empty() {
         text.push_str("events: none recorded\n");
@@ -241,21 +242,13 @@ pub fn device_show_extra(body: &str) -> String {
     text
 }
 
-fn event_query(args: &EventsArgs, since: Option<&str>) -> Vec<(&'static str, String)> {
-    let mut query = Vec::new();
-    if let Some(device) = &args.device {
-        query.push(("device", device.clone()));
+fn event_query(args: &EventsArgs, since: Option<&str>) -> EventsQuery {
+    EventsQuery {
+        device: args.device.clone(),
+        kind: args.kind.clone(),
+        since: since.or(args.since.as_deref()).map(str::to_owned),
+        limit: args.limit,
     }
-    if let Some(kind) = &args.kind {
-        query.push(("kind", kind.clone()));
-    }
-    if let Some(since) = since.or(args.since.as_deref()) {
-        query.push(("since", since.to_owned()));
-    }
-    if let Some(limit) = args.limit {
-        query.push(("limit", limit.to_string()));
-    }
-    query
 }
 
 /// `cairnctl events`: the newest matching events, oldest first; with `--follow`, then every new
@@ -266,9 +259,7 @@ pub fn run_events(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let query = event_query(&args, None);
-    let borrowed: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let reply = client.list_events(&borrowed)?;
+    let reply = client.list_events(&event_query(&args, None))?;
     if !args.follow {
         return emit_table(out, json, &reply, "no events", |list| {
             event_table(&list.events)
@@ -293,9 +284,7 @@ pub fn run_events(
     loop {
         std::thread::sleep(FOLLOW_INTERVAL);
         let since = last_ms.to_string();
-        let query = event_query(&args, Some(&since));
-        let borrowed: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let reply = client.list_events(&borrowed)?;
+        let reply = client.list_events(&event_query(&args, Some(&since)))?;
         let fresh: Vec<Event> = reply
             .value
             .events
@@ -337,12 +326,11 @@ pub fn run_logs(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let lines = args.lines.to_string();
-    let mut query: Vec<(&str, &str)> = vec![("lines", lines.as_str())];
-    if let (Some(app), Some(service)) = (&args.app, &args.service) {
-        query.push(("app", app));
-        query.push(("service", service));
-    }
+    let query = LogsQuery {
+        app: args.app.clone(),
+        service: args.service.clone(),
+        lines: Some(args.lines),
+    };
     let reply = client.device_logs(&args.device, &query)?;
     if reply.value.truncated && !json {
         eprintln!("cairnctl: older lines were cut to fit the reply size limit (240 KiB); ask for fewer with -n");
@@ -381,15 +369,16 @@ mod tests {
 
     #[test]
     fn top_table_shows_dashes_without_metrics() {
-        let device = DeviceHost {
-            id: "dev_1".into(),
-            hostname: String::new(),
-            status: crate::model::DeviceStatus::Active,
-            online: false,
-            last_seen_at: None,
-            host: None,
-        };
-        let text = top_table(&[device]).to_string();
+        let device: cairn_api::Device = serde_json::from_value(serde_json::json!({
+            "id": "dev_1", "status": "active", "serial": "", "tpm_ek_sha256": "",
+            "hostname": "", "key_storage": "software", "agent_version": "", "os_version": "",
+            "token_id": "tok_1", "created_at": "2025-01-01T00:00:00Z", "approved_at": null,
+            "last_seen_at": null, "online": false, "cert_serial": null,
+            "cert_expires_at": null, "desired_revision": 0, "config": {},
+            "desired_os": null, "site": null, "labels": {}
+        }))
+        .unwrap();
+        let text = top_table(&[DeviceWithHost { device, host: None }]).to_string();
         let row = text.lines().nth(1).unwrap();
         assert!(
             row.starts_with("dev_1") && row.split_whitespace().filter(|c| *c == "-").count() == 7,

@@ -2,8 +2,8 @@
 
 use std::io::Write;
 
+use cairn_api::{CreateRegion, Point};
 use clap::Subcommand;
-use serde_json::{json, Value};
 
 use super::{checked, emit, CliError};
 use crate::client::Client;
@@ -50,29 +50,31 @@ pub(super) fn run_region(
 ) -> Result<(), CliError> {
     match command {
         RegionCommand::Create { name, points } => {
-            let points: Vec<Value> = points
-                .iter()
-                .map(|(lat, lon)| json!({ "latitude": lat, "longitude": lon }))
+            let points = points
+                .into_iter()
+                .map(|(latitude, longitude)| Point {
+                    latitude,
+                    longitude,
+                })
                 .collect();
-            let body = json!({ "name": name, "points": points });
-            let reply = client.call_value("POST", "/api/v1/regions", Some(&body))?;
-            emit(out, json, &reply, |v| {
-                let count = v["region"]["points"].as_array().map_or(0, Vec::len);
+            let reply = client.create_region(&CreateRegion { name, points })?;
+            emit(out, json, &reply, |created| {
                 format!(
-                    "region {} created with {count} points\n",
-                    printable(v["region"]["name"].as_str().unwrap_or_default())
+                    "region {} created with {} points\n",
+                    printable(&created.region.name),
+                    created.region.points.len()
                 )
             })
         }
         RegionCommand::List => {
-            let reply = client.call_value("GET", "/api/v1/regions", None)?;
-            emit(out, json, &reply, |v| {
+            let reply = client.list_regions()?;
+            emit(out, json, &reply, |list| {
                 let mut table = Table::new(&["NAME", "POINTS", "CREATED"]);
-                for region in v["regions"].as_array().into_iter().flatten() {
+                for region in &list.regions {
                     table.push_row([
-                        region["name"].as_str().unwrap_or_default().to_owned(),
-                        region["points"].as_array().map_or(0, Vec::len).to_string(),
-                        region["created_at"].as_str().unwrap_or_default().to_owned(),
+                        region.name.clone(),
+                        region.points.len().to_string(),
+                        region.created_at.to_string(),
                     ]);
                 }
                 if table.is_empty() {
@@ -83,7 +85,7 @@ pub(super) fn run_region(
             })
         }
         RegionCommand::Rm { name } => {
-            let reply = client.call_value("DELETE", &format!("/api/v1/regions/{name}"), None)?;
+            let reply = client.delete_region(&name)?;
             emit(out, json, &reply, |_| {
                 format!("region {} removed\n", printable(&name))
             })

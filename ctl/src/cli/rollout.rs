@@ -3,13 +3,14 @@
 
 use std::io::Write;
 
+use cairn_api::{
+    CreateRollout, RolloutCreated, RolloutPlan, RolloutView, Selector, WaveSpec, DEFAULT_CANARY,
+};
 use clap::Subcommand;
-use serde_json::json;
 
 use super::{checked, emit, emit_table, CliError};
 use crate::client::Client;
 use crate::input;
-use crate::model::{CreateRollout, Rollout, RolloutCreated, RolloutPlan};
 use crate::output::{printable, Table};
 
 /// `cairnctl rollout ...`
@@ -123,44 +124,50 @@ pub(super) fn run_rollout(
             dry_run,
         } => {
             let selector = if all {
-                json!({ "all": true })
+                Selector {
+                    all: Some(true),
+                    ..Selector::default()
+                }
             } else if !devices.is_empty() {
-                json!({ "devices": devices })
+                Selector {
+                    devices: Some(devices),
+                    ..Selector::default()
+                }
             } else {
-                json!({ "match": matches.into_iter().collect::<std::collections::BTreeMap<_, _>>() })
+                Selector {
+                    matches: Some(matches.into_iter().collect()),
+                    ..Selector::default()
+                }
             };
-            let mut waves = serde_json::Map::new();
-            if let Some(canary) = canary {
-                waves.insert("canary".into(), json!(canary));
-            }
-            if !percent.is_empty() {
-                waves.insert("percent".into(), json!(percent));
-            }
-            if per_site {
-                waves.insert("per_site".into(), json!(true));
-            }
+            let waves = WaveSpec {
+                canary: canary.unwrap_or(DEFAULT_CANARY),
+                percent: (!percent.is_empty()).then_some(percent),
+                per_site,
+            };
             let request = CreateRollout {
                 bundle_sha256: bundle,
                 selector,
-                waves: waves.into(),
+                waves,
                 failure_threshold_percent: max_failures,
                 health_deadline_seconds: deadline,
                 allow_downgrade,
                 dry_run,
             };
             let reply = client.create_rollout(&request)?;
-            emit(out, json, &reply, |created| {
-                match created {
-                RolloutCreated::Plan { plan } => plan_text(plan),
-                RolloutCreated::Created { rollout } => format!(
-                    "rollout {} created: version {} to {} devices in {} waves; follow it with 'cairnctl rollout show {}'\n",
-                    printable(&rollout.id),
-                    printable(&rollout.version),
-                    rollout.devices.len(),
-                    rollout.wave_count,
-                    printable(&rollout.id)
-                ),
-            }
+            emit(out, json, &reply, |created| match created {
+                RolloutCreated::DryRun(dry_run) => plan_text(&dry_run.plan),
+                RolloutCreated::Created(reply) => {
+                    let view = &reply.rollout;
+                    let rollout = &view.rollout;
+                    format!(
+                        "rollout {} created: version {} to {} devices in {} waves; follow it with 'cairnctl rollout show {}'\n",
+                        printable(&rollout.id),
+                        printable(&rollout.version),
+                        view.devices.as_ref().map_or(0, Vec::len),
+                        rollout.wave_count,
+                        printable(&rollout.id)
+                    )
+                }
             })
         }
         RolloutCommand::List => {
@@ -193,8 +200,8 @@ fn act(
     emit(out, json, &reply, |r| {
         format!(
             "rollout {} {done}: now {}\n",
-            printable(&r.rollout.id),
-            printable(&r.rollout.state)
+            printable(&r.rollout.rollout.id),
+            printable(r.rollout.rollout.state.as_str())
         )
     })
 }
@@ -206,11 +213,12 @@ fn plan_text(plan: &RolloutPlan) -> String {
         plan.device_count,
         printable(&plan.version)
     );
-    let mut table = Table::new(&["WAVE", "KIND", "DEVICE", "SITE", "FROM", "TO"]);
+    let mut table = Table::new(&["WAVE", "KIND", "LABEL", "DEVICE", "SITE", "FROM", "TO"]);
     for wave in &plan.waves {
         for device in &wave.devices {
             table.push_row([
                 wave.index.to_string().as_str(),
+                wave.kind.as_str(),
                 &wave.label,
                 &device.device_id,
                 device.site.as_deref().unwrap_or("-"),
@@ -230,12 +238,12 @@ fn plan_text(plan: &RolloutPlan) -> String {
     text
 }
 
-fn count(rollout: &Rollout, state: &str) -> u64 {
+fn count(rollout: &RolloutView, state: &str) -> u64 {
     rollout.counts.get(state).copied().unwrap_or(0)
 }
 
 /// Table of rollouts.
-fn rollout_table(rollouts: &[Rollout]) -> Table {
+fn rollout_table(rollouts: &[RolloutView]) -> Table {
     let mut table = Table::new(&[
         "ID",
         "VERSION",
@@ -245,29 +253,31 @@ fn rollout_table(rollouts: &[Rollout]) -> Table {
         "FAILED",
         "CREATED",
     ]);
-    for r in rollouts {
-        let total: u64 = r.counts.values().sum();
+    for view in rollouts {
+        let r = &view.rollout;
+        let total: u64 = view.counts.values().sum();
         table.push_row([
             r.id.as_str(),
             &r.version,
-            &r.state,
+            r.state.as_str(),
             &format!("{}/{}", r.released_waves, r.wave_count),
-            &format!("{}/{total}", count(r, "succeeded")),
-            &(count(r, "failed") + count(r, "refused")).to_string(),
-            &r.created_at,
+            &format!("{}/{total}", count(view, "succeeded")),
+            &(count(view, "failed") + count(view, "refused")).to_string(),
+            &r.created_at.to_string(),
         ]);
     }
     table
 }
 
 /// One rollout: summary lines and a device table with download percentages.
-fn rollout_details(r: &Rollout) -> String {
+fn rollout_details(view: &RolloutView) -> String {
+    let r = &view.rollout;
     let mut text = format!(
         "rollout {} to version {} ({}): {}, waves released {}/{}\n",
         printable(&r.id),
         printable(&r.version),
         printable(&r.bundle_sha256),
-        printable(&r.state),
+        printable(r.state.as_str()),
         r.released_waves,
         r.wave_count
     );
@@ -275,18 +285,19 @@ fn rollout_details(r: &Rollout) -> String {
         text.push_str(&format!("halted: {}\n", printable(reason)));
     }
     let mut table = Table::new(&["WAVE", "DEVICE", "FROM", "STATE", "DOWNLOAD", "ERROR"]);
-    for d in &r.devices {
-        let download = match &d.progress {
+    for listed in view.devices.iter().flatten() {
+        let download = match &listed.progress {
             Some(p) if p.bytes_total > 0 => {
                 format!("{}%", p.bytes_done.min(p.bytes_total) * 100 / p.bytes_total)
             }
             _ => "-".to_owned(),
         };
+        let d = &listed.device;
         table.push_row([
             d.wave.to_string().as_str(),
             &d.device_id,
             &d.from_version,
-            &d.state,
+            d.state.as_str(),
             &download,
             &d.error,
         ]);
@@ -301,7 +312,6 @@ mod tests {
 
     use super::*;
     use crate::cli::{Cli, Command};
-    use crate::model::{RolloutDevice, RolloutProgress};
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("cairnctl").chain(args.iter().copied()))
@@ -355,29 +365,27 @@ mod tests {
 
     #[test]
     fn show_prints_download_percent() {
-        let rollout = Rollout {
-            id: "rol_1".into(),
-            bundle_sha256: "ab".repeat(32),
-            version: "2.0".into(),
-            state: "running".into(),
-            halt_reason: None,
-            released_waves: 1,
-            wave_count: 2,
-            created_at: "t".into(),
-            counts: Default::default(),
-            devices: vec![RolloutDevice {
-                device_id: "dev_1".into(),
-                wave: 0,
-                from_version: "1.0".into(),
-                state: "downloading".into(),
-                error: String::new(),
-                progress: Some(RolloutProgress {
-                    phase: "downloading".into(),
-                    bytes_done: 50,
-                    bytes_total: 200,
-                }),
-            }],
-        };
+        let at = "2025-01-01T00:00:00Z";
+        let rollout: RolloutView = serde_json::from_value(serde_json::json!({
+            "id": "rol_1", "bundle_sha256": "ab".repeat(32), "version": "2.0",
+            "selector": { "all": true }, "waves": { "canary": 1, "per_site": false },
+            "wave_count": 2, "released_waves": 1, "skipped": [],
+            "failure_threshold_percent": 10, "health_deadline_seconds": 600,
+            "allow_downgrade": false, "state": "running", "halt_reason": null,
+            "created_by": "api:ops", "created_at": at, "updated_at": at,
+            "counts": {}, "wave_summary": [],
+            "devices": [{
+                "device_id": "dev_1", "wave": 0, "from_version": "1.0",
+                "state": "downloading", "error": "", "rollback_sha256": null,
+                "updated_at": at, "online": true, "running_version": "1.0",
+                "progress": {
+                    "phase": "downloading", "bundle_sha256": "ab".repeat(32),
+                    "bytes_done": 50, "bytes_total": 200, "bytes_fetched": 10,
+                    "reported_at": at
+                }
+            }]
+        }))
+        .unwrap();
         let text = rollout_details(&rollout);
         assert!(
             text.contains("25%") && text.contains("dev_1") && text.contains("1/2"),

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
+use cairn_api::{CreateSite, SetDeviceLabels, SetDeviceSite, Site};
 use clap::Subcommand;
-use serde_json::{json, Value};
 
 use super::{checked, emit, CliError};
 use crate::client::Client;
@@ -59,40 +59,28 @@ pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Labels as a JSON object.
-pub(super) fn labels_json(labels: Vec<(String, String)>) -> Value {
-    json!(labels.into_iter().collect::<BTreeMap<_, _>>())
-}
-
-/// `k=v,k2=v2` of a JSON labels object.
-pub(super) fn labels_text(labels: &Value) -> String {
+/// `k=v,k2=v2`.
+pub(super) fn labels_text(labels: &BTreeMap<String, String>) -> String {
     labels
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
+/// Degrees as central wrote them (`8.0`, not `8`).
+fn degrees(value: f64) -> String {
+    serde_json::Value::from(value).to_string()
 }
 
-fn site_details(site: &Value) -> Vec<(&'static str, String)> {
+fn site_details(site: &Site) -> Vec<(&'static str, String)> {
     vec![
-        ("name", text(&site["name"])),
-        ("latitude", text(&site["latitude"])),
-        ("longitude", text(&site["longitude"])),
-        ("labels", labels_text(&site["labels"])),
-        ("created", text(&site["created_at"])),
-        ("updated", text(&site["updated_at"])),
+        ("name", site.name.clone()),
+        ("latitude", degrees(site.latitude)),
+        ("longitude", degrees(site.longitude)),
+        ("labels", labels_text(&site.labels)),
+        ("created", site.created_at.to_string()),
+        ("updated", site.updated_at.to_string()),
     ]
 }
 
@@ -111,29 +99,34 @@ pub(super) fn run_site(
             labels,
             devices,
         } => {
-            let body = json!({
-                "name": name, "latitude": lat, "longitude": lon, "labels": labels_json(labels), "devices": devices,
-            });
-            let reply = client.call_value("POST", "/api/v1/sites", Some(&body))?;
-            emit(out, json, &reply, |v| {
-                let name = printable(&text(&v["site"]["name"]));
-                match v["devices"].as_array().map_or(0, Vec::len) {
+            let request = CreateSite {
+                name,
+                labels: labels.into_iter().collect(),
+                latitude: lat,
+                longitude: lon,
+                devices,
+            };
+            let reply = client.create_site(&request)?;
+            emit(out, json, &reply, |created| {
+                let name = printable(&created.site.name);
+                match created.devices.len() {
                     0 => format!("site {name} created\n"),
                     n => format!("site {name} created with {n} devices\n"),
                 }
             })
         }
         SiteCommand::List => {
-            let reply = client.call_value("GET", "/api/v1/sites", None)?;
-            emit(out, json, &reply, |v| {
+            let reply = client.list_sites()?;
+            emit(out, json, &reply, |list| {
                 let mut table = Table::new(&["NAME", "LATITUDE", "LONGITUDE", "DEVICES", "LABELS"]);
-                for site in v["sites"].as_array().into_iter().flatten() {
+                for listed in &list.sites {
+                    let site = &listed.site;
                     table.push_row([
-                        text(&site["name"]),
-                        text(&site["latitude"]),
-                        text(&site["longitude"]),
-                        text(&site["device_count"]),
-                        labels_text(&site["labels"]),
+                        site.name.clone(),
+                        degrees(site.latitude),
+                        degrees(site.longitude),
+                        listed.device_count.to_string(),
+                        labels_text(&site.labels),
                     ]);
                 }
                 if table.is_empty() {
@@ -144,23 +137,17 @@ pub(super) fn run_site(
             })
         }
         SiteCommand::Show { name } => {
-            let reply = client.call_value("GET", &format!("/api/v1/sites/{name}"), None)?;
-            emit(out, json, &reply, |v| {
-                let mut pairs = site_details(&v["site"]);
-                let devices: Vec<String> = v["devices"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(text)
-                    .collect();
-                pairs.push(("devices", devices.join(", ")));
+            let reply = client.get_site(&name)?;
+            emit(out, json, &reply, |shown| {
+                let mut pairs = site_details(&shown.site);
+                pairs.push(("devices", shown.devices.join(", ")));
                 key_values(&pairs)
             })
         }
         SiteCommand::Rm { name } => {
-            let reply = client.call_value("DELETE", &format!("/api/v1/sites/{name}"), None)?;
-            emit(out, json, &reply, |v| {
-                format!("site {} removed\n", printable(&text(&v["removed"])))
+            let reply = client.delete_site(&name)?;
+            emit(out, json, &reply, |removed| {
+                format!("site {} removed\n", printable(&removed.removed))
             })
         }
     }
@@ -174,10 +161,12 @@ pub(super) fn run_device_label(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let body = json!({ "labels": labels_json(labels) });
-    let reply = client.call_value("PUT", &format!("/api/v1/devices/{id}/labels"), Some(&body))?;
-    emit(out, json, &reply, |v| {
-        let labels = labels_text(&v["device"]["labels"]);
+    let request = SetDeviceLabels {
+        labels: labels.into_iter().collect(),
+    };
+    let reply = client.set_device_labels(id, &request)?;
+    emit(out, json, &reply, |changed| {
+        let labels = labels_text(&changed.device.labels);
         let shown = if labels.is_empty() {
             "none".to_owned()
         } else {
@@ -195,9 +184,8 @@ pub(super) fn run_device_site(
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let body = json!({ "site": site });
-    let reply = client.call_value("PUT", &format!("/api/v1/devices/{id}/site"), Some(&body))?;
-    emit(out, json, &reply, |v| match v["device"]["site"].as_str() {
+    let reply = client.set_device_site(id, &SetDeviceSite { site })?;
+    emit(out, json, &reply, |changed| match &changed.device.site {
         Some(site) => format!("device {} is at site {}\n", printable(id), printable(site)),
         None => format!("device {} is at no site\n", printable(id)),
     })
