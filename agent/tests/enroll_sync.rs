@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use cairn_agent::state::{StateDir, CERT_FILE, DESIRED_FILE, SOFTWARE_KEY_FILE, STATUS_FILE};
 use cairn_agent::{spawn_agents, wait_for_phase, Agent, EnrollOutcome, Phase};
+use cairn_api::{
+    ClaimList, DeviceReply, DeviceStatus, EnrollmentTokenList, KeyStorage, RecoveryKey,
+};
 use cairn_proto::v1::DesiredState;
 use cairn_testsupport::central::{config_in, TestCentral};
 use serde_json::json;
@@ -38,12 +41,12 @@ fn set_config(central: &TestCentral, id: &str, config: &[(&str, &str)]) -> u64 {
         .iter()
         .map(|(k, v)| (k.to_string(), json!(v)))
         .collect();
-    let body = central.admin_call(
+    let changed: DeviceReply = central.admin_read(
         "PUT",
         &format!("/api/v1/devices/{id}/config"),
         Some(json!({ "config": config })),
     );
-    body["device"]["desired_revision"].as_u64().unwrap()
+    changed.device.desired_revision
 }
 
 async fn wait_revision(agent: &Agent, revision: u64) {
@@ -79,13 +82,13 @@ async fn enrolls_syncs_and_keeps_desired_state() {
     let id = device_id(&agent);
     assert!(id.starts_with("dev_"), "{id}");
     let shown = device(&central, &id);
-    assert_eq!(shown["status"], "active");
-    assert_eq!(shown["serial"], "SN-1");
-    assert_eq!(shown["hostname"], "host-SN-1");
-    assert_eq!(shown["key_storage"], "software");
-    assert_eq!(shown["tpm_ek_sha256"], "");
-    assert_eq!(shown["token_id"], token_id.as_str());
-    assert_eq!(shown["online"], true);
+    assert_eq!(shown.status, DeviceStatus::Active);
+    assert_eq!(shown.serial, "SN-1");
+    assert_eq!(shown.hostname, "host-SN-1");
+    assert_eq!(shown.key_storage, KeyStorage::Software);
+    assert_eq!(shown.tpm_ek_sha256, "");
+    assert_eq!(shown.token_id, token_id);
+    assert!(shown.online);
     let enrolled_serial = central_cert_serial(&central, &id);
     assert_eq!(cert_serial(&agent_cert(&agent)), enrolled_serial);
     // Heartbeats flow on the stream (every 100 ms) and central writes the last-seen time.
@@ -96,7 +99,7 @@ async fn enrolls_syncs_and_keeps_desired_state() {
     })
     .await;
     eventually(WAIT, "central to record a heartbeat time", || {
-        !device(&central, &id)["last_seen_at"].is_null()
+        device(&central, &id).last_seen_at.is_some()
     })
     .await;
 
@@ -130,7 +133,7 @@ async fn enrolls_syncs_and_keeps_desired_state() {
         3
     );
     wait_revision(&agent, 3).await;
-    assert_eq!(device(&central, &id)["desired_revision"], 3);
+    assert_eq!(device(&central, &id).desired_revision, 3);
 
     // Central goes away: the agent goes offline and keeps its desired state.
     central.stop().await;
@@ -143,7 +146,7 @@ async fn enrolls_syncs_and_keeps_desired_state() {
     central.start_again().await;
     wait_phase(&agent, Phase::Connected).await;
     eventually(WAIT, "central to see the device online again", || {
-        device(&central, &id)["online"] == true
+        device(&central, &id).online
     })
     .await;
     assert_eq!(central_cert_serial(&central, &id), enrolled_serial);
@@ -151,13 +154,13 @@ async fn enrolls_syncs_and_keeps_desired_state() {
         audit_actions(&central, &id),
         ["device.enroll", "device.config", "device.config"]
     );
-    let tokens = central.admin_call("GET", "/api/v1/enrollment-tokens", None);
-    assert_eq!(tokens["tokens"][0]["uses"], 1);
+    let tokens: EnrollmentTokenList = central.get("/api/v1/enrollment-tokens");
+    assert_eq!(tokens.tokens[0].uses, 1);
     assert_eq!(devices(&central).len(), 1);
 
     running.stop().await;
     eventually(WAIT, "central to see the device go offline", || {
-        device(&central, &id)["online"] == false
+        !device(&central, &id).online
     })
     .await;
 
@@ -192,29 +195,30 @@ async fn pending_enrollment_waits_for_approval_then_connects_with_the_same_key()
     wait_phase(&agent, Phase::Pending).await;
     let id = device_id(&agent);
     let shown = device(&central, &id);
-    assert_eq!(shown["status"], "pending");
-    assert_eq!(shown["serial"], "SN-P");
-    assert!(shown["cert_serial"].is_null());
-    assert_eq!(shown["online"], false);
+    assert_eq!(shown.status, DeviceStatus::Pending);
+    assert_eq!(shown.serial, "SN-P");
+    assert!(shown.cert_serial.is_none());
+    assert!(!shown.online);
     assert!(!agent.state().file(CERT_FILE).exists());
 
     // Central keys devices by public key: approving the pending record lets the agent in on its
     // next poll, under the same id, so it kept its key.
-    let approved = central.admin_call("POST", &format!("/api/v1/devices/{id}/approve"), None);
-    assert_eq!(approved["device"]["status"], "active");
+    let approved: DeviceReply =
+        central.admin_read("POST", &format!("/api/v1/devices/{id}/approve"), None);
+    assert_eq!(approved.device.status, DeviceStatus::Active);
     wait_phase(&agent, Phase::Connected).await;
     assert_eq!(device_id(&agent), id);
     let listed = devices(&central);
     assert_eq!(listed.len(), 1, "{listed:?}");
-    assert_eq!(listed[0]["id"], id.as_str());
-    assert_eq!(listed[0]["online"], true);
+    assert_eq!(listed[0].id, id);
+    assert!(listed[0].online);
     assert_eq!(
         cert_serial(&agent_cert(&agent)),
         central_cert_serial(&central, &id)
     );
-    let tokens = central.admin_call("GET", "/api/v1/enrollment-tokens", None);
+    let tokens: EnrollmentTokenList = central.get("/api/v1/enrollment-tokens");
     assert_eq!(
-        tokens["tokens"][0]["uses"], 1,
+        tokens.tokens[0].uses, 1,
         "polling must not use the token again"
     );
     running.stop().await;
@@ -250,9 +254,9 @@ async fn refused_enrollment_reports_centrals_reason_and_gets_in_once_claimed() {
     wait_phase(&agent, Phase::Connected).await;
     let id = device_id(&agent);
     assert_eq!(agent.status().borrow().last_error, None);
-    assert_eq!(device(&central, &id)["status"], "active");
-    let claims = central.admin_call("GET", "/api/v1/claims", None);
-    assert_eq!(claims["claims"][0]["device_id"], id.as_str());
+    assert_eq!(device(&central, &id).status, DeviceStatus::Active);
+    let claims: ClaimList = central.get("/api/v1/claims");
+    assert_eq!(claims.claims[0].device_id.as_deref(), Some(id.as_str()));
     running.stop().await;
 }
 
@@ -287,9 +291,10 @@ async fn revoked_device_is_reported_and_keeps_its_key() {
     let serial = central_cert_serial(&central, &id);
 
     // Revocation ends the open stream at once with PERMISSION_DENIED.
-    let revoked = central.admin_call("POST", &format!("/api/v1/devices/{id}/revoke"), None);
-    assert_eq!(revoked["device"]["status"], "revoked");
-    assert_eq!(revoked["device"]["online"], false);
+    let revoked: DeviceReply =
+        central.admin_read("POST", &format!("/api/v1/devices/{id}/revoke"), None);
+    assert_eq!(revoked.device.status, DeviceStatus::Revoked);
+    assert!(!revoked.device.online);
     tokio::time::timeout(Duration::from_secs(5), wait_phase(&agent, Phase::Revoked))
         .await
         .expect("revocation reaches the connected agent within 5 s");
@@ -314,10 +319,7 @@ async fn revoked_device_is_reported_and_keeps_its_key() {
         agent.status().borrow()
     );
     let shown = device(&central, &id);
-    assert_eq!(
-        (shown["status"].as_str(), shown["online"].as_bool()),
-        (Some("revoked"), Some(false))
-    );
+    assert_eq!((shown.status.as_str(), shown.online), ("revoked", false));
     assert_eq!(central_cert_serial(&central, &id), serial);
     running.stop().await;
 }
@@ -407,7 +409,7 @@ async fn certificate_is_renewed_while_connected_and_the_session_resumes() {
     .await;
     wait_phase(&agent, Phase::Connected).await;
     eventually(WAIT, "central to see the device online", || {
-        device(&central, &id)["online"] == true
+        device(&central, &id).online
     })
     .await;
     let revision = set_config(&central, &id, &[("renewed", "yes")]);
@@ -441,31 +443,21 @@ async fn many_agents_in_one_process() {
             .unwrap();
     }
     eventually(WAIT, "central to see every agent online", || {
-        devices(&central)
-            .iter()
-            .filter(|d| d["online"] == true)
-            .count()
-            == AGENTS
+        devices(&central).iter().filter(|d| d.online).count() == AGENTS
     })
     .await;
     let listed = devices(&central);
-    let mut serials: Vec<&str> = listed
-        .iter()
-        .map(|d| d["serial"].as_str().unwrap())
-        .collect();
+    let mut serials: Vec<&str> = listed.iter().map(|d| d.serial.as_str()).collect();
     serials.sort_unstable();
     let expected: Vec<String> = (0..AGENTS).map(|i| format!("SN-F{i}")).collect();
     assert_eq!(serials, expected);
-    assert!(listed.iter().all(|d| d["status"] == "active"));
+    assert!(listed.iter().all(|d| d.status == DeviceStatus::Active));
     for running in &fleet {
         let id = device_id(&running.agent);
-        assert!(
-            listed.iter().any(|d| d["id"] == id.as_str()),
-            "{id} not in central"
-        );
+        assert!(listed.iter().any(|d| d.id == id), "{id} not in central");
     }
-    let tokens = central.admin_call("GET", "/api/v1/enrollment-tokens", None);
-    assert_eq!(tokens["tokens"][0]["uses"], AGENTS);
+    let tokens: EnrollmentTokenList = central.get("/api/v1/enrollment-tokens");
+    assert_eq!(tokens.tokens[0].uses as usize, AGENTS);
 
     stop.send(true).unwrap();
     for running in fleet {
@@ -476,7 +468,7 @@ async fn many_agents_in_one_process() {
             .unwrap();
     }
     eventually(WAIT, "central to see every agent offline", || {
-        devices(&central).iter().all(|d| d["online"] == false)
+        devices(&central).iter().all(|d| !d.online)
     })
     .await;
 }
@@ -508,10 +500,10 @@ async fn tpm_key_enrolls_and_does_mtls() {
     let identity = agent.load_identity().await.unwrap().unwrap().0;
     assert_eq!(agent.ping(&identity, 7).await.unwrap(), identity.device_id);
     let shown = device(&central, &identity.device_id);
-    assert_eq!(shown["key_storage"], "tpm");
-    assert_eq!(shown["tpm_ek_sha256"], ek.to_ascii_lowercase().as_str());
-    assert_eq!(shown["status"], "active");
-    assert_eq!(shown["online"], true);
+    assert_eq!(shown.key_storage, KeyStorage::Tpm);
+    assert_eq!(shown.tpm_ek_sha256, ek.to_ascii_lowercase());
+    assert_eq!(shown.status, DeviceStatus::Active);
+    assert!(shown.online);
     assert_eq!(
         cert_serial(&identity.cert_der),
         central_cert_serial(&central, &identity.device_id)
@@ -553,9 +545,9 @@ async fn the_parked_recovery_key_is_escrowed_then_removed_from_the_device() {
     wait_phase(&running.agent, Phase::Connected).await;
     let id = device_id(&running.agent);
     eventually(WAIT, "the parked key is removed", || !pending.exists()).await;
-    let shown = central.admin_call("GET", &format!("/api/v1/devices/{id}/recovery-key"), None);
-    assert_eq!(shown["recovery_key"], key);
-    assert_eq!(shown["luks_uuid"], uuid);
+    let shown: RecoveryKey = central.get(&format!("/api/v1/devices/{id}/recovery-key"));
+    assert_eq!(shown.recovery_key, key);
+    assert_eq!(shown.luks_uuid, uuid);
     assert!(audit_actions(&central, &id).contains(&"recovery_key.escrow".to_string()));
     running.stop().await;
 }

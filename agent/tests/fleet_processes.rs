@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_api::{Device, DeviceDetail, DeviceList, DeviceStatus, EnrollmentTokenList, KeyStorage};
 use cairn_testsupport::central::TestCentral;
 use serde_json::{json, Value};
 
@@ -82,8 +83,11 @@ impl AgentProcess {
     }
 }
 
-fn device(central: &TestCentral, id: &str) -> Value {
-    central.admin_call("GET", &format!("/api/v1/devices/{id}"), None)["device"].clone()
+fn device(central: &TestCentral, id: &str) -> Device {
+    central
+        .get::<DeviceDetail>(&format!("/api/v1/devices/{id}"))
+        .device
+        .device
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -134,7 +138,7 @@ async fn central_and_agent_processes_enroll_under_every_policy() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(device(&central, &soft_id)["key_storage"], "software");
+    assert_eq!(device(&central, &soft_id).key_storage, KeyStorage::Software);
     let mut tpm_id = None;
     if let Some(tpm) = &tpm {
         let id = tpm.wait_phase("connected").await["device_id"]
@@ -142,9 +146,9 @@ async fn central_and_agent_processes_enroll_under_every_policy() {
             .unwrap()
             .to_owned();
         let shown = device(&central, &id);
-        assert_eq!(shown["key_storage"], "tpm");
-        assert_eq!(shown["tpm_ek_sha256"].as_str().unwrap().len(), 64);
-        assert_eq!(shown["serial"], "SN-TPM");
+        assert_eq!(shown.key_storage, KeyStorage::Tpm);
+        assert_eq!(shown.tpm_ek_sha256.len(), 64);
+        assert_eq!(shown.serial, "SN-TPM");
         tpm_id = Some(id);
     }
 
@@ -153,7 +157,7 @@ async fn central_and_agent_processes_enroll_under_every_policy() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert_eq!(device(&central, &pending_id)["status"], "pending");
+    assert_eq!(device(&central, &pending_id).status, DeviceStatus::Pending);
     central.admin_call(
         "POST",
         &format!("/api/v1/devices/{pending_id}/approve"),
@@ -186,44 +190,32 @@ async fn central_and_agent_processes_enroll_under_every_policy() {
     );
 
     // Central restart: nothing lost, every live agent comes back by itself, no re-enrollment.
-    let before = central.admin_call("GET", "/api/v1/devices", None);
+    let before: DeviceList = central.get("/api/v1/devices");
     central.restart().await;
-    let after = central.admin_call("GET", "/api/v1/devices", None);
-    assert_eq!(
-        before["devices"].as_array().unwrap().len(),
-        after["devices"].as_array().unwrap().len()
-    );
+    let after: DeviceList = central.get("/api/v1/devices");
+    assert_eq!(before.devices.len(), after.devices.len());
     let deadline = Instant::now() + Duration::from_secs(30);
     let expected_online = 2 + usize::from(tpm_id.is_some());
     loop {
-        let listed = central.admin_call("GET", "/api/v1/devices", None);
-        let online = listed["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|d| d["online"] == true)
-            .count();
+        let listed: DeviceList = central.get("/api/v1/devices");
+        let online = listed.devices.iter().filter(|d| d.device.online).count();
         if online == expected_online {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "agents did not reconnect after restart: {listed}"
+            "agents did not reconnect after restart: {listed:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(device(&central, &soft_id)["status"], "revoked");
-    assert_eq!(device(&central, &soft_id)["online"], false);
-    let tokens = central.admin_call("GET", "/api/v1/enrollment-tokens", None);
-    let uses: u64 = tokens["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["uses"].as_u64().unwrap())
-        .sum();
+    let revoked = device(&central, &soft_id);
+    assert_eq!(revoked.status, DeviceStatus::Revoked);
+    assert!(!revoked.online);
+    let tokens: EnrollmentTokenList = central.get("/api/v1/enrollment-tokens");
+    let uses: u64 = tokens.tokens.iter().map(|t| u64::from(t.uses)).sum();
     assert_eq!(
         uses,
         3 + u64::from(tpm_id.is_some()),
-        "reconnects must not enroll again: {tokens}"
+        "reconnects must not enroll again: {tokens:?}"
     );
 }

@@ -6,8 +6,17 @@ mod support;
 
 use std::time::Duration;
 
-use cairn_testsupport::central::TestCentral;
-use support::{agent_config, device, device_id, eventually, wait_phase, RunningAgent, WAIT};
+use cairn_api::{DeviceDetail, DeviceLogs, EventList, HostMetrics};
+use cairn_testsupport::central::{error_message, read, TestCentral};
+use support::{agent_config, device_id, eventually, wait_phase, RunningAgent, WAIT};
+
+/// The host metrics central shows for device `id` (none before its first report).
+fn host(central: &TestCentral, id: &str) -> Option<HostMetrics> {
+    central
+        .get::<DeviceDetail>(&format!("/api/v1/devices/{id}"))
+        .device
+        .host
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn host_metrics_events_and_logs_reach_central() {
@@ -30,30 +39,27 @@ async fn host_metrics_events_and_logs_reach_central() {
     eventually(
         WAIT,
         "central to show host metrics with a CPU share",
-        || !device(&central, &id)["host"]["cpu_percent"].is_null(),
+        || host(&central, &id).is_some_and(|h| h.cpu_percent.is_some()),
     )
     .await;
-    let host = device(&central, &id)["host"].clone();
-    assert!(host["memory_total_bytes"].as_u64().unwrap() > 0, "{host}");
-    assert!(host["uptime_seconds"].as_u64().unwrap() > 0, "{host}");
-    let filesystems = host["filesystems"].as_array().unwrap();
+    let host = host(&central, &id).unwrap();
+    assert!(host.memory_total_bytes > 0, "{host:?}");
+    assert!(host.uptime_seconds > 0, "{host:?}");
+    let filesystems = &host.filesystems;
     assert_eq!(
         filesystems.len(),
         1,
-        "a missing mount point is skipped: {host}"
+        "a missing mount point is skipped: {host:?}"
     );
-    assert_eq!(filesystems[0]["mount_point"], "/");
-    assert!(filesystems[0]["total_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(filesystems[0].mount_point, "/");
+    assert!(filesystems[0].total_bytes > 0);
 
     // The agent's start is in the event log, from the agent itself.
     let mut started = Vec::new();
     for _ in 0..200 {
-        let body = central.admin_call(
-            "GET",
-            &format!("/api/v1/events?device={id}&kind=agent.started"),
-            None,
-        );
-        started = body["events"].as_array().unwrap().clone();
+        started = central
+            .get::<EventList>(&format!("/api/v1/events?device={id}&kind=agent.started"))
+            .events;
         if !started.is_empty() {
             break;
         }
@@ -61,10 +67,7 @@ async fn host_metrics_events_and_logs_reach_central() {
     }
     assert_eq!(started.len(), 1, "{started:?}");
     assert!(
-        started[0]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("cairn-agent "),
+        started[0].message.starts_with("cairn-agent "),
         "{started:?}"
     );
 
@@ -77,8 +80,9 @@ async fn host_metrics_events_and_logs_reach_central() {
         None,
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["text"], "GET /missing 404\nGET /health 200\n");
-    assert_eq!(body["truncated"], false);
+    let logs: DeviceLogs = read("GET", "logs", body);
+    assert_eq!(logs.text, "GET /missing 404\nGET /health 200\n");
+    assert!(!logs.truncated);
     let (status, body) = central.call(
         &operator,
         "GET",
@@ -87,10 +91,7 @@ async fn host_metrics_events_and_logs_reach_central() {
     );
     assert_eq!(status, 502, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("has not started on this device"),
+        error_message(&body).contains("has not started on this device"),
         "{body}"
     );
 

@@ -8,8 +8,11 @@ mod support;
 
 use std::time::Duration;
 
+use cairn_api::{
+    BundleUploaded, DeviceList, RolloutDeviceState, RolloutReply, RolloutState, UpdatePhase,
+};
 use cairn_image::bundle::{make_bundle, BundleSpec};
-use cairn_testsupport::central::{config_in, TestCentral};
+use cairn_testsupport::central::{config_in, read, TestCentral};
 use cairn_testsupport::require_tool;
 use serde_json::{json, Value};
 use support::agent_config;
@@ -17,7 +20,7 @@ use tokio::sync::watch;
 
 const COMPATIBLE: &str = "cairn-test-x86_64";
 
-async fn eventually(what: &str, mut probe: impl FnMut() -> Option<Value>) -> Value {
+async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(v) = probe() {
@@ -68,7 +71,9 @@ async fn rollout_reaches_the_agent_which_downloads_verifies_and_reports_the_inst
     let mut central = TestCentral::start_with(central_dir, config).await;
     let (status, body) = central.upload_bundle(&bundle);
     assert_eq!(status, 201, "{body}");
-    let sha = body["bundle"]["sha256"].as_str().unwrap().to_string();
+    let sha = read::<BundleUploaded>("POST", "/api/v1/bundles", body)
+        .bundle
+        .sha256;
 
     let (_, token) = central.token("auto", Some(1), None);
     let mut agent = agent_config(&central, &token, dir.path(), "upd-0001");
@@ -85,44 +90,49 @@ async fn rollout_reaches_the_agent_which_downloads_verifies_and_reports_the_inst
     let task = tokio::spawn(cairn_agent::run(agent, shutdown));
 
     // Central learns the running version from the heartbeat before it can plan.
-    let device = eventually("the device with its OS version", || {
-        let devices = central.admin_call("GET", "/api/v1/devices", None)["devices"].clone();
-        devices
-            .as_array()?
-            .iter()
-            .find(|d| d["os_version"] == "1.0")
-            .cloned()
+    let id = eventually("the device with its OS version", || {
+        let list: DeviceList = central.get("/api/v1/devices");
+        list.devices
+            .into_iter()
+            .find(|d| d.device.os_version == "1.0")
+            .map(|d| d.device.id)
     })
     .await;
-    let id = device["id"].as_str().unwrap().to_string();
-    let rollout = central.admin_call(
+    let rollout: RolloutReply = central.admin_read(
         "POST",
         "/api/v1/rollouts",
         Some(json!({ "bundle_sha256": sha, "selector": { "devices": [id] }, "waves": { "canary": 1, "percent": [100] },
                      "failure_threshold_percent": 0 })),
     );
-    let rollout_id = rollout["rollout"]["id"].as_str().unwrap().to_string();
+    let rollout_id = rollout.rollout.rollout.id;
 
     let halted = eventually("the rollout to halt", || {
-        let r = central.admin_call("GET", &format!("/api/v1/rollouts/{rollout_id}"), None)
-            ["rollout"]
-            .clone();
-        (r["state"] == "halted").then_some(r)
+        let r = central
+            .get::<RolloutReply>(&format!("/api/v1/rollouts/{rollout_id}"))
+            .rollout;
+        (r.rollout.state == RolloutState::Halted).then_some(r)
     })
     .await;
-    let device = &halted["devices"][0];
-    assert_eq!(device["state"], "failed", "{halted}");
-    let error = device["error"].as_str().unwrap();
+    let device = &halted.devices.as_ref().unwrap()[0];
+    assert_eq!(
+        device.device.state,
+        RolloutDeviceState::Failed,
+        "{halted:?}"
+    );
+    let error = &device.device.error;
     assert!(
         error.contains("rauc install") && error.contains(&sha),
         "the failure does not name the install: {error}"
     );
     // The whole bundle came over the network (no seeds on this host) and passed its digest check
     // (only then is it handed to rauc).
-    let progress = &device["progress"];
-    assert_eq!(progress["phase"], "failed", "{halted}");
-    assert_eq!(progress["bytes_total"], bundle_size, "{halted}");
-    assert_eq!(progress["bytes_fetched"], bundle_size, "{halted}");
+    let progress = device
+        .progress
+        .as_ref()
+        .expect("the device reported progress");
+    assert_eq!(progress.phase, UpdatePhase::Failed, "{halted:?}");
+    assert_eq!(progress.bytes_total, bundle_size, "{halted:?}");
+    assert_eq!(progress.bytes_fetched, bundle_size, "{halted:?}");
 
     // The outcome is stored on the device (and not retried); the failed bundle is not kept.
     let record: Value =

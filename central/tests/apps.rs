@@ -5,10 +5,12 @@
 
 use std::time::Duration;
 
+use cairn_api::{AppDeployed, AppList, AppRemoved, AuditLog};
 use cairn_proto::v1::{
     central_message, AgentMessage, AppStatus, CentralMessage, DesiredState, Heartbeat,
     ServiceHealth, ServiceState, ServiceStatus,
 };
+use cairn_testsupport::central::{error_message, read};
 use cairn_testsupport::central::{heartbeat_acked, ConnectedDevice, SimDevice, TestCentral};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -97,11 +99,9 @@ async fn deploy_update_list_and_remove_reach_the_device_stream() {
     // Deploy: 201, revision 2 pushed with the app at generation 2.
     let (status, body) = put(&central, &operator, &id, "web", WEB);
     assert_eq!(status, 201, "{body}");
-    assert_eq!(
-        (body["desired_revision"].as_u64(), body["changed"].as_bool()),
-        (Some(2), Some(true))
-    );
-    assert_eq!(body["app"]["generation"], 2);
+    let deployed: AppDeployed = read("PUT", "app", body);
+    assert_eq!((deployed.desired_revision, deployed.changed), (2, true));
+    assert_eq!(deployed.app.generation, 2);
     let pushed = device.desired().await;
     assert_eq!(pushed.revision, 2);
     assert_eq!(pushed.apps.len(), 1);
@@ -116,21 +116,16 @@ async fn deploy_update_list_and_remove_reach_the_device_stream() {
 
     // The same file again changes nothing (no revision, no push, no audit).
     let (status, body) = put(&central, &operator, &id, "web", WEB);
-    assert_eq!(
-        (
-            status,
-            body["changed"].as_bool(),
-            body["desired_revision"].as_u64()
-        ),
-        (200, Some(false), Some(2))
-    );
+    assert_eq!(status, 200, "{body}");
+    let deployed: AppDeployed = read("PUT", "app", body);
+    assert_eq!((deployed.changed, deployed.desired_revision), (false, 2));
 
     // Listed before any report: status null.
-    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
-    assert_eq!(listed["desired_revision"], 2);
-    assert_eq!(listed["online"], true);
-    assert_eq!(listed["apps"][0]["name"], "web");
-    assert!(listed["apps"][0]["status"].is_null(), "{listed}");
+    let listed: AppList = central.get(&format!("/api/v1/devices/{id}/apps"));
+    assert_eq!(listed.desired_revision, 2);
+    assert!(listed.online);
+    assert_eq!(listed.apps[0].app.name, "web");
+    assert!(listed.apps[0].status.is_none(), "{listed:?}");
 
     // A heartbeat reports the app running; GET shows it per service.
     let report = AppStatus {
@@ -147,38 +142,27 @@ async fn deploy_update_list_and_remove_reach_the_device_stream() {
         }],
     };
     device.heartbeat(1, 2, vec![report]).await;
-    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
-    let status = &listed["apps"][0]["status"];
+    let listed: AppList = central.get(&format!("/api/v1/devices/{id}/apps"));
+    let status = listed.apps[0].status.as_ref().expect("a reported status");
+    assert_eq!((status.generation, status.in_sync), (2, true), "{listed:?}");
+    let web = &status.services[0];
     assert_eq!(
-        (status["generation"].as_u64(), status["in_sync"].as_bool()),
-        (Some(2), Some(true)),
-        "{listed}"
+        (web.name.as_str(), web.state.as_str(), web.health.as_str()),
+        ("web", "running", "healthy")
     );
-    let web = &status["services"][0];
-    assert_eq!(
-        (
-            web["name"].as_str(),
-            web["state"].as_str(),
-            web["health"].as_str()
-        ),
-        (Some("web"), Some("running"), Some("healthy"))
-    );
-    assert_eq!(web["restarts"], 1);
+    assert_eq!(web.restarts, 1);
     assert!(
-        web["message"].as_str().unwrap().len() <= cairn_proto::MAX_STATUS_MESSAGE_BYTES,
+        web.message.len() <= cairn_proto::MAX_STATUS_MESSAGE_BYTES,
         "central cuts long messages"
     );
-    assert_eq!(listed["reported_revision"], 2);
-    assert!(listed["reported_at"].is_string());
+    assert_eq!(listed.reported_revision, Some(2));
+    assert!(listed.reported_at.is_some());
 
     // An update: revision 3, generation 3; the old report is no longer in sync.
     let updated = WEB.replace("web:1", "web:2");
     let (status, body) = put(&central, &operator, &id, "web", &updated);
-    assert_eq!(
-        (status, body["desired_revision"].as_u64()),
-        (200, Some(3)),
-        "{body}"
-    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(read::<AppDeployed>("PUT", "app", body).desired_revision, 3);
     let pushed = device.desired().await;
     assert_eq!(
         (
@@ -188,8 +172,8 @@ async fn deploy_update_list_and_remove_reach_the_device_stream() {
         ),
         (3, 3, updated.as_str())
     );
-    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
-    assert_eq!(listed["apps"][0]["status"]["in_sync"], false);
+    let listed: AppList = central.get(&format!("/api/v1/devices/{id}/apps"));
+    assert!(!listed.apps[0].status.as_ref().unwrap().in_sync);
 
     // A config change carries the apps too (a state without them would remove them).
     central.admin_call(
@@ -216,14 +200,11 @@ async fn deploy_update_list_and_remove_reach_the_device_stream() {
         &format!("/api/v1/devices/{id}/apps/web"),
         None,
     );
+    assert_eq!(status, 200, "{body}");
+    let removed: AppRemoved = read("DELETE", "app", body);
     assert_eq!(
-        (
-            status,
-            body["removed"].as_str(),
-            body["desired_revision"].as_u64()
-        ),
-        (200, Some("web"), Some(6)),
-        "{body}"
+        (removed.removed.as_str(), removed.desired_revision),
+        ("web", 6)
     );
     let pushed = device.desired().await;
     assert_eq!(pushed.revision, 6);
@@ -256,18 +237,12 @@ async fn deploy_update_list_and_remove_reach_the_device_stream() {
     assert_eq!(first.config.get("site").map(String::as_str), Some("north"));
 
     // Every change is audited with the operator as actor.
-    let events = central.admin_call("GET", "/api/v1/audit?limit=100", None);
-    let mine: Vec<(String, String)> = events["events"]
-        .as_array()
-        .unwrap()
+    let audit: AuditLog = central.get("/api/v1/audit?limit=100");
+    let mine: Vec<(String, String)> = audit
+        .events
         .iter()
-        .filter(|e| e["target"] == id.as_str() && e["action"].as_str().unwrap().starts_with("app."))
-        .map(|e| {
-            (
-                e["action"].as_str().unwrap().to_owned(),
-                e["detail"].as_str().unwrap().to_owned(),
-            )
-        })
+        .filter(|e| e.target == id && e.action.starts_with("app."))
+        .map(|e| (e.action.clone(), e.detail.clone()))
         .rev()
         .collect();
     let actions: Vec<&str> = mine.iter().map(|(a, _)| a.as_str()).collect();
@@ -283,11 +258,10 @@ async fn deploy_update_list_and_remove_reach_the_device_stream() {
         "{mine:?}"
     );
     assert!(mine[1].1.contains("updated"), "{mine:?}");
-    assert!(events["events"]
-        .as_array()
-        .unwrap()
+    assert!(audit
+        .events
         .iter()
-        .any(|e| e["action"] == "app.deploy" && e["actor"] == "api:ops"));
+        .any(|e| e.action == "app.deploy" && e.actor == "api:ops"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +272,7 @@ async fn invalid_compose_is_refused_with_line_and_field() {
     let bad = "services:\n  web:\n    image: busybox\n    ports: [\"eighty:80\"]\n    restart: sometimes\n";
     let (status, body) = put(&central, &central.admin, &id, "web", bad);
     assert_eq!(status, 400, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = error_message(&body);
     assert!(
         message.contains("compose_yaml:4: services.web.ports[0]"),
         "{message}"
@@ -310,34 +284,16 @@ async fn invalid_compose_is_refused_with_line_and_field() {
 
     let (status, body) = put(&central, &central.admin, &id, "web", "services: [\n");
     assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not valid YAML"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("not valid YAML"), "{body}");
 
     let (status, body) = put(&central, &central.admin, &id, "Bad_Name", WEB);
     assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("app name"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("app name"), "{body}");
 
     let secrets = "services:\n  web:\n    image: busybox\n    secrets: [db]\nsecrets:\n  db: {}\n";
     let (status, body) = put(&central, &central.admin, &id, "web", secrets);
     assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("secrets"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("secrets"), "{body}");
 
     let (status, body) = central.call(
         &central.admin,
@@ -348,14 +304,8 @@ async fn invalid_compose_is_refused_with_line_and_field() {
     assert_eq!(status, 400, "{body}");
 
     // Nothing was stored and the revision did not move.
-    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
-    assert_eq!(
-        (
-            listed["desired_revision"].as_u64(),
-            listed["apps"].as_array().unwrap().len()
-        ),
-        (Some(1), 0)
-    );
+    let listed: AppList = central.get(&format!("/api/v1/devices/{id}/apps"));
+    assert_eq!((listed.desired_revision, listed.apps.len()), (1, 0));
     let (status, _) = put(&central, &central.admin, "dev_nope", "web", WEB);
     assert_eq!(status, 404);
     let (status, _) = central.call(&central.admin, "GET", "/api/v1/devices/dev_nope/apps", None);
@@ -370,13 +320,7 @@ async fn viewers_read_operators_change() {
     let viewer = central.api_token("watcher", "viewer");
     let (status, body) = put(&central, &viewer, &id, "web", WEB);
     assert_eq!(status, 403, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("operator"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("operator"), "{body}");
     let (status, _) = central.call(
         &viewer,
         "DELETE",
@@ -393,12 +337,8 @@ async fn viewers_read_operators_change() {
         None,
     );
     assert_eq!(status, 401);
-    let events = central.admin_call("GET", "/api/v1/audit?limit=100", None);
-    assert!(!events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["action"].as_str().unwrap().starts_with("app.")));
+    let audit: AuditLog = central.get("/api/v1/audit?limit=100");
+    assert!(!audit.events.iter().any(|e| e.action.starts_with("app.")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,10 +361,7 @@ async fn compose_and_desired_state_sizes_are_capped() {
         &padded(cairn_proto::MAX_COMPOSE_BYTES + 1),
     );
     assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("65536"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("65536"), "{body}");
     // Three near-limit apps fit in the desired state; a fourth would not, and is rolled back.
     for name in ["b", "c"] {
         let (status, body) = put(&central, &central.admin, &id, name, &near_limit);
@@ -432,14 +369,11 @@ async fn compose_and_desired_state_sizes_are_capped() {
     }
     let (status, body) = put(&central, &central.admin, &id, "d", &near_limit);
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("limit"),
-        "{body}"
-    );
-    let listed = central.admin_call("GET", &format!("/api/v1/devices/{id}/apps"), None);
-    assert_eq!(listed["apps"].as_array().unwrap().len(), 3);
+    assert!(error_message(&body).contains("limit"), "{body}");
+    let listed: AppList = central.get(&format!("/api/v1/devices/{id}/apps"));
+    assert_eq!(listed.apps.len(), 3);
     assert_eq!(
-        listed["desired_revision"], 4,
+        listed.desired_revision, 4,
         "the refused change did not bump the revision"
     );
 }

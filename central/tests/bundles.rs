@@ -5,11 +5,12 @@
 
 use std::path::PathBuf;
 
+use cairn_api::{AuditLog, BundleList, BundleReply, BundleUploaded, Removed};
 use cairn_image::bundle::{make_bundle, BundleSpec};
 use cairn_image::keys;
-use cairn_testsupport::central::{config_in, TestCentral};
+use cairn_testsupport::central::{config_in, error_message, read, TestCentral};
 use cairn_testsupport::require_tool;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::Digest;
 
 const COMPATIBLE: &str = "cairn-test-x86_64";
@@ -173,15 +174,16 @@ async fn upload_verify_list_download_ranges_and_delete() {
     // Upload: verified, stored under its SHA-256, byte for byte.
     let (status, body) = upload(&central, &operator, &fixture.good);
     assert_eq!(status, 201, "{body}");
-    let bundle = &body["bundle"];
-    assert_eq!(bundle["sha256"], sha.as_str());
+    let uploaded: BundleUploaded = read("POST", "/api/v1/bundles", body);
+    let bundle = &uploaded.bundle;
+    assert_eq!(bundle.sha256, sha);
     assert_eq!(
-        (bundle["version"].as_str(), bundle["compatible"].as_str()),
-        (Some("1.0"), Some(COMPATIBLE))
+        (bundle.version.as_str(), bundle.compatible.as_str()),
+        ("1.0", COMPATIBLE)
     );
-    assert_eq!(bundle["size"].as_u64(), Some(fixture.good.len() as u64));
-    assert_eq!(bundle["uploaded_by"], "api:ops");
-    assert_eq!(body["created"], true);
+    assert_eq!(bundle.size, fixture.good.len() as u64);
+    assert_eq!(bundle.uploaded_by, "api:ops");
+    assert!(uploaded.created);
     assert_eq!(
         std::fs::read(bundle_file(&central, &sha)).unwrap(),
         fixture.good
@@ -189,15 +191,13 @@ async fn upload_verify_list_download_ranges_and_delete() {
 
     // The same bytes again: nothing new.
     let (status, body) = upload(&central, &operator, &fixture.good);
-    assert_eq!((status, &body["created"]), (200, &json!(false)), "{body}");
+    assert_eq!(status, 200, "{body}");
+    assert!(!read::<BundleUploaded>("POST", "/api/v1/bundles", body).created);
     assert_eq!(stored_files(&central), vec![format!("sha256-{sha}.raucb")]);
 
     // Refusals carry rauc's reason and leave no file behind.
     let (status, body) = upload(&central, &operator, &fixture.other_key);
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let message = error_message(&body);
     assert_eq!(status, 400, "{body}");
     assert!(
         message.contains("signature verification failed"),
@@ -205,10 +205,7 @@ async fn upload_verify_list_download_ranges_and_delete() {
     );
     assert!(message.contains("update_keyring"), "{message}");
     let (status, body) = upload(&central, &operator, &fixture.wrong_compatible);
-    let message = body["error"]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let message = error_message(&body);
     assert_eq!(status, 400, "{body}");
     assert!(
         message.contains("\"cairn-rpi-arm64\"") && message.contains(COMPATIBLE),
@@ -216,13 +213,7 @@ async fn upload_verify_list_download_ranges_and_delete() {
     );
     let (status, body) = upload(&central, &operator, &vec![0x5a; 10_000]);
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("rauc says"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("rauc says"), "{body}");
     assert_eq!(stored_files(&central), vec![format!("sha256-{sha}.raucb")]);
 
     // Roles. Central answers 403 before reading the body, so a large body may see its
@@ -231,14 +222,14 @@ async fn upload_verify_list_download_ranges_and_delete() {
     assert_eq!(status, 403, "{body}");
     let (status, body) = central.call(&viewer, "GET", "/api/v1/bundles", None);
     assert_eq!(status, 200, "{body}");
-    let list = body["bundles"].as_array().unwrap();
+    let list = read::<BundleList>("GET", "/api/v1/bundles", body).bundles;
     assert_eq!(list.len(), 1);
-    assert_eq!(list[0]["sha256"], sha.as_str());
+    assert_eq!(list[0].sha256, sha);
     let (status, body) = central.call(&viewer, "GET", &format!("/api/v1/bundles/{sha}"), None);
+    assert_eq!(status, 200, "{body}");
     assert_eq!(
-        (status, &body["bundle"]["version"]),
-        (200, &json!("1.0")),
-        "{body}"
+        read::<BundleReply>("GET", "bundle", body).bundle.version,
+        "1.0"
     );
     let (status, _) = central.call(
         &viewer,
@@ -298,13 +289,8 @@ async fn upload_verify_list_download_ranges_and_delete() {
     }
 
     // Every upload is in the audit log, refused ones too.
-    let audit = central.admin_call("GET", "/api/v1/audit", None);
-    let actions: Vec<&str> = audit["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["action"].as_str())
-        .collect();
+    let audit: AuditLog = central.get("/api/v1/audit");
+    let actions: Vec<&str> = audit.events.iter().map(|e| e.action.as_str()).collect();
     assert_eq!(
         actions.iter().filter(|a| **a == "bundle.upload").count(),
         2,
@@ -319,8 +305,8 @@ async fn upload_verify_list_download_ranges_and_delete() {
     // Delete: admin only; file and row go.
     let (status, _) = central.call(&operator, "DELETE", &format!("/api/v1/bundles/{sha}"), None);
     assert_eq!(status, 403);
-    let body = central.admin_call("DELETE", &format!("/api/v1/bundles/{sha}"), None);
-    assert_eq!(body["removed"], sha.as_str());
+    let removed: Removed = central.admin_read("DELETE", &format!("/api/v1/bundles/{sha}"), None);
+    assert_eq!(removed.removed, sha);
     assert!(!bundle_file(&central, &sha).exists());
     assert!(
         stored_files(&central).is_empty(),
@@ -335,8 +321,8 @@ async fn upload_verify_list_download_ranges_and_delete() {
         None,
     );
     assert_eq!(status, 404);
-    let audit = central.admin_call("GET", "/api/v1/audit?limit=1", None);
-    assert_eq!(audit["events"][0]["action"], "bundle.delete");
+    let audit: AuditLog = central.get("/api/v1/audit?limit=1");
+    assert_eq!(audit.events[0].action, "bundle.delete");
 
     // It can be uploaded again after removal.
     let (status, body) = upload(&central, &operator, &fixture.good);
@@ -351,7 +337,7 @@ async fn unconfigured_and_oversized_uploads_are_refused() {
     let central = TestCentral::start().await;
     let (status, body) = upload(&central, &central.admin.clone(), b"anything");
     assert_eq!(status, 409, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = error_message(&body);
     assert!(message.contains("update_keyring"), "{message}");
     assert!(stored_files(&central).is_empty());
 
@@ -365,13 +351,7 @@ async fn unconfigured_and_oversized_uploads_are_refused() {
     let central = TestCentral::start_with(dir, config).await;
     let (status, body) = upload(&central, &central.admin.clone(), &vec![1u8; 20_000]);
     assert_eq!(status, 413, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("max_bundle_bytes"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("max_bundle_bytes"), "{body}");
     assert!(
         stored_files(&central).is_empty(),
         "{:?}",

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cairn_api::{BundleUploaded, DeploymentReply, DeviceDetail, RolloutReply};
 use cairn_image::bundle::{make_bundle, BundleSpec};
 use cairn_image::keys;
 use cairn_proto::v1::{
@@ -182,8 +183,11 @@ fn bundle(dir: &Path) -> Option<(PathBuf, Vec<u8>)> {
 
 async fn until_offline(central: &TestCentral, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while central.admin_call("GET", &format!("/api/v1/devices/{id}"), None)["device"]["online"]
-        != false
+    while central
+        .get::<DeviceDetail>(&format!("/api/v1/devices/{id}"))
+        .device
+        .device
+        .online
     {
         assert!(
             Instant::now() < deadline,
@@ -251,9 +255,9 @@ async fn console_in_headless_chromium() {
     until_offline(&central, &tokyo[1].id).await;
     until_offline(&central, &lisbon.id).await;
 
-    let device = central.admin_call("GET", &format!("/api/v1/devices/{}", oslo[0].id), None);
+    let device: DeviceDetail = central.get(&format!("/api/v1/devices/{}", oslo[0].id));
     assert_eq!(
-        device["device"]["os_version"], "1.0",
+        device.device.device.os_version, "1.0",
         "the reported OS version is stored"
     );
 
@@ -261,19 +265,14 @@ async fn console_in_headless_chromium() {
     let body = json!({ "name": "web", "compose_yaml": WEB,
                        "placement": { "sites": { "labels": { "tier": "edge" } }, "hosts_per_site": 1 } });
     central.admin_call("POST", "/api/v1/deployments", Some(body));
-    let view = central.admin_call("GET", "/api/v1/deployments/web", None);
+    let view: DeploymentReply = central.get("/api/v1/deployments/web");
     let mut placed = serde_json::Map::new();
-    for site in view["deployment"]["sites"].as_array().unwrap() {
-        let hosts: Vec<Value> = site["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| h["device_id"].clone())
-            .collect();
-        assert_eq!(hosts.len(), 1, "one host per edge site: {view}");
-        placed.insert(site["site"].as_str().unwrap().to_owned(), json!(hosts));
+    for site in &view.deployment.sites {
+        let hosts: Vec<&str> = site.hosts.iter().map(|h| h.device_id.as_str()).collect();
+        assert_eq!(hosts.len(), 1, "one host per edge site: {view:?}");
+        placed.insert(site.site.clone(), json!(hosts));
     }
-    assert_eq!(placed.len(), 2, "both edge sites are placed: {view}");
+    assert_eq!(placed.len(), 2, "both edge sites are placed: {view:?}");
 
     // A rollout to one Oslo device, which reports it is halfway through the download.
     let rollout = match &bundle {
@@ -285,12 +284,12 @@ async fn console_in_headless_chromium() {
                     .set("Authorization", &format!("Bearer {}", central.admin))
                     .send_bytes(bytes)
                     .expect("bundle upload succeeds");
-                let body: Value = response.into_json().unwrap();
-                body["bundle"]["sha256"].as_str().unwrap().to_owned()
+                let uploaded: BundleUploaded = response.into_json().unwrap();
+                uploaded.bundle.sha256
             });
             let body = json!({ "bundle_sha256": sha, "selector": { "devices": [oslo[0].id] } });
-            let created = central.admin_call("POST", "/api/v1/rollouts", Some(body));
-            let id = created["rollout"]["id"].as_str().unwrap().to_owned();
+            let created: RolloutReply = central.admin_read("POST", "/api/v1/rollouts", Some(body));
+            let id = created.rollout.rollout.id;
             // Desired states from the deployment may come first.
             let os = loop {
                 if let Some(os) = oslo[0].desired().await.os {
@@ -311,9 +310,11 @@ async fn console_in_headless_chromium() {
                     error: String::new(),
                 })
                 .await;
-            let state = central.admin_call("GET", &format!("/api/v1/rollouts/{id}"), None)
-                ["rollout"]["state"]
-                .clone();
+            let state = central
+                .get::<RolloutReply>(&format!("/api/v1/rollouts/{id}"))
+                .rollout
+                .rollout
+                .state;
             json!({ "id": id, "state": state, "downloading": oslo[0].id })
         }
         None => Value::Null,

@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
+use cairn_api::{
+    ApiTokenList, AuditLog, ClaimList, DeviceDetail, DeviceList, DeviceReply, DeviceStatus,
+    EnrollmentTokenList,
+};
 use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, EnrollStatus, Heartbeat, PingRequest,
     RenewRequest,
 };
-use cairn_testsupport::central::{SimDevice, TestCentral};
+use cairn_testsupport::central::{error_message, SimDevice, TestCentral};
 use serde_json::json;
 use tonic::Code;
 
@@ -39,18 +43,14 @@ async fn auto_policy_approves_and_issues_a_device_certificate() {
         (pong.nonce, pong.device_id.as_str()),
         (7, response.device_id.as_str())
     );
-    let shown = central.admin_call(
-        "GET",
-        &format!("/api/v1/devices/{}", response.device_id),
-        None,
-    );
-    assert_eq!(shown["device"]["status"], "active");
-    assert_eq!(shown["device"]["serial"], "SER-AUTO-1");
+    let shown: DeviceDetail = central.get(&format!("/api/v1/devices/{}", response.device_id));
+    assert_eq!(shown.device.device.status, DeviceStatus::Active);
+    assert_eq!(shown.device.device.serial, "SER-AUTO-1");
     // Asking again with the same key is idempotent: same device, fresh certificate.
     let again = device.enroll(&central, &token).await.unwrap();
     assert_eq!(again.device_id, response.device_id);
-    let listed = central.admin_call("GET", "/api/v1/devices", None);
-    assert_eq!(listed["devices"].as_array().unwrap().len(), 1);
+    let listed: DeviceList = central.get("/api/v1/devices");
+    assert_eq!(listed.devices.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,19 +68,19 @@ async fn manual_policy_waits_until_an_operator_approves() {
         (EnrollStatus::Pending, &first.device_id)
     );
     // A pending device cannot use the agent API: it has no certificate at all.
-    let approved = central.admin_call(
+    let approved: DeviceReply = central.admin_read(
         "POST",
         &format!("/api/v1/devices/{}/approve", first.device_id),
         None,
     );
-    assert_eq!(approved["device"]["status"], "active");
+    assert_eq!(approved.device.status, DeviceStatus::Active);
     let done = device.enroll(&central, &token).await.unwrap();
     assert_eq!(done.status(), EnrollStatus::Approved);
     assert_eq!(done.device_id, first.device_id);
     assert!(!done.certificate_der.is_empty());
     // Polling did not consume extra token uses.
-    let tokens = central.admin_call("GET", "/api/v1/enrollment-tokens", None);
-    assert_eq!(tokens["tokens"][0]["uses"], 1);
+    let tokens: EnrollmentTokenList = central.get("/api/v1/enrollment-tokens");
+    assert_eq!(tokens.tokens[0].uses, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,10 +101,10 @@ async fn claim_policy_admits_only_claimed_devices_once() {
     let known = SimDevice::new("SER-KNOWN");
     let response = known.enroll(&central, &token).await.unwrap();
     assert_eq!(response.status(), EnrollStatus::Approved);
-    let claims = central.admin_call("GET", "/api/v1/claims", None);
+    let claims: ClaimList = central.get("/api/v1/claims");
     assert_eq!(
-        claims["claims"][0]["device_id"],
-        response.device_id.as_str()
+        claims.claims[0].device_id.as_deref(),
+        Some(response.device_id.as_str())
     );
     // A second box presenting the same serial with another key is refused.
     let clone = SimDevice::new("SER-KNOWN");
@@ -128,13 +128,7 @@ async fn claim_policy_admits_only_claimed_devices_once() {
         Some(json!({ "tpm_ek_sha256": "xyz" })),
     );
     assert_eq!(status, 400);
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("64 hex"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("64 hex"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,12 +172,8 @@ async fn expired_revoked_used_up_and_unknown_tokens_are_refused_clearly() {
         Code::Unauthenticated,
         "not recognised",
     );
-    let devices = central.admin_call("GET", "/api/v1/devices", None);
-    assert_eq!(
-        devices["devices"].as_array().unwrap().len(),
-        1,
-        "only SER-A got in"
-    );
+    let devices: DeviceList = central.get("/api/v1/devices");
+    assert_eq!(devices.devices.len(), 1, "only SER-A got in");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,12 +222,8 @@ async fn a_revoked_device_is_cut_off_at_once() {
         ),
         (2, Some("north"))
     );
-    let shown = central.admin_call(
-        "GET",
-        &format!("/api/v1/devices/{}", enrolled.device_id),
-        None,
-    );
-    assert_eq!(shown["device"]["online"], true);
+    let shown: DeviceDetail = central.get(&format!("/api/v1/devices/{}", enrolled.device_id));
+    assert!(shown.device.device.online);
 
     central.admin_call(
         "POST",
@@ -267,13 +253,8 @@ async fn a_revoked_device_is_cut_off_at_once() {
         Code::PermissionDenied,
         "revoked",
     );
-    let audit = central.admin_call("GET", "/api/v1/audit?limit=10", None);
-    let actions: Vec<&str> = audit["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    let audit: AuditLog = central.get("/api/v1/audit?limit=10");
+    let actions: Vec<&str> = audit.events.iter().map(|e| e.action.as_str()).collect();
     assert!(
         actions.contains(&"device.revoke") && actions.contains(&"device.enroll"),
         "{actions:?}"
@@ -319,33 +300,20 @@ async fn a_restart_loses_nothing() {
     let active = SimDevice::new("SER-Q");
     let enrolled = active.enroll(&central, &auto).await.unwrap();
     central.admin_call("POST", "/api/v1/claims", Some(json!({ "serial": "SER-Z" })));
-    let before = central.admin_call("GET", "/api/v1/devices", None);
+    let before: DeviceList = central.get("/api/v1/devices");
 
     central.restart().await;
 
-    let after = central.admin_call("GET", "/api/v1/devices", None);
-    assert_eq!(
-        before["devices"].as_array().unwrap().len(),
-        after["devices"].as_array().unwrap().len()
-    );
-    for (b, a) in before["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(after["devices"].as_array().unwrap())
-    {
+    let after: DeviceList = central.get("/api/v1/devices");
+    assert_eq!(before.devices.len(), after.devices.len());
+    for (b, a) in before.devices.iter().zip(&after.devices) {
+        let (b, a) = (&b.device, &a.device);
         assert_eq!(
-            (&b["id"], &b["status"], &b["cert_serial"]),
-            (&a["id"], &a["status"], &a["cert_serial"])
+            (&b.id, &b.status, &b.cert_serial),
+            (&a.id, &a.status, &a.cert_serial)
         );
     }
-    assert_eq!(
-        central.admin_call("GET", "/api/v1/claims", None)["claims"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(central.get::<ClaimList>("/api/v1/claims").claims.len(), 1);
     // Same CA after restart: the old certificate still works; the pending device is still pending.
     let mut agent = central.agent(&active, &enrolled.certificate_der).await;
     agent.ping(PingRequest { nonce: 3 }).await.unwrap();
@@ -355,6 +323,6 @@ async fn a_restart_loses_nothing() {
         (EnrollStatus::Pending, pending_id)
     );
     // The bootstrap admin token was not replaced.
-    let tokens = central.admin_call("GET", "/api/v1/api-tokens", None);
-    assert_eq!(tokens["api_tokens"].as_array().unwrap().len(), 1);
+    let tokens: ApiTokenList = central.get("/api/v1/api-tokens");
+    assert_eq!(tokens.api_tokens.len(), 1);
 }

@@ -1,8 +1,9 @@
 //! Recovery-key escrow against a real central: devices escrow over mTLS, only an admin reads the
 //! key back, every read is audited, and the database alone does not hold the key in clear.
 
+use cairn_api::{AuditLog, RecoveryKey};
 use cairn_proto::v1::EscrowRecoveryKeyRequest;
-use cairn_testsupport::central::{SimDevice, TestCentral};
+use cairn_testsupport::central::{error_message, SimDevice, TestCentral};
 use tonic::Code;
 
 const KEY_1: &str = "000000-000011-000099-720885-000044-000055-000066-000077";
@@ -17,13 +18,8 @@ fn escrow(key: &str, uuid: &str) -> EscrowRecoveryKeyRequest {
 }
 
 fn audit_count(central: &TestCentral, action: &str) -> usize {
-    let audit = central.admin_call("GET", "/api/v1/audit", None);
-    audit["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == action)
-        .count()
+    let audit: AuditLog = central.get("/api/v1/audit");
+    audit.events.iter().filter(|e| e.action == action).count()
 }
 
 /// Every byte central keeps on disk: the database, its WAL and the other files in data_dir
@@ -92,13 +88,7 @@ async fn a_device_escrows_and_only_an_admin_reads_it_back_audited() {
     // Nothing escrowed yet: a 404 that says so.
     let (status, body) = central.call(&central.admin, "GET", &path, None);
     assert_eq!(status, 404, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not escrowed"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("not escrowed"), "{body}");
 
     let mut agent = central.agent(&device, &enrolled.certificate_der).await;
     agent
@@ -130,9 +120,10 @@ async fn a_device_escrows_and_only_an_admin_reads_it_back_audited() {
     assert_eq!(central.call(&viewer, "GET", &path, None).0, 403);
     assert_eq!(central.call(&operator, "GET", &path, None).0, 403);
     assert_eq!(audit_count(&central, "recovery_key.read"), 0);
-    let shown = central.admin_call("GET", &path, None);
-    assert_eq!(shown["recovery_key"], KEY_1);
-    assert_eq!(shown["luks_uuid"], UUID);
+    let shown: RecoveryKey = central.get(&path);
+    assert_eq!(shown.recovery_key, KEY_1);
+    assert_eq!(shown.luks_uuid, UUID);
+    assert_eq!(shown.device_id, id);
     assert_eq!(audit_count(&central, "recovery_key.read"), 1);
     // Never cacheable.
     let response = tokio::task::block_in_place(|| {
@@ -150,10 +141,7 @@ async fn a_device_escrows_and_only_an_admin_reads_it_back_audited() {
         .escrow_recovery_key(escrow(KEY_2, UUID))
         .await
         .unwrap();
-    assert_eq!(
-        central.admin_call("GET", &path, None)["recovery_key"],
-        KEY_2
-    );
+    assert_eq!(central.get::<RecoveryKey>(&path).recovery_key, KEY_2);
 
     // At rest: neither key is anywhere in central's files but the escrow key's ciphertext.
     let stored = stored_bytes(&central);
@@ -203,10 +191,7 @@ async fn escrowed_keys_survive_a_restart_and_a_replaced_escrow_key_fails_closed(
         .unwrap();
 
     central.restart().await;
-    assert_eq!(
-        central.admin_call("GET", &path, None)["recovery_key"],
-        KEY_1
-    );
+    assert_eq!(central.get::<RecoveryKey>(&path).recovery_key, KEY_1);
 
     // Someone replaces escrow.key: the stored key must not decrypt to garbage or leak.
     central.stop().await;
@@ -215,10 +200,7 @@ async fn escrowed_keys_survive_a_restart_and_a_replaced_escrow_key_fails_closed(
     let (status, body) = central.call(&central.admin, "GET", &path, None);
     assert_eq!(status, 409, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("restore escrow.key"),
+        error_message(&body).contains("restore escrow.key"),
         "{body}"
     );
     assert!(!body.to_string().contains(KEY_1));

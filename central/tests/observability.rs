@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use cairn_api::{AuditLog, DeviceDetail, DeviceList, DeviceLogs, EventList, Severity};
 use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, AppStatus, CentralMessage, Event, EventSeverity,
     FilesystemUsage, Heartbeat, HostMetrics, LogReply, LogRequest, ServiceState, ServiceStatus,
     TemperatureReading,
 };
 use cairn_testsupport::central::{config_in, heartbeat_acked, ConnectedDevice, TestCentral};
-use serde_json::Value;
+use cairn_testsupport::central::{error_message, read};
 use tokio::sync::mpsc;
 use tonic::Streaming;
 
@@ -230,10 +231,15 @@ fn app(state: ServiceState) -> Vec<AppStatus> {
 }
 
 /// Events matching `query` once at least `min` are there (the batch writer runs every 50 ms).
-async fn events_eventually(central: &TestCentral, query: &str, min: usize) -> Vec<Value> {
+async fn events_eventually(
+    central: &TestCentral,
+    query: &str,
+    min: usize,
+) -> Vec<cairn_api::Event> {
     for _ in 0..100 {
-        let body = central.admin_call("GET", &format!("/api/v1/events?{query}"), None);
-        let events = body["events"].as_array().unwrap().clone();
+        let events = central
+            .get::<EventList>(&format!("/api/v1/events?{query}"))
+            .events;
         if events.len() >= min {
             return events;
         }
@@ -263,30 +269,28 @@ async fn host_metrics_show_on_the_device_page_and_in_fleet_metrics() {
     cool.heartbeat(vec![], None).await;
 
     // The device page shows the latest host metrics, bounded and with derived percentages.
-    let page = central.admin_call("GET", &format!("/api/v1/devices/{}", hot.id), None);
-    let h = &page["device"]["host"];
-    assert!(h["reported_at"].as_str().unwrap().ends_with('Z'), "{page}");
-    assert_eq!(h["cpu_percent"], 12.3);
-    assert_eq!(h["memory_used_percent"], 75.0);
-    assert_eq!(h["disk_used_percent"], 95.0);
-    assert_eq!(h["filesystems"][1]["mount_point"], "/data");
-    assert_eq!(
-        h["temperatures"].as_array().unwrap().len(),
-        1,
-        "a NaN reading is dropped: {page}"
-    );
-    assert_eq!(h["max_temperature_celsius"], 71.5);
-    assert_eq!(h["uptime_seconds"], 3600);
+    let page: DeviceDetail = central.get(&format!("/api/v1/devices/{}", hot.id));
+    let h = page.device.host.as_ref().expect("host metrics on the page");
+    assert!(h.reported_at.to_string().ends_with('Z'), "{page:?}");
+    assert_eq!(h.cpu_percent, Some(12.3));
+    assert_eq!(h.memory_used_percent, Some(75.0));
+    assert_eq!(h.disk_used_percent, Some(95.0));
+    assert_eq!(h.filesystems[1].mount_point, "/data");
+    assert_eq!(h.temperatures.len(), 1, "a NaN reading is dropped: {h:?}");
+    assert_eq!(h.max_temperature_celsius, Some(71.5));
+    assert_eq!(h.uptime_seconds, 3600);
     // A heartbeat without host metrics keeps the previous ones; the list shows them too.
-    let list = central.admin_call("GET", "/api/v1/devices", None);
-    let listed = list["devices"]
-        .as_array()
-        .unwrap()
+    let list: DeviceList = central.get("/api/v1/devices");
+    let listed = list
+        .devices
         .iter()
-        .find(|d| d["id"] == cool.id.as_str())
-        .unwrap()
-        .clone();
-    assert_eq!(listed["host"]["disk_used_percent"], 50.0, "{listed}");
+        .find(|d| d.device.id == cool.id)
+        .unwrap();
+    assert_eq!(
+        listed.host.as_ref().and_then(|h| h.disk_used_percent),
+        Some(50.0),
+        "{listed:?}"
+    );
 
     let after = scrape(&central, &viewer);
     assert_eq!(value(&after, "cairn_devices", &[("status", "active")]), 2.0);
@@ -383,24 +387,13 @@ async fn the_event_log_records_central_and_agent_events_and_refuses_bad_ones() {
 
     let enrolled =
         events_eventually(&central, &format!("device={id}&kind=device.enrolled"), 1).await;
-    assert_eq!(enrolled[0]["severity"], "info");
-    assert!(
-        enrolled[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("auto policy"),
-        "{enrolled:?}"
-    );
+    assert_eq!(enrolled[0].severity, Severity::Info);
+    assert!(enrolled[0].message.contains("auto policy"), "{enrolled:?}");
     events_eventually(&central, &format!("device={id}&kind=device.connected"), 1).await;
     let changes = events_eventually(&central, &format!("device={id}&kind=app.state"), 2).await;
     let messages: Vec<(&str, &str)> = changes
         .iter()
-        .map(|e| {
-            (
-                e["severity"].as_str().unwrap(),
-                e["message"].as_str().unwrap(),
-            )
-        })
+        .map(|e| (e.severity.as_str(), e.message.as_str()))
         .collect();
     assert_eq!(
         messages,
@@ -444,19 +437,12 @@ async fn the_event_log_records_central_and_agent_events_and_refuses_bad_ones() {
     let unlock = events_eventually(&central, &format!("device={id}&kind=data.unlock"), 1).await;
     assert_eq!(unlock.len(), 1, "{unlock:?}");
     assert_eq!(
-        (
-            unlock[0]["severity"].as_str(),
-            unlock[0]["message"].as_str()
-        ),
-        (Some("warning"), Some("data partition recovered"))
+        (unlock[0].severity.as_str(), unlock[0].message.as_str()),
+        ("warning", "data partition recovered")
     );
-    assert!(central.admin_call(
-        "GET",
-        &format!("/api/v1/events?device={id}&kind=device.approved"),
-        None
-    )["events"]
-        .as_array()
-        .unwrap()
+    assert!(central
+        .get::<EventList>(&format!("/api/v1/events?device={id}&kind=device.approved"))
+        .events
         .is_empty());
     let admin = central.admin.clone();
     let metrics = scrape(&central, &admin);
@@ -522,20 +508,17 @@ async fn the_event_log_records_central_and_agent_events_and_refuses_bad_ones() {
     .await;
     assert!(ended.is_ok(), "central ends a revoked device's stream");
     drop(device);
-    let page = central.admin_call("GET", &format!("/api/v1/devices/{id}"), None);
-    let page_events = page["events"].as_array().unwrap();
-    assert_eq!(page_events.len(), 20);
-    let revoked = page_events
+    let page: DeviceDetail = central.get(&format!("/api/v1/devices/{id}"));
+    assert_eq!(page.events.len(), 20);
+    let revoked = page
+        .events
         .iter()
-        .find(|e| e["kind"] == "device.revoked")
-        .unwrap_or_else(|| panic!("{page}"));
-    assert_eq!(revoked["severity"], "warning");
+        .find(|e| e.kind == "device.revoked")
+        .unwrap_or_else(|| panic!("{page:?}"));
+    assert_eq!(revoked.severity, Severity::Warning);
     assert!(
-        revoked["message"]
-            .as_str()
-            .unwrap()
-            .contains("api:bootstrap-admin"),
-        "{revoked}"
+        revoked.message.contains("api:bootstrap-admin"),
+        "{revoked:?}"
     );
     events_eventually(
         &central,
@@ -546,15 +529,11 @@ async fn the_event_log_records_central_and_agent_events_and_refuses_bad_ones() {
 
     // since: events at or after it, RFC 3339 or Unix ms; limit takes the newest.
     let all = events_eventually(&central, "limit=1000", 1).await;
-    let last_ms = all.last().unwrap()["at_ms"].as_i64().unwrap();
-    let since = central.admin_call("GET", &format!("/api/v1/events?since={last_ms}"), None);
-    assert!(since["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|e| e["at_ms"].as_i64().unwrap() >= last_ms));
-    let newest = central.admin_call("GET", "/api/v1/events?limit=2", None);
-    assert_eq!(newest["events"][1]["id"], all.last().unwrap()["id"]);
+    let last_ms = all.last().unwrap().at_ms;
+    let since: EventList = central.get(&format!("/api/v1/events?since={last_ms}"));
+    assert!(since.events.iter().all(|e| e.at_ms >= last_ms));
+    let newest: EventList = central.get("/api/v1/events?limit=2");
+    assert_eq!(newest.events[1].id, all.last().unwrap().id);
 
     // Every query parameter is checked; viewers may read.
     let viewer = central.api_token("watcher", "viewer");
@@ -568,10 +547,7 @@ async fn the_event_log_records_central_and_agent_events_and_refuses_bad_ones() {
     ] {
         let (status, body) = central.call(&viewer, "GET", &format!("/api/v1/events?{query}"), None);
         assert_eq!(status, 400, "{query}: {body}");
-        assert!(
-            body["error"]["message"].as_str().unwrap().contains(needle),
-            "{query}: {body}"
-        );
+        assert!(error_message(&body).contains(needle), "{query}: {body}");
     }
     let (status, _) = central.call(&viewer, "GET", "/api/v1/events?kind=device.enrolled", None);
     assert_eq!(status, 200);
@@ -645,27 +621,22 @@ async fn logs_on_demand_go_through_the_device_stream() {
         None,
     );
     assert_eq!(status, 200, "{body}");
+    let logs: DeviceLogs = read("GET", "logs", body);
     assert_eq!(
-        (
-            body["text"].as_str(),
-            body["truncated"].as_bool(),
-            body["lines"].as_u64()
-        ),
-        (Some("web/nginx: line 1\nline 2\n"), Some(true), Some(2))
+        (logs.text.as_str(), logs.truncated, logs.lines),
+        ("web/nginx: line 1\nline 2\n", true, 2)
     );
-    assert!(body["request_id"].as_str().unwrap().starts_with("log_"));
+    assert!(logs.request_id.starts_with("log_"));
     let (status, body) = central.call(
         &operator,
         "GET",
         &format!("/api/v1/devices/{id}/logs"),
         None,
     );
-    assert_eq!(
-        (status, body["text"].as_str()),
-        (200, Some("journal of the agent, 100 lines\n")),
-        "{body}"
-    );
-    assert!(body["app"].is_null());
+    assert_eq!(status, 200, "{body}");
+    let logs: DeviceLogs = read("GET", "logs", body);
+    assert_eq!(logs.text, "journal of the agent, 100 lines\n");
+    assert!(logs.app.is_none());
 
     // The device's error is a 502 with its message; a reply to another request is ignored (504).
     let (status, body) = central.call(
@@ -676,10 +647,7 @@ async fn logs_on_demand_go_through_the_device_stream() {
     );
     assert_eq!(status, 502, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("could not read the log: no log for service \"db\""),
+        error_message(&body).contains("could not read the log: no log for service \"db\""),
         "{body}"
     );
     let (status, body) = central.call(
@@ -690,10 +658,7 @@ async fn logs_on_demand_go_through_the_device_stream() {
     );
     assert_eq!(status, 504, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("did not send the log within 2 s"),
+        error_message(&body).contains("did not send the log within 2 s"),
         "{body}"
     );
 
@@ -714,10 +679,7 @@ async fn logs_on_demand_go_through_the_device_stream() {
             None,
         );
         assert_eq!(status, 400, "{query}: {body}");
-        assert!(
-            body["error"]["message"].as_str().unwrap().contains(needle),
-            "{query}: {body}"
-        );
+        assert!(error_message(&body).contains(needle), "{query}: {body}");
     }
     let (status, body) = central.call(&viewer, "GET", &format!("/api/v1/devices/{id}/logs"), None);
     assert_eq!(status, 403, "{body}");
@@ -725,20 +687,16 @@ async fn logs_on_demand_go_through_the_device_stream() {
     assert_eq!(status, 404);
 
     // Every request is audited, with who asked for what.
-    let audit = central.admin_call("GET", "/api/v1/audit?limit=50", None);
-    let reads: Vec<&Value> = audit["events"]
-        .as_array()
-        .unwrap()
+    let audit: AuditLog = central.get("/api/v1/audit?limit=50");
+    let reads: Vec<&cairn_api::AuditEvent> = audit
+        .events
         .iter()
-        .filter(|e| e["action"] == "device.logs")
+        .filter(|e| e.action == "device.logs")
         .collect();
-    assert_eq!(reads.len(), 4, "{audit}");
-    assert!(reads.iter().any(|e| e["actor"] == "api:ops"
-        && e["target"] == id.as_str()
-        && e["detail"]
-            .as_str()
-            .unwrap()
-            .starts_with("app=web service=nginx lines=2")));
+    assert_eq!(reads.len(), 4, "{audit:?}");
+    assert!(reads.iter().any(|e| e.actor == "api:ops"
+        && e.target == id
+        && e.detail.starts_with("app=web service=nginx lines=2")));
 
     // A device never seen is offline: 409 at once.
     let (_, token) = central.token("auto", None, None);
@@ -751,13 +709,7 @@ async fn logs_on_demand_go_through_the_device_stream() {
         None,
     );
     assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("is offline"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("is offline"), "{body}");
 
     // A device whose stream just ended is offline too (its own replica saw it go; with
     // replicas, another one would count it online only while it heartbeats there): 409, not a
@@ -778,8 +730,11 @@ async fn logs_on_demand_go_through_the_device_stream() {
     away.heartbeat(vec![], None).await;
     drop(away);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while central.admin_call("GET", &format!("/api/v1/devices/{away_id}"), None)["device"]["online"]
-        != Value::Bool(false)
+    while central
+        .get::<DeviceDetail>(&format!("/api/v1/devices/{away_id}"))
+        .device
+        .device
+        .online
     {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -796,11 +751,5 @@ async fn logs_on_demand_go_through_the_device_stream() {
         None,
     );
     assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("is offline"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("is offline"), "{body}");
 }

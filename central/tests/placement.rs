@@ -6,8 +6,14 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use cairn_api::{
+    AppList, AuditLog, DeploymentChanged, DeploymentDryRun, DeploymentList, DeploymentRemoved,
+    DeploymentReply, DeploymentView, DeviceDetail, SitePlan, SiteWithDevices,
+};
 use cairn_proto::v1::{central_message, AgentMessage, CentralMessage, DesiredState};
-use cairn_testsupport::central::{config_in, ConnectedDevice, SimDevice, TestCentral};
+use cairn_testsupport::central::{
+    config_in, error_message, read, ConnectedDevice, SimDevice, TestCentral,
+};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tonic::Streaming;
@@ -124,27 +130,26 @@ fn site(central: &TestCentral, name: &str, latitude: f64, longitude: f64, labels
     central.admin_call("POST", "/api/v1/sites", Some(body));
 }
 
-fn deploy(central: &TestCentral, name: &str, placement: Value) -> Value {
+fn deploy(central: &TestCentral, name: &str, placement: Value) -> DeploymentView {
     let body = json!({ "name": name, "compose_yaml": WEB, "placement": placement });
     let (status, body) = central.call(&central.admin, "POST", "/api/v1/deployments", Some(body));
     assert_eq!(status, 201, "{body}");
-    body["deployment"].clone()
+    read::<DeploymentReply>("POST", "/api/v1/deployments", body).deployment
+}
+
+fn deployment(central: &TestCentral, name: &str) -> DeploymentView {
+    central
+        .get::<DeploymentReply>(&format!("/api/v1/deployments/{name}"))
+        .deployment
 }
 
 /// Host ids per site of a deployment view.
-fn hosts(view: &Value) -> Vec<(String, Vec<String>)> {
-    view["sites"]
-        .as_array()
-        .unwrap()
+fn hosts(view: &DeploymentView) -> Vec<(String, Vec<String>)> {
+    view.sites
         .iter()
         .map(|s| {
-            let ids = s["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| h["device_id"].as_str().unwrap().to_owned())
-                .collect();
-            (s["site"].as_str().unwrap().to_owned(), ids)
+            let ids = s.hosts.iter().map(|h| h.device_id.clone()).collect();
+            (s.site.clone(), ids)
         })
         .collect()
 }
@@ -195,11 +200,11 @@ async fn geography_labels_and_hosts_per_site_pick_the_right_devices() {
     let mut z2 = Device::at(&central, "SER-Z2", "zurich", json!({ "gpu": "yes" })).await;
     let mut g1 = Device::at(&central, "SER-G1", "geneva", json!({})).await;
     let mut p1 = Device::at(&central, "SER-P1", "paris", json!({})).await;
-    let shown = central.admin_call("GET", &format!("/api/v1/devices/{}", z2.id), None);
+    let shown: DeviceDetail = central.get(&format!("/api/v1/devices/{}", z2.id));
     assert_eq!(
         (
-            shown["device"]["site"].as_str(),
-            shown["device"]["labels"]["gpu"].as_str()
+            shown.device.device.site.as_deref(),
+            shown.device.device.labels.get("gpu").map(String::as_str)
         ),
         (Some("zurich"), Some("yes"))
     );
@@ -223,16 +228,21 @@ async fn geography_labels_and_hosts_per_site_pick_the_right_devices() {
     p1.until_apps(&[]).await;
 
     // Within 50 km of Paris: only Paris (dry run: nothing changes).
-    let plan = central.admin_call(
+    let plan: DeploymentDryRun = central.admin_read(
         "POST",
         "/api/v1/deployments",
         Some(json!({ "name": "near-paris", "compose_yaml": WEB, "dry_run": true,
                      "placement": { "sites": { "within": { "latitude": 48.85, "longitude": 2.35, "km": 50 } } } })),
     );
-    assert_eq!(plan["dry_run"], true);
+    assert!(plan.dry_run);
     assert_eq!(
-        plan["placement"]["sites"],
-        json!([{ "site": "paris", "wanted": 1, "hosts": [p1.id] }])
+        plan.placement.sites,
+        [SitePlan {
+            site: "paris".into(),
+            wanted: 1,
+            hosts: vec![p1.id.clone()],
+            shortfall: None
+        }]
     );
     let (status, _) = central.call(
         &central.admin,
@@ -256,13 +266,14 @@ async fn geography_labels_and_hosts_per_site_pick_the_right_devices() {
             ("zurich".to_owned(), vec![z2.id.clone()])
         ]
     );
-    let geneva = &view["sites"][0];
+    let geneva = &view.sites[0];
     assert!(
-        geneva["shortfall"]
-            .as_str()
+        geneva
+            .shortfall
+            .as_deref()
             .unwrap()
             .starts_with("0 of 1 hosts"),
-        "{view}"
+        "{view:?}"
     );
 
     // Two hosts per site within 300 km of Zurich: both Zurich devices, Geneva's only one.
@@ -296,16 +307,11 @@ async fn geography_labels_and_hosts_per_site_pick_the_right_devices() {
     g1.until_apps(&["web", "web2"]).await;
 
     // Listing and the per-device app view say who placed each app.
-    let list = central.admin_call("GET", "/api/v1/deployments", None);
-    let names: Vec<&str> = list["deployments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["name"].as_str().unwrap())
-        .collect();
+    let list: DeploymentList = central.get("/api/v1/deployments");
+    let names: Vec<&str> = list.deployments.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["ml", "web", "web2"]);
-    let apps = central.admin_call("GET", &format!("/api/v1/devices/{}/apps", g1.id), None);
-    assert_eq!(apps["apps"][0]["deployment"], "web");
+    let apps: AppList = central.get(&format!("/api/v1/devices/{}/apps", g1.id));
+    assert_eq!(apps.apps[0].app.deployment.as_deref(), Some("web"));
 
     // Moving a device to another site moves its deployments with the placement rules.
     central.admin_call(
@@ -313,7 +319,7 @@ async fn geography_labels_and_hosts_per_site_pick_the_right_devices() {
         &format!("/api/v1/devices/{}/site", p1.id),
         Some(json!({ "site": "geneva" })),
     );
-    let view = central.admin_call("GET", "/api/v1/deployments/web2", None)["deployment"].clone();
+    let view = deployment(&central, "web2");
     let mut geneva_hosts = vec![g1.id.clone(), p1.id.clone()];
     geneva_hosts.sort();
     assert_eq!(hosts(&view)[0], ("geneva".to_owned(), geneva_hosts));
@@ -336,9 +342,9 @@ async fn a_lost_host_is_replaced_within_its_site_and_comes_back_without_the_app(
     // `a` drops its stream; within the grace period nothing moves.
     a.hang_up();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let view = central.admin_call("GET", "/api/v1/deployments/web", None)["deployment"].clone();
+    let view = deployment(&central, "web");
     assert_eq!(hosts(&view), [("depot".to_owned(), vec![a.id.clone()])]);
-    assert_eq!(view["sites"][0]["hosts"][0]["online"], false);
+    assert!(!view.sites[0].hosts[0].online);
 
     // After the grace period the app moves to `b`, which receives it on its stream.
     let started = std::time::Instant::now();
@@ -350,7 +356,7 @@ async fn a_lost_host_is_replaced_within_its_site_and_comes_back_without_the_app(
         started.elapsed() >= Duration::from_millis(500),
         "moved only after the grace period"
     );
-    let view = central.admin_call("GET", "/api/v1/deployments/web", None)["deployment"].clone();
+    let view = deployment(&central, "web");
     assert_eq!(hosts(&view), [("depot".to_owned(), vec![b.id.clone()])]);
 
     // `a` comes back: its desired state no longer has the app, at a newer revision; the app
@@ -359,31 +365,26 @@ async fn a_lost_host_is_replaced_within_its_site_and_comes_back_without_the_app(
     assert!(back.apps.is_empty(), "{back:?}");
     assert!(back.revision > revision_before);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let view = central.admin_call("GET", "/api/v1/deployments/web", None)["deployment"].clone();
+    let view = deployment(&central, "web");
     assert_eq!(hosts(&view), [("depot".to_owned(), vec![b.id.clone()])]);
 
     // Audited, with the reason.
-    let audit = central.admin_call("GET", "/api/v1/audit?limit=50", None);
-    let unplaced = audit["events"]
-        .as_array()
-        .unwrap()
+    let audit: AuditLog = central.get("/api/v1/audit?limit=50");
+    let unplaced = audit
+        .events
         .iter()
-        .find(|e| e["action"] == "deployment.unplace" && e["target"] == a.id.as_str())
+        .find(|e| e.action == "deployment.unplace" && e.target == a.id)
         .expect("the move is audited");
     assert!(
-        unplaced["detail"]
-            .as_str()
-            .unwrap()
-            .contains("offline for longer than"),
-        "{unplaced}"
+        unplaced.detail.contains("offline for longer than"),
+        "{unplaced:?}"
     );
 
     // A revoked host loses its placement at once.
     central.admin_call("POST", &format!("/api/v1/devices/{}/revoke", b.id), None);
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let view =
-                central.admin_call("GET", "/api/v1/deployments/web", None)["deployment"].clone();
+            let view = deployment(&central, "web");
             if hosts(&view) == [("depot".to_owned(), vec![a.id.clone()])] {
                 break;
             }
@@ -422,7 +423,7 @@ async fn anti_affinity_and_no_clobbering_between_deployments_and_per_device_apps
         Some(json!({ "name": "cache", "compose_yaml": WEB })),
     );
     assert_eq!(status, 409, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = error_message(&body);
     assert!(
         message.contains(&a.id) && message.contains("cache"),
         "{message}"
@@ -443,11 +444,12 @@ async fn anti_affinity_and_no_clobbering_between_deployments_and_per_device_apps
         Some(json!({ "compose_yaml": WEB, "placement": { "avoid": ["db"], "hosts_per_site": 2 }, "dry_run": true })),
     );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["placement"]["sites"][0]["hosts"], json!([b.id]));
-    assert!(body["placement"]["sites"][0]["shortfall"]
-        .as_str()
-        .unwrap()
-        .starts_with("1 of 2"));
+    let DeploymentChanged::DryRun(plan) = read("PUT", "/api/v1/deployments/web", body) else {
+        panic!("a dry run answers with the placement");
+    };
+    let shop = &plan.placement.sites[0];
+    assert_eq!(shop.hosts, [b.id.clone()]);
+    assert!(shop.shortfall.as_deref().unwrap().starts_with("1 of 2"));
 
     // Operators cannot change or remove a deployment's app, nor use its name on another device.
     let path = format!("/api/v1/devices/{}/apps/web", b.id);
@@ -459,10 +461,7 @@ async fn anti_affinity_and_no_clobbering_between_deployments_and_per_device_apps
     );
     assert_eq!(status, 409, "{body}");
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("placed by deployment"),
+        error_message(&body).contains("placed by deployment"),
         "{body}"
     );
     let (status, _) = central.call(&central.admin, "DELETE", &path, None);
@@ -487,15 +486,15 @@ async fn anti_affinity_and_no_clobbering_between_deployments_and_per_device_apps
     assert_eq!(status, 200, "{body}");
     let d = b.next_desired().await;
     assert_eq!(d.apps[0].compose_yaml, web2);
-    let removed = central.admin_call("DELETE", "/api/v1/deployments/db", None);
-    assert_eq!(removed["removed_from"], json!([a.id]));
+    let removed: DeploymentRemoved = central.admin_read("DELETE", "/api/v1/deployments/db", None);
+    assert_eq!(removed.removed_from, [a.id.clone()]);
     let d = a.until_apps(&["cache"]).await;
     assert_eq!(
         d.apps[0].compose_yaml, WEB,
         "the operator's app is untouched"
     );
-    let apps = central.admin_call("GET", &format!("/api/v1/devices/{}/apps", a.id), None);
-    assert!(apps["apps"][0]["deployment"].is_null());
+    let apps: AppList = central.get(&format!("/api/v1/devices/{}/apps", a.id));
+    assert!(apps.apps[0].app.deployment.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,13 +503,12 @@ async fn bad_input_is_refused_with_what_to_fix() {
     let device = Device::connect(&central, "SER-VAL").await;
     let call = |method: &str, path: &str, body: Value| {
         let (status, body) = central.call(&central.admin, method, path, Some(body));
-        (
-            status,
-            body["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        )
+        let message = if status >= 400 {
+            error_message(&body)
+        } else {
+            String::new()
+        };
+        (status, message)
     };
     let (status, message) = call(
         "POST",
@@ -550,8 +548,8 @@ async fn bad_input_is_refused_with_what_to_fix() {
             .0,
         404
     );
-    let shown = central.admin_call("GET", &format!("/api/v1/devices/{}", device.id), None);
-    assert_eq!(shown["device"]["site"], Value::Null, "{shown}");
+    let shown: DeviceDetail = central.get(&format!("/api/v1/devices/{}", device.id));
+    assert_eq!(shown.device.device.site, None, "{shown:?}");
     let (status, created) = central.call(
         &central.admin,
         "POST",
@@ -561,9 +559,10 @@ async fn bad_input_is_refused_with_what_to_fix() {
         ),
     );
     assert_eq!(status, 201, "{created}");
-    assert_eq!(created["devices"], json!([device.id]));
-    let shown = central.admin_call("GET", &format!("/api/v1/devices/{}", device.id), None);
-    assert_eq!(shown["device"]["site"], "south", "{shown}");
+    let created: SiteWithDevices = read("POST", "/api/v1/sites", created);
+    assert_eq!(created.devices, std::slice::from_ref(&device.id));
+    let shown: DeviceDetail = central.get(&format!("/api/v1/devices/{}", device.id));
+    assert_eq!(shown.device.device.site.as_deref(), Some("south"));
     let (status, message) = call(
         "PUT",
         "/api/v1/sites/north",
@@ -676,13 +675,8 @@ async fn bad_input_is_refused_with_what_to_fix() {
         Some(json!({ "site": null })),
     );
     central.admin_call("DELETE", "/api/v1/sites/north", None);
-    let audit = central.admin_call("GET", "/api/v1/audit?limit=20", None);
-    let actions: Vec<&str> = audit["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
+    let audit: AuditLog = central.get("/api/v1/audit?limit=20");
+    let actions: Vec<&str> = audit.events.iter().map(|e| e.action.as_str()).collect();
     assert!(
         actions.contains(&"site.delete") && actions.contains(&"device.site"),
         "{actions:?}"

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use cairn_api::{DeviceDetail, DeviceLogs};
 use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, CentralMessage, DesiredState, LogReply,
 };
@@ -36,13 +37,13 @@ async fn next_desired(
 async fn until_online_on(central: &TestCentral, id: &str, online: bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let device = central.admin_call("GET", &format!("/api/v1/devices/{id}"), None);
-        if device["device"]["online"] == json!(online) {
+        let device: DeviceDetail = central.get(&format!("/api/v1/devices/{id}"));
+        if device.device.device.online == online {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the device never showed online={online}: {device}"
+            "the device never showed online={online}: {device:?}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -204,7 +205,7 @@ async fn replicas_on_one_database_stay_consistent() {
                 .set("Authorization", &format!("Bearer {token}"))
                 .call()
                 .unwrap()
-                .into_json::<serde_json::Value>()
+                .into_json::<DeviceLogs>()
                 .unwrap()
         })
     };
@@ -231,7 +232,7 @@ async fn replicas_on_one_database_stay_consistent() {
     .await
     .unwrap();
     let answer = ask.await.unwrap();
-    assert_eq!(answer["text"], "line from B's stream\n", "{answer}");
+    assert_eq!(answer.text, "line from B's stream\n", "{answer:?}");
 
     // B dies (the device sees its stream end and lets go of it): the device reconnects to A
     // and gets its whole state there.

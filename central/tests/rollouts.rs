@@ -8,12 +8,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cairn_api::{
+    AuditLog, BundleUploaded, DeviceDetail, EventList, RolloutDryRun, RolloutList, RolloutReply,
+    RolloutView,
+};
 use cairn_proto::v1::{
     central_message, AgentMessage, BundleIndexRequest, CentralMessage, DesiredState, Heartbeat,
     OsStatus, OsUpdatePhase, ReadBundleRequest,
 };
-use cairn_testsupport::central::{heartbeat_acked, ConnectedDevice, SimDevice, TestCentral};
-use serde_json::{json, Value};
+use cairn_testsupport::central::{
+    error_message, heartbeat_acked, read, ConnectedDevice, SimDevice, TestCentral,
+};
+use serde_json::json;
 use sha2::Digest;
 use tokio::sync::mpsc;
 use tonic::{Code, Streaming};
@@ -36,8 +42,8 @@ fn upload(central: &TestCentral, bytes: &[u8]) -> String {
             .set("Authorization", &format!("Bearer {}", central.admin))
             .send_bytes(bytes)
             .expect("bundle upload succeeds");
-        let body: Value = response.into_json().unwrap();
-        body["bundle"]["sha256"].as_str().unwrap().to_owned()
+        let uploaded: BundleUploaded = response.into_json().unwrap();
+        uploaded.bundle.sha256
     })
 }
 
@@ -169,20 +175,24 @@ impl Device {
     }
 }
 
-fn rollout(central: &TestCentral, id: &str) -> Value {
-    central.admin_call("GET", &format!("/api/v1/rollouts/{id}"), None)["rollout"].clone()
+fn rollout(central: &TestCentral, id: &str) -> RolloutView {
+    central
+        .get::<RolloutReply>(&format!("/api/v1/rollouts/{id}"))
+        .rollout
 }
 
-fn device_state(rollout: &Value, device: &str) -> String {
-    rollout["devices"]
-        .as_array()
-        .unwrap()
+/// One device of a shown rollout.
+fn device_of<'a>(rollout: &'a RolloutView, device: &str) -> &'a cairn_api::RolloutDeviceView {
+    rollout
+        .devices
         .iter()
-        .find(|d| d["device_id"] == device)
-        .unwrap()["state"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+        .flatten()
+        .find(|d| d.device.device_id == device)
+        .unwrap_or_else(|| panic!("{device} is not in rollout {}", rollout.rollout.id))
+}
+
+fn device_state(rollout: &RolloutView, device: &str) -> String {
+    device_of(rollout, device).device.state.to_string()
 }
 
 /// Poll GET until `check` holds (the periodic evaluation runs every 2 s).
@@ -190,8 +200,8 @@ async fn until(
     central: &TestCentral,
     id: &str,
     what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
+    check: impl Fn(&RolloutView) -> bool,
+) -> RolloutView {
     for _ in 0..60 {
         let r = rollout(central, id);
         if check(&r) {
@@ -199,7 +209,7 @@ async fn until(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{what}: {}", rollout(central, id));
+    panic!("{what}: {:?}", rollout(central, id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,42 +230,32 @@ async fn dry_run_canary_waves_restart_and_completion() {
     dry["dry_run"] = json!(true);
     let (status, body) = central.call(&operator, "POST", "/api/v1/rollouts", Some(dry));
     assert_eq!(status, 200, "{body}");
-    let waves = body["plan"]["waves"].as_array().unwrap();
-    let sizes: Vec<usize> = waves
-        .iter()
-        .map(|w| w["devices"].as_array().unwrap().len())
-        .collect();
-    assert_eq!(sizes, [1, 1, 2], "{body}");
-    assert_eq!(waves[0]["kind"], "canary");
+    let plan = read::<RolloutDryRun>("POST", "/api/v1/rollouts", body).plan;
+    let waves = &plan.waves;
+    let sizes: Vec<usize> = waves.iter().map(|w| w.devices.len()).collect();
+    assert_eq!(sizes, [1, 1, 2], "{plan:?}");
+    assert_eq!(waves[0].kind, cairn_api::WaveKind::Canary);
     assert_eq!(
         (
-            waves[1]["devices"][0]["from_version"].as_str(),
-            waves[1]["devices"][0]["to_version"].as_str()
+            waves[1].devices[0].from_version.as_str(),
+            waves[1].devices[0].to_version.as_str()
         ),
-        (Some("1.0"), Some("2.0"))
+        ("1.0", "2.0")
     );
-    assert_eq!(body["plan"]["skipped"][0]["device_id"], current.id.as_str());
-    assert_eq!(
-        central.admin_call("GET", "/api/v1/rollouts", None)["rollouts"],
-        json!([])
-    );
+    assert_eq!(plan.skipped[0].device_id, current.id);
+    assert!(central
+        .get::<RolloutList>("/api/v1/rollouts")
+        .rollouts
+        .is_empty());
 
     // Create: the canary gets the update at once.
     let (status, body) = central.call(&operator, "POST", "/api/v1/rollouts", Some(request.clone()));
     assert_eq!(status, 201, "{body}");
-    let id = body["rollout"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(body["rollout"]["state"], "running");
-    assert_eq!(body["rollout"]["released_waves"], 1);
-    let wave_of = |r: &Value, d: &Device| {
-        r["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["device_id"] == d.id.as_str())
-            .unwrap()["wave"]
-            .as_u64()
-            .unwrap()
-    };
+    let created = read::<RolloutReply>("POST", "/api/v1/rollouts", body).rollout;
+    let id = created.rollout.id.clone();
+    assert_eq!(created.rollout.state, cairn_api::RolloutState::Running);
+    assert_eq!(created.rollout.released_waves, 1);
+    let wave_of = |r: &RolloutView, d: &Device| device_of(r, &d.id).device.wave;
     let r = rollout(&central, &id);
     let mut order: Vec<usize> = (0..4).collect();
     order.sort_by_key(|&i| wave_of(&r, &devices[i]));
@@ -281,10 +281,7 @@ async fn dry_run_canary_waves_restart_and_completion() {
     // A second rollout for the same devices is refused, naming this one; the bundle stays.
     let (status, body) = central.call(&operator, "POST", "/api/v1/rollouts", Some(request.clone()));
     assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains(&id),
-        "{body}"
-    );
+    assert!(error_message(&body).contains(&id), "{body}");
     let (status, body) = central.call(
         &central.admin,
         "DELETE",
@@ -299,17 +296,11 @@ async fn dry_run_canary_waves_restart_and_completion() {
         .await;
     let r = rollout(&central, &id);
     assert_eq!(device_state(&r, &devices[canary].id), "downloading");
-    let me = r["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["device_id"] == devices[canary].id.as_str())
-        .unwrap()
-        .clone();
+    let me = device_of(&r, &devices[canary].id);
     assert_eq!(
-        me["progress"]["bytes_total"].as_u64(),
+        me.progress.as_ref().map(|p| p.bytes_total),
         Some(fixture.v2.len() as u64),
-        "{me}"
+        "{me:?}"
     );
     // SUCCEEDED while still reporting the old version does not count.
     devices[canary]
@@ -333,17 +324,13 @@ async fn dry_run_canary_waves_restart_and_completion() {
     let r = rollout(&central, &id);
     assert_eq!(
         (
-            r["released_waves"].as_u64(),
+            r.rollout.released_waves,
             device_state(&r, &devices[canary].id).as_str()
         ),
-        (Some(2), "succeeded")
+        (2, "succeeded")
     );
-    let listed = central.admin_call(
-        "GET",
-        &format!("/api/v1/devices/{}", devices[canary].id),
-        None,
-    );
-    assert_eq!(listed["device"]["os_version"], "2.0");
+    let listed: DeviceDetail = central.get(&format!("/api/v1/devices/{}", devices[canary].id));
+    assert_eq!(listed.device.device.os_version, "2.0");
 
     // Central restarts mid-rollout: state survives, the device gets its update on reconnect.
     for d in devices.iter_mut().chain(std::iter::once(&mut current)) {
@@ -352,8 +339,8 @@ async fn dry_run_canary_waves_restart_and_completion() {
     central.restart().await;
     let r = rollout(&central, &id);
     assert_eq!(
-        (r["state"].as_str(), r["released_waves"].as_u64()),
-        (Some("running"), Some(2))
+        (r.rollout.state.as_str(), r.rollout.released_waves),
+        ("running", 2)
     );
     let again = devices[order[1]].reconnect(&central).await;
     assert_eq!(again.os.as_ref().unwrap().bundle_sha256, v2);
@@ -370,17 +357,16 @@ async fn dry_run_canary_waves_restart_and_completion() {
         devices[i].phase(&d, OsUpdatePhase::Succeeded, "").await;
     }
     let r = until(&central, &id, "rollout completes", |r| {
-        r["state"] == "completed"
+        r.rollout.state == cairn_api::RolloutState::Completed
     })
     .await;
-    assert_eq!(r["counts"]["succeeded"], 4);
-    let events = central.admin_call("GET", "/api/v1/audit?limit=200", None);
-    let actions: Vec<&str> = events["events"]
-        .as_array()
-        .unwrap()
+    assert_eq!(r.counts["succeeded"], 4);
+    let audit: AuditLog = central.get("/api/v1/audit?limit=200");
+    let actions: Vec<&str> = audit
+        .events
         .iter()
-        .filter(|e| e["target"] == id.as_str())
-        .map(|e| e["action"].as_str().unwrap())
+        .filter(|e| e.target == id)
+        .map(|e| e.action.as_str())
         .collect();
     assert!(
         actions.contains(&"rollout.create") && actions.contains(&"rollout.complete"),
@@ -409,29 +395,27 @@ async fn per_site_waves_and_match_selector() {
         ids.push(Device::connect(&central, serial, site, "1.0").await.id);
     }
     let request = json!({ "bundle_sha256": v2, "selector": { "all": true }, "waves": { "canary": 2, "per_site": true }, "dry_run": true });
-    let body = central.admin_call("POST", "/api/v1/rollouts", Some(request));
-    let labels: Vec<&str> = body["plan"]["waves"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["label"].as_str().unwrap())
-        .collect();
+    let plan = central
+        .admin_read::<RolloutDryRun>("POST", "/api/v1/rollouts", Some(request))
+        .plan;
+    let labels: Vec<&str> = plan.waves.iter().map(|w| w.label.as_str()).collect();
     assert_eq!(
         labels,
         ["canary", "site north", "site south", "no site"],
-        "{body}"
+        "{plan:?}"
     );
-    let canary: Vec<&str> = body["plan"]["waves"][0]["devices"]
-        .as_array()
-        .unwrap()
+    let canary: Vec<&str> = plan.waves[0]
+        .devices
         .iter()
-        .map(|d| d["site"].as_str().unwrap())
+        .map(|d| d.site.as_deref().unwrap())
         .collect();
     assert_eq!(canary, ["north", "south"], "the canary spreads over sites");
 
     let request = json!({ "bundle_sha256": v2, "selector": { "match": { "site": "north" } }, "dry_run": true });
-    let body = central.admin_call("POST", "/api/v1/rollouts", Some(request));
-    assert_eq!(body["plan"]["device_count"], 2, "{body}");
+    let plan = central
+        .admin_read::<RolloutDryRun>("POST", "/api/v1/rollouts", Some(request))
+        .plan;
+    assert_eq!(plan.device_count, 2, "{plan:?}");
     let (status, body) = central.call(
         &central.admin,
         "POST",
@@ -446,13 +430,7 @@ async fn per_site_waves_and_match_selector() {
         Some(json!({ "bundle_sha256": "0".repeat(64), "selector": { "all": true } })),
     );
     assert_eq!(status, 404, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("upload"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("upload"), "{body}");
     let (status, body) = central.call(
         &central.admin,
         "POST",
@@ -460,13 +438,7 @@ async fn per_site_waves_and_match_selector() {
         Some(json!({ "bundle_sha256": v2, "selector": { "devices": ["dev_nope"] } })),
     );
     assert_eq!(status, 400, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("dev_nope"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("dev_nope"), "{body}");
     let viewer = central.api_token("eyes", "viewer");
     let (status, _) = central.call(
         &viewer,
@@ -486,13 +458,13 @@ async fn canary_failure_halts_and_abort_calls_off() {
     for i in 0..3 {
         devices.push(Device::connect(&central, &format!("SER-H{i}"), None, "1.0").await);
     }
-    let body = central.admin_call(
+    let created: RolloutReply = central.admin_read(
         "POST",
         "/api/v1/rollouts",
         Some(json!({ "bundle_sha256": v2, "selector": { "all": true } })),
     );
-    let id = body["rollout"]["id"].as_str().unwrap().to_owned();
-    let canary_id = first_wave_device(&body);
+    let id = created.rollout.rollout.id.clone();
+    let canary_id = first_wave_device(&created);
     let canary = devices.iter_mut().find(|d| d.id == canary_id).unwrap();
     let desired = canary.desired().await;
     canary
@@ -503,44 +475,44 @@ async fn canary_failure_halts_and_abort_calls_off() {
         )
         .await;
     let r = rollout(&central, &id);
-    assert_eq!(r["state"], "halted", "{r}");
-    let reason = r["halt_reason"].as_str().unwrap();
+    assert_eq!(r.rollout.state.as_str(), "halted", "{r:?}");
+    let reason = r.rollout.halt_reason.as_deref().unwrap();
     assert!(
         reason.contains("containerd did not start") && reason.contains("10%"),
         "{reason}"
     );
-    assert_eq!(r["released_waves"], 1, "no further wave");
+    assert_eq!(r.rollout.released_waves, 1, "no further wave");
     assert_eq!(device_state(&r, &canary_id), "failed");
     // The event log has the halt (fleet-wide) and the canary's phase change.
-    let halted = central.admin_call("GET", "/api/v1/events?kind=rollout.halted", None);
-    assert_eq!(halted["events"].as_array().unwrap().len(), 1, "{halted}");
-    assert_eq!(halted["events"][0]["severity"], "error");
-    assert!(halted["events"][0]["device_id"].is_null());
+    let halted = central
+        .get::<EventList>("/api/v1/events?kind=rollout.halted")
+        .events;
+    assert_eq!(halted.len(), 1, "{halted:?}");
+    assert_eq!(halted[0].severity, cairn_api::Severity::Error);
+    assert!(halted[0].device_id.is_none());
     assert!(
-        halted["events"][0]["message"]
-            .as_str()
-            .unwrap()
-            .contains(&format!("rollout {id} halted")),
-        "{halted}"
+        halted[0].message.contains(&format!("rollout {id} halted")),
+        "{halted:?}"
     );
-    let mut phases = Value::Null;
+    let mut phases = Vec::new();
     for _ in 0..100 {
-        phases = central.admin_call(
-            "GET",
-            &format!("/api/v1/events?kind=os.update&device={canary_id}"),
-            None,
-        );
-        if !phases["events"].as_array().unwrap().is_empty() {
+        phases = central
+            .get::<EventList>(&format!("/api/v1/events?kind=os.update&device={canary_id}"))
+            .events;
+        if !phases.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let message = phases["events"][0]["message"].as_str().unwrap_or_default();
+    let message = phases
+        .first()
+        .map(|e| e.message.as_str())
+        .unwrap_or_default();
     assert!(
         message.contains("idle -> failed") && message.contains("containerd did not start"),
-        "{phases}"
+        "{phases:?}"
     );
-    assert_eq!(phases["events"][0]["severity"], "error");
+    assert_eq!(phases[0].severity, cairn_api::Severity::Error);
 
     let (status, body) = central.call(
         &central.admin,
@@ -549,15 +521,10 @@ async fn canary_failure_halts_and_abort_calls_off() {
         None,
     );
     assert_eq!(status, 409, "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("halted"),
-        "{body}"
-    );
-    let body = central.admin_call("POST", &format!("/api/v1/rollouts/{id}/abort"), None);
-    assert_eq!(body["rollout"]["state"], "aborted");
+    assert!(error_message(&body).contains("halted"), "{body}");
+    let aborted: RolloutReply =
+        central.admin_read("POST", &format!("/api/v1/rollouts/{id}/abort"), None);
+    assert_eq!(aborted.rollout.rollout.state.as_str(), "aborted");
     let (status, _) = central.call(
         &central.admin,
         "POST",
@@ -591,19 +558,18 @@ async fn pause_resume_and_abort_during_a_wave() {
         "/api/v1/rollouts",
         Some(json!({ "bundle_sha256": v2, "selector": { "all": true } })),
     );
-    let id = body["rollout"]["id"].as_str().unwrap().to_owned();
-    let wave0 = first_wave_device(&body);
+    let created = read::<RolloutReply>("POST", "/api/v1/rollouts", body);
+    let id = created.rollout.rollout.id.clone();
+    let wave0 = first_wave_device(&created);
     let (status, body) = central.call(
         &operator,
         "POST",
         &format!("/api/v1/rollouts/{id}/pause"),
         None,
     );
-    assert_eq!(
-        (status, body["rollout"]["state"].as_str()),
-        (200, Some("paused")),
-        "{body}"
-    );
+    assert_eq!(status, 200, "{body}");
+    let paused = read::<RolloutReply>("POST", "pause", body).rollout;
+    assert_eq!(paused.rollout.state.as_str(), "paused");
     let (status, _) = central.call(
         &operator,
         "POST",
@@ -619,9 +585,9 @@ async fn pause_resume_and_abort_during_a_wave() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let r = rollout(&central, &id);
     assert_eq!(
-        (r["state"].as_str(), r["released_waves"].as_u64()),
-        (Some("paused"), Some(1)),
-        "{r}"
+        (r.rollout.state.as_str(), r.rollout.released_waves),
+        ("paused", 1),
+        "{r:?}"
     );
 
     // Resume: wave 1 goes out.
@@ -633,8 +599,9 @@ async fn pause_resume_and_abort_during_a_wave() {
     rest[1].phase(&second, OsUpdatePhase::Installing, "").await;
 
     // Abort: the downloading device is called off (its desired OS cleared), the installing one finishes.
-    let body = central.admin_call("POST", &format!("/api/v1/rollouts/{id}/abort"), None);
-    assert_eq!(body["rollout"]["state"], "aborted");
+    let aborted: RolloutReply =
+        central.admin_read("POST", &format!("/api/v1/rollouts/{id}/abort"), None);
+    assert_eq!(aborted.rollout.rollout.state.as_str(), "aborted");
     let cleared = rest[0].desired().await;
     assert!(cleared.os.is_none(), "{cleared:?}");
     assert!(cleared.revision > first.revision);
@@ -646,12 +613,11 @@ async fn pause_resume_and_abort_during_a_wave() {
         device_state(&rollout(&central, &id), &rest[1].id),
         "succeeded"
     );
-    let events = central.admin_call("GET", "/api/v1/audit?limit=200", None);
-    assert!(events["events"]
-        .as_array()
-        .unwrap()
+    let audit: AuditLog = central.get("/api/v1/audit?limit=200");
+    assert!(audit
+        .events
         .iter()
-        .any(|e| e["action"] == "rollout.pause" && e["actor"] == "api:ops"));
+        .any(|e| e.action == "rollout.pause" && e.actor == "api:ops"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -663,18 +629,18 @@ async fn rollback_needs_the_old_bundle_and_downgrades_need_an_admin() {
     for i in 0..2 {
         devices.push(Device::connect(&central, &format!("SER-R{i}"), None, "1.0").await);
     }
-    let body = central.admin_call(
+    let created: RolloutReply = central.admin_read(
         "POST",
         "/api/v1/rollouts",
         Some(json!({ "bundle_sha256": v2, "selector": { "all": true }, "waves": { "canary": 0 } })),
     );
-    let id = body["rollout"]["id"].as_str().unwrap().to_owned();
+    let id = created.rollout.rollout.id;
     for d in devices.iter_mut() {
         let desired = d.desired().await;
         d.phase(&desired, OsUpdatePhase::Succeeded, "").await;
     }
     until(&central, &id, "rollout completes", |r| {
-        r["state"] == "completed"
+        r.rollout.state.as_str() == "completed"
     })
     .await;
 
@@ -686,16 +652,17 @@ async fn rollback_needs_the_old_bundle_and_downgrades_need_an_admin() {
         None,
     );
     assert_eq!(status, 409, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = error_message(&body);
     assert!(
         message.contains("1.0") && message.contains("upload"),
         "{message}"
     );
-    assert_eq!(rollout(&central, &id)["state"], "completed");
+    assert_eq!(rollout(&central, &id).rollout.state.as_str(), "completed");
 
     let v1 = upload(&central, &fixture.v1);
-    let body = central.admin_call("POST", &format!("/api/v1/rollouts/{id}/rollback"), None);
-    assert_eq!(body["rollout"]["state"], "rolled_back");
+    let rolled_back: RolloutReply =
+        central.admin_read("POST", &format!("/api/v1/rollouts/{id}/rollback"), None);
+    assert_eq!(rolled_back.rollout.rollout.state.as_str(), "rolled_back");
     for d in devices.iter_mut() {
         let desired = d.desired().await;
         let os = desired.os.unwrap();
@@ -709,7 +676,13 @@ async fn rollback_needs_the_old_bundle_and_downgrades_need_an_admin() {
         );
     }
     let r = rollout(&central, &id);
-    assert_eq!(r["devices"][0]["rollback_sha256"], v1.as_str());
+    assert_eq!(
+        r.devices.as_ref().unwrap()[0]
+            .device
+            .rollback_sha256
+            .as_deref(),
+        Some(v1.as_str())
+    );
     let (status, _) = central.call(
         &central.admin,
         "POST",
@@ -723,7 +696,7 @@ async fn rollback_needs_the_old_bundle_and_downgrades_need_an_admin() {
     let request = json!({ "bundle_sha256": v1, "selector": { "devices": [devices[0].id] } });
     let (status, body) = central.call(&operator, "POST", "/api/v1/rollouts", Some(request.clone()));
     assert_eq!(status, 400, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = error_message(&body);
     assert!(
         message.contains(&devices[0].id) && message.contains("allow_downgrade"),
         "{message}"
@@ -732,13 +705,11 @@ async fn rollback_needs_the_old_bundle_and_downgrades_need_an_admin() {
     forced["allow_downgrade"] = json!(true);
     let (status, body) = central.call(&operator, "POST", "/api/v1/rollouts", Some(forced.clone()));
     assert_eq!(status, 403, "{body}");
-    assert!(
-        body["error"]["message"].as_str().unwrap().contains("admin"),
-        "{body}"
-    );
+    assert!(error_message(&body).contains("admin"), "{body}");
     let (status, body) = central.call(&central.admin, "POST", "/api/v1/rollouts", Some(forced));
     assert_eq!(status, 201, "{body}");
-    assert_eq!(body["rollout"]["allow_downgrade"], true);
+    let forced = read::<RolloutReply>("POST", "/api/v1/rollouts", body).rollout;
+    assert!(forced.rollout.allow_downgrade);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -856,8 +827,8 @@ async fn read_bundle_ranges_and_bundle_index() {
 }
 
 /// The device id of wave 0 in a rollout answer.
-fn first_wave_device(body: &Value) -> String {
-    let devices = body["rollout"]["devices"].as_array().unwrap();
-    let canary = devices.iter().find(|d| d["wave"] == 0).unwrap();
-    canary["device_id"].as_str().unwrap().to_owned()
+fn first_wave_device(created: &RolloutReply) -> String {
+    let devices = created.rollout.devices.as_ref().unwrap();
+    let canary = devices.iter().find(|d| d.device.wave == 0).unwrap();
+    canary.device.device_id.clone()
 }

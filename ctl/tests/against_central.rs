@@ -1,6 +1,10 @@
 //! The cairnctl binary against a real central on loopback: every command, tables and --json,
 //! role refusals and TLS trust errors.
 
+use cairn_api::{
+    ClaimList, CreatedApiToken, CreatedEnrollmentToken, DeviceDetail, DeviceStatus,
+    EnrollmentTokenList,
+};
 use cairn_proto::v1::EnrollStatus;
 use cairn_testsupport::central::{SimDevice, TestCentral};
 use support::Ctl;
@@ -12,7 +16,7 @@ async fn operator_workflow_through_cairnctl() {
     let central = TestCentral::start().await;
     let ctl = Ctl::new(&central);
 
-    let created = ctl.json(&[
+    let created: CreatedEnrollmentToken = ctl.read(&[
         "token",
         "create",
         "--name",
@@ -24,8 +28,8 @@ async fn operator_workflow_through_cairnctl() {
         "--expires-in",
         "7d",
     ]);
-    let secret = created["secret"].as_str().unwrap().to_owned();
-    let token_id = created["token"]["id"].as_str().unwrap().to_owned();
+    let secret = created.secret;
+    let token_id = created.token.id;
     let table = ctl.ok(&["token", "list"]);
     assert!(
         table.contains("shop-fleet") && table.contains("manual") && table.contains(&token_id),
@@ -48,16 +52,16 @@ async fn operator_workflow_through_cairnctl() {
     );
 
     ctl.ok(&["device", "approve", &pending.device_id]);
-    let shown = ctl.json(&["device", "show", &pending.device_id]);
-    assert_eq!(shown["device"]["status"], "active");
+    let shown: DeviceDetail = ctl.read(&["device", "show", &pending.device_id]);
+    assert_eq!(shown.device.device.status, DeviceStatus::Active);
     let approved = device.enroll(&central, &secret).await.unwrap();
     assert_eq!(approved.status(), EnrollStatus::Approved);
     let details = ctl.ok(&["device", "show", &pending.device_id]);
     assert!(details.contains("active"), "{details}");
 
     ctl.ok(&["claim", "add", "--serial", "SN-CLAIMED"]);
-    let claims = ctl.json(&["claim", "list"]);
-    assert_eq!(claims["claims"][0]["value"], "SN-CLAIMED");
+    let claims: ClaimList = ctl.read(&["claim", "list"]);
+    assert_eq!(claims.claims[0].value, "SN-CLAIMED");
     let dup = ctl.run(&["claim", "add", "--serial", "SN-CLAIMED"]);
     assert!(
         !dup.ok && dup.stderr.contains("already claimed"),
@@ -66,12 +70,11 @@ async fn operator_workflow_through_cairnctl() {
     );
 
     ctl.ok(&["device", "revoke", &pending.device_id]);
-    assert_eq!(
-        ctl.json(&["device", "show", &pending.device_id])["device"]["status"],
-        "revoked"
-    );
+    let shown: DeviceDetail = ctl.read(&["device", "show", &pending.device_id]);
+    assert_eq!(shown.device.device.status, DeviceStatus::Revoked);
     ctl.ok(&["token", "revoke", &token_id]);
-    assert_eq!(ctl.json(&["token", "list"])["tokens"][0]["revoked"], true);
+    let tokens: EnrollmentTokenList = ctl.read(&["token", "list"]);
+    assert!(tokens.tokens[0].revoked);
 
     let audit = ctl.ok(&["audit", "--limit", "20"]);
     for action in [
@@ -89,17 +92,16 @@ async fn operator_workflow_through_cairnctl() {
 async fn roles_and_trust_failures_are_reported_clearly() {
     let central = TestCentral::start().await;
     let admin = Ctl::new(&central);
-    let viewer_secret = admin.json(&[
-        "api-token",
-        "create",
-        "--name",
-        "auditor",
-        "--role",
-        "viewer",
-    ])["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let viewer_secret = admin
+        .read::<CreatedApiToken>(&[
+            "api-token",
+            "create",
+            "--name",
+            "auditor",
+            "--role",
+            "viewer",
+        ])
+        .secret;
     let listed = admin.ok(&["api-token", "list"]);
     assert!(
         listed.contains("auditor") && listed.contains("viewer"),

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use cairn_agent::config::KeyStorageSetting;
 use cairn_agent::AgentConfig;
+use cairn_api::{AppList, DeviceList, ServiceState};
 use cairn_runtime::container::{list_containers, ObservedContainer, TaskStatus};
 use cairn_testsupport::central::TestCentral;
 use cairn_testsupport::{images, require_tool, Containerd, Registry};
@@ -123,9 +124,9 @@ async fn deploy_runs_in_containerd_reports_running_and_rm_leaves_nothing() {
     let config = agent_config(&central, &token, dir.path(), &containerd);
     let agent = RunningAgent::start(config.clone());
     let device = eventually("the agent to enroll and connect", || async {
-        let list = central.admin_call("GET", "/api/v1/devices", None);
-        let device = &list["devices"][0];
-        (device["online"] == true).then(|| device["id"].as_str().unwrap().to_owned())
+        let list: DeviceList = central.get("/api/v1/devices");
+        let device = &list.devices.first()?.device;
+        device.online.then(|| device.id.clone())
     })
     .await;
 
@@ -162,8 +163,8 @@ async fn deploy_runs_in_containerd_reports_running_and_rm_leaves_nothing() {
         !ok && stderr.contains("cairnctl deployment create") && stderr.contains("--device"),
         "{stderr}"
     );
-    let listed = ctl.json(&["app", "list", "--device", &device]);
-    assert_eq!(listed["apps"].as_array().unwrap().len(), 0);
+    let listed: AppList = ctl.read(&["app", "list", "--device", &device]);
+    assert!(listed.apps.is_empty());
 
     // Deploy (name from the file stem).
     let compose = dir.path().join("hello.yml");
@@ -194,9 +195,9 @@ async fn deploy_runs_in_containerd_reports_running_and_rm_leaves_nothing() {
 
     // Central shows it running, as reported in the agent's heartbeats.
     eventually("app list to show web running", || async {
-        let listed = ctl.json(&["app", "list", "--device", &device]);
-        let status = &listed["apps"][0]["status"];
-        (status["in_sync"] == true && status["services"][0]["state"] == "running").then_some(())
+        let listed: AppList = ctl.read(&["app", "list", "--device", &device]);
+        let status = listed.apps.first()?.status.clone()?;
+        (status.in_sync && status.services.first()?.state == ServiceState::Running).then_some(())
     })
     .await;
     let table = ctl.ok(&["app", "list", "--device", &device]);
@@ -228,8 +229,8 @@ async fn deploy_runs_in_containerd_reports_running_and_rm_leaves_nothing() {
         containers(&socket).await.is_empty().then_some(())
     })
     .await;
-    let listed = ctl.json(&["app", "list", "--device", &device]);
-    assert_eq!(listed["apps"].as_array().unwrap().len(), 0);
+    let listed: AppList = ctl.read(&["app", "list", "--device", &device]);
+    assert!(listed.apps.is_empty());
     let support::Outcome { ok, stderr, .. } = ctl.run(&["app", "rm", "hello", "--device", &device]);
     assert!(!ok && stderr.contains("no app named"), "{stderr}");
     agent.stop().await;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use cairn_agent::config::KeyStorageSetting;
 use cairn_agent::{AgentConfig, Phase};
+use cairn_api::{DeviceList, DeviceLogs, EventList};
 use cairn_testsupport::central::TestCentral;
 use tokio::sync::watch;
 
@@ -62,8 +63,11 @@ async fn top_show_events_and_logs_through_cairnctl() {
 
     // top: one row per device, with the CPU share once two samples were taken.
     until("a CPU share in device top", || {
-        let top = ctl.json(&["device", "top"]);
-        !top["devices"][0]["host"]["cpu_percent"].is_null()
+        let top: DeviceList = ctl.read(&["device", "top"]);
+        top.devices[0]
+            .host
+            .as_ref()
+            .is_some_and(|h| h.cpu_percent.is_some())
     })
     .await;
     let top = ctl.ok(&["device", "top"]);
@@ -110,8 +114,8 @@ async fn top_show_events_and_logs_through_cairnctl() {
             && events.contains("device.connected"),
         "{events}"
     );
-    let one = ctl.json(&["events", "--limit", "1"]);
-    assert_eq!(one["events"].as_array().unwrap().len(), 1);
+    let one: EventList = ctl.read(&["events", "--limit", "1"]);
+    assert_eq!(one.events.len(), 1);
     let bad = ctl.run(&["events", "--kind", "nope"]);
     assert!(
         !bad.ok && bad.stderr.contains("not an event kind"),
@@ -126,8 +130,8 @@ async fn top_show_events_and_logs_through_cairnctl() {
     // logs: the last lines, terminal escapes made inert.
     let logs = ctl.ok(&["logs", &id, "--app", "web", "--service", "nginx", "-n", "2"]);
     assert_eq!(logs, "two\nthree \\u{1b}[31mred\n");
-    let logs = ctl.json(&["logs", &id, "--app", "web", "--service", "nginx"]);
-    assert_eq!(logs["lines"], 100);
+    let logs: DeviceLogs = ctl.read(&["logs", &id, "--app", "web", "--service", "nginx"]);
+    assert_eq!(logs.lines, 100);
     let missing = ctl.run(&["logs", &id, "--app", "web", "--service", "db"]);
     assert!(
         !missing.ok && missing.stderr.contains("has not started on this device"),

@@ -3,6 +3,7 @@
 //! placement, and central's refusals reach the operator intact. (Scheduling itself is tested in
 //! central/tests/placement.rs.)
 
+use cairn_api::DeploymentList;
 use cairn_testsupport::central::{SimDevice, TestCentral};
 use support::Ctl;
 
@@ -118,8 +119,8 @@ async fn sites_regions_labels_and_deployments_from_the_command_line() {
         shown.contains(&id) && shown.contains("no report"),
         "{shown}"
     );
-    let listed = ctl.json(&["deployment", "list"]);
-    assert_eq!(listed["deployments"][0]["hosts"], 1);
+    let listed: DeploymentList = ctl.read(&["deployment", "list"]);
+    assert_eq!(listed.deployments[0].hosts, 1);
     let out = ctl.run(&["deployment", "create", "-f", file, "--site", "nowhere"]);
     assert!(
         !out.ok && out.stderr.contains("a deployment named \"web\" exists"),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use cairn_api::CreatedEnrollmentToken;
 use serde_json::{json, Value};
 
 /// Why a REST call failed.
@@ -33,6 +34,14 @@ pub enum RestError {
         status: u16,
         /// Response body.
         body: String,
+    },
+    /// A success answer that is not the API's type: central and this simulator differ.
+    #[error("{path} answered with a body the API does not describe: {source}; build the simulator from the same tree as central")]
+    Answer {
+        /// API path.
+        path: &'static str,
+        /// serde's reason.
+        source: serde_json::Error,
     },
 }
 
@@ -123,7 +132,12 @@ impl Operator {
         let answer = self
             .call("POST", "/api/v1/enrollment-tokens", Some(body))
             .await?;
-        Ok(answer["secret"].as_str().unwrap_or_default().to_owned())
+        let created: CreatedEnrollmentToken =
+            serde_json::from_value(answer).map_err(|source| RestError::Answer {
+                path: "/api/v1/enrollment-tokens",
+                source,
+            })?;
+        Ok(created.secret)
     }
 
     /// Replace a device's config (`PUT /api/v1/devices/{id}/config`); central pushes the new

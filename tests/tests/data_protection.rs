@@ -20,10 +20,14 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cairn_api::{
+    AppList, AuditLog, Device, DeviceDetail, DeviceList, DeviceLogs, DeviceStatus, EventList,
+    KeyStorage, RecoveryKey, ServiceHealth, ServiceState,
+};
 use cairn_e2e::{check_fields, image, vm, Vm, VmOptions, READY};
-use cairn_testsupport::central::{config_in, TestCentral};
+use cairn_testsupport::central::{config_in, read, TestCentral};
 use cairn_testsupport::{images, Registry};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Boot to a marker takes ~40-160 s under TCG here; leave room for a loaded CI machine.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
@@ -38,26 +42,27 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn get(&self, path: &str) -> Value {
-        self.runtime
-            .block_on(async { self.central.admin_call("GET", path, None) })
+    /// `GET path` as admin, read as a cairn-api type.
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.runtime.block_on(async { self.central.get(path) })
     }
 
-    fn devices(&self) -> Vec<Value> {
-        self.get("/api/v1/devices")["devices"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+    fn devices(&self) -> Vec<Device> {
+        self.get::<DeviceList>("/api/v1/devices")
+            .devices
+            .into_iter()
+            .map(|d| d.device)
+            .collect()
     }
 
     /// Wait until exactly one device is active and online; return it.
-    fn wait_online(&self, guest: &mut Vm, what: &str) -> Value {
+    fn wait_online(&self, guest: &mut Vm, what: &str) -> Device {
         let started = Instant::now();
         loop {
             let devices = self.devices();
             if let Some(device) = devices
                 .iter()
-                .find(|d| d["status"] == "active" && d["online"] == true)
+                .find(|d| d.status == DeviceStatus::Active && d.online)
             {
                 assert_eq!(
                     devices.len(),
@@ -94,37 +99,33 @@ impl Fleet {
     }
 
     /// Wait until central reports `web` running and `client` healthy on the device.
-    fn wait_app_healthy(&self, id: &str, guest: &mut Vm, what: &str) -> Value {
+    fn wait_app_healthy(&self, id: &str, guest: &mut Vm, what: &str) -> AppList {
         let started = Instant::now();
-        let mut last = Value::Null;
+        let mut last = Vec::new();
         loop {
-            let apps = self.get(&format!("/api/v1/devices/{id}/apps"));
-            let services = apps["apps"][0]["status"]["services"]
-                .as_array()
-                .cloned()
+            let apps: AppList = self.get(&format!("/api/v1/devices/{id}/apps"));
+            let services = apps
+                .apps
+                .first()
+                .and_then(|a| a.status.as_ref())
+                .map(|s| s.services.clone())
                 .unwrap_or_default();
-            if Value::Array(services.clone()) != last {
+            if services != last {
                 eprintln!(
-                    "{what}: +{:.0}s services {}",
-                    started.elapsed().as_secs_f64(),
-                    Value::Array(services.clone())
+                    "{what}: +{:.0}s services {services:?}",
+                    started.elapsed().as_secs_f64()
                 );
-                last = Value::Array(services.clone());
+                last = services.clone();
             }
-            let state = |name: &str, key: &str| {
-                services
-                    .iter()
-                    .find(|s| s["name"] == name)
-                    .map(|s| s[key].as_str().unwrap_or("").to_string())
-            };
-            if state("web", "state").as_deref() == Some("running")
-                && state("client", "health").as_deref() == Some("healthy")
+            let service = |name: &str| services.iter().find(|s| s.name == name);
+            if service("web").is_some_and(|s| s.state == ServiceState::Running)
+                && service("client").is_some_and(|s| s.health == ServiceHealth::Healthy)
             {
                 return apps;
             }
             if guest.exited() || started.elapsed() > BOOT_TIMEOUT {
                 panic!(
-                    "{what}: the app never became healthy: {apps}\n{}",
+                    "{what}: the app never became healthy: {apps:?}\n{}",
                     guest.serial_tail()
                 );
             }
@@ -224,15 +225,11 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         "BENCH qemu_start_to_agent_enrolled_s={:.1}",
         started.elapsed().as_secs_f64()
     );
-    let id = device["id"].as_str().unwrap().to_string();
+    let id = device.id.clone();
     // Zero-touch: the serial came from SMBIOS, the key from the guest's TPM (swtpm).
-    assert_eq!(device["serial"], options.serial_number.as_str(), "{device}");
-    assert_eq!(device["key_storage"], "tpm", "{device}");
-    assert_eq!(
-        device["tpm_ek_sha256"].as_str().unwrap().len(),
-        64,
-        "{device}"
-    );
+    assert_eq!(device.serial, options.serial_number, "{device:?}");
+    assert_eq!(device.key_storage, KeyStorage::Tpm, "{device:?}");
+    assert_eq!(device.tpm_ek_sha256.len(), 64, "{device:?}");
     let (data, disk) = boot_report(&mut guest);
     assert!(
         data.iter().any(|l| l.contains("state=formatted")),
@@ -275,12 +272,12 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         );
         std::thread::sleep(Duration::from_secs(2));
     };
-    let recovery_key = escrowed["recovery_key"].as_str().unwrap().to_string();
-    let audit = fleet.get("/api/v1/audit");
+    let recovery_key = read::<RecoveryKey>("GET", "recovery-key", escrowed).recovery_key;
+    let audit: AuditLog = fleet.get("/api/v1/audit");
+    let audited = |action: &str| audit.events.iter().any(|e| e.action == action);
     assert!(
-        audit.to_string().contains("recovery_key.escrow")
-            && audit.to_string().contains("recovery_key.read"),
-        "escrow and read are not audited: {audit}"
+        audited("recovery_key.escrow") && audited("recovery_key.read"),
+        "escrow and read are not audited: {audit:?}"
     );
 
     // Issue 5 on a real device: central deploys a two-service app; `client` reaches `web` by
@@ -297,7 +294,10 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         "BENCH qemu_app_deploy_to_healthy_s={:.1}",
         deploy_started.elapsed().as_secs_f64()
     );
-    assert_eq!(apps["apps"][0]["status"]["in_sync"], true, "{apps}");
+    assert!(
+        apps.apps[0].status.as_ref().is_some_and(|s| s.in_sync),
+        "{apps:?}"
+    );
     drop(guest); // power cut
 
     let raw = work.join("stolen.raw");
@@ -398,8 +398,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let mut guest = boot(&recovering);
     let device = fleet.wait_online(&mut guest, "recovery boot");
     assert_eq!(
-        device["id"].as_str(),
-        Some(id.as_str()),
+        device.id, id,
         "recovery gave a new identity: the data was lost"
     );
     let (data, _) = boot_report(&mut guest);
@@ -427,35 +426,29 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         "{disk:?}"
     );
     let device = fleet.wait_online(&mut guest, "boot after recovery");
-    assert_eq!(device["id"].as_str(), Some(id.as_str()));
+    assert_eq!(device.id, id);
     // The app comes back with its volume: the marker written before the power cut is intact.
     fleet.wait_app_healthy(&id, &mut guest, "boot after recovery");
 
     // Issue 7 on a real device: host metrics of the real /data, the agent's own events, and its
     // journal fetched on demand through its stream.
-    let device = fleet.get(&format!("/api/v1/devices/{id}"))["device"].clone();
-    let host = &device["host"];
-    let data_fs = host["filesystems"]
-        .as_array()
-        .and_then(|fs| fs.iter().find(|f| f["mount_point"] == "/data"))
-        .cloned();
-    let data_fs = data_fs.unwrap_or_else(|| panic!("no /data among the host metrics: {host}"));
-    assert!(
-        data_fs["total_bytes"].as_u64().unwrap_or(0) > (IMAGE_DATA_MIB << 20),
-        "/data not grown: {host}"
-    );
-    assert!(
-        host["memory_total_bytes"].as_u64().unwrap_or(0) > 0
-            && host["uptime_seconds"].as_u64().is_some(),
-        "{host}"
-    );
-    let events = fleet.get(&format!("/api/v1/events?device={id}&limit=200"))["events"].clone();
-    let kinds: Vec<&str> = events
-        .as_array()
-        .unwrap()
+    let shown: DeviceDetail = fleet.get(&format!("/api/v1/devices/{id}"));
+    let host = shown
+        .device
+        .host
+        .unwrap_or_else(|| panic!("no host metrics: {:?}", shown.device.device));
+    let data_fs = host
+        .filesystems
         .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+        .find(|f| f.mount_point == "/data")
+        .unwrap_or_else(|| panic!("no /data among the host metrics: {host:?}"));
+    assert!(
+        data_fs.total_bytes > (IMAGE_DATA_MIB << 20),
+        "/data not grown: {host:?}"
+    );
+    assert!(host.memory_total_bytes > 0, "{host:?}");
+    let events: EventList = fleet.get(&format!("/api/v1/events?device={id}&limit=200"));
+    let kinds: Vec<&str> = events.events.iter().map(|e| e.kind.as_str()).collect();
     for kind in [
         "device.enrolled",
         "device.connected",
@@ -473,12 +466,10 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         )
     });
     assert_eq!(status, 200, "{journal}");
+    let journal: DeviceLogs = read("GET", "logs", journal);
     assert!(
-        journal["text"]
-            .as_str()
-            .unwrap_or("")
-            .contains("cairn-agent"),
-        "not the agent's journal: {journal}"
+        journal.text.contains("cairn-agent"),
+        "not the agent's journal: {journal:?}"
     );
     drop(guest);
     let Fleet {

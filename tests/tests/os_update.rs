@@ -17,8 +17,12 @@
 
 use std::time::{Duration, Instant};
 
+use cairn_api::{
+    AppList, BundleUploaded, Device, DeviceList, DeviceStatus, RolloutDeviceState,
+    RolloutDeviceView, RolloutDryRun, RolloutReply, RolloutView, ServiceHealth, ServiceState,
+};
 use cairn_e2e::{check_fields, image, vm, Vm, VmOptions, READY};
-use cairn_testsupport::central::{config_in, TestCentral};
+use cairn_testsupport::central::{config_in, read, TestCentral};
 use cairn_testsupport::{images, Registry};
 use serde_json::{json, Value};
 
@@ -35,31 +39,29 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn get(&self, path: &str) -> Value {
-        self.runtime
-            .block_on(async { self.central.admin_call("GET", path, None) })
+    /// `GET path` as admin, read as a cairn-api type.
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.runtime.block_on(async { self.central.get(path) })
     }
 
-    fn post(&self, path: &str, body: Value) -> Value {
+    /// `POST path` as admin, read as a cairn-api type.
+    fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: Value) -> T {
         self.runtime
-            .block_on(async { self.central.admin_call("POST", path, Some(body)) })
+            .block_on(async { self.central.admin_read("POST", path, Some(body)) })
     }
 
-    fn device(&self) -> Option<Value> {
-        let devices = self.get("/api/v1/devices")["devices"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+    fn device(&self) -> Option<Device> {
+        let devices = self.get::<DeviceList>("/api/v1/devices").devices;
         assert!(devices.len() <= 1, "a second device enrolled: {devices:?}");
-        devices.into_iter().next()
+        devices.into_iter().next().map(|d| d.device)
     }
 
-    fn wait_online(&self, guest: &mut Vm, what: &str) -> Value {
+    fn wait_online(&self, guest: &mut Vm, what: &str) -> Device {
         let started = Instant::now();
         loop {
             if let Some(d) = self
                 .device()
-                .filter(|d| d["status"] == "active" && d["online"] == true)
+                .filter(|d| d.status == DeviceStatus::Active && d.online)
             {
                 return d;
             }
@@ -73,25 +75,22 @@ impl Fleet {
     fn wait_app_healthy(&self, id: &str, guest: &mut Vm, what: &str) {
         let started = Instant::now();
         loop {
-            let apps = self.get(&format!("/api/v1/devices/{id}/apps"));
-            let services = apps["apps"][0]["status"]["services"]
-                .as_array()
-                .cloned()
+            let apps: AppList = self.get(&format!("/api/v1/devices/{id}/apps"));
+            let services = apps
+                .apps
+                .first()
+                .and_then(|a| a.status.as_ref())
+                .map(|s| s.services.clone())
                 .unwrap_or_default();
-            let field = |name: &str, key: &str| {
-                services
-                    .iter()
-                    .find(|s| s["name"] == name)
-                    .and_then(|s| s[key].as_str().map(str::to_string))
-            };
-            if field("web", "state").as_deref() == Some("running")
-                && field("client", "health").as_deref() == Some("healthy")
+            let service = |name: &str| services.iter().find(|s| s.name == name);
+            if service("web").is_some_and(|s| s.state == ServiceState::Running)
+                && service("client").is_some_and(|s| s.health == ServiceHealth::Healthy)
             {
                 return;
             }
             if guest.exited() || started.elapsed() > BOOT_TIMEOUT {
                 panic!(
-                    "{what}: the app never became healthy: {apps}\n{}",
+                    "{what}: the app never became healthy: {apps:?}\n{}",
                     guest.serial_tail()
                 );
             }
@@ -99,44 +98,54 @@ impl Fleet {
         }
     }
 
-    fn rollout(&self, id: &str) -> Value {
-        self.get(&format!("/api/v1/rollouts/{id}"))["rollout"].clone()
+    fn rollout(&self, id: &str) -> RolloutView {
+        self.get::<RolloutReply>(&format!("/api/v1/rollouts/{id}"))
+            .rollout
     }
 
     /// The rollout's view of the one device.
-    fn rollout_device(&self, id: &str) -> Value {
-        self.rollout(id)["devices"][0].clone()
+    fn rollout_device(&self, id: &str) -> RolloutDeviceView {
+        only_device(&self.rollout(id)).clone()
     }
 
     /// Wait until the rollout's state is one of `states`; returns the rollout.
-    fn wait_rollout(&self, id: &str, states: &[&str], guest: &mut Vm, what: &str) -> Value {
+    fn wait_rollout(&self, id: &str, states: &[&str], guest: &mut Vm, what: &str) -> RolloutView {
         let started = Instant::now();
-        let mut last = Value::Null;
+        let mut last = None;
         loop {
             let rollout = self.rollout(id);
-            let device = rollout["devices"][0].clone();
-            if device != last {
+            let device = only_device(&rollout).clone();
+            if last.as_ref() != Some(&device) {
                 eprintln!(
-                    "{what}: +{:.0}s rollout {} device {device}",
+                    "{what}: +{:.0}s rollout {} device {device:?}",
                     started.elapsed().as_secs_f64(),
-                    rollout["state"]
+                    rollout.rollout.state
                 );
-                last = device;
+                last = Some(device);
             }
-            if states.iter().any(|s| rollout["state"] == *s) {
+            if states.iter().any(|s| rollout.rollout.state.as_str() == *s) {
                 return rollout;
             }
             // exited() starts QEMU again after a guest reboot: true here is a crash or power-off.
             let exited = guest.exited();
             if exited || started.elapsed() > UPDATE_TIMEOUT {
                 panic!(
-                    "{what}: rollout never reached {states:?} (QEMU exited: {exited}): {rollout}\n{}",
+                    "{what}: rollout never reached {states:?} (QEMU exited: {exited}): {rollout:?}\n{}",
                     guest.serial_tail()
                 );
             }
             std::thread::sleep(Duration::from_secs(3));
         }
     }
+}
+
+/// The one device of a shown rollout.
+fn only_device(rollout: &RolloutView) -> &RolloutDeviceView {
+    rollout
+        .devices
+        .as_ref()
+        .and_then(|d| d.first())
+        .unwrap_or_else(|| panic!("rollout without its device: {rollout:?}"))
 }
 
 fn boot(options: &VmOptions) -> Vm {
@@ -226,7 +235,9 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
             "upload {}: {status} {body}",
             bundle.display()
         );
-        body["bundle"]["sha256"].as_str().unwrap().to_string()
+        read::<BundleUploaded>("POST", "/api/v1/bundles", body)
+            .bundle
+            .sha256
     };
     let b_sha = fleet.runtime.block_on(async { upload(&b.bundle) });
     let c_sha = fleet.runtime.block_on(async { upload(&c.bundle) });
@@ -255,7 +266,7 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     let mut guest = boot(&options);
     let device = fleet.wait_online(&mut guest, "A");
     let plain_boot_s = boot_started.elapsed().as_secs_f64();
-    let id = device["id"].as_str().unwrap().to_string();
+    let id = device.id.clone();
     let marker = format!("cairn-update-marker-{}", std::process::id());
     let (status, body) = fleet.runtime.block_on(async {
         fleet.central.call(
@@ -271,23 +282,29 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     assert_eq!(check.get("slot").map(String::as_str), Some("a"));
 
     // A downgrade-free dry run lists the device, then the real rollout.
-    let plan = fleet.post(
-        "/api/v1/rollouts",
-        json!({ "bundle_sha256": b_sha, "selector": { "all": true }, "dry_run": true }),
-    );
+    let plan = fleet
+        .post::<RolloutDryRun>(
+            "/api/v1/rollouts",
+            json!({ "bundle_sha256": b_sha, "selector": { "all": true }, "dry_run": true }),
+        )
+        .plan;
     assert!(
-        plan.to_string().contains(&id),
-        "dry run does not list the device: {plan}"
+        plan.waves
+            .iter()
+            .flat_map(|w| &w.devices)
+            .any(|d| d.device_id == id),
+        "dry run does not list the device: {plan:?}"
     );
     let update_started = Instant::now();
-    let rollout_b = fleet.post(
-        "/api/v1/rollouts",
-        json!({ "bundle_sha256": b_sha, "selector": { "all": true }, "waves": { "canary": 1, "percent": [100] },
-                "failure_threshold_percent": 0, "health_deadline_seconds": 600 }),
-    )["rollout"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rollout_b = fleet
+        .post::<RolloutReply>(
+            "/api/v1/rollouts",
+            json!({ "bundle_sha256": b_sha, "selector": { "all": true }, "waves": { "canary": 1, "percent": [100] },
+                    "failure_threshold_percent": 0, "health_deadline_seconds": 600 }),
+        )
+        .rollout
+        .rollout
+        .id;
 
     // 2a. Power cut during the download; the next boot (still A) resumes it.
     wait_console(
@@ -330,14 +347,10 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     let mut guest = boot(&again);
     let done = fleet.wait_rollout(&rollout_b, &["completed"], &mut guest, "A->B");
     let update_s = update_started.elapsed().as_secs_f64();
-    let dev = done["devices"][0].clone();
-    assert_eq!(dev["state"], "succeeded", "{done}");
+    let dev = only_device(&done);
+    assert_eq!(dev.device.state, RolloutDeviceState::Succeeded, "{done:?}");
     let device = fleet.wait_online(&mut guest, "B");
-    assert_eq!(
-        device["id"].as_str(),
-        Some(id.as_str()),
-        "B came up as another device: data lost"
-    );
+    assert_eq!(device.id, id, "B came up as another device: data lost");
     let (check, _) = boot_facts(&mut guest, 0, 1);
     assert_eq!(
         check.get("slot").map(String::as_str),
@@ -349,11 +362,9 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
         "data not unlocked by TPM on b"
     );
     fleet.wait_app_healthy(&id, &mut guest, "B");
-    let os = &fleet.get(&format!("/api/v1/rollouts/{rollout_b}"))["rollout"]["devices"][0];
-    let fetched = os["progress"]["bytes_fetched"].as_u64().unwrap_or(0);
-    let total = os["progress"]["bytes_total"]
-        .as_u64()
-        .unwrap_or(b.bundle_bytes);
+    let progress = fleet.rollout_device(&rollout_b).progress;
+    let fetched = progress.as_ref().map_or(0, |p| p.bytes_fetched);
+    let total = progress.as_ref().map_or(b.bundle_bytes, |p| p.bytes_total);
     eprintln!(
         "BENCH update_fetched_bytes={fetched} of bundle_bytes={}",
         b.bundle_bytes
@@ -375,14 +386,15 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
 
     // 3. The bad update: installs into slot a, fails its health gate there, comes back to b.
     let before_c = guest.serial_mark();
-    let rollout_c = fleet.post(
-        "/api/v1/rollouts",
-        json!({ "bundle_sha256": c_sha, "selector": { "all": true }, "waves": { "canary": 1, "percent": [100] },
-                "failure_threshold_percent": 0, "health_deadline_seconds": BAD_DEADLINE_S }),
-    )["rollout"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rollout_c = fleet
+        .post::<RolloutReply>(
+            "/api/v1/rollouts",
+            json!({ "bundle_sha256": c_sha, "selector": { "all": true }, "waves": { "canary": 1, "percent": [100] },
+                    "failure_threshold_percent": 0, "health_deadline_seconds": BAD_DEADLINE_S }),
+        )
+        .rollout
+        .rollout
+        .id;
     // Without power cuts, as the device's console shows it: download (incl. scanning the running
     // slot for chunks it already has) + install, until it reboots into the new slot.
     let stage = |guest: &mut Vm, name: &str| {
@@ -399,14 +411,11 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
         (c_installed - c_started).as_secs_f64() / plain_boot_s
     );
     let halted = fleet.wait_rollout(&rollout_c, &["halted"], &mut guest, "bad update");
-    let dev = halted["devices"][0].clone();
-    assert_eq!(dev["state"], "failed", "{halted}");
-    assert!(
-        dev["error"].as_str().unwrap_or("").contains("health"),
-        "{halted}"
-    );
+    let dev = only_device(&halted);
+    assert_eq!(dev.device.state, RolloutDeviceState::Failed, "{halted:?}");
+    assert!(dev.device.error.contains("health"), "{halted:?}");
     let device = fleet.wait_online(&mut guest, "back on B");
-    assert_eq!(device["id"].as_str(), Some(id.as_str()));
+    assert_eq!(device.id, id);
     // Two boots since: C in slot a (failed), then b again.
     let (check, entries) = boot_facts(&mut guest, before_c, 1);
     assert_eq!(
@@ -430,7 +439,10 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
         "slot b lost its blessing: {entries}"
     );
     fleet.wait_app_healthy(&id, &mut guest, "back on B");
-    assert_eq!(fleet.rollout_device(&rollout_b)["state"], "succeeded");
+    assert_eq!(
+        fleet.rollout_device(&rollout_b).device.state,
+        RolloutDeviceState::Succeeded
+    );
     // B's reboot into C stopped the healthy app first (cairn-apps-stop.service), and no reboot
     // since had systemd-shutdown wait 90 s for a container's PID 1 (httpd ignores SIGTERM).
     let since_c = guest

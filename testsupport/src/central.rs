@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cairn_api::{CreatedApiToken, CreatedEnrollmentToken};
 use cairn_central::{Central, CentralConfig};
 use cairn_proto::v1::agent_client::AgentClient;
 use cairn_proto::v1::enrollment_client::EnrollmentClient;
@@ -249,17 +250,30 @@ impl TestCentral {
         body
     }
 
+    /// Call REST as admin, require success, and read the answer as `T` (a cairn-api type).
+    pub fn admin_read<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> T {
+        let answer = self.admin_call(method, path, body);
+        read(method, path, answer)
+    }
+
+    /// `GET path` as admin, read as `T` (a cairn-api type).
+    pub fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.admin_read("GET", path, None)
+    }
+
     /// Create an API token with `role` (admin, operator, viewer); returns its secret.
     pub fn api_token(&self, name: &str, role: &str) -> String {
-        let body = self.admin_call(
+        let created: CreatedApiToken = self.admin_read(
             "POST",
             "/api/v1/api-tokens",
             Some(json!({ "name": name, "role": role })),
         );
-        body["secret"]
-            .as_str()
-            .expect("central returns the new token's secret")
-            .to_owned()
+        created.secret
     }
 
     /// Create an enrollment token; returns (id, secret).
@@ -269,15 +283,12 @@ impl TestCentral {
         max_uses: Option<u32>,
         expires_in: Option<u64>,
     ) -> (String, String) {
-        let body = self.admin_call(
+        let created: CreatedEnrollmentToken = self.admin_read(
             "POST",
             "/api/v1/enrollment-tokens",
             Some(json!({ "name": format!("t-{policy}"), "policy": policy, "max_uses": max_uses, "expires_in_seconds": expires_in })),
         );
-        (
-            body["token"]["id"].as_str().unwrap().to_owned(),
-            body["secret"].as_str().unwrap().to_owned(),
-        )
+        (created.token.id, created.secret)
     }
 
     async fn channel(&self, identity: Option<Identity>) -> Channel {
@@ -347,6 +358,23 @@ impl TestCentral {
             stream,
         }
     }
+}
+
+/// An answer read as a cairn-api type; a body that does not read is a test failure naming it.
+pub fn read<T: serde::de::DeserializeOwned>(method: &str, path: &str, answer: Value) -> T {
+    serde_json::from_value(answer.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{method} {path}: the answer does not read as {}: {e}\n{answer:#}",
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// The message of an error answer (read as cairn-api's error body).
+pub fn error_message(answer: &Value) -> String {
+    read::<cairn_api::ErrorBody>("an error answer", "", answer.clone())
+        .error
+        .message
 }
 
 /// Send `heartbeat` on a Sync stream and wait (up to 10 s) for its ack, i.e. until central has

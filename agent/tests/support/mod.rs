@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_agent::{wait_for_phase, Agent, AgentConfig, AgentError, Phase};
+use cairn_api::{AuditLog, Device, DeviceDetail, DeviceList};
 use cairn_testsupport::central::TestCentral;
-use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -100,27 +100,31 @@ pub async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> b
 }
 
 /// `GET /api/v1/devices/{id}` as admin: the device record.
-pub fn device(central: &TestCentral, id: &str) -> Value {
-    central.admin_call("GET", &format!("/api/v1/devices/{id}"), None)["device"].clone()
+pub fn device(central: &TestCentral, id: &str) -> Device {
+    central
+        .get::<DeviceDetail>(&format!("/api/v1/devices/{id}"))
+        .device
+        .device
 }
 
 /// `GET /api/v1/devices` as admin: every device record.
-pub fn devices(central: &TestCentral) -> Vec<Value> {
-    central.admin_call("GET", "/api/v1/devices", None)["devices"]
-        .as_array()
-        .unwrap()
-        .clone()
+pub fn devices(central: &TestCentral) -> Vec<Device> {
+    central
+        .get::<DeviceList>("/api/v1/devices")
+        .devices
+        .into_iter()
+        .map(|d| d.device)
+        .collect()
 }
 
 /// The audit actions recorded about `target`, oldest first.
 pub fn audit_actions(central: &TestCentral, target: &str) -> Vec<String> {
-    let events = central.admin_call("GET", "/api/v1/audit?limit=10000", None);
-    let mut actions: Vec<String> = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["target"] == target)
-        .map(|e| e["action"].as_str().unwrap().to_owned())
+    let audit: AuditLog = central.get("/api/v1/audit?limit=10000");
+    let mut actions: Vec<String> = audit
+        .events
+        .into_iter()
+        .filter(|e| e.target == target)
+        .map(|e| e.action)
         .collect();
     actions.reverse();
     actions
@@ -146,8 +150,9 @@ pub fn cert_serial(cert_der: &[u8]) -> String {
 /// Central's `cert_serial` of device `id` (see [`serial_number`]).
 pub fn central_cert_serial(central: &TestCentral, id: &str) -> String {
     serial_number(
-        device(central, id)["cert_serial"]
-            .as_str()
+        device(central, id)
+            .cert_serial
+            .as_deref()
             .expect("central recorded a certificate"),
     )
 }

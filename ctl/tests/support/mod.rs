@@ -65,4 +65,17 @@ impl Ctl {
         all.extend_from_slice(args);
         serde_json::from_str(&self.ok(&all)).expect("--json prints JSON")
     }
+
+    /// The `--json` output (central's answer) read as a cairn-api type.
+    pub fn read<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(&all);
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "cairnctl --json {args:?} does not read as {}: {e}\n{text}",
+                std::any::type_name::<T>()
+            )
+        })
+    }
 }
