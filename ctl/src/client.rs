@@ -1,7 +1,9 @@
 //! Typed, blocking client for cairn-central's operator REST API.
 //!
-//! Every call carries the API token as `Authorization: Bearer ...`, has a deadline, and returns
-//! both the typed answer and the body exactly as central sent it (see [`Reply`]).
+//! Requests and answers are cairn-api's types, the ones central's handlers return; they accept
+//! fields and enum values a newer central adds. Every call carries the API token as
+//! `Authorization: Bearer ...`, has a deadline, and returns both the typed answer and the body
+//! exactly as central sent it (see [`Reply`]).
 
 use std::error::Error as StdError;
 use std::fmt;

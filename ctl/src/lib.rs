@@ -1,7 +1,8 @@
 //! cairnctl: the operator CLI of Cairn, over cairn-central's REST API.
 //!
 //! The library holds everything; the `cairnctl` binary only parses the command line and calls
-//! [`cli::run`]. Tests and other tools can use [`client::Client`] directly:
+//! [`cli::run`]. The API's request and answer types are the `cairn-api` crate's, shared with
+//! central. Tests and other tools can use [`client::Client`] directly:
 //!
 //! ```no_run
 //! use cairnctl::client::{BearerToken, CentralCa, Client, Connection};
