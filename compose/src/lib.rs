@@ -45,6 +45,19 @@ pub fn check_app_or_service_name(name: &str) -> Result<(), NameError> {
     fields::check_name(name, MAX_NAME_LEN)
 }
 
+/// Check an app name: the rules of [`check_app_or_service_name`] without `_` (app names become
+/// parts of network and file names where `_` separates them from service names).
+///
+/// # Errors
+/// [`NameError`] saying which rule the name breaks.
+pub fn check_app_name(name: &str) -> Result<(), NameError> {
+    fields::check_name(name, MAX_NAME_LEN)?;
+    if name.contains('_') {
+        return Err(NameError::Underscore);
+    }
+    Ok(())
+}
+
 /// A validated app: a named set of services plus the volumes and secrets they use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AppSpec {
@@ -252,14 +265,7 @@ impl AppSpec {
     /// [`SpecError::Syntax`] for invalid YAML, [`SpecError::Invalid`] with every problem found
     /// (file, line, field path, what to change), [`SpecError::AppName`] for a bad `app_name`.
     pub fn parse(file: &str, app_name: &str, text: &str) -> Result<AppSpec, SpecError> {
-        let checked = fields::check_name(app_name, 32).and_then(|()| {
-            if app_name.contains('_') {
-                Err(NameError::Underscore)
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(reason) = checked {
+        if let Err(reason) = check_app_name(app_name) {
             return Err(SpecError::AppName {
                 name: app_name.to_string(),
                 reason,

@@ -40,7 +40,7 @@ pub enum InputError {
     /// An id with characters an API id never has.
     #[error("ids hold only letters, digits, '_' and '-' (e.g. dev_...)")]
     IdCharacter,
-    /// An app name cairn-runtime would refuse.
+    /// An app name the Compose parser would refuse.
     #[error("app names are 1 to 32 lowercase letters, digits, and single '-' or '.' between them (e.g. web-shop)")]
     AppName,
 }
@@ -105,24 +105,10 @@ pub fn parse_non_empty(text: &str) -> Result<String, InputError> {
     Ok(text.to_owned())
 }
 
-/// Checks an app name (the rules of cairn-runtime's app spec) before it becomes part of a URL path.
+/// Checks an app name (the rules of the Compose parser) before it becomes part of a URL path.
 pub fn parse_app_name(text: &str) -> Result<String, InputError> {
     let text = text.trim();
-    let separator = |c: char| c == '-' || c == '.';
-    let valid = !text.is_empty()
-        && text.len() <= 32
-        && text
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || separator(c))
-        && !text.starts_with(separator)
-        && !text.ends_with(separator)
-        && !text.contains("--")
-        && !text.contains("..")
-        && !text.contains(".-")
-        && !text.contains("-.");
-    if !valid {
-        return Err(InputError::AppName);
-    }
+    cairn_compose::check_app_name(text).map_err(|_| InputError::AppName)?;
     Ok(text.to_owned())
 }
 

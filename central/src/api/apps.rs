@@ -33,7 +33,7 @@ pub(super) const PUT_APP_BODY_BYTES: usize = 2 * MAX_COMPOSE_BYTES + 4096;
 /// Label of the compose text in validation errors (`compose_yaml:LINE: FIELD: problem`).
 const COMPOSE_LABEL: &str = "compose_yaml";
 
-/// Validate an app as the agent will: cairn-runtime's parser, size, no secrets yet.
+/// Validate an app as the agent will: cairn-compose's parser, size, no secrets yet.
 pub(super) fn validate(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
     if compose_yaml.len() > MAX_COMPOSE_BYTES {
         return Err(ApiError::BadRequest(format!(

@@ -75,7 +75,7 @@ const MIGRATIONS: &[&str] = &[
         stored_at INTEGER NOT NULL
     );
     "#,
-    // Apps each device should run (Compose YAML, validated by cairn-runtime before it is stored).
+    // Apps each device should run (Compose YAML, validated by cairn-compose before it is stored).
     // `generation` is the device revision that set this compose_yaml.
     r#"
     CREATE TABLE device_apps (

@@ -1,6 +1,6 @@
 //! `cairnctl app ...`: deploy, list and remove apps (Compose files) on devices.
 //!
-//! A Compose file is checked here with cairn-runtime's parser before it is uploaded, so its
+//! A Compose file is checked here with cairn-compose's parser before it is uploaded, so its
 //! problems show as `FILE:LINE: FIELD: what to change` without a round trip; central and the
 //! agent check it again with the same parser.
 
