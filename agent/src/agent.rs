@@ -1,25 +1,37 @@
-//! One agent: its configuration, device key, facts, state directory and the main loop
-//! (enroll when needed, then keep a Sync session up, renewing the certificate in time).
+//! One agent, assembled here and nowhere else: its configuration, device key, facts, state
+//! directory, and the narrow handle each subsystem gets ([`Enroller`], [`Session`],
+//! [`UpdateLink`], the apps' sink); then the main loop (enroll when needed, then keep a Sync
+//! session up, renewing the certificate in time).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cairn_proto::v1::DesiredState;
 use tokio::sync::watch;
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::apps::AppsSink;
 use crate::backoff::Backoff;
+use crate::blocking::blocking;
 use crate::certificate::CertificateInfo;
 use crate::channel::{CentralDialer, ChannelError};
 use crate::config::{AgentConfig, ConfigError};
-use crate::csr::{build_csr, CsrError};
-use crate::enroll::EnrollError;
+use crate::csr::{build_csr_async, CsrError};
+use crate::data::LockStatus;
+use crate::desired::DesiredStore;
+use crate::enroll::{EnrollError, EnrollOutcome, Enroller};
+use crate::events::EventQueue;
 use crate::facts::{FactsError, HardwareFacts};
+use crate::host_metrics::HostSampler;
+use crate::identity::IdentityStore;
 use crate::key::{DeviceKey, KeyError};
+use crate::log_requests::LogSources;
 use crate::shutdown::Shutdown;
-use crate::state::{StateDir, StateError, StoredIdentity};
+use crate::sink::DesiredStateSink;
+use crate::state::{StateDir, StateError, StoredIdentity, STATUS_FILE};
 use crate::status::{Phase, Status, StatusReporter};
-use crate::sync::{DesiredStateSink, RecordOnlySink, SessionEnd};
+use crate::sync::{Session, SessionEnd, SyncError};
+use crate::update::{PreparedUpdate, UpdateLink, UpdateStarter};
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -47,42 +59,27 @@ pub enum AgentError {
     Csr(#[from] CsrError),
 }
 
-/// Runs a blocking closure (disk, TPM) on the blocking pool. A panic in it is propagated.
-pub(crate) async fn blocking<T, F>(f: F) -> T
-where
-    F: FnOnce() -> T + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(value) => value,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => panic!("blocking task cancelled (runtime shutting down): {e}"),
-    }
-}
-
 /// One device agent. Cheap to share behind an `Arc`; many can run in one process.
 pub struct Agent {
-    pub(crate) config: AgentConfig,
-    pub(crate) state: StateDir,
-    pub(crate) key: DeviceKey,
-    pub(crate) facts: HardwareFacts,
-    pub(crate) dialer: CentralDialer,
-    pub(crate) token: String,
-    pub(crate) status: StatusReporter,
-    pub(crate) desired: watch::Sender<Option<Arc<DesiredState>>>,
-    pub(crate) sink: Arc<dyn DesiredStateSink>,
+    config: AgentConfig,
+    identity: IdentityStore,
+    facts: HardwareFacts,
+    dialer: CentralDialer,
+    token: String,
+    status: Arc<StatusReporter>,
+    desired: DesiredStore,
     /// Events waiting for the Sync stream.
-    pub(crate) events: Arc<crate::events::EventQueue>,
+    events: Arc<EventQueue>,
     /// Host metrics for heartbeats (keeps the previous CPU counters).
-    pub(crate) host: std::sync::Mutex<crate::host_metrics::HostSampler>,
+    host: Arc<Mutex<HostSampler>>,
 }
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
-            .field("state_dir", &self.state.path())
+            .field("state_dir", &self.identity.state().path())
             .field("serial", &self.facts.serial)
-            .field("key_storage", &self.key.storage())
+            .field("key_storage", &self.identity.key().storage())
             .finish_non_exhaustive()
     }
 }
@@ -118,14 +115,12 @@ impl Agent {
             let (state, token, key, facts, dialer, desired) = prepared;
             info!(serial = %facts.serial, key_storage = key.storage(), "agent prepared");
             Ok(Agent {
-                status: StatusReporter::new(state.clone()),
-                desired: watch::Sender::new(desired.map(Arc::new)),
-                sink: Arc::new(RecordOnlySink),
-                events: Arc::new(crate::events::EventQueue::default()),
-                host: std::sync::Mutex::new(crate::host_metrics::HostSampler::new(config.metrics_mounts.clone())),
+                status: Arc::new(StatusReporter::new(state.file(STATUS_FILE))),
+                desired: DesiredStore::new(state.clone(), desired),
+                events: Arc::new(EventQueue::default()),
+                host: Arc::new(Mutex::new(HostSampler::new(config.metrics_mounts.clone()))),
+                identity: IdentityStore::new(state, key),
                 config,
-                state,
-                key,
                 facts,
                 dialer,
                 token,
@@ -137,8 +132,55 @@ impl Agent {
 
     /// Replaces the desired-state sink (the runtime's reconcile loop).
     pub fn with_sink(mut self, sink: Arc<dyn DesiredStateSink>) -> Self {
-        self.sink = sink;
+        self.desired = self.desired.with_sink(sink);
         self
+    }
+
+    /// Attaches an [`AppsSink`] (starting its reconcile task) when the config says
+    /// `[apps] enabled`; otherwise the agent only records the desired state.
+    pub fn with_configured_apps(self) -> Self {
+        if !self.config.apps.enabled {
+            return self;
+        }
+        let sink = AppsSink::start_reporting(
+            &self.config.apps,
+            &self.config.state_dir,
+            self.events.clone(),
+        );
+        self.with_sink(sink)
+    }
+
+    /// With `[update] enabled`: wraps the current sink so desired OS updates reach the updater,
+    /// and returns the agent and the updater, ready to spawn. When this boot is a new slot on
+    /// trial, blessing on connect is turned off: the health gate decides.
+    pub fn with_configured_update(mut self) -> (Self, Option<UpdateStarter>) {
+        let Some(prepared) = PreparedUpdate::new(
+            &self.config.update,
+            &self.config.state_dir,
+            self.desired.sink().clone(),
+        ) else {
+            return (self, None);
+        };
+        if prepared.on_trial() {
+            self.config.boot.bless = false;
+        }
+        self = self.with_sink(prepared.sink());
+        let link = UpdateLink {
+            identity: self.identity.clone(),
+            dialer: self.dialer.clone(),
+            status: self.status.subscribe(),
+            desired_state: self.desired.subscribe(),
+            disk: self.config.disk.enabled.then(|| self.config.disk.clone()),
+            tcti: self.config.tcti().to_string(),
+            esp: self.config.boot.esp.clone(),
+            containerd: self
+                .config
+                .apps
+                .enabled
+                .then(|| self.config.apps.containerd_socket.clone()),
+        };
+        let starter = prepared.starter(link);
+        (self, Some(starter))
     }
 
     /// The configuration.
@@ -148,7 +190,7 @@ impl Agent {
 
     /// The device key.
     pub fn key(&self) -> &DeviceKey {
-        &self.key
+        self.identity.key()
     }
 
     /// The facts sent to central.
@@ -158,11 +200,11 @@ impl Agent {
 
     /// The state directory.
     pub fn state(&self) -> &StateDir {
-        &self.state
+        self.identity.state()
     }
 
     /// The queue of events waiting to be sent to central.
-    pub fn events(&self) -> &Arc<crate::events::EventQueue> {
+    pub fn events(&self) -> &Arc<EventQueue> {
         &self.events
     }
 
@@ -178,14 +220,12 @@ impl Agent {
 
     /// Revision of the desired state held (0 = none).
     pub fn held_revision(&self) -> u64 {
-        self.desired.borrow().as_ref().map_or(0, |d| d.revision)
+        self.desired.held_revision()
     }
 
     /// A CSR for `CN=<serial>` signed by the device key (on the blocking pool).
     pub async fn build_csr(&self) -> Result<Vec<u8>, CsrError> {
-        let key = self.key.clone();
-        let serial = self.facts.serial.clone();
-        blocking(move || build_csr(&key, &serial)).await
+        build_csr_async(self.identity.key(), &self.facts.serial).await
     }
 
     /// The stored identity if it is usable with the device key: certificate parses and carries
@@ -193,28 +233,48 @@ impl Agent {
     pub async fn load_identity(
         &self,
     ) -> Result<Option<(StoredIdentity, CertificateInfo)>, AgentError> {
-        let state = self.state.clone();
-        let Some(mut identity) = blocking(move || state.load_identity()).await? else {
-            return Ok(None);
-        };
-        let info = match CertificateInfo::parse(&identity.cert_der).and_then(|info| {
-            info.check_key(self.key.public_key_spki_der())
-                .map(|()| info)
-        }) {
-            Ok(info) => info,
-            Err(e) => {
-                warn!(error = %e, "stored device certificate unusable; moving it aside and enrolling again");
-                let state = self.state.clone();
-                blocking(move || state.discard_certificate()).await?;
-                return Ok(None);
-            }
-        };
-        if let Some(id) = &info.device_id {
-            if identity.device_id.is_empty() {
-                identity.device_id = id.clone();
-            }
+        Ok(self.identity.load().await?)
+    }
+
+    /// One Enroll call with a CSR made now; nothing is stored.
+    pub async fn enroll_once(&self) -> Result<EnrollOutcome, EnrollError> {
+        self.enroller().enroll_once().await
+    }
+
+    /// Calls `Ping` over mTLS with the stored identity; returns the device id central saw.
+    pub async fn ping(&self, identity: &StoredIdentity, nonce: u64) -> Result<String, SyncError> {
+        self.session().ping(identity, nonce).await
+    }
+
+    /// Enrollment's handle.
+    fn enroller(&self) -> Enroller {
+        Enroller {
+            identity: self.identity.clone(),
+            dialer: self.dialer.clone(),
+            facts: self.facts.clone(),
+            token: self.token.clone(),
+            status: self.status.clone(),
+            backoff: (self.config.backoff_initial(), self.config.backoff_max()),
         }
-        Ok(Some((identity, info)))
+    }
+
+    /// The Sync session's handle.
+    fn session(&self) -> Session {
+        let disk = &self.config.disk;
+        Session {
+            identity: self.identity.clone(),
+            dialer: self.dialer.clone(),
+            facts: self.facts.clone(),
+            status: self.status.clone(),
+            desired: self.desired.clone(),
+            events: self.events.clone(),
+            host: self.host.clone(),
+            logs: LogSources::new(&self.config.apps, &self.config.state_dir),
+            bless: self.config.boot.bless.then(|| self.config.boot.clone()),
+            heartbeat_every: self.config.heartbeat_interval(),
+            renew_fraction: self.config.renew_when_remaining_fraction,
+            pending_recovery_key: disk.enabled.then(|| disk.pending_recovery_key_path()),
+        }
     }
 
     /// Runs until `shutdown`: enrolls when there is no usable certificate, renews the
@@ -233,16 +293,12 @@ impl Agent {
         mut shutdown: Shutdown,
         span: tracing::Span,
     ) -> Result<(), AgentError> {
-        if let Some(desired) = self.desired.borrow().clone() {
-            info!(
-                revision = desired.revision,
-                "running from the stored desired state"
-            );
-            self.sink.apply(&desired);
-        }
+        let enroller = self.enroller();
+        let session = self.session();
+        self.desired.apply_held();
         self.queue_start_events().await;
         let revision = self.held_revision();
-        let mut current = self.load_identity().await?;
+        let mut current = self.identity.load().await?;
         self.status
             .update(|s| {
                 s.desired_revision = revision;
@@ -268,7 +324,7 @@ impl Agent {
                     if expired.is_some() {
                         warn!("device certificate expired; enrolling again with the same key");
                     }
-                    match self.enroll(&mut shutdown).await? {
+                    match enroller.enroll(&mut shutdown).await? {
                         None => return Ok(()),
                         Some(identity) => {
                             let cert = CertificateInfo::parse(&identity.cert_der)
@@ -289,7 +345,7 @@ impl Agent {
             if Instant::now() >= renew_allowed_after
                 && cert.renewal_due(now, self.config.renew_when_remaining_fraction)
             {
-                match shutdown.run(self.renew(&identity)).await {
+                match shutdown.run(session.renew(&identity)).await {
                     None => return Ok(()),
                     Some(Ok(renewed)) => {
                         cert = CertificateInfo::parse(&renewed.cert_der)
@@ -309,7 +365,8 @@ impl Agent {
                     Some(Err(e)) if e.is_revoked() => {
                         self.revoked(&e.to_string()).await;
                         current = Some((identity, cert));
-                        if !shutdown.sleep(backoff.slow_delay()).await {
+                        let delay = backoff.slow_delay();
+                        if !shutdown.sleep(delay).await {
                             return Ok(());
                         }
                         continue;
@@ -323,12 +380,12 @@ impl Agent {
             }
 
             if let Some(Err(e)) = shutdown
-                .run(self.escrow_pending_recovery_key(&identity))
+                .run(session.escrow_pending_recovery_key(&identity))
                 .await
             {
                 warn!(error = %e, "could not escrow the data partition's recovery key; retrying on the next connection");
             }
-            let end = self
+            let end = session
                 .sync_session(&identity, &cert, renew_allowed_after, &mut shutdown)
                 .await;
             current = Some((identity, cert));
@@ -371,7 +428,7 @@ impl Agent {
         }
         let path = self.config.disk.lock_status.clone();
         let read = blocking(move || std::fs::read(&path)).await;
-        let status: crate::data::LockStatus = match read.map(|b| serde_json::from_slice(&b)) {
+        let status: LockStatus = match read.map(|b| serde_json::from_slice(&b)) {
             Ok(Ok(status)) => status,
             Ok(Err(e)) => {
                 warn!(path = %self.config.disk.lock_status.display(), error = %e, "the data unlock status does not parse; not reported");

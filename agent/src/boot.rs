@@ -15,59 +15,13 @@ pub mod slots;
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+pub use crate::config::BootConfig;
 
 /// The EFI variable systemd-boot sets, only for a counted boot, to the ESP path of the entry file
 /// it booted, counter included (`\loader\entries\cairn-a+2-1.conf`). (`LoaderEntrySelected`
 /// holds the id without the counter.)
 const LOADER_BOOT_COUNT_PATH: &str =
     "/sys/firmware/efi/efivars/LoaderBootCountPath-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
-
-/// `[boot]` in the agent config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BootConfig {
-    /// Mark the booted entry good once the agent is connected to central. Off outside the image.
-    pub bless: bool,
-    /// Where the ESP is mounted.
-    pub esp: PathBuf,
-    /// Boot tries a newly activated slot gets before systemd-boot falls back to the other one.
-    pub tries: u32,
-}
-
-impl Default for BootConfig {
-    fn default() -> Self {
-        BootConfig {
-            bless: false,
-            esp: "/efi".into(),
-            tries: 3,
-        }
-    }
-}
-
-impl BootConfig {
-    /// Only the `[boot]` table of the agent config file (defaults when absent): the RAUC
-    /// backend and the UKI hook must work even when the rest of the config would not load.
-    pub fn load(path: &Path) -> Result<BootConfig, BootError> {
-        #[derive(Deserialize)]
-        struct Only {
-            #[serde(default)]
-            boot: Option<toml::Value>,
-        }
-        let io = |source| BootError::Io {
-            what: "read the agent config",
-            path: path.to_path_buf(),
-            source,
-        };
-        let text = std::fs::read_to_string(path).map_err(io)?;
-        let only: Only = toml::from_str(&text).map_err(|e| io(std::io::Error::other(e)))?;
-        let boot = match only.boot {
-            Some(table) => table.try_into().map_err(|e| io(std::io::Error::other(e)))?,
-            None => BootConfig::default(),
-        };
-        Ok(boot)
-    }
-}
 
 /// Why the boot could not be marked good.
 #[derive(Debug, thiserror::Error)]
@@ -209,26 +163,6 @@ mod tests {
                 "cairn-a+2-1.conf".to_string()
             ))
         );
-    }
-
-    #[test]
-    fn boot_config_is_read_from_the_agent_config_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.toml");
-        std::fs::write(
-            &path,
-            "central_endpoint = 1\n[boot]\nesp = \"/x\"\ntries = 2\n",
-        )
-        .unwrap();
-        let cfg = BootConfig::load(&path).unwrap();
-        assert_eq!(
-            (cfg.esp, cfg.tries, cfg.bless),
-            (PathBuf::from("/x"), 2, false)
-        );
-        std::fs::write(&path, "central_endpoint = 1\n").unwrap();
-        assert_eq!(BootConfig::load(&path).unwrap(), BootConfig::default());
-        std::fs::write(&path, "[boot]\nesq = 1\n").unwrap();
-        assert!(BootConfig::load(&path).is_err());
     }
 
     #[test]

@@ -18,6 +18,34 @@ pub enum CertificateError {
         "device certificate is for another key than this device's key; the device enrolls again"
     )]
     WrongKey,
+    /// Central's answer names another device than the certificate does.
+    #[error("certificate is for device {issued_for:?} but central said {expected:?}")]
+    WrongDevice {
+        /// The device id in the certificate's SAN.
+        issued_for: String,
+        /// The device id central's answer gave.
+        expected: String,
+    },
+}
+
+/// Checks a certificate from central: parses, carries the device key, names `device_id` (when
+/// the SAN is present). Returns its parsed form.
+pub fn check_issued_certificate(
+    cert_der: &[u8],
+    spki_der: &[u8],
+    device_id: &str,
+) -> Result<CertificateInfo, CertificateError> {
+    let info = CertificateInfo::parse(cert_der)?;
+    info.check_key(spki_der)?;
+    if let Some(id) = &info.device_id {
+        if !device_id.is_empty() && id != device_id {
+            return Err(CertificateError::WrongDevice {
+                issued_for: id.clone(),
+                expected: device_id.to_string(),
+            });
+        }
+    }
+    Ok(info)
 }
 
 /// The parts of the device certificate the agent acts on.
@@ -150,5 +178,28 @@ mod tests {
         ));
         assert_eq!(info.not_after_rfc3339(), "2023-11-15T08:13:20Z");
         assert!(CertificateInfo::parse(b"junk").is_err());
+    }
+
+    #[test]
+    fn issued_certificate_must_carry_our_key_and_id() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            format!("{}d-1", cairn_proto::DEVICE_URI_PREFIX)
+                .try_into()
+                .unwrap(),
+        )];
+        let cert = params.self_signed(&key).unwrap();
+        let spki = key.subject_public_key_info();
+        assert!(check_issued_certificate(cert.der(), &spki, "d-1").is_ok());
+        assert!(check_issued_certificate(cert.der(), &spki, "d-2")
+            .unwrap_err()
+            .to_string()
+            .contains("d-2"));
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        assert!(
+            check_issued_certificate(cert.der(), &other.subject_public_key_info(), "d-1").is_err()
+        );
+        assert!(check_issued_certificate(b"junk", &spki, "d-1").is_err());
     }
 }

@@ -7,6 +7,8 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+
+use cairn_io::{FileError, PathContext};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +18,14 @@ use cairn_proto::MAX_MESSAGE_BYTES;
 use hyper_util::rt::TokioIo;
 use rustls::client::ResolvesClientCert;
 use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, info_span, Instrument};
 
-use crate::config::{AgentConfig, CentralAddress};
+use crate::config::{AgentConfig, CentralAddress, FieldError};
 use crate::key::DeviceKey;
 use crate::tls_key::DeviceCertResolver;
 
@@ -39,13 +42,8 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
     /// The CA file could not be read.
-    #[error("cannot read central's CA certificate {path}: {source}; check `ca_cert` in the agent config")]
-    ReadCa {
-        /// The CA file.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
+    #[error("{0}; check `ca_cert` in the agent config")]
+    ReadCa(#[source] FileError),
     /// The CA file holds no usable certificate.
     #[error(
         "central's CA file {path} holds no usable PEM certificate ({reason}); check `ca_cert`"
@@ -57,12 +55,13 @@ pub enum ChannelError {
         reason: String,
     },
     /// `central_endpoint` could not be used.
-    #[error("central_endpoint {endpoint:?} {reason}")]
+    #[error("central_endpoint {endpoint:?}: {reason}")]
     Endpoint {
         /// The configured endpoint.
         endpoint: String,
         /// What is wrong.
-        reason: String,
+        #[source]
+        reason: FieldError,
     },
     /// rustls refused the TLS configuration (e.g. certificate not matching the device key).
     #[error("TLS setup failed: {0}")]
@@ -117,7 +116,10 @@ impl CentralDialer {
         let server_name =
             ServerName::try_from(address.host.clone()).map_err(|e| ChannelError::Endpoint {
                 endpoint: endpoint.clone(),
-                reason: format!("has a host that is not a valid TLS server name: {e}"),
+                reason: FieldError::new(
+                    "central_endpoint",
+                    format!("has a host that is not a valid TLS server name: {e}"),
+                ),
             })?;
         Ok(CentralDialer {
             endpoint,
@@ -231,30 +233,24 @@ impl CentralDialer {
 
 /// Reads a PEM file of one or more CA certificates into a root store (blocking).
 pub fn load_ca_roots(path: &Path) -> Result<RootCertStore, ChannelError> {
-    let pem = std::fs::read(path).map_err(|source| ChannelError::ReadCa {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let pem = std::fs::read(path)
+        .at("read central's CA certificate", path)
+        .map_err(ChannelError::ReadCa)?;
     let bad = |reason: String| ChannelError::BadCa {
         path: path.to_path_buf(),
         reason,
     };
     let mut roots = RootCertStore::empty();
-    let mut reader = pem.as_slice();
-    for item in rustls_pemfile_certs(&mut reader).map_err(|e| bad(e.to_string()))? {
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("invalid PEM: {e}")))?;
+    for item in certs {
         roots.add(item).map_err(|e| bad(e.to_string()))?;
     }
     if roots.is_empty() {
         return Err(bad("no CERTIFICATE block".into()));
     }
     Ok(roots)
-}
-
-fn rustls_pemfile_certs(pem: &mut &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    use rustls_pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("invalid PEM: {e}"))
 }
 
 /// An error and its sources joined with ": " (tonic's transport errors hide the cause otherwise).

@@ -88,6 +88,13 @@ pub fn build_csr(key: &DeviceKey, serial: &str) -> Result<Vec<u8>, CsrError> {
     Ok(csr.der().to_vec())
 }
 
+/// [`build_csr`] on the blocking pool (the TPM signs slowly).
+pub async fn build_csr_async(key: &DeviceKey, serial: &str) -> Result<Vec<u8>, CsrError> {
+    let key = key.clone();
+    let serial = serial.to_string();
+    crate::blocking::blocking(move || build_csr(&key, &serial)).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

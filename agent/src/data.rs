@@ -14,112 +14,9 @@
 //! the device identity (also on `/data`) are not up this early. The file is inside the encrypted
 //! volume and deleted once central has the key.
 
-use std::path::{Path, PathBuf};
-
 use serde::{Deserialize, Serialize};
 
-/// `[disk]` in the agent config: where the data partition and its sealed key are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DiskConfig {
-    /// Manage the data partition (`cairn-agent unlock`, escrow). Off outside the device image.
-    pub enabled: bool,
-    /// The data partition.
-    pub device: PathBuf,
-    /// The TPM-sealed disk key (on the ESP: useless without this TPM and boot chain).
-    pub sealed_key: PathBuf,
-    /// PCRs (SHA-256 bank) the disk key is sealed to: 7 = Secure Boot policy and the certificate
-    /// that verified the boot loader, 11 = the UKI's sections as systemd-stub measures them.
-    pub pcrs: String,
-    /// Device-mapper name of the opened volume.
-    pub mapper_name: String,
-    /// Where `data.mount` mounts the opened volume (the agent looks for the pending recovery key
-    /// under it).
-    pub mount_point: PathBuf,
-    /// The recovery key waiting for escrow, relative to `mount_point`.
-    pub pending_recovery_key: PathBuf,
-    /// File-system label of a recovery stick.
-    pub recovery_label: String,
-    /// Grow the partition to the end of the disk on first boot.
-    pub grow: bool,
-    /// JSON written at every unlock with the outcome (for people and health checks).
-    pub lock_status: PathBuf,
-}
-
-impl Default for DiskConfig {
-    fn default() -> Self {
-        DiskConfig {
-            enabled: false,
-            device: "/dev/disk/by-partlabel/data".into(),
-            sealed_key: "/efi/cairn/data-key.sealed".into(),
-            pcrs: "7,11".into(),
-            mapper_name: "cairn-data".into(),
-            mount_point: "/data".into(),
-            pending_recovery_key: "cairn/recovery-key.pending".into(),
-            recovery_label: "CAIRN-KEY".into(),
-            grow: true,
-            lock_status: "/run/cairn/data-lock.json".into(),
-        }
-    }
-}
-
-impl DiskConfig {
-    /// Where the running agent finds a recovery key still to escrow.
-    pub fn pending_recovery_key_path(&self) -> PathBuf {
-        self.mount_point.join(&self.pending_recovery_key)
-    }
-
-    /// Check the fields; the message names the field and what is allowed.
-    pub fn validate(&self) -> Result<(), String> {
-        if !self.enabled {
-            return Ok(());
-        }
-        for (name, path) in [
-            ("disk.device", &self.device),
-            ("disk.sealed_key", &self.sealed_key),
-            ("disk.mount_point", &self.mount_point),
-            ("disk.lock_status", &self.lock_status),
-        ] {
-            if !path.is_absolute() {
-                return Err(format!("`{name}` must be an absolute path, got {path:?}"));
-            }
-        }
-        if self.pending_recovery_key.is_absolute()
-            || self
-                .pending_recovery_key
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
-        {
-            return Err(
-                "`disk.pending_recovery_key` must be relative to `disk.mount_point`, without `..`"
-                    .into(),
-            );
-        }
-        if self.mapper_name.is_empty()
-            || !self
-                .mapper_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err("`disk.mapper_name` must be letters, digits, '-' or '_'".into());
-        }
-        if self.recovery_label.is_empty() || self.recovery_label.len() > 11 {
-            return Err("`disk.recovery_label` must be 1-11 characters (a FAT label)".into());
-        }
-        if self.pcrs.trim().is_empty()
-            || !self
-                .pcrs
-                .split(',')
-                .all(|p| p.trim().parse::<u8>().is_ok_and(|n| n < 24))
-        {
-            return Err(format!(
-                "`disk.pcrs` must list PCR numbers 0-23 separated by ',', got {:?}",
-                self.pcrs
-            ));
-        }
-        Ok(())
-    }
-}
+pub use crate::config::DiskConfig;
 
 /// The recovery key waiting on the data partition for escrow (JSON, 0600).
 #[derive(Serialize, Deserialize)]
@@ -154,17 +51,19 @@ pub use unlock::{forget_previous_boot_chain, seal_for_next_uki, unlock_data, Dat
 
 #[cfg(feature = "tpm")]
 mod unlock {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
+    use cairn_io::{FileError, PathContext};
+
     use cairn_disk::{
-        CryptsetupOpen, DataUnlock, RecoveryKey, RecoveryReason, ToolCommand, ToolError,
-        UnlockError, UnlockOutcome,
+        CryptsetupOpen, DataUnlock, RecoveryKey, RecoveryReason, UnlockError, UnlockOutcome,
     };
+    use cairn_io::{Tool, ToolError};
     use cairn_tpm::PcrSelection;
 
     use super::*;
+    use crate::config::FieldError;
 
     /// Name of the key file on a recovery stick.
     pub const RECOVERY_KEY_FILE: &str = "cairn-recovery-key.txt";
@@ -183,26 +82,28 @@ mod unlock {
         #[error(transparent)]
         Tool(#[from] ToolError),
         /// A file could not be written or read.
-        #[error("{what} {path}: {source}")]
-        Io {
-            /// What was being done.
-            what: &'static str,
-            /// The file.
-            path: PathBuf,
-            /// The failure.
-            source: std::io::Error,
-        },
-        /// The configuration is unusable.
+        #[error(transparent)]
+        File(#[from] FileError),
+        /// The `[disk]` section is unusable.
         #[error("agent config: {0}")]
-        Config(String),
+        Config(#[from] FieldError),
+        /// The new slot's UKI is not one whose PCR 11 can be predicted.
+        #[error("cannot predict PCR 11 of {path}: {source}; the new slot is not activated")]
+        UkiPcr {
+            /// The UKI.
+            path: PathBuf,
+            /// Why its sections do not parse.
+            #[source]
+            source: cairn_pe::PeError,
+        },
     }
 
     fn flow(cfg: &DiskConfig, tcti: &str) -> Result<DataUnlock, DataError> {
-        cfg.validate().map_err(DataError::Config)?;
+        cfg.validate()?;
         let pcrs: PcrSelection = cfg
             .pcrs
             .parse()
-            .map_err(|e| DataError::Config(format!("disk.pcrs: {e}")))?;
+            .map_err(|e| FieldError::new("disk.pcrs", format!("{e}")))?;
         Ok(DataUnlock {
             tcti: tcti.to_string(),
             device: cfg.device.clone(),
@@ -217,13 +118,10 @@ mod unlock {
     /// new slot would boot with its data locked.
     pub fn seal_for_next_uki(cfg: &DiskConfig, tcti: &str, uki: &Path) -> Result<(), DataError> {
         let _span = tracing::info_span!("data.seal_for_next_boot", uki = %uki.display()).entered();
-        let bytes = std::fs::read(uki).map_err(|source| DataError::Io {
-            what: "read",
+        let bytes = std::fs::read(uki).at("read", uki)?;
+        let pcr11 = cairn_pe::predict_uki_pcr11(&bytes).map_err(|source| DataError::UkiPcr {
             path: uki.into(),
             source,
-        })?;
-        let pcr11 = cairn_pe::predict_uki_pcr11(&bytes).map_err(|e| {
-            DataError::Config(format!("cannot predict PCR 11 of {}: {e}", uki.display()))
         })?;
         flow(cfg, tcti)?.seal_for_next_boot(&[(cairn_pe::UKI_PCR, pcr11)])?;
         Ok(())
@@ -242,11 +140,7 @@ mod unlock {
         let _span = tracing::info_span!("data.unlock", device = %cfg.device.display()).entered();
         let flow = flow(cfg, tcti)?;
         if let Some(dir) = cfg.sealed_key.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
-                what: "create",
-                path: dir.into(),
-                source,
-            })?;
+            std::fs::create_dir_all(dir).at("create the directory", dir)?;
         }
         if cfg.grow && !cairn_disk::is_luks(&cfg.device).map_err(UnlockError::from)? {
             match cairn_disk::grow_data_partition(&cfg.device) {
@@ -320,7 +214,8 @@ mod unlock {
 
     /// Let udev finish the events of a partition change and wait (up to 10 s) for `device`.
     fn settle_udev(device: &Path) {
-        if let Err(e) = ToolCommand::new("udevadm", "wait for udev")
+        if let Err(e) = Tool::new("udevadm")
+            .purpose("wait for udev")
             .arg("settle")
             .arg("--timeout=10")
             .timeout(Duration::from_secs(15))
@@ -344,20 +239,16 @@ mod unlock {
 
     fn write_status(cfg: &DiskConfig, status: &LockStatus) -> Result<(), DataError> {
         let path = &cfg.lock_status;
-        let io = |source| DataError::Io {
-            what: "write",
-            path: path.clone(),
-            source,
-        };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::create_dir_all(dir).at("create the directory", dir)?;
         }
         let json = serde_json::to_vec_pretty(status).expect("status serializes");
-        std::fs::write(path, json).map_err(io)
+        Ok(std::fs::write(path, json).at("write", path)?)
     }
 
     fn blank(device: &Path) -> Result<bool, DataError> {
-        let out = ToolCommand::new("blkid", "probe the data volume")
+        let out = Tool::new("blkid")
+            .purpose("probe the data volume")
             .arg("-p")
             .arg(device)
             .accept_codes(&[2])
@@ -368,7 +259,8 @@ mod unlock {
 
     fn make_filesystem(device: &Path) -> Result<(), DataError> {
         let _span = tracing::info_span!("data.mkfs", device = %device.display()).entered();
-        ToolCommand::new("mkfs.ext4", "create the data file system")
+        Tool::new("mkfs.ext4")
+            .purpose("create the data file system")
             .arg("-q")
             .arg("-L")
             .arg("cairn-data")
@@ -387,12 +279,9 @@ mod unlock {
         options: &str,
         f: impl FnOnce(&Path) -> Result<T, DataError>,
     ) -> Result<T, DataError> {
-        std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
-            what: "create",
-            path: dir.into(),
-            source,
-        })?;
-        ToolCommand::new("mount", "mount")
+        std::fs::create_dir_all(dir).at("create the directory", dir)?;
+        Tool::new("mount")
+            .purpose("mount")
             .arg("-o")
             .arg(options)
             .arg(device)
@@ -400,7 +289,8 @@ mod unlock {
             .timeout(Duration::from_secs(60))
             .run()?;
         let result = f(dir);
-        let unmounted = ToolCommand::new("umount", "unmount")
+        let unmounted = Tool::new("umount")
+            .purpose("unmount")
             .arg(dir)
             .timeout(Duration::from_secs(60))
             .run();
@@ -426,27 +316,15 @@ mod unlock {
             "nodev,nosuid,noexec",
             |root| {
                 let path = root.join(&cfg.pending_recovery_key);
-                let io = |what: &'static str| {
-                    let path = path.clone();
-                    move |source| DataError::Io { what, path, source }
-                };
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(io("create the directory of"))?;
+                    cairn_io::create_private_dir(dir)?;
                     std::fs::set_permissions(
                         dir,
                         std::os::unix::fs::PermissionsExt::from_mode(0o700),
                     )
-                    .map_err(io("restrict the directory of"))?;
+                    .at("restrict the directory", dir)?;
                 }
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(io("create"))?;
-                file.write_all(&json).map_err(io("write"))?;
-                file.sync_all().map_err(io("sync"))?;
+                cairn_io::write_atomic(&path, &json, 0o600)?;
                 tracing::info!("recovery key parked on the data partition until central has it");
                 Ok(())
             },
@@ -472,19 +350,16 @@ mod unlock {
             "ro,nodev,nosuid,noexec",
             |root| {
                 let path = root.join(RECOVERY_KEY_FILE);
-                let bytes = std::fs::read(&path).map_err(|source| DataError::Io {
-                    what: "read",
-                    path: path.clone(),
-                    source,
-                })?;
+                let bytes = std::fs::read(&path).at("read", &path)?;
                 if bytes.len() > 4096 {
                     let problem =
                         format!("larger than 4 KiB; {RECOVERY_KEY_FILE} should hold only the key");
-                    return Err(DataError::Io {
-                        what: "read",
+                    return Err(FileError::new(
+                        "read",
                         path,
-                        source: std::io::Error::new(std::io::ErrorKind::InvalidData, problem),
-                    });
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, problem),
+                    )
+                    .into());
                 }
                 Ok(bytes)
             },
@@ -503,57 +378,5 @@ mod unlock {
                 Ok(None)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn defaults_are_valid_and_bad_fields_are_named() {
-        let cfg = DiskConfig {
-            enabled: true,
-            ..DiskConfig::default()
-        };
-        cfg.validate().unwrap();
-        assert_eq!(
-            cfg.pending_recovery_key_path(),
-            Path::new("/data/cairn/recovery-key.pending")
-        );
-        for (edit, field) in [
-            (
-                Box::new(|c: &mut DiskConfig| c.recovery_label = "CAIRN-RECOVERY".into())
-                    as Box<dyn Fn(&mut DiskConfig)>,
-                "recovery_label",
-            ),
-            (
-                Box::new(|c: &mut DiskConfig| c.pcrs = "7,99".into()),
-                "pcrs",
-            ),
-            (
-                Box::new(|c: &mut DiskConfig| c.pending_recovery_key = "../escape".into()),
-                "pending_recovery_key",
-            ),
-            (
-                Box::new(|c: &mut DiskConfig| c.device = "relative".into()),
-                "disk.device",
-            ),
-            (
-                Box::new(|c: &mut DiskConfig| c.mapper_name = "a b".into()),
-                "mapper_name",
-            ),
-        ] {
-            let mut bad = cfg.clone();
-            edit(&mut bad);
-            let problem = bad.validate().unwrap_err();
-            assert!(problem.contains(field), "{problem} should name {field}");
-        }
-        // Disabled: nothing is checked (the fields are unused).
-        let off = DiskConfig {
-            recovery_label: String::new(),
-            ..DiskConfig::default()
-        };
-        off.validate().unwrap();
     }
 }

@@ -1,20 +1,22 @@
 //! Zero-touch enrollment: send a CSR signed by the device key, the fleet token and the hardware
 //! facts to central's Enrollment service until central approves and returns a certificate.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_proto::v1::{EnrollRequest, EnrollStatus};
 use tonic::Code;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::agent::Agent;
 use crate::backoff::Backoff;
-use crate::certificate::{CertificateError, CertificateInfo};
-use crate::channel::{enrollment_client, ChannelError, REQUEST_TIMEOUT};
-use crate::csr::CsrError;
+use crate::certificate::{check_issued_certificate, CertificateError};
+use crate::channel::{enrollment_client, CentralDialer, ChannelError, REQUEST_TIMEOUT};
+use crate::csr::{build_csr_async, CsrError};
+use crate::facts::HardwareFacts;
+use crate::identity::IdentityStore;
 use crate::shutdown::Shutdown;
 use crate::state::{StateError, StoredIdentity};
-use crate::status::Phase;
+use crate::status::{Phase, StatusReporter};
 
 /// Longest wait central may ask for between two Enroll calls while pending.
 pub const MAX_PENDING_RETRY: Duration = Duration::from_secs(3600);
@@ -51,6 +53,9 @@ pub enum EnrollError {
     /// Central answered with something the agent cannot use.
     #[error("central sent an unusable enrollment answer: {0}")]
     BadResponse(String),
+    /// Central's certificate does not fit this device.
+    #[error("central issued an unusable certificate: {0}")]
+    BadCertificate(#[from] CertificateError),
     /// The CSR could not be built (device key problem).
     #[error(transparent)]
     Csr(#[from] CsrError),
@@ -74,30 +79,30 @@ pub fn is_refusal(code: Code) -> bool {
     )
 }
 
-/// Checks a certificate from central: parses, carries the device key, names `device_id` (when
-/// the SAN is present). Returns its parsed form.
-pub fn check_issued_certificate(
-    cert_der: &[u8],
-    spki_der: &[u8],
-    device_id: &str,
-) -> Result<CertificateInfo, String> {
-    let info = CertificateInfo::parse(cert_der).map_err(|e| e.to_string())?;
-    info.check_key(spki_der)
-        .map_err(|e: CertificateError| e.to_string())?;
-    if let Some(id) = &info.device_id {
-        if !device_id.is_empty() && id != device_id {
-            return Err(format!(
-                "certificate is for device {id:?} but central said {device_id:?}"
-            ));
-        }
-    }
-    Ok(info)
+/// What enrollment needs, and nothing else of the agent.
+pub struct Enroller {
+    pub(crate) identity: IdentityStore,
+    pub(crate) dialer: CentralDialer,
+    pub(crate) facts: HardwareFacts,
+    pub(crate) token: String,
+    pub(crate) status: Arc<StatusReporter>,
+    /// First and largest retry delay.
+    pub(crate) backoff: (Duration, Duration),
 }
 
-impl Agent {
-    /// One Enroll call with a CSR made now. Nothing is stored; see [`Agent::enroll`].
+impl std::fmt::Debug for Enroller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enroller")
+            .field("endpoint", &self.dialer.endpoint())
+            .field("serial", &self.facts.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Enroller {
+    /// One Enroll call with a CSR made now. Nothing is stored; see [`Enroller::enroll`].
     pub async fn enroll_once(&self) -> Result<EnrollOutcome, EnrollError> {
-        let csr = self.build_csr().await?;
+        let csr = build_csr_async(self.identity.key(), &self.facts.serial).await?;
         self.enroll_with_csr(csr).await
     }
 
@@ -142,10 +147,9 @@ impl Agent {
                     }
                     check_issued_certificate(
                         &response.certificate_der,
-                        self.key.public_key_spki_der(),
+                        self.identity.key().public_key_spki_der(),
                         &response.device_id,
-                    )
-                    .map_err(EnrollError::BadResponse)?;
+                    )?;
                     Ok(EnrollOutcome::Approved(StoredIdentity {
                         device_id: response.device_id,
                         cert_der: response.certificate_der,
@@ -178,9 +182,9 @@ impl Agent {
         self.status
             .set_phase(Phase::Enrolling, self.status.current().last_error)
             .await;
-        let mut backoff = Backoff::new(self.config.backoff_initial(), self.config.backoff_max());
+        let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
         // One CSR for all attempts: same key, so central sees the same request.
-        let csr = self.build_csr().await?;
+        let csr = build_csr_async(self.identity.key(), &self.facts.serial).await?;
         loop {
             if shutdown.is_triggered() {
                 return Ok(None);
@@ -190,9 +194,7 @@ impl Agent {
             };
             let delay = match result {
                 Ok(EnrollOutcome::Approved(identity)) => {
-                    let state = self.state.clone();
-                    let to_store = identity.clone();
-                    crate::agent::blocking(move || state.save_identity(&to_store)).await?;
+                    self.identity.save(&identity).await?;
                     info!(device_id = %identity.device_id, "enrollment approved; device certificate stored");
                     return Ok(Some(identity));
                 }
@@ -218,7 +220,11 @@ impl Agent {
                     self.status.set_phase(Phase::Refused, Some(message)).await;
                     backoff.next_delay()
                 }
-                Err(e @ (EnrollError::Unavailable(_) | EnrollError::BadResponse(_))) => {
+                Err(
+                    e @ (EnrollError::Unavailable(_)
+                    | EnrollError::BadResponse(_)
+                    | EnrollError::BadCertificate(_)),
+                ) => {
                     warn!(error = %e, "enrollment attempt failed; retrying");
                     self.status
                         .set_phase(Phase::Offline, Some(e.to_string()))
@@ -237,7 +243,6 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::PublicKeyData;
 
     #[test]
     fn refusal_codes() {
@@ -247,27 +252,5 @@ mod tests {
         assert!(!is_refusal(Code::Unavailable));
         assert!(!is_refusal(Code::Internal));
         assert!(!is_refusal(Code::DeadlineExceeded));
-    }
-
-    #[test]
-    fn issued_certificate_must_carry_our_key_and_id() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = vec![rcgen::SanType::URI(
-            format!("{}d-1", cairn_proto::DEVICE_URI_PREFIX)
-                .try_into()
-                .unwrap(),
-        )];
-        let cert = params.self_signed(&key).unwrap();
-        let spki = key.subject_public_key_info();
-        assert!(check_issued_certificate(cert.der(), &spki, "d-1").is_ok());
-        assert!(check_issued_certificate(cert.der(), &spki, "d-2")
-            .unwrap_err()
-            .contains("d-2"));
-        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        assert!(
-            check_issued_certificate(cert.der(), &other.subject_public_key_info(), "d-1").is_err()
-        );
-        assert!(check_issued_certificate(b"junk", &spki, "d-1").is_err());
     }
 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::config::{AgentConfig, KeyStorage};
+use crate::os_release::os_release_value;
+use crate::tpm_key::{ek_public_sha256, TpmKeyError};
 
 /// DMI product serial (readable by root).
 pub const DMI_SERIAL_PATH: &str = "/sys/class/dmi/id/product_serial";
@@ -34,7 +36,7 @@ pub enum FactsError {
     NoSerial,
     /// The TPM endorsement key could not be read.
     #[error("cannot read the TPM endorsement key for the facts: {0}")]
-    Tpm(#[source] crate::key::KeyError),
+    Tpm(#[source] TpmKeyError),
 }
 
 /// What the agent tells central about the device.
@@ -65,10 +67,7 @@ impl HardwareFacts {
                 .ok_or(FactsError::NoSerial)?,
         };
         let (tpm_ek_sha256, key_storage) = match storage {
-            KeyStorage::Tpm { tcti } => (
-                crate::tpm_key::ek_public_sha256(tcti).map_err(FactsError::Tpm)?,
-                "tpm",
-            ),
+            KeyStorage::Tpm { tcti } => (ek_public_sha256(tcti).map_err(FactsError::Tpm)?, "tpm"),
             KeyStorage::Software => (String::new(), "software"),
         };
         let hostname = match &config.hostname {
@@ -138,7 +137,7 @@ pub fn os_pretty_name(path: &Path) -> String {
 }
 
 fn parse_pretty_name(text: &str) -> Option<String> {
-    crate::update::system::os_release_value(text, "PRETTY_NAME")
+    os_release_value(text, "PRETTY_NAME")
 }
 
 #[cfg(test)]

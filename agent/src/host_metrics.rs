@@ -7,8 +7,6 @@
 //! directory. A part that cannot be read is left out of the sample (and logged once per distinct
 //! failure); it never stops a heartbeat.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use cairn_proto::v1::{FilesystemUsage, HostMetrics, TemperatureReading};
@@ -357,28 +355,12 @@ pub fn filesystem_usage(mount: &Path) -> Result<Option<FilesystemUsage>, HostMet
         path: mount.to_path_buf(),
         source,
     };
-    let c_path = CString::new(mount.as_os_str().as_bytes())
-        .map_err(|_| err(std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` points to writable memory of
-    // the right type; statvfs only writes to it.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == std::io::ErrorKind::NotFound {
-            return Ok(None);
-        }
-        return Err(err(e));
-    }
-    // SAFETY: statvfs returned 0, so it filled the struct.
-    let stats = unsafe { stats.assume_init() };
-    // The field types differ between targets (u32 on 32-bit ARM), hence the casts.
-    #[allow(clippy::unnecessary_cast)]
-    let (fragment, blocks, free_blocks) = (
-        stats.f_frsize as u64,
-        stats.f_blocks as u64,
-        stats.f_bfree as u64,
-    );
+    let stats = match rustix::fs::statvfs(mount) {
+        Ok(stats) => stats,
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(err(e.into())),
+    };
+    let (fragment, blocks, free_blocks) = (stats.f_frsize, stats.f_blocks, stats.f_bfree);
     let total = blocks.saturating_mul(fragment);
     let free = free_blocks.saturating_mul(fragment);
     Ok(Some(FilesystemUsage {

@@ -10,9 +10,11 @@ use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use tracing::{info, info_span, warn};
 
-use crate::config::{AgentConfig, KeyStorage, KeyStorageSetting, DEFAULT_TPM_TCTI};
-use crate::state::{self, StateError, SOFTWARE_KEY_FILE, TPM_KEY_FILE};
-use crate::tpm_key::TpmKey;
+use cairn_io::FileError;
+
+use crate::config::{AgentConfig, KeyStorage, KeyStorageSetting};
+use crate::state::{SOFTWARE_KEY_FILE, TPM_KEY_FILE};
+use crate::tpm_key::{TpmKey, TpmKeyError};
 
 /// DER prefix of a P-256 SubjectPublicKeyInfo (id-ecPublicKey, prime256v1, BIT STRING of 66 bytes);
 /// the 65-byte uncompressed point follows.
@@ -25,13 +27,8 @@ const P256_SPKI_PREFIX: [u8; 26] = [
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     /// The software key file exists but could not be read.
-    #[error("cannot read device key {path}: {source}; check the data partition is mounted")]
-    Read {
-        /// The key file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error("{0}; check the data partition is mounted")]
+    Read(#[source] FileError),
     /// The software key file is not a P-256 PKCS#8 key.
     #[error("device key {path} is not a valid ECDSA P-256 PKCS#8 key ({reason}); move it away to make a new key (the device then enrolls again)")]
     Rejected {
@@ -42,7 +39,7 @@ pub enum KeyError {
     },
     /// Generating or storing a new software key failed.
     #[error("cannot create a software device key: {0}")]
-    Create(#[source] StateError),
+    Create(#[source] FileError),
     /// The random generator failed.
     #[error("the system random generator failed while {0}")]
     Random(&'static str),
@@ -54,20 +51,9 @@ pub enum KeyError {
         /// What went wrong.
         reason: String,
     },
-    /// A TPM operation failed.
-    #[error("TPM {operation} failed: {reason}")]
-    Tpm {
-        /// What the agent asked the TPM for.
-        operation: &'static str,
-        /// The TPM crate's message (says what to check).
-        reason: String,
-    },
-    /// The configuration asks for a TPM but this build has no TPM support.
-    #[error("key_storage selects the TPM ({tcti}) but cairn-agent was built without the `tpm` feature; rebuild with it or set key_storage = \"software\"")]
-    TpmNotBuilt {
-        /// The TCTI that would have been used.
-        tcti: String,
-    },
+    /// A TPM operation failed, or TPM support was not built.
+    #[error(transparent)]
+    Tpm(#[from] TpmKeyError),
     /// The public key is not an uncompressed P-256 point in a SubjectPublicKeyInfo.
     #[error("the device public key is not an ECDSA P-256 key: {0}")]
     BadPublicKey(String),
@@ -94,25 +80,19 @@ impl SoftwareKey {
     pub fn open_or_create(path: &Path) -> Result<Self, KeyError> {
         let _span = info_span!("key.software.open", path = %path.display()).entered();
         let rng = SystemRandom::new();
-        let pkcs8 = match state::read_optional(path) {
-            Ok(Some(bytes)) => {
+        let pkcs8 = match std::fs::read(path) {
+            Ok(bytes) => {
                 tighten_mode(path);
                 bytes
             }
-            Ok(None) => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
                     .map_err(|_| KeyError::Random("generating the device key"))?;
-                state::write_atomic(path, doc.as_ref()).map_err(KeyError::Create)?;
+                cairn_io::write_atomic(path, doc.as_ref(), 0o600).map_err(KeyError::Create)?;
                 info!("created a new software device key");
                 doc.as_ref().to_vec()
             }
-            Err(StateError::Read { source, .. }) => {
-                return Err(KeyError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-            Err(other) => return Err(KeyError::Create(other)),
+            Err(e) => return Err(KeyError::Read(FileError::new("read device key", path, e))),
         };
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8, &rng)
             .map_err(|e| KeyError::Rejected {
@@ -186,12 +166,7 @@ pub fn point_from_spki(spki: &[u8]) -> Result<Vec<u8>, KeyError> {
 pub fn choose_storage(config: &AgentConfig) -> KeyStorage {
     let software_path = config.state_dir.join(SOFTWARE_KEY_FILE);
     let tpm_path = config.state_dir.join(TPM_KEY_FILE);
-    let tcti = || {
-        config
-            .tpm_tcti
-            .clone()
-            .unwrap_or_else(|| DEFAULT_TPM_TCTI.to_string())
-    };
+    let tcti = || config.tcti().to_string();
     match config.key_storage {
         KeyStorageSetting::Auto if tpm_path.exists() => KeyStorage::Tpm { tcti: tcti() },
         KeyStorageSetting::Auto if software_path.exists() => KeyStorage::Software,
@@ -224,10 +199,11 @@ impl DeviceKey {
             KeyStorage::Software => Ok(DeviceKey::Software(Arc::new(SoftwareKey::open_or_create(
                 &config.state_dir.join(SOFTWARE_KEY_FILE),
             )?))),
-            KeyStorage::Tpm { tcti } => Ok(DeviceKey::Tpm(Arc::new(TpmKey::open_or_create(
-                &tcti,
-                &config.state_dir.join(TPM_KEY_FILE),
-            )?))),
+            KeyStorage::Tpm { tcti } => {
+                let key = TpmKey::open_or_create(&tcti, &config.state_dir.join(TPM_KEY_FILE))?;
+                point_from_spki(key.public_key_spki_der())?;
+                Ok(DeviceKey::Tpm(Arc::new(key)))
+            }
         }
     }
 
@@ -256,7 +232,7 @@ impl DeviceKey {
     pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         match self {
             DeviceKey::Software(k) => k.sign(message),
-            DeviceKey::Tpm(k) => k.sign(message),
+            DeviceKey::Tpm(k) => Ok(k.sign(message)?),
         }
     }
 

@@ -6,23 +6,46 @@
 //!
 //! Everything is driven by an [`AgentConfig`] and stops on a [`tokio::sync::watch`] flag, with no
 //! process globals, so a benchmark can run many agents in one process ([`spawn_agents`]).
+//!
+//! # Assembly
+//!
+//! [`Agent::new`] (in [`agent`]) is the one place the daemon is put together. Each subsystem
+//! gets the narrow handle it needs, never the `Agent`:
+//!
+//! - enrollment: [`enroll::Enroller`] (identity, dialer, facts, token, status);
+//! - the Sync session, renewal, escrow, log requests, heartbeat metrics:
+//!   [`sync::Session`] (identity, dialer, status, [`desired::DesiredStore`], event queue, host
+//!   sampler, [`log_requests::LogSources`], the `[boot]` section when it blesses);
+//! - apps: [`apps::AppsSink`] (its `[apps]` section and the event queue), seen by the rest
+//!   as a [`DesiredStateSink`];
+//! - OS updates: [`update::UpdateLink`] (identity, dialer, status and desired-state
+//!   receivers, `[disk]`, the TCTI, the ESP, containerd's socket);
+//! - boot slots and the data partition: plain functions over their config section
+//!   ([`boot`], [`boot::slots`], [`data`]) and the one [`Slot`] type;
+//! - status: [`status::StatusReporter`], shared; events: [`events::EventQueue`], shared.
 
 pub mod agent;
 pub mod apps;
 pub mod backoff;
+mod blocking;
 pub mod boot;
 pub mod certificate;
 pub mod channel;
 pub mod config;
 pub mod csr;
 pub mod data;
+pub mod desired;
 pub mod enroll;
 pub mod events;
 pub mod facts;
 pub mod host_metrics;
+pub mod identity;
 pub mod key;
 pub mod log_requests;
+pub mod os_release;
 pub mod shutdown;
+pub mod sink;
+pub mod slot;
 pub mod state;
 pub mod status;
 pub mod sync;
@@ -40,8 +63,9 @@ pub use config::AgentConfig;
 pub use enroll::{EnrollError, EnrollOutcome};
 pub use facts::HardwareFacts;
 pub use key::DeviceKey;
+pub use sink::{DesiredStateSink, RecordOnlySink};
+pub use slot::Slot;
 pub use status::{Phase, Status};
-pub use sync::{DesiredStateSink, RecordOnlySink};
 
 /// Runs one agent until `shutdown` becomes `true` (or its sender is dropped), running the desired
 /// apps on containerd when `[apps] enabled`.
@@ -51,7 +75,7 @@ pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result
         .with_configured_apps()
         .with_configured_update();
     let agent = Arc::new(agent);
-    let updater = updater.map(|u| u.spawn(agent.clone(), shutdown.clone()));
+    let updater = updater.map(|u| u.spawn(shutdown.clone()));
     let result = agent.run(shutdown).await;
     if let Some(task) = updater {
         task.abort();

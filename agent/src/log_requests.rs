@@ -9,9 +9,12 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cairn_io::{Tool, ToolError};
 use cairn_proto::v1::{LogReply, LogRequest};
 use cairn_runtime::container::RuntimeConfig;
 use tracing::{info_span, Instrument};
+
+use crate::config::AppsConfig;
 
 /// The systemd unit of the agent.
 pub const AGENT_UNIT: &str = "cairn-agent";
@@ -45,10 +48,37 @@ pub enum LogReadError {
     },
     /// journalctl is not installed.
     #[error("journalctl is not available on this device ({0}); the agent's journal cannot be read, look at its stderr instead")]
-    NoJournalctl(String),
+    NoJournalctl(#[source] ToolError),
     /// journalctl failed or took too long.
     #[error("journalctl failed: {0}")]
-    Journalctl(String),
+    Journalctl(#[source] ToolError),
+    /// The blocking task reading the log failed.
+    #[error("the log reader task failed: {0}")]
+    Task(String),
+}
+
+/// Where the answers come from: the apps' log files and the agent's journal.
+#[derive(Debug, Clone)]
+pub struct LogSources {
+    runtime: RuntimeConfig,
+    journalctl: PathBuf,
+}
+
+impl LogSources {
+    /// The apps' logs under `[apps]`'s data dir, the journal through `journalctl` on PATH.
+    pub fn new(apps: &AppsConfig, state_dir: &Path) -> LogSources {
+        let mut runtime = RuntimeConfig::new(apps.data_dir(state_dir));
+        runtime.runc_root = apps.runc_root.clone();
+        LogSources {
+            runtime,
+            journalctl: PathBuf::from("journalctl"),
+        }
+    }
+
+    /// Answers one request (see [`answer`]).
+    pub async fn answer(&self, request: LogRequest) -> LogReply {
+        answer(self.runtime.clone(), self.journalctl.clone(), request).await
+    }
 }
 
 /// The last `lines` lines of `text`-producing files, newest file first; returns (text, truncated).
@@ -166,50 +196,19 @@ pub async fn agent_journal(
     journalctl: &Path,
     lines: usize,
 ) -> Result<(String, bool), LogReadError> {
-    let mut command = tokio::process::Command::new(journalctl);
-    command
-        .args([
-            "-u",
-            AGENT_UNIT,
-            "-n",
-            &lines.to_string(),
-            "-o",
-            "short-iso",
-            "--no-pager",
-        ])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
-    let output = match tokio::time::timeout(JOURNALCTL_TIMEOUT, command.output()).await {
-        Err(_) => {
-            return Err(LogReadError::Journalctl(format!(
-                "no answer within {} s",
-                JOURNALCTL_TIMEOUT.as_secs()
-            )))
-        }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(LogReadError::NoJournalctl(format!(
-                "{} not found",
-                journalctl.display()
-            )))
-        }
-        Ok(Err(e)) => {
-            return Err(LogReadError::Journalctl(format!(
-                "could not run {}: {e}",
-                journalctl.display()
-            )))
-        }
-        Ok(Ok(output)) => output,
-    };
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(LogReadError::Journalctl(format!(
-            "{} exited with {}: {}",
-            journalctl.display(),
-            output.status,
-            cairn_proto::truncate_status_text(stderr.trim(), 512)
-        )));
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
+    let tool = Tool::new(journalctl)
+        .purpose("read the agent's journal")
+        .args(["-u", AGENT_UNIT, "-n", &lines.to_string()])
+        .args(["-o", "short-iso", "--no-pager"])
+        .timeout(JOURNALCTL_TIMEOUT);
+    let output = tokio::task::spawn_blocking(move || tool.run())
+        .await
+        .map_err(|e| LogReadError::Task(e.to_string()))?
+        .map_err(|e| match e {
+            ToolError::NotFound { .. } => LogReadError::NoJournalctl(e),
+            e => LogReadError::Journalctl(e),
+        })?;
+    let text = output.stdout_text();
     let all: Vec<String> = text.lines().map(str::to_owned).collect();
     let start = all.len().saturating_sub(lines);
     Ok(join_capped(
@@ -229,11 +228,7 @@ pub async fn answer(runtime: RuntimeConfig, journalctl: PathBuf, request: LogReq
             let (app, service) = (request.app.clone(), request.service.clone());
             tokio::task::spawn_blocking(move || service_log(&runtime, &app, &service, lines))
                 .await
-                .unwrap_or_else(|e| {
-                    Err(LogReadError::Journalctl(format!(
-                        "log reader task failed: {e}"
-                    )))
-                })
+                .unwrap_or_else(|e| Err(LogReadError::Task(e.to_string())))
         };
         match result {
             Ok((text, truncated)) => {
@@ -251,7 +246,7 @@ pub async fn answer(runtime: RuntimeConfig, journalctl: PathBuf, request: LogReq
                     request_id: request.id,
                     text: String::new(),
                     truncated: false,
-                    error: e.to_string(),
+                    error: cairn_proto::truncate_status_text(&e.to_string(), 1024),
                 }
             }
         }

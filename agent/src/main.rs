@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use cairn_agent::Slot;
 use cairn_agent::{key::choose_storage, AgentConfig, HardwareFacts};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
@@ -84,7 +85,7 @@ enum BootCommand {
         /// The signed UKI (from the bundle).
         uki: PathBuf,
         /// Slot: a or b.
-        slot: String,
+        slot: Slot,
     },
     /// RAUC's custom bootloader backend (system.conf `bootloader=custom`).
     RaucBackend {
@@ -100,44 +101,37 @@ enum RaucBackendCommand {
     /// Make a slot boot next, with a fresh try counter.
     SetPrimary {
         /// a or b.
-        slot: String,
+        slot: Slot,
     },
     /// Print good or bad.
     GetState {
         /// a or b.
-        slot: String,
+        slot: Slot,
     },
     /// Mark a slot good (drop its counter) or bad (no tries left).
     SetState {
         /// a or b.
-        slot: String,
+        slot: Slot,
         /// good or bad.
         state: String,
     },
 }
 
 fn boot(config: &std::path::Path, command: BootCommand) -> anyhow::Result<()> {
-    use cairn_agent::boot::slots::{self, RaucRequest, Slot, SlotState};
+    use cairn_agent::boot::slots::{self, RaucRequest, SlotState};
     let cfg = cairn_agent::boot::BootConfig::load(config)?;
     match command {
         BootCommand::InstallUki { uki, slot } => {
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            slots::install_uki(
-                &cfg.esp,
-                &uki,
-                Slot::parse(&slot)?,
-                slots::booted_slot(&cmdline),
-            )?;
+            slots::install_uki(&cfg.esp, &uki, slot, slots::booted_slot(&cmdline))?;
         }
         BootCommand::RaucBackend { request } => {
             let request = match request {
                 RaucBackendCommand::GetPrimary => RaucRequest::GetPrimary,
-                RaucBackendCommand::SetPrimary { slot } => {
-                    RaucRequest::SetPrimary(Slot::parse(&slot)?)
-                }
-                RaucBackendCommand::GetState { slot } => RaucRequest::GetState(Slot::parse(&slot)?),
+                RaucBackendCommand::SetPrimary { slot } => RaucRequest::SetPrimary(slot),
+                RaucBackendCommand::GetState { slot } => RaucRequest::GetState(slot),
                 RaucBackendCommand::SetState { slot, state } => {
-                    RaucRequest::SetState(Slot::parse(&slot)?, SlotState::parse(&state)?)
+                    RaucRequest::SetState(slot, SlotState::parse(&state)?)
                 }
             };
             if let Some(out) = slots::rauc_backend(&cfg.esp, cfg.tries, &request)? {
@@ -217,10 +211,7 @@ fn unlock(config: &AgentConfig) -> anyhow::Result<()> {
         config.disk.enabled,
         "[disk] enabled = false in the agent config: this device has no managed data partition"
     );
-    let tcti = config
-        .tpm_tcti
-        .clone()
-        .unwrap_or_else(|| cairn_agent::config::DEFAULT_TPM_TCTI.to_string());
+    let tcti = config.tcti();
     // The TPM driver may still be probing this early in boot.
     if let Some(node) = tcti.strip_prefix("device:") {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -228,7 +219,7 @@ fn unlock(config: &AgentConfig) -> anyhow::Result<()> {
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
     }
-    match unlock_data(&config.disk, &tcti) {
+    match unlock_data(&config.disk, tcti) {
         Ok(status) => {
             println!(
                 "CAIRN-DATA state={} reason={:?}",

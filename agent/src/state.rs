@@ -6,11 +6,10 @@
 //! either the old or the new file, never half of one. All functions here block: call them from
 //! `spawn_blocking` in async code.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use cairn_io::{FileError, PathContext};
 use cairn_proto::v1::DesiredState;
 use prost::Message;
 use tracing::{debug, debug_span};
@@ -35,34 +34,11 @@ pub const STATUS_FILE: &str = "status.json";
 /// A failed state-directory operation.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// The state directory could not be created or its mode set.
+    /// A state file or the directory could not be read, written or created.
     #[error(
-        "cannot prepare state directory {path}: {source}; check the disk is mounted and writable"
+        "{0}; check the disk is mounted, has free space and the state directory's permissions"
     )]
-    Dir {
-        /// The state directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A state file could not be written.
-    #[error(
-        "cannot write {path}: {source}; check free space and permissions of the state directory"
-    )]
-    Write {
-        /// The target file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// A state file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    File(#[from] FileError),
     /// A state file exists but its content is not what the agent wrote.
     #[error("{path} is corrupt ({reason}); move it away and restart the agent to fetch it again")]
     Corrupt {
@@ -73,42 +49,10 @@ pub enum StateError {
     },
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600: temp file, fsync, rename, fsync directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+/// Writes `bytes` to `path` atomically with mode 0600 (see [`cairn_io::write_atomic`]).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let _span = debug_span!("state.write", path = %path.display(), len = bytes.len()).entered();
-    let write_err = |source| StateError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| write_err(std::io::Error::other("path has no file name")))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{:016x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)?;
+    cairn_io::write_atomic(path, bytes, 0o600)?;
     debug!("written");
     Ok(())
 }
@@ -118,10 +62,7 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StateError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError::Read {
-            path: path.to_path_buf(),
-            source,
-        }),
+        Err(source) => Err(FileError::new("read", path, source).into()),
     }
 }
 
@@ -161,12 +102,10 @@ impl StateDir {
     /// Creates the directory (and parents) and sets it to mode 0700.
     pub fn ensure(&self) -> Result<(), StateError> {
         let _span = debug_span!("state.ensure", dir = %self.path.display()).entered();
-        let err = |source| StateError::Dir {
-            path: self.path.clone(),
-            source,
-        };
-        std::fs::create_dir_all(&self.path).map_err(err)?;
-        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700)).map_err(err)
+        std::fs::create_dir_all(&self.path).at("create the state directory", &self.path)?;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700))
+            .at("restrict the state directory", &self.path)?;
+        Ok(())
     }
 
     /// The stored identity, `None` when the device has not enrolled yet (no certificate).
@@ -196,15 +135,15 @@ impl StateDir {
     pub fn save_identity(&self, identity: &StoredIdentity) -> Result<(), StateError> {
         let _span = debug_span!("state.save_identity", device_id = %identity.device_id).entered();
         if !identity.ca_der.is_empty() {
-            write_atomic(&self.file(CA_FILE), &identity.ca_der)?;
+            write_private(&self.file(CA_FILE), &identity.ca_der)?;
         }
-        write_atomic(&self.file(DEVICE_ID_FILE), identity.device_id.as_bytes())?;
-        write_atomic(&self.file(CERT_FILE), &identity.cert_der)
+        write_private(&self.file(DEVICE_ID_FILE), identity.device_id.as_bytes())?;
+        write_private(&self.file(CERT_FILE), &identity.cert_der)
     }
 
     /// Replaces the device certificate (after renewal).
     pub fn save_certificate(&self, cert_der: &[u8]) -> Result<(), StateError> {
-        write_atomic(&self.file(CERT_FILE), cert_der)
+        write_private(&self.file(CERT_FILE), cert_der)
     }
 
     /// Moves the certificate aside (`device-cert.der.old`) so the agent enrolls again.
@@ -214,7 +153,7 @@ impl StateDir {
         match std::fs::rename(&from, &to) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(StateError::Write { path: from, source }),
+            Err(source) => Err(FileError::new("move aside", from, source).into()),
         }
     }
 
@@ -235,14 +174,12 @@ impl StateDir {
     /// Stores a desired state (before it is applied).
     pub fn save_desired(&self, desired: &DesiredState) -> Result<(), StateError> {
         let _span = debug_span!("state.save_desired", revision = desired.revision).entered();
-        write_atomic(&self.file(DESIRED_FILE), &desired.encode_to_vec())
+        write_private(&self.file(DESIRED_FILE), &desired.encode_to_vec())
     }
 
     /// Writes `status.json`.
     pub fn save_status(&self, status: &Status) -> Result<(), StateError> {
-        let mut json = serde_json::to_vec_pretty(status).expect("status serializes");
-        json.push(b'\n');
-        write_atomic(&self.file(STATUS_FILE), &json)
+        Ok(status.save(&self.file(STATUS_FILE))?)
     }
 
     /// Reads `status.json`, `None` when absent.
@@ -267,26 +204,6 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().mode() & 0o777
-    }
-
-    #[test]
-    fn atomic_write_is_0600_and_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        write_atomic(&path, b"one").unwrap();
-        assert_eq!(mode(&path), 0o600);
-        write_atomic(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(mode(&path), 0o600);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
-        assert_eq!(leftovers.len(), 1, "temp files left behind");
-    }
-
-    #[test]
-    fn atomic_write_into_missing_dir_fails_cleanly() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = write_atomic(&dir.path().join("no/such/f"), b"x").unwrap_err();
-        assert!(err.to_string().contains("no/such/f"), "{err}");
     }
 
     #[test]

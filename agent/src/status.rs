@@ -1,13 +1,14 @@
 //! The agent's externally visible status: `status.json` in the state directory and a
 //! [`tokio::sync::watch`] channel for in-process observers (tests, the fleet benchmark).
 
+use std::path::{Path, PathBuf};
+
+use cairn_io::FileError;
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tracing::{info, warn};
-
-use crate::state::StateDir;
 
 /// Where the agent stands with central.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +77,13 @@ impl Status {
         }
     }
 
+    /// Writes it as `path` (pretty JSON, mode 0600, atomically).
+    pub fn save(&self, path: &Path) -> Result<(), FileError> {
+        let mut json = serde_json::to_vec_pretty(self).expect("status serializes");
+        json.push(b'\n');
+        cairn_io::write_atomic(path, &json, 0o600)
+    }
+
     fn same_content(&self, other: &Status) -> bool {
         self.phase == other.phase
             && self.device_id == other.device_id
@@ -95,17 +103,18 @@ pub fn now_rfc3339() -> String {
 /// Keeps the status, writes `status.json` on every change and publishes it on a watch channel.
 #[derive(Debug)]
 pub struct StatusReporter {
-    state: StateDir,
+    path: PathBuf,
     tx: watch::Sender<Status>,
     writing: tokio::sync::Mutex<()>,
 }
 
 impl StatusReporter {
-    /// Starts in phase `enrolling`; nothing is written until the first change.
-    pub fn new(state: StateDir) -> Self {
+    /// Starts in phase `enrolling`, written to `path` (`status.json`); nothing is written until
+    /// the first change.
+    pub fn new(path: PathBuf) -> Self {
         let (tx, _rx) = watch::channel(Status::initial());
         StatusReporter {
-            state,
+            path,
             tx,
             writing: tokio::sync::Mutex::new(()),
         }
@@ -153,8 +162,8 @@ impl StatusReporter {
     }
 
     async fn write(&self, status: Status) {
-        let state = self.state.clone();
-        match tokio::task::spawn_blocking(move || state.save_status(&status)).await {
+        let path = self.path.clone();
+        match tokio::task::spawn_blocking(move || status.save(&path)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!(error = %e, "status.json not updated"),
             Err(e) => warn!(error = %e, "status.json writer task failed"),
@@ -207,14 +216,14 @@ mod tests {
     #[tokio::test]
     async fn reporter_writes_file_on_change() {
         let dir = tempfile::tempdir().unwrap();
-        let state = StateDir::new(dir.path());
-        let reporter = StatusReporter::new(state.clone());
+        let path = dir.path().join("status.json");
+        let reporter = StatusReporter::new(path.clone());
         let mut rx = reporter.subscribe();
         reporter
             .set_phase(Phase::Refused, Some("token expired".into()))
             .await;
         assert!(rx.has_changed().unwrap());
-        let on_disk = state.load_status().unwrap().unwrap();
+        let on_disk: Status = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
         assert_eq!(on_disk.phase, Phase::Refused);
         assert_eq!(on_disk.last_error.as_deref(), Some("token expired"));
         assert_eq!(on_disk, *rx.borrow_and_update());

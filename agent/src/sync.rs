@@ -1,8 +1,12 @@
-//! The long-lived Sync session with central over mTLS (heartbeats out, desired state in) and
-//! certificate renewal.
+//! The long-lived Sync session with central over mTLS (heartbeats out, desired state in),
+//! certificate renewal, `Ping` and the recovery key's escrow: everything the device does with
+//! central under its own certificate. [`Session`] is the narrow handle the agent builds for it.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use cairn_io::PathContext;
 
 use cairn_proto::v1::agent_client::AgentClient;
 use cairn_proto::v1::{
@@ -15,51 +19,22 @@ use tonic::transport::Channel;
 use tonic::Code;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::agent::{blocking, Agent};
-use crate::certificate::CertificateInfo;
-use crate::channel::{agent_client, ChannelError, REQUEST_TIMEOUT};
-use crate::csr::CsrError;
-use crate::enroll::check_issued_certificate;
+use crate::blocking::blocking;
+use crate::boot::bless_current_boot;
+use crate::certificate::{check_issued_certificate, CertificateError, CertificateInfo};
+use crate::channel::{agent_client, CentralDialer, ChannelError, REQUEST_TIMEOUT};
+use crate::config::BootConfig;
+use crate::csr::{build_csr_async, CsrError};
+use crate::data::PendingRecoveryKey;
+use crate::desired::DesiredStore;
+use crate::events::EventQueue;
+use crate::facts::HardwareFacts;
+use crate::host_metrics::HostSampler;
+use crate::identity::IdentityStore;
+use crate::log_requests::LogSources;
 use crate::shutdown::Shutdown;
-use crate::state::{StateError, StoredIdentity};
-use crate::status::Phase;
-
-/// Receives every new desired state after it was stored, and reports what it observes. The app
-/// runtime implements it ([`crate::apps::AppsSink`]); it must not block (hand the state to a
-/// reconcile loop, e.g. through a watch channel).
-pub trait DesiredStateSink: Send + Sync + 'static {
-    /// Called with each newer revision, and at start with the stored one.
-    fn apply(&self, desired: &DesiredState);
-
-    /// The latest observed status of the desired apps, sent in every heartbeat (none by default).
-    fn observed_apps(&self) -> Vec<cairn_proto::v1::AppStatus> {
-        Vec::new()
-    }
-
-    /// The OS and update status, sent in every heartbeat (none by default).
-    fn observed_os(&self) -> Option<cairn_proto::v1::OsStatus> {
-        None
-    }
-
-    /// Notified when a status changed that central should hear about before the next regular
-    /// heartbeat (an update moving to its next stage, e.g. just before a reboot).
-    fn report_now(&self) -> Option<Arc<tokio::sync::Notify>> {
-        None
-    }
-}
-
-/// The default sink: the desired state is only recorded (on disk and in [`Agent::desired_state`]).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RecordOnlySink;
-
-impl DesiredStateSink for RecordOnlySink {
-    fn apply(&self, desired: &DesiredState) {
-        debug!(
-            revision = desired.revision,
-            "desired state recorded (no runtime attached)"
-        );
-    }
-}
+use crate::state::{read_optional, StateError, StoredIdentity};
+use crate::status::{Phase, StatusReporter};
 
 /// A failed call on the Agent service (Sync, Renew, Ping).
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +63,7 @@ pub enum SyncError {
     StreamEnded(String),
     /// Central issued an unusable certificate.
     #[error("central issued an unusable certificate: {0}")]
-    BadCertificate(String),
+    BadCertificate(#[source] CertificateError),
     /// The CSR could not be built.
     #[error(transparent)]
     Csr(#[from] CsrError),
@@ -140,7 +115,34 @@ fn unix_ms_now() -> i64 {
         .unwrap_or(0)
 }
 
-impl Agent {
+/// What the device's calls to central under its certificate need, and nothing else of the agent.
+pub struct Session {
+    pub(crate) identity: IdentityStore,
+    pub(crate) dialer: CentralDialer,
+    pub(crate) facts: HardwareFacts,
+    pub(crate) status: Arc<StatusReporter>,
+    pub(crate) desired: DesiredStore,
+    pub(crate) events: Arc<EventQueue>,
+    pub(crate) host: Arc<Mutex<HostSampler>>,
+    pub(crate) logs: LogSources,
+    /// Mark the boot good once connected (`None`: not this boot's job).
+    pub(crate) bless: Option<BootConfig>,
+    pub(crate) heartbeat_every: Duration,
+    pub(crate) renew_fraction: f64,
+    /// The data partition's recovery key waiting for escrow (`None`: no managed partition).
+    pub(crate) pending_recovery_key: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("endpoint", &self.dialer.endpoint())
+            .field("serial", &self.facts.serial)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
     /// One unary call on the Agent service over a fresh mTLS channel with `identity`, bounded by
     /// [`REQUEST_TIMEOUT`]; `what` names the call in errors.
     async fn unary<T, F, Fut>(
@@ -155,7 +157,7 @@ impl Agent {
     {
         let channel = self
             .dialer
-            .device_channel(identity.cert_der.clone(), self.key.clone())
+            .device_channel(identity.cert_der.clone(), self.identity.key().clone())
             .await?;
         let response = tokio::time::timeout(REQUEST_TIMEOUT, call(agent_client(channel)))
             .await
@@ -171,7 +173,7 @@ impl Agent {
     pub async fn renew(&self, identity: &StoredIdentity) -> Result<StoredIdentity, SyncError> {
         let span = info_span!("central.renew", device_id = %identity.device_id);
         async {
-            let csr_der = self.build_csr().await?;
+            let csr_der = build_csr_async(self.identity.key(), &self.facts.serial).await?;
             let response = self
                 .unary(identity, "Renew", |mut client| async move {
                     client.renew(RenewRequest { csr_der }).await
@@ -179,13 +181,13 @@ impl Agent {
                 .await?;
             let info = check_issued_certificate(
                 &response.certificate_der,
-                self.key.public_key_spki_der(),
+                self.identity.key().public_key_spki_der(),
                 &identity.device_id,
             )
             .map_err(SyncError::BadCertificate)?;
-            let state = self.state.clone();
-            let cert = response.certificate_der.clone();
-            blocking(move || state.save_certificate(&cert)).await?;
+            self.identity
+                .save_certificate(&response.certificate_der)
+                .await?;
             info!(not_after = %info.not_after_rfc3339(), "device certificate renewed and stored");
             self.status
                 .update(|s| s.cert_not_after = Some(info.not_after_rfc3339()))
@@ -222,32 +224,21 @@ impl Agent {
         &self,
         identity: &StoredIdentity,
     ) -> Result<(), SyncError> {
-        if !self.config.disk.enabled {
+        let Some(path) = self.pending_recovery_key.clone() else {
             return Ok(());
-        }
-        let path = self.config.disk.pending_recovery_key_path();
+        };
         let span = info_span!("central.escrow_recovery_key", device_id = %identity.device_id);
         async {
             let read_path = path.clone();
-            let Some(bytes) = blocking(move || match std::fs::read(&read_path) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(StateError::Read {
-                    path: read_path.clone(),
-                    source,
-                }),
-            })
-            .await?
-            else {
+            let Some(bytes) = blocking(move || read_optional(&read_path)).await? else {
                 return Ok(());
             };
-            let pending: crate::data::PendingRecoveryKey =
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    SyncError::State(StateError::Corrupt {
-                        path: path.clone(),
-                        reason: e.to_string(),
-                    })
-                })?;
+            let pending: PendingRecoveryKey = serde_json::from_slice(&bytes).map_err(|e| {
+                SyncError::State(StateError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })
+            })?;
             let request = EscrowRecoveryKeyRequest {
                 recovery_key: pending.recovery_key,
                 luks_uuid: pending.luks_uuid,
@@ -257,13 +248,9 @@ impl Agent {
             })
             .await?;
             let remove_path = path.clone();
-            blocking(move || {
-                std::fs::remove_file(&remove_path).map_err(|source| StateError::Write {
-                    path: remove_path.clone(),
-                    source,
-                })
-            })
-            .await?;
+            blocking(move || std::fs::remove_file(&remove_path).at("remove", &remove_path))
+                .await
+                .map_err(StateError::from)?;
             info!("recovery key escrowed to central and removed from the device");
             Ok(())
         }
@@ -275,11 +262,11 @@ impl Agent {
         AgentMessage {
             kind: Some(agent_message::Kind::Heartbeat(Heartbeat {
                 seq,
-                desired_revision: self.held_revision(),
+                desired_revision: self.desired.held_revision(),
                 sent_unix_ms: unix_ms_now(),
                 facts: Some(self.facts.to_proto()),
-                apps: self.sink.observed_apps(),
-                os: self.sink.observed_os(),
+                apps: self.desired.sink().observed_apps(),
+                os: self.desired.sink().observed_os(),
                 host: Some(self.host.lock().unwrap_or_else(|p| p.into_inner()).sample()),
             })),
         }
@@ -304,14 +291,10 @@ impl Agent {
         request: cairn_proto::v1::LogRequest,
         tx: mpsc::Sender<AgentMessage>,
     ) {
-        let mut runtime = cairn_runtime::container::RuntimeConfig::new(
-            self.config.apps.data_dir(&self.config.state_dir),
-        );
-        runtime.runc_root = self.config.apps.runc_root.clone();
-        let journalctl = std::path::PathBuf::from("journalctl");
+        let logs = self.logs.clone();
         tokio::spawn(
             async move {
-                let reply = crate::log_requests::answer(runtime, journalctl, request).await;
+                let reply = logs.answer(request).await;
                 let message = AgentMessage {
                     kind: Some(agent_message::Kind::Reply(reply)),
                 };
@@ -329,27 +312,13 @@ impl Agent {
     /// Stores a newer desired state, publishes it and hands it to the sink; older or equal
     /// revisions are ignored.
     pub async fn accept_desired(&self, desired: DesiredState) -> Result<bool, StateError> {
-        let held = self.held_revision();
-        if desired.revision <= held {
-            debug!(
-                revision = desired.revision,
-                held, "desired state not newer; ignored"
-            );
+        if !self.desired.store(&desired).await? {
             return Ok(false);
         }
-        let state = self.state.clone();
-        let to_store = desired.clone();
-        blocking(move || state.save_desired(&to_store)).await?;
-        info!(
-            revision = desired.revision,
-            previous = held,
-            "new desired state stored"
-        );
         self.status
             .update(|s| s.desired_revision = desired.revision)
             .await;
-        self.sink.apply(&desired);
-        self.desired.send_replace(Some(Arc::new(desired)));
+        self.desired.publish(desired);
         Ok(true)
     }
 
@@ -378,7 +347,7 @@ impl Agent {
         let failed = |error: SyncError, stable: bool| SessionEnd::Failed { error, stable };
         let connect = self
             .dialer
-            .device_channel(identity.cert_der.clone(), self.key.clone());
+            .device_channel(identity.cert_der.clone(), self.identity.key().clone());
         let channel = match shutdown.run(connect).await {
             None => return SessionEnd::Shutdown,
             Some(Ok(c)) => c,
@@ -409,14 +378,13 @@ impl Agent {
                 s.last_error = None;
             })
             .await;
-        if self.config.boot.bless {
+        if let Some(cfg) = self.bless.clone() {
             // Connected: this boot is good enough to keep (see crate::boot).
-            let cfg = self.config.boot.clone();
-            if let Err(e) = blocking(move || crate::boot::bless_current_boot(&cfg)).await {
+            if let Err(e) = blocking(move || bless_current_boot(&cfg)).await {
                 warn!(error = %e, "could not mark the boot good; systemd-boot may fall back to the other slot");
             }
         }
-        let heartbeat_every = self.config.heartbeat_interval();
+        let heartbeat_every = self.heartbeat_every;
         let silence_limit = heartbeat_every * 3 + Duration::from_secs(10);
         let started = Instant::now();
         let mut heard_from_central = false;
@@ -427,7 +395,7 @@ impl Agent {
             heartbeat_every,
         );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let report_now = self.sink.report_now().unwrap_or_default();
+        let report_now = self.desired.sink().report_now().unwrap_or_default();
         self.send_queued_events(&tx);
         loop {
             tokio::select! {
@@ -437,7 +405,7 @@ impl Agent {
                 _ = ticker.tick() => {
                     let now = time::OffsetDateTime::now_utc();
                     if Instant::now() >= renew_allowed_after
-                        && cert.renewal_due(now, self.config.renew_when_remaining_fraction)
+                        && cert.renewal_due(now, self.renew_fraction)
                     {
                         info!("device certificate due for renewal; ending the session to renew");
                         return SessionEnd::RenewDue;

@@ -7,7 +7,24 @@
 
 use std::path::Path;
 
-use crate::key::KeyError;
+/// A TPM operation failed, or TPM support was not built.
+#[derive(Debug, thiserror::Error)]
+pub enum TpmKeyError {
+    /// The TPM refused or failed the operation.
+    #[error("TPM {operation} failed: {reason}")]
+    Tpm {
+        /// What was being done ("opening the device key").
+        operation: &'static str,
+        /// The TPM stack's error.
+        reason: String,
+    },
+    /// The TPM was asked for but this build has no TPM support.
+    #[error("key_storage selects the TPM ({tcti}) but cairn-agent was built without the `tpm` feature; rebuild with it or set key_storage = \"software\"")]
+    NotBuilt {
+        /// The TCTI that was asked for.
+        tcti: String,
+    },
+}
 
 #[cfg(feature = "tpm")]
 mod imp {
@@ -31,17 +48,16 @@ mod imp {
 
     impl TpmKey {
         /// Loads the key blob at `blob_path` into the TPM, or creates the key and its blob.
-        pub fn open_or_create(tcti: &str, blob_path: &Path) -> Result<Self, KeyError> {
+        pub fn open_or_create(tcti: &str, blob_path: &Path) -> Result<Self, TpmKeyError> {
             let _span =
                 info_span!("tpm.device_key.open", tcti, blob = %blob_path.display()).entered();
             let key = cairn_tpm::TpmDeviceKey::open_or_create(tcti, blob_path).map_err(|e| {
-                KeyError::Tpm {
+                TpmKeyError::Tpm {
                     operation: "opening the device key",
                     reason: e.to_string(),
                 }
             })?;
             let spki = key.public_key_spki_der();
-            crate::key::point_from_spki(&spki)?;
             Ok(TpmKey {
                 key,
                 spki,
@@ -60,19 +76,19 @@ mod imp {
         }
 
         /// ECDSA P-256 signature (DER) over SHA-256(`message`), made inside the TPM.
-        pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TpmKeyError> {
             let _span = info_span!("tpm.device_key.sign", len = message.len()).entered();
-            self.key.sign_sha256(message).map_err(|e| KeyError::Sign {
-                storage: "tpm",
+            self.key.sign_sha256(message).map_err(|e| TpmKeyError::Tpm {
+                operation: "signing with the device key",
                 reason: e.to_string(),
             })
         }
     }
 
     /// Lower-case hex SHA-256 of the endorsement key's public key.
-    pub fn ek_public_sha256(tcti: &str) -> Result<String, KeyError> {
+    pub fn ek_public_sha256(tcti: &str) -> Result<String, TpmKeyError> {
         let _span = info_span!("tpm.ek_public_sha256", tcti).entered();
-        cairn_tpm::ek_public_sha256(tcti).map_err(|e| KeyError::Tpm {
+        cairn_tpm::ek_public_sha256(tcti).map_err(|e| TpmKeyError::Tpm {
             operation: "reading the endorsement key",
             reason: e.to_string(),
         })
@@ -89,8 +105,8 @@ mod imp {
 
     impl TpmKey {
         /// Always fails: this build has no TPM support.
-        pub fn open_or_create(tcti: &str, _blob_path: &Path) -> Result<Self, KeyError> {
-            Err(KeyError::TpmNotBuilt {
+        pub fn open_or_create(tcti: &str, _blob_path: &Path) -> Result<Self, TpmKeyError> {
+            Err(TpmKeyError::NotBuilt {
                 tcti: tcti.to_string(),
             })
         }
@@ -106,14 +122,14 @@ mod imp {
         }
 
         /// Unreachable (no value exists).
-        pub fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        pub fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, TpmKeyError> {
             match *self {}
         }
     }
 
     /// Always fails: this build has no TPM support.
-    pub fn ek_public_sha256(tcti: &str) -> Result<String, KeyError> {
-        Err(KeyError::TpmNotBuilt {
+    pub fn ek_public_sha256(tcti: &str) -> Result<String, TpmKeyError> {
+        Err(TpmKeyError::NotBuilt {
             tcti: tcti.to_string(),
         })
     }

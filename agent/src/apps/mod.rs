@@ -8,7 +8,6 @@
 //! with the revision and generations it was computed for, so a status never claims to reflect a
 //! desired state it has not seen.
 
-mod config;
 mod report;
 
 use std::collections::HashSet;
@@ -25,10 +24,10 @@ use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::events::EventQueue;
-use crate::sync::DesiredStateSink;
+use crate::sink::DesiredStateSink;
 use cairn_proto::v1::EventSeverity;
 
-pub use config::{AppsConfig, DEFAULT_CONTAINERD_SOCKET};
+pub use crate::config::{AppsConfig, DEFAULT_CONTAINERD_SOCKET};
 
 /// The containerd namespace of Cairn's apps.
 pub const NAMESPACE: &str = "cairn";
@@ -191,22 +190,6 @@ impl DesiredStateSink for AppsSink {
 
     fn observed_apps(&self) -> Vec<AppStatus> {
         self.observed.borrow().clone()
-    }
-}
-
-impl crate::Agent {
-    /// Attaches an [`AppsSink`] (starting its reconcile task) when the config says
-    /// `[apps] enabled`; otherwise the agent only records the desired state.
-    pub fn with_configured_apps(self) -> Self {
-        if !self.config.apps.enabled {
-            return self;
-        }
-        let sink = AppsSink::start_reporting(
-            &self.config.apps,
-            &self.config.state_dir,
-            self.events.clone(),
-        );
-        self.with_sink(sink)
     }
 }
 

@@ -170,5 +170,5 @@ fn config_defaults_and_checks() {
         data_dir: Some("apps".into()),
         ..AppsConfig::default()
     };
-    assert!(relative.validate().unwrap_err().contains("apps.data_dir"));
+    assert_eq!(relative.validate().unwrap_err().field, "apps.data_dir");
 }

@@ -47,54 +47,7 @@ pub const DEFAULT_PATTERN: &str = "cairn-*";
 /// Suffix of files being written; systemd-boot ignores them (it loads `*.conf` only).
 const TMP_SUFFIX: &str = ".tmp";
 
-/// One of the two root slots (RAUC bootname `a` or `b`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Slot {
-    /// root-a.
-    A,
-    /// root-b.
-    B,
-}
-
-impl Slot {
-    /// `a` or `b`; anything else is refused.
-    pub fn parse(name: &str) -> Result<Slot, SlotError> {
-        match name {
-            "a" => Ok(Slot::A),
-            "b" => Ok(Slot::B),
-            _ => Err(SlotError::UnknownSlot {
-                given: name.to_string(),
-            }),
-        }
-    }
-
-    /// The bootname.
-    pub fn name(self) -> &'static str {
-        match self {
-            Slot::A => "a",
-            Slot::B => "b",
-        }
-    }
-
-    /// The other slot.
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-
-    /// The slot's UKI, relative to the ESP.
-    pub fn uki_path(self) -> String {
-        format!("EFI/cairn/cairn-{}.efi", self.name())
-    }
-}
-
-impl std::fmt::Display for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::slot::Slot;
 
 /// A slot's boot state, as RAUC's `get-state` / `set-state` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,12 +82,6 @@ impl SlotState {
 /// A boot slot operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
-    /// Not `a` or `b`.
-    #[error("unknown slot {given:?}: the slots are a and b (RAUC bootnames)")]
-    UnknownSlot {
-        /// What was given.
-        given: String,
-    },
     /// Not `good` or `bad`.
     #[error("unknown slot state {given:?}: use good or bad")]
     UnknownState {
@@ -647,10 +594,7 @@ pub fn install_uki(
 
 /// The booted slot from a kernel command line (`cairn.slot=X`).
 pub fn booted_slot(cmdline: &str) -> Option<Slot> {
-    cmdline
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("cairn.slot="))
-        .and_then(|s| Slot::parse(s).ok())
+    Slot::from_cmdline(cmdline, "cairn.slot")
 }
 
 /// A request of RAUC's custom bootloader backend protocol (RAUC 1.8).

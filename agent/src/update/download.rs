@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::channel::agent_client;
+use crate::slot::Slot;
 
 pub use cairn_delta::Progress;
 
@@ -133,15 +134,15 @@ pub enum DownloadError {
     },
 }
 
-/// The seeds a device on `booted_slot` ("a" or "b") has for a new bundle: the running root slot
-/// partition (root.img and its hash tree, as installed from the current bundle) and both UKIs on
-/// the ESP at `esp`. Missing ones are skipped when scanned.
-pub fn seeds_for_running_slot(booted_slot: &str, esp: &Path) -> Vec<PathBuf> {
-    vec![
-        PathBuf::from(format!("/dev/disk/by-partlabel/root-{booted_slot}")),
-        esp.join("EFI/cairn/cairn-a.efi"),
-        esp.join("EFI/cairn/cairn-b.efi"),
-    ]
+/// The seeds a device on `booted_slot` has for a new bundle: the running root slot partition
+/// (root.img and its hash tree, as installed from the current bundle; none when the slot is
+/// unknown) and both UKIs on the ESP at `esp`. Missing ones are skipped when scanned.
+pub fn seeds_for_running_slot(booted_slot: Option<Slot>, esp: &Path) -> Vec<PathBuf> {
+    booted_slot
+        .map(|slot| PathBuf::from(slot.root_partition()))
+        .into_iter()
+        .chain([Slot::A, Slot::B].map(|slot| esp.join(slot.uki_path())))
+        .collect()
 }
 
 /// Where [`fetch_bundle`] puts the bundle with digest `sha256` in `dest_dir`.
@@ -719,7 +720,7 @@ mod tests {
     #[test]
     fn seeds_are_the_running_root_slot_and_both_ukis() {
         assert_eq!(
-            seeds_for_running_slot("b", Path::new("/boot")),
+            seeds_for_running_slot(Some(Slot::B), Path::new("/boot")),
             vec![
                 PathBuf::from("/dev/disk/by-partlabel/root-b"),
                 PathBuf::from("/boot/EFI/cairn/cairn-a.efi"),

@@ -21,91 +21,105 @@ pub mod download;
 pub mod record;
 pub mod system;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_io::FileError;
 use cairn_proto::v1::{
     AppStatus, DesiredState, OsStatus, OsUpdatePhase, ServiceHealth, ServiceState,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{error, info, info_span, warn, Instrument};
 
-use crate::status::Phase;
-use crate::sync::DesiredStateSink;
-use crate::Agent;
+use crate::backoff::Backoff;
+use crate::channel::{CentralDialer, ChannelError};
+use crate::config::DiskConfig;
+use crate::identity::IdentityStore;
+use crate::os_release::os_release_value;
+use crate::sink::DesiredStateSink;
+use crate::slot::Slot;
+use crate::status::{Phase, Status};
 use record::{Record, RecordFile, Stage, Target};
 use system::Rauc;
 
-/// `[update]` in the agent config.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpdateConfig {
-    /// Take OS updates from central. Off outside the device image.
-    pub enabled: bool,
-    /// The `rauc` command.
-    pub rauc: PathBuf,
-    /// os-release of the running OS (its `VERSION_ID` is the running version).
-    pub os_release: PathBuf,
-    /// The kernel command line (its `rauc.slot=` names the booted slot).
-    pub cmdline: PathBuf,
-    /// Seconds the new slot has to pass the health gate when the rollout gives no deadline.
-    pub health_deadline_s: u32,
-    /// Deadline of one `rauc install`, in seconds.
-    pub install_timeout_s: u64,
-}
-
-impl Default for UpdateConfig {
-    fn default() -> Self {
-        UpdateConfig {
-            enabled: false,
-            rauc: "rauc".into(),
-            os_release: "/etc/os-release".into(),
-            cmdline: "/proc/cmdline".into(),
-            health_deadline_s: 600,
-            install_timeout_s: 1800,
-        }
-    }
-}
+pub use crate::config::UpdateConfig;
 
 /// Why an update step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     /// A file of the update could not be written or read.
-    #[error("{what} {path}: {source}; check that the data partition is mounted and has space")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The file.
-        path: PathBuf,
-        /// The failure.
-        source: std::io::Error,
-    },
+    #[error("{0}; check that the data partition is mounted and has space")]
+    File(#[from] FileError),
     /// RAUC refused or failed.
-    #[error("`{what}` failed: {detail}")]
-    Rauc {
-        /// The command.
-        what: String,
-        /// Its exit status and last line.
-        detail: String,
-    },
+    #[error(transparent)]
+    Rauc(#[from] cairn_io::ToolError),
     /// systemd did not take the reboot request.
     #[error("cannot ask systemd to reboot over D-Bus: {0}; reboot the device by hand to finish the update")]
-    Reboot(String),
+    Reboot(#[source] zbus::Error),
     /// The download failed.
     #[error(transparent)]
     Download(#[from] download::DownloadError),
     /// The data partition's key could not be sealed to the new slot.
+    #[cfg(feature = "tpm")]
     #[error("cannot seal the data partition's key to the new slot's boot chain: {0}; the new slot is not activated (it would boot with its data locked)")]
-    Seal(String),
+    Seal(#[source] crate::data::DataError),
+    /// The data partition is managed but this agent cannot seal its key.
+    #[cfg(not(feature = "tpm"))]
+    #[error("cannot seal the data partition's key to the new slot: this agent was built without the `tpm` feature; the new slot is not activated")]
+    SealNotBuilt,
     /// The device is not enrolled yet.
     #[error("no device certificate yet: the update waits for enrollment")]
     NotEnrolled,
     /// Central could not be reached for the download.
     #[error("cannot connect to central to download the bundle: {0}")]
-    Connect(String),
+    Connect(#[from] ChannelError),
+}
+
+/// Why the new slot does not pass the health gate yet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unhealthy {
+    /// The agent has no Sync session with central.
+    #[error("agent not connected to central ({0:?})")]
+    NotConnected(Phase),
+    /// containerd does not answer.
+    #[error("containerd not reachable: {0}")]
+    Containerd(String),
+    /// Central has not sent a desired state on this boot yet.
+    #[error("no desired state from central yet")]
+    NoDesiredState,
+    /// An app has not been reported.
+    #[error("app {0} not reported yet")]
+    NotReported(String),
+    /// An app's status is for an older revision or generation.
+    #[error("app {0} not reconciled to the desired revision yet")]
+    NotReconciled(String),
+    /// An app failed.
+    #[error("app {app}: {error}")]
+    Failed {
+        /// The app.
+        app: String,
+        /// Its error.
+        error: String,
+    },
+    /// An app runs no service.
+    #[error("app {0} has no service running")]
+    NoService(String),
+    /// A service is not running, or not healthy.
+    #[error("app {app} service {service} is {state:?}/{health:?} {message}")]
+    Service {
+        /// The app.
+        app: String,
+        /// The service.
+        service: String,
+        /// Its state.
+        state: ServiceState,
+        /// Its health.
+        health: ServiceHealth,
+        /// Its status message.
+        message: String,
+    },
 }
 
 impl UpdateError {
@@ -135,7 +149,7 @@ impl UpdateError {
 }
 
 /// Delete an unfinished download of `sha256` in `dir` (the update was withdrawn or replaced).
-fn remove_partial(dir: &std::path::Path, sha256: &str) {
+fn remove_partial(dir: &Path, sha256: &str) {
     let dest = download::bundle_path(dir, sha256);
     for ext in ["raucb.partial", "raucb.journal", "raucb"] {
         let _ = std::fs::remove_file(dest.with_extension(ext));
@@ -182,9 +196,37 @@ impl DesiredStateSink for UpdateSink {
     }
 }
 
-/// What the updater works with, apart from the agent.
+/// What the updater needs from the rest of the agent, and nothing else of it.
+pub struct UpdateLink {
+    /// The device identity, for the download from central.
+    pub(crate) identity: IdentityStore,
+    /// How to reach central.
+    pub(crate) dialer: CentralDialer,
+    /// The agent's status (the health gate wants it connected).
+    pub(crate) status: watch::Receiver<Status>,
+    /// The desired state held (the health gate compares the apps with it).
+    pub(crate) desired_state: watch::Receiver<Option<Arc<DesiredState>>>,
+    /// `[disk]` when the data partition is managed: its key is sealed to the new slot.
+    pub(crate) disk: Option<DiskConfig>,
+    /// The TPM's TCTI.
+    pub(crate) tcti: String,
+    /// Where the ESP is mounted (the slots' UKIs, seeds of the download).
+    pub(crate) esp: PathBuf,
+    /// containerd's socket when apps run (the health gate wants it up).
+    pub(crate) containerd: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for UpdateLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateLink")
+            .field("esp", &self.esp)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the updater works with.
 struct Updater {
-    agent: Arc<Agent>,
+    link: UpdateLink,
     cfg: UpdateConfig,
     dir: PathBuf,
     records: RecordFile,
@@ -195,65 +237,77 @@ struct Updater {
     report: Arc<tokio::sync::Notify>,
     apps: Arc<dyn DesiredStateSink>,
     running_version: String,
-    booted_slot: String,
+    booted_slot: Option<Slot>,
     started: Instant,
 }
 
 /// What the running system is: (version, booted slot).
-fn running_system(cfg: &UpdateConfig) -> (String, String) {
+fn running_system(cfg: &UpdateConfig) -> (String, Option<Slot>) {
     let version = std::fs::read_to_string(&cfg.os_release)
         .ok()
-        .and_then(|t| system::os_release_value(&t, "VERSION_ID"))
+        .and_then(|t| os_release_value(&t, "VERSION_ID"))
         .unwrap_or_default();
     let slot = std::fs::read_to_string(&cfg.cmdline)
         .ok()
-        .and_then(|t| system::cmdline_value(&t, "rauc.slot"))
-        .unwrap_or_default();
+        .and_then(|t| Slot::from_cmdline(&t, "rauc.slot"));
     (version, slot)
 }
 
-/// The other slot of an A/B pair.
-fn other_slot(slot: &str) -> Option<&'static str> {
-    match slot {
-        "a" => Some("b"),
-        "b" => Some("a"),
-        _ => None,
+/// A slot as `OsStatus.booted_slot` carries it: its name, empty when unknown.
+fn slot_name(slot: Option<Slot>) -> String {
+    slot.map(|s| s.name().to_string()).unwrap_or_default()
+}
+
+/// The updater, prepared before the agent runs: its sink and whether this boot is on trial.
+pub struct PreparedUpdate {
+    sink: Arc<UpdateSink>,
+    on_trial: bool,
+    build: Box<dyn FnOnce(UpdateLink) -> Updater + Send>,
+}
+
+impl std::fmt::Debug for PreparedUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedUpdate")
+            .field("on_trial", &self.on_trial)
+            .finish_non_exhaustive()
     }
 }
 
-impl Agent {
-    /// With `[update] enabled`: wraps the current sink so desired OS updates reach the updater,
-    /// and returns the agent and the updater's start function (call it with the shared agent).
-    /// When this boot is a new slot on trial, blessing on connect is turned off: the health gate
-    /// decides.
-    pub fn with_configured_update(mut self) -> (Self, Option<UpdateStarter>) {
-        if !self.config.update.enabled {
-            return (self, None);
+impl PreparedUpdate {
+    /// With `[update] enabled`: reads the running system and the update record under
+    /// `state_dir`, and wraps `apps` (the current sink) so desired OS updates reach the updater.
+    /// `None` when updates are off.
+    pub fn new(
+        cfg: &UpdateConfig,
+        state_dir: &Path,
+        apps: Arc<dyn DesiredStateSink>,
+    ) -> Option<PreparedUpdate> {
+        if !cfg.enabled {
+            return None;
         }
-        let cfg = self.config.update.clone();
-        let dir = self.config.state_dir.join("update");
+        let cfg = cfg.clone();
+        let dir = state_dir.join("update");
         let (version, slot) = running_system(&cfg);
-        if let Some(Record {
-            stage: Stage::Rebooting { to_slot, .. },
-            ..
-        }) = RecordFile::new(&dir).load()
-        {
-            if to_slot == slot {
-                info!(
-                    slot,
-                    "this boot is an update on trial: the health gate decides whether it is kept"
-                );
-                self.config.boot.bless = false;
-            }
+        let on_trial = match RecordFile::new(&dir).load() {
+            Some(Record {
+                stage: Stage::Rebooting { to_slot, .. },
+                ..
+            }) => Some(to_slot) == slot,
+            _ => false,
+        };
+        if on_trial {
+            info!(
+                slot = %slot_name(slot),
+                "this boot is an update on trial: the health gate decides whether it is kept"
+            );
         }
         let status = Arc::new(Mutex::new(OsStatus {
             version: version.clone(),
-            booted_slot: slot.clone(),
+            booted_slot: slot_name(slot),
             phase: OsUpdatePhase::Idle as i32,
             ..Default::default()
         }));
         let (desired_tx, desired_rx) = watch::channel(None);
-        let apps = self.sink.clone();
         let report = Arc::new(tokio::sync::Notify::new());
         let sink = Arc::new(UpdateSink {
             inner: apps.clone(),
@@ -261,14 +315,13 @@ impl Agent {
             status: status.clone(),
             report: report.clone(),
         });
-        self.sink = sink;
-        let build = move |agent: Arc<Agent>| Updater {
+        let build = move |link: UpdateLink| Updater {
             rauc: Rauc {
                 program: cfg.rauc.clone(),
                 install_timeout: Duration::from_secs(cfg.install_timeout_s),
             },
             records: RecordFile::new(&dir),
-            agent,
+            link,
             cfg,
             dir,
             desired: desired_rx,
@@ -279,18 +332,35 @@ impl Agent {
             booted_slot: slot,
             started: Instant::now(),
         };
-        (
-            self,
-            Some(UpdateStarter {
-                build: Box::new(build),
-            }),
-        )
+        Some(PreparedUpdate {
+            sink,
+            on_trial,
+            build: Box::new(build),
+        })
+    }
+
+    /// The sink to use instead of the one given to [`PreparedUpdate::new`].
+    pub fn sink(&self) -> Arc<UpdateSink> {
+        self.sink.clone()
+    }
+
+    /// This boot is a new slot on trial: the health gate, not a connection, decides whether it
+    /// is kept, so the boot must not be blessed on connect.
+    pub fn on_trial(&self) -> bool {
+        self.on_trial
+    }
+
+    /// The updater, ready to start, with what it needs from the agent.
+    pub fn starter(self, link: UpdateLink) -> UpdateStarter {
+        UpdateStarter {
+            updater: (self.build)(link),
+        }
     }
 }
 
-/// Starts the updater once the agent is shared (see [`Agent::with_configured_update`]).
+/// Starts the updater (see [`crate::Agent::with_configured_update`]).
 pub struct UpdateStarter {
-    build: Box<dyn FnOnce(Arc<Agent>) -> Updater + Send>,
+    updater: Updater,
 }
 
 impl std::fmt::Debug for UpdateStarter {
@@ -301,14 +371,9 @@ impl std::fmt::Debug for UpdateStarter {
 
 impl UpdateStarter {
     /// Spawns the updater task; it ends with `shutdown`.
-    pub fn spawn(
-        self,
-        agent: Arc<Agent>,
-        shutdown: watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
-        let updater = (self.build)(agent);
-        let span =
-            info_span!("update", slot = %updater.booted_slot, version = %updater.running_version);
+    pub fn spawn(self, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+        let updater = self.updater;
+        let span = info_span!("update", slot = %slot_name(updater.booted_slot), version = %updater.running_version);
         tokio::spawn(
             async move {
                 let mut shutdown = shutdown;
@@ -354,9 +419,9 @@ impl Updater {
     /// After a start: finish what a reboot interrupted.
     async fn resume(&mut self, record: &mut Record) {
         if let Stage::Rebooting { from_slot, to_slot } = record.stage.clone() {
-            if self.booted_slot == to_slot && self.running_version == record.target.version {
+            if self.booted_slot == Some(to_slot) && self.running_version == record.target.version {
                 self.verify_new_slot(record).await;
-            } else if self.booted_slot == from_slot {
+            } else if self.booted_slot == Some(from_slot) {
                 let error = format!(
                     "slot {to_slot} did not pass its trial boots; systemd-boot went back to slot {from_slot} (version {})",
                     self.running_version
@@ -366,7 +431,9 @@ impl Updater {
             } else {
                 let error = format!(
                     "booted slot {} runs version {:?}, not the update's {}",
-                    self.booted_slot, self.running_version, record.target.version
+                    slot_name(self.booted_slot),
+                    self.running_version,
+                    record.target.version
                 );
                 error!(error, "update did not take");
                 self.set_stage(record, Stage::Failed { error });
@@ -451,8 +518,7 @@ impl Updater {
     /// Download until done (→ Installing), failed for good (→ Failed) or withdrawn (`None`).
     /// Transient failures retry with backoff, resuming where the download stopped.
     async fn download(&self, r: &mut Record) -> Option<Stage> {
-        let mut backoff =
-            crate::backoff::Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
+        let mut backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(60));
         let mut desired = self.desired.clone();
         self.status.lock().expect("status lock").bytes_fetched = r.fetched_bytes;
         loop {
@@ -485,20 +551,19 @@ impl Updater {
     async fn download_once(&self, record: &Record) -> Result<PathBuf, UpdateError> {
         let target = &record.target;
         let (identity, _cert) = self
-            .agent
-            .load_identity()
+            .link
+            .identity
+            .load()
             .await
             .ok()
             .flatten()
             .ok_or(UpdateError::NotEnrolled)?;
         let channel = self
-            .agent
+            .link
             .dialer
-            .device_channel(identity.cert_der.clone(), self.agent.key.clone())
-            .await
-            .map_err(|e| UpdateError::Connect(e.to_string()))?;
-        let seeds =
-            download::seeds_for_running_slot(&self.booted_slot, &self.agent.config.boot.esp);
+            .device_channel(identity.cert_der.clone(), self.link.identity.key().clone())
+            .await?;
+        let seeds = download::seeds_for_running_slot(self.booted_slot, &self.link.esp);
         let status = self.status.clone();
         let bundle_target = download::BundleTarget {
             sha256: target.sha256.clone(),
@@ -543,20 +608,18 @@ impl Updater {
 
     /// Install into the other slot, seal the disk key to it, activate it.
     async fn install(&self, r: &Record) -> Option<Stage> {
-        let Some(to_slot) = other_slot(&self.booted_slot) else {
+        let Some(from_slot) = self.booted_slot else {
             return Some(Stage::Failed {
-                error: format!(
-                    "the booted slot {:?} is not a or b (no rauc.slot= on the kernel command line)",
-                    self.booted_slot
-                ),
+                error: "the booted slot is unknown (no rauc.slot=a or rauc.slot=b on the kernel command line)".into(),
             });
         };
+        let to_slot = from_slot.other();
         let bundle = self.bundle_path(&r.target);
         if !bundle.exists() {
             // Power cut after the bundle was removed but before the stage moved on: fetch again.
             return Some(Stage::Downloading);
         }
-        info!(version = %r.target.version, to_slot, "installing");
+        info!(version = %r.target.version, %to_slot, "installing");
         if let Err(e) = self.rauc.install(&bundle).await {
             error!(error = %e, "install failed");
             let _ = std::fs::remove_file(&bundle);
@@ -575,31 +638,16 @@ impl Updater {
                 error: e.to_string(),
             });
         }
-        Some(Stage::Rebooting {
-            from_slot: self.booted_slot.clone(),
-            to_slot: to_slot.to_string(),
-        })
+        Some(Stage::Rebooting { from_slot, to_slot })
     }
 
     /// Seal the data partition's key to `slot`'s UKI on the ESP (written by the bundle's hook).
-    async fn seal_for(&self, slot: &str) -> Result<(), UpdateError> {
-        let disk = self.agent.config.disk.clone();
-        if !disk.enabled {
+    async fn seal_for(&self, slot: Slot) -> Result<(), UpdateError> {
+        let Some(disk) = self.link.disk.clone() else {
             return Ok(());
-        }
-        let uki = self
-            .agent
-            .config
-            .boot
-            .esp
-            .join(format!("EFI/cairn/cairn-{slot}.efi"));
-        let tcti = self
-            .agent
-            .config
-            .tpm_tcti
-            .clone()
-            .unwrap_or_else(|| crate::config::DEFAULT_TPM_TCTI.to_string());
-        seal(disk, tcti, uki).await
+        };
+        let uki = self.link.esp.join(slot.uki_path());
+        seal(disk, self.link.tcti.clone(), uki).await
     }
 
     /// On the new slot: wait for the health gate, then commit or give the slot up.
@@ -617,6 +665,7 @@ impl Updater {
             match self.health().await {
                 Ok(()) => break,
                 Err(why) => {
+                    let why = why.to_string();
                     if why != last {
                         info!(why, "new slot not healthy yet");
                         last = why;
@@ -626,7 +675,9 @@ impl Updater {
             if Instant::now() >= deadline {
                 let error = format!(
                     "slot {} (version {}) failed its health gate within {} s: {last}; rolled back",
-                    self.booted_slot, record.target.version, record.target.health_deadline_s
+                    slot_name(self.booted_slot),
+                    record.target.version,
+                    record.target.health_deadline_s
                 );
                 error!(error, "giving up the new slot");
                 self.set_stage(record, Stage::Failed { error });
@@ -646,15 +697,8 @@ impl Updater {
             error!(error = %e, "could not mark the new slot good");
             return;
         }
-        if self.agent.config.disk.enabled {
-            let disk = self.agent.config.disk.clone();
-            let tcti = self
-                .agent
-                .config
-                .tpm_tcti
-                .clone()
-                .unwrap_or_else(|| crate::config::DEFAULT_TPM_TCTI.to_string());
-            if let Err(e) = forget_old_chain(disk, tcti).await {
+        if let Some(disk) = self.link.disk.clone() {
+            if let Err(e) = forget_old_chain(disk, self.link.tcti.clone()).await {
                 warn!(error = %e, "could not delete the old boot chain's disk key copy");
             }
         }
@@ -663,23 +707,19 @@ impl Updater {
     }
 
     /// One look at the health gate: `Err` says what is not healthy yet.
-    async fn health(&self) -> Result<(), String> {
-        let phase = self.agent.status().borrow().phase;
+    async fn health(&self) -> Result<(), Unhealthy> {
+        let phase = self.link.status.borrow().phase;
         if phase != Phase::Connected {
-            return Err(format!("agent not connected to central ({phase:?})"));
+            return Err(Unhealthy::NotConnected(phase));
         }
-        let apps_cfg = &self.agent.config.apps;
-        if apps_cfg.enabled {
-            cairn_runtime::containerd::Containerd::connect(
-                &apps_cfg.containerd_socket,
-                crate::apps::NAMESPACE,
-            )
-            .await
-            .map_err(|e| format!("containerd not reachable: {e}"))?;
+        if let Some(socket) = &self.link.containerd {
+            cairn_runtime::containerd::Containerd::connect(socket, crate::apps::NAMESPACE)
+                .await
+                .map_err(|e| Unhealthy::Containerd(e.to_string()))?;
         }
-        let desired = self.agent.desired_state().borrow().clone();
+        let desired = self.link.desired_state.borrow().clone();
         let Some(desired) = desired else {
-            return Err("no desired state from central yet".into());
+            return Err(Unhealthy::NoDesiredState);
         };
         apps_healthy(&desired, &self.apps.observed_apps())
     }
@@ -711,7 +751,7 @@ impl Updater {
     fn write_status(&self, record: Option<&Record>) {
         let mut s = self.status.lock().expect("status lock");
         s.version = self.running_version.clone();
-        s.booted_slot = self.booted_slot.clone();
+        s.booted_slot = slot_name(self.booted_slot);
         let Some(r) = record else {
             *s = OsStatus {
                 version: s.version.clone(),
@@ -724,7 +764,7 @@ impl Updater {
         let (phase, error) = match &r.stage {
             Stage::Downloading => (OsUpdatePhase::Downloading, String::new()),
             Stage::Installing => (OsUpdatePhase::Installing, String::new()),
-            Stage::Rebooting { to_slot, .. } if *to_slot == self.booted_slot => {
+            Stage::Rebooting { to_slot, .. } if Some(*to_slot) == self.booted_slot => {
                 (OsUpdatePhase::Verifying, String::new())
             }
             Stage::Rebooting { .. } => (OsUpdatePhase::Rebooting, String::new()),
@@ -763,36 +803,35 @@ pub fn first_stage(target: &Target, running: &str) -> Stage {
 
 /// Every app of `desired` reported for this revision and generation, every service running and
 /// not unhealthy (a service without a health check counts when running).
-pub fn apps_healthy(desired: &DesiredState, observed: &[AppStatus]) -> Result<(), String> {
+pub fn apps_healthy(desired: &DesiredState, observed: &[AppStatus]) -> Result<(), Unhealthy> {
     for app in &desired.apps {
         let Some(seen) = observed.iter().find(|a| a.name == app.name) else {
-            return Err(format!("app {} not reported yet", app.name));
+            return Err(Unhealthy::NotReported(app.name.clone()));
         };
         if seen.generation != app.generation || seen.desired_revision != desired.revision {
-            return Err(format!(
-                "app {} not reconciled to the desired revision yet",
-                app.name
-            ));
+            return Err(Unhealthy::NotReconciled(app.name.clone()));
         }
         if !seen.error.is_empty() {
-            return Err(format!("app {}: {}", app.name, seen.error));
+            return Err(Unhealthy::Failed {
+                app: app.name.clone(),
+                error: seen.error.clone(),
+            });
         }
         if seen.services.is_empty() {
-            return Err(format!("app {} has no service running", app.name));
+            return Err(Unhealthy::NoService(app.name.clone()));
         }
         for svc in &seen.services {
             let running = svc.state == ServiceState::Running as i32;
             let health_ok = svc.health == ServiceHealth::None as i32
                 || svc.health == ServiceHealth::Healthy as i32;
             if !running || !health_ok {
-                return Err(format!(
-                    "app {} service {} is {:?}/{:?} {}",
-                    app.name,
-                    svc.name,
-                    ServiceState::try_from(svc.state).unwrap_or_default(),
-                    ServiceHealth::try_from(svc.health).unwrap_or_default(),
-                    svc.message
-                ));
+                return Err(Unhealthy::Service {
+                    app: app.name.clone(),
+                    service: svc.name.clone(),
+                    state: ServiceState::try_from(svc.state).unwrap_or_default(),
+                    health: ServiceHealth::try_from(svc.health).unwrap_or_default(),
+                    message: svc.message.clone(),
+                });
             }
         }
     }
@@ -800,38 +839,27 @@ pub fn apps_healthy(desired: &DesiredState, observed: &[AppStatus]) -> Result<()
 }
 
 #[cfg(feature = "tpm")]
-async fn seal(
-    disk: crate::data::DiskConfig,
-    tcti: String,
-    uki: PathBuf,
-) -> Result<(), UpdateError> {
-    tokio::task::spawn_blocking(move || crate::data::seal_for_next_uki(&disk, &tcti, &uki))
+async fn seal(disk: DiskConfig, tcti: String, uki: PathBuf) -> Result<(), UpdateError> {
+    crate::blocking::blocking(move || crate::data::seal_for_next_uki(&disk, &tcti, &uki))
         .await
-        .map_err(|e| UpdateError::Seal(e.to_string()))?
-        .map_err(|e| UpdateError::Seal(e.to_string()))
+        .map_err(UpdateError::Seal)
 }
 
 #[cfg(not(feature = "tpm"))]
-async fn seal(
-    _disk: crate::data::DiskConfig,
-    _tcti: String,
-    _uki: PathBuf,
-) -> Result<(), UpdateError> {
-    Err(UpdateError::Seal(
-        "this agent was built without the `tpm` feature".into(),
-    ))
+async fn seal(_disk: DiskConfig, _tcti: String, _uki: PathBuf) -> Result<(), UpdateError> {
+    Err(UpdateError::SealNotBuilt)
 }
 
 #[cfg(feature = "tpm")]
-async fn forget_old_chain(disk: crate::data::DiskConfig, tcti: String) -> Result<bool, String> {
-    tokio::task::spawn_blocking(move || crate::data::forget_previous_boot_chain(&disk, &tcti))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+async fn forget_old_chain(disk: DiskConfig, tcti: String) -> Result<bool, crate::data::DataError> {
+    crate::blocking::blocking(move || crate::data::forget_previous_boot_chain(&disk, &tcti)).await
 }
 
 #[cfg(not(feature = "tpm"))]
-async fn forget_old_chain(_disk: crate::data::DiskConfig, _tcti: String) -> Result<bool, String> {
+async fn forget_old_chain(
+    _disk: DiskConfig,
+    _tcti: String,
+) -> Result<bool, std::convert::Infallible> {
     Ok(false)
 }
 

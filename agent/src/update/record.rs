@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
+use cairn_io::PathContext;
 use serde::{Deserialize, Serialize};
 
 use super::UpdateError;
+use crate::slot::Slot;
 
 /// The update a rollout asked for (from `DesiredState.os`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,9 +57,9 @@ pub enum Stage {
     /// `to_slot` (or already has, and is checking health there).
     Rebooting {
         /// The slot the update was installed from.
-        from_slot: String,
+        from_slot: Slot,
         /// The slot the update was installed into.
-        to_slot: String,
+        to_slot: Slot,
     },
     /// Committed: the new slot passed the health gate.
     Succeeded,
@@ -145,24 +147,10 @@ impl RecordFile {
     /// Store `record` durably (temp file, fsync, rename, directory fsync): a power cut leaves
     /// the old or the new record, never a torn one.
     pub fn save(&self, record: &Record) -> Result<(), UpdateError> {
-        let io = |what: &'static str| {
-            let path = self.path.clone();
-            move |source| UpdateError::Io { what, path, source }
-        };
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io("create the directory of"))?;
-        let tmp = self.path.with_extension("json.tmp");
+        std::fs::create_dir_all(dir).at("create the directory", dir)?;
         let bytes = serde_json::to_vec_pretty(record).expect("record serializes");
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
-            f.write_all(&bytes).map_err(io("write"))?;
-            f.sync_all().map_err(io("sync"))?;
-        }
-        std::fs::rename(&tmp, &self.path).map_err(io("replace"))?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("sync the directory of"))?;
+        cairn_io::write_atomic(&self.path, &bytes, 0o644)?;
         Ok(())
     }
 }
@@ -190,8 +178,8 @@ mod tests {
         let record = Record {
             target: target(),
             stage: Stage::Rebooting {
-                from_slot: "a".into(),
-                to_slot: "b".into(),
+                from_slot: Slot::A,
+                to_slot: Slot::B,
             },
             fetched_bytes: 42,
         };
@@ -207,9 +195,32 @@ mod tests {
         assert!(Stage::Failed { error: "x".into() }.is_final());
         assert!(!Stage::Installing.is_final());
         assert!(!Stage::Rebooting {
-            from_slot: "a".into(),
-            to_slot: "b".into()
+            from_slot: Slot::A,
+            to_slot: Slot::B
         }
         .is_final());
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_record_keeps_its_slots_as_bootnames() {
+        let text = r#"{"target":{"version":"0.2.0","sha256":"ab","size":1,"rollout_id":"r","allow_downgrade":false,"health_deadline_s":600},"stage":{"stage":"rebooting","from_slot":"a","to_slot":"b"},"fetched_bytes":3}"#;
+        let record: Record = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            record.stage,
+            Stage::Rebooting {
+                from_slot: Slot::A,
+                to_slot: Slot::B
+            }
+        );
+        let back = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
     }
 }

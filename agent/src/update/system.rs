@@ -1,10 +1,9 @@
 //! The device's side of an update: RAUC (through its command line) and systemd (over D-Bus).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use cairn_io::Tool;
 use tracing::{info, Instrument};
 
 use super::UpdateError;
@@ -24,12 +23,13 @@ const MARK_TIMEOUT: Duration = Duration::from_secs(60);
 impl Rauc {
     /// `rauc install BUNDLE`: verifies the signature and writes the inactive slot (and, by the
     /// bundle's hook, its UKI). With `activate-installed=false` the slot is not made primary.
-    /// Progress lines go to the log; the last line is the error when it fails.
+    /// Its output goes to the log once it ends; the end of its stderr is in the error when it fails.
     pub async fn install(&self, bundle: &Path) -> Result<(), UpdateError> {
         let span = tracing::info_span!("rauc.install", bundle = %bundle.display());
         self.run(
             &["install".as_ref(), bundle.as_os_str()],
             self.install_timeout,
+            "install the update bundle",
         )
         .instrument(span)
         .await
@@ -42,72 +42,31 @@ impl Rauc {
         self.run(
             &["status".as_ref(), verb.as_ref(), slot.as_ref()],
             MARK_TIMEOUT,
+            "change a slot's boot state",
         )
         .instrument(span)
         .await
     }
 
-    async fn run(&self, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<(), UpdateError> {
-        let what = format!(
-            "{} {}",
-            self.program.display(),
-            args.iter()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        let mut child = tokio::process::Command::new(&self.program)
+    async fn run(
+        &self,
+        args: &[&std::ffi::OsStr],
+        timeout: Duration,
+        purpose: &'static str,
+    ) -> Result<(), UpdateError> {
+        let tool = Tool::new(&self.program)
+            .purpose(purpose)
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| UpdateError::Rauc {
-                what: what.clone(),
-                detail: format!("cannot start: {e}"),
-            })?;
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let work = async {
-            let (out, err, status) =
-                tokio::join!(log_lines(stdout), log_lines(stderr), child.wait());
-            (out, err, status)
-        };
-        let (out, err, status) =
-            tokio::time::timeout(timeout, work)
-                .await
-                .map_err(|_| UpdateError::Rauc {
-                    what: what.clone(),
-                    detail: format!("no result after {timeout:?}"),
-                })?;
-        let status = status.map_err(|e| UpdateError::Rauc {
-            what: what.clone(),
-            detail: e.to_string(),
-        })?;
-        if status.success() {
-            return Ok(());
+            .timeout(timeout);
+        let output = crate::blocking::blocking(move || tool.run()).await?;
+        for line in output.stdout_text().lines().chain(output.stderr.lines()) {
+            let line = line.trim();
+            if !line.is_empty() {
+                info!(target: "rauc", "{line}");
+            }
         }
-        let last = if err.is_empty() { out } else { err };
-        Err(UpdateError::Rauc {
-            what,
-            detail: format!("{status}: {last}"),
-        })
+        Ok(())
     }
-}
-
-/// Log each non-empty line of `reader` (RAUC's progress); returns the last one.
-async fn log_lines(reader: impl tokio::io::AsyncRead + Unpin) -> String {
-    let mut lines = BufReader::new(reader).lines();
-    let mut last = String::new();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let line = line.trim().to_string();
-        if !line.is_empty() {
-            info!(target: "rauc", "{line}");
-            last = line;
-        }
-    }
-    last
 }
 
 /// Reboot through systemd (`StartUnit("reboot.target", "replace-irreversibly")` on the system
@@ -116,7 +75,7 @@ async fn log_lines(reader: impl tokio::io::AsyncRead + Unpin) -> String {
 pub async fn reboot() -> Result<(), UpdateError> {
     let span = tracing::info_span!("systemd.reboot");
     async {
-        let dbus = |e: zbus::Error| UpdateError::Reboot(e.to_string());
+        let dbus = UpdateError::Reboot;
         let conn = zbus::Connection::system().await.map_err(dbus)?;
         conn.call_method(
             Some("org.freedesktop.systemd1"),
@@ -134,41 +93,9 @@ pub async fn reboot() -> Result<(), UpdateError> {
     .await
 }
 
-/// `key=value` from a kernel command line (`rauc.slot=a`).
-pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
-    cmdline
-        .split_whitespace()
-        .find_map(|arg| arg.strip_prefix(key)?.strip_prefix('=').map(str::to_string))
-}
-
-/// `KEY=value` from os-release text, unquoted.
-pub fn os_release_value(text: &str, key: &str) -> Option<String> {
-    text.lines().find_map(|line| {
-        let value = line.trim().strip_prefix(key)?.strip_prefix('=')?;
-        let unquoted = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-            .unwrap_or(value);
-        Some(unquoted.replace("\\\"", "\""))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_cmdline_and_os_release() {
-        let cmdline = "cairn.slot=b cairn.roothash=ab rauc.slot=b root=/dev/mapper/root quiet";
-        assert_eq!(cmdline_value(cmdline, "rauc.slot").as_deref(), Some("b"));
-        assert_eq!(cmdline_value(cmdline, "rauc"), None);
-        assert_eq!(cmdline_value(cmdline, "missing"), None);
-        let os = "NAME=\"Cairn\"\nVERSION_ID=\"0.2.0\"\nID=cairn\n";
-        assert_eq!(os_release_value(os, "VERSION_ID").as_deref(), Some("0.2.0"));
-        assert_eq!(os_release_value(os, "ID").as_deref(), Some("cairn"));
-        assert_eq!(os_release_value(os, "VERSION"), None);
-    }
 
     #[tokio::test]
     async fn a_failing_rauc_reports_its_last_line() {
@@ -182,15 +109,9 @@ mod tests {
             .await
             .unwrap_err()
             .to_string();
-        assert!(
-            err.starts_with("`rauc install /nonexistent/update.raucb` failed: exit status: 1: "),
-            "{err}"
-        );
-        assert!(
-            err.len()
-                > "`rauc install /nonexistent/update.raucb` failed: exit status: 1: ".len() + 5,
-            "{err}"
-        );
+        let head = "`rauc install /nonexistent/update.raucb` to install the update bundle failed (exit code 1); its stderr ends with:\n";
+        assert!(err.starts_with(head), "{err}");
+        assert!(err.len() > head.len() + 5, "{err}");
         let missing = Rauc {
             program: "/nonexistent/rauc".into(),
             install_timeout: Duration::from_secs(1),
@@ -200,6 +121,6 @@ mod tests {
             .await
             .unwrap_err()
             .to_string()
-            .contains("cannot start"));
+            .contains("not installed"));
     }
 }

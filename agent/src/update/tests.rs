@@ -58,14 +58,17 @@ fn health_gate_needs_every_app_running_and_healthy_for_this_revision() {
     let want = desired(&[("web", 2)]);
     assert!(apps_healthy(&want, &[])
         .unwrap_err()
+        .to_string()
         .contains("not reported"));
     let old_generation = seen("web", 1, 7, &[(S::Running, H::Healthy)]);
     assert!(apps_healthy(&want, &[old_generation])
         .unwrap_err()
+        .to_string()
         .contains("not reconciled"));
     let old_revision = seen("web", 2, 6, &[(S::Running, H::Healthy)]);
     assert!(apps_healthy(&want, &[old_revision])
         .unwrap_err()
+        .to_string()
         .contains("not reconciled"));
     let unhealthy = seen(
         "web",
@@ -75,6 +78,7 @@ fn health_gate_needs_every_app_running_and_healthy_for_this_revision() {
     );
     assert!(apps_healthy(&want, &[unhealthy])
         .unwrap_err()
+        .to_string()
         .contains("s1"));
     let starting = seen("web", 2, 7, &[(S::Running, H::Starting)]);
     assert!(apps_healthy(&want, &[starting]).is_err());
@@ -84,6 +88,7 @@ fn health_gate_needs_every_app_running_and_healthy_for_this_revision() {
     refused.error = "refused by this agent".into();
     assert!(apps_healthy(&want, &[refused])
         .unwrap_err()
+        .to_string()
         .contains("refused"));
     let good = seen(
         "web",

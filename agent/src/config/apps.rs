@@ -1,9 +1,11 @@
-//! The `[apps]` section of the agent config.
+//! `[apps]`: running the desired apps on containerd.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::FieldError;
 
 /// containerd's socket on a device.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
@@ -45,34 +47,39 @@ impl Default for AppsConfig {
 
 impl AppsConfig {
     /// Checks the section; the error names the field (`apps.<field>`) and what to change.
-    pub fn validate(&self) -> Result<(), String> {
-        let absolute = |field: &str, path: &Path| {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let absolute = |field: &'static str, path: &Path| {
             if path.as_os_str().is_empty() || path.is_relative() {
-                Err(format!(
-                    "apps.{field} must be an absolute path, got {path:?}"
+                Err(FieldError::new(
+                    field,
+                    format!("must be an absolute path, got {path:?}"),
                 ))
             } else {
                 Ok(())
             }
         };
-        absolute("containerd_socket", &self.containerd_socket)?;
+        absolute("apps.containerd_socket", &self.containerd_socket)?;
         if let Some(dir) = &self.data_dir {
-            absolute("data_dir", dir)?;
+            absolute("apps.data_dir", dir)?;
         }
         if let Some(dir) = &self.runc_root {
-            absolute("runc_root", dir)?;
+            absolute("apps.runc_root", dir)?;
         }
         if let Some(bad) = self
             .plain_http_registries
             .iter()
             .find(|r| r.is_empty() || r.contains('/') || r.contains(char::is_whitespace))
         {
-            return Err(format!(
-                "apps.plain_http_registries: {bad:?} is not a registry host[:port]"
+            return Err(FieldError::new(
+                "apps.plain_http_registries",
+                format!("{bad:?} is not a registry host[:port]"),
             ));
         }
         if self.reconcile_interval_ms < 10 {
-            return Err("apps.reconcile_interval_ms must be at least 10".into());
+            return Err(FieldError::new(
+                "apps.reconcile_interval_ms",
+                "must be at least 10",
+            ));
         }
         Ok(())
     }

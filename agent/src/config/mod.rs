@@ -1,12 +1,26 @@
-//! The agent's configuration: one typed TOML file, validated at load.
+//! The agent's configuration: one typed TOML file, validated at load, with a section per
+//! subsystem ([`DiskConfig`], [`BootConfig`], [`AppsConfig`], [`UpdateConfig`]).
 //!
 //! The fleet image carries this file (central's URL, central's CA, the enrollment token); nothing in
 //! it is device specific. See `agent/agent.example.toml` for a commented example.
+//!
+//! Architecture invariant: this module imports no other module of the agent; every other module
+//! may read it. Defaults are decided here once (e.g. the TPM's TCTI, [`AgentConfig::tcti`]).
+
+mod apps;
+mod boot;
+mod disk;
+mod update;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use apps::{AppsConfig, DEFAULT_CONTAINERD_SOCKET};
+pub use boot::BootConfig;
+pub use disk::DiskConfig;
+pub use update::UpdateConfig;
 
 /// Where the device key lives, as configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -33,7 +47,7 @@ pub enum KeyStorage {
     Software,
 }
 
-/// TCTI used when `key_storage` picks the TPM and `tpm_tcti` is not set.
+/// TCTI used when `tpm_tcti` is not set (read it through [`AgentConfig::tcti`]).
 pub const DEFAULT_TPM_TCTI: &str = "device:/dev/tpmrm0";
 /// Device node whose presence makes `key_storage = "auto"` choose the TPM.
 pub const TPM_DEVICE_NODE: &str = "/dev/tpmrm0";
@@ -81,16 +95,16 @@ pub struct AgentConfig {
     pub renew_when_remaining_fraction: f64,
     /// The encrypted data partition (`[disk]`; off unless `enabled`).
     #[serde(default)]
-    pub disk: crate::data::DiskConfig,
+    pub disk: DiskConfig,
     /// Marking the boot good once connected (`[boot]`; off unless `bless`).
     #[serde(default)]
-    pub boot: crate::boot::BootConfig,
+    pub boot: BootConfig,
     /// Running the desired apps on containerd (`[apps]`; off unless `enabled`).
     #[serde(default)]
-    pub apps: crate::apps::AppsConfig,
+    pub apps: AppsConfig,
     /// OS updates from central's rollouts (`[update]`; off unless `enabled`).
     #[serde(default)]
-    pub update: crate::update::UpdateConfig,
+    pub update: UpdateConfig,
     /// Mount points whose file-system usage heartbeats report (those that do not exist are
     /// skipped).
     #[serde(default = "default_metrics_mounts")]
@@ -189,6 +203,26 @@ pub enum ConfigError {
     },
 }
 
+/// One field of the configuration has a value the agent cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}` {problem}")]
+pub struct FieldError {
+    /// The field, with its section (`disk.pcrs`).
+    pub field: &'static str,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl FieldError {
+    /// `field` is wrong: `problem`.
+    pub fn new(field: &'static str, problem: impl Into<String>) -> FieldError {
+        FieldError {
+            field,
+            problem: problem.into(),
+        }
+    }
+}
+
 /// Host, port and TLS server name taken from `central_endpoint`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CentralAddress {
@@ -234,10 +268,10 @@ impl AgentConfig {
             backoff_initial_ms: default_backoff_initial_ms(),
             backoff_max_ms: default_backoff_max_ms(),
             renew_when_remaining_fraction: default_renew_fraction(),
-            disk: crate::data::DiskConfig::default(),
-            boot: crate::boot::BootConfig::default(),
-            apps: crate::apps::AppsConfig::default(),
-            update: crate::update::UpdateConfig::default(),
+            disk: DiskConfig::default(),
+            boot: BootConfig::default(),
+            apps: AppsConfig::default(),
+            update: UpdateConfig::default(),
             metrics_mounts: default_metrics_mounts(),
         }
     }
@@ -249,8 +283,8 @@ impl AgentConfig {
             field,
             problem,
         };
-        self.central_address()
-            .map_err(|problem| invalid("central_endpoint", problem))?;
+        let section = |e: FieldError| invalid(e.field, e.problem);
+        self.central_address().map_err(section)?;
         if self.ca_cert.as_os_str().is_empty() {
             return Err(invalid(
                 "ca_cert",
@@ -275,12 +309,8 @@ impl AgentConfig {
             }
             _ => {}
         }
-        self.disk
-            .validate()
-            .map_err(|problem| invalid("disk", problem))?;
-        self.apps
-            .validate()
-            .map_err(|problem| invalid("apps", problem))?;
+        self.disk.validate().map_err(section)?;
+        self.apps.validate().map_err(section)?;
         if self.state_dir.as_os_str().is_empty() || self.state_dir.is_relative() {
             return Err(invalid(
                 "state_dir",
@@ -355,26 +385,29 @@ impl AgentConfig {
     }
 
     /// Host and port of central, parsed from `central_endpoint` (which must be `https://`).
-    pub fn central_address(&self) -> Result<CentralAddress, String> {
+    pub fn central_address(&self) -> Result<CentralAddress, FieldError> {
+        let bad = |problem: String| FieldError::new("central_endpoint", problem);
         let url = self.central_endpoint.trim();
         let rest = url.strip_prefix("https://").ok_or_else(|| {
-            format!("must start with https:// (got {url:?}); the agent only talks TLS to central")
+            bad(format!(
+                "must start with https:// (got {url:?}); the agent only talks TLS to central"
+            ))
         })?;
         let authority = rest.strip_suffix('/').unwrap_or(rest);
         if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
-            return Err(format!(
+            return Err(bad(format!(
                 "must be https://host[:port] without path or user (got {url:?})"
-            ));
+            )));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (host, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("has an unclosed IPv6 bracket (got {url:?})"))?;
+                .ok_or_else(|| bad(format!("has an unclosed IPv6 bracket (got {url:?})")))?;
             let port = match after {
                 "" => None,
                 p => Some(
                     p.strip_prefix(':')
-                        .ok_or_else(|| format!("has junk after ] (got {url:?})"))?,
+                        .ok_or_else(|| bad(format!("has junk after ] (got {url:?})")))?,
                 ),
             };
             (host, port)
@@ -385,7 +418,7 @@ impl AgentConfig {
             }
         };
         if host.is_empty() {
-            return Err(format!("has no host (got {url:?})"));
+            return Err(bad(format!("has no host (got {url:?})")));
         }
         let port = match port {
             None => 443,
@@ -393,10 +426,13 @@ impl AgentConfig {
                 .parse::<u16>()
                 .ok()
                 .filter(|p| *p != 0)
-                .ok_or_else(|| format!("has an invalid port {p:?}"))?,
+                .ok_or_else(|| bad(format!("has an invalid port {p:?}")))?,
         };
-        rustls_pki_types::ServerName::try_from(host.to_string())
-            .map_err(|_| format!("host {host:?} is neither a DNS name nor an IP address"))?;
+        rustls_pki_types::ServerName::try_from(host.to_string()).map_err(|_| {
+            bad(format!(
+                "host {host:?} is neither a DNS name nor an IP address"
+            ))
+        })?;
         Ok(CentralAddress {
             host: host.to_string(),
             port,
@@ -426,13 +462,16 @@ impl AgentConfig {
         Ok(token)
     }
 
+    /// The TCTI of the TPM: `tpm_tcti`, else [`DEFAULT_TPM_TCTI`]. The one place the default is
+    /// applied; the device key, the data partition and the updater all read it here.
+    pub fn tcti(&self) -> &str {
+        self.tpm_tcti.as_deref().unwrap_or(DEFAULT_TPM_TCTI)
+    }
+
     /// Decides `key_storage = "auto"`: TPM when `tpm_tcti` is set or `/dev/tpmrm0` exists.
     pub fn resolve_key_storage(&self) -> KeyStorage {
         let tpm = || KeyStorage::Tpm {
-            tcti: self
-                .tpm_tcti
-                .clone()
-                .unwrap_or_else(|| DEFAULT_TPM_TCTI.to_string()),
+            tcti: self.tcti().to_string(),
         };
         match self.key_storage {
             KeyStorageSetting::Software => KeyStorage::Software,
@@ -511,11 +550,11 @@ state_dir = "/var/lib/cairn"
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../agent.example.toml");
+        let text = include_str!("../../agent.example.toml");
         let c = parse(text).unwrap();
         assert_eq!(c.key_storage, KeyStorageSetting::Auto);
         assert!(c.enrollment_token.is_some());
-        assert_eq!(c.apps, crate::apps::AppsConfig::default());
+        assert_eq!(c.apps, AppsConfig::default());
     }
 
     #[test]
