@@ -23,6 +23,19 @@
 //! - boot slots and the data partition: plain functions over their config section
 //!   ([`boot`], [`boot::slots`], [`data`]) and the one [`Slot`] type;
 //! - status: [`status::StatusReporter`], shared; events: [`events::EventQueue`], shared.
+//!
+//! # Module layers
+//!
+//! Each module uses only modules of the layers above it; `tests/module_layers.rs` fails on a
+//! module that does otherwise (and so on any cycle):
+//!
+//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `blocking`, `os_release`, `host_metrics`, `tpm_key`.
+//! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`.
+//! 3. The device key and the held desired state: `key`, `desired`.
+//! 4. What the key signs and proves: `csr`, `tls_key`, `facts`, `identity`.
+//! 5. Reaching central: `channel`.
+//! 6. Subsystems: `enroll`, `sync`, `update`.
+//! 7. Assembly and the main loop: `agent`.
 
 pub mod agent;
 pub mod apps;
