@@ -29,8 +29,8 @@
 //! Each module uses only modules of the layers above it; `tests/module_layers.rs` fails on a
 //! module that does otherwise (and so on any cycle):
 //!
-//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `blocking`, `os_release`, `host_metrics`, `tpm_key`.
-//! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`.
+//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`.
+//! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`, `logging`.
 //! 3. The device key and the held desired state: `key`, `desired`.
 //! 4. What the key signs and proves: `csr`, `tls_key`, `facts`, `identity`.
 //! 5. Reaching central: `channel`.
@@ -45,6 +45,7 @@ pub mod boot;
 pub mod certificate;
 pub mod channel;
 pub mod config;
+pub mod console;
 pub mod csr;
 pub mod data;
 pub mod desired;
@@ -55,6 +56,7 @@ pub mod host_metrics;
 pub mod identity;
 pub mod key;
 pub mod log_requests;
+pub mod logging;
 pub mod os_release;
 pub mod shutdown;
 pub mod sink;

@@ -7,7 +7,6 @@ use cairn_agent::Slot;
 use cairn_agent::{key::choose_storage, AgentConfig, HardwareFacts};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use tracing_subscriber::EnvFilter;
 
 /// The Cairn device agent.
 #[derive(Debug, Parser)]
@@ -144,13 +143,8 @@ fn boot(config: &std::path::Path, command: BootCommand) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let output = cairn_agent::logging::init();
+    tracing::debug!(?output, "logging set up");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -36,6 +36,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 use crate::backoff::Backoff;
 use crate::channel::{CentralDialer, ChannelError};
 use crate::config::DiskConfig;
+use crate::console;
 use crate::identity::IdentityStore;
 use crate::os_release::os_release_value;
 use crate::sink::DesiredStateSink;
@@ -583,6 +584,7 @@ impl Updater {
             if step != logged_step {
                 logged_step = step;
                 info!(
+                    target: console::TARGET,
                     "CAIRN-UPDATE progress done={} total={} fetched={}",
                     p.done,
                     p.total,
@@ -731,8 +733,8 @@ impl Updater {
     }
 
     fn set_stage(&self, record: &mut Record, stage: Stage) {
-        // A console marker per stage (the agent's unit logs to the console as well).
         info!(
+            target: console::TARGET,
             "CAIRN-UPDATE stage={} version={}",
             stage.name(),
             record.target.version
