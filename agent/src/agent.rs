@@ -25,6 +25,7 @@ use crate::facts::{FactsError, HardwareFacts};
 use crate::host_metrics::HostSampler;
 use crate::identity::IdentityStore;
 use crate::key::{DeviceKey, KeyError};
+use crate::liveness::Liveness;
 use crate::log_requests::LogSources;
 use crate::shutdown::Shutdown;
 use crate::sink::DesiredStateSink;
@@ -72,6 +73,8 @@ pub struct Agent {
     events: Arc<EventQueue>,
     /// Host metrics for heartbeats (keeps the previous CPU counters).
     host: Arc<Mutex<HostSampler>>,
+    /// The main loop's promise to the watchdog.
+    liveness: Liveness,
 }
 
 impl std::fmt::Debug for Agent {
@@ -119,6 +122,7 @@ impl Agent {
                 desired: DesiredStore::new(state.clone(), desired),
                 events: Arc::new(EventQueue::default()),
                 host: Arc::new(Mutex::new(HostSampler::new(config.metrics_mounts.clone()))),
+                liveness: Liveness::new(),
                 identity: IdentityStore::new(state, key),
                 config,
                 facts,
@@ -208,6 +212,11 @@ impl Agent {
         &self.events
     }
 
+    /// The main loop's promise to the watchdog (see [`crate::notify::feed_watchdog`]).
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
+    }
+
     /// Follows the status (the same content as `status.json`).
     pub fn status(&self) -> watch::Receiver<Status> {
         self.status.subscribe()
@@ -255,6 +264,7 @@ impl Agent {
             token: self.token.clone(),
             status: self.status.clone(),
             backoff: (self.config.backoff_initial(), self.config.backoff_max()),
+            liveness: self.liveness.clone(),
         }
     }
 
@@ -274,6 +284,7 @@ impl Agent {
             heartbeat_every: self.config.heartbeat_interval(),
             renew_fraction: self.config.renew_when_remaining_fraction,
             pending_recovery_key: disk.enabled.then(|| disk.pending_recovery_key_path()),
+            liveness: self.liveness.clone(),
         }
     }
 
@@ -295,6 +306,7 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let enroller = self.enroller();
         let session = self.session();
+        self.liveness.step();
         self.desired.apply_held();
         self.queue_start_events().await;
         let revision = self.held_revision();
@@ -317,6 +329,7 @@ impl Agent {
             if shutdown.is_triggered() {
                 return Ok(());
             }
+            self.liveness.step();
             let now = time::OffsetDateTime::now_utc();
             let (mut identity, mut cert) = match current.take() {
                 Some((identity, cert)) if !cert.expired_at(now) => (identity, cert),
@@ -345,6 +358,7 @@ impl Agent {
             if Instant::now() >= renew_allowed_after
                 && cert.renewal_due(now, self.config.renew_when_remaining_fraction)
             {
+                self.liveness.step();
                 match shutdown.run(session.renew(&identity)).await {
                     None => return Ok(()),
                     Some(Ok(renewed)) => {
@@ -366,6 +380,7 @@ impl Agent {
                         self.revoked(&e.to_string()).await;
                         current = Some((identity, cert));
                         let delay = backoff.slow_delay();
+                        self.liveness.wait(delay);
                         if !shutdown.sleep(delay).await {
                             return Ok(());
                         }
@@ -379,6 +394,7 @@ impl Agent {
                 }
             }
 
+            self.liveness.step();
             if let Some(Err(e)) = shutdown
                 .run(session.escrow_pending_recovery_key(&identity))
                 .await
@@ -408,6 +424,7 @@ impl Agent {
                     delay
                 }
             };
+            self.liveness.wait(delay);
             if !shutdown.sleep(delay).await {
                 return Ok(());
             }

@@ -14,6 +14,7 @@ use crate::channel::{enrollment_client, CentralDialer, ChannelError, REQUEST_TIM
 use crate::csr::{build_csr_async, CsrError};
 use crate::facts::HardwareFacts;
 use crate::identity::IdentityStore;
+use crate::liveness::Liveness;
 use crate::shutdown::Shutdown;
 use crate::state::{StateError, StoredIdentity};
 use crate::status::{Phase, StatusReporter};
@@ -88,6 +89,7 @@ pub struct Enroller {
     pub(crate) status: Arc<StatusReporter>,
     /// First and largest retry delay.
     pub(crate) backoff: (Duration, Duration),
+    pub(crate) liveness: Liveness,
 }
 
 impl std::fmt::Debug for Enroller {
@@ -184,11 +186,13 @@ impl Enroller {
             .await;
         let mut backoff = Backoff::new(self.backoff.0, self.backoff.1);
         // One CSR for all attempts: same key, so central sees the same request.
+        self.liveness.step();
         let csr = build_csr_async(self.identity.key(), &self.facts.serial).await?;
         loop {
             if shutdown.is_triggered() {
                 return Ok(None);
             }
+            self.liveness.step();
             let Some(result) = shutdown.run(self.enroll_with_csr(csr.clone())).await else {
                 return Ok(None);
             };
@@ -233,6 +237,7 @@ impl Enroller {
                 }
                 Err(e) => return Err(e),
             };
+            self.liveness.wait(delay);
             if !shutdown.sleep(delay).await {
                 return Ok(None);
             }

@@ -22,15 +22,17 @@
 //!   receivers, `[disk]`, the TCTI, the ESP, containerd's socket);
 //! - boot slots and the data partition: plain functions over their config section
 //!   ([`boot`], [`boot::slots`], [`data`]) and the one [`Slot`] type;
-//! - status: [`status::StatusReporter`], shared; events: [`events::EventQueue`], shared.
+//! - status: [`status::StatusReporter`], shared; events: [`events::EventQueue`], shared;
+//! - systemd: [`run_notifying`] tells it `READY=1`, the phase and feeds the watchdog from the
+//!   main loop's [`liveness::Liveness`].
 //!
 //! # Module layers
 //!
 //! Each module uses only modules of the layers above it; `tests/module_layers.rs` fails on a
 //! module that does otherwise (and so on any cycle):
 //!
-//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`.
-//! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`, `logging`.
+//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `liveness`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`.
+//! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`, `logging`, `notify`.
 //! 3. The device key and the held desired state: `key`, `desired`.
 //! 4. What the key signs and proves: `csr`, `tls_key`, `facts`, `identity`.
 //! 5. Reaching central: `channel`.
@@ -55,8 +57,10 @@ pub mod facts;
 pub mod host_metrics;
 pub mod identity;
 pub mod key;
+pub mod liveness;
 pub mod log_requests;
 pub mod logging;
+pub mod notify;
 pub mod os_release;
 pub mod shutdown;
 pub mod sink;
@@ -72,6 +76,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::info;
+
+use notify::Notifier;
 
 pub use agent::{Agent, AgentError};
 pub use config::AgentConfig;
@@ -85,17 +92,69 @@ pub use status::{Phase, Status};
 /// Runs one agent until `shutdown` becomes `true` (or its sender is dropped), running the desired
 /// apps on containerd when `[apps] enabled`.
 pub async fn run(config: AgentConfig, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    run_notifying(config, shutdown, Notifier::disabled()).await
+}
+
+/// [`run`], telling systemd through `notifier`: `READY=1` once the agent is prepared (state
+/// directory, device key, configuration) and before its main loop, `STATUS=` with each phase,
+/// `WATCHDOG=1` while the main loop keeps its promise ([`liveness`]) when systemd asks for a
+/// watchdog, and `STOPPING=1` at the end.
+pub async fn run_notifying(
+    config: AgentConfig,
+    shutdown: watch::Receiver<bool>,
+    notifier: Notifier,
+) -> Result<(), AgentError> {
+    let notifier = Arc::new(notifier);
+    notifier.status("preparing: state directory, device key, facts");
     let (agent, updater) = Agent::new(config)
         .await?
         .with_configured_apps()
         .with_configured_update();
     let agent = Arc::new(agent);
-    let updater = updater.map(|u| u.spawn(shutdown.clone()));
+    let mut side_tasks = Vec::new();
+    if notifier.is_enabled() {
+        let mut status = agent.status();
+        let phase = status.borrow_and_update().phase;
+        notifier.ready(&phase_status(phase));
+        let to_systemd = notifier.clone();
+        side_tasks.push(tokio::spawn(async move {
+            while status.changed().await.is_ok() {
+                let phase = status.borrow_and_update().phase;
+                to_systemd.status(&phase_status(phase));
+            }
+        }));
+        if let Some(period) = notify::watchdog_period() {
+            info!(
+                ?period,
+                "feeding systemd's watchdog while the main loop makes progress"
+            );
+            side_tasks.push(tokio::spawn(notify::feed_watchdog(
+                notifier.clone(),
+                agent.liveness().clone(),
+                period,
+            )));
+        }
+    }
+    side_tasks.extend(updater.map(|u| u.spawn(shutdown.clone())));
     let result = agent.run(shutdown).await;
-    if let Some(task) = updater {
+    notifier.stopping();
+    for task in side_tasks {
         task.abort();
     }
     result
+}
+
+/// The `STATUS=` line of a phase.
+fn phase_status(phase: Phase) -> String {
+    let what = match phase {
+        Phase::Enrolling => "enrolling with central",
+        Phase::Pending => "enrollment pending an operator's approval",
+        Phase::Refused => "enrollment refused by central; retrying slowly",
+        Phase::Connected => "connected to central",
+        Phase::Offline => "offline: running from the stored desired state",
+        Phase::Revoked => "revoked by central; retrying slowly",
+    };
+    format!("{phase}: {what}")
 }
 
 /// A running agent in a fleet: its status feed and task.

@@ -191,7 +191,8 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         let _ = tx.send(true);
         // Keep the sender alive: dropping it also means shutdown, which is what we want anyway.
     });
-    let result = cairn_agent::run(config, rx).await;
+    let notifier = cairn_agent::notify::Notifier::from_env();
+    let result = cairn_agent::run_notifying(config, rx, notifier).await;
     signals.abort();
     result.context("cairn-agent stopped")
 }

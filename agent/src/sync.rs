@@ -31,6 +31,7 @@ use crate::events::EventQueue;
 use crate::facts::HardwareFacts;
 use crate::host_metrics::HostSampler;
 use crate::identity::IdentityStore;
+use crate::liveness::Liveness;
 use crate::log_requests::LogSources;
 use crate::shutdown::Shutdown;
 use crate::state::{read_optional, StateError, StoredIdentity};
@@ -108,6 +109,9 @@ pub enum SessionEnd {
     },
 }
 
+/// How often an idle session loop wakes to renew its promise to the watchdog.
+const LIVENESS_TICK: Duration = Duration::from_secs(10);
+
 fn unix_ms_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -131,6 +135,7 @@ pub struct Session {
     pub(crate) renew_fraction: f64,
     /// The data partition's recovery key waiting for escrow (`None`: no managed partition).
     pub(crate) pending_recovery_key: Option<PathBuf>,
+    pub(crate) liveness: Liveness,
 }
 
 impl std::fmt::Debug for Session {
@@ -396,10 +401,15 @@ impl Session {
         );
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let report_now = self.desired.sink().report_now().unwrap_or_default();
+        // Wakes the loop so it renews its promise to the watchdog even when nothing happens.
+        let mut alive = tokio::time::interval(LIVENESS_TICK);
+        alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.send_queued_events(&tx);
         loop {
+            self.liveness.step();
             tokio::select! {
                 _ = shutdown.triggered() => return SessionEnd::Shutdown,
+                _ = alive.tick() => {}
                 _ = report_now.notified() => ticker.reset_immediately(),
                 _ = self.events.added() => self.send_queued_events(&tx),
                 _ = ticker.tick() => {
