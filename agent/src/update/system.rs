@@ -35,12 +35,13 @@ impl Rauc {
         .await
     }
 
-    /// `rauc status mark-active other|booted`, `mark-good booted`, `mark-bad booted`.
-    pub async fn mark(&self, how: &str, slot: &str) -> Result<(), UpdateError> {
-        let span = tracing::info_span!("rauc.mark", how, slot);
+    /// `rauc status mark-active other|booted`, `mark-good booted`, `mark-bad booted`: `which`
+    /// is RAUC's slot selector (`booted` or `other`), not an A/B [`crate::slot::Slot`].
+    pub async fn mark(&self, how: &str, which: &str) -> Result<(), UpdateError> {
+        let span = tracing::info_span!("rauc.mark", how, which);
         let verb = format!("mark-{how}");
         self.run(
-            &["status".as_ref(), verb.as_ref(), slot.as_ref()],
+            &["status".as_ref(), verb.as_ref(), which.as_ref()],
             MARK_TIMEOUT,
             "change a slot's boot state",
         )
