@@ -221,26 +221,33 @@ impl TokenBucket {
 /// central's time (and says so).
 const MAX_CLOCK_SKEW_MS: i64 = 24 * 3600 * 1000;
 
+/// Why an event from an agent was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentEventError {
+    /// Its kind is not in [`cairn_proto::AGENT_EVENT_KINDS`].
+    #[error("event kind {kind:?} is not one agents may send ({})", cairn_proto::AGENT_EVENT_KINDS.join(", "))]
+    Kind {
+        /// The kind sent, cut to 64 bytes.
+        kind: String,
+    },
+    /// Its severity is not info, warning or error.
+    #[error("event severity {0} is not info (1), warning (2) or error (3)")]
+    Severity(i32),
+}
+
 /// Check an event an agent sent: a known kind, a known severity, a message cut to
 /// [`cairn_proto::MAX_EVENT_MESSAGE_BYTES`] with control characters replaced.
-pub fn from_agent(device_id: &str, event: Event, now_ms: i64) -> Result<NewEvent, String> {
+pub fn from_agent(device_id: &str, event: Event, now_ms: i64) -> Result<NewEvent, AgentEventError> {
     if !cairn_proto::AGENT_EVENT_KINDS.contains(&event.kind.as_str()) {
-        return Err(format!(
-            "event kind {:?} is not one agents may send ({})",
-            cairn_proto::truncate_status_text(&event.kind, 64),
-            cairn_proto::AGENT_EVENT_KINDS.join(", ")
-        ));
+        return Err(AgentEventError::Kind {
+            kind: cairn_proto::truncate_status_text(&event.kind, 64),
+        });
     }
     let severity = match EventSeverity::try_from(event.severity) {
         Ok(EventSeverity::Info) => Severity::Info,
         Ok(EventSeverity::Warning) => Severity::Warning,
         Ok(EventSeverity::Error) => Severity::Error,
-        _ => {
-            return Err(format!(
-                "event severity {} is not info (1), warning (2) or error (3)",
-                event.severity
-            ))
-        }
+        _ => return Err(AgentEventError::Severity(event.severity)),
     };
     let cleaned: String = event
         .message
@@ -422,7 +429,7 @@ mod tests {
             now,
         )
         .unwrap_err();
-        assert!(err.contains("not one agents may send"), "{err}");
+        assert!(err.to_string().contains("not one agents may send"), "{err}");
         let err = from_agent(
             "dev_a",
             Event {
@@ -432,7 +439,7 @@ mod tests {
             now,
         )
         .unwrap_err();
-        assert!(err.contains("severity 0"), "{err}");
+        assert!(err.to_string().contains("severity 0"), "{err}");
     }
 
     #[test]

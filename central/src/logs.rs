@@ -20,6 +20,32 @@ use crate::Shared;
 /// How often the REST handler looks at the request's row.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
+/// Why a log request's query is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogQueryError {
+    /// An app or service name the runtime would refuse.
+    #[error("`{what}` {name:?} {reason}")]
+    Name {
+        /// `app` or `service`.
+        what: &'static str,
+        /// The name, cut to 64 bytes.
+        name: String,
+        /// Which rule it breaks.
+        reason: cairn_compose::NameError,
+    },
+    /// Only one of app and service was given.
+    #[error(
+        "give both `app` and `service` for a service's log, or neither for the agent's journal"
+    )]
+    HalfSource,
+    /// A line count out of range.
+    #[error("`lines` must be 1 to {max}, got {lines}", max = cairn_proto::MAX_LOG_LINES)]
+    Lines {
+        /// The count asked for.
+        lines: u32,
+    },
+}
+
 /// Which log to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LogSource {
@@ -36,17 +62,25 @@ pub enum LogSource {
 
 impl LogSource {
     /// Check the names the way the runtime does (`None` for both: the agent's journal).
-    pub fn parse(app: Option<&str>, service: Option<&str>) -> Result<LogSource, String> {
+    pub fn parse(app: Option<&str>, service: Option<&str>) -> Result<LogSource, LogQueryError> {
         match (app, service) {
             (None, None) => Ok(LogSource::Agent),
             (Some(app), Some(service)) => {
                 for (what, name) in [("app", app), ("service", service)] {
-                    cairn_compose::check_app_or_service_name(name)
-                        .map_err(|e| format!("`{what}` {:?} {e}", cairn_proto::truncate_status_text(name, 64)))?;
+                    cairn_compose::check_app_or_service_name(name).map_err(|reason| {
+                        LogQueryError::Name {
+                            what,
+                            name: cairn_proto::truncate_status_text(name, 64),
+                            reason,
+                        }
+                    })?;
                 }
-                Ok(LogSource::Service { app: app.to_owned(), service: service.to_owned() })
+                Ok(LogSource::Service {
+                    app: app.to_owned(),
+                    service: service.to_owned(),
+                })
             }
-            _ => Err("give both `app` and `service` for a service's log, or neither for the agent's journal".into()),
+            _ => Err(LogQueryError::HalfSource),
         }
     }
 
@@ -59,14 +93,11 @@ impl LogSource {
 }
 
 /// Check a requested line count.
-pub fn check_lines(lines: u32) -> Result<u32, String> {
+pub fn check_lines(lines: u32) -> Result<u32, LogQueryError> {
     if (1..=cairn_proto::MAX_LOG_LINES).contains(&lines) {
         Ok(lines)
     } else {
-        Err(format!(
-            "`lines` must be 1 to {}, got {lines}",
-            cairn_proto::MAX_LOG_LINES
-        ))
+        Err(LogQueryError::Lines { lines })
     }
 }
 

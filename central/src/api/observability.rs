@@ -266,10 +266,10 @@ pub async fn device_logs(
     caller.require(Role::Operator)?;
     let query = logs_query(&query)?;
     let source = LogSource::parse(query.app.as_deref(), query.service.as_deref())
-        .map_err(ApiError::BadRequest)?;
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let lines = match query.lines {
         None => 100,
-        Some(n) => logs::check_lines(n).map_err(ApiError::BadRequest)?,
+        Some(n) => logs::check_lines(n).map_err(|e| ApiError::BadRequest(e.to_string()))?,
     };
     let outcome = logs::request(&shared, caller.actor(), &id, source.clone(), lines).await;
     let (app, service) = match &source {
