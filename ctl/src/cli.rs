@@ -206,7 +206,7 @@ pub enum DeviceCommand {
         #[arg(value_parser = checked(input::parse_id))]
         id: String,
         /// Labels as KEY=VALUE, e.g. gpu=yes camera=front.
-        #[arg(value_name = "KEY=VALUE", value_parser = site::parse_label)]
+        #[arg(value_name = "KEY=VALUE", value_parser = input::parse_key_value)]
         labels: Vec<(String, String)>,
     },
     /// Put a device at a site (or at none with --none); deployments follow.

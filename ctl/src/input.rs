@@ -40,6 +40,18 @@ pub enum InputError {
     /// An id with characters an API id never has.
     #[error("ids hold only letters, digits, '_' and '-' (e.g. dev_...)")]
     IdCharacter,
+    /// Not `KEY=VALUE` with a non-empty key.
+    #[error("use KEY=VALUE, e.g. site=north")]
+    KeyValue,
+    /// Not two numbers separated by a comma.
+    #[error("use LAT,LON in degrees, e.g. 47.37,8.54")]
+    Point,
+    /// Not three numbers separated by commas.
+    #[error("use LAT,LON,KM, e.g. 47.37,8.54,50")]
+    Within,
+    /// An empty `--since`.
+    #[error("give a duration like 30m or an RFC 3339 time like 2026-01-31T12:00:00Z")]
+    Since,
     /// An app name the Compose parser would refuse.
     #[error("app names are 1 to 32 lowercase letters, digits, and single '-' or '.' between them (e.g. web-shop)")]
     AppName,
@@ -112,6 +124,69 @@ pub fn parse_app_name(text: &str) -> Result<String, InputError> {
     Ok(text.to_owned())
 }
 
+/// Reads `KEY=VALUE` (labels, selectors); the key is trimmed, the value kept as given.
+pub fn parse_key_value(text: &str) -> Result<(String, String), InputError> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(InputError::KeyValue),
+    }
+}
+
+/// Comma-separated numbers, exactly `N` of them.
+fn numbers<const N: usize>(text: &str) -> Option<[f64; N]> {
+    let parsed: Vec<f64> = text
+        .split(',')
+        .map(|n| n.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    parsed.try_into().ok()
+}
+
+/// Reads `LAT,LON` in degrees.
+pub fn parse_point(text: &str) -> Result<(f64, f64), InputError> {
+    numbers(text)
+        .map(|[lat, lon]| (lat, lon))
+        .ok_or(InputError::Point)
+}
+
+/// Reads `LAT,LON,KM`.
+pub fn parse_within(text: &str) -> Result<(f64, f64, f64), InputError> {
+    numbers(text)
+        .map(|[lat, lon, km]| (lat, lon, km))
+        .ok_or(InputError::Within)
+}
+
+/// `--since`: a duration back from `now_ms` becomes Unix milliseconds; anything else goes to
+/// central as an RFC 3339 time (central checks it).
+pub fn parse_since_at(text: &str, now_ms: i64) -> Result<String, InputError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(InputError::Since);
+    }
+    if text.starts_with(|c: char| c.is_ascii_digit()) && text.len() <= 12 && !text.contains('-') {
+        let seconds = parse_duration_seconds(text)?;
+        let back_ms = i64::try_from(seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        return Ok(now_ms.saturating_sub(back_ms).max(0).to_string());
+    }
+    Ok(text.to_owned())
+}
+
+/// [`parse_since_at`] from the current time.
+pub fn parse_since(text: &str) -> Result<String, InputError> {
+    parse_since_at(text, now_unix_ms())
+}
+
+/// The current time in Unix milliseconds (0 before 1970).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Checks an object id (`dev_...`, `tok_...`) before it becomes part of a URL path.
 pub fn parse_id(text: &str) -> Result<String, InputError> {
     let text = text.trim();
@@ -143,6 +218,36 @@ mod tests {
         for bad in bad {
             assert_eq!(parse_app_name(bad), Err(InputError::AppName), "{bad}");
         }
+    }
+
+    #[test]
+    fn key_values_points_and_circles() {
+        assert_eq!(
+            parse_key_value(" site =north=1"),
+            Ok(("site".into(), "north=1".into()))
+        );
+        assert_eq!(parse_key_value("=x"), Err(InputError::KeyValue));
+        assert_eq!(parse_key_value("novalue"), Err(InputError::KeyValue));
+        assert_eq!(parse_point("-33.9, 18.4"), Ok((-33.9, 18.4)));
+        assert_eq!(parse_point("1"), Err(InputError::Point));
+        assert_eq!(parse_point("a,b"), Err(InputError::Point));
+        assert_eq!(parse_within("-33.9,18.4,50"), Ok((-33.9, 18.4, 50.0)));
+        assert_eq!(parse_within("1,2"), Err(InputError::Within));
+    }
+
+    #[test]
+    fn since_is_a_duration_back_or_a_time_passed_on() {
+        assert_eq!(parse_since_at("10m", 1_000_000), Ok("400000".into()));
+        assert_eq!(parse_since_at("30d", 1_000), Ok("0".into()));
+        assert_eq!(
+            parse_since_at("2026-01-31T12:00:00Z", 0),
+            Ok("2026-01-31T12:00:00Z".into())
+        );
+        assert_eq!(
+            parse_since_at("10 parsecs", 0),
+            Err(InputError::DurationFormat)
+        );
+        assert_eq!(parse_since_at("", 0), Err(InputError::Since));
     }
 
     #[test]

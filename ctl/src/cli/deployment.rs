@@ -12,7 +12,6 @@ use cairn_api::{
 use clap::Subcommand;
 
 use super::app::read_app;
-use super::site::parse_label;
 use super::{checked, emit, CliError};
 use crate::client::Client;
 use crate::input;
@@ -31,13 +30,13 @@ pub enum DeploymentCommand {
         #[arg(long, value_parser = checked(input::parse_app_name))]
         name: Option<String>,
         /// Sites with this label, e.g. --sites-label country=ch (repeatable: all must match).
-        #[arg(long = "sites-label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        #[arg(long = "sites-label", value_name = "KEY=VALUE", value_parser = input::parse_key_value)]
         sites_labels: Vec<(String, String)>,
         /// Only this site (repeatable).
         #[arg(long = "site", value_name = "NAME", value_parser = checked(input::parse_id))]
         sites: Vec<String>,
         /// Sites within KM kilometres of LAT,LON, e.g. --within 47.37,8.54,50.
-        #[arg(long, value_name = "LAT,LON,KM", allow_hyphen_values = true, value_parser = parse_within)]
+        #[arg(long, value_name = "LAT,LON,KM", allow_hyphen_values = true, value_parser = input::parse_within)]
         within: Option<(f64, f64, f64)>,
         /// Sites inside this region (see `cairnctl region list`).
         #[arg(long, value_name = "NAME", value_parser = checked(input::parse_id))]
@@ -46,7 +45,7 @@ pub enum DeploymentCommand {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
         hosts_per_site: Option<u32>,
         /// Only devices with this label, e.g. --device-label gpu=yes (repeatable).
-        #[arg(long = "device-label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        #[arg(long = "device-label", value_name = "KEY=VALUE", value_parser = input::parse_key_value)]
         device_labels: Vec<(String, String)>,
         /// Never share a device with this deployment (repeatable).
         #[arg(long, value_name = "DEPLOYMENT", value_parser = checked(input::parse_app_name))]
@@ -69,15 +68,6 @@ pub enum DeploymentCommand {
         #[arg(value_parser = checked(input::parse_app_name))]
         name: String,
     },
-}
-
-/// Reads `LAT,LON,KM`.
-fn parse_within(text: &str) -> Result<(f64, f64, f64), String> {
-    let numbers: Vec<Result<f64, _>> = text.split(',').map(|n| n.trim().parse::<f64>()).collect();
-    match numbers.as_slice() {
-        [Ok(lat), Ok(lon), Ok(km)] => Ok((*lat, *lon, *km)),
-        _ => Err("use LAT,LON,KM, e.g. 47.37,8.54,50".to_owned()),
-    }
 }
 
 /// A placement as one line of JSON, as central stores it.
@@ -255,15 +245,4 @@ fn plan_table(plan: &DeploymentPlan) -> String {
         return "no site (the selector matches none)\n".to_owned();
     }
     format!("{table}{notes}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn within_reads_three_numbers() {
-        assert_eq!(parse_within("-33.9,18.4,50"), Ok((-33.9, 18.4, 50.0)));
-        assert!(parse_within("1,2").is_err());
-    }
 }

@@ -31,7 +31,7 @@ pub struct EventsArgs {
     #[arg(long, value_name = "KIND")]
     pub kind: Option<String>,
     /// Only events since then: a duration back from now (30m, 2h, 7d) or an RFC 3339 time.
-    #[arg(long, value_name = "WHEN", value_parser = parse_since)]
+    #[arg(long, value_name = "WHEN", value_parser = input::parse_since)]
     pub since: Option<String>,
     /// How many of the newest matching events to show (1 to 1000; central's default is 100).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -60,28 +60,6 @@ pub struct LogsArgs {
     /// How many of the last lines to show.
     #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=MAX_LOG_LINES as i64))]
     pub lines: u32,
-}
-
-/// `--since`: a duration back from now becomes Unix milliseconds; anything else goes to central
-/// as an RFC 3339 time (central checks it).
-fn parse_since(text: &str) -> Result<String, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(
-            "give a duration like 30m or an RFC 3339 time like 2026-01-31T12:00:00Z".into(),
-        );
-    }
-    if text.starts_with(|c: char| c.is_ascii_digit()) && text.len() <= 12 && !text.contains('-') {
-        let seconds = input::parse_duration_seconds(text).map_err(|e| e.to_string())?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        return Ok((now_ms - (seconds as i64).saturating_mul(1000))
-            .max(0)
-            .to_string());
-    }
-    Ok(text.to_owned())
 }
 
 fn percent(value: Option<f64>) -> String {
@@ -273,7 +251,11 @@ pub fn run_events(
     out.flush()?;
     // Ask again from the newest event seen (inclusive), skipping the ids already printed at
     // that millisecond.
-    let mut last_ms = reply.value.events.last().map_or_else(now_ms, |e| e.at_ms);
+    let mut last_ms = reply
+        .value
+        .events
+        .last()
+        .map_or_else(input::now_unix_ms, |e| e.at_ms);
     let mut seen_at_last: HashSet<String> = reply
         .value
         .events
@@ -311,13 +293,6 @@ pub fn run_events(
     }
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// `cairnctl logs`: the last lines of a service's log or of the agent's journal, printed as they
 /// are (control characters other than tabs escaped, so a log cannot drive the terminal).
 pub fn run_logs(
@@ -353,19 +328,6 @@ pub fn run_logs(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn since_reads_durations_and_passes_times_through() {
-        let ms: i64 = parse_since("10m").unwrap().parse().unwrap();
-        let expected = now_ms() - 600_000;
-        assert!((ms - expected).abs() < 5_000, "{ms} vs {expected}");
-        assert_eq!(
-            parse_since("2026-01-31T12:00:00Z").unwrap(),
-            "2026-01-31T12:00:00Z"
-        );
-        assert!(parse_since("10 parsecs").is_err());
-        assert!(parse_since("").is_err());
-    }
 
     #[test]
     fn top_table_shows_dashes_without_metrics() {

@@ -19,7 +19,7 @@ pub enum RegionCommand {
         #[arg(value_parser = checked(input::parse_id))]
         name: String,
         /// A corner as LAT,LON in degrees (repeat, in order around the region).
-        #[arg(long = "point", value_name = "LAT,LON", required = true, allow_hyphen_values = true, value_parser = parse_point)]
+        #[arg(long = "point", value_name = "LAT,LON", required = true, allow_hyphen_values = true, value_parser = input::parse_point)]
         points: Vec<(f64, f64)>,
     },
     /// List regions.
@@ -30,15 +30,6 @@ pub enum RegionCommand {
         #[arg(value_parser = checked(input::parse_id))]
         name: String,
     },
-}
-
-/// Reads `LAT,LON`.
-fn parse_point(text: &str) -> Result<(f64, f64), String> {
-    let numbers: Vec<Result<f64, _>> = text.split(',').map(|n| n.trim().parse::<f64>()).collect();
-    match numbers.as_slice() {
-        [Ok(lat), Ok(lon)] => Ok((*lat, *lon)),
-        _ => Err("use LAT,LON in degrees, e.g. 47.37,8.54".to_owned()),
-    }
 }
 
 /// Runs one `region` command.
@@ -90,17 +81,5 @@ pub(super) fn run_region(
                 format!("region {} removed\n", printable(&name))
             })
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn points_read_negative_degrees() {
-        assert_eq!(parse_point("-33.9, 18.4"), Ok((-33.9, 18.4)));
-        assert!(parse_point("1").is_err());
-        assert!(parse_point("a,b").is_err());
     }
 }

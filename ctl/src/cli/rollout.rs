@@ -30,7 +30,7 @@ pub enum RolloutCommand {
         #[arg(long = "device", value_name = "ID", group = "target", value_parser = checked(input::parse_id))]
         devices: Vec<String>,
         /// Devices whose config has KEY=VALUE (repeat: all must match), e.g. --match site=north.
-        #[arg(long = "match", value_name = "KEY=VALUE", group = "target", value_parser = parse_pair)]
+        #[arg(long = "match", value_name = "KEY=VALUE", group = "target", value_parser = input::parse_key_value)]
         matches: Vec<(String, String)>,
         /// Devices in the first (canary) wave, spread over sites (central's default: 1).
         #[arg(long, value_name = "N")]
@@ -91,15 +91,6 @@ pub enum RolloutCommand {
         #[arg(value_parser = checked(input::parse_id))]
         id: String,
     },
-}
-
-fn parse_pair(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
-        }
-        _ => Err("use KEY=VALUE, e.g. site=north".to_owned()),
-    }
 }
 
 /// Runs one `rollout` command.

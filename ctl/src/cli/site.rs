@@ -26,7 +26,7 @@ pub enum SiteCommand {
         #[arg(long, value_name = "DEG", allow_negative_numbers = true)]
         lon: f64,
         /// A label deployments select sites by, e.g. --label country=ch (repeatable).
-        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = input::parse_key_value)]
         labels: Vec<(String, String)>,
         /// A device put at the new site in the same call (repeatable; an unknown one creates
         /// nothing).
@@ -47,16 +47,6 @@ pub enum SiteCommand {
         #[arg(value_parser = checked(input::parse_id))]
         name: String,
     },
-}
-
-/// Reads `KEY=VALUE`.
-pub(super) fn parse_label(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.to_owned()))
-        }
-        _ => Err("use KEY=VALUE, e.g. country=ch".to_owned()),
-    }
 }
 
 /// `k=v,k2=v2`.
