@@ -5,6 +5,7 @@
 //! - clippy on every target with `-D warnings`, under the workspace lints of `Cargo.toml`
 //!   (`missing_docs` among them);
 //! - tidy: every Rust file opens with a `//!` doc saying what it is for;
+//! - crate dependencies: what ARCHITECTURE.md says a crate must not depend on ([`FORBIDDEN`]);
 //! - commit titles after [`TITLE_RULE_SINCE`] are at most [`MAX_TITLE`] characters.
 
 use std::path::Path;
@@ -39,6 +40,7 @@ pub fn lint(root: &Path) -> Result<()> {
     )
     .context("clippy found problems (warnings count as errors): fix them or, where a lint is wrong for one item, allow it there with a comment saying why")?;
     tidy(root)?;
+    crate_dependencies(root)?;
     commit_titles(root)?;
     eprintln!("xtask: lint passed");
     Ok(())
@@ -59,6 +61,122 @@ fn tidy(root: &Path) -> Result<()> {
         bail!(
             "these files do not open with a `//!` doc saying what they are for:\n  {}",
             undocumented.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Dependencies a crate must not have (normal and build dependencies; tests may use anything),
+/// each with the reason ARCHITECTURE.md gives.
+const FORBIDDEN: &[(&str, &[&str], &str)] = &[
+    (
+        "cairn-io",
+        &["cairn-*", "tokio"],
+        "shared plumbing knows no Cairn crate and nothing async",
+    ),
+    (
+        "cairn-api",
+        &["cairn-*", "tokio", "axum", "ureq", "reqwest"],
+        "the REST types are the wire only",
+    ),
+    (
+        "cairn-compose",
+        &["cairn-*", "tokio", "containerd-client", "reqwest", "tonic"],
+        "the Compose parser does no I/O",
+    ),
+    (
+        "cairn-proto",
+        &["cairn-*"],
+        "the gRPC types are the wire only",
+    ),
+    (
+        "cairn-pe",
+        &["cairn-*"],
+        "PE/COFF and PCR 11 are pure functions over bytes",
+    ),
+    (
+        "cairn-tpm",
+        &["cairn-disk", "cairn-agent", "cairn-central", "cairn-proto"],
+        "the TPM crate seals bytes and knows nothing of LUKS, the agent or central",
+    ),
+    (
+        "cairn-disk",
+        &["cairn-agent", "cairn-central", "cairn-proto"],
+        "the data partition knows nothing of central or the agent",
+    ),
+    (
+        "cairn-delta",
+        &["cairn-proto", "cairn-central", "cairn-agent"],
+        "chunk indexes know nothing of gRPC or central",
+    ),
+    (
+        "cairn-runtime",
+        &["cairn-proto", "cairn-central", "cairn-agent", "cairn-api"],
+        "apps on containerd know nothing of central or the wire (the agent translates)",
+    ),
+    (
+        "cairn-agent",
+        &["cairn-central", "cairn-api", "cairnctl"],
+        "the agent talks to central only through cairn-proto",
+    ),
+    (
+        "cairn-central",
+        &[
+            "cairn-agent",
+            "cairn-runtime",
+            "cairnctl",
+            "cairn-disk",
+            "cairn-tpm",
+        ],
+        "central never runs the device's code",
+    ),
+    (
+        "cairnctl",
+        &["cairn-central", "cairn-runtime", "cairn-agent"],
+        "cairnctl reaches central only over REST with cairn-api's types",
+    ),
+];
+
+/// Each crate's normal and build dependencies avoid what [`FORBIDDEN`] lists for it.
+fn crate_dependencies(root: &Path) -> Result<()> {
+    let out = Command::new("cargo")
+        .args(["metadata", "--format-version", "1", "--no-deps", "--locked"])
+        .current_dir(root)
+        .output()
+        .context("could not run cargo metadata")?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .context("cargo metadata printed something else than JSON")?;
+    let packages = metadata["packages"]
+        .as_array()
+        .context("cargo metadata has no packages")?;
+    let mut broken = Vec::new();
+    for (krate, forbidden, why) in FORBIDDEN {
+        let package = packages
+            .iter()
+            .find(|p| p["name"] == *krate)
+            .with_context(|| format!("the dependency rules name {krate}, which is not in the workspace; update FORBIDDEN in xtask/src/lint.rs"))?;
+        let dependencies = package["dependencies"].as_array().into_iter().flatten();
+        for dependency in dependencies.filter(|d| d["kind"] != "dev") {
+            let name = dependency["name"].as_str().unwrap_or_default();
+            let hit = forbidden.iter().any(|f| match f.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix),
+                None => name == *f,
+            });
+            if hit {
+                broken.push(format!("{krate} depends on {name}: {why}"));
+            }
+        }
+    }
+    if !broken.is_empty() {
+        bail!(
+            "crate dependencies break ARCHITECTURE.md's invariants (move the code, or change the rule there and in xtask/src/lint.rs with the reason):\n  {}",
+            broken.join("\n  ")
         );
     }
     Ok(())
