@@ -6,14 +6,16 @@
 use std::path::PathBuf;
 
 use cairn_api::{AuditLog, BundleList, BundleReply, BundleUploaded, Removed};
-use cairn_image::bundle::{make_bundle, BundleSpec};
 use cairn_image::keys;
 use cairn_testsupport::central::{config_in, error_message, read, TestCentral};
-use cairn_testsupport::require_tool;
 use serde_json::Value;
 use sha2::Digest;
 
-const COMPATIBLE: &str = "cairn-test-x86_64";
+// Each test binary uses part of the shared fixture.
+#[allow(dead_code)]
+#[path = "fixtures/signed_bundles.rs"]
+mod signed_bundles;
+use signed_bundles::COMPATIBLE;
 
 /// Keys and signed bundles made once per test.
 struct Fixture {
@@ -27,10 +29,7 @@ struct Fixture {
 impl Fixture {
     /// `None` (after a loud SKIP) when a tool the bundle needs is missing.
     fn build() -> Option<Fixture> {
-        if !["rauc", "mksquashfs", "veritysetup", "openssl", "faketime"]
-            .iter()
-            .all(|t| require_tool(t))
-        {
+        if !signed_bundles::tools_present() {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -44,22 +43,12 @@ impl Fixture {
                 .collect::<Vec<u8>>(),
         )
         .unwrap();
-        let bundle = |name: &str, compatible: &str, keys: &keys::UpdateKeys| {
-            let spec = BundleSpec {
-                compatible,
-                version: "1.0",
-                build: "1",
-                root_image: &root,
-                ukis: &[],
-                epoch: 1_735_689_600,
-            };
-            let out = dir.path().join(format!("{name}.raucb"));
-            make_bundle(&spec, keys, &out, &dir.path().join(format!("work-{name}"))).unwrap();
-            std::fs::read(&out).unwrap()
+        let bundle = |compatible, keys| {
+            signed_bundles::signed_bundle(dir.path(), &root, compatible, "1.0", keys)
         };
-        let good = bundle("good", COMPATIBLE, &fleet);
-        let other_key = bundle("other-key", COMPATIBLE, &other);
-        let wrong_compatible = bundle("wrong-compatible", "cairn-rpi-arm64", &fleet);
+        let good = bundle(COMPATIBLE, &fleet);
+        let other_key = bundle(COMPATIBLE, &other);
+        let wrong_compatible = bundle("cairn-rpi-arm64", &fleet);
         Some(Fixture {
             cert: fleet.cert,
             good,
