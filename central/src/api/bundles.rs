@@ -24,6 +24,12 @@ type St = State<Arc<Shared>>;
 
 /// An upload that sends nothing for this long is abandoned.
 const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How much of a body refused for its declared size is read and dropped before the answer: a
+/// client that sends its whole body before reading (ureq, hence cairnctl) then sees the 413 and
+/// its reason instead of a connection reset, at least when it is not far over the limit.
+const REFUSED_BODY_DRAIN_BYTES: usize = 1024 * 1024;
+/// Longest time spent on that.
+const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(5);
 /// Read size when serving a bundle.
 const SEND_CHUNK_BYTES: usize = 64 * 1024;
 /// Longest audit detail of a refused upload.
@@ -135,6 +141,22 @@ pub(super) async fn upload_bundle(
     }
 }
 
+/// Reads and drops up to [`REFUSED_BODY_DRAIN_BYTES`] of `body`, for at most
+/// [`REFUSED_BODY_DRAIN_TIME`].
+async fn drain(body: Body) {
+    let mut stream = body.into_data_stream();
+    let mut read = 0;
+    let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, async {
+        while read < REFUSED_BODY_DRAIN_BYTES {
+            match stream.next().await {
+                Some(Ok(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
 /// Receive, verify and publish an upload; on failure, the bundle's SHA-256 if it was known.
 async fn receive(
     shared: &Shared,
@@ -149,6 +171,7 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > files.max_bytes()) {
+        drain(body).await;
         return Err((
             None,
             BundleError::TooLarge {
