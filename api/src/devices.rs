@@ -145,6 +145,11 @@ pub struct HostMetrics {
     pub max_temperature_celsius: Option<f64>,
     /// Seconds since the device booted.
     pub uptime_seconds: u64,
+    /// The device's clock minus central's when the heartbeat arrived, in milliseconds (the
+    /// network delay included; negative: behind); `null` when the agent did not send its time.
+    /// Devices correct offsets beyond a few seconds from central's signed time.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// One file system of a device's host metrics.

@@ -271,6 +271,17 @@
     return unit ? `${value.toFixed(1)} ${units[unit]}` : `${n} B`;
   }
 
+  // A device's clock offset against central's (from its heartbeats).
+  function clockText(ms) {
+    if (ms === null) return '—';
+    const abs = Math.abs(ms);
+    if (abs < 1000) return 'in step with central';
+    const amount = abs < 120000 ? `${(abs / 1000).toFixed(1)} s`
+      : abs < 7200000 ? `${Math.round(abs / 60000)} min`
+      : abs < 172800000 ? `${Math.round(abs / 3600000)} h` : `${Math.round(abs / 86400000)} d`;
+    return `${amount} ${ms < 0 ? 'behind' : 'ahead of'} central`;
+  }
+
   // The latest host metrics (device.host, null before the device's first report to central).
   function hostFacts(h) {
     if (!h) return el('p', { class: 'muted', id: 'device-host' }, 'no host metrics reported yet');
@@ -283,6 +294,7 @@
       ['max_temperature_celsius', 'Hottest sensor',
         h.max_temperature_celsius === null ? '—' : `${h.max_temperature_celsius.toFixed(1)} °C`],
       ['uptime_seconds', 'Up', `${Math.floor(h.uptime_seconds / 3600)} h ${Math.floor((h.uptime_seconds % 3600) / 60)} min`],
+      ['clock_offset_ms', 'Clock', clockText(h.clock_offset_ms)],
     ]);
   }
 

@@ -94,6 +94,10 @@ pub struct CentralConfig {
     /// that replica's liveness (written every `presence_flush_ms`) is this recent.
     #[serde(default = "default_remote_presence")]
     pub remote_presence_seconds: u64,
+    /// A device whose clock is further than this from central's (by its heartbeats) gets a
+    /// `device.clock_offset` warning event (once, when it crosses; again after it recovered).
+    #[serde(default = "default_clock_offset_warning")]
+    pub clock_offset_warning_seconds: u64,
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -135,6 +139,9 @@ fn default_log_request_timeout() -> u64 {
 fn default_remote_presence() -> u64 {
     45
 }
+fn default_clock_offset_warning() -> u64 {
+    60
+}
 
 /// Smallest `max_bundle_bytes` allowed: a signed bundle is never smaller.
 pub const MIN_BUNDLE_BYTES: u64 = 4096;
@@ -159,6 +166,7 @@ impl CentralConfig {
             events_keep: default_events_keep(),
             log_request_timeout_seconds: default_log_request_timeout(),
             remote_presence_seconds: default_remote_presence(),
+            clock_offset_warning_seconds: default_clock_offset_warning(),
         }
     }
 
@@ -237,6 +245,15 @@ impl CentralConfig {
                 problem: format!(
                     "is {}; use 5 to 3600 (the default is 45)",
                     self.remote_presence_seconds
+                ),
+            });
+        }
+        if !(1..=86_400).contains(&self.clock_offset_warning_seconds) {
+            return Err(ConfigError::Invalid {
+                field: "clock_offset_warning_seconds",
+                problem: format!(
+                    "is {}; use 1 to 86400 (the default is 60)",
+                    self.clock_offset_warning_seconds
                 ),
             });
         }

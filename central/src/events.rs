@@ -28,6 +28,7 @@ pub const CENTRAL_EVENT_KINDS: &[&str] = &[
     "app.state",
     "os.update",
     "rollout.halted",
+    "device.clock_offset",
 ];
 
 /// Whether `kind` is one the event log can hold (central's or an agent's).
@@ -346,10 +347,73 @@ pub fn app_transitions(
     events
 }
 
+/// Records a `device.clock_offset` event when a device's clock offset crosses the configured
+/// limit (either way), not on every heartbeat.
+pub fn clock_offset(shared: &Shared, device_id: &str, previous_ms: Option<i64>, offset_ms: i64) {
+    let limit_ms = i64::try_from(shared.config.clock_offset_warning_seconds)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1000);
+    let beyond = |ms: i64| ms.unsigned_abs() > limit_ms.unsigned_abs();
+    let was_beyond = previous_ms.is_some_and(beyond);
+    if beyond(offset_ms) == was_beyond {
+        return;
+    }
+    let (severity, message) = if beyond(offset_ms) {
+        (
+            Severity::Warning,
+            format!(
+                "device clock is {} central's; it corrects itself from central's signed time, check its NTP servers and RTC",
+                offset_text(offset_ms)
+            ),
+        )
+    } else {
+        (
+            Severity::Info,
+            format!(
+                "device clock is back within {} s of central's ({})",
+                shared.config.clock_offset_warning_seconds,
+                offset_text(offset_ms)
+            ),
+        )
+    };
+    record(
+        shared,
+        Some(device_id),
+        "device.clock_offset",
+        severity,
+        message,
+    );
+}
+
+/// "3 d 2 h ahead of" / "12.5 s behind": a clock offset for people.
+pub fn offset_text(offset_ms: i64) -> String {
+    let direction = if offset_ms < 0 { "behind" } else { "ahead of" };
+    let ms = offset_ms.unsigned_abs();
+    let amount = match ms {
+        0..=59_999 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..=3_599_999 => format!("{} min", ms / 60_000),
+        3_600_000..=86_399_999 => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+        _ => format!("{} d {} h", ms / 86_400_000, ms % 86_400_000 / 3_600_000),
+    };
+    format!("{amount} {direction}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use cairn_proto::v1::ServiceStatus;
+
+    #[test]
+    fn offsets_read_well() {
+        assert_eq!(offset_text(12_500), "12.5 s ahead of");
+        assert_eq!(offset_text(-90_000), "1 min behind");
+        assert_eq!(
+            offset_text(-(3 * 86_400_000 + 2 * 3_600_000)),
+            "3 d 2 h behind"
+        );
+        assert_eq!(offset_text(7_500_000), "2 h 5 min ahead of");
+    }
 
     fn app(state: ServiceState, message: &str) -> AppStatus {
         AppStatus {

@@ -350,7 +350,11 @@ impl Agent for AgentService {
                                 shared.events.push(event);
                             }
                             if let Some(host) = hb.host {
-                                shared.sessions.report_host(&device_id, HostReport { at: now_unix(), metrics: bounded_host_metrics(host) });
+                                let clock_offset_ms = (hb.sent_unix_ms > 0).then(|| hb.sent_unix_ms.saturating_sub(crate::store::events::now_unix_ms()));
+                                let previous = shared.sessions.report_host(&device_id, HostReport { at: now_unix(), metrics: bounded_host_metrics(host), clock_offset_ms });
+                                if let Some(offset) = clock_offset_ms {
+                                    crate::events::clock_offset(&shared, &device_id, previous.and_then(|p| p.clock_offset_ms), offset);
+                                }
                             }
                             if let Some(os) = hb.os {
                                 crate::rollout::engine::on_heartbeat(&shared, &device_id, os).await;

@@ -88,6 +88,9 @@ pub struct HostReport {
     pub at: i64,
     /// What the agent sent (bounded by central).
     pub metrics: HostMetrics,
+    /// The device's clock minus central's when the heartbeat arrived, in milliseconds (the
+    /// network's one-way delay included); `None` when the agent did not send its time.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// The OS status a device reported in its latest heartbeat.
@@ -328,12 +331,12 @@ impl Sessions {
             .cloned()
     }
 
-    /// Keep the host metrics of a device's latest heartbeat (replacing the previous ones).
-    pub fn report_host(&self, device_id: &str, report: HostReport) {
+    /// Keep the host metrics of a device's latest heartbeat, returning the previous ones.
+    pub fn report_host(&self, device_id: &str, report: HostReport) -> Option<Arc<HostReport>> {
         self.host
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(device_id.to_owned(), Arc::new(report));
+            .insert(device_id.to_owned(), Arc::new(report))
     }
 
     /// The latest host metrics a device reported since central started.

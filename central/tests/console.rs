@@ -141,6 +141,12 @@ impl Device {
                 }],
                 uptime_seconds: 7260,
             }),
+            // Three days behind central, as a box without an RTC would be.
+            sent_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64
+                - 3 * 86_400_000,
             ..Default::default()
         };
         heartbeat_acked(

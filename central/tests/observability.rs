@@ -171,12 +171,23 @@ impl Device {
 
     /// Send a heartbeat and wait for its ack (central has taken it in).
     async fn heartbeat(&mut self, apps: Vec<AppStatus>, host: Option<HostMetrics>) {
+        self.heartbeat_sent_at(0, apps, host).await;
+    }
+
+    /// A heartbeat saying it was sent at `sent_unix_ms` by the device's clock (0: not said).
+    async fn heartbeat_sent_at(
+        &mut self,
+        sent_unix_ms: i64,
+        apps: Vec<AppStatus>,
+        host: Option<HostMetrics>,
+    ) {
         self.seq += 1;
         let seq = self.seq;
         let heartbeat = Heartbeat {
             seq,
             apps,
             host,
+            sent_unix_ms,
             ..Default::default()
         };
         heartbeat_acked(&self.tx, &mut self.stream, heartbeat).await;
@@ -279,6 +290,7 @@ async fn host_metrics_show_on_the_device_page_and_in_fleet_metrics() {
     assert_eq!(h.temperatures.len(), 1, "a NaN reading is dropped: {h:?}");
     assert_eq!(h.max_temperature_celsius, Some(71.5));
     assert_eq!(h.uptime_seconds, 3600);
+    assert_eq!(h.clock_offset_ms, None, "no time sent, no offset");
     // A heartbeat without host metrics keeps the previous ones; the list shows them too.
     let list: DeviceList = central.get("/api/v1/devices");
     let listed = list
@@ -401,6 +413,50 @@ async fn the_event_log_records_central_and_agent_events_and_refuses_bad_ones() {
             ("error", "service web/nginx running -> exited"),
             ("info", "service web/nginx exited -> running")
         ]
+    );
+
+    // A clock two days behind: the page shows the offset, and one warning is recorded when it
+    // crosses the limit (not one per heartbeat), one info when it is back in step.
+    let host_now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    const DAY_MS: i64 = 86_400_000;
+    for _ in 0..3 {
+        device
+            .heartbeat_sent_at(host_now_ms() - 2 * DAY_MS, vec![], Some(host(10, 40.0)))
+            .await;
+    }
+    let page: DeviceDetail = central.get(&format!("/api/v1/devices/{id}"));
+    let offset = page.device.host.unwrap().clock_offset_ms.unwrap();
+    assert!((offset + 2 * DAY_MS).abs() < 10_000, "{offset}");
+    device
+        .heartbeat_sent_at(host_now_ms(), vec![], Some(host(10, 40.0)))
+        .await;
+    let clock = events_eventually(
+        &central,
+        &format!("device={id}&kind=device.clock_offset"),
+        2,
+    )
+    .await;
+    let clock: Vec<(&str, &str)> = clock
+        .iter()
+        .map(|e| (e.severity.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(clock.len(), 2, "{clock:?}");
+    assert_eq!(clock[0].0, "warning");
+    assert!(
+        clock[0]
+            .1
+            .starts_with("device clock is 2 d 0 h behind central's"),
+        "{clock:?}"
+    );
+    assert_eq!(clock[1].0, "info");
+    assert!(
+        clock[1].1.starts_with("device clock is back within 60 s"),
+        "{clock:?}"
     );
 
     // Agent events: a valid one is stored, an unknown kind and a bad severity are refused.

@@ -130,6 +130,7 @@ try {
   assert.equal(await page.textContent('#device-host dd[data-fact="disk:/data"]'), '90.0 % of 100 B');
   assert.equal(await page.textContent('#device-host dd[data-fact="max_temperature_celsius"]'), '48.0 °C');
   assert.equal(await page.textContent('#device-host dd[data-fact="uptime_seconds"]'), '2 h 1 min');
+  assert.equal(await page.textContent('#device-host dd[data-fact="clock_offset_ms"]'), '3 d behind central');
   const kinds = await attrs(page, '#device-events tbody tr[data-kind]', 'data-kind');
   assert.ok(kinds.includes('device.enrolled') && kinds.includes('device.connected'), `device events: ${kinds}`);
   // The operator token cannot read the audit log: the page says so instead of failing.

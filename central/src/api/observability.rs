@@ -204,6 +204,7 @@ pub fn host_metrics(report: Option<&HostReport>) -> Option<HostMetrics> {
         });
     Some(HostMetrics {
         reported_at: Timestamp::from_unix_seconds(report.at),
+        clock_offset_ms: report.clock_offset_ms,
         cpu_percent: m.cpu_percent.map(|p| (p * 10.0).round() / 10.0),
         load1: m.load1,
         memory_total_bytes: m.memory_total_bytes,

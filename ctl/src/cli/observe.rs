@@ -131,6 +131,9 @@ pub fn host_details(host: Option<&HostMetrics>) -> String {
     let uptime = format!("{}", h.uptime_seconds);
     let mut text = String::new();
     pairs.push(("host.uptime_seconds", uptime));
+    if let Some(offset) = h.clock_offset_ms {
+        pairs.push(("host.clock_offset_ms", offset.to_string()));
+    }
     text.push_str(&key_values(&pairs));
     let extra: Vec<(&str, String)> = filesystems
         .iter()
