@@ -15,6 +15,7 @@ use crate::backoff::Backoff;
 use crate::blocking::blocking;
 use crate::certificate::CertificateInfo;
 use crate::channel::{CentralDialer, ChannelError};
+use crate::clock::Clock;
 use crate::config::{AgentConfig, ConfigError};
 use crate::csr::{build_csr_async, CsrError};
 use crate::data::LockStatus;
@@ -32,6 +33,7 @@ use crate::sink::DesiredStateSink;
 use crate::state::{StateDir, StateError, StoredIdentity, STATUS_FILE};
 use crate::status::{Phase, Status, StatusReporter};
 use crate::sync::{Session, SessionEnd, SyncError};
+use crate::time_sync::TimeKeeper;
 use crate::update::{PreparedUpdate, UpdateLink, UpdateStarter};
 
 /// Why the agent could not start or had to stop.
@@ -75,6 +77,8 @@ pub struct Agent {
     host: Arc<Mutex<HostSampler>>,
     /// The main loop's promise to the watchdog.
     liveness: Liveness,
+    /// The clock and its corrections from central's signed time.
+    time: Arc<TimeKeeper>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -89,8 +93,19 @@ impl std::fmt::Debug for Agent {
 
 impl Agent {
     /// Prepares an agent: validates `config`, creates the state directory, opens or creates the
-    /// device key, gathers facts, reads central's CA and the stored desired state.
+    /// device key, gathers facts, reads central's CA and the stored desired state. Its clock is
+    /// the system clock with `[time] set_system_clock`, else a process-local one.
     pub async fn new(config: AgentConfig) -> Result<Agent, AgentError> {
+        let clock = if config.time.set_system_clock {
+            Clock::system()
+        } else {
+            Clock::virtual_offset(std::time::Duration::ZERO, false)
+        };
+        Self::with_clock(config, clock).await
+    }
+
+    /// [`Agent::new`] with the given clock (tests and the simulator give agents wrong clocks).
+    pub async fn with_clock(config: AgentConfig, clock: Clock) -> Result<Agent, AgentError> {
         let span = info_span!("agent.init", state_dir = %config.state_dir.display());
         async move {
             config.validate(std::path::Path::new("<config>"))?;
@@ -101,7 +116,7 @@ impl Agent {
                     state.ensure()?;
                     let token = config.resolve_enrollment_token()?;
                     // Check central's CA before creating a key for a config that cannot work.
-                    let dialer = CentralDialer::from_config(&config)?;
+                    let dialer = CentralDialer::from_config(&config, clock)?;
                     let key = DeviceKey::open_or_create(&config)?;
                     let facts = HardwareFacts::gather(&config, &key.key_storage())?;
                     let desired = match state.load_desired() {
@@ -117,10 +132,12 @@ impl Agent {
             };
             let (state, token, key, facts, dialer, desired) = prepared;
             info!(serial = %facts.serial, key_storage = key.storage(), "agent prepared");
+            let events = Arc::new(EventQueue::default());
             Ok(Agent {
+                time: Arc::new(TimeKeeper::new(&config, dialer.clone(), events.clone())),
                 status: Arc::new(StatusReporter::new(state.file(STATUS_FILE))),
                 desired: DesiredStore::new(state.clone(), desired),
-                events: Arc::new(EventQueue::default()),
+                events,
                 host: Arc::new(Mutex::new(HostSampler::new(config.metrics_mounts.clone()))),
                 liveness: Liveness::new(),
                 identity: IdentityStore::new(state, key),
@@ -265,6 +282,7 @@ impl Agent {
             status: self.status.clone(),
             backoff: (self.config.backoff_initial(), self.config.backoff_max()),
             liveness: self.liveness.clone(),
+            time: self.time.clone(),
         }
     }
 
@@ -294,9 +312,24 @@ impl Agent {
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
         let span =
             info_span!("agent", device_id = tracing::field::Empty, serial = %self.facts.serial);
-        self.run_inner(Shutdown::new(shutdown), span.clone())
+        let keeper = tokio::spawn(
+            self.time
+                .clone()
+                .run(shutdown.clone())
+                .instrument(span.clone()),
+        );
+        let result = self
+            .run_inner(Shutdown::new(shutdown), span.clone())
             .instrument(span)
-            .await
+            .await;
+        keeper.abort();
+        self.time.save_floor().await;
+        result
+    }
+
+    /// The clock the agent checks certificates and deadlines against.
+    pub fn clock(&self) -> &Clock {
+        self.time.clock()
     }
 
     async fn run_inner(
@@ -306,6 +339,10 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let enroller = self.enroller();
         let session = self.session();
+        self.liveness.step();
+        if shutdown.run(self.time.start()).await.is_none() {
+            return Ok(());
+        }
         self.liveness.step();
         self.desired.apply_held();
         self.queue_start_events().await;
@@ -330,9 +367,12 @@ impl Agent {
                 return Ok(());
             }
             self.liveness.step();
-            let now = time::OffsetDateTime::now_utc();
+            let now = self.clock().now();
+            // An unverified clock (central not reached yet) may be years ahead: the certificate
+            // is then tried rather than thrown away, and central decides.
+            let trust_clock = self.clock().is_verified();
             let (mut identity, mut cert) = match current.take() {
-                Some((identity, cert)) if !cert.expired_at(now) => (identity, cert),
+                Some((identity, cert)) if !trust_clock || !cert.expired_at(now) => (identity, cert),
                 expired => {
                     if expired.is_some() {
                         warn!("device certificate expired; enrolling again with the same key");
@@ -355,7 +395,8 @@ impl Agent {
                 })
                 .await;
 
-            if Instant::now() >= renew_allowed_after
+            if trust_clock
+                && Instant::now() >= renew_allowed_after
                 && cert.renewal_due(now, self.config.renew_when_remaining_fraction)
             {
                 self.liveness.step();
@@ -366,7 +407,7 @@ impl Agent {
                             .expect("renew checked the certificate");
                         identity = renewed;
                         if cert.renewal_due(
-                            time::OffsetDateTime::now_utc(),
+                            self.clock().now(),
                             self.config.renew_when_remaining_fraction,
                         ) {
                             let wait = renew_backoff.next_delay();
@@ -415,6 +456,14 @@ impl Agent {
                 SessionEnd::Failed { error, stable } => {
                     if stable {
                         backoff.reset();
+                    }
+                    // A wrong clock makes central's certificate (or ours) look invalid.
+                    if shutdown
+                        .run(self.time.check_after_failure())
+                        .await
+                        .is_none()
+                    {
+                        return Ok(());
                     }
                     let delay = backoff.next_delay();
                     warn!(error = %error, retry_in = ?delay, "not connected to central; running from the stored desired state");

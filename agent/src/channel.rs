@@ -4,6 +4,11 @@
 //! TLS handshake (ALPN `h2`, server name from `central_endpoint`, trust root = only the configured
 //! CA, optional client certificate signed by the device key). This keeps the TPM key usable for
 //! client auth and keeps the system trust store out of the picture.
+//!
+//! Certificate validity is checked against the agent's [`Clock`], except on the one channel made
+//! for asking central's time ([`CentralDialer::time_channel`]): there the chain and the name are
+//! checked as always, at a moment when every certificate of the chain is valid, whatever the
+//! device's clock says.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -16,15 +21,17 @@ use cairn_proto::v1::agent_client::AgentClient;
 use cairn_proto::v1::enrollment_client::EnrollmentClient;
 use cairn_proto::MAX_MESSAGE_BYTES;
 use hyper_util::rt::TokioIo;
-use rustls::client::ResolvesClientCert;
-use rustls::{ClientConfig, RootCertStore};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tracing::{debug, info_span, Instrument};
 
+use crate::clock::Clock;
 use crate::config::{AgentConfig, CentralAddress, FieldError};
 use crate::key::DeviceKey;
 use crate::tls_key::DeviceCertResolver;
@@ -83,6 +90,7 @@ pub struct CentralDialer {
     address: CentralAddress,
     server_name: ServerName<'static>,
     roots: Arc<RootCertStore>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for CentralDialer {
@@ -94,8 +102,9 @@ impl std::fmt::Debug for CentralDialer {
 }
 
 impl CentralDialer {
-    /// Reads the CA (blocking file read) and parses the endpoint from `config`.
-    pub fn from_config(config: &AgentConfig) -> Result<Self, ChannelError> {
+    /// Reads the CA (blocking file read) and parses the endpoint from `config`; certificates are
+    /// checked against `clock`.
+    pub fn from_config(config: &AgentConfig, clock: Clock) -> Result<Self, ChannelError> {
         let endpoint = config.central_endpoint.clone();
         let address = config
             .central_address()
@@ -104,14 +113,15 @@ impl CentralDialer {
                 reason,
             })?;
         let roots = load_ca_roots(&config.ca_cert)?;
-        Self::new(endpoint, address, roots)
+        Self::new(endpoint, address, roots, clock)
     }
 
-    /// A dialer for `address` trusting only `roots`.
+    /// A dialer for `address` trusting only `roots`, checking validity against `clock`.
     pub fn new(
         endpoint: String,
         address: CentralAddress,
         roots: RootCertStore,
+        clock: Clock,
     ) -> Result<Self, ChannelError> {
         let server_name =
             ServerName::try_from(address.host.clone()).map_err(|e| ChannelError::Endpoint {
@@ -126,7 +136,13 @@ impl CentralDialer {
             address,
             server_name,
             roots: Arc::new(roots),
+            clock,
         })
+    }
+
+    /// The clock certificates are checked against.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The configured endpoint (for logs).
@@ -156,14 +172,43 @@ impl CentralDialer {
             .await
     }
 
+    /// A TLS-only channel for `Enrollment.Time` that checks central's chain to the fleet CA and
+    /// its name but not the validity period (see [`AnyTimeVerifier`]), and the certificate central
+    /// presented, to check the time answer's signature with. Use it for that call only.
+    pub async fn time_channel(&self) -> Result<(Channel, SeenCertificate), ChannelError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| ChannelError::Tls(rustls::Error::General(e.to_string())))?;
+        let seen = SeenCertificate::default();
+        let verifier = AnyTimeVerifier {
+            inner,
+            seen: seen.clone(),
+        };
+        let mut tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let channel = self
+            .connect(tls)
+            .instrument(info_span!("central.connect", mtls = false, any_time = true))
+            .await?;
+        Ok((channel, seen))
+    }
+
     fn tls_config(
         &self,
         client_cert: Option<Arc<dyn ResolvesClientCert>>,
     ) -> Result<ClientConfig, ChannelError> {
-        let builder =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(self.roots.clone());
+        let builder = ClientConfig::builder_with_details(
+            Arc::new(rustls::crypto::ring::default_provider()),
+            Arc::new(self.clock.clone()),
+        )
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(self.roots.clone());
         let mut config = match client_cert {
             Some(resolver) => builder.with_client_cert_resolver(resolver),
             None => builder.with_no_client_auth(),
@@ -228,6 +273,94 @@ impl CentralDialer {
             .connect_with_connector(dial)
             .await
             .map_err(|e| connect_err(error_chain(&e)))
+    }
+}
+
+/// The end-entity certificate the server presented on a [`CentralDialer::time_channel`].
+#[derive(Debug, Clone, Default)]
+pub struct SeenCertificate(Arc<std::sync::Mutex<Option<CertificateDer<'static>>>>);
+
+impl SeenCertificate {
+    /// The certificate, once the handshake verified it.
+    pub fn get(&self) -> Option<CertificateDer<'static>> {
+        self.0.lock().expect("certificate lock").clone()
+    }
+}
+
+/// Verifies central's chain to the fleet CA and its name like rustls always does, but at a moment
+/// when every presented certificate is valid (the latest `notBefore` of the chain) instead of
+/// the device's clock, which may be years off. A chain whose certificates are never valid at the
+/// same moment is refused. Used only for asking central's time, whose answer is then signed.
+#[derive(Debug)]
+struct AnyTimeVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    seen: SeenCertificate,
+}
+
+/// The latest `notBefore` of `certs` if it is not after their earliest `notAfter`.
+fn common_validity_start(certs: &[&CertificateDer<'_>]) -> Result<UnixTime, rustls::Error> {
+    let mut start = i64::MIN;
+    let mut end = i64::MAX;
+    for cert in certs {
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        start = start.max(parsed.validity().not_before.timestamp());
+        end = end.min(parsed.validity().not_after.timestamp());
+    }
+    if start > end || start < 0 {
+        return Err(rustls::Error::General(
+            "central's certificate chain is never valid at one moment".into(),
+        ));
+    }
+    Ok(UnixTime::since_unix_epoch(Duration::from_secs(
+        start.unsigned_abs(),
+    )))
+}
+
+impl ServerCertVerifier for AnyTimeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = vec![end_entity];
+        chain.extend(intermediates);
+        let at = common_validity_start(&chain)?;
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            at,
+        )?;
+        *self.seen.0.lock().expect("certificate lock") = Some(end_entity.clone().into_owned());
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

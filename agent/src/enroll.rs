@@ -18,6 +18,7 @@ use crate::liveness::Liveness;
 use crate::shutdown::Shutdown;
 use crate::state::{StateError, StoredIdentity};
 use crate::status::{Phase, StatusReporter};
+use crate::time_sync::TimeKeeper;
 
 /// Longest wait central may ask for between two Enroll calls while pending.
 pub const MAX_PENDING_RETRY: Duration = Duration::from_secs(3600);
@@ -90,6 +91,8 @@ pub struct Enroller {
     /// First and largest retry delay.
     pub(crate) backoff: (Duration, Duration),
     pub(crate) liveness: Liveness,
+    /// Checks the clock when a call fails (a wrong clock fails every TLS handshake).
+    pub(crate) time: Arc<TimeKeeper>,
 }
 
 impl std::fmt::Debug for Enroller {
@@ -233,6 +236,13 @@ impl Enroller {
                     self.status
                         .set_phase(Phase::Offline, Some(e.to_string()))
                         .await;
+                    if shutdown
+                        .run(self.time.check_after_failure())
+                        .await
+                        .is_none()
+                    {
+                        return Ok(None);
+                    }
                     backoff.next_delay()
                 }
                 Err(e) => return Err(e),

@@ -22,6 +22,8 @@
 //!   receivers, `[disk]`, the TCTI, the ESP, containerd's socket);
 //! - boot slots and the data partition: plain functions over their config section
 //!   ([`boot`], [`boot::slots`], [`data`]) and the one [`Slot`] type;
+//! - the clock: [`time_sync::TimeKeeper`] (the dialer and its [`clock::Clock`], the `[time]`
+//!   section, the event queue), shared by enrollment and the main loop;
 //! - status: [`status::StatusReporter`], shared; events: [`events::EventQueue`], shared;
 //! - systemd: [`run_notifying`] tells it `READY=1`, the phase and feeds the watchdog from the
 //!   main loop's [`liveness::Liveness`].
@@ -31,13 +33,14 @@
 //! Each module uses only modules of the layers above it; `tests/module_layers.rs` fails on a
 //! module that does otherwise (and so on any cycle):
 //!
-//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `liveness`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`.
+//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `liveness`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`, `clock`.
 //! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`, `logging`, `notify`.
 //! 3. The device key and the held desired state: `key`, `desired`.
 //! 4. What the key signs and proves: `csr`, `tls_key`, `facts`, `identity`.
 //! 5. Reaching central: `channel`.
-//! 6. Subsystems: `enroll`, `sync`, `update`.
-//! 7. Assembly and the main loop: `agent`.
+//! 6. Central's signed time, before anything else trusts a certificate: `time_sync`.
+//! 7. Subsystems: `enroll`, `sync`, `update`.
+//! 8. Assembly and the main loop: `agent`.
 
 pub mod agent;
 pub mod apps;
@@ -46,6 +49,7 @@ mod blocking;
 pub mod boot;
 pub mod certificate;
 pub mod channel;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod csr;
@@ -68,6 +72,7 @@ pub mod slot;
 pub mod state;
 pub mod status;
 pub mod sync;
+pub mod time_sync;
 pub mod tls_key;
 pub mod tpm_key;
 pub mod update;

@@ -64,6 +64,18 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Early in boot, before anything checks a certificate: move the system clock forward to the
+    /// last known good time the agent saved (boxes without an RTC boot in the past). Prints a
+    /// `CAIRN-CLOCK` line for the console.
+    ClockRestore {
+        /// Agent config file (TOML); its `state_dir` holds the saved time.
+        #[arg(
+            long,
+            env = "CAIRN_AGENT_CONFIG",
+            default_value = "/etc/cairn/agent.toml"
+        )]
+        config: PathBuf,
+    },
     /// Print the hardware facts the agent would send, as JSON.
     Facts {
         /// Agent config file (TOML).
@@ -168,6 +180,24 @@ fn main() -> anyhow::Result<()> {
                     "cannot stop the apps; systemd kills what is left at the end of the shutdown",
                 )?;
             println!("cairn-apps: stopped {stopped} app task(s)");
+            Ok(())
+        }
+        Command::ClockRestore { config } => {
+            let config = AgentConfig::load(&config)?;
+            anyhow::ensure!(
+                config.time.set_system_clock,
+                "[time] set_system_clock = false in the agent config: this agent does not manage the system clock"
+            );
+            let clock = cairn_agent::clock::Clock::system();
+            match cairn_agent::time_sync::restore_floor(&clock, &config.clock_floor_path())
+                .context("cannot restore the last known good time")?
+            {
+                Some(to) => println!("CAIRN-CLOCK restored={}", cairn_agent::clock::rfc3339(to)),
+                None => println!(
+                    "CAIRN-CLOCK kept={}",
+                    cairn_agent::clock::rfc3339(clock.now_unix_ms())
+                ),
+            }
             Ok(())
         }
         Command::Facts { config } => {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use cairn_io::PathContext;
 
@@ -111,13 +111,6 @@ pub enum SessionEnd {
 
 /// How often an idle session loop wakes to renew its promise to the watchdog.
 const LIVENESS_TICK: Duration = Duration::from_secs(10);
-
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// What the device's calls to central under its certificate need, and nothing else of the agent.
 pub struct Session {
@@ -268,7 +261,7 @@ impl Session {
             kind: Some(agent_message::Kind::Heartbeat(Heartbeat {
                 seq,
                 desired_revision: self.desired.held_revision(),
-                sent_unix_ms: unix_ms_now(),
+                sent_unix_ms: self.dialer.clock().now_unix_ms(),
                 facts: Some(self.facts.to_proto()),
                 apps: self.desired.sink().observed_apps(),
                 os: self.desired.sink().observed_os(),
@@ -413,8 +406,9 @@ impl Session {
                 _ = report_now.notified() => ticker.reset_immediately(),
                 _ = self.events.added() => self.send_queued_events(&tx),
                 _ = ticker.tick() => {
-                    let now = time::OffsetDateTime::now_utc();
-                    if Instant::now() >= renew_allowed_after
+                    let now = self.dialer.clock().now();
+                    if self.dialer.clock().is_verified()
+                        && Instant::now() >= renew_allowed_after
                         && cert.renewal_due(now, self.renew_fraction)
                     {
                         info!("device certificate due for renewal; ending the session to renew");

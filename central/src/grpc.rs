@@ -8,7 +8,7 @@ use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, App, AppStatus, BundleData, BundleIndexRequest,
     BundleIndexResponse, CentralMessage, DesiredState, EnrollRequest, EnrollResponse, EnrollStatus,
     EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, HeartbeatAck, OsUpdate, PingRequest,
-    PingResponse, ReadBundleRequest, RenewRequest, RenewResponse,
+    PingResponse, ReadBundleRequest, RenewRequest, RenewResponse, TimeRequest, TimeResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -94,6 +94,15 @@ impl Enrollment for EnrollmentService {
         }
         .instrument(span)
         .await
+    }
+
+    async fn time(&self, request: Request<TimeRequest>) -> Result<Response<TimeResponse>, Status> {
+        let now = crate::store::events::now_unix_ms();
+        self.0
+            .time
+            .answer(request.get_ref(), now)
+            .map(Response::new)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 }
 

@@ -17,6 +17,7 @@ pub mod replicas;
 pub mod rollout;
 pub mod sessions;
 pub mod store;
+pub mod time;
 mod tls;
 
 use std::net::SocketAddr;
@@ -51,6 +52,8 @@ pub struct Shared {
     pub rest_metrics: metrics::RestMetrics,
     /// Nudges to other central replicas on the same PostgreSQL database (inert on SQLite).
     pub bus: replicas::Bus,
+    /// Signs `Enrollment.Time` answers with the TLS server key.
+    pub time: time::TimeSigner,
 }
 
 impl Shared {
@@ -195,6 +198,8 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     let bundles = bundles::BundleFiles::open(&config)?;
     bootstrap_admin_token(&config, &store).await?;
     let (server_cert, server_key) = ca.issue_server_certificate(&config.server_names)?;
+    let time =
+        time::TimeSigner::from_key_pem(&server_key).map_err(|e| StartError::Tls(e.to_string()))?;
 
     let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
         .await
@@ -241,6 +246,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         bundles,
         events: events::EventBuffer::default(),
         rest_metrics: metrics::RestMetrics::default(),
+        time,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![

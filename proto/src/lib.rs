@@ -49,6 +49,9 @@ pub const AGENT_EVENT_KINDS: &[&str] = &[
     "app.refused",
     // Apps could not be reconciled (containerd unreachable, a container failed to start).
     "app.reconcile_failed",
+    // The agent moved the device's clock to central's signed time (it was off by more than the
+    // tolerance: no RTC, a flat battery, a clock set far ahead).
+    "clock.corrected",
 ];
 
 /// Most lines a `LogRequest` may ask for.
@@ -57,6 +60,24 @@ pub const MAX_LOG_LINES: u32 = 10_000;
 /// Largest `LogReply.text` (headroom below [`MAX_MESSAGE_BYTES`] for the envelope); the oldest
 /// lines are cut first.
 pub const MAX_LOG_REPLY_BYTES: usize = 240 * 1024;
+
+/// Shortest and longest nonce a `TimeRequest` may carry.
+pub const TIME_NONCE_BYTES: std::ops::RangeInclusive<usize> = 16..=64;
+
+/// What central signs for `Enrollment.Time`: a fixed context (so the signature cannot be taken
+/// for anything else made with central's TLS key), the agent's nonce, and the time as 8 bytes
+/// big-endian.
+pub fn time_signed_message(nonce: &[u8], unix_ms: i64) -> Vec<u8> {
+    const CONTEXT: &[u8] = b"cairn time v1\0";
+    let mut message = Vec::with_capacity(CONTEXT.len() + 1 + nonce.len() + 8);
+    message.extend_from_slice(CONTEXT);
+    // The nonce's length, so no nonce/time split can be read two ways (both ends keep nonces
+    // within TIME_NONCE_BYTES, so it fits a byte).
+    message.push(nonce.len().min(255) as u8);
+    message.extend_from_slice(nonce);
+    message.extend_from_slice(&unix_ms.to_be_bytes());
+    message
+}
 
 /// Cut `text` to at most `max` bytes on a character boundary, marking the cut with `…`.
 pub fn truncate_status_text(text: &str, max: usize) -> String {

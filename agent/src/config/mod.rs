@@ -10,6 +10,7 @@
 mod apps;
 mod boot;
 mod disk;
+mod time;
 mod update;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use apps::{AppsConfig, DEFAULT_CONTAINERD_SOCKET};
 pub use boot::BootConfig;
 pub use disk::DiskConfig;
+pub use time::TimeConfig;
 pub use update::UpdateConfig;
 
 /// Where the device key lives, as configured.
@@ -105,6 +107,9 @@ pub struct AgentConfig {
     /// OS updates from central's rollouts (`[update]`; off unless `enabled`).
     #[serde(default)]
     pub update: UpdateConfig,
+    /// Correcting the device's clock from central's signed time.
+    #[serde(default)]
+    pub time: TimeConfig,
     /// Mount points whose file-system usage heartbeats report (those that do not exist are
     /// skipped).
     #[serde(default = "default_metrics_mounts")]
@@ -137,6 +142,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("boot", &self.boot)
             .field("apps", &self.apps)
             .field("update", &self.update)
+            .field("time", &self.time)
             .field("metrics_mounts", &self.metrics_mounts)
             .finish()
     }
@@ -272,8 +278,14 @@ impl AgentConfig {
             boot: BootConfig::default(),
             apps: AppsConfig::default(),
             update: UpdateConfig::default(),
+            time: TimeConfig::default(),
             metrics_mounts: default_metrics_mounts(),
         }
+    }
+
+    /// The file holding the last known good time (on the data partition on a device).
+    pub fn clock_floor_path(&self) -> PathBuf {
+        self.state_dir.join("clock-floor")
     }
 
     /// Checks every field; `path` names the source in errors.
@@ -311,6 +323,9 @@ impl AgentConfig {
         }
         self.disk.validate().map_err(section)?;
         self.apps.validate().map_err(section)?;
+        if let Some((field, problem)) = self.time.problem() {
+            return Err(invalid(field, problem));
+        }
         if self.state_dir.as_os_str().is_empty() || self.state_dir.is_relative() {
             return Err(invalid(
                 "state_dir",

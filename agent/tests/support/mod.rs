@@ -46,6 +46,11 @@ impl RunningAgent {
     /// Prepares an agent from `config` and runs it.
     pub async fn start(config: AgentConfig) -> RunningAgent {
         let agent = Arc::new(Agent::new(config).await.expect("agent prepares"));
+        Self::from_agent(agent)
+    }
+
+    /// Runs a prepared agent.
+    pub fn from_agent(agent: Arc<Agent>) -> RunningAgent {
         let (stop, shutdown) = watch::channel(false);
         let task = tokio::spawn({
             let agent = agent.clone();
