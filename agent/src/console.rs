@@ -1,5 +1,5 @@
 //! Lines for the device's console: the markers people and the QEMU tests watch for
-//! (`CAIRN-UPDATE stage=… version=…`, `CAIRN-UPDATE progress …`).
+//! (`CAIRN-UPDATE stage=… version=…`, `CAIRN-UPDATE progress …`, `CAIRN-CLOCK corrected …`).
 //!
 //! They are ordinary `tracing` events with the target [`TARGET`]. On a device the logging set-up
 //! (`cairn-agent`'s `logging`) prints them on stdout, which the unit sends to the journal and the

@@ -94,6 +94,15 @@ impl EventQueue {
         inner.queue.push_front(event);
     }
 
+    /// The clock was stepped by `by_ms`: events still waiting were stamped by the wrong clock,
+    /// so they move with it (the first events of a boot without an RTC would otherwise show
+    /// years in the past).
+    pub fn shift_waiting(&self, by_ms: i64) {
+        for event in self.lock().queue.iter_mut() {
+            event.at_unix_ms = event.at_unix_ms.saturating_add(by_ms);
+        }
+    }
+
     /// Number of events waiting (the dropped summary not counted).
     pub fn len(&self) -> usize {
         self.lock().queue.len()
@@ -154,5 +163,20 @@ mod tests {
         assert_eq!(queue.pop().unwrap().kind, "data.unlock");
         assert_eq!(queue.pop().unwrap().message, "second");
         assert!(queue.pop().is_none());
+    }
+
+    #[test]
+    fn waiting_events_move_with_a_clock_step() {
+        let queue = EventQueue::default();
+        queue.push("agent.started", EventSeverity::Info, "before the step");
+        let stamped = {
+            let event = queue.pop().unwrap();
+            let at = event.at_unix_ms;
+            queue.unpop(event);
+            at
+        };
+        let year_ms = 365 * 86_400_000;
+        queue.shift_waiting(3 * year_ms);
+        assert_eq!(queue.pop().unwrap().at_unix_ms, stamped + 3 * year_ms);
     }
 }

@@ -189,6 +189,7 @@ impl TimeKeeper {
                 offset_ms,
             } => {
                 self.clock.step_to(to_unix_ms)?;
+                self.events.shift_waiting(-offset_ms);
                 let message = format!(
                     "clock was {} central's signed time; stepped from {} to {}",
                     offset_words(offset_ms),
@@ -196,6 +197,12 @@ impl TimeKeeper {
                     rfc3339(to_unix_ms)
                 );
                 warn!(offset_ms, "{message}");
+                info!(
+                    target: crate::console::TARGET,
+                    "CAIRN-CLOCK corrected offset_ms={offset_ms} from={} to={}",
+                    rfc3339(local),
+                    rfc3339(to_unix_ms)
+                );
                 self.events
                     .push("clock.corrected", EventSeverity::Warning, &message);
             }

@@ -145,6 +145,22 @@ impl FleetCa {
 
     /// A fresh server key and certificate for central's TLS listeners: (cert PEM, key PEM).
     pub fn issue_server_certificate(&self, names: &[String]) -> Result<(String, String), CaError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_server_certificate_valid(
+            names,
+            now - Duration::hours(1),
+            now + Duration::days(365),
+        )
+    }
+
+    /// [`FleetCa::issue_server_certificate`] valid from `not_before` to `not_after` (tests give
+    /// a stand-in central a certificate that expired long ago).
+    pub fn issue_server_certificate_valid(
+        &self,
+        names: &[String],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<(String, String), CaError> {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -163,8 +179,8 @@ impl FleetCa {
         }
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.not_before = OffsetDateTime::now_utc() - Duration::hours(1);
-        params.not_after = OffsetDateTime::now_utc() + Duration::days(365);
+        params.not_before = not_before;
+        params.not_after = not_after;
         params.serial_number = Some(random_serial());
         params.use_authority_key_identifier_extension = true;
         let cert = params.signed_by(&key, &self.issuer)?;

@@ -129,6 +129,11 @@ pub fn static_os_files(recipe: &Recipe) -> Vec<OsFile> {
             include_str!("../assets/cairn-unlock.service"),
         ),
         OsFile::text(
+            "etc/systemd/system/cairn-clock.service",
+            0o644,
+            include_str!("../assets/cairn-clock.service"),
+        ),
+        OsFile::text(
             "etc/systemd/system/data.mount",
             0o644,
             include_str!("../assets/data.mount"),
@@ -309,7 +314,9 @@ pub fn fleet_files(recipe: &Recipe, inputs: &FleetInputs) -> Result<Vec<OsFile>,
          # tries: what a slot activated by an update gets (RAUC backend set-primary).\n\
          [boot]\nbless = true\nesp = \"/efi\"\ntries = {tries}\n\n\
          # OS updates from central's rollouts: A/B with RAUC, committed by the health gate.\n\
-         [update]\nenabled = true\n",
+         [update]\nenabled = true\n\n\
+         # The clock: stepped to central's signed time when it is off (no RTC, flat battery).\n\
+         [time]\nset_system_clock = true\n",
         tries = recipe.boot.tries,
         pcrs = recipe.fleet.data_pcrs,
         registries = recipe
@@ -320,6 +327,17 @@ pub fn fleet_files(recipe: &Recipe, inputs: &FleetInputs) -> Result<Vec<OsFile>,
             .collect::<Vec<_>>()
             .join(", "),
     ));
+    if !recipe.fleet.ntp_servers.is_empty() {
+        files.push(OsFile::text(
+            "etc/systemd/timesyncd.conf.d/cairn.conf",
+            0o644,
+            &format!(
+                "# Cairn: the recipe's fleet.ntp_servers (DHCP's come on top through networkd).\n\
+                 [Time]\nNTP={}\n",
+                recipe.fleet.ntp_servers.join(" ")
+            ),
+        ));
+    }
     files.push(OsFile {
         path: AGENT_CONFIG_PATH[1..].into(),
         mode: 0o644,
@@ -458,6 +476,23 @@ mod tests {
             "{config}"
         );
         assert!(config.contains("enrollment_token_file"), "{config}");
+        assert!(
+            config.contains("[time]\nset_system_clock = true\n"),
+            "the device's agent steps the system clock: {config}"
+        );
+        assert!(
+            !files.iter().any(|f| f.path.contains("timesyncd")),
+            "no NTP servers in the recipe, no timesyncd drop-in"
+        );
+        let mut with_ntp = recipe();
+        with_ntp.fleet.ntp_servers = vec!["ntp.site.example".into(), "10.1.2.3".into()];
+        let ntp = fleet_files(&with_ntp, &inputs).unwrap();
+        let ntp = ntp
+            .iter()
+            .find(|f| f.path == "etc/systemd/timesyncd.conf.d/cairn.conf")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&ntp.contents)
+            .contains("[Time]\nNTP=ntp.site.example 10.1.2.3\n"));
         let token = files
             .iter()
             .find(|f| f.path == "etc/cairn/enrollment-token")

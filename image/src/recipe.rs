@@ -182,6 +182,11 @@ pub struct Fleet {
     /// Registries (`host:port`) the agent may pull app images from over plain HTTP.
     #[serde(default)]
     pub plain_http_registries: Vec<String>,
+    /// NTP servers (host names or addresses) for systemd-timesyncd, tried before those DHCP
+    /// gives; empty: DHCP's and Debian's pool. Central's signed time corrects large offsets
+    /// whatever these say.
+    #[serde(default)]
+    pub ntp_servers: Vec<String>,
 }
 
 /// `[update]`.
@@ -333,6 +338,20 @@ impl Recipe {
             return Err(self.invalid(
                 "fleet.plain_http_registries",
                 "each entry must be a registry host[:port]",
+            ));
+        }
+        if self.fleet.ntp_servers.len() > 16
+            || self.fleet.ntp_servers.iter().any(|s| {
+                s.is_empty()
+                    || s.len() > 253
+                    || !s
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+            })
+        {
+            return Err(self.invalid(
+                "fleet.ntp_servers",
+                "must list at most 16 NTP servers, each a host name or IP address",
             ));
         }
         if !name_ok(&self.update.compatible) {
@@ -507,5 +526,8 @@ mod tests {
         assert!(err.to_string().contains("disk_guid"), "{err}");
         let root = text.replace("panic=10", "panic=10 root=/dev/sda2");
         assert!(Recipe::parse(&root, Path::new("x.toml")).is_err());
+        let ntp = text.replace("ntp_servers = []", "ntp_servers = [\"pool ntp.org\"]");
+        let err = Recipe::parse(&ntp, Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("fleet.ntp_servers"), "{err}");
     }
 }

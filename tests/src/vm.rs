@@ -104,6 +104,9 @@ pub struct VmOptions {
     pub tpm_dir: Option<PathBuf>,
     /// A raw image attached read-only as a second disk (e.g. a recovery stick).
     pub extra_disk: Option<PathBuf>,
+    /// Where the guest's real-time clock starts (QEMU `-rtc base=`, e.g. `2023-01-01`): a box
+    /// without an RTC or with a flat battery. `None`: the host's time.
+    pub rtc_base: Option<String>,
 }
 
 impl VmOptions {
@@ -124,6 +127,7 @@ impl VmOptions {
             secure_boot: true,
             tpm_dir: None,
             extra_disk: None,
+            rtc_base: None,
         }
     }
 }
@@ -341,20 +345,23 @@ impl Vm {
         .args([
             "-smbios",
             &format!("type=1,serial={}", options.serial_number),
-        ])
-        .args(["-display", "none", "-vga", "none", "-monitor", "none"])
-        .arg("-chardev")
-        // append: after a guest reboot the next QEMU goes on in the same log.
-        .arg(format!(
-            "file,id=serial0,path={},append=on",
-            serial_log.display()
-        ))
-        .args(["-serial", "chardev:serial0", "-no-reboot"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            fs::File::create(&qemu_stderr).at("create", &qemu_stderr)?,
-        ));
+        ]);
+        if let Some(base) = &options.rtc_base {
+            qemu.args(["-rtc", &format!("base={base}")]);
+        }
+        qemu.args(["-display", "none", "-vga", "none", "-monitor", "none"])
+            .arg("-chardev")
+            // append: after a guest reboot the next QEMU goes on in the same log.
+            .arg(format!(
+                "file,id=serial0,path={},append=on",
+                serial_log.display()
+            ))
+            .args(["-serial", "chardev:serial0", "-no-reboot"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                fs::File::create(&qemu_stderr).at("create", &qemu_stderr)?,
+            ));
         cairn_io::die_with_parent(&mut qemu);
         let child = qemu.spawn().map_err(|e| VmError::Command {
             command: "qemu-system-x86_64".into(),

@@ -14,6 +14,13 @@
 //! 5. Secure Boot still off, no stick: unlocks by TPM again (re-sealed to this chain), and the
 //!    app is healthy again from its volume (the marker survived).
 //!
+//! Issue 22 rides along: boot 1 starts with the RTC years behind (a box without an RTC) and
+//! boot 5 years ahead; the agent corrects the clock from central's signed time in both (and
+//! keeps its identity), central sees no offset afterwards; boot 4 starts years behind too and
+//! the clock starts from the time saved on /data, not from the RTC; 6. central's address answers
+//! with a fleet certificate that expired years ago: the clock starts from the saved time again
+//! and the device refuses that certificate (only the time call, which ignores validity, passes).
+//!
 //! Run with `cargo test -p cairn-e2e --test data_protection -- --ignored`.
 
 use std::path::Path;
@@ -26,6 +33,7 @@ use cairn_api::{
 };
 use cairn_e2e::{check_fields, image, vm, Vm, VmOptions, READY};
 use cairn_testsupport::central::{config_in, read, TestCentral};
+use cairn_testsupport::expired_central::ExpiredCentral;
 use cairn_testsupport::{images, Registry};
 use serde_json::json;
 
@@ -35,6 +43,30 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(420);
 const DISK_MIB: u64 = 1800;
 /// The recipe's data partition (MiB) before growing.
 const IMAGE_DATA_MIB: u64 = 256;
+/// Where the guest's RTC starts on boots that play a box without an RTC, and one set far ahead.
+const RTC_BEHIND: &str = "2023-01-01";
+const RTC_AHEAD: &str = "2035-06-01";
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The agent printed that it stepped the clock by an offset `expected` accepts.
+fn assert_clock_corrected(guest: &mut Vm, expected: impl Fn(i64) -> bool) {
+    let line = guest
+        .wait_for("CAIRN-CLOCK corrected", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("the clock was not corrected: {e}"));
+    let offset: i64 = check_fields(&line)
+        .get("offset_ms")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_else(|| panic!("no offset_ms in {line}"));
+    assert!(expected(offset), "unexpected correction: {line}");
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
 
 struct Fleet {
     runtime: tokio::runtime::Runtime,
@@ -144,6 +176,11 @@ fn boot_report(guest: &mut Vm) -> (Vec<String>, std::collections::BTreeMap<Strin
         panic!("{e}");
     }
     let text = guest.serial_text();
+    assert!(
+        !text.contains("ordering cycle"),
+        "systemd found an ordering cycle among the units:\n{}",
+        guest.serial_tail()
+    );
     let data: Vec<String> = text
         .lines()
         .filter(|l| l.contains("CAIRN-DATA "))
@@ -194,6 +231,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         .unwrap();
     let central_dir = tempfile::tempdir_in(&work).unwrap();
     let mut config = config_in(central_dir.path());
+    let central_data = config.data_dir.clone();
     config.server_names.push("10.0.2.100".into());
     let central = runtime.block_on(TestCentral::start_with(central_dir, config));
     let (_, secret) = runtime.block_on(async { central.token("auto", Some(1), None) });
@@ -217,10 +255,15 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     options.registry_port = Some(registry.port());
     options.disk_size_mib = Some(DISK_MIB);
 
-    // 1. First boot: grow, format, seal, enroll, escrow.
+    // 1. First boot: grow, format, seal, enroll, escrow; the RTC is years behind.
     let started = Instant::now();
-    let mut guest = boot(&options);
+    let mut first = options.clone();
+    first.rtc_base = Some(RTC_BEHIND.into());
+    let mut guest = boot(&first);
     let device = fleet.wait_online(&mut guest, "first boot");
+    let online_at = unix_now();
+    // systemd moves a clock older than its own build forward to that; still months behind.
+    assert_clock_corrected(&mut guest, |offset| offset < -DAY_MS);
     eprintln!(
         "BENCH qemu_start_to_agent_enrolled_s={:.1}",
         started.elapsed().as_secs_f64()
@@ -391,11 +434,27 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let before_recovery = fleet.devices();
 
     // 4. Recovery with the escrowed key from a stick; re-sealed to the current (SB off) chain.
+    // The RTC is years behind again: the clock starts from the time saved on /data.
     let stick = work.join("recovery-stick.img");
     make_recovery_stick(&stick, &recovery_key);
     let mut recovering = unsigned.clone();
     recovering.extra_disk = Some(stick);
+    recovering.rtc_base = Some(RTC_BEHIND.into());
     let mut guest = boot(&recovering);
+    let restored = guest
+        .wait_for("CAIRN-CLOCK", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no clock restore line: {e}"));
+    let fields = check_fields(&restored);
+    let restored_at = fields
+        .get("restored")
+        .and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .unwrap_or_else(|| panic!("the clock was not restored from the saved time: {restored}"));
+    assert!(
+        restored_at.unix_timestamp() >= online_at - 60,
+        "restored to {restored_at}, before the first boot was online: {restored}"
+    );
     let device = fleet.wait_online(&mut guest, "recovery boot");
     assert_eq!(
         device.id, id,
@@ -413,8 +472,10 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         "recovery enrolled a new device"
     );
 
-    // 5. Next boot without the stick: the TPM unlocks again.
-    let mut guest = boot(&unsigned);
+    // 5. Next boot without the stick: the TPM unlocks again. The RTC is years ahead.
+    let mut ahead = unsigned.clone();
+    ahead.rtc_base = Some(RTC_AHEAD.into());
+    let mut guest = boot(&ahead);
     let (data, disk) = boot_report(&mut guest);
     assert!(
         data.iter().any(|l| l.contains("state=unlocked")),
@@ -426,7 +487,11 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         "{disk:?}"
     );
     let device = fleet.wait_online(&mut guest, "boot after recovery");
-    assert_eq!(device.id, id);
+    assert_eq!(
+        device.id, id,
+        "the clock ahead cost the device its identity"
+    );
+    assert_clock_corrected(&mut guest, |offset| offset > 365 * DAY_MS);
     // The app comes back with its volume: the marker written before the power cut is intact.
     fleet.wait_app_healthy(&id, &mut guest, "boot after recovery");
 
@@ -447,6 +512,11 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         "/data not grown: {host:?}"
     );
     assert!(host.memory_total_bytes > 0, "{host:?}");
+    let offset = host.clock_offset_ms.expect("the agent sends its time");
+    assert!(
+        offset.abs() < 10_000,
+        "device clock {offset} ms off central's"
+    );
     let events: EventList = fleet.get(&format!("/api/v1/events?device={id}&limit=200"));
     let kinds: Vec<&str> = events.events.iter().map(|e| e.kind.as_str()).collect();
     for kind in [
@@ -454,6 +524,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         "device.connected",
         "agent.started",
         "data.unlock",
+        "clock.corrected",
     ] {
         assert!(kinds.contains(&kind), "no {kind} event among {kinds:?}");
     }
@@ -472,6 +543,46 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         "not the agent's journal: {journal:?}"
     );
     drop(guest);
+
+    // 6. Central's address now answers with a certificate of the fleet CA that expired years
+    // ago (a stand-in: a real central always issues itself a valid one). The RTC is years
+    // behind, but the clock starts from the saved time, and then TLS refuses that certificate:
+    // only the time call, which ignores validity periods, goes through.
+    let expired = fleet.runtime.block_on(ExpiredCentral::start(
+        &central_data,
+        &["10.0.2.100".to_string()],
+    ));
+    let mut stale = unsigned.clone();
+    stale.central_port = Some(expired.port);
+    stale.rtc_base = Some(RTC_BEHIND.into());
+    let mut guest = boot(&stale);
+    let restored = guest
+        .wait_for("CAIRN-CLOCK", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("no clock restore line: {e}"));
+    assert!(restored.contains("restored="), "{restored}");
+    let started = Instant::now();
+    while !expired
+        .refusals()
+        .iter()
+        .any(|r| r.contains("CertificateExpired"))
+    {
+        assert!(
+            started.elapsed() < BOOT_TIMEOUT,
+            "the device never refused the expired certificate; refusals {:?}, time answers {}\n{}",
+            expired.refusals(),
+            expired.time_answers(),
+            guest.serial_tail()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    assert!(
+        expired.time_answers() >= 1,
+        "the time call did not go through: {:?}",
+        expired.refusals()
+    );
+    drop(guest);
+    drop(expired);
+
     let Fleet {
         runtime,
         mut central,

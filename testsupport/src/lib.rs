@@ -17,6 +17,9 @@ mod tools;
 #[cfg(feature = "central")]
 pub mod central;
 
+#[cfg(feature = "central")]
+pub mod expired_central;
+
 #[cfg(feature = "images")]
 pub mod images;
 
