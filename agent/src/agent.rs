@@ -318,11 +318,19 @@ impl Agent {
                 .run(shutdown.clone())
                 .instrument(span.clone()),
         );
+        let ntp = self.config.time.ntp_dropin.clone().map(|path| {
+            tokio::spawn(
+                crate::ntp::follow(path, self.desired.subscribe()).instrument(span.clone()),
+            )
+        });
         let result = self
             .run_inner(Shutdown::new(shutdown), span.clone())
             .instrument(span)
             .await;
         keeper.abort();
+        if let Some(ntp) = ntp {
+            ntp.abort();
+        }
         self.time.save_floor().await;
         result
     }

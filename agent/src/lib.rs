@@ -34,7 +34,7 @@
 //! module that does otherwise (and so on any cycle):
 //!
 //! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `liveness`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`, `clock`.
-//! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`, `logging`, `notify`.
+//! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`, `logging`, `notify`, `ntp`.
 //! 3. The device key and the held desired state: `key`, `desired`.
 //! 4. What the key signs and proves: `csr`, `tls_key`, `facts`, `identity`.
 //! 5. Reaching central: `channel`.
@@ -65,6 +65,7 @@ pub mod liveness;
 pub mod log_requests;
 pub mod logging;
 pub mod notify;
+pub mod ntp;
 pub mod os_release;
 pub mod shutdown;
 pub mod sink;

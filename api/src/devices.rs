@@ -221,7 +221,9 @@ pub struct RecoveryKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SetDeviceConfig {
-    /// Up to 256 keys of 1-128 bytes with values up to 4096 bytes.
+    /// Up to 256 keys of 1-128 bytes with values up to 4096 bytes. `cairn.ntp_servers` (e.g.
+    /// a site's own NTP servers, separated by spaces or commas) is given to the device's
+    /// systemd-timesyncd.
     pub config: BTreeMap<String, String>,
 }
 

@@ -224,6 +224,18 @@ async fn a_revoked_device_is_cut_off_at_once() {
     );
     let shown: DeviceDetail = central.get(&format!("/api/v1/devices/{}", enrolled.device_id));
     assert!(shown.device.device.online);
+    // The NTP servers key is checked: what reaches timesyncd's configuration is a server list.
+    let (status, answer) = central.call(
+        &central.admin,
+        "PUT",
+        &format!("/api/v1/devices/{}/config", enrolled.device_id),
+        Some(json!({ "config": { "cairn.ntp_servers": "ntp.site\nFallbackNTP=evil" } })),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        error_message(&answer).contains("cairn.ntp_servers"),
+        "{answer}"
+    );
 
     central.admin_call(
         "POST",

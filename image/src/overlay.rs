@@ -316,7 +316,8 @@ pub fn fleet_files(recipe: &Recipe, inputs: &FleetInputs) -> Result<Vec<OsFile>,
          # OS updates from central's rollouts: A/B with RAUC, committed by the health gate.\n\
          [update]\nenabled = true\n\n\
          # The clock: stepped to central's signed time when it is off (no RTC, flat battery).\n\
-         [time]\nset_system_clock = true\n",
+         [time]\nset_system_clock = true\n\
+         ntp_dropin = \"/run/systemd/timesyncd.conf.d/50-cairn-central.conf\"\n",
         tries = recipe.boot.tries,
         pcrs = recipe.fleet.data_pcrs,
         registries = recipe

@@ -79,6 +79,46 @@ pub fn time_signed_message(nonce: &[u8], unix_ms: i64) -> Vec<u8> {
     message
 }
 
+/// The device-config key (`PUT /api/v1/devices/{id}/config`) whose value lists NTP servers for
+/// the device, e.g. a site's own: host names or addresses separated by spaces or commas.
+pub const NTP_SERVERS_CONFIG_KEY: &str = "cairn.ntp_servers";
+
+/// Most NTP servers [`NTP_SERVERS_CONFIG_KEY`] may list.
+pub const MAX_NTP_SERVERS: usize = 8;
+
+/// A [`NTP_SERVERS_CONFIG_KEY`] value that is not a list of NTP servers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` must list 1 to {max} NTP servers (host names or IP addresses separated by spaces or commas): {problem}", key = NTP_SERVERS_CONFIG_KEY, max = MAX_NTP_SERVERS)]
+pub struct NtpServersError {
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The NTP servers a [`NTP_SERVERS_CONFIG_KEY`] value lists. Central refuses a bad value when
+/// it is set; the agent checks again before writing them into timesyncd's configuration.
+pub fn parse_ntp_servers(value: &str) -> Result<Vec<String>, NtpServersError> {
+    let servers: Vec<String> = value
+        .split(|c: char| c == ',' || c.is_ascii_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let problem = |problem: String| Err(NtpServersError { problem });
+    if servers.is_empty() || servers.len() > MAX_NTP_SERVERS {
+        return problem(format!("{} given", servers.len()));
+    }
+    for server in &servers {
+        let ok = server.len() <= 253
+            && !server.starts_with(['-', '.'])
+            && server
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c));
+        if !ok {
+            return problem(format!("{server:?} is not a host name or address"));
+        }
+    }
+    Ok(servers)
+}
+
 /// Cut `text` to at most `max` bytes on a character boundary, marking the cut with `…`.
 pub fn truncate_status_text(text: &str, max: usize) -> String {
     if text.len() <= max {
@@ -94,6 +134,26 @@ pub fn truncate_status_text(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ntp_server_lists_are_checked() {
+        assert_eq!(
+            parse_ntp_servers(" ntp1.site.example, 10.0.0.1  fe80::1 ").unwrap(),
+            ["ntp1.site.example", "10.0.0.1", "fe80::1"]
+        );
+        for bad in [
+            "",
+            " , ",
+            "ntp\nNTP=evil",
+            "a b c d e f g h i",
+            "-opt",
+            "host/path",
+            "[Time]",
+        ] {
+            let err = parse_ntp_servers(bad).unwrap_err().to_string();
+            assert!(err.contains(NTP_SERVERS_CONFIG_KEY), "{bad:?}: {err}");
+        }
+    }
 
     #[test]
     fn status_text_is_cut_on_a_char_boundary() {

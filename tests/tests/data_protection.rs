@@ -341,6 +341,16 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         apps.apps[0].status.as_ref().is_some_and(|s| s.in_sync),
         "{apps:?}"
     );
+    // The clock that started months behind is in step with central's now.
+    let offset = fleet
+        .get::<DeviceDetail>(&format!("/api/v1/devices/{id}"))
+        .device
+        .host
+        .and_then(|h| h.clock_offset_ms);
+    assert!(
+        offset.is_some_and(|o| o.abs() < 10_000),
+        "first boot's clock offset at central: {offset:?}"
+    );
     drop(guest); // power cut
 
     let raw = work.join("stolen.raw");

@@ -1,5 +1,6 @@
 //! `[time]`: keeping the device's clock right without trusting it (see `clock` and `time_sync`).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,10 @@ pub struct TimeConfig {
     pub check_interval_seconds: u64,
     /// Offsets up to this (milliseconds) are left to NTP; beyond it the clock is stepped.
     pub tolerance_ms: u64,
+    /// Where the NTP servers central gives in the device config (`cairn.ntp_servers`) are
+    /// written for systemd-timesyncd, which is then restarted (the image uses
+    /// `/run/systemd/timesyncd.conf.d/50-cairn-central.conf`). Unset: they are ignored.
+    pub ntp_dropin: Option<PathBuf>,
 }
 
 impl Default for TimeConfig {
@@ -29,6 +34,7 @@ impl Default for TimeConfig {
             check_at_start: true,
             check_interval_seconds: 6 * 3600,
             tolerance_ms: 10_000,
+            ntp_dropin: None,
         }
     }
 }
@@ -46,6 +52,13 @@ impl TimeConfig {
 
     /// The field that is out of range, and why.
     pub(super) fn problem(&self) -> Option<(&'static str, String)> {
+        if self.ntp_dropin.as_ref().is_some_and(|p| p.is_relative()) {
+            return Some((
+                "time.ntp_dropin",
+                "must be an absolute path (e.g. /run/systemd/timesyncd.conf.d/50-cairn-central.conf)"
+                    .into(),
+            ));
+        }
         if !(60..=7 * 24 * 3600).contains(&self.check_interval_seconds) {
             return Some((
                 "time.check_interval_seconds",

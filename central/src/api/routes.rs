@@ -529,7 +529,7 @@ async fn revoke_device(
     request_body = SetDeviceConfig,
     responses(
         (status = 200, description = "Stored and pushed", body = DeviceReply),
-        (status = 400, description = "Too many or too long keys or values"),
+        (status = 400, description = "Too many or too long keys or values, or a bad `cairn.ntp_servers`"),
         (status = 403, description = "Needs the operator role"),
         (status = 404, description = "No such device"),
     )
@@ -550,6 +550,9 @@ async fn set_device_config(
         return Err(ApiError::BadRequest(
             "`config` allows up to 256 keys of 1-128 bytes with values up to 4096 bytes".into(),
         ));
+    }
+    if let Some(servers) = body.config.get(cairn_proto::NTP_SERVERS_CONFIG_KEY) {
+        cairn_proto::parse_ntp_servers(servers).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     }
     let actor = caller.actor();
     let config = body.config;
