@@ -49,9 +49,11 @@ pub enum TpmError {
         source: tss_esapi::Error,
     },
 
-    /// The device signing key could not be created under the primary key.
-    #[error("cannot create the device signing key in the TPM: {source}; check the TPM supports ECC NIST P-256 (tpm2_getcap ecc-curves)")]
+    /// A key could not be created under the primary key.
+    #[error("cannot create the {key} in the TPM: {source}; check the TPM supports ECC NIST P-256 (tpm2_getcap ecc-curves)")]
     CreateKey {
+        /// Which key, e.g. `device signing key`.
+        key: &'static str,
         /// The TSS error.
         #[source]
         source: tss_esapi::Error,

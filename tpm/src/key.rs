@@ -10,19 +10,28 @@ use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
-use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
     Digest, EccParameter, EccPoint, EccScheme, HashScheme, HashcheckTicket, Public, PublicBuilder,
-    PublicEccParametersBuilder, Signature, SignatureScheme, SymmetricDefinitionObject,
+    PublicEccParametersBuilder, Signature, SignatureScheme,
 };
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
 
-use crate::blob::KeyBlob;
 use crate::der::{self, P256_COORDINATE_LEN};
+use crate::owner_key::{
+    check_p256_signing, create_owner_primary, flush, load_or_create, read_blob, KeyKind,
+    KeyShapeError,
+};
 use crate::tcti::open_context;
 use crate::TpmError;
+
+/// The device key: an unrestricted P-256 ECDSA signing key.
+const DEVICE_KEY: KeyKind = KeyKind {
+    name: "device signing key",
+    template: signing_key_template,
+    check: check_p256_signing,
+};
 
 /// The device's signing key, held in the TPM.
 ///
@@ -64,23 +73,15 @@ impl TpmDeviceKey {
     pub fn open_or_create(tcti: &str, blob_path: &Path) -> Result<Self, TpmError> {
         let _span =
             tracing::info_span!("tpm.device_key.open", path = %blob_path.display()).entered();
-        // Parse the file before touching the TPM: a damaged file fails fast and clearly.
-        let existing = KeyBlob::read(blob_path)?;
-        if let Some(blob) = &existing {
-            check_signing_public(&blob.public).map_err(|reason| TpmError::BadBlob {
-                path: blob_path.to_path_buf(),
-                reason: reason.to_string(),
-            })?;
-        }
-
+        let existing = read_blob(&DEVICE_KEY, blob_path)?;
         let mut context = open_context(tcti)?;
         let primary = create_owner_primary(&mut context)?;
-        let loaded = load_or_create(&mut context, primary, existing, blob_path);
+        let loaded = load_or_create(&mut context, primary, &DEVICE_KEY, existing, blob_path);
         // The primary is only needed as the parent: free its slot whatever happened.
         flush(&mut context, primary);
-        let (key, public) = loaded?;
+        let (key, blob) = loaded?;
 
-        let spki_der = p256_spki(&public).map_err(|reason| TpmError::UnexpectedTpmOutput {
+        let spki_der = p256_spki(&blob.public).map_err(|reason| TpmError::UnexpectedTpmOutput {
             what: "the device key's public area",
             reason: reason.to_string(),
         })?;
@@ -142,82 +143,6 @@ impl TpmDeviceKey {
     }
 }
 
-/// Load `existing` under `primary`, or create a new key, write its blob to `blob_path` and load it.
-fn load_or_create(
-    context: &mut Context,
-    primary: KeyHandle,
-    existing: Option<KeyBlob>,
-    blob_path: &Path,
-) -> Result<(KeyHandle, Public), TpmError> {
-    let blob = match existing {
-        Some(blob) => {
-            tracing::info!("loading the existing device key blob");
-            blob
-        }
-        None => {
-            tracing::info!("no device key blob yet: creating a new device key in the TPM");
-            let blob = create_signing_key(context, primary)?;
-            blob.write_atomic(blob_path)?;
-            blob
-        }
-    };
-    let _span = tracing::info_span!("tpm.load").entered();
-    let key = context
-        .execute_with_session(Some(AuthSession::Password), |ctx| {
-            ctx.load(primary, blob.private.clone(), blob.public.clone())
-        })
-        .map_err(|source| TpmError::LoadBlob {
-            path: blob_path.to_path_buf(),
-            source,
-        })?;
-    Ok((key, blob.public))
-}
-
-/// Create the owner hierarchy's storage primary (restricted ECC P-256 decrypt key, AES-128-CFB):
-/// the TCG "SRK" template, so the same owner seed always gives the same key.
-pub(crate) fn create_owner_primary(context: &mut Context) -> Result<KeyHandle, TpmError> {
-    let _span = tracing::info_span!("tpm.create_primary", hierarchy = "owner").entered();
-    let err = |source| TpmError::CreatePrimary {
-        hierarchy: "owner",
-        source,
-    };
-    let public = storage_primary_template().map_err(err)?;
-    context
-        .execute_with_session(Some(AuthSession::Password), |ctx| {
-            ctx.create_primary(Hierarchy::Owner, public, None, None, None, None)
-        })
-        .map(|result| result.key_handle)
-        .map_err(err)
-}
-
-fn storage_primary_template() -> tss_esapi::Result<Public> {
-    let attributes = ObjectAttributes::builder()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new_restricted_decryption_key(
-                SymmetricDefinitionObject::AES_128_CFB,
-                EccCurve::NistP256,
-            )
-            .build()?,
-        )
-        .with_ecc_unique_identifier(EccPoint::new(
-            EccParameter::try_from(vec![0u8; P256_COORDINATE_LEN])?,
-            EccParameter::try_from(vec![0u8; P256_COORDINATE_LEN])?,
-        ))
-        .build()
-}
-
 /// Attributes of the device key: not exportable (fixedTPM, fixedParent), generated in the TPM,
 /// usable with its (empty) auth value, unrestricted signing only.
 pub(crate) fn signing_key_attributes() -> tss_esapi::Result<ObjectAttributes> {
@@ -246,84 +171,6 @@ fn signing_key_template() -> tss_esapi::Result<Public> {
         .build()
 }
 
-/// Create a new signing key under `primary`; returns its public and wrapped private parts.
-fn create_signing_key(context: &mut Context, primary: KeyHandle) -> Result<KeyBlob, TpmError> {
-    let _span = tracing::info_span!("tpm.create_key").entered();
-    let err = |source| TpmError::CreateKey { source };
-    let template = signing_key_template().map_err(err)?;
-    let created = context
-        .execute_with_session(Some(AuthSession::Password), |ctx| {
-            ctx.create(primary, template, None, None, None, None)
-        })
-        .map_err(err)?;
-    check_signing_public(&created.out_public).map_err(|reason| TpmError::UnexpectedTpmOutput {
-        what: "the new key's public area",
-        reason: reason.to_string(),
-    })?;
-    Ok(KeyBlob {
-        public: created.out_public,
-        private: created.out_private,
-    })
-}
-
-/// Why a public area is not the signing key Cairn makes.
-#[derive(Debug, thiserror::Error)]
-enum KeyShapeError {
-    /// Not an ECC key.
-    #[error("the key is not an ECC key")]
-    NotEcc,
-    /// Another curve.
-    #[error("the key is on curve {0:?}, not NIST P-256")]
-    Curve(EccCurve),
-    /// A decryption or restricted key.
-    #[error("the key is not an unrestricted signing key")]
-    NotSigning,
-    /// The key may leave the TPM.
-    #[error("the key is exportable (fixedTPM not set)")]
-    Exportable,
-    /// Another signature scheme.
-    #[error("the key's scheme is {0:?}, not ECDSA with SHA-256")]
-    Scheme(EccScheme),
-    /// Not an ECC public area (for its SubjectPublicKeyInfo).
-    #[error("not an ECC public area")]
-    NotEccArea,
-    /// A coordinate longer than P-256's.
-    #[error("{name} coordinate of {len} bytes")]
-    Coordinate {
-        /// `x` or `y`.
-        name: &'static str,
-        /// Its length.
-        len: usize,
-    },
-}
-
-/// Check a public area is the kind of key Cairn makes: ECC P-256, unrestricted signing, ECDSA
-/// SHA-256 (or no fixed scheme), fixedTPM.
-fn check_signing_public(public: &Public) -> Result<(), KeyShapeError> {
-    let Public::Ecc {
-        object_attributes,
-        parameters,
-        ..
-    } = public
-    else {
-        return Err(KeyShapeError::NotEcc);
-    };
-    if parameters.ecc_curve() != EccCurve::NistP256 {
-        return Err(KeyShapeError::Curve(parameters.ecc_curve()));
-    }
-    if !object_attributes.sign_encrypt() || object_attributes.restricted() {
-        return Err(KeyShapeError::NotSigning);
-    }
-    if !object_attributes.fixed_tpm() {
-        return Err(KeyShapeError::Exportable);
-    }
-    match parameters.ecc_scheme() {
-        EccScheme::EcDsa(hash) if hash.hashing_algorithm() == HashingAlgorithm::Sha256 => Ok(()),
-        EccScheme::Null => Ok(()),
-        other => Err(KeyShapeError::Scheme(other)),
-    }
-}
-
 /// SubjectPublicKeyInfo of an ECC P-256 public area.
 fn p256_spki(public: &Public) -> Result<Vec<u8>, KeyShapeError> {
     let Public::Ecc { unique, .. } = public else {
@@ -350,13 +197,6 @@ fn null_hashcheck_ticket() -> tss_esapi::Result<HashcheckTicket> {
     })
 }
 
-/// Flush a transient object, logging (not failing) when the TPM refuses.
-pub(crate) fn flush(context: &mut Context, handle: KeyHandle) {
-    if let Err(e) = context.flush_context(handle.into()) {
-        tracing::warn!(error = %e, "could not flush a transient TPM object; a TPM object slot stays in use until the TPM context closes");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,16 +209,10 @@ mod tests {
     }
 
     #[test]
-    fn templates_build_and_describe_the_intended_keys() {
+    fn the_template_describes_an_unrestricted_p256_signing_key() {
         let signing = signing_key_template().unwrap();
-        check_signing_public(&signing).unwrap();
-        let primary = storage_primary_template().unwrap();
-        let err = check_signing_public(&primary).unwrap_err();
-        assert!(matches!(err, KeyShapeError::NotSigning), "{err}");
-        assert_eq!(
-            err.to_string(),
-            "the key is not an unrestricted signing key"
-        );
+        check_p256_signing(&signing).unwrap();
+        assert!(!signing.object_attributes().restricted());
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod ek;
 mod error;
 mod eventlog;
 mod key;
+mod owner_key;
 mod pcr;
 mod seal;
 mod sealed_blob;

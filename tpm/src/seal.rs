@@ -55,7 +55,7 @@ use tss_esapi::structures::{
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
-use crate::key::{create_owner_primary, flush};
+use crate::owner_key::{create_owner_primary, flush};
 use crate::pcr::{pcr_values_digest, policy_pcr_digest, read_pcrs_with, PcrSelection, PcrValues};
 use crate::sealed_blob::{check_sealed_public, SealedSecret};
 use crate::tcti::open_context;
