@@ -6,12 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_io::Tool;
+
 use crate::ports::{free_port, port_is_free, reserve};
+use crate::VendorCa;
 
 /// How long to wait for a started swtpm to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for swtpm to exit after a shutdown request before killing it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `swtpm_setup` may take to manufacture a TPM (it takes about a second).
+const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many port pairs to try when another process takes the one we picked.
 const START_ATTEMPTS: usize = 5;
 /// swtpm control channel command `CMD_SHUTDOWN` (swtpm's `tpm_ioctl.h`).
@@ -65,7 +70,11 @@ impl StateDir {
 ///
 /// The TPM state (seeds, NV) lives in a directory: [`Swtpm::start`] uses a fresh temp dir (a new
 /// TPM, like a new machine); [`Swtpm::start_in`] or [`Swtpm::restart`] reuse a state dir (the same
-/// TPM after a reboot).
+/// TPM after a reboot). [`Swtpm::start_with_ek_cert`] manufactures the new TPM first, like a TPM
+/// maker: its EK certificates, signed by a [`VendorCa`], are in NV.
+///
+/// swtpm serves one TPM connection at a time: a second client (another TPM context) waits until
+/// the first closes its connection.
 pub struct Swtpm {
     child: Option<Child>,
     port: u16,
@@ -83,6 +92,29 @@ impl Swtpm {
             .prefix("cairn-swtpm-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for swtpm state: {e}"));
+        Self::launch(StateDir::Owned(dir))
+    }
+
+    /// Start a new TPM that has EK certificates in NV, signed by `ca`, like a real TPM from its
+    /// maker: `swtpm_setup --create-ek-cert` (RSA-2048 EK certificate at NV index 0x01c00002, an
+    /// ECC P-384 one at 0x01c00016; only the SHA-256 PCR bank active) in a fresh temp dir that is
+    /// removed on drop, then `swtpm socket` on it. Takes about a second more than
+    /// [`Swtpm::start`].
+    ///
+    /// # Panics
+    /// Like [`Swtpm::start`], and when `swtpm_setup` fails (the message carries its output). Call
+    /// [`crate::require_tool`] for `swtpm_setup` and `swtpm_localca` first to skip.
+    pub fn start_with_ek_cert(ca: &VendorCa) -> Swtpm {
+        let dir = tempfile::Builder::new()
+            .prefix("cairn-swtpm-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("cannot create a temp dir for swtpm state: {e}"));
+        if let Err(e) = manufacture(dir.path(), ca) {
+            panic!(
+                "cannot manufacture a TPM with EK certificates from the vendor CA in {}: {e}",
+                ca.dir().display()
+            );
+        }
         Self::launch(StateDir::Owned(dir))
     }
 
@@ -173,6 +205,22 @@ impl Drop for Swtpm {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `swtpm_setup` in `dir`: new seeds, EKs, and their certificates from `ca` written to NV.
+fn manufacture(dir: &Path, ca: &VendorCa) -> Result<(), Box<cairn_io::ToolError>> {
+    Tool::new("swtpm_setup")
+        .purpose("manufacture a test TPM with EK certificates")
+        .install_hint("install the swtpm-tools package")
+        .args(["--tpm2", "--tpmstate"])
+        .arg(dir)
+        .args(["--create-ek-cert", "--config"])
+        .arg(ca.swtpm_setup_conf())
+        .arg("--overwrite")
+        .timeout(SETUP_TIMEOUT)
+        .run()
+        .map(drop)
+        .map_err(Box::new)
 }
 
 /// A port `p` with `p` and `p + 1` both free on 127.0.0.1.
@@ -278,6 +326,58 @@ mod tests {
         assert!(!dir.exists(), "owned state dir should be removed on drop");
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err());
+    }
+
+    #[test]
+    fn start_with_ek_cert_writes_the_rsa_ek_certificate_into_nv() {
+        if !crate::require_tool("swtpm_setup")
+            || !crate::require_tool("swtpm_localca")
+            || !crate::require_tool("tpm2_nvreadpublic")
+        {
+            return;
+        }
+        let started = Instant::now();
+        let ca = VendorCa::temporary();
+        let made_ca = started.elapsed();
+        let tpm = Swtpm::start_with_ek_cert(&ca);
+        eprintln!(
+            "vendor CA made in {made_ca:?}, TPM manufactured and started in {:?}",
+            started.elapsed() - made_ca
+        );
+        let output = Command::new("tpm2_nvreadpublic")
+            .env("TSS2_LOG", "all+none")
+            .arg("-T")
+            .arg(tpm.tcti())
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{listing}");
+        assert!(listing.contains("0x1c00002"), "{listing}");
+        // The state survives a restart like any other.
+        let tpm = tpm.restart();
+        assert!(tpm.state_dir().join("tpm2-00.permall").exists());
+    }
+
+    #[test]
+    fn a_failing_swtpm_setup_panics_with_its_output() {
+        if !crate::require_tool("swtpm_setup") || !crate::require_tool("swtpm_localca") {
+            return;
+        }
+        let ca = VendorCa::temporary();
+        std::fs::write(
+            ca.swtpm_setup_conf(),
+            "create_certs_tool = /nonexistent/swtpm_localca\nactive_pcr_banks = sha256\n",
+        )
+        .unwrap();
+        let Err(panic) = std::panic::catch_unwind(|| Swtpm::start_with_ek_cert(&ca)) else {
+            panic!("a TPM started although swtpm_setup cannot find its certificate tool");
+        };
+        let message = panic.downcast::<String>().unwrap();
+        assert!(message.contains("swtpm_setup"), "{message}");
+        assert!(
+            message.contains("Could not find /nonexistent/swtpm_localca"),
+            "swtpm_setup's own output: {message}"
+        );
     }
 
     #[test]
