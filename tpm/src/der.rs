@@ -1,5 +1,6 @@
 //! Minimal DER encoders for what the TPM gives us: SubjectPublicKeyInfo for EC P-256 and RSA
-//! public keys, and ECDSA signatures as `Ecdsa-Sig-Value`.
+//! public keys, and ECDSA signatures as `Ecdsa-Sig-Value`; and the length of a DER SEQUENCE (a
+//! certificate read from NV, which may be padded).
 
 /// `id-ecPublicKey` (1.2.840.10045.2.1), encoded OBJECT IDENTIFIER.
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
@@ -110,6 +111,31 @@ pub(crate) fn spki_rsa(modulus: &[u8], exponent: u32) -> Vec<u8> {
     sequence(&[&algorithm, &bit_string(&rsa_public_key)])
 }
 
+/// The length (header and content) of the DER SEQUENCE that `bytes` start with, so padding after
+/// it can be cut off. `None` when `bytes` do not start with a definite-length SEQUENCE that fits.
+pub(crate) fn outer_sequence_len(bytes: &[u8]) -> Option<usize> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if tag != TAG_SEQUENCE {
+        return None;
+    }
+    let (content_len, header_len) = match first {
+        0..=0x7f => (usize::from(first), 2),
+        // Long form: 1..=4 length octets (a certificate is far below 4 GiB); 0x80 is indefinite.
+        0x81..=0x84 => {
+            let count = usize::from(first & 0x7f);
+            let octets = rest.get(..count)?;
+            let len = octets
+                .iter()
+                .fold(0usize, |len, &octet| (len << 8) | usize::from(octet));
+            (len, 2 + count)
+        }
+        _ => return None,
+    };
+    let total = header_len.checked_add(content_len)?;
+    (total <= bytes.len()).then_some(total)
+}
+
 /// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from big-endian `r` and `s`.
 pub(crate) fn ecdsa_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
     sequence(&[&unsigned_integer(r), &unsigned_integer(s)])
@@ -207,6 +233,26 @@ mod tests {
         assert_eq!(&der[5..37], &r);
         assert_eq!(&der[37..39], &[0x02, 30]);
         assert_eq!(&der[39..], &s[2..]);
+    }
+
+    #[test]
+    fn outer_sequence_len_cuts_padding_and_refuses_the_rest() {
+        let short = sequence(&[&unsigned_integer(&[5])]);
+        assert_eq!(outer_sequence_len(&short), Some(5));
+        let long = spki_rsa(&[0xc5u8; 256], 65537);
+        let mut padded = long.clone();
+        padded.extend_from_slice(&[0xff; 100]);
+        assert_eq!(outer_sequence_len(&padded), Some(long.len()));
+        padded[long.len()..].fill(0);
+        assert_eq!(outer_sequence_len(&padded), Some(long.len()));
+        // Truncated, not a SEQUENCE, indefinite length, empty.
+        assert_eq!(outer_sequence_len(&long[..long.len() - 1]), None);
+        assert_eq!(outer_sequence_len(&long[..3]), None);
+        assert_eq!(outer_sequence_len(&[0x02, 0x01, 0x00]), None);
+        assert_eq!(outer_sequence_len(&[0x30, 0x80, 0x00, 0x00]), None);
+        assert_eq!(outer_sequence_len(&[0x30]), None);
+        assert_eq!(outer_sequence_len(&[]), None);
+        assert_eq!(outer_sequence_len(&[0xff; 16]), None);
     }
 
     #[test]

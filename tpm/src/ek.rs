@@ -1,9 +1,13 @@
-//! The endorsement key identity: a stable hash that names this TPM for enrollment.
+//! The endorsement key identity: a stable hash that names this TPM for enrollment, and the EK
+//! certificate its maker wrote into NV.
 
 use sha2::{Digest as _, Sha256};
-use tss_esapi::abstraction::ek;
+use tss_esapi::abstraction::{ek, AsymmetricAlgorithmSelection};
+use tss_esapi::constants::CapabilityType;
 use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
-use tss_esapi::structures::Public;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::structures::{CapabilityData, Public};
+use tss_esapi::Context;
 
 use crate::der;
 use crate::tcti::open_context;
@@ -34,6 +38,70 @@ pub fn ek_public_sha256(tcti: &str) -> Result<String, TpmError> {
     }
     let spki = rsa_spki(&public.map_err(err)?)?;
     Ok(hex::encode(Sha256::digest(&spki)))
+}
+
+/// NV index of the RSA 2048 EK certificate (TCG EK Credential Profile 2.0, low range).
+pub const EK_CERT_NV_INDEX_RSA2048: u32 = 0x01c0_0002;
+
+/// The RSA 2048 EK certificate (DER X.509) the TPM maker wrote into NV index 0x01c00002, or
+/// `None` when the TPM has no such index (many firmware TPMs, and swtpm unless manufactured with
+/// certificates).
+///
+/// Its public key is the EK [`ek_public_sha256`] hashes. NV areas are often larger than the
+/// certificate: padding after the outer DER SEQUENCE is cut off. The certificate is not checked
+/// here; the verifier checks it against the TPM makers' CAs.
+///
+/// # Errors
+/// [`TpmError::BadTcti`] / [`TpmError::OpenTcti`] when the TPM cannot be reached,
+/// [`TpmError::EkCertificate`] when the TPM refuses to list or read the index,
+/// [`TpmError::BadEkCertificate`] when the index does not hold a DER SEQUENCE.
+pub fn ek_certificate(tcti: &str) -> Result<Option<Vec<u8>>, TpmError> {
+    let mut context = open_context(tcti)?;
+    let _span = tracing::info_span!("tpm.ek_certificate", nv_index = "0x01c00002").entered();
+    let err = |source| TpmError::EkCertificate {
+        index: EK_CERT_NV_INDEX_RSA2048,
+        source,
+    };
+    if !nv_index_defined(&mut context, EK_CERT_NV_INDEX_RSA2048).map_err(err)? {
+        tracing::info!("the TPM has no RSA 2048 EK certificate in NV");
+        return Ok(None);
+    }
+    let mut nv = ek::retrieve_ek_pubcert(
+        &mut context,
+        AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+    )
+    .map_err(err)?;
+    let len = der::outer_sequence_len(&nv).ok_or_else(|| TpmError::BadEkCertificate {
+        index: EK_CERT_NV_INDEX_RSA2048,
+        reason: format!(
+            "its {} bytes do not start with a complete DER SEQUENCE",
+            nv.len()
+        ),
+    })?;
+    if len < nv.len() {
+        tracing::debug!(
+            nv_len = nv.len(),
+            cert_len = len,
+            "cut NV padding after the certificate"
+        );
+    }
+    nv.truncate(len);
+    Ok(Some(nv))
+}
+
+/// Whether NV index `index` is defined: the TPM lists handles from `index` on, so the first one
+/// listed is `index` itself exactly when it exists.
+fn nv_index_defined(context: &mut Context, index: u32) -> tss_esapi::Result<bool> {
+    let (data, _more) = context
+        .execute_without_session(|ctx| ctx.get_capability(CapabilityType::Handles, index, 1))?;
+    let CapabilityData::Handles(handles) = data else {
+        return Err(tss_esapi::Error::WrapperError(
+            tss_esapi::WrapperErrorKind::WrongValueFromTpm,
+        ));
+    };
+    Ok(handles
+        .first()
+        .is_some_and(|&handle| u32::from(handle) == index))
 }
 
 /// SubjectPublicKeyInfo of an RSA public area.

@@ -122,6 +122,25 @@ pub enum TpmError {
         source: tss_esapi::Error,
     },
 
+    /// The EK certificate NV index could not be listed or read.
+    #[error("cannot read the EK certificate from TPM NV index {index:#010x}: {source}; check the TPM is reachable and the index is readable (tpm2_nvreadpublic; tpm2_nvread -C {index:#x} {index:#x})")]
+    EkCertificate {
+        /// The NV index.
+        index: u32,
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
+    /// The EK certificate NV index holds no DER certificate.
+    #[error("TPM NV index {index:#010x} does not hold a DER EK certificate: {reason}; the TPM maker's provisioning is damaged or nonstandard: enroll the device without an EK certificate or ask the maker for the certificate")]
+    BadEkCertificate {
+        /// The NV index.
+        index: u32,
+        /// What is wrong with its contents.
+        reason: String,
+    },
+
     /// The TPM returned something of an unexpected shape (algorithm, size).
     #[error("unexpected answer from the TPM for {what}: {reason}; the TPM or its firmware may be unsupported")]
     UnexpectedTpmOutput {

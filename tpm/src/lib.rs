@@ -4,6 +4,7 @@
 //! - [`TpmDeviceKey`]: a non-exportable ECC P-256 signing key under the owner hierarchy, kept on
 //!   disk as a TPM-wrapped blob (useless without this TPM), used for the device's TLS identity.
 //! - [`ek_public_sha256`]: the hash enrollment uses to recognise the device's TPM.
+//! - [`ek_certificate`]: the EK certificate the TPM maker wrote into NV, if any.
 //! - [`seal_secret`] / [`unseal_secret`]: seal a small secret (the data-disk key) to SHA-256 PCR
 //!   values of the boot chain; an unseal refusal names the changed PCRs
 //!   ([`UnsealError::PcrMismatch`]) or the foreign TPM ([`UnsealError::WrongTpm`]).
@@ -28,7 +29,7 @@ mod sealed_blob;
 mod tcti;
 
 pub use blob::sync_parent;
-pub use ek::ek_public_sha256;
+pub use ek::{ek_certificate, ek_public_sha256, EK_CERT_NV_INDEX_RSA2048};
 pub use error::TpmError;
 pub use eventlog::{EventLog, EventLogError, LogEvent, FIRMWARE_EVENT_LOG};
 pub use key::TpmDeviceKey;
