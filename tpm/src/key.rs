@@ -15,6 +15,7 @@ use tss_esapi::structures::{
     Digest, EccParameter, EccPoint, EccScheme, HashScheme, HashcheckTicket, Public, PublicBuilder,
     PublicEccParametersBuilder, Signature, SignatureScheme,
 };
+use tss_esapi::traits::Marshall;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
 
@@ -46,6 +47,7 @@ pub struct TpmDeviceKey {
     context: Mutex<Context>,
     key: KeyHandle,
     spki_der: Vec<u8>,
+    public_area: Vec<u8>,
 }
 
 impl std::fmt::Debug for TpmDeviceKey {
@@ -85,11 +87,20 @@ impl TpmDeviceKey {
             what: "the device key's public area",
             reason: reason.to_string(),
         })?;
+        let public_area = marshal_public(&blob.public, "the device key's public area")?;
         Ok(TpmDeviceKey {
             context: Mutex::new(context),
             key,
             spki_der,
+            public_area,
         })
+    }
+
+    /// The key's public area as the TPM marshals it (TPMT_PUBLIC, without the TPM2B size): what
+    /// the TPM hashes into the key's name (nameAlg SHA-256 || SHA-256 of these bytes), which an
+    /// attestation of this key names.
+    pub fn public_area(&self) -> Vec<u8> {
+        self.public_area.clone()
     }
 
     /// DER SubjectPublicKeyInfo of the P-256 public key (id-ecPublicKey, prime256v1, uncompressed
@@ -169,6 +180,16 @@ fn signing_key_template() -> tss_esapi::Result<Public> {
         )
         .with_ecc_unique_identifier(EccPoint::default())
         .build()
+}
+
+/// The TPMT_PUBLIC bytes of `public` (`what` names it in the error).
+fn marshal_public(public: &Public, what: &'static str) -> Result<Vec<u8>, TpmError> {
+    public
+        .marshall()
+        .map_err(|e| TpmError::UnexpectedTpmOutput {
+            what,
+            reason: format!("cannot marshal it: {e}"),
+        })
 }
 
 /// SubjectPublicKeyInfo of an ECC P-256 public area.

@@ -202,6 +202,37 @@ fn garbage_truncated_and_tampered_blobs_are_rejected() {
 }
 
 #[test]
+fn the_public_area_is_the_tpmt_public_of_the_same_key_and_stays_put() {
+    use tss_esapi::structures::Public;
+    use tss_esapi::traits::UnMarshall;
+    if !require_tool("swtpm") {
+        return;
+    }
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let blob = dir.path().join("device.tpmkey");
+    let key = TpmDeviceKey::open_or_create(&tpm.tcti(), &blob).unwrap();
+    let area = key.public_area();
+    // A TPMT_PUBLIC starts with its type (TPM_ALG_ECC) and name algorithm (SHA-256): no size.
+    assert_eq!(area[..4], [0x00, 0x23, 0x00, 0x0b]);
+    let Public::Ecc {
+        object_attributes,
+        unique,
+        ..
+    } = Public::unmarshall(&area).unwrap()
+    else {
+        panic!("not an ECC public area");
+    };
+    assert!(object_attributes.sign_encrypt() && !object_attributes.restricted());
+    let point = key.public_key_spki_der()[P256_SPKI_LEN - 65..].to_vec();
+    assert_eq!(point[1..33], *unique.x().value(), "same x as the SPKI");
+    assert_eq!(point[33..], *unique.y().value(), "same y as the SPKI");
+    drop(key);
+    let again = TpmDeviceKey::open_or_create(&tpm.tcti(), &blob).unwrap();
+    assert_eq!(again.public_area(), area);
+}
+
+#[test]
 fn unreachable_tpm_gives_a_clear_error() {
     let port = cairn_testsupport::free_port();
     let tcti = format!("swtpm:host=127.0.0.1,port={port}");
