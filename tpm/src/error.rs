@@ -141,6 +141,65 @@ pub enum TpmError {
         reason: String,
     },
 
+    /// A nonce or qualifying data for an attestation is longer than the TPM accepts.
+    #[error("cannot attest with {len} bytes of qualifying data (nonce): the TPM takes at most 64 bytes; send a 32-byte nonce or its SHA-256")]
+    QualifyingData {
+        /// Length given.
+        len: usize,
+    },
+
+    /// TPM2_Certify of the device key by the attestation key failed.
+    #[error("the TPM failed to certify the device key with the attestation key: {source}; check both keys were opened on this TPM and it has a free object slot, then retry")]
+    Certify {
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
+    /// TPM2_Quote by the attestation key failed.
+    #[error("the TPM failed to quote PCRs {pcrs} with the attestation key: {source}; check the TPM has the SHA-256 PCR bank allocated (tpm2_getcap pcrs) and a free object slot, then retry")]
+    Quote {
+        /// The selection, e.g. `7,11`.
+        pcrs: String,
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
+    /// The quoted PCRs changed between every quote and reading their values.
+    #[error("PCRs {pcrs} changed between the quote and reading them, {attempts} times in a row; something keeps extending them (IMA measuring files, boot still in progress): quote again later or quote other PCRs")]
+    PcrsChanging {
+        /// The selection, e.g. `7,11`.
+        pcrs: String,
+        /// How many quotes were made.
+        attempts: u32,
+    },
+
+    /// A credential challenge part is larger than its TPM2B structure.
+    #[error("the {what} of the credential challenge is {len} bytes, more than the TPM structure holds; the challenge is damaged or not a TPM credential: ask the verifier for a new one")]
+    BadCredential {
+        /// `credential blob (TPM2B_ID_OBJECT)` or `encrypted secret (TPM2B_ENCRYPTED_SECRET)`.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+    },
+
+    /// The TPM refused to activate the credential: it is not for this TPM's EK and this AK.
+    #[error("the TPM refused to activate the credential ({source}): it was not made for this TPM's endorsement key and this attestation key (the AK name or the EK differ, or the challenge was altered); the verifier must make the credential with this device's EK public key and AK name")]
+    ActivateCredential {
+        /// The TPM's refusal.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
+    /// TPM2_ActivateCredential could not run (session, policy or TPM failure, not a refusal).
+    #[error("the TPM failed to run ActivateCredential: {source}; Cairn expects an empty endorsement hierarchy authorization (for the EK's PolicySecret) and free object and session slots; check the TPM is reachable, then retry")]
+    ActivateCredentialFailed {
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
     /// The TPM returned something of an unexpected shape (algorithm, size).
     #[error("unexpected answer from the TPM for {what}: {reason}; the TPM or its firmware may be unsupported")]
     UnexpectedTpmOutput {

@@ -28,7 +28,7 @@ use crate::tcti::open_context;
 use crate::TpmError;
 
 /// The device key: an unrestricted P-256 ECDSA signing key.
-const DEVICE_KEY: KeyKind = KeyKind {
+pub(crate) const DEVICE_KEY: KeyKind = KeyKind {
     name: "device signing key",
     template: signing_key_template,
     check: check_p256_signing,
@@ -97,10 +97,17 @@ impl TpmDeviceKey {
     }
 
     /// The key's public area as the TPM marshals it (TPMT_PUBLIC, without the TPM2B size): what
-    /// the TPM hashes into the key's name (nameAlg SHA-256 || SHA-256 of these bytes), which an
-    /// attestation of this key names.
+    /// the TPM hashes into the key's name (nameAlg SHA-256 || SHA-256 of these bytes), which a
+    /// [`crate::Certification`] of this key names.
     pub fn public_area(&self) -> Vec<u8> {
         self.public_area.clone()
+    }
+
+    /// Run `f` with this key's TPM context and the key's handle in it, holding the context's lock:
+    /// transient handles are only valid in the context that loaded them, so another key that has
+    /// to work with this one (the attestation key certifying it) is loaded into this context.
+    pub(crate) fn with_loaded_key<R>(&self, f: impl FnOnce(&mut Context, KeyHandle) -> R) -> R {
+        f(&mut self.lock(), self.key)
     }
 
     /// DER SubjectPublicKeyInfo of the P-256 public key (id-ecPublicKey, prime256v1, uncompressed
@@ -129,22 +136,7 @@ impl TpmDeviceKey {
                 ctx.sign(self.key, digest, scheme, validation)
             })
             .map_err(|source| TpmError::Sign { source })?;
-        let unexpected = |reason: String| TpmError::UnexpectedTpmOutput {
-            what: "an ECDSA signature",
-            reason,
-        };
-        let Signature::EcDsa(ecc) = signature else {
-            return Err(unexpected(format!(
-                "got a {:?} signature",
-                signature.algorithm()
-            )));
-        };
-        let r = ecc.signature_r().value();
-        let s = ecc.signature_s().value();
-        if r.len() > P256_COORDINATE_LEN || s.len() > P256_COORDINATE_LEN {
-            return Err(unexpected(format!("r/s of {}/{} bytes", r.len(), s.len())));
-        }
-        Ok(der::ecdsa_signature(r, s))
+        ecdsa_signature_der(signature)
     }
 
     /// The context, even if another thread panicked while holding it (the TPM context itself
@@ -182,8 +174,29 @@ fn signing_key_template() -> tss_esapi::Result<Public> {
         .build()
 }
 
+/// A P-256 ECDSA signature from the TPM as a DER `Ecdsa-Sig-Value` (SEQUENCE of two INTEGERs), as
+/// X.509, TLS and ring's `ECDSA_P256_SHA256_ASN1` expect.
+pub(crate) fn ecdsa_signature_der(signature: Signature) -> Result<Vec<u8>, TpmError> {
+    let unexpected = |reason: String| TpmError::UnexpectedTpmOutput {
+        what: "an ECDSA signature",
+        reason,
+    };
+    let Signature::EcDsa(ecc) = signature else {
+        return Err(unexpected(format!(
+            "got a {:?} signature",
+            signature.algorithm()
+        )));
+    };
+    let r = ecc.signature_r().value();
+    let s = ecc.signature_s().value();
+    if r.len() > P256_COORDINATE_LEN || s.len() > P256_COORDINATE_LEN {
+        return Err(unexpected(format!("r/s of {}/{} bytes", r.len(), s.len())));
+    }
+    Ok(der::ecdsa_signature(r, s))
+}
+
 /// The TPMT_PUBLIC bytes of `public` (`what` names it in the error).
-fn marshal_public(public: &Public, what: &'static str) -> Result<Vec<u8>, TpmError> {
+pub(crate) fn marshal_public(public: &Public, what: &'static str) -> Result<Vec<u8>, TpmError> {
     public
         .marshall()
         .map_err(|e| TpmError::UnexpectedTpmOutput {

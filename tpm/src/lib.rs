@@ -1,10 +1,14 @@
-//! TPM 2.0 operations for Cairn devices (tss-esapi): the device signing key and the endorsement
-//! key identity, and sealing the data-disk key to a PCR policy.
+//! TPM 2.0 operations for Cairn devices (tss-esapi): the device signing key, the endorsement key
+//! identity, the device side of attestation, and sealing the data-disk key to a PCR policy.
 //!
 //! - [`TpmDeviceKey`]: a non-exportable ECC P-256 signing key under the owner hierarchy, kept on
 //!   disk as a TPM-wrapped blob (useless without this TPM), used for the device's TLS identity.
 //! - [`ek_public_sha256`]: the hash enrollment uses to recognise the device's TPM.
 //! - [`ek_certificate`]: the EK certificate the TPM maker wrote into NV, if any.
+//! - [`AttestationKey`]: a restricted P-256 signing key beside the device key that proves it to a
+//!   verifier: [`AttestationKey::certify`] (the device key is in this TPM),
+//!   [`AttestationKey::activate_credential`] (the AK is in the TPM of this EK),
+//!   [`AttestationKey::quote`] (signed PCR values with the verifier's nonce).
 //! - [`seal_secret`] / [`unseal_secret`]: seal a small secret (the data-disk key) to SHA-256 PCR
 //!   values of the boot chain; an unseal refusal names the changed PCRs
 //!   ([`UnsealError::PcrMismatch`]) or the foreign TPM ([`UnsealError::WrongTpm`]).
@@ -16,6 +20,7 @@
 //! All calls block on the TPM: from async code run them in `spawn_blocking`. Every TPM call runs in
 //! a `tracing` span named `tpm.*`; no key material is ever logged.
 
+mod attest;
 mod blob;
 mod der;
 mod ek;
@@ -28,6 +33,7 @@ mod seal;
 mod sealed_blob;
 mod tcti;
 
+pub use attest::{AttestationKey, Certification, Quote, MAX_QUALIFYING_DATA_LEN};
 pub use blob::sync_parent;
 pub use ek::{ek_certificate, ek_public_sha256, EK_CERT_NV_INDEX_RSA2048};
 pub use error::TpmError;

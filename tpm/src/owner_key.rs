@@ -1,5 +1,7 @@
 //! Keys under the owner hierarchy's storage primary, kept on disk as TPM-wrapped blobs: the
-//! primary's template, creating a key from a template and writing its blob, loading a blob.
+//! primary's template, creating a key from a template and writing its blob, loading a blob, and
+//! flushing objects and sessions again (swtpm, reached without a resource manager, holds only
+//! three transient objects).
 //!
 //! The device key ([`crate::TpmDeviceKey`]), the attestation key ([`crate::AttestationKey`]) and
 //! sealed secrets share this parent, so one owner seed backs every blob of a device.
@@ -7,7 +9,7 @@
 use std::path::Path;
 
 use tss_esapi::attributes::ObjectAttributes;
-use tss_esapi::handles::KeyHandle;
+use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
@@ -91,6 +93,19 @@ pub(crate) fn load(
         })
 }
 
+/// Load `blob` (read from `blob_path`) under a freshly made owner primary, which is flushed again
+/// before returning: afterwards the key alone occupies a TPM object slot.
+pub(crate) fn load_under_owner_primary(
+    context: &mut Context,
+    blob: &KeyBlob,
+    blob_path: &Path,
+) -> Result<KeyHandle, TpmError> {
+    let primary = create_owner_primary(context)?;
+    let loaded = load(context, primary, blob, blob_path);
+    flush(context, primary);
+    loaded
+}
+
 /// Create a new `kind` key under `primary`; returns its public and wrapped private parts.
 fn create_key(
     context: &mut Context,
@@ -170,6 +185,14 @@ pub(crate) fn flush(context: &mut Context, handle: KeyHandle) {
     }
 }
 
+/// Flush a session, logging (not failing) when the TPM refuses.
+pub(crate) fn flush_session(context: &mut Context, session: AuthSession) {
+    let handle = SessionHandle::from(session);
+    if let Err(e) = context.flush_context(ObjectHandle::from(handle)) {
+        tracing::warn!(error = %e, "could not flush a TPM session; a session slot stays in use until the TPM context closes");
+    }
+}
+
 /// Why a public area is not the signing key Cairn makes.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum KeyShapeError {
@@ -182,6 +205,12 @@ pub(crate) enum KeyShapeError {
     /// A decryption or restricted key.
     #[error("the key is not an unrestricted signing key")]
     NotSigning,
+    /// Not a restricted signing-only key (an attestation key signs only TPM-made structures).
+    #[error("the key is not a restricted signing-only key")]
+    NotRestrictedSigning,
+    /// Another name algorithm.
+    #[error("the key's name algorithm is {0:?}, not SHA-256")]
+    NameAlgorithm(HashingAlgorithm),
     /// The key may leave the TPM.
     #[error("the key is exportable (fixedTPM not set)")]
     Exportable,

@@ -45,7 +45,7 @@
 use tss_esapi::attributes::{ObjectAttributes, SessionAttributesBuilder};
 use tss_esapi::constants::response_code::{Tss2ResponseCode, Tss2ResponseCodeKind};
 use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{KeyHandle, ObjectHandle, SessionHandle};
+use tss_esapi::handles::{KeyHandle, ObjectHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
@@ -55,7 +55,7 @@ use tss_esapi::structures::{
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
-use crate::owner_key::{create_owner_primary, flush};
+use crate::owner_key::{create_owner_primary, flush, flush_session};
 use crate::pcr::{pcr_values_digest, policy_pcr_digest, read_pcrs_with, PcrSelection, PcrValues};
 use crate::sealed_blob::{check_sealed_public, SealedSecret};
 use crate::tcti::open_context;
@@ -415,13 +415,6 @@ fn no_session(kind: &str) -> TpmError {
     TpmError::UnexpectedTpmOutput {
         what: "a session",
         reason: format!("the TPM returned no {kind} session handle"),
-    }
-}
-
-fn flush_session(context: &mut Context, session: AuthSession) {
-    let handle = SessionHandle::from(session);
-    if let Err(e) = context.flush_context(ObjectHandle::from(handle)) {
-        tracing::warn!(error = %e, "could not flush a TPM session; a session slot stays in use until the TPM context closes");
     }
 }
 
