@@ -20,10 +20,10 @@
 //! objects, and the device key already uses one. Everything loaded (AK, EK, sessions) is flushed
 //! before a call returns, on error paths too.
 //!
-//! [`AttestationKey::quote`] and [`AttestationKey::activate_credential`] open their own TPM
-//! connection; [`AttestationKey::certify`] works in the device key's connection. swtpm serves one
-//! connection at a time, so on swtpm those two (and [`AttestationKey::open_or_create`]) wait while
-//! a [`crate::TpmDeviceKey`] on the same swtpm is open; `/dev/tpmrm0` has no such limit.
+//! [`AttestationKey::certify`] works in the device key's connection; the other calls take a
+//! [`TpmAccess`]: a TCTI to open a connection for the call, or an open [`crate::TpmDeviceKey`]
+//! whose connection to use. swtpm serves one connection at a time, so a process holding a device
+//! key on swtpm passes that key; `/dev/tpmrm0` has no such limit.
 
 use std::path::{Path, PathBuf};
 
@@ -58,7 +58,7 @@ use crate::owner_key::{
     read_blob, KeyKind, KeyShapeError,
 };
 use crate::pcr::{pcr_values_digest, read_pcrs_with, PcrSelection, PcrValues};
-use crate::tcti::open_context;
+use crate::tcti::TpmAccess;
 use crate::{TpmDeviceKey, TpmError};
 
 /// Longest qualifying data (nonce) the TPM accepts in certify and quote (`TPM2B_DATA`).
@@ -74,7 +74,6 @@ const QUOTE_ATTEMPTS: u32 = 5;
 /// authorization value. It holds no TPM connection: each call loads it and flushes it again
 /// (see the module docs).
 pub struct AttestationKey {
-    tcti: String,
     blob_path: PathBuf,
     blob: KeyBlob,
     public_area: Vec<u8>,
@@ -133,19 +132,23 @@ impl AttestationKey {
     /// [`TpmError::CreateKey`], [`TpmError::ReadBlob`], [`TpmError::BadBlob`] (damaged file or not
     /// an attestation key), [`TpmError::LoadBlob`] (blob from another TPM or a cleared TPM),
     /// [`TpmError::WriteBlob`].
-    pub fn open_or_create(tcti: &str, blob_path: &Path) -> Result<Self, TpmError> {
+    pub fn open_or_create<'a>(
+        access: impl Into<TpmAccess<'a>>,
+        blob_path: &Path,
+    ) -> Result<Self, TpmError> {
         let _span =
             tracing::info_span!("tpm.attestation_key.open", path = %blob_path.display()).entered();
         let existing = read_blob(&ATTESTATION_KEY, blob_path)?;
-        let mut context = open_context(tcti)?;
-        let primary = create_owner_primary(&mut context)?;
-        let loaded = load_or_create(&mut context, primary, &ATTESTATION_KEY, existing, blob_path);
-        flush(&mut context, primary);
-        let (key, blob) = loaded?;
-        flush(&mut context, key);
+        let blob = access.into().run(|context| {
+            let primary = create_owner_primary(context)?;
+            let loaded = load_or_create(context, primary, &ATTESTATION_KEY, existing, blob_path);
+            flush(context, primary);
+            let (key, blob) = loaded?;
+            flush(context, key);
+            Ok(blob)
+        })?;
         let public_area = marshal_public(&blob.public, "the attestation key's public area")?;
         Ok(AttestationKey {
-            tcti: tcti.to_string(),
             blob_path: blob_path.to_path_buf(),
             blob,
             public_area,
@@ -211,8 +214,9 @@ impl AttestationKey {
     /// TPM's EK and this AK. [`TpmError::BadCredential`] for oversized inputs,
     /// [`TpmError::EndorsementKey`], [`TpmError::LoadBlob`], [`TpmError::ActivateCredentialFailed`]
     /// for other TPM failures.
-    pub fn activate_credential(
+    pub fn activate_credential<'a>(
         &self,
+        access: impl Into<TpmAccess<'a>>,
         id_object: &[u8],
         encrypted_secret: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, TpmError> {
@@ -228,13 +232,14 @@ impl AttestationKey {
                 len: encrypted_secret.len(),
             }
         })?;
-        let mut context = open_context(&self.tcti)?;
-        let activated = self.with_loaded(&mut context, |context, ak| {
-            let ek = ek::create_ek_object(context, AsymmetricAlgorithm::Rsa, None)
-                .map_err(|source| TpmError::EndorsementKey { source })?;
-            let result = activate_with_ek_policy(context, ak, ek, credential, secret);
-            flush(context, ek);
-            result
+        let activated = access.into().run(|context| {
+            self.with_loaded(context, |context, ak| {
+                let ek = ek::create_ek_object(context, AsymmetricAlgorithm::Rsa, None)
+                    .map_err(|source| TpmError::EndorsementKey { source })?;
+                let result = activate_with_ek_policy(context, ak, ek, credential, secret);
+                flush(context, ek);
+                result
+            })
         });
         match &activated {
             Ok(_) => tracing::info!("credential activated"),
@@ -254,14 +259,20 @@ impl AttestationKey {
     /// [`TpmError::BadPcrSelection`], [`TpmError::QualifyingData`], [`TpmError::LoadBlob`],
     /// [`TpmError::Quote`], [`TpmError::ReadPcrs`], [`TpmError::PcrsChanging`],
     /// [`TpmError::UnexpectedTpmOutput`].
-    pub fn quote(&self, nonce: &[u8], pcrs: &[u8]) -> Result<Quote, TpmError> {
+    pub fn quote<'a>(
+        &self,
+        access: impl Into<TpmAccess<'a>>,
+        nonce: &[u8],
+        pcrs: &[u8],
+    ) -> Result<Quote, TpmError> {
         let selection = PcrSelection::new(pcrs.iter().copied())?;
         let _span =
             tracing::info_span!("tpm.quote", pcrs = %selection, nonce_len = nonce.len()).entered();
         let data = qualifying(nonce)?;
-        let mut context = open_context(&self.tcti)?;
-        self.with_loaded(&mut context, |context, ak| {
-            quote_consistent(context, ak, data, &selection)
+        access.into().run(|context| {
+            self.with_loaded(context, |context, ak| {
+                quote_consistent(context, ak, data, &selection)
+            })
         })
     }
 

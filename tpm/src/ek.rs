@@ -10,7 +10,7 @@ use tss_esapi::structures::{CapabilityData, Public};
 use tss_esapi::Context;
 
 use crate::der;
-use crate::tcti::open_context;
+use crate::tcti::TpmAccess;
 use crate::TpmError;
 
 /// The RSA exponent a TPM public area reports as 0.
@@ -27,17 +27,18 @@ const DEFAULT_RSA_EXPONENT: u32 = 65537;
 /// # Errors
 /// [`TpmError::BadTcti`] / [`TpmError::OpenTcti`] when the TPM cannot be reached,
 /// [`TpmError::EndorsementKey`] when the TPM refuses to create or read the EK.
-pub fn ek_public_sha256(tcti: &str) -> Result<String, TpmError> {
-    let mut context = open_context(tcti)?;
-    let _span = tracing::info_span!("tpm.ek_public").entered();
-    let err = |source| TpmError::EndorsementKey { source };
-    let handle = ek::create_ek_object(&mut context, AsymmetricAlgorithm::Rsa, None).map_err(err)?;
-    let public = context.read_public(handle).map(|(public, _, _)| public);
-    if let Err(e) = context.flush_context(handle.into()) {
-        tracing::warn!(error = %e, "could not flush the transient endorsement key");
-    }
-    let spki = rsa_spki(&public.map_err(err)?)?;
-    Ok(hex::encode(Sha256::digest(&spki)))
+pub fn ek_public_sha256<'a>(access: impl Into<TpmAccess<'a>>) -> Result<String, TpmError> {
+    access.into().run(|context| {
+        let _span = tracing::info_span!("tpm.ek_public").entered();
+        let err = |source| TpmError::EndorsementKey { source };
+        let handle = ek::create_ek_object(context, AsymmetricAlgorithm::Rsa, None).map_err(err)?;
+        let public = context.read_public(handle).map(|(public, _, _)| public);
+        if let Err(e) = context.flush_context(handle.into()) {
+            tracing::warn!(error = %e, "could not flush the transient endorsement key");
+        }
+        let spki = rsa_spki(&public.map_err(err)?)?;
+        Ok(hex::encode(Sha256::digest(&spki)))
+    })
 }
 
 /// NV index of the RSA 2048 EK certificate (TCG EK Credential Profile 2.0, low range).
@@ -55,19 +56,22 @@ pub const EK_CERT_NV_INDEX_RSA2048: u32 = 0x01c0_0002;
 /// [`TpmError::BadTcti`] / [`TpmError::OpenTcti`] when the TPM cannot be reached,
 /// [`TpmError::EkCertificate`] when the TPM refuses to list or read the index,
 /// [`TpmError::BadEkCertificate`] when the index does not hold a DER SEQUENCE.
-pub fn ek_certificate(tcti: &str) -> Result<Option<Vec<u8>>, TpmError> {
-    let mut context = open_context(tcti)?;
+pub fn ek_certificate<'a>(access: impl Into<TpmAccess<'a>>) -> Result<Option<Vec<u8>>, TpmError> {
+    access.into().run(ek_certificate_in)
+}
+
+fn ek_certificate_in(context: &mut Context) -> Result<Option<Vec<u8>>, TpmError> {
     let _span = tracing::info_span!("tpm.ek_certificate", nv_index = "0x01c00002").entered();
     let err = |source| TpmError::EkCertificate {
         index: EK_CERT_NV_INDEX_RSA2048,
         source,
     };
-    if !nv_index_defined(&mut context, EK_CERT_NV_INDEX_RSA2048).map_err(err)? {
+    if !nv_index_defined(context, EK_CERT_NV_INDEX_RSA2048).map_err(err)? {
         tracing::info!("the TPM has no RSA 2048 EK certificate in NV");
         return Ok(None);
     }
     let mut nv = ek::retrieve_ek_pubcert(
-        &mut context,
+        context,
         AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
     )
     .map_err(err)?;

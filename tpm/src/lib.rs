@@ -46,4 +46,4 @@ pub use seal::{
     seal_secret, seal_secret_to, unseal_secret, PcrChange, UnsealError, MAX_SECRET_LEN,
 };
 pub use sealed_blob::SealedSecret;
-pub use tcti::parse_tcti;
+pub use tcti::{parse_tcti, TpmAccess};

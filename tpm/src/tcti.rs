@@ -6,7 +6,7 @@ use std::sync::Once;
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::Context;
 
-use crate::TpmError;
+use crate::{TpmDeviceKey, TpmError};
 
 /// Parse a TCTI string into a [`TctiNameConf`].
 ///
@@ -93,6 +93,51 @@ mod tests {
             let msg = err.to_string();
             assert!(matches!(err, TpmError::BadTcti { .. }), "{bad}: {msg}");
             assert!(msg.contains("device:/dev/tpmrm0"), "{bad}: {msg}");
+        }
+    }
+}
+
+/// Where a TPM call runs: on a new connection through a TCTI string, or on the connection an
+/// open [`TpmDeviceKey`] already holds.
+///
+/// swtpm (reached over TCP, with no resource manager) serves one connection at a time, so a
+/// process that keeps a device key open on it must run every other TPM call through that key's
+/// connection; `/dev/tpmrm0` has no such limit and either works.
+#[derive(Debug, Clone, Copy)]
+pub enum TpmAccess<'a> {
+    /// Open a connection for the call, close it after.
+    Tcti(&'a str),
+    /// Use this open device key's connection (it is locked for the call).
+    DeviceKey(&'a TpmDeviceKey),
+}
+
+impl<'a> From<&'a str> for TpmAccess<'a> {
+    fn from(tcti: &'a str) -> Self {
+        TpmAccess::Tcti(tcti)
+    }
+}
+
+impl<'a> From<&'a String> for TpmAccess<'a> {
+    fn from(tcti: &'a String) -> Self {
+        TpmAccess::Tcti(tcti)
+    }
+}
+
+impl<'a> From<&'a TpmDeviceKey> for TpmAccess<'a> {
+    fn from(key: &'a TpmDeviceKey) -> Self {
+        TpmAccess::DeviceKey(key)
+    }
+}
+
+impl TpmAccess<'_> {
+    /// Run `f` with a TPM context: a fresh one, or the device key's.
+    pub(crate) fn run<R>(
+        self,
+        f: impl FnOnce(&mut Context) -> Result<R, TpmError>,
+    ) -> Result<R, TpmError> {
+        match self {
+            TpmAccess::Tcti(tcti) => f(&mut open_context(tcti)?),
+            TpmAccess::DeviceKey(key) => key.with_loaded_key(|context, _| f(context)),
         }
     }
 }

@@ -409,7 +409,9 @@ fn activate_credential_returns_the_secret_made_for_this_ek_and_ak() {
     for round in 0..4u8 {
         let secret = [round ^ 0x5a; 32];
         let (id_object, encrypted) = make_credential(&tpm, &secret, &name);
-        let activated = ak.activate_credential(&id_object, &encrypted).unwrap();
+        let activated = ak
+            .activate_credential(&tpm.tcti(), &id_object, &encrypted)
+            .unwrap();
         assert_eq!(activated.as_slice(), secret);
     }
 }
@@ -426,7 +428,9 @@ fn a_credential_for_another_name_or_tpm_is_refused() {
     let secret = [0x42u8; 32];
 
     let (id_object, encrypted) = make_credential(&tpm, &secret, &name_of(&other_ak.public_area()));
-    let err = ak.activate_credential(&id_object, &encrypted).unwrap_err();
+    let err = ak
+        .activate_credential(&tpm.tcti(), &id_object, &encrypted)
+        .unwrap_err();
     assert!(
         matches!(err, TpmError::ActivateCredential { .. }),
         "{err:?}"
@@ -438,7 +442,7 @@ fn a_credential_for_another_name_or_tpm_is_refused() {
     );
     // The right AK gets that very credential.
     let activated = other_ak
-        .activate_credential(&id_object, &encrypted)
+        .activate_credential(&tpm.tcti(), &id_object, &encrypted)
         .unwrap();
     assert_eq!(activated.as_slice(), secret);
 
@@ -446,7 +450,9 @@ fn a_credential_for_another_name_or_tpm_is_refused() {
     let another_tpm = Swtpm::start();
     let (id_object, encrypted) =
         make_credential(&another_tpm, &secret, &name_of(&ak.public_area()));
-    let err = ak.activate_credential(&id_object, &encrypted).unwrap_err();
+    let err = ak
+        .activate_credential(&tpm.tcti(), &id_object, &encrypted)
+        .unwrap_err();
     assert!(
         matches!(err, TpmError::ActivateCredential { .. }),
         "{err:?}"
@@ -456,20 +462,24 @@ fn a_credential_for_another_name_or_tpm_is_refused() {
     let (mut id_object, encrypted) = make_credential(&tpm, &secret, &name_of(&ak.public_area()));
     let last = id_object.len() - 1;
     id_object[last] ^= 1;
-    let err = ak.activate_credential(&id_object, &encrypted).unwrap_err();
+    let err = ak
+        .activate_credential(&tpm.tcti(), &id_object, &encrypted)
+        .unwrap_err();
     assert!(
         matches!(err, TpmError::ActivateCredential { .. }),
         "{err:?}"
     );
 
     // Oversized inputs are refused before the TPM is asked.
-    let err = ak.activate_credential(&[0; 4096], &encrypted).unwrap_err();
+    let err = ak
+        .activate_credential(&tpm.tcti(), &[0; 4096], &encrypted)
+        .unwrap_err();
     assert!(matches!(err, TpmError::BadCredential { .. }), "{err:?}");
 
     // The refusals left nothing loaded: a good credential still activates.
     let (id_object, encrypted) = make_credential(&tpm, &secret, &name_of(&ak.public_area()));
     assert_eq!(
-        ak.activate_credential(&id_object, &encrypted)
+        ak.activate_credential(&tpm.tcti(), &id_object, &encrypted)
             .unwrap()
             .as_slice(),
         secret
@@ -492,7 +502,7 @@ fn quote_signs_the_pcr_values_and_the_nonce() {
 
     for round in 0..4u8 {
         let nonce = [round; 20];
-        let quote = ak.quote(&nonce, &[16, 0, 7]).unwrap();
+        let quote = ak.quote(&tpm.tcti(), &nonce, &[16, 0, 7]).unwrap();
         assert!(verifies(&ak_point, &quote.attest, &quote.signature_der));
         let attest = parse_attest(&quote.attest);
         assert_eq!(attest.kind, ST_ATTEST_QUOTE);
@@ -514,10 +524,10 @@ fn quote_signs_the_pcr_values_and_the_nonce() {
         assert!(quoted.is_empty());
     }
 
-    let err = ak.quote(&[0; 65], &[7]).unwrap_err();
+    let err = ak.quote(&tpm.tcti(), &[0; 65], &[7]).unwrap_err();
     assert!(matches!(err, TpmError::QualifyingData { .. }), "{err:?}");
-    let err = ak.quote(b"nonce", &[24]).unwrap_err();
+    let err = ak.quote(&tpm.tcti(), b"nonce", &[24]).unwrap_err();
     assert!(matches!(err, TpmError::BadPcrSelection { .. }), "{err:?}");
-    let err = ak.quote(b"nonce", &[]).unwrap_err();
+    let err = ak.quote(&tpm.tcti(), b"nonce", &[]).unwrap_err();
     assert!(matches!(err, TpmError::BadPcrSelection { .. }), "{err:?}");
 }
