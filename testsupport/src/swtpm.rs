@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use cairn_io::Tool;
-
 use crate::ports::{free_port, port_is_free, reserve};
 use crate::VendorCa;
 
@@ -15,8 +13,6 @@ use crate::VendorCa;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for swtpm to exit after a shutdown request before killing it.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long `swtpm_setup` may take to manufacture a TPM (it takes about a second).
-const SETUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How many port pairs to try when another process takes the one we picked.
 const START_ATTEMPTS: usize = 5;
 /// swtpm control channel command `CMD_SHUTDOWN` (swtpm's `tpm_ioctl.h`).
@@ -109,7 +105,7 @@ impl Swtpm {
             .prefix("cairn-swtpm-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for swtpm state: {e}"));
-        if let Err(e) = manufacture(dir.path(), ca) {
+        if let Err(e) = ca.manufacture(dir.path()) {
             panic!(
                 "cannot manufacture a TPM with EK certificates from the vendor CA in {}: {e}",
                 ca.dir().display()
@@ -205,22 +201,6 @@ impl Drop for Swtpm {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// `swtpm_setup` in `dir`: new seeds, EKs, and their certificates from `ca` written to NV.
-fn manufacture(dir: &Path, ca: &VendorCa) -> Result<(), Box<cairn_io::ToolError>> {
-    Tool::new("swtpm_setup")
-        .purpose("manufacture a test TPM with EK certificates")
-        .install_hint("install the swtpm-tools package")
-        .args(["--tpm2", "--tpmstate"])
-        .arg(dir)
-        .args(["--create-ek-cert", "--config"])
-        .arg(ca.swtpm_setup_conf())
-        .arg("--overwrite")
-        .timeout(SETUP_TIMEOUT)
-        .run()
-        .map(drop)
-        .map_err(Box::new)
 }
 
 /// A port `p` with `p` and `p + 1` both free on 127.0.0.1.

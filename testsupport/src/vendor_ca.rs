@@ -23,6 +23,8 @@ const ROOT_CERT: &str = "swtpm-localca-rootca-cert.pem";
 const ISSUER_CERT: &str = "issuercert.pem";
 /// Serializes CA creation between threads and processes using the same directory.
 const LOCK_FILE: &str = ".cairn-vendor-ca.lock";
+/// How long `swtpm_setup` may take to manufacture a TPM (it takes about a second).
+const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// A syntactically valid RSA-2048 modulus: the throwaway EK certificate that makes
 /// `swtpm_localca` create its root and issuer now, before any TPM is made.
 const THROWAWAY_EK_MODULUS: &str = concat!(
@@ -167,6 +169,27 @@ impl VendorCa {
             }
         }
         pem
+    }
+
+    /// Manufacture a TPM in the swtpm state directory `dir` with `swtpm_setup`: new seeds, the
+    /// EKs, and their certificates from this CA written to NV (RSA 2048 at 0x01c00002), as a
+    /// TPM maker does. Overwrites any TPM state in `dir`.
+    ///
+    /// # Errors
+    /// `swtpm_setup` could not run or failed (the error carries its output).
+    pub fn manufacture(&self, dir: &Path) -> Result<(), Box<cairn_io::ToolError>> {
+        Tool::new("swtpm_setup")
+            .purpose("manufacture a test TPM with EK certificates")
+            .install_hint("install the swtpm-tools package")
+            .args(["--tpm2", "--tpmstate"])
+            .arg(dir)
+            .args(["--create-ek-cert", "--config"])
+            .arg(self.swtpm_setup_conf())
+            .arg("--overwrite")
+            .timeout(SETUP_TIMEOUT)
+            .run()
+            .map(drop)
+            .map_err(Box::new)
     }
 }
 
