@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_proto::v1::{EnrollRequest, EnrollStatus};
+use cairn_proto::v1::{EnrollRequest, EnrollResponse, EnrollStatus, TpmActivation, TpmEvidence};
 use tonic::Code;
 use tracing::{error, info, info_span, warn, Instrument};
 
@@ -14,11 +14,13 @@ use crate::channel::{enrollment_client, CentralDialer, ChannelError, REQUEST_TIM
 use crate::csr::{build_csr_async, CsrError};
 use crate::facts::HardwareFacts;
 use crate::identity::IdentityStore;
+use crate::key::DeviceKey;
 use crate::liveness::Liveness;
 use crate::shutdown::Shutdown;
 use crate::state::{StateError, StoredIdentity};
 use crate::status::{Phase, StatusReporter};
 use crate::time_sync::TimeKeeper;
+use crate::tpm_key::TpmKeyError;
 
 /// Longest wait central may ask for between two Enroll calls while pending.
 pub const MAX_PENDING_RETRY: Duration = Duration::from_secs(3600);
@@ -64,6 +66,9 @@ pub enum EnrollError {
     /// The new identity could not be stored.
     #[error("cannot store the device identity: {0}")]
     State(#[from] StateError),
+    /// The TPM could not produce its evidence or answer central's challenge.
+    #[error("cannot prove the TPM to central: {0}")]
+    Tpm(#[from] TpmKeyError),
 }
 
 impl From<ChannelError> for EnrollError {
@@ -105,44 +110,62 @@ impl std::fmt::Debug for Enroller {
 }
 
 impl Enroller {
-    /// One Enroll call with a CSR made now. Nothing is stored; see [`Enroller::enroll`].
+    /// One Enroll call with a CSR made now (and, for a TPM key, its evidence and the answer to
+    /// central's challenge). Nothing is stored; see [`Enroller::enroll`].
     pub async fn enroll_once(&self) -> Result<EnrollOutcome, EnrollError> {
         let csr = build_csr_async(self.identity.key(), &self.facts.serial).await?;
-        self.enroll_with_csr(csr).await
+        let evidence = self.tpm_evidence().await?;
+        self.enroll_with_csr(csr, evidence.as_ref()).await
     }
 
-    async fn enroll_with_csr(&self, csr_der: Vec<u8>) -> Result<EnrollOutcome, EnrollError> {
+    /// The TPM evidence for a TPM-resident key (blocking TPM work off the runtime).
+    async fn tpm_evidence(&self) -> Result<Option<TpmEvidence>, EnrollError> {
+        let DeviceKey::Tpm(key) = self.identity.key().clone() else {
+            return Ok(None);
+        };
+        let evidence = tokio::task::spawn_blocking(move || key.evidence())
+            .await
+            .map_err(|e| EnrollError::Unavailable(format!("TPM task failed: {e}")))??;
+        Ok(Some(evidence))
+    }
+
+    async fn enroll_with_csr(
+        &self,
+        csr_der: Vec<u8>,
+        evidence: Option<&TpmEvidence>,
+    ) -> Result<EnrollOutcome, EnrollError> {
         let span = info_span!("central.enroll", endpoint = self.dialer.endpoint(), serial = %self.facts.serial);
         async {
             let channel = self.dialer.enrollment_channel().await?;
             let mut client = enrollment_client(channel);
-            let request = EnrollRequest {
+            let mut request = EnrollRequest {
                 token: self.token.clone(),
                 csr_der,
                 facts: Some(self.facts.to_proto()),
+                tpm: evidence.cloned(),
+                activation: None,
             };
-            let response = tokio::time::timeout(REQUEST_TIMEOUT, client.enroll(request))
-                .await
-                .map_err(|_| {
-                    EnrollError::Unavailable(format!(
-                        "no answer from central within {REQUEST_TIMEOUT:?}"
-                    ))
-                })?
-                .map_err(|status| {
-                    if is_refusal(status.code()) {
-                        EnrollError::Refused {
-                            code: status.code(),
-                            message: status.message().to_string(),
-                        }
-                    } else {
-                        EnrollError::Unavailable(format!(
-                            "{:?}: {}",
-                            status.code(),
-                            status.message()
-                        ))
-                    }
-                })?
-                .into_inner();
+            let mut response = call(&mut client, request.clone()).await?;
+            if response.status == EnrollStatus::Challenge as i32 {
+                let (DeviceKey::Tpm(key), Some(challenge)) =
+                    (self.identity.key().clone(), response.challenge.take())
+                else {
+                    return Err(EnrollError::BadResponse(
+                        "a TPM challenge without a TPM key or without the challenge".into(),
+                    ));
+                };
+                info!("central checked the TPM evidence; answering its credential challenge");
+                let ticket = challenge.ticket.clone();
+                let secret =
+                    tokio::task::spawn_blocking(move || key.activate_credential(&challenge))
+                        .await
+                        .map_err(|e| EnrollError::Unavailable(format!("TPM task failed: {e}")))??;
+                request.activation = Some(TpmActivation {
+                    ticket,
+                    secret: secret.to_vec(),
+                });
+                response = call(&mut client, request).await?;
+            }
             match EnrollStatus::try_from(response.status) {
                 Ok(EnrollStatus::Approved) => {
                     if response.device_id.is_empty() {
@@ -166,6 +189,9 @@ impl Enroller {
                     retry_after: Duration::from_secs(u64::from(response.retry_after_seconds))
                         .clamp(Duration::from_secs(1), MAX_PENDING_RETRY),
                 }),
+                Ok(EnrollStatus::Challenge) => Err(EnrollError::BadResponse(
+                    "central challenged the TPM again after it answered".into(),
+                )),
                 _ => Err(EnrollError::BadResponse(format!(
                     "unknown enrollment status {}",
                     response.status
@@ -191,12 +217,16 @@ impl Enroller {
         // One CSR for all attempts: same key, so central sees the same request.
         self.liveness.step();
         let csr = build_csr_async(self.identity.key(), &self.facts.serial).await?;
+        let evidence = self.tpm_evidence().await?;
         loop {
             if shutdown.is_triggered() {
                 return Ok(None);
             }
             self.liveness.step();
-            let Some(result) = shutdown.run(self.enroll_with_csr(csr.clone())).await else {
+            let Some(result) = shutdown
+                .run(self.enroll_with_csr(csr.clone(), evidence.as_ref()))
+                .await
+            else {
                 return Ok(None);
             };
             let delay = match result {
@@ -227,6 +257,13 @@ impl Enroller {
                     self.status.set_phase(Phase::Refused, Some(message)).await;
                     backoff.next_delay()
                 }
+                Err(e @ EnrollError::Tpm(_)) => {
+                    error!(error = %e, "the TPM could not answer central's challenge; retrying");
+                    self.status
+                        .set_phase(Phase::Refused, Some(e.to_string()))
+                        .await;
+                    backoff.next_delay()
+                }
                 Err(
                     e @ (EnrollError::Unavailable(_)
                     | EnrollError::BadResponse(_)
@@ -253,6 +290,29 @@ impl Enroller {
             }
         }
     }
+}
+
+/// One Enroll call with the agent's timeout; refusals and outages told apart.
+async fn call(
+    client: &mut cairn_proto::v1::enrollment_client::EnrollmentClient<tonic::transport::Channel>,
+    request: EnrollRequest,
+) -> Result<EnrollResponse, EnrollError> {
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, client.enroll(request))
+        .await
+        .map_err(|_| {
+            EnrollError::Unavailable(format!("no answer from central within {REQUEST_TIMEOUT:?}"))
+        })?
+        .map_err(|status| {
+            if is_refusal(status.code()) {
+                EnrollError::Refused {
+                    code: status.code(),
+                    message: status.message().to_string(),
+                }
+            } else {
+                EnrollError::Unavailable(format!("{:?}: {}", status.code(), status.message()))
+            }
+        })?;
+    Ok(response.into_inner())
 }
 
 #[cfg(test)]

@@ -7,6 +7,11 @@
 
 use std::path::Path;
 
+use cairn_proto::v1::{TpmChallenge, TpmEvidence};
+
+/// The attestation key's wrapped blob, beside the device key's.
+pub const AK_FILE: &str = "attestation-key.tpm";
+
 /// A TPM operation failed, or TPM support was not built.
 #[derive(Debug, thiserror::Error)]
 pub enum TpmKeyError {
@@ -31,11 +36,13 @@ mod imp {
     use super::*;
     use tracing::info_span;
 
-    /// A TPM-resident P-256 key (its wrapped blob lives in `state_dir/device-key.tpm`).
+    /// A TPM-resident P-256 key (its wrapped blob lives in `state_dir/device-key.tpm`), and
+    /// the attestation key beside it (`attestation-key.tpm`, made on first use).
     pub struct TpmKey {
         key: cairn_tpm::TpmDeviceKey,
         spki: Vec<u8>,
         tcti: String,
+        ak_blob: std::path::PathBuf,
     }
 
     impl std::fmt::Debug for TpmKey {
@@ -62,7 +69,61 @@ mod imp {
                 key,
                 spki,
                 tcti: tcti.to_string(),
+                ak_blob: blob_path.with_file_name(AK_FILE),
             })
+        }
+
+        /// What proves this key to central: the EK certificate (empty when the TPM has none),
+        /// the attestation key (created on first use) and its TPM2_Certify of this key over
+        /// `cairn_proto::certify_qualifying_data(spki)`.
+        pub fn evidence(&self) -> Result<TpmEvidence, TpmKeyError> {
+            let _span = info_span!("tpm.evidence", tcti = %self.tcti).entered();
+            let failed = |operation: &'static str| {
+                move |e: cairn_tpm::TpmError| TpmKeyError::Tpm {
+                    operation,
+                    reason: e.to_string(),
+                }
+            };
+            let ek_certificate = cairn_tpm::ek_certificate(&self.key)
+                .map_err(failed("reading the endorsement key certificate"))?;
+            if ek_certificate.is_none() {
+                tracing::warn!("the TPM has no endorsement key certificate (NV 0x01c00002); central cannot prove this TPM and only tokens allowing software keys admit the device");
+            }
+            // Through the device key's TPM connection: swtpm serves one at a time.
+            let ak = cairn_tpm::AttestationKey::open_or_create(&self.key, &self.ak_blob)
+                .map_err(failed("opening the attestation key"))?;
+            let certification = ak
+                .certify(&self.key, &cairn_proto::certify_qualifying_data(&self.spki))
+                .map_err(failed("certifying the device key with the attestation key"))?;
+            Ok(TpmEvidence {
+                ek_certificate_der: ek_certificate.unwrap_or_default(),
+                ek_chain_der: Vec::new(),
+                ak_public: ak.public_area(),
+                device_key_public: self.key.public_area(),
+                certify_info: certification.attest,
+                certify_signature: certification.signature_der,
+            })
+        }
+
+        /// Answer central's credential challenge: TPM2_ActivateCredential with the EK and the
+        /// attestation key. Fails unless the credential was made for this TPM's EK and AK.
+        pub fn activate_credential(
+            &self,
+            challenge: &TpmChallenge,
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, TpmKeyError> {
+            let _span = info_span!("tpm.activate_credential", tcti = %self.tcti).entered();
+            let failed = |e: cairn_tpm::TpmError| TpmKeyError::Tpm {
+                operation: "answering central's TPM challenge",
+                reason: e.to_string(),
+            };
+            let ak = cairn_tpm::AttestationKey::open_or_create(&self.key, &self.ak_blob)
+                .map_err(failed)?;
+            ak.activate_credential(
+                &self.key,
+                &challenge.credential_blob,
+                &challenge.encrypted_secret,
+            )
+            .map_err(failed)
         }
 
         /// The public key, DER SubjectPublicKeyInfo.
@@ -123,6 +184,19 @@ mod imp {
 
         /// Unreachable (no value exists).
         pub fn sign(&self, _message: &[u8]) -> Result<Vec<u8>, TpmKeyError> {
+            match *self {}
+        }
+
+        /// Unreachable (no value exists).
+        pub fn evidence(&self) -> Result<TpmEvidence, TpmKeyError> {
+            match *self {}
+        }
+
+        /// Unreachable (no value exists).
+        pub fn activate_credential(
+            &self,
+            _challenge: &TpmChallenge,
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, TpmKeyError> {
             match *self {}
         }
     }

@@ -476,13 +476,16 @@ async fn many_agents_in_one_process() {
 #[cfg(feature = "tpm")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tpm_key_enrolls_and_does_mtls() {
-    if !cairn_testsupport::require_tool("swtpm") {
+    if !cairn_testsupport::require_tool("swtpm_setup") {
         return;
     }
-    let tpm = cairn_testsupport::Swtpm::start();
-    let central = TestCentral::start().await;
-    let (_, token) = central.token("auto", None, None);
+    let vendor = cairn_testsupport::VendorCa::temporary();
+    let tpm = cairn_testsupport::Swtpm::start_with_ek_cert(&vendor);
     let dir = tempfile::tempdir().unwrap();
+    let mut central_config = config_in(dir.path());
+    central_config.tpm_vendor_cas = vendor.anchor_pem_paths();
+    let central = TestCentral::start_with(tempfile::tempdir().unwrap(), central_config).await;
+    let (_, token) = central.tpm_token("auto", None);
     let mut config = agent_config(&central, &token, dir.path(), "SN-TPM");
     config.key_storage = cairn_agent::config::KeyStorageSetting::Tpm;
     config.tpm_tcti = Some(tpm.tcti());

@@ -24,8 +24,13 @@ api_enum! {
 api_enum! {
     /// Where a device keeps its private key.
     KeyStorage {
-        /// In the TPM (not exportable).
+        /// In a TPM central verified at enrollment: EK certificate from a trusted vendor CA,
+        /// attestation key, the key certified by it, ActivateCredential answered.
         Tpm => "tpm",
+        /// The agent says the key is in a TPM, but central could not prove it (no EK
+        /// certificate, or its vendor CA is not trusted); admitted only by tokens that allow
+        /// software keys.
+        TpmUnverified => "tpm-unverified",
         /// In software, on the encrypted data partition.
         Software => "software",
     }
@@ -41,7 +46,8 @@ pub struct Device {
     pub status: DeviceStatus,
     /// DMI serial reported at enrollment.
     pub serial: String,
-    /// TPM EK hash (hex) reported at enrollment; empty without a TPM.
+    /// SHA-256 (hex) of the TPM endorsement key central verified at enrollment (from its EK
+    /// certificate); empty when no TPM was proven.
     pub tpm_ek_sha256: String,
     /// Host name reported by the agent.
     pub hostname: String,

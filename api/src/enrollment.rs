@@ -50,6 +50,11 @@ pub struct EnrollmentToken {
     pub uses: u32,
     /// Revoked by an operator.
     pub revoked: bool,
+    /// Only devices whose key central proved to live in a genuine TPM (EK certificate from a
+    /// trusted vendor, attestation key, ActivateCredential) may enroll with this token. `false`
+    /// also admits software keys (and TPMs without an EK certificate), as for host agents.
+    #[serde(default)]
+    pub require_tpm: bool,
 }
 
 /// Body of `POST /api/v1/enrollment-tokens`.
@@ -66,6 +71,10 @@ pub struct CreateEnrollmentToken {
     /// Admissions allowed (at least 1); `null` or absent = unlimited.
     #[serde(default)]
     pub max_uses: Option<u32>,
+    /// Admit only devices with a proven TPM-resident key; absent = `true`. Set `false` for
+    /// devices with software keys (host agents, tests, TPMs without an EK certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_tpm: Option<bool>,
 }
 
 /// Answer to `POST /api/v1/enrollment-tokens` (201).
@@ -168,6 +177,7 @@ mod tests {
             policy: EnrollmentPolicy::Claim,
             expires_in_seconds: None,
             max_uses: None,
+            require_tpm: None,
         };
         assert_eq!(
             serde_json::to_value(&body).unwrap(),

@@ -69,6 +69,9 @@ pub struct FleetCa {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
     cert_der: Vec<u8>,
+    /// HKDF key from the CA private key, for the few symmetric keys every replica must share
+    /// (they all hold the CA key): see [`FleetCa::derive_key`].
+    derived: ring::hkdf::Prk,
 }
 
 impl FleetCa {
@@ -94,12 +97,14 @@ impl FleetCa {
             let cert_der = pem::parse(&cert_pem)
                 .map_err(|e| bad(&cert_path, &e))?
                 .into_contents();
+            let derived = derive_root(&key);
             let issuer = Issuer::from_ca_cert_der(&cert_der.clone().into(), key)
                 .map_err(|e| bad(&cert_path, &e))?;
             return Ok(Self {
                 issuer,
                 cert_pem,
                 cert_der,
+                derived,
             });
         }
         let key = KeyPair::generate()?;
@@ -129,8 +134,21 @@ impl FleetCa {
         Ok(Self {
             cert_pem: cert.pem(),
             cert_der: cert.der().to_vec(),
+            derived: derive_root(&key),
             issuer: Issuer::new(params, key),
         })
+    }
+
+    /// A 32-byte key for `purpose`, the same on every replica that holds this CA key and
+    /// different for each purpose (HKDF-SHA256 expand). It changes when the CA key does.
+    pub fn derive_key(&self, purpose: &'static [u8]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let info = [purpose];
+        self.derived
+            .expand(&info, ring::hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
     }
 
     /// The CA certificate, PEM.
@@ -224,6 +242,12 @@ impl FleetCa {
             not_after: not_after.unix_timestamp(),
         })
     }
+}
+
+/// The HKDF pseudo-random key behind [`FleetCa::derive_key`].
+fn derive_root(key: &KeyPair) -> ring::hkdf::Prk {
+    let der = zeroize::Zeroizing::new(key.serialize_der());
+    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"cairn central derived keys v1").extract(&der)
 }
 
 /// Parse a DER CSR, check its signature (proof the device holds the key) and that the key is

@@ -98,6 +98,14 @@ pub struct CentralConfig {
     /// `device.clock_offset` warning event (once, when it crosses; again after it recovered).
     #[serde(default = "default_clock_offset_warning")]
     pub clock_offset_warning_seconds: u64,
+    /// PEM files of the TPM vendor CA certificates (roots or intermediates) whose endorsement
+    /// key certificates central trusts. Empty: no TPM can be proven, so only tokens created
+    /// with `--allow-software-keys` admit devices.
+    #[serde(default)]
+    pub tpm_vendor_cas: Vec<PathBuf>,
+    /// Enroll calls one source address may make per minute (bursts of as many); 0 = no limit.
+    #[serde(default = "default_enroll_rate")]
+    pub enroll_attempts_per_source_per_minute: u32,
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -142,6 +150,9 @@ fn default_remote_presence() -> u64 {
 fn default_clock_offset_warning() -> u64 {
     60
 }
+fn default_enroll_rate() -> u32 {
+    120
+}
 
 /// Smallest `max_bundle_bytes` allowed: a signed bundle is never smaller.
 pub const MIN_BUNDLE_BYTES: u64 = 4096;
@@ -167,6 +178,8 @@ impl CentralConfig {
             log_request_timeout_seconds: default_log_request_timeout(),
             remote_presence_seconds: default_remote_presence(),
             clock_offset_warning_seconds: default_clock_offset_warning(),
+            tpm_vendor_cas: Vec::new(),
+            enroll_attempts_per_source_per_minute: default_enroll_rate(),
         }
     }
 

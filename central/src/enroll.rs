@@ -6,10 +6,12 @@ use crate::store::db::{Connection, OptionalExtension};
 use cairn_proto::v1::HardwareFacts;
 
 use crate::ca::{verify_csr, CaError, FleetCa, IssuedCertificate, VerifiedCsr};
-use crate::store::devices::{self, DeviceFacts};
+use crate::store::devices::{self, DeviceFacts, ProvenTpmFacts};
 use crate::store::{
-    audit, new_id, now_unix, sha256_hex, tokens, DeviceStatus, EnrollmentPolicy, StoreError,
+    audit, new_id, now_unix, sha256_hex, tokens, DeviceStatus, EnrollmentPolicy, EnrollmentToken,
+    StoreError,
 };
+use crate::tpm_proof::{ProvenTpm, TpmProofError};
 
 /// Why an enrollment or renewal was refused. Each message is sent to the device as is, so it
 /// says what to do and never echoes a secret.
@@ -70,6 +72,25 @@ pub enum EnrollError {
     /// Renewal with a key other than the enrolled one.
     #[error("renewal must use the enrolled device key; this CSR carries another key")]
     KeyMismatch,
+    /// The token admits only proven TPMs and this device's was not proven.
+    #[error("enrollment token {token} admits only devices whose key central proves to be in a genuine TPM, and {why}; for devices without one create a token with `cairnctl token create --allow-software-keys`")]
+    TpmRequired {
+        /// Token id.
+        token: String,
+        /// What was missing.
+        why: String,
+    },
+    /// The TPM evidence was refused.
+    #[error(transparent)]
+    Tpm(#[from] TpmProofError),
+    /// Too many attempts from one address.
+    #[error("too many enrollment attempts from {source_addr}; retry in {retry_after_seconds} s")]
+    RateLimited {
+        /// The caller's address.
+        source_addr: std::net::IpAddr,
+        /// When a new attempt will be taken.
+        retry_after_seconds: u64,
+    },
     /// The CSR or signing failed.
     #[error(transparent)]
     Ca(#[from] CaError),
@@ -86,10 +107,18 @@ impl EnrollError {
             EnrollError::UnknownToken | EnrollError::Unauthenticated(_) => {
                 Status::unauthenticated(self.to_string())
             }
-            EnrollError::Ca(CaError::BadCsr(_)) | EnrollError::BadFacts(_) => {
-                Status::invalid_argument(self.to_string())
-            }
-            EnrollError::Ca(_) | EnrollError::Store(_) => {
+            EnrollError::Ca(CaError::BadCsr(_))
+            | EnrollError::BadFacts(_)
+            | EnrollError::Tpm(
+                TpmProofError::TooLarge(_)
+                | TpmProofError::Evidence(_)
+                | TpmProofError::EkMismatch { .. }
+                | TpmProofError::UnprovenEk(_),
+            ) => Status::invalid_argument(self.to_string()),
+            EnrollError::RateLimited { .. } => Status::resource_exhausted(self.to_string()),
+            EnrollError::Ca(_)
+            | EnrollError::Store(_)
+            | EnrollError::Tpm(TpmProofError::Internal(_)) => {
                 tracing::error!(error = %self, "enrollment failed inside central");
                 Status::internal("central could not process the request; it is logged, retry later")
             }
@@ -153,7 +182,137 @@ pub fn validate_facts(facts: Option<&HardwareFacts>) -> Result<DeviceFacts, Enro
         key_storage: facts.key_storage.clone(),
         agent_version: text("agent_version", &facts.agent_version, 64, false)?,
         os_version: text("os_version", &facts.os_version, 128, false)?,
+        tpm: None,
     })
+}
+
+/// What central could establish about a device's TPM from its evidence.
+#[derive(Debug)]
+pub enum TpmProof {
+    /// No evidence: a software key (or an agent that cannot prove its TPM).
+    None,
+    /// Evidence that holds together but cannot be proven here (no EK certificate, or its
+    /// vendor CA is not trusted): acceptable only to tokens that allow software keys.
+    Unproven(TpmProofError),
+    /// EK certificate, AK and certified key checked; the credential challenge is still to be
+    /// answered before it counts.
+    Checked(ProvenTpm),
+}
+
+impl TpmProof {
+    /// Sort the result of [`crate::tpm_proof::check_evidence`]: evidence that contradicts
+    /// itself is refused outright, evidence that merely cannot be proven is kept as such.
+    pub fn from_check(result: Result<ProvenTpm, TpmProofError>) -> Result<Self, EnrollError> {
+        match result {
+            Ok(proven) => Ok(TpmProof::Checked(proven)),
+            Err(
+                e @ (TpmProofError::NoEkCertificate
+                | TpmProofError::NoAnchors
+                | TpmProofError::EkCertificate(_)),
+            ) => Ok(TpmProof::Unproven(e)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Why this device's TPM does not count, for a token that requires one.
+    pub fn missing(&self) -> Option<String> {
+        match self {
+            TpmProof::None => {
+                Some("this device sent no TPM evidence (its key is in software)".into())
+            }
+            TpmProof::Unproven(e) => Some(format!("its TPM could not be proven: {e}")),
+            TpmProof::Checked(_) => None,
+        }
+    }
+}
+
+/// Replace what the agent said about its TPM with what central established: the EK hash and
+/// `key_storage = "tpm"` only from a proven TPM. A reported EK hash that contradicts the proven
+/// one, or comes without any evidence, is refused (it could only be a forgery or a broken
+/// agent).
+pub fn settle_tpm_facts(facts: &mut DeviceFacts, proof: &TpmProof) -> Result<(), EnrollError> {
+    let reported = std::mem::take(&mut facts.tpm_ek_sha256);
+    match proof {
+        TpmProof::Checked(proven) => {
+            if !reported.is_empty() && reported != proven.ek_sha256 {
+                return Err(TpmProofError::EkMismatch {
+                    reported,
+                    verified: proven.ek_sha256.clone(),
+                }
+                .into());
+            }
+            facts.tpm_ek_sha256 = proven.ek_sha256.clone();
+            facts.key_storage = "tpm".into();
+            facts.tpm = Some(ProvenTpmFacts {
+                ak_public: proven.ak_public.clone(),
+                ek_issuer: proven.ek_issuer.clone(),
+            });
+        }
+        TpmProof::Unproven(_) => facts.key_storage = "tpm-unverified".into(),
+        TpmProof::None => {
+            if !reported.is_empty() {
+                return Err(TpmProofError::UnprovenEk(reported).into());
+            }
+            if facts.key_storage == "tpm" {
+                facts.key_storage = "tpm-unverified".into();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `token` admits a new device now (and with this TPM proof).
+fn check_token(token: &EnrollmentToken, tpm_missing: Option<String>) -> Result<(), EnrollError> {
+    if token.revoked {
+        return Err(EnrollError::TokenRevoked(token.id.clone()));
+    }
+    if token.expires_at.unix_seconds() <= now_unix() {
+        return Err(EnrollError::TokenExpired {
+            at: token.expires_at.to_string(),
+            id: token.id.clone(),
+        });
+    }
+    if let Some(max) = token.max_uses.filter(|max| token.uses >= *max) {
+        return Err(EnrollError::TokenUsedUp {
+            id: token.id.clone(),
+            max,
+        });
+    }
+    if token.require_tpm {
+        if let Some(why) = tpm_missing {
+            return Err(EnrollError::TpmRequired {
+                token: token.id.clone(),
+                why,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What a read-only look at the registry says about an Enroll call, before any write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Precheck {
+    /// The key is enrolled already: [`enroll`] answers from its record.
+    KnownKey,
+    /// A new device the token admits (the TPM challenge may still be due).
+    Admissible,
+}
+
+/// Check an Enroll call on a read connection: a known key, or a token that admits this device.
+/// Refusals cost no write and no registry lock; [`enroll`] checks again in its transaction.
+pub fn precheck(
+    conn: &Connection,
+    token_secret: &str,
+    csr: &VerifiedCsr,
+    tpm_missing: Option<String>,
+) -> Result<Precheck, EnrollError> {
+    if devices::by_key(conn, &sha256_hex(&csr.spki_der))?.is_some() {
+        return Ok(Precheck::KnownKey);
+    }
+    let token =
+        tokens::enrollment_token_by_secret(conn, token_secret)?.ok_or(EnrollError::UnknownToken)?;
+    check_token(&token, tpm_missing)?;
+    Ok(Precheck::Admissible)
 }
 
 /// Decide an enrollment, atomically: token use, claim use, device record and audit commit together.
@@ -164,6 +323,7 @@ pub fn enroll(
     token_secret: &str,
     csr: &VerifiedCsr,
     facts: &DeviceFacts,
+    proof: &TpmProof,
 ) -> Result<EnrollOutcome, EnrollError> {
     let key_sha256 = sha256_hex(&csr.spki_der);
     let tx = conn.transaction().map_err(StoreError::from)?;
@@ -188,18 +348,7 @@ pub fn enroll(
     }
     let token =
         tokens::enrollment_token_by_secret(&tx, token_secret)?.ok_or(EnrollError::UnknownToken)?;
-    if token.revoked {
-        return Err(EnrollError::TokenRevoked(token.id));
-    }
-    if token.expires_at.unix_seconds() <= now_unix() {
-        return Err(EnrollError::TokenExpired {
-            at: token.expires_at.to_string(),
-            id: token.id,
-        });
-    }
-    if let Some(max) = token.max_uses.filter(|max| token.uses >= *max) {
-        return Err(EnrollError::TokenUsedUp { id: token.id, max });
-    }
+    check_token(&token, proof.missing())?;
     let device_id = new_id("dev");
     let claim = match token.policy {
         EnrollmentPolicy::Claim => {
@@ -245,12 +394,19 @@ pub fn enroll(
         "device.enroll",
         &device_id,
         &format!(
-            "token={} policy={} status={} serial={:?} key_storage={}",
+            "token={} policy={} status={} serial={:?} key_storage={}{}",
             token.id,
             token.policy.as_str(),
             status.as_str(),
             facts.serial,
-            facts.key_storage
+            facts.key_storage,
+            match &facts.tpm {
+                Some(tpm) => format!(
+                    " tpm_ek={} ek_issuer={:?}",
+                    facts.tpm_ek_sha256, tpm.ek_issuer
+                ),
+                None => String::new(),
+            }
         ),
     )?;
     let message = format!(

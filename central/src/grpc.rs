@@ -26,6 +26,7 @@ use crate::store::bundles::{self as store_bundles, Bundle};
 use crate::store::events::Severity;
 use crate::store::recovery_keys::{self, SealedRecoveryKey};
 use crate::store::{audit, devices, now_unix, DesiredOs, DeviceStatus, StoreError};
+use crate::tpm_proof;
 use crate::Shared;
 
 fn internal(e: StoreError) -> Status {
@@ -46,25 +47,83 @@ impl Enrollment for EnrollmentService {
         let request = request.into_inner();
         let span = tracing::info_span!("grpc.enroll", ?peer, device_id = tracing::field::Empty);
         async {
-            let csr = verify_csr(&request.csr_der).map_err(|e| EnrollError::from(e).to_status())?;
-            let facts =
-                enroll::validate_facts(request.facts.as_ref()).map_err(|e| e.to_status())?;
-            let shared = self.0.clone();
+            let refused = |e: EnrollError| {
+                tracing::warn!(error = %e, "enrollment refused");
+                e.to_status()
+            };
+            if let Some(source) = peer.map(|p| p.ip()) {
+                if let Err(wait) = self
+                    .0
+                    .enroll_limiter
+                    .check(source, std::time::Instant::now())
+                {
+                    return Err(refused(EnrollError::RateLimited {
+                        source_addr: source,
+                        retry_after_seconds: wait.as_secs().max(1),
+                    }));
+                }
+            }
+            let csr = verify_csr(&request.csr_der).map_err(|e| refused(e.into()))?;
+            let mut facts = enroll::validate_facts(request.facts.as_ref()).map_err(refused)?;
+            let now = now_unix();
+            let proof = match &request.tpm {
+                None => enroll::TpmProof::None,
+                Some(evidence) => enroll::TpmProof::from_check(tpm_proof::check_evidence(
+                    evidence,
+                    &csr.spki_der,
+                    &self.0.tpm_anchors,
+                    now,
+                ))
+                .map_err(refused)?,
+            };
+            enroll::settle_tpm_facts(&mut facts, &proof).map_err(refused)?;
+            // Everything a stranger can get wrong is refused on a read connection, before the
+            // registry's write lock is taken.
+            let (token, shared) = (request.token, self.0.clone());
+            let precheck = {
+                let (token, csr, missing) = (token.clone(), csr.clone(), proof.missing());
+                shared
+                    .store
+                    .read(move |conn| Ok(enroll::precheck(conn, &token, &csr, missing.clone())))
+                    .await
+                    .map_err(internal)?
+                    .map_err(refused)?
+            };
+            if let (enroll::Precheck::Admissible, enroll::TpmProof::Checked(proven)) =
+                (&precheck, &proof)
+            {
+                match &request.activation {
+                    None => {
+                        let challenge = self
+                            .0
+                            .challenger
+                            .challenge(proven, &csr.spki_der, now)
+                            .map_err(|e| refused(e.into()))?;
+                        tracing::info!("TPM evidence checked; credential challenge sent");
+                        return Ok(Response::new(EnrollResponse {
+                            status: EnrollStatus::Challenge as i32,
+                            challenge: Some(challenge),
+                            ..Default::default()
+                        }));
+                    }
+                    Some(activation) => self
+                        .0
+                        .challenger
+                        .redeem(proven, &csr.spki_der, activation, now)
+                        .map_err(|e| refused(e.into()))?,
+                }
+            }
             let lifetime = shared.config.device_cert_lifetime_seconds;
-            let token = request.token;
             let store = shared.store.clone();
             let outcome = store
                 .run(move |conn| {
                     Ok(enroll::enroll(
-                        conn, &shared.ca, lifetime, &token, &csr, &facts,
+                        conn, &shared.ca, lifetime, &token, &csr, &facts, &proof,
                     ))
                 })
                 .await
                 .map_err(internal)?
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "enrollment refused");
-                    e.to_status()
-                })?;
+                .map_err(refused)?;
             let ca_der = self.0.ca.cert_der().to_vec();
             let response = match outcome {
                 EnrollOutcome::Approved { device_id, cert } => {
@@ -75,7 +134,7 @@ impl Enrollment for EnrollmentService {
                         device_id,
                         certificate_der: cert.der,
                         ca_certificate_der: ca_der,
-                        retry_after_seconds: 0,
+                        ..Default::default()
                     }
                 }
                 EnrollOutcome::Pending { device_id } => {
@@ -84,9 +143,9 @@ impl Enrollment for EnrollmentService {
                     EnrollResponse {
                         status: EnrollStatus::Pending as i32,
                         device_id,
-                        certificate_der: Vec::new(),
                         ca_certificate_der: ca_der,
                         retry_after_seconds: self.0.config.pending_retry_seconds,
+                        ..Default::default()
                     }
                 }
             };

@@ -13,12 +13,14 @@ pub mod grpc;
 pub mod logs;
 pub mod metrics;
 pub mod placement;
+pub mod rate_limit;
 pub mod replicas;
 pub mod rollout;
 pub mod sessions;
 pub mod store;
 pub mod time;
 mod tls;
+pub mod tpm_proof;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +56,12 @@ pub struct Shared {
     pub bus: replicas::Bus,
     /// Signs `Enrollment.Time` answers with the TLS server key.
     pub time: time::TimeSigner,
+    /// The TPM vendor CAs whose EK certificates prove a device's TPM.
+    pub tpm_anchors: tpm_proof::VendorAnchors,
+    /// Makes and checks TPM credential challenges at enrollment.
+    pub challenger: tpm_proof::Challenger,
+    /// Enroll calls per source address.
+    pub enroll_limiter: rate_limit::RateLimiter,
 }
 
 impl Shared {
@@ -144,6 +152,9 @@ pub enum StartError {
     /// The recovery-key escrow key could not be loaded or created.
     #[error(transparent)]
     Escrow(#[from] escrow::EscrowError),
+    /// A `tpm_vendor_cas` file is unusable.
+    #[error(transparent)]
+    TpmAnchors(#[from] tpm_proof::AnchorError),
     /// The bundles directory could not be prepared.
     #[error(transparent)]
     Bundles(#[from] bundles::BundleError),
@@ -195,6 +206,9 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     };
     let ca = Arc::new(ca::FleetCa::load_or_create(&config.data_dir)?);
     let escrow = escrow::EscrowKey::load_or_create(&config.data_dir)?;
+    let tpm_anchors = tpm_proof::VendorAnchors::load(&config.tpm_vendor_cas)?;
+    let challenger = tpm_proof::Challenger::new(ca.derive_key(b"enrollment tpm challenge ticket"));
+    let enroll_limiter = rate_limit::RateLimiter::new(config.enroll_attempts_per_source_per_minute);
     let bundles = bundles::BundleFiles::open(&config)?;
     bootstrap_admin_token(&config, &store).await?;
     let (server_cert, server_key) = ca.issue_server_certificate(&config.server_names)?;
@@ -247,6 +261,9 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         events: events::EventBuffer::default(),
         rest_metrics: metrics::RestMetrics::default(),
         time,
+        tpm_anchors,
+        challenger,
+        enroll_limiter,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![

@@ -177,6 +177,88 @@ async fn expired_revoked_used_up_and_unknown_tokens_are_refused_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_tokens_require_a_tpm_unless_told_and_say_so() {
+    let central = TestCentral::start().await;
+    // The API's default: a TPM-only token, which refuses a software key before any write.
+    let created: cairn_api::CreatedEnrollmentToken = central.admin_read(
+        "POST",
+        "/api/v1/enrollment-tokens",
+        Some(json!({ "name": "fleet", "policy": "auto" })),
+    );
+    assert!(created.token.require_tpm);
+    assert_refused(
+        SimDevice::new("SER-SOFT")
+            .enroll(&central, &created.secret)
+            .await,
+        Code::PermissionDenied,
+        "--allow-software-keys",
+    );
+    let (id, open) = central.token("auto", None, None);
+    let listed: EnrollmentTokenList = central.get("/api/v1/enrollment-tokens");
+    let shown = listed.tokens.iter().find(|t| t.id == id).unwrap();
+    assert!(!shown.require_tpm);
+    let response = SimDevice::new("SER-SOFT")
+        .enroll(&central, &open)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), EnrollStatus::Approved);
+    let devices: DeviceList = central.get("/api/v1/devices");
+    assert_eq!(
+        devices.devices.len(),
+        1,
+        "the refused attempt wrote nothing"
+    );
+    assert_eq!(
+        devices.devices[0].device.key_storage,
+        cairn_api::KeyStorage::Software
+    );
+    // A device claiming a TPM key without proving it is recorded as unverified.
+    let mut unproven = SimDevice::new("SER-SAYS-TPM").request(&open);
+    unproven.facts.as_mut().unwrap().key_storage = "tpm".into();
+    let answer = central
+        .enrollment()
+        .await
+        .enroll(unproven)
+        .await
+        .unwrap()
+        .into_inner();
+    let detail: DeviceDetail = central.get(&format!("/api/v1/devices/{}", answer.device_id));
+    assert_eq!(
+        detail.device.device.key_storage,
+        cairn_api::KeyStorage::TpmUnverified
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_flood_enrollment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cairn_testsupport::central::config_in(dir.path());
+    config.enroll_attempts_per_source_per_minute = 3;
+    let central = TestCentral::start_with(dir, config).await;
+    for attempt in 0..3 {
+        assert_refused(
+            SimDevice::new(&format!("SER-{attempt}"))
+                .enroll(&central, "cet_guess")
+                .await,
+            Code::Unauthenticated,
+            "not recognised",
+        );
+    }
+    assert_refused(
+        SimDevice::new("SER-4").enroll(&central, "cet_guess").await,
+        Code::ResourceExhausted,
+        "too many enrollment attempts from 127.0.0.1",
+    );
+    // The limit is per call, not per token: a valid token is throttled as well until it refills.
+    let (_, token) = central.token("auto", None, None);
+    assert_refused(
+        SimDevice::new("SER-5").enroll(&central, &token).await,
+        Code::ResourceExhausted,
+        "retry in",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_device_is_cut_off_at_once() {
     let central = TestCentral::start().await;
     let (_, token) = central.token("auto", None, None);

@@ -432,7 +432,9 @@ async fn every_documented_operation_answers_as_documented() {
         .admin(
             "POST",
             "/api/v1/enrollment-tokens",
-            Some(json!({ "name": "fleet", "policy": "manual", "max_uses": 5 })),
+            Some(
+                json!({ "name": "fleet", "policy": "manual", "max_uses": 5, "require_tpm": false }),
+            ),
         )
         .expect(201)
         .read();

@@ -156,6 +156,11 @@ pub enum TokenCommand {
         /// Maximum number of devices that may enroll with it (unlimited if not given).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         max_uses: Option<u32>,
+        /// Also admit devices whose key central cannot prove to be in a genuine TPM (software
+        /// keys, e.g. host agents; TPMs without an EK certificate). Without it only devices
+        /// with a TPM proven by its EK certificate may enroll.
+        #[arg(long)]
+        allow_software_keys: bool,
     },
     /// List enrollment tokens.
     List,
@@ -232,7 +237,8 @@ pub enum ClaimCommand {
         /// Hardware serial number of the device.
         #[arg(long, group = "target", value_parser = checked(input::parse_non_empty))]
         serial: Option<String>,
-        /// SHA-256 of the device's TPM endorsement key: 64 hex characters.
+        /// SHA-256 of the device's TPM endorsement key (its DER public key, as in its EK
+        /// certificate): 64 hex characters. Matches only an EK the device proves at enrollment.
         #[arg(long, group = "target", value_name = "SHA256HEX", value_parser = checked(input::parse_ek_sha256))]
         ek: Option<String>,
     },
@@ -359,12 +365,14 @@ fn run_token(
             policy,
             expires_in,
             max_uses,
+            allow_software_keys,
         } => {
             let reply = client.create_enrollment_token(&CreateEnrollmentToken {
                 name,
                 policy: policy.into(),
                 expires_in_seconds: expires_in,
                 max_uses,
+                require_tpm: Some(!allow_software_keys),
             })?;
             emit(out, json, &reply, output::enrollment_token_created)
         }
@@ -620,6 +628,7 @@ mod tests {
             "7d",
             "--max-uses",
             "10",
+            "--allow-software-keys",
         ])
         .unwrap();
         let Command::Token(TokenCommand::Create {
@@ -627,6 +636,7 @@ mod tests {
             policy,
             expires_in,
             max_uses,
+            allow_software_keys,
         }) = cli.command
         else {
             panic!("wrong command");
@@ -635,6 +645,7 @@ mod tests {
         assert_eq!(policy, PolicyArg::Claim);
         assert_eq!(expires_in, Some(604_800));
         assert_eq!(max_uses, Some(10));
+        assert!(allow_software_keys);
     }
 
     #[test]

@@ -213,13 +213,14 @@ pub fn pretty_json(raw: &str) -> String {
 /// Table of enrollment tokens.
 pub fn enrollment_token_table(tokens: &[EnrollmentToken]) -> Table {
     let mut table = Table::new(&[
-        "ID", "NAME", "POLICY", "USES", "MAX-USES", "EXPIRES", "REVOKED", "CREATED",
+        "ID", "NAME", "POLICY", "KEYS", "USES", "MAX-USES", "EXPIRES", "REVOKED", "CREATED",
     ]);
     for token in tokens {
         table.push_row([
             token.id.as_str(),
             &token.name,
             token.policy.as_str(),
+            key_rule(token),
             &token.uses.to_string(),
             &token
                 .max_uses
@@ -232,16 +233,26 @@ pub fn enrollment_token_table(tokens: &[EnrollmentToken]) -> Table {
     table
 }
 
+/// Which device keys a token admits: `tpm` (proven TPM only) or `tpm+software`.
+fn key_rule(token: &EnrollmentToken) -> &'static str {
+    if token.require_tpm {
+        "tpm"
+    } else {
+        "tpm+software"
+    }
+}
+
 /// Confirmation of a new enrollment token, with its secret and the warning that it is shown once.
 pub fn enrollment_token_created(created: &CreatedEnrollmentToken) -> String {
     let token = &created.token;
     format!(
-        "created enrollment token {} '{}' (policy {}, expires {}, max uses {})\n\
+        "created enrollment token {} '{}' (policy {}, keys {}, expires {}, max uses {})\n\
          secret: {}\n\
          This secret is shown only once: put it in the fleet recipe now; central cannot show it again.\n",
         printable(&token.id),
         printable(&token.name),
         printable(token.policy.as_str()),
+        key_rule(token),
         token.expires_at,
         token
             .max_uses
@@ -672,6 +683,7 @@ mod tests {
                 max_uses: Some(5),
                 uses: 0,
                 revoked: false,
+                require_tpm: true,
             },
             secret: "cet_s3cret".into(),
         };
@@ -679,6 +691,7 @@ mod tests {
         assert_eq!(text.matches("cet_s3cret").count(), 1);
         assert!(text.contains("shown only once"));
         assert!(text.contains("max uses 5"));
+        assert!(text.contains("keys tpm,"), "{text}");
         assert!(text.contains("expires 2025-02-01T00:00:00Z"), "{text}");
     }
 

@@ -27,12 +27,17 @@ async fn operator_workflow_through_cairnctl() {
         "2",
         "--expires-in",
         "7d",
+        "--allow-software-keys",
     ]);
+    assert!(!created.token.require_tpm);
     let secret = created.secret;
     let token_id = created.token.id;
     let table = ctl.ok(&["token", "list"]);
     assert!(
-        table.contains("shop-fleet") && table.contains("manual") && table.contains(&token_id),
+        table.contains("shop-fleet")
+            && table.contains("manual")
+            && table.contains("tpm+software")
+            && table.contains(&token_id),
         "{table}"
     );
     assert!(

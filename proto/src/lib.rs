@@ -61,6 +61,24 @@ pub const MAX_LOG_LINES: u32 = 10_000;
 /// lines are cut first.
 pub const MAX_LOG_REPLY_BYTES: usize = 240 * 1024;
 
+/// Largest TPM evidence central reads from an `EnrollRequest`: every field together (an EK
+/// certificate is about 1.5 KiB, the TPM structures a few hundred bytes each).
+pub const MAX_TPM_EVIDENCE_BYTES: usize = 32 * 1024;
+
+/// Most intermediate certificates an `EnrollRequest` may carry for its EK certificate.
+pub const MAX_EK_CHAIN: usize = 4;
+
+/// What the AK's TPM2_Certify of the device key carries as qualifying data: SHA-256 over a fixed
+/// context and the CSR's SubjectPublicKeyInfo, so the certification is of this CSR's key and
+/// cannot be taken for anything else the AK signs.
+pub fn certify_qualifying_data(csr_spki_der: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(b"cairn certify v1\0");
+    hash.update(csr_spki_der);
+    hash.finalize().to_vec()
+}
+
 /// Shortest and longest nonce a `TimeRequest` may carry.
 pub const TIME_NONCE_BYTES: std::ops::RangeInclusive<usize> = 16..=64;
 

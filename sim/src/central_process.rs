@@ -117,8 +117,10 @@ impl CentralProcess {
         let rest = free_port().map_err(io(dir))?;
         let data_dir = data_dir.to_owned();
         let config_path = dir.join(format!("{name}.toml"));
+        // Every simulated device enrolls from this host: no per-source enrollment limit.
         let mut config = format!(
-            "data_dir = {:?}\ngrpc_listen = \"{grpc}\"\nrest_listen = \"{rest}\"\n",
+            "data_dir = {:?}\ngrpc_listen = \"{grpc}\"\nrest_listen = \"{rest}\"\n\
+             enroll_attempts_per_source_per_minute = 0\n",
             data_dir.display().to_string()
         );
         if let Some(url) = database_url {

@@ -144,6 +144,7 @@ async fn enroll_one(
             os_version: "sim".into(),
             key_storage: "software".into(),
         }),
+        ..Default::default()
     };
     let response = client
         .enroll(request)

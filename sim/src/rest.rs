@@ -126,9 +126,10 @@ impl Operator {
         self.call("GET", "/healthz", None).await.is_ok()
     }
 
-    /// A new `auto` enrollment token with unlimited uses; returns its secret.
+    /// A new `auto` enrollment token with unlimited uses that admits the simulator's software
+    /// keys; returns its secret.
     pub async fn auto_token(&self, name: &str) -> Result<String, RestError> {
-        let body = json!({ "name": name, "policy": "auto", "max_uses": null, "expires_in_seconds": 30 * 24 * 3600 });
+        let body = json!({ "name": name, "policy": "auto", "max_uses": null, "expires_in_seconds": 30 * 24 * 3600, "require_tpm": false });
         let answer = self
             .call("POST", "/api/v1/enrollment-tokens", Some(body))
             .await?;

@@ -45,6 +45,8 @@ pub fn config_in(dir: &std::path::Path) -> CentralConfig {
     config.rest_listen = "127.0.0.1:0".parse().unwrap();
     config.pending_retry_seconds = 1;
     config.presence_flush_ms = 50;
+    // Every test device enrolls from 127.0.0.1; the limit has its own test.
+    config.enroll_attempts_per_source_per_minute = 0;
     config.database_url = std::env::var(DATABASE_URL_ENV)
         .ok()
         .filter(|u| !u.is_empty())
@@ -276,17 +278,34 @@ impl TestCentral {
         created.secret
     }
 
-    /// Create an enrollment token; returns (id, secret).
+    /// Create an enrollment token that also admits software keys (most test devices have
+    /// one); returns (id, secret).
     pub fn token(
         &self,
         policy: &str,
         max_uses: Option<u32>,
         expires_in: Option<u64>,
     ) -> (String, String) {
+        self.token_with(policy, max_uses, expires_in, false)
+    }
+
+    /// Create an enrollment token that admits only devices with a proven TPM (the API's
+    /// default); returns (id, secret).
+    pub fn tpm_token(&self, policy: &str, max_uses: Option<u32>) -> (String, String) {
+        self.token_with(policy, max_uses, None, true)
+    }
+
+    fn token_with(
+        &self,
+        policy: &str,
+        max_uses: Option<u32>,
+        expires_in: Option<u64>,
+        require_tpm: bool,
+    ) -> (String, String) {
         let created: CreatedEnrollmentToken = self.admin_read(
             "POST",
             "/api/v1/enrollment-tokens",
-            Some(json!({ "name": format!("t-{policy}"), "policy": policy, "max_uses": max_uses, "expires_in_seconds": expires_in })),
+            Some(json!({ "name": format!("t-{policy}"), "policy": policy, "max_uses": max_uses, "expires_in_seconds": expires_in, "require_tpm": require_tpm })),
         );
         (created.token.id, created.secret)
     }
@@ -466,6 +485,7 @@ impl SimDevice {
                 os_version: "test".into(),
                 key_storage: "software".into(),
             }),
+            ..Default::default()
         }
     }
 

@@ -95,6 +95,11 @@ const FORBIDDEN: &[(&str, &[&str], &str)] = &[
         "PE/COFF and PCR 11 are pure functions over bytes",
     ),
     (
+        "cairn-attest",
+        &["cairn-*", "tokio", "tss-esapi", "tonic"],
+        "the attestation verifier is pure: no I/O, no TPM library, no other Cairn crate",
+    ),
+    (
         "cairn-tpm",
         &["cairn-disk", "cairn-agent", "cairn-central", "cairn-proto"],
         "the TPM crate seals bytes and knows nothing of LUKS, the agent or central",

@@ -135,6 +135,19 @@ pub fn audit_actions(central: &TestCentral, target: &str) -> Vec<String> {
     actions
 }
 
+/// The audit details recorded about `target`, oldest first.
+pub fn audit_details(central: &TestCentral, target: &str) -> Vec<String> {
+    let audit: AuditLog = central.get("/api/v1/audit?limit=10000");
+    let mut details: Vec<String> = audit
+        .events
+        .into_iter()
+        .filter(|e| e.target == target)
+        .map(|e| e.detail)
+        .collect();
+    details.reverse();
+    details
+}
+
 /// A certificate serial as a number in lower-case hex without leading zeros, so central's
 /// `cert_serial` and the serial inside a certificate compare equal whatever their padding.
 pub fn serial_number(hex: &str) -> String {

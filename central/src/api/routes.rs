@@ -186,6 +186,7 @@ async fn create_token(
         ));
     }
     let actor = caller.actor();
+    let require_tpm = body.require_tpm.unwrap_or(true);
     let (token, secret) = shared
         .store
         .run(move |conn| {
@@ -196,11 +197,16 @@ async fn create_token(
                 body.policy,
                 lifetime,
                 body.max_uses,
+                require_tpm,
             )?;
             let max_uses = token
                 .max_uses
                 .map_or("unlimited".to_owned(), |n| n.to_string());
-            let detail = format!("policy={} max_uses={max_uses}", token.policy.as_str());
+            let detail = format!(
+                "policy={} max_uses={max_uses} require_tpm={}",
+                token.policy.as_str(),
+                token.require_tpm
+            );
             audit::record(&tx, &actor, "token.create", &token.id, &detail)?;
             tx.commit()?;
             Ok((token, secret))

@@ -21,6 +21,17 @@ pub struct DeviceFacts {
     pub agent_version: String,
     /// OS version.
     pub os_version: String,
+    /// The proven TPM's attestation key (TPMT_PUBLIC) and EK certificate issuer.
+    pub tpm: Option<ProvenTpmFacts>,
+}
+
+/// What enrollment proved about a device's TPM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvenTpmFacts {
+    /// The AK's TPMT_PUBLIC, to check its quotes.
+    pub ak_public: Vec<u8>,
+    /// The EK certificate's issuer DN.
+    pub ek_issuer: String,
 }
 
 const COLUMNS: &str = "id, status, serial, tpm_ek_sha256, hostname, key_storage, agent_version, \
@@ -84,8 +95,8 @@ pub fn insert(
     let approved_at = (status == DeviceStatus::Active).then_some(now);
     conn.execute(
         "INSERT INTO devices (id, status, key_sha256, serial, tpm_ek_sha256, hostname, key_storage,
-            agent_version, os_version, token_id, created_at, approved_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            agent_version, os_version, token_id, created_at, approved_at, ak_public, ek_issuer)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         params![
             id,
             status,
@@ -98,7 +109,9 @@ pub fn insert(
             facts.os_version,
             token_id,
             now,
-            approved_at
+            approved_at,
+            facts.tpm.as_ref().map(|t| hex::encode(&t.ak_public)),
+            facts.tpm.as_ref().map(|t| t.ek_issuer.clone())
         ],
     )?;
     Ok(())

@@ -203,6 +203,14 @@ const MIGRATIONS: &[&str] = &[
         alive_at INTEGER NOT NULL
     );
     "#,
+    // 9: TPM-proven enrollment. Tokens made before it keep admitting software keys (they were
+    // created with that meaning); new ones require a TPM unless the operator says otherwise.
+    // A device's AK public area (hex TPMT_PUBLIC) and its EK certificate's issuer.
+    r#"
+    ALTER TABLE enrollment_tokens ADD COLUMN require_tpm INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE devices ADD COLUMN ak_public TEXT;
+    ALTER TABLE devices ADD COLUMN ek_issuer TEXT;
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.

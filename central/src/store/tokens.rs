@@ -7,7 +7,8 @@ use super::{
     EnrollmentToken, Role, StoreError, Timestamp,
 };
 
-const TOKEN_COLUMNS: &str = "id, name, policy, created_at, expires_at, max_uses, uses, revoked";
+const TOKEN_COLUMNS: &str =
+    "id, name, policy, created_at, expires_at, max_uses, uses, revoked, require_tpm";
 
 fn token_from_row(row: &Row) -> crate::store::db::Result<EnrollmentToken> {
     Ok(EnrollmentToken {
@@ -19,6 +20,7 @@ fn token_from_row(row: &Row) -> crate::store::db::Result<EnrollmentToken> {
         max_uses: row.get(5)?,
         uses: row.get(6)?,
         revoked: row.get(7)?,
+        require_tpm: row.get(8)?,
     })
 }
 
@@ -29,6 +31,7 @@ pub fn create_enrollment_token(
     policy: EnrollmentPolicy,
     lifetime_seconds: u64,
     max_uses: Option<u32>,
+    require_tpm: bool,
 ) -> Result<(EnrollmentToken, String), StoreError> {
     let secret = new_secret("cet");
     let now = now_unix();
@@ -43,10 +46,11 @@ pub fn create_enrollment_token(
         max_uses,
         uses: 0,
         revoked: false,
+        require_tpm,
     };
     conn.execute(
-        "INSERT INTO enrollment_tokens (id, name, secret_sha256, policy, created_at, expires_at, max_uses)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO enrollment_tokens (id, name, secret_sha256, policy, created_at, expires_at, max_uses, require_tpm)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             token.id,
             token.name,
@@ -54,7 +58,8 @@ pub fn create_enrollment_token(
             token.policy,
             token.created_at,
             token.expires_at,
-            token.max_uses
+            token.max_uses,
+            token.require_tpm
         ],
     )?;
     Ok((token, secret))
