@@ -569,7 +569,7 @@ impl Agent for AgentService {
         let span =
             tracing::info_span!("grpc.bundle_index", device_id = %device_id, sha256 = %sha256);
         async {
-            let bundle = self.stored_bundle(&sha256).await?;
+            let bundle = self.assigned_bundle(&device_id, &sha256).await?;
             let index = self.0.bundles.delta_index(&bundle.sha256).await.map_err(|e| {
                 tracing::error!(error = %e, "indexing a bundle failed");
                 Status::internal("central could not index the bundle; it is logged; download it whole with ReadBundle")
@@ -588,7 +588,7 @@ impl Agent for AgentService {
         let request = request.into_inner();
         let span = tracing::info_span!("grpc.read_bundle", device_id = %device_id, sha256 = %request.bundle_sha256, offset = request.offset, length = request.length);
         let bundle = self
-            .stored_bundle(&request.bundle_sha256)
+            .assigned_bundle(&device_id, &request.bundle_sha256)
             .instrument(span.clone())
             .await?;
         let path = self.0.bundles.path(&bundle.sha256);
@@ -655,22 +655,33 @@ const DISK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 
 impl AgentService {
     /// A stored bundle by its SHA-256: InvalidArgument when malformed, NotFound when unknown.
-    async fn stored_bundle(&self, sha256: &str) -> Result<Bundle, Status> {
+    /// The bundle `sha256`, only when it is the OS central assigned to `device_id`: a device
+    /// reads the update it was sent, not every image central holds.
+    async fn assigned_bundle(&self, device_id: &str, sha256: &str) -> Result<Bundle, Status> {
         if !is_sha256_hex(sha256) {
             return Err(Status::invalid_argument(
                 "bundle_sha256 must be the 64 lower-case hex characters of the bundle's SHA-256 (DesiredState.os.bundle_sha256)",
             ));
         }
-        let wanted = sha256.to_owned();
-        self.0
+        let (wanted, id) = (sha256.to_owned(), device_id.to_owned());
+        let (bundle, device) = self
+            .0
             .store
-            .read(move |conn| store_bundles::get(conn, &wanted))
+            .read(move |conn| Ok((store_bundles::get(conn, &wanted)?, devices::get(conn, &id)?)))
             .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "central holds no bundle {sha256}; it may have been removed"
-                ))
-            })
+            .map_err(internal)?;
+        let assigned = device
+            .and_then(|d| d.desired_os)
+            .is_some_and(|os| os.bundle_sha256 == sha256);
+        if !assigned {
+            return Err(Status::permission_denied(format!(
+                "bundle {sha256} is not the OS update central assigned to this device; devices download only their own update"
+            )));
+        }
+        bundle.ok_or_else(|| {
+            Status::not_found(format!(
+                "central holds no bundle {sha256}; it may have been removed"
+            ))
+        })
     }
 }

@@ -235,9 +235,10 @@ async fn upload_verify_list_download_ranges_and_delete() {
     );
     assert_eq!(status, 400);
 
-    // Download, whole and in ranges.
+    // Download, whole and in ranges: operators only (a bundle is a whole OS image).
+    assert_eq!(download(&central, &viewer, &sha, None).status, 403);
     let size = fixture.good.len();
-    let whole = download(&central, &viewer, &sha, None);
+    let whole = download(&central, &operator, &sha, None);
     assert_eq!(whole.status, 200);
     assert!(
         whole.body == fixture.good,
@@ -251,7 +252,7 @@ async fn upload_verify_list_download_ranges_and_delete() {
         ("bytes=-300".to_owned(), size - 300, size - 1),
         (format!("bytes=5000-{}", size + 10_000), 5000, size - 1),
     ] {
-        let part = download(&central, &viewer, &sha, Some(&range));
+        let part = download(&central, &operator, &sha, Some(&range));
         assert_eq!(part.status, 206, "{range}");
         assert!(
             part.body == fixture.good[start..=end],
@@ -268,7 +269,7 @@ async fn upload_verify_list_download_ranges_and_delete() {
         "bytes=10-5".to_owned(),
         "bytes=0-1,4-5".to_owned(),
     ] {
-        let refused = download(&central, &viewer, &sha, Some(&bad));
+        let refused = download(&central, &operator, &sha, Some(&bad));
         assert_eq!(refused.status, 416, "{bad}");
         assert_eq!(
             refused.content_range,
@@ -302,7 +303,7 @@ async fn upload_verify_list_download_ranges_and_delete() {
         "{:?}",
         stored_files(&central)
     );
-    assert_eq!(download(&central, &viewer, &sha, None).status, 404);
+    assert_eq!(download(&central, &operator, &sha, None).status, 404);
     let (status, _) = central.call(
         &central.admin.clone(),
         "DELETE",

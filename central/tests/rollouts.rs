@@ -750,6 +750,40 @@ async fn read_bundle_ranges_and_bundle_index() {
         Ok((data, pieces))
     }
 
+    // A device reads only the update central assigned to it.
+    let e = read(&mut agent, &v2, 0, 0).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("not the OS update central assigned"),
+        "{e:?}"
+    );
+    let e = agent
+        .bundle_index(BundleIndexRequest {
+            bundle_sha256: v2.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    central.admin_call(
+        "POST",
+        "/api/v1/rollouts",
+        Some(json!({ "bundle_sha256": v2, "selector": { "devices": [device.id] } })),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while central
+        .get::<DeviceDetail>(&format!("/api/v1/devices/{}", device.id))
+        .device
+        .device
+        .desired_os
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollout never assigned the bundle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let (whole, pieces) = read(&mut agent, &v2, 0, 0).await.unwrap();
     assert_eq!(whole, fixture.v2);
     assert!(pieces >= 2, "a bundle over 1 MiB comes in several pieces");
@@ -771,7 +805,7 @@ async fn read_bundle_ranges_and_bundle_index() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     let e = read(&mut agent, &"0".repeat(64), 0, 0).await.unwrap_err();
-    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
 
     // BundleIndex: cairn-delta's index of the stored file, cached next to it.
     let stored: PathBuf = central
@@ -819,8 +853,16 @@ async fn read_bundle_ranges_and_bundle_index() {
         })
         .await
         .unwrap_err();
-    assert_eq!(e.code(), Code::NotFound);
-    // Removing the bundle removes its index too.
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Removing the bundle removes its index too (once its rollout is aborted).
+    let rollouts: RolloutList = central.get("/api/v1/rollouts");
+    for rollout in rollouts.rollouts {
+        central.admin_call(
+            "POST",
+            &format!("/api/v1/rollouts/{}/abort", rollout.rollout.id),
+            None,
+        );
+    }
     central.admin_call("DELETE", &format!("/api/v1/bundles/{v2}"), None);
     assert!(!cached.exists() && !stored.exists());
     assert_eq!(sha256_hex(&whole), v2);

@@ -402,7 +402,7 @@ pub(super) fn parse_range(header: Option<&str>, size: u64) -> RangeRequest {
     }
 }
 
-/// The bundle file, whole or one byte range (viewer). `ETag` is the quoted SHA-256; `If-Range`
+/// The bundle file, whole or one byte range (operator: a bundle is a whole OS image). `ETag` is the quoted SHA-256; `If-Range`
 /// with another tag gets the whole file.
 #[utoipa::path(
     get,
@@ -428,7 +428,8 @@ pub(super) async fn bundle_content(
     Path(sha256): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Viewer)?;
+    // A bundle holds a whole OS image: only those who may roll it out may copy it.
+    caller.require(Role::Operator)?;
     let bundle = load(&shared, checked_sha256(&sha256)?).await?;
     let path = shared.bundles.path(&bundle.sha256);
     let open_error = |what: &'static str| {
