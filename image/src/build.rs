@@ -479,13 +479,14 @@ impl Run<'_> {
         })?;
 
         let bundle_ukis = ukis.clone();
-        let esp_img = self.step(Step::Esp, |_| {
+        let esp_img = self.step(Step::Esp, |run| {
             let contents = EspContents {
                 bootloader,
                 ukis,
                 tries: recipe.boot.tries,
                 timeout_s: recipe.boot.timeout_s,
                 default_slot: 'a',
+                provisioning: overlay::provisioning_files(run.options.token_file.as_deref())?,
             };
             let img = work.join("esp.img");
             let p = &recipe.partitions;

@@ -54,6 +54,9 @@ pub struct EspContents {
     pub timeout_s: u32,
     /// The slot booted by default.
     pub default_slot: char,
+    /// Provisioning files (paths relative to the ESP, e.g. the enrollment token): on the disk
+    /// image only, never in an update bundle.
+    pub provisioning: Vec<crate::overlay::OsFile>,
 }
 
 /// The ESP path of a slot's UKI.
@@ -119,6 +122,12 @@ pub fn make_esp(
         bytes += write(&format!("loader/entries/{name}"), &text)?;
     }
     bytes += write("loader/loader.conf", &loader_conf(contents))?;
+    for file in &contents.provisioning {
+        let dest = stage.join(&file.path);
+        fs::create_dir_all(dest.parent().expect("has parent")).at("create", &dest)?;
+        fs::write(&dest, &file.contents).at("write", &dest)?;
+        bytes += file.contents.len() as u64;
+    }
     // FAT32 overhead (FATs, reserved sectors) stays well under 2 MiB at these sizes.
     let needed = bytes.div_ceil(1 << 20) + 2;
     if needed > size_mib {
@@ -199,6 +208,11 @@ mod tests {
             tries: 3,
             timeout_s: 0,
             default_slot: 'a',
+            provisioning: vec![crate::overlay::OsFile {
+                path: crate::overlay::ESP_TOKEN_PATH.into(),
+                mode: 0o600,
+                contents: b"cet_test".to_vec(),
+            }],
         }
     }
 
@@ -263,7 +277,9 @@ mod tests {
             .unwrap()
             .stdout_text();
         assert!(
-            listing.contains("BOOTX64.EFI") && listing.contains("cairn-a+3-0.conf"),
+            listing.contains("BOOTX64.EFI")
+                && listing.contains("cairn-a+3-0.conf")
+                && listing.contains("enrollment-token"),
             "{listing}"
         );
         let err = make_esp(&c, &out, &dir.path().join("x"), 1, "CA1B0001", 0).unwrap_err();

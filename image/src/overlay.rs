@@ -50,7 +50,7 @@ pub enum OverlayError {
     },
 }
 
-/// One file to place in the root filesystem.
+/// One file to place in the root filesystem (or, for provisioning files, on the ESP).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OsFile {
     /// Path inside the root, without the leading `/`.
@@ -244,6 +244,33 @@ pub struct FleetInputs {
     pub update_cert: PathBuf,
 }
 
+/// Where the enrollment token lives on the ESP (mounted at `/efi`, root-only).
+pub const ESP_TOKEN_PATH: &str = "cairn/enrollment-token";
+
+/// The provisioning files of the ESP: the enrollment token. They live on the ESP, which the
+/// disk image carries but no update bundle does, so an update never spreads a fleet's token
+/// (the root filesystem, which bundles carry whole, holds none). Paths are relative to the ESP.
+pub fn provisioning_files(token_file: Option<&Path>) -> Result<Vec<OsFile>, OverlayError> {
+    let Some(token) = token_file else {
+        return Ok(Vec::new());
+    };
+    let value = String::from_utf8_lossy(&read_input("enrollment token file", token)?)
+        .trim()
+        .to_string();
+    if value.is_empty() || value.contains(char::is_whitespace) {
+        return Err(OverlayError::BadInput {
+            what: "enrollment token file",
+            path: token.to_path_buf(),
+            problem: "must hold one token with no whitespace".into(),
+        });
+    }
+    Ok(vec![OsFile {
+        path: ESP_TOKEN_PATH.into(),
+        mode: 0o600,
+        contents: value.into_bytes(),
+    }])
+}
+
 /// The fleet layer: agent, its config, trust roots and secrets. Missing CA or token are allowed
 /// (the image then boots but cannot enroll) and reported by the caller.
 pub fn fleet_files(recipe: &Recipe, inputs: &FleetInputs) -> Result<Vec<OsFile>, OverlayError> {
@@ -286,23 +313,12 @@ pub fn fleet_files(recipe: &Recipe, inputs: &FleetInputs) -> Result<Vec<OsFile>,
             contents: pem,
         });
     }
-    if let Some(token) = &inputs.token_file {
-        let value = String::from_utf8_lossy(&read_input("enrollment token file", token)?)
-            .trim()
-            .to_string();
-        if value.is_empty() || value.contains(char::is_whitespace) {
-            return Err(OverlayError::BadInput {
-                what: "enrollment token file",
-                path: token.clone(),
-                problem: "must hold one token with no whitespace".into(),
-            });
-        }
-        files.push(OsFile {
-            path: "etc/cairn/enrollment-token".into(),
-            mode: 0o600,
-            contents: value.into_bytes(),
-        });
-        config.push_str("enrollment_token_file = \"/etc/cairn/enrollment-token\"\n");
+    if inputs.token_file.is_some() {
+        // Provisioning data: on the ESP (see provisioning_files), not in the root filesystem
+        // that every update bundle carries to every device.
+        config.push_str(&format!(
+            "enrollment_token_file = \"/efi/{ESP_TOKEN_PATH}\"\n"
+        ));
     }
     // Last: a TOML table ends the top-level keys.
     config.push_str(&format!(
@@ -494,22 +510,31 @@ mod tests {
             .unwrap();
         assert!(String::from_utf8_lossy(&ntp.contents)
             .contains("[Time]\nNTP=ntp.site.example 10.1.2.3\n"));
-        let token = files
-            .iter()
-            .find(|f| f.path == "etc/cairn/enrollment-token")
-            .unwrap();
-        assert_eq!(
-            (token.mode, token.contents.as_slice()),
-            (0o600, b"tok-123".as_slice())
+        // The token is not in the root filesystem (every update bundle carries it), but on
+        // the ESP, where the config points.
+        assert!(
+            !files
+                .iter()
+                .any(|f| f.contents.windows(7).any(|w| w == b"tok-123")),
+            "no root file holds the token"
         );
-
-        let root = dir.path().join("root");
-        write_files(&root, &files).unwrap();
-        let mode = fs::metadata(root.join("etc/cairn/enrollment-token"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            config.contains("enrollment_token_file = \"/efi/cairn/enrollment-token\""),
+            "{config}"
+        );
+        let provisioning = provisioning_files(inputs.token_file.as_deref()).unwrap();
+        assert_eq!(provisioning.len(), 1);
+        assert_eq!(
+            (
+                provisioning[0].path.as_str(),
+                provisioning[0].contents.as_slice()
+            ),
+            (ESP_TOKEN_PATH, b"tok-123".as_slice())
+        );
+        let spaced = dir.path().join("spaced");
+        fs::write(&spaced, "two tokens\n").unwrap();
+        assert!(provisioning_files(Some(&spaced)).is_err());
+        assert!(provisioning_files(None).unwrap().is_empty());
     }
 
     #[test]
