@@ -30,7 +30,18 @@ pub enum SwtpmError {
         /// swtpm's log file.
         log: String,
     },
+    /// swtpm_setup failed to manufacture the TPM.
+    #[error("cannot manufacture the TPM in {path} with EK certificates: {message}")]
+    Manufacture {
+        /// The state directory.
+        path: PathBuf,
+        /// swtpm_setup's failure.
+        message: String,
+    },
 }
+
+/// The file swtpm keeps a TPM 2.0's permanent state in.
+const TPM_STATE_FILE: &str = "tpm2-00.permall";
 
 /// A running swtpm serving one QEMU guest; killed and reaped on drop. Its state dir persists
 /// (the same TPM across guest reboots when the same dir is used again).
@@ -41,11 +52,23 @@ pub struct QemuSwtpm {
 
 impl QemuSwtpm {
     /// Start swtpm with state in `state_dir` and the control socket `state_dir/swtpm.sock`.
-    pub fn start(state_dir: &Path) -> Result<QemuSwtpm, SwtpmError> {
+    /// With `vendor_ca`, a state directory without a TPM is first manufactured with EK
+    /// certificates from that CA (see [`cairn_testsupport::VendorCa`]).
+    pub fn start(state_dir: &Path, vendor_ca: Option<&Path>) -> Result<QemuSwtpm, SwtpmError> {
         std::fs::create_dir_all(state_dir).map_err(|source| SwtpmError::StateDir {
             path: state_dir.to_path_buf(),
             source,
         })?;
+        if let Some(ca) = vendor_ca {
+            if !state_dir.join(TPM_STATE_FILE).exists() {
+                cairn_testsupport::VendorCa::new(ca)
+                    .manufacture(state_dir)
+                    .map_err(|e| SwtpmError::Manufacture {
+                        path: state_dir.to_path_buf(),
+                        message: e.to_string(),
+                    })?;
+            }
+        }
         let socket = state_dir.join("swtpm.sock");
         let log = state_dir.join("swtpm.log");
         let _ = std::fs::remove_file(&socket);

@@ -102,6 +102,10 @@ pub struct VmOptions {
     pub secure_boot: bool,
     /// TPM state directory (default `dir/tpm`); a new directory is a different, blank TPM.
     pub tpm_dir: Option<PathBuf>,
+    /// A "TPM vendor" CA directory ([`cairn_testsupport::VendorCa`]): a TPM state directory that
+    /// holds no TPM yet is manufactured with EK certificates from it, like a real TPM. `None`:
+    /// a blank swtpm without EK certificates.
+    pub vendor_ca: Option<PathBuf>,
     /// A raw image attached read-only as a second disk (e.g. a recovery stick).
     pub extra_disk: Option<PathBuf>,
     /// Where the guest's real-time clock starts (QEMU `-rtc base=`, e.g. `2023-01-01`): a box
@@ -126,6 +130,7 @@ impl VmOptions {
             disk_size_mib: None,
             secure_boot: true,
             tpm_dir: None,
+            vendor_ca: None,
             extra_disk: None,
             rtc_base: None,
         }
@@ -278,7 +283,7 @@ impl Vm {
         let (code, _) = firmware(options.secure_boot);
         let overlay = dir.join(DISK_FILE);
         let tpm_dir = options.tpm_dir.clone().unwrap_or_else(|| dir.join("tpm"));
-        let tpm = QemuSwtpm::start(&tpm_dir)?;
+        let tpm = QemuSwtpm::start(&tpm_dir, options.vendor_ca.as_deref())?;
         let serial_log = dir.join(SERIAL_FILE);
 
         let mut netdev = "user,id=net0".to_string();

@@ -233,8 +233,12 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let mut config = config_in(central_dir.path());
     let central_data = config.data_dir.clone();
     config.server_names.push("10.0.2.100".into());
+    // The guest's swtpm is manufactured with EK certificates from this "TPM vendor", which
+    // central trusts: the device proves its TPM at enrollment.
+    let vendor = cairn_testsupport::VendorCa::new(work.join("tpm-vendor"));
+    config.tpm_vendor_cas = vendor.anchor_pem_paths();
     let central = runtime.block_on(TestCentral::start_with(central_dir, config));
-    let (_, secret) = runtime.block_on(async { central.token("auto", Some(1), None) });
+    let (_, secret) = runtime.block_on(async { central.tpm_token("auto", Some(1)) });
     let fleet = Fleet { runtime, central };
     let files = image::FleetFiles::for_test_central(&work, &fleet.central.ca_pem, &secret);
     let built = image::build_image(&work.join("image"), &files).unwrap_or_else(|e| panic!("{e}"));
@@ -252,6 +256,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let vm_dir = work.join("vm");
     let mut options = VmOptions::new(&built, &vm_dir);
     options.central_port = Some(fleet.central.c().grpc_addr.port());
+    options.vendor_ca = Some(vendor.dir().to_path_buf());
     options.registry_port = Some(registry.port());
     options.disk_size_mib = Some(DISK_MIB);
 

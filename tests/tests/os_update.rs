@@ -207,8 +207,12 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     config.server_names.push("10.0.2.100".into());
     config.update_keyring = Some(keys.cert.clone());
     config.update_compatible = Some(recipe.update.compatible.clone());
+    // The guest's swtpm is manufactured with EK certificates from this "TPM vendor", which
+    // central trusts: the device proves its TPM at enrollment.
+    let vendor = cairn_testsupport::VendorCa::new(work.join("tpm-vendor"));
+    config.tpm_vendor_cas = vendor.anchor_pem_paths();
     let central = runtime.block_on(TestCentral::start_with(central_dir, config));
-    let (_, secret) = runtime.block_on(async { central.token("auto", Some(1), None) });
+    let (_, secret) = runtime.block_on(async { central.tpm_token("auto", Some(1)) });
     let fleet = Fleet { runtime, central };
     let files = image::FleetFiles::for_test_central(&work, &fleet.central.ca_pem, &secret);
     let a = image::build_image_with(&work.join("image-a"), &files, |_| {})
@@ -253,6 +257,7 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
     let vm_dir = work.join("vm");
     let mut options = VmOptions::new(&a.image, &vm_dir);
     options.central_port = Some(fleet.central.c().grpc_addr.port());
+    options.vendor_ca = Some(vendor.dir().to_path_buf());
     options.registry_port = Some(registry.port());
     options.disk_size_mib = Some(1800);
     // A reboot the guest asks for (the update's) starts QEMU again on the same disk, TPM and

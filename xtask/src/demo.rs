@@ -63,16 +63,16 @@ impl Ctl {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn secret(&self, policy: &str) -> Result<String> {
-        let out = self.run(&[
-            "--json",
-            "token",
-            "create",
-            "--name",
-            &format!("demo-{policy}"),
-            "--policy",
-            policy,
-        ])?;
+    /// A new enrollment token's secret; `software` also admits devices without a proven TPM.
+    fn secret(&self, policy: &str, software: bool) -> Result<String> {
+        let name = format!("demo-{policy}{}", if software { "-software" } else { "" });
+        let mut args = vec![
+            "--json", "token", "create", "--name", &name, "--policy", policy,
+        ];
+        if software {
+            args.push("--allow-software-keys");
+        }
+        let out = self.run(&args)?;
         let start = out
             .find("\"secret\"")
             .context("no secret in cairnctl output")?;
@@ -104,12 +104,18 @@ pub fn run(root: &Path) -> Result<()> {
     let (grpc, rest) = (free_port()?, free_port()?);
     let data = work.join("central");
     let config = work.join("central.toml");
+    // The demo's "TPM vendor": its CA certifies the EKs of the demo's swtpm TPMs (a real fleet
+    // lists its TPM makers' CAs instead), and central trusts it.
+    println!("==> a local TPM vendor CA (swtpm_localca) for the demo's TPMs' EK certificates");
+    let vendor = cairn_testsupport::VendorCa::new(work.join("tpm-vendor"));
     std::fs::write(
         &config,
         // 10.0.2.100 is how the QEMU device reaches this central (forwarded to 127.0.0.1:{grpc}).
         format!(
             "data_dir = {data:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nrest_listen = \"127.0.0.1:{rest}\"\n\
-             server_names = [\"localhost\", \"127.0.0.1\", \"10.0.2.100\"]\npending_retry_seconds = 2\n"
+             server_names = [\"localhost\", \"127.0.0.1\", \"10.0.2.100\"]\npending_retry_seconds = 2\n\
+             tpm_vendor_cas = {:?}\n",
+            vendor.anchor_pem_paths()
         ),
     )?;
     println!(
@@ -137,14 +143,20 @@ pub fn run(root: &Path) -> Result<()> {
         token: data.join("admin.token"),
     };
 
-    println!("==> cairnctl token create (auto and manual)");
-    let auto = ctl.secret("auto")?;
-    let manual = ctl.secret("manual")?;
+    println!(
+        "==> cairnctl token create (auto for proven TPMs; auto and manual also for software keys)"
+    );
+    let tpm_only = ctl.secret("auto", false)?;
+    let auto = ctl.secret("auto", true)?;
+    let manual = ctl.secret("manual", true)?;
     print!("{}", ctl.run(&["token", "list"])?);
 
     let tpm_port = free_port()?;
     let tpm_state = work.join("swtpm");
     std::fs::create_dir_all(&tpm_state)?;
+    vendor
+        .manufacture(&tpm_state)
+        .map_err(|e| anyhow::anyhow!("manufacturing the demo TPM: {e}"))?;
     let swtpm = Command::new("swtpm")
         .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
         .arg("--server")
@@ -177,7 +189,7 @@ pub fn run(root: &Path) -> Result<()> {
         ),
         (
             "shop-2-tpm",
-            auto.as_str(),
+            tpm_only.as_str(),
             tpm_tcti.map_or("key_storage = \"software\"".into(), |t| {
                 format!("key_storage = \"tpm\"\ntpm_tcti = {t:?}")
             }),
@@ -236,7 +248,7 @@ pub fn run(root: &Path) -> Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     println!("==> cairnctl device list");
     print!("{}", ctl.run(&["device", "list"])?);
-    boot_device_image(&ctl, &work, &data, grpc)?;
+    boot_device_image(&ctl, &work, &data, grpc, &vendor)?;
     println!("==> cairnctl audit");
     print!("{}", ctl.run(&["audit", "--limit", "10"])?);
     println!(
@@ -248,7 +260,13 @@ pub fn run(root: &Path) -> Result<()> {
 
 /// Build the fleet image for this central, boot it under QEMU (TCG, OVMF Secure Boot, swtpm)
 /// and wait until the device has enrolled by itself and is online.
-fn boot_device_image(ctl: &Ctl, work: &Path, data: &Path, grpc: u16) -> Result<()> {
+fn boot_device_image(
+    ctl: &Ctl,
+    work: &Path,
+    data: &Path,
+    grpc: u16,
+    vendor: &cairn_testsupport::VendorCa,
+) -> Result<()> {
     if std::env::var_os("CAIRN_DEMO_NO_VM").is_some() {
         println!("==> CAIRN_DEMO_NO_VM set: skipping the QEMU device");
         return Ok(());
@@ -266,7 +284,7 @@ fn boot_device_image(ctl: &Ctl, work: &Path, data: &Path, grpc: u16) -> Result<(
             .truncate(true)
             .mode(0o600)
             .open(&token)?;
-        writeln!(file, "{}", ctl.secret("auto")?)?;
+        writeln!(file, "{}", ctl.secret("auto", false)?)?;
     }
     println!("==> cairn-image build recipes/qemu-x86_64.toml (fleet settings: this central's CA and token)");
     let fleet = cairn_e2e::image::FleetFiles {
@@ -290,6 +308,7 @@ fn boot_device_image(ctl: &Ctl, work: &Path, data: &Path, grpc: u16) -> Result<(
         ));
     let mut options = cairn_e2e::VmOptions::new(&image, &work.join("vm"));
     options.central_port = Some(grpc);
+    options.vendor_ca = Some(vendor.dir().to_path_buf());
     options.registry_port = Some(registry.port());
     println!(
         "==> booting {} under QEMU (serial log {})",
