@@ -75,6 +75,101 @@ async fn malformed_csrs_and_facts_are_refused_with_invalid_argument() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tpm_evidence_is_refused_and_central_keeps_serving() {
+    use cairn_proto::v1::{TpmActivation, TpmEvidence};
+    // Central trusts a "vendor" (its own CA certificate will do as an anchor here).
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = dir.path().join("vendor.pem");
+    let mut config = cairn_testsupport::central::config_in(dir.path());
+    let probe = TestCentral::start().await;
+    std::fs::write(&anchor, &probe.ca_pem).unwrap();
+    config.tpm_vendor_cas = vec![anchor];
+    let central = TestCentral::start_with(dir, config).await;
+    let (_, tpm_only) = central.tpm_token("auto", None);
+    let (_, open) = central.token("auto", None, None);
+    let with = |serial: &str, token: &str, evidence: TpmEvidence| {
+        let mut request = SimDevice::new(serial).request(token);
+        request.facts.as_mut().unwrap().key_storage = "tpm".into();
+        request.tpm = Some(evidence);
+        request
+    };
+    let send = |request| async {
+        central
+            .enrollment()
+            .await
+            .enroll(request)
+            .await
+            .map(|r| r.into_inner())
+    };
+    let garbage = |n: usize| (0..n).map(|i| (i * 7 + 3) as u8).collect::<Vec<u8>>();
+    let cases: Vec<(&str, TpmEvidence, Code, &str)> = vec![
+        (
+            "oversized",
+            TpmEvidence {
+                ek_certificate_der: garbage(40 * 1024),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "at most",
+        ),
+        (
+            "too many chain certificates",
+            TpmEvidence {
+                ek_certificate_der: garbage(100),
+                ek_chain_der: vec![garbage(10); 9],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "chain certificates",
+        ),
+        (
+            "garbage EK certificate",
+            TpmEvidence {
+                ek_certificate_der: garbage(1500),
+                ak_public: garbage(90),
+                ..Default::default()
+            },
+            Code::PermissionDenied,
+            "endorsement key certificate refused",
+        ),
+        (
+            "no EK certificate",
+            TpmEvidence {
+                ak_public: garbage(90),
+                ..Default::default()
+            },
+            Code::PermissionDenied,
+            "no endorsement key certificate",
+        ),
+    ];
+    for (what, evidence, code, words) in cases {
+        let status = send(with("SER-HOSTILE", &tpm_only, evidence))
+            .await
+            .expect_err(what);
+        assert_eq!(status.code(), code, "{what}: {status:?}");
+        assert!(status.message().contains(words), "{what}: {status:?}");
+    }
+    // An activation for a challenge central never made.
+    let mut forged = with("SER-TICKET", &tpm_only, TpmEvidence::default());
+    forged.activation = Some(TpmActivation {
+        ticket: garbage(100),
+        secret: garbage(32),
+    });
+    assert_eq!(
+        send(forged).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // A token that allows software keys admits an unprovable TPM as such.
+    let answer = send(with("SER-UNPROVEN", &open, TpmEvidence::default()))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), EnrollStatus::Approved);
+    still_serves(&central, &open, "SER-AFTER").await;
+    let devices: cairn_api::DeviceList = central.get("/api/v1/devices");
+    assert_eq!(devices.devices.len(), 2, "no refused attempt left a device");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_messages_are_refused_before_they_are_processed() {
     let central = TestCentral::start().await;
     let (_, token) = central.token("auto", None, None);
