@@ -22,12 +22,20 @@
 //!   to parse, ring to verify), tolerant of the unusual shape of TPM EK certificates. Errors:
 //!   [`ekcert::EkCertError`].
 //!
+//! - `emulator` (cargo feature `emulator`, off by default): a software TPM for the fleet
+//!   simulator and benchmarks, whose EK certificates come from the emulator's own "vendor" CA.
+//!   Central verifies its evidence like any TPM's and trusts it only when that CA is listed in
+//!   `tpm_vendor_cas`. Errors: `emulator::EmulatorError`, `credential::ActivateError`.
+//!
 //! Every input is treated as hostile: sizes are bounded before parsing, and no input makes a
 //! function panic.
 
 mod der;
+mod ring_rng;
 
 pub mod credential;
 pub mod ekcert;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod keys;
 pub mod tpm2;

@@ -6,11 +6,11 @@ use aes::Aes128;
 use cfb_mode::cipher::{AsyncStreamCipher as _, KeyIvInit as _};
 use ring::hmac;
 use ring::rand::SecureRandom;
-use rsa::rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
 use super::kdf::kdfa_sha256;
 use super::{CredentialError, EkPublicKey};
+use crate::ring_rng::RingRng;
 use crate::tpm2::{MAX_NAME_LEN, SHA256_LEN};
 
 /// Longest credential: the digest size of the EK's name algorithm (SHA-256).
@@ -84,13 +84,13 @@ fn encrypt_seed(
 ) -> Result<Vec<u8>, CredentialError> {
     let key = ek.rsa_public_key()?;
     let padding = rsa::Oaep::new_with_label::<sha2::Sha256, _>(IDENTITY_LABEL);
-    let mut rng = RingRng { rng, failed: false };
+    let mut rng = RingRng::new(rng);
     let encrypted = key
         .encrypt(&mut rng, padding, seed)
         .map_err(|e| CredentialError::Encrypt {
             reason: e.to_string(),
         })?;
-    if rng.failed {
+    if rng.failed() {
         return Err(CredentialError::Random);
     }
     Ok(encrypted)
@@ -120,37 +120,3 @@ pub(super) fn protect_credential(seed: &[u8], object_name: &[u8], credential: &[
     id_object.extend_from_slice(&enc_identity);
     id_object
 }
-
-/// ring's random number generator for the `rsa` crate. `RngCore` cannot report failure, so a
-/// failure is remembered and the caller discards the output.
-struct RingRng<'a> {
-    rng: &'a dyn SecureRandom,
-    failed: bool,
-}
-
-impl RngCore for RingRng<'_> {
-    fn next_u32(&mut self) -> u32 {
-        let mut bytes = [0u8; 4];
-        self.fill_bytes(&mut bytes);
-        u32::from_le_bytes(bytes)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut bytes = [0u8; 8];
-        self.fill_bytes(&mut bytes);
-        u64::from_le_bytes(bytes)
-    }
-
-    fn fill_bytes(&mut self, dest: &mut [u8]) {
-        if self.rng.fill(dest).is_err() {
-            self.failed = true;
-        }
-    }
-
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rsa::rand_core::Error> {
-        self.fill_bytes(dest);
-        Ok(())
-    }
-}
-
-impl CryptoRng for RingRng<'_> {}

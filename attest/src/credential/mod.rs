@@ -6,14 +6,20 @@
 //! - [`EkPublicKey`]: the RSA-2048 EK public key, from its certificate or its TPM public area, and
 //!   its identity hash (the same as `cairn_tpm::ek_public_sha256` on the device).
 //! - [`make_credential`]: the `credentialBlob` and `secret` of TPM2_MakeCredential.
+//! - With the `emulator` feature, `ActivateError`: why the software TPM's ActivateCredential (the
+//!   inverse, with the EK's private key) refused a credential.
 
 mod ek_public;
 mod kdf;
 mod make;
 
-#[cfg(test)]
-mod activate_for_tests;
+#[cfg(any(test, feature = "emulator"))]
+mod activate;
 
+#[cfg(feature = "emulator")]
+pub(crate) use activate::activate_credential;
+#[cfg(feature = "emulator")]
+pub use activate::ActivateError;
 pub use ek_public::EkPublicKey;
 pub use make::{make_credential, MadeCredential, MAX_CREDENTIAL_LEN};
 

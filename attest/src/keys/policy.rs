@@ -125,7 +125,7 @@ fn describe_scheme(scheme: &Scheme) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tpm2::public::tests::ecc_public_area;
+    use crate::tpm2::marshal::ecc_public_area;
 
     /// fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign.
     const AK_ATTRIBUTES: u32 = 0x0005_0072;

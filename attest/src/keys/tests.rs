@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::*;
 use crate::tpm2::attest::tests::{attest_head, quote};
-use crate::tpm2::public::tests::ecc_public_area;
+use crate::tpm2::marshal::ecc_public_area;
 use crate::tpm2::{TpmPublic, TPM_ST_ATTEST_CERTIFY};
 
 /// fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | restricted | sign.

@@ -7,6 +7,8 @@
 //! - [`Attest`]: a TPMS_ATTEST (what a TPM signs in TPM2_Certify and TPM2_Quote).
 
 pub(crate) mod attest;
+#[cfg(any(test, feature = "emulator"))]
+pub(crate) mod marshal;
 pub(crate) mod public;
 mod reader;
 

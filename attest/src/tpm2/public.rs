@@ -385,26 +385,9 @@ fn symmetric_definition(r: &mut Reader<'_>) -> Result<SymmetricDefinition, WireE
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A marshalled ECC P-256 public area with the given attributes, scheme and coordinates.
-    pub(crate) fn ecc_public_area(attributes: u32, scheme: &[u8], x: &[u8], y: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&TPM_ALG_ECC.to_be_bytes());
-        v.extend_from_slice(&TPM_ALG_SHA256.to_be_bytes());
-        v.extend_from_slice(&attributes.to_be_bytes());
-        v.extend_from_slice(&[0x00, 0x00]); // empty authPolicy
-        v.extend_from_slice(&TPM_ALG_NULL.to_be_bytes()); // symmetric
-        v.extend_from_slice(scheme);
-        v.extend_from_slice(&TPM_ECC_NIST_P256.to_be_bytes());
-        v.extend_from_slice(&TPM_ALG_NULL.to_be_bytes()); // kdf
-        v.extend_from_slice(&(x.len() as u16).to_be_bytes());
-        v.extend_from_slice(x);
-        v.extend_from_slice(&(y.len() as u16).to_be_bytes());
-        v.extend_from_slice(y);
-        v
-    }
+    use crate::tpm2::marshal::ecc_public_area;
 
     const ECDSA_SHA256: [u8; 4] = [0x00, 0x18, 0x00, 0x0b];
 

@@ -1,47 +1,103 @@
-//! The inverse of MakeCredential with the EK's private key, for tests only: what
-//! TPM2_ActivateCredential does inside the TPM (Part 3 §12.5), so the blob layout is checked
-//! end to end and against `tpm2_makecredential`.
+//! TPM2_ActivateCredential in software (Part 3 §12.5): the inverse of
+//! [`make_credential`](super::make_credential) with the EK's private key, as the TPM does it
+//! inside. The software TPM of the `emulator` feature answers central's challenges with it, and
+//! the tests below check the blob layout end to end and against `tpm2_makecredential`.
 
 use aes::Aes128;
 use cfb_mode::cipher::{AsyncStreamCipher as _, KeyIvInit as _};
 use ring::hmac;
+use zeroize::Zeroizing;
 
 use super::kdf::kdfa_sha256;
 use super::make::{IDENTITY_LABEL, INTEGRITY_LABEL, STORAGE_LABEL, SYM_KEY_LEN};
 use crate::tpm2::SHA256_LEN;
 
+/// ActivateCredential refused a credential. The messages say which step failed and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActivateError {
+    /// The seed does not decrypt with the EK's private key.
+    #[error(
+        "the credential's encrypted secret does not decrypt with this TPM's endorsement key \
+         (RSA-OAEP SHA-256, label IDENTITY): it was made for another EK; ask central for a new \
+         challenge"
+    )]
+    Seed,
+
+    /// The credential blob does not have the layout of a TPM2B_ID_OBJECT.
+    #[error(
+        "the credential blob is malformed ({what}): pass the TPM2B_ID_OBJECT contents central \
+         sent, unchanged"
+    )]
+    Malformed {
+        /// The field that is wrong.
+        what: &'static str,
+    },
+
+    /// The integrity HMAC does not verify for the object the TPM activates for.
+    #[error(
+        "the credential's integrity HMAC does not verify for the object {object_name_hex}: the \
+         credential was made for another key than this attestation key, or the blob was \
+         damaged; central must make it for this AK's name"
+    )]
+    Integrity {
+        /// Hex of the name of the object (the attestation key) it was activated for.
+        object_name_hex: String,
+    },
+}
+
 /// Recovers the credential from `id_object` and `encrypted_secret` (TPM2B contents) for the
-/// object `object_name`, as the TPM would; `Err` says which step failed.
-pub(crate) fn activate_with_private_key(
+/// object named `object_name`, as TPM2_ActivateCredential does: the seed is decrypted with the
+/// EK, and the outer HMAC over the encrypted identity and `object_name` must verify, so a
+/// credential made for another object's name is refused.
+///
+/// # Errors
+/// [`ActivateError::Seed`] when the seed was not encrypted to `ek`,
+/// [`ActivateError::Integrity`] when the credential names another object or was altered,
+/// [`ActivateError::Malformed`] when the blob's sizes are wrong.
+pub(crate) fn activate_credential(
     ek: &rsa::RsaPrivateKey,
     object_name: &[u8],
     id_object: &[u8],
     encrypted_secret: &[u8],
-) -> Result<Vec<u8>, &'static str> {
+) -> Result<Zeroizing<Vec<u8>>, ActivateError> {
+    let malformed = |what| ActivateError::Malformed { what };
     let padding = rsa::Oaep::new_with_label::<sha2::Sha256, _>(IDENTITY_LABEL);
-    let seed = ek
-        .decrypt(padding, encrypted_secret)
-        .map_err(|_| "RSA-OAEP decryption of the seed")?;
+    let seed = Zeroizing::new(
+        ek.decrypt(padding, encrypted_secret)
+            .map_err(|_| ActivateError::Seed)?,
+    );
     let sym_key = kdfa_sha256::<SYM_KEY_LEN>(&seed, STORAGE_LABEL, object_name, &[]);
     let hmac_key = kdfa_sha256::<SHA256_LEN>(&seed, INTEGRITY_LABEL, &[], &[]);
 
-    let (size, rest) = id_object.split_at_checked(2).ok_or("idObject size")?;
+    let (size, rest) = id_object
+        .split_at_checked(2)
+        .ok_or(malformed("no integrityHMAC size"))?;
     if usize::from(u16::from_be_bytes([size[0], size[1]])) != SHA256_LEN {
-        return Err("integrityHMAC size");
+        return Err(malformed("integrityHMAC is not a SHA-256 digest"));
     }
-    let (outer_hmac, enc_identity) = rest.split_at_checked(SHA256_LEN).ok_or("integrityHMAC")?;
+    let (outer_hmac, enc_identity) = rest
+        .split_at_checked(SHA256_LEN)
+        .ok_or(malformed("integrityHMAC is truncated"))?;
     let key = hmac::Key::new(hmac::HMAC_SHA256, hmac_key.as_ref());
-    hmac::verify(&key, &[enc_identity, object_name].concat(), outer_hmac)
-        .map_err(|_| "integrity HMAC (wrong name or damaged blob)")?;
+    hmac::verify(&key, &[enc_identity, object_name].concat(), outer_hmac).map_err(|_| {
+        ActivateError::Integrity {
+            object_name_hex: hex::encode(object_name),
+        }
+    })?;
 
-    let mut identity = enc_identity.to_vec();
+    let mut identity = Zeroizing::new(enc_identity.to_vec());
     cfb_mode::Decryptor::<Aes128>::new(&(*sym_key).into(), &[0u8; 16].into())
         .decrypt(&mut identity);
-    let (size, credential) = identity.split_at_checked(2).ok_or("credential size")?;
+    let (size, credential) = identity
+        .split_at_checked(2)
+        .ok_or(malformed("no credential size"))?;
     if usize::from(u16::from_be_bytes([size[0], size[1]])) != credential.len() {
-        return Err("credential size does not match its TPM2B_DIGEST");
+        return Err(malformed(
+            "the credential's size is not its TPM2B_DIGEST size",
+        ));
     }
-    Ok(credential.to_vec())
+    Ok(Zeroizing::new(credential.to_vec()))
 }
 
 #[cfg(test)]
@@ -84,8 +140,8 @@ mod tests {
         let (private, _) = test_ek();
         let (id_object, secret) = split_tpm2_tools_blob(TPM2_TOOLS_BLOB);
         let name = hex::decode(TPM2_TOOLS_NAME).unwrap();
-        let credential = activate_with_private_key(&private, &name, id_object, secret).unwrap();
-        assert_eq!(credential, TPM2_TOOLS_SECRET);
+        let credential = activate_credential(&private, &name, id_object, secret).unwrap();
+        assert_eq!(credential.as_slice(), TPM2_TOOLS_SECRET);
     }
 
     #[test]
@@ -105,14 +161,18 @@ mod tests {
         let name = hex::decode(TPM2_TOOLS_NAME).unwrap();
         let made = make_credential(&ek, &name, b"0123456789", &SystemRandom::new()).unwrap();
         assert_eq!(
-            activate_with_private_key(&private, &name, &made.id_object, &made.encrypted_secret),
-            Ok(b"0123456789".to_vec())
+            activate_credential(&private, &name, &made.id_object, &made.encrypted_secret)
+                .unwrap()
+                .as_slice(),
+            b"0123456789"
         );
         let mut other = name.clone();
         other[5] ^= 1;
         assert_eq!(
-            activate_with_private_key(&private, &other, &made.id_object, &made.encrypted_secret),
-            Err("integrity HMAC (wrong name or damaged blob)")
+            activate_credential(&private, &other, &made.id_object, &made.encrypted_secret),
+            Err(ActivateError::Integrity {
+                object_name_hex: hex::encode(&other)
+            })
         );
     }
 
@@ -123,8 +183,22 @@ mod tests {
         let made = make_credential(&ek, &name, &[7; 32], &SystemRandom::new()).unwrap();
         let mut id_object = made.id_object.clone();
         *id_object.last_mut().unwrap() ^= 1;
-        assert!(
-            activate_with_private_key(&private, &name, &id_object, &made.encrypted_secret).is_err()
+        assert!(matches!(
+            activate_credential(&private, &name, &id_object, &made.encrypted_secret),
+            Err(ActivateError::Integrity { .. })
+        ));
+    }
+
+    #[test]
+    fn a_secret_encrypted_to_another_ek_does_not_decrypt() {
+        let (private, ek) = test_ek();
+        let name = hex::decode(TPM2_TOOLS_NAME).unwrap();
+        let made = make_credential(&ek, &name, &[7; 32], &SystemRandom::new()).unwrap();
+        let mut secret = made.encrypted_secret.clone();
+        secret[0] ^= 1;
+        assert_eq!(
+            activate_credential(&private, &name, &made.id_object, &secret),
+            Err(ActivateError::Seed)
         );
     }
 
