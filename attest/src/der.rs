@@ -1,6 +1,7 @@
-//! Minimal DER encoders for public keys: SubjectPublicKeyInfo of an EC P-256 point and of an RSA
-//! key. They follow the same rules as `cairn-tpm`'s encoder (minimal positive INTEGERs), so the
-//! EK hash computed here equals `cairn_tpm::ek_public_sha256` on the device.
+//! Minimal DER for TPM keys, shared by the verifier and the device (`cairn-tpm` uses these too,
+//! so the EK hash central computes equals `cairn_tpm::ek_public_sha256` on the device):
+//! SubjectPublicKeyInfo of an EC P-256 point and of an RSA key (minimal positive INTEGERs), the
+//! ECDSA signature value, and the length of a DER SEQUENCE with padding after it.
 
 /// `id-ecPublicKey` (1.2.840.10045.2.1), encoded OBJECT IDENTIFIER.
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
@@ -18,7 +19,7 @@ const TAG_BIT_STRING: u8 = 0x03;
 const TAG_SEQUENCE: u8 = 0x30;
 
 /// Size in bytes of a P-256 field element.
-pub(crate) const P256_COORDINATE_LEN: usize = 32;
+pub const P256_COORDINATE_LEN: usize = 32;
 
 /// Append a DER length (short form below 128, long form otherwise).
 fn push_len(out: &mut Vec<u8>, len: usize) {
@@ -78,7 +79,7 @@ fn bit_string(bytes: &[u8]) -> Vec<u8> {
 
 /// Left-pad a big-endian value to `len` bytes (the TPM may drop leading zero bytes). `None` when
 /// the value (without leading zeros) is longer than `len`.
-pub(crate) fn left_pad(value: &[u8], len: usize) -> Option<Vec<u8>> {
+pub fn left_pad(value: &[u8], len: usize) -> Option<Vec<u8>> {
     let significant = strip_leading_zeros(value);
     if significant.len() > len {
         return None;
@@ -101,20 +102,51 @@ pub(crate) fn uncompressed_point(x: &[u8], y: &[u8]) -> Vec<u8> {
 
 /// SubjectPublicKeyInfo for a P-256 public key: `id-ecPublicKey` with `prime256v1`, and the
 /// uncompressed point `04 || x || y`. `x` and `y` must be exactly 32 bytes.
-pub(crate) fn spki_ec_p256(x: &[u8], y: &[u8]) -> Vec<u8> {
+pub fn spki_ec_p256(x: &[u8], y: &[u8]) -> Vec<u8> {
     let algorithm = sequence(&[OID_EC_PUBLIC_KEY, OID_PRIME256V1]);
     sequence(&[&algorithm, &bit_string(&uncompressed_point(x, y))])
 }
 
 /// SubjectPublicKeyInfo for an RSA public key: `rsaEncryption` with NULL parameters, and
 /// `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`.
-pub(crate) fn spki_rsa(modulus: &[u8], exponent: u32) -> Vec<u8> {
+pub fn spki_rsa(modulus: &[u8], exponent: u32) -> Vec<u8> {
     let rsa_public_key = sequence(&[
         &unsigned_integer(modulus),
         &unsigned_integer(&exponent.to_be_bytes()),
     ]);
     let algorithm = sequence(&[OID_RSA_ENCRYPTION, NULL]);
     sequence(&[&algorithm, &bit_string(&rsa_public_key)])
+}
+
+/// The length (header and content) of the DER SEQUENCE that `bytes` start with, so padding after
+/// it can be cut off (TPM NV areas are often larger than the certificate they hold). `None` when
+/// `bytes` do not start with a definite-length SEQUENCE that fits.
+pub fn outer_sequence_len(bytes: &[u8]) -> Option<usize> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    if tag != TAG_SEQUENCE {
+        return None;
+    }
+    let (content_len, header_len) = match first {
+        0..=0x7f => (usize::from(first), 2),
+        // Long form: 1..=4 length octets (a certificate is far below 4 GiB); 0x80 is indefinite.
+        0x81..=0x84 => {
+            let count = usize::from(first & 0x7f);
+            let octets = rest.get(..count)?;
+            let len = octets
+                .iter()
+                .fold(0usize, |len, &octet| (len << 8) | usize::from(octet));
+            (len, 2 + count)
+        }
+        _ => return None,
+    };
+    let total = header_len.checked_add(content_len)?;
+    (total <= bytes.len()).then_some(total)
+}
+
+/// `Ecdsa-Sig-Value ::= SEQUENCE { r INTEGER, s INTEGER }` from big-endian `r` and `s`.
+pub fn ecdsa_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
+    sequence(&[&unsigned_integer(r), &unsigned_integer(s)])
 }
 
 #[cfg(test)]
@@ -176,5 +208,41 @@ mod tests {
         assert_eq!(left_pad(&[1, 2], 4).unwrap(), [0, 0, 1, 2]);
         assert_eq!(left_pad(&[0, 0, 0, 1, 2], 4).unwrap(), [0, 0, 1, 2]);
         assert!(left_pad(&[1, 2, 3, 4, 5], 4).is_none());
+    }
+
+    #[test]
+    fn ecdsa_signature_handles_high_bits_and_leading_zeros() {
+        let r = [0x80u8; 32];
+        let mut s = [0x01u8; 32];
+        s[0] = 0x00;
+        s[1] = 0x00;
+        let der = ecdsa_signature(&r, &s);
+        // r: 33 content bytes (leading 00), s: 30 bytes (two zeros stripped).
+        assert_eq!(der[0], 0x30);
+        assert_eq!(der[1] as usize, der.len() - 2);
+        assert_eq!(&der[2..5], &[0x02, 33, 0x00]);
+        assert_eq!(&der[5..37], &r);
+        assert_eq!(&der[37..39], &[0x02, 30]);
+        assert_eq!(&der[39..], &s[2..]);
+    }
+
+    #[test]
+    fn outer_sequence_len_cuts_padding_and_refuses_the_rest() {
+        let short = sequence(&[&unsigned_integer(&[5])]);
+        assert_eq!(outer_sequence_len(&short), Some(5));
+        let long = spki_rsa(&[0xc5u8; 256], 65537);
+        let mut padded = long.clone();
+        padded.extend_from_slice(&[0xff; 100]);
+        assert_eq!(outer_sequence_len(&padded), Some(long.len()));
+        padded[long.len()..].fill(0);
+        assert_eq!(outer_sequence_len(&padded), Some(long.len()));
+        // Truncated, not a SEQUENCE, indefinite length, empty.
+        assert_eq!(outer_sequence_len(&long[..long.len() - 1]), None);
+        assert_eq!(outer_sequence_len(&long[..3]), None);
+        assert_eq!(outer_sequence_len(&[0x02, 0x01, 0x00]), None);
+        assert_eq!(outer_sequence_len(&[0x30, 0x80, 0x00, 0x00]), None);
+        assert_eq!(outer_sequence_len(&[0x30]), None);
+        assert_eq!(outer_sequence_len(&[]), None);
+        assert_eq!(outer_sequence_len(&[0xff; 16]), None);
     }
 }

@@ -30,7 +30,7 @@
 //! Every input is treated as hostile: sizes are bounded before parsing, and no input makes a
 //! function panic.
 
-mod der;
+pub mod der;
 mod ring_rng;
 
 pub mod credential;

@@ -9,9 +9,9 @@ use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::structures::{CapabilityData, Public};
 use tss_esapi::Context;
 
-use crate::der;
 use crate::tcti::TpmAccess;
 use crate::TpmError;
+use cairn_attest::der;
 
 /// The RSA exponent a TPM public area reports as 0.
 const DEFAULT_RSA_EXPONENT: u32 = 65537;

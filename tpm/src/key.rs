@@ -19,13 +19,13 @@ use tss_esapi::traits::Marshall;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 use tss_esapi::Context;
 
-use crate::der::{self, P256_COORDINATE_LEN};
 use crate::owner_key::{
     check_p256_signing, create_owner_primary, flush, load_or_create, read_blob, KeyKind,
     KeyShapeError,
 };
 use crate::tcti::open_context;
 use crate::TpmError;
+use cairn_attest::der::{self, P256_COORDINATE_LEN};
 
 /// The device key: an unrestricted P-256 ECDSA signing key.
 pub(crate) const DEVICE_KEY: KeyKind = KeyKind {

@@ -22,7 +22,6 @@
 
 mod attest;
 mod blob;
-mod der;
 mod ek;
 mod error;
 mod eventlog;

@@ -21,8 +21,8 @@ use tss_esapi::structures::{
 use tss_esapi::Context;
 
 use crate::blob::KeyBlob;
-use crate::der::P256_COORDINATE_LEN;
 use crate::TpmError;
+use cairn_attest::der::P256_COORDINATE_LEN;
 
 /// A kind of key kept as a blob: how to make one and how to recognise one read from disk.
 pub(crate) struct KeyKind {
