@@ -151,7 +151,7 @@ fn default_clock_offset_warning() -> u64 {
     60
 }
 fn default_enroll_rate() -> u32 {
-    120
+    600
 }
 
 /// Smallest `max_bundle_bytes` allowed: a signed bundle is never smaller.
