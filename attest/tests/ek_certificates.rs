@@ -151,6 +151,37 @@ fn an_ek_certificate_signed_by_a_trusted_root_is_accepted() {
 }
 
 #[test]
+fn a_vendor_ca_certificate_of_another_kind_is_not_an_ek_certificate() {
+    let root = root("Vendor Root", &PKCS_ECDSA_P256_SHA256);
+    let spki = test_ek_spki();
+    let refused = |params: CertificateParams, why: &str| {
+        let cert = ek_cert(&params, &spki, &root);
+        match verify_ek_certificate(&cert, &[], &anchors(&[&root]), NOW) {
+            Err(EkCertError::NotAnEkCertificate { reason, .. }) => {
+                assert!(reason.contains(why), "{reason}")
+            }
+            other => panic!("expected NotAnEkCertificate ({why}), got {other:?}"),
+        }
+    };
+    // A CA, a TLS server key and a signing key the same vendor CA certified.
+    let mut ca = ek_cert_params();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    refused(ca, "CA certificate");
+    let mut tls = ek_cert_params();
+    tls.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    refused(tls, "tcg-kp-EKCertificate");
+    let mut signing = ek_cert_params();
+    signing.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    refused(signing, "keyEncipherment");
+    // Without key usage and extended key usage (some vendors omit them) it is still an EK.
+    let mut bare = ek_cert_params();
+    bare.key_usages.clear();
+    bare.extended_key_usages.clear();
+    let cert = ek_cert(&bare, &spki, &root);
+    verify_ek_certificate(&cert, &[], &anchors(&[&root]), NOW).unwrap();
+}
+
+#[test]
 fn an_ek_certificate_of_an_untrusted_ca_is_refused_naming_the_issuer() {
     let vendor = root("Unknown TPM Vendor CA", &PKCS_ECDSA_P256_SHA256);
     let trusted = root("Cairn Test EK Root", &PKCS_ECDSA_P256_SHA256);

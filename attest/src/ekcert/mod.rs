@@ -142,6 +142,18 @@ pub enum EkCertError {
         now: i64,
     },
 
+    /// The leaf certificate is not an endorsement key certificate.
+    #[error(
+        "the certificate \"{subject}\" is not an endorsement key certificate: {reason}; a TPM \
+         vendor CA certified it for something else"
+    )]
+    NotAnEkCertificate {
+        /// Its subject.
+        subject: String,
+        /// What contradicts the EK profile.
+        reason: String,
+    },
+
     /// An intermediate certificate is not a CA allowed to issue at its place in the path.
     #[error(
         "the intermediate certificate \"{subject}\" may not issue certificates: {reason}; the \

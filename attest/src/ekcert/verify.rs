@@ -62,6 +62,7 @@ pub fn verify_ek_certificate(
         .collect::<Result<Vec<_>, _>>()?;
 
     check_validity(&ek_cert, now_unix)?;
+    check_ek_profile(&ek_cert)?;
     let mut used = vec![false; intermediates.len()];
     let mut current = &ek_cert;
     // Each round either returns or uses one more intermediate, so the loop ends.
@@ -177,6 +178,43 @@ fn check_issuing_ca(cert: &X509Certificate<'_>, depth: usize) -> Result<(), EkCe
         .map_err(|e| not_a_ca(format!("its key usage does not parse: {e}")))?;
     if usage.is_some_and(|u| !u.value.key_cert_sign()) {
         return Err(not_a_ca("its key usage lacks keyCertSign".to_string()));
+    }
+    Ok(())
+}
+
+/// The TCG EK Credential Profile's marks of an EK certificate, so that a vendor CA's other
+/// certificates (a CA, a TLS or code-signing key, whose private key exists outside any TPM)
+/// cannot pass for one: not a CA; key usage, when present, allows keyEncipherment (the EK
+/// decrypts, it never signs); extended key usage, when present, names tcg-kp-EKCertificate
+/// (2.23.133.8.1).
+fn check_ek_profile(cert: &X509Certificate<'_>) -> Result<(), EkCertError> {
+    let refuse = |reason: String| EkCertError::NotAnEkCertificate {
+        subject: display_name(cert.subject()),
+        reason,
+    };
+    let constraints = cert
+        .basic_constraints()
+        .map_err(|e| refuse(format!("its basic constraints do not parse: {e}")))?;
+    if constraints.is_some_and(|c| c.value.ca) {
+        return Err(refuse("it is a CA certificate".to_string()));
+    }
+    let usage = cert
+        .key_usage()
+        .map_err(|e| refuse(format!("its key usage does not parse: {e}")))?;
+    if usage.is_some_and(|u| !u.value.key_encipherment()) {
+        return Err(refuse("its key usage lacks keyEncipherment".to_string()));
+    }
+    let extended = cert
+        .extended_key_usage()
+        .map_err(|e| refuse(format!("its extended key usage does not parse: {e}")))?;
+    if let Some(extended) = extended {
+        let ek = x509_parser::der_parser::oid!(2.23.133 .8 .1);
+        if extended.value.any || !extended.value.other.contains(&ek) {
+            return Err(refuse(
+                "its extended key usage does not name tcg-kp-EKCertificate (2.23.133.8.1)"
+                    .to_string(),
+            ));
+        }
     }
     Ok(())
 }

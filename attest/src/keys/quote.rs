@@ -59,7 +59,8 @@ pub fn verify_quote(
     }
     let expected: BTreeSet<u8> = pcr_values.keys().copied().collect();
     match pcr_select.as_slice() {
-        [only] if only.hash == TPM_ALG_SHA256 && only.pcrs == expected => {}
+        // A quote over no PCR says nothing about the boot: never accepted.
+        [only] if only.hash == TPM_ALG_SHA256 && only.pcrs == expected && !expected.is_empty() => {}
         _ => {
             return Err(KeyError::PcrSelectionMismatch {
                 expected: describe_pcrs(&expected),

@@ -119,6 +119,18 @@ fn a_quote_over_other_pcrs_is_a_selection_mismatch() {
 }
 
 #[test]
+fn a_quote_over_no_pcr_is_refused() {
+    let ak = SoftwareAk::new(AK_ATTRIBUTES);
+    let none = BTreeMap::new();
+    let attest = quote(b"n", &[0, 0, 0], &digest_of(&none));
+    let err = verify_quote(&ak.public, &attest, &ak.sign(&attest), b"n", &none).unwrap_err();
+    assert!(
+        matches!(err, KeyError::PcrSelectionMismatch { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn a_quote_over_two_banks_is_a_selection_mismatch() {
     let ak = SoftwareAk::new(AK_ATTRIBUTES);
     let values = pcr_values();
