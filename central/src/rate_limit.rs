@@ -33,11 +33,13 @@ impl RateLimiter {
         }
     }
 
-    /// Take one call for `source` at `now`: `Ok` or how long until the next is allowed.
+    /// Take one call for `source` at `now`: `Ok` or how long until the next is allowed. IPv6
+    /// sources count per /64 (one site or host gets a whole /64 to pick addresses from).
     pub fn check(&self, source: IpAddr, now: Instant) -> Result<(), Duration> {
         if self.per_minute == 0 {
             return Ok(());
         }
+        let source = source_key(source);
         let capacity = f64::from(self.per_minute);
         let per_second = capacity / 60.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -57,6 +59,22 @@ impl RateLimiter {
         } else {
             Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
         }
+    }
+}
+
+/// The bucket a source counts in: an IPv4 address, or an IPv6 address's /64 (an IPv4-mapped
+/// IPv6 address counts as its IPv4 address).
+fn source_key(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V4(_) => source,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::from(octets)
+            }
+        },
     }
 }
 
@@ -98,6 +116,22 @@ mod tests {
         assert!(limiter
             .check(ip(1), start + Duration::from_secs(10))
             .is_err());
+    }
+
+    #[test]
+    fn an_ipv6_slash_64_is_one_source() {
+        let limiter = RateLimiter::new(2);
+        let now = Instant::now();
+        let host = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        assert!(limiter.check(host(1), now).is_ok());
+        assert!(limiter.check(host(2), now).is_ok());
+        assert!(limiter.check(host(3), now).is_err(), "same /64");
+        let other = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert!(limiter.check(other, now).is_ok(), "another /64");
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        assert!(limiter.check(mapped, now).is_ok());
+        assert!(limiter.check(ip(9), now).is_ok());
+        assert!(limiter.check(ip(9), now).is_err(), "mapped counts as IPv4");
     }
 
     #[test]
