@@ -135,6 +135,7 @@ async fn forged_untrusted_uncertified_wrong_and_software_are_each_refused() {
     let other_evidence = tpm_key(&tpm, other_dir.path()).evidence().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let key = std::sync::Arc::new(tpm_key(&tpm, dir.path()));
+    let victim_ek_cert = key.evidence().unwrap().ek_certificate_der;
 
     // A software key (no evidence) under a TPM-only token.
     let software = cairn_testsupport::central::SimDevice::new("SN-SOFT");
@@ -242,6 +243,43 @@ async fn forged_untrusted_uncertified_wrong_and_software_are_each_refused() {
     assert_eq!(
         shown.tpm_ek_sha256,
         cairn_tpm::ek_public_sha256(&tpm.tcti()).unwrap()
+    );
+
+    // A victim's genuine EK certificate with the attacker's own AK (in another TPM of the same
+    // vendor): every check before the challenge passes, but only the victim's TPM could open
+    // the credential, and the attacker's TPM cannot.
+    let tpm_b = Swtpm::start_with_ek_cert(&vendor);
+    let dir_b = tempfile::tempdir().unwrap();
+    let key_b = std::sync::Arc::new(tpm_key(&tpm_b, dir_b.path()));
+    let mut borrowed = request(&tpm_only, &key_b, "SN-BORROWED-EK");
+    borrowed.tpm.as_mut().unwrap().ek_certificate_der = victim_ek_cert.clone();
+    let challenge_b = enroll(&central, borrowed.clone()).await.unwrap();
+    assert_eq!(challenge_b.status, EnrollStatus::Challenge as i32);
+    let challenge_b = challenge_b.challenge.unwrap();
+    assert!(key_b.activate_credential(&challenge_b).is_err());
+    borrowed.activation = Some(TpmActivation {
+        ticket: challenge_b.ticket,
+        secret: vec![7u8; 32],
+    });
+    refused(
+        enroll(&central, borrowed).await,
+        Code::PermissionDenied,
+        "did not return the challenge's secret",
+    );
+
+    // A revoked device's TPM cannot come back with a new key.
+    central.admin_call(
+        "POST",
+        &format!("/api/v1/devices/{}/revoke", admitted.device_id),
+        None,
+    );
+    drop(key);
+    let again_dir = tempfile::tempdir().unwrap();
+    let again = std::sync::Arc::new(tpm_key(&tpm, again_dir.path()));
+    refused(
+        enroll(&central, request(&tpm_only, &again, "SN-TPM-AGAIN")).await,
+        Code::PermissionDenied,
+        "belongs to revoked device",
     );
 
     // Under a token allowing software keys an untrusted vendor's TPM is admitted, but not as a

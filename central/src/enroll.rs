@@ -83,6 +83,9 @@ pub enum EnrollError {
     /// The TPM evidence was refused.
     #[error(transparent)]
     Tpm(#[from] TpmProofError),
+    /// The proven TPM is that of a revoked device.
+    #[error("this TPM belongs to revoked device {0}; a revoked device cannot come back with a new key. An admin who trusts the box again must enroll it with a new TPM identity (clear its TPM)")]
+    TpmOfRevokedDevice(String),
     /// Too many attempts from one address.
     #[error("too many enrollment attempts from {source_addr}; retry in {retry_after_seconds} s")]
     RateLimited {
@@ -197,6 +200,9 @@ pub enum TpmProof {
     /// EK certificate, AK and certified key checked; the credential challenge is still to be
     /// answered before it counts.
     Checked(ProvenTpm),
+    /// Checked, and the TPM answered the credential challenge ([`crate::tpm_proof::Challenger::redeem`]):
+    /// the only proof [`enroll`] admits as a TPM.
+    Activated(ProvenTpm),
 }
 
 impl TpmProof {
@@ -221,7 +227,7 @@ impl TpmProof {
                 Some("this device sent no TPM evidence (its key is in software)".into())
             }
             TpmProof::Unproven(e) => Some(format!("its TPM could not be proven: {e}")),
-            TpmProof::Checked(_) => None,
+            TpmProof::Checked(_) | TpmProof::Activated(_) => None,
         }
     }
 }
@@ -233,7 +239,7 @@ impl TpmProof {
 pub fn settle_tpm_facts(facts: &mut DeviceFacts, proof: &TpmProof) -> Result<(), EnrollError> {
     let reported = std::mem::take(&mut facts.tpm_ek_sha256);
     match proof {
-        TpmProof::Checked(proven) => {
+        TpmProof::Checked(proven) | TpmProof::Activated(proven) => {
             if !reported.is_empty() && reported != proven.ek_sha256 {
                 return Err(TpmProofError::EkMismatch {
                     reported,
@@ -289,30 +295,60 @@ fn check_token(token: &EnrollmentToken, tpm_missing: Option<String>) -> Result<(
     Ok(())
 }
 
-/// What a read-only look at the registry says about an Enroll call, before any write.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Precheck {
-    /// The key is enrolled already: [`enroll`] answers from its record.
-    KnownKey,
-    /// A new device the token admits (the TPM challenge may still be due).
-    Admissible,
+/// What admits a new device: its token, and under a `claim` policy the claim it uses.
+#[derive(Debug)]
+pub struct Admission {
+    token: EnrollmentToken,
+    claim_id: Option<String>,
 }
 
-/// Check an Enroll call on a read connection: a known key, or a token that admits this device.
-/// Refusals cost no write and no registry lock; [`enroll`] checks again in its transaction.
-pub fn precheck(
+/// Whether a new device with these (settled) facts may enroll: the token exists and admits it
+/// (TPM requirement included), its proven TPM is not that of a revoked device, and under a
+/// `claim` policy an unused claim matches its serial or its proven EK. Read-only, so it runs
+/// first on a read connection (refusals take no write lock) and again inside [`enroll`]'s
+/// transaction.
+pub fn check_admission(
     conn: &Connection,
     token_secret: &str,
-    csr: &VerifiedCsr,
+    facts: &DeviceFacts,
     tpm_missing: Option<String>,
-) -> Result<Precheck, EnrollError> {
-    if devices::by_key(conn, &sha256_hex(&csr.spki_der))?.is_some() {
-        return Ok(Precheck::KnownKey);
-    }
+) -> Result<Admission, EnrollError> {
     let token =
         tokens::enrollment_token_by_secret(conn, token_secret)?.ok_or(EnrollError::UnknownToken)?;
     check_token(&token, tpm_missing)?;
-    Ok(Precheck::Admissible)
+    if !facts.tpm_ek_sha256.is_empty() {
+        if let Some(revoked) = devices::revoked_with_ek(conn, &facts.tpm_ek_sha256)? {
+            return Err(EnrollError::TpmOfRevokedDevice(revoked));
+        }
+    }
+    let claim_id = match token.policy {
+        EnrollmentPolicy::Claim => {
+            let claim = tokens::matching_claim(conn, &facts.serial, &facts.tpm_ek_sha256)?
+                .ok_or_else(|| EnrollError::NotClaimed {
+                    serial: facts.serial.clone(),
+                    ek: if facts.tpm_ek_sha256.is_empty() {
+                        "none".into()
+                    } else {
+                        facts.tpm_ek_sha256.clone()
+                    },
+                })?;
+            if let Some(used_by) = claim.device_id {
+                return Err(EnrollError::ClaimUsed {
+                    value: claim.value,
+                    device_id: used_by,
+                });
+            }
+            Some(claim.id)
+        }
+        _ => None,
+    };
+    Ok(Admission { token, claim_id })
+}
+
+/// Whether the key of `csr` is enrolled already (a pending poll, a lost certificate): such a
+/// call is answered from the device's record, whatever its token or facts say now.
+pub fn is_known_key(conn: &Connection, csr: &VerifiedCsr) -> Result<bool, EnrollError> {
+    Ok(devices::by_key(conn, &sha256_hex(&csr.spki_der))?.is_some())
 }
 
 /// Decide an enrollment, atomically: token use, claim use, device record and audit commit together.
@@ -346,31 +382,15 @@ pub fn enroll(
         tx.commit().map_err(StoreError::from)?;
         return Ok(outcome);
     }
-    let token =
-        tokens::enrollment_token_by_secret(&tx, token_secret)?.ok_or(EnrollError::UnknownToken)?;
-    check_token(&token, proof.missing())?;
+    if let TpmProof::Checked(_) = proof {
+        // Only an answered challenge proves the TPM; the caller must redeem it first.
+        return Err(TpmProofError::BadTicket("the TPM challenge was not answered").into());
+    }
+    let Admission {
+        token,
+        claim_id: claim,
+    } = check_admission(&tx, token_secret, facts, proof.missing())?;
     let device_id = new_id("dev");
-    let claim = match token.policy {
-        EnrollmentPolicy::Claim => {
-            let claim = tokens::matching_claim(&tx, &facts.serial, &facts.tpm_ek_sha256)?
-                .ok_or_else(|| EnrollError::NotClaimed {
-                    serial: facts.serial.clone(),
-                    ek: if facts.tpm_ek_sha256.is_empty() {
-                        "none".into()
-                    } else {
-                        facts.tpm_ek_sha256.clone()
-                    },
-                })?;
-            if let Some(used_by) = claim.device_id {
-                return Err(EnrollError::ClaimUsed {
-                    value: claim.value,
-                    device_id: used_by,
-                });
-            }
-            Some(claim.id)
-        }
-        _ => None,
-    };
     // A policy this central does not know (never stored by it) admits nobody unattended.
     let status = match token.policy {
         EnrollmentPolicy::Auto | EnrollmentPolicy::Claim => DeviceStatus::Active,

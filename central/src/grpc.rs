@@ -66,38 +66,51 @@ impl Enrollment for EnrollmentService {
             let csr = verify_csr(&request.csr_der).map_err(|e| refused(e.into()))?;
             let mut facts = enroll::validate_facts(request.facts.as_ref()).map_err(refused)?;
             let now = now_unix();
-            let proof = match &request.tpm {
-                None => enroll::TpmProof::None,
-                Some(evidence) => enroll::TpmProof::from_check(tpm_proof::check_evidence(
-                    evidence,
-                    &csr.spki_der,
-                    &self.0.tpm_anchors,
-                    now,
-                ))
-                .map_err(refused)?,
-            };
-            enroll::settle_tpm_facts(&mut facts, &proof).map_err(refused)?;
-            // Everything a stranger can get wrong is refused on a read connection, before the
-            // registry's write lock is taken.
             let (token, shared) = (request.token, self.0.clone());
-            let precheck = {
-                let (token, csr, missing) = (token.clone(), csr.clone(), proof.missing());
+            // A key enrolled already (a pending poll, a lost certificate) is answered from its
+            // record; everything else a stranger can get wrong is refused on a read connection,
+            // before the registry's write lock is taken.
+            let known = {
+                let csr = csr.clone();
                 shared
                     .store
-                    .read(move |conn| Ok(enroll::precheck(conn, &token, &csr, missing.clone())))
+                    .read(move |conn| Ok(enroll::is_known_key(conn, &csr)))
                     .await
                     .map_err(internal)?
                     .map_err(refused)?
             };
-            if let (enroll::Precheck::Admissible, enroll::TpmProof::Checked(proven)) =
-                (&precheck, &proof)
-            {
-                match &request.activation {
-                    None => {
+            let mut proof = enroll::TpmProof::None;
+            if !known {
+                if let Some(evidence) = &request.tpm {
+                    proof = enroll::TpmProof::from_check(tpm_proof::check_evidence(
+                        evidence,
+                        &csr.spki_der,
+                        &self.0.tpm_anchors,
+                        now,
+                    ))
+                    .map_err(refused)?;
+                }
+                enroll::settle_tpm_facts(&mut facts, &proof).map_err(refused)?;
+                let (token, settled, missing) = (token.clone(), facts.clone(), proof.missing());
+                shared
+                    .store
+                    .read(move |conn| {
+                        Ok(enroll::check_admission(
+                            conn,
+                            &token,
+                            &settled,
+                            missing.clone(),
+                        ))
+                    })
+                    .await
+                    .map_err(internal)?
+                    .map_err(refused)?;
+                if let enroll::TpmProof::Checked(proven) = proof {
+                    let Some(activation) = &request.activation else {
                         let challenge = self
                             .0
                             .challenger
-                            .challenge(proven, &csr.spki_der, now)
+                            .challenge(&proven, &csr.spki_der, now)
                             .map_err(|e| refused(e.into()))?;
                         tracing::info!("TPM evidence checked; credential challenge sent");
                         return Ok(Response::new(EnrollResponse {
@@ -105,12 +118,12 @@ impl Enrollment for EnrollmentService {
                             challenge: Some(challenge),
                             ..Default::default()
                         }));
-                    }
-                    Some(activation) => self
-                        .0
+                    };
+                    self.0
                         .challenger
-                        .redeem(proven, &csr.spki_der, activation, now)
-                        .map_err(|e| refused(e.into()))?,
+                        .redeem(&proven, &csr.spki_der, activation, now)
+                        .map_err(|e| refused(e.into()))?;
+                    proof = enroll::TpmProof::Activated(proven);
                 }
             }
             let lifetime = shared.config.device_cert_lifetime_seconds;

@@ -212,6 +212,21 @@ async fn new_tokens_require_a_tpm_unless_told_and_say_so() {
         devices.devices[0].device.key_storage,
         cairn_api::KeyStorage::Software
     );
+    // A device enrolled before TPM proofs (its agent reports an EK hash, sends no evidence)
+    // keeps getting its certificate: a known key is answered from its record.
+    let old_agent = SimDevice::new("SER-OLD");
+    let first = old_agent.enroll(&central, &open).await.unwrap();
+    let mut again = old_agent.request(&open);
+    again.facts.as_mut().unwrap().tpm_ek_sha256 = "ab".repeat(32);
+    let again = central
+        .enrollment()
+        .await
+        .enroll(again)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.device_id, first.device_id);
+    assert_eq!(again.status(), EnrollStatus::Approved);
     // A device claiming a TPM key without proving it is recorded as unverified.
     let mut unproven = SimDevice::new("SER-SAYS-TPM").request(&open);
     unproven.facts.as_mut().unwrap().key_storage = "tpm".into();

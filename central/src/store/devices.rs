@@ -139,6 +139,17 @@ pub fn by_key(conn: &Connection, key_sha256: &str) -> Result<Option<Device>, Sto
         .optional()?)
 }
 
+/// A revoked device whose proven TPM has this EK, if any.
+pub fn revoked_with_ek(conn: &Connection, ek_sha256: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM devices WHERE tpm_ek_sha256 = ?1 AND status = 'revoked' LIMIT 1",
+            [ek_sha256],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Only the status of a device (the hot path of every agent call).
 pub fn status(conn: &Connection, id: &str) -> Result<Option<DeviceStatus>, StoreError> {
     Ok(conn

@@ -205,11 +205,15 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 9: TPM-proven enrollment. Tokens made before it keep admitting software keys (they were
     // created with that meaning); new ones require a TPM unless the operator says otherwise.
-    // A device's AK public area (hex TPMT_PUBLIC) and its EK certificate's issuer.
+    // A device's AK public area (hex TPMT_PUBLIC) and its EK certificate's issuer. Devices
+    // enrolled before said "tpm" and an EK hash nobody verified: they become "tpm-unverified".
     r#"
     ALTER TABLE enrollment_tokens ADD COLUMN require_tpm INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE devices ADD COLUMN ak_public TEXT;
     ALTER TABLE devices ADD COLUMN ek_issuer TEXT;
+    CREATE INDEX devices_tpm_ek ON devices(tpm_ek_sha256);
+    UPDATE devices SET key_storage = 'tpm-unverified', tpm_ek_sha256 = ''
+        WHERE key_storage = 'tpm';
     "#,
 ];
 
