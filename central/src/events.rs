@@ -179,45 +179,6 @@ pub const AGENT_EVENT_BURST: f64 = 100.0;
 /// Sustained agent events per second per stream.
 pub const AGENT_EVENTS_PER_SECOND: f64 = 1.0;
 
-/// A token bucket.
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    capacity: f64,
-    per_second: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    /// A full bucket of `capacity` tokens refilled at `per_second`.
-    pub fn new(capacity: f64, per_second: f64) -> Self {
-        TokenBucket {
-            capacity,
-            per_second,
-            tokens: capacity,
-            last: Instant::now(),
-        }
-    }
-
-    /// Take a token at `now`; false when the bucket is empty.
-    pub fn try_take_at(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Take a token now.
-    pub fn try_take(&mut self) -> bool {
-        self.try_take_at(Instant::now())
-    }
-}
-
 /// A device's clock may be off; an event dated further than this from central's clock gets
 /// central's time (and says so).
 const MAX_CLOCK_SKEW_MS: i64 = 24 * 3600 * 1000;
@@ -504,20 +465,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("severity 0"), "{err}");
-    }
-
-    #[test]
-    fn token_bucket_allows_a_burst_then_the_rate() {
-        let start = Instant::now();
-        let mut bucket = TokenBucket::new(3.0, 2.0);
-        assert!((0..3).all(|_| bucket.try_take_at(start)));
-        assert!(!bucket.try_take_at(start));
-        assert!(bucket.try_take_at(start + Duration::from_millis(500)));
-        assert!(!bucket.try_take_at(start + Duration::from_millis(600)));
-        assert!(
-            (0..3).all(|_| bucket.try_take_at(start + Duration::from_secs(60))),
-            "refills up to the burst"
-        );
-        assert!(!bucket.try_take_at(start + Duration::from_secs(60)));
     }
 }

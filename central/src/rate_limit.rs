@@ -1,10 +1,59 @@
-//! Per-source rate limits (token buckets keyed by IP address) for calls anyone on the network
-//! may make, such as enrollment.
+//! Rate limits: the token bucket (also each agent stream's event limit), and per-source buckets
+//! keyed by IP address for calls anyone on the network may make, such as enrollment.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// A token bucket.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    capacity: f64,
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket of `capacity` tokens refilled at `per_second`.
+    pub fn new(capacity: f64, per_second: f64) -> Self {
+        Self::new_at(capacity, per_second, Instant::now())
+    }
+
+    /// A full bucket as of `now`.
+    pub fn new_at(capacity: f64, per_second: f64, now: Instant) -> Self {
+        TokenBucket {
+            capacity,
+            per_second,
+            tokens: capacity,
+            last: now,
+        }
+    }
+
+    /// Take a token at `now`; false when the bucket is empty.
+    pub fn try_take_at(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Take a token now.
+    pub fn try_take(&mut self) -> bool {
+        self.try_take_at(Instant::now())
+    }
+
+    /// How long after the last take until a token is back.
+    pub fn wait(&self) -> Duration {
+        Duration::from_secs_f64((1.0 - self.tokens).max(0.0) / self.per_second)
+    }
+}
 
 /// Most sources tracked at once; beyond it the idlest half is forgotten (a forgotten source
 /// starts again with a full bucket, so a flood of addresses cannot grow memory without bound).
@@ -15,13 +64,7 @@ const MAX_SOURCES: usize = 65_536;
 #[derive(Debug)]
 pub struct RateLimiter {
     per_minute: u32,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+    buckets: Mutex<HashMap<IpAddr, TokenBucket>>,
 }
 
 impl RateLimiter {
@@ -46,18 +89,13 @@ impl RateLimiter {
         if buckets.len() >= MAX_SOURCES && !buckets.contains_key(&source) {
             forget_idlest(&mut buckets);
         }
-        let bucket = buckets.entry(source).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * per_second).min(capacity);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let bucket = buckets
+            .entry(source)
+            .or_insert_with(|| TokenBucket::new_at(capacity, per_second, now));
+        if bucket.try_take_at(now) {
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_second))
+            Err(bucket.wait())
         }
     }
 }
@@ -79,12 +117,12 @@ fn source_key(source: IpAddr) -> IpAddr {
 }
 
 /// Drop the half of the buckets touched longest ago.
-fn forget_idlest(buckets: &mut HashMap<IpAddr, Bucket>) {
-    let mut times: Vec<Instant> = buckets.values().map(|b| b.at).collect();
+fn forget_idlest(buckets: &mut HashMap<IpAddr, TokenBucket>) {
+    let mut times: Vec<Instant> = buckets.values().map(|b| b.last).collect();
     let middle = times.len() / 2;
     let (_, cut, _) = times.select_nth_unstable(middle);
     let cut = *cut;
-    buckets.retain(|_, b| b.at > cut);
+    buckets.retain(|_, b| b.last > cut);
 }
 
 #[cfg(test)]
@@ -93,6 +131,21 @@ mod tests {
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn token_bucket_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new_at(3.0, 2.0, start);
+        assert!((0..3).all(|_| bucket.try_take_at(start)));
+        assert!(!bucket.try_take_at(start));
+        assert!(bucket.try_take_at(start + Duration::from_millis(500)));
+        assert!(!bucket.try_take_at(start + Duration::from_millis(600)));
+        assert!(
+            (0..3).all(|_| bucket.try_take_at(start + Duration::from_secs(60))),
+            "refills up to the burst"
+        );
+        assert!(!bucket.try_take_at(start + Duration::from_secs(60)));
     }
 
     #[test]
