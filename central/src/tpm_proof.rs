@@ -85,7 +85,6 @@ pub struct ProvenTpm {
 #[derive(Debug, Default)]
 pub struct VendorAnchors {
     anchors: Option<TrustAnchors>,
-    files: Vec<PathBuf>,
 }
 
 /// A `tpm_vendor_cas` file could not be used.
@@ -114,13 +113,7 @@ impl VendorAnchors {
         })?;
         Ok(Self {
             anchors: Some(anchors),
-            files: files.to_vec(),
         })
-    }
-
-    /// The files the anchors came from.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
     }
 }
 
