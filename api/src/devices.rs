@@ -118,6 +118,9 @@ pub struct DeviceWithHost {
     /// Its latest host metrics; `null` before its first report to this central.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub host: Option<HostMetrics>,
+    /// Whether its boot chain is proven by its TPM (absent from older centrals).
+    #[serde(default)]
+    pub attestation: crate::AttestationSummary,
 }
 
 /// A device's latest host metrics (from its heartbeats; memory only, not stored).
@@ -283,6 +286,7 @@ mod tests {
         )
         .unwrap();
         let with_host = DeviceWithHost {
+            attestation: Default::default(),
             device: device.device,
             host: None,
         };

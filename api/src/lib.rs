@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod access;
 pub mod apps;
+pub mod attestation;
 pub mod bundles;
 pub mod deployments;
 pub mod devices;
@@ -41,6 +42,7 @@ mod wire_enum;
 
 pub use access::*;
 pub use apps::*;
+pub use attestation::*;
 pub use bundles::*;
 pub use deployments::*;
 pub use devices::*;

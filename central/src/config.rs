@@ -106,6 +106,14 @@ pub struct CentralConfig {
     /// Enroll calls one source address may make per minute (bursts of as many); 0 = no limit.
     #[serde(default = "default_enroll_rate")]
     pub enroll_attempts_per_source_per_minute: u32,
+    /// Seconds between TPM quotes central asks of each device with a proven TPM (one is also
+    /// asked on every stream open). A verified device with no quote for two intervals is
+    /// `stale`.
+    #[serde(default = "default_attestation_interval")]
+    pub attestation_interval_secs: u64,
+    /// Whether a device's quote must show Secure Boot on (PCR 7); off fails its attestation.
+    #[serde(default = "default_true")]
+    pub require_secure_boot: bool,
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -153,6 +161,12 @@ fn default_clock_offset_warning() -> u64 {
 fn default_enroll_rate() -> u32 {
     600
 }
+fn default_attestation_interval() -> u64 {
+    3600
+}
+fn default_true() -> bool {
+    true
+}
 
 /// Smallest `max_bundle_bytes` allowed: a signed bundle is never smaller.
 pub const MIN_BUNDLE_BYTES: u64 = 4096;
@@ -180,6 +194,8 @@ impl CentralConfig {
             clock_offset_warning_seconds: default_clock_offset_warning(),
             tpm_vendor_cas: Vec::new(),
             enroll_attempts_per_source_per_minute: default_enroll_rate(),
+            attestation_interval_secs: default_attestation_interval(),
+            require_secure_boot: true,
         }
     }
 
@@ -209,6 +225,15 @@ impl CentralConfig {
             return Err(ConfigError::Invalid {
                 field: "device_cert_lifetime_seconds",
                 problem: format!("is {}; use at least 10", self.device_cert_lifetime_seconds),
+            });
+        }
+        if !(5..=7 * 24 * 3600).contains(&self.attestation_interval_secs) {
+            return Err(ConfigError::Invalid {
+                field: "attestation_interval_secs",
+                problem: format!(
+                    "is {}; use 5 to 604800 (a week); the default is 3600",
+                    self.attestation_interval_secs
+                ),
             });
         }
         if self.pending_retry_seconds == 0 {

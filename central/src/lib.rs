@@ -3,6 +3,7 @@
 //! `start` binds both listeners and returns a handle; `main.rs` only parses arguments.
 
 pub mod api;
+pub mod attestation;
 pub mod bundles;
 pub mod ca;
 pub mod config;

@@ -287,7 +287,11 @@ fn with_presence(shared: &Shared, mut device: Device) -> Device {
 /// A device with its latest host metrics (`host`, null when none reported here).
 fn with_host(shared: &Shared, device: Device) -> DeviceWithHost {
     let host = observability::host_metrics(shared.sessions.host_report(&device.id).as_deref());
-    DeviceWithHost { device, host }
+    DeviceWithHost {
+        device,
+        host,
+        attestation: Default::default(),
+    }
 }
 
 /// Every device with its host metrics, oldest first (viewer).

@@ -15,6 +15,7 @@ pub mod db;
 mod schema;
 
 pub mod apps;
+pub mod attestation;
 pub mod audit;
 pub mod bundles;
 pub mod deployments;

@@ -215,6 +215,24 @@ const MIGRATIONS: &[&str] = &[
     UPDATE devices SET key_storage = 'tpm-unverified', tpm_ek_sha256 = ''
         WHERE key_storage = 'tpm';
     "#,
+    // 10: remote attestation. One row per device that ever answered a quote: the last verdict,
+    // the pinned firmware reference (cairn_attest::appraise::Reference, encoded), the UKI PCR 11
+    // values learned per OS version ("version hex" lines), and what the last failed boot
+    // measured (for an admin to accept). Bundles keep the stub PCR 11 of their UKIs.
+    r#"
+    CREATE TABLE device_attestation (
+        device_id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        checked_at INTEGER NOT NULL,
+        verified_at INTEGER,
+        reference TEXT,
+        uki TEXT NOT NULL DEFAULT '',
+        pending_reference TEXT,
+        pending_uki TEXT
+    );
+    ALTER TABLE bundles ADD COLUMN uki_pcr11 TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.

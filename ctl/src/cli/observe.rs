@@ -343,7 +343,12 @@ mod tests {
             "desired_os": null, "site": null, "labels": {}
         }))
         .unwrap();
-        let text = top_table(&[DeviceWithHost { device, host: None }]).to_string();
+        let text = top_table(&[DeviceWithHost {
+            device,
+            host: None,
+            attestation: Default::default(),
+        }])
+        .to_string();
         let row = text.lines().nth(1).unwrap();
         assert!(
             row.starts_with("dev_1") && row.split_whitespace().filter(|c| *c == "-").count() == 7,
