@@ -21,6 +21,9 @@
 //! - [`ekcert`]: EK certificate path validation to operator-configured trust anchors (x509-parser
 //!   to parse, ring to verify), tolerant of the unusual shape of TPM EK certificates. Errors:
 //!   [`ekcert::EkCertError`].
+//! - [`eventlog`]: the firmware's TPM event log (TCG crypto-agile format) parsed with every length
+//!   bounded, replayed to the SHA-256 PCR values it claims, with a one-line description of each
+//!   event. Errors: [`eventlog::EventLogError`].
 //!
 //! - `emulator` (cargo feature `emulator`, off by default): a software TPM for the fleet
 //!   simulator and benchmarks, whose EK certificates come from the emulator's own "vendor" CA.
@@ -37,5 +40,6 @@ pub mod credential;
 pub mod ekcert;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod eventlog;
 pub mod keys;
 pub mod tpm2;
