@@ -24,6 +24,10 @@
 //! - [`eventlog`]: the firmware's TPM event log (TCG crypto-agile format) parsed with every length
 //!   bounded, replayed to the SHA-256 PCR values it claims, with a one-line description of each
 //!   event. Errors: [`eventlog::EventLogError`].
+//! - [`appraise`]: whether a quoted boot is acceptable: the event log replays to the quote, PCR 11
+//!   is the UKI plus known boot phases, Secure Boot is on, the firmware PCRs match the device's
+//!   reference (pinned on first use) and the UKI is one built for its OS version. A refusal names
+//!   the PCR and the event. Errors: [`appraise::AppraiseError`].
 //!
 //! - `emulator` (cargo feature `emulator`, off by default): a software TPM for the fleet
 //!   simulator and benchmarks, whose EK certificates come from the emulator's own "vendor" CA.
@@ -36,6 +40,7 @@
 pub mod der;
 mod ring_rng;
 
+pub mod appraise;
 pub mod credential;
 pub mod ekcert;
 #[cfg(feature = "emulator")]
