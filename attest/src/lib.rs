@@ -21,6 +21,13 @@
 //! - [`ekcert`]: EK certificate path validation to operator-configured trust anchors (x509-parser
 //!   to parse, ring to verify), tolerant of the unusual shape of TPM EK certificates. Errors:
 //!   [`ekcert::EkCertError`].
+//! - [`eventlog`]: the firmware's TPM event log (TCG crypto-agile format) parsed with every length
+//!   bounded, replayed to the SHA-256 PCR values it claims, with a one-line description of each
+//!   event. Errors: [`eventlog::EventLogError`].
+//! - [`appraise`]: whether a quoted boot is acceptable: the event log replays to the quote, PCR 11
+//!   is the UKI plus known boot phases, Secure Boot is on, the firmware PCRs match the device's
+//!   reference (pinned on first use) and the UKI is one built for its OS version. A refusal names
+//!   the PCR and the event. Errors: [`appraise::AppraiseError`].
 //!
 //! - `emulator` (cargo feature `emulator`, off by default): a software TPM for the fleet
 //!   simulator and benchmarks, whose EK certificates come from the emulator's own "vendor" CA.
@@ -33,9 +40,11 @@
 pub mod der;
 mod ring_rng;
 
+pub mod appraise;
 pub mod credential;
 pub mod ekcert;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod eventlog;
 pub mod keys;
 pub mod tpm2;

@@ -13,8 +13,9 @@
 //!   values of the boot chain; an unseal refusal names the changed PCRs
 //!   ([`UnsealError::PcrMismatch`]) or the foreign TPM ([`UnsealError::WrongTpm`]).
 //! - [`read_pcrs`] / [`extend_pcr`] / [`PcrSelection`]: PCR access.
-//! - [`EventLog`]: the firmware's TPM event log, replayed to PCR values, listing the events that
-//!   made a PCR (to explain a [`UnsealError::PcrMismatch`]).
+//! - [`read_event_log`]: the firmware's TPM event log from securityfs, parsed into an
+//!   [`EventLog`] (`cairn_attest::eventlog`, re-exported) that replays to PCR values and lists the
+//!   events that made a PCR (to explain a [`UnsealError::PcrMismatch`]).
 //! - [`parse_tcti`]: the TCTI strings Cairn accepts (`device:/dev/tpmrm0`, `swtpm:...`, `mssim:...`).
 //!
 //! All calls block on the TPM: from async code run them in `spawn_blocking`. Every TPM call runs in
@@ -36,7 +37,9 @@ pub use attest::{AttestationKey, Certification, Quote, MAX_QUALIFYING_DATA_LEN};
 pub use blob::sync_parent;
 pub use ek::{ek_certificate, ek_public_sha256, EK_CERT_NV_INDEX_RSA2048};
 pub use error::TpmError;
-pub use eventlog::{EventLog, EventLogError, LogEvent, FIRMWARE_EVENT_LOG};
+pub use eventlog::{
+    read_event_log, EventLog, EventLogError, LogEvent, ReadEventLogError, FIRMWARE_EVENT_LOG,
+};
 pub use key::TpmDeviceKey;
 pub use pcr::{
     extend_pcr, extended_value, read_pcrs, PcrSelection, PcrValues, PCR_COUNT, PCR_VALUE_LEN,
