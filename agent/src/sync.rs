@@ -10,8 +10,8 @@ use cairn_io::PathContext;
 
 use cairn_proto::v1::agent_client::AgentClient;
 use cairn_proto::v1::{
-    agent_message, central_message, AgentMessage, DesiredState, EscrowRecoveryKeyRequest,
-    Heartbeat, RenewRequest,
+    agent_message, central_message, AgentMessage, AttestationReport, AttestationRequest,
+    DesiredState, EscrowRecoveryKeyRequest, Heartbeat, RenewRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +31,7 @@ use crate::events::EventQueue;
 use crate::facts::HardwareFacts;
 use crate::host_metrics::HostSampler;
 use crate::identity::IdentityStore;
+use crate::key::DeviceKey;
 use crate::liveness::Liveness;
 use crate::log_requests::LogSources;
 use crate::shutdown::Shutdown;
@@ -307,6 +308,75 @@ impl Session {
         );
     }
 
+    /// Quote the boot PCRs central asked for off the session's loop (the TPM is slow) and send
+    /// the report on the stream; a device without a TPM key, or a TPM that fails, reports why.
+    fn spawn_attestation(&self, request: AttestationRequest, tx: mpsc::Sender<AgentMessage>) {
+        let key = self.identity.key().clone();
+        let os_version = self
+            .desired
+            .sink()
+            .observed_os()
+            .map(|os| os.version)
+            .unwrap_or_default();
+        tokio::spawn(
+            async move {
+                let nonce = request.nonce.clone();
+                let answer = match key {
+                    DeviceKey::Tpm(key) => {
+                        let pcrs: Vec<u8> = request
+                            .pcrs
+                            .iter()
+                            .filter_map(|p| u8::try_from(*p).ok())
+                            .collect();
+                        blocking(move || key.quote(&request.nonce, &pcrs))
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    DeviceKey::Software(_) => {
+                        Err("this device's key is not in a TPM; it cannot quote".to_owned())
+                    }
+                };
+                let report = match answer {
+                    Ok(attestation) => {
+                        info!(pcrs = attestation.pcrs.len(), log_bytes = attestation.event_log.len(), "boot PCRs quoted for central");
+                        AttestationReport {
+                            nonce,
+                            quote: attestation.quote,
+                            signature: attestation.signature,
+                            pcrs: attestation
+                                .pcrs
+                                .into_iter()
+                                .map(|(index, value)| (u32::from(index), value.to_vec()))
+                                .collect(),
+                            event_log: attestation.event_log,
+                            os_version,
+                            error: String::new(),
+                        }
+                    }
+                    Err(error) => {
+                        warn!(%error, "could not quote the boot PCRs for central");
+                        AttestationReport {
+                            nonce,
+                            os_version,
+                            error,
+                            ..Default::default()
+                        }
+                    }
+                };
+                let message = AgentMessage {
+                    kind: Some(agent_message::Kind::Attestation(report)),
+                };
+                if tokio::time::timeout(REQUEST_TIMEOUT, tx.send(message))
+                    .await
+                    .is_err()
+                {
+                    warn!("an attestation report could not be sent: the stream to central is backed up");
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
     /// Stores a newer desired state, publishes it and hands it to the sink; older or equal
     /// revisions are ignored.
     pub async fn accept_desired(&self, desired: DesiredState) -> Result<bool, StateError> {
@@ -453,6 +523,7 @@ impl Session {
                         }
                         Some(central_message::Kind::Ack(ack)) => debug!(seq = ack.seq, "heartbeat acknowledged"),
                         Some(central_message::Kind::Logs(request)) => self.spawn_log_reply(request, tx.clone()),
+                        Some(central_message::Kind::Attest(request)) => self.spawn_attestation(request, tx.clone()),
                         None => debug!("empty message from central ignored"),
                     }
                 }

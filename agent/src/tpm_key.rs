@@ -12,6 +12,19 @@ use cairn_proto::v1::{TpmChallenge, TpmEvidence};
 /// The attestation key's wrapped blob, beside the device key's.
 pub const AK_FILE: &str = "attestation-key.tpm";
 
+/// A quote of the boot PCRs and the event log that explains them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    /// Marshalled TPMS_ATTEST.
+    pub quote: Vec<u8>,
+    /// DER ECDSA signature by the attestation key.
+    pub signature: Vec<u8>,
+    /// The quoted SHA-256 PCR values.
+    pub pcrs: Vec<(u8, [u8; 32])>,
+    /// The firmware event log (empty when there is none).
+    pub event_log: Vec<u8>,
+}
+
 /// A TPM operation failed, or TPM support was not built.
 #[derive(Debug, thiserror::Error)]
 pub enum TpmKeyError {
@@ -126,6 +139,42 @@ mod imp {
             .map_err(failed)
         }
 
+        /// Answer central's attestation request: a TPM2_Quote by the attestation key of the
+        /// SHA-256 `pcrs` with `nonce`, and the firmware event log (empty when securityfs has
+        /// none: a TPM without firmware measurements, e.g. swtpm on a host; central then
+        /// expects every quoted PCR at its reset value).
+        pub fn quote(&self, nonce: &[u8], pcrs: &[u8]) -> Result<Attestation, TpmKeyError> {
+            let event_log = Path::new(cairn_tpm::FIRMWARE_EVENT_LOG);
+            let _span = info_span!("tpm.quote", tcti = %self.tcti).entered();
+            let failed = |operation: &'static str| {
+                move |e: cairn_tpm::TpmError| TpmKeyError::Tpm {
+                    operation,
+                    reason: e.to_string(),
+                }
+            };
+            let ak = cairn_tpm::AttestationKey::open_or_create(&self.key, &self.ak_blob)
+                .map_err(failed("opening the attestation key"))?;
+            let quote = ak
+                .quote(&self.key, nonce, pcrs)
+                .map_err(failed("quoting the boot PCRs"))?;
+            let log = match std::fs::read(event_log) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => {
+                    return Err(TpmKeyError::Tpm {
+                        operation: "reading the firmware event log",
+                        reason: format!("{}: {e}", event_log.display()),
+                    })
+                }
+            };
+            Ok(Attestation {
+                quote: quote.attest,
+                signature: quote.signature_der,
+                pcrs: quote.pcr_values.into_iter().collect(),
+                event_log: log,
+            })
+        }
+
         /// The public key, DER SubjectPublicKeyInfo.
         pub fn public_key_spki_der(&self) -> &[u8] {
             &self.spki
@@ -189,6 +238,11 @@ mod imp {
 
         /// Unreachable (no value exists).
         pub fn evidence(&self) -> Result<TpmEvidence, TpmKeyError> {
+            match *self {}
+        }
+
+        /// Unreachable (no value exists).
+        pub fn quote(&self, _nonce: &[u8], _pcrs: &[u8]) -> Result<Attestation, TpmKeyError> {
             match *self {}
         }
 

@@ -68,6 +68,13 @@ pub const MAX_TPM_EVIDENCE_BYTES: usize = 32 * 1024;
 /// Most intermediate certificates an `EnrollRequest` may carry for its EK certificate.
 pub const MAX_EK_CHAIN: usize = 4;
 
+/// Bytes of an `AttestationRequest` nonce.
+pub const ATTESTATION_NONCE_BYTES: usize = 32;
+
+/// Largest event log an `AttestationReport` carries (firmware logs are tens of KiB); room is
+/// left below [`MAX_MESSAGE_BYTES`] for the quote and envelope.
+pub const MAX_EVENT_LOG_BYTES: usize = 192 * 1024;
+
 /// What the AK's TPM2_Certify of the device key carries as qualifying data: SHA-256 over a fixed
 /// context and the CSR's SubjectPublicKeyInfo, so the certification is of this CSR's key and
 /// cannot be taken for anything else the AK signs.
