@@ -29,6 +29,7 @@ pub const CENTRAL_EVENT_KINDS: &[&str] = &[
     "os.update",
     "rollout.halted",
     "device.clock_offset",
+    "device.attestation",
 ];
 
 /// Whether `kind` is one the event log can hold (central's or an agent's).

@@ -21,6 +21,7 @@ use crate::enroll::{self, EnrollError, EnrollOutcome};
 use crate::escrow::{valid_luks_uuid, valid_recovery_key_format};
 use crate::events::{AGENT_EVENTS_PER_SECOND, AGENT_EVENT_BURST};
 use crate::rate_limit::TokenBucket;
+use crate::sessions::AttestationGate;
 use crate::sessions::{AppsReport, HostReport};
 use crate::store::apps as store_apps;
 use crate::store::bundles::{self as store_bundles, Bundle};
@@ -379,24 +380,38 @@ impl Agent for AgentService {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let shared = self.0.clone();
+        let ak_public = {
+            let id = device_id.clone();
+            shared
+                .store
+                .read(move |conn| devices::ak_public(conn, &id))
+                .await
+                .map_err(internal)?
+        };
+        // A device with a proven TPM gets no desired state until this boot's quote verified.
+        let gate = AttestationGate::new(ak_public.is_none());
         // Register before reading the desired state: a change committed in between is then
         // pushed on this stream too (the agent ignores a revision it already holds).
-        let session_id = shared.sessions.register(&device_id, tx.clone());
-        let loaded = load_desired(&shared, &device_id).await;
-        let desired = match loaded {
-            Ok(Some(desired)) => desired,
-            Ok(None) => {
-                shared.sessions.unregister(&device_id, session_id);
-                return Err(Status::unauthenticated("device vanished from the registry"));
-            }
-            Err(e) => {
-                shared.sessions.unregister(&device_id, session_id);
-                return Err(internal(e));
-            }
-        };
-        tx.send(Ok(desired_message(desired)))
-            .await
-            .map_err(|_| Status::cancelled("stream closed"))?;
+        let session_id = shared
+            .sessions
+            .register(&device_id, tx.clone(), gate.clone());
+        if gate.is_open() {
+            let loaded = load_desired(&shared, &device_id).await;
+            let desired = match loaded {
+                Ok(Some(desired)) => desired,
+                Ok(None) => {
+                    shared.sessions.unregister(&device_id, session_id);
+                    return Err(Status::unauthenticated("device vanished from the registry"));
+                }
+                Err(e) => {
+                    shared.sessions.unregister(&device_id, session_id);
+                    return Err(internal(e));
+                }
+            };
+            tx.send(Ok(desired_message(desired)))
+                .await
+                .map_err(|_| Status::cancelled("stream closed"))?;
+        }
         shared.sessions.saw(&device_id, now_unix());
         span.in_scope(|| tracing::info!("agent connected"));
         crate::events::record(
@@ -415,8 +430,24 @@ impl Agent for AgentService {
                 let mut warned_invalid = false;
                 let mut warned_rate = false;
                 let mut end_reason = "the agent closed the stream".to_owned();
+                let mut attestation = ak_public.map(|ak| crate::attestation::StreamAttestation::new(ak, &shared.config));
                 loop {
-                    match inbound.message().await {
+                    let received = tokio::select! {
+                        message = inbound.message() => message,
+                        _ = async {
+                            match attestation.as_mut() {
+                                Some(a) => a.due(&gate).await,
+                                None => std::future::pending().await,
+                            }
+                        } => {
+                            let Some(a) = attestation.as_mut() else { continue };
+                            if tx.send(Ok(a.request())).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                    };
+                    match received {
                         Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Heartbeat(hb)) })) => {
                             shared.sessions.saw(&device_id, now_unix());
                             let apps = bounded_app_status(hb.apps);
@@ -466,6 +497,15 @@ impl Agent for AgentService {
                         }
                         Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Reply(reply)) })) => {
                             crate::logs::on_reply(&shared, &device_id, reply).await;
+                        }
+                        Ok(Some(AgentMessage { kind: Some(agent_message::Kind::Attestation(report)) })) => {
+                            let Some(a) = attestation.as_mut() else {
+                                tracing::debug!("ignoring an attestation report from a device without a proven TPM");
+                                continue;
+                            };
+                            if !a.on_report(&shared, &device_id, &gate, report).await {
+                                break;
+                            }
                         }
                         Ok(Some(_)) => tracing::debug!("ignoring an empty agent message"),
                         Ok(None) => break,

@@ -72,7 +72,7 @@ impl Shared {
     pub async fn deliver(&self, device_id: &str, desired: cairn_proto::v1::DesiredState) {
         if !self
             .sessions
-            .push(device_id, grpc::desired_message(desired))
+            .push_desired(device_id, grpc::desired_message(desired))
             .await
         {
             self.bus.announce(replicas::Nudge::Desired, device_id);
@@ -93,7 +93,7 @@ impl Shared {
         match grpc::load_desired(self, device_id).await {
             Ok(Some(desired)) => {
                 self.sessions
-                    .push(device_id, grpc::desired_message(desired))
+                    .push_desired(device_id, grpc::desired_message(desired))
                     .await
             }
             Ok(None) => true, // gone from the registry: nothing to push anywhere
@@ -101,6 +101,14 @@ impl Shared {
                 tracing::warn!(error = %e, device_id, "could not read a device's desired state to push it; it gets it on reconnect");
                 true
             }
+        }
+    }
+
+    /// Ask the device's stream for a fresh quote, wherever it is connected (after an admin
+    /// accepted or reset its attestation reference).
+    pub fn request_attestation(&self, device_id: &str) {
+        if !self.sessions.request_attestation(device_id) {
+            self.bus.announce(replicas::Nudge::Attest, device_id);
         }
     }
 

@@ -41,6 +41,8 @@ pub enum Nudge {
     Revoked,
     /// Deliver the device's pending requests (logs on demand).
     Requests,
+    /// Ask the device for a fresh quote (its attestation reference changed).
+    Attest,
 }
 
 impl Nudge {
@@ -49,12 +51,14 @@ impl Nudge {
             Nudge::Desired => "desired",
             Nudge::Revoked => "revoked",
             Nudge::Requests => "requests",
+            Nudge::Attest => "attest",
         }
     }
 
     fn parse(text: &str) -> Option<Self> {
         match text {
             "desired" => Some(Nudge::Desired),
+            "attest" => Some(Nudge::Attest),
             "revoked" => Some(Nudge::Revoked),
             "requests" => Some(Nudge::Requests),
             _ => None,
@@ -254,6 +258,9 @@ async fn act(shared: &Arc<Shared>, nudge: Nudge, device_id: &str) {
             );
         }
         Nudge::Requests => crate::logs::deliver_pending(shared, device_id).await,
+        Nudge::Attest => {
+            shared.sessions.request_attestation(device_id);
+        }
     }
 }
 

@@ -34,6 +34,36 @@ pub type SessionSender = mpsc::Sender<Result<CentralMessage, Status>>;
 struct Session {
     id: u64,
     tx: SessionSender,
+    gate: Arc<AttestationGate>,
+}
+
+/// Whether a stream may receive desired states (its device's boot is verified, or it cannot
+/// attest), and the way to ask its task for a fresh quote.
+#[derive(Debug, Default)]
+pub struct AttestationGate {
+    open: std::sync::atomic::AtomicBool,
+    /// Wakes the stream's task to send a new attestation request.
+    pub quote_now: tokio::sync::Notify,
+}
+
+impl AttestationGate {
+    /// A gate, open (desired states flow) or closed (held until a quote verifies).
+    pub fn new(open: bool) -> Arc<Self> {
+        Arc::new(AttestationGate {
+            open: open.into(),
+            quote_now: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Whether desired states may go out.
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Open or close it; returns whether it was open.
+    pub fn set(&self, open: bool) -> bool {
+        self.open.swap(open, Ordering::AcqRel)
+    }
 }
 
 /// Registry of open sync streams.
@@ -114,13 +144,14 @@ pub struct AppsReport {
 }
 
 impl Sessions {
-    /// Register a device's new stream; an older stream of the same device is closed.
-    pub fn register(&self, device_id: &str, tx: SessionSender) -> u64 {
+    /// Register a device's new stream behind `gate`; an older stream of the same device is
+    /// closed.
+    pub fn register(&self, device_id: &str, tx: SessionSender, gate: Arc<AttestationGate>) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.streams_opened.fetch_add(1, Ordering::Relaxed);
         let old = self
             .lock_open()
-            .insert(device_id.to_owned(), Session { id, tx });
+            .insert(device_id.to_owned(), Session { id, tx, gate });
         self.note_change(device_id, true);
         if let Some(old) = old {
             let _ = old.tx.try_send(Err(Status::aborted(
@@ -161,6 +192,32 @@ impl Sessions {
         let tx = self.lock_open().get(device_id).map(|s| s.tx.clone());
         match tx {
             Some(tx) => tx.send(Ok(message)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Send a desired state on a device's stream if it is connected here; false if not. While
+    /// the stream's attestation gate is closed the state is held back (true: nothing to relay
+    /// elsewhere); the stream's task sends the stored state once a quote verifies.
+    pub async fn push_desired(&self, device_id: &str, message: CentralMessage) -> bool {
+        let session = self
+            .lock_open()
+            .get(device_id)
+            .map(|s| (s.tx.clone(), s.gate.is_open()));
+        match session {
+            Some((_, false)) => true,
+            Some((tx, true)) => tx.send(Ok(message)).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Ask the device's stream here for a fresh quote; false when it is not connected here.
+    pub fn request_attestation(&self, device_id: &str) -> bool {
+        match self.lock_open().get(device_id) {
+            Some(session) => {
+                session.gate.quote_now.notify_one();
+                true
+            }
             None => false,
         }
     }
@@ -419,7 +476,7 @@ mod tests {
     #[test]
     fn heartbeat_times_are_written_on_connect_when_stale_and_on_leaving() {
         let sessions = Sessions::default();
-        let id = sessions.register("dev_1", stream());
+        let id = sessions.register("dev_1", stream(), AttestationGate::new(true));
         sessions.saw("dev_1", 1000);
         assert_eq!(
             sessions.take_seen(),
@@ -460,8 +517,8 @@ mod tests {
     #[test]
     fn stream_changes_are_netted_and_remote_streams_count_while_their_replica_lives() {
         let sessions = Sessions::default();
-        let a = sessions.register("dev_a", stream());
-        sessions.register("dev_b", stream());
+        let a = sessions.register("dev_a", stream(), AttestationGate::new(true));
+        sessions.register("dev_b", stream(), AttestationGate::new(true));
         sessions.unregister("dev_a", a);
         let mut changes = sessions.take_stream_changes();
         changes.connected.sort();
@@ -474,7 +531,7 @@ mod tests {
         );
         assert_eq!(sessions.take_stream_changes(), StreamChanges::default());
         // A failed write is put back, but never over a newer change.
-        sessions.register("dev_a", stream());
+        sessions.register("dev_a", stream(), AttestationGate::new(true));
         sessions.restore_stream_changes(changes);
         let back = sessions.take_stream_changes();
         assert_eq!((back.connected.len(), back.left.len()), (2, 0), "{back:?}");

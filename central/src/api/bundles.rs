@@ -220,9 +220,11 @@ async fn receive(
         uploaded_by: actor.to_owned(),
     };
     let actor = actor.to_owned();
+    let uki_pcr11 = verified.uki_pcr11.join(" ");
     let record = shared.store.run(move |conn| {
         let tx = conn.transaction()?;
         let (stored, new) = store_bundles::insert(&tx, &row)?;
+        store_bundles::set_uki_pcr11(&tx, &row.sha256, &uki_pcr11)?;
         let detail = format!(
             "version={} compatible={} size={} {}",
             row.version,

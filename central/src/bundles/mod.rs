@@ -145,6 +145,8 @@ pub struct VerifiedBundle {
     pub version: String,
     /// Manifest compatible.
     pub compatible: String,
+    /// Hex PCR 11 values predicted from its UKIs (see [`rauc::predict_uki_pcr11`]).
+    pub uki_pcr11: Vec<String>,
     temp: TempFile,
 }
 
@@ -355,7 +357,13 @@ impl BundleFiles {
             .version
             .filter(|v| !v.trim().is_empty())
             .ok_or(BundleError::NoVersion)?;
+        let uki_path = path.clone();
+        let uki_pcr11 =
+            tokio::task::spawn_blocking(move || rauc::predict_uki_pcr11(&uki_path, RAUC_TIMEOUT))
+                .await
+                .map_err(|e| rauc::RaucError::Stopped(e.to_string()))??;
         Ok(VerifiedBundle {
+            uki_pcr11,
             sha256: hex::encode(upload.hasher.finalize()),
             size: upload.size,
             version,

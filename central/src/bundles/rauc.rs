@@ -77,6 +77,47 @@ pub async fn info(conf: &Path, bundle: &Path, timeout: Duration) -> Result<RaucI
     serde_json::from_slice(&output.stdout).map_err(|e| RaucError::Output(e.to_string()))
 }
 
+/// The UKIs a Cairn bundle carries for each slot (see the image builder's bundle layout).
+pub const BUNDLE_UKIS: [&str; 2] = ["uki-a.efi", "uki-b.efi"];
+
+/// The PCR 11 values (hex) systemd-stub will measure for the bundle's UKIs, predicted from the
+/// UKIs read out of the bundle's squashfs with `unsquashfs -cat`. A bundle without UKIs (not
+/// built by cairn-image) gives none: devices running its version cannot be verified on PCR 11
+/// until an admin accepts their values. Blocking.
+///
+/// The squashfs is read before RAUC's verity check of the payload, which only the device does;
+/// that is safe here: a value predicted from altered UKIs names a boot chain no device can reach
+/// without a UKI signed by the fleet's Secure Boot key, which PCR 7 proves.
+pub fn predict_uki_pcr11(bundle: &Path, timeout: Duration) -> Result<Vec<String>, RaucError> {
+    let mut values = Vec::new();
+    for name in BUNDLE_UKIS {
+        let output = Tool::new("unsquashfs")
+            .purpose("read a bundle's UKI to predict its PCR 11")
+            .install_hint("install squashfs-tools on the central host")
+            .args(["-no-progress", "-cat"])
+            .arg(bundle)
+            .arg(name)
+            .accept_codes(&[2])
+            .timeout(timeout)
+            .run()
+            .map_err(RaucError::Run)?;
+        if output.code != 0 || output.stdout.is_empty() {
+            tracing::info!(
+                uki = name,
+                "the bundle has no such UKI; no PCR 11 predicted for it"
+            );
+            continue;
+        }
+        match cairn_pe::predict_uki_pcr11(&output.stdout) {
+            Ok(value) => values.push(hex::encode(value)),
+            Err(e) => {
+                tracing::warn!(uki = name, error = %e, "the bundle's UKI cannot be parsed; no PCR 11 predicted for it")
+            }
+        }
+    }
+    Ok(values)
+}
+
 /// rauc's error lines without its `rauc-Message:` progress lines, shortened.
 fn refusal_reason(stderr: &str) -> String {
     let lines: Vec<&str> = stderr

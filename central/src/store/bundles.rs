@@ -61,6 +61,15 @@ pub fn insert(conn: &Connection, bundle: &Bundle) -> Result<(Bundle, bool), Stor
     Ok((stored, inserted))
 }
 
+/// Record the PCR 11 values (hex, space-separated) predicted from a bundle's UKIs.
+pub fn set_uki_pcr11(conn: &Connection, sha256: &str, values: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE bundles SET uki_pcr11 = ?2 WHERE sha256 = ?1",
+        params![sha256, values],
+    )?;
+    Ok(())
+}
+
 /// Remove a bundle's row; false when there was none.
 pub fn delete(conn: &Connection, sha256: &str) -> Result<bool, StoreError> {
     Ok(conn.execute("DELETE FROM bundles WHERE sha256 = ?1", [sha256])? > 0)

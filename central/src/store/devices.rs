@@ -117,6 +117,20 @@ pub fn insert(
     Ok(())
 }
 
+/// The attestation key (TPMT_PUBLIC) central proved for a device at enrollment; `None` for a
+/// device without a proven TPM (or an unknown one).
+pub fn ak_public(conn: &Connection, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let text: Option<Option<String>> = conn
+        .query_row("SELECT ak_public FROM devices WHERE id = ?1", [id], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    Ok(text
+        .flatten()
+        .filter(|t| !t.is_empty())
+        .and_then(|t| hex::decode(t).ok()))
+}
+
 /// One device by id.
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Device>, StoreError> {
     Ok(conn
