@@ -98,10 +98,17 @@ const ROLLOUT_STATES: [&str; 6] = [
     "rolled_back",
 ];
 const LOG_REQUEST_STATES: [&str; 4] = ["pending", "sent", "done", "failed"];
+const ATTESTATION_STATES: [&str; 4] = ["verified", "failed", "stale", "pending"];
 
 /// Render every metric.
 pub async fn render(shared: &Shared) -> Result<String, StoreError> {
     let counts = shared.store.read(crate::store::fleet_counts::read).await?;
+    let fresh_since =
+        crate::attestation::fresh_since(now_unix(), shared.config.attestation_interval_secs);
+    let attestation = shared
+        .store
+        .read(move |conn| crate::store::fleet_counts::attestation_by_state(conn, fresh_since))
+        .await?;
     let mut out = String::with_capacity(8 * 1024);
     family(
         &mut out,
@@ -113,6 +120,13 @@ pub async fn render(shared: &Shared) -> Result<String, StoreError> {
             ["pending", "active", "revoked"],
             &counts.devices_by_status,
         ),
+    );
+    family(
+        &mut out,
+        "cairn_devices_attestation",
+        "gauge",
+        "Devices (revoked ones excluded) by attestation state; devices without a proven TPM are not counted.",
+        &by_label("state", ATTESTATION_STATES, &attestation),
     );
     family(
         &mut out,

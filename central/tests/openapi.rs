@@ -528,6 +528,46 @@ async fn every_documented_operation_answers_as_documented() {
     )
     .expect(200);
 
+    // Attestation: a failed quote whose measurements wait, accepted, refused once nothing
+    // waits, then reset.
+    let attested = id.clone();
+    central
+        .c()
+        .shared
+        .store
+        .run(move |conn| {
+            use cairn_central::store::attestation;
+            attestation::record_verified(conn, &attested, 1_000, "0 80000008 aa\n", "1.0 ab\n")?;
+            attestation::record_failed(
+                conn,
+                &attested,
+                2_000,
+                "PCR 7: Secure Boot is off",
+                Some("0 80000008 aa\n7 80000001 bb\n"),
+                Some("1.0 cd"),
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let attestation_path = format!("/api/v1/devices/{id}/attestation");
+    api.admin("GET", &attestation_path, None).expect(200);
+    api.admin("GET", "/api/v1/devices/dev_nope/attestation", None)
+        .expect(404);
+    api.call(
+        Some(&operator),
+        "POST",
+        &format!("{attestation_path}/accept"),
+        None,
+    )
+    .expect(403);
+    api.admin("POST", &format!("{attestation_path}/accept"), None)
+        .expect(200);
+    api.admin("POST", &format!("{attestation_path}/accept"), None)
+        .expect(409);
+    api.admin("POST", &format!("{attestation_path}/reset"), None)
+        .expect(200);
+
     // Recovery key: none yet, then escrowed over mTLS and read back.
     let key_path = format!("/api/v1/devices/{id}/recovery-key");
     api.admin("GET", &key_path, None).expect(404);

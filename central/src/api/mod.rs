@@ -10,12 +10,13 @@
 //! - `openapi.rs`: the generated OpenAPI document (served at `/api/v1/openapi.json`, committed
 //!   as `central/openapi.json`);
 //! - `auth.rs`: bearer tokens and roles;
-//! - `apps.rs`, `deployments.rs`, `sites.rs`, `bundles.rs`, `rollouts.rs`, `observability.rs`:
-//!   one part of the API each;
+//! - `apps.rs`, `deployments.rs`, `sites.rs`, `bundles.rs`, `rollouts.rs`, `observability.rs`,
+//!   `attestation.rs`: one part of the API each;
 //! - `console.rs`: the web console's static files.
 
 mod apps;
 pub(crate) use apps::state_name as service_state_name;
+mod attestation;
 mod auth;
 mod bundles;
 mod console;

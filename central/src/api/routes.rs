@@ -17,14 +17,15 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
 use super::{
-    apps, bundles, console, deployments, observability, require_known, rollouts, sites, ApiError,
-    Caller, ValidJson, ValidQuery,
+    apps, attestation, bundles, console, deployments, observability, require_known, rollouts,
+    sites, ApiError, Caller, ValidJson, ValidQuery,
 };
 use crate::grpc::desired_state;
 use crate::store::apps as store_apps;
+use crate::store::attestation::AttestationRecord;
 use crate::store::{
-    audit, devices, recovery_keys, tokens, ClaimKind, Device, DeviceStatus, EnrollmentPolicy, Role,
-    StoreError, Timestamp,
+    attestation as store_attestation, audit, devices, now_unix, recovery_keys, tokens, ClaimKind,
+    Device, DeviceStatus, EnrollmentPolicy, Role, StoreError, Timestamp,
 };
 use crate::Shared;
 
@@ -51,6 +52,9 @@ pub(super) fn router() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(sites::set_device_site))
         .routes(routes!(sites::set_device_labels))
         .routes(routes!(show_recovery_key))
+        .routes(routes!(attestation::show_attestation))
+        .routes(routes!(attestation::accept_attestation))
+        .routes(routes!(attestation::reset_attestation))
         .routes(routes!(observability::device_logs))
         .routes(routes!(observability::list_events))
         .routes(routes!(observability::metrics))
@@ -284,14 +288,48 @@ fn with_presence(shared: &Shared, mut device: Device) -> Device {
     device
 }
 
-/// A device with its latest host metrics (`host`, null when none reported here).
-fn with_host(shared: &Shared, device: Device) -> DeviceWithHost {
+/// A device with its latest host metrics (`host`, null when none reported here) and its
+/// attestation state (from `record`, its attestation record if it has one).
+fn with_host(
+    shared: &Shared,
+    device: Device,
+    record: Option<&AttestationRecord>,
+    now: i64,
+) -> DeviceWithHost {
     let host = observability::host_metrics(shared.sessions.host_report(&device.id).as_deref());
+    let attestation = crate::attestation::summary(
+        record,
+        &device.key_storage,
+        now,
+        shared.config.attestation_interval_secs,
+    );
     DeviceWithHost {
         device,
         host,
-        attestation: Default::default(),
+        attestation,
     }
+}
+
+/// Every device's attestation record as far as a summary needs it (state, detail, last
+/// verification), by device id: one query for a whole list.
+fn attestation_summaries(
+    states: Vec<(String, String, String, Option<i64>)>,
+) -> std::collections::HashMap<String, AttestationRecord> {
+    states
+        .into_iter()
+        .map(|(device_id, state, detail, verified_at)| {
+            let record = AttestationRecord {
+                device_id: device_id.clone(),
+                state,
+                detail,
+                // A verified record always has `verified_at`; a summary reads nothing else.
+                checked_at: verified_at.unwrap_or_default(),
+                verified_at,
+                ..Default::default()
+            };
+            (device_id, record)
+        })
+        .collect()
 }
 
 /// Every device with its host metrics, oldest first (viewer).
@@ -303,10 +341,18 @@ fn with_host(shared: &Shared, device: Device) -> DeviceWithHost {
 )]
 async fn list_devices(caller: Caller, State(shared): St) -> Result<Json<DeviceList>, ApiError> {
     caller.require(Role::Viewer)?;
-    let list = shared.store.read(|conn| devices::list(conn)).await?;
+    let (list, states) = shared
+        .store
+        .read(|conn| Ok((devices::list(conn)?, store_attestation::states(conn)?)))
+        .await?;
+    let records = attestation_summaries(states);
+    let now = now_unix();
     let devices = list
         .into_iter()
-        .map(|d| with_host(&shared, with_presence(&shared, d)))
+        .map(|d| {
+            let record = records.get(&d.id);
+            with_host(&shared, with_presence(&shared, d), record, now)
+        })
         .collect();
     Ok(Json(DeviceList { devices }))
 }
@@ -339,8 +385,13 @@ async fn show_device(
     caller.require(Role::Viewer)?;
     let device = load_device(&shared, id).await?;
     let events = observability::device_events(&shared, device.id.clone()).await?;
+    let device_id = device.id.clone();
+    let record = shared
+        .store
+        .read(move |conn| store_attestation::get(conn, &device_id))
+        .await?;
     Ok(Json(DeviceDetail {
-        device: with_host(&shared, device),
+        device: with_host(&shared, device, record.as_ref(), now_unix()),
         events,
     }))
 }

@@ -56,3 +56,28 @@ pub fn read(conn: &mut Connection) -> Result<FleetCounts, StoreError> {
     tx.commit()?;
     Ok(counts)
 }
+
+/// Devices (revoked ones excluded) by attestation state: `verified`, `stale` (verified last
+/// before `fresh_since`, Unix seconds), `failed`, `pending` (a TPM device never attested) and
+/// `unsupported`. Mirrors [`crate::attestation::summary`] in one GROUP BY.
+pub fn attestation_by_state(
+    conn: &Connection,
+    fresh_since: i64,
+) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT CASE
+                WHEN a.state IS NULL AND d.key_storage = 'tpm' THEN 'pending'
+                WHEN a.state IS NULL THEN 'unsupported'
+                WHEN a.state = 'verified' AND COALESCE(a.verified_at, a.checked_at) < ?1
+                    THEN 'stale'
+                ELSE a.state
+            END AS verdict, COUNT(*)
+         FROM devices d LEFT JOIN device_attestation a ON a.device_id = d.id
+         WHERE d.status <> 'revoked'
+         GROUP BY 1",
+    )?;
+    let rows = stmt.query_map(params![fresh_since], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
