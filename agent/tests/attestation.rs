@@ -173,10 +173,15 @@ async fn a_changed_boot_chain_is_quarantined_until_it_verifies_again() {
     })
     .await;
     let held = revision();
+    drop(revision);
+    drop(agent);
     running.stop().await;
 
-    // 2. The boot chain changes behind the event log's back (PCR 7 extended): the reconnected
-    // device is failed naming PCR 7, and a new desired state does not reach it.
+    // 2. The boot chain changes behind the event log's back (PCR 7 extended in a new power
+    // cycle): the reconnected device is failed naming PCR 7, and a new desired state does not
+    // reach it.
+    let tpm = tpm.restart();
+    config.tpm_tcti = Some(tpm.tcti());
     cairn_tpm::extend_pcr(&tpm.tcti(), 7, b"another boot chain").unwrap();
     let running = RunningAgent::start(config.clone()).await;
     wait_phase(&running.agent, Phase::Connected).await;

@@ -28,8 +28,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_api::{
-    AppList, AuditLog, Device, DeviceDetail, DeviceList, DeviceLogs, DeviceStatus, EventList,
-    KeyStorage, RecoveryKey, ServiceHealth, ServiceState,
+    AppList, AttestationState, AttestationSummary, AuditLog, Device, DeviceDetail, DeviceList,
+    DeviceLogs, DeviceStatus, EventList, KeyStorage, RecoveryKey, ServiceHealth, ServiceState,
 };
 use cairn_e2e::{check_fields, image, vm, Vm, VmOptions, READY};
 use cairn_testsupport::central::{config_in, read, TestCentral};
@@ -115,6 +115,31 @@ impl Fleet {
 }
 
 impl Fleet {
+    /// Wait until central shows the device's attestation in `state`; return the summary.
+    fn wait_attestation(
+        &self,
+        id: &str,
+        guest: &mut Vm,
+        state: AttestationState,
+        what: &str,
+    ) -> AttestationSummary {
+        let started = Instant::now();
+        loop {
+            let shown: DeviceDetail = self.get(&format!("/api/v1/devices/{id}"));
+            let summary = shown.device.attestation;
+            if summary.state == state {
+                return summary;
+            }
+            if guest.exited() || started.elapsed() > Duration::from_secs(180) {
+                panic!(
+                    "{what}: attestation never became {state}: {summary:?}\n{}",
+                    guest.serial_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+
     fn deploy(&self, id: &str, marker: &str) {
         let (status, body) = self.runtime.block_on(async {
             self.central.call(
@@ -274,6 +299,9 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         started.elapsed().as_secs_f64()
     );
     let id = device.id.clone();
+    // Issue 15: the real image's boot chain (Secure Boot on, its UKI) attests `verified`; its
+    // firmware PCRs and UKI are pinned as the device's reference.
+    fleet.wait_attestation(&id, &mut guest, AttestationState::Verified, "first boot");
     // Zero-touch: the serial came from SMBIOS, the key from the guest's TPM (swtpm).
     assert_eq!(device.serial, options.serial_number, "{device:?}");
     assert_eq!(device.key_storage, KeyStorage::Tpm, "{device:?}");
@@ -480,6 +508,13 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         data.iter().any(|l| l.contains("state=recovered")),
         "{data:?}"
     );
+    // The same TPM quotes a boot with Secure Boot off: failed, naming PCR 7 (quarantined).
+    let failed = fleet.wait_attestation(&id, &mut guest, AttestationState::Failed, "recovery boot");
+    let detail = failed.detail.unwrap_or_default();
+    assert!(
+        detail.starts_with("PCR 7") && detail.contains("Secure Boot"),
+        "{detail}"
+    );
     drop(guest);
     assert_eq!(
         fleet.devices().len(),
@@ -556,6 +591,30 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     assert!(
         journal.text.contains("cairn-agent"),
         "not the agent's journal: {journal:?}"
+    );
+    // Still failed on this boot. Accepting pins what this boot measured, but central requires
+    // Secure Boot, so the fresh quote the accept asks for still fails on PCR 7.
+    let still = fleet.wait_attestation(
+        &id,
+        &mut guest,
+        AttestationState::Failed,
+        "boot after recovery",
+    );
+    assert!(still.detail.unwrap_or_default().starts_with("PCR 7"));
+    let (status, body) = fleet.runtime.block_on(async {
+        fleet.central.call(
+            &fleet.central.admin,
+            "POST",
+            &format!("/api/v1/devices/{id}/attestation/accept"),
+            None,
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    std::thread::sleep(Duration::from_secs(10));
+    let after = fleet.wait_attestation(&id, &mut guest, AttestationState::Failed, "after accept");
+    assert!(
+        after.detail.unwrap_or_default().contains("Secure Boot"),
+        "accepting must not override the Secure Boot requirement"
     );
     drop(guest);
 

@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use cairn_api::{
-    AppList, BundleUploaded, Device, DeviceList, DeviceStatus, RolloutDeviceState,
+    AppList, AttestationState, BundleUploaded, Device, DeviceDetail, DeviceList, DeviceStatus, RolloutDeviceState,
     RolloutDeviceView, RolloutDryRun, RolloutReply, RolloutView, ServiceHealth, ServiceState,
 };
 use cairn_e2e::{check_fields, image, vm, Vm, VmOptions, READY};
@@ -349,6 +349,10 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
         .wait_for_since(before, "CAIRN-DATA state=", 1, BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("slot b never unlocked: {e}"));
     drop(guest);
+    let b_boot_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let mut guest = boot(&again);
     let done = fleet.wait_rollout(&rollout_b, &["completed"], &mut guest, "A->B");
     let update_s = update_started.elapsed().as_secs_f64();
@@ -367,6 +371,26 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
         "data not unlocked by TPM on b"
     );
     fleet.wait_app_healthy(&id, &mut guest, "B");
+    // Issue 15: B's UKI is the one its bundle carries (central predicted its PCR 11 at upload),
+    // so the updated device still attests `verified`.
+    let started = Instant::now();
+    loop {
+        let shown: DeviceDetail = fleet.get(&format!("/api/v1/devices/{id}"));
+        let summary = shown.device.attestation;
+        if summary.state == AttestationState::Verified
+            && summary
+                .verified_at
+                .is_some_and(|at| at.unix_seconds() >= b_boot_at)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "B does not attest verified: {summary:?}\n{}",
+            guest.serial_tail()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
     let progress = fleet.rollout_device(&rollout_b).progress;
     let fetched = progress.as_ref().map_or(0, |p| p.bytes_fetched);
     let total = progress.as_ref().map_or(b.bundle_bytes, |p| p.bytes_total);
