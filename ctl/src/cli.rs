@@ -205,6 +205,22 @@ pub enum DeviceCommand {
         #[arg(value_parser = checked(input::parse_id))]
         id: String,
     },
+    /// Show whether a device's boot chain is proven by its TPM (verified, failed, stale,
+    /// pending, unsupported), the firmware PCRs pinned for it and the UKI values it may boot.
+    /// After a failed attestation an admin either accepts what the device measured (an
+    /// expected firmware or OS change) or resets the references so its next quote pins them
+    /// afresh; the device is asked for a fresh quote either way.
+    Attestation {
+        /// Device id (dev_...).
+        #[arg(value_parser = checked(input::parse_id))]
+        id: String,
+        /// Pin what its last failed boot measured (admin; audited).
+        #[arg(long, conflicts_with = "reset")]
+        accept: bool,
+        /// Forget its pinned firmware reference and learned UKI values (admin; audited).
+        #[arg(long)]
+        reset: bool,
+    },
     /// Set a device's labels, replacing all it had (give none to clear them).
     Label {
         /// Device id (dev_...).
@@ -401,14 +417,16 @@ fn run_device(
         DeviceCommand::List => {
             let reply = client.list_devices()?;
             emit_table(out, json, &reply, "no devices", |list| {
-                output::device_table(list.devices.iter().map(|d| &d.device))
+                output::device_table(&list.devices)
             })
         }
         DeviceCommand::Top => observe::run_top(client, json, out),
         DeviceCommand::Show { id } => {
             let reply = client.get_device(&id)?;
             emit(out, json, &reply, |shown| {
-                output::device_details(&shown.device.device) + &observe::device_show_extra(shown)
+                output::device_details(&shown.device.device)
+                    + &output::attestation_summary(&shown.device.attestation)
+                    + &observe::device_show_extra(shown)
             })
         }
         DeviceCommand::Approve { id } => {
@@ -428,6 +446,16 @@ fn run_device(
             emit(out, json, &reply, |shown| {
                 format!("{}\n", shown.recovery_key)
             })
+        }
+        DeviceCommand::Attestation { id, accept, reset } => {
+            let reply = if accept {
+                client.accept_device_attestation(&id)?
+            } else if reset {
+                client.reset_device_attestation(&id)?
+            } else {
+                client.get_device_attestation(&id)?
+            };
+            emit(out, json, &reply, output::device_attestation)
         }
         DeviceCommand::Label { id, labels } => {
             site::run_device_label(client, &id, labels, json, out)

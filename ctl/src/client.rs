@@ -25,10 +25,10 @@ use cairn_api::{
     BundleUploaded, ClaimList, ClaimReply, CreateApiToken, CreateClaim, CreateDeployment,
     CreateEnrollmentToken, CreateRegion, CreateRollout, CreateSite, CreatedApiToken,
     CreatedEnrollmentToken, DeploymentChanged, DeploymentList, DeploymentRemoved, DeploymentReply,
-    DeviceDetail, DeviceList, DeviceLogs, DeviceReply, EnrollmentTokenList, EnrollmentTokenReply,
-    ErrorBody, EventList, EventsQuery, LogsQuery, PutApp, RecoveryKey, RegionList, RegionReply,
-    Removed, RolloutCreated, RolloutList, RolloutReply, SetDeviceLabels, SetDeviceSite, SiteList,
-    SiteWithDevices,
+    DeviceAttestation, DeviceDetail, DeviceList, DeviceLogs, DeviceReply, EnrollmentTokenList,
+    EnrollmentTokenReply, ErrorBody, EventList, EventsQuery, LogsQuery, PutApp, RecoveryKey,
+    RegionList, RegionReply, Removed, RolloutCreated, RolloutList, RolloutReply, SetDeviceLabels,
+    SetDeviceSite, SiteList, SiteWithDevices,
 };
 
 use crate::input::{self, InputError};
@@ -339,6 +339,29 @@ impl Client {
     pub fn get_device(&self, id: &str) -> Result<Reply<DeviceDetail>, CtlError> {
         let id = checked_id(id)?;
         self.get(&format!("/api/v1/devices/{id}"), &[])
+    }
+
+    /// `GET /api/v1/devices/{id}/attestation`: the device's attestation state and references.
+    pub fn get_device_attestation(&self, id: &str) -> Result<Reply<DeviceAttestation>, CtlError> {
+        let id = checked_id(id)?;
+        self.get(&format!("/api/v1/devices/{id}/attestation"), &[])
+    }
+
+    /// `POST /api/v1/devices/{id}/attestation/accept`: pins what the device's last failed boot
+    /// measured (admin).
+    pub fn accept_device_attestation(
+        &self,
+        id: &str,
+    ) -> Result<Reply<DeviceAttestation>, CtlError> {
+        let id = checked_id(id)?;
+        self.post::<(), _>(&format!("/api/v1/devices/{id}/attestation/accept"), None)
+    }
+
+    /// `POST /api/v1/devices/{id}/attestation/reset`: forgets the device's pinned references so
+    /// its next quote pins them afresh (admin).
+    pub fn reset_device_attestation(&self, id: &str) -> Result<Reply<DeviceAttestation>, CtlError> {
+        let id = checked_id(id)?;
+        self.post::<(), _>(&format!("/api/v1/devices/{id}/attestation/reset"), None)
     }
 
     /// `POST /api/v1/devices/{id}/approve`: approves a pending device.

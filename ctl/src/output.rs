@@ -7,8 +7,9 @@
 use std::fmt::{self, Write as _};
 
 use cairn_api::{
-    ApiToken, AppDeployed, AppList, AppRemoved, AuditEvent, Claim, ClaimKind, CreatedApiToken,
-    CreatedEnrollmentToken, Device, EnrollmentToken, Timestamp,
+    ApiToken, AppDeployed, AppList, AppRemoved, AttestationSummary, AuditEvent, Claim, ClaimKind,
+    CreatedApiToken, CreatedEnrollmentToken, Device, DeviceAttestation, DeviceWithHost,
+    EnrollmentToken, Timestamp,
 };
 
 /// Shown for a null or empty value.
@@ -271,25 +272,28 @@ pub fn enrollment_token_revoked(token: &EnrollmentToken) -> String {
 }
 
 /// Table of devices.
-pub fn device_table<'a>(devices: impl IntoIterator<Item = &'a Device>) -> Table {
+pub fn device_table<'a>(devices: impl IntoIterator<Item = &'a DeviceWithHost>) -> Table {
     let mut table = Table::new(&[
         "ID",
         "STATUS",
         "HOSTNAME",
         "SERIAL",
         "KEY",
+        "ATTEST",
         "ONLINE",
         "LAST-SEEN",
         "AGENT",
         "OS",
     ]);
-    for device in devices {
+    for listed in devices {
+        let device = &listed.device;
         table.push_row([
             device.id.as_str(),
             device.status.as_str(),
             &device.hostname,
             &device.serial,
             device.key_storage.as_str(),
+            listed.attestation.state.as_str(),
             yes_no(device.online),
             &time_or_none(device.last_seen_at.as_ref()),
             &device.agent_version,
@@ -349,6 +353,76 @@ pub fn device_details(device: &Device) -> String {
         ("site", optional(&device.site)),
         ("labels", pairs(&device.labels)),
     ])
+}
+
+/// A device's attestation summary as `attestation*: value` lines (for `device show`).
+pub fn attestation_summary(summary: &AttestationSummary) -> String {
+    key_values(&[
+        ("attestation", summary.state.to_string()),
+        (
+            "attestation.detail",
+            summary.detail.clone().unwrap_or_default(),
+        ),
+        (
+            "attestation.verified_at",
+            time_or_none(summary.verified_at.as_ref()),
+        ),
+    ])
+}
+
+/// A device's attestation: its state, the settings it is checked with, the pinned firmware
+/// PCRs, the accepted UKI values, and what to run next when a failed boot waits.
+pub fn device_attestation(view: &DeviceAttestation) -> String {
+    let pinned = view
+        .pinned
+        .iter()
+        .map(|p| format!("PCR {} ({} events)", p.pcr, p.events))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = key_values(&[
+        ("device", view.device_id.clone()),
+        ("state", view.summary.state.to_string()),
+        ("detail", view.summary.detail.clone().unwrap_or_default()),
+        (
+            "verified_at",
+            time_or_none(view.summary.verified_at.as_ref()),
+        ),
+        ("checked_at", time_or_none(view.checked_at.as_ref())),
+        ("interval", format!("{} s", view.interval_seconds)),
+        (
+            "secure_boot",
+            if view.require_secure_boot {
+                "required"
+            } else {
+                "not required"
+            }
+            .to_owned(),
+        ),
+        ("pinned", pinned),
+        ("acceptable", yes_no(view.acceptable).to_owned()),
+    ]);
+    if view.uki.is_empty() {
+        text.push_str("uki: none accepted yet\n");
+    } else {
+        text.push_str("\naccepted UKI PCR 11 values:\n");
+        let mut table = Table::new(&["OS", "PCR11", "SOURCE"]);
+        for value in &view.uki {
+            table.push_row([
+                value.os_version.as_str(),
+                value.pcr11.as_str(),
+                value.source.as_str(),
+            ]);
+        }
+        text.push_str(&table.to_string());
+    }
+    if view.acceptable {
+        let _ = writeln!(
+            text,
+            "\nits failed boot's measurements wait: pin them with `cairnctl device attestation {} --accept` (admin) if the change is expected",
+            printable(&view.device_id)
+        );
+    }
+    text
 }
 
 /// Confirmation of a device status change (`verb` is e.g. "approved").
@@ -647,11 +721,16 @@ mod tests {
 
     #[test]
     fn device_table_and_details_show_dash_for_null() {
-        let text = device_table(&[device()]).to_string();
+        let listed = DeviceWithHost {
+            device: device(),
+            host: None,
+            attestation: Default::default(),
+        };
+        let text = device_table(&[listed]).to_string();
         assert_eq!(
             text,
-            "ID      STATUS   HOSTNAME   SERIAL   KEY   ONLINE   LAST-SEEN   AGENT   OS\n\
-             dev_1   active   edge-1     SN1      tpm   yes      -           0.1.0   2025.1\n"
+            "ID      STATUS   HOSTNAME   SERIAL   KEY   ATTEST        ONLINE   LAST-SEEN   AGENT   OS\n\
+             dev_1   active   edge-1     SN1      tpm   unsupported   yes      -           0.1.0   2025.1\n"
         );
         let details = device_details(&device());
         assert!(details.contains("\nlast_seen_at:     -\n"), "{details}");
@@ -669,6 +748,40 @@ mod tests {
             "{details}"
         );
         assert_eq!(details.lines().count(), 20);
+    }
+
+    #[test]
+    fn attestation_shows_pinned_pcrs_uki_values_and_the_next_step() {
+        let view = DeviceAttestation {
+            device_id: "dev_1".into(),
+            summary: AttestationSummary {
+                state: cairn_api::AttestationState::Failed,
+                detail: Some("PCR 7: Secure Boot is off".into()),
+                verified_at: None,
+            },
+            checked_at: Some(Timestamp::from_unix_seconds(1_735_689_600)),
+            interval_seconds: 3600,
+            require_secure_boot: true,
+            pinned: vec![cairn_api::PinnedPcr { pcr: 0, events: 12 }],
+            uki: vec![cairn_api::UkiValue {
+                os_version: "2.0".into(),
+                pcr11: "ab".into(),
+                source: "bundle".into(),
+            }],
+            acceptable: true,
+        };
+        let text = device_attestation(&view);
+        assert!(text.contains("state:       failed\n"), "{text}");
+        assert!(
+            text.contains("detail:      PCR 7: Secure Boot is off\n"),
+            "{text}"
+        );
+        assert!(text.contains("pinned:      PCR 0 (12 events)\n"), "{text}");
+        assert!(text.contains("\n2.0   ab      bundle\n"), "{text}");
+        assert!(
+            text.contains("cairnctl device attestation dev_1 --accept"),
+            "{text}"
+        );
     }
 
     #[test]

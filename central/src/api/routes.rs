@@ -313,7 +313,7 @@ fn with_host(
 /// Every device's attestation record as far as a summary needs it (state, detail, last
 /// verification), by device id: one query for a whole list.
 fn attestation_summaries(
-    states: Vec<(String, String, String, Option<i64>)>,
+    states: Vec<store_attestation::StateRow>,
 ) -> std::collections::HashMap<String, AttestationRecord> {
     states
         .into_iter()

@@ -65,8 +65,11 @@ pub fn get(conn: &Connection, device_id: &str) -> Result<Option<AttestationRecor
         .optional()?)
 }
 
+/// One device's (device id, state, detail, verified_at), as [`states`] lists them.
+pub type StateRow = (String, String, String, Option<i64>);
+
 /// Every device's state, detail and last verification time (for lists and counts).
-pub fn states(conn: &Connection) -> Result<Vec<(String, String, String, Option<i64>)>, StoreError> {
+pub fn states(conn: &Connection) -> Result<Vec<StateRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT device_id, state, detail, verified_at FROM device_attestation ORDER BY device_id",
     )?;
