@@ -281,6 +281,27 @@ pub enum TpmError {
         source: std::io::Error,
     },
 
+    /// The TPM refused TPM2_Clear by its own rules.
+    #[error(
+        "TPM2_Clear refused ({source}): the lockout hierarchy has an authorization value, the TPM \
+         is in dictionary-attack lockout, or clearing is disabled (TPM2_ClearControl); the \
+         owner-hierarchy key blobs stay loadable by this TPM: clear it from the firmware setup \
+         (platform hierarchy) or with its lockout password (tpm2_clear -c l -p <password>)"
+    )]
+    ClearRefused {
+        /// The TPM's refusal.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
+    /// TPM2_Clear could not run (not a refusal).
+    #[error("the TPM failed to run TPM2_Clear: {source}; the owner-hierarchy key blobs may still be loadable: check the TPM is reachable, then retry")]
+    Clear {
+        /// The TSS error.
+        #[source]
+        source: tss_esapi::Error,
+    },
+
     /// The sealed blob could not be written.
     #[error("cannot write the sealed-secret blob {path}: {source}; check the directory exists, is writable and has free space")]
     WriteSealedBlob {

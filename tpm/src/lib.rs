@@ -16,6 +16,9 @@
 //! - [`read_event_log`]: the firmware's TPM event log from securityfs, parsed into an
 //!   [`EventLog`] (`cairn_attest::eventlog`, re-exported) that replays to PCR values and lists the
 //!   events that made a PCR (to explain a [`UnsealError::PcrMismatch`]).
+//! - [`clear_owner_hierarchy`]: TPM2_Clear (lockout hierarchy): every owner-hierarchy blob (device
+//!   key, attestation key, sealed secrets, and any copy of them) becomes unloadable for good; the
+//!   EK stays. The TPM half of a crypto-erase.
 //! - [`parse_tcti`]: the TCTI strings Cairn accepts (`device:/dev/tpmrm0`, `swtpm:...`, `mssim:...`).
 //!
 //! All calls block on the TPM: from async code run them in `spawn_blocking`. Every TPM call runs in
@@ -23,6 +26,7 @@
 
 mod attest;
 mod blob;
+mod clear;
 mod ek;
 mod error;
 mod eventlog;
@@ -35,6 +39,7 @@ mod tcti;
 
 pub use attest::{AttestationKey, Certification, Quote, MAX_QUALIFYING_DATA_LEN};
 pub use blob::sync_parent;
+pub use clear::clear_owner_hierarchy;
 pub use ek::{ek_certificate, ek_public_sha256, EK_CERT_NV_INDEX_RSA2048};
 pub use error::TpmError;
 pub use eventlog::{
