@@ -11,6 +11,9 @@
 //! - [`format_data`], [`is_luks`], [`open_data`], [`close_data`], [`add_recovery_key`],
 //!   [`replace_disk_key_with`], [`disk_key_opens`], [`recovery_key_opens`], [`keyslots`]: the
 //!   LUKS2 operations (keyslot 0 = disk key, keyslot 1 = recovery key).
+//! - [`crypto_erase`]: the wipe of a revoked device: every sealed copy of the disk key is
+//!   overwritten and removed and keyslot 0 killed, so only the escrowed recovery key opens the
+//!   data; [`EraseReport`] says what was destroyed.
 //! - [`generate_disk_key`], [`generate_recovery_key`]: the keys, zeroed on drop, never printed.
 //! - [`grow_data_partition`], [`grow_last_partition`]: first boot grows the data partition (the
 //!   last GPT partition) to the end of the disk before it is formatted.
@@ -20,6 +23,7 @@
 //! file on tmpfs, never argv or logs. Everything blocks: from async code use `spawn_blocking`.
 //! Opening needs device-mapper (devices and QEMU tests); the rest works on a plain file.
 
+mod erase;
 mod grow;
 mod keyfile;
 mod keys;
@@ -30,6 +34,7 @@ mod sealed_keys;
 mod tool;
 mod unlock;
 
+pub use erase::{crypto_erase, DiskKeySlotErase, EraseError, EraseReport};
 pub use grow::{grow_data_partition, grow_last_partition, GrowError, GrowOutcome};
 pub use keys::{
     generate_disk_key, generate_recovery_key, DiskKey, KeyError, RecoveryKey, DISK_KEY_LEN,
