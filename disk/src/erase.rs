@@ -11,12 +11,9 @@
 //! Every step is idempotent and each is attempted even when another fails, so a retried wipe
 //! finishes what an interrupted one left.
 
-use std::fs::OpenOptions;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use cairn_io::{FileError, PathContext};
-use cairn_tpm::sync_parent;
+use cairn_io::{destroy_file, FileError};
 
 use crate::luks::{is_luks, keyslots, tool_err, LuksError};
 use crate::sealed_keys::SealedKeyFile;
@@ -140,22 +137,6 @@ fn destroy_sealed_keys(sealed_key: &Path) -> (Vec<PathBuf>, Option<FileError>) {
         }
     }
     (removed, first_error)
-}
-
-/// Overwrite `path` with zeros, fsync, unlink, fsync the directory. `Ok(false)` when absent.
-fn destroy_file(path: &Path) -> Result<bool, FileError> {
-    let mut file = match OpenOptions::new().write(true).open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(FileError::new("open for overwriting", path, e)),
-    };
-    let len = file.metadata().at("read the size of", path)?.len();
-    std::io::copy(&mut std::io::repeat(0).take(len), &mut file).at("overwrite with zeros", path)?;
-    file.sync_all().at("sync the overwritten", path)?;
-    drop(file);
-    std::fs::remove_file(path).at("remove", path)?;
-    sync_parent(path).at("sync the directory of", path)?;
-    Ok(true)
 }
 
 /// Kill keyslot 0 unless it is empty, then check it is gone; returns what happened and whether

@@ -95,6 +95,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), FileErro
     result
 }
 
+/// Destroys a secret file: overwrites its bytes with zeros in place, fsyncs, removes it and
+/// fsyncs its directory. Returns false when there was no file. On flash or a copy-on-write file
+/// system the old blocks may survive the overwrite; what makes a Cairn secret unrecoverable is
+/// that what it opens is destroyed too (a LUKS keyslot, a TPM hierarchy).
+pub fn destroy_file(path: &Path) -> Result<bool, FileError> {
+    let mut file = match OpenOptions::new().write(true).open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(FileError::new("open for overwriting", path, e)),
+    };
+    let len = file.metadata().at("stat", path)?.len();
+    let zeros = [0u8; 4096];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        file.write_all(&zeros[..n]).at("overwrite", path)?;
+        left -= n as u64;
+    }
+    file.sync_all().at("fsync", path)?;
+    drop(file);
+    std::fs::remove_file(path).at("remove", path)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("fsync the directory", dir)?;
+    Ok(true)
+}
+
 /// Creates `path` and its missing parents with mode 0700 (directories that hold keys or state).
 pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
     DirBuilder::new()

@@ -16,5 +16,5 @@ pub mod file;
 pub mod tool;
 
 pub use child::die_with_parent;
-pub use file::{create_private_dir, write_atomic, FileError, PathContext};
+pub use file::{create_private_dir, destroy_file, write_atomic, FileError, PathContext};
 pub use tool::{Tool, ToolError, ToolOutput};
