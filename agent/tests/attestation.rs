@@ -148,7 +148,6 @@ async fn a_changed_boot_chain_is_quarantined_until_it_verifies_again() {
     let central_dir = tempfile::tempdir().unwrap();
     let mut central_config = config_in(central_dir.path());
     central_config.tpm_vendor_cas = vendor.anchor_pem_paths();
-    central_config.require_secure_boot = false;
     central_config.attestation_interval_secs = 5;
     let central = TestCentral::start_with(central_dir, central_config).await;
     let (_, token) = central.tpm_token("auto", None);
@@ -173,7 +172,6 @@ async fn a_changed_boot_chain_is_quarantined_until_it_verifies_again() {
     })
     .await;
     let held = revision();
-    drop(revision);
     drop(agent);
     running.stop().await;
 

@@ -130,7 +130,7 @@ async fn the_attestation_view_lists_pinned_pcrs_uki_values_and_what_waits() {
         view.interval_seconds,
         central.config.attestation_interval_secs
     );
-    assert!(view.require_secure_boot);
+    assert_eq!(view.require_secure_boot, central.config.require_secure_boot);
     assert_eq!(
         view.pinned,
         vec![

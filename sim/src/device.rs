@@ -267,6 +267,18 @@ async fn session(
                             return Err(SessionError::OutboundClosed);
                         }
                     }
+                    Some(central_message::Kind::Attest(request)) => {
+                        // Simulated devices enroll with software keys, so central never asks;
+                        // answer as an agent without a TPM would.
+                        let report = cairn_proto::v1::AttestationReport {
+                            nonce: request.nonce,
+                            error: "a simulated device has no TPM".into(),
+                            ..Default::default()
+                        };
+                        if tx.send(AgentMessage { kind: Some(agent_message::Kind::Attestation(report)) }).await.is_err() {
+                            return Err(SessionError::OutboundClosed);
+                        }
+                    }
                     None => {}
                 }
             }
