@@ -4,7 +4,7 @@
 //! session up, renewing the certificate in time).
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cairn_proto::v1::DesiredState;
 use tokio::sync::watch;
@@ -35,6 +35,9 @@ use crate::status::{Phase, Status, StatusReporter};
 use crate::sync::{Session, SessionEnd, SyncError};
 use crate::time_sync::TimeKeeper;
 use crate::update::{PreparedUpdate, UpdateLink, UpdateStarter};
+
+/// How long a wiped agent sleeps between promises to the watchdog.
+const LIVENESS_IDLE: Duration = Duration::from_secs(30);
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +102,7 @@ impl Agent {
         let clock = if config.time.set_system_clock {
             Clock::system()
         } else {
-            Clock::virtual_offset(std::time::Duration::ZERO, false)
+            Clock::virtual_offset(Duration::ZERO, false)
         };
         Self::with_clock(config, clock).await
     }
@@ -425,6 +428,10 @@ impl Agent {
                             renew_backoff.reset();
                         }
                     }
+                    Some(Err(e)) if e.is_wipe_order() => {
+                        self.crypto_erase(&session, &identity).await;
+                        return self.idle_wiped(shutdown).await;
+                    }
                     Some(Err(e)) if e.is_revoked() => {
                         self.revoked(&e.to_string()).await;
                         current = Some((identity, cert));
@@ -453,6 +460,10 @@ impl Agent {
             let end = session
                 .sync_session(&identity, &cert, renew_allowed_after, &mut shutdown)
                 .await;
+            if matches!(&end, SessionEnd::Failed { error, .. } if error.is_wipe_order()) {
+                self.crypto_erase(&session, &identity).await;
+                return self.idle_wiped(shutdown).await;
+            }
             current = Some((identity, cert));
             let delay = match end {
                 SessionEnd::Shutdown => return Ok(()),
@@ -526,6 +537,94 @@ impl Agent {
             ));
         }
         self.events.push("data.unlock", severity, &message);
+    }
+
+    /// Crypto-erase on central's order, in the order that keeps the device able to say so:
+    /// 1. destroy the data key (sealed copies and its LUKS keyslot) and the enrollment token,
+    ///    so the box neither unlocks its data nor enrolls again;
+    /// 2. report that to central with the identity still in hand;
+    /// 3. clear the TPM's owner hierarchy (device key, attestation key, any sealed copy) and
+    ///    remove the identity files;
+    /// 4. reboot when this device has a managed data partition, so the volume key leaves memory.
+    ///
+    /// Each step goes on when an earlier one fails: a partial wipe beats none, and what failed is
+    /// reported and logged.
+    async fn crypto_erase(&self, session: &Session, identity: &StoredIdentity) {
+        error!("central ordered a CRYPTO-ERASE of this revoked device; destroying its data key and identity");
+        let mut destroyed = Vec::new();
+        let mut failed = Vec::new();
+        if self.config.disk.enabled {
+            let disk = self.config.disk.clone();
+            match blocking(move || crate::data::crypto_erase(&disk)).await {
+                Ok(done) => destroyed.extend(done),
+                Err(e) => failed.push(format!("data key: {e}")),
+            }
+        }
+        if let Some(token) = self.config.enrollment_token_file.clone() {
+            match blocking(move || cairn_io::destroy_file(&token)).await {
+                Ok(true) => destroyed.push("enrollment token".to_owned()),
+                Ok(false) => {}
+                Err(e) => failed.push(format!("enrollment token: {e}")),
+            }
+        }
+        let error = failed.join("; ");
+        let mut reported = false;
+        for attempt in 1..=5u32 {
+            match session
+                .report_wipe(identity, destroyed.clone(), error.clone())
+                .await
+            {
+                Ok(()) => {
+                    reported = true;
+                    break;
+                }
+                Err(e) => {
+                    warn!(attempt, error = %e, "could not report the crypto-erase to central");
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt) * 2)).await;
+                }
+            }
+        }
+        let key = self.identity.key().clone();
+        match blocking(move || key.destroy_tpm_objects()).await {
+            Ok(Some(what)) => destroyed.push(what.to_owned()),
+            Ok(None) => {}
+            Err(e) => failed.push(format!("TPM: {e}")),
+        }
+        let state = self.identity.state().clone();
+        match blocking(move || state.forget_identity()).await {
+            Ok(removed) => destroyed.push(format!("identity ({} files)", removed.len())),
+            Err(e) => failed.push(format!("identity: {e}")),
+        }
+        info!(
+            target: crate::console::TARGET,
+            "CAIRN-WIPE state=done reported={reported} destroyed={} failed={}",
+            destroyed.len(),
+            failed.len()
+        );
+        error!(?destroyed, ?failed, reported, "crypto-erase finished");
+        self.status
+            .set_phase(
+                Phase::Wiped,
+                Some(format!("crypto-erased: {}", destroyed.join(", "))),
+            )
+            .await;
+        if self.config.disk.enabled {
+            if let Err(e) = crate::update::system::reboot().await {
+                warn!(error = %e, "could not reboot after the crypto-erase; the data volume stays open until the next power cycle");
+            }
+        }
+    }
+
+    /// After a crypto-erase: nothing left to do but keep the watchdog fed until shutdown.
+    /// (Nothing else wakes the loop, so it promises the watchdog one tick at a time.)
+    async fn idle_wiped(&self, mut shutdown: Shutdown) -> Result<(), AgentError> {
+        loop {
+            self.liveness.step();
+            self.liveness.wait(LIVENESS_IDLE);
+            if !shutdown.sleep(LIVENESS_IDLE).await {
+                return Ok(());
+            }
+        }
     }
 
     async fn revoked(&self, reason: &str) {

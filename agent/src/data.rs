@@ -47,7 +47,17 @@ pub struct LockStatus {
 }
 
 #[cfg(feature = "tpm")]
-pub use unlock::{forget_previous_boot_chain, seal_for_next_uki, unlock_data, DataError};
+pub use unlock::{
+    crypto_erase, forget_previous_boot_chain, seal_for_next_uki, unlock_data, DataError,
+};
+
+/// Without TPM support there is no managed data partition to erase.
+#[cfg(not(feature = "tpm"))]
+pub fn crypto_erase(_cfg: &DiskConfig) -> Result<Vec<String>, std::io::Error> {
+    Err(std::io::Error::other(
+        "this cairn-agent was built without the `tpm` feature; it manages no data partition",
+    ))
+}
 
 #[cfg(feature = "tpm")]
 mod unlock {
@@ -87,6 +97,9 @@ mod unlock {
         /// The `[disk]` section is unusable.
         #[error("agent config: {0}")]
         Config(#[from] FieldError),
+        /// The crypto-erase could not destroy the data key.
+        #[error(transparent)]
+        Erase(#[from] cairn_disk::EraseError),
         /// The new slot's UKI is not one whose PCR 11 can be predicted.
         #[error("cannot predict PCR 11 of {path}: {source}; the new slot is not activated")]
         UkiPcr {
@@ -132,6 +145,16 @@ mod unlock {
     pub fn forget_previous_boot_chain(cfg: &DiskConfig, tcti: &str) -> Result<bool, DataError> {
         let _span = tracing::info_span!("data.forget_previous_boot_chain").entered();
         Ok(flow(cfg, tcti)?.forget_previous_boot_chain()?)
+    }
+
+    /// Crypto-erase on central's order: the sealed copies of the disk key are overwritten and
+    /// removed, and the disk key's LUKS keyslot is killed, so the data partition never unlocks
+    /// by TPM again (only the escrowed recovery key opens it). Returns what was destroyed.
+    pub fn crypto_erase(cfg: &DiskConfig) -> Result<Vec<String>, DataError> {
+        let _span =
+            tracing::info_span!("data.crypto_erase", device = %cfg.device.display()).entered();
+        let report = cairn_disk::crypto_erase(&cfg.device, &cfg.sealed_key)?;
+        Ok(vec![format!("data key: {report}")])
     }
 
     /// Run the early-boot flow (see the module docs). `Ok` means the volume is open as

@@ -236,6 +236,22 @@ impl DeviceKey {
         }
     }
 
+    /// Crypto-erase of what the key's TPM holds: TPM2_Clear of the owner hierarchy for a TPM key
+    /// (this key, the attestation key and every sealed disk key become unloadable); nothing for
+    /// a software key (its file is removed with the identity). Returns what was destroyed.
+    /// Blocking; the key is unusable afterwards.
+    pub fn destroy_tpm_objects(&self) -> Result<Option<&'static str>, KeyError> {
+        match self {
+            DeviceKey::Software(_) => Ok(None),
+            DeviceKey::Tpm(k) => {
+                k.clear_owner_hierarchy()?;
+                Ok(Some(
+                    "TPM owner hierarchy (device key, attestation key, sealed keys)",
+                ))
+            }
+        }
+    }
+
     /// `"tpm"` or `"software"`.
     pub fn storage(&self) -> &'static str {
         match self {

@@ -159,6 +159,7 @@ fn phase_status(phase: Phase) -> String {
         Phase::Connected => "connected to central",
         Phase::Offline => "offline: running from the stored desired state",
         Phase::Revoked => "revoked by central; retrying slowly",
+        Phase::Wiped => "crypto-erased on central's order; idle",
     };
     format!("{phase}: {what}")
 }

@@ -157,6 +157,30 @@ impl StateDir {
         }
     }
 
+    /// Removes every file of the device identity and its keys (crypto-erase on central's
+    /// order): the device id, certificates, the fleet CA, the key blobs. Returns what was
+    /// removed; missing files are fine.
+    pub fn forget_identity(&self) -> Result<Vec<PathBuf>, StateError> {
+        let mut removed = Vec::new();
+        for name in [
+            DEVICE_ID_FILE,
+            CERT_FILE,
+            "device-cert.der.old",
+            CA_FILE,
+            SOFTWARE_KEY_FILE,
+            TPM_KEY_FILE,
+            crate::tpm_key::AK_FILE,
+        ] {
+            let path = self.file(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(FileError::new("remove", path, source).into()),
+            }
+        }
+        Ok(removed)
+    }
+
     /// The last desired state received, `None` before the first.
     pub fn load_desired(&self) -> Result<Option<DesiredState>, StateError> {
         let path = self.file(DESIRED_FILE);

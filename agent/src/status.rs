@@ -26,6 +26,8 @@ pub enum Phase {
     Offline,
     /// Central revoked this device; retrying only slowly.
     Revoked,
+    /// Central ordered a crypto-erase and it was done: no identity, no data key; idle.
+    Wiped,
 }
 
 impl Phase {
@@ -38,6 +40,7 @@ impl Phase {
             Phase::Connected => "connected",
             Phase::Offline => "offline",
             Phase::Revoked => "revoked",
+            Phase::Wiped => "wiped",
         }
     }
 }

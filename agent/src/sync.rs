@@ -11,7 +11,7 @@ use cairn_io::PathContext;
 use cairn_proto::v1::agent_client::AgentClient;
 use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, AttestationReport, AttestationRequest,
-    DesiredState, EscrowRecoveryKeyRequest, Heartbeat, RenewRequest,
+    DesiredState, EscrowRecoveryKeyRequest, Heartbeat, RenewRequest, ReportWipeRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,6 +51,8 @@ pub enum SyncError {
         code: Code,
         /// Central's message.
         message: String,
+        /// Central ordered this revoked device's crypto-erase (the `cairn-wipe` trailer).
+        wipe_ordered: bool,
     },
     /// No answer in time.
     #[error("central did not answer {what} within {after:?}")]
@@ -86,10 +88,28 @@ impl SyncError {
         )
     }
 
+    /// Central revoked this device and ordered its crypto-erase.
+    pub fn is_wipe_order(&self) -> bool {
+        matches!(
+            self,
+            SyncError::Status {
+                code: Code::PermissionDenied,
+                wipe_ordered: true,
+                ..
+            }
+        )
+    }
+
     fn from_status(status: tonic::Status) -> Self {
+        let wipe_ordered = status.code() == Code::PermissionDenied
+            && status
+                .metadata()
+                .get(cairn_proto::WIPE_METADATA_KEY)
+                .is_some_and(|v| v.as_bytes() == cairn_proto::WIPE_ORDERED.as_bytes());
         SyncError::Status {
             code: status.code(),
             message: status.message().to_string(),
+            wipe_ordered,
         }
     }
 }
@@ -214,6 +234,24 @@ impl Session {
             )));
         }
         Ok(response.device_id)
+    }
+
+    /// Tell central the crypto-erase it ordered is done (before the identity goes).
+    pub async fn report_wipe(
+        &self,
+        identity: &StoredIdentity,
+        destroyed: Vec<String>,
+        error: String,
+    ) -> Result<(), SyncError> {
+        let span = info_span!("central.report_wipe", device_id = %identity.device_id);
+        self.unary(identity, "ReportWipe", |mut client| async move {
+            client
+                .report_wipe(ReportWipeRequest { destroyed, error })
+                .await
+        })
+        .instrument(span)
+        .await?;
+        Ok(())
     }
 
     /// Hands central the recovery key the unlock step parked on the data partition, then deletes

@@ -175,6 +175,17 @@ mod imp {
             })
         }
 
+        /// TPM2_Clear of the owner hierarchy (crypto-erase): every blob under it (this key,
+        /// the attestation key, sealed disk keys, and any copy of them) can never be loaded
+        /// again. The key is unusable afterwards.
+        pub fn clear_owner_hierarchy(&self) -> Result<(), TpmKeyError> {
+            let _span = info_span!("tpm.clear", tcti = %self.tcti).entered();
+            cairn_tpm::clear_owner_hierarchy(&self.key).map_err(|e| TpmKeyError::Tpm {
+                operation: "clearing the owner hierarchy",
+                reason: e.to_string(),
+            })
+        }
+
         /// The public key, DER SubjectPublicKeyInfo.
         pub fn public_key_spki_der(&self) -> &[u8] {
             &self.spki
@@ -243,6 +254,11 @@ mod imp {
 
         /// Unreachable (no value exists).
         pub fn quote(&self, _nonce: &[u8], _pcrs: &[u8]) -> Result<Attestation, TpmKeyError> {
+            match *self {}
+        }
+
+        /// Unreachable (no value exists).
+        pub fn clear_owner_hierarchy(&self) -> Result<(), TpmKeyError> {
             match *self {}
         }
 

@@ -88,6 +88,15 @@ pub struct Device {
     pub site: Option<String>,
     /// Operator-set labels (e.g. `gpu=yes`) deployments select devices by.
     pub labels: BTreeMap<String, String>,
+    /// When an admin ordered its crypto-erase (`POST /api/v1/devices/{id}/wipe`); the device
+    /// destroys its data key on its next contact.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub wipe_requested_at: Option<Timestamp>,
+    /// When the device reported its data key destroyed.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub wiped_at: Option<Timestamp>,
 }
 
 /// The OS a rollout wants a device to run (sent to it as `DesiredState.os`).

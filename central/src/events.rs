@@ -30,6 +30,7 @@ pub const CENTRAL_EVENT_KINDS: &[&str] = &[
     "rollout.halted",
     "device.clock_offset",
     "device.attestation",
+    "device.wiped",
 ];
 
 /// Whether `kind` is one the event log can hold (central's or an agent's).

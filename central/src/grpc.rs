@@ -8,7 +8,8 @@ use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, App, AppStatus, BundleData, BundleIndexRequest,
     BundleIndexResponse, CentralMessage, DesiredState, EnrollRequest, EnrollResponse, EnrollStatus,
     EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, HeartbeatAck, OsUpdate, PingRequest,
-    PingResponse, ReadBundleRequest, RenewRequest, RenewResponse, TimeRequest, TimeResponse,
+    PingResponse, ReadBundleRequest, RenewRequest, RenewResponse, ReportWipeRequest,
+    ReportWipeResponse, TimeRequest, TimeResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -196,7 +197,23 @@ impl AgentService {
             .map_err(internal)?;
         match status {
             Some(DeviceStatus::Active) => Ok(device_id),
-            Some(DeviceStatus::Revoked) => Err(EnrollError::DeviceRevoked(device_id).to_status()),
+            Some(DeviceStatus::Revoked) => {
+                let mut status = EnrollError::DeviceRevoked(device_id.clone()).to_status();
+                let id = device_id.clone();
+                let wipe = self
+                    .0
+                    .store
+                    .read(move |conn| devices::wipe_pending(conn, &id))
+                    .await
+                    .map_err(internal)?;
+                if wipe {
+                    status.metadata_mut().insert(
+                        cairn_proto::WIPE_METADATA_KEY,
+                        tonic::metadata::MetadataValue::from_static(cairn_proto::WIPE_ORDERED),
+                    );
+                }
+                Err(status)
+            }
             Some(DeviceStatus::Pending | DeviceStatus::Other(_)) => {
                 Err(EnrollError::DeviceNotActive(device_id).to_status())
             }
@@ -524,6 +541,76 @@ impl Agent for AgentService {
             .instrument(span),
         );
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn report_wipe(
+        &self,
+        request: Request<ReportWipeRequest>,
+    ) -> Result<Response<ReportWipeResponse>, Status> {
+        let device_id = device_id_from_peer(&request)?;
+        let report = request.into_inner();
+        if report.destroyed.len() > cairn_proto::MAX_WIPE_REPORT_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "a wipe report lists at most {} items",
+                cairn_proto::MAX_WIPE_REPORT_ITEMS
+            )));
+        }
+        let cut = |text: &str| -> String {
+            text.chars()
+                .filter(|c| !c.is_control())
+                .take(cairn_proto::MAX_WIPE_REPORT_ITEM_BYTES)
+                .collect()
+        };
+        let mut detail = format!(
+            "destroyed: {}",
+            report
+                .destroyed
+                .iter()
+                .map(|d| cut(d))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        if !report.error.is_empty() {
+            detail.push_str(&format!("; not destroyed: {}", cut(&report.error)));
+        }
+        let id = device_id.clone();
+        let message = detail.clone();
+        let recorded = self
+            .0
+            .store
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                if !devices::wipe_done(&tx, &id, now_unix())? {
+                    return Ok(false);
+                }
+                audit::record(
+                    &tx,
+                    &format!("device:{id}"),
+                    "device.wipe_done",
+                    &id,
+                    &message,
+                )?;
+                crate::store::events::insert(
+                    &tx,
+                    &crate::store::events::NewEvent::now(
+                        Some(&id),
+                        "device.wiped",
+                        Severity::Warning,
+                        format!("crypto-erase done: {message}"),
+                    ),
+                )?;
+                tx.commit()?;
+                Ok(true)
+            })
+            .await
+            .map_err(internal)?;
+        if !recorded {
+            return Err(Status::permission_denied(format!(
+                "device {device_id} has no crypto-erase pending; only a revoked device central ordered to wipe may report one"
+            )));
+        }
+        tracing::warn!(device_id = %device_id, %detail, "device reported its crypto-erase");
+        Ok(Response::new(ReportWipeResponse {}))
     }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {

@@ -976,6 +976,17 @@ async fn every_documented_operation_answers_as_documented() {
         .expect(409);
     api.admin("PUT", &app_path, Some(json!({ "compose_yaml": COMPOSE })))
         .expect(409);
+    api.call(
+        Some(&viewer),
+        "POST",
+        &format!("/api/v1/devices/{id}/wipe"),
+        None,
+    )
+    .expect(403);
+    api.admin("POST", &format!("/api/v1/devices/{id}/wipe"), None)
+        .expect(200);
+    api.admin("POST", "/api/v1/devices/dev_nope/wipe", None)
+        .expect(404);
 
     api.assert_every_operation_called();
 }

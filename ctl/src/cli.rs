@@ -196,6 +196,13 @@ pub enum DeviceCommand {
         /// Device id (dev_...).
         #[arg(value_parser = checked(input::parse_id))]
         id: String,
+        /// Also order a crypto-erase (admin): on its next contact the device destroys its
+        /// sealed data key, that key's LUKS keyslot and its TPM objects, reports it and
+        /// reboots; its data partition then stays locked even with its own TPM (only the
+        /// escrowed recovery key opens it). A device that never contacts central again is not
+        /// wiped.
+        #[arg(long)]
+        wipe: bool,
     },
     /// Print the escrowed recovery key of a device's encrypted data partition (admin; audited).
     /// Put it in `cairn-recovery-key.txt` on a FAT stick labelled CAIRN-KEY and boot the
@@ -435,10 +442,22 @@ fn run_device(
                 output::device_changed("approved", &changed.device)
             })
         }
-        DeviceCommand::Revoke { id } => {
+        DeviceCommand::Revoke { id, wipe: false } => {
             let reply = client.revoke_device(&id)?;
             emit(out, json, &reply, |changed| {
                 output::device_changed("revoked", &changed.device)
+            })
+        }
+        DeviceCommand::Revoke { id, wipe: true } => {
+            let reply = client.wipe_device(&id)?;
+            emit(out, json, &reply, |changed| {
+                let mut text = output::device_changed("revoked", &changed.device);
+                text.push_str(if changed.device.wiped_at.is_some() {
+                    "the device already reported its crypto-erase\n"
+                } else {
+                    "crypto-erase ordered: the device destroys its data key on its next contact (see `cairnctl device show`)\n"
+                });
+                text
             })
         }
         DeviceCommand::RecoveryKey { id } => {

@@ -376,6 +376,12 @@ impl Client {
         self.post::<(), _>(&format!("/api/v1/devices/{id}/revoke"), None)
     }
 
+    /// `POST /api/v1/devices/{id}/wipe`: revoke and order a crypto-erase (admin).
+    pub fn wipe_device(&self, id: &str) -> Result<Reply<DeviceReply>, CtlError> {
+        let id = checked_id(id)?;
+        self.post::<(), _>(&format!("/api/v1/devices/{id}/wipe"), None)
+    }
+
     /// `GET /api/v1/devices/{id}/recovery-key`: the escrowed recovery key (admin; audited).
     pub fn device_recovery_key(&self, id: &str) -> Result<Reply<RecoveryKey>, CtlError> {
         let id = checked_id(id)?;

@@ -352,6 +352,11 @@ pub fn device_details(device: &Device) -> String {
         ("config", pairs(&device.config)),
         ("site", optional(&device.site)),
         ("labels", pairs(&device.labels)),
+        (
+            "wipe_requested_at",
+            time_or_none(device.wipe_requested_at.as_ref()),
+        ),
+        ("wiped_at", time_or_none(device.wiped_at.as_ref())),
     ])
 }
 
@@ -716,6 +721,8 @@ mod tests {
             }),
             site: None,
             labels: Default::default(),
+            wipe_requested_at: None,
+            wiped_at: None,
         }
     }
 
@@ -733,21 +740,22 @@ mod tests {
              dev_1   active   edge-1     SN1      tpm   unsupported   yes      -           0.1.0   2025.1\n"
         );
         let details = device_details(&device());
-        assert!(details.contains("\nlast_seen_at:     -\n"), "{details}");
-        assert!(details.contains("\ndesired_revision: 7\n"), "{details}");
+        assert!(details.contains("\nlast_seen_at:      -\n"), "{details}");
+        assert!(details.contains("\ndesired_revision:  7\n"), "{details}");
         assert!(
-            details.contains("\nconfig:           tier=edge\n"),
+            details.contains("\nconfig:            tier=edge\n"),
             "{details}"
         );
         assert!(
-            details.contains("\ndesired_os:       2.0 (bundle cdcd"),
+            details.contains("\ndesired_os:        2.0 (bundle cdcd"),
             "{details}"
         );
         assert!(
-            details.contains("\ncreated_at:       2025-01-01T00:00:00Z\n"),
+            details.contains("\ncreated_at:        2025-01-01T00:00:00Z\n"),
             "{details}"
         );
-        assert_eq!(details.lines().count(), 20);
+        assert!(details.contains("\nwiped_at:          -\n"), "{details}");
+        assert_eq!(details.lines().count(), 22);
     }
 
     #[test]

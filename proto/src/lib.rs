@@ -68,6 +68,16 @@ pub const MAX_TPM_EVIDENCE_BYTES: usize = 32 * 1024;
 /// Most intermediate certificates an `EnrollRequest` may carry for its EK certificate.
 pub const MAX_EK_CHAIN: usize = 4;
 
+/// gRPC metadata key central sets on a revoked device's PERMISSION_DENIED when it ordered the
+/// device's crypto-erase (value [`WIPE_ORDERED`]).
+pub const WIPE_METADATA_KEY: &str = "cairn-wipe";
+/// The value of [`WIPE_METADATA_KEY`].
+pub const WIPE_ORDERED: &str = "ordered";
+/// Most entries and bytes per entry of a `ReportWipeRequest`.
+pub const MAX_WIPE_REPORT_ITEMS: usize = 16;
+/// See [`MAX_WIPE_REPORT_ITEMS`].
+pub const MAX_WIPE_REPORT_ITEM_BYTES: usize = 256;
+
 /// Bytes of an `AttestationRequest` nonce.
 pub const ATTESTATION_NONCE_BYTES: usize = 32;
 

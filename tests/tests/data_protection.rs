@@ -21,6 +21,11 @@
 //! with a fleet certificate that expired years ago: the clock starts from the saved time again
 //! and the device refuses that certificate (only the time call, which ignores validity, passes).
 //!
+//! Issue 15 rides along too: boot 1 attests `verified`; boots 4-5 (Secure Boot off) are
+//! `failed` naming PCR 7, and accepting their values does not lift the Secure Boot requirement;
+//! 7. `revoke --wipe`: the device crypto-erases itself on its next contact, reports it and
+//! reboots; 8. the next boot with its own TPM stays locked, and the raw disk has no app marker.
+//!
 //! Run with `cargo test -p cairn-e2e --test data_protection -- --ignored`.
 
 use std::path::Path;
@@ -256,6 +261,8 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         .unwrap();
     let central_dir = tempfile::tempdir_in(&work).unwrap();
     let mut config = config_in(central_dir.path());
+    // OVMF measures Secure Boot: central requires it, as it does by default.
+    config.require_secure_boot = true;
     let central_data = config.data_dir.clone();
     config.server_names.push("10.0.2.100".into());
     // The guest's swtpm is manufactured with EK certificates from this "TPM vendor", which
@@ -656,6 +663,82 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     );
     drop(guest);
     drop(expired);
+
+    // 7. Issue 15: the device is reported stolen. `revoke --wipe` (admin) revokes it and orders
+    // a crypto-erase; on its next contact the agent destroys the sealed disk key and its LUKS
+    // keyslot and the enrollment token, tells central, clears the TPM's owner hierarchy, forgets
+    // its identity and reboots.
+    let (status, body) = fleet.runtime.block_on(async {
+        fleet.central.call(
+            &fleet.central.admin,
+            "POST",
+            &format!("/api/v1/devices/{id}/wipe"),
+            None,
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    let mut guest = boot(&unsigned);
+    let wiped = guest
+        .wait_for("CAIRN-WIPE", BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("the device never wiped: {e}"));
+    assert!(
+        wiped.contains("state=done reported=true") && wiped.contains("failed=0"),
+        "{wiped}"
+    );
+    let device = fleet
+        .devices()
+        .into_iter()
+        .find(|d| d.id == id)
+        .expect("the device is still in the registry");
+    assert_eq!(device.status, DeviceStatus::Revoked, "{device:?}");
+    assert!(
+        device.wiped_at.is_some(),
+        "central has no wipe report: {device:?}"
+    );
+    let audit: AuditLog = fleet.get("/api/v1/audit");
+    assert!(
+        audit
+            .events
+            .iter()
+            .any(|e| e.action == "device.wipe_done" && e.detail.contains("keyslot")),
+        "the wipe report is not audited: {audit:?}"
+    );
+    // The agent reboots the box so the volume key leaves memory (QEMU exits on reboot).
+    let started = Instant::now();
+    while !guest.exited() {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "the wiped device did not reboot\n{}",
+            guest.serial_tail()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    drop(guest);
+
+    // 8. The next boot, with the same disk and the device's own TPM: the data stays locked, no
+    // agent enrolls again, and the raw disk shows no app marker.
+    let mut guest = boot(&unsigned);
+    let (data, disk) = boot_report(&mut guest);
+    assert!(
+        data.iter().any(|l| l.contains("state=locked")),
+        "the wiped disk unlocked: {data:?}\n{}",
+        guest.serial_tail()
+    );
+    assert_eq!(
+        disk.get("data_source").map(String::as_str),
+        Some("none"),
+        "{disk:?}"
+    );
+    drop(guest);
+    let raw = work.join("wiped.raw");
+    vm::disk_to_raw(&vm_dir, &raw).unwrap();
+    assert_eq!(
+        vm::find_bytes(&raw, marker.as_bytes()).unwrap(),
+        Vec::<u64>::new(),
+        "the marker is readable on the wiped disk"
+    );
+    let _ = std::fs::remove_file(&raw);
+    assert_eq!(fleet.devices().len(), 1, "the wiped device enrolled again");
 
     let Fleet {
         runtime,

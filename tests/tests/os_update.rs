@@ -18,8 +18,9 @@
 use std::time::{Duration, Instant};
 
 use cairn_api::{
-    AppList, AttestationState, BundleUploaded, Device, DeviceDetail, DeviceList, DeviceStatus, RolloutDeviceState,
-    RolloutDeviceView, RolloutDryRun, RolloutReply, RolloutView, ServiceHealth, ServiceState,
+    AppList, AttestationState, BundleUploaded, Device, DeviceDetail, DeviceList, DeviceStatus,
+    RolloutDeviceState, RolloutDeviceView, RolloutDryRun, RolloutReply, RolloutView, ServiceHealth,
+    ServiceState,
 };
 use cairn_e2e::{check_fields, image, vm, Vm, VmOptions, READY};
 use cairn_testsupport::central::{config_in, read, TestCentral};
@@ -204,6 +205,8 @@ fn update_a_to_b_survives_power_cuts_and_a_bad_update_rolls_back_and_halts() {
         .unwrap();
     let central_dir = tempfile::tempdir_in(&work).unwrap();
     let mut config = config_in(central_dir.path());
+    // OVMF measures Secure Boot: central requires it, as it does by default.
+    config.require_secure_boot = true;
     config.server_names.push("10.0.2.100".into());
     config.update_keyring = Some(keys.cert.clone());
     config.update_compatible = Some(recipe.update.compatible.clone());

@@ -529,6 +529,12 @@ mod tests {
         ) -> Result<Response<EscrowRecoveryKeyResponse>, Status> {
             Err(Status::unimplemented("test"))
         }
+        async fn report_wipe(
+            &self,
+            _: Request<ReportWipeRequest>,
+        ) -> Result<Response<ReportWipeResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
         async fn bundle_index(
             &self,
             request: Request<BundleIndexRequest>,

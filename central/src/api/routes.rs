@@ -43,6 +43,7 @@ pub(super) fn router() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(show_device))
         .routes(routes!(approve_device))
         .routes(routes!(revoke_device))
+        .routes(routes!(wipe_device))
         .routes(routes!(set_device_config))
         .routes(routes!(apps::list_apps))
         .routes(body_limit(
@@ -578,6 +579,71 @@ async fn revoke_device(
         "device.revoke",
     )
     .await
+}
+
+/// Revoke a device and order its crypto-erase (admin): on its next contact it destroys its
+/// sealed data key, the data key's LUKS keyslot and its TPM objects, reports that, and forgets
+/// its identity. Its data partition then stays locked even with its own TPM; only the escrowed
+/// recovery key still opens it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/wipe",
+    tag = "devices",
+    params(("id" = String, Path, description = "Device id (`dev_…`)")),
+    responses(
+        (status = 200, description = "Revoked, wipe ordered (or it already was)", body = DeviceReply),
+        (status = 403, description = "Needs the admin role"),
+        (status = 404, description = "No such device"),
+    )
+)]
+async fn wipe_device(
+    caller: Caller,
+    State(shared): St,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceReply>, ApiError> {
+    caller.require(Role::Admin)?;
+    let actor = caller.actor();
+    let device_id = id.clone();
+    shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let Some(device) = devices::get(&tx, &id)? else {
+                return Ok(Err(ApiError::NotFound("no device with this id".into())));
+            };
+            if device.status != DeviceStatus::Revoked {
+                devices::set_status(&tx, &id, DeviceStatus::Revoked)?;
+                audit::record(
+                    &tx,
+                    &actor,
+                    "device.revoke",
+                    &id,
+                    &format!("from={}", device.status.as_str()),
+                )?;
+            }
+            if devices::order_wipe(&tx, &id, now_unix())? {
+                audit::record(&tx, &actor, "device.wipe_order", &id, "")?;
+                crate::store::events::insert(
+                    &tx,
+                    &crate::store::events::NewEvent::now(
+                        Some(&id),
+                        "device.revoked",
+                        crate::store::events::Severity::Warning,
+                        format!(
+                            "revoked by {actor} with a crypto-erase ordered for its next contact"
+                        ),
+                    ),
+                )?;
+            }
+            tx.commit()?;
+            Ok::<_, StoreError>(Ok(()))
+        })
+        .await??;
+    shared.cut_off(&device_id);
+    shared.placement.wake();
+    Ok(Json(DeviceReply {
+        device: load_device(&shared, device_id).await?,
+    }))
 }
 
 /// Replace a device's configuration (operator); pushed to it at once when it is connected.

@@ -36,7 +36,7 @@ pub struct ProvenTpmFacts {
 
 const COLUMNS: &str = "id, status, serial, tpm_ek_sha256, hostname, key_storage, agent_version, \
     os_version, token_id, created_at, approved_at, last_seen_at, cert_serial, cert_expires_at, \
-    desired_revision, config, desired_os, site, labels";
+    desired_revision, config, desired_os, site, labels, wipe_requested_at, wiped_at";
 
 fn from_row(row: &Row) -> crate::store::db::Result<Device> {
     let config: String = row.get(15)?;
@@ -63,6 +63,8 @@ fn from_row(row: &Row) -> crate::store::db::Result<Device> {
         desired_os: desired_os_from_column(row, 16)?,
         site: row.get(17)?,
         labels: string_map_from_column(row, 18)?,
+        wipe_requested_at: row.get(19)?,
+        wiped_at: row.get(20)?,
     })
 }
 
@@ -129,6 +131,36 @@ pub fn ak_public(conn: &Connection, id: &str) -> Result<Option<Vec<u8>>, StoreEr
         .flatten()
         .filter(|t| !t.is_empty())
         .and_then(|t| hex::decode(t).ok()))
+}
+
+/// Order a device's crypto-erase (it must be revoked); false when it was ordered before.
+pub fn order_wipe(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE devices SET wipe_requested_at = ?2 WHERE id = ?1 AND wipe_requested_at IS NULL",
+        params![id, now],
+    )? > 0)
+}
+
+/// Whether a revoked device has a wipe ordered that it has not reported done.
+pub fn wipe_pending(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    let found: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM devices WHERE id = ?1 AND status = 'revoked'
+                AND wipe_requested_at IS NOT NULL AND wiped_at IS NULL",
+            [id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(found.is_some())
+}
+
+/// Record that the device destroyed its data key; false when no wipe was pending.
+pub fn wipe_done(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE devices SET wiped_at = ?2 WHERE id = ?1 AND status = 'revoked'
+            AND wipe_requested_at IS NOT NULL AND wiped_at IS NULL",
+        params![id, now],
+    )? > 0)
 }
 
 /// One device by id.

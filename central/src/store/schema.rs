@@ -233,6 +233,12 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE bundles ADD COLUMN uki_pcr11 TEXT NOT NULL DEFAULT '';
     "#,
+    // 11: crypto-erase on revoke. When an admin ordered a device's wipe, and when the device
+    // reported its data key destroyed.
+    r#"
+    ALTER TABLE devices ADD COLUMN wipe_requested_at INTEGER;
+    ALTER TABLE devices ADD COLUMN wiped_at INTEGER;
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.
