@@ -422,25 +422,42 @@ enum SecureBoot<'a> {
     Altered(&'a LogEvent),
 }
 
+/// `EV_SEPARATOR`: the end of the pre-boot configuration measurements of a PCR.
+const EV_SEPARATOR: u32 = 0x4;
+
 /// Read the `SecureBoot` variable from PCR 7's driver-config events. Their digest is SHA-256 of
 /// the whole `UEFI_VARIABLE_DATA` (TCG PC Client PFP), so the quoted digest proves the data.
+///
+/// The quote proves digests, not event types, so a device could relabel the real `SecureBoot=0`
+/// event and extend PCR 7 after boot with a `SecureBoot=1` record of its own. The PFP's order
+/// rules that out: `SecureBoot` is PCR 7's *first* measurement, every driver-config event's
+/// digest is its data's, and none comes after the separator (a later extend always lands there).
 fn secure_boot_state(log: &EventLog) -> SecureBoot<'_> {
-    let mut state = SecureBoot::Off(None);
-    for event in log.events_for(7) {
+    let events = log.events_for(7);
+    let mut state = SecureBoot::Off(events.first().copied());
+    let mut separated = false;
+    for (index, event) in events.iter().copied().enumerate() {
+        if event.event_type == EV_SEPARATOR {
+            separated = true;
+            continue;
+        }
         if event.event_type != EV_EFI_VARIABLE_DRIVER_CONFIG {
             continue;
+        }
+        if separated || event.sha256 != Some(Sha256::digest(&event.data).into()) {
+            return SecureBoot::Altered(event);
         }
         let Some(value) = secure_boot_variable(&event.data) else {
             continue;
         };
-        if event.sha256 != Some(Sha256::digest(&event.data).into()) {
+        if index != 0 {
             return SecureBoot::Altered(event);
         }
-        match (value, state) {
-            (_, SecureBoot::Off(Some(_)) | SecureBoot::Altered(_)) => {}
-            ([1], _) => state = SecureBoot::On,
-            _ => state = SecureBoot::Off(Some(event)),
-        }
+        state = if value == [1] {
+            SecureBoot::On
+        } else {
+            SecureBoot::Off(Some(event))
+        };
     }
     state
 }
@@ -479,7 +496,9 @@ fn check_secure_boot(state: SecureBoot<'_>, measured: &Measured) -> Result<(), B
         SecureBoot::Altered(event) => Err(failure(
             7,
             Some(event),
-            "the SecureBoot variable's data is not what its digest measured (the log is altered)"
+            "a Secure Boot configuration event is not where or what the firmware measures (its \
+             data does not match its digest, it follows the separator, or SecureBoot is not \
+             PCR 7's first measurement): the log is altered"
                 .to_string(),
             None,
         )),

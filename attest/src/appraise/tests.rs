@@ -240,7 +240,15 @@ fn a_missing_secure_boot_variable_counts_as_off() {
         .map(|&p| (p, log.replay_pcr(p)))
         .collect();
     let failure = failed(appraise(&quoted, &log, &FIRST_USE).unwrap());
-    assert_eq!((failure.pcr, failure.event), (7, None));
+    // The first PCR 7 measurement is named: it should have been the global SecureBoot.
+    assert_eq!(failure.pcr, 7);
+    assert!(
+        failure
+            .event
+            .as_deref()
+            .is_some_and(|e| e.starts_with("EV_EFI_VARIABLE_DRIVER_CONFIG")),
+        "{failure}"
+    );
     assert_eq!(failure.reason, "Secure Boot is off");
 }
 
@@ -576,4 +584,54 @@ fn too_many_events_on_a_pinned_pcr_cannot_be_pinned() {
         "{}",
         failure.reason
     );
+}
+
+/// A log of `boot` with Secure Boot off, doctored by `doctor`, quoted as the TPM would (the
+/// doctored events really extended PCR 7, as root can do after boot).
+fn spoofed(doctor: impl FnOnce(&mut Vec<u8>)) -> Failure {
+    let boot = Boot {
+        secure_boot: 0,
+        ..BOOT
+    };
+    let mut bytes = log_bytes(&boot);
+    doctor(&mut bytes);
+    let log = EventLog::parse(&bytes).unwrap();
+    let mut quoted = quote(&boot, &[]);
+    quoted.insert(7, log.replay_pcr(7));
+    failed(appraise(&quoted, &log, &FIRST_USE).unwrap())
+}
+
+#[test]
+fn a_secure_boot_record_extended_after_boot_is_altered_not_on() {
+    // Root extends PCR 7 after boot with SHA-256 of a `SecureBoot=1` record and appends the
+    // matching event: it lands after the separator.
+    let failure = spoofed(|bytes| {
+        let on = variable("SecureBoot", &[1]);
+        bytes.extend(event2(7, EV_EFI_VARIABLE_DRIVER_CONFIG, &on, &on));
+    });
+    assert_eq!(failure.pcr, 7);
+    assert!(failure.reason.contains("altered"), "{}", failure.reason);
+    assert_eq!(failure.measured, None);
+}
+
+#[test]
+fn a_relabelled_secure_boot_event_does_not_hide_the_real_one() {
+    // The real `SecureBoot=0` event is relabelled (its digest, which the quote proves, kept)
+    // and a `SecureBoot=1` record is claimed second: SecureBoot must be PCR 7's first measurement.
+    let failure = spoofed(|bytes| {
+        let off = variable("SecureBoot", &[0]);
+        let relabelled = event2(7, EV_EFI_ACTION, &off, &off);
+        let original = event2(7, EV_EFI_VARIABLE_DRIVER_CONFIG, &off, &off);
+        let at = bytes
+            .windows(original.len())
+            .position(|w| w == original.as_slice())
+            .expect("the log has the SecureBoot event");
+        bytes.splice(at..at + original.len(), relabelled.clone());
+        let on = variable("SecureBoot", &[1]);
+        let claimed = event2(7, EV_EFI_VARIABLE_DRIVER_CONFIG, &on, &on);
+        let after = at + relabelled.len();
+        bytes.splice(after..after, claimed);
+    });
+    assert_eq!(failure.pcr, 7);
+    assert!(failure.reason.contains("altered"), "{}", failure.reason);
 }

@@ -54,7 +54,8 @@ pub fn verify_quote(
             found: "certification",
         });
     };
-    if attest.extra_data != expected_nonce {
+    // No nonce, no freshness: a quote with empty qualifying data could be kept and replayed.
+    if expected_nonce.is_empty() || attest.extra_data != expected_nonce {
         return Err(KeyError::NonceMismatch);
     }
     let expected: BTreeSet<u8> = pcr_values.keys().copied().collect();
