@@ -85,6 +85,17 @@ pub fn judge(report: &AttestationReport, expect: Expectations<'_>) -> Verdict {
         let error: String = report.error.chars().take(200).collect();
         return Verdict::failed(format!("the device could not quote its boot PCRs: {error}"));
     }
+    // A quote over no nonce proves nothing about when it was made.
+    if expect.nonce.is_empty() {
+        return Verdict::failed("the quote answers no request of central's (a replay)");
+    }
+    let version = report.os_version.as_str();
+    if !valid_os_version(version) {
+        let shown: String = version.chars().take(64).collect();
+        return Verdict::failed(format!(
+            "the reported OS version {shown:?} is not a version (1 to {MAX_OS_VERSION_CHARS} of A-Z a-z 0-9 . _ + ~ -)"
+        ));
+    }
     let ak = match TpmPublic::parse(expect.ak_public) {
         Ok(ak) => ak,
         Err(e) => {
@@ -138,7 +149,6 @@ pub fn judge(report: &AttestationReport, expect: Expectations<'_>) -> Verdict {
         },
         None => None,
     };
-    let version = report.os_version.as_str();
     let learned_uki = expect.record.map(|r| r.uki.as_str()).unwrap_or("");
     let mut known: Vec<[u8; 32]> = expect
         .bundle_uki
@@ -172,9 +182,16 @@ pub fn judge(report: &AttestationReport, expect: Expectations<'_>) -> Verdict {
         }
         Appraisal::Verified(measured) => {
             let line = uki_line(&measured);
-            // No bundle and nothing learned for this version: only the first OS a device
-            // attests with is learned; any later version must come from an uploaded bundle.
-            if known.is_empty() && !learned_uki.trim().is_empty() {
+            // A real boot (the firmware measures Secure Boot) always measures the UKI.
+            if expect.require_secure_boot && measured.uki_pcr11 == [0; 32] {
+                return Verdict::failed(
+                    "PCR 11: no UKI was measured: the device did not boot through systemd-stub",
+                );
+            }
+            // No bundle and nothing learned for this version: a UKI value is learned only with
+            // the firmware reference, at first use or after a reset; any later version must
+            // come from an uploaded bundle (or an admin's accept).
+            if known.is_empty() && reference.is_some() {
                 return Verdict::Failed {
                     detail: format!(
                         "PCR 11: OS version {version:?} is not one central knows: no uploaded bundle has it and the device first attested with another; upload its bundle, or accept the new values"
@@ -193,6 +210,18 @@ pub fn judge(report: &AttestationReport, expect: Expectations<'_>) -> Verdict {
             }
         }
     }
+}
+
+/// Longest OS version a report may name (bundle versions are manifest `version` strings).
+pub const MAX_OS_VERSION_CHARS: usize = 64;
+
+/// Whether `version` can be an OS version: 1 to [`MAX_OS_VERSION_CHARS`] characters of
+/// `A-Z a-z 0-9 . _ + ~ -` (no space or newline: it is stored in "version hex" lines).
+pub fn valid_os_version(version: &str) -> bool {
+    (1..=MAX_OS_VERSION_CHARS).contains(&version.len())
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '~' | '-'))
 }
 
 /// A verified device turns `stale` after this many intervals without a verified quote.
@@ -254,7 +283,7 @@ pub struct StreamAttestation {
     ak_public: Vec<u8>,
     interval: std::time::Duration,
     next_at: tokio::time::Instant,
-    outstanding: Vec<Vec<u8>>,
+    outstanding: Vec<(Vec<u8>, tokio::time::Instant)>,
     require_secure_boot: bool,
 }
 
@@ -279,16 +308,27 @@ impl StreamAttestation {
         }
     }
 
-    /// A new request with a fresh nonce; the next one is due an interval from now.
-    pub fn request(&mut self) -> CentralMessage {
+    /// A new request with a fresh nonce; the next one is due an interval from now. A request
+    /// left unanswered for a whole interval closes the gate: a device that stops answering
+    /// gets no new desired state either.
+    pub fn request(&mut self, gate: &AttestationGate) -> CentralMessage {
+        let now = tokio::time::Instant::now();
+        if self
+            .outstanding
+            .iter()
+            .any(|(_, sent)| now.duration_since(*sent) >= self.interval)
+            && gate.set(false)
+        {
+            tracing::warn!("the device left an attestation request unanswered for a whole interval; holding its desired state back");
+        }
         let mut nonce = vec![0u8; cairn_proto::ATTESTATION_NONCE_BYTES];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
             .expect("the system random source failed");
         if self.outstanding.len() >= MAX_OUTSTANDING {
             self.outstanding.remove(0);
         }
-        self.outstanding.push(nonce.clone());
-        self.next_at = tokio::time::Instant::now() + self.interval;
+        self.outstanding.push((nonce.clone(), now));
+        self.next_at = now + self.interval;
         CentralMessage {
             kind: Some(central_message::Kind::Attest(AttestationRequest {
                 nonce,
@@ -310,88 +350,84 @@ impl StreamAttestation {
         gate: &AttestationGate,
         report: AttestationReport,
     ) -> bool {
-        // A report answers one of our nonces, else it is judged against the newest: a replay.
-        let nonce = match self.outstanding.iter().position(|n| *n == report.nonce) {
-            Some(at) => self.outstanding.remove(at),
-            None => self.outstanding.last().cloned().unwrap_or_default(),
+        // Only an answer to an outstanding request is judged; anything else (a replayed or
+        // unsolicited report) ends the stream: the agent never sends one.
+        let Some(at) = self
+            .outstanding
+            .iter()
+            .position(|(n, _)| *n == report.nonce)
+        else {
+            tracing::warn!("the device sent an attestation report for no outstanding request (a replay?); ending its stream");
+            return false;
         };
-        let version: String = report.os_version.chars().take(64).collect();
-        let read = {
-            let id = device_id.to_owned();
-            shared
-                .store
-                .read(move |conn| {
-                    Ok((
-                        store_attestation::get(conn, &id)?,
-                        store_attestation::bundle_uki_pcr11(conn, &version)?,
-                    ))
-                })
-                .await
-        };
-        let (record, bundle_uki) = match read {
-            Ok(read) => read,
+        let (nonce, _) = self.outstanding.remove(at);
+        let version: String = report
+            .os_version
+            .chars()
+            .take(MAX_OS_VERSION_CHARS + 1)
+            .collect();
+        let now = now_unix();
+        let ak_public = self.ak_public.clone();
+        let require_secure_boot = self.require_secure_boot;
+        let id = device_id.to_owned();
+        // Read, judge and write in one transaction, so an admin's accept or reset in between
+        // is not overwritten with what was read before it.
+        let stored = shared
+            .store
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                let record = store_attestation::get(&tx, &id)?;
+                let bundle_uki = store_attestation::bundle_uki_pcr11(&tx, &version)?;
+                let verdict = judge(
+                    &report,
+                    Expectations {
+                        ak_public: &ak_public,
+                        nonce: &nonce,
+                        record: record.as_ref(),
+                        bundle_uki: &bundle_uki,
+                        require_secure_boot,
+                    },
+                );
+                let was = record.map(|r| r.state);
+                match &verdict {
+                    Verdict::Verified { reference, uki } => {
+                        store_attestation::record_verified(&tx, &id, now, reference, uki)?
+                    }
+                    Verdict::Failed {
+                        detail,
+                        pending_reference,
+                        pending_uki,
+                    } => {
+                        store_attestation::record_failed(
+                            &tx,
+                            &id,
+                            now,
+                            detail,
+                            pending_reference.as_deref(),
+                            pending_uki.as_deref(),
+                        )?;
+                        if was.as_deref() != Some(FAILED) {
+                            audit::record(
+                                &tx,
+                                "central",
+                                "device.attestation_failed",
+                                &id,
+                                detail,
+                            )?;
+                        }
+                    }
+                }
+                tx.commit()?;
+                Ok((verdict, was))
+            })
+            .await;
+        let (verdict, was) = match stored {
+            Ok(stored) => stored,
             Err(e) => {
-                tracing::warn!(error = %e, "could not read the attestation record; ending the stream so the device retries");
+                tracing::warn!(error = %e, "could not judge or store the attestation verdict; ending the stream so the device retries");
                 return false;
             }
         };
-        let verdict = judge(
-            &report,
-            Expectations {
-                ak_public: &self.ak_public,
-                nonce: &nonce,
-                record: record.as_ref(),
-                bundle_uki: &bundle_uki,
-                require_secure_boot: self.require_secure_boot,
-            },
-        );
-        let was = record.map(|r| r.state);
-        let now = now_unix();
-        let stored = {
-            let id = device_id.to_owned();
-            let verdict = verdict.clone();
-            let was = was.clone();
-            shared
-                .store
-                .run(move |conn| {
-                    let tx = conn.transaction()?;
-                    match &verdict {
-                        Verdict::Verified { reference, uki } => {
-                            store_attestation::record_verified(&tx, &id, now, reference, uki)?
-                        }
-                        Verdict::Failed {
-                            detail,
-                            pending_reference,
-                            pending_uki,
-                        } => {
-                            store_attestation::record_failed(
-                                &tx,
-                                &id,
-                                now,
-                                detail,
-                                pending_reference.as_deref(),
-                                pending_uki.as_deref(),
-                            )?;
-                            if was.as_deref() != Some(FAILED) {
-                                audit::record(
-                                    &tx,
-                                    "central",
-                                    "device.attestation_failed",
-                                    &id,
-                                    detail,
-                                )?;
-                            }
-                        }
-                    }
-                    tx.commit()?;
-                    Ok(())
-                })
-                .await
-        };
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, "could not store the attestation verdict; ending the stream so the device retries");
-            return false;
-        }
         match verdict {
             Verdict::Verified { .. } => {
                 if was.as_deref() != Some(VERIFIED) {
@@ -528,6 +564,101 @@ pub fn learned_uki(lines: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use cairn_attest::emulator::EmulatorVendor;
+
+    /// A report of an emulated TPM whose quoted PCRs are all zero (no firmware, empty log).
+    fn emulated_report(
+        tpm: &cairn_attest::emulator::SoftwareTpm,
+        nonce: &[u8],
+        version: &str,
+    ) -> AttestationReport {
+        let pcrs: BTreeMap<u8, [u8; 32]> = appraise::QUOTED_PCRS
+            .iter()
+            .map(|&p| (p, [0; 32]))
+            .collect();
+        let quote = tpm.quote(nonce, &pcrs).unwrap();
+        AttestationReport {
+            nonce: nonce.to_vec(),
+            quote: quote.attest,
+            signature: quote.signature_der,
+            pcrs: pcrs
+                .iter()
+                .map(|(i, v)| (u32::from(*i), v.to_vec()))
+                .collect(),
+            event_log: Vec::new(),
+            os_version: version.into(),
+            error: String::new(),
+        }
+    }
+
+    fn detail(verdict: Verdict) -> String {
+        match verdict {
+            Verdict::Failed { detail, .. } => detail,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replays_bad_versions_and_unknown_later_versions_are_refused() {
+        let tpm = EmulatorVendor::new().tpm();
+        let ak = tpm.ak_public();
+        let nonce = [3u8; 32];
+        let expect =
+            |nonce: &'static [u8], record: Option<&'static AttestationRecord>| Expectations {
+                ak_public: Box::leak(ak.clone().into_boxed_slice()),
+                nonce,
+                record,
+                bundle_uki: &[],
+                require_secure_boot: false,
+            };
+        // First use: verified, the firmware reference and this version's UKI value learned.
+        let Verdict::Verified { reference, uki } = judge(
+            &emulated_report(&tpm, &nonce, "1.0"),
+            expect(&[3; 32], None),
+        ) else {
+            panic!("a fresh quote of an unchanged emulated TPM fails");
+        };
+        assert!(uki.starts_with("1.0 "), "{uki}");
+        // A quote over no nonce, kept from some earlier moment, never verifies.
+        let empty = emulated_report(&tpm, &[], "1.0");
+        assert!(detail(judge(&empty, expect(&[], None))).contains("replay"));
+        // A version that could inject lines or dodge the bundle lookup.
+        for bad in ["", "1.0\n2.0 00", &"9".repeat(65), "1.0 beta"] {
+            let report = emulated_report(&tpm, &nonce, bad);
+            assert!(
+                detail(judge(&report, expect(&[3; 32], None))).contains("not a version"),
+                "{bad:?}"
+            );
+        }
+        // Once pinned, a version central has no bundle for is not learned.
+        let record: &'static AttestationRecord = Box::leak(Box::new(AttestationRecord {
+            device_id: "dev_1".into(),
+            state: VERIFIED.into(),
+            reference: Some(reference),
+            uki,
+            ..Default::default()
+        }));
+        assert!(matches!(
+            judge(
+                &emulated_report(&tpm, &nonce, "1.0"),
+                expect(&[3; 32], Some(record))
+            ),
+            Verdict::Verified { .. }
+        ));
+        let dodged = detail(judge(
+            &emulated_report(&tpm, &nonce, "x"),
+            expect(&[3; 32], Some(record)),
+        ));
+        assert!(
+            dodged.starts_with("PCR 11") && dodged.contains("\"x\""),
+            "{dodged}"
+        );
+        // A real boot (Secure Boot required) always measures a UKI: all-zero PCR 11 fails.
+        let mut strict = expect(&[3; 32], None);
+        strict.require_secure_boot = true;
+        assert!(detail(judge(&emulated_report(&tpm, &nonce, "1.0"), strict)).starts_with("PCR 7"));
+    }
 
     fn record(state: &str, verified_at: Option<i64>) -> AttestationRecord {
         AttestationRecord {

@@ -458,7 +458,7 @@ impl Agent for AgentService {
                             }
                         } => {
                             let Some(a) = attestation.as_mut() else { continue };
-                            if tx.send(Ok(a.request())).await.is_err() {
+                            if tx.send(Ok(a.request(&gate))).await.is_err() {
                                 break;
                             }
                             continue;

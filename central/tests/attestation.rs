@@ -222,6 +222,11 @@ async fn an_admin_accepts_a_failed_boot_once_and_resets_the_references() {
     assert!(reset.pinned.is_empty());
     assert!(reset.uki.iter().all(|u| u.source == "bundle"), "{reset:?}");
 
+    // The accept names what it let in: the UKI line and the reference's digest.
+    let accepted = format!(
+        "failure=PCR 7: Secure Boot is off; accepted uki=2.0 22; accepted reference sha256={}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(MEASURED.as_bytes()))
+    );
     let audit: AuditLog = central.get("/api/v1/audit");
     let actions: Vec<_> = audit
         .events
@@ -233,11 +238,7 @@ async fn an_admin_accepts_a_failed_boot_once_and_resets_the_references() {
         actions,
         [
             ("device.attestation_reset", "dev_verified", "state=verified"),
-            (
-                "device.attestation_accept",
-                "dev_failed",
-                "failure=PCR 7: Secure Boot is off"
-            ),
+            ("device.attestation_accept", "dev_failed", accepted.as_str()),
         ]
     );
 }

@@ -71,8 +71,21 @@ pub(super) async fn accept_attestation(
                  new measurements; see `cairnctl device attestation {id}`"
                 ))));
             }
-            let failure = record.map(|r| r.detail).unwrap_or_default();
-            Ok(Ok(format!("failure={failure}")))
+            // What was accepted, so the audit log says which values an admin let in.
+            let (failure, uki, reference) = record
+                .map(|r| {
+                    let reference = r
+                        .pending_reference
+                        .as_deref()
+                        .map_or_else(String::new, |t| {
+                            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(t.as_bytes()))
+                        });
+                    (r.detail, r.pending_uki.unwrap_or_default(), reference)
+                })
+                .unwrap_or_default();
+            Ok(Ok(format!(
+                "failure={failure}; accepted uki={uki}; accepted reference sha256={reference}"
+            )))
         },
     )
     .await
