@@ -373,6 +373,7 @@ impl Agent {
         let mut backoff = Backoff::new(self.config.backoff_initial(), self.config.backoff_max());
         let mut renew_backoff = backoff.clone();
         let mut renew_allowed_after = Instant::now();
+        let mut last_console_error: Option<String> = None;
         loop {
             if shutdown.is_triggered() {
                 return Ok(());
@@ -429,7 +430,7 @@ impl Agent {
                         }
                     }
                     Some(Err(e)) if e.is_wipe_order() => {
-                        self.crypto_erase(&session, &identity).await;
+                        self.crypto_erase(&session, &identity, &mut shutdown).await;
                         return self.idle_wiped(shutdown).await;
                     }
                     Some(Err(e)) if e.is_revoked() => {
@@ -461,7 +462,7 @@ impl Agent {
                 .sync_session(&identity, &cert, renew_allowed_after, &mut shutdown)
                 .await;
             if matches!(&end, SessionEnd::Failed { error, .. } if error.is_wipe_order()) {
-                self.crypto_erase(&session, &identity).await;
+                self.crypto_erase(&session, &identity, &mut shutdown).await;
                 return self.idle_wiped(shutdown).await;
             }
             current = Some((identity, cert));
@@ -486,6 +487,13 @@ impl Agent {
                     }
                     let delay = backoff.next_delay();
                     warn!(error = %error, retry_in = ?delay, "not connected to central; running from the stored desired state");
+                    // On the console too (once per distinct error): a box with a screen and no
+                    // network to central says why.
+                    let said = error.to_string();
+                    if last_console_error.as_deref() != Some(said.as_str()) {
+                        info!(target: crate::console::TARGET, "CAIRN-AGENT offline: {said}");
+                        last_console_error = Some(said);
+                    }
                     self.status
                         .set_phase(Phase::Offline, Some(error.to_string()))
                         .await;
@@ -549,8 +557,14 @@ impl Agent {
     ///
     /// Each step goes on when an earlier one fails: a partial wipe beats none, and what failed is
     /// reported and logged.
-    async fn crypto_erase(&self, session: &Session, identity: &StoredIdentity) {
+    async fn crypto_erase(
+        &self,
+        session: &Session,
+        identity: &StoredIdentity,
+        shutdown: &mut Shutdown,
+    ) {
         error!("central ordered a CRYPTO-ERASE of this revoked device; destroying its data key and identity");
+        info!(target: crate::console::TARGET, "CAIRN-WIPE state=ordered");
         let mut destroyed = Vec::new();
         let mut failed = Vec::new();
         if self.config.disk.enabled {
@@ -560,6 +574,7 @@ impl Agent {
                 Err(e) => failed.push(format!("data key: {e}")),
             }
         }
+        info!(target: crate::console::TARGET, "CAIRN-WIPE step=data-key destroyed={} failed={}", destroyed.len(), failed.len());
         if let Some(token) = self.config.enrollment_token_file.clone() {
             match blocking(move || cairn_io::destroy_file(&token)).await {
                 Ok(true) => destroyed.push("enrollment token".to_owned()),
@@ -567,23 +582,35 @@ impl Agent {
                 Err(e) => failed.push(format!("enrollment token: {e}")),
             }
         }
+        // The identity goes only after central heard: retry until it has (the data key is
+        // already gone, so waiting costs nothing). PERMISSION_DENIED now means central has the
+        // report already (an answer lost on the way) or no longer wants it.
         let error = failed.join("; ");
-        let mut reported = false;
-        for attempt in 1..=5u32 {
+        let mut retry = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
+        let mut attempt = 0u32;
+        let reported = loop {
+            attempt += 1;
             match session
                 .report_wipe(identity, destroyed.clone(), error.clone())
                 .await
             {
-                Ok(()) => {
-                    reported = true;
-                    break;
+                Ok(()) => break true,
+                Err(e) if e.is_revoked() => {
+                    warn!(error = %e, "central refuses the crypto-erase report: it has it already or no longer waits for it");
+                    break false;
                 }
                 Err(e) => {
-                    warn!(attempt, error = %e, "could not report the crypto-erase to central");
-                    tokio::time::sleep(Duration::from_secs(u64::from(attempt) * 2)).await;
+                    let wait = retry.next_delay();
+                    warn!(attempt, error = %e, retry_in = ?wait, "could not report the crypto-erase to central; retrying before the identity is destroyed");
+                    self.liveness.wait(wait);
+                    if !shutdown.sleep(wait).await {
+                        warn!("stopping before central heard of the crypto-erase: the identity stays until the agent runs again");
+                        return;
+                    }
                 }
             }
-        }
+        };
+        info!(target: crate::console::TARGET, "CAIRN-WIPE step=report reported={reported}");
         let key = self.identity.key().clone();
         match blocking(move || key.destroy_tpm_objects()).await {
             Ok(Some(what)) => destroyed.push(what.to_owned()),
@@ -628,6 +655,7 @@ impl Agent {
     }
 
     async fn revoked(&self, reason: &str) {
+        info!(target: crate::console::TARGET, "CAIRN-AGENT revoked by central");
         error!(
             reason,
             "central says this device is REVOKED; keeping the key and retrying slowly"

@@ -355,6 +355,11 @@ impl Session {
             .sink()
             .observed_os()
             .map(|os| os.version)
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                let text = std::fs::read_to_string("/etc/os-release").ok()?;
+                crate::os_release::os_release_value(&text, "VERSION_ID")
+            })
             .unwrap_or_default();
         tokio::spawn(
             async move {

@@ -158,6 +158,17 @@ mod imp {
                 .quote(&self.key, nonce, pcrs)
                 .map_err(failed("quoting the boot PCRs"))?;
             let log = match std::fs::read(event_log) {
+                Ok(bytes) if bytes.len() > cairn_proto::MAX_EVENT_LOG_BYTES => {
+                    return Err(TpmKeyError::Tpm {
+                        operation: "reading the firmware event log",
+                        reason: format!(
+                            "{} is {} bytes, more than the {} central accepts",
+                            event_log.display(),
+                            bytes.len(),
+                            cairn_proto::MAX_EVENT_LOG_BYTES
+                        ),
+                    })
+                }
                 Ok(bytes) => bytes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => {

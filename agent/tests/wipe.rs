@@ -48,6 +48,10 @@ async fn a_wiped_device_reports_then_loses_its_tpm_keys_and_identity() {
         let (status, _) = central.call(token, "POST", &format!("/api/v1/devices/{id}/wipe"), None);
         assert_eq!(status, 403);
     }
+    // A thief's copy of the key blob, taken before the wipe.
+    let copies = tempfile::tempdir().unwrap();
+    let copy = copies.path().join("device-key.tpm");
+    std::fs::copy(config.state_dir.join("device-key.tpm"), &copy).unwrap();
     let (status, body) = central.call(
         &central.admin,
         "POST",
@@ -96,17 +100,13 @@ async fn a_wiped_device_reports_then_loses_its_tpm_keys_and_identity() {
     );
     running.stop().await;
 
-    // The TPM's owner hierarchy was cleared: a key blob saved before the wipe no longer loads.
-    // (The agent's own blob is gone; make a fresh one, clear again, and show it dies the same
-    // way: the clear is what kills copies.)
-    let copy_dir = tempfile::tempdir().unwrap();
-    let copy =
-        TpmKey::open_or_create(&tpm.tcti(), &copy_dir.path().join("device-key.tpm")).unwrap();
-    copy.clear_owner_hierarchy().unwrap();
-    drop(copy);
-    let reloaded = TpmKey::open_or_create(&tpm.tcti(), &copy_dir.path().join("device-key.tpm"));
+    // The TPM's owner hierarchy was cleared: the copy of the agent's key blob no longer loads
+    // into this TPM (and is not replaced by a new key).
+    let before = std::fs::read(&copy).unwrap();
+    let reloaded = TpmKey::open_or_create(&tpm.tcti(), &copy);
     assert!(
         reloaded.is_err(),
-        "a key blob loaded after the TPM was cleared"
+        "the agent's key blob loaded after the wipe"
     );
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
 }
