@@ -76,6 +76,12 @@
 
   const onlinePill = (online) => pill(online ? 'online' : 'offline', online ? 'ok' : 'bad');
 
+  function attestationText(a) {
+    if (!a) return '—';
+    const kind = { verified: 'ok', failed: 'bad', stale: 'warn', pending: 'warn' }[a.state] || '';
+    return [pill(a.state, kind), a.detail ? ` ${a.detail}` : '', a.verified_at ? ` (verified ${a.verified_at})` : ''];
+  }
+
   // ---- API ----
 
   class Unauthorized extends Error {}
@@ -342,6 +348,8 @@
         ['hostname', 'Host name', d.hostname],
         ['serial', 'Serial', d.serial],
         ['key_storage', 'Key storage', d.key_storage],
+        ['attestation', 'Boot attestation', attestationText(d.attestation)],
+        ...(d.wipe_requested_at ? [['wipe', 'Crypto-erase', d.wiped_at ? `done ${d.wiped_at}` : `ordered ${d.wipe_requested_at}, waiting for the device`]] : []),
         ['last_seen_at', 'Last seen', d.last_seen_at],
         ['cert_expires_at', 'Certificate expires', d.cert_expires_at],
         ['desired_revision', 'Desired revision', String(d.desired_revision)],

@@ -33,8 +33,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cairn_api::{
-    AppList, AttestationState, AttestationSummary, AuditLog, Device, DeviceDetail, DeviceList,
-    DeviceLogs, DeviceStatus, EventList, KeyStorage, RecoveryKey, ServiceHealth, ServiceState,
+    AppList, AttestationState, AttestationSummary, AuditLog, Device, DeviceAttestation,
+    DeviceDetail, DeviceList, DeviceLogs, DeviceStatus, EventList, KeyStorage, RecoveryKey,
+    ServiceHealth, ServiceState,
 };
 use cairn_e2e::{check_fields, image, vm, Vm, VmOptions, READY};
 use cairn_testsupport::central::{config_in, read, TestCentral};
@@ -617,10 +618,29 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         )
     });
     assert_eq!(status, 200, "{body}");
-    std::thread::sleep(Duration::from_secs(10));
-    let after = fleet.wait_attestation(&id, &mut guest, AttestationState::Failed, "after accept");
+    let accepted: DeviceAttestation = read("POST", "attestation/accept", body);
+    // The accept asked for a fresh quote: wait until it was appraised, then look.
+    let asked_at = accepted.checked_at.map_or(0, |t| t.unix_seconds());
+    let started = Instant::now();
+    let fresh = loop {
+        let view: DeviceAttestation = fleet.get(&format!("/api/v1/devices/{id}/attestation"));
+        if view.checked_at.is_some_and(|t| t.unix_seconds() > asked_at) {
+            break view;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no fresh quote after the accept: {view:?}\n{}",
+            guest.serial_tail()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(fresh.summary.state, AttestationState::Failed, "{fresh:?}");
     assert!(
-        after.detail.unwrap_or_default().contains("Secure Boot"),
+        fresh
+            .summary
+            .detail
+            .unwrap_or_default()
+            .contains("Secure Boot"),
         "accepting must not override the Secure Boot requirement"
     );
     drop(guest);
@@ -679,7 +699,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     assert_eq!(status, 200, "{body}");
     let mut guest = boot(&unsigned);
     let wiped = guest
-        .wait_for("CAIRN-WIPE", BOOT_TIMEOUT)
+        .wait_for("CAIRN-WIPE state=done", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("the device never wiped: {e}"));
     assert!(
         wiped.contains("state=done reported=true") && wiped.contains("failed=0"),

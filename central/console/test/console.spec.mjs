@@ -124,6 +124,8 @@ try {
   await loaded(page, `#/devices/${expect.device.id}`);
   assert.equal(await page.textContent('#device-facts dd[data-fact="os_version"]'), expect.device.os_version);
   assert.equal(await page.textContent('#device-facts dd[data-fact="id"]'), expect.device.id);
+  step('the device page shows its boot attestation (a software-key device cannot attest)');
+  assert.equal(await page.textContent('#device-facts dd[data-fact="attestation"]'), 'unsupported');
   step('the device page shows its host metrics and recent events');
   assert.equal(await page.textContent('#device-host dd[data-fact="cpu_percent"]'), '12.3 %');
   assert.equal(await page.textContent('#device-host dd[data-fact="memory"]'), '75.0 % of 2.0 GiB');
