@@ -22,9 +22,10 @@
 //! and the device refuses that certificate (only the time call, which ignores validity, passes).
 //!
 //! Issue 15 rides along too: boot 1 attests `verified`; boots 4-5 (Secure Boot off) are
-//! `failed` naming PCR 7, and accepting their values does not lift the Secure Boot requirement;
-//! 7. `revoke --wipe`: the device crypto-erases itself on its next contact, reports it and
-//! reboots; 8. the next boot with its own TPM stays locked, and the raw disk has no app marker.
+//! `failed` naming PCR 7, and accepting their values does not lift the Secure Boot requirement.
+//!
+//! A second test here, `a_wiped_device_stays_locked_even_with_its_own_tpm`, covers `revoke --wipe`
+//! on its own disk.
 //!
 //! Run with `cargo test -p cairn-e2e --test data_protection -- --ignored`.
 
@@ -197,6 +198,65 @@ impl Fleet {
     }
 }
 
+/// A real central (trusting the guest's TPM vendor, requiring Secure Boot), the image built for
+/// it with a TPM-only token, a registry holding the app's image, and the VM's options.
+struct Setup {
+    fleet: Fleet,
+    central_data: std::path::PathBuf,
+    registry: Registry,
+    vm_dir: std::path::PathBuf,
+    options: VmOptions,
+}
+
+fn set_up(work: &Path) -> Setup {
+    // A real central on a random loopback port; the guest reaches it as 10.0.2.100:7443.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let central_dir = tempfile::tempdir_in(work).unwrap();
+    let mut config = config_in(central_dir.path());
+    // OVMF measures Secure Boot: central requires it, as it does by default.
+    config.require_secure_boot = true;
+    let central_data = config.data_dir.clone();
+    config.server_names.push("10.0.2.100".into());
+    // The guest's swtpm is manufactured with EK certificates from this "TPM vendor", which
+    // central trusts: the device proves its TPM at enrollment.
+    let vendor = cairn_testsupport::VendorCa::new(work.join("tpm-vendor"));
+    config.tpm_vendor_cas = vendor.anchor_pem_paths();
+    let central = runtime.block_on(TestCentral::start_with(central_dir, config));
+    let (_, secret) = runtime.block_on(async { central.tpm_token("auto", Some(1)) });
+    let fleet = Fleet { runtime, central };
+    let files = image::FleetFiles::for_test_central(work, &fleet.central.ca_pem, &secret);
+    let built = image::build_image(&work.join("image"), &files).unwrap_or_else(|e| panic!("{e}"));
+
+    // App images come from a registry on the host, forwarded into the guest.
+    let registry = Registry::start();
+    fleet.runtime.block_on(images::push(
+        &registry.url(),
+        "cairn/box",
+        "1",
+        &images::busybox_image(&[]),
+        None,
+    ));
+
+    let vm_dir = work.join("vm");
+    let mut options = VmOptions::new(&built, &vm_dir);
+    options.central_port = Some(fleet.central.c().grpc_addr.port());
+    options.vendor_ca = Some(vendor.dir().to_path_buf());
+    options.registry_port = Some(registry.port());
+    options.disk_size_mib = Some(DISK_MIB);
+
+    Setup {
+        fleet,
+        central_data,
+        registry,
+        vm_dir,
+        options,
+    }
+}
+
 fn boot(options: &VmOptions) -> Vm {
     Vm::boot(options).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -254,44 +314,13 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     }
     let work = cairn_e2e::WorkDir::fresh("data-protection");
 
-    // A real central on a random loopback port; the guest reaches it as 10.0.2.100:7443.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let central_dir = tempfile::tempdir_in(&work).unwrap();
-    let mut config = config_in(central_dir.path());
-    // OVMF measures Secure Boot: central requires it, as it does by default.
-    config.require_secure_boot = true;
-    let central_data = config.data_dir.clone();
-    config.server_names.push("10.0.2.100".into());
-    // The guest's swtpm is manufactured with EK certificates from this "TPM vendor", which
-    // central trusts: the device proves its TPM at enrollment.
-    let vendor = cairn_testsupport::VendorCa::new(work.join("tpm-vendor"));
-    config.tpm_vendor_cas = vendor.anchor_pem_paths();
-    let central = runtime.block_on(TestCentral::start_with(central_dir, config));
-    let (_, secret) = runtime.block_on(async { central.tpm_token("auto", Some(1)) });
-    let fleet = Fleet { runtime, central };
-    let files = image::FleetFiles::for_test_central(&work, &fleet.central.ca_pem, &secret);
-    let built = image::build_image(&work.join("image"), &files).unwrap_or_else(|e| panic!("{e}"));
-
-    // App images come from a registry on the host, forwarded into the guest.
-    let registry = Registry::start();
-    fleet.runtime.block_on(images::push(
-        &registry.url(),
-        "cairn/box",
-        "1",
-        &images::busybox_image(&[]),
-        None,
-    ));
-
-    let vm_dir = work.join("vm");
-    let mut options = VmOptions::new(&built, &vm_dir);
-    options.central_port = Some(fleet.central.c().grpc_addr.port());
-    options.vendor_ca = Some(vendor.dir().to_path_buf());
-    options.registry_port = Some(registry.port());
-    options.disk_size_mib = Some(DISK_MIB);
+    let Setup {
+        fleet,
+        central_data,
+        registry: _registry,
+        vm_dir,
+        options,
+    } = set_up(&work);
 
     // 1. First boot: grow, format, seal, enroll, escrow; the RTC is years behind.
     let started = Instant::now();
@@ -684,7 +713,46 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     drop(guest);
     drop(expired);
 
-    // 7. Issue 15: the device is reported stolen. `revoke --wipe` (admin) revokes it and orders
+    let Fleet {
+        runtime,
+        mut central,
+    } = fleet;
+    runtime.block_on(central.stop());
+}
+
+/// Issue 15: crypto-erase on revoke. The device enrolls, attests and runs the app (its marker on
+/// the encrypted `/data`); reported stolen, `revoke --wipe` (admin) revokes it and orders a
+/// crypto-erase. On its next contact the agent destroys the sealed disk key, its LUKS keyslot
+/// and the enrollment token, tells central, clears the TPM's owner hierarchy, forgets its
+/// identity and reboots. The next boot with the same disk and its own TPM stays locked.
+#[test]
+#[ignore = "QEMU tier (builds and boots an image under TCG, minutes): run with --ignored"]
+fn a_wiped_device_stays_locked_even_with_its_own_tpm() {
+    if let Some(reason) = vm::missing_prerequisites() {
+        panic!("cannot run the QEMU tier: {reason}");
+    }
+    let work = cairn_e2e::WorkDir::fresh("wipe");
+    let Setup {
+        fleet,
+        registry: _registry,
+        vm_dir,
+        options,
+        ..
+    } = set_up(&work);
+    let mut guest = boot(&options);
+    let id = fleet.wait_online(&mut guest, "first boot").id;
+    fleet.wait_attestation(&id, &mut guest, AttestationState::Verified, "first boot");
+    let marker = format!(
+        "cairn-wipe-marker-{}",
+        u64::from(std::process::id()) * 7_919 + 104_729
+    );
+    fleet.deploy(&id, &marker);
+    fleet.wait_app_healthy(&id, &mut guest, "first boot");
+    drop(guest); // power cut
+    let mut again = options.clone();
+    again.keep_disk = true;
+
+    // Reported stolen. `revoke --wipe` (admin) revokes it and orders
     // a crypto-erase; on its next contact the agent destroys the sealed disk key and its LUKS
     // keyslot and the enrollment token, tells central, clears the TPM's owner hierarchy, forgets
     // its identity and reboots.
@@ -697,7 +765,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         )
     });
     assert_eq!(status, 200, "{body}");
-    let mut guest = boot(&unsigned);
+    let mut guest = boot(&again);
     let wiped = guest
         .wait_for("CAIRN-WIPE state=done", BOOT_TIMEOUT)
         .unwrap_or_else(|e| panic!("the device never wiped: {e}"));
@@ -735,9 +803,9 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     }
     drop(guest);
 
-    // 8. The next boot, with the same disk and the device's own TPM: the data stays locked, no
+    // The next boot, with the same disk and the device's own TPM: the data stays locked, no
     // agent enrolls again, and the raw disk shows no app marker.
-    let mut guest = boot(&unsigned);
+    let mut guest = boot(&again);
     let (data, disk) = boot_report(&mut guest);
     assert!(
         data.iter().any(|l| l.contains("state=locked")),
