@@ -150,14 +150,15 @@ pub fn judge(report: &AttestationReport, expect: Expectations<'_>) -> Verdict {
         None => None,
     };
     let learned_uki = expect.record.map(|r| r.uki.as_str()).unwrap_or("");
+    let learned_here = learned_uki_lines(learned_uki)
+        .into_iter()
+        .filter(|(v, _)| v == version)
+        .map(|(_, hex)| hex);
     let mut known: Vec<[u8; 32]> = expect
         .bundle_uki
         .iter()
-        .map(String::as_str)
-        .chain(learned_uki.lines().filter_map(|line| {
-            let (v, hex) = line.split_once(' ')?;
-            (v == version).then_some(hex)
-        }))
+        .cloned()
+        .chain(learned_here)
         .filter_map(|hex| hex::decode(hex).ok()?.try_into().ok())
         .collect();
     known.dedup();
@@ -200,10 +201,12 @@ pub fn judge(report: &AttestationReport, expect: Expectations<'_>) -> Verdict {
                     pending_uki: Some(line),
                 };
             }
-            let mut uki = learned_uki.to_owned();
-            if known.is_empty() {
-                uki = format!("{line}\n");
-            }
+            // Learned here only at first use or after a reset, when nothing else is kept.
+            let uki = if known.is_empty() {
+                format!("{line}\n")
+            } else {
+                learned_uki.to_owned()
+            };
             Verdict::Verified {
                 reference: reference.unwrap_or(measured.firmware).encode(),
                 uki,
@@ -499,7 +502,7 @@ pub fn device_view(
             source: UKI_FROM_BUNDLE.to_owned(),
         })
         .collect();
-    for (version, pcr11) in record.map_or_else(Vec::new, |r| learned_uki(&r.uki)) {
+    for (version, pcr11) in record.map_or_else(Vec::new, |r| learned_uki_lines(&r.uki)) {
         if !uki
             .iter()
             .any(|u| u.os_version == version && u.pcr11 == pcr11)
@@ -548,7 +551,7 @@ pub fn pinned_pcrs(reference: &str) -> Vec<PinnedPcr> {
 }
 
 /// The learned UKI values of a record, (OS version, PCR 11 hex) per "version hex" line.
-pub fn learned_uki(lines: &str) -> Vec<(String, String)> {
+pub fn learned_uki_lines(lines: &str) -> Vec<(String, String)> {
     lines
         .lines()
         .filter_map(|line| {

@@ -64,25 +64,20 @@ pub(super) async fn accept_attestation(
         id,
         "device.attestation_accept",
         |tx, id| {
-            let record = attestation::get(tx, id)?;
-            if !attestation::accept_pending(tx, id)? {
+            let Some(record) = attestation::accept_pending(tx, id)? else {
                 return Ok(Err(ApiError::Conflict(format!(
                     "device {id} has nothing to accept: its last attestation did not fail with \
                  new measurements; see `cairnctl device attestation {id}`"
                 ))));
-            }
+            };
             // What was accepted, so the audit log says which values an admin let in.
-            let (failure, uki, reference) = record
-                .map(|r| {
-                    let reference = r
-                        .pending_reference
-                        .as_deref()
-                        .map_or_else(String::new, |t| {
-                            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(t.as_bytes()))
-                        });
-                    (r.detail, r.pending_uki.unwrap_or_default(), reference)
-                })
-                .unwrap_or_default();
+            let reference = record
+                .pending_reference
+                .as_deref()
+                .map_or_else(String::new, |t| {
+                    hex::encode(<sha2::Sha256 as sha2::Digest>::digest(t.as_bytes()))
+                });
+            let (failure, uki) = (record.detail, record.pending_uki.unwrap_or_default());
             Ok(Ok(format!(
                 "failure={failure}; accepted uki={uki}; accepted reference sha256={reference}"
             )))

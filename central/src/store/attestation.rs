@@ -138,15 +138,19 @@ pub fn record_failed(
 }
 
 /// An admin accepts what the last failed boot measured: it becomes the reference (and its UKI
-/// value a learned one). Returns false when there is nothing to accept.
-pub fn accept_pending(conn: &Connection, device_id: &str) -> Result<bool, StoreError> {
+/// value a learned one). Returns the record as it was before, with what was accepted; `None`
+/// when there is nothing to accept.
+pub fn accept_pending(
+    conn: &Connection,
+    device_id: &str,
+) -> Result<Option<AttestationRecord>, StoreError> {
     let Some(record) = get(conn, device_id)? else {
-        return Ok(false);
+        return Ok(None);
     };
     if record.state != FAILED
         || (record.pending_reference.is_none() && record.pending_uki.is_none())
     {
-        return Ok(false);
+        return Ok(None);
     }
     let mut uki = record.uki.clone();
     if let Some(line) = &record.pending_uki {
@@ -158,13 +162,16 @@ pub fn accept_pending(conn: &Connection, device_id: &str) -> Result<bool, StoreE
             uki.push('\n');
         }
     }
-    let reference = record.pending_reference.or(record.reference);
+    let reference = record
+        .pending_reference
+        .as_ref()
+        .or(record.reference.as_ref());
     conn.execute(
         "UPDATE device_attestation SET reference = ?2, uki = ?3, pending_reference = NULL,
             pending_uki = NULL WHERE device_id = ?1",
         params![device_id, reference, uki],
     )?;
-    Ok(true)
+    Ok(Some(record))
 }
 
 /// Forget the pinned firmware reference and learned UKI values: the next quote pins afresh.
