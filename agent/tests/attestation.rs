@@ -50,6 +50,7 @@ fn expect<'a>(ak: &'a [u8], nonce: &'a [u8], secure_boot: bool) -> Expectations<
         nonce,
         record: None,
         bundle_uki: &[],
+        expected_versions: &[],
         require_secure_boot: secure_boot,
     }
 }

@@ -24,7 +24,7 @@ use cairn_proto::v1::{central_message, AttestationRequest, CentralMessage};
 use crate::sessions::AttestationGate;
 use crate::store::attestation::{self as store_attestation, AttestationRecord, FAILED, VERIFIED};
 use crate::store::events::Severity;
-use crate::store::{audit, now_unix};
+use crate::store::{audit, devices, now_unix, rollouts};
 use crate::Shared;
 
 /// Longest failure text kept and shown.
@@ -73,6 +73,9 @@ pub struct Expectations<'a> {
     pub record: Option<&'a AttestationRecord>,
     /// Hex stub PCR 11 values of the uploaded bundles of the version the device reports.
     pub bundle_uki: &'a [String],
+    /// The OS versions the device may run ([`expected_versions`]); empty: any (its first
+    /// quote, or after a reset).
+    pub expected_versions: &'a [String],
     /// Whether Secure Boot must be on.
     pub require_secure_boot: bool,
 }
@@ -189,6 +192,23 @@ pub fn judge(report: &AttestationReport, expect: Expectations<'_>) -> Verdict {
                     "PCR 11: no UKI was measured: the device did not boot through systemd-stub",
                 );
             }
+            // A UKI of another uploaded bundle verifies too; unless a rollout sent the device
+            // there (or back), running it is a downgrade or a reflash, not the OS it should run.
+            if !expect.expected_versions.is_empty()
+                && !expect.expected_versions.iter().any(|v| v == version)
+            {
+                return Verdict::Failed {
+                    detail: format!(
+                        "PCR 11: the device runs OS version {version:?}, but central expects {} (its last verified version, or its rollout's target or starting version); roll that version out to it, or accept the new values",
+                        expect.expected_versions.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(" or ")
+                    )
+                    .chars()
+                    .take(MAX_DETAIL_CHARS)
+                    .collect(),
+                    pending_reference: Some(measured.firmware.encode()),
+                    pending_uki: Some(line),
+                };
+            }
             // No bundle and nothing learned for this version: a UKI value is learned only with
             // the firmware reference, at first use or after a reset; any later version must
             // come from an uploaded bundle (or an admin's accept).
@@ -213,6 +233,25 @@ pub fn judge(report: &AttestationReport, expect: Expectations<'_>) -> Verdict {
             }
         }
     }
+}
+
+/// The OS versions a device may report: the one of its last verified quote, and the target and
+/// starting version of its latest rollout. Empty (any) when it has no verified version yet.
+pub fn expected_versions(
+    record: Option<&AttestationRecord>,
+    desired: Option<&str>,
+    rollout_from: Option<&str>,
+) -> Vec<String> {
+    let Some(last) = record.and_then(|r| r.os_version.as_deref()) else {
+        return Vec::new();
+    };
+    let mut versions = vec![last.to_owned()];
+    for version in [desired, rollout_from].into_iter().flatten() {
+        if !version.is_empty() && !versions.iter().any(|v| v == version) {
+            versions.push(version.to_owned());
+        }
+    }
+    versions
 }
 
 /// Longest OS version a report may name (bundle versions are manifest `version` strings).
@@ -381,6 +420,13 @@ impl StreamAttestation {
                 let tx = conn.transaction()?;
                 let record = store_attestation::get(&tx, &id)?;
                 let bundle_uki = store_attestation::bundle_uki_pcr11(&tx, &version)?;
+                let desired = devices::get(&tx, &id)?.and_then(|d| d.desired_os);
+                let rollout_from = rollouts::latest_from_version(&tx, &id)?;
+                let expected_versions = expected_versions(
+                    record.as_ref(),
+                    desired.as_ref().map(|d| d.version.as_str()),
+                    rollout_from.as_deref(),
+                );
                 let verdict = judge(
                     &report,
                     Expectations {
@@ -388,13 +434,14 @@ impl StreamAttestation {
                         nonce: &nonce,
                         record: record.as_ref(),
                         bundle_uki: &bundle_uki,
+                        expected_versions: &expected_versions,
                         require_secure_boot,
                     },
                 );
                 let was = record.map(|r| r.state);
                 match &verdict {
                     Verdict::Verified { reference, uki } => {
-                        store_attestation::record_verified(&tx, &id, now, reference, uki)?
+                        store_attestation::record_verified(&tx, &id, now, reference, uki, &version)?
                     }
                     Verdict::Failed {
                         detail,
@@ -613,6 +660,7 @@ mod tests {
                 nonce,
                 record,
                 bundle_uki: &[],
+                expected_versions: &[],
                 require_secure_boot: false,
             };
         // First use: verified, the firmware reference and this version's UKI value learned.
@@ -657,10 +705,53 @@ mod tests {
             dodged.starts_with("PCR 11") && dodged.contains("\"x\""),
             "{dodged}"
         );
+        // An older uploaded bundle's UKI verifies as such, but once the device verified 1.0 it
+        // is a downgrade unless a rollout took the device there (or started from there).
+        let zero = [hex::encode([0u8; 32])];
+        let mut older = expect(&[3; 32], Some(record));
+        older.bundle_uki = &zero;
+        let old = emulated_report(&tpm, &nonce, "0.9");
+        assert!(matches!(judge(&old, older), Verdict::Verified { .. }));
+        let only_current = ["1.0".to_owned()];
+        older.expected_versions = &only_current;
+        let downgrade = judge(&old, older);
+        let Verdict::Failed { pending_uki, .. } = &downgrade else {
+            panic!("a downgrade verified: {downgrade:?}");
+        };
+        assert!(pending_uki
+            .as_deref()
+            .is_some_and(|l| l.starts_with("0.9 ")));
+        let downgrade = detail(downgrade);
+        assert!(
+            downgrade.starts_with("PCR 11")
+                && downgrade.contains("\"0.9\"")
+                && downgrade.contains("expects \"1.0\""),
+            "{downgrade}"
+        );
+        let rolled_back = ["1.0".to_owned(), "0.9".to_owned()];
+        older.expected_versions = &rolled_back;
+        assert!(matches!(judge(&old, older), Verdict::Verified { .. }));
         // A real boot (Secure Boot required) always measures a UKI: all-zero PCR 11 fails.
         let mut strict = expect(&[3; 32], None);
         strict.require_secure_boot = true;
         assert!(detail(judge(&emulated_report(&tpm, &nonce, "1.0"), strict)).starts_with("PCR 7"));
+    }
+
+    #[test]
+    fn expected_versions_start_at_the_first_verified_one() {
+        let mut verified = record(VERIFIED, Some(1));
+        assert!(expected_versions(Some(&verified), Some("2.0"), Some("1.0")).is_empty());
+        assert!(expected_versions(None, Some("2.0"), None).is_empty());
+        verified.os_version = Some("1.0".into());
+        assert_eq!(expected_versions(Some(&verified), None, None), ["1.0"]);
+        assert_eq!(
+            expected_versions(Some(&verified), Some("2.0"), Some("1.0")),
+            ["1.0", "2.0"]
+        );
+        assert_eq!(
+            expected_versions(Some(&verified), Some(""), Some("0.9")),
+            ["1.0", "0.9"]
+        );
     }
 
     fn record(state: &str, verified_at: Option<i64>) -> AttestationRecord {

@@ -49,9 +49,23 @@ async fn seed(central: &TestCentral) {
                     &token_id,
                 )?;
             }
-            attestation::record_verified(conn, "dev_verified", now, REFERENCE, "2.0 11\n")?;
-            attestation::record_verified(conn, "dev_stale", now - 3 * interval, REFERENCE, "")?;
-            attestation::record_verified(conn, "dev_failed", now - 10, REFERENCE, "2.0 11\n")?;
+            attestation::record_verified(conn, "dev_verified", now, REFERENCE, "2.0 11\n", "2.0")?;
+            attestation::record_verified(
+                conn,
+                "dev_stale",
+                now - 3 * interval,
+                REFERENCE,
+                "",
+                "2.0",
+            )?;
+            attestation::record_verified(
+                conn,
+                "dev_failed",
+                now - 10,
+                REFERENCE,
+                "2.0 11\n",
+                "2.0",
+            )?;
             attestation::record_failed(
                 conn,
                 "dev_failed",

@@ -530,26 +530,7 @@ async fn every_documented_operation_answers_as_documented() {
 
     // Attestation: a failed quote whose measurements wait, accepted, refused once nothing
     // waits, then reset.
-    let attested = id.clone();
-    central
-        .c()
-        .shared
-        .store
-        .run(move |conn| {
-            use cairn_central::store::attestation;
-            attestation::record_verified(conn, &attested, 1_000, "0 80000008 aa\n", "1.0 ab\n")?;
-            attestation::record_failed(
-                conn,
-                &attested,
-                2_000,
-                "PCR 7: Secure Boot is off",
-                Some("0 80000008 aa\n7 80000001 bb\n"),
-                Some("1.0 cd"),
-            )?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    central.record_attestation(&id, true).await;
     let attestation_path = format!("/api/v1/devices/{id}/attestation");
     api.admin("GET", &attestation_path, None).expect(200);
     api.admin("GET", "/api/v1/devices/dev_nope/attestation", None)

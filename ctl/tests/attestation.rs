@@ -4,7 +4,6 @@
 //! operator refused.
 
 use cairn_api::{AttestationState, DeviceAttestation};
-use cairn_central::store::attestation;
 use cairn_testsupport::central::{SimDevice, TestCentral};
 use support::Ctl;
 
@@ -20,25 +19,7 @@ async fn attestation_is_listed_shown_accepted_and_reset_through_cairnctl() {
         .await
         .unwrap();
     let id = device.device_id.clone();
-    let failed = id.clone();
-    central
-        .c()
-        .shared
-        .store
-        .run(move |conn| {
-            attestation::record_verified(conn, &failed, 1_000, "0 80000008 aa\n", "1.0 ab\n")?;
-            attestation::record_failed(
-                conn,
-                &failed,
-                2_000,
-                "PCR 7: Secure Boot is off",
-                Some("0 80000008 aa\n7 80000001 bb\n"),
-                Some("1.0 cd"),
-            )?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    central.record_attestation(&id, true).await;
 
     let table = ctl.ok(&["device", "list"]);
     assert!(table.lines().next().unwrap().contains("ATTEST"), "{table}");

@@ -329,6 +329,42 @@ impl TestCentral {
             .expect("connect to central gRPC")
     }
 
+    /// Record in the registry, as central's judge would, that device `id` verified OS "1.0"
+    /// (PCR 0 pinned, UKI value `ab` learned) and, when `failed`, that its last quote then
+    /// failed on PCR 7 with its measurements (PCR 7 changed, UKI `1.0 cd`) waiting for an
+    /// accept. Wakes the scheduler, as a change of attestation state does.
+    pub async fn record_attestation(&self, id: &str, failed: bool) {
+        let id = id.to_owned();
+        self.c()
+            .shared
+            .store
+            .run(move |conn| {
+                use cairn_central::store::attestation;
+                attestation::record_verified(
+                    conn,
+                    &id,
+                    1_000,
+                    "0 80000008 aa\n",
+                    "1.0 ab\n",
+                    "1.0",
+                )?;
+                if failed {
+                    attestation::record_failed(
+                        conn,
+                        &id,
+                        2_000,
+                        "PCR 7: Secure Boot is off",
+                        Some("0 80000008 aa\n7 80000001 bb\n"),
+                        Some("1.0 cd"),
+                    )?;
+                }
+                Ok(())
+            })
+            .await
+            .expect("record an attestation");
+        self.c().shared.placement.wake();
+    }
+
     /// An Enrollment client over TLS (no client certificate).
     pub async fn enrollment(&self) -> EnrollmentClient<Channel> {
         EnrollmentClient::new(self.channel(None).await)

@@ -35,10 +35,13 @@ pub struct AttestationRecord {
     pub pending_reference: Option<String>,
     /// The "version hex" UKI value the last failed boot measured.
     pub pending_uki: Option<String>,
+    /// The OS version of the last verified quote (or of the accepted UKI value); `None` until
+    /// the first one or after a reset.
+    pub os_version: Option<String>,
 }
 
 const COLUMNS: &str = "device_id, state, detail, checked_at, verified_at, reference, uki, \
-    pending_reference, pending_uki";
+    pending_reference, pending_uki, os_version";
 
 fn from_row(row: &Row) -> crate::store::db::Result<AttestationRecord> {
     Ok(AttestationRecord {
@@ -51,6 +54,7 @@ fn from_row(row: &Row) -> crate::store::db::Result<AttestationRecord> {
         uki: row.get(6)?,
         pending_reference: row.get(7)?,
         pending_uki: row.get(8)?,
+        os_version: row.get(9)?,
     })
 }
 
@@ -79,24 +83,33 @@ pub fn states(conn: &Connection) -> Result<Vec<StateRow>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Record a verified quote; `reference` and `uki` are the (possibly newly learned) values to
-/// keep. Clears any pending values.
+/// The devices whose last quote failed (quarantined), for the scheduler.
+pub fn failed_device_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT device_id FROM device_attestation WHERE state = ?1")?;
+    let rows = stmt.query_map([FAILED], |row| row.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Record a verified quote of OS `os_version`; `reference` and `uki` are the (possibly newly
+/// learned) values to keep. Clears any pending values.
 pub fn record_verified(
     conn: &Connection,
     device_id: &str,
     now: i64,
     reference: &str,
     uki: &str,
+    os_version: &str,
 ) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO device_attestation (device_id, state, detail, checked_at, verified_at,
-            reference, uki, pending_reference, pending_uki)
-         VALUES (?1, ?2, '', ?3, ?3, ?4, ?5, NULL, NULL)
+            reference, uki, pending_reference, pending_uki, os_version)
+         VALUES (?1, ?2, '', ?3, ?3, ?4, ?5, NULL, NULL, ?6)
          ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, detail = '',
             checked_at = excluded.checked_at, verified_at = excluded.verified_at,
             reference = excluded.reference, uki = excluded.uki,
-            pending_reference = NULL, pending_uki = NULL",
-        params![device_id, VERIFIED, now, reference, uki],
+            pending_reference = NULL, pending_uki = NULL, os_version = excluded.os_version",
+        params![device_id, VERIFIED, now, reference, uki, os_version],
     )?;
     Ok(())
 }
@@ -166,20 +179,28 @@ pub fn accept_pending(
         .pending_reference
         .as_ref()
         .or(record.reference.as_ref());
+    // The accepted UKI value's version becomes the one the device is expected to run.
+    let os_version = record
+        .pending_uki
+        .as_deref()
+        .and_then(|line| line.split_once(' '))
+        .map(|(version, _)| version)
+        .or(record.os_version.as_deref());
     conn.execute(
         "UPDATE device_attestation SET reference = ?2, uki = ?3, pending_reference = NULL,
-            pending_uki = NULL WHERE device_id = ?1",
-        params![device_id, reference, uki],
+            pending_uki = NULL, os_version = ?4 WHERE device_id = ?1",
+        params![device_id, reference, uki, os_version],
     )?;
     Ok(Some(record))
 }
 
-/// Forget the pinned firmware reference and learned UKI values: the next quote pins afresh.
+/// Forget the pinned firmware reference, learned UKI values and expected OS version: the next
+/// quote pins afresh.
 /// Returns false for a device never attested.
 pub fn reset(conn: &Connection, device_id: &str) -> Result<bool, StoreError> {
     Ok(conn.execute(
         "UPDATE device_attestation SET reference = NULL, uki = '', pending_reference = NULL,
-            pending_uki = NULL WHERE device_id = ?1",
+            pending_uki = NULL, os_version = NULL WHERE device_id = ?1",
         [device_id],
     )? > 0)
 }

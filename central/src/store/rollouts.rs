@@ -183,6 +183,22 @@ pub fn active_rollout_of(conn: &Connection, device_id: &str) -> Result<Option<St
         .optional()?)
 }
 
+/// The OS version the device ran when its latest rollout took it (what its other slot holds),
+/// if any rollout ever did.
+pub fn latest_from_version(
+    conn: &Connection,
+    device_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT d.from_version FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id
+             WHERE d.device_id = ?1 ORDER BY r.created_at DESC, r.id DESC LIMIT 1",
+            [device_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// An active rollout installing this bundle, if any.
 pub fn active_using_bundle(conn: &Connection, sha256: &str) -> Result<Option<String>, StoreError> {
     Ok(conn

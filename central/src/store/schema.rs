@@ -239,6 +239,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN wipe_requested_at INTEGER;
     ALTER TABLE devices ADD COLUMN wiped_at INTEGER;
     "#,
+    // 12: the OS version of a device's last verified quote. A later quote must name it, the
+    // version a rollout sends the device to, or the one the rollout started from (its other
+    // slot): an older bundle that also verifies is a downgrade, not the OS it should run.
+    r#"
+    ALTER TABLE device_attestation ADD COLUMN os_version TEXT;
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.
