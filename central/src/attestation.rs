@@ -494,10 +494,16 @@ impl StreamAttestation {
                     // Held back until now: the stored desired state goes out.
                     shared.push_stored(device_id).await;
                 }
+                if was.as_deref() == Some(FAILED) {
+                    // It may host deployments again.
+                    shared.placement.wake();
+                }
             }
             Verdict::Failed { detail, .. } => {
                 gate.set(false);
                 if was.as_deref() != Some(FAILED) {
+                    // Its deployments move to devices that can receive them.
+                    shared.placement.wake();
                     tracing::warn!(%detail, "boot attestation failed: the device is quarantined");
                     crate::events::record(
                         shared,

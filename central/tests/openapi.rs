@@ -548,6 +548,8 @@ async fn every_documented_operation_answers_as_documented() {
         .expect(409);
     api.admin("POST", &format!("{attestation_path}/reset"), None)
         .expect(200);
+    // Verified again: a quarantined device would take no deployment below.
+    central.record_attestation(&id, false).await;
 
     // Recovery key: none yet, then escrowed over mTLS and read back.
     let key_path = format!("/api/v1/devices/{id}/recovery-key");

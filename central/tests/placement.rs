@@ -154,6 +154,29 @@ fn hosts(view: &DeploymentView) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// Wait until `site`'s only host of `name` is `device`.
+async fn wait_hosts(central: &TestCentral, name: &str, site: &str, device: &str, what: &str) {
+    let want = [(site.to_owned(), vec![device.to_owned()])];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while hosts(&deployment(central, name)) != want {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect(what);
+}
+
+/// The audited reason a deployment left `device`.
+fn unplaced(central: &TestCentral, device: &str) -> String {
+    let audit: AuditLog = central.get("/api/v1/audit?limit=50");
+    let unplaced = audit
+        .events
+        .iter()
+        .find(|e| e.action == "deployment.unplace" && e.target == device)
+        .expect("the move is audited");
+    unplaced.detail.clone()
+}
+
 fn first<'a>(a: &'a Device, b: &'a Device) -> (&'a str, &'a str) {
     if a.id < b.id {
         (&a.id, &b.id)
@@ -369,31 +392,53 @@ async fn a_lost_host_is_replaced_within_its_site_and_comes_back_without_the_app(
     assert_eq!(hosts(&view), [("depot".to_owned(), vec![b.id.clone()])]);
 
     // Audited, with the reason.
-    let audit: AuditLog = central.get("/api/v1/audit?limit=50");
-    let unplaced = audit
-        .events
-        .iter()
-        .find(|e| e.action == "deployment.unplace" && e.target == a.id)
-        .expect("the move is audited");
-    assert!(
-        unplaced.detail.contains("offline for longer than"),
-        "{unplaced:?}"
-    );
+    assert!(unplaced(&central, &a.id).contains("offline for longer than"));
 
     // A revoked host loses its placement at once.
     central.admin_call("POST", &format!("/api/v1/devices/{}/revoke", b.id), None);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            let view = deployment(&central, "web");
-            if hosts(&view) == [("depot".to_owned(), vec![a.id.clone()])] {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the revoked host is replaced");
+    wait_hosts(
+        &central,
+        "web",
+        "depot",
+        &a.id,
+        "the revoked host is replaced",
+    )
+    .await;
     a.until_apps(&["web"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_host_gives_its_deployment_to_one_that_attests() {
+    let central = start().await;
+    site(&central, "yard", 48.14, 11.58, json!({}));
+    let mut a = Device::at(&central, "SER-QUAR-A", "yard", json!({})).await;
+    let mut b = Device::at(&central, "SER-QUAR-B", "yard", json!({})).await;
+    if b.id < a.id {
+        std::mem::swap(&mut a, &mut b);
+    }
+    deploy(&central, "web", json!({}));
+    a.until_apps(&["web"]).await;
+
+    // `a`'s boot attestation fails (as central's judge records it): the app moves to `b`, and
+    // the scheduler says why. `a` stays online; its stream simply gets nothing new.
+    central.record_attestation(&a.id, true).await;
+    tokio::time::timeout(Duration::from_secs(10), b.until_apps(&["web"]))
+        .await
+        .expect("re-placed within 10 s");
+    let view = deployment(&central, "web");
+    assert_eq!(hosts(&view), [("yard".to_owned(), vec![b.id.clone()])]);
+    assert!(unplaced(&central, &a.id).contains("quarantined"));
+
+    // Nobody else can take `web` at a site whose only device is quarantined: it stays there.
+    central.record_attestation(&b.id, true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = deployment(&central, "web");
+    assert_eq!(hosts(&view), [("yard".to_owned(), vec![b.id.clone()])]);
+
+    // Once `a` verifies again it is a host like any other.
+    central.record_attestation(&a.id, false).await;
+    let taken_back = "the verified device takes the app back from the quarantined one";
+    wait_hosts(&central, "web", "yard", &a.id, taken_back).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

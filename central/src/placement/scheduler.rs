@@ -4,11 +4,13 @@
 //! 1. A device is *eligible* when it is active, at the site, has every label of
 //!    `placement.devices.labels`, holds no operator app of the same name, runs no app the
 //!    deployment avoids and no deployment that avoids this one, and its desired state has room.
-//! 2. Current hosts that are eligible and not *lost* (offline longer than the grace period) are
-//!    kept, online ones first, then by device id, up to `hosts_per_site`.
-//! 3. Free slots go to eligible, not lost devices: online first, then by device id.
-//! 4. Slots still free keep lost current hosts (nobody can take over; they get it back on
-//!    reconnect anyway). Otherwise a lost host's app moves and is removed from it.
+//! 2. Current hosts that are eligible and not *lost* (offline longer than the grace period) or
+//!    *quarantined* (their boot attestation failed) are kept, online ones first, then by device
+//!    id, up to `hosts_per_site`.
+//! 3. Free slots go to eligible devices neither lost nor quarantined: online first, then by id.
+//! 4. Slots still free keep lost or quarantined current hosts (nobody can take over; they get
+//!    it back on reconnect or a verified boot anyway). Otherwise such a host's app moves and is
+//!    removed from it (a quarantined device receives the removal once it verifies again).
 //! 5. Hosts outside the selected sites, revoked hosts and apps of deleted deployments are removed.
 //!
 //! [`reconcile`] applies the plan: per changed device one revision bump, its deployment-owned
@@ -26,7 +28,7 @@ use crate::grpc::desired_state;
 use crate::rollout::engine::Push;
 use crate::store::deployments::{self, AppRow, Deployment};
 use crate::store::sites::{self, Site};
-use crate::store::{apps, audit, devices, DeviceStatus, StoreError};
+use crate::store::{apps, attestation, audit, devices, DeviceStatus, StoreError};
 use crate::Shared;
 
 /// Audit actor of the scheduler's own changes.
@@ -49,6 +51,8 @@ pub struct Host {
     pub online: bool,
     /// Offline for longer than the grace period.
     pub lost: bool,
+    /// Its last boot attestation failed: it gets no new desired state, so no new app either.
+    pub quarantined: bool,
     /// Approximate size of its desired state.
     pub desired_bytes: usize,
 }
@@ -155,7 +159,7 @@ fn plan_one(d: &Deployment, avoided_by: Option<&BTreeSet<&str>>, world: &World) 
         let at_site: &[&Host] = by_site.get(site.name.as_str()).map_or(&[], Vec::as_slice);
         let mut usable: Vec<&Host> = at_site.iter().copied().filter(|h| eligible(h)).collect();
         usable.sort_by(by_preference);
-        let live = || usable.iter().copied().filter(|h| !h.lost);
+        let live = || usable.iter().copied().filter(|h| !h.lost && !h.quarantined);
         let mut chosen: Vec<&Host> = live().filter(|h| hosting(h)).take(wanted).collect();
         let free = wanted - chosen.len();
         chosen.extend(live().filter(|h| !hosting(h)).take(free));
@@ -163,13 +167,13 @@ fn plan_one(d: &Deployment, avoided_by: Option<&BTreeSet<&str>>, world: &World) 
         let lost_hosts: Vec<&Host> = usable
             .iter()
             .copied()
-            .filter(|h| h.lost && hosting(h))
+            .filter(|h| (h.lost || h.quarantined) && hosting(h))
             .take(free)
             .collect();
         chosen.extend(lost_hosts);
         let shortfall = (chosen.len() < wanted).then(|| {
             format!(
-                "{} of {wanted} hosts: the site has {} devices, {} of them active, matching the device labels, free of avoided apps and with room (and not offline past the grace period)",
+                "{} of {wanted} hosts: the site has {} devices, {} of them active, matching the device labels, free of avoided apps and with room (and neither offline past the grace period nor quarantined)",
                 chosen.len(),
                 at_site.len(),
                 live().count(),
@@ -204,6 +208,7 @@ pub fn load_world(tx: &Connection, shared: &Shared) -> Result<(World, Vec<AppRow
         *app_bytes.entry(row.device_id.as_str()).or_default() +=
             app_cost(&row.name, &row.compose_yaml);
     }
+    let quarantined: BTreeSet<String> = attestation::failed_device_ids(tx)?.into_iter().collect();
     let mut hosts = Vec::new();
     for device in devices::list(tx)? {
         let active = device.status == DeviceStatus::Active;
@@ -217,6 +222,7 @@ pub fn load_world(tx: &Connection, shared: &Shared) -> Result<(World, Vec<AppRow
             .map(|(k, v)| k.len() + v.len() + 8)
             .sum();
         hosts.push(Host {
+            quarantined: quarantined.contains(&device.id),
             desired_bytes: app_bytes.get(device.id.as_str()).copied().unwrap_or(0)
                 + config_bytes
                 + 1024,
@@ -295,6 +301,9 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
                     Some(h) if !h.active => "the device is not active".to_owned(),
                     Some(h) if h.lost => {
                         format!("the device was offline for longer than the {grace} s grace period")
+                    }
+                    Some(h) if h.quarantined => {
+                        "the device is quarantined: its boot attestation failed".to_owned()
                     }
                     _ => "no longer selected (site, labels, hosts_per_site or avoid)".to_owned(),
                 };
@@ -448,6 +457,7 @@ mod tests {
             active: true,
             online,
             lost: false,
+            quarantined: false,
             desired_bytes: 0,
         }
     }
