@@ -66,7 +66,8 @@ pub struct UkiValue {
     pub os_version: String,
     /// Hex SHA-256 PCR 11 value systemd-stub measures for that UKI (before boot phases).
     pub pcr11: String,
-    /// `bundle` (predicted from an uploaded bundle) or `learned` (first use, or accepted).
+    /// `bundle` (predicted from an uploaded bundle), `learned` (first use, or accepted) or
+    /// `pending` (measured by a failed boot, not accepted).
     pub source: String,
 }
 
@@ -92,4 +93,23 @@ pub struct DeviceAttestation {
     /// Whether a failed boot's measurements wait to be accepted
     /// (`POST /api/v1/devices/{id}/attestation/accept`).
     pub acceptable: bool,
+    /// The OS version of its last verified quote: a later quote must name it, or the target
+    /// or starting version of its latest rollout. `null` until then, or after a reset.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub os_version: Option<String>,
+    /// What its failed boot measured, which an accept would pin; `null` when nothing waits.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub pending: Option<PendingValues>,
+}
+
+/// What a device's failed boot measured, for an admin to review before accepting it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PendingValues {
+    /// Firmware PCRs (of 0, 2, 7) whose measurements differ from the pinned ones (every
+    /// measured one when none is pinned).
+    pub changed_pcrs: Vec<u8>,
+    /// The UKI value it measured (source `pending`), with the OS version it named.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub uki: Option<UkiValue>,
 }

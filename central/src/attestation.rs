@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 
 use cairn_api::{
-    AttestationState, AttestationSummary, DeviceAttestation, KeyStorage, PinnedPcr, Timestamp,
-    UkiValue,
+    AttestationState, AttestationSummary, DeviceAttestation, KeyStorage, PendingValues, PinnedPcr,
+    Timestamp, UkiValue,
 };
 
 use cairn_attest::appraise::{self, Appraisal, Measured, Policy, Reference};
@@ -273,6 +273,8 @@ pub const STALE_AFTER_INTERVALS: i64 = 2;
 pub const UKI_FROM_BUNDLE: &str = "bundle";
 /// `source` of a UKI value learned on first use or accepted by an admin.
 pub const UKI_LEARNED: &str = "learned";
+/// `source` of a UKI value a failed boot measured, not (yet) accepted.
+pub const UKI_PENDING: &str = "pending";
 
 /// The oldest verification (Unix seconds) that still counts as fresh at `now`: a verified
 /// device whose last verified quote is older is `stale`.
@@ -567,10 +569,29 @@ pub fn device_view(
             });
         }
     }
+    let acceptable = summary.state == AttestationState::Failed
+        && record.is_some_and(|r| r.pending_reference.is_some() || r.pending_uki.is_some());
+    let pending = record.filter(|_| acceptable).map(|r| PendingValues {
+        changed_pcrs: r
+            .pending_reference
+            .as_deref()
+            .map(|pending| changed_pcrs(r.reference.as_deref(), pending))
+            .unwrap_or_default(),
+        uki: r
+            .pending_uki
+            .as_deref()
+            .and_then(|line| learned_uki_lines(line).pop())
+            .map(|(os_version, pcr11)| UkiValue {
+                os_version,
+                pcr11,
+                source: UKI_PENDING.to_owned(),
+            }),
+    });
     DeviceAttestation {
         device_id: inputs.device_id.clone(),
-        acceptable: summary.state == AttestationState::Failed
-            && record.is_some_and(|r| r.pending_reference.is_some() || r.pending_uki.is_some()),
+        acceptable,
+        os_version: record.and_then(|r| r.os_version.clone()),
+        pending,
         summary,
         checked_at: record.map(|r| Timestamp::from_unix_seconds(r.checked_at)),
         interval_seconds: config.attestation_interval_secs,
@@ -581,6 +602,31 @@ pub fn device_view(
             .unwrap_or_default(),
         uki,
     }
+}
+
+/// The PCRs whose lines differ between two encoded firmware references (every PCR of
+/// `pending` when nothing is pinned). Read leniently, for display only.
+pub fn changed_pcrs(pinned: Option<&str>, pending: &str) -> Vec<u8> {
+    let by_pcr = |reference: &str| {
+        let mut lines = BTreeMap::<u8, Vec<String>>::new();
+        for line in reference.lines() {
+            if let Some(pcr) = line.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                lines.entry(pcr).or_default().push(line.to_owned());
+            }
+        }
+        lines
+    };
+    let pinned = by_pcr(pinned.unwrap_or(""));
+    let pending = by_pcr(pending);
+    let mut changed: Vec<u8> = pending
+        .keys()
+        .chain(pinned.keys())
+        .copied()
+        .filter(|pcr| pinned.get(pcr) != pending.get(pcr))
+        .collect();
+    changed.sort_unstable();
+    changed.dedup();
+    changed
 }
 
 /// How many events make each PCR of an encoded firmware reference (lines of
@@ -818,6 +864,8 @@ mod tests {
         };
         let mut failed = record(FAILED, Some(900));
         failed.uki = "2.0 ab\n1.0 cd\n".into();
+        failed.reference = Some("0 80000008 aa\n7 80000001 cc\n7 4 00\n".into());
+        failed.pending_reference = Some("0 80000008 aa\n7 80000001 dd\n7 4 00\n".into());
         failed.pending_uki = Some("2.0 ef".into());
         let config = crate::CentralConfig::with_data_dir("/nonexistent");
         let view = device_view(&inputs, Some(&failed), 1_000, &config);
@@ -829,6 +877,18 @@ mod tests {
             .map(|u| (u.os_version.as_str(), u.pcr11.as_str(), u.source.as_str()))
             .collect();
         assert_eq!(uki, [("2.0", "ab", "bundle"), ("1.0", "cd", "learned")]);
+        // What an accept would pin is shown: the changed PCRs and the measured UKI value.
+        let pending = view.pending.expect("pending values are shown");
+        assert_eq!(pending.changed_pcrs, [7]);
+        let measured = pending.uki.expect("the measured UKI value");
+        assert_eq!(
+            (
+                measured.os_version.as_str(),
+                measured.pcr11.as_str(),
+                measured.source.as_str()
+            ),
+            ("2.0", "ef", "pending")
+        );
         let software = ViewInputs {
             key_storage: KeyStorage::Software,
             ..inputs
@@ -836,5 +896,19 @@ mod tests {
         let view = device_view(&software, None, 1_000, &config);
         assert_eq!(view.summary.state, AttestationState::Unsupported);
         assert!(!view.acceptable && view.pinned.is_empty() && view.checked_at.is_none());
+        assert!(view.pending.is_none() && view.os_version.is_none());
+    }
+
+    #[test]
+    fn changed_pcrs_compare_whole_pcrs() {
+        let pinned = "0 8 aa\n2 4 00\n7 1 cc\n7 4 00\n";
+        assert_eq!(changed_pcrs(Some(pinned), pinned), Vec::<u8>::new());
+        assert_eq!(changed_pcrs(Some(pinned), "0 8 aa\n2 4 00\n7 1 cc\n"), [7]);
+        assert_eq!(
+            changed_pcrs(Some(pinned), "0 8 ab\n2 4 00\n7 1 cc\n7 4 00\n"),
+            [0]
+        );
+        assert_eq!(changed_pcrs(None, pinned), [0, 2, 7]);
+        assert_eq!(changed_pcrs(Some(pinned), "junk\n"), [0, 2, 7]);
     }
 }

@@ -404,6 +404,10 @@ pub fn device_attestation(view: &DeviceAttestation) -> String {
             .to_owned(),
         ),
         ("pinned", pinned),
+        (
+            "os_version",
+            view.os_version.clone().unwrap_or_else(|| "none yet".into()),
+        ),
         ("acceptable", yes_no(view.acceptable).to_owned()),
     ]);
     if view.uki.is_empty() {
@@ -421,9 +425,30 @@ pub fn device_attestation(view: &DeviceAttestation) -> String {
         text.push_str(&table.to_string());
     }
     if view.acceptable {
+        let pending = view.pending.as_ref();
+        let pcrs = pending.map_or_else(String::new, |p| {
+            p.changed_pcrs
+                .iter()
+                .map(|pcr| format!("PCR {pcr}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
         let _ = writeln!(
             text,
-            "\nits failed boot's measurements wait: pin them with `cairnctl device attestation {} --accept` (admin) if the change is expected",
+            "\nits failed boot's measurements wait: changed firmware PCRs: {}; UKI: {}",
+            if pcrs.is_empty() { "none" } else { &pcrs },
+            pending.and_then(|p| p.uki.as_ref()).map_or_else(
+                || "none".to_owned(),
+                |u| format!(
+                    "OS {} PCR 11 {}",
+                    printable(&u.os_version),
+                    printable(&u.pcr11)
+                )
+            )
+        );
+        let _ = writeln!(
+            text,
+            "pin them with `cairnctl device attestation {} --accept` (admin) if the change is expected",
             printable(&view.device_id)
         );
     }
@@ -777,8 +802,22 @@ mod tests {
                 source: "bundle".into(),
             }],
             acceptable: true,
+            os_version: Some("2.0".into()),
+            pending: Some(cairn_api::PendingValues {
+                changed_pcrs: vec![0, 7],
+                uki: Some(cairn_api::UkiValue {
+                    os_version: "2.1".into(),
+                    pcr11: "cd".into(),
+                    source: "pending".into(),
+                }),
+            }),
         };
         let text = device_attestation(&view);
+        assert!(text.contains("os_version:  2.0\n"), "{text}");
+        assert!(
+            text.contains("changed firmware PCRs: PCR 0, PCR 7; UKI: OS 2.1 PCR 11 cd\n"),
+            "{text}"
+        );
         assert!(text.contains("state:       failed\n"), "{text}");
         assert!(
             text.contains("detail:      PCR 7: Secure Boot is off\n"),

@@ -35,6 +35,11 @@ async fn attestation_is_listed_shown_accepted_and_reset_through_cairnctl() {
         "{text}"
     );
     assert!(text.contains("1.0   ab      learned"), "{text}");
+    assert!(text.contains("os_version:  1.0\n"), "{text}");
+    assert!(
+        text.contains("changed firmware PCRs: PCR 7; UKI: OS 1.0 PCR 11 cd"),
+        "{text}"
+    );
     assert!(
         text.contains(&format!("cairnctl device attestation {id} --accept")),
         "{text}"
@@ -54,6 +59,8 @@ async fn attestation_is_listed_shown_accepted_and_reset_through_cairnctl() {
     assert!(!accepted.acceptable);
     assert_eq!(accepted.summary.state, AttestationState::Failed);
     assert_eq!(accepted.pinned.len(), 2);
+    assert!(accepted.pending.is_none());
+    assert_eq!(accepted.os_version.as_deref(), Some("1.0"));
     let again = ctl.run(&["device", "attestation", &id, "--accept"]);
     assert!(
         !again.ok && again.stderr.contains("nothing to accept"),
