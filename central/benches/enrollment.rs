@@ -3,7 +3,8 @@
 //! baseline of software-key enrollments run before and after them. The TPMs are cairn-attest's emulator: this benchmark lists the
 //! emulator's vendor CA in central's `tpm_vendor_cas`, and central verifies them exactly as it
 //! verifies real TPMs (EK certificate path, AK, certification, MakeCredential). Last, central's
-//! cost to verify one TPM quote, against one plain ECDSA P-256 verification. Each figure is
+//! cost to verify one TPM quote, and to judge one whole attestation report (quote, a real
+//! firmware event log, appraisal), each against one plain ECDSA P-256 verification. Each figure is
 //! printed with its ratio to the baseline measured in the same run.
 //!
 //! TPMs (RSA-2048 EK generation) and all requests are made before anything is timed. The
@@ -22,7 +23,11 @@ use cairn_attest::ekcert::{verify_ek_certificate, TrustAnchors};
 use cairn_attest::emulator::{EmulatorVendor, SoftwareTpm};
 use cairn_attest::keys::verify_quote;
 use cairn_attest::tpm2::TpmPublic;
-use cairn_proto::v1::{EnrollRequest, EnrollResponse, EnrollStatus, TpmActivation, TpmEvidence};
+use cairn_central::attestation::{judge, Expectations, Verdict};
+use cairn_central::store::attestation::AttestationRecord;
+use cairn_proto::v1::{
+    AttestationReport, EnrollRequest, EnrollResponse, EnrollStatus, TpmActivation, TpmEvidence,
+};
 use cairn_testsupport::central::{config_in, SimDevice, TestCentral};
 use rcgen::PublicKeyData as _;
 use ring::rand::SystemRandom;
@@ -305,10 +310,7 @@ fn interleaved_rates(mut baseline: impl FnMut(), mut measured: impl FnMut()) -> 
 /// (c): `verify_quote` per second on one thread, against ring's verification of the same
 /// signatures over the same messages.
 fn bench_quote_verification(tpms: &[Arc<SoftwareTpm>]) {
-    let pcrs: BTreeMap<u8, [u8; 32]> = QUOTED_PCRS
-        .iter()
-        .map(|&index| (index, Sha256::digest([index]).into()))
-        .collect();
+    let pcrs = real_boot_pcrs();
     let samples: Vec<QuoteSample> = (0..QUOTES)
         .map(|i| {
             let tpm = &tpms[i % tpms.len()];
@@ -343,6 +345,7 @@ fn bench_quote_verification(tpms: &[Arc<SoftwareTpm>]) {
             }
         },
     );
+    let (judged_baseline, judge_rate) = bench_judge(&samples, &pcrs);
     let message_len = samples[0].attest.len();
     println!(
         "quotes={QUOTES:>6}  baseline ECDSA P-256 verifications/s={signature_rate:>9.1}  (ring, one thread, the quotes' {message_len}-byte messages)"
@@ -351,6 +354,98 @@ fn bench_quote_verification(tpms: &[Arc<SoftwareTpm>]) {
         "quotes={QUOTES:>6}  quote verifications/s={quote_rate:>9.1}  ratio to ECDSA verification={:.2}  (verify_quote, SHA-256 PCRs {QUOTED_PCRS:?}, one thread)",
         quote_rate / signature_rate
     );
+    println!(
+        "quotes={QUOTES:>6}  baseline ECDSA P-256 verifications/s={judged_baseline:>9.1}  (second interleaved run)"
+    );
+    println!(
+        "quotes={QUOTES:>6}  attestation judgements/s={judge_rate:>9.1}  ratio to ECDSA verification={:.2}  (attestation::judge: quote + a real {} KiB OVMF event log replayed and appraised against a pinned reference and the bundle's UKI value, one thread)",
+        judge_rate / judged_baseline,
+        REAL_BOOT_LOG.len() / 1024
+    );
+}
+
+/// The firmware event log and quoted PCRs of a real Secure Boot of the image under QEMU (see
+/// attest/tests/data/README.md).
+const REAL_BOOT_LOG: &[u8] = include_bytes!("../../attest/tests/data/ovmf_event_log.bin");
+const REAL_BOOT_PCRS: &str = include_str!("../../attest/tests/data/ovmf_quoted_pcrs.txt");
+
+fn real_boot_pcrs() -> BTreeMap<u8, [u8; 32]> {
+    let pcrs: BTreeMap<u8, [u8; 32]> = REAL_BOOT_PCRS
+        .lines()
+        .map(|line| {
+            let (pcr, value) = line.split_once(' ').expect("\"pcr hex\" lines");
+            let value = hex::decode(value).expect("hex PCR value");
+            (
+                pcr.parse().expect("a PCR index"),
+                value.try_into().expect("a SHA-256 PCR value"),
+            )
+        })
+        .collect();
+    assert_eq!(pcrs.keys().copied().collect::<Vec<_>>(), QUOTED_PCRS);
+    pcrs
+}
+
+/// (d): central's whole judgement of a report (the work of one attestation besides storing
+/// it) per second, against the same ECDSA baseline. Each sample's quote covers the real boot's
+/// PCRs; the device's reference and UKI value are those of its first verified quote.
+fn bench_judge(samples: &[QuoteSample], pcrs: &BTreeMap<u8, [u8; 32]>) -> (f64, f64) {
+    let reports: Vec<AttestationReport> = samples
+        .iter()
+        .map(|s| AttestationReport {
+            nonce: s.nonce.clone(),
+            quote: s.attest.clone(),
+            signature: s.signature.clone(),
+            pcrs: pcrs
+                .iter()
+                .map(|(i, v)| (u32::from(*i), v.to_vec()))
+                .collect(),
+            event_log: REAL_BOOT_LOG.to_vec(),
+            os_version: "0.1.0".into(),
+            error: String::new(),
+        })
+        .collect();
+    let ak_publics: Vec<Vec<u8>> = samples.iter().map(|s| s.ak.raw().to_vec()).collect();
+    let expect = |i: usize, record: Option<&AttestationRecord>, uki: &[String]| {
+        judge(
+            &reports[i],
+            Expectations {
+                ak_public: &ak_publics[i],
+                nonce: &samples[i].nonce,
+                record,
+                bundle_uki: uki,
+                expected_versions: &[],
+                require_secure_boot: true,
+            },
+        )
+    };
+    let Verdict::Verified { reference, uki } = expect(0, None, &[]) else {
+        panic!("the real boot does not verify at first use");
+    };
+    let record = AttestationRecord {
+        state: "verified".into(),
+        reference: Some(reference),
+        os_version: Some("0.1.0".into()),
+        ..Default::default()
+    };
+    let bundle_uki: Vec<String> = uki
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, hex)| hex.to_owned()))
+        .collect();
+    interleaved_rates(
+        || {
+            for s in samples {
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_ASN1, &s.ak_point)
+                    .verify(&s.attest, &s.signature)
+                    .expect("the AK's signature verifies");
+            }
+        },
+        || {
+            for i in 0..samples.len() {
+                let verdict = expect(i, Some(&record), &bundle_uki);
+                assert!(matches!(verdict, Verdict::Verified { .. }), "{verdict:?}");
+            }
+        },
+    )
 }
 
 fn main() {
