@@ -22,7 +22,8 @@
 //! and the device refuses that certificate (only the time call, which ignores validity, passes).
 //!
 //! Issue 15 rides along too: boot 1 attests `verified`; boots 4-5 (Secure Boot off) are
-//! `failed` naming PCR 7, and accepting their values does not lift the Secure Boot requirement.
+//! `failed` naming PCR 7, accepting their values does not lift the Secure Boot requirement, and
+//! an app changed while the device is failed does not reach it (quarantine).
 //!
 //! A second test here, `a_wiped_device_stays_locked_even_with_its_own_tpm`, covers `revoke --wipe`
 //! on its own disk.
@@ -159,6 +160,48 @@ impl Fleet {
         assert!(
             status == 200 || status == 201,
             "deploy refused: {status} {body}"
+        );
+    }
+
+    /// Change the device's app and watch two heartbeats that arrive after the change: both must
+    /// report the revision the device held before it, and the device must stay `failed`.
+    fn assert_no_app_change_while_quarantined(&self, id: &str, guest: &mut Vm) {
+        let path = format!("/api/v1/devices/{id}/apps");
+        let before: AppList = self.get(&path);
+        let held = before
+            .reported_revision
+            .expect("the device heartbeats its revision");
+        self.deploy(id, "while-quarantined");
+        let changed_at = unix_now();
+        let wanted: AppList = self.get(&path);
+        assert!(wanted.desired_revision > held, "{wanted:?}");
+        let started = Instant::now();
+        let mut heartbeats = std::collections::BTreeSet::new();
+        while heartbeats.len() < 2 {
+            let now: AppList = self.get(&path);
+            if let Some(at) = now.reported_at.map(|t| t.unix_seconds()) {
+                if at > changed_at {
+                    assert_eq!(
+                        now.reported_revision,
+                        Some(held),
+                        "a quarantined device got a new desired state: {now:?}"
+                    );
+                    heartbeats.insert(at);
+                }
+            }
+            if guest.exited() || started.elapsed() > Duration::from_secs(120) {
+                panic!(
+                    "no heartbeats after the app change: {now:?}\n{}",
+                    guest.serial_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let shown: DeviceDetail = self.get(&format!("/api/v1/devices/{id}"));
+        assert_eq!(
+            shown.device.attestation.state,
+            AttestationState::Failed,
+            "{shown:?}"
         );
     }
 
@@ -672,6 +715,9 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
             .contains("Secure Boot"),
         "accepting must not override the Secure Boot requirement"
     );
+    // Quarantined: a changed app does not reach the device. Its heartbeats after the change
+    // (every 15 s, each carrying the revision it holds) still report the old revision.
+    fleet.assert_no_app_change_while_quarantined(&id, &mut guest);
     drop(guest);
 
     // 6. Central's address now answers with a certificate of the fleet CA that expired years
