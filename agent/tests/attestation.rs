@@ -18,10 +18,10 @@ use cairn_agent::Phase;
 use cairn_api::{AttestationState, DeviceDetail};
 use cairn_central::attestation::{judge, Expectations, Verdict};
 use cairn_proto::v1::AttestationReport;
-use cairn_testsupport::central::{config_in, read, TestCentral};
-use cairn_testsupport::{Swtpm, VendorCa};
+use cairn_testsupport::central::{read, TestCentral};
+use cairn_testsupport::Swtpm;
 use serde_json::json;
-use support::{agent_config, eventually, wait_phase, RunningAgent};
+use support::{eventually, wait_phase, RunningAgent, TpmFleet};
 
 /// The PCRs central asks for.
 const PCRS: [u8; 5] = [0, 2, 4, 7, 11];
@@ -144,18 +144,14 @@ async fn a_changed_boot_chain_is_quarantined_until_it_verifies_again() {
     if !cairn_testsupport::require_tool("swtpm_setup") {
         return;
     }
-    let vendor = VendorCa::temporary();
-    let tpm = Swtpm::start_with_ek_cert(&vendor);
-    let central_dir = tempfile::tempdir().unwrap();
-    let mut central_config = config_in(central_dir.path());
-    central_config.tpm_vendor_cas = vendor.anchor_pem_paths();
-    central_config.attestation_interval_secs = 5;
-    let central = TestCentral::start_with(central_dir, central_config).await;
-    let (_, token) = central.tpm_token("auto", None);
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = agent_config(&central, &token, dir.path(), "SN-ATTEST");
-    config.key_storage = cairn_agent::config::KeyStorageSetting::Tpm;
-    config.tpm_tcti = Some(tpm.tcti());
+    let TpmFleet {
+        tpm,
+        central,
+        mut config,
+        vendor: _vendor,
+        dir: _dir,
+        ..
+    } = TpmFleet::start("SN-ATTEST", |c| c.attestation_interval_secs = 5).await;
 
     // 1. A clean boot verifies, and desired states flow.
     let running = RunningAgent::start(config.clone()).await;

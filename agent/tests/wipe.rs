@@ -13,30 +13,25 @@ use std::time::Duration;
 use cairn_agent::tpm_key::TpmKey;
 use cairn_agent::Phase;
 use cairn_api::DeviceStatus;
-use cairn_testsupport::central::{config_in, TestCentral};
-use cairn_testsupport::{Swtpm, VendorCa};
-use support::{agent_config, audit_actions, device, eventually, wait_phase, RunningAgent};
+use support::{audit_actions, device, eventually, wait_phase, RunningAgent, TpmFleet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wiped_device_reports_then_loses_its_tpm_keys_and_identity() {
     if !cairn_testsupport::require_tool("swtpm_setup") {
         return;
     }
-    let vendor = VendorCa::temporary();
-    let tpm = Swtpm::start_with_ek_cert(&vendor);
-    let central_dir = tempfile::tempdir().unwrap();
-    let mut central_config = config_in(central_dir.path());
-    central_config.tpm_vendor_cas = vendor.anchor_pem_paths();
-    let central = TestCentral::start_with(central_dir, central_config).await;
-    let (_, token) = central.tpm_token("auto", None);
-    let dir = tempfile::tempdir().unwrap();
+    let TpmFleet {
+        tpm,
+        central,
+        mut config,
+        token,
+        dir,
+        vendor: _vendor,
+    } = TpmFleet::start("SN-WIPE", |_| {}).await;
     let token_file = dir.path().join("enrollment-token");
     std::fs::write(&token_file, &token).unwrap();
-    let mut config = agent_config(&central, &token, dir.path(), "SN-WIPE");
     config.enrollment_token = None;
     config.enrollment_token_file = Some(token_file.clone());
-    config.key_storage = cairn_agent::config::KeyStorageSetting::Tpm;
-    config.tpm_tcti = Some(tpm.tcti());
     let running = RunningAgent::start(config.clone()).await;
     wait_phase(&running.agent, Phase::Connected).await;
     let id = support::device_id(&running.agent);

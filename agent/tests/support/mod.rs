@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use cairn_agent::{wait_for_phase, Agent, AgentConfig, AgentError, Phase};
 use cairn_api::{AuditLog, Device, DeviceDetail, DeviceList};
-use cairn_testsupport::central::TestCentral;
+use cairn_central::CentralConfig;
+use cairn_testsupport::central::{config_in, TestCentral};
+use cairn_testsupport::{Swtpm, VendorCa};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -33,6 +35,47 @@ pub fn agent_config(central: &TestCentral, token: &str, dir: &Path, serial: &str
     config.backoff_initial_ms = 50;
     config.backoff_max_ms = 400;
     config
+}
+
+/// A central trusting a temporary TPM vendor, a swtpm with that vendor's EK certificate, a
+/// TPM-only token and an agent config using the TPM: what the TPM tests start from. Keep
+/// `dir` (and `vendor`) bound while the agent runs: dropping them deletes its files.
+pub struct TpmFleet {
+    /// The vendor CA (its files must outlive central's start).
+    pub vendor: VendorCa,
+    pub tpm: Swtpm,
+    pub central: TestCentral,
+    /// The enrollment token's secret.
+    pub token: String,
+    /// Holds the agent's state directory.
+    pub dir: tempfile::TempDir,
+    pub config: AgentConfig,
+}
+
+impl TpmFleet {
+    /// Start it; `tweak` adjusts central's config before central starts.
+    pub async fn start(serial: &str, tweak: impl FnOnce(&mut CentralConfig)) -> TpmFleet {
+        let vendor = VendorCa::temporary();
+        let tpm = Swtpm::start_with_ek_cert(&vendor);
+        let central_dir = tempfile::tempdir().unwrap();
+        let mut central_config = config_in(central_dir.path());
+        central_config.tpm_vendor_cas = vendor.anchor_pem_paths();
+        tweak(&mut central_config);
+        let central = TestCentral::start_with(central_dir, central_config).await;
+        let (_, token) = central.tpm_token("auto", None);
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = agent_config(&central, &token, dir.path(), serial);
+        config.key_storage = cairn_agent::config::KeyStorageSetting::Tpm;
+        config.tpm_tcti = Some(tpm.tcti());
+        TpmFleet {
+            vendor,
+            tpm,
+            central,
+            token,
+            dir,
+            config,
+        }
+    }
 }
 
 /// An agent running in a task until [`RunningAgent::stop`].
