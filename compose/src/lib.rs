@@ -10,10 +10,12 @@
 //! Architecture invariant: this crate parses a string it is given and nothing more. It must not
 //! depend on containerd, the network, tokio or the file system, so central and cairnctl check a
 //! Compose file exactly as the agent does without pulling in the runtime. Size limits of the text
-//! (`cairn_proto::MAX_COMPOSE_BYTES`) are the caller's.
+//! (`cairn_proto::MAX_COMPOSE_BYTES`) are the caller's; what the YAML may expand to (aliases
+//! copied, at most 30,000 nodes) and how deep it may nest (32 levels) are bounded here, so a
+//! hostile file under 1 KiB is refused in milliseconds.
 //!
 //! - [`AppSpec::parse`]: the entry point, from YAML text to a validated [`AppSpec`].
-//! - `yaml`: YAML events to a tree whose nodes know their line.
+//! - `yaml`: YAML events to a tree whose nodes know their line, within node and depth budgets.
 //! - `parse`, `sections`: that tree to an [`AppSpec`], collecting every problem.
 //! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands).
 //! - [`ImageRef`]: image references, normalized as containerd and Docker name images.

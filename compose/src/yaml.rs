@@ -1,10 +1,25 @@
 //! A YAML document as a tree whose every node knows its line, built from yaml-rust2's marked
 //! events, so that validation errors can point at the line of the offending value.
+//!
+//! Budgets: aliases are expanded into copies, so a few hundred bytes of nested anchors ("billion
+//! laughs") would otherwise make gigabytes. The builder counts every node it creates or copies
+//! (an anchor's stored copy and each alias's expansion) and refuses the document past
+//! [`MAX_NODES`], checking an alias's size before copying it; and no node may sit deeper than
+//! [`MAX_DEPTH`] levels, aliases included, so nothing that walks or drops the tree recurses
+//! without bound.
 
 use std::collections::HashMap;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+/// Most nodes a document may create, copies made by aliases included: enough for a 64 KiB
+/// file written one `key: value` per line without aliases (about 26,000), and little enough that
+/// hitting it takes milliseconds.
+pub(crate) const MAX_NODES: usize = 30_000;
+
+/// Deepest nesting of sequences and mappings, aliases included. Compose needs about 6.
+pub(crate) const MAX_DEPTH: usize = 32;
 
 /// One YAML node with the 1-based line (and column) it starts at.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,10 +114,42 @@ enum Open {
 struct TreeBuilder {
     stack: Vec<Open>,
     root: Option<Node>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes with their [`Size`].
+    anchors: HashMap<usize, (Node, Size)>,
+    /// Nodes created or copied so far (see [`MAX_NODES`]).
+    nodes: usize,
     documents: usize,
     second_document_line: usize,
     error: Option<SyntaxError>,
+}
+
+/// A subtree's node count and height (1 for a scalar).
+#[derive(Debug, Clone, Copy)]
+struct Size {
+    nodes: usize,
+    height: usize,
+}
+
+/// Count a finished subtree. Its height is within [`MAX_DEPTH`], so the recursion is bounded.
+fn size(node: &Node) -> Size {
+    let children: Box<dyn Iterator<Item = &Node>> = match &node.value {
+        Value::Scalar { .. } => Box::new(std::iter::empty()),
+        Value::Seq(items) => Box::new(items.iter()),
+        Value::Map(entries) => Box::new(entries.iter().flat_map(|(k, v)| [k, v])),
+    };
+    children.fold(
+        Size {
+            nodes: 1,
+            height: 1,
+        },
+        |acc, child| {
+            let child = size(child);
+            Size {
+                nodes: acc.nodes + child.nodes,
+                height: acc.height.max(child.height + 1),
+            }
+        },
+    )
 }
 
 impl TreeBuilder {
@@ -116,10 +163,44 @@ impl TreeBuilder {
         }
     }
 
+    /// Count `nodes` more against [`MAX_NODES`]; false (and the error recorded) past it.
+    fn spend(&mut self, nodes: usize, mark: Marker) -> bool {
+        self.nodes = self.nodes.saturating_add(nodes);
+        if self.nodes > MAX_NODES {
+            self.fail(
+                mark,
+                format!(
+                    "the YAML expands to more than {MAX_NODES} nodes (aliases of aliases?); an app spec is far smaller: write the repeated parts out or drop the aliases"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Refuse a container opened (or an alias of `height` placed) below [`MAX_DEPTH`] levels.
+    fn within_depth(&mut self, height: usize, mark: Marker) -> bool {
+        if self.stack.len() + height > MAX_DEPTH {
+            self.fail(
+                mark,
+                format!(
+                    "the YAML nests deeper than {MAX_DEPTH} levels; an app spec needs far fewer"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
     /// Attach a finished node to the open container (or make it the root).
-    fn push(&mut self, node: Node, anchor: usize) {
+    fn push(&mut self, node: Node, anchor: usize, mark: Marker) {
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            let size = size(&node);
+            // The stored copy costs as much as the node itself.
+            if !self.spend(size.nodes, mark) {
+                return;
+            }
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
@@ -159,6 +240,10 @@ fn reject_tag(tag: &Option<Tag>) -> Option<String> {
 
 impl MarkedEventReceiver for TreeBuilder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        // After the first error the document is refused: build nothing more.
+        if self.error.is_some() {
+            return;
+        }
         let (line, col) = (mark.line(), mark.col() + 1);
         match ev {
             Event::DocumentStart => {
@@ -171,17 +256,23 @@ impl MarkedEventReceiver for TreeBuilder {
                 if let Some(msg) = reject_tag(&tag) {
                     return self.fail(mark, msg);
                 }
+                if !self.spend(1, mark) {
+                    return;
+                }
                 let quoted = !matches!(style, TScalarStyle::Plain);
                 let node = Node {
                     line,
                     col,
                     value: Value::Scalar { text, quoted },
                 };
-                self.push(node, anchor);
+                self.push(node, anchor, mark);
             }
             Event::SequenceStart(anchor, tag) => {
                 if let Some(msg) = reject_tag(&tag) {
                     return self.fail(mark, msg);
+                }
+                if !self.within_depth(1, mark) || !self.spend(1, mark) {
+                    return;
                 }
                 let node = Node {
                     line,
@@ -194,6 +285,9 @@ impl MarkedEventReceiver for TreeBuilder {
                 if let Some(msg) = reject_tag(&tag) {
                     return self.fail(mark, msg);
                 }
+                if !self.within_depth(1, mark) || !self.spend(1, mark) {
+                    return;
+                }
                 let node = Node {
                     line,
                     col,
@@ -203,18 +297,25 @@ impl MarkedEventReceiver for TreeBuilder {
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
                 Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, _)) => {
-                    self.push(node, anchor)
+                    self.push(node, anchor, mark)
                 }
                 None => self.fail(mark, "unbalanced YAML structure".to_string()),
             },
-            Event::Alias(id) => match self.anchors.get(&id).cloned() {
-                Some(mut node) => {
+            Event::Alias(id) => {
+                let Some(&(_, size)) = self.anchors.get(&id) else {
+                    return self.fail(mark, "alias to an unknown anchor".to_string());
+                };
+                // Checked before the copy is made.
+                if !self.within_depth(size.height, mark) || !self.spend(size.nodes, mark) {
+                    return;
+                }
+                if let Some((node, _)) = self.anchors.get(&id) {
+                    let mut node = node.clone();
                     node.line = line;
                     node.col = col;
-                    self.push(node, 0);
+                    self.push(node, 0, mark);
                 }
-                None => self.fail(mark, "alias to an unknown anchor".to_string()),
-            },
+            }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
     }
@@ -264,6 +365,49 @@ mod tests {
         assert!(err.line >= 1, "{err:?}");
         let err = parse_document("a: 1\n---\nb: 2\n").unwrap_err();
         assert_eq!(err.line, 2);
+    }
+
+    /// `levels` anchors, each a list of ten aliases of the one before: 10^levels nodes.
+    fn laughs(levels: usize) -> String {
+        let mut doc = String::from("a0: &a0 [x]\n");
+        for i in 1..=levels {
+            let prev = format!("*a{}", i - 1);
+            let items = vec![prev.as_str(); 10].join(", ");
+            doc.push_str(&format!("a{i}: &a{i} [{items}]\n"));
+        }
+        doc
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_before_it_expands() {
+        let bomb = laughs(9);
+        assert!(bomb.len() < 1024, "{}", bomb.len());
+        let started = std::time::Instant::now();
+        let err = parse_document(&bomb).unwrap_err();
+        assert!(err.message.contains("nodes"), "{err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(100));
+        // Small expansions are still fine.
+        assert!(parse_document(&laughs(3)).is_ok());
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_aliases_included() {
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(parse_document(&deep)
+            .unwrap_err()
+            .message
+            .contains("deeper"));
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(parse_document(&ok).is_ok());
+        // Each alias nests the previous anchor one level deeper.
+        let mut doc = String::from("a0: &a0 [x]\n");
+        for i in 1..MAX_DEPTH {
+            doc.push_str(&format!("a{i}: &a{i} [*a{}]\n", i - 1));
+        }
+        assert!(parse_document(&doc).unwrap_err().message.contains("deeper"));
+        // A flood of brackets (64 KiB) is refused without exhausting the stack.
+        let flood = "[".repeat(64 * 1024);
+        assert!(parse_document(&flood).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`Registry`]: a real `docker-registry` on a free loopback port, optionally with basic auth.
 //! - [`require_tool`]: decide whether a test can run, given the external tools it needs.
 //! - [`free_port`]: a loopback TCP port that was free a moment ago.
+//! - [`hostile`]: hostile inputs (a YAML alias bomb) and the process's peak memory.
 //! - `images` (feature `images`): busybox OCI images to push to a [`Registry`] or archive.
 
 mod containerd;
@@ -19,6 +20,7 @@ mod vendor_ca;
 
 #[cfg(feature = "central")]
 pub mod central;
+pub mod hostile;
 
 #[cfg(feature = "central")]
 pub mod expired_central;

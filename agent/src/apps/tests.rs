@@ -172,3 +172,27 @@ fn config_defaults_and_checks() {
     };
     assert_eq!(relative.validate().unwrap_err().field, "apps.data_dir");
 }
+
+#[test]
+fn a_yaml_alias_bomb_is_refused_fast_with_bounded_memory_and_other_apps_run() {
+    use cairn_testsupport::hostile::{peak_rss_bytes, yaml_alias_bomb};
+    let bomb = yaml_alias_bomb();
+    let desired = desired(1, &[("bomb", &bomb, 1), ("good", GOOD, 1)]);
+    let peak_before = peak_rss_bytes();
+    // The best of three, so a busy test machine's scheduling does not count as parsing.
+    let mut took = Duration::MAX;
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let applied = AppliedState::from_desired(&desired);
+        took = took.min(started.elapsed());
+        let why = applied.entries[0].spec.as_ref().unwrap_err();
+        assert!(
+            why.contains("refused by this agent") && why.contains("nodes"),
+            "{why}"
+        );
+        assert_eq!(applied.runnable.len(), 1, "the good app must still run");
+    }
+    assert!(took < Duration::from_millis(100), "refused in {took:?}");
+    let grown = peak_rss_bytes().saturating_sub(peak_before);
+    assert!(grown < 64 << 20, "peak memory grew by {grown} bytes");
+}
