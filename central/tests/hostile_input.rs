@@ -336,3 +336,53 @@ async fn rest_refuses_bad_requests_with_clear_json_errors() {
         "audit log leaks a secret"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yaml_alias_bomb_is_refused_fast_with_bounded_memory() {
+    let central = TestCentral::start().await;
+    let (_, token) = central.token("auto", None, None);
+    let device = central.connect_device("SER-BOMB").await;
+    let bomb = cairn_testsupport::hostile::yaml_alias_bomb();
+    // Warm up the REST path (connection, routes) so the timing below is the parse.
+    let (status, _) = central.call(
+        &central.admin,
+        "GET",
+        &format!("/api/v1/devices/{}/apps", device.id),
+        None,
+    );
+    assert_eq!(status, 200);
+    let peak_before = cairn_testsupport::hostile::peak_rss_bytes();
+    for path in [
+        format!("/api/v1/devices/{}/apps/bomb", device.id),
+        "/api/v1/deployments".to_owned(),
+    ] {
+        let (method, body) = if path.ends_with("deployments") {
+            (
+                "POST",
+                json!({ "name": "bomb", "compose_yaml": bomb, "placement": {} }),
+            )
+        } else {
+            ("PUT", json!({ "compose_yaml": bomb }))
+        };
+        // The best of three, so a busy test machine's scheduling does not count as parsing.
+        let mut took = Duration::MAX;
+        for _ in 0..3 {
+            let started = std::time::Instant::now();
+            let (status, answer) = central.call(&central.admin, method, &path, Some(body.clone()));
+            took = took.min(started.elapsed());
+            assert_eq!(status, 400, "{answer}");
+            assert!(
+                answer["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("nodes"),
+                "{answer}"
+            );
+        }
+        eprintln!("{method} {path}: refused in {took:?}");
+        assert!(took < Duration::from_millis(100), "{path} took {took:?}");
+    }
+    let grown = cairn_testsupport::hostile::peak_rss_bytes().saturating_sub(peak_before);
+    assert!(grown < 64 << 20, "peak memory grew by {grown} bytes");
+    still_serves(&central, &token, "SER-AFTER-BOMB").await;
+}

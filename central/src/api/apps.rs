@@ -33,14 +33,22 @@ pub(super) const PUT_APP_BODY_BYTES: usize = 2 * MAX_COMPOSE_BYTES + 4096;
 /// Label of the compose text in validation errors (`compose_yaml:LINE: FIELD: problem`).
 const COMPOSE_LABEL: &str = "compose_yaml";
 
-/// Validate an app as the agent will: cairn-compose's parser, size, no secrets yet.
-pub(super) fn validate(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
+/// Validate an app as the agent will: cairn-compose's parser, size, no secrets yet. The parse
+/// runs on a blocking thread, off the async workers that serve every other request.
+pub(super) async fn validate(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
     if compose_yaml.len() > MAX_COMPOSE_BYTES {
         return Err(ApiError::BadRequest(format!(
             "`compose_yaml` is {} bytes; the limit is {MAX_COMPOSE_BYTES} bytes (64 KiB)",
             compose_yaml.len()
         )));
     }
+    let (name, compose_yaml) = (name.to_owned(), compose_yaml.to_owned());
+    tokio::task::spawn_blocking(move || parse_app(&name, &compose_yaml))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the Compose parser task failed: {e}")))?
+}
+
+fn parse_app(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
     let spec = AppSpec::parse(COMPOSE_LABEL, name, compose_yaml).map_err(|e| match e {
         SpecError::AppName { .. } => ApiError::BadRequest(e.to_string()),
         other => ApiError::BadRequest(format!("the app spec is not valid:\n{other}")),
@@ -90,7 +98,7 @@ pub(super) async fn put_app(
     ValidJson(body): ValidJson<PutApp>,
 ) -> Result<(StatusCode, Json<AppDeployed>), ApiError> {
     caller.require(Role::Operator)?;
-    validate(&name, &body.compose_yaml)?;
+    validate(&name, &body.compose_yaml).await?;
     let actor = caller.actor();
     let device_id = id.clone();
     let compose = body.compose_yaml;

@@ -64,8 +64,8 @@ fn check_references(
     Ok(Ok(()))
 }
 
-fn validate(name: &str, compose_yaml: &str, placement: &Placement) -> Result<(), ApiError> {
-    validate_app(name, compose_yaml)?;
+async fn validate(name: &str, compose_yaml: &str, placement: &Placement) -> Result<(), ApiError> {
+    validate_app(name, compose_yaml).await?;
     placement.validate()?;
     if let Some(bad) = placement
         .avoid
@@ -114,7 +114,7 @@ pub(super) async fn create_deployment(
     ValidJson(body): ValidJson<CreateDeployment>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
-    validate(&body.name, &body.compose_yaml, &body.placement)?;
+    validate(&body.name, &body.compose_yaml, &body.placement).await?;
     let actor = caller.actor();
     let name = body.name.clone();
     let inner = shared.clone();
@@ -189,7 +189,7 @@ pub(super) async fn update_deployment(
     ValidJson(body): ValidJson<UpdateDeployment>,
 ) -> Result<Response, ApiError> {
     caller.require(Role::Operator)?;
-    validate(&name, &body.compose_yaml, &body.placement)?;
+    validate(&name, &body.compose_yaml, &body.placement).await?;
     let actor = caller.actor();
     let inner = shared.clone();
     let key = name.clone();
