@@ -5,7 +5,8 @@
 //! healthcheck, deploy.resources.limits.{cpus, memory}, network_mode: host, secrets}`, top-level
 //! `volumes` (named volumes, stored on the data partition), top-level `secrets` (no `file`: values
 //! are provided by central and appear in the container as `/run/secrets/NAME`) and `version`
-//! (ignored). Anything else is refused with the list of supported keys.
+//! (ignored), plus `x-*` extension fields anywhere (ignored) and YAML `<<` merge keys. Anything
+//! else is refused with the list of supported keys.
 //!
 //! Architecture invariant: this crate parses a string it is given and nothing more. It must not
 //! depend on containerd, the network, tokio or the file system, so central and cairnctl check a

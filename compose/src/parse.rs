@@ -66,6 +66,10 @@ impl Checker {
                 continue;
             }
             if let Some(allowed) = allowed {
+                // Compose extension fields may stand in any structure; they mean nothing here.
+                if k.starts_with("x-") {
+                    continue;
+                }
                 if !allowed.contains(&k) {
                     self.problem(
                         key,

@@ -374,3 +374,16 @@ fn every_problem_is_reported_in_line_order() {
         "{got}"
     );
 }
+
+#[test]
+fn extension_fields_and_merge_keys_share_settings_between_services() {
+    let text = "x-defaults: &defaults\n  restart: always\n  environment:\n    MODE: edge\n  x-note: ignored anywhere\nservices:\n  web:\n    <<: *defaults\n    image: busybox\n  worker:\n    <<: *defaults\n    image: busybox\n    restart: on-failure\n";
+    let spec = AppSpec::parse("compose.yml", "shop", text).unwrap();
+    let web = &spec.services["web"];
+    assert_eq!(web.restart, RestartPolicy::Always);
+    assert_eq!(web.environment["MODE"], "edge");
+    assert!(matches!(
+        spec.services["worker"].restart,
+        RestartPolicy::OnFailure { .. }
+    ));
+}

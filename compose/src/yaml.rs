@@ -229,6 +229,63 @@ impl TreeBuilder {
     }
 }
 
+/// Apply YAML merge keys (`<<: *base` or `<<: [*a, *b]`) of a finished mapping: the merged
+/// mappings' entries are added unless the mapping (or an earlier merged mapping) has the key.
+fn merge_keys(map: &mut Node) -> Result<(), String> {
+    let Value::Map(entries) = &mut map.value else {
+        return Ok(());
+    };
+    let is_merge =
+        |key: &Node| matches!(&key.value, Value::Scalar { text, quoted: false } if text == "<<");
+    if !entries.iter().any(|(k, _)| is_merge(k)) {
+        return Ok(());
+    }
+    let (merges, mut own): (Vec<_>, Vec<_>) = std::mem::take(entries)
+        .into_iter()
+        .partition(|(k, _)| is_merge(k));
+    let mut sources = Vec::new();
+    for (_, value) in merges {
+        match value.value {
+            Value::Map(from) => sources.push(from),
+            Value::Seq(items) => {
+                for item in items {
+                    match item.value {
+                        Value::Map(from) => sources.push(from),
+                        _ => {
+                            return Err(format!(
+                            "a merge key (`<<`) list may hold only mappings, found {} at line {}",
+                            item.kind(),
+                            item.line
+                        ))
+                        }
+                    }
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "a merge key (`<<`) takes a mapping or a list of mappings, found {}",
+                    value.kind()
+                ))
+            }
+        }
+    }
+    for from in sources {
+        for (key, value) in from {
+            let present = own
+                .iter()
+                .any(|(k, _)| match (k.as_scalar(), key.as_scalar()) {
+                    (Some(a), Some(b)) => a == b,
+                    _ => false,
+                });
+            if !present {
+                own.push((key, value));
+            }
+        }
+    }
+    *entries = own;
+    Ok(())
+}
+
 fn reject_tag(tag: &Option<Tag>) -> Option<String> {
     tag.as_ref().map(|t| {
         format!(
@@ -296,7 +353,11 @@ impl MarkedEventReceiver for TreeBuilder {
                 self.stack.push(Open::Map(node, anchor, None));
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, _)) => {
+                Some(Open::Seq(node, anchor)) => self.push(node, anchor, mark),
+                Some(Open::Map(mut node, anchor, _)) => {
+                    if let Err(message) = merge_keys(&mut node) {
+                        return self.fail(mark, message);
+                    }
                     self.push(node, anchor, mark)
                 }
                 None => self.fail(mark, "unbalanced YAML structure".to_string()),
@@ -408,6 +469,56 @@ mod tests {
         // A flood of brackets (64 KiB) is refused without exhausting the stack.
         let flood = "[".repeat(64 * 1024);
         assert!(parse_document(&flood).is_err());
+    }
+
+    fn keys(node: &Node) -> Vec<(String, String)> {
+        let Value::Map(entries) = &node.value else {
+            panic!("not a map: {node:?}")
+        };
+        entries
+            .iter()
+            .map(|(k, v)| {
+                let value = v
+                    .as_scalar()
+                    .map_or_else(|| v.kind().to_owned(), str::to_owned);
+                (k.as_scalar().unwrap().to_owned(), value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn merge_keys_add_what_the_mapping_lacks() {
+        let doc = parse_document(
+            "base: &base {image: a, restart: always}\nlog: &log {restart: no, user: x}\n\
+             one: {<<: *base, image: b}\nmany: {<<: [*log, *base], user: y}\n",
+        )
+        .unwrap();
+        let Value::Map(top) = &doc.value else {
+            panic!()
+        };
+        let pairs = |k: &[(&str, &str)]| -> Vec<(String, String)> {
+            k.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            keys(&top[2].1),
+            pairs(&[("image", "b"), ("restart", "always")])
+        );
+        assert_eq!(
+            keys(&top[3].1),
+            pairs(&[("user", "y"), ("restart", "no"), ("image", "a")])
+        );
+        let err = parse_document("a: {<<: [1]}\n").unwrap_err();
+        assert!(err.message.contains("only mappings"), "{err:?}");
+        let err = parse_document("a: {<<: x}\n").unwrap_err();
+        assert!(err.message.contains("takes a mapping"), "{err:?}");
+        // A quoted "<<" is an ordinary key.
+        let doc = parse_document("a: {'<<': x}\n").unwrap();
+        let Value::Map(top) = &doc.value else {
+            panic!()
+        };
+        assert_eq!(keys(&top[0].1), pairs(&[("<<", "x")]));
     }
 
     #[test]
