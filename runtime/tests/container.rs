@@ -94,6 +94,32 @@ secrets:
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
+        // Confinement as runc applied it: a pids limit, /proc/kcore masked, /proc/sys and
+        // /proc/sysrq-trigger read-only, no new privileges, apps first in line for the OOM killer.
+        let pids_v1 = std::path::Path::new("/sys/fs/cgroup/pids/cairn").join(&id).join("pids.max");
+        let pids_v2 = std::path::Path::new("/sys/fs/cgroup/cairn").join(&id).join("pids.max");
+        let pids = std::fs::read_to_string(&pids_v1).or_else(|_| std::fs::read_to_string(&pids_v2)).unwrap();
+        assert_eq!(pids.trim(), "1024");
+        let probe = env.containerd.scratch_dir("probe").join("out");
+        let script = "head -c 1 /proc/kcore 2>/dev/null | wc -c; cat /proc/self/oom_score_adj; grep NoNewPrivs /proc/self/status; \
+            (echo h > /proc/sysrq-trigger) 2>/dev/null && echo sysrq-writable || echo sysrq-refused; \
+            (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo sys-writable || echo sys-refused";
+        assert_eq!(container::exec(&env.ctr, &id, sh(script), Duration::from_secs(5), Some(&probe)).await.unwrap(), 0);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let text = loop {
+            let text = std::fs::read_to_string(&probe).unwrap_or_default();
+            if text.contains("sys-") {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "probe output: {text:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        assert_eq!(lines[0], "0", "/proc/kcore readable: {text}");
+        assert_eq!(lines[1], "500", "{text}");
+        assert!(lines[2].ends_with('1'), "{text}");
+        assert_eq!(&lines[3..], ["sysrq-refused", "sys-refused"], "{text}");
+
         let listed = container::list_containers(&env.ctr).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].label("cairn.app"), "lifecycle");

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use cairn_compose::{NetworkMode, ServiceSpec};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceType, MountBuilder, Process, Spec, UserBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, MountBuilder, Process, Spec,
+    UserBuilder,
 };
 
 use super::ContainerError;
@@ -48,6 +49,37 @@ const CAPABILITIES: &[Capability] = &[
     Capability::SysChroot,
     Capability::Kill,
     Capability::AuditWrite,
+];
+
+/// Most processes (and threads) one service container may have: a fork bomb stops here.
+pub(crate) const DEFAULT_PIDS_LIMIT: i64 = 1024;
+
+/// `oom_score_adj` of every app process: under memory pressure the kernel kills apps before
+/// containerd, the agent and the rest of the system (which run at 0 or below).
+pub(crate) const APP_OOM_SCORE_ADJ: i32 = 500;
+
+/// Paths masked (an empty file or directory over them) in every container: Docker's list.
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths mounted read-only in every container: Docker's list.
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
 ];
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -141,10 +173,19 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
     }
 
     let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
+    // A non-root user gets no capability at all (the bounding set only limits what a setuid
+    // program could gain, and no_new_privileges stops that too).
+    let held = if uid == 0 {
+        caps.clone()
+    } else {
+        HashSet::new()
+    };
     let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(caps.clone())
-        .effective(caps.clone())
-        .permitted(caps)
+        .bounding(caps)
+        .effective(held.clone())
+        .permitted(held)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
         .build()
         .map_err(oci)?;
     let process = spec.process_mut().get_or_insert_with(Process::default);
@@ -167,6 +208,10 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
             .map_err(oci)?,
     );
     process.set_capabilities(Some(capabilities));
+    // Said here, not left to oci-spec's default: no setuid program or file capability may
+    // raise a service's privileges.
+    process.set_no_new_privileges(Some(true));
+    process.set_oom_score_adj(Some(APP_OOM_SCORE_ADJ));
     // Inherit the shim's limits (as Docker does) instead of oci-spec's fixed 1024 open files.
     process.set_rlimits(None);
 
@@ -191,6 +236,8 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         input.cgroup_parent.trim_end_matches('/'),
         input.id
     ))));
+    linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|p| p.to_string()).collect()));
+    linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|p| p.to_string()).collect()));
     let namespaces = linux.namespaces().clone().unwrap_or_default();
     linux.set_namespaces(Some(match (input.svc.network_mode, input.netns) {
         (NetworkMode::Host, _) => namespaces
@@ -215,6 +262,12 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         .build()
         .map_err(oci)?;
     resources.set_devices(Some(vec![deny_all]));
+    resources.set_pids(Some(
+        LinuxPidsBuilder::default()
+            .limit(DEFAULT_PIDS_LIMIT)
+            .build()
+            .map_err(oci)?,
+    ));
     if let Some(bytes) = input.svc.limits.memory_bytes {
         resources.set_memory(Some(
             LinuxMemoryBuilder::default()
@@ -343,6 +396,57 @@ mod tests {
             .find(|m| m["destination"] == "/v")
             .unwrap();
         assert_eq!(mount["options"], serde_json::json!(["rbind", "ro"]));
+        // Confinement: the image's user 1000 holds no capability; Docker's masked and
+        // read-only paths; no new privileges; a pids limit; apps die first under OOM.
+        let caps = &json["process"]["capabilities"];
+        for set in ["effective", "permitted", "inheritable", "ambient"] {
+            assert_eq!(caps[set], serde_json::json!([]), "{set}: {caps}");
+        }
+        assert!(caps["bounding"].as_array().unwrap().len() == CAPABILITIES.len());
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+        assert_eq!(json["process"]["oomScoreAdj"], APP_OOM_SCORE_ADJ);
+        assert_eq!(
+            json["linux"]["resources"]["pids"]["limit"],
+            DEFAULT_PIDS_LIMIT
+        );
+        let masked = json["linux"]["maskedPaths"].as_array().unwrap();
+        for path in [
+            "/proc/kcore",
+            "/proc/keys",
+            "/sys/firmware",
+            "/sys/devices/virtual/powercap",
+        ] {
+            assert!(
+                masked.iter().any(|m| m == path),
+                "{path} not masked: {masked:?}"
+            );
+        }
+        let readonly = json["linux"]["readonlyPaths"].as_array().unwrap();
+        assert!(readonly.iter().any(|m| m == "/proc/sys"), "{readonly:?}");
+    }
+
+    #[test]
+    fn root_keeps_dockers_default_capabilities() {
+        let svc = service("services: {s: {image: x}}");
+        let mut img = image();
+        img.user = None;
+        let input = SpecInput {
+            id: "app_s",
+            service: "s",
+            svc: &svc,
+            image: &img,
+            mounts: Vec::new(),
+            cgroup_parent: "/cairn",
+            netns: None,
+        };
+        let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
+        assert_eq!(json["process"]["user"]["uid"], 0);
+        let effective = json["process"]["capabilities"]["effective"]
+            .as_array()
+            .unwrap();
+        assert_eq!(effective.len(), CAPABILITIES.len());
+        assert!(effective.iter().any(|c| c == "CAP_NET_BIND_SERVICE"));
+        assert!(!effective.iter().any(|c| c == "CAP_SYS_ADMIN"));
     }
 
     #[test]
