@@ -95,7 +95,8 @@ secrets:
         }
 
         // Confinement as runc applied it: a pids limit, /proc/kcore masked, /proc/sys and
-        // /proc/sysrq-trigger read-only, no new privileges, apps first in line for the OOM killer.
+        // /proc/sysrq-trigger read-only, no new privileges, apps first in line for the OOM killer,
+        // and a seccomp filter.
         let pids_v1 = std::path::Path::new("/sys/fs/cgroup/pids/cairn").join(&id).join("pids.max");
         let pids_v2 = std::path::Path::new("/sys/fs/cgroup/cairn").join(&id).join("pids.max");
         let pids = std::fs::read_to_string(&pids_v1).or_else(|_| std::fs::read_to_string(&pids_v2)).unwrap();
@@ -103,12 +104,16 @@ secrets:
         let probe = env.containerd.scratch_dir("probe").join("out");
         let script = "head -c 1 /proc/kcore 2>/dev/null | wc -c; cat /proc/self/oom_score_adj; grep NoNewPrivs /proc/self/status; \
             (echo h > /proc/sysrq-trigger) 2>/dev/null && echo sysrq-writable || echo sysrq-refused; \
-            (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo sys-writable || echo sys-refused";
+            (echo 1 > /proc/sys/kernel/ns_last_pid) 2>/dev/null && echo sys-writable || echo sys-refused; \
+            grep '^Seccomp:' /proc/self/status; \
+            unshare -U true 2>/dev/null && echo userns-made || echo userns-refused; \
+            (mkdir -p /tmp/m && mount -t tmpfs none /tmp/m) 2>/dev/null && echo mounted || echo mount-refused; \
+            echo probe-done";
         assert_eq!(container::exec(&env.ctr, &id, sh(script), Duration::from_secs(5), Some(&probe)).await.unwrap(), 0);
         let deadline = Instant::now() + Duration::from_secs(5);
         let text = loop {
             let text = std::fs::read_to_string(&probe).unwrap_or_default();
-            if text.contains("sys-") {
+            if text.contains("probe-done") {
                 break text;
             }
             assert!(Instant::now() < deadline, "probe output: {text:?}");
@@ -118,7 +123,10 @@ secrets:
         assert_eq!(lines[0], "0", "/proc/kcore readable: {text}");
         assert_eq!(lines[1], "500", "{text}");
         assert!(lines[2].ends_with('1'), "{text}");
-        assert_eq!(&lines[3..], ["sysrq-refused", "sys-refused"], "{text}");
+        assert_eq!(&lines[3..5], ["sysrq-refused", "sys-refused"], "{text}");
+        // Docker's seccomp profile is in force (mode 2: filter): no user namespace, no mount.
+        assert!(lines[5].starts_with("Seccomp:") && lines[5].ends_with('2'), "{text}");
+        assert_eq!(&lines[6..8], ["userns-refused", "mount-refused"], "{text}");
 
         let listed = container::list_containers(&env.ctr).await.unwrap();
         assert_eq!(listed.len(), 1);

@@ -9,6 +9,7 @@
 mod exec_output;
 mod logs;
 mod oci;
+mod seccomp;
 mod task;
 
 use std::collections::{BTreeMap, HashMap};

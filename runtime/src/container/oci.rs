@@ -34,7 +34,7 @@ pub(crate) struct SpecInput<'a> {
 }
 
 /// Docker's default capability set, which Compose files are written against.
-const CAPABILITIES: &[Capability] = &[
+pub(crate) const CAPABILITIES: &[Capability] = &[
     Capability::Chown,
     Capability::DacOverride,
     Capability::Fsetid,
@@ -180,6 +180,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
     } else {
         HashSet::new()
     };
+    let seccomp = super::seccomp::default_profile(&caps)?;
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps)
         .effective(held.clone())
@@ -236,6 +237,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         input.cgroup_parent.trim_end_matches('/'),
         input.id
     ))));
+    linux.set_seccomp(Some(seccomp));
     linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|p| p.to_string()).collect()));
     linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|p| p.to_string()).collect()));
     let namespaces = linux.namespaces().clone().unwrap_or_default();
