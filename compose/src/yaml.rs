@@ -433,7 +433,7 @@ mod tests {
         let mut doc = String::from("a0: &a0 [x]\n");
         for i in 1..=levels {
             let prev = format!("*a{}", i - 1);
-            let items = vec![prev.as_str(); 10].join(", ");
+            let items = [prev.as_str(); 10].join(", ");
             doc.push_str(&format!("a{i}: &a{i} [{items}]\n"));
         }
         doc
