@@ -74,6 +74,15 @@ fn native_arch() -> Result<(&'static str, &'static str), ContainerError> {
     }
 }
 
+/// The newest `minKernel` an entry may name and still apply without a kernel check.
+const MAX_KNOWN_MIN_KERNEL: (u32, u32) = (4, 8);
+
+/// `(major, minor)` of a "4.8"-style kernel version.
+fn kernel_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 /// `CAP_CHOWN` for [`Capability::Chown`]: oci-spec's own serialization.
 fn cap_name(cap: &Capability) -> String {
     serde_json::to_value(cap)
@@ -113,8 +122,9 @@ pub(crate) fn default_profile(
             continue;
         }
         if let Some(min) = &inc.min_kernel {
-            // The newest minimum the profile asks for; Cairn's kernels are far newer.
-            if min.as_str() > "4.8" {
+            // Cairn's kernels (6.1) are newer than any minimum the profile names today (4.8);
+            // a newer one in an updated profile must be checked against the image's kernel.
+            if kernel_version(min).is_none_or(|v| v > MAX_KNOWN_MIN_KERNEL) {
                 return Err(bad(format!(
                     "an entry needs kernel {min}; check this profile against the image's kernel"
                 )));
@@ -210,6 +220,13 @@ mod tests {
             ),
             (Some(40), Some("SCMP_CMP_NE"))
         );
+    }
+
+    #[test]
+    fn kernel_versions_compare_as_numbers() {
+        assert_eq!(kernel_version("4.8"), Some((4, 8)));
+        assert!(kernel_version("4.10").unwrap() > MAX_KNOWN_MIN_KERNEL);
+        assert_eq!(kernel_version("five"), None);
     }
 
     #[test]
