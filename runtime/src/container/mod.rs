@@ -38,6 +38,13 @@ pub const LABEL_APP: &str = "cairn.app";
 pub const LABEL_SERVICE: &str = "cairn.service";
 /// Label: hash of everything the container was made from; a different hash means "replace".
 pub const LABEL_SPEC_HASH: &str = "cairn.spec-hash";
+
+/// Version of the confinement `oci.rs` gives every container (capabilities, seccomp, masked
+/// paths, limits). It is part of each container's spec hash, so raising it when the confinement
+/// changes makes an updated agent replace the containers an older one made, instead of leaving
+/// them running under the old rules. 2: seccomp, pids limit, OOM order, no capabilities for
+/// non-root users.
+pub const CONFINEMENT_VERSION: u32 = 2;
 /// Label: how many times the task was restarted.
 pub const LABEL_RESTARTS: &str = "cairn.restarts";
 /// Label: consecutive quick crashes (drives the restart back-off).

@@ -100,6 +100,9 @@ struct HashInput<'a> {
     /// networks existed (a namespace without CNI) are replaced once; absent for host networking.
     #[serde(skip_serializing_if = "Option::is_none")]
     network: Option<&'static str>,
+    /// [`crate::container::CONFINEMENT_VERSION`]: a newer agent's confinement replaces
+    /// containers an older one made.
+    confinement: u32,
 }
 
 /// Hash of everything a service container is made from: app, service, spec, resolved image
@@ -129,6 +132,7 @@ pub(crate) fn spec_hash(
         image_digest,
         secrets,
         network: (spec.network_mode == NetworkMode::Private).then_some("cni-bridge"),
+        confinement: crate::container::CONFINEMENT_VERSION,
     };
     let json = serde_json::to_vec(&input).unwrap_or_default();
     hex::encode(Sha256::digest(&json))
