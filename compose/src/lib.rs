@@ -2,7 +2,8 @@
 //! that name the file, the line and the field path (`compose.yml:12: services.web.ports[0]: ...`).
 //!
 //! Supported: `services.<name>.{image, command, entrypoint, environment, volumes, ports, restart,
-//! healthcheck, deploy.resources.limits.{cpus, memory}, network_mode: host, secrets}`, top-level
+//! healthcheck, deploy.resources.limits.{cpus, memory}, network_mode: host, secrets, working_dir,
+//! hostname, read_only}`, top-level
 //! `volumes` (named volumes, stored on the data partition), top-level `secrets` (no `file`: values
 //! are provided by central and appear in the container as `/run/secrets/NAME`) and `version`
 //! (ignored), plus `x-*` extension fields anywhere (ignored) and YAML `<<` merge keys. Anything
@@ -99,6 +100,12 @@ pub struct ServiceSpec {
     pub network_mode: NetworkMode,
     /// Secrets (declared at top level) granted to this service, in `/run/secrets/NAME`.
     pub secrets: Vec<String>,
+    /// Replaces the image's working directory (absolute).
+    pub working_dir: Option<String>,
+    /// The container's host name; the service name when `None`.
+    pub hostname: Option<String>,
+    /// Mount the container's root file system read-only.
+    pub read_only: bool,
 }
 
 /// A named volume mounted at `target`.

@@ -21,7 +21,21 @@ const SERVICE_KEYS: &[&str] = &[
     "deploy",
     "network_mode",
     "secrets",
+    "working_dir",
+    "hostname",
+    "read_only",
 ];
+
+/// Whether `name` is an RFC 1123 host name (what `sethostname` and DNS accept).
+fn valid_hostname(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
 
 /// Collects problems while walking the tree.
 pub(super) struct Checker {
@@ -393,6 +407,9 @@ fn service(
         limits: ResourceLimits::default(),
         network_mode: NetworkMode::Private,
         secrets: Vec::new(),
+        working_dir: None,
+        hostname: None,
+        read_only: false,
     };
     let mut has_image = false;
     for (key, value) in &entries {
@@ -474,6 +491,34 @@ fn service(
                     }
                 }
             }
+            "working_dir" => {
+                if let Some(dir) = ck.scalar(value, &p, "an absolute path such as \"/app\"") {
+                    if !dir.starts_with('/') || dir.len() > 4096 || dir.contains('\0') {
+                        ck.problem(
+                            value,
+                            &p,
+                            format!("{dir:?} is not an absolute path; write e.g. \"/app\""),
+                        );
+                    } else {
+                        svc.working_dir = Some(dir.to_string());
+                    }
+                }
+            }
+            "hostname" => {
+                if let Some(name) = ck.scalar(value, &p, "a host name such as \"web\"") {
+                    if valid_hostname(name) {
+                        svc.hostname = Some(name.to_string());
+                    } else {
+                        ck.problem(value, &p, format!("{name:?} is not a host name: use labels of 1-63 letters, digits and '-' (not first or last) separated by '.', at most 253 characters"));
+                    }
+                }
+            }
+            "read_only" => match ck.scalar(value, &p, "true or false") {
+                Some("true") => svc.read_only = true,
+                Some("false") => svc.read_only = false,
+                Some(other) => ck.problem(value, &p, format!("{other:?} is not true or false")),
+                None => {}
+            },
             _ => unreachable!("keys are checked against SERVICE_KEYS"),
         }
     }

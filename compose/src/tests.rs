@@ -387,3 +387,29 @@ fn extension_fields_and_merge_keys_share_settings_between_services() {
         RestartPolicy::OnFailure { .. }
     ));
 }
+
+#[test]
+fn working_dir_hostname_and_read_only() {
+    let text = "services:\n  web:\n    image: busybox\n    working_dir: /srv/app\n    hostname: shop-web.local\n    read_only: true\n";
+    let spec = AppSpec::parse("compose.yml", "shop", text).unwrap();
+    let web = &spec.services["web"];
+    assert_eq!(web.working_dir.as_deref(), Some("/srv/app"));
+    assert_eq!(web.hostname.as_deref(), Some("shop-web.local"));
+    assert!(web.read_only);
+    let bad = "services:\n  web:\n    image: busybox\n    working_dir: srv\n    hostname: -bad-\n    read_only: yes\n";
+    let err = AppSpec::parse("compose.yml", "shop", bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("compose.yml:4: services.web.working_dir: \"srv\" is not an absolute path"),
+        "{err}"
+    );
+    assert!(
+        err.contains("compose.yml:5: services.web.hostname: \"-bad-\" is not a host name"),
+        "{err}"
+    );
+    assert!(
+        err.contains("compose.yml:6: services.web.read_only: \"yes\" is not true or false"),
+        "{err}"
+    );
+}

@@ -166,10 +166,12 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
     }
     let (uid, gid) = image_user(input.image.user.as_deref())?;
     let mut spec = Spec::default();
-    spec.set_hostname(Some(input.service.to_string()));
-    // oci-spec's default root is read-only; Compose's is writable (the snapshot is per container).
+    let hostname = input.svc.hostname.as_deref().unwrap_or(input.service);
+    spec.set_hostname(Some(hostname.to_string()));
+    // oci-spec's default root is read-only; Compose's is writable (the snapshot is per
+    // container) unless the service says `read_only`.
     if let Some(root) = spec.root_mut() {
-        root.set_readonly(Some(false));
+        root.set_readonly(Some(input.svc.read_only));
     }
 
     let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
@@ -191,12 +193,13 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         .map_err(oci)?;
     let process = spec.process_mut().get_or_insert_with(Process::default);
     process.set_args(Some(args));
-    process.set_env(Some(process_env(input.svc, input.image, input.service)));
+    process.set_env(Some(process_env(input.svc, input.image, hostname)));
     process.set_cwd(
         input
-            .image
+            .svc
             .working_dir
             .clone()
+            .or_else(|| input.image.working_dir.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into())
             .into(),
@@ -425,6 +428,35 @@ mod tests {
         }
         let readonly = json["linux"]["readonlyPaths"].as_array().unwrap();
         assert!(readonly.iter().any(|m| m == "/proc/sys"), "{readonly:?}");
+    }
+
+    #[test]
+    fn working_dir_hostname_and_read_only_come_from_the_service() {
+        let svc = service(
+            "services: {s: {image: x, working_dir: /app, hostname: shop, read_only: true}}",
+        );
+        let img = image();
+        let input = SpecInput {
+            id: "app_s",
+            service: "s",
+            svc: &svc,
+            image: &img,
+            mounts: Vec::new(),
+            cgroup_parent: "/cairn",
+            netns: None,
+        };
+        let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
+        assert_eq!(
+            json["process"]["cwd"], "/app",
+            "the image's /srv is replaced"
+        );
+        assert_eq!(json["hostname"], "shop");
+        assert!(json["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "HOSTNAME=shop"));
+        assert_eq!(json["root"]["readonly"], true);
     }
 
     #[test]
