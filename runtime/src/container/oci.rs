@@ -430,22 +430,27 @@ mod tests {
         assert!(readonly.iter().any(|m| m == "/proc/sys"), "{readonly:?}");
     }
 
+    /// The OCI spec of service `s` (container `app_s`) without mounts, as JSON.
+    fn spec_json(svc: &ServiceSpec, img: &ContainerConfig) -> serde_json::Value {
+        let input = SpecInput {
+            id: "app_s",
+            service: "s",
+            svc,
+            image: img,
+            mounts: Vec::new(),
+            cgroup_parent: "/cairn",
+            netns: None,
+        };
+        serde_json::to_value(build_spec(&input).unwrap()).unwrap()
+    }
+
     #[test]
     fn working_dir_hostname_and_read_only_come_from_the_service() {
         let svc = service(
             "services: {s: {image: x, working_dir: /app, hostname: shop, read_only: true}}",
         );
         let img = image();
-        let input = SpecInput {
-            id: "app_s",
-            service: "s",
-            svc: &svc,
-            image: &img,
-            mounts: Vec::new(),
-            cgroup_parent: "/cairn",
-            netns: None,
-        };
-        let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
+        let json = spec_json(&svc, &img);
         assert_eq!(
             json["process"]["cwd"], "/app",
             "the image's /srv is replaced"
@@ -464,16 +469,7 @@ mod tests {
         let svc = service("services: {s: {image: x}}");
         let mut img = image();
         img.user = None;
-        let input = SpecInput {
-            id: "app_s",
-            service: "s",
-            svc: &svc,
-            image: &img,
-            mounts: Vec::new(),
-            cgroup_parent: "/cairn",
-            netns: None,
-        };
-        let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
+        let json = spec_json(&svc, &img);
         assert_eq!(json["process"]["user"]["uid"], 0);
         let effective = json["process"]["capabilities"]["effective"]
             .as_array()
