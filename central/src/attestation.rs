@@ -607,17 +607,8 @@ pub fn device_view(
 /// The PCRs whose lines differ between two encoded firmware references (every PCR of
 /// `pending` when nothing is pinned). Read leniently, for display only.
 pub fn changed_pcrs(pinned: Option<&str>, pending: &str) -> Vec<u8> {
-    let by_pcr = |reference: &str| {
-        let mut lines = BTreeMap::<u8, Vec<String>>::new();
-        for line in reference.lines() {
-            if let Some(pcr) = line.split_whitespace().next().and_then(|p| p.parse().ok()) {
-                lines.entry(pcr).or_default().push(line.to_owned());
-            }
-        }
-        lines
-    };
-    let pinned = by_pcr(pinned.unwrap_or(""));
-    let pending = by_pcr(pending);
+    let pinned = lines_by_pcr(pinned.unwrap_or(""));
+    let pending = lines_by_pcr(pending);
     let mut changed: Vec<u8> = pending
         .keys()
         .chain(pinned.keys())
@@ -630,23 +621,31 @@ pub fn changed_pcrs(pinned: Option<&str>, pending: &str) -> Vec<u8> {
 }
 
 /// How many events make each PCR of an encoded firmware reference (lines of
-/// "pcr event_type_hex sha256_hex"). Read leniently, for display only: a line that does not
-/// start with a PCR number is skipped.
+/// "pcr event_type_hex sha256_hex"). Read leniently, for display only.
 pub fn pinned_pcrs(reference: &str) -> Vec<PinnedPcr> {
-    let mut events = BTreeMap::<u8, u32>::new();
+    lines_by_pcr(reference)
+        .into_iter()
+        .map(|(pcr, lines)| PinnedPcr {
+            pcr,
+            events: lines.len() as u32,
+        })
+        .collect()
+}
+
+/// The lines of an encoded firmware reference by PCR, in order. A line that does not start
+/// with a PCR number is skipped.
+fn lines_by_pcr(reference: &str) -> BTreeMap<u8, Vec<&str>> {
+    let mut lines = BTreeMap::<u8, Vec<&str>>::new();
     for line in reference.lines() {
         if let Some(pcr) = line
             .split_whitespace()
             .next()
             .and_then(|p| p.parse::<u8>().ok())
         {
-            *events.entry(pcr).or_default() += 1;
+            lines.entry(pcr).or_default().push(line);
         }
     }
-    events
-        .into_iter()
-        .map(|(pcr, events)| PinnedPcr { pcr, events })
-        .collect()
+    lines
 }
 
 /// The learned UKI values of a record, (OS version, PCR 11 hex) per "version hex" line.
