@@ -8,7 +8,7 @@
 //! [`MAX_DEPTH`] levels, aliases included, so nothing that walks or drops the tree recurses
 //! without bound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -269,15 +269,16 @@ fn merge_keys(map: &mut Node) -> Result<(), String> {
             }
         }
     }
+    // Keys already there, so a hostile file's large merges cost linear, not quadratic, time.
+    let mut present: HashSet<String> = own
+        .iter()
+        .filter_map(|(k, _)| k.as_scalar().map(str::to_owned))
+        .collect();
     for from in sources {
         for (key, value) in from {
-            let present = own
-                .iter()
-                .any(|(k, _)| match (k.as_scalar(), key.as_scalar()) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => false,
-                });
-            if !present {
+            // A non-scalar key never equals another; it is added.
+            let new = key.as_scalar().is_none_or(|k| present.insert(k.to_owned()));
+            if new {
                 own.push((key, value));
             }
         }
