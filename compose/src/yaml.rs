@@ -371,12 +371,10 @@ impl MarkedEventReceiver for TreeBuilder {
                 if !self.within_depth(size.height, mark) || !self.spend(size.nodes, mark) {
                     return;
                 }
-                if let Some((node, _)) = self.anchors.get(&id) {
-                    let mut node = node.clone();
-                    node.line = line;
-                    node.col = col;
-                    self.push(node, 0, mark);
-                }
+                let mut node = self.anchors[&id].0.clone();
+                node.line = line;
+                node.col = col;
+                self.push(node, 0, mark);
             }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
