@@ -175,16 +175,12 @@ fn config_defaults_and_checks() {
 
 #[test]
 fn a_yaml_alias_bomb_is_refused_fast_with_bounded_memory_and_other_apps_run() {
-    use cairn_testsupport::hostile::{peak_rss_bytes, yaml_alias_bomb};
+    use cairn_testsupport::hostile::{fastest_of_three, peak_rss_bytes, yaml_alias_bomb};
     let bomb = yaml_alias_bomb();
     let desired = desired(1, &[("bomb", &bomb, 1), ("good", GOOD, 1)]);
     let peak_before = peak_rss_bytes();
-    // The best of three, so a busy test machine's scheduling does not count as parsing.
-    let mut took = Duration::MAX;
-    for _ in 0..3 {
-        let started = std::time::Instant::now();
-        let applied = AppliedState::from_desired(&desired);
-        took = took.min(started.elapsed());
+    let (took, runs) = fastest_of_three(|| AppliedState::from_desired(&desired));
+    for applied in runs {
         let why = applied.entries[0].spec.as_ref().unwrap_err();
         assert!(
             why.contains("refused by this agent") && why.contains("nodes"),
