@@ -36,6 +36,25 @@ use serde::Serialize;
 pub use fields::{split_command, ContainerPathError, FieldError, NameError, PortError};
 pub use reference::{check_digest, ImageRef, ImageRefError};
 
+/// Docker's default capability set, which Compose files are written against: root in a
+/// container holds these unless `cap_drop` removes them; a non-root user holds none.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
 /// Longest app or service name (they become parts of containerd ids).
 pub const MAX_NAME_LEN: usize = 32;
 
@@ -106,6 +125,112 @@ pub struct ServiceSpec {
     pub hostname: Option<String>,
     /// Mount the container's root file system read-only.
     pub read_only: bool,
+    /// `user`: `USER[:GROUP]`, each a name or a number; names are looked up in the image's
+    /// `/etc/passwd` and `/etc/group` when the container is made. `None`: the image's `USER`.
+    pub user: Option<String>,
+    /// `extra_hosts`: lines added to the container's `/etc/hosts`.
+    pub extra_hosts: Vec<ExtraHost>,
+    /// `labels`: labels of the container (keys starting `cairn.` are the agent's own and refused).
+    pub labels: BTreeMap<String, String>,
+    /// `tmpfs`: in-memory file systems, counted against the service's memory limit.
+    pub tmpfs: Vec<TmpfsMount>,
+    /// `stop_signal`: the signal (Linux number) that asks the service to stop; SIGTERM when `None`.
+    pub stop_signal: Option<i32>,
+    /// `stop_grace_period`: how long the service has between the stop signal and SIGKILL; the
+    /// agent's default (10 s) when `None`.
+    pub stop_grace_period: Option<Duration>,
+    /// `depends_on`: services of the same app started first, and what they must reach.
+    pub depends_on: BTreeMap<String, DependsOn>,
+    /// `cap_add`: capabilities (`CAP_…` names) beyond Docker's default set; each needs the
+    /// device's `cairn.allow/capabilities` label (see [`AppSpec::privileges`]).
+    pub cap_add: BTreeSet<String>,
+    /// `cap_drop`: capabilities (`CAP_…` names, or `ALL`) removed from the default set.
+    pub cap_drop: BTreeSet<String>,
+    /// `ulimits`: resource limits by name (`nofile`, `nproc`, ...).
+    pub ulimits: BTreeMap<String, Ulimit>,
+    /// `sysctls`: namespaced kernel parameters (`net.*` needs the app's own network).
+    pub sysctls: BTreeMap<String, String>,
+    /// `logging.options`: size limits of the container's log on the device.
+    pub logging: LogLimits,
+    /// `devices`: host devices given to the container; each needs the device's
+    /// `cairn.allow/devices` label (see [`AppSpec::privileges`]).
+    pub devices: Vec<DeviceMapping>,
+}
+
+/// An `extra_hosts` entry: `HOST:IP` (or `HOST=IP`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExtraHost {
+    /// Host name.
+    pub host: String,
+    /// Its address.
+    pub ip: std::net::IpAddr,
+}
+
+/// A `tmpfs` entry: `/path[:size=64m,mode=1777]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TmpfsMount {
+    /// Absolute path inside the container.
+    pub target: String,
+    /// Largest size in bytes ([`DEFAULT_TMPFS_BYTES`] unless given).
+    pub size_bytes: u64,
+    /// Permission bits of its root (octal in the file), 1777 unless given.
+    pub mode: u32,
+}
+
+/// Size of a `tmpfs` mount that does not say (Docker's default, half the RAM, is far too much
+/// on a small box).
+pub const DEFAULT_TMPFS_BYTES: u64 = 64 << 20;
+
+/// What a `depends_on` service must reach before the dependent starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DependsOn {
+    /// Its container is running (the list form's meaning).
+    #[default]
+    ServiceStarted,
+    /// Its health check passes.
+    ServiceHealthy,
+    /// It ran and exited with status 0.
+    ServiceCompletedSuccessfully,
+}
+
+/// A `ulimits` entry: a single number sets both limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Ulimit {
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit (at least `soft`).
+    pub hard: u64,
+}
+
+/// `logging.options.max-size` / `max-file` (driver `json-file` or `local`, or none given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct LogLimits {
+    /// Rotate the log when it reaches this many bytes; the agent's default when `None`.
+    pub max_bytes: Option<u64>,
+    /// Keep at most this many files (current one included); the agent's default when `None`.
+    pub max_files: Option<u32>,
+}
+
+/// A `devices` entry: `HOST_PATH[:CONTAINER_PATH[:PERMISSIONS]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceMapping {
+    /// Device node on the host, under `/dev`.
+    pub host: String,
+    /// Path inside the container (the host path unless given).
+    pub container: String,
+    /// cgroup permissions: a non-empty subset of `rwm` (all three unless given).
+    pub permissions: String,
+}
+
+/// What an app asks for beyond the default confinement; a device runs it only if its labels
+/// (or its site's) allow every item.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Privileges {
+    /// Host device paths (`devices`).
+    pub devices: BTreeSet<String>,
+    /// Capabilities outside Docker's default set (`cap_add`).
+    pub capabilities: BTreeSet<String>,
 }
 
 /// A named volume mounted at `target`.
@@ -268,6 +393,22 @@ fn format_problems(file: &str, problems: &[Problem]) -> String {
 }
 
 impl AppSpec {
+    /// Devices and extra capabilities the app's services ask for.
+    pub fn privileges(&self) -> Privileges {
+        let mut out = Privileges::default();
+        for svc in self.services.values() {
+            out.devices
+                .extend(svc.devices.iter().map(|d| d.host.clone()));
+            out.capabilities.extend(
+                svc.cap_add
+                    .iter()
+                    .filter(|c| !DEFAULT_CAPABILITIES.contains(&c.as_str()))
+                    .cloned(),
+            );
+        }
+        out
+    }
+
     /// Parse and validate the Compose-format `text` of app `app_name`. `file` is only used in
     /// error messages.
     ///

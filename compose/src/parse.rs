@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::fields::{self, FieldError};
 use super::sections::{deploy, environment, healthcheck};
 use super::yaml::{Node, Value};
-use super::{AppSpec, NetworkMode, Problem, ResourceLimits, RestartPolicy, ServiceSpec};
+use super::{AppSpec, LogLimits, NetworkMode, Problem, ResourceLimits, RestartPolicy, ServiceSpec};
 
 const TOP_KEYS: &[&str] = &["services", "volumes", "secrets", "version"];
 const SERVICE_KEYS: &[&str] = &[
@@ -410,6 +410,19 @@ fn service(
         working_dir: None,
         hostname: None,
         read_only: false,
+        user: None,
+        extra_hosts: Vec::new(),
+        labels: BTreeMap::new(),
+        tmpfs: Vec::new(),
+        stop_signal: None,
+        stop_grace_period: None,
+        depends_on: BTreeMap::new(),
+        cap_add: BTreeSet::new(),
+        cap_drop: BTreeSet::new(),
+        ulimits: BTreeMap::new(),
+        sysctls: BTreeMap::new(),
+        logging: LogLimits::default(),
+        devices: Vec::new(),
     };
     let mut has_image = false;
     for (key, value) in &entries {
