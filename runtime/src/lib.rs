@@ -7,6 +7,7 @@
 //! - [`network`]: one CNI bridge network per app (subnets, namespaces, published ports, hosts).
 //! - [`reconcile`]: the level-triggered loop from desired apps to running containers.
 
+pub mod cgroup;
 pub mod container;
 pub mod containerd;
 pub mod image;

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use cairn_compose::AppSpec;
 use cairn_proto::v1::{AppStatus, DesiredState};
+use cairn_runtime::cgroup::{self, AppsCeiling};
 use cairn_runtime::container::RuntimeConfig;
 use cairn_runtime::containerd::Containerd;
 use cairn_runtime::reconcile::{DesiredApp, Reconciler, ReconcilerConfig};
@@ -212,6 +213,38 @@ pub async fn stop_apps(
     cairn_runtime::container::stop_all_tasks(&ctr, grace).await
 }
 
+/// Set the ceilings of the cgroup all apps run under, so apps together leave memory for
+/// containerd and the agent. A failure is reported and apps still run, with their own limits.
+fn limit_apps(runtime: &RuntimeConfig, events: &EventQueue) {
+    let meminfo = Path::new("/proc/meminfo");
+    let ceiling = std::fs::read_to_string(meminfo)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            crate::host_metrics::parse_meminfo(meminfo, &text).map_err(|e| e.to_string())
+        })
+        .map(|(total, _)| AppsCeiling::for_machine(total));
+    let result = ceiling.and_then(|ceiling| {
+        cgroup::limit_apps(&runtime.cgroup_root, &runtime.cgroup_parent, &ceiling)
+            .map(|()| ceiling)
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(ceiling) => info!(
+            memory_bytes = ceiling.memory_bytes,
+            pids = ceiling.pids,
+            "apps' cgroup ceilings set"
+        ),
+        Err(error) => {
+            warn!(%error, "apps run without a common memory ceiling");
+            events.push(
+                "app.reconcile_failed",
+                EventSeverity::Warning,
+                &format!("apps run without a common memory ceiling: {error}"),
+            );
+        }
+    }
+}
+
 /// Longest wait between two attempts to reach containerd.
 const CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -227,6 +260,7 @@ async fn reconcile_loop(
     events: Arc<EventQueue>,
 ) {
     let tick = cfg.tick;
+    limit_apps(&cfg.runtime, &events);
     let mut reconciler: Option<Reconciler> = None;
     let mut connect_failures: u32 = 0;
     let mut last_error: Option<String> = None;

@@ -118,6 +118,8 @@ pub struct RuntimeConfig {
     pub runc_root: Option<PathBuf>,
     /// cgroup parent of all containers (cgroupfs path).
     pub cgroup_parent: String,
+    /// Where the cgroup file systems are mounted ([`crate::cgroup::CGROUP_ROOT`]).
+    pub cgroup_root: PathBuf,
     /// Time between SIGTERM and SIGKILL when stopping.
     pub stop_grace: Duration,
     /// A log file larger than this is rotated.
@@ -139,6 +141,7 @@ impl RuntimeConfig {
             data_dir,
             runc_root: None,
             cgroup_parent: "/cairn".into(),
+            cgroup_root: crate::cgroup::CGROUP_ROOT.into(),
             stop_grace: Duration::from_secs(10),
             log_max_bytes: 10 << 20,
             log_keep: 3,

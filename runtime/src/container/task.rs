@@ -51,6 +51,9 @@ pub struct TaskState {
     pub exit_status: u32,
     /// When it exited.
     pub exited_at: Option<SystemTime>,
+    /// The kernel's OOM killer killed a process of its cgroup (read by the reconciler for
+    /// stopped tasks; containerd does not say).
+    pub oom_killed: bool,
 }
 
 impl From<&Process> for TaskState {
@@ -70,6 +73,7 @@ impl From<&Process> for TaskState {
             status,
             exit_status: p.exit_status,
             exited_at,
+            oom_killed: false,
         }
     }
 }

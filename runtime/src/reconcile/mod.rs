@@ -32,7 +32,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::container::{self, ContainerError, RuntimeConfig};
+use crate::cgroup;
+use crate::container::{self, ContainerError, RuntimeConfig, TaskStatus};
 use crate::containerd::Containerd;
 use crate::image::{Credentials, ImageError};
 use crate::network::{NetworkError, Networks};
@@ -193,7 +194,14 @@ impl Reconciler {
         desired: &[DesiredApp],
         now: Now,
     ) -> Result<Observed, ContainerError> {
-        let containers = container::list_containers(&self.ctr).await?;
+        let mut containers = container::list_containers(&self.ctr).await?;
+        let runtime = &self.cfg.runtime;
+        for c in &mut containers {
+            if let Some(task) = c.task.as_mut().filter(|t| t.status == TaskStatus::Stopped) {
+                task.oom_killed =
+                    cgroup::oom_killed(&runtime.cgroup_root, &runtime.cgroup_parent, &c.id);
+            }
+        }
         let mut networks = HashMap::new();
         for app in desired.iter().filter(|a| plan::needs_network(&a.spec)) {
             let name = &app.spec.name;

@@ -30,6 +30,9 @@ use crate::image::{ImageError, ImageInfo};
 use crate::network::{AppNetwork, NetworkError};
 use cairn_compose::{AppSpec, HealthCheck, ImageRef, NetworkMode, PortMapping, ServiceSpec};
 
+/// The message of a service whose task the kernel killed for memory.
+const OOM_KILLED: &str = "killed by the kernel: out of memory; raise `deploy.resources.limits.memory` or make the service use less";
+
 /// The shortest wait before a failed start is tried again.
 const MIN_START_RETRY: Duration = Duration::from_millis(100);
 
@@ -806,6 +809,9 @@ impl<'a> Planner<'a> {
             }
             TaskStatus::Stopped => {
                 status.exit_code = Some(task.exit_status);
+                if task.oom_killed {
+                    status.message = Some(OOM_KILLED.into());
+                }
                 status.state =
                     if backoff::policy_restarts(s.spec.restart, task.exit_status, c.restarts) {
                         ServiceState::Restarting

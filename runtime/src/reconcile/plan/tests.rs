@@ -75,6 +75,7 @@ fn running(pid: u32) -> TaskState {
         status: TaskStatus::Running,
         exit_status: 0,
         exited_at: None,
+        oom_killed: false,
     }
 }
 
@@ -84,6 +85,7 @@ fn exited(status: u32, at: Now) -> TaskState {
         status: TaskStatus::Stopped,
         exit_status: status,
         exited_at: Some(at.wall),
+        oom_killed: false,
     }
 }
 
@@ -93,6 +95,7 @@ fn created() -> TaskState {
         status: TaskStatus::Created,
         exit_status: 0,
         exited_at: None,
+        oom_killed: false,
     }
 }
 
