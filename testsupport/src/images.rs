@@ -118,6 +118,50 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// A busybox image: a gzip base layer plus, when `files` is not empty, an uncompressed layer with
 /// those files (use different files to get a different image).
 pub fn busybox_image(files: &[(&str, &str)]) -> TestImage {
+    let files: Vec<(&str, &[u8], u32)> = files
+        .iter()
+        .map(|(path, text)| (*path, text.as_bytes(), 0o644))
+        .collect();
+    busybox_image_with(&files)
+}
+
+/// Source of the confinement probe (see `testsupport/probe/probe.rs`).
+const PROBE_SOURCE: &str = include_str!("../probe/probe.rs");
+
+/// A busybox image with the confinement probe as `/bin/probe`, compiled once per test process
+/// with plain `rustc` as a static executable.
+pub fn probe_image() -> TestImage {
+    static PROBE: OnceLock<Vec<u8>> = OnceLock::new();
+    let probe = PROBE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("probe.rs");
+        std::fs::write(&source, PROBE_SOURCE).unwrap();
+        let out = dir.path().join("probe");
+        let status = std::process::Command::new("rustc")
+            .args([
+                "--edition",
+                "2021",
+                "-O",
+                "-C",
+                "target-feature=+crt-static",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(&source)
+            .status()
+            .expect("run rustc to build the confinement probe");
+        assert!(
+            status.success(),
+            "rustc could not build the confinement probe"
+        );
+        std::fs::read(out).unwrap()
+    });
+    busybox_image_with(&[("bin/probe", probe, 0o755)])
+}
+
+/// A busybox image plus, when `files` is not empty, an uncompressed layer with those files
+/// (path, content, mode).
+pub fn busybox_image_with(files: &[(&str, &[u8], u32)]) -> TestImage {
     static BASE: OnceLock<(Vec<u8>, String)> = OnceLock::new();
     let (base_gz, base_diff) = BASE.get_or_init(|| {
         let raw = busybox_layer();
@@ -130,10 +174,10 @@ pub fn busybox_image(files: &[(&str, &str)]) -> TestImage {
     )];
     if !files.is_empty() {
         let mut b = tar::Builder::new(Vec::new());
-        for (path, text) in files {
-            let mut h = tar_header(path, tar::EntryType::Regular, text.len() as u64, 0o644);
+        for (path, content, mode) in files {
+            let mut h = tar_header(path, tar::EntryType::Regular, content.len() as u64, *mode);
             h.set_cksum();
-            b.append(&h, text.as_bytes()).unwrap();
+            b.append(&h, *content).unwrap();
         }
         let raw = b.into_inner().unwrap();
         let diff = digest(&raw);
