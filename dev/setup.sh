@@ -12,8 +12,9 @@ packages=(
   cryptsetup-bin
   # host integration tests: apps on real containerd + runc, images served by a local registry
   containerd runc busybox-static docker-registry containernetworking-plugins
-  # per-app networks: the CNI bridge/portmap plugins and the tests need iptables and ip
-  iptables iproute2
+  # per-app networks: the CNI bridge/portmap plugins and the tests need iptables and ip;
+  # the device firewall test loads its nftables table in a network namespace
+  iptables iproute2 nftables
   # cairn-pe checks its PCR 11 prediction against systemd-measure (in the systemd package)
   systemd
   # central's web console test: headless Debian Chromium driven by playwright-core from npm

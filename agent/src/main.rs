@@ -76,6 +76,17 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Early in boot (cairn-firewall.service): load the device firewall without any published
+    /// port; the agent opens the ports apps publish once it runs them.
+    Firewall {
+        /// Agent config file (TOML); its `[apps]` section says whether the firewall is on.
+        #[arg(
+            long,
+            env = "CAIRN_AGENT_CONFIG",
+            default_value = "/etc/cairn/agent.toml"
+        )]
+        config: PathBuf,
+    },
     /// Print the hardware facts the agent would send, as JSON.
     Facts {
         /// Agent config file (TOML).
@@ -169,6 +180,21 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Unlock { config } => unlock(&AgentConfig::load(&config)?),
         Command::Boot { config, command } => boot(&config, command),
+        Command::Firewall { config } => {
+            let config = AgentConfig::load(&config)?;
+            let loaded = runtime
+                .block_on(cairn_agent::apps::load_base_firewall(&config.apps))
+                .context(
+                    "cannot load the device firewall; the LAN may reach the device's services",
+                )?;
+            let what = if loaded {
+                "loaded (no published port yet)"
+            } else {
+                "off in [apps]"
+            };
+            println!("cairn-firewall: {what}");
+            Ok(())
+        }
         Command::StopApps { config } => {
             let config = AgentConfig::load(&config)?;
             let stopped = runtime

@@ -87,6 +87,8 @@ impl InProcessAgent {
             runc_root: Some(bench.runc_root.clone()),
             reconcile_interval_ms: RECONCILE_MS,
             plain_http_registries: Vec::new(),
+            // Never on a build host: the table would drop the host's own inbound traffic.
+            firewall: false,
         };
         let sink = AppsSink::start(&config.apps, &config.state_dir);
         let timeline = Arc::new(Mutex::new(Timeline::default()));

@@ -20,6 +20,7 @@ use cairn_proto::v1::{AppStatus, DesiredState};
 use cairn_runtime::cgroup::{self, AppsCeiling};
 use cairn_runtime::container::RuntimeConfig;
 use cairn_runtime::containerd::Containerd;
+use cairn_runtime::network::Firewall;
 use cairn_runtime::reconcile::{DesiredApp, Reconciler, ReconcilerConfig};
 use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -136,6 +137,7 @@ impl AppsSink {
         let mut reconciler = ReconcilerConfig::new(runtime);
         reconciler.tick = config.reconcile_interval();
         reconciler.plain_http = config.plain_http_registries.iter().cloned().collect();
+        reconciler.firewall = config.firewall.then(Firewall::default);
         let (desired, desired_rx) = watch::channel(None);
         let (observed_tx, observed) = watch::channel(Vec::new());
         let socket = config.containerd_socket.clone();
@@ -243,6 +245,24 @@ fn limit_apps(runtime: &RuntimeConfig, events: &EventQueue) {
             );
         }
     }
+}
+
+/// Load the device firewall with no published port: what cairn-firewall.service runs early in
+/// boot, so nothing is reachable from the LAN until the agent opens what apps publish. Does
+/// nothing when `[apps]` or its `firewall` is off.
+///
+/// # Errors
+/// When nft cannot run or refuses the ruleset.
+pub async fn load_base_firewall(
+    config: &AppsConfig,
+) -> Result<bool, cairn_runtime::network::FirewallError> {
+    if !(config.enabled && config.firewall) {
+        return Ok(false);
+    }
+    Firewall::default()
+        .apply(&Default::default())
+        .await
+        .map(|()| true)
 }
 
 /// Longest wait between two attempts to reach containerd.

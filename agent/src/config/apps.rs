@@ -30,6 +30,10 @@ pub struct AppsConfig {
     /// Registries (`host:port`) spoken to over plain HTTP besides localhost ones, e.g. a site's
     /// local mirror on a closed network. Everything else is pulled over HTTPS.
     pub plain_http_registries: Vec<String>,
+    /// Keep the device firewall (nftables table `inet cairn`) in step with the published
+    /// ports: inbound only what apps publish, no forwarding into app networks. Off by default
+    /// so the agent never changes a host's firewall unasked; the device image turns it on.
+    pub firewall: bool,
 }
 
 impl Default for AppsConfig {
@@ -41,6 +45,7 @@ impl Default for AppsConfig {
             runc_root: None,
             reconcile_interval_ms: 1_000,
             plain_http_registries: Vec::new(),
+            firewall: false,
         }
     }
 }

@@ -18,10 +18,14 @@
 //! allocations live in the state dir on the data partition.
 //!
 //! Services find each other by name through one hosts file per app (see [`Networks::app_hosts`]).
+//!
+//! The device firewall (`firewall.rs`, nftables) lets the LAN reach published ports only and keeps
+//! apps off each other's unpublished ports.
 
 mod chain;
 mod cni;
 mod command;
+mod firewall;
 mod hosts;
 mod masquerade;
 mod netns;
@@ -39,6 +43,7 @@ use tracing::{info, warn};
 
 pub use cni::{CniCommand, CniError, CniInterface, CniIp, CniResult, CNI_VERSION};
 pub use command::CommandError;
+pub use firewall::{published_ports, ruleset, Firewall, FirewallError, PublishedPort};
 pub use netns::NetnsError;
 pub use subnet::{Ipv4Subnet, ParseSubnetError, SubnetError};
 

@@ -140,10 +140,13 @@ impl<'de> Deserialize<'de> for Ipv4Subnet {
     }
 }
 
+/// What every app bridge's name starts with (the firewall matches app traffic by it).
+pub(crate) const BRIDGE_PREFIX: &str = "cairn";
+
 /// The bridge device of an app subnet: `cairn` + the network address in hex (13 characters,
 /// within the kernel's 15), unique on the host because subnets never overlap.
 pub(crate) fn bridge_name(subnet: &Ipv4Subnet) -> String {
-    format!("cairn{:08x}", u32::from(subnet.network()))
+    format!("{BRIDGE_PREFIX}{:08x}", u32::from(subnet.network()))
 }
 
 /// Why no subnet could be allocated.

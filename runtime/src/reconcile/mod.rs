@@ -25,18 +25,18 @@ mod images;
 mod plan;
 mod status;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::cgroup;
 use crate::container::{self, ContainerError, RuntimeConfig, TaskStatus};
 use crate::containerd::Containerd;
 use crate::image::{Credentials, ImageError};
-use crate::network::{NetworkError, Networks};
+use crate::network::{published_ports, Firewall, NetworkError, Networks, PublishedPort};
 
 pub use backoff::Backoff;
 pub use health::Health;
@@ -93,6 +93,9 @@ pub struct ReconcilerConfig {
     pub retry: Duration,
     /// Longest time between passes of [`Reconciler::run`].
     pub tick: Duration,
+    /// The device firewall to keep in step with the published ports; `None` leaves the host's
+    /// firewall alone (tests, hosts that are not Cairn devices).
+    pub firewall: Option<Firewall>,
 }
 
 impl ReconcilerConfig {
@@ -105,6 +108,7 @@ impl ReconcilerConfig {
             plain_http: HashSet::new(),
             retry: Duration::from_secs(10),
             tick: Duration::from_secs(2),
+            firewall: None,
         }
     }
 }
@@ -119,6 +123,8 @@ pub struct Reconciler {
     images: images::Images,
     start_failures: HashMap<String, StartFailures>,
     wake_at: Option<SystemTime>,
+    /// The published ports the firewall was last loaded with (`None`: not yet, or it failed).
+    firewall_ports: Option<BTreeSet<PublishedPort>>,
 }
 
 impl Reconciler {
@@ -130,6 +136,7 @@ impl Reconciler {
             images: images::Images::new(ctr.clone(), &cfg),
             start_failures: HashMap::new(),
             wake_at: None,
+            firewall_ports: None,
             ctr,
             cfg,
         }
@@ -177,6 +184,7 @@ impl Reconciler {
             mono: Instant::now(),
         };
         let observed = self.observe(desired, now).await?;
+        self.update_firewall(desired).await;
         let timing = Timing {
             backoff: self.cfg.backoff,
             pull_retry: self.cfg.retry,
@@ -184,6 +192,29 @@ impl Reconciler {
         let plan = plan::plan(desired, &observed, &timing, now);
         self.wake_at = plan.wake_at;
         Ok(self.execute(plan).await)
+    }
+
+    /// Load the firewall when the published ports of `desired` changed (or were never loaded
+    /// by this reconciler). A failure is logged and retried on the next pass; the kernel keeps
+    /// the previous table meanwhile.
+    async fn update_firewall(&mut self, desired: &[DesiredApp]) {
+        let Some(firewall) = &self.cfg.firewall else {
+            return;
+        };
+        let ports = published_ports(desired.iter().map(|a| &a.spec));
+        if self.firewall_ports.as_ref() == Some(&ports) {
+            return;
+        }
+        match firewall.apply(&ports).await {
+            Ok(()) => {
+                info!(ports = ports.len(), "firewall loaded");
+                self.firewall_ports = Some(ports);
+            }
+            Err(e) => {
+                warn!(error = %e, "firewall not updated; retrying on the next pass");
+                self.firewall_ports = None;
+            }
+        }
     }
 
     /// Everything the planner needs for a pass over `desired`: containers and tasks, the
