@@ -204,6 +204,7 @@ impl Reconciler {
                         pid,
                         (*check).clone(),
                         output,
+                        self.health_changed.clone(),
                     );
                     self.probes.insert(container_id.clone(), probe);
                 }

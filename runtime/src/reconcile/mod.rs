@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::warn;
 
 use crate::container::{self, ContainerError, RuntimeConfig};
@@ -118,6 +118,8 @@ pub struct Reconciler {
     images: images::Images,
     start_failures: HashMap<String, StartFailures>,
     wake_at: Option<SystemTime>,
+    /// Notified by probes when a service's health changes.
+    health_changed: Arc<Notify>,
 }
 
 impl Reconciler {
@@ -129,19 +131,22 @@ impl Reconciler {
             images: images::Images::new(ctr.clone(), &cfg),
             start_failures: HashMap::new(),
             wake_at: None,
+            health_changed: Arc::new(Notify::new()),
             ctr,
             cfg,
         }
     }
 
-    /// Run passes until the `desired` sender is dropped: on every change of the desired apps, at
-    /// back-off deadlines and at least every `tick`; publish each pass's statuses on `status`.
+    /// Run passes until the `desired` sender is dropped: on every change of the desired apps or of
+    /// a service's health, at back-off deadlines, right after a pass that started a service
+    /// others wait for, and at least every `tick`; publish each pass's statuses on `status`.
     /// Cancellation safe: abort it at any point, the next pass (by any reconciler) converges.
     pub async fn run(
         mut self,
         mut desired: watch::Receiver<Arc<Vec<DesiredApp>>>,
         status: watch::Sender<Vec<ServiceStatus>>,
     ) {
+        let health_changed = self.health_changed.clone();
         loop {
             let apps = desired.borrow_and_update().clone();
             match self.reconcile(&apps).await {
@@ -156,6 +161,7 @@ impl Reconciler {
             }
             tokio::select! {
                 changed = desired.changed() => if changed.is_err() { return },
+                _ = health_changed.notified() => {}
                 _ = tokio::time::sleep(sleep.max(Duration::from_millis(10))) => {}
             }
         }
