@@ -8,6 +8,20 @@
 //! exponential back-off (`backoff.rs`), and runs its health check (`health.rs`); containers of
 //! services no longer desired are removed, then images nobody uses.
 //!
+//! `depends_on` is honoured as Docker Compose does when it starts services: a service's task is
+//! started (first start and restarts alike) only once each dependency has reached its condition
+//! at the start of the pass: `service_started`, its task runs (or ran to completion with status
+//! 0 and stays down); `service_healthy`, its health check has passed and still passes;
+//! `service_completed_successfully`, its task exited with status 0. Until then the service is
+//! [`ServiceState::Pending`] with a message such as `waiting for db to be healthy (...)`; when a
+//! dependency cannot get there (it exited and its restart policy keeps it down, its image or its
+//! start failed, it is blocked itself, it has no health check, or the services form a cycle) the
+//! service is [`ServiceState::Failed`] with `blocked by db: <why>`. Containers are created without
+//! waiting, and a running dependent is never stopped because a dependency stopped or became
+//! unhealthy; only its next start waits again. A health change wakes the loop at once, and a
+//! pass that starts a dependency is followed by another right away, so dependents start within a
+//! probe interval or a tick of their dependency being ready.
+//!
 //! Services outside `network_mode: host` are attached to their app's CNI network (see
 //! [`crate::network`]) right before each task start; the app's hosts file is rewritten whenever an
 //! address changes, and attachments and networks nobody wants any more are removed at the end of
