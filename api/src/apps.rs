@@ -9,7 +9,8 @@ use crate::Timestamp;
 api_enum! {
     /// Observed state of an app's service, as the device reported it.
     ServiceState {
-        /// Image being pulled or container being created.
+        /// Image being pulled, container being created, or waiting for its `depends_on`
+        /// dependencies (the message says which).
         Pending => "pending",
         /// Running (and healthy, or without a health check).
         Running => "running",

@@ -1,15 +1,16 @@
 //! The reconcile loop against a real containerd + runc and docker-registry: a two-service app
 //! reachable from the host, a volume surviving recreate, an image update replacing only its
-//! service, agent and containerd restarts without duplicates, crash back-off, health checks and
-//! a removal that leaves nothing behind.
+//! service, agent and containerd restarts without duplicates, crash back-off, health checks,
+//! `depends_on` start order and a removal that leaves nothing behind.
 
 mod common;
 
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use cairn_compose::AppSpec;
-use cairn_runtime::container::{self, RuntimeConfig};
+use cairn_compose::{AppSpec, DependsOn};
+use cairn_runtime::container::{self, RuntimeConfig, LABEL_STARTED_AT};
 use cairn_runtime::reconcile::{
     Backoff, DesiredApp, Health, Reconciler, ReconcilerConfig, ServiceState, ServiceStatus,
 };
@@ -399,4 +400,191 @@ services:
         .is_empty());
     assert!(env.ctr.list_snapshots().await.unwrap().is_empty());
     assert!(env.ctr.list_images(&[]).await.unwrap().is_empty());
+}
+
+/// When `path` was last written.
+fn mtime(path: &Path) -> SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depends_on_starts_dependents_once_dependencies_are_healthy_or_done() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    let host = env.registry.host();
+    common::push(
+        &env.registry.url(),
+        "cairn/box",
+        "1",
+        &common::busybox_image(&[]),
+        None,
+    )
+    .await;
+    // db becomes healthy only once /state/ready appears, 2 s after it started; migrate runs
+    // once db is healthy and exits 0; web needs db healthy, api needs migrate done. `broken`
+    // fails for good, so `report`, which needs it done, is blocked. web and api note when they
+    // started in the shared volume. Long-running ones stop at once on SIGTERM.
+    let (idle, idle_loop) = ("trap 'exit 0' TERM", "while true; do sleep 0.1; done");
+    let yaml = format!(
+        r#"
+services:
+  db:
+    image: {host}/cairn/box:1
+    command: ["sh", "-c", "{idle}; sleep 2; touch /state/ready; {idle_loop}"]
+    network_mode: host
+    volumes: ["state:/state"]
+    healthcheck: {{test: "test -f /state/ready", interval: 100ms, retries: 100}}
+  migrate:
+    image: {host}/cairn/box:1
+    command: ["sh", "-c", "test -f /state/ready && sleep 0.5 && touch /state/migrated"]
+    network_mode: host
+    volumes: ["state:/state"]
+  web:
+    image: {host}/cairn/box:1
+    command: ["sh", "-c", "touch /state/web-started; {idle}; {idle_loop}"]
+    network_mode: host
+    volumes: ["state:/state"]
+    restart: always
+  api:
+    image: {host}/cairn/box:1
+    command: ["sh", "-c", "touch /state/api-started; {idle}; {idle_loop}"]
+    network_mode: host
+    volumes: ["state:/state"]
+    restart: always
+  broken:
+    image: {host}/cairn/box:1
+    command: ["sh", "-c", "exit 3"]
+    network_mode: host
+  report:
+    image: {host}/cairn/box:1
+    command: ["sh", "-c", "{idle}; {idle_loop}"]
+    network_mode: host
+"#
+    );
+    let mut spec = AppSpec::parse("compose.yml", "deps", &yaml).unwrap();
+    // The parser does not read depends_on yet.
+    for (service, dep, condition) in [
+        ("migrate", "db", DependsOn::ServiceHealthy),
+        ("web", "db", DependsOn::ServiceHealthy),
+        ("api", "migrate", DependsOn::ServiceCompletedSuccessfully),
+        ("report", "broken", DependsOn::ServiceCompletedSuccessfully),
+    ] {
+        let svc = spec.services.get_mut(service).unwrap();
+        svc.depends_on.insert(dep.into(), condition);
+    }
+    let cfg = config(&env);
+    let state = cfg.runtime.volume_dir("deps", "state");
+    let rec = Reconciler::new(env.ctr.clone(), cfg.clone());
+    let (desired_tx, desired_rx) =
+        tokio::sync::watch::channel(Arc::new(vec![DesiredApp::new(spec)]));
+    let (status_tx, mut status_rx) = tokio::sync::watch::channel(Vec::new());
+    let loop_task = tokio::spawn(rec.run(desired_rx, status_tx));
+
+    let started = Instant::now();
+    let mut web_waited = None;
+    let deadline = started + Duration::from_secs(30);
+    let statuses = loop {
+        tokio::time::timeout(Duration::from_secs(10), status_rx.changed())
+            .await
+            .expect("status updates")
+            .unwrap();
+        let st = status_rx.borrow_and_update().clone();
+        if st.is_empty() {
+            continue;
+        }
+        let web = find(&st, "web");
+        if web.state == ServiceState::Pending && find(&st, "db").health != Health::Healthy {
+            web_waited = web.message.clone();
+        }
+        let done = running(&st, "web")
+            && running(&st, "api")
+            && find(&st, "migrate").state == ServiceState::Exited
+            && find(&st, "report").state == ServiceState::Failed;
+        if done {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "did not converge: {st:#?}");
+    };
+    let took = started.elapsed();
+
+    assert_eq!(
+        web_waited.as_deref(),
+        Some("waiting for db to be healthy (its health check has not passed yet)"),
+        "web is reported waiting while db is not healthy"
+    );
+    let migrate = find(&statuses, "migrate");
+    assert_eq!(
+        (migrate.exit_code, migrate.restarts),
+        (Some(0), 0),
+        "migrate ran once and completed"
+    );
+    assert_eq!(
+        find(&statuses, "report").message.as_deref(),
+        Some("blocked by broken: it exited with status 3 and its restart policy keeps it down")
+    );
+
+    // The order, by the clocks of the files the services wrote and of containerd.
+    let ready = mtime(&state.join("ready"));
+    let containers = container::list_containers(&env.ctr).await.unwrap();
+    let get = |id: &str| containers.iter().find(|c| c.id == id).unwrap();
+    let started_at = |id: &str| {
+        let ms: u64 = get(id).label(LABEL_STARTED_AT).parse().unwrap();
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+    };
+    let db_started = started_at("deps_db");
+    assert!(
+        ready.duration_since(db_started).unwrap() >= Duration::from_millis(1500),
+        "db became healthy ~2 s after it started"
+    );
+    let web_started = mtime(&state.join("web-started"));
+    assert!(
+        web_started > ready && started_at("deps_web") > ready,
+        "web's task started before db could be healthy"
+    );
+    assert!(
+        state.join("migrated").exists(),
+        "migrate saw db's file and completed"
+    );
+    let migrate_exited = get("deps_migrate")
+        .task
+        .as_ref()
+        .and_then(|t| t.exited_at)
+        .expect("migrate exited");
+    let api_started = mtime(&state.join("api-started"));
+    assert!(
+        api_started > migrate_exited && started_at("deps_api") > migrate_exited,
+        "api's task started before migrate completed"
+    );
+    // Promptly: a health change or an exit is acted on within a few probe intervals or ticks.
+    let lag = |later: SystemTime, earlier: SystemTime| later.duration_since(earlier).unwrap();
+    assert!(
+        lag(web_started, ready) < Duration::from_secs(3),
+        "web started {:?} after db's file",
+        lag(web_started, ready)
+    );
+    assert!(
+        lag(api_started, migrate_exited) < Duration::from_secs(3),
+        "api started {:?} after migrate exited",
+        lag(api_started, migrate_exited)
+    );
+    assert!(
+        get("deps_report").task.is_none() && get("deps_report").label(LABEL_STARTED_AT).is_empty(),
+        "report never started"
+    );
+    eprintln!("depends_on app converged in {took:?}");
+
+    drop(desired_tx);
+    tokio::time::timeout(Duration::from_secs(30), loop_task)
+        .await
+        .expect("loop ends when desired is dropped")
+        .unwrap();
+    let mut rec = Reconciler::new(env.ctr.clone(), cfg);
+    rec.reconcile(&[]).await.unwrap();
+    assert!(container::list_containers(&env.ctr)
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -68,9 +68,11 @@ impl Reconciler {
                             .or_insert(StartFailures {
                                 count: 0,
                                 last_at: now,
+                                last_error: String::new(),
                             });
                     failures.count += 1;
                     failures.last_at = now;
+                    failures.last_error = status.message.clone().unwrap_or_else(|| e.to_string());
                     return status;
                 }
                 AfterFailure::RemoveBroken {
@@ -202,6 +204,7 @@ impl Reconciler {
                         pid,
                         (*check).clone(),
                         output,
+                        self.health_changed.clone(),
                     );
                     self.probes.insert(container_id.clone(), probe);
                 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_compose::HealthCheck;
+use tokio::sync::Notify;
 use tracing::{debug, info, Instrument};
 
 use crate::container;
@@ -97,13 +98,16 @@ impl Drop for Probe {
 impl Probe {
     /// Start probing task `pid` of container `id`.
     /// The check's output goes to `output` (truncated before each check); its start is quoted
-    /// in the error of a failed check.
+    /// in the error of a failed check. `changed` is notified whenever the health changes (the
+    /// reconcile loop then runs a pass, so a service waiting for this one to be healthy starts
+    /// at once).
     pub fn start(
         ctr: Containerd,
         id: String,
         pid: u32,
         check: HealthCheck,
         output: PathBuf,
+        changed: Arc<Notify>,
     ) -> Probe {
         let state = Arc::new(Mutex::new(HealthState::starting()));
         let shared = state.clone();
@@ -133,8 +137,15 @@ impl Probe {
                         }
                         Err(e) => Some(e.to_string()),
                     };
-                    let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
-                    s.record(&check, started.elapsed(), error);
+                    let health_changed = {
+                        let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
+                        let before = s.health;
+                        s.record(&check, started.elapsed(), error);
+                        s.health != before
+                    };
+                    if health_changed {
+                        changed.notify_one();
+                    }
                 }
             }
             .instrument(span),

@@ -8,6 +8,20 @@
 //! exponential back-off (`backoff.rs`), and runs its health check (`health.rs`); containers of
 //! services no longer desired are removed, then images nobody uses.
 //!
+//! `depends_on` is honoured as Docker Compose does when it starts services: a service's task is
+//! started (first start and restarts alike) only once each dependency has reached its condition
+//! at the start of the pass: `service_started`, its task runs (or ran to completion with status
+//! 0 and stays down); `service_healthy`, its health check has passed and still passes;
+//! `service_completed_successfully`, its task exited with status 0. Until then the service is
+//! [`ServiceState::Pending`] with a message such as `waiting for db to be healthy (...)`; when a
+//! dependency cannot get there (it exited and its restart policy keeps it down, its image or its
+//! start failed, it is blocked itself, it has no health check, or the services form a cycle) the
+//! service is [`ServiceState::Failed`] with `blocked by db: <why>`. Containers are created without
+//! waiting, and a running dependent is never stopped because a dependency stopped or became
+//! unhealthy; only its next start waits again. A health change wakes the loop at once, and a
+//! pass that starts a dependency is followed by another right away, so dependents start within a
+//! probe interval or a tick of their dependency being ready.
+//!
 //! Services outside `network_mode: host` are attached to their app's CNI network (see
 //! [`crate::network`]) right before each task start; the app's hosts file is rewritten whenever an
 //! address changes, and attachments and networks nobody wants any more are removed at the end of
@@ -29,7 +43,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
 use crate::cgroup;
@@ -125,6 +139,8 @@ pub struct Reconciler {
     wake_at: Option<SystemTime>,
     /// The published ports the firewall was last loaded with (`None`: not yet, or it failed).
     firewall_ports: Option<BTreeSet<PublishedPort>>,
+    /// Notified by probes when a service's health changes.
+    health_changed: Arc<Notify>,
 }
 
 impl Reconciler {
@@ -137,19 +153,22 @@ impl Reconciler {
             start_failures: HashMap::new(),
             wake_at: None,
             firewall_ports: None,
+            health_changed: Arc::new(Notify::new()),
             ctr,
             cfg,
         }
     }
 
-    /// Run passes until the `desired` sender is dropped: on every change of the desired apps, at
-    /// back-off deadlines and at least every `tick`; publish each pass's statuses on `status`.
+    /// Run passes until the `desired` sender is dropped: on every change of the desired apps or of
+    /// a service's health, at back-off deadlines, right after a pass that started a service
+    /// others wait for, and at least every `tick`; publish each pass's statuses on `status`.
     /// Cancellation safe: abort it at any point, the next pass (by any reconciler) converges.
     pub async fn run(
         mut self,
         mut desired: watch::Receiver<Arc<Vec<DesiredApp>>>,
         status: watch::Sender<Vec<ServiceStatus>>,
     ) {
+        let health_changed = self.health_changed.clone();
         loop {
             let apps = desired.borrow_and_update().clone();
             match self.reconcile(&apps).await {
@@ -164,6 +183,7 @@ impl Reconciler {
             }
             tokio::select! {
                 changed = desired.changed() => if changed.is_err() { return },
+                _ = health_changed.notified() => {}
                 _ = tokio::time::sleep(sleep.max(Duration::from_millis(10))) => {}
             }
         }

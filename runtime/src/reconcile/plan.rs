@@ -3,12 +3,18 @@
 //! every desired service. Pure: it reads no clock (the pass's [`Now`] comes in), touches neither
 //! containerd, the network nor the file system, and is unit-tested on its own.
 //!
+//! The services of an app are planned dependencies first (`depends_on`, see `plan/depends.rs`),
+//! so each sees what its dependencies reached; they are reported in the spec's order.
+//!
 //! Per service, in order: duplicates are removed; without its app network nothing else happens;
 //! the log is rotated; a missing image is pulled (the service waits, whatever runs keeps running);
 //! a container whose spec hash differs is replaced; a missing one is created; a task that is not
 //! running is started, after its app network is attached and within the restart policy and
-//! back-off; a running task with a health check gets a probe. Then containers of undesired
-//! services are removed and networks, app dirs and images nobody wants are collected.
+//! back-off, once every `depends_on` dependency has reached its condition (until then the service
+//! is pending with `waiting for db to be healthy (...)`, or failed with `blocked by db: ...` when
+//! a dependency failed so that it cannot get there); a running task with a health check gets a
+//! probe. Then containers of undesired services are removed and networks, app dirs and images
+//! nobody wants are collected.
 //!
 //! The executor (see `execute.rs`) carries the steps out; when one fails,
 //! [`ServicePlan::after_failure`] says what that means for the service.
@@ -29,6 +35,7 @@ use crate::container::{
 use crate::image::{ImageError, ImageInfo};
 use crate::network::{AppNetwork, NetworkError};
 use cairn_compose::{AppSpec, HealthCheck, ImageRef, NetworkMode, PortMapping, ServiceSpec};
+use depends::{Gate, Reached};
 
 /// The message of a service whose task the kernel killed for memory.
 const OOM_KILLED: &str = "killed by the kernel: out of memory; raise `deploy.resources.limits.memory` or make the service use less";
@@ -114,12 +121,14 @@ pub(crate) struct ProbeView {
 }
 
 /// Consecutive failed starts of a container's task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StartFailures {
     /// How many in a row.
     pub count: u32,
     /// When the last one failed.
     pub last_at: Instant,
+    /// Why it failed (what the service reported), for the services that depend on it.
+    pub last_error: String,
 }
 
 /// Why a container is removed.
@@ -250,12 +259,13 @@ pub(crate) enum Action<'a> {
 pub(crate) struct Plan<'a> {
     /// Done first, failures only logged: the hosts files of apps with a network.
     pub prepare: Vec<Action<'a>>,
-    /// One per desired service, in the order of the apps and their services.
+    /// One per desired service, in the order of the apps and their services (by name).
     pub services: Vec<ServicePlan<'a>>,
     /// Done last, failures only logged: removals of containers nobody wants, then collection of
     /// networks, app dirs and images.
     pub cleanup: Vec<Action<'a>>,
-    /// The earliest time an exited task's back-off ends, to wake up for its restart.
+    /// The earliest time an exited task's back-off ends, to wake up for its restart; the pass's
+    /// time when a service waits for a dependency this pass starts.
     pub wake_at: Option<SystemTime>,
 }
 
@@ -407,7 +417,15 @@ pub(crate) fn plan<'a>(
         } else {
             AppNet::None
         };
-        for (service, svc) in &app.spec.services {
+        // Dependencies first, so each service sees what its dependencies reached; reported in
+        // the order of the spec.
+        let (order, cycles) = depends::start_order(&app.spec);
+        let mut reached = HashMap::new();
+        let mut planned = BTreeMap::new();
+        for (service, svc) in order
+            .into_iter()
+            .filter_map(|n| app.spec.services.get_key_value(n))
+        {
             let existing = by_service.remove(&(name, service)).unwrap_or_default();
             wanted_images.insert(image_name(&svc.image));
             let s = Service {
@@ -415,8 +433,12 @@ pub(crate) fn plan<'a>(
                 name: service,
                 spec: svc,
             };
-            plan.services.push(planner.service(s, &network, existing));
+            let gate = depends::gate(&app.spec, service, &reached, &cycles);
+            let (service_plan, what) = planner.service(s, &network, existing, &gate);
+            reached.insert(service.as_str(), what);
+            planned.insert(service.as_str(), service_plan);
         }
+        plan.services.extend(planned.into_values());
     }
     for containers in by_service.into_values() {
         for c in containers {
@@ -455,7 +477,12 @@ enum ImageReadiness<'a> {
     /// Present.
     Ready(&'a ImageInfo),
     /// Not (yet): the service waits, for this reason.
-    Waiting(String),
+    Waiting {
+        /// Why.
+        message: String,
+        /// The last attempt to get it failed (its dependents are blocked, not waiting).
+        failed: bool,
+    },
 }
 
 /// A desired service.
@@ -525,12 +552,15 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
+    /// The plan of one service, whose task starts only when `gate` is open, and what it reached
+    /// for the services that depend on it.
     fn service(
         &mut self,
         s: Service<'a>,
         network: &AppNet<'a>,
         existing: Vec<&'a ObservedContainer>,
-    ) -> ServicePlan<'a> {
+        gate: &Gate,
+    ) -> (ServicePlan<'a>, Reached) {
         let id = container_id(s.app_name(), s.name);
         let mut steps = Vec::new();
         let mut current = None;
@@ -551,7 +581,12 @@ impl<'a> Planner<'a> {
                 // Whatever runs keeps running; nothing new starts without the network.
                 let message = format!("app network unavailable: {reason}");
                 let status = self.keep_running(s, current, ServiceState::Failed, &mut steps);
-                return ServicePlan::new(steps, status.with_message(message));
+                let reached = still_running(current, &status)
+                    .unwrap_or_else(|| Reached::Failed(format!("it cannot start: {message}")));
+                return (
+                    ServicePlan::new(steps, status.with_message(message)),
+                    reached,
+                );
             }
         };
         steps.push(Action::RotateLog {
@@ -560,10 +595,20 @@ impl<'a> Planner<'a> {
         });
         let image = match self.image(&s.spec.image, &mut steps) {
             ImageReadiness::Ready(image) => image,
-            ImageReadiness::Waiting(message) => {
+            ImageReadiness::Waiting { message, failed } => {
                 // Whatever runs keeps running until the new image is here.
                 let status = self.keep_running(s, current, ServiceState::Pending, &mut steps);
-                return ServicePlan::new(steps, status.with_message(message));
+                let reached = still_running(current, &status).unwrap_or_else(|| {
+                    if failed {
+                        Reached::Failed(format!("it cannot start: {message}"))
+                    } else {
+                        Reached::NotYet(format!("it is {message}"))
+                    }
+                });
+                return (
+                    ServicePlan::new(steps, status.with_message(message)),
+                    reached,
+                );
             }
         };
         let hash = spec_hash(s.app, s.name, s.spec, &image.digest);
@@ -588,7 +633,7 @@ impl<'a> Planner<'a> {
                 Container::created(id, stale.is_some())
             }
         };
-        self.drive_task(s, network, container, steps)
+        self.drive_task(s, network, container, steps, gate)
     }
 
     /// The status of a service that cannot go on now: its container's when that runs,
@@ -614,8 +659,9 @@ impl<'a> Planner<'a> {
     /// planning a pull when none runs and the last one failed long enough ago.
     fn image(&mut self, reference: &'a str, steps: &mut Vec<Action<'a>>) -> ImageReadiness<'a> {
         let name = image_name(reference);
-        let unavailable = |why: &dyn std::fmt::Display| {
-            ImageReadiness::Waiting(format!("image {name} unavailable: {why}"))
+        let unavailable = |why: &dyn std::fmt::Display| ImageReadiness::Waiting {
+            message: format!("image {name} unavailable: {why}"),
+            failed: true,
         };
         match self.observed.images.get(&name) {
             Some(ImageLookup::Present(info)) => return ImageReadiness::Ready(info),
@@ -624,7 +670,10 @@ impl<'a> Planner<'a> {
         }
         let last_error = match self.observed.pulls.get(&name) {
             Some(PullState::Running { last_error }) => {
-                return ImageReadiness::Waiting(pulling(&name, last_error))
+                return ImageReadiness::Waiting {
+                    message: pulling(&name, last_error),
+                    failed: last_error.is_some(),
+                }
             }
             Some(PullState::Failed { error, at }) => {
                 if self.now.mono < *at + self.timing.pull_retry {
@@ -643,18 +692,23 @@ impl<'a> Planner<'a> {
                 reference,
             });
         }
-        ImageReadiness::Waiting(pulling(&name, &last_error))
+        ImageReadiness::Waiting {
+            message: pulling(&name, &last_error),
+            failed: last_error.is_some(),
+        }
     }
 
     /// Start the task of an up-to-date container when it is not running and the restart policy,
-    /// the back-off and failed starts allow it; report it.
+    /// the back-off, failed starts and its dependencies (`gate`) allow it; report it and what it
+    /// reached.
     fn drive_task(
         &mut self,
         s: Service<'a>,
         network: Option<&'a AppNetwork>,
         c: Container<'a>,
         mut steps: Vec<Action<'a>>,
-    ) -> ServicePlan<'a> {
+        gate: &Gate,
+    ) -> (ServicePlan<'a>, Reached) {
         let start = match c.task {
             None => Some((c.restarts, c.crash_streak)),
             Some(task) => match task.status {
@@ -665,7 +719,35 @@ impl<'a> Planner<'a> {
         };
         let Some((restarts, crash_streak)) = start.filter(|_| !self.start_waits(&c)) else {
             let status = self.observe(s, &c, &mut steps);
-            return ServicePlan::new(steps, status);
+            let reached = self.reached(&c, &status);
+            return (ServicePlan::new(steps, status), reached);
+        };
+        let held = match gate {
+            Gate::Open => None,
+            Gate::Wait { message, soon } => {
+                if *soon {
+                    self.wake(self.now.wall);
+                }
+                let reached = Reached::NotYet(format!("it is {message}"));
+                Some((ServiceState::Pending, message, reached))
+            }
+            Gate::Blocked(message) => {
+                let reached = Reached::Failed(message.clone());
+                Some((ServiceState::Failed, message, reached))
+            }
+        };
+        if let Some((state, message, reached)) = held {
+            // Not started: however its task is, it is reported waiting for (or blocked by) its
+            // dependencies.
+            let mut status = self.observe(s, &c, &mut steps);
+            status.state = state;
+            status.message = Some(message.clone());
+            return (ServicePlan::new(steps, status), reached);
+        }
+        let reached = match self.failed_starts(&c) {
+            // A retry: its dependents stay blocked until it runs.
+            Some(failures) => Reached::Failed(failures.last_error.clone()),
+            None => Reached::Starting,
         };
         self.stop_probe(&c.id, &mut steps);
         let mut start_failed = self.status_of(s, &c);
@@ -702,11 +784,44 @@ impl<'a> Planner<'a> {
             });
             status.health = HealthState::starting().health;
         }
-        ServicePlan {
+        let plan = ServicePlan {
             steps,
             status,
             start_failed,
+        };
+        (plan, reached)
+    }
+
+    /// What a container whose task this pass does not start reached, given its `status`.
+    fn reached(&self, c: &Container<'_>, status: &ServiceStatus) -> Reached {
+        let task = c.task.map(|t| t.status);
+        if let Some(TaskStatus::Running | TaskStatus::Paused) = task {
+            return running(status);
         }
+        if let Some(failures) = self.failed_starts(c) {
+            return Reached::Failed(failures.last_error.clone());
+        }
+        match (task, status.exit_code) {
+            (Some(TaskStatus::Stopped), Some(exit)) => Reached::Exited {
+                status: exit,
+                restarts: status.state == ServiceState::Restarting,
+            },
+            _ => Reached::NotYet("it has not started yet".into()),
+        }
+    }
+
+    /// The failed starts of a container that count (those of a container this plan replaces do
+    /// not).
+    fn failed_starts(&self, c: &Container<'_>) -> Option<&'a StartFailures> {
+        if c.replaces {
+            return None;
+        }
+        self.observed.start_failures.get(&c.id)
+    }
+
+    /// Plan the next pass at `at` at the latest.
+    fn wake(&mut self, at: SystemTime) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
 
     /// The restart counts to start an exited task with, when its policy and back-off say now;
@@ -728,7 +843,7 @@ impl<'a> Planner<'a> {
             Decision::StayExited => None,
             Decision::RestartNow { streak } => Some((c.restarts + 1, streak)),
             Decision::WaitUntil(at) => {
-                self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+                self.wake(at);
                 None
             }
         }
@@ -736,10 +851,7 @@ impl<'a> Planner<'a> {
 
     /// Whether the container's last start failed too recently to try again.
     fn start_waits(&self, c: &Container<'_>) -> bool {
-        if c.replaces {
-            return false;
-        }
-        let Some(failures) = self.observed.start_failures.get(&c.id) else {
+        let Some(failures) = self.failed_starts(c) else {
             return false;
         };
         let delay = self
@@ -833,6 +945,25 @@ impl<'a> Planner<'a> {
     }
 }
 
+/// What a service whose task runs reached, from its `status`.
+fn running(status: &ServiceStatus) -> Reached {
+    let error = match status.health {
+        Health::Unhealthy => status.message.clone(),
+        _ => None,
+    };
+    Reached::Running {
+        health: status.health,
+        error,
+    }
+}
+
+/// What a service that cannot go on reached when its `current` container's task still runs
+/// (`status` is that of [`Planner::keep_running`]).
+fn still_running(current: Option<&ObservedContainer>, status: &ServiceStatus) -> Option<Reached> {
+    let task = current?.task.as_ref()?;
+    matches!(task.status, TaskStatus::Running | TaskStatus::Paused).then(|| running(status))
+}
+
 /// The message of a service waiting for its image's pull.
 fn pulling(name: &str, last_error: &Option<Arc<PullError>>) -> String {
     match last_error {
@@ -841,5 +972,6 @@ fn pulling(name: &str, last_error: &Option<Arc<PullError>>) -> String {
     }
 }
 
+mod depends;
 #[cfg(test)]
 mod tests;

@@ -31,7 +31,8 @@ impl DesiredApp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceState {
-    /// Not running yet: the image is being pulled or the container created.
+    /// Not running yet: the image is being pulled, the container created, or it waits for its
+    /// `depends_on` dependencies (the message says which and what for).
     Pending,
     /// The task runs (and is healthy or has no health check).
     Running,
@@ -41,7 +42,8 @@ pub enum ServiceState {
     Restarting,
     /// The task exited and the restart policy keeps it down.
     Exited,
-    /// The service cannot be started; see the message.
+    /// The service cannot be started; see the message (also when a dependency failed so that
+    /// it cannot reach its condition: `blocked by db: ...`).
     Failed,
 }
 

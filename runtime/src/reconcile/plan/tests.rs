@@ -1,12 +1,14 @@
 //! Unit tests of the planner, without containerd: one test per transition of a service (create,
 //! keep, replace, start, restart under each policy and back-off, health, removal, pulls, failed
-//! starts, networks) and the wake-up time.
+//! starts, networks, `depends_on` conditions, blocked dependents and cycles) and the wake-up
+//! time.
 
 use std::sync::OnceLock;
 
 use super::*;
 use crate::image::ContainerConfig;
 use crate::network::{Ipv4Subnet, SubnetError};
+use cairn_compose::DependsOn;
 
 /// Wall-clock time of the pass the tests plan, unless they move it.
 const T0: Duration = Duration::from_secs(1_700_000_000);
@@ -1157,6 +1159,7 @@ fn a_failed_start_is_retried_only_after_its_back_off() {
         StartFailures {
             count: 2,
             last_at: case.now.mono,
+            last_error: "cannot start: boom".into(),
         },
     );
     case.now = at(millis(1999));
@@ -1185,6 +1188,7 @@ fn a_first_failed_start_waits_the_base_delay() {
         StartFailures {
             count: 1,
             last_at: case.now.mono,
+            last_error: "cannot start: boom".into(),
         },
     );
     let starts = |case: &Case| {
@@ -1209,6 +1213,7 @@ fn a_replacement_starts_at_once_whatever_the_old_container_failed() {
         StartFailures {
             count: 5,
             last_at: case.now.mono,
+            last_error: "cannot start: boom".into(),
         },
     );
     let plan = case.plan();
@@ -1369,4 +1374,719 @@ fn services_wait_while_their_app_network_is_unavailable() {
         panic!("{:?}", plan.cleanup);
     };
     assert!(keep_apps.contains("shop"), "the network is not collected");
+}
+
+// --- depends_on ---
+
+/// A database with a health check, a one-shot migration and a web service, all on the host
+/// network (the parser does not read `depends_on` yet: [`depends`] sets it).
+const STACK: &str = r#"
+services:
+  db:
+    image: registry.example:5000/shop/db:1
+    network_mode: host
+    restart: always
+    healthcheck: {test: "true", interval: 1s, retries: 2}
+  migrate:
+    image: registry.example:5000/shop/migrate:1
+    network_mode: host
+  web:
+    image: registry.example:5000/shop/web:1
+    network_mode: host
+    restart: always
+"#;
+
+/// App `shop` from `yaml` where each `(service, dependency, condition)` is in `depends_on`.
+fn depends(yaml: &str, deps: &[(&str, &str, DependsOn)]) -> Case {
+    let mut case = Case::new(yaml);
+    for (service, dep, condition) in deps {
+        let spec = case.desired[0].spec.services.get_mut(*service).unwrap();
+        spec.depends_on.insert(dep.to_string(), *condition);
+    }
+    case
+}
+
+/// Web depends on db with `condition`.
+fn web_on_db(condition: DependsOn) -> Case {
+    depends(STACK, &[("web", "db", condition)])
+}
+
+/// A probe of `service`'s container on task `pid`.
+fn probe(case: &mut Case, service: &str, pid: u32, health: Health, last_error: Option<&str>) {
+    let state = HealthState {
+        health,
+        failures: 0,
+        last_error: last_error.map(str::to_string),
+    };
+    case.observed
+        .probes
+        .insert(container_id("shop", service), ProbeView { pid, state });
+}
+
+/// Whether `service`'s steps start its task.
+fn starts(plan: &Plan<'_>, name: &str) -> bool {
+    service(plan, name)
+        .steps
+        .iter()
+        .any(|s| matches!(s, Action::StartTask { .. }))
+}
+
+/// State and message of `service`.
+fn reported(plan: &Plan<'_>, name: &str) -> (ServiceState, String) {
+    let status = &service(plan, name).status;
+    (status.state, status.message.clone().unwrap_or_default())
+}
+
+fn waiting(message: &str) -> (ServiceState, String) {
+    (ServiceState::Pending, message.to_string())
+}
+
+fn blocked(message: &str) -> (ServiceState, String) {
+    (ServiceState::Failed, message.to_string())
+}
+
+#[test]
+fn a_dependent_is_created_but_not_started_before_its_dependency_runs() {
+    let case = web_on_db(DependsOn::ServiceStarted);
+    let plan = case.plan();
+    assert!(starts(&plan, "db"));
+    assert_eq!(
+        steps(&service(&plan, "web").steps),
+        [
+            "rotate log of web",
+            "create web (netns false, app hosts false)"
+        ]
+    );
+    assert_eq!(
+        reported(&plan, "web"),
+        waiting("waiting for db to start (it is starting)")
+    );
+    assert_eq!(
+        plan.wake_at,
+        Some(case.now.wall),
+        "the next pass comes right away, when db runs"
+    );
+}
+
+#[test]
+fn service_started_is_met_once_the_dependency_runs() {
+    let case = web_on_db(DependsOn::ServiceStarted)
+        .in_sync("db", Some(running(42)))
+        .in_sync("web", None);
+    let plan = case.plan();
+    assert!(starts(&plan, "web"));
+    assert_eq!(
+        reported(&plan, "web"),
+        (ServiceState::Running, String::new())
+    );
+    assert_eq!(plan.wake_at, None);
+}
+
+#[test]
+fn service_started_is_met_by_a_one_shot_dependency_that_completed() {
+    let case = depends(STACK, &[("web", "migrate", DependsOn::ServiceStarted)]).crashed(
+        "migrate",
+        0,
+        secs(1),
+        secs(5),
+        Counts {
+            restarts: 0,
+            streak: 0,
+        },
+    );
+    let plan = case.plan();
+    assert!(starts(&plan, "web"), "{:?}", reported(&plan, "web"));
+    assert!(!starts(&plan, "migrate"), "restart: no is not restarted");
+}
+
+#[test]
+fn service_healthy_waits_while_the_health_check_has_not_passed() {
+    let mut case = web_on_db(DependsOn::ServiceHealthy).in_sync("db", Some(running(42)));
+    probe(&mut case, "db", 42, Health::Starting, None);
+    let plan = case.plan();
+    assert!(!starts(&plan, "web"));
+    assert_eq!(
+        reported(&plan, "web"),
+        waiting("waiting for db to be healthy (its health check has not passed yet)")
+    );
+    assert_eq!(
+        plan.wake_at, None,
+        "the probe wakes the loop when db's health changes"
+    );
+}
+
+#[test]
+fn service_healthy_ignores_the_probe_of_an_earlier_task() {
+    let mut case = web_on_db(DependsOn::ServiceHealthy).in_sync("db", Some(running(42)));
+    probe(&mut case, "db", 41, Health::Healthy, None);
+    let plan = case.plan();
+    assert!(!starts(&plan, "web"));
+    assert_eq!(
+        reported(&plan, "web"),
+        waiting("waiting for db to be healthy (its health check has not passed yet)")
+    );
+}
+
+#[test]
+fn service_healthy_is_met_once_the_health_check_passes() {
+    let mut case = web_on_db(DependsOn::ServiceHealthy)
+        .in_sync("db", Some(running(42)))
+        .in_sync("web", Some(created()));
+    probe(&mut case, "db", 42, Health::Healthy, None);
+    let plan = case.plan();
+    assert_eq!(
+        steps(&service(&plan, "web").steps),
+        ["rotate log of web", "start shop_web (restarts 0, streak 0)"]
+    );
+    assert_eq!(service(&plan, "web").status.state, ServiceState::Running);
+}
+
+#[test]
+fn a_running_dependent_keeps_running_when_its_dependency_becomes_unhealthy() {
+    let mut case = web_on_db(DependsOn::ServiceHealthy)
+        .in_sync("db", Some(running(42)))
+        .in_sync("web", Some(running(43)));
+    probe(
+        &mut case,
+        "db",
+        42,
+        Health::Unhealthy,
+        Some("health check exited with 1"),
+    );
+    let plan = case.plan();
+    assert_eq!(steps(&service(&plan, "web").steps), ["rotate log of web"]);
+    assert_eq!(
+        (
+            service(&plan, "web").status.state,
+            service(&plan, "web").status.pid
+        ),
+        (ServiceState::Running, Some(43))
+    );
+    assert!(steps(&plan.cleanup)
+        .iter()
+        .all(|s| !s.starts_with("remove")));
+}
+
+#[test]
+fn a_dependent_that_must_restart_waits_again_while_its_dependency_is_unhealthy() {
+    let mut case = web_on_db(DependsOn::ServiceHealthy)
+        .in_sync("db", Some(running(42)))
+        .crashed(
+            "web",
+            1,
+            secs(1),
+            secs(600),
+            Counts {
+                restarts: 3,
+                streak: 1,
+            },
+        );
+    probe(
+        &mut case,
+        "db",
+        42,
+        Health::Unhealthy,
+        Some("health check exited with 1"),
+    );
+    {
+        let plan = case.plan();
+        let web = service(&plan, "web");
+        assert_eq!(steps(&web.steps), ["rotate log of web"]);
+        assert_eq!(
+            reported(&plan, "web"),
+            waiting("waiting for db to be healthy (it is unhealthy: health check exited with 1)")
+        );
+        assert_eq!(
+            (web.status.restarts, web.status.exit_code),
+            (3, Some(1)),
+            "no restart is counted while it waits"
+        );
+    }
+    probe(&mut case, "db", 42, Health::Healthy, None);
+    let plan = case.plan();
+    assert_eq!(
+        steps(&service(&plan, "web").steps),
+        ["rotate log of web", "start shop_web (restarts 4, streak 2)"],
+        "the restart happens once db is healthy again"
+    );
+}
+
+#[test]
+fn a_dependent_waits_for_a_dependency_that_restarts_after_its_back_off() {
+    let case = web_on_db(DependsOn::ServiceStarted)
+        .crashed(
+            "db",
+            1,
+            millis(100),
+            millis(100),
+            Counts {
+                restarts: 1,
+                streak: 1,
+            },
+        )
+        .in_sync("web", None);
+    let plan = case.plan();
+    assert!(!starts(&plan, "db") && !starts(&plan, "web"));
+    assert_eq!(
+        reported(&plan, "web"),
+        waiting(
+            "waiting for db to start (it exited with status 1 and restarts after its back-off)"
+        )
+    );
+    assert!(plan.wake_at.is_some(), "db's back-off deadline");
+}
+
+#[test]
+fn service_healthy_on_a_dependency_without_health_check_is_blocked() {
+    let case = depends(STACK, &[("db", "web", DependsOn::ServiceHealthy)])
+        .in_sync("web", Some(running(42)));
+    let plan = case.plan();
+    assert!(!starts(&plan, "db"));
+    assert_eq!(
+        reported(&plan, "db"),
+        blocked("blocked by web: it has no health check, so it never becomes healthy")
+    );
+}
+
+#[test]
+fn service_completed_successfully_waits_while_the_dependency_runs() {
+    let case = depends(
+        STACK,
+        &[("web", "migrate", DependsOn::ServiceCompletedSuccessfully)],
+    )
+    .in_sync("migrate", Some(running(42)));
+    let plan = case.plan();
+    assert!(!starts(&plan, "web"));
+    assert_eq!(
+        reported(&plan, "web"),
+        waiting("waiting for migrate to complete successfully (it is running)")
+    );
+}
+
+#[test]
+fn service_completed_successfully_is_met_by_an_exit_with_status_0() {
+    let case = depends(
+        STACK,
+        &[("web", "migrate", DependsOn::ServiceCompletedSuccessfully)],
+    )
+    .crashed(
+        "migrate",
+        0,
+        secs(2),
+        secs(1),
+        Counts {
+            restarts: 0,
+            streak: 0,
+        },
+    );
+    let plan = case.plan();
+    assert_eq!(
+        steps(&service(&plan, "migrate").steps),
+        ["rotate log of migrate"],
+        "the migration is not run again"
+    );
+    assert_eq!(service(&plan, "migrate").status.state, ServiceState::Exited);
+    assert!(starts(&plan, "web"));
+}
+
+#[test]
+fn a_dependency_that_failed_for_good_blocks_its_dependent_with_the_reason() {
+    for condition in [
+        DependsOn::ServiceCompletedSuccessfully,
+        DependsOn::ServiceStarted,
+    ] {
+        let case = depends(STACK, &[("web", "migrate", condition)]).crashed(
+            "migrate",
+            3,
+            secs(2),
+            secs(1),
+            Counts {
+                restarts: 0,
+                streak: 0,
+            },
+        );
+        let plan = case.plan();
+        assert!(!starts(&plan, "web"));
+        assert_eq!(
+            reported(&plan, "web"),
+            blocked(
+                "blocked by migrate: it exited with status 3 and its restart policy keeps it down"
+            ),
+            "{condition:?}"
+        );
+    }
+}
+
+#[test]
+fn a_dependency_retried_under_on_failure_keeps_its_dependent_waiting() {
+    let yaml = STACK.replace(
+        "    image: registry.example:5000/shop/migrate:1\n",
+        "    image: registry.example:5000/shop/migrate:1\n    restart: on-failure:3\n",
+    );
+    let case = depends(
+        &yaml,
+        &[("web", "migrate", DependsOn::ServiceCompletedSuccessfully)],
+    )
+    .crashed(
+        "migrate",
+        3,
+        millis(100),
+        millis(100),
+        Counts {
+            restarts: 1,
+            streak: 1,
+        },
+    );
+    let plan = case.plan();
+    assert_eq!(
+        reported(&plan, "web"),
+        waiting(
+            "waiting for migrate to complete successfully (it exited with status 3 and restarts after its back-off)"
+        )
+    );
+}
+
+#[test]
+fn a_replaced_dependency_must_complete_again() {
+    let case = depends(
+        STACK,
+        &[("web", "migrate", DependsOn::ServiceCompletedSuccessfully)],
+    )
+    .container(
+        "migrate",
+        "the-old-hash",
+        Some(exited(0, at(Duration::ZERO))),
+        &[],
+    )
+    .in_sync("web", None);
+    let plan = case.plan();
+    assert!(starts(&plan, "migrate"), "the new migration runs");
+    assert_eq!(
+        reported(&plan, "web"),
+        waiting("waiting for migrate to complete successfully (it is starting)"),
+        "the old container's completion does not count"
+    );
+}
+
+#[test]
+fn a_dependency_whose_image_is_pulled_keeps_its_dependent_waiting() {
+    let mut case = web_on_db(DependsOn::ServiceStarted);
+    case.observed
+        .images
+        .remove("registry.example:5000/shop/db:1");
+    let plan = case.plan();
+    assert_eq!(
+        reported(&plan, "web"),
+        waiting("waiting for db to start (it is pulling image registry.example:5000/shop/db:1)")
+    );
+}
+
+#[test]
+fn a_dependency_whose_pull_failed_blocks_its_dependent() {
+    let mut case = web_on_db(DependsOn::ServiceHealthy);
+    case.observed
+        .images
+        .remove("registry.example:5000/shop/db:1");
+    let error = PullError::Image(ImageError::Registry {
+        url: "https://registry.example:5000/v2/shop/db/manifests/1".into(),
+        status: 404,
+        body: "manifest unknown".into(),
+    });
+    case.observed.pulls.insert(
+        "registry.example:5000/shop/db:1".into(),
+        PullState::Failed {
+            error: Arc::new(error),
+            at: case.now.mono,
+        },
+    );
+    let plan = case.plan();
+    let (state, message) = reported(&plan, "web");
+    assert_eq!(state, ServiceState::Failed);
+    assert!(
+        message.starts_with(
+            "blocked by db: it cannot start: image registry.example:5000/shop/db:1 unavailable: registry answered 404"
+        ),
+        "{message}"
+    );
+    assert_eq!(
+        service(&plan, "db").status.state,
+        ServiceState::Pending,
+        "db itself reports its pull as before"
+    );
+}
+
+#[test]
+fn a_dependency_whose_start_failed_blocks_its_dependent_also_while_it_is_retried() {
+    let mut case = web_on_db(DependsOn::ServiceStarted)
+        .in_sync("db", Some(created()))
+        .in_sync("web", None);
+    case.observed.start_failures.insert(
+        "shop_db".into(),
+        StartFailures {
+            count: 1,
+            last_at: case.now.mono,
+            last_error: "cannot start: runc: exec format error".into(),
+        },
+    );
+    let expected = blocked("blocked by db: cannot start: runc: exec format error");
+    {
+        let plan = case.plan();
+        assert!(!starts(&plan, "db"), "inside its back-off");
+        assert_eq!(reported(&plan, "web"), expected);
+    }
+    case.now = at(secs(1));
+    let plan = case.plan();
+    assert!(starts(&plan, "db"), "the retry");
+    assert_eq!(
+        reported(&plan, "web"),
+        expected,
+        "no flapping while db retries"
+    );
+}
+
+#[test]
+fn a_blocked_dependency_blocks_its_dependents_in_turn() {
+    let case = depends(
+        STACK,
+        &[
+            ("db", "migrate", DependsOn::ServiceCompletedSuccessfully),
+            ("web", "db", DependsOn::ServiceHealthy),
+        ],
+    )
+    .crashed(
+        "migrate",
+        2,
+        secs(1),
+        secs(1),
+        Counts {
+            restarts: 0,
+            streak: 0,
+        },
+    );
+    let plan = case.plan();
+    assert!(!starts(&plan, "db") && !starts(&plan, "web"));
+    let migrate_failed =
+        "blocked by migrate: it exited with status 2 and its restart policy keeps it down";
+    assert_eq!(reported(&plan, "db"), blocked(migrate_failed));
+    assert_eq!(
+        reported(&plan, "web"),
+        blocked(&format!("blocked by db: {migrate_failed}"))
+    );
+}
+
+#[test]
+fn a_waiting_dependency_keeps_its_dependents_waiting() {
+    let mut case = depends(
+        STACK,
+        &[
+            ("migrate", "db", DependsOn::ServiceHealthy),
+            ("web", "migrate", DependsOn::ServiceCompletedSuccessfully),
+        ],
+    )
+    .in_sync("db", Some(running(42)));
+    probe(&mut case, "db", 42, Health::Starting, None);
+    let plan = case.plan();
+    assert!(!starts(&plan, "migrate") && !starts(&plan, "web"));
+    assert_eq!(
+        reported(&plan, "web"),
+        waiting(
+            "waiting for migrate to complete successfully (it is waiting for db to be healthy (its health check has not passed yet))"
+        )
+    );
+}
+
+#[test]
+fn every_unmet_dependency_is_named_and_a_blocked_one_wins() {
+    let mut case = depends(
+        STACK,
+        &[
+            ("web", "db", DependsOn::ServiceHealthy),
+            ("web", "migrate", DependsOn::ServiceCompletedSuccessfully),
+        ],
+    )
+    .in_sync("db", Some(running(42)))
+    .in_sync("migrate", Some(running(43)));
+    probe(&mut case, "db", 42, Health::Starting, None);
+    {
+        let plan = case.plan();
+        assert_eq!(
+            reported(&plan, "web"),
+            waiting(
+                "waiting for db to be healthy (its health check has not passed yet); waiting for migrate to complete successfully (it is running)"
+            )
+        );
+    }
+    case.observed.containers.retain(|c| c.id != "shop_migrate");
+    let case = case.crashed(
+        "migrate",
+        1,
+        secs(1),
+        secs(1),
+        Counts {
+            restarts: 0,
+            streak: 0,
+        },
+    );
+    let plan = case.plan();
+    assert_eq!(
+        reported(&plan, "web"),
+        blocked("blocked by migrate: it exited with status 1 and its restart policy keeps it down")
+    );
+}
+
+#[test]
+fn dependencies_are_planned_first_whatever_their_names_and_reported_in_spec_order() {
+    // `a` sorts before its dependency `zz`.
+    let yaml = r#"
+services:
+  a:
+    image: registry.example:5000/shop/a:1
+    network_mode: host
+  zz:
+    image: registry.example:5000/shop/zz:1
+    network_mode: host
+"#;
+    let case =
+        depends(yaml, &[("a", "zz", DependsOn::ServiceStarted)]).in_sync("zz", Some(running(42)));
+    let plan = case.plan();
+    assert!(starts(&plan, "a"), "{:?}", reported(&plan, "a"));
+    let names: Vec<&str> = plan
+        .services
+        .iter()
+        .map(|s| s.status.service.as_str())
+        .collect();
+    assert_eq!(names, ["a", "zz"]);
+}
+
+#[test]
+fn a_dependency_cycle_blocks_its_services_without_hanging() {
+    let case = depends(
+        STACK,
+        &[
+            ("db", "migrate", DependsOn::ServiceStarted),
+            ("migrate", "db", DependsOn::ServiceHealthy),
+            ("web", "db", DependsOn::ServiceStarted),
+        ],
+    );
+    let plan = case.plan();
+    assert!(plan.services.iter().all(|s| s
+        .steps
+        .iter()
+        .all(|s| !matches!(s, Action::StartTask { .. }))));
+    assert_eq!(
+        reported(&plan, "db"),
+        blocked(
+            "blocked by a depends_on cycle: db -> migrate -> db; none of its services can start"
+        )
+    );
+    assert_eq!(
+        reported(&plan, "migrate"),
+        blocked(
+            "blocked by a depends_on cycle: migrate -> db -> migrate; none of its services can start"
+        )
+    );
+    assert_eq!(
+        reported(&plan, "web"),
+        blocked(
+            "blocked by db: blocked by a depends_on cycle: db -> migrate -> db; none of its services can start"
+        )
+    );
+}
+
+#[test]
+fn a_service_that_depends_on_itself_is_blocked_but_a_running_one_keeps_running() {
+    let case = depends(
+        STACK,
+        &[
+            ("web", "web", DependsOn::ServiceStarted),
+            ("db", "db", DependsOn::ServiceStarted),
+        ],
+    )
+    .in_sync("db", Some(running(42)));
+    let plan = case.plan();
+    assert_eq!(
+        reported(&plan, "web"),
+        blocked("blocked by a depends_on cycle: web -> web; none of its services can start")
+    );
+    assert!(!starts(&plan, "db"));
+    assert_eq!(service(&plan, "db").status.state, ServiceState::Running);
+}
+
+#[test]
+fn a_dependency_that_is_not_a_service_of_the_app_blocks() {
+    let case = depends(STACK, &[("web", "cache", DependsOn::ServiceStarted)]);
+    let plan = case.plan();
+    assert!(!starts(&plan, "web"));
+    assert_eq!(
+        reported(&plan, "web"),
+        blocked("blocked by cache: it is not a service of this app")
+    );
+}
+
+#[test]
+fn the_start_order_of_a_long_chain_needs_no_deep_recursion() {
+    let mut spec = app("shop", STACK).spec;
+    let template = spec.services["web"].clone();
+    spec.services.clear();
+    let n = 20_000;
+    for i in 0..n {
+        let mut svc = template.clone();
+        if i + 1 < n {
+            svc.depends_on
+                .insert(format!("s{:05}", i + 1), DependsOn::ServiceStarted);
+        }
+        spec.services.insert(format!("s{i:05}"), svc);
+    }
+    let last = format!("s{:05}", n - 1);
+    let (order, cycles) = depends::start_order(&spec);
+    assert_eq!(order.len(), n);
+    assert_eq!(order[0], last, "the last of the chain first");
+    assert!(cycles.is_empty());
+    // Closed into one big cycle: every service is on it, named briefly.
+    spec.services
+        .get_mut(&last)
+        .unwrap()
+        .depends_on
+        .insert("s00000".into(), DependsOn::ServiceStarted);
+    let (order, cycles) = depends::start_order(&spec);
+    assert_eq!((order.len(), cycles.len()), (n, n));
+    assert_eq!(
+        cycles["s00007"],
+        "s00007 -> s00008 -> s00009 -> s00010 -> s00011 -> s00012 -> ... -> s00007 (20000 services)"
+    );
+}
+
+#[test]
+fn a_long_chain_behind_a_failed_dependency_is_blocked_with_bounded_messages() {
+    let mut case = Case::new(STACK);
+    let spec = &mut case.desired[0].spec;
+    let template = spec.services["migrate"].clone();
+    spec.services.clear();
+    let n = 2_000;
+    for i in 0..n {
+        let mut svc = template.clone();
+        if i + 1 < n {
+            svc.depends_on
+                .insert(format!("s{:04}", i + 1), DependsOn::ServiceStarted);
+        }
+        spec.services.insert(format!("s{i:04}"), svc);
+    }
+    let case = case.crashed(
+        &format!("s{:04}", n - 1),
+        1,
+        secs(1),
+        secs(1),
+        Counts {
+            restarts: 0,
+            streak: 0,
+        },
+    );
+    let plan = case.plan();
+    let (state, message) = reported(&plan, "s0000");
+    assert_eq!(state, ServiceState::Failed);
+    assert!(
+        message.starts_with("blocked by s0001: blocked by s0002: "),
+        "{message}"
+    );
+    assert!(message.len() < 1_000, "{}", message.len());
 }
