@@ -6,7 +6,7 @@ chmod 0755 /etc/initramfs-tools/hooks/cairn-verity /etc/initramfs-tools/scripts/
 chmod 0755 /usr/lib/cairn/boot-report /usr/lib/cairn/rauc-bootloader /usr/lib/cairn/trial-boot-check
 
 systemctl enable systemd-networkd.service systemd-resolved.service systemd-networkd-wait-online.service
-systemctl enable var.mount tmp.mount data.mount efi.mount cairn-clock.service cairn-agent.service cairn-apps-stop.service cairn-boot-report.service
+systemctl enable var.mount tmp.mount data.mount efi.mount cairn-firewall.service cairn-clock.service cairn-agent.service cairn-apps-stop.service cairn-boot-report.service
 # NTP (servers from the recipe, from DHCP through networkd, and per site from central); the agent
 # corrects large offsets from central's signed time, which needs no NTP server at all.
 systemctl enable systemd-timesyncd.service

@@ -129,6 +129,11 @@ pub fn static_os_files(recipe: &Recipe) -> Vec<OsFile> {
             include_str!("../assets/cairn-unlock.service"),
         ),
         OsFile::text(
+            "etc/systemd/system/cairn-firewall.service",
+            0o644,
+            include_str!("../assets/cairn-firewall.service"),
+        ),
+        OsFile::text(
             "etc/systemd/system/cairn-clock.service",
             0o644,
             include_str!("../assets/cairn-clock.service"),
@@ -325,7 +330,7 @@ pub fn fleet_files(recipe: &Recipe, inputs: &FleetInputs) -> Result<Vec<OsFile>,
         "\n# The data partition: LUKS2, its key sealed in the TPM to these PCRs.\n\
          [disk]\nenabled = true\npcrs = \"{pcrs}\"\n\n\
          # Apps from central run on containerd; volumes live on the data partition.\n\
-         [apps]\nenabled = true\nplain_http_registries = [{registries}]\n\n\
+         [apps]\nenabled = true\nfirewall = true\nplain_http_registries = [{registries}]\n\n\
          # The boot is good once the agent reaches central: drop systemd-boot's try counter.\n\
          # tries: what a slot activated by an update gets (RAUC backend set-primary).\n\
          [boot]\nbless = true\nesp = \"/efi\"\ntries = {tries}\n\n\

@@ -111,6 +111,9 @@ pub struct VmOptions {
     /// Where the guest's real-time clock starts (QEMU `-rtc base=`, e.g. `2023-01-01`): a box
     /// without an RTC or with a flat battery. `None`: the host's time.
     pub rtc_base: Option<String>,
+    /// TCP ports of the host's 127.0.0.1 forwarded to guest ports (host, guest): connections
+    /// arrive at the guest from the LAN side, as from another machine on its network.
+    pub host_forwards: Vec<(u16, u16)>,
 }
 
 impl VmOptions {
@@ -133,6 +136,7 @@ impl VmOptions {
             vendor_ca: None,
             extra_disk: None,
             rtc_base: None,
+            host_forwards: Vec::new(),
         }
     }
 }
@@ -297,6 +301,9 @@ impl Vm {
             netdev.push_str(&format!(
                 ",guestfwd=tcp:{GUEST_REGISTRY}-cmd:socat STDIO TCP:127.0.0.1:{port}"
             ));
+        }
+        for (host, guest) in &options.host_forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
         }
         let qemu_stderr = dir.join("qemu.stderr");
         let mut qemu = Command::new("qemu-system-x86_64");

@@ -56,6 +56,25 @@ const RTC_BEHIND: &str = "2023-01-01";
 const RTC_AHEAD: &str = "2035-06-01";
 
 const DAY_MS: i64 = 86_400_000;
+/// A device port an app publishes, and one an app listens on without publishing it.
+const LAN_OPEN: u16 = 8081;
+const LAN_CLOSED: u16 = 8082;
+
+/// Whether an HTTP GET to the host's 127.0.0.1:`port` gets an answer within 5 s.
+fn http_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    if stream.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.take(4096).read_to_end(&mut answer);
+    answer.starts_with(b"HTTP/")
+}
 
 /// The agent printed that it stepped the clock by an offset `expected` accepts.
 fn assert_clock_corrected(guest: &mut Vm, expected: impl Fn(i64) -> bool) {
@@ -79,6 +98,8 @@ fn unix_now() -> i64 {
 struct Fleet {
     runtime: tokio::runtime::Runtime,
     central: TestCentral,
+    /// The VM's host forwards (host port, guest port).
+    forwards: Vec<(u16, u16)>,
 }
 
 impl Fleet {
@@ -205,6 +226,62 @@ impl Fleet {
         );
     }
 
+    /// Issue 16 from the LAN side: a second app runs two host-network web servers, one
+    /// publishing its port and one not. Only the published one answers through QEMU's host
+    /// forwards, whose connections reach the guest from its network like another machine's.
+    fn assert_lan_reaches_only_published_ports(&self, id: &str, guest: &mut Vm, what: &str) {
+        let image = format!("{}/cairn/box:1", vm::GUEST_REGISTRY);
+        let compose = format!(
+            "services:\n  open:\n    image: {image}\n    network_mode: host\n    command: [httpd, -f, -p, '{LAN_OPEN}', -h, /www]\n    ports: ['{LAN_OPEN}:{LAN_OPEN}']\n  closed:\n    image: {image}\n    network_mode: host\n    command: [httpd, -f, -p, '{LAN_CLOSED}', -h, /www]\n"
+        );
+        let (status, body) = self.runtime.block_on(async {
+            self.central.call(
+                &self.central.admin,
+                "PUT",
+                &format!("/api/v1/devices/{id}/apps/lan"),
+                Some(json!({ "compose_yaml": compose })),
+            )
+        });
+        assert!(status == 200 || status == 201, "{what}: {status} {body}");
+        let started = Instant::now();
+        let (open, closed) = (self.forwarded(LAN_OPEN), self.forwarded(LAN_CLOSED));
+        loop {
+            let apps: AppList = self.get(&format!("/api/v1/devices/{id}/apps"));
+            let running = apps
+                .apps
+                .iter()
+                .find(|a| a.app.name == "lan")
+                .and_then(|a| a.status.as_ref())
+                .is_some_and(|s| {
+                    s.services.len() == 2
+                        && s.services.iter().all(|s| s.state == ServiceState::Running)
+                });
+            if running && http_answers(open) {
+                break;
+            }
+            if guest.exited() || started.elapsed() > BOOT_TIMEOUT {
+                panic!(
+                    "{what}: the published port never answered from the LAN: {apps:?}\n{}",
+                    guest.serial_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        assert!(
+            !http_answers(closed),
+            "{what}: a port no app publishes answered from the LAN"
+        );
+    }
+
+    /// The host port forwarded to `guest_port`.
+    fn forwarded(&self, guest_port: u16) -> u16 {
+        self.forwards
+            .iter()
+            .find(|(_, g)| *g == guest_port)
+            .map(|(h, _)| *h)
+            .expect("the VM forwards this port")
+    }
+
     /// Wait until central reports `web` running and `client` healthy on the device.
     fn wait_app_healthy(&self, id: &str, guest: &mut Vm, what: &str) -> AppList {
         let started = Instant::now();
@@ -270,7 +347,15 @@ fn set_up(work: &Path) -> Setup {
     config.tpm_vendor_cas = vendor.anchor_pem_paths();
     let central = runtime.block_on(TestCentral::start_with(central_dir, config));
     let (_, secret) = runtime.block_on(async { central.tpm_token("auto", Some(1)) });
-    let fleet = Fleet { runtime, central };
+    let forwards = vec![
+        (cairn_testsupport::free_port(), LAN_OPEN),
+        (cairn_testsupport::free_port(), LAN_CLOSED),
+    ];
+    let fleet = Fleet {
+        runtime,
+        central,
+        forwards,
+    };
     let files = image::FleetFiles::for_test_central(work, &fleet.central.ca_pem, &secret);
     let built = image::build_image(&work.join("image"), &files).unwrap_or_else(|e| panic!("{e}"));
 
@@ -290,6 +375,7 @@ fn set_up(work: &Path) -> Setup {
     options.vendor_ca = Some(vendor.dir().to_path_buf());
     options.registry_port = Some(registry.port());
     options.disk_size_mib = Some(DISK_MIB);
+    options.host_forwards = fleet.forwards.clone();
 
     Setup {
         fleet,
@@ -446,6 +532,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let deploy_started = Instant::now();
     fleet.deploy(&id, &marker);
     let apps = fleet.wait_app_healthy(&id, &mut guest, "first boot");
+    fleet.assert_lan_reaches_only_published_ports(&id, &mut guest, "first boot");
     eprintln!(
         "BENCH qemu_app_deploy_to_healthy_s={:.1}",
         deploy_started.elapsed().as_secs_f64()
@@ -624,6 +711,8 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     assert_clock_corrected(&mut guest, |offset| offset > 365 * DAY_MS);
     // The app comes back with its volume: the marker written before the power cut is intact.
     fleet.wait_app_healthy(&id, &mut guest, "boot after recovery");
+    // After a reboot: the base firewall from early boot, then the agent's ports again.
+    fleet.assert_lan_reaches_only_published_ports(&id, &mut guest, "boot after recovery");
 
     // Issue 7 on a real device: host metrics of the real /data, the agent's own events, and its
     // journal fetched on demand through its stream.
@@ -762,6 +851,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let Fleet {
         runtime,
         mut central,
+        ..
     } = fleet;
     runtime.block_on(central.stop());
 }
@@ -877,6 +967,7 @@ fn a_wiped_device_stays_locked_even_with_its_own_tpm() {
     let Fleet {
         runtime,
         mut central,
+        ..
     } = fleet;
     runtime.block_on(central.stop());
 }
