@@ -1,11 +1,14 @@
-//! Parsers for the scalar formats of a Compose file: ports, volumes, durations, sizes, CPUs,
-//! restart policies, names and shell-style commands. Each error says what is wrong and what to
-//! write instead.
+//! Parsers for the scalar formats of a Compose file: volumes, durations, sizes, CPUs, restart
+//! policies, names and shell-style commands here; ports and host names in `network`. Each error
+//! says what is wrong and what to write instead.
 
-use std::net::IpAddr;
+mod network;
+
 use std::time::Duration;
 
-use super::{PortMapping, Protocol, RestartPolicy, VolumeMount};
+use super::{RestartPolicy, VolumeMount};
+
+pub(crate) use network::{check_hostname, parse_port};
 
 /// Why an app or service name is refused; the text follows the name (`service name "Web" contains
 /// 'W'; ...`).
@@ -144,6 +147,12 @@ pub enum FieldError {
         /// The command as written.
         text: String,
     },
+    /// A host name that is not an RFC 1123 name.
+    #[error("{name:?} is not a host name: use labels of 1-63 letters, digits and '-' (not first or last) separated by '.', at most 253 characters")]
+    HostName {
+        /// The name as written.
+        name: String,
+    },
 }
 
 /// Which part of a port mapping is wrong.
@@ -252,73 +261,6 @@ pub(crate) fn check_secret_name(name: &str) -> Result<(), FieldError> {
             name: name.to_string(),
         })
     }
-}
-
-fn port_number(text: &str, error: fn(String) -> PortError) -> Result<u16, PortError> {
-    match text.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(error(text.to_string())),
-    }
-}
-
-/// Parse `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`.
-pub(crate) fn parse_port(text: &str) -> Result<PortMapping, FieldError> {
-    let error = |reason| FieldError::Port {
-        text: text.to_string(),
-        reason,
-    };
-    let fail = |reason| Err(error(reason));
-    let (addr, protocol) = match text.rsplit_once('/') {
-        Some((a, "tcp")) => (a, Protocol::Tcp),
-        Some((a, "udp")) => (a, Protocol::Udp),
-        Some((_, p)) => {
-            return fail(PortError::Protocol {
-                protocol: p.to_string(),
-            })
-        }
-        None => (text, Protocol::Tcp),
-    };
-    if addr.contains('-') {
-        return fail(PortError::Range);
-    }
-    let (host_ip, host, container) = if let Some(rest) = addr.strip_prefix('[') {
-        // [v6addr]:host:container
-        let Some((ip, rest)) = rest.split_once("]:") else {
-            return fail(PortError::Ipv6Syntax);
-        };
-        match rest.split_once(':') {
-            Some((h, c)) => (Some(ip), h, c),
-            None => return fail(PortError::MissingContainerPort),
-        }
-    } else {
-        let parts: Vec<&str> = addr.split(':').collect();
-        match parts.as_slice() {
-            [_] => return fail(PortError::MissingHostPort),
-            [h, c] => (None, *h, *c),
-            [ip, h, c] => (Some(*ip), *h, *c),
-            _ => return fail(PortError::TooManyParts),
-        }
-    };
-    let host_ip = match host_ip {
-        Some(ip) => match ip.parse::<IpAddr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                return fail(PortError::HostAddress {
-                    address: ip.to_string(),
-                })
-            }
-        },
-        None => None,
-    };
-    let host_port = port_number(host, |text| PortError::HostPort { text }).map_err(error)?;
-    let container_port =
-        port_number(container, |text| PortError::ContainerPort { text }).map_err(error)?;
-    Ok(PortMapping {
-        host_ip,
-        host_port,
-        container_port,
-        protocol,
-    })
 }
 
 /// Parse `VOLUME:/container/path[:ro|:rw]` (named volumes only).
@@ -592,11 +534,11 @@ mod tests {
         let p = parse_port("8080:80").unwrap();
         assert_eq!(
             (p.host_port, p.container_port, p.protocol),
-            (8080, 80, Protocol::Tcp)
+            (8080, 80, crate::Protocol::Tcp)
         );
         let p = parse_port("127.0.0.1:53:5353/udp").unwrap();
         assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(p.protocol, Protocol::Udp);
+        assert_eq!(p.protocol, crate::Protocol::Udp);
         assert!(parse_port("[::1]:80:80")
             .unwrap()
             .host_ip

@@ -23,6 +23,7 @@
 //! - [`ImageRef`]: image references, normalized as containerd and Docker name images.
 
 mod fields;
+mod lists;
 mod parse;
 mod reference;
 mod sections;
@@ -95,7 +96,7 @@ pub struct AppSpec {
 }
 
 /// One service (one container) of an app.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct ServiceSpec {
     /// Image reference, e.g. `registry.example.com:5000/team/web:1.2`.
     pub image: String,
@@ -245,7 +246,7 @@ pub struct VolumeMount {
 }
 
 /// Transport protocol of a published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP (the default).

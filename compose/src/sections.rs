@@ -1,11 +1,12 @@
-//! Validation of the structured service sections: `environment`, `healthcheck` and `deploy`.
+//! Validation of the service keys that are mappings (or `KEY=VALUE` lists): `environment`,
+//! `healthcheck` and `deploy`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::fields::{self, FieldError};
 use super::parse::{join, Checker};
-use super::yaml::{Node, Value};
+use super::yaml::{Node, Value, MAX_NODES};
 use super::{HealthCheck, HealthTest, ResourceLimits};
 
 const HEALTH_KEYS: &[&str] = &[
@@ -17,31 +18,56 @@ const HEALTH_KEYS: &[&str] = &[
     "disable",
 ];
 
-pub(super) fn environment(ck: &mut Checker, node: &Node, path: &str) -> BTreeMap<String, String> {
-    let mut env = BTreeMap::new();
-    let mut add = |ck: &mut Checker, at: &Node, p: &str, key: &str, value: Option<&str>| {
-        if key.is_empty() || key.contains('=') || key.chars().any(char::is_whitespace) {
-            ck.problem(at, p, format!("{key:?} is not a variable name"));
-        } else if let Some(value) = value {
-            if env.insert(key.to_string(), value.to_string()).is_some() {
-                ck.problem(at, p, format!("{key} is set twice; keep one"));
-            }
-        } else {
-            ck.problem(at, p, format!("{key} has no value; write {key}=VALUE (values are not taken from the device's environment)"));
-        }
-    };
+/// One entry of a `KEY=VALUE` list or of a mapping, with where it was written.
+struct KeyValue<'n> {
+    node: &'n Node,
+    path: String,
+    key: &'n str,
+    /// `None` for a list item without the separator or an empty mapping value.
+    value: Option<&'n str>,
+}
+
+/// How a key's `KEY=VALUE` list is written: an item (for messages), how an item splits into key
+/// and value, and the most entries it may have.
+struct KeyValueSyntax {
+    item: &'static str,
+    split: fn(&str) -> Option<(&str, &str)>,
+    max: usize,
+}
+
+fn split_at_equals(text: &str) -> Option<(&str, &str)> {
+    text.split_once('=')
+}
+
+/// Environment variables are bounded by the document's node budget alone.
+const ENVIRONMENT: KeyValueSyntax = KeyValueSyntax {
+    item: "\"NAME=VALUE\"",
+    split: split_at_equals,
+    max: MAX_NODES,
+};
+/// The entries of a list of `KEY=VALUE` strings or of a mapping of scalars; none (with a
+/// problem) past `syntax.max`.
+fn key_values<'n>(
+    ck: &mut Checker,
+    node: &'n Node,
+    path: &str,
+    syntax: &KeyValueSyntax,
+) -> Vec<KeyValue<'n>> {
+    let mut out = Vec::new();
     match &node.value {
         Value::Map(_) => {
             for (key, value) in ck.map(node, path, None).unwrap_or_default() {
-                let p = join(path, key);
-                match &value.value {
-                    Value::Scalar { text, .. } if !value.is_null() => {
-                        add(ck, value, &p, key, Some(text))
-                    }
-                    Value::Scalar { .. } => add(ck, value, &p, key, None),
-                    _ => ck.problem(
+                let path = join(path, key);
+                match value.as_scalar() {
+                    Some(text) => out.push(KeyValue {
+                        node: value,
+                        path,
+                        key,
+                        value: (!value.is_null()).then_some(text),
+                    }),
+                    None => ck.problem(
                         value,
-                        &p,
+                        &path,
                         format!("must be a string, found {}", value.kind()),
                     ),
                 }
@@ -49,28 +75,78 @@ pub(super) fn environment(ck: &mut Checker, node: &Node, path: &str) -> BTreeMap
         }
         Value::Seq(items) => {
             for (i, item) in items.iter().enumerate() {
-                let p = format!("{path}[{i}]");
-                if let Some(text) = ck.scalar(item, &p, "\"NAME=VALUE\"") {
-                    let (key, value) = match text.split_once('=') {
-                        Some((k, v)) => (k, Some(v)),
+                let path = format!("{path}[{i}]");
+                if let Some(text) = ck.scalar(item, &path, syntax.item) {
+                    let (key, value) = match (syntax.split)(text) {
+                        Some((key, value)) => (key, Some(value)),
                         None => (text, None),
                     };
-                    add(ck, item, &p, key, value);
+                    out.push(KeyValue {
+                        node: item,
+                        path,
+                        key,
+                        value,
+                    });
                 }
             }
         }
-        Value::Scalar { .. } => {
-            ck.problem(
-                node,
-                path,
-                format!(
-                    "must be a mapping or a list of \"NAME=VALUE\", found {}",
-                    node.kind()
-                ),
-            );
+        Value::Scalar { .. } => ck.problem(
+            node,
+            path,
+            format!(
+                "must be a mapping or a list of {}, found {}",
+                syntax.item,
+                node.kind()
+            ),
+        ),
+    }
+    if out.len() > syntax.max {
+        ck.problem(
+            node,
+            path,
+            format!(
+                "has {} entries; at most {} are allowed",
+                out.len(),
+                syntax.max
+            ),
+        );
+        out.clear();
+    }
+    out
+}
+
+/// Check each entry with `check` (which gives the value to keep or what is wrong) and collect
+/// them, refusing a key set twice.
+fn checked_map(
+    ck: &mut Checker,
+    entries: Vec<KeyValue>,
+    check: impl Fn(&str, Option<&str>) -> Result<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in entries {
+        match check(entry.key, entry.value) {
+            Ok(value) => {
+                if out.insert(entry.key.to_string(), value).is_some() {
+                    let message = format!("{} is set twice; keep one", entry.key);
+                    ck.problem(entry.node, &entry.path, message);
+                }
+            }
+            Err(message) => ck.problem(entry.node, &entry.path, message),
         }
     }
-    env
+    out
+}
+
+pub(super) fn environment(ck: &mut Checker, node: &Node, path: &str) -> BTreeMap<String, String> {
+    let entries = key_values(ck, node, path, &ENVIRONMENT);
+    checked_map(ck, entries, |key, value| {
+        if key.is_empty() || key.contains('=') || key.chars().any(char::is_whitespace) {
+            return Err(format!("{key:?} is not a variable name"));
+        }
+        value.map(str::to_string).ok_or_else(|| {
+            format!("{key} has no value; write {key}=VALUE (values are not taken from the device's environment)")
+        })
+    })
 }
 
 pub(super) fn healthcheck(ck: &mut Checker, node: &Node, path: &str) -> Option<HealthCheck> {
