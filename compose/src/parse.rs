@@ -29,6 +29,20 @@ const SERVICE_KEYS: &[&str] = &[
     "read_only",
 ];
 
+/// Compose service keys that stay refused, with why: each would loosen the confinement every app
+/// runs in, or needs something a device does not have.
+const REFUSED_SERVICE_KEYS: &[(&str, &str)] = &[
+    ("privileged", "a privileged container holds every capability and every host device, enough to take over the device; ask for what the service needs with `cap_add` and `devices`"),
+    ("pid", "sharing the host's or another container's process namespace would let the service see and signal processes outside it; leave it out (each service has its own)"),
+    ("ipc", "sharing the host's or another container's IPC namespace would let the service reach memory outside it; leave it out (each service has its own)"),
+    ("cgroup_parent", "the agent places every service in the app's own cgroup, where its limits and accounting hold; leave it out"),
+    ("security_opt", "the agent gives every service its seccomp filter, AppArmor profile and no-new-privileges, which an app cannot relax or replace; leave it out"),
+    ("userns_mode", "the agent sets the user namespace of every service (\"host\" would make the container's root the device's root); leave it out"),
+    ("volumes_from", "mounting another service's volumes is not supported; mount the same named volume in both services"),
+    ("env_file", "a device has no source for the file; write the variables under `environment`, or use the variables central provides (`${VAR}`)"),
+    ("build", "devices pull images, they do not build them; build the image, push it to a registry and give it as `image`"),
+];
+
 /// Collects problems while walking the tree.
 pub(super) struct Checker {
     pub(super) problems: Vec<Problem>,
@@ -56,6 +70,17 @@ impl Checker {
         path: &str,
         allowed: Option<&[&str]>,
     ) -> Option<Vec<(&'n str, &'n Node)>> {
+        self.map_refusing(node, path, allowed, &[])
+    }
+
+    /// [`Checker::map`], refusing the keys of `refused` with their reasons.
+    fn map_refusing<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        allowed: Option<&[&str]>,
+        refused: &[(&str, &str)],
+    ) -> Option<Vec<(&'n str, &'n Node)>> {
         let Value::Map(entries) = &node.value else {
             self.problem(
                 node,
@@ -79,6 +104,10 @@ impl Checker {
             if let Some(allowed) = allowed {
                 // Compose extension fields may stand in any structure; they mean nothing here.
                 if k.starts_with("x-") {
+                    continue;
+                }
+                if let Some((_, reason)) = refused.iter().find(|(r, _)| *r == k) {
+                    self.problem(key, &child, format!("is not supported: {reason}"));
                     continue;
                 }
                 if !allowed.contains(&k) {
@@ -424,7 +453,7 @@ fn service<'n>(
     context: &mut AppContext,
 ) -> Option<(ServiceSpec, Sites<'n>)> {
     let before = ck.problems.len();
-    let entries = ck.map(node, path, Some(SERVICE_KEYS))?;
+    let entries = ck.map_refusing(node, path, Some(SERVICE_KEYS), REFUSED_SERVICE_KEYS)?;
     let mut svc = ServiceSpec::default();
     let mut sites = Sites::default();
     for (key, value) in &entries {
@@ -497,14 +526,19 @@ fn image(ck: &mut Checker, node: &Node, path: &str) -> Option<String> {
 }
 
 fn network_mode(ck: &mut Checker, node: &Node, path: &str) -> NetworkMode {
-    match ck.scalar(node, path, "\"host\"") {
-        Some("host") => NetworkMode::Host,
-        Some(mode) => {
-            ck.problem(node, path, format!("{mode:?} is not supported; only \"host\" is (leave it out for the app's own network)"));
-            NetworkMode::Private
-        }
-        None => NetworkMode::Private,
+    let Some(mode) = ck.scalar(node, path, "\"host\"") else {
+        return NetworkMode::Private;
+    };
+    if mode == "host" {
+        return NetworkMode::Host;
     }
+    let message = if mode.starts_with("service:") || mode.starts_with("container:") {
+        format!("{mode:?} is not supported: services do not share network namespaces; they reach each other by service name on the app's own network, so leave network_mode out")
+    } else {
+        format!("{mode:?} is not supported; only \"host\" is (leave it out for the app's own network, where services reach each other by name)")
+    };
+    ck.problem(node, path, message);
+    NetworkMode::Private
 }
 
 fn working_dir(ck: &mut Checker, node: &Node, path: &str) -> Option<String> {
