@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use super::{RestartPolicy, VolumeMount};
 
-pub(crate) use network::{check_hostname, parse_port};
+pub(crate) use network::{
+    check_hostname, expand_ports, parse_host_ip, parse_port, parse_port_mode, parse_port_range,
+    parse_protocol, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE,
+};
 
 /// Why an app or service name is refused; the text follows the name (`service name "Web" contains
 /// 'W'; ...`).
@@ -147,6 +150,18 @@ pub enum FieldError {
         /// The command as written.
         text: String,
     },
+    /// A long-syntax `ports` value (`target`, `published`, `host_ip`, `protocol`) that is wrong.
+    #[error("{reason}")]
+    PortPart {
+        /// What is wrong.
+        reason: PortError,
+    },
+    /// A long-syntax `ports` `mode` other than `host` or `ingress`.
+    #[error("{mode:?} is not a port mode; use \"host\" or \"ingress\" (both publish the port on this device)")]
+    PortMode {
+        /// The mode as written.
+        mode: String,
+    },
     /// A host name that is not an RFC 1123 name.
     #[error("{name:?} is not a host name: use labels of 1-63 letters, digits and '-' (not first or last) separated by '.', at most 253 characters")]
     HostName {
@@ -164,9 +179,29 @@ pub enum PortError {
         /// The protocol as written.
         protocol: String,
     },
-    /// A port range (`8000-8010:...`).
-    #[error("port ranges are not supported")]
-    Range,
+    /// A range whose last port is below its first (`8010-8000`).
+    #[error("range {range:?} ends before it starts; write FIRST-LAST, e.g. \"8000-8010\"")]
+    RangeOrder {
+        /// The range as written.
+        range: String,
+    },
+    /// Host and container ranges of different lengths (Docker would pick one host port of the
+    /// range at random, which never happens here).
+    #[error("the host range has {host} ports and the container range {container}; each container port needs its own host port (none is picked at random): give ranges of the same length, e.g. \"8000-8001:80-81\"")]
+    RangeLengths {
+        /// Ports in the host range.
+        host: usize,
+        /// Ports in the container range.
+        container: usize,
+    },
+    /// A range longer than a service may publish.
+    #[error("the range has {count} ports; a service publishes at most {max}")]
+    RangeTooLong {
+        /// Ports in the range.
+        count: usize,
+        /// The most a service may publish.
+        max: usize,
+    },
     /// An IPv6 host address without `[addr]:` around it.
     #[error("an IPv6 address must be written as [addr]:HOST:CONTAINER")]
     Ipv6Syntax,
@@ -531,16 +566,15 @@ mod tests {
 
     #[test]
     fn ports() {
-        let p = parse_port("8080:80").unwrap();
+        let p = &parse_port("8080:80").unwrap()[0];
         assert_eq!(
             (p.host_port, p.container_port, p.protocol),
             (8080, 80, crate::Protocol::Tcp)
         );
-        let p = parse_port("127.0.0.1:53:5353/udp").unwrap();
+        let p = &parse_port("127.0.0.1:53:5353/udp").unwrap()[0];
         assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
         assert_eq!(p.protocol, crate::Protocol::Udp);
-        assert!(parse_port("[::1]:80:80")
-            .unwrap()
+        assert!(parse_port("[::1]:80:80").unwrap()[0]
             .host_ip
             .unwrap()
             .is_ipv6());
@@ -549,7 +583,8 @@ mod tests {
             "80:abc",
             "0:80",
             "80:80/sctp",
-            "1-5:1-5",
+            "5-1:5-1",
+            "1-5:1-4",
             "a:b:c:d",
             "x:1:2",
         ] {

@@ -2,10 +2,12 @@
 
 use std::collections::BTreeSet;
 
-use super::fields;
-use super::parse::{Checker, Site};
+use super::fields::{self, FieldError, PortError, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE};
+use super::parse::{join, Checker, Site};
 use super::yaml::{Node, Value};
-use super::{PortMapping, VolumeMount};
+use super::{PortMapping, Protocol, VolumeMount};
+
+const PORT_KEYS: &[&str] = &["target", "published", "host_ip", "protocol", "mode"];
 
 /// The items of a list with their paths; a problem (and none) when `node` is not a list or has
 /// more than `max` items.
@@ -56,31 +58,114 @@ pub(super) fn volumes<'n>(
     out
 }
 
-/// `ports`; `sites` gets where each was written.
+/// `ports`, short or long syntax, one mapping per port; `sites` gets where each was written and
+/// `ports_left` (how many more the app may publish) shrinks.
 pub(super) fn ports<'n>(
     ck: &mut Checker,
     node: &'n Node,
     path: &str,
     sites: &mut Vec<Site<'n>>,
+    ports_left: &mut usize,
 ) -> Vec<PortMapping> {
     let mut out = Vec::new();
     for item in items(ck, node, path, usize::MAX) {
-        if matches!(item.node.value, Value::Map(_)) {
+        let mappings = if matches!(item.node.value, Value::Map(_)) {
+            long_port(ck, item.node, &item.path)
+        } else {
+            ck.field(
+                item.node,
+                &item.path,
+                "\"HOST:CONTAINER\"",
+                fields::parse_port,
+            )
+        };
+        let Some(mappings) = mappings else {
+            continue;
+        };
+        let count = mappings.len();
+        if out.len() + count > MAX_PORTS_PER_SERVICE {
+            ck.problem_at(&item, format!("the service would publish more than {MAX_PORTS_PER_SERVICE} ports; publish fewer"));
+            break;
+        }
+        if count > *ports_left {
             ck.problem_at(
                 &item,
-                "the long port syntax is not supported; write \"HOST:CONTAINER[/tcp|udp]\"",
+                format!("the app would publish more than {MAX_PORTS_PER_APP} ports; publish fewer"),
             );
-        } else if let Some(m) = ck.field(
-            item.node,
-            &item.path,
-            "\"HOST:CONTAINER\"",
-            fields::parse_port,
-        ) {
-            out.push(m);
-            sites.push(item);
+            break;
         }
+        *ports_left -= count;
+        sites.extend(std::iter::repeat_n(item, count));
+        out.extend(mappings);
     }
     out
+}
+
+fn port_part(reason: PortError) -> FieldError {
+    FieldError::PortPart { reason }
+}
+
+/// A long-syntax port: `{target, published, host_ip, protocol, mode}`.
+fn long_port(ck: &mut Checker, node: &Node, path: &str) -> Option<Vec<PortMapping>> {
+    let entries = ck.map(node, path, Some(PORT_KEYS))?;
+    let before = ck.problems.len();
+    let (mut target, mut published, mut host_ip, mut protocol) = (None, None, None, Protocol::Tcp);
+    for (key, value) in &entries {
+        let p = join(path, key);
+        match *key {
+            "target" => {
+                target = ck.field(value, &p, "a container port such as 80", |t| {
+                    fields::parse_port_range(t, |text| PortError::ContainerPort { text })
+                        .map_err(port_part)
+                });
+            }
+            "published" => {
+                published = ck.field(value, &p, "a host port such as \"8080\"", |t| {
+                    fields::parse_port_range(t, |text| PortError::HostPort { text })
+                        .map_err(port_part)
+                });
+            }
+            "host_ip" => {
+                host_ip = ck.field(value, &p, "an IP address", |t| {
+                    fields::parse_host_ip(t).map_err(port_part)
+                });
+            }
+            "protocol" => {
+                let parsed = ck.field(value, &p, "tcp or udp", |t| {
+                    fields::parse_protocol(t).map_err(port_part)
+                });
+                protocol = parsed.unwrap_or(protocol);
+            }
+            _ => {
+                ck.field(value, &p, "host or ingress", fields::parse_port_mode);
+            }
+        }
+    }
+    let has = |key: &str| entries.iter().any(|(k, _)| *k == key);
+    if !has("target") {
+        ck.problem(
+            node,
+            &join(path, "target"),
+            "is missing; give the container port, e.g. 80",
+        );
+    }
+    if !has("published") {
+        ck.problem(
+            node,
+            &join(path, "published"),
+            "is missing: host ports are never picked at random here; give one, e.g. \"8080\"",
+        );
+    }
+    let (Some(target), Some(published)) = (target, published) else {
+        return None;
+    };
+    if ck.problems.len() > before {
+        return None;
+    }
+    let mappings = fields::expand_ports(host_ip, published, target, protocol);
+    mappings
+        .map_err(|reason| ck.problem(node, path, port_part(reason).to_string()))
+        .ok()
 }
 
 /// A service's `secrets`: names declared at top level.

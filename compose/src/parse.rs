@@ -252,9 +252,10 @@ pub(super) fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// What each service is read against: the app's secrets.
+/// What each service is read against: the app's secrets and how many more ports it may publish.
 struct AppContext<'a> {
     secrets: &'a BTreeSet<String>,
+    ports_left: usize,
 }
 
 /// Validate a whole document as app `name`.
@@ -322,6 +323,7 @@ fn services<'n>(
     }
     let mut context = AppContext {
         secrets: &app.secrets,
+        ports_left: fields::MAX_PORTS_PER_APP,
     };
     let mut read = BTreeMap::new();
     let mut sites = BTreeMap::new();
@@ -490,7 +492,9 @@ fn service_key<'n>(
         "entrypoint" => svc.entrypoint = ck.string_list(value, p, true),
         "environment" => svc.environment = environment(ck, value, p),
         "volumes" => svc.volumes = volumes(ck, value, p, &mut sites.volumes),
-        "ports" => svc.ports = ports(ck, value, p, &mut sites.ports),
+        "ports" => {
+            svc.ports = ports(ck, value, p, &mut sites.ports, &mut context.ports_left);
+        }
         "restart" => {
             let restart = ck.field(value, p, "a restart policy", fields::parse_restart);
             svc.restart = restart.unwrap_or_default();
@@ -556,7 +560,9 @@ fn working_dir(ck: &mut Checker, node: &Node, path: &str) -> Option<String> {
 
 /// Published ports that cannot work with the service's network: an IPv6 host address on the
 /// app's IPv4-only network, or a host port other than the container port on the host's network.
+/// One problem per `ports` entry.
 fn published_ports(ck: &mut Checker, svc: &ServiceSpec, sites: &Sites) {
+    let mut reported = BTreeSet::new();
     for (port, site) in svc.ports.iter().zip(&sites.ports) {
         let message = match svc.network_mode {
             NetworkMode::Private if port.host_ip.is_some_and(|ip| ip.is_ipv6()) => format!(
@@ -569,6 +575,8 @@ fn published_ports(ck: &mut Checker, svc: &ServiceSpec, sites: &Sites) {
             ),
             _ => continue,
         };
-        ck.problem_at(site, message);
+        if reported.insert(&site.path) {
+            ck.problem_at(site, message);
+        }
     }
 }

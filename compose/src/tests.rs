@@ -1,6 +1,7 @@
 //! Unit tests of app spec parsing: one valid file and one test per kind of error; the keys
-//! added for confinement and policy in their own module.
+//! added for confinement and policy and ports in their own modules.
 
+mod ports;
 mod service_keys;
 
 use std::time::Duration;
@@ -420,6 +421,15 @@ fn working_dir_hostname_and_read_only() {
 /// A file with one service `web` (image busybox, line 3) and `lines` after it, from line 4.
 fn web_file(lines: &str) -> String {
     format!("services:\n  web:\n    image: busybox\n{lines}")
+}
+
+/// Service `web` with `lines` added, which must be valid.
+fn web(lines: &str) -> ServiceSpec {
+    let spec = AppSpec::parse("compose.yml", "shop", &web_file(lines));
+    match spec {
+        Ok(mut app) => app.services.remove("web").unwrap(),
+        Err(e) => panic!("expected a valid file, got:\n{e}"),
+    }
 }
 
 /// Service `web` with `lines` added is refused with `expected` among the problems.

@@ -1,9 +1,29 @@
-//! Published ports (`[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]`) and host names.
+//! Published ports (`[HOST_IP:]HOST[-LAST]:CONTAINER[-LAST][/PROTOCOL]`, a range expanded to one
+//! mapping per port) and host names.
 
 use std::net::IpAddr;
 
 use super::{FieldError, PortError};
 use crate::{PortMapping, Protocol};
+
+/// Most ports one service may publish, a range counting each of its ports.
+pub(crate) const MAX_PORTS_PER_SERVICE: usize = 1024;
+
+/// Most ports one app may publish: every one is a forwarding rule on the device.
+pub(crate) const MAX_PORTS_PER_APP: usize = 4096;
+
+/// An inclusive range of ports; a single port is a range of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PortRange {
+    first: u16,
+    last: u16,
+}
+
+impl PortRange {
+    fn len(self) -> usize {
+        usize::from(self.last - self.first) + 1
+    }
+}
 
 fn port_number(text: &str, error: fn(String) -> PortError) -> Result<u16, PortError> {
     match text.parse::<u16>() {
@@ -12,64 +32,115 @@ fn port_number(text: &str, error: fn(String) -> PortError) -> Result<u16, PortEr
     }
 }
 
-/// Parse `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`.
-pub(crate) fn parse_port(text: &str) -> Result<PortMapping, FieldError> {
+/// Parse `PORT` or `FIRST-LAST`; `error` names a number that is not a port (host or container).
+pub(crate) fn parse_port_range(
+    text: &str,
+    error: fn(String) -> PortError,
+) -> Result<PortRange, PortError> {
+    let (first, last) = text.split_once('-').unwrap_or((text, text));
+    let range = PortRange {
+        first: port_number(first, error)?,
+        last: port_number(last, error)?,
+    };
+    if range.last < range.first {
+        return Err(PortError::RangeOrder {
+            range: text.to_string(),
+        });
+    }
+    if range.len() > MAX_PORTS_PER_SERVICE {
+        return Err(PortError::RangeTooLong {
+            count: range.len(),
+            max: MAX_PORTS_PER_SERVICE,
+        });
+    }
+    Ok(range)
+}
+
+/// One mapping per port of a host range and a container range of the same length.
+pub(crate) fn expand_ports(
+    host_ip: Option<IpAddr>,
+    host: PortRange,
+    container: PortRange,
+    protocol: Protocol,
+) -> Result<Vec<PortMapping>, PortError> {
+    if host.len() != container.len() {
+        return Err(PortError::RangeLengths {
+            host: host.len(),
+            container: container.len(),
+        });
+    }
+    Ok((0..=container.last - container.first)
+        .map(|i| PortMapping {
+            host_ip,
+            host_port: host.first + i,
+            container_port: container.first + i,
+            protocol,
+        })
+        .collect())
+}
+
+/// Parse `tcp` or `udp`.
+pub(crate) fn parse_protocol(text: &str) -> Result<Protocol, PortError> {
+    match text {
+        "tcp" => Ok(Protocol::Tcp),
+        "udp" => Ok(Protocol::Udp),
+        _ => Err(PortError::Protocol {
+            protocol: text.to_string(),
+        }),
+    }
+}
+
+/// Parse a host address to publish on.
+pub(crate) fn parse_host_ip(text: &str) -> Result<IpAddr, PortError> {
+    text.parse().map_err(|_| PortError::HostAddress {
+        address: text.to_string(),
+    })
+}
+
+/// Check a long-syntax port `mode`: `host` and `ingress` both publish on the device itself.
+pub(crate) fn parse_port_mode(text: &str) -> Result<(), FieldError> {
+    match text {
+        "host" | "ingress" => Ok(()),
+        _ => Err(FieldError::PortMode {
+            mode: text.to_string(),
+        }),
+    }
+}
+
+/// Split `[HOST_IP:]HOST:CONTAINER` (an IPv6 address in brackets) into its parts.
+fn split_address(addr: &str) -> Result<(Option<&str>, &str, &str), PortError> {
+    if let Some(rest) = addr.strip_prefix('[') {
+        let (ip, rest) = rest.split_once("]:").ok_or(PortError::Ipv6Syntax)?;
+        let (host, container) = rest
+            .split_once(':')
+            .ok_or(PortError::MissingContainerPort)?;
+        return Ok((Some(ip), host, container));
+    }
+    let mut parts = addr.splitn(4, ':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(_), None, _, _) => Err(PortError::MissingHostPort),
+        (Some(h), Some(c), None, _) => Ok((None, h, c)),
+        (Some(ip), Some(h), Some(c), None) => Ok((Some(ip), h, c)),
+        _ => Err(PortError::TooManyParts),
+    }
+}
+
+/// Parse `[HOST_IP:]HOST[-LAST]:CONTAINER[-LAST][/tcp|/udp]` into one mapping per port.
+pub(crate) fn parse_port(text: &str) -> Result<Vec<PortMapping>, FieldError> {
     let error = |reason| FieldError::Port {
         text: text.to_string(),
         reason,
     };
-    let fail = |reason| Err(error(reason));
     let (addr, protocol) = match text.rsplit_once('/') {
-        Some((a, "tcp")) => (a, Protocol::Tcp),
-        Some((a, "udp")) => (a, Protocol::Udp),
-        Some((_, p)) => {
-            return fail(PortError::Protocol {
-                protocol: p.to_string(),
-            })
-        }
+        Some((addr, protocol)) => (addr, parse_protocol(protocol).map_err(error)?),
         None => (text, Protocol::Tcp),
     };
-    if addr.contains('-') {
-        return fail(PortError::Range);
-    }
-    let (host_ip, host, container) = if let Some(rest) = addr.strip_prefix('[') {
-        // [v6addr]:host:container
-        let Some((ip, rest)) = rest.split_once("]:") else {
-            return fail(PortError::Ipv6Syntax);
-        };
-        match rest.split_once(':') {
-            Some((h, c)) => (Some(ip), h, c),
-            None => return fail(PortError::MissingContainerPort),
-        }
-    } else {
-        let parts: Vec<&str> = addr.split(':').collect();
-        match parts.as_slice() {
-            [_] => return fail(PortError::MissingHostPort),
-            [h, c] => (None, *h, *c),
-            [ip, h, c] => (Some(*ip), *h, *c),
-            _ => return fail(PortError::TooManyParts),
-        }
-    };
-    let host_ip = match host_ip {
-        Some(ip) => match ip.parse::<IpAddr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                return fail(PortError::HostAddress {
-                    address: ip.to_string(),
-                })
-            }
-        },
-        None => None,
-    };
-    let host_port = port_number(host, |text| PortError::HostPort { text }).map_err(error)?;
-    let container_port =
-        port_number(container, |text| PortError::ContainerPort { text }).map_err(error)?;
-    Ok(PortMapping {
-        host_ip,
-        host_port,
-        container_port,
-        protocol,
-    })
+    let (host_ip, host, container) = split_address(addr).map_err(error)?;
+    let host_ip = host_ip.map(parse_host_ip).transpose().map_err(error)?;
+    let host = parse_port_range(host, |text| PortError::HostPort { text }).map_err(error)?;
+    let container =
+        parse_port_range(container, |text| PortError::ContainerPort { text }).map_err(error)?;
+    expand_ports(host_ip, host, container, protocol).map_err(error)
 }
 
 /// Check an RFC 1123 host name (what `sethostname` and DNS accept).
