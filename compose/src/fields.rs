@@ -1,17 +1,21 @@
 //! Parsers for the scalar formats of a Compose file: volumes, durations, sizes, CPUs, restart
-//! policies, names and shell-style commands here; ports and host names in `network`. Each error
-//! says what is wrong and what to write instead.
+//! policies, names, labels and shell-style commands here; ports and host entries in `network`,
+//! users, signals and grace periods in `process`. Each error says what is wrong and what to
+//! write instead.
 
 mod network;
+mod process;
 
 use std::time::Duration;
 
 use super::{RestartPolicy, VolumeMount};
 
 pub(crate) use network::{
-    check_hostname, expand_ports, parse_host_ip, parse_port, parse_port_mode, parse_port_range,
-    parse_protocol, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE,
+    check_hostname, expand_ports, parse_extra_host, parse_host_ip, parse_port, parse_port_mode,
+    parse_port_range, parse_protocol, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE,
 };
+pub use process::UserError;
+pub(crate) use process::{parse_grace_period, parse_stop_signal, parse_user};
 
 /// Why an app or service name is refused; the text follows the name (`service name "Web" contains
 /// 'W'; ...`).
@@ -167,6 +171,62 @@ pub enum FieldError {
     HostName {
         /// The name as written.
         name: String,
+    },
+    /// An `extra_hosts` address that is not an IP address.
+    #[error("{address:?} is not an IP address; write e.g. \"{host}=10.0.0.5\" or \"{host}=::1\"")]
+    HostAddress {
+        /// The host it is given for.
+        host: String,
+        /// The address as written.
+        address: String,
+    },
+    /// A `user` that is not `NAME_OR_UID[:NAME_OR_GID]`.
+    #[error("{text:?} is not a user: {reason}; write NAME_OR_UID[:NAME_OR_GID], e.g. \"1000:1000\" or \"app\"")]
+    User {
+        /// The value as written.
+        text: String,
+        /// Which part is wrong.
+        reason: UserError,
+    },
+    /// A label key that is empty, too long or holds spaces or control characters.
+    #[error("{key:?} is not a label key: use 1 to {} bytes without spaces or control characters, e.g. \"com.example.role\"", MAX_LABEL_KEY_BYTES)]
+    LabelKey {
+        /// The key as written.
+        key: String,
+    },
+    /// A label key in the agent's own `cairn.` namespace.
+    #[error("label {key:?} starts with \"cairn.\": those labels are reserved for the agent; use your own prefix, e.g. \"com.example.\"")]
+    LabelReserved {
+        /// The key as written.
+        key: String,
+    },
+    /// A label whose key and value are longer than containerd keeps.
+    #[error("label {key:?} and its value are {bytes} bytes; containerd keeps at most {} bytes per label (key and value): shorten the value", MAX_LABEL_BYTES)]
+    LabelTooLong {
+        /// The key.
+        key: String,
+        /// Bytes of key and value together.
+        bytes: usize,
+    },
+    /// Not a signal name or number.
+    #[error("{text:?} is not a signal; write a name such as \"SIGTERM\", \"SIGINT\" or \"SIGRTMIN+3\", or a number from 1 to 64")]
+    Signal {
+        /// The value as written.
+        text: String,
+    },
+    /// SIGSTOP as the stop signal.
+    #[error("{text:?} is SIGSTOP, which pauses the service instead of stopping it, so every stop would wait out stop_grace_period and end in SIGKILL; use SIGTERM (the default) or the signal the program handles")]
+    StopSignal {
+        /// The value as written.
+        text: String,
+    },
+    /// A duration above the field's maximum.
+    #[error("{text:?} is longer than the {max} maximum")]
+    DurationTooLong {
+        /// The value as written.
+        text: String,
+        /// The maximum, as a duration would be written.
+        max: &'static str,
     },
 }
 
@@ -446,6 +506,42 @@ pub(crate) fn parse_memory(text: &str) -> Result<u64, FieldError> {
         });
     }
     Ok(bytes)
+}
+
+/// Longest label key in bytes.
+pub(crate) const MAX_LABEL_KEY_BYTES: usize = 256;
+
+/// Most bytes of a label's key and value together: containerd refuses longer labels.
+pub(crate) const MAX_LABEL_BYTES: usize = 4096;
+
+/// Check a label: a key of 1 to [`MAX_LABEL_KEY_BYTES`] bytes without spaces or control
+/// characters, outside the agent's `cairn.` namespace, and at most [`MAX_LABEL_BYTES`] with its
+/// value.
+pub(crate) fn check_label(key: &str, value: &str) -> Result<(), FieldError> {
+    let key_ok = !key.is_empty()
+        && key.len() <= MAX_LABEL_KEY_BYTES
+        && !key.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !key_ok {
+        return Err(FieldError::LabelKey {
+            key: key.to_string(),
+        });
+    }
+    if key
+        .get(..6)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("cairn."))
+    {
+        return Err(FieldError::LabelReserved {
+            key: key.to_string(),
+        });
+    }
+    let bytes = key.len() + value.len();
+    if bytes > MAX_LABEL_BYTES {
+        return Err(FieldError::LabelTooLong {
+            key: key.to_string(),
+            bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Parse a CPU count such as `0.5` or `2` into thousandths of a CPU.

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use fields::{split_command, ContainerPathError, FieldError, NameError, PortError};
+pub use fields::{split_command, ContainerPathError, FieldError, NameError, PortError, UserError};
 pub use reference::{check_digest, ImageRef, ImageRefError};
 
 /// Docker's default capability set, which Compose files are written against: root in a

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::fields::{self, FieldError};
 use super::lists::{ports, secrets, volumes};
-use super::sections::{deploy, environment, healthcheck};
+use super::sections::{deploy, environment, extra_hosts, healthcheck, labels};
 use super::yaml::{Node, Value};
 use super::{AppSpec, NetworkMode, Problem, Protocol, ServiceSpec};
 
@@ -27,6 +27,11 @@ const SERVICE_KEYS: &[&str] = &[
     "working_dir",
     "hostname",
     "read_only",
+    "user",
+    "extra_hosts",
+    "labels",
+    "stop_signal",
+    "stop_grace_period",
 ];
 
 /// Compose service keys that stay refused, with why: each would loosen the confinement every app
@@ -509,6 +514,17 @@ fn service_key<'n>(
             svc.hostname = ck.field(value, p, "a host name such as \"web\"", check);
         }
         "read_only" => svc.read_only = ck.boolean(value, p).unwrap_or_default(),
+        "user" => svc.user = ck.field(value, p, "a user such as \"1000:1000\"", fields::parse_user),
+        "extra_hosts" => svc.extra_hosts = extra_hosts(ck, value, p),
+        "labels" => svc.labels = labels(ck, value, p),
+        "stop_signal" => {
+            let what = "a signal such as \"SIGTERM\"";
+            svc.stop_signal = ck.field(value, p, what, fields::parse_stop_signal);
+        }
+        "stop_grace_period" => {
+            let what = "a duration such as \"30s\"";
+            svc.stop_grace_period = ck.field(value, p, what, fields::parse_grace_period);
+        }
         _ => unreachable!("keys are checked against SERVICE_KEYS"),
     }
 }

@@ -1,5 +1,5 @@
 //! Validation of the service keys that are mappings (or `KEY=VALUE` lists): `environment`,
-//! `healthcheck` and `deploy`.
+//! `labels`, `extra_hosts`, `healthcheck` and `deploy`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::fields::{self, FieldError};
 use super::parse::{join, Checker};
 use super::yaml::{Node, Value, MAX_NODES};
-use super::{HealthCheck, HealthTest, ResourceLimits};
+use super::{ExtraHost, HealthCheck, HealthTest, ResourceLimits};
 
 const HEALTH_KEYS: &[&str] = &[
     "test",
@@ -39,12 +39,28 @@ fn split_at_equals(text: &str) -> Option<(&str, &str)> {
     text.split_once('=')
 }
 
+/// `HOST=IP`, or `HOST:IP` as older files write it (`HOST:::1` too: the host has no ':').
+fn split_host(text: &str) -> Option<(&str, &str)> {
+    text.split_once('=').or_else(|| text.split_once(':'))
+}
+
 /// Environment variables are bounded by the document's node budget alone.
 const ENVIRONMENT: KeyValueSyntax = KeyValueSyntax {
     item: "\"NAME=VALUE\"",
     split: split_at_equals,
     max: MAX_NODES,
 };
+const LABELS: KeyValueSyntax = KeyValueSyntax {
+    item: "\"KEY=VALUE\"",
+    split: split_at_equals,
+    max: 128,
+};
+const EXTRA_HOSTS: KeyValueSyntax = KeyValueSyntax {
+    item: "\"HOST=IP\"",
+    split: split_host,
+    max: 256,
+};
+
 /// The entries of a list of `KEY=VALUE` strings or of a mapping of scalars; none (with a
 /// problem) past `syntax.max`.
 fn key_values<'n>(
@@ -147,6 +163,38 @@ pub(super) fn environment(ck: &mut Checker, node: &Node, path: &str) -> BTreeMap
             format!("{key} has no value; write {key}=VALUE (values are not taken from the device's environment)")
         })
     })
+}
+
+/// `labels`: a label written without a value has an empty one, as in Compose.
+pub(super) fn labels(ck: &mut Checker, node: &Node, path: &str) -> BTreeMap<String, String> {
+    let entries = key_values(ck, node, path, &LABELS);
+    checked_map(ck, entries, |key, value| {
+        let value = value.unwrap_or_default();
+        fields::check_label(key, value).map_err(|e| e.to_string())?;
+        Ok(value.to_string())
+    })
+}
+
+/// `extra_hosts`: a host may be listed with several addresses, each pair once.
+pub(super) fn extra_hosts(ck: &mut Checker, node: &Node, path: &str) -> Vec<ExtraHost> {
+    let mut out: Vec<ExtraHost> = Vec::new();
+    for entry in key_values(ck, node, path, &EXTRA_HOSTS) {
+        let key = entry.key;
+        let parsed = match entry.value {
+            None => Err(format!("{key:?} has no address; write \"{key}=IP\"")),
+            Some(address) => fields::parse_extra_host(key, address).map_err(|e| e.to_string()),
+        };
+        match parsed {
+            Ok(host) if out.contains(&host) => ck.problem(
+                entry.node,
+                &entry.path,
+                format!("{} {} is listed twice; keep one", host.host, host.ip),
+            ),
+            Ok(host) => out.push(host),
+            Err(message) => ck.problem(entry.node, &entry.path, message),
+        }
+    }
+    out
 }
 
 pub(super) fn healthcheck(ck: &mut Checker, node: &Node, path: &str) -> Option<HealthCheck> {

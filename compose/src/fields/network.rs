@@ -1,10 +1,10 @@
 //! Published ports (`[HOST_IP:]HOST[-LAST]:CONTAINER[-LAST][/PROTOCOL]`, a range expanded to one
-//! mapping per port) and host names.
+//! mapping per port), host names and `extra_hosts` entries.
 
 use std::net::IpAddr;
 
 use super::{FieldError, PortError};
-use crate::{PortMapping, Protocol};
+use crate::{ExtraHost, PortMapping, Protocol};
 
 /// Most ports one service may publish, a range counting each of its ports.
 pub(crate) const MAX_PORTS_PER_SERVICE: usize = 1024;
@@ -159,4 +159,21 @@ pub(crate) fn check_hostname(name: &str) -> Result<(), FieldError> {
             name: name.to_string(),
         })
     }
+}
+
+/// Check an `extra_hosts` entry: a host name and an IP address (IPv6 possibly in brackets).
+pub(crate) fn parse_extra_host(host: &str, address: &str) -> Result<ExtraHost, FieldError> {
+    check_hostname(host)?;
+    let bare = address
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(address);
+    let ip = bare.parse().map_err(|_| FieldError::HostAddress {
+        host: host.to_string(),
+        address: address.to_string(),
+    })?;
+    Ok(ExtraHost {
+        host: host.to_string(),
+        ip,
+    })
 }
