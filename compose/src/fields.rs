@@ -1,7 +1,7 @@
 //! Parsers for the scalar formats of a Compose file: volumes, durations, sizes, CPUs, restart
 //! policies, names, labels and shell-style commands here; ports and host entries in `network`,
-//! users, signals and grace periods in `process`. Each error says what is wrong and what to
-//! write instead.
+//! users, signals, capabilities, ulimits and sysctls in `process`. Each error says what is wrong
+//! and what to write instead.
 
 mod network;
 mod process;
@@ -15,7 +15,12 @@ pub(crate) use network::{
     parse_port_range, parse_protocol, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE,
 };
 pub use process::UserError;
-pub(crate) use process::{parse_grace_period, parse_stop_signal, parse_user};
+pub(crate) use process::{
+    check_sysctl, check_ulimit, parse_capability, parse_grace_period, parse_stop_signal,
+    parse_ulimit_value, parse_user, ULIMITS,
+};
+#[cfg(test)]
+pub(crate) use process::{CAPABILITIES, NEVER_GRANTED};
 
 /// Why an app or service name is refused; the text follows the name (`service name "Web" contains
 /// 'W'; ...`).
@@ -227,6 +232,102 @@ pub enum FieldError {
         text: String,
         /// The maximum, as a duration would be written.
         max: &'static str,
+    },
+    /// Not a Linux capability.
+    #[error("{name:?} is not a Linux capability; write a name such as \"NET_ADMIN\" or \"CAP_NET_ADMIN\" (see capabilities(7))")]
+    Capability {
+        /// The name as written.
+        name: String,
+    },
+    /// `cap_add: [ALL]`.
+    #[error("ALL would give the service every capability, which makes it a privileged container; add the capabilities it needs by name")]
+    CapabilityAll,
+    /// A capability that lets a service leave its confinement or reach the TPM or the agent.
+    #[error("{name} is never granted on Cairn: it {reason}")]
+    CapabilityRefused {
+        /// The capability (`CAP_…`).
+        name: String,
+        /// What it would allow.
+        reason: &'static str,
+    },
+    /// A ulimit value that is not a whole number.
+    #[error("{text:?} is not a limit; write a whole number (-1, unlimited, is not accepted)")]
+    UlimitValue {
+        /// The value as written.
+        text: String,
+    },
+    /// A soft limit above its hard limit.
+    #[error("soft limit {soft} is above the hard limit {hard}; the soft limit must be at most the hard one")]
+    UlimitOrder {
+        /// The soft limit.
+        soft: u64,
+        /// The hard limit.
+        hard: u64,
+    },
+    /// A ulimit above what the device allows.
+    #[error("{name} limit {value} is above the {max} maximum")]
+    UlimitTooHigh {
+        /// The ulimit.
+        name: &'static str,
+        /// The limit as given.
+        value: u64,
+        /// The maximum.
+        max: u64,
+    },
+    /// A ulimit that is never raised on Cairn.
+    #[error("{name} {value} {reason}; leave {name} out (or 0)")]
+    UlimitRefused {
+        /// The ulimit.
+        name: &'static str,
+        /// The limit as given.
+        value: u64,
+        /// What it would allow.
+        reason: &'static str,
+    },
+    /// Not a sysctl name.
+    #[error("{name:?} is not a sysctl name: use lowercase letters, digits and '_' in parts separated by '.', at most {} characters", process::MAX_SYSCTL_NAME)]
+    SysctlName {
+        /// The name as written.
+        name: String,
+    },
+    /// A sysctl that is not namespaced, so it would change the whole device.
+    #[error("{name} is not a namespaced sysctl, so it would change the whole device; allowed: {}", process::NAMESPACED_SYSCTLS.join(", "))]
+    SysctlNotNamespaced {
+        /// The name.
+        name: String,
+    },
+    /// A sysctl value that is empty, too long or not printable.
+    #[error(
+        "the value of {name} must be 1 to {} printable characters",
+        process::MAX_SYSCTL_VALUE
+    )]
+    SysctlValue {
+        /// The sysctl.
+        name: String,
+    },
+    /// A `net.*` sysctl of a service on the host's network.
+    #[error("{name} would change the device's own network, since the service uses network_mode: host; remove the sysctl or network_mode: host")]
+    SysctlHostNetwork {
+        /// The sysctl.
+        name: String,
+    },
+    /// A log driver that sends logs off the device.
+    #[error("{driver:?} is not supported: logs stay on the device, where the agent rotates them and `cairnctl logs` reads them; use \"json-file\" or \"local\", or leave the driver out")]
+    LogDriver {
+        /// The driver as written.
+        driver: String,
+    },
+    /// A log `max-size` outside 64 KiB to 1 GiB.
+    #[error("{text:?} is not a log size from 64k to 1g; write e.g. \"10m\"")]
+    LogSize {
+        /// The value as written.
+        text: String,
+    },
+    /// A log `max-file` outside 1 to 20.
+    #[error("{text:?} is not a number of log files from 1 to 20")]
+    LogFiles {
+        /// The value as written.
+        text: String,
     },
 }
 
@@ -473,9 +574,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, FieldError> {
     Ok(Duration::from_secs_f64(total))
 }
 
-/// Parse a memory size: bytes, or a number with `b`, `k`, `m`, `g` (optionally followed by `b`),
-/// in binary multiples as Compose does (`512m` = 512 MiB).
+/// Parse a memory limit: a size ([`parse_size`]) of at least the 6 MiB a container needs.
 pub(crate) fn parse_memory(text: &str) -> Result<u64, FieldError> {
+    let bytes = parse_size(text)?;
+    if bytes < 6 << 20 {
+        return Err(FieldError::MemoryTooSmall {
+            text: text.to_string(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Parse a size: bytes, or a number with `b`, `k`, `m`, `g` (optionally followed by `b`), in
+/// binary multiples as Compose does (`512m` = 512 MiB); at least 1 byte.
+pub(crate) fn parse_size(text: &str) -> Result<u64, FieldError> {
     let fail = || {
         Err(FieldError::MemorySize {
             text: text.to_string(),
@@ -499,13 +611,7 @@ pub(crate) fn parse_memory(text: &str) -> Result<u64, FieldError> {
     if !(bytes.is_finite() && (1.0..1e18).contains(&bytes)) {
         return fail();
     }
-    let bytes = bytes as u64;
-    if bytes < 6 << 20 {
-        return Err(FieldError::MemoryTooSmall {
-            text: text.to_string(),
-        });
-    }
-    Ok(bytes)
+    Ok(bytes as u64)
 }
 
 /// Longest label key in bytes.
@@ -542,6 +648,36 @@ pub(crate) fn check_label(key: &str, value: &str) -> Result<(), FieldError> {
         });
     }
     Ok(())
+}
+
+/// Check a `logging.driver`: one that keeps logs in files on the device.
+pub(crate) fn check_log_driver(text: &str) -> Result<(), FieldError> {
+    match text {
+        "json-file" | "local" => Ok(()),
+        _ => Err(FieldError::LogDriver {
+            driver: text.to_string(),
+        }),
+    }
+}
+
+/// Parse a `logging.options.max-size`: a size from 64 KiB to 1 GiB.
+pub(crate) fn parse_log_size(text: &str) -> Result<u64, FieldError> {
+    match parse_size(text) {
+        Ok(bytes) if (64 << 10..=1 << 30).contains(&bytes) => Ok(bytes),
+        _ => Err(FieldError::LogSize {
+            text: text.to_string(),
+        }),
+    }
+}
+
+/// Parse a `logging.options.max-file`: 1 to 20 files.
+pub(crate) fn parse_log_files(text: &str) -> Result<u32, FieldError> {
+    match text.parse() {
+        Ok(files) if (1..=20).contains(&files) => Ok(files),
+        _ => Err(FieldError::LogFiles {
+            text: text.to_string(),
+        }),
+    }
 }
 
 /// Parse a CPU count such as `0.5` or `2` into thousandths of a CPU.

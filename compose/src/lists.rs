@@ -1,4 +1,5 @@
-//! Validation of the service keys that are lists of entries: `volumes`, `ports` and `secrets`.
+//! Validation of the service keys that are lists of entries: `volumes`, `ports`, `secrets`,
+//! `cap_add` and `cap_drop`.
 
 use std::collections::BTreeSet;
 
@@ -187,6 +188,32 @@ pub(super) fn secrets(
                 &item,
                 format!("secret {name:?} is not declared in the top-level `secrets`; add it there"),
             );
+        }
+    }
+    out
+}
+
+/// `cap_add` (`add`) or `cap_drop`: capability names, each once and none in `other` (the
+/// capabilities added, when these are dropped).
+pub(super) fn capabilities(
+    ck: &mut Checker,
+    node: &Node,
+    path: &str,
+    add: bool,
+    other: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for item in items(ck, node, path, usize::MAX) {
+        let what = "a capability such as \"NET_ADMIN\"";
+        let Some(cap) = ck.field(item.node, &item.path, what, |t| {
+            fields::parse_capability(t, add)
+        }) else {
+            continue;
+        };
+        if other.contains(&cap) {
+            ck.problem_at(&item, format!("{cap} is both added and dropped; keep one"));
+        } else if !out.insert(cap.clone()) {
+            ck.problem_at(&item, format!("{cap} is listed twice; keep one"));
         }
     }
     out

@@ -5,13 +5,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::fields::{self, FieldError};
-use super::lists::{ports, secrets, volumes};
-use super::sections::{deploy, environment, extra_hosts, healthcheck, labels};
+use super::lists::{capabilities, ports, secrets, volumes};
+use super::sections::{
+    deploy, environment, extra_hosts, healthcheck, labels, logging, sysctls, ulimits,
+};
 use super::yaml::{Node, Value};
 use super::{AppSpec, NetworkMode, Problem, Protocol, ServiceSpec};
 
 const TOP_KEYS: &[&str] = &["services", "volumes", "secrets", "version"];
 
+/// The keys of a service, in the order they are read: a key comes after those its checks need
+/// (`sysctls` after `network_mode`, `cap_drop` after `cap_add`).
 const SERVICE_KEYS: &[&str] = &[
     "image",
     "command",
@@ -32,6 +36,11 @@ const SERVICE_KEYS: &[&str] = &[
     "labels",
     "stop_signal",
     "stop_grace_period",
+    "cap_add",
+    "cap_drop",
+    "ulimits",
+    "sysctls",
+    "logging",
 ];
 
 /// Compose service keys that stay refused, with why: each would loosen the confinement every app
@@ -460,7 +469,8 @@ fn service<'n>(
     context: &mut AppContext,
 ) -> Option<(ServiceSpec, Sites<'n>)> {
     let before = ck.problems.len();
-    let entries = ck.map_refusing(node, path, Some(SERVICE_KEYS), REFUSED_SERVICE_KEYS)?;
+    let mut entries = ck.map_refusing(node, path, Some(SERVICE_KEYS), REFUSED_SERVICE_KEYS)?;
+    entries.sort_by_key(|(key, _)| SERVICE_KEYS.iter().position(|k| k == key));
     let mut svc = ServiceSpec::default();
     let mut sites = Sites::default();
     for (key, value) in &entries {
@@ -525,6 +535,14 @@ fn service_key<'n>(
             let what = "a duration such as \"30s\"";
             svc.stop_grace_period = ck.field(value, p, what, fields::parse_grace_period);
         }
+        "cap_add" => svc.cap_add = capabilities(ck, value, p, true, &BTreeSet::new()),
+        "cap_drop" => svc.cap_drop = capabilities(ck, value, p, false, &svc.cap_add),
+        "ulimits" => svc.ulimits = ulimits(ck, value, p),
+        "sysctls" => {
+            let host_network = svc.network_mode == NetworkMode::Host;
+            svc.sysctls = sysctls(ck, value, p, host_network);
+        }
+        "logging" => svc.logging = logging(ck, value, p),
         _ => unreachable!("keys are checked against SERVICE_KEYS"),
     }
 }

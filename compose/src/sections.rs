@@ -1,5 +1,6 @@
 //! Validation of the service keys that are mappings (or `KEY=VALUE` lists): `environment`,
-//! `labels`, `extra_hosts`, `healthcheck` and `deploy`.
+//! `labels`, `sysctls`, `extra_hosts`, `healthcheck`, `deploy`, `ulimits` and
+//! `logging`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use super::fields::{self, FieldError};
 use super::parse::{join, Checker};
 use super::yaml::{Node, Value, MAX_NODES};
-use super::{ExtraHost, HealthCheck, HealthTest, ResourceLimits};
+use super::{ExtraHost, HealthCheck, HealthTest, LogLimits, ResourceLimits, Ulimit};
 
 const HEALTH_KEYS: &[&str] = &[
     "test",
@@ -54,6 +55,11 @@ const LABELS: KeyValueSyntax = KeyValueSyntax {
     item: "\"KEY=VALUE\"",
     split: split_at_equals,
     max: 128,
+};
+const SYSCTLS: KeyValueSyntax = KeyValueSyntax {
+    item: "\"NAME=VALUE\"",
+    split: split_at_equals,
+    max: 64,
 };
 const EXTRA_HOSTS: KeyValueSyntax = KeyValueSyntax {
     item: "\"HOST=IP\"",
@@ -171,6 +177,21 @@ pub(super) fn labels(ck: &mut Checker, node: &Node, path: &str) -> BTreeMap<Stri
     checked_map(ck, entries, |key, value| {
         let value = value.unwrap_or_default();
         fields::check_label(key, value).map_err(|e| e.to_string())?;
+        Ok(value.to_string())
+    })
+}
+
+/// `sysctls`; `host_network`: the service uses the host's network, which `net.*` would change.
+pub(super) fn sysctls(
+    ck: &mut Checker,
+    node: &Node,
+    path: &str,
+    host_network: bool,
+) -> BTreeMap<String, String> {
+    let entries = key_values(ck, node, path, &SYSCTLS);
+    checked_map(ck, entries, |key, value| {
+        let value = value.ok_or_else(|| format!("{key} has no value; write {key}=VALUE"))?;
+        fields::check_sysctl(key, value, host_network).map_err(|e| e.to_string())?;
         Ok(value.to_string())
     })
 }
@@ -310,6 +331,91 @@ pub(super) fn deploy(ck: &mut Checker, node: &Node, path: &str) -> ResourceLimit
                     limits.memory_bytes =
                         ck.field(value, &kp, "a memory size", fields::parse_memory);
                 }
+            }
+        }
+    }
+    limits
+}
+
+/// `ulimits`: names mapped to a number (soft and hard) or to `{soft, hard}`.
+pub(super) fn ulimits(ck: &mut Checker, node: &Node, path: &str) -> BTreeMap<String, Ulimit> {
+    let mut out = BTreeMap::new();
+    for (name, value) in ck
+        .map(node, path, Some(fields::ULIMITS))
+        .unwrap_or_default()
+    {
+        let p = join(path, name);
+        let limit = match &value.value {
+            Value::Map(_) => soft_and_hard(ck, value, &p, name),
+            _ => ck
+                .field(value, &p, "a number", fields::parse_ulimit_value)
+                .and_then(|n| checked(ck, value, &p, fields::check_ulimit(name, n, n))),
+        };
+        if let Some(limit) = limit {
+            out.insert(name.to_string(), limit);
+        }
+    }
+    out
+}
+
+fn soft_and_hard(ck: &mut Checker, node: &Node, path: &str, name: &str) -> Option<Ulimit> {
+    let entries = ck.map(node, path, Some(&["soft", "hard"]))?;
+    let mut value = |key: &str| {
+        let (_, v) = entries.iter().find(|(k, _)| *k == key)?;
+        ck.field(v, &join(path, key), "a number", fields::parse_ulimit_value)
+    };
+    let (soft, hard) = (value("soft"), value("hard"));
+    if entries.len() < 2 {
+        ck.problem(
+            node,
+            path,
+            "needs both soft and hard, e.g. {soft: 1024, hard: 4096}",
+        );
+        return None;
+    }
+    let limit = fields::check_ulimit(name, soft?, hard?);
+    checked(ck, node, path, limit)
+}
+
+/// The value of a check, or `None` after reporting its problem.
+fn checked<T>(
+    ck: &mut Checker,
+    node: &Node,
+    path: &str,
+    result: Result<T, FieldError>,
+) -> Option<T> {
+    result
+        .map_err(|e| ck.problem(node, path, e.to_string()))
+        .ok()
+}
+
+/// `logging`: a driver that keeps logs on the device, and the limits of its files.
+pub(super) fn logging(ck: &mut Checker, node: &Node, path: &str) -> LogLimits {
+    let mut limits = LogLimits::default();
+    let entries = ck.map(node, path, Some(&["driver", "options"]));
+    for (key, value) in entries.unwrap_or_default() {
+        let p = join(path, key);
+        if key == "driver" {
+            ck.field(
+                value,
+                &p,
+                "\"json-file\" or \"local\"",
+                fields::check_log_driver,
+            );
+            continue;
+        }
+        if value.is_null() {
+            continue;
+        }
+        let options = ck.map(value, &p, Some(&["max-size", "max-file"]));
+        for (option, value) in options.unwrap_or_default() {
+            let p = join(&p, option);
+            if option == "max-size" {
+                limits.max_bytes =
+                    ck.field(value, &p, "a size such as \"10m\"", fields::parse_log_size);
+            } else {
+                limits.max_files =
+                    ck.field(value, &p, "a number from 1 to 20", fields::parse_log_files);
             }
         }
     }

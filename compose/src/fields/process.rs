@@ -1,9 +1,10 @@
-//! What a service's processes run as and how they stop: `user`, `stop_signal` and
-//! `stop_grace_period`.
+//! What a service's processes run as and with: `user`, `stop_signal`, `stop_grace_period`,
+//! capabilities, `ulimits` and `sysctls`.
 
 use std::time::Duration;
 
 use super::{parse_duration, FieldError};
+use crate::Ulimit;
 
 /// Why a `user` is refused; the text follows the value (`"a b" is not a user: ...`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,4 +185,197 @@ pub(crate) fn parse_grace_period(text: &str) -> Result<Duration, FieldError> {
         });
     }
     Ok(grace)
+}
+
+/// Every Linux capability, by number (CAP_CHOWN = 0 to CAP_CHECKPOINT_RESTORE = 40), as
+/// linux/include/uapi/linux/capability.h defines them.
+pub(crate) const CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// Capabilities no service is given, whatever the device's labels: each lets a process leave its
+/// confinement or reach the TPM, the disks or the agent. The text follows "it ".
+pub(crate) const NEVER_GRANTED: &[(&str, &str)] = &[
+    ("CAP_SYS_ADMIN", "is the catch-all administration capability (mounts, namespaces, devices), enough to leave the container"),
+    ("CAP_SYS_MODULE", "loads kernel modules, which run as the kernel"),
+    ("CAP_SYS_RAWIO", "gives raw access to I/O ports and device memory, which reaches the TPM and the disks directly"),
+    ("CAP_SYS_PTRACE", "traces and rewrites other processes, and reads kernel addresses"),
+    ("CAP_SYS_BOOT", "reboots the device and loads other kernels"),
+    ("CAP_MAC_ADMIN", "changes the AppArmor policy that confines every app"),
+    ("CAP_MAC_OVERRIDE", "bypasses the AppArmor policy that confines every app"),
+    ("CAP_BPF", "loads BPF programs, which run in the kernel and can read its memory"),
+    ("CAP_PERFMON", "watches the whole system, kernel and other apps included, through perf events"),
+    ("CAP_DAC_READ_SEARCH", "opens files by handle (open_by_handle_at), which reaches files outside the container"),
+    ("CAP_LINUX_IMMUTABLE", "clears the immutable and append-only flags that protect files even from root"),
+    ("CAP_SYSLOG", "reads and clears the kernel log, which holds kernel addresses and other apps' messages"),
+    ("CAP_AUDIT_CONTROL", "changes or turns off the audit rules of the whole device"),
+];
+
+/// Parse a capability name for `cap_add` (`add`) or `cap_drop`: with or without `CAP_`, any case,
+/// normalized to `CAP_NET_ADMIN`; `ALL` only in `cap_drop`; [`NEVER_GRANTED`] refused in `cap_add`.
+pub(crate) fn parse_capability(text: &str, add: bool) -> Result<String, FieldError> {
+    let upper = text.to_ascii_uppercase();
+    if upper == "ALL" {
+        return if add {
+            Err(FieldError::CapabilityAll)
+        } else {
+            Ok(upper)
+        };
+    }
+    let name = format!("CAP_{}", upper.strip_prefix("CAP_").unwrap_or(&upper));
+    if !CAPABILITIES.contains(&name.as_str()) {
+        return Err(FieldError::Capability {
+            name: text.to_string(),
+        });
+    }
+    match NEVER_GRANTED.iter().find(|(n, _)| *n == name) {
+        Some(&(_, reason)) if add => Err(FieldError::CapabilityRefused { name, reason }),
+        _ => Ok(name),
+    }
+}
+
+/// The ulimits a service may set (`setrlimit(2)` names without `RLIMIT_`).
+pub(crate) const ULIMITS: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// Largest `nofile`: the kernel's default `fs.nr_open`, which `setrlimit` cannot pass.
+const MAX_NOFILE: u64 = 1 << 20;
+
+/// Parse a ulimit value: a whole number (`-1`, unlimited, is refused).
+pub(crate) fn parse_ulimit_value(text: &str) -> Result<u64, FieldError> {
+    text.parse().map_err(|_| FieldError::UlimitValue {
+        text: text.to_string(),
+    })
+}
+
+/// Check ulimit `name` (one of [`ULIMITS`]): soft at most hard, `nofile` at most 2^20; `rtprio`
+/// above 0 is refused, since real-time threads escape the cgroup CPU limit and can starve the
+/// agent.
+pub(crate) fn check_ulimit(name: &str, soft: u64, hard: u64) -> Result<Ulimit, FieldError> {
+    if soft > hard {
+        return Err(FieldError::UlimitOrder { soft, hard });
+    }
+    match name {
+        "nofile" if hard > MAX_NOFILE => Err(FieldError::UlimitTooHigh {
+            name: "nofile",
+            value: hard,
+            max: MAX_NOFILE,
+        }),
+        "rtprio" if hard > 0 => Err(FieldError::UlimitRefused {
+            name: "rtprio",
+            value: hard,
+            reason: "would let the service run real-time threads, which the cgroup CPU limit does not hold and which can starve the agent",
+        }),
+        _ => Ok(Ulimit { soft, hard }),
+    }
+}
+
+/// Longest sysctl name.
+pub(crate) const MAX_SYSCTL_NAME: usize = 128;
+
+/// Longest sysctl value.
+pub(crate) const MAX_SYSCTL_VALUE: usize = 256;
+
+/// The sysctls a container may set: those the kernel keeps per namespace (`*` ends a prefix).
+pub(crate) const NAMESPACED_SYSCTLS: &[&str] = &[
+    "net.*",
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+    "fs.mqueue.*",
+];
+
+/// Check a sysctl: a name of lowercase letters, digits and `_` in `.`-separated parts, one of
+/// [`NAMESPACED_SYSCTLS`], and a printable value. `host_network`: `net.*` would change the host.
+pub(crate) fn check_sysctl(name: &str, value: &str, host_network: bool) -> Result<(), FieldError> {
+    let name_ok = name.len() <= MAX_SYSCTL_NAME
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        });
+    let error = |make: fn(String) -> FieldError| Err(make(name.to_string()));
+    if !name_ok {
+        return error(|name| FieldError::SysctlName { name });
+    }
+    let allowed = NAMESPACED_SYSCTLS
+        .iter()
+        .any(|s| match s.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == *s,
+        });
+    if !allowed {
+        return error(|name| FieldError::SysctlNotNamespaced { name });
+    }
+    if host_network && name.starts_with("net.") {
+        return error(|name| FieldError::SysctlHostNetwork { name });
+    }
+    if value.is_empty()
+        || value.len() > MAX_SYSCTL_VALUE
+        || !value.bytes().all(|b| (b' '..=b'~').contains(&b))
+    {
+        return error(|name| FieldError::SysctlValue { name });
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
-//! The service keys of everyday Compose files: user, hosts, labels, stop settings, and the keys
-//! refused with a reason.
+//! The service keys of everyday Compose files: user, hosts, labels, stop settings,
+//! capabilities, ulimits, sysctls, logging, and the keys refused with a reason.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::super::fields::{self, UserError};
@@ -205,6 +206,206 @@ fn labels_in_the_agent_namespace_or_too_long_are_refused() {
     web_error(
         &format!("    labels:\n{many}"),
         "services.web.labels: has 129 entries; at most 128 are allowed",
+    );
+}
+
+#[test]
+fn capabilities_are_normalized_and_checked_against_the_linux_list() {
+    let web = web("    cap_add: [net_admin, CAP_SYS_NICE, Chown]\n    cap_drop: [all]\n");
+    assert_eq!(
+        web.cap_add.iter().collect::<Vec<_>>(),
+        ["CAP_CHOWN", "CAP_NET_ADMIN", "CAP_SYS_NICE"]
+    );
+    assert_eq!(web.cap_drop.iter().collect::<Vec<_>>(), ["ALL"]);
+    web_error(
+        "    cap_add: [NET_ADMN]\n",
+        "compose.yml:4: services.web.cap_add[0]: \"NET_ADMN\" is not a Linux capability",
+    );
+    web_error(
+        "    cap_add: [ALL]\n",
+        "services.web.cap_add[0]: ALL would give the service every capability, which makes it a privileged container",
+    );
+    web_error(
+        "    cap_add: [NET_ADMIN, cap_net_admin]\n",
+        "services.web.cap_add[1]: CAP_NET_ADMIN is listed twice",
+    );
+    web_error(
+        "    cap_drop: [NET_RAW]\n    cap_add: [net_raw]\n",
+        "compose.yml:4: services.web.cap_drop[0]: CAP_NET_RAW is both added and dropped",
+    );
+}
+
+#[test]
+fn the_capability_list_is_the_41_of_linux() {
+    let caps = fields::CAPABILITIES;
+    assert_eq!(caps.len(), 41);
+    assert_eq!(caps.iter().collect::<BTreeSet<_>>().len(), 41);
+    assert_eq!(
+        (caps[0], caps[21], caps[40]),
+        ("CAP_CHOWN", "CAP_SYS_ADMIN", "CAP_CHECKPOINT_RESTORE")
+    );
+    for cap in DEFAULT_CAPABILITIES {
+        assert!(caps.contains(cap), "{cap}");
+    }
+    for (cap, _) in fields::NEVER_GRANTED {
+        assert!(caps.contains(cap), "{cap}");
+        assert!(!DEFAULT_CAPABILITIES.contains(cap), "{cap}");
+    }
+}
+
+#[test]
+fn capabilities_that_escape_confinement_are_never_granted() {
+    for (cap, reason) in fields::NEVER_GRANTED {
+        let short = cap.trim_start_matches("CAP_");
+        web_error(
+            &format!("    cap_add: [{short}]\n"),
+            &format!("services.web.cap_add[0]: {cap} is never granted on Cairn: it {reason}"),
+        );
+        // Dropping them is fine.
+        web(&format!("    cap_drop: [{short}]\n"));
+    }
+    for required in [
+        "SYS_ADMIN",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_PTRACE",
+        "SYS_BOOT",
+        "MAC_ADMIN",
+        "MAC_OVERRIDE",
+        "BPF",
+        "PERFMON",
+        "DAC_READ_SEARCH",
+        "LINUX_IMMUTABLE",
+        "SYSLOG",
+    ] {
+        let cap = format!("CAP_{required}");
+        assert!(
+            fields::NEVER_GRANTED.iter().any(|(c, _)| *c == cap),
+            "{cap}"
+        );
+    }
+}
+
+#[test]
+fn ulimits_take_a_number_or_soft_and_hard() {
+    let web = web("    ulimits:\n      nproc: 512\n      nofile: {soft: 20000, hard: 40000}\n      memlock: 67108864\n      rtprio: 0\n");
+    assert_eq!(
+        web.ulimits["nproc"],
+        Ulimit {
+            soft: 512,
+            hard: 512
+        }
+    );
+    assert_eq!(
+        web.ulimits["nofile"],
+        Ulimit {
+            soft: 20000,
+            hard: 40000
+        }
+    );
+    assert_eq!(web.ulimits["memlock"].hard, 64 << 20);
+    assert_eq!(web.ulimits["rtprio"].hard, 0);
+}
+
+#[test]
+fn ulimits_refuse_unknown_names_bad_numbers_inverted_limits_and_rtprio() {
+    let base = "    ulimits:\n";
+    web_error(
+        &format!("{base}      files: 10\n"),
+        "compose.yml:5: services.web.ulimits.files: unknown key \"files\"; supported keys here: core, cpu,",
+    );
+    web_error(
+        &format!("{base}      nofile: -1\n"),
+        "services.web.ulimits.nofile: \"-1\" is not a limit; write a whole number (-1, unlimited, is not accepted)",
+    );
+    web_error(
+        &format!("{base}      nofile:\n        soft: 10\n        hard: x\n"),
+        "compose.yml:7: services.web.ulimits.nofile.hard: \"x\" is not a limit",
+    );
+    web_error(
+        &format!("{base}      nofile: {{soft: 20, hard: 10}}\n"),
+        "services.web.ulimits.nofile: soft limit 20 is above the hard limit 10",
+    );
+    web_error(
+        &format!("{base}      nofile: {{soft: 10}}\n"),
+        "services.web.ulimits.nofile: needs both soft and hard",
+    );
+    web_error(
+        &format!("{base}      nofile: 2000000\n"),
+        "services.web.ulimits.nofile: nofile limit 2000000 is above the 1048576 maximum",
+    );
+    web_error(
+        &format!("{base}      rtprio: 10\n"),
+        "services.web.ulimits.rtprio: rtprio 10 would let the service run real-time threads",
+    );
+}
+
+#[test]
+fn sysctls_must_be_namespaced_and_not_net_on_the_host_network() {
+    let web = web("    sysctls:\n      net.core.somaxconn: 1024\n      kernel.sem: 250 32000 100 128\n      fs.mqueue.msg_max: \"64\"\n");
+    assert_eq!(web.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(web.sysctls["kernel.sem"], "250 32000 100 128");
+    let listed = super::web("    sysctls: [\"net.ipv4.ip_forward=1\"]\n");
+    assert_eq!(listed.sysctls["net.ipv4.ip_forward"], "1");
+    web_error(
+        "    sysctls: {kernel.panic: 1}\n",
+        "compose.yml:4: services.web.sysctls.kernel.panic: kernel.panic is not a namespaced sysctl, so it would change the whole device; allowed: net.*, kernel.msgmax,",
+    );
+    web_error(
+        "    sysctls: [Net.Core=1]\n",
+        "services.web.sysctls[0]: \"Net.Core\" is not a sysctl name",
+    );
+    web_error(
+        "    sysctls: [net.core.somaxconn]\n",
+        "services.web.sysctls[0]: net.core.somaxconn has no value",
+    );
+    web_error(
+        "    sysctls: {net.core.somaxconn: \"\\t\"}\n",
+        "the value of net.core.somaxconn must be 1 to 256 printable characters",
+    );
+    // network_mode is read first, wherever it is written.
+    web_error(
+        "    sysctls: {net.ipv4.ip_forward: 1}\n    network_mode: host\n",
+        "compose.yml:4: services.web.sysctls.net.ipv4.ip_forward: net.ipv4.ip_forward would change the device's own network, since the service uses network_mode: host",
+    );
+    super::web("    sysctls: {kernel.shmmax: 1}\n    network_mode: host\n");
+}
+
+#[test]
+fn logging_keeps_logs_on_the_device_within_limits() {
+    let web = web("    logging:\n      driver: json-file\n      options:\n        max-size: 10m\n        max-file: \"3\"\n");
+    assert_eq!(
+        web.logging,
+        LogLimits {
+            max_bytes: Some(10 << 20),
+            max_files: Some(3)
+        }
+    );
+    assert_eq!(
+        super::web("    logging: {options: {max-file: 20}}\n")
+            .logging
+            .max_files,
+        Some(20)
+    );
+    assert_eq!(
+        super::web("    logging: {driver: local}\n").logging,
+        LogLimits::default()
+    );
+    web_error(
+        "    logging:\n      driver: syslog\n",
+        "compose.yml:5: services.web.logging.driver: \"syslog\" is not supported: logs stay on the device",
+    );
+    web_error(
+        "    logging: {options: {max-size: 1k}}\n",
+        "services.web.logging.options.max-size: \"1k\" is not a log size from 64k to 1g",
+    );
+    web_error(
+        "    logging: {options: {max-file: 21}}\n",
+        "services.web.logging.options.max-file: \"21\" is not a number of log files from 1 to 20",
+    );
+    web_error(
+        "    logging: {options: {compress: \"true\"}}\n",
+        "services.web.logging.options.compress: unknown key \"compress\"; supported keys here: max-size, max-file",
     );
 }
 
