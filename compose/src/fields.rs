@@ -1,8 +1,9 @@
 //! Parsers for the scalar formats of a Compose file: volumes, durations, sizes, CPUs, restart
 //! policies, names, labels and shell-style commands here; ports and host entries in `network`,
-//! users, signals, capabilities, ulimits and sysctls in `process`. Each error says what is wrong
-//! and what to write instead.
+//! users, signals, capabilities, ulimits and sysctls in `process`, tmpfs mounts and devices in
+//! `mounts`. Each error says what is wrong and what to write instead.
 
+mod mounts;
 mod network;
 mod process;
 
@@ -10,6 +11,8 @@ use std::time::Duration;
 
 use super::{RestartPolicy, VolumeMount};
 
+pub(crate) use mounts::{device_mapping, parse_device, parse_tmpfs};
+pub use mounts::{DeviceError, TmpfsError};
 pub(crate) use network::{
     check_hostname, expand_ports, parse_extra_host, parse_host_ip, parse_port, parse_port_mode,
     parse_port_range, parse_protocol, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE,
@@ -213,6 +216,14 @@ pub enum FieldError {
         /// Bytes of key and value together.
         bytes: usize,
     },
+    /// A `tmpfs` entry that is not `/path[:size=SIZE,mode=MODE]`.
+    #[error("{text:?} is not a tmpfs mount: {reason}; write \"/path[:size=64m,mode=1777]\"")]
+    Tmpfs {
+        /// The entry as written.
+        text: String,
+        /// What is wrong.
+        reason: TmpfsError,
+    },
     /// Not a signal name or number.
     #[error("{text:?} is not a signal; write a name such as \"SIGTERM\", \"SIGINT\" or \"SIGRTMIN+3\", or a number from 1 to 64")]
     Signal {
@@ -328,6 +339,14 @@ pub enum FieldError {
     LogFiles {
         /// The value as written.
         text: String,
+    },
+    /// A `devices` entry that cannot be given to a service.
+    #[error("{text:?} is not a usable device: {reason}")]
+    Device {
+        /// The entry as written.
+        text: String,
+        /// What is wrong.
+        reason: DeviceError,
     },
 }
 
@@ -531,6 +550,16 @@ pub(crate) fn check_container_path(path: &str) -> Result<(), ContainerPathError>
         });
     }
     Ok(())
+}
+
+/// A container path without empty or `.` parts or a trailing `/` (`//a/./b/` is `/a/b`), so that
+/// two ways of writing one target compare equal.
+pub(crate) fn normalize_path(path: &str) -> String {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
 }
 
 /// Parse a Compose duration: a sequence of NUMBER UNIT with units `h`, `m`, `s`, `ms`, `us`

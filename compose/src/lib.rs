@@ -34,7 +34,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use fields::{split_command, ContainerPathError, FieldError, NameError, PortError, UserError};
+pub use fields::{
+    split_command, ContainerPathError, DeviceError, FieldError, NameError, PortError, TmpfsError,
+    UserError,
+};
 pub use reference::{check_digest, ImageRef, ImageRefError};
 
 /// Docker's default capability set, which Compose files are written against: root in a

@@ -1,14 +1,21 @@
 //! Validation of the service keys that are lists of entries: `volumes`, `ports`, `secrets`,
-//! `cap_add` and `cap_drop`.
+//! `tmpfs`, `devices`, `cap_add` and `cap_drop`.
 
 use std::collections::BTreeSet;
 
 use super::fields::{self, FieldError, PortError, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE};
 use super::parse::{join, Checker, Site};
 use super::yaml::{Node, Value};
-use super::{PortMapping, Protocol, VolumeMount};
+use super::{DeviceMapping, PortMapping, Protocol, TmpfsMount, VolumeMount};
+
+/// Most `tmpfs` mounts of a service.
+const MAX_TMPFS: usize = 16;
+
+/// Most `devices` of a service.
+const MAX_DEVICES: usize = 64;
 
 const PORT_KEYS: &[&str] = &["target", "published", "host_ip", "protocol", "mode"];
+const DEVICE_KEYS: &[&str] = &["source", "target", "permissions"];
 
 /// The items of a list with their paths; a problem (and none) when `node` is not a list or has
 /// more than `max` items.
@@ -191,6 +198,101 @@ pub(super) fn secrets(
         }
     }
     out
+}
+
+/// `tmpfs`: a path or a list of them, none on a volume's mount point or given twice.
+pub(super) fn tmpfs(
+    ck: &mut Checker,
+    node: &Node,
+    path: &str,
+    volumes: &[VolumeMount],
+) -> Vec<TmpfsMount> {
+    let entries = match &node.value {
+        Value::Scalar { .. } if !node.is_null() => vec![Site {
+            node,
+            path: path.to_string(),
+        }],
+        _ => items(ck, node, path, MAX_TMPFS),
+    };
+    let mut out: Vec<TmpfsMount> = Vec::new();
+    for item in entries {
+        let Some(mount) = ck.field(
+            item.node,
+            &item.path,
+            "\"/path[:size=64m,mode=1777]\"",
+            fields::parse_tmpfs,
+        ) else {
+            continue;
+        };
+        let target = &mount.target;
+        let volume = volumes
+            .iter()
+            .find(|v| fields::normalize_path(&v.target) == *target);
+        if let Some(volume) = volume {
+            let message = format!(
+                "{target} is already where volume {:?} is mounted; use another path",
+                volume.volume
+            );
+            ck.problem_at(&item, message);
+        } else if out.iter().any(|m| m.target == *target) {
+            ck.problem_at(&item, format!("{target} is mounted twice; keep one"));
+        } else {
+            out.push(mount);
+        }
+    }
+    out
+}
+
+/// `devices`, short or long syntax, each container path once.
+pub(super) fn devices(ck: &mut Checker, node: &Node, path: &str) -> Vec<DeviceMapping> {
+    let mut out: Vec<DeviceMapping> = Vec::new();
+    for item in items(ck, node, path, MAX_DEVICES) {
+        let device = if matches!(item.node.value, Value::Map(_)) {
+            long_device(ck, item.node, &item.path)
+        } else {
+            let what = "\"/dev/HOST[:/dev/CONTAINER[:rwm]]\"";
+            ck.field(item.node, &item.path, what, fields::parse_device)
+        };
+        let Some(device) = device else {
+            continue;
+        };
+        if out.iter().any(|d| d.container == device.container) {
+            let message = format!(
+                "{} is given twice in the container; keep one",
+                device.container
+            );
+            ck.problem_at(&item, message);
+        } else {
+            out.push(device);
+        }
+    }
+    out
+}
+
+/// A long-syntax device: `{source, target, permissions}`.
+fn long_device(ck: &mut Checker, node: &Node, path: &str) -> Option<DeviceMapping> {
+    let entries = ck.map(node, path, Some(DEVICE_KEYS))?;
+    let mut parts = [None; 3];
+    for (key, value) in &entries {
+        let i = DEVICE_KEYS.iter().position(|k| k == key)?;
+        parts[i] = Some(ck.scalar(value, &join(path, key), "a path or permissions")?);
+    }
+    let [Some(source), target, permissions] = parts else {
+        ck.problem(
+            node,
+            &join(path, "source"),
+            "is missing; give the device on the host, e.g. /dev/ttyUSB0",
+        );
+        return None;
+    };
+    let mapping = fields::device_mapping(
+        source,
+        target.unwrap_or(source),
+        permissions.unwrap_or("rwm"),
+    );
+    mapping
+        .map_err(|reason| ck.problem(node, path, reason.to_string()))
+        .ok()
 }
 
 /// `cap_add` (`add`) or `cap_drop`: capability names, each once and none in `other` (the

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::fields::{self, FieldError};
-use super::lists::{capabilities, ports, secrets, volumes};
+use super::lists::{capabilities, devices, ports, secrets, tmpfs, volumes};
 use super::sections::{
     deploy, environment, extra_hosts, healthcheck, labels, logging, sysctls, ulimits,
 };
@@ -15,7 +15,7 @@ use super::{AppSpec, NetworkMode, Problem, Protocol, ServiceSpec};
 const TOP_KEYS: &[&str] = &["services", "volumes", "secrets", "version"];
 
 /// The keys of a service, in the order they are read: a key comes after those its checks need
-/// (`sysctls` after `network_mode`, `cap_drop` after `cap_add`).
+/// (`tmpfs` after `volumes`, `sysctls` after `network_mode`, `cap_drop` after `cap_add`).
 const SERVICE_KEYS: &[&str] = &[
     "image",
     "command",
@@ -34,6 +34,7 @@ const SERVICE_KEYS: &[&str] = &[
     "user",
     "extra_hosts",
     "labels",
+    "tmpfs",
     "stop_signal",
     "stop_grace_period",
     "cap_add",
@@ -41,6 +42,7 @@ const SERVICE_KEYS: &[&str] = &[
     "ulimits",
     "sysctls",
     "logging",
+    "devices",
 ];
 
 /// Compose service keys that stay refused, with why: each would loosen the confinement every app
@@ -527,6 +529,7 @@ fn service_key<'n>(
         "user" => svc.user = ck.field(value, p, "a user such as \"1000:1000\"", fields::parse_user),
         "extra_hosts" => svc.extra_hosts = extra_hosts(ck, value, p),
         "labels" => svc.labels = labels(ck, value, p),
+        "tmpfs" => svc.tmpfs = tmpfs(ck, value, p, &svc.volumes),
         "stop_signal" => {
             let what = "a signal such as \"SIGTERM\"";
             svc.stop_signal = ck.field(value, p, what, fields::parse_stop_signal);
@@ -543,6 +546,7 @@ fn service_key<'n>(
             svc.sysctls = sysctls(ck, value, p, host_network);
         }
         "logging" => svc.logging = logging(ck, value, p),
+        "devices" => svc.devices = devices(ck, value, p),
         _ => unreachable!("keys are checked against SERVICE_KEYS"),
     }
 }

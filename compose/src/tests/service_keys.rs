@@ -1,12 +1,12 @@
-//! The service keys of everyday Compose files: user, hosts, labels, stop settings,
-//! capabilities, ulimits, sysctls, logging, and the keys refused with a reason.
+//! The service keys of everyday Compose files: user, hosts, labels, tmpfs, stop settings,
+//! capabilities, ulimits, sysctls, logging, devices, and the keys refused with a reason.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::super::fields::{self, UserError};
 use super::super::*;
-use super::{web, web_error};
+use super::{web, web_error, web_file};
 
 #[test]
 fn a_service_may_set_its_user_hosts_labels_and_stop_settings() {
@@ -210,6 +210,78 @@ fn labels_in_the_agent_namespace_or_too_long_are_refused() {
 }
 
 #[test]
+fn tmpfs_mounts_take_a_size_and_a_mode() {
+    let web = web("    tmpfs:\n      - /run\n      - /cache/:size=16m,mode=0755\n      - \"/scratch:mode=700\"\n");
+    let mounts: Vec<(&str, u64, u32)> = web
+        .tmpfs
+        .iter()
+        .map(|m| (m.target.as_str(), m.size_bytes, m.mode))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("/run", DEFAULT_TMPFS_BYTES, 0o1777),
+            ("/cache", 16 << 20, 0o755),
+            ("/scratch", DEFAULT_TMPFS_BYTES, 0o700)
+        ]
+    );
+    assert_eq!(super::web("    tmpfs: /tmp\n").tmpfs[0].target, "/tmp");
+    assert_eq!(
+        super::web("    tmpfs: \"/tmp:size=1g\"\n").tmpfs[0].size_bytes,
+        1 << 30
+    );
+}
+
+#[test]
+fn tmpfs_refuses_system_dirs_unknown_options_and_sizes_over_a_gib() {
+    let cases = [
+        ("rel", "container path \"rel\" must be absolute"),
+        ("/", "cannot mount over the container's root"),
+        (
+            "/proc",
+            "\"/proc\" is in /proc, which the runtime mounts itself",
+        ),
+        ("//sys/./fs", "\"/sys/fs\" is in /sys"),
+        ("/dev/shm", "\"/dev/shm\" is in /dev"),
+        (
+            "/x:noexec",
+            "option \"noexec\" is not supported (supported: size, mode)",
+        ),
+        ("/x:size=2g", "size \"2g\" is above the 1g maximum"),
+        ("/x:size=lots", "size \"lots\" is not a size"),
+        ("/x:mode=8", "mode \"8\" is not an octal mode"),
+        ("/x:mode=17777", "mode \"17777\" is not an octal mode"),
+        ("/x:size=1m,size=2m", "option size is given twice"),
+    ];
+    for (entry, expected) in cases {
+        web_error(
+            &format!("    tmpfs: [\"{entry}\"]\n"),
+            &format!("compose.yml:4: services.web.tmpfs[0]: \"{entry}\" is not a tmpfs mount: {expected}"),
+        );
+    }
+    // /process and /devices are not /proc or /dev.
+    web("    tmpfs: [/process, /devices]\n");
+}
+
+#[test]
+fn tmpfs_on_a_volume_target_or_twice_is_refused() {
+    // tmpfs written before volumes is still checked against them.
+    web_error(
+        "    tmpfs: [/data/]\n    volumes: [\"store:/data\"]\n",
+        "compose.yml:4: services.web.tmpfs[0]: /data is already where volume \"store\" is mounted",
+    );
+    web_error(
+        "    tmpfs: [/a, \"/a:size=1m\"]\n",
+        "services.web.tmpfs[1]: /a is mounted twice",
+    );
+    let many: String = (0..17).map(|i| format!("      - /t{i}\n")).collect();
+    web_error(
+        &format!("    tmpfs:\n{many}"),
+        "services.web.tmpfs: has 17 entries; at most 16 are allowed",
+    );
+}
+
+#[test]
 fn capabilities_are_normalized_and_checked_against_the_linux_list() {
     let web = web("    cap_add: [net_admin, CAP_SYS_NICE, Chown]\n    cap_drop: [all]\n");
     assert_eq!(
@@ -284,6 +356,21 @@ fn capabilities_that_escape_confinement_are_never_granted() {
             "{cap}"
         );
     }
+}
+
+#[test]
+fn privileges_list_devices_and_capabilities_outside_the_default_set() {
+    let text = web_file("    cap_add: [CHOWN, NET_ADMIN]\n    devices: [/dev/ttyUSB0]\n  other:\n    image: busybox\n    cap_add: [SYS_NICE]\n    devices: [\"/dev/gpiochip0:/dev/gpiochip0:rw\"]\n");
+    let app = AppSpec::parse("compose.yml", "shop", &text).unwrap();
+    let privileges = app.privileges();
+    assert_eq!(
+        privileges.capabilities.iter().collect::<Vec<_>>(),
+        ["CAP_NET_ADMIN", "CAP_SYS_NICE"]
+    );
+    assert_eq!(
+        privileges.devices.iter().collect::<Vec<_>>(),
+        ["/dev/gpiochip0", "/dev/ttyUSB0"]
+    );
 }
 
 #[test]
@@ -410,6 +497,119 @@ fn logging_keeps_logs_on_the_device_within_limits() {
 }
 
 #[test]
+fn devices_take_short_and_long_forms() {
+    let web = web("    devices:\n      - /dev/ttyUSB0\n      - /dev/ttyACM0:/dev/modem\n      - /dev/i2c-1:/dev/i2c-1:rw\n      - /dev/gpiochip0:r\n      - {source: /dev/video0, target: /dev/cam, permissions: rwm}\n      - {source: /dev/hidraw0}\n");
+    let devices: Vec<(&str, &str, &str)> = web
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.host.as_str(),
+                d.container.as_str(),
+                d.permissions.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        devices,
+        [
+            ("/dev/ttyUSB0", "/dev/ttyUSB0", "rwm"),
+            ("/dev/ttyACM0", "/dev/modem", "rwm"),
+            ("/dev/i2c-1", "/dev/i2c-1", "rw"),
+            ("/dev/gpiochip0", "/dev/gpiochip0", "r"),
+            ("/dev/video0", "/dev/cam", "rwm"),
+            ("/dev/hidraw0", "/dev/hidraw0", "rwm"),
+        ]
+    );
+    web_error(
+        "    devices: [/dev/ttyUSB0, \"/dev/ttyUSB1:/dev/ttyUSB0\"]\n",
+        "services.web.devices[1]: /dev/ttyUSB0 is given twice in the container",
+    );
+    web_error(
+        "    devices: [{target: /dev/x}]\n",
+        "compose.yml:4: services.web.devices[0].source: is missing",
+    );
+}
+
+#[test]
+fn devices_reaching_the_tpm_disks_or_kernel_memory_are_refused() {
+    for (device, reason) in [
+        ("/dev/tpm0", "reaches the TPM"),
+        ("/dev/tpmrm0", "reaches the TPM"),
+        ("/dev/sda", "may be the system disk"),
+        ("/dev/sdb1", "may be the system disk"),
+        ("/dev/vda", "may be the system disk"),
+        ("/dev/nvme0n1p2", "may be the system disk"),
+        ("/dev/nvme0", "may be the system disk"),
+        ("/dev/mmcblk0p1", "may be the system disk"),
+        ("/dev/dm-0", "may be the system disk"),
+        ("/dev/mapper/data", "may be the system disk"),
+        ("/dev/disk/by-label/root", "may be the system disk"),
+        ("/dev/sg0", "may be the system disk"),
+        ("/dev/loop0", "may be the system disk"),
+        ("/dev/mem", "reaches kernel memory"),
+        ("/dev/kmem", "reaches kernel memory"),
+        ("/dev/port", "reaches kernel memory"),
+        ("/dev/kmsg", "reaches kernel memory"),
+        ("/dev/char/10:224", "names devices by number"),
+        ("/dev/watchdog0", "reboots the device"),
+    ] {
+        let error = fields::parse_device(device).unwrap_err().to_string();
+        assert!(error.contains(reason), "{device}: {error}");
+    }
+    // Names that only start like a refused one.
+    for fine in [
+        "/dev/sgx_enclave",
+        "/dev/memory_bandwidth",
+        "/dev/portal0",
+        "/dev/snd/pcmC0D0p",
+    ] {
+        assert!(fields::parse_device(fine).is_ok(), "{fine}");
+    }
+    web_error(
+        "    devices: [/dev/tpmrm0]\n",
+        "compose.yml:4: services.web.devices[0]: \"/dev/tpmrm0\" is not a usable device: /dev/tpmrm0 reaches the TPM, which holds the device's identity and disk keys",
+    );
+    web_error(
+        "    devices: [{source: /dev/sda}]\n",
+        "services.web.devices[0]: /dev/sda is a disk, a partition or a view of one, and may be the system disk",
+    );
+}
+
+#[test]
+fn device_paths_must_be_plain_paths_under_dev() {
+    for (entry, reason) in [
+        ("/dev", "\"/dev\" is not a path under /dev/"),
+        ("/dev/", "\"/dev/\" is not a path under /dev/"),
+        ("/etc/passwd", "\"/etc/passwd\" is not a path under /dev/"),
+        ("/dev/../etc/shadow", "has an empty, \".\" or \"..\" part"),
+        ("/dev//tpm0", "has an empty, \".\" or \"..\" part"),
+        ("/dev/./tpm0", "has an empty, \".\" or \"..\" part"),
+        ("/dev/ttyS0:/tmp/x", "\"/tmp/x\" is not a path under /dev/"),
+        (
+            "/dev/ttyS0:/dev/ttyS0:rwx",
+            "permissions \"rwx\" are not a non-empty subset of \"rwm\"",
+        ),
+        ("/dev/ttyS0:/dev/ttyS0:rr", "permissions \"rr\""),
+        ("/dev/ttyS0:/dev/ttyS0:", "permissions \"\""),
+        (
+            "/dev/ttyS0::rw",
+            "write \"/dev/HOST[:/dev/CONTAINER][:rwm]\"",
+        ),
+        ("/dev/a:/dev/b:r:x", "write \"/dev/HOST"),
+        ("vendor.com/gpu=all", "is not a path under /dev/"),
+    ] {
+        let error = fields::parse_device(entry).unwrap_err().to_string();
+        assert!(error.contains(reason), "{entry}: {error}");
+    }
+    let many: String = (0..65).map(|i| format!("      - /dev/ttyS{i}\n")).collect();
+    web_error(
+        &format!("    devices:\n{many}"),
+        "services.web.devices: has 65 entries; at most 64 are allowed",
+    );
+}
+
+#[test]
 fn keys_that_stay_refused_say_why() {
     for (key, value, reason) in [
         (
@@ -460,4 +660,13 @@ fn keys_that_stay_refused_say_why() {
         "    network_mode: none\n",
         "services.web.network_mode: \"none\" is not supported; only \"host\" is",
     );
+}
+
+#[test]
+fn every_new_key_is_checked_in_a_full_file() {
+    let text = "services:\n  web:\n    image: busybox\n    user: app\n    read_only: true\n    cap_drop: [ALL]\n    cap_add: [NET_BIND_SERVICE]\n    tmpfs: [/tmp]\n    ulimits: {nofile: 4096}\n    logging: {options: {max-size: 1m, max-file: 2}}\n    x-note: ignored\n  db:\n    image: busybox\n    healthcheck: {test: [CMD, \"true\"]}\n";
+    let app = AppSpec::parse("compose.yml", "shop", text).unwrap();
+    let web = &app.services["web"];
+    assert!(web.cap_drop.contains("ALL"));
+    assert!(app.privileges().capabilities.is_empty());
 }
