@@ -9,7 +9,7 @@ mod process;
 
 use std::time::Duration;
 
-use super::{RestartPolicy, VolumeMount};
+use super::{DependsOn, RestartPolicy, VolumeMount};
 
 pub(crate) use mounts::{device_mapping, parse_device, parse_tmpfs};
 pub use mounts::{DeviceError, TmpfsError};
@@ -347,6 +347,12 @@ pub enum FieldError {
         text: String,
         /// What is wrong.
         reason: DeviceError,
+    },
+    /// Not a `depends_on` condition.
+    #[error("{text:?} is not a depends_on condition; use \"service_started\", \"service_healthy\" or \"service_completed_successfully\"")]
+    Condition {
+        /// The value as written.
+        text: String,
     },
 }
 
@@ -704,6 +710,18 @@ pub(crate) fn parse_log_files(text: &str) -> Result<u32, FieldError> {
     match text.parse() {
         Ok(files) if (1..=20).contains(&files) => Ok(files),
         _ => Err(FieldError::LogFiles {
+            text: text.to_string(),
+        }),
+    }
+}
+
+/// Parse a `depends_on` condition.
+pub(crate) fn parse_condition(text: &str) -> Result<DependsOn, FieldError> {
+    match text {
+        "service_started" => Ok(DependsOn::ServiceStarted),
+        "service_healthy" => Ok(DependsOn::ServiceHealthy),
+        "service_completed_successfully" => Ok(DependsOn::ServiceCompletedSuccessfully),
+        _ => Err(FieldError::Condition {
             text: text.to_string(),
         }),
     }

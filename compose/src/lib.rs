@@ -22,6 +22,7 @@
 //! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands).
 //! - [`ImageRef`]: image references, normalized as containerd and Docker name images.
 
+mod depends;
 mod fields;
 mod lists;
 mod parse;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::fields::{self, FieldError};
 use super::lists::{capabilities, devices, ports, secrets, tmpfs, volumes};
 use super::sections::{
-    deploy, environment, extra_hosts, healthcheck, labels, logging, sysctls, ulimits,
+    depends_on, deploy, environment, extra_hosts, healthcheck, labels, logging, sysctls, ulimits,
 };
 use super::yaml::{Node, Value};
 use super::{AppSpec, NetworkMode, Problem, Protocol, ServiceSpec};
@@ -37,6 +37,7 @@ const SERVICE_KEYS: &[&str] = &[
     "tmpfs",
     "stop_signal",
     "stop_grace_period",
+    "depends_on",
     "cap_add",
     "cap_drop",
     "ulimits",
@@ -253,11 +254,13 @@ pub(super) struct Site<'n> {
 }
 
 /// Where a service's entries were written, for the problems found once the service (or the
-/// whole app) is read: one site per volume and per published port, in the spec's order.
+/// whole app) is read: one site per volume and per published port, in the spec's order, and
+/// one per `depends_on` entry.
 #[derive(Default)]
 pub(super) struct Sites<'n> {
     volumes: Vec<Site<'n>>,
     ports: Vec<Site<'n>>,
+    pub(super) depends_on: BTreeMap<String, Site<'n>>,
 }
 
 pub(super) fn join(path: &str, key: &str) -> String {
@@ -310,9 +313,10 @@ pub(crate) fn app(root: &Node, name: &str) -> Result<AppSpec, Vec<Problem>> {
         ),
         None => {}
         Some((_, node)) => {
-            let sites = services(&mut ck, node, &mut app);
+            let (names, sites) = services(&mut ck, node, &mut app);
             named_volumes(&mut ck, &mut app, declared_volumes, &sites);
             duplicate_host_ports(&mut ck, &app, &sites);
+            super::depends::check(&mut ck, &app, &names, &sites);
         }
     }
     if ck.problems.is_empty() {
@@ -323,12 +327,13 @@ pub(crate) fn app(root: &Node, name: &str) -> Result<AppSpec, Vec<Problem>> {
     }
 }
 
-/// Read every service into `app`; where the entries of the services read were written.
+/// Read every service into `app`: the names written (valid or not) and where the entries of
+/// the services read were written.
 fn services<'n>(
     ck: &mut Checker,
     node: &'n Node,
     app: &mut AppSpec,
-) -> BTreeMap<String, Sites<'n>> {
+) -> (BTreeSet<&'n str>, BTreeMap<String, Sites<'n>>) {
     let services = ck.map(node, "services", None).unwrap_or_default();
     if services.is_empty() && matches!(node.value, Value::Map(_)) {
         ck.problem(
@@ -341,9 +346,11 @@ fn services<'n>(
         secrets: &app.secrets,
         ports_left: fields::MAX_PORTS_PER_APP,
     };
+    let mut names = BTreeSet::new();
     let mut read = BTreeMap::new();
     let mut sites = BTreeMap::new();
     for (svc_name, svc_node) in services {
+        names.insert(svc_name);
         let path = join("services", svc_name);
         if let Err(why) = fields::check_name(svc_name, super::MAX_NAME_LEN) {
             ck.problem(svc_node, &path, format!("service name {svc_name:?} {why}"));
@@ -355,7 +362,7 @@ fn services<'n>(
         }
     }
     app.services = read;
-    sites
+    (names, sites)
 }
 
 /// Named volumes: when a top-level `volumes` exists, services may only use declared ones.
@@ -538,6 +545,7 @@ fn service_key<'n>(
             let what = "a duration such as \"30s\"";
             svc.stop_grace_period = ck.field(value, p, what, fields::parse_grace_period);
         }
+        "depends_on" => svc.depends_on = depends_on(ck, value, p, &mut sites.depends_on),
         "cap_add" => svc.cap_add = capabilities(ck, value, p, true, &BTreeSet::new()),
         "cap_drop" => svc.cap_drop = capabilities(ck, value, p, false, &svc.cap_add),
         "ulimits" => svc.ulimits = ulimits(ck, value, p),

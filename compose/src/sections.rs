@@ -1,14 +1,14 @@
 //! Validation of the service keys that are mappings (or `KEY=VALUE` lists): `environment`,
-//! `labels`, `sysctls`, `extra_hosts`, `healthcheck`, `deploy`, `ulimits` and
+//! `labels`, `sysctls`, `extra_hosts`, `healthcheck`, `deploy`, `depends_on`, `ulimits` and
 //! `logging`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::fields::{self, FieldError};
-use super::parse::{join, Checker};
+use super::parse::{join, Checker, Site};
 use super::yaml::{Node, Value, MAX_NODES};
-use super::{ExtraHost, HealthCheck, HealthTest, LogLimits, ResourceLimits, Ulimit};
+use super::{DependsOn, ExtraHost, HealthCheck, HealthTest, LogLimits, ResourceLimits, Ulimit};
 
 const HEALTH_KEYS: &[&str] = &[
     "test",
@@ -335,6 +335,81 @@ pub(super) fn deploy(ck: &mut Checker, node: &Node, path: &str) -> ResourceLimit
         }
     }
     limits
+}
+
+/// `depends_on`: a list of service names (each started first) or a mapping of names to
+/// `{condition, restart, required}`; `sites` gets where each was written, for the app-wide
+/// checks.
+pub(super) fn depends_on<'n>(
+    ck: &mut Checker,
+    node: &'n Node,
+    path: &str,
+    sites: &mut BTreeMap<String, Site<'n>>,
+) -> BTreeMap<String, DependsOn> {
+    let mut out = BTreeMap::new();
+    let mut add = |ck: &mut Checker, name: &str, condition, site: Site<'n>| {
+        if out.insert(name.to_string(), condition).is_some() {
+            ck.problem_at(&site, format!("{name} is listed twice; keep one"));
+        } else {
+            sites.insert(name.to_string(), site);
+        }
+    };
+    match &node.value {
+        Value::Seq(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("{path}[{i}]");
+                if let Some(name) = ck.scalar(item, &path, "a service name") {
+                    let site = Site { node: item, path };
+                    add(ck, name, DependsOn::ServiceStarted, site);
+                }
+            }
+        }
+        Value::Map(_) => {
+            for (name, value) in ck.map(node, path, None).unwrap_or_default() {
+                let path = join(path, name);
+                if let Some(condition) = dependency(ck, value, &path) {
+                    add(ck, name, condition, Site { node: value, path });
+                }
+            }
+        }
+        Value::Scalar { .. } => ck.problem(
+            node,
+            path,
+            format!(
+                "must be a list of service names or a mapping of service names to {{condition: ...}}, found {}",
+                node.kind()
+            ),
+        ),
+    }
+    out
+}
+
+/// One long-syntax `depends_on` entry (empty: the service is started first).
+fn dependency(ck: &mut Checker, node: &Node, path: &str) -> Option<DependsOn> {
+    if node.is_null() {
+        return Some(DependsOn::ServiceStarted);
+    }
+    let entries = ck.map(node, path, Some(&["condition", "restart", "required"]))?;
+    let mut condition = Some(DependsOn::ServiceStarted);
+    for (key, value) in entries {
+        let p = join(path, key);
+        match key {
+            "condition" => {
+                condition = ck.field(value, &p, "a condition", fields::parse_condition);
+            }
+            // Whether to restart the dependent when the dependency is updated: the agent
+            // decides that from the spec, so the value is checked and not kept.
+            "restart" => {
+                ck.boolean(value, &p);
+            }
+            _ => {
+                if ck.boolean(value, &p) == Some(false) {
+                    ck.problem(value, &p, "required: false (start even without the dependency) is not supported: every dependency is a service of this app, which the agent starts first; remove `required`");
+                }
+            }
+        }
+    }
+    condition
 }
 
 /// `ulimits`: names mapped to a number (soft and hard) or to `{soft, hard}`.

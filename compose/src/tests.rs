@@ -1,6 +1,7 @@
 //! Unit tests of app spec parsing: one valid file and one test per kind of error; the keys
-//! added for confinement and policy and ports in their own modules.
+//! added for confinement and policy, ports and `depends_on` in their own modules.
 
+mod depends;
 mod ports;
 mod service_keys;
 

@@ -664,9 +664,10 @@ fn keys_that_stay_refused_say_why() {
 
 #[test]
 fn every_new_key_is_checked_in_a_full_file() {
-    let text = "services:\n  web:\n    image: busybox\n    user: app\n    read_only: true\n    cap_drop: [ALL]\n    cap_add: [NET_BIND_SERVICE]\n    tmpfs: [/tmp]\n    ulimits: {nofile: 4096}\n    logging: {options: {max-size: 1m, max-file: 2}}\n    x-note: ignored\n  db:\n    image: busybox\n    healthcheck: {test: [CMD, \"true\"]}\n";
+    let text = "services:\n  web:\n    image: busybox\n    user: app\n    read_only: true\n    cap_drop: [ALL]\n    cap_add: [NET_BIND_SERVICE]\n    tmpfs: [/tmp]\n    ulimits: {nofile: 4096}\n    logging: {options: {max-size: 1m, max-file: 2}}\n    depends_on: [db]\n    x-note: ignored\n  db:\n    image: busybox\n    healthcheck: {test: [CMD, \"true\"]}\n";
     let app = AppSpec::parse("compose.yml", "shop", text).unwrap();
     let web = &app.services["web"];
+    assert_eq!(web.depends_on["db"], DependsOn::ServiceStarted);
     assert!(web.cap_drop.contains("ALL"));
     assert!(app.privileges().capabilities.is_empty());
 }
