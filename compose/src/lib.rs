@@ -24,6 +24,7 @@
 
 mod depends;
 mod fields;
+mod interpolate;
 mod lists;
 mod parse;
 mod reference;
@@ -414,26 +415,55 @@ impl AppSpec {
         out
     }
 
-    /// Parse and validate the Compose-format `text` of app `app_name`. `file` is only used in
-    /// error messages.
+    /// Parse and validate the Compose-format `text` of app `app_name`, with no variables (a
+    /// `${VAR}` without a default is a problem). `file` is only used in error messages.
     ///
     /// # Errors
     /// [`SpecError::Syntax`] for invalid YAML, [`SpecError::Invalid`] with every problem found
     /// (file, line, field path, what to change), [`SpecError::AppName`] for a bad `app_name`.
     pub fn parse(file: &str, app_name: &str, text: &str) -> Result<AppSpec, SpecError> {
+        AppSpec::parse_with_variables(file, app_name, text, &BTreeMap::new())
+    }
+
+    /// [`AppSpec::parse`], interpolating `variables` into the file's values as Compose does
+    /// (`${VAR}`, `${VAR:-default}`, `$$` for a literal `$`, ...). A variable that is not set
+    /// and has no default is a problem at its line.
+    ///
+    /// # Errors
+    /// As [`AppSpec::parse`]; a value that cannot be interpolated is one of the problems, and
+    /// the problems its value as written would cause are left out.
+    pub fn parse_with_variables(
+        file: &str,
+        app_name: &str,
+        text: &str,
+        variables: &BTreeMap<String, String>,
+    ) -> Result<AppSpec, SpecError> {
         if let Err(reason) = check_app_name(app_name) {
             return Err(SpecError::AppName {
                 name: app_name.to_string(),
                 reason,
             });
         }
-        let root = yaml::parse_document(text).map_err(|e| SpecError::Syntax {
+        let mut root = yaml::parse_document(text).map_err(|e| SpecError::Syntax {
             file: file.to_string(),
             line: e.line,
             col: e.col,
             message: e.message,
         })?;
-        parse::app(&root, app_name).map_err(|problems| SpecError::Invalid {
+        let mut problems = interpolate::document(&mut root, variables);
+        let result = parse::app(&root, app_name);
+        if problems.is_empty() {
+            return result.map_err(|problems| SpecError::Invalid {
+                file: file.to_string(),
+                problems,
+            });
+        }
+        // A value left as written (`${VAR}`) would only add noise at its line.
+        let lines: BTreeSet<usize> = problems.iter().map(|p| p.line).collect();
+        let others = result.err().unwrap_or_default();
+        problems.extend(others.into_iter().filter(|p| !lines.contains(&p.line)));
+        problems.sort_by_key(|p| p.line);
+        Err(SpecError::Invalid {
             file: file.to_string(),
             problems,
         })

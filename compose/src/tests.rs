@@ -1,7 +1,8 @@
 //! Unit tests of app spec parsing: one valid file and one test per kind of error; the keys
-//! added for confinement and policy, ports and `depends_on` in their own modules.
+//! added for confinement and policy, ports, `depends_on` and interpolation in their own modules.
 
 mod depends;
+mod interpolation;
 mod ports;
 mod service_keys;
 
