@@ -1,25 +1,34 @@
 //! The app spec: a subset of the Compose file format, parsed from YAML and validated with errors
 //! that name the file, the line and the field path (`compose.yml:12: services.web.ports[0]: ...`).
 //!
-//! Supported: `services.<name>.{image, command, entrypoint, environment, volumes, ports, restart,
-//! healthcheck, deploy.resources.limits.{cpus, memory}, network_mode: host, secrets, working_dir,
-//! hostname, read_only}`, top-level
-//! `volumes` (named volumes, stored on the data partition), top-level `secrets` (no `file`: values
-//! are provided by central and appear in the container as `/run/secrets/NAME`) and `version`
-//! (ignored), plus `x-*` extension fields anywhere (ignored) and YAML `<<` merge keys. Anything
-//! else is refused with the list of supported keys.
+//! Supported: `services.<name>.{image, command, entrypoint, environment, volumes, ports (short
+//! and long syntax, port ranges), restart, healthcheck, deploy.resources.limits.{cpus, memory},
+//! network_mode: host, secrets, working_dir, hostname, read_only, user, extra_hosts, labels,
+//! tmpfs, stop_signal, stop_grace_period, depends_on, cap_add, cap_drop, ulimits, sysctls,
+//! logging (json-file or local, with max-size and max-file), devices}`, top-level `volumes`
+//! (named volumes, stored on the data partition), top-level `secrets` (no `file`: values are
+//! provided by central and appear in the container as `/run/secrets/NAME`) and `version`
+//! (ignored), plus `x-*` extension fields anywhere (ignored), YAML `<<` merge keys and variable
+//! interpolation (`${VAR}`, `${VAR:-default}`, ... with the variables central provides). Anything
+//! else is refused with the list of supported keys, and the Compose keys that would loosen an
+//! app's confinement (`privileged`, `pid`, `security_opt`, ...) with the reason.
 //!
 //! Architecture invariant: this crate parses a string it is given and nothing more. It must not
 //! depend on containerd, the network, tokio or the file system, so central and cairnctl check a
 //! Compose file exactly as the agent does without pulling in the runtime. Size limits of the text
 //! (`cairn_proto::MAX_COMPOSE_BYTES`) are the caller's; what the YAML may expand to (aliases
-//! copied, at most 30,000 nodes) and how deep it may nest (32 levels) are bounded here, so a
-//! hostile file under 1 KiB is refused in milliseconds.
+//! copied, at most 30,000 nodes), how deep it may nest (32 levels) and what variables may add
+//! (64 KiB a value, 1 MiB a file) are bounded here, so a hostile file under 1 KiB is refused in
+//! milliseconds.
 //!
-//! - [`AppSpec::parse`]: the entry point, from YAML text to a validated [`AppSpec`].
+//! - [`AppSpec::parse`], [`AppSpec::parse_with_variables`]: the entry points, from YAML text to
+//!   a validated [`AppSpec`].
 //! - `yaml`: YAML events to a tree whose nodes know their line, within node and depth budgets.
-//! - `parse`, `sections`: that tree to an [`AppSpec`], collecting every problem.
-//! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands).
+//! - `interpolate`: variables put into the tree's values.
+//! - `parse`, `sections`, `lists`, `depends`: that tree to an [`AppSpec`], collecting every
+//!   problem (`depends` holds the checks across services).
+//! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands, users,
+//!   signals, capabilities, devices, ...).
 //! - [`ImageRef`]: image references, normalized as containerd and Docker name images.
 
 mod depends;
