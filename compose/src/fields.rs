@@ -1,11 +1,29 @@
-//! Parsers for the scalar formats of a Compose file: ports, volumes, durations, sizes, CPUs,
-//! restart policies, names and shell-style commands. Each error says what is wrong and what to
-//! write instead.
+//! Parsers for the scalar formats of a Compose file: volumes, durations, sizes, CPUs, restart
+//! policies, names, labels and shell-style commands here; ports and host entries in `network`,
+//! users, signals, capabilities, ulimits and sysctls in `process`, tmpfs mounts and devices in
+//! `mounts`. Each error says what is wrong and what to write instead.
 
-use std::net::IpAddr;
+mod mounts;
+mod network;
+mod process;
+
 use std::time::Duration;
 
-use super::{PortMapping, Protocol, RestartPolicy, VolumeMount};
+use super::{DependsOn, RestartPolicy, VolumeMount};
+
+pub(crate) use mounts::{device_mapping, parse_device, parse_tmpfs};
+pub use mounts::{DeviceError, TmpfsError};
+pub(crate) use network::{
+    check_hostname, expand_ports, parse_extra_host, parse_host_ip, parse_port, parse_port_mode,
+    parse_port_range, parse_protocol, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE,
+};
+pub use process::UserError;
+pub(crate) use process::{
+    check_sysctl, check_ulimit, parse_capability, parse_grace_period, parse_stop_signal,
+    parse_ulimit_value, parse_user, ULIMITS,
+};
+#[cfg(test)]
+pub(crate) use process::{CAPABILITIES, NEVER_GRANTED};
 
 /// Why an app or service name is refused; the text follows the name (`service name "Web" contains
 /// 'W'; ...`).
@@ -144,6 +162,198 @@ pub enum FieldError {
         /// The command as written.
         text: String,
     },
+    /// A long-syntax `ports` value (`target`, `published`, `host_ip`, `protocol`) that is wrong.
+    #[error("{reason}")]
+    PortPart {
+        /// What is wrong.
+        reason: PortError,
+    },
+    /// A long-syntax `ports` `mode` other than `host` or `ingress`.
+    #[error("{mode:?} is not a port mode; use \"host\" or \"ingress\" (both publish the port on this device)")]
+    PortMode {
+        /// The mode as written.
+        mode: String,
+    },
+    /// A host name that is not an RFC 1123 name.
+    #[error("{name:?} is not a host name: use labels of 1-63 letters, digits and '-' (not first or last) separated by '.', at most 253 characters")]
+    HostName {
+        /// The name as written.
+        name: String,
+    },
+    /// An `extra_hosts` address that is not an IP address.
+    #[error("{address:?} is not an IP address; write e.g. \"{host}=10.0.0.5\" or \"{host}=::1\"")]
+    HostAddress {
+        /// The host it is given for.
+        host: String,
+        /// The address as written.
+        address: String,
+    },
+    /// A `user` that is not `NAME_OR_UID[:NAME_OR_GID]`.
+    #[error("{text:?} is not a user: {reason}; write NAME_OR_UID[:NAME_OR_GID], e.g. \"1000:1000\" or \"app\"")]
+    User {
+        /// The value as written.
+        text: String,
+        /// Which part is wrong.
+        reason: UserError,
+    },
+    /// A label key that is empty, too long or holds spaces or control characters.
+    #[error("{key:?} is not a label key: use 1 to {} bytes without spaces or control characters, e.g. \"com.example.role\"", MAX_LABEL_KEY_BYTES)]
+    LabelKey {
+        /// The key as written.
+        key: String,
+    },
+    /// A label key in the agent's own `cairn.` namespace.
+    #[error("label {key:?} starts with \"cairn.\": those labels are reserved for the agent; use your own prefix, e.g. \"com.example.\"")]
+    LabelReserved {
+        /// The key as written.
+        key: String,
+    },
+    /// A label whose key and value are longer than containerd keeps.
+    #[error("label {key:?} and its value are {bytes} bytes; containerd keeps at most {} bytes per label (key and value): shorten the value", MAX_LABEL_BYTES)]
+    LabelTooLong {
+        /// The key.
+        key: String,
+        /// Bytes of key and value together.
+        bytes: usize,
+    },
+    /// A `tmpfs` entry that is not `/path[:size=SIZE,mode=MODE]`.
+    #[error("{text:?} is not a tmpfs mount: {reason}; write \"/path[:size=64m,mode=1777]\"")]
+    Tmpfs {
+        /// The entry as written.
+        text: String,
+        /// What is wrong.
+        reason: TmpfsError,
+    },
+    /// Not a signal name or number.
+    #[error("{text:?} is not a signal; write a name such as \"SIGTERM\", \"SIGINT\" or \"SIGRTMIN+3\", or a number from 1 to 64")]
+    Signal {
+        /// The value as written.
+        text: String,
+    },
+    /// SIGSTOP as the stop signal.
+    #[error("{text:?} is SIGSTOP, which pauses the service instead of stopping it, so every stop would wait out stop_grace_period and end in SIGKILL; use SIGTERM (the default) or the signal the program handles")]
+    StopSignal {
+        /// The value as written.
+        text: String,
+    },
+    /// A duration above the field's maximum.
+    #[error("{text:?} is longer than the {max} maximum")]
+    DurationTooLong {
+        /// The value as written.
+        text: String,
+        /// The maximum, as a duration would be written.
+        max: &'static str,
+    },
+    /// Not a Linux capability.
+    #[error("{name:?} is not a Linux capability; write a name such as \"NET_ADMIN\" or \"CAP_NET_ADMIN\" (see capabilities(7))")]
+    Capability {
+        /// The name as written.
+        name: String,
+    },
+    /// `cap_add: [ALL]`.
+    #[error("ALL would give the service every capability, which makes it a privileged container; add the capabilities it needs by name")]
+    CapabilityAll,
+    /// A capability that lets a service leave its confinement or reach the TPM or the agent.
+    #[error("{name} is never granted on Cairn: it {reason}")]
+    CapabilityRefused {
+        /// The capability (`CAP_…`).
+        name: String,
+        /// What it would allow.
+        reason: &'static str,
+    },
+    /// A ulimit value that is not a whole number.
+    #[error("{text:?} is not a limit; write a whole number (-1, unlimited, is not accepted)")]
+    UlimitValue {
+        /// The value as written.
+        text: String,
+    },
+    /// A soft limit above its hard limit.
+    #[error("soft limit {soft} is above the hard limit {hard}; the soft limit must be at most the hard one")]
+    UlimitOrder {
+        /// The soft limit.
+        soft: u64,
+        /// The hard limit.
+        hard: u64,
+    },
+    /// A ulimit above what the device allows.
+    #[error("{name} limit {value} is above the {max} maximum")]
+    UlimitTooHigh {
+        /// The ulimit.
+        name: &'static str,
+        /// The limit as given.
+        value: u64,
+        /// The maximum.
+        max: u64,
+    },
+    /// A ulimit that is never raised on Cairn.
+    #[error("{name} {value} {reason}; leave {name} out (or 0)")]
+    UlimitRefused {
+        /// The ulimit.
+        name: &'static str,
+        /// The limit as given.
+        value: u64,
+        /// What it would allow.
+        reason: &'static str,
+    },
+    /// Not a sysctl name.
+    #[error("{name:?} is not a sysctl name: use lowercase letters, digits and '_' in parts separated by '.', at most {} characters", process::MAX_SYSCTL_NAME)]
+    SysctlName {
+        /// The name as written.
+        name: String,
+    },
+    /// A sysctl that is not namespaced, so it would change the whole device.
+    #[error("{name} is not a namespaced sysctl, so it would change the whole device; allowed: {}", process::NAMESPACED_SYSCTLS.join(", "))]
+    SysctlNotNamespaced {
+        /// The name.
+        name: String,
+    },
+    /// A sysctl value that is empty, too long or not printable.
+    #[error(
+        "the value of {name} must be 1 to {} printable characters",
+        process::MAX_SYSCTL_VALUE
+    )]
+    SysctlValue {
+        /// The sysctl.
+        name: String,
+    },
+    /// A `net.*` sysctl of a service on the host's network.
+    #[error("{name} would change the device's own network, since the service uses network_mode: host; remove the sysctl or network_mode: host")]
+    SysctlHostNetwork {
+        /// The sysctl.
+        name: String,
+    },
+    /// A log driver that sends logs off the device.
+    #[error("{driver:?} is not supported: logs stay on the device, where the agent rotates them and `cairnctl logs` reads them; use \"json-file\" or \"local\", or leave the driver out")]
+    LogDriver {
+        /// The driver as written.
+        driver: String,
+    },
+    /// A log `max-size` outside 64 KiB to 1 GiB.
+    #[error("{text:?} is not a log size from 64k to 1g; write e.g. \"10m\"")]
+    LogSize {
+        /// The value as written.
+        text: String,
+    },
+    /// A log `max-file` outside 1 to 20.
+    #[error("{text:?} is not a number of log files from 1 to 20")]
+    LogFiles {
+        /// The value as written.
+        text: String,
+    },
+    /// A `devices` entry that cannot be given to a service.
+    #[error("{text:?} is not a usable device: {reason}")]
+    Device {
+        /// The entry as written.
+        text: String,
+        /// What is wrong.
+        reason: DeviceError,
+    },
+    /// Not a `depends_on` condition.
+    #[error("{text:?} is not a depends_on condition; use \"service_started\", \"service_healthy\" or \"service_completed_successfully\"")]
+    Condition {
+        /// The value as written.
+        text: String,
+    },
 }
 
 /// Which part of a port mapping is wrong.
@@ -155,9 +365,29 @@ pub enum PortError {
         /// The protocol as written.
         protocol: String,
     },
-    /// A port range (`8000-8010:...`).
-    #[error("port ranges are not supported")]
-    Range,
+    /// A range whose last port is below its first (`8010-8000`).
+    #[error("range {range:?} ends before it starts; write FIRST-LAST, e.g. \"8000-8010\"")]
+    RangeOrder {
+        /// The range as written.
+        range: String,
+    },
+    /// Host and container ranges of different lengths (Docker would pick one host port of the
+    /// range at random, which never happens here).
+    #[error("the host range has {host} ports and the container range {container}; each container port needs its own host port (none is picked at random): give ranges of the same length, e.g. \"8000-8001:80-81\"")]
+    RangeLengths {
+        /// Ports in the host range.
+        host: usize,
+        /// Ports in the container range.
+        container: usize,
+    },
+    /// A range longer than a service may publish.
+    #[error("the range has {count} ports; a service publishes at most {max}")]
+    RangeTooLong {
+        /// Ports in the range.
+        count: usize,
+        /// The most a service may publish.
+        max: usize,
+    },
     /// An IPv6 host address without `[addr]:` around it.
     #[error("an IPv6 address must be written as [addr]:HOST:CONTAINER")]
     Ipv6Syntax,
@@ -254,73 +484,6 @@ pub(crate) fn check_secret_name(name: &str) -> Result<(), FieldError> {
     }
 }
 
-fn port_number(text: &str, error: fn(String) -> PortError) -> Result<u16, PortError> {
-    match text.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(error(text.to_string())),
-    }
-}
-
-/// Parse `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|/udp]`.
-pub(crate) fn parse_port(text: &str) -> Result<PortMapping, FieldError> {
-    let error = |reason| FieldError::Port {
-        text: text.to_string(),
-        reason,
-    };
-    let fail = |reason| Err(error(reason));
-    let (addr, protocol) = match text.rsplit_once('/') {
-        Some((a, "tcp")) => (a, Protocol::Tcp),
-        Some((a, "udp")) => (a, Protocol::Udp),
-        Some((_, p)) => {
-            return fail(PortError::Protocol {
-                protocol: p.to_string(),
-            })
-        }
-        None => (text, Protocol::Tcp),
-    };
-    if addr.contains('-') {
-        return fail(PortError::Range);
-    }
-    let (host_ip, host, container) = if let Some(rest) = addr.strip_prefix('[') {
-        // [v6addr]:host:container
-        let Some((ip, rest)) = rest.split_once("]:") else {
-            return fail(PortError::Ipv6Syntax);
-        };
-        match rest.split_once(':') {
-            Some((h, c)) => (Some(ip), h, c),
-            None => return fail(PortError::MissingContainerPort),
-        }
-    } else {
-        let parts: Vec<&str> = addr.split(':').collect();
-        match parts.as_slice() {
-            [_] => return fail(PortError::MissingHostPort),
-            [h, c] => (None, *h, *c),
-            [ip, h, c] => (Some(*ip), *h, *c),
-            _ => return fail(PortError::TooManyParts),
-        }
-    };
-    let host_ip = match host_ip {
-        Some(ip) => match ip.parse::<IpAddr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                return fail(PortError::HostAddress {
-                    address: ip.to_string(),
-                })
-            }
-        },
-        None => None,
-    };
-    let host_port = port_number(host, |text| PortError::HostPort { text }).map_err(error)?;
-    let container_port =
-        port_number(container, |text| PortError::ContainerPort { text }).map_err(error)?;
-    Ok(PortMapping {
-        host_ip,
-        host_port,
-        container_port,
-        protocol,
-    })
-}
-
 /// Parse `VOLUME:/container/path[:ro|:rw]` (named volumes only).
 pub(crate) fn parse_volume(text: &str) -> Result<VolumeMount, FieldError> {
     let parts: Vec<&str> = text.split(':').collect();
@@ -395,6 +558,16 @@ pub(crate) fn check_container_path(path: &str) -> Result<(), ContainerPathError>
     Ok(())
 }
 
+/// A container path without empty or `.` parts or a trailing `/` (`//a/./b/` is `/a/b`), so that
+/// two ways of writing one target compare equal.
+pub(crate) fn normalize_path(path: &str) -> String {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
+}
+
 /// Parse a Compose duration: a sequence of NUMBER UNIT with units `h`, `m`, `s`, `ms`, `us`
 /// (e.g. `1m30s`, `500ms`, `1.5s`).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, FieldError> {
@@ -436,9 +609,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, FieldError> {
     Ok(Duration::from_secs_f64(total))
 }
 
-/// Parse a memory size: bytes, or a number with `b`, `k`, `m`, `g` (optionally followed by `b`),
-/// in binary multiples as Compose does (`512m` = 512 MiB).
+/// Parse a memory limit: a size ([`parse_size`]) of at least the 6 MiB a container needs.
 pub(crate) fn parse_memory(text: &str) -> Result<u64, FieldError> {
+    let bytes = parse_size(text)?;
+    if bytes < 6 << 20 {
+        return Err(FieldError::MemoryTooSmall {
+            text: text.to_string(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Parse a size: bytes, or a number with `b`, `k`, `m`, `g` (optionally followed by `b`), in
+/// binary multiples as Compose does (`512m` = 512 MiB); at least 1 byte.
+pub(crate) fn parse_size(text: &str) -> Result<u64, FieldError> {
     let fail = || {
         Err(FieldError::MemorySize {
             text: text.to_string(),
@@ -462,13 +646,85 @@ pub(crate) fn parse_memory(text: &str) -> Result<u64, FieldError> {
     if !(bytes.is_finite() && (1.0..1e18).contains(&bytes)) {
         return fail();
     }
-    let bytes = bytes as u64;
-    if bytes < 6 << 20 {
-        return Err(FieldError::MemoryTooSmall {
-            text: text.to_string(),
+    Ok(bytes as u64)
+}
+
+/// Longest label key in bytes.
+pub(crate) const MAX_LABEL_KEY_BYTES: usize = 256;
+
+/// Most bytes of a label's key and value together: containerd refuses longer labels.
+pub(crate) const MAX_LABEL_BYTES: usize = 4096;
+
+/// Check a label: a key of 1 to [`MAX_LABEL_KEY_BYTES`] bytes without spaces or control
+/// characters, outside the agent's `cairn.` namespace, and at most [`MAX_LABEL_BYTES`] with its
+/// value.
+pub(crate) fn check_label(key: &str, value: &str) -> Result<(), FieldError> {
+    let key_ok = !key.is_empty()
+        && key.len() <= MAX_LABEL_KEY_BYTES
+        && !key.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !key_ok {
+        return Err(FieldError::LabelKey {
+            key: key.to_string(),
         });
     }
-    Ok(bytes)
+    if key
+        .get(..6)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("cairn."))
+    {
+        return Err(FieldError::LabelReserved {
+            key: key.to_string(),
+        });
+    }
+    let bytes = key.len() + value.len();
+    if bytes > MAX_LABEL_BYTES {
+        return Err(FieldError::LabelTooLong {
+            key: key.to_string(),
+            bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Check a `logging.driver`: one that keeps logs in files on the device.
+pub(crate) fn check_log_driver(text: &str) -> Result<(), FieldError> {
+    match text {
+        "json-file" | "local" => Ok(()),
+        _ => Err(FieldError::LogDriver {
+            driver: text.to_string(),
+        }),
+    }
+}
+
+/// Parse a `logging.options.max-size`: a size from 64 KiB to 1 GiB.
+pub(crate) fn parse_log_size(text: &str) -> Result<u64, FieldError> {
+    match parse_size(text) {
+        Ok(bytes) if (64 << 10..=1 << 30).contains(&bytes) => Ok(bytes),
+        _ => Err(FieldError::LogSize {
+            text: text.to_string(),
+        }),
+    }
+}
+
+/// Parse a `logging.options.max-file`: 1 to 20 files.
+pub(crate) fn parse_log_files(text: &str) -> Result<u32, FieldError> {
+    match text.parse() {
+        Ok(files) if (1..=20).contains(&files) => Ok(files),
+        _ => Err(FieldError::LogFiles {
+            text: text.to_string(),
+        }),
+    }
+}
+
+/// Parse a `depends_on` condition.
+pub(crate) fn parse_condition(text: &str) -> Result<DependsOn, FieldError> {
+    match text {
+        "service_started" => Ok(DependsOn::ServiceStarted),
+        "service_healthy" => Ok(DependsOn::ServiceHealthy),
+        "service_completed_successfully" => Ok(DependsOn::ServiceCompletedSuccessfully),
+        _ => Err(FieldError::Condition {
+            text: text.to_string(),
+        }),
+    }
 }
 
 /// Parse a CPU count such as `0.5` or `2` into thousandths of a CPU.
@@ -589,16 +845,15 @@ mod tests {
 
     #[test]
     fn ports() {
-        let p = parse_port("8080:80").unwrap();
+        let p = &parse_port("8080:80").unwrap()[0];
         assert_eq!(
             (p.host_port, p.container_port, p.protocol),
-            (8080, 80, Protocol::Tcp)
+            (8080, 80, crate::Protocol::Tcp)
         );
-        let p = parse_port("127.0.0.1:53:5353/udp").unwrap();
+        let p = &parse_port("127.0.0.1:53:5353/udp").unwrap()[0];
         assert_eq!(p.host_ip, Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(p.protocol, Protocol::Udp);
-        assert!(parse_port("[::1]:80:80")
-            .unwrap()
+        assert_eq!(p.protocol, crate::Protocol::Udp);
+        assert!(parse_port("[::1]:80:80").unwrap()[0]
             .host_ip
             .unwrap()
             .is_ipv6());
@@ -607,7 +862,8 @@ mod tests {
             "80:abc",
             "0:80",
             "80:80/sctp",
-            "1-5:1-5",
+            "5-1:5-1",
+            "1-5:1-4",
             "a:b:c:d",
             "x:1:2",
         ] {

@@ -1,28 +1,40 @@
 //! The app spec: a subset of the Compose file format, parsed from YAML and validated with errors
 //! that name the file, the line and the field path (`compose.yml:12: services.web.ports[0]: ...`).
 //!
-//! Supported: `services.<name>.{image, command, entrypoint, environment, volumes, ports, restart,
-//! healthcheck, deploy.resources.limits.{cpus, memory}, network_mode: host, secrets, working_dir,
-//! hostname, read_only}`, top-level
-//! `volumes` (named volumes, stored on the data partition), top-level `secrets` (no `file`: values
-//! are provided by central and appear in the container as `/run/secrets/NAME`) and `version`
-//! (ignored), plus `x-*` extension fields anywhere (ignored) and YAML `<<` merge keys. Anything
-//! else is refused with the list of supported keys.
+//! Supported: `services.<name>.{image, command, entrypoint, environment, volumes, ports (short
+//! and long syntax, port ranges), restart, healthcheck, deploy.resources.limits.{cpus, memory},
+//! network_mode: host, secrets, working_dir, hostname, read_only, user, extra_hosts, labels,
+//! tmpfs, stop_signal, stop_grace_period, depends_on, cap_add, cap_drop, ulimits, sysctls,
+//! logging (json-file or local, with max-size and max-file), devices}`, top-level `volumes`
+//! (named volumes, stored on the data partition), top-level `secrets` (no `file`: values are
+//! provided by central and appear in the container as `/run/secrets/NAME`) and `version`
+//! (ignored), plus `x-*` extension fields anywhere (ignored), YAML `<<` merge keys and variable
+//! interpolation (`${VAR}`, `${VAR:-default}`, ... with the variables central provides). Anything
+//! else is refused with the list of supported keys, and the Compose keys that would loosen an
+//! app's confinement (`privileged`, `pid`, `security_opt`, ...) with the reason.
 //!
 //! Architecture invariant: this crate parses a string it is given and nothing more. It must not
 //! depend on containerd, the network, tokio or the file system, so central and cairnctl check a
 //! Compose file exactly as the agent does without pulling in the runtime. Size limits of the text
 //! (`cairn_proto::MAX_COMPOSE_BYTES`) are the caller's; what the YAML may expand to (aliases
-//! copied, at most 30,000 nodes) and how deep it may nest (32 levels) are bounded here, so a
-//! hostile file under 1 KiB is refused in milliseconds.
+//! copied, at most 30,000 nodes), how deep it may nest (32 levels) and what variables may add
+//! (64 KiB a value, 1 MiB a file) are bounded here, so a hostile file under 1 KiB is refused in
+//! milliseconds.
 //!
-//! - [`AppSpec::parse`]: the entry point, from YAML text to a validated [`AppSpec`].
+//! - [`AppSpec::parse`], [`AppSpec::parse_with_variables`]: the entry points, from YAML text to
+//!   a validated [`AppSpec`].
 //! - `yaml`: YAML events to a tree whose nodes know their line, within node and depth budgets.
-//! - `parse`, `sections`: that tree to an [`AppSpec`], collecting every problem.
-//! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands).
+//! - `interpolate`: variables put into the tree's values.
+//! - `parse`, `sections`, `lists`, `depends`: that tree to an [`AppSpec`], collecting every
+//!   problem (`depends` holds the checks across services).
+//! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands, users,
+//!   signals, capabilities, devices, ...).
 //! - [`ImageRef`]: image references, normalized as containerd and Docker name images.
 
+mod depends;
 mod fields;
+mod interpolate;
+mod lists;
 mod parse;
 mod reference;
 mod sections;
@@ -33,7 +45,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-pub use fields::{split_command, ContainerPathError, FieldError, NameError, PortError};
+pub use fields::{
+    split_command, ContainerPathError, DeviceError, FieldError, NameError, PortError, TmpfsError,
+    UserError,
+};
 pub use reference::{check_digest, ImageRef, ImageRefError};
 
 /// Docker's default capability set, which Compose files are written against: root in a
@@ -95,7 +110,7 @@ pub struct AppSpec {
 }
 
 /// One service (one container) of an app.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct ServiceSpec {
     /// Image reference, e.g. `registry.example.com:5000/team/web:1.2`.
     pub image: String,
@@ -409,26 +424,55 @@ impl AppSpec {
         out
     }
 
-    /// Parse and validate the Compose-format `text` of app `app_name`. `file` is only used in
-    /// error messages.
+    /// Parse and validate the Compose-format `text` of app `app_name`, with no variables (a
+    /// `${VAR}` without a default is a problem). `file` is only used in error messages.
     ///
     /// # Errors
     /// [`SpecError::Syntax`] for invalid YAML, [`SpecError::Invalid`] with every problem found
     /// (file, line, field path, what to change), [`SpecError::AppName`] for a bad `app_name`.
     pub fn parse(file: &str, app_name: &str, text: &str) -> Result<AppSpec, SpecError> {
+        AppSpec::parse_with_variables(file, app_name, text, &BTreeMap::new())
+    }
+
+    /// [`AppSpec::parse`], interpolating `variables` into the file's values as Compose does
+    /// (`${VAR}`, `${VAR:-default}`, `$$` for a literal `$`, ...). A variable that is not set
+    /// and has no default is a problem at its line.
+    ///
+    /// # Errors
+    /// As [`AppSpec::parse`]; a value that cannot be interpolated is one of the problems, and
+    /// the problems its value as written would cause are left out.
+    pub fn parse_with_variables(
+        file: &str,
+        app_name: &str,
+        text: &str,
+        variables: &BTreeMap<String, String>,
+    ) -> Result<AppSpec, SpecError> {
         if let Err(reason) = check_app_name(app_name) {
             return Err(SpecError::AppName {
                 name: app_name.to_string(),
                 reason,
             });
         }
-        let root = yaml::parse_document(text).map_err(|e| SpecError::Syntax {
+        let mut root = yaml::parse_document(text).map_err(|e| SpecError::Syntax {
             file: file.to_string(),
             line: e.line,
             col: e.col,
             message: e.message,
         })?;
-        parse::app(&root, app_name).map_err(|problems| SpecError::Invalid {
+        let mut problems = interpolate::document(&mut root, variables);
+        let result = parse::app(&root, app_name);
+        if problems.is_empty() {
+            return result.map_err(|problems| SpecError::Invalid {
+                file: file.to_string(),
+                problems,
+            });
+        }
+        // A value left as written (`${VAR}`) would only add noise at its line.
+        let lines: BTreeSet<usize> = problems.iter().map(|p| p.line).collect();
+        let others = result.err().unwrap_or_default();
+        problems.extend(others.into_iter().filter(|p| !lines.contains(&p.line)));
+        problems.sort_by_key(|p| p.line);
+        Err(SpecError::Invalid {
             file: file.to_string(),
             problems,
         })

@@ -1,14 +1,21 @@
 //! Validation of the positioned YAML tree into an [`AppSpec`], collecting every problem with its
 //! line and field path.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use super::fields::{self, FieldError};
-use super::sections::{deploy, environment, healthcheck};
+use super::lists::{capabilities, devices, ports, secrets, tmpfs, volumes};
+use super::sections::{
+    depends_on, deploy, environment, extra_hosts, healthcheck, labels, logging, sysctls, ulimits,
+};
 use super::yaml::{Node, Value};
-use super::{AppSpec, LogLimits, NetworkMode, Problem, ResourceLimits, RestartPolicy, ServiceSpec};
+use super::{AppSpec, NetworkMode, Problem, Protocol, ServiceSpec};
 
 const TOP_KEYS: &[&str] = &["services", "volumes", "secrets", "version"];
+
+/// The keys of a service, in the order they are read: a key comes after those its checks need
+/// (`tmpfs` after `volumes`, `sysctls` after `network_mode`, `cap_drop` after `cap_add`).
 const SERVICE_KEYS: &[&str] = &[
     "image",
     "command",
@@ -24,18 +31,34 @@ const SERVICE_KEYS: &[&str] = &[
     "working_dir",
     "hostname",
     "read_only",
+    "user",
+    "extra_hosts",
+    "labels",
+    "tmpfs",
+    "stop_signal",
+    "stop_grace_period",
+    "depends_on",
+    "cap_add",
+    "cap_drop",
+    "ulimits",
+    "sysctls",
+    "logging",
+    "devices",
 ];
 
-/// Whether `name` is an RFC 1123 host name (what `sethostname` and DNS accept).
-fn valid_hostname(name: &str) -> bool {
-    (1..=253).contains(&name.len())
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
+/// Compose service keys that stay refused, with why: each would loosen the confinement every app
+/// runs in, or needs something a device does not have.
+const REFUSED_SERVICE_KEYS: &[(&str, &str)] = &[
+    ("privileged", "a privileged container holds every capability and every host device, enough to take over the device; ask for what the service needs with `cap_add` and `devices`"),
+    ("pid", "sharing the host's or another container's process namespace would let the service see and signal processes outside it; leave it out (each service has its own)"),
+    ("ipc", "sharing the host's or another container's IPC namespace would let the service reach memory outside it; leave it out (each service has its own)"),
+    ("cgroup_parent", "the agent places every service in the app's own cgroup, where its limits and accounting hold; leave it out"),
+    ("security_opt", "the agent gives every service its seccomp filter, AppArmor profile and no-new-privileges, which an app cannot relax or replace; leave it out"),
+    ("userns_mode", "the agent sets the user namespace of every service (\"host\" would make the container's root the device's root); leave it out"),
+    ("volumes_from", "mounting another service's volumes is not supported; mount the same named volume in both services"),
+    ("env_file", "a device has no source for the file; write the variables under `environment`, or use the variables central provides (`${VAR}`)"),
+    ("build", "devices pull images, they do not build them; build the image, push it to a registry and give it as `image`"),
+];
 
 /// Collects problems while walking the tree.
 pub(super) struct Checker {
@@ -51,6 +74,11 @@ impl Checker {
         });
     }
 
+    /// A problem at a value whose site was kept.
+    pub(super) fn problem_at(&mut self, site: &Site, message: impl Into<String>) {
+        self.problem(site.node, &site.path, message);
+    }
+
     /// The entries of a mapping with scalar keys, refusing duplicate keys and (when `allowed` is
     /// given) keys outside it. `None` (with a problem) when `node` is not a mapping.
     pub(super) fn map<'n>(
@@ -58,6 +86,17 @@ impl Checker {
         node: &'n Node,
         path: &str,
         allowed: Option<&[&str]>,
+    ) -> Option<Vec<(&'n str, &'n Node)>> {
+        self.map_refusing(node, path, allowed, &[])
+    }
+
+    /// [`Checker::map`], refusing the keys of `refused` with their reasons.
+    fn map_refusing<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        allowed: Option<&[&str]>,
+        refused: &[(&str, &str)],
     ) -> Option<Vec<(&'n str, &'n Node)>> {
         let Value::Map(entries) = &node.value else {
             self.problem(
@@ -82,6 +121,10 @@ impl Checker {
             if let Some(allowed) = allowed {
                 // Compose extension fields may stand in any structure; they mean nothing here.
                 if k.starts_with("x-") {
+                    continue;
+                }
+                if let Some((_, reason)) = refused.iter().find(|(r, _)| *r == k) {
+                    self.problem(key, &child, format!("is not supported: {reason}"));
                     continue;
                 }
                 if !allowed.contains(&k) {
@@ -111,6 +154,18 @@ impl Checker {
             Some(text) => Some(text),
             None => {
                 self.problem(node, path, format!("must be {what}, found {}", node.kind()));
+                None
+            }
+        }
+    }
+
+    /// `true` or `false`.
+    pub(super) fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match self.scalar(node, path, "true or false")? {
+            "true" => Some(true),
+            "false" => Some(false),
+            other => {
+                self.problem(node, path, format!("{other:?} is not true or false"));
                 None
             }
         }
@@ -191,12 +246,35 @@ impl Checker {
     }
 }
 
+/// Where a value was written: its node (for the line) and its field path.
+#[derive(Debug, Clone)]
+pub(super) struct Site<'n> {
+    pub(super) node: &'n Node,
+    pub(super) path: String,
+}
+
+/// Where a service's entries were written, for the problems found once the service (or the
+/// whole app) is read: one site per volume and per published port, in the spec's order, and
+/// one per `depends_on` entry.
+#[derive(Default)]
+pub(super) struct Sites<'n> {
+    volumes: Vec<Site<'n>>,
+    ports: Vec<Site<'n>>,
+    pub(super) depends_on: BTreeMap<String, Site<'n>>,
+}
+
 pub(super) fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
         format!("{path}.{key}")
     }
+}
+
+/// What each service is read against: the app's secrets and how many more ports it may publish.
+struct AppContext<'a> {
+    secrets: &'a BTreeSet<String>,
+    ports_left: usize,
 }
 
 /// Validate a whole document as app `name`.
@@ -235,49 +313,12 @@ pub(crate) fn app(root: &Node, name: &str) -> Result<AppSpec, Vec<Problem>> {
         ),
         None => {}
         Some((_, node)) => {
-            let services = ck.map(node, "services", None).unwrap_or_default();
-            if services.is_empty() && matches!(node.value, Value::Map(_)) {
-                ck.problem(
-                    node,
-                    "services",
-                    "is empty; an app needs at least one service",
-                );
-            }
-            for (svc_name, svc_node) in services {
-                let path = join("services", svc_name);
-                if let Err(why) = fields::check_name(svc_name, 32) {
-                    ck.problem(svc_node, &path, format!("service name {svc_name:?} {why}"));
-                    continue;
-                }
-                if let Some(svc) = service(&mut ck, svc_node, &path, &app.secrets) {
-                    app.services.insert(svc_name.to_string(), svc);
-                }
-            }
+            let (names, sites) = services(&mut ck, node, &mut app);
+            named_volumes(&mut ck, &mut app, declared_volumes, &sites);
+            duplicate_host_ports(&mut ck, &app, &sites);
+            super::depends::check(&mut ck, &app, &names, &sites);
         }
     }
-    // Named volumes: when a top-level `volumes` exists, services may only use declared ones.
-    for (svc_name, svc) in &app.services {
-        for (i, v) in svc.volumes.iter().enumerate() {
-            if let Some(declared) = &declared_volumes {
-                if !declared.contains(&v.volume) {
-                    let node = volume_node(&top, svc_name, i).unwrap_or(root);
-                    ck.problem(
-                        node,
-                        &format!("services.{svc_name}.volumes[{i}]"),
-                        format!(
-                            "volume {:?} is not declared in the top-level `volumes`; add it there",
-                            v.volume
-                        ),
-                    );
-                }
-            }
-            app.volumes.insert(v.volume.clone());
-        }
-    }
-    if let Some(declared) = declared_volumes {
-        app.volumes.extend(declared);
-    }
-    duplicate_host_ports(&mut ck, &top, &app, root);
     if ck.problems.is_empty() {
         Ok(app)
     } else {
@@ -286,70 +327,112 @@ pub(crate) fn app(root: &Node, name: &str) -> Result<AppSpec, Vec<Problem>> {
     }
 }
 
-/// Find the node of `services.<svc>.volumes[i]` again, for the line of a late problem.
-fn volume_node<'n>(top: &[(&str, &'n Node)], svc: &str, i: usize) -> Option<&'n Node> {
-    service_list_node(top, svc, "volumes", i)
+/// Read every service into `app`: the names written (valid or not) and where the entries of
+/// the services read were written.
+fn services<'n>(
+    ck: &mut Checker,
+    node: &'n Node,
+    app: &mut AppSpec,
+) -> (BTreeSet<&'n str>, BTreeMap<String, Sites<'n>>) {
+    let services = ck.map(node, "services", None).unwrap_or_default();
+    if services.is_empty() && matches!(node.value, Value::Map(_)) {
+        ck.problem(
+            node,
+            "services",
+            "is empty; an app needs at least one service",
+        );
+    }
+    let mut context = AppContext {
+        secrets: &app.secrets,
+        ports_left: fields::MAX_PORTS_PER_APP,
+    };
+    let mut names = BTreeSet::new();
+    let mut read = BTreeMap::new();
+    let mut sites = BTreeMap::new();
+    for (svc_name, svc_node) in services {
+        names.insert(svc_name);
+        let path = join("services", svc_name);
+        if let Err(why) = fields::check_name(svc_name, super::MAX_NAME_LEN) {
+            ck.problem(svc_node, &path, format!("service name {svc_name:?} {why}"));
+            continue;
+        }
+        if let Some((svc, svc_sites)) = service(ck, svc_node, &path, &mut context) {
+            read.insert(svc_name.to_string(), svc);
+            sites.insert(svc_name.to_string(), svc_sites);
+        }
+    }
+    app.services = read;
+    (names, sites)
 }
 
-/// Find the node of `services.<svc>.<key>[i]` again, for the line of a late problem.
-fn service_list_node<'n>(
-    top: &[(&str, &'n Node)],
-    svc: &str,
-    key: &str,
-    i: usize,
-) -> Option<&'n Node> {
-    let (_, services) = top.iter().find(|(k, _)| *k == "services")?;
-    let Value::Map(entries) = &services.value else {
-        return None;
-    };
-    let (_, svc_node) = entries.iter().find(|(k, _)| k.as_scalar() == Some(svc))?;
-    let Value::Map(fields) = &svc_node.value else {
-        return None;
-    };
-    let (_, list) = fields.iter().find(|(k, _)| k.as_scalar() == Some(key))?;
-    match &list.value {
-        Value::Seq(items) => items.get(i),
-        _ => None,
+/// Named volumes: when a top-level `volumes` exists, services may only use declared ones.
+fn named_volumes(
+    ck: &mut Checker,
+    app: &mut AppSpec,
+    declared: Option<BTreeSet<String>>,
+    sites: &BTreeMap<String, Sites>,
+) {
+    for (svc_name, svc) in &app.services {
+        for (v, site) in svc.volumes.iter().zip(&sites[svc_name].volumes) {
+            if declared.as_ref().is_some_and(|d| !d.contains(&v.volume)) {
+                ck.problem_at(
+                    site,
+                    format!(
+                        "volume {:?} is not declared in the top-level `volumes`; add it there",
+                        v.volume
+                    ),
+                );
+            }
+            app.volumes.insert(v.volume.clone());
+        }
+    }
+    app.volumes.extend(declared.unwrap_or_default());
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
     }
 }
 
-/// Item `i` of list `key` among a service's checked entries.
-fn list_item<'n>(entries: &[(&str, &'n Node)], key: &str, i: usize) -> Option<&'n Node> {
-    let (_, list) = entries.iter().find(|(k, _)| *k == key)?;
-    match &list.value {
-        Value::Seq(items) => items.get(i),
-        _ => None,
-    }
+/// The ports published on one host port and protocol so far: the first of all, the first on
+/// every address, and the first on each address.
+#[derive(Default)]
+struct Bound<'s> {
+    first: Option<&'s str>,
+    any_address: Option<&'s str>,
+    by_address: HashMap<IpAddr, &'s str>,
 }
 
 /// Two published ports of the app (in any services) on the same host port and protocol and
 /// overlapping host addresses cannot both be bound: report the later one.
-fn duplicate_host_ports(ck: &mut Checker, top: &[(&str, &Node)], app: &AppSpec, root: &Node) {
-    let mut seen: Vec<(String, &super::PortMapping)> = Vec::new();
+fn duplicate_host_ports(ck: &mut Checker, app: &AppSpec, sites: &BTreeMap<String, Sites>) {
+    let mut bound: HashMap<(u16, Protocol), Bound> = HashMap::new();
     for (svc_name, svc) in &app.services {
-        for (i, port) in svc.ports.iter().enumerate() {
-            let path = format!("services.{svc_name}.ports[{i}]");
-            let clash = seen.iter().find(|(_, p)| {
-                p.host_port == port.host_port
-                    && p.protocol == port.protocol
-                    && (p.host_ip.is_none() || port.host_ip.is_none() || p.host_ip == port.host_ip)
-            });
-            if let Some((other, _)) = clash {
-                let node = service_list_node(top, svc_name, "ports", i).unwrap_or(root);
-                ck.problem(
-                    node,
-                    &path,
+        for (port, site) in svc.ports.iter().zip(&sites[svc_name].ports) {
+            let b = bound.entry((port.host_port, port.protocol)).or_default();
+            let clash = match port.host_ip {
+                None => b.first,
+                Some(ip) => b.any_address.or_else(|| b.by_address.get(&ip).copied()),
+            };
+            if let Some(other) = clash {
+                ck.problem_at(
+                    site,
                     format!(
                         "host port {}/{} is already published by {other}; pick another host port",
                         port.host_port,
-                        match port.protocol {
-                            super::Protocol::Tcp => "tcp",
-                            super::Protocol::Udp => "udp",
-                        }
+                        protocol_name(port.protocol)
                     ),
                 );
-            } else {
-                seen.push((path, port));
+                continue;
+            }
+            b.first.get_or_insert(&site.path);
+            match port.host_ip {
+                None => b.any_address = Some(&site.path),
+                Some(ip) => {
+                    b.by_address.insert(ip, &site.path);
+                }
             }
         }
     }
@@ -387,186 +470,159 @@ fn named_set(ck: &mut Checker, node: &Node, path: &str, volume: bool) -> BTreeSe
     out
 }
 
-fn service(
+/// One service, with where its entries were written; `None` after any problem in it.
+fn service<'n>(
     ck: &mut Checker,
-    node: &Node,
+    node: &'n Node,
     path: &str,
-    secrets: &BTreeSet<String>,
-) -> Option<ServiceSpec> {
+    context: &mut AppContext,
+) -> Option<(ServiceSpec, Sites<'n>)> {
     let before = ck.problems.len();
-    let entries = ck.map(node, path, Some(SERVICE_KEYS))?;
-    let mut svc = ServiceSpec {
-        image: String::new(),
-        command: None,
-        entrypoint: None,
-        environment: BTreeMap::new(),
-        volumes: Vec::new(),
-        ports: Vec::new(),
-        restart: RestartPolicy::No,
-        healthcheck: None,
-        limits: ResourceLimits::default(),
-        network_mode: NetworkMode::Private,
-        secrets: Vec::new(),
-        working_dir: None,
-        hostname: None,
-        read_only: false,
-        user: None,
-        extra_hosts: Vec::new(),
-        labels: BTreeMap::new(),
-        tmpfs: Vec::new(),
-        stop_signal: None,
-        stop_grace_period: None,
-        depends_on: BTreeMap::new(),
-        cap_add: BTreeSet::new(),
-        cap_drop: BTreeSet::new(),
-        ulimits: BTreeMap::new(),
-        sysctls: BTreeMap::new(),
-        logging: LogLimits::default(),
-        devices: Vec::new(),
-    };
-    let mut has_image = false;
+    let mut entries = ck.map_refusing(node, path, Some(SERVICE_KEYS), REFUSED_SERVICE_KEYS)?;
+    entries.sort_by_key(|(key, _)| SERVICE_KEYS.iter().position(|k| k == key));
+    let mut svc = ServiceSpec::default();
+    let mut sites = Sites::default();
     for (key, value) in &entries {
-        let p = join(path, key);
-        match *key {
-            "image" => {
-                if let Some(image) = ck.scalar(
-                    value,
-                    &p,
-                    "an image reference such as \"registry:5000/web:1.0\"",
-                ) {
-                    if let Err(why) = crate::ImageRef::parse(image) {
-                        ck.problem(
-                            value,
-                            &p,
-                            format!("{image:?} is not an image reference: {why}; write e.g. \"registry:5000/team/web:1.0\""),
-                        );
-                    }
-                    svc.image = image.to_string();
-                    has_image = true;
-                }
-            }
-            "command" => svc.command = ck.string_list(value, &p, true),
-            "entrypoint" => svc.entrypoint = ck.string_list(value, &p, true),
-            "environment" => svc.environment = environment(ck, value, &p),
-            "volumes" => {
-                for (i, item) in ck.seq(value, &p).iter().enumerate() {
-                    let ip = format!("{p}[{i}]");
-                    if matches!(item.value, Value::Map(_)) {
-                        ck.problem(
-                            item,
-                            &ip,
-                            "the long volume syntax is not supported; write \"NAME:/path[:ro]\"",
-                        );
-                    } else if let Some(v) =
-                        ck.field(item, &ip, "\"NAME:/path[:ro]\"", fields::parse_volume)
-                    {
-                        svc.volumes.push(v);
-                    }
-                }
-            }
-            "ports" => {
-                for (i, item) in ck.seq(value, &p).iter().enumerate() {
-                    let ip = format!("{p}[{i}]");
-                    if matches!(item.value, Value::Map(_)) {
-                        ck.problem(item, &ip, "the long port syntax is not supported; write \"HOST:CONTAINER[/tcp|udp]\"");
-                    } else if let Some(m) =
-                        ck.field(item, &ip, "\"HOST:CONTAINER\"", fields::parse_port)
-                    {
-                        svc.ports.push(m);
-                    }
-                }
-            }
-            "restart" => {
-                if let Some(r) = ck.field(value, &p, "a restart policy", fields::parse_restart) {
-                    svc.restart = r;
-                }
-            }
-            "healthcheck" => svc.healthcheck = healthcheck(ck, value, &p),
-            "deploy" => svc.limits = deploy(ck, value, &p),
-            "network_mode" => {
-                if let Some(mode) = ck.scalar(value, &p, "\"host\"") {
-                    if mode == "host" {
-                        svc.network_mode = NetworkMode::Host;
-                    } else {
-                        ck.problem(value, &p, format!("{mode:?} is not supported; only \"host\" is (leave it out for the app's own network)"));
-                    }
-                }
-            }
-            "secrets" => {
-                for (i, item) in ck.seq(value, &p).iter().enumerate() {
-                    let ip = format!("{p}[{i}]");
-                    if let Some(name) = ck.scalar(item, &ip, "a secret name") {
-                        if secrets.contains(name) {
-                            svc.secrets.push(name.to_string());
-                        } else {
-                            ck.problem(item, &ip, format!("secret {name:?} is not declared in the top-level `secrets`; add it there"));
-                        }
-                    }
-                }
-            }
-            "working_dir" => {
-                if let Some(dir) = ck.scalar(value, &p, "an absolute path such as \"/app\"") {
-                    if !dir.starts_with('/') || dir.len() > 4096 || dir.contains('\0') {
-                        ck.problem(
-                            value,
-                            &p,
-                            format!("{dir:?} is not an absolute path; write e.g. \"/app\""),
-                        );
-                    } else {
-                        svc.working_dir = Some(dir.to_string());
-                    }
-                }
-            }
-            "hostname" => {
-                if let Some(name) = ck.scalar(value, &p, "a host name such as \"web\"") {
-                    if valid_hostname(name) {
-                        svc.hostname = Some(name.to_string());
-                    } else {
-                        ck.problem(value, &p, format!("{name:?} is not a host name: use labels of 1-63 letters, digits and '-' (not first or last) separated by '.', at most 253 characters"));
-                    }
-                }
-            }
-            "read_only" => match ck.scalar(value, &p, "true or false") {
-                Some("true") => svc.read_only = true,
-                Some("false") => svc.read_only = false,
-                Some(other) => ck.problem(value, &p, format!("{other:?} is not true or false")),
-                None => {}
-            },
-            _ => unreachable!("keys are checked against SERVICE_KEYS"),
-        }
+        let at = Site {
+            node: value,
+            path: join(path, key),
+        };
+        service_key(ck, &mut svc, &mut sites, key, at, context);
     }
-    if !has_image && !entries.iter().any(|(k, _)| *k == "image") {
+    if !entries.iter().any(|(k, _)| *k == "image") {
         ck.problem(
             node,
             &join(path, "image"),
             "is missing; every service needs an image",
         );
     }
-    if svc.network_mode == NetworkMode::Private {
-        for (i, port) in svc.ports.iter().enumerate() {
-            if port.host_ip.is_some_and(|ip| ip.is_ipv6()) {
-                let node = list_item(&entries, "ports", i).unwrap_or(node);
-                ck.problem(node, &format!("{path}.ports[{i}]"), format!(
-                    "app networks are IPv4-only, so host address {} cannot reach the service; publish on an IPv4 address or leave the address out (\"{}:{}\")",
-                    port.host_ip.map(|ip| ip.to_string()).unwrap_or_default(), port.host_port, port.container_port
-                ));
-            }
+    published_ports(ck, &svc, &sites);
+    (ck.problems.len() == before).then_some((svc, sites))
+}
+
+/// Read the value of service key `key`, written at `at`, into `svc`.
+fn service_key<'n>(
+    ck: &mut Checker,
+    svc: &mut ServiceSpec,
+    sites: &mut Sites<'n>,
+    key: &str,
+    at: Site<'n>,
+    context: &mut AppContext,
+) {
+    let (value, p) = (at.node, at.path.as_str());
+    match key {
+        "image" => svc.image = image(ck, value, p).unwrap_or_default(),
+        "command" => svc.command = ck.string_list(value, p, true),
+        "entrypoint" => svc.entrypoint = ck.string_list(value, p, true),
+        "environment" => svc.environment = environment(ck, value, p),
+        "volumes" => svc.volumes = volumes(ck, value, p, &mut sites.volumes),
+        "ports" => {
+            svc.ports = ports(ck, value, p, &mut sites.ports, &mut context.ports_left);
+        }
+        "restart" => {
+            let restart = ck.field(value, p, "a restart policy", fields::parse_restart);
+            svc.restart = restart.unwrap_or_default();
+        }
+        "healthcheck" => svc.healthcheck = healthcheck(ck, value, p),
+        "deploy" => svc.limits = deploy(ck, value, p),
+        "network_mode" => svc.network_mode = network_mode(ck, value, p),
+        "secrets" => svc.secrets = secrets(ck, value, p, context.secrets),
+        "working_dir" => svc.working_dir = working_dir(ck, value, p),
+        "hostname" => {
+            let check = |name: &str| fields::check_hostname(name).map(|()| name.to_string());
+            svc.hostname = ck.field(value, p, "a host name such as \"web\"", check);
+        }
+        "read_only" => svc.read_only = ck.boolean(value, p).unwrap_or_default(),
+        "user" => svc.user = ck.field(value, p, "a user such as \"1000:1000\"", fields::parse_user),
+        "extra_hosts" => svc.extra_hosts = extra_hosts(ck, value, p),
+        "labels" => svc.labels = labels(ck, value, p),
+        "tmpfs" => svc.tmpfs = tmpfs(ck, value, p, &svc.volumes),
+        "stop_signal" => {
+            let what = "a signal such as \"SIGTERM\"";
+            svc.stop_signal = ck.field(value, p, what, fields::parse_stop_signal);
+        }
+        "stop_grace_period" => {
+            let what = "a duration such as \"30s\"";
+            svc.stop_grace_period = ck.field(value, p, what, fields::parse_grace_period);
+        }
+        "depends_on" => svc.depends_on = depends_on(ck, value, p, &mut sites.depends_on),
+        "cap_add" => svc.cap_add = capabilities(ck, value, p, true, &BTreeSet::new()),
+        "cap_drop" => svc.cap_drop = capabilities(ck, value, p, false, &svc.cap_add),
+        "ulimits" => svc.ulimits = ulimits(ck, value, p),
+        "sysctls" => {
+            let host_network = svc.network_mode == NetworkMode::Host;
+            svc.sysctls = sysctls(ck, value, p, host_network);
+        }
+        "logging" => svc.logging = logging(ck, value, p),
+        "devices" => svc.devices = devices(ck, value, p),
+        _ => unreachable!("keys are checked against SERVICE_KEYS"),
+    }
+}
+
+fn image(ck: &mut Checker, node: &Node, path: &str) -> Option<String> {
+    let image = ck.scalar(
+        node,
+        path,
+        "an image reference such as \"registry:5000/web:1.0\"",
+    )?;
+    if let Err(why) = crate::ImageRef::parse(image) {
+        ck.problem(
+            node,
+            path,
+            format!("{image:?} is not an image reference: {why}; write e.g. \"registry:5000/team/web:1.0\""),
+        );
+    }
+    Some(image.to_string())
+}
+
+fn network_mode(ck: &mut Checker, node: &Node, path: &str) -> NetworkMode {
+    let Some(mode) = ck.scalar(node, path, "\"host\"") else {
+        return NetworkMode::Private;
+    };
+    if mode == "host" {
+        return NetworkMode::Host;
+    }
+    let message = if mode.starts_with("service:") || mode.starts_with("container:") {
+        format!("{mode:?} is not supported: services do not share network namespaces; they reach each other by service name on the app's own network, so leave network_mode out")
+    } else {
+        format!("{mode:?} is not supported; only \"host\" is (leave it out for the app's own network, where services reach each other by name)")
+    };
+    ck.problem(node, path, message);
+    NetworkMode::Private
+}
+
+fn working_dir(ck: &mut Checker, node: &Node, path: &str) -> Option<String> {
+    let dir = ck.scalar(node, path, "an absolute path such as \"/app\"")?;
+    if !dir.starts_with('/') || dir.len() > 4096 || dir.contains('\0') {
+        ck.problem(
+            node,
+            path,
+            format!("{dir:?} is not an absolute path; write e.g. \"/app\""),
+        );
+        return None;
+    }
+    Some(dir.to_string())
+}
+
+/// Published ports that cannot work with the service's network: an IPv6 host address on the
+/// app's IPv4-only network, or a host port other than the container port on the host's network.
+/// One problem per `ports` entry.
+fn published_ports(ck: &mut Checker, svc: &ServiceSpec, sites: &Sites) {
+    let mut reported = BTreeSet::new();
+    for (port, site) in svc.ports.iter().zip(&sites.ports) {
+        let message = match svc.network_mode {
+            NetworkMode::Private if port.host_ip.is_some_and(|ip| ip.is_ipv6()) => format!(
+                "app networks are IPv4-only, so host address {} cannot reach the service; publish on an IPv4 address or leave the address out (\"{}:{}\")",
+                port.host_ip.map(|ip| ip.to_string()).unwrap_or_default(), port.host_port, port.container_port
+            ),
+            NetworkMode::Host if port.host_port != port.container_port => format!(
+                "with network_mode: host the service listens on the host directly, so host port {} cannot map to {}; write \"{}:{}\"",
+                port.host_port, port.container_port, port.container_port, port.container_port
+            ),
+            _ => continue,
+        };
+        if reported.insert(&site.path) {
+            ck.problem_at(site, message);
         }
     }
-    if svc.network_mode == NetworkMode::Host {
-        for (i, port) in svc.ports.iter().enumerate() {
-            if port.host_port != port.container_port {
-                let node = entries
-                    .iter()
-                    .find(|(k, _)| *k == "ports")
-                    .map(|(_, n)| *n)
-                    .unwrap_or(node);
-                ck.problem(node, &format!("{path}.ports[{i}]"), format!(
-                    "with network_mode: host the service listens on the host directly, so host port {} cannot map to {}; write \"{}:{}\"",
-                    port.host_port, port.container_port, port.container_port, port.container_port
-                ));
-            }
-        }
-    }
-    (ck.problems.len() == before).then_some(svc)
 }

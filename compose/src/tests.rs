@@ -1,4 +1,10 @@
-//! Unit tests of app spec parsing: one valid file and one test per kind of error.
+//! Unit tests of app spec parsing: one valid file and one test per kind of error; the keys
+//! added for confinement and policy, ports, `depends_on` and interpolation in their own modules.
+
+mod depends;
+mod interpolation;
+mod ports;
+mod service_keys;
 
 use std::time::Duration;
 
@@ -150,8 +156,8 @@ fn syntax_error_has_line_and_column() {
 fn unknown_keys_list_the_supported_ones() {
     assert_error("networks: {}\nservices: {}\n", "compose.yml:1: networks: unknown key \"networks\"; supported keys here: services, volumes, secrets, version");
     assert_error(
-        "services:\n  web:\n    image: busybox\n    privileged: true\n",
-        "compose.yml:4: services.web.privileged: unknown key \"privileged\"; supported keys here: image, command,",
+        "services:\n  web:\n    image: busybox\n    container_name: w\n",
+        "compose.yml:4: services.web.container_name: unknown key \"container_name\"; supported keys here: image, command,",
     );
     assert_error(
         "services:\n  web:\n    image: x\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n      every: 5s\n",
@@ -412,4 +418,23 @@ fn working_dir_hostname_and_read_only() {
         err.contains("compose.yml:6: services.web.read_only: \"yes\" is not true or false"),
         "{err}"
     );
+}
+
+/// A file with one service `web` (image busybox, line 3) and `lines` after it, from line 4.
+fn web_file(lines: &str) -> String {
+    format!("services:\n  web:\n    image: busybox\n{lines}")
+}
+
+/// Service `web` with `lines` added, which must be valid.
+fn web(lines: &str) -> ServiceSpec {
+    let spec = AppSpec::parse("compose.yml", "shop", &web_file(lines));
+    match spec {
+        Ok(mut app) => app.services.remove("web").unwrap(),
+        Err(e) => panic!("expected a valid file, got:\n{e}"),
+    }
+}
+
+/// Service `web` with `lines` added is refused with `expected` among the problems.
+fn web_error(lines: &str, expected: &str) {
+    assert_error(&web_file(lines), expected);
 }

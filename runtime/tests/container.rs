@@ -28,7 +28,7 @@ async fn create_start_exec_stop_remove() {
 services:
   worker:
     image: {reference}
-    command: ["sh", "-c", "trap '' TERM; echo hello $GREETING; echo oops >&2; cat /run/secrets/token; echo; echo data > /data/file; while true; do sleep 1; done"]
+    command: ["sh", "-c", "trap '' TERM; echo hello $$GREETING; echo oops >&2; cat /run/secrets/token; echo; echo data > /data/file; while true; do sleep 1; done"]
     environment: {{GREETING: world}}
     volumes: ["store:/data"]
     secrets: [token]

@@ -61,7 +61,7 @@ const BARE_NAMESPACE: &str = "bench-bare";
 /// The app deployed first (it pulls the image) and kept until the end (so the image stays).
 const PIN: &str = "pin";
 /// A service that stops at once on SIGTERM (so removals never wait for the grace period).
-const SLEEP_LOOP: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
+const SLEEP_LOOP: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $$!; done";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {

@@ -1,0 +1,304 @@
+//! What is mounted into a container besides named volumes: `tmpfs` file systems and host
+//! `devices`.
+
+use super::{check_container_path, normalize_path, parse_size, ContainerPathError, FieldError};
+use crate::{DeviceMapping, TmpfsMount, DEFAULT_TMPFS_BYTES};
+
+/// Largest `tmpfs`: it lives in the device's memory.
+pub(crate) const MAX_TMPFS_BYTES: u64 = 1 << 30;
+
+/// Container paths the runtime mounts itself (proc, sysfs, the device nodes).
+const SYSTEM_DIRS: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// Why a `tmpfs` entry is refused; the text follows the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TmpfsError {
+    /// A target that is not an absolute path below `/`.
+    #[error("{0}")]
+    Target(ContainerPathError),
+    /// A target in a directory the runtime mounts.
+    #[error("{path:?} is in {dir}, which the runtime mounts itself")]
+    SystemPath {
+        /// The target.
+        path: String,
+        /// The directory.
+        dir: &'static str,
+    },
+    /// An option other than `size` and `mode`.
+    #[error("option {option:?} is not supported (supported: size, mode)")]
+    Option {
+        /// The option as written.
+        option: String,
+    },
+    /// An option given twice.
+    #[error("option {name} is given twice")]
+    OptionTwice {
+        /// The option.
+        name: String,
+    },
+    /// A `size` that is not a size.
+    #[error("size {size:?} is not a size such as \"64m\"")]
+    Size {
+        /// The size as written.
+        size: String,
+    },
+    /// A `size` above [`MAX_TMPFS_BYTES`].
+    #[error("size {size:?} is above the 1g maximum (a tmpfs lives in memory)")]
+    TooLarge {
+        /// The size as written.
+        size: String,
+    },
+    /// A `mode` that is not octal permission bits.
+    #[error("mode {mode:?} is not an octal mode up to 7777, e.g. \"1777\"")]
+    Mode {
+        /// The mode as written.
+        mode: String,
+    },
+}
+
+fn tmpfs_target(path: &str) -> Result<String, TmpfsError> {
+    check_container_path(path).map_err(TmpfsError::Target)?;
+    let path = normalize_path(path);
+    let under =
+        |dir: &str| path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+    match SYSTEM_DIRS.iter().find(|dir| under(dir)) {
+        Some(dir) => Err(TmpfsError::SystemPath { path, dir }),
+        None => Ok(path),
+    }
+}
+
+fn tmpfs_size(size: &str) -> Result<u64, TmpfsError> {
+    let bytes = parse_size(size).map_err(|_| TmpfsError::Size {
+        size: size.to_string(),
+    })?;
+    if bytes > MAX_TMPFS_BYTES {
+        return Err(TmpfsError::TooLarge {
+            size: size.to_string(),
+        });
+    }
+    Ok(bytes)
+}
+
+fn tmpfs_mode(mode: &str) -> Result<u32, TmpfsError> {
+    let octal = !mode.is_empty() && mode.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    match u32::from_str_radix(mode, 8) {
+        Ok(bits) if octal && bits <= 0o7777 => Ok(bits),
+        _ => Err(TmpfsError::Mode {
+            mode: mode.to_string(),
+        }),
+    }
+}
+
+/// Apply one `NAME=VALUE` option to `mount`; `seen` holds the options already applied.
+fn tmpfs_option<'t>(
+    mount: &mut TmpfsMount,
+    seen: &mut Vec<&'t str>,
+    option: &'t str,
+) -> Result<(), TmpfsError> {
+    let (name, value) = option.split_once('=').unwrap_or((option, ""));
+    match name {
+        "size" | "mode" if seen.contains(&name) => {
+            return Err(TmpfsError::OptionTwice {
+                name: name.to_string(),
+            })
+        }
+        "size" => mount.size_bytes = tmpfs_size(value)?,
+        "mode" => mount.mode = tmpfs_mode(value)?,
+        _ => {
+            return Err(TmpfsError::Option {
+                option: option.to_string(),
+            })
+        }
+    }
+    seen.push(name);
+    Ok(())
+}
+
+/// Parse `/path[:size=SIZE,mode=MODE]`: an absolute path outside `/proc`, `/sys` and `/dev`
+/// (kept without `.`, empty parts or a trailing `/`), [`DEFAULT_TMPFS_BYTES`] and mode 1777
+/// unless given, at most [`MAX_TMPFS_BYTES`].
+pub(crate) fn parse_tmpfs(text: &str) -> Result<TmpfsMount, FieldError> {
+    let error = |reason| FieldError::Tmpfs {
+        text: text.to_string(),
+        reason,
+    };
+    let (target, options) = text.split_once(':').unwrap_or((text, ""));
+    let mut mount = TmpfsMount {
+        target: tmpfs_target(target).map_err(error)?,
+        size_bytes: DEFAULT_TMPFS_BYTES,
+        mode: 0o1777,
+    };
+    let mut seen = Vec::new();
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        tmpfs_option(&mut mount, &mut seen, option).map_err(error)?;
+    }
+    Ok(mount)
+}
+
+/// Why a `devices` entry is refused; the text follows the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// More than `HOST:CONTAINER:PERMISSIONS`.
+    #[error("write \"/dev/HOST[:/dev/CONTAINER][:rwm]\"")]
+    Syntax,
+    /// A path that is not under `/dev/`.
+    #[error("{path:?} is not a path under /dev/")]
+    NotUnderDev {
+        /// The path.
+        path: String,
+    },
+    /// A path with an empty, `.` or `..` part.
+    #[error("{path:?} has an empty, \".\" or \"..\" part; write the path plainly")]
+    PathParts {
+        /// The path.
+        path: String,
+    },
+    /// Permissions that are not a subset of `rwm`.
+    #[error("permissions {permissions:?} are not a non-empty subset of \"rwm\" (each letter at most once)")]
+    Permissions {
+        /// The permissions as written.
+        permissions: String,
+    },
+    /// A host device no service is given.
+    #[error("{path} {reason}")]
+    Refused {
+        /// The host path.
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+const TPM: &str = "reaches the TPM, which holds the device's identity and disk keys";
+const DISK: &str = "is a disk, a partition or a view of one, and may be the system disk";
+const KERNEL: &str = "reaches kernel memory";
+
+/// Host devices no service is given, whatever the device's labels, as names under `/dev/`: `#`
+/// stands for a digit and a final `*` for any rest. Symbolic links to other devices (e.g. an
+/// LVM volume group's directory) are the runtime's to refuse: it sees what they point to.
+const REFUSED_DEVICES: &[(&str, &str)] = &[
+    ("tpm*", TPM),
+    ("sd*", DISK),
+    ("vd*", DISK),
+    ("hd*", DISK),
+    ("xvd*", DISK),
+    ("nvme*", DISK),
+    ("mmcblk*", DISK),
+    ("dm-*", DISK),
+    ("md*", DISK),
+    ("loop*", DISK),
+    ("sg#*", DISK),
+    ("bsg/*", DISK),
+    ("mtd*", DISK),
+    ("ubi*", DISK),
+    ("root", DISK),
+    ("mapper/*", DISK),
+    ("disk/*", DISK),
+    ("block/*", DISK),
+    (
+        "zram*",
+        "is the device's swap in memory, which holds other processes' memory",
+    ),
+    ("mem", KERNEL),
+    ("kmem", KERNEL),
+    ("port", KERNEL),
+    ("kmsg", KERNEL),
+    (
+        "cpu/*",
+        "reaches the CPU's model-specific registers, and through them kernel memory",
+    ),
+    (
+        "char/*",
+        "names devices by number, so it can reach the TPM or a disk; give the device's own name",
+    ),
+    (
+        "watchdog*",
+        "controls the hardware watchdog, which reboots the device",
+    ),
+];
+
+/// Whether `name` matches a [`REFUSED_DEVICES`] pattern.
+fn device_matches(pattern: &str, name: &str) -> bool {
+    let (pattern, any_rest) = match pattern.strip_suffix('*') {
+        Some(p) => (p, true),
+        None => (pattern, false),
+    };
+    let mut rest = name.chars();
+    let prefix_ok = pattern.chars().all(|p| {
+        rest.next()
+            .is_some_and(|c| c == p || (p == '#' && c.is_ascii_digit()))
+    });
+    prefix_ok && (any_rest || rest.next().is_none())
+}
+
+/// Check a path under `/dev/` written plainly; the name under `/dev/`.
+fn dev_path(path: &str) -> Result<&str, DeviceError> {
+    let name = path
+        .strip_prefix("/dev/")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| DeviceError::NotUnderDev {
+            path: path.to_string(),
+        })?;
+    if name.split('/').any(|part| matches!(part, "" | "." | "..")) {
+        return Err(DeviceError::PathParts {
+            path: path.to_string(),
+        });
+    }
+    Ok(name)
+}
+
+/// Check a device mapping: host and container paths under `/dev/`, the host device not one of
+/// [`REFUSED_DEVICES`], permissions a non-empty subset of `rwm`.
+pub(crate) fn device_mapping(
+    host: &str,
+    container: &str,
+    permissions: &str,
+) -> Result<DeviceMapping, DeviceError> {
+    let name = dev_path(host)?;
+    if let Some((_, reason)) = REFUSED_DEVICES
+        .iter()
+        .find(|(p, _)| device_matches(p, name))
+    {
+        return Err(DeviceError::Refused {
+            path: host.to_string(),
+            reason,
+        });
+    }
+    dev_path(container)?;
+    let subset = permissions
+        .char_indices()
+        .all(|(i, c)| "rwm".contains(c) && !permissions[..i].contains(c));
+    if permissions.is_empty() || !subset {
+        return Err(DeviceError::Permissions {
+            permissions: permissions.to_string(),
+        });
+    }
+    Ok(DeviceMapping {
+        host: host.to_string(),
+        container: container.to_string(),
+        permissions: permissions.to_string(),
+    })
+}
+
+/// Parse `HOST[:CONTAINER][:PERMISSIONS]` (the container path is the host path unless given;
+/// permissions are `rwm` unless given).
+pub(crate) fn parse_device(text: &str) -> Result<DeviceMapping, FieldError> {
+    let mut parts = text.splitn(4, ':');
+    let host = parts.next().unwrap_or_default();
+    let (container, permissions) = match (parts.next(), parts.next(), parts.next()) {
+        (None, ..) => (host, "rwm"),
+        (Some(perms), None, _) if !perms.starts_with('/') => (host, perms),
+        (Some(container), None, _) => (container, "rwm"),
+        (Some(container), Some(perms), None) => (container, perms),
+        _ => ("", ""),
+    };
+    let result = if container.is_empty() {
+        Err(DeviceError::Syntax)
+    } else {
+        device_mapping(host, container, permissions)
+    };
+    result.map_err(|reason| FieldError::Device {
+        text: text.to_string(),
+        reason,
+    })
+}
