@@ -342,6 +342,51 @@ async fn viewers_read_operators_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_devices_and_extra_capabilities_need_a_label_on_the_device_or_its_site() {
+    let central = TestCentral::start().await;
+    let device = Device::connect(&central, "SER-APPS-DEV").await;
+    let id = device.id.clone();
+    let token = central.api_token("ops", "operator");
+    let serial = "services:\n  s:\n    image: reg:5000/s:1\n    devices: ['/dev/ttyUSB0']\n";
+    let (status, body) = put(&central, &token, &id, "serial", serial);
+    assert_eq!(status, 409, "{body}");
+    let message = error_message(&body);
+    assert!(
+        message.contains("/dev/ttyUSB0") && message.contains("cairn.allow/devices=/dev/ttyUSB0"),
+        "the refusal names the device and the label to set: {message}"
+    );
+    central.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{id}/labels"),
+        Some(json!({ "labels": { "cairn.allow/devices": "/dev/ttyUSB*" } })),
+    );
+    let (status, body) = put(&central, &token, &id, "serial", serial);
+    assert_eq!(status, 201, "{body}");
+
+    // A capability the label does not list stays refused; a site's label allows it.
+    let admin = "services:\n  s:\n    image: reg:5000/s:1\n    cap_add: [NET_ADMIN]\n";
+    let (status, body) = put(&central, &token, &id, "net", admin);
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        error_message(&body).contains("cairn.allow/capabilities=NET_ADMIN"),
+        "{body}"
+    );
+    central.admin_call(
+        "POST",
+        "/api/v1/sites",
+        Some(json!({ "name": "plant", "latitude": 47.0, "longitude": 8.0,
+                     "labels": { "cairn.allow/capabilities": "net_admin" } })),
+    );
+    central.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{id}/site"),
+        Some(json!({ "site": "plant" })),
+    );
+    let (status, body) = put(&central, &token, &id, "net", admin);
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_and_desired_state_sizes_are_capped() {
     let central = TestCentral::start().await;
     let device = Device::connect(&central, "SER-APPS-4").await;

@@ -13,15 +13,16 @@ use cairn_api::{
     AppDeployed, AppList, AppRemoved, AppStatus, AppWithStatus, PutApp, ServiceHealth,
     ServiceState, ServiceStatus,
 };
-use cairn_compose::{AppSpec, SpecError};
+use cairn_compose::{AppSpec, Privileges, SpecError};
 use cairn_proto::v1::{ServiceHealth as ReportedHealth, ServiceState as ReportedState};
 use cairn_proto::{MAX_COMPOSE_BYTES, MAX_DESIRED_STATE_BYTES};
 use prost::Message;
 
 use super::{ApiError, Caller, ValidJson};
 use crate::grpc::desired_state;
+use crate::placement::privileges;
 use crate::store::apps::{self, DesiredApp};
-use crate::store::{audit, deployments, devices, DeviceStatus, Role, Timestamp};
+use crate::store::{audit, deployments, devices, sites, DeviceStatus, Role, Timestamp};
 use crate::Shared;
 
 type St = State<Arc<Shared>>;
@@ -33,9 +34,10 @@ pub(super) const PUT_APP_BODY_BYTES: usize = 2 * MAX_COMPOSE_BYTES + 4096;
 /// Label of the compose text in validation errors (`compose_yaml:LINE: FIELD: problem`).
 const COMPOSE_LABEL: &str = "compose_yaml";
 
-/// Validate an app as the agent will: cairn-compose's parser, size, no secrets yet. The parse
-/// runs on a blocking thread, off the async workers that serve every other request.
-pub(super) async fn validate(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
+/// Validate an app as the agent will: cairn-compose's parser, size, no secrets yet; returns the
+/// host devices and extra capabilities it asks for. The parse runs on a blocking thread, off
+/// the async workers that serve every other request.
+pub(super) async fn validate(name: &str, compose_yaml: &str) -> Result<Privileges, ApiError> {
     if compose_yaml.len() > MAX_COMPOSE_BYTES {
         return Err(ApiError::BadRequest(format!(
             "`compose_yaml` is {} bytes; the limit is {MAX_COMPOSE_BYTES} bytes (64 KiB)",
@@ -48,7 +50,7 @@ pub(super) async fn validate(name: &str, compose_yaml: &str) -> Result<(), ApiEr
         .map_err(|e| ApiError::Internal(format!("the Compose parser task failed: {e}")))?
 }
 
-fn parse_app(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
+fn parse_app(name: &str, compose_yaml: &str) -> Result<Privileges, ApiError> {
     let spec = AppSpec::parse(COMPOSE_LABEL, name, compose_yaml).map_err(|e| match e {
         SpecError::AppName { .. } => ApiError::BadRequest(e.to_string()),
         other => ApiError::BadRequest(format!("the app spec is not valid:\n{other}")),
@@ -59,7 +61,7 @@ fn parse_app(name: &str, compose_yaml: &str) -> Result<(), ApiError> {
             spec.secrets.iter().cloned().collect::<Vec<_>>().join(", ")
         )));
     }
-    Ok(())
+    Ok(spec.privileges())
 }
 
 /// What a deploy did.
@@ -88,7 +90,7 @@ enum Deployed {
         (status = 400, description = "The Compose file or the app name is not valid, or too large"),
         (status = 403, description = "Needs the operator role"),
         (status = 404, description = "No such device"),
-        (status = 409, description = "The device is revoked, or a deployment owns this app name"),
+        (status = 409, description = "The device is revoked, a deployment owns this app name, or the app asks for host devices or capabilities its labels (or its site's) do not allow (`cairn.allow/devices`, `cairn.allow/capabilities`)"),
     )
 )]
 pub(super) async fn put_app(
@@ -98,7 +100,7 @@ pub(super) async fn put_app(
     ValidJson(body): ValidJson<PutApp>,
 ) -> Result<(StatusCode, Json<AppDeployed>), ApiError> {
     caller.require(Role::Operator)?;
-    validate(&name, &body.compose_yaml).await?;
+    let privileges = validate(&name, &body.compose_yaml).await?;
     let actor = caller.actor();
     let device_id = id.clone();
     let compose = body.compose_yaml;
@@ -113,6 +115,14 @@ pub(super) async fn put_app(
                 return Ok(Err(ApiError::Conflict(format!("device {id} is revoked; it runs nothing central sends"))));
             }
             let old = apps::get(&tx, &id, &name)?;
+            let site = match device.site.as_deref() {
+                Some(site) => sites::get(&tx, site)?,
+                None => None,
+            };
+            let site_labels = site.map(|s| s.labels).unwrap_or_default();
+            if let Some(why) = privileges::denied(&privileges, &[&device.labels, &site_labels]) {
+                return Ok(Err(ApiError::Conflict(format!("device {id}: {why}"))));
+            }
             if let Some(owner) = old.as_ref().and_then(|old| old.deployment.as_deref()) {
                 return Ok(Err(ApiError::Conflict(format!(
                     "app {name:?} on device {id} is placed by deployment {owner:?}; change it with PUT /api/v1/deployments/{owner} (cairnctl deployment)"

@@ -4,6 +4,7 @@
 //!
 //! - [`geo`]: points, haversine distance, region polygons (pure, unit-tested).
 //! - [`spec`]: the placement operators write, labels and names (pure, unit-tested).
+//! - [`privileges`]: which device and site labels allow host devices and extra capabilities.
 //! - [`scheduler`]: the planner (pure) and the pass that applies it to the registry.
 //!
 //! The scheduler runs after every change that can move a placement (deployments, sites,
@@ -15,6 +16,7 @@
 //! tick.
 
 pub mod geo;
+pub mod privileges;
 pub mod scheduler;
 pub mod spec;
 

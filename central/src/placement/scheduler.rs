@@ -2,7 +2,8 @@
 //!
 //! Rules, per site (deterministic; deployments are planned in name order):
 //! 1. A device is *eligible* when it is active, at the site, has every label of
-//!    `placement.devices.labels`, holds no operator app of the same name, runs no app the
+//!    `placement.devices.labels`, is allowed the host devices and extra capabilities the app
+//!    asks for by its own or its site's labels ([`super::privileges`]), holds no operator app of the same name, runs no app the
 //!    deployment avoids and no deployment that avoids this one, and its desired state has room.
 //! 2. Current hosts that are eligible and not *lost* (offline longer than the grace period) or
 //!    *quarantined* (their boot attestation failed) are kept, online ones first, then by device
@@ -23,6 +24,7 @@ use crate::store::db::Connection;
 use cairn_proto::MAX_DESIRED_STATE_BYTES;
 
 use super::geo::Point;
+use super::privileges;
 use super::spec::{Labels, PlacementRules};
 use crate::grpc::desired_state;
 use crate::rollout::engine::Push;
@@ -30,6 +32,7 @@ use crate::store::deployments::{self, AppRow, Deployment};
 use crate::store::sites::{self, Site};
 use crate::store::{apps, attestation, audit, devices, DeviceStatus, StoreError};
 use crate::Shared;
+use cairn_compose::AppSpec;
 
 /// Audit actor of the scheduler's own changes.
 const SCHEDULER_ACTOR: &str = "central";
@@ -122,10 +125,15 @@ fn plan_one(d: &Deployment, avoided_by: Option<&BTreeSet<&str>>, world: &World) 
         .and_then(|r| world.regions.get(r))
         .map(Vec::as_slice);
     let cost = app_cost(&d.name, &d.compose_yaml);
+    // Stored Compose files were validated on write; one a newer parser refuses asks for
+    // nothing here and is refused by the agent with its reason.
+    let wanted = AppSpec::parse("compose_yaml", &d.name, &d.compose_yaml)
+        .map(|spec| spec.privileges())
+        .unwrap_or_default();
     let no_apps = BTreeMap::new();
     let apps_of = |host: &Host| world.apps.get(&host.id).unwrap_or(&no_apps);
     let hosting = |host: &Host| apps_of(host).get(&d.name) == Some(&Some(d.name.clone()));
-    let eligible = |host: &Host| {
+    let eligible = |host: &Host, site_labels: &Labels| {
         let apps = apps_of(host);
         let clash = apps
             .get(&d.name)
@@ -137,6 +145,7 @@ fn plan_one(d: &Deployment, avoided_by: Option<&BTreeSet<&str>>, world: &World) 
         });
         host.active
             && placement.selects_device(&host.labels)
+            && privileges::denied(&wanted, &[&host.labels, site_labels]).is_none()
             && !clash
             && !avoided
             && (hosting(host) || host.desired_bytes + cost <= MAX_DESIRED_STATE_BYTES)
@@ -157,7 +166,11 @@ fn plan_one(d: &Deployment, avoided_by: Option<&BTreeSet<&str>>, world: &World) 
         }
         let wanted = placement.hosts_per_site as usize;
         let at_site: &[&Host] = by_site.get(site.name.as_str()).map_or(&[], Vec::as_slice);
-        let mut usable: Vec<&Host> = at_site.iter().copied().filter(|h| eligible(h)).collect();
+        let mut usable: Vec<&Host> = at_site
+            .iter()
+            .copied()
+            .filter(|h| eligible(h, &site.labels))
+            .collect();
         usable.sort_by(by_preference);
         let live = || usable.iter().copied().filter(|h| !h.lost && !h.quarantined);
         let mut chosen: Vec<&Host> = live().filter(|h| hosting(h)).take(wanted).collect();
@@ -173,7 +186,7 @@ fn plan_one(d: &Deployment, avoided_by: Option<&BTreeSet<&str>>, world: &World) 
         chosen.extend(lost_hosts);
         let shortfall = (chosen.len() < wanted).then(|| {
             format!(
-                "{} of {wanted} hosts: the site has {} devices, {} of them active, matching the device labels, free of avoided apps and with room (and neither offline past the grace period nor quarantined)",
+                "{} of {wanted} hosts: the site has {} devices, {} of them active, matching the device labels (and the cairn.allow/ labels for the host devices and capabilities the app asks for), free of avoided apps and with room (and neither offline past the grace period nor quarantined)",
                 chosen.len(),
                 at_site.len(),
                 live().count(),
@@ -520,6 +533,33 @@ mod tests {
         w.hosts.push(host("a0", "a", true));
         let plans = plan(&[d], &mut w);
         assert_eq!(hosts_at(&plans[0], "a"), ["a1", "a3"]);
+    }
+
+    #[test]
+    fn an_app_using_a_host_device_goes_only_where_a_label_allows_it() {
+        let mut w = world();
+        w.hosts[1]
+            .labels
+            .insert(privileges::ALLOW_DEVICES.into(), "/dev/ttyUSB*".into());
+        // Site b allows it for every device there.
+        w.sites[1]
+            .labels
+            .insert(privileges::ALLOW_DEVICES.into(), "/dev/ttyUSB0".into());
+        let mut d = deployment("serial", serde_json::json!({ "hosts_per_site": 2 }));
+        d.compose_yaml =
+            "services:\n  s: {image: x, devices: ['/dev/ttyUSB0:/dev/ttyUSB0']}\n".into();
+        let plans = plan(std::slice::from_ref(&d), &mut w);
+        assert_eq!(hosts_at(&plans[0], "a"), ["a2"]);
+        assert_eq!(hosts_at(&plans[0], "b"), ["b1"]);
+        assert!(plans[0].sites[0]
+            .shortfall
+            .as_ref()
+            .unwrap()
+            .contains("cairn.allow/"));
+        // Without the label the device's app moves away.
+        w.hosts[1].labels.clear();
+        let plans = plan(&[d], &mut w);
+        assert_eq!(hosts_at(&plans[0], "a"), Vec::<String>::new());
     }
 
     #[test]
