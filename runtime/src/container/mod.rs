@@ -1,6 +1,10 @@
 //! Service containers on containerd: create (container record + snapshot + OCI spec), start a
-//! task whose output goes to a log file under the data dir, stop (SIGTERM, then SIGKILL after a
-//! grace period), delete (task, container, snapshot), exec for health checks, list with labels.
+//! task whose output goes to a log file under the data dir, stop (the service's stop signal,
+//! SIGTERM by default, then SIGKILL after its grace period), delete (task, container, snapshot),
+//! exec for health checks, list with labels.
+//!
+//! Containers carry the service's labels under the agent's `cairn.` ones, which include the stop
+//! signal and grace period, so a container is always stopped the way it was made.
 //!
 //! Networking: `network_mode: host` shares the host's network namespace; other services join
 //! the named namespace given in [`NewContainer::netns`] (prepared and attached by
@@ -23,14 +27,14 @@ use containerd_client::services::v1::{
     Container, CreateContainerRequest, DeleteContainerRequest, GetContainerRequest,
     ListContainersRequest, UpdateContainerRequest,
 };
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::containerd::{call, Containerd, ContainerdError};
 use crate::image::ImageInfo;
 use crate::network::NetworkConfig;
 
 pub use logs::rotate_log;
-pub use task::{exec, start_task, stop_task, task_state, TaskState, TaskStatus};
+pub use task::{exec, start_task, task_state, TaskState, TaskStatus};
 
 /// Label: the app a container belongs to.
 pub const LABEL_APP: &str = "cairn.app";
@@ -51,6 +55,18 @@ pub const LABEL_RESTARTS: &str = "cairn.restarts";
 pub const LABEL_CRASH_STREAK: &str = "cairn.crash-streak";
 /// Label: when the current task was started (Unix milliseconds).
 pub const LABEL_STARTED_AT: &str = "cairn.started-at";
+/// Label: the signal (a number) that stops the task, when the service set `stop_signal`.
+pub const LABEL_STOP_SIGNAL: &str = "cairn.stop-signal";
+/// Label: milliseconds between the stop signal and SIGKILL, when the service set
+/// `stop_grace_period`.
+pub const LABEL_STOP_GRACE_MS: &str = "cairn.stop-grace-ms";
+/// Prefix of the labels that are the agent's own; a service's `labels` may not use it.
+pub const AGENT_LABEL_PREFIX: &str = "cairn.";
+
+/// SIGTERM: what stops a task whose service did not say.
+pub const SIGTERM: u32 = 15;
+/// Largest signal number (SIGRTMAX).
+const MAX_SIGNAL: i32 = 64;
 
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -118,7 +134,8 @@ pub struct RuntimeConfig {
     pub runc_root: Option<PathBuf>,
     /// cgroup parent of all containers (cgroupfs path).
     pub cgroup_parent: String,
-    /// Time between SIGTERM and SIGKILL when stopping.
+    /// Time between the stop signal and SIGKILL when stopping a container whose service did not
+    /// set `stop_grace_period`.
     pub stop_grace: Duration,
     /// A log file larger than this is rotated.
     pub log_max_bytes: u64,
@@ -182,6 +199,77 @@ impl RuntimeConfig {
     pub fn app_hosts_path(&self, app: &str) -> PathBuf {
         self.app_dir(app).join("run").join("hosts")
     }
+}
+
+/// How a container's task is stopped: its stop signal, then SIGKILL to every process after the
+/// grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopWith {
+    /// The stop signal.
+    pub signal: u32,
+    /// Time between the stop signal and SIGKILL.
+    pub grace: Duration,
+}
+
+impl StopWith {
+    /// What a container's labels say (recorded from its service when it was made); SIGTERM and
+    /// `default_grace` for what they do not say, or say unreadably (a container made by an older
+    /// agent has neither label).
+    pub fn from_labels(labels: &HashMap<String, String>, default_grace: Duration) -> StopWith {
+        let signal = labels
+            .get(LABEL_STOP_SIGNAL)
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|s| (1..=MAX_SIGNAL as u32).contains(s))
+            .unwrap_or(SIGTERM);
+        let grace = labels
+            .get(LABEL_STOP_GRACE_MS)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(default_grace, Duration::from_millis);
+        StopWith { signal, grace }
+    }
+}
+
+/// The labels recording a service's `stop_signal` and `stop_grace_period` (none for what it
+/// does not set, so the agent's default applies).
+fn stop_labels(spec: &ServiceSpec) -> Result<HashMap<String, String>, ContainerError> {
+    let mut labels = HashMap::new();
+    if let Some(signal) = spec.stop_signal {
+        if !(1..=MAX_SIGNAL).contains(&signal) {
+            return Err(ContainerError::Spec {
+                reason: format!("stop_signal {signal} is not a signal (1 to {MAX_SIGNAL})"),
+            });
+        }
+        labels.insert(LABEL_STOP_SIGNAL.to_string(), signal.to_string());
+    }
+    if let Some(grace) = spec.stop_grace_period {
+        labels.insert(
+            LABEL_STOP_GRACE_MS.to_string(),
+            grace.as_millis().to_string(),
+        );
+    }
+    Ok(labels)
+}
+
+/// The labels of a new container: the service's `labels`, its stop settings, then `agent`'s
+/// (spec hash, ...), the app and the service. A service label in the agent's `cairn.` space is
+/// refused (the Compose parser refuses it too), so none can pass for the agent's.
+fn container_labels(new: &NewContainer<'_>) -> Result<HashMap<String, String>, ContainerError> {
+    let mut labels = HashMap::new();
+    for (key, value) in &new.spec.labels {
+        if key.starts_with(AGENT_LABEL_PREFIX) {
+            return Err(ContainerError::Spec {
+                reason: format!(
+                    "label {key:?}: labels starting {AGENT_LABEL_PREFIX:?} are the agent's own; rename it"
+                ),
+            });
+        }
+        labels.insert(key.clone(), value.clone());
+    }
+    labels.extend(stop_labels(new.spec)?);
+    labels.extend(new.labels.clone());
+    labels.insert(LABEL_APP.into(), new.app.into());
+    labels.insert(LABEL_SERVICE.into(), new.service.into());
+    Ok(labels)
 }
 
 /// The container id of a service: `<app>_<service>` (app names have no `_`).
@@ -324,6 +412,7 @@ pub async fn create_container(
     new: &NewContainer<'_>,
 ) -> Result<String, ContainerError> {
     let id = container_id(new.app, new.service);
+    let labels = container_labels(new)?;
     let mounts = prepare_mounts(cfg, new)?;
     let spec = oci::build_spec(&oci::SpecInput {
         id: &id,
@@ -337,9 +426,6 @@ pub async fn create_container(
     let spec_json = serde_json::to_vec(&spec).map_err(|e| ContainerError::Spec {
         reason: e.to_string(),
     })?;
-    let mut labels = new.labels.clone();
-    labels.insert(LABEL_APP.into(), new.app.into());
-    labels.insert(LABEL_SERVICE.into(), new.service.into());
     let container = Container {
         id: id.clone(),
         labels,
@@ -390,7 +476,38 @@ async fn delete_container_record(ctr: &Containerd, id: &str) -> Result<(), Conta
     }
 }
 
-/// Stop and delete the task, delete the container record and its snapshot. Idempotent.
+/// Stop the task of container `id` the way its labels say (see [`StopWith::from_labels`];
+/// `grace` when they do not say), then delete the task. Returns the state before stopping
+/// (`None` when there was no task).
+///
+/// # Errors
+/// When a containerd call fails.
+#[tracing::instrument(skip(ctr))]
+pub async fn stop_task(
+    ctr: &Containerd,
+    id: &str,
+    grace: Duration,
+) -> Result<Option<TaskState>, ContainerError> {
+    let labels = match ctr
+        .containers()
+        .get(ctr.request(GetContainerRequest { id: id.into() }))
+        .await
+    {
+        Ok(resp) => resp
+            .into_inner()
+            .container
+            .map(|c| c.labels)
+            .unwrap_or_default(),
+        Err(s) => {
+            debug!(%id, status = %s.message(), "no container labels; stopping with the defaults");
+            HashMap::new()
+        }
+    };
+    task::stop_task_with(ctr, id, StopWith::from_labels(&labels, grace)).await
+}
+
+/// Stop and delete the task (see [`stop_task`]; `grace` unless the container says), delete the
+/// container record and its snapshot. Idempotent.
 ///
 /// # Errors
 /// When a containerd call fails.
@@ -485,16 +602,16 @@ pub async fn list_containers(ctr: &Containerd) -> Result<Vec<ObservedContainer>,
         .collect())
 }
 
-/// Stop the task of every app container at once (SIGTERM, SIGKILL after `grace`), keeping the
-/// containers. For a shutdown: the system would otherwise wait for processes that ignore
-/// SIGTERM (a container's PID 1 without a handler does), and then kill them without a grace.
-/// Returns how many tasks were stopped.
+/// Stop the task of every app container at once (each with its stop signal, SIGKILL after its
+/// grace period, `grace` when it does not say), keeping the containers. For a shutdown: the
+/// system would otherwise wait for processes that ignore SIGTERM (a container's PID 1 without a
+/// handler does), and then kill them without a grace. Returns how many tasks were stopped.
 ///
 /// # Errors
 /// When listing fails, or the first stop that failed (after every stop was tried).
 #[tracing::instrument(skip(ctr))]
 pub async fn stop_all_tasks(ctr: &Containerd, grace: Duration) -> Result<usize, ContainerError> {
-    let running: Vec<String> = list_containers(ctr)
+    let running: Vec<(String, StopWith)> = list_containers(ctr)
         .await?
         .into_iter()
         .filter(|c| {
@@ -502,9 +619,14 @@ pub async fn stop_all_tasks(ctr: &Containerd, grace: Duration) -> Result<usize, 
                 .as_ref()
                 .is_some_and(|t| t.status != TaskStatus::Stopped)
         })
-        .map(|c| c.id)
+        .map(|c| {
+            let how = StopWith::from_labels(&c.labels, grace);
+            (c.id, how)
+        })
         .collect();
-    let stops = running.iter().map(|id| stop_task(ctr, id, grace));
+    let stops = running
+        .iter()
+        .map(|(id, how)| task::stop_task_with(ctr, id, *how));
     let results = futures::future::join_all(stops).await;
     let stopped = results.iter().filter(|r| r.is_ok()).count();
     match results.into_iter().find_map(Result::err) {
@@ -517,4 +639,94 @@ pub async fn stop_all_tasks(ctr: &Containerd, grace: Duration) -> Result<usize, 
 pub(crate) fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_compose::AppSpec;
+
+    fn service() -> ServiceSpec {
+        AppSpec::parse("c.yml", "app", "services: {s: {image: x}}")
+            .unwrap()
+            .services
+            .remove("s")
+            .unwrap()
+    }
+
+    fn image() -> ImageInfo {
+        ImageInfo {
+            name: "example.com/x:1".into(),
+            digest: String::new(),
+            manifest: String::new(),
+            chain_id: String::new(),
+            config: Default::default(),
+        }
+    }
+
+    fn labels_of(spec: &ServiceSpec) -> Result<HashMap<String, String>, ContainerError> {
+        let secrets = BTreeMap::new();
+        let image = image();
+        container_labels(&NewContainer {
+            app: "app",
+            service: "s",
+            spec,
+            image: &image,
+            labels: HashMap::from([(LABEL_SPEC_HASH.to_string(), "h".to_string())]),
+            secrets: &secrets,
+            netns: None,
+            hosts_file: None,
+        })
+    }
+
+    #[test]
+    fn service_labels_and_stop_settings_go_under_the_agents() {
+        let mut spec = service();
+        spec.labels.insert("com.example.team".into(), "edge".into());
+        spec.stop_signal = Some(10);
+        spec.stop_grace_period = Some(Duration::from_millis(1500));
+        let labels = labels_of(&spec).unwrap();
+        assert_eq!(labels["com.example.team"], "edge");
+        assert_eq!(labels[LABEL_STOP_SIGNAL], "10");
+        assert_eq!(labels[LABEL_STOP_GRACE_MS], "1500");
+        assert_eq!(labels[LABEL_SPEC_HASH], "h");
+        assert_eq!(labels[LABEL_APP], "app");
+        assert_eq!(
+            StopWith::from_labels(&labels, Duration::from_secs(10)),
+            StopWith {
+                signal: 10,
+                grace: Duration::from_millis(1500)
+            }
+        );
+
+        spec.labels.insert(LABEL_APP.into(), "other".into());
+        let err = labels_of(&spec).unwrap_err().to_string();
+        assert!(err.contains("are the agent's own"), "{err}");
+        spec.labels.remove(LABEL_APP);
+        spec.stop_signal = Some(65);
+        assert!(labels_of(&spec)
+            .unwrap_err()
+            .to_string()
+            .contains("not a signal"));
+    }
+
+    #[test]
+    fn stopping_falls_back_to_the_defaults() {
+        let default = StopWith {
+            signal: SIGTERM,
+            grace: Duration::from_secs(7),
+        };
+        let labels = labels_of(&service()).unwrap();
+        assert!(
+            !labels.contains_key(LABEL_STOP_SIGNAL) && !labels.contains_key(LABEL_STOP_GRACE_MS)
+        );
+        assert_eq!(StopWith::from_labels(&labels, default.grace), default);
+        let unreadable = HashMap::from([
+            (LABEL_STOP_SIGNAL.to_string(), "SIGUSR1".to_string()),
+            (LABEL_STOP_GRACE_MS.to_string(), "-1".to_string()),
+        ]);
+        assert_eq!(StopWith::from_labels(&unreadable, default.grace), default);
+        let out_of_range = HashMap::from([(LABEL_STOP_SIGNAL.to_string(), "0".to_string())]);
+        assert_eq!(StopWith::from_labels(&out_of_range, default.grace), default);
+    }
 }
