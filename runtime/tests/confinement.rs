@@ -1,16 +1,24 @@
-//! What a service asks of its container, applied by a real containerd + runc: labels, and its own
-//! stop signal and grace period.
+//! What a service asks of its container, applied by a real containerd + runc: users by name from
+//! the image's user database (with their groups), capabilities for a non-root user, host
+//! devices, tmpfs, ulimits, sysctls, labels, and its own stop signal and grace period.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_compose::{AppSpec, ServiceSpec};
-use cairn_runtime::container::{self, NewContainer, RuntimeConfig};
+use cairn_compose::{AppSpec, DeviceMapping, ServiceSpec, TmpfsMount, Ulimit};
+use cairn_runtime::container::{self, ContainerError, NewContainer, RuntimeConfig};
 use cairn_runtime::image::{no_progress, pull_image, ImageInfo, PullOptions};
+use common::LayerEntry;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+    app:x:1000:1000:App:/home/app:/bin/sh\n\
+    web:x:33:33::/www:/bin/sh\n";
+const GROUP: &str = "root:x:0:\napp:x:1000:\nvideo:x:44:app\naudio:x:29:web,app\nwww-data:x:33:\n";
 
 /// Push `image` as `cairn/<repo>:1` and pull it into containerd.
 async fn pull(env: &common::Env, repo: &str, image: &common::TestImage) -> ImageInfo {
@@ -64,6 +72,259 @@ fn new_container<'a>(
         netns: None,
         hosts_file: None,
     }
+}
+
+/// Wait until `path` contains `marker`; its text.
+async fn wait_for(path: &Path, marker: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(marker) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{marker:?} not in {}: {text:?}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Create service `name` from `spec`, start it, wait for `done` in its log, remove it; the log.
+async fn run_to_end(
+    env: &common::Env,
+    cfg: &RuntimeConfig,
+    name: &str,
+    spec: &ServiceSpec,
+    image: &ImageInfo,
+) -> String {
+    let secrets = BTreeMap::new();
+    let new = new_container(name, spec, image, &secrets);
+    let id = container::create_container(&env.ctr, cfg, &new)
+        .await
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    let log = cfg.log_path("conf", name);
+    container::start_task(&env.ctr, cfg, &id, &log)
+        .await
+        .unwrap();
+    let text = wait_for(&log, "done\n").await;
+    container::remove_container(&env.ctr, &id, cfg.stop_grace)
+        .await
+        .unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_by_name_come_from_the_images_user_database() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    tokio::time::timeout(TIMEOUT, async {
+        // /etc/passwd is an absolute symbolic link: it must resolve inside the image (the host
+        // has no /etc/passwd.real), in a layer above the base one, whose /etc/passwd it replaces.
+        let img = common::with_layer(
+            &common::busybox_image(&[]),
+            &[
+                LayerEntry::Symlink("etc/passwd", "/etc/passwd.real"),
+                LayerEntry::File("etc/passwd.real", PASSWD),
+                LayerEntry::File("etc/group", GROUP),
+            ],
+            Some("app"),
+        );
+        let image = pull(&env, "users", &img).await;
+        let cfg = runtime_config(&env);
+        let probe = "id; grep -E '^Cap(Eff|Amb):' /proc/self/status; \
+            (httpd -p 80 -h /www 2>/dev/null && echo bound-80) || echo bind-refused; echo done";
+
+        // The image's own USER, a name: its uid, primary group and supplementary groups.
+        let spec = service(&image, probe);
+        let started = Instant::now();
+        let text = run_to_end(&env, &cfg, "image-user", &spec, &image).await;
+        eprintln!("image user run took {:?}", started.elapsed());
+        let id_line = text.lines().next().unwrap();
+        assert!(
+            id_line.starts_with("uid=1000(app) gid=1000(app) groups="),
+            "{text}"
+        );
+        for group in ["29(audio)", "44(video)", "1000(app)"] {
+            assert!(id_line.contains(group), "{group} missing: {text}");
+        }
+        // Non-root without cap_add: no capability, no port below 1024 (as Docker).
+        assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+        assert!(text.contains("bind-refused"), "{text}");
+
+        // `user: NAME:GROUP`: that group only. With cap_add, the non-root user holds the added
+        // capability (ambient), so it may bind port 80.
+        let mut spec = service(&image, probe);
+        spec.user = Some("web:video".into());
+        spec.cap_add = ["CAP_NET_BIND_SERVICE".to_string()].into();
+        let text = run_to_end(&env, &cfg, "named", &spec, &image).await;
+        assert!(
+            text.contains("uid=33(web) gid=44(video) groups=44(video)\n"),
+            "{text}"
+        );
+        assert!(text.contains("CapEff:\t0000000000000400"), "{text}");
+        assert!(text.contains("CapAmb:\t0000000000000400"), "{text}");
+        assert!(text.contains("bound-80"), "{text}");
+
+        // A numeric uid without an entry works as before (gid = uid).
+        let mut spec = service(&image, "id; echo done");
+        spec.user = Some("4242".into());
+        let text = run_to_end(&env, &cfg, "numeric", &spec, &image).await;
+        assert!(text.starts_with("uid=4242 gid=4242"), "{text}");
+
+        // A whiteout in an upper layer deletes the image's /etc/group: a group name cannot be
+        // found, a numeric group still works.
+        let without_group =
+            common::with_layer(&img, &[LayerEntry::File("etc/.wh.group", "")], None);
+        let image2 = pull(&env, "users-nogroup", &without_group).await;
+        let mut spec = service(&image2, "id; echo done");
+        spec.user = Some("app:video".into());
+        let secrets = BTreeMap::new();
+        let err = container::create_container(
+            &env.ctr,
+            &cfg,
+            &new_container("nogroup", &spec, &image2, &secrets),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "group \"video\" is not in the image's /etc/group (the image has no such file)"
+            ),
+            "{err}"
+        );
+        spec.user = Some("app:44".into());
+        let text = run_to_end(&env, &cfg, "nogroup", &spec, &image2).await;
+        assert!(text.starts_with("uid=1000(app) gid=44 groups=44"), "{text}");
+
+        // An unknown name is refused before anything is created, naming image and file.
+        let mut spec = service(&image, "echo done");
+        spec.user = Some("nobody".into());
+        let err = container::create_container(
+            &env.ctr,
+            &cfg,
+            &new_container("unknown", &spec, &image, &secrets),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ContainerError::User { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&image.name)
+                && message.contains("\"nobody\" is not in the image's /etc/passwd"),
+            "{message}"
+        );
+        assert!(container::list_containers(&env.ctr)
+            .await
+            .unwrap()
+            .is_empty());
+        // The views made to read the user database are gone.
+        let snapshots = env.ctr.list_snapshots().await.unwrap();
+        assert!(
+            snapshots.iter().all(|s| !s.name.starts_with("cairn-read-")),
+            "{:?}",
+            snapshots.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        assert!(
+            std::fs::read_dir(cfg.app_dir("conf").join("run"))
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().starts_with("cairn-read-")),
+            "mount points left"
+        );
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_tmpfs_ulimits_sysctls_and_labels() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    tokio::time::timeout(TIMEOUT, async {
+        let image = pull(&env, "box", &common::busybox_image(&[])).await;
+        let cfg = runtime_config(&env);
+        let script = "echo hi > /dev/cairn-test && echo dev-written; \
+            grep ' /scratch ' /proc/mounts; stat -c 'mode %a' /scratch; \
+            echo nofile $(ulimit -n) $(ulimit -Hn); \
+            echo port-start $(cat /proc/sys/net/ipv4/ip_unprivileged_port_start); \
+            echo done; sleep 30";
+        let mut spec = service(&image, script);
+        spec.devices = vec![DeviceMapping {
+            host: "/dev/null".into(),
+            container: "/dev/cairn-test".into(),
+            permissions: "rw".into(),
+        }];
+        spec.tmpfs = vec![TmpfsMount {
+            target: "/scratch".into(),
+            size_bytes: 2 << 20,
+            mode: 0o1770,
+        }];
+        spec.ulimits.insert(
+            "nofile".into(),
+            Ulimit {
+                soft: 1234,
+                hard: 2345,
+            },
+        );
+        spec.sysctls
+            .insert("net.ipv4.ip_unprivileged_port_start".into(), "1000".into());
+        spec.labels.insert("com.example.team".into(), "edge".into());
+        let secrets = BTreeMap::new();
+        let new = new_container("all", &spec, &image, &secrets);
+        let id = container::create_container(&env.ctr, &cfg, &new)
+            .await
+            .unwrap();
+        let log = cfg.log_path("conf", "all");
+        container::start_task(&env.ctr, &cfg, &id, &log)
+            .await
+            .unwrap();
+        let text = wait_for(&log, "done\n").await;
+        assert!(text.contains("dev-written"), "{text}");
+        assert!(
+            text.contains(
+                "tmpfs /scratch tmpfs rw,nosuid,nodev,noexec,relatime,size=2048k,mode=1770"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("mode 1770"), "{text}");
+        assert!(text.contains("nofile 1234 2345"), "{text}");
+        assert!(text.contains("port-start 1000"), "{text}");
+        let listed = container::list_containers(&env.ctr).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].label("com.example.team"), "edge");
+        assert_eq!(listed[0].label("cairn.app"), "conf");
+        container::remove_container(&env.ctr, &id, Duration::from_millis(200))
+            .await
+            .unwrap();
+
+        // A host path that is not a device is refused before anything is made.
+        let not_a_device = env.containerd.scratch_dir("files").join("plain");
+        std::fs::write(&not_a_device, "x").unwrap();
+        spec.devices[0].host = not_a_device.display().to_string();
+        let err = container::create_container(
+            &env.ctr,
+            &cfg,
+            &new_container("bad", &spec, &image, &secrets),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, ContainerError::Device { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("is not a character or block device"),
+            "{err}"
+        );
+        assert!(container::list_containers(&env.ctr)
+            .await
+            .unwrap()
+            .is_empty());
+    })
+    .await
+    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

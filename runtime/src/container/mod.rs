@@ -3,18 +3,24 @@
 //! SIGTERM by default, then SIGKILL after its grace period), delete (task, container, snapshot),
 //! exec for health checks, list with labels.
 //!
-//! Containers carry the service's labels under the agent's `cairn.` ones, which include the stop
-//! signal and grace period, so a container is always stopped the way it was made.
+//! What a container is made from comes from its service spec, its image and this host: the user
+//! (names resolved in the image's `/etc/passwd` and `/etc/group`, see `users.rs` and
+//! `rootfs.rs`), host devices (`devices.rs`), and labels (the service's, under the agent's
+//! `cairn.` ones, which include the stop signal and grace period so a container is always
+//! stopped the way it was made).
 //!
 //! Networking: `network_mode: host` shares the host's network namespace; other services join
 //! the named namespace given in [`NewContainer::netns`] (prepared and attached by
 //! [`crate::network`]), or get a fresh one with only loopback when none is given.
 
+mod devices;
 mod exec_output;
 mod logs;
 mod oci;
+mod rootfs;
 mod seccomp;
 mod task;
+mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -35,6 +41,7 @@ use crate::network::NetworkConfig;
 
 pub use logs::rotate_log;
 pub use task::{exec, start_task, task_state, TaskState, TaskStatus};
+pub use users::{UserDb, UserError};
 
 /// Label: the app a container belongs to.
 pub const LABEL_APP: &str = "cairn.app";
@@ -101,6 +108,42 @@ pub enum ContainerError {
     BadRecord {
         /// Container id.
         id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The image's root file system cannot be looked into (to read its user database).
+    #[error("cannot look into image {image}: {reason}; pull the image again, and check that the agent runs as root with CAP_SYS_ADMIN")]
+    ImageRootfs {
+        /// Image name.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file of the image cannot be used.
+    #[error("{path} of image {image} cannot be used: {reason}; fix the image")]
+    ImageFile {
+        /// Image name.
+        image: String,
+        /// Path inside the image.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The user the service runs as cannot be resolved in its image.
+    #[error("cannot run image {image} as user {user:?}: {source}")]
+    User {
+        /// Image name.
+        image: String,
+        /// `user:` of the service, or the image's `USER`.
+        user: String,
+        /// Why.
+        source: UserError,
+    },
+    /// A host device cannot be given to the container.
+    #[error("cannot give host device {path} to the container: {reason}")]
+    Device {
+        /// Host path.
+        path: String,
         /// Why.
         reason: String,
     },
@@ -400,6 +443,41 @@ fn prepare_mounts(
     Ok(mounts)
 }
 
+/// The user `new`'s process runs as: `user:` of the service, else the image's `USER`, resolved
+/// in the image's `/etc/passwd` and `/etc/group` (read only when needed: not for `UID:GID`).
+async fn resolve_user(
+    ctr: &Containerd,
+    cfg: &RuntimeConfig,
+    new: &NewContainer<'_>,
+) -> Result<users::ResolvedUser, ContainerError> {
+    let spec = new
+        .spec
+        .user
+        .as_deref()
+        .or(new.image.config.user.as_deref())
+        .unwrap_or("")
+        .trim();
+    let (passwd, group) = if users::needs_user_db(spec) {
+        let scratch = cfg.app_dir(new.app).join("run");
+        let files = [UserDb::Passwd.path(), UserDb::Group.path()];
+        let mut read =
+            rootfs::read_image_files(ctr, new.image, &scratch, &files, users::MAX_USER_DB_BYTES)
+                .await?
+                .into_iter()
+                .map(|f| f.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()));
+        (read.next().flatten(), read.next().flatten())
+    } else {
+        (None, None)
+    };
+    users::resolve(spec, passwd.as_deref(), group.as_deref()).map_err(|source| {
+        ContainerError::User {
+            image: new.image.name.clone(),
+            user: spec.to_string(),
+            source,
+        }
+    })
+}
+
 /// Create the container record and its writable snapshot (on the image's top layer). The task is
 /// not started; see [`start_task`].
 ///
@@ -413,13 +491,17 @@ pub async fn create_container(
 ) -> Result<String, ContainerError> {
     let id = container_id(new.app, new.service);
     let labels = container_labels(new)?;
+    let devices = devices::host_devices(&new.spec.devices)?;
+    let user = resolve_user(ctr, cfg, new).await?;
     let mounts = prepare_mounts(cfg, new)?;
     let spec = oci::build_spec(&oci::SpecInput {
         id: &id,
         service: new.service,
         svc: new.spec,
         image: &new.image.config,
+        user: &user,
         mounts,
+        devices: &devices,
         cgroup_parent: &cfg.cgroup_parent,
         netns: new.netns.as_deref(),
     })?;
