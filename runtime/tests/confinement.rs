@@ -1,6 +1,7 @@
 //! What a service asks of its container, applied by a real containerd + runc: users by name from
 //! the image's user database (with their groups), capabilities for a non-root user, host
-//! devices, tmpfs, ulimits, sysctls, labels, and its own stop signal and grace period.
+//! devices, tmpfs, ulimits, sysctls, labels, extra hosts, and its own stop signal and grace
+//! period.
 
 mod common;
 
@@ -8,9 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_compose::{AppSpec, DeviceMapping, ServiceSpec, TmpfsMount, Ulimit};
+use cairn_compose::{AppSpec, DeviceMapping, ExtraHost, ServiceSpec, TmpfsMount, Ulimit};
 use cairn_runtime::container::{self, ContainerError, NewContainer, RuntimeConfig};
 use cairn_runtime::image::{no_progress, pull_image, ImageInfo, PullOptions};
+use cairn_runtime::reconcile::{DesiredApp, Reconciler, ReconcilerConfig, ServiceState};
 use common::LayerEntry;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -240,7 +242,7 @@ async fn users_by_name_come_from_the_images_user_database() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn devices_tmpfs_ulimits_sysctls_and_labels() {
+async fn devices_tmpfs_ulimits_sysctls_labels_and_extra_hosts() {
     let Some(env) = common::env().await else {
         return;
     };
@@ -251,7 +253,7 @@ async fn devices_tmpfs_ulimits_sysctls_and_labels() {
             grep ' /scratch ' /proc/mounts; stat -c 'mode %a' /scratch; \
             echo nofile $(ulimit -n) $(ulimit -Hn); \
             echo port-start $(cat /proc/sys/net/ipv4/ip_unprivileged_port_start); \
-            echo done; sleep 30";
+            grep db.example /etc/hosts; echo done; sleep 30";
         let mut spec = service(&image, script);
         spec.devices = vec![DeviceMapping {
             host: "/dev/null".into(),
@@ -273,6 +275,10 @@ async fn devices_tmpfs_ulimits_sysctls_and_labels() {
         spec.sysctls
             .insert("net.ipv4.ip_unprivileged_port_start".into(), "1000".into());
         spec.labels.insert("com.example.team".into(), "edge".into());
+        spec.extra_hosts = vec![ExtraHost {
+            host: "db.example".into(),
+            ip: "10.1.2.3".parse().unwrap(),
+        }];
         let secrets = BTreeMap::new();
         let new = new_container("all", &spec, &image, &secrets);
         let id = container::create_container(&env.ctr, &cfg, &new)
@@ -293,6 +299,7 @@ async fn devices_tmpfs_ulimits_sysctls_and_labels() {
         assert!(text.contains("mode 1770"), "{text}");
         assert!(text.contains("nofile 1234 2345"), "{text}");
         assert!(text.contains("port-start 1000"), "{text}");
+        assert!(text.contains("10.1.2.3\tdb.example"), "{text}");
         let listed = container::list_containers(&env.ctr).await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].label("com.example.team"), "edge");
@@ -437,6 +444,87 @@ async fn containers_stop_with_their_own_signal_and_grace() {
         container::remove_container(&env.ctr, &ids["stubborn"], cfg.stop_grace)
             .await
             .unwrap();
+        assert!(container::list_containers(&env.ctr)
+            .await
+            .unwrap()
+            .is_empty());
+    })
+    .await
+    .expect("test timed out");
+}
+
+fn reconciler_config(env: &common::Env) -> ReconcilerConfig {
+    let mut runtime = runtime_config(env);
+    runtime.network = common::network_config(&env.containerd);
+    let mut cfg = ReconcilerConfig::new(runtime);
+    cfg.retry = Duration::from_millis(500);
+    cfg.tick = Duration::from_millis(50);
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_hosts_of_one_service_in_an_app_network() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    if !common::cni_present() {
+        return;
+    }
+    tokio::time::timeout(TIMEOUT, async {
+        let image = pull(&env, "hosts", &common::busybox_image(&[])).await;
+        let yaml = format!(
+            r#"
+services:
+  a:
+    image: {0}
+    command: ["sh", "-c", "sleep 60"]
+  b:
+    image: {0}
+    command: ["sh", "-c", "sleep 60"]
+"#,
+            image.name
+        );
+        let mut spec = AppSpec::parse("compose.yml", "hosts", &yaml).unwrap();
+        spec.services.get_mut("a").unwrap().extra_hosts = vec![ExtraHost {
+            host: "db.example".into(),
+            ip: "10.1.2.3".parse().unwrap(),
+        }];
+        let desired = vec![DesiredApp::new(spec)];
+        let cfg = reconciler_config(&env);
+        let out_dir = env.containerd.scratch_dir("hosts-out");
+        let mut rec = Reconciler::new(env.ctr.clone(), cfg);
+        common::converge(&mut rec, &desired, "both running", |st| {
+            st.len() == 2 && st.iter().all(|s| s.state == ServiceState::Running)
+        })
+        .await;
+        let hosts_of = |service: &'static str| {
+            let ctr = env.ctr.clone();
+            let out = out_dir.join(service);
+            async move {
+                let _ = std::fs::remove_file(&out);
+                let id = container::container_id("hosts", service);
+                let argv = vec![
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    "cat /etc/hosts; echo end-of-hosts".to_string(),
+                ];
+                let status = container::exec(&ctr, &id, argv, Duration::from_secs(5), Some(&out))
+                    .await
+                    .unwrap();
+                assert_eq!(status, 0);
+                wait_for(&out, "end-of-hosts").await
+            }
+        };
+        // Both see each other (the app's file); only a has its extra line.
+        let a = hosts_of("a").await;
+        let b = hosts_of("b").await;
+        for text in [&a, &b] {
+            assert!(text.contains("\ta\n") && text.contains("\tb\n"), "{text}");
+        }
+        assert!(a.contains("10.1.2.3\tdb.example\n"), "{a}");
+        assert!(!b.contains("db.example"), "{b}");
+        let statuses = rec.reconcile(&[]).await.unwrap();
+        assert!(statuses.is_empty());
         assert!(container::list_containers(&env.ctr)
             .await
             .unwrap()

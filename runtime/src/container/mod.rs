@@ -5,9 +5,9 @@
 //!
 //! What a container is made from comes from its service spec, its image and this host: the user
 //! (names resolved in the image's `/etc/passwd` and `/etc/group`, see `users.rs` and
-//! `rootfs.rs`), host devices (`devices.rs`), and labels (the service's, under the agent's
-//! `cairn.` ones, which include the stop signal and grace period so a container is always
-//! stopped the way it was made).
+//! `rootfs.rs`), host devices (`devices.rs`), the hosts file (the app's, or a service's own with
+//! its `extra_hosts`), and labels (the service's, under the agent's `cairn.` ones, which include
+//! the stop signal and grace period so a container is always stopped the way it was made).
 //!
 //! Networking: `network_mode: host` shares the host's network namespace; other services join
 //! the named namespace given in [`NewContainer::netns`] (prepared and attached by
@@ -412,17 +412,9 @@ fn prepare_mounts(
         });
     }
     let hosts = match &new.hosts_file {
-        Some(path) => path.clone(),
-        None => {
-            let hosts = cfg.hosts_path(new.app, new.service);
-            let dir = hosts.parent().unwrap_or(&cfg.data_dir);
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-            let text = format!(
-                "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-                new.service
-            );
-            std::fs::write(&hosts, text).map_err(io_err(&hosts))?;
-            hosts
+        Some(path) if new.spec.extra_hosts.is_empty() => path.clone(),
+        app_hosts => {
+            write_service_hosts(cfg, new.app, new.service, new.spec, app_hosts.as_deref())?
         }
     };
     mounts.push(oci::BindMount {
@@ -441,6 +433,32 @@ fn prepare_mounts(
     let dir = log.parent().unwrap_or(&cfg.data_dir);
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     Ok(mounts)
+}
+
+/// Write the hosts file of service `service` of `app` that the app's shared one cannot be:
+/// `app_hosts` (the app's, kept up to date by the caller, who calls this again after each
+/// change), or without one localhost and the service's name; then the service's `extra_hosts`.
+/// Rewritten in place (bind mounts pin the inode). Returns its path.
+///
+/// # Errors
+/// When the app's file cannot be read or this one written.
+pub fn write_service_hosts(
+    cfg: &RuntimeConfig,
+    app: &str,
+    service: &str,
+    spec: &ServiceSpec,
+    app_hosts: Option<&Path>,
+) -> Result<PathBuf, ContainerError> {
+    let base = match app_hosts {
+        Some(path) => std::fs::read_to_string(path).map_err(io_err(path))?,
+        None => {
+            format!("127.0.0.1\tlocalhost {service}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        }
+    };
+    let text = crate::network::hosts::with_extra_hosts(&base, service, &spec.extra_hosts);
+    let path = cfg.hosts_path(app, service);
+    crate::network::hosts::write_in_place(&path, &text).map_err(io_err(&path))?;
+    Ok(path)
 }
 
 /// The user `new`'s process runs as: `user:` of the service, else the image's `USER`, resolved

@@ -22,7 +22,7 @@
 mod chain;
 mod cni;
 mod command;
-mod hosts;
+pub(crate) mod hosts;
 mod masquerade;
 mod netns;
 mod records;

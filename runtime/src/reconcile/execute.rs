@@ -227,11 +227,20 @@ impl Reconciler {
         Ok(None)
     }
 
-    /// Rewrite the app's hosts file if an address changed.
+    /// Rewrite the app's hosts file if an address changed, and the own hosts files of its
+    /// services with `extra_hosts` (the app's plus their lines).
     fn write_hosts(&self, app: &AppSpec, network: &AppNetwork) -> Result<(), ActionError> {
-        let path = self.cfg.runtime.app_hosts_path(&app.name);
+        let runtime = &self.cfg.runtime;
+        let path = runtime.app_hosts_path(&app.name);
         if self.networks.write_app_hosts(app, network, &path)? {
             info!(app = %app.name, "hosts file updated");
+        }
+        for (service, spec) in app
+            .services
+            .iter()
+            .filter(|(_, s)| !s.extra_hosts.is_empty())
+        {
+            container::write_service_hosts(runtime, &app.name, service, spec, Some(&path))?;
         }
         Ok(())
     }
