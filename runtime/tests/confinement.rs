@@ -1,7 +1,7 @@
 //! What a service asks of its container, applied by a real containerd + runc: users by name from
 //! the image's user database (with their groups), capabilities for a non-root user, host
-//! devices, tmpfs, ulimits, sysctls, labels, extra hosts, and its own stop signal and grace
-//! period.
+//! devices, tmpfs, ulimits, sysctls, labels, extra hosts, its own stop signal and grace period,
+//! and log limits under a log flood.
 
 mod common;
 
@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_compose::{AppSpec, DeviceMapping, ExtraHost, ServiceSpec, TmpfsMount, Ulimit};
+use cairn_compose::{
+    AppSpec, DeviceMapping, ExtraHost, LogLimits, ServiceSpec, TmpfsMount, Ulimit,
+};
 use cairn_runtime::container::{self, ContainerError, NewContainer, RuntimeConfig};
 use cairn_runtime::image::{no_progress, pull_image, ImageInfo, PullOptions};
 use cairn_runtime::reconcile::{DesiredApp, Reconciler, ReconcilerConfig, ServiceState};
@@ -460,6 +462,105 @@ fn reconciler_config(env: &common::Env) -> ReconcilerConfig {
     cfg.retry = Duration::from_millis(500);
     cfg.tick = Duration::from_millis(50);
     cfg
+}
+
+/// Sizes of a log and its rotated copies `.1` ... (up to `.MAX_LOG_FILES`).
+fn log_sizes(log: &Path) -> (u64, Vec<(usize, u64)>) {
+    let current = std::fs::metadata(log).map_or(0, |m| m.len());
+    let rotated = (1..=container::MAX_LOG_FILES)
+        .filter_map(|n| {
+            let path = format!("{}.{n}", log.display());
+            std::fs::metadata(path).ok().map(|m| (n, m.len()))
+        })
+        .collect();
+    (current, rotated)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_flood_stays_within_the_services_log_limits() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    tokio::time::timeout(TIMEOUT, async {
+        let image = pull(&env, "flood", &common::busybox_image(&[])).await;
+        let yaml = format!(
+            r#"
+services:
+  flood:
+    image: {}
+    command: ["sh", "-c", "yes 'a log line of a service that writes as fast as it can'"]
+    network_mode: host
+    deploy: {{resources: {{limits: {{cpus: "0.5"}}}}}}
+"#,
+            image.name
+        );
+        let mut spec = AppSpec::parse("compose.yml", "flood", &yaml).unwrap();
+        const MAX_BYTES: u64 = 256 << 10;
+        const MAX_FILES: u32 = 3;
+        spec.services.get_mut("flood").unwrap().logging = LogLimits {
+            max_bytes: Some(MAX_BYTES),
+            max_files: Some(MAX_FILES),
+        };
+        let desired = vec![DesiredApp::new(spec)];
+        let cfg = reconciler_config(&env);
+        let log = cfg.runtime.log_path("flood", "flood");
+        // Copies of a larger limit set before are dropped at the first rotation.
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        for n in 1..=6 {
+            std::fs::write(format!("{}.{n}", log.display()), "old").unwrap();
+        }
+        let mut rec = Reconciler::new(env.ctr.clone(), cfg);
+        common::converge(&mut rec, &desired, "flood running", |st| {
+            st.iter().all(|s| s.state == ServiceState::Running)
+        })
+        .await;
+
+        // One pass every 200 ms: the rotation interval.
+        let interval = Duration::from_millis(200);
+        // A cut copy starts with a line (under 200 bytes) saying how much it dropped.
+        const NOTE: u64 = 200;
+        let bound = (MAX_BYTES + NOTE) * u64::from(MAX_FILES);
+        let (mut worst_growth, mut worst_total) = (0u64, 0u64);
+        let mut last = Instant::now();
+        for _ in 0..15 {
+            tokio::time::sleep(interval).await;
+            // What the service wrote since the last pass's rotation, and what is on disk now.
+            let (grown, rotated) = log_sizes(&log);
+            let elapsed = last.elapsed();
+            let before = grown + rotated.iter().map(|(_, s)| s).sum::<u64>();
+            worst_growth = worst_growth.max(grown);
+            worst_total = worst_total.max(before);
+            assert!(before <= bound + grown, "{before} on disk > {bound} + {grown} written since the last rotation");
+            rec.reconcile(&desired).await.unwrap();
+            last = Instant::now();
+            let (current, rotated) = log_sizes(&log);
+            eprintln!(
+                "{grown} bytes in {elapsed:?} ({:.0} MB/s), rotated {:?}, current after {current}",
+                grown as f64 / elapsed.as_secs_f64() / 1e6,
+                rotated
+            );
+            assert!(
+                rotated.iter().map(|(n, _)| *n).eq(1..=rotated.len()),
+                "gaps or copies beyond keep: {rotated:?}"
+            );
+            assert!(rotated.len() < MAX_FILES as usize, "{rotated:?}");
+            for (n, size) in &rotated {
+                assert!(*size <= MAX_BYTES + NOTE, ".{n} holds {size} > {MAX_BYTES} + a note");
+            }
+        }
+        eprintln!(
+            "log flood: at most {worst_total} bytes on disk before a pass; bound {bound} + at most {worst_growth} written in one interval"
+        );
+        assert!(worst_growth > MAX_BYTES, "the flood must outrun the limit to test anything");
+        let first = std::fs::read_to_string(format!("{}.1", log.display())).unwrap();
+        assert!(first.starts_with("[cairn: "), "{}", &first[..80.min(first.len())]);
+
+        // Down again: the container goes, its logs stay (like `docker compose down`).
+        common::converge(&mut rec, &[], "flood removed", |_| true).await;
+        assert!(container::list_containers(&env.ctr).await.unwrap().is_empty());
+    })
+    .await
+    .expect("test timed out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

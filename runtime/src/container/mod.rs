@@ -27,7 +27,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use cairn_compose::ServiceSpec;
+use cairn_compose::{LogLimits, ServiceSpec};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, DeleteContainerRequest, GetContainerRequest,
@@ -39,7 +39,7 @@ use crate::containerd::{call, Containerd, ContainerdError};
 use crate::image::ImageInfo;
 use crate::network::NetworkConfig;
 
-pub use logs::rotate_log;
+pub use logs::{rotate_at, rotate_log, MAX_LOG_FILES, MIN_LOG_BYTES};
 pub use task::{exec, start_task, task_state, TaskState, TaskStatus};
 pub use users::{UserDb, UserError};
 
@@ -180,18 +180,23 @@ pub struct RuntimeConfig {
     /// Time between the stop signal and SIGKILL when stopping a container whose service did not
     /// set `stop_grace_period`.
     pub stop_grace: Duration,
-    /// A log file larger than this is rotated.
+    /// A log file larger than this is rotated (unless the service's `logging` says otherwise).
     pub log_max_bytes: u64,
-    /// Rotated log files kept (`<service>.log.1` ... `.N`).
+    /// Rotated log files kept (`<service>.log.1` ... `.N`; unless the service's `logging` says
+    /// otherwise).
     pub log_keep: usize,
+    /// Most bytes the log files of one service may hold after a rotation (file size times
+    /// files): a service's `logging` limits are cut down to fit (see
+    /// [`RuntimeConfig::log_rotation`]), so no app can fill the data partition with its logs.
+    pub log_max_service_bytes: u64,
     /// App networks (subnet pool, CNI plugins, namespace and lease dirs).
     pub network: NetworkConfig,
 }
 
 impl RuntimeConfig {
     /// Defaults for `data_dir`: cgroup parent `/cairn`, 10 s stop grace, logs rotated at 10 MiB
-    /// keeping 3, network defaults of [`NetworkConfig::new`] with subnet allocations in
-    /// `<data_dir>/network`.
+    /// keeping 3, at most 100 MiB of logs per service, network defaults of
+    /// [`NetworkConfig::new`] with subnet allocations in `<data_dir>/network`.
     pub fn new(data_dir: impl Into<PathBuf>) -> RuntimeConfig {
         let data_dir = data_dir.into();
         RuntimeConfig {
@@ -202,6 +207,28 @@ impl RuntimeConfig {
             stop_grace: Duration::from_secs(10),
             log_max_bytes: 10 << 20,
             log_keep: 3,
+            log_max_service_bytes: 100 << 20,
+        }
+    }
+
+    /// How the log of a service with `logging` limits `limits` is rotated: its `max_bytes` and
+    /// `max_files` (the current file included) where set, this config's otherwise; a service
+    /// gets at least [`MIN_LOG_BYTES`] per file and 1 to [`MAX_LOG_FILES`] files, and the file
+    /// size is lowered until all files fit in [`RuntimeConfig::log_max_service_bytes`].
+    pub fn log_rotation(&self, limits: &LogLimits) -> LogRotation {
+        let files = limits
+            .max_files
+            .map_or(self.log_keep.saturating_add(1), |n| n as usize)
+            .clamp(1, MAX_LOG_FILES);
+        let budget = self.log_max_service_bytes / files as u64;
+        let max_bytes = limits
+            .max_bytes
+            .map_or(self.log_max_bytes, |b| b.max(MIN_LOG_BYTES))
+            .min(budget)
+            .max(1);
+        LogRotation {
+            max_bytes,
+            keep: files - 1,
         }
     }
 
@@ -242,6 +269,15 @@ impl RuntimeConfig {
     pub fn app_hosts_path(&self, app: &str) -> PathBuf {
         self.app_dir(app).join("run").join("hosts")
     }
+}
+
+/// How a service's log is rotated (see [`rotate_log`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    /// Rotate when the file is larger than this.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
 }
 
 /// How a container's task is stopped: its stop signal, then SIGKILL to every process after the
@@ -828,5 +864,43 @@ mod tests {
         assert_eq!(StopWith::from_labels(&unreadable, default.grace), default);
         let out_of_range = HashMap::from([(LABEL_STOP_SIGNAL.to_string(), "0".to_string())]);
         assert_eq!(StopWith::from_labels(&out_of_range, default.grace), default);
+    }
+
+    #[test]
+    fn log_limits_of_a_service_are_bounded_by_the_agents() {
+        let cfg = RuntimeConfig::new("/data");
+        let rotation = |max_bytes, max_files| {
+            cfg.log_rotation(&LogLimits {
+                max_bytes,
+                max_files,
+            })
+        };
+        assert_eq!(
+            rotation(None, None),
+            LogRotation {
+                max_bytes: 10 << 20,
+                keep: 3
+            }
+        );
+        assert_eq!(
+            rotation(Some(1 << 20), Some(5)),
+            LogRotation {
+                max_bytes: 1 << 20,
+                keep: 4
+            }
+        );
+        // 1 GiB x 3 does not fit in 100 MiB: the files get smaller.
+        let big = rotation(Some(1 << 30), Some(3));
+        assert_eq!(big.keep, 2);
+        assert!(big.max_bytes * 3 <= cfg.log_max_service_bytes, "{big:?}");
+        // At most MAX_LOG_FILES files, at least MIN_LOG_BYTES each, at least one file.
+        let many = rotation(Some(1), Some(1000));
+        assert_eq!(many.keep, MAX_LOG_FILES - 1);
+        assert_eq!(many.max_bytes, MIN_LOG_BYTES);
+        assert_eq!(rotation(None, Some(0)).keep, 0);
+        // The agent's own setting is trusted (tests use tiny ones).
+        let mut tiny = RuntimeConfig::new("/data");
+        tiny.log_max_bytes = 16;
+        assert_eq!(tiny.log_rotation(&LogLimits::default()).max_bytes, 16);
     }
 }

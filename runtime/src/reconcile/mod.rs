@@ -182,7 +182,7 @@ impl Reconciler {
         };
         let plan = plan::plan(desired, &observed, &timing, now);
         self.wake_at = plan.wake_at;
-        Ok(self.execute(plan).await)
+        Ok(self.execute(desired, plan).await)
     }
 
     /// Everything the planner needs for a pass over `desired`: containers and tasks, the
