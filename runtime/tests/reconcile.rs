@@ -303,7 +303,9 @@ services:
         AppSpec::parse("compose.yml", "flaky", &yaml).unwrap(),
     )];
     let mut cfg = config(&env);
-    cfg.runtime.log_max_bytes = 8;
+    // Rotated past 12 bytes (three quarters), so every second "crashing" line; the newest 16
+    // bytes are kept.
+    cfg.runtime.log_max_bytes = 16;
     cfg.runtime.log_keep = 2;
     let rec = Reconciler::new(env.ctr.clone(), cfg.clone());
     let (desired_tx, desired_rx) = tokio::sync::watch::channel(Arc::new(desired));

@@ -1,36 +1,47 @@
 //! Service containers on containerd: create (container record + snapshot + OCI spec), start a
-//! task whose output goes to a log file under the data dir, stop (SIGTERM, then SIGKILL after a
-//! grace period), delete (task, container, snapshot), exec for health checks, list with labels.
+//! task whose output goes to a log file under the data dir, stop (the service's stop signal,
+//! SIGTERM by default, then SIGKILL after its grace period), delete (task, container, snapshot),
+//! exec for health checks, list with labels.
+//!
+//! What a container is made from comes from its service spec, its image and this host: the user
+//! (names resolved in the image's `/etc/passwd` and `/etc/group`, see `users.rs` and
+//! `rootfs.rs`), host devices (`devices.rs`), the hosts file (the app's, or a service's own with
+//! its `extra_hosts`), and labels (the service's, under the agent's `cairn.` ones, which include
+//! the stop signal and grace period so a container is always stopped the way it was made).
 //!
 //! Networking: `network_mode: host` shares the host's network namespace; other services join
 //! the named namespace given in [`NewContainer::netns`] (prepared and attached by
 //! [`crate::network`]), or get a fresh one with only loopback when none is given.
 
+mod devices;
 mod exec_output;
 mod logs;
 mod oci;
+mod rootfs;
 mod seccomp;
 mod task;
+mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use cairn_compose::ServiceSpec;
+use cairn_compose::{LogLimits, ServiceSpec};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, DeleteContainerRequest, GetContainerRequest,
     ListContainersRequest, UpdateContainerRequest,
 };
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::containerd::{call, Containerd, ContainerdError};
 use crate::image::ImageInfo;
 use crate::network::NetworkConfig;
 
-pub use logs::rotate_log;
-pub use task::{exec, start_task, stop_task, task_state, TaskState, TaskStatus};
+pub use logs::{rotate_at, rotate_log, MAX_LOG_FILES, MIN_LOG_BYTES};
+pub use task::{exec, start_task, task_state, TaskState, TaskStatus};
+pub use users::{UserDb, UserError};
 
 /// Label: the app a container belongs to.
 pub const LABEL_APP: &str = "cairn.app";
@@ -51,6 +62,18 @@ pub const LABEL_RESTARTS: &str = "cairn.restarts";
 pub const LABEL_CRASH_STREAK: &str = "cairn.crash-streak";
 /// Label: when the current task was started (Unix milliseconds).
 pub const LABEL_STARTED_AT: &str = "cairn.started-at";
+/// Label: the signal (a number) that stops the task, when the service set `stop_signal`.
+pub const LABEL_STOP_SIGNAL: &str = "cairn.stop-signal";
+/// Label: milliseconds between the stop signal and SIGKILL, when the service set
+/// `stop_grace_period`.
+pub const LABEL_STOP_GRACE_MS: &str = "cairn.stop-grace-ms";
+/// Prefix of the labels that are the agent's own; a service's `labels` may not use it.
+pub const AGENT_LABEL_PREFIX: &str = "cairn.";
+
+/// SIGTERM: what stops a task whose service did not say.
+pub const SIGTERM: u32 = 15;
+/// Largest signal number (SIGRTMAX).
+const MAX_SIGNAL: i32 = 64;
 
 const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
@@ -88,6 +111,42 @@ pub enum ContainerError {
         /// Why.
         reason: String,
     },
+    /// The image's root file system cannot be looked into (to read its user database).
+    #[error("cannot look into image {image}: {reason}; pull the image again, and check that the agent runs as root with CAP_SYS_ADMIN")]
+    ImageRootfs {
+        /// Image name.
+        image: String,
+        /// Why.
+        reason: String,
+    },
+    /// A file of the image cannot be used.
+    #[error("{path} of image {image} cannot be used: {reason}; fix the image")]
+    ImageFile {
+        /// Image name.
+        image: String,
+        /// Path inside the image.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The user the service runs as cannot be resolved in its image.
+    #[error("cannot run image {image} as user {user:?}: {source}")]
+    User {
+        /// Image name.
+        image: String,
+        /// `user:` of the service, or the image's `USER`.
+        user: String,
+        /// Why.
+        source: UserError,
+    },
+    /// A host device cannot be given to the container.
+    #[error("cannot give host device {path} to the container: {reason}")]
+    Device {
+        /// Host path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// An exec did not finish in time.
     #[error("exec in {id} did not finish within {timeout:?}")]
     ExecTimeout {
@@ -120,20 +179,26 @@ pub struct RuntimeConfig {
     pub cgroup_parent: String,
     /// Where the cgroup file systems are mounted ([`crate::cgroup::CGROUP_ROOT`]).
     pub cgroup_root: PathBuf,
-    /// Time between SIGTERM and SIGKILL when stopping.
+    /// Time between the stop signal and SIGKILL when stopping a container whose service did not
+    /// set `stop_grace_period`.
     pub stop_grace: Duration,
-    /// A log file larger than this is rotated.
+    /// A log file larger than this is rotated (unless the service's `logging` says otherwise).
     pub log_max_bytes: u64,
-    /// Rotated log files kept (`<service>.log.1` ... `.N`).
+    /// Rotated log files kept (`<service>.log.1` ... `.N`; unless the service's `logging` says
+    /// otherwise).
     pub log_keep: usize,
+    /// Most bytes the log files of one service may hold after a rotation (file size times
+    /// files): a service's `logging` limits are cut down to fit (see
+    /// [`RuntimeConfig::log_rotation`]), so no app can fill the data partition with its logs.
+    pub log_max_service_bytes: u64,
     /// App networks (subnet pool, CNI plugins, namespace and lease dirs).
     pub network: NetworkConfig,
 }
 
 impl RuntimeConfig {
     /// Defaults for `data_dir`: cgroup parent `/cairn`, 10 s stop grace, logs rotated at 10 MiB
-    /// keeping 3, network defaults of [`NetworkConfig::new`] with subnet allocations in
-    /// `<data_dir>/network`.
+    /// keeping 3, at most 100 MiB of logs per service, network defaults of
+    /// [`NetworkConfig::new`] with subnet allocations in `<data_dir>/network`.
     pub fn new(data_dir: impl Into<PathBuf>) -> RuntimeConfig {
         let data_dir = data_dir.into();
         RuntimeConfig {
@@ -145,6 +210,28 @@ impl RuntimeConfig {
             stop_grace: Duration::from_secs(10),
             log_max_bytes: 10 << 20,
             log_keep: 3,
+            log_max_service_bytes: 100 << 20,
+        }
+    }
+
+    /// How the log of a service with `logging` limits `limits` is rotated: its `max_bytes` and
+    /// `max_files` (the current file included) where set, this config's otherwise; a service
+    /// gets at least [`MIN_LOG_BYTES`] per file and 1 to [`MAX_LOG_FILES`] files, and the file
+    /// size is lowered until all files fit in [`RuntimeConfig::log_max_service_bytes`].
+    pub fn log_rotation(&self, limits: &LogLimits) -> LogRotation {
+        let files = limits
+            .max_files
+            .map_or(self.log_keep.saturating_add(1), |n| n as usize)
+            .clamp(1, MAX_LOG_FILES);
+        let budget = self.log_max_service_bytes / files as u64;
+        let max_bytes = limits
+            .max_bytes
+            .map_or(self.log_max_bytes, |b| b.max(MIN_LOG_BYTES))
+            .min(budget)
+            .max(1);
+        LogRotation {
+            max_bytes,
+            keep: files - 1,
         }
     }
 
@@ -185,6 +272,86 @@ impl RuntimeConfig {
     pub fn app_hosts_path(&self, app: &str) -> PathBuf {
         self.app_dir(app).join("run").join("hosts")
     }
+}
+
+/// How a service's log is rotated (see [`rotate_log`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    /// Rotate when the file is larger than this.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
+}
+
+/// How a container's task is stopped: its stop signal, then SIGKILL to every process after the
+/// grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopWith {
+    /// The stop signal.
+    pub signal: u32,
+    /// Time between the stop signal and SIGKILL.
+    pub grace: Duration,
+}
+
+impl StopWith {
+    /// What a container's labels say (recorded from its service when it was made); SIGTERM and
+    /// `default_grace` for what they do not say, or say unreadably (a container made by an older
+    /// agent has neither label).
+    pub fn from_labels(labels: &HashMap<String, String>, default_grace: Duration) -> StopWith {
+        let signal = labels
+            .get(LABEL_STOP_SIGNAL)
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|s| (1..=MAX_SIGNAL as u32).contains(s))
+            .unwrap_or(SIGTERM);
+        let grace = labels
+            .get(LABEL_STOP_GRACE_MS)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(default_grace, Duration::from_millis);
+        StopWith { signal, grace }
+    }
+}
+
+/// The labels recording a service's `stop_signal` and `stop_grace_period` (none for what it
+/// does not set, so the agent's default applies).
+fn stop_labels(spec: &ServiceSpec) -> Result<HashMap<String, String>, ContainerError> {
+    let mut labels = HashMap::new();
+    if let Some(signal) = spec.stop_signal {
+        if !(1..=MAX_SIGNAL).contains(&signal) {
+            return Err(ContainerError::Spec {
+                reason: format!("stop_signal {signal} is not a signal (1 to {MAX_SIGNAL})"),
+            });
+        }
+        labels.insert(LABEL_STOP_SIGNAL.to_string(), signal.to_string());
+    }
+    if let Some(grace) = spec.stop_grace_period {
+        labels.insert(
+            LABEL_STOP_GRACE_MS.to_string(),
+            grace.as_millis().to_string(),
+        );
+    }
+    Ok(labels)
+}
+
+/// The labels of a new container: the service's `labels`, its stop settings, then `agent`'s
+/// (spec hash, ...), the app and the service. A service label in the agent's `cairn.` space is
+/// refused (the Compose parser refuses it too), so none can pass for the agent's.
+fn container_labels(new: &NewContainer<'_>) -> Result<HashMap<String, String>, ContainerError> {
+    let mut labels = HashMap::new();
+    for (key, value) in &new.spec.labels {
+        if key.starts_with(AGENT_LABEL_PREFIX) {
+            return Err(ContainerError::Spec {
+                reason: format!(
+                    "label {key:?}: labels starting {AGENT_LABEL_PREFIX:?} are the agent's own; rename it"
+                ),
+            });
+        }
+        labels.insert(key.clone(), value.clone());
+    }
+    labels.extend(stop_labels(new.spec)?);
+    labels.extend(new.labels.clone());
+    labels.insert(LABEL_APP.into(), new.app.into());
+    labels.insert(LABEL_SERVICE.into(), new.service.into());
+    Ok(labels)
 }
 
 /// The container id of a service: `<app>_<service>` (app names have no `_`).
@@ -284,17 +451,9 @@ fn prepare_mounts(
         });
     }
     let hosts = match &new.hosts_file {
-        Some(path) => path.clone(),
-        None => {
-            let hosts = cfg.hosts_path(new.app, new.service);
-            let dir = hosts.parent().unwrap_or(&cfg.data_dir);
-            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-            let text = format!(
-                "127.0.0.1\tlocalhost {0}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-                new.service
-            );
-            std::fs::write(&hosts, text).map_err(io_err(&hosts))?;
-            hosts
+        Some(path) if new.spec.extra_hosts.is_empty() => path.clone(),
+        app_hosts => {
+            write_service_hosts(cfg, new.app, new.service, new.spec, app_hosts.as_deref())?
         }
     };
     mounts.push(oci::BindMount {
@@ -315,6 +474,67 @@ fn prepare_mounts(
     Ok(mounts)
 }
 
+/// Write the hosts file of service `service` of `app` that the app's shared one cannot be:
+/// `app_hosts` (the app's, kept up to date by the caller, who calls this again after each
+/// change), or without one localhost and the service's name; then the service's `extra_hosts`.
+/// Rewritten in place (bind mounts pin the inode). Returns its path.
+///
+/// # Errors
+/// When the app's file cannot be read or this one written.
+pub fn write_service_hosts(
+    cfg: &RuntimeConfig,
+    app: &str,
+    service: &str,
+    spec: &ServiceSpec,
+    app_hosts: Option<&Path>,
+) -> Result<PathBuf, ContainerError> {
+    let base = match app_hosts {
+        Some(path) => std::fs::read_to_string(path).map_err(io_err(path))?,
+        None => {
+            format!("127.0.0.1\tlocalhost {service}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        }
+    };
+    let text = crate::network::hosts::with_extra_hosts(&base, service, &spec.extra_hosts);
+    let path = cfg.hosts_path(app, service);
+    crate::network::hosts::write_in_place(&path, &text).map_err(io_err(&path))?;
+    Ok(path)
+}
+
+/// The user `new`'s process runs as: `user:` of the service, else the image's `USER`, resolved
+/// in the image's `/etc/passwd` and `/etc/group` (read only when needed: not for `UID:GID`).
+async fn resolve_user(
+    ctr: &Containerd,
+    cfg: &RuntimeConfig,
+    new: &NewContainer<'_>,
+) -> Result<users::ResolvedUser, ContainerError> {
+    let spec = new
+        .spec
+        .user
+        .as_deref()
+        .or(new.image.config.user.as_deref())
+        .unwrap_or("")
+        .trim();
+    let (passwd, group) = if users::needs_user_db(spec) {
+        let scratch = cfg.app_dir(new.app).join("run");
+        let files = [UserDb::Passwd.path(), UserDb::Group.path()];
+        let mut read =
+            rootfs::read_image_files(ctr, new.image, &scratch, &files, users::MAX_USER_DB_BYTES)
+                .await?
+                .into_iter()
+                .map(|f| f.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()));
+        (read.next().flatten(), read.next().flatten())
+    } else {
+        (None, None)
+    };
+    users::resolve(spec, passwd.as_deref(), group.as_deref()).map_err(|source| {
+        ContainerError::User {
+            image: new.image.name.clone(),
+            user: spec.to_string(),
+            source,
+        }
+    })
+}
+
 /// Create the container record and its writable snapshot (on the image's top layer). The task is
 /// not started; see [`start_task`].
 ///
@@ -327,22 +547,24 @@ pub async fn create_container(
     new: &NewContainer<'_>,
 ) -> Result<String, ContainerError> {
     let id = container_id(new.app, new.service);
+    let labels = container_labels(new)?;
+    let devices = devices::host_devices(&new.spec.devices)?;
+    let user = resolve_user(ctr, cfg, new).await?;
     let mounts = prepare_mounts(cfg, new)?;
     let spec = oci::build_spec(&oci::SpecInput {
         id: &id,
         service: new.service,
         svc: new.spec,
         image: &new.image.config,
+        user: &user,
         mounts,
+        devices: &devices,
         cgroup_parent: &cfg.cgroup_parent,
         netns: new.netns.as_deref(),
     })?;
     let spec_json = serde_json::to_vec(&spec).map_err(|e| ContainerError::Spec {
         reason: e.to_string(),
     })?;
-    let mut labels = new.labels.clone();
-    labels.insert(LABEL_APP.into(), new.app.into());
-    labels.insert(LABEL_SERVICE.into(), new.service.into());
     let container = Container {
         id: id.clone(),
         labels,
@@ -393,7 +615,38 @@ async fn delete_container_record(ctr: &Containerd, id: &str) -> Result<(), Conta
     }
 }
 
-/// Stop and delete the task, delete the container record and its snapshot. Idempotent.
+/// Stop the task of container `id` the way its labels say (see [`StopWith::from_labels`];
+/// `grace` when they do not say), then delete the task. Returns the state before stopping
+/// (`None` when there was no task).
+///
+/// # Errors
+/// When a containerd call fails.
+#[tracing::instrument(skip(ctr))]
+pub async fn stop_task(
+    ctr: &Containerd,
+    id: &str,
+    grace: Duration,
+) -> Result<Option<TaskState>, ContainerError> {
+    let labels = match ctr
+        .containers()
+        .get(ctr.request(GetContainerRequest { id: id.into() }))
+        .await
+    {
+        Ok(resp) => resp
+            .into_inner()
+            .container
+            .map(|c| c.labels)
+            .unwrap_or_default(),
+        Err(s) => {
+            debug!(%id, status = %s.message(), "no container labels; stopping with the defaults");
+            HashMap::new()
+        }
+    };
+    task::stop_task_with(ctr, id, StopWith::from_labels(&labels, grace)).await
+}
+
+/// Stop and delete the task (see [`stop_task`]; `grace` unless the container says), delete the
+/// container record and its snapshot. Idempotent.
 ///
 /// # Errors
 /// When a containerd call fails.
@@ -488,16 +741,16 @@ pub async fn list_containers(ctr: &Containerd) -> Result<Vec<ObservedContainer>,
         .collect())
 }
 
-/// Stop the task of every app container at once (SIGTERM, SIGKILL after `grace`), keeping the
-/// containers. For a shutdown: the system would otherwise wait for processes that ignore
-/// SIGTERM (a container's PID 1 without a handler does), and then kill them without a grace.
-/// Returns how many tasks were stopped.
+/// Stop the task of every app container at once (each with its stop signal, SIGKILL after its
+/// grace period, `grace` when it does not say), keeping the containers. For a shutdown: the
+/// system would otherwise wait for processes that ignore SIGTERM (a container's PID 1 without a
+/// handler does), and then kill them without a grace. Returns how many tasks were stopped.
 ///
 /// # Errors
 /// When listing fails, or the first stop that failed (after every stop was tried).
 #[tracing::instrument(skip(ctr))]
 pub async fn stop_all_tasks(ctr: &Containerd, grace: Duration) -> Result<usize, ContainerError> {
-    let running: Vec<String> = list_containers(ctr)
+    let running: Vec<(String, StopWith)> = list_containers(ctr)
         .await?
         .into_iter()
         .filter(|c| {
@@ -505,9 +758,14 @@ pub async fn stop_all_tasks(ctr: &Containerd, grace: Duration) -> Result<usize, 
                 .as_ref()
                 .is_some_and(|t| t.status != TaskStatus::Stopped)
         })
-        .map(|c| c.id)
+        .map(|c| {
+            let how = StopWith::from_labels(&c.labels, grace);
+            (c.id, how)
+        })
         .collect();
-    let stops = running.iter().map(|id| stop_task(ctr, id, grace));
+    let stops = running
+        .iter()
+        .map(|(id, how)| task::stop_task_with(ctr, id, *how));
     let results = futures::future::join_all(stops).await;
     let stopped = results.iter().filter(|r| r.is_ok()).count();
     match results.into_iter().find_map(Result::err) {
@@ -520,4 +778,132 @@ pub async fn stop_all_tasks(ctr: &Containerd, grace: Duration) -> Result<usize, 
 pub(crate) fn unix_millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_compose::AppSpec;
+
+    fn service() -> ServiceSpec {
+        AppSpec::parse("c.yml", "app", "services: {s: {image: x}}")
+            .unwrap()
+            .services
+            .remove("s")
+            .unwrap()
+    }
+
+    fn image() -> ImageInfo {
+        ImageInfo {
+            name: "example.com/x:1".into(),
+            digest: String::new(),
+            manifest: String::new(),
+            chain_id: String::new(),
+            config: Default::default(),
+        }
+    }
+
+    fn labels_of(spec: &ServiceSpec) -> Result<HashMap<String, String>, ContainerError> {
+        let secrets = BTreeMap::new();
+        let image = image();
+        container_labels(&NewContainer {
+            app: "app",
+            service: "s",
+            spec,
+            image: &image,
+            labels: HashMap::from([(LABEL_SPEC_HASH.to_string(), "h".to_string())]),
+            secrets: &secrets,
+            netns: None,
+            hosts_file: None,
+        })
+    }
+
+    #[test]
+    fn service_labels_and_stop_settings_go_under_the_agents() {
+        let mut spec = service();
+        spec.labels.insert("com.example.team".into(), "edge".into());
+        spec.stop_signal = Some(10);
+        spec.stop_grace_period = Some(Duration::from_millis(1500));
+        let labels = labels_of(&spec).unwrap();
+        assert_eq!(labels["com.example.team"], "edge");
+        assert_eq!(labels[LABEL_STOP_SIGNAL], "10");
+        assert_eq!(labels[LABEL_STOP_GRACE_MS], "1500");
+        assert_eq!(labels[LABEL_SPEC_HASH], "h");
+        assert_eq!(labels[LABEL_APP], "app");
+        assert_eq!(
+            StopWith::from_labels(&labels, Duration::from_secs(10)),
+            StopWith {
+                signal: 10,
+                grace: Duration::from_millis(1500)
+            }
+        );
+
+        spec.labels.insert(LABEL_APP.into(), "other".into());
+        let err = labels_of(&spec).unwrap_err().to_string();
+        assert!(err.contains("are the agent's own"), "{err}");
+        spec.labels.remove(LABEL_APP);
+        spec.stop_signal = Some(65);
+        assert!(labels_of(&spec)
+            .unwrap_err()
+            .to_string()
+            .contains("not a signal"));
+    }
+
+    #[test]
+    fn stopping_falls_back_to_the_defaults() {
+        let default = StopWith {
+            signal: SIGTERM,
+            grace: Duration::from_secs(7),
+        };
+        let labels = labels_of(&service()).unwrap();
+        assert!(
+            !labels.contains_key(LABEL_STOP_SIGNAL) && !labels.contains_key(LABEL_STOP_GRACE_MS)
+        );
+        assert_eq!(StopWith::from_labels(&labels, default.grace), default);
+        let unreadable = HashMap::from([
+            (LABEL_STOP_SIGNAL.to_string(), "SIGUSR1".to_string()),
+            (LABEL_STOP_GRACE_MS.to_string(), "-1".to_string()),
+        ]);
+        assert_eq!(StopWith::from_labels(&unreadable, default.grace), default);
+        let out_of_range = HashMap::from([(LABEL_STOP_SIGNAL.to_string(), "0".to_string())]);
+        assert_eq!(StopWith::from_labels(&out_of_range, default.grace), default);
+    }
+
+    #[test]
+    fn log_limits_of_a_service_are_bounded_by_the_agents() {
+        let cfg = RuntimeConfig::new("/data");
+        let rotation = |max_bytes, max_files| {
+            cfg.log_rotation(&LogLimits {
+                max_bytes,
+                max_files,
+            })
+        };
+        assert_eq!(
+            rotation(None, None),
+            LogRotation {
+                max_bytes: 10 << 20,
+                keep: 3
+            }
+        );
+        assert_eq!(
+            rotation(Some(1 << 20), Some(5)),
+            LogRotation {
+                max_bytes: 1 << 20,
+                keep: 4
+            }
+        );
+        // 1 GiB x 3 does not fit in 100 MiB: the files get smaller.
+        let big = rotation(Some(1 << 30), Some(3));
+        assert_eq!(big.keep, 2);
+        assert!(big.max_bytes * 3 <= cfg.log_max_service_bytes, "{big:?}");
+        // At most MAX_LOG_FILES files, at least MIN_LOG_BYTES each, at least one file.
+        let many = rotation(Some(1), Some(1000));
+        assert_eq!(many.keep, MAX_LOG_FILES - 1);
+        assert_eq!(many.max_bytes, MIN_LOG_BYTES);
+        assert_eq!(rotation(None, Some(0)).keep, 0);
+        // The agent's own setting is trusted (tests use tiny ones).
+        let mut tiny = RuntimeConfig::new("/data");
+        tiny.log_max_bytes = 16;
+        assert_eq!(tiny.log_rotation(&LogLimits::default()).max_bytes, 16);
+    }
 }

@@ -1,15 +1,18 @@
 //! OCI runtime specs for service containers and their health-check execs (oci-spec).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use cairn_compose::{NetworkMode, ServiceSpec};
+use cairn_compose::{NetworkMode, ServiceSpec, DEFAULT_CAPABILITIES};
 use oci_spec::runtime::{
-    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
-    LinuxMemoryBuilder, LinuxNamespaceType, LinuxPidsBuilder, MountBuilder, Process, Spec,
+    Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType,
+    LinuxPidsBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process, Spec,
     UserBuilder,
 };
 
+use super::users::ResolvedUser;
 use super::ContainerError;
 use crate::image::ContainerConfig;
 
@@ -21,35 +24,177 @@ pub(crate) struct BindMount {
     pub read_only: bool,
 }
 
+/// Character or block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeviceKind {
+    Char,
+    Block,
+}
+
+/// A host device node given to the container (see `devices.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostDevice {
+    /// Path of the node inside the container.
+    pub container_path: String,
+    pub kind: DeviceKind,
+    pub major: u32,
+    pub minor: u32,
+    /// Permission bits of the node.
+    pub file_mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup access: a subset of `rwm`.
+    pub permissions: String,
+}
+
 /// Everything the OCI spec of one service container is made from.
 pub(crate) struct SpecInput<'a> {
     pub id: &'a str,
     pub service: &'a str,
     pub svc: &'a ServiceSpec,
     pub image: &'a ContainerConfig,
+    /// The user the process runs as (`svc.user` or the image's, resolved in the image).
+    pub user: &'a ResolvedUser,
     pub mounts: Vec<BindMount>,
+    /// The host devices of `svc.devices`, as found on the host.
+    pub devices: &'a [HostDevice],
     pub cgroup_parent: &'a str,
     /// Named network namespace to join (ignored in `network_mode: host`).
     pub netns: Option<&'a Path>,
 }
 
-/// Docker's default capability set, which Compose files are written against.
-pub(crate) const CAPABILITIES: &[Capability] = &[
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
+/// Every capability Linux has (and oci-spec knows): `cap_add: [ALL]`.
+const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_AUDIT_WRITE",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_KILL",
+    "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_RAW",
+    "CAP_PERFMON",
+    "CAP_SETGID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
 ];
+
+/// The capability named `name` (`CAP_NET_ADMIN`; `NET_ADMIN` and lower case are accepted too).
+fn capability(name: &str, field: &str) -> Result<Capability, ContainerError> {
+    let upper = name.trim().to_ascii_uppercase();
+    let short = upper.strip_prefix("CAP_").unwrap_or(&upper);
+    Capability::from_str(short).map_err(|_| ContainerError::Spec {
+        reason: format!("{field}: unknown capability {name:?}; use names like CAP_NET_ADMIN (see capabilities(7))"),
+    })
+}
+
+fn capabilities<'n>(
+    names: impl IntoIterator<Item = &'n str>,
+    field: &str,
+) -> Result<HashSet<Capability>, ContainerError> {
+    names.into_iter().map(|n| capability(n, field)).collect()
+}
+
+/// Docker's default capability set ([`cairn_compose::DEFAULT_CAPABILITIES`]).
+pub(crate) fn default_capabilities() -> Result<HashSet<Capability>, ContainerError> {
+    capabilities(DEFAULT_CAPABILITIES.iter().copied(), "the default set")
+}
+
+fn is_all(name: &str) -> bool {
+    name.trim().eq_ignore_ascii_case("ALL")
+}
+
+/// The capability sets of a container process.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct CapabilitySets {
+    /// The most the process (and anything it runs) can ever hold; the seccomp profile follows it.
+    pub bounding: HashSet<Capability>,
+    /// Effective and permitted.
+    pub held: HashSet<Capability>,
+    /// Inheritable and ambient: kept across `execve` by a non-root process.
+    pub ambient: HashSet<Capability>,
+}
+
+/// The capabilities of a service running as `uid`.
+///
+/// The bounding set is Docker's (`TweakCapabilities`): the default set without `cap_drop`, plus
+/// `cap_add` (an added capability wins over a dropped one); `cap_drop: [ALL]` leaves only
+/// `cap_add`, `cap_add: [ALL]` is every capability but `cap_drop`.
+///
+/// Root holds its whole bounding set. A non-root user holds none of the default set (as with
+/// Docker, where execve gives a non-root process nothing), but does hold what `cap_add` names:
+/// those go into its permitted, effective, inheritable and ambient sets. Docker puts them in
+/// the bounding set only, which lets a binary with file capabilities use them; Cairn sets
+/// `no_new_privileges`, under which file capabilities do nothing, so without ambient
+/// capabilities `cap_add` would be useless to a non-root service (e.g. `CAP_NET_BIND_SERVICE`
+/// for a web server on port 80 running as `www-data`).
+pub(crate) fn capability_sets(
+    svc: &ServiceSpec,
+    uid: u32,
+) -> Result<CapabilitySets, ContainerError> {
+    let add_all = svc.cap_add.iter().any(|c| is_all(c));
+    let drop_all = svc.cap_drop.iter().any(|c| is_all(c));
+    let named = |set: &BTreeSet<String>, field| {
+        capabilities(set.iter().map(String::as_str).filter(|c| !is_all(c)), field)
+    };
+    let dropped = named(&svc.cap_drop, "cap_drop")?;
+    let added = if add_all {
+        capabilities(ALL_CAPABILITIES.iter().copied(), "cap_add")?
+    } else {
+        named(&svc.cap_add, "cap_add")?
+    };
+    let bounding: HashSet<Capability> = if add_all {
+        added.difference(&dropped).copied().collect()
+    } else if drop_all {
+        added.clone()
+    } else {
+        default_capabilities()?
+            .difference(&dropped)
+            .chain(added.iter())
+            .copied()
+            .collect()
+    };
+    let (held, ambient) = if uid == 0 {
+        (bounding.clone(), HashSet::new())
+    } else {
+        let held: HashSet<Capability> = added.intersection(&bounding).copied().collect();
+        (held.clone(), held)
+    };
+    Ok(CapabilitySets {
+        bounding,
+        held,
+        ambient,
+    })
+}
 
 /// Most processes (and threads) one service container may have: a fork bomb stops here.
 pub(crate) const DEFAULT_PIDS_LIMIT: i64 = 1024;
@@ -125,32 +270,162 @@ pub(crate) fn process_env(
     order.iter().map(|k| format!("{k}={}", env[k])).collect()
 }
 
-/// `uid[:gid]` from the image config (`root` and empty mean 0).
-fn image_user(user: Option<&str>) -> Result<(u32, u32), ContainerError> {
-    let user = user.unwrap_or("").trim();
-    if user.is_empty() || user == "root" || user == "0" {
-        return Ok((0, 0));
-    }
-    let (u, g) = user.split_once(':').unwrap_or((user, ""));
-    let uid = u.parse::<u32>().map_err(|_| ContainerError::Spec {
-        reason: format!(
-            "image user {user:?} is a name; only numeric users (uid[:gid]) are supported"
-        ),
-    })?;
-    let gid = if g.is_empty() {
-        uid
-    } else {
-        g.parse::<u32>().map_err(|_| ContainerError::Spec {
-            reason: format!("image group in {user:?} is a name; use a numeric gid"),
-        })?
-    };
-    Ok((uid, gid))
-}
-
 fn oci(e: oci_spec::OciSpecError) -> ContainerError {
     ContainerError::Spec {
         reason: e.to_string(),
     }
+}
+
+/// The `RLIMIT_*` of a Compose `ulimits` name.
+fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    Some(match name {
+        "as" => PosixRlimitType::RlimitAs,
+        "core" => PosixRlimitType::RlimitCore,
+        "cpu" => PosixRlimitType::RlimitCpu,
+        "data" => PosixRlimitType::RlimitData,
+        "fsize" => PosixRlimitType::RlimitFsize,
+        "locks" => PosixRlimitType::RlimitLocks,
+        "memlock" => PosixRlimitType::RlimitMemlock,
+        "msgqueue" => PosixRlimitType::RlimitMsgqueue,
+        "nice" => PosixRlimitType::RlimitNice,
+        "nofile" => PosixRlimitType::RlimitNofile,
+        "nproc" => PosixRlimitType::RlimitNproc,
+        "rss" => PosixRlimitType::RlimitRss,
+        "rtprio" => PosixRlimitType::RlimitRtprio,
+        "rttime" => PosixRlimitType::RlimitRttime,
+        "sigpending" => PosixRlimitType::RlimitSigpending,
+        "stack" => PosixRlimitType::RlimitStack,
+        _ => return None,
+    })
+}
+
+/// `process.rlimits` of `ulimits`; `None` (the shim's limits, as Docker) when there are none.
+fn rlimits(
+    svc: &ServiceSpec,
+) -> Result<Option<Vec<oci_spec::runtime::PosixRlimit>>, ContainerError> {
+    if svc.ulimits.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    for (name, limit) in &svc.ulimits {
+        let typ = rlimit_type(name).ok_or_else(|| ContainerError::Spec {
+            reason: format!(
+                "ulimits: unknown limit {name:?}; use one of as, core, cpu, data, fsize, locks, \
+                 memlock, msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack"
+            ),
+        })?;
+        if limit.soft > limit.hard {
+            return Err(ContainerError::Spec {
+                reason: format!(
+                    "ulimits: {name} soft limit {} is above its hard limit {}",
+                    limit.soft, limit.hard
+                ),
+            });
+        }
+        out.push(
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(limit.soft)
+                .hard(limit.hard)
+                .build()
+                .map_err(oci)?,
+        );
+    }
+    Ok(Some(out))
+}
+
+/// IPC-namespace sysctls a container may set (runc's list).
+const IPC_SYSCTLS: &[&str] = &[
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
+/// `linux.sysctl`: only parameters of the container's own namespaces (IPC, and network outside
+/// `network_mode: host`), which is what runc would otherwise refuse at start with a vaguer
+/// message.
+fn sysctls(svc: &ServiceSpec) -> Result<Option<HashMap<String, String>>, ContainerError> {
+    if svc.sysctls.is_empty() {
+        return Ok(None);
+    }
+    for key in svc.sysctls.keys() {
+        let ipc = IPC_SYSCTLS.contains(&key.as_str()) || key.starts_with("fs.mqueue.");
+        let net = key.starts_with("net.");
+        if net && svc.network_mode == NetworkMode::Host {
+            return Err(ContainerError::Spec {
+                reason: format!(
+                    "sysctls: {key} would change the host's network; remove it or drop `network_mode: host`"
+                ),
+            });
+        }
+        if !(ipc || net) {
+            return Err(ContainerError::Spec {
+                reason: format!(
+                    "sysctls: {key} is not namespaced (only kernel.msg*, kernel.sem, kernel.shm*, \
+                     fs.mqueue.* and net.* are); it would change the whole device"
+                ),
+            });
+        }
+    }
+    Ok(Some(
+        svc.sysctls
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    ))
+}
+
+/// The `tmpfs` mounts: Docker's options for `--tmpfs` (nosuid, nodev, noexec) with the size and
+/// the mode of the root.
+fn tmpfs_mounts(svc: &ServiceSpec) -> Result<Vec<Mount>, ContainerError> {
+    svc.tmpfs
+        .iter()
+        .map(|t| {
+            if !t.target.starts_with('/') || t.target == "/" {
+                return Err(ContainerError::Spec {
+                    reason: format!("tmpfs: {:?} is not an absolute path below /", t.target),
+                });
+            }
+            if t.mode > 0o7777 || t.size_bytes == 0 {
+                return Err(ContainerError::Spec {
+                    reason: format!(
+                        "tmpfs {}: size {} and mode {:o} must be positive and at most 7777",
+                        t.target, t.size_bytes, t.mode
+                    ),
+                });
+            }
+            MountBuilder::default()
+                .destination(PathBuf::from(&t.target))
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(vec![
+                    "nosuid".to_string(),
+                    "nodev".to_string(),
+                    "noexec".to_string(),
+                    format!("size={}", t.size_bytes),
+                    format!("mode={:o}", t.mode),
+                ])
+                .build()
+                .map_err(oci)
+        })
+        .collect()
+}
+
+/// The default mounts (`/proc`, `/dev`, ...) except those a service mount replaces, then the
+/// service's mounts with parents before children (a tmpfs on `/run` before the secrets in it).
+fn all_mounts(defaults: Vec<Mount>, mut own: Vec<Mount>) -> Vec<Mount> {
+    let own_targets: HashSet<PathBuf> = own.iter().map(|m| m.destination().clone()).collect();
+    own.sort_by_key(|m| m.destination().components().count());
+    defaults
+        .into_iter()
+        .filter(|m| !own_targets.contains(m.destination()))
+        .chain(own)
+        .collect()
 }
 
 /// Build the OCI runtime spec of a service container.
@@ -164,7 +439,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
             ),
         });
     }
-    let (uid, gid) = image_user(input.image.user.as_deref())?;
+    let user = input.user;
     let mut spec = Spec::default();
     let hostname = input.svc.hostname.as_deref().unwrap_or(input.service);
     spec.set_hostname(Some(hostname.to_string()));
@@ -174,21 +449,14 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         root.set_readonly(Some(input.svc.read_only));
     }
 
-    let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
-    // A non-root user gets no capability at all (the bounding set only limits what a setuid
-    // program could gain, and no_new_privileges stops that too).
-    let held = if uid == 0 {
-        caps.clone()
-    } else {
-        HashSet::new()
-    };
-    let seccomp = super::seccomp::default_profile(&caps)?;
+    let caps = capability_sets(input.svc, user.uid)?;
+    let seccomp = super::seccomp::default_profile(&caps.bounding)?;
     let capabilities = LinuxCapabilitiesBuilder::default()
-        .bounding(caps)
-        .effective(held.clone())
-        .permitted(held)
-        .inheritable(HashSet::new())
-        .ambient(HashSet::new())
+        .bounding(caps.bounding)
+        .effective(caps.held.clone())
+        .permitted(caps.held)
+        .inheritable(caps.ambient.clone())
+        .ambient(caps.ambient)
         .build()
         .map_err(oci)?;
     let process = spec.process_mut().get_or_insert_with(Process::default);
@@ -206,8 +474,9 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
     );
     process.set_user(
         UserBuilder::default()
-            .uid(uid)
-            .gid(gid)
+            .uid(user.uid)
+            .gid(user.gid)
+            .additional_gids(user.additional_gids.clone())
             .build()
             .map_err(oci)?,
     );
@@ -216,13 +485,14 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
     // raise a service's privileges.
     process.set_no_new_privileges(Some(true));
     process.set_oom_score_adj(Some(APP_OOM_SCORE_ADJ));
-    // Inherit the shim's limits (as Docker does) instead of oci-spec's fixed 1024 open files.
-    process.set_rlimits(None);
+    // Without `ulimits`, inherit the shim's limits (as Docker does) instead of oci-spec's fixed
+    // 1024 open files.
+    process.set_rlimits(rlimits(input.svc)?);
 
-    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    let mut own = Vec::new();
     for m in &input.mounts {
         let mode = if m.read_only { "ro" } else { "rw" };
-        mounts.push(
+        own.push(
             MountBuilder::default()
                 .destination(PathBuf::from(&m.target))
                 .typ("bind")
@@ -232,7 +502,9 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
                 .map_err(oci)?,
         );
     }
-    spec.set_mounts(Some(mounts));
+    own.extend(tmpfs_mounts(input.svc)?);
+    let defaults = spec.mounts().clone().unwrap_or_default();
+    spec.set_mounts(Some(all_mounts(defaults, own)));
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(PathBuf::from(format!(
@@ -241,6 +513,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         input.id
     ))));
     linux.set_seccomp(Some(seccomp));
+    linux.set_sysctl(sysctls(input.svc)?);
     linux.set_masked_paths(Some(MASKED_PATHS.iter().map(|p| p.to_string()).collect()));
     linux.set_readonly_paths(Some(READONLY_PATHS.iter().map(|p| p.to_string()).collect()));
     let namespaces = linux.namespaces().clone().unwrap_or_default();
@@ -260,13 +533,46 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
             .collect(),
         (NetworkMode::Private, None) => namespaces,
     }));
-    let resources = linux.resources_mut().get_or_insert_with(Default::default);
-    let deny_all = LinuxDeviceCgroupBuilder::default()
+    let mut devices = Vec::new();
+    let mut device_rules = vec![LinuxDeviceCgroupBuilder::default()
         .allow(false)
         .access("rwm")
         .build()
-        .map_err(oci)?;
-    resources.set_devices(Some(vec![deny_all]));
+        .map_err(oci)?];
+    for d in input.devices {
+        let typ = match d.kind {
+            DeviceKind::Char => LinuxDeviceType::C,
+            DeviceKind::Block => LinuxDeviceType::B,
+        };
+        devices.push(
+            LinuxDeviceBuilder::default()
+                .path(PathBuf::from(&d.container_path))
+                .typ(typ)
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .file_mode(d.file_mode)
+                .uid(d.uid)
+                .gid(d.gid)
+                .build()
+                .map_err(oci)?,
+        );
+        // After the deny-all rule: the device, with the permissions the service asked for.
+        device_rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .access(d.permissions.clone())
+                .build()
+                .map_err(oci)?,
+        );
+    }
+    if !devices.is_empty() {
+        linux.set_devices(Some(devices));
+    }
+    let resources = linux.resources_mut().get_or_insert_with(Default::default);
+    resources.set_devices(Some(device_rules));
     resources.set_pids(Some(
         LinuxPidsBuilder::default()
             .limit(DEFAULT_PIDS_LIMIT)
@@ -316,6 +622,15 @@ mod tests {
             .unwrap()
     }
 
+    /// The image's user 1000:100, resolved.
+    fn user_1000() -> ResolvedUser {
+        ResolvedUser {
+            uid: 1000,
+            gid: 100,
+            additional_gids: vec![100],
+        }
+    }
+
     fn image() -> ContainerConfig {
         ContainerConfig {
             entrypoint: Some(vec!["/entry".into()]),
@@ -361,16 +676,19 @@ mod tests {
     fn spec_has_limits_mounts_and_host_network() {
         let svc = service("services: {s: {image: x, network_mode: host, deploy: {resources: {limits: {cpus: '0.5', memory: 64m}}}}}");
         let img = image();
+        let user = user_1000();
         let input = SpecInput {
             id: "app_s",
             service: "s",
             svc: &svc,
             image: &img,
+            user: &user,
             mounts: vec![BindMount {
                 source: "/data/v".into(),
                 target: "/v".into(),
                 read_only: true,
             }],
+            devices: &[],
             cgroup_parent: "/cairn",
             netns: None,
         };
@@ -407,7 +725,20 @@ mod tests {
         for set in ["effective", "permitted", "inheritable", "ambient"] {
             assert_eq!(caps[set], serde_json::json!([]), "{set}: {caps}");
         }
-        assert!(caps["bounding"].as_array().unwrap().len() == CAPABILITIES.len());
+        assert_eq!(
+            caps["bounding"].as_array().unwrap().len(),
+            DEFAULT_CAPABILITIES.len()
+        );
+        assert_eq!(
+            json["process"]["user"]["additionalGids"],
+            serde_json::json!([100])
+        );
+        assert!(
+            json["process"].get("rlimits").is_none(),
+            "the shim's limits are inherited"
+        );
+        assert!(json["linux"].get("sysctl").is_none());
+        assert!(json["linux"].get("devices").is_none());
         assert_eq!(json["process"]["noNewPrivileges"], true);
         assert_eq!(json["process"]["oomScoreAdj"], APP_OOM_SCORE_ADJ);
         assert_eq!(
@@ -430,18 +761,60 @@ mod tests {
         assert!(readonly.iter().any(|m| m == "/proc/sys"), "{readonly:?}");
     }
 
-    /// The OCI spec of service `s` (container `app_s`) without mounts, as JSON.
-    fn spec_json(svc: &ServiceSpec, img: &ContainerConfig) -> serde_json::Value {
-        let input = SpecInput {
+    /// The input of service `s` (container `app_s`) without mounts or devices.
+    fn input<'a>(
+        svc: &'a ServiceSpec,
+        img: &'a ContainerConfig,
+        user: &'a ResolvedUser,
+    ) -> SpecInput<'a> {
+        SpecInput {
             id: "app_s",
             service: "s",
             svc,
             image: img,
+            user,
             mounts: Vec::new(),
+            devices: &[],
             cgroup_parent: "/cairn",
             netns: None,
-        };
-        serde_json::to_value(build_spec(&input).unwrap()).unwrap()
+        }
+    }
+
+    /// The OCI spec of service `s` (container `app_s`) as user 1000 without mounts, as JSON.
+    fn spec_json(svc: &ServiceSpec, img: &ContainerConfig) -> serde_json::Value {
+        spec_json_as(svc, img, &user_1000())
+    }
+
+    fn spec_json_as(
+        svc: &ServiceSpec,
+        img: &ContainerConfig,
+        user: &ResolvedUser,
+    ) -> serde_json::Value {
+        serde_json::to_value(build_spec(&input(svc, img, user)).unwrap()).unwrap()
+    }
+
+    fn spec_error(svc: &ServiceSpec) -> String {
+        build_spec(&input(svc, &image(), &ResolvedUser::root()))
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// The names in capability set `set` of `json`, sorted.
+    fn cap_set(json: &serde_json::Value, set: &str) -> Vec<String> {
+        let mut names: Vec<String> = json["process"]["capabilities"][set]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn sorted(names: &[&str]) -> Vec<String> {
+        let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        names.sort();
+        names
     }
 
     #[test]
@@ -467,74 +840,281 @@ mod tests {
     #[test]
     fn root_keeps_dockers_default_capabilities() {
         let svc = service("services: {s: {image: x}}");
-        let mut img = image();
-        img.user = None;
-        let json = spec_json(&svc, &img);
+        let json = spec_json_as(&svc, &image(), &ResolvedUser::root());
         assert_eq!(json["process"]["user"]["uid"], 0);
-        let effective = json["process"]["capabilities"]["effective"]
-            .as_array()
-            .unwrap();
-        assert_eq!(effective.len(), CAPABILITIES.len());
-        assert!(effective.iter().any(|c| c == "CAP_NET_BIND_SERVICE"));
-        assert!(!effective.iter().any(|c| c == "CAP_SYS_ADMIN"));
+        assert_eq!(cap_set(&json, "effective"), sorted(DEFAULT_CAPABILITIES));
+        assert_eq!(cap_set(&json, "permitted"), sorted(DEFAULT_CAPABILITIES));
+        assert_eq!(cap_set(&json, "bounding"), sorted(DEFAULT_CAPABILITIES));
+        assert!(cap_set(&json, "inheritable").is_empty());
+        assert!(cap_set(&json, "ambient").is_empty());
+        assert!(ALL_CAPABILITIES
+            .iter()
+            .all(|c| capability(c, "test").is_ok()));
     }
 
     #[test]
-    fn private_network_keeps_its_namespace_and_names_are_refused() {
+    fn cap_drop_and_cap_add_change_roots_sets() {
+        let mut svc = service("services: {s: {image: x}}");
+        svc.cap_drop = ["CAP_NET_RAW".to_string(), "CAP_MKNOD".to_string()].into();
+        svc.cap_add = ["CAP_NET_ADMIN".to_string()].into();
+        let json = spec_json_as(&svc, &image(), &ResolvedUser::root());
+        let effective = cap_set(&json, "effective");
+        assert_eq!(effective.len(), DEFAULT_CAPABILITIES.len() - 1);
+        assert!(effective.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!effective.contains(&"CAP_NET_RAW".to_string()));
+        assert!(!effective.contains(&"CAP_MKNOD".to_string()));
+        assert_eq!(cap_set(&json, "bounding"), effective);
+
+        // ALL in cap_drop clears the default set; cap_add still adds.
+        svc.cap_drop = ["ALL".to_string()].into();
+        svc.cap_add = ["CAP_CHOWN".to_string(), "NET_BIND_SERVICE".to_string()].into();
+        let json = spec_json_as(&svc, &image(), &ResolvedUser::root());
+        let expected = sorted(&["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]);
+        assert_eq!(cap_set(&json, "bounding"), expected);
+        assert_eq!(cap_set(&json, "effective"), expected);
+
+        // An added capability wins over a dropped one (as Docker's TweakCapabilities).
+        svc.cap_drop = ["CAP_KILL".to_string()].into();
+        svc.cap_add = ["CAP_KILL".to_string()].into();
+        let json = spec_json_as(&svc, &image(), &ResolvedUser::root());
+        assert_eq!(cap_set(&json, "bounding"), sorted(DEFAULT_CAPABILITIES));
+
+        // ALL in cap_add: every capability but the dropped ones.
+        svc.cap_add = ["ALL".to_string()].into();
+        svc.cap_drop = ["CAP_SYS_MODULE".to_string()].into();
+        let json = spec_json_as(&svc, &image(), &ResolvedUser::root());
+        let bounding = cap_set(&json, "bounding");
+        assert_eq!(bounding.len(), ALL_CAPABILITIES.len() - 1);
+        assert!(!bounding.contains(&"CAP_SYS_MODULE".to_string()));
+
+        svc.cap_add = ["CAP_TELEPORT".to_string()].into();
+        svc.cap_drop.clear();
+        let err = spec_error(&svc);
+        assert!(
+            err.contains("cap_add: unknown capability \"CAP_TELEPORT\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_non_root_user_holds_only_what_cap_add_names_as_ambient() {
+        let mut svc = service("services: {s: {image: x}}");
+        let json = spec_json(&svc, &image());
+        assert!(cap_set(&json, "effective").is_empty());
+        svc.cap_add = ["CAP_NET_BIND_SERVICE".to_string()].into();
+        svc.cap_drop = ["CAP_CHOWN".to_string()].into();
+        let json = spec_json(&svc, &image());
+        let added = sorted(&["CAP_NET_BIND_SERVICE"]);
+        for set in ["effective", "permitted", "inheritable", "ambient"] {
+            assert_eq!(cap_set(&json, set), added, "{set}");
+        }
+        let bounding = cap_set(&json, "bounding");
+        assert_eq!(bounding.len(), DEFAULT_CAPABILITIES.len() - 1);
+        assert!(!bounding.contains(&"CAP_CHOWN".to_string()));
+    }
+
+    #[test]
+    fn added_capabilities_open_their_syscalls() {
+        let allowed = |json: &serde_json::Value, name: &str| {
+            json["linux"]["seccomp"]["syscalls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| {
+                    s["action"] == "SCMP_ACT_ALLOW"
+                        && s["names"].as_array().unwrap().iter().any(|n| n == name)
+                })
+        };
+        let mut svc = service("services: {s: {image: x}}");
+        let json = spec_json_as(&svc, &image(), &ResolvedUser::root());
+        assert!(!allowed(&json, "settimeofday"));
+        svc.cap_add = ["CAP_SYS_TIME".to_string()].into();
+        let json = spec_json_as(&svc, &image(), &ResolvedUser::root());
+        assert!(allowed(&json, "settimeofday"));
+    }
+
+    #[test]
+    fn resolved_user_and_groups_are_the_process_user() {
         let svc = service("services: {s: {image: x}}");
-        let mut img = image();
+        let user = ResolvedUser {
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![1000, 44, 29],
+        };
+        let json = spec_json_as(&svc, &image(), &user);
+        assert_eq!(
+            json["process"]["user"],
+            serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [1000, 44, 29]})
+        );
+    }
+
+    #[test]
+    fn ulimits_become_rlimits() {
+        let mut svc = service("services: {s: {image: x}}");
+        svc.ulimits.insert(
+            "nofile".into(),
+            cairn_compose::Ulimit {
+                soft: 1234,
+                hard: 2345,
+            },
+        );
+        svc.ulimits
+            .insert("core".into(), cairn_compose::Ulimit { soft: 0, hard: 0 });
+        let json = spec_json(&svc, &image());
+        assert_eq!(
+            json["process"]["rlimits"],
+            serde_json::json!([
+                {"type": "RLIMIT_CORE", "soft": 0, "hard": 0},
+                {"type": "RLIMIT_NOFILE", "soft": 1234, "hard": 2345},
+            ])
+        );
+        svc.ulimits
+            .insert("nofile".into(), cairn_compose::Ulimit { soft: 3, hard: 2 });
+        assert!(spec_error(&svc).contains("soft limit 3 is above its hard limit 2"));
+        svc.ulimits.clear();
+        svc.ulimits
+            .insert("files".into(), cairn_compose::Ulimit { soft: 1, hard: 1 });
+        assert!(spec_error(&svc).contains("unknown limit \"files\""));
+    }
+
+    #[test]
+    fn namespaced_sysctls_only() {
+        let mut svc = service("services: {s: {image: x}}");
+        svc.sysctls
+            .insert("net.ipv4.ip_unprivileged_port_start".into(), "80".into());
+        svc.sysctls.insert("kernel.shmmax".into(), "65536".into());
+        svc.sysctls.insert("fs.mqueue.msg_max".into(), "20".into());
+        let json = spec_json(&svc, &image());
+        assert_eq!(
+            json["linux"]["sysctl"],
+            serde_json::json!({
+                "net.ipv4.ip_unprivileged_port_start": "80",
+                "kernel.shmmax": "65536",
+                "fs.mqueue.msg_max": "20",
+            })
+        );
+        svc.network_mode = NetworkMode::Host;
+        assert!(spec_error(&svc).contains("would change the host's network"));
+        svc.network_mode = NetworkMode::Private;
+        svc.sysctls.insert("vm.swappiness".into(), "10".into());
+        assert!(spec_error(&svc).contains("vm.swappiness is not namespaced"));
+    }
+
+    #[test]
+    fn tmpfs_mounts_have_dockers_options_and_come_before_what_is_inside() {
+        let mut svc = service("services: {s: {image: x}}");
+        svc.tmpfs = vec![
+            cairn_compose::TmpfsMount {
+                target: "/run".into(),
+                size_bytes: 1 << 20,
+                mode: 0o1777,
+            },
+            cairn_compose::TmpfsMount {
+                target: "/dev/shm".into(),
+                size_bytes: 128 << 20,
+                mode: 0o1777,
+            },
+        ];
+        let img = image();
+        let user = user_1000();
         let input = SpecInput {
-            id: "a_s",
-            service: "s",
-            svc: &svc,
-            image: &img,
-            mounts: vec![],
-            cgroup_parent: "/cairn",
-            netns: None,
+            mounts: vec![BindMount {
+                source: "/data/secrets/token".into(),
+                target: "/run/secrets/token".into(),
+                read_only: true,
+            }],
+            ..input(&svc, &img, &user)
         };
         let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
+        let mounts = json["mounts"].as_array().unwrap();
+        let position = |dest: &str| {
+            mounts
+                .iter()
+                .position(|m| m["destination"] == dest)
+                .unwrap_or_else(|| panic!("no {dest}: {mounts:?}"))
+        };
+        let run = &mounts[position("/run")];
+        assert_eq!(run["type"], "tmpfs");
+        assert_eq!(
+            run["options"],
+            serde_json::json!(["nosuid", "nodev", "noexec", "size=1048576", "mode=1777"])
+        );
+        assert!(position("/run") < position("/run/secrets/token"));
+        // The service's /dev/shm replaces the default one.
+        let shm: Vec<_> = mounts
+            .iter()
+            .filter(|m| m["destination"] == "/dev/shm")
+            .collect();
+        assert_eq!(shm.len(), 1, "{shm:?}");
+        assert!(shm[0]["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == "size=134217728"));
+        svc.tmpfs[0].target = "run".into();
+        assert!(spec_error(&svc).contains("not an absolute path"));
+    }
+
+    #[test]
+    fn devices_are_created_and_allowed_after_the_deny_all_rule() {
+        let svc = service("services: {s: {image: x}}");
+        let img = image();
+        let user = user_1000();
+        let devices = [HostDevice {
+            container_path: "/dev/ttyUSB0".into(),
+            kind: DeviceKind::Char,
+            major: 188,
+            minor: 0,
+            file_mode: 0o660,
+            uid: 0,
+            gid: 20,
+            permissions: "rw".into(),
+        }];
+        let input = SpecInput {
+            devices: &devices,
+            ..input(&svc, &img, &user)
+        };
+        let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
+        assert_eq!(
+            json["linux"]["devices"],
+            serde_json::json!([{
+                "path": "/dev/ttyUSB0", "type": "c", "major": 188, "minor": 0,
+                "fileMode": 0o660, "uid": 0, "gid": 20
+            }])
+        );
+        assert_eq!(
+            json["linux"]["resources"]["devices"],
+            serde_json::json!([
+                {"allow": false, "access": "rwm"},
+                {"allow": true, "type": "c", "major": 188, "minor": 0, "access": "rw"},
+            ])
+        );
+    }
+
+    #[test]
+    fn private_network_keeps_its_namespace() {
+        let svc = service("services: {s: {image: x}}");
+        let mut img = image();
+        let user = user_1000();
+        let json = serde_json::to_value(build_spec(&input(&svc, &img, &user)).unwrap()).unwrap();
         assert!(json["linux"]["namespaces"]
             .as_array()
             .unwrap()
             .iter()
             .any(|n| n["type"] == "network" && n.get("path").is_none()));
-        let input = SpecInput {
+        let with_netns = SpecInput {
             netns: Some(Path::new("/run/cairn/netns/a_s")),
-            ..input
+            ..input(&svc, &img, &user)
         };
-        let json = serde_json::to_value(build_spec(&input).unwrap()).unwrap();
+        let json = serde_json::to_value(build_spec(&with_netns).unwrap()).unwrap();
         assert!(json["linux"]["namespaces"]
             .as_array()
             .unwrap()
             .iter()
             .any(|n| n["type"] == "network" && n["path"] == "/run/cairn/netns/a_s"));
-        img.user = Some("www-data".into());
-        let input = SpecInput {
-            id: "a_s",
-            service: "s",
-            svc: &svc,
-            image: &img,
-            mounts: vec![],
-            cgroup_parent: "/cairn",
-            netns: None,
-        };
-        assert!(build_spec(&input)
-            .unwrap_err()
-            .to_string()
-            .contains("numeric"));
-        img.user = None;
         img.entrypoint = None;
         img.cmd = None;
-        let input = SpecInput {
-            id: "a_s",
-            service: "s",
-            svc: &svc,
-            image: &img,
-            mounts: vec![],
-            cgroup_parent: "/cairn",
-            netns: None,
-        };
-        assert!(build_spec(&input)
+        assert!(build_spec(&input(&svc, &img, &user))
             .unwrap_err()
             .to_string()
             .contains("no command"));

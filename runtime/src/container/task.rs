@@ -1,5 +1,5 @@
-//! Tasks (the running process of a container): start with file IO, stop with a grace period,
-//! status, and exec for health checks.
+//! Tasks (the running process of a container): start with file IO, stop with a signal and a
+//! grace period, status, and exec for health checks.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,10 +13,9 @@ use containerd_client::types::v1::{Process, Status};
 use tracing::{debug, info, warn};
 
 use super::exec_output::ExecOutput;
-use super::{container_spec, oci, ContainerError, RuntimeConfig};
+use super::{container_spec, oci, ContainerError, RuntimeConfig, StopWith};
 use crate::containerd::{call, Containerd, ContainerdError, CALL_TIMEOUT};
 
-const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
 /// How long to wait for a task to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -278,24 +277,25 @@ pub async fn start_task(
     }
 }
 
-/// Stop the task of container `id`: SIGTERM, SIGKILL to every process after `grace`, then delete
-/// the task. Returns the state before stopping (`None` when there was no task).
+/// Stop the task of container `id`: `how.signal` to its init process, SIGKILL to every process
+/// after `how.grace`, then delete the task. Returns the state before stopping (`None` when there
+/// was no task).
 ///
 /// # Errors
 /// When a containerd call fails.
 #[tracing::instrument(skip(ctr))]
-pub async fn stop_task(
+pub(super) async fn stop_task_with(
     ctr: &Containerd,
     id: &str,
-    grace: Duration,
+    how: StopWith,
 ) -> Result<Option<TaskState>, ContainerError> {
     let Some(state) = task_state(ctr, id).await? else {
         return Ok(None);
     };
     if state.status != TaskStatus::Stopped {
-        kill(ctr, id, "", SIGTERM, false).await?;
-        if wait(ctr, id, "", grace).await?.is_none() {
-            warn!(%id, ?grace, "task ignored SIGTERM; killing it");
+        kill(ctr, id, "", how.signal, false).await?;
+        if wait(ctr, id, "", how.grace).await?.is_none() {
+            warn!(%id, signal = how.signal, grace = ?how.grace, "task ignored its stop signal; killing it");
             kill(ctr, id, "", SIGKILL, true).await?;
             if wait(ctr, id, "", KILL_WAIT).await?.is_none() {
                 warn!(%id, "task still running after SIGKILL");

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use containerd_client::services::v1::snapshots::{
     CommitSnapshotRequest, Info, ListSnapshotsRequest, MountsRequest, PrepareSnapshotRequest,
-    RemoveSnapshotRequest, StatSnapshotRequest,
+    RemoveSnapshotRequest, StatSnapshotRequest, ViewSnapshotRequest,
 };
 use containerd_client::services::v1::{
     ApplyRequest, CreateImageRequest, DeleteImageRequest, GetImageRequest, Image,
@@ -60,6 +60,36 @@ impl Containerd {
             .prepare(req)
             .await
             .map_err(call("snapshots.prepare"))?;
+        Ok(resp.into_inner().mounts)
+    }
+
+    /// Make a read-only view `key` of committed snapshot `parent`, under `lease`; returns its
+    /// mounts. Remove it with [`Containerd::remove_snapshot`].
+    ///
+    /// # Errors
+    /// When the call fails (`AlreadyExists` when `key` is taken, `NotFound` without `parent`).
+    #[tracing::instrument(skip(self))]
+    pub async fn view_snapshot(
+        &self,
+        key: &str,
+        parent: &str,
+        lease: Option<&str>,
+    ) -> Result<Vec<Mount>, ContainerdError> {
+        let req = self.request_with(
+            ViewSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: key.into(),
+                parent: parent.into(),
+                labels: HashMap::new(),
+            },
+            lease,
+            CALL_TIMEOUT,
+        );
+        let resp = self
+            .snapshots()
+            .view(req)
+            .await
+            .map_err(call("snapshots.view"))?;
         Ok(resp.into_inner().mounts)
     }
 

@@ -1,8 +1,10 @@
 //! The `/etc/hosts` of an app: localhost plus every service name with its address. One file per
 //! app, bind-mounted read-only into each of its containers and rewritten in place (same inode) so
-//! running containers see a changed address at once.
+//! running containers see a changed address at once. A service with `extra_hosts` gets a file of
+//! its own instead: the app's text plus its lines, rewritten whenever the app's is.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -16,6 +18,26 @@ pub(crate) fn render(services: &BTreeMap<String, Ipv4Addr>) -> String {
     );
     for (name, ip) in services {
         text.push_str(&format!("{ip}\t{name}\n"));
+    }
+    text
+}
+
+/// `base` (a hosts file) followed by the `extra_hosts` lines of `service`.
+pub(crate) fn with_extra_hosts(
+    base: &str,
+    service: &str,
+    extra: &[cairn_compose::ExtraHost],
+) -> String {
+    let mut text = base.to_string();
+    if extra.is_empty() {
+        return text;
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let _ = writeln!(text, "# extra_hosts of service {service}");
+    for h in extra {
+        let _ = writeln!(text, "{}\t{}", h.ip, h.host);
     }
     text
 }
@@ -42,6 +64,34 @@ pub(crate) fn write_in_place(path: &Path, text: &str) -> std::io::Result<bool> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn extra_hosts_follow_the_base() {
+        let extra = [
+            cairn_compose::ExtraHost {
+                host: "db.example".into(),
+                ip: "10.1.2.3".parse().unwrap(),
+            },
+            cairn_compose::ExtraHost {
+                host: "v6.example".into(),
+                ip: "fd00::1".parse().unwrap(),
+            },
+        ];
+        let base = render(&BTreeMap::from([(
+            "web".to_string(),
+            Ipv4Addr::new(10, 88, 3, 2),
+        )]));
+        let text = with_extra_hosts(&base, "web", &extra);
+        assert!(text.starts_with(&base), "{text}");
+        assert!(
+            text.ends_with(
+                "# extra_hosts of service web\n10.1.2.3\tdb.example\nfd00::1\tv6.example\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(with_extra_hosts("a b", "web", &[]), "a b");
+        assert!(with_extra_hosts("a b", "web", &extra).starts_with("a b\n# extra_hosts"));
+    }
 
     #[test]
     fn lists_services_and_rewrites_in_place() {

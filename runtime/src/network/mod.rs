@@ -26,7 +26,7 @@ mod chain;
 mod cni;
 mod command;
 mod firewall;
-mod hosts;
+pub(crate) mod hosts;
 mod masquerade;
 mod netns;
 mod records;

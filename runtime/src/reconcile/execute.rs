@@ -10,19 +10,24 @@ use tracing::{info, warn, Instrument};
 
 use super::health::Probe;
 use super::plan::{Action, AfterFailure, Plan, Removal, ServicePlan, StartFailures};
-use super::{ActionError, Reconciler, ServiceStatus};
+use super::{ActionError, DesiredApp, Reconciler, ServiceStatus};
 use crate::container::{
     self, NewContainer, LABEL_CRASH_STREAK, LABEL_RESTARTS, LABEL_SPEC_HASH, LABEL_STARTED_AT,
 };
 use crate::network::AppNetwork;
-use cairn_compose::AppSpec;
+use cairn_compose::{AppSpec, LogLimits};
 
 impl Reconciler {
-    /// Carry out `plan`: its preparation, each service's steps, then its cleanup. Returns the
-    /// status of every desired service.
-    pub(super) async fn execute(&mut self, plan: Plan<'_>) -> Vec<ServiceStatus> {
+    /// Carry out `plan`, made for `desired`: its preparation, each service's steps, then its
+    /// cleanup. Returns the status of every desired service.
+    pub(super) async fn execute(
+        &mut self,
+        desired: &[DesiredApp],
+        plan: Plan<'_>,
+    ) -> Vec<ServiceStatus> {
+        let desired = Desired(desired);
         for action in &plan.prepare {
-            if let Err(e) = self.carry_out(action, None).await {
+            if let Err(e) = self.carry_out(desired, action, None).await {
                 log_failure(action, &e);
             }
         }
@@ -33,10 +38,10 @@ impl Reconciler {
                 app = %service.status.app,
                 service = %service.status.service
             );
-            statuses.push(self.run_service(service).instrument(span).await);
+            statuses.push(self.run_service(desired, service).instrument(span).await);
         }
         for action in &plan.cleanup {
-            if let Err(e) = self.carry_out(action, None).await {
+            if let Err(e) = self.carry_out(desired, action, None).await {
                 log_failure(action, &e);
             }
         }
@@ -44,10 +49,10 @@ impl Reconciler {
     }
 
     /// Carry out the steps of one service until one fails in a way that ends them; its status.
-    async fn run_service(&mut self, plan: &ServicePlan<'_>) -> ServiceStatus {
+    async fn run_service(&mut self, desired: Desired<'_>, plan: &ServicePlan<'_>) -> ServiceStatus {
         let mut started = None;
         for step in &plan.steps {
-            let e = match self.carry_out(step, started).await {
+            let e = match self.carry_out(desired, step, started).await {
                 Ok(pid) => {
                     started = pid.or(started);
                     continue;
@@ -98,6 +103,7 @@ impl Reconciler {
     /// started. Returns the pid of the task this step started.
     async fn carry_out(
         &mut self,
+        desired: Desired<'_>,
         action: &Action<'_>,
         started: Option<u32>,
     ) -> Result<Option<u32>, ActionError> {
@@ -106,7 +112,8 @@ impl Reconciler {
             Action::WriteHosts { app, network } => self.write_hosts(app, network)?,
             Action::RotateLog { app, service } => {
                 let path = runtime.log_path(app, service);
-                container::rotate_log(&path, runtime.log_max_bytes, runtime.log_keep)
+                let rotation = runtime.log_rotation(&desired.log_limits(app, service));
+                container::rotate_log(&path, rotation.max_bytes, rotation.keep)
                     .map_err(|source| ActionError::RotateLog { path, source })?;
             }
             Action::PullImage { name, reference } => self.images.start_pull(name, reference)?,
@@ -230,11 +237,20 @@ impl Reconciler {
         Ok(None)
     }
 
-    /// Rewrite the app's hosts file if an address changed.
+    /// Rewrite the app's hosts file if an address changed, and the own hosts files of its
+    /// services with `extra_hosts` (the app's plus their lines).
     fn write_hosts(&self, app: &AppSpec, network: &AppNetwork) -> Result<(), ActionError> {
-        let path = self.cfg.runtime.app_hosts_path(&app.name);
+        let runtime = &self.cfg.runtime;
+        let path = runtime.app_hosts_path(&app.name);
         if self.networks.write_app_hosts(app, network, &path)? {
             info!(app = %app.name, "hosts file updated");
+        }
+        for (service, spec) in app
+            .services
+            .iter()
+            .filter(|(_, s)| !s.extra_hosts.is_empty())
+        {
+            container::write_service_hosts(runtime, &app.name, service, spec, Some(&path))?;
         }
         Ok(())
     }
@@ -268,6 +284,22 @@ impl Reconciler {
                 }
             }
         }
+    }
+}
+
+/// The desired apps a plan was made for.
+#[derive(Clone, Copy)]
+struct Desired<'a>(&'a [DesiredApp]);
+
+impl Desired<'_> {
+    /// The `logging` limits of a desired service (none for one that is not desired).
+    fn log_limits(&self, app: &str, service: &str) -> LogLimits {
+        self.0
+            .iter()
+            .find(|a| a.spec.name == app)
+            .and_then(|a| a.spec.services.get(service))
+            .map(|s| s.logging)
+            .unwrap_or_default()
     }
 }
 

@@ -211,7 +211,7 @@ impl Reconciler {
         };
         let plan = plan::plan(desired, &observed, &timing, now);
         self.wake_at = plan.wake_at;
-        Ok(self.execute(plan).await)
+        Ok(self.execute(desired, plan).await)
     }
 
     /// Load the firewall when the published ports of `desired` changed (or were never loaded

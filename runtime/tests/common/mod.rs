@@ -136,3 +136,69 @@ pub async fn converge(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// An entry of an extra image layer (see [`with_layer`]).
+pub enum LayerEntry<'a> {
+    /// A regular file (path, content).
+    File(&'a str, &'a str),
+    /// A symbolic link (path, target).
+    Symlink(&'a str, &'a str),
+}
+
+/// `image` with one more (uncompressed) layer holding `entries` on top, and its config's `User`
+/// set to `user` when given.
+pub fn with_layer(image: &TestImage, entries: &[LayerEntry<'_>], user: Option<&str>) -> TestImage {
+    let mut b = tar::Builder::new(Vec::new());
+    for entry in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        match entry {
+            LayerEntry::File(path, text) => {
+                h.set_path(path).unwrap();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(text.len() as u64);
+                h.set_mode(0o644);
+                h.set_cksum();
+                b.append(&h, text.as_bytes()).unwrap();
+            }
+            LayerEntry::Symlink(path, target) => {
+                h.set_path(path).unwrap();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_link_name(target).unwrap();
+                h.set_size(0);
+                h.set_mode(0o777);
+                h.set_cksum();
+                b.append(&h, std::io::empty()).unwrap();
+            }
+        }
+    }
+    let raw = b.into_inner().unwrap();
+    let diff = digest(&raw);
+    let mut out = image.clone();
+    let mut config: serde_json::Value = serde_json::from_slice(&image.config).unwrap();
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .unwrap()
+        .push(diff.clone().into());
+    if let Some(user) = user {
+        config["config"]["User"] = user.into();
+    }
+    out.config = serde_json::to_vec(&config).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&image.manifest).unwrap();
+    manifest["config"]["digest"] = digest(&out.config).into();
+    manifest["config"]["size"] = out.config.len().into();
+    manifest["layers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": digest(&raw),
+            "size": raw.len(),
+        }));
+    out.manifest = serde_json::to_vec(&manifest).unwrap();
+    out.layers
+        .push((raw, "application/vnd.oci.image.layer.v1.tar", diff));
+    out
+}
