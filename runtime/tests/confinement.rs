@@ -47,8 +47,10 @@ fn runtime_config(env: &common::Env) -> RuntimeConfig {
     cfg
 }
 
-/// Service `s` of a minimal app running `script` (the fields under test are set on it after).
+/// Service `s` of a minimal app running `script` (the fields under test are set on it after);
+/// its `$` are escaped, since Compose interpolates `$VAR` itself.
 fn service(image: &ImageInfo, script: &str) -> ServiceSpec {
+    let script = script.replace('$', "$$");
     let yaml = format!(
         "services:\n  s:\n    image: {}\n    command: [\"sh\", \"-c\", {script:?}]\n",
         image.name
