@@ -7,10 +7,15 @@
 //! while idle CPU stays usable by apps. Both cgroup v2 (the device) and v1 (some build hosts)
 //! are handled; the files differ, the meaning does not.
 //!
+//! A service whose Compose file sets no memory or CPU limit gets
+//! [`AppsCeiling::service_defaults`].
+//!
 //! [`oom_killed`] reads whether the kernel's OOM killer killed a process of a container's
 //! cgroup, so a status can say "out of memory" instead of a bare exit status 137.
 
 use std::path::{Path, PathBuf};
+
+use cairn_compose::ResourceLimits;
 
 /// Where cgroup file systems are mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -55,6 +60,18 @@ impl AppsCeiling {
             memory_bytes: total_memory.saturating_sub(reserve).max(MIN_SYSTEM_RESERVE),
             pids: APPS_PIDS_MAX,
             cpu_weight: APPS_CPU_WEIGHT,
+        }
+    }
+}
+
+impl AppsCeiling {
+    /// Limits of a service whose Compose file sets none: half the apps' memory, so one
+    /// service cannot starve the others, and on a machine with `cpus` of at least 2, all CPUs
+    /// but half of one (one CPU is too little to hold back).
+    pub fn service_defaults(&self, cpus: usize) -> ResourceLimits {
+        ResourceLimits {
+            memory_bytes: Some(self.memory_bytes / 2),
+            cpu_millis: (cpus >= 2).then(|| cpus as u64 * 1000 - 500),
         }
     }
 }
@@ -167,6 +184,15 @@ mod tests {
         std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         std::fs::write(root.path().join("cgroup.subtree_control"), "memory pids\n").unwrap();
         root
+    }
+
+    #[test]
+    fn a_service_without_limits_gets_half_the_apps_memory_and_all_but_half_a_cpu() {
+        let ceiling = AppsCeiling::for_machine(2 * GIB);
+        let limits = ceiling.service_defaults(4);
+        assert_eq!(limits.memory_bytes, Some(ceiling.memory_bytes / 2));
+        assert_eq!(limits.cpu_millis, Some(3500));
+        assert_eq!(ceiling.service_defaults(1).cpu_millis, None);
     }
 
     #[test]

@@ -7,13 +7,44 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_compose::AppSpec;
+use cairn_compose::{AppSpec, ResourceLimits};
 use cairn_runtime::cgroup::{self, AppsCeiling};
 use cairn_runtime::container::RuntimeConfig;
 use cairn_runtime::reconcile::{DesiredApp, Reconciler, ReconcilerConfig, ServiceState};
 
 /// Memory all apps of this test may use together.
 const CEILING_BYTES: u64 = 256 << 20;
+/// Memory of a service without a limit of its own.
+const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+
+/// The memory limit and CPU quota (per 100 ms) of container `id`'s cgroup.
+fn limits(root: &Path, parent: &str, id: &str) -> (String, String) {
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    if root.join("cgroup.controllers").exists() {
+        let dir = root.join(parent).join(id);
+        (read(dir.join("memory.max")), read(dir.join("cpu.max")))
+    } else {
+        (
+            read(
+                root.join("memory")
+                    .join(parent)
+                    .join(id)
+                    .join("memory.limit_in_bytes"),
+            ),
+            read(
+                root.join("cpu")
+                    .join(parent)
+                    .join(id)
+                    .join("cpu.cfs_quota_us"),
+            ),
+        )
+    }
+}
 
 /// The pids counters of container `id` under `parent`: (current, times the limit refused a fork).
 fn pids(root: &Path, parent: &str, id: &str) -> (u64, u64) {
@@ -52,6 +83,11 @@ async fn a_fork_bomb_and_a_memory_hog_are_contained_and_reported() {
     runtime.runc_root = Some(env.containerd.runc_root());
     runtime.stop_grace = Duration::from_secs(1);
     runtime.cgroup_parent = format!("/{parent}");
+    // Above the ceiling, so the ceiling is what stops the hog; the calm service shows them.
+    runtime.default_limits = ResourceLimits {
+        memory_bytes: Some(DEFAULT_MEMORY_BYTES),
+        cpu_millis: Some(500),
+    };
     let ceiling = AppsCeiling {
         memory_bytes: CEILING_BYTES,
         ..AppsCeiling::for_machine(1 << 30)
@@ -116,6 +152,10 @@ services:
     let statuses = rec.reconcile(&desired).await.unwrap();
     let calm = statuses.iter().find(|s| s.service == "calm").unwrap();
     assert_eq!(calm.state, ServiceState::Running, "{calm:#?}");
+    // A service without limits of its own got the runtime's defaults.
+    let (memory, cpu) = limits(&root, &parent, "hostile_calm");
+    assert_eq!(memory, DEFAULT_MEMORY_BYTES.to_string());
+    assert!(cpu == "50000" || cpu == "50000 100000", "cpu quota {cpu}");
     common::converge(&mut rec, &[], "the hostile app is removed", |st| {
         st.is_empty()
     })

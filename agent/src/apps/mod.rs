@@ -134,6 +134,11 @@ impl AppsSink {
     ) -> Arc<AppsSink> {
         let mut runtime = RuntimeConfig::new(config.data_dir(state_dir));
         runtime.runc_root = config.runc_root.clone();
+        let ceiling = machine_ceiling();
+        if let Ok(ceiling) = &ceiling {
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            runtime.default_limits = ceiling.service_defaults(cpus);
+        }
         let mut reconciler = ReconcilerConfig::new(runtime);
         reconciler.tick = config.reconcile_interval();
         reconciler.plain_http = config.plain_http_registries.iter().cloned().collect();
@@ -142,8 +147,15 @@ impl AppsSink {
         let (observed_tx, observed) = watch::channel(Vec::new());
         let socket = config.containerd_socket.clone();
         tokio::spawn(
-            reconcile_loop(socket, reconciler, desired_rx, observed_tx, events.clone())
-                .instrument(info_span!("apps")),
+            reconcile_loop(
+                socket,
+                reconciler,
+                ceiling,
+                desired_rx,
+                observed_tx,
+                events.clone(),
+            )
+            .instrument(info_span!("apps")),
         );
         Arc::new(AppsSink {
             desired,
@@ -215,17 +227,20 @@ pub async fn stop_apps(
     cairn_runtime::container::stop_all_tasks(&ctr, grace).await
 }
 
+/// The apps' cgroup ceilings for this machine's memory.
+fn machine_ceiling() -> Result<AppsCeiling, String> {
+    let meminfo = Path::new("/proc/meminfo");
+    let text =
+        std::fs::read_to_string(meminfo).map_err(|e| format!("cannot read /proc/meminfo: {e}"))?;
+    let (total, _) =
+        crate::host_metrics::parse_meminfo(meminfo, &text).map_err(|e| e.to_string())?;
+    Ok(AppsCeiling::for_machine(total))
+}
+
 /// Set the ceilings of the cgroup all apps run under, so apps together leave memory for
 /// containerd and the agent. A failure is reported and apps still run, with their own limits.
-fn limit_apps(runtime: &RuntimeConfig, events: &EventQueue) {
-    let meminfo = Path::new("/proc/meminfo");
-    let ceiling = std::fs::read_to_string(meminfo)
-        .map_err(|e| e.to_string())
-        .and_then(|text| {
-            crate::host_metrics::parse_meminfo(meminfo, &text).map_err(|e| e.to_string())
-        })
-        .map(|(total, _)| AppsCeiling::for_machine(total));
-    let result = ceiling.and_then(|ceiling| {
+fn limit_apps(runtime: &RuntimeConfig, ceiling: &Result<AppsCeiling, String>, events: &EventQueue) {
+    let result = ceiling.clone().and_then(|ceiling| {
         cgroup::limit_apps(&runtime.cgroup_root, &runtime.cgroup_parent, &ceiling)
             .map(|()| ceiling)
             .map_err(|e| e.to_string())
@@ -275,12 +290,13 @@ const CONNECT_RETRY_MAX: Duration = Duration::from_secs(30);
 async fn reconcile_loop(
     socket: std::path::PathBuf,
     cfg: ReconcilerConfig,
+    ceiling: Result<AppsCeiling, String>,
     mut desired: watch::Receiver<Option<Arc<AppliedState>>>,
     observed: watch::Sender<Vec<AppStatus>>,
     events: Arc<EventQueue>,
 ) {
     let tick = cfg.tick;
-    limit_apps(&cfg.runtime, &events);
+    limit_apps(&cfg.runtime, &ceiling, &events);
     let mut reconciler: Option<Reconciler> = None;
     let mut connect_failures: u32 = 0;
     let mut last_error: Option<String> = None;

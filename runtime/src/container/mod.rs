@@ -27,7 +27,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use cairn_compose::{LogLimits, ServiceSpec};
+use cairn_compose::{LogLimits, ResourceLimits, ServiceSpec};
 use containerd_client::services::v1::container::Runtime;
 use containerd_client::services::v1::{
     Container, CreateContainerRequest, DeleteContainerRequest, GetContainerRequest,
@@ -54,8 +54,8 @@ pub const LABEL_SPEC_HASH: &str = "cairn.spec-hash";
 /// paths, limits). It is part of each container's spec hash, so raising it when the confinement
 /// changes makes an updated agent replace the containers an older one made, instead of leaving
 /// them running under the old rules. 2: seccomp, pids limit, OOM order, no capabilities for
-/// non-root users.
-pub const CONFINEMENT_VERSION: u32 = 2;
+/// non-root users. 3: default memory and CPU limits, the apps' common cgroup ceiling.
+pub const CONFINEMENT_VERSION: u32 = 3;
 /// Label: how many times the task was restarted.
 pub const LABEL_RESTARTS: &str = "cairn.restarts";
 /// Label: consecutive quick crashes (drives the restart back-off).
@@ -191,6 +191,9 @@ pub struct RuntimeConfig {
     /// files): a service's `logging` limits are cut down to fit (see
     /// [`RuntimeConfig::log_rotation`]), so no app can fill the data partition with its logs.
     pub log_max_service_bytes: u64,
+    /// Memory and CPU limits of a service whose Compose file sets none
+    /// (`deploy.resources.limits`); `None` fields leave it unlimited under the apps' ceiling.
+    pub default_limits: ResourceLimits,
     /// App networks (subnet pool, CNI plugins, namespace and lease dirs).
     pub network: NetworkConfig,
 }
@@ -211,6 +214,7 @@ impl RuntimeConfig {
             log_max_bytes: 10 << 20,
             log_keep: 3,
             log_max_service_bytes: 100 << 20,
+            default_limits: ResourceLimits::default(),
         }
     }
 
@@ -551,10 +555,14 @@ pub async fn create_container(
     let devices = devices::host_devices(&new.spec.devices)?;
     let user = resolve_user(ctr, cfg, new).await?;
     let mounts = prepare_mounts(cfg, new)?;
+    let mut svc = new.spec.clone();
+    let limits = &mut svc.limits;
+    limits.memory_bytes = limits.memory_bytes.or(cfg.default_limits.memory_bytes);
+    limits.cpu_millis = limits.cpu_millis.or(cfg.default_limits.cpu_millis);
     let spec = oci::build_spec(&oci::SpecInput {
         id: &id,
         service: new.service,
-        svc: new.spec,
+        svc: &svc,
         image: &new.image.config,
         user: &user,
         mounts,
