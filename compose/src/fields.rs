@@ -17,13 +17,13 @@ pub(crate) use network::{
     check_hostname, expand_ports, parse_extra_host, parse_host_ip, parse_port, parse_port_mode,
     parse_port_range, parse_protocol, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE,
 };
-pub use process::UserError;
+#[cfg(test)]
+pub(crate) use process::NEVER_GRANTED;
 pub(crate) use process::{
     check_sysctl, check_ulimit, parse_capability, parse_grace_period, parse_stop_signal,
     parse_ulimit_value, parse_user, ULIMITS,
 };
-#[cfg(test)]
-pub(crate) use process::{CAPABILITIES, NEVER_GRANTED};
+pub use process::{UserError, ALL_CAPABILITIES};
 
 /// Why an app or service name is refused; the text follows the name (`service name "Web" contains
 /// 'W'; ...`).

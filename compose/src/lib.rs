@@ -47,7 +47,7 @@ use serde::Serialize;
 
 pub use fields::{
     split_command, ContainerPathError, DeviceError, FieldError, NameError, PortError, TmpfsError,
-    UserError,
+    UserError, ALL_CAPABILITIES,
 };
 pub use reference::{check_digest, ImageRef, ImageRefError};
 

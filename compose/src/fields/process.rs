@@ -189,7 +189,7 @@ pub(crate) fn parse_grace_period(text: &str) -> Result<Duration, FieldError> {
 
 /// Every Linux capability, by number (CAP_CHOWN = 0 to CAP_CHECKPOINT_RESTORE = 40), as
 /// linux/include/uapi/linux/capability.h defines them.
-pub(crate) const CAPABILITIES: [&str; 41] = [
+pub const ALL_CAPABILITIES: [&str; 41] = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_DAC_READ_SEARCH",
@@ -263,7 +263,7 @@ pub(crate) fn parse_capability(text: &str, add: bool) -> Result<String, FieldErr
         };
     }
     let name = format!("CAP_{}", upper.strip_prefix("CAP_").unwrap_or(&upper));
-    if !CAPABILITIES.contains(&name.as_str()) {
+    if !ALL_CAPABILITIES.contains(&name.as_str()) {
         return Err(FieldError::Capability {
             name: text.to_string(),
         });

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use cairn_compose::{NetworkMode, ServiceSpec, DEFAULT_CAPABILITIES};
+use cairn_compose::{NetworkMode, ServiceSpec, ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
     LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType,
@@ -62,51 +62,6 @@ pub(crate) struct SpecInput<'a> {
     /// Named network namespace to join (ignored in `network_mode: host`).
     pub netns: Option<&'a Path>,
 }
-
-/// Every capability Linux has (and oci-spec knows): `cap_add: [ALL]`.
-const ALL_CAPABILITIES: &[&str] = &[
-    "CAP_AUDIT_CONTROL",
-    "CAP_AUDIT_READ",
-    "CAP_AUDIT_WRITE",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_KILL",
-    "CAP_LEASE",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_MAC_ADMIN",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MKNOD",
-    "CAP_NET_ADMIN",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_RAW",
-    "CAP_PERFMON",
-    "CAP_SETGID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_SETUID",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_NICE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-];
 
 /// The capability named `name` (`CAP_NET_ADMIN`; `NET_ADMIN` and lower case are accepted too).
 fn capability(name: &str, field: &str) -> Result<Capability, ContainerError> {
