@@ -184,7 +184,9 @@ pub fn service_log(
         });
     }
     let mut files = vec![current.clone()];
-    for n in 1..=runtime.log_keep {
+    // A service's own `logging` may keep more copies than the default; missing ones are skipped.
+    let keep = runtime.log_keep.max(cairn_runtime::container::MAX_LOG_FILES);
+    for n in 1..=keep {
         files.push(PathBuf::from(format!("{}.{n}", current.display())));
     }
     tail_files(&files, lines, cairn_proto::MAX_LOG_REPLY_BYTES)
