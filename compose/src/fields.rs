@@ -19,11 +19,11 @@ pub(crate) use network::{
 };
 #[cfg(test)]
 pub(crate) use process::NEVER_GRANTED;
+pub use process::{check_sysctl, UserError, ALL_CAPABILITIES};
 pub(crate) use process::{
-    check_sysctl, check_ulimit, parse_capability, parse_grace_period, parse_stop_signal,
-    parse_ulimit_value, parse_user, ULIMITS,
+    check_ulimit, parse_capability, parse_grace_period, parse_stop_signal, parse_ulimit_value,
+    parse_user, ULIMITS,
 };
-pub use process::{UserError, ALL_CAPABILITIES};
 
 /// Why an app or service name is refused; the text follows the name (`service name "Web" contains
 /// 'W'; ...`).

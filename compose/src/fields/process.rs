@@ -347,7 +347,10 @@ pub(crate) const NAMESPACED_SYSCTLS: &[&str] = &[
 
 /// Check a sysctl: a name of lowercase letters, digits and `_` in `.`-separated parts, one of
 /// [`NAMESPACED_SYSCTLS`], and a printable value. `host_network`: `net.*` would change the host.
-pub(crate) fn check_sysctl(name: &str, value: &str, host_network: bool) -> Result<(), FieldError> {
+///
+/// # Errors
+/// [`FieldError`] saying which rule the sysctl breaks.
+pub fn check_sysctl(name: &str, value: &str, host_network: bool) -> Result<(), FieldError> {
     let name_ok = name.len() <= MAX_SYSCTL_NAME
         && name.split('.').all(|part| {
             !part.is_empty()

@@ -194,6 +194,10 @@ pub struct RuntimeConfig {
     /// Memory and CPU limits of a service whose Compose file sets none
     /// (`deploy.resources.limits`); `None` fields leave it unlimited under the apps' ceiling.
     pub default_limits: ResourceLimits,
+    /// Benchmarks only: build containers without the confinement (seccomp, masked paths, pids
+    /// limit, OOM order, default limits), as the baseline the confined start is compared with.
+    /// No configuration file reaches it; the agent never sets it.
+    pub unconfined_for_benchmark: bool,
     /// App networks (subnet pool, CNI plugins, namespace and lease dirs).
     pub network: NetworkConfig,
 }
@@ -215,6 +219,7 @@ impl RuntimeConfig {
             log_keep: 3,
             log_max_service_bytes: 100 << 20,
             default_limits: ResourceLimits::default(),
+            unconfined_for_benchmark: false,
         }
     }
 
@@ -556,10 +561,12 @@ pub async fn create_container(
     let user = resolve_user(ctr, cfg, new).await?;
     let mounts = prepare_mounts(cfg, new)?;
     let mut svc = new.spec.clone();
-    let limits = &mut svc.limits;
-    limits.memory_bytes = limits.memory_bytes.or(cfg.default_limits.memory_bytes);
-    limits.cpu_millis = limits.cpu_millis.or(cfg.default_limits.cpu_millis);
-    let spec = oci::build_spec(&oci::SpecInput {
+    if !cfg.unconfined_for_benchmark {
+        let limits = &mut svc.limits;
+        limits.memory_bytes = limits.memory_bytes.or(cfg.default_limits.memory_bytes);
+        limits.cpu_millis = limits.cpu_millis.or(cfg.default_limits.cpu_millis);
+    }
+    let mut spec = oci::build_spec(&oci::SpecInput {
         id: &id,
         service: new.service,
         svc: &svc,
@@ -570,6 +577,9 @@ pub async fn create_container(
         cgroup_parent: &cfg.cgroup_parent,
         netns: new.netns.as_deref(),
     })?;
+    if cfg.unconfined_for_benchmark {
+        oci::without_confinement(&mut spec);
+    }
     let spec_json = serde_json::to_vec(&spec).map_err(|e| ContainerError::Spec {
         reason: e.to_string(),
     })?;

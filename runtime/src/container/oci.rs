@@ -289,43 +289,20 @@ fn rlimits(
     Ok(Some(out))
 }
 
-/// IPC-namespace sysctls a container may set (runc's list).
-const IPC_SYSCTLS: &[&str] = &[
-    "kernel.msgmax",
-    "kernel.msgmnb",
-    "kernel.msgmni",
-    "kernel.sem",
-    "kernel.shmall",
-    "kernel.shmmax",
-    "kernel.shmmni",
-    "kernel.shm_rmid_forced",
-];
-
 /// `linux.sysctl`: only parameters of the container's own namespaces (IPC, and network outside
-/// `network_mode: host`), which is what runc would otherwise refuse at start with a vaguer
-/// message.
+/// `network_mode: host`), checked again with the parser's rules since runc would otherwise
+/// refuse them at start with a vaguer message.
 fn sysctls(svc: &ServiceSpec) -> Result<Option<HashMap<String, String>>, ContainerError> {
     if svc.sysctls.is_empty() {
         return Ok(None);
     }
-    for key in svc.sysctls.keys() {
-        let ipc = IPC_SYSCTLS.contains(&key.as_str()) || key.starts_with("fs.mqueue.");
-        let net = key.starts_with("net.");
-        if net && svc.network_mode == NetworkMode::Host {
-            return Err(ContainerError::Spec {
-                reason: format!(
-                    "sysctls: {key} would change the host's network; remove it or drop `network_mode: host`"
-                ),
-            });
-        }
-        if !(ipc || net) {
-            return Err(ContainerError::Spec {
-                reason: format!(
-                    "sysctls: {key} is not namespaced (only kernel.msg*, kernel.sem, kernel.shm*, \
-                     fs.mqueue.* and net.* are); it would change the whole device"
-                ),
-            });
-        }
+    let host_network = svc.network_mode == NetworkMode::Host;
+    for (key, value) in &svc.sysctls {
+        cairn_compose::check_sysctl(key, value, host_network).map_err(|e| {
+            ContainerError::Spec {
+                reason: format!("sysctls: {e}"),
+            }
+        })?;
     }
     Ok(Some(
         svc.sysctls
@@ -554,6 +531,24 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         ));
     }
     Ok(spec)
+}
+
+/// Take out what the confinement of issue 16 added to `spec` (seccomp, masked and read-only
+/// paths, the pids limit, the OOM order, `no_new_privileges`), leaving runc's defaults: only for
+/// the confinement benchmark's baseline ([`super::RuntimeConfig::unconfined_for_benchmark`]).
+pub(crate) fn without_confinement(spec: &mut Spec) {
+    if let Some(process) = spec.process_mut() {
+        process.set_no_new_privileges(None);
+        process.set_oom_score_adj(None);
+    }
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_seccomp(None);
+        linux.set_masked_paths(None);
+        linux.set_readonly_paths(None);
+        if let Some(resources) = linux.resources_mut() {
+            resources.set_pids(None);
+        }
+    }
 }
 
 /// The process spec of a health-check exec: the container's process with other args.
@@ -949,10 +944,10 @@ mod tests {
             })
         );
         svc.network_mode = NetworkMode::Host;
-        assert!(spec_error(&svc).contains("would change the host's network"));
+        assert!(spec_error(&svc).contains("would change the device's own network"));
         svc.network_mode = NetworkMode::Private;
         svc.sysctls.insert("vm.swappiness".into(), "10".into());
-        assert!(spec_error(&svc).contains("vm.swappiness is not namespaced"));
+        assert!(spec_error(&svc).contains("vm.swappiness is not a namespaced sysctl"));
     }
 
     #[test]
