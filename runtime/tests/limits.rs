@@ -70,14 +70,7 @@ async fn a_fork_bomb_and_a_memory_hog_are_contained_and_reported() {
         return;
     };
     let host = env.registry.host();
-    common::push(
-        &env.registry.url(),
-        "cairn/box",
-        "1",
-        &common::busybox_image(&[]),
-        None,
-    )
-    .await;
+    common::push_box(&env).await;
     let parent = format!("cairn-limits-{}", std::process::id());
     let mut runtime = RuntimeConfig::new(env.containerd.scratch_dir("data"));
     runtime.runc_root = Some(env.containerd.runc_root());

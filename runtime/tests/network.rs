@@ -153,14 +153,7 @@ async fn services_reach_each_other_by_name_and_published_ports_from_the_host() {
         return;
     }
     let host = env.registry.host();
-    common::push(
-        &env.registry.url(),
-        "cairn/box",
-        "1",
-        &common::busybox_image(&[]),
-        None,
-    )
-    .await;
+    common::push_box(&env).await;
     let port = free_port();
     let cfg = config(&env);
     let mut rec = Reconciler::new(env.ctr.clone(), cfg.clone());

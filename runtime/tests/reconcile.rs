@@ -265,14 +265,7 @@ async fn crash_backoff_health_and_exit_policies() {
         return;
     }
     let host = env.registry.host();
-    common::push(
-        &env.registry.url(),
-        "cairn/box",
-        "1",
-        &common::busybox_image(&[]),
-        None,
-    )
-    .await;
+    common::push_box(&env).await;
     let yaml = format!(
         r#"
 services:
@@ -417,14 +410,7 @@ async fn depends_on_starts_dependents_once_dependencies_are_healthy_or_done() {
         return;
     };
     let host = env.registry.host();
-    common::push(
-        &env.registry.url(),
-        "cairn/box",
-        "1",
-        &common::busybox_image(&[]),
-        None,
-    )
-    .await;
+    common::push_box(&env).await;
     // db becomes healthy only once /state/ready appears, 2 s after it started; migrate runs
     // once db is healthy and exits 0; web needs db healthy, api needs migrate done. `broken`
     // fails for good, so `report`, which needs it done, is blocked. web and api note when they
@@ -444,18 +430,21 @@ services:
     command: ["sh", "-c", "test -f /state/ready && sleep 0.5 && touch /state/migrated"]
     network_mode: host
     volumes: ["state:/state"]
+    depends_on: {{db: {{condition: service_healthy}}}}
   web:
     image: {host}/cairn/box:1
     command: ["sh", "-c", "touch /state/web-started; {idle}; {idle_loop}"]
     network_mode: host
     volumes: ["state:/state"]
     restart: always
+    depends_on: {{db: {{condition: service_healthy}}}}
   api:
     image: {host}/cairn/box:1
     command: ["sh", "-c", "touch /state/api-started; {idle}; {idle_loop}"]
     network_mode: host
     volumes: ["state:/state"]
     restart: always
+    depends_on: {{migrate: {{condition: service_completed_successfully}}}}
   broken:
     image: {host}/cairn/box:1
     command: ["sh", "-c", "exit 3"]
@@ -464,19 +453,14 @@ services:
     image: {host}/cairn/box:1
     command: ["sh", "-c", "{idle}; {idle_loop}"]
     network_mode: host
+    depends_on: {{broken: {{condition: service_completed_successfully}}}}
 "#
     );
-    let mut spec = AppSpec::parse("compose.yml", "deps", &yaml).unwrap();
-    // The parser does not read depends_on yet.
-    for (service, dep, condition) in [
-        ("migrate", "db", DependsOn::ServiceHealthy),
-        ("web", "db", DependsOn::ServiceHealthy),
-        ("api", "migrate", DependsOn::ServiceCompletedSuccessfully),
-        ("report", "broken", DependsOn::ServiceCompletedSuccessfully),
-    ] {
-        let svc = spec.services.get_mut(service).unwrap();
-        svc.depends_on.insert(dep.into(), condition);
-    }
+    let spec = AppSpec::parse("compose.yml", "deps", &yaml).unwrap();
+    assert_eq!(
+        spec.services["api"].depends_on["migrate"],
+        DependsOn::ServiceCompletedSuccessfully
+    );
     let cfg = config(&env);
     let state = cfg.runtime.volume_dir("deps", "state");
     let rec = Reconciler::new(env.ctr.clone(), cfg.clone());

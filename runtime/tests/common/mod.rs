@@ -115,6 +115,18 @@ pub async fn env() -> Option<Env> {
 // Busybox test images live in cairn-testsupport so every crate builds the same ones.
 pub use cairn_testsupport::images::*;
 
+/// Push the plain busybox image as `cairn/box:1` (services name it `{registry host}/cairn/box:1`).
+pub async fn push_box(env: &Env) {
+    push(
+        &env.registry.url(),
+        "cairn/box",
+        "1",
+        &busybox_image(&[]),
+        None,
+    )
+    .await;
+}
+
 /// Reconcile until `pred` holds (30 s at most).
 pub async fn converge(
     rec: &mut cairn_runtime::reconcile::Reconciler,
