@@ -47,19 +47,22 @@ fn recompress_base(mut image: TestImage) -> TestImage {
 }
 
 /// Create and start the services of `yaml` straight through cairn-runtime (attaching them to
-/// the app's network unless `network_mode: host`), as the reconciler does; time it; remove them.
+/// the app's network unless `network_mode: host`), as the reconciler does, with or without the
+/// confinement; time it; remove them.
 pub async fn bare_start(
     bench: &Bench,
     ctr: &Ctr,
     image: &image::ImageInfo,
     app: &str,
     yaml: &str,
+    confined: bool,
 ) -> Result<Duration, String> {
     let spec = AppSpec::parse("compose.yml", app, yaml).map_err(|e| e.to_string())?;
     let mut cfg = RuntimeConfig::new(&bench.bare_data_dir);
     cfg.runc_root = Some(bench.runc_root.clone());
     cfg.stop_grace = Duration::from_secs(2);
     cfg.network = bench.bare_network.clone();
+    cfg.unconfined_for_benchmark = !confined;
     let mut networks = Networks::new(cfg.network.clone());
     let secrets = BTreeMap::new();
     let private = spec

@@ -9,7 +9,9 @@
 //!   part inside the agent: from its sink receiving the desired state (already stored on disk) to
 //!   the reconcile pass reporting every service running.
 //! - Baseline: `create_container` + (CNI attach) + `start_task` for the same N services straight
-//!   through cairn-runtime, image already pulled, in a namespace of its own.
+//!   through cairn-runtime, image already pulled, in a namespace of its own; and the same
+//!   start without the confinement (`RuntimeConfig::unconfined_for_benchmark`), so the cost of
+//!   seccomp, masked paths, limits and the rest is a ratio measured in the same run.
 //! - Pull: a cold `pull_image` through cairn-runtime, and the agent's first deploy (which pulls)
 //!   end-to-end; a `pin` app keeps the image so later deploys reuse it.
 //! - RSS: the `cairn-agent` binary cargo built for this bench (`--release` under `cargo bench`),
@@ -287,19 +289,27 @@ async fn run(bench: Arc<Bench>) {
                 let bare_first = rep % 2 == 0;
                 let mut baseline = None;
                 if bare_first {
-                    baseline =
-                        Some(bare_start(&bench, &bare, &bare_image, &bare_app, &bare_yaml).await);
+                    baseline = Some(
+                        bare_start(&bench, &bare, &bare_image, &bare_app, &bare_yaml, true).await,
+                    );
                 }
                 let deployed = agent.deploy(&central, &app, &agent_yaml, n).await;
                 agent.remove(&central, &app).await;
                 if !bare_first {
-                    baseline =
-                        Some(bare_start(&bench, &bare, &bare_image, &bare_app, &bare_yaml).await);
+                    baseline = Some(
+                        bare_start(&bench, &bare, &bare_image, &bare_app, &bare_yaml, true).await,
+                    );
                 }
-                match (deployed, baseline.expect("ran above")) {
-                    (Ok(deployed), Ok(baseline)) => row.samples.push(Sample { deployed, baseline }),
-                    (Err(e), _) => failure = Some(format!("agent path: {e}")),
-                    (_, Err(e)) => failure = Some(format!("bare runtime: {e}")),
+                let unconfined =
+                    bare_start(&bench, &bare, &bare_image, &bare_app, &bare_yaml, false).await;
+                match (deployed, baseline.expect("ran above"), unconfined) {
+                    (Ok(deployed), Ok(baseline), Ok(unconfined)) => row.samples.push(Sample {
+                        deployed,
+                        baseline,
+                        unconfined,
+                    }),
+                    (Err(e), _, _) => failure = Some(format!("agent path: {e}")),
+                    (_, Err(e), _) | (_, _, Err(e)) => failure = Some(format!("bare runtime: {e}")),
                 }
                 if failure.is_some() {
                     break;

@@ -13,6 +13,9 @@ pub struct Sample {
     pub deployed: Deployed,
     /// The bare runtime creating and starting the same containers.
     pub baseline: Duration,
+    /// The same start without the confinement (seccomp, masked paths, pids limit, OOM order,
+    /// default limits): what confinement costs is `baseline / unconfined`.
+    pub unconfined: Duration,
 }
 
 /// One row of the table: the samples of a scenario and size.
@@ -39,6 +42,7 @@ impl Row {
                 delivery: median(&|s| s.deployed.delivery),
             },
             baseline: median(&|s| s.baseline),
+            unconfined: median(&|s| s.unconfined),
         }
     }
 }
@@ -79,14 +83,23 @@ pub fn print(report: &Report) {
         reps()
     );
     println!(
-        "{:<9} {:>3} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10}",
-        "scenario", "N", "end-to-end", "agent", "delivery", "baseline", "e2e/base", "agent/base"
+        "{:<9} {:>3} {:>10} {:>10} {:>10} {:>10} {:>9} {:>10} {:>10} {:>11}",
+        "scenario",
+        "N",
+        "end-to-end",
+        "agent",
+        "delivery",
+        "baseline",
+        "e2e/base",
+        "agent/base",
+        "unconfined",
+        "base/unconf"
     );
     for r in rows {
         let m = r.medians();
         let ratio = |d: Duration| d.as_secs_f64() / m.baseline.as_secs_f64();
         println!(
-            "{:<9} {:>3} {:>10} {:>10} {:>10} {:>10} {:>9.2} {:>10.2}",
+            "{:<9} {:>3} {:>10} {:>10} {:>10} {:>10} {:>9.2} {:>10.2} {:>10} {:>11.2}",
             r.scenario,
             r.n,
             secs(m.deployed.end_to_end),
@@ -94,7 +107,9 @@ pub fn print(report: &Report) {
             secs(m.deployed.delivery),
             secs(m.baseline),
             ratio(m.deployed.end_to_end),
-            ratio(m.deployed.agent)
+            ratio(m.deployed.agent),
+            secs(m.unconfined),
+            m.baseline.as_secs_f64() / m.unconfined.as_secs_f64()
         );
     }
     for r in rows {
@@ -106,12 +121,13 @@ pub fn print(report: &Report) {
                 .join(" ")
         };
         println!(
-            "  samples {} N={}: end-to-end [{}] agent [{}] baseline [{}]",
+            "  samples {} N={}: end-to-end [{}] agent [{}] baseline [{}] unconfined [{}]",
             r.scenario,
             r.n,
             list(&|s| s.deployed.end_to_end),
             list(&|s| s.deployed.agent),
-            list(&|s| s.baseline)
+            list(&|s| s.baseline),
+            list(&|s| s.unconfined)
         );
     }
     for s in skipped {
@@ -133,5 +149,5 @@ pub fn print(report: &Report) {
         mib(rss.peak_kib)
     );
     println!("bench took {}", secs(*took));
-    println!("end-to-end: PUT sent -> central's GET reports all running; agent: sink got the stored desired state -> reconcile pass reports all running; delivery: PUT sent -> sink got it; baseline: create(+CNI attach)+start of the same N containers via cairn-runtime");
+    println!("end-to-end: PUT sent -> central's GET reports all running; agent: sink got the stored desired state -> reconcile pass reports all running; delivery: PUT sent -> sink got it; baseline: create(+CNI attach)+start of the same N containers via cairn-runtime; unconfined: the baseline without seccomp, masked paths, pids limit, OOM order and default limits (RuntimeConfig::unconfined_for_benchmark)");
 }
