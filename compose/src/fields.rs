@@ -209,7 +209,7 @@ pub enum FieldError {
         key: String,
     },
     /// A label whose key and value are longer than containerd keeps.
-    #[error("label {key:?} and its value are {bytes} bytes; containerd keeps at most {} bytes per label (key and value): shorten the value", MAX_LABEL_BYTES)]
+    #[error("label {key:?} and its value are {bytes} bytes; containerd keeps at most 4096 bytes per label, and the agent prefixes the key: keep key and value within {} bytes", MAX_LABEL_BYTES)]
     LabelTooLong {
         /// The key.
         key: String,
@@ -653,7 +653,7 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, FieldError> {
 pub(crate) const MAX_LABEL_KEY_BYTES: usize = 256;
 
 /// Most bytes of a label's key and value together: containerd refuses longer labels.
-pub(crate) const MAX_LABEL_BYTES: usize = 4096;
+pub(crate) const MAX_LABEL_BYTES: usize = 4096 - 16;
 
 /// Check a label: a key of 1 to [`MAX_LABEL_KEY_BYTES`] bytes without spaces or control
 /// characters, outside the agent's `cairn.` namespace, and at most [`MAX_LABEL_BYTES`] with its

@@ -306,7 +306,9 @@ async fn devices_tmpfs_ulimits_sysctls_labels_and_extra_hosts() {
         assert!(text.contains("10.1.2.3\tdb.example"), "{text}");
         let listed = container::list_containers(&env.ctr).await.unwrap();
         assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].label("com.example.team"), "edge");
+        assert_eq!(listed[0].label("cairn.label/com.example.team"), "edge");
+        // Never under its own name: containerd acts on some labels itself.
+        assert!(!listed[0].labels.contains_key("com.example.team"));
         assert_eq!(listed[0].label("cairn.app"), "conf");
         container::remove_container(&env.ctr, &id, Duration::from_millis(200))
             .await

@@ -344,6 +344,9 @@ fn stop_labels(spec: &ServiceSpec) -> Result<HashMap<String, String>, ContainerE
 /// The labels of a new container: the service's `labels`, its stop settings, then `agent`'s
 /// (spec hash, ...), the app and the service. A service label in the agent's `cairn.` space is
 /// refused (the Compose parser refuses it too), so none can pass for the agent's.
+/// Prefix of a service's own `labels` on its containerd container (`cairn.label/com.example.role`).
+pub const LABEL_SERVICE_LABEL_PREFIX: &str = "cairn.label/";
+
 fn container_labels(new: &NewContainer<'_>) -> Result<HashMap<String, String>, ContainerError> {
     let mut labels = HashMap::new();
     for (key, value) in &new.spec.labels {
@@ -354,7 +357,10 @@ fn container_labels(new: &NewContainer<'_>) -> Result<HashMap<String, String>, C
                 ),
             });
         }
-        labels.insert(key.clone(), value.clone());
+        // Under the agent's prefix: containerd itself acts on some labels (its restart monitor
+        // runs `containerd.io/restart.loguri` as a program), so a service's own never reach it
+        // under their own names.
+        labels.insert(format!("{LABEL_SERVICE_LABEL_PREFIX}{key}"), value.clone());
     }
     labels.extend(stop_labels(new.spec)?);
     labels.extend(new.labels.clone());
@@ -843,7 +849,18 @@ mod tests {
         spec.stop_signal = Some(10);
         spec.stop_grace_period = Some(Duration::from_millis(1500));
         let labels = labels_of(&spec).unwrap();
-        assert_eq!(labels["com.example.team"], "edge");
+        assert_eq!(labels["cairn.label/com.example.team"], "edge");
+        assert!(!labels.contains_key("com.example.team"));
+        // containerd's restart monitor would run this as a program; here it is only a label.
+        spec.labels.insert(
+            "containerd.io/restart.loguri".into(),
+            "binary:///bin/sh?-c=id".into(),
+        );
+        let labels = labels_of(&spec).unwrap();
+        assert!(
+            !labels.keys().any(|k| k.starts_with("containerd.io/")),
+            "{labels:?}"
+        );
         assert_eq!(labels[LABEL_STOP_SIGNAL], "10");
         assert_eq!(labels[LABEL_STOP_GRACE_MS], "1500");
         assert_eq!(labels[LABEL_SPEC_HASH], "h");
