@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::{DependsOn, RestartPolicy, VolumeMount};
 
 pub(crate) use mounts::{device_mapping, parse_device, parse_tmpfs};
-pub use mounts::{DeviceError, TmpfsError};
+pub use mounts::{refused_host_device, DeviceError, TmpfsError};
 pub(crate) use network::{
     check_hostname, expand_ports, parse_extra_host, parse_host_ip, parse_port, parse_port_mode,
     parse_port_range, parse_protocol, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE,

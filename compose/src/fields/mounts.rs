@@ -172,6 +172,8 @@ pub enum DeviceError {
 const TPM: &str = "reaches the TPM, which holds the device's identity and disk keys";
 const DISK: &str = "is a disk, a partition or a view of one, and may be the system disk";
 const KERNEL: &str = "reaches kernel memory";
+const DMA: &str = "gives a device direct access to all memory";
+const CONSOLE: &str = "is the device's console, where keystrokes can be typed into a login";
 
 /// Host devices no service is given, whatever the device's labels, as names under `/dev/`: `#`
 /// stands for a digit and a final `*` for any rest. Symbolic links to other devices (e.g. an
@@ -192,6 +194,16 @@ const REFUSED_DEVICES: &[(&str, &str)] = &[
     ("mtd*", DISK),
     ("ubi*", DISK),
     ("root", DISK),
+    ("ng#*", DISK),
+    ("nbd*", DISK),
+    ("sr#*", DISK),
+    ("pmem*", DISK),
+    ("dax*", KERNEL),
+    ("vfio/*", DMA),
+    ("uio*", DMA),
+    ("tty#*", CONSOLE),
+    ("console", CONSOLE),
+    ("fd/*", "is one of the agent's own open files"),
     ("mapper/*", DISK),
     ("disk/*", DISK),
     ("block/*", DISK),
@@ -245,6 +257,18 @@ fn dev_path(path: &str) -> Result<&str, DeviceError> {
         });
     }
     Ok(name)
+}
+
+/// Why `path` (`/dev/...`, as written or as the runtime resolved it) is never given to a
+/// service, or `None` when it may be (given the device's labels).
+pub fn refused_host_device(path: &str) -> Option<String> {
+    match dev_path(path) {
+        Err(e) => Some(e.to_string()),
+        Ok(name) => REFUSED_DEVICES
+            .iter()
+            .find(|(p, _)| device_matches(p, name))
+            .map(|(_, reason)| format!("{path} {reason}")),
+    }
 }
 
 /// Check a device mapping: host and container paths under `/dev/`, the host device not one of

@@ -553,6 +553,15 @@ fn devices_reaching_the_tpm_disks_or_kernel_memory_are_refused() {
         ("/dev/kmsg", "reaches kernel memory"),
         ("/dev/char/10:224", "names devices by number"),
         ("/dev/watchdog0", "reboots the device"),
+        ("/dev/ng0n1", "may be the system disk"),
+        ("/dev/nbd0", "may be the system disk"),
+        ("/dev/sr0", "may be the system disk"),
+        ("/dev/vfio/12", "direct access to all memory"),
+        ("/dev/uio0", "direct access to all memory"),
+        ("/dev/tty0", "console"),
+        ("/dev/tty63", "console"),
+        ("/dev/console", "console"),
+        ("/dev/fd/3", "the agent's own open files"),
     ] {
         let error = fields::parse_device(device).unwrap_err().to_string();
         assert!(error.contains(reason), "{device}: {error}");
@@ -563,6 +572,9 @@ fn devices_reaching_the_tpm_disks_or_kernel_memory_are_refused() {
         "/dev/memory_bandwidth",
         "/dev/portal0",
         "/dev/snd/pcmC0D0p",
+        "/dev/ttyUSB0",
+        "/dev/ttyACM1",
+        "/dev/ttyS0",
     ] {
         assert!(fields::parse_device(fine).is_ok(), "{fine}");
     }

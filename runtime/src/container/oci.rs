@@ -24,19 +24,11 @@ pub(crate) struct BindMount {
     pub read_only: bool,
 }
 
-/// Character or block device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DeviceKind {
-    Char,
-    Block,
-}
-
-/// A host device node given to the container (see `devices.rs`).
+/// A host character device given to the container (see `devices.rs`; block devices never are).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct HostDevice {
     /// Path of the node inside the container.
     pub container_path: String,
-    pub kind: DeviceKind,
     pub major: u32,
     pub minor: u32,
     /// Permission bits of the node.
@@ -472,14 +464,10 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         .build()
         .map_err(oci)?];
     for d in input.devices {
-        let typ = match d.kind {
-            DeviceKind::Char => LinuxDeviceType::C,
-            DeviceKind::Block => LinuxDeviceType::B,
-        };
         devices.push(
             LinuxDeviceBuilder::default()
                 .path(PathBuf::from(&d.container_path))
-                .typ(typ)
+                .typ(LinuxDeviceType::C)
                 .major(i64::from(d.major))
                 .minor(i64::from(d.minor))
                 .file_mode(d.file_mode)
@@ -492,7 +480,7 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         device_rules.push(
             LinuxDeviceCgroupBuilder::default()
                 .allow(true)
-                .typ(typ)
+                .typ(LinuxDeviceType::C)
                 .major(i64::from(d.major))
                 .minor(i64::from(d.minor))
                 .access(d.permissions.clone())
@@ -1012,7 +1000,6 @@ mod tests {
         let user = user_1000();
         let devices = [HostDevice {
             container_path: "/dev/ttyUSB0".into(),
-            kind: DeviceKind::Char,
             major: 188,
             minor: 0,
             file_mode: 0o660,
