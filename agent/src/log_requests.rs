@@ -185,7 +185,9 @@ pub fn service_log(
     }
     let mut files = vec![current.clone()];
     // A service's own `logging` may keep more copies than the default; missing ones are skipped.
-    let keep = runtime.log_keep.max(cairn_runtime::container::MAX_LOG_FILES);
+    let keep = runtime
+        .log_keep
+        .max(cairn_runtime::container::MAX_LOG_FILES);
     for n in 1..=keep {
         files.push(PathBuf::from(format!("{}.{n}", current.display())));
     }
