@@ -333,9 +333,12 @@ impl ServicePlan<'_> {
                 ServiceState::Failed,
                 format!("cannot remove the old container: {error}"),
             )),
-            Action::CreateContainer { .. } => {
-                AfterFailure::Report(fresh(ServiceState::Failed, error.to_string()))
-            }
+            // Counted like a failed start, so the next attempt waits for the back-off instead of
+            // mounting the image for its user database at every pass.
+            Action::CreateContainer { app, service, .. } => AfterFailure::StartFailed {
+                container_id: container_id(&app.spec.name, service),
+                status: fresh(ServiceState::Failed, error.to_string()),
+            },
             Action::AttachNetwork { container_id, .. } => start_failed(
                 container_id,
                 format!("cannot attach to the app network: {error}"),
@@ -620,6 +623,10 @@ impl<'a> Planner<'a> {
                         id: c.id.clone(),
                         why: Removal::Replaced,
                     });
+                } else if let Some(failures) = self.create_waits(&id) {
+                    let message = format!("cannot create the container: {}", failures.last_error);
+                    let status = s.status(ServiceState::Failed).with_message(message.clone());
+                    return (ServicePlan::new(steps, status), Reached::Failed(message));
                 }
                 steps.push(Action::CreateContainer {
                     app: s.app,
@@ -847,6 +854,23 @@ impl<'a> Planner<'a> {
                 None
             }
         }
+    }
+
+    /// The failed creates of container `id` when the last was too recent to try again (the
+    /// wake-up is set for when it is not).
+    fn create_waits(&mut self, id: &str) -> Option<&'a StartFailures> {
+        let failures = self.observed.start_failures.get(id)?;
+        let delay = self
+            .timing
+            .backoff
+            .delay(failures.count.saturating_sub(1))
+            .max(MIN_START_RETRY);
+        let at = failures.last_at + delay;
+        if self.now.mono >= at {
+            return None;
+        }
+        self.wake(self.now.wall + (at - self.now.mono));
+        Some(failures)
     }
 
     /// Whether the container's last start failed too recently to try again.

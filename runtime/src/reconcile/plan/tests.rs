@@ -1151,6 +1151,38 @@ fn a_failed_start_is_reported_and_counted_for_the_back_off() {
 }
 
 #[test]
+fn a_failed_create_is_retried_only_after_its_back_off() {
+    let mut case = worker_only();
+    case.observed.start_failures.insert(
+        "shop_worker".into(),
+        StartFailures {
+            count: 1,
+            last_at: case.now.mono,
+            last_error: "user \"app\" is not in the image".into(),
+        },
+    );
+    case.now = at(millis(999));
+    {
+        let plan = case.plan();
+        let worker = service(&plan, "worker");
+        assert_eq!(steps(&worker.steps), ["rotate log of worker"]);
+        assert_eq!(worker.status.state, ServiceState::Failed);
+        assert!(worker
+            .status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("is not in the image")));
+        assert_eq!(plan.wake_at, Some(at(secs(1)).wall));
+    }
+    case.now = at(secs(1));
+    let plan = case.plan();
+    assert_eq!(
+        steps(&service(&plan, "worker").steps)[1],
+        "create worker (netns false, app hosts false)"
+    );
+}
+
+#[test]
 fn a_failed_start_is_retried_only_after_its_back_off() {
     let mut case = worker_only().in_sync("worker", None);
     // Two failures in a row: the next try waits base * 2 = 2 s.
@@ -1256,8 +1288,13 @@ fn a_failed_create_or_replacement_is_reported_as_failed() {
         app: "shop".into(),
         name: "token".into(),
     });
+    // A failed create counts like a failed start, so it is retried after the back-off.
     let status = |step: usize| match worker.after_failure(&worker.steps[step], &error) {
         AfterFailure::Report(status) => (status.state, status.message.unwrap()),
+        AfterFailure::StartFailed {
+            container_id,
+            status,
+        } if container_id == "shop_worker" => (status.state, status.message.unwrap()),
         other => panic!("{other:?}"),
     };
     assert_eq!(
