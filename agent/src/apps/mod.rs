@@ -99,6 +99,18 @@ impl AppliedState {
             runnable,
         }
     }
+
+    /// Apps this agent refused that run nowhere else in the state: whatever of them runs is
+    /// left as it is, so a spec an updated parser reads stricter does not take a working app
+    /// down (its refusal is reported, and central can send a spec that parses).
+    fn held(&self) -> HashSet<String> {
+        self.entries
+            .iter()
+            .filter(|e| e.spec.is_err())
+            .filter(|e| !self.runnable.iter().any(|r| r.spec.name == e.name))
+            .map(|e| e.name.clone())
+            .collect()
+    }
 }
 
 /// The agent's desired-state sink when apps are enabled; see the module docs.
@@ -332,6 +344,7 @@ async fn reconcile_loop(
                 }
             }
             if let Some(rec) = reconciler.as_mut() {
+                rec.hold_apps(applied.held());
                 let result = rec
                     .reconcile(&applied.runnable)
                     .await

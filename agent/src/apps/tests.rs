@@ -174,6 +174,18 @@ fn config_defaults_and_checks() {
 }
 
 #[test]
+fn a_refused_app_is_held_as_it_runs_unless_its_name_also_runs() {
+    let refused = "services: {web: {image: x, command: 'echo $NOT_SET'}}";
+    let desired = desired(
+        1,
+        &[("bad", refused, 1), ("good", GOOD, 1), ("good", refused, 2)],
+    );
+    let applied = AppliedState::from_desired(&desired);
+    assert!(applied.entries[0].spec.is_err());
+    assert_eq!(applied.held(), HashSet::from(["bad".to_string()]));
+}
+
+#[test]
 fn a_yaml_alias_bomb_is_refused_fast_with_bounded_memory_and_other_apps_run() {
     use cairn_testsupport::hostile::{fastest_of_three, peak_rss_bytes, yaml_alias_bomb};
     let bomb = yaml_alias_bomb();

@@ -137,6 +137,8 @@ pub struct Reconciler {
     images: images::Images,
     start_failures: HashMap<String, StartFailures>,
     wake_at: Option<SystemTime>,
+    /// Apps to leave exactly as they are (see [`Reconciler::hold_apps`]).
+    held_apps: HashSet<String>,
     /// The published ports the firewall was last loaded with (`None`: not yet, or it failed).
     firewall_ports: Option<BTreeSet<PublishedPort>>,
     /// Notified by probes when a service's health changes.
@@ -153,10 +155,19 @@ impl Reconciler {
             start_failures: HashMap::new(),
             wake_at: None,
             firewall_ports: None,
+            held_apps: HashSet::new(),
             health_changed: Arc::new(Notify::new()),
             ctr,
             cfg,
         }
+    }
+
+    /// Leave the apps named in `apps` exactly as they are from the next pass on: they are not
+    /// desired, yet their containers keep running and nothing of theirs is collected. For apps
+    /// whose new spec the agent refused (an older agent's spec a newer parser reads stricter,
+    /// say): the last working version keeps running until central sends one that parses.
+    pub fn hold_apps(&mut self, apps: HashSet<String>) {
+        self.held_apps = apps;
     }
 
     /// Run passes until the `desired` sender is dropped: on every change of the desired apps or of
@@ -294,6 +305,7 @@ impl Reconciler {
             pulls: self.images.pulls(),
             probes,
             start_failures: self.start_failures.clone(),
+            held_apps: self.held_apps.clone(),
         })
     }
 }

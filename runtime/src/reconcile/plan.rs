@@ -76,6 +76,9 @@ pub(crate) struct Observed {
     pub probes: HashMap<String, ProbeView>,
     /// Failed starts by container id (forgotten at the next successful start).
     pub start_failures: HashMap<String, StartFailures>,
+    /// Apps left exactly as they are: not desired, yet neither their containers, network,
+    /// directory nor images are removed (the agent could not read their new spec).
+    pub held_apps: HashSet<String>,
 }
 
 /// Whether an app's network can be had.
@@ -387,16 +390,25 @@ pub(crate) fn plan<'a>(
         pulls: HashSet::new(),
     };
     let mut by_service: BTreeMap<(&str, &str), Vec<&ObservedContainer>> = BTreeMap::new();
-    for c in &observed.containers {
-        by_service
-            .entry((c.label(LABEL_APP), c.label(LABEL_SERVICE)))
-            .or_default()
-            .push(c);
-    }
     let mut plan = Plan::default();
     let mut wanted_images = HashSet::new();
     let mut keep_containers = HashSet::new();
     let mut networked_apps = HashSet::new();
+    let mut keep_dirs: HashSet<String> = desired.iter().map(|a| a.spec.name.clone()).collect();
+    for c in &observed.containers {
+        let app = c.label(LABEL_APP);
+        if observed.held_apps.contains(app) {
+            keep_containers.insert(c.id.clone());
+            networked_apps.insert(app.to_string());
+            keep_dirs.insert(app.to_string());
+            wanted_images.insert(c.image.clone());
+            continue;
+        }
+        by_service
+            .entry((app, c.label(LABEL_SERVICE)))
+            .or_default()
+            .push(c);
+    }
     for app in desired {
         let name = app.spec.name.as_str();
         let network = if needs_network(&app.spec) {
@@ -456,7 +468,7 @@ pub(crate) fn plan<'a>(
         keep_apps: networked_apps,
     });
     plan.cleanup.push(Action::CleanAppDirs {
-        keep_apps: desired.iter().map(|a| a.spec.name.clone()).collect(),
+        keep_apps: keep_dirs,
     });
     plan.cleanup.push(Action::CollectImages {
         wanted: wanted_images,

@@ -931,6 +931,28 @@ fn an_app_no_longer_desired_loses_its_containers_network_files_and_images() {
 }
 
 #[test]
+fn a_held_app_keeps_its_containers_network_files_and_images() {
+    let mut case = Case::new(SHOP).in_sync("web", Some(running(42)));
+    case.desired.clear();
+    case.observed.held_apps.insert("shop".into());
+    let plan = case.plan();
+    assert!(plan.services.is_empty(), "a held app is not reported here");
+    let [Action::CollectNetworks {
+        keep_containers,
+        keep_apps,
+    }, Action::CleanAppDirs { keep_apps: dirs }, Action::CollectImages { wanted }] =
+        &plan.cleanup[..]
+    else {
+        panic!("nothing of the held app is removed: {:#?}", plan.cleanup);
+    };
+    assert!(keep_containers.contains("shop_web") && keep_apps.contains("shop"));
+    assert!(
+        dirs.contains("shop") && wanted.len() == 1,
+        "{dirs:?} {wanted:?}"
+    );
+}
+
+#[test]
 fn networks_files_and_images_of_desired_apps_are_kept() {
     let plan_case = Case::new(SHOP);
     let plan = plan_case.plan();
