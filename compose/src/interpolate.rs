@@ -71,7 +71,8 @@ pub(crate) enum InterpolationError {
 
 /// At most the first characters of `text`, for a message.
 fn excerpt(text: &str) -> String {
-    text.chars().take(16).collect()
+    // Two characters say what is wrong; more could quote a password from the value.
+    text.chars().take(2).collect()
 }
 
 /// Length of the variable name `text` starts with (`[A-Za-z_][A-Za-z0-9_]*`), 0 if none.
