@@ -167,7 +167,7 @@ impl Lab {
         let nat = std::env::temp_dir().join(format!("{}-portmap.nft", lab.prefix));
         std::fs::write(
             &nat,
-            format!("table ip portmap {{\n\tchain pre {{\n\t\ttype nat hook prerouting priority dstnat;\n\t\ttcp dport {B_PUBLISHED} dnat to {APP_B_IP}:{APP_B_PORT}\n\t}}\n}}\n"),
+            format!("table ip portmap {{\n\tchain pre {{\n\t\ttype nat hook prerouting priority dstnat;\n\t\ttcp dport {B_PUBLISHED} dnat to {APP_B_IP}:{APP_B_PORT}\n\t}}\n\tchain out {{\n\t\ttype nat hook output priority -100;\n\t\tip daddr {DEVICE_IP} tcp dport {B_PUBLISHED} dnat to {APP_B_IP}:{APP_B_PORT}\n\t}}\n}}\n"),
         )
         .unwrap();
         lab.exec("dev", &["nft", "-f", nat.to_str().unwrap()]);
@@ -207,6 +207,10 @@ fn reachable(lab: &Lab) -> Vec<(&'static str, bool)> {
         ),
         ("app a -> lan (egress)", lab.connects("a", LAN_IP, LAN_PORT)),
         (
+            "host network -> published app port",
+            lab.connects("dev", DEVICE_IP, B_PUBLISHED),
+        ),
+        (
             "lan -> unpublished host port",
             lab.connects("lan", DEVICE_IP, HOST_UNPUBLISHED),
         ),
@@ -217,6 +221,10 @@ fn reachable(lab: &Lab) -> Vec<(&'static str, bool)> {
         (
             "app a -> unpublished port of app b",
             lab.connects("a", APP_B_IP, APP_B_PORT),
+        ),
+        (
+            "host network -> unpublished app port",
+            lab.connects("dev", APP_B_IP, APP_B_PORT),
         ),
     ]
 }
@@ -282,7 +290,7 @@ fn only_published_ports_answer_and_apps_stay_apart() {
     // Loading it again replaces the table in one transaction (what every agent start does).
     runtime.block_on(firewall.apply(&published)).unwrap();
     let after = reachable(&lab);
-    let expected = [true, true, true, true, false, false, false];
+    let expected = [true, true, true, true, true, false, false, false, false];
     let got: Vec<bool> = after.iter().map(|(_, ok)| *ok).collect();
     assert_eq!(got, expected, "{after:?}");
 

@@ -7,6 +7,9 @@
 //!   port, and app traffic leaving through a non-app interface. So the LAN cannot reach an app
 //!   network directly, and one app's containers cannot reach another app's unpublished ports
 //!   (traffic inside one app's bridge is switched, not forwarded, and stays allowed).
+//! - Sent by the device itself (hook output): new connections into an app network only to a
+//!   published port (DNAT-ed), so a `network_mode: host` service cannot reach other apps'
+//!   unpublished ports either. Everything else the device sends is allowed.
 //!
 //! Why nftables rather than more iptables rules next to the CNI plugins' own: the whole policy is
 //! one table that `nft -f` swaps in a single transaction, so there is never a half-written
@@ -50,11 +53,14 @@ pub enum FirewallError {
 /// A host port some app publishes.
 pub type PublishedPort = (Protocol, u16);
 
-/// Every host port the services of `apps` publish.
+/// Every host port the services of `apps` publish beyond the device itself: a port published
+/// on a loopback address (`127.0.0.1:9100:9100`) stays closed to the LAN. A port published on
+/// one of the device's other addresses is opened on all of them.
 pub fn published_ports<'a>(apps: impl IntoIterator<Item = &'a AppSpec>) -> BTreeSet<PublishedPort> {
     apps.into_iter()
         .flat_map(|app| app.services.values())
         .flat_map(|svc| svc.ports.iter())
+        .filter(|p| !p.host_ip.is_some_and(|ip| ip.is_loopback()))
         .map(|p| (p.protocol, p.host_port))
         .collect()
 }
@@ -95,6 +101,11 @@ pub fn ruleset(published: &BTreeSet<PublishedPort>) -> String {
          \t\tct state invalid drop\n\
          \t\tct status dnat accept\n\
          \t\tiifname \"{BRIDGE_PREFIX}*\" oifname != \"{BRIDGE_PREFIX}*\" accept\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority filter; policy accept;\n\
+         \t\toifname \"{BRIDGE_PREFIX}*\" ct state new ct status dnat accept\n\
+         \t\toifname \"{BRIDGE_PREFIX}*\" ct state new drop\n\
          \t}}\n\
          }}\n"
     )
@@ -172,6 +183,16 @@ mod tests {
         );
         let rules = ruleset(&published);
         assert!(rules.contains("tcp dport { 8080, 9100 } accept"), "{rules}");
+        let local = AppSpec::parse(
+            "c.yml",
+            "mon",
+            "services:\n  m: {image: y, network_mode: host, ports: ['127.0.0.1:9100:9100']}\n",
+        )
+        .unwrap();
+        assert!(
+            published_ports([&local]).is_empty(),
+            "loopback stays closed"
+        );
         assert!(rules.contains("udp dport { 5353 } accept"), "{rules}");
     }
 

@@ -50,7 +50,9 @@ use crate::cgroup;
 use crate::container::{self, ContainerError, RuntimeConfig, TaskStatus};
 use crate::containerd::Containerd;
 use crate::image::{Credentials, ImageError};
-use crate::network::{published_ports, Firewall, NetworkError, Networks, PublishedPort};
+use crate::network::{
+    published_ports, Firewall, FirewallError, NetworkError, Networks, PublishedPort,
+};
 
 pub use backoff::Backoff;
 pub use health::Health;
@@ -67,6 +69,12 @@ pub enum ReconcileError {
     /// Unused images could not be collected.
     #[error("cannot collect unused images: {0}; the next pass retries")]
     Images(#[from] ImageError),
+    /// The firewall could not be loaded: nothing is started or changed until it is, so no
+    /// port opens without it (running containers keep running).
+    #[error(
+        "cannot load the device firewall: {0}; the next pass retries and starts nothing before"
+    )]
+    Firewall(#[from] FirewallError),
 }
 
 /// Why one step of a pass failed: reported in its service's status or logged; the next pass
@@ -139,6 +147,8 @@ pub struct Reconciler {
     wake_at: Option<SystemTime>,
     /// Apps to leave exactly as they are (see [`Reconciler::hold_apps`]).
     held_apps: HashSet<String>,
+    /// The ports each app published when last desired (held apps keep theirs open).
+    app_ports: HashMap<String, BTreeSet<PublishedPort>>,
     /// The published ports the firewall was last loaded with (`None`: not yet, or it failed).
     firewall_ports: Option<BTreeSet<PublishedPort>>,
     /// Notified by probes when a service's health changes.
@@ -156,16 +166,19 @@ impl Reconciler {
             wake_at: None,
             firewall_ports: None,
             held_apps: HashSet::new(),
+            app_ports: HashMap::new(),
             health_changed: Arc::new(Notify::new()),
             ctr,
             cfg,
         }
     }
 
-    /// Leave the apps named in `apps` exactly as they are from the next pass on: they are not
-    /// desired, yet their containers keep running and nothing of theirs is collected. For apps
-    /// whose new spec the agent refused (an older agent's spec a newer parser reads stricter,
-    /// say): the last working version keeps running until central sends one that parses.
+    /// Leave the apps named in `apps` as they are from the next pass on: they are not desired,
+    /// yet nothing of theirs is removed (containers, network, volumes and files, images), their
+    /// running tasks keep running and the ports they published stay open. For apps whose new
+    /// spec the agent refused (an older agent's spec a newer parser reads stricter, say): the
+    /// last working version is kept until central sends one that parses. Nothing restarts a
+    /// held app's tasks, so after a reboot it stays down until then.
     pub fn hold_apps(&mut self, apps: HashSet<String>) {
         self.held_apps = apps;
     }
@@ -215,7 +228,7 @@ impl Reconciler {
             mono: Instant::now(),
         };
         let observed = self.observe(desired, now).await?;
-        self.update_firewall(desired).await;
+        self.update_firewall(desired).await?;
         let timing = Timing {
             backoff: self.cfg.backoff,
             pull_retry: self.cfg.retry,
@@ -225,27 +238,30 @@ impl Reconciler {
         Ok(self.execute(desired, plan).await)
     }
 
-    /// Load the firewall when the published ports of `desired` changed (or were never loaded
-    /// by this reconciler). A failure is logged and retried on the next pass; the kernel keeps
-    /// the previous table meanwhile.
-    async fn update_firewall(&mut self, desired: &[DesiredApp]) {
+    /// Load the firewall when the published ports changed (or were never loaded by this
+    /// reconciler): those of `desired`, plus those held apps had when they were last desired.
+    ///
+    /// # Errors
+    /// When nft fails; the kernel keeps the previous table.
+    async fn update_firewall(&mut self, desired: &[DesiredApp]) -> Result<(), FirewallError> {
         let Some(firewall) = &self.cfg.firewall else {
-            return;
+            return Ok(());
         };
-        let ports = published_ports(desired.iter().map(|a| &a.spec));
+        let held = &self.held_apps;
+        self.app_ports.retain(|app, _| held.contains(app));
+        for app in desired {
+            let ports = published_ports(std::iter::once(&app.spec));
+            self.app_ports.insert(app.spec.name.clone(), ports);
+        }
+        let ports: BTreeSet<PublishedPort> = self.app_ports.values().flatten().copied().collect();
         if self.firewall_ports.as_ref() == Some(&ports) {
-            return;
+            return Ok(());
         }
-        match firewall.apply(&ports).await {
-            Ok(()) => {
-                info!(ports = ports.len(), "firewall loaded");
-                self.firewall_ports = Some(ports);
-            }
-            Err(e) => {
-                warn!(error = %e, "firewall not updated; retrying on the next pass");
-                self.firewall_ports = None;
-            }
-        }
+        self.firewall_ports = None;
+        firewall.apply(&ports).await?;
+        info!(ports = ports.len(), "firewall loaded");
+        self.firewall_ports = Some(ports);
+        Ok(())
     }
 
     /// Everything the planner needs for a pass over `desired`: containers and tasks, the
