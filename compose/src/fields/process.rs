@@ -172,16 +172,17 @@ pub(crate) fn parse_stop_signal(text: &str) -> Result<i32, FieldError> {
     }
 }
 
-/// Longest `stop_grace_period`: a stop that takes longer holds up updates of the whole device.
-const MAX_GRACE: Duration = Duration::from_secs(3600);
+/// Longest `stop_grace_period`: the reconciler stops containers one after another, so a long
+/// stop holds up every other app's changes on the device.
+const MAX_GRACE: Duration = Duration::from_secs(120);
 
-/// Parse a `stop_grace_period`: a duration of at most one hour.
+/// Parse a `stop_grace_period`: a duration of at most two minutes.
 pub(crate) fn parse_grace_period(text: &str) -> Result<Duration, FieldError> {
     let grace = parse_duration(text)?;
     if grace > MAX_GRACE {
         return Err(FieldError::DurationTooLong {
             text: text.to_string(),
-            max: "1h",
+            max: "2m",
         });
     }
     Ok(grace)

@@ -141,15 +141,15 @@ fn unknown_signals_and_long_grace_periods_are_refused() {
     );
     web_error(
         "    stop_grace_period: 2h\n",
-        "compose.yml:4: services.web.stop_grace_period: \"2h\" is longer than the 1h maximum",
+        "compose.yml:4: services.web.stop_grace_period: \"2h\" is longer than the 2m maximum",
     );
     web_error(
         "    stop_grace_period: soon\n",
         "services.web.stop_grace_period: \"soon\" is not a duration",
     );
     assert_eq!(
-        web("    stop_grace_period: 1h\n").stop_grace_period,
-        Some(Duration::from_secs(3600))
+        web("    stop_grace_period: 2m\n").stop_grace_period,
+        Some(Duration::from_secs(120))
     );
 }
 

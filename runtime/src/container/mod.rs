@@ -765,8 +765,11 @@ pub async fn list_containers(ctr: &Containerd) -> Result<Vec<ObservedContainer>,
         .collect())
 }
 
+/// Longest grace any container gets at shutdown ([`stop_all_tasks`]).
+pub const SHUTDOWN_GRACE_CAP: Duration = Duration::from_secs(45);
+
 /// Stop the task of every app container at once (each with its stop signal, SIGKILL after its
-/// grace period, `grace` when it does not say), keeping the containers. For a shutdown: the
+/// grace period, `grace` when it does not say, at most [`SHUTDOWN_GRACE_CAP`]), keeping the containers. For a shutdown: the
 /// system would otherwise wait for processes that ignore SIGTERM (a container's PID 1 without a
 /// handler does), and then kill them without a grace. Returns how many tasks were stopped.
 ///
@@ -783,7 +786,9 @@ pub async fn stop_all_tasks(ctr: &Containerd, grace: Duration) -> Result<usize, 
                 .is_some_and(|t| t.status != TaskStatus::Stopped)
         })
         .map(|c| {
-            let how = StopWith::from_labels(&c.labels, grace);
+            let mut how = StopWith::from_labels(&c.labels, grace);
+            // Within cairn-apps-stop.service's 60 s, so SIGKILL comes from here, not systemd.
+            how.grace = how.grace.min(SHUTDOWN_GRACE_CAP);
             (c.id, how)
         })
         .collect();
