@@ -4,7 +4,8 @@
 //! Budgets: aliases are expanded into copies, so a few hundred bytes of nested anchors ("billion
 //! laughs") would otherwise make gigabytes. The builder counts every node it creates or copies
 //! (an anchor's stored copy and each alias's expansion) and refuses the document past
-//! [`MAX_NODES`], checking an alias's size before copying it; and no node may sit deeper than
+//! [`MAX_NODES`] or [`MAX_SCALAR_BYTES`] of text, checking an alias's size before copying it;
+//! and no node may sit deeper than
 //! [`MAX_DEPTH`] levels, aliases included, so nothing that walks or drops the tree recurses
 //! without bound.
 
@@ -17,6 +18,11 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 /// file written one `key: value` per line without aliases (about 26,000), and little enough that
 /// hitting it takes milliseconds.
 pub(crate) const MAX_NODES: usize = 30_000;
+
+/// Most bytes of scalar text a document may hold, copies made by aliases included: sixteen
+/// times the largest Compose file, so one long value aliased many times cannot take gigabytes
+/// within the node budget.
+pub(crate) const MAX_SCALAR_BYTES: usize = 1 << 20;
 
 /// Deepest nesting of sequences and mappings, aliases included. Compose needs about 6.
 pub(crate) const MAX_DEPTH: usize = 32;
@@ -118,34 +124,43 @@ struct TreeBuilder {
     anchors: HashMap<usize, (Node, Size)>,
     /// Nodes created or copied so far (see [`MAX_NODES`]).
     nodes: usize,
+    /// Scalar bytes created or copied so far (see [`MAX_SCALAR_BYTES`]).
+    bytes: usize,
     documents: usize,
     second_document_line: usize,
     error: Option<SyntaxError>,
 }
 
-/// A subtree's node count and height (1 for a scalar).
+/// A subtree's node count, scalar bytes and height (1 for a scalar).
 #[derive(Debug, Clone, Copy)]
 struct Size {
     nodes: usize,
+    bytes: usize,
     height: usize,
 }
 
 /// Count a finished subtree. Its height is within [`MAX_DEPTH`], so the recursion is bounded.
 fn size(node: &Node) -> Size {
+    let mut bytes = 0;
     let children: Box<dyn Iterator<Item = &Node>> = match &node.value {
-        Value::Scalar { .. } => Box::new(std::iter::empty()),
+        Value::Scalar { text, .. } => {
+            bytes = text.len();
+            Box::new(std::iter::empty())
+        }
         Value::Seq(items) => Box::new(items.iter()),
         Value::Map(entries) => Box::new(entries.iter().flat_map(|(k, v)| [k, v])),
     };
     children.fold(
         Size {
             nodes: 1,
+            bytes,
             height: 1,
         },
         |acc, child| {
             let child = size(child);
             Size {
                 nodes: acc.nodes + child.nodes,
+                bytes: acc.bytes + child.bytes,
                 height: acc.height.max(child.height + 1),
             }
         },
@@ -163,9 +178,21 @@ impl TreeBuilder {
         }
     }
 
-    /// Count `nodes` more against [`MAX_NODES`]; false (and the error recorded) past it.
-    fn spend(&mut self, nodes: usize, mark: Marker) -> bool {
+    /// Count `nodes` and `bytes` of scalar text more against [`MAX_NODES`] and
+    /// [`MAX_SCALAR_BYTES`]; false (and the error recorded) past either.
+    fn spend(&mut self, nodes: usize, bytes: usize, mark: Marker) -> bool {
         self.nodes = self.nodes.saturating_add(nodes);
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > MAX_SCALAR_BYTES {
+            self.fail(
+                mark,
+                format!(
+                    "the YAML expands to more than {} MiB of text (a long value aliased many times?); write the repeated parts out or drop the aliases",
+                    MAX_SCALAR_BYTES >> 20
+                ),
+            );
+            return false;
+        }
         if self.nodes > MAX_NODES {
             self.fail(
                 mark,
@@ -197,7 +224,7 @@ impl TreeBuilder {
         if anchor > 0 {
             let size = size(&node);
             // The stored copy costs as much as the node itself.
-            if !self.spend(size.nodes, mark) {
+            if !self.spend(size.nodes, size.bytes, mark) {
                 return;
             }
             self.anchors.insert(anchor, (node.clone(), size));
@@ -314,7 +341,7 @@ impl MarkedEventReceiver for TreeBuilder {
                 if let Some(msg) = reject_tag(&tag) {
                     return self.fail(mark, msg);
                 }
-                if !self.spend(1, mark) {
+                if !self.spend(1, text.len(), mark) {
                     return;
                 }
                 let quoted = !matches!(style, TScalarStyle::Plain);
@@ -329,7 +356,7 @@ impl MarkedEventReceiver for TreeBuilder {
                 if let Some(msg) = reject_tag(&tag) {
                     return self.fail(mark, msg);
                 }
-                if !self.within_depth(1, mark) || !self.spend(1, mark) {
+                if !self.within_depth(1, mark) || !self.spend(1, 0, mark) {
                     return;
                 }
                 let node = Node {
@@ -343,7 +370,7 @@ impl MarkedEventReceiver for TreeBuilder {
                 if let Some(msg) = reject_tag(&tag) {
                     return self.fail(mark, msg);
                 }
-                if !self.within_depth(1, mark) || !self.spend(1, mark) {
+                if !self.within_depth(1, mark) || !self.spend(1, 0, mark) {
                     return;
                 }
                 let node = Node {
@@ -368,7 +395,9 @@ impl MarkedEventReceiver for TreeBuilder {
                     return self.fail(mark, "alias to an unknown anchor".to_string());
                 };
                 // Checked before the copy is made.
-                if !self.within_depth(size.height, mark) || !self.spend(size.nodes, mark) {
+                if !self.within_depth(size.height, mark)
+                    || !self.spend(size.nodes, size.bytes, mark)
+                {
                     return;
                 }
                 let mut node = self.anchors[&id].0.clone();
@@ -448,6 +477,18 @@ mod tests {
         assert!(started.elapsed() < std::time::Duration::from_millis(100));
         // Small expansions are still fine.
         assert!(parse_document(&laughs(3)).is_ok());
+    }
+
+    #[test]
+    fn a_long_value_aliased_many_times_is_refused_by_its_bytes() {
+        // 30 KB once, then 3 x 10 copies: far under the node budget, 30 MB of text.
+        let mut doc = format!("a0: &a0 {}\n", "x".repeat(30_000));
+        for i in 1..=3 {
+            let prev = format!("*a{}", i - 1);
+            doc.push_str(&format!("a{i}: &a{i} [{}]\n", [prev.as_str(); 10].join(", ")));
+        }
+        let err = parse_document(&doc).unwrap_err();
+        assert!(err.message.contains("MiB of text"), "{err:?}");
     }
 
     #[test]
