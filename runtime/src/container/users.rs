@@ -107,6 +107,11 @@ struct GroupEntry {
     members: Vec<String>,
 }
 
+/// A uid or gid field within runc's range (4294967295 means "no change" to the kernel).
+fn id(field: &str) -> Option<u32> {
+    field.trim().parse().ok().filter(|n| *n <= MAX_ID)
+}
+
 /// Entries of `/etc/passwd` text (`name:password:uid:gid:gecos:home:shell`); comments and lines
 /// that do not parse are skipped, as C libraries and runc do.
 fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry> + '_ {
@@ -118,8 +123,8 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry> + '_ {
         let mut fields = line.split(':');
         let name = fields.next()?.trim();
         let _password = fields.next()?;
-        let uid = fields.next()?.trim().parse().ok()?;
-        let gid = fields.next()?.trim().parse().ok()?;
+        let uid = id(fields.next()?)?;
+        let gid = id(fields.next()?)?;
         (!name.is_empty()).then(|| PasswdEntry {
             name: name.to_string(),
             uid,
@@ -138,7 +143,7 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry> + '_ {
         let mut fields = line.split(':');
         let name = fields.next()?.trim();
         let _password = fields.next()?;
-        let gid = fields.next()?.trim().parse().ok()?;
+        let gid = id(fields.next()?)?;
         let members = fields
             .next()
             .unwrap_or("")
@@ -154,6 +159,10 @@ fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry> + '_ {
         })
     })
 }
+
+/// Most groups a container process gets (the primary one included); a hostile `/etc/group`
+/// could otherwise list the user in thousands.
+const MAX_GROUPS: usize = 64;
 
 /// `Some(n)` when `text` is a number, checked against runc's range.
 fn number(text: &str, kind: &'static str) -> Result<Option<u32>, UserError> {
@@ -239,9 +248,13 @@ pub(crate) fn resolve(
             entry.as_ref().map_or(uid, |e| e.gid)
         }
     };
+    let mut seen = std::collections::HashSet::from([gid]);
     let mut additional_gids = vec![gid];
     for g in additional {
-        if !additional_gids.contains(&g) {
+        if additional_gids.len() >= MAX_GROUPS {
+            break;
+        }
+        if seen.insert(g) {
             additional_gids.push(g);
         }
     }
@@ -273,6 +286,19 @@ mod tests {
 
     fn resolve_in_image(spec: &str) -> Result<ResolvedUser, UserError> {
         resolve(spec, Some(PASSWD), Some(GROUP))
+    }
+
+    #[test]
+    fn out_of_range_ids_are_skipped_and_groups_are_capped() {
+        let passwd = "bad:x:4294967295:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n";
+        let err = resolve("bad", Some(passwd), None).unwrap_err();
+        assert!(err.to_string().contains("bad"), "{err}");
+        let group: String = (0..5000)
+            .map(|g| format!("g{g}:x:{}:app\n", 2000 + g))
+            .collect();
+        let user = resolve("app", Some(passwd), Some(&group)).unwrap();
+        assert_eq!(user.additional_gids.len(), MAX_GROUPS);
+        assert_eq!(user.additional_gids[0], 1000);
     }
 
     #[test]
