@@ -485,7 +485,10 @@ mod tests {
         let mut doc = format!("a0: &a0 {}\n", "x".repeat(30_000));
         for i in 1..=3 {
             let prev = format!("*a{}", i - 1);
-            doc.push_str(&format!("a{i}: &a{i} [{}]\n", [prev.as_str(); 10].join(", ")));
+            doc.push_str(&format!(
+                "a{i}: &a{i} [{}]\n",
+                [prev.as_str(); 10].join(", ")
+            ));
         }
         let err = parse_document(&doc).unwrap_err();
         assert!(err.message.contains("MiB of text"), "{err:?}");
