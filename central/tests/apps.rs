@@ -384,6 +384,36 @@ async fn host_devices_and_extra_capabilities_need_a_label_on_the_device_or_its_s
     );
     let (status, body) = put(&central, &token, &id, "net", admin);
     assert_eq!(status, 201, "{body}");
+
+    // While the apps run, the labels that allow them cannot be taken away.
+    let (status, body) = central.call(
+        &token,
+        "PUT",
+        &format!("/api/v1/devices/{id}/labels"),
+        Some(json!({ "labels": {} })),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(error_message(&body).contains("\"serial\""), "{body}");
+    let (status, body) = central.call(
+        &token,
+        "PUT",
+        "/api/v1/sites/plant",
+        Some(json!({ "latitude": 47.0, "longitude": 8.0, "labels": {} })),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(error_message(&body).contains("\"net\""), "{body}");
+    let (status, body) = central.call(
+        &token,
+        "PUT",
+        &format!("/api/v1/devices/{id}/site"),
+        Some(json!({ "site": null })),
+    );
+    assert_eq!(status, 409, "{body}");
+    let labels: Value = central.admin_call("GET", &format!("/api/v1/devices/{id}"), None);
+    assert_eq!(
+        labels["device"]["labels"]["cairn.allow/devices"], "/dev/ttyUSB*",
+        "the refused change was rolled back: {labels}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

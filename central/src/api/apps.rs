@@ -22,7 +22,8 @@ use super::{ApiError, Caller, ValidJson};
 use crate::grpc::desired_state;
 use crate::placement::privileges;
 use crate::store::apps::{self, DesiredApp};
-use crate::store::{audit, deployments, devices, sites, DeviceStatus, Role, Timestamp};
+use crate::store::db::Connection;
+use crate::store::{audit, deployments, devices, sites, DeviceStatus, Role, StoreError, Timestamp};
 use crate::Shared;
 
 type St = State<Arc<Shared>>;
@@ -62,6 +63,42 @@ fn parse_app(name: &str, compose_yaml: &str) -> Result<Privileges, ApiError> {
         )));
     }
     Ok(spec.privileges())
+}
+
+/// After a change of labels or sites in `tx`: the first operator app on `device_ids` that asks
+/// for a host device or capability its device's labels and its site's no longer allow, as the
+/// conflict to answer (the change is then rolled back). Deployments need no check: the
+/// scheduler moves their apps off such devices.
+pub(super) fn privileges_lost(
+    tx: &Connection,
+    device_ids: &[String],
+) -> Result<Option<ApiError>, StoreError> {
+    for id in device_ids {
+        let Some(device) = devices::get(tx, id)? else {
+            continue;
+        };
+        let site_labels = match device.site.as_deref() {
+            Some(site) => sites::get(tx, site)?.map(|s| s.labels).unwrap_or_default(),
+            None => Default::default(),
+        };
+        for app in apps::list(tx, id)?
+            .into_iter()
+            .filter(|a| a.deployment.is_none())
+        {
+            let Ok(spec) = AppSpec::parse(COMPOSE_LABEL, &app.name, &app.compose_yaml) else {
+                continue;
+            };
+            if let Some(why) =
+                privileges::denied(&spec.privileges(), &[&device.labels, &site_labels])
+            {
+                return Ok(Some(ApiError::Conflict(format!(
+                    "device {id} runs app {:?}, which would lose what it uses: {why}; remove the app first (cairnctl app rm) or keep the label",
+                    app.name
+                ))));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// What a deploy did.

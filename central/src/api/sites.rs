@@ -13,6 +13,7 @@ use cairn_api::{
     SetDeviceSite, SiteList, SiteReply, SiteWithCount, SiteWithDevices, UpdateSite,
 };
 
+use super::apps::privileges_lost;
 use super::routes::load_device;
 use super::{change_and_place, ApiError, Caller, ValidJson};
 use crate::placement::geo::{self, Point, PointGeo};
@@ -151,6 +152,9 @@ pub(super) async fn create_site(
                 &format!("site={}", site.name),
             )?;
         }
+        if let Some(conflict) = privileges_lost(tx, &body.devices)? {
+            return Ok(Err(conflict));
+        }
         Ok(Ok(site))
     })
     .await?;
@@ -199,6 +203,7 @@ pub(super) async fn show_site(
         (status = 400, description = "A bad label or location"),
         (status = 403, description = "Needs the operator role"),
         (status = 404, description = "No such site"),
+        (status = 409, description = "An operator app at the site uses a host device or capability the new labels no longer allow"),
     )
 )]
 pub(super) async fn update_site(
@@ -217,6 +222,9 @@ pub(super) async fn update_site(
                 "no site with this name; create it with POST /api/v1/sites".into(),
             )));
         };
+        if let Some(conflict) = privileges_lost(tx, &sites::device_ids(tx, &name)?)? {
+            return Ok(Err(conflict));
+        }
         audit::record(
             tx,
             &actor,
@@ -415,6 +423,7 @@ pub(super) async fn delete_region(
         (status = 400, description = "No such site"),
         (status = 403, description = "Needs the operator role"),
         (status = 404, description = "No such device"),
+        (status = 409, description = "An operator app on the device uses a host device or capability the new site's labels no longer allow"),
     )
 )]
 pub(super) async fn set_device_site(
@@ -436,6 +445,9 @@ pub(super) async fn set_device_site(
         }
         if !sites::set_device_site(tx, &id, body.site.as_deref())? {
             return Ok(Err(ApiError::NotFound("no device with this id".into())));
+        }
+        if let Some(conflict) = privileges_lost(tx, std::slice::from_ref(&id))? {
+            return Ok(Err(conflict));
         }
         let detail = format!("site={}", body.site.as_deref().unwrap_or("(none)"));
         audit::record(tx, &actor, "device.site", &id, &detail)?;
@@ -460,6 +472,7 @@ pub(super) async fn set_device_site(
         (status = 400, description = "A bad label"),
         (status = 403, description = "Needs the operator role"),
         (status = 404, description = "No such device"),
+        (status = 409, description = "An operator app on the device uses a host device or capability the new labels no longer allow"),
     )
 )]
 pub(super) async fn set_device_labels(
@@ -475,6 +488,9 @@ pub(super) async fn set_device_labels(
     change_and_place(&shared, move |tx| {
         if !sites::set_device_labels(tx, &id, &body.labels)? {
             return Ok(Err(ApiError::NotFound("no device with this id".into())));
+        }
+        if let Some(conflict) = privileges_lost(tx, std::slice::from_ref(&id))? {
+            return Ok(Err(conflict));
         }
         let keys: Vec<&str> = body.labels.keys().map(String::as_str).collect();
         audit::record(
