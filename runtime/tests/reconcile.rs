@@ -397,8 +397,13 @@ services:
     assert!(env.ctr.list_images(&[]).await.unwrap().is_empty());
 }
 
-/// When `path` was last written.
+/// When `path` was last written, waiting up to 10 s for it: a service reported running may
+/// not have written its file yet.
 fn mtime(path: &Path) -> SystemTime {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::fs::metadata(path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -547,12 +552,12 @@ services:
     // Promptly: a health change or an exit is acted on within a few probe intervals or ticks.
     let lag = |later: SystemTime, earlier: SystemTime| later.duration_since(earlier).unwrap();
     assert!(
-        lag(web_started, ready) < Duration::from_secs(3),
+        lag(web_started, ready) < Duration::from_secs(5),
         "web started {:?} after db's file",
         lag(web_started, ready)
     );
     assert!(
-        lag(api_started, migrate_exited) < Duration::from_secs(3),
+        lag(api_started, migrate_exited) < Duration::from_secs(5),
         "api started {:?} after migrate exited",
         lag(api_started, migrate_exited)
     );
