@@ -872,12 +872,7 @@ impl<'a> Planner<'a> {
     /// wake-up is set for when it is not).
     fn create_waits(&mut self, id: &str) -> Option<&'a StartFailures> {
         let failures = self.observed.start_failures.get(id)?;
-        let delay = self
-            .timing
-            .backoff
-            .delay(failures.count.saturating_sub(1))
-            .max(MIN_START_RETRY);
-        let at = failures.last_at + delay;
+        let at = self.retry_at(failures);
         if self.now.mono >= at {
             return None;
         }
@@ -887,15 +882,18 @@ impl<'a> Planner<'a> {
 
     /// Whether the container's last start failed too recently to try again.
     fn start_waits(&self, c: &Container<'_>) -> bool {
-        let Some(failures) = self.failed_starts(c) else {
-            return false;
-        };
+        self.failed_starts(c)
+            .is_some_and(|failures| self.now.mono < self.retry_at(failures))
+    }
+
+    /// When a container that failed to be created or started may be tried again.
+    fn retry_at(&self, failures: &StartFailures) -> Instant {
         let delay = self
             .timing
             .backoff
             .delay(failures.count.saturating_sub(1))
             .max(MIN_START_RETRY);
-        self.now.mono < failures.last_at + delay
+        failures.last_at + delay
     }
 
     /// The status of a container's service with its health, starting a probe for a running
