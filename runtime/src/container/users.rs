@@ -112,9 +112,9 @@ fn id(field: &str) -> Option<u32> {
     field.trim().parse().ok().filter(|n| *n <= MAX_ID)
 }
 
-/// Entries of `/etc/passwd` text (`name:password:uid:gid:gecos:home:shell`); comments and lines
-/// that do not parse are skipped, as C libraries and runc do.
-fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry> + '_ {
+/// The name and the fields after the password of each record of `/etc/passwd` or `/etc/group`
+/// text; empty lines, comments and lines without a password field are skipped.
+fn records(text: &str) -> impl Iterator<Item = (&str, std::str::Split<'_, char>)> + '_ {
     text.lines().filter_map(|line| {
         let line = line.trim_end_matches('\r');
         if line.is_empty() || line.starts_with('#') {
@@ -123,6 +123,14 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry> + '_ {
         let mut fields = line.split(':');
         let name = fields.next()?.trim();
         let _password = fields.next()?;
+        Some((name, fields))
+    })
+}
+
+/// Entries of `/etc/passwd` text (`name:password:uid:gid:gecos:home:shell`); comments and lines
+/// that do not parse are skipped, as C libraries and runc do.
+fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry> + '_ {
+    records(text).filter_map(|(name, mut fields)| {
         let uid = id(fields.next()?)?;
         let gid = id(fields.next()?)?;
         (!name.is_empty()).then(|| PasswdEntry {
@@ -135,14 +143,7 @@ fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry> + '_ {
 
 /// Entries of `/etc/group` text (`name:password:gid:member,member`).
 fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry> + '_ {
-    text.lines().filter_map(|line| {
-        let line = line.trim_end_matches('\r');
-        if line.is_empty() || line.starts_with('#') {
-            return None;
-        }
-        let mut fields = line.split(':');
-        let name = fields.next()?.trim();
-        let _password = fields.next()?;
+    records(text).filter_map(|(name, mut fields)| {
         let gid = id(fields.next()?)?;
         let members = fields
             .next()
