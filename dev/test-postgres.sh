@@ -28,7 +28,8 @@ ssl = off
 EOF
 fi
 if ! pg_lsclusters -h | awk -v c="$cluster" '$2==c {print $4}' | grep -qx online; then
-  pg_ctlcluster "$version" "$cluster" start
+  # Its messages (e.g. "Removed stale pid file.") go to stderr: stdout is only the URL.
+  pg_ctlcluster "$version" "$cluster" start >&2
 fi
 psql_admin() { runuser -u postgres -- psql -qAt -p "$port" -d postgres "$@"; }
 for _ in $(seq 1 50); do psql_admin -c 'SELECT 1' >/dev/null 2>&1 && break; sleep 0.2; done
