@@ -19,7 +19,7 @@ pub(crate) use network::{
 };
 #[cfg(test)]
 pub(crate) use process::NEVER_GRANTED;
-pub use process::{check_sysctl, UserError, ALL_CAPABILITIES};
+pub use process::{check_sysctl, refused_capability, UserError, ALL_CAPABILITIES};
 pub(crate) use process::{
     check_ulimit, parse_capability, parse_grace_period, parse_stop_signal, parse_ulimit_value,
     parse_user, ULIMITS,

@@ -46,8 +46,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use fields::{
-    check_sysctl, refused_host_device, split_command, ContainerPathError, DeviceError, FieldError,
-    NameError, PortError, TmpfsError, UserError, ALL_CAPABILITIES,
+    check_sysctl, refused_capability, refused_host_device, split_command, ContainerPathError,
+    DeviceError, FieldError, NameError, PortError, TmpfsError, UserError, ALL_CAPABILITIES,
 };
 pub use reference::{check_digest, ImageRef, ImageRefError};
 

@@ -252,6 +252,15 @@ pub(crate) const NEVER_GRANTED: &[(&str, &str)] = &[
     ("CAP_AUDIT_CONTROL", "changes or turns off the audit rules of the whole device"),
 ];
 
+/// Why capability `name` (as `CAP_SYS_ADMIN`) is never granted, or `None` when a label may allow
+/// it. The runtime asks again before it grants anything.
+pub fn refused_capability(name: &str) -> Option<&'static str> {
+    NEVER_GRANTED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, reason)| reason)
+}
+
 /// Parse a capability name for `cap_add` (`add`) or `cap_drop`: with or without `CAP_`, any case,
 /// normalized to `CAP_NET_ADMIN`; `ALL` only in `cap_drop`; [`NEVER_GRANTED`] refused in `cap_add`.
 pub(crate) fn parse_capability(text: &str, add: bool) -> Result<String, FieldError> {
@@ -269,8 +278,8 @@ pub(crate) fn parse_capability(text: &str, add: bool) -> Result<String, FieldErr
             name: text.to_string(),
         });
     }
-    match NEVER_GRANTED.iter().find(|(n, _)| *n == name) {
-        Some(&(_, reason)) if add => Err(FieldError::CapabilityRefused { name, reason }),
+    match refused_capability(&name) {
+        Some(reason) if add => Err(FieldError::CapabilityRefused { name, reason }),
         _ => Ok(name),
     }
 }

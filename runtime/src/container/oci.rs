@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use cairn_compose::{NetworkMode, ServiceSpec, ALL_CAPABILITIES, DEFAULT_CAPABILITIES};
+use cairn_compose::{NetworkMode, ServiceSpec, DEFAULT_CAPABILITIES};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
     LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType,
@@ -95,7 +95,8 @@ pub(crate) struct CapabilitySets {
 ///
 /// The bounding set is Docker's (`TweakCapabilities`): the default set without `cap_drop`, plus
 /// `cap_add` (an added capability wins over a dropped one); `cap_drop: [ALL]` leaves only
-/// `cap_add`, `cap_add: [ALL]` is every capability but `cap_drop`.
+/// `cap_add`. The parser's refusals are asked again here, so a spec that did not come through
+/// it still cannot get `cap_add: [ALL]` or a capability that is never granted.
 ///
 /// Root holds its whole bounding set. A non-root user holds none of the default set (as with
 /// Docker, where execve gives a non-root process nothing), but does hold what `cap_add` names:
@@ -108,20 +109,27 @@ pub(crate) fn capability_sets(
     svc: &ServiceSpec,
     uid: u32,
 ) -> Result<CapabilitySets, ContainerError> {
-    let add_all = svc.cap_add.iter().any(|c| is_all(c));
+    if svc.cap_add.iter().any(|c| is_all(c)) {
+        return Err(ContainerError::Spec {
+            reason: "cap_add: ALL is never granted; add the capabilities the service needs by name"
+                .into(),
+        });
+    }
     let drop_all = svc.cap_drop.iter().any(|c| is_all(c));
     let named = |set: &BTreeSet<String>, field| {
         capabilities(set.iter().map(String::as_str).filter(|c| !is_all(c)), field)
     };
     let dropped = named(&svc.cap_drop, "cap_drop")?;
-    let added = if add_all {
-        capabilities(ALL_CAPABILITIES.iter().copied(), "cap_add")?
-    } else {
-        named(&svc.cap_add, "cap_add")?
-    };
-    let bounding: HashSet<Capability> = if add_all {
-        added.difference(&dropped).copied().collect()
-    } else if drop_all {
+    let added = named(&svc.cap_add, "cap_add")?;
+    if let Some((cap, reason)) = added.iter().find_map(|c| {
+        let name = format!("CAP_{c}");
+        cairn_compose::refused_capability(&name).map(|r| (name, r))
+    }) {
+        return Err(ContainerError::Spec {
+            reason: format!("cap_add: {cap} is never granted on Cairn: it {reason}"),
+        });
+    }
+    let bounding: HashSet<Capability> = if drop_all {
         added.clone()
     } else {
         default_capabilities()?
@@ -550,7 +558,7 @@ pub(crate) fn exec_process(container: &Spec, argv: Vec<String>) -> Process {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cairn_compose::AppSpec;
+    use cairn_compose::{AppSpec, ALL_CAPABILITIES};
 
     fn service(yaml: &str) -> ServiceSpec {
         AppSpec::parse("c.yml", "app", yaml)
@@ -817,13 +825,17 @@ mod tests {
         let json = spec_json_as(&svc, &image(), &ResolvedUser::root());
         assert_eq!(cap_set(&json, "bounding"), sorted(DEFAULT_CAPABILITIES));
 
-        // ALL in cap_add: every capability but the dropped ones.
+        // What the parser refuses is refused here too, for a spec that did not come through it.
         svc.cap_add = ["ALL".to_string()].into();
         svc.cap_drop = ["CAP_SYS_MODULE".to_string()].into();
-        let json = spec_json_as(&svc, &image(), &ResolvedUser::root());
-        let bounding = cap_set(&json, "bounding");
-        assert_eq!(bounding.len(), ALL_CAPABILITIES.len() - 1);
-        assert!(!bounding.contains(&"CAP_SYS_MODULE".to_string()));
+        let err = spec_error(&svc);
+        assert!(err.contains("cap_add: ALL is never granted"), "{err}");
+        svc.cap_add = ["sys_admin".to_string()].into();
+        let err = spec_error(&svc);
+        assert!(
+            err.contains("cap_add: CAP_SYS_ADMIN is never granted on Cairn: it is the catch-all"),
+            "{err}"
+        );
 
         svc.cap_add = ["CAP_TELEPORT".to_string()].into();
         svc.cap_drop.clear();
