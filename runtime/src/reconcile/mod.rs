@@ -153,6 +153,9 @@ pub struct Reconciler {
     firewall_ports: Option<BTreeSet<PublishedPort>>,
     /// Notified by probes when a service's health changes.
     health_changed: Arc<Notify>,
+    /// Whether the OOM killer ended each stopped task, by container and exit time: read from
+    /// its cgroup once per exit, not on every pass while it stays stopped.
+    oom_by_exit: HashMap<String, (Option<SystemTime>, bool)>,
 }
 
 impl Reconciler {
@@ -168,6 +171,7 @@ impl Reconciler {
             held_apps: HashSet::new(),
             app_ports: HashMap::new(),
             health_changed: Arc::new(Notify::new()),
+            oom_by_exit: HashMap::new(),
             ctr,
             cfg,
         }
@@ -274,12 +278,17 @@ impl Reconciler {
     ) -> Result<Observed, ContainerError> {
         let mut containers = container::list_containers(&self.ctr).await?;
         let runtime = &self.cfg.runtime;
+        let mut oom_by_exit = HashMap::new();
         for c in &mut containers {
             if let Some(task) = c.task.as_mut().filter(|t| t.status == TaskStatus::Stopped) {
-                task.oom_killed =
-                    cgroup::oom_killed(&runtime.cgroup_root, &runtime.cgroup_parent, &c.id);
+                task.oom_killed = match self.oom_by_exit.get(&c.id) {
+                    Some(&(exited_at, killed)) if exited_at == task.exited_at => killed,
+                    _ => cgroup::oom_killed(&runtime.cgroup_root, &runtime.cgroup_parent, &c.id),
+                };
+                oom_by_exit.insert(c.id.clone(), (task.exited_at, task.oom_killed));
             }
         }
+        self.oom_by_exit = oom_by_exit;
         let mut networks = HashMap::new();
         for app in desired.iter().filter(|a| plan::needs_network(&a.spec)) {
             let name = &app.spec.name;
