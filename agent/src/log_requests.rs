@@ -1,5 +1,5 @@
 //! Answers central's `LogRequest`s: the last lines of an app service's log file (written by the
-//! containerd shim, see [`cairn_runtime::container::RuntimeConfig::log_path`], rotated copies
+//! log writer the containerd shim starts, see [`cairn_runtime::container::RuntimeConfig::log_path`], rotated copies
 //! included) or of the agent's own journal unit (`journalctl -u cairn-agent`).
 //!
 //! Replies stay under [`cairn_proto::MAX_LOG_REPLY_BYTES`]: the oldest lines are cut first and

@@ -87,6 +87,12 @@ enum Command {
         )]
         config: PathBuf,
     },
+    /// Run by containerd's shim for each app task, not by hand: copy the task's output (fds 3
+    /// and 4) into its service's log, rotated before it passes its size limit.
+    WriteLog {
+        /// `<max_bytes>,<keep>,<log file>`, written by the agent into the task's log URI.
+        spec: String,
+    },
     /// Print the hardware facts the agent would send, as JSON.
     Facts {
         /// Agent config file (TOML).
@@ -166,6 +172,13 @@ fn boot(config: &std::path::Path, command: BootCommand) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = match cli.command {
+        // One per running container: no logging set-up and no tokio runtime.
+        Command::WriteLog { spec } => {
+            return cairn_runtime::container::write_log(&spec).context("cannot write a task's log");
+        }
+        command => command,
+    };
     let output = cairn_agent::logging::init();
     tracing::debug!(?output, "logging set up");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -173,7 +186,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    match cli.command {
+    match command {
         Command::Run { config } => {
             let config = AgentConfig::load(&config)?;
             runtime.block_on(run(config))
@@ -226,6 +239,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::WriteLog { .. } => unreachable!("handled above"),
         Command::Facts { config } => {
             let config = AgentConfig::load(&config)?;
             let facts = HardwareFacts::gather(&config, &choose_storage(&config))?;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use cairn_compose::AppSpec;
-use cairn_runtime::container::{self, ContainerError, NewContainer, RuntimeConfig, TaskStatus};
+use cairn_runtime::container::{self, ContainerError, NewContainer, TaskStatus};
 use cairn_runtime::image::{no_progress, pull_image, PullOptions};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,8 +38,7 @@ secrets:
 "#
         );
         let app = AppSpec::parse("compose.yml", "lifecycle", &yaml).unwrap();
-        let mut cfg = RuntimeConfig::new(env.containerd.scratch_dir("data"));
-        cfg.runc_root = Some(env.containerd.runc_root());
+        let mut cfg = common::runtime_config(&env);
         cfg.stop_grace = Duration::from_millis(500);
         let secrets = BTreeMap::from([("token".to_string(), b"s3cret".to_vec())]);
         let new = NewContainer {
@@ -55,7 +54,7 @@ secrets:
         let id = container::create_container(&env.ctr, &cfg, &new).await.unwrap();
         assert_eq!(id, "lifecycle_worker");
         let log = cfg.log_path("lifecycle", "worker");
-        let pid = container::start_task(&env.ctr, &cfg, &id, &log).await.unwrap();
+        let pid = container::start_task(&env.ctr, &cfg, &id, &cfg.service_log("lifecycle", "worker", &Default::default())).await.unwrap();
         assert!(pid > 0);
         assert!(cfg.runc_root.as_ref().unwrap().join("cairn").join(&id).exists(), "runc state under the configured root");
 
@@ -142,7 +141,7 @@ secrets:
         assert!(container::task_state(&env.ctr, &id).await.unwrap().is_none());
 
         // Start again on the same container, then remove everything.
-        let pid2 = container::start_task(&env.ctr, &cfg, &id, &log).await.unwrap();
+        let pid2 = container::start_task(&env.ctr, &cfg, &id, &cfg.service_log("lifecycle", "worker", &Default::default())).await.unwrap();
         assert_ne!(pid2, pid);
         // A shutdown stops every app task (the grace first: this one ignores SIGTERM) and keeps
         // the container for the next boot.
@@ -164,7 +163,7 @@ secrets:
         // A record without its snapshot (an interrupted create) is reported as broken.
         let id = container::create_container(&env.ctr, &cfg, &new).await.unwrap();
         env.ctr.remove_snapshot(&id).await.unwrap();
-        let err = container::start_task(&env.ctr, &cfg, &id, &log).await.unwrap_err();
+        let err = container::start_task(&env.ctr, &cfg, &id, &cfg.service_log("lifecycle", "worker", &Default::default())).await.unwrap_err();
         assert!(matches!(err, ContainerError::BadRecord { .. }), "{err}");
         container::remove_container(&env.ctr, &id, Duration::from_millis(200)).await.unwrap();
         assert!(container::list_containers(&env.ctr).await.unwrap().is_empty());

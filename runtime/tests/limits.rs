@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use cairn_compose::{AppSpec, ResourceLimits};
 use cairn_runtime::cgroup::{self, AppsCeiling};
-use cairn_runtime::container::RuntimeConfig;
 use cairn_runtime::reconcile::{DesiredApp, Reconciler, ReconcilerConfig, ServiceState};
 
 /// Memory all apps of this test may use together.
@@ -72,8 +71,7 @@ async fn a_fork_bomb_and_a_memory_hog_are_contained_and_reported() {
     let host = env.registry.host();
     common::push_box(&env).await;
     let parent = format!("cairn-limits-{}", std::process::id());
-    let mut runtime = RuntimeConfig::new(env.containerd.scratch_dir("data"));
-    runtime.runc_root = Some(env.containerd.runc_root());
+    let mut runtime = common::runtime_config(&env);
     runtime.stop_grace = Duration::from_secs(1);
     runtime.cgroup_parent = format!("/{parent}");
     // Above the ceiling, so the ceiling is what stops the hog; the calm service shows them.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cairn_compose::AppSpec;
-use cairn_runtime::container::{self, RuntimeConfig};
+use cairn_runtime::container;
 use cairn_runtime::network::{Networks, CONTAINER_IFNAME};
 use cairn_runtime::reconcile::{
     DesiredApp, Reconciler, ReconcilerConfig, ServiceState, ServiceStatus,
@@ -22,8 +22,7 @@ use cairn_testsupport::free_port;
 const APP: &str = "chat";
 
 fn config(env: &common::Env) -> ReconcilerConfig {
-    let mut runtime = RuntimeConfig::new(env.containerd.scratch_dir("data"));
-    runtime.runc_root = Some(env.containerd.runc_root());
+    let mut runtime = common::runtime_config(env);
     runtime.stop_grace = Duration::from_secs(1);
     runtime.network = common::network_config(&env.containerd);
     let mut cfg = ReconcilerConfig::new(runtime);

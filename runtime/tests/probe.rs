@@ -7,7 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use cairn_compose::AppSpec;
-use cairn_runtime::container::RuntimeConfig;
 use cairn_runtime::reconcile::{DesiredApp, Reconciler, ReconcilerConfig, ServiceState};
 
 /// Errno values the probe prints.
@@ -37,8 +36,7 @@ async fn every_escape_the_probe_tries_is_refused() {
     )
     .await;
     let image = format!("{host}/cairn/probe:1");
-    let mut runtime = RuntimeConfig::new(env.containerd.scratch_dir("data"));
-    runtime.runc_root = Some(env.containerd.runc_root());
+    let mut runtime = common::runtime_config(&env);
     runtime.stop_grace = Duration::from_secs(1);
     let log = runtime.log_path("escape", "main");
     let mut cfg = ReconcilerConfig::new(runtime);

@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cairn_compose::{AppSpec, DependsOn};
-use cairn_runtime::container::{self, RuntimeConfig, LABEL_STARTED_AT};
+use cairn_runtime::container::{self, LABEL_STARTED_AT};
 use cairn_runtime::reconcile::{
     Backoff, DesiredApp, Health, Reconciler, ReconcilerConfig, ServiceState, ServiceStatus,
 };
 use cairn_testsupport::free_port;
 
 fn config(env: &common::Env) -> ReconcilerConfig {
-    let mut runtime = RuntimeConfig::new(env.containerd.scratch_dir("data"));
-    runtime.runc_root = Some(env.containerd.runc_root());
+    let mut runtime = common::runtime_config(env);
     runtime.stop_grace = Duration::from_secs(1);
     runtime.network = common::network_config(&env.containerd);
     let mut cfg = ReconcilerConfig::new(runtime);

@@ -25,7 +25,7 @@ pub fn demo_app(marker: &str) -> String {
     restart: always
   client:
     image: {image}
-    command: ["sh", "-c", "[ -f /state/marker ] || echo {marker} > /state/marker; trap 'exit 0' TERM; while true; do sleep 1; done"]
+    command: ["sh", "-c", "echo client up {marker}; [ -f /state/marker ] || echo {marker} > /state/marker; trap 'exit 0' TERM; while true; do sleep 1; done"]
     volumes: ["state:/state"]
     restart: always
     healthcheck:

@@ -532,6 +532,22 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let deploy_started = Instant::now();
     fleet.deploy(&id, &marker);
     let apps = fleet.wait_app_healthy(&id, &mut guest, "first boot");
+    // What the client printed reached its log through the agent's log writer, which the shim
+    // in the guest ran (`cairn-agent write-log`).
+    let (status, body) = fleet.runtime.block_on(async {
+        fleet.central.call(
+            &fleet.central.admin,
+            "GET",
+            &format!("/api/v1/devices/{id}/logs?app=demo&service=client&lines=20"),
+            None,
+        )
+    });
+    assert_eq!(status, 200, "{body}");
+    let client_log: DeviceLogs = read("GET", "logs", body);
+    assert!(
+        client_log.text.contains(&format!("client up {marker}")),
+        "the client's output is not in its log: {client_log:?}"
+    );
     fleet.assert_lan_reaches_only_published_ports(&id, &mut guest, "first boot");
     eprintln!(
         "BENCH qemu_app_deploy_to_healthy_s={:.1}",

@@ -89,6 +89,7 @@ impl InProcessAgent {
             plain_http_registries: Vec::new(),
             // Never on a build host: the table would drop the host's own inbound traffic.
             firewall: false,
+            log_writer: Some(env!("CARGO_BIN_EXE_cairn-agent").into()),
         };
         let sink = AppsSink::start(&config.apps, &config.state_dir);
         let timeline = Arc::new(Mutex::new(Timeline::default()));

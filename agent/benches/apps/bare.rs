@@ -107,9 +107,14 @@ pub async fn bare_start(
                     .write_app_hosts(&spec, net, &cfg.app_hosts_path(app))
                     .map_err(|e| e.to_string())?;
             }
-            container::start_task(ctr, &cfg, &id, &cfg.log_path(app, name))
-                .await
-                .map_err(|e| e.to_string())?;
+            container::start_task(
+                ctr,
+                &cfg,
+                &id,
+                &cfg.service_log(app, name, &Default::default()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
         }
         Ok::<_, String>(started.elapsed())
     }

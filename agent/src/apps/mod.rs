@@ -146,6 +146,7 @@ impl AppsSink {
     ) -> Arc<AppsSink> {
         let mut runtime = RuntimeConfig::new(config.data_dir(state_dir));
         runtime.runc_root = config.runc_root.clone();
+        runtime.log_writer = config.log_writer();
         let ceiling = machine_ceiling();
         if let Ok(ceiling) = &ceiling {
             let cpus = std::thread::available_parallelism().map_or(1, usize::from);

@@ -34,6 +34,9 @@ pub struct AppsConfig {
     /// ports: inbound only what apps publish, no forwarding into app networks. Off by default
     /// so the agent never changes a host's firewall unasked; the device image turns it on.
     pub firewall: bool,
+    /// The program containerd's shim runs as each task's log writer (`<program> write-log
+    /// <spec>`); default: this agent's own binary.
+    pub log_writer: Option<PathBuf>,
 }
 
 impl Default for AppsConfig {
@@ -46,6 +49,7 @@ impl Default for AppsConfig {
             reconcile_interval_ms: 1_000,
             plain_http_registries: Vec::new(),
             firewall: false,
+            log_writer: None,
         }
     }
 }
@@ -69,6 +73,9 @@ impl AppsConfig {
         }
         if let Some(dir) = &self.runc_root {
             absolute("apps.runc_root", dir)?;
+        }
+        if let Some(program) = &self.log_writer {
+            absolute("apps.log_writer", program)?;
         }
         if let Some(bad) = self
             .plain_http_registries
@@ -94,6 +101,24 @@ impl AppsConfig {
         self.data_dir
             .clone()
             .unwrap_or_else(|| state_dir.join("apps"))
+    }
+
+    /// The log writer: `log_writer`, else the running agent's binary (as it was installed,
+    /// should a rebuild have replaced it), else where the image installs it.
+    pub fn log_writer(&self) -> PathBuf {
+        if let Some(program) = &self.log_writer {
+            return program.clone();
+        }
+        match std::env::current_exe() {
+            Ok(exe) => {
+                let text = exe.to_string_lossy();
+                match text.strip_suffix(" (deleted)") {
+                    Some(installed) => PathBuf::from(installed),
+                    None => exe,
+                }
+            }
+            Err(_) => PathBuf::from(cairn_runtime::container::DEFAULT_LOG_WRITER),
+        }
     }
 
     /// Longest time between reconcile passes.

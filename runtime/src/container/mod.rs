@@ -39,9 +39,14 @@ use crate::containerd::{call, Containerd, ContainerdError};
 use crate::image::ImageInfo;
 use crate::network::NetworkConfig;
 
-pub use logs::{rotate_at, rotate_log, MAX_LOG_FILES, MIN_LOG_BYTES};
+pub use logs::{
+    log_uri, write_log, LogWriterError, RotatingLog, ServiceLog, MAX_LOG_FILES, MIN_LOG_BYTES,
+};
 pub use task::{exec, start_task, task_state, TaskState, TaskStatus};
 pub use users::{UserDb, UserError};
+
+/// Where the agent's binary, the log writer on a device, is installed in the OS image.
+pub const DEFAULT_LOG_WRITER: &str = "/usr/bin/cairn-agent";
 
 /// Label: the app a container belongs to.
 pub const LABEL_APP: &str = "cairn.app";
@@ -182,7 +187,8 @@ pub struct RuntimeConfig {
     /// Time between the stop signal and SIGKILL when stopping a container whose service did not
     /// set `stop_grace_period`.
     pub stop_grace: Duration,
-    /// A log file larger than this is rotated (unless the service's `logging` says otherwise).
+    /// Most bytes of a log file (unless the service's `logging` says otherwise); the file is
+    /// rotated before it would grow larger.
     pub log_max_bytes: u64,
     /// Rotated log files kept (`<service>.log.1` ... `.N`; unless the service's `logging` says
     /// otherwise).
@@ -198,6 +204,9 @@ pub struct RuntimeConfig {
     /// limit, OOM order, default limits), as the baseline the confined start is compared with.
     /// No configuration file reaches it; the agent never sets it.
     pub unconfined_for_benchmark: bool,
+    /// The program containerd's shim runs as each task's log writer, as
+    /// `<log_writer> write-log <spec>` (see `logs.rs`): the agent's own binary on a device.
+    pub log_writer: PathBuf,
     /// App networks (subnet pool, CNI plugins, namespace and lease dirs).
     pub network: NetworkConfig,
 }
@@ -220,6 +229,7 @@ impl RuntimeConfig {
             log_max_service_bytes: 100 << 20,
             default_limits: ResourceLimits::default(),
             unconfined_for_benchmark: false,
+            log_writer: DEFAULT_LOG_WRITER.into(),
         }
     }
 
@@ -254,6 +264,14 @@ impl RuntimeConfig {
         self.app_dir(app).join("volumes").join(volume)
     }
 
+    /// The log of a service with `logging` limits `limits`: its file and rotation.
+    pub fn service_log(&self, app: &str, service: &str, limits: &LogLimits) -> ServiceLog {
+        ServiceLog {
+            path: self.log_path(app, service),
+            rotation: self.log_rotation(limits),
+        }
+    }
+
     /// Log file of a service (rotated copies get `.1`, `.2`, ...).
     pub fn log_path(&self, app: &str, service: &str) -> PathBuf {
         self.app_dir(app)
@@ -283,10 +301,10 @@ impl RuntimeConfig {
     }
 }
 
-/// How a service's log is rotated (see [`rotate_log`]).
+/// How a service's log is rotated (see [`RotatingLog`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogRotation {
-    /// Rotate when the file is larger than this.
+    /// Most bytes of a file: it is rotated before a write would make it larger.
     pub max_bytes: u64,
     /// Rotated files kept.
     pub keep: usize,

@@ -13,7 +13,7 @@ use containerd_client::types::v1::{Process, Status};
 use tracing::{debug, info, warn};
 
 use super::exec_output::ExecOutput;
-use super::{container_spec, oci, ContainerError, RuntimeConfig, StopWith};
+use super::{container_spec, log_uri, oci, ContainerError, RuntimeConfig, ServiceLog, StopWith};
 use crate::containerd::{call, Containerd, ContainerdError, CALL_TIMEOUT};
 
 const SIGKILL: u32 = 9;
@@ -208,7 +208,8 @@ async fn wait(
     }
 }
 
-/// Start the task of container `id` with stdout and stderr appended to `log`. A stopped or
+/// Start the task of container `id` with stdout and stderr going to `log` through the log
+/// writer ([`RuntimeConfig::log_writer`], started by the shim). A stopped or
 /// created-but-not-started task left from before is deleted first; a running one is kept.
 /// Returns the init pid.
 ///
@@ -219,7 +220,7 @@ pub async fn start_task(
     ctr: &Containerd,
     cfg: &RuntimeConfig,
     id: &str,
-    log: &Path,
+    log: &ServiceLog,
 ) -> Result<u32, ContainerError> {
     if let Some(task) = task_state(ctr, id).await? {
         if task.status == TaskStatus::Running {
@@ -227,7 +228,7 @@ pub async fn start_task(
         }
         delete_task(ctr, id).await?;
     }
-    if let Some(dir) = log.parent() {
+    if let Some(dir) = log.path.parent() {
         std::fs::create_dir_all(dir).map_err(|source| ContainerError::Io {
             path: dir.to_path_buf(),
             source,
@@ -244,7 +245,7 @@ pub async fn start_task(
         }
         Err(e) => return Err(e.into()),
     };
-    let io = format!("file://{}", log.display());
+    let io = log_uri(&cfg.log_writer, log);
     let req = ctr.request(CreateTaskRequest {
         container_id: id.into(),
         rootfs,

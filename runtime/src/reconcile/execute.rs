@@ -110,12 +110,6 @@ impl Reconciler {
         let runtime = &self.cfg.runtime;
         match action {
             Action::WriteHosts { app, network } => self.write_hosts(app, network)?,
-            Action::RotateLog { app, service } => {
-                let path = runtime.log_path(app, service);
-                let rotation = runtime.log_rotation(&desired.log_limits(app, service));
-                container::rotate_log(&path, rotation.max_bytes, rotation.keep)
-                    .map_err(|source| ActionError::RotateLog { path, source })?;
-            }
             Action::PullImage { name, reference } => self.images.start_pull(name, reference)?,
             Action::RemoveContainer { id, why } => {
                 match why {
@@ -178,7 +172,7 @@ impl Reconciler {
                 restarts,
                 crash_streak,
             } => {
-                let log = runtime.log_path(app, service);
+                let log = runtime.service_log(app, service, &desired.log_limits(app, service));
                 let pid = container::start_task(&self.ctr, runtime, container_id, &log).await?;
                 self.start_failures.remove(container_id);
                 let labels = HashMap::from([
@@ -309,7 +303,6 @@ fn log_failure(action: &Action<'_>, e: &ActionError) {
         Action::WriteHosts { app, .. } => {
             warn!(app = %app.name, error = %e, "cannot update the hosts file")
         }
-        Action::RotateLog { .. } => warn!(error = %e, "cannot rotate log"),
         Action::PullImage { reference, .. } => {
             warn!(image = %reference, error = %e, "cannot start the pull")
         }

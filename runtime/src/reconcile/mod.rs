@@ -90,14 +90,6 @@ pub(crate) enum ActionError {
     /// An image could not be pulled or collected.
     #[error(transparent)]
     Image(#[from] ImageError),
-    /// A log file could not be rotated.
-    #[error("cannot rotate {}: {source}", path.display())]
-    RotateLog {
-        /// The log file.
-        path: std::path::PathBuf,
-        /// OS error.
-        source: std::io::Error,
-    },
 }
 
 /// Settings of the reconciler.

@@ -155,13 +155,6 @@ pub(crate) enum Action<'a> {
         /// Its network.
         network: &'a AppNetwork,
     },
-    /// Rotate the service's log when it grew too big.
-    RotateLog {
-        /// App name.
-        app: &'a str,
-        /// Service name.
-        service: &'a str,
-    },
     /// Pull an image in the background.
     PullImage {
         /// The image record name.
@@ -604,10 +597,6 @@ impl<'a> Planner<'a> {
                 );
             }
         };
-        steps.push(Action::RotateLog {
-            app: s.app_name(),
-            service: s.name,
-        });
         let image = match self.image(&s.spec.image, &mut steps) {
             ImageReadiness::Ready(image) => image,
             ImageReadiness::Waiting { message, failed } => {

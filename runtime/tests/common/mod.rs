@@ -94,6 +94,15 @@ pub fn network_config_in(dir: &Path) -> NetworkConfig {
     cfg
 }
 
+/// A runtime config for `env`: data in its scratch dir, its runc root, this crate's log
+/// writer (a device uses the agent's binary).
+pub fn runtime_config(env: &Env) -> cairn_runtime::container::RuntimeConfig {
+    let mut cfg = cairn_runtime::container::RuntimeConfig::new(env.containerd.scratch_dir("data"));
+    cfg.runc_root = Some(env.containerd.runc_root());
+    cfg.log_writer = env!("CARGO_BIN_EXE_cairn-log-writer").into();
+    cfg
+}
+
 /// Start containerd and a registry and connect; `None` (after a loud skip) when they cannot run.
 pub async fn env() -> Option<Env> {
     init_tracing();
