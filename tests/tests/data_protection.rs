@@ -534,16 +534,9 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     let apps = fleet.wait_app_healthy(&id, &mut guest, "first boot");
     // What the client printed reached its log through the agent's log writer, which the shim
     // in the guest ran (`cairn-agent write-log`).
-    let (status, body) = fleet.runtime.block_on(async {
-        fleet.central.call(
-            &fleet.central.admin,
-            "GET",
-            &format!("/api/v1/devices/{id}/logs?app=demo&service=client&lines=20"),
-            None,
-        )
-    });
-    assert_eq!(status, 200, "{body}");
-    let client_log: DeviceLogs = read("GET", "logs", body);
+    let client_log: DeviceLogs = fleet.get(&format!(
+        "/api/v1/devices/{id}/logs?app=demo&service=client&lines=20"
+    ));
     assert!(
         client_log.text.contains(&format!("client up {marker}")),
         "the client's output is not in its log: {client_log:?}"
@@ -763,16 +756,7 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     ] {
         assert!(kinds.contains(&kind), "no {kind} event among {kinds:?}");
     }
-    let (status, journal) = fleet.runtime.block_on(async {
-        fleet.central.call(
-            &fleet.central.admin,
-            "GET",
-            &format!("/api/v1/devices/{id}/logs?lines=50"),
-            None,
-        )
-    });
-    assert_eq!(status, 200, "{journal}");
-    let journal: DeviceLogs = read("GET", "logs", journal);
+    let journal: DeviceLogs = fleet.get(&format!("/api/v1/devices/{id}/logs?lines=50"));
     assert!(
         journal.text.contains("cairn-agent"),
         "not the agent's journal: {journal:?}"
