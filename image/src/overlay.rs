@@ -114,6 +114,11 @@ pub fn static_os_files(recipe: &Recipe) -> Vec<OsFile> {
             include_str!("../assets/initramfs-local-top"),
         ),
         OsFile::text(
+            "etc/containerd/config.toml",
+            0o644,
+            include_str!("../assets/containerd.toml"),
+        ),
+        OsFile::text(
             "etc/systemd/system/cairn-agent.service",
             0o644,
             include_str!("../assets/cairn-agent.service"),

@@ -121,6 +121,7 @@ root = "{d}/root"
 state = "{d}/state"
 disabled_plugins = [
   "io.containerd.grpc.v1.cri",
+  "io.containerd.internal.v1.restart",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs",
   "io.containerd.snapshotter.v1.devmapper",
