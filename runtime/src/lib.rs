@@ -6,6 +6,7 @@
 //! - [`container`]: service containers and their tasks (OCI spec, logs, stop, exec).
 //! - [`network`]: one CNI bridge network per app (subnets, namespaces, published ports, hosts).
 //! - [`reconcile`]: the level-triggered loop from desired apps to running containers.
+//! - [`userns`]: one user namespace per app, its host id range, and moving files into it.
 
 pub mod cgroup;
 pub mod container;
@@ -13,3 +14,4 @@ pub mod containerd;
 pub mod image;
 pub mod network;
 pub mod reconcile;
+pub mod userns;
