@@ -76,6 +76,7 @@ fn new_container<'a>(
         secrets,
         netns: None,
         hosts_file: None,
+        userns: None,
     }
 }
 

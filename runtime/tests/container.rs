@@ -50,6 +50,7 @@ secrets:
             secrets: &secrets,
             netns: None,
             hosts_file: None,
+            userns: None,
         };
         let id = container::create_container(&env.ctr, &cfg, &new).await.unwrap();
         assert_eq!(id, "lifecycle_worker");

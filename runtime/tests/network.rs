@@ -406,10 +406,16 @@ async fn detach_is_idempotent_even_when_the_namespace_is_gone() {
     .services["s"]
         .ports
         .clone();
-    let first = nets.attach(&net, "s", "solo_s", &ports).await.unwrap();
+    let first = nets
+        .attach(&net, "s", "solo_s", &ports, None)
+        .await
+        .unwrap();
     assert!(net.subnet.contains(first.address));
     // Attaching again (a task restart) passes CHECK and keeps everything.
-    let again = nets.attach(&net, "s", "solo_s", &ports).await.unwrap();
+    let again = nets
+        .attach(&net, "s", "solo_s", &ports, None)
+        .await
+        .unwrap();
     assert_eq!(again, first);
     assert_eq!(bridge_ports(&net.bridge).len(), 1);
 

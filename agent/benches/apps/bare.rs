@@ -10,6 +10,7 @@ use cairn_runtime::container::{self, NewContainer, RuntimeConfig, TaskStatus};
 use cairn_runtime::containerd::Containerd as Ctr;
 use cairn_runtime::image;
 use cairn_runtime::network::Networks;
+use cairn_runtime::userns;
 use cairn_testsupport::images::{self as test_images, TestImage};
 use serde_json::{json, Value};
 
@@ -74,6 +75,17 @@ pub async fn bare_start(
         let info = image::image_info(ctr, &image.name)
             .await
             .map_err(|e| e.to_string())?;
+        // Confined as the agent runs apps: in the app's user namespace (the image's remapped
+        // copy is made by the first start and reused by later ones, as on a device).
+        let userns = if confined && userns::app_wants_userns(&spec) {
+            let mut namespaces = userns::AppNamespaces::new(
+                cfg.userns_ranges_path(),
+                cfg.network.run_dir.join("userns"),
+            );
+            Some(namespaces.ensure(app).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
         let net = if private {
             let net = networks.app_network(app).map_err(|e| e.to_string())?;
             networks
@@ -94,13 +106,20 @@ pub async fn bare_start(
                 secrets: &secrets,
                 netns: net.as_ref().map(|_| cfg.network.netns_path(&id)),
                 hosts_file: net.as_ref().map(|_| cfg.app_hosts_path(app)),
+                userns: userns.clone(),
             };
             container::create_container(ctr, &cfg, &new)
                 .await
                 .map_err(|e| e.to_string())?;
             if let Some(net) = &net {
                 networks
-                    .attach(net, name, &id, &svc.ports)
+                    .attach(
+                        net,
+                        name,
+                        &id,
+                        &svc.ports,
+                        userns.as_ref().map(|u| u.path.as_path()),
+                    )
                     .await
                     .map_err(|e| e.to_string())?;
                 networks

@@ -9,9 +9,10 @@
 //!   part inside the agent: from its sink receiving the desired state (already stored on disk) to
 //!   the reconcile pass reporting every service running.
 //! - Baseline: `create_container` + (CNI attach) + `start_task` for the same N services straight
-//!   through cairn-runtime, image already pulled, in a namespace of its own; and the same
-//!   start without the confinement (`RuntimeConfig::unconfined_for_benchmark`), so the cost of
-//!   seccomp, masked paths, limits and the rest is a ratio measured in the same run.
+//!   through cairn-runtime, image already pulled, in a namespace of its own, in the app's user
+//!   namespace as the agent runs it; and the same start without the confinement
+//!   (`RuntimeConfig::unconfined_for_benchmark`, no user namespace), so the cost of seccomp,
+//!   masked paths, limits, the user namespace and the rest is a ratio measured in the same run.
 //! - Pull: a cold `pull_image` through cairn-runtime, and the agent's first deploy (which pulls)
 //!   end-to-end; a `pin` app keeps the image so later deploys reuse it.
 //! - RSS: the `cairn-agent` binary cargo built for this bench (`--release` under `cargo bench`),

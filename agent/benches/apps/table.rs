@@ -149,5 +149,5 @@ pub fn print(report: &Report) {
         mib(rss.peak_kib)
     );
     println!("bench took {}", secs(*took));
-    println!("end-to-end: PUT sent -> central's GET reports all running; agent: sink got the stored desired state -> reconcile pass reports all running; delivery: PUT sent -> sink got it; baseline: create(+CNI attach)+start of the same N containers via cairn-runtime; unconfined: the baseline without seccomp, masked paths, pids limit, OOM order and default limits (RuntimeConfig::unconfined_for_benchmark)");
+    println!("end-to-end: PUT sent -> central's GET reports all running; agent: sink got the stored desired state -> reconcile pass reports all running; delivery: PUT sent -> sink got it; baseline: create(+CNI attach)+start of the same N containers via cairn-runtime; unconfined: the baseline without seccomp, masked paths, pids limit, OOM order, default limits and the user namespace (RuntimeConfig::unconfined_for_benchmark)");
 }

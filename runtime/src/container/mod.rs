@@ -38,6 +38,7 @@ use tracing::{debug, info};
 use crate::containerd::{call, Containerd, ContainerdError};
 use crate::image::ImageInfo;
 use crate::network::NetworkConfig;
+use crate::userns::{self, AppUserns, IdRange};
 
 pub use logs::{
     log_uri, write_log, LogWriterError, RotatingLog, ServiceLog, MAX_LOG_FILES, MIN_LOG_BYTES,
@@ -59,8 +60,9 @@ pub const LABEL_SPEC_HASH: &str = "cairn.spec-hash";
 /// paths, limits). It is part of each container's spec hash, so raising it when the confinement
 /// changes makes an updated agent replace the containers an older one made, instead of leaving
 /// them running under the old rules. 2: seccomp, pids limit, OOM order, no capabilities for
-/// non-root users. 3: default memory and CPU limits, the apps' common cgroup ceiling.
-pub const CONFINEMENT_VERSION: u32 = 3;
+/// non-root users. 3: default memory and CPU limits, the apps' common cgroup ceiling. 4: each
+/// app in a user namespace of its own.
+pub const CONFINEMENT_VERSION: u32 = 4;
 /// Label: how many times the task was restarted.
 pub const LABEL_RESTARTS: &str = "cairn.restarts";
 /// Label: consecutive quick crashes (drives the restart back-off).
@@ -295,6 +297,11 @@ impl RuntimeConfig {
         self.app_dir(app).join("run").join(service).join("hosts")
     }
 
+    /// The file the apps' id ranges are kept in (on the data partition).
+    pub fn userns_ranges_path(&self) -> PathBuf {
+        self.data_dir.join("userns-ranges.json")
+    }
+
     /// The hosts file shared by the services of an app that has a network.
     pub fn app_hosts_path(&self, app: &str) -> PathBuf {
         self.app_dir(app).join("run").join("hosts")
@@ -412,6 +419,9 @@ pub struct NewContainer<'a> {
     /// A hosts file (kept up to date by the caller) to mount as `/etc/hosts`; `None` writes one
     /// naming only localhost and the service.
     pub hosts_file: Option<PathBuf>,
+    /// The app's user namespace (`None`: the host's ids). Its network namespaces must have been
+    /// made inside it.
+    pub userns: Option<AppUserns>,
 }
 
 /// A container as observed in containerd.
@@ -449,6 +459,41 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), ContainerError> {
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// Give volume `dir` to the app's id range, walked whole each time a container of the app is
+/// made: files a container with the host's ids wrote meanwhile (one not yet replaced after an
+/// update, or while the app had devices) move too, and a walk cut short by a power cut is
+/// finished. Files already in the range cost a `stat` each.
+fn give_volume(dir: &Path, range: IdRange) -> Result<(), ContainerError> {
+    let shifted = userns::shift_tree(dir, range).map_err(|e| ContainerError::Spec {
+        reason: e.to_string(),
+    })?;
+    info!(volume = %dir.display(), entries = shifted.entries, changed = shifted.changed, "volume moved into the app's id range");
+    Ok(())
+}
+
+/// The options of the file system `path` is on that a bind mount of it must keep: in a user
+/// namespace the kernel locks them (`/data` is `nodev,nosuid,noatime`), and runc 1.1.5's
+/// read-only remount, which leaves out what it is not told, then fails with EPERM. Outside one
+/// they keep the bind mount as strict as its source.
+fn source_flags(path: &Path) -> Vec<&'static str> {
+    use rustix::fs::StatVfsMountFlags as F;
+    let Ok(stat) = rustix::fs::statvfs(path) else {
+        return Vec::new();
+    };
+    [
+        (F::NOSUID, "nosuid"),
+        (F::NODEV, "nodev"),
+        (F::NOEXEC, "noexec"),
+        (F::NOATIME, "noatime"),
+        (F::NODIRATIME, "nodiratime"),
+        (F::RELATIME, "relatime"),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| stat.f_flag.contains(*flag))
+    .map(|(_, name)| name)
+    .collect()
+}
+
 /// Prepare volume dirs, secret files, `/etc/hosts`; return the bind mounts.
 #[tracing::instrument(skip_all, fields(app = new.app, service = new.service))]
 fn prepare_mounts(
@@ -459,10 +504,14 @@ fn prepare_mounts(
     for v in &new.spec.volumes {
         let dir = cfg.volume_dir(new.app, &v.volume);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        if let Some(userns) = &new.userns {
+            give_volume(&dir, userns.range)?;
+        }
         mounts.push(oci::BindMount {
             source: dir,
             target: v.target.clone(),
             read_only: v.read_only,
+            kept_flags: Vec::new(),
         });
     }
     for name in &new.spec.secrets {
@@ -477,10 +526,20 @@ fn prepare_mounts(
         let dir = path.parent().unwrap_or(&cfg.data_dir);
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         write_private(&path, value)?;
+        if let Some(userns) = &new.userns {
+            // Root of the app's range reads it, as host root did before.
+            let root = rustix::fs::Uid::from_raw(userns.range.host_start);
+            let group = rustix::fs::Gid::from_raw(userns.range.host_start);
+            rustix::fs::chown(&path, Some(root), Some(group)).map_err(|e| ContainerError::Io {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        }
         mounts.push(oci::BindMount {
             source: path,
             target: format!("/run/secrets/{name}"),
             read_only: true,
+            kept_flags: Vec::new(),
         });
     }
     let hosts = match &new.hosts_file {
@@ -493,13 +552,18 @@ fn prepare_mounts(
         source: hosts,
         target: "/etc/hosts".into(),
         read_only: true,
+        kept_flags: Vec::new(),
     });
     if Path::new("/etc/resolv.conf").exists() {
         mounts.push(oci::BindMount {
             source: "/etc/resolv.conf".into(),
             target: "/etc/resolv.conf".into(),
             read_only: true,
+            kept_flags: Vec::new(),
         });
+    }
+    for m in &mut mounts {
+        m.kept_flags = source_flags(&m.source);
     }
     let log = cfg.log_path(new.app, new.service);
     let dir = log.parent().unwrap_or(&cfg.data_dir);
@@ -600,6 +664,7 @@ pub async fn create_container(
         devices: &devices,
         cgroup_parent: &cfg.cgroup_parent,
         netns: new.netns.as_deref(),
+        userns: new.userns.as_ref(),
     })?;
     if cfg.unconfined_for_benchmark {
         oci::without_confinement(&mut spec);
@@ -634,15 +699,58 @@ pub async fn create_container(
     if ctr.stat_snapshot(&id).await?.is_some() {
         ctr.remove_snapshot(&id).await?;
     }
-    if let Err(e) = ctr
-        .prepare_snapshot(&id, &new.image.chain_id, HashMap::new(), None)
-        .await
-    {
+    if let Err(e) = prepare_container_snapshot(ctr, cfg, new, &id).await {
         let _ = delete_container_record(ctr, &id).await;
-        return Err(e.into());
+        return Err(e);
     }
     info!(%id, image = %new.image.name, "container created");
     Ok(id)
+}
+
+/// The container's writable snapshot `id`: on the image's top layer, or in a user namespace on
+/// the image's copy whose files belong to the app's range (see `rootfs::remapped_snapshot`).
+async fn prepare_container_snapshot(
+    ctr: &Containerd,
+    cfg: &RuntimeConfig,
+    new: &NewContainer<'_>,
+    id: &str,
+) -> Result<(), ContainerError> {
+    let Some(userns) = &new.userns else {
+        ctr.prepare_snapshot(id, &new.image.chain_id, HashMap::new(), None)
+            .await?;
+        return Ok(());
+    };
+    let lease = format!("cairn-create-{:016x}", rand::random::<u64>());
+    ctr.create_lease(&lease, rootfs::REMAP_LEASE_TTL, HashMap::new())
+        .await?;
+    let scratch = cfg.app_dir(new.app).join("run");
+    let result = async {
+        let parent =
+            rootfs::remapped_snapshot(ctr, new.image, userns.range, &scratch, &lease).await?;
+        match ctr
+            .prepare_snapshot(id, &parent, HashMap::new(), None)
+            .await
+        {
+            // An existing copy no container used any more was collected in between: make it
+            // again (under the lease this time).
+            Err(e) if e.is_not_found() => {
+                let parent =
+                    rootfs::remapped_snapshot(ctr, new.image, userns.range, &scratch, &lease)
+                        .await?;
+                ctr.prepare_snapshot(id, &parent, HashMap::new(), None)
+                    .await?;
+            }
+            other => {
+                other?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = ctr.delete_lease(&lease).await {
+        tracing::warn!(%lease, error = %e, "cannot delete a lease; it expires by itself");
+    }
+    result
 }
 
 async fn delete_container_record(ctr: &Containerd, id: &str) -> Result<(), ContainerdError> {
@@ -862,6 +970,7 @@ mod tests {
             secrets: &secrets,
             netns: None,
             hosts_file: None,
+            userns: None,
         })
     }
 

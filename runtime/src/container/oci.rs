@@ -7,14 +7,15 @@ use std::str::FromStr;
 use cairn_compose::{NetworkMode, ServiceSpec, DEFAULT_CAPABILITIES};
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceBuilder,
-    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceType,
-    LinuxPidsBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, Process, Spec,
-    UserBuilder,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, Process, Spec, UserBuilder,
 };
 
 use super::users::ResolvedUser;
 use super::ContainerError;
 use crate::image::ContainerConfig;
+use crate::userns::{AppUserns, IDS_PER_APP};
 
 /// A host file or directory bind-mounted into the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +23,9 @@ pub(crate) struct BindMount {
     pub source: PathBuf,
     pub target: String,
     pub read_only: bool,
+    /// The source file system's `nosuid`, `nodev`, `noexec` and atime options (see
+    /// `source_flags` in `mod.rs`), kept on the bind mount.
+    pub kept_flags: Vec<&'static str>,
 }
 
 /// A host character device given to the container (see `devices.rs`; block devices never are).
@@ -53,6 +57,8 @@ pub(crate) struct SpecInput<'a> {
     pub cgroup_parent: &'a str,
     /// Named network namespace to join (ignored in `network_mode: host`).
     pub netns: Option<&'a Path>,
+    /// The app's user namespace to join (`None`: the host's ids, for an app given devices).
+    pub userns: Option<&'a AppUserns>,
 }
 
 /// The capability named `name` (`CAP_NET_ADMIN`; `NET_ADMIN` and lower case are accepted too).
@@ -149,6 +155,59 @@ pub(crate) fn capability_sets(
         held,
         ambient,
     })
+}
+
+/// Join the app's user namespace: container ids 0 to 65535 are its host range. In the app's own
+/// network namespaces (made inside the user namespace) runc mounts `/sys` as usual; a service on
+/// the host's network may not mount a `/sys` of the host's network namespace from inside a user
+/// namespace, so it gets the host's `/sys` read-only instead (it sees the host's network
+/// anyway).
+fn join_user_namespace(
+    spec: &mut Spec,
+    userns: &AppUserns,
+    network: NetworkMode,
+) -> Result<(), ContainerError> {
+    let oci = |e: oci_spec::OciSpecError| ContainerError::Spec {
+        reason: e.to_string(),
+    };
+    let mapping = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(userns.range.host_start)
+        .size(IDS_PER_APP)
+        .build()
+        .map_err(oci)?;
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::User);
+    namespaces.push(
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::User)
+            .path(userns.path.clone())
+            .build()
+            .map_err(oci)?,
+    );
+    linux.set_namespaces(Some(namespaces));
+    linux.set_uid_mappings(Some(vec![mapping]));
+    linux.set_gid_mappings(Some(vec![mapping]));
+    if network == NetworkMode::Host {
+        let mounts = spec.mounts_mut().get_or_insert_with(Vec::new);
+        for m in mounts.iter_mut() {
+            if m.destination() == Path::new("/sys") && m.typ().as_deref() == Some("sysfs") {
+                *m = MountBuilder::default()
+                    .destination(PathBuf::from("/sys"))
+                    .typ("bind")
+                    .source(PathBuf::from("/sys"))
+                    .options(
+                        ["rbind", "nosuid", "noexec", "nodev", "ro"]
+                            .map(String::from)
+                            .to_vec(),
+                    )
+                    .build()
+                    .map_err(oci)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Most processes (and threads) one service container may have: a fork bomb stops here.
@@ -424,12 +483,14 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
     let mut own = Vec::new();
     for m in &input.mounts {
         let mode = if m.read_only { "ro" } else { "rw" };
+        let mut options = vec!["rbind".to_string(), mode.to_string()];
+        options.extend(m.kept_flags.iter().map(|f| f.to_string()));
         own.push(
             MountBuilder::default()
                 .destination(PathBuf::from(&m.target))
                 .typ("bind")
                 .source(m.source.clone())
-                .options(vec!["rbind".to_string(), mode.to_string()])
+                .options(options)
                 .build()
                 .map_err(oci)?,
         );
@@ -525,6 +586,9 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
                 .build()
                 .map_err(oci)?,
         ));
+    }
+    if let Some(userns) = input.userns {
+        join_user_namespace(&mut spec, userns, input.svc.network_mode)?;
     }
     Ok(spec)
 }
@@ -630,6 +694,7 @@ mod tests {
             image: &img,
             user: &user,
             mounts: vec![BindMount {
+                kept_flags: Vec::new(),
                 source: "/data/v".into(),
                 target: "/v".into(),
                 read_only: true,
@@ -637,6 +702,7 @@ mod tests {
             devices: &[],
             cgroup_parent: "/cairn",
             netns: None,
+            userns: None,
         };
         let spec = build_spec(&input).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -723,6 +789,7 @@ mod tests {
             devices: &[],
             cgroup_parent: "/cairn",
             netns: None,
+            userns: None,
         }
     }
 
@@ -969,6 +1036,7 @@ mod tests {
         let user = user_1000();
         let input = SpecInput {
             mounts: vec![BindMount {
+                kept_flags: Vec::new(),
                 source: "/data/secrets/token".into(),
                 target: "/run/secrets/token".into(),
                 read_only: true,

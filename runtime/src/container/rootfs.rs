@@ -21,14 +21,19 @@ use containerd_client::types::Mount;
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use rustix::mount::{MountFlags, MountPropagationFlags};
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::ContainerError;
 use crate::containerd::Containerd;
 use crate::image::ImageInfo;
+use crate::userns::{shift_tree, IdRange, Shifted};
 
 /// Longest life of the lease of a view, should the agent die before removing it.
 const LEASE_TTL: Duration = Duration::from_secs(600);
+/// Longest life of the lease under which a remapped copy of an image is made: long enough to
+/// copy a large image on slow flash, after which containerd collects what an agent that died
+/// half-way left.
+pub(crate) const REMAP_LEASE_TTL: Duration = Duration::from_secs(6 * 3600);
 
 /// Longest option string `mount(2)` takes (one page, with its terminating NUL).
 const MAX_MOUNT_DATA: usize = 4095;
@@ -94,6 +99,106 @@ pub(crate) async fn read_image_files(
     result
 }
 
+/// The name of the committed snapshot holding `image`'s root file system with every owner moved
+/// into `range` (see [`remapped_snapshot`]).
+pub(crate) fn remapped_name(image: &ImageInfo, range: IdRange) -> String {
+    format!("cairn-userns-{}-{}", range.host_start, image.chain_id)
+}
+
+/// The committed snapshot of `image` whose files belong to `range`, for containers in a user
+/// namespace mapped to it: made on first use from the image's top layer (prepared under
+/// `lease`, mounted writable by a short-lived thread in a mount namespace of its own, every
+/// owner moved with [`shift_tree`], committed), then shared by every container of that range
+/// and image. runc 1.1 has no idmapped mounts, so this copy is how image files get their
+/// owners; it costs a copy of every file the first time (overlayfs copies a file up to change
+/// its owner). Prepare the container's snapshot on it under the same `lease`: until a snapshot
+/// refers to it, only the lease keeps containerd from collecting it.
+///
+/// # Errors
+/// [`ContainerError::ImageRootfs`] when the snapshot cannot be prepared, mounted, shifted or
+/// committed.
+#[tracing::instrument(skip(ctr, image, scratch), fields(image = %image.name))]
+pub(crate) async fn remapped_snapshot(
+    ctr: &Containerd,
+    image: &ImageInfo,
+    range: IdRange,
+    scratch: &Path,
+    lease: &str,
+) -> Result<String, ContainerError> {
+    let rootfs_err = |reason: String| ContainerError::ImageRootfs {
+        image: image.name.clone(),
+        reason,
+    };
+    let name = remapped_name(image, range);
+    if ctr
+        .stat_snapshot(&name)
+        .await
+        .map_err(|e| rootfs_err(e.to_string()))?
+        .is_some()
+    {
+        return Ok(name);
+    }
+    let key = format!("cairn-remap-{:016x}", rand::random::<u64>());
+    let made = async {
+        let mounts = ctr
+            .prepare_snapshot(&key, &image.chain_id, HashMap::new(), Some(lease))
+            .await
+            .map_err(|e| rootfs_err(e.to_string()))?;
+        let target = std::path::absolute(scratch.join(&key))
+            .map_err(|e| rootfs_err(format!("no mount point: {e}")))?;
+        std::fs::create_dir_all(&target).map_err(|source| ContainerError::Io {
+            path: target.clone(),
+            source,
+        })?;
+        let mount_point = target.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || -> Result<Shifted, String> {
+                mount_in_own_namespace(&mounts, &mount_point, false)?;
+                let shifted = shift_tree(&mount_point, range).map_err(|e| e.to_string())?;
+                // On disk before the commit: a power cut must not leave a committed copy whose
+                // owners are half moved, which every later container would reuse.
+                let root = rustix::fs::open(
+                    &mount_point,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| format!("cannot open it to sync: {e}"))?;
+                rustix::fs::syncfs(&root).map_err(|e| format!("cannot sync it: {e}"))?;
+                Ok(shifted)
+            })
+            .join()
+        })
+        .await;
+        let _ = std::fs::remove_dir(&target);
+        let shifted = match joined {
+            Ok(Ok(result)) => result.map_err(rootfs_err)?,
+            _ => return Err(rootfs_err("the thread shifting it panicked".into())),
+        };
+        info!(
+            entries = shifted.entries,
+            changed = shifted.changed,
+            host_start = range.host_start,
+            "image files moved into the app's id range"
+        );
+        match ctr.commit_snapshot(&name, &key, Some(lease)).await {
+            // Another container of the same range and image made it first.
+            Err(e) if e.is_already_exists() => {
+                let _ = ctr.remove_snapshot(&key).await;
+                Ok(())
+            }
+            other => other.map_err(|e| rootfs_err(e.to_string())),
+        }
+    }
+    .await;
+    if let Err(e) = made {
+        if let Err(undo) = ctr.remove_snapshot(&key).await {
+            warn!(%key, error = %undo, "cannot remove a half-made snapshot; containerd collects it with its lease");
+        }
+        return Err(e);
+    }
+    Ok(name)
+}
+
 /// Runs on a thread of its own, which ends right after: enter a new mount namespace, mount the
 /// view on `target` and read the files.
 fn read_in_own_namespace(
@@ -107,33 +212,7 @@ fn read_in_own_namespace(
         image: image.to_string(),
         reason,
     };
-    // SAFETY: kept unsafe because rustix's unshare is (unsharing the file descriptor table would
-    // let this thread see descriptors other threads do not); only the mount namespace (and with
-    // it the thread's root and working directory) is unshared, and this thread ends right after,
-    // so its namespace, and every mount in it, is never used again.
-    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }.map_err(
-        |e| {
-            rootfs_err(format!(
-                "cannot make a mount namespace: {e}; the agent needs CAP_SYS_ADMIN"
-            ))
-        },
-    )?;
-    rustix::mount::mount_change(
-        "/",
-        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
-    )
-    .map_err(|e| rootfs_err(format!("cannot make the mounts private: {e}")))?;
-    if mounts.is_empty() {
-        return Err(rootfs_err("containerd gave no mounts for its view".into()));
-    }
-    for m in mounts {
-        mount_read_only(m, target).map_err(|e| {
-            rootfs_err(format!(
-                "cannot mount its layers ({} {}): {e}",
-                m.r#type, m.source
-            ))
-        })?;
-    }
+    mount_in_own_namespace(mounts, target, true).map_err(rootfs_err)?;
     let root = rustix::fs::open(
         target,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -150,6 +229,32 @@ fn read_in_own_namespace(
             })
         })
         .collect()
+}
+
+/// On a thread that ends right after the caller is done: enter a new mount namespace with every
+/// mount private and mount containerd's `mounts` on `target` (read-only, or writable for a
+/// snapshot being prepared). Nothing of it is ever visible outside the thread.
+fn mount_in_own_namespace(mounts: &[Mount], target: &Path, read_only: bool) -> Result<(), String> {
+    // SAFETY: kept unsafe because rustix's unshare is (unsharing the file descriptor table would
+    // let this thread see descriptors other threads do not); only the mount namespace (and with
+    // it the thread's root and working directory) is unshared, and the caller's thread ends
+    // right after, so its namespace, and every mount in it, is never used again.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }.map_err(
+        |e| format!("cannot make a mount namespace: {e}; the agent needs CAP_SYS_ADMIN"),
+    )?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(|e| format!("cannot make the mounts private: {e}"))?;
+    if mounts.is_empty() {
+        return Err("containerd gave no mounts for its snapshot".into());
+    }
+    for m in mounts {
+        mount_layers(m, target, read_only)
+            .map_err(|e| format!("cannot mount its layers ({} {}): {e}", m.r#type, m.source))?;
+    }
+    Ok(())
 }
 
 /// Read regular file `path` below `root` (symbolic links resolved inside `root`); `None` when it
@@ -253,8 +358,11 @@ fn compact_lowerdirs(data: &str) -> Option<(PathBuf, String)> {
     Some((common.to_path_buf(), rewritten.join(",")))
 }
 
-fn mount_read_only(m: &Mount, target: &Path) -> std::io::Result<()> {
-    let flags = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+fn mount_layers(m: &Mount, target: &Path, read_only: bool) -> std::io::Result<()> {
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    if read_only {
+        flags |= MountFlags::RDONLY;
+    }
     match plan_mount(m) {
         MountPlan::Bind { recursive } => {
             if recursive {

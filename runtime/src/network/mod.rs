@@ -62,6 +62,9 @@ pub enum NetworkError {
     /// A network namespace could not be made or removed.
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// A network namespace could not be made in the app's user namespace.
+    #[error("{0}")]
+    Userns(String),
     /// A CNI plugin failed.
     #[error(transparent)]
     Cni(#[from] CniError),
@@ -285,11 +288,16 @@ impl Networks {
         service: &str,
         container_id: &str,
         ports: &[PortMapping],
+        userns: Option<&Path>,
     ) -> Result<Attachment, NetworkError> {
         let chain = chain::plugin_chain(net, ports, &self.cfg.ipam_dir());
         let netns = self.cfg.netns_path(container_id);
         if let Some(record) = self.records.read(container_id)? {
-            if record.chain == chain && record.netns == netns && netns::is_netns(&netns) {
+            if record.chain == chain
+                && record.netns == netns
+                && record.userns.as_deref() == userns
+                && netns::is_netns(&netns)
+            {
                 if let (Some(result), Some(attachment)) = (&record.result, record.attachment()) {
                     match self.check(&record, result).await {
                         Ok(()) => return Ok(attachment),
@@ -301,12 +309,22 @@ impl Networks {
             }
             self.detach(container_id).await?;
         }
-        netns::create(&netns).await?;
+        match userns {
+            None => netns::create(&netns).await?,
+            Some(userns) => {
+                let (userns, path) = (userns.to_path_buf(), netns.clone());
+                tokio::task::spawn_blocking(move || crate::userns::create_netns_in(&userns, &path))
+                    .await
+                    .map_err(|e| NetworkError::Userns(e.to_string()))?
+                    .map_err(|e| NetworkError::Userns(e.to_string()))?;
+            }
+        }
         let mut record = AttachmentRecord {
             container_id: container_id.into(),
             app: net.app.clone(),
             service: service.into(),
             netns: netns.clone(),
+            userns: userns.map(Path::to_path_buf),
             chain,
             result: None,
             address: None,

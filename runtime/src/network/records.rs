@@ -17,6 +17,10 @@ pub(crate) struct AttachmentRecord {
     pub app: String,
     pub service: String,
     pub netns: PathBuf,
+    /// The user namespace the network namespace was made in (`None`: the host's; records of
+    /// agents before user namespaces have none).
+    #[serde(default)]
+    pub userns: Option<PathBuf>,
     /// Plugin configurations in ADD order, without `prevResult`.
     pub chain: Vec<Value>,
     /// The result of the whole chain; `None` while ADD has not finished.

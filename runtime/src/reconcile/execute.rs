@@ -15,6 +15,7 @@ use crate::container::{
     self, NewContainer, LABEL_CRASH_STREAK, LABEL_RESTARTS, LABEL_SPEC_HASH, LABEL_STARTED_AT,
 };
 use crate::network::AppNetwork;
+use crate::userns::{AppNamespaces, AppUserns};
 use cairn_compose::{AppSpec, LogLimits};
 
 impl Reconciler {
@@ -138,6 +139,7 @@ impl Reconciler {
             } => {
                 let name = app.spec.name.as_str();
                 let id = container::container_id(name, service);
+                let userns = app_userns(&mut self.namespaces, &app.spec)?;
                 let labels = HashMap::from([
                     (LABEL_SPEC_HASH.to_string(), spec_hash.clone()),
                     (LABEL_RESTARTS.to_string(), "0".to_string()),
@@ -152,6 +154,7 @@ impl Reconciler {
                     secrets: &app.secrets,
                     netns: join_netns.then(|| runtime.network.netns_path(&id)),
                     hosts_file: app_hosts.then(|| runtime.app_hosts_path(name)),
+                    userns,
                 };
                 container::create_container(&self.ctr, runtime, &new).await?;
             }
@@ -161,8 +164,12 @@ impl Reconciler {
                 container_id,
                 ports,
             } => {
+                let userns = match desired.app(&network.app) {
+                    Some(spec) => app_userns(&mut self.namespaces, spec)?.map(|u| u.path),
+                    None => None,
+                };
                 self.networks
-                    .attach(network, service, container_id, ports)
+                    .attach(network, service, container_id, ports, userns.as_deref())
                     .await?;
             }
             Action::StartTask {
@@ -172,6 +179,10 @@ impl Reconciler {
                 restarts,
                 crash_streak,
             } => {
+                // The app's user namespace is on tmpfs: after a reboot it is made again.
+                if let Some(spec) = desired.app(app) {
+                    app_userns(&mut self.namespaces, spec)?;
+                }
                 let log = runtime.service_log(app, service, &desired.log_limits(app, service));
                 let pid = container::start_task(&self.ctr, runtime, container_id, &log).await?;
                 self.start_failures.remove(container_id);
@@ -260,6 +271,7 @@ impl Reconciler {
     /// like `docker compose down` without `-v`).
     #[tracing::instrument(skip_all)]
     fn clean_app_dirs(&self, keep: &HashSet<String>) {
+        self.namespaces.remove_except(keep);
         let apps_dir = self.cfg.runtime.data_dir.join("apps");
         let Ok(entries) = std::fs::read_dir(&apps_dir) else {
             return;
@@ -281,11 +293,28 @@ impl Reconciler {
     }
 }
 
+/// The user namespace `app`'s containers run in (see [`crate::userns::app_wants_userns`]),
+/// made when missing (after a reboot).
+fn app_userns(
+    namespaces: &mut AppNamespaces,
+    app: &AppSpec,
+) -> Result<Option<AppUserns>, ActionError> {
+    if !crate::userns::app_wants_userns(app) {
+        return Ok(None);
+    }
+    Ok(Some(namespaces.ensure(&app.name)?))
+}
+
 /// The desired apps a plan was made for.
 #[derive(Clone, Copy)]
 struct Desired<'a>(&'a [DesiredApp]);
 
-impl Desired<'_> {
+impl<'a> Desired<'a> {
+    /// The spec of desired app `name`.
+    fn app(&self, name: &str) -> Option<&'a AppSpec> {
+        self.0.iter().find(|a| a.spec.name == name).map(|a| &a.spec)
+    }
+
     /// The `logging` limits of a desired service (none for one that is not desired).
     fn log_limits(&self, app: &str, service: &str) -> LogLimits {
         self.0

@@ -90,6 +90,9 @@ pub(crate) enum ActionError {
     /// An image could not be pulled or collected.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The app's user namespace could not be made.
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
 }
 
 /// Settings of the reconciler.
@@ -148,6 +151,8 @@ pub struct Reconciler {
     /// Whether the OOM killer ended each stopped task, by container and exit time: read from
     /// its cgroup once per exit, not on every pass while it stays stopped.
     oom_by_exit: HashMap<String, (Option<SystemTime>, bool)>,
+    /// The apps' user namespaces.
+    namespaces: crate::userns::AppNamespaces,
 }
 
 impl Reconciler {
@@ -164,6 +169,10 @@ impl Reconciler {
             app_ports: HashMap::new(),
             health_changed: Arc::new(Notify::new()),
             oom_by_exit: HashMap::new(),
+            namespaces: crate::userns::AppNamespaces::new(
+                cfg.runtime.userns_ranges_path(),
+                cfg.runtime.network.run_dir.join("userns"),
+            ),
             ctr,
             cfg,
         }

@@ -105,6 +105,9 @@ struct HashInput<'a> {
     /// [`crate::container::CONFINEMENT_VERSION`]: a newer agent's confinement replaces
     /// containers an older one made.
     confinement: u32,
+    /// Whether the app runs in a user namespace: decided for the whole app, so a service given
+    /// devices (or the host's network) replaces every container of its app.
+    userns: bool,
 }
 
 /// Hash of everything a service container is made from: app, service, spec, resolved image
@@ -135,6 +138,7 @@ pub(crate) fn spec_hash(
         secrets,
         network: (spec.network_mode == NetworkMode::Private).then_some("cni-bridge"),
         confinement: crate::container::CONFINEMENT_VERSION,
+        userns: crate::userns::app_wants_userns(&app.spec),
     };
     let json = serde_json::to_vec(&input).unwrap_or_default();
     hex::encode(Sha256::digest(&json))
@@ -165,5 +169,27 @@ mod tests {
             spec_hash(&app, "b", &b, "sha256:1"),
             "b does not use the secret"
         );
+    }
+
+    #[test]
+    fn a_service_given_devices_or_the_hosts_network_changes_every_hash_of_its_app() {
+        let yaml = "services:\n  a: {image: x}\n  b: {image: y}\n";
+        let mut app = DesiredApp::new(AppSpec::parse("c.yml", "app", yaml).unwrap());
+        let a = app.spec.services["a"].clone();
+        let before = spec_hash(&app, "a", &a, "sha256:1");
+        // b leaves the user namespace, so a, unchanged itself, must leave it too.
+        let b = app.spec.services.get_mut("b").unwrap();
+        b.network_mode = NetworkMode::Host;
+        assert_ne!(before, spec_hash(&app, "a", &a, "sha256:1"));
+        let b = app.spec.services.get_mut("b").unwrap();
+        b.network_mode = NetworkMode::Private;
+        assert_eq!(before, spec_hash(&app, "a", &a, "sha256:1"));
+        let b = app.spec.services.get_mut("b").unwrap();
+        b.devices.push(cairn_compose::DeviceMapping {
+            host: "/dev/ttyUSB0".into(),
+            container: "/dev/ttyUSB0".into(),
+            permissions: "rw".into(),
+        });
+        assert_ne!(before, spec_hash(&app, "a", &a, "sha256:1"));
     }
 }

@@ -1,0 +1,153 @@
+//! A container in its app's user namespace, against a real containerd + runc: root inside is an
+//! unprivileged id on the host, the image's files, a volume made before and a secret belong to
+//! the app's range, and a network namespace made in the user namespace lets runc mount `/sys`
+//! and set a `net.*` sysctl.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
+
+use cairn_compose::AppSpec;
+use cairn_runtime::container::{self, NewContainer};
+use cairn_runtime::image::{no_progress, pull_image, PullOptions};
+use cairn_runtime::userns::{self, AppUserns, IdRange};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A `nodev,nosuid,noatime` tmpfs on a directory (as `/data` on a device), unmounted on drop.
+struct DataMount(std::path::PathBuf);
+
+impl DataMount {
+    fn new(dir: &std::path::Path) -> DataMount {
+        use rustix::mount::MountFlags;
+        rustix::mount::mount(
+            "tmpfs",
+            dir,
+            "tmpfs",
+            MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOATIME,
+            c"mode=0755",
+        )
+        .unwrap();
+        DataMount(dir.to_path_buf())
+    }
+}
+
+impl Drop for DataMount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+/// The uid line of a process's status: real, effective, saved, file system.
+fn host_uids(pid: u32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_in_an_apps_user_namespace_is_an_unprivileged_host_id() {
+    let Some(env) = common::env().await else {
+        return;
+    };
+    tokio::time::timeout(TIMEOUT, async {
+        let img = common::busybox_image(&[]);
+        common::push(&env.registry.url(), "cairn/box", "1", &img, None).await;
+        let reference = format!("{}/cairn/box:1", env.registry.host());
+        let image = pull_image(&env.ctr, &reference, &PullOptions::default(), &no_progress)
+            .await
+            .unwrap();
+        let yaml = format!(
+            r#"
+services:
+  main:
+    image: {reference}
+    command: ["sh", "-c", "cat /proc/self/uid_map; stat -c 'bin %u' /bin/busybox; stat -c 'old %u' /data/old; echo new > /data/new; cat /run/secrets/token; echo; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; ls /sys/class/net; echo done; exec sleep 60"]
+    volumes: ["store:/data"]
+    secrets: [token]
+    sysctls: {{net.ipv4.ip_unprivileged_port_start: "80"}}
+secrets:
+  token: {{}}
+"#
+        );
+        let app = AppSpec::parse("compose.yml", "uns", &yaml).unwrap();
+        let cfg = common::runtime_config(&env);
+        // App data on a file system mounted as a device mounts /data: in a user namespace these
+        // options are locked, and every bind mount of it must keep them.
+        std::fs::create_dir_all(&cfg.data_dir).unwrap();
+        let _data = DataMount::new(&cfg.data_dir);
+        let range = IdRange::nth(7).unwrap();
+        let scratch = env.containerd.scratch_dir("ns");
+        let app_userns = AppUserns {
+            path: scratch.join("userns-uns"),
+            range,
+        };
+        userns::create(&app_userns.path, range).unwrap();
+        let netns = scratch.join("netns-uns_main");
+        userns::create_netns_in(&app_userns.path, &netns).unwrap();
+        // A volume written before the app had a range, as host root.
+        let volume = cfg.volume_dir("uns", "store");
+        std::fs::create_dir_all(&volume).unwrap();
+        std::fs::write(volume.join("old"), "old").unwrap();
+
+        let secrets = BTreeMap::from([("token".to_string(), b"s3cret".to_vec())]);
+        let new = NewContainer {
+            app: "uns",
+            service: "main",
+            spec: &app.services["main"],
+            image: &image,
+            labels: HashMap::from([("cairn.spec-hash".to_string(), "h1".to_string())]),
+            secrets: &secrets,
+            netns: Some(netns.clone()),
+            hosts_file: None,
+            userns: Some(app_userns.clone()),
+        };
+        let id = container::create_container(&env.ctr, &cfg, &new)
+            .await
+            .unwrap_or_else(|e| panic!("create: {e}"));
+        let log = cfg.service_log("uns", "main", &Default::default());
+        let pid = container::start_task(&env.ctr, &cfg, &id, &log)
+            .await
+            .unwrap_or_else(|e| panic!("start: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            let text = std::fs::read_to_string(&log.path).unwrap_or_default();
+            if text.contains("done") {
+                break text;
+            }
+            assert!(Instant::now() < deadline, "log: {text}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let start = range.host_start;
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        assert_eq!(fields[..3], ["0", &start.to_string(), "65536"], "{text}");
+        assert!(text.contains("bin 0\n"), "image files belong to container root: {text}");
+        assert!(text.contains("old 0\n"), "the old volume was moved into the range: {text}");
+        assert!(text.contains("s3cret"), "container root reads its secret: {text}");
+        assert!(text.contains("\n80\n"), "the sysctl was set in its own namespaces: {text}");
+        assert!(
+            text.contains("\n80\nlo\ndone\n"),
+            "its /sys shows its own network namespace, with only lo: {text}"
+        );
+        // On the host, container root is the range's first id, and so are its files.
+        assert!(host_uids(pid).iter().all(|u| *u == start), "{:?}", host_uids(pid));
+        assert_eq!(std::fs::metadata(volume.join("new")).unwrap().uid(), start);
+        assert_eq!(std::fs::metadata(volume.join("old")).unwrap().uid(), start);
+        assert_eq!(std::fs::metadata(&volume).unwrap().uid(), start);
+
+        container::remove_container(&env.ctr, &id, Duration::from_millis(500))
+            .await
+            .unwrap();
+        userns::remove(&netns).unwrap();
+        userns::remove(&app_userns.path).unwrap();
+    })
+    .await
+    .expect("test timed out");
+}
