@@ -28,7 +28,7 @@ mod command;
 mod firewall;
 pub(crate) mod hosts;
 mod masquerade;
-mod netns;
+pub(crate) mod netns;
 mod records;
 mod subnet;
 

@@ -25,14 +25,10 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use rustix::mount::UnmountFlags;
 use rustix::thread::{LinkNameSpaceType, UnshareFlags};
 
 pub use ranges::{IdRange, IdRanges, RangeError, FIRST_HOST_ID, IDS_PER_APP};
 pub use shift::{shift_tree, ShiftError, Shifted};
-
-/// `NSFS_MAGIC` from linux/magic.h: the file system type of a mounted namespace file.
-const NSFS_MAGIC: rustix::fs::FsWord = 0x6e73_6673;
 
 /// The program the helper child runs once its namespace is made (it is killed right after).
 const HOLDER: &str = "/bin/sleep";
@@ -140,7 +136,7 @@ impl AppNamespaces {
 
 /// Whether `path` is a mounted namespace file.
 pub fn is_namespace(path: &Path) -> bool {
-    rustix::fs::statfs(path).is_ok_and(|fs| fs.f_type == NSFS_MAGIC)
+    crate::network::netns::is_netns(path)
 }
 
 /// Kills and reaps the helper child however the caller leaves.
@@ -258,26 +254,10 @@ pub fn create_netns_in(userns: &Path, path: &Path) -> Result<(), UsernsError> {
 /// # Errors
 /// When the unmount or the removal fails.
 pub fn remove(path: &Path) -> Result<(), UsernsError> {
-    let err = |source| UsernsError::Remove {
+    crate::network::netns::remove(path).map_err(|e| UsernsError::Remove {
         path: path.to_path_buf(),
-        source,
-    };
-    match std::fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(err(e)),
-        Ok(_) => {}
-    }
-    while is_namespace(path) {
-        match rustix::mount::unmount(path, UnmountFlags::DETACH) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::INVAL) => break,
-            Err(e) => return Err(err(e.into())),
-        }
-    }
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(err(e)),
-        _ => Ok(()),
-    }
+        source: io::Error::other(e.to_string()),
+    })
 }
 
 #[cfg(test)]
