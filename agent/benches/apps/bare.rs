@@ -64,6 +64,8 @@ pub async fn bare_start(
     cfg.stop_grace = Duration::from_secs(2);
     cfg.network = bench.bare_network.clone();
     cfg.unconfined_for_benchmark = !confined;
+    // The agent's binary is the log writer on a device; here the one cargo built.
+    cfg.log_writer = env!("CARGO_BIN_EXE_cairn-agent").into();
     let mut networks = Networks::new(cfg.network.clone());
     let secrets = BTreeMap::new();
     let private = spec
