@@ -67,27 +67,12 @@ pub(crate) async fn read_image_files(
             .view_snapshot(&key, &image.chain_id, Some(&key))
             .await
             .map_err(|e| rootfs_err(e.to_string()))?;
-        let target = std::path::absolute(scratch.join(&key))
-            .map_err(|e| rootfs_err(format!("no mount point: {e}")))?;
-        std::fs::create_dir_all(&target).map_err(|source| ContainerError::Io {
-            path: target.clone(),
-            source,
-        })?;
         let image_name = image.name.clone();
-        let mount_point = target.clone();
         let paths = paths.to_vec();
-        let joined = tokio::task::spawn_blocking(move || {
-            std::thread::spawn(move || {
-                read_in_own_namespace(&image_name, &mounts, &mount_point, &paths, max_bytes)
-            })
-            .join()
+        on_own_thread(image, scratch, &key, "reading", move |mount_point| {
+            read_in_own_namespace(&image_name, &mounts, mount_point, &paths, max_bytes)
         })
-        .await;
-        let _ = std::fs::remove_dir(&target);
-        match joined {
-            Ok(Ok(result)) => result,
-            _ => Err(rootfs_err("the thread reading it panicked".into())),
-        }
+        .await
     }
     .await;
     if let Err(e) = ctr.remove_snapshot(&key).await {
@@ -144,36 +129,28 @@ pub(crate) async fn remapped_snapshot(
             .prepare_snapshot(&key, &image.chain_id, HashMap::new(), Some(lease))
             .await
             .map_err(|e| rootfs_err(e.to_string()))?;
-        let target = std::path::absolute(scratch.join(&key))
-            .map_err(|e| rootfs_err(format!("no mount point: {e}")))?;
-        std::fs::create_dir_all(&target).map_err(|source| ContainerError::Io {
-            path: target.clone(),
-            source,
-        })?;
-        let mount_point = target.clone();
-        let joined = tokio::task::spawn_blocking(move || {
-            std::thread::spawn(move || -> Result<Shifted, String> {
-                mount_in_own_namespace(&mounts, &mount_point, false)?;
-                let shifted = shift_tree(&mount_point, range).map_err(|e| e.to_string())?;
+        let image_name = image.name.clone();
+        let shifted = on_own_thread(image, scratch, &key, "shifting", move |mount_point| {
+            let shift = || -> Result<Shifted, String> {
+                mount_in_own_namespace(&mounts, mount_point, false)?;
+                let shifted = shift_tree(mount_point, range).map_err(|e| e.to_string())?;
                 // On disk before the commit: a power cut must not leave a committed copy whose
                 // owners are half moved, which every later container would reuse.
                 let root = rustix::fs::open(
-                    &mount_point,
+                    mount_point,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .map_err(|e| format!("cannot open it to sync: {e}"))?;
                 rustix::fs::syncfs(&root).map_err(|e| format!("cannot sync it: {e}"))?;
                 Ok(shifted)
+            };
+            shift().map_err(|reason| ContainerError::ImageRootfs {
+                image: image_name,
+                reason,
             })
-            .join()
         })
-        .await;
-        let _ = std::fs::remove_dir(&target);
-        let shifted = match joined {
-            Ok(Ok(result)) => result.map_err(rootfs_err)?,
-            _ => return Err(rootfs_err("the thread shifting it panicked".into())),
-        };
+        .await?;
         info!(
             entries = shifted.entries,
             changed = shifted.changed,
@@ -197,6 +174,37 @@ pub(crate) async fn remapped_snapshot(
         return Err(e);
     }
     Ok(name)
+}
+
+/// Make mount point `<scratch>/<key>`, run `work` on it on a thread of its own (which ends right
+/// after, so the mount namespace `work` enters goes with it) and remove the mount point again.
+/// `what` names the work in the message should the thread panic.
+async fn on_own_thread<T: Send + 'static>(
+    image: &ImageInfo,
+    scratch: &Path,
+    key: &str,
+    what: &str,
+    work: impl FnOnce(&Path) -> Result<T, ContainerError> + Send + 'static,
+) -> Result<T, ContainerError> {
+    let rootfs_err = |reason: String| ContainerError::ImageRootfs {
+        image: image.name.clone(),
+        reason,
+    };
+    let target = std::path::absolute(scratch.join(key))
+        .map_err(|e| rootfs_err(format!("no mount point: {e}")))?;
+    std::fs::create_dir_all(&target).map_err(|source| ContainerError::Io {
+        path: target.clone(),
+        source,
+    })?;
+    let mount_point = target.clone();
+    let joined =
+        tokio::task::spawn_blocking(move || std::thread::spawn(move || work(&mount_point)).join())
+            .await;
+    let _ = std::fs::remove_dir(&target);
+    match joined {
+        Ok(Ok(result)) => result,
+        _ => Err(rootfs_err(format!("the thread {what} it panicked"))),
+    }
 }
 
 /// Runs on a thread of its own, which ends right after: enter a new mount namespace, mount the
