@@ -7,37 +7,19 @@
 //! database. The device id is the AEAD associated data, so a sealed key copied to another device's
 //! row does not open.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use ring::rand::{SecureRandom, SystemRandom};
+use crate::sealing::{KeyFileError, SealingKey};
 
 /// File name of the escrow key in `data_dir`.
 pub const ESCROW_KEY_FILE: &str = "escrow.key";
-const KEY_LEN: usize = 32;
 
 /// Why the escrow key could not be loaded or a recovery key not sealed or opened.
 #[derive(Debug, thiserror::Error)]
 pub enum EscrowError {
-    /// The key file could not be read or written.
-    #[error("escrow key {path}: {source}; check data_dir permissions")]
-    Io {
-        /// The key file.
-        path: PathBuf,
-        /// The I/O failure.
-        source: std::io::Error,
-    },
-    /// The key file exists but is not 32 bytes.
-    #[error("escrow key {path} is {len} bytes, not 32: restore it from your backup (without it escrowed recovery keys cannot be read)")]
-    BadKeyFile {
-        /// The key file.
-        path: PathBuf,
-        /// Its length.
-        len: usize,
-    },
-    /// The system random source failed.
-    #[error("no randomness for the escrow key or nonce")]
-    Random,
+    /// The key file could not be loaded, created, or used.
+    #[error("escrow key: {0}")]
+    Key(#[from] KeyFileError),
     /// A stored recovery key does not decrypt: wrong escrow key file or a tampered row.
     #[error("the escrowed recovery key of device {device_id} does not decrypt with {ESCROW_KEY_FILE}: the key file was replaced or the row altered; restore escrow.key from backup")]
     Undecryptable {
@@ -47,70 +29,25 @@ pub enum EscrowError {
 }
 
 /// The escrow key, loaded once at start.
+#[derive(Debug)]
 pub struct EscrowKey {
-    key: LessSafeKey,
-}
-
-impl std::fmt::Debug for EscrowKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EscrowKey(..)")
-    }
+    key: SealingKey,
 }
 
 impl EscrowKey {
     /// Load `data_dir/escrow.key`, creating it (0600) on first start.
     #[tracing::instrument(name = "escrow.load_or_create", skip_all, fields(dir = %dir.display()))]
     pub fn load_or_create(dir: &Path) -> Result<Self, EscrowError> {
-        let path = dir.join(ESCROW_KEY_FILE);
-        let io = |source| EscrowError::Io {
-            path: path.clone(),
-            source,
-        };
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut fresh = vec![0u8; KEY_LEN];
-                SystemRandom::new()
-                    .fill(&mut fresh)
-                    .map_err(|_| EscrowError::Random)?;
-                cairn_io::write_atomic(&path, &fresh, 0o600).map_err(|e| io(e.source))?;
-                tracing::info!(path = %path.display(), "created the recovery-key escrow key");
-                fresh
-            }
-            Err(e) => return Err(io(e)),
-        };
-        if bytes.len() != KEY_LEN {
-            return Err(EscrowError::BadKeyFile {
-                path,
-                len: bytes.len(),
-            });
-        }
-        let key = UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| EscrowError::BadKeyFile {
-            path,
-            len: bytes.len(),
-        })?;
-        Ok(Self {
-            key: LessSafeKey::new(key),
-        })
+        let key =
+            SealingKey::load_or_create(&dir.join(ESCROW_KEY_FILE), "recovery-key escrow key")?;
+        Ok(Self { key })
     }
 
     /// Encrypt `recovery_key` for `device_id`: random nonce followed by ciphertext and tag.
     pub fn seal(&self, device_id: &str, recovery_key: &str) -> Result<Vec<u8>, EscrowError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| EscrowError::Random)?;
-        let mut data = recovery_key.as_bytes().to_vec();
-        self.key
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(device_id.as_bytes()),
-                &mut data,
-            )
-            .map_err(|_| EscrowError::Random)?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&data);
-        Ok(out)
+        Ok(self
+            .key
+            .seal(device_id.as_bytes(), recovery_key.as_bytes())?)
     }
 
     /// Decrypt what [`EscrowKey::seal`] made for the same `device_id`.
@@ -118,16 +55,10 @@ impl EscrowKey {
         let undecryptable = || EscrowError::Undecryptable {
             device_id: device_id.to_string(),
         };
-        if sealed.len() < NONCE_LEN {
-            return Err(undecryptable());
-        }
-        let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| undecryptable())?;
-        let mut body = body.to_vec();
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(device_id.as_bytes()), &mut body)
-            .map_err(|_| undecryptable())?;
+            .open(device_id.as_bytes(), sealed)
+            .ok_or_else(undecryptable)?;
         String::from_utf8(plain.to_vec()).map_err(|_| undecryptable())
     }
 }
@@ -179,16 +110,6 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
-    }
-
-    #[test]
-    fn refuses_a_short_key_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(ESCROW_KEY_FILE), b"short").unwrap();
-        assert!(matches!(
-            EscrowKey::load_or_create(dir.path()),
-            Err(EscrowError::BadKeyFile { len: 5, .. })
-        ));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod placement;
 pub mod rate_limit;
 pub mod replicas;
 pub mod rollout;
+pub mod sealing;
 pub mod sessions;
 pub mod store;
 pub mod time;
