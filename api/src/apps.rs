@@ -56,6 +56,10 @@ pub struct DesiredApp {
     /// The deployment that placed it here; `null`: deployed on this device by an operator.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub deployment: Option<String>,
+    /// The secrets central holds for it on this device, with the version the device gets
+    /// (never the value).
+    #[serde(default)]
+    pub secrets: Vec<crate::AppSecretVersion>,
 }
 
 /// What a device reported about one app.

@@ -16,6 +16,7 @@
 //! - [`apps`]: apps on a device and their reported status;
 //! - [`bundles`]: OS update bundles;
 //! - [`rollouts`]: OS update rollouts, plans and per-device progress;
+//! - [`secrets`]: app secrets (values in, never out);
 //! - [`sites`]: sites and regions;
 //! - [`deployments`]: deployments, placements and placement plans;
 //! - [`events`]: the event log and logs read from devices;
@@ -36,6 +37,7 @@ pub mod enrollment;
 pub mod error;
 pub mod events;
 pub mod rollouts;
+pub mod secrets;
 pub mod sites;
 mod timestamp;
 mod wire_enum;
@@ -50,6 +52,7 @@ pub use enrollment::*;
 pub use error::*;
 pub use events::*;
 pub use rollouts::*;
+pub use secrets::*;
 pub use sites::*;
 pub use timestamp::Timestamp;
 

@@ -114,6 +114,11 @@ pub struct CentralConfig {
     /// Whether a device's quote must show Secure Boot on (PCR 7); off fails its attestation.
     #[serde(default = "default_true")]
     pub require_secure_boot: bool,
+    /// Whether devices that cannot attest (no TPM central proved: software keys) receive their
+    /// apps' secrets. Off: secrets go only to devices whose latest quote verified; turn it on
+    /// only for fleets without TPMs, where a copied device key is enough to read them.
+    #[serde(default)]
+    pub release_secrets_to_unattested: bool,
 }
 
 fn default_grpc_listen() -> SocketAddr {
@@ -196,6 +201,7 @@ impl CentralConfig {
             enroll_attempts_per_source_per_minute: default_enroll_rate(),
             attestation_interval_secs: default_attestation_interval(),
             require_secure_boot: true,
+            release_secrets_to_unattested: false,
         }
     }
 

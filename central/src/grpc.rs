@@ -7,9 +7,10 @@ use cairn_proto::v1::enrollment_server::Enrollment;
 use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, App, AppStatus, BundleData, BundleIndexRequest,
     BundleIndexResponse, CentralMessage, DesiredState, EnrollRequest, EnrollResponse, EnrollStatus,
-    EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, HeartbeatAck, OsUpdate, PingRequest,
-    PingResponse, ReadBundleRequest, RenewRequest, RenewResponse, ReportWipeRequest,
-    ReportWipeResponse, TimeRequest, TimeResponse,
+    EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, GetSecretsRequest, GetSecretsResponse,
+    HeartbeatAck, OsUpdate, PingRequest, PingResponse, ReadBundleRequest, RenewRequest,
+    RenewResponse, ReportWipeRequest, ReportWipeResponse, SecretRef, SecretValue, TimeRequest,
+    TimeResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,9 +26,11 @@ use crate::rate_limit::TokenBucket;
 use crate::sessions::AttestationGate;
 use crate::sessions::{AppsReport, HostReport};
 use crate::store::apps as store_apps;
+use crate::store::attestation as store_attestation;
 use crate::store::bundles::{self as store_bundles, Bundle};
 use crate::store::events::Severity;
 use crate::store::recovery_keys::{self, SealedRecoveryKey};
+use crate::store::secrets as store_secrets;
 use crate::store::{audit, devices, now_unix, DesiredOs, DeviceStatus, StoreError};
 use crate::tpm_proof;
 use crate::Shared;
@@ -251,6 +254,33 @@ fn device_id_from_peer<T>(request: &Request<T>) -> Result<String, Status> {
         .ok_or_else(|| Status::unauthenticated("client certificate has no device URI"))
 }
 
+/// The names a GetSecrets request asks for, checked and without repeats.
+fn secret_names(request: &GetSecretsRequest) -> Result<Vec<String>, Status> {
+    if request.app.is_empty() || request.app.len() > 128 {
+        return Err(Status::invalid_argument(
+            "app must be the name of one of the device's apps",
+        ));
+    }
+    if request.names.len() > cairn_proto::MAX_SECRETS_PER_APP {
+        return Err(Status::invalid_argument(format!(
+            "at most {} secret names per request",
+            cairn_proto::MAX_SECRETS_PER_APP
+        )));
+    }
+    let mut names: Vec<String> = Vec::with_capacity(request.names.len());
+    for name in &request.names {
+        if !cairn_proto::is_secret_name(name) {
+            return Err(Status::invalid_argument(
+                "a secret name is 1-64 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    Ok(names)
+}
+
 /// A device's desired state: its revision, config, apps and the OS a rollout wants it to run.
 pub fn desired_state(
     revision: u64,
@@ -267,6 +297,14 @@ pub fn desired_state(
                 name: a.name,
                 compose_yaml: a.compose_yaml,
                 generation: a.generation,
+                secrets: a
+                    .secrets
+                    .into_iter()
+                    .map(|s| SecretRef {
+                        name: s.name,
+                        version: s.version,
+                    })
+                    .collect(),
             })
             .collect(),
         os: os.map(|os| OsUpdate {
@@ -611,6 +649,103 @@ impl Agent for AgentService {
         }
         tracing::warn!(device_id = %device_id, %detail, "device reported its crypto-erase");
         Ok(Response::new(ReportWipeResponse {}))
+    }
+
+    async fn get_secrets(
+        &self,
+        request: Request<GetSecretsRequest>,
+    ) -> Result<Response<GetSecretsResponse>, Status> {
+        let device_id = self.authorize(&request).await?;
+        let span = tracing::info_span!("grpc.get_secrets", device_id = %device_id);
+        let request = request.into_inner();
+        let names = secret_names(&request)?;
+        let shared = self.0.clone();
+        let id = device_id.clone();
+        let app = request.app.clone();
+        let found = self
+            .0
+            .store
+            .run(move |conn| {
+                let tx = conn.transaction()?;
+                let Some(device) = devices::get(&tx, &id)? else {
+                    return Ok(Err(Status::not_found("this device is not in the registry")));
+                };
+                let record = store_attestation::get(&tx, &id)?;
+                let state = crate::attestation::summary(
+                    record.as_ref(),
+                    &device.key_storage,
+                    now_unix(),
+                    shared.config.attestation_interval_secs,
+                )
+                .state;
+                if let Err(why) = crate::secrets::release_allowed(
+                    &state,
+                    shared.config.release_secrets_to_unattested,
+                ) {
+                    return Ok(Err(Status::failed_precondition(why)));
+                }
+                if store_apps::get(&tx, &id, &app)?.is_none() {
+                    return Ok(Err(Status::not_found(format!(
+                        "app {app:?} is not placed on this device; its secrets go only to devices that run it"
+                    ))));
+                }
+                let applying = store_secrets::applying(&tx, &id)?
+                    .remove(&app)
+                    .unwrap_or_default();
+                let mut found = Vec::new();
+                let mut bytes = 0;
+                for name in &names {
+                    let Some((secret_id, _)) = applying.get(name) else {
+                        continue;
+                    };
+                    if let Some((version, sealed)) = store_secrets::sealed(&tx, secret_id)? {
+                        // What does not fit goes in the agent's next call.
+                        bytes += sealed.ciphertext.len();
+                        if bytes > cairn_proto::MAX_SECRETS_REPLY_BYTES {
+                            break;
+                        }
+                        found.push((name.clone(), secret_id.clone(), version, sealed));
+                    }
+                }
+                let released: Vec<String> = found
+                    .iter()
+                    .map(|(name, secret_id, version, _)| format!("{name}={secret_id}@{version}"))
+                    .collect();
+                audit::record(
+                    &tx,
+                    &format!("device:{id}"),
+                    "secret.release",
+                    &id,
+                    &format!("app={app} released=[{}]", released.join(" ")),
+                )?;
+                tx.commit()?;
+                Ok(Ok(found))
+            })
+            .instrument(span.clone())
+            .await
+            .map_err(internal)??;
+        let mut secrets = Vec::with_capacity(found.len());
+        for (name, secret_id, version, sealed) in found {
+            let value = self
+                .0
+                .vault
+                .open(&secret_id, version, &sealed)
+                .map_err(|e| {
+                    span.in_scope(|| tracing::error!(error = %e, "a secret could not be opened"));
+                    Status::internal(format!(
+                        "central could not open secret {name:?}; it is logged, an operator must set it again"
+                    ))
+                })?;
+            secrets.push(SecretValue {
+                name,
+                version,
+                value: value.to_vec(),
+            });
+        }
+        span.in_scope(
+            || tracing::info!(app = %request.app, released = secrets.len(), "secrets released"),
+        );
+        Ok(Response::new(GetSecretsResponse { secrets }))
     }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {

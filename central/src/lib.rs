@@ -18,6 +18,7 @@ pub mod rate_limit;
 pub mod replicas;
 pub mod rollout;
 pub mod sealing;
+pub mod secrets;
 pub mod sessions;
 pub mod store;
 pub mod time;
@@ -46,6 +47,8 @@ pub struct Shared {
     pub sessions: sessions::Sessions,
     /// Seals escrowed recovery keys.
     pub escrow: escrow::EscrowKey,
+    /// Seals app secrets (their data keys).
+    pub vault: secrets::SecretVault,
     /// OS update bundles on disk.
     pub bundles: bundles::BundleFiles,
     /// The deployment scheduler's clock and wake-up signal.
@@ -159,6 +162,9 @@ pub enum StartError {
     /// CA.
     #[error(transparent)]
     Ca(#[from] ca::CaError),
+    /// The secrets' key-encryption key could not be loaded or created.
+    #[error(transparent)]
+    Vault(#[from] secrets::SecretVaultError),
     /// The recovery-key escrow key could not be loaded or created.
     #[error(transparent)]
     Escrow(#[from] escrow::EscrowError),
@@ -216,6 +222,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     };
     let ca = Arc::new(ca::FleetCa::load_or_create(&config.data_dir)?);
     let escrow = escrow::EscrowKey::load_or_create(&config.data_dir)?;
+    let vault = secrets::SecretVault::load_or_create(&config.data_dir)?;
     let tpm_anchors = tpm_proof::VendorAnchors::load(&config.tpm_vendor_cas)?;
     let challenger = tpm_proof::Challenger::new(ca.derive_key(b"enrollment tpm challenge ticket"));
     let enroll_limiter = rate_limit::RateLimiter::new(config.enroll_attempts_per_source_per_minute);
@@ -267,6 +274,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         ca: ca.clone(),
         sessions: sessions::Sessions::default(),
         escrow,
+        vault,
         bundles,
         events: events::EventBuffer::default(),
         rest_metrics: metrics::RestMetrics::default(),

@@ -290,10 +290,13 @@ async fn invalid_compose_is_refused_with_line_and_field() {
     assert_eq!(status, 400);
     assert!(error_message(&body).contains("app name"), "{body}");
 
-    let secrets = "services:\n  web:\n    image: busybox\n    secrets: [db]\nsecrets:\n  db: {}\n";
+    let secrets = "services:\n  web:\n    image: busybox\n    secrets: [db]\nsecrets:\n  db:\n    file: ./db.txt\n";
     let (status, body) = put(&central, &central.admin, &id, "web", secrets);
     assert_eq!(status, 400);
-    assert!(error_message(&body).contains("secrets"), "{body}");
+    assert!(
+        error_message(&body).contains("provided by central"),
+        "{body}"
+    );
 
     let (status, body) = central.call(
         &central.admin,

@@ -10,9 +10,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use base64::Engine;
 use cairn_api::{
     AppList, BundleUploaded, CreatedApiToken, CreatedEnrollmentToken, DeploymentReply,
-    DeviceDetail, RolloutReply,
+    DeviceDetail, RolloutReply, SecretReply,
 };
 use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, AppStatus, CentralMessage, DesiredState,
@@ -75,6 +76,10 @@ struct Contract<'a> {
     central: &'a TestCentral,
     document: Value,
     called: BTreeSet<(String, String)>,
+    /// Every answer body, to search for secret values.
+    answers: Vec<(String, Vec<u8>)>,
+    /// The concrete paths GET was called on.
+    read_paths: BTreeSet<String>,
 }
 
 impl<'a> Contract<'a> {
@@ -84,6 +89,8 @@ impl<'a> Contract<'a> {
             central,
             document,
             called: BTreeSet::new(),
+            answers: Vec::new(),
+            read_paths: BTreeSet::new(),
         }
     }
 
@@ -148,6 +155,11 @@ impl<'a> Contract<'a> {
             (status, got_type, bytes)
         });
         self.check(method, path, status, &got_type, &bytes);
+        if method == "GET" {
+            self.read_paths.insert(path.to_owned());
+        }
+        self.answers
+            .push((format!("{method} {path} {status}"), bytes.clone()));
         Answer {
             status,
             body: bytes,
@@ -216,6 +228,41 @@ impl<'a> Contract<'a> {
             "{method} {path} {status} does not match its schema:\n  {}\nbody: {value:#}",
             errors.join("\n  ")
         );
+    }
+
+    /// No answer so far, and no answer to any GET path called, as each of `tokens`, holds any of
+    /// `values`: secrets go in and never come back out, whatever the role.
+    fn assert_no_answer_holds(&mut self, tokens: &[&str], values: &[&[u8]]) {
+        for token in tokens {
+            for path in self.read_paths.clone() {
+                let (status, body) = tokio::task::block_in_place(|| {
+                    let response = self
+                        .central
+                        .rest()
+                        .get(&self.central.rest_url(&path))
+                        .set("Authorization", &format!("Bearer {token}"))
+                        .call();
+                    let response = match response {
+                        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+                        Err(e) => panic!("GET {path}: {e}"),
+                    };
+                    let status = response.status();
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut response.into_reader(), &mut bytes).unwrap();
+                    (status, bytes)
+                });
+                self.answers
+                    .push((format!("GET {path} {status} (again)"), body));
+            }
+        }
+        for (call, body) in &self.answers {
+            for value in values {
+                assert!(
+                    !body.windows(value.len()).any(|w| w == *value),
+                    "{call} answered a secret value"
+                );
+            }
+        }
     }
 
     /// Every operation of the document was called (or is listed as not callable, with why).
@@ -363,6 +410,10 @@ fn app_report(name: &str, generation: u64) -> AppStatus {
 }
 
 const COMPOSE: &str = "services:\n  web:\n    image: busybox\n";
+
+/// Secret values set in the test; no answer may hold them.
+const SECRET_ONE: &[u8] = b"first-secret-value-5be1c9";
+const SECRET_TWO: &[u8] = b"second-secret-value-0d7f42";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn every_documented_operation_answers_as_documented() {
@@ -595,6 +646,104 @@ async fn every_documented_operation_answers_as_documented() {
         .expect(200)
         .read();
     assert!(apps.apps[0].status.is_some() && apps.reported_at.is_some());
+
+    // A secret of the app: its value goes in, and no answer ever carries it (checked at the end
+    // over every answer, for every role).
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    let secret_body =
+        json!({ "name": "api_key", "device": id, "app": "shop", "value_base64": b64(SECRET_ONE) });
+    let created: SecretReply = api
+        .call(
+            Some(&operator),
+            "POST",
+            "/api/v1/secrets",
+            Some(secret_body.clone()),
+        )
+        .expect(201)
+        .read();
+    assert_eq!(created.devices, 1, "the device running the app is sent it");
+    api.call(
+        Some(&operator),
+        "POST",
+        "/api/v1/secrets",
+        Some(secret_body.clone()),
+    )
+    .expect(409);
+    api.call(Some(&viewer), "POST", "/api/v1/secrets", Some(secret_body))
+        .expect(403);
+    api.admin(
+        "POST",
+        "/api/v1/secrets",
+        Some(json!({ "name": "api_key", "value_base64": b64(b"x") })),
+    )
+    .expect(400);
+    api.admin(
+        "POST",
+        "/api/v1/secrets",
+        Some(json!({ "name": "x", "deployment": "nothing", "value_base64": b64(b"x") })),
+    )
+    .expect(404);
+    let apps: AppList = api
+        .call(
+            Some(&viewer),
+            "GET",
+            &format!("/api/v1/devices/{id}/apps"),
+            None,
+        )
+        .expect(200)
+        .read();
+    assert_eq!(apps.apps[0].app.secrets.len(), 1, "{:?}", apps.apps[0].app);
+    assert_eq!(apps.apps[0].app.secrets[0].version, created.secret.version);
+    api.call(Some(&viewer), "GET", "/api/v1/secrets", None)
+        .expect(200);
+    api.call(
+        Some(&viewer),
+        "GET",
+        &format!("/api/v1/secrets?device={id}&app=shop"),
+        None,
+    )
+    .expect(200);
+    let secret_path = format!("/api/v1/secrets/{}", created.secret.id);
+    let updated: SecretReply = api
+        .call(
+            Some(&operator),
+            "PUT",
+            &secret_path,
+            Some(json!({ "value_base64": b64(SECRET_TWO) })),
+        )
+        .expect(200)
+        .read();
+    assert!(updated.secret.version > created.secret.version);
+    api.call(
+        Some(&viewer),
+        "PUT",
+        &secret_path,
+        Some(json!({ "value_base64": b64(b"x") })),
+    )
+    .expect(403);
+    api.admin(
+        "PUT",
+        "/api/v1/secrets/sec_nope",
+        Some(json!({ "value_base64": b64(b"x") })),
+    )
+    .expect(404);
+    let doomed: SecretReply = api
+        .admin(
+            "POST",
+            "/api/v1/secrets",
+            Some(json!({ "name": "doomed", "device": id, "app": "shop", "value_base64": b64(b"gone") })),
+        )
+        .expect(201)
+        .read();
+    api.admin(
+        "DELETE",
+        &format!("/api/v1/secrets/{}", doomed.secret.id),
+        None,
+    )
+    .expect(200);
+    api.admin("DELETE", "/api/v1/secrets/sec_nope", None)
+        .expect(404);
+
     api.admin("DELETE", &app_path, None).expect(200);
     api.admin("DELETE", &app_path, None).expect(404);
 
@@ -972,4 +1121,11 @@ async fn every_documented_operation_answers_as_documented() {
         .expect(404);
 
     api.assert_every_operation_called();
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    let (one, two) = (b64(SECRET_ONE), b64(SECRET_TWO));
+    let admin = central.admin.clone();
+    api.assert_no_answer_holds(
+        &[&viewer, &operator, &admin],
+        &[SECRET_ONE, SECRET_TWO, one.as_bytes(), two.as_bytes()],
+    );
 }

@@ -8,6 +8,38 @@ pub mod version;
 #[allow(missing_docs, unused_qualifications)]
 pub mod v1 {
     tonic::include_proto!("cairn.v1");
+
+    impl std::fmt::Debug for SecretValue {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("SecretValue")
+                .field("name", &self.name)
+                .field("version", &self.version)
+                .field("value", &format_args!("<{} bytes>", self.value.len()))
+                .finish()
+        }
+    }
+}
+
+/// Most secrets one app may name (declared in its Compose file and held at central).
+pub const MAX_SECRETS_PER_APP: usize = 64;
+
+/// Largest secret value (32 KiB: a TLS key with its chain fits; a file of data does not belong
+/// in a secret).
+pub const MAX_SECRET_BYTES: usize = 32 * 1024;
+
+/// Most value bytes one GetSecrets answer carries (under [`MAX_MESSAGE_BYTES`]): central leaves
+/// out what does not fit, and the agent asks again for the rest.
+pub const MAX_SECRETS_REPLY_BYTES: usize = 192 * 1024;
+
+/// Whether `name` is a usable secret name: 1-64 letters, digits, '-', '_' or '.', not `.` or `..`
+/// (it becomes the file name `/run/secrets/NAME`). Central and the Compose parser both check it.
+pub fn is_secret_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Largest gRPC message either side accepts. Enrollment and heartbeats are a few KiB; anything

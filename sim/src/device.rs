@@ -301,11 +301,13 @@ mod tests {
             name: "bench".into(),
             compose_yaml: deployment_compose(9),
             generation: 1,
+            secrets: Vec::new(),
         });
         desired.apps.push(App {
             name: "other".into(),
             compose_yaml: "services: {}\n# cairn-sim-marker: 99".into(),
             generation: 1,
+            secrets: Vec::new(),
         });
         assert_eq!(
             newest_marker(&desired),

@@ -9,6 +9,7 @@
 //! - [`require_tool`]: decide whether a test can run, given the external tools it needs.
 //! - [`free_port`]: a loopback TCP port that was free a moment ago.
 //! - [`hostile`]: hostile inputs (a YAML alias bomb) and the process's peak memory.
+//! - [`leaks`]: files under a directory that contain a secret value.
 //! - `images` (feature `images`): busybox OCI images to push to a [`Registry`] or archive.
 
 mod containerd;
@@ -21,6 +22,7 @@ mod vendor_ca;
 #[cfg(feature = "central")]
 pub mod central;
 pub mod hostile;
+pub mod leaks;
 
 #[cfg(feature = "central")]
 pub mod expired_central;

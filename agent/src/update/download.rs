@@ -535,6 +535,12 @@ mod tests {
         ) -> Result<Response<ReportWipeResponse>, Status> {
             Err(Status::unimplemented("test"))
         }
+        async fn get_secrets(
+            &self,
+            _: Request<GetSecretsRequest>,
+        ) -> Result<Response<GetSecretsResponse>, Status> {
+            Err(Status::unimplemented("test"))
+        }
         async fn bundle_index(
             &self,
             request: Request<BundleIndexRequest>,

@@ -15,6 +15,7 @@ fn desired(apps: &[(&str, u64)]) -> DesiredState {
                 name: name.to_string(),
                 compose_yaml: String::new(),
                 generation: *generation,
+                secrets: Vec::new(),
             })
             .collect(),
         os: None,

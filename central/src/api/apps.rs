@@ -35,7 +35,7 @@ pub(super) const PUT_APP_BODY_BYTES: usize = 2 * MAX_COMPOSE_BYTES + 4096;
 /// Label of the compose text in validation errors (`compose_yaml:LINE: FIELD: problem`).
 const COMPOSE_LABEL: &str = "compose_yaml";
 
-/// Validate an app as the agent will: cairn-compose's parser, size, no secrets yet; returns the
+/// Validate an app as the agent will: cairn-compose's parser and size; returns the
 /// host devices and extra capabilities it asks for. The parse runs on a blocking thread, off
 /// the async workers that serve every other request.
 pub(super) async fn validate(name: &str, compose_yaml: &str) -> Result<Privileges, ApiError> {
@@ -56,12 +56,6 @@ fn parse_app(name: &str, compose_yaml: &str) -> Result<Privileges, ApiError> {
         SpecError::AppName { .. } => ApiError::BadRequest(e.to_string()),
         other => ApiError::BadRequest(format!("the app spec is not valid:\n{other}")),
     })?;
-    if !spec.secrets.is_empty() {
-        return Err(ApiError::BadRequest(format!(
-            "{COMPOSE_LABEL}: secrets ({}) cannot be deployed yet: central has no secret store; remove `secrets` and pass values another way",
-            spec.secrets.iter().cloned().collect::<Vec<_>>().join(", ")
-        )));
-    }
     Ok(spec.privileges())
 }
 

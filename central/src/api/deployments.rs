@@ -264,6 +264,8 @@ pub(super) async fn delete_deployment(
             )));
         }
         let hosts = deployments::placed_devices(tx, &key)?;
+        // Its secrets go with it: a new deployment of the same name starts without them.
+        crate::store::secrets::delete_of_deployment(tx, &key)?;
         audit::record(
             tx,
             &actor,

@@ -11,7 +11,7 @@
 //!   as `central/openapi.json`);
 //! - `auth.rs`: bearer tokens and roles;
 //! - `apps.rs`, `deployments.rs`, `sites.rs`, `bundles.rs`, `rollouts.rs`, `observability.rs`,
-//!   `attestation.rs`: one part of the API each;
+//!   `attestation.rs`, `secrets.rs`: one part of the API each;
 //! - `console.rs`: the web console's static files.
 
 mod apps;
@@ -25,6 +25,7 @@ mod observability;
 mod openapi;
 mod rollouts;
 mod routes;
+mod secrets;
 mod sites;
 
 use std::sync::Arc;

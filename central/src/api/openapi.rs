@@ -47,6 +47,7 @@ const BEARER: &str = "bearer";
         (name = "rollouts", description = "OS update rollouts in waves"),
         (name = "sites", description = "Sites and regions"),
         (name = "deployments", description = "Apps central places on devices of selected sites"),
+        (name = "secrets", description = "App secrets: values go in, and only the devices that run the app receive them; no answer carries a value"),
         (name = "observability", description = "The event log and logs read from devices"),
     )
 )]

@@ -14,31 +14,44 @@ fn from_row(row: &Row) -> crate::store::db::Result<DesiredApp> {
         generation: row.get::<_, i64>(2)? as u64,
         updated_at: row.get(3)?,
         deployment: row.get(4)?,
+        secrets: Vec::new(),
     })
 }
 
-/// The apps of a device, by name.
+/// The apps of a device, by name, each with the secret versions it gets there.
 pub fn list(conn: &Connection, device_id: &str) -> Result<Vec<DesiredApp>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT name, compose_yaml, generation, updated_at, deployment FROM device_apps WHERE device_id = ?1 ORDER BY name",
     )?;
     let rows = stmt.query_map([device_id], from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut apps: Vec<DesiredApp> = rows.collect::<Result<_, _>>()?;
+    let mut versions = super::secrets::versions_for_device(conn, device_id)?;
+    for app in &mut apps {
+        app.secrets = versions.remove(&app.name).unwrap_or_default();
+    }
+    Ok(apps)
 }
 
-/// One app of a device.
+/// One app of a device, with the secret versions it gets there.
 pub fn get(
     conn: &Connection,
     device_id: &str,
     name: &str,
 ) -> Result<Option<DesiredApp>, StoreError> {
-    Ok(conn
+    let app = conn
         .query_row(
             "SELECT name, compose_yaml, generation, updated_at, deployment FROM device_apps WHERE device_id = ?1 AND name = ?2",
             params![device_id, name],
             from_row,
         )
-        .optional()?)
+        .optional()?;
+    let Some(mut app) = app else {
+        return Ok(None);
+    };
+    app.secrets = super::secrets::versions_for_device(conn, device_id)?
+        .remove(name)
+        .unwrap_or_default();
+    Ok(Some(app))
 }
 
 /// Insert or replace an app of a device at `generation`; returns it.
@@ -61,6 +74,9 @@ pub fn upsert(
         generation,
         updated_at: now,
         deployment: None,
+        secrets: super::secrets::versions_for_device(conn, device_id)?
+            .remove(name)
+            .unwrap_or_default(),
     })
 }
 

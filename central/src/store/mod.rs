@@ -26,6 +26,7 @@ pub mod log_requests;
 pub mod model;
 pub mod recovery_keys;
 pub mod rollouts;
+pub mod secrets;
 pub mod sites;
 pub mod streams;
 pub mod tokens;

@@ -245,6 +245,36 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE device_attestation ADD COLUMN os_version TEXT;
     "#,
+    // 13: app secrets (central/src/secrets.rs): one row per (owner, app, name, site, device)
+    // scope, holding the current version sealed under its own data key. `owner_kind` says whether
+    // `app` names a deployment (optionally narrowed to a site or a device) or an operator's
+    // per-device app (`device_id` set). Versions come from one counter that never goes back, so a
+    // device falling back from a removed site value to the deployment's sees a new number.
+    r#"
+    CREATE TABLE secrets (
+        id TEXT PRIMARY KEY,
+        owner_kind TEXT NOT NULL CHECK (owner_kind IN ('deployment', 'device_app')),
+        app TEXT NOT NULL,
+        name TEXT NOT NULL,
+        site TEXT NOT NULL DEFAULT '',
+        device_id TEXT NOT NULL DEFAULT '',
+        version INTEGER NOT NULL,
+        kek_id TEXT NOT NULL,
+        wrapped_key BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_by TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        UNIQUE (owner_kind, app, name, site, device_id)
+    );
+    CREATE INDEX secrets_app ON secrets(app);
+    CREATE TABLE secret_version_counter (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO secret_version_counter (id, value) VALUES (1, 0);
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.
