@@ -15,6 +15,7 @@ pub mod deployment;
 pub mod observe;
 pub mod region;
 pub mod rollout;
+pub mod secret;
 pub mod site;
 
 pub use app::AppCommand;
@@ -22,6 +23,7 @@ pub use bundle::BundleCommand;
 pub use deployment::DeploymentCommand;
 pub use region::RegionCommand;
 pub use rollout::RolloutCommand;
+pub use secret::SecretCommand;
 pub use site::SiteCommand;
 
 use crate::client::{BearerToken, CentralCa, Client, Connection, CtlError, Reply, DEFAULT_CENTRAL};
@@ -47,6 +49,9 @@ pub enum CliError {
     /// A bundle command failed before talking to central.
     #[error(transparent)]
     Bundle(#[from] bundle::BundleError),
+    /// A secret command failed before talking to central.
+    #[error(transparent)]
+    Secret(#[from] secret::SecretError),
 }
 
 /// Operate a Cairn fleet through cairn-central's REST API.
@@ -131,6 +136,9 @@ pub enum Command {
     /// Deployments: an app central places on devices of selected sites, and re-places.
     #[command(subcommand)]
     Deployment(DeploymentCommand),
+    /// App secrets: values go to the devices that run the app, and never come back out.
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// The latest entries of central's audit log.
     Audit {
         /// How many events to show (central's default if not given).
@@ -367,6 +375,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Site(command) => site::run_site(&client, command, json, out),
         Command::Region(command) => region::run_region(&client, command, json, out),
         Command::Deployment(command) => deployment::run_deployment(&client, command, json, out),
+        Command::Secret(command) => secret::run_secret(&client, command, json, out),
         Command::Audit { limit } => {
             let reply = client.audit(&AuditQuery { limit })?;
             emit_table(out, json, &reply, "no audit events", |log| {

@@ -23,12 +23,13 @@ use thiserror::Error;
 use cairn_api::{
     ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, AuditQuery, BundleList,
     BundleUploaded, ClaimList, ClaimReply, CreateApiToken, CreateClaim, CreateDeployment,
-    CreateEnrollmentToken, CreateRegion, CreateRollout, CreateSite, CreatedApiToken,
+    CreateEnrollmentToken, CreateRegion, CreateRollout, CreateSecret, CreateSite, CreatedApiToken,
     CreatedEnrollmentToken, DeploymentChanged, DeploymentList, DeploymentRemoved, DeploymentReply,
     DeviceAttestation, DeviceDetail, DeviceList, DeviceLogs, DeviceReply, EnrollmentTokenList,
     EnrollmentTokenReply, ErrorBody, EventList, EventsQuery, LogsQuery, PutApp, RecoveryKey,
-    RegionList, RegionReply, Removed, RolloutCreated, RolloutList, RolloutReply, SetDeviceLabels,
-    SetDeviceSite, SiteList, SiteWithDevices,
+    RegionList, RegionReply, Removed, RolloutCreated, RolloutList, RolloutReply, SecretList,
+    SecretQuery, SecretReply, SetDeviceLabels, SetDeviceSite, SiteList, SiteWithDevices,
+    UpdateSecret,
 };
 
 use crate::input::{self, InputError};
@@ -559,6 +560,32 @@ impl Client {
     pub fn delete_site(&self, name: &str) -> Result<Reply<Removed>, CtlError> {
         let name = checked_id(name)?;
         self.send::<(), _>("DELETE", &format!("/api/v1/sites/{name}"), None)
+    }
+
+    /// `GET /api/v1/secrets`: secrets matching `query`, without values.
+    pub fn list_secrets(&self, query: &SecretQuery) -> Result<Reply<SecretList>, CtlError> {
+        self.get("/api/v1/secrets", &query_pairs(query))
+    }
+
+    /// `POST /api/v1/secrets`: creates a secret (201) with its first value.
+    pub fn create_secret(&self, request: &CreateSecret) -> Result<Reply<SecretReply>, CtlError> {
+        self.post("/api/v1/secrets", Some(request))
+    }
+
+    /// `PUT /api/v1/secrets/{id}`: a new value, a new version.
+    pub fn update_secret(
+        &self,
+        id: &str,
+        request: &UpdateSecret,
+    ) -> Result<Reply<SecretReply>, CtlError> {
+        let id = checked_id(id)?;
+        self.send("PUT", &format!("/api/v1/secrets/{id}"), Some(request))
+    }
+
+    /// `DELETE /api/v1/secrets/{id}`: removes a secret.
+    pub fn delete_secret(&self, id: &str) -> Result<Reply<Removed>, CtlError> {
+        let id = checked_id(id)?;
+        self.send::<(), _>("DELETE", &format!("/api/v1/secrets/{id}"), None)
     }
 
     /// `GET /api/v1/regions`: every region.
