@@ -28,6 +28,7 @@ use crate::identity::IdentityStore;
 use crate::key::{DeviceKey, KeyError};
 use crate::liveness::Liveness;
 use crate::log_requests::LogSources;
+use crate::secrets::{SecretCache, SecretCacheError};
 use crate::shutdown::Shutdown;
 use crate::sink::DesiredStateSink;
 use crate::state::{StateDir, StateError, StoredIdentity, STATUS_FILE};
@@ -38,6 +39,9 @@ use crate::update::{PreparedUpdate, UpdateLink, UpdateStarter};
 
 /// How long a wiped agent sleeps between promises to the watchdog.
 const LIVENESS_IDLE: Duration = Duration::from_secs(30);
+
+/// Directory of the apps' secret values under the state directory (see [`SecretCache`]).
+const SECRETS_DIR: &str = "secrets";
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,9 @@ pub enum AgentError {
     /// A CSR could not be built.
     #[error(transparent)]
     Csr(#[from] CsrError),
+    /// The secrets directory is unusable.
+    #[error(transparent)]
+    Secrets(#[from] SecretCacheError),
 }
 
 /// One device agent. Cheap to share behind an `Arc`; many can run in one process.
@@ -82,6 +89,8 @@ pub struct Agent {
     liveness: Liveness,
     /// The clock and its corrections from central's signed time.
     time: Arc<TimeKeeper>,
+    /// The apps' secret values (fetched only with `[apps] enabled`).
+    secrets: Arc<SecretCache>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -129,11 +138,12 @@ impl Agent {
                             None
                         }
                     };
-                    Ok((state, token, key, facts, dialer, desired))
+                    let secrets = SecretCache::open(&config.state_dir.join(SECRETS_DIR))?;
+                    Ok((state, token, key, facts, dialer, desired, secrets))
                 })
                 .await?
             };
-            let (state, token, key, facts, dialer, desired) = prepared;
+            let (state, token, key, facts, dialer, desired, secrets) = prepared;
             info!(serial = %facts.serial, key_storage = key.storage(), "agent prepared");
             let events = Arc::new(EventQueue::default());
             Ok(Agent {
@@ -143,6 +153,7 @@ impl Agent {
                 events,
                 host: Arc::new(Mutex::new(HostSampler::new(config.metrics_mounts.clone()))),
                 liveness: Liveness::new(),
+                secrets: Arc::new(secrets),
                 identity: IdentityStore::new(state, key),
                 config,
                 facts,
@@ -152,6 +163,11 @@ impl Agent {
         }
         .instrument(span)
         .await
+    }
+
+    /// The apps' secret values, for a sink assembled outside [`Agent::with_configured_apps`].
+    pub fn secrets(&self) -> Arc<SecretCache> {
+        self.secrets.clone()
     }
 
     /// Replaces the desired-state sink (the runtime's reconcile loop).
@@ -170,6 +186,7 @@ impl Agent {
             &self.config.apps,
             &self.config.state_dir,
             self.events.clone(),
+            self.secrets.clone(),
         );
         self.with_sink(sink)
     }
@@ -306,6 +323,7 @@ impl Agent {
             renew_fraction: self.config.renew_when_remaining_fraction,
             pending_recovery_key: disk.enabled.then(|| disk.pending_recovery_key_path()),
             liveness: self.liveness.clone(),
+            secrets: self.config.apps.enabled.then(|| self.secrets.clone()),
         }
     }
 

@@ -15,9 +15,11 @@
 //! - enrollment: [`enroll::Enroller`] (identity, dialer, facts, token, status);
 //! - the Sync session, renewal, escrow, log requests, heartbeat metrics:
 //!   [`sync::Session`] (identity, dialer, status, [`desired::DesiredStore`], event queue, host
-//!   sampler, [`log_requests::LogSources`], the `[boot]` section when it blesses);
-//! - apps: [`apps::AppsSink`] (its `[apps]` section and the event queue), seen by the rest
-//!   as a [`DesiredStateSink`];
+//!   sampler, [`log_requests::LogSources`], the secret cache, the `[boot]` section when it
+//!   blesses);
+//! - apps: [`apps::AppsSink`] (its `[apps]` section, the event queue and the
+//!   [`secrets::SecretCache`]), seen by the rest as a [`DesiredStateSink`];
+//! - app secrets: [`secrets::SecretCache`], filled by the Sync session, read by the apps sink;
 //! - OS updates: [`update::UpdateLink`] (identity, dialer, status and desired-state
 //!   receivers, `[disk]`, the TCTI, the ESP, containerd's socket);
 //! - boot slots and the data partition: plain functions over their config section
@@ -33,7 +35,7 @@
 //! Each module uses only modules of the layers above it; `tests/module_layers.rs` fails on a
 //! module that does otherwise (and so on any cycle):
 //!
-//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `liveness`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`, `clock`.
+//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `liveness`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`, `clock`, `secrets`.
 //! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`, `logging`, `notify`, `ntp`.
 //! 3. The device key and the held desired state: `key`, `desired`.
 //! 4. What the key signs and proves: `csr`, `tls_key`, `facts`, `identity`.
@@ -67,6 +69,7 @@ pub mod logging;
 pub mod notify;
 pub mod ntp;
 pub mod os_release;
+pub mod secrets;
 pub mod shutdown;
 pub mod sink;
 pub mod slot;

@@ -11,7 +11,8 @@ use cairn_io::PathContext;
 use cairn_proto::v1::agent_client::AgentClient;
 use cairn_proto::v1::{
     agent_message, central_message, AgentMessage, AttestationReport, AttestationRequest,
-    DesiredState, EscrowRecoveryKeyRequest, Heartbeat, RenewRequest, ReportWipeRequest,
+    DesiredState, EscrowRecoveryKeyRequest, GetSecretsRequest, Heartbeat, RenewRequest,
+    ReportWipeRequest,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -34,6 +35,7 @@ use crate::identity::IdentityStore;
 use crate::key::DeviceKey;
 use crate::liveness::Liveness;
 use crate::log_requests::LogSources;
+use crate::secrets::SecretCache;
 use crate::shutdown::Shutdown;
 use crate::state::{read_optional, StateError, StoredIdentity};
 use crate::status::{Phase, StatusReporter};
@@ -150,7 +152,17 @@ pub struct Session {
     /// The data partition's recovery key waiting for escrow (`None`: no managed partition).
     pub(crate) pending_recovery_key: Option<PathBuf>,
     pub(crate) liveness: Liveness,
+    /// Where the apps' secret values go (`None`: apps are off, nothing to fetch).
+    pub(crate) secrets: Option<Arc<SecretCache>>,
 }
+
+/// How long a session waits before asking central again for secrets it withheld or could not
+/// send (a device whose attestation is pending, a secret not set yet).
+const SECRETS_RETRY: Duration = Duration::from_secs(30);
+
+/// Most GetSecrets rounds one fetch makes: central sends what fits in one answer, and the rest in
+/// the next rounds.
+const SECRETS_ROUNDS: usize = 8;
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -420,6 +432,70 @@ impl Session {
         );
     }
 
+    /// Fetch the secret values the held desired state names and the cache lacks, in a task (at
+    /// most one at a time: `fetching`); once some arrived, the sink gets the state again so the
+    /// services that use them are (re)made.
+    fn spawn_secret_fetch(
+        &self,
+        client: &AgentClient<Channel>,
+        fetching: &Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use std::sync::atomic::Ordering;
+        let Some(cache) = self.secrets.clone() else {
+            return;
+        };
+        let Some(desired) = self.desired.current() else {
+            return;
+        };
+        if cache.missing(&desired).is_empty() || fetching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut client = client.clone();
+        let fetching = fetching.clone();
+        let store = self.desired.clone();
+        tokio::spawn(
+            async move {
+                let mut stored = 0;
+                for _ in 0..SECRETS_ROUNDS {
+                    let mut progress = 0;
+                    let Some(desired) = store.current() else { break };
+                    for (app, names) in cache.missing(&desired) {
+                        let request = GetSecretsRequest { app: app.clone(), names };
+                        let answer = tokio::time::timeout(REQUEST_TIMEOUT, client.get_secrets(request)).await;
+                        let values = match answer {
+                            Ok(Ok(reply)) => reply.into_inner().secrets,
+                            Ok(Err(status)) => {
+                                warn!(app, code = ?status.code(), reason = status.message(), "central did not release the app's secrets; asking again later");
+                                continue;
+                            }
+                            Err(_) => {
+                                warn!(app, "central did not answer for the app's secrets in time; asking again later");
+                                continue;
+                            }
+                        };
+                        let cache = cache.clone();
+                        let app_name = app.clone();
+                        match blocking(move || cache.store(&app_name, values)).await {
+                            Ok(n) => progress += n,
+                            Err(e) => error!(app, error = %e, "could not store the app's secrets"),
+                        }
+                    }
+                    stored += progress;
+                    if progress == 0 {
+                        break;
+                    }
+                }
+                fetching.store(false, Ordering::Release);
+                if stored > 0 {
+                    if let Some(current) = store.current() {
+                        store.sink().apply(&current);
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
     /// Stores a newer desired state, publishes it and hands it to the sink; older or equal
     /// revisions are ignored.
     pub async fn accept_desired(&self, desired: DesiredState) -> Result<bool, StateError> {
@@ -468,6 +544,8 @@ impl Session {
         let mut seq = 1;
         let _ = tx.try_send(self.heartbeat(seq));
         let mut client = agent_client(channel);
+        let secrets_client = client.clone();
+        let fetching = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let open = tokio::time::timeout(REQUEST_TIMEOUT, client.sync(ReceiverStream::new(rx)));
         let mut inbound = match shutdown.run(open).await {
             None => return SessionEnd::Shutdown,
@@ -511,6 +589,8 @@ impl Session {
         let mut alive = tokio::time::interval(LIVENESS_TICK);
         alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.send_queued_events(&tx);
+        self.spawn_secret_fetch(&secrets_client, &fetching);
+        let mut secrets_asked = Instant::now();
         loop {
             self.liveness.step();
             tokio::select! {
@@ -533,6 +613,10 @@ impl Session {
                         )), stable(heard_from_central));
                     }
                     seq += 1;
+                    if secrets_asked.elapsed() >= SECRETS_RETRY {
+                        secrets_asked = Instant::now();
+                        self.spawn_secret_fetch(&secrets_client, &fetching);
+                    }
                     // Events left over because the stream was backed up go out with the tick.
                     self.send_queued_events(&tx);
                     match tx.try_send(self.heartbeat(seq)) {
@@ -563,6 +647,8 @@ impl Session {
                                 error!(error = %e, "cannot store the desired state; reconnecting to get it again");
                                 return failed(e.into(), false);
                             }
+                            secrets_asked = Instant::now();
+                            self.spawn_secret_fetch(&secrets_client, &fetching);
                         }
                         Some(central_message::Kind::Ack(ack)) => debug!(seq = ack.seq, "heartbeat acknowledged"),
                         Some(central_message::Kind::Logs(request)) => self.spawn_log_reply(request, tx.clone()),

@@ -91,7 +91,8 @@ impl InProcessAgent {
             firewall: false,
             log_writer: Some(env!("CARGO_BIN_EXE_cairn-agent").into()),
         };
-        let sink = AppsSink::start(&config.apps, &config.state_dir);
+        let agent = Agent::new(config.clone()).await.expect("agent prepares");
+        let sink = AppsSink::start(&config.apps, &config.state_dir, agent.secrets());
         let timeline = Arc::new(Mutex::new(Timeline::default()));
         let mut observed = sink.observed();
         let watcher_timeline = timeline.clone();
@@ -112,7 +113,6 @@ impl InProcessAgent {
                 }
             }
         });
-        let agent = Agent::new(config).await.expect("agent prepares");
         let agent = Arc::new(agent.with_sink(Arc::new(TimedSink {
             inner: sink,
             timeline: timeline.clone(),

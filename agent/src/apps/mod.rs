@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::events::EventQueue;
+use crate::secrets::SecretCache;
 use crate::sink::DesiredStateSink;
 use cairn_proto::v1::EventSeverity;
 
@@ -57,7 +58,7 @@ struct AppliedState {
 }
 
 impl AppliedState {
-    fn from_desired(desired: &DesiredState) -> AppliedState {
+    fn from_desired(desired: &DesiredState, secrets: &SecretCache) -> AppliedState {
         let mut seen = HashSet::new();
         let entries: Vec<AppEntry> = desired
             .apps
@@ -76,7 +77,10 @@ impl AppliedState {
                     ))
                 } else {
                     AppSpec::parse(COMPOSE_LABEL, &app.name, &app.compose_yaml)
-                        .map(DesiredApp::new)
+                        .map(|spec| DesiredApp {
+                            spec,
+                            secrets: secrets.values(app),
+                        })
                         .map_err(|e| format!("refused by this agent: {e}"))
                 };
                 if let Err(e) = &spec {
@@ -118,6 +122,8 @@ pub struct AppsSink {
     desired: watch::Sender<Option<Arc<AppliedState>>>,
     observed: watch::Receiver<Vec<AppStatus>>,
     events: Arc<EventQueue>,
+    /// The values of the apps' secrets.
+    secrets: Arc<SecretCache>,
     /// (app, generation) already reported as refused, so a refusal is one event, not one per
     /// revision.
     refused_reported: std::sync::Mutex<HashSet<(String, u64)>>,
@@ -133,8 +139,12 @@ impl AppsSink {
     /// Starts the reconcile task on the current tokio runtime (it connects to containerd, and
     /// reconnects, by itself) and returns the sink feeding it. The task ends when the sink is
     /// dropped; containers keep running (the next agent takes them over).
-    pub fn start(config: &AppsConfig, state_dir: &Path) -> Arc<AppsSink> {
-        Self::start_reporting(config, state_dir, Arc::new(EventQueue::default()))
+    pub fn start(
+        config: &AppsConfig,
+        state_dir: &Path,
+        secrets: Arc<SecretCache>,
+    ) -> Arc<AppsSink> {
+        Self::start_reporting(config, state_dir, Arc::new(EventQueue::default()), secrets)
     }
 
     /// Like [`AppsSink::start`], queuing `app.refused` and `app.reconcile_failed` events on
@@ -143,6 +153,7 @@ impl AppsSink {
         config: &AppsConfig,
         state_dir: &Path,
         events: Arc<EventQueue>,
+        secrets: Arc<SecretCache>,
     ) -> Arc<AppsSink> {
         let mut runtime = RuntimeConfig::new(config.data_dir(state_dir));
         runtime.runc_root = config.runc_root.clone();
@@ -174,6 +185,7 @@ impl AppsSink {
             desired,
             observed,
             events,
+            secrets,
             refused_reported: Default::default(),
         })
     }
@@ -186,7 +198,9 @@ impl AppsSink {
 
 impl DesiredStateSink for AppsSink {
     fn apply(&self, desired: &DesiredState) {
-        let applied = AppliedState::from_desired(desired);
+        // An app that left the device (or a secret it no longer has) takes its values along.
+        self.secrets.retain(desired);
+        let applied = AppliedState::from_desired(desired, &self.secrets);
         info!(
             revision = applied.revision,
             apps = applied.entries.len(),

@@ -8,6 +8,13 @@ use cairn_runtime::reconcile::{Health, ServiceState as State, ServiceStatus};
 
 use super::*;
 
+/// A secret cache with nothing in it (the secrets' own tests are in `crate::secrets`).
+fn no_secrets() -> (tempfile::TempDir, Arc<SecretCache>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(SecretCache::open(dir.path()).unwrap());
+    (dir, cache)
+}
+
 fn desired(revision: u64, apps: &[(&str, &str, u64)]) -> DesiredState {
     DesiredState {
         revision,
@@ -18,6 +25,7 @@ fn desired(revision: u64, apps: &[(&str, &str, u64)]) -> DesiredState {
                 name: name.to_string(),
                 compose_yaml: yaml.to_string(),
                 generation: *generation,
+                secrets: Vec::new(),
             })
             .collect(),
         os: None,
@@ -29,10 +37,11 @@ const BAD: &str = "services:\n  web:\n    image: busybox\n    ports: [\"x:80\"]\
 
 #[test]
 fn a_refused_app_is_reported_and_the_others_run() {
-    let applied = AppliedState::from_desired(&desired(
-        7,
-        &[("good", GOOD, 5), ("bad", BAD, 7), ("good", GOOD, 6)],
-    ));
+    let (_dir, secrets) = no_secrets();
+    let applied = AppliedState::from_desired(
+        &desired(7, &[("good", GOOD, 5), ("bad", BAD, 7), ("good", GOOD, 6)]),
+        &secrets,
+    );
     assert_eq!(applied.runnable.len(), 1);
     assert_eq!(applied.runnable[0].spec.name, "good");
     let running = ServiceStatus {
@@ -71,7 +80,8 @@ fn a_refused_app_is_reported_and_the_others_run() {
 
 #[test]
 fn a_failed_pass_is_reported_per_app_and_messages_are_cut() {
-    let applied = AppliedState::from_desired(&desired(3, &[("good", GOOD, 3)]));
+    let (_dir, secrets) = no_secrets();
+    let applied = AppliedState::from_desired(&desired(3, &[("good", GOOD, 3)]), &secrets);
     let st = report::statuses(
         &applied,
         Err("x".repeat(5000)),
@@ -119,7 +129,8 @@ async fn without_containerd_every_app_reports_why_and_nothing_runs_before_a_desi
         reconcile_interval_ms: 20,
         ..AppsConfig::default()
     };
-    let sink = AppsSink::start(&config, dir.path());
+    let (_secrets_dir, secrets) = no_secrets();
+    let sink = AppsSink::start(&config, dir.path(), secrets);
     let mut observed = sink.observed();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
@@ -180,7 +191,8 @@ fn a_refused_app_is_held_as_it_runs_unless_its_name_also_runs() {
         1,
         &[("bad", refused, 1), ("good", GOOD, 1), ("good", refused, 2)],
     );
-    let applied = AppliedState::from_desired(&desired);
+    let (_dir, secrets) = no_secrets();
+    let applied = AppliedState::from_desired(&desired, &secrets);
     assert!(applied.entries[0].spec.is_err());
     assert_eq!(applied.held(), HashSet::from(["bad".to_string()]));
 }
@@ -190,8 +202,9 @@ fn a_yaml_alias_bomb_is_refused_fast_with_bounded_memory_and_other_apps_run() {
     use cairn_testsupport::hostile::{fastest_of_three, peak_rss_bytes, yaml_alias_bomb};
     let bomb = yaml_alias_bomb();
     let desired = desired(1, &[("bomb", &bomb, 1), ("good", GOOD, 1)]);
+    let (_dir, secrets) = no_secrets();
     let peak_before = peak_rss_bytes();
-    let (took, runs) = fastest_of_three(|| AppliedState::from_desired(&desired));
+    let (took, runs) = fastest_of_three(|| AppliedState::from_desired(&desired, &secrets));
     for applied in runs {
         let why = applied.entries[0].spec.as_ref().unwrap_err();
         assert!(

@@ -1,0 +1,171 @@
+//! App secrets end to end on this host: a real central, a real agent with its apps on a real
+//! containerd, images from a real registry. A service reads its secret as a file; a rotation
+//! changes what it reads and restarts only that service; with central stopped and the
+//! containers gone, the agent makes them again with the secret it kept.
+//!
+//! The agent keeps a software key here, which cannot attest its boot, so central runs with
+//! `release_secrets_to_unattested`; the attestation gate itself is tested in
+//! `central/tests/secrets.rs`.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use cairn_agent::apps::AppsConfig;
+use cairn_agent::Agent;
+use cairn_runtime::container::{self, RuntimeConfig};
+use cairn_runtime::containerd::Containerd as Ctr;
+use cairn_testsupport::central::{config_in, TestCentral};
+use cairn_testsupport::images as test_images;
+use cairn_testsupport::{require_tool, Containerd, Registry};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use support::{agent_config, device_id, eventually, wait_phase, RunningAgent};
+
+const FIRST: &[u8] = b"first-db-password-c41d";
+const SECOND: &[u8] = b"second-db-password-9e07";
+
+fn compose(image: &str) -> String {
+    format!(
+        "services:\n  reader:\n    image: {image}\n    restart: always\n    command: [\"sh\", \"-c\", \"sha256sum /run/secrets/db_password > /data/seen; echo start >> /data/starts; exec sleep 3600\"]\n    secrets: [db_password]\n    volumes: [\"reader:/data\"]\n  other:\n    image: {image}\n    restart: always\n    command: [\"sh\", \"-c\", \"echo start >> /data/starts; exec sleep 3600\"]\n    volumes: [\"other:/data\"]\nsecrets:\n  db_password: {{}}\nvolumes:\n  reader: {{}}\n  other: {{}}\n"
+    )
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn sha_line(value: &[u8]) -> String {
+    hex::encode(Sha256::digest(value))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_central_down() {
+    if !(Containerd::can_run() && require_tool("docker-registry") && test_images::busybox_present())
+    {
+        return;
+    }
+    let containerd = Containerd::start();
+    let registry = Registry::start();
+    let image = test_images::busybox_image(&[("etc/app", "secrets\n")]);
+    test_images::push(&registry.url(), "test/box", "1", &image, None).await;
+    let image_ref = format!("{}/test/box:1", registry.host());
+
+    let central_dir = tempfile::tempdir().unwrap();
+    let mut central_config = config_in(central_dir.path());
+    central_config.release_secrets_to_unattested = true;
+    let mut central = TestCentral::start_with(central_dir, central_config).await;
+    let (_, token) = central.token("auto", None, None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = agent_config(&central, &token, dir.path(), "SN-SECRETS");
+    let apps_dir = containerd.scratch_dir("agent-apps");
+    config.apps = AppsConfig {
+        enabled: true,
+        containerd_socket: containerd.socket(),
+        data_dir: Some(apps_dir.clone()),
+        runc_root: Some(containerd.runc_root()),
+        reconcile_interval_ms: 200,
+        plain_http_registries: vec![registry.host()],
+        firewall: false,
+        log_writer: Some(env!("CARGO_BIN_EXE_cairn-agent").into()),
+    };
+    let start = |config: cairn_agent::AgentConfig| async move {
+        let agent = Agent::new(config).await.expect("agent prepares");
+        RunningAgent::from_agent(std::sync::Arc::new(agent.with_configured_apps()))
+    };
+    let running = start(config.clone()).await;
+    wait_phase(&running.agent, cairn_agent::Phase::Connected).await;
+    let id = device_id(&running.agent);
+    let runtime = RuntimeConfig::new(apps_dir.clone());
+    let seen = runtime.volume_dir("shop", "reader").join("seen");
+    let reader_starts = runtime.volume_dir("shop", "reader").join("starts");
+    let other_starts = runtime.volume_dir("shop", "other").join("starts");
+
+    // The app first: its reader cannot start without the secret, the other service runs.
+    let (status, answer) = central.call(
+        &central.admin,
+        "PUT",
+        &format!("/api/v1/devices/{id}/apps/shop"),
+        Some(json!({ "compose_yaml": compose(&image_ref) })),
+    );
+    assert!(status == 201, "{answer}");
+    eventually(
+        Duration::from_secs(120),
+        "the other service to start",
+        || read(&other_starts).lines().count() == 1,
+    )
+    .await;
+    assert!(read(&seen).is_empty(), "reader ran without its secret");
+
+    // The secret arrives: the reader starts and reads it.
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    let (status, answer) = central.call(
+        &central.admin,
+        "POST",
+        "/api/v1/secrets",
+        Some(json!({ "name": "db_password", "device": id, "app": "shop", "value_base64": b64(FIRST) })),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let secret_id = answer["secret"]["id"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(60),
+        "the reader to read the first value",
+        || read(&seen).starts_with(&sha_line(FIRST)),
+    )
+    .await;
+
+    // Rotated: the reader is made again and reads the new value; the other service is left be.
+    let (status, answer) = central.call(
+        &central.admin,
+        "PUT",
+        &format!("/api/v1/secrets/{secret_id}"),
+        Some(json!({ "value_base64": b64(SECOND) })),
+    );
+    assert_eq!(status, 200, "{answer}");
+    eventually(
+        Duration::from_secs(60),
+        "the reader to read the second value",
+        || read(&seen).starts_with(&sha_line(SECOND)),
+    )
+    .await;
+    assert_eq!(read(&reader_starts).lines().count(), 2);
+    assert_eq!(
+        read(&other_starts).lines().count(),
+        1,
+        "the other service kept running"
+    );
+
+    // A power cut with central down: the agent stops, its containers are gone, central too.
+    running.stop().await;
+    let ctr = Ctr::connect(&containerd.socket(), cairn_agent::apps::NAMESPACE)
+        .await
+        .unwrap();
+    for c in container::list_containers(&ctr).await.unwrap() {
+        container::remove_container(&ctr, &c.id, Duration::from_secs(2))
+            .await
+            .unwrap();
+    }
+    std::fs::remove_file(&seen).unwrap();
+    central.stop().await;
+    let running = start(config.clone()).await;
+    eventually(
+        Duration::from_secs(60),
+        "the reader to read its kept secret offline",
+        || read(&seen).starts_with(&sha_line(SECOND)),
+    )
+    .await;
+    running.stop().await;
+
+    // No value in central's data dir (the registry database included) or containerd's state.
+    for value in [FIRST, SECOND] {
+        for dir in [central.config.data_dir.clone(), containerd.root_dir()] {
+            let found = cairn_testsupport::leaks::files_containing(&dir, value);
+            assert!(
+                found.is_empty(),
+                "a secret value in plain text in {found:?}"
+            );
+        }
+    }
+}
