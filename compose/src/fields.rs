@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use super::{DependsOn, RestartPolicy, VolumeMount};
 
-pub(crate) use mounts::{device_mapping, parse_device, parse_tmpfs};
-pub use mounts::{refused_host_device, DeviceError, TmpfsError};
+pub(crate) use mounts::{
+    device_mapping, file_target, parse_device, parse_file_id, parse_file_mode, parse_tmpfs,
+};
+pub use mounts::{refused_host_device, DeviceError, FileMountError, TmpfsError};
 pub(crate) use network::{
     check_hostname, expand_ports, parse_extra_host, parse_host_ip, parse_port, parse_port_mode,
     parse_port_range, parse_protocol, MAX_PORTS_PER_APP, MAX_PORTS_PER_SERVICE,
@@ -61,6 +63,12 @@ pub enum FieldError {
     /// A secret name that cannot be a file name in `/run/secrets`.
     #[error("{name:?} is not a usable secret name; use up to 64 letters, digits, '-', '_' or '.'")]
     SecretName {
+        /// The name.
+        name: String,
+    },
+    /// A config name that cannot be a file name in `/`.
+    #[error("{name:?} is not a usable config name; use up to 64 letters, digits, '-', '_' or '.'")]
+    ConfigName {
         /// The name.
         name: String,
     },
@@ -468,20 +476,35 @@ pub(crate) fn check_name(name: &str, max: usize) -> Result<(), NameError> {
 
 /// Check a secret name: it becomes the file name `/run/secrets/NAME`.
 pub(crate) fn check_secret_name(name: &str) -> Result<(), FieldError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if is_file_name(name) {
         Ok(())
     } else {
         Err(FieldError::SecretName {
             name: name.to_string(),
         })
     }
+}
+
+/// Check a config name: it becomes the file name `/NAME`.
+pub(crate) fn check_config_name(name: &str) -> Result<(), FieldError> {
+    if is_file_name(name) {
+        Ok(())
+    } else {
+        Err(FieldError::ConfigName {
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Up to 64 ASCII letters, digits, `-`, `_` and `.`, and neither `.` nor `..`.
+fn is_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Parse `VOLUME:/container/path[:ro|:rw]` (named volumes only).

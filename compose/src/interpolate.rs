@@ -31,6 +31,7 @@ const NAMED_MAPS: &[&str] = &[
     "services",
     "volumes",
     "secrets",
+    "configs",
     "environment",
     "labels",
     "sysctls",

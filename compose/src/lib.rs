@@ -3,13 +3,16 @@
 //!
 //! Supported: `services.<name>.{image, command, entrypoint, environment, volumes, ports (short
 //! and long syntax, port ranges), restart, healthcheck, deploy.resources.limits.{cpus, memory},
-//! network_mode: host, secrets, working_dir, hostname, read_only, user, extra_hosts, labels,
-//! tmpfs, stop_signal, stop_grace_period, depends_on, cap_add, cap_drop, ulimits, sysctls,
-//! logging (json-file or local, with max-size and max-file), devices}`, top-level `volumes`
-//! (named volumes, stored on the data partition), top-level `secrets` (no `file`: values are
-//! provided by central and appear in the container as `/run/secrets/NAME`) and `version`
-//! (ignored), plus `x-*` extension fields anywhere (ignored), YAML `<<` merge keys and variable
-//! interpolation (`${VAR}`, `${VAR:-default}`, ... with the variables central provides). Anything
+//! network_mode: host, secrets, configs, working_dir, hostname, read_only, user, extra_hosts,
+//! labels, tmpfs, stop_signal, stop_grace_period, depends_on, cap_add, cap_drop, ulimits,
+//! sysctls, logging (json-file or local, with max-size and max-file), devices}` (`secrets` and
+//! `configs` in the short and the long syntax: `source`, `target`, `uid`, `gid`, `mode`),
+//! top-level `volumes` (named volumes, stored on the data partition), top-level `secrets` (no
+//! `file`: values are provided by central and appear by default as `/run/secrets/NAME`),
+//! top-level `configs` (inline `content` only, templated by the variables like every value, by
+//! default at `/NAME`) and `version` (ignored), plus `x-*` extension fields anywhere (ignored),
+//! YAML `<<` merge keys and variable interpolation (`${VAR}`, `${VAR:-default}`, ... with the
+//! variables central provides). Anything
 //! else is refused with the list of supported keys, and the Compose keys that would loosen an
 //! app's confinement (`privileged`, `pid`, `security_opt`, ...) with the reason.
 //!
@@ -25,14 +28,15 @@
 //!   a validated [`AppSpec`].
 //! - `yaml`: YAML events to a tree whose nodes know their line, within node and depth budgets.
 //! - `interpolate`: variables put into the tree's values.
-//! - `parse`, `sections`, `lists`, `depends`: that tree to an [`AppSpec`], collecting every
-//!   problem (`depends` holds the checks across services).
+//! - `parse`, `sections`, `lists`, `files`, `depends`: that tree to an [`AppSpec`], collecting
+//!   every problem (`files` holds secrets and configs, `depends` the checks across services).
 //! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands, users,
 //!   signals, capabilities, devices, ...).
 //! - [`ImageRef`]: image references, normalized as containerd and Docker name images.
 
 mod depends;
 mod fields;
+mod files;
 mod interpolate;
 mod lists;
 mod parse;
@@ -47,7 +51,8 @@ use serde::Serialize;
 
 pub use fields::{
     check_sysctl, refused_capability, refused_host_device, split_command, ContainerPathError,
-    DeviceError, FieldError, NameError, PortError, TmpfsError, UserError, ALL_CAPABILITIES,
+    DeviceError, FieldError, FileMountError, NameError, PortError, TmpfsError, UserError,
+    ALL_CAPABILITIES,
 };
 pub use reference::{check_digest, ImageRef, ImageRefError};
 
@@ -96,7 +101,7 @@ pub fn check_app_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// A validated app: a named set of services plus the volumes and secrets they use.
+/// A validated app: a named set of services plus the volumes, secrets and configs they use.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AppSpec {
     /// App name (lowercase letters, digits and single `-` or `.` between them).
@@ -107,6 +112,8 @@ pub struct AppSpec {
     pub volumes: BTreeSet<String>,
     /// Secret names declared at top level; values come from central.
     pub secrets: BTreeSet<String>,
+    /// Configs declared at top level: name to the file's text (`content`, variables put in).
+    pub configs: BTreeMap<String, String>,
 }
 
 /// One service (one container) of an app.
@@ -132,8 +139,14 @@ pub struct ServiceSpec {
     pub limits: ResourceLimits,
     /// Network namespace of the container.
     pub network_mode: NetworkMode,
-    /// Secrets (declared at top level) granted to this service, in `/run/secrets/NAME`.
-    pub secrets: Vec<String>,
+    /// `secrets`: secrets (declared at top level) mounted as files, by default at
+    /// `/run/secrets/NAME`.
+    pub secrets: Vec<FileMount>,
+    /// `configs`: configs (declared at top level) mounted as files, by default at `/NAME`.
+    /// Left out of the serialized form when empty, so that the spec hash of a service without
+    /// configs stays what it was before configs existed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileMount>,
     /// Replaces the image's working directory (absolute).
     pub working_dir: Option<String>,
     /// The container's host name; the service name when `None`.
@@ -247,6 +260,32 @@ pub struct Privileges {
     /// Capabilities outside Docker's default set (`cap_add`).
     pub capabilities: BTreeSet<String>,
 }
+
+/// A secret or config mounted read-only as one file (an entry of a service's `secrets` or
+/// `configs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FileMount {
+    /// Name of the secret or config, declared at top level.
+    pub source: String,
+    /// Absolute path of the file inside the container (normalized).
+    pub target: String,
+    /// Owner of the file inside the container, 0 to [`MAX_FILE_ID`] (0 unless given).
+    pub uid: u32,
+    /// Group of the file inside the container, 0 to [`MAX_FILE_ID`] (0 unless given).
+    pub gid: u32,
+    /// Permission bits, at most 0o777 ([`DEFAULT_FILE_MODE`] unless given).
+    pub mode: u32,
+}
+
+/// Permission bits of a secret or config file that does not say (Docker's: every user of the
+/// container may read it, as images running as a non-root user expect).
+pub const DEFAULT_FILE_MODE: u32 = 0o444;
+
+/// Largest `uid` or `gid` of a secret or config file: an app's ids are 65,536 wide.
+pub const MAX_FILE_ID: u32 = 65_535;
+
+/// Largest `content` of a config (before or after variables are put in).
+pub const MAX_CONFIG_BYTES: usize = 64 << 10;
 
 /// A named volume mounted at `target`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,5 +1,5 @@
-//! Validation of the service keys that are lists of entries: `volumes`, `ports`, `secrets`,
-//! `tmpfs`, `devices`, `cap_add` and `cap_drop`.
+//! Validation of the service keys that are lists of entries: `volumes`, `ports`, `tmpfs`,
+//! `devices`, `cap_add` and `cap_drop` (`secrets` and `configs` are in `files.rs`).
 
 use std::collections::BTreeSet;
 
@@ -174,30 +174,6 @@ fn long_port(ck: &mut Checker, node: &Node, path: &str) -> Option<Vec<PortMappin
     mappings
         .map_err(|reason| ck.problem(node, path, port_part(reason).to_string()))
         .ok()
-}
-
-/// A service's `secrets`: names declared at top level.
-pub(super) fn secrets(
-    ck: &mut Checker,
-    node: &Node,
-    path: &str,
-    declared: &BTreeSet<String>,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    for item in items(ck, node, path, usize::MAX) {
-        let Some(name) = ck.scalar(item.node, &item.path, "a secret name") else {
-            continue;
-        };
-        if declared.contains(name) {
-            out.push(name.to_string());
-        } else {
-            ck.problem_at(
-                &item,
-                format!("secret {name:?} is not declared in the top-level `secrets`; add it there"),
-            );
-        }
-    }
-    out
 }
 
 /// `tmpfs`: a path or a list of them, none on a volume's mount point or given twice.

@@ -5,14 +5,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::fields::{self, FieldError};
-use super::lists::{capabilities, devices, ports, secrets, tmpfs, volumes};
+use super::files::{self, Kind};
+use super::lists::{capabilities, devices, ports, tmpfs, volumes};
 use super::sections::{
     depends_on, deploy, environment, extra_hosts, healthcheck, labels, logging, sysctls, ulimits,
 };
 use super::yaml::{Node, Value};
 use super::{AppSpec, NetworkMode, Problem, Protocol, ServiceSpec};
 
-const TOP_KEYS: &[&str] = &["services", "volumes", "secrets", "version"];
+const TOP_KEYS: &[&str] = &["services", "volumes", "secrets", "configs", "version"];
 
 /// The keys of a service, in the order they are read: a key comes after those its checks need
 /// (`tmpfs` after `volumes`, `sysctls` after `network_mode`, `cap_drop` after `cap_add`).
@@ -28,6 +29,7 @@ const SERVICE_KEYS: &[&str] = &[
     "deploy",
     "network_mode",
     "secrets",
+    "configs",
     "working_dir",
     "hostname",
     "read_only",
@@ -91,7 +93,7 @@ impl Checker {
     }
 
     /// [`Checker::map`], refusing the keys of `refused` with their reasons.
-    fn map_refusing<'n>(
+    pub(super) fn map_refusing<'n>(
         &mut self,
         node: &'n Node,
         path: &str,
@@ -254,12 +256,14 @@ pub(super) struct Site<'n> {
 }
 
 /// Where a service's entries were written, for the problems found once the service (or the
-/// whole app) is read: one site per volume and per published port, in the spec's order, and
-/// one per `depends_on` entry.
+/// whole app) is read: one site per volume, published port, secret and config mount, in the
+/// spec's order, and one per `depends_on` entry.
 #[derive(Default)]
 pub(super) struct Sites<'n> {
     volumes: Vec<Site<'n>>,
     ports: Vec<Site<'n>>,
+    pub(super) secrets: Vec<Site<'n>>,
+    pub(super) configs: Vec<Site<'n>>,
     pub(super) depends_on: BTreeMap<String, Site<'n>>,
 }
 
@@ -271,9 +275,11 @@ pub(super) fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// What each service is read against: the app's secrets and how many more ports it may publish.
+/// What each service is read against: the app's secrets and configs and how many more ports it
+/// may publish.
 struct AppContext<'a> {
     secrets: &'a BTreeSet<String>,
+    configs: &'a BTreeMap<String, String>,
     ports_left: usize,
 }
 
@@ -287,6 +293,7 @@ pub(crate) fn app(root: &Node, name: &str) -> Result<AppSpec, Vec<Problem>> {
         services: BTreeMap::new(),
         volumes: BTreeSet::new(),
         secrets: BTreeSet::new(),
+        configs: BTreeMap::new(),
     };
     if root.is_null() {
         ck.problem(
@@ -300,8 +307,9 @@ pub(crate) fn app(root: &Node, name: &str) -> Result<AppSpec, Vec<Problem>> {
     let mut declared_volumes = None;
     for (key, node) in &top {
         match *key {
-            "volumes" => declared_volumes = Some(named_set(&mut ck, node, "volumes", true)),
-            "secrets" => app.secrets = named_set(&mut ck, node, "secrets", false),
+            "volumes" => declared_volumes = Some(declared_volume_names(&mut ck, node)),
+            "secrets" => app.secrets = files::declared_secrets(&mut ck, node),
+            "configs" => app.configs = files::declared_configs(&mut ck, node),
             _ => {}
         }
     }
@@ -344,6 +352,7 @@ fn services<'n>(
     }
     let mut context = AppContext {
         secrets: &app.secrets,
+        configs: &app.configs,
         ports_left: fields::MAX_PORTS_PER_APP,
     };
     let mut names = BTreeSet::new();
@@ -438,30 +447,21 @@ fn duplicate_host_ports(ck: &mut Checker, app: &AppSpec, sites: &BTreeMap<String
     }
 }
 
-/// Top-level `volumes` or `secrets`: names mapped to nothing (or, for secrets, `{}`/`external`).
-fn named_set(ck: &mut Checker, node: &Node, path: &str, volume: bool) -> BTreeSet<String> {
+/// Top-level `volumes`: names mapped to nothing (`NAME:` or `NAME: {}`).
+fn declared_volume_names(ck: &mut Checker, node: &Node) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     if node.is_null() {
         return out;
     }
-    for (name, value) in ck.map(node, path, None).unwrap_or_default() {
-        let p = join(path, name);
-        let check = if volume {
-            fields::check_volume_name(name)
-        } else {
-            fields::check_secret_name(name)
-        };
-        if let Err(error) = check {
+    for (name, value) in ck.map(node, "volumes", None).unwrap_or_default() {
+        let p = join("volumes", name);
+        if let Err(error) = fields::check_volume_name(name) {
             ck.problem(value, &p, error.to_string());
             continue;
         }
         let empty_map = matches!(&value.value, Value::Map(m) if m.is_empty());
         if !value.is_null() && !empty_map {
-            let what = if volume {
-                "volumes are directories on the data partition and take no options; write `NAME: {}` or `NAME:`"
-            } else {
-                "secret values are provided by central, not by a file; write `NAME: {}` or `NAME:`"
-            };
+            let what = "volumes are directories on the data partition and take no options; write `NAME: {}` or `NAME:`";
             ck.problem(value, &p, what);
             continue;
         }
@@ -497,6 +497,7 @@ fn service<'n>(
         );
     }
     published_ports(ck, &svc, &sites);
+    files::check_targets(ck, &svc, &sites);
     (ck.problems.len() == before).then_some((svc, sites))
 }
 
@@ -526,7 +527,16 @@ fn service_key<'n>(
         "healthcheck" => svc.healthcheck = healthcheck(ck, value, p),
         "deploy" => svc.limits = deploy(ck, value, p),
         "network_mode" => svc.network_mode = network_mode(ck, value, p),
-        "secrets" => svc.secrets = secrets(ck, value, p, context.secrets),
+        "secrets" => {
+            let declared = |name: &str| context.secrets.contains(name);
+            let sites = &mut sites.secrets;
+            svc.secrets = files::mounts(ck, value, p, Kind::Secret, &declared, sites);
+        }
+        "configs" => {
+            let declared = |name: &str| context.configs.contains_key(name);
+            let sites = &mut sites.configs;
+            svc.configs = files::mounts(ck, value, p, Kind::Config, &declared, sites);
+        }
         "working_dir" => svc.working_dir = working_dir(ck, value, p),
         "hostname" => {
             let check = |name: &str| fields::check_hostname(name).map(|()| name.to_string());

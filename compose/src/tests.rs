@@ -1,7 +1,9 @@
 //! Unit tests of app spec parsing: one valid file and one test per kind of error; the keys
-//! added for confinement and policy, ports, `depends_on` and interpolation in their own modules.
+//! added for confinement and policy, ports, `depends_on`, secrets and configs, and interpolation
+//! in their own modules.
 
 mod depends;
+mod files;
 mod interpolation;
 mod ports;
 mod service_keys;
@@ -88,7 +90,12 @@ fn parses_a_full_file() {
     assert_eq!(hc.test.argv()[0], "wget");
     assert_eq!(web.limits.cpu_millis, Some(500));
     assert_eq!(web.limits.memory_bytes, Some(128 << 20));
-    assert_eq!(web.secrets, ["db_password"]);
+    let secrets: Vec<_> = web
+        .secrets
+        .iter()
+        .map(|s| (&*s.source, &*s.target))
+        .collect();
+    assert_eq!(secrets, [("db_password", "/run/secrets/db_password")]);
     let worker = &app.services["worker"];
     assert_eq!(worker.environment["B"], "x=y");
     assert_eq!(
@@ -154,7 +161,7 @@ fn syntax_error_has_line_and_column() {
 
 #[test]
 fn unknown_keys_list_the_supported_ones() {
-    assert_error("networks: {}\nservices: {}\n", "compose.yml:1: networks: unknown key \"networks\"; supported keys here: services, volumes, secrets, version");
+    assert_error("networks: {}\nservices: {}\n", "compose.yml:1: networks: unknown key \"networks\"; supported keys here: services, volumes, secrets, configs, version");
     assert_error(
         "services:\n  web:\n    image: busybox\n    container_name: w\n",
         "compose.yml:4: services.web.container_name: unknown key \"container_name\"; supported keys here: image, command,",
@@ -248,18 +255,6 @@ fn volume_errors() {
     assert_error(
         "services:\n  web:\n    image: a\nvolumes:\n  data:\n    driver: local\n",
         "compose.yml:6: volumes.data: volumes are directories",
-    );
-}
-
-#[test]
-fn secret_errors() {
-    assert_error(
-        "services:\n  web:\n    image: a\n    secrets: [token]\n",
-        "compose.yml:4: services.web.secrets[0]: secret \"token\" is not declared",
-    );
-    assert_error(
-        "services:\n  web:\n    image: a\nsecrets:\n  token:\n    file: ./token.txt\n",
-        "compose.yml:6: secrets.token: secret values are provided by central",
     );
 }
 

@@ -1,8 +1,8 @@
-//! What is mounted into a container besides named volumes: `tmpfs` file systems and host
-//! `devices`.
+//! What is mounted into a container besides named volumes: `tmpfs` file systems, host
+//! `devices`, and the targets, owners and modes of secret and config files.
 
 use super::{check_container_path, normalize_path, parse_size, ContainerPathError, FieldError};
-use crate::{DeviceMapping, TmpfsMount, DEFAULT_TMPFS_BYTES};
+use crate::{DeviceMapping, TmpfsMount, DEFAULT_TMPFS_BYTES, MAX_FILE_ID};
 
 /// Largest `tmpfs`: it lives in the device's memory.
 pub(crate) const MAX_TMPFS_BYTES: u64 = 1 << 30;
@@ -56,14 +56,118 @@ pub enum TmpfsError {
     },
 }
 
+/// The directory of [`SYSTEM_DIRS`] normalized `path` is in (or is), if any.
+fn system_dir(path: &str) -> Option<&'static str> {
+    let under =
+        |dir: &str| path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
+    SYSTEM_DIRS.iter().copied().find(|dir| under(dir))
+}
+
 fn tmpfs_target(path: &str) -> Result<String, TmpfsError> {
     check_container_path(path).map_err(TmpfsError::Target)?;
     let path = normalize_path(path);
-    let under =
-        |dir: &str| path == dir || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'));
-    match SYSTEM_DIRS.iter().find(|dir| under(dir)) {
+    match system_dir(&path) {
         Some(dir) => Err(TmpfsError::SystemPath { path, dir }),
         None => Ok(path),
+    }
+}
+
+/// Longest `target` of a secret or config file.
+const MAX_FILE_TARGET_BYTES: usize = 1024;
+
+/// Why the `target`, `uid`, `gid` or `mode` of a secret or config file is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileMountError {
+    /// A target that is not a usable path.
+    #[error("target {target:?}: {reason}; write a file name or an absolute path such as \"/etc/app/app.conf\"")]
+    Target {
+        /// The target as written.
+        target: String,
+        /// What is wrong with it.
+        reason: ContainerPathError,
+    },
+    /// A target longer than [`MAX_FILE_TARGET_BYTES`] or holding a NUL.
+    #[error("target is longer than {MAX_FILE_TARGET_BYTES} bytes or holds a NUL character; write a shorter path")]
+    TargetTooLong,
+    /// A target in a directory the runtime mounts.
+    #[error("target {path:?} is in {dir}, which the runtime mounts itself; put the file elsewhere, e.g. under /run/secrets or /etc")]
+    SystemPath {
+        /// The target.
+        path: String,
+        /// The directory.
+        dir: &'static str,
+    },
+    /// A `uid` or `gid` that is not an id inside the container.
+    #[error("{field} {text:?} is not an id from 0 to {MAX_FILE_ID} (ids inside the container); write a number such as 1000")]
+    Id {
+        /// `uid` or `gid`.
+        field: &'static str,
+        /// The value as written.
+        text: String,
+    },
+    /// A `mode` that is not octal permission bits up to 0777.
+    #[error("mode {text:?} is not an octal mode from 0 to 0777 with a leading 0; write e.g. 0440 (without the 0, Compose would read the number as decimal)")]
+    Mode {
+        /// The value as written.
+        text: String,
+    },
+}
+
+/// The container path of a secret or config file whose `target` is `text`: an absolute path as
+/// it is, anything else under `dir` (`/run/secrets` for a secret, `/` for a config); without
+/// `..`, outside `/proc`, `/sys` and `/dev`, normalized.
+pub(crate) fn file_target(text: &str, dir: &str) -> Result<String, FileMountError> {
+    if text.len() > MAX_FILE_TARGET_BYTES || text.contains('\0') {
+        return Err(FileMountError::TargetTooLong);
+    }
+    let path = if text.starts_with('/') {
+        text.to_string()
+    } else {
+        format!("{}/{text}", dir.trim_end_matches('/'))
+    };
+    check_container_path(&path).map_err(|reason| FileMountError::Target {
+        target: text.to_string(),
+        reason,
+    })?;
+    let path = normalize_path(&path);
+    match system_dir(&path) {
+        Some(dir) => Err(FileMountError::SystemPath { path, dir }),
+        None => Ok(path),
+    }
+}
+
+/// A `uid` or `gid` (`field`) of a secret or config file: a decimal id up to [`MAX_FILE_ID`].
+pub(crate) fn parse_file_id(text: &str, field: &'static str) -> Result<u32, FileMountError> {
+    let digits = !text.is_empty() && text.len() <= 5 && text.bytes().all(|b| b.is_ascii_digit());
+    match text.parse::<u32>() {
+        Ok(id) if digits && id <= MAX_FILE_ID => Ok(id),
+        _ => Err(FileMountError::Id {
+            field,
+            text: text.to_string(),
+        }),
+    }
+}
+
+/// The `mode` of a secret or config file: octal with a leading `0` or `0o` (`0440`, `0o440`,
+/// `"0440"`), at most `0777`. A number without the leading `0` is refused, since Compose reads it
+/// as decimal (`440` would be `0670`) and its author rarely meant that.
+pub(crate) fn parse_file_mode(text: &str) -> Result<u32, FileMountError> {
+    let error = || FileMountError::Mode {
+        text: text.to_string(),
+    };
+    let octal = text
+        .strip_prefix("0o")
+        .or_else(|| {
+            text.strip_prefix('0')
+                .map(|rest| if rest.is_empty() { "0" } else { rest })
+        })
+        .ok_or_else(error)?;
+    if octal.is_empty() || octal.len() > 4 || !octal.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(error());
+    }
+    match u32::from_str_radix(octal, 8) {
+        Ok(bits) if bits <= 0o777 => Ok(bits),
+        _ => Err(error()),
     }
 }
 

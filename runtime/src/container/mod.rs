@@ -514,7 +514,8 @@ fn prepare_mounts(
             kept_flags: Vec::new(),
         });
     }
-    for name in &new.spec.secrets {
+    for secret in &new.spec.secrets {
+        let name = &secret.source;
         let value = new
             .secrets
             .get(name)
@@ -537,7 +538,7 @@ fn prepare_mounts(
         }
         mounts.push(oci::BindMount {
             source: path,
-            target: format!("/run/secrets/{name}"),
+            target: secret.target.clone(),
             read_only: true,
             kept_flags: Vec::new(),
         });

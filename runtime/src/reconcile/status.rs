@@ -121,7 +121,8 @@ pub(crate) fn spec_hash(
     let secrets = spec
         .secrets
         .iter()
-        .map(|name| {
+        .map(|secret| {
+            let name = &secret.source;
             let value = app
                 .secrets
                 .get(name)
