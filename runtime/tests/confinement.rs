@@ -61,6 +61,8 @@ fn service(image: &ImageInfo, script: &str) -> ServiceSpec {
         .unwrap()
 }
 
+static NO_CONFIGS: BTreeMap<String, String> = BTreeMap::new();
+
 fn new_container<'a>(
     service: &'a str,
     spec: &'a ServiceSpec,
@@ -74,6 +76,7 @@ fn new_container<'a>(
         image,
         labels: HashMap::new(),
         secrets,
+        configs: &NO_CONFIGS,
         netns: None,
         hosts_file: None,
         userns: None,

@@ -48,6 +48,7 @@ secrets:
             image: &image,
             labels: HashMap::from([("cairn.spec-hash".to_string(), "h1".to_string())]),
             secrets: &secrets,
+            configs: &app.configs,
             netns: None,
             hosts_file: None,
             userns: None,

@@ -66,9 +66,17 @@ services:
     command: ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
     network_mode: host
     restart: always
+    secrets: [token]
+    configs: [{{source: worker.conf, target: /etc/worker.conf}}]
+secrets:
+  token: {{}}
+configs:
+  worker.conf: {{content: "tag={worker_tag}"}}
 "#
     );
-    DesiredApp::new(AppSpec::parse("compose.yml", "shop", &yaml).unwrap())
+    let mut app = DesiredApp::new(AppSpec::parse("compose.yml", "shop", &yaml).unwrap());
+    app.secrets.insert("token".into(), b"s3cret".to_vec());
+    app
 }
 
 async fn http_get(port: u16) -> String {
@@ -165,6 +173,7 @@ async fn two_service_app_update_restart_and_removal() {
         "web must not be touched by worker's update"
     );
     let worker_pid = find(&st, "worker").pid.unwrap();
+    assert!(cfg.runtime.service_files_dir("shop", "worker").exists());
     let containers = container::list_containers(&env.ctr).await.unwrap();
     let worker = containers.iter().find(|c| c.id == "shop_worker").unwrap();
     assert_eq!(worker.image, format!("{host}/cairn/worker:v2"));
@@ -242,6 +251,10 @@ async fn two_service_app_update_restart_and_removal() {
         env.ctr.list_content().await.unwrap()
     );
     assert!(!cfg.runtime.app_dir("shop").join("run").exists());
+    assert!(
+        !cfg.runtime.app_files_dir("shop").exists(),
+        "secret and config files are removed with the app"
+    );
     assert!(
         volume.join("starts").exists(),
         "volumes are kept on removal"

@@ -1,7 +1,8 @@
 //! A container in its app's user namespace, against a real containerd + runc: root inside is an
-//! unprivileged id on the host, the image's files, a volume made before and a secret belong to
-//! the app's range, and a network namespace made in the user namespace lets runc mount `/sys`
-//! and set a `net.*` sysctl.
+//! unprivileged id on the host, the image's files, a volume made before and the secret and
+//! config files belong to the app's range (with the owners and modes the Compose file gives,
+//! written under the run dir, not the data dir), and a network namespace made in the user
+//! namespace lets runc mount `/sys` and set a `net.*` sysctl.
 
 mod common;
 
@@ -52,6 +53,22 @@ fn host_uids(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Whether a file under `dir`, outside directories named `logs`, holds `needle`.
+fn holds(dir: &std::path::Path, needle: &[u8]) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => e.file_name() != "logs" && holds(&path, needle),
+            Ok(t) if t.is_file() => std::fs::read(&path)
+                .is_ok_and(|data| data.windows(needle.len()).any(|w| w == needle)),
+            _ => false,
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_in_an_apps_user_namespace_is_an_unprivileged_host_id() {
     let Some(env) = common::env().await else {
@@ -69,15 +86,23 @@ async fn root_in_an_apps_user_namespace_is_an_unprivileged_host_id() {
 services:
   main:
     image: {reference}
-    command: ["sh", "-c", "cat /proc/self/uid_map; stat -c 'bin %u' /bin/busybox; stat -c 'old %u' /data/old; echo new > /data/new; cat /run/secrets/token; echo; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; ls /sys/class/net; echo done; exec sleep 60"]
+    command: ["sh", "-c", "cat /proc/self/uid_map; stat -c 'bin %u' /bin/busybox; stat -c 'old %u' /data/old; echo new > /data/new; cat /run/secrets/token; echo; stat -c 'token %u %g %a' /run/secrets/token; stat -c 'key %u %g %a' /etc/app/key; cat /etc/app/key; echo; stat -c 'conf %u %g %a' /etc/app/site.conf; cat /etc/app/site.conf; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; ls /sys/class/net; echo done; exec sleep 60"]
     volumes: ["store:/data"]
-    secrets: [token]
+    secrets:
+      - token
+      - {{source: token, target: /etc/app/key, uid: 1000, gid: "1001", mode: 0400}}
+    configs:
+      - {{source: site.conf, target: /etc/app/site.conf, uid: 33, mode: "0440"}}
     sysctls: {{net.ipv4.ip_unprivileged_port_start: "80"}}
 secrets:
   token: {{}}
+configs:
+  site.conf:
+    content: "site=${{CAIRN_SITE}}\n"
 "#
         );
-        let app = AppSpec::parse("compose.yml", "uns", &yaml).unwrap();
+        let variables = BTreeMap::from([("CAIRN_SITE".to_string(), "berlin-1".to_string())]);
+        let app = AppSpec::parse_with_variables("compose.yml", "uns", &yaml, &variables).unwrap();
         let cfg = common::runtime_config(&env);
         // App data on a file system mounted as a device mounts /data: in a user namespace these
         // options are locked, and every bind mount of it must keep them.
@@ -105,6 +130,7 @@ secrets:
             image: &image,
             labels: HashMap::from([("cairn.spec-hash".to_string(), "h1".to_string())]),
             secrets: &secrets,
+            configs: &app.configs,
             netns: Some(netns.clone()),
             hosts_file: None,
             userns: Some(app_userns.clone()),
@@ -131,6 +157,15 @@ secrets:
         assert!(text.contains("bin 0\n"), "image files belong to container root: {text}");
         assert!(text.contains("old 0\n"), "the old volume was moved into the range: {text}");
         assert!(text.contains("s3cret"), "container root reads its secret: {text}");
+        assert!(text.contains("token 0 0 444\n"), "the short syntax's defaults: {text}");
+        assert!(
+            text.contains("key 1000 1001 400\ns3cret\n"),
+            "the long syntax's target, owner and mode: {text}"
+        );
+        assert!(
+            text.contains("conf 33 0 440\nsite=berlin-1\n"),
+            "the config, templated: {text}"
+        );
         assert!(text.contains("\n80\n"), "the sysctl was set in its own namespaces: {text}");
         assert!(
             text.contains("\n80\nlo\ndone\n"),
@@ -141,6 +176,22 @@ secrets:
         assert_eq!(std::fs::metadata(volume.join("new")).unwrap().uid(), start);
         assert_eq!(std::fs::metadata(volume.join("old")).unwrap().uid(), start);
         assert_eq!(std::fs::metadata(&volume).unwrap().uid(), start);
+        // The secret's files are on the host under the run dir, in the range; none is in the
+        // data dir.
+        let files = cfg.service_files_dir("uns", "main");
+        assert!(!files.starts_with(&cfg.data_dir), "{}", files.display());
+        let key = std::fs::read_dir(&files)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::metadata(p).unwrap().uid() == start + 1000)
+            .expect("the key's file, owned by container id 1000 of the range");
+        assert_eq!(std::fs::read(&key).unwrap(), b"s3cret");
+        assert_eq!(std::fs::metadata(&key).unwrap().gid(), start + 1001);
+        // The log holds it too: the command prints it.
+        assert!(
+            !holds(&cfg.data_dir, b"s3cret"),
+            "a secret value was written to the data dir"
+        );
 
         container::remove_container(&env.ctr, &id, Duration::from_millis(500))
             .await

@@ -106,6 +106,7 @@ pub async fn bare_start(
                 image: &info,
                 labels: HashMap::new(),
                 secrets: &secrets,
+                configs: &spec.configs,
                 netns: net.as_ref().map(|_| cfg.network.netns_path(&id)),
                 hosts_file: net.as_ref().map(|_| cfg.app_hosts_path(app)),
                 userns: userns.clone(),

@@ -15,6 +15,7 @@
 
 mod devices;
 mod exec_output;
+mod files;
 mod logs;
 mod oci;
 mod rootfs;
@@ -23,7 +24,6 @@ mod task;
 mod users;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +40,7 @@ use crate::image::ImageInfo;
 use crate::network::NetworkConfig;
 use crate::userns::{self, AppUserns, IdRange};
 
+pub use files::{remove_service_files, write_service_files, ServiceFiles, WrittenFile};
 pub use logs::{
     log_uri, write_log, LogWriterError, RotatingLog, ServiceLog, MAX_LOG_FILES, MIN_LOG_BYTES,
 };
@@ -177,8 +178,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError + '_ {
 /// Where the runtime keeps app data and how it runs tasks.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
-    /// Root of app data (volumes, secrets, logs): `<data_dir>/apps/<app>/...`. On a device this
-    /// is on the encrypted data partition.
+    /// Root of app data (volumes, logs): `<data_dir>/apps/<app>/...`. On a device this is on
+    /// the encrypted data partition. Secret and config files are not: they go under the run dir
+    /// ([`RuntimeConfig::app_files_dir`]).
     pub data_dir: PathBuf,
     /// runc state root (`None` = the shim's default `/run/containerd/runc`).
     pub runc_root: Option<PathBuf>,
@@ -281,8 +283,15 @@ impl RuntimeConfig {
             .join(format!("{service}.log"))
     }
 
-    fn secret_path(&self, app: &str, name: &str) -> PathBuf {
-        self.app_dir(app).join("secrets").join(name)
+    /// Directory of the secret and config files of app `app`'s services: under the run dir
+    /// ([`NetworkConfig::run_dir`], a tmpfs on a device), never on the data partition.
+    pub fn app_files_dir(&self, app: &str) -> PathBuf {
+        self.network.run_dir.join("apps").join(app)
+    }
+
+    /// Directory of the secret and config files of service `service` of `app`.
+    pub fn service_files_dir(&self, app: &str, service: &str) -> PathBuf {
+        self.app_files_dir(app).join(service).join("files")
     }
 
     /// Where the output of a service's last health check goes.
@@ -413,6 +422,8 @@ pub struct NewContainer<'a> {
     pub labels: HashMap<String, String>,
     /// Secret values of the app by name.
     pub secrets: &'a BTreeMap<String, Vec<u8>>,
+    /// Config texts of the app by name ([`cairn_compose::AppSpec::configs`]).
+    pub configs: &'a BTreeMap<String, String>,
     /// The named network namespace to join (services not in `network_mode: host`); `None`
     /// gives the container a fresh namespace with only loopback.
     pub netns: Option<PathBuf>,
@@ -442,21 +453,6 @@ impl ObservedContainer {
     pub fn label(&self, key: &str) -> &str {
         self.labels.get(key).map_or("", String::as_str)
     }
-}
-
-/// Write `data` to `path` with mode 0400 (replacing it atomically).
-fn write_private(path: &Path, data: &[u8]) -> Result<(), ContainerError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o400)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(data).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
 }
 
 /// Give volume `dir` to the app's id range, walked whole each time a container of the app is
@@ -494,7 +490,7 @@ fn source_flags(path: &Path) -> Vec<&'static str> {
     .collect()
 }
 
-/// Prepare volume dirs, secret files, `/etc/hosts`; return the bind mounts.
+/// Prepare volume dirs, secret and config files, `/etc/hosts`; return the bind mounts.
 #[tracing::instrument(skip_all, fields(app = new.app, service = new.service))]
 fn prepare_mounts(
     cfg: &RuntimeConfig,
@@ -514,31 +510,18 @@ fn prepare_mounts(
             kept_flags: Vec::new(),
         });
     }
-    for secret in &new.spec.secrets {
-        let name = &secret.source;
-        let value = new
-            .secrets
-            .get(name)
-            .ok_or_else(|| ContainerError::MissingSecret {
-                app: new.app.into(),
-                name: name.clone(),
-            })?;
-        let path = cfg.secret_path(new.app, name);
-        let dir = path.parent().unwrap_or(&cfg.data_dir);
-        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-        write_private(&path, value)?;
-        if let Some(userns) = &new.userns {
-            // Root of the app's range reads it, as host root did before.
-            let root = rustix::fs::Uid::from_raw(userns.range.host_start);
-            let group = rustix::fs::Gid::from_raw(userns.range.host_start);
-            rustix::fs::chown(&path, Some(root), Some(group)).map_err(|e| ContainerError::Io {
-                path: path.clone(),
-                source: e.into(),
-            })?;
-        }
+    let files = ServiceFiles {
+        app: new.app,
+        service: new.service,
+        spec: new.spec,
+        secrets: new.secrets,
+        configs: new.configs,
+        range: new.userns.as_ref().map(|u| u.range),
+    };
+    for file in write_service_files(cfg, &files)? {
         mounts.push(oci::BindMount {
-            source: path,
-            target: secret.target.clone(),
+            source: file.path,
+            target: file.target,
             read_only: true,
             kept_flags: Vec::new(),
         });
@@ -969,6 +952,7 @@ mod tests {
             image: &image,
             labels: HashMap::from([(LABEL_SPEC_HASH.to_string(), "h".to_string())]),
             secrets: &secrets,
+            configs: &BTreeMap::new(),
             netns: None,
             hosts_file: None,
             userns: None,

@@ -114,7 +114,8 @@ pub struct NetworkConfig {
     /// Directories searched for CNI plugin binaries (also passed as `CNI_PATH`).
     pub cni_bin_dirs: Vec<PathBuf>,
     /// Runtime dir for state tied to the running kernel: namespaces, attachment records, IPAM
-    /// leases. Should be on tmpfs (cleared at boot).
+    /// leases, and the apps' secret and config files. Should be on tmpfs (cleared at boot), so
+    /// that secret values never reach a disk.
     pub run_dir: PathBuf,
     /// Persistent dir for the subnet allocations.
     pub state_dir: PathBuf,

@@ -127,6 +127,9 @@ impl Reconciler {
                 self.probes.remove(id);
                 self.start_failures.remove(id);
                 self.remove_container(id).await?;
+                if *why == Removal::Undesired {
+                    remove_undesired_files(runtime, desired, id)?;
+                }
             }
             Action::CreateContainer {
                 app,
@@ -152,6 +155,7 @@ impl Reconciler {
                     image,
                     labels,
                     secrets: &app.secrets,
+                    configs: &app.spec.configs,
                     netns: join_netns.then(|| runtime.network.netns_path(&id)),
                     hosts_file: app_hosts.then(|| runtime.app_hosts_path(name)),
                     userns,
@@ -179,9 +183,11 @@ impl Reconciler {
                 restarts,
                 crash_streak,
             } => {
-                // The app's user namespace is on tmpfs: after a reboot it is made again.
-                if let Some(spec) = desired.app(app) {
-                    app_userns(&mut self.namespaces, spec)?;
+                // The app's user namespace and its files are on tmpfs: after a reboot they are
+                // made again.
+                if let Some(desired_app) = desired.desired_app(app) {
+                    let userns = app_userns(&mut self.namespaces, &desired_app.spec)?;
+                    write_files(runtime, desired_app, service, userns.map(|u| u.range))?;
                 }
                 let log = runtime.service_log(app, service, &desired.log_limits(app, service));
                 let pid = container::start_task(&self.ctr, runtime, container_id, &log).await?;
@@ -267,29 +273,47 @@ impl Reconciler {
         Ok(())
     }
 
-    /// Remove secrets and runtime files of apps that are not kept (volumes and logs are kept,
-    /// like `docker compose down` without `-v`).
+    /// Remove the secret and config files and the runtime files of apps that are not kept
+    /// (volumes and logs are kept, like `docker compose down` without `-v`).
     #[tracing::instrument(skip_all)]
     fn clean_app_dirs(&self, keep: &HashSet<String>) {
         self.namespaces.remove_except(keep);
-        let apps_dir = self.cfg.runtime.data_dir.join("apps");
-        let Ok(entries) = std::fs::read_dir(&apps_dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if keep.contains(&name) {
-                continue;
-            }
-            for sub in ["secrets", "run"] {
-                let dir = entry.path().join(sub);
-                if dir.exists() {
-                    if let Err(e) = std::fs::remove_dir_all(&dir) {
-                        warn!(path = %dir.display(), error = %e, "cannot remove");
-                    }
-                }
+        let runtime = &self.cfg.runtime;
+        for (name, dir) in app_dirs(&runtime.data_dir.join("apps")) {
+            // Secret values older agents wrote to the data partition go for kept apps too: the
+            // containers that used them were replaced, since the secrets' new form changed
+            // their spec hash.
+            remove_dir(&dir.join("secrets"));
+            if !keep.contains(&name) {
+                remove_dir(&dir.join("run"));
             }
         }
+        for (name, dir) in app_dirs(&runtime.network.run_dir.join("apps")) {
+            if !keep.contains(&name) {
+                remove_dir(&dir);
+            }
+        }
+    }
+}
+
+/// The app directories in `apps_dir`, by app name.
+fn app_dirs(apps_dir: &std::path::Path) -> Vec<(String, std::path::PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(apps_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .collect()
+}
+
+/// Remove `dir` and what it holds, if it exists; a failure is logged (the next pass retries).
+fn remove_dir(dir: &std::path::Path) {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            warn!(path = %dir.display(), error = %e, "cannot remove");
+        }
+        _ => {}
     }
 }
 
@@ -305,14 +329,62 @@ fn app_userns(
     Ok(Some(namespaces.ensure(&app.name)?))
 }
 
+/// Remove the secret and config files of the service whose container `id` was removed as no
+/// longer desired (of an app still desired; the cleanup removes a whole app's). A service still
+/// desired keeps them, however its container was named.
+fn remove_undesired_files(
+    runtime: &container::RuntimeConfig,
+    desired: Desired<'_>,
+    id: &str,
+) -> Result<(), ActionError> {
+    // Container ids are `<app>_<service>` and app names have no `_`.
+    let Some((app, service)) = id.split_once('_') else {
+        return Ok(());
+    };
+    if desired
+        .app(app)
+        .is_some_and(|spec| !spec.services.contains_key(service))
+    {
+        container::remove_service_files(runtime, app, service)?;
+    }
+    Ok(())
+}
+
+/// Write the secret and config files of `service` of `app` (with its id range, if any).
+fn write_files(
+    runtime: &container::RuntimeConfig,
+    app: &DesiredApp,
+    service: &str,
+    range: Option<crate::userns::IdRange>,
+) -> Result<(), ActionError> {
+    let Some(spec) = app.spec.services.get(service) else {
+        return Ok(());
+    };
+    let files = container::ServiceFiles {
+        app: &app.spec.name,
+        service,
+        spec,
+        secrets: &app.secrets,
+        configs: &app.spec.configs,
+        range,
+    };
+    container::write_service_files(runtime, &files)?;
+    Ok(())
+}
+
 /// The desired apps a plan was made for.
 #[derive(Clone, Copy)]
 struct Desired<'a>(&'a [DesiredApp]);
 
 impl<'a> Desired<'a> {
+    /// Desired app `name`.
+    fn desired_app(&self, name: &str) -> Option<&'a DesiredApp> {
+        self.0.iter().find(|a| a.spec.name == name)
+    }
+
     /// The spec of desired app `name`.
     fn app(&self, name: &str) -> Option<&'a AppSpec> {
-        self.0.iter().find(|a| a.spec.name == name).map(|a| &a.spec)
+        self.desired_app(name).map(|a| &a.spec)
     }
 
     /// The `logging` limits of a desired service (none for one that is not desired).

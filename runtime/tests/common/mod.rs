@@ -94,11 +94,13 @@ pub fn network_config_in(dir: &Path) -> NetworkConfig {
     cfg
 }
 
-/// A runtime config for `env`: data in its scratch dir, its runc root, this crate's log
-/// writer (a device uses the agent's binary).
+/// A runtime config for `env`: data and run dir in its scratch dir, its runc root, this crate's
+/// log writer (a device uses the agent's binary).
 pub fn runtime_config(env: &Env) -> cairn_runtime::container::RuntimeConfig {
     let mut cfg = cairn_runtime::container::RuntimeConfig::new(env.containerd.scratch_dir("data"));
     cfg.runc_root = Some(env.containerd.runc_root());
+    // Secret and config files go under the run dir: the test's own, not the host's /run/cairn.
+    cfg.network.run_dir = env.containerd.scratch_dir("run");
     cfg.log_writer = env!("CARGO_BIN_EXE_cairn-log-writer").into();
     cfg
 }
