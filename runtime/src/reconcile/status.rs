@@ -97,7 +97,13 @@ struct HashInput<'a> {
     service: &'a str,
     spec: &'a ServiceSpec,
     image_digest: &'a str,
+    /// SHA-256 of the value of each secret the service uses, by name.
     secrets: BTreeMap<&'a str, String>,
+    /// SHA-256 of the text of each config the service uses, by name: the texts are the app's
+    /// (`AppSpec::configs`), not the service spec's. Absent without configs, so the hash of a
+    /// service without them is what it was before configs existed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    configs: BTreeMap<&'a str, String>,
     /// How a service outside `network_mode: host` is networked, so containers made before app
     /// networks existed (a namespace without CNI) are replaced once; absent for host networking.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,24 +117,31 @@ struct HashInput<'a> {
 }
 
 /// Hash of everything a service container is made from: app, service, spec, resolved image
-/// digest and the hashes of the secret values it uses. Equal hash = keep the container.
+/// digest and the hashes of the secret values and config texts it uses, so rotating a secret or
+/// changing a config replaces only the services that use it. Equal hash = keep the container.
 pub(crate) fn spec_hash(
     app: &DesiredApp,
     service: &str,
     spec: &ServiceSpec,
     image_digest: &str,
 ) -> String {
+    let digest = |value: Option<&[u8]>| value.map(|v| hex::encode(Sha256::digest(v)));
     let secrets = spec
         .secrets
         .iter()
         .map(|secret| {
-            let name = &secret.source;
-            let value = app
-                .secrets
-                .get(name)
-                .map(|v| hex::encode(Sha256::digest(v)))
-                .unwrap_or_default();
-            (name.as_str(), value)
+            let name = secret.source.as_str();
+            let value = digest(app.secrets.get(name).map(Vec::as_slice));
+            (name, value.unwrap_or_default())
+        })
+        .collect();
+    let configs = spec
+        .configs
+        .iter()
+        .map(|config| {
+            let name = config.source.as_str();
+            let text = digest(app.spec.configs.get(name).map(String::as_bytes));
+            (name, text.unwrap_or_default())
         })
         .collect();
     let input = HashInput {
@@ -137,6 +150,7 @@ pub(crate) fn spec_hash(
         spec,
         image_digest,
         secrets,
+        configs,
         network: (spec.network_mode == NetworkMode::Private).then_some("cni-bridge"),
         confinement: crate::container::CONFINEMENT_VERSION,
         userns: crate::userns::app_wants_userns(&app.spec),
@@ -170,6 +184,43 @@ mod tests {
             spec_hash(&app, "b", &b, "sha256:1"),
             "b does not use the secret"
         );
+    }
+
+    #[test]
+    fn changing_a_config_replaces_only_the_services_that_use_it() {
+        let yaml = "services:\n  a: {image: x, configs: [c]}\n  b: {image: y, secrets: [t]}\nsecrets: {t: {}}\nconfigs:\n  c: {content: one}\n";
+        let mut app = DesiredApp::new(AppSpec::parse("c.yml", "app", yaml).unwrap());
+        app.secrets.insert("t".into(), b"1".to_vec());
+        let (a, b) = (
+            app.spec.services["a"].clone(),
+            app.spec.services["b"].clone(),
+        );
+        let hash = |app: &DesiredApp| {
+            (
+                spec_hash(app, "a", &a, "sha256:1"),
+                spec_hash(app, "b", &b, "sha256:1"),
+            )
+        };
+        let (ha, hb) = hash(&app);
+        app.spec.configs.insert("c".into(), "two".into());
+        let (ha2, hb2) = hash(&app);
+        assert_ne!(ha, ha2, "a uses the config");
+        assert_eq!(hb, hb2, "b does not");
+        app.secrets.insert("t".into(), b"2".to_vec());
+        let (ha3, hb3) = hash(&app);
+        assert_eq!(ha2, ha3, "a does not use the secret");
+        assert_ne!(hb2, hb3, "b does");
+    }
+
+    #[test]
+    fn the_hash_of_a_service_without_configs_is_kept() {
+        // Computed before configs existed: updating the agent must not replace containers
+        // whose specs did not change.
+        let yaml = "services:\n  a: {image: x}\n";
+        let app = DesiredApp::new(AppSpec::parse("c.yml", "app", yaml).unwrap());
+        let a = app.spec.services["a"].clone();
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(!json.contains("configs"), "{json}");
     }
 
     #[test]
