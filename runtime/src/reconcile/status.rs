@@ -8,8 +8,9 @@ use sha2::{Digest, Sha256};
 
 use super::health::Health;
 
-/// An app as central wants it on this device: its spec and the values of its secrets.
-#[derive(Debug, Clone, PartialEq)]
+/// An app as central wants it on this device: its spec and the values of its secrets. Its
+/// `Debug` form names the secrets without their values, so no log line can show one.
+#[derive(Clone, PartialEq)]
 pub struct DesiredApp {
     /// The validated spec.
     pub spec: AppSpec,
@@ -24,6 +25,16 @@ impl DesiredApp {
             spec,
             secrets: BTreeMap::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for DesiredApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&String> = self.secrets.keys().collect();
+        f.debug_struct("DesiredApp")
+            .field("spec", &self.spec)
+            .field("secrets", &names)
+            .finish()
     }
 }
 
@@ -210,6 +221,18 @@ mod tests {
         let (ha3, hb3) = hash(&app);
         assert_eq!(ha2, ha3, "a does not use the secret");
         assert_ne!(hb2, hb3, "b does");
+    }
+
+    #[test]
+    fn debug_output_names_secrets_without_their_values() {
+        let yaml = "services:\n  a: {image: x, secrets: [token]}\nsecrets: {token: {}}\n";
+        let mut app = DesiredApp::new(AppSpec::parse("c.yml", "app", yaml).unwrap());
+        app.secrets.insert("token".into(), b"hunter2".to_vec());
+        let debug = format!("{app:?} {app:#?}");
+        assert!(debug.contains("\"token\""), "{debug}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        // Nor as the bytes a derived Debug would print.
+        assert!(!debug.contains("104, 117, 110"), "{debug}");
     }
 
     #[test]
