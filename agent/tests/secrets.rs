@@ -158,9 +158,15 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
     .await;
     running.stop().await;
 
-    // No value in central's data dir (the registry database included) or containerd's state.
+    // No value in central's data dir (the registry database included), in containerd's state,
+    // or in the apps' data dir (volumes, logs): the runtime writes secret files on the run dir's
+    // tmpfs only. The agent's own copy is in its state dir, on the sealed data partition.
     for value in [FIRST, SECOND] {
-        for dir in [central.config.data_dir.clone(), containerd.root_dir()] {
+        for dir in [
+            central.config.data_dir.clone(),
+            containerd.root_dir(),
+            apps_dir.clone(),
+        ] {
             let found = cairn_testsupport::leaks::files_containing(&dir, value);
             assert!(
                 found.is_empty(),
