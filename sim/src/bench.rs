@@ -1,9 +1,11 @@
 //! The fleet scale benchmark (issue 7): for each fleet size, a fresh `cairn-central serve`
 //! process, N enrolled devices (cached on disk), then central's memory, heartbeat round trips in
 //! steady state, the time for a config change to reach every device (one REST call per
-//! device), and the time for a deployment change to reach every device (one REST call: the
+//! device), the time for a deployment change to reach every device (one REST call: the
 //! fleet is put into sites of [`HOSTS_PER_SITE`] devices, a deployment runs on all of them, and
-//! its app is changed).
+//! its app is changed), and the time for a rotation of the deployment's secret to reach every
+//! device (its desired state names the new version and it fetched the value with GetSecrets),
+//! shown as a ratio against the deployment change of the same run.
 //!
 //! The registry is central's embedded SQLite database (data and identity cache under
 //! `fleet-<N>/`, reused by later runs) or, with [`BenchOptions::database`], a fresh PostgreSQL
@@ -34,6 +36,9 @@ use crate::shards::{self, ShardError, Shards, ShardsOptions};
 /// Devices per site in the deployment measurement ("a few hosts per site"); the deployment
 /// runs on all of them, so its change reaches the whole fleet.
 pub const HOSTS_PER_SITE: usize = 4;
+
+/// The benchmark deployment's secret (its value is a marker).
+const SECRET: &str = "bench_token";
 
 /// The benchmark's deployment.
 const DEPLOYMENT: &str = "cairn-sim-bench";
@@ -687,6 +692,9 @@ pub struct DeploymentFanOut {
     /// Changing the deployment's app until every device has the new one: the issue's
     /// "deployment change reaching all devices".
     pub change: FanOut,
+    /// Rotating the deployment's secret until every device fetched the new value (its desired
+    /// state names the new version, then a GetSecrets call), set once untimed before.
+    pub secret_rotation: FanOut,
 }
 
 /// Devices that can be watched for a marker: in this process or in worker processes.
@@ -806,13 +814,29 @@ async fn deployment_fan_out<W: MarkerWatch>(
     })
     .await?;
     eprintln!(
-        "cairn-sim: {devices} devices: deployment change reached all in {:.1} s",
+        "cairn-sim: {devices} devices: deployment change reached all in {:.1} s; setting its secret",
         change.all_received_s
+    );
+    let set_secret = |marker: u64| async move {
+        operator
+            .set_deployment_secret(DEPLOYMENT, SECRET, marker.to_string().as_bytes())
+            .await
+    };
+    let first = timed_change(watch, budget, set_secret).await?;
+    eprintln!(
+        "cairn-sim: {devices} devices: secret set on all in {:.1} s; rotating it",
+        first.all_received_s
+    );
+    let secret_rotation = timed_change(watch, budget, set_secret).await?;
+    eprintln!(
+        "cairn-sim: {devices} devices: secret rotation reached all in {:.1} s",
+        secret_rotation.all_received_s
     );
     Ok(DeploymentFanOut {
         sites_s,
         place,
         change,
+        secret_rotation,
     })
 }
 
@@ -919,11 +943,11 @@ pub fn table(results: &[SizeResult]) -> String {
         }
     };
     let mut out = String::from(
-        "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | deployment placed s | deployment change all received s (xN0) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects | replicas x sim processes | max central RSS MiB | max central CPU % | max sim RSS MiB\n",
+        "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | deployment placed s | deployment change all received s (xN0) | secret rotation all received s (x change) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects | replicas x sim processes | max central RSS MiB | max central CPU % | max sim RSS MiB\n",
     );
     for r in results {
         out += &format!(
-            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {} | {} ({}) | {:.1} | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {} | {}x{} | {:.0} | {:.0} | {:.0}\n",
+            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {} | {} ({}) | {:.1} | {:.1} ({}) | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {} | {}x{} | {:.0} | {:.0} | {:.0}\n",
             r.devices,
             r.store.name(),
             r.central_rss_mib,
@@ -943,6 +967,11 @@ pub fn table(results: &[SizeResult]) -> String {
             r.deployment.place.all_received_s,
             r.deployment.change.all_received_s,
             ratio(r.deployment.change.all_received_s, base.deployment.change.all_received_s),
+            r.deployment.secret_rotation.all_received_s,
+            ratio(
+                r.deployment.secret_rotation.all_received_s,
+                r.deployment.change.all_received_s
+            ),
             r.enrolled_now,
             r.enroll_s,
             r.connect_s,

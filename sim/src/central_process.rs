@@ -117,10 +117,12 @@ impl CentralProcess {
         let rest = free_port().map_err(io(dir))?;
         let data_dir = data_dir.to_owned();
         let config_path = dir.join(format!("{name}.toml"));
-        // Every simulated device enrolls from this host: no per-source enrollment limit.
+        // Every simulated device enrolls from this host: no per-source enrollment limit. They
+        // have software keys, so they get secrets only when central releases them unattested.
         let mut config = format!(
             "data_dir = {:?}\ngrpc_listen = \"{grpc}\"\nrest_listen = \"{rest}\"\n\
-             enroll_attempts_per_source_per_minute = 0\n",
+             enroll_attempts_per_source_per_minute = 0\n\
+             release_secrets_to_unattested = true\n",
             data_dir.display().to_string()
         );
         if let Some(url) = database_url {

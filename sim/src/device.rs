@@ -58,6 +58,8 @@ pub struct DeviceSlot {
     pub marker: AtomicU64,
     /// When it arrived, µs since the fleet's epoch.
     pub marker_at_us: AtomicU64,
+    /// Newest secret version fetched with GetSecrets (0: none).
+    pub secret_version: AtomicU64,
     /// Heartbeats acknowledged.
     pub acks: AtomicU64,
     /// Streams that ended and were reopened.
@@ -163,7 +165,7 @@ async fn session(
     seq: &mut u64,
 ) -> Result<(), SessionError> {
     let (tx, rx) = mpsc::channel(2);
-    let mut inbound = {
+    let (mut inbound, mut client) = {
         let _permit = shared.connecting.acquire().await?;
         let channel = connect::channel(
             grpc,
@@ -174,11 +176,12 @@ async fn session(
         .await?;
         let mut client = AgentClient::new(channel);
         let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
-        tokio::time::timeout(Duration::from_secs(30), client.sync(outbound))
+        let inbound = tokio::time::timeout(Duration::from_secs(30), client.sync(outbound))
             .await
             .map_err(|_| SessionError::SyncTimeout)?
             .map_err(|s| SessionError::Refused(Box::new(s)))?
-            .into_inner()
+            .into_inner();
+        (inbound, client)
     };
     // First heartbeat at a random point of the interval, so a fleet does not beat in step.
     let interval = shared.heartbeat_interval;
@@ -253,6 +256,7 @@ async fn session(
                                 slot.marker_at_us.store(shared.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
                             }
                         }
+                        fetch_secrets(&mut client, &desired, shared, slot).await;
                         slot.connected.store(true, Ordering::Relaxed);
                     }
                     Some(central_message::Kind::Logs(request)) => {
@@ -284,6 +288,60 @@ async fn session(
             }
         }
     }
+}
+
+/// Fetch the secrets a desired state names at a newer version than this device fetched last, as
+/// an agent does; a value that is a marker counts as its arrival (the benchmark's secret
+/// rotation). A refusal is noted like a session error.
+async fn fetch_secrets(
+    client: &mut AgentClient<tonic::transport::Channel>,
+    desired: &cairn_proto::v1::DesiredState,
+    shared: &FleetShared,
+    slot: &DeviceSlot,
+) {
+    let newest = desired
+        .apps
+        .iter()
+        .flat_map(|a| a.secrets.iter().map(|s| s.version))
+        .max()
+        .unwrap_or(0);
+    if newest <= slot.secret_version.load(Ordering::Relaxed) {
+        return;
+    }
+    for app in desired.apps.iter().filter(|a| !a.secrets.is_empty()) {
+        let request = cairn_proto::v1::GetSecretsRequest {
+            app: app.name.clone(),
+            names: app.secrets.iter().map(|s| s.name.clone()).collect(),
+        };
+        let answer = match tokio::time::timeout(
+            Duration::from_secs(30),
+            client.get_secrets(request),
+        )
+        .await
+        {
+            Ok(Ok(answer)) => answer.into_inner(),
+            Ok(Err(status)) => {
+                shared.note_error(format!("GetSecrets refused: {}", status.message()));
+                return;
+            }
+            Err(_) => {
+                shared.note_error("GetSecrets timed out".to_owned());
+                return;
+            }
+        };
+        for value in answer.secrets {
+            let marker = std::str::from_utf8(&value.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(marker) = marker {
+                if slot.marker.fetch_max(marker, Ordering::Relaxed) < marker {
+                    slot.marker_at_us
+                        .store(shared.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    slot.secret_version.fetch_max(newest, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -198,4 +198,50 @@ impl Operator {
         }
         Ok(())
     }
+
+    /// Set deployment `deployment`'s secret `name` to `value` for all its devices: created the
+    /// first time, a new version after. Central answers once the revisions are bumped.
+    pub async fn set_deployment_secret(
+        &self,
+        deployment: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), RestError> {
+        use base64::Engine;
+        let value_base64 = base64::engine::general_purpose::STANDARD.encode(value);
+        let listed = self
+            .call_within(
+                "GET",
+                &format!("/api/v1/secrets?deployment={deployment}"),
+                None,
+                DEPLOYMENT_TIMEOUT,
+            )
+            .await?;
+        let existing = listed["secrets"].as_array().and_then(|list| {
+            list.iter()
+                .find(|s| s["name"] == name && s["site"].is_null() && s["device"].is_null())
+                .and_then(|s| s["id"].as_str().map(str::to_owned))
+        });
+        match existing {
+            Some(id) => {
+                self.call_within(
+                    "PUT",
+                    &format!("/api/v1/secrets/{id}"),
+                    Some(json!({ "value_base64": value_base64 })),
+                    DEPLOYMENT_TIMEOUT,
+                )
+                .await?
+            }
+            None => {
+                self.call_within(
+                    "POST",
+                    "/api/v1/secrets",
+                    Some(json!({ "name": name, "deployment": deployment, "value_base64": value_base64 })),
+                    DEPLOYMENT_TIMEOUT,
+                )
+                .await?
+            }
+        };
+        Ok(())
+    }
 }
