@@ -662,15 +662,16 @@ impl Agent for AgentService {
         let shared = self.0.clone();
         let id = device_id.clone();
         let app = request.app.clone();
+        // A read snapshot: a fleet fetching a rotated secret at once does not queue on the
+        // registry's writer; only the audit rows are written, in groups.
         let found = self
             .0
             .store
-            .run(move |conn| {
-                let tx = conn.transaction()?;
-                let Some(device) = devices::get(&tx, &id)? else {
+            .read(move |conn| {
+                let Some(device) = devices::get(conn, &id)? else {
                     return Ok(Err(Status::not_found("this device is not in the registry")));
                 };
-                let record = store_attestation::get(&tx, &id)?;
+                let record = store_attestation::get(conn, &id)?;
                 let state = crate::attestation::summary(
                     record.as_ref(),
                     &device.key_storage,
@@ -684,12 +685,12 @@ impl Agent for AgentService {
                 ) {
                     return Ok(Err(Status::failed_precondition(why)));
                 }
-                if store_apps::get(&tx, &id, &app)?.is_none() {
+                if store_apps::get(conn, &id, &app)?.is_none() {
                     return Ok(Err(Status::not_found(format!(
                         "app {app:?} is not placed on this device; its secrets go only to devices that run it"
                     ))));
                 }
-                let applying = store_secrets::applying(&tx, &id)?
+                let applying = store_secrets::applying(conn, &id)?
                     .remove(&app)
                     .unwrap_or_default();
                 let mut found = Vec::new();
@@ -698,7 +699,7 @@ impl Agent for AgentService {
                     let Some((secret_id, _)) = applying.get(name) else {
                         continue;
                     };
-                    if let Some((version, sealed)) = store_secrets::sealed(&tx, secret_id)? {
+                    if let Some((version, sealed)) = store_secrets::sealed(conn, secret_id)? {
                         // What does not fit goes in the agent's next call.
                         bytes += sealed.ciphertext.len();
                         if bytes > cairn_proto::MAX_SECRETS_REPLY_BYTES {
@@ -707,23 +708,27 @@ impl Agent for AgentService {
                         found.push((name.clone(), secret_id.clone(), version, sealed));
                     }
                 }
-                let released: Vec<String> = found
-                    .iter()
-                    .map(|(name, secret_id, version, _)| format!("{name}={secret_id}@{version}"))
-                    .collect();
-                audit::record(
-                    &tx,
-                    &format!("device:{id}"),
-                    "secret.release",
-                    &id,
-                    &format!("app={app} released=[{}]", released.join(" ")),
-                )?;
-                tx.commit()?;
                 Ok(Ok(found))
             })
             .instrument(span.clone())
             .await
             .map_err(internal)??;
+        let released: Vec<String> = found
+            .iter()
+            .map(|(name, secret_id, version, _)| format!("{name}={secret_id}@{version}"))
+            .collect();
+        // On record before anything leaves central.
+        self.0
+            .audit_writer
+            .record(
+                format!("device:{device_id}"),
+                "secret.release",
+                device_id.clone(),
+                format!("app={} released=[{}]", request.app, released.join(" ")),
+            )
+            .instrument(span.clone())
+            .await
+            .map_err(internal)?;
         let mut secrets = Vec::with_capacity(found.len());
         for (name, secret_id, version, sealed) in found {
             let value = self

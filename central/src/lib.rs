@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod attestation;
+pub mod audit_writer;
 pub mod bundles;
 pub mod ca;
 pub mod config;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub escrow: escrow::EscrowKey,
     /// Seals app secrets (their data keys).
     pub vault: secrets::SecretVault,
+    /// Audit rows written in groups (secret releases: one per device fetching).
+    pub audit_writer: audit_writer::AuditWriter,
     /// OS update bundles on disk.
     pub bundles: bundles::BundleFiles,
     /// The deployment scheduler's clock and wake-up signal.
@@ -266,6 +269,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
             .await
             .map_err(|e| store::StoreError::Worker(e.to_string()))??
     };
+    let audit_writer = audit_writer::AuditWriter::start(store.clone());
     let shared = Arc::new(Shared {
         bus,
         placement,
@@ -275,6 +279,7 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         sessions: sessions::Sessions::default(),
         escrow,
         vault,
+        audit_writer,
         bundles,
         events: events::EventBuffer::default(),
         rest_metrics: metrics::RestMetrics::default(),

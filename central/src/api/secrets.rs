@@ -156,11 +156,16 @@ fn bump_users(tx: &Transaction<'_>, secret: &SecretInfo) -> Result<Vec<String>, 
     Ok(users)
 }
 
-/// Send the devices of a change their new desired state.
-async fn push(shared: &Shared, devices: &[String]) {
-    for device in devices {
-        shared.deliver_stored(device).await;
-    }
+/// Send the devices of a change their new desired state, after the answer: the change is
+/// committed, and a device that misses its push gets the state when it reconnects.
+fn push(shared: &Arc<Shared>, devices: &[String]) {
+    let shared = shared.clone();
+    let devices = devices.to_vec();
+    tokio::spawn(async move {
+        for device in &devices {
+            shared.deliver_stored(device).await;
+        }
+    });
 }
 
 /// What the audit log says of a secret (never its value).
@@ -226,7 +231,7 @@ pub(super) async fn create_secret(
             Ok(Ok((secret, users)))
         })
         .await??;
-    push(&shared, &users).await;
+    push(&shared, &users);
     Ok((
         StatusCode::CREATED,
         Json(SecretReply {
@@ -284,7 +289,7 @@ pub(super) async fn update_secret(
             Ok(Ok((secret, users)))
         })
         .await??;
-    push(&shared, &users).await;
+    push(&shared, &users);
     Ok(Json(SecretReply {
         secret,
         devices: users.len() as u64,
@@ -332,7 +337,7 @@ pub(super) async fn delete_secret(
             Ok(Ok(users))
         })
         .await??;
-    push(&shared, &users).await;
+    push(&shared, &users);
     Ok(Json(Removed { removed: id }))
 }
 
