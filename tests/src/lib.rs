@@ -16,7 +16,22 @@ pub use vm::{Vm, VmError, VmOptions};
 /// fetched the page from `web` by name over the app's network (then it syncs). Images come from
 /// [`vm::GUEST_REGISTRY`] as `cairn/box:1` (a busybox image).
 pub fn demo_app(marker: &str) -> String {
+    demo_app_with_secret(marker, None)
+}
+
+/// [`demo_app`] whose `client` also needs secret `demo_token` (`/run/secrets/demo_token`), and
+/// is healthy only while that file's SHA-256 is `secret_sha256` (the value itself stays out of
+/// the Compose file, which central and the device store in the clear).
+pub fn demo_app_with_secret(marker: &str, secret_sha256: Option<&str>) -> String {
     let image = format!("{}/cairn/box:1", vm::GUEST_REGISTRY);
+    let (uses, check, declared) = match secret_sha256 {
+        Some(sha) => (
+            "\n    secrets: [demo_token]".to_owned(),
+            format!(" && sha256sum /run/secrets/demo_token | grep -q {sha}"),
+            "secrets:\n  demo_token: {}\n",
+        ),
+        None => (String::new(), String::new(), ""),
+    };
     format!(
         r#"services:
   web:
@@ -26,15 +41,15 @@ pub fn demo_app(marker: &str) -> String {
   client:
     image: {image}
     command: ["sh", "-c", "echo client up {marker}; [ -f /state/marker ] || echo {marker} > /state/marker; trap 'exit 0' TERM; while true; do sleep 1; done"]
-    volumes: ["state:/state"]
+    volumes: ["state:/state"]{uses}
     restart: always
     healthcheck:
-      test: ["CMD", "sh", "-c", "grep -q {marker} /state/marker && wget -O - http://web:8080/ | grep -q hello-from-web && sync"]
+      test: ["CMD", "sh", "-c", "grep -q {marker} /state/marker && wget -O - http://web:8080/ | grep -q hello-from-web{check} && sync"]
       interval: 2s
       retries: 1
 volumes:
   state: {{}}
-"#
+{declared}"#
     )
 }
 

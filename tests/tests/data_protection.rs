@@ -170,12 +170,34 @@ impl Fleet {
     }
 
     fn deploy(&self, id: &str, marker: &str) {
+        self.deploy_with_secret(id, marker, None);
+    }
+
+    /// Deploy the demo app; with `secret`, first set it as the app's `demo_token` on this device
+    /// (central releases it once the device attested), and make the client's health depend on it.
+    fn deploy_with_secret(&self, id: &str, marker: &str, secret: Option<&[u8]>) {
+        use base64::Engine;
+        if let Some(value) = secret {
+            let body = json!({
+                "name": "demo_token",
+                "device": id,
+                "app": "demo",
+                "value_base64": base64::engine::general_purpose::STANDARD.encode(value),
+            });
+            let (status, answer) = self.runtime.block_on(async {
+                self.central
+                    .call(&self.central.admin, "POST", "/api/v1/secrets", Some(body))
+            });
+            assert_eq!(status, 201, "secret refused: {answer}");
+        }
+        let sha = secret.map(|v| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(v)));
+        let compose = cairn_e2e::demo_app_with_secret(marker, sha.as_deref());
         let (status, body) = self.runtime.block_on(async {
             self.central.call(
                 &self.central.admin,
                 "PUT",
                 &format!("/api/v1/devices/{id}/apps/demo"),
-                Some(json!({ "compose_yaml": cairn_e2e::demo_app(marker) })),
+                Some(json!({ "compose_yaml": compose })),
             )
         });
         assert!(
@@ -529,9 +551,27 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         "cairn-marker-{}",
         u64::from(std::process::id()) * 7_919 + 104_729
     );
+    // Issue 17: the client needs a secret central releases only to this attested device.
+    let secret = format!(
+        "cairn-secret-{}",
+        u64::from(std::process::id()) * 6_007 + 7_411
+    );
     let deploy_started = Instant::now();
-    fleet.deploy(&id, &marker);
+    fleet.deploy_with_secret(&id, &marker, Some(secret.as_bytes()));
     let apps = fleet.wait_app_healthy(&id, &mut guest, "first boot");
+    let releases = |fleet: &Fleet| {
+        let audit: AuditLog = fleet.get("/api/v1/audit?limit=1000");
+        audit
+            .events
+            .iter()
+            .filter(|e| e.action == "secret.release" && e.actor == format!("device:{id}"))
+            .count()
+    };
+    let released_first_boot = releases(&fleet);
+    assert!(
+        released_first_boot > 0,
+        "the device never fetched its secret"
+    );
     // What the client printed reached its log through the agent's log writer, which the shim
     // in the guest ran (`cairn-agent write-log`).
     let client_log: DeviceLogs = fleet.get(&format!(
@@ -578,6 +618,11 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
         find(marker.as_bytes()),
         Vec::<u64>::new(),
         "the marker is readable on the raw disk"
+    );
+    assert_eq!(
+        find(secret.as_bytes()),
+        Vec::<u64>::new(),
+        "the app's secret is readable on the raw disk"
     );
     assert_eq!(
         find(id.as_bytes()),
@@ -719,7 +764,14 @@ fn stolen_disk_and_changed_boot_chain_give_nothing_and_the_escrowed_key_recovers
     );
     assert_clock_corrected(&mut guest, |offset| offset > 365 * DAY_MS);
     // The app comes back with its volume: the marker written before the power cut is intact.
+    // And with its secret, from the device's own copy: this boot (Secure Boot off) failed its
+    // attestation, so central releases nothing, and no release happened since the first boot.
     fleet.wait_app_healthy(&id, &mut guest, "boot after recovery");
+    assert_eq!(
+        releases(&fleet),
+        released_first_boot,
+        "the secret was fetched again instead of kept on the device"
+    );
     // After a reboot: the base firewall from early boot, then the agent's ports again.
     fleet.assert_lan_reaches_only_published_ports(&id, &mut guest, "boot after recovery");
 
