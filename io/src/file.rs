@@ -126,6 +126,24 @@ pub fn destroy_file(path: &Path) -> Result<bool, FileError> {
     Ok(true)
 }
 
+/// Takes an exclusive advisory lock (`flock`) on `path`, creating it (0600) if needed; the lock
+/// is held until the returned file is dropped, and the kernel drops it when the process dies,
+/// so a crash leaves no stale lock. `None` when another process holds it.
+pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>, FileError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .at("open the lock file", path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(FileError::new("lock", path, e.into())),
+    }
+}
+
 /// Creates `path` and its missing parents with mode 0700 (directories that hold keys or state).
 pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
     DirBuilder::new()
@@ -185,6 +203,16 @@ mod tests {
             err.to_string(),
             "cannot read /nonexistent/cairn-io: No such file or directory (os error 2)"
         );
+    }
+
+    #[test]
+    fn an_exclusive_lock_is_refused_while_held_and_free_once_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lock");
+        let held = try_lock_exclusive(&path).unwrap().expect("a free lock");
+        assert!(try_lock_exclusive(&path).unwrap().is_none());
+        drop(held);
+        assert!(try_lock_exclusive(&path).unwrap().is_some());
     }
 
     #[test]
