@@ -729,13 +729,22 @@ impl Agent for AgentService {
             .instrument(span.clone())
             .await
             .map_err(internal)?;
-        let mut secrets = Vec::with_capacity(found.len());
-        for (name, secret_id, version, sealed) in found {
-            let value = self
-                .0
-                .vault
-                .open(&secret_id, version, &sealed)
-                .map_err(|e| {
+        // Off the runtime: opening may re-read the key files after a rotation elsewhere.
+        let opener = self.0.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            found
+                .into_iter()
+                .map(|(name, secret_id, version, sealed)| {
+                    let value = opener.vault.open(&secret_id, version, &sealed);
+                    (name, version, value)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| internal(StoreError::Worker(e.to_string())))?;
+        let mut secrets = Vec::with_capacity(opened.len());
+        for (name, version, value) in opened {
+            let value = value.map_err(|e| {
                     span.in_scope(|| tracing::error!(error = %e, "a secret could not be opened"));
                     Status::internal(format!(
                         "central could not open secret {name:?}; it is logged, an operator must set it again"

@@ -204,6 +204,15 @@ pub fn ca_cert_path(config: &CentralConfig) -> PathBuf {
     config.data_dir.join("ca.crt")
 }
 
+/// Open (and migrate) the registry `config` names: PostgreSQL at `database_url`, else SQLite in
+/// `data_dir`. Blocking: PostgreSQL's sync client runs its own runtime.
+pub fn open_store(config: &CentralConfig) -> Result<store::Store, store::StoreError> {
+    match &config.database_url {
+        Some(url) => store::Store::open_postgres(url),
+        None => store::Store::open(&config.data_dir.join("registry.sqlite3")),
+    }
+}
+
 /// Open the registry and CA, bind both listeners and serve until `Central::stop`.
 #[tracing::instrument(name = "central.start", skip_all, fields(data_dir = %config.data_dir.display()))]
 pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
@@ -216,12 +225,9 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
     // entered from this async task (SQLite's open and migrations block on the disk as well).
     let store = {
         let config = config.clone();
-        tokio::task::spawn_blocking(move || match &config.database_url {
-            Some(url) => store::Store::open_postgres(url),
-            None => store::Store::open(&config.data_dir.join("registry.sqlite3")),
-        })
-        .await
-        .map_err(|e| store::StoreError::Worker(e.to_string()))??
+        tokio::task::spawn_blocking(move || open_store(&config))
+            .await
+            .map_err(|e| store::StoreError::Worker(e.to_string()))??
     };
     let ca = Arc::new(ca::FleetCa::load_or_create(&config.data_dir)?);
     let escrow = escrow::EscrowKey::load_or_create(&config.data_dir)?;

@@ -64,24 +64,41 @@ impl SealingKey {
     /// Load the key in `path`, creating it (0600) when there is none; `what` names it in the
     /// log line of its creation.
     pub fn load_or_create(path: &Path, what: &str) -> Result<SealingKey, KeyFileError> {
+        match SealingKey::load(path) {
+            Ok((key, _)) => Ok(key),
+            Err(KeyFileError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                let fresh = random_bytes(KEY_LEN)?;
+                cairn_io::write_atomic(path, &fresh, 0o600).map_err(|e| KeyFileError::Io {
+                    path: path.to_path_buf(),
+                    source: e.source,
+                })?;
+                tracing::info!(path = %path.display(), "created the {what}");
+                SealingKey::from_bytes(&fresh).ok_or(KeyFileError::Random)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Load the key in `path` (never creating it), with the metadata of the file it was read
+    /// from, so a caller can tell later whether the file was replaced.
+    pub fn load(path: &Path) -> Result<(SealingKey, std::fs::Metadata), KeyFileError> {
         let io = |source| KeyFileError::Io {
             path: path.to_path_buf(),
             source,
         };
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => zeroize::Zeroizing::new(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let fresh = random_bytes(KEY_LEN)?;
-                cairn_io::write_atomic(path, &fresh, 0o600).map_err(|e| io(e.source))?;
-                tracing::info!(path = %path.display(), "created the {what}");
-                fresh
-            }
-            Err(e) => return Err(io(e)),
-        };
-        SealingKey::from_bytes(&bytes).ok_or_else(|| KeyFileError::BadKeyFile {
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let metadata = file.metadata().map_err(io)?;
+        // Room for one byte more than a key, so a good file is read without a reallocation
+        // leaving a copy behind.
+        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(KEY_LEN + 1));
+        std::io::Read::read_to_end(&mut file, &mut bytes).map_err(io)?;
+        let key = SealingKey::from_bytes(&bytes).ok_or_else(|| KeyFileError::BadKeyFile {
             path: path.to_path_buf(),
             len: bytes.len(),
-        })
+        })?;
+        Ok((key, metadata))
     }
 
     /// A key from its 32 bytes (`None` for any other length).

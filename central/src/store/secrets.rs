@@ -337,3 +337,84 @@ pub fn devices_using(conn: &Connection, info: &SecretInfo) -> Result<Vec<String>
     )?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// A row's wrapped data key, as a re-wrap reads it (the value is not read).
+#[derive(Debug, Clone)]
+pub struct WrappedRow {
+    /// Secret id.
+    pub id: String,
+    /// Its current version (part of the binding).
+    pub version: u64,
+    /// The key-encryption key that wrapped `wrapped_key`.
+    pub kek_id: String,
+    /// The wrapped data key.
+    pub wrapped_key: Vec<u8>,
+}
+
+/// How many rows have a data key not wrapped by key `kek_id`.
+pub fn count_not_wrapped_by(conn: &Connection, kek_id: &str) -> Result<u64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM secrets WHERE kek_id <> ?1",
+        [kek_id],
+        |r| r.get::<_, i64>(0),
+    )? as u64)
+}
+
+/// Up to `limit` rows, by id after `after`, whose data key is not wrapped by key `kek_id`.
+pub fn not_wrapped_by(
+    conn: &Connection,
+    kek_id: &str,
+    after: &str,
+    limit: usize,
+) -> Result<Vec<WrappedRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, version, kek_id, wrapped_key FROM secrets
+         WHERE kek_id <> ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![kek_id, after, limit as i64], |row| {
+        Ok(WrappedRow {
+            id: row.get(0)?,
+            version: row.get::<_, i64>(1)? as u64,
+            kek_id: row.get(2)?,
+            wrapped_key: row.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Replace the wrapped data key of `row` by `new`, only if the row still has the version and
+/// wrapped key that were read (a value set meanwhile has its own fresh seal); false otherwise.
+pub fn set_wrapped_key(
+    conn: &Connection,
+    row: &WrappedRow,
+    new: &crate::secrets::WrappedKey,
+) -> Result<bool, StoreError> {
+    Ok(conn.execute(
+        "UPDATE secrets SET kek_id = ?5, wrapped_key = ?6
+         WHERE id = ?1 AND version = ?2 AND kek_id = ?3 AND wrapped_key = ?4",
+        params![
+            row.id,
+            row.version as i64,
+            row.kek_id,
+            row.wrapped_key,
+            new.kek_id,
+            new.wrapped_key
+        ],
+    )? > 0)
+}
+
+/// How many rows each key-encryption key wrapped, counted after writers in flight committed:
+/// a no-op write first takes SQLite's write lock (on PostgreSQL `Store::run` holds the cluster
+/// lock), so a row a replica is sealing right now is counted too. Call it in a transaction.
+pub fn rows_by_kek_after_writers(conn: &Connection) -> Result<BTreeMap<String, u64>, StoreError> {
+    conn.execute(
+        "UPDATE secret_version_counter SET value = value WHERE id = 1",
+        params![],
+    )?;
+    let mut stmt = conn
+        .prepare_cached("SELECT kek_id, COUNT(*) FROM secrets GROUP BY kek_id ORDER BY kek_id")?;
+    let rows = stmt.query_map(params![], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
