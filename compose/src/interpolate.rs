@@ -9,7 +9,7 @@
 //! is put in as it is (never interpolated again); a value is at most [`MAX_SCALAR_BYTES`] once
 //! interpolated, and the interpolated values of a document at most [`MAX_DOCUMENT_BYTES`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::parse::join;
 use super::yaml::{Node, Value};
@@ -43,7 +43,10 @@ const NAMED_MAPS: &[&str] = &[
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum InterpolationError {
     /// `${VAR}` or `$VAR` with `VAR` not set.
-    #[error("variable {name} is not set; set it in the variables central provides for this app, or give a default: ${{{name}:-value}}")]
+    #[error(
+        "variable {name} is not set on this device; {}, or give a default: ${{{name}:-value}}",
+        how_to_set(name)
+    )]
     Unset { name: String },
     /// `${VAR?message}` with `VAR` not set.
     #[error("variable {name} is not set: {message}")]
@@ -68,6 +71,32 @@ pub(crate) enum InterpolationError {
     /// The document's interpolated values past [`MAX_DOCUMENT_BYTES`].
     #[error("the interpolated values of the file add up to more than {} MiB; shorten the variables' values", MAX_DOCUMENT_BYTES >> 20)]
     DocumentTooLong,
+}
+
+/// How an operator sets variable `name` on a device.
+fn how_to_set(name: &str) -> String {
+    if name.starts_with("CAIRN_SITE") {
+        format!(
+            "central sets {name} for a device at a site (cairnctl device site ID SITE) that has it"
+        )
+    } else if name.starts_with("CAIRN_") {
+        format!("central sets the built-in {name} only for a device that has it (CAIRN_DEVICE_LABEL_* from the device's labels)")
+    } else {
+        format!("set it with `cairnctl variable set {name} VALUE` and --fleet, --site SITE or --deployment NAME")
+    }
+}
+
+/// A Compose field whose value central checks against the device's labels before the
+/// variables of its devices are known: `services.*.cap_add` and `services.*.devices`.
+fn is_privileged(path: &str) -> bool {
+    let field =
+        |name: &str| path.ends_with(&format!(".{name}")) || path.contains(&format!(".{name}["));
+    path.starts_with("services.") && (field("cap_add") || field("devices"))
+}
+
+/// True if `text` refers to a variable (a `$` that is not part of `$$`).
+fn has_reference(text: &str) -> bool {
+    text.replace("$$", "").contains('$')
 }
 
 /// At most the first characters of `text`, for a message.
@@ -215,6 +244,8 @@ fn required(name: &str, value: Option<&str>, message: &str) -> InterpolationErro
 struct Walk<'v> {
     expander: Expander<'v>,
     problems: Vec<Problem>,
+    /// `Some` when a variable that is not set is no problem: the lines of such values.
+    deferred: Option<BTreeSet<usize>>,
     /// Bytes of the interpolated values so far (see [`MAX_DOCUMENT_BYTES`]).
     bytes: usize,
 }
@@ -252,6 +283,14 @@ impl Walk<'_> {
 
     /// Interpolate one value in place; false (and a problem) when it cannot be.
     fn scalar(&mut self, text: &mut String, line: usize, path: &str) -> bool {
+        if self.deferred.is_some() && is_privileged(path) && has_reference(text) {
+            self.problems.push(Problem {
+                line,
+                path: path.to_string(),
+                message: "uses a variable, but central checks the host devices and capabilities an app asks for against its devices' labels before their variables are known; write the value out".to_string(),
+            });
+            return false;
+        }
         let mut out = String::new();
         let result = self.expander.expand(text, 0, &mut out).and_then(|()| {
             self.bytes += out.len();
@@ -264,6 +303,12 @@ impl Walk<'_> {
             Ok(()) => {
                 *text = out;
                 true
+            }
+            Err(InterpolationError::Unset { .. } | InterpolationError::Required { .. })
+                if self.deferred.is_some() =>
+            {
+                self.deferred.get_or_insert_with(BTreeSet::new).insert(line);
+                false
             }
             Err(error) => {
                 self.problems.push(Problem {
@@ -283,10 +328,28 @@ pub(crate) fn document(root: &mut Node, variables: &BTreeMap<String, String>) ->
     let mut walk = Walk {
         expander: Expander { variables },
         problems: Vec::new(),
+        deferred: None,
         bytes: 0,
     };
     walk.node(root, "", false);
     walk.problems
+}
+
+/// [`document`], where a variable that is not set (and has no default) is no problem: such a
+/// value is left as written and its line is returned with the problems. A variable in the
+/// fields [`is_privileged`] names is a problem, set or not.
+pub(crate) fn document_deferring_unset(
+    root: &mut Node,
+    variables: &BTreeMap<String, String>,
+) -> (Vec<Problem>, BTreeSet<usize>) {
+    let mut walk = Walk {
+        expander: Expander { variables },
+        problems: Vec::new(),
+        deferred: Some(BTreeSet::new()),
+        bytes: 0,
+    };
+    walk.node(root, "", false);
+    (walk.problems, walk.deferred.unwrap_or_default())
 }
 
 /// Interpolate one text, for the tests of the forms.

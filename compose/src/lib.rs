@@ -516,6 +516,108 @@ impl AppSpec {
             problems,
         })
     }
+
+    /// Check `text` as far as central can before the variables of the devices that will run
+    /// app `app_name` are known: as [`AppSpec::parse_with_variables`], except that a variable
+    /// neither in `variables` nor given a default is no problem (the agent of a device that
+    /// lacks it reports it), and that `cap_add` and `devices` may not use variables at all, so
+    /// that what the app asks for is known here. Returns the host devices and capabilities
+    /// the app asks for.
+    ///
+    /// # Errors
+    /// As [`AppSpec::parse_with_variables`], without the problems of values that use a
+    /// variable that is not set.
+    pub fn check_with_unset_variables(
+        file: &str,
+        app_name: &str,
+        text: &str,
+        variables: &BTreeMap<String, String>,
+    ) -> Result<Privileges, SpecError> {
+        if let Err(reason) = check_app_name(app_name) {
+            return Err(SpecError::AppName {
+                name: app_name.to_string(),
+                reason,
+            });
+        }
+        let mut root = yaml::parse_document(text).map_err(|e| SpecError::Syntax {
+            file: file.to_string(),
+            line: e.line,
+            col: e.col,
+            message: e.message,
+        })?;
+        let (mut problems, deferred) = interpolate::document_deferring_unset(&mut root, variables);
+        let lines: BTreeSet<usize> = problems.iter().map(|p| p.line).collect();
+        let result = parse::app(&root, app_name);
+        if let Err(others) = &result {
+            problems.extend(
+                others
+                    .iter()
+                    .filter(|p| !lines.contains(&p.line) && !deferred.contains(&p.line))
+                    .cloned(),
+            );
+        }
+        let invalid = |mut problems: Vec<Problem>| {
+            problems.sort_by_key(|p| p.line);
+            SpecError::Invalid {
+                file: file.to_string(),
+                problems,
+            }
+        };
+        if !problems.is_empty() {
+            return Err(invalid(problems));
+        }
+        match result {
+            Ok(spec) => Ok(spec.privileges()),
+            // Services with a deferred value were left out; their privileges are read alone.
+            Err(_) => parse::app(&privileges_only(&root), app_name)
+                .map(|spec| spec.privileges())
+                .map_err(invalid),
+        }
+    }
+}
+
+/// `root` cut down to what [`AppSpec::privileges`] reads: each service's `cap_add` and
+/// `devices`, with a placeholder image.
+fn privileges_only(root: &yaml::Node) -> yaml::Node {
+    use yaml::{Node, Value};
+    let at = |node: &Node, value: Value| Node {
+        line: node.line,
+        col: node.col,
+        value,
+    };
+    let scalar = |node: &Node, text: &str| {
+        at(
+            node,
+            Value::Scalar {
+                text: text.to_string(),
+                quoted: true,
+            },
+        )
+    };
+    let entries = |node: &Node| match &node.value {
+        Value::Map(entries) => entries.clone(),
+        _ => Vec::new(),
+    };
+    let services = entries(root)
+        .into_iter()
+        .find(|(key, _)| key.as_scalar() == Some("services"))
+        .map(|(_, services)| entries(&services))
+        .unwrap_or_default();
+    let services = services
+        .into_iter()
+        .map(|(name, service)| {
+            let mut kept = vec![(scalar(&service, "image"), scalar(&service, "busybox"))];
+            kept.extend(
+                entries(&service)
+                    .into_iter()
+                    .filter(|(key, _)| matches!(key.as_scalar(), Some("cap_add" | "devices"))),
+            );
+            let service = at(&service, Value::Map(kept));
+            (name, service)
+        })
+        .collect();
+    let services = at(root, Value::Map(services));
+    at(root, Value::Map(vec![(scalar(root, "services"), services)]))
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ fn an_unset_variable_is_a_problem_at_its_line_and_never_an_empty_string() {
     let text = web_file("    environment:\n      MODE: ${MODE}\n      LEVEL: $LEVEL\n");
     let got = parse(&text, &[]).unwrap_err();
     assert!(
-        got.contains("compose.yml:5: services.web.environment.MODE: variable MODE is not set; set it in the variables central provides for this app, or give a default: ${MODE:-value}"),
+        got.contains("compose.yml:5: services.web.environment.MODE: variable MODE is not set on this device; set it with `cairnctl variable set MODE VALUE` and --fleet, --site SITE or --deployment NAME, or give a default: ${MODE:-value}"),
         "{got}"
     );
     assert!(
@@ -202,4 +202,65 @@ fn interpolated_values_are_bounded() {
         interpolate::text(&eight, &BTreeMap::new()).as_deref(),
         Ok("x")
     );
+}
+
+#[test]
+fn a_built_in_variable_that_is_not_set_says_what_central_needs() {
+    let got = parse(&web_file("    hostname: ${CAIRN_SITE}\n"), &[]).unwrap_err();
+    assert!(
+        got.contains("variable CAIRN_SITE is not set on this device; central sets CAIRN_SITE for a device at a site (cairnctl device site ID SITE)"),
+        "{got}"
+    );
+}
+
+fn check(text: &str, pairs: &[(&str, &str)]) -> Result<Privileges, String> {
+    AppSpec::check_with_unset_variables("compose.yml", "shop", text, &variables(pairs))
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_check_before_variables_are_known_passes_unset_ones_and_keeps_other_problems() {
+    let text = web_file(
+        "    hostname: ${CAIRN_SITE}\n    ports:\n      - \"${PORT}:80\"\n      - \"${PORT2?needed}:81\"\n    cap_add: [NET_ADMIN]\n    devices: [\"/dev/ttyUSB0\"]\n",
+    );
+    let privileges = check(&text, &[]).unwrap();
+    assert!(privileges.capabilities.contains("CAP_NET_ADMIN"));
+    assert!(privileges.devices.contains("/dev/ttyUSB0"));
+    // Variables it is given are put in and checked.
+    let got = check(&text, &[("PORT", "not-a-port")]).unwrap_err();
+    assert!(
+        got.contains("compose.yml:6: services.web.ports[0]"),
+        "{got}"
+    );
+    // Problems elsewhere, and syntax errors, stay problems.
+    let got = check(
+        &web_file("    hostname: ${A}\n    restart: sometimes\n"),
+        &[],
+    )
+    .unwrap_err();
+    assert!(got.contains("compose.yml:5: services.web.restart"), "{got}");
+    assert!(!got.contains("compose.yml:4"), "{got}");
+    let got = check(&web_file("    command: echo ${A\n"), &[]).unwrap_err();
+    assert!(got.contains("has no closing '}'"), "{got}");
+}
+
+#[test]
+fn the_check_before_variables_are_known_refuses_variables_in_privileges() {
+    for lines in [
+        "    cap_add: [\"${CAP}\"]\n",
+        "    cap_add: [\"${CAP:-NET_ADMIN}\"]\n",
+        "    devices: [\"${DEV}:/dev/x\"]\n",
+    ] {
+        let got = check(&web_file(lines), &[("CAP", "NET_ADMIN")]).unwrap_err();
+        assert!(
+            got.contains("uses a variable, but central checks the host devices and capabilities"),
+            "{lines}: {got}"
+        );
+    }
+    // `$$` is no variable.
+    assert!(check(
+        &web_file("    cap_add: [NET_ADMIN]\n    environment: {A: $$B}\n"),
+        &[]
+    )
+    .is_ok());
 }
