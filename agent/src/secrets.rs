@@ -247,6 +247,7 @@ mod tests {
                         version: *version,
                     })
                     .collect(),
+                variables: Default::default(),
             }],
             ..Default::default()
         }

@@ -60,6 +60,10 @@ pub struct DesiredApp {
     /// (never the value).
     #[serde(default)]
     pub secrets: Vec<crate::AppSecretVersion>,
+    /// The variables its Compose file is interpolated with on this device: central's
+    /// built-ins and the operator's fleet, deployment and site variables, merged.
+    #[serde(default)]
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 /// What a device reported about one app.

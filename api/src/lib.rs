@@ -18,6 +18,7 @@
 //! - [`rollouts`]: OS update rollouts, plans and per-device progress;
 //! - [`secrets`]: app secrets (values in, never out);
 //! - [`sites`]: sites and regions;
+//! - [`variables`]: variables for Compose files (fleet, site, deployment);
 //! - [`deployments`]: deployments, placements and placement plans;
 //! - [`events`]: the event log and logs read from devices;
 //! - [`error`]: the error body.
@@ -40,6 +41,7 @@ pub mod rollouts;
 pub mod secrets;
 pub mod sites;
 mod timestamp;
+pub mod variables;
 mod wire_enum;
 
 pub use access::*;
@@ -55,6 +57,7 @@ pub use rollouts::*;
 pub use secrets::*;
 pub use sites::*;
 pub use timestamp::Timestamp;
+pub use variables::*;
 
 /// Answer to `GET /healthz` (no token needed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

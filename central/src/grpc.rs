@@ -305,6 +305,7 @@ pub fn desired_state(
                         version: s.version,
                     })
                     .collect(),
+                variables: a.variables.into_iter().collect(),
             })
             .collect(),
         os: os.map(|os| OsUpdate {

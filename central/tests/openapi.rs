@@ -744,6 +744,79 @@ async fn every_documented_operation_answers_as_documented() {
     api.admin("DELETE", "/api/v1/secrets/sec_nope", None)
         .expect(404);
 
+    // Variables for Compose files: the fleet's reach the device running the app.
+    let variable = json!({ "scope": "fleet", "name": "GREETING", "value": "hello" });
+    let set: cairn_api::VariableReply = api
+        .call(
+            Some(&operator),
+            "PUT",
+            "/api/v1/variables",
+            Some(variable.clone()),
+        )
+        .expect(201)
+        .read();
+    assert_eq!(set.devices_updated, 1, "the device running the app");
+    api.call(
+        Some(&operator),
+        "PUT",
+        "/api/v1/variables",
+        Some(variable.clone()),
+    )
+    .expect(200);
+    api.call(Some(&viewer), "PUT", "/api/v1/variables", Some(variable))
+        .expect(403);
+    api.admin(
+        "PUT",
+        "/api/v1/variables",
+        Some(json!({ "scope": "fleet", "name": "CAIRN_SITE", "value": "x" })),
+    )
+    .expect(400);
+    api.admin(
+        "PUT",
+        "/api/v1/variables",
+        Some(json!({ "scope": "site", "scope_name": "nowhere", "name": "A", "value": "x" })),
+    )
+    .expect(404);
+    let variables: cairn_api::VariableList = api
+        .call(Some(&viewer), "GET", "/api/v1/variables?scope=fleet", None)
+        .expect(200)
+        .read();
+    assert_eq!(variables.variables.len(), 1);
+    api.call(Some(&viewer), "GET", "/api/v1/variables?scope=moon", None)
+        .expect(400);
+    let apps: AppList = api
+        .call(
+            Some(&viewer),
+            "GET",
+            &format!("/api/v1/devices/{id}/apps"),
+            None,
+        )
+        .expect(200)
+        .read();
+    assert_eq!(apps.apps[0].app.variables["GREETING"], "hello");
+    api.call(
+        Some(&viewer),
+        "DELETE",
+        "/api/v1/variables?scope=fleet&name=GREETING",
+        None,
+    )
+    .expect(403);
+    api.admin("DELETE", "/api/v1/variables?scope=fleet", None)
+        .expect(400);
+    api.call(
+        Some(&operator),
+        "DELETE",
+        "/api/v1/variables?scope=fleet&name=GREETING",
+        None,
+    )
+    .expect(200);
+    api.admin(
+        "DELETE",
+        "/api/v1/variables?scope=fleet&name=GREETING",
+        None,
+    )
+    .expect(404);
+
     api.admin("DELETE", &app_path, None).expect(200);
     api.admin("DELETE", &app_path, None).expect(404);
 

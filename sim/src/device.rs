@@ -360,12 +360,14 @@ mod tests {
             compose_yaml: deployment_compose(9),
             generation: 1,
             secrets: Vec::new(),
+            variables: Default::default(),
         });
         desired.apps.push(App {
             name: "other".into(),
             compose_yaml: "services: {}\n# cairn-sim-marker: 99".into(),
             generation: 1,
             secrets: Vec::new(),
+            variables: Default::default(),
         });
         assert_eq!(
             newest_marker(&desired),

@@ -2,15 +2,16 @@
 //! cairn-runtime's [`Reconciler`], and reports what it observes in every heartbeat.
 //!
 //! [`AppsSink`] is the agent's [`DesiredStateSink`]: each desired state (the stored one at start,
-//! then every newer revision) is parsed app by app with [`AppSpec::parse`] and handed to a
-//! reconcile task. An app whose Compose file this agent refuses is not run and is reported with
+//! then every newer revision) is parsed app by app with [`AppSpec::parse_with_variables`],
+//! interpolating the variables central sent for the app (`App.variables`: its built-ins such as
+//! `CAIRN_SITE` and the operator's), and handed to a reconcile task. An app whose Compose file this agent refuses is not run and is reported with
 //! the parser's error; it never stops the agent or the other apps. Each pass's result is kept
 //! with the revision and generations it was computed for, so a status never claims to reflect a
 //! desired state it has not seen.
 
 mod report;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,12 +77,22 @@ impl AppliedState {
                         cairn_proto::MAX_COMPOSE_BYTES
                     ))
                 } else {
-                    AppSpec::parse(COMPOSE_LABEL, &app.name, &app.compose_yaml)
-                        .map(|spec| DesiredApp {
-                            spec,
-                            secrets: secrets.values(app),
-                        })
-                        .map_err(|e| format!("refused by this agent: {e}"))
+                    let variables: BTreeMap<String, String> = app
+                        .variables
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    AppSpec::parse_with_variables(
+                        COMPOSE_LABEL,
+                        &app.name,
+                        &app.compose_yaml,
+                        &variables,
+                    )
+                    .map(|spec| DesiredApp {
+                        spec,
+                        secrets: secrets.values(app),
+                    })
+                    .map_err(|e| format!("refused by this agent: {e}"))
                 };
                 if let Err(e) = &spec {
                     warn!(app = %app.name, generation = app.generation, error = %e, "app not run");

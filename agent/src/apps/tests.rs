@@ -26,6 +26,7 @@ fn desired(revision: u64, apps: &[(&str, &str, u64)]) -> DesiredState {
                 compose_yaml: yaml.to_string(),
                 generation: *generation,
                 secrets: Vec::new(),
+                variables: Default::default(),
             })
             .collect(),
         os: None,
@@ -34,6 +35,29 @@ fn desired(revision: u64, apps: &[(&str, &str, u64)]) -> DesiredState {
 
 const GOOD: &str = "services:\n  web:\n    image: busybox\n";
 const BAD: &str = "services:\n  web:\n    image: busybox\n    ports: [\"x:80\"]\n";
+
+#[test]
+fn an_app_runs_with_the_variables_central_sent_and_is_refused_without_them() {
+    let (_dir, secrets) = no_secrets();
+    let yaml =
+        "services:\n  web:\n    image: busybox\n    environment:\n      SITE: ${CAIRN_SITE}\n";
+    let mut state = desired(3, &[("shop", yaml, 3)]);
+    state.apps[0]
+        .variables
+        .insert("CAIRN_SITE".into(), "zurich-1".into());
+    let applied = AppliedState::from_desired(&state, &secrets);
+    assert_eq!(applied.runnable.len(), 1);
+    let web = &applied.runnable[0].spec.services["web"];
+    assert_eq!(web.environment["SITE"], "zurich-1");
+
+    let applied = AppliedState::from_desired(&desired(4, &[("shop", yaml, 4)]), &secrets);
+    assert!(applied.runnable.is_empty());
+    let error = applied.entries[0].spec.as_ref().unwrap_err();
+    assert!(
+        error.contains("compose_yaml:5: services.web.environment.SITE: variable CAIRN_SITE is not set on this device"),
+        "{error}"
+    );
+}
 
 #[test]
 fn a_refused_app_is_reported_and_the_others_run() {

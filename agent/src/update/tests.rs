@@ -16,6 +16,7 @@ fn desired(apps: &[(&str, u64)]) -> DesiredState {
                 compose_yaml: String::new(),
                 generation: *generation,
                 secrets: Vec::new(),
+                variables: Default::default(),
             })
             .collect(),
         os: None,

@@ -4,6 +4,7 @@
 //! audit record, then pushes the new desired state on the device's open Sync stream (if any; an
 //! offline device gets it when it reconnects).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -23,6 +24,7 @@ use crate::grpc::desired_state;
 use crate::placement::privileges;
 use crate::store::apps::{self, DesiredApp};
 use crate::store::db::Connection;
+use crate::store::variables as store_variables;
 use crate::store::{audit, deployments, devices, sites, DeviceStatus, Role, StoreError, Timestamp};
 use crate::Shared;
 
@@ -51,12 +53,36 @@ pub(super) async fn validate(name: &str, compose_yaml: &str) -> Result<Privilege
         .map_err(|e| ApiError::Internal(format!("the Compose parser task failed: {e}")))?
 }
 
+/// Check an app before the variables of its devices are known: a `${VAR}` central cannot
+/// resolve yet is left for the agent, which reports it per device.
 fn parse_app(name: &str, compose_yaml: &str) -> Result<Privileges, ApiError> {
-    let spec = AppSpec::parse(COMPOSE_LABEL, name, compose_yaml).map_err(|e| match e {
+    AppSpec::check_with_unset_variables(COMPOSE_LABEL, name, compose_yaml, &BTreeMap::new())
+        .map_err(spec_refusal)
+}
+
+/// The answer to a Compose file cairn-compose refuses.
+fn spec_refusal(e: SpecError) -> ApiError {
+    match e {
         SpecError::AppName { .. } => ApiError::BadRequest(e.to_string()),
         other => ApiError::BadRequest(format!("the app spec is not valid:\n{other}")),
-    })?;
-    Ok(spec.privileges())
+    }
+}
+
+/// Check a per-device app with the variables it gets on device `device_id`, as its agent
+/// will: the operator deploys to this very device, so an unset variable is refused here.
+fn check_on_device(
+    tx: &Connection,
+    device_id: &str,
+    name: &str,
+    compose_yaml: &str,
+) -> Result<Result<(), ApiError>, StoreError> {
+    let (built_ins, applicable) = store_variables::sources_for_device(tx, device_id)?;
+    let variables = store_variables::merge(name, None, &applicable, &built_ins);
+    Ok(
+        AppSpec::parse_with_variables(COMPOSE_LABEL, name, compose_yaml, &variables)
+            .map(|_| ())
+            .map_err(spec_refusal),
+    )
 }
 
 /// After a change of labels or sites in `tx`: the first operator app on `device_ids` that asks
@@ -79,12 +105,16 @@ pub(super) fn privileges_lost(
             .into_iter()
             .filter(|a| a.deployment.is_none())
         {
-            let Ok(spec) = AppSpec::parse(COMPOSE_LABEL, &app.name, &app.compose_yaml) else {
+            let no_variables = BTreeMap::new();
+            let Ok(wanted) = AppSpec::check_with_unset_variables(
+                COMPOSE_LABEL,
+                &app.name,
+                &app.compose_yaml,
+                &no_variables,
+            ) else {
                 continue;
             };
-            if let Some(why) =
-                privileges::denied(&spec.privileges(), &[&device.labels, &site_labels])
-            {
+            if let Some(why) = privileges::denied(&wanted, &[&device.labels, &site_labels]) {
                 return Ok(Some(ApiError::Conflict(format!(
                     "device {id} runs app {:?}, which would lose what it uses: {why}; remove the app first (cairnctl app rm) or keep the label",
                     app.name
@@ -166,6 +196,9 @@ pub(super) async fn put_app(
             }
             if let Some(old) = old.as_ref().filter(|old| old.compose_yaml == compose) {
                 return Ok(Ok(Deployed::Unchanged(old.clone(), device.desired_revision)));
+            }
+            if let Err(refusal) = check_on_device(&tx, &id, &name, &compose)? {
+                return Ok(Err(refusal));
             }
             let Some(revision) = apps::bump_revision(&tx, &id)? else {
                 return Ok(Err(ApiError::NotFound("no device with this id".into())));

@@ -266,6 +266,9 @@ pub(super) async fn delete_deployment(
         let hosts = deployments::placed_devices(tx, &key)?;
         // Its secrets go with it: a new deployment of the same name starts without them.
         crate::store::secrets::delete_of_deployment(tx, &key)?;
+        // So do its variables.
+        let scope = cairn_api::VariableScope::Deployment;
+        crate::store::variables::delete_scope(tx, &scope, &key)?;
         audit::record(
             tx,
             &actor,

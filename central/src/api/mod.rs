@@ -11,7 +11,7 @@
 //!   as `central/openapi.json`);
 //! - `auth.rs`: bearer tokens and roles;
 //! - `apps.rs`, `deployments.rs`, `sites.rs`, `bundles.rs`, `rollouts.rs`, `observability.rs`,
-//!   `attestation.rs`, `secrets.rs`: one part of the API each;
+//!   `attestation.rs`, `secrets.rs`, `variables.rs`: one part of the API each;
 //! - `console.rs`: the web console's static files.
 
 mod apps;
@@ -27,6 +27,7 @@ mod rollouts;
 mod routes;
 mod secrets;
 mod sites;
+mod variables;
 
 use std::sync::Arc;
 

@@ -48,6 +48,7 @@ const BEARER: &str = "bearer";
         (name = "sites", description = "Sites and regions"),
         (name = "deployments", description = "Apps central places on devices of selected sites"),
         (name = "secrets", description = "App secrets: values go in, and only the devices that run the app receive them; no answer carries a value"),
+        (name = "variables", description = "Variables for Compose files: set for the fleet, a site or a deployment, merged with central's built-ins (CAIRN_SITE, ...) per app and device"),
         (name = "observability", description = "The event log and logs read from devices"),
     )
 )]

@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 
 use super::{
     apps, attestation, bundles, console, deployments, observability, require_known, rollouts,
-    secrets, sites, ApiError, Caller, ValidJson, ValidQuery,
+    secrets, sites, variables, ApiError, Caller, ValidJson, ValidQuery,
 };
 use crate::grpc::desired_state;
 use crate::store::apps as store_apps;
@@ -76,6 +76,11 @@ pub(super) fn router() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(rollouts::rollback_rollout))
         .routes(routes!(secrets::list_secrets, secrets::create_secret))
         .routes(routes!(secrets::update_secret, secrets::delete_secret))
+        .routes(routes!(
+            variables::list_variables,
+            variables::set_variable,
+            variables::delete_variable
+        ))
         .routes(routes!(sites::list_sites, sites::create_site))
         .routes(routes!(
             sites::show_site,

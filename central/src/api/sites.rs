@@ -1,7 +1,9 @@
 //! Sites, regions, and each device's site and labels.
 //!
 //! Every change is audited and followed by a scheduler pass (placement may move), so the
-//! answer already reflects it.
+//! answer already reflects it. A change of a device's site or labels, or of a site's labels or
+//! location, changes the built-in variables (`CAIRN_SITE`, ...) of the apps there: the devices
+//! concerned get a new desired revision, pushed to them.
 
 use std::sync::Arc;
 
@@ -15,11 +17,12 @@ use cairn_api::{
 
 use super::apps::privileges_lost;
 use super::routes::load_device;
+use super::variables::{built_ins_before, bump_changed_built_ins, push};
 use super::{change_and_place, ApiError, Caller, ValidJson};
 use crate::placement::geo::{self, Point, PointGeo};
 use crate::placement::spec::{validate_labels, validate_name, Labels};
 use crate::placement::PlacementError;
-use crate::store::{audit, deployments, sites, Role};
+use crate::store::{audit, deployments, sites, variables, Role};
 use crate::Shared;
 
 type St = State<Arc<Shared>>;
@@ -123,7 +126,8 @@ pub(super) async fn create_site(
     }
     let actor = caller.actor();
     let devices = body.devices.clone();
-    let site = change_and_place(&shared, move |tx| {
+    let (site, changed) = change_and_place(&shared, move |tx| {
+        let before = built_ins_before(tx, &body.devices)?;
         let Some(site) = sites::insert(tx, &body.name, &body.labels, at)? else {
             return Ok(Err(ApiError::Conflict(format!(
                 "a site named {:?} exists; change it with PUT /api/v1/sites/{}",
@@ -155,9 +159,10 @@ pub(super) async fn create_site(
         if let Some(conflict) = privileges_lost(tx, &body.devices)? {
             return Ok(Err(conflict));
         }
-        Ok(Ok(site))
+        Ok(bump_changed_built_ins(tx, before)?.map(|changed| (site, changed)))
     })
     .await?;
+    push(&shared, &changed).await;
     Ok((StatusCode::CREATED, Json(SiteWithDevices { site, devices })))
 }
 
@@ -216,7 +221,8 @@ pub(super) async fn update_site(
     validate_labels("labels", &body.labels)?;
     let at = location(body.latitude, body.longitude)?;
     let actor = caller.actor();
-    let site = change_and_place(&shared, move |tx| {
+    let (site, changed) = change_and_place(&shared, move |tx| {
+        let before = built_ins_before(tx, &sites::device_ids(tx, &name)?)?;
         let Some(site) = sites::update(tx, &name, &body.labels, at)? else {
             return Ok(Err(ApiError::NotFound(
                 "no site with this name; create it with POST /api/v1/sites".into(),
@@ -232,9 +238,10 @@ pub(super) async fn update_site(
             &name,
             &site_detail(at, &body.labels),
         )?;
-        Ok(Ok(site))
+        Ok(bump_changed_built_ins(tx, before)?.map(|changed| (site, changed)))
     })
     .await?;
+    push(&shared, &changed).await;
     Ok(Json(SiteReply { site }))
 }
 
@@ -271,6 +278,8 @@ pub(super) async fn delete_site(
             ))));
         }
         sites::delete(tx, &name)?;
+        let scope = cairn_api::VariableScope::Site;
+        variables::delete_scope(tx, &scope, &name)?;
         audit::record(tx, &actor, "site.delete", &name, "")?;
         Ok(Ok(()))
     })
@@ -435,7 +444,8 @@ pub(super) async fn set_device_site(
     caller.require(Role::Operator)?;
     let actor = caller.actor();
     let device_id = id.clone();
-    change_and_place(&shared, move |tx| {
+    let changed = change_and_place(&shared, move |tx| {
+        let before = built_ins_before(tx, std::slice::from_ref(&id))?;
         if let Some(site) = &body.site {
             if sites::get(tx, site)?.is_none() {
                 return Ok(Err(ApiError::BadRequest(format!(
@@ -451,9 +461,10 @@ pub(super) async fn set_device_site(
         }
         let detail = format!("site={}", body.site.as_deref().unwrap_or("(none)"));
         audit::record(tx, &actor, "device.site", &id, &detail)?;
-        Ok(Ok(()))
+        bump_changed_built_ins(tx, before)
     })
     .await?;
+    push(&shared, &changed).await;
     Ok(Json(DeviceReply {
         device: load_device(&shared, device_id).await?,
     }))
@@ -485,7 +496,8 @@ pub(super) async fn set_device_labels(
     validate_labels("labels", &body.labels)?;
     let actor = caller.actor();
     let device_id = id.clone();
-    change_and_place(&shared, move |tx| {
+    let changed = change_and_place(&shared, move |tx| {
+        let before = built_ins_before(tx, std::slice::from_ref(&id))?;
         if !sites::set_device_labels(tx, &id, &body.labels)? {
             return Ok(Err(ApiError::NotFound("no device with this id".into())));
         }
@@ -500,9 +512,10 @@ pub(super) async fn set_device_labels(
             &id,
             &format!("keys={}", keys.join(",")),
         )?;
-        Ok(Ok(()))
+        bump_changed_built_ins(tx, before)
     })
     .await?;
+    push(&shared, &changed).await;
     Ok(Json(DeviceReply {
         device: load_device(&shared, device_id).await?,
     }))

@@ -126,10 +126,16 @@ fn plan_one(d: &Deployment, avoided_by: Option<&BTreeSet<&str>>, world: &World) 
         .map(Vec::as_slice);
     let cost = app_cost(&d.name, &d.compose_yaml);
     // Stored Compose files were validated on write; one a newer parser refuses asks for
-    // nothing here and is refused by the agent with its reason.
-    let wanted = AppSpec::parse("compose_yaml", &d.name, &d.compose_yaml)
-        .map(|spec| spec.privileges())
-        .unwrap_or_default();
+    // nothing here and is refused by the agent with its reason. What an app asks for never
+    // depends on the variables of its devices.
+    let no_variables = BTreeMap::new();
+    let wanted = AppSpec::check_with_unset_variables(
+        "compose_yaml",
+        &d.name,
+        &d.compose_yaml,
+        &no_variables,
+    )
+    .unwrap_or_default();
     let no_apps = BTreeMap::new();
     let apps_of = |host: &Host| world.apps.get(&host.id).unwrap_or(&no_apps);
     let hosting = |host: &Host| apps_of(host).get(&d.name) == Some(&Some(d.name.clone()));

@@ -15,24 +15,43 @@ fn from_row(row: &Row) -> crate::store::db::Result<DesiredApp> {
         updated_at: row.get(3)?,
         deployment: row.get(4)?,
         secrets: Vec::new(),
+        variables: Default::default(),
     })
 }
 
-/// The apps of a device, by name, each with the secret versions it gets there.
+/// Fill in what each of `apps` (of device `device_id`) gets there: secret versions and
+/// variables.
+fn add_secrets_and_variables(
+    conn: &Connection,
+    device_id: &str,
+    apps: &mut [DesiredApp],
+) -> Result<(), StoreError> {
+    let mut versions = super::secrets::versions_for_device(conn, device_id)?;
+    let (built_ins, applicable) = super::variables::sources_for_device(conn, device_id)?;
+    for app in apps {
+        app.secrets = versions.remove(&app.name).unwrap_or_default();
+        app.variables = super::variables::merge(
+            &app.name,
+            app.deployment.as_deref(),
+            &applicable,
+            &built_ins,
+        );
+    }
+    Ok(())
+}
+
+/// The apps of a device, by name, each with the secret versions and variables it gets there.
 pub fn list(conn: &Connection, device_id: &str) -> Result<Vec<DesiredApp>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT name, compose_yaml, generation, updated_at, deployment FROM device_apps WHERE device_id = ?1 ORDER BY name",
     )?;
     let rows = stmt.query_map([device_id], from_row)?;
     let mut apps: Vec<DesiredApp> = rows.collect::<Result<_, _>>()?;
-    let mut versions = super::secrets::versions_for_device(conn, device_id)?;
-    for app in &mut apps {
-        app.secrets = versions.remove(&app.name).unwrap_or_default();
-    }
+    add_secrets_and_variables(conn, device_id, &mut apps)?;
     Ok(apps)
 }
 
-/// One app of a device, with the secret versions it gets there.
+/// One app of a device, with the secret versions and variables it gets there.
 pub fn get(
     conn: &Connection,
     device_id: &str,
@@ -48,9 +67,7 @@ pub fn get(
     let Some(mut app) = app else {
         return Ok(None);
     };
-    app.secrets = super::secrets::versions_for_device(conn, device_id)?
-        .remove(name)
-        .unwrap_or_default();
+    add_secrets_and_variables(conn, device_id, std::slice::from_mut(&mut app))?;
     Ok(Some(app))
 }
 
@@ -68,16 +85,17 @@ pub fn upsert(
          ON CONFLICT (device_id, name) DO UPDATE SET compose_yaml = ?3, generation = ?4, updated_at = ?5",
         params![device_id, name, compose_yaml, generation as i64, now],
     )?;
-    Ok(DesiredApp {
+    let mut app = DesiredApp {
         name: name.to_owned(),
         compose_yaml: compose_yaml.to_owned(),
         generation,
         updated_at: now,
         deployment: None,
-        secrets: super::secrets::versions_for_device(conn, device_id)?
-            .remove(name)
-            .unwrap_or_default(),
-    })
+        secrets: Vec::new(),
+        variables: Default::default(),
+    };
+    add_secrets_and_variables(conn, device_id, std::slice::from_mut(&mut app))?;
+    Ok(app)
 }
 
 /// Remove an app of a device; false when it had no such app.

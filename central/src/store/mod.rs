@@ -30,6 +30,7 @@ pub mod secrets;
 pub mod sites;
 pub mod streams;
 pub mod tokens;
+pub mod variables;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

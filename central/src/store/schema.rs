@@ -275,6 +275,19 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO secret_version_counter (id, value) VALUES (1, 0);
     "#,
+    // 14: variables for Compose files (central/src/store/variables.rs), set for the fleet
+    // (`scope_name` empty), a site or a deployment; removed with their site or deployment.
+    r#"
+    CREATE TABLE variables (
+        scope_kind TEXT NOT NULL CHECK (scope_kind IN ('fleet', 'site', 'deployment')),
+        scope_name TEXT NOT NULL DEFAULT '',
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        updated_by TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (scope_kind, scope_name, name)
+    );
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.
