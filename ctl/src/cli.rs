@@ -17,6 +17,7 @@ pub mod region;
 pub mod rollout;
 pub mod secret;
 pub mod site;
+pub mod variable;
 
 pub use app::AppCommand;
 pub use bundle::BundleCommand;
@@ -25,6 +26,7 @@ pub use region::RegionCommand;
 pub use rollout::RolloutCommand;
 pub use secret::SecretCommand;
 pub use site::SiteCommand;
+pub use variable::VariableCommand;
 
 use crate::client::{BearerToken, CentralCa, Client, Connection, CtlError, Reply, DEFAULT_CENTRAL};
 use crate::input::{self, InputError};
@@ -139,6 +141,9 @@ pub enum Command {
     /// App secrets: values go to the devices that run the app, and never come back out.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// Variables for Compose files (`${NAME}`), set for the fleet, a site or a deployment.
+    #[command(subcommand)]
+    Variable(VariableCommand),
     /// The latest entries of central's audit log.
     Audit {
         /// How many events to show (central's default if not given).
@@ -376,6 +381,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Region(command) => region::run_region(&client, command, json, out),
         Command::Deployment(command) => deployment::run_deployment(&client, command, json, out),
         Command::Secret(command) => secret::run_secret(&client, command, json, out),
+        Command::Variable(command) => variable::run_variable(&client, command, json, out),
         Command::Audit { limit } => {
             let reply = client.audit(&AuditQuery { limit })?;
             emit_table(out, json, &reply, "no audit events", |log| {

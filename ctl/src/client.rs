@@ -28,8 +28,8 @@ use cairn_api::{
     DeviceAttestation, DeviceDetail, DeviceList, DeviceLogs, DeviceReply, EnrollmentTokenList,
     EnrollmentTokenReply, ErrorBody, EventList, EventsQuery, LogsQuery, PutApp, RecoveryKey,
     RegionList, RegionReply, Removed, RolloutCreated, RolloutList, RolloutReply, SecretList,
-    SecretQuery, SecretReply, SetDeviceLabels, SetDeviceSite, SiteList, SiteWithDevices,
-    UpdateSecret,
+    SecretQuery, SecretReply, SetDeviceLabels, SetDeviceSite, SetVariable, SiteList,
+    SiteWithDevices, UpdateSecret, VariableList, VariableQuery, VariableReply,
 };
 
 use crate::input::{self, InputError};
@@ -586,6 +586,26 @@ impl Client {
     pub fn delete_secret(&self, id: &str) -> Result<Reply<Removed>, CtlError> {
         let id = checked_id(id)?;
         self.send::<(), _>("DELETE", &format!("/api/v1/secrets/{id}"), None)
+    }
+
+    /// `GET /api/v1/variables`: variables matching `query`.
+    pub fn list_variables(&self, query: &VariableQuery) -> Result<Reply<VariableList>, CtlError> {
+        self.get("/api/v1/variables", &query_pairs(query))
+    }
+
+    /// `PUT /api/v1/variables`: creates (201) or replaces (200) a variable.
+    pub fn set_variable(&self, request: &SetVariable) -> Result<Reply<VariableReply>, CtlError> {
+        self.send("PUT", "/api/v1/variables", Some(request))
+    }
+
+    /// `DELETE /api/v1/variables`: removes the variable `query` names.
+    pub fn delete_variable(&self, query: &VariableQuery) -> Result<Reply<VariableReply>, CtlError> {
+        let url = format!("{}/api/v1/variables", self.base);
+        let mut request = self.request("DELETE", &url);
+        for (name, value) in query_pairs(query) {
+            request = request.query(&name, &value);
+        }
+        self.finish(&url, request.call())
     }
 
     /// `GET /api/v1/regions`: every region.

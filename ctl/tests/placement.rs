@@ -121,6 +121,41 @@ async fn sites_regions_labels_and_deployments_from_the_command_line() {
     );
     let listed: DeploymentList = ctl.read(&["deployment", "list"]);
     assert_eq!(listed.deployments[0].hosts, 1);
+
+    // Variables for the deployment's Compose file, per scope.
+    assert_eq!(
+        ctl.ok(&["variable", "set", "GREETING", "hi", "--deployment", "web"]),
+        "variable GREETING set for deployment web, sent to 1 devices\n"
+    );
+    assert_eq!(
+        ctl.ok(&[
+            "variable",
+            "set",
+            "GREETING",
+            "howzit",
+            "--site",
+            "cape-town"
+        ]),
+        "variable GREETING set for site cape-town, sent to 1 devices\n"
+    );
+    let out = ctl.run(&["variable", "set", "CAIRN_SITE", "x", "--fleet"]);
+    assert!(
+        !out.ok && out.stderr.contains("built-in variables"),
+        "{}",
+        out.stderr
+    );
+    let out = ctl.run(&["variable", "set", "A", "x"]);
+    assert!(!out.ok && out.stderr.contains("--fleet"), "{}", out.stderr);
+    let listed = ctl.ok(&["variable", "list", "--site", "cape-town"]);
+    assert!(
+        listed.contains("site cape-town") && listed.contains("howzit"),
+        "{listed}"
+    );
+    assert_eq!(
+        ctl.ok(&["variable", "rm", "GREETING", "--site", "cape-town"]),
+        "variable GREETING removed from site cape-town, sent to 1 devices\n"
+    );
+    assert_eq!(ctl.ok(&["variable", "list", "--fleet"]), "no variables\n");
     let out = ctl.run(&["deployment", "create", "-f", file, "--site", "nowhere"]);
     assert!(
         !out.ok && out.stderr.contains("a deployment named \"web\" exists"),
