@@ -486,18 +486,7 @@ impl AppSpec {
         text: &str,
         variables: &BTreeMap<String, String>,
     ) -> Result<AppSpec, SpecError> {
-        if let Err(reason) = check_app_name(app_name) {
-            return Err(SpecError::AppName {
-                name: app_name.to_string(),
-                reason,
-            });
-        }
-        let mut root = yaml::parse_document(text).map_err(|e| SpecError::Syntax {
-            file: file.to_string(),
-            line: e.line,
-            col: e.col,
-            message: e.message,
-        })?;
+        let mut root = document(file, app_name, text)?;
         let mut problems = interpolate::document(&mut root, variables);
         let result = parse::app(&root, app_name);
         if problems.is_empty() {
@@ -533,18 +522,7 @@ impl AppSpec {
         text: &str,
         variables: &BTreeMap<String, String>,
     ) -> Result<Privileges, SpecError> {
-        if let Err(reason) = check_app_name(app_name) {
-            return Err(SpecError::AppName {
-                name: app_name.to_string(),
-                reason,
-            });
-        }
-        let mut root = yaml::parse_document(text).map_err(|e| SpecError::Syntax {
-            file: file.to_string(),
-            line: e.line,
-            col: e.col,
-            message: e.message,
-        })?;
+        let mut root = document(file, app_name, text)?;
         let (mut problems, deferred) = interpolate::document_deferring_unset(&mut root, variables);
         let lines: BTreeSet<usize> = problems.iter().map(|p| p.line).collect();
         let result = parse::app(&root, app_name);
@@ -574,6 +552,22 @@ impl AppSpec {
                 .map_err(invalid),
         }
     }
+}
+
+/// The YAML tree of `text`, once `app_name` is known to be a usable app name.
+fn document(file: &str, app_name: &str, text: &str) -> Result<yaml::Node, SpecError> {
+    if let Err(reason) = check_app_name(app_name) {
+        return Err(SpecError::AppName {
+            name: app_name.to_string(),
+            reason,
+        });
+    }
+    yaml::parse_document(text).map_err(|e| SpecError::Syntax {
+        file: file.to_string(),
+        line: e.line,
+        col: e.col,
+        message: e.message,
+    })
 }
 
 /// `root` cut down to what [`AppSpec::privileges`] reads: each service's `cap_add` and
