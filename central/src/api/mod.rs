@@ -74,6 +74,26 @@ where
     Ok(value)
 }
 
+/// Send `devices` the desired state the registry now holds for each (after a committed
+/// change), from a few tasks side by side: each push reads one device's state, and at 10k
+/// devices one after the other took most of a secret rotation's time.
+async fn push_stored(shared: Arc<Shared>, devices: Vec<String>) {
+    const PUSHERS: usize = 8;
+    if devices.is_empty() {
+        return;
+    }
+    let mut pushers = tokio::task::JoinSet::new();
+    for chunk in devices.chunks(devices.len().div_ceil(PUSHERS)) {
+        let (shared, chunk) = (shared.clone(), chunk.to_vec());
+        pushers.spawn(async move {
+            for device in &chunk {
+                shared.deliver_stored(device).await;
+            }
+        });
+    }
+    while pushers.join_next().await.is_some() {}
+}
+
 /// A REST failure, sent as `{"error":{"code","message"}}` ([`cairn_api::ErrorBody`]) with a
 /// matching HTTP status.
 #[derive(Debug, thiserror::Error)]

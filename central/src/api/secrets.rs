@@ -13,7 +13,7 @@ use cairn_api::{
 };
 use zeroize::Zeroizing;
 
-use super::{ApiError, Caller, ValidJson, ValidQuery};
+use super::{push_stored, ApiError, Caller, ValidJson, ValidQuery};
 use crate::placement::spec::validate_name;
 use crate::secrets::SecretVaultError;
 use crate::store::db::Transaction;
@@ -156,29 +156,6 @@ fn bump_users(tx: &Transaction<'_>, secret: &SecretInfo) -> Result<Vec<String>, 
     Ok(users)
 }
 
-/// Send the devices of a change their new desired state, after the answer: the change is
-/// committed, and a device that misses its push gets the state when it reconnects.
-fn push(shared: &Arc<Shared>, devices: &[String]) {
-    if devices.is_empty() {
-        return;
-    }
-    // A few pushers side by side: each push reads one device's desired state, and at 10k
-    // devices one after the other took most of a rotation's time.
-    let per_task = devices.len().div_ceil(PUSHERS);
-    for chunk in devices.chunks(per_task) {
-        let shared = shared.clone();
-        let chunk = chunk.to_vec();
-        tokio::spawn(async move {
-            for device in &chunk {
-                shared.deliver_stored(device).await;
-            }
-        });
-    }
-}
-
-/// Tasks pushing the desired states of one change.
-const PUSHERS: usize = 8;
-
 /// What the audit log says of a secret (never its value).
 fn audit_detail(secret: &SecretInfo, devices: usize) -> String {
     format!(
@@ -242,7 +219,9 @@ pub(super) async fn create_secret(
             Ok(Ok((secret, users)))
         })
         .await??;
-    push(&shared, &users);
+    // After the answer: the change is committed, and a device that misses its push gets the
+    // state when it reconnects.
+    tokio::spawn(push_stored(shared.clone(), users.clone()));
     Ok((
         StatusCode::CREATED,
         Json(SecretReply {
@@ -300,7 +279,9 @@ pub(super) async fn update_secret(
             Ok(Ok((secret, users)))
         })
         .await??;
-    push(&shared, &users);
+    // After the answer: the change is committed, and a device that misses its push gets the
+    // state when it reconnects.
+    tokio::spawn(push_stored(shared.clone(), users.clone()));
     Ok(Json(SecretReply {
         secret,
         devices: users.len() as u64,
@@ -348,7 +329,9 @@ pub(super) async fn delete_secret(
             Ok(Ok(users))
         })
         .await??;
-    push(&shared, &users);
+    // After the answer: the change is committed, and a device that misses its push gets the
+    // state when it reconnects.
+    tokio::spawn(push_stored(shared.clone(), users.clone()));
     Ok(Json(Removed { removed: id }))
 }
 

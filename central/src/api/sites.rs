@@ -17,8 +17,8 @@ use cairn_api::{
 
 use super::apps::privileges_lost;
 use super::routes::load_device;
-use super::variables::{built_ins_before, bump_changed_built_ins, push};
-use super::{change_and_place, ApiError, Caller, ValidJson};
+use super::variables::{built_ins_before, bump_changed_built_ins};
+use super::{change_and_place, push_stored, ApiError, Caller, ValidJson};
 use crate::placement::geo::{self, Point, PointGeo};
 use crate::placement::spec::{validate_labels, validate_name, Labels};
 use crate::placement::PlacementError;
@@ -162,7 +162,7 @@ pub(super) async fn create_site(
         Ok(bump_changed_built_ins(tx, before)?.map(|changed| (site, changed)))
     })
     .await?;
-    push(&shared, &changed).await;
+    push_stored(shared.clone(), changed.clone()).await;
     Ok((StatusCode::CREATED, Json(SiteWithDevices { site, devices })))
 }
 
@@ -241,7 +241,7 @@ pub(super) async fn update_site(
         Ok(bump_changed_built_ins(tx, before)?.map(|changed| (site, changed)))
     })
     .await?;
-    push(&shared, &changed).await;
+    push_stored(shared.clone(), changed.clone()).await;
     Ok(Json(SiteReply { site }))
 }
 
@@ -464,7 +464,7 @@ pub(super) async fn set_device_site(
         bump_changed_built_ins(tx, before)
     })
     .await?;
-    push(&shared, &changed).await;
+    push_stored(shared.clone(), changed.clone()).await;
     Ok(Json(DeviceReply {
         device: load_device(&shared, device_id).await?,
     }))
@@ -515,7 +515,7 @@ pub(super) async fn set_device_labels(
         bump_changed_built_ins(tx, before)
     })
     .await?;
-    push(&shared, &changed).await;
+    push_stored(shared.clone(), changed.clone()).await;
     Ok(Json(DeviceReply {
         device: load_device(&shared, device_id).await?,
     }))

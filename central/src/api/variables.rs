@@ -14,7 +14,7 @@ use cairn_api::{
 use cairn_proto::MAX_DESIRED_STATE_BYTES;
 use prost::Message;
 
-use super::{require_known, ApiError, Caller, ValidJson, ValidQuery};
+use super::{push_stored, require_known, ApiError, Caller, ValidJson, ValidQuery};
 use crate::grpc::desired_state;
 use crate::placement::spec::validate_name;
 use crate::store::db::Transaction;
@@ -170,13 +170,6 @@ pub(super) fn bump_changed_built_ins(
     Ok(bump_devices(tx, &changed)?.map(|()| changed))
 }
 
-/// Send the devices of a change their new desired state.
-pub(super) async fn push(shared: &Shared, devices: &[String]) {
-    for device in devices {
-        shared.deliver_stored(device).await;
-    }
-}
-
 /// The audit target of a scope: `fleet`, `site/NAME` or `deployment/NAME`.
 fn audit_target(scope: &VariableScope, scope_name: &str) -> String {
     match scope {
@@ -240,7 +233,7 @@ pub(super) async fn set_variable(
             Ok(Ok((variable, old.is_none(), devices)))
         })
         .await??;
-    push(&shared, &devices).await;
+    push_stored(shared.clone(), devices.clone()).await;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -301,7 +294,7 @@ pub(super) async fn delete_variable(
             Ok(Ok((variable, devices)))
         })
         .await??;
-    push(&shared, &devices).await;
+    push_stored(shared.clone(), devices.clone()).await;
     Ok(Json(VariableReply {
         variable,
         devices_updated: devices.len() as u64,
