@@ -686,7 +686,8 @@ impl Agent for AgentService {
                 ) {
                     return Ok(Err(Status::failed_precondition(why)));
                 }
-                if store_apps::get(conn, &id, &app)?.is_none() {
+                // Only whether it is placed: its secret versions are read just below.
+                if !store_apps::exists(conn, &id, &app)? {
                     return Ok(Err(Status::not_found(format!(
                         "app {app:?} is not placed on this device; its secrets go only to devices that run it"
                     ))));

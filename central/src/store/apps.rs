@@ -71,6 +71,18 @@ pub fn get(
     Ok(Some(app))
 }
 
+/// Whether device `device_id` has app `name` (nothing else read).
+pub fn exists(conn: &Connection, device_id: &str, name: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM device_apps WHERE device_id = ?1 AND name = ?2",
+            params![device_id, name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// Insert or replace an app of a device at `generation`; returns it.
 pub fn upsert(
     conn: &Connection,
