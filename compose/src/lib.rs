@@ -33,6 +33,7 @@
 //! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands, users,
 //!   signals, capabilities, devices, ...).
 //! - [`ImageRef`]: image references, normalized as containerd and Docker name images.
+//! - [`RegistryLogin`]: how to reach a private registry (a `registry` secret's value).
 
 mod depends;
 mod fields;
@@ -41,6 +42,7 @@ mod interpolate;
 mod lists;
 mod parse;
 mod reference;
+mod registry_login;
 mod sections;
 mod yaml;
 
@@ -55,6 +57,10 @@ pub use fields::{
     ALL_CAPABILITIES,
 };
 pub use reference::{check_digest, ImageRef, ImageRefError};
+pub use registry_login::{
+    RegistryLogin, RegistryLoginError, MAX_REGISTRY_CAS, MAX_REGISTRY_PASSWORD,
+    MAX_REGISTRY_USERNAME,
+};
 
 /// Docker's default capability set, which Compose files are written against: root in a
 /// container holds these unless `cap_drop` removes them; a non-root user holds none.
