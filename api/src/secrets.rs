@@ -7,6 +7,40 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 
+/// What a secret's value is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SecretKind {
+    /// A file of the services the Compose file grants it to (`/run/secrets/NAME`, or the
+    /// long syntax's target), or an environment variable where the Compose file asks.
+    #[default]
+    File,
+    /// A login for a private registry the app pulls its images from: a JSON object
+    /// `{"registry", "username", "password", "ca_pem"}` (username and password together or
+    /// not at all; `ca_pem` = extra certificate authorities for the registry's TLS).
+    Registry,
+}
+
+impl SecretKind {
+    /// The name used in the API and the database (`file`, `registry`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretKind::File => "file",
+            SecretKind::Registry => "registry",
+        }
+    }
+
+    /// The kind named `text` (see [`SecretKind::as_str`]).
+    pub fn parse(text: &str) -> Option<SecretKind> {
+        match text {
+            "file" => Some(SecretKind::File),
+            "registry" => Some(SecretKind::Registry),
+            _ => None,
+        }
+    }
+}
+
 /// Body of `POST /api/v1/secrets`: one of `deployment` (optionally with `site` or `device`)
 /// or `device` with `app`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -28,6 +62,9 @@ pub struct CreateSecret {
     /// With `device` and no `deployment`: the per-device app that uses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<String>,
+    /// What the value is for (`file` when left out). Every scope of one name has one kind.
+    #[serde(default)]
+    pub kind: SecretKind,
     /// The value, base64 (standard alphabet, padded); at most 32 KiB once decoded.
     pub value_base64: String,
 }
@@ -53,7 +90,7 @@ macro_rules! debug_without_value {
         }
     };
 }
-debug_without_value!(CreateSecret, name, deployment, site, device, app);
+debug_without_value!(CreateSecret, name, deployment, site, device, app, kind);
 debug_without_value!(UpdateSecret,);
 
 /// A secret as central describes it: where it applies and its version, never its value.
@@ -75,6 +112,9 @@ pub struct SecretInfo {
     /// The device it is narrowed to (always set for a per-device app's secret).
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub device: Option<String>,
+    /// What the value is for.
+    #[serde(default)]
+    pub kind: SecretKind,
     /// Grows with every change of any secret; devices receive the value of this version.
     pub version: u64,
     /// Who created it.
@@ -131,4 +171,7 @@ pub struct AppSecretVersion {
     pub name: String,
     /// The version this device gets.
     pub version: u64,
+    /// What the value is for.
+    #[serde(default)]
+    pub kind: SecretKind,
 }

@@ -9,8 +9,8 @@ use cairn_proto::v1::{
     BundleIndexResponse, CentralMessage, DesiredState, EnrollRequest, EnrollResponse, EnrollStatus,
     EscrowRecoveryKeyRequest, EscrowRecoveryKeyResponse, GetSecretsRequest, GetSecretsResponse,
     HeartbeatAck, OsUpdate, PingRequest, PingResponse, ReadBundleRequest, RenewRequest,
-    RenewResponse, ReportWipeRequest, ReportWipeResponse, SecretRef, SecretValue, TimeRequest,
-    TimeResponse,
+    RenewResponse, ReportWipeRequest, ReportWipeResponse, SecretKind, SecretRef, SecretValue,
+    TimeRequest, TimeResponse,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -303,6 +303,11 @@ pub fn desired_state(
                     .map(|s| SecretRef {
                         name: s.name,
                         version: s.version,
+                        kind: match s.kind {
+                            cairn_api::SecretKind::File => SecretKind::File,
+                            cairn_api::SecretKind::Registry => SecretKind::Registry,
+                        }
+                        .into(),
                     })
                     .collect(),
                 variables: a.variables.into_iter().collect(),
@@ -698,9 +703,10 @@ impl Agent for AgentService {
                 let mut found = Vec::new();
                 let mut bytes = 0;
                 for name in &names {
-                    let Some((secret_id, _)) = applying.get(name) else {
+                    let Some(applied) = applying.get(name) else {
                         continue;
                     };
+                    let secret_id = &applied.id;
                     if let Some((version, sealed)) = store_secrets::sealed(conn, secret_id)? {
                         // What does not fit goes in the agent's next call.
                         bytes += sealed.ciphertext.len();

@@ -333,3 +333,110 @@ async fn a_secret_request_is_refused_with_what_to_fix() {
     );
     assert_eq!(got, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_login_is_checked_kept_to_its_kind_and_named_with_it() {
+    let central = TestCentral::start().await;
+    let operator = central.api_token("ops", "operator");
+    let device = central.connect_device("SN-SEC-REG").await;
+    let login = |password: &str| {
+        b64(cairn_compose::RegistryLogin {
+            registry: "registry.example.com:5000".into(),
+            username: Some("puller".into()),
+            password: Some(password.into()),
+            ca_pem: None,
+        }
+        .to_json()
+        .as_slice())
+    };
+    let scope = json!({ "name": "pull", "app": "shop", "device": device.id });
+    let with = |extra: serde_json::Value| {
+        let mut body = scope.clone();
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Not a login: refused, and the refusal repeats nothing of the value.
+    let bad = b64(br#"{"registry":"registry.example.com","password":"leaky-9f1e"}"#);
+    let (status, answer) = central.call(
+        &operator,
+        "POST",
+        "/api/v1/secrets",
+        Some(with(json!({ "kind": "registry", "value_base64": bad }))),
+    );
+    assert_eq!(status, 400, "{answer}");
+    let message = error_message(&answer);
+    assert!(
+        message.contains("registry login") && message.contains("together"),
+        "{message}"
+    );
+    assert!(!message.contains("leaky"), "{message}");
+    let (status, answer) = central.call(
+        &operator,
+        "POST",
+        "/api/v1/secrets",
+        Some(with(json!({ "kind": "vault", "value_base64": bad }))),
+    );
+    assert_eq!(status, 400, "{answer}");
+
+    // A login is kept, with its kind, and the device's desired state names the kind.
+    let created = create(
+        &central,
+        &operator,
+        with(json!({ "kind": "registry", "value_base64": login("first-7a1c") })),
+    );
+    assert_eq!(created.secret.kind, cairn_api::SecretKind::Registry);
+    central.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{}/apps/shop", device.id),
+        Some(json!({ "compose_yaml": "services:\n  web:\n    image: registry.example.com:5000/shop/web:1\n" })),
+    );
+    let apps: AppList = central.get(&format!("/api/v1/devices/{}/apps", device.id));
+    let secrets = &apps.apps[0].app.secrets;
+    assert_eq!(secrets.len(), 1, "{secrets:?}");
+    assert_eq!(secrets[0].kind, cairn_api::SecretKind::Registry);
+    let list: SecretList = central.get("/api/v1/secrets?app=shop");
+    assert_eq!(list.secrets[0].kind, cairn_api::SecretKind::Registry);
+
+    // An update must be a login too; one name keeps one kind across scopes.
+    let id = &created.secret.id;
+    let (status, answer) = central.call(
+        &operator,
+        "PUT",
+        &format!("/api/v1/secrets/{id}"),
+        Some(json!({ "value_base64": b64(b"plain-value") })),
+    );
+    assert_eq!(status, 400, "{answer}");
+    let (status, answer) = central.call(
+        &operator,
+        "PUT",
+        &format!("/api/v1/secrets/{id}"),
+        Some(json!({ "value_base64": login("second-3b0d") })),
+    );
+    assert_eq!(status, 200, "{answer}");
+    central.admin_call(
+        "POST",
+        "/api/v1/deployments",
+        Some(json!({ "name": "cafe", "compose_yaml": "services:\n  web:\n    image: busybox\n" })),
+    );
+    create(
+        &central,
+        &operator,
+        json!({ "name": "pull", "deployment": "cafe", "value_base64": b64(b"a file") }),
+    );
+    let (status, answer) = central.call(
+        &operator,
+        "POST",
+        "/api/v1/secrets",
+        Some(
+            json!({ "name": "pull", "deployment": "cafe", "device": device.id, "kind": "registry",
+                     "value_base64": login("third-44e2") }),
+        ),
+    );
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        error_message(&answer).contains("one name has one kind"),
+        "{answer}"
+    );
+}

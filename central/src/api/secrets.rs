@@ -9,7 +9,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
 use cairn_api::{
-    CreateSecret, Removed, SecretInfo, SecretList, SecretQuery, SecretReply, UpdateSecret,
+    CreateSecret, Removed, SecretInfo, SecretKind, SecretList, SecretQuery, SecretReply,
+    UpdateSecret,
 };
 use zeroize::Zeroizing;
 
@@ -53,6 +54,17 @@ fn decode_value(value_base64: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
         )));
     }
     Ok(value)
+}
+
+/// Whether `value` suits a secret of `kind`: a registry login must parse (the device reads it
+/// again before it pulls); the refusal never repeats the value.
+fn check_value(kind: SecretKind, value: &[u8]) -> Result<(), ApiError> {
+    match kind {
+        SecretKind::File => Ok(()),
+        SecretKind::Registry => cairn_compose::RegistryLogin::parse(value)
+            .map(drop)
+            .map_err(|e| ApiError::BadRequest(format!("the value is not a registry login: {e}"))),
+    }
 }
 
 /// The scope a create request names, checked for form (existence is checked in the
@@ -159,8 +171,9 @@ fn bump_users(tx: &Transaction<'_>, secret: &SecretInfo) -> Result<Vec<String>, 
 /// What the audit log says of a secret (never its value).
 fn audit_detail(secret: &SecretInfo, devices: usize) -> String {
     format!(
-        "name={} app={} site={} device={} version={} devices={devices}",
+        "name={} kind={} app={} site={} device={} version={} devices={devices}",
         secret.name,
+        secret.kind.as_str(),
         secret.app,
         secret.site.as_deref().unwrap_or("-"),
         secret.device.as_deref().unwrap_or("-"),
@@ -180,7 +193,7 @@ fn audit_detail(secret: &SecretInfo, devices: usize) -> String {
         (status = 400, description = "A bad name, scope or value"),
         (status = 403, description = "Needs the operator role"),
         (status = 404, description = "No such deployment, site or device"),
-        (status = 409, description = "The scope already has this secret (update it instead), or the app belongs to a deployment"),
+        (status = 409, description = "The scope already has this secret (update it instead), the app belongs to a deployment, or the name has another kind in other scopes"),
     )
 )]
 pub(super) async fn create_secret(
@@ -191,6 +204,8 @@ pub(super) async fn create_secret(
     caller.require(Role::Operator)?;
     let scope = scope_of(&body)?;
     let value = decode_value(&body.value_base64)?;
+    let kind = body.kind;
+    check_value(kind, &value)?;
     let actor = caller.actor();
     let sealer = shared.clone();
     let (secret, users) = shared
@@ -200,7 +215,16 @@ pub(super) async fn create_secret(
             if let Some(refusal) = check_scope_exists(&tx, &scope)? {
                 return Ok(Err(refusal));
             }
-            let inserted = store_secrets::insert(&tx, &scope, &actor, |id, version| {
+            if let Some(other) = store_secrets::kind_of_name(&tx, &scope)? {
+                if other != kind {
+                    return Ok(Err(ApiError::Conflict(format!(
+                        "secret {:?} of this app is a {} secret in its other scopes; one name has one kind",
+                        scope.name,
+                        other.as_str()
+                    ))));
+                }
+            }
+            let inserted = store_secrets::insert(&tx, &scope, kind, &actor, |id, version| {
                 sealer.vault.seal(id, version, &value)
             })?;
             let secret = match inserted {
@@ -240,7 +264,7 @@ pub(super) async fn create_secret(
     request_body = UpdateSecret,
     responses(
         (status = 200, description = "Updated; the devices that run the app were sent the new version", body = SecretReply),
-        (status = 400, description = "A bad value"),
+        (status = 400, description = "A bad value (or not a registry login, for a registry secret)"),
         (status = 403, description = "Needs the operator role"),
         (status = 404, description = "No such secret"),
     )
@@ -259,6 +283,12 @@ pub(super) async fn update_secret(
         .store
         .run(move |conn| {
             let tx = conn.transaction()?;
+            let Some(current) = store_secrets::get(&tx, &id)? else {
+                return Ok(Err(no_secret()));
+            };
+            if let Err(refusal) = check_value(current.kind, &value) {
+                return Ok(Err(refusal));
+            }
             let updated = store_secrets::update(&tx, &id, &actor, |id, version| {
                 sealer.vault.seal(id, version, &value)
             })?;

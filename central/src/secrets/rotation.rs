@@ -203,9 +203,13 @@ mod tests {
                         site: String::new(),
                         device_id: "dev_1".into(),
                     };
-                    let info = store_secrets::insert(&tx, &scope, "test", |id, version| {
-                        vault.seal(id, version, value)
-                    })?
+                    let info = store_secrets::insert(
+                        &tx,
+                        &scope,
+                        Default::default(),
+                        "test",
+                        |id, version| vault.seal(id, version, value),
+                    )?
                     .unwrap()
                     .unwrap();
                     ids.push(info.id);

@@ -288,6 +288,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (scope_kind, scope_name, name)
     );
     "#,
+    // 15: what a secret's value is for: a file for the app's services, or a login for a private
+    // registry its images come from (cairn_compose::RegistryLogin). One name has one kind.
+    r#"
+    ALTER TABLE secrets ADD COLUMN kind TEXT NOT NULL DEFAULT 'file' CHECK (kind IN ('file', 'registry'));
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.

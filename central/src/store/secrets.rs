@@ -10,7 +10,7 @@ use crate::store::db::{params, Connection, OptionalExtension, Row};
 
 use super::{now_unix, StoreError, Timestamp};
 
-pub use cairn_api::{AppSecretVersion, SecretInfo};
+pub use cairn_api::{AppSecretVersion, SecretInfo, SecretKind};
 
 /// Whose app a secret belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,12 @@ pub struct SecretScope {
     pub device_id: String,
 }
 
-const COLUMNS: &str = "id, owner_kind, app, name, site, device_id, version, created_by, created_at, updated_by, updated_at";
+const COLUMNS: &str = "id, owner_kind, app, name, site, device_id, version, created_by, created_at, updated_by, updated_at, kind";
+
+/// The kind stored in a row (the CHECK constraint allows no other).
+fn kind_of(text: &str) -> SecretKind {
+    SecretKind::parse(text).unwrap_or_default()
+}
 
 fn info_from_row(row: &Row) -> crate::store::db::Result<SecretInfo> {
     let owner: String = row.get(1)?;
@@ -65,6 +70,7 @@ fn info_from_row(row: &Row) -> crate::store::db::Result<SecretInfo> {
         created_at: row.get(8)?,
         updated_by: row.get(9)?,
         updated_at: row.get(10)?,
+        kind: kind_of(&row.get::<_, String>(11)?),
     })
 }
 
@@ -77,11 +83,27 @@ fn next_version(conn: &Connection) -> Result<u64, StoreError> {
     )? as u64)
 }
 
-/// Add a secret with its first version, sealed by `seal(id, version)`; `None` when the scope
-/// already has one.
+/// The kind the other scopes of `scope`'s name have, if any row of it exists.
+pub fn kind_of_name(
+    conn: &Connection,
+    scope: &SecretScope,
+) -> Result<Option<SecretKind>, StoreError> {
+    let kind: Option<String> = conn
+        .query_row(
+            "SELECT kind FROM secrets WHERE owner_kind = ?1 AND app = ?2 AND name = ?3 LIMIT 1",
+            params![scope.owner.column(), scope.app, scope.name],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(kind.as_deref().map(kind_of))
+}
+
+/// Add a secret of `kind` with its first version, sealed by `seal(id, version)`; `None` when
+/// the scope already has one.
 pub fn insert<E>(
     conn: &Connection,
     scope: &SecretScope,
+    kind: SecretKind,
     actor: &str,
     seal: impl FnOnce(&str, u64) -> Result<SealedSecret, E>,
 ) -> Result<Result<Option<SecretInfo>, E>, StoreError> {
@@ -103,8 +125,8 @@ pub fn insert<E>(
     };
     let now = Timestamp::from_unix_seconds(now_unix());
     conn.execute(
-        "INSERT INTO secrets (id, owner_kind, app, name, site, device_id, version, kek_id, wrapped_key, ciphertext, created_by, created_at, updated_by, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?11, ?12)",
+        "INSERT INTO secrets (id, owner_kind, app, name, site, device_id, version, kek_id, wrapped_key, ciphertext, created_by, created_at, updated_by, updated_at, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?11, ?12, ?13)",
         params![
             id,
             scope.owner.column(),
@@ -117,7 +139,8 @@ pub fn insert<E>(
             sealed.wrapped_key,
             sealed.ciphertext,
             actor,
-            now
+            now,
+            kind.as_str()
         ],
     )?;
     Ok(Ok(get(conn, &id)?))
@@ -208,8 +231,8 @@ fn rank(site: &str, device_id: &str) -> u8 {
 }
 
 /// The rows that apply to the apps of device `device_id` (joined over its apps and its site),
-/// as (app, name, rank, id, version).
-const APPLYING: &str = "SELECT a.name, s.name, s.site, s.device_id, s.id, s.version
+/// as (app, name, site, device, id, version, kind).
+const APPLYING: &str = "SELECT a.name, s.name, s.site, s.device_id, s.id, s.version, s.kind
      FROM device_apps a
      JOIN devices d ON d.id = a.device_id
      JOIN secrets s ON s.app = a.name AND (
@@ -218,11 +241,21 @@ const APPLYING: &str = "SELECT a.name, s.name, s.site, s.device_id, s.id, s.vers
              AND (s.device_id = a.device_id OR (s.device_id = '' AND (s.site = '' OR s.site = d.site)))))
      WHERE a.device_id = ?1";
 
-/// Per secret name, the id and version of the row that applies.
-pub type Applying = BTreeMap<String, (String, u64)>;
+/// The row of a secret name that applies to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Its id.
+    pub id: String,
+    /// Its current version.
+    pub version: u64,
+    /// What it is for.
+    pub kind: SecretKind,
+}
 
-/// Per app of device `device_id`, each secret name with the id and version of the row that
-/// applies to the device.
+/// Per secret name, the row that applies.
+pub type Applying = BTreeMap<String, Applied>;
+
+/// Per app of device `device_id`, each secret name with the row that applies to the device.
 pub fn applying(
     conn: &Connection,
     device_id: &str,
@@ -235,21 +268,24 @@ pub fn applying(
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
             rank(&site, &device),
-            row.get::<_, String>(4)?,
-            row.get::<_, i64>(5)? as u64,
+            Applied {
+                id: row.get(4)?,
+                version: row.get::<_, i64>(5)? as u64,
+                kind: kind_of(&row.get::<_, String>(6)?),
+            },
         ))
     })?;
-    let mut best: BTreeMap<String, BTreeMap<String, (u8, String, u64)>> = BTreeMap::new();
+    let mut best: BTreeMap<String, BTreeMap<String, (u8, Applied)>> = BTreeMap::new();
     for row in rows {
-        let (app, name, rank, id, version) = row?;
+        let (app, name, rank, applied) = row?;
         let slot = best.entry(app).or_default().entry(name);
         match slot {
             std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert((rank, id, version));
+                v.insert((rank, applied));
             }
             std::collections::btree_map::Entry::Occupied(mut o) => {
                 if rank > o.get().0 {
-                    o.insert((rank, id, version));
+                    o.insert((rank, applied));
                 }
             }
         }
@@ -259,7 +295,7 @@ pub fn applying(
         .map(|(app, names)| {
             let names = names
                 .into_iter()
-                .map(|(name, (_, id, version))| (name, (id, version)))
+                .map(|(name, (_, applied))| (name, applied))
                 .collect();
             (app, names)
         })
@@ -276,7 +312,11 @@ pub fn versions_for_device(
         .map(|(app, names)| {
             let versions = names
                 .into_iter()
-                .map(|(name, (_, version))| AppSecretVersion { name, version })
+                .map(|(name, applied)| AppSecretVersion {
+                    name,
+                    version: applied.version,
+                    kind: applied.kind,
+                })
                 .collect();
             (app, versions)
         })

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 
 use base64::Engine;
-use cairn_api::{CreateSecret, SecretInfo, SecretQuery, UpdateSecret};
+use cairn_api::{CreateSecret, SecretInfo, SecretKind, SecretQuery, UpdateSecret};
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
@@ -33,6 +33,23 @@ pub struct SecretScopeArgs {
     pub app: Option<String>,
 }
 
+/// A registry login instead of a plain value: the password (with --username) is what
+/// --from-file or stdin gives.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// Make a login for this private registry (`host[:port]`, as image references name it)
+    /// instead of a file secret: the app's devices use it to pull its images from there.
+    #[arg(long, value_name = "HOST")]
+    pub registry: Option<String>,
+    /// With --registry: the user name; the password is read from --from-file or stdin.
+    #[arg(long, value_name = "USER", requires = "registry")]
+    pub username: Option<String>,
+    /// With --registry: extra certificate authorities (PEM) for the registry's TLS, trusted
+    /// besides the system's.
+    #[arg(long, value_name = "PEM", requires = "registry")]
+    pub ca_file: Option<PathBuf>,
+}
+
 /// `cairnctl secret ...`
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
@@ -46,6 +63,9 @@ pub enum SecretCommand {
         /// Read the value from this file (`-`: stdin, the default; a terminal is refused).
         #[arg(long, value_name = "PATH", default_value = "-")]
         from_file: PathBuf,
+        /// A registry login instead of a plain value.
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Give a secret a new value (a new version); devices that use it restart the services
     /// that read it.
@@ -58,6 +78,9 @@ pub enum SecretCommand {
         /// Read the value from this file (`-`: stdin, the default; a terminal is refused).
         #[arg(long, value_name = "PATH", default_value = "-")]
         from_file: PathBuf,
+        /// A registry login instead of a plain value.
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Remove a secret; its devices fall back to a wider scope's value, if any.
     Rm {
@@ -107,6 +130,9 @@ pub enum SecretError {
         /// The name asked for.
         name: String,
     },
+    /// The registry login is not usable.
+    #[error("{0}")]
+    Registry(String),
     /// Neither a deployment nor a per-device app.
     #[error("say where the secret applies: --deployment NAME (optionally --site or --device), or --device ID --app APP")]
     NoScope,
@@ -144,6 +170,50 @@ fn read_value(path: &PathBuf) -> Result<Zeroizing<Vec<u8>>, SecretError> {
         return Err(SecretError::TooLarge { max });
     }
     Ok(value)
+}
+
+/// The value to send and its kind: the file's bytes, or a registry login built from the
+/// flags with the password from the file (read only when a user name is given).
+fn value_of(
+    from_file: &PathBuf,
+    registry: RegistryArgs,
+) -> Result<(Zeroizing<Vec<u8>>, SecretKind), SecretError> {
+    let Some(host) = registry.registry else {
+        return Ok((read_value(from_file)?, SecretKind::File));
+    };
+    let password = match &registry.username {
+        Some(_) => {
+            let bytes = read_value(from_file)?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| {
+                SecretError::Registry("the registry password is not UTF-8 text".into())
+            })?;
+            // A file written with `echo` ends in a newline that is not part of the password.
+            Some(Zeroizing::new(
+                text.trim_end_matches(['\n', '\r']).to_owned(),
+            ))
+        }
+        None => None,
+    };
+    let ca_pem = match &registry.ca_file {
+        Some(path) => {
+            let bytes = read_value(path)?;
+            Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                SecretError::Registry(format!("{} is not PEM text", path.display()))
+            })?)
+        }
+        None => None,
+    };
+    let login = cairn_compose::RegistryLogin {
+        registry: host,
+        username: registry.username,
+        password: password.as_ref().map(|p| p.to_string()),
+        ca_pem,
+    };
+    let value = Zeroizing::new(login.to_json());
+    drop(login);
+    cairn_compose::RegistryLogin::parse(&value)
+        .map_err(|e| SecretError::Registry(e.to_string()))?;
+    Ok((value, SecretKind::Registry))
 }
 
 fn encode(value: &[u8]) -> String {
@@ -203,17 +273,19 @@ pub(super) fn run_secret(
             name,
             scope,
             from_file,
+            registry,
         } => {
             if scope.deployment.is_none() && scope.app.is_none() {
                 return Err(SecretError::NoScope.into());
             }
-            let value = read_value(&from_file)?;
+            let (value, kind) = value_of(&from_file, registry)?;
             let request = CreateSecret {
                 name,
                 deployment: scope.deployment,
                 site: scope.site,
                 device: scope.device,
                 app: scope.app,
+                kind,
                 value_base64: encode(&value),
             };
             let reply = client.create_secret(&request)?;
@@ -230,8 +302,9 @@ pub(super) fn run_secret(
             name,
             scope,
             from_file,
+            registry,
         } => {
-            let value = read_value(&from_file)?;
+            let (value, _) = value_of(&from_file, registry)?;
             let id = find(client, &name, &scope)?;
             let reply = client.update_secret(
                 &id,
@@ -268,12 +341,14 @@ pub(super) fn run_secret(
             };
             let reply = client.list_secrets(&query)?;
             emit(out, json, &reply, |list| {
-                let mut table =
-                    Table::new(&["APP", "NAME", "SCOPE", "VERSION", "UPDATED", "BY", "ID"]);
+                let mut table = Table::new(&[
+                    "APP", "NAME", "KIND", "SCOPE", "VERSION", "UPDATED", "BY", "ID",
+                ]);
                 for secret in &list.secrets {
                     table.push_row([
                         secret.app.clone(),
                         secret.name.clone(),
+                        secret.kind.as_str().to_owned(),
                         scope_text(secret),
                         secret.version.to_string(),
                         secret.updated_at.to_string(),
@@ -288,5 +363,68 @@ pub(super) fn run_secret(
                 }
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn a_registry_login_is_built_from_the_flags_and_the_password_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let password = dir.path().join("password");
+        std::fs::write(&password, "pull-pass\n").unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, CA).unwrap();
+        let (value, kind) = value_of(
+            &password,
+            RegistryArgs {
+                registry: Some("registry.example.com:5000".into()),
+                username: Some("puller".into()),
+                ca_file: Some(ca.clone()),
+            },
+        )
+        .unwrap();
+        assert_eq!(kind, SecretKind::Registry);
+        let login = cairn_compose::RegistryLogin::parse(&value).unwrap();
+        assert_eq!(login.password.as_deref(), Some("pull-pass"));
+        assert_eq!(login.ca_pem.as_deref(), Some(CA));
+
+        // Only a CA: no password is read (the file is not even opened).
+        let (value, _) = value_of(
+            &dir.path().join("absent"),
+            RegistryArgs {
+                registry: Some("registry.example.com".into()),
+                username: None,
+                ca_file: Some(ca),
+            },
+        )
+        .unwrap();
+        assert!(cairn_compose::RegistryLogin::parse(&value)
+            .unwrap()
+            .password
+            .is_none());
+
+        // A host that is not one is refused before anything is sent.
+        let e = value_of(
+            &password,
+            RegistryArgs {
+                registry: Some("registry.example.com/team".into()),
+                username: Some("puller".into()),
+                ca_file: None,
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("not a registry host"), "{e}");
+
+        // Without --registry the file is the value, as it is.
+        let (value, kind) = value_of(&password, RegistryArgs::default()).unwrap();
+        assert_eq!(
+            (value.as_slice(), kind),
+            (&b"pull-pass\n"[..], SecretKind::File)
+        );
     }
 }
