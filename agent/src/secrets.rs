@@ -245,6 +245,7 @@ mod tests {
                     .map(|(name, version)| SecretRef {
                         name: (*name).into(),
                         version: *version,
+                        ..Default::default()
                     })
                     .collect(),
                 variables: Default::default(),

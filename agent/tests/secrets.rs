@@ -1,7 +1,9 @@
 //! App secrets end to end on this host: a real central, a real agent with its apps on a real
-//! containerd, images from a real registry. A service reads its secret as a file; a rotation
-//! changes what it reads and restarts only that service; with central stopped and the
-//! containers gone, the agent makes them again with the secret it kept.
+//! containerd, images from a real registry that requires a login over HTTPS with a private CA
+//! (given to the device as a `registry` secret). A service reads its secret as a file and a
+//! config templated with `${CAIRN_SITE}`; a rotation changes what it reads and restarts only
+//! that service; with central stopped and the containers gone, the agent makes them again with
+//! the secret it kept.
 //!
 //! The agent keeps a software key here, which cannot attest its boot, so central runs with
 //! `release_secrets_to_unattested`; the attestation gate itself is tested in
@@ -26,10 +28,11 @@ use support::{agent_config, device_id, eventually, wait_phase, RunningAgent};
 
 const FIRST: &[u8] = b"first-db-password-c41d";
 const SECOND: &[u8] = b"second-db-password-9e07";
+const REGISTRY_PASSWORD: &str = "registry-pull-password-5d21";
 
 fn compose(image: &str) -> String {
     format!(
-        "services:\n  reader:\n    image: {image}\n    restart: always\n    command: [\"sh\", \"-c\", \"sha256sum /run/secrets/db_password > /data/seen; echo start >> /data/starts; exec sleep 3600\"]\n    secrets: [db_password]\n    volumes: [\"reader:/data\"]\n  other:\n    image: {image}\n    restart: always\n    command: [\"sh\", \"-c\", \"echo start >> /data/starts; exec sleep 3600\"]\n    volumes: [\"other:/data\"]\nsecrets:\n  db_password: {{}}\nvolumes:\n  reader: {{}}\n  other: {{}}\n"
+        "services:\n  reader:\n    image: {image}\n    restart: always\n    command: [\"sh\", \"-c\", \"sha256sum /run/secrets/db_password > /data/seen; cat /etc/site.conf > /data/site; echo start >> /data/starts; exec sleep 3600\"]\n    secrets: [db_password]\n    configs:\n      - source: site\n        target: /etc/site.conf\n    volumes: [\"reader:/data\"]\n  other:\n    image: {image}\n    restart: always\n    command: [\"sh\", \"-c\", \"echo start >> /data/starts; exec sleep 3600\"]\n    volumes: [\"other:/data\"]\nsecrets:\n  db_password: {{}}\nconfigs:\n  site:\n    content: \"site=${{CAIRN_SITE}}\"\nvolumes:\n  reader: {{}}\n  other: {{}}\n"
     )
 }
 
@@ -48,9 +51,19 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
         return;
     }
     let containerd = Containerd::start();
-    let registry = Registry::start();
+    // HTTPS with a private CA and a login: the device can pull only with its registry secret.
+    let registry = Registry::start_tls_with_basic_auth("puller", REGISTRY_PASSWORD);
+    let ca_pem = registry.ca_pem().unwrap().to_owned();
     let image = test_images::busybox_image(&[("etc/app", "secrets\n")]);
-    test_images::push(&registry.url(), "test/box", "1", &image, None).await;
+    test_images::push_trusting(
+        &registry.url(),
+        Some(&ca_pem),
+        "test/box",
+        "1",
+        &image,
+        Some(("puller", REGISTRY_PASSWORD)),
+    )
+    .await;
     let image_ref = format!("{}/test/box:1", registry.host());
 
     let central_dir = tempfile::tempdir().unwrap();
@@ -67,7 +80,7 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
         data_dir: Some(apps_dir.clone()),
         runc_root: Some(containerd.runc_root()),
         reconcile_interval_ms: 200,
-        plain_http_registries: vec![registry.host()],
+        plain_http_registries: Vec::new(),
         firewall: false,
         log_writer: Some(env!("CARGO_BIN_EXE_cairn-agent").into()),
     };
@@ -82,6 +95,34 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
     let seen = runtime.volume_dir("shop", "reader").join("seen");
     let reader_starts = runtime.volume_dir("shop", "reader").join("starts");
     let other_starts = runtime.volume_dir("shop", "other").join("starts");
+    let site_seen = runtime.volume_dir("shop", "reader").join("site");
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+
+    // The device's site, which the config names; and the app's registry login.
+    let (status, answer) = central.call(
+        &central.admin,
+        "POST",
+        "/api/v1/sites",
+        Some(json!({ "name": "lucerne-3", "latitude": 47.05, "longitude": 8.31, "devices": [id] })),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let login = cairn_compose::RegistryLogin {
+        registry: registry.host(),
+        username: Some("puller".into()),
+        password: Some(REGISTRY_PASSWORD.into()),
+        ca_pem: Some(ca_pem.clone()),
+    };
+    let (status, answer) = central.call(
+        &central.admin,
+        "POST",
+        "/api/v1/secrets",
+        Some(
+            json!({ "name": "registry", "device": id, "app": "shop", "kind": "registry",
+                     "value_base64": b64(&login.to_json()) }),
+        ),
+    );
+    assert_eq!(status, 201, "{answer}");
+    assert_eq!(answer["secret"]["kind"], "registry", "{answer}");
 
     // The app first: its reader cannot start without the secret, the other service runs.
     let (status, answer) = central.call(
@@ -99,8 +140,7 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
     .await;
     assert!(read(&seen).is_empty(), "reader ran without its secret");
 
-    // The secret arrives: the reader starts and reads it.
-    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    // The secret arrives: the reader starts and reads it, and its config names the site.
     let (status, answer) = central.call(
         &central.admin,
         "POST",
@@ -115,6 +155,7 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
         || read(&seen).starts_with(&sha_line(FIRST)),
     )
     .await;
+    assert_eq!(read(&site_seen), "site=lucerne-3");
 
     // Rotated: the reader is made again and reads the new value; the other service is left be.
     let (status, answer) = central.call(
@@ -161,7 +202,7 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
     // No value in central's data dir (the registry database included), in containerd's state,
     // or in the apps' data dir (volumes, logs): the runtime writes secret files on the run dir's
     // tmpfs only. The agent's own copy is in its state dir, on the sealed data partition.
-    for value in [FIRST, SECOND] {
+    for value in [FIRST, SECOND, REGISTRY_PASSWORD.as_bytes()] {
         for dir in [
             central.config.data_dir.clone(),
             containerd.root_dir(),

@@ -219,7 +219,27 @@ pub async fn push(
     image: &TestImage,
     auth: Option<(&str, &str)>,
 ) {
-    let http = reqwest::Client::new();
+    push_trusting(base_url, None, repo, tag, image, auth).await;
+}
+
+/// [`push`] to a registry whose HTTPS certificate comes from the CA `ca_pem` (PEM).
+pub async fn push_trusting(
+    base_url: &str,
+    ca_pem: Option<&str>,
+    repo: &str,
+    tag: &str,
+    image: &TestImage,
+    auth: Option<(&str, &str)>,
+) {
+    let mut builder = reqwest::Client::builder();
+    if let Some(pem) = ca_pem {
+        let ca = reqwest::Certificate::from_pem(pem.as_bytes())
+            .unwrap_or_else(|e| panic!("the registry's CA does not parse: {e}"));
+        builder = builder.add_root_certificate(ca);
+    }
+    let http = builder
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build an HTTP client: {e}"));
     let with_auth = |rb: reqwest::RequestBuilder| match auth {
         Some((u, p)) => rb.basic_auth(u, Some(p)),
         None => rb,

@@ -51,11 +51,21 @@ enum StartError {
 }
 
 /// A running `docker-registry serve` on `127.0.0.1:<free port>`, plain HTTP, storage in a temp
-/// dir, deletes enabled. Optionally requires HTTP basic auth (htpasswd). Killed on drop.
+/// dir, deletes enabled. Optionally requires HTTP basic auth (htpasswd), and optionally serves
+/// HTTPS with a certificate from its own private CA. Killed on drop.
 pub struct Registry {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// The private CA's certificate (PEM) when it serves HTTPS.
+    ca_pem: Option<String>,
+}
+
+/// How a registry is started.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    auth: Option<(&'a str, &'a str)>,
+    tls: bool,
 }
 
 impl Registry {
@@ -65,7 +75,10 @@ impl Registry {
     /// When docker-registry is not installed or does not come up; the message carries its log.
     /// Call [`crate::require_tool`]`("docker-registry")` first to skip where it cannot run.
     pub fn start() -> Registry {
-        Self::launch(None)
+        Self::launch(Setup {
+            auth: None,
+            tls: false,
+        })
     }
 
     /// Start a registry that requires HTTP basic auth with `user` and `password`.
@@ -73,7 +86,28 @@ impl Registry {
     /// # Panics
     /// Like [`Registry::start`].
     pub fn start_with_basic_auth(user: &str, password: &str) -> Registry {
-        Self::launch(Some((user, password)))
+        Self::launch(Setup {
+            auth: Some((user, password)),
+            tls: false,
+        })
+    }
+
+    /// Start a registry that serves HTTPS only, with a certificate for `127.0.0.1` issued by
+    /// a private CA made for it ([`Registry::ca_pem`]), and requires basic auth.
+    ///
+    /// # Panics
+    /// Like [`Registry::start`].
+    #[cfg(feature = "images")]
+    pub fn start_tls_with_basic_auth(user: &str, password: &str) -> Registry {
+        Self::launch(Setup {
+            auth: Some((user, password)),
+            tls: true,
+        })
+    }
+
+    /// The private CA's certificate (PEM) of an HTTPS registry.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// `host:port` to use in image references, e.g. `127.0.0.1:41234`.
@@ -86,9 +120,14 @@ impl Registry {
         self.port
     }
 
-    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    /// Base URL, e.g. `http://127.0.0.1:41234` (`https://` when it serves HTTPS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.host())
+        let scheme = if self.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.host())
     }
 
     /// The registry's log so far.
@@ -96,12 +135,13 @@ impl Registry {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
 
-    fn launch(auth: Option<(&str, &str)>) -> Registry {
+    fn launch(setup: Setup<'_>) -> Registry {
         let dir = tempfile::Builder::new()
             .prefix("cairn-registry-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for the registry: {e}"));
-        if let Some((user, password)) = auth {
+        let ca_pem = setup.tls.then(|| write_tls_files(dir.path()));
+        if let Some((user, password)) = setup.auth {
             let hash = bcrypt::hash(password, 4)
                 .unwrap_or_else(|e| panic!("cannot bcrypt the registry password: {e}"));
             let path = dir.path().join("htpasswd");
@@ -111,12 +151,13 @@ impl Registry {
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            match spawn_and_wait(dir.path(), port, auth.is_some()) {
+            match spawn_and_wait(dir.path(), port, setup) {
                 Ok(child) => {
                     return Registry {
                         child: Some(child),
                         port,
                         dir,
+                        ca_pem,
                     }
                 }
                 Err(why) => failures.push(why.to_string()),
@@ -138,15 +179,52 @@ impl Drop for Registry {
     }
 }
 
-fn write_config(dir: &Path, port: u16, auth: bool) -> std::path::PathBuf {
+/// A private CA and a certificate for `127.0.0.1` it issued, written as `tls.crt` (leaf, then
+/// CA) and `tls.key` in `dir`; returns the CA's certificate (PEM).
+#[cfg(feature = "images")]
+fn write_tls_files(dir: &Path) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let fail = |e: rcgen::Error| -> ! { panic!("cannot make the registry's test CA: {e}") };
+    let ca_key = KeyPair::generate().unwrap_or_else(|e| fail(e));
+    let mut ca_params = CertificateParams::new(Vec::new()).unwrap_or_else(|e| fail(e));
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cairn test registry CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap_or_else(|e| fail(e));
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap_or_else(|e| fail(e));
+    let params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap_or_else(|e| fail(e));
+    let cert = params.signed_by(&key, &issuer).unwrap_or_else(|e| fail(e));
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    };
+    write("tls.crt", format!("{}{}", cert.pem(), ca_cert.pem()));
+    write("tls.key", key.serialize_pem());
+    ca_cert.pem()
+}
+
+#[cfg(not(feature = "images"))]
+fn write_tls_files(_dir: &Path) -> String {
+    unreachable!("HTTPS registries are started only with the `images` feature")
+}
+
+fn write_config(dir: &Path, port: u16, setup: Setup<'_>) -> std::path::PathBuf {
     let d = dir.display();
-    let auth = if auth {
+    let auth = if setup.auth.is_some() {
         format!("auth:\n  htpasswd:\n    realm: cairn-test\n    path: {d}/htpasswd\n")
     } else {
         String::new()
     };
+    let tls = if setup.tls {
+        format!("  tls:\n    certificate: {d}/tls.crt\n    key: {d}/tls.key\n")
+    } else {
+        String::new()
+    };
     let config = format!(
-        "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}"
+        "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls}{auth}"
     );
     let path = dir.join("config.yml");
     std::fs::write(&path, config)
@@ -154,9 +232,10 @@ fn write_config(dir: &Path, port: u16, auth: bool) -> std::path::PathBuf {
     path
 }
 
-/// Spawn the registry on `port` and wait until `GET /v2/` answers (200, or 401 with auth).
-fn spawn_and_wait(dir: &Path, port: u16, auth: bool) -> Result<Child, StartError> {
-    let config = write_config(dir, port, auth);
+/// Spawn the registry on `port` and wait until `GET /v2/` answers (200, or 401 with auth; an
+/// HTTPS registry answers a plain request with 400).
+fn spawn_and_wait(dir: &Path, port: u16, setup: Setup<'_>) -> Result<Child, StartError> {
+    let config = write_config(dir, port, setup);
     let log_path = dir.join("registry.log");
     let log = std::fs::File::create(&log_path).at("create", &log_path)?;
     let log_err = log.try_clone().map_err(StartError::CloneLog)?;
@@ -169,7 +248,11 @@ fn spawn_and_wait(dir: &Path, port: u16, auth: bool) -> Result<Child, StartError
         .spawn()
         .map_err(StartError::Spawn)?;
     let deadline = Instant::now() + START_TIMEOUT;
-    let expected = if auth { "401" } else { "200" };
+    let expected = match setup {
+        Setup { tls: true, .. } => "400",
+        Setup { auth: Some(_), .. } => "401",
+        Setup { .. } => "200",
+    };
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(StartError::ExitedEarly {

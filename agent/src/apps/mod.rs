@@ -16,8 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_compose::AppSpec;
-use cairn_proto::v1::{AppStatus, DesiredState};
+use cairn_compose::{AppSpec, RegistryLogin};
+use cairn_proto::v1::{AppStatus, DesiredState, SecretKind};
 use cairn_runtime::cgroup::{self, AppsCeiling};
 use cairn_runtime::container::RuntimeConfig;
 use cairn_runtime::containerd::Containerd;
@@ -47,6 +47,35 @@ struct AppEntry {
     generation: u64,
     /// The app to run, or why it is not run.
     spec: Result<DesiredApp, String>,
+}
+
+/// The held secret values of `app` for the runtime: its file secrets by name, and the logins
+/// of its registry secrets (used to pull its images, never written anywhere).
+fn runtime_secrets(
+    app: &cairn_proto::v1::App,
+    secrets: &SecretCache,
+) -> (BTreeMap<String, Vec<u8>>, Vec<RegistryLogin>) {
+    let mut files = secrets.values(app);
+    let mut logins = Vec::new();
+    for secret in &app.secrets {
+        if secret.kind() != SecretKind::Registry {
+            continue;
+        }
+        let Some(value) = files.remove(&secret.name) else {
+            continue;
+        };
+        match RegistryLogin::parse(&value) {
+            Ok(login) => logins.push(login),
+            // Central checks logins when they are stored; this is a second line.
+            Err(e) => warn!(
+                app = %app.name,
+                secret = %secret.name,
+                error = %e,
+                "a registry secret is unusable; its registry is reached without it"
+            ),
+        }
+    }
+    (files, logins)
 }
 
 /// The apps of one desired-state revision, as handed to the reconcile task.
@@ -88,9 +117,13 @@ impl AppliedState {
                         &app.compose_yaml,
                         &variables,
                     )
-                    .map(|spec| DesiredApp {
-                        spec,
-                        secrets: secrets.values(app),
+                    .map(|spec| {
+                        let (secrets, registry_logins) = runtime_secrets(app, secrets);
+                        DesiredApp {
+                            spec,
+                            secrets,
+                            registry_logins,
+                        }
                     })
                     .map_err(|e| format!("refused by this agent: {e}"))
                 };

@@ -53,6 +53,14 @@ pub enum ImageError {
         /// Start of the response body.
         body: String,
     },
+    /// The extra certificate authorities given for a registry are unusable.
+    #[error("the certificate authorities given for registry {registry} are unusable: {reason}; fix `ca_pem` of its registry secret")]
+    TrustedCas {
+        /// Registry host.
+        registry: String,
+        /// Why.
+        reason: String,
+    },
     /// Authentication failed.
     #[error("registry {registry} refused the credentials: {reason}; check the username/password or token for this registry")]
     Auth {

@@ -51,6 +51,9 @@ pub struct PullOptions {
     pub credentials: Option<Credentials>,
     /// Plain HTTP instead of HTTPS; `None` = plain HTTP only for `localhost`/`127.0.0.1`.
     pub plain_http: Option<bool>,
+    /// Certificate authorities (PEM) trusted for this registry's TLS besides the system's
+    /// roots (`/etc/ssl/certs`) and the built-in web roots.
+    pub extra_roots_pem: Option<String>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// Longest wait for the next bytes of a response.
@@ -62,6 +65,7 @@ impl Default for PullOptions {
         PullOptions {
             credentials: None,
             plain_http: None,
+            extra_roots_pem: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
         }
@@ -105,15 +109,28 @@ impl RegistryClient {
         let plain = opts.plain_http.unwrap_or_else(|| image.is_local());
         let scheme = if plain { "http" } else { "https" };
         let base = format!("{scheme}://{}", image.api_host());
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.read_timeout)
-            .user_agent(concat!("cairn-runtime/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|source| ImageError::Http {
-                url: base.clone(),
-                source,
-            })?;
+            .user_agent(concat!("cairn-runtime/", env!("CARGO_PKG_VERSION")));
+        if let Some(pem) = &opts.extra_roots_pem {
+            let bad = |reason: String| ImageError::TrustedCas {
+                registry: image.registry.clone(),
+                reason,
+            };
+            let cas = reqwest::Certificate::from_pem_bundle(pem.as_bytes())
+                .map_err(|e| bad(e.to_string()))?;
+            if cas.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+            for ca in cas {
+                builder = builder.add_root_certificate(ca);
+            }
+        }
+        let http = builder.build().map_err(|source| ImageError::Http {
+            url: base.clone(),
+            source,
+        })?;
         Ok(RegistryClient {
             http,
             base,

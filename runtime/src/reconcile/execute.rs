@@ -111,7 +111,11 @@ impl Reconciler {
         let runtime = &self.cfg.runtime;
         match action {
             Action::WriteHosts { app, network } => self.write_hosts(app, network)?,
-            Action::PullImage { name, reference } => self.images.start_pull(name, reference)?,
+            Action::PullImage {
+                name,
+                reference,
+                login,
+            } => self.images.start_pull(name, reference, *login)?,
             Action::RemoveContainer { id, why } => {
                 match why {
                     Removal::Undesired => {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cairn_compose::ImageRef;
+use cairn_compose::{ImageRef, RegistryLogin};
 use tracing::info;
 
 use super::plan::{ImageLookup, PullState};
@@ -67,7 +67,21 @@ impl Images {
         }
     }
 
-    fn pull_options(&self, image: &ImageRef) -> PullOptions {
+    /// How to pull `image`: with the app's `login` for its registry when it has one (always
+    /// over HTTPS: a password never travels in clear), else with the configured credentials.
+    fn pull_options(&self, image: &ImageRef, login: Option<&RegistryLogin>) -> PullOptions {
+        if let Some(login) = login {
+            return PullOptions {
+                credentials: login
+                    .username
+                    .clone()
+                    .zip(login.password.clone())
+                    .map(|(username, password)| Credentials::Basic { username, password }),
+                plain_http: Some(false),
+                extra_roots_pem: login.ca_pem.clone(),
+                ..Default::default()
+            };
+        }
         PullOptions {
             credentials: self.credentials.get(&image.registry).cloned(),
             plain_http: self.plain_http.contains(&image.registry).then_some(true),
@@ -154,16 +168,23 @@ impl Images {
             .collect()
     }
 
-    /// Start pulling `reference` (image record `name`) in the background.
+    /// Start pulling `reference` (image record `name`) in the background, with the app's
+    /// `login` for its registry if it has one. Two apps wanting one image share one pull (the
+    /// first to ask sets how it is reached); the image is stored once.
     ///
     /// # Errors
     /// When `reference` does not parse (nothing is started).
-    pub(super) fn start_pull(&mut self, name: &str, reference: &str) -> Result<(), ImageError> {
+    pub(super) fn start_pull(
+        &mut self,
+        name: &str,
+        reference: &str,
+        login: Option<&RegistryLogin>,
+    ) -> Result<(), ImageError> {
         let image_ref = ImageRef::parse(reference).map_err(|reason| ImageError::Reference {
             reference: reference.to_string(),
             reason,
         })?;
-        let opts = self.pull_options(&image_ref);
+        let opts = self.pull_options(&image_ref, login);
         let ctr = self.ctr.clone();
         let owned = reference.to_string();
         info!(image = %reference, "pulling image");

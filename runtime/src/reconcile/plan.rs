@@ -34,7 +34,9 @@ use crate::container::{
 };
 use crate::image::{ImageError, ImageInfo};
 use crate::network::{AppNetwork, NetworkError};
-use cairn_compose::{AppSpec, HealthCheck, ImageRef, NetworkMode, PortMapping, ServiceSpec};
+use cairn_compose::{
+    AppSpec, HealthCheck, ImageRef, NetworkMode, PortMapping, RegistryLogin, ServiceSpec,
+};
 use depends::{Gate, Reached};
 
 /// The message of a service whose task the kernel killed for memory.
@@ -161,6 +163,8 @@ pub(crate) enum Action<'a> {
         name: String,
         /// The reference as written in the spec.
         reference: &'a str,
+        /// The app's login for the image's registry, if it has one.
+        login: Option<&'a RegistryLogin>,
     },
     /// Stop and delete a container (task, record, snapshot, network attachment) and forget its
     /// probe and failed starts.
@@ -597,7 +601,7 @@ impl<'a> Planner<'a> {
                 );
             }
         };
-        let image = match self.image(&s.spec.image, &mut steps) {
+        let image = match self.image(&s.spec.image, s.app, &mut steps) {
             ImageReadiness::Ready(image) => image,
             ImageReadiness::Waiting { message, failed } => {
                 // Whatever runs keeps running until the new image is here.
@@ -665,7 +669,12 @@ impl<'a> Planner<'a> {
 
     /// The image of a service when it is present; otherwise why the service waits, after
     /// planning a pull when none runs and the last one failed long enough ago.
-    fn image(&mut self, reference: &'a str, steps: &mut Vec<Action<'a>>) -> ImageReadiness<'a> {
+    fn image(
+        &mut self,
+        reference: &'a str,
+        app: &'a DesiredApp,
+        steps: &mut Vec<Action<'a>>,
+    ) -> ImageReadiness<'a> {
         let name = image_name(reference);
         let unavailable = |why: &dyn std::fmt::Display| ImageReadiness::Waiting {
             message: format!("image {name} unavailable: {why}"),
@@ -691,13 +700,17 @@ impl<'a> Planner<'a> {
             }
             None => None,
         };
-        if ImageRef::parse(reference).is_err() {
+        let Ok(parsed) = ImageRef::parse(reference) else {
             return unavailable(&format!("image reference {reference:?} is invalid"));
-        }
+        };
         if self.pulls.insert(name.clone()) {
             steps.push(Action::PullImage {
                 name: name.clone(),
                 reference,
+                login: app
+                    .registry_logins
+                    .iter()
+                    .find(|l| l.registry == parsed.registry),
             });
         }
         ImageReadiness::Waiting {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use cairn_compose::{AppSpec, NetworkMode, ServiceSpec};
+use cairn_compose::{AppSpec, NetworkMode, RegistryLogin, ServiceSpec};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -16,6 +16,8 @@ pub struct DesiredApp {
     pub spec: AppSpec,
     /// Secret values by name (every secret a service uses must be here).
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// How to reach the private registries the app's images come from (one per registry).
+    pub registry_logins: Vec<RegistryLogin>,
 }
 
 impl DesiredApp {
@@ -24,6 +26,7 @@ impl DesiredApp {
         DesiredApp {
             spec,
             secrets: BTreeMap::new(),
+            registry_logins: Vec::new(),
         }
     }
 }
@@ -34,6 +37,7 @@ impl std::fmt::Debug for DesiredApp {
         f.debug_struct("DesiredApp")
             .field("spec", &self.spec)
             .field("secrets", &names)
+            .field("registry_logins", &self.registry_logins)
             .finish()
     }
 }

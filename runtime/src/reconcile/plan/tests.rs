@@ -982,6 +982,36 @@ fn a_missing_image_is_pulled_while_the_service_waits() {
 }
 
 #[test]
+fn a_pull_carries_the_apps_login_for_the_images_registry_only() {
+    let mut case = no_images(worker_only());
+    let login = |registry: &str| cairn_compose::RegistryLogin {
+        registry: registry.into(),
+        username: Some("puller".into()),
+        password: Some("pw".into()),
+        ca_pem: None,
+    };
+    case.desired[0].registry_logins = vec![login("other.example"), login("registry.example:5000")];
+    let plan = case.plan();
+    let worker = service(&plan, "worker");
+    let logins: Vec<_> = worker
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Action::PullImage { login, .. } => Some(login.map(|l| l.registry.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(logins, [Some("registry.example:5000")]);
+
+    case.desired[0].registry_logins = vec![login("other.example")];
+    let plan = case.plan();
+    assert!(matches!(
+        service(&plan, "worker").steps[..],
+        [Action::PullImage { login: None, .. }]
+    ));
+}
+
+#[test]
 fn a_pull_in_flight_is_not_started_again() {
     let mut case = no_images(worker_only());
     case.observed.pulls.insert(
