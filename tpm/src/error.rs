@@ -271,6 +271,19 @@ pub enum TpmError {
         reason: String,
     },
 
+    /// Bytes or a file are not a valid Cairn TPM-bound blob ([`crate::TpmBoundSecret`]).
+    #[error(
+        "{origin} is not a valid Cairn TPM-bound blob: {reason}; the file is damaged or was \
+         edited; what it sealed cannot be recovered from it: seal a new secret and recreate what \
+         the old one protected"
+    )]
+    BadBoundBlob {
+        /// The file, or `<in-memory TPM-bound blob>`.
+        origin: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The sealed blob file exists but could not be read.
     #[error("cannot read the sealed-secret blob {path}: {source}; check the partition holding it is mounted and readable")]
     ReadSealedBlob {

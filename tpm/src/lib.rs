@@ -12,6 +12,9 @@
 //! - [`seal_secret`] / [`unseal_secret`]: seal a small secret (the data-disk key) to SHA-256 PCR
 //!   values of the boot chain; an unseal refusal names the changed PCRs
 //!   ([`UnsealError::PcrMismatch`]) or the foreign TPM ([`UnsealError::WrongTpm`]).
+//! - [`TpmBoundSecret`]: seal a small secret to this TPM alone, with no PCR policy (it keeps
+//!   opening after OS updates and Secure Boot changes); a blob from another TPM, or from this one
+//!   before a clear, fails with [`BoundUnsealError::WrongTpm`].
 //! - [`read_pcrs`] / [`extend_pcr`] / [`PcrSelection`]: PCR access.
 //! - [`read_event_log`]: the firmware's TPM event log from securityfs, parsed into an
 //!   [`EventLog`] (`cairn_attest::eventlog`, re-exported) that replays to PCR values and lists the
@@ -26,6 +29,7 @@
 
 mod attest;
 mod blob;
+mod bound;
 mod clear;
 mod ek;
 mod error;
@@ -39,6 +43,7 @@ mod tcti;
 
 pub use attest::{AttestationKey, Certification, Quote, MAX_QUALIFYING_DATA_LEN};
 pub use blob::sync_parent;
+pub use bound::{BoundUnsealError, TpmBoundSecret};
 pub use clear::clear_owner_hierarchy;
 pub use ek::{ek_certificate, ek_public_sha256, EK_CERT_NV_INDEX_RSA2048};
 pub use error::TpmError;

@@ -172,7 +172,7 @@ pub fn seal_secret_to(
     seal_with(&mut context, secret, expected.clone())
 }
 
-fn check_secret(secret: &[u8]) -> Result<(), TpmError> {
+pub(crate) fn check_secret(secret: &[u8]) -> Result<(), TpmError> {
     if secret.is_empty() || secret.len() > MAX_SECRET_LEN {
         return Err(TpmError::BadSecret { len: secret.len() });
     }
@@ -382,7 +382,7 @@ pub(crate) fn sealed_object_template(policy: Digest) -> tss_esapi::Result<Public
 
 /// A session salted with `primary` whose command's first parameter and response's first parameter
 /// are encrypted (AES-128-CFB): the secret never crosses the TPM bus in clear.
-fn salted_session(
+pub(crate) fn salted_session(
     context: &mut Context,
     primary: KeyHandle,
     kind: SessionType,
@@ -419,14 +419,14 @@ fn no_session(kind: &str) -> TpmError {
 }
 
 /// The TPM response code kind of a TPM error, `None` for wrapper/TSS-layer errors.
-fn tpm_response_kind(error: &tss_esapi::Error) -> Option<Tss2ResponseCodeKind> {
+pub(crate) fn tpm_response_kind(error: &tss_esapi::Error) -> Option<Tss2ResponseCodeKind> {
     match error {
         tss_esapi::Error::Tss2Error(rc) => rc.kind(),
         tss_esapi::Error::WrapperError(_) => None,
     }
 }
 
-fn is_format_one(error: &tss_esapi::Error) -> bool {
+pub(crate) fn is_format_one(error: &tss_esapi::Error) -> bool {
     matches!(
         error,
         tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatOne(_))

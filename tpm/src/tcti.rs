@@ -131,10 +131,10 @@ impl<'a> From<&'a TpmDeviceKey> for TpmAccess<'a> {
 
 impl TpmAccess<'_> {
     /// Run `f` with a TPM context: a fresh one, or the device key's.
-    pub(crate) fn run<R>(
+    pub(crate) fn run<R, E: From<TpmError>>(
         self,
-        f: impl FnOnce(&mut Context) -> Result<R, TpmError>,
-    ) -> Result<R, TpmError> {
+        f: impl FnOnce(&mut Context) -> Result<R, E>,
+    ) -> Result<R, E> {
         match self {
             TpmAccess::Tcti(tcti) => f(&mut open_context(tcti)?),
             TpmAccess::DeviceKey(key) => key.with_loaded_key(|context, _| f(context)),

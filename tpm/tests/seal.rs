@@ -279,6 +279,9 @@ fn the_secret_never_crosses_the_tpm_bus_in_clear() {
         unseal_secret(&bus.tcti(), &sealed).unwrap().as_slice(),
         SECRET
     );
+    // The same for a secret bound to the TPM alone.
+    let bound = cairn_tpm::TpmBoundSecret::seal(&bus.tcti(), SECRET).unwrap();
+    assert_eq!(bound.unseal(&bus.tcti()).unwrap().as_slice(), SECRET);
     // Control: an unencrypted command's parameter is visible to the recorder.
     extend_pcr(&bus.tcti(), 16, b"visible on the bus").unwrap();
     assert!(bus.saw(&Sha256::digest(b"visible on the bus")));
