@@ -29,6 +29,7 @@ use crate::key::{DeviceKey, KeyError};
 use crate::liveness::Liveness;
 use crate::log_requests::LogSources;
 use crate::secrets::{SecretCache, SecretCacheError};
+use crate::secrets_key::CacheKeyStore;
 use crate::shutdown::Shutdown;
 use crate::sink::DesiredStateSink;
 use crate::state::{StateDir, StateError, StoredIdentity, STATUS_FILE};
@@ -67,7 +68,7 @@ pub enum AgentError {
     /// A CSR could not be built.
     #[error(transparent)]
     Csr(#[from] CsrError),
-    /// The secrets directory is unusable.
+    /// The secrets directory or its key is unusable.
     #[error(transparent)]
     Secrets(#[from] SecretCacheError),
 }
@@ -138,7 +139,9 @@ impl Agent {
                             None
                         }
                     };
-                    let secrets = SecretCache::open(&config.state_dir.join(SECRETS_DIR))?;
+                    let cache_key = CacheKeyStore::for_device_key(&key, &config.state_dir);
+                    let secrets =
+                        SecretCache::open(&config.state_dir.join(SECRETS_DIR), &cache_key)?;
                     Ok((state, token, key, facts, dialer, desired, secrets))
                 })
                 .await?

@@ -19,7 +19,8 @@
 //!   blesses);
 //! - apps: [`apps::AppsSink`] (its `[apps]` section, the event queue and the
 //!   [`secrets::SecretCache`]), seen by the rest as a [`DesiredStateSink`];
-//! - app secrets: [`secrets::SecretCache`], filled by the Sync session, read by the apps sink;
+//! - app secrets: [`secrets::SecretCache`], filled by the Sync session, read by the apps sink,
+//!   encrypted under a key kept where the device key is ([`secrets_key::CacheKeyStore`]);
 //! - OS updates: [`update::UpdateLink`] (identity, dialer, status and desired-state
 //!   receivers, `[disk]`, the TCTI, the ESP, containerd's socket);
 //! - boot slots and the data partition: plain functions over their config section
@@ -70,6 +71,7 @@ pub mod notify;
 pub mod ntp;
 pub mod os_release;
 pub mod secrets;
+pub mod secrets_key;
 pub mod shutdown;
 pub mod sink;
 pub mod slot;

@@ -1,7 +1,15 @@
 //! The secret values of the device's apps, as central released them: one file per secret,
-//! `<state_dir>/secrets/<app>/<name>` (0600, the version in its first 8 bytes), so that apps
-//! restart with their secrets while central is unreachable. On a device the state directory is
-//! on the TPM-sealed data partition; nothing here is ever logged but names and versions.
+//! `<state_dir>/secrets/<app>/<name>` (0600), so that apps restart with their secrets while
+//! central is unreachable. Each file is ciphertext: a header (magic `CAIRNSC1`, the version as a
+//! little-endian u64), then the value encrypted with AES-256-GCM under the cache key (a random
+//! nonce per write) and bound to (app, name, version), so a file moved to another name or given
+//! another version does not open. The cache key lives where the device key does
+//! ([`crate::secrets_key`]): sealed by the TPM, or in a file beside the secrets directory for a
+//! software key. Nothing here is ever logged but names and versions.
+//!
+//! What cannot be read is destroyed and fetched again ([`SecretCache::missing`] lists it): files
+//! that do not decrypt, plain files of an earlier agent, and every file when the cache key is
+//! lost (another TPM's blob, a cleared TPM, a missing key file), after which a new key is made.
 //!
 //! The desired state names each app's secrets with the version central wants it to use
 //! ([`cairn_proto::v1::SecretRef`]); [`SecretCache::missing`] says which to fetch, and
@@ -17,6 +25,13 @@ use cairn_proto::v1::{App, DesiredState, SecretValue};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
+use crate::secrets_key::{CacheKey, CacheKeyError, CacheKeyStore};
+
+/// Start of every cache file; the trailing "1" is the format version.
+const MAGIC: &[u8; 8] = b"CAIRNSC1";
+/// Magic and version.
+const HEADER_LEN: usize = MAGIC.len() + 8;
+
 /// A held value at its version.
 struct Held {
     version: u64,
@@ -29,6 +44,9 @@ pub enum SecretCacheError {
     /// Reading or writing a file failed.
     #[error(transparent)]
     File(#[from] FileError),
+    /// The cache key could not be opened or made for a reason that may pass (TPM, I/O).
+    #[error(transparent)]
+    Key(#[from] CacheKeyError),
     /// A name that cannot be a file name (central checks names; this is a second line).
     #[error("secret {name:?} of app {app:?} has a name that cannot be stored")]
     BadName {
@@ -42,6 +60,7 @@ pub enum SecretCacheError {
 /// The held values, by app and name. See the module docs.
 pub struct SecretCache {
     dir: PathBuf,
+    key: CacheKey,
     held: Mutex<BTreeMap<String, BTreeMap<String, Held>>>,
 }
 
@@ -64,11 +83,101 @@ fn safe_component(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Why a stored file yields no value.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    /// No `CAIRNSC1` header: the plain format of an earlier agent (or not a cache file).
+    #[error("it is in the plain format of an earlier agent")]
+    Plain,
+    /// The ciphertext does not open: altered, moved from another name, or another key's.
+    #[error("it does not decrypt (altered, moved from another name, or under another key)")]
+    DoesNotOpen,
+}
+
+/// The associated data binding a file's ciphertext to its app, name and version.
+fn associated_data(app: &str, name: &str, version: u64) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(32 + app.len() + name.len());
+    aad.extend_from_slice(b"cairn secret cache v1\0");
+    for part in [app, name] {
+        // Both are checked file names (well under 4 GiB).
+        aad.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
+    aad.extend_from_slice(&version.to_le_bytes());
+    aad
+}
+
+/// A file's bytes for `value` of `app`.
+fn encrypt(key: &CacheKey, app: &str, value: &SecretValue) -> Result<Vec<u8>, CacheKeyError> {
+    let sealed = key.seal(
+        &associated_data(app, &value.name, value.version),
+        &value.value,
+    )?;
+    let mut bytes = Vec::with_capacity(HEADER_LEN + sealed.len());
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&value.version.to_le_bytes());
+    bytes.extend_from_slice(&sealed);
+    Ok(bytes)
+}
+
+/// The value a file of secret `name` of `app` holds.
+fn decrypt(key: &CacheKey, app: &str, name: &str, bytes: &[u8]) -> Result<Held, Unreadable> {
+    let rest = bytes
+        .strip_prefix(MAGIC.as_slice())
+        .ok_or(Unreadable::Plain)?;
+    let (version, sealed) = rest
+        .split_first_chunk::<8>()
+        .ok_or(Unreadable::DoesNotOpen)?;
+    let version = u64::from_le_bytes(*version);
+    let value = key
+        .open(&associated_data(app, name, version), sealed)
+        .ok_or(Unreadable::DoesNotOpen)?;
+    Ok(Held { version, value })
+}
+
+/// Whether `dir` holds any file a cache left (the values a lost key encrypted).
+fn holds_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|apps| {
+        apps.flatten()
+            .any(|app| std::fs::read_dir(app.path()).is_ok_and(|mut files| files.next().is_some()))
+    })
+}
+
+/// Opens the stored cache key, or makes a new one when there is none or it is lost (the files
+/// it encrypted are then destroyed while reading them). Errors that may pass are returned.
+fn open_or_make_key(dir: &Path, store: &CacheKeyStore) -> Result<CacheKey, SecretCacheError> {
+    match store.open() {
+        Ok(Some(key)) => return Ok(key),
+        Ok(None) if holds_files(dir) => {
+            warn!(key = %store.path().display(), "the secret cache key is missing, so the stored secrets cannot be read; destroying them and making a new key: central sends the values again");
+        }
+        Ok(None) => {}
+        Err(e @ CacheKeyError::Lost { .. }) => {
+            warn!(error = %e, "destroying the stored secrets and making a new key: central sends the values again");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let key = store.create()?;
+    // A key of the device key's former storage opens nothing any more.
+    let stale = store.other_storage_path();
+    if let Err(e) = cairn_io::destroy_file(&stale) {
+        warn!(error = %e, "could not remove the secret cache key of the former key storage");
+    }
+    Ok(key)
+}
+
 impl SecretCache {
-    /// Opens `dir` (created 0700), reading every value held there. A file that cannot be read
-    /// is skipped with a warning: central sends its value again.
-    pub fn open(dir: &Path) -> Result<SecretCache, SecretCacheError> {
+    /// Opens `dir` (created 0700) with the cache key from `key_store` (made when there is none),
+    /// reading every value held there. A file that cannot be decrypted is destroyed with a
+    /// warning, and every file when the key is lost: central sends their values again.
+    ///
+    /// # Errors
+    /// [`SecretCacheError::File`] when `dir` cannot be made or listed,
+    /// [`SecretCacheError::Key`] when the key cannot be opened or made for a reason that may
+    /// pass (the TPM failed, the key file is unreadable); the stored files are then kept.
+    pub fn open(dir: &Path, key_store: &CacheKeyStore) -> Result<SecretCache, SecretCacheError> {
         cairn_io::create_private_dir(dir)?;
+        let key = open_or_make_key(dir, key_store)?;
         let mut held: BTreeMap<String, BTreeMap<String, Held>> = BTreeMap::new();
         let apps = std::fs::read_dir(dir).map_err(|e| FileError::new("list", dir, e))?;
         for app in apps.flatten() {
@@ -86,27 +195,31 @@ impl SecretCache {
                 if !cairn_proto::is_secret_name(&name) {
                     continue;
                 }
-                match std::fs::read(file.path()) {
-                    Ok(bytes) if bytes.len() >= 8 => {
-                        let bytes = Zeroizing::new(bytes);
-                        let mut version = [0u8; 8];
-                        version.copy_from_slice(&bytes[..8]);
-                        held.entry(app_name.clone()).or_default().insert(
-                            name,
-                            Held {
-                                version: u64::from_le_bytes(version),
-                                value: Zeroizing::new(bytes[8..].to_vec()),
-                            },
-                        );
+                let bytes = match std::fs::read(file.path()) {
+                    Ok(bytes) => Zeroizing::new(bytes),
+                    Err(e) => {
+                        warn!(app = %app_name, secret = %name, error = %e, "a stored secret is unreadable; central sends it again");
+                        continue;
                     }
-                    _ => {
-                        warn!(app = %app_name, secret = %name, "a stored secret is unreadable; central sends it again")
+                };
+                match decrypt(&key, &app_name, &name, &bytes) {
+                    Ok(value) => {
+                        held.entry(app_name.clone())
+                            .or_default()
+                            .insert(name, value);
+                    }
+                    Err(why) => {
+                        warn!(app = %app_name, secret = %name, reason = %why, "destroying a stored secret that cannot be read; central sends it again");
+                        if let Err(e) = cairn_io::destroy_file(&file.path()) {
+                            warn!(error = %e, "could not destroy an unreadable stored secret");
+                        }
                     }
                 }
             }
         }
         Ok(SecretCache {
             dir: dir.to_path_buf(),
+            key,
             held: Mutex::new(held),
         })
     }
@@ -150,9 +263,7 @@ impl SecretCache {
             }
             let dir = self.dir.join(app);
             cairn_io::create_private_dir(&dir)?;
-            let mut bytes = Zeroizing::new(Vec::with_capacity(8 + value.value.len()));
-            bytes.extend_from_slice(&value.version.to_le_bytes());
-            bytes.extend_from_slice(&value.value);
+            let bytes = encrypt(&self.key, app, &value)?;
             cairn_io::write_atomic(&dir.join(&value.name), &bytes, 0o600)?;
             info!(app, secret = %value.name, version = value.version, "secret stored");
             self.held().entry(app.to_owned()).or_default().insert(
@@ -262,10 +373,23 @@ mod tests {
         }
     }
 
+    /// A cache in `state/secrets` with its software key in `state/secrets.key`.
+    fn open(state: &Path) -> SecretCache {
+        SecretCache::open(&state.join("secrets"), &software_key(state)).unwrap()
+    }
+
+    fn software_key(state: &Path) -> CacheKeyStore {
+        CacheKeyStore::software(state.join(crate::secrets_key::SOFTWARE_CACHE_KEY_FILE))
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
     #[test]
     fn keeps_values_across_restarts_and_serves_the_last_until_the_new_arrives() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = SecretCache::open(&dir.path().join("secrets")).unwrap();
+        let cache = open(dir.path());
         let v1 = desired(&[("db", 1), ("api", 2)]);
         assert_eq!(
             cache.missing(&v1),
@@ -278,14 +402,17 @@ mod tests {
             )
             .unwrap();
         assert!(cache.missing(&v1).is_empty());
-        let path = dir.path().join("secrets/shop/db");
-        let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(&path).unwrap().permissions(),
-        );
-        assert_eq!(mode & 0o777, 0o600);
+        for path in ["secrets/shop/db", "secrets.key"] {
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(dir.path().join(path))
+                    .unwrap()
+                    .permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600, "{path}");
+        }
 
         // A restart reads them back.
-        let cache = SecretCache::open(&dir.path().join("secrets")).unwrap();
+        let cache = open(dir.path());
         let values = cache.values(&v1.apps[0]);
         assert_eq!(values["db"], b"pw-one");
         assert_eq!(values["api"], b"key");
@@ -301,22 +428,157 @@ mod tests {
             .store("shop", vec![value("db", 3, b"pw-two")])
             .unwrap();
         assert_eq!(cache.values(&v2.apps[0])["db"], b"pw-two");
+        assert_eq!(open(dir.path()).values(&v2.apps[0])["db"], b"pw-two");
+    }
+
+    #[test]
+    fn a_stored_file_holds_the_value_only_as_ciphertext() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path());
+        let secret = b"correct-horse-battery-staple";
+        cache.store("shop", vec![value("db", 7, secret)]).unwrap();
+        let bytes = std::fs::read(dir.path().join("secrets/shop/db")).unwrap();
+        assert!(bytes.starts_with(MAGIC));
+        assert_eq!(bytes[MAGIC.len()..HEADER_LEN], 7u64.to_le_bytes());
+        assert!(
+            !contains(&bytes, secret),
+            "the value is in the file in clear"
+        );
+        assert!(
+            !contains(&bytes, b"correct"),
+            "part of the value is in clear"
+        );
+        // Each write has its own nonce: the same value twice gives other bytes.
+        cache.store("shop", vec![value("db", 7, secret)]).unwrap();
+        assert_ne!(
+            std::fs::read(dir.path().join("secrets/shop/db")).unwrap(),
+            bytes
+        );
+    }
+
+    #[test]
+    fn a_tampered_or_moved_file_is_destroyed_and_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path());
+        cache
+            .store(
+                "shop",
+                vec![value("db", 1, b"pw-one"), value("api", 1, b"key")],
+            )
+            .unwrap();
+        drop(cache);
+        let db = dir.path().join("secrets/shop/db");
+        let api = dir.path().join("secrets/shop/api");
+        let mut bytes = std::fs::read(&db).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&db, &bytes).unwrap();
+        // The api file under the name of another secret, and another app's.
+        std::fs::create_dir(dir.path().join("secrets/till")).unwrap();
+        std::fs::copy(&api, dir.path().join("secrets/till/api")).unwrap();
+        std::fs::copy(&api, dir.path().join("secrets/shop/token")).unwrap();
+        // A version edited in the header.
+        let mut bumped = std::fs::read(&api).unwrap();
+        bumped[MAGIC.len()] = 2;
+        std::fs::write(dir.path().join("secrets/shop/cert"), &bumped).unwrap();
+
+        let cache = open(dir.path());
+        let wanted = desired(&[("db", 1), ("api", 1), ("token", 1), ("cert", 2)]);
+        assert_eq!(
+            cache.missing(&wanted),
+            vec![(
+                "shop".to_owned(),
+                vec!["db".to_owned(), "token".to_owned(), "cert".to_owned()]
+            )]
+        );
+        assert_eq!(cache.values(&wanted.apps[0])["api"], b"key");
+        for gone in ["shop/db", "shop/token", "shop/cert", "till/api"] {
+            assert!(!dir.path().join("secrets").join(gone).exists(), "{gone}");
+        }
+        cache
+            .store("shop", vec![value("db", 1, b"pw-one")])
+            .unwrap();
+        assert_eq!(open(dir.path()).values(&wanted.apps[0])["db"], b"pw-one");
+    }
+
+    #[test]
+    fn a_plain_file_of_an_earlier_agent_is_destroyed_and_fetched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path().join("secrets/shop");
+        std::fs::create_dir_all(&app).unwrap();
+        let mut legacy = 4u64.to_le_bytes().to_vec();
+        legacy.extend_from_slice(b"plain-old-value");
+        std::fs::write(app.join("db"), &legacy).unwrap();
+        let cache = open(dir.path());
+        let wanted = desired(&[("db", 4)]);
+        assert_eq!(
+            cache.missing(&wanted),
+            vec![("shop".to_owned(), vec!["db".to_owned()])]
+        );
+        assert!(!app.join("db").exists());
+        assert!(cache.values(&wanted.apps[0]).is_empty());
+    }
+
+    #[test]
+    fn a_lost_key_destroys_the_files_and_a_new_key_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path())
+            .store("shop", vec![value("db", 1, b"pw-one")])
+            .unwrap();
+        let key_file = dir.path().join("secrets.key");
+        let wanted = desired(&[("db", 1)]);
+
+        // The key file gone while its files are there.
+        std::fs::remove_file(&key_file).unwrap();
+        let cache = open(dir.path());
+        assert_eq!(cache.missing(&wanted).len(), 1);
+        assert!(!dir.path().join("secrets/shop/db").exists());
+        assert!(key_file.exists());
+        cache
+            .store("shop", vec![value("db", 1, b"pw-one")])
+            .unwrap();
+
+        // A damaged key file.
+        std::fs::write(&key_file, b"not a key").unwrap();
+        let cache = open(dir.path());
+        assert_eq!(cache.missing(&wanted).len(), 1);
+        assert!(!dir.path().join("secrets/shop/db").exists());
+        assert_eq!(std::fs::read(&key_file).unwrap().len(), 32);
+        cache
+            .store("shop", vec![value("db", 1, b"pw-two")])
+            .unwrap();
+        assert_eq!(open(dir.path()).values(&wanted.apps[0])["db"], b"pw-two");
+    }
+
+    #[test]
+    fn an_unreadable_key_file_keeps_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        open(dir.path())
+            .store("shop", vec![value("db", 1, b"pw-one")])
+            .unwrap();
+        // A directory where the key file is: reading it fails, which may pass.
+        let key_file = dir.path().join("secrets.key");
+        std::fs::remove_file(&key_file).unwrap();
+        std::fs::create_dir(&key_file).unwrap();
+        let err =
+            SecretCache::open(&dir.path().join("secrets"), &software_key(dir.path())).unwrap_err();
+        assert!(matches!(err, SecretCacheError::Key(_)), "{err}");
+        assert!(dir.path().join("secrets/shop/db").exists());
     }
 
     #[test]
     fn an_app_that_leaves_takes_its_secrets_along() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = SecretCache::open(dir.path()).unwrap();
+        let cache = open(dir.path());
         cache
             .store("shop", vec![value("db", 1, b"x"), value("api", 1, b"y")])
             .unwrap();
         cache.retain(&desired(&[("db", 1)]));
-        assert!(dir.path().join("shop/db").exists());
-        assert!(!dir.path().join("shop/api").exists());
+        let secrets = dir.path().join("secrets");
+        assert!(secrets.join("shop/db").exists());
+        assert!(!secrets.join("shop/api").exists());
         cache.retain(&DesiredState::default());
-        assert!(!dir.path().join("shop").exists());
-        assert!(SecretCache::open(dir.path())
-            .unwrap()
+        assert!(!secrets.join("shop").exists());
+        assert!(open(dir.path())
             .values(&desired(&[("db", 1)]).apps[0])
             .is_empty());
     }
@@ -324,9 +586,68 @@ mod tests {
     #[test]
     fn refuses_names_that_are_not_file_names() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = SecretCache::open(dir.path()).unwrap();
+        let cache = open(dir.path());
         assert!(cache.store("shop", vec![value("../x", 1, b"x")]).is_err());
         assert!(cache.store("..", vec![value("db", 1, b"x")]).is_err());
-        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        assert!(std::fs::read_dir(dir.path().join("secrets"))
+            .unwrap()
+            .next()
+            .is_none());
+    }
+
+    /// The TPM path against swtpm: the key sealed to the TPM opens across restarts of the
+    /// cache, and another TPM's blob is a lost key.
+    #[cfg(feature = "tpm")]
+    #[test]
+    fn a_tpm_sealed_key_opens_on_its_tpm_only() {
+        use crate::secrets_key::{SOFTWARE_CACHE_KEY_FILE, TPM_CACHE_KEY_FILE};
+        use crate::tpm_key::TpmKey;
+        use std::sync::Arc;
+        if !cairn_testsupport::require_tool("swtpm") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        let tpm = cairn_testsupport::Swtpm::start();
+        let device_key = |tpm: &cairn_testsupport::Swtpm, blob: &Path| {
+            Arc::new(TpmKey::open_or_create(&tpm.tcti(), blob).unwrap())
+        };
+        let key = device_key(&tpm, &state.join("device-key.tpm"));
+        let store = CacheKeyStore::Tpm {
+            key,
+            path: state.join(TPM_CACHE_KEY_FILE),
+        };
+        // A software key of an earlier storage is destroyed when the TPM key is made.
+        std::fs::write(state.join(SOFTWARE_CACHE_KEY_FILE), [7u8; 32]).unwrap();
+        let secrets = state.join("secrets");
+        let cache = SecretCache::open(&secrets, &store).unwrap();
+        cache
+            .store("shop", vec![value("db", 1, b"tpm-kept-value")])
+            .unwrap();
+        assert!(!state.join(SOFTWARE_CACHE_KEY_FILE).exists());
+        let blob = std::fs::read(state.join(TPM_CACHE_KEY_FILE)).unwrap();
+        assert!(blob.starts_with(b"CAIRNTPMBND1"));
+        let wanted = desired(&[("db", 1)]);
+        let again = SecretCache::open(&secrets, &store).unwrap();
+        assert_eq!(again.values(&wanted.apps[0])["db"], b"tpm-kept-value");
+        drop((cache, again, store));
+        drop(tpm);
+
+        // The state directory in another device: its TPM cannot open the key.
+        let other = cairn_testsupport::Swtpm::start();
+        let other_dir = tempfile::tempdir().unwrap();
+        let store = CacheKeyStore::Tpm {
+            key: device_key(&other, &other_dir.path().join("device-key.tpm")),
+            path: state.join(TPM_CACHE_KEY_FILE),
+        };
+        let cache = SecretCache::open(&secrets, &store).unwrap();
+        assert_eq!(cache.missing(&wanted).len(), 1);
+        assert!(!secrets.join("shop/db").exists());
+        assert_ne!(std::fs::read(state.join(TPM_CACHE_KEY_FILE)).unwrap(), blob);
+        cache
+            .store("shop", vec![value("db", 1, b"tpm-kept-value")])
+            .unwrap();
+        let again = SecretCache::open(&secrets, &store).unwrap();
+        assert_eq!(again.values(&wanted.apps[0])["db"], b"tpm-kept-value");
     }
 }

@@ -36,6 +36,13 @@ pub enum TpmKeyError {
         /// The TPM stack's error.
         reason: String,
     },
+    /// A blob this TPM can never open: another TPM sealed it, this TPM was cleared since, or the
+    /// blob is damaged. What it sealed is lost.
+    #[error("this TPM can never open the blob: {reason}")]
+    ForeignBlob {
+        /// The TPM's or the parser's refusal.
+        reason: String,
+    },
     /// The TPM was asked for but this build has no TPM support.
     #[error("key_storage selects the TPM ({tcti}) but cairn-agent was built without the `tpm` feature; rebuild with it or set key_storage = \"software\"")]
     NotBuilt {
@@ -197,6 +204,42 @@ mod imp {
             })
         }
 
+        /// Seal `secret` (1..=128 bytes) to this TPM alone, through this key's connection: no
+        /// PCR policy, so it opens whatever the device boots, and only on this TPM (see
+        /// [`cairn_tpm::TpmBoundSecret`]). Returns the blob, which holds nothing in clear.
+        pub fn seal_to_tpm(&self, secret: &[u8]) -> Result<Vec<u8>, TpmKeyError> {
+            let _span = info_span!("tpm.seal_bound", tcti = %self.tcti).entered();
+            cairn_tpm::TpmBoundSecret::seal(&self.key, secret)
+                .and_then(|bound| bound.to_bytes())
+                .map_err(|e| TpmKeyError::Tpm {
+                    operation: "sealing a secret to the TPM",
+                    reason: e.to_string(),
+                })
+        }
+
+        /// Unseal a blob [`TpmKey::seal_to_tpm`] made. [`TpmKeyError::ForeignBlob`] when this
+        /// TPM can never open it (another TPM's, from before a TPM clear, or damaged).
+        pub fn unseal_from_tpm(
+            &self,
+            blob: &[u8],
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, TpmKeyError> {
+            let _span = info_span!("tpm.unseal_bound", tcti = %self.tcti).entered();
+            let bound = cairn_tpm::TpmBoundSecret::from_bytes(blob).map_err(|e| {
+                TpmKeyError::ForeignBlob {
+                    reason: e.to_string(),
+                }
+            })?;
+            bound.unseal(&self.key).map_err(|e| match e {
+                cairn_tpm::BoundUnsealError::WrongTpm { .. } => TpmKeyError::ForeignBlob {
+                    reason: e.to_string(),
+                },
+                other => TpmKeyError::Tpm {
+                    operation: "unsealing a secret with the TPM",
+                    reason: other.to_string(),
+                },
+            })
+        }
+
         /// The public key, DER SubjectPublicKeyInfo.
         pub fn public_key_spki_der(&self) -> &[u8] {
             &self.spki
@@ -270,6 +313,19 @@ mod imp {
 
         /// Unreachable (no value exists).
         pub fn clear_owner_hierarchy(&self) -> Result<(), TpmKeyError> {
+            match *self {}
+        }
+
+        /// Unreachable (no value exists).
+        pub fn seal_to_tpm(&self, _secret: &[u8]) -> Result<Vec<u8>, TpmKeyError> {
+            match *self {}
+        }
+
+        /// Unreachable (no value exists).
+        pub fn unseal_from_tpm(
+            &self,
+            _blob: &[u8],
+        ) -> Result<zeroize::Zeroizing<Vec<u8>>, TpmKeyError> {
             match *self {}
         }
 

@@ -201,12 +201,13 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
 
     // No value in central's data dir (the registry database included), in containerd's state,
     // or in the apps' data dir (volumes, logs): the runtime writes secret files on the run dir's
-    // tmpfs only. The agent's own copy is in its state dir, on the sealed data partition.
+    // tmpfs only. The agent's own copy in its state dir is ciphertext.
     for value in [FIRST, SECOND, REGISTRY_PASSWORD.as_bytes()] {
         for dir in [
             central.config.data_dir.clone(),
             containerd.root_dir(),
             apps_dir.clone(),
+            dir.path().to_path_buf(),
         ] {
             let found = cairn_testsupport::leaks::files_containing(&dir, value);
             assert!(

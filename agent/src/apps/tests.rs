@@ -11,7 +11,8 @@ use super::*;
 /// A secret cache with nothing in it (the secrets' own tests are in `crate::secrets`).
 fn no_secrets() -> (tempfile::TempDir, Arc<SecretCache>) {
     let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(SecretCache::open(dir.path()).unwrap());
+    let key = crate::secrets_key::CacheKeyStore::software(dir.path().join("secrets.key"));
+    let cache = Arc::new(SecretCache::open(&dir.path().join("secrets"), &key).unwrap());
     (dir, cache)
 }
 
