@@ -10,8 +10,9 @@
 //! top-level `volumes` (named volumes, stored on the data partition), top-level `secrets` (no
 //! `file`: values are provided by central and appear by default as `/run/secrets/NAME`),
 //! top-level `configs` (inline `content` only, templated by the variables like every value, by
-//! default at `/NAME`) and `version` (ignored), plus `x-*` extension fields anywhere (ignored),
-//! YAML `<<` merge keys and variable interpolation (`${VAR}`, `${VAR:-default}`, ... with the
+//! default at `/NAME`) and `version` (ignored), plus `x-*` extension fields anywhere (ignored,
+//! except Cairn's own: `x-cairn-secret-env` on a service puts secrets it was granted into its
+//! environment, see `secret_env`; any other `x-cairn-*` key is refused), YAML `<<` merge keys and variable interpolation (`${VAR}`, `${VAR:-default}`, ... with the
 //! variables central provides). Anything
 //! else is refused with the list of supported keys, and the Compose keys that would loosen an
 //! app's confinement (`privileged`, `pid`, `security_opt`, ...) with the reason.
@@ -28,8 +29,9 @@
 //!   a validated [`AppSpec`].
 //! - `yaml`: YAML events to a tree whose nodes know their line, within node and depth budgets.
 //! - `interpolate`: variables put into the tree's values.
-//! - `parse`, `sections`, `lists`, `files`, `depends`: that tree to an [`AppSpec`], collecting
-//!   every problem (`files` holds secrets and configs, `depends` the checks across services).
+//! - `parse`, `sections`, `lists`, `files`, `secret_env`, `depends`: that tree to an
+//!   [`AppSpec`], collecting every problem (`files` holds secrets and configs, `secret_env` the
+//!   secrets put into the environment, `depends` the checks across services).
 //! - `fields`: the scalar formats (ports, volumes, durations, sizes, names, commands, users,
 //!   signals, capabilities, devices, ...).
 //! - [`ImageRef`]: image references, normalized as containerd and Docker name images.
@@ -43,6 +45,7 @@ mod lists;
 mod parse;
 mod reference;
 mod registry_login;
+mod secret_env;
 mod sections;
 mod yaml;
 
@@ -60,6 +63,9 @@ pub use reference::{check_digest, ImageRef, ImageRefError};
 pub use registry_login::{
     RegistryLogin, RegistryLoginError, MAX_REGISTRY_CAS, MAX_REGISTRY_PASSWORD,
     MAX_REGISTRY_USERNAME,
+};
+pub use secret_env::{
+    is_env_name, SecretEnvError, MAX_SECRET_ENV, MAX_SECRET_ENV_NAME_LEN, SECRET_ENV_KEY,
 };
 
 /// Docker's default capability set, which Compose files are written against: root in a
@@ -189,6 +195,15 @@ pub struct ServiceSpec {
     /// `devices`: host devices given to the container; each needs the device's
     /// `cairn.allow/devices` label (see [`AppSpec::privileges`]).
     pub devices: Vec<DeviceMapping>,
+    /// `x-cairn-secret-env`: environment variables whose values are secrets, variable name to
+    /// secret name (each secret also in [`ServiceSpec::secrets`]). Names only: the runtime
+    /// puts the values in when it makes the container. Opt-in because containerd then keeps
+    /// the value in the container's OCI spec in its metadata database on the data partition,
+    /// and every process of the container inherits it; see the `secret_env` module. Left out of
+    /// the serialized form when empty, so that the spec hash of a service without it stays what
+    /// it was before it existed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
 }
 
 /// An `extra_hosts` entry: `HOST:IP` (or `HOST=IP`).

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use super::fields::{self, FieldError};
 use super::files::{self, Kind};
 use super::lists::{capabilities, devices, ports, tmpfs, volumes};
+use super::secret_env;
 use super::sections::{
     depends_on, deploy, environment, extra_hosts, healthcheck, labels, logging, sysctls, ulimits,
 };
@@ -16,7 +17,8 @@ use super::{AppSpec, NetworkMode, Problem, Protocol, ServiceSpec};
 const TOP_KEYS: &[&str] = &["services", "volumes", "secrets", "configs", "version"];
 
 /// The keys of a service, in the order they are read: a key comes after those its checks need
-/// (`tmpfs` after `volumes`, `sysctls` after `network_mode`, `cap_drop` after `cap_add`).
+/// (`tmpfs` after `volumes`, `sysctls` after `network_mode`, `cap_drop` after `cap_add`,
+/// `x-cairn-secret-env` after `environment` and `secrets`).
 const SERVICE_KEYS: &[&str] = &[
     "image",
     "command",
@@ -46,6 +48,7 @@ const SERVICE_KEYS: &[&str] = &[
     "sysctls",
     "logging",
     "devices",
+    super::SECRET_ENV_KEY,
 ];
 
 /// Compose service keys that stay refused, with why: each would loosen the confinement every app
@@ -61,6 +64,24 @@ const REFUSED_SERVICE_KEYS: &[(&str, &str)] = &[
     ("env_file", "a device has no source for the file; write the variables under `environment`, or use the variables central provides (`${VAR}`)"),
     ("build", "devices pull images, they do not build them; build the image, push it to a registry and give it as `image`"),
 ];
+
+/// Prefix of the extension keys that are Cairn's: only those it knows are accepted.
+const CAIRN_EXTENSION_PREFIX: &str = "x-cairn-";
+
+/// The problem of an `x-cairn-` key that `allowed` does not list.
+fn unknown_cairn_extension(key: &str, allowed: &[&str]) -> String {
+    let known: Vec<&str> = allowed
+        .iter()
+        .copied()
+        .filter(|k| k.starts_with(CAIRN_EXTENSION_PREFIX))
+        .collect();
+    let here = if known.is_empty() {
+        "none are supported here".to_string()
+    } else {
+        format!("supported here: {}", known.join(", "))
+    };
+    format!("unknown Cairn extension {key:?} (keys starting \"{CAIRN_EXTENSION_PREFIX}\" are Cairn's own); {here}")
+}
 
 /// Collects problems while walking the tree.
 pub(super) struct Checker {
@@ -121,8 +142,13 @@ impl Checker {
                 continue;
             }
             if let Some(allowed) = allowed {
-                // Compose extension fields may stand in any structure; they mean nothing here.
-                if k.starts_with("x-") {
+                // Compose extension fields may stand in any structure; they mean nothing here,
+                // except the Cairn extensions a structure supports. `x-cairn-` is Cairn's own
+                // prefix: an unknown one is a typo that must not be ignored silently.
+                if k.starts_with("x-") && !allowed.contains(&k) {
+                    if k.starts_with(CAIRN_EXTENSION_PREFIX) {
+                        self.problem(key, &child, unknown_cairn_extension(k, allowed));
+                    }
                     continue;
                 }
                 if let Some((_, reason)) = refused.iter().find(|(r, _)| *r == k) {
@@ -565,6 +591,9 @@ fn service_key<'n>(
         }
         "logging" => svc.logging = logging(ck, value, p),
         "devices" => svc.devices = devices(ck, value, p),
+        super::SECRET_ENV_KEY => {
+            svc.secret_env = secret_env::secret_env(ck, value, p, svc, context.secrets);
+        }
         _ => unreachable!("keys are checked against SERVICE_KEYS"),
     }
 }

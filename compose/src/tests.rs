@@ -6,6 +6,7 @@ mod depends;
 mod files;
 mod interpolation;
 mod ports;
+mod secret_env;
 mod service_keys;
 
 use std::time::Duration;
