@@ -20,6 +20,7 @@ mod logs;
 mod oci;
 mod rootfs;
 mod seccomp;
+mod secret_env;
 mod task;
 mod users;
 
@@ -44,6 +45,7 @@ pub use files::{remove_service_files, write_service_files, ServiceFiles, Written
 pub use logs::{
     log_uri, write_log, LogWriterError, RotatingLog, ServiceLog, MAX_LOG_FILES, MIN_LOG_BYTES,
 };
+pub use secret_env::{SecretEnvProblem, MAX_SECRET_ENV_BYTES};
 pub use task::{exec, start_task, task_state, TaskState, TaskStatus};
 pub use users::{UserDb, UserError};
 
@@ -110,6 +112,31 @@ pub enum ContainerError {
         app: String,
         /// Secret name.
         name: String,
+    },
+    /// A secret cannot be put into the environment as `x-cairn-secret-env` asks. Names the
+    /// secret and the variable, never the value.
+    #[error("secret {secret} of app {app} cannot be variable {variable} of service {service}: its value {problem}; set a text value for it at central (`cairnctl secret update`), or have the service read the secret from its file and drop {variable} from `x-cairn-secret-env`")]
+    SecretEnv {
+        /// App.
+        app: String,
+        /// Service.
+        service: String,
+        /// The variable.
+        variable: String,
+        /// Secret name.
+        secret: String,
+        /// What is wrong with the value.
+        problem: SecretEnvProblem,
+    },
+    /// The `x-cairn-secret-env` variables of a service are too large together.
+    #[error("the x-cairn-secret-env variables of service {service} of app {app} add up to {bytes} bytes; at most {max} fit beside a process's own environment, so have the service read the larger secrets from their files", max = MAX_SECRET_ENV_BYTES)]
+    SecretEnvTooLarge {
+        /// App.
+        app: String,
+        /// Service.
+        service: String,
+        /// Bytes of `NAME=value` together.
+        bytes: usize,
     },
     /// The stored spec of a container is unreadable.
     #[error("container {id} has no readable OCI spec: {reason}; delete and re-create it")]
@@ -628,6 +655,8 @@ pub async fn create_container(
     new: &NewContainer<'_>,
 ) -> Result<String, ContainerError> {
     let id = container_id(new.app, new.service);
+    // First: a secret that cannot be a variable fails the service before anything is made.
+    let secret_env = secret_env::SecretEnv::resolve(new.app, new.service, new.spec, new.secrets)?;
     let labels = container_labels(new)?;
     let devices = devices::host_devices(&new.spec.devices)?;
     let user = resolve_user(ctr, cfg, new).await?;
@@ -649,6 +678,7 @@ pub async fn create_container(
         cgroup_parent: &cfg.cgroup_parent,
         netns: new.netns.as_deref(),
         userns: new.userns.as_ref(),
+        secret_env: &secret_env,
     })?;
     if cfg.unconfined_for_benchmark {
         oci::without_confinement(&mut spec);

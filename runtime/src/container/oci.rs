@@ -12,6 +12,7 @@ use oci_spec::runtime::{
     PosixRlimitBuilder, PosixRlimitType, Process, Spec, UserBuilder,
 };
 
+use super::secret_env::SecretEnv;
 use super::users::ResolvedUser;
 use super::ContainerError;
 use crate::image::ContainerConfig;
@@ -59,6 +60,8 @@ pub(crate) struct SpecInput<'a> {
     pub netns: Option<&'a Path>,
     /// The app's user namespace to join (`None`: the host's ids, for an app given devices).
     pub userns: Option<&'a AppUserns>,
+    /// The values of the service's `x-cairn-secret-env` variables.
+    pub secret_env: &'a SecretEnv,
 }
 
 /// The capability named `name` (`CAP_NET_ADMIN`; `NET_ADMIN` and lower case are accepted too).
@@ -259,11 +262,14 @@ pub(crate) fn process_args(svc: &ServiceSpec, image: &ContainerConfig) -> Vec<St
     entrypoint.into_iter().chain(cmd).collect()
 }
 
-/// Image env, then the service's environment on top (same keys replaced), `PATH` defaulted.
+/// Image env, then the service's environment on top (same keys replaced), `PATH` defaulted,
+/// then the `x-cairn-secret-env` variables with their secrets' values (`secret_env`). The
+/// result holds secret values: it goes into the OCI spec and nowhere else (no log, no error).
 pub(crate) fn process_env(
     svc: &ServiceSpec,
     image: &ContainerConfig,
     hostname: &str,
+    secret_env: &SecretEnv,
 ) -> Vec<String> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
@@ -279,6 +285,9 @@ pub(crate) fn process_env(
         set(k, v);
     }
     for (k, v) in &svc.environment {
+        set(k, v);
+    }
+    for (k, v) in secret_env.iter() {
         set(k, v);
     }
     order.iter().map(|k| format!("{k}={}", env[k])).collect()
@@ -452,7 +461,12 @@ pub(crate) fn build_spec(input: &SpecInput<'_>) -> Result<Spec, ContainerError> 
         .map_err(oci)?;
     let process = spec.process_mut().get_or_insert_with(Process::default);
     process.set_args(Some(args));
-    process.set_env(Some(process_env(input.svc, input.image, hostname)));
+    process.set_env(Some(process_env(
+        input.svc,
+        input.image,
+        hostname,
+        input.secret_env,
+    )));
     process.set_cwd(
         input
             .svc
@@ -678,8 +692,40 @@ mod tests {
     #[test]
     fn env_merges_image_and_service() {
         let svc = service("services: {s: {image: x, environment: {A: svc, B: b}}}");
-        let env = process_env(&svc, &image(), "s");
+        let env = process_env(&svc, &image(), "s", &super::super::secret_env::NONE);
         assert_eq!(env, ["PATH=/img/bin", "HOSTNAME=s", "A=svc", "B=b"]);
+    }
+
+    #[test]
+    fn secret_variables_come_last_and_replace_the_images() {
+        let yaml = "services: {s: {image: x, environment: {B: b}, secrets: [t], x-cairn-secret-env: {A: t, TOKEN: t}}}\nsecrets: {t: {}}\n";
+        let svc = service(yaml);
+        let values = BTreeMap::from([("t".to_string(), b"hunter2".to_vec())]);
+        let secret_env = SecretEnv::resolve("app", "s", &svc, &values).unwrap();
+        let env = process_env(&svc, &image(), "s", &secret_env);
+        assert_eq!(
+            env,
+            [
+                "PATH=/img/bin",
+                "HOSTNAME=s",
+                "A=hunter2",
+                "B=b",
+                "TOKEN=hunter2"
+            ]
+        );
+        let img = image();
+        let user = user_1000();
+        let input = SpecInput {
+            secret_env: &secret_env,
+            ..input(&svc, &img, &user)
+        };
+        let spec = build_spec(&input).unwrap();
+        let process = spec.process().as_ref().unwrap();
+        let env = process.env().as_ref().unwrap();
+        assert!(env.iter().any(|v| v == "TOKEN=hunter2"), "{env:?}");
+        // A health check's exec runs with the container's environment.
+        let exec = exec_process(&spec, vec!["true".into()]);
+        assert_eq!(exec.env(), process.env());
     }
 
     #[test]
@@ -703,6 +749,7 @@ mod tests {
             cgroup_parent: "/cairn",
             netns: None,
             userns: None,
+            secret_env: &super::super::secret_env::NONE,
         };
         let spec = build_spec(&input).unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -790,6 +837,7 @@ mod tests {
             cgroup_parent: "/cairn",
             netns: None,
             userns: None,
+            secret_env: &super::super::secret_env::NONE,
         }
     }
 

@@ -134,6 +134,9 @@ struct HashInput<'a> {
 /// Hash of everything a service container is made from: app, service, spec, resolved image
 /// digest and the hashes of the secret values and config texts it uses, so rotating a secret or
 /// changing a config replaces only the services that use it. Equal hash = keep the container.
+/// The secrets of `x-cairn-secret-env` are covered by the same digests: the parser (and
+/// `SecretEnv::resolve` again) only lets a variable name a secret in the service's `secrets`.
+/// The hash is a label of the container; no value is in it, only this digest of digests.
 pub(crate) fn spec_hash(
     app: &DesiredApp,
     service: &str,
@@ -240,6 +243,36 @@ mod tests {
     }
 
     #[test]
+    fn rotating_a_secret_in_the_environment_replaces_only_its_service_and_shows_no_value() {
+        let yaml = "services:\n  a: {image: x, secrets: [t], x-cairn-secret-env: {TOKEN: t}}\n  b: {image: y, secrets: [u], x-cairn-secret-env: {U: u}}\n  c: {image: z}\nsecrets: {t: {}, u: {}}\n";
+        let mut app = DesiredApp::new(AppSpec::parse("c.yml", "app", yaml).unwrap());
+        app.secrets.insert("t".into(), b"hunter2".to_vec());
+        app.secrets.insert("u".into(), b"swordfish".to_vec());
+        let services = app.spec.services.clone();
+        let hashes = |app: &DesiredApp| -> Vec<String> {
+            services
+                .iter()
+                .map(|(name, spec)| spec_hash(app, name, spec, "sha256:1"))
+                .collect()
+        };
+        let before = hashes(&app);
+        app.secrets.insert("t".into(), b"hunter3".to_vec());
+        let after = hashes(&app);
+        assert_ne!(before[0], after[0], "a's variable changed");
+        assert_eq!(before[1..], after[1..], "b and c do not use t");
+        // Asking for the variable is itself a change of the spec.
+        let mut without = services["a"].clone();
+        without.secret_env.clear();
+        assert_ne!(after[0], spec_hash(&app, "a", &without, "sha256:1"));
+        let debug = format!("{app:?} {app:#?} {:?}", services["a"]);
+        assert!(debug.contains("TOKEN"), "{debug}");
+        for value in ["hunter", "swordfish"] {
+            assert!(!debug.contains(value), "{debug}");
+            assert!(!after.iter().any(|h| h.contains(value)));
+        }
+    }
+
+    #[test]
     fn the_hash_of_a_service_without_configs_is_kept() {
         // Computed before configs existed: updating the agent must not replace containers
         // whose specs did not change.
@@ -248,6 +281,8 @@ mod tests {
         let a = app.spec.services["a"].clone();
         let json = serde_json::to_string(&a).unwrap();
         assert!(!json.contains("configs"), "{json}");
+        // Nor secret variables, added later still.
+        assert!(!json.contains("secret_env"), "{json}");
     }
 
     #[test]

@@ -1338,6 +1338,30 @@ fn a_failed_create_or_replacement_is_reported_as_failed() {
 }
 
 #[test]
+fn a_secret_that_cannot_be_a_variable_fails_its_service_naming_the_secret() {
+    let case = worker_only().container("worker", "the-old-hash", Some(running(42)), &[]);
+    let plan = case.plan();
+    let worker = service(&plan, "worker");
+    let error = ActionError::Container(ContainerError::SecretEnv {
+        app: "shop".into(),
+        service: "worker".into(),
+        variable: "TOKEN".into(),
+        secret: "token".into(),
+        problem: crate::container::SecretEnvProblem::NotUtf8,
+    });
+    let AfterFailure::StartFailed { status, .. } = worker.after_failure(&worker.steps[1], &error)
+    else {
+        panic!("a failed create is retried after the back-off");
+    };
+    assert_eq!(status.state, ServiceState::Failed);
+    let message = status.message.unwrap();
+    assert!(
+        message.starts_with("secret token of app shop cannot be variable TOKEN of service worker: its value is not valid UTF-8; "),
+        "{message}"
+    );
+}
+
+#[test]
 fn failures_of_housekeeping_steps_are_only_logged() {
     let mut case = no_images(worker_only()).in_sync("worker", Some(running(42)));
     let mut duplicate = case.observed.containers[0].clone();
