@@ -873,8 +873,21 @@ pub(crate) async fn container_spec(
         })?;
     serde_json::from_slice(&spec.value).map_err(|e| ContainerError::BadRecord {
         id: id.into(),
-        reason: e.to_string(),
+        reason: spec_json_error(&e),
     })
+}
+
+/// What is wrong with a stored spec, without serde_json's message: that may quote a string of
+/// the spec, and the environment there can hold `x-cairn-secret-env` values.
+fn spec_json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => "unreadable",
+        Category::Syntax => "not valid JSON",
+        Category::Data => "JSON that is not an OCI runtime spec",
+        Category::Eof => "cut short",
+    };
+    format!("it is {what} (line {}, column {})", e.line(), e.column())
 }
 
 /// Containers carrying label `cairn.app` (all apps), with their tasks.
@@ -953,6 +966,21 @@ pub(crate) fn unix_millis(t: SystemTime) -> u64 {
 mod tests {
     use super::*;
     use cairn_compose::AppSpec;
+
+    #[test]
+    fn an_unreadable_stored_spec_is_described_without_quoting_it() {
+        let stored = br#"{"ociVersion": "1.0.2", "process": {"env": ["TOKEN=hunter2"], "terminal": "hunter2"}}"#;
+        let e = serde_json::from_slice::<oci_spec::runtime::Spec>(stored).unwrap_err();
+        assert!(e.to_string().contains("hunter2"), "serde_json quotes: {e}");
+        let reason = spec_json_error(&e);
+        assert!(!reason.contains("hunter2"), "{reason}");
+        assert!(
+            reason.starts_with("it is JSON that is not an OCI runtime spec (line 1"),
+            "{reason}"
+        );
+        let e = serde_json::from_slice::<oci_spec::runtime::Spec>(b"{\"process\": ").unwrap_err();
+        assert!(spec_json_error(&e).starts_with("it is cut short"), "{e}");
+    }
 
     fn service() -> ServiceSpec {
         AppSpec::parse("c.yml", "app", "services: {s: {image: x}}")
