@@ -298,6 +298,15 @@ async fn invalid_compose_is_refused_with_line_and_field() {
         "{body}"
     );
 
+    // A secret put into the environment must be granted to the service.
+    let ungranted = "services:\n  web:\n    image: busybox\n    x-cairn-secret-env:\n      DB_PASSWORD: db\nsecrets:\n  db: {}\n";
+    let (status, body) = put(&central, &central.admin, &id, "web", ungranted);
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        error_message(&body).contains("compose_yaml:5: services.web.x-cairn-secret-env.DB_PASSWORD: secret \"db\" is not granted to this service"),
+        "{body}"
+    );
+
     let (status, body) = central.call(
         &central.admin,
         "PUT",
@@ -313,6 +322,21 @@ async fn invalid_compose_is_refused_with_line_and_field() {
     assert_eq!(status, 404);
     let (status, _) = central.call(&central.admin, "GET", "/api/v1/devices/dev_nope/apps", None);
     assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_granted_to_a_service_may_be_put_into_its_environment() {
+    let central = TestCentral::start().await;
+    let device = Device::connect(&central, "SER-APPS-ENV").await;
+    let yaml = "services:\n  web:\n    image: busybox\n    secrets: [db]\n    x-cairn-secret-env:\n      DB_PASSWORD: db\nsecrets:\n  db: {}\n";
+    let (status, body) = put(&central, &central.admin, &device.id, "web", yaml);
+    assert_eq!(status, 201, "{body}");
+    let listed: AppList = central.get(&format!("/api/v1/devices/{}/apps", device.id));
+    assert_eq!(listed.apps.len(), 1);
+    assert!(listed.apps[0]
+        .app
+        .compose_yaml
+        .contains("x-cairn-secret-env"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
