@@ -50,6 +50,17 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
     {
         return;
     }
+    // Every log line of central and the agent (both run in this process), at debug level, to
+    // a file that is searched for the values at the end.
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("test.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+        .with_writer(std::sync::Mutex::new(log_file))
+        .with_ansi(false)
+        .try_init()
+        .expect("this test binary has one test, which sets the subscriber");
     let containerd = Containerd::start();
     // HTTPS with a private CA and a login: the device can pull only with its registry secret.
     let registry = Registry::start_tls_with_basic_auth("puller", REGISTRY_PASSWORD);
@@ -213,6 +224,26 @@ async fn a_service_reads_its_secret_a_rotation_restarts_only_it_and_it_survives_
             assert!(
                 found.is_empty(),
                 "a secret value in plain text in {found:?}"
+            );
+        }
+    }
+    // Nor in any log: central's and the agent's (which did log the secrets' names), containerd's
+    // and the registry's.
+    let log = std::fs::read(&log_path).unwrap();
+    let log_text = String::from_utf8_lossy(&log);
+    assert!(
+        log_text.contains("secret stored") && log_text.contains("db_password"),
+        "the log was not captured"
+    );
+    for (what, text) in [
+        ("central and agent", log),
+        ("containerd", containerd.log().into_bytes()),
+        ("registry", registry.log().into_bytes()),
+    ] {
+        for value in [FIRST, SECOND, REGISTRY_PASSWORD.as_bytes()] {
+            assert!(
+                !text.windows(value.len()).any(|w| w == value),
+                "a secret value in the {what} log"
             );
         }
     }

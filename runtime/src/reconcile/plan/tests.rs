@@ -984,7 +984,7 @@ fn a_missing_image_is_pulled_while_the_service_waits() {
 #[test]
 fn a_pull_carries_the_apps_login_for_the_images_registry_only() {
     let mut case = no_images(worker_only());
-    let login = |registry: &str| cairn_compose::RegistryLogin {
+    let login = |registry: &str| RegistryLogin {
         registry: registry.into(),
         username: Some("puller".into()),
         password: Some("pw".into()),
