@@ -96,25 +96,15 @@ impl KeyBlob {
 
     /// Read and parse the blob at `path`; `Ok(None)` when the file does not exist.
     pub(crate) fn read(path: &Path) -> Result<Option<KeyBlob>, TpmError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(TpmError::ReadBlob {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        if bytes.len() as u64 > MAX_BLOB_LEN {
-            return Err(bad_blob(
-                path,
-                format!("{} bytes is far too large", bytes.len()),
-            ));
-        }
-        KeyBlob::decode(&bytes)
-            .map(Some)
-            .map_err(|reason| bad_blob(path, reason.to_string()))
+        read_blob_file(
+            path,
+            KeyBlob::decode,
+            |source| TpmError::ReadBlob {
+                path: path.to_path_buf(),
+                source,
+            },
+            |reason| bad_blob(path, reason),
+        )
     }
 
     /// Write the blob to `path` atomically: a 0600 temp file beside it, fsync, rename, fsync dir
@@ -202,6 +192,28 @@ pub(crate) fn take_object_tail(rest: &[u8]) -> Result<(Public, Private), BlobErr
     let public = Public::unmarshall(public).map_err(BlobError::PublicArea)?;
     let private = Private::try_from(private).map_err(BlobError::PrivateArea)?;
     Ok((public, private))
+}
+
+/// Read and decode the blob file at `path` with `decode`; `Ok(None)` when it does not exist.
+/// `unreadable` makes the error for a file that cannot be read, `bad` the one for a file that
+/// is too large or does not decode.
+pub(crate) fn read_blob_file<T, E: std::fmt::Display>(
+    path: &Path,
+    decode: impl FnOnce(&[u8]) -> Result<T, E>,
+    unreadable: impl FnOnce(std::io::Error) -> TpmError,
+    bad: impl Fn(String) -> TpmError,
+) -> Result<Option<T>, TpmError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(unreadable(source)),
+    };
+    if bytes.len() as u64 > MAX_BLOB_LEN {
+        return Err(bad(format!("{} bytes is far too large", bytes.len())));
+    }
+    decode(&bytes)
+        .map(Some)
+        .map_err(|reason| bad(reason.to_string()))
 }
 
 #[cfg(test)]

@@ -54,7 +54,7 @@ use tss_esapi::traits::Marshall;
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
-use crate::blob::{push_tpm2b, take_object_tail, write_durably, BlobError};
+use crate::blob::{push_tpm2b, read_blob_file, take_object_tail, write_durably, BlobError};
 use crate::owner_key::{create_owner_primary, flush, flush_session};
 use crate::seal::{check_secret, is_format_one, salted_session, tpm_response_kind};
 use crate::tcti::TpmAccess;
@@ -62,8 +62,6 @@ use crate::TpmError;
 
 /// Magic and version at the start of every TPM-bound blob.
 const MAGIC: &[u8; 12] = b"CAIRNTPMBND1";
-/// Blobs larger than this are not ours (a typical one is under 300 bytes).
-const MAX_BLOB_LEN: u64 = 16 * 1024;
 /// Where [`TpmBoundSecret::from_bytes`] errors say the bytes came from.
 const IN_MEMORY: &str = "<in-memory TPM-bound blob>";
 
@@ -191,26 +189,18 @@ impl TpmBoundSecret {
     /// [`TpmError::ReadSealedBlob`] when the file cannot be read, [`TpmError::BadBoundBlob`]
     /// when it is not a valid TPM-bound blob.
     pub fn read(path: &Path) -> Result<Option<TpmBoundSecret>, TpmError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(TpmError::ReadSealedBlob {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let bad = |reason: String| TpmError::BadBoundBlob {
-            origin: path.display().to_string(),
-            reason,
-        };
-        if bytes.len() as u64 > MAX_BLOB_LEN {
-            return Err(bad(format!("{} bytes is far too large", bytes.len())));
-        }
-        decode(&bytes)
-            .map(Some)
-            .map_err(|reason| bad(reason.to_string()))
+        read_blob_file(
+            path,
+            decode,
+            |source| TpmError::ReadSealedBlob {
+                path: path.to_path_buf(),
+                source,
+            },
+            |reason| TpmError::BadBoundBlob {
+                origin: path.display().to_string(),
+                reason,
+            },
+        )
     }
 
     /// Write the blob to `path` atomically (0600 temp file, fsync, rename, fsync dir and file

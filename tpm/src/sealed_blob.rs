@@ -26,7 +26,7 @@ use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::structures::{Private, Public};
 use tss_esapi::traits::Marshall;
 
-use crate::blob::{push_tpm2b, take_object_tail, write_durably, BlobError};
+use crate::blob::{push_tpm2b, read_blob_file, take_object_tail, write_durably, BlobError};
 use crate::pcr::{
     policy_pcr_digest, PcrSelection, PcrValues, PCR_COUNT, PCR_VALUE_LEN, TPM_ALG_SHA256,
 };
@@ -34,8 +34,6 @@ use crate::TpmError;
 
 /// Magic and version at the start of every sealed blob.
 const MAGIC: &[u8; 12] = b"CAIRNSEALED1";
-/// Sealed blobs larger than this are not ours (a typical one is under 400 bytes).
-const MAX_BLOB_LEN: u64 = 16 * 1024;
 /// Where [`SealedSecret::from_bytes`] errors say the bytes came from.
 const IN_MEMORY: &str = "<in-memory sealed blob>";
 
@@ -168,26 +166,18 @@ impl SealedSecret {
     /// [`TpmError::ReadSealedBlob`] when the file cannot be read, [`TpmError::BadSealedBlob`]
     /// when it is not a valid sealed blob.
     pub fn read(path: &Path) -> Result<Option<SealedSecret>, TpmError> {
-        let bytes = match std::fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(TpmError::ReadSealedBlob {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
-        let bad = |reason: String| TpmError::BadSealedBlob {
-            origin: path.display().to_string(),
-            reason,
-        };
-        if bytes.len() as u64 > MAX_BLOB_LEN {
-            return Err(bad(format!("{} bytes is far too large", bytes.len())));
-        }
-        decode(&bytes)
-            .map(Some)
-            .map_err(|reason| bad(reason.to_string()))
+        read_blob_file(
+            path,
+            decode,
+            |source| TpmError::ReadSealedBlob {
+                path: path.to_path_buf(),
+                source,
+            },
+            |reason| TpmError::BadSealedBlob {
+                origin: path.display().to_string(),
+                reason,
+            },
+        )
     }
 
     /// Write the blob to `path` atomically: a 0600 temp file beside it, fsync, rename, fsync dir
