@@ -8,8 +8,9 @@
 //! software key. Nothing here is ever logged but names and versions.
 //!
 //! What cannot be read is destroyed and fetched again ([`SecretCache::missing`] lists it): files
-//! that do not decrypt, plain files of an earlier agent, and every file when the cache key is
-//! lost (another TPM's blob, a cleared TPM, a missing key file), after which a new key is made.
+//! that do not decrypt, and every file when the cache key is lost (another TPM's blob, a cleared
+//! TPM, a missing key file), after which a new key is made. The plain files of an earlier agent
+//! are encrypted in place, so an update does not need central to release them again.
 //!
 //! The desired state names each app's secrets with the version central wants it to use
 //! ([`cairn_proto::v1::SecretRef`]); [`SecretCache::missing`] says which to fetch, and
@@ -135,6 +136,33 @@ fn decrypt(key: &CacheKey, app: &str, name: &str, bytes: &[u8]) -> Result<Held, 
     Ok(Held { version, value })
 }
 
+/// Encrypt in place the plain file of an earlier agent (the version, then the value), so a
+/// device updated while its attestation fails, or while central is unreachable, keeps its
+/// apps' secrets. The plain copy is overwritten before it is removed.
+fn migrate(
+    key: &CacheKey,
+    app: &str,
+    name: &str,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Held, Unreadable> {
+    let (version, value) = bytes.split_first_chunk::<8>().ok_or(Unreadable::Plain)?;
+    let value = SecretValue {
+        name: name.to_owned(),
+        version: u64::from_le_bytes(*version),
+        value: value.to_vec(),
+    };
+    let encrypted = encrypt(key, app, &value).map_err(|_| Unreadable::Plain)?;
+    cairn_io::destroy_file(path).map_err(|_| Unreadable::Plain)?;
+    // A power cut here loses the value: central sends it again.
+    cairn_io::write_atomic(path, &encrypted, 0o600).map_err(|_| Unreadable::Plain)?;
+    info!(app, secret = %name, version = value.version, "a stored secret of an earlier agent is now encrypted");
+    Ok(Held {
+        version: value.version,
+        value: Zeroizing::new(value.value),
+    })
+}
+
 /// Whether `dir` holds any file a cache left (the values a lost key encrypted).
 fn holds_files(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|apps| {
@@ -202,7 +230,11 @@ impl SecretCache {
                         continue;
                     }
                 };
-                match decrypt(&key, &app_name, &name, &bytes) {
+                let read = match decrypt(&key, &app_name, &name, &bytes) {
+                    Err(Unreadable::Plain) => migrate(&key, &app_name, &name, &file.path(), &bytes),
+                    read => read,
+                };
+                match read {
                     Ok(value) => {
                         held.entry(app_name.clone())
                             .or_default()
@@ -501,7 +533,7 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_file_of_an_earlier_agent_is_destroyed_and_fetched_again() {
+    fn a_plain_file_of_an_earlier_agent_is_encrypted_in_place() {
         let dir = tempfile::tempdir().unwrap();
         let app = dir.path().join("secrets/shop");
         std::fs::create_dir_all(&app).unwrap();
@@ -510,12 +542,16 @@ mod tests {
         std::fs::write(app.join("db"), &legacy).unwrap();
         let cache = open(dir.path());
         let wanted = desired(&[("db", 4)]);
+        assert!(cache.missing(&wanted).is_empty());
+        assert_eq!(cache.values(&wanted.apps[0])["db"], b"plain-old-value");
+        let bytes = std::fs::read(app.join("db")).unwrap();
+        assert!(bytes.starts_with(MAGIC));
+        assert!(!contains(&bytes, b"plain-old-value"));
+        // And it reads back after a restart.
         assert_eq!(
-            cache.missing(&wanted),
-            vec![("shop".to_owned(), vec!["db".to_owned()])]
+            open(dir.path()).values(&wanted.apps[0])["db"],
+            b"plain-old-value"
         );
-        assert!(!app.join("db").exists());
-        assert!(cache.values(&wanted.apps[0]).is_empty());
     }
 
     #[test]
