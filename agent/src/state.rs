@@ -170,6 +170,9 @@ impl StateDir {
             SOFTWARE_KEY_FILE,
             TPM_KEY_FILE,
             crate::tpm_key::AK_FILE,
+            // The secrets' cache key: with it gone, the files it encrypted are noise.
+            crate::secrets_key::SOFTWARE_CACHE_KEY_FILE,
+            crate::secrets_key::TPM_CACHE_KEY_FILE,
         ] {
             let path = self.file(name);
             match std::fs::remove_file(&path) {
