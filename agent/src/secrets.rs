@@ -256,6 +256,11 @@ impl SecretCache {
         })
     }
 
+    /// The key of the values' digests in container labels (see [`CacheKey::digest_key`]).
+    pub fn digest_key(&self) -> [u8; 32] {
+        self.key.digest_key()
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, BTreeMap<String, Held>>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -599,6 +604,16 @@ mod tests {
             SecretCache::open(&dir.path().join("secrets"), &software_key(dir.path())).unwrap_err();
         assert!(matches!(err, SecretCacheError::Key(_)), "{err}");
         assert!(dir.path().join("secrets/shop/db").exists());
+    }
+
+    #[test]
+    fn the_digest_key_is_kept_with_the_cache_key_and_differs_per_device() {
+        let one = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let key = open(one.path()).digest_key();
+        assert_eq!(open(one.path()).digest_key(), key, "a restart keeps it");
+        assert_ne!(open(other.path()).digest_key(), key);
+        assert_ne!(key, [0; 32]);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub enum CacheKeyError {
 /// The AES-256-GCM key of the secret cache.
 pub struct CacheKey {
     key: LessSafeKey,
+    /// Derived from the same bytes: keys the digests of values in container labels.
+    digest_key: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for CacheKey {
@@ -75,9 +77,21 @@ impl std::fmt::Debug for CacheKey {
 impl CacheKey {
     fn from_bytes(bytes: &[u8]) -> Option<CacheKey> {
         let key = UnboundKey::new(&AES_256_GCM, bytes).ok()?;
+        let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes);
+        let tag = ring::hmac::sign(&derive, b"cairn secret value digest key v1");
+        let mut digest_key = Zeroizing::new([0u8; 32]);
+        digest_key.copy_from_slice(tag.as_ref());
         Some(CacheKey {
             key: LessSafeKey::new(key),
+            digest_key,
         })
+    }
+
+    /// The key of the secret values' digests in the runtime's spec hash
+    /// (`DesiredApp::digest_key`): derived from this key, so it is as well kept and changes
+    /// when a lost key is replaced.
+    pub fn digest_key(&self) -> [u8; 32] {
+        *self.digest_key
     }
 
     /// Encrypts `plain` bound to `aad`: a random nonce, then ciphertext and tag.

@@ -118,11 +118,13 @@ impl AppliedState {
                         &variables,
                     )
                     .map(|spec| {
+                        let digest_key = secrets.digest_key();
                         let (secrets, registry_logins) = runtime_secrets(app, secrets);
                         DesiredApp {
                             spec,
                             secrets,
                             registry_logins,
+                            digest_key,
                         }
                     })
                     .map_err(|e| format!("refused by this agent: {e}"))

@@ -18,6 +18,10 @@ pub struct DesiredApp {
     pub secrets: BTreeMap<String, Vec<u8>>,
     /// How to reach the private registries the app's images come from (one per registry).
     pub registry_logins: Vec<RegistryLogin>,
+    /// The key of the secret values' digests in the spec hash, which is a container label: an
+    /// unkeyed digest would let anyone who reads the label test guesses of a weak value. The
+    /// agent derives it from its TPM-sealed secrets key; all zero by default (tests).
+    pub digest_key: [u8; 32],
 }
 
 impl DesiredApp {
@@ -27,6 +31,7 @@ impl DesiredApp {
             spec,
             secrets: BTreeMap::new(),
             registry_logins: Vec::new(),
+            digest_key: [0; 32],
         }
     }
 }
@@ -112,7 +117,8 @@ struct HashInput<'a> {
     service: &'a str,
     spec: &'a ServiceSpec,
     image_digest: &'a str,
-    /// SHA-256 of the value of each secret the service uses, by name.
+    /// HMAC-SHA256 of the value of each secret the service uses under the app's
+    /// [`DesiredApp::digest_key`], by name.
     secrets: BTreeMap<&'a str, String>,
     /// SHA-256 of the text of each config the service uses, by name: the texts are the app's
     /// (`AppSpec::configs`), not the service spec's. Absent without configs, so the hash of a
@@ -144,12 +150,14 @@ pub(crate) fn spec_hash(
     image_digest: &str,
 ) -> String {
     let digest = |value: Option<&[u8]>| value.map(|v| hex::encode(Sha256::digest(v)));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &app.digest_key);
+    let keyed = |value: Option<&[u8]>| value.map(|v| hex::encode(ring::hmac::sign(&key, v)));
     let secrets = spec
         .secrets
         .iter()
         .map(|secret| {
             let name = secret.source.as_str();
-            let value = digest(app.secrets.get(name).map(Vec::as_slice));
+            let value = keyed(app.secrets.get(name).map(Vec::as_slice));
             (name, value.unwrap_or_default())
         })
         .collect();
@@ -202,6 +210,19 @@ mod tests {
             spec_hash(&app, "b", &b, "sha256:1"),
             "b does not use the secret"
         );
+    }
+
+    #[test]
+    fn the_secret_digests_are_keyed_per_device() {
+        let yaml = "services:\n  a: {image: x, secrets: [t]}\nsecrets: {t: {}}\n";
+        let mut app = DesiredApp::new(AppSpec::parse("c.yml", "app", yaml).unwrap());
+        app.secrets.insert("t".into(), b"1234".to_vec());
+        let a = app.spec.services["a"].clone();
+        let zero_key = spec_hash(&app, "a", &a, "sha256:1");
+        app.digest_key = [7; 32];
+        let keyed = spec_hash(&app, "a", &a, "sha256:1");
+        assert_ne!(zero_key, keyed, "another device's key gives another hash");
+        assert_eq!(keyed, spec_hash(&app, "a", &a, "sha256:1"));
     }
 
     #[test]
