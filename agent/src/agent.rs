@@ -42,7 +42,10 @@ use crate::update::{PreparedUpdate, UpdateLink, UpdateStarter};
 const LIVENESS_IDLE: Duration = Duration::from_secs(30);
 
 /// Directory of the apps' secret values under the state directory (see [`SecretCache`]).
-const SECRETS_DIR: &str = "secrets";
+const SECRETS_DIR: &str = "secrets-encrypted";
+
+/// Where an earlier agent kept them in plain text ([`SecretCache::adopt_legacy`]).
+const PLAIN_SECRETS_DIR: &str = "secrets";
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +145,7 @@ impl Agent {
                     let cache_key = CacheKeyStore::for_device_key(&key, &config.state_dir);
                     let secrets =
                         SecretCache::open(&config.state_dir.join(SECRETS_DIR), &cache_key)?;
+                    secrets.adopt_legacy(&config.state_dir.join(PLAIN_SECRETS_DIR));
                     Ok((state, token, key, facts, dialer, desired, secrets))
                 })
                 .await?

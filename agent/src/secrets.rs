@@ -1,5 +1,5 @@
 //! The secret values of the device's apps, as central released them: one file per secret,
-//! `<state_dir>/secrets/<app>/<name>` (0600), so that apps restart with their secrets while
+//! `<state_dir>/secrets-encrypted/<app>/<name>` (0600), so that apps restart with their secrets while
 //! central is unreachable. Each file is ciphertext: a header (magic `CAIRNSC1`, the version as a
 //! little-endian u64), then the value encrypted with AES-256-GCM under the cache key (a random
 //! nonce per write) and bound to (app, name, version), so a file moved to another name or given
@@ -10,7 +10,8 @@
 //! What cannot be read is destroyed and fetched again ([`SecretCache::missing`] lists it): files
 //! that do not decrypt, and every file when the cache key is lost (another TPM's blob, a cleared
 //! TPM, a missing key file), after which a new key is made. The plain files of an earlier agent
-//! are encrypted in place, so an update does not need central to release them again.
+//! are taken in encrypted ([`SecretCache::adopt_legacy`]), so an update does not need central
+//! to release them again.
 //!
 //! The desired state names each app's secrets with the version central wants it to use
 //! ([`cairn_proto::v1::SecretRef`]); [`SecretCache::missing`] says which to fetch, and
@@ -87,8 +88,8 @@ fn safe_component(name: &str) -> bool {
 /// Why a stored file yields no value.
 #[derive(Debug, thiserror::Error)]
 enum Unreadable {
-    /// No `CAIRNSC1` header: the plain format of an earlier agent (or not a cache file).
-    #[error("it is in the plain format of an earlier agent")]
+    /// No `CAIRNSC1` header: not a cache file.
+    #[error("it is not a secret cache file")]
     Plain,
     /// The ciphertext does not open: altered, moved from another name, or another key's.
     #[error("it does not decrypt (altered, moved from another name, or under another key)")]
@@ -134,33 +135,6 @@ fn decrypt(key: &CacheKey, app: &str, name: &str, bytes: &[u8]) -> Result<Held, 
         .open(&associated_data(app, name, version), sealed)
         .ok_or(Unreadable::DoesNotOpen)?;
     Ok(Held { version, value })
-}
-
-/// Encrypt in place the plain file of an earlier agent (the version, then the value), so a
-/// device updated while its attestation fails, or while central is unreachable, keeps its
-/// apps' secrets. The plain copy is overwritten before it is removed.
-fn migrate(
-    key: &CacheKey,
-    app: &str,
-    name: &str,
-    path: &Path,
-    bytes: &[u8],
-) -> Result<Held, Unreadable> {
-    let (version, value) = bytes.split_first_chunk::<8>().ok_or(Unreadable::Plain)?;
-    let value = SecretValue {
-        name: name.to_owned(),
-        version: u64::from_le_bytes(*version),
-        value: value.to_vec(),
-    };
-    let encrypted = encrypt(key, app, &value).map_err(|_| Unreadable::Plain)?;
-    cairn_io::destroy_file(path).map_err(|_| Unreadable::Plain)?;
-    // A power cut here loses the value: central sends it again.
-    cairn_io::write_atomic(path, &encrypted, 0o600).map_err(|_| Unreadable::Plain)?;
-    info!(app, secret = %name, version = value.version, "a stored secret of an earlier agent is now encrypted");
-    Ok(Held {
-        version: value.version,
-        value: Zeroizing::new(value.value),
-    })
 }
 
 /// Whether `dir` holds any file a cache left (the values a lost key encrypted).
@@ -230,11 +204,7 @@ impl SecretCache {
                         continue;
                     }
                 };
-                let read = match decrypt(&key, &app_name, &name, &bytes) {
-                    Err(Unreadable::Plain) => migrate(&key, &app_name, &name, &file.path(), &bytes),
-                    read => read,
-                };
-                match read {
+                match decrypt(&key, &app_name, &name, &bytes) {
                     Ok(value) => {
                         held.entry(app_name.clone())
                             .or_default()
@@ -313,6 +283,55 @@ impl SecretCache {
             stored += 1;
         }
         Ok(stored)
+    }
+
+    /// Take in the plain files an earlier agent kept in `legacy` (`<app>/<name>`: the version
+    /// as a little-endian u64, then the value): each is stored encrypted here, then the plain
+    /// copy is overwritten and removed, and so is `legacy`. A device updated while offline or
+    /// while its attestation fails keeps its apps' secrets; and an older agent started again
+    /// after an A/B rollback finds no file in its directory (its apps wait for central) instead
+    /// of ciphertext it would take for a value.
+    pub fn adopt_legacy(&self, legacy: &Path) {
+        let Ok(apps) = std::fs::read_dir(legacy) else {
+            return;
+        };
+        for app in apps.flatten() {
+            let app_name = app.file_name().to_string_lossy().into_owned();
+            for file in std::fs::read_dir(app.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = file.file_name().to_string_lossy().into_owned();
+                let path = file.path();
+                let bytes = std::fs::read(&path).map(Zeroizing::new);
+                match bytes.as_deref().map(|b| b.split_first_chunk::<8>()) {
+                    Ok(Some((version, value))) if cairn_proto::is_secret_name(&name) => {
+                        let value = SecretValue {
+                            name: name.clone(),
+                            version: u64::from_le_bytes(*version),
+                            value: value.to_vec(),
+                        };
+                        match self.store(&app_name, vec![value]) {
+                            Ok(_) => {
+                                info!(app = %app_name, secret = %name, "a secret an earlier agent kept is now stored encrypted")
+                            }
+                            Err(e) => {
+                                warn!(app = %app_name, secret = %name, error = %e, "could not take in a secret an earlier agent kept; central sends it again")
+                            }
+                        }
+                    }
+                    _ => {
+                        warn!(app = %app_name, file = %name, "an earlier agent's secret file is unreadable; central sends it again")
+                    }
+                }
+                if let Err(e) = cairn_io::destroy_file(&path) {
+                    warn!(error = %e, "could not remove an earlier agent's plain secret file");
+                }
+            }
+            let _ = std::fs::remove_dir(app.path());
+        }
+        let _ = std::fs::remove_dir(legacy);
     }
 
     /// The values `app` gets: for each secret it names, the wanted version or the last one
@@ -538,25 +557,32 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_file_of_an_earlier_agent_is_encrypted_in_place() {
+    fn an_earlier_agents_plain_files_are_taken_in_encrypted_and_removed() {
         let dir = tempfile::tempdir().unwrap();
-        let app = dir.path().join("secrets/shop");
+        let legacy = dir.path().join("plain");
+        let app = legacy.join("shop");
         std::fs::create_dir_all(&app).unwrap();
-        let mut legacy = 4u64.to_le_bytes().to_vec();
-        legacy.extend_from_slice(b"plain-old-value");
-        std::fs::write(app.join("db"), &legacy).unwrap();
+        let mut plain = 4u64.to_le_bytes().to_vec();
+        plain.extend_from_slice(b"plain-old-value");
+        std::fs::write(app.join("db"), &plain).unwrap();
+        std::fs::write(app.join("short"), b"1234").unwrap();
         let cache = open(dir.path());
+        cache.adopt_legacy(&legacy);
+        assert!(!legacy.exists(), "the plain directory is gone");
         let wanted = desired(&[("db", 4)]);
         assert!(cache.missing(&wanted).is_empty());
         assert_eq!(cache.values(&wanted.apps[0])["db"], b"plain-old-value");
-        let bytes = std::fs::read(app.join("db")).unwrap();
+        // Stored encrypted, and read back after a restart.
+        let bytes = std::fs::read(dir.path().join("secrets/shop/db")).unwrap();
         assert!(bytes.starts_with(MAGIC));
         assert!(!contains(&bytes, b"plain-old-value"));
-        // And it reads back after a restart.
         assert_eq!(
             open(dir.path()).values(&wanted.apps[0])["db"],
             b"plain-old-value"
         );
+        // A file without the header in the encrypted directory is not a value.
+        std::fs::write(dir.path().join("secrets/shop/db"), &plain).unwrap();
+        assert!(open(dir.path()).values(&wanted.apps[0]).is_empty());
     }
 
     #[test]
