@@ -36,14 +36,16 @@
 //! Each module uses only modules of the layers above it; `tests/module_layers.rs` fails on a
 //! module that does otherwise (and so on any cycle):
 //!
-//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `liveness`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`, `clock`, `secrets`.
-//! 2. State on disk and the device's parts: `state`, `boot`, `data`, `apps`, `log_requests`, `logging`, `notify`, `ntp`.
+//! 1. Leaves: `config` (every section, defaults and validation), `slot`, `status`, `sink`, `events`, `certificate`, `backoff`, `shutdown`, `liveness`, `blocking`, `console`, `os_release`, `host_metrics`, `tpm_key`, `clock`.
+//! 2. State on disk and the device's parts: `state`, `boot`, `data`, `log_requests`, `logging`, `notify`, `ntp`.
 //! 3. The device key and the held desired state: `key`, `desired`.
-//! 4. What the key signs and proves: `csr`, `tls_key`, `facts`, `identity`.
-//! 5. Reaching central: `channel`.
-//! 6. Central's signed time, before anything else trusts a certificate: `time_sync`.
-//! 7. Subsystems: `enroll`, `sync`, `update`.
-//! 8. Assembly and the main loop: `agent`.
+//! 4. What the key signs and proves, and the key the apps' secrets are kept under: `csr`, `tls_key`, `facts`, `identity`, `secrets_key`.
+//! 5. The apps' secrets as held: `secrets`.
+//! 6. The apps on containerd: `apps`.
+//! 7. Reaching central: `channel`.
+//! 8. Central's signed time, before anything else trusts a certificate: `time_sync`.
+//! 9. Subsystems: `enroll`, `sync`, `update`.
+//! 10. Assembly and the main loop: `agent`.
 
 pub mod agent;
 pub mod apps;

@@ -24,10 +24,7 @@ use zeroize::Zeroizing;
 use crate::key::DeviceKey;
 use crate::tpm_key::{TpmKey, TpmKeyError};
 
-/// The software cache key, under the state directory.
-pub const SOFTWARE_CACHE_KEY_FILE: &str = "secrets.key";
-/// The TPM-sealed cache key, under the state directory.
-pub const TPM_CACHE_KEY_FILE: &str = "secrets.key.tpm";
+pub use crate::state::{SOFTWARE_CACHE_KEY_FILE, TPM_CACHE_KEY_FILE};
 /// Length of the cache key.
 pub const CACHE_KEY_LEN: usize = 32;
 /// A software key file longer than this is not a key (read no further).

@@ -20,6 +20,10 @@ use crate::status::Status;
 pub const SOFTWARE_KEY_FILE: &str = "device-key.p8";
 /// TPM-wrapped device key blob.
 pub const TPM_KEY_FILE: &str = "device-key.tpm";
+/// The apps' secrets cache key with a software device key ([`crate::secrets_key`]).
+pub const SOFTWARE_CACHE_KEY_FILE: &str = "secrets.key";
+/// The apps' secrets cache key sealed by the TPM.
+pub const TPM_CACHE_KEY_FILE: &str = "secrets.key.tpm";
 /// Device id assigned by central.
 pub const DEVICE_ID_FILE: &str = "device-id";
 /// Device certificate (DER).
@@ -171,8 +175,8 @@ impl StateDir {
             TPM_KEY_FILE,
             crate::tpm_key::AK_FILE,
             // The secrets' cache key: with it gone, the files it encrypted are noise.
-            crate::secrets_key::SOFTWARE_CACHE_KEY_FILE,
-            crate::secrets_key::TPM_CACHE_KEY_FILE,
+            SOFTWARE_CACHE_KEY_FILE,
+            TPM_CACHE_KEY_FILE,
         ] {
             let path = self.file(name);
             match std::fs::remove_file(&path) {
