@@ -213,6 +213,37 @@ pub fn open_store(config: &CentralConfig) -> Result<store::Store, store::StoreEr
     }
 }
 
+/// Held while a starting central creates or loads the CA, the keys and the bootstrap token.
+const INIT_LOCK_FILE: &str = ".init.lock";
+
+/// The fleet CA, the escrow key and the secrets vault of `data_dir`, created when missing, with
+/// the lock on `data_dir/.init.lock` held: replicas starting together on one data_dir then
+/// agree on one of each (whoever locks first creates, the others wait and load what it wrote).
+/// Without it two could each write their own, and one would seal recovery keys under a key no
+/// file holds. The returned lock is to be held until the bootstrap admin token exists too.
+fn load_keys(
+    data_dir: &std::path::Path,
+) -> Result<
+    (
+        std::fs::File,
+        ca::FleetCa,
+        escrow::EscrowKey,
+        secrets::SecretVault,
+    ),
+    StartError,
+> {
+    let lock = cairn_io::lock_exclusive(&data_dir.join(INIT_LOCK_FILE)).map_err(|e| {
+        StartError::DataDir {
+            path: e.path,
+            source: e.source,
+        }
+    })?;
+    let ca = ca::FleetCa::load_or_create(data_dir)?;
+    let escrow = escrow::EscrowKey::load_or_create(data_dir)?;
+    let vault = secrets::SecretVault::load_or_create(data_dir)?;
+    Ok((lock, ca, escrow, vault))
+}
+
 /// Open the registry and CA, bind both listeners and serve until `Central::stop`.
 #[tracing::instrument(name = "central.start", skip_all, fields(data_dir = %config.data_dir.display()))]
 pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
@@ -229,14 +260,19 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
             .await
             .map_err(|e| store::StoreError::Worker(e.to_string()))??
     };
-    let ca = Arc::new(ca::FleetCa::load_or_create(&config.data_dir)?);
-    let escrow = escrow::EscrowKey::load_or_create(&config.data_dir)?;
-    let vault = secrets::SecretVault::load_or_create(&config.data_dir)?;
+    let (init_lock, ca, escrow, vault) = {
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || load_keys(&dir))
+            .await
+            .map_err(|e| store::StoreError::Worker(e.to_string()))??
+    };
+    let ca = Arc::new(ca);
     let tpm_anchors = tpm_proof::VendorAnchors::load(&config.tpm_vendor_cas)?;
     let challenger = tpm_proof::Challenger::new(ca.derive_key(b"enrollment tpm challenge ticket"));
     let enroll_limiter = rate_limit::RateLimiter::new(config.enroll_attempts_per_source_per_minute);
     let bundles = bundles::BundleFiles::open(&config)?;
     bootstrap_admin_token(&config, &store).await?;
+    drop(init_lock);
     let (server_cert, server_key) = ca.issue_server_certificate(&config.server_names)?;
     let time =
         time::TimeSigner::from_key_pem(&server_key).map_err(|e| StartError::Tls(e.to_string()))?;
@@ -413,6 +449,42 @@ async fn flush_presence(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         }
         if stopping {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_starting_at_once_on_one_data_dir_agree_on_one_ca_and_one_escrow_key() {
+        const REPLICAS: usize = 4;
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = std::sync::Barrier::new(REPLICAS);
+        let loaded: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..REPLICAS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        let (_lock, ca, escrow, _) = load_keys(dir.path()).unwrap();
+                        (ca, escrow)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+        let reopened = escrow::EscrowKey::load_or_create(dir.path()).unwrap();
+        for (i, (ca, escrow)) in loaded.iter().enumerate() {
+            assert_eq!(ca.cert_pem(), on_disk, "replica {i} serves another CA");
+            // A recovery key escrowed through each replica opens with the key on disk.
+            let sealed = escrow.seal("dev_1", &format!("recovery-{i}")).unwrap();
+            assert_eq!(
+                reopened.open("dev_1", &sealed).unwrap(),
+                format!("recovery-{i}"),
+                "replica {i} sealed under a key no file holds"
+            );
         }
     }
 }

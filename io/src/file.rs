@@ -144,6 +144,21 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>, FileError> {
     }
 }
 
+/// Takes an exclusive advisory lock (`flock`) on `path` like [`try_lock_exclusive`], waiting
+/// while another process (or another open file in this one) holds it.
+pub fn lock_exclusive(path: &Path) -> Result<File, FileError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .at("open the lock file", path)?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| FileError::new("lock", path, e.into()))?;
+    Ok(file)
+}
+
 /// Creates `path` and its missing parents with mode 0700 (directories that hold keys or state).
 pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
     DirBuilder::new()

@@ -2,7 +2,7 @@
 //!
 //! - [`file`]: I/O errors that carry the path and what was being done ([`FileError`],
 //!   [`PathContext::at`]), crash-safe writes ([`write_atomic`]: temp file, fsync, rename, fsync
-//!   the directory), private directories and exclusive lock files ([`try_lock_exclusive`]).
+//!   the directory), private directories and exclusive lock files ([`try_lock_exclusive`], [`lock_exclusive`]).
 //! - [`tool`]: external programs ([`Tool`]) run with a timeout, their process group killed when
 //!   it passes, secrets only on stdin, and the end of their stderr in the error.
 //! - [`child`]: long-running children killed when the thread that started them ends
@@ -17,6 +17,7 @@ pub mod tool;
 
 pub use child::die_with_parent;
 pub use file::{
-    create_private_dir, destroy_file, try_lock_exclusive, write_atomic, FileError, PathContext,
+    create_private_dir, destroy_file, lock_exclusive, try_lock_exclusive, write_atomic, FileError,
+    PathContext,
 };
 pub use tool::{Tool, ToolError, ToolOutput};
