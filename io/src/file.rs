@@ -126,17 +126,22 @@ pub fn destroy_file(path: &Path) -> Result<bool, FileError> {
     Ok(true)
 }
 
-/// Takes an exclusive advisory lock (`flock`) on `path`, creating it (0600) if needed; the lock
-/// is held until the returned file is dropped, and the kernel drops it when the process dies,
-/// so a crash leaves no stale lock. `None` when another process holds it.
-pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>, FileError> {
-    let file = OpenOptions::new()
+/// Opens (creating it 0600 if needed, never truncating) the file a lock is taken on.
+fn open_lock_file(path: &Path) -> Result<File, FileError> {
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
         .open(path)
-        .at("open the lock file", path)?;
+        .at("open the lock file", path)
+}
+
+/// Takes an exclusive advisory lock (`flock`) on `path`, creating it (0600) if needed; the lock
+/// is held until the returned file is dropped, and the kernel drops it when the process dies,
+/// so a crash leaves no stale lock. `None` when another process holds it.
+pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>, FileError> {
+    let file = open_lock_file(path)?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(Some(file)),
         Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
@@ -147,13 +152,7 @@ pub fn try_lock_exclusive(path: &Path) -> Result<Option<File>, FileError> {
 /// Takes an exclusive advisory lock (`flock`) on `path` like [`try_lock_exclusive`], waiting
 /// while another process (or another open file in this one) holds it.
 pub fn lock_exclusive(path: &Path) -> Result<File, FileError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .at("open the lock file", path)?;
+    let file = open_lock_file(path)?;
     rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| FileError::new("lock", path, e.into()))?;
     Ok(file)
