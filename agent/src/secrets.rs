@@ -386,10 +386,13 @@ impl SecretCache {
                 Err(e) => warn!(error = %e, "could not remove a secret no app uses"),
             }
         }
-        // Empty app directories go too (a failure leaves only an empty directory).
+        // The directories of apps that left go too (a failure leaves only an empty directory).
+        // Not those of apps still here: a fetch may be storing into one that is still empty.
         if let Ok(apps) = std::fs::read_dir(&self.dir) {
             for app in apps.flatten() {
-                let _ = std::fs::remove_dir(app.path());
+                if !wanted.contains_key(app.file_name().to_string_lossy().as_ref()) {
+                    let _ = std::fs::remove_dir(app.path());
+                }
             }
         }
     }
@@ -658,6 +661,25 @@ mod tests {
         assert!(open(dir.path())
             .values(&desired(&[("db", 1)]).apps[0])
             .is_empty());
+    }
+
+    #[test]
+    fn a_fetch_stores_into_the_directory_of_an_app_that_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = open(dir.path());
+        let secrets = dir.path().join("secrets");
+        // A fetch has made the app's directory and not written yet when the sink retains.
+        cairn_io::create_private_dir(&secrets.join("shop")).unwrap();
+        cairn_io::create_private_dir(&secrets.join("gone")).unwrap();
+        cache.retain(&desired(&[("db", 1)]));
+        assert!(
+            secrets.join("shop").is_dir(),
+            "a staying app's directory went"
+        );
+        assert!(
+            !secrets.join("gone").exists(),
+            "a leaving app's directory stayed"
+        );
     }
 
     #[test]
