@@ -23,8 +23,8 @@ use crate::enroll::{self, EnrollError, EnrollOutcome};
 use crate::escrow::{valid_luks_uuid, valid_recovery_key_format};
 use crate::events::{AGENT_EVENTS_PER_SECOND, AGENT_EVENT_BURST};
 use crate::rate_limit::TokenBucket;
-use crate::sessions::AttestationGate;
 use crate::sessions::{AppsReport, HostReport};
+use crate::sessions::{AttestationGate, Outgoing, STALLED_STREAM};
 use crate::store::apps as store_apps;
 use crate::store::attestation as store_attestation;
 use crate::store::bundles::{self as store_bundles, Bundle};
@@ -430,7 +430,8 @@ impl Agent for AgentService {
         }))
     }
 
-    type SyncStream = ReceiverStream<Result<CentralMessage, Status>>;
+    type SyncStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<CentralMessage, Status>> + Send>>;
 
     async fn sync(
         &self,
@@ -453,9 +454,16 @@ impl Agent for AgentService {
         let gate = AttestationGate::new(ak_public.is_none());
         // Register before reading the desired state: a change committed in between is then
         // pushed on this stream too (the agent ignores a revision it already holds).
-        let session_id = shared
+        let crate::sessions::Registered {
+            id: session_id,
+            outbox,
+        } = shared
             .sessions
             .register(&device_id, tx.clone(), gate.clone());
+        // Ends the answer stream at once when the device stops reading it (what is queued for
+        // it is dropped with it).
+        let stalled = tokio_util::sync::CancellationToken::new();
+        let answers_end = stalled.clone();
         if gate.is_open() {
             let loaded = load_desired(&shared, &device_id).await;
             let desired = match loaded {
@@ -492,9 +500,36 @@ impl Agent for AgentService {
                 let mut warned_rate = false;
                 let mut end_reason = "the agent closed the stream".to_owned();
                 let mut attestation = ak_public.map(|ak| crate::attestation::StreamAttestation::new(ak, &shared.config));
+                // Waits for room on the stream, up to STALLED_STREAM; false when there is none.
+                let send = |message: Result<CentralMessage, Status>| {
+                    let tx = tx.clone();
+                    async move {
+                        matches!(tokio::time::timeout(STALLED_STREAM, tx.send(message)).await, Ok(Ok(())))
+                    }
+                };
+                let stalled_reason = format!("the device did not read its stream for {}s", STALLED_STREAM.as_secs());
                 loop {
                     let received = tokio::select! {
                         message = inbound.message() => message,
+                        outgoing = outbox.next() => {
+                            match outgoing {
+                                Outgoing::Desired(message) => {
+                                    if !send(Ok(message)).await {
+                                        end_reason = stalled_reason;
+                                        stalled.cancel();
+                                        break;
+                                    }
+                                }
+                                Outgoing::End(status) => {
+                                    end_reason = format!("ended by central: {}", status.message());
+                                    if !send(Err(status)).await {
+                                        stalled.cancel();
+                                    }
+                                    break;
+                                }
+                            }
+                            continue;
+                        }
                         _ = async {
                             match attestation.as_mut() {
                                 Some(a) => a.due(&gate).await,
@@ -502,7 +537,9 @@ impl Agent for AgentService {
                             }
                         } => {
                             let Some(a) = attestation.as_mut() else { continue };
-                            if tx.send(Ok(a.request(&gate))).await.is_err() {
+                            if !send(Ok(a.request(&gate))).await {
+                                end_reason = stalled_reason;
+                                stalled.cancel();
                                 break;
                             }
                             continue;
@@ -534,7 +571,9 @@ impl Agent for AgentService {
                                 crate::rollout::engine::on_heartbeat(&shared, &device_id, os).await;
                             }
                             let ack = CentralMessage { kind: Some(central_message::Kind::Ack(HeartbeatAck { seq: hb.seq })) };
-                            if tx.send(Ok(ack)).await.is_err() {
+                            if !send(Ok(ack)).await {
+                                end_reason = stalled_reason;
+                                stalled.cancel();
                                 break;
                             }
                         }
@@ -578,13 +617,18 @@ impl Agent for AgentService {
                     }
                 }
                 shared.sessions.unregister(&device_id, session_id);
+                if stalled.is_cancelled() {
+                    tracing::warn!(reason = %end_reason, "ended the stream of a device that stopped reading it");
+                }
                 tracing::info!("agent disconnected");
                 crate::events::record(&shared, Some(&device_id), "device.disconnected", Severity::Info, end_reason);
                 shared.placement.wake();
             }
             .instrument(span),
         );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let answers =
+            futures::StreamExt::take_until(ReceiverStream::new(rx), answers_end.cancelled_owned());
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn report_wipe(

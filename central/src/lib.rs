@@ -80,7 +80,6 @@ impl Shared {
         if !self
             .sessions
             .push_desired(device_id, grpc::desired_message(desired))
-            .await
         {
             self.bus.announce(replicas::Nudge::Desired, device_id);
         }
@@ -98,11 +97,9 @@ impl Shared {
     /// when the device is not connected here.
     pub async fn push_stored(&self, device_id: &str) -> bool {
         match grpc::load_desired(self, device_id).await {
-            Ok(Some(desired)) => {
-                self.sessions
-                    .push_desired(device_id, grpc::desired_message(desired))
-                    .await
-            }
+            Ok(Some(desired)) => self
+                .sessions
+                .push_desired(device_id, grpc::desired_message(desired)),
             Ok(None) => true, // gone from the registry: nothing to push anywhere
             Err(e) => {
                 tracing::warn!(error = %e, device_id, "could not read a device's desired state to push it; it gets it on reconnect");

@@ -313,7 +313,7 @@ pub async fn deliver_pending(shared: &Shared, device_id: &str) {
                 lines: row.lines,
             })),
         };
-        if shared.sessions.push(device_id, message).await {
+        if shared.sessions.push(device_id, message) {
             tracing::debug!(device_id, request = %row.id, "log request sent to the device");
         } else {
             let id = row.id.clone();

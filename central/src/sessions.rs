@@ -35,6 +35,74 @@ struct Session {
     id: u64,
     tx: SessionSender,
     gate: Arc<AttestationGate>,
+    outbox: Arc<Outbox>,
+}
+
+/// How long a stream's task waits for room on a stream whose device does not read it before it
+/// ends the stream (the HTTP/2 window and the channel are full by then: the device is stuck or
+/// hostile, not slow).
+pub const STALLED_STREAM: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// What other tasks leave for a stream's task: the newest desired state (a newer one replaces
+/// one not sent yet, so a burst of changes costs the device one message) and an order to end
+/// the stream. Nothing here waits for the device: only the stream's task does, up to
+/// [`STALLED_STREAM`].
+#[derive(Debug, Default)]
+pub struct Outbox {
+    desired: Mutex<Option<CentralMessage>>,
+    end: Mutex<Option<Status>>,
+    wake: tokio::sync::Notify,
+}
+
+/// What a stream's task takes from its [`Outbox`].
+#[derive(Debug)]
+pub enum Outgoing {
+    /// End the stream, telling the device why.
+    End(Status),
+    /// Send this desired state.
+    Desired(CentralMessage),
+}
+
+impl Outbox {
+    fn put_desired(&self, message: CentralMessage) {
+        *self.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(message);
+        self.wake.notify_one();
+    }
+
+    fn order_end(&self, status: Status) {
+        self.end
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(status);
+        self.wake.notify_one();
+    }
+
+    /// The next thing to do, an end first; waits while there is nothing.
+    pub async fn next(&self) -> Outgoing {
+        loop {
+            if let Some(status) = self.end.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                return Outgoing::End(status);
+            }
+            if let Some(message) = self
+                .desired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                return Outgoing::Desired(message);
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// A stream just registered: its number (for [`Sessions::unregister`]) and its [`Outbox`].
+#[derive(Debug)]
+pub struct Registered {
+    /// The stream's number.
+    pub id: u64,
+    /// Where desired states and an order to end arrive for the stream's task.
+    pub outbox: Arc<Outbox>,
 }
 
 /// Whether a stream may receive desired states (its device's boot is verified, or it cannot
@@ -145,20 +213,32 @@ pub struct AppsReport {
 
 impl Sessions {
     /// Register a device's new stream behind `gate`; an older stream of the same device is
-    /// closed.
-    pub fn register(&self, device_id: &str, tx: SessionSender, gate: Arc<AttestationGate>) -> u64 {
+    /// closed (at most one live stream per device).
+    pub fn register(
+        &self,
+        device_id: &str,
+        tx: SessionSender,
+        gate: Arc<AttestationGate>,
+    ) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.streams_opened.fetch_add(1, Ordering::Relaxed);
-        let old = self
-            .lock_open()
-            .insert(device_id.to_owned(), Session { id, tx, gate });
+        let outbox = Arc::new(Outbox::default());
+        let old = self.lock_open().insert(
+            device_id.to_owned(),
+            Session {
+                id,
+                tx,
+                gate,
+                outbox: outbox.clone(),
+            },
+        );
         self.note_change(device_id, true);
         if let Some(old) = old {
-            let _ = old.tx.try_send(Err(Status::aborted(
+            old.outbox.order_end(Status::aborted(
                 "a newer sync stream of this device replaced this one",
-            )));
+            ));
         }
-        id
+        Registered { id, outbox }
     }
 
     /// Forget a stream when it ends (only if it is still the current one).
@@ -175,7 +255,7 @@ impl Sessions {
     pub fn close(&self, device_id: &str, status: Status) {
         if let Some(session) = self.lock_open().remove(device_id) {
             self.note_change(device_id, false);
-            let _ = session.tx.try_send(Err(status));
+            session.outbox.order_end(status);
         }
     }
 
@@ -183,30 +263,43 @@ impl Sessions {
     pub fn close_all(&self, status: Status) {
         for (device_id, session) in self.lock_open().drain() {
             self.note_change(&device_id, false);
-            let _ = session.tx.try_send(Err(status.clone()));
+            session.outbox.order_end(status.clone());
         }
     }
 
-    /// Send a message on a device's stream if it is connected here; false if not.
-    pub async fn push(&self, device_id: &str, message: CentralMessage) -> bool {
-        let tx = self.lock_open().get(device_id).map(|s| s.tx.clone());
-        match tx {
-            Some(tx) => tx.send(Ok(message)).await.is_ok(),
-            None => false,
-        }
-    }
-
-    /// Send a desired state on a device's stream if it is connected here; false if not. While
-    /// the stream's attestation gate is closed the state is held back (true: nothing to relay
-    /// elsewhere); the stream's task sends the stored state once a quote verifies.
-    pub async fn push_desired(&self, device_id: &str, message: CentralMessage) -> bool {
-        let session = self
+    /// Queue a message on a device's stream if it is connected here; false if not, or if the
+    /// stream is full (its device does not read it: the stream is then ended).
+    pub fn push(&self, device_id: &str, message: CentralMessage) -> bool {
+        let Some((tx, outbox)) = self
             .lock_open()
             .get(device_id)
-            .map(|s| (s.tx.clone(), s.gate.is_open()));
-        match session {
-            Some((_, false)) => true,
-            Some((tx, true)) => tx.send(Ok(message)).await.is_ok(),
+            .map(|s| (s.tx.clone(), s.outbox.clone()))
+        else {
+            return false;
+        };
+        match tx.try_send(Ok(message)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                outbox.order_end(Status::resource_exhausted(
+                    "this stream is full: the device does not read it; reconnect",
+                ));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Hand a desired state to a device's stream if it is connected here (it replaces one not
+    /// sent yet); false if not. While the stream's attestation gate is closed the state is held
+    /// back (true: nothing to relay elsewhere); the stream's task sends the stored state once a
+    /// quote verifies. Never waits for the device.
+    pub fn push_desired(&self, device_id: &str, message: CentralMessage) -> bool {
+        match self.lock_open().get(device_id) {
+            Some(session) if !session.gate.is_open() => true,
+            Some(session) => {
+                session.outbox.put_desired(message);
+                true
+            }
             None => false,
         }
     }
@@ -476,7 +569,9 @@ mod tests {
     #[test]
     fn heartbeat_times_are_written_on_connect_when_stale_and_on_leaving() {
         let sessions = Sessions::default();
-        let id = sessions.register("dev_1", stream(), AttestationGate::new(true));
+        let id = sessions
+            .register("dev_1", stream(), AttestationGate::new(true))
+            .id;
         sessions.saw("dev_1", 1000);
         assert_eq!(
             sessions.take_seen(),
@@ -517,7 +612,9 @@ mod tests {
     #[test]
     fn stream_changes_are_netted_and_remote_streams_count_while_their_replica_lives() {
         let sessions = Sessions::default();
-        let a = sessions.register("dev_a", stream(), AttestationGate::new(true));
+        let a = sessions
+            .register("dev_a", stream(), AttestationGate::new(true))
+            .id;
         sessions.register("dev_b", stream(), AttestationGate::new(true));
         sessions.unregister("dev_a", a);
         let mut changes = sessions.take_stream_changes();
