@@ -1,6 +1,7 @@
 //! A real central on loopback plus raw clients (tonic TLS for the agent API, ureq for REST).
 //! Clients here use software keys made by rcgen: they test central, not the agent.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -314,6 +315,12 @@ impl TestCentral {
     }
 
     async fn channel(&self, identity: Option<Identity>) -> Channel {
+        self.channel_from(identity, None).await
+    }
+
+    /// A channel whose connection comes from `source` (any 127.0.0.0/8 address is this host:
+    /// a second "client address" for per-source limits).
+    async fn channel_from(&self, identity: Option<Identity>, source: Option<IpAddr>) -> Channel {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .domain_name("localhost");
@@ -324,6 +331,7 @@ impl TestCentral {
             .unwrap()
             .tls_config(tls)
             .unwrap()
+            .local_address(source)
             .connect()
             .await
             .expect("connect to central gRPC")
@@ -368,6 +376,11 @@ impl TestCentral {
     /// An Enrollment client over TLS (no client certificate).
     pub async fn enrollment(&self) -> EnrollmentClient<Channel> {
         EnrollmentClient::new(self.channel(None).await)
+    }
+
+    /// An Enrollment client whose connection comes from `source` (e.g. 127.0.0.2).
+    pub async fn enrollment_from(&self, source: IpAddr) -> EnrollmentClient<Channel> {
+        EnrollmentClient::new(self.channel_from(None, Some(source)).await)
     }
 
     /// An Agent client over mutual TLS with this device's certificate.
