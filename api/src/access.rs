@@ -51,6 +51,12 @@ pub struct ApiToken {
     pub created_at: Timestamp,
     /// Revoked tokens are refused.
     pub revoked: bool,
+    /// When it stops working; `null`: when it is revoked.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub expires_at: Option<Timestamp>,
+    /// When it last authenticated a request, to the minute; `null`: never.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub last_used_at: Option<Timestamp>,
 }
 
 /// Body of `POST /api/v1/api-tokens`.
@@ -61,6 +67,17 @@ pub struct CreateApiToken {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// Lifetime in seconds (1 s to 10 years); absent: until it is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// Answer to `POST /api/v1/api-tokens/{id}/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiTokenReply {
+    /// The token as it is now.
+    pub api_token: ApiToken,
 }
 
 /// Answer to `POST /api/v1/api-tokens` (201).

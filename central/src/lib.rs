@@ -383,19 +383,53 @@ impl Central {
     }
 }
 
-/// Create an admin API token on first start and write its secret to `admin.token` (0600); only
-/// the path is logged.
+/// Name of the admin API token central makes on first start.
+pub const BOOTSTRAP_TOKEN_NAME: &str = "bootstrap-admin";
+
+/// Delete `admin.token` (its token was revoked): overwritten, then removed. A failure is logged;
+/// the file then holds only a secret central refuses.
+pub fn remove_bootstrap_token_file(config: &CentralConfig) {
+    let path = admin_token_path(config);
+    match cairn_io::destroy_file(&path) {
+        Ok(true) => {
+            tracing::info!(path = %path.display(), "removed the bootstrap admin token file: its token is revoked")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not remove the bootstrap admin token file; its token is revoked, delete it by hand")
+        }
+    }
+}
+
+/// Create an admin API token on first start (and whenever no live admin token is left) and
+/// write its secret to `admin.token` (0600); only the path is logged. A file whose token was
+/// revoked (on another replica) is removed.
 async fn bootstrap_admin_token(
     config: &CentralConfig,
     store: &store::Store,
 ) -> Result<(), StartError> {
     let path = admin_token_path(config);
+    let stale = {
+        let path = path.clone();
+        store
+            .read(move |conn| {
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    return Ok(false);
+                };
+                Ok(store::tokens::api_token_by_secret(conn, text.trim())?
+                    .is_some_and(|t| t.revoked))
+            })
+            .await?
+    };
+    if stale {
+        remove_bootstrap_token_file(config);
+    }
     store.run(move |conn| {
-        if store::tokens::has_admin_token(conn)? {
+        if store::tokens::has_admin_token(conn, store::now_unix())? {
             return Ok(());
         }
         let tx = conn.transaction()?;
-        let (token, secret) = store::tokens::create_api_token(&tx, "bootstrap-admin", store::Role::Admin)?;
+        let (token, secret) = store::tokens::create_api_token(&tx, BOOTSTRAP_TOKEN_NAME, store::Role::Admin, None)?;
         cairn_io::write_atomic(&path, format!("{secret}\n").as_bytes(), 0o600)
             .map_err(|e| store::StoreError::Worker(e.to_string()))?;
         store::audit::record(&tx, "central", "api_token.create", &token.id, "bootstrap admin token")?;

@@ -477,6 +477,22 @@ async fn every_documented_operation_answers_as_documented() {
     )
     .expect(403);
     api.admin("GET", "/api/v1/api-tokens", None).expect(200);
+    let brief: CreatedApiToken = api
+        .admin(
+            "POST",
+            "/api/v1/api-tokens",
+            Some(json!({ "name": "brief", "role": "viewer", "expires_in_seconds": 3600 })),
+        )
+        .expect(201)
+        .read();
+    let revoke_brief = format!("/api/v1/api-tokens/{}/revoke", brief.api_token.id);
+    api.call(Some(&operator), "POST", &revoke_brief, None)
+        .expect(403);
+    api.admin("POST", &revoke_brief, None).expect(200);
+    api.admin("POST", "/api/v1/api-tokens/api_nothing/revoke", None)
+        .expect(404);
+    api.call(Some(&brief.secret), "GET", "/api/v1/devices", None)
+        .expect(401);
 
     // Enrollment tokens and claims.
     let token: CreatedEnrollmentToken = api

@@ -293,9 +293,19 @@ pub enum ApiTokenCommand {
         /// What the token may do.
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// Lifetime: a number followed by s, m, h or d (e.g. 90d); until revoked if not given.
+        #[arg(long, value_name = "DURATION", value_parser = checked(input::parse_duration_seconds))]
+        expires_in: Option<u64>,
     },
-    /// List API tokens.
+    /// List API tokens, with when each expires and was last used.
     List,
+    /// Revoke an API token: central refuses it from the next request on. The last admin token
+    /// cannot be revoked; revoking the bootstrap one also deletes central's admin.token file.
+    Revoke {
+        /// Token id (api_...).
+        #[arg(value_parser = checked(input::parse_id))]
+        id: String,
+    },
 }
 
 /// `--policy` values.
@@ -529,12 +539,23 @@ fn run_api_token(
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     match command {
-        ApiTokenCommand::Create { name, role } => {
+        ApiTokenCommand::Create {
+            name,
+            role,
+            expires_in,
+        } => {
             let reply = client.create_api_token(&CreateApiToken {
                 name,
                 role: role.into(),
+                expires_in_seconds: expires_in,
             })?;
             emit(out, json, &reply, output::api_token_created)
+        }
+        ApiTokenCommand::Revoke { id } => {
+            let reply = client.revoke_api_token(&id)?;
+            emit(out, json, &reply, |revoked| {
+                output::api_token_revoked(&revoked.api_token)
+            })
         }
         ApiTokenCommand::List => {
             let reply = client.list_api_tokens()?;

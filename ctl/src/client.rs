@@ -21,15 +21,16 @@ use serde::Serialize;
 use thiserror::Error;
 
 use cairn_api::{
-    ApiTokenList, AppDeployed, AppList, AppRemoved, AuditLog, AuditQuery, BundleList,
-    BundleUploaded, ClaimList, ClaimReply, CreateApiToken, CreateClaim, CreateDeployment,
-    CreateEnrollmentToken, CreateRegion, CreateRollout, CreateSecret, CreateSite, CreatedApiToken,
-    CreatedEnrollmentToken, DeploymentChanged, DeploymentList, DeploymentRemoved, DeploymentReply,
-    DeviceAttestation, DeviceDetail, DeviceList, DeviceLogs, DeviceReply, EnrollmentTokenList,
-    EnrollmentTokenReply, ErrorBody, EventList, EventsQuery, LogsQuery, PutApp, RecoveryKey,
-    RegionList, RegionReply, Removed, RolloutCreated, RolloutList, RolloutReply, SecretList,
-    SecretQuery, SecretReply, SetDeviceLabels, SetDeviceSite, SetVariable, SiteList,
-    SiteWithDevices, UpdateSecret, VariableList, VariableQuery, VariableReply,
+    ApiTokenList, ApiTokenReply, AppDeployed, AppList, AppRemoved, AuditLog, AuditQuery,
+    BundleList, BundleUploaded, ClaimList, ClaimReply, CreateApiToken, CreateClaim,
+    CreateDeployment, CreateEnrollmentToken, CreateRegion, CreateRollout, CreateSecret, CreateSite,
+    CreatedApiToken, CreatedEnrollmentToken, DeploymentChanged, DeploymentList, DeploymentRemoved,
+    DeploymentReply, DeviceAttestation, DeviceDetail, DeviceList, DeviceLogs, DeviceReply,
+    EnrollmentTokenList, EnrollmentTokenReply, ErrorBody, EventList, EventsQuery, LogsQuery,
+    PutApp, RecoveryKey, RegionList, RegionReply, Removed, RolloutCreated, RolloutList,
+    RolloutReply, SecretList, SecretQuery, SecretReply, SetDeviceLabels, SetDeviceSite,
+    SetVariable, SiteList, SiteWithDevices, UpdateSecret, VariableList, VariableQuery,
+    VariableReply,
 };
 
 use crate::input::{self, InputError};
@@ -429,6 +430,12 @@ impl Client {
         request: &CreateApiToken,
     ) -> Result<Reply<CreatedApiToken>, CtlError> {
         self.post("/api/v1/api-tokens", Some(request))
+    }
+
+    /// `POST /api/v1/api-tokens/{id}/revoke`: revokes an API token (admin).
+    pub fn revoke_api_token(&self, id: &str) -> Result<Reply<ApiTokenReply>, CtlError> {
+        let id = checked_id(id)?;
+        self.post::<(), _>(&format!("/api/v1/api-tokens/{id}/revoke"), None)
     }
 
     /// `GET /api/v1/api-tokens`: lists API tokens.

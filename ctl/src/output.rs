@@ -507,7 +507,17 @@ pub fn claim_added(claim: &Claim) -> String {
 
 /// Table of API tokens.
 pub fn api_token_table(tokens: &[ApiToken]) -> Table {
-    let mut table = Table::new(&["ID", "NAME", "ROLE", "REVOKED", "CREATED"]);
+    let mut table = Table::new(&[
+        "ID",
+        "NAME",
+        "ROLE",
+        "REVOKED",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+    ]);
+    let or_never =
+        |at: Option<&Timestamp>| at.map_or_else(|| "never".to_owned(), Timestamp::to_string);
     for token in tokens {
         table.push_row([
             token.id.as_str(),
@@ -515,9 +525,20 @@ pub fn api_token_table(tokens: &[ApiToken]) -> Table {
             token.role.as_str(),
             yes_no(token.revoked),
             &token.created_at.to_string(),
+            &or_never(token.expires_at.as_ref()),
+            &or_never(token.last_used_at.as_ref()),
         ]);
     }
     table
+}
+
+/// Confirmation of a revoked API token.
+pub fn api_token_revoked(token: &ApiToken) -> String {
+    format!(
+        "revoked API token {} '{}': central refuses it from now on\n",
+        printable(&token.id),
+        printable(&token.name)
+    )
 }
 
 /// Confirmation of a new API token, with its secret and the warning that it is shown once.

@@ -127,6 +127,23 @@ async fn roles_and_trust_failures_are_reported_clearly() {
         refused.stderr
     );
 
+    // Revoked: the viewer's next call is refused, and says why.
+    let viewer_id = admin
+        .read::<cairn_api::ApiTokenList>(&["api-token", "list"])
+        .api_tokens
+        .into_iter()
+        .find(|t| t.name == "auditor")
+        .unwrap()
+        .id;
+    let revoked = admin.ok(&["api-token", "revoke", &viewer_id]);
+    assert!(revoked.contains("revoked API token"), "{revoked}");
+    let refused = viewer.run(&["device", "list"]);
+    assert!(
+        !refused.ok && refused.stderr.contains("revoked"),
+        "{}",
+        refused.stderr
+    );
+
     // A CA that did not sign central's certificate: refused, with a hint about --ca.
     let other_ca = rcgen::CertificateParams::new(vec!["x".into()])
         .unwrap()

@@ -6,7 +6,11 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 use super::ApiError;
-use crate::store::{tokens, Role};
+use crate::store::{now_unix, tokens, Role};
+
+/// A token's `last_used_at` is written when it is older than this: one write a minute for a
+/// busy token, not one per request.
+pub const LAST_USED_SLACK_SECONDS: i64 = 60;
 use crate::Shared;
 
 /// The authenticated operator behind a request.
@@ -66,7 +70,38 @@ impl FromRequestParts<Arc<Shared>> for Caller {
             .store
             .read(move |conn| tokens::api_token_by_secret(conn, &secret))
             .await?
-            .ok_or_else(|| ApiError::Unauthorized("API token not recognised or revoked".into()))?;
+            .ok_or_else(|| ApiError::Unauthorized("API token not recognised".into()))?;
+        let now = now_unix();
+        if token.revoked {
+            return Err(ApiError::Unauthorized(format!(
+                "API token {} is revoked; ask an admin for a new one",
+                token.id
+            )));
+        }
+        if let Some(expired) = token.expires_at.filter(|at| at.unix_seconds() <= now) {
+            return Err(ApiError::Unauthorized(format!(
+                "API token {} expired at {expired}; ask an admin for a new one",
+                token.id
+            )));
+        }
+        if token
+            .last_used_at
+            .is_none_or(|at| at.unix_seconds() < now - LAST_USED_SLACK_SECONDS)
+        {
+            let id = token.id.clone();
+            // Off the request: a failed write costs only a stale "last used".
+            let store = shared.store.clone();
+            tokio::spawn(async move {
+                let touched = store
+                    .run(move |conn| {
+                        tokens::touch_api_token(conn, &id, now, LAST_USED_SLACK_SECONDS)
+                    })
+                    .await;
+                if let Err(e) = touched {
+                    tracing::warn!(error = %e, "could not note an API token's last use");
+                }
+            });
+        }
         Ok(Caller {
             name: token.name,
             role: token.role,

@@ -8,10 +8,10 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use cairn_api::{
-    ApiTokenList, AuditLog, AuditQuery, ClaimList, ClaimReply, CreateApiToken, CreateClaim,
-    CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken, DeviceDetail, DeviceList,
-    DeviceReply, DeviceWithHost, EnrollmentTokenList, EnrollmentTokenReply, Health, RecoveryKey,
-    SetDeviceConfig,
+    ApiTokenList, ApiTokenReply, AuditLog, AuditQuery, ClaimList, ClaimReply, CreateApiToken,
+    CreateClaim, CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken, DeviceDetail,
+    DeviceList, DeviceReply, DeviceWithHost, EnrollmentTokenList, EnrollmentTokenReply, Health,
+    RecoveryKey, SetDeviceConfig,
 };
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
@@ -61,6 +61,7 @@ pub(super) fn router() -> OpenApiRouter<Arc<Shared>> {
         .routes(routes!(observability::metrics))
         .routes(routes!(list_claims, add_claim))
         .routes(routes!(list_api_tokens, create_api_token))
+        .routes(routes!(revoke_api_token))
         .routes(routes!(list_audit))
         .routes(body_limit(
             routes!(bundles::list_bundles, bundles::upload_bundle),
@@ -808,18 +809,30 @@ async fn create_api_token(
         body.role.is_known(),
         &Role::known_list(),
     )?;
+    if body
+        .expires_in_seconds
+        .is_some_and(|s| s == 0 || s > 10 * 365 * 24 * 3600)
+    {
+        return Err(ApiError::BadRequest(
+            "`expires_in_seconds` must be between 1 and 10 years, or absent for a token that lasts until revoked".into(),
+        ));
+    }
     let actor = caller.actor();
     let (api_token, secret) = shared
         .store
         .run(move |conn| {
             let tx = conn.transaction()?;
-            let (token, secret) = tokens::create_api_token(&tx, &body.name, body.role)?;
+            let (token, secret) =
+                tokens::create_api_token(&tx, &body.name, body.role, body.expires_in_seconds)?;
+            let expires = token
+                .expires_at
+                .map_or_else(|| "never".to_owned(), |at| at.to_string());
             audit::record(
                 &tx,
                 &actor,
                 "api_token.create",
                 &token.id,
-                &format!("role={}", token.role.as_str()),
+                &format!("role={} expires={expires}", token.role.as_str()),
             )?;
             tx.commit()?;
             Ok((token, secret))
@@ -851,6 +864,57 @@ async fn list_api_tokens(
         .read(|conn| tokens::list_api_tokens(conn))
         .await?;
     Ok(Json(ApiTokenList { api_tokens }))
+}
+
+/// Revoke an API token (admin): it is refused from the next request on. The last live admin
+/// token cannot be revoked (create another first); revoking the bootstrap token deletes
+/// `admin.token` from this replica's data directory.
+#[utoipa::path(
+    post,
+    path = "/api/v1/api-tokens/{id}/revoke",
+    operation_id = "revoke_api_token",
+    tag = "access",
+    params(("id" = String, Path, description = "Token id (`api_…`)")),
+    responses(
+        (status = 200, description = "Revoked (or it was already)", body = ApiTokenReply),
+        (status = 403, description = "Needs the admin role"),
+        (status = 404, description = "No such token"),
+        (status = 409, description = "It is the last live admin token"),
+    )
+)]
+async fn revoke_api_token(
+    caller: Caller,
+    State(shared): St,
+    Path(id): Path<String>,
+) -> Result<Json<ApiTokenReply>, ApiError> {
+    caller.require(Role::Admin)?;
+    let actor = caller.actor();
+    let revoked = shared
+        .store
+        .run(move |conn| {
+            let tx = conn.transaction()?;
+            let Some(token) = tokens::api_token(&tx, &id)? else {
+                return Ok(Err(ApiError::NotFound("no API token with this id".into())));
+            };
+            if token.revoked {
+                return Ok(Ok(token));
+            }
+            if token.role == Role::Admin && !tokens::has_other_admin_token(&tx, &id, now_unix())? {
+                return Ok(Err(ApiError::Conflict(format!(
+                    "{id} is the last live admin token: create another admin token first, so central is not left without one"
+                ))));
+            }
+            tokens::revoke_api_token(&tx, &id)?;
+            audit::record(&tx, &actor, "api_token.revoke", &id, &format!("name={}", token.name))?;
+            let token = tokens::api_token(&tx, &id)?.unwrap_or(token);
+            tx.commit()?;
+            Ok(Ok(token))
+        })
+        .await??;
+    if revoked.name == crate::BOOTSTRAP_TOKEN_NAME {
+        crate::remove_bootstrap_token_file(&shared.config);
+    }
+    Ok(Json(ApiTokenReply { api_token: revoked }))
 }
 
 /// The newest audit records, newest first (admin).

@@ -293,6 +293,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE secrets ADD COLUMN kind TEXT NOT NULL DEFAULT 'file' CHECK (kind IN ('file', 'registry'));
     "#,
+    // 16: API tokens that expire, and when each last authenticated a request (written at most
+    // once a minute per token: central/src/api/auth.rs).
+    r#"
+    ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+    ALTER TABLE api_tokens ADD COLUMN last_used_at INTEGER;
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.

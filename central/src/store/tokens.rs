@@ -119,6 +119,8 @@ pub fn revoke_enrollment_token(conn: &Connection, id: &str) -> Result<bool, Stor
     )? == 1)
 }
 
+const API_TOKEN_COLUMNS: &str = "id, name, role, created_at, revoked, expires_at, last_used_at";
+
 fn api_token_from_row(row: &Row) -> crate::store::db::Result<ApiToken> {
     Ok(ApiToken {
         id: row.get(0)?,
@@ -126,39 +128,60 @@ fn api_token_from_row(row: &Row) -> crate::store::db::Result<ApiToken> {
         role: row.get(2)?,
         created_at: row.get(3)?,
         revoked: row.get(4)?,
+        expires_at: row.get(5)?,
+        last_used_at: row.get(6)?,
     })
 }
 
-/// Create an operator API token; returns it and its secret (shown once).
+/// Create an operator API token, valid for `lifetime_seconds` (`None`: until revoked); returns
+/// it and its secret (shown once).
 pub fn create_api_token(
     conn: &Connection,
     name: &str,
     role: Role,
+    lifetime_seconds: Option<u64>,
 ) -> Result<(ApiToken, String), StoreError> {
     let secret = new_secret("cat");
+    let now = now_unix();
     let token = ApiToken {
         id: new_id("api"),
         name: name.to_owned(),
         role,
-        created_at: Timestamp::from_unix_seconds(now_unix()),
+        created_at: Timestamp::from_unix_seconds(now),
         revoked: false,
+        expires_at: lifetime_seconds.map(|s| {
+            Timestamp::from_unix_seconds(now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX)))
+        }),
+        last_used_at: None,
     };
     conn.execute(
-        "INSERT INTO api_tokens (id, name, role, secret_sha256, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![token.id, token.name, token.role, sha256_hex(secret.as_bytes()), token.created_at],
+        "INSERT INTO api_tokens (id, name, role, secret_sha256, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![token.id, token.name, token.role, sha256_hex(secret.as_bytes()), token.created_at, token.expires_at],
     )?;
     Ok((token, secret))
 }
 
-/// The live (not revoked) API token whose secret is `secret`.
+/// The API token whose secret is `secret`, revoked and expired ones included (the caller says
+/// which it is).
 pub fn api_token_by_secret(
     conn: &Connection,
     secret: &str,
 ) -> Result<Option<ApiToken>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT id, name, role, created_at, revoked FROM api_tokens WHERE secret_sha256 = ?1 AND revoked = 0",
+            &format!("SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE secret_sha256 = ?1"),
             [sha256_hex(secret.as_bytes())],
+            api_token_from_row,
+        )
+        .optional()?)
+}
+
+/// The API token `id`.
+pub fn api_token(conn: &Connection, id: &str) -> Result<Option<ApiToken>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {API_TOKEN_COLUMNS} FROM api_tokens WHERE id = ?1"),
+            [id],
             api_token_from_row,
         )
         .optional()?)
@@ -166,20 +189,44 @@ pub fn api_token_by_secret(
 
 /// All API tokens, newest first.
 pub fn list_api_tokens(conn: &Connection) -> Result<Vec<ApiToken>, StoreError> {
-    let mut stmt = conn.prepare(
-        "SELECT id, name, role, created_at, revoked FROM api_tokens ORDER BY created_at DESC, id",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {API_TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at DESC, id"
+    ))?;
     let rows = stmt.query_map(crate::params![], api_token_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Whether any live admin token exists (else central writes a bootstrap one).
-pub fn has_admin_token(conn: &Connection) -> Result<bool, StoreError> {
+/// Whether any live admin token exists at `now` (else central writes a bootstrap one).
+pub fn has_admin_token(conn: &Connection, now: i64) -> Result<bool, StoreError> {
     Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked = 0)",
-        crate::params![],
+        "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked = 0 AND (expires_at IS NULL OR expires_at > ?1))",
+        [now],
         |r| r.get(0),
     )?)
+}
+
+/// Whether another live admin token than `id` exists at `now` (revoking the last one is refused).
+pub fn has_other_admin_token(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked = 0 AND id <> ?1 AND (expires_at IS NULL OR expires_at > ?2))",
+        params![id, now],
+        |r| r.get(0),
+    )?)
+}
+
+/// Revoke API token `id`; false when there is none.
+pub fn revoke_api_token(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.execute("UPDATE api_tokens SET revoked = 1 WHERE id = ?1", [id])? == 1)
+}
+
+/// Note that token `id` authenticated a request at `at`, unless a time at most `slack` seconds
+/// older is written already (so a busy token costs one write a minute, not one per request).
+pub fn touch_api_token(conn: &Connection, id: &str, at: i64, slack: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE api_tokens SET last_used_at = ?2 WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?3)",
+        params![id, at, at - slack],
+    )?;
+    Ok(())
 }
 
 const CLAIM_COLUMNS: &str = "id, kind, value, created_at, device_id";
