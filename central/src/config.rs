@@ -106,6 +106,16 @@ pub struct CentralConfig {
     /// Enroll calls one source address may make per minute (bursts of as many); 0 = no limit.
     #[serde(default = "default_enroll_rate")]
     pub enroll_attempts_per_source_per_minute: u32,
+    /// Connections one source address may hold open on the gRPC listener; 0 = no cap. Devices
+    /// behind one NAT share an address: allow for the largest such group.
+    #[serde(default = "default_grpc_per_source")]
+    pub grpc_connections_per_source: u32,
+    /// Connections one source address may hold open on the REST listener; 0 = no cap.
+    #[serde(default = "default_rest_per_source")]
+    pub rest_connections_per_source: u32,
+    /// A REST connection with no byte either way for this long is closed (at least 1).
+    #[serde(default = "default_rest_idle")]
+    pub rest_idle_timeout_seconds: u64,
     /// Seconds between TPM quotes central asks of each device with a proven TPM (one is also
     /// asked on every stream open). A verified device with no quote for two intervals is
     /// `stale`.
@@ -166,6 +176,15 @@ fn default_clock_offset_warning() -> u64 {
 fn default_enroll_rate() -> u32 {
     600
 }
+fn default_grpc_per_source() -> u32 {
+    1024
+}
+fn default_rest_per_source() -> u32 {
+    64
+}
+fn default_rest_idle() -> u64 {
+    60
+}
 fn default_attestation_interval() -> u64 {
     3600
 }
@@ -199,6 +218,9 @@ impl CentralConfig {
             clock_offset_warning_seconds: default_clock_offset_warning(),
             tpm_vendor_cas: Vec::new(),
             enroll_attempts_per_source_per_minute: default_enroll_rate(),
+            grpc_connections_per_source: default_grpc_per_source(),
+            rest_connections_per_source: default_rest_per_source(),
+            rest_idle_timeout_seconds: default_rest_idle(),
             attestation_interval_secs: default_attestation_interval(),
             require_secure_boot: true,
             release_secrets_to_unattested: false,
@@ -240,6 +262,12 @@ impl CentralConfig {
                     "is {}; use 5 to 604800 (a week); the default is 3600",
                     self.attestation_interval_secs
                 ),
+            });
+        }
+        if self.rest_idle_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid {
+                field: "rest_idle_timeout_seconds",
+                problem: "is 0; use at least 1 (the default is 60)".into(),
             });
         }
         if self.pending_retry_seconds == 0 {

@@ -12,6 +12,7 @@ pub mod enroll;
 pub mod escrow;
 pub mod events;
 pub mod grpc;
+pub mod listen;
 pub mod logs;
 pub mod metrics;
 pub mod placement;
@@ -328,18 +329,25 @@ pub async fn start(config: CentralConfig) -> Result<Central, StartError> {
         enroll_limiter,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let limits = tls::ListenLimits {
+        grpc_per_source: shared.config.grpc_connections_per_source,
+        rest_per_source: shared.config.rest_connections_per_source,
+        rest_idle: Duration::from_secs(shared.config.rest_idle_timeout_seconds),
+    };
     let tasks = vec![
         tokio::spawn(tls::serve_grpc(
             grpc_listener,
             shared.clone(),
             &server_cert,
             &server_key,
+            limits,
             shutdown_rx.clone(),
         )?),
         tokio::spawn(tls::serve_rest(
             rest_listener,
             api::router(shared.clone()),
             tls::rest_tls_config(&server_cert, &server_key)?,
+            limits,
             shutdown_rx.clone(),
         )),
         tokio::spawn(rollout::engine::run(shared.clone(), shutdown_rx.clone())),

@@ -1,7 +1,9 @@
 //! Central against devices that misbehave on purpose: a device that stops reading its Sync
 //! stream is dropped after `STALLED_STREAM` instead of holding the tasks that push to it, and
 //! every other device (and every REST call) is served meanwhile; a source flooding enrollment
-//! with wrong tokens does not hold up a good enrollment from another.
+//! with wrong tokens does not hold up a good enrollment from another; slowloris clients on both
+//! listeners are cut off at their deadline, and an address past its connection cap is refused,
+//! while others are served.
 
 use std::time::{Duration, Instant};
 
@@ -206,4 +208,174 @@ async fn a_wrong_token_flood_from_one_address_does_not_hold_up_another() {
         slowest <= baseline * 5 + Duration::from_secs(1),
         "a good enrollment took {slowest:?} during the flood against {baseline:?} quiet"
     );
+}
+
+/// A TLS connection to central's `port` from `source`, speaking `alpn`; `None` when central
+/// closes it before the handshake ends.
+async fn tls_from(
+    central: &TestCentral,
+    source: &str,
+    port: u16,
+    alpn: &[u8],
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(central.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .ok()
+}
+
+/// Write `burst` at once, then `bytes` one a second until central closes the connection; how
+/// long it took (`None`: still open after 40 s).
+async fn trickle<S>(mut stream: S, burst: &[u8], bytes: &[u8]) -> Option<Duration>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    if stream.write_all(burst).await.is_err() {
+        return Some(started.elapsed());
+    }
+    if bytes.is_empty() {
+        // Says nothing at all: wait for the end.
+        return match tokio::time::timeout(Duration::from_secs(40), stream.read(&mut buf)).await {
+            Ok(_) => Some(started.elapsed()),
+            Err(_) => None,
+        };
+    }
+    for byte in bytes.iter().cycle() {
+        if started.elapsed() > Duration::from_secs(40) {
+            return None;
+        }
+        if stream.write_all(&[*byte]).await.is_err() {
+            return Some(started.elapsed());
+        }
+        // Anything central sends (an HTTP/2 SETTINGS frame) is read; an end or error is the cut.
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_clients_are_cut_off_and_a_source_past_its_cap_is_refused() {
+    use cairn_central::listen::FIRST_BYTES_TIMEOUT;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = cairn_testsupport::central::config_in(dir.path());
+    config.rest_connections_per_source = 4;
+    config.grpc_connections_per_source = 4;
+    let central = TestCentral::start_with(dir, config).await;
+    let rest = central.c().rest_addr.port();
+    let grpc = central.c().grpc_addr.port();
+    let mut device = central.connect_device("SER-SERVED-1").await;
+    assert_eq!(next_revision(&mut device).await, 1);
+
+    // From 127.0.0.2: a trickled HTTP/1 request head, a trickled HTTP/2 preface on each
+    // listener, and a connection that never says hello.
+    let slow_head = tls_from(&central, "127.0.0.2", rest, b"http/1.1")
+        .await
+        .unwrap();
+    let slow_h2_rest = tls_from(&central, "127.0.0.2", rest, b"h2").await.unwrap();
+    let slow_grpc = tls_from(&central, "127.0.0.2", grpc, b"h2").await.unwrap();
+    let silent = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket
+            .connect(format!("127.0.0.1:{grpc}").parse().unwrap())
+            .await
+            .unwrap()
+    };
+    // The HTTP/1 head starts with more than FIRST_BYTES at once: hyper's header deadline cuts it.
+    let head = b"GET /api/v1/devices HTTP/1.1\r\nHost: localhost\r\n";
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let cuts = tokio::spawn(async move {
+        tokio::join!(
+            trickle(slow_head, head, b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+            trickle(slow_h2_rest, b"", preface),
+            trickle(slow_grpc, b"", preface),
+            trickle(silent, b"", b""),
+        )
+    });
+
+    // Meanwhile: 127.0.0.2 holds its cap on each listener (REST: 2 trickles and 2 more;
+    // gRPC: a trickle, the silent one and 2 more): one more is refused, 127.0.0.1 is served.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut held = Vec::new();
+    for port in [rest, rest, grpc] {
+        held.push(
+            tls_from(&central, "127.0.0.2", port, b"h2")
+                .await
+                .expect("under the cap"),
+        );
+    }
+    held.push(
+        tls_from(&central, "127.0.0.2", grpc, b"h2")
+            .await
+            .expect("under the cap"),
+    );
+    assert!(
+        tls_from(&central, "127.0.0.2", rest, b"h2").await.is_none(),
+        "a fifth REST connection from one address was accepted"
+    );
+    assert!(
+        tls_from(&central, "127.0.0.2", grpc, b"h2").await.is_none(),
+        "a fifth gRPC connection from one address was accepted"
+    );
+    for _ in 0..3 {
+        let apps: AppList = central.get(&format!("/api/v1/devices/{}/apps", device.id));
+        assert!(apps.online);
+        let acked = cairn_testsupport::central::heartbeat_acked(
+            &device.tx,
+            &mut device.stream,
+            cairn_proto::v1::Heartbeat {
+                seq: 1,
+                desired_revision: 1,
+                ..Default::default()
+            },
+        )
+        .await;
+        let _ = acked;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    drop(held);
+
+    let (head, h2_rest, grpc_cut, silent) = cuts.await.unwrap();
+    let limit = FIRST_BYTES_TIMEOUT + Duration::from_secs(5);
+    for (what, cut) in [
+        ("a trickled HTTP/1 request head", head),
+        ("a trickled HTTP/2 preface on REST", h2_rest),
+        ("a trickled HTTP/2 preface on gRPC", grpc_cut),
+        ("a connection that never starts TLS", silent),
+    ] {
+        let cut = cut.unwrap_or_else(|| panic!("{what} was never cut off"));
+        assert!(
+            cut >= FIRST_BYTES_TIMEOUT - Duration::from_secs(2) && cut <= limit,
+            "{what} was cut after {cut:?}"
+        );
+    }
+    // The cap's places came back: 127.0.0.2 connects again.
+    assert!(tls_from(&central, "127.0.0.2", rest, b"h2").await.is_some());
+    let (status, _) = central.call(&central.admin, "GET", "/api/v1/devices", None);
+    assert_eq!(status, 200);
 }

@@ -117,11 +117,13 @@ impl CentralProcess {
         let rest = free_port().map_err(io(dir))?;
         let data_dir = data_dir.to_owned();
         let config_path = dir.join(format!("{name}.toml"));
-        // Every simulated device enrolls from this host: no per-source enrollment limit. They
-        // have software keys, so they get secrets only when central releases them unattested.
+        // Every simulated device enrolls and connects from this host: no per-source enrollment
+        // limit or connection cap. They have software keys, so they get secrets only when
+        // central releases them unattested.
         let mut config = format!(
             "data_dir = {:?}\ngrpc_listen = \"{grpc}\"\nrest_listen = \"{rest}\"\n\
              enroll_attempts_per_source_per_minute = 0\n\
+             grpc_connections_per_source = 0\n\
              release_secrets_to_unattested = true\n",
             data_dir.display().to_string()
         );
