@@ -510,7 +510,10 @@ impl Agent {
                     {
                         return Ok(());
                     }
-                    let delay = backoff.next_delay();
+                    // Central may ask for a later retry (a restart spreads a fleet's reconnects).
+                    let delay = backoff
+                        .next_delay()
+                        .max(error.retry_after().unwrap_or_default());
                     warn!(error = %error, retry_in = ?delay, "not connected to central; running from the stored desired state");
                     // On the console too (once per distinct error): a box with a screen and no
                     // network to central says why.

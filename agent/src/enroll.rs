@@ -54,6 +54,14 @@ pub enum EnrollError {
     /// Central could not be reached or failed; retried with backoff.
     #[error("enrollment call failed: {0}")]
     Unavailable(String),
+    /// Central is busy or throttles this address and said when to call again.
+    #[error("central asked to enroll again in {retry_after:?}: {message}")]
+    Throttled {
+        /// Central's reason.
+        message: String,
+        /// How long to wait at least.
+        retry_after: Duration,
+    },
     /// Central answered with something the agent cannot use.
     #[error("central sent an unusable enrollment answer: {0}")]
     BadResponse(String),
@@ -264,6 +272,14 @@ impl Enroller {
                         .await;
                     backoff.next_delay()
                 }
+                Err(EnrollError::Throttled {
+                    message,
+                    retry_after,
+                }) => {
+                    warn!(reason = %message, ?retry_after, "central asked to enroll later; waiting");
+                    self.status.set_phase(Phase::Offline, Some(message)).await;
+                    backoff.next_delay().max(retry_after)
+                }
                 Err(
                     e @ (EnrollError::Unavailable(_)
                     | EnrollError::BadResponse(_)
@@ -307,6 +323,11 @@ async fn call(
                 EnrollError::Refused {
                     code: status.code(),
                     message: status.message().to_string(),
+                }
+            } else if let Some(retry_after) = cairn_proto::retry_after(&status) {
+                EnrollError::Throttled {
+                    message: status.message().to_string(),
+                    retry_after,
                 }
             } else {
                 EnrollError::Unavailable(format!("{:?}: {}", status.code(), status.message()))

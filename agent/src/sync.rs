@@ -55,6 +55,8 @@ pub enum SyncError {
         message: String,
         /// Central ordered this revoked device's crypto-erase (the `cairn-wipe` trailer).
         wipe_ordered: bool,
+        /// How long central asked the device to wait before calling again.
+        retry_after: Option<Duration>,
     },
     /// No answer in time.
     #[error("central did not answer {what} within {after:?}")]
@@ -112,6 +114,15 @@ impl SyncError {
             code: status.code(),
             message: status.message().to_string(),
             wipe_ordered,
+            retry_after: cairn_proto::retry_after(&status),
+        }
+    }
+
+    /// How long central asked the device to wait before it calls again, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SyncError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -658,5 +669,24 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_asking_for_a_later_retry_says_how_much_later() {
+        let status = cairn_proto::with_retry_after(
+            tonic::Status::unavailable("central is shutting down"),
+            Duration::from_millis(42_000),
+        );
+        let error = SyncError::from_status(status);
+        assert_eq!(error.retry_after(), Some(Duration::from_millis(42_000)));
+        assert!(!error.is_revoked());
+        let plain = SyncError::from_status(tonic::Status::unavailable("gone"));
+        assert_eq!(plain.retry_after(), None);
+        assert_eq!(SyncError::StreamEnded("x".into()).retry_after(), None);
     }
 }

@@ -118,7 +118,13 @@ impl EnrollError {
                 | TpmProofError::EkMismatch { .. }
                 | TpmProofError::UnprovenEk(_),
             ) => Status::invalid_argument(self.to_string()),
-            EnrollError::RateLimited { .. } => Status::resource_exhausted(self.to_string()),
+            EnrollError::RateLimited {
+                retry_after_seconds,
+                ..
+            } => cairn_proto::with_retry_after(
+                Status::resource_exhausted(self.to_string()),
+                std::time::Duration::from_secs(*retry_after_seconds),
+            ),
             EnrollError::Ca(_)
             | EnrollError::Store(_)
             | EnrollError::Tpm(TpmProofError::Internal(_)) => {

@@ -43,6 +43,20 @@ struct Session {
 /// hostile, not slow).
 pub const STALLED_STREAM: std::time::Duration = std::time::Duration::from_secs(20);
 
+/// Reconnects a fleet is spread over when central stops: this many a second.
+pub const RECONNECTS_PER_SECOND: usize = 1000;
+/// The longest a stopping central spreads its streams' reconnects over.
+pub const MAX_RECONNECT_SPREAD: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The time `streams` reconnects are spread over: [`RECONNECTS_PER_SECOND`], at most
+/// [`MAX_RECONNECT_SPREAD`] (100k devices: 100 s; 1k: 1 s).
+pub fn reconnect_spread(streams: usize) -> std::time::Duration {
+    std::time::Duration::from_millis(
+        (streams as u64).saturating_mul(1000) / RECONNECTS_PER_SECOND as u64,
+    )
+    .min(MAX_RECONNECT_SPREAD)
+}
+
 /// What other tasks leave for a stream's task: the newest desired state (a newer one replaces
 /// one not sent yet, so a burst of changes costs the device one message) and an order to end
 /// the stream. Nothing here waits for the device: only the stream's task does, up to
@@ -259,11 +273,19 @@ impl Sessions {
         }
     }
 
-    /// End every open stream with `status` (central stopping): agents reconnect elsewhere or later.
+    /// End every open stream with `status` (central stopping): agents reconnect elsewhere or
+    /// later. Each status asks its agent to wait a different time (see [`reconnect_spread`]), so
+    /// a fleet does not come back at one instant.
     pub fn close_all(&self, status: Status) {
-        for (device_id, session) in self.lock_open().drain() {
+        let mut open = self.lock_open();
+        let spread = reconnect_spread(open.len());
+        let count = open.len().max(1) as u32;
+        for (i, (device_id, session)) in open.drain().enumerate() {
             self.note_change(&device_id, false);
-            session.outbox.order_end(status.clone());
+            let after = spread * (i as u32) / count;
+            session
+                .outbox
+                .order_end(cairn_proto::with_retry_after(status.clone(), after));
         }
     }
 
@@ -564,6 +586,47 @@ mod tests {
 
     fn stream() -> SessionSender {
         mpsc::channel(1).0
+    }
+
+    #[tokio::test]
+    async fn a_stopping_central_spreads_its_streams_reconnects() {
+        assert_eq!(reconnect_spread(1), std::time::Duration::from_millis(1));
+        assert_eq!(
+            reconnect_spread(100_000),
+            std::time::Duration::from_secs(100)
+        );
+        assert_eq!(reconnect_spread(10_000_000), MAX_RECONNECT_SPREAD);
+        let sessions = Sessions::default();
+        let outboxes: Vec<Arc<Outbox>> = (0..4000)
+            .map(|i| {
+                sessions
+                    .register(&format!("dev_{i}"), stream(), AttestationGate::new(true))
+                    .outbox
+            })
+            .collect();
+        sessions.close_all(Status::unavailable("stopping"));
+        let mut waits = Vec::new();
+        for outbox in outboxes {
+            match outbox.next().await {
+                Outgoing::End(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable);
+                    waits.push(cairn_proto::retry_after(&status).expect("a retry-after"));
+                }
+                Outgoing::Desired(_) => panic!("an end was expected"),
+            }
+        }
+        waits.sort();
+        assert_eq!(waits[0], std::time::Duration::ZERO);
+        assert!(waits[3999] < std::time::Duration::from_secs(4));
+        assert!(
+            waits[3999] > std::time::Duration::from_millis(3900),
+            "{:?}",
+            waits[3999]
+        );
+        // Evenly: each second of the spread gets about a thousand.
+        let first_second = waits.iter().filter(|w| w.as_secs() == 0).count();
+        assert_eq!(first_second, 1000);
+        assert_eq!(sessions.online_count(), 0);
     }
 
     #[test]

@@ -259,8 +259,20 @@ async fn one_source_cannot_flood_enrollment() {
             "not recognised",
         );
     }
+    let throttled = SimDevice::new("SER-4").enroll(&central, "cet_guess").await;
+    // The refusal says when to come back, in metadata the agent reads (a minute's bucket of 3:
+    // at most 20 s).
+    let wait = throttled
+        .as_ref()
+        .err()
+        .and_then(cairn_proto::retry_after)
+        .expect("a throttled call carries a retry-after");
+    assert!(
+        wait >= Duration::from_secs(1) && wait <= Duration::from_secs(20),
+        "{wait:?}"
+    );
     assert_refused(
-        SimDevice::new("SER-4").enroll(&central, "cet_guess").await,
+        throttled,
         Code::ResourceExhausted,
         "too many enrollment attempts from 127.0.0.1",
     );

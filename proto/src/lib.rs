@@ -105,6 +105,35 @@ pub const MAX_EK_CHAIN: usize = 4;
 pub const WIPE_METADATA_KEY: &str = "cairn-wipe";
 /// The value of [`WIPE_METADATA_KEY`].
 pub const WIPE_ORDERED: &str = "ordered";
+/// gRPC metadata key on an UNAVAILABLE or RESOURCE_EXHAUSTED status: milliseconds the agent
+/// waits at least before it calls again (central spreads a fleet's reconnects with it).
+pub const RETRY_AFTER_METADATA_KEY: &str = "cairn-retry-after-ms";
+/// The longest [`RETRY_AFTER_METADATA_KEY`] an agent honours (15 minutes); more is cut to it.
+pub const MAX_RETRY_AFTER_MS: u64 = 15 * 60 * 1000;
+
+/// The wait a status asks for in [`RETRY_AFTER_METADATA_KEY`], at most [`MAX_RETRY_AFTER_MS`];
+/// `None` when it asks for none or the value is not a number.
+pub fn retry_after(status: &tonic::Status) -> Option<std::time::Duration> {
+    let ms: u64 = status
+        .metadata()
+        .get(RETRY_AFTER_METADATA_KEY)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_millis(ms.min(MAX_RETRY_AFTER_MS)))
+}
+
+/// `status` asking the caller to wait `after` before calling again.
+pub fn with_retry_after(mut status: tonic::Status, after: std::time::Duration) -> tonic::Status {
+    let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+    if let Ok(value) = ms.to_string().parse() {
+        status
+            .metadata_mut()
+            .insert(RETRY_AFTER_METADATA_KEY, value);
+    }
+    status
+}
 /// Most entries and bytes per entry of a `ReportWipeRequest`.
 pub const MAX_WIPE_REPORT_ITEMS: usize = 16;
 /// See [`MAX_WIPE_REPORT_ITEMS`].
@@ -201,6 +230,30 @@ pub fn truncate_status_text(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_after_travels_in_metadata_and_is_bounded() {
+        use std::time::Duration;
+        let asked = with_retry_after(
+            tonic::Status::unavailable("later"),
+            Duration::from_millis(2500),
+        );
+        assert_eq!(retry_after(&asked), Some(Duration::from_millis(2500)));
+        let huge = with_retry_after(
+            tonic::Status::unavailable("later"),
+            Duration::from_secs(86_400),
+        );
+        assert_eq!(
+            retry_after(&huge),
+            Some(Duration::from_millis(MAX_RETRY_AFTER_MS))
+        );
+        assert_eq!(retry_after(&tonic::Status::unavailable("no ask")), None);
+        let mut garbage = tonic::Status::unavailable("x");
+        garbage
+            .metadata_mut()
+            .insert(RETRY_AFTER_METADATA_KEY, "soon".parse().unwrap());
+        assert_eq!(retry_after(&garbage), None);
+    }
 
     #[test]
     fn ntp_server_lists_are_checked() {
