@@ -124,11 +124,6 @@ impl<IO> Watched<IO> {
         }
     }
 
-    /// The connection underneath.
-    pub fn get_ref(&self) -> &IO {
-        &self.inner
-    }
-
     /// The broken rule once the timer fires, re-armed for the next check otherwise.
     fn broken(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
         while self.timer.as_mut().poll(cx).is_ready() {

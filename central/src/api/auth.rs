@@ -7,11 +7,11 @@ use axum::http::request::Parts;
 
 use super::ApiError;
 use crate::store::{now_unix, tokens, Role};
+use crate::Shared;
 
 /// A token's `last_used_at` is written when it is older than this: one write a minute for a
 /// busy token, not one per request.
 pub const LAST_USED_SLACK_SECONDS: i64 = 60;
-use crate::Shared;
 
 /// The authenticated operator behind a request.
 #[derive(Debug, Clone)]

@@ -8,10 +8,10 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use cairn_api::{
-    ApiTokenList, ApiTokenReply, AuditLog, AuditQuery, ClaimList, ClaimReply, CreateApiToken,
-    CreateClaim, CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken, DeviceDetail,
-    DeviceList, DeviceReply, DeviceWithHost, EnrollmentTokenList, EnrollmentTokenReply, Health,
-    RecoveryKey, SetDeviceConfig,
+    ApiToken, ApiTokenList, ApiTokenReply, AuditLog, AuditQuery, ClaimList, ClaimReply,
+    CreateApiToken, CreateClaim, CreateEnrollmentToken, CreatedApiToken, CreatedEnrollmentToken,
+    DeviceDetail, DeviceList, DeviceReply, DeviceWithHost, EnrollmentTokenList,
+    EnrollmentTokenReply, Health, RecoveryKey, SetDeviceConfig,
 };
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
@@ -188,7 +188,7 @@ async fn create_token(
     let lifetime = body
         .expires_in_seconds
         .unwrap_or(shared.config.default_token_lifetime_seconds);
-    if lifetime == 0 || lifetime > 10 * 365 * 24 * 3600 {
+    if !valid_lifetime(lifetime) {
         return Err(ApiError::BadRequest(
             "`expires_in_seconds` must be between 1 and 10 years".into(),
         ));
@@ -286,6 +286,14 @@ async fn revoke_token(
         .await?
         .ok_or_else(|| ApiError::NotFound("no enrollment token with this id".into()))?;
     Ok(Json(EnrollmentTokenReply { token }))
+}
+
+/// Longest lifetime of an enrollment or API token: 10 years.
+const MAX_TOKEN_LIFETIME_SECONDS: u64 = 10 * 365 * 24 * 3600;
+
+/// Whether `seconds` is a token lifetime central accepts (1 s to 10 years).
+fn valid_lifetime(seconds: u64) -> bool {
+    (1..=MAX_TOKEN_LIFETIME_SECONDS).contains(&seconds)
 }
 
 fn with_presence(shared: &Shared, mut device: Device) -> Device {
@@ -809,10 +817,7 @@ async fn create_api_token(
         body.role.is_known(),
         &Role::known_list(),
     )?;
-    if body
-        .expires_in_seconds
-        .is_some_and(|s| s == 0 || s > 10 * 365 * 24 * 3600)
-    {
+    if body.expires_in_seconds.is_some_and(|s| !valid_lifetime(s)) {
         return Err(ApiError::BadRequest(
             "`expires_in_seconds` must be between 1 and 10 years, or absent for a token that lasts until revoked".into(),
         ));
@@ -899,16 +904,18 @@ async fn revoke_api_token(
             if token.revoked {
                 return Ok(Ok(token));
             }
-            if token.role == Role::Admin && !tokens::has_other_admin_token(&tx, &id, now_unix())? {
+            if token.role == Role::Admin && !tokens::has_admin_token_besides(&tx, &id, now_unix())? {
                 return Ok(Err(ApiError::Conflict(format!(
                     "{id} is the last live admin token: create another admin token first, so central is not left without one"
                 ))));
             }
             tokens::revoke_api_token(&tx, &id)?;
             audit::record(&tx, &actor, "api_token.revoke", &id, &format!("name={}", token.name))?;
-            let token = tokens::api_token(&tx, &id)?.unwrap_or(token);
             tx.commit()?;
-            Ok(Ok(token))
+            Ok(Ok(ApiToken {
+                revoked: true,
+                ..token
+            }))
         })
         .await??;
     if revoked.name == crate::BOOTSTRAP_TOKEN_NAME {

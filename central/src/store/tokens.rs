@@ -198,15 +198,13 @@ pub fn list_api_tokens(conn: &Connection) -> Result<Vec<ApiToken>, StoreError> {
 
 /// Whether any live admin token exists at `now` (else central writes a bootstrap one).
 pub fn has_admin_token(conn: &Connection, now: i64) -> Result<bool, StoreError> {
-    Ok(conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked = 0 AND (expires_at IS NULL OR expires_at > ?1))",
-        [now],
-        |r| r.get(0),
-    )?)
+    // No token has an empty id.
+    has_admin_token_besides(conn, "", now)
 }
 
-/// Whether another live admin token than `id` exists at `now` (revoking the last one is refused).
-pub fn has_other_admin_token(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
+/// Whether a live admin token other than `id` exists at `now` (revoking the last one is
+/// refused).
+pub fn has_admin_token_besides(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreError> {
     Ok(conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE role = 'admin' AND revoked = 0 AND id <> ?1 AND (expires_at IS NULL OR expires_at > ?2))",
         params![id, now],
