@@ -21,8 +21,8 @@ packages=(
   # (central/tests/console.rs installs the pinned playwright-core under target/console-test)
   chromium nodejs
   # central's second store: the whole central suite also runs on PostgreSQL
-  # (dev/test-postgres.sh starts a throwaway cluster for it)
-  postgresql
+  # (dev/test-postgres.sh starts a throwaway cluster for it, over TLS with its own test CA)
+  postgresql openssl
 )
 # Debian's nodejs comes without npm; NodeSource's nodejs bundles it and conflicts with the
 # Debian npm package, so ask for npm only when the command is missing.

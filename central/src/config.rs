@@ -302,12 +302,20 @@ impl CentralConfig {
         }
         if let Some(url) = &self.database_url {
             let scheme_ok = url.starts_with("postgres://") || url.starts_with("postgresql://");
-            if !scheme_ok || url.parse::<postgres::Config>().is_err() {
+            if !scheme_ok {
                 return Err(ConfigError::Invalid {
                     field: "database_url",
                     problem:
                         "is not a PostgreSQL URL; use postgres://user:password@host:port/database"
                             .into(),
+                });
+            }
+            if let Err(problem) = crate::store::postgres_tls::parse_url(url) {
+                return Err(ConfigError::Invalid {
+                    field: "database_url",
+                    problem: format!(
+                        "is not usable: {problem}; the form is postgres://user:password@host:port/database?sslmode=verify-full&sslrootcert=/path/ca.pem"
+                    ),
                 });
             }
         }
@@ -405,6 +413,20 @@ mod tests {
         assert_eq!(
             crate::store::redact_url(c.database_url.as_deref().unwrap()),
             "postgres://cairn@127.0.0.1/cairn"
+        );
+        // TLS options are checked at start, the CA file read: a missing one is named.
+        c.database_url = Some(
+            "postgres://cairn:hunter2@db:5432/cairn?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"
+                .into(),
+        );
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("/nonexistent/ca.pem") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert_eq!(
+            crate::store::redact_url(c.database_url.as_deref().unwrap()),
+            "postgres://cairn@db/cairn"
         );
     }
 

@@ -127,7 +127,12 @@ async fn replicas_on_one_database_stay_consistent() {
     // replicas reconnect by themselves, and a change made on A still reaches the device on B
     // (B's listener re-listens and pushes its devices' stored state again).
     let url = a.config.database_url.clone().unwrap();
-    let dbname = url.rsplit('/').next().unwrap().to_owned();
+    let dbname = cairn_central::store::postgres_tls::parse_url(&url)
+        .unwrap()
+        .config
+        .get_dbname()
+        .unwrap()
+        .to_owned();
     let killed = std::thread::spawn(move || {
         let admin = std::env::var(DATABASE_URL_ENV).unwrap();
         let conn = cairn_central::store::connect_postgres(&admin).unwrap();
@@ -271,4 +276,78 @@ async fn replicas_on_one_database_stay_consistent() {
     .expect("B ends the revoked device's stream within 10 s");
     let status = ended.expect("ended with a status");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}
+
+/// Issue 20: four replicas started at the same instant on an empty data_dir and one empty
+/// database agree on one fleet CA, one escrow key and one admin token. A device enrolled
+/// through each replica streams to the next (its certificate chains to the CA every replica
+/// holds), and a recovery key escrowed through each is read back through another (sealed under
+/// the escrow key every replica holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_replicas_started_at_once_share_one_ca_and_escrow_key() {
+    if std::env::var(DATABASE_URL_ENV).map_or(true, |u| u.is_empty()) {
+        eprintln!("four-replica test: {DATABASE_URL_ENV} is not set; replicas need PostgreSQL (cargo xtask test runs this on it)");
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let first = config_in(shared.path());
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = config_in(dir.path());
+            config.data_dir = first.data_dir.clone();
+            config.database_url = first.database_url.clone();
+            tokio::spawn(TestCentral::start_with(dir, config))
+        })
+        .collect();
+    let mut replicas = Vec::new();
+    for start in starts {
+        replicas.push(start.await.expect("a replica starts"));
+    }
+    for (i, r) in replicas.iter().enumerate() {
+        assert_eq!(r.ca_pem, replicas[0].ca_pem, "replica {i}'s CA");
+        assert_eq!(r.admin, replicas[0].admin, "replica {i}'s admin token");
+    }
+    let tokens: cairn_api::ApiTokenList = replicas[0].get("/api/v1/api-tokens");
+    assert_eq!(
+        tokens.api_tokens.len(),
+        1,
+        "one bootstrap token: {tokens:?}"
+    );
+
+    let (_, token) = replicas[0].token("auto", None, None);
+    for i in 0..4 {
+        let (through, next) = (&replicas[i], &replicas[(i + 1) % 4]);
+        let sim = cairn_testsupport::central::SimDevice::new(&format!("SER-FOUR-{i}"));
+        let enrolled = sim.enroll(through, &token).await.unwrap();
+        let (_tx, mut stream) = next.open_sync(&sim, &enrolled.certificate_der).await;
+        next_desired(&mut stream, Duration::from_secs(10)).await;
+        // Each group a multiple of 11, as the key format checks.
+        let key = format!(
+            "{:06}-000011-000099-720885-000044-000055-000066-000077",
+            i * 11
+        );
+        through
+            .agent(&sim, &enrolled.certificate_der)
+            .await
+            .escrow_recovery_key(cairn_proto::v1::EscrowRecoveryKeyRequest {
+                recovery_key: key.clone(),
+                luks_uuid: "5a9c0d1e-2b3f-4c5d-8e6f-7a8b9c0d1e2f".into(),
+            })
+            .await
+            .unwrap();
+        let shown: cairn_api::RecoveryKey = next.get(&format!(
+            "/api/v1/devices/{}/recovery-key",
+            enrolled.device_id
+        ));
+        assert_eq!(
+            shown.recovery_key,
+            key,
+            "escrowed through {i}, read through {}",
+            (i + 1) % 4
+        );
+    }
+    for mut r in replicas {
+        r.stop().await;
+    }
 }

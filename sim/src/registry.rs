@@ -34,9 +34,6 @@ pub enum AdminUrlError {
     /// Whitespace or control characters (they would also break central's TOML config).
     #[error("--database-url contains whitespace or a control character; give the URL alone")]
     Unprintable,
-    /// Query parameters: the sim derives each fresh database's URL by replacing the path.
-    #[error("--database-url {0} has query parameters (?...); they are not supported, give postgres://user:password@host:port/database")]
-    Query(String),
     /// No `/database` at the end (the database the admin connection logs in to).
     #[error(
         "--database-url {0} names no database; end it with the admin database, e.g. /postgres"
@@ -73,18 +70,14 @@ impl AdminUrl {
         if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(AdminUrlError::Unprintable);
         }
-        if url.contains('?') {
-            return Err(AdminUrlError::Query(store::redact_url(url)));
-        }
+        // The query (sslmode, sslrootcert, ...) is kept for every fresh database's URL.
+        let rest = rest.split_once('?').map_or(rest, |(path, _)| path);
         match rest.split_once('/') {
             Some((_, database)) if !database.is_empty() && !database.contains('/') => {}
             _ => return Err(AdminUrlError::NoDatabase(store::redact_url(url))),
         }
-        if let Err(e) = url.parse::<postgres::Config>() {
-            return Err(AdminUrlError::Invalid(
-                store::redact_url(url),
-                e.to_string(),
-            ));
+        if let Err(problem) = store::postgres_tls::parse_url(url) {
+            return Err(AdminUrlError::Invalid(store::redact_url(url), problem));
         }
         Ok(Self(url.to_owned()))
     }
@@ -180,12 +173,15 @@ mod tests {
     fn admin_urls_are_checked_and_never_echo_the_password() {
         assert!(AdminUrl::new("postgres://cairn:hunter2@127.0.0.1:5439/postgres").is_ok());
         assert!(AdminUrl::new("postgresql://cairn:hunter2@127.0.0.1/postgres").is_ok());
+        assert!(
+            AdminUrl::new("postgres://cairn:hunter2@127.0.0.1/postgres?sslmode=require").is_ok()
+        );
         let refused = [
             "mysql://root:hunter2@db/cairn",
             "cairn:hunter2@db/cairn",
             "postgres://cairn:hunter2@127.0.0.1:5439",
             "postgres://cairn:hunter2@127.0.0.1:5439/",
-            "postgres://cairn:hunter2@127.0.0.1:5439/postgres?sslmode=disable",
+            "postgres://cairn:hunter2@127.0.0.1:5439/postgres?sslmode=verify-full",
             "postgres://cairn:hunter2@127.0.0.1:5439/post gres",
             "postgres://cairn:hunter2@127.0.0.1:notaport/postgres",
         ];

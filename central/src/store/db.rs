@@ -61,9 +61,19 @@ pub enum Error {
 
 fn pg_message(e: &postgres::Error) -> String {
     // The Display of a server error is only "db error"; the detail is in as_db_error.
+    // Other errors keep their cause apart (e.g. the TLS handshake's "invalid peer certificate:
+    // UnknownIssuer" under "error performing TLS handshake"): name the whole chain.
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod events;
 pub mod fleet_counts;
 pub mod log_requests;
 pub mod model;
+pub mod postgres_tls;
 pub mod recovery_keys;
 pub mod rollouts;
 pub mod secrets;
@@ -64,6 +65,14 @@ pub enum StoreError {
         target: String,
         /// The client's error.
         source: db::Error,
+    },
+    /// `database_url` is not usable (its TLS options, its CA file).
+    #[error("the PostgreSQL registry URL {target} is not usable: {problem}")]
+    DatabaseUrl {
+        /// Host and database (never the password).
+        target: String,
+        /// What is wrong and what to do.
+        problem: String,
     },
     /// A migration failed; the database is left at the previous version.
     #[error("could not migrate the registry database to version {version}: {source}")]
@@ -314,21 +323,30 @@ fn open_sqlite(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// A new PostgreSQL connection to `url` (no TLS: use a loopback or Unix-socket address).
+/// A new PostgreSQL connection to `url` (TLS as its `sslmode` says: see [`postgres_tls`]).
 pub fn connect_postgres(url: &str) -> Result<Connection, StoreError> {
     Ok(Connection::postgres(postgres_client(url)?))
 }
 
 /// A raw PostgreSQL client for `url` (LISTEN/NOTIFY needs the client itself).
 pub fn postgres_client(url: &str) -> Result<postgres::Client, StoreError> {
-    let connect_err = |source: postgres::Error| StoreError::Connect {
-        target: redact_url(url),
-        source: source.into(),
-    };
-    let mut config: postgres::Config = url.parse().map_err(connect_err)?;
+    let target = redact_url(url);
+    let postgres_tls::Target {
+        mut config, tls, ..
+    } = postgres_tls::parse_url(url).map_err(|problem| StoreError::DatabaseUrl {
+        target: target.clone(),
+        problem,
+    })?;
     config.application_name("cairn-central");
     config.connect_timeout(std::time::Duration::from_secs(10));
-    config.connect(postgres::NoTls).map_err(connect_err)
+    let client = match tls {
+        Some(tls) => config.connect(tls),
+        None => config.connect(postgres::NoTls),
+    };
+    client.map_err(|source| StoreError::Connect {
+        target,
+        source: source.into(),
+    })
 }
 
 /// Create an empty database named `name` on the server of `admin_url` (a role allowed to
@@ -346,7 +364,11 @@ pub fn create_database(admin_url: &str, name: &str) -> Result<String, StoreError
             "{name:?} is not a valid database name (a-z, 0-9, _; up to 63)"
         )));
     }
-    let (base, _) = admin_url
+    let (admin_base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin_url, String::new()),
+    };
+    let (base, _) = admin_base
         .rsplit_once('/')
         .ok_or_else(|| StoreError::Worker("the admin database URL must end in /database".into()))?;
     let admin = admin_url.to_owned();
@@ -361,7 +383,7 @@ pub fn create_database(admin_url: &str, name: &str) -> Result<String, StoreError
     })
     .join()
     .map_err(|_| StoreError::Worker("database creation panicked".into()))??;
-    Ok(format!("{base}/{name}"))
+    Ok(format!("{base}/{name}{query}"))
 }
 
 /// A store for unit tests: a fresh PostgreSQL database when `CAIRN_TEST_DATABASE_URL` is set,
@@ -388,7 +410,9 @@ pub(crate) fn test_store() -> (Store, tempfile::TempDir) {
 
 /// `url` without its password, for logs and errors.
 pub fn redact_url(url: &str) -> String {
-    match url.parse::<postgres::Config>() {
+    // The query (TLS options the client library does not know) names no secret shown here.
+    let base = url.split_once('?').map_or(url, |(base, _)| base);
+    match base.parse::<postgres::Config>() {
         Ok(c) => {
             let hosts: Vec<String> = c
                 .get_hosts()
