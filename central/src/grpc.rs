@@ -348,6 +348,39 @@ pub async fn load_desired(
         .await
 }
 
+/// Devices whose desired states [`load_desired_many`] reads in one snapshot: large enough that
+/// a fleet-wide change is a few hundred reads, small enough that the first devices get theirs
+/// at once and a read connection is not held for long.
+pub const DESIRED_BATCH: usize = 256;
+
+/// The desired states of `device_ids` (those still in the registry), in one read snapshot.
+pub async fn load_desired_many(
+    shared: &Shared,
+    device_ids: Vec<String>,
+) -> Result<Vec<(String, DesiredState)>, StoreError> {
+    shared
+        .store
+        .read(move |conn| {
+            let tx = conn.transaction()?;
+            let mut states = Vec::with_capacity(device_ids.len());
+            for id in &device_ids {
+                let Some(device) = devices::get(&tx, id)? else {
+                    continue;
+                };
+                let apps = store_apps::list(&tx, id)?;
+                let desired = desired_state(
+                    device.desired_revision,
+                    device.config,
+                    apps,
+                    device.desired_os,
+                );
+                states.push((id.clone(), desired));
+            }
+            Ok(states)
+        })
+        .await
+}
+
 /// The message carrying a desired state on a device's stream.
 pub fn desired_message(desired: DesiredState) -> CentralMessage {
     CentralMessage {

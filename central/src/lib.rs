@@ -109,6 +109,55 @@ impl Shared {
         }
     }
 
+    /// Push the new desired state of every device of deployment `name` (its app changed):
+    /// those connected here now, and one nudge asks every other replica to do the same for
+    /// theirs. Nothing is written per device (store::apps::REVISION).
+    pub async fn push_deployment(&self, name: &str) {
+        self.bus.announce_deployment(name);
+        self.push_deployment_here(name).await;
+    }
+
+    /// The devices of deployment `name` connected here get their desired state, read in
+    /// batches.
+    pub async fn push_deployment_here(&self, name: &str) {
+        let key = name.to_owned();
+        let hosts = self
+            .store
+            .read(move |conn| store::deployments::placed_devices(conn, &key))
+            .await;
+        match hosts {
+            Ok(hosts) => {
+                let here: Vec<String> = hosts
+                    .into_iter()
+                    .filter(|id| self.sessions.is_connected_here(id))
+                    .collect();
+                self.push_stored_many(here).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, deployment = name, "could not read a deployment's devices to push its change; they get it on reconnect")
+            }
+        }
+    }
+
+    /// [`Shared::push_stored`] for many devices: their desired states read
+    /// [`grpc::DESIRED_BATCH`] at a time, each batch in one snapshot, and pushed as each batch
+    /// is read.
+    pub async fn push_stored_many(&self, device_ids: Vec<String>) {
+        for batch in device_ids.chunks(grpc::DESIRED_BATCH) {
+            match grpc::load_desired_many(self, batch.to_vec()).await {
+                Ok(states) => {
+                    for (device_id, desired) in states {
+                        self.sessions
+                            .push_desired(&device_id, grpc::desired_message(desired));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, devices = batch.len(), "could not read desired states to push them; those devices get them on reconnect")
+                }
+            }
+        }
+    }
+
     /// Ask the device's stream for a fresh quote, wherever it is connected (after an admin
     /// accepted or reset its attestation reference).
     pub fn request_attestation(&self, device_id: &str) {

@@ -43,6 +43,10 @@ pub enum Nudge {
     Requests,
     /// Ask the device for a fresh quote (its attestation reference changed).
     Attest,
+    /// A deployment's app changed (the id is `replica/deployment`, the replica that sent it):
+    /// push every device of it connected here. One nudge for the whole deployment, each
+    /// replica its own share; the sender pushed its own already.
+    Deployment,
 }
 
 impl Nudge {
@@ -52,6 +56,7 @@ impl Nudge {
             Nudge::Revoked => "revoked",
             Nudge::Requests => "requests",
             Nudge::Attest => "attest",
+            Nudge::Deployment => "deployment",
         }
     }
 
@@ -61,6 +66,7 @@ impl Nudge {
             "attest" => Some(Nudge::Attest),
             "revoked" => Some(Nudge::Revoked),
             "requests" => Some(Nudge::Requests),
+            "deployment" => Some(Nudge::Deployment),
             _ => None,
         }
     }
@@ -109,6 +115,11 @@ impl Bus {
         if let Some(outbox) = &self.outbox {
             let _ = outbox.send(format!("{}:{device_id}", nudge.as_str()));
         }
+    }
+
+    /// Tell the other replicas that deployment `name`'s app changed.
+    pub fn announce_deployment(&self, name: &str) {
+        self.announce(Nudge::Deployment, &format!("{}/{name}", self.replica));
     }
 }
 
@@ -221,6 +232,15 @@ pub async fn run(
             _ = presence.tick() => refresh_presence(&shared).await,
             heard = rx.recv() => match heard {
                 None => return,
+                Some(Heard::Nudge(Nudge::Deployment, from_and_name)) => {
+                    if let Some((from, name)) = from_and_name.split_once('/') {
+                        if from != shared.bus.replica() {
+                            // Off this loop: a large deployment's share takes a while.
+                            let (shared, name) = (shared.clone(), name.to_owned());
+                            tokio::spawn(async move { shared.push_deployment_here(&name).await });
+                        }
+                    }
+                }
                 Some(Heard::Nudge(nudge, device_id)) => {
                     if shared.sessions.is_connected_here(&device_id) {
                         act(&shared, nudge, &device_id).await;
@@ -229,10 +249,11 @@ pub async fn run(
                 Some(Heard::Reconnected) => {
                     // Nudges sent while we were not listening are lost: push every device
                     // connected here its stored state again (the agent ignores what it holds).
-                    for device_id in shared.sessions.connected_here() {
-                        act(&shared, Nudge::Desired, &device_id).await;
-                        act(&shared, Nudge::Requests, &device_id).await;
+                    let here = shared.sessions.connected_here();
+                    for device_id in &here {
+                        act(&shared, Nudge::Requests, device_id).await;
                     }
+                    shared.push_stored_many(here).await;
                 }
             },
         }
@@ -261,6 +282,7 @@ async fn act(shared: &Arc<Shared>, nudge: Nudge, device_id: &str) {
         Nudge::Attest => {
             shared.sessions.request_attestation(device_id);
         }
+        Nudge::Deployment => {} // handled in run: it names no device
     }
 }
 

@@ -727,3 +727,84 @@ async fn bad_input_is_refused_with_what_to_fix() {
         "{actions:?}"
     );
 }
+
+/// Issue 20: a deployment's app is derived, not copied. Changing its Compose file moves each
+/// of its devices exactly one revision on (online ones get it pushed, an offline one on
+/// reconnect), a change that leaves the Compose file alone moves none, and per-device changes,
+/// removal and a new deployment of the same name keep counting up from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_change_moves_each_device_one_revision_without_per_device_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let central =
+        TestCentral::start_with(dir, config_in(tempfile::tempdir().unwrap().path())).await;
+    site(&central, "depot", 52.52, 13.40, json!({}));
+    let mut a = Device::at(&central, "SER-DERIVED-A", "depot", json!({})).await;
+    let mut b = Device::at(&central, "SER-DERIVED-B", "depot", json!({})).await;
+    deploy(&central, "web", json!({ "hosts_per_site": 2 }));
+    let placed = a.until_apps(&["web"]).await;
+    b.until_apps(&["web"]).await;
+    let revision_of = |d: &Device| {
+        central
+            .get::<DeviceDetail>(&format!("/api/v1/devices/{}", d.id))
+            .device
+            .device
+            .desired_revision
+    };
+    let r_b = revision_of(&b);
+    assert_eq!(revision_of(&a), placed.revision);
+
+    // b goes offline; the app changes once.
+    b.hang_up();
+    let web2 = WEB.replace("web:1", "web:2");
+    let body = json!({ "compose_yaml": web2, "placement": { "hosts_per_site": 2 } });
+    central.admin_call("PUT", "/api/v1/deployments/web", Some(body.clone()));
+    let changed = a.next_desired().await;
+    assert_eq!(changed.revision, placed.revision + 1, "{changed:?}");
+    assert_eq!(changed.apps[0].compose_yaml, web2);
+    assert!(changed.apps[0].generation > placed.apps[0].generation);
+    assert_eq!(revision_of(&a), placed.revision + 1);
+    // No per-device audit record: the change is the deployment's one.
+    let audit: AuditLog = central.get("/api/v1/audit?limit=50");
+    let updates: Vec<&str> = audit
+        .events
+        .iter()
+        .filter(|e| e.action.starts_with("deployment.") && e.action != "deployment.place")
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(
+        updates,
+        ["deployment.update", "deployment.create"],
+        "{audit:?}"
+    );
+    // The offline device gets it on reconnect, one step on too.
+    let back = b.reconnect(&central).await;
+    assert_eq!(
+        (back.revision, back.apps[0].compose_yaml.as_str()),
+        (r_b + 1, web2.as_str())
+    );
+
+    // The same Compose file again (placement only): nobody moves.
+    central.admin_call("PUT", "/api/v1/deployments/web", Some(body));
+    assert_eq!(revision_of(&a), placed.revision + 1);
+    assert_eq!(revision_of(&b), r_b + 1);
+
+    // A per-device change counts on from the derived revision.
+    central.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{}/config", a.id),
+        Some(json!({ "config": { "k": "v" } })),
+    );
+    let configured = a.next_desired().await;
+    assert_eq!(configured.revision, placed.revision + 2);
+
+    // Removal: one step on, the app gone; never back to an older revision.
+    central.admin_call("DELETE", "/api/v1/deployments/web", None);
+    let removed = a.until_apps(&[]).await;
+    assert_eq!(removed.revision, placed.revision + 3, "{removed:?}");
+    assert_eq!(revision_of(&a), placed.revision + 3);
+    // A new deployment of the name starts from its own first Compose file, one step on again.
+    deploy(&central, "web", json!({ "hosts_per_site": 2 }));
+    let again = a.until_apps(&["web"]).await;
+    assert_eq!(again.revision, placed.revision + 4);
+    assert_eq!(again.apps[0].compose_yaml, WEB);
+}

@@ -120,6 +120,47 @@ async fn replicas_on_one_database_stay_consistent() {
         "config kept with the app"
     );
 
+    // A deployment made on A is placed on the device on B, and a change of its app made on A
+    // reaches it too: one nudge for the whole deployment, B pushes its own devices.
+    a.admin_call(
+        "POST",
+        "/api/v1/sites",
+        Some(json!({ "name": "depot", "latitude": 52.5, "longitude": 13.4 })),
+    );
+    a.admin_call(
+        "PUT",
+        &format!("/api/v1/devices/{id}/site"),
+        Some(json!({ "site": "depot" })),
+    );
+    let svc = "services:\n  svc:\n    image: registry.local/busybox:1\n";
+    a.admin_call(
+        "POST",
+        "/api/v1/deployments",
+        Some(json!({ "name": "svc", "compose_yaml": svc, "placement": {} })),
+    );
+    let svc_of = |d: &DesiredState| {
+        d.apps
+            .iter()
+            .find(|app| app.name == "svc")
+            .map(|app| app.compose_yaml.clone())
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let placed = loop {
+        let desired = next_desired(&mut stream, deadline - tokio::time::Instant::now()).await;
+        if svc_of(&desired).is_some() {
+            break desired;
+        }
+    };
+    let svc2 = svc.replace("busybox:1", "busybox:2");
+    a.admin_call(
+        "PUT",
+        "/api/v1/deployments/svc",
+        Some(json!({ "compose_yaml": svc2, "placement": {} })),
+    );
+    let changed = next_desired(&mut stream, Duration::from_secs(10)).await;
+    assert_eq!(svc_of(&changed).as_deref(), Some(svc2.as_str()));
+    assert_eq!(changed.revision, placed.revision + 1);
+
     // A sees the device online although its stream is on B (B writes presence, A reads it).
     until_online_on(&a, &id, true).await;
 
@@ -249,7 +290,7 @@ async fn replicas_on_one_database_stay_consistent() {
     let (_tx_a, mut stream_a) = a.open_sync(&sim, &enrolled.certificate_der).await;
     let on_a = next_desired(&mut stream_a, Duration::from_secs(10)).await;
     assert_eq!(on_a.revision, pushed.revision);
-    assert_eq!(on_a.apps.len(), 1);
+    assert_eq!(on_a.apps.len(), 2, "web and the deployment's svc");
 
     // B comes back; the device moves to B again; revoking on A ends the stream on B.
     b.start_again().await;

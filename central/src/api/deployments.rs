@@ -82,7 +82,10 @@ async fn validate(name: &str, compose_yaml: &str, placement: &Placement) -> Resu
 /// What a create or update did.
 enum Outcome {
     Planned(DeploymentPlan),
-    Saved,
+    /// Written; `app_changed`: devices already holding the app get a new Compose file.
+    Saved {
+        app_changed: bool,
+    },
 }
 
 /// The answer of a dry run.
@@ -146,6 +149,9 @@ pub(super) async fn create_deployment(
             }
             let placement_json =
                 serde_json::to_string(&body.placement).expect("a placement serialises");
+            // Apps of a removed deployment of this name still on devices take this one's
+            // Compose file (store::deployments::insert).
+            let app_changed = !deployments::placed_devices(&tx, &body.name)?.is_empty();
             deployments::insert(&tx, &body.name, &body.compose_yaml, &body.placement, &actor)?;
             let detail = format!(
                 "bytes={} placement={placement_json}",
@@ -153,13 +159,16 @@ pub(super) async fn create_deployment(
             );
             audit::record(&tx, &actor, "deployment.create", &body.name, &detail)?;
             tx.commit()?;
-            Ok(Ok(Outcome::Saved))
+            Ok(Ok(Outcome::Saved { app_changed }))
         })
         .await??;
     match outcome {
         Outcome::Planned(plan) => Ok(dry_run_answer(plan)),
-        Outcome::Saved => {
+        Outcome::Saved { app_changed } => {
             placement::reconcile_now(&shared).await;
+            if app_changed {
+                shared.push_deployment(&name).await;
+            }
             let deployment = deployment_view(&shared, name).await?;
             Ok((StatusCode::CREATED, Json(DeploymentReply { deployment })).into_response())
         }
@@ -215,6 +224,7 @@ pub(super) async fn update_deployment(
                     &tx, &inner, &candidate,
                 )?)));
             }
+            let app_changed = old.compose_yaml != body.compose_yaml;
             deployments::update(&tx, &key, &body.compose_yaml, &body.placement)?;
             let placement_json =
                 serde_json::to_string(&body.placement).expect("a placement serialises");
@@ -224,13 +234,16 @@ pub(super) async fn update_deployment(
             );
             audit::record(&tx, &actor, "deployment.update", &key, &detail)?;
             tx.commit()?;
-            Ok(Ok(Outcome::Saved))
+            Ok(Ok(Outcome::Saved { app_changed }))
         })
         .await??;
     match outcome {
         Outcome::Planned(plan) => Ok(dry_run_answer(plan)),
-        Outcome::Saved => {
+        Outcome::Saved { app_changed } => {
             placement::reconcile_now(&shared).await;
+            if app_changed {
+                shared.push_deployment(&name).await;
+            }
             let deployment = deployment_view(&shared, name).await?;
             Ok(Json(DeploymentReply { deployment }).into_response())
         }

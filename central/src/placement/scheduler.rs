@@ -278,9 +278,6 @@ enum Change<'a> {
         deployment: &'a Deployment,
         site: &'a str,
     },
-    Update {
-        deployment: &'a Deployment,
-    },
     Remove {
         deployment: String,
         reason: String,
@@ -304,12 +301,13 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
     let owned: Vec<&AppRow> = rows.iter().filter(|r| r.deployment.is_some()).collect();
     for (d, plan) in all.iter().zip(&plans) {
         let wanted = plan.hosts();
-        let current: BTreeMap<&str, &str> = owned
+        // A changed Compose file needs no write here: devices read it from the deployment.
+        let current: BTreeSet<&str> = owned
             .iter()
             .filter(|r| r.deployment.as_deref() == Some(d.name.as_str()))
-            .map(|r| (r.device_id.as_str(), r.compose_yaml.as_str()))
+            .map(|r| r.device_id.as_str())
             .collect();
-        for (device, compose) in &current {
+        for device in &current {
             if !wanted.contains(device) {
                 // `before` is sorted by id (load_world).
                 let host = before
@@ -330,16 +328,11 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
                     deployment: d.name.clone(),
                     reason,
                 });
-            } else if *compose != d.compose_yaml {
-                changes
-                    .entry(device)
-                    .or_default()
-                    .push(Change::Update { deployment: d });
             }
         }
         for site in &plan.sites {
             for device in &site.hosts {
-                if !current.contains_key(device.as_str()) {
+                if !current.contains(device.as_str()) {
                     changes.entry(device).or_default().push(Change::Place {
                         deployment: d,
                         site: &site.site,
@@ -382,19 +375,6 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
                             "deployment={} site={site} revision={revision}",
                             deployment.name
                         ),
-                    )
-                }
-                Change::Update { deployment } => {
-                    deployments::upsert_owned_app(
-                        &tx,
-                        device_id,
-                        &deployment.name,
-                        &deployment.compose_yaml,
-                        revision,
-                    )?;
-                    (
-                        "deployment.update_app",
-                        format!("deployment={} revision={revision}", deployment.name),
                     )
                 }
                 Change::Remove { deployment, reason } => {

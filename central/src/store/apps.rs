@@ -1,11 +1,34 @@
 //! Apps each device should run: one Compose file per (device, app name). Changing them bumps the
 //! device's desired revision in the same transaction (see [`bump_revision`]).
+//!
+//! A deployment's app is not copied onto its devices: their rows name the deployment and the
+//! generation it was placed at, and its Compose file and changes since are read from the
+//! deployment's row ([`REVISION`], [`APP_COLUMNS`]).
 
 use crate::store::db::{params, Connection, OptionalExtension, Row};
 
 use super::{now_unix, StoreError, Timestamp};
 
 pub use cairn_api::DesiredApp;
+
+/// A device's desired revision, as an SQL expression over a row of `devices`: its own counter
+/// (bumped by every change of the device itself) plus, for each app a deployment placed on it,
+/// the deployment's changes since it was placed. A deployment change (one write) thus moves
+/// each of its devices exactly one revision on, as a per-device write would have. Removing a
+/// placed app folds its changes into the counter first ([`super::deployments::delete_owned_app`],
+/// [`super::deployments::delete`]), so a revision never goes back.
+pub const REVISION: &str = "(devices.desired_revision + COALESCE((SELECT CAST(SUM(p.generation - a.placed_generation) AS BIGINT) \
+    FROM device_apps a JOIN deployments p ON p.name = a.deployment WHERE a.device_id = devices.id), 0))";
+
+/// The columns [`from_row`] reads, over `device_apps a LEFT JOIN deployments p ON p.name =
+/// a.deployment`: a deployment's app takes its Compose file from the deployment, and its
+/// generation moves on with each change of the deployment since placement.
+const APP_COLUMNS: &str = "a.name, COALESCE(p.compose_yaml, a.compose_yaml), \
+    a.generation + COALESCE(p.generation - a.placed_generation, 0), \
+    CASE WHEN p.generation > a.placed_generation THEN p.updated_at ELSE a.updated_at END, a.deployment";
+
+/// `device_apps a` joined with the deployment of each row (if any).
+const APPS_JOINED: &str = "device_apps a LEFT JOIN deployments p ON p.name = a.deployment";
 
 fn from_row(row: &Row) -> crate::store::db::Result<DesiredApp> {
     Ok(DesiredApp {
@@ -42,9 +65,9 @@ fn add_secrets_and_variables(
 
 /// The apps of a device, by name, each with the secret versions and variables it gets there.
 pub fn list(conn: &Connection, device_id: &str) -> Result<Vec<DesiredApp>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, compose_yaml, generation, updated_at, deployment FROM device_apps WHERE device_id = ?1 ORDER BY name",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {APP_COLUMNS} FROM {APPS_JOINED} WHERE a.device_id = ?1 ORDER BY a.name"
+    ))?;
     let rows = stmt.query_map([device_id], from_row)?;
     let mut apps: Vec<DesiredApp> = rows.collect::<Result<_, _>>()?;
     add_secrets_and_variables(conn, device_id, &mut apps)?;
@@ -59,7 +82,9 @@ pub fn get(
 ) -> Result<Option<DesiredApp>, StoreError> {
     let app = conn
         .query_row(
-            "SELECT name, compose_yaml, generation, updated_at, deployment FROM device_apps WHERE device_id = ?1 AND name = ?2",
+            &format!(
+                "SELECT {APP_COLUMNS} FROM {APPS_JOINED} WHERE a.device_id = ?1 AND a.name = ?2"
+            ),
             params![device_id, name],
             from_row,
         )
@@ -122,7 +147,7 @@ pub fn delete(conn: &Connection, device_id: &str, name: &str) -> Result<bool, St
 pub fn bump_revision(conn: &Connection, device_id: &str) -> Result<Option<u64>, StoreError> {
     Ok(conn
         .query_row(
-            "UPDATE devices SET desired_revision = desired_revision + 1 WHERE id = ?1 RETURNING desired_revision",
+            &format!("UPDATE devices SET desired_revision = desired_revision + 1 WHERE id = ?1 RETURNING {REVISION}"),
             [device_id],
             |r| r.get::<_, i64>(0),
         )

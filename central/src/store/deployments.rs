@@ -53,8 +53,11 @@ pub fn insert(
 ) -> Result<Option<Deployment>, StoreError> {
     let text = serde_json::to_string(placement).expect("a placement always serialises");
     let inserted = conn.execute(
-        "INSERT INTO deployments (name, compose_yaml, placement, created_by, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (name) DO NOTHING",
+        // Apps of a removed deployment of this name the scheduler has not taken away yet
+        // would read this one's Compose file: generation 1 moves their devices on for it.
+        "INSERT INTO deployments (name, compose_yaml, placement, created_by, created_at, updated_at, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, CASE WHEN EXISTS (SELECT 1 FROM device_apps WHERE deployment = ?1) THEN 1 ELSE 0 END)
+         ON CONFLICT (name) DO NOTHING",
         params![name, compose_yaml, text, created_by, now_unix()],
     )?;
     if inserted == 0 {
@@ -72,7 +75,10 @@ pub fn update(
 ) -> Result<Option<Deployment>, StoreError> {
     let text = serde_json::to_string(placement).expect("a placement always serialises");
     let changed = conn.execute(
-        "UPDATE deployments SET compose_yaml = ?2, placement = ?3, updated_at = ?4 WHERE name = ?1",
+        // A new Compose file is a new generation: every device of the deployment moves one
+        // revision on (store::apps::REVISION) without a write of its own.
+        "UPDATE deployments SET generation = generation + CASE WHEN compose_yaml = ?2 THEN 0 ELSE 1 END,
+             compose_yaml = ?2, placement = ?3, updated_at = ?4 WHERE name = ?1",
         params![name, compose_yaml, text, now_unix()],
     )?;
     if changed == 0 {
@@ -81,8 +87,26 @@ pub fn update(
     get(conn, name)
 }
 
-/// Remove a deployment row (its device apps are removed by the caller); false when none.
+/// Remove a deployment row; false when none. Its apps stay on its devices until the scheduler
+/// removes them (one revision step each), frozen as they are now: their Compose file and
+/// their changes since placement move from the deployment into the rows and the devices' own
+/// counters, so no device's revision or app changes when the row goes.
 pub fn delete(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    conn.execute(
+        "UPDATE devices SET desired_revision = desired_revision + (
+             SELECT p.generation - a.placed_generation FROM device_apps a JOIN deployments p ON p.name = a.deployment
+             WHERE a.device_id = devices.id AND a.deployment = ?1)
+         WHERE id IN (SELECT device_id FROM device_apps WHERE deployment = ?1)",
+        [name],
+    )?;
+    conn.execute(
+        "UPDATE device_apps SET
+             compose_yaml = (SELECT p.compose_yaml FROM deployments p WHERE p.name = ?1),
+             generation = generation + (SELECT p.generation FROM deployments p WHERE p.name = ?1) - placed_generation,
+             placed_generation = 0
+         WHERE deployment = ?1",
+        [name],
+    )?;
     Ok(conn.execute("DELETE FROM deployments WHERE name = ?1", [name])? > 0)
 }
 
@@ -101,7 +125,10 @@ pub struct AppRow {
 
 /// Every app of every device (the scheduler's view).
 pub fn all_app_rows(conn: &Connection) -> Result<Vec<AppRow>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT device_id, name, deployment, compose_yaml FROM device_apps ORDER BY device_id, name")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.device_id, a.name, a.deployment, COALESCE(p.compose_yaml, a.compose_yaml)
+         FROM device_apps a LEFT JOIN deployments p ON p.name = a.deployment ORDER BY a.device_id, a.name",
+    )?;
     let rows = stmt.query_map(crate::params![], |r| {
         Ok(AppRow {
             device_id: r.get(0)?,
@@ -139,7 +166,9 @@ pub fn placed_devices(conn: &Connection, name: &str) -> Result<Vec<String>, Stor
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Insert or replace a deployment's app on a device at `generation` (the device revision).
+/// Place a deployment's app on a device at `generation` (the device revision). The row keeps
+/// the deployment's current generation; its Compose file is read from the deployment
+/// (store::apps), the copy here is only what the row held when the deployment is removed.
 pub fn upsert_owned_app(
     conn: &Connection,
     device_id: &str,
@@ -148,19 +177,30 @@ pub fn upsert_owned_app(
     generation: u64,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO device_apps (device_id, name, compose_yaml, generation, updated_at, deployment) VALUES (?1, ?2, ?3, ?4, ?5, ?2)
-         ON CONFLICT (device_id, name) DO UPDATE SET compose_yaml = ?3, generation = ?4, updated_at = ?5, deployment = ?2",
+        "INSERT INTO device_apps (device_id, name, compose_yaml, generation, updated_at, deployment, placed_generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?2, (SELECT generation FROM deployments WHERE name = ?2))
+         ON CONFLICT (device_id, name) DO UPDATE SET compose_yaml = ?3, generation = ?4, updated_at = ?5, deployment = ?2,
+             placed_generation = (SELECT generation FROM deployments WHERE name = ?2)",
         params![device_id, deployment, compose_yaml, generation as i64, now_unix()],
     )?;
     Ok(())
 }
 
-/// Remove a deployment's app from a device (an operator's app of that name stays).
+/// Remove a deployment's app from a device (an operator's app of that name stays). The
+/// deployment's changes since placement move into the device's own counter first, so its
+/// revision does not go back (store::apps::REVISION).
 pub fn delete_owned_app(
     conn: &Connection,
     device_id: &str,
     deployment: &str,
 ) -> Result<bool, StoreError> {
+    conn.execute(
+        "UPDATE devices SET desired_revision = desired_revision + COALESCE((
+             SELECT p.generation - a.placed_generation FROM device_apps a JOIN deployments p ON p.name = a.deployment
+             WHERE a.device_id = ?1 AND a.name = ?2 AND a.deployment = ?2), 0)
+         WHERE id = ?1",
+        params![device_id, deployment],
+    )?;
     Ok(conn.execute(
         "DELETE FROM device_apps WHERE device_id = ?1 AND name = ?2 AND deployment = ?2",
         params![device_id, deployment],

@@ -34,9 +34,18 @@ pub struct ProvenTpmFacts {
     pub ek_issuer: String,
 }
 
-const COLUMNS: &str = "id, status, serial, tpm_ek_sha256, hostname, key_storage, agent_version, \
-    os_version, token_id, created_at, approved_at, last_seen_at, cert_serial, cert_expires_at, \
-    desired_revision, config, desired_os, site, labels, wipe_requested_at, wiped_at";
+/// The columns [`from_row`] reads (the revision derived: [`super::apps::REVISION`]).
+fn columns() -> &'static str {
+    static COLUMNS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    COLUMNS.get_or_init(|| {
+        format!(
+            "id, status, serial, tpm_ek_sha256, hostname, key_storage, agent_version, \
+             os_version, token_id, created_at, approved_at, last_seen_at, cert_serial, cert_expires_at, \
+             {}, config, desired_os, site, labels, wipe_requested_at, wiped_at",
+            super::apps::REVISION
+        )
+    })
+}
 
 fn from_row(row: &Row) -> crate::store::db::Result<Device> {
     let config: String = row.get(15)?;
@@ -167,7 +176,7 @@ pub fn wipe_done(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreErr
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Device>, StoreError> {
     Ok(conn
         .query_row(
-            &format!("SELECT {COLUMNS} FROM devices WHERE id = ?1"),
+            &format!("SELECT {} FROM devices WHERE id = ?1", columns()),
             [id],
             from_row,
         )
@@ -178,7 +187,7 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<Device>, StoreError> {
 pub fn by_key(conn: &Connection, key_sha256: &str) -> Result<Option<Device>, StoreError> {
     Ok(conn
         .query_row(
-            &format!("SELECT {COLUMNS} FROM devices WHERE key_sha256 = ?1"),
+            &format!("SELECT {} FROM devices WHERE key_sha256 = ?1", columns()),
             [key_sha256],
             from_row,
         )
@@ -208,7 +217,8 @@ pub fn status(conn: &Connection, id: &str) -> Result<Option<DeviceStatus>, Store
 /// All devices, oldest first.
 pub fn list(conn: &Connection) -> Result<Vec<Device>, StoreError> {
     let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM devices ORDER BY created_at, id"
+        "SELECT {} FROM devices ORDER BY created_at, id",
+        columns()
     ))?;
     let rows = stmt.query_map(crate::params![], from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -307,8 +317,10 @@ pub fn set_config(
     let text = serde_json::to_string(config).expect("a string map always serialises");
     Ok(conn
         .query_row(
-            "UPDATE devices SET config = ?2, desired_revision = desired_revision + 1 WHERE id = ?1
-             RETURNING desired_revision",
+            &format!(
+                "UPDATE devices SET config = ?2, desired_revision = desired_revision + 1 WHERE id = ?1 RETURNING {}",
+                super::apps::REVISION
+            ),
             params![id, text],
             |r| r.get::<_, i64>(0),
         )
@@ -326,8 +338,10 @@ pub fn set_desired_os(
     let text = os.map(|os| serde_json::to_string(os).expect("an OS update always serialises"));
     Ok(conn
         .query_row(
-            "UPDATE devices SET desired_os = ?2, desired_revision = desired_revision + 1 WHERE id = ?1
-             RETURNING desired_revision",
+            &format!(
+                "UPDATE devices SET desired_os = ?2, desired_revision = desired_revision + 1 WHERE id = ?1 RETURNING {}",
+                super::apps::REVISION
+            ),
             params![id, text],
             |r| r.get::<_, i64>(0),
         )

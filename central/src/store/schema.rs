@@ -299,6 +299,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
     ALTER TABLE api_tokens ADD COLUMN last_used_at INTEGER;
     "#,
+    // 17: a deployment's app is derived, not copied (issue 20). Its Compose file is read from
+    // the deployment's row, whose generation counts its changes; a device's row of it records
+    // the generation it was placed at. A device's revision is its own counter plus, per
+    // deployment app, the changes since placement (store::apps::REVISION): a deployment change
+    // is one write and still exactly one revision step on each of its devices.
+    r#"
+    ALTER TABLE deployments ADD COLUMN generation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE device_apps ADD COLUMN placed_generation INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Bring an SQLite database to the latest schema, one transaction per version.
