@@ -5,7 +5,10 @@
 //! fleet is put into sites of [`HOSTS_PER_SITE`] devices, a deployment runs on all of them, and
 //! its app is changed), and the time for a rotation of the deployment's secret to reach every
 //! device (its desired state names the new version and it fetched the value with GetSecrets),
-//! shown as a ratio against the deployment change of the same run.
+//! shown as a ratio against the deployment change of the same run. Last, two reconnections
+//! ([`Reconnection`]): every replica killed at once (the connect storm: each device comes back
+//! on its own back-off), then every replica restarted (each ends its streams with a spread
+//! retry-after), each timed from the stop until every device holds a stream again.
 //!
 //! The registry is central's embedded SQLite database (data and identity cache under
 //! `fleet-<N>/`, reused by later runs) or, with [`BenchOptions::database`], a fresh PostgreSQL
@@ -177,6 +180,8 @@ pub struct SizeResult {
     pub enroll_s: f64,
     /// Seconds from starting the fleet until every device held its stream.
     pub connect_s: f64,
+    /// Every replica stopped at once and started again, until every device is back.
+    pub reconnection: Reconnection,
     /// Central's resident memory in steady state, MiB.
     pub central_rss_mib: f64,
     /// Central's peak resident memory over the run, MiB.
@@ -193,7 +198,8 @@ pub struct SizeResult {
     pub fanout: Option<FanOut>,
     /// The deployment fan-out.
     pub deployment: DeploymentFanOut,
-    /// Sync streams that ended and were reopened during the run.
+    /// Sync streams that ended and were reopened during the run, the two reconnections'
+    /// included (each device at least twice).
     pub reconnects: u64,
     /// Central replicas (processes) on the one database; the `central_*` figures above are
     /// sums over them (for CPU and memory: what the deployment uses).
@@ -362,9 +368,17 @@ async fn run_size(options: &BenchOptions, devices: usize) -> Result<SizeResult, 
     );
     let url = database.as_ref().map(|d| d.url.as_str());
     let result = match start_centrals(options, &dir, url).await {
-        Ok(centrals) => {
-            let result =
-                with_central(options, devices, store, &centrals, &dir, &cache, identities).await;
+        Ok(mut centrals) => {
+            let result = with_central(
+                options,
+                devices,
+                store,
+                &mut centrals,
+                &dir,
+                &cache,
+                identities,
+            )
+            .await;
             for central in centrals {
                 central.stop();
             }
@@ -445,13 +459,13 @@ async fn with_central(
     options: &BenchOptions,
     devices: usize,
     store: StoreKind,
-    centrals: &[CentralProcess],
+    centrals: &mut [CentralProcess],
     dir: &std::path::Path,
     cache: &std::path::Path,
     mut identities: Vec<identity::DeviceIdentity>,
 ) -> Result<SizeResult, BenchError> {
-    let central = &centrals[0];
-    let operator = Operator::new(central.rest, &central.ca_pem, &central.admin_token)?;
+    let (grpc, ca_pem) = (centrals[0].grpc, centrals[0].ca_pem.clone());
+    let operator = Operator::new(centrals[0].rest, &ca_pem, &centrals[0].admin_token)?;
     let enrolled_now = devices - identities.len();
     let enroll_started = Instant::now();
     if enrolled_now > 0 {
@@ -460,8 +474,8 @@ async fn with_central(
             let range = identities.len()..(identities.len() + ENROLL_BATCH).min(devices);
             let batch = if centrals.len() == 1 {
                 identity::enroll_many(
-                    central.grpc,
-                    &central.ca_pem,
+                    grpc,
+                    &ca_pem,
                     &token,
                     "sim",
                     range,
@@ -488,7 +502,7 @@ async fn with_central(
     let measured = if shards == 1 {
         let fleet_err = |source| BenchError::Fleet { devices, source };
         let grpcs: Vec<_> = centrals.iter().map(|c| c.grpc).collect();
-        let fleet = Fleet::start_assigned(&grpcs, 0, &central.ca_pem, identities, &options.fleet);
+        let fleet = Fleet::start_assigned(&grpcs, 0, &ca_pem, identities, &options.fleet);
         let measured = measure(options, centrals, &operator, &fleet).await;
         let reconnects = fleet.reconnects();
         let last_error = Some(fleet.last_error()).filter(|e| e != "none");
@@ -512,7 +526,7 @@ async fn with_central(
             ack_timeout: ack_budget(options),
         };
         eprintln!("cairn-sim: {devices} devices: starting {shards} simulator worker processes");
-        let workers = Shards::start(&shard_options, &central.ca_pem, identities)
+        let workers = Shards::start(&shard_options, &ca_pem, identities)
             .await
             .map_err(shards_err)?;
         // On failure `workers` is dropped, which kills them.
@@ -544,6 +558,7 @@ async fn with_central(
         enrolled_now,
         enroll_s: if enrolled_now > 0 { enroll_s } else { 0.0 },
         connect_s: measured.connect_s,
+        reconnection: measured.reconnection,
         central_rss_mib,
         central_peak_mib,
         central_cpu_pct: measured.cpu_pct.iter().sum(),
@@ -603,6 +618,7 @@ async fn enroll_on_replicas(
 /// What one size measured (per replica and per simulator process where they differ).
 struct Measured {
     connect_s: f64,
+    reconnection: Reconnection,
     /// Each replica's RSS in steady state, bytes.
     rss: Vec<u64>,
     /// Each replica's peak RSS, bytes.
@@ -641,7 +657,7 @@ fn new_marker() -> u64 {
 
 async fn measure(
     options: &BenchOptions,
-    centrals: &[CentralProcess],
+    centrals: &mut [CentralProcess],
     operator: &Operator,
     fleet: &Fleet,
 ) -> Result<Measured, FleetError> {
@@ -666,8 +682,10 @@ async fn measure(
     let fanout = config_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let deployment = deployment_fan_out(options, operator, fleet.ids(), &mut &*fleet).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
+    let reconnection = reconnection(centrals, &mut &*fleet).await?;
     Ok(Measured {
         connect_s,
+        reconnection,
         rss,
         peak,
         cpu_pct,
@@ -695,6 +713,85 @@ pub struct DeploymentFanOut {
     /// Rotating the deployment's secret until every device fetched the new value (its desired
     /// state names the new version, then a GetSecrets call), set once untimed before.
     pub secret_rotation: FanOut,
+}
+
+/// Every replica stopped at once and started again (after the deployment measurement), until
+/// every device holds a stream again; seconds from the stop, central's own start included.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Reconnection {
+    /// The connect storm: every replica killed (SIGKILL, a power cut: no stream is ended
+    /// with a retry-after), so every device comes back on its own back-off, all at once.
+    pub storm_s: f64,
+    /// A restart of every replica (SIGTERM): each ends its streams with a retry-after spread
+    /// over its devices, which come back when told.
+    pub restart_s: f64,
+}
+
+/// Devices that can be watched for reopened streams: in this process or in worker processes.
+trait ReopenWatch {
+    type Error: From<FleetError>;
+    /// Note the devices' streams now; returns what [`ReopenWatch::reopened`] needs.
+    async fn arm_reopen(&mut self, within: Duration) -> Result<Vec<u64>, Self::Error>;
+    /// When the last device opened a new stream since `armed` ([`monotonic_us`]).
+    async fn reopened(&mut self, armed: &[u64], within: Duration) -> Result<u64, Self::Error>;
+}
+
+impl ReopenWatch for &Fleet {
+    type Error = FleetError;
+    async fn arm_reopen(&mut self, _within: Duration) -> Result<Vec<u64>, FleetError> {
+        Ok(self.sessions())
+    }
+    async fn reopened(&mut self, armed: &[u64], within: Duration) -> Result<u64, FleetError> {
+        self.wait_reopened(armed, within).await
+    }
+}
+
+impl ReopenWatch for Shards {
+    type Error = ShardError;
+    async fn arm_reopen(&mut self, within: Duration) -> Result<Vec<u64>, ShardError> {
+        self.arm_reopen(within).await.map(|()| Vec::new())
+    }
+    async fn reopened(&mut self, _armed: &[u64], within: Duration) -> Result<u64, ShardError> {
+        Ok(Shards::reopened(self, within)
+            .await?
+            .into_iter()
+            .max()
+            .unwrap_or(0))
+    }
+}
+
+/// Measure [`Reconnection`]: a crash of every replica, then a restart of every replica.
+async fn reconnection<W: ReopenWatch>(
+    centrals: &mut [CentralProcess],
+    watch: &mut W,
+) -> Result<Reconnection, W::Error> {
+    let budget = fanout_budget(0) * 2;
+    let mut timed = async |crash: bool| -> Result<f64, W::Error> {
+        let armed = watch.arm_reopen(budget).await?;
+        let started_us = monotonic_us();
+        for central in centrals.iter_mut() {
+            central.begin_stop(crash);
+        }
+        futures::future::try_join_all(centrals.iter_mut().map(CentralProcess::start_again))
+            .await
+            .map_err(|e| W::Error::from(FleetError::from(e)))?;
+        let last = watch.reopened(&armed, budget).await?;
+        Ok(last.saturating_sub(started_us) as f64 / 1e6)
+    };
+    let kind = |crash| if crash { "killed" } else { "restarted" };
+    let mut seconds = [0.0; 2];
+    for (slot, crash) in [(0, true), (1, false)] {
+        seconds[slot] = timed(crash).await?;
+        eprintln!(
+            "cairn-sim: every replica {}: all devices back in {:.1} s",
+            kind(crash),
+            seconds[slot]
+        );
+    }
+    Ok(Reconnection {
+        storm_s: seconds[0],
+        restart_s: seconds[1],
+    })
 }
 
 /// Devices that can be watched for a marker: in this process or in worker processes.
@@ -876,7 +973,7 @@ fn cpu_since(centrals: &[CentralProcess], before: &[f64], started: Instant) -> V
 /// workers' samples and reception times merged.
 async fn measure_shards(
     options: &BenchOptions,
-    centrals: &[CentralProcess],
+    centrals: &mut [CentralProcess],
     operator: &Operator,
     mut workers: Shards,
     ids: &[String],
@@ -898,11 +995,13 @@ async fn measure_shards(
     let fanout = config_fan_out(options, operator, ids, &mut workers).await?;
     let deployment = deployment_fan_out(options, operator, ids, &mut workers).await?;
     let peak = centrals.iter().map(|c| c.memory().1).collect();
+    let reconnection = reconnection(centrals, &mut workers).await?;
     let (coordinator_rss, _) = central_process::memory_of("/proc/self/status");
     let figures = workers.stop().await?;
     let last_error = figures.iter().find_map(|f| f.last_error.clone());
     Ok(Measured {
         connect_s,
+        reconnection,
         rss,
         peak,
         cpu_pct,
@@ -943,11 +1042,11 @@ pub fn table(results: &[SizeResult]) -> String {
         }
     };
     let mut out = String::from(
-        "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | deployment placed s | deployment change all received s (xN0) | secret rotation all received s (x change) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects | replicas x sim processes | max central RSS MiB | max central CPU % | max sim RSS MiB\n",
+        "devices | store | central RSS MiB (xN0) | KiB/device | central CPU % | hb/s | hb p50 ms | hb p99 ms (xN0) | fan-out calls s | fan-out all received s (xN0) | deployment placed s | deployment change all received s (xN0) | secret rotation all received s (x change) | storm: all killed, all back s (xN0) | restart: all back s (xN0) | enrolled now | enroll s | connect s | sim RSS MiB | reconnects | replicas x sim processes | max central RSS MiB | max central CPU % | max sim RSS MiB\n",
     );
     for r in results {
         out += &format!(
-            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {} | {} ({}) | {:.1} | {:.1} ({}) | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {} | {}x{} | {:.0} | {:.0} | {:.0}\n",
+            "{} | {} | {:.0} ({}) | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} ({}) | {} | {} ({}) | {:.1} | {:.1} ({}) | {:.1} ({}) | {:.1} ({}) | {:.1} ({}) | {} | {:.1} | {:.1} | {:.0} | {} | {}x{} | {:.0} | {:.0} | {:.0}\n",
             r.devices,
             r.store.name(),
             r.central_rss_mib,
@@ -972,6 +1071,10 @@ pub fn table(results: &[SizeResult]) -> String {
                 r.deployment.secret_rotation.all_received_s,
                 r.deployment.change.all_received_s
             ),
+            r.reconnection.storm_s,
+            ratio(r.reconnection.storm_s, base.reconnection.storm_s),
+            r.reconnection.restart_s,
+            ratio(r.reconnection.restart_s, base.reconnection.restart_s),
             r.enrolled_now,
             r.enroll_s,
             r.connect_s,

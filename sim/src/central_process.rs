@@ -34,6 +34,12 @@ pub enum CentralError {
 /// A running `cairn-central serve`.
 pub struct CentralProcess {
     child: Child,
+    /// The binary, its config file (which names the ports), its log and data directory: what
+    /// [`CentralProcess::restart`] starts it again with.
+    bin: PathBuf,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    data_dir: PathBuf,
     /// Agent gRPC address.
     pub grpc: SocketAddr,
     /// Operator REST address.
@@ -62,6 +68,30 @@ fn write_private(path: &Path, text: &str) -> Result<(), std::io::Error> {
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Start `bin serve --config config_path`, its stderr appended to `log_path`.
+fn spawn(bin: &Path, config_path: &Path, log_path: &Path) -> Result<Child, CentralError> {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log_path)
+        .map_err(|source| CentralError::Io {
+            path: log_path.to_owned(),
+            source,
+        })?;
+    let mut command = Command::new(bin);
+    command
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cairn_io::die_with_parent(&mut command);
+    command.spawn().map_err(|source| CentralError::Spawn {
+        bin: bin.to_owned(),
+        source,
+    })
 }
 
 fn free_port() -> Result<SocketAddr, std::io::Error> {
@@ -134,32 +164,64 @@ impl CentralProcess {
         }
         write_private(&config_path, &config).map_err(io(&config_path))?;
         let log_path = dir.join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
-        let mut command = Command::new(bin);
-        command
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        cairn_io::die_with_parent(&mut command);
-        let child = command.spawn().map_err(|source| CentralError::Spawn {
-            bin: bin.to_owned(),
-            source,
-        })?;
+        std::fs::File::create(&log_path).map_err(io(&log_path))?;
         let mut process = Self {
-            child,
+            child: spawn(bin, &config_path, &log_path)?,
+            bin: bin.to_owned(),
+            config_path,
+            log_path,
+            data_dir,
             grpc,
             rest,
             ca_pem: String::new(),
             admin_token: String::new(),
         };
+        process.wait_ready().await?;
+        Ok(process)
+    }
+
+    /// Begin stopping it: SIGTERM as a service manager would (it ends every stream with a
+    /// retry-after), or SIGKILL as a power cut would. [`CentralProcess::start_again`] waits
+    /// for the exit; stopping every replica first and then starting them stops them at once.
+    pub fn begin_stop(&mut self, crash: bool) {
+        let signal = if crash {
+            rustix::process::Signal::KILL
+        } else {
+            rustix::process::Signal::TERM
+        };
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, signal);
+        }
+    }
+
+    /// Wait for it to exit (SIGKILL after 30 s), start it again on the same ports and data,
+    /// and return once REST answers.
+    pub async fn start_again(&mut self) -> Result<(), CentralError> {
+        let started = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = spawn(&self.bin, &self.config_path, &self.log_path)?;
+        self.wait_ready().await
+    }
+
+    /// Wait until REST answers with the CA and admin token of its data directory.
+    async fn wait_ready(&mut self) -> Result<(), CentralError> {
+        let (rest, data_dir) = (self.rest, self.data_dir.clone());
+        let process = self;
         let started = Instant::now();
         let limit = Duration::from_secs(60);
         loop {
             if started.elapsed() > limit || process.child.try_wait().ok().flatten().is_some() {
-                return Err(CentralError::NotReady(limit, log_path));
+                return Err(CentralError::NotReady(limit, process.log_path.clone()));
             }
             let ca = std::fs::read_to_string(data_dir.join("ca.crt"));
             let admin = std::fs::read_to_string(data_dir.join("admin.token"));
@@ -170,7 +232,7 @@ impl CentralProcess {
                     crate::rest::Operator::new(rest, &process.ca_pem, &process.admin_token)
                 {
                     if operator.healthy().await {
-                        return Ok(process);
+                        return Ok(());
                     }
                 }
             }

@@ -64,6 +64,8 @@ pub struct DeviceSlot {
     pub acks: AtomicU64,
     /// Streams that ended and were reopened.
     pub reconnects: AtomicU64,
+    /// Streams opened (each counted at its first DesiredState), for timing reconnections.
+    pub sessions: AtomicU64,
 }
 
 /// State shared by every device of a fleet.
@@ -129,8 +131,14 @@ fn os_status() -> OsStatus {
     }
 }
 
+/// First and largest reconnect back-off ceilings: the agent's defaults
+/// (`backoff_initial_ms`, `backoff_max_ms`).
+const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
 /// Run one device until its task is aborted: connect to central (or the replica) at `grpc`,
-/// sync, reconnect with back-off.
+/// sync, reconnect as the agent does: full jitter (a uniform wait up to a ceiling that doubles
+/// per failure) and never sooner than a retry-after central sent.
 pub async fn run(
     identity: DeviceIdentity,
     grpc: SocketAddr,
@@ -138,21 +146,30 @@ pub async fn run(
     shared: Arc<FleetShared>,
     slot: Arc<DeviceSlot>,
 ) {
-    let mut backoff = Duration::from_millis(500);
+    let mut ceiling = BACKOFF_INITIAL;
     let mut seq = 0u64;
     loop {
-        match session(&identity, grpc, source_ip, &shared, &slot, &mut seq).await {
-            Ok(()) => backoff = Duration::from_millis(500),
-            Err(e) => {
-                tracing::debug!(device_id = %identity.device_id, error = %e, "sync session ended");
-                shared.note_error(format!("{}: {e}", identity.device_id));
+        let opened = slot.sessions.load(Ordering::Relaxed);
+        let ended = session(&identity, grpc, source_ip, &shared, &slot, &mut seq).await;
+        if slot.sessions.load(Ordering::Relaxed) != opened {
+            ceiling = BACKOFF_INITIAL; // it was connected: start over
+        }
+        let retry_after = match &ended {
+            Err(SessionError::Refused(status) | SessionError::StreamEnded(status)) => {
+                cairn_proto::retry_after(status)
             }
+            _ => None,
+        };
+        if let Err(e) = ended {
+            tracing::debug!(device_id = %identity.device_id, error = %e, "sync session ended");
+            shared.note_error(format!("{}: {e}", identity.device_id));
         }
         slot.connected.store(false, Ordering::Relaxed);
         slot.reconnects.fetch_add(1, Ordering::Relaxed);
-        let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64);
-        tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(30));
+        let jittered =
+            Duration::from_millis(rand::thread_rng().gen_range(10..=ceiling.as_millis() as u64));
+        tokio::time::sleep(jittered.max(retry_after.unwrap_or_default())).await;
+        ceiling = (ceiling * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -257,7 +274,9 @@ async fn session(
                             }
                         }
                         fetch_secrets(&mut client, &desired, shared, slot).await;
-                        slot.connected.store(true, Ordering::Relaxed);
+                        if !slot.connected.swap(true, Ordering::Relaxed) {
+                            slot.sessions.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Some(central_message::Kind::Logs(request)) => {
                         // A simulated device keeps no logs; say so, as an agent without the

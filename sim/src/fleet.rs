@@ -54,6 +54,9 @@ pub enum FleetError {
     /// An operator call of a fan-out (config, sites, deployment) failed.
     #[error("an operator call of the fan-out failed: {0}")]
     Rest(#[from] RestError),
+    /// Central could not be restarted (the reconnection measurement).
+    #[error("restarting central failed: {0}")]
+    Central(#[from] crate::central_process::CentralError),
 }
 
 /// Heartbeat round-trip statistics, µs.
@@ -237,11 +240,13 @@ impl Fleet {
         &self,
         what: &'static str,
         timeout: Duration,
-        done: impl Fn(&DeviceSlot) -> bool,
+        done: impl Fn(usize, &DeviceSlot) -> bool,
     ) -> Result<Duration, FleetError> {
         let started = Instant::now();
         loop {
-            let count = self.slots.iter().filter(|s| done(s)).count();
+            let count = (self.slots.iter().enumerate())
+                .filter(|(i, s)| done(*i, s))
+                .count();
             if count == self.slots.len() {
                 return Ok(started.elapsed());
             }
@@ -260,7 +265,7 @@ impl Fleet {
 
     /// Wait until every device holds an open Sync stream with its first DesiredState.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<Duration, FleetError> {
-        self.wait_until("devices connected", timeout, |s| {
+        self.wait_until("devices connected", timeout, |_, s| {
             s.connected.load(Ordering::Relaxed)
         })
         .await
@@ -268,7 +273,7 @@ impl Fleet {
 
     /// Wait until every device has at least `acks` heartbeats acknowledged.
     pub async fn wait_acked(&self, acks: u64, timeout: Duration) -> Result<Duration, FleetError> {
-        self.wait_until("devices with acknowledged heartbeats", timeout, |s| {
+        self.wait_until("devices with acknowledged heartbeats", timeout, |_, s| {
             s.acks.load(Ordering::Relaxed) >= acks
         })
         .await
@@ -301,7 +306,7 @@ impl Fleet {
     /// Wait until every device has received config marker `marker` (set by someone else, e.g.
     /// another process); returns when the last one received it, on the [`monotonic_us`] clock.
     pub async fn wait_marker(&self, marker: u64, timeout: Duration) -> Result<u64, FleetError> {
-        self.wait_until("devices with the config change", timeout, |s| {
+        self.wait_until("devices with the config change", timeout, |_, s| {
             s.marker.load(Ordering::Relaxed) == marker
         })
         .await?;
@@ -312,6 +317,27 @@ impl Fleet {
             .max()
             .unwrap_or(0);
         Ok(self.shared.epoch_mono_us + last_us)
+    }
+
+    /// How many streams each device has opened so far, for [`Fleet::wait_reopened`].
+    pub fn sessions(&self) -> Vec<u64> {
+        (self.slots.iter())
+            .map(|s| s.sessions.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Wait until every device has opened a stream since `before` ([`Fleet::sessions`]) and
+    /// holds it; returns when the last one did, on the [`monotonic_us`] clock (to 20 ms).
+    pub async fn wait_reopened(
+        &self,
+        before: &[u64],
+        timeout: Duration,
+    ) -> Result<u64, FleetError> {
+        self.wait_until("devices connected again", timeout, |i, s| {
+            s.connected.load(Ordering::Relaxed) && s.sessions.load(Ordering::Relaxed) > before[i]
+        })
+        .await?;
+        Ok(monotonic_us())
     }
 
     /// Sync streams reopened since start, summed over the fleet.

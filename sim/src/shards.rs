@@ -60,6 +60,13 @@ pub enum Command {
         /// Deadline, ms from receiving the command.
         timeout_ms: u64,
     },
+    /// Note how many streams each device has opened, say so ([`Event::Armed`]), then wait
+    /// until every device opened a new one, at most `timeout_ms` ([`Event::Reopened`]): the
+    /// coordinator restarts central in between.
+    Reopen {
+        /// Deadline, ms from receiving the command.
+        timeout_ms: u64,
+    },
     /// Stop the devices, report ([`Event::Done`]) and exit.
     Stop,
 }
@@ -88,6 +95,15 @@ pub enum Event {
         devices: usize,
         /// When the last one did, [`monotonic_us`].
         last_received_us: u64,
+    },
+    /// The worker noted its devices' streams (after [`Command::Reopen`]).
+    Armed,
+    /// Every device opened a new stream.
+    Reopened {
+        /// Devices of this worker.
+        devices: usize,
+        /// When the last one did, [`monotonic_us`].
+        at_us: u64,
     },
     /// Final figures; the worker exits after this.
     Done(WorkerFigures),
@@ -326,6 +342,17 @@ async fn worker_commands(
                 emit(&Event::FanOut {
                     devices: fleet.len(),
                     last_received_us,
+                });
+            }
+            Command::Reopen { timeout_ms } => {
+                let before = fleet.sessions();
+                emit(&Event::Armed);
+                let at_us = fleet
+                    .wait_reopened(&before, Duration::from_millis(timeout_ms))
+                    .await?;
+                emit(&Event::Reopened {
+                    devices: fleet.len(),
+                    at_us,
                 });
             }
             Command::Stop => break,
@@ -622,6 +649,47 @@ impl Shards {
         Ok(got.into_iter().map(|(_, t)| t).collect())
     }
 
+    /// Have every worker note its devices' streams (for at most `within` afterwards); returns
+    /// once all did. Then restart central and call [`Shards::reopened`].
+    pub async fn arm_reopen(&mut self, within: Duration) -> Result<(), ShardError> {
+        const AWAITED: &str = "armed";
+        let command = Command::Reopen {
+            timeout_ms: within.as_millis() as u64,
+        };
+        for w in &mut self.workers {
+            w.send(&command).await?;
+        }
+        futures::future::try_join_all(self.workers.iter_mut().map(|w| async move {
+            match w.next(AWAITED, REPLY_MARGIN).await? {
+                Event::Armed => Ok(()),
+                other => Err(w.unexpected(AWAITED, &other)),
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// When each worker's last device opened its new stream ([`monotonic_us`]); fails unless
+    /// every device of the fleet did.
+    pub async fn reopened(&mut self, within: Duration) -> Result<Vec<u64>, ShardError> {
+        const AWAITED: &str = "reopened";
+        let got = futures::future::try_join_all(self.workers.iter_mut().map(|w| async move {
+            match w.next(AWAITED, within + REPLY_MARGIN).await? {
+                Event::Reopened { devices, at_us } if devices == w.devices => Ok((devices, at_us)),
+                other => Err(w.unexpected(AWAITED, &other)),
+            }
+        }))
+        .await?;
+        let reported = got.iter().map(|(d, _)| d).sum::<usize>();
+        if reported != self.devices {
+            return Err(ShardError::Count {
+                reported,
+                expected: self.devices,
+            });
+        }
+        Ok(got.into_iter().map(|(_, t)| t).collect())
+    }
+
     /// Stop every worker and collect its final figures.
     pub async fn stop(mut self) -> Result<Vec<WorkerFigures>, ShardError> {
         const AWAITED: &str = "done";
@@ -723,6 +791,7 @@ mod tests {
                 marker: 7,
                 timeout_ms: 1000,
             },
+            Command::Reopen { timeout_ms: 2000 },
             Command::Stop,
         ];
         for command in commands {
@@ -730,14 +799,23 @@ mod tests {
             assert!(!line.contains('\n'));
             assert_eq!(serde_json::from_str::<Command>(&line).unwrap(), command);
         }
-        let event = Event::Done(WorkerFigures {
-            devices: 3,
-            rss_bytes: 1,
-            peak_bytes: 2,
-            reconnects: 0,
-            last_error: None,
-        });
-        let line = serde_json::to_string(&event).unwrap();
-        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+        let events = [
+            Event::Armed,
+            Event::Reopened {
+                devices: 3,
+                at_us: 9,
+            },
+            Event::Done(WorkerFigures {
+                devices: 3,
+                rss_bytes: 1,
+                peak_bytes: 2,
+                reconnects: 0,
+                last_error: None,
+            }),
+        ];
+        for event in events {
+            let line = serde_json::to_string(&event).unwrap();
+            assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+        }
     }
 }
