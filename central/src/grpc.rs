@@ -360,25 +360,31 @@ pub async fn load_desired_many(
 ) -> Result<Vec<(String, DesiredState)>, StoreError> {
     shared
         .store
-        .read(move |conn| {
-            let tx = conn.transaction()?;
-            let mut states = Vec::with_capacity(device_ids.len());
-            for id in &device_ids {
-                let Some(device) = devices::get(&tx, id)? else {
-                    continue;
-                };
-                let apps = store_apps::list(&tx, id)?;
-                let desired = desired_state(
-                    device.desired_revision,
-                    device.config,
-                    apps,
-                    device.desired_os,
-                );
-                states.push((id.clone(), desired));
-            }
-            Ok(states)
-        })
+        .read(move |conn| desired_states(conn, &device_ids))
         .await
+}
+
+/// The desired states of `device_ids` (those in the registry) as `conn` sees them, read with
+/// a fixed number of queries ([`store_apps::list_many`]); at most a few hundred at a time.
+pub fn desired_states(
+    conn: &crate::store::Connection,
+    device_ids: &[String],
+) -> Result<Vec<(String, DesiredState)>, StoreError> {
+    let devices = devices::get_many(conn, device_ids)?;
+    let mut apps = store_apps::list_many(conn, &devices)?;
+    Ok(devices
+        .into_iter()
+        .map(|device| {
+            let apps = apps.remove(&device.id).unwrap_or_default();
+            let desired = desired_state(
+                device.desired_revision,
+                device.config,
+                apps,
+                device.desired_os,
+            );
+            (device.id, desired)
+        })
+        .collect())
 }
 
 /// The message carrying a desired state on a device's stream.

@@ -220,6 +220,10 @@ async fn secrets_reach_only_attested_devices_that_run_the_app_most_specific_valu
     );
     let got = fetch(&central, &b, "shop", &["db_password"]).await.unwrap();
     assert_eq!(value_of(&got, "db_password"), Some(ROTATED_VALUE));
+    // Read in bulk (a deployment change pushed to many), each device gets the same.
+    central
+        .assert_bulk_desired_states_agree(&[&a.id, &b.id, &c.id])
+        .await;
 
     // A failed attestation stops the release.
     central.record_attestation(&b.id, true).await;

@@ -244,6 +244,10 @@ async fn apps_get_built_ins_and_the_most_specific_operator_value() {
     let shop = desired.apps.iter().find(|app| app.name == "shop").unwrap();
     assert_eq!(shop.variables["CAIRN_SITE"], "zurich-1");
     assert_eq!(shop.variables["LEVEL"], "hidden");
+    // Read in bulk (a deployment change pushed to many), each device gets the same.
+    central
+        .assert_bulk_desired_states_agree(&[&a.id, &b.id, &c.id])
+        .await;
 
     // Audited with names and scopes, never values.
     let audit: AuditLog = central.get("/api/v1/audit?limit=200");

@@ -337,6 +337,23 @@ impl TestCentral {
             .expect("connect to central gRPC")
     }
 
+    /// Assert that the desired states of `ids` read in bulk (as a change pushed to many
+    /// devices reads them) are exactly those read one device at a time.
+    pub async fn assert_bulk_desired_states_agree(&self, ids: &[&str]) {
+        let shared = &self.c().shared;
+        let owned: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let many = cairn_central::grpc::load_desired_many(shared, owned)
+            .await
+            .expect("desired states read in bulk");
+        assert_eq!(many.len(), ids.len(), "one state per device");
+        for (id, desired) in many {
+            let one = cairn_central::grpc::load_desired(shared, &id)
+                .await
+                .expect("a desired state read alone");
+            assert_eq!(Some(desired), one, "device {id}");
+        }
+    }
+
     /// Record in the registry, as central's judge would, that device `id` verified OS "1.0"
     /// (PCR 0 pinned, UKI value `ab` learned) and, when `failed`, that its last quote then
     /// failed on PCR 7 with its measurements (PCR 7 changed, UKI `1.0 cd`) waiting for an

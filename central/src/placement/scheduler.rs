@@ -26,7 +26,7 @@ use cairn_proto::MAX_DESIRED_STATE_BYTES;
 use super::geo::Point;
 use super::privileges;
 use super::spec::{Labels, PlacementRules};
-use crate::grpc::desired_state;
+use crate::grpc::{desired_states, DESIRED_BATCH};
 use crate::rollout::engine::Push;
 use crate::store::deployments::{self, AppRow, Deployment};
 use crate::store::sites::{self, Site};
@@ -355,6 +355,7 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
         }
     }
     let mut pushes = Vec::new();
+    let mut here = Vec::new();
     for (device_id, list) in changes {
         let Some(revision) = apps::bump_revision(&tx, device_id)? else {
             continue;
@@ -388,21 +389,21 @@ pub fn reconcile(conn: &mut Connection, shared: &Shared) -> Result<Vec<Push>, St
             tracing::info!(device_id, %detail, "{action}");
             audit::record(&tx, SCHEDULER_ACTOR, action, device_id, &detail)?;
         }
-        if !shared.sessions.is_connected_here(device_id) {
+        if shared.sessions.is_connected_here(device_id) {
+            here.push(device_id.to_owned());
+        } else {
             pushes.push(Push {
                 device_id: device_id.to_owned(),
                 desired: None,
             });
-        } else if let Some(device) = devices::get(&tx, device_id)? {
-            let apps = apps::list(&tx, device_id)?;
+        }
+    }
+    // The streams here get their new states built now, a batch of devices per few queries.
+    for batch in here.chunks(DESIRED_BATCH) {
+        for (device_id, desired) in desired_states(&tx, batch)? {
             pushes.push(Push {
-                device_id: device_id.to_owned(),
-                desired: Some(desired_state(
-                    revision,
-                    device.config,
-                    apps,
-                    device.desired_os,
-                )),
+                device_id,
+                desired: Some(desired),
             });
         }
     }

@@ -5,9 +5,14 @@
 //! generation it was placed at, and its Compose file and changes since are read from the
 //! deployment's row ([`REVISION`], [`APP_COLUMNS`]).
 
-use crate::store::db::{params, Connection, OptionalExtension, Row};
+use std::collections::{BTreeMap, HashMap};
 
-use super::{now_unix, StoreError, Timestamp};
+use cairn_api::{AppSecretVersion, VariableInfo};
+
+use crate::store::db::{params, placeholders, Connection, OptionalExtension, Row, ToValue};
+
+use super::variables::Variables;
+use super::{now_unix, Device, StoreError, Timestamp};
 
 pub use cairn_api::DesiredApp;
 
@@ -49,18 +54,23 @@ fn add_secrets_and_variables(
     device_id: &str,
     apps: &mut [DesiredApp],
 ) -> Result<(), StoreError> {
-    let mut versions = super::secrets::versions_for_device(conn, device_id)?;
-    let (built_ins, applicable) = super::variables::sources_for_device(conn, device_id)?;
+    let versions = super::secrets::versions_for_device(conn, device_id)?;
+    let sources = super::variables::sources_for_device(conn, device_id)?;
+    fill_in(apps, versions, &sources);
+    Ok(())
+}
+
+/// Give each of `apps` its secret `versions` and the variables computed from `sources`.
+fn fill_in(
+    apps: &mut [DesiredApp],
+    mut versions: BTreeMap<String, Vec<AppSecretVersion>>,
+    (built_ins, applicable): &(Variables, Vec<VariableInfo>),
+) {
     for app in apps {
         app.secrets = versions.remove(&app.name).unwrap_or_default();
-        app.variables = super::variables::merge(
-            &app.name,
-            app.deployment.as_deref(),
-            &applicable,
-            &built_ins,
-        );
+        app.variables =
+            super::variables::merge(&app.name, app.deployment.as_deref(), applicable, built_ins);
     }
-    Ok(())
 }
 
 /// The apps of a device, by name, each with the secret versions and variables it gets there.
@@ -72,6 +82,44 @@ pub fn list(conn: &Connection, device_id: &str) -> Result<Vec<DesiredApp>, Store
     let mut apps: Vec<DesiredApp> = rows.collect::<Result<_, _>>()?;
     add_secrets_and_variables(conn, device_id, &mut apps)?;
     Ok(apps)
+}
+
+/// [`list`] for each of `devices`, by device id, in five queries whatever their number: what
+/// a change pushed to many devices reads.
+pub fn list_many(
+    conn: &Connection,
+    devices: &[Device],
+) -> Result<HashMap<String, Vec<DesiredApp>>, StoreError> {
+    let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+    let mut all: HashMap<String, Vec<DesiredApp>> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(all);
+    }
+    let params: Vec<&dyn ToValue> = ids.iter().map(|id| id as &dyn ToValue).collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {APP_COLUMNS}, a.device_id FROM {APPS_JOINED} WHERE a.device_id IN ({}) ORDER BY a.device_id, a.name",
+        placeholders(ids.len(), 1)
+    ))?;
+    let rows = stmt.query_map(params.as_slice(), |r| {
+        Ok((r.get::<_, String>(5)?, from_row(r)?))
+    })?;
+    for row in rows {
+        let (device, app) = row?;
+        all.entry(device).or_default().push(app);
+    }
+    let mut versions = super::secrets::versions_for_devices(conn, &ids)?;
+    let sources = super::variables::sources_for_devices(conn, devices)?;
+    for device in devices {
+        let apps = all.entry(device.id.clone()).or_default();
+        if let Some(sources) = sources.get(&device.id) {
+            fill_in(
+                apps,
+                versions.remove(&device.id).unwrap_or_default(),
+                sources,
+            );
+        }
+    }
+    Ok(all)
 }
 
 /// One app of a device, with the secret versions and variables it gets there.

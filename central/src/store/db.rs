@@ -138,6 +138,14 @@ pub fn row_placeholders(rows: usize, columns: usize, first: usize) -> String {
         .join(", ")
 }
 
+/// `?first, ?first+1, …` for `count` values: an `IN (…)` list.
+pub fn placeholders(count: usize, first: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `values` as statement parameters.
 pub fn as_params(values: &[Value]) -> Vec<&dyn ToValue> {
     values.iter().map(|v| v as &dyn ToValue).collect()

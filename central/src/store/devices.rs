@@ -93,6 +93,24 @@ fn desired_os_from_column(row: &Row, index: usize) -> crate::store::db::Result<O
     .transpose()
 }
 
+/// The devices of `ids` that exist, in no particular order (one query).
+pub fn get_many(conn: &Connection, ids: &[String]) -> Result<Vec<Device>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params: Vec<&dyn crate::store::db::ToValue> = ids
+        .iter()
+        .map(|id| id as &dyn crate::store::db::ToValue)
+        .collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM devices WHERE id IN ({})",
+        columns(),
+        crate::store::db::placeholders(ids.len(), 1)
+    ))?;
+    let rows = stmt.query_map(params.as_slice(), from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Insert a new device.
 pub fn insert(
     conn: &Connection,

@@ -3,7 +3,7 @@
 //! [`crate::secrets::SecretVault`]. Which row a device's app gets: the device's own, else its
 //! site's, else the deployment's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::secrets::SealedSecret;
 use crate::store::db::{params, Connection, OptionalExtension, Row};
@@ -230,16 +230,16 @@ fn rank(site: &str, device_id: &str) -> u8 {
     }
 }
 
-/// The rows that apply to the apps of device `device_id` (joined over its apps and its site),
-/// as (app, name, site, device, id, version, kind).
-const APPLYING: &str = "SELECT a.name, s.name, s.site, s.device_id, s.id, s.version, s.kind
+/// The rows that apply to the apps of the devices in the `IN` list that follows (joined over
+/// their apps and sites), as (app, name, site, device, id, version, kind, the app's device).
+const APPLYING: &str = "SELECT a.name, s.name, s.site, s.device_id, s.id, s.version, s.kind, a.device_id
      FROM device_apps a
      JOIN devices d ON d.id = a.device_id
      JOIN secrets s ON s.app = a.name AND (
          (a.deployment IS NULL AND s.owner_kind = 'device_app' AND s.device_id = a.device_id)
          OR (a.deployment IS NOT NULL AND s.owner_kind = 'deployment'
              AND (s.device_id = a.device_id OR (s.device_id = '' AND (s.site = '' OR s.site = d.site)))))
-     WHERE a.device_id = ?1";
+     WHERE a.device_id IN";
 
 /// The row of a secret name that applies to a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,11 +260,32 @@ pub fn applying(
     conn: &Connection,
     device_id: &str,
 ) -> Result<BTreeMap<String, Applying>, StoreError> {
-    let mut stmt = conn.prepare_cached(APPLYING)?;
-    let rows = stmt.query_map([device_id], |row| {
+    Ok(applying_many(conn, &[device_id])?
+        .remove(device_id)
+        .unwrap_or_default())
+}
+
+/// [`applying`] for each of `device_ids` (one query), by device.
+pub fn applying_many(
+    conn: &Connection,
+    device_ids: &[&str],
+) -> Result<HashMap<String, BTreeMap<String, Applying>>, StoreError> {
+    if device_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let params: Vec<&dyn crate::store::db::ToValue> = device_ids
+        .iter()
+        .map(|id| id as &dyn crate::store::db::ToValue)
+        .collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "{APPLYING} ({})",
+        crate::store::db::placeholders(device_ids.len(), 1)
+    ))?;
+    let rows = stmt.query_map(params.as_slice(), |row| {
         let site: String = row.get(2)?;
         let device: String = row.get(3)?;
         Ok((
+            row.get::<_, String>(7)?,
             row.get::<_, String>(0)?,
             row.get::<_, String>(1)?,
             rank(&site, &device),
@@ -275,10 +296,16 @@ pub fn applying(
             },
         ))
     })?;
-    let mut best: BTreeMap<String, BTreeMap<String, (u8, Applied)>> = BTreeMap::new();
+    type Best = BTreeMap<String, BTreeMap<String, (u8, Applied)>>;
+    let mut best: HashMap<String, Best> = HashMap::new();
     for row in rows {
-        let (app, name, rank, applied) = row?;
-        let slot = best.entry(app).or_default().entry(name);
+        let (device, app, name, rank, applied) = row?;
+        let slot = best
+            .entry(device)
+            .or_default()
+            .entry(app)
+            .or_default()
+            .entry(name);
         match slot {
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert((rank, applied));
@@ -290,15 +317,20 @@ pub fn applying(
             }
         }
     }
+    let ranked_out = |apps: Best| {
+        apps.into_iter()
+            .map(|(app, names)| {
+                let names = names
+                    .into_iter()
+                    .map(|(name, (_, applied))| (name, applied))
+                    .collect();
+                (app, names)
+            })
+            .collect()
+    };
     Ok(best
         .into_iter()
-        .map(|(app, names)| {
-            let names = names
-                .into_iter()
-                .map(|(name, (_, applied))| (name, applied))
-                .collect();
-            (app, names)
-        })
+        .map(|(device, apps)| (device, ranked_out(apps)))
         .collect())
 }
 
@@ -307,7 +339,23 @@ pub fn versions_for_device(
     conn: &Connection,
     device_id: &str,
 ) -> Result<BTreeMap<String, Vec<AppSecretVersion>>, StoreError> {
-    Ok(applying(conn, device_id)?
+    Ok(versions_of(applying(conn, device_id)?))
+}
+
+/// [`versions_for_device`] for each of `device_ids` (one query), by device.
+pub fn versions_for_devices(
+    conn: &Connection,
+    device_ids: &[&str],
+) -> Result<HashMap<String, BTreeMap<String, Vec<AppSecretVersion>>>, StoreError> {
+    Ok(applying_many(conn, device_ids)?
+        .into_iter()
+        .map(|(device, applying)| (device, versions_of(applying)))
+        .collect())
+}
+
+/// Per app, the version of each secret that applies.
+fn versions_of(applying: BTreeMap<String, Applying>) -> BTreeMap<String, Vec<AppSecretVersion>> {
+    applying
         .into_iter()
         .map(|(app, names)| {
             let versions = names
@@ -320,7 +368,7 @@ pub fn versions_for_device(
                 .collect();
             (app, versions)
         })
-        .collect())
+        .collect()
 }
 
 /// A secret's sealed current version.

@@ -42,6 +42,27 @@ pub fn get(conn: &Connection, name: &str) -> Result<Option<Site>, StoreError> {
         .optional()?)
 }
 
+/// The sites of `names` that exist, by name (one query).
+pub fn get_many(
+    conn: &Connection,
+    names: &[&str],
+) -> Result<std::collections::HashMap<String, Site>, StoreError> {
+    if names.is_empty() {
+        return Ok(Default::default());
+    }
+    let params: Vec<&dyn crate::store::db::ToValue> = names
+        .iter()
+        .map(|n| n as &dyn crate::store::db::ToValue)
+        .collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SITE_COLUMNS} FROM sites WHERE name IN ({})",
+        crate::store::db::placeholders(names.len(), 1)
+    ))?;
+    let rows = stmt.query_map(params.as_slice(), site_from_row)?;
+    rows.map(|r| Ok(r.map(|site| (site.name.clone(), site))?))
+        .collect()
+}
+
 /// Add a site; `None` when the name is taken.
 pub fn insert(
     conn: &Connection,

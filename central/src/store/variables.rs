@@ -6,13 +6,14 @@
 //! device's site; the built-ins (`CAIRN_*`) are set last and no operator variable may use
 //! their prefix. A per-device app gets no deployment variables.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use cairn_api::{VariableInfo, VariableScope};
 
-use crate::store::db::{params, Connection, OptionalExtension, Row};
+use crate::store::db::{params, placeholders, Connection, OptionalExtension, Row, ToValue};
 
-use super::{devices, now_unix, sites, StoreError, Timestamp};
+use super::sites::{self, Site};
+use super::{devices, now_unix, Device, StoreError, Timestamp};
 
 /// Prefix of the built-in variables, which operators may not set.
 pub const BUILT_IN_PREFIX: &str = "CAIRN_";
@@ -173,18 +174,25 @@ pub fn built_ins(conn: &Connection, device_id: &str) -> Result<Option<Variables>
     let Some(device) = devices::get(conn, device_id)? else {
         return Ok(None);
     };
+    let site = match device.site.as_deref() {
+        Some(site) => sites::get(conn, site)?,
+        None => None,
+    };
+    Ok(Some(built_ins_of(&device, site.as_ref())))
+}
+
+/// The built-ins of `device` at `site` (its site, if any and still there).
+fn built_ins_of(device: &Device, site: Option<&Site>) -> Variables {
     let mut out = Variables::new();
     out.insert("CAIRN_DEVICE_ID".into(), device.id.clone());
     put_labels(&mut out, "CAIRN_DEVICE_LABEL_", &device.labels);
-    if let Some(site) = device.site.as_deref() {
-        if let Some(site) = sites::get(conn, site)? {
-            out.insert("CAIRN_SITE".into(), site.name.clone());
-            out.insert("CAIRN_SITE_LATITUDE".into(), degrees(site.latitude));
-            out.insert("CAIRN_SITE_LONGITUDE".into(), degrees(site.longitude));
-            put_labels(&mut out, "CAIRN_SITE_LABEL_", &site.labels);
-        }
+    if let Some(site) = site {
+        out.insert("CAIRN_SITE".into(), site.name.clone());
+        out.insert("CAIRN_SITE_LATITUDE".into(), degrees(site.latitude));
+        out.insert("CAIRN_SITE_LONGITUDE".into(), degrees(site.longitude));
+        put_labels(&mut out, "CAIRN_SITE_LABEL_", &site.labels);
     }
-    Ok(Some(out))
+    out
 }
 
 /// The operator variables that can apply on device `device_id`: the fleet's, its site's and
@@ -240,6 +248,53 @@ pub fn sources_for_device(
         return Ok(Default::default());
     };
     Ok((built_ins, applicable(conn, device_id)?))
+}
+
+/// [`sources_for_device`] for each of `devices` (three queries whatever their number), by
+/// device id. Each gets the fleet's variables, its site's, and those of every deployment with
+/// an app on one of them ([`merge`] takes only an app's own deployment's).
+pub fn sources_for_devices(
+    conn: &Connection,
+    devices: &[Device],
+) -> Result<HashMap<String, (Variables, Vec<VariableInfo>)>, StoreError> {
+    let mut site_names: Vec<&str> = devices.iter().filter_map(|d| d.site.as_deref()).collect();
+    site_names.sort_unstable();
+    site_names.dedup();
+    let sites = sites::get_many(conn, &site_names)?;
+    let ids: Vec<&dyn ToValue> = devices.iter().map(|d| &d.id as &dyn ToValue).collect();
+    let names: Vec<&dyn ToValue> = site_names.iter().map(|n| n as &dyn ToValue).collect();
+    let mut params = ids.clone();
+    params.extend(names.iter().copied());
+    let site_list = if names.is_empty() {
+        "NULL".to_owned()
+    } else {
+        placeholders(names.len(), ids.len() + 1)
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM variables v
+         WHERE v.scope_kind = 'fleet'
+            OR (v.scope_kind = 'site' AND v.scope_name IN ({site_list}))
+            OR (v.scope_kind = 'deployment' AND v.scope_name IN
+                (SELECT a.deployment FROM device_apps a WHERE a.device_id IN ({}) AND a.deployment IS NOT NULL))",
+        placeholders(ids.len(), 1)
+    ))?;
+    let rows = stmt.query_map(params.as_slice(), from_row)?;
+    let all: Vec<VariableInfo> = rows.collect::<Result<_, _>>()?;
+    Ok(devices
+        .iter()
+        .map(|device| {
+            let site = device.site.as_deref().and_then(|s| sites.get(s));
+            let applicable = all
+                .iter()
+                .filter(|v| {
+                    v.scope != VariableScope::Site
+                        || device.site.as_deref() == Some(v.scope_name.as_str())
+                })
+                .cloned()
+                .collect();
+            (device.id.clone(), (built_ins_of(device, site), applicable))
+        })
+        .collect())
 }
 
 /// The devices whose computed variables change when variable `name` of `scope`/`scope_name`
