@@ -558,23 +558,40 @@ impl Shards {
     /// connect deadline); returns seconds from starting the workers until the last device
     /// connected.
     pub async fn wait_connected(&mut self, within: Duration) -> Result<f64, ShardError> {
-        const AWAITED: &str = "connected";
-        let at = futures::future::try_join_all(self.workers.iter_mut().map(|w| async move {
-            match w.next(AWAITED, within + REPLY_MARGIN).await? {
-                Event::Connected { devices, at_us } if devices == w.devices => Ok((devices, at_us)),
-                other => Err(w.unexpected(AWAITED, &other)),
+        let at = self
+            .all_devices_at("connected", within, |e| match e {
+                Event::Connected { devices, at_us } => Some((*devices, *at_us)),
+                _ => None,
+            })
+            .await?;
+        let last = at.into_iter().max().unwrap_or(self.started_us);
+        Ok(last.saturating_sub(self.started_us) as f64 / 1e6)
+    }
+
+    /// Each worker's next event, which must be the `awaited` one `pick` reads (devices, time)
+    /// from and cover all its devices; the times, once every device of the fleet is counted.
+    async fn all_devices_at(
+        &mut self,
+        awaited: &'static str,
+        within: Duration,
+        pick: fn(&Event) -> Option<(usize, u64)>,
+    ) -> Result<Vec<u64>, ShardError> {
+        let got = futures::future::try_join_all(self.workers.iter_mut().map(|w| async move {
+            let event = w.next(awaited, within + REPLY_MARGIN).await?;
+            match pick(&event) {
+                Some((devices, at)) if devices == w.devices => Ok((devices, at)),
+                _ => Err(w.unexpected(awaited, &event)),
             }
         }))
         .await?;
-        let reported = at.iter().map(|(d, _)| d).sum::<usize>();
+        let reported = got.iter().map(|(d, _)| d).sum::<usize>();
         if reported != self.devices {
             return Err(ShardError::Count {
                 reported,
                 expected: self.devices,
             });
         }
-        let last = at.iter().map(|(_, t)| *t).max().unwrap_or(self.started_us);
-        Ok(last.saturating_sub(self.started_us) as f64 / 1e6)
+        Ok(got.into_iter().map(|(_, t)| t).collect())
     }
 
     /// Wait until every device has had a heartbeat acknowledged (`within`: the workers'
@@ -628,25 +645,14 @@ impl Shards {
     /// When each worker's last device received the marker ([`monotonic_us`]); fails unless
     /// every device of the fleet got it.
     pub async fn fan_out_received(&mut self, within: Duration) -> Result<Vec<u64>, ShardError> {
-        const AWAITED: &str = "fan_out";
-        let got = futures::future::try_join_all(self.workers.iter_mut().map(|w| async move {
-            match w.next(AWAITED, within + REPLY_MARGIN).await? {
-                Event::FanOut {
-                    devices,
-                    last_received_us,
-                } if devices == w.devices => Ok((devices, last_received_us)),
-                other => Err(w.unexpected(AWAITED, &other)),
-            }
-        }))
-        .await?;
-        let reported = got.iter().map(|(d, _)| d).sum::<usize>();
-        if reported != self.devices {
-            return Err(ShardError::Count {
-                reported,
-                expected: self.devices,
-            });
-        }
-        Ok(got.into_iter().map(|(_, t)| t).collect())
+        self.all_devices_at("fan_out", within, |e| match e {
+            Event::FanOut {
+                devices,
+                last_received_us,
+            } => Some((*devices, *last_received_us)),
+            _ => None,
+        })
+        .await
     }
 
     /// Have every worker note its devices' streams (for at most `within` afterwards); returns
@@ -672,22 +678,11 @@ impl Shards {
     /// When each worker's last device opened its new stream ([`monotonic_us`]); fails unless
     /// every device of the fleet did.
     pub async fn reopened(&mut self, within: Duration) -> Result<Vec<u64>, ShardError> {
-        const AWAITED: &str = "reopened";
-        let got = futures::future::try_join_all(self.workers.iter_mut().map(|w| async move {
-            match w.next(AWAITED, within + REPLY_MARGIN).await? {
-                Event::Reopened { devices, at_us } if devices == w.devices => Ok((devices, at_us)),
-                other => Err(w.unexpected(AWAITED, &other)),
-            }
-        }))
-        .await?;
-        let reported = got.iter().map(|(d, _)| d).sum::<usize>();
-        if reported != self.devices {
-            return Err(ShardError::Count {
-                reported,
-                expected: self.devices,
-            });
-        }
-        Ok(got.into_iter().map(|(_, t)| t).collect())
+        self.all_devices_at("reopened", within, |e| match e {
+            Event::Reopened { devices, at_us } => Some((*devices, *at_us)),
+            _ => None,
+        })
+        .await
     }
 
     /// Stop every worker and collect its final figures.
