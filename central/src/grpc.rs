@@ -529,7 +529,9 @@ impl Agent for AgentService {
             Severity::Info,
             "sync stream opened",
         );
-        shared.placement.wake();
+        // No placement pass of its own: the scheduler's tick runs one when presence changed
+        // (Scheduler::due). A pass reads the whole fleet under the cluster lock; one per
+        // stream open made a reconnecting fleet run them back to back.
         tokio::spawn(
             async move {
                 // Requests made while the device was away (or on another replica) go out now.
@@ -661,7 +663,6 @@ impl Agent for AgentService {
                 }
                 tracing::info!("agent disconnected");
                 crate::events::record(&shared, Some(&device_id), "device.disconnected", Severity::Info, end_reason);
-                shared.placement.wake();
             }
             .instrument(span),
         );
