@@ -94,17 +94,23 @@ async fn a_device_that_stops_reading_its_stream_is_dropped_and_others_are_served
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let events: EventList = central.get(&format!(
-        "/api/v1/events?device={}&kind=device.disconnected",
-        stuck.id
-    ));
-    assert!(
-        events
+    // Events are written in batches after the stream ends: wait for the record too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events: EventList = central.get(&format!(
+            "/api/v1/events?device={}&kind=device.disconnected",
+            stuck.id
+        ));
+        if events
             .events
             .iter()
-            .any(|e| e.message.contains("did not read its stream")),
-        "{events:?}"
-    );
+            .any(|e| e.message.contains("did not read its stream"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The other device is still connected and served.
     let apps: AppList = central.get(&format!("/api/v1/devices/{}/apps", good.id));
