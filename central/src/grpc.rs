@@ -516,7 +516,7 @@ impl Agent for AgentService {
                     return Err(internal(e));
                 }
             };
-            tx.send(Ok(desired_message(desired)))
+            tx.send(Box::new(Ok(desired_message(desired))))
                 .await
                 .map_err(|_| Status::cancelled("stream closed"))?;
         }
@@ -545,7 +545,7 @@ impl Agent for AgentService {
                 let send = |message: Result<CentralMessage, Status>| {
                     let tx = tx.clone();
                     async move {
-                        matches!(tokio::time::timeout(STALLED_STREAM, tx.send(message)).await, Ok(Ok(())))
+                        matches!(tokio::time::timeout(STALLED_STREAM, tx.send(Box::new(message))).await, Ok(Ok(())))
                     }
                 };
                 let stalled_reason = format!("the device did not read its stream for {}s", STALLED_STREAM.as_secs());
@@ -666,8 +666,10 @@ impl Agent for AgentService {
             }
             .instrument(span),
         );
-        let answers =
-            futures::StreamExt::take_until(ReceiverStream::new(rx), answers_end.cancelled_owned());
+        let answers = futures::StreamExt::take_until(
+            futures::StreamExt::map(ReceiverStream::new(rx), |item| *item),
+            answers_end.cancelled_owned(),
+        );
         Ok(Response::new(Box::pin(answers)))
     }
 
