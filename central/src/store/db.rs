@@ -415,7 +415,14 @@ pub struct Connection {
     backend: Backend,
     /// Open transactions (the outer one is BEGIN, inner ones are savepoints).
     depth: std::cell::Cell<u32>,
+    /// PostgreSQL statements prepared on this connection, by their text: a query then costs
+    /// one round trip instead of two (parse, then bind and run) and the server plans it once.
+    prepared: RefCell<std::collections::HashMap<String, postgres::Statement>>,
 }
+
+/// Most statements one PostgreSQL connection keeps prepared. Past it the cache starts over:
+/// `IN (…)` lists of many lengths would otherwise grow it (and the server's memory) without end.
+const MAX_PREPARED: usize = 256;
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -431,6 +438,7 @@ impl Connection {
         Self {
             backend: Backend::Sqlite(conn),
             depth: 0.into(),
+            prepared: RefCell::default(),
         }
     }
 
@@ -439,6 +447,7 @@ impl Connection {
         Self {
             backend: Backend::Postgres(RefCell::new(Some(client))),
             depth: 0.into(),
+            prepared: RefCell::default(),
         }
     }
 
@@ -468,13 +477,23 @@ impl Connection {
             )?),
             Backend::Postgres(c) => {
                 let refs = pg_params(&values);
-                Ok(pg(c)?.execute(pg_sql(sql).as_str(), &refs)? as usize)
+                let mut client = pg(c)?;
+                let statement = self.pg_statement(&mut client, sql)?;
+                let changed = client.execute(&statement, &refs);
+                Ok(self.forget_on_error(sql, changed)? as usize)
             }
         }
     }
 
-    /// Run several statements without parameters (DDL).
+    /// Run several statements without parameters (DDL). Statements prepared before are
+    /// dropped: a plan made before a schema change may no longer fit it.
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        self.prepared.borrow_mut().clear();
+        self.control(sql)
+    }
+
+    /// Run transaction control (BEGIN, COMMIT, savepoints), keeping prepared statements.
+    fn control(&self, sql: &str) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(c) => Ok(c.execute_batch(sql)?),
             Backend::Postgres(c) => Ok(pg(c)?.batch_execute(sql)?),
@@ -509,7 +528,10 @@ impl Connection {
             }
             Backend::Postgres(c) => {
                 let refs = pg_params(&values);
-                let rows = pg(c)?.query(pg_sql(sql).as_str(), &refs)?;
+                let mut client = pg(c)?;
+                let statement = self.pg_statement(&mut client, sql)?;
+                let rows = client.query(&statement, &refs);
+                let rows = self.forget_on_error(sql, rows)?;
                 let Some(first) = rows.first() else {
                     return Ok(Vec::new());
                 };
@@ -559,13 +581,66 @@ impl Connection {
         self.prepare(sql)
     }
 
+    /// How many statements this connection holds prepared (tests).
+    #[cfg(test)]
+    pub(crate) fn prepared_count(&self) -> usize {
+        self.prepared.borrow().len()
+    }
+
+    /// `sql` prepared on PostgreSQL `client`: from the cache, else prepared now and kept.
+    fn pg_statement(
+        &self,
+        client: &mut postgres::Client,
+        sql: &str,
+    ) -> Result<postgres::Statement> {
+        if let Some(statement) = self.prepared.borrow().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(pg_sql(sql).as_str())?;
+        let mut prepared = self.prepared.borrow_mut();
+        if prepared.len() >= MAX_PREPARED {
+            prepared.clear();
+        }
+        prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// `outcome` of running prepared `sql`; a failure drops the statement from the cache, so a
+    /// plan the server can no longer use (a column changed under it by another replica's
+    /// migration) is prepared afresh next time.
+    fn forget_on_error<T>(
+        &self,
+        sql: &str,
+        outcome: std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        outcome.map_err(|e| {
+            self.prepared.borrow_mut().remove(sql);
+            e.into()
+        })
+    }
+
     /// Begin a transaction (a savepoint when one is already open); rolled back unless committed.
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
+        self.transaction_from("BEGIN")
+    }
+
+    /// Begin a read-only snapshot: one REPEATABLE READ transaction on PostgreSQL (in the same
+    /// round trip as BEGIN), a plain transaction on SQLite (whose readers see a snapshot anyway).
+    pub fn snapshot(&mut self) -> Result<Transaction<'_>> {
+        match self.dialect() {
+            Dialect::Postgres => {
+                self.transaction_from("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            }
+            Dialect::Sqlite => self.transaction_from("BEGIN"),
+        }
+    }
+
+    fn transaction_from(&mut self, begin: &str) -> Result<Transaction<'_>> {
         let depth = self.depth.get();
         if depth == 0 {
-            self.execute_batch("BEGIN")?;
+            self.control(begin)?;
         } else {
-            self.execute_batch(&format!("SAVEPOINT sp{depth}"))?;
+            self.control(&format!("SAVEPOINT sp{depth}"))?;
         }
         self.depth.set(depth + 1);
         Ok(Transaction {
@@ -640,10 +715,10 @@ impl Transaction<'_> {
         self.done = true;
         self.conn.depth.set(self.level);
         if self.level == 0 {
-            self.conn.execute_batch("COMMIT")
+            self.conn.control("COMMIT")
         } else {
             self.conn
-                .execute_batch(&format!("RELEASE SAVEPOINT sp{}", self.level))
+                .control(&format!("RELEASE SAVEPOINT sp{}", self.level))
         }
     }
 }
@@ -662,7 +737,7 @@ impl Drop for Transaction<'_> {
                 self.level
             )
         };
-        if let Err(e) = self.conn.execute_batch(&sql) {
+        if let Err(e) = self.conn.control(&sql) {
             tracing::warn!(error = %e, "could not roll back a registry transaction");
         }
     }

@@ -295,8 +295,7 @@ fn read_snapshot<T>(
     conn: &mut Connection,
     f: impl Fn(&mut Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    let mut tx = conn.transaction()?;
-    tx.execute_batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?;
+    let mut tx = conn.snapshot()?;
     let value = f(&mut tx)?;
     tx.commit()?;
     Ok(value)
@@ -523,5 +522,40 @@ mod tests {
             1,
             "the committed write is visible to reads"
         );
+    }
+
+    /// A statement is prepared once per PostgreSQL connection and reused; when another
+    /// connection changes the table under it (another replica's migration), the one failed
+    /// run drops it and the next prepares it afresh. A schema change on the same connection
+    /// drops every prepared statement first.
+    #[test]
+    fn prepared_statements_follow_schema_changes() {
+        let (store, _dir) = test_store();
+        let Some(url) = store.postgres_url().map(str::to_owned) else {
+            return; // SQLite compiles statements itself
+        };
+        let conn = connect_postgres(&url).unwrap();
+        let other = connect_postgres(&url).unwrap();
+        conn.execute_batch("CREATE TABLE probe (a BIGINT); INSERT INTO probe VALUES (1)")
+            .unwrap();
+        let columns = |conn: &Connection| -> Result<usize, db::Error> {
+            Ok(conn.query("SELECT * FROM probe", crate::params![])?[0].len())
+        };
+        assert_eq!(columns(&conn).unwrap(), 1);
+        assert_eq!(conn.prepared_count(), 1, "the query was kept prepared");
+        other
+            .execute_batch("ALTER TABLE probe ADD COLUMN b BIGINT")
+            .unwrap();
+        // The server refuses the old plan at most once; the statement is then prepared again.
+        let after = columns(&conn).or_else(|_| columns(&conn)).unwrap();
+        assert_eq!(after, 2, "the new column is seen");
+        conn.execute_batch("ALTER TABLE probe ADD COLUMN c BIGINT")
+            .unwrap();
+        assert_eq!(
+            conn.prepared_count(),
+            0,
+            "DDL dropped the prepared statements"
+        );
+        assert_eq!(columns(&conn).unwrap(), 3);
     }
 }
