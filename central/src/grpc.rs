@@ -190,26 +190,32 @@ pub struct AgentService(pub Arc<Shared>);
 impl AgentService {
     /// The device id from the verified client certificate, checked active in the registry.
     async fn authorize<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        Ok(self.authorize_with_ak(request).await?.0)
+    }
+
+    /// [`AgentService::authorize`], with the device's proven attestation key (one read).
+    async fn authorize_with_ak<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(String, Option<Vec<u8>>), Status> {
         let device_id = device_id_from_peer(request)?;
         let id = device_id.clone();
-        let status = self
+        let access = self
             .0
             .store
-            .read(move |conn| devices::status(conn, &id))
+            .read(move |conn| devices::access(conn, &id))
             .await
             .map_err(internal)?;
-        match status {
-            Some(DeviceStatus::Active) => Ok(device_id),
-            Some(DeviceStatus::Revoked) => {
-                let mut status = EnrollError::DeviceRevoked(device_id.clone()).to_status();
-                let id = device_id.clone();
-                let wipe = self
-                    .0
-                    .store
-                    .read(move |conn| devices::wipe_pending(conn, &id))
-                    .await
-                    .map_err(internal)?;
-                if wipe {
+        let Some(access) = access else {
+            return Err(Status::unauthenticated(format!(
+                "device {device_id} is not in the registry"
+            )));
+        };
+        match access.status {
+            DeviceStatus::Active => Ok((device_id, access.ak_public)),
+            DeviceStatus::Revoked => {
+                let mut status = EnrollError::DeviceRevoked(device_id).to_status();
+                if access.wipe_pending {
                     status.metadata_mut().insert(
                         cairn_proto::WIPE_METADATA_KEY,
                         tonic::metadata::MetadataValue::from_static(cairn_proto::WIPE_ORDERED),
@@ -217,12 +223,9 @@ impl AgentService {
                 }
                 Err(status)
             }
-            Some(DeviceStatus::Pending | DeviceStatus::Other(_)) => {
+            DeviceStatus::Pending | DeviceStatus::Other(_) => {
                 Err(EnrollError::DeviceNotActive(device_id).to_status())
             }
-            None => Err(Status::unauthenticated(format!(
-                "device {device_id} is not in the registry"
-            ))),
         }
     }
 }
@@ -329,23 +332,12 @@ pub async fn load_desired(
     shared: &Shared,
     device_id: &str,
 ) -> Result<Option<DesiredState>, StoreError> {
-    let id = device_id.to_owned();
-    shared
+    let ids = [device_id.to_owned()];
+    let mut states = shared
         .store
-        .read(move |conn| {
-            let tx = conn.transaction()?;
-            let Some(device) = devices::get(&tx, &id)? else {
-                return Ok(None);
-            };
-            let apps = store_apps::list(&tx, &id)?;
-            Ok(Some(desired_state(
-                device.desired_revision,
-                device.config,
-                apps,
-                device.desired_os,
-            )))
-        })
-        .await
+        .read(move |conn| desired_states(conn, &ids))
+        .await?;
+    Ok(states.pop().map(|(_, desired)| desired))
 }
 
 /// Devices whose desired states [`load_desired_many`] reads in one snapshot: large enough that
@@ -476,19 +468,11 @@ impl Agent for AgentService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let device_id = self.authorize(&request).await?;
+        let (device_id, ak_public) = self.authorize_with_ak(&request).await?;
         let span = tracing::info_span!("grpc.sync", device_id = %device_id);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let shared = self.0.clone();
-        let ak_public = {
-            let id = device_id.clone();
-            shared
-                .store
-                .read(move |conn| devices::ak_public(conn, &id))
-                .await
-                .map_err(internal)?
-        };
         // A device with a proven TPM gets no desired state until this boot's quote verified.
         let gate = AttestationGate::new(ak_public.is_none());
         // Register before reading the desired state: a change committed in between is then
@@ -503,11 +487,25 @@ impl Agent for AgentService {
         // it is dropped with it).
         let stalled = tokio_util::sync::CancellationToken::new();
         let answers_end = stalled.clone();
+        // Whether log requests wait for the device, read with its desired state (None: not
+        // read yet).
+        let mut logs_waiting = None;
         if gate.is_open() {
-            let loaded = load_desired(&shared, &device_id).await;
+            let ids = [device_id.clone()];
+            let since = crate::logs::pending_since(&shared.config);
+            let loaded = shared
+                .store
+                .read(move |conn| {
+                    let desired = desired_states(conn, &ids)?.pop();
+                    Ok((desired, crate::logs::any_pending(conn, &ids[0], since)?))
+                })
+                .await;
             let desired = match loaded {
-                Ok(Some(desired)) => desired,
-                Ok(None) => {
+                Ok((Some((_, desired)), waiting)) => {
+                    logs_waiting = Some(waiting);
+                    desired
+                }
+                Ok((None, _)) => {
                     shared.sessions.unregister(&device_id, session_id);
                     return Err(Status::unauthenticated("device vanished from the registry"));
                 }
@@ -535,7 +533,11 @@ impl Agent for AgentService {
         tokio::spawn(
             async move {
                 // Requests made while the device was away (or on another replica) go out now.
-                crate::logs::deliver_pending(&shared, &device_id).await;
+                match logs_waiting {
+                    Some(false) => {}
+                    Some(true) => crate::logs::send_pending(&shared, &device_id).await,
+                    None => crate::logs::deliver_pending(&shared, &device_id).await,
+                }
                 let mut event_bucket = TokenBucket::new(AGENT_EVENT_BURST, AGENT_EVENTS_PER_SECOND);
                 let mut warned_invalid = false;
                 let mut warned_rate = false;

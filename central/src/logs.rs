@@ -266,6 +266,22 @@ pub async fn request(
     .await
 }
 
+/// Whether device `device_id` has log requests waiting (made since `since`: see
+/// [`pending_since`]), read in the caller's snapshot: a stream open asks with its desired
+/// state, in one read.
+pub fn any_pending(
+    conn: &crate::store::Connection,
+    device_id: &str,
+    since: i64,
+) -> Result<bool, StoreError> {
+    Ok(!store::pending_for_device(conn, device_id, since)?.is_empty())
+}
+
+/// Oldest creation time (ms) of a request still worth sending.
+pub fn pending_since(config: &crate::config::CentralConfig) -> i64 {
+    now_unix_ms() - config.log_request_timeout_seconds as i64 * 1000
+}
+
 /// Push the device's pending log requests (made within the timeout) on its stream, if the
 /// stream is open on this replica. Each request is claimed in the registry first, so when several
 /// replicas try only one sends it; a push that fails gives the claim back.
@@ -273,17 +289,24 @@ pub async fn deliver_pending(shared: &Shared, device_id: &str) {
     if !shared.sessions.is_connected_here(device_id) {
         return;
     }
-    let since = now_unix_ms() - shared.config.log_request_timeout_seconds as i64 * 1000;
     let id = device_id.to_owned();
+    let since = pending_since(&shared.config);
     // Almost always there is none: look without the registry lock, which every stream open
     // would otherwise take (a fleet reconnecting at once queues on it).
     let any = shared
         .store
-        .read(move |conn| Ok(!store::pending_for_device(conn, &id, since)?.is_empty()))
+        .read(move |conn| any_pending(conn, &id, since))
         .await;
     if matches!(any, Ok(false)) {
         return;
     }
+    send_pending(shared, device_id).await;
+}
+
+/// Claim and push the device's pending log requests ([`deliver_pending`] once it is known
+/// that there are some).
+pub async fn send_pending(shared: &Shared, device_id: &str) {
+    let since = pending_since(&shared.config);
     let id = device_id.to_owned();
     let claimed = shared
         .store

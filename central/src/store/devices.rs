@@ -145,19 +145,38 @@ pub fn insert(
     )?;
     Ok(())
 }
+/// What a call by device `id` needs to know about it, in one query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// Registry status.
+    pub status: DeviceStatus,
+    /// The proven TPM's attestation key (TPMT_PUBLIC), if it has one.
+    pub ak_public: Option<Vec<u8>>,
+    /// A revoked device has a crypto-erase ordered that it has not reported done.
+    pub wipe_pending: bool,
+}
 
-/// The attestation key (TPMT_PUBLIC) central proved for a device at enrollment; `None` for a
-/// device without a proven TPM (or an unknown one).
-pub fn ak_public(conn: &Connection, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let text: Option<Option<String>> = conn
-        .query_row("SELECT ak_public FROM devices WHERE id = ?1", [id], |row| {
-            row.get(0)
-        })
-        .optional()?;
-    Ok(text
-        .flatten()
-        .filter(|t| !t.is_empty())
-        .and_then(|t| hex::decode(t).ok()))
+/// [`Access`] for device `id` (None: not in the registry).
+pub fn access(conn: &Connection, id: &str) -> Result<Option<Access>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT status, ak_public,
+                    CASE WHEN status = 'revoked' AND wipe_requested_at IS NOT NULL
+                         AND wiped_at IS NULL THEN 1 ELSE 0 END
+             FROM devices WHERE id = ?1",
+            [id],
+            |row| {
+                let ak: Option<String> = row.get(1)?;
+                Ok(Access {
+                    status: row.get(0)?,
+                    ak_public: ak
+                        .filter(|t| !t.is_empty())
+                        .and_then(|t| hex::decode(t).ok()),
+                    wipe_pending: row.get::<_, i64>(2)? == 1,
+                })
+            },
+        )
+        .optional()?)
 }
 
 /// Order a device's crypto-erase (it must be revoked); false when it was ordered before.
@@ -166,19 +185,6 @@ pub fn order_wipe(conn: &Connection, id: &str, now: i64) -> Result<bool, StoreEr
         "UPDATE devices SET wipe_requested_at = ?2 WHERE id = ?1 AND wipe_requested_at IS NULL",
         params![id, now],
     )? > 0)
-}
-
-/// Whether a revoked device has a wipe ordered that it has not reported done.
-pub fn wipe_pending(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    let found: Option<i64> = conn
-        .query_row(
-            "SELECT 1 FROM devices WHERE id = ?1 AND status = 'revoked'
-                AND wipe_requested_at IS NOT NULL AND wiped_at IS NULL",
-            [id],
-            |row| row.get(0),
-        )
-        .optional()?;
-    Ok(found.is_some())
 }
 
 /// Record that the device destroyed its data key; false when no wipe was pending.
