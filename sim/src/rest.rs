@@ -154,6 +154,8 @@ impl Operator {
     }
 
     /// Create site `name` at a point with `devices` at it (`POST /api/v1/sites`, one call).
+    /// A site of that name left by an earlier run on the same registry (SQLite keeps it, with
+    /// the same devices) is moved to the point instead.
     pub async fn create_site(
         &self,
         name: &str,
@@ -162,11 +164,19 @@ impl Operator {
         devices: &[String],
     ) -> Result<(), RestError> {
         let body = json!({ "name": name, "latitude": latitude, "longitude": longitude, "devices": devices });
-        self.call("POST", "/api/v1/sites", Some(body)).await?;
-        Ok(())
+        match self.call("POST", "/api/v1/sites", Some(body)).await {
+            Err(RestError::Status { status: 409, .. }) => {
+                let body = json!({ "latitude": latitude, "longitude": longitude });
+                self.call("PUT", &format!("/api/v1/sites/{name}"), Some(body))
+                    .await?;
+                Ok(())
+            }
+            other => other.map(drop),
+        }
     }
 
-    /// Create (`POST`) or replace (`PUT`) deployment `name`: `compose_yaml` on `hosts_per_site`
+    /// Create (`POST`; `PUT` when an earlier run on the same registry left it) or replace
+    /// (`PUT`) deployment `name`: `compose_yaml` on `hosts_per_site`
     /// devices of every site. Central answers after its placement pass has written the result.
     pub async fn put_deployment(
         &self,
@@ -179,23 +189,27 @@ impl Operator {
         if create {
             let body =
                 json!({ "name": name, "compose_yaml": compose_yaml, "placement": placement });
-            self.call_within(
-                "POST",
-                "/api/v1/deployments",
-                Some(body),
-                DEPLOYMENT_TIMEOUT,
-            )
-            .await?;
-        } else {
-            let body = json!({ "compose_yaml": compose_yaml, "placement": placement });
-            self.call_within(
-                "PUT",
-                &format!("/api/v1/deployments/{name}"),
-                Some(body),
-                DEPLOYMENT_TIMEOUT,
-            )
-            .await?;
+            let created = self
+                .call_within(
+                    "POST",
+                    "/api/v1/deployments",
+                    Some(body),
+                    DEPLOYMENT_TIMEOUT,
+                )
+                .await;
+            // Left by an earlier run on the same registry: replaced below instead.
+            if !matches!(created, Err(RestError::Status { status: 409, .. })) {
+                return created.map(drop);
+            }
         }
+        let body = json!({ "compose_yaml": compose_yaml, "placement": placement });
+        self.call_within(
+            "PUT",
+            &format!("/api/v1/deployments/{name}"),
+            Some(body),
+            DEPLOYMENT_TIMEOUT,
+        )
+        .await?;
         Ok(())
     }
 
