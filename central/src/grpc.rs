@@ -565,7 +565,9 @@ impl Agent for AgentService {
                                 }
                                 Outgoing::End(status) => {
                                     end_reason = format!("ended by central: {}", status.message());
-                                    if !send(Err(status)).await {
+                                    // Unsent because the answer stream is gone already (the
+                                    // connection closed, as when central stops): not a stall.
+                                    if !send(Err(status)).await && !tx.is_closed() {
                                         stalled.cancel();
                                     }
                                     break;
