@@ -103,6 +103,7 @@ pub struct Watched<IO> {
     inner: IO,
     _slot: SourceSlot,
     rules: Deadlines,
+    busy: Busy,
     started: Instant,
     last: Instant,
     read: u64,
@@ -117,11 +118,18 @@ impl<IO> Watched<IO> {
             inner,
             _slot: slot,
             rules,
+            busy: Busy::default(),
             started: now,
             last: now,
             read: 0,
             timer: Box::pin(tokio::time::sleep_until(now + rules.first_bytes)),
         }
+    }
+
+    /// The count of requests being answered on this connection: while it is above zero the
+    /// connection is not idle, however long the answer takes to compute.
+    pub fn busy(&self) -> Busy {
+        self.busy.clone()
     }
 
     /// The broken rule once the timer fires, re-armed for the next check otherwise.
@@ -141,6 +149,13 @@ impl<IO> Watched<IO> {
                 }
                 due
             } else if let Some(idle) = self.rules.idle {
+                // A request being answered (a placement over a large fleet can take minutes
+                // with no byte either way) is activity; idle counts from when it is done.
+                match self.busy.since() {
+                    Ok(()) => self.last = now,
+                    Err(Some(done)) => self.last = self.last.max(done),
+                    Err(None) => {}
+                }
                 let due = self.last + idle;
                 if now >= due {
                     return Some(io::Error::new(
@@ -156,6 +171,53 @@ impl<IO> Watched<IO> {
             self.timer.as_mut().reset(next);
         }
         None
+    }
+}
+
+/// Requests in flight on one connection ([`Watched::busy`]) and when the last one finished;
+/// [`Busy::enter`] counts one for as long as its guard lives.
+#[derive(Debug, Clone, Default)]
+pub struct Busy(Arc<Mutex<BusyState>>);
+
+#[derive(Debug, Default)]
+struct BusyState {
+    answering: usize,
+    done_at: Option<Instant>,
+}
+
+impl Busy {
+    /// Count a request until the guard drops.
+    pub fn enter(&self) -> BusyGuard {
+        self.state().answering += 1;
+        BusyGuard(self.clone())
+    }
+
+    /// `Ok(())` while a request is being answered, else when the last one finished.
+    fn since(&self) -> Result<(), Option<Instant>> {
+        let state = self.state();
+        if state.answering > 0 {
+            Ok(())
+        } else {
+            Err(state.done_at)
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BusyState> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// One request in flight ([`Busy::enter`]).
+#[derive(Debug)]
+pub struct BusyGuard(Busy);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.answering -= 1;
+        state.done_at = Some(Instant::now());
     }
 }
 
@@ -301,5 +363,31 @@ mod tests {
         assert_eq!(cap.open_from("10.0.0.1".parse().unwrap()), 1);
         drop(watched);
         assert_eq!(cap.open_from("10.0.0.1".parse().unwrap()), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_answering_a_request_is_not_idle() {
+        let cap = SourceCap::new(0);
+        let (client, server) = tokio::io::duplex(1024);
+        let slot = cap.admit("10.0.0.1".parse().unwrap()).unwrap();
+        let mut watched = Watched::new(server, slot, rules(1000, Some(5000)));
+        let (_, mut tx) = tokio::io::split(client);
+        tx.write_all(&[b'x'; 40]).await.unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(watched.read(&mut buf).await.unwrap(), 40);
+        let busy = watched.busy();
+        let answering = busy.enter();
+        // Four idle times with no byte either way while the request is answered: still open.
+        let waited = tokio::time::timeout(Duration::from_secs(20), watched.read(&mut buf)).await;
+        assert!(waited.is_err(), "cut while a request was being answered");
+        drop(answering);
+        let started = Instant::now();
+        let cut = watched.read(&mut buf).await.unwrap_err();
+        assert!(cut.to_string().contains("idle"), "{cut}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(4000),
+            "cut {:?} after the answer",
+            started.elapsed()
+        );
     }
 }

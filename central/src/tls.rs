@@ -209,7 +209,7 @@ pub(crate) fn rest_tls_config(
 
 /// Serve the REST router over TLS until shutdown, through [`accept_tls`]; an HTTP/1 request
 /// head must arrive within [`FIRST_BYTES_TIMEOUT`], and a connection with no byte either way
-/// for `limits.rest_idle` is closed.
+/// and no request being answered for `limits.rest_idle` is closed.
 pub(crate) async fn serve_rest(
     listener: TcpListener,
     router: axum::Router,
@@ -228,7 +228,19 @@ pub(crate) async fn serve_rest(
         "REST",
         shutdown,
         move |connection, peer| {
-            let service = hyper_util::service::TowerToHyperService::new(router.clone());
+            // Counts the requests being answered, so a long one (a placement over a large
+            // fleet) is not cut as idle while central computes it.
+            let busy = connection.busy();
+            let router = router.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let answering = busy.enter();
+                let answer = tower::ServiceExt::oneshot(router.clone(), request);
+                async move {
+                    let response = answer.await;
+                    drop(answering);
+                    response
+                }
+            });
             async move {
                 let mut builder =
                     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
